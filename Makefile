@@ -1,0 +1,74 @@
+# Mission Control — developer entry points.
+#   make run    install what is missing, then start the control plane (embedded etcd)
+#   make test   install what is missing, then run every check
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+BUF := .tools/node_modules/.bin/buf
+PROTO_DIR := protos
+PROTO_PKG := $(PROTO_DIR)/mission_control/resilience/v1
+PROTOS := $(wildcard $(PROTO_PKG)/*.proto)
+PYTEST_ARGS ?=
+
+.PHONY: install venv etcd buf proto proto-check lint test run bench clean
+
+install: venv etcd buf
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+# etcd from Debian's etcd-server package, unless an etcd binary is already on PATH.
+etcd:
+	@command -v etcd >/dev/null 2>&1 || { \
+	  echo "installing etcd-server (Debian)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q etcd-server etcd-client >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && apt-get install -y -q etcd-server etcd-client >/dev/null; }; }
+	@command -v etcd >/dev/null && command -v etcdctl >/dev/null
+
+# buf from npm (@bufbuild/buf), kept in .tools.
+buf: $(BUF)
+
+$(BUF):
+	@mkdir -p .tools
+	cd .tools && npm install --silent --no-audit --no-fund @bufbuild/buf@1.75.0
+
+proto: venv
+	PATH=$(BIN):$$PATH $(PY) -m grpc_tools.protoc -I $(PROTO_DIR) \
+	  --python_out=$(PROTO_DIR) --grpc_python_out=$(PROTO_DIR) \
+	  --mypy_out=$(PROTO_DIR) --mypy_grpc_out=$(PROTO_DIR) $(PROTOS)
+
+# Regenerate and fail when the committed generated code differs.
+proto-check: proto
+	@git diff --exit-code --stat -- '$(PROTO_DIR)/*_pb2*.py*' || \
+	  { echo "generated code is out of date: run 'make proto' and commit"; exit 1; }
+	@test -z "$$(git ls-files --others --exclude-standard -- '$(PROTO_DIR)/*_pb2*')" || \
+	  { echo "untracked generated code: run 'make proto' and commit"; exit 1; }
+
+lint: venv buf
+	$(BIN)/ruff check client interceptors server tests bench
+	$(BIN)/ruff format --check client interceptors server tests bench
+	$(BUF) lint
+	$(BUF) format --exit-code > /dev/null
+	@if git rev-parse -q --verify HEAD~1 >/dev/null && git cat-file -e HEAD~1:buf.yaml 2>/dev/null; then \
+	  echo "buf breaking against HEAD~1"; $(BUF) breaking --against '.git#ref=HEAD~1'; \
+	else echo "buf breaking: no previous commit with protos, skipped"; fi
+	$(BIN)/mypy client interceptors server
+
+test: install proto-check lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+run: install
+	$(BIN)/mission-control serve
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .tools .state .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,49 @@
+"""What agents link: the error taxonomy, policies, and (soon) the resilience executor.
+
+Agents import from here; nothing in this package imports the control-plane server.
+"""
+
+from __future__ import annotations
+
+from .config import ErrorHandlingConfig, load_config, load_config_file, validate_configuration
+from .errors import (
+    AgentCriticalFailure,
+    CircuitBreakerOpen,
+    ConfigurationError,
+    ErrorContext,
+    LLMProviderUnavailable,
+    MissionControlError,
+    OperationTimeout,
+    ResourceExhausted,
+    Severity,
+    StorageFailure,
+)
+from .policy import Backoff, FailureRate, Quota, RetryBudget, ServicePolicy, default_policy
+from .status import error_from_rpc_error, read_status, to_grpc_status, to_status
+
+__all__ = [
+    "AgentCriticalFailure",
+    "Backoff",
+    "CircuitBreakerOpen",
+    "ConfigurationError",
+    "ErrorContext",
+    "ErrorHandlingConfig",
+    "FailureRate",
+    "LLMProviderUnavailable",
+    "MissionControlError",
+    "OperationTimeout",
+    "Quota",
+    "ResourceExhausted",
+    "RetryBudget",
+    "ServicePolicy",
+    "Severity",
+    "StorageFailure",
+    "default_policy",
+    "error_from_rpc_error",
+    "load_config",
+    "load_config_file",
+    "read_status",
+    "to_grpc_status",
+    "to_status",
+    "validate_configuration",
+]

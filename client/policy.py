@@ -1,0 +1,272 @@
+"""Resilience policy: immutable values, validated when built.
+
+A :class:`ServicePolicy` says how calls to one service are protected (the seed's
+``ServiceConfig`` plus backoff, retry budget, bulkhead, quotas, fallbacks). An
+:class:`ErrorHandlingConfig` is the seed's whole configuration: defaults plus one policy
+per service. Both raise :class:`~mission_control.client.errors.ConfigurationError`
+naming **every** bad field when built from bad values; a change makes a new value
+(``dataclasses.replace``), which is validated again.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import grpc
+
+from .errors import ConfigurationError
+
+__all__ = [
+    "SEED_PRESETS",
+    "Backoff",
+    "FailureRate",
+    "Quota",
+    "RetryBudget",
+    "ServicePolicy",
+    "default_policy",
+]
+
+Violations = list[tuple[str, str]]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_DAY = 86400.0
+_CODES = {c.name for c in grpc.StatusCode if c is not grpc.StatusCode.OK}
+
+
+def name_problem(name: object) -> str | None:
+    """Why ``name`` is not a valid service, breaker or resource name, else None."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty name"
+    if not _NAME.match(name):
+        return "must be 1-128 characters of letters, digits, '_', '.' or '-'"
+    return None
+
+
+class _Checks:
+    """Collects violations with their field paths."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+        self.found: Violations = []
+
+    def add(self, name: str, message: str) -> None:
+        self.found.append((f"{self.prefix}{name}", message))
+
+    def number(self, name: str, value: Any, *, low: float, high: float, strict: bool) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.add(name, "must be a number")
+        elif not math.isfinite(value):
+            self.add(name, "must be a finite number")
+        elif (value <= low) if strict else (value < low):
+            self.add(name, f"must be {'>' if strict else '>='} {low:g}")
+        elif value > high:
+            self.add(name, f"must be <= {high:g}")
+
+    def integer(self, name: str, value: Any, *, low: int, high: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.add(name, "must be an integer")
+        elif value < low:
+            self.add(name, f"must be {'> 0' if low == 1 else f'>= {low}'}")
+        elif value > high:
+            self.add(name, f"must be <= {high}")
+
+    def raise_if_any(self) -> None:
+        if self.found:
+            raise ConfigurationError.from_violations(self.found)
+
+
+def _validated(obj: Any, check: Any) -> None:
+    checks = _Checks()
+    check(obj, checks)
+    checks.raise_if_any()
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff between retries: ``initial_secs * multiplier**n``, capped,
+    plus up to ``jitter`` × the delay of random extra wait."""
+
+    initial_secs: float = 0.1
+    max_secs: float = 10.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        _validated(self, Backoff.check)
+
+    @staticmethod
+    def check(b: Backoff, c: _Checks) -> None:
+        c.number("initial_backoff_secs", b.initial_secs, low=0, high=_DAY, strict=True)
+        c.number("max_backoff_secs", b.max_secs, low=0, high=_DAY, strict=True)
+        c.number("multiplier", b.multiplier, low=1, high=100, strict=False)
+        c.number("jitter", b.jitter, low=0, high=1, strict=False)
+        if not c.found and b.max_secs < b.initial_secs:
+            c.add("max_backoff_secs", "must be >= initial_backoff_secs")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudget:
+    """Retries may be at most ``ratio`` × calls over ``window_secs``, plus
+    ``min_retries_per_second`` always allowed (the idea of gRPC retryThrottling)."""
+
+    ratio: float = 0.2
+    min_retries_per_second: float = 1.0
+    window_secs: float = 10.0
+
+    def __post_init__(self) -> None:
+        _validated(self, RetryBudget.check)
+
+    @staticmethod
+    def check(b: RetryBudget, c: _Checks) -> None:
+        c.number("ratio", b.ratio, low=0, high=100, strict=False)
+        c.number("min_retries_per_second", b.min_retries_per_second, low=0, high=1e6, strict=False)
+        c.number("window_secs", b.window_secs, low=0, high=_DAY, strict=True)
+
+
+@dataclass(frozen=True, slots=True)
+class FailureRate:
+    """Open the breaker when at least ``threshold`` of the calls in the last
+    ``window_secs`` failed, once the window holds ``minimum_calls`` calls."""
+
+    threshold: float = 0.5
+    minimum_calls: int = 20
+    window_secs: float = 60.0
+
+    def __post_init__(self) -> None:
+        _validated(self, FailureRate.check)
+
+    @staticmethod
+    def check(r: FailureRate, c: _Checks) -> None:
+        c.number("threshold", r.threshold, low=0, high=1, strict=True)
+        c.integer("minimum_calls", r.minimum_calls, low=1, high=1_000_000)
+        c.number("window_secs", r.window_secs, low=0, high=_DAY, strict=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A named budget spent by weighted calls, e.g. ``llm_tokens``: ``limit`` units per
+    ``window_secs``; a call says its cost."""
+
+    resource: str
+    limit: int
+    window_secs: float = 60.0
+
+    def __post_init__(self) -> None:
+        _validated(self, Quota.check)
+
+    @staticmethod
+    def check(q: Quota, c: _Checks) -> None:
+        problem = name_problem(q.resource)
+        if problem:
+            c.add("resource", problem)
+        c.integer("limit", q.limit, low=1, high=2**62)
+        c.number("window_secs", q.window_secs, low=0, high=_DAY, strict=True)
+
+
+DEFAULT_RETRYABLE_CODES = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePolicy:
+    """How calls to one service are protected. Defaults are the seed's ``ServiceConfig``.
+
+    Raises:
+        ConfigurationError: when any field is invalid; ``violations`` names them all.
+    """
+
+    service: str
+    timeout_secs: float = 30.0
+    max_retries: int = 3
+    failure_threshold: int = 5
+    success_threshold: int = 3
+    wait_duration_secs: float = 60.0
+    rate_limit_requests: int = 100
+    rate_limit_window_secs: float = 60.0
+    backoff: Backoff = field(default_factory=Backoff)
+    retryable_codes: tuple[str, ...] = DEFAULT_RETRYABLE_CODES
+    retry_budget: RetryBudget = field(default_factory=RetryBudget)
+    #: Bulkhead: most calls in flight per agent; 0 = no limit.
+    max_concurrent: int = 0
+    quotas: tuple[Quota, ...] = ()
+    fallbacks: tuple[str, ...] = ()
+    #: Trip on failure rate too; None = consecutive failures only (the seed).
+    failure_rate: FailureRate | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "retryable_codes", tuple(self.retryable_codes))
+        object.__setattr__(self, "quotas", tuple(self.quotas))
+        object.__setattr__(self, "fallbacks", tuple(self.fallbacks))
+        _validated(self, ServicePolicy.check)
+
+    @staticmethod
+    def check(p: ServicePolicy, c: _Checks) -> None:
+        problem = name_problem(p.service)
+        if problem:
+            c.add("service", problem)
+        c.number("timeout_secs", p.timeout_secs, low=0, high=_DAY, strict=True)
+        c.integer("max_retries", p.max_retries, low=0, high=100)
+        c.integer("failure_threshold", p.failure_threshold, low=1, high=1_000_000)
+        c.integer("success_threshold", p.success_threshold, low=1, high=10_000)
+        c.number("wait_duration_secs", p.wait_duration_secs, low=0, high=_DAY, strict=True)
+        c.integer("rate_limit_requests", p.rate_limit_requests, low=1, high=2**62)
+        c.number("rate_limit_window_secs", p.rate_limit_window_secs, low=0, high=_DAY, strict=True)
+        c.integer("max_concurrent", p.max_concurrent, low=0, high=1_000_000)
+        for i, code in enumerate(p.retryable_codes):
+            if code not in _CODES:
+                c.add(f"retryable_codes[{i}]", f"unknown gRPC status code {code!r}")
+        names = [q.resource for q in p.quotas]
+        for i, name in enumerate(names):
+            if names.index(name) != i:
+                c.add(f"quotas[{i}].resource", f"duplicate quota {name!r}")
+        for i, name in enumerate(p.fallbacks):
+            problem = name_problem(name)
+            if problem:
+                c.add(f"fallbacks[{i}]", problem)
+            elif name == p.service:
+                c.add(f"fallbacks[{i}]", "a service cannot be its own fallback")
+            elif p.fallbacks.index(name) != i:
+                c.add(f"fallbacks[{i}]", f"duplicate fallback {name!r}")
+
+    @property
+    def rate_per_second(self) -> float:
+        return self.rate_limit_requests / self.rate_limit_window_secs
+
+    def replace(self, **changes: Any) -> ServicePolicy:
+        """A new, validated policy with ``changes`` applied."""
+        return replace(self, **changes)
+
+
+#: The seed's three service presets (its breaker builders and config file).
+SEED_PRESETS: Mapping[str, Mapping[str, Any]] = {
+    "llm_provider": dict(
+        timeout_secs=30.0, max_retries=3, failure_threshold=5, success_threshold=3,
+        wait_duration_secs=60.0, rate_limit_requests=100, rate_limit_window_secs=60.0,
+        backoff=Backoff(initial_secs=0.1),
+    ),
+    "storage_backend": dict(
+        timeout_secs=10.0, max_retries=2, failure_threshold=3, success_threshold=2,
+        wait_duration_secs=30.0, rate_limit_requests=500, rate_limit_window_secs=60.0,
+        backoff=Backoff(initial_secs=0.05),
+    ),
+    "agent_communication": dict(
+        timeout_secs=5.0, max_retries=2, failure_threshold=10, success_threshold=5,
+        wait_duration_secs=15.0, rate_limit_requests=1000, rate_limit_window_secs=60.0,
+        backoff=Backoff(initial_secs=0.025),
+    ),
+}  # fmt: skip
+
+
+def default_policy(service: str, **overrides: Any) -> ServicePolicy:
+    """The seed's policy for ``service``: its preset when the seed names it, else the
+    ``ServiceConfig`` defaults; ``overrides`` replace fields."""
+    values = dict(SEED_PRESETS.get(service, {}))
+    values.update(overrides)
+    return ServicePolicy(service=service, **values)
+
+
+def policy_fields() -> tuple[str, ...]:
+    return tuple(f.name for f in fields(ServicePolicy))

@@ -1,0 +1,1 @@
+"""The control plane: breaker engine, policy store on etcd, gRPC service, CLI."""
