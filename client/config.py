@@ -23,7 +23,6 @@ from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
-
 from mission_control.resilience.v1 import policy_pb2
 
 from .errors import ConfigurationError
@@ -210,13 +209,19 @@ def _policy(
                 values[key] = tuple(items)
     base_backoff = values.get("backoff", Backoff())
     if "backoff" in table:
-        values["backoff"] = _part(table["backoff"], f"{path}backoff.", _BACKOFF, Backoff, base_backoff, bad)
+        values["backoff"] = _part(
+            table["backoff"], f"{path}backoff.", _BACKOFF, Backoff, base_backoff, bad
+        )
     if "retry_budget" in table:
         keys = {k: k for k in _BUDGET}
-        values["retry_budget"] = _part(table["retry_budget"], f"{path}retry_budget.", keys, RetryBudget, RetryBudget(), bad)
+        values["retry_budget"] = _part(
+            table["retry_budget"], f"{path}retry_budget.", keys, RetryBudget, RetryBudget(), bad
+        )
     if "failure_rate" in table:
         keys = {k: k for k in _RATE}
-        values["failure_rate"] = _part(table["failure_rate"], f"{path}failure_rate.", keys, FailureRate, FailureRate(), bad)
+        values["failure_rate"] = _part(
+            table["failure_rate"], f"{path}failure_rate.", keys, FailureRate, FailureRate(), bad
+        )
     if "quotas" in table:
         values["quotas"] = _quotas(table["quotas"], f"{path}quotas", bad)
     # Built even after earlier problems, so that every field is checked in one pass.
@@ -265,11 +270,13 @@ def policy_to_mapping(policy: ServicePolicy, *, with_service: bool = True) -> di
 def _message_to_mapping(message: Message) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for fd, value in message.ListFields():
-        if fd.message_type is not None and fd.label == fd.LABEL_REPEATED:
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            out[fd.name] = {k: _message_to_mapping(v) for k, v in value.items()}
+        elif fd.message_type is not None and fd.is_repeated:
             out[fd.name] = [_message_to_mapping(v) for v in value]
         elif fd.message_type is not None:
             out[fd.name] = _message_to_mapping(value)
-        elif fd.label == fd.LABEL_REPEATED:
+        elif fd.is_repeated:
             out[fd.name] = list(value)
         else:
             out[fd.name] = value
@@ -399,7 +406,9 @@ def load_config_file(path: str | Path) -> ErrorHandlingConfig:
     return load_config(data)
 
 
-def validate_configuration(data: Mapping[str, Any] | ErrorHandlingConfig) -> list[ConfigurationError]:
+def validate_configuration(
+    data: Mapping[str, Any] | ErrorHandlingConfig,
+) -> list[ConfigurationError]:
     """Every problem in a configuration, one ``ConfigurationError`` each (the seed's
     Validation Pattern). Empty when the configuration is valid."""
     if isinstance(data, ErrorHandlingConfig):
@@ -434,10 +443,7 @@ def config_to_proto(config: ErrorHandlingConfig) -> policy_pb2.ErrorHandlingConf
 
 def config_from_proto(message: policy_pb2.ErrorHandlingConfig) -> ErrorHandlingConfig:
     """Raises ConfigurationError naming every problem."""
-    data = _message_to_mapping(message)
-    specific = {name: _message_to_mapping(p) for name, p in message.service_specific.items()}
-    data["service_specific"] = specific
-    return load_config(data)
+    return load_config(_message_to_mapping(message))
 
 
 def _toml_value(value: Any) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import traceback
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +22,6 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
-
 from mission_control.resilience.v1 import errors_pb2
 
 from .errors import (
@@ -96,43 +94,47 @@ def _clip(text: str, limit: int = _MAX_TEXT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _detail_of(error: MissionControlError, include_stack_trace: bool) -> errors_pb2.ErrorDetail:
+def _detail_of(
+    error: MissionControlError, include_stack_trace: bool, limit: int
+) -> errors_pb2.ErrorDetail:
+    meta = min(limit, _MAX_META)
     etype, oneof, _ = _WIRE[error.error_type]
     detail = errors_pb2.ErrorDetail(type=etype, severity=_SEVERITY[error.severity.value])
     variant = getattr(detail, oneof)
     if isinstance(error, ConfigurationError):
-        variant.field = _clip(error.field)
-        variant.message = _clip(error.message)
+        variant.field = _clip(error.field, limit)
+        variant.message = _clip(error.message, limit)
         for field, message in error.violations[:64]:
-            variant.violations.add(field=_clip(field, _MAX_META), message=_clip(message))
+            variant.violations.add(field=_clip(field, meta), message=_clip(message, limit))
     else:
         for name, value in error.fields().items():
-            setattr(variant, name, _clip(value) if isinstance(value, str) else value)
+            setattr(variant, name, _clip(value, limit) if isinstance(value, str) else value)
     if error.context is not None:
         ctx = error.context
-        detail.context.service = _clip(ctx.service, _MAX_META)
-        detail.context.agent = _clip(ctx.agent, _MAX_META)
-        detail.context.operation = _clip(ctx.operation, _MAX_META)
-        detail.context.session_id = _clip(ctx.session_id, _MAX_META)
+        detail.context.service = _clip(ctx.service, meta)
+        detail.context.agent = _clip(ctx.agent, meta)
+        detail.context.operation = _clip(ctx.operation, meta)
+        detail.context.session_id = _clip(ctx.session_id, meta)
         if ctx.user_id is not None:
-            detail.context.user_id = _clip(ctx.user_id, _MAX_META)
-    detail.causes.extend(_clip(c) for c in list(error.cause_chain())[:16])
+            detail.context.user_id = _clip(ctx.user_id, meta)
+    detail.causes.extend(_clip(c, limit) for c in list(error.cause_chain())[:16])
     if include_stack_trace:
         detail.stack_trace = _clip("".join(traceback.format_exception(error)), 2048)
     return detail
 
 
-def _error_info(error: MissionControlError) -> error_details_pb2.ErrorInfo:
+def _error_info(error: MissionControlError, limit: int) -> error_details_pb2.ErrorInfo:
+    limit = min(limit, _MAX_META)
     info = error_details_pb2.ErrorInfo(reason=_WIRE[error.error_type][2], domain=DOMAIN)
     info.metadata["error_type"] = error.error_type
     info.metadata["severity"] = error.severity.value
     for name, value in error.fields().items():
-        info.metadata[name] = _clip(str(value), _MAX_META)
+        info.metadata[name] = _clip(str(value), limit)
     if error.context is not None:
         for name in ("service", "agent", "operation", "session_id"):
             value = getattr(error.context, name)
             if value:
-                info.metadata[name] = _clip(value, _MAX_META)
+                info.metadata[name] = _clip(value, limit)
     return info
 
 
@@ -142,30 +144,43 @@ def _pack(message: Message) -> any_pb2.Any:
     return packed
 
 
-def to_status(error: MissionControlError, *, include_stack_trace: bool = False) -> status_pb2.Status:
+def to_status(
+    error: MissionControlError, *, include_stack_trace: bool = False
+) -> status_pb2.Status:
     """The ``google.rpc.Status`` for an error, at most :data:`MAX_DETAILS_BYTES` long.
 
     The stack trace is only included when asked; when the status would be too large,
-    the stack trace, then the causes, then the less essential details are dropped.
+    the stack trace, then the causes, then the less essential details are dropped, and
+    at last every text is cut shorter.
     """
-    detail = _detail_of(error, include_stack_trace)
-    extras: list[Message] = [_error_info(error)]
+    for limit in (_MAX_TEXT, 256, 64):
+        status = _status_of(error, include_stack_trace, limit)
+        if status.ByteSize() <= MAX_DETAILS_BYTES:
+            break
+    return status
+
+
+def _status_of(
+    error: MissionControlError, include_stack_trace: bool, limit: int
+) -> status_pb2.Status:
+    detail = _detail_of(error, include_stack_trace, limit)
+    extras: list[Message] = [_error_info(error, limit)]
     if error.retry_after is not None and error.retry_after >= 0:
         extras.append(error_details_pb2.RetryInfo(retry_delay=_duration(error.retry_after)))
     extras.append(
         error_details_pb2.LocalizedMessage(
-            locale="en-US", message=_clip(error.user_friendly_display())
+            locale="en-US", message=_clip(error.user_friendly_display(), limit)
         )
     )
     if isinstance(error, ConfigurationError):
         bad = error_details_pb2.BadRequest()
         for field, message in error.violations[:64]:
-            bad.field_violations.add(field=_clip(field, _MAX_META), description=_clip(message))
+            bad.field_violations.add(field=_clip(field, limit), description=_clip(message, limit))
         extras.append(bad)
 
     def build() -> status_pb2.Status:
         status = status_pb2.Status(
-            code=error.grpc_code.value[0], message=_clip(error.technical_message)
+            code=error.grpc_code.value[0], message=_clip(error.technical_message, limit)
         )
         status.details.extend([_pack(detail), *(_pack(m) for m in extras)])
         return status
@@ -220,9 +235,7 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return d
 
 
-def read_status(
-    code: grpc.StatusCode, message: str, details: bytes | None
-) -> RemoteStatus:
+def read_status(code: grpc.StatusCode, message: str, details: bytes | None) -> RemoteStatus:
     """Interpret a peer's status and its ``grpc-status-details-bin`` bytes. Never raises."""
     try:
         return _read(code, message, details)
@@ -236,7 +249,9 @@ def _read(code: grpc.StatusCode, message: str, details: bytes | None) -> RemoteS
     if not isinstance(details, bytes | bytearray):
         return RemoteStatus(code, message, problem="status details are not bytes")
     if len(details) > MAX_READ_BYTES:
-        return RemoteStatus(code, message, problem=f"status details too large ({len(details)} bytes)")
+        return RemoteStatus(
+            code, message, problem=f"status details too large ({len(details)} bytes)"
+        )
     status = status_pb2.Status()
     status.ParseFromString(bytes(details))
     if status.code != code.value[0]:
@@ -322,7 +337,7 @@ _BUILDERS: dict[str, Any] = {
 }
 
 
-def _trailer(metadata: Sequence[tuple[str, Any]] | None, key: str) -> Any:
+def _trailer(metadata: Any, key: str) -> Any:
     for k, v in metadata or ():
         if k == key:
             return v
@@ -338,7 +353,9 @@ def remote_status_of(exc: grpc.RpcError) -> RemoteStatus:
     except Exception as err:
         return RemoteStatus(grpc.StatusCode.UNKNOWN, "", problem=f"not a finished call: {err!r}")
     if not isinstance(code, grpc.StatusCode):
-        return RemoteStatus(grpc.StatusCode.UNKNOWN, str(message), problem="call has no status code")
+        return RemoteStatus(
+            grpc.StatusCode.UNKNOWN, str(message), problem="call has no status code"
+        )
     return read_status(code, str(message), details)
 
 
@@ -349,4 +366,3 @@ def error_from_rpc_error(exc: grpc.RpcError) -> MissionControlError | None:
         return None
     remote.error.__cause__ = exc
     return remote.error
-

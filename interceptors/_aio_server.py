@@ -35,14 +35,16 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):
 
         if inspect.isasyncgenfunction(behavior):
 
-            async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def streaming(
+                request: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
                 try:
                     async for item in behavior(request, context):
                         yield item
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:
-                    await context.abort_with_status(mapper.status_for(exc, method))
+                    await context.abort_with_status(mapper.status_for(exc, method))  # type: ignore[attr-defined]
 
             return streaming
 
@@ -55,6 +57,6 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
-                await context.abort_with_status(mapper.status_for(exc, method))
+                await context.abort_with_status(mapper.status_for(exc, method))  # type: ignore[attr-defined]
 
         return call

@@ -6,7 +6,6 @@ import logging
 import os
 
 import grpc
-
 from mission_control.client.errors import AgentCriticalFailure, ErrorContext, MissionControlError
 from mission_control.client.status import error_from_rpc_error, to_grpc_status
 

@@ -1,0 +1,148 @@
+"""The taxonomy's texts, fields and chaining, and the size bound on what it sends."""
+
+from __future__ import annotations
+
+import pickle
+
+import grpc
+import pytest
+from mission_control.client.errors import (
+    AgentCriticalFailure,
+    CircuitBreakerOpen,
+    ConfigurationError,
+    ErrorContext,
+    LLMProviderUnavailable,
+    MissionControlError,
+    OperationTimeout,
+    ResourceExhausted,
+    Severity,
+    StorageFailure,
+)
+from mission_control.client.status import MAX_DETAILS_BYTES, read_status, to_status
+
+SEED_TEXTS = [
+    (
+        AgentCriticalFailure("research", "out of memory"),
+        "Agent 'research' critical failure: out of memory",
+        "Agent 'research' encountered a critical error. Check logs for details.",
+    ),
+    (
+        LLMProviderUnavailable("claude", "503 from upstream"),
+        "LLM provider 'claude' unavailable: 503 from upstream",
+        "AI service 'claude' is temporarily unavailable. Using backup models.",
+    ),
+    (
+        StorageFailure("r2", "put_object", "timeout"),
+        "Storage backend 'r2' failed during put_object: timeout",
+        "Storage system 'r2' is experiencing issues. Your data is safe.",
+    ),
+    (
+        CircuitBreakerOpen("llm_provider", 5),
+        "Circuit breaker OPEN for service 'llm_provider' (failed 5 times)",
+        "Service 'llm_provider' is temporarily paused to prevent issues. Will retry automatically.",
+    ),
+    (
+        ResourceExhausted("llm_tokens", 1000, 1000),
+        "Resource exhausted: llm_tokens at 1000/1000",
+        "System resources for 'llm_tokens' are at capacity. Processing will continue shortly.",
+    ),
+    (
+        ConfigurationError("llm.api_key", "API key cannot be empty"),
+        "Configuration error in 'llm.api_key': API key cannot be empty",
+        "Configuration setting 'llm.api_key' needs adjustment. See documentation.",
+    ),
+    (
+        OperationTimeout("llm_generation", 30),
+        "Operation 'llm_generation' timed out after 30s",
+        "Operation 'llm_generation' is taking longer than expected. "
+        "Results will be available soon.",
+    ),
+]
+
+
+@pytest.mark.parametrize(("error", "technical", "friendly"), SEED_TEXTS)
+def test_seed_texts(error: MissionControlError, technical: str, friendly: str) -> None:
+    assert str(error) == technical
+    assert error.technical_display() == technical
+    assert error.user_friendly_display() == friendly
+
+
+def test_codes_and_severities() -> None:
+    table = {
+        AgentCriticalFailure: (grpc.StatusCode.INTERNAL, Severity.CRITICAL, False),
+        LLMProviderUnavailable: (grpc.StatusCode.UNAVAILABLE, Severity.HIGH, True),
+        StorageFailure: (grpc.StatusCode.UNAVAILABLE, Severity.HIGH, True),
+        CircuitBreakerOpen: (grpc.StatusCode.UNAVAILABLE, Severity.MEDIUM, False),
+        ResourceExhausted: (grpc.StatusCode.RESOURCE_EXHAUSTED, Severity.MEDIUM, False),
+        ConfigurationError: (grpc.StatusCode.INVALID_ARGUMENT, Severity.HIGH, False),
+        OperationTimeout: (grpc.StatusCode.DEADLINE_EXCEEDED, Severity.MEDIUM, True),
+    }
+    for cls, (code, severity, retryable) in table.items():
+        assert (cls.grpc_code, cls.severity, cls.retryable) == (code, severity, retryable)
+        assert cls.error_type == cls.__name__
+
+
+def test_fractional_timeout_is_shown() -> None:
+    assert str(OperationTimeout("probe", 0.25)) == "Operation 'probe' timed out after 0.25s"
+
+
+def test_cause_chain_and_notes_in_technical_display() -> None:
+    try:
+        try:
+            raise ConnectionResetError("peer reset")
+        except ConnectionResetError as exc:
+            err = StorageFailure("duckdb", "query", "connection lost")
+            err.add_note("while loading session s-1")
+            raise err from exc
+    except MissionControlError as caught:
+        text = caught.technical_display()
+    assert text == (
+        "Storage backend 'duckdb' failed during query: connection lost: "
+        "ConnectionResetError: peer reset\n  note: while loading session s-1"
+    )
+
+
+def test_errors_pickle_with_their_fields() -> None:
+    ctx = ErrorContext("s", "a", "o", "sess")
+    for error, _, _ in SEED_TEXTS:
+        error.context = ctx
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error)
+        assert copy.fields() == error.fields()
+        assert copy.context == ctx
+    many = ConfigurationError.from_violations([("a", "x"), ("b", "y")])
+    assert pickle.loads(pickle.dumps(many)).violations == (("a", "x"), ("b", "y"))
+
+
+def test_status_stays_within_bound_and_keeps_the_type() -> None:
+    huge = "x" * 100_000
+    error = ConfigurationError.from_violations([(huge, huge)] * 200)
+    try:
+        raise error from RuntimeError(huge)
+    except ConfigurationError as caught:
+        status = to_status(caught, include_stack_trace=True)
+    assert status.ByteSize() <= MAX_DETAILS_BYTES
+    back = read_status(grpc.StatusCode.INVALID_ARGUMENT, "", status.SerializeToString())
+    assert isinstance(back.error, ConfigurationError)
+
+
+def test_stack_trace_only_when_asked() -> None:
+    try:
+        raise OperationTimeout("op", 1)
+    except OperationTimeout as caught:
+        plain = to_status(caught)
+        debug = to_status(caught, include_stack_trace=True)
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    assert read_status(code, "", plain.SerializeToString()).error.stack_trace == ""  # type: ignore[union-attr]
+    traced = read_status(code, "", debug.SerializeToString()).error
+    assert traced is not None and "Traceback" in traced.stack_trace
+
+
+def test_user_id_travels_only_when_set() -> None:
+    code = grpc.StatusCode.UNAVAILABLE
+    without = CircuitBreakerOpen("s", 1, context=ErrorContext("s", "a", "o", "sess"))
+    back = read_status(code, "", to_status(without).SerializeToString()).error
+    assert back is not None and back.context is not None and back.context.user_id is None
+    with_user = CircuitBreakerOpen("s", 1, context=ErrorContext("s", "a", "o", "sess", "u-1"))
+    back = read_status(code, "", to_status(with_user).SerializeToString()).error
+    assert back is not None and back.context is not None and back.context.user_id == "u-1"
