@@ -1,0 +1,263 @@
+"""The circuit-breaker state machine: pure decision logic with an injected clock.
+
+The same machine runs in the control plane (one per breaker, for the whole fleet) and in
+each agent (its local breaker, enforced when the control plane is out of reach). It does
+no I/O, holds no lock and never sleeps: callers pass ``now`` (``time.monotonic()``).
+
+States follow the seed: CLOSED counts consecutive failures and opens at
+``failure_threshold`` (optionally also on a failure rate over a window); OPEN fails fast
+for ``wait_duration_secs``; HALF_OPEN lets at most ``success_threshold`` probe calls run at
+once — for the whole fleet when the control plane hands out the permits — and closes after
+``success_threshold`` probe successes or reopens on a probe failure. Operators can force a
+breaker open or closed, or disable it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+
+from .policy import ServicePolicy
+
+__all__ = ["BreakerState", "CircuitBreaker", "Transition"]
+
+
+class BreakerState(enum.IntEnum):
+    """Values equal the ``BreakerState`` proto enum."""
+
+    CLOSED = 1
+    OPEN = 2
+    HALF_OPEN = 3
+    FORCED_OPEN = 4
+    FORCED_CLOSED = 5
+    DISABLED = 6
+
+    @property
+    def rejects(self) -> bool:
+        return self in (BreakerState.OPEN, BreakerState.FORCED_OPEN)
+
+    @property
+    def counts(self) -> bool:
+        """Whether outcomes may move the breaker in this state."""
+        return self in (BreakerState.CLOSED, BreakerState.HALF_OPEN)
+
+
+OPERATOR_STATES = frozenset(
+    {BreakerState.FORCED_OPEN, BreakerState.FORCED_CLOSED, BreakerState.DISABLED}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    name: str
+    old: BreakerState
+    new: BreakerState
+    reason: str
+
+
+@dataclass(slots=True)
+class _Window:
+    """Calls and failures per one-second bucket over the failure-rate window."""
+
+    buckets: deque[tuple[int, int, int]] = field(default_factory=deque)  # (second, calls, fails)
+    calls: int = 0
+    failures: int = 0
+
+    def add(self, now: float, calls: int, failures: int, span: float) -> None:
+        second = int(now)
+        if self.buckets and self.buckets[-1][0] == second:
+            _, c, f = self.buckets.pop()
+            self.buckets.append((second, c + calls, f + failures))
+        else:
+            self.buckets.append((second, calls, failures))
+        self.calls += calls
+        self.failures += failures
+        while self.buckets and self.buckets[0][0] <= second - span:
+            _, c, f = self.buckets.popleft()
+            self.calls -= c
+            self.failures -= f
+
+    def clear(self) -> None:
+        self.buckets.clear()
+        self.calls = self.failures = 0
+
+
+class CircuitBreaker:
+    """One breaker's state and the rules that move it.
+
+    Every mutating method returns the :class:`Transition` it caused, or None.
+    """
+
+    def __init__(self, name: str, policy: ServicePolicy, now: float) -> None:
+        self.name = name
+        self.policy = policy
+        self.state = BreakerState.CLOSED
+        self.consecutive_failures = 0
+        #: failures that opened the breaker (the seed's CircuitBreakerOpen.failures)
+        self.failures = 0
+        self.half_open_successes = 0
+        self.opened_at: float | None = None
+        self.changed_at = now
+        self.reason = ""
+        self.generation = 0
+        self._window = _Window()
+        self._permits: dict[str, list[float]] = {}  # holder -> expiry times
+
+    # -- reading ---------------------------------------------------------------
+
+    def open_remaining(self, now: float) -> float:
+        """Seconds until an OPEN breaker may go HALF_OPEN; 0 when not OPEN."""
+        if self.state is not BreakerState.OPEN or self.opened_at is None:
+            return 0.0
+        return max(0.0, self.opened_at + self.policy.wait_duration_secs - now)
+
+    def permits_out(self, now: float) -> int:
+        self._expire(now)
+        return sum(len(v) for v in self._permits.values())
+
+    def permits_of(self, holder: str) -> int:
+        return len(self._permits.get(holder, ()))
+
+    # -- outcomes --------------------------------------------------------------
+
+    def record(
+        self, now: float, successes: int, failures: int, trailing_failures: int | None = None
+    ) -> Transition | None:
+        """Ordinary (non-probe) call outcomes since the last report, in one batch.
+
+        ``trailing_failures`` is the number of failures after the batch's last success
+        (defaults to all failures when none succeeded, else 0).
+        """
+        if self.state is not BreakerState.CLOSED or (successes == 0 and failures == 0):
+            return None
+        if trailing_failures is None:
+            trailing_failures = failures if successes == 0 else 0
+        trailing_failures = min(trailing_failures, failures)
+        if successes:
+            self.consecutive_failures = trailing_failures
+        else:
+            self.consecutive_failures += failures
+        rate = self.policy.failure_rate
+        if rate is not None:
+            self._window.add(now, successes + failures, failures, rate.window_secs)
+        if self.consecutive_failures >= self.policy.failure_threshold:
+            count = self.consecutive_failures
+            return self._open(now, count, f"{count} consecutive failures")
+        if rate is not None and self._window.calls >= rate.minimum_calls:
+            share = self._window.failures / self._window.calls
+            if share >= rate.threshold:
+                reason = f"failure rate {share:.0%} over {self._window.calls} calls"
+                return self._open(now, self._window.failures, reason)
+        return None
+
+    def record_probes(
+        self, now: float, holder: str, successes: int, failures: int
+    ) -> Transition | None:
+        """Results of probe calls made under permits held by ``holder``."""
+        self._return_permits(holder, successes + failures)
+        if self.state is not BreakerState.HALF_OPEN:
+            return None
+        if failures:
+            return self._open(now, self.failures + failures, "probe failed")
+        self.half_open_successes += successes
+        if self.half_open_successes >= self.policy.success_threshold:
+            return self._move(
+                now, BreakerState.CLOSED, f"{self.half_open_successes} probes succeeded"
+            )
+        return None
+
+    # -- time ------------------------------------------------------------------
+
+    def tick(self, now: float) -> Transition | None:
+        """Moves OPEN to HALF_OPEN once the wait is over; drops expired permits."""
+        self._expire(now)
+        if self.state is BreakerState.OPEN and self.open_remaining(now) <= 0:
+            return self._move(now, BreakerState.HALF_OPEN, "wait elapsed")
+        return None
+
+    # -- probes ----------------------------------------------------------------
+
+    def acquire_probe(self, now: float, holder: str, ttl: float, count: int = 1) -> int:
+        """Grant up to ``count`` probe permits to ``holder``; returns how many.
+
+        At most ``success_threshold`` permits are out at any time, over all holders.
+        """
+        if self.state is not BreakerState.HALF_OPEN:
+            return 0
+        free = self.policy.success_threshold - self.permits_out(now)
+        granted = max(0, min(count, free))
+        if granted:
+            self._permits.setdefault(holder, []).extend([now + ttl] * granted)
+        return granted
+
+    def release_probes(self, holder: str, count: int | None = None) -> None:
+        """Give back unused permits (all of the holder's when ``count`` is None)."""
+        if count is None:
+            self._permits.pop(holder, None)
+        else:
+            self._return_permits(holder, count)
+
+    def clear_permits(self) -> None:
+        """Forget every permit (the state was replaced from the store)."""
+        self._permits.clear()
+
+    def _return_permits(self, holder: str, count: int) -> None:
+        held = self._permits.get(holder)
+        if not held:
+            return
+        del held[: max(0, count)]
+        if not held:
+            del self._permits[holder]
+
+    def _expire(self, now: float) -> None:
+        for holder in [h for h, v in self._permits.items() if any(t <= now for t in v)]:
+            kept = [t for t in self._permits[holder] if t > now]
+            if kept:
+                self._permits[holder] = kept
+            else:
+                del self._permits[holder]
+
+    # -- operators -------------------------------------------------------------
+
+    def force(self, now: float, state: BreakerState, reason: str = "") -> Transition | None:
+        """Set an operator state, or CLOSED to reset. Counters start over."""
+        if state not in OPERATOR_STATES and state is not BreakerState.CLOSED:
+            raise ValueError(f"{state.name} cannot be set by an operator")
+        self.consecutive_failures = 0
+        self._window.clear()
+        return self._move(now, state, reason or f"set to {state.name} by operator", force=True)
+
+    def update_policy(self, policy: ServicePolicy) -> None:
+        """Use a new policy from now on; the state and counters are kept."""
+        if policy.failure_rate != self.policy.failure_rate:
+            self._window.clear()
+        self.policy = policy
+
+    # -- moves -----------------------------------------------------------------
+
+    def _open(self, now: float, failures: int, reason: str) -> Transition | None:
+        self.failures = failures
+        self.opened_at = now
+        return self._move(now, BreakerState.OPEN, reason)
+
+    def _move(
+        self, now: float, new: BreakerState, reason: str, *, force: bool = False
+    ) -> Transition | None:
+        old = self.state
+        if old is new and not force:
+            return None
+        self.state = new
+        self.changed_at = now
+        self.reason = reason
+        self.generation += 1
+        self.half_open_successes = 0
+        self._permits.clear()
+        if new is BreakerState.CLOSED:
+            self.consecutive_failures = 0
+            self.failures = 0
+            self.opened_at = None
+            self._window.clear()
+        elif new is not BreakerState.OPEN and new is not BreakerState.HALF_OPEN:
+            self.opened_at = None
+        return Transition(self.name, old, new, reason)

@@ -1,0 +1,286 @@
+"""The fleet's breakers: one state machine per breaker, fed by every agent's outcomes.
+
+This module decides; it does no I/O. It turns outcome summaries, probe requests, timer
+ticks and operator commands into transitions, hands out HALF_OPEN probe permits so the
+*fleet* sends at most ``success_threshold`` probes at a time, and reports every change to
+listeners (the Connect streams, WatchBreakers, statistics, the persister).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from google.protobuf import json_format
+from mission_control.client.breaker import BreakerState, CircuitBreaker, Transition
+from mission_control.client.policy import ServicePolicy
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+_log = logging.getLogger("mission_control.server.engine")
+
+#: How long an agent may hold an unused probe permit.
+PROBE_TTL_SECS = 5.0
+
+ChangeListener = Callable[[pb.Breaker, BreakerState | None, Transition | None], None]
+GrantListener = Callable[[str, pb.ProbeGrant], None]
+
+
+@dataclass
+class _Demand:
+    """Agents that recently wanted to call a service whose breaker is not CLOSED."""
+
+    last_seen: dict[str, float] = field(default_factory=dict)
+
+    def note(self, agent: str, now: float) -> None:
+        self.last_seen[agent] = now
+
+    def recent(self, now: float, horizon: float) -> list[str]:
+        for agent in [a for a, t in self.last_seen.items() if now - t > horizon]:
+            del self.last_seen[agent]
+        return sorted(self.last_seen, key=self.last_seen.__getitem__, reverse=True)
+
+
+class FleetBreakers:
+    """Every breaker the control plane knows, with the rules that move them.
+
+    Args:
+        policy_of: the policy in force for a service.
+        clock: monotonic seconds; wall: epoch seconds (only for what is persisted).
+    """
+
+    def __init__(
+        self,
+        policy_of: Callable[[str], ServicePolicy],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        probe_ttl: float = PROBE_TTL_SECS,
+    ) -> None:
+        self._policy_of = policy_of
+        self._clock = clock
+        self._wall_offset = wall() - clock()
+        self.probe_ttl = probe_ttl
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._demand: dict[str, _Demand] = {}
+        #: etcd mod_revision of each breaker's stored state (0 = never stored).
+        self.revisions: dict[str, int] = {}
+        self.change_listeners: list[ChangeListener] = []
+        self.grant_listeners: list[GrantListener] = []
+
+    # -- reading ---------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return sorted(self._breakers)
+
+    def get(self, name: str) -> CircuitBreaker:
+        breaker = self._breakers.get(name)
+        if breaker is None:
+            breaker = CircuitBreaker(name, self._policy_of(name), self._clock())
+            self._breakers[name] = breaker
+        return breaker
+
+    def find(self, name: str) -> CircuitBreaker | None:
+        return self._breakers.get(name)
+
+    def to_proto(self, name: str) -> pb.Breaker:
+        return self._message(self.get(name))
+
+    def _message(self, b: CircuitBreaker) -> pb.Breaker:
+        name = b.name
+        now = self._clock()
+        message = pb.Breaker(
+            name=name,
+            state=int(b.state),
+            consecutive_failures=b.consecutive_failures,
+            failures=b.failures,
+            half_open_successes=b.half_open_successes,
+            reason=b.reason,
+            revision=self.revisions.get(name, 0),
+            generation=b.generation,
+        )
+        message.changed_at.FromNanoseconds(int((b.changed_at + self._wall_offset) * 1e9))
+        if b.opened_at is not None:
+            message.opened_at.FromNanoseconds(int((b.opened_at + self._wall_offset) * 1e9))
+        if b.state is BreakerState.OPEN:
+            message.open_remaining.FromNanoseconds(int(b.open_remaining(now) * 1e9))
+        return message
+
+    def snapshot(self) -> list[pb.Breaker]:
+        return [self.to_proto(n) for n in self.names()]
+
+    # -- stored form -----------------------------------------------------------
+
+    def to_record(self, name: str) -> bytes:
+        return self.record_of(self.get(name))
+
+    def record_of(self, breaker: CircuitBreaker) -> bytes:
+        """What is stored in etcd: the breaker as protobuf JSON, without the
+        send-time-relative and revision fields."""
+        message = self._message(breaker)
+        message.ClearField("open_remaining")
+        message.ClearField("revision")
+        text = json_format.MessageToJson(message, preserving_proto_field_name=True, indent=2)
+        return text.encode()
+
+    def adopt(self, name: str, value: bytes | None, revision: int) -> None:
+        """Take a stored state as the truth (another replica's decision, a restart).
+
+        ``value`` None means the key was deleted: the breaker starts over CLOSED.
+        Raises ValueError when ``value`` is not a breaker record.
+        """
+        breaker = self.get(name)
+        old = breaker.state
+        if value is None:
+            fresh = CircuitBreaker(name, self._policy_of(name), self._clock())
+            fresh.generation = breaker.generation + 1
+            self._breakers[name] = fresh
+            self.revisions[name] = 0
+            self._changed(name, old, None)
+            return
+        record = json_format.Parse(value, pb.Breaker(), ignore_unknown_fields=True)
+        if record.name and record.name != name:
+            raise ValueError(f"record for {record.name!r} stored under {name!r}")
+        if record.state == pb.BREAKER_STATE_UNSPECIFIED:
+            raise ValueError("record has no state")
+        breaker.state = BreakerState(record.state)
+        breaker.consecutive_failures = record.consecutive_failures
+        breaker.failures = record.failures
+        breaker.half_open_successes = record.half_open_successes
+        breaker.reason = record.reason
+        breaker.generation = record.generation
+        breaker.changed_at = self._mono(record.changed_at.ToNanoseconds())
+        breaker.opened_at = (
+            self._mono(record.opened_at.ToNanoseconds()) if record.HasField("opened_at") else None
+        )
+        breaker.clear_permits()
+        self.revisions[name] = revision
+        self._changed(name, old, None)
+
+    def _mono(self, wall_nanos: int) -> float:
+        return wall_nanos / 1e9 - self._wall_offset
+
+    # -- inputs ----------------------------------------------------------------
+
+    def record(self, agent: str, summary: pb.OutcomeSummary) -> list[Transition]:
+        """Apply one agent's outcome summary for one service."""
+        now = self._clock()
+        breaker = self.get(summary.service)
+        moves: list[Transition | None] = []
+        if summary.probes_released:
+            breaker.release_probes(agent, summary.probes_released)
+        if summary.probe_successes or summary.probe_failures:
+            moves.append(
+                breaker.record_probes(now, agent, summary.probe_successes, summary.probe_failures)
+            )
+        moves.append(
+            breaker.record(now, summary.successes, summary.failures, summary.trailing_failures)
+        )
+        if summary.rejected and breaker.state is not BreakerState.CLOSED:
+            self._demand.setdefault(summary.service, _Demand()).note(agent, now)
+        done = [m for m in moves if m is not None]
+        for move in done:
+            self._transitioned(move)
+        if breaker.state is BreakerState.HALF_OPEN and not done:
+            self._grant_waiting(summary.service, now)
+        return done
+
+    def request_probe(self, agent: str, service: str) -> pb.ProbeGrant | None:
+        """An agent wants to probe ``service``; grant a permit when one is free."""
+        now = self._clock()
+        breaker = self.get(service)
+        self._demand.setdefault(service, _Demand()).note(agent, now)
+        if breaker.state is not BreakerState.HALF_OPEN or breaker.permits_of(agent):
+            return None
+        return self._grant(breaker, agent, now)
+
+    def release_agent(self, agent: str) -> None:
+        """An agent went away: its permits return to the pool."""
+        now = self._clock()
+        for breaker in self._breakers.values():
+            if breaker.permits_of(agent):
+                breaker.release_probes(agent)
+                if breaker.state is BreakerState.HALF_OPEN:
+                    self._grant_waiting(breaker.name, now)
+        for demand in self._demand.values():
+            demand.last_seen.pop(agent, None)
+
+    def tick(self) -> list[Transition]:
+        """Time-driven moves (OPEN -> HALF_OPEN) and expiry of unused permits."""
+        now = self._clock()
+        done = []
+        for breaker in list(self._breakers.values()):
+            before = breaker.permits_out(now) if breaker.state is BreakerState.HALF_OPEN else 0
+            move = breaker.tick(now)
+            if move is not None:
+                self._transitioned(move)
+                done.append(move)
+            elif before and breaker.permits_out(now) < before:
+                self._grant_waiting(breaker.name, now)
+        return done
+
+    def force(self, name: str, state: BreakerState, reason: str = "") -> Transition | None:
+        """An operator's command (FORCED_OPEN, FORCED_CLOSED, DISABLED, or CLOSED to reset)."""
+        move = self.get(name).force(self._clock(), state, reason)
+        if move is not None:
+            self._transitioned(move)
+        return move
+
+    def policy_changed(self, service: str) -> None:
+        breaker = self.find(service)
+        if breaker is not None:
+            breaker.update_policy(self._policy_of(service))
+
+    def next_deadline(self) -> float | None:
+        """Monotonic time of the next OPEN -> HALF_OPEN move, if any breaker is OPEN."""
+        now = self._clock()
+        waits = [
+            b.open_remaining(now) for b in self._breakers.values() if b.state is BreakerState.OPEN
+        ]
+        return now + min(waits) if waits else None
+
+    # -- internals -------------------------------------------------------------
+
+    def _transitioned(self, move: Transition) -> None:
+        _log.info("breaker %s: %s -> %s (%s)", move.name, move.old.name, move.new.name, move.reason)
+        self._changed(move.name, move.old, move)
+        if move.new is BreakerState.HALF_OPEN:
+            self._grant_waiting(move.name, self._clock())
+        elif move.new is BreakerState.CLOSED:
+            self._demand.pop(move.name, None)
+
+    def _changed(self, name: str, old: BreakerState | None, move: Transition | None) -> None:
+        message = self.to_proto(name)
+        for listener in list(self.change_listeners):
+            try:
+                listener(message, old, move)
+            except Exception:
+                _log.exception("breaker change listener failed")
+
+    def _grant_waiting(self, service: str, now: float) -> None:
+        breaker = self.get(service)
+        demand = self._demand.get(service)
+        if demand is None:
+            return
+        horizon = max(breaker.policy.wait_duration_secs, 30.0) * 2
+        for agent in demand.recent(now, horizon):
+            if breaker.permits_of(agent):
+                continue
+            if self._grant(breaker, agent, now) is None:
+                break
+
+    def _grant(self, breaker: CircuitBreaker, agent: str, now: float) -> pb.ProbeGrant | None:
+        # The agent may use its permit for probe_ttl; its call may then run for up to the
+        # policy timeout, so the permit is held that much longer on this side.
+        hold = self.probe_ttl + breaker.policy.timeout_secs
+        if breaker.acquire_probe(now, agent, hold) == 0:
+            return None
+        grant = pb.ProbeGrant(service=breaker.name, permits=1, generation=breaker.generation)
+        grant.ttl.FromNanoseconds(int(self.probe_ttl * 1e9))
+        for listener in list(self.grant_listeners):
+            try:
+                listener(agent, grant)
+            except Exception:
+                _log.exception("probe grant listener failed")
+        return grant

@@ -1,0 +1,126 @@
+"""A private etcd server: the embedded default of ``mission-control serve`` and of the tests.
+
+It runs the ``etcd`` binary (Debian's ``etcd-server``) on free loopback ports with its own
+data directory, waits until it answers, and stops it with its owner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+__all__ = ["EtcdProcess", "EtcdUnavailable", "free_port"]
+
+
+class EtcdUnavailable(RuntimeError):
+    """etcd could not be found or started."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EtcdProcess:
+    """One etcd member on loopback.
+
+    Args:
+        data_dir: where etcd keeps its data; reused across restarts.
+        client_port / peer_port: fixed ports (free ones when 0), so a restarted
+            member answers at the same address.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        client_port: int = 0,
+        peer_port: int = 0,
+        name: str = "mission-control",
+        log_file: str | Path | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.client_port = client_port or free_port()
+        self.peer_port = peer_port or free_port()
+        self.name = name
+        self.log_file = Path(log_file) if log_file else self.data_dir.parent / f"{name}.etcd.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 30.0) -> EtcdProcess:
+        binary = shutil.which("etcd")
+        if binary is None:
+            raise EtcdUnavailable(
+                "no etcd binary on PATH: install Debian's etcd-server (make install does)"
+            )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        client = f"http://127.0.0.1:{self.client_port}"
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        args = [
+            binary,
+            "--name", self.name,
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", client,
+            "--advertise-client-urls", client,
+            "--listen-peer-urls", peer,
+            "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"{self.name}={peer}",
+            "--initial-cluster-state", "new",
+            "--logger", "zap",
+            "--log-outputs", "stderr",
+        ]  # fmt: skip
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_file, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        self._proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
+        log.close()
+        self._wait_healthy(timeout)
+        return self
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.client_port}/health"
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise EtcdUnavailable(
+                    f"etcd exited with code {self._proc.returncode}; see {self.log_file}"
+                )
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as resp:
+                if b'"health":"true"' in resp.read().replace(b" ", b""):
+                    return
+            time.sleep(0.05)
+        self.stop()
+        raise EtcdUnavailable(f"etcd did not become healthy within {timeout}s; see {self.log_file}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def __enter__(self) -> EtcdProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

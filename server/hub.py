@@ -1,0 +1,111 @@
+"""Who is listening: agents' Connect streams and operators' WatchBreakers calls.
+
+Every stream has its own bounded queue, so a slow or wedged reader never holds up the
+others: when its queue is full the stream is ended (the agent reconnects and gets a fresh
+snapshot), never waited for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+from mission_control.client.breaker import BreakerState
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+_log = logging.getLogger("mission_control.server.hub")
+
+QUEUE_LIMIT = 4096
+_CLOSE = object()
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """One outgoing stream."""
+
+    id: int
+    agent_id: str = ""
+    session_id: str = ""
+    services: tuple[str, ...] = ()
+    names: frozenset[str] = frozenset()  # WatchBreakers filter; empty = all
+    queue: asyncio.Queue[object] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
+    overflowed: bool = False
+
+    def push(self, message: object) -> bool:
+        if self.overflowed:
+            return False
+        try:
+            self.queue.put_nowait(message)
+            return True
+        except asyncio.QueueFull:
+            self.overflowed = True
+            _log.warning("stream %s (%s) is not reading; ending it", self.id, self.agent_id)
+            self._force_close()
+            return False
+
+    def close(self) -> None:
+        self._force_close()
+
+    def _force_close(self) -> None:
+        # Make room for the close marker even when the queue is full.
+        while True:
+            try:
+                self.queue.put_nowait(_CLOSE)
+                return
+            except asyncio.QueueFull:
+                self.queue.get_nowait()
+
+    async def next(self) -> object | None:
+        """The next message, or None once the stream is to end."""
+        item = await self.queue.get()
+        return None if item is _CLOSE else item
+
+
+class Hub:
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self.agents: dict[int, Subscriber] = {}
+        self.watchers: dict[int, Subscriber] = {}
+
+    def connect(self, hello: pb.AgentHello) -> Subscriber:
+        sub = Subscriber(next(self._ids), hello.agent_id, hello.session_id, tuple(hello.services))
+        self.agents[sub.id] = sub
+        return sub
+
+    def disconnect(self, sub: Subscriber) -> bool:
+        """Forget a stream; returns whether its agent has no other stream left."""
+        self.agents.pop(sub.id, None)
+        return not any(s.agent_id == sub.agent_id for s in self.agents.values())
+
+    def watch(self, names: frozenset[str]) -> Subscriber:
+        sub = Subscriber(next(self._ids), names=names)
+        self.watchers[sub.id] = sub
+        return sub
+
+    def unwatch(self, sub: Subscriber) -> None:
+        self.watchers.pop(sub.id, None)
+
+    @property
+    def connected_agents(self) -> int:
+        return len({s.agent_id for s in self.agents.values()})
+
+    def broadcast(self, message: pb.ConnectResponse) -> None:
+        for sub in list(self.agents.values()):
+            sub.push(message)
+
+    def send_to_agent(self, agent_id: str, message: pb.ConnectResponse) -> bool:
+        """Send to one of the agent's streams; False when it has none."""
+        return any(s.agent_id == agent_id and s.push(message) for s in self.agents.values())
+
+    def notify_watchers(self, breaker: pb.Breaker, old: BreakerState | None) -> None:
+        previous = int(old) if old is not None else pb.BREAKER_STATE_UNSPECIFIED
+        response = pb.WatchBreakersResponse(breaker=breaker, previous_state=previous)
+        for sub in list(self.watchers.values()):
+            if not sub.names or breaker.name in sub.names:
+                sub.push(response)
+
+    def close_all(self) -> None:
+        for sub in [*self.agents.values(), *self.watchers.values()]:
+            sub.close()

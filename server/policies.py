@@ -1,0 +1,97 @@
+"""The policies in force: loaded from the store, replaced whole, never by a bad value.
+
+Every value under ``<prefix>/policies/`` is protobuf JSON of a ``ServicePolicy``. A value
+that does not parse or validate is logged, counted and kept visible (``errors``); the
+service keeps its last good policy. Services without a stored policy get the seed's
+defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mission_control.client.config import policy_from_json
+from mission_control.client.errors import ConfigurationError
+from mission_control.client.policy import ServicePolicy, default_policy
+
+_log = logging.getLogger("mission_control.server.policies")
+
+PolicyListener = Callable[[str, ServicePolicy | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadError:
+    key: str
+    error: str
+    at: float  # epoch seconds
+
+
+class PolicyBook:
+    """Service name -> the policy in force, with its store revision."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix.rstrip("/") + "/policies/"
+        self._policies: dict[str, tuple[ServicePolicy, int]] = {}
+        self.errors: deque[LoadError] = deque(maxlen=50)
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+        self.listeners: list[PolicyListener] = []
+
+    def key(self, service: str) -> str:
+        return self.prefix + service
+
+    def service_of(self, key: str) -> str | None:
+        return key[len(self.prefix) :] if key.startswith(self.prefix) else None
+
+    def policy_of(self, service: str) -> ServicePolicy:
+        found = self._policies.get(service)
+        return found[0] if found else default_policy(service)
+
+    def stored(self, service: str) -> tuple[ServicePolicy, int] | None:
+        return self._policies.get(service)
+
+    def all(self) -> list[ServicePolicy]:
+        return [self._policies[name][0] for name in sorted(self._policies)]
+
+    def apply(self, key: str, value: bytes | None, revision: int) -> bool:
+        """Apply a stored value (None = deleted). Returns whether the policy changed.
+
+        A bad value changes nothing: it is recorded in ``errors`` and counted.
+        """
+        service = self.service_of(key)
+        if service is None:
+            return False
+        if value is None:
+            if self._policies.pop(service, None) is None:
+                return False
+            self.reloads_ok += 1
+            self._notify(service, None)
+            return True
+        current = self._policies.get(service)
+        if current is not None and current[1] >= revision:
+            return False
+        try:
+            policy = policy_from_json(value, service=service)
+        except ConfigurationError as err:
+            self.reloads_failed += 1
+            detail = "; ".join(f"{f}: {m}" for f, m in err.violations)
+            self.errors.append(LoadError(key, detail, time.time()))
+            _log.error("ignored invalid policy at %s (kept the last good one): %s", key, detail)
+            return False
+        self._policies[service] = (policy, revision)
+        self.reloads_ok += 1
+        if current is None or current[0] != policy:
+            self._notify(service, policy)
+            return True
+        return False
+
+    def _notify(self, service: str, policy: ServicePolicy | None) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(service, policy)
+            except Exception:
+                _log.exception("policy listener failed")

@@ -1,0 +1,245 @@
+"""The ``ControlPlaneService`` gRPC servicer (asyncio)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+import grpc.aio
+from mission_control.client.breaker import BreakerState
+from mission_control.client.config import (
+    config_from_proto,
+    policy_from_proto,
+    policy_to_json,
+    policy_to_proto,
+)
+from mission_control.client.errors import ConfigurationError, StorageFailure
+from mission_control.client.policy import name_problem
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
+from mission_control.resilience.v1 import errors_pb2
+
+from .control_plane import ControlPlane
+from .hub import Subscriber
+from .store import StoreUnavailable, Write
+
+_log = logging.getLogger("mission_control.server.service")
+
+_SETTABLE = {
+    pb.BREAKER_STATE_CLOSED: BreakerState.CLOSED,
+    pb.BREAKER_STATE_FORCED_OPEN: BreakerState.FORCED_OPEN,
+    pb.BREAKER_STATE_FORCED_CLOSED: BreakerState.FORCED_CLOSED,
+    pb.BREAKER_STATE_DISABLED: BreakerState.DISABLED,
+}
+
+
+def _check_name(field: str, name: str) -> None:
+    problem = name_problem(name)
+    if problem:
+        raise ConfigurationError(field, problem)
+
+
+class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+
+    # -- agents ----------------------------------------------------------------
+
+    async def Connect(
+        self,
+        request_iterator: AsyncIterator[pb.ConnectRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ConnectResponse]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            return
+        if first.WhichOneof("message") != "hello":
+            raise ConfigurationError("hello", "a Connect stream must start with AgentHello")
+        hello = first.hello
+        _check_name("hello.agent_id", hello.agent_id)
+        plane = self.plane
+        sub = plane.hub.connect(hello)
+        _log.info("agent %s connected (stream %s)", hello.agent_id, sub.id)
+        reader = asyncio.create_task(self._read(sub, request_iterator))
+        try:
+            yield pb.ConnectResponse(snapshot=plane.snapshot())
+            while True:
+                message = await sub.next()
+                if message is None:
+                    break
+                yield message  # type: ignore[misc]
+            if sub.overflowed:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, "stream fell behind; reconnect"
+                )
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            if plane.hub.disconnect(sub):
+                plane.breakers.release_agent(sub.agent_id)
+            _log.info("agent %s disconnected (stream %s)", sub.agent_id, sub.id)
+
+    async def _read(self, sub: Subscriber, requests: AsyncIterator[pb.ConnectRequest]) -> None:
+        plane = self.plane
+        try:
+            async for request in requests:
+                kind = request.WhichOneof("message")
+                if kind == "outcomes":
+                    plane.stats.dropped += request.outcomes.dropped
+                    for summary in request.outcomes.summaries:
+                        if name_problem(summary.service):
+                            continue
+                        plane.stats.record(sub.agent_id, summary)
+                        plane.breakers.record(sub.agent_id, summary)
+                elif kind == "probe_request":
+                    if not name_problem(request.probe_request.service):
+                        plane.breakers.request_probe(sub.agent_id, request.probe_request.service)
+                elif kind == "hello":
+                    sub.services = tuple(request.hello.services)
+        except (grpc.RpcError, asyncio.CancelledError):
+            pass
+        finally:
+            sub.close()
+
+    # -- breakers --------------------------------------------------------------
+
+    async def ListBreakers(self, request, context):  # type: ignore[no-untyped-def]
+        return pb.ListBreakersResponse(breakers=self.plane.breakers.snapshot())
+
+    async def GetBreaker(self, request, context):  # type: ignore[no-untyped-def]
+        _check_name("name", request.name)
+        if self.plane.breakers.find(request.name) is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no breaker named {request.name!r}")
+        return pb.GetBreakerResponse(breaker=self.plane.breakers.to_proto(request.name))
+
+    async def WatchBreakers(self, request, context):  # type: ignore[no-untyped-def]
+        names = frozenset(request.names)
+        for name in names:
+            _check_name("names", name)
+        sub = self.plane.hub.watch(names)
+        try:
+            for breaker in self.plane.breakers.snapshot():
+                if not names or breaker.name in names:
+                    yield pb.WatchBreakersResponse(breaker=breaker)
+            while True:
+                message = await sub.next()
+                if message is None:
+                    break
+                yield message
+        finally:
+            self.plane.hub.unwatch(sub)
+
+    async def SetBreakerState(self, request, context):  # type: ignore[no-untyped-def]
+        _check_name("name", request.name)
+        state = _SETTABLE.get(request.state)
+        if state is None:
+            raise ConfigurationError(
+                "state", "must be CLOSED (reset), FORCED_OPEN, FORCED_CLOSED or DISABLED"
+            )
+        if len(request.reason) > 512:
+            raise ConfigurationError("reason", "must be at most 512 characters")
+        breaker = await self.plane.set_breaker_state(request.name, state, request.reason)
+        return pb.SetBreakerStateResponse(breaker=breaker)
+
+    # -- policies --------------------------------------------------------------
+
+    async def ListPolicies(self, request, context):  # type: ignore[no-untyped-def]
+        return pb.ListPoliciesResponse(
+            policies=[policy_to_proto(p) for p in self.plane.policies.all()]
+        )
+
+    async def GetPolicy(self, request, context):  # type: ignore[no-untyped-def]
+        _check_name("service", request.service)
+        response = pb.GetPolicyResponse(
+            effective=policy_to_proto(self.plane.policies.policy_of(request.service))
+        )
+        stored = self.plane.policies.stored(request.service)
+        if stored is not None:
+            response.policy.CopyFrom(policy_to_proto(stored[0]))
+            response.revision = stored[1]
+        return response
+
+    async def PutPolicy(self, request, context):  # type: ignore[no-untyped-def]
+        if not request.HasField("policy"):
+            raise ConfigurationError("policy", "is required")
+        policy = policy_from_proto(request.policy)
+        revision = await self.plane.put_policy(policy, request.expected_revision)
+        if revision is None:
+            await context.abort(
+                grpc.StatusCode.ABORTED,
+                f"policy {policy.service!r} changed since revision {request.expected_revision}",
+            )
+        return pb.PutPolicyResponse(policy=policy_to_proto(policy), revision=revision)
+
+    async def DeletePolicy(self, request, context):  # type: ignore[no-untyped-def]
+        _check_name("service", request.service)
+        return pb.DeletePolicyResponse(deleted=await self.plane.delete_policy(request.service))
+
+    async def ValidateConfig(self, request, context):  # type: ignore[no-untyped-def]
+        try:
+            config_from_proto(request.config)
+        except ConfigurationError as err:
+            return pb.ValidateConfigResponse(
+                valid=False,
+                violations=[
+                    errors_pb2.FieldViolation(field=f, message=m) for f, m in err.violations
+                ],
+            )
+        return pb.ValidateConfigResponse(valid=True)
+
+    async def ImportConfig(self, request, context):  # type: ignore[no-untyped-def]
+        config = config_from_proto(request.config)
+        plane = self.plane
+        changes: list[pb.PolicyChange] = []
+        writes: list[Write] = []
+        for name, policy in sorted(config.service_specific.items()):
+            stored = plane.policies.stored(name)
+            change = pb.PolicyChange(service=name, after=policy_to_proto(policy))
+            if stored is None:
+                change.action = "added"
+            else:
+                change.before.CopyFrom(policy_to_proto(stored[0]))
+                change.action = "unchanged" if stored[0] == policy else "changed"
+            changes.append(change)
+            if change.action != "unchanged":
+                expected = stored[1] if stored else 0
+                writes.append(
+                    Write(plane.policies.key(name), policy_to_json(policy).encode(), expected)
+                )
+        if request.prune:
+            for policy in plane.policies.all():
+                if policy.service not in config.service_specific:
+                    stored = plane.policies.stored(policy.service)
+                    changes.append(
+                        pb.PolicyChange(
+                            service=policy.service, action="removed", before=policy_to_proto(policy)
+                        )
+                    )
+                    writes.append(
+                        Write(plane.policies.key(policy.service), None, stored[1] if stored else 0)
+                    )
+        if request.dry_run or not writes:
+            return pb.ImportConfigResponse(changes=changes)
+        try:
+            revision = await plane.store.commit(writes)
+        except StoreUnavailable as err:
+            raise StorageFailure("etcd", "import config", str(err)) from err
+        if revision is None:
+            await context.abort(
+                grpc.StatusCode.ABORTED,
+                "policies changed while importing; nothing was written, try again",
+            )
+        assert revision is not None  # abort() raised otherwise
+        for write in writes:
+            plane.policies.apply(write.key, write.value, revision)
+        return pb.ImportConfigResponse(changes=changes, revision=revision)
+
+    # -- statistics ------------------------------------------------------------
+
+    async def GetErrorStatistics(self, request, context):  # type: ignore[no-untyped-def]
+        stats = self.plane.stats.to_proto(self.plane.policies, self.plane.hub.connected_agents)
+        return pb.GetErrorStatisticsResponse(statistics=stats)

@@ -1,0 +1,90 @@
+"""The seed's ErrorStatistics, aggregated over every agent that reports to this replica."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.resilience.v1 import errors_pb2
+
+from .policies import PolicyBook
+
+#: Distinct keys kept per dimension; the rest are counted under "other" (agents are
+#: not trusted to keep their labels few).
+MAX_KEYS = 1000
+
+_TYPE_ENUM = {
+    "AgentCriticalFailure": errors_pb2.ERROR_TYPE_AGENT_CRITICAL_FAILURE,
+    "LLMProviderUnavailable": errors_pb2.ERROR_TYPE_LLM_PROVIDER_UNAVAILABLE,
+    "StorageFailure": errors_pb2.ERROR_TYPE_STORAGE_FAILURE,
+    "CircuitBreakerOpen": errors_pb2.ERROR_TYPE_CIRCUIT_BREAKER_OPEN,
+    "ResourceExhausted": errors_pb2.ERROR_TYPE_RESOURCE_EXHAUSTED,
+    "ConfigurationError": errors_pb2.ERROR_TYPE_CONFIGURATION_ERROR,
+    "OperationTimeout": errors_pb2.ERROR_TYPE_OPERATION_TIMEOUT,
+}
+
+
+def _bump(counter: Counter[str], key: str, n: int) -> None:
+    if key not in counter and len(counter) >= MAX_KEYS:
+        key = "other"
+    counter[key] += n
+
+
+class FleetStatistics:
+    def __init__(self) -> None:
+        self.total_errors = 0
+        self.by_service: Counter[str] = Counter()
+        self.by_agent: Counter[str] = Counter()
+        self.by_type: Counter[str] = Counter()
+        self.by_operation: Counter[str] = Counter()
+        self.breaker_opens = 0
+        self.recovery_attempts = 0
+        self.recovery_successes = 0
+        self.rejected = 0
+        self.dropped = 0
+
+    def record(self, agent: str, summary: pb.OutcomeSummary) -> None:
+        failures = summary.failures + summary.probe_failures
+        if failures:
+            self.total_errors += failures
+            _bump(self.by_service, summary.service, failures)
+            _bump(self.by_agent, agent, failures)
+        for name, n in summary.errors_by_type.items():
+            _bump(self.by_type, name, n)
+        for name, n in summary.errors_by_operation.items():
+            _bump(self.by_operation, name, n)
+        self.recovery_attempts += summary.recovery_attempts
+        self.recovery_successes += min(summary.recovery_successes, summary.recovery_attempts)
+        self.rejected += summary.rejected
+
+    def to_proto(self, policies: PolicyBook, connected: int) -> pb.ErrorStatistics:
+        rate = (
+            100.0 * self.recovery_successes / self.recovery_attempts
+            if self.recovery_attempts
+            else 0.0
+        )
+        message = pb.ErrorStatistics(
+            total_errors=self.total_errors,
+            errors_by_service=dict(self.by_service),
+            errors_by_agent=dict(self.by_agent),
+            errors_by_type=dict(self.by_type),
+            errors_by_operation=dict(self.by_operation),
+            circuit_breaker_opens=self.breaker_opens,
+            recovery_success_rate=rate,
+            recovery_attempts=self.recovery_attempts,
+            recovery_successes=self.recovery_successes,
+            calls_rejected=self.rejected,
+            outcomes_dropped=self.dropped,
+            config_reloads_ok=policies.reloads_ok,
+            config_reloads_failed=policies.reloads_failed,
+            connected_agents=connected,
+        )
+        if self.by_type:
+            top = self.by_type.most_common(1)[0][0]
+            message.most_common_error = _TYPE_ENUM.get(top, errors_pb2.ERROR_TYPE_UNSPECIFIED)
+        for err in policies.errors:
+            at = Timestamp()
+            at.FromNanoseconds(int(err.at * 1e9))
+            message.config_errors.add(key=err.key, error=err.error, at=at)
+        return message

@@ -1,0 +1,250 @@
+"""Where the control plane keeps its truth: a small key-value interface, and etcd behind it.
+
+The interface is what the control plane needs and no more: read one key or a prefix,
+write with compare-and-swap on a key's ``mod_revision``, write several keys in one
+transaction, and watch a prefix from a revision. :class:`EtcdStore` implements it on
+``etcd3aio``; every failure to reach etcd surfaces as :class:`StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+from etcd3aio import Etcd3Client
+from etcd3aio.errors import EtcdError
+from etcd3aio.kv import KVService, prefix_range_end
+
+__all__ = [
+    "Entry",
+    "EtcdStore",
+    "Store",
+    "StoreUnavailable",
+    "WatchCompacted",
+    "WatchEvent",
+    "Write",
+]
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached or did not answer in time."""
+
+
+class WatchCompacted(Exception):
+    """The watch start revision was compacted away: reload everything, then watch again."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"watch revision compacted (now at {compact_revision})")
+        self.compact_revision = compact_revision
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    key: str
+    value: bytes
+    mod_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    key: str
+    #: None when the key was deleted.
+    value: bytes | None
+    mod_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One write of a transaction: put ``value`` (or delete when None), optionally only
+    if the key's ``mod_revision`` still equals ``expected_revision`` (0 = must not exist)."""
+
+    key: str
+    value: bytes | None
+    expected_revision: int | None = None
+
+
+class Store(Protocol):
+    async def get(self, key: str) -> Entry | None: ...
+
+    async def get_prefix(self, prefix: str) -> tuple[list[Entry], int]:
+        """Every entry under ``prefix`` and the store revision they were read at."""
+        ...
+
+    async def put(
+        self, key: str, value: bytes, *, expected_revision: int | None = None
+    ) -> int | None:
+        """Write; returns the new ``mod_revision``, or None when the CAS condition failed."""
+        ...
+
+    async def commit(self, writes: Sequence[Write]) -> int | None:
+        """All writes or none; returns the new revision, or None when a condition failed."""
+        ...
+
+    def watch(self, prefix: str, start_revision: int) -> AsyncIterator[list[WatchEvent]]:
+        """Changes under ``prefix`` from ``start_revision`` on; raises WatchCompacted."""
+        ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class EtcdStore:
+    """:class:`Store` on an etcd cluster.
+
+    Args:
+        endpoints: ``host:port`` of the members.
+        timeout: bound on any single request, so a dead cluster is noticed quickly.
+        user / password: etcd authentication, when enabled.
+        ca_cert / cert_key / cert_chain: PEM bytes for TLS.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        timeout: float = 2.0,
+        user: str | None = None,
+        password: str | None = None,
+        ca_cert: bytes | None = None,
+        cert_key: bytes | None = None,
+        cert_chain: bytes | None = None,
+    ) -> None:
+        self.endpoints = list(endpoints)
+        self.timeout = timeout
+        self._user = user
+        self._password = password
+        tls = {"ca_cert": ca_cert, "cert_key": cert_key, "cert_chain": cert_chain}
+        self._tls = {k: v for k, v in tls.items() if v is not None}
+        self._client = Etcd3Client(
+            self.endpoints,
+            rpc_max_attempts=2,
+            watch_reconnect_backoff_seconds=0.1,
+            watch_max_reconnect_backoff_seconds=1.0,
+            tls_server_name="localhost" if self._tls and len(self.endpoints) > 1 else None,
+            **self._tls,  # type: ignore[arg-type]
+        )
+        self._connected = False
+
+    async def connect(self) -> EtcdStore:
+        if not self._connected:
+            await self._client.connect()
+            self._connected = True
+            if self._user is not None:
+                await self._authenticate()
+        return self
+
+    async def _authenticate(self) -> None:
+        auth = self._client.auth
+        assert auth is not None
+        try:
+            response = await auth.authenticate(self._user or "", self._password or "")
+        except (EtcdError, grpc.RpcError, TimeoutError) as err:
+            raise StoreUnavailable(f"etcd authentication failed: {type(err).__name__}") from err
+        self._client.set_token(response.token)
+
+    async def close(self) -> None:
+        if self._connected:
+            await self._client.close()
+            self._connected = False
+
+    @property
+    def _kv(self) -> KVService:
+        kv = self._client.kv
+        if kv is None:
+            raise StoreUnavailable("store is not connected")
+        return kv
+
+    async def _call(self, coro):  # type: ignore[no-untyped-def]
+        try:
+            return await coro
+        except (EtcdError, grpc.RpcError, TimeoutError, OSError) as err:
+            raise StoreUnavailable(f"etcd: {err}") from err
+
+    async def get(self, key: str) -> Entry | None:
+        response = await self._call(self._kv.get(key, timeout=self.timeout))
+        for kv in response.kvs:
+            return Entry(kv.key.decode(), bytes(kv.value), kv.mod_revision)
+        return None
+
+    async def get_prefix(self, prefix: str) -> tuple[list[Entry], int]:
+        response = await self._call(
+            self._kv.get(prefix, prefix_range_end(prefix), timeout=self.timeout)
+        )
+        entries = [Entry(kv.key.decode(), bytes(kv.value), kv.mod_revision) for kv in response.kvs]
+        return entries, response.header.revision
+
+    async def put(
+        self, key: str, value: bytes, *, expected_revision: int | None = None
+    ) -> int | None:
+        if expected_revision is None:
+            response = await self._call(self._kv.put(key, value, timeout=self.timeout))
+            return int(response.header.revision)
+        return await self.commit([Write(key, value, expected_revision)])
+
+    async def commit(self, writes: Sequence[Write]) -> int | None:
+        compare = []
+        ops = []
+        for write in writes:
+            if write.expected_revision is not None:
+                compare.append(_mod_revision_equals(write.key, write.expected_revision))
+            if write.value is None:
+                ops.append(KVService.txn_op_delete(write.key))
+            else:
+                ops.append(KVService.txn_op_put(write.key, write.value))
+        response = await self._call(self._kv.txn(compare, ops, timeout=self.timeout))
+        return int(response.header.revision) if response.succeeded else None
+
+    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[list[WatchEvent]]:
+        watch = self._client.watch
+        if watch is None:
+            raise StoreUnavailable("store is not connected")
+        stream = watch.watch(prefix, prefix_range_end(prefix), start_revision=start_revision)
+        try:
+            async for response in stream:
+                if response.compact_revision > 0:
+                    raise WatchCompacted(response.compact_revision)
+                if response.canceled:
+                    raise StoreUnavailable(f"watch canceled: {response.cancel_reason}")
+                events = [
+                    WatchEvent(
+                        e.kv.key.decode(),
+                        None if e.type == e.DELETE else bytes(e.kv.value),
+                        e.kv.mod_revision,
+                    )
+                    for e in response.events
+                ]
+                if events:
+                    yield events
+        except (EtcdError, grpc.RpcError, OSError) as err:
+            raise StoreUnavailable(f"etcd watch: {err}") from err
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def ping(self) -> None:
+        """Raises StoreUnavailable unless the cluster answers a read within the timeout."""
+        await self._call(self._kv.get("__mission_control_ping__", timeout=self.timeout))
+
+
+def _mod_revision_equals(key: str, revision: int):  # type: ignore[no-untyped-def]
+    # etcd3aio has helpers for VERSION and CREATE compares only; MOD is the same message
+    # with another target (a missing key compares as mod_revision 0).
+    compare = KVService.txn_compare_version(key, 0)
+    compare.target = compare.MOD
+    compare.mod_revision = revision
+    return compare
+
+
+async def wait_until(store: Store, deadline: float) -> bool:
+    """Poll ``store.ping`` until it answers or the loop time passes ``deadline``."""
+    loop = asyncio.get_running_loop()
+    while loop.time() < deadline:
+        try:
+            await store.ping()
+            return True
+        except StoreUnavailable:
+            await asyncio.sleep(0.2)
+    return False
