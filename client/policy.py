@@ -243,21 +243,36 @@ class ServicePolicy:
 #: The seed's three service presets (its breaker builders and config file).
 SEED_PRESETS: Mapping[str, Mapping[str, Any]] = {
     "llm_provider": dict(
-        timeout_secs=30.0, max_retries=3, failure_threshold=5, success_threshold=3,
-        wait_duration_secs=60.0, rate_limit_requests=100, rate_limit_window_secs=60.0,
+        timeout_secs=30.0,
+        max_retries=3,
+        failure_threshold=5,
+        success_threshold=3,
+        wait_duration_secs=60.0,
+        rate_limit_requests=100,
+        rate_limit_window_secs=60.0,
         backoff=Backoff(initial_secs=0.1),
     ),
     "storage_backend": dict(
-        timeout_secs=10.0, max_retries=2, failure_threshold=3, success_threshold=2,
-        wait_duration_secs=30.0, rate_limit_requests=500, rate_limit_window_secs=60.0,
+        timeout_secs=10.0,
+        max_retries=2,
+        failure_threshold=3,
+        success_threshold=2,
+        wait_duration_secs=30.0,
+        rate_limit_requests=500,
+        rate_limit_window_secs=60.0,
         backoff=Backoff(initial_secs=0.05),
     ),
     "agent_communication": dict(
-        timeout_secs=5.0, max_retries=2, failure_threshold=10, success_threshold=5,
-        wait_duration_secs=15.0, rate_limit_requests=1000, rate_limit_window_secs=60.0,
+        timeout_secs=5.0,
+        max_retries=2,
+        failure_threshold=10,
+        success_threshold=5,
+        wait_duration_secs=15.0,
+        rate_limit_requests=1000,
+        rate_limit_window_secs=60.0,
         backoff=Backoff(initial_secs=0.025),
     ),
-}  # fmt: skip
+}
 
 
 def default_policy(service: str, **overrides: Any) -> ServicePolicy:

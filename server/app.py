@@ -77,10 +77,13 @@ async def start_control_plane(
     running = RunningControlPlane(plane, server, port)
     health_pb2_grpc.add_HealthServicer_to_server(running.health, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME),
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
-    )  # fmt: skip
+    )
     loop = asyncio.get_running_loop()
     pending: set[asyncio.Task[None]] = set()
 
@@ -133,9 +136,11 @@ async def serve(options: ServeOptions) -> None:
     if not endpoints:
         client, peer = _embedded_ports(options.state_dir)
         embedded = EtcdProcess(
-            options.state_dir / "etcd", client_port=client, peer_port=peer,
+            options.state_dir / "etcd",
+            client_port=client,
+            peer_port=peer,
             log_file=options.state_dir / "etcd.log",
-        )  # fmt: skip
+        )
         await asyncio.to_thread(embedded.start)
         endpoints = [embedded.endpoint]
         print(

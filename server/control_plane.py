@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import time
 from collections.abc import Callable
@@ -196,7 +195,7 @@ class ControlPlane:
         """Force a breaker's state; returns the stored breaker. Raises StorageFailure
         when the store cannot take the write (nothing changes then)."""
         for _ in range(10):
-            breaker = copy.deepcopy(self.breakers.get(name))
+            breaker = self.breakers.draft(name)
             breaker.force(time.monotonic(), state, reason)
             record = self.breakers.record_of(breaker)
             expected = self.breakers.revisions.get(name, 0)

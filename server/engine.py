@@ -8,6 +8,7 @@ listeners (the Connect streams, WatchBreakers, statistics, the persister).
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -81,6 +82,13 @@ class FleetBreakers:
             self._breakers[name] = breaker
         return breaker
 
+    def draft(self, name: str) -> CircuitBreaker:
+        """A copy of the breaker (or a new one) to try a change on without making it."""
+        found = self._breakers.get(name)
+        if found is not None:
+            return copy.deepcopy(found)
+        return CircuitBreaker(name, self._policy_of(name), self._clock())
+
     def find(self, name: str) -> CircuitBreaker | None:
         return self._breakers.get(name)
 
@@ -130,6 +138,8 @@ class FleetBreakers:
         ``value`` None means the key was deleted: the breaker starts over CLOSED.
         Raises ValueError when ``value`` is not a breaker record.
         """
+        if value is not None and 0 < revision <= self.revisions.get(name, 0):
+            return  # already applied (the watch and the writer both report a write)
         breaker = self.get(name)
         old = breaker.state
         if value is None:

@@ -1,9 +1,14 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from mission_control.server.app import RunningControlPlane, start_control_plane
+from mission_control.server.etcd_process import EtcdProcess
+from mission_control.server.store import EtcdStore
 
+from tests.support.etcd import start_etcd
 from tests.support.procs import Proc, python
 
 
@@ -24,3 +29,29 @@ def spawned() -> Iterator[list[Proc]]:
     yield procs
     for proc in procs:
         proc.kill()
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdProcess]:
+    """One real etcd for the session; tests keep apart with their own key prefix."""
+    proc = start_etcd(tmp_path_factory.mktemp("etcd"))
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    """A key prefix of this test's own."""
+    return f"/mc-test/{request.node.name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def control_plane(
+    etcd_server: EtcdProcess, prefix: str
+) -> AsyncIterator[RunningControlPlane]:
+    """A control plane in this process (gRPC on a free port), on the session etcd."""
+    running = await start_control_plane(
+        EtcdStore([etcd_server.endpoint]), "127.0.0.1:0", prefix=prefix
+    )
+    yield running
+    await running.stop(grace=0.5)

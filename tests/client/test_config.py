@@ -26,19 +26,26 @@ def test_seed_file_loads_with_seed_values() -> None:
     config = load_config_file(SEED_FILE)
     llm = config.policy_for("llm_provider")
     assert (llm.timeout_secs, llm.max_retries, llm.failure_threshold, llm.success_threshold) == (
-        30, 3, 5, 3,
-    )  # fmt: skip
+        30,
+        3,
+        5,
+        3,
+    )
     assert (llm.wait_duration_secs, llm.rate_limit_requests, llm.rate_limit_window_secs) == (
-        60, 100, 60,
-    )  # fmt: skip
+        60,
+        100,
+        60,
+    )
     assert llm.backoff.initial_secs == 0.1
     storage = config.policy_for("storage_backend")
     assert (storage.timeout_secs, storage.max_retries, storage.failure_threshold) == (10, 2, 3)
     assert (storage.success_threshold, storage.backoff.initial_secs) == (2, 0.05)
     comms = config.policy_for("agent_communication")
     assert (comms.failure_threshold, comms.success_threshold, comms.wait_duration_secs) == (
-        10, 5, 15,
-    )  # fmt: skip
+        10,
+        5,
+        15,
+    )
     assert comms.backoff.initial_secs == 0.025 and comms.rate_limit_requests == 1000
 
 

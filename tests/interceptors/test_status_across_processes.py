@@ -158,14 +158,25 @@ def test_grpcurl_sees_error_info_reason(raising_server: str) -> None:
     method = "mission_control.resilience.v1.ControlPlaneService/GetBreaker"
     listed = subprocess.run(
         [_grpcurl(), "-plaintext", raising_server, "list"],
-        capture_output=True, text=True, timeout=30, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     assert "mission_control.resilience.v1.ControlPlaneService" in listed.stdout.split()
     result = subprocess.run(
-        [_grpcurl(), "-plaintext", "-d", json.dumps({"name": "ResourceExhausted"}),
-         raising_server, method],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        [
+            _grpcurl(),
+            "-plaintext",
+            "-d",
+            json.dumps({"name": "ResourceExhausted"}),
+            raising_server,
+            method,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode != 0
     out = result.stdout + result.stderr
     assert "Code: ResourceExhausted" in out

@@ -74,3 +74,24 @@ class Proc:
 
 def python(module: str, *args: str, env: dict[str, str] | None = None) -> Proc:
     return Proc([sys.executable, "-m", module, *args], env=env)
+
+
+def control_plane(etcd: str, prefix: str, *extra: str) -> tuple[Proc, str]:
+    """``mission-control serve`` as its own process; returns it and its address."""
+    proc = Proc(
+        [
+            sys.executable,
+            "-m",
+            "mission_control.server.cli",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--etcd",
+            etcd,
+            "--etcd-prefix",
+            prefix,
+            *extra,
+        ]
+    )
+    line = proc.wait_for("mission-control: serving on ", timeout=60)
+    return proc, line.split()[3]
