@@ -1,0 +1,234 @@
+"""The agent's one Connect stream to the control plane, run on a background thread.
+
+It says hello, applies the snapshot and every update to the :class:`LocalView`, and
+sends outcome batches: at once after a failure (so the fleet learns quickly), else every
+``flush_interval``. It reconnects with jittered backoff, trying the endpoints in turn.
+Nothing here is on a call's path: the hot path only adds to counters and, on a failure,
+nudges this thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+import grpc
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
+
+from .config import policy_from_proto
+from .errors import ConfigurationError
+from .view import LocalView
+
+_log = logging.getLogger("mission_control.client")
+
+_WAKE = object()
+_STOP = object()
+
+
+class ControlPlaneConnection:
+    """Keeps a Connect stream up and the local view fresh.
+
+    Args:
+        endpoints: control-plane addresses (``host:port``), tried in turn.
+        agent_id / session_id: who this agent is.
+        view: what the stream keeps fresh.
+        services: services the agent calls, announced in the hello.
+        flush_interval: longest wait before outcomes are sent.
+        credentials: channel credentials for TLS; plaintext when None.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        agent_id: str,
+        session_id: str,
+        view: LocalView,
+        *,
+        services: Sequence[str] = (),
+        flush_interval: float = 0.05,
+        credentials: grpc.ChannelCredentials | None = None,
+        max_backoff: float = 5.0,
+    ) -> None:
+        if not endpoints:
+            raise ConfigurationError("control_plane", "at least one endpoint is needed")
+        self.endpoints = list(endpoints)
+        self.agent_id = agent_id
+        self.session_id = session_id
+        self.view = view
+        self.services = tuple(services)
+        self.flush_interval = flush_interval
+        self.credentials = credentials
+        self.max_backoff = max_backoff
+        self._outbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._wake_pending = False
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._call: grpc.Future | None = None
+        self._sequence = 0
+        #: Outcome batches and probe requests sent; streams opened; reconnects.
+        self.batches_sent = 0
+        self.streams_opened = 0
+        self.current_endpoint: str | None = None
+        self.connected_event = threading.Event()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name=f"mission-control-{self.agent_id}", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Send what is left, close the stream, end the thread."""
+        self._stopping.set()
+        self._outbox.put(_STOP)
+        call = self._call
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive() and call is not None:
+                call.cancel()
+                thread.join(timeout)
+        self._thread = None
+
+    # -- called from the hot path ----------------------------------------------
+
+    def nudge(self) -> None:
+        """Send outcomes now rather than at the next interval (after a failure)."""
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._outbox.put(_WAKE)
+
+    def ask_probe(self, service: str) -> None:
+        """Ask the fleet for a probe permit (at most every 100 ms per service)."""
+        state = self.view.get(service)
+        now = self.view.clock()
+        if now - state.probe_asked_at < 0.1:
+            return
+        state.probe_asked_at = now
+        self._outbox.put(pb.ConnectRequest(probe_request=pb.ProbeRequest(service=service)))
+
+    # -- the stream ------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.05
+        attempt = 0
+        while not self._stopping.is_set():
+            endpoint = self.endpoints[attempt % len(self.endpoints)]
+            attempt += 1
+            started = time.monotonic()
+            try:
+                self._stream(endpoint)
+            except grpc.RpcError as err:
+                code = err.code() if hasattr(err, "code") else None
+                if not self._stopping.is_set():
+                    _log.info("control plane %s: stream ended (%s)", endpoint, code)
+            except Exception:
+                _log.exception("control plane %s: unexpected error", endpoint)
+            finally:
+                self.view.forget_fleet()
+                self.connected_event.clear()
+                self.current_endpoint = None
+            if self._stopping.is_set():
+                return
+            if time.monotonic() - started > 5.0:
+                backoff = 0.05  # it was up for a while: reconnect quickly
+            delay = backoff * (0.5 + random.random())
+            self._stopping.wait(delay)
+            backoff = min(backoff * 2, self.max_backoff)
+
+    def _channel(self, endpoint: str) -> grpc.Channel:
+        options = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
+        if self.credentials is not None:
+            return grpc.secure_channel(endpoint, self.credentials, options=options)
+        return grpc.insecure_channel(endpoint, options=options)
+
+    def _stream(self, endpoint: str) -> None:
+        with self._channel(endpoint) as channel:
+            stub = pb_grpc.ControlPlaneServiceStub(channel)
+            call = stub.Connect(self._requests())
+            self._call = call
+            self.streams_opened += 1
+            try:
+                for response in call:
+                    self._apply(response, endpoint)
+            finally:
+                self._call = None
+                call.cancel()
+
+    def _requests(self) -> Iterator[pb.ConnectRequest]:
+        yield pb.ConnectRequest(
+            hello=pb.AgentHello(
+                agent_id=self.agent_id, session_id=self.session_id, services=self.services
+            )
+        )
+        while True:
+            try:
+                item = self._outbox.get(timeout=self.flush_interval)
+            except queue.Empty:
+                item = _WAKE
+            if item is _WAKE:
+                self._wake_pending = False
+            batch = self._batch()
+            if batch is not None:
+                yield batch
+            if item is _STOP:
+                return
+            if isinstance(item, pb.ConnectRequest):
+                yield item
+
+    def _batch(self) -> pb.ConnectRequest | None:
+        summaries = []
+        for name, state in list(self.view.services.items()):
+            tally = state.drain()
+            if tally is not None:
+                summaries.append(tally.to_proto(name))
+        if not summaries:
+            return None
+        self._sequence += 1
+        self.batches_sent += 1
+        return pb.ConnectRequest(
+            outcomes=pb.OutcomeBatch(sequence=self._sequence, summaries=summaries)
+        )
+
+    def _apply(self, response: pb.ConnectResponse, endpoint: str) -> None:
+        kind = response.WhichOneof("message")
+        view = self.view
+        if kind == "snapshot":
+            policies = {}
+            for message in response.snapshot.policies:
+                try:
+                    policies[message.service] = policy_from_proto(message)
+                except ConfigurationError as err:
+                    _log.error(
+                        "ignored invalid policy %s from control plane: %s", message.service, err
+                    )
+            view.replace_policies(policies)
+            for breaker in response.snapshot.breakers:
+                view.set_breaker(breaker)
+            view.connected = True
+            self.current_endpoint = endpoint
+            self.connected_event.set()
+            _log.info("connected to control plane %s", endpoint)
+        elif kind == "breaker":
+            view.set_breaker(response.breaker)
+        elif kind == "policy":
+            update = response.policy
+            if update.deleted:
+                view.set_policy(update.service, None)
+            else:
+                try:
+                    view.set_policy(update.service, policy_from_proto(update.policy))
+                except ConfigurationError as err:
+                    _log.error(
+                        "ignored invalid policy %s from control plane: %s", update.service, err
+                    )
+        elif kind == "probe_grant":
+            view.grant(response.probe_grant)

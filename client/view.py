@@ -1,0 +1,244 @@
+"""The agent's local view: per service, everything a call is decided from.
+
+The control-plane connection writes into it (policies, fleet breaker states, probe
+permits); the hot path reads it with one dict lookup and never waits on the network.
+When the control plane is out of reach, each service's *local* breaker — fed by this
+agent's own outcomes all along — is enforced instead (fail static).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+from .breaker import BreakerState, CircuitBreaker
+from .limits import Bulkhead, RetryBudget, TokenBucket
+from .policy import ServicePolicy, default_policy
+
+__all__ = ["FleetBreaker", "LocalView", "ServiceState", "Tally"]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetBreaker:
+    """A breaker as the control plane last said, with times on this process's clock."""
+
+    state: BreakerState
+    failures: int
+    open_until: float
+    generation: int
+
+
+class Tally:
+    """Outcomes of one service's calls since the last batch sent to the control plane."""
+
+    __slots__ = (
+        "errors_by_operation",
+        "errors_by_type",
+        "failures",
+        "probe_failures",
+        "probe_successes",
+        "probes_released",
+        "recovery_attempts",
+        "recovery_successes",
+        "rejected",
+        "successes",
+        "trailing_failures",
+    )
+
+    def __init__(self) -> None:
+        self.successes = self.failures = self.trailing_failures = self.rejected = 0
+        self.probe_successes = self.probe_failures = self.probes_released = 0
+        self.recovery_attempts = self.recovery_successes = 0
+        self.errors_by_type: Counter[str] = Counter()
+        self.errors_by_operation: Counter[str] = Counter()
+
+    def empty(self) -> bool:
+        return not (
+            self.successes or self.failures or self.rejected or self.probe_successes
+            or self.probe_failures or self.probes_released or self.recovery_attempts
+        )  # fmt: skip
+
+    def to_proto(self, service: str) -> pb.OutcomeSummary:
+        return pb.OutcomeSummary(
+            service=service,
+            successes=self.successes,
+            failures=self.failures,
+            trailing_failures=self.trailing_failures,
+            errors_by_type=dict(self.errors_by_type),
+            rejected=self.rejected,
+            probe_successes=self.probe_successes,
+            probe_failures=self.probe_failures,
+            recovery_attempts=self.recovery_attempts,
+            recovery_successes=self.recovery_successes,
+            probes_released=self.probes_released,
+            errors_by_operation=dict(self.errors_by_operation),
+        )
+
+
+class ServiceState:
+    """One service as this agent sees it. Limits are per agent; the breaker is the fleet's."""
+
+    def __init__(self, name: str, policy: ServicePolicy, now: float) -> None:
+        self.name = name
+        self.lock = threading.Lock()
+        self.policy = policy
+        self.fleet: FleetBreaker | None = None
+        self.local = CircuitBreaker(name, policy, now)
+        self.bucket = TokenBucket(policy.rate_limit_requests, policy.rate_limit_window_secs, now)
+        self.quotas = {q.resource: TokenBucket(q.limit, q.window_secs, now) for q in policy.quotas}
+        self.bulkhead = Bulkhead(policy.max_concurrent)
+        self.budget = self._budget(policy)
+        self.permits: list[float] = []  # expiry times of fleet probe permits held
+        self.local_probes = 0
+        self.tally = Tally()
+        self.probe_asked_at = -1e9
+
+    @staticmethod
+    def _budget(policy: ServicePolicy) -> RetryBudget:
+        b = policy.retry_budget
+        return RetryBudget(b.ratio, b.min_retries_per_second, b.window_secs)
+
+    def apply_policy(self, policy: ServicePolicy, now: float) -> None:
+        old = self.policy
+        self.policy = policy
+        with self.lock:
+            self.local.update_policy(policy)
+        if (old.rate_limit_requests, old.rate_limit_window_secs) != (
+            policy.rate_limit_requests,
+            policy.rate_limit_window_secs,
+        ):
+            self.bucket.resize(policy.rate_limit_requests, policy.rate_limit_window_secs, now)
+        if old.quotas != policy.quotas:
+            quotas = {}
+            for q in policy.quotas:
+                bucket = self.quotas.get(q.resource)
+                if bucket is None:
+                    bucket = TokenBucket(q.limit, q.window_secs, now)
+                else:
+                    bucket.resize(q.limit, q.window_secs, now)
+                quotas[q.resource] = bucket
+            self.quotas = quotas
+        self.bulkhead.limit = policy.max_concurrent
+        if old.retry_budget != policy.retry_budget:
+            self.budget = self._budget(policy)
+
+    def take_permit(self, now: float) -> bool:
+        """Use one fleet probe permit, if one is held and not expired."""
+        with self.lock:
+            while self.permits:
+                expiry = self.permits.pop()
+                if expiry > now:
+                    return True
+            return False
+
+    def drain(self) -> Tally | None:
+        """The outcomes so far, and a fresh tally for what follows."""
+        with self.lock:
+            tally = self.tally
+            if tally.empty():
+                return None
+            self.tally = Tally()
+            return tally
+
+
+class LocalView:
+    """Policies, breaker states and limits of every service this agent calls.
+
+    Args:
+        policies: policies known without a control plane (a config file, code); a
+            service in neither gets the seed's defaults.
+        clock: monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        policies: Mapping[str, ServicePolicy] | Callable[[str], ServicePolicy] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.clock = clock
+        self._base: Callable[[str], ServicePolicy]
+        if policies is None:
+            self._base = default_policy
+        elif callable(policies):
+            self._base = policies
+        else:
+            known = dict(policies)
+            self._base = lambda name: known.get(name) or default_policy(name)
+        self._pushed: dict[str, ServicePolicy] = {}
+        self.services: dict[str, ServiceState] = {}
+        self._create = threading.Lock()
+        #: True while a Connect stream is up and its snapshot applied.
+        self.connected = False
+
+    def get(self, name: str) -> ServiceState:
+        state = self.services.get(name)
+        if state is None:
+            with self._create:
+                state = self.services.get(name)
+                if state is None:
+                    state = ServiceState(name, self.policy_of(name), self.clock())
+                    self.services[name] = state
+        return state
+
+    def policy_of(self, name: str) -> ServicePolicy:
+        return self._pushed.get(name) or self._base(name)
+
+    # -- written by the control-plane connection -------------------------------
+
+    def set_policy(self, name: str, policy: ServicePolicy | None) -> None:
+        """A policy from the control plane; None = deleted there (back to the base)."""
+        if policy is None:
+            self._pushed.pop(name, None)
+        else:
+            self._pushed[name] = policy
+        state = self.services.get(name)
+        if state is not None:
+            state.apply_policy(self.policy_of(name), self.clock())
+
+    def replace_policies(self, policies: Mapping[str, ServicePolicy]) -> None:
+        """A snapshot: exactly these policies come from the control plane now."""
+        for name in set(self._pushed) - set(policies):
+            self.set_policy(name, None)
+        for name, policy in policies.items():
+            if self._pushed.get(name) != policy:
+                self.set_policy(name, policy)
+
+    def set_breaker(self, message: pb.Breaker) -> None:
+        now = self.clock()
+        state = self.get(message.name)
+        remaining = message.open_remaining.ToNanoseconds() / 1e9
+        fleet = FleetBreaker(
+            BreakerState(message.state), message.failures, now + remaining, message.generation
+        )
+        previous = state.fleet
+        state.fleet = fleet
+        if previous is not None and previous.generation != fleet.generation:
+            with state.lock:
+                state.permits.clear()
+        if fleet.state in (BreakerState.CLOSED, BreakerState.FORCED_CLOSED, BreakerState.DISABLED):
+            # The fleet's verdict supersedes what this agent saw alone.
+            with state.lock:
+                if state.local.state is not BreakerState.CLOSED:
+                    state.local.force(now, BreakerState.CLOSED, "closed by the fleet")
+
+    def grant(self, grant: pb.ProbeGrant) -> None:
+        state = self.get(grant.service)
+        fleet = state.fleet
+        if fleet is not None and fleet.generation != grant.generation:
+            return  # for an earlier HALF_OPEN: no longer valid
+        ttl = grant.ttl.ToNanoseconds() / 1e9
+        expiry = self.clock() + ttl
+        with state.lock:
+            state.permits.extend([expiry] * max(1, grant.permits))
+
+    def forget_fleet(self) -> None:
+        """The control plane is gone: stop trusting its states and permits."""
+        self.connected = False
+        for state in list(self.services.values()):
+            with state.lock:
+                state.permits.clear()
