@@ -43,12 +43,14 @@ proto: venv
 	PATH=$(BIN):$$PATH $(PY) -m grpc_tools.protoc -I $(PROTO_DIR) \
 	  --python_out=$(PROTO_DIR) --grpc_python_out=$(PROTO_DIR) \
 	  --mypy_out=$(PROTO_DIR) --mypy_grpc_out=$(PROTO_DIR) $(PROTOS)
+	PATH=$(BIN):$$PATH $(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. \
+	  --mypy_out=. tests/support/echo.proto
 
 # Regenerate and fail when the committed generated code differs.
 proto-check: proto
-	@git diff --exit-code --stat -- '$(PROTO_DIR)/*_pb2*.py*' || \
+	@git diff --exit-code --stat -- '$(PROTO_DIR)/*_pb2*.py*' 'tests/support/*_pb2*.py*' || \
 	  { echo "generated code is out of date: run 'make proto' and commit"; exit 1; }
-	@test -z "$$(git ls-files --others --exclude-standard -- '$(PROTO_DIR)/*_pb2*')" || \
+	@test -z "$$(git ls-files --others --exclude-standard -- '$(PROTO_DIR)/*_pb2*' 'tests/support/*_pb2*')" || \
 	  { echo "untracked generated code: run 'make proto' and commit"; exit 1; }
 
 lint: venv buf

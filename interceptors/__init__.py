@@ -1,5 +1,9 @@
 """gRPC adapters over the resilience client.
 
+Client side: :func:`client_interceptor` (sync) and :func:`aio_client_interceptors`
+(asyncio) decide every call from the agent's local view — breaker, rate limit, bulkhead,
+deadline, retry, fallback — and raise the taxonomy's errors.
+
 Server side: :func:`server_interceptor` / :func:`aio_server_interceptor` make a
 :class:`~mission_control.client.errors.MissionControlError` raised in a servicer leave as
 its rich ``google.rpc.Status``; any other exception leaves as ``AgentCriticalFailure``.
@@ -7,10 +11,70 @@ its rich ``google.rpc.Status``; any other exception leaves as ``AgentCriticalFai
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+import grpc.aio
+from mission_control.client.agent import MissionControl
+
+from ._aio_client import AioUnaryStreamInterceptor, AioUnaryUnaryInterceptor
 from ._aio_server import AioServerInterceptor
+from ._client import ClientInterceptor
+from ._client_common import ServiceMap, check_agent
 from ._server import ServerInterceptor
 
-__all__ = ["aio_server_interceptor", "server_interceptor"]
+__all__ = [
+    "aio_client_interceptors",
+    "aio_server_interceptor",
+    "client_interceptor",
+    "server_interceptor",
+]
+
+
+def client_interceptor(
+    agent: MissionControl,
+    *,
+    service: str | None = None,
+    services: ServiceMap = None,
+    kind: str | None = None,
+    fallback_channels: Mapping[str, grpc.Channel] | None = None,
+) -> ClientInterceptor:
+    """Interceptor for ``grpc.intercept_channel(channel, ...)``.
+
+    Args:
+        agent: the agent's :class:`MissionControl`.
+        service: the service (policy and breaker) of every call on the channel.
+        services: per method (``/pkg.Svc/Method``) or gRPC service (``pkg.Svc``) service
+            names, or a function of the method; the rest go to ``service``, or to their
+            gRPC service name.
+        kind: ``"llm"``, ``"storage"`` or ``"other"``, to name plain failures
+            (default: guessed from the service name).
+        fallback_channels: service name -> a channel to the same API, tried in the
+            policy's ``fallbacks`` order when the service cannot serve a call.
+
+    Raises from a call: the taxonomy error the call failed with (``CircuitBreakerOpen``,
+    ``ResourceExhausted``, ``OperationTimeout``, ``LLMProviderUnavailable``, …); an error
+    the taxonomy cannot name leaves as the original ``grpc.RpcError``.
+    """
+    return ClientInterceptor(check_agent(agent), service, services, kind, fallback_channels)
+
+
+def aio_client_interceptors(
+    agent: MissionControl,
+    *,
+    service: str | None = None,
+    services: ServiceMap = None,
+    kind: str | None = None,
+    fallback_channels: Mapping[str, grpc.aio.Channel] | None = None,
+) -> list[Any]:
+    """Interceptors for ``grpc.aio.insecure_channel(..., interceptors=...)``; arguments as
+    :func:`client_interceptor`."""
+    check_agent(agent)
+    return [
+        AioUnaryUnaryInterceptor(agent, service, services, kind, fallback_channels),
+        AioUnaryStreamInterceptor(agent, service, services, kind, fallback_channels),
+    ]
 
 
 def server_interceptor(*, agent: str | None = None, debug: bool | None = None) -> ServerInterceptor:

@@ -1,0 +1,94 @@
+"""What the sync and asyncio client interceptors share: naming the service of a call,
+per-attempt call details, and the fallback stubs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import grpc
+from google.protobuf import descriptor_pool, message_factory
+from mission_control.client.agent import MissionControl
+
+from ._common import split_method
+
+ServiceMap = Mapping[str, str] | Callable[[str], str] | None
+
+
+class CallDetails(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: Any
+    compression: Any
+
+
+class _Details(CallDetails, grpc.ClientCallDetails):
+    pass
+
+
+class _AioDetails(CallDetails, grpc.aio.ClientCallDetails):  # type: ignore[misc]
+    pass
+
+
+def with_timeout(details: Any, timeout: float, aio: bool = False) -> Any:
+    """The call's details with ``timeout`` (the time left under the policy)."""
+    cls = _AioDetails if aio else _Details
+    return cls(
+        details.method,
+        timeout,
+        details.metadata,
+        details.credentials,
+        details.wait_for_ready,
+        getattr(details, "compression", None),
+    )
+
+
+class ServiceNamer:
+    """Which service (policy, breaker) a call belongs to.
+
+    ``services`` maps a full method (``/pkg.Svc/Method``) or a gRPC service
+    (``pkg.Svc``) to a service name, or is a function of the method; calls it does not
+    name belong to ``service``, or else to their gRPC service name.
+    """
+
+    def __init__(self, service: str | None, services: ServiceMap) -> None:
+        self.service = service
+        self.services = services
+        self._cache: dict[str, str] = {}
+
+    def __call__(self, method: str) -> str:
+        found = self._cache.get(method)
+        if found is None:
+            found = self._resolve(method)
+            self._cache[method] = found
+        return found
+
+    def _resolve(self, method: str) -> str:
+        grpc_service, _ = split_method(method)
+        if callable(self.services):
+            return self.services(method)
+        if self.services:
+            for key in (method, grpc_service):
+                if key in self.services:
+                    return self.services[key]
+        return self.service or grpc_service
+
+
+def response_class(method: str) -> Any:
+    """The generated response class of ``/pkg.Svc/Method``, from the descriptor pool."""
+    grpc_service, name = split_method(method)
+    pool = descriptor_pool.Default()
+    output = pool.FindServiceByName(grpc_service).FindMethodByName(name).output_type
+    return message_factory.GetMessageClass(output)
+
+
+def operation_of(method: str) -> str:
+    return split_method(method)[1] or method
+
+
+def check_agent(agent: object) -> MissionControl:
+    if not isinstance(agent, MissionControl):
+        raise TypeError("pass the agent's MissionControl instance")
+    return agent

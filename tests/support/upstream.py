@@ -1,0 +1,125 @@
+"""An upstream gRPC service that echoes, or fails as a test tells it to.
+
+In-process: ``with Upstream("llm-primary") as up: up.address``. As its own process:
+``python -m tests.support.upstream NAME`` prints ``PORT <n>``.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from concurrent import futures
+
+import grpc
+
+from mission_control.client.status import to_grpc_status
+from tests.support import echo_pb2 as pb
+from tests.support import echo_pb2_grpc as pb_grpc
+
+
+class EchoServicer(pb_grpc.EchoServiceServicer):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.mode = pb.SetModeRequest(mode="ok")
+        self.left = 0
+        self.calls = 0
+        self.arrivals: list[float] = []
+        self._lock = threading.Lock()
+
+    def _current(self) -> pb.SetModeRequest:
+        with self._lock:
+            self.calls += 1
+            self.arrivals.append(time.monotonic())
+            mode = self.mode
+            if mode.times:
+                self.left -= 1
+                if self.left < 0:
+                    return pb.SetModeRequest(mode="ok")
+            return mode
+
+    def _answer(self, request: pb.EchoRequest, context: grpc.ServicerContext) -> pb.EchoResponse:
+        mode = self._current()
+        if mode.mode == "slow":
+            time.sleep(mode.delay_secs)
+        elif mode.mode == "fail":
+            context.abort(grpc.StatusCode[mode.code or "UNAVAILABLE"], f"{self.name} told to fail")
+        elif mode.mode == "pushback":
+            context.set_trailing_metadata((("grpc-retry-pushback-ms", str(mode.pushback_ms)),))
+            context.abort(grpc.StatusCode[mode.code or "UNAVAILABLE"], f"{self.name} pushes back")
+        elif mode.mode == "taxonomy":
+            context.abort_with_status(to_grpc_status(_example(mode.text)))
+        return pb.EchoResponse(text=request.text, served_by=self.name)
+
+    def Echo(self, request, context):  # noqa: N802
+        return self._answer(request, context)
+
+    def EchoStream(self, request, context):  # noqa: N802
+        first = self._answer(request, context)
+        for i in range(3):
+            yield pb.EchoResponse(text=f"{first.text}#{i}", served_by=self.name)
+
+    def SetMode(self, request, context):  # noqa: N802
+        with self._lock:
+            self.mode = request
+            self.left = request.times
+        return pb.SetModeResponse()
+
+    def GetStats(self, request, context):  # noqa: N802
+        with self._lock:
+            response = pb.GetStatsResponse(calls=self.calls, arrivals=self.arrivals)
+            if request.reset:
+                self.calls = 0
+                self.arrivals = []
+        return response
+
+
+def _example(name: str):  # type: ignore[no-untyped-def]
+    from tests.support.raising_server import make_error
+
+    return make_error(name)
+
+
+class Upstream:
+    """An Echo server on a free loopback port, in this process."""
+
+    def __init__(self, name: str) -> None:
+        self.servicer = EchoServicer(name)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
+        pb_grpc.add_EchoServiceServicer_to_server(self.servicer, self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.address = f"127.0.0.1:{self.port}"
+
+    def set(self, mode: str, **fields: object) -> None:
+        self.servicer.SetMode(pb.SetModeRequest(mode=mode, **fields), None)  # type: ignore[arg-type]
+
+    @property
+    def calls(self) -> int:
+        return self.servicer.calls
+
+    def __enter__(self) -> Upstream:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(0)
+
+
+def set_mode(address: str, mode: str, **fields: object) -> None:
+    with grpc.insecure_channel(address) as channel:
+        pb_grpc.EchoServiceStub(channel).SetMode(
+            pb.SetModeRequest(mode=mode, **fields),
+            timeout=5,  # type: ignore[arg-type]
+        )
+
+
+def stats(address: str, reset: bool = False) -> pb.GetStatsResponse:
+    with grpc.insecure_channel(address) as channel:
+        return pb_grpc.EchoServiceStub(channel).GetStats(pb.GetStatsRequest(reset=reset), timeout=5)
+
+
+if __name__ == "__main__":
+    upstream = Upstream(sys.argv[1] if len(sys.argv) > 1 else "upstream")
+    upstream.server.start()
+    print(f"PORT {upstream.port}", flush=True)
+    upstream.server.wait_for_termination()
