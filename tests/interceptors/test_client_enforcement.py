@@ -4,11 +4,11 @@ sync and aio interceptors, sync and async guard."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
-
 from mission_control.client.agent import MissionControl
 from mission_control.client.errors import (
     CircuitBreakerOpen,
@@ -18,6 +18,7 @@ from mission_control.client.errors import (
     StorageFailure,
 )
 from mission_control.client.policy import Backoff, Quota, RetryBudget, ServicePolicy
+
 from tests.support.drivers import KINDS, Driver
 from tests.support.upstream import Upstream
 
@@ -70,7 +71,7 @@ async def test_retries_with_policy_count_and_growing_delays(make, upstream: Upst
     assert caught.value.provider == "llm_provider"
     arrivals = upstream.servicer.arrivals
     assert len(arrivals) == 4  # first call + max_retries
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert gaps[0] >= 0.05 and gaps[1] >= 0.1 and gaps[2] >= 0.2
     assert gaps[0] < gaps[1] < gaps[2]
 

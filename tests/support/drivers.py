@@ -9,9 +9,9 @@ from typing import Any
 
 import grpc
 import grpc.aio
-
 from mission_control.client.agent import MissionControl
 from mission_control.interceptors import aio_client_interceptors, client_interceptor
+
 from tests.support import echo_pb2 as pb
 from tests.support import echo_pb2_grpc as pb_grpc
 

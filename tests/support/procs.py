@@ -22,6 +22,7 @@ class Proc:
         self.popen = subprocess.Popen(
             self.args,
             cwd=ROOT,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None,
             env={**os.environ, **(env or {})},
@@ -55,6 +56,20 @@ class Proc:
             f"{self.args}: no line starting {prefix!r} within {timeout}s "
             f"(exit code {self.popen.poll()}); saw {self.lines[-20:]}"
         )
+
+    def send(self, line: str) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(line + "\n")
+        self.popen.stdin.flush()
+
+    def ask(self, line: str, timeout: float = 60.0) -> dict:  # type: ignore[type-arg]
+        """Send a command; the next JSON line it prints."""
+        import json
+
+        self.lines.clear()
+        if line != "noop":  # "noop": read the answer to a command sent before
+            self.send(line)
+        return json.loads(self.wait_for("{", timeout))  # type: ignore[no-any-return]
 
     def port(self, timeout: float = 30.0) -> int:
         return int(self.wait_for("PORT ", timeout).split()[1])
@@ -95,3 +110,21 @@ def control_plane(etcd: str, prefix: str, *extra: str) -> tuple[Proc, str]:
     )
     line = proc.wait_for("mission-control: serving on ", timeout=60)
     return proc, line.split()[3]
+
+
+def agent(agent_id: str, control_plane: str, upstream: str, service: str) -> Proc:
+    """An agent process (tests.support.agent_proc), started and connected."""
+    proc = Proc(
+        [
+            sys.executable,
+            "-m",
+            "tests.support.agent_proc",
+            agent_id,
+            control_plane,
+            upstream,
+            service,
+        ]
+    )
+    ready = proc.wait_for('{"ready"', timeout=60)
+    assert '"ready": true' in ready, ready
+    return proc

@@ -12,8 +12,8 @@ import time
 from concurrent import futures
 
 import grpc
-
 from mission_control.client.status import to_grpc_status
+
 from tests.support import echo_pb2 as pb
 from tests.support import echo_pb2_grpc as pb_grpc
 
@@ -51,21 +51,21 @@ class EchoServicer(pb_grpc.EchoServiceServicer):
             context.abort_with_status(to_grpc_status(_example(mode.text)))
         return pb.EchoResponse(text=request.text, served_by=self.name)
 
-    def Echo(self, request, context):  # noqa: N802
+    def Echo(self, request, context):
         return self._answer(request, context)
 
-    def EchoStream(self, request, context):  # noqa: N802
+    def EchoStream(self, request, context):
         first = self._answer(request, context)
         for i in range(3):
             yield pb.EchoResponse(text=f"{first.text}#{i}", served_by=self.name)
 
-    def SetMode(self, request, context):  # noqa: N802
+    def SetMode(self, request, context):
         with self._lock:
             self.mode = request
             self.left = request.times
         return pb.SetModeResponse()
 
-    def GetStats(self, request, context):  # noqa: N802
+    def GetStats(self, request, context):
         with self._lock:
             response = pb.GetStatsResponse(calls=self.calls, arrivals=self.arrivals)
             if request.reset:

@@ -1,0 +1,107 @@
+"""An agent in its own process, driven line by line from stdin, answering JSON on stdout.
+
+    python -m tests.support.agent_proc AGENT_ID CONTROL_PLANE UPSTREAM SERVICE
+
+Commands: ``call N`` (N calls, one after another), ``pace SECONDS INTERVAL`` (start a
+call every INTERVAL for SECONDS, concurrently), ``state`` (the service's breaker as this
+agent sees it), ``stats`` (the connection's counters), ``quit``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from mission_control.client.agent import MissionControl
+from mission_control.client.errors import MissionControlError
+from mission_control.interceptors import client_interceptor
+
+from tests.support import echo_pb2 as pb
+from tests.support import echo_pb2_grpc as pb_grpc
+
+
+def _one(stub: pb_grpc.EchoServiceStub) -> str:
+    try:
+        stub.Echo(pb.EchoRequest(text="x"), timeout=10)
+        return "ok"
+    except MissionControlError as err:
+        return err.error_type
+    except grpc.RpcError as err:
+        return str(err.code().name)
+
+
+def main() -> None:
+    agent_id, control_plane, upstream, service = sys.argv[1:5]
+    mc = MissionControl(agent_id, control_plane=control_plane.split(","), flush_interval=0.02)
+    mc.start()
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(upstream), client_interceptor(mc, service=service)
+    )
+    stub = pb_grpc.EchoServiceStub(channel)
+    print(json.dumps({"ready": mc.wait_connected(30)}), flush=True)
+    for line in sys.stdin:
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "call":
+            outcomes: Counter[str] = Counter()
+            first_rejection = None
+            for _ in range(int(words[1])):
+                try:
+                    stub.Echo(pb.EchoRequest(text="x"), timeout=10)
+                    outcomes["ok"] += 1
+                except MissionControlError as err:
+                    outcomes[err.error_type] += 1
+                    if err.error_type == "CircuitBreakerOpen" and first_rejection is None:
+                        first_rejection = time.time()
+                except grpc.RpcError as err:
+                    outcomes[err.code().name] += 1
+            print(
+                json.dumps({"outcomes": outcomes, "first_rejection": first_rejection}), flush=True
+            )
+        elif words[0] == "pace":
+            seconds, interval = float(words[1]), float(words[2])
+            with ThreadPoolExecutor(max_workers=64) as pool:
+                futures = []
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    futures.append(pool.submit(_one, stub))
+                    time.sleep(interval)
+                paced = Counter(f.result() for f in futures)
+            print(json.dumps({"outcomes": paced}), flush=True)
+        elif words[0] == "state":
+            fleet = mc.view.get(service).fleet
+            print(
+                json.dumps(
+                    {
+                        "connected": mc.connected,
+                        "state": fleet.state.name if fleet else None,
+                        "generation": fleet.generation if fleet else None,
+                    }
+                ),
+                flush=True,
+            )
+        elif words[0] == "stats":
+            conn = mc.connection
+            assert conn is not None
+            print(
+                json.dumps(
+                    {
+                        "streams_opened": conn.streams_opened,
+                        "batches_sent": conn.batches_sent,
+                        "connected": mc.connected,
+                    }
+                ),
+                flush=True,
+            )
+        elif words[0] == "quit":
+            break
+    mc.close()
+
+
+if __name__ == "__main__":
+    main()
