@@ -83,9 +83,7 @@ class MissionControl:
                 flush_interval=flush_interval,
                 credentials=credentials,
             )
-        self.executor = Executor(
-            self.view, self.connection, agent=agent, session_id=self.session_id
-        )
+        self.executor = Executor(self.view, self.connection, agent=agent, session_id=self.session_id)
 
     def start(self) -> MissionControl:
         if self.connection is not None:
@@ -160,8 +158,8 @@ class Guard:
         self.timeout = timeout
         self.cost = cost
         self.fallbacks = fallbacks
-        self._entered: contextvars.ContextVar[list[tuple[_Call, str | None, Any]]] = (
-            contextvars.ContextVar(f"guard-{id(self)}")
+        self._entered: contextvars.ContextVar[list[tuple[_Call, str | None, Any]]] = contextvars.ContextVar(
+            f"guard-{id(self)}"
         )
 
     # -- decorator ---------------------------------------------------------------
@@ -192,9 +190,7 @@ class Guard:
         @functools.wraps(func)
         def run(*args: Any, **kwargs: Any) -> Any:
             fallbacks = _bind(self.fallbacks, args, kwargs)
-            return ex.run(
-                self.service, lambda _left: func(*args, **kwargs), fallbacks=fallbacks, **options
-            )
+            return ex.run(self.service, lambda _left: func(*args, **kwargs), fallbacks=fallbacks, **options)
 
         return run  # type: ignore[return-value]
 
@@ -210,9 +206,7 @@ class Guard:
         )
         return call, probe
 
-    def _exit(
-        self, call: _Call, probe: str | None, exc: BaseException | None
-    ) -> BaseException | None:
+    def _exit(self, call: _Call, probe: str | None, exc: BaseException | None) -> BaseException | None:
         """Record the outcome; returns the error to raise instead of ``exc``, if any."""
         ex = self.executor
         call.state.bulkhead.leave()
@@ -274,7 +268,5 @@ def _bind(
     return {name: functools.partial(_call_with, fn, args, kwargs) for name, fn in fallbacks.items()}
 
 
-def _call_with(
-    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], _left: float
-) -> Any:
+def _call_with(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], _left: float) -> Any:
     return fn(*args, **kwargs)

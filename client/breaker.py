@@ -43,9 +43,7 @@ class BreakerState(enum.IntEnum):
         return self in (BreakerState.CLOSED, BreakerState.HALF_OPEN)
 
 
-OPERATOR_STATES = frozenset(
-    {BreakerState.FORCED_OPEN, BreakerState.FORCED_CLOSED, BreakerState.DISABLED}
-)
+OPERATOR_STATES = frozenset({BreakerState.FORCED_OPEN, BreakerState.FORCED_CLOSED, BreakerState.DISABLED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +149,7 @@ class CircuitBreaker:
                 return self._open(now, self._window.failures, reason)
         return None
 
-    def record_probes(
-        self, now: float, holder: str, successes: int, failures: int
-    ) -> Transition | None:
+    def record_probes(self, now: float, holder: str, successes: int, failures: int) -> Transition | None:
         """Results of probe calls made under permits held by ``holder``."""
         self._return_permits(holder, successes + failures)
         if self.state is not BreakerState.HALF_OPEN:
@@ -162,9 +158,7 @@ class CircuitBreaker:
             return self._open(now, self.failures + failures, "probe failed")
         self.half_open_successes += successes
         if self.half_open_successes >= self.policy.success_threshold:
-            return self._move(
-                now, BreakerState.CLOSED, f"{self.half_open_successes} probes succeeded"
-            )
+            return self._move(now, BreakerState.CLOSED, f"{self.half_open_successes} probes succeeded")
         return None
 
     # -- time ------------------------------------------------------------------
@@ -241,9 +235,7 @@ class CircuitBreaker:
         self.opened_at = now
         return self._move(now, BreakerState.OPEN, reason)
 
-    def _move(
-        self, now: float, new: BreakerState, reason: str, *, force: bool = False
-    ) -> Transition | None:
+    def _move(self, now: float, new: BreakerState, reason: str, *, force: bool = False) -> Transition | None:
         old = self.state
         if old is new and not force:
             return None

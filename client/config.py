@@ -132,9 +132,7 @@ def _build(cls: Any, values: dict[str, Any], path: str, bad: Violations) -> Any:
         return None
 
 
-def _part(
-    data: Any, path: str, keys: Mapping[str, str], cls: Any, base: Any, bad: Violations
-) -> Any:
+def _part(data: Any, path: str, keys: Mapping[str, str], cls: Any, base: Any, bad: Violations) -> Any:
     table = _table(data, path, bad)
     if table is None:
         return base
@@ -209,9 +207,7 @@ def _policy(
                 values[key] = tuple(items)
     base_backoff = values.get("backoff", Backoff())
     if "backoff" in table:
-        values["backoff"] = _part(
-            table["backoff"], f"{path}backoff.", _BACKOFF, Backoff, base_backoff, bad
-        )
+        values["backoff"] = _part(table["backoff"], f"{path}backoff.", _BACKOFF, Backoff, base_backoff, bad)
     if "retry_budget" in table:
         keys = {k: k for k in _BUDGET}
         values["retry_budget"] = _part(
@@ -298,9 +294,7 @@ def policy_to_proto(policy: ServicePolicy) -> policy_pb2.ServicePolicy:
 
 def policy_to_json(policy: ServicePolicy) -> str:
     """Protobuf JSON with the proto field names: what is stored in etcd."""
-    return json_format.MessageToJson(
-        policy_to_proto(policy), preserving_proto_field_name=True, indent=2
-    )
+    return json_format.MessageToJson(policy_to_proto(policy), preserving_proto_field_name=True, indent=2)
 
 
 def policy_from_json(text: str | bytes, *, service: str | None = None) -> ServicePolicy:
@@ -474,9 +468,7 @@ def config_to_toml(config: ErrorHandlingConfig) -> str:
         name = _toml_key(service)
         lines += ["", f"[service_specific.{name}]"]
         lines += [
-            f"{k} = {_toml_value(v)}"
-            for k, v in policy.items()
-            if not isinstance(v, dict) and k != "quotas"
+            f"{k} = {_toml_value(v)}" for k, v in policy.items() if not isinstance(v, dict) and k != "quotas"
         ]
         for sub in ("backoff", "retry_budget", "failure_rate"):
             if sub in policy:

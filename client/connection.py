@@ -165,9 +165,7 @@ class ControlPlaneConnection:
 
     def _requests(self) -> Iterator[pb.ConnectRequest]:
         yield pb.ConnectRequest(
-            hello=pb.AgentHello(
-                agent_id=self.agent_id, session_id=self.session_id, services=self.services
-            )
+            hello=pb.AgentHello(agent_id=self.agent_id, session_id=self.session_id, services=self.services)
         )
         while True:
             try:
@@ -194,9 +192,7 @@ class ControlPlaneConnection:
             return None
         self._sequence += 1
         self.batches_sent += 1
-        return pb.ConnectRequest(
-            outcomes=pb.OutcomeBatch(sequence=self._sequence, summaries=summaries)
-        )
+        return pb.ConnectRequest(outcomes=pb.OutcomeBatch(sequence=self._sequence, summaries=summaries))
 
     def _apply(self, response: pb.ConnectResponse, endpoint: str) -> None:
         kind = response.WhichOneof("message")
@@ -207,9 +203,7 @@ class ControlPlaneConnection:
                 try:
                     policies[message.service] = policy_from_proto(message)
                 except ConfigurationError as err:
-                    _log.error(
-                        "ignored invalid policy %s from control plane: %s", message.service, err
-                    )
+                    _log.error("ignored invalid policy %s from control plane: %s", message.service, err)
             view.replace_policies(policies)
             for breaker in response.snapshot.breakers:
                 view.set_breaker(breaker)
@@ -227,8 +221,6 @@ class ControlPlaneConnection:
                 try:
                     view.set_policy(update.service, policy_from_proto(update.policy))
                 except ConfigurationError as err:
-                    _log.error(
-                        "ignored invalid policy %s from control plane: %s", update.service, err
-                    )
+                    _log.error("ignored invalid policy %s from control plane: %s", update.service, err)
         elif kind == "probe_grant":
             view.grant(response.probe_grant)

@@ -216,9 +216,7 @@ class CircuitBreakerOpen(MissionControlError):
     grpc_code = grpc.StatusCode.UNAVAILABLE
     _fields = ("service", "failures")
     _message = "Circuit breaker OPEN for service '{service}' (failed {failures} times)"
-    _friendly = (
-        "Service '{service}' is temporarily paused to prevent issues. Will retry automatically."
-    )
+    _friendly = "Service '{service}' is temporarily paused to prevent issues. Will retry automatically."
 
     def __init__(self, service: str, failures: int, **kw: Any) -> None:
         self.service = service
@@ -235,9 +233,7 @@ class ResourceExhausted(MissionControlError):
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
     _fields = ("resource", "current", "limit")
     _message = "Resource exhausted: {resource} at {current}/{limit}"
-    _friendly = (
-        "System resources for '{resource}' are at capacity. Processing will continue shortly."
-    )
+    _friendly = "System resources for '{resource}' are at capacity. Processing will continue shortly."
 
     def __init__(self, resource: str, current: int, limit: int, **kw: Any) -> None:
         self.resource = resource
@@ -277,9 +273,7 @@ class ConfigurationError(MissionControlError):
         super().__init__(**kw)
 
     @classmethod
-    def from_violations(
-        cls, violations: Sequence[tuple[str, str]], **kw: Any
-    ) -> ConfigurationError:
+    def from_violations(cls, violations: Sequence[tuple[str, str]], **kw: Any) -> ConfigurationError:
         """One error naming every violation; ``violations`` must not be empty."""
         field, message = violations[0]
         return cls(field, message, violations=violations, **kw)
@@ -307,9 +301,7 @@ class OperationTimeout(MissionControlError):
     retryable = True
     _fields = ("operation", "timeout_secs")
     _message = "Operation '{operation}' timed out after {timeout_secs:g}s"
-    _friendly = (
-        "Operation '{operation}' is taking longer than expected. Results will be available soon."
-    )
+    _friendly = "Operation '{operation}' is taking longer than expected. Results will be available soon."
 
     def __init__(self, operation: str, timeout_secs: float, **kw: Any) -> None:
         self.operation = operation

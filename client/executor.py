@@ -92,9 +92,7 @@ def kind_of(service: str) -> str:
 class _Failure(Exception):
     """An attempt's failure as the retry loop sees it (internal)."""
 
-    def __init__(
-        self, error: BaseException, code: grpc.StatusCode | None, retry_after: float | None
-    ):
+    def __init__(self, error: BaseException, code: grpc.StatusCode | None, retry_after: float | None):
         super().__init__(str(error))
         self.error = error
         self.code = code
@@ -156,11 +154,7 @@ class Executor:
         fleet = state.fleet
         if fleet is not None and (self.view.connected or fleet.state in _STICKY):
             s = fleet.state
-            if (
-                s is BreakerState.CLOSED
-                or s is BreakerState.FORCED_CLOSED
-                or s is BreakerState.DISABLED
-            ):
+            if s is BreakerState.CLOSED or s is BreakerState.FORCED_CLOSED or s is BreakerState.DISABLED:
                 return None
             if s is BreakerState.HALF_OPEN and state.take_permit(now):
                 return "fleet"
@@ -173,9 +167,7 @@ class Executor:
                     wait = fleet.open_until - now
             else:
                 wait = None
-            self._reject(
-                state, CircuitBreakerOpen(state.name, fleet.failures, retry_after=wait), operation
-            )
+            self._reject(state, CircuitBreakerOpen(state.name, fleet.failures, retry_after=wait), operation)
         with state.lock:
             local = state.local
             if local.state is BreakerState.CLOSED:
@@ -225,9 +217,7 @@ class Executor:
                 wait = bucket.take(amount, now)
                 if wait:
                     limit = round(bucket.capacity)
-                    error = ResourceExhausted(
-                        resource, bucket.used(now), limit, retry_after=_finite(wait)
-                    )
+                    error = ResourceExhausted(resource, bucket.used(now), limit, retry_after=_finite(wait))
                     self._reject(state, error, operation)
             if not state.bulkhead.enter():
                 error = ResourceExhausted(
@@ -318,9 +308,7 @@ class Executor:
                 tally.trailing_failures = 0
             if failed and failure is not None:
                 error = failure.error
-                name = (
-                    error.error_type if isinstance(error, MissionControlError) else "Unclassified"
-                )
+                name = error.error_type if isinstance(error, MissionControlError) else "Unclassified"
                 tally.errors_by_type[name] += 1
                 tally.errors_by_operation[call.operation] += 1
             if probe == "local":
@@ -411,9 +399,7 @@ class Executor:
             sleep=self.sleep if cls is Retrying else self.async_sleep,  # type: ignore[arg-type]
             stop=policy_stop(policy.max_retries, left, call.state.budget, self.clock),
             wait=policy_wait(policy.backoff),
-            retry=retry_if_exception(
-                lambda e: isinstance(e, _Failure) and self._retryable(call, e)
-            ),
+            retry=retry_if_exception(lambda e: isinstance(e, _Failure) and self._retryable(call, e)),
             reraise=True,
         )
 
@@ -487,9 +473,7 @@ class Executor:
         try:
             call, probe = self.admit(service, operation, kind=kind, timeout=timeout, cost=cost)
         except (CircuitBreakerOpen, ResourceExhausted) as rejected:
-            return await self._fall_back_async(
-                service, rejected, operation, timeout, fallbacks, False
-            )
+            return await self._fall_back_async(service, rejected, operation, timeout, fallbacks, False)
         try:
             try:
                 return await self._attempt_async(call, probe, attempt)
@@ -497,9 +481,7 @@ class Executor:
                 outcome = await self._retry_async(call, failure, attempt)
         finally:
             call.state.bulkhead.leave()
-        return await self._fall_back_async(
-            service, outcome, operation, timeout, fallbacks, call.recovering
-        )
+        return await self._fall_back_async(service, outcome, operation, timeout, fallbacks, call.recovering)
 
     async def _attempt_async(
         self, call: _Call, probe: str | None, attempt: Callable[[float], Awaitable[T]]
@@ -558,9 +540,7 @@ class Executor:
             attempted = True
             assert fallbacks is not None
             try:
-                result = await self.run_async(
-                    name, fallbacks[name], operation=operation, timeout=timeout
-                )
+                result = await self.run_async(name, fallbacks[name], operation=operation, timeout=timeout)
             except Exception as fallback_error:
                 outcome.add_note(f"fallback {name!r} failed too: {fallback_error}")
                 continue
@@ -585,11 +565,7 @@ def _falls_back(error: BaseException) -> bool:
     """Whether another service may serve a call that failed with ``error``."""
     if isinstance(
         error,
-        CircuitBreakerOpen
-        | LLMProviderUnavailable
-        | StorageFailure
-        | OperationTimeout
-        | ResourceExhausted,
+        CircuitBreakerOpen | LLMProviderUnavailable | StorageFailure | OperationTimeout | ResourceExhausted,
     ):
         return True
     code = getattr(error, "code", None)

@@ -94,9 +94,7 @@ def _clip(text: str, limit: int = _MAX_TEXT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _detail_of(
-    error: MissionControlError, include_stack_trace: bool, limit: int
-) -> errors_pb2.ErrorDetail:
+def _detail_of(error: MissionControlError, include_stack_trace: bool, limit: int) -> errors_pb2.ErrorDetail:
     meta = min(limit, _MAX_META)
     etype, oneof, _ = _WIRE[error.error_type]
     detail = errors_pb2.ErrorDetail(type=etype, severity=_SEVERITY[error.severity.value])
@@ -144,9 +142,7 @@ def _pack(message: Message) -> any_pb2.Any:
     return packed
 
 
-def to_status(
-    error: MissionControlError, *, include_stack_trace: bool = False
-) -> status_pb2.Status:
+def to_status(error: MissionControlError, *, include_stack_trace: bool = False) -> status_pb2.Status:
     """The ``google.rpc.Status`` for an error, at most :data:`MAX_DETAILS_BYTES` long.
 
     The stack trace is only included when asked; when the status would be too large,
@@ -160,9 +156,7 @@ def to_status(
     return status
 
 
-def _status_of(
-    error: MissionControlError, include_stack_trace: bool, limit: int
-) -> status_pb2.Status:
+def _status_of(error: MissionControlError, include_stack_trace: bool, limit: int) -> status_pb2.Status:
     detail = _detail_of(error, include_stack_trace, limit)
     extras: list[Message] = [_error_info(error, limit)]
     if error.retry_after is not None and error.retry_after >= 0:
@@ -249,9 +243,7 @@ def _read(code: grpc.StatusCode, message: str, details: bytes | None) -> RemoteS
     if not isinstance(details, bytes | bytearray):
         return RemoteStatus(code, message, problem="status details are not bytes")
     if len(details) > MAX_READ_BYTES:
-        return RemoteStatus(
-            code, message, problem=f"status details too large ({len(details)} bytes)"
-        )
+        return RemoteStatus(code, message, problem=f"status details too large ({len(details)} bytes)")
     status = status_pb2.Status()
     status.ParseFromString(bytes(details))
     if status.code != code.value[0]:
@@ -353,9 +345,7 @@ def remote_status_of(exc: grpc.RpcError) -> RemoteStatus:
     except Exception as err:
         return RemoteStatus(grpc.StatusCode.UNKNOWN, "", problem=f"not a finished call: {err!r}")
     if not isinstance(code, grpc.StatusCode):
-        return RemoteStatus(
-            grpc.StatusCode.UNKNOWN, str(message), problem="call has no status code"
-        )
+        return RemoteStatus(grpc.StatusCode.UNKNOWN, str(message), problem="call has no status code")
     return read_status(code, str(message), details)
 
 

@@ -89,9 +89,7 @@ def server_interceptor(*, agent: str | None = None, debug: bool | None = None) -
     return ServerInterceptor(agent=agent, debug=debug)
 
 
-def aio_server_interceptor(
-    *, agent: str | None = None, debug: bool | None = None
-) -> AioServerInterceptor:
+def aio_server_interceptor(*, agent: str | None = None, debug: bool | None = None) -> AioServerInterceptor:
     """Interceptor for ``grpc.aio.server(interceptors=[...])``; arguments as
     :func:`server_interceptor`."""
     return AioServerInterceptor(agent=agent, debug=debug)

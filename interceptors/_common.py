@@ -37,9 +37,7 @@ class ErrorMapper:
         service, operation = split_method(method)
         error = self._error_for(exc, service, operation)
         if error.context is None:
-            error.context = ErrorContext(
-                service=service, agent=self.agent or service, operation=operation
-            )
+            error.context = ErrorContext(service=service, agent=self.agent or service, operation=operation)
         return to_grpc_status(error, include_stack_trace=self.debug)
 
     def _error_for(self, exc: BaseException, service: str, operation: str) -> MissionControlError:

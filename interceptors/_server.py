@@ -57,9 +57,7 @@ class ServerInterceptor(grpc.ServerInterceptor):
         return streaming if streams else unary
 
 
-def rewrap(
-    handler: grpc.RpcMethodHandler, wrap: Callable[[Any, bool], Any]
-) -> grpc.RpcMethodHandler:
+def rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Any, bool], Any]) -> grpc.RpcMethodHandler:
     """The same handler with its behavior passed through ``wrap(behavior, streams_out)``."""
     kinds = (
         ("unary_unary", grpc.unary_unary_rpc_method_handler, False),

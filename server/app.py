@@ -88,11 +88,7 @@ async def start_control_plane(
     pending: set[asyncio.Task[None]] = set()
 
     def on_health(ok: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if ok
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
         task = loop.create_task(running.health.set(SERVICE_NAME, status))
         pending.add(task)
         task.add_done_callback(pending.discard)
@@ -144,8 +140,7 @@ async def serve(options: ServeOptions) -> None:
         await asyncio.to_thread(embedded.start)
         endpoints = [embedded.endpoint]
         print(
-            f"mission-control: embedded etcd at {embedded.endpoint} "
-            f"(data in {options.state_dir / 'etcd'})",
+            f"mission-control: embedded etcd at {embedded.endpoint} (data in {options.state_dir / 'etcd'})",
             flush=True,
         )
     try:

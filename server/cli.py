@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import operator
 from .app import DEFAULT_LISTEN, DEFAULT_STATE_DIR, ServeOptions, serve
 from .control_plane import DEFAULT_PREFIX
 from .etcd_process import EtcdUnavailable
@@ -32,9 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("serve", help="run the control plane")
-    run.add_argument(
-        "--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT (default {DEFAULT_LISTEN})"
-    )
+    run.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT (default {DEFAULT_LISTEN})")
     run.add_argument(
         "--etcd",
         type=_endpoints,
@@ -42,9 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT,...",
         help="etcd cluster to use (default: start a private local etcd)",
     )
-    run.add_argument(
-        "--etcd-prefix", default=DEFAULT_PREFIX, help=f"key prefix (default {DEFAULT_PREFIX})"
-    )
+    run.add_argument("--etcd-prefix", default=DEFAULT_PREFIX, help=f"key prefix (default {DEFAULT_PREFIX})")
     run.add_argument(
         "--state-dir",
         type=Path,
@@ -52,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the embedded etcd keeps its data (default .state)",
     )
     run.add_argument("--instance-id", default="", help="name of this replica (default random)")
+    server = os.environ.get("MISSION_CONTROL_SERVER", DEFAULT_LISTEN)
+    operator.add_commands(commands, server)
     return parser
 
 
@@ -79,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"mission-control: {err}", file=sys.stderr)
             return 2
         return 0
-    return 2
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    return operator.run(args)
 
 
 if __name__ == "__main__":

@@ -177,17 +177,13 @@ class ControlPlane:
     async def _persist(self, name: str) -> None:
         key = self.breaker_key(name)
         expected = self.breakers.revisions.get(name, 0)
-        revision = await self.store.put(
-            key, self.breakers.to_record(name), expected_revision=expected
-        )
+        revision = await self.store.put(key, self.breakers.to_record(name), expected_revision=expected)
         if revision is not None:
             self.breakers.revisions[name] = revision
             return
         entry = await self.store.get(key)
         _log.info("breaker %s changed elsewhere; adopting the stored state", name)
-        self.breakers.adopt(
-            name, entry.value if entry else None, entry.mod_revision if entry else 0
-        )
+        self.breakers.adopt(name, entry.value if entry else None, entry.mod_revision if entry else 0)
 
     # -- operator writes (acknowledged only once stored) -----------------------
 
@@ -200,9 +196,7 @@ class ControlPlane:
             record = self.breakers.record_of(breaker)
             expected = self.breakers.revisions.get(name, 0)
             try:
-                revision = await self.store.put(
-                    self.breaker_key(name), record, expected_revision=expected
-                )
+                revision = await self.store.put(self.breaker_key(name), record, expected_revision=expected)
                 if revision is None:
                     entry = await self.store.get(self.breaker_key(name))
                     self.breakers.adopt(
@@ -271,9 +265,7 @@ class ControlPlane:
 
     # -- listeners -------------------------------------------------------------
 
-    def _on_breaker(
-        self, message: pb.Breaker, old: BreakerState | None, move: Transition | None
-    ) -> None:
+    def _on_breaker(self, message: pb.Breaker, old: BreakerState | None, move: Transition | None) -> None:
         if move is not None:  # decided here: store it
             self._dirty.add(message.name)
             self._dirty_event.set()

@@ -181,12 +181,8 @@ class FleetBreakers:
         if summary.probes_released:
             breaker.release_probes(agent, summary.probes_released)
         if summary.probe_successes or summary.probe_failures:
-            moves.append(
-                breaker.record_probes(now, agent, summary.probe_successes, summary.probe_failures)
-            )
-        moves.append(
-            breaker.record(now, summary.successes, summary.failures, summary.trailing_failures)
-        )
+            moves.append(breaker.record_probes(now, agent, summary.probe_successes, summary.probe_failures))
+        moves.append(breaker.record(now, summary.successes, summary.failures, summary.trailing_failures))
         if summary.rejected and breaker.state is not BreakerState.CLOSED:
             self._demand.setdefault(summary.service, _Demand()).note(agent, now)
         done = [m for m in moves if m is not None]
@@ -245,9 +241,7 @@ class FleetBreakers:
     def next_deadline(self) -> float | None:
         """Monotonic time of the next OPEN -> HALF_OPEN move, if any breaker is OPEN."""
         now = self._clock()
-        waits = [
-            b.open_remaining(now) for b in self._breakers.values() if b.state is BreakerState.OPEN
-        ]
+        waits = [b.open_remaining(now) for b in self._breakers.values() if b.state is BreakerState.OPEN]
         return now + min(waits) if waits else None
 
     # -- internals -------------------------------------------------------------

@@ -64,9 +64,7 @@ class EtcdProcess:
     def start(self, timeout: float = 30.0) -> EtcdProcess:
         binary = shutil.which("etcd")
         if binary is None:
-            raise EtcdUnavailable(
-                "no etcd binary on PATH: install Debian's etcd-server (make install does)"
-            )
+            raise EtcdUnavailable("no etcd binary on PATH: install Debian's etcd-server (make install does)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         client = f"http://127.0.0.1:{self.client_port}"
         peer = f"http://127.0.0.1:{self.peer_port}"
@@ -105,9 +103,7 @@ class EtcdProcess:
         url = f"http://127.0.0.1:{self.client_port}/health"
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
-                raise EtcdUnavailable(
-                    f"etcd exited with code {self._proc.returncode}; see {self.log_file}"
-                )
+                raise EtcdUnavailable(f"etcd exited with code {self._proc.returncode}; see {self.log_file}")
             with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as resp:
                 if b'"health":"true"' in resp.read().replace(b" ", b""):
                     return

@@ -72,9 +72,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                     break
                 yield message  # type: ignore[misc]
             if sub.overflowed:
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED, "stream fell behind; reconnect"
-                )
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "stream fell behind; reconnect")
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -148,9 +146,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
     # -- policies --------------------------------------------------------------
 
     async def ListPolicies(self, request, context):  # type: ignore[no-untyped-def]
-        return pb.ListPoliciesResponse(
-            policies=[policy_to_proto(p) for p in self.plane.policies.all()]
-        )
+        return pb.ListPoliciesResponse(policies=[policy_to_proto(p) for p in self.plane.policies.all()])
 
     async def GetPolicy(self, request, context):  # type: ignore[no-untyped-def]
         _check_name("service", request.service)
@@ -185,9 +181,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         except ConfigurationError as err:
             return pb.ValidateConfigResponse(
                 valid=False,
-                violations=[
-                    errors_pb2.FieldViolation(field=f, message=m) for f, m in err.violations
-                ],
+                violations=[errors_pb2.FieldViolation(field=f, message=m) for f, m in err.violations],
             )
         return pb.ValidateConfigResponse(valid=True)
 
@@ -207,9 +201,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             changes.append(change)
             if change.action != "unchanged":
                 expected = stored[1] if stored else 0
-                writes.append(
-                    Write(plane.policies.key(name), policy_to_json(policy).encode(), expected)
-                )
+                writes.append(Write(plane.policies.key(name), policy_to_json(policy).encode(), expected))
         if request.prune:
             for policy in plane.policies.all():
                 if policy.service not in config.service_specific:
@@ -219,9 +211,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                             service=policy.service, action="removed", before=policy_to_proto(policy)
                         )
                     )
-                    writes.append(
-                        Write(plane.policies.key(policy.service), None, stored[1] if stored else 0)
-                    )
+                    writes.append(Write(plane.policies.key(policy.service), None, stored[1] if stored else 0))
         if request.dry_run or not writes:
             return pb.ImportConfigResponse(changes=changes)
         try:

@@ -59,11 +59,7 @@ class FleetStatistics:
         self.rejected += summary.rejected
 
     def to_proto(self, policies: PolicyBook, connected: int) -> pb.ErrorStatistics:
-        rate = (
-            100.0 * self.recovery_successes / self.recovery_attempts
-            if self.recovery_attempts
-            else 0.0
-        )
+        rate = 100.0 * self.recovery_successes / self.recovery_attempts if self.recovery_attempts else 0.0
         message = pb.ErrorStatistics(
             total_errors=self.total_errors,
             errors_by_service=dict(self.by_service),

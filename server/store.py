@@ -73,9 +73,7 @@ class Store(Protocol):
         """Every entry under ``prefix`` and the store revision they were read at."""
         ...
 
-    async def put(
-        self, key: str, value: bytes, *, expected_revision: int | None = None
-    ) -> int | None:
+    async def put(self, key: str, value: bytes, *, expected_revision: int | None = None) -> int | None:
         """Write; returns the new ``mod_revision``, or None when the CAS condition failed."""
         ...
 
@@ -171,15 +169,11 @@ class EtcdStore:
         return None
 
     async def get_prefix(self, prefix: str) -> tuple[list[Entry], int]:
-        response = await self._call(
-            self._kv.get(prefix, prefix_range_end(prefix), timeout=self.timeout)
-        )
+        response = await self._call(self._kv.get(prefix, prefix_range_end(prefix), timeout=self.timeout))
         entries = [Entry(kv.key.decode(), bytes(kv.value), kv.mod_revision) for kv in response.kvs]
         return entries, response.header.revision
 
-    async def put(
-        self, key: str, value: bytes, *, expected_revision: int | None = None
-    ) -> int | None:
+    async def put(self, key: str, value: bytes, *, expected_revision: int | None = None) -> int | None:
         if expected_revision is None:
             response = await self._call(self._kv.put(key, value, timeout=self.timeout))
             return int(response.header.revision)

@@ -46,12 +46,8 @@ def prefix(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def control_plane(
-    etcd_server: EtcdProcess, prefix: str
-) -> AsyncIterator[RunningControlPlane]:
+async def control_plane(etcd_server: EtcdProcess, prefix: str) -> AsyncIterator[RunningControlPlane]:
     """A control plane in this process (gRPC on a free port), on the session etcd."""
-    running = await start_control_plane(
-        EtcdStore([etcd_server.endpoint]), "127.0.0.1:0", prefix=prefix
-    )
+    running = await start_control_plane(EtcdStore([etcd_server.endpoint]), "127.0.0.1:0", prefix=prefix)
     yield running
     await running.stop(grace=0.5)

@@ -54,8 +54,7 @@ SEED_TEXTS = [
     (
         OperationTimeout("llm_generation", 30),
         "Operation 'llm_generation' timed out after 30s",
-        "Operation 'llm_generation' is taking longer than expected. "
-        "Results will be available soon.",
+        "Operation 'llm_generation' is taking longer than expected. Results will be available soon.",
     ),
 ]
 

@@ -53,9 +53,7 @@ def test_bit_flips_of_a_valid_status(data: bytes, code: grpc.StatusCode) -> None
 @st.composite
 def hostile_details(draw: st.DrawFn) -> bytes:
     """Well-formed protobuf with hostile content: wrong codes, odd variants, huge values."""
-    detail = errors_pb2.ErrorDetail(
-        type=draw(st.integers(-5, 50)), severity=draw(st.integers(0, 9))
-    )
+    detail = errors_pb2.ErrorDetail(type=draw(st.integers(-5, 50)), severity=draw(st.integers(0, 9)))
     which = draw(st.sampled_from(["none", "cbo", "timeout", "config", "exhausted"]))
     text = draw(st.text(max_size=300))
     if which == "cbo":

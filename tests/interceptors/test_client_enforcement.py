@@ -196,9 +196,9 @@ async def test_retry_budget_bounds_amplification(make, upstream: Upstream) -> No
     assert calls < upstream.calls <= calls + 0.2 * calls + 5
 
 
-async def test_weighted_quota(kind: str, upstream: Upstream) -> None:
-    if "guard" not in kind:
-        pytest.skip("a call's cost is given to guard")
+@pytest.mark.parametrize("guard_kind", ["sync-guard", "async-guard"])
+async def test_weighted_quota(guard_kind: str, upstream: Upstream) -> None:
+    kind = guard_kind  # a call's cost is given to guard
     p = policy(quotas=(Quota("llm_tokens", 1000, 60),))
     mc = MissionControl("test-agent", config={p.service: p})
     driver = Driver(kind, mc, upstream.address, p.service, cost={"llm_tokens": 400})

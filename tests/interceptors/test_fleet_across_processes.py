@@ -96,9 +96,7 @@ def test_agents_fail_static_when_the_control_plane_dies(
     upstream_proc = python("tests.support.upstream", "llm")
     spawned += [plane, upstream_proc]
     upstream = f"127.0.0.1:{upstream_proc.port()}"
-    put_policy(
-        address, failure_threshold=50, max_retries=0, timeout_secs=5, rate_limit_requests=100000
-    )
+    put_policy(address, failure_threshold=50, max_retries=0, timeout_secs=5, rate_limit_requests=100000)
     a = agent("agent-a", address, upstream, SERVICE)
     spawned.append(a)
 

@@ -48,9 +48,7 @@ def trip(address: str, service: str, failures: int) -> None:
         [
             pb.ConnectRequest(hello=pb.AgentHello(agent_id="tripper")),
             pb.ConnectRequest(
-                outcomes=pb.OutcomeBatch(
-                    summaries=[pb.OutcomeSummary(service=service, failures=failures)]
-                )
+                outcomes=pb.OutcomeBatch(summaries=[pb.OutcomeSummary(service=service, failures=failures)])
             ),
         ]
     )
@@ -62,11 +60,7 @@ def trip(address: str, service: str, failures: int) -> None:
     call = stub(address).Connect(held_open(), timeout=10)
     for response in call:
         breaker = response.breaker if response.HasField("breaker") else None
-        if (
-            breaker is not None
-            and breaker.name == service
-            and breaker.state == pb.BREAKER_STATE_OPEN
-        ):
+        if breaker is not None and breaker.name == service and breaker.state == pb.BREAKER_STATE_OPEN:
             call.cancel()
             return
     raise AssertionError("breaker did not open")
@@ -138,9 +132,7 @@ def test_two_control_planes_racing_lose_no_update(
     for address in (addr1, addr2):
         poll(
             lambda a=address: (
-                stub(a)
-                .GetBreaker(pb.GetBreakerRequest(name="shared"), timeout=5)
-                .breaker.generation
+                stub(a).GetBreaker(pb.GetBreakerRequest(name="shared"), timeout=5).breaker.generation
                 == 2 * per_writer
             )
         )
@@ -217,16 +209,12 @@ def test_grpcurl_list_describe_call_and_health(
     spawned.append(proc)
 
     def grpcurl(*args: str) -> str:
-        result = subprocess.run(
-            [_grpcurl(), "-plaintext", *args], capture_output=True, text=True, timeout=30
-        )
+        result = subprocess.run([_grpcurl(), "-plaintext", *args], capture_output=True, text=True, timeout=30)
         assert result.returncode == 0, result.stderr
         return result.stdout
 
     services = grpcurl(address, "list").split()
-    assert {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= set(
-        services
-    )
+    assert {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= set(services)
     described = grpcurl(address, "describe", SERVICE)
     assert "rpc Connect ( stream" in described and "rpc SetBreakerState" in described
     grpcurl(
@@ -239,9 +227,7 @@ def test_grpcurl_list_describe_call_and_health(
     assert listed["breakers"][0]["name"] == "llm_provider"
     assert listed["breakers"][0]["state"] == "BREAKER_STATE_FORCED_OPEN"
     assert json.loads(grpcurl(address, "grpc.health.v1.Health/Check")) == {"status": "SERVING"}
-    checked = grpcurl(
-        "-d", json.dumps({"service": SERVICE}), address, "grpc.health.v1.Health/Check"
-    )
+    checked = grpcurl("-d", json.dumps({"service": SERVICE}), address, "grpc.health.v1.Health/Check")
     assert json.loads(checked) == {"status": "SERVING"}
 
 
@@ -268,9 +254,7 @@ def test_health_follows_etcd(tmp_path: Path, spawned: list[Proc]) -> None:
             stub(address).SetBreakerState(
                 pb.SetBreakerStateRequest(name="keep", state=pb.BREAKER_STATE_CLOSED), timeout=10
             )
-        assert (
-            caught.value.code() == grpc.StatusCode.UNAVAILABLE
-        )  # StorageFailure: not acknowledged
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # StorageFailure: not acknowledged
         etcd.start()
         poll(lambda: status(SERVICE) == health_pb2.HealthCheckResponse.SERVING, timeout=30)
         assert states(address)["keep"][0] == pb.BREAKER_STATE_FORCED_OPEN

@@ -122,9 +122,7 @@ async def test_admin_reads(control_plane: RunningControlPlane) -> None:
         assert policy.effective.rate_limit_requests == 100  # seed default filled in
         unknown = await stub.GetPolicy(pb.GetPolicyRequest(service="storage_backend"), timeout=5)
         assert not unknown.HasField("policy") and unknown.effective.timeout_secs == 10
-        stats = (
-            await stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=5)
-        ).statistics
+        stats = (await stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=5)).statistics
         assert stats.total_errors == 3 and stats.errors_by_agent["agent-a"] == 3
         assert stats.circuit_breaker_opens == 1
 

@@ -38,9 +38,7 @@ def main() -> None:
     agent_id, control_plane, upstream, service = sys.argv[1:5]
     mc = MissionControl(agent_id, control_plane=control_plane.split(","), flush_interval=0.02)
     mc.start()
-    channel = grpc.intercept_channel(
-        grpc.insecure_channel(upstream), client_interceptor(mc, service=service)
-    )
+    channel = grpc.intercept_channel(grpc.insecure_channel(upstream), client_interceptor(mc, service=service))
     stub = pb_grpc.EchoServiceStub(channel)
     print(json.dumps({"ready": mc.wait_connected(30)}), flush=True)
     for line in sys.stdin:
@@ -60,9 +58,7 @@ def main() -> None:
                         first_rejection = time.time()
                 except grpc.RpcError as err:
                     outcomes[err.code().name] += 1
-            print(
-                json.dumps({"outcomes": outcomes, "first_rejection": first_rejection}), flush=True
-            )
+            print(json.dumps({"outcomes": outcomes, "first_rejection": first_rejection}), flush=True)
         elif words[0] == "pace":
             seconds, interval = float(words[1]), float(words[2])
             with ThreadPoolExecutor(max_workers=64) as pool:

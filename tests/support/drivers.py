@@ -53,9 +53,7 @@ class Driver:
             plain = grpc.insecure_channel(address)
             self._closers.append(plain)
             stub = pb_grpc.EchoServiceStub(plain)
-            fb_stubs = {
-                n: pb_grpc.EchoServiceStub(grpc.insecure_channel(a)) for n, a in fallbacks.items()
-            }
+            fb_stubs = {n: pb_grpc.EchoServiceStub(grpc.insecure_channel(a)) for n, a in fallbacks.items()}
 
             def backup(stub_: Any) -> Any:
                 return lambda text: stub_.Echo(pb.EchoRequest(text=text), timeout=30)
@@ -75,8 +73,7 @@ class Driver:
             self._closers.append(plain_aio)
             astub = pb_grpc.EchoServiceStub(plain_aio)
             fb_astubs = {
-                n: pb_grpc.EchoServiceStub(grpc.aio.insecure_channel(a))
-                for n, a in fallbacks.items()
+                n: pb_grpc.EchoServiceStub(grpc.aio.insecure_channel(a)) for n, a in fallbacks.items()
             }
 
             def abackup(stub_: Any) -> Any:
@@ -98,9 +95,7 @@ class Driver:
 
     async def echo(self, text: str = "hi", timeout: float | None = None) -> pb.EchoResponse:
         if self.kind == "sync-interceptor":
-            return await asyncio.to_thread(
-                self.stub.Echo, pb.EchoRequest(text=text), timeout=timeout
-            )
+            return await asyncio.to_thread(self.stub.Echo, pb.EchoRequest(text=text), timeout=timeout)
         if self.kind == "aio-interceptor":
             return await self.stub.Echo(pb.EchoRequest(text=text), timeout=timeout)
         if self.kind == "sync-guard":

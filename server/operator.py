@@ -1,0 +1,462 @@
+"""Operator commands: ``config``, ``breakers``, ``policies``, ``stats``, ``health``.
+
+Every command talks to the control plane over gRPC, prints a table (or JSON with
+``--json``) and exits with a code a script can rely on:
+
+====  =====================================================================
+0     done
+1     something else went wrong
+2     bad input (the message names every bad field)
+3     the control plane cannot be reached
+4     no such breaker or policy
+5     the control plane could not store the change (etcd unavailable)
+6     changed concurrently: nothing was written, try again
+====  =====================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mission_control.client.config import (
+    ErrorHandlingConfig,
+    config_to_proto,
+    config_to_toml,
+    load_config_file,
+    policy_from_proto,
+)
+from mission_control.client.errors import ConfigurationError, StorageFailure
+from mission_control.client.status import error_from_rpc_error
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_NOT_FOUND, EXIT_NOT_STORED, EXIT_CONFLICT = 4, 5, 6
+
+SERVICE_NAME = "mission_control.resilience.v1.ControlPlaneService"
+
+
+class CommandError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _state_name(value: int) -> str:
+    return pb.BreakerState.Name(value).removeprefix("BREAKER_STATE_")
+
+
+def _json(message: Any) -> Any:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _print_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> None:
+    cells = [[str(c) for c in header], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _when(ts: Any) -> str:
+    if not ts.seconds and not ts.nanos:
+        return "-"
+    return datetime.fromtimestamp(ts.seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _breaker_rows(breakers: Iterable[pb.Breaker]) -> list[list[object]]:
+    rows = []
+    for b in breakers:
+        remaining = b.open_remaining.ToNanoseconds() / 1e9
+        left = f"{remaining:.1f}s" if b.state == pb.BREAKER_STATE_OPEN else "-"
+        rows.append(
+            [
+                b.name,
+                _state_name(b.state),
+                b.consecutive_failures,
+                b.failures,
+                left,
+                _when(b.changed_at),
+                b.reason or "-",
+            ]
+        )
+    return rows
+
+
+_BREAKER_HEADER = (
+    "NAME",
+    "STATE",
+    "CONSECUTIVE",
+    "FAILURES",
+    "OPEN FOR",
+    "CHANGED (UTC)",
+    "REASON",
+)
+
+
+class Operator:
+    """Runs one command against a control plane."""
+
+    def __init__(self, server: str, as_json: bool, timeout: float = 10.0) -> None:
+        self.server = server
+        self.as_json = as_json
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(server)
+        self.stub = pb_grpc.ControlPlaneServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _call(self, method: Callable[..., Any], request: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise self._explain(err) from None
+
+    def _explain(self, err: grpc.RpcError) -> CommandError:
+        code = err.code()  # type: ignore[attr-defined]
+        error = error_from_rpc_error(err)
+        if isinstance(error, ConfigurationError):
+            lines = [f"{f}: {m}" for f, m in error.violations]
+            return CommandError("invalid input:\n  " + "\n  ".join(lines), EXIT_BAD_INPUT)
+        if isinstance(error, StorageFailure):
+            return CommandError(f"not stored: {error.details}", EXIT_NOT_STORED)
+        if code == grpc.StatusCode.UNAVAILABLE and error is None:
+            return CommandError(
+                f"cannot reach the control plane at {self.server} "
+                "(is `mission-control serve` running? use --server HOST:PORT)",
+                EXIT_UNREACHABLE,
+            )
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return CommandError(
+                f"the control plane at {self.server} did not answer in time", EXIT_UNREACHABLE
+            )
+        if code == grpc.StatusCode.NOT_FOUND:
+            return CommandError(err.details() or "not found", EXIT_NOT_FOUND)  # type: ignore[attr-defined]
+        if code == grpc.StatusCode.ABORTED:
+            return CommandError(err.details() or "changed concurrently", EXIT_CONFLICT)  # type: ignore[attr-defined]
+        text = error.technical_message if error is not None else (err.details() or code.name)  # type: ignore[attr-defined]
+        return CommandError(text, EXIT_FAILED)
+
+    # -- breakers --------------------------------------------------------------
+
+    def breakers_list(self) -> int:
+        response = self._call(self.stub.ListBreakers, pb.ListBreakersRequest())
+        if self.as_json:
+            print(json.dumps([_json(b) for b in response.breakers], indent=2))
+        else:
+            _print_table(_breaker_rows(response.breakers), _BREAKER_HEADER)
+        return EXIT_OK
+
+    def breakers_get(self, name: str) -> int:
+        response = self._call(self.stub.GetBreaker, pb.GetBreakerRequest(name=name))
+        if self.as_json:
+            print(json.dumps(_json(response.breaker), indent=2))
+        else:
+            _print_table(_breaker_rows([response.breaker]), _BREAKER_HEADER)
+        return EXIT_OK
+
+    def breakers_set(self, name: str, state: int, reason: str) -> int:
+        request = pb.SetBreakerStateRequest(name=name, state=state, reason=reason)
+        response = self._call(self.stub.SetBreakerState, request)
+        if self.as_json:
+            print(json.dumps(_json(response.breaker), indent=2))
+        else:
+            print(f"{name}: {_state_name(response.breaker.state)}")
+        return EXIT_OK
+
+    def breakers_watch(self) -> int:
+        try:
+            for event in self.stub.WatchBreakers(pb.WatchBreakersRequest()):
+                b = event.breaker
+                if self.as_json:
+                    print(json.dumps(_json(event)), flush=True)
+                else:
+                    before = _state_name(event.previous_state) if event.previous_state else "-"
+                    print(
+                        f"{_when(b.changed_at)}  {b.name}  {before} -> {_state_name(b.state)}  {b.reason}",
+                        flush=True,
+                    )
+        except grpc.RpcError as err:
+            raise self._explain(err) from None
+        return EXIT_OK
+
+    # -- policies --------------------------------------------------------------
+
+    def policies_list(self) -> int:
+        response = self._call(self.stub.ListPolicies, pb.ListPoliciesRequest())
+        if self.as_json:
+            print(json.dumps([_json(p) for p in response.policies], indent=2))
+            return EXIT_OK
+        rows = [
+            [
+                p.service,
+                f"{p.timeout_secs:g}s",
+                p.max_retries,
+                f"{p.failure_threshold}/{p.success_threshold}",
+                f"{p.wait_duration_secs:g}s",
+                f"{p.rate_limit_requests}/{p.rate_limit_window_secs:g}s",
+                p.max_concurrent or "-",
+                ",".join(p.fallbacks) or "-",
+            ]
+            for p in response.policies
+        ]
+        header = (
+            "SERVICE",
+            "TIMEOUT",
+            "RETRIES",
+            "TRIP/CLOSE",
+            "WAIT",
+            "RATE",
+            "MAX CONC",
+            "FALLBACKS",
+        )
+        _print_table(rows, header)
+        return EXIT_OK
+
+    def policies_get(self, name: str) -> int:
+        response = self._call(self.stub.GetPolicy, pb.GetPolicyRequest(service=name))
+        if self.as_json:
+            print(json.dumps(_json(response), indent=2))
+            return EXIT_OK
+        source = (
+            f"stored at revision {response.revision}"
+            if response.HasField("policy")
+            else "defaults (none stored)"
+        )
+        print(f"# {name}: {source}")
+        policy = policy_from_proto(response.effective)
+        print(
+            config_to_toml(ErrorHandlingConfig(service_specific={name: policy})).split("\n\n", 1)[1],
+            end="",
+        )
+        return EXIT_OK
+
+    # -- config ----------------------------------------------------------------
+
+    def config_import(self, path: str, dry_run: bool, prune: bool) -> int:
+        config = _load(path)
+        request = pb.ImportConfigRequest(config=config_to_proto(config), dry_run=dry_run, prune=prune)
+        response = self._call(self.stub.ImportConfig, request)
+        self._print_changes(response.changes, dry_run)
+        if not dry_run and not self.as_json:
+            written = [c for c in response.changes if c.action != "unchanged"]
+            print(
+                f"imported {len(written)} change(s) at revision {response.revision}"
+                if written
+                else "nothing to change"
+            )
+        return EXIT_OK
+
+    def _print_changes(self, changes: Sequence[pb.PolicyChange], dry_run: bool) -> None:
+        if self.as_json:
+            print(json.dumps([_json(c) for c in changes], indent=2))
+            return
+        for change in changes:
+            mark = {"added": "+", "removed": "-", "changed": "~", "unchanged": "="}[change.action]
+            print(f"{mark} {change.service} ({change.action})")
+            if change.action == "changed":
+                before, after = _json(change.before), _json(change.after)
+                for key in sorted(set(before) | set(after)):
+                    if before.get(key) != after.get(key):
+                        print(f"    {key}: {json.dumps(before.get(key))} -> {json.dumps(after.get(key))}")
+        if dry_run:
+            print("(dry run: nothing written)")
+
+    def config_export(self, path: str | None) -> int:
+        response = self._call(self.stub.ListPolicies, pb.ListPoliciesRequest())
+        policies = {p.service: policy_from_proto(p) for p in response.policies}
+        text = config_to_toml(ErrorHandlingConfig(service_specific=policies))
+        if path in (None, "-"):
+            print(text, end="")
+        else:
+            with open(path, "w", encoding="utf-8") as out:
+                out.write(text)
+        return EXIT_OK
+
+    # -- fleet -----------------------------------------------------------------
+
+    def stats(self) -> int:
+        s = self._call(self.stub.GetErrorStatistics, pb.GetErrorStatisticsRequest()).statistics
+        if self.as_json:
+            print(json.dumps(_json(s), indent=2))
+            return EXIT_OK
+        print(f"total errors           {s.total_errors}")
+        print(f"circuit breaker opens  {s.circuit_breaker_opens}")
+        rate = f"{s.recovery_success_rate:.1f}% ({s.recovery_successes}/{s.recovery_attempts})"
+        print(f"recovery success rate  {rate}")
+        print(f"calls rejected         {s.calls_rejected}")
+        print(f"outcomes dropped       {s.outcomes_dropped}")
+        print(f"config reloads         {s.config_reloads_ok} ok, {s.config_reloads_failed} failed")
+        print(f"connected agents       {s.connected_agents}")
+        for title, counts in (
+            ("by service", s.errors_by_service),
+            ("by agent", s.errors_by_agent),
+            ("by type", s.errors_by_type),
+        ):
+            if counts:
+                print(f"errors {title}:")
+                for key, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+                    print(f"  {key:30} {n}")
+        for err in s.config_errors:
+            print(f"rejected config value at {err.key}: {err.error}")
+        return EXIT_OK
+
+    def health(self) -> int:
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        result = {}
+        for service in ("", SERVICE_NAME):
+            try:
+                status = stub.Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=self.timeout
+                ).status
+            except grpc.RpcError as err:
+                raise self._explain(err) from None
+            result[service or "overall"] = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+        if self.as_json:
+            print(json.dumps(result))
+        else:
+            print(f"process: {result['overall']}")
+            store = "reachable" if result[SERVICE_NAME] == "SERVING" else "UNREACHABLE (serving from memory)"
+            print(f"control plane: {result[SERVICE_NAME]} (etcd {store})")
+        return EXIT_OK if result[SERVICE_NAME] == "SERVING" else EXIT_NOT_STORED
+
+
+def _load(path: str) -> ErrorHandlingConfig:
+    try:
+        return load_config_file(path)
+    except ConfigurationError as err:
+        lines = [f"{f}: {m}" for f, m in err.violations]
+        raise CommandError(f"{path} is invalid:\n  " + "\n  ".join(lines), EXIT_BAD_INPUT) from None
+
+
+def config_validate(path: str, as_json: bool) -> int:
+    """Local pre-flight: no control plane needed, nothing written."""
+    try:
+        config = load_config_file(path)
+    except ConfigurationError as err:
+        if as_json:
+            print(
+                json.dumps(
+                    {
+                        "valid": False,
+                        "violations": [{"field": f, "message": m} for f, m in err.violations],
+                    }
+                )
+            )
+        else:
+            print(f"{path}: {len(err.violations)} problem(s)", file=sys.stderr)
+            for f, m in err.violations:
+                print(f"  {f}: {m}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if as_json:
+        print(json.dumps({"valid": True, "services": sorted(config.service_specific)}))
+    else:
+        names = sorted(config.service_specific)
+        print(f"{path}: valid ({len(names)} service(s): {', '.join(names)})")
+    return EXIT_OK
+
+
+def add_commands(commands: argparse._SubParsersAction, server_default: str) -> None:  # type: ignore[type-arg]
+    def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "--server",
+            default=server_default,
+            help=f"control plane HOST:PORT (default {server_default})",
+        )
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        return p
+
+    config = commands.add_parser("config", help="validate, import, export or diff a TOML config")
+    cfg = config.add_subparsers(dest="action", required=True, metavar="ACTION")
+    v = cfg.add_parser("validate", help="check a file; every problem at once; nothing written")
+    v.add_argument("file")
+    v.add_argument("--json", action="store_true")
+    i = common(cfg.add_parser("import", help="validate, then write all policies in one transaction"))
+    i.add_argument("file")
+    i.add_argument("--dry-run", action="store_true", help="show what would change")
+    i.add_argument("--prune", action="store_true", help="also remove policies the file does not name")
+    d = common(cfg.add_parser("diff", help="what importing the file would change"))
+    d.add_argument("file")
+    d.add_argument("--prune", action="store_true")
+    e = common(cfg.add_parser("export", help="the live policies as TOML"))
+    e.add_argument("file", nargs="?", default=None)
+
+    breakers = commands.add_parser("breakers", help="inspect and steer circuit breakers")
+    br = breakers.add_subparsers(dest="action", required=True, metavar="ACTION")
+    common(br.add_parser("list"))
+    common(br.add_parser("watch", help="stream changes until interrupted"))
+    for name, help_text in (
+        ("get", "one breaker"),
+        ("force-open", "fail every call fast until reset"),
+        ("force-close", "let every call through until reset"),
+        ("disable", "no breaker at all until reset"),
+        ("reset", "back to CLOSED, counters cleared"),
+    ):
+        p = common(br.add_parser(name, help=help_text))
+        p.add_argument("name")
+        if name != "get":
+            p.add_argument("--reason", default="", help="why (shown to everyone)")
+
+    policies = commands.add_parser("policies", help="inspect policies")
+    po = policies.add_subparsers(dest="action", required=True, metavar="ACTION")
+    common(po.add_parser("list"))
+    g = common(po.add_parser("get"))
+    g.add_argument("name")
+
+    common(commands.add_parser("stats", help="error statistics over the fleet"))
+    common(commands.add_parser("health", help="is the control plane serving, is etcd reachable"))
+
+
+_FORCE = {
+    "force-open": pb.BREAKER_STATE_FORCED_OPEN,
+    "force-close": pb.BREAKER_STATE_FORCED_CLOSED,
+    "disable": pb.BREAKER_STATE_DISABLED,
+    "reset": pb.BREAKER_STATE_CLOSED,
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed operator command; prints errors on one line, returns the exit code."""
+    if args.command == "config" and args.action == "validate":
+        return config_validate(args.file, args.json)
+    op = Operator(args.server, args.json)
+    try:
+        return _dispatch(op, args)
+    except CommandError as err:
+        print(f"mission-control: {err}", file=sys.stderr)
+        return err.code
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        op.close()
+
+
+def _dispatch(op: Operator, args: argparse.Namespace) -> int:
+    command, action = args.command, str(getattr(args, "action", ""))
+    if command == "config":
+        if action == "import":
+            return op.config_import(args.file, args.dry_run, args.prune)
+        if action == "diff":
+            return op.config_import(args.file, True, args.prune)
+        return op.config_export(args.file)
+    if command == "breakers":
+        if action == "list":
+            return op.breakers_list()
+        if action == "watch":
+            return op.breakers_watch()
+        if action == "get":
+            return op.breakers_get(args.name)
+        return op.breakers_set(args.name, _FORCE[action], args.reason)
+    if command == "policies":
+        return op.policies_list() if action == "list" else op.policies_get(args.name)
+    if command == "stats":
+        return op.stats()
+    return op.health()
