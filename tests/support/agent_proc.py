@@ -81,6 +81,18 @@ def main() -> None:
                 ),
                 flush=True,
             )
+        elif words[0] == "policy":
+            policy = mc.policy(service)
+            print(
+                json.dumps(
+                    {
+                        "timeout_secs": policy.timeout_secs,
+                        "max_retries": policy.max_retries,
+                        "rate_limit_requests": policy.rate_limit_requests,
+                    }
+                ),
+                flush=True,
+            )
         elif words[0] == "stats":
             conn = mc.connection
             assert conn is not None
