@@ -260,3 +260,30 @@ def test_health_follows_etcd(tmp_path: Path, spawned: list[Proc]) -> None:
         assert states(address)["keep"][0] == pb.BREAKER_STATE_FORCED_OPEN
     finally:
         etcd.stop()
+
+
+def test_embedded_etcd_and_graceful_shutdown(tmp_path: Path, spawned: list[Proc]) -> None:
+    def serve() -> tuple[Proc, str, str]:
+        proc = Proc(
+            [sys.executable, "-m", "mission_control.server.cli", "serve",
+             "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path / "state")]
+        )  # fmt: skip
+        spawned.append(proc)
+        etcd_line = proc.wait_for("mission-control: embedded etcd at ", timeout=60)
+        address = proc.wait_for("mission-control: serving on ", timeout=60).split()[3]
+        return proc, etcd_line.split()[4], address
+
+    proc, etcd_endpoint, address = serve()
+    stub(address).SetBreakerState(
+        pb.SetBreakerStateRequest(name="kept", state=pb.BREAKER_STATE_FORCED_OPEN), timeout=5
+    )
+    proc.stop()  # SIGTERM: drain, stop serving, stop the embedded etcd
+    assert proc.popen.returncode == 0
+    assert "mission-control: shutting down" in proc.wait_for("mission-control: shutting down")
+    with pytest.raises(AssertionError):
+        etcdctl(etcd_endpoint, "endpoint", "health", "--command-timeout=1s")
+    # the data directory is kept: a new start finds the state again
+    proc2, _, address2 = serve()
+    assert states(address2)["kept"][0] == pb.BREAKER_STATE_FORCED_OPEN
+    proc2.stop()
+    assert proc2.popen.returncode == 0
