@@ -1,0 +1,217 @@
+"""Case 1: per-call overhead on a unary loopback echo, sync and aio, side by side.
+
+Variants, measured in interleaved rounds so that machine noise hits them alike:
+bare grpcio; a no-op interceptor; pybreaker + tenacity stacked by hand; our interceptor with
+the full policy (connected to a control plane, outcomes reported); and "ask a central
+service per call" (one extra unary RPC per call). Client CPU is this process's CPU time;
+the upstream and the control plane run in other processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+import pybreaker
+from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from mission_control.client.agent import MissionControl
+from mission_control.interceptors import aio_client_interceptors, client_interceptor
+from mission_control.resilience.v1 import control_plane_pb2 as cp
+from mission_control.resilience.v1 import control_plane_pb2_grpc as cp_grpc
+from tests.support import echo_pb2 as pb
+from tests.support import echo_pb2_grpc as pb_grpc
+
+from .common import Stack, median, percentile
+
+SERVICE = "llm_provider"
+REQUEST = pb.EchoRequest(text="hello")
+
+
+class _Noop(grpc.UnaryUnaryClientInterceptor):
+    def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return continuation(client_call_details, request)
+
+
+class _AioNoop(grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return await continuation(client_call_details, request)
+
+
+def _unavailable(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+
+
+def _sync_variants(s: Stack, mc: MissionControl) -> tuple[dict[str, Callable[[], Any]], list[Any]]:
+    channels: list[Any] = []
+
+    def chan(*interceptors: Any) -> pb_grpc.EchoServiceStub:
+        channel = grpc.insecure_channel(s.upstream_address)
+        channels.append(channel)
+        if interceptors:
+            channel = grpc.intercept_channel(channel, *interceptors)
+        return pb_grpc.EchoServiceStub(channel)
+
+    bare = chan()
+    noop = chan(_Noop())
+    ours = chan(client_interceptor(mc, service=SERVICE))
+    plain = chan()
+    breaker = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
+
+    def glued() -> Any:
+        retrying = Retrying(
+            stop=stop_after_attempt(4),
+            wait=wait_exponential(multiplier=0.1, max=10),
+            retry=retry_if_exception(_unavailable),
+            reraise=True,
+        )
+        return retrying(breaker.call, plain.Echo, REQUEST, timeout=30)
+
+    cp_channel = grpc.insecure_channel(s.plane_address)
+    channels.append(cp_channel)
+    central = cp_grpc.ControlPlaneServiceStub(cp_channel)
+    ask = cp.GetPolicyRequest(service=SERVICE)
+
+    def per_call_check() -> Any:
+        central.GetPolicy(ask, timeout=30)
+        return plain.Echo(REQUEST, timeout=30)
+
+    variants = {
+        "bare grpcio": lambda: bare.Echo(REQUEST, timeout=30),
+        "no-op interceptor": lambda: noop.Echo(REQUEST, timeout=30),
+        "pybreaker + tenacity": glued,
+        "mission-control": lambda: ours.Echo(REQUEST, timeout=30),
+        "central check per call": per_call_check,
+    }
+    return variants, channels
+
+
+def _measure_sync(fn: Callable[[], Any], n: int) -> tuple[list[float], float, float]:
+    latencies = []
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        latencies.append(time.perf_counter() - t)
+    return latencies, time.process_time() - cpu0, time.perf_counter() - wall0
+
+
+async def _aio_variants(s: Stack, mc: MissionControl) -> tuple[dict[str, Callable[[], Awaitable[Any]]], list[Any]]:
+    channels: list[Any] = []
+
+    def chan(interceptors: Any = None) -> pb_grpc.EchoServiceStub:
+        channel = grpc.aio.insecure_channel(s.upstream_address, interceptors=interceptors)
+        channels.append(channel)
+        return pb_grpc.EchoServiceStub(channel)
+
+    bare = chan()
+    noop = chan([_AioNoop()])
+    ours = chan(aio_client_interceptors(mc, service=SERVICE))
+    plain = chan()
+    breaker = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
+
+    async def glued() -> Any:
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(4),
+            wait=wait_exponential(multiplier=0.1, max=10),
+            retry=retry_if_exception(_unavailable),
+            reraise=True,
+        ):
+            with attempt, breaker.calling():
+                return await plain.Echo(REQUEST, timeout=30)
+        return None
+
+    cp_channel = grpc.aio.insecure_channel(s.plane_address)
+    channels.append(cp_channel)
+    central = cp_grpc.ControlPlaneServiceStub(cp_channel)
+    ask = cp.GetPolicyRequest(service=SERVICE)
+
+    async def per_call_check() -> Any:
+        await central.GetPolicy(ask, timeout=30)
+        return await plain.Echo(REQUEST, timeout=30)
+
+    variants = {
+        "bare grpcio": lambda: bare.Echo(REQUEST, timeout=30),
+        "no-op interceptor": lambda: noop.Echo(REQUEST, timeout=30),
+        "pybreaker + tenacity": glued,
+        "mission-control": lambda: ours.Echo(REQUEST, timeout=30),
+        "central check per call": per_call_check,
+    }
+    return variants, channels
+
+
+async def _measure_aio(fn: Callable[[], Awaitable[Any]], n: int) -> tuple[list[float], float, float]:
+    latencies = []
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for _ in range(n):
+        t = time.perf_counter()
+        await fn()
+        latencies.append(time.perf_counter() - t)
+    return latencies, time.process_time() - cpu0, time.perf_counter() - wall0
+
+
+def _summarise(samples: dict[str, list[tuple[list[float], float, float]]], n: int) -> list[dict[str, Any]]:
+    rows = []
+    for name, rounds in samples.items():
+        lat = [x for r in rounds for x in r[0]]
+        cpu_per_call = [r[1] / n * 1e6 for r in rounds]
+        rate = [n / r[2] for r in rounds]
+        rows.append(
+            {
+                "variant": name,
+                "p50_ms": percentile(lat, 50) * 1e3,
+                "p99_ms": percentile(lat, 99) * 1e3,
+                "calls_per_s": median(rate),
+                "cpu_us_per_call": median(cpu_per_call),
+            }
+        )
+    bare = rows[0]
+    for row in rows:
+        row["p50_ratio"] = row["p50_ms"] / bare["p50_ms"]
+        row["cpu_ratio"] = row["cpu_us_per_call"] / bare["cpu_us_per_call"]
+    return rows
+
+
+def run(s: Stack, rounds: int = 7, n: int = 1000, warmup: int = 300) -> dict[str, Any]:
+    s.put_policy(SERVICE, rate_limit_requests=10**9, timeout_secs=30)
+    mc = MissionControl("bench-agent", control_plane=s.plane_address).start()
+    mc.wait_connected(30)
+    try:
+        variants, channels = _sync_variants(s, mc)
+        for fn in variants.values():
+            for _ in range(warmup):
+                fn()
+        sync_samples: dict[str, list[Any]] = {k: [] for k in variants}
+        for _ in range(rounds):
+            for name, fn in variants.items():
+                sync_samples[name].append(_measure_sync(fn, n))
+        for channel in channels:
+            channel.close()
+
+        async def aio() -> dict[str, list[Any]]:
+            variants_a, channels_a = await _aio_variants(s, mc)
+            for fn in variants_a.values():
+                for _ in range(warmup):
+                    await fn()
+            samples: dict[str, list[Any]] = {k: [] for k in variants_a}
+            for _ in range(rounds):
+                for name, fn in variants_a.items():
+                    samples[name].append(await _measure_aio(fn, n))
+            for channel in channels_a:
+                await channel.close()
+            return samples
+
+        aio_samples = asyncio.run(aio())
+        batches = mc.connection.batches_sent if mc.connection else 0
+    finally:
+        mc.close()
+    return {
+        "calls_per_variant": rounds * n,
+        "outcome_batches_sent": batches,
+        "sync": _summarise(sync_samples, n),
+        "aio": _summarise(aio_samples, n),
+    }
