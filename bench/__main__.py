@@ -7,14 +7,16 @@ import datetime
 import sys
 import time
 
-from . import overhead
+from . import fleet_cases, overhead
 from .common import ROOT, dump, machine, stack
 
 
 def _table(title: str, rows: list[dict[str, object]], columns: list[tuple[str, str, str]]) -> None:
     print(f"\n{title}")
     header = [c[1] for c in columns]
-    cells = [[format(r[c[0]], c[2]) if isinstance(r[c[0]], float) else str(r[c[0]]) for c in columns] for r in rows]
+    cells = [
+        [format(r[c[0]], c[2]) if isinstance(r[c[0]], float) else str(r[c[0]]) for c in columns] for r in rows
+    ]
     widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(header)]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     for row in cells:
@@ -49,6 +51,66 @@ def main() -> int:
         results["overhead"] = case1
         _table("1. per-call overhead, sync (unary loopback echo)", case1["sync"], OVERHEAD_COLUMNS)
         _table("1. per-call overhead, aio", case1["aio"], OVERHEAD_COLUMNS)
+        decision = overhead.decision_only(n=20_000 if args.quick else 100_000)
+        results["decision_only"] = decision
+        _table(
+            "1b. the resilience layer alone (no gRPC, no-op function)",
+            decision,
+            [("variant", "variant", ""), ("cpu_us_per_call", "CPU us/call", ".1f")],
+        )
+        case2 = fleet_cases.breaker_propagation(s, trips=5 if args.quick else 30)
+        results["breaker_propagation"] = case2
+        _table(
+            "2. breaker propagation: A trips, B (another process) fails fast",
+            [case2],
+            [
+                ("trips", "trips", ""),
+                ("measured", "measured", ""),
+                ("p50_ms", "p50 ms", ".1f"),
+                ("p99_ms", "p99 ms", ".1f"),
+                ("max_ms", "max ms", ".1f"),
+            ],
+        )
+        case3 = fleet_cases.config_propagation(s, agents=50, changes=3 if args.quick else 10)
+        results["config_propagation"] = case3
+        _table(
+            "3. config propagation: etcd put until each of 50 agents enforces it",
+            [case3],
+            [
+                ("agents", "agents", ""),
+                ("changes", "changes", ""),
+                ("missing", "missing", ""),
+                ("p50_ms", "p50 ms", ".1f"),
+                ("p99_ms", "p99 ms", ".1f"),
+                ("all_agents_p50_ms", "all 50, p50 ms", ".1f"),
+                ("all_agents_max_ms", "all 50, max ms", ".1f"),
+            ],
+        )
+        case4 = fleet_cases.capacity(
+            s, seconds=2 if args.quick else 5, idle_agents=200 if args.quick else 1000
+        )
+        results["capacity"] = case4
+        _table(
+            "4. control-plane capacity",
+            [case4],
+            [
+                ("outcomes_per_s", "outcomes/s", ".0f"),
+                ("batches_per_s", "batches/s", ".0f"),
+                ("plane_cpu_share", "plane CPU (cores)", ".2f"),
+                ("idle_agents_connected", "agents held", ""),
+                ("rss_before_mib", "RSS MiB before", ".1f"),
+                ("rss_after_mib", "RSS MiB after", ".1f"),
+                ("rss_per_agent_kib", "KiB/agent", ".1f"),
+            ],
+        )
+        case5 = fleet_cases.amplification(s, calls=50 if args.quick else 200)
+        results["amplification"] = case5
+        rows = [{"variant": k, "ratio": v} for k, v in case5["amplification"].items()]
+        _table(
+            "5. retry amplification in a full outage (upstream calls / app calls, max_retries 3)",
+            rows,
+            [("variant", "variant", ""), ("ratio", "ratio", ".2f")],
+        )
     results["seconds"] = round(time.time() - started, 1)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     dump(ROOT / "bench" / "results" / f"bench-{stamp}.json", results)

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess
+
 from tests.support.procs import Proc, control_plane, python
 
 ROOT = Path(__file__).resolve().parents[1]

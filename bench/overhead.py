@@ -17,12 +17,12 @@ from typing import Any
 import grpc
 import grpc.aio
 import pybreaker
-from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
-
 from mission_control.client.agent import MissionControl
 from mission_control.interceptors import aio_client_interceptors, client_interceptor
 from mission_control.resilience.v1 import control_plane_pb2 as cp
 from mission_control.resilience.v1 import control_plane_pb2_grpc as cp_grpc
+from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
 from tests.support import echo_pb2 as pb
 from tests.support import echo_pb2_grpc as pb_grpc
 
@@ -100,7 +100,9 @@ def _measure_sync(fn: Callable[[], Any], n: int) -> tuple[list[float], float, fl
     return latencies, time.process_time() - cpu0, time.perf_counter() - wall0
 
 
-async def _aio_variants(s: Stack, mc: MissionControl) -> tuple[dict[str, Callable[[], Awaitable[Any]]], list[Any]]:
+async def _aio_variants(
+    s: Stack, mc: MissionControl
+) -> tuple[dict[str, Callable[[], Awaitable[Any]]], list[Any]]:
     channels: list[Any] = []
 
     def chan(interceptors: Any = None) -> pb_grpc.EchoServiceStub:
@@ -215,3 +217,40 @@ def run(s: Stack, rounds: int = 7, n: int = 1000, warmup: int = 300) -> dict[str
         "sync": _summarise(sync_samples, n),
         "aio": _summarise(aio_samples, n),
     }
+
+
+def decision_only(n: int = 100_000, rounds: int = 5) -> list[dict[str, Any]]:
+    """The resilience layer alone around a no-op function (no gRPC), to isolate its cost."""
+    from mission_control.client.policy import ServicePolicy
+
+    policy = ServicePolicy(service=SERVICE, rate_limit_requests=10**9)
+    mc = MissionControl("bench-agent", config={SERVICE: policy})
+    ex = mc.executor
+
+    def noop(_left: float = 0.0) -> int:
+        return 1
+
+    breaker = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
+
+    def glued() -> Any:
+        retrying = Retrying(
+            stop=stop_after_attempt(4),
+            wait=wait_exponential(multiplier=0.1, max=10),
+            retry=retry_if_exception(_unavailable),
+            reraise=True,
+        )
+        return retrying(breaker.call, noop)
+
+    variants: dict[str, Callable[[], Any]] = {
+        "plain call": noop,
+        "pybreaker + tenacity": glued,
+        "mission-control executor": lambda: ex.run(SERVICE, noop, operation="Echo"),
+    }
+    samples: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            start = time.process_time()
+            for _ in range(n):
+                fn()
+            samples[name].append((time.process_time() - start) / n * 1e6)
+    return [{"variant": k, "cpu_us_per_call": median(v)} for k, v in samples.items()]

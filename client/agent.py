@@ -177,20 +177,29 @@ class Guard:
 
             @functools.wraps(func)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
+                async def attempt(left: float) -> Any:
+                    token = _deadline.set(time.monotonic() + left)
+                    try:
+                        return await func(*args, **kwargs)
+                    finally:
+                        _deadline.reset(token)
+
                 fallbacks = _bind(self.fallbacks, args, kwargs)
-                return await ex.run_async(
-                    self.service,
-                    lambda _left: func(*args, **kwargs),
-                    fallbacks=fallbacks,
-                    **options,
-                )
+                return await ex.run_async(self.service, attempt, fallbacks=fallbacks, **options)
 
             return run_async  # type: ignore[return-value]
 
         @functools.wraps(func)
         def run(*args: Any, **kwargs: Any) -> Any:
+            def attempt(left: float) -> Any:
+                token = _deadline.set(time.monotonic() + left)
+                try:
+                    return func(*args, **kwargs)
+                finally:
+                    _deadline.reset(token)
+
             fallbacks = _bind(self.fallbacks, args, kwargs)
-            return ex.run(self.service, lambda _left: func(*args, **kwargs), fallbacks=fallbacks, **options)
+            return ex.run(self.service, attempt, fallbacks=fallbacks, **options)
 
         return run  # type: ignore[return-value]
 
@@ -209,7 +218,7 @@ class Guard:
     def _exit(self, call: _Call, probe: str | None, exc: BaseException | None) -> BaseException | None:
         """Record the outcome; returns the error to raise instead of ``exc``, if any."""
         ex = self.executor
-        call.state.bulkhead.leave()
+        ex.release(call)
         if exc is None and ex.clock() > call.deadline:
             exc = TimeoutError()
         if exc is None:

@@ -35,6 +35,7 @@ from .errors import (
     ResourceExhausted,
     StorageFailure,
 )
+from .limits import TokenBucket
 from .retry import policy_stop, policy_wait
 from .status import remote_status_of
 from .view import LocalView, ServiceState
@@ -199,40 +200,61 @@ class Executor:
         now = self.clock()
         probe = self.check_breaker(state, operation, now)
         policy = state.policy
-        try:
-            wait = state.bucket.take(1.0, now)
-            if wait:
-                used = state.bucket.used(now)
-                error = ResourceExhausted(
-                    f"{service}.requests",
-                    used,
-                    policy.rate_limit_requests,
-                    retry_after=_finite(wait),
-                )
-                self._reject(state, error, operation)
-            for resource, amount in (cost or {}).items():
-                bucket = state.quotas.get(resource)
-                if bucket is None:
-                    continue
-                wait = bucket.take(amount, now)
-                if wait:
-                    limit = round(bucket.capacity)
-                    error = ResourceExhausted(resource, bucket.used(now), limit, retry_after=_finite(wait))
-                    self._reject(state, error, operation)
-            if not state.bulkhead.enter():
-                error = ResourceExhausted(
-                    f"{service}.concurrency", state.bulkhead.in_flight, state.bulkhead.limit
-                )
-                self._reject(state, error, operation)
-        except CircuitBreakerOpen:
-            raise
-        except MissionControlError:
+        with state.lock:  # one short section for every limit; never held across a call
+            error = self._limits(state, service, cost, now)
+            if error is None:
+                state.budget.record_call(now)
+            else:
+                state.tally.rejected += 1
+        if error is not None:
             self._give_back(state, probe)
-            raise
-        state.budget.record_call(now)
+            error.context = self._context(service, operation)
+            raise error
         seconds = policy.timeout_secs if timeout is None else min(policy.timeout_secs, timeout)
-        call = _Call(state, service, operation, kind or kind_of(service), now + seconds, seconds)
-        return call, probe
+        if kind is None:
+            kind = state.kind or kind_of(service)
+            state.kind = kind
+        return _Call(state, service, operation, kind, now + seconds, seconds), probe
+
+    @staticmethod
+    def _limits(
+        state: ServiceState, service: str, cost: Mapping[str, float] | None, now: float
+    ) -> ResourceExhausted | None:
+        """Take the rate-limit token, the quota costs and a bulkhead place, or none of them."""
+        bucket = state.bucket
+        wait = bucket.take(1.0, now)
+        if wait:
+            used = bucket.used(now)
+            return ResourceExhausted(
+                f"{service}.requests", used, state.policy.rate_limit_requests, retry_after=_finite(wait)
+            )
+        taken: list[tuple[TokenBucket, float]] = []
+        for resource, amount in (cost or {}).items():
+            quota = state.quotas.get(resource)
+            if quota is None:
+                continue
+            wait = quota.take(amount, now)
+            if wait:
+                for earlier, spent in taken:
+                    earlier.give_back(spent)
+                bucket.give_back(1.0)
+                limit = round(quota.capacity)
+                return ResourceExhausted(resource, quota.used(now), limit, retry_after=_finite(wait))
+            taken.append((quota, amount))
+        if not state.bulkhead.enter():
+            for earlier, spent in taken:
+                earlier.give_back(spent)
+            bucket.give_back(1.0)
+            bulkhead = state.bulkhead
+            return ResourceExhausted(f"{service}.concurrency", bulkhead.in_flight, bulkhead.limit)
+        return None
+
+    @staticmethod
+    def release(call: _Call) -> None:
+        """The call is over: its bulkhead place is free again."""
+        state = call.state
+        with state.lock:
+            state.bulkhead.leave()
 
     def _give_back(self, state: ServiceState, probe: str | None) -> None:
         if probe == "fleet":
@@ -365,22 +387,19 @@ class Executor:
             except _Failure as failure:
                 outcome = self._retry(call, failure, attempt)
         finally:
-            call.state.bulkhead.leave()
+            self.release(call)
         return self._fall_back(service, outcome, operation, timeout, fallbacks, call.recovering)
 
     def _attempt(self, call: _Call, probe: str | None, attempt: Callable[[float], T]) -> T:
         left = call.deadline - self.clock()
         if left <= 0:
             raise self._timed_out(call, probe)
-        token = _deadline.set(call.deadline)
         try:
             result = attempt(left)
         except Exception as exc:
             failure = self.classify(call, exc)
             self.record(call, probe, failure)
             raise failure from None
-        finally:
-            _deadline.reset(token)
         if self.clock() > call.deadline:  # a sync call cannot be interrupted: late is a timeout
             raise self._timed_out(call, probe)
         self.record(call, probe, None)
@@ -393,11 +412,17 @@ class Executor:
         return failure
 
     def _retrying(self, call: _Call, cls: type[Retrying] | type[AsyncRetrying]) -> Any:
-        policy = call.state.policy
+        state = call.state
+        policy = state.policy
         left = call.deadline - self.clock()
+
+        def spend_retry() -> bool:
+            with state.lock:
+                return state.budget.try_retry(self.clock())
+
         return cls(
             sleep=self.sleep if cls is Retrying else self.async_sleep,  # type: ignore[arg-type]
-            stop=policy_stop(policy.max_retries, left, call.state.budget, self.clock),
+            stop=policy_stop(policy.max_retries, left, spend_retry),
             wait=policy_wait(policy.backoff),
             retry=retry_if_exception(lambda e: isinstance(e, _Failure) and self._retryable(call, e)),
             reraise=True,
@@ -480,7 +505,7 @@ class Executor:
             except _Failure as failure:
                 outcome = await self._retry_async(call, failure, attempt)
         finally:
-            call.state.bulkhead.leave()
+            self.release(call)
         return await self._fall_back_async(service, outcome, operation, timeout, fallbacks, call.recovering)
 
     async def _attempt_async(
@@ -489,7 +514,6 @@ class Executor:
         left = call.deadline - self.clock()
         if left <= 0:
             raise self._timed_out(call, probe)
-        token = _deadline.set(call.deadline)
         try:
             async with asyncio.timeout(left):
                 result = await attempt(left)
@@ -497,8 +521,6 @@ class Executor:
             failure = self.classify(call, exc)
             self.record(call, probe, failure)
             raise failure from None
-        finally:
-            _deadline.reset(token)
         self.record(call, probe, None)
         return result
 

@@ -1,12 +1,11 @@
 """Local limits, pure and clock-injected: token buckets, the bulkhead, the retry budget.
 
 None of them waits: each answers at once whether a call may go, and if not, when it
-could. Callers pass ``now`` (``time.monotonic()``).
+could. Callers pass ``now`` (``time.monotonic()``) and, where threads share a limit, hold
+one lock around all of a call's limits (the executor holds its service's lock).
 """
 
 from __future__ import annotations
-
-import threading
 
 __all__ = ["Bulkhead", "RetryBudget", "TokenBucket"]
 
@@ -18,66 +17,65 @@ class TokenBucket:
     then one call every 0.6 s on average. A weighted call (e.g. LLM tokens) takes ``cost``.
     """
 
-    __slots__ = ("_lock", "_stamp", "_tokens", "capacity", "rate")
+    __slots__ = ("_stamp", "_tokens", "capacity", "rate")
 
     def __init__(self, capacity: float, window_secs: float, now: float) -> None:
         self.capacity = float(capacity)
         self.rate = self.capacity / window_secs
         self._tokens = self.capacity
         self._stamp = now
-        self._lock = threading.Lock()
 
     def take(self, cost: float, now: float) -> float:
         """Take ``cost`` tokens; returns 0.0 when taken, else seconds until they would be."""
-        with self._lock:
-            tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
-            if tokens >= cost:
-                self._tokens = tokens - cost
-                return 0.0
-            self._tokens = tokens
-            if cost > self.capacity:
-                return float("inf")
-            return (cost - tokens) / self.rate
+        tokens = self._tokens + (now - self._stamp) * self.rate
+        if tokens > self.capacity:
+            tokens = self.capacity
+        self._stamp = now
+        if tokens >= cost:
+            self._tokens = tokens - cost
+            return 0.0
+        self._tokens = tokens
+        if cost > self.capacity:
+            return float("inf")
+        return (cost - tokens) / self.rate
+
+    def give_back(self, cost: float) -> None:
+        """Return tokens taken for a call that did not go after all."""
+        self._tokens = min(self.capacity, self._tokens + cost)
 
     def used(self, now: float) -> int:
         """Tokens in use (capacity minus what is available now), for error reports."""
-        with self._lock:
-            tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
+        tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
         return round(self.capacity - tokens)
 
     def resize(self, capacity: float, window_secs: float, now: float) -> None:
         """Apply a new limit, keeping the share of tokens used."""
-        with self._lock:
-            tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
-            share = tokens / self.capacity if self.capacity else 1.0
-            self.capacity = float(capacity)
-            self.rate = self.capacity / window_secs
-            self._tokens = share * self.capacity
-            self._stamp = now
+        tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
+        share = tokens / self.capacity if self.capacity else 1.0
+        self.capacity = float(capacity)
+        self.rate = self.capacity / window_secs
+        self._tokens = share * self.capacity
+        self._stamp = now
 
 
 class Bulkhead:
     """At most ``limit`` calls in flight (0 = no limit). Never queues: a full bulkhead
     rejects at once."""
 
-    __slots__ = ("_lock", "in_flight", "limit")
+    __slots__ = ("in_flight", "limit")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.in_flight = 0
-        self._lock = threading.Lock()
 
     def enter(self) -> bool:
-        with self._lock:
-            if self.limit and self.in_flight >= self.limit:
-                return False
-            self.in_flight += 1
-            return True
+        if self.limit and self.in_flight >= self.limit:
+            return False
+        self.in_flight += 1
+        return True
 
     def leave(self) -> None:
-        with self._lock:
-            self.in_flight -= 1
+        self.in_flight -= 1
 
 
 class RetryBudget:
@@ -85,14 +83,13 @@ class RetryBudget:
     ``min_per_second`` × window always allowed — so an outage cannot multiply the load on
     a failing service by the retry count (the idea of gRPC's retryThrottling)."""
 
-    __slots__ = ("_buckets", "_lock", "min_per_second", "ratio", "window")
+    __slots__ = ("_buckets", "min_per_second", "ratio", "window")
 
     def __init__(self, ratio: float, min_per_second: float, window_secs: float) -> None:
         self.ratio = ratio
         self.min_per_second = min_per_second
         self.window = window_secs
         self._buckets: dict[int, list[int]] = {}  # second -> [calls, retries]
-        self._lock = threading.Lock()
 
     def _bucket(self, now: float) -> list[int]:
         second = int(now)
@@ -105,16 +102,14 @@ class RetryBudget:
         return bucket
 
     def record_call(self, now: float) -> None:
-        with self._lock:
-            self._bucket(now)[0] += 1
+        self._bucket(now)[0] += 1
 
     def try_retry(self, now: float) -> bool:
         """Spend one retry if the budget allows it."""
-        with self._lock:
-            bucket = self._bucket(now)
-            calls = sum(b[0] for b in self._buckets.values())
-            retries = sum(b[1] for b in self._buckets.values())
-            if retries + 1 > self.ratio * calls + self.min_per_second * self.window:
-                return False
-            bucket[1] += 1
-            return True
+        bucket = self._bucket(now)
+        calls = sum(b[0] for b in self._buckets.values())
+        retries = sum(b[1] for b in self._buckets.values())
+        if retries + 1 > self.ratio * calls + self.min_per_second * self.window:
+            return False
+        bucket[1] += 1
+        return True

@@ -21,7 +21,6 @@ from tenacity import (
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from .limits import RetryBudget
 from .policy import Backoff
 
 __all__ = ["policy_stop", "policy_wait"]
@@ -54,12 +53,11 @@ class _stop_when_budget_spent(stop_base):
     Placed last in a ``stop_any``, so a retry is only spent when nothing else stops it.
     """
 
-    def __init__(self, budget: RetryBudget, clock: Callable[[], float]) -> None:
-        self.budget = budget
-        self.clock = clock
+    def __init__(self, spend: Callable[[], bool]) -> None:
+        self.spend = spend
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        return not self.budget.try_retry(self.clock())
+        return not self.spend()
 
 
 def _asked_wait(error: BaseException) -> float:
@@ -73,12 +71,11 @@ def policy_wait(backoff: Backoff, rand: Callable[[], float] = random.random) -> 
     return _wait_max(_wait_jittered(exponential, backoff.jitter, rand), wait_exception(_asked_wait))
 
 
-def policy_stop(
-    max_retries: int, time_left: float, budget: RetryBudget, clock: Callable[[], float]
-) -> stop_base:
-    """Attempts include the first call: ``max_retries`` retries means ``max_retries + 1``."""
+def policy_stop(max_retries: int, time_left: float, spend_retry: Callable[[], bool]) -> stop_base:
+    """Attempts include the first call: ``max_retries`` retries means ``max_retries + 1``.
+    ``spend_retry`` takes one retry from the budget, or says there is none left."""
     return (
         stop_after_attempt(max_retries + 1)
         | stop_before_delay(max(0.0, time_left))
-        | _stop_when_budget_spent(budget, clock)
+        | _stop_when_budget_spent(spend_retry)
     )

@@ -97,6 +97,8 @@ class ServiceState:
         self.local_probes = 0
         self.tally = Tally()
         self.probe_asked_at = -1e9
+        #: "llm", "storage" or "other", once known (names the failures).
+        self.kind: str | None = None
 
     @staticmethod
     def _budget(policy: ServicePolicy) -> RetryBudget:
@@ -104,10 +106,13 @@ class ServiceState:
         return RetryBudget(b.ratio, b.min_retries_per_second, b.window_secs)
 
     def apply_policy(self, policy: ServicePolicy, now: float) -> None:
+        with self.lock:
+            self._apply_policy(policy, now)
+
+    def _apply_policy(self, policy: ServicePolicy, now: float) -> None:
         old = self.policy
         self.policy = policy
-        with self.lock:
-            self.local.update_policy(policy)
+        self.local.update_policy(policy)
         if (old.rate_limit_requests, old.rate_limit_window_secs) != (
             policy.rate_limit_requests,
             policy.rate_limit_window_secs,

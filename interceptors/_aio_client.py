@@ -92,7 +92,7 @@ class AioUnaryStreamInterceptor(_Base, grpc.aio.UnaryStreamClientInterceptor):
             details = with_timeout(client_call_details, call.timeout, aio=True)
             stream = await continuation(details, request)
         except BaseException:
-            call.state.bulkhead.leave()
+            ex.release(call)
             raise
         pending: set[asyncio.Task[None]] = set()
 
@@ -112,7 +112,7 @@ class AioUnaryStreamInterceptor(_Base, grpc.aio.UnaryStreamClientInterceptor):
             ex.record(call, probe, failure)
 
         def done(_: Any) -> None:
-            call.state.bulkhead.leave()
+            ex.release(call)
             task = asyncio.get_running_loop().create_task(finish())
             pending.add(task)
             task.add_done_callback(pending.discard)

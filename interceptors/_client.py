@@ -88,11 +88,11 @@ class ClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClient
         try:
             stream = continuation(with_timeout(client_call_details, call.timeout), request)
         except BaseException:
-            call.state.bulkhead.leave()
+            ex.release(call)
             raise
 
         def done() -> None:
-            call.state.bulkhead.leave()
+            ex.release(call)
             failed = stream.code() is not grpc.StatusCode.OK
             ex.record(call, probe, ex.classify(call, stream) if failed else None)
 

@@ -3,8 +3,9 @@
     python -m tests.support.agent_proc AGENT_ID CONTROL_PLANE UPSTREAM SERVICE
 
 Commands: ``call N`` (N calls, one after another), ``pace SECONDS INTERVAL`` (start a
-call every INTERVAL for SECONDS, concurrently), ``state`` (the service's breaker as this
-agent sees it), ``stats`` (the connection's counters), ``quit``.
+call every INTERVAL for SECONDS, concurrently), ``until_open`` (call every millisecond until
+the breaker stops a call), ``until_state STATE``, ``state`` (the service's breaker as this
+agent sees it), ``policy``, ``stats`` (the connection's counters), ``quit``.
 """
 
 from __future__ import annotations
@@ -58,7 +59,28 @@ def main() -> None:
                         first_rejection = time.time()
                 except grpc.RpcError as err:
                     outcomes[err.code().name] += 1
-            print(json.dumps({"outcomes": outcomes, "first_rejection": first_rejection}), flush=True)
+            print(
+                json.dumps({"outcomes": outcomes, "first_rejection": first_rejection, "t_last": time.time()}),
+                flush=True,
+            )
+        elif words[0] == "until_open":
+            # call every millisecond until the breaker stops a call (at most 30 s)
+            end = time.monotonic() + 30
+            seen = None
+            while time.monotonic() < end:
+                if _one(stub) == "CircuitBreakerOpen":
+                    seen = time.time()
+                    break
+                time.sleep(0.001)
+            print(json.dumps({"first_rejection": seen}), flush=True)
+        elif words[0] == "until_state":
+            end = time.monotonic() + 30
+            while time.monotonic() < end:
+                fleet = mc.view.get(service).fleet
+                if fleet is not None and fleet.state.name == words[1]:
+                    break
+                time.sleep(0.001)
+            print(json.dumps({"state": fleet.state.name if fleet else None}), flush=True)
         elif words[0] == "pace":
             seconds, interval = float(words[1]), float(words[2])
             with ThreadPoolExecutor(max_workers=64) as pool:

@@ -1,0 +1,216 @@
+"""Cases 2-5: breaker propagation, config propagation, control-plane capacity, retry
+amplification. All with real processes on this machine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from typing import Any
+
+import grpc
+from mission_control.client.agent import MissionControl
+from mission_control.client.errors import MissionControlError
+from mission_control.client.policy import Backoff, RetryBudget, ServicePolicy
+from mission_control.interceptors import client_interceptor
+from mission_control.resilience.v1 import control_plane_pb2 as cp
+from mission_control.resilience.v1 import control_plane_pb2_grpc as cp_grpc
+from mission_control.server.store import EtcdStore
+
+from tests.support import echo_pb2 as pb
+from tests.support import echo_pb2_grpc as pb_grpc
+from tests.support.procs import Proc, agent, python
+from tests.support.upstream import set_mode, stats
+
+from .common import Stack, cpu_seconds, median, percentile, rss_kib
+
+
+def _set_breaker(s: Stack, name: str, state: int) -> None:
+    with grpc.insecure_channel(s.plane_address) as channel:
+        cp_grpc.ControlPlaneServiceStub(channel).SetBreakerState(
+            cp.SetBreakerStateRequest(name=name, state=state), timeout=10
+        )
+
+
+def breaker_propagation(s: Stack, trips: int = 30) -> dict[str, Any]:
+    """Agent A's failures trip the breaker; time until agent B, another process, fails fast."""
+    service = "prop_llm"
+    s.put_policy(
+        service,
+        failure_threshold=3,
+        max_retries=0,
+        wait_duration_secs=300,
+        rate_limit_requests=10**9,
+        timeout_secs=5,
+    )
+    healthy = python("tests.support.upstream", "healthy")
+    procs: list[Proc] = [healthy]
+    try:
+        healthy_address = f"127.0.0.1:{healthy.port()}"
+        set_mode(s.upstream_address, "fail", code="UNAVAILABLE")
+        a = agent("agent-a", s.plane_address, s.upstream_address, service)
+        b = agent("agent-b", s.plane_address, healthy_address, service)
+        procs += [a, b]
+        samples = []
+        for _ in range(trips):
+            b.send("until_open")
+            time.sleep(0.05)
+            tripped = a.ask("call 3")
+            seen = b.ask("noop")
+            if seen["first_rejection"] is not None:
+                samples.append(seen["first_rejection"] - tripped["t_last"])
+            _set_breaker(s, service, cp.BREAKER_STATE_CLOSED)
+            a.ask("until_state CLOSED")
+            b.ask("until_state CLOSED")
+        set_mode(s.upstream_address, "ok")
+    finally:
+        for proc in procs:
+            proc.kill()
+    return {
+        "trips": trips,
+        "measured": len(samples),
+        "p50_ms": percentile(samples, 50) * 1e3,
+        "p99_ms": percentile(samples, 99) * 1e3,
+        "max_ms": max(samples) * 1e3 if samples else float("nan"),
+    }
+
+
+def config_propagation(s: Stack, agents: int = 50, changes: int = 10) -> dict[str, Any]:
+    """A policy change written to etcd, until each of ``agents`` connected agents enforces it."""
+    service = "prop_config"
+    s.put_policy(service, timeout_secs=1)
+    per_proc = agents // 2
+    fleet = [
+        Proc([sys.executable, "-m", "bench.fleet_proc", s.plane_address, str(per_proc), f"f{i}"])
+        for i in range(2)
+    ]
+    try:
+        for proc in fleet:
+            assert '"ready": true' in proc.wait_for('{"ready"', timeout=120)
+        key = f"/mission-control/v1/policies/{service}"
+
+        async def put(value: float) -> float:
+            store = await EtcdStore([s.etcd.endpoint]).connect()
+            try:
+                started = time.time()
+                await store.put(key, f'{{"service": "{service}", "timeout_secs": {value}}}'.encode())
+                return started
+            finally:
+                await store.close()
+
+        samples: list[float] = []
+        slowest: list[float] = []
+        missing = 0
+        for i in range(changes):
+            value = 2.0 + i
+            for proc in fleet:
+                proc.ask(f"watch {service} {value}")
+            started = asyncio.run(put(value))
+            seen = [proc.ask("noop", timeout=60) for proc in fleet]
+            times = [t - started for r in seen for t in r["seen"]]
+            missing += sum(r["missing"] for r in seen)
+            samples += times
+            slowest.append(max(times))
+    finally:
+        for proc in fleet:
+            proc.kill()
+    return {
+        "agents": agents,
+        "changes": changes,
+        "missing": missing,
+        "p50_ms": percentile(samples, 50) * 1e3,
+        "p99_ms": percentile(samples, 99) * 1e3,
+        "all_agents_p50_ms": median(slowest) * 1e3,
+        "all_agents_max_ms": max(slowest) * 1e3,
+    }
+
+
+def capacity(
+    s: Stack, seconds: float = 5.0, flood_streams: int = 10, idle_agents: int = 1000
+) -> dict[str, Any]:
+    """Outcome batches ingested per second, and idle agents held, with the plane's CPU and RSS."""
+    s.put_policy("load", failure_threshold=10**6, rate_limit_requests=10**9)
+    pid = s.pid()
+
+    def errors() -> int:
+        with grpc.insecure_channel(s.plane_address) as channel:
+            stats_ = cp_grpc.ControlPlaneServiceStub(channel).GetErrorStatistics(
+                cp.GetErrorStatisticsRequest(), timeout=10
+            )
+        return int(stats_.statistics.errors_by_service.get("load", 0))
+
+    before_errors, cpu0, t0 = errors(), cpu_seconds(pid), time.monotonic()
+    flood = [
+        Proc(
+            [
+                sys.executable,
+                "-m",
+                "bench.load_proc",
+                s.plane_address,
+                str(flood_streams // 2),
+                str(seconds),
+                "flood",
+            ]
+        )
+        for _ in range(2)
+    ]
+    sent = sum(p.ask("noop", timeout=seconds + 120).get("batches", 0) for p in flood)
+    elapsed, cpu = time.monotonic() - t0, cpu_seconds(pid) - cpu0
+    time.sleep(0.5)
+    ingested = errors() - before_errors  # each batch carries one failure
+    for p in flood:
+        p.kill()
+    rss_before = rss_kib(pid)
+    idle = [
+        Proc([sys.executable, "-m", "bench.load_proc", s.plane_address, str(idle_agents // 2), "20", "idle"])
+        for _ in range(2)
+    ]
+    connected = sum(p.ask("noop", timeout=120)["connected"] for p in idle)
+    time.sleep(1.0)
+    rss_after = rss_kib(pid)
+    for p in idle:
+        p.kill()
+    return {
+        "flood_streams": flood_streams,
+        "batches_sent": sent,
+        "batches_ingested": ingested,
+        "outcomes_per_s": ingested * 10 / elapsed,
+        "batches_per_s": ingested / elapsed,
+        "plane_cpu_share": cpu / elapsed,
+        "idle_agents_connected": connected,
+        "rss_before_mib": rss_before / 1024,
+        "rss_after_mib": rss_after / 1024,
+        "rss_per_agent_kib": (rss_after - rss_before) / max(1, connected),
+    }
+
+
+def amplification(s: Stack, calls: int = 200) -> dict[str, Any]:
+    """Calls reaching a fully failed upstream per call the application made."""
+    set_mode(s.upstream_address, "fail", code="UNAVAILABLE")
+    results = {}
+    for label, budget in (
+        ("with retry budget (default)", RetryBudget()),
+        ("without budget", RetryBudget(ratio=100, min_retries_per_second=1000)),
+    ):
+        policy = ServicePolicy(
+            service="amplified",
+            max_retries=3,
+            failure_threshold=10**6,
+            rate_limit_requests=10**9,
+            backoff=Backoff(initial_secs=0.001, max_secs=0.001, jitter=0),
+            retry_budget=budget,
+        )
+        mc = MissionControl("amp-agent", config={"amplified": policy})
+        channel = grpc.intercept_channel(
+            grpc.insecure_channel(s.upstream_address), client_interceptor(mc, service="amplified")
+        )
+        stub = pb_grpc.EchoServiceStub(channel)
+        stats(s.upstream_address, reset=True)
+        for _ in range(calls):
+            with contextlib.suppress(MissionControlError, grpc.RpcError):
+                stub.Echo(pb.EchoRequest(text="x"), timeout=5)
+        results[label] = stats(s.upstream_address).calls / calls
+        channel.close()
+    set_mode(s.upstream_address, "ok")
+    return {"app_calls": calls, "max_retries": 3, "amplification": results}
