@@ -34,7 +34,11 @@ def _set_breaker(s: Stack, name: str, state: int) -> None:
 
 
 def breaker_propagation(s: Stack, trips: int = 30) -> dict[str, Any]:
-    """Agent A's failures trip the breaker; time until agent B, another process, fails fast."""
+    """Agent A's failures trip the breaker; time until agent B, another process, fails fast.
+
+    B sends no traffic of its own while it waits (its successes would, rightly, keep a
+    consecutive-failure breaker closed); it watches its local view and, once that says
+    OPEN, makes one call, which must fail fast without reaching its upstream."""
     service = "prop_llm"
     s.put_policy(
         service,
@@ -54,11 +58,11 @@ def breaker_propagation(s: Stack, trips: int = 30) -> dict[str, Any]:
         procs += [a, b]
         samples = []
         for _ in range(trips):
-            b.send("until_open")
+            b.send("until_fails_fast")
             time.sleep(0.05)
             tripped = a.ask("call 3")
             seen = b.ask("noop")
-            if seen["first_rejection"] is not None:
+            if seen["first_rejection"] is not None and seen["outcome"] == "CircuitBreakerOpen":
                 samples.append(seen["first_rejection"] - tripped["t_last"])
             _set_breaker(s, service, cp.BREAKER_STATE_CLOSED)
             a.ask("until_state CLOSED")

@@ -4,7 +4,8 @@
 
 Commands: ``call N`` (N calls, one after another), ``pace SECONDS INTERVAL`` (start a
 call every INTERVAL for SECONDS, concurrently), ``until_open`` (call every millisecond until
-the breaker stops a call), ``until_state STATE``, ``state`` (the service's breaker as this
+the breaker stops a call), ``until_fails_fast`` (watch the view, then make one call),
+``until_state STATE``, ``state`` (the service's breaker as this
 agent sees it), ``policy``, ``stats`` (the connection's counters), ``quit``.
 """
 
@@ -67,12 +68,28 @@ def main() -> None:
             # call every millisecond until the breaker stops a call (at most 30 s)
             end = time.monotonic() + 30
             seen = None
+            made: Counter[str] = Counter()
             while time.monotonic() < end:
-                if _one(stub) == "CircuitBreakerOpen":
+                outcome = _one(stub)
+                made[outcome] += 1
+                if outcome == "CircuitBreakerOpen":
                     seen = time.time()
                     break
                 time.sleep(0.001)
-            print(json.dumps({"first_rejection": seen}), flush=True)
+            print(json.dumps({"first_rejection": seen, "outcomes": made}), flush=True)
+        elif words[0] == "until_fails_fast":
+            # no traffic of its own (its successes would mask the other agent's failures):
+            # watch the local view, then prove the next call fails fast
+            end = time.monotonic() + 30
+            seen, outcome = None, None
+            while time.monotonic() < end:
+                fleet = mc.view.get(service).fleet
+                if fleet is not None and fleet.state.rejects:
+                    outcome = _one(stub)
+                    seen = time.time()
+                    break
+                time.sleep(0.0005)
+            print(json.dumps({"first_rejection": seen, "outcome": outcome}), flush=True)
         elif words[0] == "until_state":
             end = time.monotonic() + 30
             while time.monotonic() < end:
