@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from google.protobuf import json_format
 from mission_control.client.breaker import BreakerState, Transition
 from mission_control.client.config import policy_to_json, policy_to_proto
 from mission_control.client.errors import StorageFailure
@@ -208,7 +209,10 @@ class ControlPlane:
                 raise StorageFailure("etcd", "set breaker state", str(err)) from err
             self._dirty.discard(name)
             self.breakers.adopt(name, record, revision)
-            return self.breakers.to_proto(name)
+            # What this write stored, even if a newer write has been applied meanwhile.
+            written = json_format.Parse(record, pb.Breaker(), ignore_unknown_fields=True)
+            written.revision = revision
+            return written
         raise StorageFailure("etcd", "set breaker state", "too many concurrent changes; retry")
 
     async def put_policy(self, policy: ServicePolicy, expected_revision: int = 0) -> int | None:
