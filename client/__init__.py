@@ -1,10 +1,12 @@
-"""What agents link: the error taxonomy, policies, and (soon) the resilience executor.
+"""What agents link: :class:`MissionControl` (local view, control-plane stream, executor,
+``guard``), the error taxonomy, and policies.
 
 Agents import from here; nothing in this package imports the control-plane server.
 """
 
 from __future__ import annotations
 
+from .agent import Guard, MissionControl
 from .config import ErrorHandlingConfig, load_config, load_config_file, validate_configuration
 from .errors import (
     AgentCriticalFailure,
@@ -29,7 +31,9 @@ __all__ = [
     "ErrorContext",
     "ErrorHandlingConfig",
     "FailureRate",
+    "Guard",
     "LLMProviderUnavailable",
+    "MissionControl",
     "MissionControlError",
     "OperationTimeout",
     "Quota",

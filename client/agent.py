@@ -19,6 +19,7 @@ from .config import ErrorHandlingConfig, load_config_file
 from .connection import ControlPlaneConnection
 from .executor import Executor, _Call, _deadline
 from .policy import ServicePolicy
+from .telemetry import Telemetry, telemetry_from_env
 from .view import LocalView
 
 __all__ = ["Guard", "MissionControl"]
@@ -53,6 +54,8 @@ class MissionControl:
         session_id: this run's id (default: a random one).
         services: services the agent calls (announced to the control plane).
         credentials: TLS credentials for the control-plane channel.
+        telemetry: OpenTelemetry hooks; by default from the ``OTEL_*`` environment (off
+            unless an OTLP endpoint is set); False turns it off.
 
     Use as a context manager, or call :meth:`start` and :meth:`close`.
     """
@@ -67,10 +70,20 @@ class MissionControl:
         services: Sequence[str] = (),
         flush_interval: float = 0.05,
         credentials: grpc.ChannelCredentials | None = None,
+        telemetry: Telemetry | bool | None = None,
     ) -> None:
         self.agent = agent
         self.session_id = session_id or uuid.uuid4().hex
         self.view = LocalView(_policies(config))
+        if telemetry is None or telemetry is True:
+            telemetry = telemetry_from_env("agent", agent)
+        self.telemetry: Telemetry | None = telemetry or None
+        if self.telemetry is not None:
+            self.telemetry.observe(
+                "mission_control.breaker.state",
+                "breaker state as this agent enforces it (1 CLOSED, 2 OPEN, 3 HALF_OPEN, 4-6 operator)",
+                self._breaker_states,
+            )
         self.connection: ControlPlaneConnection | None = None
         if control_plane:
             endpoints = [control_plane] if isinstance(control_plane, str) else list(control_plane)
@@ -93,6 +106,16 @@ class MissionControl:
     def close(self) -> None:
         if self.connection is not None:
             self.connection.stop()
+        if self.telemetry is not None:
+            self.telemetry.shutdown()
+
+    def _breaker_states(self) -> list[tuple[float, dict[str, str]]]:
+        found = []
+        for name, state in list(self.view.services.items()):
+            fleet = state.fleet
+            value = fleet.state if fleet is not None and self.view.connected else state.local.state
+            found.append((float(value), {"breaker": name, "error.agent": self.agent}))
+        return found
 
     def __enter__(self) -> MissionControl:
         return self.start()
@@ -167,6 +190,8 @@ class Guard:
     def __call__(self, func: F) -> F:
         operation = self.operation or func.__name__
         ex = self.executor
+        telemetry = ex.telemetry
+        span_name = f"{self.service} {operation}"
         options: dict[str, Any] = {
             "operation": operation,
             "kind": self.kind,
@@ -185,7 +210,10 @@ class Guard:
                         _deadline.reset(token)
 
                 fallbacks = _bind(self.fallbacks, args, kwargs)
-                return await ex.run_async(self.service, attempt, fallbacks=fallbacks, **options)
+                if telemetry is None:
+                    return await ex.run_async(self.service, attempt, fallbacks=fallbacks, **options)
+                with telemetry.start_span(span_name, {"error.service": self.service}):
+                    return await ex.run_async(self.service, attempt, fallbacks=fallbacks, **options)
 
             return run_async  # type: ignore[return-value]
 
@@ -199,7 +227,10 @@ class Guard:
                     _deadline.reset(token)
 
             fallbacks = _bind(self.fallbacks, args, kwargs)
-            return ex.run(self.service, attempt, fallbacks=fallbacks, **options)
+            if telemetry is None:
+                return ex.run(self.service, attempt, fallbacks=fallbacks, **options)
+            with telemetry.start_span(span_name, {"error.service": self.service}):
+                return ex.run(self.service, attempt, fallbacks=fallbacks, **options)
 
         return run  # type: ignore[return-value]
 

@@ -15,6 +15,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import grpc
 from mission_control.resilience.v1 import control_plane_pb2 as pb
@@ -53,6 +54,7 @@ class ControlPlaneConnection:
         flush_interval: float = 0.05,
         credentials: grpc.ChannelCredentials | None = None,
         max_backoff: float = 5.0,
+        telemetry: Any = None,
     ) -> None:
         if not endpoints:
             raise ConfigurationError("control_plane", "at least one endpoint is needed")
@@ -64,6 +66,7 @@ class ControlPlaneConnection:
         self.flush_interval = flush_interval
         self.credentials = credentials
         self.max_backoff = max_backoff
+        self.telemetry = telemetry
         self._outbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._wake_pending = False
         self._stopping = threading.Event()
@@ -147,8 +150,12 @@ class ControlPlaneConnection:
     def _channel(self, endpoint: str) -> grpc.Channel:
         options = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
         if self.credentials is not None:
-            return grpc.secure_channel(endpoint, self.credentials, options=options)
-        return grpc.insecure_channel(endpoint, options=options)
+            channel = grpc.secure_channel(endpoint, self.credentials, options=options)
+        else:
+            channel = grpc.insecure_channel(endpoint, options=options)
+        if self.telemetry is not None:
+            channel = grpc.intercept_channel(channel, self.telemetry.grpc_client_interceptor())
+        return channel
 
     def _stream(self, endpoint: str) -> None:
         with self._channel(endpoint) as channel:

@@ -38,6 +38,7 @@ from .errors import (
 from .limits import TokenBucket
 from .retry import policy_stop, policy_wait
 from .status import remote_status_of
+from .telemetry import Telemetry
 from .view import LocalView, ServiceState
 
 __all__ = ["Executor", "ServiceKind", "current_deadline", "kind_of"]
@@ -129,7 +130,9 @@ class Executor:
         session_id: str = "",
         sleep: Callable[[float], None] = time.sleep,
         async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        telemetry: Telemetry | None = None,
     ) -> None:
+        self.telemetry = telemetry
         self.view = view
         self.connection = connection
         self.agent = agent
@@ -147,6 +150,8 @@ class Executor:
         with state.lock:
             state.tally.rejected += 1
         error.context = self._context(state.name, operation)
+        if self.telemetry is not None:
+            self.telemetry.call_rejected(error, state.name, operation, "breaker")
         raise error
 
     def check_breaker(self, state: ServiceState, operation: str, now: float) -> str | None:
@@ -209,6 +214,11 @@ class Executor:
         if error is not None:
             self._give_back(state, probe)
             error.context = self._context(service, operation)
+            if self.telemetry is not None:
+                reason = (
+                    error.resource.rpartition(".")[2] if error.resource.startswith(service + ".") else "quota"
+                )
+                self.telemetry.call_rejected(error, service, operation, _REASONS.get(reason, reason))
             raise error
         seconds = policy.timeout_secs if timeout is None else min(policy.timeout_secs, timeout)
         if kind is None:
@@ -347,6 +357,16 @@ class Executor:
                 state.tally.recovery_attempts += 1
                 if succeeded:
                     state.tally.recovery_successes += 1
+            if self.telemetry is not None:
+                self.telemetry.recovered(state.name, succeeded)
+
+    def _failed(self, error: BaseException, service: str, operation: str) -> None:
+        """The caller gets ``error``: tell telemetry, when it is on and this is an outage."""
+        if self.telemetry is None:
+            return
+        code = getattr(error, "code", None)
+        if isinstance(error, MissionControlError) or (callable(code) and code() in FAILURE_CODES):
+            self.telemetry.call_failed(error, service, operation)
 
     def _retryable(self, call: _Call, failure: _Failure) -> bool:
         error = failure.error
@@ -420,8 +440,19 @@ class Executor:
             with state.lock:
                 return state.budget.try_retry(self.clock())
 
+        telemetry = self.telemetry
+
+        def before_sleep(retry_state: Any) -> None:
+            if telemetry is not None:
+                failure = retry_state.outcome.exception()
+                error = getattr(failure, "error", failure)
+                telemetry.retrying(
+                    call.service, retry_state.attempt_number, retry_state.upcoming_sleep, error
+                )
+
         return cls(
             sleep=self.sleep if cls is Retrying else self.async_sleep,  # type: ignore[arg-type]
+            before_sleep=before_sleep,
             stop=policy_stop(policy.max_retries, left, spend_retry),
             wait=policy_wait(policy.backoff),
             retry=retry_if_exception(lambda e: isinstance(e, _Failure) and self._retryable(call, e)),
@@ -468,10 +499,15 @@ class Executor:
                 result = self.run(name, fallbacks[name], operation=operation, timeout=timeout)
             except Exception as fallback_error:
                 outcome.add_note(f"fallback {name!r} failed too: {fallback_error}")
+                if self.telemetry is not None:
+                    self.telemetry.fell_back(service, name, False)
                 continue
+            if self.telemetry is not None:
+                self.telemetry.fell_back(service, name, True)
             self._recovered(state, attempted, True)
             return result
         self._recovered(state, attempted, False)
+        self._failed(outcome, service, operation)
         raise outcome
 
     def _fallback_names(
@@ -565,10 +601,15 @@ class Executor:
                 result = await self.run_async(name, fallbacks[name], operation=operation, timeout=timeout)
             except Exception as fallback_error:
                 outcome.add_note(f"fallback {name!r} failed too: {fallback_error}")
+                if self.telemetry is not None:
+                    self.telemetry.fell_back(service, name, False)
                 continue
+            if self.telemetry is not None:
+                self.telemetry.fell_back(service, name, True)
             self._recovered(state, attempted, True)
             return result
         self._recovered(state, attempted, False)
+        self._failed(outcome, service, operation)
         raise outcome
 
 
@@ -579,6 +620,8 @@ class _Success(Exception):
         super().__init__("success")
         self.result = result
 
+
+_REASONS = {"requests": "rate_limit", "concurrency": "bulkhead"}
 
 _STICKY = frozenset({BreakerState.FORCED_OPEN, BreakerState.FORCED_CLOSED, BreakerState.DISABLED})
 

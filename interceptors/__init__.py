@@ -28,6 +28,7 @@ __all__ = [
     "aio_client_interceptors",
     "aio_server_interceptor",
     "client_interceptor",
+    "client_interceptors",
     "server_interceptor",
 ]
 
@@ -60,6 +61,26 @@ def client_interceptor(
     return ClientInterceptor(check_agent(agent), service, services, kind, fallback_channels)
 
 
+def client_interceptors(
+    agent: MissionControl,
+    *,
+    service: str | None = None,
+    services: ServiceMap = None,
+    kind: str | None = None,
+    fallback_channels: Mapping[str, grpc.Channel] | None = None,
+) -> list[Any]:
+    """Interceptors for ``grpc.intercept_channel(channel, *client_interceptors(...))``: ours,
+    preceded by OpenTelemetry's client interceptor when the agent's telemetry is on (its
+    span is then the one our attributes and retry/fallback events go on). Arguments as
+    :func:`client_interceptor`."""
+    ours = client_interceptor(
+        agent, service=service, services=services, kind=kind, fallback_channels=fallback_channels
+    )
+    if agent.telemetry is None:
+        return [ours]
+    return [agent.telemetry.grpc_client_interceptor(), ours]
+
+
 def aio_client_interceptors(
     agent: MissionControl,
     *,
@@ -69,12 +90,16 @@ def aio_client_interceptors(
     fallback_channels: Mapping[str, grpc.aio.Channel] | None = None,
 ) -> list[Any]:
     """Interceptors for ``grpc.aio.insecure_channel(..., interceptors=...)``; arguments as
-    :func:`client_interceptor`."""
+    :func:`client_interceptor`. With the agent's telemetry on, OpenTelemetry's client
+    interceptors come first, so each call's span carries our attributes and events."""
     check_agent(agent)
-    return [
+    ours: list[Any] = [
         AioUnaryUnaryInterceptor(agent, service, services, kind, fallback_channels),
         AioUnaryStreamInterceptor(agent, service, services, kind, fallback_channels),
     ]
+    if agent.telemetry is None:
+        return ours
+    return [*agent.telemetry.grpc_aio_client_interceptors(), *ours]
 
 
 def server_interceptor(*, agent: str | None = None, debug: bool | None = None) -> ServerInterceptor:

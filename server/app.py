@@ -12,12 +12,14 @@ import socket
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from mission_control.client.telemetry import Telemetry, telemetry_from_env
 from mission_control.interceptors import aio_server_interceptor
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
@@ -46,7 +48,10 @@ class ServeOptions:
 class RunningControlPlane:
     """A started server; ``port`` is the bound port (useful with ``:0``)."""
 
-    def __init__(self, plane: ControlPlane, server: grpc.aio.Server, port: int) -> None:
+    def __init__(
+        self, plane: ControlPlane, server: grpc.aio.Server, port: int, telemetry: Telemetry | None = None
+    ) -> None:
+        self.telemetry = telemetry
         self.plane = plane
         self.server = server
         self.port = port
@@ -58,6 +63,8 @@ class RunningControlPlane:
         await self.server.stop(grace)
         await self.plane.stop()
         await self.plane.store.close()
+        if self.telemetry is not None:
+            await asyncio.to_thread(self.telemetry.shutdown)
 
 
 async def start_control_plane(
@@ -65,16 +72,18 @@ async def start_control_plane(
 ) -> RunningControlPlane:
     """Connect the store, load the state, and serve on ``listen``."""
     await store.connect()
-    plane = ControlPlane(store, prefix=prefix, instance_id=instance_id or uuid.uuid4().hex[:12])
-    server = grpc.aio.server(
-        interceptors=[aio_server_interceptor(agent="mission-control")],
-        options=[("grpc.so_reuseport", 0)],
-    )
+    instance_id = instance_id or uuid.uuid4().hex[:12]
+    telemetry = telemetry_from_env("control-plane", instance_id)
+    plane = ControlPlane(store, prefix=prefix, instance_id=instance_id, telemetry=telemetry)
+    interceptors: list[Any] = [aio_server_interceptor(agent="mission-control")]
+    if telemetry is not None:
+        interceptors.insert(0, telemetry.grpc_aio_server_interceptor())
+    server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_ControlPlaneServiceServicer_to_server(ControlPlaneServicer(plane), server)
     port = server.add_insecure_port(listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
-    running = RunningControlPlane(plane, server, port)
+    running = RunningControlPlane(plane, server, port, telemetry)
     health_pb2_grpc.add_HealthServicer_to_server(running.health, server)
     reflection.enable_server_reflection(
         (

@@ -23,10 +23,12 @@ from mission_control.client.breaker import BreakerState, Transition
 from mission_control.client.config import policy_to_json, policy_to_proto
 from mission_control.client.errors import StorageFailure
 from mission_control.client.policy import ServicePolicy
+from mission_control.client.telemetry import Telemetry
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .engine import FleetBreakers
 from .hub import Hub
+from .observability import FleetTelemetry
 from .policies import PolicyBook
 from .stats import FleetStatistics
 from .store import Store, StoreUnavailable, WatchCompacted, Write
@@ -47,6 +49,7 @@ class ControlPlane:
         instance_id: str = "",
         tick_interval: float = 0.02,
         ping_interval: float = 1.0,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.store = store
         self.prefix = prefix.rstrip("/")
@@ -64,6 +67,9 @@ class ControlPlane:
         self._dirty_event = asyncio.Event()
         self._loaded = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.telemetry = FleetTelemetry(telemetry, self) if telemetry is not None else None
+        if self.telemetry is not None:
+            self.policies.on_reload = self.telemetry.reload
         self.policies.listeners.append(self._on_policy)
         self.breakers.change_listeners.append(self._on_breaker)
         self.breakers.grant_listeners.append(self._on_grant)
@@ -273,6 +279,8 @@ class ControlPlane:
         if move is not None:  # decided here: store it
             self._dirty.add(message.name)
             self._dirty_event.set()
+            if self.telemetry is not None:
+                self.telemetry.transition(message, move)
         if message.state == pb.BREAKER_STATE_OPEN and old is not BreakerState.OPEN:
             self.stats.breaker_opens += 1
         self.hub.broadcast(pb.ConnectResponse(breaker=message))

@@ -40,6 +40,8 @@ class PolicyBook:
         self.reloads_ok = 0
         self.reloads_failed = 0
         self.listeners: list[PolicyListener] = []
+        #: Called with True for each value applied, False for each refused.
+        self.on_reload: Callable[[bool], None] | None = None
 
     def key(self, service: str) -> str:
         return self.prefix + service
@@ -68,7 +70,7 @@ class PolicyBook:
         if value is None:
             if self._policies.pop(service, None) is None:
                 return False
-            self.reloads_ok += 1
+            self._counted(True)
             self._notify(service, None)
             return True
         current = self._policies.get(service)
@@ -77,17 +79,25 @@ class PolicyBook:
         try:
             policy = policy_from_json(value, service=service)
         except ConfigurationError as err:
-            self.reloads_failed += 1
+            self._counted(False)
             detail = "; ".join(f"{f}: {m}" for f, m in err.violations)
             self.errors.append(LoadError(key, detail, time.time()))
             _log.error("ignored invalid policy at %s (kept the last good one): %s", key, detail)
             return False
         self._policies[service] = (policy, revision)
-        self.reloads_ok += 1
+        self._counted(True)
         if current is None or current[0] != policy:
             self._notify(service, policy)
             return True
         return False
+
+    def _counted(self, ok: bool) -> None:
+        if ok:
+            self.reloads_ok += 1
+        else:
+            self.reloads_failed += 1
+        if self.on_reload is not None:
+            self.on_reload(ok)
 
     def _notify(self, service: str, policy: ServicePolicy | None) -> None:
         for listener in list(self.listeners):

@@ -88,11 +88,16 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                 kind = request.WhichOneof("message")
                 if kind == "outcomes":
                     plane.stats.dropped += request.outcomes.dropped
+                    telemetry = plane.telemetry
+                    if telemetry is not None and request.outcomes.dropped:
+                        telemetry.dropped(request.outcomes.dropped)
                     for summary in request.outcomes.summaries:
                         if name_problem(summary.service):
                             continue
                         plane.stats.record(sub.agent_id, summary)
                         plane.breakers.record(sub.agent_id, summary)
+                        if telemetry is not None:
+                            telemetry.outcomes(sub.agent_id, summary)
                 elif kind == "probe_request":
                     if not name_problem(request.probe_request.service):
                         plane.breakers.request_probe(sub.agent_id, request.probe_request.service)
