@@ -95,8 +95,11 @@ class MissionControl:
                 services=services,
                 flush_interval=flush_interval,
                 credentials=credentials,
+                telemetry=self.telemetry,
             )
-        self.executor = Executor(self.view, self.connection, agent=agent, session_id=self.session_id)
+        self.executor = Executor(
+            self.view, self.connection, agent=agent, session_id=self.session_id, telemetry=self.telemetry
+        )
 
     def start(self) -> MissionControl:
         if self.connection is not None:

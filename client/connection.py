@@ -154,7 +154,9 @@ class ControlPlaneConnection:
         else:
             channel = grpc.insecure_channel(endpoint, options=options)
         if self.telemetry is not None:
-            channel = grpc.intercept_channel(channel, self.telemetry.grpc_client_interceptor())
+            from opentelemetry.instrumentation.grpc import grpcext
+
+            channel = grpcext.intercept_channel(channel, self.telemetry.grpc_client_interceptor())
         return channel
 
     def _stream(self, endpoint: str) -> None:

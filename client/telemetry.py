@@ -184,7 +184,8 @@ class Telemetry:
         return self.tracer.start_as_current_span(name, attributes=attributes, record_exception=False)
 
     def shutdown(self, timeout: float = 3.0) -> None:
-        """Flush and stop exporting; bounded, so an unreachable collector cannot hold up exit."""
+        """Flush what is pending; bounded, so an unreachable collector cannot hold up exit.
+        (The providers shut themselves down at interpreter exit.)"""
         if not self._owns:
             return
         import threading
@@ -192,9 +193,9 @@ class Telemetry:
         def stop() -> None:
             for provider in (self.tracer_provider, self.meter_provider):
                 try:
-                    provider.shutdown()
+                    provider.force_flush(int(timeout * 1000))
                 except Exception:
-                    _log.debug("telemetry shutdown failed", exc_info=True)
+                    _log.debug("telemetry flush failed", exc_info=True)
 
         worker = threading.Thread(target=stop, name="mission-control-telemetry-stop", daemon=True)
         worker.start()
@@ -223,6 +224,10 @@ class Telemetry:
         span = self._trace.get_current_span()
         if span.is_recording():
             span.set_attributes(attrs)
+            code = getattr(error, "grpc_code", None)
+            if code is not None:
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
+            span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, attrs["error.type"]))
             span.record_exception(error, attributes={"error.type": attrs["error.type"]})
         self.errors.add(1, {k: attrs[k] for k in ("error.type", "error.service", "error.agent")})
         self._log_error(error, attrs, span)

@@ -28,7 +28,7 @@ __all__ = [
     "aio_client_interceptors",
     "aio_server_interceptor",
     "client_interceptor",
-    "client_interceptors",
+    "protected_channel",
     "server_interceptor",
 ]
 
@@ -61,24 +61,27 @@ def client_interceptor(
     return ClientInterceptor(check_agent(agent), service, services, kind, fallback_channels)
 
 
-def client_interceptors(
+def protected_channel(
+    channel: grpc.Channel,
     agent: MissionControl,
     *,
     service: str | None = None,
     services: ServiceMap = None,
     kind: str | None = None,
     fallback_channels: Mapping[str, grpc.Channel] | None = None,
-) -> list[Any]:
-    """Interceptors for ``grpc.intercept_channel(channel, *client_interceptors(...))``: ours,
-    preceded by OpenTelemetry's client interceptor when the agent's telemetry is on (its
-    span is then the one our attributes and retry/fallback events go on). Arguments as
-    :func:`client_interceptor`."""
+) -> grpc.Channel:
+    """``channel`` with our interceptor and, when the agent's telemetry is on,
+    OpenTelemetry's client interceptor around it (so each call's span is the one our
+    attributes and retry/fallback events go on). Arguments as :func:`client_interceptor`."""
     ours = client_interceptor(
         agent, service=service, services=services, kind=kind, fallback_channels=fallback_channels
     )
+    protected = grpc.intercept_channel(channel, ours)
     if agent.telemetry is None:
-        return [ours]
-    return [agent.telemetry.grpc_client_interceptor(), ours]
+        return protected
+    from opentelemetry.instrumentation.grpc import grpcext
+
+    return grpcext.intercept_channel(protected, agent.telemetry.grpc_client_interceptor())  # type: ignore[no-any-return]
 
 
 def aio_client_interceptors(

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from mission_control.client.agent import MissionControl
 from mission_control.client.errors import MissionControlError
-from mission_control.interceptors import client_interceptor
+from mission_control.interceptors import protected_channel
 
 from tests.support import echo_pb2 as pb
 from tests.support import echo_pb2_grpc as pb_grpc
@@ -40,7 +40,8 @@ def main() -> None:
     agent_id, control_plane, upstream, service = sys.argv[1:5]
     mc = MissionControl(agent_id, control_plane=control_plane.split(","), flush_interval=0.02)
     mc.start()
-    channel = grpc.intercept_channel(grpc.insecure_channel(upstream), client_interceptor(mc, service=service))
+    # with OpenTelemetry's interceptor around ours when telemetry is on
+    channel = protected_channel(grpc.insecure_channel(upstream), mc, service=service)
     stub = pb_grpc.EchoServiceStub(channel)
     print(json.dumps({"ready": mc.wait_connected(30)}), flush=True)
     for line in sys.stdin:

@@ -91,40 +91,20 @@ def python(module: str, *args: str, env: dict[str, str] | None = None) -> Proc:
     return Proc([sys.executable, "-m", module, *args], env=env)
 
 
-def control_plane(etcd: str, prefix: str, *extra: str) -> tuple[Proc, str]:
+def control_plane(etcd: str, prefix: str, *extra: str, env: dict[str, str] | None = None) -> tuple[Proc, str]:
     """``mission-control serve`` as its own process; returns it and its address."""
-    proc = Proc(
-        [
-            sys.executable,
-            "-m",
-            "mission_control.server.cli",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--etcd",
-            etcd,
-            "--etcd-prefix",
-            prefix,
-            *extra,
-        ]
-    )
+    serve = ["serve", "--listen", "127.0.0.1:0", "--etcd", etcd, "--etcd-prefix", prefix, *extra]
+    proc = Proc([sys.executable, "-m", "mission_control.server.cli", *serve], env=env)
     line = proc.wait_for("mission-control: serving on ", timeout=60)
     return proc, line.split()[3]
 
 
-def agent(agent_id: str, control_plane: str, upstream: str, service: str) -> Proc:
+def agent(
+    agent_id: str, control_plane: str, upstream: str, service: str, env: dict[str, str] | None = None
+) -> Proc:
     """An agent process (tests.support.agent_proc), started and connected."""
-    proc = Proc(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.agent_proc",
-            agent_id,
-            control_plane,
-            upstream,
-            service,
-        ]
-    )
+    args = [agent_id, control_plane, upstream, service]
+    proc = Proc([sys.executable, "-m", "tests.support.agent_proc", *args], env=env)
     ready = proc.wait_for('{"ready"', timeout=60)
     assert '"ready": true' in ready, ready
     return proc

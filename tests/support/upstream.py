@@ -83,9 +83,9 @@ def _example(name: str):  # type: ignore[no-untyped-def]
 class Upstream:
     """An Echo server on a free loopback port, in this process."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, interceptors: list[object] | None = None) -> None:
         self.servicer = EchoServicer(name)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), interceptors=interceptors)
         pb_grpc.add_EchoServiceServicer_to_server(self.servicer, self.server)
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.address = f"127.0.0.1:{self.port}"
@@ -119,7 +119,15 @@ def stats(address: str, reset: bool = False) -> pb.GetStatsResponse:
 
 
 if __name__ == "__main__":
-    upstream = Upstream(sys.argv[1] if len(sys.argv) > 1 else "upstream")
+    from mission_control.client.telemetry import telemetry_from_env
+    from mission_control.interceptors import server_interceptor
+
+    name = sys.argv[1] if len(sys.argv) > 1 else "upstream"
+    telemetry = telemetry_from_env("upstream", name)
+    chain: list[object] = [server_interceptor(agent=name)]
+    if telemetry is not None:  # traced like a real service: its spans join the caller's trace
+        chain.insert(0, telemetry.grpc_server_interceptor())
+    upstream = Upstream(name, chain)
     upstream.server.start()
     print(f"PORT {upstream.port}", flush=True)
     upstream.server.wait_for_termination()
