@@ -18,13 +18,14 @@ import grpc
 import grpc.aio
 import pybreaker
 from mission_control.client.agent import MissionControl
-from mission_control.interceptors import aio_client_interceptors, client_interceptor
+from mission_control.interceptors import aio_client_interceptors, client_interceptor, protected_channel
 from mission_control.resilience.v1 import control_plane_pb2 as cp
 from mission_control.resilience.v1 import control_plane_pb2_grpc as cp_grpc
 from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from tests.support import echo_pb2 as pb
 from tests.support import echo_pb2_grpc as pb_grpc
+from tests.support.otlp import Receiver
 
 from .common import Stack, median, percentile
 
@@ -46,7 +47,9 @@ def _unavailable(exc: BaseException) -> bool:
     return isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
 
 
-def _sync_variants(s: Stack, mc: MissionControl) -> tuple[dict[str, Callable[[], Any]], list[Any]]:
+def _sync_variants(
+    s: Stack, mc: MissionControl, traced: MissionControl
+) -> tuple[dict[str, Callable[[], Any]], list[Any]]:
     channels: list[Any] = []
 
     def chan(*interceptors: Any) -> pb_grpc.EchoServiceStub:
@@ -59,6 +62,9 @@ def _sync_variants(s: Stack, mc: MissionControl) -> tuple[dict[str, Callable[[],
     bare = chan()
     noop = chan(_Noop())
     ours = chan(client_interceptor(mc, service=SERVICE))
+    traced_channel = grpc.insecure_channel(s.upstream_address)
+    channels.append(traced_channel)
+    ours_traced = pb_grpc.EchoServiceStub(protected_channel(traced_channel, traced, service=SERVICE))
     plain = chan()
     breaker = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
 
@@ -85,9 +91,28 @@ def _sync_variants(s: Stack, mc: MissionControl) -> tuple[dict[str, Callable[[],
         "no-op interceptor": lambda: noop.Echo(REQUEST, timeout=30),
         "pybreaker + tenacity": glued,
         "mission-control": lambda: ours.Echo(REQUEST, timeout=30),
+        "mission-control + telemetry": lambda: ours_traced.Echo(REQUEST, timeout=30),
         "central check per call": per_call_check,
     }
     return variants, channels
+
+
+def _telemetry(endpoint: str) -> Any:
+    """Telemetry exporting to ``endpoint``, configured the way users do: OTEL_* variables."""
+    import os
+
+    from mission_control.client.telemetry import telemetry_from_env
+
+    saved = {k: os.environ.get(k) for k in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_INSECURE")}
+    os.environ.update({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_INSECURE": "true"})
+    try:
+        return telemetry_from_env("agent", "bench-agent-traced")
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _measure_sync(fn: Callable[[], Any], n: int) -> tuple[list[float], float, float]:
@@ -101,7 +126,7 @@ def _measure_sync(fn: Callable[[], Any], n: int) -> tuple[list[float], float, fl
 
 
 async def _aio_variants(
-    s: Stack, mc: MissionControl
+    s: Stack, mc: MissionControl, traced: MissionControl
 ) -> tuple[dict[str, Callable[[], Awaitable[Any]]], list[Any]]:
     channels: list[Any] = []
 
@@ -113,6 +138,7 @@ async def _aio_variants(
     bare = chan()
     noop = chan([_AioNoop()])
     ours = chan(aio_client_interceptors(mc, service=SERVICE))
+    ours_traced = chan(aio_client_interceptors(traced, service=SERVICE))
     plain = chan()
     breaker = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
 
@@ -141,6 +167,7 @@ async def _aio_variants(
         "no-op interceptor": lambda: noop.Echo(REQUEST, timeout=30),
         "pybreaker + tenacity": glued,
         "mission-control": lambda: ours.Echo(REQUEST, timeout=30),
+        "mission-control + telemetry": lambda: ours_traced.Echo(REQUEST, timeout=30),
         "central check per call": per_call_check,
     }
     return variants, channels
@@ -180,10 +207,14 @@ def _summarise(samples: dict[str, list[tuple[list[float], float, float]]], n: in
 
 def run(s: Stack, rounds: int = 7, n: int = 1000, warmup: int = 300) -> dict[str, Any]:
     s.put_policy(SERVICE, rate_limit_requests=10**9, timeout_secs=30)
-    mc = MissionControl("bench-agent", control_plane=s.plane_address).start()
+    mc = MissionControl("bench-agent", control_plane=s.plane_address, telemetry=False).start()
+    receiver = Receiver().__enter__()  # a real OTLP/gRPC collector on loopback
+    telemetry = _telemetry(receiver.endpoint)
+    traced = MissionControl("bench-agent-traced", control_plane=s.plane_address, telemetry=telemetry).start()
     mc.wait_connected(30)
+    traced.wait_connected(30)
     try:
-        variants, channels = _sync_variants(s, mc)
+        variants, channels = _sync_variants(s, mc, traced)
         for fn in variants.values():
             for _ in range(warmup):
                 fn()
@@ -195,7 +226,7 @@ def run(s: Stack, rounds: int = 7, n: int = 1000, warmup: int = 300) -> dict[str
             channel.close()
 
         async def aio() -> dict[str, list[Any]]:
-            variants_a, channels_a = await _aio_variants(s, mc)
+            variants_a, channels_a = await _aio_variants(s, mc, traced)
             for fn in variants_a.values():
                 for _ in range(warmup):
                     await fn()
@@ -211,6 +242,8 @@ def run(s: Stack, rounds: int = 7, n: int = 1000, warmup: int = 300) -> dict[str
         batches = mc.connection.batches_sent if mc.connection else 0
     finally:
         mc.close()
+        traced.close()
+        receiver.__exit__()
     return {
         "calls_per_variant": rounds * n,
         "outcome_batches_sent": batches,
