@@ -109,7 +109,12 @@ class Telemetry:
             _truthy("MISSION_CONTROL_TELEMETRY_USER_ID") if include_user_id is None else include_user_id
         )
         self._owns = owns_providers
+        self._stopped = False
         self._failed_once = False
+        if owns_providers:
+            import atexit
+
+            atexit.register(self.shutdown)
         self._trace = trace
         self.tracer = trace.get_tracer("mission_control", _version(), tracer_provider=tracer_provider)
         meter = metrics.get_meter("mission_control", _version(), meter_provider=meter_provider)
@@ -184,18 +189,19 @@ class Telemetry:
         return self.tracer.start_as_current_span(name, attributes=attributes, record_exception=False)
 
     def shutdown(self, timeout: float = 3.0) -> None:
-        """Flush what is pending; bounded, so an unreachable collector cannot hold up exit.
-        (The providers shut themselves down at interpreter exit.)"""
-        if not self._owns:
+        """Flush and stop exporting, once; bounded, so an unreachable collector cannot hold
+        up exit. Also runs at interpreter exit."""
+        if not self._owns or self._stopped:
             return
+        self._stopped = True
         import threading
 
         def stop() -> None:
             for provider in (self.tracer_provider, self.meter_provider):
                 try:
-                    provider.force_flush(int(timeout * 1000))
+                    provider.shutdown()
                 except Exception:
-                    _log.debug("telemetry flush failed", exc_info=True)
+                    _log.debug("telemetry shutdown failed", exc_info=True)
 
         worker = threading.Thread(target=stop, name="mission-control-telemetry-stop", daemon=True)
         worker.start()
@@ -314,11 +320,11 @@ def _providers(component: str) -> tuple[Any, Any]:
         }
     )
     resource = defaults.merge(OTELResourceDetector().detect())
-    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     interval = int(os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", "10000"))
     reader = PeriodicExportingMetricReader(OTLPMetricExporter(), export_interval_millis=interval)
-    meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
+    meter_provider = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
     return tracer_provider, meter_provider
 
 
