@@ -53,7 +53,9 @@ class MissionControl:
             the seed's format, an :class:`ErrorHandlingConfig`, or a mapping.
         session_id: this run's id (default: a random one).
         services: services the agent calls (announced to the control plane).
-        credentials: TLS credentials for the control-plane channel.
+        credentials: TLS credentials for the control-plane channel (e.g.
+            ``grpc.ssl_channel_credentials(ca, key, cert)`` for mutual TLS).
+        token: this agent's bearer token, when the control plane requires agent tokens.
         telemetry: OpenTelemetry hooks; by default from the ``OTEL_*`` environment (off
             unless an OTLP endpoint is set); False turns it off.
 
@@ -71,6 +73,7 @@ class MissionControl:
         flush_interval: float = 0.05,
         credentials: grpc.ChannelCredentials | None = None,
         telemetry: Telemetry | bool | None = None,
+        token: str | None = None,
     ) -> None:
         self.agent = agent
         self.session_id = session_id or uuid.uuid4().hex
@@ -96,6 +99,7 @@ class MissionControl:
                 flush_interval=flush_interval,
                 credentials=credentials,
                 telemetry=self.telemetry,
+                token=token,
             )
         self.executor = Executor(
             self.view, self.connection, agent=agent, session_id=self.session_id, telemetry=self.telemetry

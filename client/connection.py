@@ -41,6 +41,7 @@ class ControlPlaneConnection:
         services: services the agent calls, announced in the hello.
         flush_interval: longest wait before outcomes are sent.
         credentials: channel credentials for TLS; plaintext when None.
+        token: this agent's bearer token, when the control plane requires one.
     """
 
     def __init__(
@@ -55,6 +56,7 @@ class ControlPlaneConnection:
         credentials: grpc.ChannelCredentials | None = None,
         max_backoff: float = 5.0,
         telemetry: Any = None,
+        token: str | None = None,
     ) -> None:
         if not endpoints:
             raise ConfigurationError("control_plane", "at least one endpoint is needed")
@@ -67,6 +69,7 @@ class ControlPlaneConnection:
         self.credentials = credentials
         self.max_backoff = max_backoff
         self.telemetry = telemetry
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._outbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._wake_pending = False
         self._stopping = threading.Event()
@@ -162,7 +165,7 @@ class ControlPlaneConnection:
     def _stream(self, endpoint: str) -> None:
         with self._channel(endpoint) as channel:
             stub = pb_grpc.ControlPlaneServiceStub(channel)
-            call = stub.Connect(self._requests())
+            call = stub.Connect(self._requests(), metadata=self._metadata)
             self._call = call
             self.streams_opened += 1
             try:

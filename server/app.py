@@ -24,9 +24,10 @@ from mission_control.interceptors import aio_server_interceptor
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
+from .auth import AccessPolicy
 from .control_plane import DEFAULT_PREFIX, ControlPlane
 from .etcd_process import EtcdProcess, free_port
-from .service import ControlPlaneServicer
+from .service import ControlPlaneServicer, Limits
 from .store import EtcdStore
 
 _log = logging.getLogger("mission_control.server")
@@ -36,6 +37,49 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_STATE_DIR = ".state"
 
 
+#: Largest message the control plane accepts (a full config import fits many times over).
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class TlsFiles:
+    """PEM files for the server: its certificate and key, and the CA that signs clients'
+    certificates (mutual TLS: then every client must present one)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        client_ca = self.client_ca.read_bytes() if self.client_ca else None
+        return grpc.ssl_server_credentials(
+            [(self.key.read_bytes(), self.cert.read_bytes())],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
+
+
+@dataclass
+class EtcdAccess:
+    """How to reach etcd: TLS files and user/password (the password never on a command line)."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def store(self, endpoints: list[str]) -> EtcdStore:
+        return EtcdStore(
+            endpoints,
+            user=self.user,
+            password=self.password,
+            ca_cert=self.ca.read_bytes() if self.ca else None,
+            cert_chain=self.cert.read_bytes() if self.cert else None,
+            cert_key=self.key.read_bytes() if self.key else None,
+        )
+
+
 @dataclass
 class ServeOptions:
     listen: str = DEFAULT_LISTEN
@@ -43,6 +87,12 @@ class ServeOptions:
     prefix: str = DEFAULT_PREFIX
     state_dir: Path = Path(DEFAULT_STATE_DIR)
     instance_id: str = ""
+    tls: TlsFiles | None = None
+    etcd_access: EtcdAccess = field(default_factory=EtcdAccess)
+    admin_tokens_file: Path | None = None
+    admin_identities: tuple[str, ...] = ()
+    agent_tokens_file: Path | None = None
+    limits: Limits = field(default_factory=Limits)
 
 
 class RunningControlPlane:
@@ -68,7 +118,14 @@ class RunningControlPlane:
 
 
 async def start_control_plane(
-    store: EtcdStore, listen: str, *, prefix: str = DEFAULT_PREFIX, instance_id: str = ""
+    store: EtcdStore,
+    listen: str,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    instance_id: str = "",
+    tls: TlsFiles | None = None,
+    access: AccessPolicy | None = None,
+    limits: Limits | None = None,
 ) -> RunningControlPlane:
     """Connect the store, load the state, and serve on ``listen``."""
     await store.connect()
@@ -78,9 +135,16 @@ async def start_control_plane(
     interceptors: list[Any] = [aio_server_interceptor(agent="mission-control")]
     if telemetry is not None:
         interceptors.insert(0, telemetry.grpc_aio_server_interceptor())
-    server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
-    pb_grpc.add_ControlPlaneServiceServicer_to_server(ControlPlaneServicer(plane), server)
-    port = server.add_insecure_port(listen)
+    options = [
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+    server = grpc.aio.server(interceptors=interceptors, options=options)
+    access = access or AccessPolicy.build(listen=listen)
+    servicer = ControlPlaneServicer(plane, access, limits)
+    pb_grpc.add_ControlPlaneServiceServicer_to_server(servicer, server)
+    port = server.add_secure_port(listen, tls.credentials()) if tls else server.add_insecure_port(listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     running = RunningControlPlane(plane, server, port, telemetry)
@@ -153,9 +217,21 @@ async def serve(options: ServeOptions) -> None:
             flush=True,
         )
     try:
-        store = EtcdStore(endpoints)
+        store = options.etcd_access.store(endpoints)
+        access = AccessPolicy.build(
+            listen=options.listen,
+            admin_tokens_file=options.admin_tokens_file,
+            admin_identities=options.admin_identities,
+            agent_tokens_file=options.agent_tokens_file,
+        )
         running = await start_control_plane(
-            store, options.listen, prefix=options.prefix, instance_id=options.instance_id
+            store,
+            options.listen,
+            prefix=options.prefix,
+            instance_id=options.instance_id,
+            tls=options.tls,
+            access=access,
+            limits=options.limits,
         )
         host = options.listen.rsplit(":", 1)[0]
         print(

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import operator
-from .app import DEFAULT_LISTEN, DEFAULT_STATE_DIR, ServeOptions, serve
+from .app import DEFAULT_LISTEN, DEFAULT_STATE_DIR, EtcdAccess, ServeOptions, TlsFiles, serve
 from .control_plane import DEFAULT_PREFIX
 from .etcd_process import EtcdUnavailable
+from .service import Limits
 
 
 def _endpoints(text: str) -> list[str]:
@@ -50,9 +51,70 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the embedded etcd keeps its data (default .state)",
     )
     run.add_argument("--instance-id", default="", help="name of this replica (default random)")
+    sec = run.add_argument_group("security")
+    sec.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS")
+    sec.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    sec.add_argument("--tls-client-ca", type=Path, help="CA of client certificates: requires mutual TLS")
+    sec.add_argument("--admin-tokens-file", type=Path, help="tokens allowed to write, one per line")
+    sec.add_argument(
+        "--admin-identity",
+        action="append",
+        default=[],
+        help="client-certificate identity (SAN or CN) allowed to write; repeatable",
+    )
+    sec.add_argument(
+        "--agent-tokens-file", type=Path, help="'<agent_id> <token>' per line: agents must present theirs"
+    )
+    sec.add_argument("--etcd-ca", type=Path, help="CA of the etcd server certificates (PEM)")
+    sec.add_argument("--etcd-cert", type=Path, help="client certificate for etcd (PEM)")
+    sec.add_argument("--etcd-key", type=Path, help="client key for etcd (PEM)")
+    sec.add_argument("--etcd-user", help="etcd user")
+    sec.add_argument(
+        "--etcd-password-file",
+        type=Path,
+        help="file holding the etcd password (or set MISSION_CONTROL_ETCD_PASSWORD)",
+    )
+    sec.add_argument("--max-agents", type=int, default=10_000, help="most agents connected at once")
     server = os.environ.get("MISSION_CONTROL_SERVER", DEFAULT_LISTEN)
     operator.add_commands(commands, server)
     return parser
+
+
+def _serve_options(args: argparse.Namespace) -> ServeOptions:
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+    password = os.environ.get("MISSION_CONTROL_ETCD_PASSWORD")
+    if args.etcd_password_file:
+        password = args.etcd_password_file.read_text(encoding="utf-8").strip()
+    if args.etcd_user and password is None:
+        raise ValueError("--etcd-user needs --etcd-password-file or MISSION_CONTROL_ETCD_PASSWORD")
+    for path in (
+        args.tls_cert,
+        args.tls_key,
+        args.tls_client_ca,
+        args.etcd_ca,
+        args.etcd_cert,
+        args.etcd_key,
+        args.admin_tokens_file,
+        args.agent_tokens_file,
+    ):
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path}: no such file")
+    return ServeOptions(
+        listen=args.listen,
+        etcd=args.etcd,
+        prefix=args.etcd_prefix,
+        state_dir=args.state_dir,
+        instance_id=args.instance_id,
+        tls=TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
+        etcd_access=EtcdAccess(args.etcd_ca, args.etcd_cert, args.etcd_key, args.etcd_user, password),
+        admin_tokens_file=args.admin_tokens_file,
+        admin_identities=tuple(args.admin_identity),
+        agent_tokens_file=args.agent_tokens_file,
+        limits=Limits(max_agents=args.max_agents),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,13 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if args.command == "serve":
-        options = ServeOptions(
-            listen=args.listen,
-            etcd=args.etcd,
-            prefix=args.etcd_prefix,
-            state_dir=args.state_dir,
-            instance_id=args.instance_id,
-        )
+        try:
+            options = _serve_options(args)
+        except (OSError, ValueError) as err:
+            print(f"mission-control: {err}", file=sys.stderr)
+            return 2
         try:
             asyncio.run(serve(options))
         except EtcdUnavailable as err:

@@ -45,12 +45,16 @@ class EtcdProcess:
         peer_port: int = 0,
         name: str = "mission-control",
         log_file: str | Path | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.client_port = client_port or free_port()
         self.peer_port = peer_port or free_port()
         self.name = name
         self.log_file = Path(log_file) if log_file else self.data_dir.parent / f"{name}.etcd.log"
+        #: (server cert, server key, CA of client certificates): clients must use TLS
+        #: and present a certificate signed by that CA.
+        self.tls = tls
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -66,7 +70,7 @@ class EtcdProcess:
         if binary is None:
             raise EtcdUnavailable("no etcd binary on PATH: install Debian's etcd-server (make install does)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        client = f"http://127.0.0.1:{self.client_port}"
+        client = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.client_port}"
         peer = f"http://127.0.0.1:{self.peer_port}"
         args = [
             binary,
@@ -91,6 +95,10 @@ class EtcdProcess:
             "--log-outputs",
             "stderr",
         ]
+        if self.tls:
+            cert, key, ca = self.tls
+            args += ["--cert-file", str(cert), "--key-file", str(key), "--trusted-ca-file", str(ca)]
+            args.append("--client-cert-auth")
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_file, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self._proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
@@ -100,11 +108,22 @@ class EtcdProcess:
 
     def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        url = f"http://127.0.0.1:{self.client_port}/health"
+        scheme = "https" if self.tls else "http"
+        url = f"{scheme}://127.0.0.1:{self.client_port}/health"
+        context = None
+        if self.tls:
+            import ssl
+
+            cert, key, ca = self.tls
+            context = ssl.create_default_context(cafile=str(ca))
+            context.load_cert_chain(str(cert), str(key))
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
                 raise EtcdUnavailable(f"etcd exited with code {self._proc.returncode}; see {self.log_file}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as resp:
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(url, timeout=1, context=context) as resp,
+            ):
                 if b'"health":"true"' in resp.read().replace(b" ", b""):
                     return
             time.sleep(0.05)

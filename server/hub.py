@@ -12,6 +12,7 @@ import itertools
 import logging
 from dataclasses import dataclass, field
 
+import grpc
 from mission_control.client.breaker import BreakerState
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
@@ -32,6 +33,8 @@ class Subscriber:
     names: frozenset[str] = frozenset()  # WatchBreakers filter; empty = all
     queue: asyncio.Queue[object] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
     overflowed: bool = False
+    #: (code, details) the stream is to end with, when the client broke a limit.
+    refusal: tuple[grpc.StatusCode, str] | None = None
 
     def push(self, message: object) -> bool:
         if self.overflowed:
@@ -46,6 +49,11 @@ class Subscriber:
             return False
 
     def close(self) -> None:
+        self._force_close()
+
+    def refuse(self, code: grpc.StatusCode, details: str) -> None:
+        """End the stream with an error (the client broke a limit)."""
+        self.refusal = (code, details)
         self._force_close()
 
     def _force_close(self) -> None:
@@ -86,6 +94,9 @@ class Hub:
 
     def unwatch(self, sub: Subscriber) -> None:
         self.watchers.pop(sub.id, None)
+
+    def streams_of(self, agent_id: str) -> int:
+        return sum(1 for s in self.agents.values() if s.agent_id == agent_id)
 
     @property
     def connected_agents(self) -> int:

@@ -11,6 +11,7 @@ Every command talks to the control plane over gRPC, prints a table (or JSON with
 4     no such breaker or policy
 5     the control plane could not store the change (etcd unavailable)
 6     changed concurrently: nothing was written, try again
+7     not allowed (no or wrong token / certificate)
 ====  =====================================================================
 """
 
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -39,7 +42,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
-EXIT_NOT_FOUND, EXIT_NOT_STORED, EXIT_CONFLICT = 4, 5, 6
+EXIT_NOT_FOUND, EXIT_NOT_STORED, EXIT_CONFLICT, EXIT_DENIED = 4, 5, 6, 7
 
 SERVICE_NAME = "mission_control.resilience.v1.ControlPlaneService"
 
@@ -104,11 +107,23 @@ _BREAKER_HEADER = (
 class Operator:
     """Runs one command against a control plane."""
 
-    def __init__(self, server: str, as_json: bool, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        server: str,
+        as_json: bool,
+        timeout: float = 10.0,
+        *,
+        token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.server = server
         self.as_json = as_json
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(server)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else None
+        if credentials is not None:
+            self.channel = grpc.secure_channel(server, credentials)
+        else:
+            self.channel = grpc.insecure_channel(server)
         self.stub = pb_grpc.ControlPlaneServiceStub(self.channel)
 
     def close(self) -> None:
@@ -116,7 +131,7 @@ class Operator:
 
     def _call(self, method: Callable[..., Any], request: Any) -> Any:
         try:
-            return method(request, timeout=self.timeout)
+            return method(request, timeout=self.timeout, metadata=self.metadata)
         except grpc.RpcError as err:
             raise self._explain(err) from None
 
@@ -138,6 +153,9 @@ class Operator:
             return CommandError(
                 f"the control plane at {self.server} did not answer in time", EXIT_UNREACHABLE
             )
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            detail = err.details() or code.name  # type: ignore[attr-defined]
+            return CommandError(f"not allowed: {detail} (use --token or a client certificate)", EXIT_DENIED)
         if code == grpc.StatusCode.NOT_FOUND:
             return CommandError(err.details() or "not found", EXIT_NOT_FOUND)  # type: ignore[attr-defined]
         if code == grpc.StatusCode.ABORTED:
@@ -174,7 +192,7 @@ class Operator:
 
     def breakers_watch(self) -> int:
         try:
-            for event in self.stub.WatchBreakers(pb.WatchBreakersRequest()):
+            for event in self.stub.WatchBreakers(pb.WatchBreakersRequest(), metadata=self.metadata):
                 b = event.breaker
                 if self.as_json:
                     print(json.dumps(_json(event)), flush=True)
@@ -366,6 +384,10 @@ def config_validate(path: str, as_json: bool) -> int:
 
 def add_commands(commands: argparse._SubParsersAction, server_default: str) -> None:  # type: ignore[type-arg]
     def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--token", default=None, help="admin bearer token (default $MISSION_CONTROL_TOKEN)")
+        p.add_argument("--tls-ca", type=Path, help="CA of the control plane's certificate: use TLS")
+        p.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS")
+        p.add_argument("--tls-key", type=Path, help="client key for mutual TLS")
         p.add_argument(
             "--server",
             default=server_default,
@@ -427,7 +449,11 @@ def run(args: argparse.Namespace) -> int:
     """Run a parsed operator command; prints errors on one line, returns the exit code."""
     if args.command == "config" and args.action == "validate":
         return config_validate(args.file, args.json)
-    op = Operator(args.server, args.json)
+    try:
+        op = Operator(args.server, args.json, token=_token(args), credentials=_credentials(args))
+    except (OSError, ValueError) as err:
+        print(f"mission-control: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         return _dispatch(op, args)
     except CommandError as err:
@@ -437,6 +463,20 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         op.close()
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    return args.token or os.environ.get("MISSION_CONTROL_TOKEN") or None
+
+
+def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    if not args.tls_ca:
+        if args.tls_cert or args.tls_key:
+            raise ValueError("--tls-cert/--tls-key need --tls-ca")
+        return None
+    key = args.tls_key.read_bytes() if args.tls_key else None
+    cert = args.tls_cert.read_bytes() if args.tls_cert else None
+    return grpc.ssl_channel_credentials(args.tls_ca.read_bytes(), key, cert)
 
 
 def _dispatch(op: Operator, args: argparse.Namespace) -> int:

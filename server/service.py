@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 import grpc.aio
@@ -22,6 +23,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import errors_pb2
 
+from .auth import AccessPolicy
 from .control_plane import ControlPlane
 from .hub import Subscriber
 from .store import StoreUnavailable, Write
@@ -42,9 +44,23 @@ def _check_name(field: str, name: str) -> None:
         raise ConfigurationError(field, problem)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one client may ask of the control plane."""
+
+    max_agents: int = 10_000
+    max_streams_per_agent: int = 8
+    max_summaries_per_batch: int = 1024
+    max_reason_length: int = 512
+
+
 class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
-    def __init__(self, plane: ControlPlane) -> None:
+    def __init__(
+        self, plane: ControlPlane, access: AccessPolicy | None = None, limits: Limits | None = None
+    ) -> None:
         self.plane = plane
+        self.access = access or AccessPolicy()
+        self.limits = limits or Limits()
 
     # -- agents ----------------------------------------------------------------
 
@@ -60,7 +76,19 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             raise ConfigurationError("hello", "a Connect stream must start with AgentHello")
         hello = first.hello
         _check_name("hello.agent_id", hello.agent_id)
+        await self.access.authorize_agent(context, hello.agent_id)
         plane = self.plane
+        streams = plane.hub.streams_of(hello.agent_id)
+        if streams >= self.limits.max_streams_per_agent:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"agent {hello.agent_id!r} already has {streams} streams "
+                f"(limit {self.limits.max_streams_per_agent})",
+            )
+        if not streams and plane.hub.connected_agents >= self.limits.max_agents:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.limits.max_agents} agents connected: the limit"
+            )
         sub = plane.hub.connect(hello)
         _log.info("agent %s connected (stream %s)", hello.agent_id, sub.id)
         reader = asyncio.create_task(self._read(sub, request_iterator))
@@ -73,6 +101,8 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                 yield message  # type: ignore[misc]
             if sub.overflowed:
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "stream fell behind; reconnect")
+            if sub.refusal is not None:
+                await context.abort(*sub.refusal)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -86,6 +116,15 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         try:
             async for request in requests:
                 kind = request.WhichOneof("message")
+                if (
+                    kind == "outcomes"
+                    and len(request.outcomes.summaries) > self.limits.max_summaries_per_batch
+                ):
+                    sub.refuse(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"a batch carries at most {self.limits.max_summaries_per_batch} summaries",
+                    )
+                    return
                 if kind == "outcomes":
                     plane.stats.dropped += request.outcomes.dropped
                     telemetry = plane.telemetry
@@ -137,14 +176,15 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             self.plane.hub.unwatch(sub)
 
     async def SetBreakerState(self, request, context):  # type: ignore[no-untyped-def]
+        await self.access.authorize_write(context, "SetBreakerState")
         _check_name("name", request.name)
         state = _SETTABLE.get(request.state)
         if state is None:
             raise ConfigurationError(
                 "state", "must be CLOSED (reset), FORCED_OPEN, FORCED_CLOSED or DISABLED"
             )
-        if len(request.reason) > 512:
-            raise ConfigurationError("reason", "must be at most 512 characters")
+        if len(request.reason) > self.limits.max_reason_length:
+            raise ConfigurationError("reason", f"must be at most {self.limits.max_reason_length} characters")
         breaker = await self.plane.set_breaker_state(request.name, state, request.reason)
         return pb.SetBreakerStateResponse(breaker=breaker)
 
@@ -165,6 +205,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         return response
 
     async def PutPolicy(self, request, context):  # type: ignore[no-untyped-def]
+        await self.access.authorize_write(context, "PutPolicy")
         if not request.HasField("policy"):
             raise ConfigurationError("policy", "is required")
         policy = policy_from_proto(request.policy)
@@ -177,6 +218,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         return pb.PutPolicyResponse(policy=policy_to_proto(policy), revision=revision)
 
     async def DeletePolicy(self, request, context):  # type: ignore[no-untyped-def]
+        await self.access.authorize_write(context, "DeletePolicy")
         _check_name("service", request.service)
         return pb.DeletePolicyResponse(deleted=await self.plane.delete_policy(request.service))
 
@@ -191,6 +233,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         return pb.ValidateConfigResponse(valid=True)
 
     async def ImportConfig(self, request, context):  # type: ignore[no-untyped-def]
+        await self.access.authorize_write(context, "ImportConfig")
         config = config_from_proto(request.config)
         plane = self.plane
         changes: list[pb.PolicyChange] = []

@@ -1,0 +1,147 @@
+"""Who may do what: reads are open; writes need an authorised identity; agents report
+only under their own name.
+
+Identities come from a bearer token (``authorization: Bearer <token>`` metadata, compared
+in constant time against every configured token) or from a verified client certificate
+(mutual TLS; its subject alternative names and common name). Operators are listed in an
+admin tokens file and/or by certificate identity; agents optionally in an agent tokens
+file (``<agent_id> <token>`` per line), which then binds each token to one agent id.
+
+With no admin configured, writes are allowed only when the server listens on loopback —
+the development default; anywhere else they are refused until an admin is configured.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+_log = logging.getLogger("mission_control.server.auth")
+
+WRITE_METHODS = frozenset({"SetBreakerState", "PutPolicy", "DeletePolicy", "ImportConfig"})
+
+
+def read_token_lines(path: str | Path) -> list[str]:
+    """Non-empty, non-comment lines of a secrets file (the values are never logged)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+def is_loopback(listen: str) -> bool:
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _matches(token: bytes, candidates: Iterable[bytes]) -> bool:
+    # Every candidate is compared, so the time taken does not tell which one matched.
+    found = False
+    for candidate in candidates:
+        found |= hmac.compare_digest(token, candidate)
+    return found
+
+
+@dataclass
+class AccessPolicy:
+    admin_tokens: tuple[bytes, ...] = ()
+    admin_identities: frozenset[str] = frozenset()
+    agent_tokens: dict[str, bytes] = field(default_factory=dict)  # agent id -> token
+    open_writes: bool = True
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        listen: str,
+        admin_tokens_file: str | Path | None = None,
+        admin_identities: Iterable[str] = (),
+        agent_tokens_file: str | Path | None = None,
+    ) -> AccessPolicy:
+        admin = tuple(t.encode() for t in read_token_lines(admin_tokens_file)) if admin_tokens_file else ()
+        agents: dict[str, bytes] = {}
+        if agent_tokens_file:
+            for line in read_token_lines(agent_tokens_file):
+                agent_id, _, token = line.partition(" ")
+                if not token.strip():
+                    raise ValueError(f"{agent_tokens_file}: each line must be '<agent_id> <token>'")
+                agents[agent_id] = token.strip().encode()
+        identities = frozenset(i for i in admin_identities if i)
+        configured = bool(admin or identities)
+        policy = cls(admin, identities, agents, open_writes=not configured and is_loopback(listen))
+        if not configured and not policy.open_writes:
+            _log.warning(
+                "no admin token or identity configured and not on loopback: writes are refused "
+                "(use --admin-tokens-file or --admin-identity)"
+            )
+        return policy
+
+    # -- identities ------------------------------------------------------------
+
+    @staticmethod
+    def bearer(context: grpc.aio.ServicerContext) -> bytes | None:
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                text = value.decode() if isinstance(value, bytes) else str(value)
+                scheme, _, token = text.partition(" ")
+                if scheme.lower() == "bearer" and token.strip():
+                    return token.strip().encode()
+        return None
+
+    @staticmethod
+    def certificate_identities(context: grpc.aio.ServicerContext) -> set[str]:
+        try:
+            auth = context.auth_context() or {}
+        except Exception:
+            return set()
+        names: set[str] = set()
+        for key in ("x509_subject_alternative_name", "x509_common_name"):
+            names.update(v.decode(errors="replace") for v in auth.get(key, ()))
+        return names
+
+    # -- checks ----------------------------------------------------------------
+
+    async def authorize_write(self, context: grpc.aio.ServicerContext, method: str) -> None:
+        """Abort with UNAUTHENTICATED / PERMISSION_DENIED unless the caller may write."""
+        token = self.bearer(context)
+        if token is not None and _matches(token, self.admin_tokens):
+            return
+        if self.admin_identities & self.certificate_identities(context):
+            return
+        if self.open_writes and token is None:
+            return
+        if token is None and not self.certificate_identities(context):
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, f"{method} needs an admin token or certificate"
+            )
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"this identity may not call {method}")
+
+    async def authorize_agent(self, context: grpc.aio.ServicerContext, agent_id: str) -> None:
+        """An agent reports only under its own name (when agents are authenticated)."""
+        identities = self.certificate_identities(context)
+        if identities and agent_id not in identities and not (self.admin_identities & identities):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "agent_id does not match the client certificate"
+            )
+        if not self.agent_tokens:
+            return
+        token = self.bearer(context)
+        if token is None:
+            if identities:
+                return  # authenticated by certificate instead
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "agents must present their token")
+        expected = self.agent_tokens.get(agent_id, b"")
+        if not (_matches(token, [expected]) and expected):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "this token does not belong to that agent_id"
+            )
