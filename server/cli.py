@@ -15,6 +15,7 @@ from .app import DEFAULT_LISTEN, DEFAULT_STATE_DIR, EtcdAccess, ServeOptions, Tl
 from .control_plane import DEFAULT_PREFIX
 from .etcd_process import EtcdUnavailable
 from .service import Limits
+from .store import StoreUnavailable
 
 
 def _endpoints(text: str) -> list[str]:
@@ -132,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         try:
             asyncio.run(serve(options))
-        except EtcdUnavailable as err:
+        except (EtcdUnavailable, StoreUnavailable) as err:
             print(f"mission-control: {err}", file=sys.stderr)
             return 2
         except OSError as err:
