@@ -11,7 +11,7 @@ PROTO_PKG := $(PROTO_DIR)/mission_control/resilience/v1
 PROTOS := $(wildcard $(PROTO_PKG)/*.proto)
 PYTEST_ARGS ?=
 
-.PHONY: install venv etcd buf proto proto-check lint test run bench clean
+.PHONY: install venv etcd buf proto proto-check lint test soak run bench clean
 
 install: venv etcd buf
 
@@ -65,6 +65,11 @@ lint: venv buf
 
 test: install proto-check lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The long versions: 10,000 fuzz examples per target, etcd down for 30 s under traffic.
+soak: install
+	MC_FUZZ_EXAMPLES=10000 MC_CHAOS_SECS=30 $(BIN)/pytest -q -p no:cacheprovider \
+	  tests/test_fuzz.py tests/server/test_chaos.py tests/client/test_status_hostile.py
 
 run: install
 	$(BIN)/mission-control serve

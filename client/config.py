@@ -14,7 +14,6 @@ are errors, never silently ignored.
 
 from __future__ import annotations
 
-import math
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from .policy import (
     Quota,
     RetryBudget,
     ServicePolicy,
+    _Checks,
     name_problem,
 )
 
@@ -203,7 +203,7 @@ def _policy(
             items = table[key]
             if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
                 bad.append((f"{path}{key}", "must be a list of strings"))
-            else:
+            elif items:  # empty means "the default" (protobuf cannot tell empty from unset)
                 values[key] = tuple(items)
     base_backoff = values.get("backoff", Backoff())
     if "backoff" in table:
@@ -361,21 +361,18 @@ def _config(data: Any, bad: Violations) -> ErrorHandlingConfig | None:
         return None
     _unknown(table, _TOP_KEYS, "", bad)
     top: dict[str, Any] = {}
-    checks = {
-        "default_timeout_secs": ("timeout_secs", 0.0),
-        "default_max_retries": ("max_retries", -1),
-        "circuit_breaker_threshold": ("failure_threshold", 0),
-    }
-    for key, (as_field, floor) in checks.items():
-        if key not in table:
-            continue
-        value = _coerce(as_field, table[key], key, bad)
-        if value is None:
-            continue
-        if not math.isfinite(value) or value <= floor:
-            bad.append((key, f"must be {'>= 0' if floor == -1 else '> 0'}"))
-        else:
-            top[key] = value
+    checks = _Checks()
+    if "default_timeout_secs" in table:
+        checks.number("default_timeout_secs", table["default_timeout_secs"], low=0, high=86400, strict=True)
+    if "default_max_retries" in table:
+        checks.integer("default_max_retries", table["default_max_retries"], low=0, high=100)
+    if "circuit_breaker_threshold" in table:
+        checks.integer("circuit_breaker_threshold", table["circuit_breaker_threshold"], low=1, high=1_000_000)
+    bad.extend(checks.found)
+    failed = {field for field, _ in checks.found}
+    for key in ("default_timeout_secs", "default_max_retries", "circuit_breaker_threshold"):
+        if key in table and key not in failed:
+            top[key] = table[key]
     base = ErrorHandlingConfig(**top)
     services: dict[str, ServicePolicy] = {}
     specific = table.get("service_specific", {})

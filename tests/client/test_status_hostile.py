@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
@@ -12,6 +14,7 @@ from mission_control.client.status import MAX_READ_BYTES, read_status, remote_st
 from mission_control.resilience.v1 import errors_pb2
 
 CODES = list(grpc.StatusCode)
+EXAMPLES = int(os.environ.get("MC_FUZZ_EXAMPLES", "1500"))
 
 
 def _valid_status_bytes() -> bytes:
@@ -29,7 +32,7 @@ def _check(result, code):  # type: ignore[no-untyped-def]
         assert 0.0 <= result.retry_after <= 86400.0
 
 
-@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=4096), st.sampled_from(CODES))
 def test_random_bytes(data: bytes, code: grpc.StatusCode) -> None:
     _check(read_status(code, "m", data), code)
@@ -44,7 +47,7 @@ def mutated(draw: st.DrawFn) -> bytes:
     return bytes(base)
 
 
-@settings(max_examples=1500)
+@settings(max_examples=EXAMPLES)
 @given(mutated(), st.sampled_from(CODES))
 def test_bit_flips_of_a_valid_status(data: bytes, code: grpc.StatusCode) -> None:
     _check(read_status(code, "m", data), code)
@@ -84,7 +87,7 @@ def hostile_details(draw: st.DrawFn) -> bytes:
     return status.SerializeToString()
 
 
-@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, suppress_health_check=[HealthCheck.too_slow])
 @given(hostile_details(), st.sampled_from(CODES))
 def test_well_formed_but_hostile(data: bytes, code: grpc.StatusCode) -> None:
     _check(read_status(code, "m", data), code)
