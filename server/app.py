@@ -93,6 +93,7 @@ class ServeOptions:
     admin_identities: tuple[str, ...] = ()
     agent_tokens_file: Path | None = None
     limits: Limits = field(default_factory=Limits)
+    advertise: str | None = None
 
 
 class RunningControlPlane:
@@ -126,6 +127,7 @@ async def start_control_plane(
     tls: TlsFiles | None = None,
     access: AccessPolicy | None = None,
     limits: Limits | None = None,
+    advertise: str | None = None,
 ) -> RunningControlPlane:
     """Connect the store, load the state, and serve on ``listen``."""
     await store.connect()
@@ -147,6 +149,8 @@ async def start_control_plane(
     port = server.add_secure_port(listen, tls.credentials()) if tls else server.add_insecure_port(listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
+    relay_token = access.admin_tokens[0].decode() if access.admin_tokens else None
+    plane.enable_leadership(advertise or _advertised(listen, port), token=relay_token)
     running = RunningControlPlane(plane, server, port, telemetry)
     health_pb2_grpc.add_HealthServicer_to_server(running.health, server)
     reflection.enable_server_reflection(
@@ -173,6 +177,15 @@ async def start_control_plane(
         await running.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await server.start()
     return running
+
+
+def _advertised(listen: str, port: int) -> str:
+    """Where other replicas reach this one: the listen host, or this host's name when it
+    listens on every interface."""
+    host = listen.rsplit(":", 1)[0]
+    if host in ("0.0.0.0", "[::]", "::", ""):
+        host = socket.gethostname()
+    return f"{host}:{port}"
 
 
 def _embedded_ports(state_dir: Path) -> tuple[int, int]:
@@ -232,6 +245,7 @@ async def serve(options: ServeOptions) -> None:
             tls=options.tls,
             access=access,
             limits=options.limits,
+            advertise=options.advertise,
         )
         host = options.listen.rsplit(":", 1)[0]
         print(

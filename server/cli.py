@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the embedded etcd keeps its data (default .state)",
     )
     run.add_argument("--instance-id", default="", help="name of this replica (default random)")
+    run.add_argument(
+        "--advertise", default=None, help="HOST:PORT other replicas use to reach this one (default: --listen)"
+    )
     sec = run.add_argument_group("security")
     sec.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS")
     sec.add_argument("--tls-key", type=Path, help="server private key (PEM)")
@@ -115,6 +118,7 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
         admin_identities=tuple(args.admin_identity),
         agent_tokens_file=args.agent_tokens_file,
         limits=Limits(max_agents=args.max_agents),
+        advertise=args.advertise,
     )
 
 

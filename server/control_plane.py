@@ -28,10 +28,12 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .engine import FleetBreakers
 from .hub import Hub
+from .leadership import Leadership
 from .observability import FleetTelemetry
 from .policies import PolicyBook
+from .relay import LeaderRelay
 from .stats import FleetStatistics
-from .store import Store, StoreUnavailable, WatchCompacted, Write
+from .store import Guard, Store, StoreUnavailable, WatchCompacted, Write
 
 _log = logging.getLogger("mission_control.server")
 
@@ -62,6 +64,9 @@ class ControlPlane:
         self.hub = Hub()
         self.store_ok = False
         self.health_listeners: list[Callable[[bool], None]] = []
+        #: Set by enable_leadership (replicas on one etcd); None = this one always decides.
+        self.leadership: Leadership | None = None
+        self.relay: LeaderRelay | None = None
         self._dirty: set[str] = set()
         self._in_flight: set[str] = set()
         self._dirty_event = asyncio.Event()
@@ -83,18 +88,66 @@ class ControlPlane:
         head = f"{self.prefix}/breakers/"
         return key[len(head) :] if key.startswith(head) else None
 
+    # -- leadership ------------------------------------------------------------
+
+    @property
+    def leading(self) -> bool:
+        """Whether this replica decides transitions now."""
+        return self.leadership is None or self.leadership.leading
+
+    def enable_leadership(self, address: str, *, ttl: int = 3, token: str | None = None) -> None:
+        """Run as one of several replicas: campaign for leadership, relay to the leader."""
+        self.leadership = Leadership(
+            self.store, self.prefix, self.instance_id, address, ttl=ttl, on_change=self._on_leadership
+        )
+        self.relay = LeaderRelay(self, token=token)
+
+    def _on_leadership(self, leading: bool) -> None:
+        if leading:
+            if self.relay is not None:  # outcomes gathered before this replica knew it leads
+                for summary in self.relay.drain():
+                    self.breakers.record(self.relay.agent_id, summary)
+        else:
+            self._dirty.clear()  # a follower decides nothing; the new leader's state will arrive
+
+    def record_outcomes(self, agent_id: str, summary: pb.OutcomeSummary) -> None:
+        if self.leading or self.relay is None:
+            self.breakers.record(agent_id, summary)
+        else:
+            self.relay.add(agent_id, summary)
+
+    def request_probe(self, agent_id: str, service: str) -> None:
+        if self.leading or self.relay is None:
+            self.breakers.request_probe(agent_id, service)
+        else:
+            self.relay.ask_probe(agent_id, service)
+
+    def agent_left(self, agent_id: str) -> None:
+        self.breakers.release_agent(agent_id)
+        if self.relay is not None:
+            self.relay.agent_left(agent_id)
+
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self, load_timeout: float = 10.0) -> None:
         """Start the background loops; waits up to ``load_timeout`` for the first load
         (when the store is down it serves defaults and catches up later)."""
-        for loop in (self._sync_loop, self._persist_loop, self._tick_loop, self._health_loop):
+        loops = [self._sync_loop, self._persist_loop, self._tick_loop, self._health_loop]
+        if self.leadership is not None and self.relay is not None:
+            loops += [self.leadership.run, self.relay.run]
+        for loop in loops:
             self._tasks.append(asyncio.create_task(loop(), name=loop.__name__))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._loaded.wait(), load_timeout)
+        if self.leadership is not None:  # give the first campaign a moment to settle
+            deadline = time.monotonic() + 2.0
+            while self.leadership.leader_id is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
 
     async def stop(self) -> None:
         await self.flush(timeout=2.0)
+        if self.leadership is not None:
+            await self.leadership.resign()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -184,7 +237,13 @@ class ControlPlane:
     async def _persist(self, name: str) -> None:
         key = self.breaker_key(name)
         expected = self.breakers.revisions.get(name, 0)
-        revision = await self.store.put(key, self.breakers.to_record(name), expected_revision=expected)
+        guards: list[Guard] = []
+        if self.leadership is not None:
+            guard = self.leadership.guard()
+            if guard is None:
+                return  # deposed: the new leader decides
+            guards.append(guard)
+        revision = await self.store.commit([Write(key, self.breakers.to_record(name), expected)], guards)
         if revision is not None:
             self.breakers.revisions[name] = revision
             return
@@ -251,7 +310,8 @@ class ControlPlane:
 
     async def _tick_loop(self) -> None:
         while True:
-            self.breakers.tick()
+            if self.leading:
+                self.breakers.tick()
             await asyncio.sleep(self.tick_interval)
 
     async def _health_loop(self) -> None:

@@ -108,7 +108,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
             if plane.hub.disconnect(sub):
-                plane.breakers.release_agent(sub.agent_id)
+                plane.agent_left(sub.agent_id)
             _log.info("agent %s disconnected (stream %s)", sub.agent_id, sub.id)
 
     async def _read(self, sub: Subscriber, requests: AsyncIterator[pb.ConnectRequest]) -> None:
@@ -134,12 +134,12 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                         if name_problem(summary.service):
                             continue
                         plane.stats.record(sub.agent_id, summary)
-                        plane.breakers.record(sub.agent_id, summary)
+                        plane.record_outcomes(sub.agent_id, summary)
                         if telemetry is not None:
                             telemetry.outcomes(sub.agent_id, summary)
                 elif kind == "probe_request":
                     if not name_problem(request.probe_request.service):
-                        plane.breakers.request_probe(sub.agent_id, request.probe_request.service)
+                        plane.request_probe(sub.agent_id, request.probe_request.service)
                 elif kind == "hello":
                     sub.services = tuple(request.hello.services)
         except (grpc.RpcError, asyncio.CancelledError):

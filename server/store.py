@@ -21,6 +21,7 @@ from etcd3aio.kv import KVService, prefix_range_end
 __all__ = [
     "Entry",
     "EtcdStore",
+    "Guard",
     "Store",
     "StoreUnavailable",
     "WatchCompacted",
@@ -64,6 +65,16 @@ class Write:
     key: str
     value: bytes | None
     expected_revision: int | None = None
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """A transaction condition on another key: its create_revision must equal this one
+    (0 = the key must not exist). Used to fence writes to the current leader."""
+
+    key: str
+    create_revision: int
 
 
 class Store(Protocol):
@@ -77,9 +88,17 @@ class Store(Protocol):
         """Write; returns the new ``mod_revision``, or None when the CAS condition failed."""
         ...
 
-    async def commit(self, writes: Sequence[Write]) -> int | None:
+    async def commit(self, writes: Sequence[Write], guards: Sequence[Guard] = ()) -> int | None:
         """All writes or none; returns the new revision, or None when a condition failed."""
         ...
+
+    async def grant_lease(self, ttl: int) -> int: ...
+
+    async def refresh_lease(self, lease_id: int) -> int:
+        """Renew a lease; returns its remaining TTL (0 when it has expired)."""
+        ...
+
+    async def revoke_lease(self, lease_id: int) -> None: ...
 
     def watch(self, prefix: str, start_revision: int) -> AsyncIterator[list[WatchEvent]]:
         """Changes under ``prefix`` from ``start_revision`` on; raises WatchCompacted."""
@@ -179,8 +198,8 @@ class EtcdStore:
             return int(response.header.revision)
         return await self.commit([Write(key, value, expected_revision)])
 
-    async def commit(self, writes: Sequence[Write]) -> int | None:
-        compare = []
+    async def commit(self, writes: Sequence[Write], guards: Sequence[Guard] = ()) -> int | None:
+        compare = [KVService.txn_compare_create_revision(g.key, g.create_revision) for g in guards]
         ops = []
         for write in writes:
             if write.expected_revision is not None:
@@ -188,7 +207,7 @@ class EtcdStore:
             if write.value is None:
                 ops.append(KVService.txn_op_delete(write.key))
             else:
-                ops.append(KVService.txn_op_put(write.key, write.value))
+                ops.append(KVService.txn_op_put(write.key, write.value, lease=write.lease))
         response = await self._call(self._kv.txn(compare, ops, timeout=self.timeout))
         return int(response.header.revision) if response.succeeded else None
 
@@ -217,6 +236,35 @@ class EtcdStore:
             raise StoreUnavailable(f"etcd watch: {err}") from err
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
+
+    @property
+    def _lease(self):  # type: ignore[no-untyped-def]
+        lease = self._client.lease
+        if lease is None:
+            raise StoreUnavailable("store is not connected")
+        return lease
+
+    async def grant_lease(self, ttl: int) -> int:
+        response = await self._call(self._lease.grant(ttl, timeout=self.timeout))
+        return int(response.ID)
+
+    async def refresh_lease(self, lease_id: int) -> int:
+        async def once() -> int:
+            stream = self._lease.keep_alive(lease_id)
+            try:
+                async for response in stream:
+                    return int(response.TTL)
+                return 0
+            finally:
+                stream.cancel()
+
+        try:
+            return await asyncio.wait_for(once(), self.timeout)
+        except (EtcdError, grpc.RpcError, TimeoutError, OSError) as err:
+            raise StoreUnavailable(f"etcd lease keep-alive: {err}") from err
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        await self._call(self._lease.revoke(lease_id, timeout=self.timeout))
 
     async def ping(self) -> None:
         """Raises StoreUnavailable unless the cluster answers a read within the timeout."""

@@ -1,0 +1,136 @@
+"""Exactly one replica decides breaker transitions: the holder of ``<prefix>/leader``.
+
+A replica campaigns by creating the key on an etcd lease (create-if-absent in one
+transaction), keeps the lease alive while it leads, and revokes it when it shuts down, so a
+successor takes over at once; if the leader dies, its lease expires within ``ttl`` seconds
+and the next campaign wins. The key's value names the leader's address, which followers use
+to relay their agents' outcomes.
+
+Every write the leader makes is fenced with the key's create_revision (:meth:`guard`), so a
+deposed leader cannot overwrite a newer leader's decision. A leader that loses etcd keeps
+deciding from memory (it cannot know whether it was deposed; the fence settles it when etcd
+returns).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+
+from .store import Guard, Store, StoreUnavailable, Write
+
+_log = logging.getLogger("mission_control.server.leadership")
+
+
+class Leadership:
+    def __init__(
+        self,
+        store: Store,
+        prefix: str,
+        instance_id: str,
+        address: str,
+        *,
+        ttl: int = 3,
+        on_change: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.key = f"{prefix.rstrip('/')}/leader"
+        self.instance_id = instance_id
+        self.address = address
+        self.ttl = ttl
+        self.on_change = on_change
+        self.leading = False
+        self.leader_id: str | None = None
+        self.leader_address: str | None = None
+        self._lease = 0
+        self._create_revision = 0
+        self._last_refresh = 0.0
+        self._stopped = False
+
+    def guard(self) -> Guard | None:
+        """The condition that fences a leader's writes, or None when not leading."""
+        if not self.leading:
+            return None
+        return Guard(self.key, self._create_revision)
+
+    async def run(self) -> None:
+        while not self._stopped:
+            try:
+                if self.leading:
+                    await self._hold()
+                else:
+                    await self._campaign()
+            except StoreUnavailable as err:
+                if self.leading and time.monotonic() - self._last_refresh > self.ttl:
+                    _log.warning("cannot reach etcd (%s); deciding from memory, fenced on return", err)
+            await asyncio.sleep(self.ttl / 3)
+
+    async def _campaign(self) -> None:
+        lease = await self.store.grant_lease(self.ttl)
+        value = json.dumps({"instance": self.instance_id, "address": self.address}).encode()
+        revision = await self.store.commit([Write(self.key, value, expected_revision=0, lease=lease)])
+        if revision is None:
+            await self.store.revoke_lease(lease)
+            await self._learn_leader()
+            return
+        self._lease, self._create_revision = lease, revision
+        self._last_refresh = time.monotonic()
+        self.leader_id, self.leader_address = self.instance_id, self.address
+        _log.info("%s is the leader (lease %x)", self.instance_id, lease)
+        self._set(True)
+
+    async def _hold(self) -> None:
+        left = await self.store.refresh_lease(self._lease)
+        if left <= 0:
+            _log.warning("%s lost its leader lease", self.instance_id)
+            self._set(False)
+            return
+        self._last_refresh = time.monotonic()
+        entry = await self.store.get(self.key)
+        if entry is None or _instance_of(entry.value) != self.instance_id:
+            _log.warning("%s: the leader key is gone", self.instance_id)
+            self._set(False)
+
+    async def _learn_leader(self) -> None:
+        entry = await self.store.get(self.key)
+        if entry is None:
+            self.leader_id = self.leader_address = None
+            return
+        try:
+            found = json.loads(entry.value)
+            self.leader_id, self.leader_address = str(found["instance"]), str(found["address"])
+        except (ValueError, KeyError, TypeError):
+            self.leader_id = self.leader_address = None
+
+    async def refresh_leader(self) -> None:
+        """Re-read who leads (followers call this when their link to the leader breaks)."""
+        if not self.leading:
+            await self._learn_leader()
+
+    def _set(self, leading: bool) -> None:
+        if leading == self.leading:
+            return
+        self.leading = leading
+        if not leading:
+            self.leader_id = self.leader_address = None
+        if self.on_change is not None:
+            self.on_change(leading)
+
+    async def resign(self) -> None:
+        """Give up leadership now (the successor need not wait for the lease to expire)."""
+        self._stopped = True
+        if self.leading:
+            self._set(False)
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.revoke_lease(self._lease)
+
+
+def _instance_of(value: bytes) -> str | None:
+    try:
+        return str(json.loads(value)["instance"])
+    except (ValueError, KeyError, TypeError):
+        return None
