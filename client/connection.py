@@ -9,9 +9,11 @@ nudges this thread.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import queue
 import random
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -28,6 +30,7 @@ from .view import LocalView
 _log = logging.getLogger("mission_control.client")
 
 _WAKE = object()
+MAX_UNACKED = 1000
 _STOP = object()
 
 
@@ -76,6 +79,13 @@ class ControlPlaneConnection:
         self._thread: threading.Thread | None = None
         self._call: grpc.Future | None = None
         self._sequence = 0
+        self._epoch = 0
+        #: Batches sent but not yet acknowledged; sent again after a reconnect.
+        self._unacked: dict[int, list[pb.OutcomeSummary]] = {}
+        self._unacked_lock = threading.Lock()  # the sender and receiver threads share it
+        #: Summaries given up because too many batches went unacknowledged.
+        self.dropped = 0
+        self._reported_dropped = 0
         #: Outcome batches and probe requests sent; streams opened; reconnects.
         self.batches_sent = 0
         self.streams_opened = 0
@@ -123,11 +133,37 @@ class ControlPlaneConnection:
 
     # -- the stream ------------------------------------------------------------
 
+    def _candidates(self) -> list[str]:
+        """The endpoints, with DNS names expanded to every address they resolve to (not
+        with TLS, whose certificates name hosts, not addresses)."""
+        if self.credentials is not None:
+            return list(self.endpoints)
+        found: list[str] = []
+        for endpoint in self.endpoints:
+            host, _, port = endpoint.rpartition(":")
+            host = host.strip("[]")
+            try:
+                ipaddress.ip_address(host)
+                addresses = [host]
+            except ValueError:
+                try:
+                    infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+                    addresses = sorted({str(info[4][0]) for info in infos})
+                except (OSError, ValueError):
+                    addresses = []
+                if not addresses:
+                    found.append(endpoint)  # let gRPC report why it cannot be reached
+                    continue
+            found += [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in addresses]
+        return found or list(self.endpoints)
+
     def _run(self) -> None:
         backoff = 0.05
-        attempt = 0
+        # agents spread over the replicas: each starts at a random one
+        attempt = random.randrange(1_000_000)
         while not self._stopping.is_set():
-            endpoint = self.endpoints[attempt % len(self.endpoints)]
+            candidates = self._candidates()
+            endpoint = candidates[attempt % len(candidates)]
             attempt += 1
             started = time.monotonic()
             try:
@@ -139,6 +175,7 @@ class ControlPlaneConnection:
             except Exception:
                 _log.exception("control plane %s: unexpected error", endpoint)
             finally:
+                self._requeue()
                 self.view.forget_fleet()
                 self.connected_event.clear()
                 self.current_endpoint = None
@@ -163,9 +200,11 @@ class ControlPlaneConnection:
         return channel
 
     def _stream(self, endpoint: str) -> None:
+        self._epoch += 1
+        self._requeue()  # what an earlier stream did not get acknowledged goes again
         with self._channel(endpoint) as channel:
             stub = pb_grpc.ControlPlaneServiceStub(channel)
-            call = stub.Connect(self._requests(), metadata=self._metadata)
+            call = stub.Connect(self._requests(self._epoch), metadata=self._metadata)
             self._call = call
             self.streams_opened += 1
             try:
@@ -175,7 +214,7 @@ class ControlPlaneConnection:
                 self._call = None
                 call.cancel()
 
-    def _requests(self) -> Iterator[pb.ConnectRequest]:
+    def _requests(self, epoch: int) -> Iterator[pb.ConnectRequest]:
         yield pb.ConnectRequest(
             hello=pb.AgentHello(agent_id=self.agent_id, session_id=self.session_id, services=self.services)
         )
@@ -186,7 +225,11 @@ class ControlPlaneConnection:
                 item = _WAKE
             if item is _WAKE:
                 self._wake_pending = False
-            batch = self._batch()
+            if epoch != self._epoch:
+                return  # a newer stream took over: this one must not take outcomes any more
+            # Outcomes are only taken once this stream's snapshot arrived: a stream that
+            # never got through would lose them.
+            batch = self._batch() if self.connected_event.is_set() else None
             if batch is not None:
                 yield batch
             if item is _STOP:
@@ -204,7 +247,23 @@ class ControlPlaneConnection:
             return None
         self._sequence += 1
         self.batches_sent += 1
-        return pb.ConnectRequest(outcomes=pb.OutcomeBatch(sequence=self._sequence, summaries=summaries))
+        with self._unacked_lock:
+            self._unacked[self._sequence] = summaries
+            while len(self._unacked) > MAX_UNACKED:  # bounded: the oldest go, and are counted
+                self.dropped += len(self._unacked.pop(min(self._unacked)))
+        dropped, self._reported_dropped = self.dropped - self._reported_dropped, self.dropped
+        batch = pb.OutcomeBatch(sequence=self._sequence, summaries=summaries, dropped=dropped)
+        return pb.ConnectRequest(outcomes=batch)
+
+    def _requeue(self) -> None:
+        """Batches the control plane never acknowledged go into the next stream's first batch."""
+        with self._unacked_lock:
+            pending, self._unacked = self._unacked, {}
+        for sequence in sorted(pending, reverse=True):
+            for summary in pending[sequence]:
+                state = self.view.get(summary.service)
+                with state.lock:
+                    state.tally.merge(summary, earlier=True)
 
     def _apply(self, response: pb.ConnectResponse, endpoint: str) -> None:
         kind = response.WhichOneof("message")
@@ -236,3 +295,7 @@ class ControlPlaneConnection:
                     _log.error("ignored invalid policy %s from control plane: %s", update.service, err)
         elif kind == "probe_grant":
             view.grant(response.probe_grant)
+        elif kind == "outcome_ack":
+            with self._unacked_lock:
+                for sequence in [s for s in self._unacked if s <= response.outcome_ack.sequence]:
+                    del self._unacked[sequence]

@@ -63,6 +63,27 @@ class Tally:
             or self.probe_failures or self.probes_released or self.recovery_attempts
         )  # fmt: skip
 
+    def merge(self, summary: pb.OutcomeSummary, *, earlier: bool = False) -> None:
+        """Add a summary's counts; ``earlier`` when its outcomes happened before this tally's
+        (a batch sent again), else after — which decides the trailing failures."""
+        if earlier:
+            if not self.successes:
+                self.trailing_failures += summary.trailing_failures
+        elif summary.successes:
+            self.trailing_failures = summary.trailing_failures
+        else:
+            self.trailing_failures += summary.trailing_failures
+        self.successes += summary.successes
+        self.failures += summary.failures
+        self.rejected += summary.rejected
+        self.probe_successes += summary.probe_successes
+        self.probe_failures += summary.probe_failures
+        self.probes_released += summary.probes_released
+        self.recovery_attempts += summary.recovery_attempts
+        self.recovery_successes += summary.recovery_successes
+        self.errors_by_type.update(dict(summary.errors_by_type))
+        self.errors_by_operation.update(dict(summary.errors_by_operation))
+
     def to_proto(self, service: str) -> pb.OutcomeSummary:
         return pb.OutcomeSummary(
             service=service,

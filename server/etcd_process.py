@@ -15,7 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-__all__ = ["EtcdProcess", "EtcdUnavailable", "free_port"]
+__all__ = ["EtcdCluster", "EtcdProcess", "EtcdUnavailable", "free_port"]
 
 
 class EtcdUnavailable(RuntimeError):
@@ -46,8 +46,11 @@ class EtcdProcess:
         name: str = "mission-control",
         log_file: str | Path | None = None,
         tls: tuple[Path, Path, Path] | None = None,
+        initial_cluster: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        #: ``name=peer-url,...`` of every member, for a multi-member cluster.
+        self.initial_cluster = initial_cluster
         self.client_port = client_port or free_port()
         self.peer_port = peer_port or free_port()
         self.name = name
@@ -65,7 +68,7 @@ class EtcdProcess:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self, timeout: float = 30.0) -> EtcdProcess:
+    def start(self, timeout: float = 30.0, wait: bool = True) -> EtcdProcess:
         binary = shutil.which("etcd")
         if binary is None:
             raise EtcdUnavailable("no etcd binary on PATH: install Debian's etcd-server (make install does)")
@@ -87,7 +90,7 @@ class EtcdProcess:
             "--initial-advertise-peer-urls",
             peer,
             "--initial-cluster",
-            f"{self.name}={peer}",
+            self.initial_cluster or f"{self.name}={peer}",
             "--initial-cluster-state",
             "new",
             "--logger",
@@ -103,8 +106,12 @@ class EtcdProcess:
         log = open(self.log_file, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self._proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
         log.close()
-        self._wait_healthy(timeout)
+        if wait:
+            self._wait_healthy(timeout)
         return self
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        self._wait_healthy(timeout)
 
     def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -149,3 +156,37 @@ class EtcdProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class EtcdCluster:
+    """Several etcd members on loopback forming one cluster (for high-availability tests)."""
+
+    def __init__(self, folder: Path, size: int = 3) -> None:
+        ports = [(free_port(), free_port()) for _ in range(size)]
+        initial = ",".join(f"m{i}=http://127.0.0.1:{peer}" for i, (_, peer) in enumerate(ports))
+        self.members = [
+            EtcdProcess(
+                folder / f"m{i}" / "data",
+                client_port=client,
+                peer_port=peer,
+                name=f"m{i}",
+                log_file=folder / f"m{i}.log",
+                initial_cluster=initial,
+            )
+            for i, (client, peer) in enumerate(ports)
+        ]
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    def start(self, timeout: float = 60.0) -> EtcdCluster:
+        for member in self.members:  # members wait for each other: start all, then wait
+            member.start(wait=False)
+        for member in self.members:
+            member.wait_healthy(timeout)
+        return self
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()

@@ -2,7 +2,7 @@
 probe permits come back down.
 
 The follower talks to the leader like an agent does — one Connect stream, agent id
-``replica:<instance>`` — so the leader merges every replica's outcomes into its decisions
+``replica.<instance>`` — so the leader merges every replica's outcomes into its decisions
 without any extra etcd traffic. Outcomes are summed while the link is down (during a
 failover) and sent once a leader answers, so failures reported meanwhile still count.
 """
@@ -31,7 +31,7 @@ _log = logging.getLogger("mission_control.server.relay")
 class LeaderRelay:
     def __init__(self, plane: ControlPlane, token: str | None = None, flush_interval: float = 0.02) -> None:
         self.plane = plane
-        self.agent_id = f"replica:{plane.instance_id}"
+        self.agent_id = f"replica.{plane.instance_id}"
         self.flush_interval = flush_interval
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._tallies: dict[str, Tally] = {}
@@ -39,26 +39,17 @@ class LeaderRelay:
         self._waiting: dict[str, collections.deque[str]] = collections.defaultdict(collections.deque)
         self._held: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         self._wake = asyncio.Event()
+        self._sequence = 0
+        self._epoch = 0
+        self._unacked: dict[int, list[pb.OutcomeSummary]] = {}
         self.connected = False
 
     # -- from this replica's agents ---------------------------------------------
 
     def add(self, agent_id: str, summary: pb.OutcomeSummary) -> None:
-        tally = self._tallies.setdefault(summary.service, Tally())
-        if summary.successes:
-            tally.trailing_failures = summary.trailing_failures
-        else:
-            tally.trailing_failures += summary.failures
-        tally.successes += summary.successes
-        tally.failures += summary.failures
-        tally.rejected += summary.rejected
-        tally.probe_successes += summary.probe_successes
-        tally.probe_failures += summary.probe_failures
-        tally.probes_released += summary.probes_released
-        tally.recovery_attempts += summary.recovery_attempts
-        tally.recovery_successes += summary.recovery_successes
-        tally.errors_by_type.update(dict(summary.errors_by_type))
-        tally.errors_by_operation.update(dict(summary.errors_by_operation))
+        if not summary.successes and not summary.trailing_failures:
+            summary = _with_trailing(summary)
+        self._tallies.setdefault(summary.service, Tally()).merge(summary)
         used = summary.probe_successes + summary.probe_failures + summary.probes_released
         if used:
             held = self._held[summary.service]
@@ -96,8 +87,11 @@ class LeaderRelay:
                 backoff = 0.05
             except (grpc.RpcError, OSError) as err:
                 _log.info("link to the leader at %s broke (%s)", address, type(err).__name__)
+            except Exception:
+                _log.exception("link to the leader at %s failed", address)
             finally:
                 self.connected = False
+                self._requeue()
             if leadership is not None:
                 with contextlib.suppress(Exception):
                     await leadership.refresh_leader()
@@ -105,12 +99,18 @@ class LeaderRelay:
             backoff = min(backoff * 2, 1.0)
 
     async def _stream(self, address: str) -> None:
+        self._epoch += 1
+        self._requeue()  # anything a previous link did not get acknowledged goes again
         async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.ControlPlaneServiceStub(channel)
-            call = stub.Connect(self._requests(), metadata=self._metadata)
+            call = stub.Connect(self._requests(self._epoch), metadata=self._metadata)
             async for response in call:
                 if response.HasField("snapshot"):
                     self.connected = True
+                    _log.info("relaying to the leader at %s", address)
+                elif response.HasField("outcome_ack"):
+                    for sequence in [s for s in self._unacked if s <= response.outcome_ack.sequence]:
+                        del self._unacked[sequence]
                 elif response.HasField("probe_grant"):
                     self._hand_out(response.probe_grant)
                 leadership = self.plane.leadership
@@ -118,12 +118,16 @@ class LeaderRelay:
                     call.cancel()
                     return
 
-    async def _requests(self) -> AsyncIterator[pb.ConnectRequest]:
+    async def _requests(self, epoch: int) -> AsyncIterator[pb.ConnectRequest]:
         yield pb.ConnectRequest(hello=pb.AgentHello(agent_id=self.agent_id, labels={"relay": "true"}))
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval)
             self._wake.clear()
+            if epoch != self._epoch:
+                return  # a newer link took over: this one must not take outcomes any more
+            if not self.connected:
+                continue  # keep outcomes until a leader has answered: a dead link would lose them
             batch = self._batch()
             if batch is not None:
                 yield batch
@@ -136,7 +140,16 @@ class LeaderRelay:
         summaries = [t.to_proto(name) for name, t in tallies.items() if not t.empty()]
         if not summaries:
             return None
-        return pb.ConnectRequest(outcomes=pb.OutcomeBatch(summaries=summaries))
+        self._sequence += 1
+        self._unacked[self._sequence] = summaries
+        return pb.ConnectRequest(outcomes=pb.OutcomeBatch(sequence=self._sequence, summaries=summaries))
+
+    def _requeue(self) -> None:
+        """Batches the leader never acknowledged go out again on the next link."""
+        for sequence in sorted(self._unacked, reverse=True):
+            for summary in self._unacked[sequence]:
+                self._tallies.setdefault(summary.service, Tally()).merge(summary, earlier=True)
+        self._unacked.clear()
 
     def drain(self) -> list[pb.OutcomeSummary]:
         """What was gathered for a leader that turned out to be this replica."""
@@ -153,3 +166,11 @@ class LeaderRelay:
         # nobody here wants it any more: give it back to the fleet
         self._tallies.setdefault(grant.service, Tally()).probes_released += grant.permits
         self._wake.set()
+
+
+def _with_trailing(summary: pb.OutcomeSummary) -> pb.OutcomeSummary:
+    """An agent's summary without successes: all its failures are trailing."""
+    copy = pb.OutcomeSummary()
+    copy.CopyFrom(summary)
+    copy.trailing_failures = summary.failures
+    return copy

@@ -135,6 +135,9 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                             continue
                         plane.stats.record(sub.agent_id, summary)
                         plane.record_outcomes(sub.agent_id, summary)
+                    if request.outcomes.sequence:
+                        ack = pb.OutcomeAck(sequence=request.outcomes.sequence)
+                        sub.push(pb.ConnectResponse(outcome_ack=ack))
                         if telemetry is not None:
                             telemetry.outcomes(sub.agent_id, summary)
                 elif kind == "probe_request":

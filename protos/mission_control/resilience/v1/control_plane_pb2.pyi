@@ -450,6 +450,30 @@ class ProbeGrant(_message.Message):
 Global___ProbeGrant: _TypeAlias = ProbeGrant  # noqa: Y015
 
 @_typing.final
+class OutcomeAck(_message.Message):
+    """The control plane took an outcome batch into account. A sender keeps a batch until
+    it is acknowledged and sends it again on its next stream, so a broken stream loses no
+    outcomes (it may count a batch twice, never zero times).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutcomeAck: _TypeAlias = OutcomeAck  # noqa: Y015
+
+@_typing.final
 class ConnectResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -457,6 +481,7 @@ class ConnectResponse(_message.Message):
     BREAKER_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
     PROBE_GRANT_FIELD_NUMBER: _builtins.int
+    OUTCOME_ACK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def snapshot(self) -> Global___Snapshot: ...
     @_builtins.property
@@ -465,6 +490,8 @@ class ConnectResponse(_message.Message):
     def policy(self) -> Global___PolicyUpdate: ...
     @_builtins.property
     def probe_grant(self) -> Global___ProbeGrant: ...
+    @_builtins.property
+    def outcome_ack(self) -> Global___OutcomeAck: ...
     def __init__(
         self,
         *,
@@ -472,12 +499,13 @@ class ConnectResponse(_message.Message):
         breaker: Global___Breaker | None = ...,
         policy: Global___PolicyUpdate | None = ...,
         probe_grant: Global___ProbeGrant | None = ...,
+        outcome_ack: Global___OutcomeAck | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "message", b"message", "policy", b"policy", "probe_grant", b"probe_grant", "snapshot", b"snapshot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "message", b"message", "outcome_ack", b"outcome_ack", "policy", b"policy", "probe_grant", b"probe_grant", "snapshot", b"snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "message", b"message", "policy", b"policy", "probe_grant", b"probe_grant", "snapshot", b"snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "message", b"message", "outcome_ack", b"outcome_ack", "policy", b"policy", "probe_grant", b"probe_grant", "snapshot", b"snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["snapshot", "breaker", "policy", "probe_grant"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["snapshot", "breaker", "policy", "probe_grant", "outcome_ack"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
