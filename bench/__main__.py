@@ -111,6 +111,18 @@ def main() -> int:
             rows,
             [("variant", "variant", ""), ("ratio", "ratio", ".2f")],
         )
+    case6 = fleet_cases.failover(rounds=2 if args.quick else 5)
+    results["failover"] = case6
+    _table(
+        "6. failover: leader replica killed -> next transition decided (lease TTL 3 s)",
+        [case6],
+        [
+            ("rounds", "rounds", ""),
+            ("measured", "measured", ""),
+            ("p50_s", "p50 s", ".2f"),
+            ("p99_s", "p99 s", ".2f"),
+        ],
+    )
     results["seconds"] = round(time.time() - started, 1)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     dump(ROOT / "bench" / "results" / f"bench-{stamp}.json", results)

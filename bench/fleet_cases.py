@@ -218,3 +218,83 @@ def amplification(s: Stack, calls: int = 200) -> dict[str, Any]:
         channel.close()
     set_mode(s.upstream_address, "ok")
     return {"app_calls": calls, "max_retries": 3, "amplification": results}
+
+
+def failover(rounds: int = 5) -> dict[str, Any]:
+    """Three replicas on a three-member etcd cluster: the leader is killed; time until the next
+    transition is decided (a fresh breaker reported on a survivor is OPEN)."""
+    import json
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from mission_control.server.etcd_process import EtcdCluster
+
+    from tests.support.procs import control_plane
+
+    samples: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="mc-failover-") as tmp:
+        cluster = EtcdCluster(Path(tmp)).start()
+        endpoints = ",".join(cluster.endpoints)
+        replicas = {n: control_plane(endpoints, "/failover", "--instance-id", n) for n in ("r1", "r2", "r3")}
+        try:
+            for round_ in range(rounds):
+                leader = _leader(shutil.which("etcdctl") or "etcdctl", cluster.endpoints, subprocess, json)
+                survivor = next(n for n in replicas if n != leader)
+                stub = cp_grpc.ControlPlaneServiceStub(grpc.insecure_channel(replicas[survivor][1]))
+                service = f"failover-{round_}"
+                stub.PutPolicy(cp.PutPolicyRequest(policy=_policy(service)), timeout=10)
+                killed = time.monotonic()
+                replicas[leader][0].kill()
+                hello = cp.ConnectRequest(hello=cp.AgentHello(agent_id=f"prober-{round_}"))
+                failure = cp.ConnectRequest(
+                    outcomes=cp.OutcomeBatch(summaries=[cp.OutcomeSummary(service=service, failures=1)])
+                )
+                call = stub.Connect(iter([hello, failure]), timeout=60)
+                while True:
+                    try:
+                        got = stub.GetBreaker(cp.GetBreakerRequest(name=service), timeout=5).breaker.state
+                    except grpc.RpcError:
+                        got = 0
+                    if got == cp.BREAKER_STATE_OPEN:
+                        samples.append(time.monotonic() - killed)
+                        break
+                    if time.monotonic() - killed > 30:
+                        break
+                    time.sleep(0.01)
+                call.cancel()
+                replicas[leader] = control_plane(endpoints, "/failover", "--instance-id", leader)
+        finally:
+            for proc, _ in replicas.values():
+                proc.kill()
+            cluster.stop()
+    return {
+        "rounds": rounds,
+        "measured": len(samples),
+        "lease_ttl_s": 3,
+        "p50_s": percentile(samples, 50),
+        "p99_s": percentile(samples, 99),
+    }
+
+
+def _policy(service: str) -> Any:
+    from mission_control.resilience.v1 import policy_pb2
+
+    return policy_pb2.ServicePolicy(service=service, failure_threshold=1, wait_duration_secs=300)
+
+
+def _leader(etcdctl: str, endpoints: list[str], subprocess: Any, json: Any) -> str:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        result = subprocess.run(
+            [etcdctl, f"--endpoints={','.join(endpoints)}", "get", "/failover/leader", "--print-value-only"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            env={"ETCDCTL_API": "3"},
+        )
+        if result.stdout.strip():
+            return str(json.loads(result.stdout)["instance"])
+        time.sleep(0.1)
+    raise RuntimeError("no leader elected")

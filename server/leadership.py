@@ -25,6 +25,8 @@ from .store import Guard, Store, StoreUnavailable, Write
 
 _log = logging.getLogger("mission_control.server.leadership")
 
+FOLLOWER_POLL_SECS = 0.2
+
 
 class Leadership:
     def __init__(
@@ -67,9 +69,14 @@ class Leadership:
             except StoreUnavailable as err:
                 if self.leading and time.monotonic() - self._last_refresh > self.ttl:
                     _log.warning("cannot reach etcd (%s); deciding from memory, fenced on return", err)
-            await asyncio.sleep(self.ttl / 3)
+            # A leader renews well within its TTL; followers look often (a read) so that a
+            # dead leader's successor is elected right after its lease expires.
+            await asyncio.sleep(self.ttl / 3 if self.leading else FOLLOWER_POLL_SECS)
 
     async def _campaign(self) -> None:
+        await self._learn_leader()
+        if self.leader_id is not None:
+            return  # somebody leads: nothing to write
         lease = await self.store.grant_lease(self.ttl)
         value = json.dumps({"instance": self.instance_id, "address": self.address}).encode()
         revision = await self.store.commit([Write(self.key, value, expected_revision=0, lease=lease)])
