@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -107,7 +108,7 @@ def state(stub: pb_grpc.ControlPlaneServiceStub, name: str = "llm_provider") -> 
 
 
 async def test_failures_on_two_replicas_trip_one_breaker_everyone_sees(fleet: Fleet) -> None:
-    put_policy(fleet.stub("r1"), failure_threshold=4, wait_duration_secs=60)
+    put_policy(fleet.stub("r1"), failure_threshold=4, success_threshold=2, wait_duration_secs=1)
     one, two = fleet.followers()
     addr = {n: a for n, (_, a) in fleet.replicas.items()}
     async with (
@@ -120,6 +121,31 @@ async def test_failures_on_two_replicas_trip_one_breaker_everyone_sees(fleet: Fl
         for agent_ in (a1, a2, a3):  # every agent on every replica sees the one breaker open
             await agent_.wait_for(lambda a=agent_: a.state("llm_provider") == pb.BREAKER_STATE_OPEN)
         assert a3.breakers["llm_provider"].failures == 4
+        # HALF_OPEN: agents on both followers ask for probes; the leader grants at most
+        # success_threshold (2) for the whole fleet, through the replicas
+        for agent_ in (a1, a2, a3):
+            await agent_.wait_for(lambda a=agent_: a.state("llm_provider") == pb.BREAKER_STATE_HALF_OPEN)
+        for _ in range(5):
+            for agent_ in (a1, a2, a3):
+                await agent_.ask_probe("llm_provider")
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        granted = [len(a.grants) for a in (a1, a2, a3)]
+        assert 1 <= sum(granted) <= 2, granted
+        # the probes succeed, wherever they ran: the breaker closes for everyone
+        for agent_ in (a1, a2, a3):
+            if agent_.grants:
+                await agent_.report("llm_provider", probe_successes=len(agent_.grants))
+        if sum(granted) < 2:  # one permit out: the next asker gets the second one
+            for agent_ in (a1, a2, a3):
+                await agent_.ask_probe("llm_provider")
+            await asyncio.sleep(0.5)
+            for agent_ in (a1, a2, a3):
+                extra = len(agent_.grants) - granted[(a1, a2, a3).index(agent_)]
+                if extra:
+                    await agent_.report("llm_provider", probe_successes=extra)
+        for agent_ in (a1, a2, a3):
+            await agent_.wait_for(lambda a=agent_: a.state("llm_provider") == pb.BREAKER_STATE_CLOSED)
 
 
 def test_leader_killed_under_traffic(fleet: Fleet, spawned: list[Proc]) -> None:
