@@ -29,6 +29,7 @@ from .policy import (
     SEED_PRESETS,
     Backoff,
     FailureRate,
+    FleetLimits,
     Quota,
     RetryBudget,
     ServicePolicy,
@@ -81,7 +82,8 @@ _BACKOFF = {
 _BUDGET = ("ratio", "min_retries_per_second", "window_secs")
 _RATE = ("threshold", "minimum_calls", "window_secs")
 _QUOTA = ("resource", "limit", "window_secs")
-_POLICY_KEYS = {"service", *_SCALARS, *_LISTS, "backoff", "retry_budget", "failure_rate", "quotas"}
+_FLEET = ("rate_limit", "quotas", "lease_secs", "safe_share")
+_POLICY_KEYS = {"service", *_SCALARS, *_LISTS, "backoff", "retry_budget", "failure_rate", "quotas", "fleet"}
 _TOP_KEYS = {
     "default_timeout_secs",
     "default_max_retries",
@@ -220,6 +222,8 @@ def _policy(
         )
     if "quotas" in table:
         values["quotas"] = _quotas(table["quotas"], f"{path}quotas", bad)
+    if "fleet" in table:
+        values["fleet"] = _fleet(table["fleet"], f"{path}fleet.", bad)
     # Built even after earlier problems, so that every field is checked in one pass.
     policy = _build(ServicePolicy, {"service": name, **values}, path, bad)
     return policy if len(bad) == before else None
@@ -248,6 +252,20 @@ def _quotas(items: Any, path: str, bad: Violations) -> tuple[Quota, ...]:
     return tuple(out)
 
 
+def _fleet(data: Any, path: str, bad: Violations) -> FleetLimits | None:
+    table = _table(data, path, bad)
+    if table is None:
+        return None
+    _unknown(table, _FLEET, path, bad)
+    values = {k: table[k] for k in _FLEET if k in table}
+    if "quotas" in values:
+        quotas = values["quotas"]
+        if not isinstance(quotas, list | tuple) or not all(isinstance(q, str) for q in quotas):
+            bad.append((f"{path}quotas", "must be a list of strings"))
+            values.pop("quotas")
+    return _build(FleetLimits, values, path, bad)  # type: ignore[no-any-return]
+
+
 def policy_to_mapping(policy: ServicePolicy, *, with_service: bool = True) -> dict[str, Any]:
     """Every field of a policy as plain values, in the TOML/JSON layout."""
     out: dict[str, Any] = {"service": policy.service} if with_service else {}
@@ -260,6 +278,10 @@ def policy_to_mapping(policy: ServicePolicy, *, with_service: bool = True) -> di
     if policy.failure_rate is not None:
         out["failure_rate"] = {k: getattr(policy.failure_rate, k) for k in _RATE}
     out["quotas"] = [{k: getattr(q, k) for k in _QUOTA} for q in policy.quotas]
+    if policy.fleet is not None:
+        fleet = {k: getattr(policy.fleet, k) for k in _FLEET}
+        fleet["quotas"] = list(policy.fleet.quotas)
+        out["fleet"] = {k: v for k, v in fleet.items() if v is not None}
     return out
 
 
@@ -467,7 +489,7 @@ def config_to_toml(config: ErrorHandlingConfig) -> str:
         lines += [
             f"{k} = {_toml_value(v)}" for k, v in policy.items() if not isinstance(v, dict) and k != "quotas"
         ]
-        for sub in ("backoff", "retry_budget", "failure_rate"):
+        for sub in ("backoff", "retry_budget", "failure_rate", "fleet"):
             if sub in policy:
                 lines += ["", f"[service_specific.{name}.{sub}]"]
                 lines += [f"{k} = {_toml_value(v)}" for k, v in policy[sub].items()]

@@ -229,9 +229,13 @@ class ControlPlaneConnection:
                 return  # a newer stream took over: this one must not take outcomes any more
             # Outcomes are only taken once this stream's snapshot arrived: a stream that
             # never got through would lose them.
-            batch = self._batch() if self.connected_event.is_set() else None
+            connected = self.connected_event.is_set()
+            batch = self._batch() if connected else None
             if batch is not None:
                 yield batch
+            demand = self._demand(epoch) if connected else None
+            if demand is not None:
+                yield demand
             if item is _STOP:
                 return
             if isinstance(item, pb.ConnectRequest):
@@ -254,6 +258,29 @@ class ControlPlaneConnection:
         dropped, self._reported_dropped = self.dropped - self._reported_dropped, self.dropped
         batch = pb.OutcomeBatch(sequence=self._sequence, summaries=summaries, dropped=dropped)
         return pb.ConnectRequest(outcomes=batch)
+
+    def _demand(self, epoch: int) -> pb.ConnectRequest | None:
+        """What this agent asked of each fleet-shared limit in its last finished period; a
+        new stream first says which limits it shares (so it gets leases at once)."""
+        demands = []
+        for name, state in list(self.view.services.items()):
+            with state.lock:
+                for resource, budget in state.leased.items():
+                    budget.tick(self.view.clock())
+                    reports = budget.drain_reports()
+                    if reports:
+                        period, wanted, used = reports[-1]
+                        demands.append(
+                            pb.CapacityDemand(
+                                service=name, resource=resource, wanted=wanted, used=used, period=period
+                            )
+                        )
+                    elif budget.announced != epoch:
+                        demands.append(pb.CapacityDemand(service=name, resource=resource))
+                    budget.announced = epoch
+        if not demands:
+            return None
+        return pb.ConnectRequest(demand=pb.CapacityDemandReport(demands=demands))
 
     def _requeue(self) -> None:
         """Batches the control plane never acknowledged go into the next stream's first batch."""
@@ -295,6 +322,8 @@ class ControlPlaneConnection:
                     _log.error("ignored invalid policy %s from control plane: %s", update.service, err)
         elif kind == "probe_grant":
             view.grant(response.probe_grant)
+        elif kind == "lease":
+            view.apply_lease(response.lease)
         elif kind == "outcome_ack":
             with self._unacked_lock:
                 for sequence in [s for s in self._unacked if s <= response.outcome_ack.sequence]:

@@ -35,6 +35,7 @@ from .errors import (
     ResourceExhausted,
     StorageFailure,
 )
+from .fleet_limits import LeasedBudget
 from .limits import TokenBucket
 from .retry import policy_stop, policy_wait
 from .status import remote_status_of
@@ -231,30 +232,32 @@ class Executor:
         state: ServiceState, service: str, cost: Mapping[str, float] | None, now: float
     ) -> ResourceExhausted | None:
         """Take the rate-limit token, the quota costs and a bulkhead place, or none of them."""
-        bucket = state.bucket
+        requests = f"{service}.requests"
+        bucket: TokenBucket | LeasedBudget = state.leased.get(requests) or state.bucket
         wait = bucket.take(1.0, now)
         if wait:
-            used = bucket.used(now)
-            return ResourceExhausted(
-                f"{service}.requests", used, state.policy.rate_limit_requests, retry_after=_finite(wait)
-            )
-        taken: list[tuple[TokenBucket, float]] = []
+            used = bucket.used(now) if isinstance(bucket, TokenBucket) else bucket.used_now()
+            limit = state.policy.rate_limit_requests
+            return ResourceExhausted(requests, used, limit, retry_after=_finite(wait))
+        taken: list[tuple[TokenBucket | LeasedBudget, float]] = [(bucket, 1.0)]
         for resource, amount in (cost or {}).items():
-            quota = state.quotas.get(resource)
+            leased = state.leased.get(resource)
+            quota = leased or state.quotas.get(resource)
             if quota is None:
                 continue
             wait = quota.take(amount, now)
             if wait:
                 for earlier, spent in taken:
                     earlier.give_back(spent)
-                bucket.give_back(1.0)
-                limit = round(quota.capacity)
-                return ResourceExhausted(resource, quota.used(now), limit, retry_after=_finite(wait))
+                if isinstance(quota, TokenBucket):
+                    used, limit = quota.used(now), round(quota.capacity)
+                else:
+                    used, limit = quota.used_now(), _quota_limit(state, resource)
+                return ResourceExhausted(resource, used, limit, retry_after=_finite(wait))
             taken.append((quota, amount))
         if not state.bulkhead.enter():
             for earlier, spent in taken:
                 earlier.give_back(spent)
-            bucket.give_back(1.0)
             bulkhead = state.bulkhead
             return ResourceExhausted(f"{service}.concurrency", bulkhead.in_flight, bulkhead.limit)
         return None
@@ -635,6 +638,13 @@ def _falls_back(error: BaseException) -> bool:
         return True
     code = getattr(error, "code", None)
     return callable(code) and code() in FAILURE_CODES
+
+
+def _quota_limit(state: ServiceState, resource: str) -> int:
+    for quota in state.policy.quotas:
+        if quota.resource == resource:
+            return quota.limit
+    return 0
 
 
 def _finite(wait: float) -> float | None:

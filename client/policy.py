@@ -24,6 +24,7 @@ __all__ = [
     "SEED_PRESETS",
     "Backoff",
     "FailureRate",
+    "FleetLimits",
     "Quota",
     "RetryBudget",
     "ServicePolicy",
@@ -167,6 +168,34 @@ class Quota:
         c.number("window_secs", q.window_secs, low=0, high=_DAY, strict=True)
 
 
+@dataclass(frozen=True, slots=True)
+class FleetLimits:
+    """Which of a service's limits the whole fleet shares (leased out by the control plane
+    each ``lease_secs`` by demand) instead of every agent having its own."""
+
+    rate_limit: bool = False
+    quotas: tuple[str, ...] = ()
+    lease_secs: float = 1.0
+    #: Share of the fleet limit an agent spends without a lease; None = 1 / agents.
+    safe_share: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "quotas", tuple(self.quotas))
+        _validated(self, FleetLimits.check)
+
+    @staticmethod
+    def check(f: FleetLimits, c: _Checks) -> None:
+        if not isinstance(f.rate_limit, bool):
+            c.add("rate_limit", "must be true or false")
+        c.number("lease_secs", f.lease_secs, low=0.05, high=60, strict=False)
+        if f.safe_share is not None:
+            c.number("safe_share", f.safe_share, low=0, high=1, strict=True)
+        for i, name in enumerate(f.quotas):
+            problem = name_problem(name)
+            if problem:
+                c.add(f"quotas[{i}]", problem)
+
+
 DEFAULT_RETRYABLE_CODES = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
 
 
@@ -195,6 +224,8 @@ class ServicePolicy:
     fallbacks: tuple[str, ...] = ()
     #: Trip on failure rate too; None = consecutive failures only (the seed).
     failure_rate: FailureRate | None = None
+    #: Limits shared by the fleet; None = every limit is per agent.
+    fleet: FleetLimits | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "retryable_codes", tuple(self.retryable_codes))
@@ -230,6 +261,22 @@ class ServicePolicy:
                 c.add(f"fallbacks[{i}]", "a service cannot be its own fallback")
             elif p.fallbacks.index(name) != i:
                 c.add(f"fallbacks[{i}]", f"duplicate fallback {name!r}")
+        if p.fleet is not None:
+            for i, name in enumerate(p.fleet.quotas):
+                if name not in names:
+                    c.add(f"fleet.quotas[{i}]", f"no quota named {name!r} in this policy")
+
+    def fleet_resources(self) -> dict[str, tuple[float, float]]:
+        """Fleet-shared resources: name -> (units per window, window seconds)."""
+        if self.fleet is None:
+            return {}
+        found = {}
+        if self.fleet.rate_limit:
+            found[f"{self.service}.requests"] = (float(self.rate_limit_requests), self.rate_limit_window_secs)
+        for quota in self.quotas:
+            if quota.resource in self.fleet.quotas:
+                found[quota.resource] = (float(quota.limit), quota.window_secs)
+        return found
 
     @property
     def rate_per_second(self) -> float:

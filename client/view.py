@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .breaker import BreakerState, CircuitBreaker
+from .fleet_limits import LeasedBudget
 from .limits import Bulkhead, RetryBudget, TokenBucket
 from .policy import ServicePolicy, default_policy
 
@@ -114,12 +115,29 @@ class ServiceState:
         self.quotas = {q.resource: TokenBucket(q.limit, q.window_secs, now) for q in policy.quotas}
         self.bulkhead = Bulkhead(policy.max_concurrent)
         self.budget = self._budget(policy)
+        #: Fleet-shared limits this agent spends by lease (resource -> budget).
+        self.leased: dict[str, LeasedBudget] = {}
+        self._lease_budgets(policy, now)
         self.permits: list[float] = []  # expiry times of fleet probe permits held
         self.local_probes = 0
         self.tally = Tally()
         self.probe_asked_at = -1e9
         #: "llm", "storage" or "other", once known (names the failures).
         self.kind: str | None = None
+
+    def _lease_budgets(self, policy: ServicePolicy, now: float) -> None:
+        fleet = policy.fleet
+        leased = {}
+        for resource, (limit, window) in policy.fleet_resources().items():
+            assert fleet is not None
+            units = limit * fleet.lease_secs / window
+            budget = self.leased.get(resource)
+            if budget is None:
+                budget = LeasedBudget(units, fleet.lease_secs, fleet.safe_share, now)
+            else:
+                budget.fleet_units, budget.safe_share = units, fleet.safe_share
+            leased[resource] = budget
+        self.leased = leased
 
     @staticmethod
     def _budget(policy: ServicePolicy) -> RetryBudget:
@@ -152,6 +170,8 @@ class ServiceState:
         self.bulkhead.limit = policy.max_concurrent
         if old.retry_budget != policy.retry_budget:
             self.budget = self._budget(policy)
+        if old.fleet != policy.fleet or old.fleet_resources() != policy.fleet_resources():
+            self._lease_budgets(policy, now)
 
     def take_permit(self, now: float) -> bool:
         """Use one fleet probe permit, if one is held and not expired."""
@@ -261,6 +281,22 @@ class LocalView:
         expiry = self.clock() + ttl
         with state.lock:
             state.permits.extend([expiry] * max(1, grant.permits))
+
+    def apply_lease(self, lease: pb.CapacityLease) -> None:
+        state = self.get(lease.service)
+        now = self.clock()
+        with state.lock:
+            budget = state.leased.get(lease.resource)
+            if budget is None:
+                return  # not fleet-shared here (yet): the policy will follow
+            budget.apply(
+                lease.period,
+                lease.units,
+                now + lease.starts_in.ToNanoseconds() / 1e9,
+                lease.period_length.ToNanoseconds() / 1e9,
+                lease.agents,
+                lease.fleet_units,
+            )
 
     def forget_fleet(self) -> None:
         """The control plane is gone: stop trusting its states and permits."""

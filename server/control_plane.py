@@ -26,6 +26,7 @@ from mission_control.client.policy import ServicePolicy
 from mission_control.client.telemetry import Telemetry
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
+from .capacity import CapacityLeaser
 from .engine import FleetBreakers
 from .hub import Hub
 from .leadership import Leadership
@@ -67,6 +68,7 @@ class ControlPlane:
         #: Set by enable_leadership (replicas on one etcd); None = this one always decides.
         self.leadership: Leadership | None = None
         self.relay: LeaderRelay | None = None
+        self.capacity = CapacityLeaser(self)
         self._dirty: set[str] = set()
         self._in_flight: set[str] = set()
         self._dirty_event = asyncio.Event()
@@ -122,8 +124,15 @@ class ControlPlane:
         else:
             self.relay.ask_probe(agent_id, service)
 
+    def record_demand(self, agent_id: str, demand: pb.CapacityDemand) -> None:
+        if self.leading or self.relay is None:
+            self.capacity.demand(agent_id, demand)
+        else:
+            self.relay.demand(agent_id, demand)
+
     def agent_left(self, agent_id: str) -> None:
         self.breakers.release_agent(agent_id)
+        self.capacity.forget(agent_id)
         if self.relay is not None:
             self.relay.agent_left(agent_id)
 
@@ -312,6 +321,7 @@ class ControlPlane:
         while True:
             if self.leading:
                 self.breakers.tick()
+                self.capacity.tick()
             await asyncio.sleep(self.tick_interval)
 
     async def _health_loop(self) -> None:
@@ -348,6 +358,7 @@ class ControlPlane:
 
     def _on_policy(self, service: str, policy: ServicePolicy | None) -> None:
         self.breakers.policy_changed(service)
+        self.capacity.sync_policies()
         update = pb.PolicyUpdate(service=service, deleted=policy is None)
         if policy is not None:
             update.policy.CopyFrom(policy_to_proto(policy))

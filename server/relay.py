@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 import grpc.aio
+from mission_control.client.fleet_limits import fair_share
 from mission_control.client.view import Tally
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
@@ -39,8 +40,12 @@ class LeaderRelay:
         self._waiting: dict[str, collections.deque[str]] = collections.defaultdict(collections.deque)
         self._held: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         self._wake = asyncio.Event()
+        #: (service, resource) -> agent -> (wanted, used) of its last finished period
+        self._demands: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
+        self._demand_dirty = False
         self._sequence = 0
         self._epoch = 0
+        self._demand_epoch = -1
         self._unacked: dict[int, list[pb.OutcomeSummary]] = {}
         self.connected = False
 
@@ -63,7 +68,16 @@ class LeaderRelay:
         self._asked.put_nowait(service)
         self._wake.set()
 
+    def demand(self, agent_id: str, demand: pb.CapacityDemand) -> None:
+        per_agent = self._demands.setdefault((demand.service, demand.resource), {})
+        per_agent[agent_id] = (max(0.0, demand.wanted), max(0.0, demand.used))
+        self._demand_dirty = True
+        self._wake.set()
+
     def agent_left(self, agent_id: str) -> None:
+        for per_agent in self._demands.values():
+            if per_agent.pop(agent_id, None) is not None:
+                self._demand_dirty = True
         for service, held in self._held.items():
             count = held.pop(agent_id, 0)
             if count:
@@ -113,6 +127,8 @@ class LeaderRelay:
                         del self._unacked[sequence]
                 elif response.HasField("probe_grant"):
                     self._hand_out(response.probe_grant)
+                elif response.HasField("lease"):
+                    self._share_lease(response.lease)
                 leadership = self.plane.leadership
                 if leadership is None or leadership.leading or leadership.leader_address != address:
                     call.cancel()
@@ -131,6 +147,11 @@ class LeaderRelay:
             batch = self._batch()
             if batch is not None:
                 yield batch
+            if self._demand_dirty or epoch != self._demand_epoch:
+                self._demand_dirty, self._demand_epoch = False, epoch
+                report = self._demand_report()
+                if report is not None:
+                    yield report
             while not self._asked.empty():
                 service = self._asked.get_nowait()
                 yield pb.ConnectRequest(probe_request=pb.ProbeRequest(service=service))
@@ -150,6 +171,32 @@ class LeaderRelay:
             for summary in self._unacked[sequence]:
                 self._tallies.setdefault(summary.service, Tally()).merge(summary, earlier=True)
         self._unacked.clear()
+
+    def _demand_report(self) -> pb.ConnectRequest | None:
+        demands = [
+            pb.CapacityDemand(
+                service=service,
+                resource=resource,
+                wanted=sum(w for w, _ in per_agent.values()),
+                used=sum(u for _, u in per_agent.values()),
+            )
+            for (service, resource), per_agent in self._demands.items()
+            if per_agent
+        ]
+        if not demands:
+            return None
+        return pb.ConnectRequest(demand=pb.CapacityDemandReport(demands=demands))
+
+    def _share_lease(self, lease: pb.CapacityLease) -> None:
+        """The leader leased this replica a part; split it among the agents here."""
+        per_agent = self._demands.get((lease.service, lease.resource), {})
+        shares = fair_share(lease.units, {a: w for a, (w, _) in per_agent.items()})
+        for agent_id, units in shares.items():
+            mine = pb.CapacityLease()
+            mine.CopyFrom(lease)
+            mine.units = units
+            mine.agents = max(1, lease.agents - 1 + len(shares))
+            self.plane.hub.send_to_agent(agent_id, pb.ConnectResponse(lease=mine))
 
     def drain(self) -> list[pb.OutcomeSummary]:
         """What was gathered for a leader that turned out to be this replica."""

@@ -143,6 +143,10 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                 elif kind == "probe_request":
                     if not name_problem(request.probe_request.service):
                         plane.request_probe(sub.agent_id, request.probe_request.service)
+                elif kind == "demand":
+                    for demand in request.demand.demands[: self.limits.max_summaries_per_batch]:
+                        if not name_problem(demand.service) and not name_problem(demand.resource):
+                            plane.record_demand(sub.agent_id, demand)
                 elif kind == "hello":
                     sub.services = tuple(request.hello.services)
         except (grpc.RpcError, asyncio.CancelledError):
@@ -282,5 +286,6 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
     # -- statistics ------------------------------------------------------------
 
     async def GetErrorStatistics(self, request, context):  # type: ignore[no-untyped-def]
-        stats = self.plane.stats.to_proto(self.plane.policies, self.plane.hub.connected_agents)
+        plane = self.plane
+        stats = plane.stats.to_proto(plane.policies, plane.hub.connected_agents, plane.capacity.usage())
         return pb.GetErrorStatisticsResponse(statistics=stats)

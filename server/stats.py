@@ -58,7 +58,9 @@ class FleetStatistics:
         self.recovery_successes += min(summary.recovery_successes, summary.recovery_attempts)
         self.rejected += summary.rejected
 
-    def to_proto(self, policies: PolicyBook, connected: int) -> pb.ErrorStatistics:
+    def to_proto(
+        self, policies: PolicyBook, connected: int, fleet_limits: list[pb.FleetLimitUsage] | None = None
+    ) -> pb.ErrorStatistics:
         rate = 100.0 * self.recovery_successes / self.recovery_attempts if self.recovery_attempts else 0.0
         message = pb.ErrorStatistics(
             total_errors=self.total_errors,
@@ -75,6 +77,7 @@ class FleetStatistics:
             config_reloads_ok=policies.reloads_ok,
             config_reloads_failed=policies.reloads_failed,
             connected_agents=connected,
+            fleet_limits=fleet_limits or [],
         )
         if self.by_type:
             top = self.by_type.most_common(1)[0][0]

@@ -328,30 +328,91 @@ class ProbeRequest(_message.Message):
 Global___ProbeRequest: _TypeAlias = ProbeRequest  # noqa: Y015
 
 @_typing.final
+class CapacityDemand(_message.Message):
+    """How much of a fleet-shared limit an agent wanted in its last lease period (admitted
+    and refused alike), so the control plane can share the next period by demand.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    WANTED_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    USED_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    resource: _builtins.str
+    """"<service>.requests" for the rate limit, else the quota's name."""
+    wanted: _builtins.float
+    period: _builtins.int
+    used: _builtins.float
+    """Units actually spent in that period."""
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        resource: _builtins.str = ...,
+        wanted: _builtins.float = ...,
+        period: _builtins.int = ...,
+        used: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["period", b"period", "resource", b"resource", "service", b"service", "used", b"used", "wanted", b"wanted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CapacityDemand: _TypeAlias = CapacityDemand  # noqa: Y015
+
+@_typing.final
+class CapacityDemandReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEMANDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def demands(self) -> _containers.RepeatedCompositeFieldContainer[Global___CapacityDemand]: ...
+    def __init__(
+        self,
+        *,
+        demands: _abc.Iterable[Global___CapacityDemand] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["demands", b"demands"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CapacityDemandReport: _TypeAlias = CapacityDemandReport  # noqa: Y015
+
+@_typing.final
 class ConnectRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HELLO_FIELD_NUMBER: _builtins.int
     OUTCOMES_FIELD_NUMBER: _builtins.int
     PROBE_REQUEST_FIELD_NUMBER: _builtins.int
+    DEMAND_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___AgentHello: ...
     @_builtins.property
     def outcomes(self) -> Global___OutcomeBatch: ...
     @_builtins.property
     def probe_request(self) -> Global___ProbeRequest: ...
+    @_builtins.property
+    def demand(self) -> Global___CapacityDemandReport: ...
     def __init__(
         self,
         *,
         hello: Global___AgentHello | None = ...,
         outcomes: Global___OutcomeBatch | None = ...,
         probe_request: Global___ProbeRequest | None = ...,
+        demand: Global___CapacityDemandReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["hello", b"hello", "message", b"message", "outcomes", b"outcomes", "probe_request", b"probe_request"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["demand", b"demand", "hello", b"hello", "message", b"message", "outcomes", b"outcomes", "probe_request", b"probe_request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hello", b"hello", "message", b"message", "outcomes", b"outcomes", "probe_request", b"probe_request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["demand", b"demand", "hello", b"hello", "message", b"message", "outcomes", b"outcomes", "probe_request", b"probe_request"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "outcomes", "probe_request"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "outcomes", "probe_request", "demand"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -474,6 +535,55 @@ class OutcomeAck(_message.Message):
 Global___OutcomeAck: _TypeAlias = OutcomeAck  # noqa: Y015
 
 @_typing.final
+class CapacityLease(_message.Message):
+    """A part of a fleet-shared limit, for one agent and one lease period."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    STARTS_IN_FIELD_NUMBER: _builtins.int
+    PERIOD_LENGTH_FIELD_NUMBER: _builtins.int
+    AGENTS_FIELD_NUMBER: _builtins.int
+    FLEET_UNITS_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    resource: _builtins.str
+    units: _builtins.float
+    """Units (calls, or weighted cost) the agent may spend in the period."""
+    period: _builtins.int
+    """The period counter; periods follow each other without gaps."""
+    agents: _builtins.int
+    """Agents sharing the limit, and the fleet's units per period (for the safe fallback)."""
+    fleet_units: _builtins.float
+    @_builtins.property
+    def starts_in(self) -> _duration_pb2.Duration:
+        """The period starts this long after the message was sent, and lasts period_length."""
+
+    @_builtins.property
+    def period_length(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        resource: _builtins.str = ...,
+        units: _builtins.float = ...,
+        period: _builtins.int = ...,
+        starts_in: _duration_pb2.Duration | None = ...,
+        period_length: _duration_pb2.Duration | None = ...,
+        agents: _builtins.int = ...,
+        fleet_units: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["period_length", b"period_length", "starts_in", b"starts_in"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "fleet_units", b"fleet_units", "period", b"period", "period_length", b"period_length", "resource", b"resource", "service", b"service", "starts_in", b"starts_in", "units", b"units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CapacityLease: _TypeAlias = CapacityLease  # noqa: Y015
+
+@_typing.final
 class ConnectResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -482,6 +592,7 @@ class ConnectResponse(_message.Message):
     POLICY_FIELD_NUMBER: _builtins.int
     PROBE_GRANT_FIELD_NUMBER: _builtins.int
     OUTCOME_ACK_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def snapshot(self) -> Global___Snapshot: ...
     @_builtins.property
@@ -492,6 +603,8 @@ class ConnectResponse(_message.Message):
     def probe_grant(self) -> Global___ProbeGrant: ...
     @_builtins.property
     def outcome_ack(self) -> Global___OutcomeAck: ...
+    @_builtins.property
+    def lease(self) -> Global___CapacityLease: ...
     def __init__(
         self,
         *,
@@ -500,12 +613,13 @@ class ConnectResponse(_message.Message):
         policy: Global___PolicyUpdate | None = ...,
         probe_grant: Global___ProbeGrant | None = ...,
         outcome_ack: Global___OutcomeAck | None = ...,
+        lease: Global___CapacityLease | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "message", b"message", "outcome_ack", b"outcome_ack", "policy", b"policy", "probe_grant", b"probe_grant", "snapshot", b"snapshot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "lease", b"lease", "message", b"message", "outcome_ack", b"outcome_ack", "policy", b"policy", "probe_grant", b"probe_grant", "snapshot", b"snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "message", b"message", "outcome_ack", b"outcome_ack", "policy", b"policy", "probe_grant", b"probe_grant", "snapshot", b"snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "lease", b"lease", "message", b"message", "outcome_ack", b"outcome_ack", "policy", b"policy", "probe_grant", b"probe_grant", "snapshot", b"snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["snapshot", "breaker", "policy", "probe_grant", "outcome_ack"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["snapshot", "breaker", "policy", "probe_grant", "outcome_ack", "lease"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -1122,6 +1236,7 @@ class ErrorStatistics(_message.Message):
     CONNECTED_AGENTS_FIELD_NUMBER: _builtins.int
     ERRORS_BY_OPERATION_FIELD_NUMBER: _builtins.int
     MOST_COMMON_ERROR_FIELD_NUMBER: _builtins.int
+    FLEET_LIMITS_FIELD_NUMBER: _builtins.int
     total_errors: _builtins.int
     circuit_breaker_opens: _builtins.int
     recovery_success_rate: _builtins.float
@@ -1144,6 +1259,8 @@ class ErrorStatistics(_message.Message):
     def config_errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConfigLoadError]: ...
     @_builtins.property
     def errors_by_operation(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def fleet_limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___FleetLimitUsage]: ...
     def __init__(
         self,
         *,
@@ -1163,14 +1280,58 @@ class ErrorStatistics(_message.Message):
         connected_agents: _builtins.int = ...,
         errors_by_operation: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         most_common_error: _errors_pb2.ErrorType.ValueType = ...,
+        fleet_limits: _abc.Iterable[Global___FleetLimitUsage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "most_common_error", b"most_common_error", "outcomes_dropped", b"outcomes_dropped", "recovery_attempts", b"recovery_attempts", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "total_errors", b"total_errors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcomes_dropped", b"outcomes_dropped", "recovery_attempts", b"recovery_attempts", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "total_errors", b"total_errors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ErrorStatistics: _TypeAlias = ErrorStatistics  # noqa: Y015
+
+@_typing.final
+class FleetLimitUsage(_message.Message):
+    """A fleet-shared limit in the last lease period."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    FLEET_UNITS_FIELD_NUMBER: _builtins.int
+    LEASED_FIELD_NUMBER: _builtins.int
+    DEMANDED_FIELD_NUMBER: _builtins.int
+    USED_FIELD_NUMBER: _builtins.int
+    AGENTS_FIELD_NUMBER: _builtins.int
+    PERIOD_SECS_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    resource: _builtins.str
+    fleet_units: _builtins.float
+    """The fleet's units per period, and what was leased, asked for and used."""
+    leased: _builtins.float
+    demanded: _builtins.float
+    used: _builtins.float
+    agents: _builtins.int
+    period_secs: _builtins.float
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        resource: _builtins.str = ...,
+        fleet_units: _builtins.float = ...,
+        leased: _builtins.float = ...,
+        demanded: _builtins.float = ...,
+        used: _builtins.float = ...,
+        agents: _builtins.int = ...,
+        period_secs: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "demanded", b"demanded", "fleet_units", b"fleet_units", "leased", b"leased", "period_secs", b"period_secs", "resource", b"resource", "service", b"service", "used", b"used"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FleetLimitUsage: _TypeAlias = FleetLimitUsage  # noqa: Y015
 
 @_typing.final
 class GetErrorStatisticsResponse(_message.Message):

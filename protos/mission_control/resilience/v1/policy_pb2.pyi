@@ -179,6 +179,55 @@ class QuotaPolicy(_message.Message):
 Global___QuotaPolicy: _TypeAlias = QuotaPolicy  # noqa: Y015
 
 @_typing.final
+class FleetLimits(_message.Message):
+    """Limits the fleet shares instead of each agent having its own: the control plane
+    leases each agent a part of the fleet's capacity for short periods, by demand.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RATE_LIMIT_FIELD_NUMBER: _builtins.int
+    QUOTAS_FIELD_NUMBER: _builtins.int
+    LEASE_SECS_FIELD_NUMBER: _builtins.int
+    SAFE_SHARE_FIELD_NUMBER: _builtins.int
+    rate_limit: _builtins.bool
+    """The service's request rate limit (rate_limit_requests per rate_limit_window_secs)
+    is one limit for the whole fleet.
+    """
+    lease_secs: _builtins.float
+    """Length of a lease period. Default 1 s."""
+    safe_share: _builtins.float
+    """Share of the fleet limit an agent may use when its lease ran out and the control
+    plane cannot be reached. Default: 1 / the last known number of agents.
+    """
+    @_builtins.property
+    def quotas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """These quotas (by resource name) are the fleet's."""
+
+    def __init__(
+        self,
+        *,
+        rate_limit: _builtins.bool = ...,
+        quotas: _abc.Iterable[_builtins.str] | None = ...,
+        lease_secs: _builtins.float | None = ...,
+        safe_share: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_lease_secs", b"_lease_secs", "_safe_share", b"_safe_share", "lease_secs", b"lease_secs", "safe_share", b"safe_share"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lease_secs", b"_lease_secs", "_safe_share", b"_safe_share", "lease_secs", b"lease_secs", "quotas", b"quotas", "rate_limit", b"rate_limit", "safe_share", b"safe_share"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__lease_secs: _TypeAlias = _typing.Literal["lease_secs"]  # noqa: Y015
+    _WhichOneofArgType__lease_secs: _TypeAlias = _typing.Literal["_lease_secs", b"_lease_secs"]  # noqa: Y015
+    _WhichOneofReturnType__safe_share: _TypeAlias = _typing.Literal["safe_share"]  # noqa: Y015
+    _WhichOneofArgType__safe_share: _TypeAlias = _typing.Literal["_safe_share", b"_safe_share"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lease_secs) -> _WhichOneofReturnType__lease_secs | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__safe_share) -> _WhichOneofReturnType__safe_share | None: ...
+
+Global___FleetLimits: _TypeAlias = FleetLimits  # noqa: Y015
+
+@_typing.final
 class ServicePolicy(_message.Message):
     """How calls to one service are protected. Field names follow the seed's
     ServiceConfig. A field that is not set takes the default.
@@ -201,6 +250,7 @@ class ServicePolicy(_message.Message):
     QUOTAS_FIELD_NUMBER: _builtins.int
     FALLBACKS_FIELD_NUMBER: _builtins.int
     FAILURE_RATE_FIELD_NUMBER: _builtins.int
+    FLEET_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """The service (and breaker) this policy is for."""
     timeout_secs: _builtins.float
@@ -228,6 +278,8 @@ class ServicePolicy(_message.Message):
 
     @_builtins.property
     def failure_rate(self) -> Global___FailureRatePolicy: ...
+    @_builtins.property
+    def fleet(self) -> Global___FleetLimits: ...
     def __init__(
         self,
         *,
@@ -246,10 +298,11 @@ class ServicePolicy(_message.Message):
         quotas: _abc.Iterable[Global___QuotaPolicy] | None = ...,
         fallbacks: _abc.Iterable[_builtins.str] | None = ...,
         failure_rate: Global___FailureRatePolicy | None = ...,
+        fleet: Global___FleetLimits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold", "_max_concurrent", b"_max_concurrent", "_max_retries", b"_max_retries", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "max_concurrent", b"max_concurrent", "max_retries", b"max_retries", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "retry_budget", b"retry_budget", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold", "_max_concurrent", b"_max_concurrent", "_max_retries", b"_max_retries", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fleet", b"fleet", "max_concurrent", b"max_concurrent", "max_retries", b"max_retries", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "retry_budget", b"retry_budget", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold", "_max_concurrent", b"_max_concurrent", "_max_retries", b"_max_retries", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fallbacks", b"fallbacks", "max_concurrent", b"max_concurrent", "max_retries", b"max_retries", "quotas", b"quotas", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "retry_budget", b"retry_budget", "retryable_codes", b"retryable_codes", "service", b"service", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold", "_max_concurrent", b"_max_concurrent", "_max_retries", b"_max_retries", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fallbacks", b"fallbacks", "fleet", b"fleet", "max_concurrent", b"max_concurrent", "max_retries", b"max_retries", "quotas", b"quotas", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "retry_budget", b"retry_budget", "retryable_codes", b"retryable_codes", "service", b"service", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__failure_threshold: _TypeAlias = _typing.Literal["failure_threshold"]  # noqa: Y015
     _WhichOneofArgType__failure_threshold: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold"]  # noqa: Y015
