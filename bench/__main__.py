@@ -111,6 +111,23 @@ def main() -> int:
             rows,
             [("variant", "variant", ""), ("ratio", "ratio", ".2f")],
         )
+    with stack() as s:
+        case7 = fleet_cases.fleet_limits(s, seconds=4 if args.quick else 6)
+    results["fleet_limits"] = case7
+    _table(
+        "7. fleet-wide rate limit (10 agents, 100/s for the fleet, 0.5 s leases)",
+        [case7],
+        [
+            ("admitted_per_s", "admitted/s", ".1f"),
+            ("utilisation", "of limit", ".2f"),
+            ("worst_window_vs_limit", "worst window / limit", ".2f"),
+        ],
+    )
+    _table(
+        "7. per-call cost of the limit (decision only, no-op call)",
+        [{"variant": k, "cpu_us": v} for k, v in case7["cost_us"].items()],
+        [("variant", "variant", ""), ("cpu_us", "CPU us/call", ".1f")],
+    )
     case6 = fleet_cases.failover(rounds=2 if args.quick else 5)
     results["failover"] = case6
     _table(

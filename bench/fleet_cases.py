@@ -298,3 +298,81 @@ def _leader(etcdctl: str, endpoints: list[str], subprocess: Any, json: Any) -> s
             return str(json.loads(result.stdout)["instance"])
         time.sleep(0.1)
     raise RuntimeError("no leader elected")
+
+
+def fleet_limits(s: Stack, seconds: float = 6.0, calls: int = 20_000) -> dict[str, Any]:
+    """A fleet-wide limit leased to 10 agents in 2 processes: how close the fleet stays to the
+    limit; and the per-call cost of a fleet-scoped limit, a local one, and one RPC per call."""
+    from mission_control.client.policy import FleetLimits
+    from mission_control.resilience.v1 import policy_pb2
+
+    from tests.server.test_fleet_limits import worst_window
+
+    limit, window, period = 200, 2.0, 0.5
+    policy = policy_pb2.ServicePolicy(
+        service="bench_shared",
+        rate_limit_requests=limit,
+        rate_limit_window_secs=window,
+        failure_threshold=10**6,
+        max_retries=0,
+        fleet=policy_pb2.FleetLimits(rate_limit=True, lease_secs=period),
+    )
+    with grpc.insecure_channel(s.plane_address) as channel:
+        stub = cp_grpc.ControlPlaneServiceStub(channel)
+        stub.PutPolicy(cp.PutPolicyRequest(policy=policy), timeout=10)
+    procs = [
+        Proc(
+            [
+                sys.executable,
+                "-m",
+                "tests.support.quota_proc",
+                s.plane_address,
+                "bench_shared",
+                f"q{i}",
+                ",".join(["40"] * 5),
+            ]
+        )
+        for i in range(2)
+    ]
+    try:
+        for proc in procs:
+            proc.wait_for('{"ready"', timeout=60)
+        for proc in procs:
+            proc.send(f"run {seconds}")
+        started = time.time()
+        results = [proc.ask("noop", timeout=seconds + 60) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    times = [t for r in results for ts in r["admitted"].values() for t in ts if t > started + 1.0]
+    measured = seconds - 1.0
+    admitted_rate = len(times) / measured
+    # per-call cost, in this process: the decision alone around a no-op function
+    local = ServicePolicy(service="cost", rate_limit_requests=10**9, failure_threshold=10**6)
+    fleet = local.replace(fleet=FleetLimits(rate_limit=True, lease_secs=60))
+    costs: dict[str, float] = {}
+    for label, pol in (("local token bucket", local), ("fleet lease", fleet)):
+        mc = MissionControl("cost-agent", config={"cost": pol}, telemetry=False)
+        state = mc.view.get("cost")
+        for budget in state.leased.values():  # a lease big enough for the whole run
+            budget.apply(0, 10**12, mc.view.clock(), 60, 1, 10**12)
+        started_cpu = time.process_time()
+        for _ in range(calls):
+            mc.executor.run("cost", lambda _left: None, operation="op")
+        costs[label] = (time.process_time() - started_cpu) / calls * 1e6
+    with grpc.insecure_channel(s.plane_address) as channel:
+        stub = cp_grpc.ControlPlaneServiceStub(channel)
+        ask = cp.GetPolicyRequest(service="cost")
+        n = calls // 20
+        started_cpu = time.process_time()
+        for _ in range(n):
+            stub.GetPolicy(ask, timeout=10)
+        costs["one RPC per call"] = (time.process_time() - started_cpu) / n * 1e6
+    return {
+        "agents": 10,
+        "limit_per_s": limit / window,
+        "admitted_per_s": admitted_rate,
+        "utilisation": admitted_rate / (limit / window),
+        "worst_window_vs_limit": worst_window(times, window) / limit,
+        "cost_us": costs,
+    }

@@ -323,6 +323,11 @@ class Operator:
                 print(f"errors {title}:")
                 for key, n in sorted(counts.items(), key=lambda kv: -kv[1]):
                     print(f"  {key:30} {n}")
+        for usage in s.fleet_limits:
+            print(
+                f"fleet limit {usage.resource}: {usage.fleet_units:g} per {usage.period_secs:g}s period, "
+                f"leased {usage.leased:g}, asked {usage.demanded:g}, used {usage.used:g}, {usage.agents} agents"
+            )
         for err in s.config_errors:
             print(f"rejected config value at {err.key}: {err.error}")
         return EXIT_OK
