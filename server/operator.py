@@ -326,7 +326,8 @@ class Operator:
         for usage in s.fleet_limits:
             print(
                 f"fleet limit {usage.resource}: {usage.fleet_units:g} per {usage.period_secs:g}s period, "
-                f"leased {usage.leased:g}, asked {usage.demanded:g}, used {usage.used:g}, {usage.agents} agents"
+                f"leased {usage.leased:g}, asked {usage.demanded:g}, used {usage.used:g}, "
+                f"{usage.agents} agents"
             )
         for err in s.config_errors:
             print(f"rejected config value at {err.key}: {err.error}")
