@@ -1,0 +1,201 @@
+"""The seed's KPIs, computed from what actually happened in a scenario run: the upstream
+servers' call logs, the agents' call results, the breaker transitions and config changes.
+
+Definitions (all shares are of calls, by call id):
+
+* **time to detection**: from the first failed upstream call of an outage to the first
+  OPEN of that service's breaker after it (the control plane's decision is fleet-wide).
+* **recovery rate**: of the calls hit by a fault that something could have saved (a
+  backup service, or a retry while the service only failed sometimes), the share that
+  still succeeded (retry, fallback, probe). Calls into a service that failed every attempt
+  with no fallback (e.g. every attempt too slow) could not have been saved and are left out.
+* **breaker efficiency**: of the calls made to a service during its hard outage, the share
+  the breaker stopped before they reached the failing upstream.
+* **false-positive rate**: breaker opens and calls stopped while the upstream was healthy
+  and had been for longer than the breaker's wait (before that, no breaker can know), per
+  call made to a healthy upstream.
+* **reload success**: config changes enforced by every agent, per change made, and how long
+  the slowest agent took.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+TARGETS = {
+    "time_to_detection_s": ("<", 5.0),
+    "recovery_rate": (">", 0.90),
+    "breaker_efficiency": (">", 0.95),
+    "false_positive_rate": ("<", 0.01),
+    "reload_success": (">", 0.99),
+}
+
+
+@dataclass(frozen=True)
+class Phase:
+    """What an upstream does in a time window (wall seconds): ok, fail, slow or flap."""
+
+    upstream: str
+    start: float
+    end: float
+    mode: str
+
+
+@dataclass
+class Run:
+    """Everything a scenario recorded."""
+
+    phases: Sequence[Phase]
+    #: upstream name -> list of {"t", "id", "ok"}
+    upstream_calls: dict[str, list[dict[str, Any]]]
+    #: list of {"t", "service", "id", "ok", "error", "served_by"}
+    agent_calls: list[dict[str, Any]]
+    #: list of (wall time, breaker name, new state name)
+    transitions: list[tuple[float, str, str]]
+    #: service -> upstream name serving it
+    upstream_of: dict[str, str]
+    #: service -> breaker wait seconds
+    wait_of: dict[str, float]
+    #: service -> a fallback service exists
+    has_fallback: dict[str, bool]
+    #: list of (wall time made, {agent: wall time enforced or None})
+    config_changes: list[tuple[float, dict[str, float | None]]] = field(default_factory=list)
+
+
+def _mode_at(phases: Iterable[Phase], upstream: str, t: float) -> str:
+    for phase in phases:
+        if phase.upstream == upstream and phase.start <= t < phase.end:
+            return phase.mode
+    return "ok"
+
+
+def _healthy_since(phases: Sequence[Phase], upstream: str, t: float) -> float:
+    """How long the upstream has been ok at ``t`` (0 when it is not ok)."""
+    if _mode_at(phases, upstream, t) != "ok":
+        return 0.0
+    ends = [p.end for p in phases if p.upstream == upstream and p.mode != "ok" and p.end <= t]
+    return t - max(ends) if ends else float("inf")
+
+
+def time_to_detection(run: Run, service: str) -> float | None:
+    upstream = run.upstream_of[service]
+    outages = [p for p in run.phases if p.upstream == upstream and p.mode == "fail"]
+    if not outages:
+        return None
+    outage = outages[0]
+    failures = [
+        c["t"] for c in run.upstream_calls.get(upstream, []) if not c["ok"] and c["t"] >= outage.start
+    ]
+    if not failures:
+        return None
+    first = min(failures)
+    opens = [t for t, name, state in run.transitions if name == service and state == "OPEN" and t >= first]
+    return min(opens) - first if opens else None
+
+
+def breaker_efficiency(run: Run, service: str) -> float | None:
+    upstream = run.upstream_of[service]
+    outages = [p for p in run.phases if p.upstream == upstream and p.mode == "fail"]
+    reached = {c["id"] for c in run.upstream_calls.get(upstream, [])}
+    calls = [
+        c
+        for c in run.agent_calls
+        if c["service"] == service and any(p.start <= c["t"] < p.end for p in outages)
+    ]
+    if not calls:
+        return None
+    stopped = [c for c in calls if c["id"] not in reached]
+    return len(stopped) / len(calls)
+
+
+def recovery_rate(run: Run) -> tuple[float | None, int]:
+    faulted = 0
+    saved = 0
+    for call in run.agent_calls:
+        upstream = run.upstream_of[call["service"]]
+        attempts = [c for c in run.upstream_calls.get(upstream, []) if c["id"] == call["id"]]
+        hit = any(not a["ok"] for a in attempts) or call.get("served_by") == "fallback"
+        if not hit and call["ok"]:
+            continue
+        if not hit and call.get("error") not in (
+            "OperationTimeout",
+            "StorageFailure",
+            "LLMProviderUnavailable",
+        ):
+            continue  # failed for a reason that is not a fault of the service
+        mode = _mode_at(run.phases, upstream, call["t"])
+        savable = run.has_fallback.get(call["service"], False) or mode == "flap"
+        if not savable:
+            continue
+        faulted += 1
+        saved += 1 if call["ok"] else 0
+    return (saved / faulted if faulted else None), faulted
+
+
+def false_positive_rate(run: Run) -> tuple[float | None, int, int]:
+    healthy_calls = 0
+    false = 0
+    for call in run.agent_calls:
+        service = call["service"]
+        upstream = run.upstream_of[service]
+        if _healthy_since(run.phases, upstream, call["t"]) <= run.wait_of.get(service, 0.0) + 1.0:
+            continue
+        healthy_calls += 1
+        if call.get("error") == "CircuitBreakerOpen" or call.get("served_by") == "fallback":
+            false += 1
+    for t, name, state in run.transitions:
+        upstream = run.upstream_of.get(name)
+        if (
+            upstream
+            and state == "OPEN"
+            and _healthy_since(run.phases, upstream, t) > run.wait_of.get(name, 0.0) + 1.0
+        ):
+            false += 1
+    return (false / healthy_calls if healthy_calls else None), false, healthy_calls
+
+
+def reload_success(run: Run) -> tuple[float | None, float | None]:
+    if not run.config_changes:
+        return None, None
+    applied = 0
+    slowest: list[float] = []
+    for made, seen in run.config_changes:
+        if seen and all(t is not None for t in seen.values()):
+            applied += 1
+            slowest.append(max(t for t in seen.values() if t is not None) - made)
+    return applied / len(run.config_changes), (max(slowest) if slowest else None)
+
+
+def compute(run: Run, outage_service: str) -> dict[str, Any]:
+    recovery, faulted = recovery_rate(run)
+    false_rate, false, healthy = false_positive_rate(run)
+    reload, reload_s = reload_success(run)
+    return {
+        "time_to_detection_s": time_to_detection(run, outage_service),
+        "recovery_rate": recovery,
+        "faulted_calls": faulted,
+        "breaker_efficiency": breaker_efficiency(run, outage_service),
+        "false_positive_rate": false_rate,
+        "false_positives": false,
+        "healthy_calls": healthy,
+        "reload_success": reload,
+        "reload_seconds": reload_s,
+        "calls": len(run.agent_calls),
+    }
+
+
+def verdicts(kpis: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(KPI, value, target, met?) rows for the table."""
+    rows = []
+    for name, (op, target) in TARGETS.items():
+        value = kpis.get(name)
+        if value is None:
+            rows.append((name, "n/a", f"{op} {target:g}", "-"))
+            continue
+        met = value < target if op == "<" else value > target
+        shown = f"{value:.3f}" if name.endswith("_s") else f"{value:.1%}"
+        goal = f"{op} {target:g} s" if name.endswith("_s") else f"{op} {target:.0%}"
+        rows.append((name, shown, goal, "yes" if met else "NO"))
+    return rows
