@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -79,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="file holding the etcd password (or set MISSION_CONTROL_ETCD_PASSWORD)",
     )
     sec.add_argument("--max-agents", type=int, default=10_000, help="most agents connected at once")
+    demo = commands.add_parser("demo", help="run the fleet scenario live and print the seed's KPIs")
+    demo.add_argument("--duration", type=float, default=60.0, help="seconds of traffic (default 60)")
+    demo.add_argument("--seed", type=int, default=1, help="varies the scenario's timing, repeatably")
+    demo.add_argument("--etcd", default=None, help="an etcd to use (default: a private one)")
+    demo.add_argument("--json", action="store_true", help="also print the KPIs as JSON")
     server = os.environ.get("MISSION_CONTROL_SERVER", DEFAULT_LISTEN)
     operator.add_commands(commands, server)
     return parser
@@ -145,6 +151,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return 0
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        try:
+            results = run_demo(args.duration, args.seed, etcd=args.etcd)
+        except (EtcdUnavailable, OSError, AssertionError) as err:
+            print(f"mission-control: demo failed: {err}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(results))
+        return 0
     return operator.run(args)
 
 

@@ -146,11 +146,11 @@ def false_positive_rate(run: Run) -> tuple[float | None, int, int]:
         if call.get("error") == "CircuitBreakerOpen" or call.get("served_by") == "fallback":
             false += 1
     for t, name, state in run.transitions:
-        upstream = run.upstream_of.get(name)
+        opened_on = run.upstream_of.get(name)
         if (
-            upstream
+            opened_on
             and state == "OPEN"
-            and _healthy_since(run.phases, upstream, t) > run.wait_of.get(name, 0.0) + 1.0
+            and _healthy_since(run.phases, opened_on, t) > run.wait_of.get(name, 0.0) + 1.0
         ):
             false += 1
     return (false / healthy_calls if healthy_calls else None), false, healthy_calls
