@@ -128,6 +128,10 @@ def main() -> int:
         [{"variant": k, "cpu_us": v} for k, v in case7["cost_us"].items()],
         [("variant", "variant", ""), ("cpu_us", "CPU us/call", ".1f")],
     )
+    from mission_control.server.demo import run_demo
+
+    print("\n8. the seed's KPIs on the demo scenario (mission-control demo, seed 1)")
+    results["kpis"] = run_demo(duration=20 if args.quick else 40, seed=1, live=False)
     case6 = fleet_cases.failover(rounds=2 if args.quick else 5)
     results["failover"] = case6
     _table(
