@@ -501,17 +501,29 @@ class Executor:
             try:
                 result = self.run(name, fallbacks[name], operation=operation, timeout=timeout)
             except Exception as fallback_error:
-                outcome.add_note(f"fallback {name!r} failed too: {fallback_error}")
-                if self.telemetry is not None:
-                    self.telemetry.fell_back(service, name, False)
+                self._fallback_failed(outcome, service, name, fallback_error)
                 continue
-            if self.telemetry is not None:
-                self.telemetry.fell_back(service, name, True)
-            self._recovered(state, attempted, True)
+            self._fallback_served(state, name)
             return result
+        raise self._given_up(state, outcome, operation, attempted)
+
+    def _fallback_failed(self, outcome: BaseException, service: str, name: str, error: Exception) -> None:
+        outcome.add_note(f"fallback {name!r} failed too: {error}")
+        if self.telemetry is not None:
+            self.telemetry.fell_back(service, name, False)
+
+    def _fallback_served(self, state: ServiceState, name: str) -> None:
+        if self.telemetry is not None:
+            self.telemetry.fell_back(state.name, name, True)
+        self._recovered(state, True, True)
+
+    def _given_up(
+        self, state: ServiceState, outcome: BaseException, operation: str, attempted: bool
+    ) -> BaseException:
+        """Nothing saved the call: count it, tell telemetry, and hand back the error."""
         self._recovered(state, attempted, False)
-        self._failed(outcome, service, operation)
-        raise outcome
+        self._failed(outcome, state.name, operation)
+        return outcome
 
     def _fallback_names(
         self, state: ServiceState, error: BaseException, fallbacks: Mapping[str, Any] | None
@@ -603,17 +615,11 @@ class Executor:
             try:
                 result = await self.run_async(name, fallbacks[name], operation=operation, timeout=timeout)
             except Exception as fallback_error:
-                outcome.add_note(f"fallback {name!r} failed too: {fallback_error}")
-                if self.telemetry is not None:
-                    self.telemetry.fell_back(service, name, False)
+                self._fallback_failed(outcome, service, name, fallback_error)
                 continue
-            if self.telemetry is not None:
-                self.telemetry.fell_back(service, name, True)
-            self._recovered(state, attempted, True)
+            self._fallback_served(state, name)
             return result
-        self._recovered(state, attempted, False)
-        self._failed(outcome, service, operation)
-        raise outcome
+        raise self._given_up(state, outcome, operation, attempted)
 
 
 class _Success(Exception):
