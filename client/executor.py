@@ -175,10 +175,10 @@ class Executor:
             else:
                 wait = None
             self._reject(state, CircuitBreakerOpen(state.name, fleet.failures, retry_after=wait), operation)
+        if state.local.state is BreakerState.CLOSED:  # the common case: no lock needed to read it
+            return None
         with state.lock:
             local = state.local
-            if local.state is BreakerState.CLOSED:
-                return None
             local.tick(now)
             if local.state is BreakerState.HALF_OPEN:
                 if local.acquire_probe(now, "local", state.policy.timeout_secs + 1.0):
@@ -207,19 +207,17 @@ class Executor:
         probe = self.check_breaker(state, operation, now)
         policy = state.policy
         with state.lock:  # one short section for every limit; never held across a call
-            error = self._limits(state, service, cost, now)
-            if error is None:
+            refused = self._limits(state, service, cost, now)
+            if refused is None:
                 state.budget.record_call(now)
             else:
                 state.tally.rejected += 1
-        if error is not None:
+        if refused is not None:
+            error, reason = refused
             self._give_back(state, probe)
             error.context = self._context(service, operation)
             if self.telemetry is not None:
-                reason = (
-                    error.resource.rpartition(".")[2] if error.resource.startswith(service + ".") else "quota"
-                )
-                self.telemetry.call_rejected(error, service, operation, _REASONS.get(reason, reason))
+                self.telemetry.call_rejected(error, service, operation, reason)
             raise error
         seconds = policy.timeout_secs if timeout is None else min(policy.timeout_secs, timeout)
         if kind is None:
@@ -230,15 +228,16 @@ class Executor:
     @staticmethod
     def _limits(
         state: ServiceState, service: str, cost: Mapping[str, float] | None, now: float
-    ) -> ResourceExhausted | None:
-        """Take the rate-limit token, the quota costs and a bulkhead place, or none of them."""
-        requests = f"{service}.requests"
+    ) -> tuple[ResourceExhausted, str] | None:
+        """Take the rate-limit token, the quota costs and a bulkhead place, or none of them;
+        else the error and which limit refused ("rate_limit", "quota" or "bulkhead")."""
+        requests = state.requests_resource
         bucket: TokenBucket | LeasedBudget = state.leased.get(requests) or state.bucket
         wait = bucket.take(1.0, now)
         if wait:
-            used = bucket.used(now) if isinstance(bucket, TokenBucket) else bucket.used_now()
             limit = state.policy.rate_limit_requests
-            return ResourceExhausted(requests, used, limit, retry_after=_finite(wait))
+            error = ResourceExhausted(requests, bucket.used(now), limit, retry_after=_finite(wait))
+            return error, "rate_limit"
         taken: list[tuple[TokenBucket | LeasedBudget, float]] = [(bucket, 1.0)]
         for resource, amount in (cost or {}).items():
             leased = state.leased.get(resource)
@@ -249,17 +248,16 @@ class Executor:
             if wait:
                 for earlier, spent in taken:
                     earlier.give_back(spent)
-                if isinstance(quota, TokenBucket):
-                    used, limit = quota.used(now), round(quota.capacity)
-                else:
-                    used, limit = quota.used_now(), _quota_limit(state, resource)
-                return ResourceExhausted(resource, used, limit, retry_after=_finite(wait))
+                limit = _quota_limit(state, resource)
+                error = ResourceExhausted(resource, quota.used(now), limit, retry_after=_finite(wait))
+                return error, "quota"
             taken.append((quota, amount))
         if not state.bulkhead.enter():
             for earlier, spent in taken:
                 earlier.give_back(spent)
             bulkhead = state.bulkhead
-            return ResourceExhausted(f"{service}.concurrency", bulkhead.in_flight, bulkhead.limit)
+            error = ResourceExhausted(f"{service}.concurrency", bulkhead.in_flight, bulkhead.limit)
+            return error, "bulkhead"
         return None
 
     @staticmethod
@@ -629,8 +627,6 @@ class _Success(Exception):
         super().__init__("success")
         self.result = result
 
-
-_REASONS = {"requests": "rate_limit", "concurrency": "bulkhead"}
 
 _STICKY = frozenset({BreakerState.FORCED_OPEN, BreakerState.FORCED_CLOSED, BreakerState.DISABLED})
 

@@ -70,7 +70,7 @@ class LeasedBudget:
         #: The stream epoch this budget was last announced on (see the connection).
         self.announced = -1
         self.wanted = 0.0
-        self.used = 0.0
+        self.spent = 0.0
         self.leased = False
         self._next: dict[int, _Lease] = {}
         #: (period, wanted, used) of finished periods, to report.
@@ -89,7 +89,7 @@ class LeasedBudget:
         self.period_secs = period_secs
         if period == self.period and self.leased is False:
             # the lease for the running period arrived late: it replaces the safe share
-            self.left = max(0.0, units - self.used)
+            self.left = max(0.0, units - self.spent)
             self.leased = True
         elif period > self.period:
             self._next[period] = _Lease(start, units)
@@ -100,15 +100,15 @@ class LeasedBudget:
         self.wanted += cost
         if self.left >= cost:
             self.left -= cost
-            self.used += cost
+            self.spent += cost
             return 0.0
         return max(self.end - now, 0.001)
 
     def _roll(self, now: float) -> None:
         while now >= self.end:
-            self.finished.append((self.period, self.wanted, self.used))
+            self.finished.append((self.period, self.wanted, self.spent))
             del self.finished[:-16]
-            self.wanted = self.used = 0.0
+            self.wanted = self.spent = 0.0
             self.period += 1
             lease = self._next.pop(self.period, None)
             start = (
@@ -126,9 +126,9 @@ class LeasedBudget:
         if ahead:
             period = max(ahead)
             lease = self._next.pop(period)
-            self.finished.append((self.period, self.wanted, self.used))
+            self.finished.append((self.period, self.wanted, self.spent))
             self.period, self.end = period, lease.start + self.period_secs
-            self.left, self.leased, self.wanted, self.used = lease.units, True, 0.0, 0.0
+            self.left, self.leased, self.wanted, self.spent = lease.units, True, 0.0, 0.0
             for stale in [p for p in self._next if p <= period]:
                 del self._next[stale]
 
@@ -140,10 +140,11 @@ class LeasedBudget:
     def give_back(self, cost: float) -> None:
         """A call that took units did not go after all."""
         self.left += cost
-        self.used = max(0.0, self.used - cost)
+        self.spent = max(0.0, self.spent - cost)
 
-    def used_now(self) -> int:
-        return round(self.used)
+    def used(self, now: float) -> int:
+        """Units spent in the running period (the same question a TokenBucket answers)."""
+        return round(self.spent)
 
     def drain_reports(self) -> list[tuple[int, float, float]]:
         reports, self.finished = self.finished, []

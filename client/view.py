@@ -107,6 +107,8 @@ class ServiceState:
 
     def __init__(self, name: str, policy: ServicePolicy, now: float) -> None:
         self.name = name
+        #: The resource name of the service's request rate limit.
+        self.requests_resource = f"{name}.requests"
         self.lock = threading.Lock()
         self.policy = policy
         self.fleet: FleetBreaker | None = None
