@@ -67,13 +67,16 @@ class Tally:
     def merge(self, summary: pb.OutcomeSummary, *, earlier: bool = False) -> None:
         """Add a summary's counts; ``earlier`` when its outcomes happened before this tally's
         (a batch sent again), else after — which decides the trailing failures."""
+        # Without a success, every failure of a summary is a trailing one (senders may leave
+        # trailing_failures unset then).
+        trailing = summary.trailing_failures if summary.successes else summary.failures
         if earlier:
             if not self.successes:
-                self.trailing_failures += summary.trailing_failures
+                self.trailing_failures += trailing
         elif summary.successes:
-            self.trailing_failures = summary.trailing_failures
+            self.trailing_failures = trailing
         else:
-            self.trailing_failures += summary.trailing_failures
+            self.trailing_failures += trailing
         self.successes += summary.successes
         self.failures += summary.failures
         self.rejected += summary.rejected

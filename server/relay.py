@@ -52,8 +52,6 @@ class LeaderRelay:
     # -- from this replica's agents ---------------------------------------------
 
     def add(self, agent_id: str, summary: pb.OutcomeSummary) -> None:
-        if not summary.successes and not summary.trailing_failures:
-            summary = _with_trailing(summary)
         self._tallies.setdefault(summary.service, Tally()).merge(summary)
         used = summary.probe_successes + summary.probe_failures + summary.probes_released
         if used:
@@ -213,11 +211,3 @@ class LeaderRelay:
         # nobody here wants it any more: give it back to the fleet
         self._tallies.setdefault(grant.service, Tally()).probes_released += grant.permits
         self._wake.set()
-
-
-def _with_trailing(summary: pb.OutcomeSummary) -> pb.OutcomeSummary:
-    """An agent's summary without successes: all its failures are trailing."""
-    copy = pb.OutcomeSummary()
-    copy.CopyFrom(summary)
-    copy.trailing_failures = summary.failures
-    return copy
