@@ -113,10 +113,11 @@ def breaker_efficiency(run: Run, service: str) -> float | None:
 def recovery_rate(run: Run) -> tuple[float | None, int]:
     faulted = 0
     saved = 0
+    # call ids that met at least one failed attempt, per upstream (indexed once: logs are long)
+    failed_ids = {name: {c["id"] for c in calls if not c["ok"]} for name, calls in run.upstream_calls.items()}
     for call in run.agent_calls:
         upstream = run.upstream_of[call["service"]]
-        attempts = [c for c in run.upstream_calls.get(upstream, []) if c["id"] == call["id"]]
-        hit = any(not a["ok"] for a in attempts) or call.get("served_by") == "fallback"
+        hit = call["id"] in failed_ids.get(upstream, ()) or call.get("served_by") == "fallback"
         if not hit and call["ok"]:
             continue
         if not hit and call.get("error") not in (
