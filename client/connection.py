@@ -25,7 +25,7 @@ from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
 from .config import policy_from_proto
 from .errors import ConfigurationError
-from .view import LocalView
+from .view import LocalView, UnackedBatches
 
 _log = logging.getLogger("mission_control.client")
 
@@ -78,14 +78,9 @@ class ControlPlaneConnection:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._call: grpc.Future | None = None
-        self._sequence = 0
         self._epoch = 0
         #: Batches sent but not yet acknowledged; sent again after a reconnect.
-        self._unacked: dict[int, list[pb.OutcomeSummary]] = {}
-        self._unacked_lock = threading.Lock()  # the sender and receiver threads share it
-        #: Summaries given up because too many batches went unacknowledged.
-        self.dropped = 0
-        self._reported_dropped = 0
+        self._unacked = UnackedBatches(MAX_UNACKED)
         #: Outcome batches and probe requests sent; streams opened; reconnects.
         self.batches_sent = 0
         self.streams_opened = 0
@@ -249,15 +244,8 @@ class ControlPlaneConnection:
                 summaries.append(tally.to_proto(name))
         if not summaries:
             return None
-        self._sequence += 1
         self.batches_sent += 1
-        with self._unacked_lock:
-            self._unacked[self._sequence] = summaries
-            while len(self._unacked) > MAX_UNACKED:  # bounded: the oldest go, and are counted
-                self.dropped += len(self._unacked.pop(min(self._unacked)))
-        dropped, self._reported_dropped = self.dropped - self._reported_dropped, self.dropped
-        batch = pb.OutcomeBatch(sequence=self._sequence, summaries=summaries, dropped=dropped)
-        return pb.ConnectRequest(outcomes=batch)
+        return pb.ConnectRequest(outcomes=self._unacked.batch(summaries))
 
     def _demand(self, epoch: int) -> pb.ConnectRequest | None:
         """What this agent asked of each fleet-shared limit in its last finished period; a
@@ -284,13 +272,10 @@ class ControlPlaneConnection:
 
     def _requeue(self) -> None:
         """Batches the control plane never acknowledged go into the next stream's first batch."""
-        with self._unacked_lock:
-            pending, self._unacked = self._unacked, {}
-        for sequence in sorted(pending, reverse=True):
-            for summary in pending[sequence]:
-                state = self.view.get(summary.service)
-                with state.lock:
-                    state.tally.merge(summary, earlier=True)
+        for summary in self._unacked.take():
+            state = self.view.get(summary.service)
+            with state.lock:
+                state.tally.merge(summary, earlier=True)
 
     def _apply(self, response: pb.ConnectResponse, endpoint: str) -> None:
         kind = response.WhichOneof("message")
@@ -325,6 +310,4 @@ class ControlPlaneConnection:
         elif kind == "lease":
             view.apply_lease(response.lease)
         elif kind == "outcome_ack":
-            with self._unacked_lock:
-                for sequence in [s for s in self._unacked if s <= response.outcome_ack.sequence]:
-                    del self._unacked[sequence]
+            self._unacked.ack(response.outcome_ack.sequence)

@@ -105,6 +105,44 @@ class Tally:
         )
 
 
+class UnackedBatches:
+    """Outcome batches sent but not yet acknowledged, to send again after a broken stream.
+
+    Bounded: past ``limit`` batches the oldest are given up and counted; the count travels
+    in the next batch's ``dropped``. Safe to use from a sender and a receiver thread.
+    """
+
+    def __init__(self, limit: int = 1000) -> None:
+        self.limit = limit
+        self._sequence = 0
+        self._pending: dict[int, list[pb.OutcomeSummary]] = {}
+        self._lock = threading.Lock()
+        self.dropped = 0
+        self._reported = 0
+
+    def batch(self, summaries: list[pb.OutcomeSummary]) -> pb.OutcomeBatch:
+        """The next batch of ``summaries``, kept until acknowledged."""
+        with self._lock:
+            self._sequence += 1
+            self._pending[self._sequence] = summaries
+            while len(self._pending) > self.limit:
+                self.dropped += len(self._pending.pop(min(self._pending)))
+            dropped, self._reported = self.dropped - self._reported, self.dropped
+            return pb.OutcomeBatch(sequence=self._sequence, summaries=summaries, dropped=dropped)
+
+    def ack(self, sequence: int) -> None:
+        with self._lock:
+            for done in [s for s in self._pending if s <= sequence]:
+                del self._pending[done]
+
+    def take(self) -> list[pb.OutcomeSummary]:
+        """Every unacknowledged summary, the newest batch first (so that merging each as
+        *earlier* than what is counted now keeps the order right)."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        return [summary for sequence in sorted(pending, reverse=True) for summary in pending[sequence]]
+
+
 class ServiceState:
     """One service as this agent sees it. Limits are per agent; the breaker is the fleet's."""
 

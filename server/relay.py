@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import grpc
 import grpc.aio
 from mission_control.client.fleet_limits import fair_share
-from mission_control.client.view import Tally
+from mission_control.client.view import Tally, UnackedBatches
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
@@ -43,10 +43,9 @@ class LeaderRelay:
         #: (service, resource) -> agent -> (wanted, used) of its last finished period
         self._demands: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
         self._demand_dirty = False
-        self._sequence = 0
         self._epoch = 0
         self._demand_epoch = -1
-        self._unacked: dict[int, list[pb.OutcomeSummary]] = {}
+        self._unacked = UnackedBatches()
         self.connected = False
 
     # -- from this replica's agents ---------------------------------------------
@@ -121,8 +120,7 @@ class LeaderRelay:
                     self.connected = True
                     _log.info("relaying to the leader at %s", address)
                 elif response.HasField("outcome_ack"):
-                    for sequence in [s for s in self._unacked if s <= response.outcome_ack.sequence]:
-                        del self._unacked[sequence]
+                    self._unacked.ack(response.outcome_ack.sequence)
                 elif response.HasField("probe_grant"):
                     self._hand_out(response.probe_grant)
                 elif response.HasField("lease"):
@@ -159,16 +157,12 @@ class LeaderRelay:
         summaries = [t.to_proto(name) for name, t in tallies.items() if not t.empty()]
         if not summaries:
             return None
-        self._sequence += 1
-        self._unacked[self._sequence] = summaries
-        return pb.ConnectRequest(outcomes=pb.OutcomeBatch(sequence=self._sequence, summaries=summaries))
+        return pb.ConnectRequest(outcomes=self._unacked.batch(summaries))
 
     def _requeue(self) -> None:
         """Batches the leader never acknowledged go out again on the next link."""
-        for sequence in sorted(self._unacked, reverse=True):
-            for summary in self._unacked[sequence]:
-                self._tallies.setdefault(summary.service, Tally()).merge(summary, earlier=True)
-        self._unacked.clear()
+        for summary in self._unacked.take():
+            self._tallies.setdefault(summary.service, Tally()).merge(summary, earlier=True)
 
     def _demand_report(self) -> pb.ConnectRequest | None:
         demands = [
