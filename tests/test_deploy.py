@@ -118,3 +118,24 @@ def test_compose_runs_three_etcd_members_and_three_replicas() -> None:
     for line in (ROOT / "deploy" / "compose.yaml").read_text().splitlines():
         if "exec mc1 mission-control" in line:  # the usage comment names a real command
             parses(shlex.split(line.split("exec mc1 mission-control", 1)[1]))
+
+
+def _commands(markdown: str) -> list[list[str]]:
+    """`mission-control ...` lines of the fenced shell blocks in a page, comments dropped."""
+    blocks = re.findall(r"```sh\n(.*?)```", markdown, re.S)
+    lines = [line.split("  #", 1)[0].strip() for block in blocks for line in block.splitlines()]
+    return [shlex.split(line)[1:] for line in lines if line.startswith("mission-control ")]
+
+
+def test_every_runbook_command_is_one_the_cli_accepts() -> None:
+    pages = sorted((ROOT / "docs" / "runbooks").glob("*.md"))
+    assert len(pages) >= 6
+    seen = 0
+    for page in pages:
+        for argv in _commands(page.read_text()):
+            try:
+                parses(argv)
+            except SystemExit as exit_:
+                raise AssertionError(f"{page.name}: mission-control {shlex.join(argv)}") from exit_
+            seen += 1
+    assert seen >= 20
