@@ -79,7 +79,7 @@ soak: install
 	  tests/test_fuzz.py tests/server/test_chaos.py tests/client/test_status_hostile.py
 
 run: venv etcd
-	$(BIN)/mission-control serve
+	$(BIN)/mission-control serve --http 127.0.0.1:8080
 
 bench: install
 	$(PY) -m bench

@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--advertise", default=None, help="HOST:PORT other replicas use to reach this one (default: --listen)"
     )
+    run.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve the dashboard, /metrics, /healthz and /readyz on HOST:PORT "
+        "(default: off; `make run` uses 127.0.0.1:8080)",
+    )
     sec = run.add_argument_group("security")
     sec.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS")
     sec.add_argument("--tls-key", type=Path, help="server private key (PEM)")
@@ -125,6 +132,7 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
         agent_tokens_file=args.agent_tokens_file,
         limits=Limits(max_agents=args.max_agents),
         advertise=args.advertise,
+        http=args.http,
     )
 
 

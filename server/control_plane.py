@@ -63,6 +63,8 @@ class ControlPlane:
         self.breakers = FleetBreakers(self.policies.policy_of)
         self.stats = FleetStatistics()
         self.hub = Hub()
+        #: Called with (agent id, summary) for every outcome summary an agent sends here.
+        self.outcome_listeners: list[Callable[[str, pb.OutcomeSummary], None]] = []
         self.store_ok = False
         self.health_listeners: list[Callable[[bool], None]] = []
         #: Set by enable_leadership (replicas on one etcd); None = this one always decides.

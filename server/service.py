@@ -135,6 +135,8 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                             continue
                         plane.stats.record(sub.agent_id, summary)
                         plane.record_outcomes(sub.agent_id, summary)
+                        for listener in plane.outcome_listeners:
+                            listener(sub.agent_id, summary)
                     if request.outcomes.sequence:
                         ack = pb.OutcomeAck(sequence=request.outcomes.sequence)
                         sub.push(pb.ConnectResponse(outcome_ack=ack))
