@@ -11,14 +11,14 @@ PROTO_PKG := $(PROTO_DIR)/mission_control/resilience/v1
 PROTOS := $(wildcard $(PROTO_PKG)/*.proto)
 PYTEST_ARGS ?=
 
-.PHONY: install venv etcd buf proto proto-check lint test soak run bench dist clean
+.PHONY: install venv etcd buf test-tools proto proto-check lint test soak run bench dist clean
 
 # Install Debian packages ($(1)) quietly; refresh the package lists once if the first try fails.
 APT_INSTALL = { export DEBIAN_FRONTEND=noninteractive; \
   apt-get install -y -q $(1) >/dev/null 2>&1 || \
   { apt-get update -q >/dev/null && apt-get install -y -q $(1) >/dev/null; }; }
 
-install: venv etcd buf
+install: venv etcd buf test-tools
 
 venv: $(VENV)/.installed
 
@@ -37,6 +37,13 @@ etcd:
 	@command -v etcd >/dev/null 2>&1 && command -v etcdctl >/dev/null 2>&1 || { \
 	  echo "installing etcd-server (Debian)"; $(call APT_INSTALL,etcd-server etcd-client); }
 	@command -v etcd >/dev/null && command -v etcdctl >/dev/null
+
+# What only the checks need, from Debian: Prometheus and promtool (alert rules, a real scrape),
+# Chromium (the dashboard in a real browser, driven by Playwright from the venv).
+test-tools:
+	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing prometheus (Debian)"; $(call APT_INSTALL,prometheus); }
+	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium (Debian)"; $(call APT_INSTALL,chromium); }
 
 # buf from npm (@bufbuild/buf), kept in .tools; only checks need it, not `make run`.
 buf: $(BUF)
