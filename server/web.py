@@ -152,13 +152,13 @@ class Dashboard:
 
     async def _static(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
-        if name not in {"dashboard.js", "dashboard.css"}:
+        if name not in {"dashboard.js", "dashboard.css", "favicon.svg"}:
             raise web.HTTPNotFound()
         return await self._static_file(name)
 
     async def _static_file(self, name: str) -> web.Response:
         body = resources.files("mission_control.server").joinpath("static", name).read_bytes()
-        kind = {"html": "text/html", "js": "text/javascript", "css": "text/css"}[name.rsplit(".", 1)[1]]
+        kind = _TYPES[name.rsplit(".", 1)[1]]
         return web.Response(body=body, content_type=kind, charset="utf-8", headers=_SECURITY_HEADERS)
 
     async def _get_state(self, request: web.Request) -> web.Response:
@@ -265,6 +265,7 @@ def _certificate_identities(request: web.Request) -> set[str]:
     return names
 
 
+_TYPES = {"html": "text/html", "js": "text/javascript", "css": "text/css", "svg": "image/svg+xml"}
 _NO_STORE = {"Cache-Control": "no-store"}
 _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
