@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=1, help="varies the scenario's timing, repeatably")
     demo.add_argument("--etcd", default=None, help="an etcd to use (default: a private one)")
     demo.add_argument("--json", action="store_true", help="also print the KPIs as JSON")
+    demo.add_argument(
+        "--http",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="the dashboard's address (default: a free port)",
+    )
     server = os.environ.get("MISSION_CONTROL_SERVER", DEFAULT_LISTEN)
     operator.add_commands(commands, server)
     return parser
@@ -163,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo import run_demo
 
         try:
-            results = run_demo(args.duration, args.seed, etcd=args.etcd)
+            results = run_demo(args.duration, args.seed, etcd=args.etcd, http=args.http)
         except (EtcdUnavailable, OSError, AssertionError) as err:
             print(f"mission-control: demo failed: {err}", file=sys.stderr)
             return 1
