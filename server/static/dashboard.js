@@ -14,12 +14,19 @@ function cell(row, text, cls) {
   return td;
 }
 
-function fill(tableId, rows, render) {
+function fill(tableId, rows, render, empty) {
   const body = $(tableId).tBodies[0];
   const fragment = document.createDocumentFragment();
   for (const item of rows) {
     const tr = document.createElement("tr");
     render(tr, item);
+    fragment.appendChild(tr);
+  }
+  if (!rows.length && empty) {
+    const tr = document.createElement("tr");
+    tr.className = "empty";
+    const td = cell(tr, empty, "muted");
+    td.colSpan = $(tableId).tHead.rows[0].cells.length;
     fragment.appendChild(tr);
   }
   body.replaceChildren(fragment);
@@ -67,7 +74,7 @@ function renderBreakers() {
       $("action-reason").focus();
     });
     tr.insertCell().appendChild(button);
-  });
+  }, filter ? "no breaker matches" : "no breakers yet");
 }
 
 function render() {
@@ -86,7 +93,7 @@ function render() {
   fill("services", Object.entries(p.by_service), (tr, [name, a]) => {
     cell(tr, name); cell(tr, a.calls); cell(tr, a.failures); cell(tr, byType(a.errors_by_type));
     cell(tr, a.rejected); cell(tr, percent(a.recovery_rate));
-  });
+  }, "no calls reported yet");
   const connected = new Map(p.agents.map((a) => [a.id, a]));
   const agentNames = [...new Set([...connected.keys(), ...Object.keys(p.by_agent)])].sort();
   fill("agents", agentNames, (tr, name) => {
@@ -100,7 +107,7 @@ function render() {
     cell(tr, l.service); cell(tr, l.resource); cell(tr, Number(l.fleet_units).toFixed(1));
     cell(tr, Number(l.leased).toFixed(1)); cell(tr, Number(l.demanded).toFixed(1));
     cell(tr, Number(l.used).toFixed(1)); cell(tr, l.agents);
-  });
+  }, "no fleet-wide limits: each agent enforces its own");
   fill("policies", p.policies, (tr, pol) => {
     cell(tr, pol.service); cell(tr, pol.timeout_secs !== undefined ? `${pol.timeout_secs} s` : "default");
     cell(tr, pol.max_retries ?? "default");
@@ -167,9 +174,11 @@ document.addEventListener("DOMContentLoaded", async () => {
   follow();
   setInterval(() => {
     if (!picture) return;
+    const open = new Map(picture.breakers.filter((b) => b.state === "OPEN").map((b) => [b.name, b]));
+    if (!open.size) return;
     for (const tr of $("breakers").tBodies[0].rows) {
-      const b = picture.breakers.find((x) => x.name === tr.dataset.breaker);
-      if (b && b.state === "OPEN") tr.querySelector(".left").textContent = seconds(openLeft(b));
+      const b = open.get(tr.dataset.breaker);
+      if (b) tr.querySelector(".left").textContent = seconds(openLeft(b));
     }
   }, 250);
 });

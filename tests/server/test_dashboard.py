@@ -210,3 +210,46 @@ async def _first_picture(events: aiohttp.ClientResponse, state: str) -> dict[str
             if any(b["state"] == state for b in picture["breakers"]):
                 return picture
     raise AssertionError("the event stream ended")
+
+
+async def test_any_replica_shows_the_fleet(etcd_server: EtcdProcess, prefix: str) -> None:
+    """Two replicas on one etcd: an agent of the follower trips a breaker the leader decides,
+    and the follower's page shows it, with its own agent and who leads."""
+    replicas = []
+    for name in ("rep-a", "rep-b"):
+        replicas.append(
+            await start_control_plane(
+                EtcdStore([etcd_server.endpoint]),
+                "127.0.0.1:0",
+                prefix=prefix,
+                instance_id=name,
+                http="127.0.0.1:0",
+            )
+        )
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while not any(r.plane.leading for r in replicas) or not all(
+            r.plane.leading or r.plane.leadership.leader_id
+            for r in replicas  # type: ignore[union-attr]
+        ):
+            assert loop.time() < deadline, "no leader"
+            await asyncio.sleep(0.05)
+        leader = next(r for r in replicas if r.plane.leading)
+        follower = next(r for r in replicas if not r.plane.leading)
+        await leader.plane.put_policy(policy_from_proto(POLICY))
+        async with (
+            aiohttp.ClientSession() as session,
+            RawAgent(f"127.0.0.1:{follower.port}", "agent-f", ("llm_provider",)) as agent,
+        ):
+            await agent.report("llm_provider", failures=3, trailing_failures=3)
+            await agent.wait_for(lambda: agent.state("llm_provider") == pb.BREAKER_STATE_OPEN)
+            async with session.get(f"{base(follower)}/api/events") as events:
+                picture = await asyncio.wait_for(_first_picture(events, "OPEN"), 30)
+        assert not picture["leading"] and picture["leader"] == leader.plane.instance_id
+        assert picture["instance"] == follower.plane.instance_id
+        assert [a["id"] for a in picture["agents"]] == ["agent-f"]
+        assert picture["breakers"][0]["name"] == "llm_provider"
+    finally:
+        for running in replicas:
+            await running.stop(grace=0.5)
