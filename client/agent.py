@@ -3,28 +3,22 @@ for any call that is not gRPC (an LLM's HTTP API, DuckDB, object storage)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import functools
-import inspect
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
 from .config import ErrorHandlingConfig, load_config_file
 from .connection import ControlPlaneConnection
-from .executor import Executor, _Call, _deadline
+from .executor import Executor
+from .guard import Guard
 from .policy import ServicePolicy
 from .telemetry import Telemetry, telemetry_from_env
 from .view import LocalView
 
 __all__ = ["Guard", "MissionControl"]
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 PolicySource = ErrorHandlingConfig | Mapping[str, ServicePolicy] | str | Path | None
 
@@ -166,154 +160,3 @@ class MissionControl:
                 the policy's ``fallbacks`` order when this service cannot serve.
         """
         return Guard(self.executor, service, operation, kind, timeout, cost, fallbacks)
-
-
-class Guard:
-    """Protection for calls to one service; see :meth:`MissionControl.guard`."""
-
-    def __init__(
-        self,
-        executor: Executor,
-        service: str,
-        operation: str | None,
-        kind: str | None,
-        timeout: float | None,
-        cost: Mapping[str, float] | None,
-        fallbacks: Mapping[str, Callable[..., Any]] | None,
-    ) -> None:
-        self.executor = executor
-        self.service = service
-        self.operation = operation
-        self.kind = kind
-        self.timeout = timeout
-        self.cost = cost
-        self.fallbacks = fallbacks
-        self._entered: contextvars.ContextVar[list[tuple[_Call, str | None, Any]]] = contextvars.ContextVar(
-            f"guard-{id(self)}"
-        )
-
-    # -- decorator ---------------------------------------------------------------
-
-    def __call__(self, func: F) -> F:
-        operation = self.operation or func.__name__
-        ex = self.executor
-        telemetry = ex.telemetry
-        span_name = f"{self.service} {operation}"
-        options: dict[str, Any] = {
-            "operation": operation,
-            "kind": self.kind,
-            "timeout": self.timeout,
-            "cost": self.cost,
-        }
-        if inspect.iscoroutinefunction(func):
-
-            @functools.wraps(func)
-            async def run_async(*args: Any, **kwargs: Any) -> Any:
-                async def attempt(left: float) -> Any:
-                    token = _deadline.set(time.monotonic() + left)
-                    try:
-                        return await func(*args, **kwargs)
-                    finally:
-                        _deadline.reset(token)
-
-                fallbacks = _bind(self.fallbacks, args, kwargs)
-                if telemetry is None:
-                    return await ex.run_async(self.service, attempt, fallbacks=fallbacks, **options)
-                with telemetry.start_span(span_name, {"error.service": self.service}):
-                    return await ex.run_async(self.service, attempt, fallbacks=fallbacks, **options)
-
-            return run_async  # type: ignore[return-value]
-
-        @functools.wraps(func)
-        def run(*args: Any, **kwargs: Any) -> Any:
-            def attempt(left: float) -> Any:
-                token = _deadline.set(time.monotonic() + left)
-                try:
-                    return func(*args, **kwargs)
-                finally:
-                    _deadline.reset(token)
-
-            fallbacks = _bind(self.fallbacks, args, kwargs)
-            if telemetry is None:
-                return ex.run(self.service, attempt, fallbacks=fallbacks, **options)
-            with telemetry.start_span(span_name, {"error.service": self.service}):
-                return ex.run(self.service, attempt, fallbacks=fallbacks, **options)
-
-        return run  # type: ignore[return-value]
-
-    # -- context manager -----------------------------------------------------------
-
-    def _enter(self) -> tuple[_Call, str | None]:
-        call, probe = self.executor.admit(
-            self.service,
-            self.operation or self.service,
-            kind=self.kind,
-            timeout=self.timeout,
-            cost=self.cost,
-        )
-        return call, probe
-
-    def _exit(self, call: _Call, probe: str | None, exc: BaseException | None) -> BaseException | None:
-        """Record the outcome; returns the error to raise instead of ``exc``, if any."""
-        ex = self.executor
-        ex.release(call)
-        if exc is None and ex.clock() > call.deadline:
-            exc = TimeoutError()
-        if exc is None:
-            ex.record(call, probe, None)
-            return None
-        if not isinstance(exc, Exception):
-            return None  # KeyboardInterrupt, CancelledError: not an outcome
-        failure = ex.classify(call, exc)
-        ex.record(call, probe, failure)
-        return ex._with_context(call, failure.error)
-
-    def __enter__(self) -> Guard:
-        call, probe = self._enter()
-        token = _deadline.set(call.deadline)
-        stack = self._entered.get(None) or []
-        self._entered.set([*stack, (call, probe, token)])
-        return self
-
-    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        stack = self._entered.get()
-        call, probe, token = stack[-1]
-        self._entered.set(stack[:-1])
-        _deadline.reset(token)
-        error = self._exit(call, probe, exc)
-        if error is not None and error is not exc:
-            raise error
-
-    async def __aenter__(self) -> Guard:
-        call, probe = self._enter()
-        timer = asyncio.timeout(call.deadline - time.monotonic())
-        await timer.__aenter__()
-        stack = self._entered.get(None) or []
-        self._entered.set([*stack, (call, probe, timer)])
-        return self
-
-    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        stack = self._entered.get()
-        call, probe, timer = stack[-1]
-        self._entered.set(stack[:-1])
-        try:
-            await timer.__aexit__(exc_type, exc, tb)
-        except TimeoutError as timed_out:
-            exc = timed_out
-        error = self._exit(call, probe, exc)
-        if error is not None and error is not exc:
-            raise error
-
-
-def _bind(
-    fallbacks: Mapping[str, Callable[..., Any]] | None,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> dict[str, Callable[[float], Any]] | None:
-    if not fallbacks:
-        return None
-    return {name: functools.partial(_call_with, fn, args, kwargs) for name, fn in fallbacks.items()}
-
-
-def _call_with(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], _left: float) -> Any:
-    return fn(*args, **kwargs)

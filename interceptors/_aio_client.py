@@ -81,7 +81,7 @@ class AioUnaryStreamInterceptor(_Base, grpc.aio.UnaryStreamClientInterceptor):
         if isinstance(method, bytes):
             method = method.decode()
         ex = self._executor
-        call, probe = ex.admit(
+        ticket = ex.admit(
             self._service_of(method),
             operation_of(method),
             kind=self._kind,
@@ -89,10 +89,11 @@ class AioUnaryStreamInterceptor(_Base, grpc.aio.UnaryStreamClientInterceptor):
             cost=None,
         )
         try:
-            details = with_timeout(client_call_details, call.timeout, aio=True)
+            details = with_timeout(client_call_details, ticket.timeout, aio=True)
             stream = await continuation(details, request)
         except BaseException:
-            ex.release(call)
+            ex.release(ticket)
+            ex.abandon(ticket)
             raise
         pending: set[asyncio.Task[None]] = set()
 
@@ -108,11 +109,11 @@ class AioUnaryStreamInterceptor(_Base, grpc.aio.UnaryStreamClientInterceptor):
                     await stream.details(),
                     "",
                 )
-                failure = ex.classify(call, error)
-            ex.record(call, probe, failure)
+                failure = ex.classify(ticket, error)
+            ex.record(ticket, failure)
 
         def done(_: Any) -> None:
-            ex.release(call)
+            ex.release(ticket)
             task = asyncio.get_running_loop().create_task(finish())
             pending.add(task)
             task.add_done_callback(pending.discard)

@@ -78,7 +78,7 @@ class ClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClient
     ) -> Any:
         method = client_call_details.method
         ex = self._executor
-        call, probe = ex.admit(
+        ticket = ex.admit(
             self._service_of(method),
             operation_of(method),
             kind=self._kind,
@@ -86,15 +86,17 @@ class ClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClient
             cost=None,
         )
         try:
-            stream = continuation(with_timeout(client_call_details, call.timeout), request)
+            stream = continuation(with_timeout(client_call_details, ticket.timeout), request)
         except BaseException:
-            ex.release(call)
+            ex.release(ticket)
+            ex.abandon(ticket)
             raise
 
         def done() -> None:
-            ex.release(call)
+            ex.release(ticket)
             failed = stream.code() is not grpc.StatusCode.OK
-            ex.record(call, probe, ex.classify(call, stream) if failed else None)
+            ex.record(ticket, ex.classify(ticket, stream) if failed else None)
 
-        stream.add_callback(done)
+        if not stream.add_callback(done):  # the stream has ended already: the callback will never run
+            done()
         return stream
