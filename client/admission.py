@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from .breaker import BreakerState
 from .connection import ControlPlaneConnection
-from .errors import CircuitBreakerOpen, MissionControlError, ResourceExhausted
+from .errors import CircuitBreakerOpen, ConfigurationError, MissionControlError, ResourceExhausted
 from .fleet_limits import LeasedBudget
 from .limits import TokenBucket
 from .view import FleetBreaker, LocalView, ServiceState
@@ -134,7 +134,11 @@ class Admission:
         state: ServiceState, cost: Mapping[str, float] | None, now: float, bulkhead: bool
     ) -> Refused | None:
         """Take the rate-limit unit, the quota costs and (when ``bulkhead``) a bulkhead
-        place, or none of them. Call with ``state.lock`` held."""
+        place, or none of them. Call with ``state.lock`` held.
+
+        Raises:
+            ConfigurationError: ``cost`` names a resource the policy does not limit.
+        """
         requests = state.requests_resource
         bucket: TokenBucket | LeasedBudget = state.leased.get(requests) or state.bucket
         wait = bucket.take(1.0, now)
@@ -146,7 +150,8 @@ class Admission:
         for resource, amount in (cost or {}).items():
             quota = state.leased.get(resource) or state.quotas.get(resource)
             if quota is None:
-                continue  # the policy changed under a guard built for it; checked at guard()
+                _give_back_units(taken)
+                raise unknown_cost(state, resource)
             wait = quota.take(amount, now)
             if wait:
                 _give_back_units(taken)
@@ -181,6 +186,13 @@ def _give_back_units(taken: list[tuple[TokenBucket | LeasedBudget, float]]) -> N
 def known_resources(state: ServiceState) -> set[str]:
     """The resources a ``cost=`` may name for this service."""
     return {q.resource for q in state.policy.quotas} | set(state.policy.fleet_resources())
+
+
+def unknown_cost(state: ServiceState, resource: str) -> ConfigurationError:
+    known = ", ".join(sorted(known_resources(state))) or "none"
+    return ConfigurationError(
+        "cost", f"service {state.name!r} limits no resource {resource!r} (its policy limits: {known})"
+    )
 
 
 def quota_limit(state: ServiceState, resource: str) -> int:

@@ -10,10 +10,12 @@ from typing import Any
 
 import grpc
 
+from .admission import known_resources, unknown_cost
 from .config import ErrorHandlingConfig, load_config_file
 from .connection import ControlPlaneConnection
 from .executor import Executor
 from .guard import Guard
+from .outcomes import Outcomes
 from .policy import ServicePolicy
 from .telemetry import Telemetry, telemetry_from_env
 from .view import LocalView
@@ -52,6 +54,8 @@ class MissionControl:
         token: this agent's bearer token, when the control plane requires agent tokens.
         telemetry: OpenTelemetry hooks; by default from the ``OTEL_*`` environment (off
             unless an OTLP endpoint is set); False turns it off.
+        outcomes: per service, which exceptions count as its failures and which as the
+            caller's own (see :class:`~mission_control.client.outcomes.Outcomes`).
 
     Use as a context manager, or call :meth:`start` and :meth:`close`.
     """
@@ -68,6 +72,7 @@ class MissionControl:
         credentials: grpc.ChannelCredentials | None = None,
         telemetry: Telemetry | bool | None = None,
         token: str | None = None,
+        outcomes: Mapping[str, Outcomes] | None = None,
     ) -> None:
         self.agent = agent
         self.session_id = session_id or uuid.uuid4().hex
@@ -96,7 +101,12 @@ class MissionControl:
                 token=token,
             )
         self.executor = Executor(
-            self.view, self.connection, agent=agent, session_id=self.session_id, telemetry=self.telemetry
+            self.view,
+            self.connection,
+            agent=agent,
+            session_id=self.session_id,
+            telemetry=self.telemetry,
+            outcomes=outcomes,
         )
 
     def start(self) -> MissionControl:
@@ -145,6 +155,10 @@ class MissionControl:
         timeout: float | None = None,
         cost: Mapping[str, float] | None = None,
         fallbacks: Mapping[str, Callable[..., Any]] | None = None,
+        idempotent: bool = False,
+        record: tuple[type[BaseException], ...] = (),
+        ignore: tuple[type[BaseException], ...] = (),
+        classify: Callable[[BaseException], str | None] | None = None,
     ) -> Guard:
         """Protect calls to ``service``: as a decorator (sync or async functions; retries
         and fallbacks apply) or as a context manager (``with`` / ``async with``; one
@@ -155,8 +169,41 @@ class MissionControl:
             kind: ``"llm"``, ``"storage"`` or ``"other"``, to name failures (default:
                 guessed from the service name).
             timeout: a tighter limit than the policy's, in seconds.
-            cost: weighted quota use per call, e.g. ``{"llm_tokens": 800}``.
+            cost: weighted quota use per attempt, e.g. ``{"llm_tokens": 800}``.
             fallbacks: service name -> a callable with the same arguments, tried in
                 the policy's ``fallbacks`` order when this service cannot serve.
+            idempotent: the call may run twice: a sync call that returned after its
+                deadline may then be retried or sent to a fallback (never otherwise).
+            record / ignore / classify: how exceptions count (see :class:`Outcomes`);
+                by default as the agent's ``outcomes`` for the service say.
+
+        Raises:
+            ConfigurationError: ``cost`` names a resource the service's policy does not
+                limit (here when the policies are local, else at the call).
         """
-        return Guard(self.executor, service, operation, kind, timeout, cost, fallbacks)
+        self._check_cost(service, cost)
+        outcomes = self._outcomes_for(service, record, ignore, classify)
+        return Guard(self.executor, service, operation, kind, timeout, cost, fallbacks, idempotent, outcomes)
+
+    def _check_cost(self, service: str, cost: Mapping[str, float] | None) -> None:
+        # Without a control plane the policies are known now; with one, each call checks
+        # against the policy in force (it may arrive after the guard is built).
+        if not cost or self.connection is not None:
+            return
+        state = self.view.get(service)
+        for resource in sorted(set(cost) - known_resources(state)):
+            raise unknown_cost(state, resource)
+
+    def _outcomes_for(
+        self,
+        service: str,
+        record: tuple[type[BaseException], ...],
+        ignore: tuple[type[BaseException], ...],
+        classify: Callable[[BaseException], str | None] | None,
+    ) -> Outcomes | None:
+        if not (record or ignore or classify):
+            return None  # the agent's outcomes for the service, read at each call
+        base = self.executor.outcomes.get(service) or Outcomes()
+        return Outcomes(
+            record=(*record, *base.record), ignore=(*ignore, *base.ignore), classify=classify or base.classify
+        )

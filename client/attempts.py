@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from tenacity import Future as TenacityFuture
 from tenacity import RetryCallState
 
-from .admission import Refused
+from .admission import Refused, known_resources
 from .errors import CircuitBreakerOpen, OperationTimeout, ResourceExhausted
 from .outcomes import NO_RETRY, Counts, Failure, Outcomes
 from .retry import policy_stop, policy_wait
@@ -79,6 +79,7 @@ class CallPlan:
 
     __slots__ = (
         "_attempted",
+        "_cost",
         "_current",
         "_error",
         "_failure",
@@ -128,6 +129,7 @@ class CallPlan:
         self._failure: Failure | None = None
         self._attempted = False  # a retry or a fallback was tried
         self._current = service
+        self._cost = cost
 
     # -- events ------------------------------------------------------------------
 
@@ -160,7 +162,7 @@ class CallPlan:
         ticket = self.ticket
         assert ticket is not None
         now = self.ex.clock()
-        refused = self.ex.readmit(ticket, self.cost, now)
+        refused = self.ex.readmit(ticket, self._cost, now)
         if refused is None:
             return self._attempt(ticket)
         if refused.reason != "breaker" and refused.wait is not None and now + refused.wait < ticket.deadline:
@@ -178,12 +180,13 @@ class CallPlan:
     def _enter(self, service: str) -> Step:
         primary = self._queue is None
         self._current = service
+        self._cost = self.cost if primary else self._cost_for(service)
         admitted = self.ex.enter(
             service,
             self.operation,
             kind=self.kind if primary else None,
             timeout=self.timeout,
-            cost=self.cost,
+            cost=self._cost,
             deadline=self.parent_deadline,
         )
         if isinstance(admitted, Refused):
@@ -275,6 +278,13 @@ class CallPlan:
             return []
         policy = self.ex.view.get(self.service).policy
         return [name for name in policy.fallbacks if name in self.fallbacks]
+
+    def _cost_for(self, fallback: str) -> Mapping[str, float] | None:
+        """The call's cost in the resources the fallback limits (it takes those)."""
+        if not self.cost:
+            return None
+        known = known_resources(self.ex.view.get(fallback))
+        return {resource: amount for resource, amount in self.cost.items() if resource in known}
 
     def _may_fall_back(self, failure: Failure) -> bool:
         return failure.counts is Counts.FAILURE and (self.idempotent or not failure.ran)

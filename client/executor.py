@@ -23,7 +23,15 @@ from .outcomes import DEFAULT, Counts, Failure, Outcomes, ServiceKind, classify,
 from .telemetry import Telemetry
 from .view import LocalView, ServiceState
 
-__all__ = ["Executor", "ServiceKind", "Ticket", "current_deadline", "kind_of"]
+__all__ = [
+    "Executor",
+    "ServiceKind",
+    "Ticket",
+    "current_deadline",
+    "inherit_deadline",
+    "kind_of",
+    "restore_deadline",
+]
 
 T = TypeVar("T")
 
@@ -37,6 +45,20 @@ def current_deadline() -> float | None:
     None outside one. Calls made inside get at most this much time."""
     deadline = _deadline.get()
     return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def inherit_deadline(seconds_left: float | None) -> contextvars.Token[float | None] | None:
+    """Calls made from here on in this context get at most ``seconds_left`` (a servicer
+    passing its caller's time on); None leaves the deadline as it is. Undo with
+    :func:`restore_deadline`."""
+    if seconds_left is None:
+        return None
+    return _deadline.set(time.monotonic() + max(0.0, seconds_left))
+
+
+def restore_deadline(token: contextvars.Token[float | None] | None) -> None:
+    if token is not None:
+        _deadline.reset(token)
 
 
 class Ticket:
