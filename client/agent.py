@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from .admission import known_resources, unknown_cost
+from .breaker import OPERATOR_STATES, BreakerState
 from .config import ErrorHandlingConfig, load_config_file
 from .connection import ControlPlaneConnection
 from .executor import Executor
@@ -20,7 +22,7 @@ from .policy import ServicePolicy
 from .telemetry import Telemetry, telemetry_from_env
 from .view import LocalView
 
-__all__ = ["Guard", "MissionControl"]
+__all__ = ["BreakerView", "Guard", "MissionControl"]
 
 PolicySource = ErrorHandlingConfig | Mapping[str, ServicePolicy] | str | Path | None
 
@@ -35,6 +37,24 @@ def _policies(
     if isinstance(config, ErrorHandlingConfig):
         return config.policy_for
     return config
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerView:
+    """A breaker as this agent enforces it.
+
+    Attributes:
+        state: CLOSED, OPEN, HALF_OPEN or an operator's state.
+        source: "fleet" (the control plane's decision) or "local" (this agent's own).
+        failures: consecutive failures while CLOSED; the failures that opened it otherwise.
+        open_remaining: seconds until an OPEN breaker lets probes through (0 otherwise).
+    """
+
+    service: str
+    state: BreakerState
+    source: str
+    failures: int
+    open_remaining: float
 
 
 class MissionControl:
@@ -108,10 +128,18 @@ class MissionControl:
             telemetry=self.telemetry,
             outcomes=outcomes,
         )
+        if self.connection is not None:
+            # Forgetting start() would enforce the local defaults for ever, silently.
+            self.executor.not_started = (
+                f"MissionControl({agent!r}) has a control plane but was not started: call "
+                ".start() (or use it as a context manager) before making protected calls"
+            )
 
     def start(self) -> MissionControl:
+        """Connect to the control plane (in the background); calls may go from now on."""
         if self.connection is not None:
             self.connection.start()
+        self.executor.not_started = None
         return self
 
     def close(self) -> None:
@@ -141,6 +169,23 @@ class MissionControl:
     def wait_connected(self, timeout: float) -> bool:
         """Block until the control plane's snapshot arrived (or ``timeout``)."""
         return self.connection is not None and self.connection.connected_event.wait(timeout)
+
+    def breaker(self, service: str) -> BreakerView:
+        """This agent's view of ``service``'s breaker now: the fleet's while connected (or
+        forced by an operator), else its own local one. Reading it makes no call."""
+        state = self.view.get(service)
+        now = self.view.clock()
+        fleet = state.fleet
+        if fleet is not None and (self.view.connected or fleet.state in OPERATOR_STATES):
+            left = max(0.0, fleet.open_until - now) if fleet.state is BreakerState.OPEN else 0.0
+            return BreakerView(service, fleet.state, "fleet", fleet.failures, left)
+        with state.lock:
+            local = state.local
+            local.tick(now)
+            failures = (
+                local.failures if local.state is not BreakerState.CLOSED else local.consecutive_failures
+            )
+            return BreakerView(service, local.state, "local", failures, local.open_remaining(now))
 
     def policy(self, service: str) -> ServicePolicy:
         """The policy enforced for ``service`` right now."""

@@ -25,7 +25,7 @@ from tenacity import Future as TenacityFuture
 from tenacity import RetryCallState
 
 from .admission import Refused, known_resources
-from .errors import CircuitBreakerOpen, OperationTimeout, ResourceExhausted
+from .errors import CircuitBreakerOpen, LLMProviderUnavailable, OperationTimeout, ResourceExhausted
 from .outcomes import NO_RETRY, Counts, Failure, Outcomes
 from .retry import policy_stop, policy_wait
 
@@ -85,6 +85,7 @@ class CallPlan:
         "_failure",
         "_queue",
         "_retry",
+        "_tried",
         "cost",
         "ex",
         "fallbacks",
@@ -128,6 +129,7 @@ class CallPlan:
         self._error: BaseException | None = None  # what the service failed with
         self._failure: Failure | None = None
         self._attempted = False  # a retry or a fallback was tried
+        self._tried = 0  # fallbacks tried
         self._current = service
         self._cost = cost
 
@@ -266,7 +268,11 @@ class CallPlan:
             ex.fell_back(state, self._current, False)
         if self._queue:
             self._attempted = True
+            self._tried += 1
             return self._enter(self._queue.pop(0))
+        tried = self._tried
+        if tried and isinstance(self._error, LLMProviderUnavailable):
+            self._error.backups_tried = tried
         ex.given_up(state, self.operation, self._error, self._failure, self._attempted)
         return Done(error=self._error)
 

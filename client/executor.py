@@ -116,6 +116,8 @@ class Executor:
         self.async_sleep = async_sleep
         self.clock = view.clock
         self.outcomes = dict(outcomes or {})
+        #: Why calls may not go yet (a control plane that was never started), else None.
+        self.not_started: str | None = None
 
     # -- admission ---------------------------------------------------------------
 
@@ -131,6 +133,8 @@ class Executor:
     ) -> Ticket | Refused:
         """Breaker, limits and a bulkhead place for a call's first attempt at ``service``;
         its deadline is the soonest of the policy's, ``timeout`` and ``deadline``."""
+        if self.not_started is not None:
+            raise RuntimeError(self.not_started)
         state = self.view.get(service)
         now = self.clock()
         decision = self.admission.breaker(state, now)
