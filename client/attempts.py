@@ -83,6 +83,7 @@ class CallPlan:
         "_current",
         "_error",
         "_failure",
+        "_last",
         "_queue",
         "_retry",
         "_tried",
@@ -128,6 +129,7 @@ class CallPlan:
         self._queue: list[str] | None = None  # fallbacks still to try, once the service failed
         self._error: BaseException | None = None  # what the service failed with
         self._failure: Failure | None = None
+        self._last: Failure | None = None  # the failure a retry is waiting to follow
         self._attempted = False  # a retry or a fallback was tried
         self._tried = 0  # fallbacks tried
         self._current = service
@@ -167,7 +169,12 @@ class CallPlan:
         refused = self.ex.readmit(ticket, self._cost, now)
         if refused is None:
             return self._attempt(ticket)
-        if refused.reason != "breaker" and refused.wait is not None and now + refused.wait < ticket.deadline:
+        if refused.reason == "breaker":  # the breaker opened meanwhile: the last failure stands
+            last = self._last
+            assert last is not None
+            last.error.add_note(f"not retried: {refused.error}")
+            return self._target_failed(last.error, last)
+        if refused.wait is not None and now + refused.wait < ticket.deadline:
             return Sleep(refused.wait)
         return self._target_failed(refused.error, None)
 
@@ -216,6 +223,7 @@ class CallPlan:
         if self._retryable(ticket, failure):
             delay = self._backoff(ticket, failure)
             if delay is not None:
+                self._last = failure
                 return Sleep(delay)
         return self._target_failed(failure.error, failure)
 

@@ -161,6 +161,13 @@ class ClientInterceptor(
             error = call.exception()  # the call itself, or what an inner interceptor raised
             ex.record(ticket, None if error is None else ex.classify(ticket, error, self._outcomes))
 
-        if not call.add_callback(done):  # the call has ended already: the callback will never run
+        if not _add_callback(call, done):  # the call has ended already: the callback will never run
             done()
         return call
+
+
+def _add_callback(call: Any, callback: Callable[[], None]) -> bool:
+    try:
+        return bool(call.add_callback(callback))
+    except NotImplementedError:  # a call that failed before it began (grpc's _InactiveRpcError)
+        return False
