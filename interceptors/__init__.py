@@ -1,12 +1,15 @@
 """gRPC adapters over the resilience client.
 
-Client side: :func:`client_interceptor` (sync) and :func:`aio_client_interceptors`
-(asyncio) decide every call from the agent's local view — breaker, rate limit, bulkhead,
-deadline, retry, fallback — and raise the taxonomy's errors.
+Client side: :func:`client_interceptor` / :func:`protected_channel` (sync) and
+:func:`aio_client_interceptors` / :func:`aio_protected_channel` (asyncio) decide every call,
+of every kind, from the agent's local view — breaker, rate limit, bulkhead, deadline, and
+for unary calls retry and fallback — and raise the taxonomy's errors.
 
 Server side: :func:`server_interceptor` / :func:`aio_server_interceptor` make a
 :class:`~mission_control.client.errors.MissionControlError` raised in a servicer leave as
-its rich ``google.rpc.Status``; any other exception leaves as ``AgentCriticalFailure``.
+its rich ``google.rpc.Status``, a plain gRPC error from a call it made as that status, and
+any other exception as ``AgentCriticalFailure``; calls the servicer makes get at most the
+time its caller has left.
 """
 
 from __future__ import annotations
