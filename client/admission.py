@@ -18,7 +18,7 @@ from .fleet_limits import LeasedBudget
 from .limits import TokenBucket
 from .view import FleetBreaker, LocalView, ServiceState
 
-__all__ = ["Admission", "Admitted", "Refused"]
+__all__ = ["Admission", "Admitted", "Refused", "Ticket"]
 
 #: How soon to look again when a HALF_OPEN breaker has no permit for this agent yet.
 PROBE_WAIT = 0.05
@@ -52,6 +52,29 @@ class Refused:
 ORDINARY = Admitted(None)
 FLEET_PROBE = Admitted("fleet")
 LOCAL_PROBE = Admitted("local")
+
+
+class Ticket:
+    """One admitted target of a call: its service, deadline and probe permit, if any."""
+
+    __slots__ = ("deadline", "kind", "operation", "probe", "service", "state", "timeout")
+
+    def __init__(
+        self,
+        state: ServiceState,
+        operation: str,
+        kind: str,
+        deadline: float,
+        timeout: float,
+        probe: str | None,
+    ) -> None:
+        self.state = state
+        self.service = state.name
+        self.operation = operation
+        self.kind = kind
+        self.deadline = deadline
+        self.timeout = timeout
+        self.probe = probe
 
 
 class _Gate:

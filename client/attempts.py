@@ -30,7 +30,8 @@ from .outcomes import NO_RETRY, Counts, Failure, Outcomes
 from .retry import policy_stop, policy_wait
 
 if TYPE_CHECKING:
-    from .executor import Executor, Ticket
+    from .admission import Ticket
+    from .executor import Executor
 
 __all__ = ["Attempt", "CallPlan", "Done", "Sleep"]
 

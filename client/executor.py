@@ -10,14 +10,14 @@ and :meth:`Executor.drive_async` call, sleep or await.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from .admission import Admission, Refused
+from .admission import Admission, Refused, Ticket
 from .attempts import Attempt, CallPlan, Done, Sleep, Step
 from .connection import ControlPlaneConnection
+from .deadline import _deadline, current_deadline, inherit_deadline, restore_deadline
 from .errors import ErrorContext, MissionControlError
 from .outcomes import DEFAULT, Counts, Failure, Outcomes, ServiceKind, classify, kind_of
 from .telemetry import Telemetry
@@ -34,54 +34,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "mission_control_deadline", default=None
-)
-
-
-def current_deadline() -> float | None:
-    """Seconds left for the protected call running in this context (pass it to your I/O);
-    None outside one. Calls made inside get at most this much time."""
-    deadline = _deadline.get()
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
-def inherit_deadline(seconds_left: float | None) -> contextvars.Token[float | None] | None:
-    """Calls made from here on in this context get at most ``seconds_left`` (a servicer
-    passing its caller's time on); None leaves the deadline as it is. Undo with
-    :func:`restore_deadline`."""
-    if seconds_left is None:
-        return None
-    return _deadline.set(time.monotonic() + max(0.0, seconds_left))
-
-
-def restore_deadline(token: contextvars.Token[float | None] | None) -> None:
-    if token is not None:
-        _deadline.reset(token)
-
-
-class Ticket:
-    """One admitted target of a call: its service, deadline and probe permit, if any."""
-
-    __slots__ = ("deadline", "kind", "operation", "probe", "service", "state", "timeout")
-
-    def __init__(
-        self,
-        state: ServiceState,
-        operation: str,
-        kind: str,
-        deadline: float,
-        timeout: float,
-        probe: str | None,
-    ) -> None:
-        self.state = state
-        self.service = state.name
-        self.operation = operation
-        self.kind = kind
-        self.deadline = deadline
-        self.timeout = timeout
-        self.probe = probe
 
 
 class Executor:

@@ -11,7 +11,9 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from .executor import Executor, Ticket, _deadline
+from .admission import Ticket
+from .deadline import _deadline
+from .executor import Executor
 from .outcomes import Outcomes
 
 __all__ = ["Guard"]

@@ -13,8 +13,8 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from mission_control.client.admission import Ticket
 from mission_control.client.agent import MissionControl
-from mission_control.client.executor import Ticket
 from mission_control.client.outcomes import Outcomes
 
 from ._client_common import ServiceMap, ServiceNamer, operation_of, response_class, with_timeout
