@@ -24,13 +24,12 @@ from typing import TYPE_CHECKING, Any
 from tenacity import Future as TenacityFuture
 from tenacity import RetryCallState
 
-from .admission import Refused, known_resources
+from .admission import Refused, Ticket, known_resources
 from .errors import CircuitBreakerOpen, LLMProviderUnavailable, OperationTimeout, ResourceExhausted
 from .outcomes import NO_RETRY, Counts, Failure, Outcomes
 from .retry import policy_stop, policy_wait
 
 if TYPE_CHECKING:
-    from .admission import Ticket
     from .executor import Executor
 
 __all__ = ["Attempt", "CallPlan", "Done", "Sleep"]
@@ -78,34 +77,21 @@ class _Asked(Exception):
 class CallPlan:
     """The steps of one logical call; see the module's rules."""
 
-    __slots__ = (
-        "_attempted",
-        "_cost",
-        "_current",
-        "_error",
-        "_failure",
-        "_last",
-        "_queue",
-        "_retry",
-        "_tried",
-        "cost",
-        "ex",
-        "fallbacks",
-        "idempotent",
-        "kind",
-        "operation",
-        "outcomes",
-        "parent_deadline",
-        "service",
-        "ticket",
-        "timeout",
-    )
+    # What only a failing call needs starts as these class-level defaults, so that the
+    # common call (one attempt that succeeds) sets up little.
+    ticket: Ticket | None = None
+    _retry: RetryCallState | None = None
+    _queue: list[str] | None = None  # fallbacks still to try, once the service failed
+    _error: BaseException | None = None  # what the service failed with
+    _failure: Failure | None = None
+    _last: Failure | None = None  # the failure a retry is waiting to follow
+    _attempted = False  # a retry or a fallback was tried
+    _tried = 0  # fallbacks tried
 
     def __init__(
         self,
         ex: Executor,
         service: str,
-        *,
         operation: str,
         kind: str | None,
         timeout: float | None,
@@ -125,14 +111,6 @@ class CallPlan:
         self.idempotent = idempotent
         self.outcomes = outcomes
         self.parent_deadline = parent_deadline
-        self.ticket: Ticket | None = None
-        self._retry: RetryCallState | None = None
-        self._queue: list[str] | None = None  # fallbacks still to try, once the service failed
-        self._error: BaseException | None = None  # what the service failed with
-        self._failure: Failure | None = None
-        self._last: Failure | None = None  # the failure a retry is waiting to follow
-        self._attempted = False  # a retry or a fallback was tried
-        self._tried = 0  # fallbacks tried
         self._current = service
         self._cost = cost
 
@@ -144,15 +122,16 @@ class CallPlan:
     def succeeded(self, result: Any) -> Step:
         ticket = self.ticket
         assert ticket is not None
-        if self.ex.clock() > ticket.deadline:  # a sync call cannot be interrupted: late is a timeout
+        ex = self.ex
+        if ex.clock() > ticket.deadline:  # a sync call cannot be interrupted: late is a timeout
             return self._failed(self._late(ticket))
-        self.ex.record(ticket, None)
-        self._release()
-        ex, state = self.ex, self.ex.view.get(self.service)
+        ex.record(ticket, None)
+        self.ticket = None
+        ex.release(ticket)
         if self._queue is not None:
-            ex.fell_back(state, ticket.service, True)
+            ex.fell_back(ex.view.get(self.service), ticket.service, True)
         elif self._attempted:
-            ex.recovered(state, True)
+            ex.recovered(ex.view.get(self.service), True)
         return Done(result)
 
     def failed(self, exc: BaseException) -> Step:
@@ -191,19 +170,14 @@ class CallPlan:
         primary = self._queue is None
         self._current = service
         self._cost = self.cost if primary else self._cost_for(service)
-        admitted = self.ex.enter(
-            service,
-            self.operation,
-            kind=self.kind if primary else None,
-            timeout=self.timeout,
-            cost=self._cost,
-            deadline=self.parent_deadline,
-        )
-        if isinstance(admitted, Refused):
-            return self._target_failed(admitted.error, None)
-        self.ticket = admitted
-        self._retry = None
-        return self._attempt(admitted)
+        kind = self.kind if primary else None
+        ticket = self.ex.enter(service, self.operation, kind, self.timeout, self._cost, self.parent_deadline)
+        if type(ticket) is Refused:
+            return self._target_failed(ticket.error, None)
+        self.ticket = ticket  # type: ignore[assignment]
+        if not primary:
+            self._retry = None  # a fallback's retries are its own
+        return self._attempt(ticket)  # type: ignore[arg-type]
 
     def _attempt(self, ticket: Ticket) -> Step:
         left = ticket.deadline - self.ex.clock()

@@ -77,7 +77,6 @@ class Executor:
         self,
         service: str,
         operation: str,
-        *,
         kind: str | None,
         timeout: float | None,
         cost: Mapping[str, float] | None,
@@ -90,22 +89,24 @@ class Executor:
         state = self.view.get(service)
         now = self.clock()
         decision = self.admission.breaker(state, now)
-        if isinstance(decision, Refused):
+        if type(decision) is Refused:
             return self._refused(state, decision, operation)
         with state.lock:  # one short section for every limit; never held across a call
-            refused = self.admission.limits(state, cost, now, bulkhead=True)
+            refused = self.admission.limits(state, cost, now, True)
             if refused is None:
                 state.budget.record_call(now)
         if refused is not None:
-            self.admission.give_back(state, decision.probe)
+            self.admission.give_back(state, decision.probe)  # type: ignore[union-attr]
             return self._refused(state, refused, operation)
-        seconds = state.policy.timeout_secs if timeout is None else min(state.policy.timeout_secs, timeout)
-        if deadline is not None:
-            seconds = min(seconds, max(0.0, deadline - now))
+        seconds = state.policy.timeout_secs
+        if timeout is not None and timeout < seconds:
+            seconds = timeout
+        if deadline is not None and deadline - now < seconds:
+            seconds = max(0.0, deadline - now)
         if kind is None:
             kind = state.kind or kind_of(service)
             state.kind = kind
-        return Ticket(state, operation, kind, now + seconds, seconds, decision.probe)
+        return Ticket(state, operation, kind, now + seconds, seconds, decision.probe)  # type: ignore[union-attr]
 
     def readmit(self, ticket: Ticket, cost: Mapping[str, float] | None, now: float) -> Refused | None:
         """The breaker and limits again, for a retry (its bulkhead place is still held)."""
@@ -134,9 +135,7 @@ class Executor:
     ) -> Ticket:
         """:meth:`enter` for one attempt, within the current context's deadline; raises the
         refusal (``CircuitBreakerOpen`` or ``ResourceExhausted``)."""
-        admitted = self.enter(
-            service, operation, kind=kind, timeout=timeout, cost=cost, deadline=_deadline.get()
-        )
+        admitted = self.enter(service, operation, kind, timeout, cost, _deadline.get())
         if isinstance(admitted, Refused):
             raise admitted.error
         return admitted
@@ -264,17 +263,9 @@ class Executor:
         outcomes: Outcomes | None = None,
     ) -> CallPlan:
         """The plan of one logical call (see :mod:`.attempts`)."""
+        names = tuple(fallbacks) if fallbacks else ()
         return CallPlan(
-            self,
-            service,
-            operation=operation,
-            kind=kind,
-            timeout=timeout,
-            cost=cost,
-            fallbacks=tuple(fallbacks or ()),
-            idempotent=idempotent,
-            outcomes=outcomes,
-            parent_deadline=_deadline.get(),
+            self, service, operation, kind, timeout, cost, names, idempotent, outcomes, _deadline.get()
         )
 
     def run(
@@ -282,14 +273,22 @@ class Executor:
         service: str,
         attempt: Callable[[float], T],
         *,
+        operation: str = "",
+        kind: str | None = None,
+        timeout: float | None = None,
+        cost: Mapping[str, float] | None = None,
         fallbacks: Mapping[str, Callable[[float], T]] | None = None,
-        **options: Any,
+        idempotent: bool = False,
+        outcomes: Outcomes | None = None,
     ) -> T:
         """Run ``attempt(seconds_left)`` under the service's policy; returns its result or
-        raises the classified error. Options as :meth:`plan`."""
-        plan = self.plan(service, fallbacks=fallbacks, **options)
-        functions = {service: attempt, **(fallbacks or {})}
-        return self.drive(plan, plan.start(), functions)
+        raises the classified error. Arguments as :meth:`plan`."""
+        names = tuple(fallbacks) if fallbacks else ()
+        plan = CallPlan(
+            self, service, operation, kind, timeout, cost, names, idempotent, outcomes, _deadline.get()
+        )
+        functions = {service: attempt, **fallbacks} if fallbacks else {service: attempt}
+        return self.drive(plan, plan.start(), functions)  # type: ignore[no-any-return]
 
     def drive(self, plan: CallPlan, step: Step, functions: Mapping[str, Callable[[float], Any]]) -> Any:
         """Carry out ``plan`` from ``step`` in this thread."""
@@ -321,12 +320,20 @@ class Executor:
         service: str,
         attempt: Callable[[float], Awaitable[T]],
         *,
+        operation: str = "",
+        kind: str | None = None,
+        timeout: float | None = None,
+        cost: Mapping[str, float] | None = None,
         fallbacks: Mapping[str, Callable[[float], Awaitable[T]]] | None = None,
-        **options: Any,
+        idempotent: bool = False,
+        outcomes: Outcomes | None = None,
     ) -> T:
         """The asyncio form of :meth:`run`; the deadline cancels a slow attempt."""
-        plan = self.plan(service, fallbacks=fallbacks, **options)
-        functions = {service: attempt, **(fallbacks or {})}
+        names = tuple(fallbacks) if fallbacks else ()
+        plan = CallPlan(
+            self, service, operation, kind, timeout, cost, names, idempotent, outcomes, _deadline.get()
+        )
+        functions = {service: attempt, **fallbacks} if fallbacks else {service: attempt}
         return await self.drive_async(plan, plan.start(), functions)  # type: ignore[no-any-return]
 
     async def drive_async(
