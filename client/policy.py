@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
@@ -278,10 +278,6 @@ class ServicePolicy:
                 found[quota.resource] = (float(quota.limit), quota.window_secs)
         return found
 
-    @property
-    def rate_per_second(self) -> float:
-        return self.rate_limit_requests / self.rate_limit_window_secs
-
     def replace(self, **changes: Any) -> ServicePolicy:
         """A new, validated policy with ``changes`` applied."""
         return replace(self, **changes)
@@ -328,7 +324,3 @@ def default_policy(service: str, **overrides: Any) -> ServicePolicy:
     values = dict(SEED_PRESETS.get(service, {}))
     values.update(overrides)
     return ServicePolicy(service=service, **values)
-
-
-def policy_fields() -> tuple[str, ...]:
-    return tuple(f.name for f in fields(ServicePolicy))
