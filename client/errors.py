@@ -345,3 +345,8 @@ _BY_TYPE: dict[str, type[MissionControlError]] = {
 def error_class(error_type: str) -> type[MissionControlError]:
     """The class for a type name such as ``"CircuitBreakerOpen"``; KeyError if unknown."""
     return _BY_TYPE[error_type]
+
+
+def error_types() -> tuple[str, ...]:
+    """Every variant's type name, in the taxonomy's order."""
+    return tuple(_BY_TYPE)
