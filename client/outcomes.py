@@ -12,7 +12,7 @@ An attempt ends in one of three ways for the service's breaker and the fleet's c
 
 :class:`Outcomes` changes the verdict per service or per call, in the manner of
 resilience4j's ``recordExceptions`` / ``ignoreExceptions``, or with a ``classify``
-callable. Telemetry asks :func:`is_outage` the same question.
+callable. Telemetry reports as failed calls exactly those these rules count as failures.
 """
 
 from __future__ import annotations
@@ -28,11 +28,9 @@ from typing import Any, Protocol
 import grpc
 
 from .errors import (
-    CircuitBreakerOpen,
     LLMProviderUnavailable,
     MissionControlError,
     OperationTimeout,
-    ResourceExhausted,
     StorageFailure,
 )
 from .status import remote_status_of
@@ -44,7 +42,6 @@ __all__ = [
     "Outcomes",
     "ServiceKind",
     "classify",
-    "is_outage",
     "kind_of",
     "pushback",
 ]
@@ -243,16 +240,3 @@ def pushback(exc: Any) -> float | None:
                 return NO_RETRY
             return ms / 1000.0 if ms >= 0 else NO_RETRY
     return None
-
-
-def is_outage(error: BaseException) -> bool:
-    """Whether the caller's ``error`` says the service failed (for telemetry and fallbacks)."""
-    if isinstance(
-        error,
-        CircuitBreakerOpen | LLMProviderUnavailable | StorageFailure | OperationTimeout | ResourceExhausted,
-    ):
-        return True
-    code = getattr(error, "code", None)
-    if isinstance(error, MissionControlError):
-        return error.grpc_code in FAILURE_CODES
-    return isinstance(error, grpc.RpcError) and callable(code) and code() in FAILURE_CODES
