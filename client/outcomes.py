@@ -43,6 +43,7 @@ __all__ = [
     "ServiceKind",
     "classify",
     "kind_of",
+    "named_verdict",
     "pushback",
 ]
 
@@ -154,12 +155,37 @@ class Target(Protocol):
     timeout: float
 
 
-def classify(target: Target, exc: BaseException, outcomes: Outcomes = DEFAULT) -> Failure:
-    """The error the caller gets for ``exc`` and what it counts as. Taxonomy errors and
-    gRPC errors carrying them pass through intact; connection errors to an LLM provider or
-    storage become :class:`LLMProviderUnavailable` / :class:`StorageFailure`."""
+def named_verdict(exc: BaseException, record: tuple[str, ...], ignore: tuple[str, ...]) -> Counts | None:
+    """A policy's verdict: ``ignore`` / ``record`` name the exception's class or a base
+    class, as ``Name`` or ``module.Name`` (nothing is imported to check)."""
+    if not (record or ignore):
+        return None
+    names: set[str] = set()
+    for cls in type(exc).__mro__:
+        names.add(cls.__qualname__)
+        names.add(f"{cls.__module__}.{cls.__qualname__}")
+    if names.intersection(ignore):
+        return Counts.NEITHER
+    if names.intersection(record):
+        return Counts.FAILURE
+    return None
+
+
+def classify(
+    target: Target,
+    exc: BaseException,
+    outcomes: Outcomes = DEFAULT,
+    policy_lists: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
+) -> Failure:
+    """The error the caller gets for ``exc`` and what it counts as: ``outcomes`` decides
+    first, then the policy's ``(record_errors, ignore_errors)``, then the rules above.
+    Taxonomy errors and gRPC errors carrying them pass through intact; connection errors
+    to an LLM provider or storage become :class:`LLMProviderUnavailable` /
+    :class:`StorageFailure`."""
     failure = _classify(target, exc)
     verdict = outcomes.verdict(exc)
+    if verdict is None:
+        verdict = named_verdict(exc, *policy_lists)
     if verdict is None or verdict is failure.counts:
         return failure
     if verdict is Counts.FAILURE:
