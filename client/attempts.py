@@ -205,7 +205,7 @@ class CallPlan:
     def _retryable(self, ticket: Ticket, failure: Failure) -> bool:
         if failure.counts is not Counts.FAILURE or failure.code is None:
             return False
-        if failure.ran and not self.idempotent:
+        if failure.ran and not (self.idempotent or ticket.state.policy.idempotent):
             return False
         error = failure.error
         if isinstance(error, CircuitBreakerOpen) or failure.retry_after == NO_RETRY:
@@ -276,7 +276,8 @@ class CallPlan:
         return {resource: amount for resource, amount in self.cost.items() if resource in known}
 
     def _may_fall_back(self, failure: Failure) -> bool:
-        return failure.counts is Counts.FAILURE and (self.idempotent or not failure.ran)
+        idempotent = self.idempotent or self.ex.view.get(self.service).policy.idempotent
+        return failure.counts is Counts.FAILURE and (idempotent or not failure.ran)
 
     def _release(self) -> None:
         ticket, self.ticket = self.ticket, None

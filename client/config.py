@@ -72,7 +72,8 @@ _INTEGERS = {
     "rate_limit_requests",
     "max_concurrent",
 }
-_LISTS = ("retryable_codes", "fallbacks")
+_LISTS = ("retryable_codes", "fallbacks", "record_errors", "ignore_errors")
+_BOOLS = ("idempotent",)
 _BACKOFF = {
     "initial_backoff_secs": "initial_secs",
     "max_backoff_secs": "max_secs",
@@ -83,7 +84,17 @@ _BUDGET = ("ratio", "min_retries_per_second", "window_secs")
 _RATE = ("threshold", "minimum_calls", "window_secs")
 _QUOTA = ("resource", "limit", "window_secs")
 _FLEET = ("rate_limit", "quotas", "lease_secs", "safe_share")
-_POLICY_KEYS = {"service", *_SCALARS, *_LISTS, "backoff", "retry_budget", "failure_rate", "quotas", "fleet"}
+_POLICY_KEYS = {
+    "service",
+    *_SCALARS,
+    *_LISTS,
+    *_BOOLS,
+    "backoff",
+    "retry_budget",
+    "failure_rate",
+    "quotas",
+    "fleet",
+}
 _TOP_KEYS = {
     "default_timeout_secs",
     "default_max_retries",
@@ -200,6 +211,12 @@ def _policy(
             value = _coerce(key, table[key], f"{path}{key}", bad)
             if value is not None:
                 values[key] = value
+    for key in _BOOLS:
+        if key in table:
+            if isinstance(table[key], bool):
+                values[key] = table[key]
+            else:
+                bad.append((f"{path}{key}", "must be true or false"))
     for key in _LISTS:
         if key in table:
             items = table[key]
@@ -271,8 +288,10 @@ def policy_to_mapping(policy: ServicePolicy, *, with_service: bool = True) -> di
     out: dict[str, Any] = {"service": policy.service} if with_service else {}
     for key in _SCALARS:
         out[key] = getattr(policy, key)
-    out["retryable_codes"] = list(policy.retryable_codes)
-    out["fallbacks"] = list(policy.fallbacks)
+    for key in _LISTS:
+        out[key] = list(getattr(policy, key))
+    for key in _BOOLS:
+        out[key] = getattr(policy, key)
     out["backoff"] = {key: getattr(policy.backoff, attr) for key, attr in _BACKOFF.items()}
     out["retry_budget"] = {k: getattr(policy.retry_budget, k) for k in _BUDGET}
     if policy.failure_rate is not None:

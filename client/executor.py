@@ -169,7 +169,9 @@ class Executor:
 
     def classify(self, ticket: Ticket, exc: BaseException, outcomes: Outcomes | None = None) -> Failure:
         """What ``exc`` from an attempt counts as, and the error the caller gets."""
-        return classify(ticket, exc, outcomes or self.outcomes.get(ticket.service, DEFAULT))
+        policy = ticket.state.policy
+        lists = (policy.record_errors, policy.ignore_errors)
+        return classify(ticket, exc, outcomes or self.outcomes.get(ticket.service, DEFAULT), lists)
 
     def record(self, ticket: Ticket, failure: Failure | None) -> None:
         """Count one attempt's outcome for the fleet and the local breaker."""

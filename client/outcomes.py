@@ -12,7 +12,7 @@ An attempt ends in one of three ways for the service's breaker and the fleet's c
 
 :class:`Outcomes` changes the verdict per service or per call, in the manner of
 resilience4j's ``recordExceptions`` / ``ignoreExceptions``, or with a ``classify``
-callable. Telemetry asks :func:`is_outage` the same question.
+callable. Telemetry reports as failed calls exactly those these rules count as failures.
 """
 
 from __future__ import annotations
@@ -28,11 +28,9 @@ from typing import Any, Protocol
 import grpc
 
 from .errors import (
-    CircuitBreakerOpen,
     LLMProviderUnavailable,
     MissionControlError,
     OperationTimeout,
-    ResourceExhausted,
     StorageFailure,
 )
 from .status import remote_status_of
@@ -44,8 +42,8 @@ __all__ = [
     "Outcomes",
     "ServiceKind",
     "classify",
-    "is_outage",
     "kind_of",
+    "named_verdict",
     "pushback",
 ]
 
@@ -157,12 +155,37 @@ class Target(Protocol):
     timeout: float
 
 
-def classify(target: Target, exc: BaseException, outcomes: Outcomes = DEFAULT) -> Failure:
-    """The error the caller gets for ``exc`` and what it counts as. Taxonomy errors and
-    gRPC errors carrying them pass through intact; connection errors to an LLM provider or
-    storage become :class:`LLMProviderUnavailable` / :class:`StorageFailure`."""
+def named_verdict(exc: BaseException, record: tuple[str, ...], ignore: tuple[str, ...]) -> Counts | None:
+    """A policy's verdict: ``ignore`` / ``record`` name the exception's class or a base
+    class, as ``Name`` or ``module.Name`` (nothing is imported to check)."""
+    if not (record or ignore):
+        return None
+    names: set[str] = set()
+    for cls in type(exc).__mro__:
+        names.add(cls.__qualname__)
+        names.add(f"{cls.__module__}.{cls.__qualname__}")
+    if names.intersection(ignore):
+        return Counts.NEITHER
+    if names.intersection(record):
+        return Counts.FAILURE
+    return None
+
+
+def classify(
+    target: Target,
+    exc: BaseException,
+    outcomes: Outcomes = DEFAULT,
+    policy_lists: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
+) -> Failure:
+    """The error the caller gets for ``exc`` and what it counts as: ``outcomes`` decides
+    first, then the policy's ``(record_errors, ignore_errors)``, then the rules above.
+    Taxonomy errors and gRPC errors carrying them pass through intact; connection errors
+    to an LLM provider or storage become :class:`LLMProviderUnavailable` /
+    :class:`StorageFailure`."""
     failure = _classify(target, exc)
     verdict = outcomes.verdict(exc)
+    if verdict is None:
+        verdict = named_verdict(exc, *policy_lists)
     if verdict is None or verdict is failure.counts:
         return failure
     if verdict is Counts.FAILURE:
@@ -243,16 +266,3 @@ def pushback(exc: Any) -> float | None:
                 return NO_RETRY
             return ms / 1000.0 if ms >= 0 else NO_RETRY
     return None
-
-
-def is_outage(error: BaseException) -> bool:
-    """Whether the caller's ``error`` says the service failed (for telemetry and fallbacks)."""
-    if isinstance(
-        error,
-        CircuitBreakerOpen | LLMProviderUnavailable | StorageFailure | OperationTimeout | ResourceExhausted,
-    ):
-        return True
-    code = getattr(error, "code", None)
-    if isinstance(error, MissionControlError):
-        return error.grpc_code in FAILURE_CODES
-    return isinstance(error, grpc.RpcError) and callable(code) and code() in FAILURE_CODES

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
@@ -36,6 +36,10 @@ Violations = list[tuple[str, str]]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _DAY = 86400.0
 _CODES = {c.name for c in grpc.StatusCode if c is not grpc.StatusCode.OK}
+
+
+#: ``Name`` or ``package.module.Name``.
+_CLASS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 def name_problem(name: object) -> str | None:
@@ -226,11 +230,19 @@ class ServicePolicy:
     failure_rate: FailureRate | None = None
     #: Limits shared by the fleet; None = every limit is per agent.
     fleet: FleetLimits | None = None
+    #: Calls may run twice: a late call may still be retried or sent to a fallback.
+    idempotent: bool = False
+    #: Exception class names (``FileNotFoundError``, ``pkg.module.Error``) that count as
+    #: failures of the service / as the caller's own (see ``client.outcomes``).
+    record_errors: tuple[str, ...] = ()
+    ignore_errors: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "retryable_codes", tuple(self.retryable_codes))
         object.__setattr__(self, "quotas", tuple(self.quotas))
         object.__setattr__(self, "fallbacks", tuple(self.fallbacks))
+        object.__setattr__(self, "record_errors", tuple(self.record_errors))
+        object.__setattr__(self, "ignore_errors", tuple(self.ignore_errors))
         _validated(self, ServicePolicy.check)
 
     @staticmethod
@@ -261,6 +273,12 @@ class ServicePolicy:
                 c.add(f"fallbacks[{i}]", "a service cannot be its own fallback")
             elif p.fallbacks.index(name) != i:
                 c.add(f"fallbacks[{i}]", f"duplicate fallback {name!r}")
+        if not isinstance(p.idempotent, bool):
+            c.add("idempotent", "must be true or false")
+        for key in ("record_errors", "ignore_errors"):
+            for i, name in enumerate(getattr(p, key)):
+                if not _CLASS_NAME.fullmatch(name):
+                    c.add(f"{key}[{i}]", f"not an exception class name: {name!r}")
         if p.fleet is not None:
             for i, name in enumerate(p.fleet.quotas):
                 if name not in names:
@@ -277,10 +295,6 @@ class ServicePolicy:
             if quota.resource in self.fleet.quotas:
                 found[quota.resource] = (float(quota.limit), quota.window_secs)
         return found
-
-    @property
-    def rate_per_second(self) -> float:
-        return self.rate_limit_requests / self.rate_limit_window_secs
 
     def replace(self, **changes: Any) -> ServicePolicy:
         """A new, validated policy with ``changes`` applied."""
@@ -328,7 +342,3 @@ def default_policy(service: str, **overrides: Any) -> ServicePolicy:
     values = dict(SEED_PRESETS.get(service, {}))
     values.update(overrides)
     return ServicePolicy(service=service, **values)
-
-
-def policy_fields() -> tuple[str, ...]:
-    return tuple(f.name for f in fields(ServicePolicy))

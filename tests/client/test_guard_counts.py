@@ -192,3 +192,54 @@ def test_the_breaker_view() -> None:
     assert view.state is BreakerState.OPEN and view.failures == 1 and 29 < view.open_remaining <= 30
     with pytest.raises(CircuitBreakerOpen):
         mc.guard("storage_backend")(lambda: None)()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_policy_names_what_counts(mode: str) -> None:
+    p = POLICY.replace(record_errors=("FileNotFoundError",), ignore_errors=("builtins.ConnectionResetError",))
+    mc = agent(p)
+    with pytest.raises(ConnectionResetError):  # the policy says: the caller's own
+        await through(mode, mc, raising(ConnectionResetError("mine")))
+    assert mc.breaker("storage_backend").state is BreakerState.CLOSED
+    with pytest.raises(FileNotFoundError):  # the policy says: the service failed
+        await through(mode, mc, raising(FileNotFoundError("mounted volume gone")))
+    assert mc.breaker("storage_backend").state is BreakerState.OPEN
+
+
+def test_a_policy_can_say_calls_are_idempotent() -> None:
+    p = POLICY.replace(
+        service="llm_provider",
+        timeout_secs=0.2,
+        fallbacks=("llm_backup",),
+        failure_threshold=5,
+        idempotent=True,
+    )
+    mc = MissionControl("idem-agent", config={"llm_provider": p})
+
+    def late() -> str:
+        time.sleep(0.3)
+        return "late"
+
+    assert mc.guard("llm_provider", fallbacks={"llm_backup": lambda: "backup"})(late)() == "backup"
+
+
+def test_the_new_policy_fields_survive_proto_json_and_toml() -> None:
+    from mission_control.client.config import (
+        ErrorHandlingConfig,
+        config_to_toml,
+        load_config,
+        policy_from_json,
+        policy_from_proto,
+        policy_to_json,
+        policy_to_proto,
+    )
+
+    p = POLICY.replace(idempotent=True, record_errors=("KeyError",), ignore_errors=("pkg.mod.Mine",))
+    assert policy_from_proto(policy_to_proto(p)) == p
+    assert policy_from_json(policy_to_json(p)) == p
+    import tomllib
+
+    toml = config_to_toml(ErrorHandlingConfig(service_specific={p.service: p}))
+    assert load_config(tomllib.loads(toml)).policy_for(p.service) == p
+    with pytest.raises(ConfigurationError):
+        POLICY.replace(record_errors=("not a class!",))
