@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
 import signal
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,13 +30,17 @@ from .auth import AccessPolicy
 from .control_plane import DEFAULT_PREFIX, ControlPlane
 from .etcd_process import EtcdProcess, free_port
 from .service import ControlPlaneServicer, Limits
-from .store import EtcdStore
+from .store import EtcdStore, StoreUnavailable
 
 _log = logging.getLogger("mission_control.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ControlPlaneService"].full_name
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_STATE_DIR = ".state"
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived while ``serve`` was starting; what it had started is stopped."""
 
 
 #: Largest message the control plane accepts (a full config import fits many times over).
@@ -146,9 +152,14 @@ async def start_control_plane(
     access = access or AccessPolicy.build(listen=listen)
     servicer = ControlPlaneServicer(plane, access, limits)
     pb_grpc.add_ControlPlaneServiceServicer_to_server(servicer, server)
-    port = server.add_secure_port(listen, tls.credentials()) if tls else server.add_insecure_port(listen)
+    try:
+        port = server.add_secure_port(listen, tls.credentials()) if tls else server.add_insecure_port(listen)
+    except RuntimeError:  # grpc says only "Failed to bind"
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {listen}")
+        await store.close()
+        problem = _bind_problem(listen) or "refused by gRPC (is it a HOST:PORT of this machine?)"
+        raise OSError(f"cannot listen on {listen}: {problem}")
     relay_token = access.admin_tokens[0].decode() if access.admin_tokens else None
     plane.enable_leadership(advertise or _advertised(listen, port), token=relay_token)
     running = RunningControlPlane(plane, server, port, telemetry)
@@ -172,11 +183,49 @@ async def start_control_plane(
 
     plane.health_listeners.append(on_health)
     await running.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
-    await plane.start()
+    problem = await _unreachable(store)
+    if problem:
+        _log.warning(
+            "etcd %s unreachable (%s): serving NOT_SERVING from defaults until it answers",
+            ",".join(store.endpoints),
+            problem,
+        )
+    await plane.start(load_timeout=0.0 if problem else 10.0)
     if plane.store_ok:
         await running.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await server.start()
     return running
+
+
+async def _unreachable(store: EtcdStore, timeout: float = 1.5) -> str:
+    """Why etcd does not answer now ('' when it does): asked once, so that a dead etcd at
+    start costs no load timeout."""
+    try:
+        await asyncio.wait_for(store.ping(), timeout)
+    except TimeoutError:
+        return f"no answer within {timeout:g}s"
+    except StoreUnavailable as err:
+        return str(err)
+    return ""
+
+
+def _bind_problem(listen: str) -> str | None:
+    """The operating system's reason ``listen`` cannot be bound (gRPC does not say), or
+    None when it can."""
+    host, _, port = listen.rpartition(":")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+        if isinstance(err, OSError) and err.errno == errno.EADDRINUSE:
+            reason += " (another mission-control? choose another with --listen HOST:PORT)"
+        return reason
+    return None
 
 
 def _advertised(listen: str, port: int) -> str:
@@ -212,54 +261,84 @@ def _free(port: int) -> bool:
 
 
 async def serve(options: ServeOptions) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    """Run until SIGTERM or SIGINT, then shut down gracefully.
+
+    Raises:
+        OSError: ``options.listen`` cannot be bound.
+        Interrupted: a signal arrived while the embedded etcd was starting.
+        EtcdUnavailable: the embedded etcd did not start.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    problem = _bind_problem(options.listen)
+    if problem is not None:
+        raise OSError(f"cannot listen on {options.listen}: {problem}")
     embedded: EtcdProcess | None = None
     endpoints = options.etcd
-    if not endpoints:
-        client, peer = _embedded_ports(options.state_dir)
-        embedded = EtcdProcess(
-            options.state_dir / "etcd",
-            client_port=client,
-            peer_port=peer,
-            log_file=options.state_dir / "etcd.log",
-        )
-        await asyncio.to_thread(embedded.start)
-        endpoints = [embedded.endpoint]
-        print(
-            f"mission-control: embedded etcd at {embedded.endpoint} (data in {options.state_dir / 'etcd'})",
-            flush=True,
-        )
     try:
-        store = options.etcd_access.store(endpoints)
-        access = AccessPolicy.build(
-            listen=options.listen,
-            admin_tokens_file=options.admin_tokens_file,
-            admin_identities=options.admin_identities,
-            agent_tokens_file=options.agent_tokens_file,
-        )
-        running = await start_control_plane(
-            store,
-            options.listen,
-            prefix=options.prefix,
-            instance_id=options.instance_id,
-            tls=options.tls,
-            access=access,
-            limits=options.limits,
-            advertise=options.advertise,
-        )
-        host = options.listen.rsplit(":", 1)[0]
-        print(
-            f"mission-control: serving on {host}:{running.port} "
-            f"(etcd {','.join(endpoints)}, prefix {options.prefix}, pid {os.getpid()})",
-            flush=True,
-        )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        print("mission-control: shutting down", flush=True)
-        await running.stop()
+        if not endpoints:
+            client, peer = _embedded_ports(options.state_dir)
+            embedded = EtcdProcess(
+                options.state_dir / "etcd",
+                client_port=client,
+                peer_port=peer,
+                log_file=options.state_dir / "etcd.log",
+            )
+            await _unless_stopped(asyncio.to_thread(embedded.start), stop, embedded.abort)
+            endpoints = [embedded.endpoint]
+            print(
+                f"mission-control: embedded etcd at {embedded.endpoint} "
+                f"(data in {options.state_dir / 'etcd'})",
+                flush=True,
+            )
+        await _run(options, endpoints, stop)
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+
+
+async def _unless_stopped(start: Awaitable[object], stop: asyncio.Event, abort: Callable[[], None]) -> None:
+    """Await ``start``; when ``stop`` is set first, ``abort`` it, wait for it to end and
+    raise Interrupted."""
+    starting = asyncio.ensure_future(start)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if starting.done():
+        stopping.cancel()
+        starting.result()
+        return
+    abort()
+    with contextlib.suppress(Exception):
+        await starting
+    raise Interrupted()
+
+
+async def _run(options: ServeOptions, endpoints: list[str], stop: asyncio.Event) -> None:
+    store = options.etcd_access.store(endpoints)
+    access = AccessPolicy.build(
+        listen=options.listen,
+        admin_tokens_file=options.admin_tokens_file,
+        admin_identities=options.admin_identities,
+        agent_tokens_file=options.agent_tokens_file,
+    )
+    running = await start_control_plane(
+        store,
+        options.listen,
+        prefix=options.prefix,
+        instance_id=options.instance_id,
+        tls=options.tls,
+        access=access,
+        limits=options.limits,
+        advertise=options.advertise,
+    )
+    host = options.listen.rsplit(":", 1)[0]
+    print(
+        f"mission-control: serving on {host}:{running.port} "
+        f"(etcd {','.join(endpoints)}, prefix {options.prefix}, pid {os.getpid()})",
+        flush=True,
+    )
+    await stop.wait()  # set already when a signal came during the start: stop at once
+    print("mission-control: shutting down", flush=True)
+    await running.stop()

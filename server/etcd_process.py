@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -59,6 +60,7 @@ class EtcdProcess:
         #: and present a certificate signed by that CA.
         self.tls = tls
         self._proc: subprocess.Popen[bytes] | None = None
+        self._aborted = threading.Event()
 
     @property
     def endpoint(self) -> str:
@@ -125,6 +127,9 @@ class EtcdProcess:
             context = ssl.create_default_context(cafile=str(ca))
             context.load_cert_chain(str(cert), str(key))
         while time.monotonic() < deadline:
+            if self._aborted.is_set():
+                self.stop()
+                raise EtcdUnavailable("etcd start aborted")
             if self._proc is not None and self._proc.poll() is not None:
                 raise EtcdUnavailable(f"etcd exited with code {self._proc.returncode}; see {self.log_file}")
             with (
@@ -136,6 +141,10 @@ class EtcdProcess:
             time.sleep(0.05)
         self.stop()
         raise EtcdUnavailable(f"etcd did not become healthy within {timeout}s; see {self.log_file}")
+
+    def abort(self) -> None:
+        """Make a ``start`` waiting in another thread stop the member and give up."""
+        self._aborted.set()
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         proc, self._proc = self._proc, None
