@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import logging
 import os
 import signal
@@ -28,8 +27,9 @@ from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
 from .auth import AccessPolicy
 from .control_plane import DEFAULT_PREFIX, ControlPlane
-from .etcd_process import EtcdProcess, free_port
+from .etcd_process import EtcdProcess
 from .service import ControlPlaneServicer, Limits
+from .state_dir import StateLock, embedded_ports
 from .store import EtcdStore, StoreUnavailable
 
 _log = logging.getLogger("mission_control.server")
@@ -237,29 +237,6 @@ def _advertised(listen: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-def _embedded_ports(state_dir: Path) -> tuple[int, int]:
-    """Ports of the embedded etcd: the last ones used when still free, else new ones."""
-    path = state_dir / "etcd-ports.json"
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        saved = json.loads(path.read_text())
-        client, peer = int(saved["client"]), int(saved["peer"])
-        if _free(client) and _free(peer):
-            return client, peer
-    client, peer = free_port(), free_port()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"client": client, "peer": peer}))
-    return client, peer
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
 async def serve(options: ServeOptions) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully.
 
@@ -276,27 +253,34 @@ async def serve(options: ServeOptions) -> None:
     if problem is not None:
         raise OSError(f"cannot listen on {options.listen}: {problem}")
     embedded: EtcdProcess | None = None
+    lock: StateLock | None = None
     endpoints = options.etcd
     try:
         if not endpoints:
-            client, peer = _embedded_ports(options.state_dir)
+            # before anything in the folder is touched: it may be another serve's
+            lock = StateLock(options.state_dir).acquire()
+            client, peer = embedded_ports(options.state_dir)
             embedded = EtcdProcess(
                 options.state_dir / "etcd",
                 client_port=client,
                 peer_port=peer,
                 log_file=options.state_dir / "etcd.log",
+                keep_fds=(lock.fd,) if lock.fd is not None else (),
             )
             await _unless_stopped(asyncio.to_thread(embedded.start), stop, embedded.abort)
             endpoints = [embedded.endpoint]
+            lock.record(etcd=embedded.endpoint, etcd_pid=embedded.pid)
             print(
                 f"mission-control: embedded etcd at {embedded.endpoint} "
-                f"(data in {options.state_dir / 'etcd'})",
+                f"(data in {options.state_dir / 'etcd'}; `mission-control status` tells it again)",
                 flush=True,
             )
-        await _run(options, endpoints, stop)
+        await _run(options, endpoints, stop, lock)
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+        if lock is not None:
+            lock.release()
 
 
 async def _unless_stopped(start: Awaitable[object], stop: asyncio.Event, abort: Callable[[], None]) -> None:
@@ -315,7 +299,9 @@ async def _unless_stopped(start: Awaitable[object], stop: asyncio.Event, abort: 
     raise Interrupted()
 
 
-async def _run(options: ServeOptions, endpoints: list[str], stop: asyncio.Event) -> None:
+async def _run(
+    options: ServeOptions, endpoints: list[str], stop: asyncio.Event, lock: StateLock | None
+) -> None:
     store = options.etcd_access.store(endpoints)
     access = AccessPolicy.build(
         listen=options.listen,
@@ -334,6 +320,8 @@ async def _run(options: ServeOptions, endpoints: list[str], stop: asyncio.Event)
         advertise=options.advertise,
     )
     host = options.listen.rsplit(":", 1)[0]
+    if lock is not None:
+        lock.record(listen=f"{host}:{running.port}")
     print(
         f"mission-control: serving on {host}:{running.port} "
         f"(etcd {','.join(endpoints)}, prefix {options.prefix}, pid {os.getpid()})",

@@ -16,6 +16,7 @@ from .cli_args import parse
 from .etcd_process import EtcdUnavailable
 from .pem import check_ca, check_pair
 from .service import Limits
+from .state_dir import read_status
 from .store import StoreUnavailable
 
 EXIT_INTERRUPTED = 130
@@ -94,6 +95,8 @@ def _main(argv: Sequence[str] | None) -> int:
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "status":
+        return _status(args)
     code = operator.run(args)
     sys.stdout.flush()  # a closed pipe surfaces here, not at exit
     return code
@@ -114,6 +117,15 @@ def _serve(args: argparse.Namespace) -> int:
         print("mission-control: interrupted during startup; stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = read_status(args.state_dir)
+    if args.json:
+        print(json.dumps(status.as_json()))
+    else:
+        print("\n".join(status.lines()))
+    return 0 if status.running else operator.EXIT_UNREACHABLE
 
 
 def _demo(args: argparse.Namespace) -> int:

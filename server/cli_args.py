@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(_sub(commands, "serve", "run the control plane (with a private etcd unless --etcd is given)"))
     _add_demo(_sub(commands, "demo", "run the fleet scenario live and print the seed's KPIs"))
+    _add_status(_sub(commands, "status", "whether a serve uses a state folder, and its etcd's address"))
     _add_operator_commands(commands, server)
     return parser
 
@@ -165,7 +166,9 @@ def _add_status(status: argparse.ArgumentParser) -> None:
         default=Path(DEFAULT_STATE_DIR),
         help="the state folder given to serve (default .state)",
     )
-    status.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    status.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print the status as JSON"
+    )
 
 
 def _add_operator_commands(commands: argparse._SubParsersAction, server: str) -> None:  # type: ignore[type-arg]

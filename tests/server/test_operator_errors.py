@@ -270,3 +270,69 @@ def test_every_action_and_option_has_a_sentence_in_help(capsys: pytest.CaptureFi
     assert expected <= set(paths) and "breakers list" in paths and "policies get" in paths
     top = run("--help")
     assert top.returncode == 0 and "Exit codes: 0 done" in top.stdout
+
+
+# -- defects 2 and 5: one serve per state folder; the embedded etcd keeps its address --------
+
+
+def _serve_embedded(state: Path, spawned: list[Proc]) -> tuple[Proc, str]:
+    proc = Proc([*CLI, "serve", "--listen", "127.0.0.1:0", "--state-dir", str(state)])
+    spawned.append(proc)
+    etcd = proc.wait_for("mission-control: embedded etcd at ", timeout=60).split()[4]
+    proc.wait_for("mission-control: serving on ", timeout=60)
+    return proc, etcd
+
+
+def test_second_serve_on_a_state_folder_is_refused_at_once(tmp_path: Path, spawned: list[Proc]) -> None:
+    state = tmp_path / "state"
+    first, etcd = _serve_embedded(state, spawned)
+    ports, log = (state / "etcd-ports.json").read_bytes(), (state / "etcd.log").stat().st_size
+    second = run("serve", "--listen", "127.0.0.1:0", "--state-dir", str(state))
+    assert second.returncode == 2 and second.stdout == ""
+    assert (
+        one_line(second.stderr)
+        == f"mission-control: another mission-control (pid {first.popen.pid}) is using {state}"
+    )
+    # the running instance's files are untouched
+    assert (state / "etcd-ports.json").read_bytes() == ports and (state / "etcd.log").stat().st_size == log
+    status = run("status", "--state-dir", str(state))
+    assert status.returncode == 0 and f"export ETCD={etcd}" in status.stdout
+    assert f"mission-control (pid {first.popen.pid}) is using {state}, serving on 127.0.0.1:" in status.stdout
+
+    # killed outright, its etcd lives on holding the data: say so rather than time out
+    first.kill(signal.SIGKILL)
+    facts = json.loads((state / "lock").read_text())
+    try:
+        orphan = run("serve", "--listen", "127.0.0.1:0", "--state-dir", str(state))
+        assert orphan.returncode == 2
+        assert one_line(orphan.stderr) == (
+            f"mission-control: an etcd (pid {facts['etcd_pid']}) left by a mission-control that is gone "
+            f"(pid {first.popen.pid}) still uses {state}: stop it (kill {facts['etcd_pid']}) and start again"
+        )
+    finally:
+        os.kill(facts["etcd_pid"], signal.SIGTERM)
+    assert poll(lambda: run("status", "--state-dir", str(state)).returncode == 3)
+
+
+def test_embedded_etcd_keeps_its_address_across_restarts(tmp_path: Path, spawned: list[Proc]) -> None:
+    state = tmp_path / "state"
+    addresses = []
+    for _ in range(3):
+        proc, etcd = _serve_embedded(state, spawned)
+        addresses.append(etcd)
+        # a client connected when it stops leaves connections in TIME_WAIT on the port
+        assert run("breakers", "force-open", "kept", "--server", _address(proc)).returncode == 0
+        proc.stop()
+        assert proc.popen.returncode == 0
+    assert addresses == [addresses[0]] * 3
+    status = run("status", "--state-dir", str(state))
+    assert status.returncode == 3 and status.stdout.splitlines() == [
+        f"no mission-control is using {state}",
+        f"embedded etcd: {addresses[0]} (when next started, if that port is free)",
+        f"  export ETCD={addresses[0]}",
+    ]
+    assert json.loads(run("status", "--json", "--state-dir", str(state)).stdout)["etcd"] == addresses[0]
+
+
+def _address(proc: Proc) -> str:
+    return proc.wait_for("mission-control: serving on ").split()[3]
