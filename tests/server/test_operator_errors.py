@@ -336,3 +336,27 @@ def test_embedded_etcd_keeps_its_address_across_restarts(tmp_path: Path, spawned
 
 def _address(proc: Proc) -> str:
     return proc.wait_for("mission-control: serving on ").split()[3]
+
+
+# -- defect 1: etcd endpoints by DNS name ----------------------------------------------------
+
+
+def _loopback_name() -> str:
+    """A name of this machine (not `localhost`, which etcd3aio rewrites) resolving to 127.0.0.1."""
+    name = socket.gethostname()
+    if "127.0.0.1" not in {info[4][0] for info in socket.getaddrinfo(name, 0, socket.AF_INET)}:
+        pytest.skip(f"the host name {name!r} does not resolve to 127.0.0.1")
+    return name
+
+
+def test_etcd_by_dns_name(etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]) -> None:
+    endpoint = f"{_loopback_name()}:{etcd_server.client_port}"
+    proc, address = control_plane(endpoint, prefix)
+    spawned.append(proc)
+    assert f"(etcd {endpoint}," in proc.lines[-1]
+    health = run("health", "--server", address)
+    assert health.returncode == 0 and "control plane: SERVING (etcd reachable)" in health.stdout
+    assert run("breakers", "force-open", "by-name", "--server", address).returncode == 0
+    nowhere = run("serve", "--listen", "127.0.0.1:0", "--etcd", "nosuch.invalid:2379")
+    assert nowhere.returncode == 2
+    assert one_line(nowhere.stderr).startswith("mission-control: etcd nosuch.invalid:2379: no address (")
