@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
-import os
-import signal
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +23,7 @@ from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
 from .auth import AccessPolicy
 from .control_plane import DEFAULT_PREFIX, ControlPlane
-from .etcd_process import EtcdProcess
 from .service import ControlPlaneServicer, Limits
-from .state_dir import StateLock, embedded_ports
 from .store import EtcdStore, StoreUnavailable
 
 _log = logging.getLogger("mission_control.server")
@@ -37,11 +31,6 @@ _log = logging.getLogger("mission_control.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ControlPlaneService"].full_name
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_STATE_DIR = ".state"
-
-
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived while ``serve`` was starting; what it had started is stopped."""
-
 
 #: Largest message the control plane accepts (a full config import fits many times over).
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -158,7 +147,7 @@ async def start_control_plane(
         port = 0
     if port == 0:
         await store.close()
-        problem = _bind_problem(listen) or "refused by gRPC (is it a HOST:PORT of this machine?)"
+        problem = bind_problem(listen) or "refused by gRPC (is it a HOST:PORT of this machine?)"
         raise OSError(f"cannot listen on {listen}: {problem}")
     relay_token = access.admin_tokens[0].decode() if access.admin_tokens else None
     plane.enable_leadership(advertise or _advertised(listen, port), token=relay_token)
@@ -209,7 +198,7 @@ async def _unreachable(store: EtcdStore, timeout: float = 1.5) -> str:
     return ""
 
 
-def _bind_problem(listen: str) -> str | None:
+def bind_problem(listen: str) -> str | None:
     """The operating system's reason ``listen`` cannot be bound (gRPC does not say), or
     None when it can."""
     host, _, port = listen.rpartition(":")
@@ -235,98 +224,3 @@ def _advertised(listen: str, port: int) -> str:
     if host in ("0.0.0.0", "[::]", "::", ""):
         host = socket.gethostname()
     return f"{host}:{port}"
-
-
-async def serve(options: ServeOptions) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully.
-
-    Raises:
-        OSError: ``options.listen`` cannot be bound.
-        Interrupted: a signal arrived while the embedded etcd was starting.
-        EtcdUnavailable: the embedded etcd did not start.
-    """
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    problem = _bind_problem(options.listen)
-    if problem is not None:
-        raise OSError(f"cannot listen on {options.listen}: {problem}")
-    embedded: EtcdProcess | None = None
-    lock: StateLock | None = None
-    endpoints = options.etcd
-    try:
-        if not endpoints:
-            # before anything in the folder is touched: it may be another serve's
-            lock = StateLock(options.state_dir).acquire()
-            client, peer = embedded_ports(options.state_dir)
-            embedded = EtcdProcess(
-                options.state_dir / "etcd",
-                client_port=client,
-                peer_port=peer,
-                log_file=options.state_dir / "etcd.log",
-                keep_fds=(lock.fd,) if lock.fd is not None else (),
-            )
-            await _unless_stopped(asyncio.to_thread(embedded.start), stop, embedded.abort)
-            endpoints = [embedded.endpoint]
-            lock.record(etcd=embedded.endpoint, etcd_pid=embedded.pid)
-            print(
-                f"mission-control: embedded etcd at {embedded.endpoint} "
-                f"(data in {options.state_dir / 'etcd'}; `mission-control status` tells it again)",
-                flush=True,
-            )
-        await _run(options, endpoints, stop, lock)
-    finally:
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
-        if lock is not None:
-            lock.release()
-
-
-async def _unless_stopped(start: Awaitable[object], stop: asyncio.Event, abort: Callable[[], None]) -> None:
-    """Await ``start``; when ``stop`` is set first, ``abort`` it, wait for it to end and
-    raise Interrupted."""
-    starting = asyncio.ensure_future(start)
-    stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    if starting.done():
-        stopping.cancel()
-        starting.result()
-        return
-    abort()
-    with contextlib.suppress(Exception):
-        await starting
-    raise Interrupted()
-
-
-async def _run(
-    options: ServeOptions, endpoints: list[str], stop: asyncio.Event, lock: StateLock | None
-) -> None:
-    store = options.etcd_access.store(endpoints)
-    access = AccessPolicy.build(
-        listen=options.listen,
-        admin_tokens_file=options.admin_tokens_file,
-        admin_identities=options.admin_identities,
-        agent_tokens_file=options.agent_tokens_file,
-    )
-    running = await start_control_plane(
-        store,
-        options.listen,
-        prefix=options.prefix,
-        instance_id=options.instance_id,
-        tls=options.tls,
-        access=access,
-        limits=options.limits,
-        advertise=options.advertise,
-    )
-    host = options.listen.rsplit(":", 1)[0]
-    if lock is not None:
-        lock.record(listen=f"{host}:{running.port}")
-    print(
-        f"mission-control: serving on {host}:{running.port} "
-        f"(etcd {','.join(endpoints)}, prefix {options.prefix}, pid {os.getpid()})",
-        flush=True,
-    )
-    await stop.wait()  # set already when a signal came during the start: stop at once
-    print("mission-control: shutting down", flush=True)
-    await running.stop()

@@ -11,11 +11,12 @@ import sys
 from collections.abc import Sequence
 
 from . import operator
-from .app import EtcdAccess, Interrupted, ServeOptions, TlsFiles, serve
+from .app import EtcdAccess, ServeOptions, TlsFiles
 from .cli_args import parse
 from .etcd_process import EtcdUnavailable
 from .pem import check_ca, check_pair
 from .service import Limits
+from .serving import Interrupted, serve
 from .state_dir import read_status
 from .store import StoreUnavailable
 
