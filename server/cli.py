@@ -74,7 +74,9 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; every failure is one line on stderr and an exit code."""
     try:
-        return _main(argv)
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe surfaces here, not at exit
+        return code
     except KeyboardInterrupt:
         print("mission-control: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -98,9 +100,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return _demo(args)
     if args.command == "status":
         return _status(args)
-    code = operator.run(args)
-    sys.stdout.flush()  # a closed pipe surfaces here, not at exit
-    return code
+    return operator.run(args)
 
 
 def _serve(args: argparse.Namespace) -> int:

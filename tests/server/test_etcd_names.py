@@ -5,6 +5,7 @@ can move between two loopback addresses)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import pytest
@@ -52,7 +53,9 @@ async def test_a_moved_member_is_found_again(etcd_server: EtcdProcess) -> None:
     key = f"/mc-test/names/{uuid.uuid4().hex}"
     try:
         assert client.watch is not None and client.kv is not None
-        first = asyncio.ensure_future(_first_event(client, key))  # watching while unreachable
+        # watching while unreachable, from now on (wherever its stream gets established)
+        revision = json.loads(etcdctl(etcd_server.endpoint, "get", key, "-w", "json"))["header"]["revision"]
+        first = asyncio.ensure_future(_first_event(client, key, revision + 1))
         with pytest.raises(Exception, match="UNAVAILABLE"):
             await client.kv.get(key, timeout=1)
         table["etcd-a"] = ["127.0.0.1"]  # the member "moved"; DNS says so
@@ -70,9 +73,9 @@ async def test_a_moved_member_is_found_again(etcd_server: EtcdProcess) -> None:
         await client.close()
 
 
-async def _first_event(client: ResolvingEtcdClient, key: str) -> bytes:
+async def _first_event(client: ResolvingEtcdClient, key: str, revision: int) -> bytes:
     assert client.watch is not None
-    async for response in client.watch.watch(key):  # etcd3aio retries while unreachable
+    async for response in client.watch.watch(key, start_revision=revision):  # retried while unreachable
         for event in response.events:
             return bytes(event.kv.value)
     raise AssertionError("the watch ended")
