@@ -68,7 +68,7 @@ def _sub(commands: argparse._SubParsersAction, name: str, text: str) -> argparse
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
-    server = os.environ.get("MISSION_CONTROL_SERVER", DEFAULT_LISTEN)
+    server = DEFAULT_LISTEN  # for the help; parse() reads $MISSION_CONTROL_SERVER
     parser = argparse.ArgumentParser(
         prog="mission-control",
         description="Resilience control plane for fleets of AI agents. "
