@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
+import errno
 import logging
-import os
-import signal
 import socket
 import ssl
 import uuid
@@ -27,9 +24,8 @@ from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
 from .auth import AccessPolicy
 from .control_plane import DEFAULT_PREFIX, ControlPlane
-from .etcd_process import EtcdProcess, free_port
 from .service import ControlPlaneServicer, Limits
-from .store import EtcdStore
+from .store import EtcdStore, StoreUnavailable
 from .web import Dashboard
 
 _log = logging.getLogger("mission_control.server")
@@ -37,7 +33,6 @@ _log = logging.getLogger("mission_control.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ControlPlaneService"].full_name
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_STATE_DIR = ".state"
-
 
 #: Largest message the control plane accepts (a full config import fits many times over).
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -164,9 +159,14 @@ async def start_control_plane(
     access = access or AccessPolicy.build(listen=listen)
     servicer = ControlPlaneServicer(plane, access, limits)
     pb_grpc.add_ControlPlaneServiceServicer_to_server(servicer, server)
-    port = server.add_secure_port(listen, tls.credentials()) if tls else server.add_insecure_port(listen)
+    try:
+        port = server.add_secure_port(listen, tls.credentials()) if tls else server.add_insecure_port(listen)
+    except RuntimeError:  # grpc says only "Failed to bind"
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {listen}")
+        await store.close()
+        problem = bind_problem(listen) or "refused by gRPC (is it a HOST:PORT of this machine?)"
+        raise OSError(f"cannot listen on {listen}: {problem}")
     relay_token = access.admin_tokens[0].decode() if access.admin_tokens else None
     plane.enable_leadership(advertise or _advertised(listen, port), token=relay_token)
     running = RunningControlPlane(plane, server, port, telemetry)
@@ -190,7 +190,14 @@ async def start_control_plane(
 
     plane.health_listeners.append(on_health)
     await running.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
-    await plane.start()
+    problem = await _unreachable(store)
+    if problem:
+        _log.warning(
+            "etcd %s unreachable (%s): serving NOT_SERVING from defaults until it answers",
+            ",".join(store.endpoints),
+            problem,
+        )
+    await plane.start(load_timeout=0.0 if problem else 10.0)
     if plane.store_ok:
         await running.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await server.start()
@@ -205,6 +212,37 @@ async def start_control_plane(
     return running
 
 
+async def _unreachable(store: EtcdStore, timeout: float = 1.5) -> str:
+    """Why etcd does not answer now ('' when it does): asked once, so that a dead etcd at
+    start costs no load timeout."""
+    try:
+        await asyncio.wait_for(store.ping(), timeout)
+    except TimeoutError:
+        return f"no answer within {timeout:g}s"
+    except StoreUnavailable as err:
+        return str(err)
+    return ""
+
+
+def bind_problem(listen: str) -> str | None:
+    """The operating system's reason ``listen`` cannot be bound (gRPC does not say), or
+    None when it can."""
+    host, _, port = listen.rpartition(":")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+        if isinstance(err, OSError) and err.errno == errno.EADDRINUSE:
+            reason += " (another mission-control? choose another with --listen HOST:PORT)"
+        return reason
+    return None
+
+
 def _advertised(listen: str, port: int) -> str:
     """Where other replicas reach this one: the listen host, or this host's name when it
     listens on every interface."""
@@ -212,84 +250,3 @@ def _advertised(listen: str, port: int) -> str:
     if host in ("0.0.0.0", "[::]", "::", ""):
         host = socket.gethostname()
     return f"{host}:{port}"
-
-
-def _embedded_ports(state_dir: Path) -> tuple[int, int]:
-    """Ports of the embedded etcd: the last ones used when still free, else new ones."""
-    path = state_dir / "etcd-ports.json"
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        saved = json.loads(path.read_text())
-        client, peer = int(saved["client"]), int(saved["peer"])
-        if _free(client) and _free(peer):
-            return client, peer
-    client, peer = free_port(), free_port()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"client": client, "peer": peer}))
-    return client, peer
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-async def serve(options: ServeOptions) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    embedded: EtcdProcess | None = None
-    endpoints = options.etcd
-    if not endpoints:
-        client, peer = _embedded_ports(options.state_dir)
-        embedded = EtcdProcess(
-            options.state_dir / "etcd",
-            client_port=client,
-            peer_port=peer,
-            log_file=options.state_dir / "etcd.log",
-        )
-        await asyncio.to_thread(embedded.start)
-        endpoints = [embedded.endpoint]
-        print(
-            f"mission-control: embedded etcd at {embedded.endpoint} (data in {options.state_dir / 'etcd'})",
-            flush=True,
-        )
-    try:
-        store = options.etcd_access.store(endpoints)
-        access = AccessPolicy.build(
-            listen=options.listen,
-            admin_tokens_file=options.admin_tokens_file,
-            admin_identities=options.admin_identities,
-            agent_tokens_file=options.agent_tokens_file,
-        )
-        running = await start_control_plane(
-            store,
-            options.listen,
-            prefix=options.prefix,
-            instance_id=options.instance_id,
-            tls=options.tls,
-            access=access,
-            limits=options.limits,
-            advertise=options.advertise,
-            http=options.http,
-        )
-        host = options.listen.rsplit(":", 1)[0]
-        print(
-            f"mission-control: serving on {host}:{running.port} "
-            f"(etcd {','.join(endpoints)}, prefix {options.prefix}, pid {os.getpid()})",
-            flush=True,
-        )
-        if running.dashboard is not None:
-            scheme = "https" if options.tls else "http"
-            print(f"mission-control: dashboard at {scheme}://{running.dashboard.address}/", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        print("mission-control: shutting down", flush=True)
-        await running.stop()
-    finally:
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)

@@ -9,98 +9,19 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from . import operator
-from .app import DEFAULT_LISTEN, DEFAULT_STATE_DIR, EtcdAccess, ServeOptions, TlsFiles, serve
-from .control_plane import DEFAULT_PREFIX
+from .app import EtcdAccess, ServeOptions, TlsFiles
+from .cli_args import parse
 from .etcd_process import EtcdUnavailable
+from .pem import check_ca, check_pair
 from .service import Limits
+from .serving import Interrupted, serve
+from .state_dir import read_status
 from .store import StoreUnavailable
 
-
-def _endpoints(text: str) -> list[str]:
-    items = [e.strip() for e in text.split(",") if e.strip()]
-    for item in items:
-        host, _, port = item.rpartition(":")
-        if not host or not port.isdigit():
-            raise argparse.ArgumentTypeError(f"{item!r} is not HOST:PORT")
-    return items
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mission-control",
-        description="Resilience control plane for fleets of AI agents.",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    run = commands.add_parser("serve", help="run the control plane")
-    run.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT (default {DEFAULT_LISTEN})")
-    run.add_argument(
-        "--etcd",
-        type=_endpoints,
-        default=[],
-        metavar="HOST:PORT,...",
-        help="etcd cluster to use (default: start a private local etcd)",
-    )
-    run.add_argument("--etcd-prefix", default=DEFAULT_PREFIX, help=f"key prefix (default {DEFAULT_PREFIX})")
-    run.add_argument(
-        "--state-dir",
-        type=Path,
-        default=Path(DEFAULT_STATE_DIR),
-        help="where the embedded etcd keeps its data (default .state)",
-    )
-    run.add_argument("--instance-id", default="", help="name of this replica (default random)")
-    run.add_argument(
-        "--advertise", default=None, help="HOST:PORT other replicas use to reach this one (default: --listen)"
-    )
-    run.add_argument(
-        "--http",
-        metavar="HOST:PORT",
-        default=None,
-        help="serve the dashboard, /metrics, /healthz and /readyz on HOST:PORT "
-        "(default: off; `make run` uses 127.0.0.1:8080)",
-    )
-    sec = run.add_argument_group("security")
-    sec.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS")
-    sec.add_argument("--tls-key", type=Path, help="server private key (PEM)")
-    sec.add_argument("--tls-client-ca", type=Path, help="CA of client certificates: requires mutual TLS")
-    sec.add_argument("--admin-tokens-file", type=Path, help="tokens allowed to write, one per line")
-    sec.add_argument(
-        "--admin-identity",
-        action="append",
-        default=[],
-        help="client-certificate identity (SAN or CN) allowed to write; repeatable",
-    )
-    sec.add_argument(
-        "--agent-tokens-file", type=Path, help="'<agent_id> <token>' per line: agents must present theirs"
-    )
-    sec.add_argument("--etcd-ca", type=Path, help="CA of the etcd server certificates (PEM)")
-    sec.add_argument("--etcd-cert", type=Path, help="client certificate for etcd (PEM)")
-    sec.add_argument("--etcd-key", type=Path, help="client key for etcd (PEM)")
-    sec.add_argument("--etcd-user", help="etcd user")
-    sec.add_argument(
-        "--etcd-password-file",
-        type=Path,
-        help="file holding the etcd password (or set MISSION_CONTROL_ETCD_PASSWORD)",
-    )
-    sec.add_argument("--max-agents", type=int, default=10_000, help="most agents connected at once")
-    demo = commands.add_parser("demo", help="run the fleet scenario live and print the seed's KPIs")
-    demo.add_argument("--duration", type=float, default=60.0, help="seconds of traffic (default 60)")
-    demo.add_argument("--seed", type=int, default=1, help="varies the scenario's timing, repeatably")
-    demo.add_argument("--etcd", default=None, help="an etcd to use (default: a private one)")
-    demo.add_argument("--json", action="store_true", help="also print the KPIs as JSON")
-    demo.add_argument(
-        "--http",
-        default="127.0.0.1:0",
-        metavar="HOST:PORT",
-        help="the dashboard's address (default: a free port)",
-    )
-    server = os.environ.get("MISSION_CONTROL_SERVER", DEFAULT_LISTEN)
-    operator.add_commands(commands, server)
-    return parser
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
 
 
 def _serve_options(args: argparse.Namespace) -> ServeOptions:
@@ -125,6 +46,15 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
     ):
         if path is not None and not path.is_file():
             raise ValueError(f"{path}: no such file")
+    if args.tls_cert:
+        check_pair(args.tls_cert, args.tls_key)
+    for ca in (args.tls_client_ca, args.etcd_ca):
+        if ca is not None:
+            check_ca(ca)
+    if args.etcd_cert or args.etcd_key:
+        if not (args.etcd_cert and args.etcd_key and args.etcd_ca):
+            raise ValueError("--etcd-cert and --etcd-key go together, with --etcd-ca")
+        check_pair(args.etcd_cert, args.etcd_key)
     return ServeOptions(
         listen=args.listen,
         etcd=args.etcd,
@@ -143,40 +73,74 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; every failure is one line on stderr and an exit code."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe surfaces here, not at exit
+        return code
+    except KeyboardInterrupt:
+        print("mission-control: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`... | head`): stop quietly, as a shell tool does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = parse(list(argv) if argv is not None else None)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     if args.command == "serve":
-        try:
-            options = _serve_options(args)
-        except (OSError, ValueError) as err:
-            print(f"mission-control: {err}", file=sys.stderr)
-            return 2
-        try:
-            asyncio.run(serve(options))
-        except (EtcdUnavailable, StoreUnavailable) as err:
-            print(f"mission-control: {err}", file=sys.stderr)
-            return 2
-        except OSError as err:
-            print(f"mission-control: {err}", file=sys.stderr)
-            return 2
-        return 0
+        return _serve(args)
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     if args.command == "demo":
-        from .demo import run_demo
-
-        try:
-            results = run_demo(args.duration, args.seed, etcd=args.etcd, http=args.http)
-        except (EtcdUnavailable, OSError, AssertionError) as err:
-            print(f"mission-control: demo failed: {err}", file=sys.stderr)
-            return 1
-        if args.json:
-            print(json.dumps(results))
-        return 0
+        return _demo(args)
+    if args.command == "status":
+        return _status(args)
     return operator.run(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        options = _serve_options(args)
+    except (OSError, ValueError) as err:
+        print(f"mission-control: {err}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(options))
+    except (EtcdUnavailable, StoreUnavailable, OSError) as err:
+        print(f"mission-control: {err}", file=sys.stderr)
+        return 2
+    except Interrupted:
+        print("mission-control: interrupted during startup; stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = read_status(args.state_dir)
+    if args.json:
+        print(json.dumps(status.as_json()))
+    else:
+        print("\n".join(status.lines()))
+    return 0 if status.running else operator.EXIT_UNREACHABLE
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    try:
+        results = run_demo(args.duration, args.seed, etcd=args.etcd, http=args.http)
+    except (EtcdUnavailable, OSError, AssertionError) as err:
+        print(f"mission-control: demo failed: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(results))
+    return 0
 
 
 if __name__ == "__main__":

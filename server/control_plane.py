@@ -150,7 +150,7 @@ class ControlPlane:
             self._tasks.append(asyncio.create_task(loop(), name=loop.__name__))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._loaded.wait(), load_timeout)
-        if self.leadership is not None:  # give the first campaign a moment to settle
+        if self.leadership is not None and self._loaded.is_set():  # let the first campaign settle
             deadline = time.monotonic() + 2.0
             while self.leadership.leader_id is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
@@ -190,8 +190,10 @@ class ControlPlane:
             except WatchCompacted as err:
                 _log.warning("%s; reloading everything", err)
             except StoreUnavailable as err:
+                # Said once per outage; the retries every few seconds say nothing new.
+                log = _log.warning if backoff == 0.1 and self._loaded.is_set() else _log.debug
                 self._set_store_ok(False)
-                _log.warning("store unavailable (%s); serving from memory", err)
+                log("store unavailable (%s); serving from memory", err)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 

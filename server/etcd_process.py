@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -47,6 +48,7 @@ class EtcdProcess:
         log_file: str | Path | None = None,
         tls: tuple[Path, Path, Path] | None = None,
         initial_cluster: str | None = None,
+        keep_fds: tuple[int, ...] = (),
     ) -> None:
         self.data_dir = Path(data_dir)
         #: ``name=peer-url,...`` of every member, for a multi-member cluster.
@@ -58,11 +60,18 @@ class EtcdProcess:
         #: (server cert, server key, CA of client certificates): clients must use TLS
         #: and present a certificate signed by that CA.
         self.tls = tls
+        #: descriptors the etcd process inherits (the state folder's lock)
+        self.keep_fds = keep_fds
         self._proc: subprocess.Popen[bytes] | None = None
+        self._aborted = threading.Event()
 
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def running(self) -> bool:
@@ -104,7 +113,9 @@ class EtcdProcess:
             args.append("--client-cert-auth")
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_file, "ab")  # noqa: SIM115 - owned by the child for its lifetime
-        self._proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
+        self._proc = subprocess.Popen(
+            args, stdout=log, stderr=log, start_new_session=True, pass_fds=self.keep_fds
+        )
         log.close()
         if wait:
             self._wait_healthy(timeout)
@@ -125,6 +136,9 @@ class EtcdProcess:
             context = ssl.create_default_context(cafile=str(ca))
             context.load_cert_chain(str(cert), str(key))
         while time.monotonic() < deadline:
+            if self._aborted.is_set():
+                self.stop()
+                raise EtcdUnavailable("etcd start aborted")
             if self._proc is not None and self._proc.poll() is not None:
                 raise EtcdUnavailable(f"etcd exited with code {self._proc.returncode}; see {self.log_file}")
             with (
@@ -136,6 +150,10 @@ class EtcdProcess:
             time.sleep(0.05)
         self.stop()
         raise EtcdUnavailable(f"etcd did not become healthy within {timeout}s; see {self.log_file}")
+
+    def abort(self) -> None:
+        """Make a ``start`` waiting in another thread stop the member and give up."""
+        self._aborted.set()
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         proc, self._proc = self._proc, None

@@ -23,11 +23,11 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mission_control.client.config import (
     ErrorHandlingConfig,
@@ -40,6 +40,8 @@ from mission_control.client.errors import ConfigurationError, StorageFailure
 from mission_control.client.status import error_from_rpc_error
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
+
+from .pem import check_ca, check_pair
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
 EXIT_NOT_FOUND, EXIT_NOT_STORED, EXIT_CONFLICT, EXIT_DENIED = 4, 5, 6, 7
@@ -58,7 +60,34 @@ def _state_name(value: int) -> str:
 
 
 def _json(message: Any) -> Any:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+    """A message as JSON values: every field, zeros included, and 64-bit integers as numbers
+    (protobuf's JSON mapping writes those as strings and leaves zeros out)."""
+    plain = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return _numbers(message.DESCRIPTOR, plain)
+
+
+_INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64}
+_INT64 |= {FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
+
+
+def _numbers(descriptor: Any, plain: dict[str, Any]) -> dict[str, Any]:
+    for field in descriptor.fields:
+        value = plain.get(field.name)
+        if value is None:
+            continue
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            if value_field.type in _INT64:
+                plain[field.name] = {k: int(v) for k, v in value.items()}
+        elif field.type in _INT64:
+            plain[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+        elif field.message_type is not None and not field.message_type.full_name.startswith("google."):
+            items = value if isinstance(value, list) else [value]
+            for item in items:
+                _numbers(field.message_type, item)
+    return plain
 
 
 def _print_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> None:
@@ -198,10 +227,8 @@ class Operator:
                     print(json.dumps(_json(event)), flush=True)
                 else:
                     before = _state_name(event.previous_state) if event.previous_state else "-"
-                    print(
-                        f"{_when(b.changed_at)}  {b.name}  {before} -> {_state_name(b.state)}  {b.reason}",
-                        flush=True,
-                    )
+                    after = _state_name(b.state)
+                    print(f"{_when(b.changed_at)} UTC  {b.name}  {before} -> {after}  {b.reason}", flush=True)
         except grpc.RpcError as err:
             raise self._explain(err) from None
         return EXIT_OK
@@ -241,15 +268,15 @@ class Operator:
 
     def policies_get(self, name: str) -> int:
         response = self._call(self.stub.GetPolicy, pb.GetPolicyRequest(service=name))
+        if not response.HasField("policy"):
+            raise CommandError(
+                f"no policy named {name!r} (its calls use the defaults; `policies list` shows those stored)",
+                EXIT_NOT_FOUND,
+            )
         if self.as_json:
             print(json.dumps(_json(response), indent=2))
             return EXIT_OK
-        source = (
-            f"stored at revision {response.revision}"
-            if response.HasField("policy")
-            else "defaults (none stored)"
-        )
-        print(f"# {name}: {source}")
+        print(f"# {name}: stored at revision {response.revision}")
         policy = policy_from_proto(response.effective)
         print(
             config_to_toml(ErrorHandlingConfig(service_specific={name: policy})).split("\n\n", 1)[1],
@@ -384,63 +411,9 @@ def config_validate(path: str, as_json: bool) -> int:
         print(json.dumps({"valid": True, "services": sorted(config.service_specific)}))
     else:
         names = sorted(config.service_specific)
-        print(f"{path}: valid ({len(names)} service(s): {', '.join(names)})")
+        listed = f"{len(names)} service(s): {', '.join(names)}" if names else "no services: defaults only"
+        print(f"{path}: valid ({listed})")
     return EXIT_OK
-
-
-def add_commands(commands: argparse._SubParsersAction, server_default: str) -> None:  # type: ignore[type-arg]
-    def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--token", default=None, help="admin bearer token (default $MISSION_CONTROL_TOKEN)")
-        p.add_argument("--tls-ca", type=Path, help="CA of the control plane's certificate: use TLS")
-        p.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS")
-        p.add_argument("--tls-key", type=Path, help="client key for mutual TLS")
-        p.add_argument(
-            "--server",
-            default=server_default,
-            help=f"control plane HOST:PORT (default {server_default})",
-        )
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-        return p
-
-    config = commands.add_parser("config", help="validate, import, export or diff a TOML config")
-    cfg = config.add_subparsers(dest="action", required=True, metavar="ACTION")
-    v = cfg.add_parser("validate", help="check a file; every problem at once; nothing written")
-    v.add_argument("file")
-    v.add_argument("--json", action="store_true")
-    i = common(cfg.add_parser("import", help="validate, then write all policies in one transaction"))
-    i.add_argument("file")
-    i.add_argument("--dry-run", action="store_true", help="show what would change")
-    i.add_argument("--prune", action="store_true", help="also remove policies the file does not name")
-    d = common(cfg.add_parser("diff", help="what importing the file would change"))
-    d.add_argument("file")
-    d.add_argument("--prune", action="store_true")
-    e = common(cfg.add_parser("export", help="the live policies as TOML"))
-    e.add_argument("file", nargs="?", default=None)
-
-    breakers = commands.add_parser("breakers", help="inspect and steer circuit breakers")
-    br = breakers.add_subparsers(dest="action", required=True, metavar="ACTION")
-    common(br.add_parser("list"))
-    common(br.add_parser("watch", help="stream changes until interrupted"))
-    for name, help_text in (
-        ("get", "one breaker"),
-        ("force-open", "fail every call fast until reset"),
-        ("force-close", "let every call through until reset"),
-        ("disable", "no breaker at all until reset"),
-        ("reset", "back to CLOSED, counters cleared"),
-    ):
-        p = common(br.add_parser(name, help=help_text))
-        p.add_argument("name")
-        if name != "get":
-            p.add_argument("--reason", default="", help="why (shown to everyone)")
-
-    policies = commands.add_parser("policies", help="inspect policies")
-    po = policies.add_subparsers(dest="action", required=True, metavar="ACTION")
-    common(po.add_parser("list"))
-    g = common(po.add_parser("get"))
-    g.add_argument("name")
-
-    common(commands.add_parser("stats", help="error statistics over the fleet"))
-    common(commands.add_parser("health", help="is the control plane serving, is etcd reachable"))
 
 
 _FORCE = {
@@ -480,6 +453,11 @@ def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
         if args.tls_cert or args.tls_key:
             raise ValueError("--tls-cert/--tls-key need --tls-ca")
         return None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    check_ca(args.tls_ca)
+    if args.tls_cert:
+        check_pair(args.tls_cert, args.tls_key)
     key = args.tls_key.read_bytes() if args.tls_key else None
     cert = args.tls_cert.read_bytes() if args.tls_cert else None
     return grpc.ssl_channel_credentials(args.tls_ca.read_bytes(), key, cert)

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
-from etcd3aio import Etcd3Client
 from etcd3aio.errors import EtcdError
 from etcd3aio.kv import KVService, prefix_range_end
+
+from .etcd_names import ResolvingEtcdClient
 
 __all__ = [
     "Entry",
@@ -136,7 +137,7 @@ class EtcdStore:
         self._password = password
         tls = {"ca_cert": ca_cert, "cert_key": cert_key, "cert_chain": cert_chain}
         self._tls = {k: v for k, v in tls.items() if v is not None}
-        self._client = Etcd3Client(
+        self._client = ResolvingEtcdClient(
             self.endpoints,
             rpc_max_attempts=2,
             watch_reconnect_backoff_seconds=0.1,

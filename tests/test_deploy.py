@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from mission_control.server.cli import build_parser
+from mission_control.server.cli_args import parse
 
 from tests.support.procs import ROOT
 
@@ -30,7 +30,7 @@ def tool(name: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
 
 def parses(argv: list[str]) -> None:
     """The CLI's own parser accepts argv (argparse exits on an unknown option)."""
-    build_parser().parse_args(argv)
+    parse(list(argv))
 
 
 def test_dockerfile_passes_hadolint() -> None:

@@ -138,7 +138,7 @@ def test_breakers_watch_streams(plane: str) -> None:
         time.sleep(0.5)
         assert cli("breakers", "force-open", "r2", "--reason", "ops", server=plane).returncode == 0
         line = proc.wait_for("", timeout=20)
-        assert "r2" in line and "FORCED_OPEN" in line
+        assert "r2" in line and "FORCED_OPEN" in line and " UTC " in line
     finally:
         proc.kill()
 

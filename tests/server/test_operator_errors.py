@@ -1,0 +1,362 @@
+"""What an operator sees when something is wrong: the exact command, its one-line message and
+its exit code, against real processes (a real etcd, real control planes, real sockets)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mission_control.server.cli import main
+from mission_control.server.cli_args import build_parser
+from mission_control.server.etcd_process import EtcdProcess, free_port
+
+from tests.support.certs import Authority
+from tests.support.procs import ROOT, Proc, control_plane
+
+CLI = [sys.executable, "-m", "mission_control.server.cli"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ, **(env or {})}
+    )
+
+
+def one_line(stderr: str) -> str:
+    """The single line an operator gets; never a traceback."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def poll(condition, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def plane(etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]) -> str:
+    proc, address = control_plane(etcd_server.endpoint, prefix)
+    spawned.append(proc)
+    return address
+
+
+@pytest.fixture
+def listening() -> Iterator[int]:
+    """A port some other program listens on."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
+# -- defect 3: one-line errors, no tracebacks ----------------------------------------------
+
+
+def test_port_in_use_is_one_line(listening: int, etcd_server: EtcdProcess) -> None:
+    result = run("serve", "--listen", f"127.0.0.1:{listening}", "--etcd", etcd_server.endpoint)
+    assert result.returncode == 2
+    assert one_line(result.stderr) == (
+        f"mission-control: cannot listen on 127.0.0.1:{listening}: Address already in use "
+        "(another mission-control? choose another with --listen HOST:PORT)"
+    )
+
+
+def test_invalid_tls_pem_is_named(tmp_path: Path, etcd_server: EtcdProcess) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    serve = ["serve", "--listen", "127.0.0.1:0", "--etcd", etcd_server.endpoint]
+    result = run(*serve, "--tls-cert", str(garbage), "--tls-key", str(garbage))
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert line.startswith(f"mission-control: {garbage}: not a valid PEM certificate"), line
+    authority = Authority(tmp_path / "ca")
+    server, other = authority.issue("localhost", server=True), authority.issue("other", server=True)
+    result = run(*serve, "--tls-cert", str(server.cert), "--tls-key", str(garbage))
+    assert result.returncode == 2
+    assert one_line(result.stderr).startswith(f"mission-control: {garbage}: not a valid PEM private key")
+    result = run(*serve, "--tls-cert", str(server.cert), "--tls-key", str(other.key))
+    assert result.returncode == 2
+    assert one_line(result.stderr) == f"mission-control: {other.key}: not the private key of {server.cert}"
+    result = run("health", "--tls-ca", str(garbage), "--server", "127.0.0.1:1")
+    assert result.returncode == 2
+    assert one_line(result.stderr).startswith(f"mission-control: {garbage}: not a valid PEM certificate")
+
+
+def test_ctrl_c_while_etcd_starts_stops_it(tmp_path: Path) -> None:
+    # An etcd that never becomes healthy holds `serve` in its start for as long as we like.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "etcd").write_text(f"#!/bin/sh\necho $$ > {tmp_path / 'etcd.pid'}\nexec sleep 120\n")
+    (fake / "etcd").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+    args = [*CLI, "serve", "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path / "state")]
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert poll(lambda: (tmp_path / "etcd.pid").exists())
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert one_line(err) == "mission-control: interrupted during startup; stopped"
+    pid = int((tmp_path / "etcd.pid").read_text())
+    assert poll(lambda: not Path(f"/proc/{pid}").exists() or "zombie" in _state(pid))
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return "zombie"
+
+
+def test_closed_pipe_is_quiet(plane: str) -> None:
+    """`breakers list --json | head -5` once the reader has gone: no BrokenPipeError."""
+    for name in ("p1", "p2", "p3"):
+        assert run("breakers", "force-open", name, "--server", plane).returncode == 0
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first write: always a broken pipe
+    try:
+        result = subprocess.run(
+            [*CLI, "breakers", "list", "--json", "--server", plane],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+    finally:
+        os.close(write)
+    assert result.returncode == 141 and result.stderr == ""
+
+
+def test_unreachable_etcd_said_once_and_not_serving_at_once(tmp_path: Path, spawned: list[Proc]) -> None:
+    port = free_port()
+    log = tmp_path / "stderr.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [*CLI, "-v", "serve", "--listen", "127.0.0.1:0", "--etcd", f"127.0.0.1:{port}"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("mission-control: serving on "), line
+        address = line.split()[3]
+        health = run("health", "--server", address)
+        assert health.returncode == 5 and "control plane: NOT_SERVING" in health.stdout
+        retries = "DEBUG mission_control.server: store unavailable"
+        assert poll(lambda: log.read_text().count(retries) >= 3)
+        warnings = [x for x in log.read_text().splitlines() if " WARNING " in x]
+        assert len(warnings) == 1, warnings  # said once, however often it is retried
+        assert f"etcd 127.0.0.1:{port} unreachable (" in warnings[0]
+        assert "serving NOT_SERVING from defaults until it answers" in warnings[0]
+        etcd = EtcdProcess(tmp_path / "etcd", client_port=port, log_file=tmp_path / "etcd.log").start()
+        try:
+            assert poll(lambda: run("health", "--server", address).returncode == 0, timeout=60)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+            etcd.stop()
+    finally:
+        proc.kill()
+        proc.wait()
+    # -v shows grpc's own debug records (tracebacks of cancelled streams among them): only
+    # what is logged at INFO and above is for the operator
+    loud = [x for x in log.read_text().splitlines() if " ERROR " in x or " CRITICAL " in x]
+    assert loud == []
+
+
+# -- defect 4: exit codes and output ---------------------------------------------------------
+
+
+def test_global_options_before_the_command(plane: str) -> None:
+    assert run("--server", plane, "health").returncode == 0
+    assert run("--server", plane, "--json", "breakers", "list").stdout.startswith("[")
+    # given in both places, the one after the command wins
+    assert run("--server", "127.0.0.1:1", "health", "--server", plane).returncode == 0
+    wrong = run("--server", plane, "serve")
+    assert (
+        wrong.returncode == 2
+        and "--server before 'serve' applies only to the operator commands" in wrong.stderr
+    )
+
+
+def test_missing_policy_exits_4(plane: str) -> None:
+    result = run("policies", "get", "nosuch", "--server", plane)
+    assert result.returncode == 4 and result.stdout == ""
+    assert one_line(result.stderr) == (
+        "mission-control: no policy named 'nosuch' (its calls use the defaults; "
+        "`policies list` shows those stored)"
+    )
+
+
+def test_stats_json_keeps_zeros_as_numbers(plane: str) -> None:
+    stats = json.loads(run("stats", "--json", "--server", plane).stdout)
+    for key in (
+        "total_errors",
+        "calls_rejected",
+        "outcomes_dropped",
+        "connected_agents",
+        "recovery_attempts",
+    ):
+        assert stats[key] == 0 and type(stats[key]) is int, key
+    assert stats["errors_by_service"] == {} and stats["fleet_limits"] == []
+    assert run("breakers", "force-open", "s1", "--server", plane).returncode == 0
+    breaker = json.loads(run("breakers", "get", "s1", "--json", "--server", plane).stdout)
+    assert breaker["failures"] == 0 and type(breaker["failures"]) is int
+
+
+def test_empty_config_is_valid_and_says_so(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    result = run("config", "validate", str(empty))
+    assert result.returncode == 0 and result.stdout == f"{empty}: valid (no services: defaults only)\n"
+
+
+# -- the CLI explains itself -----------------------------------------------------------------
+
+
+def _parsers() -> Iterator[tuple[list[str], argparse.ArgumentParser]]:
+    """Every (command path, parser) of the command line."""
+    todo = [([], build_parser())]
+    while todo:
+        path, parser = todo.pop()
+        yield path, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo += [([*path, name], sub) for name, sub in action.choices.items()]
+
+
+def test_every_action_and_option_has_a_sentence_in_help(capsys: pytest.CaptureFixture[str]) -> None:
+    paths = []
+    for path, parser in _parsers():
+        paths.append(" ".join(path))
+        with pytest.raises(SystemExit) as done:
+            main([*path, "--help"])
+        assert done.value.code == 0
+        shown = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for choice in action._choices_actions:
+                    assert len((choice.help or "").split()) >= 3, (path, choice.dest)
+                    assert f"{choice.dest} {' '.join(choice.help.split())}" in shown, (path, choice.dest)
+                continue
+            words = (action.help or "").split()
+            assert len(words) >= 3 and action.help != argparse.SUPPRESS, (path, action.dest)
+            names = action.option_strings or [action.metavar or action.dest]
+            assert all(name in shown for name in names), (path, names)
+            assert " ".join(words) in shown, (path, action.dest)
+    expected = {"", "serve", "demo", "config", "breakers", "policies", "stats", "health"}
+    assert expected <= set(paths) and "breakers list" in paths and "policies get" in paths
+    top = run("--help")
+    assert top.returncode == 0 and "Exit codes: 0 done" in top.stdout
+
+
+# -- defects 2 and 5: one serve per state folder; the embedded etcd keeps its address --------
+
+
+def _serve_embedded(state: Path, spawned: list[Proc]) -> tuple[Proc, str]:
+    proc = Proc([*CLI, "serve", "--listen", "127.0.0.1:0", "--state-dir", str(state)])
+    spawned.append(proc)
+    etcd = proc.wait_for("mission-control: embedded etcd at ", timeout=60).split()[4]
+    proc.wait_for("mission-control: serving on ", timeout=60)
+    return proc, etcd
+
+
+def test_second_serve_on_a_state_folder_is_refused_at_once(tmp_path: Path, spawned: list[Proc]) -> None:
+    state = tmp_path / "state"
+    first, etcd = _serve_embedded(state, spawned)
+    ports, log = (state / "etcd-ports.json").read_bytes(), (state / "etcd.log").stat().st_size
+    second = run("serve", "--listen", "127.0.0.1:0", "--state-dir", str(state))
+    assert second.returncode == 2 and second.stdout == ""
+    assert (
+        one_line(second.stderr)
+        == f"mission-control: another mission-control (pid {first.popen.pid}) is using {state}"
+    )
+    # the running instance's files are untouched
+    assert (state / "etcd-ports.json").read_bytes() == ports and (state / "etcd.log").stat().st_size == log
+    status = run("status", "--state-dir", str(state))
+    assert status.returncode == 0 and f"export ETCD={etcd}" in status.stdout
+    assert f"mission-control (pid {first.popen.pid}) is using {state}, serving on 127.0.0.1:" in status.stdout
+
+    # killed outright, its etcd lives on holding the data: say so rather than time out
+    first.kill(signal.SIGKILL)
+    facts = json.loads((state / "lock").read_text())
+    try:
+        orphan = run("serve", "--listen", "127.0.0.1:0", "--state-dir", str(state))
+        assert orphan.returncode == 2
+        assert one_line(orphan.stderr) == (
+            f"mission-control: an etcd (pid {facts['etcd_pid']}) left by a mission-control that is gone "
+            f"(pid {first.popen.pid}) still uses {state}: stop it (kill {facts['etcd_pid']}) and start again"
+        )
+    finally:
+        os.kill(facts["etcd_pid"], signal.SIGTERM)
+    assert poll(lambda: run("status", "--state-dir", str(state)).returncode == 3)
+
+
+def test_embedded_etcd_keeps_its_address_across_restarts(tmp_path: Path, spawned: list[Proc]) -> None:
+    state = tmp_path / "state"
+    addresses = []
+    for _ in range(3):
+        proc, etcd = _serve_embedded(state, spawned)
+        addresses.append(etcd)
+        # a client connected when it stops leaves connections in TIME_WAIT on the port
+        assert run("breakers", "force-open", "kept", "--server", _address(proc)).returncode == 0
+        proc.stop()
+        assert proc.popen.returncode == 0
+    assert addresses == [addresses[0]] * 3
+    status = run("status", "--state-dir", str(state))
+    assert status.returncode == 3 and status.stdout.splitlines() == [
+        f"no mission-control is using {state}",
+        f"embedded etcd: {addresses[0]} (when next started, if that port is free)",
+        f"  export ETCD={addresses[0]}",
+    ]
+    assert json.loads(run("status", "--json", "--state-dir", str(state)).stdout)["etcd"] == addresses[0]
+
+
+def _address(proc: Proc) -> str:
+    return proc.wait_for("mission-control: serving on ").split()[3]
+
+
+# -- defect 1: etcd endpoints by DNS name ----------------------------------------------------
+
+
+def _loopback_name() -> str:
+    """A name of this machine (not `localhost`, which etcd3aio rewrites) resolving to 127.0.0.1."""
+    name = socket.gethostname()
+    if "127.0.0.1" not in {info[4][0] for info in socket.getaddrinfo(name, 0, socket.AF_INET)}:
+        pytest.skip(f"the host name {name!r} does not resolve to 127.0.0.1")
+    return name
+
+
+def test_etcd_by_dns_name(etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]) -> None:
+    endpoint = f"{_loopback_name()}:{etcd_server.client_port}"
+    proc, address = control_plane(endpoint, prefix)
+    spawned.append(proc)
+    assert f"(etcd {endpoint}," in proc.lines[-1]
+    health = run("health", "--server", address)
+    assert health.returncode == 0 and "control plane: SERVING (etcd reachable)" in health.stdout
+    assert run("breakers", "force-open", "by-name", "--server", address).returncode == 0
+    nowhere = run("serve", "--listen", "127.0.0.1:0", "--etcd", "nosuch.invalid:2379")
+    assert nowhere.returncode == 2
+    assert one_line(nowhere.stderr).startswith("mission-control: etcd nosuch.invalid:2379: no address (")
