@@ -2,10 +2,12 @@
 
 * **sync**: load every policy and breaker from the store, then follow its watch; a
   compacted watch reloads everything.
-* **persist**: every transition the engine decides is written with compare-and-swap on
-  the key's ``mod_revision``; a lost CAS re-reads and adopts the stored state. While the
-  store is down, transitions stay in memory (and are pushed to agents) and are written
-  when it returns.
+* **persist** (:mod:`.writes`): every transition the engine decides is written with
+  compare-and-swap on the key's ``mod_revision``, fenced to the leader; a lost CAS adopts
+  the stored state, a lost fence keeps the decision pending until this replica leads again
+  or another leader supersedes it. While the store is down, transitions stay in memory (and
+  are pushed to agents) and are written when it returns. Losing leadership reloads
+  everything from the store.
 * **tick**: moves OPEN breakers to HALF_OPEN on time and expires unused probe permits.
 * **health**: pings the store; ``store_ok`` drives the gRPC health status.
 """
@@ -18,10 +20,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from google.protobuf import json_format
 from mission_control.client.breaker import BreakerState, Transition
-from mission_control.client.config import policy_to_json, policy_to_proto
-from mission_control.client.errors import StorageFailure
+from mission_control.client.config import policy_to_proto
 from mission_control.client.policy import ServicePolicy
 from mission_control.client.telemetry import Telemetry
 from mission_control.resilience.v1 import control_plane_pb2 as pb
@@ -34,7 +34,8 @@ from .observability import FleetTelemetry
 from .policies import PolicyBook
 from .relay import LeaderRelay
 from .stats import FleetStatistics
-from .store import Guard, Store, StoreUnavailable, WatchCompacted, Write
+from .store import Store, StoreUnavailable, WatchCompacted
+from .writes import StateWriter
 
 _log = logging.getLogger("mission_control.server")
 
@@ -69,9 +70,10 @@ class ControlPlane:
         self.leadership: Leadership | None = None
         self.relay: LeaderRelay | None = None
         self.capacity = CapacityLeaser(self)
-        self._dirty: set[str] = set()
-        self._in_flight: set[str] = set()
-        self._dirty_event = asyncio.Event()
+        self.writer = StateWriter(
+            store, self.breaker_key, self.breakers, self.policies, lambda: self._set_store_ok(False)
+        )
+        self._resync = asyncio.Event()
         self._loaded = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.telemetry = FleetTelemetry(telemetry, self) if telemetry is not None else None
@@ -103,6 +105,7 @@ class ControlPlane:
             self.store, self.prefix, self.instance_id, address, ttl=ttl, on_change=self._on_leadership
         )
         self.relay = LeaderRelay(self, token=token)
+        self.writer.fence = self.leadership
 
     def _on_leadership(self, leading: bool) -> None:
         if leading:
@@ -110,7 +113,10 @@ class ControlPlane:
                 for summary in self.relay.drain():
                     self.breakers.record(self.relay.agent_id, summary)
         else:
-            self._dirty.clear()  # a follower decides nothing; the new leader's state will arrive
+            # What this replica holds may be a state the store never had: take the store's
+            # again. Decisions not stored stay pending (see writes.StateWriter).
+            self._resync.set()
+        self.writer.wake()
 
     def record_outcomes(self, agent_id: str, summary: pb.OutcomeSummary) -> None:
         if self.leading or self.relay is None:
@@ -141,7 +147,7 @@ class ControlPlane:
     async def start(self, load_timeout: float = 10.0) -> None:
         """Start the background loops; waits up to ``load_timeout`` for the first load
         (when the store is down it serves defaults and catches up later)."""
-        loops = [self._sync_loop, self._persist_loop, self._tick_loop, self._health_loop]
+        loops = [self._sync_loop, self.writer.run, self._tick_loop, self._health_loop]
         if self.leadership is not None and self.relay is not None:
             loops += [self.leadership.run, self.relay.run]
         for loop in loops:
@@ -167,10 +173,7 @@ class ControlPlane:
 
     async def flush(self, timeout: float) -> bool:
         """Wait until every decided transition is stored (or ``timeout``)."""
-        deadline = time.monotonic() + timeout
-        while (self._dirty or self._in_flight) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        return not (self._dirty or self._in_flight)
+        return await self.writer.flush(timeout)
 
     # -- store sync ------------------------------------------------------------
 
@@ -182,9 +185,7 @@ class ControlPlane:
                 self._set_store_ok(True)
                 self._loaded.set()
                 backoff = 0.1
-                async for events in self.store.watch(self.prefix + "/", revision + 1):
-                    for event in events:
-                        self._apply(event.key, event.value, event.mod_revision)
+                await self._follow(revision)
             except WatchCompacted as err:
                 _log.warning("%s; reloading everything", err)
             except StoreUnavailable as err:
@@ -193,17 +194,43 @@ class ControlPlane:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
+    async def _follow(self, revision: int) -> None:
+        """Apply the watch's changes until it ends or a reload is asked for."""
+        self._resync.clear()
+
+        async def watch() -> None:
+            async for events in self.store.watch(self.prefix + "/", revision + 1):
+                for event in events:
+                    self._apply(event.key, event.value, event.mod_revision)
+
+        watching = asyncio.create_task(watch())
+        resync = asyncio.create_task(self._resync.wait())
+        try:
+            await asyncio.wait({watching, resync}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (watching, resync):
+                task.cancel()
+        if watching.done() and not watching.cancelled():
+            watching.result()  # raises what ended the watch
+        _log.info("reloading everything from the store")
+
     async def _load_all(self) -> int:
         entries, revision = await self.store.get_prefix(self.prefix + "/")
-        seen_policies = set()
+        seen_policies, seen_breakers = set(), set()
         for entry in entries:
             self._apply(entry.key, entry.value, entry.mod_revision)
             service = self.policies.service_of(entry.key)
             if service is not None:
                 seen_policies.add(service)
+            name = self._breaker_of(entry.key)
+            if name is not None:
+                seen_breakers.add(name)
         for policy in self.policies.all():
             if policy.service not in seen_policies:  # deleted while we were not watching
                 self.policies.apply(self.policies.key(policy.service), None, revision)
+        for name in self.breakers.names():
+            if name not in seen_breakers and self.breakers.revisions.get(name, 0) > 0:
+                self._apply(self.breaker_key(name), None, revision)  # deleted meanwhile
         return revision
 
     def _apply(self, key: str, value: bytes | None, revision: int) -> None:
@@ -213,107 +240,27 @@ class ControlPlane:
         name = self._breaker_of(key)
         if name is None:
             return
-        if revision <= self.breakers.revisions.get(name, 0):
+        if value is not None and revision <= self.breakers.revisions.get(name, 0):
             return  # our own write, or older
-        if name in self._dirty or name in self._in_flight:
-            return  # the pending CAS write will fail and adopt the stored state
+        if self.writer.is_pending(name):
+            return  # the pending write settles it (see writes.StateWriter)
         try:
             self.breakers.adopt(name, value, revision)
         except ValueError as err:
             _log.error("ignored malformed breaker record at %s: %s", key, err)
 
-    # -- persistence -----------------------------------------------------------
-
-    async def _persist_loop(self) -> None:
-        while True:
-            await self._dirty_event.wait()
-            self._dirty_event.clear()
-            for name in sorted(self._dirty):
-                self._dirty.discard(name)
-                self._in_flight.add(name)
-                try:
-                    await self._persist(name)
-                except StoreUnavailable as err:
-                    self._dirty.add(name)
-                    self._set_store_ok(False)
-                    _log.warning("breaker %s not stored yet (%s); will retry", name, err)
-                finally:
-                    self._in_flight.discard(name)
-            if self._dirty:
-                await asyncio.sleep(0.5)
-                self._dirty_event.set()
-
-    async def _persist(self, name: str) -> None:
-        key = self.breaker_key(name)
-        expected = self.breakers.revisions.get(name, 0)
-        guards: list[Guard] = []
-        if self.leadership is not None:
-            guard = self.leadership.guard()
-            if guard is None:
-                return  # deposed: the new leader decides
-            guards.append(guard)
-        revision = await self.store.commit([Write(key, self.breakers.to_record(name), expected)], guards)
-        if revision is not None:
-            self.breakers.revisions[name] = revision
-            return
-        entry = await self.store.get(key)
-        _log.info("breaker %s changed elsewhere; adopting the stored state", name)
-        self.breakers.adopt(name, entry.value if entry else None, entry.mod_revision if entry else 0)
-
     # -- operator writes (acknowledged only once stored) -----------------------
 
     async def set_breaker_state(self, name: str, state: BreakerState, reason: str) -> pb.Breaker:
-        """Force a breaker's state; returns the stored breaker. Raises StorageFailure
-        when the store cannot take the write (nothing changes then)."""
-        for _ in range(10):
-            breaker = self.breakers.draft(name)
-            breaker.force(time.monotonic(), state, reason)
-            record = self.breakers.record_of(breaker)
-            expected = self.breakers.revisions.get(name, 0)
-            try:
-                revision = await self.store.put(self.breaker_key(name), record, expected_revision=expected)
-                if revision is None:
-                    entry = await self.store.get(self.breaker_key(name))
-                    self.breakers.adopt(
-                        name, entry.value if entry else None, entry.mod_revision if entry else 0
-                    )
-                    continue
-            except StoreUnavailable as err:
-                self._set_store_ok(False)
-                raise StorageFailure("etcd", "set breaker state", str(err)) from err
-            self._dirty.discard(name)
-            self.breakers.adopt(name, record, revision)
-            # What this write stored, even if a newer write has been applied meanwhile.
-            written = json_format.Parse(record, pb.Breaker(), ignore_unknown_fields=True)
-            written.revision = revision
-            return written
-        raise StorageFailure("etcd", "set breaker state", "too many concurrent changes; retry")
+        """Force a breaker's state; see :meth:`StateWriter.set_breaker_state`."""
+        return await self.writer.set_breaker_state(name, state, reason)
 
     async def put_policy(self, policy: ServicePolicy, expected_revision: int = 0) -> int | None:
-        """Store a validated policy; returns its revision, or None when
-        ``expected_revision`` no longer matches. Raises StorageFailure."""
-        key = self.policies.key(policy.service)
-        value = policy_to_json(policy).encode()
-        try:
-            revision = await self.store.put(key, value, expected_revision=expected_revision or None)
-        except StoreUnavailable as err:
-            self._set_store_ok(False)
-            raise StorageFailure("etcd", "put policy", str(err)) from err
-        if revision is not None:
-            self.policies.apply(key, value, revision)
-        return revision
+        """Store a policy; see :meth:`StateWriter.put_policy`."""
+        return await self.writer.put_policy(policy, expected_revision)
 
     async def delete_policy(self, service: str) -> bool:
-        key = self.policies.key(service)
-        if self.policies.stored(service) is None:
-            return False
-        try:
-            revision = await self.store.commit([Write(key, None)])
-        except StoreUnavailable as err:
-            self._set_store_ok(False)
-            raise StorageFailure("etcd", "delete policy", str(err)) from err
-        self.policies.apply(key, None, revision or 0)
-        return True
+        return await self.writer.delete_policy(service)
 
     # -- timers and health -----------------------------------------------------
 
@@ -330,7 +277,7 @@ class ControlPlane:
                 await self.store.ping()
                 if not self.store_ok:
                     _log.info("store reachable again")
-                    self._dirty_event.set()
+                    self.writer.wake()
                 self._set_store_ok(True)
             except StoreUnavailable:
                 self._set_store_ok(False)
@@ -347,8 +294,7 @@ class ControlPlane:
 
     def _on_breaker(self, message: pb.Breaker, old: BreakerState | None, move: Transition | None) -> None:
         if move is not None:  # decided here: store it
-            self._dirty.add(message.name)
-            self._dirty_event.set()
+            self.writer.decided(message.name)
             if self.telemetry is not None:
                 self.telemetry.transition(message, move)
         if message.state == pb.BREAKER_STATE_OPEN and old is not BreakerState.OPEN:

@@ -79,12 +79,12 @@ class Leadership:
             return  # somebody leads: nothing to write
         lease = await self.store.grant_lease(self.ttl)
         value = json.dumps({"instance": self.instance_id, "address": self.address}).encode()
-        revision = await self.store.commit([Write(self.key, value, expected_revision=0, lease=lease)])
-        if revision is None:
+        result = await self.store.commit([Write(self.key, value, expected_revision=0, lease=lease)])
+        if not result.succeeded:
             await self.store.revoke_lease(lease)
             await self._learn_leader()
             return
-        self._lease, self._create_revision = lease, revision
+        self._lease, self._create_revision = lease, result.revision
         self._last_refresh = time.monotonic()
         self.leader_id, self.leader_address = self.instance_id, self.address
         _log.info("%s is the leader (lease %x)", self.instance_id, lease)
@@ -112,6 +112,13 @@ class Leadership:
             self.leader_id, self.leader_address = str(found["instance"]), str(found["address"])
         except (ValueError, KeyError, TypeError):
             self.leader_id = self.leader_address = None
+
+    def fenced(self) -> None:
+        """A write was refused by the fence: this replica no longer leads, whatever it
+        believed (its lease expired while etcd was away, or the key was replaced)."""
+        if self.leading:
+            _log.warning("%s: a write was fenced; no longer the leader", self.instance_id)
+            self._set(False)
 
     async def refresh_leader(self) -> None:
         """Re-read who leads (followers call this when their link to the leader breaks)."""
