@@ -34,7 +34,8 @@ from .observability import FleetTelemetry
 from .policies import PolicyBook
 from .relay import LeaderRelay
 from .stats import FleetStatistics
-from .store import Store, StoreUnavailable, WatchCompacted
+from .store import Store, StoreUnavailable
+from .sync import StoreSync
 from .writes import StateWriter
 
 _log = logging.getLogger("mission_control.server")
@@ -65,6 +66,9 @@ class ControlPlane:
         self.stats = FleetStatistics()
         self.hub = Hub()
         self.store_ok = False
+        self._published = False
+        #: Names of background tasks that ended with an error (health stays down).
+        self.failed_tasks: list[str] = []
         self.health_listeners: list[Callable[[bool], None]] = []
         #: Set by enable_leadership (replicas on one etcd); None = this one always decides.
         self.leadership: Leadership | None = None
@@ -73,8 +77,9 @@ class ControlPlane:
         self.writer = StateWriter(
             store, self.breaker_key, self.breakers, self.policies, lambda: self._set_store_ok(False)
         )
-        self._resync = asyncio.Event()
-        self._loaded = asyncio.Event()
+        self.sync = StoreSync(
+            store, self.prefix, self.policies, self.breakers, self.writer, self._set_store_ok
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self.telemetry = FleetTelemetry(telemetry, self) if telemetry is not None else None
         if self.telemetry is not None:
@@ -87,10 +92,6 @@ class ControlPlane:
 
     def breaker_key(self, name: str) -> str:
         return f"{self.prefix}/breakers/{name}"
-
-    def _breaker_of(self, key: str) -> str | None:
-        head = f"{self.prefix}/breakers/"
-        return key[len(head) :] if key.startswith(head) else None
 
     # -- leadership ------------------------------------------------------------
 
@@ -115,7 +116,7 @@ class ControlPlane:
         else:
             # What this replica holds may be a state the store never had: take the store's
             # again. Decisions not stored stay pending (see writes.StateWriter).
-            self._resync.set()
+            self.sync.reload()
         self.writer.wake()
 
     def record_outcomes(self, agent_id: str, summary: pb.OutcomeSummary) -> None:
@@ -147,13 +148,15 @@ class ControlPlane:
     async def start(self, load_timeout: float = 10.0) -> None:
         """Start the background loops; waits up to ``load_timeout`` for the first load
         (when the store is down it serves defaults and catches up later)."""
-        loops = [self._sync_loop, self.writer.run, self._tick_loop, self._health_loop]
+        loops = [self.sync.run, self.writer.run, self._tick_loop, self._health_loop]
         if self.leadership is not None and self.relay is not None:
             loops += [self.leadership.run, self.relay.run]
         for loop in loops:
-            self._tasks.append(asyncio.create_task(loop(), name=loop.__name__))
+            task = asyncio.create_task(loop(), name=loop.__qualname__)
+            task.add_done_callback(self._task_ended)
+            self._tasks.append(task)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._loaded.wait(), load_timeout)
+            await asyncio.wait_for(self.sync.loaded.wait(), load_timeout)
         if self.leadership is not None:  # give the first campaign a moment to settle
             deadline = time.monotonic() + 2.0
             while self.leadership.leader_id is None and time.monotonic() < deadline:
@@ -174,80 +177,6 @@ class ControlPlane:
     async def flush(self, timeout: float) -> bool:
         """Wait until every decided transition is stored (or ``timeout``)."""
         return await self.writer.flush(timeout)
-
-    # -- store sync ------------------------------------------------------------
-
-    async def _sync_loop(self) -> None:
-        backoff = 0.1
-        while True:
-            try:
-                revision = await self._load_all()
-                self._set_store_ok(True)
-                self._loaded.set()
-                backoff = 0.1
-                await self._follow(revision)
-            except WatchCompacted as err:
-                _log.warning("%s; reloading everything", err)
-            except StoreUnavailable as err:
-                self._set_store_ok(False)
-                _log.warning("store unavailable (%s); serving from memory", err)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-
-    async def _follow(self, revision: int) -> None:
-        """Apply the watch's changes until it ends or a reload is asked for."""
-        self._resync.clear()
-
-        async def watch() -> None:
-            async for events in self.store.watch(self.prefix + "/", revision + 1):
-                for event in events:
-                    self._apply(event.key, event.value, event.mod_revision)
-
-        watching = asyncio.create_task(watch())
-        resync = asyncio.create_task(self._resync.wait())
-        try:
-            await asyncio.wait({watching, resync}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (watching, resync):
-                task.cancel()
-        if watching.done() and not watching.cancelled():
-            watching.result()  # raises what ended the watch
-        _log.info("reloading everything from the store")
-
-    async def _load_all(self) -> int:
-        entries, revision = await self.store.get_prefix(self.prefix + "/")
-        seen_policies, seen_breakers = set(), set()
-        for entry in entries:
-            self._apply(entry.key, entry.value, entry.mod_revision)
-            service = self.policies.service_of(entry.key)
-            if service is not None:
-                seen_policies.add(service)
-            name = self._breaker_of(entry.key)
-            if name is not None:
-                seen_breakers.add(name)
-        for policy in self.policies.all():
-            if policy.service not in seen_policies:  # deleted while we were not watching
-                self.policies.apply(self.policies.key(policy.service), None, revision)
-        for name in self.breakers.names():
-            if name not in seen_breakers and self.breakers.revisions.get(name, 0) > 0:
-                self._apply(self.breaker_key(name), None, revision)  # deleted meanwhile
-        return revision
-
-    def _apply(self, key: str, value: bytes | None, revision: int) -> None:
-        if self.policies.service_of(key) is not None:
-            self.policies.apply(key, value, revision)
-            return
-        name = self._breaker_of(key)
-        if name is None:
-            return
-        if value is not None and revision <= self.breakers.revisions.get(name, 0):
-            return  # our own write, or older
-        if self.writer.is_pending(name):
-            return  # the pending write settles it (see writes.StateWriter)
-        try:
-            self.breakers.adopt(name, value, revision)
-        except ValueError as err:
-            _log.error("ignored malformed breaker record at %s: %s", key, err)
 
     # -- operator writes (acknowledged only once stored) -----------------------
 
@@ -283,12 +212,27 @@ class ControlPlane:
                 self._set_store_ok(False)
             await asyncio.sleep(self.ping_interval)
 
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task not in self._tasks:
+            return  # stopped on purpose
+        error = task.exception()
+        _log.error("background task %s ended (%r): not serving", task.get_name(), error, exc_info=error)
+        self.failed_tasks.append(task.get_name())
+        self._set_store_ok(self.store_ok)
+
+    @property
+    def healthy(self) -> bool:
+        """Serving: the store answers and every background task runs."""
+        return self.store_ok and not self.failed_tasks
+
     def _set_store_ok(self, ok: bool) -> None:
-        if ok == self.store_ok:
-            return
         self.store_ok = ok
+        healthy = self.healthy
+        if healthy == self._published:
+            return
+        self._published = healthy
         for listener in list(self.health_listeners):
-            listener(ok)
+            listener(healthy)
 
     # -- listeners -------------------------------------------------------------
 

@@ -3,6 +3,7 @@ etcd stopped, restarted, wiped or fed garbage under it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
@@ -12,15 +13,18 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import policy_pb2
+from mission_control.server.app import RunningControlPlane
 from mission_control.server.etcd_process import EtcdProcess
 
 from tests.support.etcd import etcdctl, start_etcd
 from tests.support.procs import Proc, control_plane
 
 PREFIX = "/faults"
+SERVICE_NAME = "mission_control.resilience.v1.ControlPlaneService"
 LEADER_TTL_SECS = 3  # the control plane's default leader lease
 
 
@@ -123,3 +127,86 @@ def test_an_open_decided_while_etcd_is_down_is_stored_when_it_returns(
         poll(lambda n=name: stored_state(etcd, n) == "BREAKER_STATE_OPEN")
     # and still what the control plane holds, not reset by a failed fence
     assert breaker_state(stub, "fresh") == breaker_state(stub, "stored") == pb.BREAKER_STATE_OPEN
+
+
+def stats(stub: pb_grpc.ControlPlaneServiceStub) -> pb.ErrorStatistics:
+    return stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=5).statistics
+
+
+def serving(address: str) -> bool:
+    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(address))
+    request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+    return health.Check(request, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_malformed_breaker_record_is_refused_and_never_stops_the_sync(
+    etcd: EtcdProcess, spawned: list[Proc]
+) -> None:
+    plane, address = control_plane(etcd.endpoint, PREFIX)
+    spawned.append(plane)
+    stub = pb_grpc.ControlPlaneServiceStub(grpc.insecure_channel(address))
+    etcdctl(etcd.endpoint, "put", f"{PREFIX}/breakers/bx", "{garbage")
+    etcdctl(etcd.endpoint, "put", f"{PREFIX}/policies/after", '{"service": "after", "failure_threshold": 9}')
+
+    def policy(stub: pb_grpc.ControlPlaneServiceStub) -> int:
+        return stub.GetPolicy(pb.GetPolicyRequest(service="after"), timeout=5).policy.failure_threshold
+
+    poll(lambda: policy(stub) == 9)  # later changes still apply
+    found = stats(stub)
+    assert found.config_reloads_failed >= 1
+    assert any(e.key == f"{PREFIX}/breakers/bx" for e in found.config_errors), found.config_errors
+    assert serving(address)
+    # a control plane started with the broken key present loads everything else
+    plane.kill()
+    plane, address = control_plane(etcd.endpoint, PREFIX)
+    spawned.append(plane)
+    stub = pb_grpc.ControlPlaneServiceStub(grpc.insecure_channel(address))
+    assert policy(stub) == 9
+    assert any(e.key == f"{PREFIX}/breakers/bx" for e in stats(stub).config_errors)
+    assert serving(address)
+
+
+def test_a_bad_policy_value_never_replaces_the_good_one_across_restarts(
+    etcd: EtcdProcess, spawned: list[Proc]
+) -> None:
+    plane, address = control_plane(etcd.endpoint, PREFIX)
+    spawned.append(plane)
+    stub = pb_grpc.ControlPlaneServiceStub(grpc.insecure_channel(address))
+    put_policy(stub, "kept", failure_threshold=7)
+    etcdctl(etcd.endpoint, "put", f"{PREFIX}/policies/kept", '{"service": "kept", "failure_threshold": -1}')
+    etcdctl(etcd.endpoint, "put", f"{PREFIX}/policies/kept", "{garbage")
+    poll(lambda: stats(stub).config_reloads_failed >= 2)
+    for restart in range(2):
+        if restart:
+            plane.kill()
+            plane, address = control_plane(etcd.endpoint, PREFIX)
+            spawned.append(plane)
+            stub = pb_grpc.ControlPlaneServiceStub(grpc.insecure_channel(address))
+        got = stub.GetPolicy(pb.GetPolicyRequest(service="kept"), timeout=5)
+        assert got.policy.failure_threshold == 7, restart
+        assert got.revision > 0
+        listed = stub.ListPolicies(pb.ListPoliciesRequest(), timeout=5).policies
+        assert [p.failure_threshold for p in listed if p.service == "kept"] == [7]
+        errors = [e.error for e in stats(stub).config_errors if e.key == f"{PREFIX}/policies/kept"]
+        assert any("last good value" in e for e in errors), errors
+
+
+async def test_a_background_task_that_dies_is_logged_and_takes_health_down(
+    control_plane: RunningControlPlane, etcd_server: EtcdProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    plane = control_plane.plane
+    health: list[bool] = []
+    plane.health_listeners.append(health.append)
+
+    def broken(key: str, value: bytes | None, revision: int) -> bool:
+        raise RuntimeError("a defect in applying a change")
+
+    plane.sync.apply = broken  # type: ignore[method-assign]
+    etcdctl(etcd_server.endpoint, "put", f"{plane.prefix}/policies/x", '{"service": "x"}')
+    deadline = time.monotonic() + 30
+    while not plane.failed_tasks:
+        assert time.monotonic() < deadline, "the sync task did not end"
+        await asyncio.sleep(0.05)
+    assert plane.failed_tasks == ["StoreSync.run"]
+    assert health == [False] and not plane.healthy
+    assert "background task StoreSync.run ended" in caplog.text
