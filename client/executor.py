@@ -158,8 +158,8 @@ class Executor:
     def check_breaker(self, state: ServiceState, operation: str, now: float) -> str | None:
         """Raises CircuitBreakerOpen when the call must not go; else returns the probe
         kind the call runs as: "fleet", "local" or None (an ordinary call)."""
-        fleet = state.fleet
-        if fleet is not None and (self.view.connected or fleet.state in _STICKY):
+        fleet = self.view.fleet_in_force(state, now)
+        if fleet is not None:
             s = fleet.state
             if s is BreakerState.CLOSED or s is BreakerState.FORCED_CLOSED or s is BreakerState.DISABLED:
                 return None
@@ -626,9 +626,6 @@ class _Success(Exception):
     def __init__(self, result: Any) -> None:
         super().__init__("success")
         self.result = result
-
-
-_STICKY = frozenset({BreakerState.FORCED_OPEN, BreakerState.FORCED_CLOSED, BreakerState.DISABLED})
 
 
 def _falls_back(error: BaseException) -> bool:

@@ -78,8 +78,10 @@ class ControlPlane:
             store, self.breaker_key, self.breakers, self.policies, lambda: self._set_store_ok(False)
         )
         self.sync = StoreSync(
-            store, self.prefix, self.policies, self.breakers, self.writer, self._set_store_ok
+            store, self.prefix, self.policies, self.breakers, self.writer, self._set_store_ok, self._loaded
         )
+        #: Grows with every change of the fleet state this replica pushes.
+        self.version = 0
         self._tasks: list[asyncio.Task[None]] = []
         self.telemetry = FleetTelemetry(telemetry, self) if telemetry is not None else None
         if self.telemetry is not None:
@@ -130,6 +132,10 @@ class ControlPlane:
             self.breakers.request_probe(agent_id, service)
         else:
             self.relay.ask_probe(agent_id, service)
+        breaker = self.breakers.find(service)
+        if breaker is None or breaker.state is not BreakerState.HALF_OPEN:
+            # The agent holds a state this replica does not: tell it the one in force.
+            self.hub.send_to_agent(agent_id, pb.ConnectResponse(breaker=self.breakers.to_proto(service)))
 
     def record_demand(self, agent_id: str, demand: pb.CapacityDemand) -> None:
         if self.leading or self.relay is None:
@@ -236,7 +242,14 @@ class ControlPlane:
 
     # -- listeners -------------------------------------------------------------
 
+    def _loaded(self) -> None:
+        # Agents replace what they hold with the store's state (the first snapshot they got
+        # may have been partial, or a reload may have dropped something).
+        self.version += 1
+        self.hub.broadcast(pb.ConnectResponse(snapshot=self.snapshot()))
+
     def _on_breaker(self, message: pb.Breaker, old: BreakerState | None, move: Transition | None) -> None:
+        self.version += 1
         if move is not None:  # decided here: store it
             self.writer.decided(message.name)
             if self.telemetry is not None:
@@ -247,6 +260,7 @@ class ControlPlane:
         self.hub.notify_watchers(message, old)
 
     def _on_policy(self, service: str, policy: ServicePolicy | None) -> None:
+        self.version += 1
         self.breakers.policy_changed(service)
         self.capacity.sync_policies()
         update = pb.PolicyUpdate(service=service, deleted=policy is None)
@@ -261,8 +275,11 @@ class ControlPlane:
     # -- snapshot for a new stream ---------------------------------------------
 
     def snapshot(self) -> pb.Snapshot:
+        """Every policy and breaker; ``partial`` until the store has been loaded once."""
         return pb.Snapshot(
             policies=[policy_to_proto(p) for p in self.policies.all()],
             breakers=self.breakers.snapshot(),
             control_plane_id=self.instance_id,
+            version=self.version,
+            partial=not self.sync.loaded.is_set(),
         )

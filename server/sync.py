@@ -29,6 +29,7 @@ class StoreSync:
 
     Args:
         on_store: called with True once loaded, False whenever the store is away.
+        on_loaded: called after every full load (the first, and every reload).
     """
 
     def __init__(
@@ -39,6 +40,7 @@ class StoreSync:
         breakers: FleetBreakers,
         writer: StateWriter,
         on_store: Callable[[bool], None],
+        on_loaded: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.prefix = prefix.rstrip("/") + "/"
@@ -47,6 +49,7 @@ class StoreSync:
         self.breakers = breakers
         self.writer = writer
         self.on_store = on_store
+        self.on_loaded = on_loaded
         self.loaded = asyncio.Event()
         self._resync = asyncio.Event()
 
@@ -59,8 +62,9 @@ class StoreSync:
         while True:
             try:
                 revision = await self._load_all()
-                self.on_store(True)
                 self.loaded.set()
+                self.on_store(True)
+                self.on_loaded()
                 backoff = 0.1
                 await self._follow(revision)
             except WatchCompacted as err:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,10 +19,10 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.app import RunningControlPlane
-from mission_control.server.etcd_process import EtcdProcess
+from mission_control.server.etcd_process import EtcdProcess, free_port
 
 from tests.support.etcd import etcdctl, start_etcd
-from tests.support.procs import Proc, control_plane
+from tests.support.procs import Proc, agent, control_plane, python
 
 PREFIX = "/faults"
 SERVICE_NAME = "mission_control.resilience.v1.ControlPlaneService"
@@ -210,3 +211,64 @@ async def test_a_background_task_that_dies_is_logged_and_takes_health_down(
     assert plane.failed_tasks == ["StoreSync.run"]
     assert health == [False] and not plane.healthy
     assert "background task StoreSync.run ended" in caplog.text
+
+
+def serve_at(etcd: EtcdProcess, address: str) -> Proc:
+    """A control plane on a fixed address (what a supervisor restarting it does)."""
+    args = ["serve", "--listen", address, "--etcd", etcd.endpoint, "--etcd-prefix", PREFIX]
+    proc = Proc([sys.executable, "-m", "mission_control.server.cli", *args])
+    proc.wait_for("mission-control: serving on ", timeout=60)
+    return proc
+
+
+@pytest.fixture
+def upstream(spawned: list[Proc]) -> str:
+    proc = python("tests.support.upstream", "llm")
+    spawned.append(proc)
+    return f"127.0.0.1:{proc.port()}"
+
+
+def test_a_fleet_open_stays_in_force_without_a_control_plane_and_a_snapshot_replaces_it(
+    etcd: EtcdProcess, spawned: list[Proc], upstream: str
+) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    spawned.append(plane := serve_at(etcd, address))
+    stub = pb_grpc.ControlPlaneServiceStub(grpc.insecure_channel(address))
+    put_policy(stub, "llm_provider", failure_threshold=3, wait_duration_secs=600, rate_limit_requests=10**6)
+    spawned.append(a := agent("agent-a", address, upstream, "llm_provider"))
+    Reporter(address).fail("llm_provider", 3)  # another agent trips the fleet breaker
+    poll(lambda: a.ask("state")["state"] == "OPEN")
+    poll(lambda: stored_state(etcd, "llm_provider") == "BREAKER_STATE_OPEN")
+
+    plane.kill()  # fail static: the fleet OPEN keeps its 600 s without a control plane
+    poll(lambda: not a.ask("stats")["connected"])
+    assert a.ask("call 1")["outcomes"] == {"CircuitBreakerOpen": 1}
+    spawned.append(plane := serve_at(etcd, address))  # restarted: still OPEN (it is stored)
+    poll(lambda: a.ask("stats")["connected"])
+    assert a.ask("call 1")["outcomes"] == {"CircuitBreakerOpen": 1}
+
+    plane.kill()  # a control plane that no longer has the breaker ends the agent's OPEN
+    etcdctl(etcd.endpoint, "del", f"{PREFIX}/breakers/llm_provider")
+    spawned.append(serve_at(etcd, address))
+    poll(lambda: a.ask("call 1")["outcomes"] == {"ok": 1})
+
+
+def test_a_control_plane_started_while_etcd_is_down_never_replaces_what_agents_hold(
+    etcd: EtcdProcess, spawned: list[Proc], upstream: str
+) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    spawned.append(plane := serve_at(etcd, address))
+    stub = pb_grpc.ControlPlaneServiceStub(grpc.insecure_channel(address))
+    put_policy(stub, "llm_provider", timeout_secs=7, rate_limit_requests=10**6)
+    spawned.append(a := agent("agent-a", address, upstream, "llm_provider"))
+    poll(lambda: a.ask("policy")["timeout_secs"] == 7)
+
+    plane.kill()
+    etcd.stop()
+    spawned.append(serve_at(etcd, address))
+    poll(lambda: a.ask("stats")["connected"])  # connected to a control plane that knows nothing
+    assert a.ask("policy")["timeout_secs"] == 7
+    assert a.ask("call 20")["outcomes"] == {"ok": 20}
+    etcd.start()
+    poll(lambda: serving(address))
+    assert a.ask("policy")["timeout_secs"] == 7
