@@ -107,7 +107,7 @@ class ControlPlane:
         self.leadership = Leadership(
             self.store, self.prefix, self.instance_id, address, ttl=ttl, on_change=self._on_leadership
         )
-        self.relay = LeaderRelay(self, token=token)
+        self.relay = LeaderRelay(self.leadership, self.hub, token=token)
         self.writer.fence = self.leadership
 
     def _on_leadership(self, leading: bool) -> None:
@@ -209,7 +209,7 @@ class ControlPlane:
     async def _health_loop(self) -> None:
         while True:
             try:
-                await self.store.ping()
+                await self.sync.check()
                 if not self.store_ok:
                     _log.info("store reachable again")
                     self.writer.wake()

@@ -91,6 +91,10 @@ class PolicyBook:
             return True
         return False
 
+    def forget_revisions(self) -> None:
+        """The store lost its data: keep every policy, as never stored."""
+        self._policies = {name: (policy, 0) for name, (policy, _) in self._policies.items()}
+
     def refused(self, key: str, detail: str) -> None:
         """Count and show a stored value that was not applied (a policy or any other record)."""
         self._counted(False)

@@ -1,6 +1,8 @@
 """Follow the store: load every policy and breaker, then apply its watch.
 
-A compacted watch, a lost leadership or a store that lost its data reloads everything. A
+A compacted watch, a lost leadership or a store that lost its data reloads everything: a
+store whose revision went backwards or whose cluster id changed (wiped, or replaced) is
+reloaded without dropping what is held, and the leader writes it back. A
 value that does not parse — under ``policies/`` or ``breakers/`` — is refused, counted
 and shown (``PolicyBook.errors``), and never stops the rest; when nothing good is held
 for its key (a restart), the key's earlier revisions are read back to the newest good one.
@@ -52,10 +54,38 @@ class StoreSync:
         self.on_loaded = on_loaded
         self.loaded = asyncio.Event()
         self._resync = asyncio.Event()
+        #: The newest store revision seen, and the cluster that served it.
+        self.revision = 0
+        self.cluster_id = 0
+        self._keep_absent = False
+        self.wipes = 0
 
     def reload(self) -> None:
         """Read everything again (the watch is restarted after it)."""
         self._resync.set()
+
+    async def check(self) -> None:
+        """Ping the store and notice one that lost its data: its revision went backwards
+        or its cluster id changed. What is held is kept, the revisions known are forgotten
+        (they belong to the old data), everything is reloaded and the writer restores what
+        is missing. Raises StoreUnavailable."""
+        seen = self.revision  # before asking: a change seen meanwhile is not a step back
+        status = await self.store.ping()
+        known, self.cluster_id = self.cluster_id, status.cluster_id
+        if status.revision >= seen and known in (0, status.cluster_id):
+            self.revision = max(self.revision, status.revision)
+            return
+        self._lost_data(status.revision, seen, f"cluster {status.cluster_id:x} after {known:x}")
+        self.reload()
+
+    def _lost_data(self, revision: int, seen: int, detail: str) -> None:
+        _log.error("the store lost its data (revision %d after %d, %s): restoring", revision, seen, detail)
+        self.wipes += 1
+        self.revision = revision
+        self.breakers.revisions.clear()
+        self.policies.forget_revisions()
+        self._keep_absent = True
+        self.writer.restore_pending = True
 
     async def run(self) -> None:
         backoff = 0.1
@@ -82,6 +112,7 @@ class StoreSync:
         async def watch() -> None:
             async for events in self.store.watch(self.prefix, revision + 1):
                 for event in events:
+                    self.revision = max(self.revision, event.mod_revision)
                     self.apply(event.key, event.value, event.mod_revision)
 
         watching = asyncio.create_task(watch())
@@ -97,6 +128,10 @@ class StoreSync:
 
     async def _load_all(self) -> int:
         entries, revision = await self.store.get_prefix(self.prefix)
+        if revision < self.revision:
+            self._lost_data(revision, self.revision, "noticed while loading")
+        self.revision = max(self.revision, revision)
+        keep_absent, self._keep_absent = self._keep_absent, False
         seen_policies, seen_breakers = set(), set()
         for entry in entries:
             if not self.apply(entry.key, entry.value, entry.mod_revision) and not self._holds(entry.key):
@@ -107,6 +142,8 @@ class StoreSync:
             name = self._breaker_of(entry.key)
             if name is not None:
                 seen_breakers.add(name)
+        if keep_absent:
+            return revision  # the store lost it: the writer restores it
         for policy in self.policies.all():
             if policy.service not in seen_policies:  # deleted while we were not watching
                 self.policies.apply(self.policies.key(policy.service), None, revision)

@@ -104,6 +104,8 @@ class StateWriter:
         self._decisions = 0
         self._wake = asyncio.Event()
         self.superseded = 0
+        #: Set when the store lost its data: the leader writes back what it holds.
+        self.restore_pending = False
 
     # -- the primitive ----------------------------------------------------------
 
@@ -161,13 +163,16 @@ class StateWriter:
     async def run(self) -> None:
         """Store pending transitions; retry while the store is away or leadership unsettled."""
         while True:
+            busy = self._pending or self.restore_pending
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), RETRY_SECS if self._pending else None)
+                await asyncio.wait_for(self._wake.wait(), RETRY_SECS if busy else None)
             self._wake.clear()
             try:
                 if self.fence is not None and not self.fence.leading:
                     await self._supersede()
                     continue
+                if self.restore_pending:
+                    await self._restore()
                 for name in sorted(self._pending):
                     await self._persist(name)
             except StoreUnavailable as err:
@@ -191,8 +196,9 @@ class StateWriter:
     async def _supersede(self) -> None:
         """Not leading: once another replica leads, its state wins over what is pending here."""
         fence = self.fence
-        if not self._pending or fence is None or fence.leader_id in (None, fence.instance_id):
+        if fence is None or fence.leader_id in (None, fence.instance_id):
             return
+        self.restore_pending = False  # the leader restores what the store lost
         for name in sorted(self._pending):
             entry = await self.store.get(self.breaker_key(name))
             _log.warning("breaker %s: a decision not stored is superseded by %s", name, fence.leader_id)
@@ -264,6 +270,12 @@ class StateWriter:
         return result
 
     # -- after the store lost its data ------------------------------------------
+
+    async def _restore(self) -> None:
+        restored = await self.restore()
+        if self.fence is None or self.fence.leading:  # else fenced midway: again when leading
+            self.restore_pending = False
+            _log.warning("restored %d keys the store had lost", restored)
 
     async def restore(self) -> int:
         """Write back every breaker and policy held here whose key is absent (the store was

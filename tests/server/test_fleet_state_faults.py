@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import sys
 import time
@@ -272,3 +273,65 @@ def test_a_control_plane_started_while_etcd_is_down_never_replaces_what_agents_h
     etcd.start()
     poll(lambda: serving(address))
     assert a.ask("policy")["timeout_secs"] == 7
+
+
+def test_an_etcd_wiped_and_restarted_empty_is_noticed_and_restored(
+    etcd: EtcdProcess, spawned: list[Proc]
+) -> None:
+    plane, address = control_plane(etcd.endpoint, PREFIX)
+    spawned.append(plane)
+    stub = pb_grpc.ControlPlaneServiceStub(grpc.insecure_channel(address))
+    for threshold in range(20, 7, -1):  # history: the store's revision is well past a new one's
+        put_policy(stub, "kept", failure_threshold=threshold)
+    stub.SetBreakerState(
+        pb.SetBreakerStateRequest(name="ops", state=pb.BREAKER_STATE_FORCED_OPEN, reason="held"), timeout=10
+    )
+    etcd.stop()
+    shutil.rmtree(etcd.data_dir)
+    etcd.start()  # same address, no data
+
+    poll(lambda: stored(etcd, "policies/kept") is not None)  # the leader restores what it holds
+    assert stored(etcd, "policies/kept")["failure_threshold"] == 8  # type: ignore[index]
+    poll(lambda: stored_state(etcd, "ops") == "BREAKER_STATE_FORCED_OPEN")
+    # and follows the new store: a put at a low revision is applied
+    etcdctl(etcd.endpoint, "put", f"{PREFIX}/policies/new", '{"service": "new", "failure_threshold": 4}')
+    poll(lambda: stub.GetPolicy(pb.GetPolicyRequest(service="new"), timeout=5).policy.failure_threshold == 4)
+    poll(lambda: serving(address))
+    assert breaker_state(stub, "ops") == pb.BREAKER_STATE_FORCED_OPEN
+
+
+def leader_at(etcd: EtcdProcess) -> dict[str, str] | None:
+    return stored(etcd, "leader")
+
+
+def test_a_restart_within_the_leader_lease_on_the_same_address_counts_each_failure_once(
+    etcd: EtcdProcess, spawned: list[Proc]
+) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    spawned.append(plane := serve_at(etcd, address))
+    stub = pb_grpc.ControlPlaneServiceStub(grpc.insecure_channel(address))
+    put_policy(stub, "svc", failure_threshold=5, wait_duration_secs=600)
+    reset = pb.SetBreakerStateRequest(name="svc", state=pb.BREAKER_STATE_CLOSED)
+    stub.SetBreakerState(reset, timeout=10)
+
+    def counted() -> int:
+        try:
+            found = stub.GetBreaker(pb.GetBreakerRequest(name="svc"), timeout=5).breaker
+        except grpc.RpcError:
+            return 0
+        return int(found.consecutive_failures) if found.state == pb.BREAKER_STATE_CLOSED else -1
+
+    for restart in range(3):
+        old = poll(lambda: (found := leader_at(etcd)) and found["address"] == address and found)
+        plane.kill()  # SIGKILL: its leader key stays until the lease runs out
+        spawned.append(plane := serve_at(etcd, address))  # at once, on the same address
+        Reporter(address, f"reporter-{restart}").fail("svc", 4)  # one below the threshold
+        poll(lambda: counted() != 0)
+        gone = old["instance"]
+        poll(lambda gone=gone: (found := leader_at(etcd)) and found["instance"] != gone)
+        assert counted() == 4, f"restart {restart}: {counted()} failures counted of 4"
+        found = stats(stub)  # nothing came back through a relay to itself
+        assert dict(found.errors_by_agent) == {f"reporter-{restart}": 4}, restart
+        Reporter(address, f"reporter-{restart}").fail("svc", 1)  # the fifth opens it
+        poll(lambda: breaker_state(stub, "svc") == pb.BREAKER_STATE_OPEN)
+        stub.SetBreakerState(reset, timeout=10)
