@@ -83,7 +83,9 @@ class ControlPlane:
         #: Grows with every change of the fleet state this replica pushes.
         self.version = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self.telemetry = FleetTelemetry(telemetry, self) if telemetry is not None else None
+        self.telemetry = (
+            FleetTelemetry(telemetry, self.breakers, self.hub, self.stats) if telemetry is not None else None
+        )
         if self.telemetry is not None:
             self.policies.on_reload = self.telemetry.reload
         self.policies.listeners.append(self._on_policy)
