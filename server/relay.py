@@ -150,8 +150,9 @@ class LeaderRelay:
             call = stub.Connect(self._requests(self._epoch), metadata=self._metadata)
             async for response in call:
                 if response.HasField("snapshot"):
+                    if not self.connected:  # the leader sends a new snapshot after each reload
+                        _log.info("relaying to the leader at %s", address)
                     self.connected = True
-                    _log.info("relaying to the leader at %s", address)
                 elif response.HasField("outcome_ack"):
                     self._unacked.ack(response.outcome_ack.sequence)
                 elif response.HasField("probe_grant"):

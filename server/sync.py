@@ -91,6 +91,7 @@ class StoreSync:
         backoff = 0.1
         while True:
             try:
+                self._resync.clear()  # a reload asked for from here on is not lost
                 revision = await self._load_all()
                 self.loaded.set()
                 self.on_store(True)
@@ -107,7 +108,6 @@ class StoreSync:
 
     async def _follow(self, revision: int) -> None:
         """Apply the watch's changes until it ends or a reload is asked for."""
-        self._resync.clear()
 
         async def watch() -> None:
             async for events in self.store.watch(self.prefix, revision + 1):
