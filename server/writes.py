@@ -209,7 +209,7 @@ class StateWriter:
         self._pending.pop(name, None)
         try:
             self.breakers.adopt(name, entry.value if entry else None, entry.mod_revision if entry else 0)
-        except ValueError as err:  # a broken record: what was decided here replaces it
+        except Exception as err:  # any broken record (parse errors too): what was decided here replaces it
             _log.error("stored breaker %s is malformed (%s); it will be overwritten", name, err)
             self.breakers.revisions[name] = entry.mod_revision if entry else 0
             self.decided(name)

@@ -166,6 +166,10 @@ def test_a_malformed_breaker_record_is_refused_and_never_stops_the_sync(
     assert policy(stub) == 9
     assert any(e.key == f"{PREFIX}/breakers/bx" for e in stats(stub).config_errors)
     assert serving(address)
+    # an operator's write replaces the broken record
+    forced = pb.SetBreakerStateRequest(name="bx", state=pb.BREAKER_STATE_FORCED_OPEN)
+    stub.SetBreakerState(forced, timeout=10)
+    assert stored_state(etcd, "bx") == "BREAKER_STATE_FORCED_OPEN"
 
 
 def test_a_bad_policy_value_never_replaces_the_good_one_across_restarts(
