@@ -131,7 +131,9 @@ class StoreSync:
         if revision < self.revision:
             self._lost_data(revision, self.revision, "noticed while loading")
         self.revision = max(self.revision, revision)
-        keep_absent, self._keep_absent = self._keep_absent, False
+        # After a loss of data, what the store lacks is kept until the leader restored it.
+        keep_absent = self._keep_absent or self.writer.restore_pending
+        self._keep_absent = False
         seen_policies, seen_breakers = set(), set()
         for entry in entries:
             if not self.apply(entry.key, entry.value, entry.mod_revision) and not self._holds(entry.key):
