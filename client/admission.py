@@ -114,7 +114,6 @@ _GATES: dict[BreakerState, _Gate] = {
     BreakerState.FORCED_OPEN: _ForcedOpen(),
 }
 #: Operator states hold while the control plane is out of reach (fail static).
-_STICKY = frozenset({BreakerState.FORCED_OPEN, BreakerState.FORCED_CLOSED, BreakerState.DISABLED})
 
 
 def _open(state: ServiceState, failures: int, wait: float | None) -> Refused:
@@ -134,8 +133,8 @@ class Admission:
 
     def breaker(self, state: ServiceState, now: float) -> Admitted | Refused:
         """The fleet breaker while connected (or forced), else this agent's own."""
-        fleet = state.fleet
-        if fleet is not None and (self.view.connected or fleet.state in _STICKY):
+        fleet = self.view.fleet_in_force(state, now)
+        if fleet is not None:
             return _GATES[fleet.state].before_call(self, state, fleet, now)
         if state.local.state is BreakerState.CLOSED:  # the common case: no lock needed to read it
             return ORDINARY

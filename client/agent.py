@@ -150,9 +150,10 @@ class MissionControl:
 
     def _breaker_states(self) -> list[tuple[float, dict[str, str]]]:
         found = []
+        now = self.view.clock()
         for name, state in list(self.view.services.items()):
-            fleet = state.fleet
-            value = fleet.state if fleet is not None and self.view.connected else state.local.state
+            fleet = self.view.fleet_in_force(state, now)
+            value = fleet.state if fleet is not None else state.local.state
             found.append((float(value), {"breaker": name, "error.agent": self.agent}))
         return found
 

@@ -281,15 +281,16 @@ class ControlPlaneConnection:
         kind = response.WhichOneof("message")
         view = self.view
         if kind == "snapshot":
+            snapshot = response.snapshot
             policies = {}
-            for message in response.snapshot.policies:
+            for message in snapshot.policies:
                 try:
                     policies[message.service] = policy_from_proto(message)
                 except ConfigurationError as err:
                     _log.error("ignored invalid policy %s from control plane: %s", message.service, err)
-            view.replace_policies(policies)
-            for breaker in response.snapshot.breakers:
-                view.set_breaker(breaker)
+            view.apply_snapshot(policies, snapshot.breakers, partial=snapshot.partial)
+            if snapshot.partial:
+                _log.warning("control plane %s has not loaded its store: keeping the fleet state", endpoint)
             view.connected = True
             self.current_endpoint = endpoint
             self.connected_event.set()

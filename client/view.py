@@ -2,8 +2,11 @@
 
 The control-plane connection writes into it (policies, fleet breaker states, probe
 permits); the hot path reads it with one dict lookup and never waits on the network.
-When the control plane is out of reach, each service's *local* breaker — fed by this
-agent's own outcomes all along — is enforced instead (fail static).
+Fleet state arrives as a snapshot that replaces the previous one, then as changes. When the
+control plane is out of reach, the last fleet state stays in force until it expires by its
+own rules (an OPEN until its wait is over; operator states until a control plane says
+otherwise), and each service's *local* breaker — fed by this agent's own outcomes all
+along — decides the rest (fail static).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mission_control.resilience.v1 import control_plane_pb2 as pb
@@ -22,6 +25,9 @@ from .limits import Bulkhead, RetryBudget, TokenBucket
 from .policy import ServicePolicy, default_policy
 
 __all__ = ["FleetBreaker", "LocalView", "ServiceState", "Tally"]
+
+#: Operator states: in force until a control plane says otherwise.
+_STICKY = frozenset({BreakerState.FORCED_OPEN, BreakerState.FORCED_CLOSED, BreakerState.DISABLED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +303,38 @@ class LocalView:
             if self._pushed.get(name) != policy:
                 self.set_policy(name, policy)
 
+    def apply_snapshot(
+        self, policies: Mapping[str, ServicePolicy], breakers: Sequence[pb.Breaker], *, partial: bool = False
+    ) -> None:
+        """The control plane's whole fleet state, replacing what was held: a breaker it
+        does not list is not in force any more. A ``partial`` snapshot (a control plane that
+        has not loaded its store) replaces nothing: only its non-CLOSED breakers apply."""
+        if partial:
+            for message in breakers:
+                if message.state != pb.BREAKER_STATE_CLOSED:
+                    self.set_breaker(message)
+            return
+        self.replace_policies(policies)
+        listed = {message.name for message in breakers}
+        for message in breakers:
+            self.set_breaker(message)
+        for name, state in list(self.services.items()):
+            if name not in listed and state.fleet is not None:
+                with state.lock:
+                    state.fleet = None
+                    state.permits.clear()
+
+    def fleet_in_force(self, state: ServiceState, now: float) -> FleetBreaker | None:
+        """The fleet breaker state that decides ``state``'s calls now, if any: the last one
+        pushed while connected; when not, only an OPEN with time left or an operator's
+        state (fail static) — the local breaker decides the rest."""
+        fleet = state.fleet
+        if fleet is None or self.connected or fleet.state in _STICKY:
+            return fleet
+        if fleet.state is BreakerState.OPEN and fleet.open_until > now:
+            return fleet
+        return None
+
     def set_breaker(self, message: pb.Breaker) -> None:
         now = self.clock()
         state = self.get(message.name)
@@ -342,7 +380,8 @@ class LocalView:
             )
 
     def forget_fleet(self) -> None:
-        """The control plane is gone: stop trusting its states and permits."""
+        """The control plane is gone: its probe permits end; its breaker states stay in
+        force as :meth:`fleet_in_force` says."""
         self.connected = False
         for state in list(self.services.values()):
             with state.lock:

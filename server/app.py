@@ -152,6 +152,8 @@ async def start_control_plane(
         interceptors.insert(0, telemetry.grpc_aio_server_interceptor())
     options = [
         ("grpc.so_reuseport", 0),
+        # agents and relays ping every 10 s on quiet streams to notice a dead peer
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
@@ -198,7 +200,7 @@ async def start_control_plane(
             problem,
         )
     await plane.start(load_timeout=0.0 if problem else 10.0)
-    if plane.store_ok:
+    if plane.healthy:
         await running.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await server.start()
     if http:

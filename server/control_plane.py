@@ -2,10 +2,12 @@
 
 * **sync**: load every policy and breaker from the store, then follow its watch; a
   compacted watch reloads everything.
-* **persist**: every transition the engine decides is written with compare-and-swap on
-  the key's ``mod_revision``; a lost CAS re-reads and adopts the stored state. While the
-  store is down, transitions stay in memory (and are pushed to agents) and are written
-  when it returns.
+* **persist** (:mod:`.writes`): every transition the engine decides is written with
+  compare-and-swap on the key's ``mod_revision``, fenced to the leader; a lost CAS adopts
+  the stored state, a lost fence keeps the decision pending until this replica leads again
+  or another leader supersedes it. While the store is down, transitions stay in memory (and
+  are pushed to agents) and are written when it returns. Losing leadership reloads
+  everything from the store.
 * **tick**: moves OPEN breakers to HALF_OPEN on time and expires unused probe permits.
 * **health**: pings the store; ``store_ok`` drives the gRPC health status.
 """
@@ -18,10 +20,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from google.protobuf import json_format
 from mission_control.client.breaker import BreakerState, Transition
-from mission_control.client.config import policy_to_json, policy_to_proto
-from mission_control.client.errors import StorageFailure
+from mission_control.client.config import policy_to_proto
 from mission_control.client.policy import ServicePolicy
 from mission_control.client.telemetry import Telemetry
 from mission_control.resilience.v1 import control_plane_pb2 as pb
@@ -34,7 +34,9 @@ from .observability import FleetTelemetry
 from .policies import PolicyBook
 from .relay import LeaderRelay
 from .stats import FleetStatistics
-from .store import Guard, Store, StoreUnavailable, WatchCompacted, Write
+from .store import Store, StoreUnavailable
+from .sync import StoreSync
+from .writes import StateWriter
 
 _log = logging.getLogger("mission_control.server")
 
@@ -66,17 +68,26 @@ class ControlPlane:
         #: Called with (agent id, summary) for every outcome summary an agent sends here.
         self.outcome_listeners: list[Callable[[str, pb.OutcomeSummary], None]] = []
         self.store_ok = False
+        self._published = False
+        #: Names of background tasks that ended with an error (health stays down).
+        self.failed_tasks: list[str] = []
         self.health_listeners: list[Callable[[bool], None]] = []
         #: Set by enable_leadership (replicas on one etcd); None = this one always decides.
         self.leadership: Leadership | None = None
         self.relay: LeaderRelay | None = None
         self.capacity = CapacityLeaser(self)
-        self._dirty: set[str] = set()
-        self._in_flight: set[str] = set()
-        self._dirty_event = asyncio.Event()
-        self._loaded = asyncio.Event()
+        self.writer = StateWriter(
+            store, self.breaker_key, self.breakers, self.policies, lambda: self._set_store_ok(False)
+        )
+        self.sync = StoreSync(
+            store, self.prefix, self.policies, self.breakers, self.writer, self._set_store_ok, self._loaded
+        )
+        #: Grows with every change of the fleet state this replica pushes.
+        self.version = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self.telemetry = FleetTelemetry(telemetry, self) if telemetry is not None else None
+        self.telemetry = (
+            FleetTelemetry(telemetry, self.breakers, self.hub, self.stats) if telemetry is not None else None
+        )
         if self.telemetry is not None:
             self.policies.on_reload = self.telemetry.reload
         self.policies.listeners.append(self._on_policy)
@@ -87,10 +98,6 @@ class ControlPlane:
 
     def breaker_key(self, name: str) -> str:
         return f"{self.prefix}/breakers/{name}"
-
-    def _breaker_of(self, key: str) -> str | None:
-        head = f"{self.prefix}/breakers/"
-        return key[len(head) :] if key.startswith(head) else None
 
     # -- leadership ------------------------------------------------------------
 
@@ -104,7 +111,8 @@ class ControlPlane:
         self.leadership = Leadership(
             self.store, self.prefix, self.instance_id, address, ttl=ttl, on_change=self._on_leadership
         )
-        self.relay = LeaderRelay(self, token=token)
+        self.relay = LeaderRelay(self.leadership, self.hub, token=token)
+        self.writer.fence = self.leadership
 
     def _on_leadership(self, leading: bool) -> None:
         if leading:
@@ -112,7 +120,10 @@ class ControlPlane:
                 for summary in self.relay.drain():
                     self.breakers.record(self.relay.agent_id, summary)
         else:
-            self._dirty.clear()  # a follower decides nothing; the new leader's state will arrive
+            # What this replica holds may be a state the store never had: take the store's
+            # again. Decisions not stored stay pending (see writes.StateWriter).
+            self.sync.reload()
+        self.writer.wake()
 
     def record_outcomes(self, agent_id: str, summary: pb.OutcomeSummary) -> None:
         if self.leading or self.relay is None:
@@ -125,6 +136,10 @@ class ControlPlane:
             self.breakers.request_probe(agent_id, service)
         else:
             self.relay.ask_probe(agent_id, service)
+        breaker = self.breakers.find(service)
+        if breaker is None or breaker.state is not BreakerState.HALF_OPEN:
+            # The agent holds a state this replica does not: tell it the one in force.
+            self.hub.send_to_agent(agent_id, pb.ConnectResponse(breaker=self.breakers.to_proto(service)))
 
     def record_demand(self, agent_id: str, demand: pb.CapacityDemand) -> None:
         if self.leading or self.relay is None:
@@ -143,14 +158,16 @@ class ControlPlane:
     async def start(self, load_timeout: float = 10.0) -> None:
         """Start the background loops; waits up to ``load_timeout`` for the first load
         (when the store is down it serves defaults and catches up later)."""
-        loops = [self._sync_loop, self._persist_loop, self._tick_loop, self._health_loop]
+        loops = [self.sync.run, self.writer.run, self._tick_loop, self._health_loop]
         if self.leadership is not None and self.relay is not None:
             loops += [self.leadership.run, self.relay.run]
         for loop in loops:
-            self._tasks.append(asyncio.create_task(loop(), name=loop.__name__))
+            task = asyncio.create_task(loop(), name=loop.__qualname__)
+            task.add_done_callback(self._task_ended)
+            self._tasks.append(task)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._loaded.wait(), load_timeout)
-        if self.leadership is not None and self._loaded.is_set():  # let the first campaign settle
+            await asyncio.wait_for(self.sync.loaded.wait(), load_timeout)
+        if self.leadership is not None and self.sync.loaded.is_set():  # let the first campaign settle
             deadline = time.monotonic() + 2.0
             while self.leadership.leader_id is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
@@ -169,155 +186,20 @@ class ControlPlane:
 
     async def flush(self, timeout: float) -> bool:
         """Wait until every decided transition is stored (or ``timeout``)."""
-        deadline = time.monotonic() + timeout
-        while (self._dirty or self._in_flight) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        return not (self._dirty or self._in_flight)
-
-    # -- store sync ------------------------------------------------------------
-
-    async def _sync_loop(self) -> None:
-        backoff = 0.1
-        while True:
-            try:
-                revision = await self._load_all()
-                self._set_store_ok(True)
-                self._loaded.set()
-                backoff = 0.1
-                async for events in self.store.watch(self.prefix + "/", revision + 1):
-                    for event in events:
-                        self._apply(event.key, event.value, event.mod_revision)
-            except WatchCompacted as err:
-                _log.warning("%s; reloading everything", err)
-            except StoreUnavailable as err:
-                # Said once per outage; the retries every few seconds say nothing new.
-                log = _log.warning if backoff == 0.1 and self._loaded.is_set() else _log.debug
-                self._set_store_ok(False)
-                log("store unavailable (%s); serving from memory", err)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-
-    async def _load_all(self) -> int:
-        entries, revision = await self.store.get_prefix(self.prefix + "/")
-        seen_policies = set()
-        for entry in entries:
-            self._apply(entry.key, entry.value, entry.mod_revision)
-            service = self.policies.service_of(entry.key)
-            if service is not None:
-                seen_policies.add(service)
-        for policy in self.policies.all():
-            if policy.service not in seen_policies:  # deleted while we were not watching
-                self.policies.apply(self.policies.key(policy.service), None, revision)
-        return revision
-
-    def _apply(self, key: str, value: bytes | None, revision: int) -> None:
-        if self.policies.service_of(key) is not None:
-            self.policies.apply(key, value, revision)
-            return
-        name = self._breaker_of(key)
-        if name is None:
-            return
-        if revision <= self.breakers.revisions.get(name, 0):
-            return  # our own write, or older
-        if name in self._dirty or name in self._in_flight:
-            return  # the pending CAS write will fail and adopt the stored state
-        try:
-            self.breakers.adopt(name, value, revision)
-        except ValueError as err:
-            _log.error("ignored malformed breaker record at %s: %s", key, err)
-
-    # -- persistence -----------------------------------------------------------
-
-    async def _persist_loop(self) -> None:
-        while True:
-            await self._dirty_event.wait()
-            self._dirty_event.clear()
-            for name in sorted(self._dirty):
-                self._dirty.discard(name)
-                self._in_flight.add(name)
-                try:
-                    await self._persist(name)
-                except StoreUnavailable as err:
-                    self._dirty.add(name)
-                    self._set_store_ok(False)
-                    _log.warning("breaker %s not stored yet (%s); will retry", name, err)
-                finally:
-                    self._in_flight.discard(name)
-            if self._dirty:
-                await asyncio.sleep(0.5)
-                self._dirty_event.set()
-
-    async def _persist(self, name: str) -> None:
-        key = self.breaker_key(name)
-        expected = self.breakers.revisions.get(name, 0)
-        guards: list[Guard] = []
-        if self.leadership is not None:
-            guard = self.leadership.guard()
-            if guard is None:
-                return  # deposed: the new leader decides
-            guards.append(guard)
-        revision = await self.store.commit([Write(key, self.breakers.to_record(name), expected)], guards)
-        if revision is not None:
-            self.breakers.revisions[name] = revision
-            return
-        entry = await self.store.get(key)
-        _log.info("breaker %s changed elsewhere; adopting the stored state", name)
-        self.breakers.adopt(name, entry.value if entry else None, entry.mod_revision if entry else 0)
+        return await self.writer.flush(timeout)
 
     # -- operator writes (acknowledged only once stored) -----------------------
 
     async def set_breaker_state(self, name: str, state: BreakerState, reason: str) -> pb.Breaker:
-        """Force a breaker's state; returns the stored breaker. Raises StorageFailure
-        when the store cannot take the write (nothing changes then)."""
-        for _ in range(10):
-            breaker = self.breakers.draft(name)
-            breaker.force(time.monotonic(), state, reason)
-            record = self.breakers.record_of(breaker)
-            expected = self.breakers.revisions.get(name, 0)
-            try:
-                revision = await self.store.put(self.breaker_key(name), record, expected_revision=expected)
-                if revision is None:
-                    entry = await self.store.get(self.breaker_key(name))
-                    self.breakers.adopt(
-                        name, entry.value if entry else None, entry.mod_revision if entry else 0
-                    )
-                    continue
-            except StoreUnavailable as err:
-                self._set_store_ok(False)
-                raise StorageFailure("etcd", "set breaker state", str(err)) from err
-            self._dirty.discard(name)
-            self.breakers.adopt(name, record, revision)
-            # What this write stored, even if a newer write has been applied meanwhile.
-            written = json_format.Parse(record, pb.Breaker(), ignore_unknown_fields=True)
-            written.revision = revision
-            return written
-        raise StorageFailure("etcd", "set breaker state", "too many concurrent changes; retry")
+        """Force a breaker's state; see :meth:`StateWriter.set_breaker_state`."""
+        return await self.writer.set_breaker_state(name, state, reason)
 
     async def put_policy(self, policy: ServicePolicy, expected_revision: int = 0) -> int | None:
-        """Store a validated policy; returns its revision, or None when
-        ``expected_revision`` no longer matches. Raises StorageFailure."""
-        key = self.policies.key(policy.service)
-        value = policy_to_json(policy).encode()
-        try:
-            revision = await self.store.put(key, value, expected_revision=expected_revision or None)
-        except StoreUnavailable as err:
-            self._set_store_ok(False)
-            raise StorageFailure("etcd", "put policy", str(err)) from err
-        if revision is not None:
-            self.policies.apply(key, value, revision)
-        return revision
+        """Store a policy; see :meth:`StateWriter.put_policy`."""
+        return await self.writer.put_policy(policy, expected_revision)
 
     async def delete_policy(self, service: str) -> bool:
-        key = self.policies.key(service)
-        if self.policies.stored(service) is None:
-            return False
-        try:
-            revision = await self.store.commit([Write(key, None)])
-        except StoreUnavailable as err:
-            self._set_store_ok(False)
-            raise StorageFailure("etcd", "delete policy", str(err)) from err
-        self.policies.apply(key, None, revision or 0)
-        return True
+        return await self.writer.delete_policy(service)
 
     # -- timers and health -----------------------------------------------------
 
@@ -331,28 +213,49 @@ class ControlPlane:
     async def _health_loop(self) -> None:
         while True:
             try:
-                await self.store.ping()
+                await self.sync.check()
                 if not self.store_ok:
                     _log.info("store reachable again")
-                    self._dirty_event.set()
+                    self.writer.wake()
                 self._set_store_ok(True)
             except StoreUnavailable:
                 self._set_store_ok(False)
             await asyncio.sleep(self.ping_interval)
 
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task not in self._tasks:
+            return  # stopped on purpose
+        error = task.exception()
+        _log.error("background task %s ended (%r): not serving", task.get_name(), error, exc_info=error)
+        self.failed_tasks.append(task.get_name())
+        self._set_store_ok(self.store_ok)
+
+    @property
+    def healthy(self) -> bool:
+        """Serving: the store answers and every background task runs."""
+        return self.store_ok and not self.failed_tasks
+
     def _set_store_ok(self, ok: bool) -> None:
-        if ok == self.store_ok:
-            return
         self.store_ok = ok
+        healthy = self.healthy
+        if healthy == self._published:
+            return
+        self._published = healthy
         for listener in list(self.health_listeners):
-            listener(ok)
+            listener(healthy)
 
     # -- listeners -------------------------------------------------------------
 
+    def _loaded(self) -> None:
+        # Agents replace what they hold with the store's state (the first snapshot they got
+        # may have been partial, or a reload may have dropped something).
+        self.version += 1
+        self.hub.broadcast(pb.ConnectResponse(snapshot=self.snapshot()))
+
     def _on_breaker(self, message: pb.Breaker, old: BreakerState | None, move: Transition | None) -> None:
+        self.version += 1
         if move is not None:  # decided here: store it
-            self._dirty.add(message.name)
-            self._dirty_event.set()
+            self.writer.decided(message.name)
             if self.telemetry is not None:
                 self.telemetry.transition(message, move)
         if message.state == pb.BREAKER_STATE_OPEN and old is not BreakerState.OPEN:
@@ -361,6 +264,7 @@ class ControlPlane:
         self.hub.notify_watchers(message, old)
 
     def _on_policy(self, service: str, policy: ServicePolicy | None) -> None:
+        self.version += 1
         self.breakers.policy_changed(service)
         self.capacity.sync_policies()
         update = pb.PolicyUpdate(service=service, deleted=policy is None)
@@ -375,8 +279,11 @@ class ControlPlane:
     # -- snapshot for a new stream ---------------------------------------------
 
     def snapshot(self) -> pb.Snapshot:
+        """Every policy and breaker; ``partial`` until the store has been loaded once."""
         return pb.Snapshot(
             policies=[policy_to_proto(p) for p in self.policies.all()],
             breakers=self.breakers.snapshot(),
             control_plane_id=self.instance_id,
+            version=self.version,
+            partial=not self.sync.loaded.is_set(),
         )

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from .store import Guard, Store, StoreUnavailable, Write
+from .store import Entry, Guard, Store, StoreUnavailable, Write
 
 _log = logging.getLogger("mission_control.server.leadership")
 
@@ -74,17 +74,28 @@ class Leadership:
             await asyncio.sleep(self.ttl / 3 if self.leading else FOLLOWER_POLL_SECS)
 
     async def _campaign(self) -> None:
-        await self._learn_leader()
+        entry = await self._learn_leader()
+        if entry is not None and self.leader_address == self.address:
+            # The key names this replica's own address, which this process holds now: the
+            # leader it names is a predecessor that died without resigning (a supervisor
+            # restarted it within the lease). Take over now rather than wait for the lease —
+            # and never relay to oneself.
+            result = await self.store.commit([Write(self.key, None, expected_revision=entry.mod_revision)])
+            if result.succeeded:
+                _log.warning(
+                    "%s: removed the leader key of a predecessor at %s", self.instance_id, self.address
+                )
+                self.leader_id = self.leader_address = None
         if self.leader_id is not None:
             return  # somebody leads: nothing to write
         lease = await self.store.grant_lease(self.ttl)
         value = json.dumps({"instance": self.instance_id, "address": self.address}).encode()
-        revision = await self.store.commit([Write(self.key, value, expected_revision=0, lease=lease)])
-        if revision is None:
+        result = await self.store.commit([Write(self.key, value, expected_revision=0, lease=lease)])
+        if not result.succeeded:
             await self.store.revoke_lease(lease)
             await self._learn_leader()
             return
-        self._lease, self._create_revision = lease, revision
+        self._lease, self._create_revision = lease, result.revision
         self._last_refresh = time.monotonic()
         self.leader_id, self.leader_address = self.instance_id, self.address
         _log.info("%s is the leader (lease %x)", self.instance_id, lease)
@@ -102,16 +113,24 @@ class Leadership:
             _log.warning("%s: the leader key is gone", self.instance_id)
             self._set(False)
 
-    async def _learn_leader(self) -> None:
+    async def _learn_leader(self) -> Entry | None:
         entry = await self.store.get(self.key)
         if entry is None:
             self.leader_id = self.leader_address = None
-            return
+            return None
         try:
             found = json.loads(entry.value)
             self.leader_id, self.leader_address = str(found["instance"]), str(found["address"])
         except (ValueError, KeyError, TypeError):
             self.leader_id = self.leader_address = None
+        return entry
+
+    def fenced(self) -> None:
+        """A write was refused by the fence: this replica no longer leads, whatever it
+        believed (its lease expired while etcd was away, or the key was replaced)."""
+        if self.leading:
+            _log.warning("%s: a write was fenced; no longer the leader", self.instance_id)
+            self._set(False)
 
     async def refresh_leader(self) -> None:
         """Re-read who leads (followers call this when their link to the leader breaks)."""

@@ -10,16 +10,22 @@ from mission_control.client.telemetry import Telemetry, _guarded
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 if TYPE_CHECKING:
-    from .control_plane import ControlPlane
+    from .engine import FleetBreakers
+    from .hub import Hub
+    from .stats import FleetStatistics
 
 
 class FleetTelemetry:
     """Hooks the control plane calls; each is guarded and never raises."""
 
-    def __init__(self, telemetry: Telemetry, plane: ControlPlane) -> None:
+    def __init__(
+        self, telemetry: Telemetry, breakers: FleetBreakers, hub: Hub, stats: FleetStatistics
+    ) -> None:
         self.t = telemetry
         self._failed_once = False
-        self.plane = plane
+        self.breakers = breakers
+        self.hub = hub
+        self.stats = stats
         telemetry.observe(
             "mission_control.breaker.state",
             "fleet breaker state (1 CLOSED, 2 OPEN, 3 HALF_OPEN, 4-6 operator)",
@@ -33,13 +39,13 @@ class FleetTelemetry:
         )
 
     def _states(self) -> list[tuple[float, dict[str, str]]]:
-        return [(float(b.state), {"breaker": b.name}) for b in self.plane.breakers.snapshot()]
+        return [(float(b.state), {"breaker": b.name}) for b in self.breakers.snapshot()]
 
     def _agents(self) -> list[tuple[float, dict[str, str]]]:
-        return [(float(self.plane.hub.connected_agents), {})]
+        return [(float(self.hub.connected_agents), {})]
 
     def _recovery_rate(self) -> list[tuple[float, dict[str, str]]]:
-        s = self.plane.stats
+        s = self.stats
         rate = 100.0 * s.recovery_successes / s.recovery_attempts if s.recovery_attempts else 0.0
         return [(rate, {})]
 

@@ -2,8 +2,9 @@
 
 Every value under ``<prefix>/policies/`` is protobuf JSON of a ``ServicePolicy``. A value
 that does not parse or validate is logged, counted and kept visible (``errors``); the
-service keeps its last good policy. Services without a stored policy get the seed's
-defaults.
+service keeps its last good policy — also across restarts, when the control plane finds an
+earlier good revision of the key (:meth:`keep_earlier`). Services without a stored policy
+get the seed's defaults.
 """
 
 from __future__ import annotations
@@ -79,10 +80,9 @@ class PolicyBook:
         try:
             policy = policy_from_json(value, service=service)
         except ConfigurationError as err:
-            self._counted(False)
             detail = "; ".join(f"{f}: {m}" for f, m in err.violations)
-            self.errors.append(LoadError(key, detail, time.time()))
-            _log.error("ignored invalid policy at %s (kept the last good one): %s", key, detail)
+            kept = f"the last good value (revision {current[1]})" if current else "the defaults"
+            self.refused(key, f"{detail}; in force: {kept}")
             return False
         self._policies[service] = (policy, revision)
         self._counted(True)
@@ -90,6 +90,34 @@ class PolicyBook:
             self._notify(service, policy)
             return True
         return False
+
+    def forget_revisions(self) -> None:
+        """The store lost its data: keep every policy, as never stored."""
+        self._policies = {name: (policy, 0) for name, (policy, _) in self._policies.items()}
+
+    def refused(self, key: str, detail: str) -> None:
+        """Count and show a stored value that was not applied (a policy or any other record)."""
+        self._counted(False)
+        self.errors.append(LoadError(key, detail, time.time()))
+        _log.error("ignored invalid value at %s: %s", key, detail)
+
+    def keep_earlier(self, key: str, earlier: bytes, earlier_revision: int, revision: int) -> bool:
+        """The value at ``revision`` is bad and nothing good is held (a restart): put the
+        key's earlier good value in force, as of ``revision``. False when it is bad too."""
+        service = self.service_of(key)
+        if service is None:
+            return False
+        try:
+            policy = policy_from_json(earlier, service=service)
+        except ConfigurationError:
+            return False
+        self._policies[service] = (policy, revision)
+        self.errors.append(
+            LoadError(key, f"in force: the last good value (revision {earlier_revision})", time.time())
+        )
+        _log.warning("policy %s: the stored value is bad; revision %d is in force", service, earlier_revision)
+        self._notify(service, policy)
+        return True
 
     def _counted(self, ok: bool) -> None:
         if ok:

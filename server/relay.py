@@ -24,19 +24,38 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
-    from .control_plane import ControlPlane
+    from .hub import Hub
+    from .leadership import Leadership
 
 _log = logging.getLogger("mission_control.server.relay")
 
+#: Bounds on what is kept for the leader while the link to it is down.
+MAX_ASKED = 1024
+MAX_WAITING = 256
+#: A leader that vanished without closing the connection is noticed within ~15 s.
+KEEPALIVE = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
+
 
 class LeaderRelay:
-    def __init__(self, plane: ControlPlane, token: str | None = None, flush_interval: float = 0.02) -> None:
-        self.plane = plane
-        self.agent_id = f"replica.{plane.instance_id}"
+    """A follower's link to the leader.
+
+    Args:
+        leadership: who leads (the link follows it).
+        hub: this replica's agents' streams (grants and leases go to them).
+    """
+
+    def __init__(
+        self, leadership: Leadership, hub: Hub, token: str | None = None, flush_interval: float = 0.02
+    ) -> None:
+        self.leadership = leadership
+        self.hub = hub
+        self.agent_id = f"replica.{leadership.instance_id}"
         self.flush_interval = flush_interval
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._tallies: dict[str, Tally] = {}
-        self._asked: asyncio.Queue[str] = asyncio.Queue()
+        #: Services whose agents asked for a probe since the last link (a set: bounded by
+        #: the services asked about, however long the link is down).
+        self._asked: dict[str, None] = {}
         self._waiting: dict[str, collections.deque[str]] = collections.defaultdict(collections.deque)
         self._held: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         self._wake = asyncio.Event()
@@ -59,10 +78,23 @@ class LeaderRelay:
         if summary.failures or summary.probe_failures or summary.rejected:
             self._wake.set()
 
+    @property
+    def backlog(self) -> tuple[int, int]:
+        """(services asked about, services with waiting agents) kept for the leader."""
+        return len(self._asked), len(self._waiting)
+
     def ask_probe(self, agent_id: str, service: str) -> None:
-        if agent_id not in self._waiting[service]:
-            self._waiting[service].append(agent_id)
-        self._asked.put_nowait(service)
+        if service not in self._waiting and len(self._waiting) >= MAX_ASKED:
+            del self._waiting[next(iter(self._waiting))]
+        waiting = self._waiting[service]
+        if agent_id not in waiting:
+            waiting.append(agent_id)
+            if len(waiting) > MAX_WAITING:
+                waiting.popleft()
+        self._asked.pop(service, None)  # to the end: the newest ask is kept longest
+        self._asked[service] = None
+        if len(self._asked) > MAX_ASKED:
+            del self._asked[next(iter(self._asked))]
         self._wake.set()
 
     def demand(self, agent_id: str, demand: pb.CapacityDemand) -> None:
@@ -88,9 +120,11 @@ class LeaderRelay:
     async def run(self) -> None:
         backoff = 0.05
         while True:
-            leadership = self.plane.leadership
-            address = leadership.leader_address if leadership and not leadership.leading else None
-            if address is None:
+            leadership = self.leadership
+            address = leadership.leader_address if not leadership.leading else None
+            if address is None or address == leadership.address:
+                # no leader known, or it is this replica's own address (a dead predecessor
+                # whose key the campaign removes): relaying would count outcomes twice
                 await asyncio.sleep(0.05)
                 continue
             try:
@@ -103,30 +137,30 @@ class LeaderRelay:
             finally:
                 self.connected = False
                 self._requeue()
-            if leadership is not None:
-                with contextlib.suppress(Exception):
-                    await leadership.refresh_leader()
+            with contextlib.suppress(Exception):
+                await leadership.refresh_leader()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 1.0)
 
     async def _stream(self, address: str) -> None:
         self._epoch += 1
         self._requeue()  # anything a previous link did not get acknowledged goes again
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with grpc.aio.insecure_channel(address, options=KEEPALIVE) as channel:
             stub = pb_grpc.ControlPlaneServiceStub(channel)
             call = stub.Connect(self._requests(self._epoch), metadata=self._metadata)
             async for response in call:
                 if response.HasField("snapshot"):
+                    if not self.connected:  # the leader sends a new snapshot after each reload
+                        _log.info("relaying to the leader at %s", address)
                     self.connected = True
-                    _log.info("relaying to the leader at %s", address)
                 elif response.HasField("outcome_ack"):
                     self._unacked.ack(response.outcome_ack.sequence)
                 elif response.HasField("probe_grant"):
                     self._hand_out(response.probe_grant)
                 elif response.HasField("lease"):
                     self._share_lease(response.lease)
-                leadership = self.plane.leadership
-                if leadership is None or leadership.leading or leadership.leader_address != address:
+                leadership = self.leadership
+                if leadership.leading or leadership.leader_address != address:
                     call.cancel()
                     return
 
@@ -148,8 +182,8 @@ class LeaderRelay:
                 report = self._demand_report()
                 if report is not None:
                     yield report
-            while not self._asked.empty():
-                service = self._asked.get_nowait()
+            asked, self._asked = self._asked, {}
+            for service in asked:
                 yield pb.ConnectRequest(probe_request=pb.ProbeRequest(service=service))
 
     def _batch(self) -> pb.ConnectRequest | None:
@@ -188,7 +222,7 @@ class LeaderRelay:
             mine.CopyFrom(lease)
             mine.units = units
             mine.agents = max(1, lease.agents - 1 + len(shares))
-            self.plane.hub.send_to_agent(agent_id, pb.ConnectResponse(lease=mine))
+            self.hub.send_to_agent(agent_id, pb.ConnectResponse(lease=mine))
 
     def drain(self) -> list[pb.OutcomeSummary]:
         """What was gathered for a leader that turned out to be this replica."""
@@ -197,9 +231,11 @@ class LeaderRelay:
 
     def _hand_out(self, grant: pb.ProbeGrant) -> None:
         waiting = self._waiting[grant.service]
+        if not waiting:
+            del self._waiting[grant.service]
         while waiting:
             agent_id = waiting.popleft()
-            if self.plane.hub.send_to_agent(agent_id, pb.ConnectResponse(probe_grant=grant)):
+            if self.hub.send_to_agent(agent_id, pb.ConnectResponse(probe_grant=grant)):
                 self._held[grant.service][agent_id] += grant.permits
                 return
         # nobody here wants it any more: give it back to the fleet

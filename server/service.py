@@ -17,7 +17,7 @@ from mission_control.client.config import (
     policy_to_json,
     policy_to_proto,
 )
-from mission_control.client.errors import ConfigurationError, StorageFailure
+from mission_control.client.errors import ConfigurationError
 from mission_control.client.policy import name_problem
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
@@ -26,7 +26,7 @@ from mission_control.resilience.v1 import errors_pb2
 from .auth import AccessPolicy
 from .control_plane import ControlPlane
 from .hub import Subscriber
-from .store import StoreUnavailable, Write
+from .store import Write
 
 _log = logging.getLogger("mission_control.server.service")
 
@@ -271,19 +271,13 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                     writes.append(Write(plane.policies.key(policy.service), None, stored[1] if stored else 0))
         if request.dry_run or not writes:
             return pb.ImportConfigResponse(changes=changes)
-        try:
-            revision = await plane.store.commit(writes)
-        except StoreUnavailable as err:
-            raise StorageFailure("etcd", "import config", str(err)) from err
-        if revision is None:
+        result = await plane.writer.write_policies(writes)
+        if not result.ok:
             await context.abort(
                 grpc.StatusCode.ABORTED,
                 "policies changed while importing; nothing was written, try again",
             )
-        assert revision is not None  # abort() raised otherwise
-        for write in writes:
-            plane.policies.apply(write.key, write.value, revision)
-        return pb.ImportConfigResponse(changes=changes, revision=revision)
+        return pb.ImportConfigResponse(changes=changes, revision=result.revision)
 
     # -- statistics ------------------------------------------------------------
 

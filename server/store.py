@@ -1,16 +1,18 @@
 """Where the control plane keeps its truth: a small key-value interface, and etcd behind it.
 
-The interface is what the control plane needs and no more: read one key or a prefix,
-write with compare-and-swap on a key's ``mod_revision``, write several keys in one
-transaction, and watch a prefix from a revision. :class:`EtcdStore` implements it on
-``etcd3aio``; every failure to reach etcd surfaces as :class:`StoreUnavailable`.
+The interface is what the control plane needs and no more: read one key (now or at an
+earlier revision) or a prefix, write several keys in one transaction guarded by
+compare-and-swap conditions, watch a prefix from a revision, and say which cluster and
+revision the store is at. :class:`EtcdStore` implements it on ``etcd3aio``; every failure
+to reach etcd surfaces as :class:`StoreUnavailable`. The interface is small on purpose: an
+in-memory store with injected faults can stand in for etcd.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
@@ -24,7 +26,9 @@ __all__ = [
     "EtcdStore",
     "Guard",
     "Store",
+    "StoreStatus",
     "StoreUnavailable",
+    "TxnResult",
     "WatchCompacted",
     "WatchEvent",
     "Write",
@@ -48,6 +52,27 @@ class Entry:
     key: str
     value: bytes
     mod_revision: int
+    create_revision: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    """What a transaction did. When a condition failed nothing was written, and
+    ``entries`` holds what every key the transaction wrote or was guarded by holds now
+    (None = absent), so the caller can tell a lost compare-and-swap from a lost fence."""
+
+    succeeded: bool
+    revision: int
+    entries: Mapping[str, Entry | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatus:
+    """Which cluster answered and its current revision: a cluster id that changes or a
+    revision that goes backwards means the store was wiped or replaced."""
+
+    cluster_id: int
+    revision: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,18 +104,17 @@ class Guard:
 
 
 class Store(Protocol):
-    async def get(self, key: str) -> Entry | None: ...
+    async def get(self, key: str, *, revision: int = 0) -> Entry | None:
+        """The key now, or as it was at ``revision`` (raises WatchCompacted when that
+        revision is compacted away)."""
+        ...
 
     async def get_prefix(self, prefix: str) -> tuple[list[Entry], int]:
         """Every entry under ``prefix`` and the store revision they were read at."""
         ...
 
-    async def put(self, key: str, value: bytes, *, expected_revision: int | None = None) -> int | None:
-        """Write; returns the new ``mod_revision``, or None when the CAS condition failed."""
-        ...
-
-    async def commit(self, writes: Sequence[Write], guards: Sequence[Guard] = ()) -> int | None:
-        """All writes or none; returns the new revision, or None when a condition failed."""
+    async def commit(self, writes: Sequence[Write], guards: Sequence[Guard] = ()) -> TxnResult:
+        """All writes or none, only when every condition holds."""
         ...
 
     async def grant_lease(self, ttl: int) -> int: ...
@@ -105,7 +129,9 @@ class Store(Protocol):
         """Changes under ``prefix`` from ``start_revision`` on; raises WatchCompacted."""
         ...
 
-    async def ping(self) -> None: ...
+    async def ping(self) -> StoreStatus:
+        """Raises StoreUnavailable unless the store answers within its timeout."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -182,24 +208,30 @@ class EtcdStore:
         except (EtcdError, grpc.RpcError, TimeoutError, OSError) as err:
             raise StoreUnavailable(f"etcd: {err}") from err
 
-    async def get(self, key: str) -> Entry | None:
-        response = await self._call(self._kv.get(key, timeout=self.timeout))
+    async def get(self, key: str, *, revision: int = 0) -> Entry | None:
+        try:
+            response = await self._call(self._kv.get(key, revision=revision, timeout=self.timeout))
+        except StoreUnavailable as err:
+            if revision and "compacted" in str(err.__cause__):
+                raise WatchCompacted(revision) from err
+            raise
         for kv in response.kvs:
-            return Entry(kv.key.decode(), bytes(kv.value), kv.mod_revision)
+            return _entry(kv)
         return None
 
     async def get_prefix(self, prefix: str) -> tuple[list[Entry], int]:
         response = await self._call(self._kv.get(prefix, prefix_range_end(prefix), timeout=self.timeout))
-        entries = [Entry(kv.key.decode(), bytes(kv.value), kv.mod_revision) for kv in response.kvs]
-        return entries, response.header.revision
+        return [_entry(kv) for kv in response.kvs], response.header.revision
 
     async def put(self, key: str, value: bytes, *, expected_revision: int | None = None) -> int | None:
+        """A plain write (tools and benchmarks; the control plane writes through ``commit``)."""
         if expected_revision is None:
             response = await self._call(self._kv.put(key, value, timeout=self.timeout))
             return int(response.header.revision)
-        return await self.commit([Write(key, value, expected_revision)])
+        result = await self.commit([Write(key, value, expected_revision)])
+        return result.revision if result.succeeded else None
 
-    async def commit(self, writes: Sequence[Write], guards: Sequence[Guard] = ()) -> int | None:
+    async def commit(self, writes: Sequence[Write], guards: Sequence[Guard] = ()) -> TxnResult:
         compare = [KVService.txn_compare_create_revision(g.key, g.create_revision) for g in guards]
         ops = []
         for write in writes:
@@ -209,8 +241,18 @@ class EtcdStore:
                 ops.append(KVService.txn_op_delete(write.key))
             else:
                 ops.append(KVService.txn_op_put(write.key, write.value, lease=write.lease))
-        response = await self._call(self._kv.txn(compare, ops, timeout=self.timeout))
-        return int(response.header.revision) if response.succeeded else None
+        # When a condition fails, the same transaction reads what the conditions were about.
+        watched = list(dict.fromkeys([*(g.key for g in guards), *(w.key for w in writes)]))
+        reads = [KVService.txn_op_get(key) for key in watched]
+        response = await self._call(self._kv.txn(compare, ops, reads, timeout=self.timeout))
+        revision = int(response.header.revision)
+        if response.succeeded:
+            return TxnResult(True, revision)
+        entries: dict[str, Entry | None] = dict.fromkeys(watched)
+        for key, op in zip(watched, response.responses, strict=True):
+            for kv in op.response_range.kvs:
+                entries[key] = _entry(kv)
+        return TxnResult(False, revision, entries)
 
     async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[list[WatchEvent]]:
         watch = self._client.watch
@@ -267,9 +309,14 @@ class EtcdStore:
     async def revoke_lease(self, lease_id: int) -> None:
         await self._call(self._lease.revoke(lease_id, timeout=self.timeout))
 
-    async def ping(self) -> None:
+    async def ping(self) -> StoreStatus:
         """Raises StoreUnavailable unless the cluster answers a read within the timeout."""
-        await self._call(self._kv.get("__mission_control_ping__", timeout=self.timeout))
+        response = await self._call(self._kv.get("__mission_control_ping__", timeout=self.timeout))
+        return StoreStatus(int(response.header.cluster_id), int(response.header.revision))
+
+
+def _entry(kv) -> Entry:  # type: ignore[no-untyped-def]
+    return Entry(kv.key.decode(), bytes(kv.value), int(kv.mod_revision), int(kv.create_revision))
 
 
 def _mod_revision_equals(key: str, revision: int):  # type: ignore[no-untyped-def]

@@ -427,8 +427,19 @@ class Snapshot(_message.Message):
     POLICIES_FIELD_NUMBER: _builtins.int
     BREAKERS_FIELD_NUMBER: _builtins.int
     CONTROL_PLANE_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PARTIAL_FIELD_NUMBER: _builtins.int
     control_plane_id: _builtins.str
     """Identifies the control-plane replica that serves the stream."""
+    version: _builtins.int
+    """Grows with every change of this replica's fleet state; a snapshot replaces every
+    earlier one of the same replica (breakers and policies it does not list are gone).
+    """
+    partial: _builtins.bool
+    """The replica has not loaded the store yet: this is not the fleet's state, and agents
+    keep what they hold (only non-CLOSED breakers listed here are applied). A complete
+    snapshot follows on the same stream once the store is loaded.
+    """
     @_builtins.property
     def policies(self) -> _containers.RepeatedCompositeFieldContainer[_policy_pb2.ServicePolicy]: ...
     @_builtins.property
@@ -439,10 +450,12 @@ class Snapshot(_message.Message):
         policies: _abc.Iterable[_policy_pb2.ServicePolicy] | None = ...,
         breakers: _abc.Iterable[Global___Breaker] | None = ...,
         control_plane_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        partial: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakers", b"breakers", "control_plane_id", b"control_plane_id", "policies", b"policies"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakers", b"breakers", "control_plane_id", b"control_plane_id", "partial", b"partial", "policies", b"policies", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,220 @@
+"""Follow the store: load every policy and breaker, then apply its watch.
+
+A compacted watch, a lost leadership or a store that lost its data reloads everything: a
+store whose revision went backwards or whose cluster id changed (wiped, or replaced) is
+reloaded without dropping what is held, and the leader writes it back. A
+value that does not parse — under ``policies/`` or ``breakers/`` — is refused, counted
+and shown (``PolicyBook.errors``), and never stops the rest; when nothing good is held
+for its key (a restart), the key's earlier revisions are read back to the newest good one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from .engine import FleetBreakers
+from .policies import LoadError, PolicyBook
+from .store import Entry, Store, StoreUnavailable, WatchCompacted
+from .writes import StateWriter
+
+_log = logging.getLogger("mission_control.server.sync")
+
+#: How many earlier revisions of a bad key are read back, looking for a good one.
+HISTORY_DEPTH = 20
+
+
+class StoreSync:
+    """Keeps ``policies`` and ``breakers`` equal to the store.
+
+    Args:
+        on_store: called with True once loaded, False whenever the store is away.
+        on_loaded: called after every full load (the first, and every reload).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        prefix: str,
+        policies: PolicyBook,
+        breakers: FleetBreakers,
+        writer: StateWriter,
+        on_store: Callable[[bool], None],
+        on_loaded: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self.prefix = prefix.rstrip("/") + "/"
+        self.breakers_prefix = self.prefix + "breakers/"
+        self.policies = policies
+        self.breakers = breakers
+        self.writer = writer
+        self.on_store = on_store
+        self.on_loaded = on_loaded
+        self.loaded = asyncio.Event()
+        self._resync = asyncio.Event()
+        #: The newest store revision seen, and the cluster that served it.
+        self.revision = 0
+        self.cluster_id = 0
+        self._keep_absent = False
+        self.wipes = 0
+
+    def reload(self) -> None:
+        """Read everything again (the watch is restarted after it)."""
+        self._resync.set()
+
+    async def check(self) -> None:
+        """Ping the store and notice one that lost its data: its revision went backwards
+        or its cluster id changed. What is held is kept, the revisions known are forgotten
+        (they belong to the old data), everything is reloaded and the writer restores what
+        is missing. Raises StoreUnavailable."""
+        seen = self.revision  # before asking: a change seen meanwhile is not a step back
+        status = await self.store.ping()
+        known, self.cluster_id = self.cluster_id, status.cluster_id
+        if status.revision >= seen and known in (0, status.cluster_id):
+            self.revision = max(self.revision, status.revision)
+            return
+        self._lost_data(status.revision, seen, f"cluster {status.cluster_id:x} after {known:x}")
+        self.reload()
+
+    def _lost_data(self, revision: int, seen: int, detail: str) -> None:
+        _log.error("the store lost its data (revision %d after %d, %s): restoring", revision, seen, detail)
+        self.wipes += 1
+        self.revision = revision
+        self.breakers.revisions.clear()
+        self.policies.forget_revisions()
+        self._keep_absent = True
+        self.writer.restore_pending = True
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                self._resync.clear()  # a reload asked for from here on is not lost
+                revision = await self._load_all()
+                self.loaded.set()
+                self.on_store(True)
+                self.on_loaded()
+                backoff = 0.1
+                await self._follow(revision)
+            except WatchCompacted as err:
+                _log.warning("%s; reloading everything", err)
+            except StoreUnavailable as err:
+                self.on_store(False)
+                # Said once per outage; the retries every few seconds say nothing new.
+                log = _log.warning if backoff == 0.1 and self.loaded.is_set() else _log.debug
+                log("store unavailable (%s); serving from memory", err)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _follow(self, revision: int) -> None:
+        """Apply the watch's changes until it ends or a reload is asked for."""
+
+        async def watch() -> None:
+            async for events in self.store.watch(self.prefix, revision + 1):
+                for event in events:
+                    self.revision = max(self.revision, event.mod_revision)
+                    self.apply(event.key, event.value, event.mod_revision)
+
+        watching = asyncio.create_task(watch())
+        resync = asyncio.create_task(self._resync.wait())
+        try:
+            await asyncio.wait({watching, resync}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (watching, resync):
+                task.cancel()
+        if watching.done() and not watching.cancelled():
+            watching.result()  # raises what ended the watch
+        _log.info("reloading everything from the store")
+
+    async def _load_all(self) -> int:
+        entries, revision = await self.store.get_prefix(self.prefix)
+        if revision < self.revision:
+            self._lost_data(revision, self.revision, "noticed while loading")
+        self.revision = max(self.revision, revision)
+        # After a loss of data, what the store lacks is kept until the leader restored it.
+        keep_absent = self._keep_absent or self.writer.restore_pending
+        self._keep_absent = False
+        seen_policies, seen_breakers = set(), set()
+        for entry in entries:
+            if not self.apply(entry.key, entry.value, entry.mod_revision) and not self._holds(entry.key):
+                await self._earlier_good(entry)
+            service = self.policies.service_of(entry.key)
+            if service is not None:
+                seen_policies.add(service)
+            name = self._breaker_of(entry.key)
+            if name is not None:
+                seen_breakers.add(name)
+        if keep_absent:
+            return revision  # the store lost it: the writer restores it
+        for policy in self.policies.all():
+            if policy.service not in seen_policies:  # deleted while we were not watching
+                self.policies.apply(self.policies.key(policy.service), None, revision)
+        for name in self.breakers.names():
+            if name not in seen_breakers and self.breakers.revisions.get(name, 0) > 0:
+                self.apply(self.breakers_prefix + name, None, revision)  # deleted meanwhile
+        return revision
+
+    def apply(self, key: str, value: bytes | None, revision: int) -> bool:
+        """Apply one stored value; False when it was refused as malformed."""
+        if self.policies.service_of(key) is not None:
+            before = self.policies.reloads_failed
+            self.policies.apply(key, value, revision)
+            return self.policies.reloads_failed == before
+        name = self._breaker_of(key)
+        if name is None:
+            return True
+        if value is not None and revision <= self.breakers.revisions.get(name, 0):
+            return True  # our own write, or older
+        if self.writer.is_pending(name):
+            return True  # the pending write settles it (see writes.StateWriter)
+        try:
+            self.breakers.adopt(name, value, revision)
+        except Exception as err:  # any parse error: refused and shown, never stops the watch
+            held = self.breakers.revisions.get(name, 0)
+            kept = f"the last good value (revision {held})" if held else "the state held in memory"
+            self.policies.refused(key, f"malformed breaker record ({err}); in force: {kept}")
+            return False
+        return True
+
+    def _breaker_of(self, key: str) -> str | None:
+        return key.removeprefix(self.breakers_prefix) if key.startswith(self.breakers_prefix) else None
+
+    def _holds(self, key: str) -> bool:
+        """Whether a good value of ``key`` is held in memory."""
+        service = self.policies.service_of(key)
+        if service is not None:
+            return self.policies.stored(service) is not None
+        name = self._breaker_of(key)
+        return name is None or self.breakers.revisions.get(name, 0) > 0
+
+    async def _earlier_good(self, entry: Entry) -> None:
+        """Put the newest good earlier revision of a bad key in force (as of its current
+        revision, so that a compare-and-swap on it still works)."""
+        at = entry.mod_revision
+        for _ in range(HISTORY_DEPTH):
+            try:
+                earlier = await self.store.get(entry.key, revision=at - 1)
+            except WatchCompacted:
+                return
+            if earlier is None:
+                return
+            if self._put_in_force(entry, earlier):
+                return
+            at = earlier.mod_revision
+
+    def _put_in_force(self, entry: Entry, earlier: Entry) -> bool:
+        if self.policies.service_of(entry.key) is not None:
+            return self.policies.keep_earlier(
+                entry.key, earlier.value, earlier.mod_revision, entry.mod_revision
+            )
+        name = self._breaker_of(entry.key)
+        assert name is not None
+        try:
+            self.breakers.adopt(name, earlier.value, entry.mod_revision)
+        except Exception:  # also bad: look further back
+            return False
+        note = f"in force: the last good value (revision {earlier.mod_revision})"
+        self.policies.errors.append(LoadError(entry.key, note, time.time()))
+        return True

@@ -1,0 +1,297 @@
+"""Every write the control plane makes to the store goes through here.
+
+A write ends one of three ways, and they mean different things:
+
+* ``ok``: stored, at ``revision``;
+* ``conflict``: a compare-and-swap lost — somebody else changed the key; the stored value
+  is the truth and is adopted;
+* ``fenced``: the leader fence failed — this replica is no longer the leader. Nothing
+  about the key is known, so nothing is adopted: the decision stays pending until either
+  this replica leads again (and writes it) or another leader is known (which supersedes it,
+  and the stored state is re-read).
+
+Failing to reach the store is :class:`StoreUnavailable`, raised: decisions stay pending and
+are written when the store returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from google.protobuf import json_format
+from mission_control.client.breaker import BreakerState
+from mission_control.client.config import policy_to_json
+from mission_control.client.errors import StorageFailure
+from mission_control.client.policy import ServicePolicy
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+from .engine import FleetBreakers
+from .policies import PolicyBook
+from .store import Entry, Guard, Store, StoreUnavailable, Write
+
+_log = logging.getLogger("mission_control.server.writes")
+
+RETRY_SECS = 0.5
+
+
+class WriteStatus(enum.Enum):
+    OK = "ok"
+    CONFLICT = "conflict"
+    FENCED = "fenced"
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """How a write ended. ``current``: on a conflict, what each written key holds now."""
+
+    status: WriteStatus
+    revision: int = 0
+    current: Mapping[str, Entry | None] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is WriteStatus.OK
+
+
+class Fence(Protocol):
+    """What the writer needs of leadership."""
+
+    instance_id: str
+    leader_id: str | None
+
+    @property
+    def leading(self) -> bool: ...
+
+    def guard(self) -> Guard | None: ...
+
+    def fenced(self) -> None: ...
+
+
+class StateWriter:
+    """Writes breakers and policies; keeps the breaker transitions not stored yet.
+
+    Args:
+        store: where the truth is kept.
+        breaker_key: the store key of a breaker.
+        breakers / policies: the in-memory state that is written and adopted.
+        on_unavailable: called whenever the store could not be reached.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        breaker_key: Callable[[str], str],
+        breakers: FleetBreakers,
+        policies: PolicyBook,
+        on_unavailable: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self.breaker_key = breaker_key
+        self.breakers = breakers
+        self.policies = policies
+        self.on_unavailable = on_unavailable
+        #: Set when replicas share the store; None = this one always decides.
+        self.fence: Fence | None = None
+        #: breaker -> decision number: transitions decided and not stored yet.
+        self._pending: dict[str, int] = {}
+        self._decisions = 0
+        self._wake = asyncio.Event()
+        self.superseded = 0
+        #: Set when the store lost its data: the leader writes back what it holds.
+        self.restore_pending = False
+
+    # -- the primitive ----------------------------------------------------------
+
+    async def commit(self, writes: Sequence[Write], *, fenced: bool = False) -> WriteResult:
+        """All ``writes`` or none; ``fenced``: only while this replica leads.
+        Raises StoreUnavailable."""
+        guards: list[Guard] = []
+        if fenced and self.fence is not None:
+            guard = self.fence.guard()
+            if guard is None:
+                return WriteResult(WriteStatus.FENCED)
+            guards.append(guard)
+        try:
+            result = await self.store.commit(writes, guards)
+        except StoreUnavailable:
+            self.on_unavailable()
+            raise
+        if result.succeeded:
+            return WriteResult(WriteStatus.OK, result.revision)
+        for guard in guards:
+            holder = result.entries.get(guard.key)
+            if (holder.create_revision if holder else 0) != guard.create_revision:
+                if self.fence is not None:
+                    self.fence.fenced()
+                return WriteResult(WriteStatus.FENCED)
+        current = {w.key: result.entries.get(w.key) for w in writes}
+        return WriteResult(WriteStatus.CONFLICT, result.revision, current)
+
+    # -- breaker transitions decided here ---------------------------------------
+
+    @property
+    def pending(self) -> frozenset[str]:
+        return frozenset(self._pending)
+
+    def is_pending(self, name: str) -> bool:
+        return name in self._pending
+
+    def decided(self, name: str) -> None:
+        """A transition of ``name`` was decided: store it (now, or when possible)."""
+        self._decisions += 1
+        self._pending[name] = self._decisions
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait until every decided transition is stored (or ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while self._pending and time.monotonic() < deadline:
+            self._wake.set()
+            await asyncio.sleep(0.01)
+        return not self._pending
+
+    async def run(self) -> None:
+        """Store pending transitions; retry while the store is away or leadership unsettled."""
+        while True:
+            busy = self._pending or self.restore_pending
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), RETRY_SECS if busy else None)
+            self._wake.clear()
+            try:
+                if self.fence is not None and not self.fence.leading:
+                    await self._supersede()
+                    continue
+                if self.restore_pending:
+                    await self._restore()
+                for name in sorted(self._pending):
+                    await self._persist(name)
+            except StoreUnavailable as err:
+                _log.warning("%d breaker transitions not stored yet (%s)", len(self._pending), err)
+
+    async def _persist(self, name: str) -> None:
+        decision = self._pending.get(name)
+        if decision is None:
+            return
+        key = self.breaker_key(name)
+        expected = self.breakers.revisions.get(name, 0)
+        result = await self.commit([Write(key, self.breakers.to_record(name), expected)], fenced=True)
+        if result.ok:
+            self.breakers.revisions[name] = result.revision
+            if self._pending.get(name) == decision:  # else a newer decision is to be written
+                del self._pending[name]
+        elif result.status is WriteStatus.CONFLICT:
+            _log.info("breaker %s changed elsewhere; adopting the stored state", name)
+            self._adopt(name, result.current.get(key))
+
+    async def _supersede(self) -> None:
+        """Not leading: once another replica leads, its state wins over what is pending here."""
+        fence = self.fence
+        if fence is None or fence.leader_id in (None, fence.instance_id):
+            return
+        self.restore_pending = False  # the leader restores what the store lost
+        for name in sorted(self._pending):
+            entry = await self.store.get(self.breaker_key(name))
+            _log.warning("breaker %s: a decision not stored is superseded by %s", name, fence.leader_id)
+            self.superseded += 1
+            self._adopt(name, entry)
+
+    def _adopt(self, name: str, entry: Entry | None) -> None:
+        self._pending.pop(name, None)
+        try:
+            self.breakers.adopt(name, entry.value if entry else None, entry.mod_revision if entry else 0)
+        except Exception as err:  # any broken record (parse errors too): what was decided here replaces it
+            _log.error("stored breaker %s is malformed (%s); it will be overwritten", name, err)
+            self.breakers.revisions[name] = entry.mod_revision if entry else 0
+            self.decided(name)
+
+    # -- operator writes (acknowledged only once stored) ------------------------
+
+    async def set_breaker_state(self, name: str, state: BreakerState, reason: str) -> pb.Breaker:
+        """Force a breaker's state; returns the stored breaker. Raises StorageFailure
+        when the store cannot take the write (nothing changes then)."""
+        key = self.breaker_key(name)
+        for _ in range(10):
+            breaker = self.breakers.draft(name)
+            breaker.force(time.monotonic(), state, reason)
+            record = self.breakers.record_of(breaker)
+            expected = self.breakers.revisions.get(name, 0)
+            try:
+                result = await self.commit([Write(key, record, expected)])
+            except StoreUnavailable as err:
+                raise StorageFailure("etcd", "set breaker state", str(err)) from err
+            if not result.ok:
+                self._adopt(name, result.current.get(key))
+                continue
+            self._pending.pop(name, None)
+            self.breakers.adopt(name, record, result.revision)
+            # What this write stored, even if a newer write has been applied meanwhile.
+            written = json_format.Parse(record, pb.Breaker(), ignore_unknown_fields=True)
+            written.revision = result.revision
+            return written
+        raise StorageFailure("etcd", "set breaker state", "too many concurrent changes; retry")
+
+    async def put_policy(self, policy: ServicePolicy, expected_revision: int = 0) -> int | None:
+        """Store a validated policy; returns its revision, or None when
+        ``expected_revision`` no longer matches. Raises StorageFailure."""
+        key = self.policies.key(policy.service)
+        value = policy_to_json(policy).encode()
+        result = await self._policy_write("put policy", [Write(key, value, expected_revision or None)])
+        return result.revision if result.ok else None
+
+    async def delete_policy(self, service: str) -> bool:
+        """Delete a stored policy; False when there was none. Raises StorageFailure."""
+        if self.policies.stored(service) is None:
+            return False
+        await self._policy_write("delete policy", [Write(self.policies.key(service), None)])
+        return True
+
+    async def write_policies(self, writes: Sequence[Write]) -> WriteResult:
+        """Several policy writes in one transaction (a config import). Raises StorageFailure."""
+        return await self._policy_write("import config", writes)
+
+    async def _policy_write(self, what: str, writes: Sequence[Write]) -> WriteResult:
+        try:
+            result = await self.commit(writes)
+        except StoreUnavailable as err:
+            raise StorageFailure("etcd", what, str(err)) from err
+        if result.ok:
+            for write in writes:
+                self.policies.apply(write.key, write.value, result.revision)
+        return result
+
+    # -- after the store lost its data ------------------------------------------
+
+    async def _restore(self) -> None:
+        restored = await self.restore()
+        if self.fence is None or self.fence.leading:  # else fenced midway: again when leading
+            self.restore_pending = False
+            _log.warning("restored %d keys the store had lost", restored)
+
+    async def restore(self) -> int:
+        """Write back every breaker and policy held here whose key is absent (the store was
+        wiped); a key written meanwhile is left alone. Returns how many were written.
+        Raises StoreUnavailable."""
+        writes = [
+            Write(self.policies.key(p.service), policy_to_json(p).encode(), 0) for p in self.policies.all()
+        ]
+        writes += [Write(self.breaker_key(n), self.breakers.to_record(n), 0) for n in self.breakers.names()]
+        restored = 0
+        for write in writes:
+            breaker = write.key.startswith(self.breaker_key(""))
+            result = await self.commit([write], fenced=breaker)
+            if result.status is WriteStatus.FENCED:
+                return restored
+            if result.ok and breaker:
+                self.breakers.revisions[write.key.removeprefix(self.breaker_key(""))] = result.revision
+            restored += result.ok
+        return restored

@@ -1,0 +1,108 @@
+"""The one writer: ok, conflict and fenced told apart, on a real etcd."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from mission_control.client.breaker import BreakerState
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.server.app import RunningControlPlane
+from mission_control.server.engine import FleetBreakers
+from mission_control.server.etcd_process import EtcdProcess
+from mission_control.server.policies import PolicyBook
+from mission_control.server.store import EtcdStore, Guard, Write
+from mission_control.server.writes import StateWriter, WriteStatus
+
+from tests.support.agents import RawAgent
+
+
+@dataclass
+class Fence:
+    """Leadership as the writer sees it, set by the test."""
+
+    key: str
+    create_revision: int
+    leading: bool = True
+    instance_id: str = "me"
+    leader_id: str | None = "me"
+    deposed: int = 0
+
+    def guard(self) -> Guard | None:
+        return Guard(self.key, self.create_revision) if self.leading else None
+
+    def fenced(self) -> None:
+        self.deposed += 1
+        self.leading = False
+
+
+@pytest.fixture
+async def writer(etcd_server: EtcdProcess, prefix: str) -> AsyncIterator[StateWriter]:
+    store = await EtcdStore([etcd_server.endpoint]).connect()
+    policies = PolicyBook(prefix)
+    breakers = FleetBreakers(policies.policy_of)
+    yield StateWriter(store, lambda name: f"{prefix}/breakers/{name}", breakers, policies)
+    await store.close()
+
+
+async def test_a_lost_compare_and_swap_is_a_conflict_and_says_what_is_stored(
+    writer: StateWriter, prefix: str
+) -> None:
+    key = f"{prefix}/k"
+    first = await writer.commit([Write(key, b"one", 0)])
+    assert first.status is WriteStatus.OK and first.revision > 0
+    lost = await writer.commit([Write(key, b"two", 0)])
+    assert lost.status is WriteStatus.CONFLICT
+    stored = lost.current[key]
+    assert stored is not None and stored.value == b"one" and stored.mod_revision == first.revision
+
+
+async def test_a_lost_fence_is_fenced_not_a_conflict(writer: StateWriter, prefix: str) -> None:
+    leader = f"{prefix}/leader"
+    made = await writer.commit([Write(leader, b"me", 0)])
+    fence = Fence(leader, made.revision)
+    writer.fence = fence
+    assert (await writer.commit([Write(f"{prefix}/a", b"1")], fenced=True)).ok
+    await writer.commit([Write(leader, None)])  # the leader key went (lease expired)
+    await writer.commit([Write(leader, b"other", 0)])  # and another replica leads
+    result = await writer.commit([Write(f"{prefix}/a", b"2", 0)], fenced=True)  # a CAS that fails too
+    assert result.status is WriteStatus.FENCED and fence.deposed == 1
+    # not leading: refused without asking the store
+    assert (await writer.commit([Write(f"{prefix}/b", b"1")], fenced=True)).status is WriteStatus.FENCED
+
+
+async def test_a_decision_fenced_stays_pending_until_another_leader_supersedes_it(
+    writer: StateWriter, prefix: str
+) -> None:
+    fence = Fence(f"{prefix}/leader", 12345)  # a fence that no longer holds
+    writer.fence = fence
+    writer.breakers.force("svc", BreakerState.FORCED_OPEN, "decided here")
+    writer.decided("svc")
+    task = asyncio.create_task(writer.run())
+    try:
+        for _ in range(500):
+            if fence.deposed:
+                break
+            await asyncio.sleep(0.01)
+        assert fence.deposed == 1 and writer.is_pending("svc")  # kept, not adopted
+        assert writer.breakers.get("svc").state is BreakerState.FORCED_OPEN
+        fence.leader_id = "other"  # another replica leads: its state (nothing stored) wins
+        writer.wake()
+        for _ in range(500):
+            if not writer.is_pending("svc"):
+                break
+            await asyncio.sleep(0.01)
+        assert not writer.is_pending("svc") and writer.superseded == 1
+        assert writer.breakers.get("svc").state is BreakerState.CLOSED
+    finally:
+        task.cancel()
+
+
+async def test_a_probe_request_for_a_breaker_that_is_not_half_open_answers_its_state(
+    control_plane: RunningControlPlane,
+) -> None:
+    async with RawAgent(f"127.0.0.1:{control_plane.port}", "agent-1") as agent:
+        await agent.ask_probe("never_opened")
+        await agent.wait_for(lambda: agent.state("never_opened") == pb.BREAKER_STATE_CLOSED)
