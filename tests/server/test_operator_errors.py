@@ -164,7 +164,7 @@ def test_unreachable_etcd_said_once_and_not_serving_at_once(tmp_path: Path, spaw
         address = line.split()[3]
         health = run("health", "--server", address)
         assert health.returncode == 5 and "control plane: NOT_SERVING" in health.stdout
-        retries = "DEBUG mission_control.server: store unavailable"
+        retries = "DEBUG mission_control.server.sync: store unavailable"
         assert poll(lambda: log.read_text().count(retries) >= 3)
         warnings = [x for x in log.read_text().splitlines() if " WARNING " in x]
         assert len(warnings) == 1, warnings  # said once, however often it is retried
