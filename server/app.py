@@ -173,7 +173,7 @@ async def start_control_plane(
     plane.health_listeners.append(on_health)
     await running.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
     await plane.start()
-    if plane.store_ok:
+    if plane.serving:
         await running.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await server.start()
     return running

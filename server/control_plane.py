@@ -64,6 +64,8 @@ class ControlPlane:
         self.stats = FleetStatistics()
         self.hub = Hub()
         self.store_ok = False
+        #: Background loops that ended with an error: the replica no longer serves.
+        self.failed_loops: list[str] = []
         self.health_listeners: list[Callable[[bool], None]] = []
         #: Set by enable_leadership (replicas on one etcd); None = this one always decides.
         self.leadership: Leadership | None = None
@@ -145,13 +147,32 @@ class ControlPlane:
         if self.leadership is not None and self.relay is not None:
             loops += [self.leadership.run, self.relay.run]
         for loop in loops:
-            self._tasks.append(asyncio.create_task(loop(), name=loop.__name__))
+            task = asyncio.create_task(loop(), name=loop.__name__)
+            task.add_done_callback(self._loop_ended)
+            self._tasks.append(task)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._loaded.wait(), load_timeout)
         if self.leadership is not None:  # give the first campaign a moment to settle
             deadline = time.monotonic() + 2.0
             while self.leadership.leader_id is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
+
+    @property
+    def serving(self) -> bool:
+        """What gRPC health reports: the store answers and every background loop runs."""
+        return self.store_ok and not self.failed_loops
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        # Every loop runs until cancelled: one that returns or raises leaves this replica
+        # unable to decide (no tick, no sync), so orchestrators must see it as not serving.
+        if task.cancelled():
+            return
+        error = task.exception()
+        _log.critical(
+            "background loop %s ended: %r; health is NOT_SERVING", task.get_name(), error, exc_info=error
+        )
+        self.failed_loops.append(task.get_name())
+        self._notify_health()
 
     async def stop(self) -> None:
         await self.flush(timeout=2.0)
@@ -340,8 +361,11 @@ class ControlPlane:
         if ok == self.store_ok:
             return
         self.store_ok = ok
+        self._notify_health()
+
+    def _notify_health(self) -> None:
         for listener in list(self.health_listeners):
-            listener(ok)
+            listener(self.serving)
 
     # -- listeners -------------------------------------------------------------
 
@@ -352,7 +376,7 @@ class ControlPlane:
             if self.telemetry is not None:
                 self.telemetry.transition(message, move)
         if message.state == pb.BREAKER_STATE_OPEN and old is not BreakerState.OPEN:
-            self.stats.breaker_opens += 1
+            self.stats.add_breaker_open()
         self.hub.broadcast(pb.ConnectResponse(breaker=message))
         self.hub.notify_watchers(message, old)
 

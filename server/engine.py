@@ -24,6 +24,9 @@ _log = logging.getLogger("mission_control.server.engine")
 #: How long an agent may hold an unused probe permit.
 PROBE_TTL_SECS = 5.0
 
+#: The Breaker message's counters are uint32: a count beyond is shown (and stored) as this.
+UINT32_MAX = 2**32 - 1
+
 ChangeListener = Callable[[pb.Breaker, BreakerState | None, Transition | None], None]
 GrantListener = Callable[[str, pb.ProbeGrant], None]
 
@@ -101,9 +104,9 @@ class FleetBreakers:
         message = pb.Breaker(
             name=name,
             state=int(b.state),
-            consecutive_failures=b.consecutive_failures,
-            failures=b.failures,
-            half_open_successes=b.half_open_successes,
+            consecutive_failures=min(b.consecutive_failures, UINT32_MAX),
+            failures=min(b.failures, UINT32_MAX),
+            half_open_successes=min(b.half_open_successes, UINT32_MAX),
             reason=b.reason,
             revision=self.revisions.get(name, 0),
             generation=b.generation,

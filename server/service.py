@@ -126,7 +126,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                     )
                     return
                 if kind == "outcomes":
-                    plane.stats.dropped += request.outcomes.dropped
+                    plane.stats.add_dropped(request.outcomes.dropped)
                     telemetry = plane.telemetry
                     if telemetry is not None and request.outcomes.dropped:
                         telemetry.dropped(request.outcomes.dropped)

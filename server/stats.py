@@ -25,10 +25,20 @@ _TYPE_ENUM = {
 }
 
 
+#: Every total saturates here: the answer's fields are uint64, and a value beyond them
+#: would make every later GetErrorStatistics fail.
+UINT64_MAX = 2**64 - 1
+
+
+def saturating_add(total: int, n: int) -> int:
+    """``total + n``, held at UINT64_MAX (negative ``n`` counts as 0)."""
+    return min(UINT64_MAX, total + max(0, n))
+
+
 def _bump(counter: Counter[str], key: str, n: int) -> None:
     if key not in counter and len(counter) >= MAX_KEYS:
         key = "other"
-    counter[key] += n
+    counter[key] = saturating_add(counter[key], n)
 
 
 class FleetStatistics:
@@ -47,21 +57,30 @@ class FleetStatistics:
     def record(self, agent: str, summary: pb.OutcomeSummary) -> None:
         failures = summary.failures + summary.probe_failures
         if failures:
-            self.total_errors += failures
+            self.total_errors = saturating_add(self.total_errors, failures)
             _bump(self.by_service, summary.service, failures)
             _bump(self.by_agent, agent, failures)
         for name, n in summary.errors_by_type.items():
             _bump(self.by_type, name, n)
         for name, n in summary.errors_by_operation.items():
             _bump(self.by_operation, name, n)
-        self.recovery_attempts += summary.recovery_attempts
-        self.recovery_successes += min(summary.recovery_successes, summary.recovery_attempts)
-        self.rejected += summary.rejected
+        self.recovery_attempts = saturating_add(self.recovery_attempts, summary.recovery_attempts)
+        self.recovery_successes = saturating_add(
+            self.recovery_successes, min(summary.recovery_successes, summary.recovery_attempts)
+        )
+        self.rejected = saturating_add(self.rejected, summary.rejected)
+
+    def add_dropped(self, n: int) -> None:
+        self.dropped = saturating_add(self.dropped, n)
+
+    def add_breaker_open(self) -> None:
+        self.breaker_opens = saturating_add(self.breaker_opens, 1)
 
     def to_proto(
         self, policies: PolicyBook, connected: int, fleet_limits: list[pb.FleetLimitUsage] | None = None
     ) -> pb.ErrorStatistics:
-        rate = 100.0 * self.recovery_successes / self.recovery_attempts if self.recovery_attempts else 0.0
+        attempts = self.recovery_attempts
+        rate = 100.0 * min(self.recovery_successes, attempts) / attempts if attempts else 0.0
         message = pb.ErrorStatistics(
             total_errors=self.total_errors,
             errors_by_service=dict(self.by_service),
