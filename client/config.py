@@ -72,7 +72,7 @@ _INTEGERS = {
     "rate_limit_requests",
     "max_concurrent",
 }
-_LISTS = ("retryable_codes", "fallbacks")
+_LISTS = ("retryable_codes", "fallbacks", "reporters")
 _BACKOFF = {
     "initial_backoff_secs": "initial_secs",
     "max_backoff_secs": "max_secs",
@@ -273,6 +273,8 @@ def policy_to_mapping(policy: ServicePolicy, *, with_service: bool = True) -> di
         out[key] = getattr(policy, key)
     out["retryable_codes"] = list(policy.retryable_codes)
     out["fallbacks"] = list(policy.fallbacks)
+    if policy.reporters:
+        out["reporters"] = list(policy.reporters)
     out["backoff"] = {key: getattr(policy.backoff, attr) for key, attr in _BACKOFF.items()}
     out["retry_budget"] = {k: getattr(policy.retry_budget, k) for k in _BUDGET}
     if policy.failure_rate is not None:

@@ -35,6 +35,8 @@ Violations = list[tuple[str, str]]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _DAY = 86400.0
+#: Most entries in a policy's ``reporters``.
+MAX_REPORTERS = 256
 _CODES = {c.name for c in grpc.StatusCode if c is not grpc.StatusCode.OK}
 
 
@@ -226,11 +228,15 @@ class ServicePolicy:
     failure_rate: FailureRate | None = None
     #: Limits shared by the fleet; None = every limit is per agent.
     fleet: FleetLimits | None = None
+    #: Who may report outcomes of this service to the control plane: agent ids, or
+    #: ``prefix*`` for a group; empty = every agent.
+    reporters: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "retryable_codes", tuple(self.retryable_codes))
         object.__setattr__(self, "quotas", tuple(self.quotas))
         object.__setattr__(self, "fallbacks", tuple(self.fallbacks))
+        object.__setattr__(self, "reporters", tuple(self.reporters))
         _validated(self, ServicePolicy.check)
 
     @staticmethod
@@ -261,6 +267,14 @@ class ServicePolicy:
                 c.add(f"fallbacks[{i}]", "a service cannot be its own fallback")
             elif p.fallbacks.index(name) != i:
                 c.add(f"fallbacks[{i}]", f"duplicate fallback {name!r}")
+        if len(p.reporters) > MAX_REPORTERS:
+            c.add("reporters", f"at most {MAX_REPORTERS} entries")
+        for i, pattern in enumerate(p.reporters[:MAX_REPORTERS]):
+            problem = name_problem(
+                pattern[:-1] if isinstance(pattern, str) and pattern.endswith("*") else pattern
+            )
+            if problem:
+                c.add(f"reporters[{i}]", f"{problem} (an agent id, or a prefix ending in '*')")
         if p.fleet is not None:
             for i, name in enumerate(p.fleet.quotas):
                 if name not in names:

@@ -126,6 +126,13 @@ class AccessPolicy:
             )
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"this identity may not call {method}")
 
+    def is_admin(self, context: grpc.aio.ServicerContext) -> bool:
+        """Whether the caller proved an admin identity (replicas relaying hold one)."""
+        token = self.bearer(context)
+        if token is not None and _matches(token, self.admin_tokens):
+            return True
+        return bool(self.admin_identities & self.certificate_identities(context))
+
     async def authorize_agent(self, context: grpc.aio.ServicerContext, agent_id: str) -> None:
         """An agent reports only under its own name (when agents are authenticated)."""
         identities = self.certificate_identities(context)

@@ -26,6 +26,7 @@ from mission_control.client.policy import ServicePolicy
 from mission_control.client.telemetry import Telemetry
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
+from .admission import ServiceAdmission, forget_idle
 from .capacity import CapacityLeaser
 from .engine import FleetBreakers
 from .hub import Hub
@@ -33,12 +34,16 @@ from .leadership import Leadership
 from .observability import FleetTelemetry
 from .policies import PolicyBook
 from .relay import LeaderRelay
+from .reports import ReportGate
 from .stats import FleetStatistics
 from .store import Guard, Store, StoreUnavailable, WatchCompacted, Write
 
 _log = logging.getLogger("mission_control.server")
 
 DEFAULT_PREFIX = "/mission-control/v1"
+
+#: A snapshot stays under this size: gRPC clients accept 4 MiB by default.
+SNAPSHOT_MAX_BYTES = 3 * 1024 * 1024
 
 
 class ControlPlane:
@@ -71,6 +76,8 @@ class ControlPlane:
         self.leadership: Leadership | None = None
         self.relay: LeaderRelay | None = None
         self.capacity = CapacityLeaser(self)
+        self.admission = ServiceAdmission(self.policies, self.breakers)
+        self.reports = ReportGate(self.policies.policy_of)
         self._dirty: set[str] = set()
         self._in_flight: set[str] = set()
         self._dirty_event = asyncio.Event()
@@ -135,6 +142,7 @@ class ControlPlane:
     def agent_left(self, agent_id: str) -> None:
         self.breakers.release_agent(agent_id)
         self.capacity.forget(agent_id)
+        self.reports.agent_left(agent_id)
         if self.relay is not None:
             self.relay.agent_left(agent_id)
 
@@ -143,7 +151,7 @@ class ControlPlane:
     async def start(self, load_timeout: float = 10.0) -> None:
         """Start the background loops; waits up to ``load_timeout`` for the first load
         (when the store is down it serves defaults and catches up later)."""
-        loops = [self._sync_loop, self._persist_loop, self._tick_loop, self._health_loop]
+        loops = [self._sync_loop, self._persist_loop, self._tick_loop, self._health_loop, self._forget_loop]
         if self.leadership is not None and self.relay is not None:
             loops += [self.leadership.run, self.relay.run]
         for loop in loops:
@@ -236,6 +244,8 @@ class ControlPlane:
             return
         if revision <= self.breakers.revisions.get(name, 0):
             return  # our own write, or older
+        if value is None and self.breakers.find(name) is None:
+            return  # a forgotten breaker's key deleted: nothing to start over
         if name in self._dirty or name in self._in_flight:
             return  # the pending CAS write will fail and adopt the stored state
         try:
@@ -336,6 +346,26 @@ class ControlPlane:
         self.policies.apply(key, None, revision or 0)
         return True
 
+    # -- forgetting idle breakers ----------------------------------------------
+
+    async def _forget_loop(self) -> None:
+        every = max(0.05, min(60.0, self.admission.limits.idle_secs / 10))
+        await forget_idle(self.admission, self.forget_breaker, every)
+
+    async def forget_breaker(self, name: str) -> None:
+        """Drop an idle breaker no policy names; the leader also deletes its stored key."""
+        revision = self.breakers.revisions.get(name, 0)
+        if name in self._dirty or name in self._in_flight:
+            return
+        self.breakers.forget(name)
+        guard = self.leadership.guard() if self.leadership is not None else None
+        if not revision or not self.leading or (self.leadership is not None and guard is None):
+            return
+        try:
+            await self.store.commit([Write(self.breaker_key(name), None, revision)], [guard] if guard else [])
+        except StoreUnavailable as err:
+            _log.warning("stored breaker %s not deleted (%s); a restart loads it again", name, err)
+
     # -- timers and health -----------------------------------------------------
 
     async def _tick_loop(self) -> None:
@@ -394,9 +424,24 @@ class ControlPlane:
 
     # -- snapshot for a new stream ---------------------------------------------
 
-    def snapshot(self) -> pb.Snapshot:
-        return pb.Snapshot(
-            policies=[policy_to_proto(p) for p in self.policies.all()],
-            breakers=self.breakers.snapshot(),
-            control_plane_id=self.instance_id,
+    def snapshot(self, services: tuple[str, ...] = (), max_bytes: int = SNAPSHOT_MAX_BYTES) -> pb.Snapshot:
+        """The full view for a new stream, kept under ``max_bytes``: the breakers of
+        ``services`` (the agent's own) and those not CLOSED come first."""
+        snapshot = pb.Snapshot(
+            policies=[policy_to_proto(p) for p in self.policies.all()], control_plane_id=self.instance_id
         )
+        mine = set(services)
+        ranked = sorted(
+            self.breakers.snapshot(),
+            key=lambda b: (b.name not in mine, b.state == pb.BREAKER_STATE_CLOSED, b.name),
+        )
+        size = snapshot.ByteSize()
+        for breaker in ranked:
+            size += breaker.ByteSize() + 8  # field tag and length
+            if size > max_bytes:
+                snapshot.omitted_breakers += 1
+            else:
+                snapshot.breakers.append(breaker)
+        if snapshot.omitted_breakers:
+            _log.warning("snapshot left out %d breakers (size bound)", snapshot.omitted_breakers)
+        return snapshot

@@ -183,8 +183,12 @@ class FleetBreakers:
         moves: list[Transition | None] = []
         if summary.probes_released:
             breaker.release_probes(agent, summary.probes_released)
-        if summary.probe_successes or summary.probe_failures:
-            moves.append(breaker.record_probes(now, agent, summary.probe_successes, summary.probe_failures))
+        # Probe results count only for permits this agent holds.
+        held = breaker.permits_of(agent)
+        probe_failures = min(summary.probe_failures, held)
+        probe_successes = min(summary.probe_successes, held - probe_failures)
+        if probe_successes or probe_failures:
+            moves.append(breaker.record_probes(now, agent, probe_successes, probe_failures))
         moves.append(breaker.record(now, summary.successes, summary.failures, summary.trailing_failures))
         if summary.rejected and breaker.state is not BreakerState.CLOSED:
             self._demand.setdefault(summary.service, _Demand()).note(agent, now)
@@ -235,6 +239,13 @@ class FleetBreakers:
         if move is not None:
             self._transitioned(move)
         return move
+
+    def forget(self, name: str) -> None:
+        """Drop a breaker from memory (an idle one no policy names); a later report
+        starts it over CLOSED."""
+        self._breakers.pop(name, None)
+        self._demand.pop(name, None)
+        self.revisions.pop(name, None)
 
     def policy_changed(self, service: str) -> None:
         breaker = self.find(service)

@@ -33,6 +33,8 @@ class Subscriber:
     names: frozenset[str] = frozenset()  # WatchBreakers filter; empty = all
     queue: asyncio.Queue[object] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
     overflowed: bool = False
+    #: An admin identity (a replica relaying for its agents): bound by fleet-wide caps only.
+    trusted: bool = False
     #: (code, details) the stream is to end with, when the client broke a limit.
     refusal: tuple[grpc.StatusCode, str] | None = None
 

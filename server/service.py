@@ -90,10 +90,11 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.limits.max_agents} agents connected: the limit"
             )
         sub = plane.hub.connect(hello)
+        sub.trusted = self.access.is_admin(context)
         _log.info("agent %s connected (stream %s)", hello.agent_id, sub.id)
         reader = asyncio.create_task(self._read(sub, request_iterator))
         try:
-            yield pb.ConnectResponse(snapshot=plane.snapshot())
+            yield pb.ConnectResponse(snapshot=plane.snapshot(sub.services))
             while True:
                 message = await sub.next()
                 if message is None:
@@ -126,23 +127,11 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                     )
                     return
                 if kind == "outcomes":
-                    plane.stats.add_dropped(request.outcomes.dropped)
-                    telemetry = plane.telemetry
-                    if telemetry is not None and request.outcomes.dropped:
-                        telemetry.dropped(request.outcomes.dropped)
-                    for summary in request.outcomes.summaries:
-                        if name_problem(summary.service):
-                            continue
-                        plane.stats.record(sub.agent_id, summary)
-                        plane.record_outcomes(sub.agent_id, summary)
-                    if request.outcomes.sequence:
-                        ack = pb.OutcomeAck(sequence=request.outcomes.sequence)
-                        sub.push(pb.ConnectResponse(outcome_ack=ack))
-                        if telemetry is not None:
-                            telemetry.outcomes(sub.agent_id, summary)
+                    self._outcomes(sub, request.outcomes)
                 elif kind == "probe_request":
-                    if not name_problem(request.probe_request.service):
-                        plane.request_probe(sub.agent_id, request.probe_request.service)
+                    service = request.probe_request.service
+                    if not name_problem(service) and plane.admission.known(service):
+                        plane.request_probe(sub.agent_id, service)
                 elif kind == "demand":
                     for demand in request.demand.demands[: self.limits.max_summaries_per_batch]:
                         if not name_problem(demand.service) and not name_problem(demand.resource):
@@ -153,6 +142,29 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             pass
         finally:
             sub.close()
+
+    def _outcomes(self, sub: Subscriber, batch: pb.OutcomeBatch) -> None:
+        plane = self.plane
+        plane.stats.add_dropped(batch.dropped)
+        telemetry = plane.telemetry
+        if telemetry is not None and batch.dropped:
+            telemetry.dropped(batch.dropped)
+        for summary in batch.summaries:
+            if name_problem(summary.service):
+                continue
+            if not plane.admission.allows(sub.agent_id, summary.service, trusted=sub.trusted):
+                plane.reports.refuse(sub.agent_id, summary.service, "too many services without a policy")
+                continue
+            summary = plane.reports.bound(sub.agent_id, summary, trusted=sub.trusted)
+            if summary is None:
+                continue
+            named = plane.policies.stored(summary.service) is not None
+            plane.stats.record(sub.agent_id, summary, named=named)
+            plane.record_outcomes(sub.agent_id, summary)
+            if telemetry is not None:
+                telemetry.outcomes(sub.agent_id, summary)
+        if batch.sequence:
+            sub.push(pb.ConnectResponse(outcome_ack=pb.OutcomeAck(sequence=batch.sequence)))
 
     # -- breakers --------------------------------------------------------------
 
@@ -287,5 +299,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
 
     async def GetErrorStatistics(self, request, context):  # type: ignore[no-untyped-def]
         plane = self.plane
-        stats = plane.stats.to_proto(plane.policies, plane.hub.connected_agents, plane.capacity.usage())
+        stats = plane.stats.to_proto(
+            plane.policies, plane.hub.connected_agents, plane.capacity.usage(), dict(plane.reports.refused)
+        )
         return pb.GetErrorStatisticsResponse(statistics=stats)

@@ -35,8 +35,8 @@ def saturating_add(total: int, n: int) -> int:
     return min(UINT64_MAX, total + max(0, n))
 
 
-def _bump(counter: Counter[str], key: str, n: int) -> None:
-    if key not in counter and len(counter) >= MAX_KEYS:
+def _bump(counter: Counter[str], key: str, n: int, *, keep: bool = False) -> None:
+    if not keep and key not in counter and len(counter) >= MAX_KEYS:
         key = "other"
     counter[key] = saturating_add(counter[key], n)
 
@@ -54,11 +54,13 @@ class FleetStatistics:
         self.rejected = 0
         self.dropped = 0
 
-    def record(self, agent: str, summary: pb.OutcomeSummary) -> None:
+    def record(self, agent: str, summary: pb.OutcomeSummary, *, named: bool = False) -> None:
+        """Count one (already bounded) summary. A ``named`` service (one a policy names)
+        always keeps its own key; others share the MAX_KEYS places."""
         failures = summary.failures + summary.probe_failures
         if failures:
             self.total_errors = saturating_add(self.total_errors, failures)
-            _bump(self.by_service, summary.service, failures)
+            _bump(self.by_service, summary.service, failures, keep=named)
             _bump(self.by_agent, agent, failures)
         for name, n in summary.errors_by_type.items():
             _bump(self.by_type, name, n)
@@ -77,7 +79,11 @@ class FleetStatistics:
         self.breaker_opens = saturating_add(self.breaker_opens, 1)
 
     def to_proto(
-        self, policies: PolicyBook, connected: int, fleet_limits: list[pb.FleetLimitUsage] | None = None
+        self,
+        policies: PolicyBook,
+        connected: int,
+        fleet_limits: list[pb.FleetLimitUsage] | None = None,
+        refused: dict[str, int] | None = None,
     ) -> pb.ErrorStatistics:
         attempts = self.recovery_attempts
         rate = 100.0 * min(self.recovery_successes, attempts) / attempts if attempts else 0.0
@@ -97,6 +103,7 @@ class FleetStatistics:
             config_reloads_failed=policies.reloads_failed,
             connected_agents=connected,
             fleet_limits=fleet_limits or [],
+            reports_refused=refused or {},
         )
         if self.by_type:
             top = self.by_type.most_common(1)[0][0]

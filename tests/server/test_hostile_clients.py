@@ -10,11 +10,16 @@ import grpc
 import grpc.aio
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mission_control.client.breaker import BreakerState
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import policy_pb2
+from mission_control.server.admission import AdmissionLimits
 from mission_control.server.app import RunningControlPlane
+from mission_control.server.engine import FleetBreakers
 from mission_control.server.etcd_process import EtcdProcess
+from mission_control.server.policies import PolicyBook
+from mission_control.server.store import EtcdStore, Write
 
 from tests.support import procs
 from tests.support.fleet_check import fleet_still_works
@@ -125,3 +130,110 @@ async def test_a_background_loop_that_dies_takes_health_down(control_plane: Runn
 
         await poll(not_serving)
     assert control_plane.plane.failed_loops == ["_tick_loop"]
+
+
+# -- defect 2: unbounded breaker creation -------------------------------------------------
+
+
+def flood(sequence: int, tag: str, count: int = 1024) -> pb.ConnectRequest:
+    names = [f"junk-{tag}-{sequence}-{i}" for i in range(count)]
+    return batch(sequence, *(pb.OutcomeSummary(service=n, failures=5, trailing_failures=5) for n in names))
+
+
+async def stored_breakers(etcd: EtcdProcess, prefix: str) -> int:
+    store = EtcdStore([etcd.endpoint])
+    await store.connect()
+    try:
+        entries, _ = await store.get_prefix(f"{prefix}/breakers/")
+        return len(entries)
+    finally:
+        await store.close()
+
+
+async def test_a_flood_of_service_names_creates_a_bounded_number_of_breakers(
+    plane: str, etcd_server: EtcdProcess, prefix: str
+) -> None:
+    await send_raw(plane, *(flood(seq, "one") for seq in range(1, 41)))
+    await asyncio.gather(*(send_raw(plane, flood(1, f"a{i}", 100), agent_id=f"m{i}") for i in range(20)))
+    limits = AdmissionLimits()
+    found = await breakers(plane)
+    assert len([n for n in found if n.startswith("junk-one-")]) == limits.per_agent
+    assert len(found) <= limits.total
+    assert await stored_breakers(etcd_server, prefix) <= limits.total
+    await fleet_still_works(plane)
+
+
+async def test_a_restarted_control_plane_loads_a_prefix_bigger_than_one_etcd_answer(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    store = EtcdStore([etcd_server.endpoint])
+    await store.connect()
+    breakers_ = FleetBreakers(PolicyBook(prefix).policy_of)
+    count = 15_000
+    try:
+        for start in range(0, count, 100):
+            writes = []
+            for i in range(start, start + 100):
+                breaker = breakers_.draft(f"stored-{i:05d}")
+                breaker.reason = "r" * 200
+                writes.append(Write(f"{prefix}/breakers/{breaker.name}", breakers_.record_of(breaker)))
+            assert await store.commit(writes) is not None
+        entries, _ = await store.get_prefix(f"{prefix}/breakers/")
+        assert sum(len(e.value) for e in entries) > 4 * 1024 * 1024  # beyond one answer's size
+    finally:
+        await store.close()
+    proc, address = procs.control_plane(etcd_server.endpoint, prefix)
+    spawned.append(proc)
+    assert len(await breakers(address)) == count
+    await fleet_still_works(address)
+
+
+async def test_a_snapshot_stays_under_its_bound_with_the_agents_own_breakers_first(
+    control_plane: RunningControlPlane,
+) -> None:
+    plane = control_plane.plane
+    for i in range(200):
+        plane.breakers.get(f"svc-{i:03d}")
+    plane.breakers.force("svc-150", BreakerState.FORCED_OPEN)
+    snapshot = plane.snapshot(("svc-199",), max_bytes=2000)
+    assert snapshot.ByteSize() <= 2000
+    names = [b.name for b in snapshot.breakers]
+    assert names[:2] == ["svc-199", "svc-150"]
+    assert snapshot.omitted_breakers == 200 - len(names) > 0
+
+
+# -- defect 3: trusted reporting -----------------------------------------------------
+
+
+async def test_a_report_claims_only_what_the_agent_could_have_done(plane: str) -> None:
+    await put_policy(
+        plane, service="pay", failure_threshold=5, wait_duration_secs=0.3, rate_limit_requests=100
+    )
+    await send_raw(plane, batch(1, pb.OutcomeSummary(service="pay", failures=4_000_000_000)))
+    assert 5 <= (await breakers(plane))["pay"].failures <= 200  # two windows of the rate limit
+
+    async def half_open() -> bool:
+        return (await breakers(plane))["pay"].state == pb.BREAKER_STATE_HALF_OPEN
+
+    await poll(half_open)
+    await send_raw(plane, batch(1, pb.OutcomeSummary(service="pay", probe_successes=3)))  # no permit held
+    async with grpc.aio.insecure_channel(plane) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        answer = await stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=10)
+    assert answer.statistics.reports_refused["mallory"] >= 1
+    assert (await breakers(plane))["pay"].state == pb.BREAKER_STATE_HALF_OPEN
+    await fleet_still_works(plane)
+
+
+async def test_only_the_named_reporters_move_a_restricted_breaker(plane: str) -> None:
+    await put_policy(plane, service="ledger", failure_threshold=5, reporters=["ledger-*"])
+    await send_raw(plane, batch(1, pb.OutcomeSummary(service="ledger", failures=50)))
+    await send_raw(plane, batch(1, pb.OutcomeSummary(service="ledger", failures=4)), agent_id="ledger-1")
+    assert (await breakers(plane))["ledger"].state == pb.BREAKER_STATE_CLOSED
+    async with grpc.aio.insecure_channel(plane) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        answer = await stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=10)
+    assert answer.statistics.reports_refused["mallory"] == 1
+    await send_raw(plane, batch(2, pb.OutcomeSummary(service="ledger", failures=1)), agent_id="ledger-1")
+    assert (await breakers(plane))["ledger"].state == pb.BREAKER_STATE_OPEN
+    await fleet_still_works(plane)
