@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="file holding the etcd password (or set MISSION_CONTROL_ETCD_PASSWORD)",
     )
     sec.add_argument("--max-agents", type=int, default=10_000, help="most agents connected at once")
+    sec.add_argument(
+        "--max-agents-per-peer",
+        type=int,
+        default=64,
+        help="most agent ids connected from one address, when agents are not authenticated",
+    )
     demo = commands.add_parser("demo", help="run the fleet scenario live and print the seed's KPIs")
     demo.add_argument("--duration", type=float, default=60.0, help="seconds of traffic (default 60)")
     demo.add_argument("--seed", type=int, default=1, help="varies the scenario's timing, repeatably")
@@ -123,7 +129,7 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
         admin_tokens_file=args.admin_tokens_file,
         admin_identities=tuple(args.admin_identity),
         agent_tokens_file=args.agent_tokens_file,
-        limits=Limits(max_agents=args.max_agents),
+        limits=Limits(max_agents=args.max_agents, max_agents_per_peer=args.max_agents_per_peer),
         advertise=args.advertise,
     )
 

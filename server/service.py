@@ -26,6 +26,8 @@ from mission_control.resilience.v1 import errors_pb2
 from .auth import AccessPolicy
 from .control_plane import ControlPlane
 from .hub import Subscriber
+from .inbound import bounded_demand, hello_problem, peer_host
+from .stats import Page
 from .store import StoreUnavailable, Write
 
 _log = logging.getLogger("mission_control.server.service")
@@ -52,6 +54,8 @@ class Limits:
     max_streams_per_agent: int = 8
     max_summaries_per_batch: int = 1024
     max_reason_length: int = 512
+    #: Distinct agent ids connected from one address when agents are not authenticated.
+    max_agents_per_peer: int = 64
 
 
 class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
@@ -75,9 +79,13 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         if first.WhichOneof("message") != "hello":
             raise ConfigurationError("hello", "a Connect stream must start with AgentHello")
         hello = first.hello
-        _check_name("hello.agent_id", hello.agent_id)
+        problem = hello_problem(hello)
+        if problem is not None:
+            raise ConfigurationError(*problem)
         await self.access.authorize_agent(context, hello.agent_id)
         plane = self.plane
+        peer = peer_host(context.peer() or "")
+        await self._check_peer(context, hello.agent_id, peer)
         streams = plane.hub.streams_of(hello.agent_id)
         if streams >= self.limits.max_streams_per_agent:
             await context.abort(
@@ -91,6 +99,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             )
         sub = plane.hub.connect(hello)
         sub.trusted = self.access.is_admin(context)
+        sub.peer = peer
         _log.info("agent %s connected (stream %s)", hello.agent_id, sub.id)
         reader = asyncio.create_task(self._read(sub, request_iterator))
         try:
@@ -111,6 +120,18 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             if plane.hub.disconnect(sub):
                 plane.agent_left(sub.agent_id)
             _log.info("agent %s disconnected (stream %s)", sub.agent_id, sub.id)
+
+    async def _check_peer(self, context: grpc.aio.ServicerContext, agent_id: str, peer: str) -> None:
+        # Without authentication anyone may invent agent ids: bound those one address holds,
+        # so that a single client cannot fill max_agents. Authenticated ids are known ones.
+        if self.access.agent_tokens or self.access.certificate_identities(context):
+            return
+        ids = self.plane.hub.agent_ids_from(peer)
+        if agent_id not in ids and len(ids) >= self.limits.max_agents_per_peer:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{len(ids)} agents connected from this address (limit {self.limits.max_agents_per_peer})",
+            )
 
     async def _read(self, sub: Subscriber, requests: AsyncIterator[pb.ConnectRequest]) -> None:
         plane = self.plane
@@ -134,9 +155,14 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                         plane.request_probe(sub.agent_id, service)
                 elif kind == "demand":
                     for demand in request.demand.demands[: self.limits.max_summaries_per_batch]:
-                        if not name_problem(demand.service) and not name_problem(demand.resource):
-                            plane.record_demand(sub.agent_id, demand)
+                        bounded = bounded_demand(demand)
+                        if bounded is not None:
+                            plane.record_demand(sub.agent_id, bounded)
                 elif kind == "hello":
+                    problem = hello_problem(request.hello)
+                    if problem is not None:
+                        sub.refuse(grpc.StatusCode.INVALID_ARGUMENT, f"{problem[0]}: {problem[1]}")
+                        return
                     sub.services = tuple(request.hello.services)
         except (grpc.RpcError, asyncio.CancelledError):
             pass
@@ -299,7 +325,15 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
 
     async def GetErrorStatistics(self, request, context):  # type: ignore[no-untyped-def]
         plane = self.plane
+        try:
+            page = Page.parse(request.page_size, request.page_token)
+        except ValueError:
+            raise ConfigurationError("page_token", "is not a token this server handed out") from None
+        refused = plane.reports.refused
         stats = plane.stats.to_proto(
-            plane.policies, plane.hub.connected_agents, plane.capacity.usage(), dict(plane.reports.refused)
+            plane.policies, plane.hub.connected_agents, plane.capacity.usage(), dict(refused), page
         )
-        return pb.GetErrorStatisticsResponse(statistics=stats)
+        response = pb.GetErrorStatisticsResponse(statistics=stats)
+        if plane.stats.more(page) or page.more(refused):
+            response.next_page_token = str(page.offset + page.size)
+        return response

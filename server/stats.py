@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from mission_control.resilience.v1 import control_plane_pb2 as pb
@@ -39,6 +40,29 @@ def _bump(counter: Counter[str], key: str, n: int, *, keep: bool = False) -> Non
     if not keep and key not in counter and len(counter) >= MAX_KEYS:
         key = "other"
     counter[key] = saturating_add(counter[key], n)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of every keyed count: the keys at ``offset`` onward, largest count first."""
+
+    offset: int = 0
+    size: int = MAX_KEYS
+
+    @classmethod
+    def parse(cls, size: int, token: str) -> Page:
+        """Raises ValueError for a token this server did not hand out."""
+        offset = int(token) if token else 0
+        if offset < 0:
+            raise ValueError("negative offset")
+        return cls(offset, size if 0 < size <= MAX_KEYS else MAX_KEYS)
+
+    def of(self, counter: Counter[str]) -> dict[str, int]:
+        ranked = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
+        return dict(ranked[self.offset : self.offset + self.size])
+
+    def more(self, *counters: Counter[str]) -> bool:
+        return any(len(c) > self.offset + self.size for c in counters)
 
 
 class FleetStatistics:
@@ -78,21 +102,29 @@ class FleetStatistics:
     def add_breaker_open(self) -> None:
         self.breaker_opens = saturating_add(self.breaker_opens, 1)
 
+    def more(self, page: Page) -> bool:
+        """Whether a keyed count has keys beyond ``page``."""
+        return page.more(self.by_service, self.by_agent, self.by_type, self.by_operation)
+
     def to_proto(
         self,
         policies: PolicyBook,
         connected: int,
         fleet_limits: list[pb.FleetLimitUsage] | None = None,
         refused: dict[str, int] | None = None,
+        page: Page | None = None,
     ) -> pb.ErrorStatistics:
         attempts = self.recovery_attempts
         rate = 100.0 * min(self.recovery_successes, attempts) / attempts if attempts else 0.0
+        page = Page() if page is None else page
+        refused_counts: Counter[str] = Counter(refused or {})
         message = pb.ErrorStatistics(
             total_errors=self.total_errors,
-            errors_by_service=dict(self.by_service),
-            errors_by_agent=dict(self.by_agent),
-            errors_by_type=dict(self.by_type),
-            errors_by_operation=dict(self.by_operation),
+            errors_by_service=page.of(self.by_service),
+            errors_by_agent=page.of(self.by_agent),
+            errors_by_type=page.of(self.by_type),
+            errors_by_operation=page.of(self.by_operation),
+            reports_refused=page.of(refused_counts),
             circuit_breaker_opens=self.breaker_opens,
             recovery_success_rate=rate,
             recovery_attempts=self.recovery_attempts,
@@ -103,7 +135,6 @@ class FleetStatistics:
             config_reloads_failed=policies.reloads_failed,
             connected_agents=connected,
             fleet_limits=fleet_limits or [],
-            reports_refused=refused or {},
         )
         if self.by_type:
             top = self.by_type.most_common(1)[0][0]

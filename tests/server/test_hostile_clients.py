@@ -237,3 +237,73 @@ async def test_only_the_named_reporters_move_a_restricted_breaker(plane: str) ->
     await send_raw(plane, batch(2, pb.OutcomeSummary(service="ledger", failures=1)), agent_id="ledger-1")
     assert (await breakers(plane))["ledger"].state == pb.BREAKER_STATE_OPEN
     await fleet_still_works(plane)
+
+
+# -- defects 4 and 5: memory, statistics, invented agent ids ------------------------------
+
+
+async def test_oversized_hellos_and_error_keys_are_refused_and_statistics_stay_small(plane: str) -> None:
+    big = pb.AgentHello(agent_id="mallory", services=[f"s{i:07d}" for i in range(400_000)])
+    async with grpc.aio.insecure_channel(plane) as channel:
+        call = pb_grpc.ControlPlaneServiceStub(channel).Connect(
+            iter([pb.ConnectRequest(hello=big)]), timeout=30
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            async for _ in call:
+                pass
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "s0000000" not in (refused.value.details() or "")
+    for seq in range(1, 41):
+        key = f"{seq:02d}" + "k" * 3_500_000
+        summary = pb.OutcomeSummary(service="victim", failures=1, errors_by_type={key: U32})
+        await send_raw(plane, batch(seq, summary))
+    summary = pb.OutcomeSummary(
+        service="victim", failures=1, errors_by_operation={f"op{i}": 1 for i in range(500)}
+    )
+    await send_raw(plane, batch(41, summary))
+    async with grpc.aio.insecure_channel(plane) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        answer = await stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=10)
+        assert answer.ByteSize() < 64 * 1024
+        assert len(answer.statistics.errors_by_operation) == 32  # one summary's keys
+        page = await stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(page_size=10), timeout=10)
+        assert len(page.statistics.errors_by_operation) == 10 and page.next_page_token
+        rest = pb.GetErrorStatisticsRequest(page_size=10, page_token=page.next_page_token)
+        second = await stub.GetErrorStatistics(rest, timeout=10)
+        assert not set(second.statistics.errors_by_operation) & set(page.statistics.errors_by_operation)
+    await fleet_still_works(plane)
+
+
+async def open_stream(address: str, agent_id: str) -> tuple[grpc.aio.Channel, grpc.StatusCode | None]:
+    """A Connect stream held open: OK once its snapshot arrived, else the refusal's code."""
+    channel = grpc.aio.insecure_channel(address)
+    hold = asyncio.Event()
+
+    async def frames() -> AsyncIterator[pb.ConnectRequest]:
+        yield pb.ConnectRequest(hello=pb.AgentHello(agent_id=agent_id))
+        await hold.wait()
+
+    call = pb_grpc.ControlPlaneServiceStub(channel).Connect(frames())
+    try:
+        await call.read()
+        return channel, None
+    except grpc.RpcError as err:
+        return channel, err.code()
+
+
+async def test_invented_agent_ids_from_one_address_do_not_lock_others_out(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    extra = ("--listen", "localhost:0", "--max-agents", "50", "--max-agents-per-peer", "8")
+    proc, address = procs.control_plane(etcd_server.endpoint, prefix, *extra)
+    spawned.append(proc)
+    port = address.rsplit(":", 1)[1]
+    opened = [await open_stream(f"127.0.0.1:{port}", f"made-up-{i}") for i in range(50)]
+    try:
+        codes = [code for _, code in opened]
+        assert codes.count(None) == 8
+        assert set(codes) == {None, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        await fleet_still_works(f"[::1]:{port}")
+    finally:
+        for channel, _ in opened:
+            await channel.close()
