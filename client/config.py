@@ -14,6 +14,7 @@ are errors, never silently ignored.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -321,17 +322,34 @@ def policy_to_json(policy: ServicePolicy) -> str:
     return json_format.MessageToJson(policy_to_proto(policy), preserving_proto_field_name=True, indent=2)
 
 
+def _where(err: Exception) -> str:
+    """Where a stored value failed to parse, never the value (it may hold a secret)."""
+    text = str(err)
+    found = re.search(r" at ServicePolicy\.([A-Za-z0-9_.\[\]]{1,128}?)\.?$", text)
+    if found is None:
+        found = re.search(r"Failed to parse ([A-Za-z0-9_.]{1,64}) field", text)
+    if found:
+        return f"field {found.group(1)} has a value of the wrong type or range"
+    found = re.search(r'has no field named "([A-Za-z0-9_]{1,64})"', text)
+    if found:
+        return f"unknown field {found.group(1)}"
+    found = re.search(r"line (\d+) column (\d+)", text)
+    if found:
+        return f"malformed JSON at line {found.group(1)} column {found.group(2)}"
+    return "malformed value"
+
+
 def policy_from_json(text: str | bytes, *, service: str | None = None) -> ServicePolicy:
     """A policy from protobuf JSON (an etcd value). Raises ConfigurationError."""
     message = policy_pb2.ServicePolicy()
     try:
         json_format.Parse(text, message)
     except (json_format.ParseError, UnicodeDecodeError, ValueError) as err:
-        raise ConfigurationError("policy", f"not a valid ServicePolicy JSON: {err}") from err
+        raise ConfigurationError("policy", f"not a valid ServicePolicy JSON: {_where(err)}") from None
     if service is not None and not message.service:
         message.service = service
     if service is not None and message.service != service:
-        raise ConfigurationError("service", f"{message.service!r} stored under key {service!r}")
+        raise ConfigurationError("service", "does not match the service of its key")
     return policy_from_proto(message)
 
 

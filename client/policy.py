@@ -254,7 +254,7 @@ class ServicePolicy:
         c.integer("max_concurrent", p.max_concurrent, low=0, high=1_000_000)
         for i, code in enumerate(p.retryable_codes):
             if code not in _CODES:
-                c.add(f"retryable_codes[{i}]", f"unknown gRPC status code {code!r}")
+                c.add(f"retryable_codes[{i}]", "not a gRPC status code name (e.g. UNAVAILABLE)")
         names = [q.resource for q in p.quotas]
         for i, name in enumerate(names):
             if names.index(name) != i:

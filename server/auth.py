@@ -69,6 +69,8 @@ class AccessPolicy:
         agent_tokens_file: str | Path | None = None,
     ) -> AccessPolicy:
         admin = tuple(t.encode() for t in read_token_lines(admin_tokens_file)) if admin_tokens_file else ()
+        if admin_tokens_file and not admin:
+            raise ValueError(f"{admin_tokens_file}: no tokens in it (an empty file would leave writes open)")
         agents: dict[str, bytes] = {}
         if agent_tokens_file:
             for line in read_token_lines(agent_tokens_file):
@@ -76,6 +78,8 @@ class AccessPolicy:
                 if not token.strip():
                     raise ValueError(f"{agent_tokens_file}: each line must be '<agent_id> <token>'")
                 agents[agent_id] = token.strip().encode()
+            if not agents:
+                raise ValueError(f"{agent_tokens_file}: no tokens in it (agents would be unauthenticated)")
         identities = frozenset(i for i in admin_identities if i)
         configured = bool(admin or identities)
         policy = cls(admin, identities, agents, open_writes=not configured and is_loopback(listen))

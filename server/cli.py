@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import operator
 from .app import DEFAULT_LISTEN, DEFAULT_STATE_DIR, EtcdAccess, ServeOptions, TlsFiles, serve
+from .auth import read_token_lines
 from .control_plane import DEFAULT_PREFIX
 from .etcd_process import EtcdUnavailable
 from .service import Limits
@@ -118,6 +119,9 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
     ):
         if path is not None and not path.is_file():
             raise ValueError(f"{path}: no such file")
+    for path in (args.admin_tokens_file, args.agent_tokens_file):
+        if path is not None and not read_token_lines(path):
+            raise ValueError(f"{path}: no tokens in it (an empty file would leave access open)")
     return ServeOptions(
         listen=args.listen,
         etcd=args.etcd,

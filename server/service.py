@@ -46,6 +46,10 @@ def _check_name(field: str, name: str) -> None:
         raise ConfigurationError(field, problem)
 
 
+#: etcd's default --max-txn-ops: an import is one transaction, all or nothing.
+MAX_IMPORT_WRITES = 128
+
+
 @dataclass(frozen=True)
 class Limits:
     """Bounds on what one client may ask of the control plane."""
@@ -305,12 +309,19 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                         )
                     )
                     writes.append(Write(plane.policies.key(policy.service), None, stored[1] if stored else 0))
+        if len(writes) > MAX_IMPORT_WRITES:
+            raise ConfigurationError(
+                "service_specific",
+                f"an import may change at most {MAX_IMPORT_WRITES} policies (one etcd transaction); "
+                f"this one changes {len(writes)}: import it in parts",
+            )
         if request.dry_run or not writes:
             return pb.ImportConfigResponse(changes=changes)
         try:
             revision = await plane.store.commit(writes)
         except StoreUnavailable as err:
-            raise StorageFailure("etcd", "import config", str(err)) from err
+            _log.warning("import not written: %s", err)
+            raise StorageFailure("etcd", "import config", "the store did not take the write") from err
         if revision is None:
             await context.abort(
                 grpc.StatusCode.ABORTED,

@@ -4,7 +4,10 @@ one client could send, then checks that the fleet still works for everyone else.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import grpc.aio
@@ -23,6 +26,7 @@ from mission_control.server.store import EtcdStore, Write
 
 from tests.support import procs
 from tests.support.fleet_check import fleet_still_works
+from tests.support.otlp import Receiver
 from tests.support.procs import Proc
 
 U32 = 2**32 - 1
@@ -307,3 +311,77 @@ async def test_invented_agent_ids_from_one_address_do_not_lock_others_out(
     finally:
         for channel, _ in opened:
             await channel.close()
+
+
+# -- defects 6 and 7: big imports, echoed values, empty token files, telemetry --------------
+
+
+async def test_an_import_beyond_one_transaction_is_refused_up_front(plane: str) -> None:
+    def config(count: int) -> policy_pb2.ErrorHandlingConfig:
+        services = {f"imp-{i:03d}": policy_pb2.ServicePolicy(timeout_secs=5) for i in range(count)}
+        return policy_pb2.ErrorHandlingConfig(service_specific=services)
+
+    async with grpc.aio.insecure_channel(plane) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            await stub.ImportConfig(pb.ImportConfigRequest(config=config(129)), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "at most 128" in (refused.value.details() or "")
+        assert not (await stub.ListPolicies(pb.ListPoliciesRequest(), timeout=10)).policies  # nothing written
+        answer = await stub.ImportConfig(pb.ImportConfigRequest(config=config(128)), timeout=30)
+        assert answer.revision > 0 and len(answer.changes) == 128
+    await fleet_still_works(plane)
+
+
+async def test_a_rejected_stored_value_is_never_echoed(
+    plane: str, etcd_server: EtcdProcess, prefix: str
+) -> None:
+    store = EtcdStore([etcd_server.endpoint])
+    await store.connect()
+    try:
+        await store.put(f"{prefix}/policies/leaky", b'{"timeout_secs": "sk-live-SECRET-123"}')
+    finally:
+        await store.close()
+    async with grpc.aio.insecure_channel(plane) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+
+        async def reported() -> bool:
+            answer = await stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=10)
+            return any(e.key.endswith("/leaky") for e in answer.statistics.config_errors)
+
+        await poll(reported)
+        answer = await stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=10)
+    errors = [e.error for e in answer.statistics.config_errors]
+    assert "sk-live" not in str(answer) and any("timeout_secs" in e for e in errors), errors
+    await fleet_still_works(plane)
+
+
+def test_an_empty_admin_tokens_file_refuses_to_start(tmp_path: Path) -> None:
+    empty = tmp_path / "admins"
+    empty.write_text("# nobody yet\n\n")
+    serve = ["serve", "--listen", "127.0.0.1:0", "--etcd", "127.0.0.1:1", "--admin-tokens-file", str(empty)]
+    done = subprocess.run(
+        [sys.executable, "-m", "mission_control.server.cli", *serve],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "no tokens" in done.stderr, done.stderr
+
+
+async def test_with_telemetry_a_batch_without_summaries_keeps_its_stream(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    with Receiver() as receiver:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_EXPORTER_OTLP_INSECURE": "true"}
+        proc, address = procs.control_plane(etcd_server.endpoint, prefix, env=env)
+        spawned.append(proc)
+        received = await send_raw(address, batch(1), batch(2, pb.OutcomeSummary(service="s", failures=1)))
+        assert not [r for r in received if isinstance(r, grpc.RpcError)], received
+        acks = [
+            r.outcome_ack.sequence
+            for r in received
+            if isinstance(r, pb.ConnectResponse) and r.HasField("outcome_ack")
+        ]
+        assert acks == [1, 2]
+        await fleet_still_works(address)
