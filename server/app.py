@@ -49,6 +49,8 @@ class TlsFiles:
     cert: Path
     key: Path
     client_ca: Path | None = None
+    #: CA of the other replicas' server certificates (default: client_ca).
+    relay_ca: Path | None = None
 
     def credentials(self) -> grpc.ServerCredentials:
         client_ca = self.client_ca.read_bytes() if self.client_ca else None
@@ -56,6 +58,13 @@ class TlsFiles:
             [(self.key.read_bytes(), self.cert.read_bytes())],
             root_certificates=client_ca,
             require_client_auth=client_ca is not None,
+        )
+
+    def relay_credentials(self) -> grpc.ChannelCredentials:
+        """How this replica reaches the leader: TLS, presenting its own certificate."""
+        ca = self.relay_ca or self.client_ca
+        return grpc.ssl_channel_credentials(
+            ca.read_bytes() if ca else None, self.key.read_bytes(), self.cert.read_bytes()
         )
 
 
@@ -91,6 +100,7 @@ class ServeOptions:
     etcd_access: EtcdAccess = field(default_factory=EtcdAccess)
     admin_tokens_file: Path | None = None
     admin_identities: tuple[str, ...] = ()
+    replica_identities: tuple[str, ...] = ()
     agent_tokens_file: Path | None = None
     limits: Limits = field(default_factory=Limits)
     advertise: str | None = None
@@ -149,8 +159,14 @@ async def start_control_plane(
     port = server.add_secure_port(listen, tls.credentials()) if tls else server.add_insecure_port(listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
-    relay_token = access.admin_tokens[0].decode() if access.admin_tokens else None
-    plane.enable_leadership(advertise or _advertised(listen, port), token=relay_token)
+    # With mutual TLS and replica identities a replica relays as itself (its certificate),
+    # not as an admin; otherwise it presents the first admin token, if any.
+    as_replica = tls is not None and tls.client_ca is not None and bool(access.replica_identities)
+    relay_token = access.admin_tokens[0].decode() if access.admin_tokens and not as_replica else None
+    relay_credentials = tls.relay_credentials() if tls is not None else None
+    plane.enable_leadership(
+        advertise or _advertised(listen, port), token=relay_token, credentials=relay_credentials
+    )
     running = RunningControlPlane(plane, server, port, telemetry)
     health_pb2_grpc.add_HealthServicer_to_server(running.health, server)
     reflection.enable_server_reflection(
@@ -235,6 +251,7 @@ async def serve(options: ServeOptions) -> None:
             listen=options.listen,
             admin_tokens_file=options.admin_tokens_file,
             admin_identities=options.admin_identities,
+            replica_identities=options.replica_identities,
             agent_tokens_file=options.agent_tokens_file,
         )
         running = await start_control_plane(

@@ -69,6 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="client-certificate identity (SAN or CN) allowed to write; repeatable",
     )
     sec.add_argument(
+        "--replica-identity",
+        action="append",
+        default=[],
+        help="certificate identity of a replica (or a prefix ending in '*') that may relay; repeatable",
+    )
+    sec.add_argument(
+        "--tls-relay-ca",
+        type=Path,
+        help="CA of the other replicas' server certificates, for relaying (default: --tls-client-ca)",
+    )
+    sec.add_argument(
         "--agent-tokens-file", type=Path, help="'<agent_id> <token>' per line: agents must present theirs"
     )
     sec.add_argument("--etcd-ca", type=Path, help="CA of the etcd server certificates (PEM)")
@@ -116,6 +127,7 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
         args.etcd_key,
         args.admin_tokens_file,
         args.agent_tokens_file,
+        args.tls_relay_ca,
     ):
         if path is not None and not path.is_file():
             raise ValueError(f"{path}: no such file")
@@ -128,10 +140,13 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
         prefix=args.etcd_prefix,
         state_dir=args.state_dir,
         instance_id=args.instance_id,
-        tls=TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
+        tls=TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca, args.tls_relay_ca)
+        if args.tls_cert
+        else None,
         etcd_access=EtcdAccess(args.etcd_ca, args.etcd_cert, args.etcd_key, args.etcd_user, password),
         admin_tokens_file=args.admin_tokens_file,
         admin_identities=tuple(args.admin_identity),
+        replica_identities=tuple(args.replica_identity),
         agent_tokens_file=args.agent_tokens_file,
         limits=Limits(max_agents=args.max_agents, max_agents_per_peer=args.max_agents_per_peer),
         advertise=args.advertise,

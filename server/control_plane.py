@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 
+import grpc
 from google.protobuf import json_format
 from mission_control.client.breaker import BreakerState, Transition
 from mission_control.client.config import policy_to_json, policy_to_proto
@@ -106,12 +107,20 @@ class ControlPlane:
         """Whether this replica decides transitions now."""
         return self.leadership is None or self.leadership.leading
 
-    def enable_leadership(self, address: str, *, ttl: int = 3, token: str | None = None) -> None:
-        """Run as one of several replicas: campaign for leadership, relay to the leader."""
+    def enable_leadership(
+        self,
+        address: str,
+        *,
+        ttl: int = 3,
+        token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        """Run as one of several replicas: campaign for leadership, relay to the leader
+        (over TLS when ``credentials`` are given)."""
         self.leadership = Leadership(
             self.store, self.prefix, self.instance_id, address, ttl=ttl, on_change=self._on_leadership
         )
-        self.relay = LeaderRelay(self, token=token)
+        self.relay = LeaderRelay(self, token=token, credentials=credentials)
 
     def _on_leadership(self, leading: bool) -> None:
         if leading:

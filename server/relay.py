@@ -30,8 +30,15 @@ _log = logging.getLogger("mission_control.server.relay")
 
 
 class LeaderRelay:
-    def __init__(self, plane: ControlPlane, token: str | None = None, flush_interval: float = 0.02) -> None:
+    def __init__(
+        self,
+        plane: ControlPlane,
+        token: str | None = None,
+        flush_interval: float = 0.02,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.plane = plane
+        self._credentials = credentials
         self.agent_id = f"replica.{plane.instance_id}"
         self.flush_interval = flush_interval
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
@@ -112,7 +119,12 @@ class LeaderRelay:
     async def _stream(self, address: str) -> None:
         self._epoch += 1
         self._requeue()  # anything a previous link did not get acknowledged goes again
-        async with grpc.aio.insecure_channel(address) as channel:
+        channel = (
+            grpc.aio.secure_channel(address, self._credentials)
+            if self._credentials is not None
+            else grpc.aio.insecure_channel(address)
+        )
+        async with channel:
             stub = pb_grpc.ControlPlaneServiceStub(channel)
             call = stub.Connect(self._requests(self._epoch), metadata=self._metadata)
             async for response in call:

@@ -102,7 +102,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.limits.max_agents} agents connected: the limit"
             )
         sub = plane.hub.connect(hello)
-        sub.trusted = self.access.is_admin(context)
+        sub.trusted = self.access.is_admin(context) or self.access.is_replica(context)
         sub.peer = peer
         _log.info("agent %s connected (stream %s)", hello.agent_id, sub.id)
         reader = asyncio.create_task(self._read(sub, request_iterator))
