@@ -111,7 +111,9 @@ class ServiceAdmission:
                 continue
             breaker = self.breakers.find(name)
             quiet = now - entry.last_seen >= self.limits.idle_secs
-            if breaker is None or (quiet and breaker.state in _FORGETTABLE):
+            # A follower has no breaker for a name it admitted (the leader does): it keeps
+            # the place for idle_secs all the same, so its per-agent cap holds.
+            if quiet and (breaker is None or breaker.state in _FORGETTABLE):
                 self._drop(name)
                 if breaker is not None:
                     out.append(name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -155,6 +156,11 @@ async def start_control_plane(
     server = grpc.aio.server(interceptors=interceptors, options=options)
     access = access or AccessPolicy.build(listen=listen)
     servicer = ControlPlaneServicer(plane, access, limits)
+    plane.admission.limits = dataclasses.replace(
+        plane.admission.limits,
+        total=servicer.limits.max_unnamed_services,
+        per_agent=servicer.limits.max_unnamed_services_per_agent,
+    )
     pb_grpc.add_ControlPlaneServiceServicer_to_server(servicer, server)
     port = server.add_secure_port(listen, tls.credentials()) if tls else server.add_insecure_port(listen)
     if port == 0:

@@ -98,6 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=64,
         help="most agent ids connected from one address, when agents are not authenticated",
     )
+    sec.add_argument(
+        "--max-unnamed-services",
+        type=int,
+        default=1024,
+        help="most breakers of services no policy names (agents choose those names)",
+    )
+    sec.add_argument(
+        "--max-unnamed-services-per-agent",
+        type=int,
+        default=64,
+        help="most such breakers one agent may cause",
+    )
     demo = commands.add_parser("demo", help="run the fleet scenario live and print the seed's KPIs")
     demo.add_argument("--duration", type=float, default=60.0, help="seconds of traffic (default 60)")
     demo.add_argument("--seed", type=int, default=1, help="varies the scenario's timing, repeatably")
@@ -148,7 +160,12 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
         admin_identities=tuple(args.admin_identity),
         replica_identities=tuple(args.replica_identity),
         agent_tokens_file=args.agent_tokens_file,
-        limits=Limits(max_agents=args.max_agents, max_agents_per_peer=args.max_agents_per_peer),
+        limits=Limits(
+            max_agents=args.max_agents,
+            max_agents_per_peer=args.max_agents_per_peer,
+            max_unnamed_services=args.max_unnamed_services,
+            max_unnamed_services_per_agent=args.max_unnamed_services_per_agent,
+        ),
         advertise=args.advertise,
     )
 

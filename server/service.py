@@ -60,6 +60,9 @@ class Limits:
     max_reason_length: int = 512
     #: Distinct agent ids connected from one address when agents are not authenticated.
     max_agents_per_peer: int = 64
+    #: Breakers of services no policy names: in all, and admitted by one agent.
+    max_unnamed_services: int = 1024
+    max_unnamed_services_per_agent: int = 64
 
 
 class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):

@@ -17,7 +17,6 @@ from mission_control.client.breaker import BreakerState
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import policy_pb2
-from mission_control.server.admission import AdmissionLimits
 from mission_control.server.app import RunningControlPlane
 from mission_control.server.engine import FleetBreakers
 from mission_control.server.etcd_process import EtcdProcess
@@ -155,15 +154,17 @@ async def stored_breakers(etcd: EtcdProcess, prefix: str) -> int:
 
 
 async def test_a_flood_of_service_names_creates_a_bounded_number_of_breakers(
-    plane: str, etcd_server: EtcdProcess, prefix: str
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
 ) -> None:
+    extra = ("--max-unnamed-services", "300", "--max-unnamed-services-per-agent", "20")
+    proc, plane = procs.control_plane(etcd_server.endpoint, prefix, *extra)
+    spawned.append(proc)
     await send_raw(plane, *(flood(seq, "one") for seq in range(1, 41)))
     await asyncio.gather(*(send_raw(plane, flood(1, f"a{i}", 100), agent_id=f"m{i}") for i in range(20)))
-    limits = AdmissionLimits()
     found = await breakers(plane)
-    assert len([n for n in found if n.startswith("junk-one-")]) == limits.per_agent
-    assert len(found) <= limits.total
-    assert await stored_breakers(etcd_server, prefix) <= limits.total
+    assert len([n for n in found if n.startswith("junk-one-")]) == 20
+    assert len(found) == 300  # 20 agents x 20 would be 420
+    assert await stored_breakers(etcd_server, prefix) <= 300
     await fleet_still_works(plane)
 
 
