@@ -14,9 +14,12 @@ import grpc.aio
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mission_control.client.breaker import BreakerState
+from mission_control.client.config import policy_to_json
+from mission_control.client.policy import ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import policy_pb2
+from mission_control.server.admission import AdmissionLimits
 from mission_control.server.app import RunningControlPlane
 from mission_control.server.engine import FleetBreakers
 from mission_control.server.etcd_process import EtcdProcess
@@ -386,3 +389,31 @@ async def test_with_telemetry_a_batch_without_summaries_keeps_its_stream(
         ]
         assert acks == [1, 2]
         await fleet_still_works(address)
+
+
+async def test_an_idle_breaker_no_policy_names_is_forgotten_in_memory_and_in_etcd(
+    control_plane: RunningControlPlane, etcd_server: EtcdProcess, prefix: str
+) -> None:
+    plane = control_plane.plane
+    plane.admission.limits = AdmissionLimits(idle_secs=0.0)
+    assert plane.admission.allows("a", "passing-fad")
+    plane.breakers.record("a", pb.OutcomeSummary(service="passing-fad", failures=5))
+    assert await plane.flush(timeout=10)
+    assert await stored_breakers(etcd_server, prefix) == 1
+    assert plane.admission.idle() == ["passing-fad"]
+    await plane.forget_breaker("passing-fad")
+    assert plane.breakers.find("passing-fad") is None
+    assert await stored_breakers(etcd_server, prefix) == 0
+    # a later write seen by the watch proves the deletion went by without bringing it back
+    store = EtcdStore([etcd_server.endpoint])
+    await store.connect()
+    try:
+        await store.put(plane.policies.key("marker"), policy_to_json(ServicePolicy("marker")).encode())
+    finally:
+        await store.close()
+
+    async def marker_seen() -> bool:
+        return plane.policies.stored("marker") is not None
+
+    await poll(marker_seen)
+    assert plane.breakers.find("passing-fad") is None
