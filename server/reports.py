@@ -161,6 +161,8 @@ class ReportGate:
 
     def _keys_into(self, agent: str, given: object, into: object, most: int) -> bool:
         """Copy the bounded part of an errors_by_* map; True when something was cut."""
+        if not given:
+            return False
         src: dict[str, int] = dict(given)  # type: ignore[call-overload]
         dst = into  # a protobuf map field
         seen = self._keys.setdefault(agent, set())
