@@ -10,6 +10,7 @@ from mission_control.server.admission import AdmissionLimits, ServiceAdmission
 from mission_control.server.engine import FleetBreakers
 from mission_control.server.policies import PolicyBook
 from mission_control.server.reports import ReportGate, ReportLimits
+from mission_control.server.stats import FleetStatistics
 
 U32 = 2**32 - 1
 
@@ -103,3 +104,22 @@ def test_unknown_services_are_admitted_up_to_per_agent_and_total_caps_and_forgot
         breakers.forget(name)
     assert admission.allows("b", "z") and admission.allows("c", "w")
     assert admission.refused == 2
+
+
+def test_counts_beyond_their_fields_saturate() -> None:
+    breakers = FleetBreakers(book().policy_of, clock=Clock())
+    breakers.record("a", pb.OutcomeSummary(service="s", failures=U32, trailing_failures=U32))
+    breakers.record("a", pb.OutcomeSummary(service="s", failures=U32))  # already OPEN: ignored
+    breaker = breakers.get("s")
+    breaker.failures = breaker.consecutive_failures = 2**40
+    message = breakers.to_proto("s")
+    assert message.failures == message.consecutive_failures == U32
+    stats = FleetStatistics()
+    for _ in range(3):
+        stats.add_dropped(2**64 - 1)
+        stats.record("a", pb.OutcomeSummary(service="s", failures=U32, errors_by_type={"X": U32}))
+    stats.recovery_attempts = stats.recovery_successes = 2**64 - 5
+    stats.record("a", pb.OutcomeSummary(service="s", recovery_attempts=U32, recovery_successes=U32))
+    answer = stats.to_proto(book(), 0)
+    assert answer.outcomes_dropped == 2**64 - 1 and answer.recovery_attempts == 2**64 - 1
+    assert 0 <= answer.recovery_success_rate <= 100
