@@ -11,13 +11,22 @@ PROTO_PKG := $(PROTO_DIR)/mission_control/resilience/v1
 PROTOS := $(wildcard $(PROTO_PKG)/*.proto)
 PYTEST_ARGS ?=
 
-.PHONY: install venv etcd buf proto proto-check lint test soak run bench clean
+.PHONY: install venv etcd buf test-tools proto proto-check lint test soak run bench dist clean
 
-install: venv etcd buf
+# Install Debian packages ($(1)) quietly; refresh the package lists once if the first try fails.
+APT_INSTALL = { export DEBIAN_FRONTEND=noninteractive; \
+  apt-get install -y -q $(1) >/dev/null 2>&1 || \
+  { apt-get update -q >/dev/null && apt-get install -y -q $(1) >/dev/null; }; }
+
+install: venv etcd buf test-tools
 
 venv: $(VENV)/.installed
 
+# A fresh Debian has python3 but not always its venv module (python3-venv).
 $(VENV)/.installed: pyproject.toml
+	@command -v python3 >/dev/null 2>&1 || { echo "installing python3 (Debian)"; $(call APT_INSTALL,python3 python3-venv); }
+	@test -x $(PY) || python3 -c 'import ensurepip, venv' 2>/dev/null || \
+	  { echo "installing python3-venv (Debian)"; $(call APT_INSTALL,python3-venv); }
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
@@ -25,17 +34,22 @@ $(VENV)/.installed: pyproject.toml
 
 # etcd from Debian's etcd-server package, unless an etcd binary is already on PATH.
 etcd:
-	@command -v etcd >/dev/null 2>&1 || { \
-	  echo "installing etcd-server (Debian)"; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get install -y -q etcd-server etcd-client >/dev/null 2>&1 || \
-	  { apt-get update -q >/dev/null && apt-get install -y -q etcd-server etcd-client >/dev/null; }; }
+	@command -v etcd >/dev/null 2>&1 && command -v etcdctl >/dev/null 2>&1 || { \
+	  echo "installing etcd-server (Debian)"; $(call APT_INSTALL,etcd-server etcd-client); }
 	@command -v etcd >/dev/null && command -v etcdctl >/dev/null
 
-# buf from npm (@bufbuild/buf), kept in .tools.
+# What only the checks need, from Debian: Prometheus and promtool (alert rules, a real scrape),
+# Chromium (the dashboard in a real browser, driven by Playwright from the venv).
+test-tools:
+	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing prometheus (Debian)"; $(call APT_INSTALL,prometheus); }
+	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium (Debian)"; $(call APT_INSTALL,chromium); }
+
+# buf from npm (@bufbuild/buf), kept in .tools; only checks need it, not `make run`.
 buf: $(BUF)
 
 $(BUF):
+	@command -v npm >/dev/null 2>&1 || { echo "installing npm (Debian)"; $(call APT_INSTALL,npm); }
 	@mkdir -p .tools
 	cd .tools && npm install --silent --no-audit --no-fund @bufbuild/buf@1.75.0
 
@@ -71,11 +85,16 @@ soak: install
 	MC_FUZZ_EXAMPLES=10000 MC_CHAOS_SECS=30 $(BIN)/pytest -q -p no:cacheprovider \
 	  tests/test_fuzz.py tests/server/test_chaos.py tests/client/test_status_hostile.py
 
-run: install
-	$(BIN)/mission-control serve
+run: venv etcd
+	$(BIN)/mission-control serve --http 127.0.0.1:8080
 
 bench: install
 	$(PY) -m bench
+
+# A wheel and an sdist in dist/ (what the container image installs).
+dist: venv
+	rm -rf dist build
+	$(PY) -m build --outdir dist .
 
 clean:
 	rm -rf $(VENV) .tools .state .pytest_cache .mypy_cache .ruff_cache

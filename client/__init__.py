@@ -6,7 +6,7 @@ Agents import from here; nothing in this package imports the control-plane serve
 
 from __future__ import annotations
 
-from .agent import Guard, MissionControl
+from .agent import BreakerView, Guard, MissionControl
 from .config import ErrorHandlingConfig, load_config, load_config_file, validate_configuration
 from .errors import (
     AgentCriticalFailure,
@@ -20,12 +20,15 @@ from .errors import (
     Severity,
     StorageFailure,
 )
+from .executor import current_deadline
+from .outcomes import Outcomes
 from .policy import Backoff, FailureRate, Quota, RetryBudget, ServicePolicy, default_policy
 from .status import error_from_rpc_error, read_status, to_grpc_status, to_status
 
 __all__ = [
     "AgentCriticalFailure",
     "Backoff",
+    "BreakerView",
     "CircuitBreakerOpen",
     "ConfigurationError",
     "ErrorContext",
@@ -36,12 +39,14 @@ __all__ = [
     "MissionControl",
     "MissionControlError",
     "OperationTimeout",
+    "Outcomes",
     "Quota",
     "ResourceExhausted",
     "RetryBudget",
     "ServicePolicy",
     "Severity",
     "StorageFailure",
+    "current_deadline",
     "default_policy",
     "error_from_rpc_error",
     "load_config",

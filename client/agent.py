@@ -3,28 +3,26 @@ for any call that is not gRPC (an LLM's HTTP API, DuckDB, object storage)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import functools
-import inspect
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
+from .admission import known_resources, unknown_cost
+from .breaker import OPERATOR_STATES, BreakerState
 from .config import ErrorHandlingConfig, load_config_file
 from .connection import ControlPlaneConnection
-from .executor import Executor, _Call, _deadline
+from .executor import Executor
+from .guard import Guard
+from .outcomes import Outcomes
 from .policy import ServicePolicy
 from .telemetry import Telemetry, telemetry_from_env
 from .view import LocalView
 
-__all__ = ["Guard", "MissionControl"]
-
-F = TypeVar("F", bound=Callable[..., Any])
+__all__ = ["BreakerView", "Guard", "MissionControl"]
 
 PolicySource = ErrorHandlingConfig | Mapping[str, ServicePolicy] | str | Path | None
 
@@ -39,6 +37,24 @@ def _policies(
     if isinstance(config, ErrorHandlingConfig):
         return config.policy_for
     return config
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerView:
+    """A breaker as this agent enforces it.
+
+    Attributes:
+        state: CLOSED, OPEN, HALF_OPEN or an operator's state.
+        source: "fleet" (the control plane's decision) or "local" (this agent's own).
+        failures: consecutive failures while CLOSED; the failures that opened it otherwise.
+        open_remaining: seconds until an OPEN breaker lets probes through (0 otherwise).
+    """
+
+    service: str
+    state: BreakerState
+    source: str
+    failures: int
+    open_remaining: float
 
 
 class MissionControl:
@@ -58,6 +74,8 @@ class MissionControl:
         token: this agent's bearer token, when the control plane requires agent tokens.
         telemetry: OpenTelemetry hooks; by default from the ``OTEL_*`` environment (off
             unless an OTLP endpoint is set); False turns it off.
+        outcomes: per service, which exceptions count as its failures and which as the
+            caller's own (see :class:`~mission_control.client.outcomes.Outcomes`).
 
     Use as a context manager, or call :meth:`start` and :meth:`close`.
     """
@@ -74,6 +92,7 @@ class MissionControl:
         credentials: grpc.ChannelCredentials | None = None,
         telemetry: Telemetry | bool | None = None,
         token: str | None = None,
+        outcomes: Mapping[str, Outcomes] | None = None,
     ) -> None:
         self.agent = agent
         self.session_id = session_id or uuid.uuid4().hex
@@ -102,12 +121,25 @@ class MissionControl:
                 token=token,
             )
         self.executor = Executor(
-            self.view, self.connection, agent=agent, session_id=self.session_id, telemetry=self.telemetry
+            self.view,
+            self.connection,
+            agent=agent,
+            session_id=self.session_id,
+            telemetry=self.telemetry,
+            outcomes=outcomes,
         )
+        if self.connection is not None:
+            # Forgetting start() would enforce the local defaults for ever, silently.
+            self.executor.not_started = (
+                f"MissionControl({agent!r}) has a control plane but was not started: call "
+                ".start() (or use it as a context manager) before making protected calls"
+            )
 
     def start(self) -> MissionControl:
+        """Connect to the control plane (in the background); calls may go from now on."""
         if self.connection is not None:
             self.connection.start()
+        self.executor.not_started = None
         return self
 
     def close(self) -> None:
@@ -138,6 +170,23 @@ class MissionControl:
         """Block until the control plane's snapshot arrived (or ``timeout``)."""
         return self.connection is not None and self.connection.connected_event.wait(timeout)
 
+    def breaker(self, service: str) -> BreakerView:
+        """This agent's view of ``service``'s breaker now: the fleet's while connected (or
+        forced by an operator), else its own local one. Reading it makes no call."""
+        state = self.view.get(service)
+        now = self.view.clock()
+        fleet = state.fleet
+        if fleet is not None and (self.view.connected or fleet.state in OPERATOR_STATES):
+            left = max(0.0, fleet.open_until - now) if fleet.state is BreakerState.OPEN else 0.0
+            return BreakerView(service, fleet.state, "fleet", fleet.failures, left)
+        with state.lock:
+            local = state.local
+            local.tick(now)
+            failures = (
+                local.failures if local.state is not BreakerState.CLOSED else local.consecutive_failures
+            )
+            return BreakerView(service, local.state, "local", failures, local.open_remaining(now))
+
     def policy(self, service: str) -> ServicePolicy:
         """The policy enforced for ``service`` right now."""
         return self.view.get(service).policy
@@ -151,6 +200,10 @@ class MissionControl:
         timeout: float | None = None,
         cost: Mapping[str, float] | None = None,
         fallbacks: Mapping[str, Callable[..., Any]] | None = None,
+        idempotent: bool = False,
+        record: tuple[type[BaseException], ...] = (),
+        ignore: tuple[type[BaseException], ...] = (),
+        classify: Callable[[BaseException], str | None] | None = None,
     ) -> Guard:
         """Protect calls to ``service``: as a decorator (sync or async functions; retries
         and fallbacks apply) or as a context manager (``with`` / ``async with``; one
@@ -161,159 +214,41 @@ class MissionControl:
             kind: ``"llm"``, ``"storage"`` or ``"other"``, to name failures (default:
                 guessed from the service name).
             timeout: a tighter limit than the policy's, in seconds.
-            cost: weighted quota use per call, e.g. ``{"llm_tokens": 800}``.
+            cost: weighted quota use per attempt, e.g. ``{"llm_tokens": 800}``.
             fallbacks: service name -> a callable with the same arguments, tried in
                 the policy's ``fallbacks`` order when this service cannot serve.
+            idempotent: the call may run twice: a sync call that returned after its
+                deadline may then be retried or sent to a fallback (never otherwise).
+            record / ignore / classify: how exceptions count (see :class:`Outcomes`);
+                by default as the agent's ``outcomes`` for the service say.
+
+        Raises:
+            ConfigurationError: ``cost`` names a resource the service's policy does not
+                limit (here when the policies are local, else at the call).
         """
-        return Guard(self.executor, service, operation, kind, timeout, cost, fallbacks)
+        self._check_cost(service, cost)
+        outcomes = self._outcomes_for(service, record, ignore, classify)
+        return Guard(self.executor, service, operation, kind, timeout, cost, fallbacks, idempotent, outcomes)
 
+    def _check_cost(self, service: str, cost: Mapping[str, float] | None) -> None:
+        # Without a control plane the policies are known now; with one, each call checks
+        # against the policy in force (it may arrive after the guard is built).
+        if not cost or self.connection is not None:
+            return
+        state = self.view.get(service)
+        for resource in sorted(set(cost) - known_resources(state)):
+            raise unknown_cost(state, resource)
 
-class Guard:
-    """Protection for calls to one service; see :meth:`MissionControl.guard`."""
-
-    def __init__(
+    def _outcomes_for(
         self,
-        executor: Executor,
         service: str,
-        operation: str | None,
-        kind: str | None,
-        timeout: float | None,
-        cost: Mapping[str, float] | None,
-        fallbacks: Mapping[str, Callable[..., Any]] | None,
-    ) -> None:
-        self.executor = executor
-        self.service = service
-        self.operation = operation
-        self.kind = kind
-        self.timeout = timeout
-        self.cost = cost
-        self.fallbacks = fallbacks
-        self._entered: contextvars.ContextVar[list[tuple[_Call, str | None, Any]]] = contextvars.ContextVar(
-            f"guard-{id(self)}"
+        record: tuple[type[BaseException], ...],
+        ignore: tuple[type[BaseException], ...],
+        classify: Callable[[BaseException], str | None] | None,
+    ) -> Outcomes | None:
+        if not (record or ignore or classify):
+            return None  # the agent's outcomes for the service, read at each call
+        base = self.executor.outcomes.get(service) or Outcomes()
+        return Outcomes(
+            record=(*record, *base.record), ignore=(*ignore, *base.ignore), classify=classify or base.classify
         )
-
-    # -- decorator ---------------------------------------------------------------
-
-    def __call__(self, func: F) -> F:
-        operation = self.operation or func.__name__
-        ex = self.executor
-        telemetry = ex.telemetry
-        span_name = f"{self.service} {operation}"
-        options: dict[str, Any] = {
-            "operation": operation,
-            "kind": self.kind,
-            "timeout": self.timeout,
-            "cost": self.cost,
-        }
-        if inspect.iscoroutinefunction(func):
-
-            @functools.wraps(func)
-            async def run_async(*args: Any, **kwargs: Any) -> Any:
-                async def attempt(left: float) -> Any:
-                    token = _deadline.set(time.monotonic() + left)
-                    try:
-                        return await func(*args, **kwargs)
-                    finally:
-                        _deadline.reset(token)
-
-                fallbacks = _bind(self.fallbacks, args, kwargs)
-                if telemetry is None:
-                    return await ex.run_async(self.service, attempt, fallbacks=fallbacks, **options)
-                with telemetry.start_span(span_name, {"error.service": self.service}):
-                    return await ex.run_async(self.service, attempt, fallbacks=fallbacks, **options)
-
-            return run_async  # type: ignore[return-value]
-
-        @functools.wraps(func)
-        def run(*args: Any, **kwargs: Any) -> Any:
-            def attempt(left: float) -> Any:
-                token = _deadline.set(time.monotonic() + left)
-                try:
-                    return func(*args, **kwargs)
-                finally:
-                    _deadline.reset(token)
-
-            fallbacks = _bind(self.fallbacks, args, kwargs)
-            if telemetry is None:
-                return ex.run(self.service, attempt, fallbacks=fallbacks, **options)
-            with telemetry.start_span(span_name, {"error.service": self.service}):
-                return ex.run(self.service, attempt, fallbacks=fallbacks, **options)
-
-        return run  # type: ignore[return-value]
-
-    # -- context manager -----------------------------------------------------------
-
-    def _enter(self) -> tuple[_Call, str | None]:
-        call, probe = self.executor.admit(
-            self.service,
-            self.operation or self.service,
-            kind=self.kind,
-            timeout=self.timeout,
-            cost=self.cost,
-        )
-        return call, probe
-
-    def _exit(self, call: _Call, probe: str | None, exc: BaseException | None) -> BaseException | None:
-        """Record the outcome; returns the error to raise instead of ``exc``, if any."""
-        ex = self.executor
-        ex.release(call)
-        if exc is None and ex.clock() > call.deadline:
-            exc = TimeoutError()
-        if exc is None:
-            ex.record(call, probe, None)
-            return None
-        if not isinstance(exc, Exception):
-            return None  # KeyboardInterrupt, CancelledError: not an outcome
-        failure = ex.classify(call, exc)
-        ex.record(call, probe, failure)
-        return ex._with_context(call, failure.error)
-
-    def __enter__(self) -> Guard:
-        call, probe = self._enter()
-        token = _deadline.set(call.deadline)
-        stack = self._entered.get(None) or []
-        self._entered.set([*stack, (call, probe, token)])
-        return self
-
-    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        stack = self._entered.get()
-        call, probe, token = stack[-1]
-        self._entered.set(stack[:-1])
-        _deadline.reset(token)
-        error = self._exit(call, probe, exc)
-        if error is not None and error is not exc:
-            raise error
-
-    async def __aenter__(self) -> Guard:
-        call, probe = self._enter()
-        timer = asyncio.timeout(call.deadline - time.monotonic())
-        await timer.__aenter__()
-        stack = self._entered.get(None) or []
-        self._entered.set([*stack, (call, probe, timer)])
-        return self
-
-    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        stack = self._entered.get()
-        call, probe, timer = stack[-1]
-        self._entered.set(stack[:-1])
-        try:
-            await timer.__aexit__(exc_type, exc, tb)
-        except TimeoutError as timed_out:
-            exc = timed_out
-        error = self._exit(call, probe, exc)
-        if error is not None and error is not exc:
-            raise error
-
-
-def _bind(
-    fallbacks: Mapping[str, Callable[..., Any]] | None,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> dict[str, Callable[[float], Any]] | None:
-    if not fallbacks:
-        return None
-    return {name: functools.partial(_call_with, fn, args, kwargs) for name, fn in fallbacks.items()}
-
-
-def _call_with(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], _left: float) -> Any:
-    return fn(*args, **kwargs)

@@ -13,6 +13,7 @@ a ``google.rpc.Status`` (see :mod:`mission_control.client.status`).
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -69,8 +70,6 @@ class MissionControlError(Exception):
     error_type: ClassVar[str] = "MissionControlError"
     severity: ClassVar[Severity] = Severity.HIGH
     grpc_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
-    #: Whether the resilience executor retries it by default.
-    retryable: ClassVar[bool] = False
     _fields: ClassVar[tuple[str, ...]] = ()
     _message: ClassVar[str] = ""
     _friendly: ClassVar[str] = ""
@@ -178,7 +177,6 @@ class LLMProviderUnavailable(MissionControlError):
     error_type = "LLMProviderUnavailable"
     severity = Severity.HIGH
     grpc_code = grpc.StatusCode.UNAVAILABLE
-    retryable = True
     _fields = ("provider", "details")
     _message = "LLM provider '{provider}' unavailable: {details}"
     _friendly = "AI service '{provider}' is temporarily unavailable. Using backup models."
@@ -186,7 +184,20 @@ class LLMProviderUnavailable(MissionControlError):
     def __init__(self, provider: str, details: str, **kw: Any) -> None:
         self.provider = provider
         self.details = details
+        #: True while a backup model serves instead (the seed's text is then true);
+        #: the executor sets ``backups_tried`` when it hands the error to a caller.
+        self.backup_serving = False
+        self.backups_tried = 0
         super().__init__(**kw)
+
+    def user_friendly_display(self) -> str:
+        """The seed's "Using backup models." only while a backup serves; otherwise what
+        happened: no backup, or every backup failed too."""
+        if self.backup_serving:
+            return super().user_friendly_display()
+        if self.backups_tried:
+            return f"AI service '{self.provider}' is temporarily unavailable, and so are its backup models."
+        return f"AI service '{self.provider}' is temporarily unavailable. Please try again later."
 
 
 class StorageFailure(MissionControlError):
@@ -195,7 +206,6 @@ class StorageFailure(MissionControlError):
     error_type = "StorageFailure"
     severity = Severity.HIGH
     grpc_code = grpc.StatusCode.UNAVAILABLE
-    retryable = True
     _fields = ("backend", "operation", "details")
     _message = "Storage backend '{backend}' failed during {operation}: {details}"
     _friendly = "Storage system '{backend}' is experiencing issues. Your data is safe."
@@ -222,6 +232,16 @@ class CircuitBreakerOpen(MissionControlError):
         self.service = service
         self.failures = failures
         super().__init__(**kw)
+
+    def user_friendly_display(self) -> str:
+        """Nothing retries a call refused by an open breaker (a fallback serves it, when
+        there is one): the text says when to try again instead of the seed's "Will retry
+        automatically"."""
+        paused = f"Service '{self.service}' is temporarily paused to prevent issues."
+        wait = self.retry_after
+        if wait is not None and wait >= 1:
+            return f"{paused} Please try again in {math.ceil(wait)} s."
+        return f"{paused} Please try again shortly."
 
 
 class ResourceExhausted(MissionControlError):
@@ -298,7 +318,6 @@ class OperationTimeout(MissionControlError):
     error_type = "OperationTimeout"
     severity = Severity.MEDIUM
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
-    retryable = True
     _fields = ("operation", "timeout_secs")
     _message = "Operation '{operation}' timed out after {timeout_secs:g}s"
     _friendly = "Operation '{operation}' is taking longer than expected. Results will be available soon."

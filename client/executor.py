@@ -1,116 +1,39 @@
-"""One executor, two loops: the per-call decisions, shared by sync and asyncio callers.
+"""One executor, two thin loops: the sync and asyncio callers carry out the same plan.
 
-Per logical call, in order: breaker (local view; never the network) → rate limit and
-quotas → bulkhead → deadline → the call → classify the outcome with the taxonomy →
-retry (tenacity; backoff + jitter, retryable codes only, honours RetryInfo and
-``grpc-retry-pushback-ms``, never past the deadline, within the retry budget; each retry
-passes the breaker again) → fallback services when the policy names them and the caller
-supplied them → record the outcome for the fleet.
-
-The decision helpers are plain methods; :meth:`Executor.run` and :meth:`Executor.run_async`
-are the only places that call, sleep or await.
+Per logical call: admission (:mod:`.admission`: breaker from the local view, rate limit,
+quotas, bulkhead) → deadline (the policy's timeout, the caller's, and the time left to the
+call this one is made for) → the call → what it counts as (:mod:`.outcomes`) → retry and
+fallback (:mod:`.attempts`) → the outcome recorded for the fleet. Only :meth:`Executor.drive`
+and :meth:`Executor.drive_async` call, sleep or await.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import grpc
-from tenacity import AsyncRetrying, Retrying, retry_if_exception
-
-from .breaker import BreakerState
+from .admission import Admission, Refused, Ticket
+from .attempts import Attempt, CallPlan, Done, Sleep, Step
 from .connection import ControlPlaneConnection
-from .errors import (
-    CircuitBreakerOpen,
-    ErrorContext,
-    LLMProviderUnavailable,
-    MissionControlError,
-    OperationTimeout,
-    ResourceExhausted,
-    StorageFailure,
-)
-from .fleet_limits import LeasedBudget
-from .limits import TokenBucket
-from .retry import policy_stop, policy_wait
-from .status import remote_status_of
+from .deadline import _deadline, current_deadline, inherit_deadline, restore_deadline
+from .errors import ErrorContext, MissionControlError
+from .outcomes import DEFAULT, Counts, Failure, Outcomes, ServiceKind, classify, kind_of
 from .telemetry import Telemetry
 from .view import LocalView, ServiceState
 
-__all__ = ["Executor", "ServiceKind", "current_deadline", "kind_of"]
+__all__ = [
+    "Executor",
+    "ServiceKind",
+    "Ticket",
+    "current_deadline",
+    "inherit_deadline",
+    "kind_of",
+    "restore_deadline",
+]
 
 T = TypeVar("T")
-
-#: Codes that say the *service* failed (they move the breaker); any other code is the
-#: service answering (e.g. INVALID_ARGUMENT is the caller's problem, not an outage).
-FAILURE_CODES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.DATA_LOSS,
-    }
-)
-
-_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "mission_control_deadline", default=None
-)
-
-
-def current_deadline() -> float | None:
-    """Seconds left for the guarded call running in this context (pass it to your I/O)."""
-    deadline = _deadline.get()
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
-class ServiceKind:
-    """What a service is, to name its failures: an LLM provider, storage, or other."""
-
-    LLM = "llm"
-    STORAGE = "storage"
-    OTHER = "other"
-
-
-_STORAGE_HINTS = ("storage", "duckdb", "db", "sql", "r2", "s3", "blob", "bucket", "object")
-
-
-def kind_of(service: str) -> str:
-    """A service's kind guessed from its name (``llm_provider`` -> llm, ``storage_backend``
-    -> storage); pass ``kind=`` explicitly where the name says nothing."""
-    name = service.lower()
-    if "llm" in name or "model" in name:
-        return ServiceKind.LLM
-    if any(hint in name for hint in _STORAGE_HINTS):
-        return ServiceKind.STORAGE
-    return ServiceKind.OTHER
-
-
-class _Failure(Exception):
-    """An attempt's failure as the retry loop sees it (internal)."""
-
-    def __init__(self, error: BaseException, code: grpc.StatusCode | None, retry_after: float | None):
-        super().__init__(str(error))
-        self.error = error
-        self.code = code
-        self.retry_after = retry_after
-
-
-@dataclass(slots=True)
-class _Call:
-    state: ServiceState
-    service: str
-    operation: str
-    kind: str
-    deadline: float
-    timeout: float
-    recovering: bool = False
 
 
 class Executor:
@@ -120,6 +43,7 @@ class Executor:
         view: the local view calls are decided from.
         connection: the control-plane stream (None when running without one).
         agent / session_id: reported in errors' context.
+        outcomes: per service, how its exceptions count (see :class:`.outcomes.Outcomes`).
     """
 
     def __init__(
@@ -132,65 +56,73 @@ class Executor:
         sleep: Callable[[float], None] = time.sleep,
         async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         telemetry: Telemetry | None = None,
+        outcomes: Mapping[str, Outcomes] | None = None,
     ) -> None:
         self.telemetry = telemetry
         self.view = view
         self.connection = connection
+        self.admission = Admission(view, connection)
         self.agent = agent
         self.session_id = session_id
         self.sleep = sleep
         self.async_sleep = async_sleep
         self.clock = view.clock
+        self.outcomes = dict(outcomes or {})
+        #: Why calls may not go yet (a control plane that was never started), else None.
+        self.not_started: str | None = None
 
-    # -- admission -------------------------------------------------------------
+    # -- admission ---------------------------------------------------------------
 
-    def _context(self, service: str, operation: str) -> ErrorContext:
-        return ErrorContext(service, self.agent, operation, self.session_id)
+    def enter(
+        self,
+        service: str,
+        operation: str,
+        kind: str | None,
+        timeout: float | None,
+        cost: Mapping[str, float] | None,
+        deadline: float | None = None,
+    ) -> Ticket | Refused:
+        """Breaker, limits and a bulkhead place for a call's first attempt at ``service``;
+        its deadline is the soonest of the policy's, ``timeout`` and ``deadline``."""
+        if self.not_started is not None:
+            raise RuntimeError(self.not_started)
+        state = self.view.get(service)
+        now = self.clock()
+        decision = self.admission.breaker(state, now)
+        if type(decision) is Refused:
+            return self._refused(state, decision, operation)
+        with state.lock:  # one short section for every limit; never held across a call
+            refused = self.admission.limits(state, cost, now, True)
+            if refused is None:
+                state.budget.record_call(now)
+        if refused is not None:
+            self.admission.give_back(state, decision.probe)  # type: ignore[union-attr]
+            return self._refused(state, refused, operation)
+        seconds = state.policy.timeout_secs
+        if timeout is not None and timeout < seconds:
+            seconds = timeout
+        if deadline is not None and deadline - now < seconds:
+            seconds = max(0.0, deadline - now)
+        if kind is None:
+            kind = state.kind or kind_of(service)
+            state.kind = kind
+        return Ticket(state, operation, kind, now + seconds, seconds, decision.probe)  # type: ignore[union-attr]
 
-    def _reject(self, state: ServiceState, error: MissionControlError, operation: str) -> None:
+    def readmit(self, ticket: Ticket, cost: Mapping[str, float] | None, now: float) -> Refused | None:
+        """The breaker and limits again, for a retry (its bulkhead place is still held)."""
+        state = ticket.state
+        decision = self.admission.breaker(state, now)
+        if isinstance(decision, Refused):
+            self._refused(state, decision, ticket.operation)
+            return decision
         with state.lock:
-            state.tally.rejected += 1
-        error.context = self._context(state.name, operation)
-        if self.telemetry is not None:
-            self.telemetry.call_rejected(error, state.name, operation, "breaker")
-        raise error
-
-    def check_breaker(self, state: ServiceState, operation: str, now: float) -> str | None:
-        """Raises CircuitBreakerOpen when the call must not go; else returns the probe
-        kind the call runs as: "fleet", "local" or None (an ordinary call)."""
-        fleet = state.fleet
-        if fleet is not None and (self.view.connected or fleet.state in _STICKY):
-            s = fleet.state
-            if s is BreakerState.CLOSED or s is BreakerState.FORCED_CLOSED or s is BreakerState.DISABLED:
-                return None
-            if s is BreakerState.HALF_OPEN and state.take_permit(now):
-                return "fleet"
-            if s is not BreakerState.FORCED_OPEN:
-                if s is BreakerState.HALF_OPEN or fleet.open_until <= now:
-                    if self.connection is not None:
-                        self.connection.ask_probe(state.name)
-                    wait: float | None = 0.05
-                else:
-                    wait = fleet.open_until - now
-            else:
-                wait = None
-            self._reject(state, CircuitBreakerOpen(state.name, fleet.failures, retry_after=wait), operation)
-        if state.local.state is BreakerState.CLOSED:  # the common case: no lock needed to read it
-            return None
-        with state.lock:
-            local = state.local
-            local.tick(now)
-            if local.state is BreakerState.HALF_OPEN:
-                if local.acquire_probe(now, "local", state.policy.timeout_secs + 1.0):
-                    return "local"
-                wait = 0.05
-            elif local.state is BreakerState.OPEN:
-                wait = local.open_remaining(now)
-            else:
-                return None
-            failures = local.failures
-        self._reject(state, CircuitBreakerOpen(state.name, failures, retry_after=wait), operation)
-        return None  # unreachable
+            refused = self.admission.limits(state, cost, now, bulkhead=False)
+        if refused is not None:
+            self.admission.give_back(state, decision.probe)
+            self._refused(state, refused, ticket.operation)
+            return refused
+        ticket.probe = decision.probe
+        return None
 
     def admit(
         self,
@@ -200,131 +132,53 @@ class Executor:
         kind: str | None,
         timeout: float | None,
         cost: Mapping[str, float] | None,
-    ) -> tuple[_Call, str | None]:
-        """Breaker, rate limit, quotas, bulkhead and deadline for a new logical call."""
-        state = self.view.get(service)
-        now = self.clock()
-        probe = self.check_breaker(state, operation, now)
-        policy = state.policy
-        with state.lock:  # one short section for every limit; never held across a call
-            refused = self._limits(state, service, cost, now)
-            if refused is None:
-                state.budget.record_call(now)
-            else:
-                state.tally.rejected += 1
-        if refused is not None:
-            error, reason = refused
-            self._give_back(state, probe)
-            error.context = self._context(service, operation)
-            if self.telemetry is not None:
-                self.telemetry.call_rejected(error, service, operation, reason)
-            raise error
-        seconds = policy.timeout_secs if timeout is None else min(policy.timeout_secs, timeout)
-        if kind is None:
-            kind = state.kind or kind_of(service)
-            state.kind = kind
-        return _Call(state, service, operation, kind, now + seconds, seconds), probe
+    ) -> Ticket:
+        """:meth:`enter` for one attempt, within the current context's deadline; raises the
+        refusal (``CircuitBreakerOpen`` or ``ResourceExhausted``)."""
+        admitted = self.enter(service, operation, kind, timeout, cost, _deadline.get())
+        if isinstance(admitted, Refused):
+            raise admitted.error
+        return admitted
+
+    def _refused(self, state: ServiceState, refused: Refused, operation: str) -> Refused:
+        with state.lock:
+            state.tally.rejected += 1
+        refused.error.context = self._context(state.name, operation)
+        if self.telemetry is not None:
+            self.telemetry.call_rejected(refused.error, state.name, operation, refused.reason)
+        return refused
 
     @staticmethod
-    def _limits(
-        state: ServiceState, service: str, cost: Mapping[str, float] | None, now: float
-    ) -> tuple[ResourceExhausted, str] | None:
-        """Take the rate-limit token, the quota costs and a bulkhead place, or none of them;
-        else the error and which limit refused ("rate_limit", "quota" or "bulkhead")."""
-        requests = state.requests_resource
-        bucket: TokenBucket | LeasedBudget = state.leased.get(requests) or state.bucket
-        wait = bucket.take(1.0, now)
-        if wait:
-            limit = state.policy.rate_limit_requests
-            error = ResourceExhausted(requests, bucket.used(now), limit, retry_after=_finite(wait))
-            return error, "rate_limit"
-        taken: list[tuple[TokenBucket | LeasedBudget, float]] = [(bucket, 1.0)]
-        for resource, amount in (cost or {}).items():
-            leased = state.leased.get(resource)
-            quota = leased or state.quotas.get(resource)
-            if quota is None:
-                continue
-            wait = quota.take(amount, now)
-            if wait:
-                for earlier, spent in taken:
-                    earlier.give_back(spent)
-                limit = _quota_limit(state, resource)
-                error = ResourceExhausted(resource, quota.used(now), limit, retry_after=_finite(wait))
-                return error, "quota"
-            taken.append((quota, amount))
-        if not state.bulkhead.enter():
-            for earlier, spent in taken:
-                earlier.give_back(spent)
-            bulkhead = state.bulkhead
-            error = ResourceExhausted(f"{service}.concurrency", bulkhead.in_flight, bulkhead.limit)
-            return error, "bulkhead"
-        return None
-
-    @staticmethod
-    def release(call: _Call) -> None:
-        """The call is over: its bulkhead place is free again."""
-        state = call.state
+    def release(ticket: Ticket) -> None:
+        """The target is done with: its bulkhead place is free again."""
+        state = ticket.state
         with state.lock:
             state.bulkhead.leave()
 
-    def _give_back(self, state: ServiceState, probe: str | None) -> None:
-        if probe == "fleet":
-            with state.lock:
-                state.tally.probes_released += 1
-        elif probe == "local":
-            with state.lock:
-                state.local.release_probes("local", 1)
+    def abandon(self, ticket: Ticket) -> None:
+        """An attempt ended without an outcome (cancelled, interrupted): its probe comes back."""
+        probe, ticket.probe = ticket.probe, None
+        self.admission.give_back(ticket.state, probe)
 
-    # -- outcomes --------------------------------------------------------------
+    def spend_retry(self, ticket: Ticket) -> bool:
+        state = ticket.state
+        with state.lock:
+            return state.budget.try_retry(self.clock())
 
-    def classify(self, call: _Call, exc: BaseException) -> _Failure:
-        """The taxonomy error an attempt's exception stands for, its code, and any wait it
-        asked for. Errors that already carry the taxonomy pass through unchanged."""
-        if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)):
-            return self._classify_rpc(call, exc)
-        if isinstance(exc, MissionControlError):
-            return _Failure(exc, exc.grpc_code, exc.retry_after)
-        if isinstance(exc, TimeoutError):
-            error: BaseException = OperationTimeout(call.operation, call.timeout)
-            error.__cause__ = exc
-            return _Failure(error, grpc.StatusCode.DEADLINE_EXCEEDED, None)
-        if isinstance(exc, ConnectionError | OSError):
-            error = self._unavailable(call, f"{type(exc).__name__}: {exc}") or exc
-            if error is not exc:
-                error.__cause__ = exc
-            return _Failure(error, grpc.StatusCode.UNAVAILABLE, None)
-        return _Failure(exc, None, None)  # the caller's own exception: not an outage
+    # -- outcomes ----------------------------------------------------------------
 
-    def _classify_rpc(self, call: _Call, exc: grpc.RpcError) -> _Failure:
-        remote = remote_status_of(exc)
-        code = remote.code
-        retry_after = remote.retry_after
-        if retry_after is None:
-            retry_after = _pushback(exc)
-        if remote.error is not None:
-            remote.error.__cause__ = exc
-            return _Failure(remote.error, code, retry_after)
-        error: BaseException | None = None
-        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            error = OperationTimeout(call.operation, call.timeout)
-        elif code is grpc.StatusCode.UNAVAILABLE:
-            error = self._unavailable(call, remote.message or code.name)
-        if error is None:
-            return _Failure(exc, code, retry_after)
-        error.__cause__ = exc
-        return _Failure(error, code, retry_after)
+    def classify(self, ticket: Ticket, exc: BaseException, outcomes: Outcomes | None = None) -> Failure:
+        """What ``exc`` from an attempt counts as, and the error the caller gets."""
+        return classify(ticket, exc, outcomes or self.outcomes.get(ticket.service, DEFAULT))
 
-    def _unavailable(self, call: _Call, details: str) -> MissionControlError | None:
-        if call.kind == ServiceKind.LLM:
-            return LLMProviderUnavailable(call.service, details)
-        if call.kind == ServiceKind.STORAGE:
-            return StorageFailure(call.service, call.operation, details)
-        return None
-
-    def record(self, call: _Call, probe: str | None, failure: _Failure | None) -> None:
+    def record(self, ticket: Ticket, failure: Failure | None) -> None:
         """Count one attempt's outcome for the fleet and the local breaker."""
-        state = call.state
-        failed = failure is not None and failure.code in FAILURE_CODES
+        state = ticket.state
+        probe, ticket.probe = ticket.probe, None
+        if failure is not None and failure.counts is Counts.NEITHER:
+            self.admission.give_back(state, probe)  # the service was not judged
+            return
+        failed = failure is not None and failure.counts is Counts.FAILURE
         now = self.clock()
         with state.lock:
             tally = state.tally
@@ -343,7 +197,7 @@ class Executor:
                 error = failure.error
                 name = error.error_type if isinstance(error, MissionControlError) else "Unclassified"
                 tally.errors_by_type[name] += 1
-                tally.errors_by_operation[call.operation] += 1
+                tally.errors_by_operation[ticket.operation] += 1
             if probe == "local":
                 state.local.record_probes(now, "local", int(not failed), int(failed))
             elif probe is None:
@@ -351,39 +205,68 @@ class Executor:
         if failed and self.connection is not None:
             self.connection.nudge()
 
-    def _recovered(self, state: ServiceState, attempted: bool, succeeded: bool) -> None:
-        """Count a call whose first try failed and that was retried or sent to a fallback."""
-        if attempted:
-            with state.lock:
-                state.tally.recovery_attempts += 1
-                if succeeded:
-                    state.tally.recovery_successes += 1
-            if self.telemetry is not None:
-                self.telemetry.recovered(state.name, succeeded)
+    def _context(self, service: str, operation: str) -> ErrorContext:
+        return ErrorContext(service, self.agent, operation, self.session_id)
 
-    def _failed(self, error: BaseException, service: str, operation: str) -> None:
-        """The caller gets ``error``: tell telemetry, when it is on and this is an outage."""
-        if self.telemetry is None:
-            return
-        code = getattr(error, "code", None)
-        if isinstance(error, MissionControlError) or (callable(code) and code() in FAILURE_CODES):
-            self.telemetry.call_failed(error, service, operation)
-
-    def _retryable(self, call: _Call, failure: _Failure) -> bool:
-        error = failure.error
-        if isinstance(error, CircuitBreakerOpen) or failure.code is None:
-            return False
-        if failure.code.name not in call.state.policy.retryable_codes:
-            return False
-        # A quota says when it refills; without that, retrying only burns the budget.
-        return not (isinstance(error, ResourceExhausted) and failure.retry_after is None)
-
-    def _with_context(self, call: _Call, error: BaseException) -> BaseException:
+    def with_context(self, error: BaseException, service: str, operation: str) -> BaseException:
         if isinstance(error, MissionControlError) and error.context is None:
-            error.context = self._context(call.service, call.operation)
+            error.context = self._context(service, operation)
         return error
 
-    # -- the sync loop -----------------------------------------------------------
+    # -- what telemetry and the fleet hear about recovery --------------------------
+
+    def retrying(self, ticket: Ticket, attempt: int, delay: float, error: BaseException) -> None:
+        if self.telemetry is not None:
+            self.telemetry.retrying(ticket.service, attempt, delay, error)
+
+    def recovered(self, state: ServiceState, succeeded: bool) -> None:
+        """Count a call whose first try failed and that was retried or sent to a fallback."""
+        with state.lock:
+            state.tally.recovery_attempts += 1
+            if succeeded:
+                state.tally.recovery_successes += 1
+        if self.telemetry is not None:
+            self.telemetry.recovered(state.name, succeeded)
+
+    def fell_back(self, state: ServiceState, fallback: str, served: bool) -> None:
+        if self.telemetry is not None:
+            self.telemetry.fell_back(state.name, fallback, served)
+        if served:
+            self.recovered(state, True)
+
+    def given_up(
+        self,
+        state: ServiceState,
+        operation: str,
+        error: BaseException,
+        failure: Failure | None,
+        attempted: bool,
+    ) -> None:
+        """Nothing saved the call: count it and tell telemetry when it is an outage."""
+        if attempted:
+            self.recovered(state, False)
+        if self.telemetry is not None and (failure is None or failure.counts is Counts.FAILURE):
+            self.telemetry.call_failed(error, state.name, operation)
+
+    # -- the loops -----------------------------------------------------------------
+
+    def plan(
+        self,
+        service: str,
+        *,
+        operation: str = "",
+        kind: str | None = None,
+        timeout: float | None = None,
+        cost: Mapping[str, float] | None = None,
+        fallbacks: Mapping[str, Any] | None = None,
+        idempotent: bool = False,
+        outcomes: Outcomes | None = None,
+    ) -> CallPlan:
+        """The plan of one logical call (see :mod:`.attempts`)."""
+        names = tuple(fallbacks) if fallbacks else ()
+        return CallPlan(
+            self, service, operation, kind, timeout, cost, names, idempotent, outcomes, _deadline.get()
+        )
 
     def run(
         self,
@@ -395,142 +278,42 @@ class Executor:
         timeout: float | None = None,
         cost: Mapping[str, float] | None = None,
         fallbacks: Mapping[str, Callable[[float], T]] | None = None,
+        idempotent: bool = False,
+        outcomes: Outcomes | None = None,
     ) -> T:
         """Run ``attempt(seconds_left)`` under the service's policy; returns its result or
-        raises the classified error."""
-        try:
-            call, probe = self.admit(service, operation, kind=kind, timeout=timeout, cost=cost)
-        except (CircuitBreakerOpen, ResourceExhausted) as rejected:
-            return self._fall_back(service, rejected, operation, timeout, fallbacks, False)
-        try:
-            try:
-                return self._attempt(call, probe, attempt)
-            except _Failure as failure:
-                outcome = self._retry(call, failure, attempt)
-        finally:
-            self.release(call)
-        return self._fall_back(service, outcome, operation, timeout, fallbacks, call.recovering)
-
-    def _attempt(self, call: _Call, probe: str | None, attempt: Callable[[float], T]) -> T:
-        left = call.deadline - self.clock()
-        if left <= 0:
-            raise self._timed_out(call, probe)
-        try:
-            result = attempt(left)
-        except Exception as exc:
-            failure = self.classify(call, exc)
-            self.record(call, probe, failure)
-            raise failure from None
-        if self.clock() > call.deadline:  # a sync call cannot be interrupted: late is a timeout
-            raise self._timed_out(call, probe)
-        self.record(call, probe, None)
-        return result
-
-    def _timed_out(self, call: _Call, probe: str | None) -> _Failure:
-        error = OperationTimeout(call.operation, call.timeout)
-        failure = _Failure(error, grpc.StatusCode.DEADLINE_EXCEEDED, None)
-        self.record(call, probe, failure)
-        return failure
-
-    def _retrying(self, call: _Call, cls: type[Retrying] | type[AsyncRetrying]) -> Any:
-        state = call.state
-        policy = state.policy
-        left = call.deadline - self.clock()
-
-        def spend_retry() -> bool:
-            with state.lock:
-                return state.budget.try_retry(self.clock())
-
-        telemetry = self.telemetry
-
-        def before_sleep(retry_state: Any) -> None:
-            if telemetry is not None:
-                failure = retry_state.outcome.exception()
-                error = getattr(failure, "error", failure)
-                telemetry.retrying(
-                    call.service, retry_state.attempt_number, retry_state.upcoming_sleep, error
-                )
-
-        return cls(
-            sleep=self.sleep if cls is Retrying else self.async_sleep,  # type: ignore[arg-type]
-            before_sleep=before_sleep,
-            stop=policy_stop(policy.max_retries, left, spend_retry),
-            wait=policy_wait(policy.backoff),
-            retry=retry_if_exception(lambda e: isinstance(e, _Failure) and self._retryable(call, e)),
-            reraise=True,
+        raises the classified error. Arguments as :meth:`plan`."""
+        names = tuple(fallbacks) if fallbacks else ()
+        plan = CallPlan(
+            self, service, operation, kind, timeout, cost, names, idempotent, outcomes, _deadline.get()
         )
+        functions = {service: attempt, **fallbacks} if fallbacks else {service: attempt}
+        return self.drive(plan, plan.start(), functions)  # type: ignore[no-any-return]
 
-    def _retry(self, call: _Call, first: _Failure, attempt: Callable[[float], T]) -> BaseException:
-        """Retries after a failed first attempt: the final error, or _Success."""
-        if not self._retryable(call, first) or call.state.policy.max_retries == 0:
-            return self._with_context(call, first.error)
-        call.recovering = True
-        replay = [first]
-
-        def again() -> T:
-            if replay:  # tenacity's first attempt is the one already made
-                raise replay.pop()
-            probe = self.check_breaker(call.state, call.operation, self.clock())
-            return self._attempt(call, probe, attempt)
-
+    def drive(self, plan: CallPlan, step: Step, functions: Mapping[str, Callable[[float], Any]]) -> Any:
+        """Carry out ``plan`` from ``step`` in this thread."""
         try:
-            return _Success(self._retrying(call, Retrying)(again))
-        except _Failure as failure:
-            return self._with_context(call, failure.error)
-        except CircuitBreakerOpen as rejected:
-            return rejected
-
-    def _fall_back(
-        self,
-        service: str,
-        outcome: BaseException,
-        operation: str,
-        timeout: float | None,
-        fallbacks: Mapping[str, Callable[[float], T]] | None,
-        attempted: bool,
-    ) -> T:
-        state = self.view.get(service)
-        if isinstance(outcome, _Success):
-            self._recovered(state, attempted, True)
-            return outcome.result  # type: ignore[no-any-return]
-        for name in self._fallback_names(state, outcome, fallbacks):
-            attempted = True
-            assert fallbacks is not None
-            try:
-                result = self.run(name, fallbacks[name], operation=operation, timeout=timeout)
-            except Exception as fallback_error:
-                self._fallback_failed(outcome, service, name, fallback_error)
-                continue
-            self._fallback_served(state, name)
-            return result
-        raise self._given_up(state, outcome, operation, attempted)
-
-    def _fallback_failed(self, outcome: BaseException, service: str, name: str, error: Exception) -> None:
-        outcome.add_note(f"fallback {name!r} failed too: {error}")
-        if self.telemetry is not None:
-            self.telemetry.fell_back(service, name, False)
-
-    def _fallback_served(self, state: ServiceState, name: str) -> None:
-        if self.telemetry is not None:
-            self.telemetry.fell_back(state.name, name, True)
-        self._recovered(state, True, True)
-
-    def _given_up(
-        self, state: ServiceState, outcome: BaseException, operation: str, attempted: bool
-    ) -> BaseException:
-        """Nothing saved the call: count it, tell telemetry, and hand back the error."""
-        self._recovered(state, attempted, False)
-        self._failed(outcome, state.name, operation)
-        return outcome
-
-    def _fallback_names(
-        self, state: ServiceState, error: BaseException, fallbacks: Mapping[str, Any] | None
-    ) -> list[str]:
-        if not fallbacks or not _falls_back(error):
-            return []
-        return [name for name in state.policy.fallbacks if name in fallbacks]
-
-    # -- the asyncio loop --------------------------------------------------------
+            while True:
+                if type(step) is Attempt:
+                    token = _deadline.set(step.deadline)
+                    try:
+                        result = functions[step.target](step.left)
+                    except Exception as exc:
+                        step = plan.failed(exc)
+                    else:
+                        step = plan.succeeded(result)
+                    finally:
+                        _deadline.reset(token)
+                elif type(step) is Sleep:
+                    self.sleep(step.seconds)
+                    step = plan.slept()
+                else:
+                    assert isinstance(step, Done)
+                    if step.error is not None:
+                        raise step.error
+                    return step.result
+        finally:
+            plan.close()
 
     async def run_async(
         self,
@@ -542,124 +325,40 @@ class Executor:
         timeout: float | None = None,
         cost: Mapping[str, float] | None = None,
         fallbacks: Mapping[str, Callable[[float], Awaitable[T]]] | None = None,
+        idempotent: bool = False,
+        outcomes: Outcomes | None = None,
     ) -> T:
         """The asyncio form of :meth:`run`; the deadline cancels a slow attempt."""
+        names = tuple(fallbacks) if fallbacks else ()
+        plan = CallPlan(
+            self, service, operation, kind, timeout, cost, names, idempotent, outcomes, _deadline.get()
+        )
+        functions = {service: attempt, **fallbacks} if fallbacks else {service: attempt}
+        return await self.drive_async(plan, plan.start(), functions)  # type: ignore[no-any-return]
+
+    async def drive_async(
+        self, plan: CallPlan, step: Step, functions: Mapping[str, Callable[[float], Awaitable[Any]]]
+    ) -> Any:
         try:
-            call, probe = self.admit(service, operation, kind=kind, timeout=timeout, cost=cost)
-        except (CircuitBreakerOpen, ResourceExhausted) as rejected:
-            return await self._fall_back_async(service, rejected, operation, timeout, fallbacks, False)
-        try:
-            try:
-                return await self._attempt_async(call, probe, attempt)
-            except _Failure as failure:
-                outcome = await self._retry_async(call, failure, attempt)
+            while True:
+                if type(step) is Attempt:
+                    token = _deadline.set(step.deadline)
+                    try:
+                        async with asyncio.timeout(step.left):
+                            result = await functions[step.target](step.left)
+                    except Exception as exc:
+                        step = plan.failed(exc)
+                    else:
+                        step = plan.succeeded(result)
+                    finally:
+                        _deadline.reset(token)
+                elif type(step) is Sleep:
+                    await self.async_sleep(step.seconds)
+                    step = plan.slept()
+                else:
+                    assert isinstance(step, Done)
+                    if step.error is not None:
+                        raise step.error
+                    return step.result
         finally:
-            self.release(call)
-        return await self._fall_back_async(service, outcome, operation, timeout, fallbacks, call.recovering)
-
-    async def _attempt_async(
-        self, call: _Call, probe: str | None, attempt: Callable[[float], Awaitable[T]]
-    ) -> T:
-        left = call.deadline - self.clock()
-        if left <= 0:
-            raise self._timed_out(call, probe)
-        try:
-            async with asyncio.timeout(left):
-                result = await attempt(left)
-        except Exception as exc:
-            failure = self.classify(call, exc)
-            self.record(call, probe, failure)
-            raise failure from None
-        self.record(call, probe, None)
-        return result
-
-    async def _retry_async(
-        self, call: _Call, first: _Failure, attempt: Callable[[float], Awaitable[T]]
-    ) -> BaseException:
-        if not self._retryable(call, first) or call.state.policy.max_retries == 0:
-            return self._with_context(call, first.error)
-        call.recovering = True
-        replay = [first]
-
-        async def again() -> T:
-            if replay:
-                raise replay.pop()
-            probe = self.check_breaker(call.state, call.operation, self.clock())
-            return await self._attempt_async(call, probe, attempt)
-
-        try:
-            return _Success(await self._retrying(call, AsyncRetrying)(again))
-        except _Failure as failure:
-            return self._with_context(call, failure.error)
-        except CircuitBreakerOpen as rejected:
-            return rejected
-
-    async def _fall_back_async(
-        self,
-        service: str,
-        outcome: BaseException,
-        operation: str,
-        timeout: float | None,
-        fallbacks: Mapping[str, Callable[[float], Awaitable[T]]] | None,
-        attempted: bool,
-    ) -> T:
-        state = self.view.get(service)
-        if isinstance(outcome, _Success):
-            self._recovered(state, attempted, True)
-            return outcome.result  # type: ignore[no-any-return]
-        for name in self._fallback_names(state, outcome, fallbacks):
-            attempted = True
-            assert fallbacks is not None
-            try:
-                result = await self.run_async(name, fallbacks[name], operation=operation, timeout=timeout)
-            except Exception as fallback_error:
-                self._fallback_failed(outcome, service, name, fallback_error)
-                continue
-            self._fallback_served(state, name)
-            return result
-        raise self._given_up(state, outcome, operation, attempted)
-
-
-class _Success(Exception):
-    """Carries a retry loop's result out of the helper (internal)."""
-
-    def __init__(self, result: Any) -> None:
-        super().__init__("success")
-        self.result = result
-
-
-_STICKY = frozenset({BreakerState.FORCED_OPEN, BreakerState.FORCED_CLOSED, BreakerState.DISABLED})
-
-
-def _falls_back(error: BaseException) -> bool:
-    """Whether another service may serve a call that failed with ``error``."""
-    if isinstance(
-        error,
-        CircuitBreakerOpen | LLMProviderUnavailable | StorageFailure | OperationTimeout | ResourceExhausted,
-    ):
-        return True
-    code = getattr(error, "code", None)
-    return callable(code) and code() in FAILURE_CODES
-
-
-def _quota_limit(state: ServiceState, resource: str) -> int:
-    for quota in state.policy.quotas:
-        if quota.resource == resource:
-            return quota.limit
-    return 0
-
-
-def _finite(wait: float) -> float | None:
-    return wait if math.isfinite(wait) else None
-
-
-def _pushback(exc: grpc.RpcError) -> float | None:
-    try:
-        metadata: Any = exc.trailing_metadata() or ()  # type: ignore[attr-defined]
-        for key, value in metadata:
-            if key == "grpc-retry-pushback-ms":
-                ms = int(value)
-                return ms / 1000.0 if ms >= 0 else None
-    except (TypeError, ValueError, AttributeError):
-        return None
-    return None
+            plan.close()

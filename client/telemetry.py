@@ -2,8 +2,10 @@
 error logs — configured only by the standard ``OTEL_*`` variables, off by default.
 
 Telemetry is on when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or its traces/metrics variant) is
-set; ``OTEL_SDK_DISABLED=true`` turns it off. Export goes over OTLP/gRPC with
-``OTEL_EXPORTER_OTLP_HEADERS`` (e.g. Axiom's ``Authorization`` and ``X-Axiom-Dataset``);
+set; ``OTEL_SDK_DISABLED=true`` turns it off. Export goes over OTLP/gRPC, or OTLP/HTTP with
+``OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`` (per signal: ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL``,
+``OTEL_EXPORTER_OTLP_METRICS_PROTOCOL``), with ``OTEL_EXPORTER_OTLP_HEADERS`` (e.g. Axiom's
+``Authorization`` and ``X-Axiom-Dataset``);
 ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` override the defaults
 (``service.name``, ``service.version``, ``deployment.environment`` from
 ``MISSION_CONTROL_ENVIRONMENT``). ``MISSION_CONTROL_TELEMETRY_USER_ID=true`` opts in to
@@ -300,10 +302,47 @@ class Telemetry:
             self.recovery_successes.add(1, attrs)
 
 
+_PROTOCOLS = ("grpc", "http/protobuf")
+
+
+class UnsupportedProtocol(ValueError):
+    """``OTEL_EXPORTER_OTLP_*PROTOCOL`` names a protocol this package cannot export with."""
+
+
+def otlp_protocol(signal: str) -> str:
+    """The OTLP protocol for ``signal`` ("traces" or "metrics"): the per-signal variable, then
+    ``OTEL_EXPORTER_OTLP_PROTOCOL``, then ``grpc`` (this package's default since its first
+    release; the specification's default is ``http/protobuf``)."""
+    value = (
+        os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL")
+        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "grpc"
+    ).strip()
+    if value not in _PROTOCOLS:
+        known = ", ".join(_PROTOCOLS)
+        raise UnsupportedProtocol(f"OTLP protocol {value!r} is not supported (use one of {known})")
+    return value
+
+
+def _exporters() -> tuple[Any, Any]:
+    """The span and metric exporters the environment asks for, each reading its own variables."""
+    if otlp_protocol("traces") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # type: ignore[assignment]
+    if otlp_protocol("metrics") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # type: ignore[assignment]
+            OTLPMetricExporter,
+        )
+    return OTLPSpanExporter(), OTLPMetricExporter()
+
+
 def _providers(component: str) -> tuple[Any, Any]:
-    from opentelemetry.exporter.otlp.proto.grpc import exporter as otlp_exporter
-    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.exporter.otlp.proto.grpc import exporter as grpc_exporter
+    from opentelemetry.exporter.otlp.proto.http import metric_exporter as http_metrics
+    from opentelemetry.exporter.otlp.proto.http import trace_exporter as http_traces
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
     from opentelemetry.sdk.resources import OTELResourceDetector, Resource
@@ -311,7 +350,9 @@ def _providers(component: str) -> tuple[Any, Any]:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     # An unreachable collector must not flood the log: the first failure is enough.
-    logging.getLogger(otlp_exporter.__name__).addFilter(_Once())
+    for name in (grpc_exporter.__name__, http_traces.__name__, http_metrics.__name__):
+        logging.getLogger(name).addFilter(_Once())
+    span_exporter, metric_exporter = _exporters()
     defaults = Resource.create(
         {
             "service.name": f"mission-control-{component}",
@@ -321,9 +362,9 @@ def _providers(component: str) -> tuple[Any, Any]:
     )
     resource = defaults.merge(OTELResourceDetector().detect())
     tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-    tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
     interval = int(os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", "10000"))
-    reader = PeriodicExportingMetricReader(OTLPMetricExporter(), export_interval_millis=interval)
+    reader = PeriodicExportingMetricReader(metric_exporter, export_interval_millis=interval)
     meter_provider = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
     return tracer_provider, meter_provider
 
@@ -335,6 +376,9 @@ def telemetry_from_env(component: str, agent: str = "") -> Telemetry | None:
         return None
     try:
         tracer_provider, meter_provider = _providers(component)
+    except UnsupportedProtocol as err:
+        _log.error("telemetry is off: %s", err)
+        return None
     except Exception as err:
         _log.error("telemetry is off: could not set it up (%s)", type(err).__name__)
         return None

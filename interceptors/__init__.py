@@ -1,12 +1,15 @@
 """gRPC adapters over the resilience client.
 
-Client side: :func:`client_interceptor` (sync) and :func:`aio_client_interceptors`
-(asyncio) decide every call from the agent's local view — breaker, rate limit, bulkhead,
-deadline, retry, fallback — and raise the taxonomy's errors.
+Client side: :func:`client_interceptor` / :func:`protected_channel` (sync) and
+:func:`aio_client_interceptors` / :func:`aio_protected_channel` (asyncio) decide every call,
+of every kind, from the agent's local view — breaker, rate limit, bulkhead, deadline, and
+for unary calls retry and fallback — and raise the taxonomy's errors.
 
 Server side: :func:`server_interceptor` / :func:`aio_server_interceptor` make a
 :class:`~mission_control.client.errors.MissionControlError` raised in a servicer leave as
-its rich ``google.rpc.Status``; any other exception leaves as ``AgentCriticalFailure``.
+its rich ``google.rpc.Status``, a plain gRPC error from a call it made as that status, and
+any other exception as ``AgentCriticalFailure``; calls the servicer makes get at most the
+time its caller has left.
 """
 
 from __future__ import annotations
@@ -17,15 +20,22 @@ from typing import Any
 import grpc
 import grpc.aio
 from mission_control.client.agent import MissionControl
+from mission_control.client.outcomes import Outcomes
 
-from ._aio_client import AioUnaryStreamInterceptor, AioUnaryUnaryInterceptor
+from ._aio_client import (
+    AioStreamStreamInterceptor,
+    AioStreamUnaryInterceptor,
+    AioUnaryStreamInterceptor,
+    AioUnaryUnaryInterceptor,
+)
 from ._aio_server import AioServerInterceptor
 from ._client import ClientInterceptor
-from ._client_common import ServiceMap, check_agent
+from ._client_common import ServiceMap, check_mc
 from ._server import ServerInterceptor
 
 __all__ = [
     "aio_client_interceptors",
+    "aio_protected_channel",
     "aio_server_interceptor",
     "client_interceptor",
     "protected_channel",
@@ -34,17 +44,19 @@ __all__ = [
 
 
 def client_interceptor(
-    agent: MissionControl,
+    mc: MissionControl,
     *,
     service: str | None = None,
     services: ServiceMap = None,
     kind: str | None = None,
     fallback_channels: Mapping[str, grpc.Channel] | None = None,
+    idempotent: bool = False,
+    outcomes: Outcomes | None = None,
 ) -> ClientInterceptor:
     """Interceptor for ``grpc.intercept_channel(channel, ...)``.
 
     Args:
-        agent: the agent's :class:`MissionControl`.
+        mc: the agent's :class:`MissionControl`.
         service: the service (policy and breaker) of every call on the channel.
         services: per method (``/pkg.Svc/Method``) or gRPC service (``pkg.Svc``) service
             names, or a function of the method; the rest go to ``service``, or to their
@@ -52,57 +64,91 @@ def client_interceptor(
         kind: ``"llm"``, ``"storage"`` or ``"other"``, to name plain failures
             (default: guessed from the service name).
         fallback_channels: service name -> a channel to the same API, tried in the
-            policy's ``fallbacks`` order when the service cannot serve a call.
+            policy's ``fallbacks`` order when the service cannot serve a unary call.
+        idempotent: the methods may run twice (a late call may then be retried).
+        outcomes: how errors count for the breaker (default: the agent's for the service).
 
-    Raises from a call: the taxonomy error the call failed with (``CircuitBreakerOpen``,
-    ``ResourceExhausted``, ``OperationTimeout``, ``LLMProviderUnavailable``, …); an error
-    the taxonomy cannot name leaves as the original ``grpc.RpcError``.
+    Unary calls are retried and fall back; streaming calls of every kind are admitted,
+    bounded by the deadline and recorded, never retried. Raises from a call: the taxonomy
+    error it failed with (``CircuitBreakerOpen``, ``ResourceExhausted``,
+    ``OperationTimeout``, ``LLMProviderUnavailable``, …); an error the taxonomy cannot name
+    leaves as the original ``grpc.RpcError``.
     """
-    return ClientInterceptor(check_agent(agent), service, services, kind, fallback_channels)
+    return ClientInterceptor(check_mc(mc), service, services, kind, fallback_channels, idempotent, outcomes)
 
 
 def protected_channel(
     channel: grpc.Channel,
-    agent: MissionControl,
+    mc: MissionControl,
     *,
     service: str | None = None,
     services: ServiceMap = None,
     kind: str | None = None,
     fallback_channels: Mapping[str, grpc.Channel] | None = None,
+    idempotent: bool = False,
+    outcomes: Outcomes | None = None,
 ) -> grpc.Channel:
     """``channel`` with our interceptor and, when the agent's telemetry is on,
     OpenTelemetry's client interceptor around it (so each call's span is the one our
     attributes and retry/fallback events go on). Arguments as :func:`client_interceptor`."""
     ours = client_interceptor(
-        agent, service=service, services=services, kind=kind, fallback_channels=fallback_channels
+        mc,
+        service=service,
+        services=services,
+        kind=kind,
+        fallback_channels=fallback_channels,
+        idempotent=idempotent,
+        outcomes=outcomes,
     )
     protected = grpc.intercept_channel(channel, ours)
-    if agent.telemetry is None:
+    if mc.telemetry is None:
         return protected
     from opentelemetry.instrumentation.grpc import grpcext
 
-    return grpcext.intercept_channel(protected, agent.telemetry.grpc_client_interceptor())  # type: ignore[no-any-return]
+    return grpcext.intercept_channel(protected, mc.telemetry.grpc_client_interceptor())  # type: ignore[no-any-return]
 
 
 def aio_client_interceptors(
-    agent: MissionControl,
+    mc: MissionControl,
     *,
     service: str | None = None,
     services: ServiceMap = None,
     kind: str | None = None,
     fallback_channels: Mapping[str, grpc.aio.Channel] | None = None,
+    idempotent: bool = False,
+    outcomes: Outcomes | None = None,
 ) -> list[Any]:
     """Interceptors for ``grpc.aio.insecure_channel(..., interceptors=...)``; arguments as
     :func:`client_interceptor`. With the agent's telemetry on, OpenTelemetry's client
     interceptors come first, so each call's span carries our attributes and events."""
-    check_agent(agent)
+    check_mc(mc)
+    args = (mc, service, services, kind, fallback_channels, idempotent, outcomes)
     ours: list[Any] = [
-        AioUnaryUnaryInterceptor(agent, service, services, kind, fallback_channels),
-        AioUnaryStreamInterceptor(agent, service, services, kind, fallback_channels),
+        AioUnaryUnaryInterceptor(*args),
+        AioUnaryStreamInterceptor(*args),
+        AioStreamUnaryInterceptor(*args),
+        AioStreamStreamInterceptor(*args),
     ]
-    if agent.telemetry is None:
+    if mc.telemetry is None:
         return ours
-    return [*agent.telemetry.grpc_aio_client_interceptors(), *ours]
+    return [*mc.telemetry.grpc_aio_client_interceptors(), *ours]
+
+
+def aio_protected_channel(
+    target: str,
+    mc: MissionControl,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    options: Any = None,
+    **protection: Any,
+) -> grpc.aio.Channel:
+    """The asyncio twin of :func:`protected_channel`: a ``grpc.aio`` channel to ``target``
+    (secure when ``credentials`` are given) with :func:`aio_client_interceptors`;
+    ``protection`` as its arguments. (An aio channel takes its interceptors when made.)"""
+    interceptors = aio_client_interceptors(mc, **protection)
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
 
 
 def server_interceptor(*, agent: str | None = None, debug: bool | None = None) -> ServerInterceptor:

@@ -1,4 +1,9 @@
-"""asyncio client interceptors: the same decisions as the sync one, awaiting the call."""
+"""asyncio client interceptors: the same decisions as the sync one, awaiting the call.
+
+A unary call hands back the call object of the attempt that served it (so
+``initial_metadata()``, ``trailing_metadata()`` and ``add_done_callback`` work as on an
+un-intercepted call); a streaming call is the call itself, admitted and recorded.
+"""
 
 from __future__ import annotations
 
@@ -8,40 +13,85 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from mission_control.client.admission import Ticket
 from mission_control.client.agent import MissionControl
+from mission_control.client.outcomes import Outcomes
 
 from ._client_common import ServiceMap, ServiceNamer, operation_of, response_class, with_timeout
+
+_Continuation = Callable[[grpc.aio.ClientCallDetails, Any], Any]
 
 
 class _Base:
     def __init__(
         self,
-        agent: MissionControl,
+        mc: MissionControl,
         service: str | None = None,
         services: ServiceMap = None,
         kind: str | None = None,
         fallback_channels: Mapping[str, grpc.aio.Channel] | None = None,
+        idempotent: bool = False,
+        outcomes: Outcomes | None = None,
     ) -> None:
-        self._executor = agent.executor
+        self._executor = mc.executor
         self._service_of = ServiceNamer(service, services)
         self._kind = kind
         self._fallback_channels = dict(fallback_channels or {})
+        self._idempotent = idempotent
+        self._outcomes = outcomes
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def _stream(self, continuation: _Continuation, details: Any, request: Any) -> Any:
+        """One attempt: admitted, given the deadline, its outcome recorded when it ends
+        (a stream is never retried: once it has sent or received anything it may have
+        taken effect)."""
+        method = _method(details)
+        ex = self._executor
+        service = self._service_of(method)
+        ticket = ex.admit(service, operation_of(method), kind=self._kind, timeout=details.timeout, cost=None)
+        try:
+            call = await continuation(with_timeout(details, ticket.timeout, aio=True), request)
+        except BaseException:
+            ex.release(ticket)
+            ex.abandon(ticket)
+            raise
+
+        def done(_: Any) -> None:
+            ex.release(ticket)
+            task = asyncio.get_running_loop().create_task(self._record(ticket, call))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+        call.add_done_callback(done)
+        return call
+
+    async def _record(self, ticket: Ticket, call: Any) -> None:
+        ex = self._executor
+        code = await call.code()
+        failure = None
+        if code is not grpc.StatusCode.OK:
+            error = grpc.aio.AioRpcError(
+                code, await call.initial_metadata(), await call.trailing_metadata(), await call.details(), ""
+            )
+            failure = ex.classify(ticket, error, self._outcomes)
+        ex.record(ticket, failure)
+
+
+def _method(details: Any) -> str:
+    method = details.method
+    return method.decode() if isinstance(method, bytes) else method  # type: ignore[no-any-return]
 
 
 class AioUnaryUnaryInterceptor(_Base, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
-        self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: Any,
+        self, continuation: _Continuation, client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
-        method = client_call_details.method
-        if isinstance(method, bytes):
-            method = method.decode()
+        method = _method(client_call_details)
 
         async def attempt(left: float) -> Any:
             call = await continuation(with_timeout(client_call_details, left, aio=True), request)
-            return await call
+            await call  # raises the call's AioRpcError
+            return call
 
         return await self._executor.run_async(
             self._service_of(method),
@@ -50,6 +100,8 @@ class AioUnaryUnaryInterceptor(_Base, grpc.aio.UnaryUnaryClientInterceptor):
             kind=self._kind,
             timeout=client_call_details.timeout,
             fallbacks=self._fallbacks(method, client_call_details, request),
+            idempotent=self._idempotent,
+            outcomes=self._outcomes,
         )
 
     def _fallbacks(self, method: str, details: Any, request: Any) -> dict[str, Any] | None:
@@ -63,7 +115,9 @@ class AioUnaryUnaryInterceptor(_Base, grpc.aio.UnaryUnaryClientInterceptor):
                     request_serializer=type(request).SerializeToString,
                     response_deserializer=response_class(method).FromString,
                 )
-                return await stub(request, timeout=left, metadata=details.metadata)
+                call = stub(request, timeout=left, metadata=details.metadata)
+                await call
+                return call
 
             return attempt
 
@@ -72,50 +126,26 @@ class AioUnaryUnaryInterceptor(_Base, grpc.aio.UnaryUnaryClientInterceptor):
 
 class AioUnaryStreamInterceptor(_Base, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(
-        self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: Any,
+        self, continuation: _Continuation, client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
-        method = client_call_details.method
-        if isinstance(method, bytes):
-            method = method.decode()
-        ex = self._executor
-        call, probe = ex.admit(
-            self._service_of(method),
-            operation_of(method),
-            kind=self._kind,
-            timeout=client_call_details.timeout,
-            cost=None,
-        )
-        try:
-            details = with_timeout(client_call_details, call.timeout, aio=True)
-            stream = await continuation(details, request)
-        except BaseException:
-            ex.release(call)
-            raise
-        pending: set[asyncio.Task[None]] = set()
+        return await self._stream(continuation, client_call_details, request)
 
-        async def finish() -> None:
-            code = await stream.code()
-            failed = code is not grpc.StatusCode.OK
-            failure = None
-            if failed:
-                error = grpc.aio.AioRpcError(
-                    code,
-                    await stream.initial_metadata(),
-                    await stream.trailing_metadata(),
-                    await stream.details(),
-                    "",
-                )
-                failure = ex.classify(call, error)
-            ex.record(call, probe, failure)
 
-        def done(_: Any) -> None:
-            ex.release(call)
-            task = asyncio.get_running_loop().create_task(finish())
-            pending.add(task)
-            task.add_done_callback(pending.discard)
+class AioStreamUnaryInterceptor(_Base, grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(
+        self,
+        continuation: _Continuation,
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
+        return await self._stream(continuation, client_call_details, request_iterator)
 
-        stream.add_done_callback(done)
-        return stream
+
+class AioStreamStreamInterceptor(_Base, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(
+        self,
+        continuation: _Continuation,
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
+        return await self._stream(continuation, client_call_details, request_iterator)

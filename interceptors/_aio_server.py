@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from mission_control.client.executor import inherit_deadline, restore_deadline
 
 from ._common import ErrorMapper
 from ._server import rewrap
@@ -36,6 +37,8 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):
         if inspect.isasyncgenfunction(behavior):
 
             async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                # each call runs in a task of its own: the deadline stays with it
+                inherit_deadline(context.time_remaining())
                 try:
                     async for item in behavior(request, context):
                         yield item
@@ -47,6 +50,7 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):
             return streaming
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            token = inherit_deadline(context.time_remaining())
             try:
                 result = behavior(request, context)
                 if inspect.isawaitable(result):
@@ -56,5 +60,7 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):
                 raise
             except Exception as exc:
                 await context.abort_with_status(mapper.status_for(exc, method))  # type: ignore[attr-defined]
+            finally:
+                restore_deadline(token)
 
         return call

@@ -1,4 +1,4 @@
-"""Sync client interceptor: every unary call decided by the agent's executor."""
+"""Sync client interceptor: every call decided by the agent's executor."""
 
 from __future__ import annotations
 
@@ -7,27 +7,39 @@ from typing import Any
 
 import grpc
 from mission_control.client.agent import MissionControl
+from mission_control.client.attempts import Attempt, CallPlan, Step
+from mission_control.client.outcomes import Outcomes
 
 from ._client_common import ServiceMap, ServiceNamer, operation_of, response_class, with_timeout
+from ._future import PendingCall, settle
 
 
-class ClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+class ClientInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
     """Breaker, rate limit, bulkhead, deadline, retry and fallback for unary calls;
-    admission, deadline and outcome recording for server-streaming calls (a stream
-    that has started is never retried)."""
+    admission, deadline and outcome recording for streaming calls (a stream is never
+    retried: once it has sent or received anything it may have taken effect)."""
 
     def __init__(
         self,
-        agent: MissionControl,
+        mc: MissionControl,
         service: str | None = None,
         services: ServiceMap = None,
         kind: str | None = None,
         fallback_channels: Mapping[str, grpc.Channel] | None = None,
+        idempotent: bool = False,
+        outcomes: Outcomes | None = None,
     ) -> None:
-        self._executor = agent.executor
+        self._executor = mc.executor
         self._service_of = ServiceNamer(service, services)
         self._kind = kind
         self._fallback_channels = dict(fallback_channels or {})
+        self._idempotent = idempotent
+        self._outcomes = outcomes
 
     def intercept_unary_unary(
         self,
@@ -36,24 +48,56 @@ class ClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClient
         request: Any,
     ) -> Any:
         method = client_call_details.method
+        service = self._service_of(method)
+        ex = self._executor
 
         def attempt(left: float) -> Any:
             outcome = continuation(with_timeout(client_call_details, left), request)
             outcome.result()  # raises the call's RpcError
             return outcome
 
-        return self._executor.run(
-            self._service_of(method),
-            attempt,
+        fallbacks = self._fallbacks(client_call_details, request)
+        functions: dict[str, Callable[[float], Any]] = {service: attempt, **fallbacks}
+        plan = ex.plan(
+            service,
             operation=operation_of(method),
             kind=self._kind,
             timeout=client_call_details.timeout,
-            fallbacks=self._fallbacks(client_call_details, request),
+            fallbacks=fallbacks,
+            idempotent=self._idempotent,
+            outcomes=self._outcomes,
         )
+        try:
+            step = plan.start()
+            if type(step) is Attempt and step.target == service:
+                step, pending = self._first(plan, step, continuation, client_call_details, request, functions)
+                if pending is not None:
+                    return pending
+        except BaseException:
+            plan.close()
+            raise
+        return ex.drive(plan, step, functions)
 
-    def _fallbacks(self, details: grpc.ClientCallDetails, request: Any) -> dict[str, Any] | None:
-        if not self._fallback_channels:
-            return None
+    def _first(
+        self,
+        plan: CallPlan,
+        step: Attempt,
+        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
+        details: grpc.ClientCallDetails,
+        request: Any,
+        functions: Mapping[str, Callable[[float], Any]],
+    ) -> tuple[Step, PendingCall | None]:
+        """The first attempt, without waiting for it: ``.future()`` hands back a call
+        that is still running, and so do we."""
+        try:
+            outcome = continuation(with_timeout(details, step.left), request)
+        except Exception as exc:
+            return plan.failed(exc), None
+        if not outcome.done():
+            return step, PendingCall(self._executor, plan, outcome, functions)
+        return settle(plan, outcome), None
+
+    def _fallbacks(self, details: grpc.ClientCallDetails, request: Any) -> dict[str, Any]:
         method = details.method
 
         def through(channel: grpc.Channel) -> Callable[[float], Any]:
@@ -76,25 +120,54 @@ class ClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClient
         client_call_details: grpc.ClientCallDetails,
         request: Any,
     ) -> Any:
-        method = client_call_details.method
+        return self._stream(continuation, client_call_details, request)
+
+    def intercept_stream_unary(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
+        client_call_details: grpc.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
+        return self._stream(continuation, client_call_details, request_iterator)
+
+    def intercept_stream_stream(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
+        client_call_details: grpc.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
+        return self._stream(continuation, client_call_details, request_iterator)
+
+    def _stream(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
+        details: grpc.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        """One attempt: admitted, given the deadline, its outcome recorded when it ends."""
+        method = details.method
         ex = self._executor
-        call, probe = ex.admit(
-            self._service_of(method),
-            operation_of(method),
-            kind=self._kind,
-            timeout=client_call_details.timeout,
-            cost=None,
-        )
+        service = self._service_of(method)
+        ticket = ex.admit(service, operation_of(method), kind=self._kind, timeout=details.timeout, cost=None)
         try:
-            stream = continuation(with_timeout(client_call_details, call.timeout), request)
+            call = continuation(with_timeout(details, ticket.timeout), request)
         except BaseException:
-            ex.release(call)
+            ex.release(ticket)
+            ex.abandon(ticket)
             raise
 
         def done() -> None:
-            ex.release(call)
-            failed = stream.code() is not grpc.StatusCode.OK
-            ex.record(call, probe, ex.classify(call, stream) if failed else None)
+            ex.release(ticket)
+            error = call.exception()  # the call itself, or what an inner interceptor raised
+            ex.record(ticket, None if error is None else ex.classify(ticket, error, self._outcomes))
 
-        stream.add_callback(done)
-        return stream
+        if not _add_callback(call, done):  # the call has ended already: the callback will never run
+            done()
+        return call
+
+
+def _add_callback(call: Any, callback: Callable[[], None]) -> bool:
+    try:
+        return bool(call.add_callback(callback))
+    except NotImplementedError:  # a call that failed before it began (grpc's _InactiveRpcError)
+        return False

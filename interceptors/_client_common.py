@@ -88,7 +88,7 @@ def operation_of(method: str) -> str:
     return split_method(method)[1] or method
 
 
-def check_agent(agent: object) -> MissionControl:
-    if not isinstance(agent, MissionControl):
-        raise TypeError("pass the agent's MissionControl instance")
-    return agent
+def check_mc(mc: object) -> MissionControl:
+    if not isinstance(mc, MissionControl):
+        raise TypeError(f"pass the agent's MissionControl instance, not {type(mc).__name__}")
+    return mc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any, NamedTuple
 
 import grpc
 from mission_control.client.errors import AgentCriticalFailure, ErrorContext, MissionControlError
@@ -26,6 +27,14 @@ def split_method(method: str) -> tuple[str, str]:
     return service, name
 
 
+class _Passed(NamedTuple):
+    """An upstream's status, passed on as it came (grpc.Status's fields)."""
+
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
 class ErrorMapper:
     """Decides the status an exception raised by a servicer leaves with."""
 
@@ -35,6 +44,9 @@ class ErrorMapper:
 
     def status_for(self, exc: BaseException, method: str) -> grpc.Status:
         service, operation = split_method(method)
+        passed = _plain_status(exc)
+        if passed is not None:
+            return passed  # type: ignore[return-value]
         error = self._error_for(exc, service, operation)
         if error.context is None:
             error.context = ErrorContext(service=service, agent=self.agent or service, operation=operation)
@@ -55,3 +67,17 @@ class ErrorMapper:
         if self.debug:
             error.__cause__ = exc
         return error
+
+
+def _plain_status(exc: BaseException) -> _Passed | None:
+    """A gRPC error from a call the servicer made, without our taxonomy (``NOT_FOUND``,
+    ``INVALID_ARGUMENT``, …): it leaves as it came, code and details unchanged."""
+    code: Any = getattr(exc, "code", None)
+    if not isinstance(exc, grpc.RpcError) or not callable(code) or error_from_rpc_error(exc) is not None:
+        return None
+    status = code()
+    if not isinstance(status, grpc.StatusCode) or status is grpc.StatusCode.OK:
+        return None
+    details: Any = getattr(exc, "details", None)
+    text = details() if callable(details) else ""
+    return _Passed(status, text or "", ())

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+from mission_control.client.executor import inherit_deadline, restore_deadline
 
 from ._common import ErrorMapper
 
@@ -13,8 +15,10 @@ _Behavior = Callable[[Any, grpc.ServicerContext], Any]
 
 
 class ServerInterceptor(grpc.ServerInterceptor):
-    """Turns a :class:`MissionControlError` raised by a servicer into its ``google.rpc.Status``;
-    any other exception into ``AgentCriticalFailure`` (no stack trace unless debug)."""
+    """Turns a :class:`MissionControlError` raised by a servicer into its ``google.rpc.Status``,
+    a plain gRPC error from a call it made into the same status, any other exception into
+    ``AgentCriticalFailure`` (no stack trace unless debug). Calls the servicer makes get at
+    most the time its caller has left."""
 
     def __init__(self, agent: str | None = None, debug: bool | None = None) -> None:
         self._mapper = ErrorMapper(agent, debug)
@@ -39,22 +43,38 @@ class ServerInterceptor(grpc.ServerInterceptor):
         mapper = self._mapper
 
         def unary(request: Any, context: grpc.ServicerContext) -> Any:
+            token = inherit_deadline(context.time_remaining())
             try:
                 return behavior(request, context)
             except Exception as exc:
                 if self._aborted(context):
                     raise
                 context.abort_with_status(mapper.status_for(exc, method))
+            finally:
+                restore_deadline(token)
 
         def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            # A generator runs a step at a time on a pooled thread: each step runs in the
+            # call's own context, so the caller's deadline never leaks to the next call.
+            own = contextvars.copy_context()
+            own.run(inherit_deadline, context.time_remaining())
             try:
-                yield from behavior(request, context)
+                yield from _stepped(own, behavior(request, context))
             except Exception as exc:
                 if self._aborted(context):
                     raise
                 context.abort_with_status(mapper.status_for(exc, method))
 
         return streaming if streams else unary
+
+
+def _stepped(own: contextvars.Context, items: Iterator[Any]) -> Iterator[Any]:
+    while True:
+        try:
+            item = own.run(next, items)
+        except StopIteration:
+            return
+        yield item
 
 
 def rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Any, bool], Any]) -> grpc.RpcMethodHandler:

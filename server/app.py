@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from .control_plane import DEFAULT_PREFIX, ControlPlane
 from .etcd_process import EtcdProcess, free_port
 from .service import ControlPlaneServicer, Limits
 from .store import EtcdStore
+from .web import Dashboard
 
 _log = logging.getLogger("mission_control.server")
 
@@ -60,6 +62,16 @@ class TlsFiles:
             root_certificates=client_ca,
             require_client_auth=client_ca is not None,
         )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The same certificate for HTTPS; with a client CA, browsers may present a
+        certificate (optional there: the page also takes an admin token)."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert, self.key)
+        if self.client_ca:
+            context.load_verify_locations(cafile=str(self.client_ca))
+            context.verify_mode = ssl.CERT_OPTIONAL
+        return context
 
     def relay_credentials(self) -> grpc.ChannelCredentials:
         """How this replica reaches the leader: TLS, presenting its own certificate."""
@@ -105,6 +117,7 @@ class ServeOptions:
     agent_tokens_file: Path | None = None
     limits: Limits = field(default_factory=Limits)
     advertise: str | None = None
+    http: str | None = None
 
 
 class RunningControlPlane:
@@ -118,8 +131,11 @@ class RunningControlPlane:
         self.server = server
         self.port = port
         self.health = HealthServicer()
+        self.dashboard: Dashboard | None = None
 
     async def stop(self, grace: float = 2.0) -> None:
+        if self.dashboard is not None:
+            await self.dashboard.stop()
         await self.health.enter_graceful_shutdown()
         self.plane.hub.close_all()
         await self.server.stop(grace)
@@ -139,8 +155,10 @@ async def start_control_plane(
     access: AccessPolicy | None = None,
     limits: Limits | None = None,
     advertise: str | None = None,
+    http: str | None = None,
 ) -> RunningControlPlane:
-    """Connect the store, load the state, and serve on ``listen``."""
+    """Connect the store, load the state, and serve on ``listen`` (and the dashboard, metrics
+    and HTTP health on ``http`` when given)."""
     await store.connect()
     instance_id = instance_id or uuid.uuid4().hex[:12]
     telemetry = telemetry_from_env("control-plane", instance_id)
@@ -198,6 +216,14 @@ async def start_control_plane(
     if plane.serving:
         await running.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await server.start()
+    if http:
+        running.dashboard = Dashboard(plane, access, http, tls=tls.ssl_context() if tls else None)
+        plane.outcome_listeners.append(running.dashboard.activity.record)
+        try:
+            await running.dashboard.start()
+        except OSError:
+            await running.stop(grace=0)
+            raise
     return running
 
 
@@ -269,6 +295,7 @@ async def serve(options: ServeOptions) -> None:
             access=access,
             limits=options.limits,
             advertise=options.advertise,
+            http=options.http,
         )
         host = options.listen.rsplit(":", 1)[0]
         print(
@@ -276,6 +303,9 @@ async def serve(options: ServeOptions) -> None:
             f"(etcd {','.join(endpoints)}, prefix {options.prefix}, pid {os.getpid()})",
             flush=True,
         )
+        if running.dashboard is not None:
+            scheme = "https" if options.tls else "http"
+            print(f"mission-control: dashboard at {scheme}://{running.dashboard.address}/", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

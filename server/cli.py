@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--advertise", default=None, help="HOST:PORT other replicas use to reach this one (default: --listen)"
     )
+    run.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve the dashboard, /metrics, /healthz and /readyz on HOST:PORT "
+        "(default: off; `make run` uses 127.0.0.1:8080)",
+    )
     sec = run.add_argument_group("security")
     sec.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS")
     sec.add_argument("--tls-key", type=Path, help="server private key (PEM)")
@@ -115,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=1, help="varies the scenario's timing, repeatably")
     demo.add_argument("--etcd", default=None, help="an etcd to use (default: a private one)")
     demo.add_argument("--json", action="store_true", help="also print the KPIs as JSON")
+    demo.add_argument(
+        "--http",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="the dashboard's address (default: a free port)",
+    )
     server = os.environ.get("MISSION_CONTROL_SERVER", DEFAULT_LISTEN)
     operator.add_commands(commands, server)
     return parser
@@ -167,6 +180,7 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
             max_unnamed_services_per_agent=args.max_unnamed_services_per_agent,
         ),
         advertise=args.advertise,
+        http=args.http,
     )
 
 
@@ -197,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo import run_demo
 
         try:
-            results = run_demo(args.duration, args.seed, etcd=args.etcd)
+            results = run_demo(args.duration, args.seed, etcd=args.etcd, http=args.http)
         except (EtcdUnavailable, OSError, AssertionError) as err:
             print(f"mission-control: demo failed: {err}", file=sys.stderr)
             return 1

@@ -69,6 +69,8 @@ class ControlPlane:
         self.breakers = FleetBreakers(self.policies.policy_of)
         self.stats = FleetStatistics()
         self.hub = Hub()
+        #: Called with (agent id, summary) for every outcome summary an agent sends here.
+        self.outcome_listeners: list[Callable[[str, pb.OutcomeSummary], None]] = []
         self.store_ok = False
         #: Background loops that ended with an error: the replica no longer serves.
         self.failed_loops: list[str] = []

@@ -126,6 +126,7 @@ def run_demo(
     etcd: str | None = None,
     live: bool = True,
     out: TextIO = sys.stdout,
+    http: str = "127.0.0.1:0",
 ) -> dict[str, Any]:
     """Run the scenario; returns the KPIs (and prints the table)."""
     with tempfile.TemporaryDirectory(prefix="mc-demo-") as tmp:
@@ -145,9 +146,13 @@ def run_demo(
                 etcd,
                 "--etcd-prefix",
                 f"/demo-{seed}-{int(time.time())}",
+                "--http",
+                http,
             )
             children.append(plane)
             address = plane.wait_for("mission-control: serving on ").split()[3]
+            dashboard = plane.wait_for("mission-control: dashboard at ").split()[-1]
+            print(f"dashboard: {dashboard}  (open it to watch the fleet live)", file=out, flush=True)
             stub = pb_grpc.ControlPlaneServiceStub(grpc.insecure_channel(address))
             for policy in POLICIES:
                 stub.PutPolicy(pb.PutPolicyRequest(policy=policy), timeout=10)

@@ -4,10 +4,11 @@ tests build on it too)."""
 from __future__ import annotations
 
 import os
-import select
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,16 @@ class Child:
             bufsize=1,
         )
         self.lines: list[str] = []
+        # A reader thread, not select() on the pipe: readline() buffers ahead, and select()
+        # cannot see lines already sitting in that buffer.
+        self._incoming: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, name=f"stdout of {self.args[0]}", daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self._incoming.put(line.rstrip("\n"))
+        self._incoming.put(None)
 
     @classmethod
     def python(cls, module: str, *args: str, env: dict[str, str] | None = None) -> Child:
@@ -40,21 +51,17 @@ class Child:
         for line in self.lines:
             if line.startswith(prefix):
                 return line
-        assert self.popen.stdout is not None
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.popen.stdout], [], [], 0.1)
-            if not ready:
-                if self.popen.poll() is not None:
-                    break
-                continue
-            line = self.popen.stdout.readline()
-            if not line:
-                if self.popen.poll() is not None:
-                    break
-                continue
-            self.lines.append(line.rstrip("\n"))
-            if line.startswith(prefix):
-                return line.rstrip("\n")
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                got = self._incoming.get(timeout=left)
+            except queue.Empty:
+                break
+            if got is None:  # stdout closed: the process ended
+                self._incoming.put(None)
+                break
+            self.lines.append(got)
+            if got.startswith(prefix):
+                return got
         raise AssertionError(
             f"{self.args}: no line starting {prefix!r} within {timeout}s "
             f"(exit code {self.popen.poll()}); saw {self.lines[-20:]}"

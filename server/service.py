@@ -194,6 +194,8 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             named = plane.policies.stored(summary.service) is not None
             plane.stats.record(sub.agent_id, summary, named=named)
             plane.record_outcomes(sub.agent_id, summary)
+            for listener in plane.outcome_listeners:
+                listener(sub.agent_id, summary)
             if telemetry is not None:
                 telemetry.outcomes(sub.agent_id, summary)
         if batch.sequence:

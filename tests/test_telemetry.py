@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.support.otlp import Receiver
+from tests.support.otlp import HttpReceiver, Receiver
 from tests.support.procs import Proc, agent, control_plane, python
 from tests.support.upstream import set_mode
 
@@ -210,4 +210,40 @@ def test_exporter_at_a_closed_port_changes_no_result(monkeypatch: pytest.MonkeyP
         except LLMProviderUnavailable:
             results.append(-1)
     assert results == [-1 if i % 3 == 0 else i for i in range(1, 31)]
+    mc.close()
+
+
+def test_otlp_over_http_when_the_protocol_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`` (Axiom's documented way) sends spans and
+    metrics to ``/v1/traces`` and ``/v1/metrics`` of a real HTTP receiver, headers included."""
+    with HttpReceiver() as receiver:
+        for key, value in otel_env(receiver, "http-agent").items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        mc = MissionControl("a", config={"llm_provider": POLICY})
+        assert mc.telemetry is not None
+
+        @mc.guard("llm_provider")
+        def generate() -> None:
+            raise LLMProviderUnavailable("m", "down")
+
+        with pytest.raises(LLMProviderUnavailable):
+            generate()
+        failed = poll(lambda: [s for s in receiver.spans if s["attributes"].get("error.type")])
+        assert failed[0]["service"] == "http-agent"
+        assert failed[0]["attributes"]["error.type"] == "LLMProviderUnavailable"
+        assert poll(lambda: [p for p in receiver.points if p["name"] == "mission_control.errors"])
+        assert {"/v1/traces", "/v1/metrics"} <= set(receiver.paths)
+        assert ("authorization", f"Bearer {SECRET}") in receiver.metadata
+        mc.close()
+
+
+def test_an_unknown_otlp_protocol_turns_telemetry_off_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+    mc = MissionControl("a", config={"llm_provider": POLICY})
+    assert mc.telemetry is None
+    assert "OTLP protocol 'http/json' is not supported" in caplog.text
     mc.close()

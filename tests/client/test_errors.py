@@ -29,7 +29,7 @@ SEED_TEXTS = [
     (
         LLMProviderUnavailable("claude", "503 from upstream"),
         "LLM provider 'claude' unavailable: 503 from upstream",
-        "AI service 'claude' is temporarily unavailable. Using backup models.",
+        "AI service 'claude' is temporarily unavailable. Please try again later.",
     ),
     (
         StorageFailure("r2", "put_object", "timeout"),
@@ -39,7 +39,7 @@ SEED_TEXTS = [
     (
         CircuitBreakerOpen("llm_provider", 5),
         "Circuit breaker OPEN for service 'llm_provider' (failed 5 times)",
-        "Service 'llm_provider' is temporarily paused to prevent issues. Will retry automatically.",
+        "Service 'llm_provider' is temporarily paused to prevent issues. Please try again shortly.",
     ),
     (
         ResourceExhausted("llm_tokens", 1000, 1000),
@@ -68,17 +68,30 @@ def test_seed_texts(error: MissionControlError, technical: str, friendly: str) -
 
 def test_codes_and_severities() -> None:
     table = {
-        AgentCriticalFailure: (grpc.StatusCode.INTERNAL, Severity.CRITICAL, False),
-        LLMProviderUnavailable: (grpc.StatusCode.UNAVAILABLE, Severity.HIGH, True),
-        StorageFailure: (grpc.StatusCode.UNAVAILABLE, Severity.HIGH, True),
-        CircuitBreakerOpen: (grpc.StatusCode.UNAVAILABLE, Severity.MEDIUM, False),
-        ResourceExhausted: (grpc.StatusCode.RESOURCE_EXHAUSTED, Severity.MEDIUM, False),
-        ConfigurationError: (grpc.StatusCode.INVALID_ARGUMENT, Severity.HIGH, False),
-        OperationTimeout: (grpc.StatusCode.DEADLINE_EXCEEDED, Severity.MEDIUM, True),
+        AgentCriticalFailure: (grpc.StatusCode.INTERNAL, Severity.CRITICAL),
+        LLMProviderUnavailable: (grpc.StatusCode.UNAVAILABLE, Severity.HIGH),
+        StorageFailure: (grpc.StatusCode.UNAVAILABLE, Severity.HIGH),
+        CircuitBreakerOpen: (grpc.StatusCode.UNAVAILABLE, Severity.MEDIUM),
+        ResourceExhausted: (grpc.StatusCode.RESOURCE_EXHAUSTED, Severity.MEDIUM),
+        ConfigurationError: (grpc.StatusCode.INVALID_ARGUMENT, Severity.HIGH),
+        OperationTimeout: (grpc.StatusCode.DEADLINE_EXCEEDED, Severity.MEDIUM),
     }
-    for cls, (code, severity, retryable) in table.items():
-        assert (cls.grpc_code, cls.severity, cls.retryable) == (code, severity, retryable)
+    for cls, (code, severity) in table.items():
+        assert (cls.grpc_code, cls.severity) == (code, severity)
         assert cls.error_type == cls.__name__
+
+
+def test_user_texts_say_what_happened() -> None:
+    alone = LLMProviderUnavailable("claude", "503")
+    tried = LLMProviderUnavailable("claude", "503")
+    tried.backups_tried = 1
+    serving = LLMProviderUnavailable("claude", "503")
+    serving.backup_serving = True
+    assert "backup" not in alone.user_friendly_display()
+    assert tried.user_friendly_display().endswith("and so are its backup models.")
+    assert serving.user_friendly_display().endswith("Using backup models.")  # the seed's, when true
+    assert "Please try again in 30 s." in CircuitBreakerOpen("s", 5, retry_after=29.2).user_friendly_display()
+    assert "retry automatically" not in CircuitBreakerOpen("s", 5).user_friendly_display()
 
 
 def test_fractional_timeout_is_shown() -> None:

@@ -72,8 +72,10 @@ async def test_retries_with_policy_count_and_growing_delays(make, upstream: Upst
     arrivals = upstream.servicer.arrivals
     assert len(arrivals) == 4  # first call + max_retries
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    # each wait is at least its exponential floor; how much longer depends on the machine's
+    # load, so the order of the gaps themselves is not asserted (a busy machine stretched one
+    # 0.1 s wait to 0.6 s)
     assert gaps[0] >= 0.05 and gaps[1] >= 0.1 and gaps[2] >= 0.2
-    assert gaps[0] < gaps[1] < gaps[2]
 
 
 async def test_transient_failures_are_recovered(make, upstream: Upstream) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import grpc.aio
 from mission_control.client.agent import MissionControl
+from mission_control.client.outcomes import Outcomes
 from mission_control.interceptors import aio_client_interceptors, client_interceptor
 
 from tests.support import echo_pb2 as pb
@@ -27,17 +28,21 @@ class Driver:
         service: str,
         fallbacks: Mapping[str, str] | None = None,
         cost: Mapping[str, float] | None = None,
+        outcomes: Outcomes | None = None,
     ) -> None:
         self.kind = kind
         self.mc = mc
         self.service = service
         self._closers: list[Any] = []
         fallbacks = dict(fallbacks or {})
+        counts: dict[str, Any] = {}
+        if outcomes is not None:
+            counts = {"record": outcomes.record, "ignore": outcomes.ignore, "classify": outcomes.classify}
         if kind == "sync-interceptor":
             fb = {n: grpc.insecure_channel(a) for n, a in fallbacks.items()}
             channel = grpc.intercept_channel(
                 grpc.insecure_channel(address),
-                client_interceptor(mc, service=service, fallback_channels=fb),
+                client_interceptor(mc, service=service, fallback_channels=fb, outcomes=outcomes),
             )
             self._closers += [channel, *fb.values()]
             self.stub = pb_grpc.EchoServiceStub(channel)
@@ -45,7 +50,9 @@ class Driver:
             fb = {n: grpc.aio.insecure_channel(a) for n, a in fallbacks.items()}
             channel = grpc.aio.insecure_channel(
                 address,
-                interceptors=aio_client_interceptors(mc, service=service, fallback_channels=fb),
+                interceptors=aio_client_interceptors(
+                    mc, service=service, fallback_channels=fb, outcomes=outcomes
+                ),
             )
             self._closers += [channel, *fb.values()]
             self.stub = pb_grpc.EchoServiceStub(channel)
@@ -63,6 +70,7 @@ class Driver:
                 operation="Echo",
                 cost=cost,
                 fallbacks={n: backup(s) for n, s in fb_stubs.items()},
+                **counts,
             )
             def echo(text: str) -> pb.EchoResponse:
                 return stub.Echo(pb.EchoRequest(text=text), timeout=30)
@@ -87,6 +95,7 @@ class Driver:
                 operation="Echo",
                 cost=cost,
                 fallbacks={n: abackup(s) for n, s in fb_astubs.items()},
+                **counts,
             )
             async def aecho(text: str) -> pb.EchoResponse:
                 return await astub.Echo(pb.EchoRequest(text=text), timeout=30)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tests/support/echo.proto\x12\x17mission_control.testing\"\x1b\n\x0b\x45\x63hoRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\"/\n\x0c\x45\x63hoResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\tserved_by\x18\x02 \x01(\t\"r\n\x0eSetModeRequest\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x12\n\ndelay_secs\x18\x03 \x01(\x01\x12\r\n\x05times\x18\x04 \x01(\r\x12\x13\n\x0bpushback_ms\x18\x05 \x01(\x03\x12\x0c\n\x04text\x18\x06 \x01(\t\"\x11\n\x0fSetModeResponse\" \n\x0fGetStatsRequest\x12\r\n\x05reset\x18\x01 \x01(\x08\"3\n\x10GetStatsResponse\x12\r\n\x05\x63\x61lls\x18\x01 \x01(\x04\x12\x10\n\x08\x61rrivals\x18\x02 \x03(\x01\x32\xfe\x02\n\x0b\x45\x63hoService\x12S\n\x04\x45\x63ho\x12$.mission_control.testing.EchoRequest\x1a%.mission_control.testing.EchoResponse\x12[\n\nEchoStream\x12$.mission_control.testing.EchoRequest\x1a%.mission_control.testing.EchoResponse0\x01\x12\\\n\x07SetMode\x12\'.mission_control.testing.SetModeRequest\x1a(.mission_control.testing.SetModeResponse\x12_\n\x08GetStats\x12(.mission_control.testing.GetStatsRequest\x1a).mission_control.testing.GetStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tests/support/echo.proto\x12\x17mission_control.testing\"\x1b\n\x0b\x45\x63hoRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\"/\n\x0c\x45\x63hoResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\tserved_by\x18\x02 \x01(\t\"r\n\x0eSetModeRequest\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x12\n\ndelay_secs\x18\x03 \x01(\x01\x12\r\n\x05times\x18\x04 \x01(\r\x12\x13\n\x0bpushback_ms\x18\x05 \x01(\x03\x12\x0c\n\x04text\x18\x06 \x01(\t\"\x11\n\x0fSetModeResponse\" \n\x0fGetStatsRequest\x12\r\n\x05reset\x18\x01 \x01(\x08\"3\n\x10GetStatsResponse\x12\r\n\x05\x63\x61lls\x18\x01 \x01(\x04\x12\x10\n\x08\x61rrivals\x18\x02 \x03(\x01\x32\xb9\x04\n\x0b\x45\x63hoService\x12S\n\x04\x45\x63ho\x12$.mission_control.testing.EchoRequest\x1a%.mission_control.testing.EchoResponse\x12[\n\nEchoStream\x12$.mission_control.testing.EchoRequest\x1a%.mission_control.testing.EchoResponse0\x01\x12\\\n\x0b\x45\x63hoCollect\x12$.mission_control.testing.EchoRequest\x1a%.mission_control.testing.EchoResponse(\x01\x12[\n\x08\x45\x63hoChat\x12$.mission_control.testing.EchoRequest\x1a%.mission_control.testing.EchoResponse(\x01\x30\x01\x12\\\n\x07SetMode\x12\'.mission_control.testing.SetModeRequest\x1a(.mission_control.testing.SetModeResponse\x12_\n\x08GetStats\x12(.mission_control.testing.GetStatsRequest\x1a).mission_control.testing.GetStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,5 +44,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATSRESPONSE']._serialized_start=300
   _globals['_GETSTATSRESPONSE']._serialized_end=351
   _globals['_ECHOSERVICE']._serialized_start=354
-  _globals['_ECHOSERVICE']._serialized_end=736
+  _globals['_ECHOSERVICE']._serialized_end=923
 # @@protoc_insertion_point(module_scope)

@@ -71,7 +71,8 @@ class SetModeRequest(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     mode: _builtins.str
     """"ok", "fail" (with code), "slow" (with delay), "pushback" (fail with code and
-    grpc-retry-pushback-ms), "taxonomy" (raise a taxonomy error named in text).
+    grpc-retry-pushback-ms, or with text as its value when set), "taxonomy" (raise a
+    taxonomy error named in text), "deadline" (answer with the seconds the call had left).
     """
     code: _builtins.str
     """gRPC status code name for "fail" and "pushback"."""

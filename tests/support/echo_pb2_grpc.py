@@ -44,6 +44,16 @@ class EchoServiceStub:
                 request_serializer=tests_dot_support_dot_echo__pb2.EchoRequest.SerializeToString,
                 response_deserializer=tests_dot_support_dot_echo__pb2.EchoResponse.FromString,
                 _registered_method=True)
+        self.EchoCollect = channel.stream_unary(
+                '/mission_control.testing.EchoService/EchoCollect',
+                request_serializer=tests_dot_support_dot_echo__pb2.EchoRequest.SerializeToString,
+                response_deserializer=tests_dot_support_dot_echo__pb2.EchoResponse.FromString,
+                _registered_method=True)
+        self.EchoChat = channel.stream_stream(
+                '/mission_control.testing.EchoService/EchoChat',
+                request_serializer=tests_dot_support_dot_echo__pb2.EchoRequest.SerializeToString,
+                response_deserializer=tests_dot_support_dot_echo__pb2.EchoResponse.FromString,
+                _registered_method=True)
         self.SetMode = channel.unary_unary(
                 '/mission_control.testing.EchoService/SetMode',
                 request_serializer=tests_dot_support_dot_echo__pb2.SetModeRequest.SerializeToString,
@@ -71,6 +81,20 @@ class EchoServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EchoCollect(self, request_iterator, context):
+        """Client streaming: one answer for all the requests (their texts joined).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EchoChat(self, request_iterator, context):
+        """Bidirectional: one answer per request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetMode(self, request, context):
         """Change how the next calls are answered.
         """
@@ -94,6 +118,16 @@ def add_EchoServiceServicer_to_server(servicer, server):
             ),
             'EchoStream': grpc.unary_stream_rpc_method_handler(
                     servicer.EchoStream,
+                    request_deserializer=tests_dot_support_dot_echo__pb2.EchoRequest.FromString,
+                    response_serializer=tests_dot_support_dot_echo__pb2.EchoResponse.SerializeToString,
+            ),
+            'EchoCollect': grpc.stream_unary_rpc_method_handler(
+                    servicer.EchoCollect,
+                    request_deserializer=tests_dot_support_dot_echo__pb2.EchoRequest.FromString,
+                    response_serializer=tests_dot_support_dot_echo__pb2.EchoResponse.SerializeToString,
+            ),
+            'EchoChat': grpc.stream_stream_rpc_method_handler(
+                    servicer.EchoChat,
                     request_deserializer=tests_dot_support_dot_echo__pb2.EchoRequest.FromString,
                     response_serializer=tests_dot_support_dot_echo__pb2.EchoResponse.SerializeToString,
             ),
@@ -160,6 +194,60 @@ class EchoService:
             request,
             target,
             '/mission_control.testing.EchoService/EchoStream',
+            tests_dot_support_dot_echo__pb2.EchoRequest.SerializeToString,
+            tests_dot_support_dot_echo__pb2.EchoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EchoCollect(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/mission_control.testing.EchoService/EchoCollect',
+            tests_dot_support_dot_echo__pb2.EchoRequest.SerializeToString,
+            tests_dot_support_dot_echo__pb2.EchoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EchoChat(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/mission_control.testing.EchoService/EchoChat',
             tests_dot_support_dot_echo__pb2.EchoRequest.SerializeToString,
             tests_dot_support_dot_echo__pb2.EchoResponse.FromString,
             options,

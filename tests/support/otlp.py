@@ -1,7 +1,10 @@
-"""A real OTLP/gRPC receiver (the collector's trace and metrics services) on a free port."""
+"""Real OTLP receivers on free ports: the collector's gRPC trace and metrics services, and the
+OTLP/HTTP endpoints (``POST /v1/traces``, ``/v1/metrics`` with protobuf bodies)."""
 
 from __future__ import annotations
 
+import gzip
+import http.server
 import threading
 from concurrent import futures
 from typing import Any
@@ -86,3 +89,51 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer, metrics_service_pb2_
 
     def __exit__(self, *exc: object) -> None:
         self.server.stop(0)
+
+
+class HttpReceiver(Receiver):
+    """The same records, received over OTLP/HTTP (protobuf bodies, gzip or not)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                with receiver._lock:
+                    receiver.raw.append(body)
+                    receiver.metadata += [(k.lower(), v) for k, v in self.headers.items()]
+                    receiver.paths.append(self.path)
+                if self.path == "/v1/traces":
+                    receiver._spans(trace_service_pb2.ExportTraceServiceRequest.FromString(body))
+                    reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                elif self.path == "/v1/metrics":
+                    receiver._metrics(metrics_service_pb2.ExportMetricsServiceRequest.FromString(body))
+                    reply = metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString()
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.paths: list[str] = []
+        self.http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.http.server_address[1]}"
+        self._thread = threading.Thread(target=self.http.serve_forever, daemon=True)
+
+    def __enter__(self) -> HttpReceiver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.shutdown()
+        self.http.server_close()

@@ -45,10 +45,14 @@ class EchoServicer(pb_grpc.EchoServiceServicer):
         elif mode.mode == "fail":
             context.abort(grpc.StatusCode[mode.code or "UNAVAILABLE"], f"{self.name} told to fail")
         elif mode.mode == "pushback":
-            context.set_trailing_metadata((("grpc-retry-pushback-ms", str(mode.pushback_ms)),))
+            value = mode.text or str(mode.pushback_ms)
+            context.set_trailing_metadata((("grpc-retry-pushback-ms", value),))
             context.abort(grpc.StatusCode[mode.code or "UNAVAILABLE"], f"{self.name} pushes back")
         elif mode.mode == "taxonomy":
             context.abort_with_status(to_grpc_status(_example(mode.text)))
+        elif mode.mode == "deadline":
+            left = context.time_remaining()
+            return pb.EchoResponse(text="none" if left is None else f"{left:.3f}", served_by=self.name)
         return pb.EchoResponse(text=request.text, served_by=self.name)
 
     def Echo(self, request, context):
@@ -58,6 +62,16 @@ class EchoServicer(pb_grpc.EchoServiceServicer):
         first = self._answer(request, context)
         for i in range(3):
             yield pb.EchoResponse(text=f"{first.text}#{i}", served_by=self.name)
+
+    def EchoCollect(self, request_iterator, context):
+        texts = [r.text for r in request_iterator]
+        answer = self._answer(pb.EchoRequest(text="+".join(texts)), context)
+        return answer
+
+    def EchoChat(self, request_iterator, context):
+        for i, request in enumerate(request_iterator):
+            answer = self._answer(request, context) if i == 0 else request
+            yield pb.EchoResponse(text=answer.text, served_by=self.name)
 
     def SetMode(self, request, context):
         with self._lock:

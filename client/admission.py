@@ -1,0 +1,229 @@
+"""Admission: may an attempt go now? The breaker's gate, the rate limit, quotas and the
+bulkhead, decided from the local view into a value — :class:`Admitted` or :class:`Refused`.
+
+The fleet breaker's states are objects in pybreaker's manner: each state's gate says what
+an attempt meets in it. Nothing here waits or touches the network (asking the control
+plane for a probe permit only queues a message).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from .breaker import BreakerState
+from .connection import ControlPlaneConnection
+from .errors import CircuitBreakerOpen, ConfigurationError, MissionControlError, ResourceExhausted
+from .fleet_limits import LeasedBudget
+from .limits import TokenBucket
+from .view import FleetBreaker, LocalView, ServiceState
+
+__all__ = ["Admission", "Admitted", "Refused", "Ticket"]
+
+#: How soon to look again when a HALF_OPEN breaker has no permit for this agent yet.
+PROBE_WAIT = 0.05
+
+
+class Admitted:
+    """The attempt may go; ``probe`` says as what: "fleet", "local" or None (ordinary)."""
+
+    __slots__ = ("probe",)
+
+    def __init__(self, probe: str | None) -> None:
+        self.probe = probe
+
+
+class Refused:
+    """The attempt may not go: the error for the caller and which gate refused
+    ("breaker", "rate_limit", "quota" or "bulkhead")."""
+
+    __slots__ = ("error", "reason")
+
+    def __init__(self, error: MissionControlError, reason: str) -> None:
+        self.error = error
+        self.reason = reason
+
+    @property
+    def wait(self) -> float | None:
+        """Seconds after which the same attempt could go; None = not known."""
+        return self.error.retry_after
+
+
+ORDINARY = Admitted(None)
+FLEET_PROBE = Admitted("fleet")
+LOCAL_PROBE = Admitted("local")
+
+
+class Ticket:
+    """One admitted target of a call: its service, deadline and probe permit, if any."""
+
+    __slots__ = ("deadline", "kind", "operation", "probe", "service", "state", "timeout")
+
+    def __init__(
+        self,
+        state: ServiceState,
+        operation: str,
+        kind: str,
+        deadline: float,
+        timeout: float,
+        probe: str | None,
+    ) -> None:
+        self.state = state
+        self.service = state.name
+        self.operation = operation
+        self.kind = kind
+        self.deadline = deadline
+        self.timeout = timeout
+        self.probe = probe
+
+
+class _Gate:
+    """What an attempt meets in one fleet breaker state."""
+
+    def before_call(self, admission: Admission, state: ServiceState, fleet: FleetBreaker, now: float):  # type: ignore[no-untyped-def]
+        return ORDINARY
+
+
+class _HalfOpen(_Gate):
+    def before_call(self, admission, state, fleet, now):  # type: ignore[no-untyped-def]
+        if state.take_permit(now):
+            return FLEET_PROBE
+        admission.ask_probe(state)
+        return _open(state, fleet.failures, PROBE_WAIT)
+
+
+class _Open(_Gate):
+    def before_call(self, admission, state, fleet, now):  # type: ignore[no-untyped-def]
+        if fleet.open_until > now:
+            return _open(state, fleet.failures, fleet.open_until - now)
+        admission.ask_probe(state)
+        return _open(state, fleet.failures, PROBE_WAIT)
+
+
+class _ForcedOpen(_Gate):
+    def before_call(self, admission, state, fleet, now):  # type: ignore[no-untyped-def]
+        return _open(state, fleet.failures, None)
+
+
+_GATES: dict[BreakerState, _Gate] = {
+    BreakerState.CLOSED: _Gate(),
+    BreakerState.FORCED_CLOSED: _Gate(),
+    BreakerState.DISABLED: _Gate(),
+    BreakerState.HALF_OPEN: _HalfOpen(),
+    BreakerState.OPEN: _Open(),
+    BreakerState.FORCED_OPEN: _ForcedOpen(),
+}
+#: Operator states hold while the control plane is out of reach (fail static).
+_STICKY = frozenset({BreakerState.FORCED_OPEN, BreakerState.FORCED_CLOSED, BreakerState.DISABLED})
+
+
+def _open(state: ServiceState, failures: int, wait: float | None) -> Refused:
+    return Refused(CircuitBreakerOpen(state.name, failures, retry_after=wait), "breaker")
+
+
+class Admission:
+    """Decides attempts from ``view``; asks ``connection`` for probe permits."""
+
+    def __init__(self, view: LocalView, connection: ControlPlaneConnection | None) -> None:
+        self.view = view
+        self.connection = connection
+
+    def ask_probe(self, state: ServiceState) -> None:
+        if self.connection is not None:
+            self.connection.ask_probe(state.name)
+
+    def breaker(self, state: ServiceState, now: float) -> Admitted | Refused:
+        """The fleet breaker while connected (or forced), else this agent's own."""
+        fleet = state.fleet
+        if fleet is not None and (self.view.connected or fleet.state in _STICKY):
+            return _GATES[fleet.state].before_call(self, state, fleet, now)
+        if state.local.state is BreakerState.CLOSED:  # the common case: no lock needed to read it
+            return ORDINARY
+        with state.lock:
+            local = state.local
+            local.tick(now)
+            if local.state is BreakerState.HALF_OPEN:
+                if local.acquire_probe(now, "local", state.policy.timeout_secs + 1.0):
+                    return LOCAL_PROBE
+                wait: float | None = PROBE_WAIT
+            elif local.state is BreakerState.OPEN:
+                wait = local.open_remaining(now)
+            else:
+                return ORDINARY
+            return _open(state, local.failures, wait)
+
+    @staticmethod
+    def limits(
+        state: ServiceState, cost: Mapping[str, float] | None, now: float, bulkhead: bool
+    ) -> Refused | None:
+        """Take the rate-limit unit, the quota costs and (when ``bulkhead``) a bulkhead
+        place, or none of them. Call with ``state.lock`` held.
+
+        Raises:
+            ConfigurationError: ``cost`` names a resource the policy does not limit.
+        """
+        requests = state.requests_resource
+        bucket: TokenBucket | LeasedBudget = state.leased.get(requests) or state.bucket
+        wait = bucket.take(1.0, now)
+        if wait:
+            limit = state.policy.rate_limit_requests
+            error = ResourceExhausted(requests, bucket.used(now), limit, retry_after=_finite(wait))
+            return Refused(error, "rate_limit")
+        taken: list[tuple[TokenBucket | LeasedBudget, float]] = [(bucket, 1.0)]
+        for resource, amount in (cost or {}).items():
+            quota = state.leased.get(resource) or state.quotas.get(resource)
+            if quota is None:
+                _give_back_units(taken)
+                raise unknown_cost(state, resource)
+            wait = quota.take(amount, now)
+            if wait:
+                _give_back_units(taken)
+                limit = quota_limit(state, resource)
+                error = ResourceExhausted(resource, quota.used(now), limit, retry_after=_finite(wait))
+                return Refused(error, "quota")
+            taken.append((quota, amount))
+        if bulkhead and not state.bulkhead.enter():
+            _give_back_units(taken)
+            error = ResourceExhausted(
+                f"{state.name}.concurrency", state.bulkhead.in_flight, state.bulkhead.limit
+            )
+            return Refused(error, "bulkhead")
+        return None
+
+    @staticmethod
+    def give_back(state: ServiceState, probe: str | None) -> None:
+        """A probe permit that was not used (refused by a limit, or the caller's own error)."""
+        if probe == "fleet":
+            with state.lock:
+                state.tally.probes_released += 1
+        elif probe == "local":
+            with state.lock:
+                state.local.release_probes("local", 1)
+
+
+def _give_back_units(taken: list[tuple[TokenBucket | LeasedBudget, float]]) -> None:
+    for earlier, spent in taken:
+        earlier.give_back(spent)
+
+
+def known_resources(state: ServiceState) -> set[str]:
+    """The resources a ``cost=`` may name for this service."""
+    return {q.resource for q in state.policy.quotas} | set(state.policy.fleet_resources())
+
+
+def unknown_cost(state: ServiceState, resource: str) -> ConfigurationError:
+    known = ", ".join(sorted(known_resources(state))) or "none"
+    return ConfigurationError(
+        "cost", f"service {state.name!r} limits no resource {resource!r} (its policy limits: {known})"
+    )
+
+
+def quota_limit(state: ServiceState, resource: str) -> int:
+    for quota in state.policy.quotas:
+        if quota.resource == resource:
+            return quota.limit
+    return 0
+
+
+def _finite(wait: float) -> float | None:
+    return wait if math.isfinite(wait) else None

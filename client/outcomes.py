@@ -1,0 +1,258 @@
+"""What an attempt's outcome counts as: the one place that decides it.
+
+An attempt ends in one of three ways for the service's breaker and the fleet's counts:
+
+* **success** — the service answered (a result, or a gRPC status that is the service's
+  answer, such as ``NOT_FOUND`` or ``INVALID_ARGUMENT``);
+* **failure** — the service failed: a gRPC status in :data:`FAILURE_CODES`, a taxonomy error
+  that says so, a timeout, or a connection error (refused, reset, unreachable);
+* **neither** — the caller's own error (``ValueError``, ``FileNotFoundError``, …): the
+  service was perhaps not even reached, so it moves nothing and a probe permit comes back
+  unused. The error passes through unchanged.
+
+:class:`Outcomes` changes the verdict per service or per call, in the manner of
+resilience4j's ``recordExceptions`` / ``ignoreExceptions``, or with a ``classify``
+callable. Telemetry asks :func:`is_outage` the same question.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import math
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+
+from .errors import (
+    CircuitBreakerOpen,
+    LLMProviderUnavailable,
+    MissionControlError,
+    OperationTimeout,
+    ResourceExhausted,
+    StorageFailure,
+)
+from .status import remote_status_of
+
+__all__ = [
+    "FAILURE_CODES",
+    "Counts",
+    "Failure",
+    "Outcomes",
+    "ServiceKind",
+    "classify",
+    "is_outage",
+    "kind_of",
+    "pushback",
+]
+
+#: Codes that say the *service* failed (they move the breaker); any other code is the
+#: service answering (e.g. INVALID_ARGUMENT is the caller's problem, not an outage).
+FAILURE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+#: ``OSError`` numbers that mean the other side cannot be reached.
+_UNREACHABLE = frozenset(
+    getattr(errno, name)
+    for name in ("ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "EHOSTUNREACH", "ENETUNREACH",
+                 "EHOSTDOWN", "ENETDOWN", "ETIMEDOUT", "EPIPE", "ENOTCONN")
+    if hasattr(errno, name)
+)  # fmt: skip
+
+#: ``grpc-retry-pushback-ms`` that says "do not retry" (gRPC A6: negative or not a number).
+NO_RETRY = math.inf
+
+
+class Counts(enum.Enum):
+    """What an outcome counts as for the breaker and the fleet."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    NEITHER = "neither"
+
+
+class ServiceKind:
+    """What a service is, to name its failures: an LLM provider, storage, or other."""
+
+    LLM = "llm"
+    STORAGE = "storage"
+    OTHER = "other"
+
+
+_STORAGE_HINTS = ("storage", "duckdb", "db", "sql", "r2", "s3", "blob", "bucket", "object")
+
+
+def kind_of(service: str) -> str:
+    """A service's kind guessed from its name (``llm_provider`` -> llm, ``storage_backend``
+    -> storage); pass ``kind=`` explicitly where the name says nothing."""
+    name = service.lower()
+    if "llm" in name or "model" in name:
+        return ServiceKind.LLM
+    if any(hint in name for hint in _STORAGE_HINTS):
+        return ServiceKind.STORAGE
+    return ServiceKind.OTHER
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """An attempt that raised: the error the caller gets, what it counts as, its gRPC code
+    and the wait it asked for (``NO_RETRY`` = do not retry). ``ran`` = the call certainly
+    executed (it returned, but too late)."""
+
+    error: BaseException
+    counts: Counts
+    code: grpc.StatusCode | None = None
+    retry_after: float | None = None
+    ran: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Outcomes:
+    """How a service's (or one guard's) exceptions count.
+
+    Args:
+        record: exception types that count as failures of the service, whatever else says.
+        ignore: exception types that count as neither (the caller's own), passed unchanged.
+        classify: ``exc -> "failure" | "success" | "neither" | None``; None = the rules
+            above. Checked first.
+    """
+
+    record: tuple[type[BaseException], ...] = ()
+    ignore: tuple[type[BaseException], ...] = ()
+    classify: Callable[[BaseException], str | None] | None = None
+
+    def verdict(self, exc: BaseException) -> Counts | None:
+        """The caller's verdict on ``exc``, when it has one."""
+        if self.classify is not None:
+            said = self.classify(exc)
+            if said is not None:
+                return Counts(said)
+        if self.ignore and isinstance(exc, self.ignore):
+            return Counts.NEITHER
+        if self.record and isinstance(exc, self.record):
+            return Counts.FAILURE
+        return None
+
+
+DEFAULT = Outcomes()
+
+
+class Target(Protocol):
+    """What classification needs to know about the call: names for the errors."""
+
+    service: str
+    operation: str
+    kind: str
+    timeout: float
+
+
+def classify(target: Target, exc: BaseException, outcomes: Outcomes = DEFAULT) -> Failure:
+    """The error the caller gets for ``exc`` and what it counts as. Taxonomy errors and
+    gRPC errors carrying them pass through intact; connection errors to an LLM provider or
+    storage become :class:`LLMProviderUnavailable` / :class:`StorageFailure`."""
+    failure = _classify(target, exc)
+    verdict = outcomes.verdict(exc)
+    if verdict is None or verdict is failure.counts:
+        return failure
+    if verdict is Counts.FAILURE:
+        return Failure(failure.error, verdict, failure.code or grpc.StatusCode.UNKNOWN, failure.retry_after)
+    return Failure(exc, verdict, failure.code, NO_RETRY)  # the caller's own: unchanged
+
+
+def _classify(target: Target, exc: BaseException) -> Failure:
+    if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)):
+        return _classify_rpc(target, exc)
+    if isinstance(exc, MissionControlError):
+        counts = Counts.FAILURE if exc.grpc_code in FAILURE_CODES else Counts.NEITHER
+        return Failure(exc, counts, exc.grpc_code, exc.retry_after)
+    if isinstance(exc, TimeoutError):
+        return _caused(
+            OperationTimeout(target.operation, target.timeout), exc, grpc.StatusCode.DEADLINE_EXCEEDED
+        )
+    if _unreachable(exc):
+        error = _unavailable(target, f"{type(exc).__name__}: {exc}")
+        if error is None:
+            return Failure(exc, Counts.FAILURE, grpc.StatusCode.UNAVAILABLE)
+        return _caused(error, exc, grpc.StatusCode.UNAVAILABLE)
+    return Failure(exc, Counts.NEITHER)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionError | socket.gaierror | socket.herror):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _UNREACHABLE
+
+
+def _caused(error: MissionControlError, cause: BaseException, code: grpc.StatusCode) -> Failure:
+    error.__cause__ = cause
+    return Failure(error, Counts.FAILURE, code)
+
+
+def _classify_rpc(target: Target, exc: grpc.RpcError) -> Failure:
+    remote = remote_status_of(exc)
+    code = remote.code
+    retry_after = remote.retry_after
+    if retry_after is None:
+        retry_after = pushback(exc)
+    counts = Counts.FAILURE if code in FAILURE_CODES else Counts.SUCCESS
+    if remote.error is not None:
+        remote.error.__cause__ = exc
+        return Failure(remote.error, counts, code, retry_after)
+    error: MissionControlError | None = None
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        error = OperationTimeout(target.operation, target.timeout)
+    elif code is grpc.StatusCode.UNAVAILABLE:
+        error = _unavailable(target, remote.message or code.name)
+    if error is None:
+        return Failure(exc, counts, code, retry_after)
+    error.__cause__ = exc
+    return Failure(error, counts, code, retry_after)
+
+
+def _unavailable(target: Target, details: str) -> MissionControlError | None:
+    if target.kind == ServiceKind.LLM:
+        return LLMProviderUnavailable(target.service, details)
+    if target.kind == ServiceKind.STORAGE:
+        return StorageFailure(target.service, target.operation, details)
+    return None
+
+
+def pushback(exc: Any) -> float | None:
+    """The wait ``grpc-retry-pushback-ms`` asks for, in seconds; :data:`NO_RETRY` when it is
+    negative or not a number (gRPC A6: the server says do not retry); None when absent."""
+    try:
+        metadata: Any = exc.trailing_metadata() or ()
+    except Exception:  # a call object without metadata tells nothing: no wait asked
+        return None
+    for key, value in metadata:
+        if key == "grpc-retry-pushback-ms":
+            try:
+                ms = int(value)
+            except (TypeError, ValueError):
+                return NO_RETRY
+            return ms / 1000.0 if ms >= 0 else NO_RETRY
+    return None
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether the caller's ``error`` says the service failed (for telemetry and fallbacks)."""
+    if isinstance(
+        error,
+        CircuitBreakerOpen | LLMProviderUnavailable | StorageFailure | OperationTimeout | ResourceExhausted,
+    ):
+        return True
+    code = getattr(error, "code", None)
+    if isinstance(error, MissionControlError):
+        return error.grpc_code in FAILURE_CODES
+    return isinstance(error, grpc.RpcError) and callable(code) and code() in FAILURE_CODES

@@ -1,0 +1,179 @@
+"""What the dashboard and ``/metrics`` show: a read-only picture of the fleet, as plain data.
+
+Built from the control plane's parts on request; nothing here changes fleet state. Per-agent
+activity is tallied from the same outcome summaries the breakers are fed, bounded in the
+number of agents and services it keeps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from mission_control.client.policy import ServicePolicy
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+if TYPE_CHECKING:
+    from .control_plane import ControlPlane
+
+STATE_NAMES = {value: name.removeprefix("BREAKER_STATE_") for name, value in pb.BreakerState.items() if value}
+#: Most (agent, service) pairs tallied, and transitions remembered, by one replica.
+MAX_ACTIVITY_ROWS = 20_000
+MAX_TIMELINE = 200
+
+
+@dataclass
+class Activity:
+    """Calls one agent made to one service, as its summaries reported them."""
+
+    calls: int = 0
+    failures: int = 0
+    rejected: int = 0
+    recovery_attempts: int = 0
+    recovery_successes: int = 0
+    errors_by_type: Counter[str] = field(default_factory=Counter)
+    last_seen: float = 0.0
+
+    def add(self, summary: pb.OutcomeSummary, now: float) -> None:
+        failures = summary.failures + summary.probe_failures
+        self.calls += summary.successes + summary.probe_successes + failures
+        self.failures += failures
+        self.rejected += summary.rejected
+        self.recovery_attempts += summary.recovery_attempts
+        self.recovery_successes += min(summary.recovery_successes, summary.recovery_attempts)
+        self.errors_by_type.update(dict(summary.errors_by_type))
+        self.last_seen = now
+
+    def as_dict(self) -> dict[str, Any]:
+        rate = self.recovery_successes / self.recovery_attempts if self.recovery_attempts else None
+        return {
+            "calls": self.calls,
+            "failures": self.failures,
+            "rejected": self.rejected,
+            "recovery_attempts": self.recovery_attempts,
+            "recovery_rate": rate,
+            "errors_by_type": dict(self.errors_by_type),
+        }
+
+
+class FleetActivity:
+    """Per (agent, service) tallies; the least recently seen pair goes first when full."""
+
+    def __init__(self, max_rows: int = MAX_ACTIVITY_ROWS, clock: Any = time.monotonic) -> None:
+        self.rows: dict[tuple[str, str], Activity] = {}
+        self.max_rows = max_rows
+        self._clock = clock
+
+    def record(self, agent: str, summary: pb.OutcomeSummary) -> None:
+        key = (agent, summary.service)
+        row = self.rows.pop(key, None) or Activity()
+        row.add(summary, self._clock())
+        self.rows[key] = row  # most recent last
+        while len(self.rows) > self.max_rows:
+            del self.rows[next(iter(self.rows))]
+
+    def by(self, index: int) -> dict[str, dict[str, Any]]:
+        """Totals per agent (index 0) or per service (index 1)."""
+        totals: dict[str, Activity] = {}
+        for key, row in self.rows.items():
+            total = totals.setdefault(key[index], Activity())
+            total.calls += row.calls
+            total.failures += row.failures
+            total.rejected += row.rejected
+            total.recovery_attempts += row.recovery_attempts
+            total.recovery_successes += row.recovery_successes
+            total.errors_by_type.update(row.errors_by_type)
+        return {name: totals[name].as_dict() for name in sorted(totals)}
+
+
+class Timeline:
+    """The latest breaker transitions, newest first."""
+
+    def __init__(self, size: int = MAX_TIMELINE) -> None:
+        self.entries: deque[dict[str, Any]] = deque(maxlen=size)
+
+    def add(self, breaker: pb.Breaker, old: int | None) -> None:
+        self.entries.appendleft(
+            {
+                "at": breaker.changed_at.ToMilliseconds() / 1000 if breaker.HasField("changed_at") else None,
+                "breaker": breaker.name,
+                "from": STATE_NAMES.get(old or 0, ""),
+                "to": STATE_NAMES.get(breaker.state, ""),
+                "reason": breaker.reason,
+            }
+        )
+
+
+def breaker_row(plane: ControlPlane, message: pb.Breaker, now: float) -> dict[str, Any]:
+    found = plane.breakers.find(message.name)
+    return {
+        "name": message.name,
+        "state": STATE_NAMES.get(message.state, "UNSPECIFIED"),
+        "consecutive_failures": message.consecutive_failures,
+        "failures": message.failures,
+        "open_remaining": message.open_remaining.ToMilliseconds() / 1000,
+        "permits_out": found.permits_out(now) if found is not None else 0,
+        "half_open_successes": message.half_open_successes,
+        "changed_at": message.changed_at.ToMilliseconds() / 1000 if message.HasField("changed_at") else None,
+        "reason": message.reason,
+        "generation": message.generation,
+        "stored": message.revision > 0,
+    }
+
+
+_INT64 = {
+    FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64,
+}  # fmt: skip
+
+
+def _plain(message: Any) -> dict[str, Any]:
+    """A message as JSON-ready data with 64-bit integers as numbers (protobuf's JSON mapping
+    writes them as strings, which a page would then compare as text)."""
+    data = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    for field_ in message.DESCRIPTOR.fields:
+        value = data.get(field_.name)
+        if field_.message_type is not None and field_.message_type.GetOptions().map_entry:
+            if field_.message_type.fields_by_name["value"].type in _INT64:
+                data[field_.name] = {k: int(v) for k, v in (value or {}).items()}
+        elif field_.type in _INT64 and value is not None:
+            data[field_.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+    return data
+
+
+def _policy(policy: ServicePolicy) -> dict[str, Any]:
+    from mission_control.client.config import policy_to_proto
+
+    return json_format.MessageToDict(policy_to_proto(policy), preserving_proto_field_name=True)
+
+
+def fleet_state(plane: ControlPlane, activity: FleetActivity, timeline: Timeline) -> dict[str, Any]:
+    """Everything the dashboard shows, as JSON-ready data."""
+    now = time.monotonic()
+    stats = plane.stats.to_proto(plane.policies, plane.hub.connected_agents, plane.capacity.usage())
+    leadership = plane.leadership
+    agents: dict[str, dict[str, Any]] = {}
+    for sub in list(plane.hub.agents.values()):
+        entry = agents.setdefault(sub.agent_id, {"id": sub.agent_id, "streams": 0, "services": []})
+        entry["streams"] += 1
+        entry["services"] = sorted(set(entry["services"]) | set(sub.services))
+        entry["replica"] = sub.agent_id.startswith("replica.")
+    return {
+        "instance": plane.instance_id,
+        "leading": plane.leading,
+        "leader": None if leadership is None else (leadership.leader_id or None),
+        "store_ok": plane.store_ok,
+        "breakers": [breaker_row(plane, b, now) for b in plane.breakers.snapshot()],
+        "statistics": _plain(stats),
+        "by_service": activity.by(1),
+        "by_agent": activity.by(0),
+        "policies": [_policy(p) for p in plane.policies.all()],
+        "agents": [agents[a] for a in sorted(agents)],
+        "timeline": list(timeline.entries),
+    }

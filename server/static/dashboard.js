@@ -1,0 +1,184 @@
+// Mission Control dashboard: one picture of the fleet from /api/state, then live from
+// /api/events (Server-Sent Events). Everything is rendered with textContent: no value from
+// the fleet (breaker reasons, agent ids) is ever parsed as HTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let picture = null;
+let receivedAt = 0;
+
+function cell(row, text, cls) {
+  const td = row.insertCell();
+  td.textContent = text === undefined || text === null ? "" : String(text);
+  if (cls) td.className = cls;
+  return td;
+}
+
+function fill(tableId, rows, render, empty) {
+  const body = $(tableId).tBodies[0];
+  const fragment = document.createDocumentFragment();
+  for (const item of rows) {
+    const tr = document.createElement("tr");
+    render(tr, item);
+    fragment.appendChild(tr);
+  }
+  if (!rows.length && empty) {
+    const tr = document.createElement("tr");
+    tr.className = "empty";
+    const td = cell(tr, empty, "muted");
+    td.colSpan = $(tableId).tHead.rows[0].cells.length;
+    fragment.appendChild(tr);
+  }
+  body.replaceChildren(fragment);
+}
+
+function percent(ratio) {
+  return ratio === null || ratio === undefined ? "–" : `${(100 * ratio).toFixed(1)} %`;
+}
+
+function seconds(s) {
+  if (!s || s <= 0) return "";
+  return s >= 60 ? `${Math.floor(s / 60)} min ${Math.round(s % 60)} s` : `${s.toFixed(1)} s`;
+}
+
+function when(epoch) {
+  return epoch ? new Date(epoch * 1000).toLocaleTimeString() : "";
+}
+
+function byType(counts) {
+  return Object.entries(counts || {}).map(([k, v]) => `${k} ${v}`).join(", ");
+}
+
+function openLeft(b) {
+  const elapsed = (performance.now() - receivedAt) / 1000;
+  return b.state === "OPEN" ? Math.max(0, b.open_remaining - elapsed) : 0;
+}
+
+function renderBreakers() {
+  const filter = $("breaker-filter").value.trim().toLowerCase();
+  const rows = picture.breakers.filter((b) => !filter || b.name.toLowerCase().includes(filter));
+  fill("breakers", rows, (tr, b) => {
+    tr.dataset.breaker = b.name;
+    cell(tr, b.name);
+    cell(tr, b.state, `state ${b.state}`);
+    cell(tr, b.consecutive_failures);
+    cell(tr, seconds(openLeft(b)), "left");
+    cell(tr, b.state === "HALF_OPEN" ? b.permits_out : "");
+    cell(tr, when(b.changed_at));
+    cell(tr, b.reason);
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = "change…";
+    button.addEventListener("click", () => {
+      $("action-breaker").value = b.name;
+      $("action-reason").focus();
+    });
+    tr.insertCell().appendChild(button);
+  }, filter ? "no breaker matches" : "no breakers yet");
+}
+
+function render() {
+  const p = picture;
+  const s = p.statistics;
+  $("replica").textContent = `replica ${p.instance}` + (p.leading ? " (leader)" : p.leader ? ` — leader ${p.leader}` : "");
+  $("store").textContent = p.store_ok ? "etcd reachable" : "etcd UNREACHABLE — serving from memory";
+  $("store").className = `pill ${p.store_ok ? "good" : "bad"}`;
+  $("not-closed").textContent = p.breakers.filter((b) => b.state !== "CLOSED").length;
+  $("total-errors").textContent = s.total_errors;
+  $("recovery-rate").textContent = Number(s.recovery_attempts) ? `${Number(s.recovery_success_rate).toFixed(1)} %` : "–";
+  $("opens").textContent = s.circuit_breaker_opens;
+  $("rejected").textContent = s.calls_rejected;
+  $("agents-connected").textContent = s.connected_agents;
+  renderBreakers();
+  fill("services", Object.entries(p.by_service), (tr, [name, a]) => {
+    cell(tr, name); cell(tr, a.calls); cell(tr, a.failures); cell(tr, byType(a.errors_by_type));
+    cell(tr, a.rejected); cell(tr, percent(a.recovery_rate));
+  }, "no calls reported yet");
+  const connected = new Map(p.agents.map((a) => [a.id, a]));
+  const agentNames = [...new Set([...connected.keys(), ...Object.keys(p.by_agent)])].sort();
+  fill("agents", agentNames, (tr, name) => {
+    const a = p.by_agent[name] || {};
+    const link = connected.get(name);
+    cell(tr, link && link.replica ? `${name} (replica)` : name);
+    cell(tr, link ? `yes (${link.streams})` : "no");
+    cell(tr, a.calls); cell(tr, a.failures); cell(tr, a.rejected); cell(tr, percent(a.recovery_rate));
+  });
+  fill("limits", s.fleet_limits || [], (tr, l) => {
+    cell(tr, l.service); cell(tr, l.resource); cell(tr, Number(l.fleet_units).toFixed(1));
+    cell(tr, Number(l.leased).toFixed(1)); cell(tr, Number(l.demanded).toFixed(1));
+    cell(tr, Number(l.used).toFixed(1)); cell(tr, l.agents);
+  }, "no fleet-wide limits: each agent enforces its own");
+  fill("policies", p.policies, (tr, pol) => {
+    cell(tr, pol.service); cell(tr, pol.timeout_secs !== undefined ? `${pol.timeout_secs} s` : "default");
+    cell(tr, pol.max_retries ?? "default");
+    cell(tr, `${pol.failure_threshold ?? "default"} / ${pol.success_threshold ?? "default"}`);
+    cell(tr, pol.wait_duration_secs !== undefined ? `${pol.wait_duration_secs} s` : "default");
+    cell(tr, pol.rate_limit_requests !== undefined ? `${pol.rate_limit_requests} / ${pol.rate_limit_window_secs ?? 60} s` : "default");
+  });
+  const errors = $("config-errors");
+  errors.replaceChildren(...(s.config_errors || []).map((e) => {
+    const li = document.createElement("li");
+    li.textContent = `refused ${e.key}: ${e.error} (the last good value stays)`;
+    return li;
+  }));
+  const timeline = $("timeline");
+  timeline.replaceChildren(...p.timeline.map((t) => {
+    const li = document.createElement("li");
+    li.textContent = `${when(t.at)}  ${t.breaker}: ${t.from || "new"} → ${t.to}${t.reason ? ` (${t.reason})` : ""}`;
+    return li;
+  }));
+}
+
+function accept(text) {
+  picture = JSON.parse(text);
+  receivedAt = performance.now();
+  document.body.dataset.version = String((Number(document.body.dataset.version) || 0) + 1);
+  render();
+}
+
+async function act(event) {
+  event.preventDefault();
+  const out = $("action-result");
+  const name = $("action-breaker").value.trim();
+  const token = $("action-token").value.trim();
+  if (token) sessionStorage.setItem("mission-control-token", token);
+  const headers = { "Content-Type": "application/json" };
+  const saved = token || sessionStorage.getItem("mission-control-token");
+  if (saved) headers.Authorization = `Bearer ${saved}`;
+  const url = `/api/breakers/${encodeURIComponent(name)}/${$("action-kind").value}`;
+  try {
+    const reply = await fetch(url, { method: "POST", headers, body: JSON.stringify({ reason: $("action-reason").value }) });
+    const body = await reply.json().catch(() => ({}));
+    out.className = reply.ok ? "ok" : "bad";
+    out.textContent = reply.ok ? `${name}: done` : `${name}: ${body.error || reply.statusText} (nothing changed)`;
+  } catch (err) {
+    out.className = "bad";
+    out.textContent = `${name}: the control plane did not answer`;
+  }
+}
+
+function follow() {
+  const events = new EventSource("/api/events");
+  events.addEventListener("state", (e) => accept(e.data));
+  events.onopen = () => { $("live").textContent = "live"; $("live").className = "pill good"; };
+  events.onerror = () => { $("live").textContent = "reconnecting…"; $("live").className = "pill bad"; };
+}
+
+document.addEventListener("DOMContentLoaded", async () => {
+  $("action-form").addEventListener("submit", act);
+  $("breaker-filter").addEventListener("input", () => picture && renderBreakers());
+  const saved = sessionStorage.getItem("mission-control-token");
+  if (saved) $("action-token").placeholder = "token saved for this tab";
+  const first = await fetch("/api/state");
+  accept(await first.text());
+  follow();
+  setInterval(() => {
+    if (!picture) return;
+    const open = new Map(picture.breakers.filter((b) => b.state === "OPEN").map((b) => [b.name, b]));
+    if (!open.size) return;
+    for (const tr of $("breakers").tBodies[0].rows) {
+      const b = open.get(tr.dataset.breaker);
+      if (b) tr.querySelector(".left").textContent = seconds(openLeft(b));
+    }
+  }, 250);
+});

@@ -1,0 +1,255 @@
+"""The control plane over HTTP: the fleet picture, live events, operator actions under the
+gRPC writes' rules, /metrics and the HTTP health probes — a real control plane on a real etcd."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from mission_control.client.config import policy_from_proto
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.resilience.v1 import policy_pb2
+from mission_control.server.app import RunningControlPlane, start_control_plane
+from mission_control.server.auth import AccessPolicy
+from mission_control.server.etcd_process import EtcdProcess
+from mission_control.server.store import EtcdStore
+
+from tests.support.agents import RawAgent
+
+TOKEN = "dashboard-admin-token-0123456789"
+POLICY = policy_pb2.ServicePolicy(
+    service="llm_provider", failure_threshold=3, success_threshold=2, wait_duration_secs=30
+)
+
+
+@pytest.fixture
+async def plane(etcd_server: EtcdProcess, prefix: str, tmp_path: Path) -> AsyncIterator[RunningControlPlane]:
+    tokens = tmp_path / "admins"
+    tokens.write_text(f"{TOKEN}\n")
+    access = AccessPolicy.build(listen="127.0.0.1:0", admin_tokens_file=tokens)
+    running = await start_control_plane(
+        EtcdStore([etcd_server.endpoint]), "127.0.0.1:0", prefix=prefix, access=access, http="127.0.0.1:0"
+    )
+    yield running
+    await running.stop(grace=0.5)
+
+
+def base(running: RunningControlPlane) -> str:
+    assert running.dashboard is not None
+    return f"http://{running.dashboard.address}"
+
+
+async def state(session: aiohttp.ClientSession, running: RunningControlPlane) -> dict[str, Any]:
+    async with session.get(f"{base(running)}/api/state") as reply:
+        assert reply.status == 200
+        return await reply.json()  # type: ignore[no-any-return]
+
+
+async def stored(running: RunningControlPlane, name: str) -> dict[str, Any] | None:
+    entry = await running.plane.store.get(running.plane.breaker_key(name))
+    return None if entry is None else json.loads(entry.value)
+
+
+async def test_the_picture_follows_a_trip_live(plane: RunningControlPlane) -> None:
+    await plane.plane.put_policy(policy_from_proto(POLICY))
+    address = f"127.0.0.1:{plane.port}"
+    async with aiohttp.ClientSession() as session, RawAgent(address, "agent-a", ("llm_provider",)) as agent:
+        async with session.get(f"{base(plane)}/api/events") as events:
+            assert events.headers["Content-Type"].startswith("text/event-stream")
+            await agent.report(
+                "llm_provider", failures=3, trailing_failures=3, errors_by_type={"LLMProviderUnavailable": 3}
+            )
+            seen = await asyncio.wait_for(_first_picture(events, "OPEN"), 30)
+        (breaker,) = seen["breakers"]
+        assert breaker["name"] == "llm_provider" and breaker["consecutive_failures"] in (0, 3)
+        assert 0 < breaker["open_remaining"] <= 30
+        assert seen["timeline"][0]["breaker"] == "llm_provider" and seen["timeline"][0]["to"] == "OPEN"
+        picture = await state(session, plane)
+        assert picture["statistics"]["total_errors"] == 3  # numbers, not protobuf's strings
+        assert picture["statistics"]["errors_by_type"] == {"LLMProviderUnavailable": 3}
+        assert picture["by_agent"]["agent-a"]["failures"] == 3
+        assert picture["by_service"]["llm_provider"]["errors_by_type"] == {"LLMProviderUnavailable": 3}
+        assert [a["id"] for a in picture["agents"]] == ["agent-a"]
+        assert [p["service"] for p in picture["policies"]] == ["llm_provider"]
+        assert picture["leading"] and picture["store_ok"]
+
+
+async def test_actions_need_an_admin_and_same_origin_and_change_nothing_otherwise(
+    plane: RunningControlPlane,
+) -> None:
+    url = f"{base(plane)}/api/breakers/storage_backend/force-open"
+    body = {"reason": "disk maintenance"}
+    json_type = {"Content-Type": "application/json"}
+    refused = [
+        ({**json_type}, 401),  # no token
+        ({**json_type, "Authorization": "Bearer not-the-token"}, 403),
+        ({**json_type, "Authorization": f"Bearer {TOKEN}", "Origin": "http://evil.example"}, 403),
+        ({**json_type, "Authorization": f"Bearer {TOKEN}", "Sec-Fetch-Site": "cross-site"}, 403),
+        ({"Content-Type": "application/x-www-form-urlencoded", "Authorization": f"Bearer {TOKEN}"}, 415),
+    ]
+    async with aiohttp.ClientSession() as session:
+        for headers, status in refused:
+            async with session.post(url, data=json.dumps(body), headers=headers) as reply:
+                assert reply.status == status, (headers, await reply.text())
+                assert "error" in await reply.json()
+        assert await stored(plane, "storage_backend") is None
+        assert "storage_backend" not in plane.plane.breakers.names()
+        async with RawAgent(f"127.0.0.1:{plane.port}", "agent-b", ("storage_backend",)) as agent:
+            same_origin = {**json_type, "Authorization": f"Bearer {TOKEN}", "Origin": base(plane)}
+            async with session.post(url, data=json.dumps(body), headers=same_origin) as reply:
+                assert reply.status == 200, await reply.text()
+                assert (await reply.json())["state"] == "FORCED_OPEN"
+            # exactly as the CLI's write: stored in etcd with the reason, pushed to agents
+            record = await stored(plane, "storage_backend")
+            text = json.dumps(record)
+            assert "FORCED_OPEN" in text and "disk maintenance" in text
+            await agent.wait_for(lambda: agent.state("storage_backend") == pb.BREAKER_STATE_FORCED_OPEN)
+            bad = f"{base(plane)}/api/breakers/storage_backend/explode"
+            async with session.post(bad, data="{}", headers=same_origin) as reply:
+                assert reply.status == 404
+            too_long = json.dumps({"reason": "x" * 600})
+            reset = url.replace("force-open", "reset")
+            async with session.post(reset, data=too_long, headers=same_origin) as reply:
+                assert reply.status == 400
+            assert agent.state("storage_backend") == pb.BREAKER_STATE_FORCED_OPEN
+
+
+async def test_without_admins_only_a_loopback_dashboard_takes_writes(
+    etcd_server: EtcdProcess, prefix: str
+) -> None:
+    running = await start_control_plane(
+        EtcdStore([etcd_server.endpoint]), "127.0.0.1:0", prefix=prefix, http="127.0.0.1:0"
+    )
+    try:
+        assert running.dashboard is not None and running.dashboard.open_writes
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{base(running)}/api/breakers/object_storage/disable",
+                json={"reason": "local test"},
+            ) as reply,
+        ):
+            assert reply.status == 200, await reply.text()
+        assert running.plane.breakers.find("object_storage") is not None
+    finally:
+        await running.stop(grace=0.5)
+    # the same rule on every interface: writes refused, reads served
+    everywhere = AccessPolicy.build(listen="0.0.0.0:0")
+    assert not everywhere.open_writes
+
+
+async def test_metrics_and_http_health(plane: RunningControlPlane) -> None:
+    await plane.plane.put_policy(policy_from_proto(POLICY))
+    async with RawAgent(f"127.0.0.1:{plane.port}", "agent-m", ("llm_provider",)) as agent:
+        failures = {"StorageFailure": 3}
+        await agent.report("llm_provider", failures=3, trailing_failures=3, errors_by_type=failures)
+        await agent.wait_for(lambda: agent.state("llm_provider") == pb.BREAKER_STATE_OPEN)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base(plane)}/metrics") as reply:
+                assert reply.status == 200
+                assert reply.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+                text = await reply.text()
+            async with session.get(f"{base(plane)}/healthz") as reply:
+                assert reply.status == 200
+            async with session.get(f"{base(plane)}/readyz") as reply:
+                assert reply.status == 200 and (await reply.json())["etcd"] == "reachable"
+    samples = _samples(text)
+    assert samples['mission_control_breaker_state{breaker="llm_provider",state="OPEN"}'] == 1
+    assert samples['mission_control_breaker_state{breaker="llm_provider",state="CLOSED"}'] == 0
+    assert samples["mission_control_errors_total"] == 3
+    assert samples['mission_control_errors_by_type_total{error_type="StorageFailure"}'] == 3
+    assert samples['mission_control_errors_by_agent_total{agent="agent-m"}'] == 3
+    assert samples["mission_control_circuit_breaker_opens_total"] == 1
+    assert samples["mission_control_agents_connected"] == 1
+    assert samples["mission_control_leader"] == 1 and samples["mission_control_store_up"] == 1
+    assert 0 < samples['mission_control_breaker_open_remaining_seconds{breaker="llm_provider"}'] <= 30
+
+
+async def test_readyz_follows_etcd(plane: RunningControlPlane) -> None:
+    plane.plane._set_store_ok(False)  # what the health loop does when etcd stops answering
+    try:
+        async with aiohttp.ClientSession() as session, session.get(f"{base(plane)}/readyz") as reply:
+            assert reply.status == 503 and (await reply.json())["etcd"] == "unreachable"
+    finally:
+        plane.plane._set_store_ok(True)
+
+
+def _samples(text: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+async def test_an_http_port_in_use_is_a_clear_error(etcd_server: EtcdProcess, prefix: str) -> None:
+    first = await start_control_plane(
+        EtcdStore([etcd_server.endpoint]), "127.0.0.1:0", prefix=prefix, http="127.0.0.1:0"
+    )
+    try:
+        assert first.dashboard is not None
+        with pytest.raises(OSError):
+            await start_control_plane(
+                EtcdStore([etcd_server.endpoint]), "127.0.0.1:0", prefix=prefix, http=first.dashboard.address
+            )
+    finally:
+        await first.stop(grace=0.5)
+
+
+async def _first_picture(events: aiohttp.ClientResponse, state: str) -> dict[str, Any]:
+    """The first pushed picture with a breaker in ``state`` (the stream itself never ends)."""
+    async for line in events.content:
+        if line.startswith(b"data: "):
+            picture: dict[str, Any] = json.loads(line[6:])
+            if any(b["state"] == state for b in picture["breakers"]):
+                return picture
+    raise AssertionError("the event stream ended")
+
+
+async def test_any_replica_shows_the_fleet(etcd_server: EtcdProcess, prefix: str) -> None:
+    """Two replicas on one etcd: an agent of the follower trips a breaker the leader decides,
+    and the follower's page shows it, with its own agent and who leads."""
+    replicas = []
+    for name in ("rep-a", "rep-b"):
+        replicas.append(
+            await start_control_plane(
+                EtcdStore([etcd_server.endpoint]),
+                "127.0.0.1:0",
+                prefix=prefix,
+                instance_id=name,
+                http="127.0.0.1:0",
+            )
+        )
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while not any(r.plane.leading for r in replicas) or not all(
+            r.plane.leading or r.plane.leadership.leader_id
+            for r in replicas  # type: ignore[union-attr]
+        ):
+            assert loop.time() < deadline, "no leader"
+            await asyncio.sleep(0.05)
+        leader = next(r for r in replicas if r.plane.leading)
+        follower = next(r for r in replicas if not r.plane.leading)
+        await leader.plane.put_policy(policy_from_proto(POLICY))
+        async with (
+            aiohttp.ClientSession() as session,
+            RawAgent(f"127.0.0.1:{follower.port}", "agent-f", ("llm_provider",)) as agent,
+        ):
+            await agent.report("llm_provider", failures=3, trailing_failures=3)
+            await agent.wait_for(lambda: agent.state("llm_provider") == pb.BREAKER_STATE_OPEN)
+            async with session.get(f"{base(follower)}/api/events") as events:
+                picture = await asyncio.wait_for(_first_picture(events, "OPEN"), 30)
+        assert not picture["leading"] and picture["leader"] == leader.plane.instance_id
+        assert picture["instance"] == follower.plane.instance_id
+        assert [a["id"] for a in picture["agents"]] == ["agent-f"]
+        assert picture["breakers"][0]["name"] == "llm_provider"
+    finally:
+        for running in replicas:
+            await running.stop(grace=0.5)
