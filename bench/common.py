@@ -62,7 +62,10 @@ def stack(extra_upstreams: int = 0) -> Iterator[Stack]:
         etcd = EtcdProcess(Path(tmp) / "etcd", log_file=Path(tmp) / "etcd.log").start()
         procs: list[Proc] = []
         try:
-            plane, address = control_plane(etcd.endpoint, "/mission-control/v1")
+            # Every simulated agent connects from this one host: lift the per-address bound.
+            plane, address = control_plane(
+                etcd.endpoint, "/mission-control/v1", "--max-agents-per-peer", "100000"
+            )
             procs.append(plane)
             upstream = python("tests.support.upstream", "upstream")
             procs.append(upstream)

@@ -14,6 +14,7 @@ are errors, never silently ignored.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -72,7 +73,7 @@ _INTEGERS = {
     "rate_limit_requests",
     "max_concurrent",
 }
-_LISTS = ("retryable_codes", "fallbacks", "record_errors", "ignore_errors")
+_LISTS = ("retryable_codes", "fallbacks", "record_errors", "ignore_errors", "reporters")
 _BOOLS = ("idempotent",)
 _BACKOFF = {
     "initial_backoff_secs": "initial_secs",
@@ -289,7 +290,8 @@ def policy_to_mapping(policy: ServicePolicy, *, with_service: bool = True) -> di
     for key in _SCALARS:
         out[key] = getattr(policy, key)
     for key in _LISTS:
-        out[key] = list(getattr(policy, key))
+        if key != "reporters" or policy.reporters:  # who may report: shown only when restricted
+            out[key] = list(getattr(policy, key))
     for key in _BOOLS:
         out[key] = getattr(policy, key)
     out["backoff"] = {key: getattr(policy.backoff, attr) for key, attr in _BACKOFF.items()}
@@ -338,17 +340,34 @@ def policy_to_json(policy: ServicePolicy) -> str:
     return json_format.MessageToJson(policy_to_proto(policy), preserving_proto_field_name=True, indent=2)
 
 
+def _where(err: Exception) -> str:
+    """Where a stored value failed to parse, never the value (it may hold a secret)."""
+    text = str(err)
+    found = re.search(r" at ServicePolicy\.([A-Za-z0-9_.\[\]]{1,128}?)\.?$", text)
+    if found is None:
+        found = re.search(r"Failed to parse ([A-Za-z0-9_.]{1,64}) field", text)
+    if found:
+        return f"field {found.group(1)} has a value of the wrong type or range"
+    found = re.search(r'has no field named "([A-Za-z0-9_]{1,64})"', text)
+    if found:
+        return f"unknown field {found.group(1)}"
+    found = re.search(r"line (\d+) column (\d+)", text)
+    if found:
+        return f"malformed JSON at line {found.group(1)} column {found.group(2)}"
+    return "malformed value"
+
+
 def policy_from_json(text: str | bytes, *, service: str | None = None) -> ServicePolicy:
     """A policy from protobuf JSON (an etcd value). Raises ConfigurationError."""
     message = policy_pb2.ServicePolicy()
     try:
         json_format.Parse(text, message)
     except (json_format.ParseError, UnicodeDecodeError, ValueError) as err:
-        raise ConfigurationError("policy", f"not a valid ServicePolicy JSON: {err}") from err
+        raise ConfigurationError("policy", f"not a valid ServicePolicy JSON: {_where(err)}") from None
     if service is not None and not message.service:
         message.service = service
     if service is not None and message.service != service:
-        raise ConfigurationError("service", f"{message.service!r} stored under key {service!r}")
+        raise ConfigurationError("service", "does not match the service of its key")
     return policy_from_proto(message)
 
 

@@ -35,6 +35,8 @@ Violations = list[tuple[str, str]]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _DAY = 86400.0
+#: Most entries in a policy's ``reporters``.
+MAX_REPORTERS = 256
 _CODES = {c.name for c in grpc.StatusCode if c is not grpc.StatusCode.OK}
 
 
@@ -236,6 +238,9 @@ class ServicePolicy:
     #: failures of the service / as the caller's own (see ``client.outcomes``).
     record_errors: tuple[str, ...] = ()
     ignore_errors: tuple[str, ...] = ()
+    #: Who may report outcomes of this service to the control plane: agent ids, or
+    #: ``prefix*`` for a group; empty = every agent.
+    reporters: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "retryable_codes", tuple(self.retryable_codes))
@@ -243,6 +248,7 @@ class ServicePolicy:
         object.__setattr__(self, "fallbacks", tuple(self.fallbacks))
         object.__setattr__(self, "record_errors", tuple(self.record_errors))
         object.__setattr__(self, "ignore_errors", tuple(self.ignore_errors))
+        object.__setattr__(self, "reporters", tuple(self.reporters))
         _validated(self, ServicePolicy.check)
 
     @staticmethod
@@ -260,7 +266,7 @@ class ServicePolicy:
         c.integer("max_concurrent", p.max_concurrent, low=0, high=1_000_000)
         for i, code in enumerate(p.retryable_codes):
             if code not in _CODES:
-                c.add(f"retryable_codes[{i}]", f"unknown gRPC status code {code!r}")
+                c.add(f"retryable_codes[{i}]", "not a gRPC status code name (e.g. UNAVAILABLE)")
         names = [q.resource for q in p.quotas]
         for i, name in enumerate(names):
             if names.index(name) != i:
@@ -279,6 +285,14 @@ class ServicePolicy:
             for i, name in enumerate(getattr(p, key)):
                 if not _CLASS_NAME.fullmatch(name):
                     c.add(f"{key}[{i}]", f"not an exception class name: {name!r}")
+        if len(p.reporters) > MAX_REPORTERS:
+            c.add("reporters", f"at most {MAX_REPORTERS} entries")
+        for i, pattern in enumerate(p.reporters[:MAX_REPORTERS]):
+            problem = name_problem(
+                pattern[:-1] if isinstance(pattern, str) and pattern.endswith("*") else pattern
+            )
+            if problem:
+                c.add(f"reporters[{i}]", f"{problem} (an agent id, or a prefix ending in '*')")
         if p.fleet is not None:
             for i, name in enumerate(p.fleet.quotas):
                 if name not in names:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import socket
@@ -46,6 +47,8 @@ class TlsFiles:
     cert: Path
     key: Path
     client_ca: Path | None = None
+    #: CA of the other replicas' server certificates (default: client_ca).
+    relay_ca: Path | None = None
 
     def credentials(self) -> grpc.ServerCredentials:
         client_ca = self.client_ca.read_bytes() if self.client_ca else None
@@ -64,6 +67,13 @@ class TlsFiles:
             context.load_verify_locations(cafile=str(self.client_ca))
             context.verify_mode = ssl.CERT_OPTIONAL
         return context
+
+    def relay_credentials(self) -> grpc.ChannelCredentials:
+        """How this replica reaches the leader: TLS, presenting its own certificate."""
+        ca = self.relay_ca or self.client_ca
+        return grpc.ssl_channel_credentials(
+            ca.read_bytes() if ca else None, self.key.read_bytes(), self.cert.read_bytes()
+        )
 
 
 @dataclass
@@ -98,6 +108,7 @@ class ServeOptions:
     etcd_access: EtcdAccess = field(default_factory=EtcdAccess)
     admin_tokens_file: Path | None = None
     admin_identities: tuple[str, ...] = ()
+    replica_identities: tuple[str, ...] = ()
     agent_tokens_file: Path | None = None
     limits: Limits = field(default_factory=Limits)
     advertise: str | None = None
@@ -160,6 +171,11 @@ async def start_control_plane(
     server = grpc.aio.server(interceptors=interceptors, options=options)
     access = access or AccessPolicy.build(listen=listen)
     servicer = ControlPlaneServicer(plane, access, limits)
+    plane.admission.limits = dataclasses.replace(
+        plane.admission.limits,
+        total=servicer.limits.max_unnamed_services,
+        per_agent=servicer.limits.max_unnamed_services_per_agent,
+    )
     pb_grpc.add_ControlPlaneServiceServicer_to_server(servicer, server)
     try:
         port = server.add_secure_port(listen, tls.credentials()) if tls else server.add_insecure_port(listen)
@@ -169,8 +185,14 @@ async def start_control_plane(
         await store.close()
         problem = bind_problem(listen) or "refused by gRPC (is it a HOST:PORT of this machine?)"
         raise OSError(f"cannot listen on {listen}: {problem}")
-    relay_token = access.admin_tokens[0].decode() if access.admin_tokens else None
-    plane.enable_leadership(advertise or _advertised(listen, port), token=relay_token)
+    # With mutual TLS and replica identities a replica relays as itself (its certificate),
+    # not as an admin; otherwise it presents the first admin token, if any.
+    as_replica = tls is not None and tls.client_ca is not None and bool(access.replica_identities)
+    relay_token = access.admin_tokens[0].decode() if access.admin_tokens and not as_replica else None
+    relay_credentials = tls.relay_credentials() if tls is not None else None
+    plane.enable_leadership(
+        advertise or _advertised(listen, port), token=relay_token, credentials=relay_credentials
+    )
     running = RunningControlPlane(plane, server, port, telemetry)
     health_pb2_grpc.add_HealthServicer_to_server(running.health, server)
     reflection.enable_server_reflection(

@@ -13,6 +13,7 @@ the development default; anywhere else they are refused until an admin is config
 
 from __future__ import annotations
 
+import fnmatch
 import hmac
 import ipaddress
 import logging
@@ -58,6 +59,9 @@ class AccessPolicy:
     admin_identities: frozenset[str] = frozenset()
     agent_tokens: dict[str, bytes] = field(default_factory=dict)  # agent id -> token
     open_writes: bool = True
+    #: Certificate identities of replicas (exact, or a prefix ending in "*"): they relay
+    #: their agents' outcomes, and may not write.
+    replica_identities: frozenset[str] = frozenset()
 
     @classmethod
     def build(
@@ -67,8 +71,11 @@ class AccessPolicy:
         admin_tokens_file: str | Path | None = None,
         admin_identities: Iterable[str] = (),
         agent_tokens_file: str | Path | None = None,
+        replica_identities: Iterable[str] = (),
     ) -> AccessPolicy:
         admin = tuple(t.encode() for t in read_token_lines(admin_tokens_file)) if admin_tokens_file else ()
+        if admin_tokens_file and not admin:
+            raise ValueError(f"{admin_tokens_file}: no tokens in it (an empty file would leave writes open)")
         agents: dict[str, bytes] = {}
         if agent_tokens_file:
             for line in read_token_lines(agent_tokens_file):
@@ -76,9 +83,17 @@ class AccessPolicy:
                 if not token.strip():
                     raise ValueError(f"{agent_tokens_file}: each line must be '<agent_id> <token>'")
                 agents[agent_id] = token.strip().encode()
+            if not agents:
+                raise ValueError(f"{agent_tokens_file}: no tokens in it (agents would be unauthenticated)")
         identities = frozenset(i for i in admin_identities if i)
         configured = bool(admin or identities)
-        policy = cls(admin, identities, agents, open_writes=not configured and is_loopback(listen))
+        policy = cls(
+            admin,
+            identities,
+            agents,
+            open_writes=not configured and is_loopback(listen),
+            replica_identities=frozenset(i for i in replica_identities if i),
+        )
         if not configured and not policy.open_writes:
             _log.warning(
                 "no admin token or identity configured and not on loopback: writes are refused "
@@ -126,9 +141,25 @@ class AccessPolicy:
             )
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"this identity may not call {method}")
 
+    def is_admin(self, context: grpc.aio.ServicerContext) -> bool:
+        """Whether the caller proved an admin identity (replicas relaying hold one)."""
+        token = self.bearer(context)
+        if token is not None and _matches(token, self.admin_tokens):
+            return True
+        return bool(self.admin_identities & self.certificate_identities(context))
+
+    def is_replica(self, context: grpc.aio.ServicerContext) -> bool:
+        """Whether the caller's certificate names one of the replicas."""
+        names = self.certificate_identities(context)
+        return any(
+            fnmatch.fnmatchcase(name, pattern) for name in names for pattern in self.replica_identities
+        )
+
     async def authorize_agent(self, context: grpc.aio.ServicerContext, agent_id: str) -> None:
         """An agent reports only under its own name (when agents are authenticated)."""
         identities = self.certificate_identities(context)
+        if self.is_replica(context):
+            return  # a replica relays for its agents under its own stream
         if identities and agent_id not in identities and not (self.admin_identities & identities):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, "agent_id does not match the client certificate"

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from . import operator
 from .app import EtcdAccess, ServeOptions, TlsFiles
+from .auth import read_token_lines
 from .cli_args import parse
 from .etcd_process import EtcdUnavailable
 from .pem import check_ca, check_pair
@@ -43,12 +44,16 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
         args.etcd_key,
         args.admin_tokens_file,
         args.agent_tokens_file,
+        args.tls_relay_ca,
     ):
         if path is not None and not path.is_file():
             raise ValueError(f"{path}: no such file")
+    for path in (args.admin_tokens_file, args.agent_tokens_file):
+        if path is not None and not read_token_lines(path):
+            raise ValueError(f"{path}: no tokens in it (an empty file would leave access open)")
     if args.tls_cert:
         check_pair(args.tls_cert, args.tls_key)
-    for ca in (args.tls_client_ca, args.etcd_ca):
+    for ca in (args.tls_client_ca, args.tls_relay_ca, args.etcd_ca):
         if ca is not None:
             check_ca(ca)
     if args.etcd_cert or args.etcd_key:
@@ -61,12 +66,20 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
         prefix=args.etcd_prefix,
         state_dir=args.state_dir,
         instance_id=args.instance_id,
-        tls=TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
+        tls=TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca, args.tls_relay_ca)
+        if args.tls_cert
+        else None,
         etcd_access=EtcdAccess(args.etcd_ca, args.etcd_cert, args.etcd_key, args.etcd_user, password),
         admin_tokens_file=args.admin_tokens_file,
         admin_identities=tuple(args.admin_identity),
+        replica_identities=tuple(args.replica_identity),
         agent_tokens_file=args.agent_tokens_file,
-        limits=Limits(max_agents=args.max_agents),
+        limits=Limits(
+            max_agents=args.max_agents,
+            max_agents_per_peer=args.max_agents_per_peer,
+            max_unnamed_services=args.max_unnamed_services,
+            max_unnamed_services_per_agent=args.max_unnamed_services_per_agent,
+        ),
         advertise=args.advertise,
         http=args.http,
     )

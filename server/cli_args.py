@@ -114,6 +114,24 @@ def _add_serve(run: argparse.ArgumentParser) -> None:
         "--max-agents", type=int, default=10_000, help="most agents connected at once (default 10000)"
     )
     run.add_argument(
+        "--max-agents-per-peer",
+        type=int,
+        default=64,
+        help="most agent ids connected from one address, when agents are not authenticated (default 64)",
+    )
+    run.add_argument(
+        "--max-unnamed-services",
+        type=int,
+        default=1024,
+        help="most breakers of services no policy names, which agents choose (default 1024)",
+    )
+    run.add_argument(
+        "--max-unnamed-services-per-agent",
+        type=int,
+        default=64,
+        help="most such breakers one agent may cause (default 64)",
+    )
+    run.add_argument(
         "--http",
         metavar="HOST:PORT",
         default=None,
@@ -135,6 +153,17 @@ def _add_serve(run: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="client-certificate identity (SAN or CN) allowed to write; repeatable",
+    )
+    sec.add_argument(
+        "--replica-identity",
+        action="append",
+        default=[],
+        help="certificate identity of a replica (or a prefix ending in '*') that may relay; repeatable",
+    )
+    sec.add_argument(
+        "--tls-relay-ca",
+        type=Path,
+        help="CA of the other replicas' server certificates, for relaying (default --tls-client-ca)",
     )
     sec.add_argument(
         "--agent-tokens-file",

@@ -20,12 +20,14 @@ import logging
 import time
 from collections.abc import Callable
 
+import grpc
 from mission_control.client.breaker import BreakerState, Transition
 from mission_control.client.config import policy_to_proto
 from mission_control.client.policy import ServicePolicy
 from mission_control.client.telemetry import Telemetry
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
+from .admission import ServiceAdmission, forget_idle
 from .capacity import CapacityLeaser
 from .engine import FleetBreakers
 from .hub import Hub
@@ -33,14 +35,18 @@ from .leadership import Leadership
 from .observability import FleetTelemetry
 from .policies import PolicyBook
 from .relay import LeaderRelay
+from .reports import ReportGate
 from .stats import FleetStatistics
-from .store import Store, StoreUnavailable
+from .store import Store, StoreUnavailable, Write
 from .sync import StoreSync
 from .writes import StateWriter
 
 _log = logging.getLogger("mission_control.server")
 
 DEFAULT_PREFIX = "/mission-control/v1"
+
+#: A snapshot stays under this size: gRPC clients accept 4 MiB by default.
+SNAPSHOT_MAX_BYTES = 3 * 1024 * 1024
 
 
 class ControlPlane:
@@ -76,6 +82,8 @@ class ControlPlane:
         self.leadership: Leadership | None = None
         self.relay: LeaderRelay | None = None
         self.capacity = CapacityLeaser(self)
+        self.admission = ServiceAdmission(self.policies, self.breakers)
+        self.reports = ReportGate(self.policies.policy_of)
         self.writer = StateWriter(
             store, self.breaker_key, self.breakers, self.policies, lambda: self._set_store_ok(False)
         )
@@ -106,12 +114,20 @@ class ControlPlane:
         """Whether this replica decides transitions now."""
         return self.leadership is None or self.leadership.leading
 
-    def enable_leadership(self, address: str, *, ttl: int = 3, token: str | None = None) -> None:
-        """Run as one of several replicas: campaign for leadership, relay to the leader."""
+    def enable_leadership(
+        self,
+        address: str,
+        *,
+        ttl: int = 3,
+        token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        """Run as one of several replicas: campaign for leadership, relay to the leader
+        (over TLS when ``credentials`` are given)."""
         self.leadership = Leadership(
             self.store, self.prefix, self.instance_id, address, ttl=ttl, on_change=self._on_leadership
         )
-        self.relay = LeaderRelay(self.leadership, self.hub, token=token)
+        self.relay = LeaderRelay(self.leadership, self.hub, token=token, credentials=credentials)
         self.writer.fence = self.leadership
 
     def _on_leadership(self, leading: bool) -> None:
@@ -150,6 +166,7 @@ class ControlPlane:
     def agent_left(self, agent_id: str) -> None:
         self.breakers.release_agent(agent_id)
         self.capacity.forget(agent_id)
+        self.reports.agent_left(agent_id)
         if self.relay is not None:
             self.relay.agent_left(agent_id)
 
@@ -158,7 +175,7 @@ class ControlPlane:
     async def start(self, load_timeout: float = 10.0) -> None:
         """Start the background loops; waits up to ``load_timeout`` for the first load
         (when the store is down it serves defaults and catches up later)."""
-        loops = [self.sync.run, self.writer.run, self._tick_loop, self._health_loop]
+        loops = [self.sync.run, self.writer.run, self._tick_loop, self._health_loop, self._forget_loop]
         if self.leadership is not None and self.relay is not None:
             loops += [self.leadership.run, self.relay.run]
         for loop in loops:
@@ -203,6 +220,28 @@ class ControlPlane:
 
     # -- timers and health -----------------------------------------------------
 
+    # -- forgetting idle breakers ----------------------------------------------
+
+    async def _forget_loop(self) -> None:
+        every = max(0.05, min(60.0, self.admission.limits.idle_secs / 10))
+        await forget_idle(self.admission, self.forget_breaker, every)
+
+    async def forget_breaker(self, name: str) -> None:
+        """Drop an idle breaker no policy names; the leader also deletes its stored key."""
+        revision = self.breakers.revisions.get(name, 0)
+        if self.writer.is_pending(name):
+            return
+        self.breakers.forget(name)
+        if not revision or not self.leading:
+            return
+        try:
+            result = await self.writer.commit([Write(self.breaker_key(name), None, revision)], fenced=True)
+        except StoreUnavailable as err:
+            _log.warning("stored breaker %s not deleted (%s); a restart loads it again", name, err)
+            return
+        if not result.ok:
+            _log.info("stored breaker %s not deleted (%s)", name, result.status.name.lower())
+
     async def _tick_loop(self) -> None:
         while True:
             if self.leading:
@@ -229,6 +268,11 @@ class ControlPlane:
         _log.error("background task %s ended (%r): not serving", task.get_name(), error, exc_info=error)
         self.failed_tasks.append(task.get_name())
         self._set_store_ok(self.store_ok)
+
+    @property
+    def serving(self) -> bool:
+        """What gRPC health reports (the same as :attr:`healthy`)."""
+        return self.healthy
 
     @property
     def healthy(self) -> bool:
@@ -259,7 +303,7 @@ class ControlPlane:
             if self.telemetry is not None:
                 self.telemetry.transition(message, move)
         if message.state == pb.BREAKER_STATE_OPEN and old is not BreakerState.OPEN:
-            self.stats.breaker_opens += 1
+            self.stats.add_breaker_open()
         self.hub.broadcast(pb.ConnectResponse(breaker=message))
         self.hub.notify_watchers(message, old)
 
@@ -278,12 +322,28 @@ class ControlPlane:
 
     # -- snapshot for a new stream ---------------------------------------------
 
-    def snapshot(self) -> pb.Snapshot:
-        """Every policy and breaker; ``partial`` until the store has been loaded once."""
-        return pb.Snapshot(
+    def snapshot(self, services: tuple[str, ...] = (), max_bytes: int = SNAPSHOT_MAX_BYTES) -> pb.Snapshot:
+        """Every policy and breaker, kept under ``max_bytes`` (the breakers of ``services``,
+        the agent's own, and those not CLOSED come first); ``partial`` until the store has
+        been loaded once."""
+        snapshot = pb.Snapshot(
             policies=[policy_to_proto(p) for p in self.policies.all()],
-            breakers=self.breakers.snapshot(),
             control_plane_id=self.instance_id,
             version=self.version,
             partial=not self.sync.loaded.is_set(),
         )
+        mine = set(services)
+        ranked = sorted(
+            self.breakers.snapshot(),
+            key=lambda b: (b.name not in mine, b.state == pb.BREAKER_STATE_CLOSED, b.name),
+        )
+        size = snapshot.ByteSize()
+        for breaker in ranked:
+            size += breaker.ByteSize() + 8  # field tag and length
+            if size > max_bytes:
+                snapshot.omitted_breakers += 1
+            else:
+                snapshot.breakers.append(breaker)
+        if snapshot.omitted_breakers:
+            _log.warning("snapshot left out %d breakers (size bound)", snapshot.omitted_breakers)
+        return snapshot

@@ -24,6 +24,9 @@ _log = logging.getLogger("mission_control.server.engine")
 #: How long an agent may hold an unused probe permit.
 PROBE_TTL_SECS = 5.0
 
+#: The Breaker message's counters are uint32: a count beyond is shown (and stored) as this.
+UINT32_MAX = 2**32 - 1
+
 ChangeListener = Callable[[pb.Breaker, BreakerState | None, Transition | None], None]
 GrantListener = Callable[[str, pb.ProbeGrant], None]
 
@@ -101,9 +104,9 @@ class FleetBreakers:
         message = pb.Breaker(
             name=name,
             state=int(b.state),
-            consecutive_failures=b.consecutive_failures,
-            failures=b.failures,
-            half_open_successes=b.half_open_successes,
+            consecutive_failures=min(b.consecutive_failures, UINT32_MAX),
+            failures=min(b.failures, UINT32_MAX),
+            half_open_successes=min(b.half_open_successes, UINT32_MAX),
             reason=b.reason,
             revision=self.revisions.get(name, 0),
             generation=b.generation,
@@ -180,8 +183,12 @@ class FleetBreakers:
         moves: list[Transition | None] = []
         if summary.probes_released:
             breaker.release_probes(agent, summary.probes_released)
-        if summary.probe_successes or summary.probe_failures:
-            moves.append(breaker.record_probes(now, agent, summary.probe_successes, summary.probe_failures))
+        # Probe results count only for permits this agent holds.
+        held = breaker.permits_of(agent)
+        probe_failures = min(summary.probe_failures, held)
+        probe_successes = min(summary.probe_successes, held - probe_failures)
+        if probe_successes or probe_failures:
+            moves.append(breaker.record_probes(now, agent, probe_successes, probe_failures))
         moves.append(breaker.record(now, summary.successes, summary.failures, summary.trailing_failures))
         if summary.rejected and breaker.state is not BreakerState.CLOSED:
             self._demand.setdefault(summary.service, _Demand()).note(agent, now)
@@ -232,6 +239,13 @@ class FleetBreakers:
         if move is not None:
             self._transitioned(move)
         return move
+
+    def forget(self, name: str) -> None:
+        """Drop a breaker from memory (an idle one no policy names); a later report
+        starts it over CLOSED."""
+        self._breakers.pop(name, None)
+        self._demand.pop(name, None)
+        self.revisions.pop(name, None)
 
     def policy_changed(self, service: str) -> None:
         breaker = self.find(service)

@@ -33,6 +33,10 @@ class Subscriber:
     names: frozenset[str] = frozenset()  # WatchBreakers filter; empty = all
     queue: asyncio.Queue[object] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
     overflowed: bool = False
+    #: An admin identity (a replica relaying for its agents): bound by fleet-wide caps only.
+    trusted: bool = False
+    #: The client's address (without port).
+    peer: str = ""
     #: (code, details) the stream is to end with, when the client broke a limit.
     refusal: tuple[grpc.StatusCode, str] | None = None
 
@@ -94,6 +98,10 @@ class Hub:
 
     def unwatch(self, sub: Subscriber) -> None:
         self.watchers.pop(sub.id, None)
+
+    def agent_ids_from(self, peer: str) -> set[str]:
+        """Agent ids with a stream from ``peer``."""
+        return {s.agent_id for s in self.agents.values() if s.peer == peer}
 
     def streams_of(self, agent_id: str) -> int:
         return sum(1 for s in self.agents.values() if s.agent_id == agent_id)

@@ -42,13 +42,20 @@ class LeaderRelay:
     Args:
         leadership: who leads (the link follows it).
         hub: this replica's agents' streams (grants and leases go to them).
+        credentials: TLS for the link (the replica's own certificate); None = plaintext.
     """
 
     def __init__(
-        self, leadership: Leadership, hub: Hub, token: str | None = None, flush_interval: float = 0.02
+        self,
+        leadership: Leadership,
+        hub: Hub,
+        token: str | None = None,
+        flush_interval: float = 0.02,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.leadership = leadership
         self.hub = hub
+        self._credentials = credentials
         self.agent_id = f"replica.{leadership.instance_id}"
         self.flush_interval = flush_interval
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
@@ -145,7 +152,12 @@ class LeaderRelay:
     async def _stream(self, address: str) -> None:
         self._epoch += 1
         self._requeue()  # anything a previous link did not get acknowledged goes again
-        async with grpc.aio.insecure_channel(address, options=KEEPALIVE) as channel:
+        channel = (
+            grpc.aio.secure_channel(address, self._credentials, options=KEEPALIVE)
+            if self._credentials is not None
+            else grpc.aio.insecure_channel(address, options=KEEPALIVE)
+        )
+        async with channel:
             stub = pb_grpc.ControlPlaneServiceStub(channel)
             call = stub.Connect(self._requests(self._epoch), metadata=self._metadata)
             async for response in call:

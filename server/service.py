@@ -26,6 +26,8 @@ from mission_control.resilience.v1 import errors_pb2
 from .auth import AccessPolicy
 from .control_plane import ControlPlane
 from .hub import Subscriber
+from .inbound import bounded_demand, hello_problem, peer_host
+from .stats import Page
 from .store import Write
 
 _log = logging.getLogger("mission_control.server.service")
@@ -44,6 +46,10 @@ def _check_name(field: str, name: str) -> None:
         raise ConfigurationError(field, problem)
 
 
+#: etcd's default --max-txn-ops: an import is one transaction, all or nothing.
+MAX_IMPORT_WRITES = 128
+
+
 @dataclass(frozen=True)
 class Limits:
     """Bounds on what one client may ask of the control plane."""
@@ -52,6 +58,11 @@ class Limits:
     max_streams_per_agent: int = 8
     max_summaries_per_batch: int = 1024
     max_reason_length: int = 512
+    #: Distinct agent ids connected from one address when agents are not authenticated.
+    max_agents_per_peer: int = 64
+    #: Breakers of services no policy names: in all, and admitted by one agent.
+    max_unnamed_services: int = 1024
+    max_unnamed_services_per_agent: int = 64
 
 
 class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
@@ -75,9 +86,13 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         if first.WhichOneof("message") != "hello":
             raise ConfigurationError("hello", "a Connect stream must start with AgentHello")
         hello = first.hello
-        _check_name("hello.agent_id", hello.agent_id)
+        problem = hello_problem(hello)
+        if problem is not None:
+            raise ConfigurationError(*problem)
         await self.access.authorize_agent(context, hello.agent_id)
         plane = self.plane
+        peer = peer_host(context.peer() or "")
+        await self._check_peer(context, hello.agent_id, peer)
         streams = plane.hub.streams_of(hello.agent_id)
         if streams >= self.limits.max_streams_per_agent:
             await context.abort(
@@ -90,10 +105,12 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.limits.max_agents} agents connected: the limit"
             )
         sub = plane.hub.connect(hello)
+        sub.trusted = self.access.is_admin(context) or self.access.is_replica(context)
+        sub.peer = peer
         _log.info("agent %s connected (stream %s)", hello.agent_id, sub.id)
         reader = asyncio.create_task(self._read(sub, request_iterator))
         try:
-            yield pb.ConnectResponse(snapshot=plane.snapshot())
+            yield pb.ConnectResponse(snapshot=plane.snapshot(sub.services))
             while True:
                 message = await sub.next()
                 if message is None:
@@ -111,6 +128,18 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                 plane.agent_left(sub.agent_id)
             _log.info("agent %s disconnected (stream %s)", sub.agent_id, sub.id)
 
+    async def _check_peer(self, context: grpc.aio.ServicerContext, agent_id: str, peer: str) -> None:
+        # Without authentication anyone may invent agent ids: bound those one address holds,
+        # so that a single client cannot fill max_agents. Authenticated ids are known ones.
+        if self.access.agent_tokens or self.access.certificate_identities(context):
+            return
+        ids = self.plane.hub.agent_ids_from(peer)
+        if agent_id not in ids and len(ids) >= self.limits.max_agents_per_peer:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{len(ids)} agents connected from this address (limit {self.limits.max_agents_per_peer})",
+            )
+
     async def _read(self, sub: Subscriber, requests: AsyncIterator[pb.ConnectRequest]) -> None:
         plane = self.plane
         try:
@@ -126,35 +155,51 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                     )
                     return
                 if kind == "outcomes":
-                    plane.stats.dropped += request.outcomes.dropped
-                    telemetry = plane.telemetry
-                    if telemetry is not None and request.outcomes.dropped:
-                        telemetry.dropped(request.outcomes.dropped)
-                    for summary in request.outcomes.summaries:
-                        if name_problem(summary.service):
-                            continue
-                        plane.stats.record(sub.agent_id, summary)
-                        plane.record_outcomes(sub.agent_id, summary)
-                        for listener in plane.outcome_listeners:
-                            listener(sub.agent_id, summary)
-                    if request.outcomes.sequence:
-                        ack = pb.OutcomeAck(sequence=request.outcomes.sequence)
-                        sub.push(pb.ConnectResponse(outcome_ack=ack))
-                        if telemetry is not None:
-                            telemetry.outcomes(sub.agent_id, summary)
+                    self._outcomes(sub, request.outcomes)
                 elif kind == "probe_request":
-                    if not name_problem(request.probe_request.service):
-                        plane.request_probe(sub.agent_id, request.probe_request.service)
+                    service = request.probe_request.service
+                    if not name_problem(service) and plane.admission.known(service):
+                        plane.request_probe(sub.agent_id, service)
                 elif kind == "demand":
                     for demand in request.demand.demands[: self.limits.max_summaries_per_batch]:
-                        if not name_problem(demand.service) and not name_problem(demand.resource):
-                            plane.record_demand(sub.agent_id, demand)
+                        bounded = bounded_demand(demand)
+                        if bounded is not None:
+                            plane.record_demand(sub.agent_id, bounded)
                 elif kind == "hello":
+                    problem = hello_problem(request.hello)
+                    if problem is not None:
+                        sub.refuse(grpc.StatusCode.INVALID_ARGUMENT, f"{problem[0]}: {problem[1]}")
+                        return
                     sub.services = tuple(request.hello.services)
         except (grpc.RpcError, asyncio.CancelledError):
             pass
         finally:
             sub.close()
+
+    def _outcomes(self, sub: Subscriber, batch: pb.OutcomeBatch) -> None:
+        plane = self.plane
+        plane.stats.add_dropped(batch.dropped)
+        telemetry = plane.telemetry
+        if telemetry is not None and batch.dropped:
+            telemetry.dropped(batch.dropped)
+        for summary in batch.summaries:
+            if name_problem(summary.service):
+                continue
+            if not plane.admission.allows(sub.agent_id, summary.service, trusted=sub.trusted):
+                plane.reports.refuse(sub.agent_id, summary.service, "too many services without a policy")
+                continue
+            summary = plane.reports.bound(sub.agent_id, summary, trusted=sub.trusted)
+            if summary is None:
+                continue
+            named = plane.policies.stored(summary.service) is not None
+            plane.stats.record(sub.agent_id, summary, named=named)
+            plane.record_outcomes(sub.agent_id, summary)
+            for listener in plane.outcome_listeners:
+                listener(sub.agent_id, summary)
+            if telemetry is not None:
+                telemetry.outcomes(sub.agent_id, summary)
+        if batch.sequence:
+            sub.push(pb.ConnectResponse(outcome_ack=pb.OutcomeAck(sequence=batch.sequence)))
 
     # -- breakers --------------------------------------------------------------
 
@@ -269,6 +314,12 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                         )
                     )
                     writes.append(Write(plane.policies.key(policy.service), None, stored[1] if stored else 0))
+        if len(writes) > MAX_IMPORT_WRITES:
+            raise ConfigurationError(
+                "service_specific",
+                f"an import may change at most {MAX_IMPORT_WRITES} policies (one etcd transaction); "
+                f"this one changes {len(writes)}: import it in parts",
+            )
         if request.dry_run or not writes:
             return pb.ImportConfigResponse(changes=changes)
         result = await plane.writer.write_policies(writes)
@@ -283,5 +334,15 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
 
     async def GetErrorStatistics(self, request, context):  # type: ignore[no-untyped-def]
         plane = self.plane
-        stats = plane.stats.to_proto(plane.policies, plane.hub.connected_agents, plane.capacity.usage())
-        return pb.GetErrorStatisticsResponse(statistics=stats)
+        try:
+            page = Page.parse(request.page_size, request.page_token)
+        except ValueError:
+            raise ConfigurationError("page_token", "is not a token this server handed out") from None
+        refused = plane.reports.refused
+        stats = plane.stats.to_proto(
+            plane.policies, plane.hub.connected_agents, plane.capacity.usage(), dict(refused), page
+        )
+        response = pb.GetErrorStatisticsResponse(statistics=stats)
+        if plane.stats.more(page) or page.more(refused):
+            response.next_page_token = str(page.offset + page.size)
+        return response

@@ -91,6 +91,7 @@ async def _run(
         listen=options.listen,
         admin_tokens_file=options.admin_tokens_file,
         admin_identities=options.admin_identities,
+        replica_identities=options.replica_identities,
         agent_tokens_file=options.agent_tokens_file,
     )
     running = await start_control_plane(

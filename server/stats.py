@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from mission_control.resilience.v1 import control_plane_pb2 as pb
@@ -25,10 +26,43 @@ _TYPE_ENUM = {
 }
 
 
-def _bump(counter: Counter[str], key: str, n: int) -> None:
-    if key not in counter and len(counter) >= MAX_KEYS:
+#: Every total saturates here: the answer's fields are uint64, and a value beyond them
+#: would make every later GetErrorStatistics fail.
+UINT64_MAX = 2**64 - 1
+
+
+def saturating_add(total: int, n: int) -> int:
+    """``total + n``, held at UINT64_MAX (negative ``n`` counts as 0)."""
+    return min(UINT64_MAX, total + max(0, n))
+
+
+def _bump(counter: Counter[str], key: str, n: int, *, keep: bool = False) -> None:
+    if not keep and key not in counter and len(counter) >= MAX_KEYS:
         key = "other"
-    counter[key] += n
+    counter[key] = saturating_add(counter[key], n)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of every keyed count: the keys at ``offset`` onward, largest count first."""
+
+    offset: int = 0
+    size: int = MAX_KEYS
+
+    @classmethod
+    def parse(cls, size: int, token: str) -> Page:
+        """Raises ValueError for a token this server did not hand out."""
+        offset = int(token) if token else 0
+        if offset < 0:
+            raise ValueError("negative offset")
+        return cls(offset, size if 0 < size <= MAX_KEYS else MAX_KEYS)
+
+    def of(self, counter: Counter[str]) -> dict[str, int]:
+        ranked = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
+        return dict(ranked[self.offset : self.offset + self.size])
+
+    def more(self, *counters: Counter[str]) -> bool:
+        return any(len(c) > self.offset + self.size for c in counters)
 
 
 class FleetStatistics:
@@ -44,30 +78,53 @@ class FleetStatistics:
         self.rejected = 0
         self.dropped = 0
 
-    def record(self, agent: str, summary: pb.OutcomeSummary) -> None:
+    def record(self, agent: str, summary: pb.OutcomeSummary, *, named: bool = False) -> None:
+        """Count one (already bounded) summary. A ``named`` service (one a policy names)
+        always keeps its own key; others share the MAX_KEYS places."""
         failures = summary.failures + summary.probe_failures
         if failures:
-            self.total_errors += failures
-            _bump(self.by_service, summary.service, failures)
+            self.total_errors = saturating_add(self.total_errors, failures)
+            _bump(self.by_service, summary.service, failures, keep=named)
             _bump(self.by_agent, agent, failures)
         for name, n in summary.errors_by_type.items():
             _bump(self.by_type, name, n)
         for name, n in summary.errors_by_operation.items():
             _bump(self.by_operation, name, n)
-        self.recovery_attempts += summary.recovery_attempts
-        self.recovery_successes += min(summary.recovery_successes, summary.recovery_attempts)
-        self.rejected += summary.rejected
+        self.recovery_attempts = saturating_add(self.recovery_attempts, summary.recovery_attempts)
+        self.recovery_successes = saturating_add(
+            self.recovery_successes, min(summary.recovery_successes, summary.recovery_attempts)
+        )
+        self.rejected = saturating_add(self.rejected, summary.rejected)
+
+    def add_dropped(self, n: int) -> None:
+        self.dropped = saturating_add(self.dropped, n)
+
+    def add_breaker_open(self) -> None:
+        self.breaker_opens = saturating_add(self.breaker_opens, 1)
+
+    def more(self, page: Page) -> bool:
+        """Whether a keyed count has keys beyond ``page``."""
+        return page.more(self.by_service, self.by_agent, self.by_type, self.by_operation)
 
     def to_proto(
-        self, policies: PolicyBook, connected: int, fleet_limits: list[pb.FleetLimitUsage] | None = None
+        self,
+        policies: PolicyBook,
+        connected: int,
+        fleet_limits: list[pb.FleetLimitUsage] | None = None,
+        refused: dict[str, int] | None = None,
+        page: Page | None = None,
     ) -> pb.ErrorStatistics:
-        rate = 100.0 * self.recovery_successes / self.recovery_attempts if self.recovery_attempts else 0.0
+        attempts = self.recovery_attempts
+        rate = 100.0 * min(self.recovery_successes, attempts) / attempts if attempts else 0.0
+        page = Page() if page is None else page
+        refused_counts: Counter[str] = Counter(refused or {})
         message = pb.ErrorStatistics(
             total_errors=self.total_errors,
-            errors_by_service=dict(self.by_service),
-            errors_by_agent=dict(self.by_agent),
-            errors_by_type=dict(self.by_type),
-            errors_by_operation=dict(self.by_operation),
+            errors_by_service=page.of(self.by_service),
+            errors_by_agent=page.of(self.by_agent),
+            errors_by_type=page.of(self.by_type),
+            errors_by_operation=page.of(self.by_operation),
+            reports_refused=page.of(refused_counts),
             circuit_breaker_opens=self.breaker_opens,
             recovery_success_rate=rate,
             recovery_attempts=self.recovery_attempts,

@@ -35,6 +35,10 @@ __all__ = [
 ]
 
 
+#: Keys per read of a prefix (a breaker or policy record is at most a few KiB).
+PAGE_KEYS = 256
+
+
 class StoreUnavailable(Exception):
     """The store could not be reached or did not answer in time."""
 
@@ -220,8 +224,21 @@ class EtcdStore:
         return None
 
     async def get_prefix(self, prefix: str) -> tuple[list[Entry], int]:
-        response = await self._call(self._kv.get(prefix, prefix_range_end(prefix), timeout=self.timeout))
-        return [_entry(kv) for kv in response.kvs], response.header.revision
+        # Read in pages, all at the first page's revision: one response for a big prefix
+        # would pass the client's message size limit and the load would never succeed.
+        end = prefix_range_end(prefix)
+        start: bytes | str = prefix
+        entries: list[Entry] = []
+        revision = 0
+        while True:
+            response = await self._call(
+                self._kv.get(start, end, revision=revision, limit=PAGE_KEYS, timeout=self.timeout)
+            )
+            revision = revision or int(response.header.revision)
+            entries += [_entry(kv) for kv in response.kvs]
+            if not response.more or not response.kvs:
+                return entries, revision
+            start = bytes(response.kvs[-1].key) + b"\0"
 
     async def put(self, key: str, value: bytes, *, expected_revision: int | None = None) -> int | None:
         """A plain write (tools and benchmarks; the control plane writes through ``commit``)."""

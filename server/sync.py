@@ -167,6 +167,8 @@ class StoreSync:
             return True
         if value is not None and revision <= self.breakers.revisions.get(name, 0):
             return True  # our own write, or older
+        if value is None and self.breakers.find(name) is None:
+            return True  # a forgotten breaker's key deleted: nothing to start over
         if self.writer.is_pending(name):
             return True  # the pending write settles it (see writes.StateWriter)
         try:

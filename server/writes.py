@@ -263,7 +263,9 @@ class StateWriter:
         try:
             result = await self.commit(writes)
         except StoreUnavailable as err:
-            raise StorageFailure("etcd", what, str(err)) from err
+            # etcd's own text stays in the log: the caller learns that nothing was written
+            _log.warning("%s not written: %s", what, err)
+            raise StorageFailure("etcd", what, "the store did not take the write") from err
         if result.ok:
             for write in writes:
                 self.policies.apply(write.key, write.value, result.revision)

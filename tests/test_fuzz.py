@@ -3,6 +3,7 @@ against a running control plane. ``MC_FUZZ_EXAMPLES`` sets the count (``make soa
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import random
@@ -25,6 +26,7 @@ from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess
 
+from tests.support.fleet_check import fleet_still_works
 from tests.support.procs import Proc, control_plane
 
 EXAMPLES = int(os.environ.get("MC_FUZZ_EXAMPLES", "600"))
@@ -167,3 +169,97 @@ def test_malformed_messages_never_stop_the_control_plane(
     stub.ListBreakers(pb.ListBreakersRequest(), timeout=5)
     assert plane.popen.poll() is None
     assert sum(codes.values()) == EXAMPLES
+
+
+# -- the Connect stream, structure-aware ------------------------------------------------------
+
+u32 = st.one_of(st.integers(0, 12), st.sampled_from([2**32 - 1, 2**31, 2**16]))
+u64 = st.one_of(st.integers(0, 50), st.sampled_from([2**64 - 1, 2**63, 2**32]))
+doubles = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([-1.0, 1e308, 0.0]))
+services = st.one_of(
+    st.sampled_from(["fuzz-a", "fuzz-b", "llm_provider"]),
+    st.builds(lambda i: f"fz-{i}", st.integers(0, 10**6)),  # many names
+    st.text(max_size=20),
+    st.builds(lambda n: "s" * n, st.integers(100, 300)),
+)
+error_keys = st.one_of(
+    st.sampled_from(["LLMProviderUnavailable", "StorageFailure", "other"]),
+    st.text(max_size=30),
+    st.builds(lambda n: "k" * n, st.integers(100, 20_000)),  # long keys
+)
+summaries = st.builds(
+    pb.OutcomeSummary,
+    service=services,
+    successes=u32,
+    failures=u32,
+    trailing_failures=u32,
+    errors_by_type=st.dictionaries(error_keys, u32, max_size=6),
+    rejected=u32,
+    probe_successes=u32,
+    probe_failures=u32,
+    recovery_attempts=u32,
+    recovery_successes=u32,
+    probes_released=u32,
+    errors_by_operation=st.dictionaries(error_keys, u32, max_size=6),
+)
+agent_ids = st.one_of(st.sampled_from(["fz-agent-1", "fz-agent-2"]), st.text(max_size=10))
+frames = st.one_of(
+    st.builds(
+        lambda seq, s, d: pb.ConnectRequest(outcomes=pb.OutcomeBatch(sequence=seq, summaries=s, dropped=d)),
+        u64,  # sequences out of order, repeated, zero
+        st.lists(summaries, max_size=12),
+        u64,
+    ),
+    st.builds(lambda s: pb.ConnectRequest(probe_request=pb.ProbeRequest(service=s)), services),
+    st.builds(
+        lambda s, w, u, p: pb.ConnectRequest(
+            demand=pb.CapacityDemandReport(
+                demands=[pb.CapacityDemand(service=s, resource=f"{s}.requests", wanted=w, used=u, period=p)]
+            )
+        ),
+        services,
+        doubles,
+        doubles,
+        u64,
+    ),
+    st.builds(
+        lambda a, s, labels: pb.ConnectRequest(hello=pb.AgentHello(agent_id=a, services=s, labels=labels)),
+        agent_ids,
+        st.lists(services, max_size=40),
+        st.dictionaries(st.text(max_size=8), st.text(max_size=300), max_size=40),
+    ),
+)
+streams = st.tuples(agent_ids, st.lists(services, max_size=5), st.lists(frames, max_size=8))
+
+
+def test_generated_connect_streams_never_stop_the_fleet(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    plane, address = control_plane(etcd_server.endpoint, prefix)
+    spawned.append(plane)
+    channel = grpc.insecure_channel(address)
+    stub = pb_grpc.ControlPlaneServiceStub(channel)
+    stub.PutPolicy(
+        pb.PutPolicyRequest(policy=policy_pb2.ServicePolicy(service="fuzz-a", wait_duration_secs=0.2)),
+        timeout=10,
+    )
+    codes: dict[str, int] = {}
+
+    @settings(max_examples=max(40, EXAMPLES // 4), deadline=None, suppress_health_check=list(HealthCheck))
+    @given(streams)
+    def one_stream(stream: tuple[str, list[str], list[pb.ConnectRequest]]) -> None:
+        agent_id, hello_services, rest = stream
+        hello = pb.ConnectRequest(hello=pb.AgentHello(agent_id=agent_id, services=hello_services))
+        try:
+            for _ in stub.Connect(iter([hello, *rest]), timeout=10):
+                pass
+            codes["OK"] = codes.get("OK", 0) + 1
+        except grpc.RpcError as err:
+            codes[err.code().name] = codes.get(err.code().name, 0) + 1
+            assert err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL), err.details()
+            assert err.code() != grpc.StatusCode.UNKNOWN, err.details()
+
+    one_stream()
+    assert plane.popen.poll() is None
+    assert codes.get("OK", 0) > 0, codes
+    asyncio.run(fleet_still_works(address))

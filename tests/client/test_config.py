@@ -96,7 +96,7 @@ def test_every_problem_is_reported_with_its_path() -> None:
         (f"{p}colour", "unknown key"),
         (f"{p}backoff.initial_backoff_secs", "must be > 0"),
         (f"{p}backoff.jitter", "must be <= 1"),
-        (f"{p}retryable_codes[1]", "unknown gRPC status code 'NOPE'"),
+        (f"{p}retryable_codes[1]", "not a gRPC status code name (e.g. UNAVAILABLE)"),
         (f"{p}fallbacks[0]", "a service cannot be its own fallback"),
         (f"{s}success_threshold", "must be > 0"),
         (f"{s}wait_duration_secs", "must be a number"),

@@ -62,8 +62,9 @@ def plane(etcd_server: EtcdProcess, prefix: str, tmp_path: Path, spawned: list[P
     tokens = tmp_path / "admins"
     tokens.write_text(TOKEN + "\n")
     proc, address = control_plane(
-        etcd_server.endpoint, prefix, "--http", "127.0.0.1:0", "--admin-tokens-file", str(tokens)
-    )
+        etcd_server.endpoint, prefix, "--http", "127.0.0.1:0", "--admin-tokens-file", str(tokens),
+        "--max-agents-per-peer", "2000",  # a crowd of agents from this one host
+    )  # fmt: skip
     spawned.append(proc)
     http = proc.wait_for("mission-control: dashboard at ", timeout=30).split()[-1].rstrip("/")
     return Plane(proc, address, http, etcd_server, prefix)

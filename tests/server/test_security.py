@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -215,3 +217,70 @@ def test_limits_end_one_stream_and_serve_everyone_else(
     assert code_of(lambda: stub.PutPolicy(big, timeout=10)) == grpc.StatusCode.RESOURCE_EXHAUSTED
     # and everyone else is still served
     assert stub.ListBreakers(pb.ListBreakersRequest(), timeout=5) is not None
+
+
+def state_of(pki: dict[str, object], address: str, name: str = "llm") -> int:
+    try:
+        answer = secure_stub(pki, address, "agent").GetBreaker(pb.GetBreakerRequest(name=name), timeout=5)
+    except grpc.RpcError:
+        return pb.BREAKER_STATE_UNSPECIFIED
+    return answer.breaker.state
+
+
+def test_replicas_relay_over_mutual_tls_as_replicas_not_admins(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc], pki: dict[str, object]
+) -> None:
+    ca: Authority = pki["ca"]  # type: ignore[assignment]
+    addresses = {}
+    for name in ("cp-1", "cp-2"):
+        pair = ca.issue(name, server=True)
+        plane, addresses[name] = control_plane(
+            etcd_server.endpoint, prefix, "--instance-id", name,
+            "--tls-cert", str(pair.cert), "--tls-key", str(pair.key), "--tls-client-ca", str(ca.path),
+            "--admin-identity", "operator-1", "--replica-identity", "cp-*",
+        )  # fmt: skip
+        spawned.append(plane)
+    operator = secure_stub(pki, addresses["cp-1"], "operator")
+    policy = policy_pb2.ServicePolicy(service="llm", failure_threshold=5)
+    operator.PutPolicy(pb.PutPolicyRequest(policy=policy), timeout=10)
+
+    def leader() -> str:
+        found = subprocess.run(
+            ["etcdctl", f"--endpoints={etcd_server.endpoint}", "get", f"{prefix}/leader",
+             "--print-value-only"],
+            capture_output=True, text=True, timeout=10, env={"ETCDCTL_API": "3"},
+        )  # fmt: skip
+        return str(json.loads(found.stdout)["instance"]) if found.stdout.strip() else ""
+
+    deadline = time.monotonic() + 30
+    while not leader():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    follower = next(n for n in addresses if n != leader())
+    agent = secure_stub(pki, addresses[follower], "agent")
+    summary = pb.OutcomeSummary(service="llm", failures=5, trailing_failures=5)
+    release = threading.Event()
+
+    def requests() -> Iterator[pb.ConnectRequest]:
+        yield pb.ConnectRequest(hello=pb.AgentHello(agent_id="agent-a"))
+        yield pb.ConnectRequest(outcomes=pb.OutcomeBatch(sequence=1, summaries=[summary]))
+        release.wait(30)
+
+    call = agent.Connect(requests(), timeout=40)
+    try:
+        assert next(call).HasField("snapshot")
+        deadline = time.monotonic() + 30
+        while not all(state_of(pki, a) == pb.BREAKER_STATE_OPEN for a in addresses.values()):
+            # the follower relayed to the leader over mutual TLS, and the leader decided
+            assert time.monotonic() < deadline, "the relayed failures did not open the breaker"
+            time.sleep(0.05)
+    finally:
+        release.set()
+        call.cancel()
+    # a replica's certificate relays; it does not write
+    replica = ca.issue("cp-9", server=True)
+    cert, key = replica.read()
+    as_replica = pb_grpc.ControlPlaneServiceStub(
+        grpc.secure_channel(addresses["cp-1"], grpc.ssl_channel_credentials(ca.path.read_bytes(), key, cert))
+    )
+    assert code_of(lambda: force_open(as_replica, "llm")) == grpc.StatusCode.PERMISSION_DENIED

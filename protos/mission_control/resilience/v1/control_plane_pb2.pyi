@@ -429,6 +429,7 @@ class Snapshot(_message.Message):
     CONTROL_PLANE_ID_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     PARTIAL_FIELD_NUMBER: _builtins.int
+    OMITTED_BREAKERS_FIELD_NUMBER: _builtins.int
     control_plane_id: _builtins.str
     """Identifies the control-plane replica that serves the stream."""
     version: _builtins.int
@@ -439,6 +440,11 @@ class Snapshot(_message.Message):
     """The replica has not loaded the store yet: this is not the fleet's state, and agents
     keep what they hold (only non-CLOSED breakers listed here are applied). A complete
     snapshot follows on the same stream once the store is loaded.
+    """
+    omitted_breakers: _builtins.int
+    """Breakers left out to keep the snapshot under the size a client accepts: first
+    CLOSED ones of services the agent did not name in its hello, then any of those.
+    Their changes still follow as Breaker messages.
     """
     @_builtins.property
     def policies(self) -> _containers.RepeatedCompositeFieldContainer[_policy_pb2.ServicePolicy]: ...
@@ -452,10 +458,11 @@ class Snapshot(_message.Message):
         control_plane_id: _builtins.str = ...,
         version: _builtins.int = ...,
         partial: _builtins.bool = ...,
+        omitted_breakers: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakers", b"breakers", "control_plane_id", b"control_plane_id", "partial", b"partial", "policies", b"policies", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakers", b"breakers", "control_plane_id", b"control_plane_id", "omitted_breakers", b"omitted_breakers", "partial", b"partial", "policies", b"policies", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1104,14 +1111,27 @@ Global___ImportConfigResponse: _TypeAlias = ImportConfigResponse  # noqa: Y015
 
 @_typing.final
 class GetErrorStatisticsRequest(_message.Message):
+    """The statistics' keyed counts (by service, agent, type, operation, refused reports)
+    come largest first, each map cut to one page of keys; the totals are on every page.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Keys per map; 0 or more than 1000 means 1000."""
+    page_token: _builtins.str
+    """From a previous answer's next_page_token; empty for the first page."""
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1233,6 +1253,26 @@ class ErrorStatistics(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ReportsRefusedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     TOTAL_ERRORS_FIELD_NUMBER: _builtins.int
     ERRORS_BY_SERVICE_FIELD_NUMBER: _builtins.int
     ERRORS_BY_AGENT_FIELD_NUMBER: _builtins.int
@@ -1250,6 +1290,7 @@ class ErrorStatistics(_message.Message):
     ERRORS_BY_OPERATION_FIELD_NUMBER: _builtins.int
     MOST_COMMON_ERROR_FIELD_NUMBER: _builtins.int
     FLEET_LIMITS_FIELD_NUMBER: _builtins.int
+    REPORTS_REFUSED_FIELD_NUMBER: _builtins.int
     total_errors: _builtins.int
     circuit_breaker_opens: _builtins.int
     recovery_success_rate: _builtins.float
@@ -1274,6 +1315,13 @@ class ErrorStatistics(_message.Message):
     def errors_by_operation(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
     def fleet_limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___FleetLimitUsage]: ...
+    @_builtins.property
+    def reports_refused(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Outcome summaries the control plane refused or cut, per agent: beyond what the
+        agent could have done, from an agent that may not report on the service, or for
+        a service past the caps on services no policy names.
+        """
+
     def __init__(
         self,
         *,
@@ -1294,10 +1342,11 @@ class ErrorStatistics(_message.Message):
         errors_by_operation: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         most_common_error: _errors_pb2.ErrorType.ValueType = ...,
         fleet_limits: _abc.Iterable[Global___FleetLimitUsage] | None = ...,
+        reports_refused: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcomes_dropped", b"outcomes_dropped", "recovery_attempts", b"recovery_attempts", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "total_errors", b"total_errors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcomes_dropped", b"outcomes_dropped", "recovery_attempts", b"recovery_attempts", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "reports_refused", b"reports_refused", "total_errors", b"total_errors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1351,16 +1400,20 @@ class GetErrorStatisticsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STATISTICS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Set when a map has more keys than this page holds."""
     @_builtins.property
     def statistics(self) -> Global___ErrorStatistics: ...
     def __init__(
         self,
         *,
         statistics: Global___ErrorStatistics | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["statistics", b"statistics"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["statistics", b"statistics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "statistics", b"statistics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -254,6 +254,7 @@ class ServicePolicy(_message.Message):
     IDEMPOTENT_FIELD_NUMBER: _builtins.int
     RECORD_ERRORS_FIELD_NUMBER: _builtins.int
     IGNORE_ERRORS_FIELD_NUMBER: _builtins.int
+    REPORTERS_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """The service (and breaker) this policy is for."""
     timeout_secs: _builtins.float
@@ -298,6 +299,12 @@ class ServicePolicy(_message.Message):
     def ignore_errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Exception class names that count as the caller's own: neither failure nor success."""
 
+    @_builtins.property
+    def reporters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Who may report outcomes of this service to the control plane: agent ids, or a
+        prefix ending in "*" for a group of them. Empty: every agent may.
+        """
+
     def __init__(
         self,
         *,
@@ -320,10 +327,11 @@ class ServicePolicy(_message.Message):
         idempotent: _builtins.bool | None = ...,
         record_errors: _abc.Iterable[_builtins.str] | None = ...,
         ignore_errors: _abc.Iterable[_builtins.str] | None = ...,
+        reporters: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold", "_idempotent", b"_idempotent", "_max_concurrent", b"_max_concurrent", "_max_retries", b"_max_retries", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fleet", b"fleet", "idempotent", b"idempotent", "max_concurrent", b"max_concurrent", "max_retries", b"max_retries", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "retry_budget", b"retry_budget", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold", "_idempotent", b"_idempotent", "_max_concurrent", b"_max_concurrent", "_max_retries", b"_max_retries", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fallbacks", b"fallbacks", "fleet", b"fleet", "idempotent", b"idempotent", "ignore_errors", b"ignore_errors", "max_concurrent", b"max_concurrent", "max_retries", b"max_retries", "quotas", b"quotas", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "record_errors", b"record_errors", "retry_budget", b"retry_budget", "retryable_codes", b"retryable_codes", "service", b"service", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold", "_idempotent", b"_idempotent", "_max_concurrent", b"_max_concurrent", "_max_retries", b"_max_retries", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fallbacks", b"fallbacks", "fleet", b"fleet", "idempotent", b"idempotent", "ignore_errors", b"ignore_errors", "max_concurrent", b"max_concurrent", "max_retries", b"max_retries", "quotas", b"quotas", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "record_errors", b"record_errors", "reporters", b"reporters", "retry_budget", b"retry_budget", "retryable_codes", b"retryable_codes", "service", b"service", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__failure_threshold: _TypeAlias = _typing.Literal["failure_threshold"]  # noqa: Y015
     _WhichOneofArgType__failure_threshold: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold"]  # noqa: Y015

@@ -1,0 +1,131 @@
+"""Which services may have a fleet breaker: every service a policy names, and a bounded
+number of others that agents report on.
+
+Agents choose the service names in their reports, so a breaker per name would let one
+client create breakers without end (memory, snapshot size, etcd keys). A name no policy
+covers is *admitted* only while the admitting agent holds fewer than ``per_agent`` such
+names and the fleet fewer than ``total``; an admitted name whose breaker stays CLOSED and
+unreported for ``idle_secs`` is forgotten (in memory, and in etcd by the leader), which
+frees its place. A breaker loaded from the store takes a place like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mission_control.client.breaker import BreakerState
+
+from .engine import FleetBreakers
+from .policies import PolicyBook
+
+#: States a breaker may be forgotten in (an operator's states are kept).
+_FORGETTABLE = frozenset({BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN})
+
+_log = logging.getLogger("mission_control.server.admission")
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    """Bounds on breakers for services no policy names."""
+
+    per_agent: int = 64
+    total: int = 1024
+    idle_secs: float = 600.0
+
+
+@dataclass
+class _Admitted:
+    last_seen: float
+    agent: str
+
+
+@dataclass
+class ServiceAdmission:
+    """Decides whether a report may create (or move) the breaker of ``service``."""
+
+    policies: PolicyBook
+    breakers: FleetBreakers
+    limits: AdmissionLimits = field(default_factory=AdmissionLimits)
+    clock: Callable[[], float] = time.monotonic
+    #: Names no policy covers that have a breaker -> when last reported, and by whom.
+    admitted: dict[str, _Admitted] = field(default_factory=dict)
+    #: Reports refused because a cap was reached.
+    refused: int = 0
+    _per_agent: Counter[str] = field(default_factory=Counter)
+
+    def allows(self, agent: str, service: str, *, trusted: bool = False) -> bool:
+        """Whether ``agent`` may report on ``service`` (admitting it when there is room).
+
+        ``trusted`` callers (replicas relaying for their agents) are bound by the total
+        cap only.
+        """
+        now = self.clock()
+        if self.policies.stored(service) is not None:
+            return True
+        found = self.admitted.get(service)
+        if found is None and self.breakers.find(service) is not None:
+            found = self.admitted[service] = _Admitted(now, "")  # loaded from the store
+        if found is not None:
+            found.last_seen = now
+            return True
+        if len(self.admitted) >= self.limits.total or (
+            not trusted and self.held_by(agent) >= self.limits.per_agent
+        ):
+            self.refused += 1
+            return False
+        self.admitted[service] = _Admitted(now, agent)
+        self._per_agent[agent] += 1
+        return True
+
+    def known(self, service: str) -> bool:
+        """Whether ``service`` has (or may have without admission) a breaker."""
+        return self.policies.stored(service) is not None or self.breakers.find(service) is not None
+
+    def held_by(self, agent: str) -> int:
+        """Places taken by names ``agent`` got admitted."""
+        return self._per_agent[agent]
+
+    def _drop(self, name: str) -> None:
+        entry = self.admitted.pop(name)
+        self._per_agent[entry.agent] -= 1
+        if self._per_agent[entry.agent] <= 0:
+            del self._per_agent[entry.agent]
+
+    def idle(self) -> list[str]:
+        """Admitted names to forget now: not reported on for ``idle_secs`` and not in an
+        operator's state (an active service is reported on, even while OPEN: its rejected
+        calls are)."""
+        now = self.clock()
+        for name in self.breakers.names():  # breakers adopted from the store take a place
+            if name not in self.admitted and self.policies.stored(name) is None:
+                self.admitted[name] = _Admitted(now, "")
+        out = []
+        for name, entry in list(self.admitted.items()):
+            if self.policies.stored(name) is not None:
+                self._drop(name)  # a policy names it now: no place needed
+                continue
+            breaker = self.breakers.find(name)
+            quiet = now - entry.last_seen >= self.limits.idle_secs
+            # A follower has no breaker for a name it admitted (the leader does): it keeps
+            # the place for idle_secs all the same, so its per-agent cap holds.
+            if quiet and (breaker is None or breaker.state in _FORGETTABLE):
+                self._drop(name)
+                if breaker is not None:
+                    out.append(name)
+        return out
+
+
+async def forget_idle(admission: ServiceAdmission, forget: Callable[[str], object], every: float) -> None:
+    """Forever: every ``every`` seconds, forget the idle admitted breakers."""
+    while True:
+        await asyncio.sleep(every)
+        for name in admission.idle():
+            _log.info("forgetting idle breaker %s (no policy names it)", name)
+            result = forget(name)
+            if asyncio.iscoroutine(result):
+                await result

@@ -1,0 +1,66 @@
+"""Checks on what an agent sends before anything keeps it: a hello's size and fields, a
+demand's numbers, and who the peer is (for the per-address limit)."""
+
+from __future__ import annotations
+
+import math
+
+from mission_control.client.policy import name_problem
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+#: A hello is small: agent id, session id, the services it calls, a few labels.
+MAX_HELLO_BYTES = 64 * 1024
+MAX_HELLO_SERVICES = 1024
+MAX_LABELS = 32
+MAX_LABEL_LENGTH = 256
+MAX_SESSION_ID_LENGTH = 128
+#: A demand larger than this is no demand an agent can have in one lease period.
+MAX_DEMAND_UNITS = 1e12
+
+
+def hello_problem(hello: pb.AgentHello) -> tuple[str, str] | None:
+    """(field, why) when the hello breaks a bound, else None. Never echoes a value."""
+    if hello.ByteSize() > MAX_HELLO_BYTES:
+        return "hello", f"must be at most {MAX_HELLO_BYTES} bytes"
+    problem = name_problem(hello.agent_id)
+    if problem:
+        return "hello.agent_id", problem
+    if len(hello.session_id) > MAX_SESSION_ID_LENGTH:
+        return "hello.session_id", f"must be at most {MAX_SESSION_ID_LENGTH} characters"
+    if len(hello.services) > MAX_HELLO_SERVICES:
+        return "hello.services", f"at most {MAX_HELLO_SERVICES} services"
+    for i, service in enumerate(hello.services):
+        problem = name_problem(service)
+        if problem:
+            return f"hello.services[{i}]", problem
+    if len(hello.labels) > MAX_LABELS:
+        return "hello.labels", f"at most {MAX_LABELS} labels"
+    for key, value in hello.labels.items():
+        if len(key) > MAX_LABEL_LENGTH or len(value) > MAX_LABEL_LENGTH:
+            return "hello.labels", f"keys and values of at most {MAX_LABEL_LENGTH} characters"
+    return None
+
+
+def bounded_demand(demand: pb.CapacityDemand) -> pb.CapacityDemand | None:
+    """The demand with its numbers made sane (finite, 0..MAX_DEMAND_UNITS), or None when
+    its names are not names."""
+    if name_problem(demand.service) or name_problem(demand.resource):
+        return None
+    out = pb.CapacityDemand()
+    out.CopyFrom(demand)
+    out.wanted = _units(demand.wanted)
+    out.used = _units(demand.used)
+    return out
+
+
+def _units(value: float) -> float:
+    return min(MAX_DEMAND_UNITS, value) if math.isfinite(value) and value > 0 else 0.0
+
+
+def peer_host(peer: str) -> str:
+    """The address part of a gRPC peer string ("ipv4:10.0.0.7:51234" -> "ipv4:10.0.0.7")."""
+    if peer.startswith("ipv6:"):
+        return peer.rsplit(":", 1)[0] if "]" in peer else peer
+    if peer.startswith("ipv4:"):
+        return peer.rsplit(":", 1)[0]
+    return peer  # unix sockets and the like: the whole string

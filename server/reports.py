@@ -1,0 +1,181 @@
+"""What one agent's outcome report may claim, enforced where the report enters.
+
+An agent is trusted to report on its own calls, not to invent them. Each summary is
+bounded before anything counts it:
+
+* **Reporters.** A policy may name who may report on its service (``reporters``: agent
+  ids, or ``prefix*`` groups); anyone else's summaries are refused.
+* **Calls.** ``successes + failures`` may not exceed the calls the agent could have made:
+  the policy's rate limit, as a token bucket per (agent, service) that holds up to
+  ``burst_windows`` windows of calls (one window of calls, plus one of reports that waited
+  for a reconnect) and refills at the rate limit. What is beyond is cut, failures kept
+  first. Every attempt takes a unit of the rate limit, so an honest agent stays within.
+* **Fields.** ``trailing_failures`` and ``recovery_*`` never exceed the calls kept;
+  ``errors_by_type`` and ``errors_by_operation`` keep at most ``max_keys_per_summary``
+  printable keys of at most ``max_key_length`` characters, counts at most the failures,
+  and one agent introduces at most ``max_keys_per_agent`` distinct keys (the rest count
+  as ``other``).
+
+Replicas relaying for their agents (an admin identity) were bounded per agent where the
+agents connected; only the reporters rule is theirs to enforce. Every refused or cut
+summary is counted per agent and logged (at most once a minute per agent).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mission_control.client.policy import ServicePolicy
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+_log = logging.getLogger("mission_control.server.reports")
+
+#: Agents whose refusals are counted by name; the rest count under "other".
+MAX_COUNTED_AGENTS = 1000
+
+
+@dataclass(frozen=True)
+class ReportLimits:
+    """Bounds on one agent's reports."""
+
+    burst_windows: float = 2.0
+    max_key_length: int = 128
+    max_keys_per_summary: int = 32
+    max_keys_per_agent: int = 64
+    max_buckets: int = 100_000
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+
+def may_report(policy: ServicePolicy, agent: str) -> bool:
+    """Whether ``agent`` is one of the policy's reporters (all agents when none is named)."""
+    if not policy.reporters:
+        return True
+    return any(fnmatch.fnmatchcase(agent, pattern) for pattern in policy.reporters)
+
+
+class ReportGate:
+    """Bounds each summary an agent sends, and counts what it refused."""
+
+    def __init__(
+        self,
+        policy_of: Callable[[str], ServicePolicy],
+        limits: ReportLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._policy_of = policy_of
+        self.limits = limits or ReportLimits()
+        self._clock = clock
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._keys: dict[str, set[str]] = {}
+        self._logged: dict[str, float] = {}
+        #: Summaries refused or cut, per agent.
+        self.refused: Counter[str] = Counter()
+
+    def bound(
+        self, agent: str, summary: pb.OutcomeSummary, *, trusted: bool = False
+    ) -> pb.OutcomeSummary | None:
+        """The part of ``summary`` that counts, or None when none of it does."""
+        policy = self._policy_of(summary.service)
+        if not trusted and not may_report(policy, agent):
+            self.refuse(agent, summary.service, "not a reporter of this service")
+            return None
+        out = pb.OutcomeSummary(
+            service=summary.service,
+            rejected=summary.rejected,
+            probe_successes=summary.probe_successes,
+            probe_failures=summary.probe_failures,
+            probes_released=summary.probes_released,
+        )
+        calls = summary.successes + summary.failures
+        allowed = calls if trusted else self._take(agent, policy, calls)
+        out.failures = min(summary.failures, allowed)
+        out.successes = min(summary.successes, allowed - out.failures)
+        out.trailing_failures = min(summary.trailing_failures, out.failures)
+        out.recovery_attempts = min(summary.recovery_attempts, allowed)
+        out.recovery_successes = min(summary.recovery_successes, out.recovery_attempts)
+        cut = allowed < calls
+        failures = out.failures + out.probe_failures
+        cut |= self._keys_into(agent, summary.errors_by_type, out.errors_by_type, failures)
+        cut |= self._keys_into(agent, summary.errors_by_operation, out.errors_by_operation, failures)
+        if cut:
+            self.refuse(
+                agent, summary.service, f"claimed more than it could ({calls} calls, {allowed} allowed)"
+            )
+        return out
+
+    def refuse(self, agent: str, service: str, why: str) -> None:
+        """Count (and now and then log) a report refused or cut."""
+        key = agent if agent in self.refused or len(self.refused) < MAX_COUNTED_AGENTS else "other"
+        self.refused[key] += 1
+        now = self._clock()
+        if now - self._logged.get(key, -1e9) >= 60.0:
+            self._logged[key] = now
+            _log.warning(
+                "report of agent %r on %r refused or cut: %s (%d so far)",
+                agent,
+                service,
+                why,
+                self.refused[key],
+            )
+
+    def agent_left(self, agent: str) -> None:
+        self._keys.pop(agent, None)
+        self._logged.pop(agent, None)
+
+    # -- internals -------------------------------------------------------------
+
+    def _take(self, agent: str, policy: ServicePolicy, calls: int) -> int:
+        now = self._clock()
+        rate = policy.rate_limit_requests / policy.rate_limit_window_secs
+        capacity = policy.rate_limit_requests * self.limits.burst_windows
+        bucket = self._buckets.get((agent, policy.service))
+        if bucket is None:
+            if len(self._buckets) >= self.limits.max_buckets:
+                self._prune(now)
+            bucket = self._buckets[(agent, policy.service)] = _Bucket(capacity, now)
+        bucket.tokens = min(capacity, bucket.tokens + (now - bucket.at) * rate)
+        bucket.at = now
+        allowed = min(calls, int(bucket.tokens))
+        bucket.tokens -= allowed
+        return allowed
+
+    def _prune(self, now: float) -> None:
+        # A bucket that has refilled is the same as none: dropping it loses nothing.
+        for key, bucket in list(self._buckets.items()):
+            policy = self._policy_of(key[1])
+            full = (
+                bucket.tokens + (now - bucket.at) * policy.rate_limit_requests / policy.rate_limit_window_secs
+            )
+            if full >= policy.rate_limit_requests * self.limits.burst_windows:
+                del self._buckets[key]
+
+    def _keys_into(self, agent: str, given: object, into: object, most: int) -> bool:
+        """Copy the bounded part of an errors_by_* map; True when something was cut."""
+        if not given:
+            return False
+        src: dict[str, int] = dict(given)  # type: ignore[call-overload]
+        dst = into  # a protobuf map field
+        seen = self._keys.setdefault(agent, set())
+        cut = len(src) > self.limits.max_keys_per_summary
+        for name, n in list(src.items())[: self.limits.max_keys_per_summary]:
+            if not name or len(name) > self.limits.max_key_length or not name.isprintable():
+                cut = True
+                continue
+            if name not in seen:
+                if len(seen) >= self.limits.max_keys_per_agent:
+                    name = "other"
+                else:
+                    seen.add(name)
+            dst[name] = min(most, dst.get(name, 0) + n)  # type: ignore[index, attr-defined]
+            cut |= n > most
+        return cut

@@ -1,0 +1,419 @@
+"""Hostile clients against a real control plane process on a real etcd: each case sends what
+one client could send, then checks that the fleet still works for everyone else."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mission_control.client.breaker import BreakerState
+from mission_control.client.config import policy_to_json
+from mission_control.client.policy import ServicePolicy
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
+from mission_control.resilience.v1 import policy_pb2
+from mission_control.server.admission import AdmissionLimits
+from mission_control.server.app import RunningControlPlane
+from mission_control.server.engine import FleetBreakers
+from mission_control.server.etcd_process import EtcdProcess
+from mission_control.server.policies import PolicyBook
+from mission_control.server.store import EtcdStore, Write
+
+from tests.support import procs
+from tests.support.fleet_check import fleet_still_works
+from tests.support.otlp import Receiver
+from tests.support.procs import Proc
+
+U32 = 2**32 - 1
+U64 = 2**64 - 1
+
+
+@pytest.fixture
+def plane(etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]) -> str:
+    proc, address = procs.control_plane(etcd_server.endpoint, prefix)
+    spawned.append(proc)
+    return address
+
+
+async def send_raw(address: str, *requests: pb.ConnectRequest, agent_id: str = "mallory") -> list[object]:
+    """One Connect stream of a raw client: hello, the requests, then read until the control
+    plane has acknowledged the last batch (or ended the stream)."""
+    last = max((r.outcomes.sequence for r in requests if r.HasField("outcomes")), default=0)
+    done = asyncio.Event()
+
+    async def frames() -> AsyncIterator[pb.ConnectRequest]:
+        yield pb.ConnectRequest(hello=pb.AgentHello(agent_id=agent_id))
+        for request in requests:
+            yield request
+        await done.wait()
+
+    received: list[object] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = pb_grpc.ControlPlaneServiceStub(channel).Connect(frames(), timeout=30)
+        try:
+            async for response in call:
+                received.append(response)
+                if response.HasField("outcome_ack") and response.outcome_ack.sequence >= last:
+                    break
+        except grpc.RpcError as err:
+            received.append(err)
+        finally:
+            done.set()
+            call.cancel()
+    return received
+
+
+def batch(sequence: int, *summaries: pb.OutcomeSummary, dropped: int = 0) -> pb.ConnectRequest:
+    return pb.ConnectRequest(
+        outcomes=pb.OutcomeBatch(sequence=sequence, summaries=summaries, dropped=dropped)
+    )
+
+
+async def put_policy(address: str, **fields: object) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        await stub.PutPolicy(pb.PutPolicyRequest(policy=policy_pb2.ServicePolicy(**fields)), timeout=10)
+
+
+async def breakers(address: str) -> dict[str, pb.Breaker]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        answer = await stub.ListBreakers(pb.ListBreakersRequest(), timeout=10)
+    return {b.name: b for b in answer.breakers}
+
+
+async def poll(check, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+# -- defect 1: integer overflow -------------------------------------------------------
+
+
+async def test_overflowing_counts_saturate_and_the_breaker_still_moves(plane: str) -> None:
+    await put_policy(plane, service="victim", failure_threshold=5, wait_duration_secs=0.3)
+    await send_raw(
+        plane,
+        batch(
+            1,
+            pb.OutcomeSummary(service="victim", failures=1, trailing_failures=1),
+            pb.OutcomeSummary(service="victim", failures=U32, trailing_failures=U32),
+        ),
+        batch(2, pb.OutcomeSummary(service="other", failures=U32, errors_by_type={"X": U32}), dropped=U64),
+        batch(3, pb.OutcomeSummary(service="other", failures=U32, errors_by_type={"X": U32}), dropped=U64),
+    )
+    found = await breakers(plane)  # ListBreakers answers: no count beyond uint32
+    assert found["victim"].state in (pb.BREAKER_STATE_OPEN, pb.BREAKER_STATE_HALF_OPEN)
+
+    async def half_open() -> bool:  # the tick loop is alive: the wait elapses
+        return (await breakers(plane))["victim"].state == pb.BREAKER_STATE_HALF_OPEN
+
+    await poll(half_open)
+    await fleet_still_works(plane)
+
+
+async def test_a_background_loop_that_dies_takes_health_down(control_plane: RunningControlPlane) -> None:
+    def broken() -> list[object]:
+        raise ValueError("a breaker that cannot be shown")
+
+    control_plane.plane.breakers.tick = broken  # type: ignore[method-assign]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{control_plane.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service="mission_control.resilience.v1.ControlPlaneService")
+
+        async def not_serving() -> bool:
+            answer = await health.Check(request, timeout=5)
+            return answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+        await poll(not_serving)
+    assert control_plane.plane.failed_tasks == ["ControlPlane._tick_loop"]
+
+
+# -- defect 2: unbounded breaker creation -------------------------------------------------
+
+
+def flood(sequence: int, tag: str, count: int = 1024) -> pb.ConnectRequest:
+    names = [f"junk-{tag}-{sequence}-{i}" for i in range(count)]
+    return batch(sequence, *(pb.OutcomeSummary(service=n, failures=5, trailing_failures=5) for n in names))
+
+
+async def stored_breakers(etcd: EtcdProcess, prefix: str) -> int:
+    store = EtcdStore([etcd.endpoint])
+    await store.connect()
+    try:
+        entries, _ = await store.get_prefix(f"{prefix}/breakers/")
+        return len(entries)
+    finally:
+        await store.close()
+
+
+async def test_a_flood_of_service_names_creates_a_bounded_number_of_breakers(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    extra = ("--max-unnamed-services", "300", "--max-unnamed-services-per-agent", "20")
+    proc, plane = procs.control_plane(etcd_server.endpoint, prefix, *extra)
+    spawned.append(proc)
+    await send_raw(plane, *(flood(seq, "one") for seq in range(1, 41)))
+    await asyncio.gather(*(send_raw(plane, flood(1, f"a{i}", 100), agent_id=f"m{i}") for i in range(20)))
+    found = await breakers(plane)
+    assert len([n for n in found if n.startswith("junk-one-")]) == 20
+    assert len(found) == 300  # 20 agents x 20 would be 420
+    assert await stored_breakers(etcd_server, prefix) <= 300
+    await fleet_still_works(plane)
+
+
+async def test_a_restarted_control_plane_loads_a_prefix_bigger_than_one_etcd_answer(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    store = EtcdStore([etcd_server.endpoint])
+    await store.connect()
+    breakers_ = FleetBreakers(PolicyBook(prefix).policy_of)
+    count = 15_000
+    try:
+        for start in range(0, count, 100):
+            writes = []
+            for i in range(start, start + 100):
+                breaker = breakers_.draft(f"stored-{i:05d}")
+                breaker.reason = "r" * 200
+                writes.append(Write(f"{prefix}/breakers/{breaker.name}", breakers_.record_of(breaker)))
+            assert await store.commit(writes) is not None
+        entries, _ = await store.get_prefix(f"{prefix}/breakers/")
+        assert sum(len(e.value) for e in entries) > 4 * 1024 * 1024  # beyond one answer's size
+    finally:
+        await store.close()
+    proc, address = procs.control_plane(etcd_server.endpoint, prefix)
+    spawned.append(proc)
+    assert len(await breakers(address)) == count
+    await fleet_still_works(address)
+
+
+async def test_a_snapshot_stays_under_its_bound_with_the_agents_own_breakers_first(
+    control_plane: RunningControlPlane,
+) -> None:
+    plane = control_plane.plane
+    for i in range(200):
+        plane.breakers.get(f"svc-{i:03d}")
+    plane.breakers.force("svc-150", BreakerState.FORCED_OPEN)
+    snapshot = plane.snapshot(("svc-199",), max_bytes=2000)
+    assert snapshot.ByteSize() <= 2000
+    names = [b.name for b in snapshot.breakers]
+    assert names[:2] == ["svc-199", "svc-150"]
+    assert snapshot.omitted_breakers == 200 - len(names) > 0
+
+
+# -- defect 3: trusted reporting -----------------------------------------------------
+
+
+async def test_a_report_claims_only_what_the_agent_could_have_done(plane: str) -> None:
+    await put_policy(
+        plane, service="pay", failure_threshold=5, wait_duration_secs=0.3, rate_limit_requests=100
+    )
+    await send_raw(plane, batch(1, pb.OutcomeSummary(service="pay", failures=4_000_000_000)))
+    assert 5 <= (await breakers(plane))["pay"].failures <= 200  # two windows of the rate limit
+
+    async def half_open() -> bool:
+        return (await breakers(plane))["pay"].state == pb.BREAKER_STATE_HALF_OPEN
+
+    await poll(half_open)
+    await send_raw(plane, batch(1, pb.OutcomeSummary(service="pay", probe_successes=3)))  # no permit held
+    async with grpc.aio.insecure_channel(plane) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        answer = await stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=10)
+    assert answer.statistics.reports_refused["mallory"] >= 1
+    assert (await breakers(plane))["pay"].state == pb.BREAKER_STATE_HALF_OPEN
+    await fleet_still_works(plane)
+
+
+async def test_only_the_named_reporters_move_a_restricted_breaker(plane: str) -> None:
+    await put_policy(plane, service="ledger", failure_threshold=5, reporters=["ledger-*"])
+    await send_raw(plane, batch(1, pb.OutcomeSummary(service="ledger", failures=50)))
+    await send_raw(plane, batch(1, pb.OutcomeSummary(service="ledger", failures=4)), agent_id="ledger-1")
+    assert (await breakers(plane))["ledger"].state == pb.BREAKER_STATE_CLOSED
+    async with grpc.aio.insecure_channel(plane) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        answer = await stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=10)
+    assert answer.statistics.reports_refused["mallory"] == 1
+    await send_raw(plane, batch(2, pb.OutcomeSummary(service="ledger", failures=1)), agent_id="ledger-1")
+    assert (await breakers(plane))["ledger"].state == pb.BREAKER_STATE_OPEN
+    await fleet_still_works(plane)
+
+
+# -- defects 4 and 5: memory, statistics, invented agent ids ------------------------------
+
+
+async def test_oversized_hellos_and_error_keys_are_refused_and_statistics_stay_small(plane: str) -> None:
+    big = pb.AgentHello(agent_id="mallory", services=[f"s{i:07d}" for i in range(400_000)])
+    async with grpc.aio.insecure_channel(plane) as channel:
+        call = pb_grpc.ControlPlaneServiceStub(channel).Connect(
+            iter([pb.ConnectRequest(hello=big)]), timeout=30
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            async for _ in call:
+                pass
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "s0000000" not in (refused.value.details() or "")
+    for seq in range(1, 41):
+        key = f"{seq:02d}" + "k" * 3_500_000
+        summary = pb.OutcomeSummary(service="victim", failures=1, errors_by_type={key: U32})
+        await send_raw(plane, batch(seq, summary))
+    summary = pb.OutcomeSummary(
+        service="victim", failures=1, errors_by_operation={f"op{i}": 1 for i in range(500)}
+    )
+    await send_raw(plane, batch(41, summary))
+    async with grpc.aio.insecure_channel(plane) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        answer = await stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=10)
+        assert answer.ByteSize() < 64 * 1024
+        assert len(answer.statistics.errors_by_operation) == 32  # one summary's keys
+        page = await stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(page_size=10), timeout=10)
+        assert len(page.statistics.errors_by_operation) == 10 and page.next_page_token
+        rest = pb.GetErrorStatisticsRequest(page_size=10, page_token=page.next_page_token)
+        second = await stub.GetErrorStatistics(rest, timeout=10)
+        assert not set(second.statistics.errors_by_operation) & set(page.statistics.errors_by_operation)
+    await fleet_still_works(plane)
+
+
+async def open_stream(address: str, agent_id: str) -> tuple[grpc.aio.Channel, grpc.StatusCode | None]:
+    """A Connect stream held open: OK once its snapshot arrived, else the refusal's code."""
+    channel = grpc.aio.insecure_channel(address)
+    hold = asyncio.Event()
+
+    async def frames() -> AsyncIterator[pb.ConnectRequest]:
+        yield pb.ConnectRequest(hello=pb.AgentHello(agent_id=agent_id))
+        await hold.wait()
+
+    call = pb_grpc.ControlPlaneServiceStub(channel).Connect(frames())
+    try:
+        await call.read()
+        return channel, None
+    except grpc.RpcError as err:
+        return channel, err.code()
+
+
+async def test_invented_agent_ids_from_one_address_do_not_lock_others_out(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    extra = ("--listen", "localhost:0", "--max-agents", "50", "--max-agents-per-peer", "8")
+    proc, address = procs.control_plane(etcd_server.endpoint, prefix, *extra)
+    spawned.append(proc)
+    port = address.rsplit(":", 1)[1]
+    opened = [await open_stream(f"127.0.0.1:{port}", f"made-up-{i}") for i in range(50)]
+    try:
+        codes = [code for _, code in opened]
+        assert codes.count(None) == 8
+        assert set(codes) == {None, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        await fleet_still_works(f"[::1]:{port}")
+    finally:
+        for channel, _ in opened:
+            await channel.close()
+
+
+# -- defects 6 and 7: big imports, echoed values, empty token files, telemetry --------------
+
+
+async def test_an_import_beyond_one_transaction_is_refused_up_front(plane: str) -> None:
+    def config(count: int) -> policy_pb2.ErrorHandlingConfig:
+        services = {f"imp-{i:03d}": policy_pb2.ServicePolicy(timeout_secs=5) for i in range(count)}
+        return policy_pb2.ErrorHandlingConfig(service_specific=services)
+
+    async with grpc.aio.insecure_channel(plane) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            await stub.ImportConfig(pb.ImportConfigRequest(config=config(129)), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "at most 128" in (refused.value.details() or "")
+        assert not (await stub.ListPolicies(pb.ListPoliciesRequest(), timeout=10)).policies  # nothing written
+        answer = await stub.ImportConfig(pb.ImportConfigRequest(config=config(128)), timeout=30)
+        assert answer.revision > 0 and len(answer.changes) == 128
+    await fleet_still_works(plane)
+
+
+async def test_a_rejected_stored_value_is_never_echoed(
+    plane: str, etcd_server: EtcdProcess, prefix: str
+) -> None:
+    store = EtcdStore([etcd_server.endpoint])
+    await store.connect()
+    try:
+        await store.put(f"{prefix}/policies/leaky", b'{"timeout_secs": "sk-live-SECRET-123"}')
+    finally:
+        await store.close()
+    async with grpc.aio.insecure_channel(plane) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+
+        async def reported() -> bool:
+            answer = await stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=10)
+            return any(e.key.endswith("/leaky") for e in answer.statistics.config_errors)
+
+        await poll(reported)
+        answer = await stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=10)
+    errors = [e.error for e in answer.statistics.config_errors]
+    assert "sk-live" not in str(answer) and any("timeout_secs" in e for e in errors), errors
+    await fleet_still_works(plane)
+
+
+def test_an_empty_admin_tokens_file_refuses_to_start(tmp_path: Path) -> None:
+    empty = tmp_path / "admins"
+    empty.write_text("# nobody yet\n\n")
+    serve = ["serve", "--listen", "127.0.0.1:0", "--etcd", "127.0.0.1:1", "--admin-tokens-file", str(empty)]
+    done = subprocess.run(
+        [sys.executable, "-m", "mission_control.server.cli", *serve],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "no tokens" in done.stderr, done.stderr
+
+
+async def test_with_telemetry_a_batch_without_summaries_keeps_its_stream(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    with Receiver() as receiver:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_EXPORTER_OTLP_INSECURE": "true"}
+        proc, address = procs.control_plane(etcd_server.endpoint, prefix, env=env)
+        spawned.append(proc)
+        received = await send_raw(address, batch(1), batch(2, pb.OutcomeSummary(service="s", failures=1)))
+        assert not [r for r in received if isinstance(r, grpc.RpcError)], received
+        acks = [
+            r.outcome_ack.sequence
+            for r in received
+            if isinstance(r, pb.ConnectResponse) and r.HasField("outcome_ack")
+        ]
+        assert acks == [1, 2]
+        await fleet_still_works(address)
+
+
+async def test_an_idle_breaker_no_policy_names_is_forgotten_in_memory_and_in_etcd(
+    control_plane: RunningControlPlane, etcd_server: EtcdProcess, prefix: str
+) -> None:
+    plane = control_plane.plane
+    plane.admission.limits = AdmissionLimits(idle_secs=0.0)
+    assert plane.admission.allows("a", "passing-fad")
+    plane.breakers.record("a", pb.OutcomeSummary(service="passing-fad", failures=5))
+    assert await plane.flush(timeout=10)
+    assert await stored_breakers(etcd_server, prefix) == 1
+    assert plane.admission.idle() == ["passing-fad"]
+    await plane.forget_breaker("passing-fad")
+    assert plane.breakers.find("passing-fad") is None
+    assert await stored_breakers(etcd_server, prefix) == 0
+    # a later write seen by the watch proves the deletion went by without bringing it back
+    store = EtcdStore([etcd_server.endpoint])
+    await store.connect()
+    try:
+        await store.put(plane.policies.key("marker"), policy_to_json(ServicePolicy("marker")).encode())
+    finally:
+        await store.close()
+
+    async def marker_seen() -> bool:
+        return plane.policies.stored("marker") is not None
+
+    await poll(marker_seen)
+    assert plane.breakers.find("passing-fad") is None

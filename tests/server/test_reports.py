@@ -1,0 +1,125 @@
+"""What one agent's report may claim, and which services may have a breaker (pure, injected clock)."""
+
+from __future__ import annotations
+
+from mission_control.client.breaker import BreakerState
+from mission_control.client.config import policy_to_json
+from mission_control.client.policy import ServicePolicy
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.server.admission import AdmissionLimits, ServiceAdmission
+from mission_control.server.engine import FleetBreakers
+from mission_control.server.policies import PolicyBook
+from mission_control.server.reports import ReportGate, ReportLimits
+from mission_control.server.stats import FleetStatistics
+
+U32 = 2**32 - 1
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def book(*policies: ServicePolicy) -> PolicyBook:
+    found = PolicyBook("/t")
+    for i, policy in enumerate(policies, 1):
+        found.apply(found.key(policy.service), policy_to_json(policy).encode(), i)
+    return found
+
+
+def gate(*policies: ServicePolicy, clock: Clock | None = None) -> ReportGate:
+    return ReportGate(book(*policies).policy_of, ReportLimits(), clock or Clock())
+
+
+def test_a_summary_claims_at_most_the_calls_the_rate_limit_allowed() -> None:
+    clock = Clock()
+    reports = gate(ServicePolicy("llm", rate_limit_requests=100, rate_limit_window_secs=60), clock=clock)
+    out = reports.bound(
+        "a", pb.OutcomeSummary(service="llm", failures=U32, trailing_failures=U32, successes=7)
+    )
+    assert out is not None and (out.failures, out.successes, out.trailing_failures) == (200, 0, 200)
+    assert reports.refused["a"] == 1
+    clock.now += 30  # half a window refills 50 calls
+    out = reports.bound("a", pb.OutcomeSummary(service="llm", successes=80))
+    assert out is not None and out.successes == 50
+    assert reports.bound("b", pb.OutcomeSummary(service="llm", failures=5)).failures == 5  # type: ignore[union-attr]
+
+
+def test_an_honest_agent_within_its_rate_limit_is_never_cut() -> None:
+    clock = Clock()
+    reports = gate(ServicePolicy("s", rate_limit_requests=10, rate_limit_window_secs=1), clock=clock)
+    for _ in range(100):
+        clock.now += 0.1
+        out = reports.bound("a", pb.OutcomeSummary(service="s", successes=1, failures=0))
+        assert out is not None and out.successes == 1
+    assert not reports.refused
+
+
+def test_error_keys_are_bounded_in_length_number_and_per_agent() -> None:
+    reports = gate()
+    summary = pb.OutcomeSummary(service="s", failures=3)
+    summary.errors_by_type["x" * 10_000] = 1
+    summary.errors_by_type["LLMProviderUnavailable"] = U32
+    for i in range(100):
+        summary.errors_by_operation[f"op{i}"] = 1
+    out = reports.bound("a", summary)
+    assert out is not None
+    assert dict(out.errors_by_type) == {"LLMProviderUnavailable": 3}
+    assert len(out.errors_by_operation) == ReportLimits().max_keys_per_summary
+    more = pb.OutcomeSummary(service="s", failures=1, errors_by_operation={f"new{i}": 1 for i in range(40)})
+    out = reports.bound("a", more)
+    assert out is not None and "other" in out.errors_by_operation  # past 64 keys for this agent
+
+
+def test_a_policy_names_who_may_report() -> None:
+    reports = gate(ServicePolicy("pay", reporters=("checkout-*", "auditor")))
+    assert reports.bound("mallory", pb.OutcomeSummary(service="pay", failures=5)) is None
+    assert reports.bound("checkout-7", pb.OutcomeSummary(service="pay", failures=5)) is not None
+    assert reports.bound("auditor", pb.OutcomeSummary(service="pay", failures=5)) is not None
+    assert reports.refused == {"mallory": 1}
+
+
+def test_unknown_services_are_admitted_up_to_per_agent_and_total_caps_and_forgotten_when_idle() -> None:
+    clock = Clock()
+    policies = book(ServicePolicy("named"))
+    breakers = FleetBreakers(policies.policy_of, clock=clock)
+    admission = ServiceAdmission(
+        policies, breakers, AdmissionLimits(per_agent=3, total=5, idle_secs=60), clock
+    )
+    assert all(admission.allows("a", "named") for _ in range(10))  # a policy names it: always
+    assert [admission.allows("a", f"x{i}") for i in range(4)] == [True, True, True, False]
+    assert [admission.allows("b", f"y{i}") for i in range(3)] == [True, True, False]  # total 5
+    assert admission.allows("a", "x0")  # already admitted
+    for name in ("x0", "x1", "x2", "y0", "y1"):
+        breakers.get(name)
+    breakers.get("x0").state = BreakerState.FORCED_OPEN  # an operator's state is kept
+    clock.now += 30
+    admission.allows("b", "y1")
+    clock.now += 31
+    assert sorted(admission.idle()) == ["x1", "x2", "y0"]
+    for name in ("x1", "x2", "y0"):
+        breakers.forget(name)
+    assert admission.allows("b", "z") and admission.allows("c", "w")
+    assert admission.refused == 2
+
+
+def test_counts_beyond_their_fields_saturate() -> None:
+    breakers = FleetBreakers(book().policy_of, clock=Clock())
+    breakers.record("a", pb.OutcomeSummary(service="s", failures=U32, trailing_failures=U32))
+    breakers.record("a", pb.OutcomeSummary(service="s", failures=U32))  # already OPEN: ignored
+    breaker = breakers.get("s")
+    breaker.failures = breaker.consecutive_failures = 2**40
+    message = breakers.to_proto("s")
+    assert message.failures == message.consecutive_failures == U32
+    stats = FleetStatistics()
+    for _ in range(3):
+        stats.add_dropped(2**64 - 1)
+        stats.record("a", pb.OutcomeSummary(service="s", failures=U32, errors_by_type={"X": U32}))
+    stats.recovery_attempts = stats.recovery_successes = 2**64 - 5
+    stats.record("a", pb.OutcomeSummary(service="s", recovery_attempts=U32, recovery_successes=U32))
+    answer = stats.to_proto(book(), 0)
+    assert answer.outcomes_dropped == 2**64 - 1 and answer.recovery_attempts == 2**64 - 1
+    assert 0 <= answer.recovery_success_rate <= 100
