@@ -152,9 +152,17 @@ class ControlPlane:
             self.breakers.request_probe(agent_id, service)
         else:
             self.relay.ask_probe(agent_id, service)
+        self.answer_probe(agent_id, service)
+
+    def answer_probe(self, agent_id: str, service: str) -> None:
+        """An agent that asks for a probe holds a state this replica may not: unless the
+        breaker is HALF_OPEN (a grant answers then), tell it the state in force — CLOSED for
+        a breaker this replica does not hold, without creating one."""
         breaker = self.breakers.find(service)
-        if breaker is None or breaker.state is not BreakerState.HALF_OPEN:
-            # The agent holds a state this replica does not: tell it the one in force.
+        if breaker is None:
+            state = pb.Breaker(name=service, state=pb.BREAKER_STATE_CLOSED, reason="no such breaker here")
+            self.hub.send_to_agent(agent_id, pb.ConnectResponse(breaker=state))
+        elif breaker.state is not BreakerState.HALF_OPEN:
             self.hub.send_to_agent(agent_id, pb.ConnectResponse(breaker=self.breakers.to_proto(service)))
 
     def record_demand(self, agent_id: str, demand: pb.CapacityDemand) -> None:

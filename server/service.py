@@ -158,8 +158,12 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                     self._outcomes(sub, request.outcomes)
                 elif kind == "probe_request":
                     service = request.probe_request.service
-                    if not name_problem(service) and plane.admission.known(service):
+                    if name_problem(service):
+                        continue
+                    if plane.admission.known(service):
                         plane.request_probe(sub.agent_id, service)
+                    else:  # never admitted here: it is CLOSED, and asking creates nothing
+                        plane.answer_probe(sub.agent_id, service)
                 elif kind == "demand":
                     for demand in request.demand.demands[: self.limits.max_summaries_per_batch]:
                         bounded = bounded_demand(demand)

@@ -106,3 +106,9 @@ async def test_a_probe_request_for_a_breaker_that_is_not_half_open_answers_its_s
     async with RawAgent(f"127.0.0.1:{control_plane.port}", "agent-1") as agent:
         await agent.ask_probe("never_opened")
         await agent.wait_for(lambda: agent.state("never_opened") == pb.BREAKER_STATE_CLOSED)
+        # the answer creates nothing: a flood of probe requests for made-up names costs no memory
+        for i in range(50):
+            await agent.ask_probe(f"made-up-{i}")
+        await agent.wait_for(lambda: agent.state("made-up-49") == pb.BREAKER_STATE_CLOSED)
+        assert control_plane.plane.breakers.find("never_opened") is None
+        assert not [n for n in control_plane.plane.breakers.names() if n.startswith("made-up-")]
