@@ -59,13 +59,13 @@ class TlsFiles:
         )
 
     def ssl_context(self) -> ssl.SSLContext:
-        """The same certificate for HTTPS; with a client CA, browsers may present a
-        certificate (optional there: the page also takes an admin token)."""
+        """The same certificate for HTTPS; with a client CA, every client must present a
+        certificate it signed, as on the gRPC port."""
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(self.cert, self.key)
         if self.client_ca:
             context.load_verify_locations(cafile=str(self.client_ca))
-            context.verify_mode = ssl.CERT_OPTIONAL
+            context.verify_mode = ssl.CERT_REQUIRED
         return context
 
     def relay_credentials(self) -> grpc.ChannelCredentials:

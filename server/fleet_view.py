@@ -24,6 +24,8 @@ STATE_NAMES = {value: name.removeprefix("BREAKER_STATE_") for name, value in pb.
 #: Most (agent, service) pairs tallied, and transitions remembered, by one replica.
 MAX_ACTIVITY_ROWS = 20_000
 MAX_TIMELINE = 200
+#: Error types kept per row (the taxonomy has seven; the rest are counted as "other").
+MAX_ERROR_TYPES = 16
 
 
 @dataclass
@@ -45,8 +47,15 @@ class Activity:
         self.rejected += summary.rejected
         self.recovery_attempts += summary.recovery_attempts
         self.recovery_successes += min(summary.recovery_successes, summary.recovery_attempts)
-        self.errors_by_type.update(dict(summary.errors_by_type))
+        self.count_errors(summary.errors_by_type.items())
         self.last_seen = now
+
+    def count_errors(self, counts: Any) -> None:
+        for name, count in counts:
+            if name in self.errors_by_type or len(self.errors_by_type) < MAX_ERROR_TYPES:
+                self.errors_by_type[name] += count
+            else:  # an agent inventing names fills one bucket, not the dashboard's memory
+                self.errors_by_type["other"] += count
 
     def as_dict(self) -> dict[str, Any]:
         rate = self.recovery_successes / self.recovery_attempts if self.recovery_attempts else None
@@ -86,7 +95,7 @@ class FleetActivity:
             total.rejected += row.rejected
             total.recovery_attempts += row.recovery_attempts
             total.recovery_successes += row.recovery_successes
-            total.errors_by_type.update(row.errors_by_type)
+            total.count_errors(row.errors_by_type.items())
         return {name: totals[name].as_dict() for name in sorted(totals)}
 
 

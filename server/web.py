@@ -30,6 +30,7 @@ from .auth import AccessPolicy, _matches, is_loopback
 from .control_plane import ControlPlane
 from .fleet_view import STATE_NAMES, FleetActivity, Timeline, fleet_state
 from .prometheus import CONTENT_TYPE, exposition, registry_for
+from .web_guard import ConnectionGate, HostRules, host_middleware
 
 _log = logging.getLogger("mission_control.server.web")
 
@@ -43,6 +44,10 @@ MAX_REASON = 512
 #: Newest picture at most this often after a change; at least this often without one.
 _SETTLE_SECS = 0.1
 _REFRESH_SECS = 1.0
+#: A picture asked for by ``/api/state`` is built again when older than this.
+_FRESH_SECS = 0.5
+#: Pages following the fleet at once (each holds one event stream).
+MAX_WATCHERS = 64
 
 
 class Dashboard:
@@ -69,13 +74,18 @@ class Dashboard:
         self._version = 0
         self._state: bytes = b"{}"
         self._changed = asyncio.Condition()
+        self._built_at = -1.0
+        self.hosts = HostRules(listen)
+        self.gate: ConnectionGate | None = None
+        self.watchers = 0
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> str:
-        app = web.Application(client_max_size=64 * 1024)
+        app = web.Application(client_max_size=64 * 1024, middlewares=[host_middleware(self.hosts)])
         app.add_routes(
             [
                 web.get("/", self._page),
@@ -88,13 +98,18 @@ class Dashboard:
                 web.get("/readyz", self._readyz),
             ]
         )
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=1.0, keepalive_timeout=15.0
+        )
         await self._runner.setup()
         host, _, port = self.listen.rpartition(":")
-        site = web.TCPSite(self._runner, host.strip("[]") or "127.0.0.1", int(port), ssl_context=self.tls)
-        await site.start()
-        bound = site._server.sockets[0].getsockname()  # type: ignore[union-attr]
-        self.address = f"{host.strip('[]') or '127.0.0.1'}:{bound[1]}"
+        bare = host.strip("[]") or "127.0.0.1"
+        assert self._runner.server is not None
+        self.gate = ConnectionGate(self._runner.server)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self.gate, bare, int(port), ssl=self.tls, reuse_address=True)
+        bound = self._server.sockets[0].getsockname()[1]
+        self.address = f"[{bare}]:{bound}" if ":" in bare else f"{bare}:{bound}"
         self._refresh()
         self._tasks = [asyncio.create_task(self._follow_breakers()), asyncio.create_task(self._tick())]
         return self.address
@@ -105,6 +120,8 @@ class Dashboard:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._server is not None:
+            self._server.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -112,9 +129,12 @@ class Dashboard:
 
     def _refresh(self) -> None:
         self._state = json.dumps(fleet_state(self.plane, self.activity, self.timeline)).encode()
+        self._built_at = asyncio.get_running_loop().time()
         self._version += 1
 
     async def _publish(self) -> None:
+        if not self.watchers:
+            return  # nobody follows: build the picture when someone asks for it
         self._refresh()
         async with self._changed:
             self._changed.notify_all()
@@ -162,6 +182,8 @@ class Dashboard:
         return web.Response(body=body, content_type=kind, charset="utf-8", headers=_SECURITY_HEADERS)
 
     async def _get_state(self, request: web.Request) -> web.Response:
+        if asyncio.get_running_loop().time() - self._built_at > _FRESH_SECS:
+            self._refresh()
         return web.Response(
             body=self._state, content_type="application/json", headers={"Cache-Control": "no-store"}
         )
@@ -174,14 +196,24 @@ class Dashboard:
                 "X-Accel-Buffering": "no",
             }
         )
-        await response.prepare(request)
-        seen = -1
-        while True:
-            if seen == self._version:
-                async with self._changed:
-                    await self._changed.wait_for(functools.partial(self._newer_than, seen))
-            seen = self._version
-            await response.write(b"event: state\ndata: " + self._state + b"\n\n")
+        if self.watchers >= MAX_WATCHERS:
+            raise _error(429, f"{MAX_WATCHERS} pages follow this control plane already")
+        self.watchers += 1
+        try:
+            await response.prepare(request)
+            self._refresh()  # the newest picture for this page, then each change
+            seen = -1
+            while True:
+                if seen == self._version:
+                    async with self._changed:
+                        await self._changed.wait_for(functools.partial(self._newer_than, seen))
+                seen = self._version
+                # A page that does not read is dropped rather than buffered: it reloads.
+                await asyncio.wait_for(response.write(b"event: state\ndata: " + self._state + b"\n\n"), 5.0)
+        except (ConnectionError, TimeoutError):  # the page went away or stopped reading
+            return response
+        finally:
+            self.watchers -= 1
 
     def _newer_than(self, version: int) -> bool:
         return self._version != version
@@ -208,7 +240,7 @@ class Dashboard:
         if request.content_type != "application/json":
             raise _error(415, "actions are JSON requests")
         origin = request.headers.get("Origin")
-        if origin is not None and origin != f"{request.scheme}://{request.host}":
+        if origin is not None and not self.hosts.origin_allowed(origin, request.host):
             raise _error(403, "cross-site request refused")
         if request.headers.get("Sec-Fetch-Site", "same-origin") not in {"same-origin", "none"}:
             raise _error(403, "cross-site request refused")
@@ -236,11 +268,13 @@ class Dashboard:
             raise _error(400, f"name: {problem}")
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             raise _error(400, "the body must be a JSON object") from None
         reason = body.get("reason", "") if isinstance(body, dict) else None
         if not isinstance(reason, str) or len(reason) > MAX_REASON:
             raise _error(400, f"reason must be a string of at most {MAX_REASON} characters")
+        if not reason.isprintable():
+            raise _error(400, "reason must be printable text (no newlines or control characters)")
         try:
             breaker = await self.plane.set_breaker_state(name, state, reason)
         except StorageFailure as err:
@@ -277,6 +311,7 @@ _SECURITY_HEADERS = {
 def _error(status: int, message: str) -> web.HTTPException:
     kinds: dict[int, Any] = {
         400: web.HTTPBadRequest,
+        429: web.HTTPTooManyRequests,
         401: web.HTTPUnauthorized,
         403: web.HTTPForbidden,
         404: web.HTTPNotFound,

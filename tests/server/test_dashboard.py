@@ -253,3 +253,108 @@ async def test_any_replica_shows_the_fleet(etcd_server: EtcdProcess, prefix: str
     finally:
         for running in replicas:
             await running.stop(grace=0.5)
+
+
+async def test_a_loopback_dashboard_answers_only_loopback_names(
+    etcd_server: EtcdProcess, prefix: str
+) -> None:
+    """DNS rebinding: a page of another site whose name resolves to 127.0.0.1 is "same
+    origin" with the dashboard as far as the browser knows; the Host header tells."""
+    running = await start_control_plane(
+        EtcdStore([etcd_server.endpoint]), "127.0.0.1:0", prefix=prefix, http="127.0.0.1:0"
+    )
+    try:
+        assert running.dashboard is not None and running.dashboard.open_writes
+        url = f"{base(running)}/api/breakers/storage_backend/force-open"
+        port = running.dashboard.address.rsplit(":", 1)[1]
+        rebound = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, json={"reason": "x"}, headers=rebound) as reply:
+                assert reply.status == 421
+            for path in ("/api/state", "/metrics", "/"):
+                async with session.get(
+                    base(running) + path, headers={"Host": f"evil.example:{port}"}
+                ) as reply:
+                    assert reply.status == 421, path
+            # an Origin of another loopback port is another site too
+            other = {"Origin": "http://127.0.0.1:1"}
+            async with session.post(url, json={"reason": "x"}, headers=other) as reply:
+                assert reply.status == 403
+            for origin in ("null", "file://", "chrome-extension://abc"):
+                async with session.post(url, json={"reason": "x"}, headers={"Origin": origin}) as reply:
+                    assert reply.status == 403, origin
+            assert running.plane.breakers.find("storage_backend") is None
+            async with session.get(
+                base(running) + "/api/state", headers={"Host": f"localhost:{port}"}
+            ) as reply:
+                assert reply.status == 200
+            same = {"Origin": base(running)}
+            async with session.post(url, json={"reason": "x"}, headers=same) as reply:
+                assert reply.status == 200
+    finally:
+        await running.stop(grace=0.5)
+
+
+async def test_hostile_bodies_and_reasons_are_refused(plane: RunningControlPlane) -> None:
+    url = f"{base(plane)}/api/breakers/storage_backend/force-open"
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
+    nested = "[" * 20_000 + "]" * 20_000
+    async with aiohttp.ClientSession() as session:
+        for body in (nested, '{"reason": "two\\nlines"}', '{"reason": "\\u001b[2J"}', "[]", "{bad"):
+            async with session.post(url, data=body, headers=headers) as reply:
+                assert reply.status in (400, 413), (body[:20], reply.status)
+    assert plane.plane.breakers.find("storage_backend") is None
+
+
+async def test_slow_and_excess_connections_and_pages_are_bounded(plane: RunningControlPlane) -> None:
+    dashboard = plane.dashboard
+    assert dashboard is not None and dashboard.gate is not None
+    host, port = dashboard.address.rsplit(":", 1)
+    gate = dashboard.gate
+    gate.first_request_secs = 0.3
+    # a client that never finishes its first request is closed
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /api/state HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # no end of headers
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server
+    writer.close()
+    assert gate.timed_out >= 1
+    # beyond the connection limit, connections are closed at once; the dashboard still serves
+    gate.limit = len(gate.open) + 3
+    held = [await asyncio.open_connection(host, int(port)) for _ in range(3)]
+    extra_reader, extra_writer = await asyncio.open_connection(host, int(port))
+    assert await asyncio.wait_for(extra_reader.read(), 10) == b""
+    extra_writer.close()
+    assert gate.refused >= 1
+    for _, w in held:
+        w.close()
+    gate.limit = 256
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while len(gate.open) > 0 and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    # event streams are bounded too
+    from mission_control.server import web as web_module
+
+    web_module_max = web_module.MAX_WATCHERS
+    web_module.MAX_WATCHERS = 2
+    try:
+        async with aiohttp.ClientSession() as session:
+            first = await session.get(f"{base(plane)}/api/events")
+            second = await session.get(f"{base(plane)}/api/events")
+            async with session.get(f"{base(plane)}/api/events") as third:
+                assert third.status == 429
+            first.close()
+            second.close()
+    finally:
+        web_module.MAX_WATCHERS = web_module_max
+
+
+async def test_invented_error_types_fill_one_bucket(plane: RunningControlPlane) -> None:
+    dashboard = plane.dashboard
+    assert dashboard is not None
+    for i in range(100):
+        summary = pb.OutcomeSummary(service="llm_provider", failures=1, errors_by_type={f"Made{i}": 1})
+        dashboard.activity.record("agent-x", summary)
+    row = dashboard.activity.rows[("agent-x", "llm_provider")]
+    assert len(row.errors_by_type) <= 17 and row.errors_by_type["other"] == 100 - 16
+    assert len(dashboard.activity.by(1)["llm_provider"]["errors_by_type"]) <= 17
