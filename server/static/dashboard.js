@@ -4,6 +4,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const MAX_ROWS = 500;
 let picture = null;
 let receivedAt = 0;
 
@@ -56,7 +57,13 @@ function openLeft(b) {
 
 function renderBreakers() {
   const filter = $("breaker-filter").value.trim().toLowerCase();
-  const rows = picture.breakers.filter((b) => !filter || b.name.toLowerCase().includes(filter));
+  const matching = picture.breakers.filter((b) => !filter || b.name.toLowerCase().includes(filter));
+  // Not CLOSED first; past MAX_ROWS the filter narrows the list (a page of thousands of rows
+  // would take seconds to draw on every update).
+  matching.sort((a, b) => (a.state === "CLOSED") - (b.state === "CLOSED") || a.name.localeCompare(b.name));
+  const rows = matching.slice(0, MAX_ROWS);
+  $("breakers-more").textContent = matching.length > MAX_ROWS
+    ? `${matching.length - MAX_ROWS} more breakers not shown: type in the filter to find one` : "";
   fill("breakers", rows, (tr, b) => {
     tr.dataset.breaker = b.name;
     cell(tr, b.name);
