@@ -143,6 +143,7 @@ class Executor:
     def _refused(self, state: ServiceState, refused: Refused, operation: str) -> Refused:
         with state.lock:
             state.tally.rejected += 1
+            state.tally.rejected_by_reason[refused.reason] += 1
         refused.error.context = self._context(state.name, operation)
         if self.telemetry is not None:
             self.telemetry.call_rejected(refused.error, state.name, operation, refused.reason)
@@ -231,6 +232,11 @@ class Executor:
             self.telemetry.recovered(state.name, succeeded)
 
     def fell_back(self, state: ServiceState, fallback: str, served: bool) -> None:
+        with state.lock:
+            if served:
+                state.tally.fallbacks_served += 1
+            else:
+                state.tally.fallbacks_failed += 1
         if self.telemetry is not None:
             self.telemetry.fell_back(state.name, fallback, served)
         if served:

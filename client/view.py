@@ -47,12 +47,15 @@ class Tally:
         "errors_by_operation",
         "errors_by_type",
         "failures",
+        "fallbacks_failed",
+        "fallbacks_served",
         "probe_failures",
         "probe_successes",
         "probes_released",
         "recovery_attempts",
         "recovery_successes",
         "rejected",
+        "rejected_by_reason",
         "successes",
         "trailing_failures",
     )
@@ -63,11 +66,14 @@ class Tally:
         self.recovery_attempts = self.recovery_successes = 0
         self.errors_by_type: Counter[str] = Counter()
         self.errors_by_operation: Counter[str] = Counter()
+        self.rejected_by_reason: Counter[str] = Counter()
+        self.fallbacks_served = self.fallbacks_failed = 0
 
     def empty(self) -> bool:
         return not (
             self.successes or self.failures or self.rejected or self.probe_successes
             or self.probe_failures or self.probes_released or self.recovery_attempts
+            or self.fallbacks_served or self.fallbacks_failed
         )  # fmt: skip
 
     def merge(self, summary: pb.OutcomeSummary, *, earlier: bool = False) -> None:
@@ -93,6 +99,9 @@ class Tally:
         self.recovery_successes += summary.recovery_successes
         self.errors_by_type.update(dict(summary.errors_by_type))
         self.errors_by_operation.update(dict(summary.errors_by_operation))
+        self.rejected_by_reason.update(dict(summary.rejected_by_reason))
+        self.fallbacks_served += summary.fallbacks_served
+        self.fallbacks_failed += summary.fallbacks_failed
 
     def to_proto(self, service: str) -> pb.OutcomeSummary:
         return pb.OutcomeSummary(
@@ -108,6 +117,9 @@ class Tally:
             recovery_successes=self.recovery_successes,
             probes_released=self.probes_released,
             errors_by_operation=dict(self.errors_by_operation),
+            rejected_by_reason=dict(self.rejected_by_reason),
+            fallbacks_served=self.fallbacks_served,
+            fallbacks_failed=self.fallbacks_failed,
         )
 
 

@@ -35,9 +35,12 @@ class Activity:
     calls: int = 0
     failures: int = 0
     rejected: int = 0
+    fallbacks_served: int = 0
+    fallbacks_failed: int = 0
     recovery_attempts: int = 0
     recovery_successes: int = 0
     errors_by_type: Counter[str] = field(default_factory=Counter)
+    rejected_by_reason: Counter[str] = field(default_factory=Counter)
     last_seen: float = 0.0
 
     def add(self, summary: pb.OutcomeSummary, now: float) -> None:
@@ -45,6 +48,9 @@ class Activity:
         self.calls += summary.successes + summary.probe_successes + failures
         self.failures += failures
         self.rejected += summary.rejected
+        self.rejected_by_reason.update(dict(summary.rejected_by_reason))  # four gates at most
+        self.fallbacks_served += summary.fallbacks_served
+        self.fallbacks_failed += summary.fallbacks_failed
         self.recovery_attempts += summary.recovery_attempts
         self.recovery_successes += min(summary.recovery_successes, summary.recovery_attempts)
         self.count_errors(summary.errors_by_type.items())
@@ -63,6 +69,9 @@ class Activity:
             "calls": self.calls,
             "failures": self.failures,
             "rejected": self.rejected,
+            "rejected_by_reason": dict(self.rejected_by_reason),
+            "fallbacks_served": self.fallbacks_served,
+            "fallbacks_failed": self.fallbacks_failed,
             "recovery_attempts": self.recovery_attempts,
             "recovery_rate": rate,
             "errors_by_type": dict(self.errors_by_type),
@@ -93,6 +102,9 @@ class FleetActivity:
             total.calls += row.calls
             total.failures += row.failures
             total.rejected += row.rejected
+            total.rejected_by_reason.update(row.rejected_by_reason)
+            total.fallbacks_served += row.fallbacks_served
+            total.fallbacks_failed += row.fallbacks_failed
             total.recovery_attempts += row.recovery_attempts
             total.recovery_successes += row.recovery_successes
             total.count_errors(row.errors_by_type.items())

@@ -66,6 +66,13 @@ class FleetCollector(Collector):
         ratio = s.recovery_successes / s.recovery_attempts if s.recovery_attempts else 1.0
         yield GaugeMetricFamily(_P + "recovery_success_ratio", "recoveries that succeeded, 0..1", ratio)
         yield _counter("calls_rejected", "calls stopped before reaching the service", s.calls_rejected)
+        yield _by(
+            "calls_rejected_by_reason", "calls stopped, by the gate", "reason", dict(s.rejected_by_reason)
+        )
+        fallbacks = CounterMetricFamily(_P + "fallbacks", "fallback attempts", labels=["result"])
+        fallbacks.add_metric(["served"], s.fallbacks_served)
+        fallbacks.add_metric(["failed"], s.fallbacks_failed)
+        yield fallbacks
         yield _counter("outcomes_dropped", "outcome batches agents could not deliver", s.outcomes_dropped)
         reloads = CounterMetricFamily(_P + "config_reloads", "policy values loaded", labels=["result"])
         reloads.add_metric(["ok"], s.config_reloads_ok)

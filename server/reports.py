@@ -35,6 +35,8 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 _log = logging.getLogger("mission_control.server.reports")
 
+#: The gates that stop a call before it leaves the agent.
+REJECTION_REASONS = frozenset({"breaker", "rate_limit", "quota", "bulkhead"})
 #: Agents whose refusals are counted by name; the rest count under "other".
 MAX_COUNTED_AGENTS = 1000
 
@@ -107,6 +109,12 @@ class ReportGate:
         failures = out.failures + out.probe_failures
         cut |= self._keys_into(agent, summary.errors_by_type, out.errors_by_type, failures)
         cut |= self._keys_into(agent, summary.errors_by_operation, out.errors_by_operation, failures)
+        for reason, n in summary.rejected_by_reason.items():
+            if reason in REJECTION_REASONS:  # the four gates; anything else is not ours
+                out.rejected_by_reason[reason] = min(n, out.rejected)
+        needing = out.rejected + out.failures  # calls a fallback may have served
+        out.fallbacks_served = min(summary.fallbacks_served, needing)
+        out.fallbacks_failed = min(summary.fallbacks_failed, needing * max(1, len(policy.fallbacks)))
         if cut:
             self.refuse(
                 agent, summary.service, f"claimed more than it could ({calls} calls, {allowed} allowed)"

@@ -76,6 +76,9 @@ class FleetStatistics:
         self.recovery_attempts = 0
         self.recovery_successes = 0
         self.rejected = 0
+        self.rejected_by_reason: Counter[str] = Counter()
+        self.fallbacks_served = 0
+        self.fallbacks_failed = 0
         self.dropped = 0
 
     def record(self, agent: str, summary: pb.OutcomeSummary, *, named: bool = False) -> None:
@@ -95,6 +98,10 @@ class FleetStatistics:
             self.recovery_successes, min(summary.recovery_successes, summary.recovery_attempts)
         )
         self.rejected = saturating_add(self.rejected, summary.rejected)
+        for reason, n in summary.rejected_by_reason.items():  # bounded to the four gates
+            self.rejected_by_reason[reason] = saturating_add(self.rejected_by_reason[reason], n)
+        self.fallbacks_served = saturating_add(self.fallbacks_served, summary.fallbacks_served)
+        self.fallbacks_failed = saturating_add(self.fallbacks_failed, summary.fallbacks_failed)
 
     def add_dropped(self, n: int) -> None:
         self.dropped = saturating_add(self.dropped, n)
@@ -130,6 +137,9 @@ class FleetStatistics:
             recovery_attempts=self.recovery_attempts,
             recovery_successes=self.recovery_successes,
             calls_rejected=self.rejected,
+            rejected_by_reason=dict(self.rejected_by_reason),
+            fallbacks_served=self.fallbacks_served,
+            fallbacks_failed=self.fallbacks_failed,
             outcomes_dropped=self.dropped,
             config_reloads_ok=policies.reloads_ok,
             config_reloads_failed=policies.reloads_failed,

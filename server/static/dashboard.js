@@ -46,6 +46,15 @@ function when(epoch) {
   return epoch ? new Date(epoch * 1000).toLocaleTimeString() : "";
 }
 
+function rejections(a) {
+  const gates = byType(a.rejected_by_reason);
+  return a.rejected === undefined ? "" : gates ? `${a.rejected} (${gates})` : String(a.rejected);
+}
+
+function fallbacks(a) {
+  return a.fallbacks_served === undefined ? "" : `${a.fallbacks_served} / ${a.fallbacks_failed}`;
+}
+
 function byType(counts) {
   return Object.entries(counts || {}).map(([k, v]) => `${k} ${v}`).join(", ");
 }
@@ -99,7 +108,7 @@ function render() {
   renderBreakers();
   fill("services", Object.entries(p.by_service), (tr, [name, a]) => {
     cell(tr, name); cell(tr, a.calls); cell(tr, a.failures); cell(tr, byType(a.errors_by_type));
-    cell(tr, a.rejected); cell(tr, percent(a.recovery_rate));
+    cell(tr, rejections(a)); cell(tr, fallbacks(a)); cell(tr, percent(a.recovery_rate));
   }, "no calls reported yet");
   const connected = new Map(p.agents.map((a) => [a.id, a]));
   const agentNames = [...new Set([...connected.keys(), ...Object.keys(p.by_agent)])].sort();
@@ -108,7 +117,8 @@ function render() {
     const link = connected.get(name);
     cell(tr, link && link.replica ? `${name} (replica)` : name);
     cell(tr, link ? `yes (${link.streams})` : "no");
-    cell(tr, a.calls); cell(tr, a.failures); cell(tr, a.rejected); cell(tr, percent(a.recovery_rate));
+    cell(tr, a.calls); cell(tr, a.failures); cell(tr, rejections(a)); cell(tr, fallbacks(a));
+    cell(tr, percent(a.recovery_rate));
   });
   fill("limits", s.fleet_limits || [], (tr, l) => {
     cell(tr, l.service); cell(tr, l.resource); cell(tr, Number(l.fleet_units).toFixed(1));

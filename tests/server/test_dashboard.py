@@ -358,3 +358,58 @@ async def test_invented_error_types_fill_one_bucket(plane: RunningControlPlane) 
     row = dashboard.activity.rows[("agent-x", "llm_provider")]
     assert len(row.errors_by_type) <= 17 and row.errors_by_type["other"] == 100 - 16
     assert len(dashboard.activity.by(1)["llm_provider"]["errors_by_type"]) <= 17
+
+
+async def test_rejections_by_gate_and_fallbacks_reach_the_page_and_metrics(
+    plane: RunningControlPlane,
+) -> None:
+    """A real agent: its primary fails until the breaker opens, a backup serves, the
+    breaker then refuses calls; the page and /metrics say which gate refused and how often
+    the backup served."""
+    from mission_control.client.agent import MissionControl
+    from mission_control.client.errors import LLMProviderUnavailable
+
+    primary = policy_from_proto(POLICY).replace(fallbacks=("llm_backup",), max_retries=0)
+    await plane.plane.put_policy(primary)
+    mc = MissionControl("agent-fb", control_plane=f"127.0.0.1:{plane.port}", flush_interval=0.02).start()
+    try:
+        assert await asyncio.to_thread(mc.wait_connected, 30)
+
+        async def backup() -> str:
+            return "from the backup"
+
+        @mc.guard("llm_provider", fallbacks={"llm_backup": backup})
+        async def generate() -> str:
+            raise LLMProviderUnavailable("primary", "down")
+
+        served = [await generate() for _ in range(6)]  # 3 failures trip it, then it refuses
+        assert served == ["from the backup"] * 6
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        async with aiohttp.ClientSession() as session:
+            while True:
+                row = (await state(session, plane))["by_service"].get("llm_provider", {})
+                if row.get("fallbacks_served") == 6 and row.get("rejected_by_reason", {}).get("breaker") == 3:
+                    break
+                assert loop.time() < deadline, row
+                await asyncio.sleep(0.05)
+            assert row["failures"] == 3 and row["rejected"] == 3
+            async with session.get(f"{base(plane)}/metrics") as reply:
+                samples = _samples(await reply.text())
+        assert samples['mission_control_calls_rejected_by_reason_total{reason="breaker"}'] == 3
+        assert samples['mission_control_fallbacks_total{result="served"}'] == 6
+    finally:
+        await asyncio.to_thread(mc.close)
+
+
+async def test_invented_rejection_gates_are_not_counted(plane: RunningControlPlane) -> None:
+    async with RawAgent(f"127.0.0.1:{plane.port}", "agent-r", ("llm_provider",)) as agent:
+        reasons = {"breaker": 5, "made-up": 7, "x" * 200: 1}
+        await agent.report("llm_provider", rejected=3, rejected_by_reason=reasons, fallbacks_served=10**6)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while plane.plane.stats.rejected < 3:
+            assert loop.time() < deadline
+            await asyncio.sleep(0.02)
+    assert dict(plane.plane.stats.rejected_by_reason) == {"breaker": 3}
+    assert plane.plane.stats.fallbacks_served == 3

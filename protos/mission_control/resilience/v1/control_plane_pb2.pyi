@@ -168,6 +168,26 @@ class OutcomeSummary(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class RejectedByReasonEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     SERVICE_FIELD_NUMBER: _builtins.int
     SUCCESSES_FIELD_NUMBER: _builtins.int
     FAILURES_FIELD_NUMBER: _builtins.int
@@ -180,6 +200,9 @@ class OutcomeSummary(_message.Message):
     RECOVERY_SUCCESSES_FIELD_NUMBER: _builtins.int
     PROBES_RELEASED_FIELD_NUMBER: _builtins.int
     ERRORS_BY_OPERATION_FIELD_NUMBER: _builtins.int
+    REJECTED_BY_REASON_FIELD_NUMBER: _builtins.int
+    FALLBACKS_SERVED_FIELD_NUMBER: _builtins.int
+    FALLBACKS_FAILED_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     successes: _builtins.int
     failures: _builtins.int
@@ -195,6 +218,11 @@ class OutcomeSummary(_message.Message):
     """...and of those, the ones that finally succeeded."""
     probes_released: _builtins.int
     """Probe permits the agent gives back unused."""
+    fallbacks_served: _builtins.int
+    """Calls of this service that a fallback service served, and fallback attempts for
+    its calls that failed too.
+    """
+    fallbacks_failed: _builtins.int
     @_builtins.property
     def errors_by_type(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Failure counts by ErrorType name, e.g. "LLMProviderUnavailable"."""
@@ -202,6 +230,12 @@ class OutcomeSummary(_message.Message):
     @_builtins.property
     def errors_by_operation(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Operation names seen with failures, for statistics."""
+
+    @_builtins.property
+    def rejected_by_reason(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """The calls stopped locally (``rejected``) by the gate that stopped them: "breaker",
+        "rate_limit", "quota" or "bulkhead".
+        """
 
     def __init__(
         self,
@@ -218,10 +252,13 @@ class OutcomeSummary(_message.Message):
         recovery_successes: _builtins.int = ...,
         probes_released: _builtins.int = ...,
         errors_by_operation: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        rejected_by_reason: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        fallbacks_served: _builtins.int = ...,
+        fallbacks_failed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors_by_operation", b"errors_by_operation", "errors_by_type", b"errors_by_type", "failures", b"failures", "probe_failures", b"probe_failures", "probe_successes", b"probe_successes", "probes_released", b"probes_released", "recovery_attempts", b"recovery_attempts", "recovery_successes", b"recovery_successes", "rejected", b"rejected", "service", b"service", "successes", b"successes", "trailing_failures", b"trailing_failures"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors_by_operation", b"errors_by_operation", "errors_by_type", b"errors_by_type", "failures", b"failures", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "probe_failures", b"probe_failures", "probe_successes", b"probe_successes", "probes_released", b"probes_released", "recovery_attempts", b"recovery_attempts", "recovery_successes", b"recovery_successes", "rejected", b"rejected", "rejected_by_reason", b"rejected_by_reason", "service", b"service", "successes", b"successes", "trailing_failures", b"trailing_failures"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1273,6 +1310,26 @@ class ErrorStatistics(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class RejectedByReasonEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     TOTAL_ERRORS_FIELD_NUMBER: _builtins.int
     ERRORS_BY_SERVICE_FIELD_NUMBER: _builtins.int
     ERRORS_BY_AGENT_FIELD_NUMBER: _builtins.int
@@ -1291,6 +1348,9 @@ class ErrorStatistics(_message.Message):
     MOST_COMMON_ERROR_FIELD_NUMBER: _builtins.int
     FLEET_LIMITS_FIELD_NUMBER: _builtins.int
     REPORTS_REFUSED_FIELD_NUMBER: _builtins.int
+    REJECTED_BY_REASON_FIELD_NUMBER: _builtins.int
+    FALLBACKS_SERVED_FIELD_NUMBER: _builtins.int
+    FALLBACKS_FAILED_FIELD_NUMBER: _builtins.int
     total_errors: _builtins.int
     circuit_breaker_opens: _builtins.int
     recovery_success_rate: _builtins.float
@@ -1303,6 +1363,9 @@ class ErrorStatistics(_message.Message):
     config_reloads_failed: _builtins.int
     connected_agents: _builtins.int
     most_common_error: _errors_pb2.ErrorType.ValueType
+    fallbacks_served: _builtins.int
+    """Calls a fallback service served, and fallback attempts that failed too."""
+    fallbacks_failed: _builtins.int
     @_builtins.property
     def errors_by_service(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
@@ -1321,6 +1384,10 @@ class ErrorStatistics(_message.Message):
         agent could have done, from an agent that may not report on the service, or for
         a service past the caps on services no policy names.
         """
+
+    @_builtins.property
+    def rejected_by_reason(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Calls stopped locally, by the gate that stopped them (see OutcomeSummary)."""
 
     def __init__(
         self,
@@ -1343,10 +1410,13 @@ class ErrorStatistics(_message.Message):
         most_common_error: _errors_pb2.ErrorType.ValueType = ...,
         fleet_limits: _abc.Iterable[Global___FleetLimitUsage] | None = ...,
         reports_refused: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        rejected_by_reason: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        fallbacks_served: _builtins.int = ...,
+        fallbacks_failed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcomes_dropped", b"outcomes_dropped", "recovery_attempts", b"recovery_attempts", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "reports_refused", b"reports_refused", "total_errors", b"total_errors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcomes_dropped", b"outcomes_dropped", "recovery_attempts", b"recovery_attempts", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "rejected_by_reason", b"rejected_by_reason", "reports_refused", b"reports_refused", "total_errors", b"total_errors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
