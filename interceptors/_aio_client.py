@@ -56,9 +56,9 @@ class _Base:
             ex.abandon(ticket)
             raise
 
-        def done(_: Any) -> None:
+        def done(ended: Any) -> None:  # the call comes as the argument: no reference kept here
             ex.release(ticket)
-            task = asyncio.get_running_loop().create_task(self._record(ticket, call))
+            task = asyncio.get_running_loop().create_task(self._record(ticket, ended))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
@@ -66,14 +66,22 @@ class _Base:
         return call
 
     async def _record(self, ticket: Ticket, call: Any) -> None:
+        """A stream's outcome; cancelled (by the caller, or by grpc when the caller's request
+        iterator raised) counts as neither and hands a probe permit back."""
         ex = self._executor
-        code = await call.code()
-        failure = None
-        if code is not grpc.StatusCode.OK:
-            error = grpc.aio.AioRpcError(
-                code, await call.initial_metadata(), await call.trailing_metadata(), await call.details(), ""
-            )
-            failure = ex.classify(ticket, error, self._outcomes)
+        try:
+            if call.cancelled():
+                ex.abandon(ticket)
+                return
+            code = await call.code()
+            failure = None
+            if code is not grpc.StatusCode.OK:
+                initial, trailing = await call.initial_metadata(), await call.trailing_metadata()
+                error = grpc.aio.AioRpcError(code, initial, trailing, await call.details(), "")
+                failure = ex.classify(ticket, error, self._outcomes)
+        except Exception:
+            ex.abandon(ticket)
+            raise
         ex.record(ticket, failure)
 
 

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import logging
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import grpc
+from mission_control.client.admission import Ticket
 from mission_control.client.agent import MissionControl
 from mission_control.client.attempts import Attempt, CallPlan, Step
+from mission_control.client.executor import Executor
 from mission_control.client.outcomes import Outcomes
 
 from ._client_common import ServiceMap, ServiceNamer, operation_of, response_class, with_timeout
 from ._future import PendingCall, settle
+
+_log = logging.getLogger("mission_control.interceptors")
 
 
 class ClientInterceptor(
@@ -120,7 +126,7 @@ class ClientInterceptor(
         client_call_details: grpc.ClientCallDetails,
         request: Any,
     ) -> Any:
-        return self._stream(continuation, client_call_details, request)
+        return self._stream(continuation, client_call_details, request, None)
 
     def intercept_stream_unary(
         self,
@@ -128,7 +134,7 @@ class ClientInterceptor(
         client_call_details: grpc.ClientCallDetails,
         request_iterator: Any,
     ) -> Any:
-        return self._stream(continuation, client_call_details, request_iterator)
+        return self._stream(continuation, client_call_details, request_iterator, [])
 
     def intercept_stream_stream(
         self,
@@ -136,34 +142,92 @@ class ClientInterceptor(
         client_call_details: grpc.ClientCallDetails,
         request_iterator: Any,
     ) -> Any:
-        return self._stream(continuation, client_call_details, request_iterator)
+        return self._stream(continuation, client_call_details, request_iterator, [])
 
     def _stream(
         self,
         continuation: Callable[[grpc.ClientCallDetails, Any], Any],
         details: grpc.ClientCallDetails,
         request: Any,
+        caller_errors: list[BaseException] | None,
     ) -> Any:
-        """One attempt: admitted, given the deadline, its outcome recorded when it ends."""
+        """One attempt: admitted, given the deadline, its outcome recorded when it ends.
+        ``caller_errors`` (streamed requests) collects what the caller's own request
+        iterator raised."""
         method = details.method
         ex = self._executor
         service = self._service_of(method)
         ticket = ex.admit(service, operation_of(method), kind=self._kind, timeout=details.timeout, cost=None)
+        if caller_errors is not None:
+            request = _watched(request, caller_errors)
         try:
             call = continuation(with_timeout(details, ticket.timeout), request)
         except BaseException:
             ex.release(ticket)
             ex.abandon(ticket)
             raise
-
-        def done() -> None:
-            ex.release(ticket)
-            error = call.exception()  # the call itself, or what an inner interceptor raised
-            ex.record(ticket, None if error is None else ex.classify(ticket, error, self._outcomes))
-
-        if not _add_callback(call, done):  # the call has ended already: the callback will never run
-            done()
+        ended = StreamEnded(ex, ticket, self._outcomes, call, caller_errors)
+        if not _add_callback(call, ended):  # the call has ended already: the callback will never run
+            ended()
         return call
+
+
+class StreamEnded:
+    """What runs when a stream ends: its place comes back and its outcome is recorded.
+
+    It holds the call weakly: a caller that drops a stream it stopped reading lets grpc
+    cancel it at once (as without us); a stream cancelled by its caller, or whose request
+    iterator raised, counts as neither, and a probe permit it held comes back.
+    """
+
+    __slots__ = ("call", "caller_errors", "ex", "outcomes", "ticket")
+
+    def __init__(
+        self,
+        ex: Executor,
+        ticket: Ticket,
+        outcomes: Outcomes | None,
+        call: Any,
+        caller_errors: list[BaseException] | None,
+    ) -> None:
+        self.ex = ex
+        self.ticket = ticket
+        self.outcomes = outcomes
+        self.caller_errors = caller_errors
+        try:
+            self.call: Callable[[], Any] = weakref.ref(call)
+        except TypeError:  # an object without weak references: held until it ends
+            self.call = lambda: call
+
+    def __call__(self) -> None:
+        ex, ticket = self.ex, self.ticket
+        ex.release(ticket)
+        try:
+            call = self.call()
+            if call is None or self.caller_errors or call.cancelled():
+                ex.abandon(ticket)  # dropped or cancelled by the caller, or the caller's bug
+                return
+            error = call.exception()  # the call itself, or what an inner interceptor raised
+        except Exception:
+            ex.abandon(ticket)
+            _log.debug("stream ended without an outcome", exc_info=True)
+            return
+        ex.record(ticket, None if error is None else ex.classify(ticket, error, self.outcomes))
+
+
+def _watched(requests: Any, caller_errors: list[BaseException]) -> Iterator[Any]:
+    """The caller's request iterator; what it raises is noted (it is not the service's)."""
+    try:
+        iterator = iter(requests)
+        while True:
+            try:
+                request = next(iterator)
+            except StopIteration:
+                return
+            yield request
+    except Exception as exc:
+        caller_errors.append(exc)
+        raise
 
 
 def _add_callback(call: Any, callback: Callable[[], None]) -> bool:
