@@ -182,10 +182,27 @@ class CallPlan:
     def _attempt(self, ticket: Ticket) -> Step:
         left = ticket.deadline - self.ex.clock()
         if left <= 0:
-            failure = Failure(OperationTimeout(ticket.operation, ticket.timeout), Counts.FAILURE)
-            self.ex.record(ticket, failure)
-            return self._failed(failure)
+            return self._no_time(ticket)
         return Attempt(ticket.service, left, ticket.deadline)
+
+    def _no_time(self, ticket: Ticket) -> Step:
+        """The deadline passed before this attempt could be made (the caller's time was up
+        already, or a retry's or a fallback's): it is not made, counts as nothing (a probe
+        permit comes back) and nothing more is tried."""
+        ex = self.ex
+        ex.abandon(ticket)
+        self._release()
+        failure = self._last if self._error is None else self._failure
+        if self._error is not None:  # a fallback without time: the service's error stands
+            error = self._error
+        elif failure is not None:  # a retry without time: the last failure stands
+            error = ex.with_context(failure.error, self.service, self.operation)
+        else:
+            expired = OperationTimeout(ticket.operation, ticket.timeout)
+            error = ex.with_context(expired, self.service, self.operation)
+            failure = Failure(error, Counts.NEITHER)
+        ex.given_up(ex.view.get(self.service), self.operation, error, failure, self._attempted)
+        return Done(error=error)
 
     def _late(self, ticket: Ticket) -> Failure:
         failure = Failure(OperationTimeout(ticket.operation, ticket.timeout), Counts.FAILURE, ran=True)

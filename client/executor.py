@@ -18,7 +18,7 @@ from .admission import Admission, Refused, Ticket
 from .attempts import Attempt, CallPlan, Done, Sleep, Step
 from .connection import ControlPlaneConnection
 from .deadline import _deadline, current_deadline, inherit_deadline, restore_deadline
-from .errors import ErrorContext, MissionControlError
+from .errors import ErrorContext, MissionControlError, OperationTimeout
 from .outcomes import DEFAULT, Counts, Failure, Outcomes, ServiceKind, classify, kind_of
 from .telemetry import Telemetry
 from .view import LocalView, ServiceState
@@ -100,7 +100,7 @@ class Executor:
             return self._refused(state, refused, operation)
         seconds = state.policy.timeout_secs
         if timeout is not None and timeout < seconds:
-            seconds = timeout
+            seconds = max(0.0, timeout)
         if deadline is not None and deadline - now < seconds:
             seconds = max(0.0, deadline - now)
         if kind is None:
@@ -138,6 +138,10 @@ class Executor:
         admitted = self.enter(service, operation, kind, timeout, cost, _deadline.get())
         if isinstance(admitted, Refused):
             raise admitted.error
+        if admitted.deadline <= self.clock():  # no time left: never made, counts as nothing
+            self.release(admitted)
+            self.abandon(admitted)
+            raise self.with_context(OperationTimeout(operation, admitted.timeout), service, operation)
         return admitted
 
     def _refused(self, state: ServiceState, refused: Refused, operation: str) -> Refused:
