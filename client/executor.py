@@ -91,10 +91,14 @@ class Executor:
         decision = self.admission.breaker(state, now)
         if type(decision) is Refused:
             return self._refused(state, decision, operation)
-        with state.lock:  # one short section for every limit; never held across a call
-            refused = self.admission.limits(state, cost, now, True)
-            if refused is None:
-                state.budget.record_call(now)
+        try:
+            with state.lock:  # one short section for every limit; never held across a call
+                refused = self.admission.limits(state, cost, now, True)
+                if refused is None:
+                    state.budget.record_call(now)
+        except BaseException:  # a cost in a resource the policy does not limit
+            self.admission.give_back(state, decision.probe)  # type: ignore[union-attr]
+            raise
         if refused is not None:
             self.admission.give_back(state, decision.probe)  # type: ignore[union-attr]
             return self._refused(state, refused, operation)
@@ -115,8 +119,12 @@ class Executor:
         if isinstance(decision, Refused):
             self._refused(state, decision, ticket.operation)
             return decision
-        with state.lock:
-            refused = self.admission.limits(state, cost, now, bulkhead=False)
+        try:
+            with state.lock:
+                refused = self.admission.limits(state, cost, now, bulkhead=False)
+        except BaseException:
+            self.admission.give_back(state, decision.probe)
+            raise
         if refused is not None:
             self.admission.give_back(state, decision.probe)
             self._refused(state, refused, ticket.operation)

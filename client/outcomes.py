@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import logging
 import math
 import socket
 from collections.abc import Callable
@@ -46,6 +47,8 @@ __all__ = [
     "named_verdict",
     "pushback",
 ]
+
+_log = logging.getLogger("mission_control.client")
 
 #: Codes that say the *service* failed (they move the breaker); any other code is the
 #: service answering (e.g. INVALID_ARGUMENT is the caller's problem, not an outage).
@@ -133,9 +136,13 @@ class Outcomes:
     def verdict(self, exc: BaseException) -> Counts | None:
         """The caller's verdict on ``exc``, when it has one."""
         if self.classify is not None:
-            said = self.classify(exc)
-            if said is not None:
-                return Counts(said)
+            try:
+                said = self.classify(exc)
+                if said is not None:
+                    return Counts(said)
+            except Exception:  # a hook that fails or answers nonsense decides nothing to count
+                _log.exception("classify hook failed on %s: counted as neither", type(exc).__name__)
+                return Counts.NEITHER
         if self.ignore and isinstance(exc, self.ignore):
             return Counts.NEITHER
         if self.record and isinstance(exc, self.record):
