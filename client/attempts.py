@@ -12,8 +12,8 @@ Rules, per target (the service, then each fallback in the policy's order):
 * only failures of the service are retried (policy codes, a wait asked by ``RetryInfo`` or
   ``grpc-retry-pushback-ms``, never a "do not retry", never past the deadline, within the
   retry budget), with tenacity's stop and wait objects;
-* a call that certainly ran (it returned after its deadline) is neither retried nor sent to
-  a fallback unless the caller says it is idempotent.
+* a call that ran (it returned after its deadline) or may have (it timed out in flight) is
+  neither retried nor sent to a fallback unless the caller says it is idempotent.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import grpc
 from tenacity import Future as TenacityFuture
 from tenacity import RetryCallState
 
@@ -222,7 +223,7 @@ class CallPlan:
     def _retryable(self, ticket: Ticket, failure: Failure) -> bool:
         if failure.counts is not Counts.FAILURE or failure.code is None:
             return False
-        if failure.ran and not (self.idempotent or ticket.state.policy.idempotent):
+        if _may_have_run(failure) and not (self.idempotent or ticket.state.policy.idempotent):
             return False
         error = failure.error
         if isinstance(error, CircuitBreakerOpen) or failure.retry_after == NO_RETRY:
@@ -294,9 +295,14 @@ class CallPlan:
 
     def _may_fall_back(self, failure: Failure) -> bool:
         idempotent = self.idempotent or self.ex.view.get(self.service).policy.idempotent
-        return failure.counts is Counts.FAILURE and (idempotent or not failure.ran)
+        return failure.counts is Counts.FAILURE and (idempotent or not _may_have_run(failure))
 
     def _release(self) -> None:
         ticket, self.ticket = self.ticket, None
         if ticket is not None:
             self.ex.release(ticket)
+
+
+def _may_have_run(failure: Failure) -> bool:
+    """The attempt ran (it returned too late) or may have: it timed out while in flight."""
+    return failure.ran or failure.code is grpc.StatusCode.DEADLINE_EXCEEDED
