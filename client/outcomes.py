@@ -232,9 +232,11 @@ def _caused(error: MissionControlError, cause: BaseException, code: grpc.StatusC
 def _classify_rpc(target: Target, exc: grpc.RpcError) -> Failure:
     remote = remote_status_of(exc)
     code = remote.code
+    # gRPC A6: a pushback that is not a wait means do not retry, whatever else is present.
+    pushed = pushback(exc)
     retry_after = remote.retry_after
-    if retry_after is None:
-        retry_after = pushback(exc)
+    if retry_after is None or pushed == NO_RETRY:
+        retry_after = pushed
     counts = Counts.FAILURE if code in FAILURE_CODES else Counts.SUCCESS
     if remote.error is not None:
         remote.error.__cause__ = exc
