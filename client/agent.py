@@ -248,7 +248,6 @@ class MissionControl:
     ) -> Outcomes | None:
         if not (record or ignore or classify):
             return None  # the agent's outcomes for the service, read at each call
-        base = self.executor.outcomes.get(service) or Outcomes()
-        return Outcomes(
-            record=(*record, *base.record), ignore=(*ignore, *base.ignore), classify=classify or base.classify
-        )
+        # The call's own verdict first, then the service's (the narrower scope wins).
+        wider = self.executor.outcomes.get(service)
+        return Outcomes(record=record, ignore=ignore, classify=classify, base=wider)

@@ -10,6 +10,7 @@ and :meth:`Executor.drive_async` call, sleep or await.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -183,7 +184,12 @@ class Executor:
         """What ``exc`` from an attempt counts as, and the error the caller gets."""
         policy = ticket.state.policy
         lists = (policy.record_errors, policy.ignore_errors)
-        return classify(ticket, exc, outcomes or self.outcomes.get(ticket.service, DEFAULT), lists)
+        wider = self.outcomes.get(ticket.service)
+        if outcomes is None:
+            outcomes = wider or DEFAULT
+        elif outcomes.base is None and wider is not None:  # a channel's: over the service's
+            outcomes = dataclasses.replace(outcomes, base=wider)
+        return classify(ticket, exc, outcomes, lists)
 
     def record(self, ticket: Ticket, failure: Failure | None) -> None:
         """Count one attempt's outcome for the fleet and the local breaker."""
