@@ -263,6 +263,8 @@ class CallPlan:
             self._error = ex.with_context(error, self.service, self.operation)
             self._failure = failure
             self._queue = self._fallback_names(failure)
+        elif failure is not None and failure.counts is Counts.NEITHER:
+            return Done(error=error)  # the caller's own error, raised by a fallback: unchanged
         else:
             assert self._error is not None
             self._error.add_note(f"fallback {self._current!r} failed too: {error}")
