@@ -206,8 +206,10 @@ class MissionControl:
         classify: Callable[[BaseException], str | None] | None = None,
     ) -> Guard:
         """Protect calls to ``service``: as a decorator (sync or async functions; retries
-        and fallbacks apply) or as a context manager (``with`` / ``async with``; one
-        attempt, no retry).
+        and fallbacks apply; a generator function is refused with ``TypeError``, as its
+        body runs only when iterated) or as a context manager (``with`` / ``async with``;
+        one attempt, no retry; each block is its own, so generators may hold one across
+        ``yield``).
 
         Args:
             operation: name reported in errors (default: the function's name).

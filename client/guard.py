@@ -103,6 +103,14 @@ class Guard:
     # -- decorator ---------------------------------------------------------------
 
     def __call__(self, func: F) -> F:
+        if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+            # Its body runs after the call has returned the generator: nothing would be
+            # protected, bounded or counted. A block inside the generator protects it.
+            raise TypeError(
+                f"@guard cannot protect the generator function {func.__qualname__!r}: its body "
+                "runs only as it is iterated; use `with mc.guard(...)` (or `async with`) "
+                "inside it, around the iteration"
+            )
         ex = self.executor
         telemetry = ex.telemetry
         operation = self.operation or func.__name__

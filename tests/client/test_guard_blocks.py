@@ -89,3 +89,17 @@ async def test_an_abandoned_async_generator_gives_its_place_back() -> None:
     assert errors == []
     async with mc.guard("svc"):
         pass
+
+
+def test_the_decorator_refuses_generator_functions() -> None:
+    mc = MissionControl("a", config={"storage_backend": policy("storage_backend")})
+
+    def rows() -> Iterator[int]:
+        yield 1
+
+    async def arows() -> AsyncIterator[int]:
+        yield 1
+
+    for function in (rows, arows):
+        with pytest.raises(TypeError, match="generator function"):
+            mc.guard("storage_backend")(function)
