@@ -310,8 +310,16 @@ class Executor:
         functions = {service: attempt, **fallbacks} if fallbacks else {service: attempt}
         return self.drive(plan, plan.start(), functions)  # type: ignore[no-any-return]
 
-    def drive(self, plan: CallPlan, step: Step, functions: Mapping[str, Callable[[float], Any]]) -> Any:
-        """Carry out ``plan`` from ``step`` in this thread."""
+    def drive(
+        self,
+        plan: CallPlan,
+        step: Step,
+        functions: Mapping[str, Callable[[float], Any]],
+        sleep: Callable[[float], None] | None = None,
+    ) -> Any:
+        """Carry out ``plan`` from ``step`` in this thread (``sleep``: how to wait, by
+        default the executor's)."""
+        sleep = sleep or self.sleep
         try:
             while True:
                 if type(step) is Attempt:
@@ -325,7 +333,7 @@ class Executor:
                     finally:
                         _deadline.reset(token)
                 elif type(step) is Sleep:
-                    self.sleep(step.seconds)
+                    sleep(step.seconds)
                     step = plan.slept()
                 else:
                     assert isinstance(step, Done)

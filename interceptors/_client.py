@@ -75,7 +75,9 @@ class ClientInterceptor(
         )
         try:
             step = plan.start()
-            if type(step) is Attempt and step.target == service:
+            if type(step) is Attempt:
+                if step.target != service:  # a fallback first (the breaker is open): not here
+                    return PendingCall.deferred(ex, plan, step, functions)
                 step, pending = self._first(plan, step, continuation, client_call_details, request, functions)
                 if pending is not None:
                     return pending
