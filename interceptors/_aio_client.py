@@ -2,7 +2,9 @@
 
 A unary call hands back the call object of the attempt that served it (so
 ``initial_metadata()``, ``trailing_metadata()`` and ``add_done_callback`` work as on an
-un-intercepted call); a streaming call is the call itself, admitted and recorded.
+un-intercepted call), or one that raises our error when awaited while its ``code()``,
+``details()`` and metadata answer as the deciding attempt's; a streaming call is the call
+itself, admitted and recorded.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from mission_control.client.admission import Ticket
 from mission_control.client.agent import MissionControl
 from mission_control.client.outcomes import Outcomes
 
+from ._aio_failed import FailedCall
 from ._client_common import ServiceMap, ServiceNamer, operation_of, response_class, with_timeout
 
 _Continuation = Callable[[grpc.aio.ClientCallDetails, Any], Any]
@@ -101,16 +104,21 @@ class AioUnaryUnaryInterceptor(_Base, grpc.aio.UnaryUnaryClientInterceptor):
             await call  # raises the call's AioRpcError
             return call
 
-        return await self._executor.run_async(
-            self._service_of(method),
-            attempt,
-            operation=operation_of(method),
-            kind=self._kind,
-            timeout=client_call_details.timeout,
-            fallbacks=self._fallbacks(method, client_call_details, request),
-            idempotent=self._idempotent,
-            outcomes=self._outcomes,
-        )
+        try:
+            return await self._executor.run_async(
+                self._service_of(method),
+                attempt,
+                operation=operation_of(method),
+                kind=self._kind,
+                timeout=client_call_details.timeout,
+                fallbacks=self._fallbacks(method, client_call_details, request),
+                idempotent=self._idempotent,
+                outcomes=self._outcomes,
+            )
+        except grpc.aio.AioRpcError:
+            raise  # grpc's call answers for it as without us
+        except Exception as error:  # awaiting raises it; code(), details(), … answer
+            return FailedCall(error)
 
     def _fallbacks(self, method: str, details: Any, request: Any) -> dict[str, Any] | None:
         if not self._fallback_channels:
