@@ -177,12 +177,14 @@ class ClientInterceptor(
 class StreamEnded:
     """What runs when a stream ends: its place comes back and its outcome is recorded.
 
-    It holds the call weakly: a caller that drops a stream it stopped reading lets grpc
-    cancel it at once (as without us); a stream cancelled by its caller, or whose request
-    iterator raised, counts as neither, and a probe permit it held comes back.
+    It holds the call weakly, so that a caller who drops a stream it stopped reading lets
+    grpc cancel it at once (as without us), and keeps grpc's per-call state, which tells a
+    call cancelled (by its caller, or on being dropped) from one that ended, even once the
+    call object is gone. Cancelled, or broken by the caller's request iterator: neither,
+    and a probe permit it held comes back.
     """
 
-    __slots__ = ("call", "caller_errors", "ex", "outcomes", "ticket")
+    __slots__ = ("call", "caller_errors", "ex", "outcomes", "state", "ticket")
 
     def __init__(
         self,
@@ -196,6 +198,7 @@ class StreamEnded:
         self.ticket = ticket
         self.outcomes = outcomes
         self.caller_errors = caller_errors
+        self.state = getattr(call, "_state", None)  # grpc's _RPCState: no reference to the call
         try:
             self.call: Callable[[], Any] = weakref.ref(call)
         except TypeError:  # an object without weak references: held until it ends
@@ -205,16 +208,53 @@ class StreamEnded:
         ex, ticket = self.ex, self.ticket
         ex.release(ticket)
         try:
-            call = self.call()
-            if call is None or self.caller_errors or call.cancelled():
-                ex.abandon(ticket)  # dropped or cancelled by the caller, or the caller's bug
-                return
-            error = call.exception()  # the call itself, or what an inner interceptor raised
+            error = self._error()
+        except _NoOutcome:
+            ex.abandon(ticket)
+            return
         except Exception:
             ex.abandon(ticket)
             _log.debug("stream ended without an outcome", exc_info=True)
             return
         ex.record(ticket, None if error is None else ex.classify(ticket, error, self.outcomes))
+
+    def _error(self) -> BaseException | None:
+        """What the stream ended with (None: OK); raises _NoOutcome when it counts as neither."""
+        state, call = self.state, self.call()
+        if self.caller_errors or getattr(state, "cancelled", False):
+            raise _NoOutcome  # cancelled by the caller or on being dropped, or the caller's bug
+        if call is not None:
+            if call.cancelled():
+                raise _NoOutcome
+            # the call itself, or what an inner interceptor raised
+            return call.exception()  # type: ignore[no-any-return]
+        if state is None or getattr(state, "code", None) is None:
+            raise _NoOutcome  # gone, and nothing says how it ended
+        return None if state.code is grpc.StatusCode.OK else _Ended(state)
+
+
+class _NoOutcome(Exception):
+    pass
+
+
+class _Ended(grpc.RpcError):  # type: ignore[misc]
+    """A stream that ended after its caller let go of it, read from grpc's call state."""
+
+    def __init__(self, state: Any) -> None:
+        super().__init__(state.details)
+        self._state = state
+
+    def code(self) -> grpc.StatusCode:
+        return self._state.code  # type: ignore[no-any-return]
+
+    def details(self) -> str:
+        return self._state.details or ""
+
+    def initial_metadata(self) -> Any:
+        return self._state.initial_metadata
+
+    def trailing_metadata(self) -> Any:
+        return self._state.trailing_metadata
 
 
 def _watched(requests: Any, caller_errors: list[BaseException]) -> Iterator[Any]:

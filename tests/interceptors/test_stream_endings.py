@@ -20,6 +20,7 @@ from mission_control.interceptors import aio_client_interceptors, client_interce
 from tests.interceptors.conftest import policy
 from tests.support import echo_pb2 as pb
 from tests.support import echo_pb2_grpc as pb_grpc
+from tests.support.upstream import Upstream
 
 
 class Trickle(pb_grpc.EchoServiceServicer):
@@ -193,3 +194,39 @@ async def test_the_callers_request_iterator_raising_counts_as_neither_aio(
 
 async def _requests_async(text: str) -> AsyncIterator[pb.EchoRequest]:
     yield pb.EchoRequest(text=text)
+
+
+class _HoldsTheEnd(grpc.UnaryStreamClientInterceptor):
+    """An inner interceptor whose callback runs before ours and waits for ``go``: the
+    caller has let go of the finished stream before we hear that it ended."""
+
+    def __init__(self) -> None:
+        self.go = threading.Event()
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        call = continuation(client_call_details, request)
+        call.add_callback(lambda: self.go.wait(5))
+        return call
+
+
+@pytest.mark.parametrize("mode", ["ok", "fail"])
+def test_a_stream_that_ended_counts_even_if_dropped_before_we_hear(mode: str) -> None:
+    mc = MissionControl("stream-agent", config={"svc": policy("svc", failure_threshold=10)})
+    inner = _HoldsTheEnd()
+    with Upstream("quick") as up:
+        up.set(mode, code="UNAVAILABLE")
+        channel = grpc.intercept_channel(
+            grpc.insecure_channel(up.address), client_interceptor(mc, service="svc"), inner
+        )
+        stream = pb_grpc.EchoServiceStub(channel).EchoStream(pb.EchoRequest(text="x"))
+        if mode == "ok":
+            assert [next(stream).text for _ in range(3)] == ["x#0", "x#1", "x#2"]
+        assert _until(stream.done)  # it has ended; our callback waits behind the inner one
+        del stream
+        gc.collect()  # the stream object is gone: only grpc's state of it remains
+        inner.go.set()
+        state = mc.view.get("svc")
+        assert _until(lambda: state.bulkhead.in_flight == 0)
+        expected = (1, 0) if mode == "ok" else (0, 1)
+        assert _until(lambda: (state.tally.successes, state.tally.failures) == expected)
+        channel.close()
