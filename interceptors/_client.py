@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from mission_control.client.admission import Ticket
 from mission_control.client.agent import MissionControl
-from mission_control.client.attempts import Attempt, CallPlan, Step
+from mission_control.client.attempts import Attempt, CallPlan, Done, Step
 from mission_control.client.executor import Executor
 from mission_control.client.outcomes import Outcomes
 
@@ -100,10 +100,16 @@ class ClientInterceptor(
         try:
             outcome = continuation(with_timeout(details, step.left), request)
         except Exception as exc:
-            return plan.failed(exc), None
-        if not outcome.done():
-            return step, PendingCall(self._executor, plan, outcome, functions)
-        return settle(plan, outcome), None
+            after = plan.failed(exc)
+        else:
+            if not outcome.done():
+                return step, PendingCall(self._executor, plan, outcome, functions)
+            after = settle(plan, outcome)
+        if type(after) is Done:
+            return after, None
+        # It failed at once (an inner interceptor, a blocking call) and a retry or a
+        # fallback follows: on a thread of its own, so that .future() does not wait for it.
+        return after, PendingCall.deferred(self._executor, plan, after, functions)
 
     def _fallbacks(self, details: grpc.ClientCallDetails, request: Any) -> dict[str, Any]:
         method = details.method

@@ -9,6 +9,7 @@ metadata of the attempt that decided the call.
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -45,6 +46,7 @@ class PendingCall(grpc.Call, grpc.Future):  # type: ignore[misc]
         self._functions = {name: self._unless_cancelled(fn) for name, fn in functions.items()}
         self._call = first  # the latest attempt's call, the final one once decided
         self._final: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._context = contextvars.copy_context()  # the caller's (trace, deadline) for what follows
         if first is not None:
             first.add_done_callback(self._first_ended)
 
@@ -88,7 +90,9 @@ class PendingCall(grpc.Call, grpc.Future):  # type: ignore[misc]
         self._start(step)
 
     def _start(self, step: Step) -> None:
-        threading.Thread(target=self._go_on, args=(step,), name="mission-control-retry", daemon=True).start()
+        threading.Thread(
+            target=self._context.run, args=(self._go_on, step), name="mission-control-retry", daemon=True
+        ).start()
 
     def _go_on(self, step: Step) -> None:
         try:

@@ -84,3 +84,28 @@ def test_a_fallback_does_not_run_in_the_callers_thread(upstream: Upstream) -> No
         assert not future.done()  # handed back while the backup is still working
         assert future.result().served_by == "backup"
         assert stub.Echo(pb.EchoRequest(text="y")).served_by == "backup"  # blocking: the same answer
+
+
+class _FailsFirst(grpc.UnaryUnaryClientInterceptor):
+    """An inner interceptor whose first call fails before reaching the network."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if self.calls == 1:
+            raise ConnectionResetError("reset before sending")
+        return continuation(client_call_details, request)
+
+
+def test_retries_after_an_immediate_failure_do_not_run_in_the_callers_thread(upstream: Upstream) -> None:
+    slow_backoff = Backoff(initial_secs=0.5, multiplier=1, max_secs=1, jitter=0)
+    mc = MissionControl("a", config={"svc": policy("svc", max_retries=2, backoff=slow_backoff)})
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(upstream.address), client_interceptor(mc, service="svc"), _FailsFirst()
+    )
+    future = pb_grpc.EchoServiceStub(channel).Echo.future(pb.EchoRequest(text="x"))
+    assert not future.done()  # handed back while the retry waits out its backoff
+    assert future.result().text == "x"
+    assert pb_grpc.EchoServiceStub(channel).Echo(pb.EchoRequest(text="y")).text == "y"
