@@ -46,10 +46,8 @@ _open: contextvars.ContextVar[tuple[_Entered, ...]] = contextvars.ContextVar(
 
 def _flow() -> tuple[int, int]:
     """The thread and asyncio task a block runs in (one Guard may be used by several)."""
-    try:
-        task: object = asyncio.current_task()
-    except RuntimeError:
-        task = None
+    loop = asyncio._get_running_loop()  # None outside asyncio, without raising (fast path)
+    task = None if loop is None else asyncio.current_task(loop)
     return threading.get_ident(), id(task)
 
 
@@ -181,6 +179,8 @@ class Guard:
     def _take(self) -> _Entered:
         """This guard's block being left: the latest one of this thread and task."""
         mine = self._mine
+        if len(mine) == 1:  # the common case: one block at a time
+            return mine.pop()
         flow = _flow()
         entered = next((e for e in reversed(mine) if e.flow == flow), mine[-1])
         mine.remove(entered)
