@@ -207,8 +207,10 @@ class MissionControl:
         classify: Callable[[BaseException], str | None] | None = None,
     ) -> Guard:
         """Protect calls to ``service``: as a decorator (sync or async functions; retries
-        and fallbacks apply) or as a context manager (``with`` / ``async with``; one
-        attempt, no retry).
+        and fallbacks apply; a generator function is refused with ``TypeError``, as its
+        body runs only when iterated) or as a context manager (``with`` / ``async with``;
+        one attempt, no retry; each block is its own, so generators may hold one across
+        ``yield``).
 
         Args:
             operation: name reported in errors (default: the function's name).
@@ -249,7 +251,6 @@ class MissionControl:
     ) -> Outcomes | None:
         if not (record or ignore or classify):
             return None  # the agent's outcomes for the service, read at each call
-        base = self.executor.outcomes.get(service) or Outcomes()
-        return Outcomes(
-            record=(*record, *base.record), ignore=(*ignore, *base.ignore), classify=classify or base.classify
-        )
+        # The call's own verdict first, then the service's (the narrower scope wins).
+        wider = self.executor.outcomes.get(service)
+        return Outcomes(record=record, ignore=ignore, classify=classify, base=wider)

@@ -12,8 +12,8 @@ Rules, per target (the service, then each fallback in the policy's order):
 * only failures of the service are retried (policy codes, a wait asked by ``RetryInfo`` or
   ``grpc-retry-pushback-ms``, never a "do not retry", never past the deadline, within the
   retry budget), with tenacity's stop and wait objects;
-* a call that certainly ran (it returned after its deadline) is neither retried nor sent to
-  a fallback unless the caller says it is idempotent.
+* a call that ran (it returned after its deadline) or may have (it timed out in flight) is
+  neither retried nor sent to a fallback unless the caller says it is idempotent.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import grpc
 from tenacity import Future as TenacityFuture
 from tenacity import RetryCallState
 
@@ -182,10 +183,27 @@ class CallPlan:
     def _attempt(self, ticket: Ticket) -> Step:
         left = ticket.deadline - self.ex.clock()
         if left <= 0:
-            failure = Failure(OperationTimeout(ticket.operation, ticket.timeout), Counts.FAILURE)
-            self.ex.record(ticket, failure)
-            return self._failed(failure)
+            return self._no_time(ticket)
         return Attempt(ticket.service, left, ticket.deadline)
+
+    def _no_time(self, ticket: Ticket) -> Step:
+        """The deadline passed before this attempt could be made (the caller's time was up
+        already, or a retry's or a fallback's): it is not made, counts as nothing (a probe
+        permit comes back) and nothing more is tried."""
+        ex = self.ex
+        ex.abandon(ticket)
+        self._release()
+        failure = self._last if self._error is None else self._failure
+        if self._error is not None:  # a fallback without time: the service's error stands
+            error = self._error
+        elif failure is not None:  # a retry without time: the last failure stands
+            error = ex.with_context(failure.error, self.service, self.operation)
+        else:
+            expired = OperationTimeout(ticket.operation, ticket.timeout)
+            error = ex.with_context(expired, self.service, self.operation)
+            failure = Failure(error, Counts.NEITHER)
+        ex.given_up(ex.view.get(self.service), self.operation, error, failure, self._attempted)
+        return Done(error=error)
 
     def _late(self, ticket: Ticket) -> Failure:
         failure = Failure(OperationTimeout(ticket.operation, ticket.timeout), Counts.FAILURE, ran=True)
@@ -205,7 +223,7 @@ class CallPlan:
     def _retryable(self, ticket: Ticket, failure: Failure) -> bool:
         if failure.counts is not Counts.FAILURE or failure.code is None:
             return False
-        if failure.ran and not (self.idempotent or ticket.state.policy.idempotent):
+        if _may_have_run(failure) and not (self.idempotent or ticket.state.policy.idempotent):
             return False
         error = failure.error
         if isinstance(error, CircuitBreakerOpen) or failure.retry_after == NO_RETRY:
@@ -245,6 +263,8 @@ class CallPlan:
             self._error = ex.with_context(error, self.service, self.operation)
             self._failure = failure
             self._queue = self._fallback_names(failure)
+        elif failure is not None and failure.counts is Counts.NEITHER:
+            return Done(error=error)  # the caller's own error, raised by a fallback: unchanged
         else:
             assert self._error is not None
             self._error.add_note(f"fallback {self._current!r} failed too: {error}")
@@ -277,9 +297,14 @@ class CallPlan:
 
     def _may_fall_back(self, failure: Failure) -> bool:
         idempotent = self.idempotent or self.ex.view.get(self.service).policy.idempotent
-        return failure.counts is Counts.FAILURE and (idempotent or not failure.ran)
+        return failure.counts is Counts.FAILURE and (idempotent or not _may_have_run(failure))
 
     def _release(self) -> None:
         ticket, self.ticket = self.ticket, None
         if ticket is not None:
             self.ex.release(ticket)
+
+
+def _may_have_run(failure: Failure) -> bool:
+    """The attempt ran (it returned too late) or may have: it timed out while in flight."""
+    return failure.ran or failure.code is grpc.StatusCode.DEADLINE_EXCEEDED

@@ -10,6 +10,7 @@ and :meth:`Executor.drive_async` call, sleep or await.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -18,7 +19,7 @@ from .admission import Admission, Refused, Ticket
 from .attempts import Attempt, CallPlan, Done, Sleep, Step
 from .connection import ControlPlaneConnection
 from .deadline import _deadline, current_deadline, inherit_deadline, restore_deadline
-from .errors import ErrorContext, MissionControlError
+from .errors import ErrorContext, MissionControlError, OperationTimeout
 from .outcomes import DEFAULT, Counts, Failure, Outcomes, ServiceKind, classify, kind_of
 from .telemetry import Telemetry
 from .view import LocalView, ServiceState
@@ -91,16 +92,20 @@ class Executor:
         decision = self.admission.breaker(state, now)
         if type(decision) is Refused:
             return self._refused(state, decision, operation)
-        with state.lock:  # one short section for every limit; never held across a call
-            refused = self.admission.limits(state, cost, now, True)
-            if refused is None:
-                state.budget.record_call(now)
+        try:
+            with state.lock:  # one short section for every limit; never held across a call
+                refused = self.admission.limits(state, cost, now, True)
+                if refused is None:
+                    state.budget.record_call(now)
+        except BaseException:  # a cost in a resource the policy does not limit
+            self.admission.give_back(state, decision.probe)  # type: ignore[union-attr]
+            raise
         if refused is not None:
             self.admission.give_back(state, decision.probe)  # type: ignore[union-attr]
             return self._refused(state, refused, operation)
         seconds = state.policy.timeout_secs
         if timeout is not None and timeout < seconds:
-            seconds = timeout
+            seconds = max(0.0, timeout)
         if deadline is not None and deadline - now < seconds:
             seconds = max(0.0, deadline - now)
         if kind is None:
@@ -115,8 +120,12 @@ class Executor:
         if isinstance(decision, Refused):
             self._refused(state, decision, ticket.operation)
             return decision
-        with state.lock:
-            refused = self.admission.limits(state, cost, now, bulkhead=False)
+        try:
+            with state.lock:
+                refused = self.admission.limits(state, cost, now, bulkhead=False)
+        except BaseException:
+            self.admission.give_back(state, decision.probe)
+            raise
         if refused is not None:
             self.admission.give_back(state, decision.probe)
             self._refused(state, refused, ticket.operation)
@@ -138,6 +147,10 @@ class Executor:
         admitted = self.enter(service, operation, kind, timeout, cost, _deadline.get())
         if isinstance(admitted, Refused):
             raise admitted.error
+        if admitted.deadline <= self.clock():  # no time left: never made, counts as nothing
+            self.release(admitted)
+            self.abandon(admitted)
+            raise self.with_context(OperationTimeout(operation, admitted.timeout), service, operation)
         return admitted
 
     def _refused(self, state: ServiceState, refused: Refused, operation: str) -> Refused:
@@ -172,7 +185,12 @@ class Executor:
         """What ``exc`` from an attempt counts as, and the error the caller gets."""
         policy = ticket.state.policy
         lists = (policy.record_errors, policy.ignore_errors)
-        return classify(ticket, exc, outcomes or self.outcomes.get(ticket.service, DEFAULT), lists)
+        wider = self.outcomes.get(ticket.service)
+        if outcomes is None:
+            outcomes = wider or DEFAULT
+        elif outcomes.base is None and wider is not None:  # a channel's: over the service's
+            outcomes = dataclasses.replace(outcomes, base=wider)
+        return classify(ticket, exc, outcomes, lists)
 
     def record(self, ticket: Ticket, failure: Failure | None) -> None:
         """Count one attempt's outcome for the fleet and the local breaker."""
@@ -298,8 +316,16 @@ class Executor:
         functions = {service: attempt, **fallbacks} if fallbacks else {service: attempt}
         return self.drive(plan, plan.start(), functions)  # type: ignore[no-any-return]
 
-    def drive(self, plan: CallPlan, step: Step, functions: Mapping[str, Callable[[float], Any]]) -> Any:
-        """Carry out ``plan`` from ``step`` in this thread."""
+    def drive(
+        self,
+        plan: CallPlan,
+        step: Step,
+        functions: Mapping[str, Callable[[float], Any]],
+        sleep: Callable[[float], None] | None = None,
+    ) -> Any:
+        """Carry out ``plan`` from ``step`` in this thread (``sleep``: how to wait, by
+        default the executor's)."""
+        sleep = sleep or self.sleep
         try:
             while True:
                 if type(step) is Attempt:
@@ -313,7 +339,7 @@ class Executor:
                     finally:
                         _deadline.reset(token)
                 elif type(step) is Sleep:
-                    self.sleep(step.seconds)
+                    sleep(step.seconds)
                     step = plan.slept()
                 else:
                     assert isinstance(step, Done)

@@ -8,6 +8,7 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -22,21 +23,53 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _Entered:
-    """One ``with`` block in progress: what its exit needs."""
+    """One ``with`` block in progress: what its exit needs. ``previous`` is the deadline to
+    put back when it is the innermost block still open in its context."""
 
-    __slots__ = ("deadline_token", "ticket", "timer")
+    __slots__ = ("deadline", "flow", "previous", "ticket", "timer")
 
-    def __init__(self, ticket: Ticket, deadline_token: Any, timer: Any = None) -> None:
+    def __init__(self, ticket: Ticket, previous: float | None, timer: Any = None) -> None:
         self.ticket = ticket
-        self.deadline_token = deadline_token
+        self.deadline = ticket.deadline
+        self.previous = previous
         self.timer = timer
+        self.flow = _flow()
 
 
-#: Blocks in progress in this context, innermost last: one variable for every guard
-#: (a variable per guard would stay in the context for ever).
-_entered: contextvars.ContextVar[tuple[_Entered, ...]] = contextvars.ContextVar(
+#: Blocks open in this context, in the order they were entered: one variable for every
+#: guard (a variable per guard would stay in the context for ever). Each block finds its
+#: own entry here: generators can leave blocks in another order than they entered them.
+_open: contextvars.ContextVar[tuple[_Entered, ...]] = contextvars.ContextVar(
     "mission_control_guards", default=()
 )
+
+
+def _flow() -> tuple[int, int]:
+    """The thread and asyncio task a block runs in (one Guard may be used by several)."""
+    loop = asyncio._get_running_loop()  # None outside asyncio, without raising (fast path)
+    task = None if loop is None else asyncio.current_task(loop)
+    return threading.get_ident(), id(task)
+
+
+def _opened(entered: _Entered) -> None:
+    _open.set((*_open.get(), entered))
+    _deadline.set(entered.deadline)
+
+
+def _closed(entered: _Entered) -> None:
+    """Take ``entered`` out of its context's blocks and put the deadline back: the one
+    before it if it was the innermost block, else the next block will."""
+    blocks = _open.get()
+    at = next((i for i, b in enumerate(blocks) if b is entered), None)
+    if at is None:  # closed in another context (an async generator finalised by asyncio)
+        if _deadline.get() == entered.deadline:
+            _deadline.set(entered.previous)
+        return
+    _open.set(blocks[:at] + blocks[at + 1 :])
+    if at + 1 < len(blocks):
+        blocks[at + 1].previous = entered.previous
+    else:
+        _deadline.set(entered.previous)
 
 
 class Guard:
@@ -63,10 +96,19 @@ class Guard:
         self.fallbacks = fallbacks
         self.idempotent = idempotent
         self.outcomes = outcomes
+        self._mine: list[_Entered] = []  # this guard's blocks still open
 
     # -- decorator ---------------------------------------------------------------
 
     def __call__(self, func: F) -> F:
+        if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+            # Its body runs after the call has returned the generator: nothing would be
+            # protected, bounded or counted. A block inside the generator protects it.
+            raise TypeError(
+                f"@guard cannot protect the generator function {func.__qualname__!r}: its body "
+                "runs only as it is iterated; use `with mc.guard(...)` (or `async with`) "
+                "inside it, around the iteration"
+            )
         ex = self.executor
         telemetry = ex.telemetry
         operation = self.operation or func.__name__
@@ -126,49 +168,70 @@ class Guard:
         if not isinstance(exc, Exception):
             ex.abandon(ticket)  # KeyboardInterrupt, CancelledError: not an outcome
             return None
-        failure = ex.classify(ticket, exc, self.outcomes)
+        try:
+            failure = ex.classify(ticket, exc, self.outcomes)
+        except Exception:  # whatever went wrong deciding, the ticket is never kept
+            ex.abandon(ticket)
+            raise
         ex.record(ticket, failure)
         return ex.with_context(failure.error, ticket.service, ticket.operation)
 
-    @staticmethod
-    def _push(entered: _Entered) -> None:
-        _entered.set((*_entered.get(), entered))
-
-    @staticmethod
-    def _pop() -> _Entered:
-        stack = _entered.get()
-        _entered.set(stack[:-1])
-        return stack[-1]
+    def _take(self) -> _Entered:
+        """This guard's block being left: the latest one of this thread and task."""
+        mine = self._mine
+        if len(mine) == 1:  # the common case: one block at a time
+            return mine.pop()
+        flow = _flow()
+        entered = next((e for e in reversed(mine) if e.flow == flow), mine[-1])
+        mine.remove(entered)
+        return entered
 
     def __enter__(self) -> Guard:
         ticket = self._enter()
-        self._push(_Entered(ticket, _deadline.set(ticket.deadline)))
+        entered = _Entered(ticket, _deadline.get())
+        self._mine.append(entered)
+        _opened(entered)
         return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        entered = self._pop()
-        _deadline.reset(entered.deadline_token)
-        error = self._exit(entered.ticket, exc)
+        entered = self._take()
+        try:
+            error = self._exit(entered.ticket, exc)
+        finally:
+            _closed(entered)
         if error is not None and error is not exc:
             raise error
 
     async def __aenter__(self) -> Guard:
         ticket = self._enter()
-        timer = asyncio.timeout_at(
-            asyncio.get_running_loop().time() + (ticket.deadline - self.executor.clock())
-        )
-        await timer.__aenter__()
-        self._push(_Entered(ticket, _deadline.set(ticket.deadline), timer))
+        try:
+            timer = asyncio.timeout_at(
+                asyncio.get_running_loop().time() + (ticket.deadline - self.executor.clock())
+            )
+            await timer.__aenter__()
+        except BaseException:
+            self.executor.release(ticket)
+            self.executor.abandon(ticket)
+            raise
+        entered = _Entered(ticket, _deadline.get(), timer)
+        self._mine.append(entered)
+        _opened(entered)
         return self
 
     async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        entered = self._pop()
-        _deadline.reset(entered.deadline_token)
+        entered = self._take()
         try:
-            await entered.timer.__aexit__(exc_type, exc, tb)
-        except TimeoutError as timed_out:
-            exc = timed_out
-        error = self._exit(entered.ticket, exc)
+            try:
+                await entered.timer.__aexit__(exc_type, exc, tb)
+            except TimeoutError as timed_out:
+                exc = timed_out
+            except BaseException:  # the timer could not be left: no outcome
+                self.executor.release(entered.ticket)
+                self.executor.abandon(entered.ticket)
+                raise
+            error = self._exit(entered.ticket, exc)
+        finally:
+            _closed(entered)
         if error is not None and error is not exc:
             raise error
 

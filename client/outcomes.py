@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import logging
 import math
 import socket
 from collections.abc import Callable
@@ -46,6 +47,8 @@ __all__ = [
     "named_verdict",
     "pushback",
 ]
+
+_log = logging.getLogger("mission_control.client")
 
 #: Codes that say the *service* failed (they move the breaker); any other code is the
 #: service answering (e.g. INVALID_ARGUMENT is the caller's problem, not an outage).
@@ -120,27 +123,44 @@ class Outcomes:
     """How a service's (or one guard's) exceptions count.
 
     Args:
-        record: exception types that count as failures of the service, whatever else says.
+        record: exception types that count as failures of the service.
         ignore: exception types that count as neither (the caller's own), passed unchanged.
         classify: ``exc -> "failure" | "success" | "neither" | None``; None = the rules
             above. Checked first.
+        base: the wider scope's outcomes (a guard's over its service's), asked only when
+            this one has no verdict: the narrower scope wins.
+
+    Within one scope the most specific class listed wins (``record=(FileNotFoundError,)``
+    over ``ignore=(OSError,)``); the same class in both lists is ignored.
     """
 
     record: tuple[type[BaseException], ...] = ()
     ignore: tuple[type[BaseException], ...] = ()
     classify: Callable[[BaseException], str | None] | None = None
+    base: Outcomes | None = None
 
     def verdict(self, exc: BaseException) -> Counts | None:
         """The caller's verdict on ``exc``, when it has one."""
         if self.classify is not None:
-            said = self.classify(exc)
-            if said is not None:
-                return Counts(said)
-        if self.ignore and isinstance(exc, self.ignore):
-            return Counts.NEITHER
-        if self.record and isinstance(exc, self.record):
-            return Counts.FAILURE
-        return None
+            try:
+                said = self.classify(exc)
+                if said is not None:
+                    return Counts(said)
+            except Exception:  # a hook that fails or answers nonsense decides nothing to count
+                _log.exception("classify hook failed on %s: counted as neither", type(exc).__name__)
+                return Counts.NEITHER
+        if self.record or self.ignore:
+            for cls in type(exc).__mro__:  # the most specific class first
+                if cls in self.ignore:
+                    return Counts.NEITHER
+                if cls in self.record:
+                    return Counts.FAILURE
+            # a listed class that is not in the MRO (an ABC such as a virtual subclass)
+            if self.ignore and isinstance(exc, self.ignore):
+                return Counts.NEITHER
+            if self.record and isinstance(exc, self.record):
+                return Counts.FAILURE
+        return None if self.base is None else self.base.verdict(exc)
 
 
 DEFAULT = Outcomes()
@@ -160,14 +180,12 @@ def named_verdict(exc: BaseException, record: tuple[str, ...], ignore: tuple[str
     class, as ``Name`` or ``module.Name`` (nothing is imported to check)."""
     if not (record or ignore):
         return None
-    names: set[str] = set()
-    for cls in type(exc).__mro__:
-        names.add(cls.__qualname__)
-        names.add(f"{cls.__module__}.{cls.__qualname__}")
-    if names.intersection(ignore):
-        return Counts.NEITHER
-    if names.intersection(record):
-        return Counts.FAILURE
+    for cls in type(exc).__mro__:  # the most specific class first; ignore wins a tie
+        names = (cls.__qualname__, f"{cls.__module__}.{cls.__qualname__}")
+        if any(name in ignore for name in names):
+            return Counts.NEITHER
+        if any(name in record for name in names):
+            return Counts.FAILURE
     return None
 
 
@@ -225,9 +243,11 @@ def _caused(error: MissionControlError, cause: BaseException, code: grpc.StatusC
 def _classify_rpc(target: Target, exc: grpc.RpcError) -> Failure:
     remote = remote_status_of(exc)
     code = remote.code
+    # gRPC A6: a pushback that is not a wait means do not retry, whatever else is present.
+    pushed = pushback(exc)
     retry_after = remote.retry_after
-    if retry_after is None:
-        retry_after = pushback(exc)
+    if retry_after is None or pushed == NO_RETRY:
+        retry_after = pushed
     counts = Counts.FAILURE if code in FAILURE_CODES else Counts.SUCCESS
     if remote.error is not None:
         remote.error.__cause__ = exc

@@ -326,6 +326,8 @@ SEED_PRESETS: Mapping[str, Mapping[str, Any]] = {
         rate_limit_requests=100,
         rate_limit_window_secs=60.0,
         backoff=Backoff(initial_secs=0.1),
+        # The seed's RESOURCE_MANAGER budgets "llm_tokens": guard(..., cost={"llm_tokens": n}).
+        quotas=(Quota("llm_tokens", 90_000, 60.0),),
     ),
     "storage_backend": dict(
         timeout_secs=10.0,

@@ -2,7 +2,9 @@
 
 A unary call hands back the call object of the attempt that served it (so
 ``initial_metadata()``, ``trailing_metadata()`` and ``add_done_callback`` work as on an
-un-intercepted call); a streaming call is the call itself, admitted and recorded.
+un-intercepted call), or one that raises our error when awaited while its ``code()``,
+``details()`` and metadata answer as the deciding attempt's; a streaming call is the call
+itself, admitted and recorded.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from mission_control.client.admission import Ticket
 from mission_control.client.agent import MissionControl
 from mission_control.client.outcomes import Outcomes
 
+from ._aio_failed import FailedCall
 from ._client_common import ServiceMap, ServiceNamer, operation_of, response_class, with_timeout
 
 _Continuation = Callable[[grpc.aio.ClientCallDetails, Any], Any]
@@ -56,9 +59,9 @@ class _Base:
             ex.abandon(ticket)
             raise
 
-        def done(_: Any) -> None:
+        def done(ended: Any) -> None:  # the call comes as the argument: no reference kept here
             ex.release(ticket)
-            task = asyncio.get_running_loop().create_task(self._record(ticket, call))
+            task = asyncio.get_running_loop().create_task(self._record(ticket, ended))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
@@ -66,14 +69,22 @@ class _Base:
         return call
 
     async def _record(self, ticket: Ticket, call: Any) -> None:
+        """A stream's outcome; cancelled (by the caller, or by grpc when the caller's request
+        iterator raised) counts as neither and hands a probe permit back."""
         ex = self._executor
-        code = await call.code()
-        failure = None
-        if code is not grpc.StatusCode.OK:
-            error = grpc.aio.AioRpcError(
-                code, await call.initial_metadata(), await call.trailing_metadata(), await call.details(), ""
-            )
-            failure = ex.classify(ticket, error, self._outcomes)
+        try:
+            if call.cancelled():
+                ex.abandon(ticket)
+                return
+            code = await call.code()
+            failure = None
+            if code is not grpc.StatusCode.OK:
+                initial, trailing = await call.initial_metadata(), await call.trailing_metadata()
+                error = grpc.aio.AioRpcError(code, initial, trailing, await call.details(), "")
+                failure = ex.classify(ticket, error, self._outcomes)
+        except Exception:
+            ex.abandon(ticket)
+            raise
         ex.record(ticket, failure)
 
 
@@ -93,16 +104,21 @@ class AioUnaryUnaryInterceptor(_Base, grpc.aio.UnaryUnaryClientInterceptor):
             await call  # raises the call's AioRpcError
             return call
 
-        return await self._executor.run_async(
-            self._service_of(method),
-            attempt,
-            operation=operation_of(method),
-            kind=self._kind,
-            timeout=client_call_details.timeout,
-            fallbacks=self._fallbacks(method, client_call_details, request),
-            idempotent=self._idempotent,
-            outcomes=self._outcomes,
-        )
+        try:
+            return await self._executor.run_async(
+                self._service_of(method),
+                attempt,
+                operation=operation_of(method),
+                kind=self._kind,
+                timeout=client_call_details.timeout,
+                fallbacks=self._fallbacks(method, client_call_details, request),
+                idempotent=self._idempotent,
+                outcomes=self._outcomes,
+            )
+        except grpc.aio.AioRpcError:
+            raise  # grpc's call answers for it as without us
+        except Exception as error:  # awaiting raises it; code(), details(), … answer
+            return FailedCall(error)
 
     def _fallbacks(self, method: str, details: Any, request: Any) -> dict[str, Any] | None:
         if not self._fallback_channels:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import logging
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import grpc
+from mission_control.client.admission import Ticket
 from mission_control.client.agent import MissionControl
-from mission_control.client.attempts import Attempt, CallPlan, Step
+from mission_control.client.attempts import Attempt, CallPlan, Done, Step
+from mission_control.client.executor import Executor
 from mission_control.client.outcomes import Outcomes
 
 from ._client_common import ServiceMap, ServiceNamer, operation_of, response_class, with_timeout
 from ._future import PendingCall, settle
+
+_log = logging.getLogger("mission_control.interceptors")
 
 
 class ClientInterceptor(
@@ -69,7 +75,9 @@ class ClientInterceptor(
         )
         try:
             step = plan.start()
-            if type(step) is Attempt and step.target == service:
+            if type(step) is Attempt:
+                if step.target != service:  # a fallback first (the breaker is open): not here
+                    return PendingCall.deferred(ex, plan, step, functions)
                 step, pending = self._first(plan, step, continuation, client_call_details, request, functions)
                 if pending is not None:
                     return pending
@@ -92,10 +100,16 @@ class ClientInterceptor(
         try:
             outcome = continuation(with_timeout(details, step.left), request)
         except Exception as exc:
-            return plan.failed(exc), None
-        if not outcome.done():
-            return step, PendingCall(self._executor, plan, outcome, functions)
-        return settle(plan, outcome), None
+            after = plan.failed(exc)
+        else:
+            if not outcome.done():
+                return step, PendingCall(self._executor, plan, outcome, functions)
+            after = settle(plan, outcome)
+        if type(after) is Done:
+            return after, None
+        # It failed at once (an inner interceptor, a blocking call) and a retry or a
+        # fallback follows: on a thread of its own, so that .future() does not wait for it.
+        return after, PendingCall.deferred(self._executor, plan, after, functions)
 
     def _fallbacks(self, details: grpc.ClientCallDetails, request: Any) -> dict[str, Any]:
         method = details.method
@@ -120,7 +134,7 @@ class ClientInterceptor(
         client_call_details: grpc.ClientCallDetails,
         request: Any,
     ) -> Any:
-        return self._stream(continuation, client_call_details, request)
+        return self._stream(continuation, client_call_details, request, None)
 
     def intercept_stream_unary(
         self,
@@ -128,7 +142,7 @@ class ClientInterceptor(
         client_call_details: grpc.ClientCallDetails,
         request_iterator: Any,
     ) -> Any:
-        return self._stream(continuation, client_call_details, request_iterator)
+        return self._stream(continuation, client_call_details, request_iterator, [])
 
     def intercept_stream_stream(
         self,
@@ -136,34 +150,132 @@ class ClientInterceptor(
         client_call_details: grpc.ClientCallDetails,
         request_iterator: Any,
     ) -> Any:
-        return self._stream(continuation, client_call_details, request_iterator)
+        return self._stream(continuation, client_call_details, request_iterator, [])
 
     def _stream(
         self,
         continuation: Callable[[grpc.ClientCallDetails, Any], Any],
         details: grpc.ClientCallDetails,
         request: Any,
+        caller_errors: list[BaseException] | None,
     ) -> Any:
-        """One attempt: admitted, given the deadline, its outcome recorded when it ends."""
+        """One attempt: admitted, given the deadline, its outcome recorded when it ends.
+        ``caller_errors`` (streamed requests) collects what the caller's own request
+        iterator raised."""
         method = details.method
         ex = self._executor
         service = self._service_of(method)
         ticket = ex.admit(service, operation_of(method), kind=self._kind, timeout=details.timeout, cost=None)
+        if caller_errors is not None:
+            request = _watched(request, caller_errors)
         try:
             call = continuation(with_timeout(details, ticket.timeout), request)
         except BaseException:
             ex.release(ticket)
             ex.abandon(ticket)
             raise
-
-        def done() -> None:
-            ex.release(ticket)
-            error = call.exception()  # the call itself, or what an inner interceptor raised
-            ex.record(ticket, None if error is None else ex.classify(ticket, error, self._outcomes))
-
-        if not _add_callback(call, done):  # the call has ended already: the callback will never run
-            done()
+        ended = StreamEnded(ex, ticket, self._outcomes, call, caller_errors)
+        if not _add_callback(call, ended):  # the call has ended already: the callback will never run
+            ended()
         return call
+
+
+class StreamEnded:
+    """What runs when a stream ends: its place comes back and its outcome is recorded.
+
+    It holds the call weakly, so that a caller who drops a stream it stopped reading lets
+    grpc cancel it at once (as without us), and keeps grpc's per-call state, which tells a
+    call cancelled (by its caller, or on being dropped) from one that ended, even once the
+    call object is gone. Cancelled, or broken by the caller's request iterator: neither,
+    and a probe permit it held comes back.
+    """
+
+    __slots__ = ("call", "caller_errors", "ex", "outcomes", "state", "ticket")
+
+    def __init__(
+        self,
+        ex: Executor,
+        ticket: Ticket,
+        outcomes: Outcomes | None,
+        call: Any,
+        caller_errors: list[BaseException] | None,
+    ) -> None:
+        self.ex = ex
+        self.ticket = ticket
+        self.outcomes = outcomes
+        self.caller_errors = caller_errors
+        self.state = getattr(call, "_state", None)  # grpc's _RPCState: no reference to the call
+        try:
+            self.call: Callable[[], Any] = weakref.ref(call)
+        except TypeError:  # an object without weak references: held until it ends
+            self.call = lambda: call
+
+    def __call__(self) -> None:
+        ex, ticket = self.ex, self.ticket
+        ex.release(ticket)
+        try:
+            error = self._error()
+        except _NoOutcome:
+            ex.abandon(ticket)
+            return
+        except Exception:
+            ex.abandon(ticket)
+            _log.debug("stream ended without an outcome", exc_info=True)
+            return
+        ex.record(ticket, None if error is None else ex.classify(ticket, error, self.outcomes))
+
+    def _error(self) -> BaseException | None:
+        """What the stream ended with (None: OK); raises _NoOutcome when it counts as neither."""
+        state, call = self.state, self.call()
+        if self.caller_errors or getattr(state, "cancelled", False):
+            raise _NoOutcome  # cancelled by the caller or on being dropped, or the caller's bug
+        if call is not None:
+            if call.cancelled():
+                raise _NoOutcome
+            # the call itself, or what an inner interceptor raised
+            return call.exception()  # type: ignore[no-any-return]
+        if state is None or getattr(state, "code", None) is None:
+            raise _NoOutcome  # gone, and nothing says how it ended
+        return None if state.code is grpc.StatusCode.OK else _Ended(state)
+
+
+class _NoOutcome(Exception):
+    pass
+
+
+class _Ended(grpc.RpcError):  # type: ignore[misc]
+    """A stream that ended after its caller let go of it, read from grpc's call state."""
+
+    def __init__(self, state: Any) -> None:
+        super().__init__(state.details)
+        self._state = state
+
+    def code(self) -> grpc.StatusCode:
+        return self._state.code  # type: ignore[no-any-return]
+
+    def details(self) -> str:
+        return self._state.details or ""
+
+    def initial_metadata(self) -> Any:
+        return self._state.initial_metadata
+
+    def trailing_metadata(self) -> Any:
+        return self._state.trailing_metadata
+
+
+def _watched(requests: Any, caller_errors: list[BaseException]) -> Iterator[Any]:
+    """The caller's request iterator; what it raises is noted (it is not the service's)."""
+    try:
+        iterator = iter(requests)
+        while True:
+            try:
+                request = next(iterator)
+            except StopIteration:
+                return
+            yield request
+    except Exception as exc:
+        caller_errors.append(exc)
+        raise
 
 
 def _add_callback(call: Any, callback: Callable[[], None]) -> bool:

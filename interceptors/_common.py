@@ -71,7 +71,7 @@ class ErrorMapper:
 
 def _plain_status(exc: BaseException) -> _Passed | None:
     """A gRPC error from a call the servicer made, without our taxonomy (``NOT_FOUND``,
-    ``INVALID_ARGUMENT``, …): it leaves as it came, code and details unchanged."""
+    ``INVALID_ARGUMENT``, …): it leaves as it came, code, details and rich status details."""
     code: Any = getattr(exc, "code", None)
     if not isinstance(exc, grpc.RpcError) or not callable(code) or error_from_rpc_error(exc) is not None:
         return None
@@ -80,4 +80,14 @@ def _plain_status(exc: BaseException) -> _Passed | None:
         return None
     details: Any = getattr(exc, "details", None)
     text = details() if callable(details) else ""
-    return _Passed(status, text or "", ())
+    return _Passed(status, text or "", _rich_details(exc))
+
+
+def _rich_details(exc: Any) -> tuple[tuple[str, str | bytes], ...]:
+    """The upstream's ``grpc-status-details-bin`` (google.rpc.Status: ErrorInfo, …), kept."""
+    trailing: Any = getattr(exc, "trailing_metadata", None)
+    try:
+        metadata = trailing() if callable(trailing) else ()
+        return tuple((k, v) for k, v in metadata or () if k == "grpc-status-details-bin")
+    except Exception:  # an error without readable metadata passes without details
+        return ()

@@ -9,6 +9,7 @@ metadata of the attempt that decided the call.
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -27,6 +28,10 @@ def settle(plan: CallPlan, outcome: Any) -> Step:
     return plan.succeeded(outcome)
 
 
+class _Cancelled(BaseException):
+    """The caller cancelled the call: what is left of the plan stops (not an outcome)."""
+
+
 class PendingCall(grpc.Call, grpc.Future):  # type: ignore[misc]
     def __init__(
         self,
@@ -37,12 +42,41 @@ class PendingCall(grpc.Call, grpc.Future):  # type: ignore[misc]
     ) -> None:
         self._ex = ex
         self._plan = plan
-        self._functions = functions
+        self._cancel = threading.Event()
+        self._functions = {name: self._unless_cancelled(fn) for name, fn in functions.items()}
         self._call = first  # the latest attempt's call, the final one once decided
         self._final: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        first.add_done_callback(self._first_ended)
+        self._context = contextvars.copy_context()  # the caller's (trace, deadline) for what follows
+        if first is not None:
+            first.add_done_callback(self._first_ended)
+
+    @classmethod
+    def deferred(
+        cls, ex: Executor, plan: CallPlan, step: Step, functions: Mapping[str, Callable[[float], Any]]
+    ) -> PendingCall:
+        """A call whose first step is not the service's attempt (a fallback while the
+        breaker is open): the whole plan runs on a thread of its own."""
+        pending = cls(ex, plan, None, functions)
+        pending._start(step)
+        return pending
+
+    def _unless_cancelled(self, fn: Callable[[float], Any]) -> Callable[[float], Any]:
+        def attempt(left: float) -> Any:
+            if self._cancel.is_set():
+                raise _Cancelled()
+            self._call = call = fn(left)
+            return call
+
+        return attempt
+
+    def _sleep(self, seconds: float) -> None:
+        if self._cancel.wait(seconds):
+            raise _Cancelled()
 
     def _first_ended(self, outcome: Any) -> None:
+        if self._cancel.is_set():  # cancelled by the caller: neither an outcome nor a retry
+            self._plan.close()
+            return
         try:
             step = settle(self._plan, outcome)
             if type(step) is Done:
@@ -53,32 +87,52 @@ class PendingCall(grpc.Call, grpc.Future):  # type: ignore[misc]
             self._plan.close()
             self._decided(None, exc)
             return
-        threading.Thread(target=self._go_on, args=(step,), name="mission-control-retry", daemon=True).start()
+        self._start(step)
+
+    def _start(self, step: Step) -> None:
+        threading.Thread(
+            target=self._context.run, args=(self._go_on, step), name="mission-control-retry", daemon=True
+        ).start()
 
     def _go_on(self, step: Step) -> None:
         try:
-            call = self._ex.drive(self._plan, step, self._functions)
+            call = self._ex.drive(self._plan, step, self._functions, sleep=self._sleep)
+        except _Cancelled:
+            return
         except BaseException as exc:
             self._decided(None, exc)
         else:
             self._decided(call, None)
 
     def _decided(self, call: Any, error: BaseException | None) -> None:
-        if error is None:
-            self._call = call
-            self._final.set_result(call)
-        else:
-            if isinstance(error, grpc.RpcError) and isinstance(error, grpc.Call):
-                self._call = error
-            self._final.set_exception(error)
+        try:
+            if error is None:
+                self._call = call
+                self._final.set_result(call)
+            else:
+                if isinstance(error, grpc.RpcError) and isinstance(error, grpc.Call):
+                    self._call = error
+                self._final.set_exception(error)
+        except concurrent.futures.InvalidStateError:  # cancelled meanwhile
+            pass
 
     # -- grpc.Future -----------------------------------------------------------------
 
+    def _settled(self, timeout: float | None) -> concurrent.futures.Future[Any]:
+        """The final outcome, with grpc's exceptions for a timeout and a cancelled call."""
+        try:
+            self._final.exception(timeout)
+        except concurrent.futures.CancelledError:
+            raise grpc.FutureCancelledError() from None
+        except concurrent.futures.TimeoutError:
+            raise grpc.FutureTimeoutError() from None
+        return self._final
+
     def result(self, timeout: float | None = None) -> Any:
-        return self._final.result(timeout).result()
+        return self._settled(timeout).result().result()
 
     def exception(self, timeout: float | None = None) -> BaseException | None:  # type: ignore[override]
-        return self._final.exception(timeout)
+        return self._settled(timeout).exception()
 
     def traceback(self, timeout: float | None = None) -> Any:
         error = self.exception(timeout)
@@ -88,10 +142,19 @@ class PendingCall(grpc.Call, grpc.Future):  # type: ignore[misc]
         self._final.add_done_callback(lambda _: fn(self))
 
     def cancel(self) -> bool:
-        return bool(self._call.cancel())
+        """As grpc's: True when the call was still going (its attempt in flight is
+        cancelled and no retry or fallback follows), False once it has ended."""
+        if self._final.done() or not self._final.cancel():
+            return False
+        self._final.set_running_or_notify_cancel()  # wakes whoever waits for the result
+        self._cancel.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+        return True
 
     def cancelled(self) -> bool:
-        return bool(self._call.cancelled()) if self._final.done() else False
+        return self._final.cancelled()
 
     def running(self) -> bool:
         return not self._final.done()
@@ -101,22 +164,29 @@ class PendingCall(grpc.Call, grpc.Future):  # type: ignore[misc]
 
     # -- grpc.Call: the deciding attempt's --------------------------------------------
 
+    def _error(self) -> BaseException | None:
+        return None if self._final.cancelled() else self._final.exception()
+
     def initial_metadata(self) -> Any:
-        self._final.exception()
-        return self._call.initial_metadata()
+        self._error()
+        return None if self._call is None else self._call.initial_metadata()
 
     def trailing_metadata(self) -> Any:
-        self._final.exception()
-        return self._call.trailing_metadata()
+        self._error()
+        return None if self._call is None else self._call.trailing_metadata()
 
     def code(self) -> grpc.StatusCode:
-        error = self._final.exception()
+        error = self._error()
+        if self._final.cancelled():
+            return grpc.StatusCode.CANCELLED
         if isinstance(error, MissionControlError):
             return error.grpc_code
         return self._call.code()  # type: ignore[no-any-return]
 
     def details(self) -> str:
-        error = self._final.exception()
+        error = self._error()
+        if self._final.cancelled():
+            return "Locally cancelled by application!"
         if isinstance(error, MissionControlError):
             return str(error)
         return self._call.details()  # type: ignore[no-any-return]
@@ -125,7 +195,7 @@ class PendingCall(grpc.Call, grpc.Future):  # type: ignore[misc]
         return not self._final.done()
 
     def time_remaining(self) -> float | None:  # type: ignore[override]
-        return self._call.time_remaining()  # type: ignore[no-any-return]
+        return None if self._call is None else self._call.time_remaining()
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
         if self._final.done():

@@ -154,7 +154,7 @@ def test_one_context_variable_for_every_guard() -> None:
     for _ in range(2000):
         with mc.guard("storage_backend"):
             pass
-    assert len(contextvars.copy_context()) <= before + 1
+    assert len(contextvars.copy_context()) <= before + 2  # the open blocks and the deadline
 
 
 def test_cost_in_an_unknown_resource_is_an_error() -> None:

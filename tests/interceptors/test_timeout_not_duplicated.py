@@ -1,0 +1,87 @@
+"""A call that timed out in flight may have executed: without ``idempotent=True`` its
+fallback does not run it a second time (guard sync and async, interceptors sync and aio)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import grpc.aio
+import pytest
+from mission_control.client.agent import MissionControl
+from mission_control.client.errors import OperationTimeout
+from mission_control.interceptors import aio_client_interceptors, client_interceptor
+
+from tests.interceptors.conftest import policy
+from tests.support import echo_pb2 as pb
+from tests.support import echo_pb2_grpc as pb_grpc
+from tests.support.upstream import Upstream
+
+
+def _agent() -> MissionControl:
+    primary = policy("storage_backend", timeout_secs=0.1, max_retries=0, fallbacks=("storage_backup",))
+    backup = policy("storage_backup")
+    return MissionControl("a", config={"storage_backend": primary, "storage_backup": backup})
+
+
+@pytest.mark.parametrize("idempotent", [False, True])
+async def test_guarded_functions(idempotent: bool) -> None:
+    mc = _agent()
+    effects: list[str] = []
+
+    def backup(row: int) -> str:
+        effects.append("backup")
+        return "backup"
+
+    async def abackup(row: int) -> str:
+        return backup(row)
+
+    @mc.guard("storage_backend", fallbacks={"storage_backup": abackup}, idempotent=idempotent)
+    async def asave(row: int) -> str:
+        effects.append("primary")  # sent: it may take effect even if cancelled later
+        await asyncio.sleep(1)
+        return "primary"
+
+    @mc.guard("storage_backend", fallbacks={"storage_backup": backup}, idempotent=idempotent)
+    def save(row: int) -> str:
+        effects.append("primary")
+        time.sleep(0.2)
+        return "primary"
+
+    for call in (lambda: asave(1), lambda: asyncio.to_thread(save, 2)):
+        if idempotent:
+            assert await call() == "backup"
+        else:
+            with pytest.raises(OperationTimeout):
+                await call()
+    expected = ["primary", "backup"] * 2 if idempotent else ["primary"] * 2
+    assert effects == expected
+
+
+@pytest.mark.parametrize("idempotent", [False, True])
+async def test_interceptors(idempotent: bool) -> None:
+    mc = _agent()
+    with Upstream("primary") as up, Upstream("backup") as bk:
+        up.set("slow", delay_secs=0.3)
+        backup = {"storage_backup": grpc.insecure_channel(bk.address)}
+        interceptor = client_interceptor(
+            mc, service="storage_backend", fallback_channels=backup, idempotent=idempotent
+        )
+        stub = pb_grpc.EchoServiceStub(grpc.intercept_channel(grpc.insecure_channel(up.address), interceptor))
+        aio_backup = {"storage_backup": grpc.aio.insecure_channel(bk.address)}
+        interceptors = aio_client_interceptors(
+            mc, service="storage_backend", fallback_channels=aio_backup, idempotent=idempotent
+        )
+        async with grpc.aio.insecure_channel(up.address, interceptors=interceptors) as channel:
+            aio_stub = pb_grpc.EchoServiceStub(channel)
+            for call in (
+                lambda: asyncio.to_thread(stub.Echo, pb.EchoRequest(text="w")),
+                lambda: aio_stub.Echo(pb.EchoRequest(text="w")),
+            ):
+                if idempotent:
+                    assert (await call()).served_by == "backup"
+                else:
+                    with pytest.raises(OperationTimeout):
+                        await call()
+        assert (up.calls, bk.calls) == (2, 2 if idempotent else 0)
