@@ -124,6 +124,8 @@ class ControlPlaneConnection:
         if now - state.probe_asked_at < 0.1:
             return
         state.probe_asked_at = now
+        with state.lock:
+            state.permits.want(now)
         self._outbox.put(pb.ConnectRequest(probe_request=pb.ProbeRequest(service=service)))
 
     # -- the stream ------------------------------------------------------------
@@ -239,7 +241,7 @@ class ControlPlaneConnection:
     def _batch(self) -> pb.ConnectRequest | None:
         summaries = []
         for name, state in list(self.view.services.items()):
-            tally = state.drain()
+            tally = state.drain(self.view.clock())
             if tally is not None:
                 summaries.append(tally.to_proto(name))
         if not summaries:

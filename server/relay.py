@@ -65,6 +65,8 @@ class LeaderRelay:
         self._asked: dict[str, None] = {}
         self._waiting: dict[str, collections.deque[str]] = collections.defaultdict(collections.deque)
         self._held: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        #: The breaker generation of the permits held here, per service.
+        self._held_generation: dict[str, int] = {}
         self._wake = asyncio.Event()
         #: (service, resource) -> agent -> (wanted, used) of its last finished period
         self._demands: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
@@ -79,7 +81,7 @@ class LeaderRelay:
     def add(self, agent_id: str, summary: pb.OutcomeSummary) -> None:
         self._tallies.setdefault(summary.service, Tally()).merge(summary)
         used = summary.probe_successes + summary.probe_failures + summary.probes_released
-        if used:
+        if used and summary.probe_generation in (0, self._held_generation.get(summary.service, 0)):
             held = self._held[summary.service]
             held[agent_id] = max(0, held[agent_id] - used)
         if summary.failures or summary.probe_failures or summary.rejected:
@@ -117,7 +119,8 @@ class LeaderRelay:
         for service, held in self._held.items():
             count = held.pop(agent_id, 0)
             if count:
-                self._tallies.setdefault(service, Tally()).probes_released += count
+                generation = self._held_generation.get(service, 0)
+                self._tallies.setdefault(service, Tally()).give_back(generation, count)
         for waiting in self._waiting.values():
             with contextlib.suppress(ValueError):
                 waiting.remove(agent_id)
@@ -242,6 +245,9 @@ class LeaderRelay:
         return [t.to_proto(name) for name, t in tallies.items() if not t.empty()]
 
     def _hand_out(self, grant: pb.ProbeGrant) -> None:
+        if grant.generation > self._held_generation.get(grant.service, 0):
+            self._held[grant.service].clear()  # the leader cleared those with their HALF_OPEN
+            self._held_generation[grant.service] = grant.generation
         waiting = self._waiting[grant.service]
         if not waiting:
             del self._waiting[grant.service]
@@ -251,5 +257,5 @@ class LeaderRelay:
                 self._held[grant.service][agent_id] += grant.permits
                 return
         # nobody here wants it any more: give it back to the fleet
-        self._tallies.setdefault(grant.service, Tally()).probes_released += grant.permits
+        self._tallies.setdefault(grant.service, Tally()).give_back(grant.generation, grant.permits)
         self._wake.set()

@@ -180,6 +180,7 @@ class OutcomeSummary(_message.Message):
     RECOVERY_SUCCESSES_FIELD_NUMBER: _builtins.int
     PROBES_RELEASED_FIELD_NUMBER: _builtins.int
     ERRORS_BY_OPERATION_FIELD_NUMBER: _builtins.int
+    PROBE_GENERATION_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     successes: _builtins.int
     failures: _builtins.int
@@ -195,6 +196,10 @@ class OutcomeSummary(_message.Message):
     """...and of those, the ones that finally succeeded."""
     probes_released: _builtins.int
     """Probe permits the agent gives back unused."""
+    probe_generation: _builtins.int
+    """The breaker generation (HALF_OPEN) that probe_successes, probe_failures and
+    probes_released belong to; 0 = not said (taken as the current one).
+    """
     @_builtins.property
     def errors_by_type(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Failure counts by ErrorType name, e.g. "LLMProviderUnavailable"."""
@@ -218,10 +223,11 @@ class OutcomeSummary(_message.Message):
         recovery_successes: _builtins.int = ...,
         probes_released: _builtins.int = ...,
         errors_by_operation: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        probe_generation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors_by_operation", b"errors_by_operation", "errors_by_type", b"errors_by_type", "failures", b"failures", "probe_failures", b"probe_failures", "probe_successes", b"probe_successes", "probes_released", b"probes_released", "recovery_attempts", b"recovery_attempts", "recovery_successes", b"recovery_successes", "rejected", b"rejected", "service", b"service", "successes", b"successes", "trailing_failures", b"trailing_failures"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors_by_operation", b"errors_by_operation", "errors_by_type", b"errors_by_type", "failures", b"failures", "probe_failures", b"probe_failures", "probe_generation", b"probe_generation", "probe_successes", b"probe_successes", "probes_released", b"probes_released", "recovery_attempts", b"recovery_attempts", "recovery_successes", b"recovery_successes", "rejected", b"rejected", "service", b"service", "successes", b"successes", "trailing_failures", b"trailing_failures"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
