@@ -415,6 +415,7 @@ class LocalView:
                 lease.period_length.ToNanoseconds() / 1e9,
                 lease.agents,
                 lease.fleet_units,
+                lease.epoch,
             )
 
     def forget_fleet(self) -> None:

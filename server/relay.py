@@ -68,8 +68,8 @@ class LeaderRelay:
         #: The breaker generation of the permits held here, per service.
         self._held_generation: dict[str, int] = {}
         self._wake = asyncio.Event()
-        #: (service, resource) -> agent -> (wanted, used) of its last finished period
-        self._demands: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
+        #: (service, resource) -> agent -> its last demand
+        self._demands: dict[tuple[str, str], dict[str, pb.CapacityDemand]] = {}
         self._demand_dirty = False
         self._epoch = 0
         self._demand_epoch = -1
@@ -108,7 +108,10 @@ class LeaderRelay:
 
     def demand(self, agent_id: str, demand: pb.CapacityDemand) -> None:
         per_agent = self._demands.setdefault((demand.service, demand.resource), {})
-        per_agent[agent_id] = (max(0.0, demand.wanted), max(0.0, demand.used))
+        if demand.leaving:
+            per_agent.pop(agent_id, None)
+        else:
+            per_agent[agent_id] = demand
         self._demand_dirty = True
         self._wake.set()
 
@@ -218,8 +221,12 @@ class LeaderRelay:
             pb.CapacityDemand(
                 service=service,
                 resource=resource,
-                wanted=sum(w for w, _ in per_agent.values()),
-                used=sum(u for _, u in per_agent.values()),
+                wanted=sum(max(0.0, d.wanted) for d in per_agent.values()),
+                used=sum(max(0.0, d.used) for d in per_agent.values()),
+                agents=len(per_agent),
+                agents_known=max(d.agents_known for d in per_agent.values()),
+                safe_units=sum(max(0.0, d.safe_units) for d in per_agent.values()),
+                leased=all(d.leased for d in per_agent.values()),
             )
             for (service, resource), per_agent in self._demands.items()
             if per_agent
@@ -231,12 +238,11 @@ class LeaderRelay:
     def _share_lease(self, lease: pb.CapacityLease) -> None:
         """The leader leased this replica a part; split it among the agents here."""
         per_agent = self._demands.get((lease.service, lease.resource), {})
-        shares = fair_share(lease.units, {a: w for a, (w, _) in per_agent.items()})
+        shares = fair_share(lease.units, {a: d.wanted for a, d in per_agent.items()})
         for agent_id, units in shares.items():
             mine = pb.CapacityLease()
             mine.CopyFrom(lease)
-            mine.units = units
-            mine.agents = max(1, lease.agents - 1 + len(shares))
+            mine.units = units  # the leader counted this replica's agents in lease.agents
             self.hub.send_to_agent(agent_id, pb.ConnectResponse(lease=mine))
 
     def drain(self) -> list[pb.OutcomeSummary]:

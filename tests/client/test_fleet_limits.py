@@ -32,7 +32,8 @@ def test_a_budget_spends_its_lease_then_waits_for_the_next_period() -> None:
     assert budget.take(1, 2.1) == 0.0
     assert budget.left == pytest.approx(50 / 4 - 1)
     reports = budget.drain_reports()
-    assert (reports[-1][0], reports[-1][1], reports[-1][2]) == (1, 4, 3)  # wanted 4, used 3
+    assert (reports[-1].period, reports[-1].wanted, reports[-1].used) == (1, 4, 3)  # wanted 4, used 3
+    assert reports[-1].leased and not budget.leased
 
 
 def test_a_late_lease_replaces_the_safe_share_of_the_running_period() -> None:
@@ -40,3 +41,49 @@ def test_a_late_lease_replaces_the_safe_share_of_the_running_period() -> None:
     assert budget.take(2, 0.1) == 0.0  # safe_share set: 5 units at once
     budget.apply(0, 3, start=0.0, period_secs=1.0, agents=2, fleet_units=10)
     assert budget.left == 1  # 3 leased, 2 already used
+
+
+def test_a_new_agent_does_not_believe_it_is_alone() -> None:
+    budget = LeasedBudget(fleet_units=50, period_secs=1.0, safe_share=None, now=0.0)
+    # never leased: it does not know how many share the limit, so it spends nothing...
+    assert all(budget.take(1, t / 10) > 0 for t in range(40))
+    # ...until its first lease; afterwards, without one, an equal share by the last count
+    budget.apply(5000, 4, start=5.0, period_secs=1.0, agents=5, fleet_units=50)
+    assert [budget.take(1, 5.5) for _ in range(5)] == [0.0] * 4 + [pytest.approx(0.5)]
+    assert budget.take(1, 6.1) == 0.0 and budget.left == pytest.approx(50 / 5 - 1)
+
+
+def test_a_larger_fleet_caps_what_is_left_of_the_safe_share() -> None:
+    budget = LeasedBudget(fleet_units=40, period_secs=1.0, safe_share=None, now=0.0)
+    budget.apply(1000, 1, start=1.0, period_secs=1.0, agents=2, fleet_units=40)
+    assert budget.take(1, 2.1) == 0.0  # no lease for this period: 20 units, one spent
+    budget.apply(3000, 1, start=3.0, period_secs=1.0, agents=8, fleet_units=40)
+    assert budget.left == pytest.approx(40 / 8 - 1)  # not 19: eight share the limit now
+
+
+def test_leases_only_move_forward_in_epoch_and_period() -> None:
+    budget = LeasedBudget(fleet_units=50, period_secs=1.0, safe_share=None, now=0.0)
+    budget.apply(1000, 10, start=1.0, period_secs=1.0, agents=5, fleet_units=50, epoch=3)
+    assert budget.take(4, 1.1) == 0.0 and budget.period == 1000
+    # a deposed leader's lease for the next period is ignored
+    budget.apply(2000, 50, start=2.0, period_secs=1.0, agents=1, fleet_units=50, epoch=2)
+    # a new leader's lease for the running period replaces it, less what was spent
+    budget.apply(1000, 6, start=1.0, period_secs=1.0, agents=5, fleet_units=50, epoch=4)
+    assert budget.left == pytest.approx(2)
+    # ... and its numbering goes on where the earlier one's was
+    budget.apply(2000, 7, start=2.0, period_secs=1.0, agents=5, fleet_units=50, epoch=4)
+    assert budget.take(7, 2.1) == 0.0 and budget.take(1, 2.2) > 0
+    budget.apply(1000, 50, start=1.0, period_secs=1.0, agents=5, fleet_units=50, epoch=5)  # over
+    assert budget.period == 2000 and budget.left == 0
+
+
+def test_a_lease_is_never_spent_before_its_period_starts() -> None:
+    budget = LeasedBudget(fleet_units=40, period_secs=1.0, safe_share=None, now=0.0)
+    budget.apply(1000, 10, start=1.0, period_secs=1.0, agents=4, fleet_units=40)
+    budget.take(0, 1.0)
+    # the next lease starts a little after the agent's own count would end the period
+    budget.apply(2000, 10, start=2.3, period_secs=1.0, agents=4, fleet_units=40)
+    budget.take(0, 2.1)
+    assert not budget.leased and budget.left == pytest.approx(10 * 0.3)  # the gap, pro rata
+    assert budget.take(4, 2.2) > 0
+    assert budget.take(10, 2.3) == 0.0 and budget.leased
