@@ -227,6 +227,8 @@ class ControlPlaneConnection:
             # Outcomes are only taken once this stream's snapshot arrived: a stream that
             # never got through would lose them.
             connected = self.connected_event.is_set()
+            if item is _STOP:
+                self.view.give_back_permits()
             batch = self._batch() if connected else None
             if batch is not None:
                 yield batch

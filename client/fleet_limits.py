@@ -81,10 +81,11 @@ class LeasedBudget:
     """An agent's part of one fleet limit, period by period (monotonic clock).
 
     Without a lease for the running period (control plane unreachable, lease late) the agent
-    spends a safe share: ``safe_share`` of the fleet's units, by default an equal share by
-    the number of agents the control plane last announced — never unlimited. An agent that
-    was never leased does not know how many share the limit, so it spends only an explicit
-    ``safe_share`` (nothing by default) until its first lease.
+    spends a safe share: ``safe_share`` of the fleet's units if set, else its last lease —
+    the last fleet state stays in force, and the leases of one period never add up to more
+    than the fleet's units. An agent that was never leased spends only an explicit
+    ``safe_share`` (nothing by default) until its first lease: it does not believe it is
+    alone.
     """
 
     def __init__(self, fleet_units: float, period_secs: float, safe_share: float | None, now: float) -> None:
@@ -94,6 +95,9 @@ class LeasedBudget:
         #: Agents sharing the limit, as last announced; 0 = never leased.
         self.agents = 0
         self.epoch = 0
+        #: The units of the latest lease (in epoch and period) received.
+        self.last_units = 0.0
+        self._last: tuple[int, int] = (-1, -1)
         #: The stream epoch this budget was last announced on (see the connection).
         self.announced = -1
         self._now = _Period(None, now, now + period_secs, self.safe_units())
@@ -120,7 +124,7 @@ class LeasedBudget:
         """What the agent spends in a period without a lease."""
         if self.safe_share is not None:
             return self.fleet_units * self.safe_share
-        return self.fleet_units / self.agents if self.agents else 0.0
+        return min(self.last_units, self.fleet_units)
 
     def used(self, now: float) -> int:
         """Units spent in the running period (the same question a TokenBucket answers)."""
@@ -149,6 +153,8 @@ class LeasedBudget:
         self.fleet_units = fleet_units
         self.period_secs = period_secs
         lease = _Lease(epoch, period, start, units)
+        if (epoch, period) >= self._last:
+            self._last, self.last_units = (epoch, period), units
         running = self._now
         if period == self._number and (running.lease is None or running.lease.epoch < epoch):
             # the lease for the running period arrived late (or from a newer leader): it
@@ -189,14 +195,23 @@ class LeasedBudget:
         return reports
 
     def _roll(self, now: float) -> None:
-        # A period ends at its end, or where a lease begins (the control plane's periods
-        # win over the agent's own count).
-        while now >= self._now.end or any(lease.start <= now for lease in self._next.values()):
+        # A period ends where a lease begins (the control plane's periods win over the
+        # agent's own count), or at its end. A leased period runs on until the next lease
+        # begins when that arrived a little late (its units are no more for it).
+        while any(lease.start <= now for lease in self._next.values()) or (
+            now >= self._now.end and not self._extended(now)
+        ):
             running = self._now
             report = PeriodReport(self._number, running.wanted, running.spent, running.lease is not None)
             self.finished.append(report)
             del self.finished[:-16]
             self._now = self._following(running, now)
+
+    def _extended(self, now: float) -> bool:
+        running = self._now
+        if running.lease is None or not self._next:
+            return False
+        return min(lease.start for lease in self._next.values()) < running.end + self.period_secs / 2
 
     def _following(self, running: _Period, now: float) -> _Period:
         begun = [p for p, lease in self._next.items() if lease.start <= now]

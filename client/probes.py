@@ -14,11 +14,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ASKING_SECS", "GiveBack", "ProbePermits"]
+__all__ = ["ASKING_SECS", "FleetProbe", "GiveBack", "ProbePermits"]
 
 #: An agent that has not wanted to call a HALF_OPEN service for this long gives its
 #: unused permits back (agents ask again every 100 ms while they want to call).
 ASKING_SECS = 1.0
+
+
+class FleetProbe(str):
+    """The probe kind "fleet", with the breaker generation of the permit it runs under
+    (its outcome counts for that HALF_OPEN only)."""
+
+    generation: int
+
+    def __new__(cls, generation: int) -> FleetProbe:
+        probe = super().__new__(cls, "fleet")
+        probe.generation = generation
+        return probe
 
 
 @dataclass(frozen=True, slots=True)

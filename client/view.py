@@ -23,7 +23,7 @@ from .breaker import BreakerState, CircuitBreaker
 from .fleet_limits import LeasedBudget
 from .limits import Bulkhead, RetryBudget, TokenBucket
 from .policy import ServicePolicy, default_policy
-from .probes import GiveBack, ProbePermits
+from .probes import FleetProbe, GiveBack, ProbePermits
 
 __all__ = ["FleetBreaker", "LocalView", "ServiceState", "Tally"]
 
@@ -244,18 +244,16 @@ class ServiceState:
         if old.fleet != policy.fleet or old.fleet_resources() != policy.fleet_resources():
             self._lease_budgets(policy, now)
 
-    def take_permit(self, now: float) -> bool:
+    def take_permit(self, now: float) -> FleetProbe | None:
         """Use one fleet probe permit, if one is held for the breaker's generation and
-        not expired; the probe's outcome is then counted for that generation."""
+        not expired: the probe, to count its outcome for that generation."""
         fleet = self.fleet
         if fleet is None:
-            return False
+            return None
         with self.lock:
             taken, back = self.permits.take(fleet.generation, now)
             self.return_permits(back)
-            if taken:
-                self.tally.probes_of(fleet.generation)
-            return taken
+            return FleetProbe(fleet.generation) if taken else None
 
     def return_permits(self, back: list[GiveBack]) -> None:
         """Count unused permits as given back in the next outcome batch (lock held)."""
@@ -417,6 +415,12 @@ class LocalView:
                 lease.fleet_units,
                 lease.epoch,
             )
+
+    def give_back_permits(self) -> None:
+        """The agent is closing: its unused probe permits go back with the last batch."""
+        for state in list(self.services.values()):
+            with state.lock:
+                state.return_permits(state.permits.lapse(float("inf")))
 
     def forget_fleet(self) -> None:
         """The control plane is gone: its probe permits end; its breaker states stay in

@@ -47,6 +47,9 @@ class _Holder:
     agents: int = 1
     agents_known: int = 0
     safe_units: float = 0.0
+    sent: float = 0.0  # the last lease sent
+    leased: bool = False  # this leader sent it a lease
+    earlier: int = 0  # agents an earlier leader counted, as reported before this one leased
 
 
 @dataclass
@@ -62,6 +65,8 @@ class _Limit:
     leased: float = 0.0
     demanded: float = 0.0
     used: float = 0.0
+    warm: bool = True  # the leader is new: agents may still spend an earlier leader's leases
+    expected: int = 0  # while warm: the most agents any agent back heard of
 
 
 class CapacityLeaser:
@@ -72,6 +77,9 @@ class CapacityLeaser:
         send: delivers a message to a connected holder; False when it is gone.
         epoch: the leader's epoch (rises with every new leader).
         clock: monotonic seconds; wall: epoch seconds (the period grid).
+        leased_before: whether an earlier leader may have leased (agents not back yet may
+            be spending its leases). Without it, only agents that report a lease are
+            evidence of one.
     """
 
     def __init__(
@@ -83,6 +91,7 @@ class CapacityLeaser:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         grace: float = RECONNECT_GRACE_SECS,
+        leased_before: Callable[[], bool] = lambda: False,
     ) -> None:
         self.policies = policies
         self.send = send
@@ -90,6 +99,7 @@ class CapacityLeaser:
         self.clock = clock
         self.wall = wall
         self.grace = grace
+        self.leased_before = leased_before
         self.limits: dict[tuple[str, str], _Limit] = {}
         self._epoch: int | None = None
         self._warm_until = 0.0
@@ -126,15 +136,20 @@ class CapacityLeaser:
         entry.wanted, entry.used = _finite(demand.wanted), _finite(demand.used)
         entry.agents = max(1, demand.agents)
         entry.agents_known = demand.agents_known
+        if not entry.leased:
+            entry.earlier = demand.agents_known
         entry.safe_units = min(_finite(demand.safe_units), limit.fleet_units)
 
     def forget(self, holder: str) -> None:
-        """The holder's stream ended: it may still spend its safe share for a while."""
-        until = self.clock() + self.grace
+        """The holder's stream ended: it may still spend its safe share (its last lease)
+        for a while."""
         for limit in self.limits.values():
-            entry = limit.holders.pop(holder, None)
-            if entry is not None and entry.safe_units > 0:
-                limit.absent[holder] = (entry.safe_units, until)
+            self._absent(limit, holder)
+
+    def _absent(self, limit: _Limit, holder: str) -> None:
+        entry = limit.holders.pop(holder, None)
+        if entry is not None and max(entry.safe_units, entry.sent) > 0:
+            limit.absent[holder] = (max(entry.safe_units, entry.sent), self.clock() + self.grace)
 
     def tick(self) -> None:
         """Lease the next period of every limit once the running one is half over."""
@@ -143,7 +158,7 @@ class CapacityLeaser:
         if epoch != self._epoch:  # leading anew: agents may be spending safe shares
             self._epoch, self._warm_until = epoch, now + self.grace
             for limit in self.limits.values():
-                limit.allocated = -1
+                limit.allocated, limit.warm, limit.expected = -1, True, 0
         for limit in list(self.limits.values()):
             index = math.floor(wall / limit.period_secs)
             into = wall - index * limit.period_secs
@@ -152,32 +167,50 @@ class CapacityLeaser:
 
     # -- internals -------------------------------------------------------------
 
-    def _reserved(self, limit: _Limit, now: float) -> float:
-        """Units that agents without a lease may spend in a period: the absent ones, and
-        while warming up those a previous leader leased that have not reported yet."""
+    def _pool(self, limit: _Limit, now: float) -> float:
+        """What may be leased for a period. Every agent without a lease spends its last
+        one, so what agents cut off may spend is kept back; and while a new leader warms
+        up, only what the agents already back were spending is split among them (the
+        others spend the rest of what the last leader leased)."""
         for holder in [h for h, (_, until) in limit.absent.items() if until <= now]:
             del limit.absent[holder]
-        reserved = sum(units for units, _ in limit.absent.values())
-        if now < self._warm_until:
-            known = max((e.agents_known for e in limit.holders.values()), default=0)
-            back = sum(e.agents for e in limit.holders.values() if e.agents_known)
-            if known > back:
-                reserved += (known - back) * limit.fleet_units / known
-        return min(reserved, limit.fleet_units)
+        absent = sum(units for units, _ in limit.absent.values())
+        if limit.warm:
+            # How many agents shared the limit, as the agents back last heard it: none
+            # heard of any lease (a new fleet), or all of them are back, ends the warm-up.
+            reported = max((e.earlier for e in limit.holders.values()), default=0)
+            limit.expected = expected = max(limit.expected, reported)
+            if not (expected or self.leased_before()):
+                return max(0.0, limit.fleet_units - absent)  # no sign of earlier leases (yet)
+            known = sum(e.agents for e in limit.holders.values() if e.earlier)
+            back = sum(e.safe_units for e in limit.holders.values())
+            everyone = 0 < expected <= known
+            if now >= self._warm_until or everyone or back + absent >= limit.fleet_units - 1e-6:
+                limit.warm = False
+            else:
+                return back
+        return max(0.0, limit.fleet_units - absent)
 
     def _allocate(self, limit: _Limit, index: int, now: float, wall: float) -> None:
         limit.allocated = index
         if not limit.holders:
             return
-        pool = limit.fleet_units - self._reserved(limit, now)
+        pool = self._pool(limit, now)
         demand = {h: e.wanted for h, e in limit.holders.items()}
         limit.demanded = sum(demand.values())
         limit.used = sum(e.used for e in limit.holders.values())
         shares = fair_share(pool, demand)
         if limit.resource == f"{limit.service}.requests":  # a call takes one whole unit
             shares = _whole(shares, index)
+        # a holder that misses this lease goes on with its last one: shrinks count in
+        # full for one more period
+        last = {h: max(e.sent, e.safe_units if not e.sent else 0.0) for h, e in limit.holders.items()}
+        shares = _late_shrinks(shares, last, pool)
         limit.leased = sum(shares.values())
-        agents = sum(e.agents for e in limit.holders.values())
+        # every agent that may be spending: those leased now and those cut off
+        agents = sum(e.agents for e in limit.holders.values()) + len(limit.absent)
+        if limit.warm:
+            agents = max(agents, limit.expected)
         start = index * limit.period_secs
         gone = []
         for holder, units in shares.items():
@@ -192,10 +225,12 @@ class CapacityLeaser:
             )
             lease.starts_in.FromNanoseconds(int(max(0.0, start - wall) * 1e9))
             lease.period_length.FromNanoseconds(int(limit.period_secs * 1e9))
+            entry = limit.holders[holder]
+            entry.sent, entry.leased = units, True
             if not self.send(holder, pb.ConnectResponse(lease=lease)):
                 gone.append(holder)
-        for holder in gone:
-            limit.holders.pop(holder, None)
+        for holder in gone:  # no stream: it may be cut off, spending its last lease
+            self._absent(limit, holder)
 
     def usage(self) -> list[pb.FleetLimitUsage]:
         return [
@@ -227,6 +262,21 @@ def _whole(shares: dict[str, float], turn: int) -> dict[str, float]:
     for holder in order[: max(0, spare)]:
         whole[holder] += 1
     return {h: float(units) for h, units in whole.items()}
+
+
+def _late_shrinks(shares: dict[str, float], last: dict[str, float], pool: float) -> dict[str, float]:
+    """Shares such that the sum over holders of max(last lease, new lease) stays within
+    ``pool``: a holder that shrinks may not get its new lease in time and spend its last
+    one, so the units it gives up go to others only a period later."""
+    keep = {h: min(units, last.get(h, 0.0)) for h, units in shares.items()}
+    held = sum(max(0.0, last.get(h, 0.0) - units) for h, units in shares.items())
+    grow = {h: units - keep[h] for h, units in shares.items() if units > keep[h]}
+    room = pool - sum(keep.values()) - held
+    wanted = sum(grow.values())
+    if not grow or room >= wanted - 1e-9:
+        return shares
+    scale = max(0.0, room) / wanted
+    return {h: keep[h] + math.floor(grow.get(h, 0.0) * scale + 1e-9) for h in shares}
 
 
 def _finite(value: float) -> float:

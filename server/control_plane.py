@@ -329,7 +329,7 @@ class ControlPlane:
 
     def _on_grant(self, agent: str, grant: pb.ProbeGrant) -> None:
         if not self.hub.send_to_agent(agent, pb.ConnectResponse(probe_grant=grant)):
-            asyncio.get_running_loop().call_soon(self.breakers.release_agent, agent)
+            asyncio.get_running_loop().call_soon(lambda: self.breakers.release_agent(agent, unused=True))
 
     # -- snapshot for a new stream ---------------------------------------------
 

@@ -217,16 +217,19 @@ class FleetBreakers:
             return None
         return self._grant(breaker, agent, now)
 
-    def release_agent(self, agent: str) -> None:
-        """An agent went away: its permits return to the pool."""
+    def release_agent(self, agent: str, *, unused: bool = False) -> None:
+        """An agent went away. Its permits return to the pool when it never got them
+        (``unused``); else they lapse with their hold, since a probe it started may still
+        be running (a stream can break while the process lives on)."""
         now = self._clock()
         for breaker in self._breakers.values():
-            if breaker.permits_of(agent):
+            if unused and breaker.permits_of(agent):
                 breaker.release_probes(agent)
                 if breaker.state is BreakerState.HALF_OPEN:
                     self._grant_waiting(breaker.name, now)
         for demand in self._demand.values():
             demand.last_seen.pop(agent, None)
+            demand.served.pop(agent, None)
 
     def tick(self) -> list[Transition]:
         """Time-driven moves (OPEN -> HALF_OPEN) and expiry of unused permits."""

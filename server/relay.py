@@ -119,11 +119,10 @@ class LeaderRelay:
         for per_agent in self._demands.values():
             if per_agent.pop(agent_id, None) is not None:
                 self._demand_dirty = True
-        for service, held in self._held.items():
-            count = held.pop(agent_id, 0)
-            if count:
-                generation = self._held_generation.get(service, 0)
-                self._tallies.setdefault(service, Tally()).give_back(generation, count)
+        for held in self._held.values():
+            # not given back: a probe the agent started may still be running; the leader
+            # lets the permits lapse with their hold
+            held.pop(agent_id, None)
         for waiting in self._waiting.values():
             with contextlib.suppress(ValueError):
                 waiting.remove(agent_id)

@@ -105,3 +105,10 @@ async def test_a_cancelled_async_probe_gives_its_permit_back() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert given_back(view, clock) == (1, 5)
+
+
+def test_a_closing_agent_gives_its_unused_permits_back() -> None:
+    view, clock = view_at(BreakerState.HALF_OPEN, 4)
+    view.grant(grant(4))
+    view.give_back_permits()
+    assert given_back(view, clock) == (1, 4)
