@@ -11,11 +11,11 @@ come and go and leaders change:
   cuts time the same way and a new one continues the numbering; leases carry the leader's
   epoch, and agents only move forward in (epoch, period);
 * the period running now is never leased again, only the ones ahead;
-* an agent without a lease spends its safe share (it reports how much, and how many agents
-  it last knew of). What such agents may spend is kept out of the split: for a holder
-  whose stream broke without a goodbye (it may be alive and cut off) until it is back or
-  ``grace`` is over, and, while a new leader warms up, for the agents it has not heard
-  from yet.
+* an agent without a lease spends its last one (it reports how much). That is kept out of
+  the split for a holder whose stream broke without a goodbye (it may be alive and cut off)
+  until it is back or ``grace`` is over; a holder whose lease shrinks may miss the new one,
+  so what it gives up goes to others a period later; and a new leader, while agents an
+  earlier one counted are not back, splits only what the agents back were spending.
 """
 
 from __future__ import annotations

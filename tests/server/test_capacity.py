@@ -113,3 +113,30 @@ def test_an_agent_that_says_goodbye_frees_its_share_at_once() -> None:
     leader.run(5010.6)
     assert leader.leased(5010500) == pytest.approx(UNITS)
     assert [lease.agents for lease in leader.sent["a"]] == [1]
+
+
+def test_what_a_shrinking_holder_gives_up_goes_to_others_a_period_later() -> None:
+    leader = Leader(6000.0)
+    leader.report("a", wanted=40)
+    leader.report("b", wanted=10)
+    leader.run(6000.6)
+    assert leader.sent["a"][-1].units == 40 and leader.sent["b"][-1].units == 10
+    leader.report("a", wanted=10)  # a wants less now, b more
+    leader.report("b", wanted=40)
+    leader.run(6001.1)
+    # a may not get its new lease in time and spend its 40: b cannot have the 30 yet
+    assert leader.sent["a"][-1].units == 10 and leader.sent["b"][-1].units == 10
+    leader.run(6001.6)
+    assert leader.sent["b"][-1].units == 40
+
+
+def test_a_new_leaders_own_leases_do_not_end_its_warm_up() -> None:
+    leader = Leader(7000.0, epoch=2)
+    leader.report("a", agents_known=4, safe_units=UNITS / 4)
+    leader.run(7000.6)
+    # a now hears this leader's count; the three others an earlier leader counted are
+    # still out there, spending their last leases
+    leader.report("a", agents_known=leader.sent["a"][-1].agents, safe_units=UNITS / 4)
+    leader.run(7001.6)
+    assert all(lease.units <= UNITS / 4 for lease in leader.sent["a"])
+    assert leader.sent["a"][-1].agents == 4
