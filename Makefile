@@ -80,10 +80,12 @@ lint: venv buf
 test: install proto-check lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# The long versions: 10,000 fuzz examples per target, etcd down for 30 s under traffic.
+# The long versions: 10,000 fuzz examples per target, etcd down for 30 s under traffic,
+# 5,000 seeded fault schedules per protocol (MC_SIM_SCHEDULES to change).
+MC_SIM_SCHEDULES ?= 5000
 soak: install
-	MC_FUZZ_EXAMPLES=10000 MC_CHAOS_SECS=30 $(BIN)/pytest -q -p no:cacheprovider \
-	  tests/test_fuzz.py tests/server/test_chaos.py tests/client/test_status_hostile.py
+	MC_FUZZ_EXAMPLES=10000 MC_CHAOS_SECS=30 MC_SIM_SCHEDULES=$(MC_SIM_SCHEDULES) $(BIN)/pytest -q -p no:cacheprovider \
+	  tests/test_fuzz.py tests/server/test_chaos.py tests/client/test_status_hostile.py tests/sim
 
 run: venv etcd
 	$(BIN)/mission-control serve --http 127.0.0.1:8080

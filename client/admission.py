@@ -86,8 +86,9 @@ class _Gate:
 
 class _HalfOpen(_Gate):
     def before_call(self, admission, state, fleet, now):  # type: ignore[no-untyped-def]
-        if state.take_permit(now):
-            return FLEET_PROBE
+        probe = state.take_permit(now)
+        if probe is not None:  # "fleet", with the generation its outcome counts for
+            return Admitted(probe)
         admission.ask_probe(state)
         return _open(state, fleet.failures, PROBE_WAIT)
 
@@ -194,7 +195,7 @@ class Admission:
         """A probe permit that was not used (refused by a limit, or the caller's own error)."""
         if probe == "fleet":
             with state.lock:
-                state.tally.probes_released += 1
+                state.tally.give_back(getattr(probe, "generation", 0), 1)
         elif probe == "local":
             with state.lock:
                 state.local.release_probes("local", 1)

@@ -204,13 +204,20 @@ class CircuitBreaker:
         if not held:
             del self._permits[holder]
 
-    def _expire(self, now: float) -> None:
+    def expire_permits(self, now: float) -> int:
+        """Drop permits held past their time; returns how many."""
+        return self._expire(now)
+
+    def _expire(self, now: float) -> int:
+        expired = 0
         for holder in [h for h, v in self._permits.items() if any(t <= now for t in v)]:
             kept = [t for t in self._permits[holder] if t > now]
+            expired += len(self._permits[holder]) - len(kept)
             if kept:
                 self._permits[holder] = kept
             else:
                 del self._permits[holder]
+        return expired
 
     # -- operators -------------------------------------------------------------
 

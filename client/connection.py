@@ -124,6 +124,8 @@ class ControlPlaneConnection:
         if now - state.probe_asked_at < 0.1:
             return
         state.probe_asked_at = now
+        with state.lock:
+            state.permits.want(now)
         self._outbox.put(pb.ConnectRequest(probe_request=pb.ProbeRequest(service=service)))
 
     # -- the stream ------------------------------------------------------------
@@ -225,10 +227,12 @@ class ControlPlaneConnection:
             # Outcomes are only taken once this stream's snapshot arrived: a stream that
             # never got through would lose them.
             connected = self.connected_event.is_set()
+            if item is _STOP:
+                self.view.give_back_permits()
             batch = self._batch() if connected else None
             if batch is not None:
                 yield batch
-            demand = self._demand(epoch) if connected else None
+            demand = self._demand(epoch, leaving=item is _STOP) if connected else None
             if demand is not None:
                 yield demand
             if item is _STOP:
@@ -239,7 +243,7 @@ class ControlPlaneConnection:
     def _batch(self) -> pb.ConnectRequest | None:
         summaries = []
         for name, state in list(self.view.services.items()):
-            tally = state.drain()
+            tally = state.drain(self.view.clock())
             if tally is not None:
                 summaries.append(tally.to_proto(name))
         if not summaries:
@@ -247,24 +251,30 @@ class ControlPlaneConnection:
         self.batches_sent += 1
         return pb.ConnectRequest(outcomes=self._unacked.batch(summaries))
 
-    def _demand(self, epoch: int) -> pb.ConnectRequest | None:
+    def _demand(self, epoch: int, leaving: bool = False) -> pb.ConnectRequest | None:
         """What this agent asked of each fleet-shared limit in its last finished period; a
-        new stream first says which limits it shares (so it gets leases at once)."""
+        new stream first says which limits it shares (so it gets leases at once), with what
+        it spends without a lease (so a new leader keeps that much aside until it is leased)."""
         demands = []
         for name, state in list(self.view.services.items()):
             with state.lock:
                 for resource, budget in state.leased.items():
                     budget.tick(self.view.clock())
                     reports = budget.drain_reports()
-                    if reports:
-                        period, wanted, used = reports[-1]
-                        demands.append(
-                            pb.CapacityDemand(
-                                service=name, resource=resource, wanted=wanted, used=used, period=period
-                            )
+                    if reports or leaving or budget.announced != epoch:
+                        demand = pb.CapacityDemand(
+                            service=name,
+                            resource=resource,
+                            agents_known=budget.agents,
+                            safe_units=budget.safe_units(),
+                            leaving=leaving,
+                            agents=1,
                         )
-                    elif budget.announced != epoch:
-                        demands.append(pb.CapacityDemand(service=name, resource=resource))
+                        if reports:
+                            last = reports[-1]
+                            demand.period, demand.wanted, demand.used = last.period, last.wanted, last.used
+                            demand.leased = last.leased
+                        demands.append(demand)
                     budget.announced = epoch
         if not demands:
             return None

@@ -204,7 +204,9 @@ class Executor:
         with state.lock:
             tally = state.tally
             if probe == "fleet":
-                if failed:
+                if not tally.probes_of(getattr(probe, "generation", 0)):
+                    pass  # a probe of a HALF_OPEN that is over: it no longer counts
+                elif failed:
                     tally.probe_failures += 1
                 else:
                     tally.probe_successes += 1

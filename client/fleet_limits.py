@@ -6,6 +6,10 @@ want, nobody who wants gets less than an equal share, and what the modest leave 
 the rest). An agent spends its lease locally (:class:`LeasedBudget`): no network call per
 request. Periods follow each other without gaps, so over any window of W seconds the fleet
 admits at most the limit plus one period's worth.
+
+Periods are numbered by the control plane (their start in milliseconds on its clock, so a
+new leader continues the numbering) and leases carry the leader's epoch: an agent only ever
+moves forward in (epoch, period), and places a period where the lease says it starts.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["LeasedBudget", "fair_share"]
+__all__ = ["LeasedBudget", "PeriodReport", "fair_share"]
 
 #: An agent that asked for nothing still gets this share of an equal split, so that it
 #: can start calling before its next demand report.
@@ -43,109 +47,188 @@ def fair_share(total: float, wanted: Mapping[str, float]) -> dict[str, float]:
     return result
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
+class PeriodReport:
+    """What an agent wanted and spent in one finished period, and whether it was leased."""
+
+    period: int
+    wanted: float
+    used: float
+    leased: bool
+
+
+@dataclass(slots=True)
 class _Lease:
+    epoch: int
+    period: int
     start: float
     units: float
+
+
+@dataclass(slots=True)
+class _Period:
+    """The period being spent: a lease's, or an unleased one at the safe share."""
+
+    lease: _Lease | None
+    start: float
+    end: float
+    left: float
+    wanted: float = 0.0
+    spent: float = 0.0
 
 
 class LeasedBudget:
     """An agent's part of one fleet limit, period by period (monotonic clock).
 
-    Without a lease for the current period (control plane unreachable), the agent spends a
-    safe share: ``safe_share`` of the fleet's units, by default an equal share by the last
-    known number of agents — never unlimited. In its very first period it waits for a lease
-    (spends nothing) unless ``safe_share`` is set; an agent that never reached the control
-    plane then behaves as a fleet of one.
+    Without a lease for the running period (control plane unreachable, lease late) the agent
+    spends a safe share: ``safe_share`` of the fleet's units if set, else its last lease —
+    the last fleet state stays in force, and the leases of one period never add up to more
+    than the fleet's units. An agent that was never leased spends only an explicit
+    ``safe_share`` (nothing by default) until its first lease: it does not believe it is
+    alone.
     """
 
     def __init__(self, fleet_units: float, period_secs: float, safe_share: float | None, now: float) -> None:
         self.fleet_units = fleet_units
         self.period_secs = period_secs
         self.safe_share = safe_share
-        self.agents = 1
-        self.period = 0
-        self.end = now + period_secs
-        self.left = fleet_units * safe_share if safe_share is not None else 0.0
+        #: Agents sharing the limit, as last announced; 0 = never leased.
+        self.agents = 0
+        self.epoch = 0
+        #: The units of the latest lease (in epoch and period) received.
+        self.last_units = 0.0
+        self._last: tuple[int, int] = (-1, -1)
         #: The stream epoch this budget was last announced on (see the connection).
         self.announced = -1
-        self.wanted = 0.0
-        self.spent = 0.0
-        self.leased = False
+        self._now = _Period(None, now, now + period_secs, self.safe_units())
         self._next: dict[int, _Lease] = {}
-        #: (period, wanted, used) of finished periods, to report.
-        self.finished: list[tuple[int, float, float]] = []
+        self._number = 0  # the server's number of the running period (0 = none yet)
+        #: Finished periods, to report.
+        self.finished: list[PeriodReport] = []
+
+    # -- reading ---------------------------------------------------------------
+
+    @property
+    def left(self) -> float:
+        return self._now.left
+
+    @property
+    def leased(self) -> bool:
+        return self._now.lease is not None
+
+    @property
+    def period(self) -> int:
+        return self._number
 
     def safe_units(self) -> float:
-        share = self.safe_share if self.safe_share is not None else 1.0 / max(1, self.agents)
-        return self.fleet_units * share
+        """What the agent spends in a period without a lease."""
+        if self.safe_share is not None:
+            return self.fleet_units * self.safe_share
+        return min(self.last_units, self.fleet_units)
+
+    def used(self, now: float) -> int:
+        """Units spent in the running period (the same question a TokenBucket answers)."""
+        return round(self._now.spent)
+
+    # -- leases ----------------------------------------------------------------
 
     def apply(
-        self, period: int, units: float, start: float, period_secs: float, agents: int, fleet_units: float
+        self,
+        period: int,
+        units: float,
+        start: float,
+        period_secs: float,
+        agents: int,
+        fleet_units: float,
+        epoch: int = 0,
     ) -> None:
-        """A lease from the control plane; ``start`` on this process's clock."""
+        """A lease from the control plane; ``start`` on this process's clock. Leases of an
+        earlier leader epoch, or for a period already over, are ignored."""
+        if epoch < self.epoch or period < self._number:
+            return
+        if epoch > self.epoch:  # a new leader: what an earlier one leased ahead is void
+            self.epoch = epoch
+            self._next = {p: lease for p, lease in self._next.items() if lease.epoch >= epoch}
         self.agents = max(1, agents)
         self.fleet_units = fleet_units
         self.period_secs = period_secs
-        if period == self.period and self.leased is False:
-            # the lease for the running period arrived late: it replaces the safe share
-            self.left = max(0.0, units - self.spent)
-            self.leased = True
-        elif period > self.period:
-            self._next[period] = _Lease(start, units)
+        lease = _Lease(epoch, period, start, units)
+        if (epoch, period) >= self._last:
+            self._last, self.last_units = (epoch, period), units
+        running = self._now
+        if period == self._number and (running.lease is None or running.lease.epoch < epoch):
+            # the lease for the running period arrived late (or from a newer leader): it
+            # replaces what the period had, less what was spent already
+            running.lease, running.left = lease, max(0.0, units - running.spent)
+            running.start, running.end = start, start + period_secs
+        elif period > self._number:
+            self._next[period] = lease
+        if running.lease is None:
+            # still on the safe share: never more than the share the new count allows
+            running.left = min(running.left, max(0.0, self.safe_units() - running.spent))
+
+    # -- spending --------------------------------------------------------------
 
     def take(self, cost: float, now: float) -> float:
         """Spend ``cost``; 0.0 when done, else seconds until the next period."""
         self._roll(now)
-        self.wanted += cost
-        if self.left >= cost:
-            self.left -= cost
-            self.spent += cost
+        running = self._now
+        running.wanted += cost
+        if running.left >= cost:
+            running.left -= cost
+            running.spent += cost
             return 0.0
-        return max(self.end - now, 0.001)
+        return max(running.end - now, 0.001)
 
-    def _roll(self, now: float) -> None:
-        while now >= self.end:
-            self.finished.append((self.period, self.wanted, self.spent))
-            del self.finished[:-16]
-            self.wanted = self.spent = 0.0
-            self.period += 1
-            lease = self._next.pop(self.period, None)
-            start = (
-                lease.start
-                if lease is not None and abs(lease.start - self.end) < self.period_secs
-                else self.end
-            )
-            self.end = start + self.period_secs
-            self.leased = lease is not None
-            self.left = lease.units if lease is not None else self.safe_units()
-            for stale in [p for p in self._next if p <= self.period]:
-                del self._next[stale]
-        # a lease far ahead of our count: the control plane's periods win
-        ahead = [p for p, lease in self._next.items() if lease.start <= now]
-        if ahead:
-            period = max(ahead)
-            lease = self._next.pop(period)
-            self.finished.append((self.period, self.wanted, self.spent))
-            self.period, self.end = period, lease.start + self.period_secs
-            self.left, self.leased, self.wanted, self.spent = lease.units, True, 0.0, 0.0
-            for stale in [p for p in self._next if p <= period]:
-                del self._next[stale]
+    def give_back(self, cost: float) -> None:
+        """A call that took units did not go after all."""
+        self._now.left += cost
+        self._now.spent = max(0.0, self._now.spent - cost)
 
     def tick(self, now: float) -> None:
         """Close finished periods even when nothing is being spent (an idle agent's demand
         of zero must reach the control plane, or it would keep its share)."""
         self._roll(now)
 
-    def give_back(self, cost: float) -> None:
-        """A call that took units did not go after all."""
-        self.left += cost
-        self.spent = max(0.0, self.spent - cost)
-
-    def used(self, now: float) -> int:
-        """Units spent in the running period (the same question a TokenBucket answers)."""
-        return round(self.spent)
-
-    def drain_reports(self) -> list[tuple[int, float, float]]:
+    def drain_reports(self) -> list[PeriodReport]:
         reports, self.finished = self.finished, []
         return reports
+
+    def _roll(self, now: float) -> None:
+        # A period ends where a lease begins (the control plane's periods win over the
+        # agent's own count), or at its end. A leased period runs on until the next lease
+        # begins when that arrived a little late (its units are no more for it).
+        while any(lease.start <= now for lease in self._next.values()) or (
+            now >= self._now.end and not self._extended(now)
+        ):
+            running = self._now
+            report = PeriodReport(self._number, running.wanted, running.spent, running.lease is not None)
+            self.finished.append(report)
+            del self.finished[:-16]
+            self._now = self._following(running, now)
+
+    def _extended(self, now: float) -> bool:
+        running = self._now
+        if running.lease is None or not self._next:
+            return False
+        return min(lease.start for lease in self._next.values()) < running.end + self.period_secs / 2
+
+    def _following(self, running: _Period, now: float) -> _Period:
+        begun = [p for p, lease in self._next.items() if lease.start <= now]
+        if begun:
+            lease = self._next[max(begun)]
+            for stale in [p for p in self._next if p <= lease.period]:
+                del self._next[stale]
+            self._number = lease.period
+            end = lease.start + self.period_secs
+            return _Period(lease, lease.start, end, lease.units)
+        # no lease has begun: an unleased period, cut short where the next lease begins
+        # (a lease's units are never spent before its start)
+        start = running.end if running.end > now - self.period_secs else now
+        end = start + self.period_secs
+        if self._next:
+            end = min(end, min(lease.start for lease in self._next.values()))
+        if self._number:
+            self._number += round(self.period_secs * 1000)
+        share = self.safe_units() * max(0.0, min(1.0, (end - start) / self.period_secs))
+        return _Period(None, start, max(end, start), share)

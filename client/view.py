@@ -23,6 +23,7 @@ from .breaker import BreakerState, CircuitBreaker
 from .fleet_limits import LeasedBudget
 from .limits import Bulkhead, RetryBudget, TokenBucket
 from .policy import ServicePolicy, default_policy
+from .probes import FleetProbe, GiveBack, ProbePermits
 
 __all__ = ["FleetBreaker", "LocalView", "ServiceState", "Tally"]
 
@@ -50,6 +51,7 @@ class Tally:
         "fallbacks_failed",
         "fallbacks_served",
         "probe_failures",
+        "probe_generation",
         "probe_successes",
         "probes_released",
         "recovery_attempts",
@@ -63,6 +65,8 @@ class Tally:
     def __init__(self) -> None:
         self.successes = self.failures = self.trailing_failures = self.rejected = 0
         self.probe_successes = self.probe_failures = self.probes_released = 0
+        #: The breaker generation the probe counts belong to (0 = not said).
+        self.probe_generation = 0
         self.recovery_attempts = self.recovery_successes = 0
         self.errors_by_type: Counter[str] = Counter()
         self.errors_by_operation: Counter[str] = Counter()
@@ -92,9 +96,10 @@ class Tally:
         self.successes += summary.successes
         self.failures += summary.failures
         self.rejected += summary.rejected
-        self.probe_successes += summary.probe_successes
-        self.probe_failures += summary.probe_failures
-        self.probes_released += summary.probes_released
+        if self.probes_of(summary.probe_generation):
+            self.probe_successes += summary.probe_successes
+            self.probe_failures += summary.probe_failures
+            self.probes_released += summary.probes_released
         self.recovery_attempts += summary.recovery_attempts
         self.recovery_successes += summary.recovery_successes
         self.errors_by_type.update(dict(summary.errors_by_type))
@@ -102,6 +107,22 @@ class Tally:
         self.rejected_by_reason.update(dict(summary.rejected_by_reason))
         self.fallbacks_served += summary.fallbacks_served
         self.fallbacks_failed += summary.fallbacks_failed
+
+    def probes_of(self, generation: int) -> bool:
+        """Make the probe counts those of breaker ``generation``; False when that one is
+        older than what is counted (its probes no longer matter: leave them out)."""
+        if generation == self.probe_generation:
+            return True
+        if generation < self.probe_generation:
+            return False  # the control plane granted a later generation: it moved on
+        self.probe_successes = self.probe_failures = self.probes_released = 0
+        self.probe_generation = generation
+        return True
+
+    def give_back(self, generation: int, count: int) -> None:
+        """Unused probe permits of breaker ``generation`` go back to the fleet."""
+        if count and self.probes_of(generation):
+            self.probes_released += count
 
     def to_proto(self, service: str) -> pb.OutcomeSummary:
         return pb.OutcomeSummary(
@@ -120,6 +141,7 @@ class Tally:
             rejected_by_reason=dict(self.rejected_by_reason),
             fallbacks_served=self.fallbacks_served,
             fallbacks_failed=self.fallbacks_failed,
+            probe_generation=self.probe_generation,
         )
 
 
@@ -179,7 +201,7 @@ class ServiceState:
         #: Fleet-shared limits this agent spends by lease (resource -> budget).
         self.leased: dict[str, LeasedBudget] = {}
         self._lease_budgets(policy, now)
-        self.permits: list[float] = []  # expiry times of fleet probe permits held
+        self.permits = ProbePermits()
         self.local_probes = 0
         self.tally = Tally()
         self.probe_asked_at = -1e9
@@ -234,22 +256,33 @@ class ServiceState:
         if old.fleet != policy.fleet or old.fleet_resources() != policy.fleet_resources():
             self._lease_budgets(policy, now)
 
-    def take_permit(self, now: float) -> bool:
-        """Use one fleet probe permit, if one is held and not expired."""
+    def take_permit(self, now: float) -> FleetProbe | None:
+        """Use one fleet probe permit, if one is held for the breaker's generation and
+        not expired: the probe, to count its outcome for that generation."""
+        fleet = self.fleet
+        if fleet is None:
+            return None
         with self.lock:
-            while self.permits:
-                expiry = self.permits.pop()
-                if expiry > now:
-                    return True
-            return False
+            taken, back = self.permits.take(fleet.generation, now)
+            self.return_permits(back)
+            return FleetProbe(fleet.generation) if taken else None
 
-    def drain(self) -> Tally | None:
-        """The outcomes so far, and a fresh tally for what follows."""
+    def return_permits(self, back: list[GiveBack]) -> None:
+        """Count unused permits as given back in the next outcome batch (lock held)."""
+        for unused in back:
+            self.tally.give_back(unused.generation, unused.count)
+
+    def drain(self, now: float | None = None) -> Tally | None:
+        """The outcomes so far (with permits that lapsed unused), and a fresh tally for
+        what follows (counting probes for the same generation)."""
         with self.lock:
+            if now is not None:
+                self.return_permits(self.permits.lapse(now))
             tally = self.tally
             if tally.empty():
                 return None
             self.tally = Tally()
+            self.tally.probe_generation = tally.probe_generation
             return tally
 
 
@@ -334,7 +367,7 @@ class LocalView:
             if name not in listed and state.fleet is not None:
                 with state.lock:
                     state.fleet = None
-                    state.permits.clear()
+                    state.permits.forget()
 
     def fleet_in_force(self, state: ServiceState, now: float) -> FleetBreaker | None:
         """The fleet breaker state that decides ``state``'s calls now, if any: the last one
@@ -356,9 +389,9 @@ class LocalView:
         )
         previous = state.fleet
         state.fleet = fleet
-        if previous is not None and previous.generation != fleet.generation:
+        if previous is None or previous.generation != fleet.generation:
             with state.lock:
-                state.permits.clear()
+                state.return_permits(state.permits.supersede(fleet.generation))
         if fleet.state in (BreakerState.CLOSED, BreakerState.FORCED_CLOSED, BreakerState.DISABLED):
             # The fleet's verdict supersedes what this agent saw alone.
             with state.lock:
@@ -366,14 +399,17 @@ class LocalView:
                     state.local.force(now, BreakerState.CLOSED, "closed by the fleet")
 
     def grant(self, grant: pb.ProbeGrant) -> None:
+        """Probe permits from the control plane. One for an earlier HALF_OPEN goes back;
+        one for a later generation than this agent knows is kept (on a follower replica
+        the relayed grant can arrive before the breaker's new state)."""
         state = self.get(grant.service)
         fleet = state.fleet
-        if fleet is not None and fleet.generation != grant.generation:
-            return  # for an earlier HALF_OPEN: no longer valid
-        ttl = grant.ttl.ToNanoseconds() / 1e9
-        expiry = self.clock() + ttl
+        now = self.clock()
+        expiry = now + grant.ttl.ToNanoseconds() / 1e9
+        known = fleet.generation if fleet is not None else None
         with state.lock:
-            state.permits.extend([expiry] * max(1, grant.permits))
+            back = state.permits.add(grant.generation, max(1, grant.permits), expiry, known, now)
+            state.return_permits(back)
 
     def apply_lease(self, lease: pb.CapacityLease) -> None:
         state = self.get(lease.service)
@@ -389,7 +425,14 @@ class LocalView:
                 lease.period_length.ToNanoseconds() / 1e9,
                 lease.agents,
                 lease.fleet_units,
+                lease.epoch,
             )
+
+    def give_back_permits(self) -> None:
+        """The agent is closing: its unused probe permits go back with the last batch."""
+        for state in list(self.services.values()):
+            with state.lock:
+                state.return_permits(state.permits.lapse(float("inf")))
 
     def forget_fleet(self) -> None:
         """The control plane is gone: its probe permits end; its breaker states stay in
@@ -397,4 +440,4 @@ class LocalView:
         self.connected = False
         for state in list(self.services.values()):
             with state.lock:
-                state.permits.clear()
+                state.permits.forget()

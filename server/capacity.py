@@ -4,30 +4,52 @@ holder its lease for the next period half a period ahead.
 
 Periods of ``lease_secs`` follow each other without gaps and a lease is valid for exactly
 one period, so over any window of W seconds the fleet admits at most the limit plus one
-period's share — without a network call per request.
+period's share — without a network call per request. What keeps that true when agents
+come and go and leaders change:
+
+* periods are numbered by their start in milliseconds on the wall clock, so every leader
+  cuts time the same way and a new one continues the numbering; leases carry the leader's
+  epoch, and agents only move forward in (epoch, period);
+* the period running now is never leased again, only the ones ahead;
+* an agent without a lease spends its last one (it reports how much). That is kept out of
+  the split for a holder whose stream broke without a goodbye (it may be alive and cut off)
+  until it is back or ``grace`` is over; a holder whose lease shrinks may miss the new one,
+  so what it gives up goes to others a period later; and a new leader, while agents an
+  earlier one counted are not back, splits only what the agents back were spending.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from mission_control.client.fleet_limits import fair_share
+from mission_control.client.policy import ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
-if TYPE_CHECKING:
-    from .control_plane import ControlPlane
-
 _log = logging.getLogger("mission_control.server.capacity")
+
+#: How long an agent that went away without a goodbye (or that a new leader has not heard
+#: from yet) is assumed to be spending its safe share: longer than an agent's reconnect backoff.
+RECONNECT_GRACE_SECS = 10.0
+
+Send = Callable[[str, pb.ConnectResponse], bool]
 
 
 @dataclass
 class _Holder:
     wanted: float = 0.0
     used: float = 0.0
+    agents: int = 1
+    agents_known: int = 0
+    safe_units: float = 0.0
+    sent: float = 0.0  # the last lease sent
+    leased: bool = False  # this leader sent it a lease
+    earlier: int = 0  # agents an earlier leader counted, as reported before this one leased
 
 
 @dataclass
@@ -36,26 +58,56 @@ class _Limit:
     resource: str
     fleet_units: float
     period_secs: float
-    period_start: float
-    period: int = 0
-    allocated: int = -1
+    allocated: int = -1  # the last period index leased out
     holders: dict[str, _Holder] = field(default_factory=dict)
+    #: holder -> (safe units it may be spending, until when): gone without a goodbye
+    absent: dict[str, tuple[float, float]] = field(default_factory=dict)
     leased: float = 0.0
     demanded: float = 0.0
     used: float = 0.0
+    warm: bool = True  # the leader is new: agents may still spend an earlier leader's leases
+    expected: int = 0  # while warm: the most agents any agent back heard of
 
 
 class CapacityLeaser:
-    def __init__(self, plane: ControlPlane, clock: Callable[[], float] = time.monotonic) -> None:
-        self.plane = plane
+    """Leases out every fleet-shared limit.
+
+    Args:
+        policies: the policies in force (which resources are fleet-shared, how much).
+        send: delivers a message to a connected holder; False when it is gone.
+        epoch: the leader's epoch (rises with every new leader).
+        clock: monotonic seconds; wall: epoch seconds (the period grid).
+        leased_before: whether an earlier leader may have leased (agents not back yet may
+            be spending its leases). Without it, only agents that report a lease are
+            evidence of one.
+    """
+
+    def __init__(
+        self,
+        policies: Callable[[], Iterable[ServicePolicy]],
+        send: Send,
+        *,
+        epoch: Callable[[], int] = lambda: 0,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        grace: float = RECONNECT_GRACE_SECS,
+        leased_before: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.policies = policies
+        self.send = send
+        self.epoch = epoch
         self.clock = clock
+        self.wall = wall
+        self.grace = grace
+        self.leased_before = leased_before
         self.limits: dict[tuple[str, str], _Limit] = {}
+        self._epoch: int | None = None
+        self._warm_until = 0.0
 
     def sync_policies(self) -> None:
         """Follow the policies: which resources are fleet-shared, and how much of each."""
-        now = self.clock()
         wanted: dict[tuple[str, str], tuple[float, float]] = {}
-        for policy in self.plane.policies.all():
+        for policy in self.policies():
             if policy.fleet is None:
                 continue
             for resource, (limit, window) in policy.fleet_resources().items():
@@ -66,58 +118,119 @@ class CapacityLeaser:
         for key, (units, period) in wanted.items():
             found = self.limits.get(key)
             if found is None:
-                self.limits[key] = _Limit(key[0], key[1], units, period, now)
+                self.limits[key] = _Limit(key[0], key[1], units, period)
+            elif found.period_secs != period:
+                self.limits[key] = _Limit(key[0], key[1], units, period, holders=found.holders)
             else:
-                found.fleet_units, found.period_secs = units, period
+                found.fleet_units = units
 
     def demand(self, holder: str, demand: pb.CapacityDemand) -> None:
         limit = self.limits.get((demand.service, demand.resource))
         if limit is None:
             return
+        limit.absent.pop(holder, None)
+        if demand.leaving:
+            limit.holders.pop(holder, None)
+            return
         entry = limit.holders.setdefault(holder, _Holder())
-        entry.wanted, entry.used = max(0.0, demand.wanted), max(0.0, demand.used)
+        entry.wanted, entry.used = _finite(demand.wanted), _finite(demand.used)
+        entry.agents = max(1, demand.agents)
+        entry.agents_known = demand.agents_known
+        if not entry.leased:
+            entry.earlier = demand.agents_known
+        entry.safe_units = min(_finite(demand.safe_units), limit.fleet_units)
 
     def forget(self, holder: str) -> None:
+        """The holder's stream ended: it may still spend its safe share (its last lease)
+        for a while."""
         for limit in self.limits.values():
-            limit.holders.pop(holder, None)
+            self._absent(limit, holder)
+
+    def _absent(self, limit: _Limit, holder: str) -> None:
+        entry = limit.holders.pop(holder, None)
+        if entry is not None and max(entry.safe_units, entry.sent) > 0:
+            limit.absent[holder] = (max(entry.safe_units, entry.sent), self.clock() + self.grace)
 
     def tick(self) -> None:
-        now = self.clock()
+        """Lease the next period of every limit once the running one is half over."""
+        now, wall = self.clock(), self.wall()
+        epoch = self.epoch()
+        if epoch != self._epoch:  # leading anew: agents may be spending safe shares
+            self._epoch, self._warm_until = epoch, now + self.grace
+            for limit in self.limits.values():
+                limit.allocated, limit.warm, limit.expected = -1, True, 0
         for limit in list(self.limits.values()):
-            while now >= limit.period_start + limit.period_secs:
-                limit.period += 1
-                limit.period_start += limit.period_secs
-            if limit.allocated < limit.period:  # nothing leased for this period yet
-                self._allocate(limit, limit.period, now)
-            if limit.allocated <= limit.period and now >= limit.period_start + limit.period_secs / 2:
-                self._allocate(limit, limit.period + 1, now)
+            index = math.floor(wall / limit.period_secs)
+            into = wall - index * limit.period_secs
+            if into >= limit.period_secs / 2 and limit.allocated <= index:
+                self._allocate(limit, index + 1, now, wall)
 
-    def _allocate(self, limit: _Limit, period: int, now: float) -> None:
-        limit.allocated = period
+    # -- internals -------------------------------------------------------------
+
+    def _pool(self, limit: _Limit, now: float) -> float:
+        """What may be leased for a period. Every agent without a lease spends its last
+        one, so what agents cut off may spend is kept back; and while a new leader warms
+        up, only what the agents already back were spending is split among them (the
+        others spend the rest of what the last leader leased)."""
+        for holder in [h for h, (_, until) in limit.absent.items() if until <= now]:
+            del limit.absent[holder]
+        absent = sum(units for units, _ in limit.absent.values())
+        if limit.warm:
+            # How many agents shared the limit, as the agents back last heard it: none
+            # heard of any lease (a new fleet), or all of them are back, ends the warm-up.
+            reported = max((e.earlier for e in limit.holders.values()), default=0)
+            limit.expected = expected = max(limit.expected, reported)
+            if not (expected or self.leased_before()):
+                return max(0.0, limit.fleet_units - absent)  # no sign of earlier leases (yet)
+            known = sum(e.agents for e in limit.holders.values() if e.earlier)
+            back = sum(e.safe_units for e in limit.holders.values())
+            everyone = 0 < expected <= known
+            if now >= self._warm_until or everyone or back + absent >= limit.fleet_units - 1e-6:
+                limit.warm = False
+            else:
+                return back
+        return max(0.0, limit.fleet_units - absent)
+
+    def _allocate(self, limit: _Limit, index: int, now: float, wall: float) -> None:
+        limit.allocated = index
         if not limit.holders:
             return
+        pool = self._pool(limit, now)
         demand = {h: e.wanted for h, e in limit.holders.items()}
         limit.demanded = sum(demand.values())
         limit.used = sum(e.used for e in limit.holders.values())
-        shares = fair_share(limit.fleet_units, demand)
+        shares = fair_share(pool, demand)
+        if limit.resource == f"{limit.service}.requests":  # a call takes one whole unit
+            shares = _whole(shares, index)
+        # a holder that misses this lease goes on with its last one: shrinks count in
+        # full for one more period
+        last = {h: max(e.sent, e.safe_units if not e.sent else 0.0) for h, e in limit.holders.items()}
+        shares = _late_shrinks(shares, last, pool)
         limit.leased = sum(shares.values())
-        start = limit.period_start + (period - limit.period) * limit.period_secs
+        # every agent that may be spending: those leased now and those cut off
+        agents = sum(e.agents for e in limit.holders.values()) + len(limit.absent)
+        if limit.warm:
+            agents = max(agents, limit.expected)
+        start = index * limit.period_secs
         gone = []
         for holder, units in shares.items():
             lease = pb.CapacityLease(
                 service=limit.service,
                 resource=limit.resource,
                 units=units,
-                period=period,
-                agents=len(shares),
+                period=round(start * 1000),
+                agents=agents,
                 fleet_units=limit.fleet_units,
+                epoch=self._epoch or 0,
             )
-            lease.starts_in.FromNanoseconds(int(max(0.0, start - now) * 1e9))
+            lease.starts_in.FromNanoseconds(int(max(0.0, start - wall) * 1e9))
             lease.period_length.FromNanoseconds(int(limit.period_secs * 1e9))
-            if not self.plane.hub.send_to_agent(holder, pb.ConnectResponse(lease=lease)):
+            entry = limit.holders[holder]
+            entry.sent, entry.leased = units, True
+            if not self.send(holder, pb.ConnectResponse(lease=lease)):
                 gone.append(holder)
-        for holder in gone:
-            limit.holders.pop(holder, None)
+        for holder in gone:  # no stream: it may be cut off, spending its last lease
+            self._absent(limit, holder)
 
     def usage(self) -> list[pb.FleetLimitUsage]:
         return [
@@ -128,8 +241,43 @@ class CapacityLeaser:
                 leased=limit.leased,
                 demanded=limit.demanded,
                 used=limit.used,
-                agents=len(limit.holders),
+                agents=sum(e.agents for e in limit.holders.values()),
                 period_secs=limit.period_secs,
             )
             for limit in self.limits.values()
         ]
+
+
+def _whole(shares: dict[str, float], turn: int) -> dict[str, float]:
+    """The shares in whole units (a fraction of a call is of no use to anybody): each is
+    rounded down and the units left over go one each to the largest fractions, ties taking
+    turns period by period."""
+    whole = {h: math.floor(units + 1e-9) for h, units in shares.items()}
+    spare = math.floor(sum(shares.values()) + 1e-9) - sum(whole.values())
+
+    def rank(holder: str) -> tuple[float, int]:
+        return -round(shares[holder] - whole[holder], 6), zlib.crc32(f"{holder}/{turn}".encode())
+
+    order = sorted(shares, key=rank)
+    for holder in order[: max(0, spare)]:
+        whole[holder] += 1
+    return {h: float(units) for h, units in whole.items()}
+
+
+def _late_shrinks(shares: dict[str, float], last: dict[str, float], pool: float) -> dict[str, float]:
+    """Shares such that the sum over holders of max(last lease, new lease) stays within
+    ``pool``: a holder that shrinks may not get its new lease in time and spend its last
+    one, so the units it gives up go to others only a period later."""
+    keep = {h: min(units, last.get(h, 0.0)) for h, units in shares.items()}
+    held = sum(max(0.0, last.get(h, 0.0) - units) for h, units in shares.items())
+    grow = {h: units - keep[h] for h, units in shares.items() if units > keep[h]}
+    room = pool - sum(keep.values()) - held
+    wanted = sum(grow.values())
+    if not grow or room >= wanted - 1e-9:
+        return shares
+    scale = max(0.0, room) / wanted
+    return {h: keep[h] + math.floor(grow.get(h, 0.0) * scale + 1e-9) for h in shares}
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) and value > 0 else 0.0

@@ -81,7 +81,7 @@ class ControlPlane:
         #: Set by enable_leadership (replicas on one etcd); None = this one always decides.
         self.leadership: Leadership | None = None
         self.relay: LeaderRelay | None = None
-        self.capacity = CapacityLeaser(self)
+        self.capacity = CapacityLeaser(self.policies.all, self.hub.send_to_agent, epoch=self._leader_epoch)
         self.admission = ServiceAdmission(self.policies, self.breakers)
         self.reports = ReportGate(self.policies.policy_of)
         self.writer = StateWriter(
@@ -129,6 +129,9 @@ class ControlPlane:
         )
         self.relay = LeaderRelay(self.leadership, self.hub, token=token, credentials=credentials)
         self.writer.fence = self.leadership
+
+    def _leader_epoch(self) -> int:
+        return self.leadership.epoch if self.leadership is not None else 0
 
     def _on_leadership(self, leading: bool) -> None:
         if leading:
@@ -326,7 +329,7 @@ class ControlPlane:
 
     def _on_grant(self, agent: str, grant: pb.ProbeGrant) -> None:
         if not self.hub.send_to_agent(agent, pb.ConnectResponse(probe_grant=grant)):
-            asyncio.get_running_loop().call_soon(self.breakers.release_agent, agent)
+            asyncio.get_running_loop().call_soon(lambda: self.breakers.release_agent(agent, unused=True))
 
     # -- snapshot for a new stream ---------------------------------------------
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from google.protobuf import json_format
 from mission_control.client.breaker import BreakerState, CircuitBreaker, Transition
 from mission_control.client.policy import ServicePolicy
+from mission_control.client.probes import ASKING_SECS
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 _log = logging.getLogger("mission_control.server.engine")
@@ -33,9 +34,13 @@ GrantListener = Callable[[str, pb.ProbeGrant], None]
 
 @dataclass
 class _Demand:
-    """Agents that recently wanted to call a service whose breaker is not CLOSED."""
+    """Agents that want to call a service whose breaker is not CLOSED: they asked for a
+    permit or were refused within the last ASKING_SECS (agents ask again every 100 ms while
+    they want to call). Permits go only to them, so none waits with an agent that left off."""
 
     last_seen: dict[str, float] = field(default_factory=dict)
+    #: When each agent was last granted a permit: the longest unserved go first.
+    served: dict[str, float] = field(default_factory=dict)
 
     def note(self, agent: str, now: float) -> None:
         self.last_seen[agent] = now
@@ -43,7 +48,8 @@ class _Demand:
     def recent(self, now: float, horizon: float) -> list[str]:
         for agent in [a for a, t in self.last_seen.items() if now - t > horizon]:
             del self.last_seen[agent]
-        return sorted(self.last_seen, key=self.last_seen.__getitem__, reverse=True)
+            self.served.pop(agent, None)
+        return sorted(self.last_seen, key=lambda a: (self.served.get(a, -1e18), -self.last_seen[a]))
 
 
 class FleetBreakers:
@@ -181,10 +187,13 @@ class FleetBreakers:
         now = self._clock()
         breaker = self.get(summary.service)
         moves: list[Transition | None] = []
-        if summary.probes_released:
+        # Probe counts of another generation belong to a HALF_OPEN that is over: its
+        # permits were cleared with it, and a late give-back must not free a new one.
+        current = summary.probe_generation in (0, breaker.generation)
+        if summary.probes_released and current:
             breaker.release_probes(agent, summary.probes_released)
-        # Probe results count only for permits this agent holds.
-        held = breaker.permits_of(agent)
+        # Probe results count only for permits this agent holds, of this HALF_OPEN.
+        held = breaker.permits_of(agent) if current else 0
         probe_failures = min(summary.probe_failures, held)
         probe_successes = min(summary.probe_successes, held - probe_failures)
         if probe_successes or probe_failures:
@@ -208,28 +217,31 @@ class FleetBreakers:
             return None
         return self._grant(breaker, agent, now)
 
-    def release_agent(self, agent: str) -> None:
-        """An agent went away: its permits return to the pool."""
+    def release_agent(self, agent: str, *, unused: bool = False) -> None:
+        """An agent went away. Its permits return to the pool when it never got them
+        (``unused``); else they lapse with their hold, since a probe it started may still
+        be running (a stream can break while the process lives on)."""
         now = self._clock()
         for breaker in self._breakers.values():
-            if breaker.permits_of(agent):
+            if unused and breaker.permits_of(agent):
                 breaker.release_probes(agent)
                 if breaker.state is BreakerState.HALF_OPEN:
                     self._grant_waiting(breaker.name, now)
         for demand in self._demand.values():
             demand.last_seen.pop(agent, None)
+            demand.served.pop(agent, None)
 
     def tick(self) -> list[Transition]:
         """Time-driven moves (OPEN -> HALF_OPEN) and expiry of unused permits."""
         now = self._clock()
         done = []
         for breaker in list(self._breakers.values()):
-            before = breaker.permits_out(now) if breaker.state is BreakerState.HALF_OPEN else 0
+            expired = breaker.expire_permits(now)
             move = breaker.tick(now)
             if move is not None:
                 self._transitioned(move)
                 done.append(move)
-            elif before and breaker.permits_out(now) < before:
+            elif expired and breaker.state is BreakerState.HALF_OPEN:
                 self._grant_waiting(breaker.name, now)
         return done
 
@@ -281,8 +293,7 @@ class FleetBreakers:
         demand = self._demand.get(service)
         if demand is None:
             return
-        horizon = max(breaker.policy.wait_duration_secs, 30.0) * 2
-        for agent in demand.recent(now, horizon):
+        for agent in demand.recent(now, ASKING_SECS):
             if breaker.permits_of(agent):
                 continue
             if self._grant(breaker, agent, now) is None:
@@ -294,6 +305,9 @@ class FleetBreakers:
         hold = self.probe_ttl + breaker.policy.timeout_secs
         if breaker.acquire_probe(now, agent, hold) == 0:
             return None
+        demand = self._demand.get(breaker.name)
+        if demand is not None:
+            demand.served[agent] = now
         grant = pb.ProbeGrant(service=breaker.name, permits=1, generation=breaker.generation)
         grant.ttl.FromNanoseconds(int(self.probe_ttl * 1e9))
         for listener in list(self.grant_listeners):

@@ -53,6 +53,11 @@ class Leadership:
         self._last_refresh = 0.0
         self._stopped = False
 
+    @property
+    def epoch(self) -> int:
+        """Rises with every new leader: the etcd revision that created this one's key."""
+        return self._create_revision
+
     def guard(self) -> Guard | None:
         """The condition that fences a leader's writes, or None when not leading."""
         if not self.leading:

@@ -65,9 +65,11 @@ class LeaderRelay:
         self._asked: dict[str, None] = {}
         self._waiting: dict[str, collections.deque[str]] = collections.defaultdict(collections.deque)
         self._held: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        #: The breaker generation of the permits held here, per service.
+        self._held_generation: dict[str, int] = {}
         self._wake = asyncio.Event()
-        #: (service, resource) -> agent -> (wanted, used) of its last finished period
-        self._demands: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
+        #: (service, resource) -> agent -> its last demand
+        self._demands: dict[tuple[str, str], dict[str, pb.CapacityDemand]] = {}
         self._demand_dirty = False
         self._epoch = 0
         self._demand_epoch = -1
@@ -79,7 +81,7 @@ class LeaderRelay:
     def add(self, agent_id: str, summary: pb.OutcomeSummary) -> None:
         self._tallies.setdefault(summary.service, Tally()).merge(summary)
         used = summary.probe_successes + summary.probe_failures + summary.probes_released
-        if used:
+        if used and summary.probe_generation in (0, self._held_generation.get(summary.service, 0)):
             held = self._held[summary.service]
             held[agent_id] = max(0, held[agent_id] - used)
         if summary.failures or summary.probe_failures or summary.rejected:
@@ -106,7 +108,10 @@ class LeaderRelay:
 
     def demand(self, agent_id: str, demand: pb.CapacityDemand) -> None:
         per_agent = self._demands.setdefault((demand.service, demand.resource), {})
-        per_agent[agent_id] = (max(0.0, demand.wanted), max(0.0, demand.used))
+        if demand.leaving:
+            per_agent.pop(agent_id, None)
+        else:
+            per_agent[agent_id] = demand
         self._demand_dirty = True
         self._wake.set()
 
@@ -114,10 +119,10 @@ class LeaderRelay:
         for per_agent in self._demands.values():
             if per_agent.pop(agent_id, None) is not None:
                 self._demand_dirty = True
-        for service, held in self._held.items():
-            count = held.pop(agent_id, 0)
-            if count:
-                self._tallies.setdefault(service, Tally()).probes_released += count
+        for held in self._held.values():
+            # not given back: a probe the agent started may still be running; the leader
+            # lets the permits lapse with their hold
+            held.pop(agent_id, None)
         for waiting in self._waiting.values():
             with contextlib.suppress(ValueError):
                 waiting.remove(agent_id)
@@ -215,8 +220,12 @@ class LeaderRelay:
             pb.CapacityDemand(
                 service=service,
                 resource=resource,
-                wanted=sum(w for w, _ in per_agent.values()),
-                used=sum(u for _, u in per_agent.values()),
+                wanted=sum(max(0.0, d.wanted) for d in per_agent.values()),
+                used=sum(max(0.0, d.used) for d in per_agent.values()),
+                agents=len(per_agent),
+                agents_known=max(d.agents_known for d in per_agent.values()),
+                safe_units=sum(max(0.0, d.safe_units) for d in per_agent.values()),
+                leased=all(d.leased for d in per_agent.values()),
             )
             for (service, resource), per_agent in self._demands.items()
             if per_agent
@@ -228,12 +237,11 @@ class LeaderRelay:
     def _share_lease(self, lease: pb.CapacityLease) -> None:
         """The leader leased this replica a part; split it among the agents here."""
         per_agent = self._demands.get((lease.service, lease.resource), {})
-        shares = fair_share(lease.units, {a: w for a, (w, _) in per_agent.items()})
+        shares = fair_share(lease.units, {a: d.wanted for a, d in per_agent.items()})
         for agent_id, units in shares.items():
             mine = pb.CapacityLease()
             mine.CopyFrom(lease)
-            mine.units = units
-            mine.agents = max(1, lease.agents - 1 + len(shares))
+            mine.units = units  # the leader counted this replica's agents in lease.agents
             self.hub.send_to_agent(agent_id, pb.ConnectResponse(lease=mine))
 
     def drain(self) -> list[pb.OutcomeSummary]:
@@ -242,6 +250,9 @@ class LeaderRelay:
         return [t.to_proto(name) for name, t in tallies.items() if not t.empty()]
 
     def _hand_out(self, grant: pb.ProbeGrant) -> None:
+        if grant.generation > self._held_generation.get(grant.service, 0):
+            self._held[grant.service].clear()  # the leader cleared those with their HALF_OPEN
+            self._held_generation[grant.service] = grant.generation
         waiting = self._waiting[grant.service]
         if not waiting:
             del self._waiting[grant.service]
@@ -251,5 +262,5 @@ class LeaderRelay:
                 self._held[grant.service][agent_id] += grant.permits
                 return
         # nobody here wants it any more: give it back to the fleet
-        self._tallies.setdefault(grant.service, Tally()).probes_released += grant.permits
+        self._tallies.setdefault(grant.service, Tally()).give_back(grant.generation, grant.permits)
         self._wake.set()

@@ -97,6 +97,7 @@ class ReportGate:
             probe_successes=summary.probe_successes,
             probe_failures=summary.probe_failures,
             probes_released=summary.probes_released,
+            probe_generation=summary.probe_generation,
         )
         calls = summary.successes + summary.failures
         allowed = calls if trusted else self._take(agent, policy, calls)

@@ -28,11 +28,12 @@ def test_a_budget_spends_its_lease_then_waits_for_the_next_period() -> None:
     assert [budget.take(1, 1.1) for _ in range(3)] == [0.0, 0.0, 0.0]
     wait = budget.take(1, 1.2)
     assert wait == pytest.approx(0.8)  # capacity returns with the next period
-    # no lease for period 2: the safe share, an equal split by the last known agent count
+    # no lease for period 2: the safe share, the last lease (what the fleet last decided)
     assert budget.take(1, 2.1) == 0.0
-    assert budget.left == pytest.approx(50 / 4 - 1)
+    assert budget.left == pytest.approx(3 - 1)
     reports = budget.drain_reports()
-    assert (reports[-1][0], reports[-1][1], reports[-1][2]) == (1, 4, 3)  # wanted 4, used 3
+    assert (reports[-1].period, reports[-1].wanted, reports[-1].used) == (1, 4, 3)  # wanted 4, used 3
+    assert reports[-1].leased and not budget.leased
 
 
 def test_a_late_lease_replaces_the_safe_share_of_the_running_period() -> None:
@@ -40,3 +41,53 @@ def test_a_late_lease_replaces_the_safe_share_of_the_running_period() -> None:
     assert budget.take(2, 0.1) == 0.0  # safe_share set: 5 units at once
     budget.apply(0, 3, start=0.0, period_secs=1.0, agents=2, fleet_units=10)
     assert budget.left == 1  # 3 leased, 2 already used
+
+
+def test_a_new_agent_does_not_believe_it_is_alone() -> None:
+    budget = LeasedBudget(fleet_units=50, period_secs=1.0, safe_share=None, now=0.0)
+    # never leased: it does not know how many share the limit, so it spends nothing...
+    assert all(budget.take(1, t / 10) > 0 for t in range(40))
+    # ...until its first lease; afterwards, without one, its last lease
+    budget.apply(5000, 4, start=5.0, period_secs=1.0, agents=5, fleet_units=50)
+    assert [budget.take(1, 5.5) for _ in range(5)] == [0.0] * 4 + [pytest.approx(0.5)]
+    assert budget.take(1, 6.1) == 0.0 and budget.left == pytest.approx(4 - 1)
+
+
+def test_a_smaller_lease_caps_what_is_left_of_the_safe_share() -> None:
+    budget = LeasedBudget(fleet_units=40, period_secs=1.0, safe_share=None, now=0.0)
+    budget.apply(1000, 20, start=1.0, period_secs=1.0, agents=2, fleet_units=40)
+    assert budget.take(1, 2.6) == 0.0  # no lease for this period: its last one, 20 units
+    budget.apply(3000, 5, start=3.0, period_secs=1.0, agents=8, fleet_units=40)
+    assert budget.left == pytest.approx(5 - 1)  # not 19: eight share the limit now
+
+
+def test_leases_only_move_forward_in_epoch_and_period() -> None:
+    budget = LeasedBudget(fleet_units=50, period_secs=1.0, safe_share=None, now=0.0)
+    budget.apply(1000, 10, start=1.0, period_secs=1.0, agents=5, fleet_units=50, epoch=3)
+    assert budget.take(4, 1.1) == 0.0 and budget.period == 1000
+    # a deposed leader's lease for the next period is ignored
+    budget.apply(2000, 50, start=2.0, period_secs=1.0, agents=1, fleet_units=50, epoch=2)
+    # a new leader's lease for the running period replaces it, less what was spent
+    budget.apply(1000, 6, start=1.0, period_secs=1.0, agents=5, fleet_units=50, epoch=4)
+    assert budget.left == pytest.approx(2)
+    # ... and its numbering goes on where the earlier one's was
+    budget.apply(2000, 7, start=2.0, period_secs=1.0, agents=5, fleet_units=50, epoch=4)
+    assert budget.take(7, 2.1) == 0.0 and budget.take(1, 2.2) > 0
+    budget.apply(1000, 50, start=1.0, period_secs=1.0, agents=5, fleet_units=50, epoch=5)  # over
+    assert budget.period == 2000 and budget.left == 0
+
+
+def test_a_lease_is_never_spent_before_its_period_starts() -> None:
+    budget = LeasedBudget(fleet_units=40, period_secs=1.0, safe_share=None, now=0.0)
+    budget.apply(1000, 10, start=1.0, period_secs=1.0, agents=4, fleet_units=40)
+    assert budget.take(9, 1.0) == 0.0
+    # the next lease starts a little after the agent's own count would end the period
+    # (it arrived late): the running lease runs on until then, with no more units
+    budget.apply(2000, 10, start=2.3, period_secs=1.0, agents=4, fleet_units=40)
+    assert budget.take(1, 2.1) == 0.0 and budget.period == 1000
+    assert budget.take(1, 2.2) > 0
+    assert budget.take(10, 2.3) == 0.0 and budget.period == 2000
+    # a lease far later than that leaves an unleased gap: its last lease, pro rata
+    budget.apply(3000, 10, start=3.9, period_secs=1.0, agents=4, fleet_units=40)
+    budget.take(0, 3.4)
+    assert not budget.leased and budget.left == pytest.approx(10 * 0.6)

@@ -1,74 +1,114 @@
-"""A HALF_OPEN probe permit comes back when the attempt holding it is refused by a
-configuration error, or when a ``classify=`` hook fails or answers nonsense."""
+"""An agent's fleet probe permits: every one runs a probe or goes back (injected clock)."""
 
 from __future__ import annotations
 
-import socket
-import time
-from collections.abc import Callable, Iterator
+import asyncio
 
 import pytest
-from mission_control.client.agent import MissionControl
 from mission_control.client.breaker import BreakerState
-from mission_control.client.errors import ConfigurationError
+from mission_control.client.executor import Executor
+from mission_control.client.probes import ASKING_SECS
+from mission_control.client.view import LocalView
+from mission_control.resilience.v1 import control_plane_pb2 as pb
 
-from tests.interceptors.conftest import policy
-
-PROBING = policy("svc", failure_threshold=1, success_threshold=1, wait_duration_secs=0.05, max_retries=0)
-
-
-def _half_open(mc: MissionControl) -> None:
-    with pytest.raises(ConnectionRefusedError), mc.guard("svc"):
-        raise ConnectionRefusedError("down")
-    end = time.monotonic() + 3
-    while mc.breaker("svc").state is not BreakerState.HALF_OPEN and time.monotonic() < end:
-        time.sleep(0.01)
-    assert mc.breaker("svc").state is BreakerState.HALF_OPEN
+SERVICE = "dep"
+TTL = 5.0
 
 
-@pytest.fixture
-def unreachable_plane() -> Iterator[MissionControl]:
-    """An agent with a control plane that never answers: costs are checked at each call."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mc = MissionControl("a", control_plane=f"127.0.0.1:{port}", config={"svc": PROBING}).start()
-    yield mc
-    mc.close()
+class Clock:
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-def test_a_cost_in_an_unknown_resource_hands_the_probe_back(unreachable_plane: MissionControl) -> None:
-    mc = unreachable_plane
-    _half_open(mc)
-
-    @mc.guard("svc", cost={"typo_tokens": 1})
-    def typo() -> str:
-        return "never"
-
-    with pytest.raises(ConfigurationError):
-        typo()
-    assert mc.view.get("svc").local.permits_of("local") == 0
-    assert mc.guard("svc")(lambda: "ok")() == "ok"  # the healthy call gets the probe
-    assert mc.breaker("svc").state is BreakerState.CLOSED
+def breaker(state: BreakerState, generation: int) -> pb.Breaker:
+    return pb.Breaker(name=SERVICE, state=int(state), generation=generation)
 
 
-@pytest.mark.parametrize("hook", [lambda exc: "bogus", lambda exc: 1 / 0], ids=["nonsense", "raises"])
-@pytest.mark.parametrize("how", ["with", "decorator"])
-def test_a_failing_classify_hook_counts_as_neither(hook: Callable[[BaseException], str], how: str) -> None:
-    mc = MissionControl("a", config={"svc": PROBING})
-    _half_open(mc)
-    guard = mc.guard("svc", classify=hook)
-    with pytest.raises(ConnectionResetError):  # the caller's exception, unchanged
-        if how == "with":
-            with guard:
-                raise ConnectionResetError("reset")
-        else:
-            guard(_reset)()
-    state = mc.view.get("svc")
-    assert (state.local.permits_of("local"), state.bulkhead.in_flight) == (0, 0)
-    assert mc.breaker("svc").state is BreakerState.HALF_OPEN
-    assert (state.tally.successes, state.tally.failures) == (0, 1)
+def grant(generation: int) -> pb.ProbeGrant:
+    message = pb.ProbeGrant(service=SERVICE, permits=1, generation=generation)
+    message.ttl.FromNanoseconds(int(TTL * 1e9))
+    return message
 
 
-def _reset() -> None:
-    raise ConnectionResetError("reset")
+def view_at(state: BreakerState, generation: int) -> tuple[LocalView, Clock]:
+    clock = Clock()
+    view = LocalView(clock=clock)
+    view.connected = True
+    view.set_breaker(breaker(state, generation))
+    return view, clock
+
+
+def given_back(view: LocalView, clock: Clock) -> tuple[int, int]:
+    tally = view.get(SERVICE).drain(clock())
+    return (tally.probes_released, tally.probe_generation) if tally is not None else (0, 0)
+
+
+def test_a_grant_that_arrives_before_the_state_push_is_kept_and_used() -> None:
+    view, clock = view_at(BreakerState.OPEN, 7)
+    view.grant(grant(8))  # relayed by a follower ahead of the HALF_OPEN push
+    assert given_back(view, clock) == (0, 0)
+    view.set_breaker(breaker(BreakerState.HALF_OPEN, 8))
+    assert view.get(SERVICE).take_permit(clock())
+
+
+def test_a_grant_for_an_earlier_half_open_goes_back() -> None:
+    view, clock = view_at(BreakerState.HALF_OPEN, 9)
+    view.grant(grant(8))
+    assert given_back(view, clock) == (1, 8)
+    assert not view.get(SERVICE).take_permit(clock())
+
+
+def test_permits_of_a_half_open_that_ended_go_back() -> None:
+    view, clock = view_at(BreakerState.HALF_OPEN, 3)
+    view.grant(grant(3))
+    view.set_breaker(breaker(BreakerState.OPEN, 4))
+    assert given_back(view, clock) == (1, 3)
+
+
+def test_an_unused_permit_goes_back_once_the_agent_stops_calling() -> None:
+    view, clock = view_at(BreakerState.HALF_OPEN, 3)
+    view.grant(grant(3))
+    clock.now += ASKING_SECS / 2
+    assert given_back(view, clock) == (0, 0)  # it may still call
+    clock.now += ASKING_SECS
+    assert given_back(view, clock) == (1, 3)
+
+
+def test_a_permit_never_outlives_its_ttl() -> None:
+    view, clock = view_at(BreakerState.HALF_OPEN, 3)
+    state = view.get(SERVICE)
+    view.grant(grant(3))
+    while clock.now < 50.0 + TTL:  # the agent keeps wanting to call, but cannot use it yet
+        with state.lock:
+            state.permits.want(clock.now)
+        clock.now += 0.25
+    assert not state.take_permit(clock())
+    assert given_back(view, clock) == (1, 3)
+
+
+async def test_a_cancelled_async_probe_gives_its_permit_back() -> None:
+    view, clock = view_at(BreakerState.HALF_OPEN, 5)
+    view.grant(grant(5))
+    executor = Executor(view)
+    started = asyncio.Event()
+
+    async def hangs(_: float) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    task = asyncio.create_task(executor.run_async(SERVICE, hangs))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert given_back(view, clock) == (1, 5)
+
+
+def test_a_closing_agent_gives_its_unused_permits_back() -> None:
+    view, clock = view_at(BreakerState.HALF_OPEN, 4)
+    view.grant(grant(4))
+    view.give_back_permits()
+    assert given_back(view, clock) == (1, 4)

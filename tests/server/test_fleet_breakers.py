@@ -13,6 +13,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.app import RunningControlPlane
+from mission_control.server.engine import PROBE_TTL_SECS
 
 from tests.support.agents import RawAgent
 
@@ -94,7 +95,7 @@ async def test_a_permit_of_a_departed_agent_goes_to_another(
     control_plane: RunningControlPlane,
 ) -> None:
     quick = policy_pb2.ServicePolicy(
-        service="storage", failure_threshold=1, success_threshold=1, wait_duration_secs=0.3
+        service="storage", failure_threshold=1, success_threshold=1, wait_duration_secs=0.3, timeout_secs=0.5
     )
     await put_policy(control_plane, quick)
     addr = address(control_plane)
@@ -107,9 +108,18 @@ async def test_a_permit_of_a_departed_agent_goes_to_another(
             await b.ask_probe("storage")
             await asyncio.sleep(0.2)
             assert b.grants == []
-        # A left holding the only permit: it returns to the pool, B gets it
-        await b.ask_probe("storage")
-        await b.wait_for(lambda: len(b.grants) == 1)
+        # A left holding the only permit. A probe it started may still be running (a
+        # stream can break while the process lives on), so the permit returns to the pool
+        # when its hold (probe TTL + call timeout) lapses, and B, still asking, gets it.
+        await asyncio.sleep(0.2)
+        assert b.grants == []
+        hold = PROBE_TTL_SECS + quick.timeout_secs
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + hold + 10
+        while not b.grants:
+            assert loop.time() < deadline, "the permit never came back"
+            await b.ask_probe("storage")
+            await asyncio.sleep(0.2)
 
 
 async def test_admin_reads(control_plane: RunningControlPlane) -> None:

@@ -119,32 +119,46 @@ def test_agents_joining_leaving_and_a_control_plane_outage(
     plane2, _ = control_plane(etcd_server.endpoint, prefix, *listen)
     spawned.append(plane2)
     restarted = time.time()
+
+    # after the restart the agents are leased again: the five callers and the five idle
+    # ones that left off calling but stay connected
+    def leased() -> bool:
+        usage = stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=5).statistics.fleet_limits
+        return bool(usage) and usage[0].agents >= 10 and usage[0].leased > 0
+
+    deadline = time.monotonic() + 20
+    while not leased():
+        assert time.monotonic() < deadline, "no leases after the restart"
+        time.sleep(0.1)
     early = first.ask("noop", timeout=60)
+    first.send("run 4")  # ... and call on under the new control plane's leases
+    resumed = time.time()
+    after = first.ask("noop", timeout=60)
     a_times = early["admitted"]
     b_times = late["admitted"]
-    every = [t for times in [*a_times.values(), *b_times.values()] for t in times]
-    # never more than the limit plus one period's worth, in any window, through all of it
+    every = [
+        t for times in [*a_times.values(), *b_times.values(), *after["admitted"].values()] for t in times
+    ]
+    # what the agents admitted: never more than the limit plus one period's worth, in any
+    # window, through all of it
     assert worst_window(every, WINDOW) <= LIMIT + GRANULARITY, worst_window(every, WINDOW)
     per_second = LIMIT / WINDOW
     # five agents alone share the whole limit; ten share it; five again after the others left
     alone = [rate_between(t, began + 1.5, joined) for t in a_times.values()]
     shared = [rate_between(t, joined + 2.0, left) for t in [*a_times.values(), *b_times.values()]]
     again = [rate_between(t, left + 1.5, killed) for t in a_times.values()]
-    assert all(r >= 0.6 * per_second / 5 for r in alone), alone
-    assert all(r >= 0.6 * per_second / 10 for r in shared), shared
-    assert all(r <= 1.2 * per_second / 5 for r in shared), shared  # nobody kept the old share
-    assert all(r >= 0.6 * per_second / 5 for r in again), again
+    assert all(r >= 0.6 * per_second / 5 for r in alone), ("alone", alone)
+    assert all(r >= 0.6 * per_second / 10 for r in shared), ("shared", shared)
+    assert all(r <= 1.2 * per_second / 5 for r in shared), ("shared", shared)  # nobody kept the old share
+    assert all(r >= 0.6 * per_second / 5 for r in again), ("again", again)
     # while the control plane is gone: at most the safe share (1/5 each), never unlimited
-    outage = [rate_between(t, killed + PERIOD * 2, restarted) for t in a_times.values()]
-    assert all(0 < r <= 1.2 * per_second / 5 for r in outage), outage
-
-    # after the restart the agents are leased again
-    def leased() -> bool:
-        usage = stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=5).statistics.fleet_limits
-        # the five callers (and the five idle ones that left off calling but stay connected)
-        return bool(usage) and usage[0].agents >= 5 and usage[0].leased > 0
-
-    deadline = time.monotonic() + 20
-    while not leased():
-        assert time.monotonic() < deadline, "no leases after the restart"
-        time.sleep(0.1)
+    outage = [rate_between(t, killed + PERIOD * 2, min(restarted, began + 14)) for t in a_times.values()]
+    assert all(0 < r <= 1.2 * per_second / 5 for r in outage), ("outage", outage)
+    # under the restarted control plane the calls run under its leases, split fairly again
+    # from the next period on
+    steady = resumed + 2 * PERIOD
+    for agent, times in after["admitted"].items():
+        counted = [t for t in times if t >= steady]
+        under = [t for t in after["leased"][agent] if t >= steady]
+        assert len(under) >= 0.9 * len(counted), (agent, len(under), len(counted))
+        assert rate_between(times, steady, resumed + 4) >= 0.6 * per_second / 5, agent

@@ -3,8 +3,8 @@ rate and records when its calls were admitted.
 
     python -m tests.support.quota_proc CONTROL_PLANE SERVICE TAG RATE[,RATE...]
 
-Commands: ``run SECONDS`` answers {"admitted": {agent: [wall times]}, "attempted": {...}};
-``quit``.
+Commands: ``run SECONDS`` answers {"admitted": {agent: [wall times]}, "leased": {agent:
+[wall times of the calls admitted under a lease]}, "attempted": {...}}; ``quit``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def main() -> None:
         if words and words[0] == "run":
             seconds = float(words[1])
             admitted: dict[str, list[float]] = {}
+            under_lease: dict[str, list[float]] = {}
             attempted: dict[str, int] = {}
 
             def drive(
@@ -38,13 +39,16 @@ def main() -> None:
                 rate: float,
                 seconds: float = seconds,
                 admitted: dict[str, list[float]] = admitted,
+                under_lease: dict[str, list[float]] = under_lease,
                 attempted: dict[str, int] = attempted,
             ) -> None:
                 @mc.guard(service)
                 def call() -> None:
                     return None
 
+                budget = mc.view.get(service).leased[f"{service}.requests"]
                 times: list[float] = []
+                leased: list[float] = []
                 tries = 0
                 end = time.monotonic() + seconds
                 next_at = time.monotonic()
@@ -53,11 +57,14 @@ def main() -> None:
                     try:
                         call()
                         times.append(time.time())
+                        if budget.leased:
+                            leased.append(times[-1])
                     except ResourceExhausted:
                         pass
                     next_at += 1.0 / rate
                     time.sleep(max(0.0, next_at - time.monotonic()))
                 admitted[mc.agent] = times
+                under_lease[mc.agent] = leased
                 attempted[mc.agent] = tries
 
             threads = [threading.Thread(target=drive, args=pair) for pair in agents]
@@ -65,7 +72,9 @@ def main() -> None:
                 t.start()
             for t in threads:
                 t.join()
-            print(json.dumps({"admitted": admitted, "attempted": attempted}), flush=True)
+            print(
+                json.dumps({"admitted": admitted, "leased": under_lease, "attempted": attempted}), flush=True
+            )
         elif words and words[0] == "quit":
             break
     for mc, _ in agents:

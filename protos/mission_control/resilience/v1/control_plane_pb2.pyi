@@ -200,6 +200,7 @@ class OutcomeSummary(_message.Message):
     RECOVERY_SUCCESSES_FIELD_NUMBER: _builtins.int
     PROBES_RELEASED_FIELD_NUMBER: _builtins.int
     ERRORS_BY_OPERATION_FIELD_NUMBER: _builtins.int
+    PROBE_GENERATION_FIELD_NUMBER: _builtins.int
     REJECTED_BY_REASON_FIELD_NUMBER: _builtins.int
     FALLBACKS_SERVED_FIELD_NUMBER: _builtins.int
     FALLBACKS_FAILED_FIELD_NUMBER: _builtins.int
@@ -218,6 +219,10 @@ class OutcomeSummary(_message.Message):
     """...and of those, the ones that finally succeeded."""
     probes_released: _builtins.int
     """Probe permits the agent gives back unused."""
+    probe_generation: _builtins.int
+    """The breaker generation (HALF_OPEN) that probe_successes, probe_failures and
+    probes_released belong to; 0 = not said (taken as the current one).
+    """
     fallbacks_served: _builtins.int
     """Calls of this service that a fallback service served, and fallback attempts for
     its calls that failed too.
@@ -252,13 +257,14 @@ class OutcomeSummary(_message.Message):
         recovery_successes: _builtins.int = ...,
         probes_released: _builtins.int = ...,
         errors_by_operation: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        probe_generation: _builtins.int = ...,
         rejected_by_reason: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         fallbacks_served: _builtins.int = ...,
         fallbacks_failed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors_by_operation", b"errors_by_operation", "errors_by_type", b"errors_by_type", "failures", b"failures", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "probe_failures", b"probe_failures", "probe_successes", b"probe_successes", "probes_released", b"probes_released", "recovery_attempts", b"recovery_attempts", "recovery_successes", b"recovery_successes", "rejected", b"rejected", "rejected_by_reason", b"rejected_by_reason", "service", b"service", "successes", b"successes", "trailing_failures", b"trailing_failures"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors_by_operation", b"errors_by_operation", "errors_by_type", b"errors_by_type", "failures", b"failures", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "probe_failures", b"probe_failures", "probe_generation", b"probe_generation", "probe_successes", b"probe_successes", "probes_released", b"probes_released", "recovery_attempts", b"recovery_attempts", "recovery_successes", b"recovery_successes", "rejected", b"rejected", "rejected_by_reason", b"rejected_by_reason", "service", b"service", "successes", b"successes", "trailing_failures", b"trailing_failures"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -377,6 +383,11 @@ class CapacityDemand(_message.Message):
     WANTED_FIELD_NUMBER: _builtins.int
     PERIOD_FIELD_NUMBER: _builtins.int
     USED_FIELD_NUMBER: _builtins.int
+    LEASED_FIELD_NUMBER: _builtins.int
+    AGENTS_KNOWN_FIELD_NUMBER: _builtins.int
+    SAFE_UNITS_FIELD_NUMBER: _builtins.int
+    LEAVING_FIELD_NUMBER: _builtins.int
+    AGENTS_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     resource: _builtins.str
     """"<service>.requests" for the rate limit, else the quota's name."""
@@ -384,6 +395,18 @@ class CapacityDemand(_message.Message):
     period: _builtins.int
     used: _builtins.float
     """Units actually spent in that period."""
+    leased: _builtins.bool
+    """Whether that period ran under a lease (else the agent spent its safe share)."""
+    agents_known: _builtins.int
+    """The number of agents sharing the limit that the agent last learned from a lease
+    (0 = never leased), and the units it spends in a period without a lease: a new leader
+    reserves them for the agents that have not reconnected yet.
+    """
+    safe_units: _builtins.float
+    leaving: _builtins.bool
+    """The agent is closing its stream: nothing need be reserved for it any more."""
+    agents: _builtins.int
+    """How many agents this demand speaks for (a follower replica sums its agents'); 0 = 1."""
     def __init__(
         self,
         *,
@@ -392,10 +415,15 @@ class CapacityDemand(_message.Message):
         wanted: _builtins.float = ...,
         period: _builtins.int = ...,
         used: _builtins.float = ...,
+        leased: _builtins.bool = ...,
+        agents_known: _builtins.int = ...,
+        safe_units: _builtins.float = ...,
+        leaving: _builtins.bool = ...,
+        agents: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["period", b"period", "resource", b"resource", "service", b"service", "used", b"used", "wanted", b"wanted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "agents_known", b"agents_known", "leased", b"leased", "leaving", b"leaving", "period", b"period", "resource", b"resource", "safe_units", b"safe_units", "service", b"service", "used", b"used", "wanted", b"wanted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -605,15 +633,22 @@ class CapacityLease(_message.Message):
     PERIOD_LENGTH_FIELD_NUMBER: _builtins.int
     AGENTS_FIELD_NUMBER: _builtins.int
     FLEET_UNITS_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     resource: _builtins.str
     units: _builtins.float
     """Units (calls, or weighted cost) the agent may spend in the period."""
     period: _builtins.int
-    """The period counter; periods follow each other without gaps."""
+    """The period: its start in milliseconds on the leaders' common clock, so periods
+    follow each other without gaps and a new leader continues the numbering.
+    """
     agents: _builtins.int
     """Agents sharing the limit, and the fleet's units per period (for the safe fallback)."""
     fleet_units: _builtins.float
+    epoch: _builtins.int
+    """The leader's epoch (rises with every new leader): agents only move forward in
+    (epoch, period) and ignore leases of an earlier epoch.
+    """
     @_builtins.property
     def starts_in(self) -> _duration_pb2.Duration:
         """The period starts this long after the message was sent, and lasts period_length."""
@@ -631,10 +666,11 @@ class CapacityLease(_message.Message):
         period_length: _duration_pb2.Duration | None = ...,
         agents: _builtins.int = ...,
         fleet_units: _builtins.float = ...,
+        epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["period_length", b"period_length", "starts_in", b"starts_in"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "fleet_units", b"fleet_units", "period", b"period", "period_length", b"period_length", "resource", b"resource", "service", b"service", "starts_in", b"starts_in", "units", b"units"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "epoch", b"epoch", "fleet_units", b"fleet_units", "period", b"period", "period_length", b"period_length", "resource", b"resource", "service", b"service", "starts_in", b"starts_in", "units", b"units"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,108 @@
+"""The fleet probe permits one agent holds for one HALF_OPEN breaker.
+
+The control plane lets the whole fleet send at most ``success_threshold`` probe calls at
+once, so a permit this agent does not use is a probe no other agent may send. Every
+permit therefore either runs a probe or goes back: when it expires, when the agent stopped
+wanting to call the service, and when it belongs to a breaker generation that is not (or
+no longer) the one in force. Give-backs name the generation they belong to, so a late one
+never frees a permit of a later HALF_OPEN.
+
+Pure logic with an injected ``now``; the caller holds the service's lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ASKING_SECS", "FleetProbe", "GiveBack", "ProbePermits"]
+
+#: An agent that has not wanted to call a HALF_OPEN service for this long gives its
+#: unused permits back (agents ask again every 100 ms while they want to call).
+ASKING_SECS = 1.0
+
+
+class FleetProbe(str):
+    """The probe kind "fleet", with the breaker generation of the permit it runs under
+    (its outcome counts for that HALF_OPEN only)."""
+
+    generation: int
+
+    def __new__(cls, generation: int) -> FleetProbe:
+        probe = super().__new__(cls, "fleet")
+        probe.generation = generation
+        return probe
+
+
+@dataclass(frozen=True, slots=True)
+class GiveBack:
+    """Unused permits to return to the control plane."""
+
+    generation: int
+    count: int
+
+
+class ProbePermits:
+    """Expiry times of the permits held, all of one breaker generation."""
+
+    __slots__ = ("expiries", "generation", "wanted_at")
+
+    def __init__(self) -> None:
+        self.expiries: list[float] = []
+        self.generation = 0
+        self.wanted_at = -1e18
+
+    def __len__(self) -> int:
+        return len(self.expiries)
+
+    def want(self, now: float) -> None:
+        """The agent wants to call the service now (it asked for, or looked for, a permit)."""
+        self.wanted_at = now
+
+    def add(
+        self, generation: int, count: int, expiry: float, known: int | None, now: float
+    ) -> list[GiveBack]:
+        """Permits granted for ``generation``; ``known`` is the breaker generation this
+        agent was last told (None = none yet). Returns what goes straight back."""
+        if known is not None and generation < known:
+            return [GiveBack(generation, count)]  # for a HALF_OPEN already over
+        if self.expiries and generation < self.generation:
+            return [GiveBack(generation, count)]
+        back = self.supersede(generation)
+        self.generation = generation
+        self.expiries.extend([expiry] * count)
+        # a grant may arrive before the agent's next call: it has ASKING_SECS to use it
+        self.wanted_at = max(self.wanted_at, now)
+        return back
+
+    def take(self, generation: int, now: float) -> tuple[bool, list[GiveBack]]:
+        """Use one permit for a probe of ``generation``, if one is held and valid."""
+        self.want(now)
+        back = self.supersede(generation)
+        back += self.lapse(now)
+        if self.expiries and self.generation == generation:
+            self.expiries.pop()
+            return True, back
+        return False, back
+
+    def lapse(self, now: float) -> list[GiveBack]:
+        """Permits that expired, or all of them when the agent stopped wanting to call."""
+        if not self.expiries:
+            return []
+        if now - self.wanted_at > ASKING_SECS:
+            count, self.expiries = len(self.expiries), []
+        else:
+            kept = [t for t in self.expiries if t > now]
+            count, self.expiries = len(self.expiries) - len(kept), kept
+        return [GiveBack(self.generation, count)] if count else []
+
+    def supersede(self, generation: int) -> list[GiveBack]:
+        """The breaker is at ``generation`` now: permits of an earlier one go back (a
+        grant for a later one may arrive before the breaker's new state does)."""
+        if not self.expiries or generation <= self.generation:
+            return []
+        count, self.expiries = len(self.expiries), []
+        return [GiveBack(self.generation, count)]
+
+    def forget(self) -> None:
+        """The stream is gone: the control plane frees this agent's permits itself."""
+        self.expiries = []

@@ -1,0 +1,142 @@
+"""The leader's leases of a fleet limit, on an injected clock (I4)."""
+
+from __future__ import annotations
+
+import pytest
+from mission_control.client.policy import FleetLimits, default_policy
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.server.capacity import CapacityLeaser
+
+POLICY = default_policy(
+    "shared",
+    rate_limit_requests=200,
+    rate_limit_window_secs=2.0,
+    fleet=FleetLimits(rate_limit=True, lease_secs=0.5),
+)
+UNITS = 50.0  # 200 per 2 s, leased per 0.5 s
+RESOURCE = "shared.requests"
+GRACE = 10.0
+
+
+class Leader:
+    """A leaser on a clock of its own; what it sends is kept per holder."""
+
+    def __init__(self, now: float, epoch: int = 1) -> None:
+        self.now = now
+        self.sent: dict[str, list[pb.CapacityLease]] = {}
+        self.gone: set[str] = set()
+        self.leaser = CapacityLeaser(
+            lambda: [POLICY],
+            self._send,
+            epoch=lambda: epoch,
+            clock=lambda: self.now,
+            wall=lambda: self.now,
+            grace=GRACE,
+        )
+        self.leaser.sync_policies()
+
+    def _send(self, holder: str, message: pb.ConnectResponse) -> bool:
+        self.sent.setdefault(holder, []).append(message.lease)
+        return holder not in self.gone
+
+    def report(self, holder: str, wanted: float = 100.0, **fields: object) -> None:
+        demand = pb.CapacityDemand(service="shared", resource=RESOURCE, wanted=wanted, agents=1, **fields)  # type: ignore[arg-type]
+        self.leaser.demand(holder, demand)
+
+    def run(self, until: float) -> None:
+        while self.now < until:
+            self.now = round(self.now + 0.01, 6)
+            self.leaser.tick()
+
+    def leased(self, period: int) -> float:
+        return sum(lease.units for leases in self.sent.values() for lease in leases if lease.period == period)
+
+
+def test_periods_are_numbered_by_the_clock_and_only_those_ahead_are_leased() -> None:
+    first = Leader(1000.3)
+    first.report("a")
+    first.run(1001.0)
+    periods = sorted({lease.period for lease in first.sent["a"]})
+    assert periods == [1000500, 1001000]  # not 1000000: that period was running
+    assert all(first.leased(p) <= UNITS + 1e-9 for p in periods)
+    # a new leader, after a restart, goes on with the same numbering
+    second = Leader(1003.2, epoch=2)
+    second.report("a", agents_known=1, safe_units=UNITS)
+    second.run(1003.8)
+    assert [lease.period for lease in second.sent["a"]] == [1003500, 1004000]
+    assert all(lease.epoch == 2 for lease in second.sent["a"])
+
+
+def test_a_new_leader_keeps_back_what_agents_not_yet_back_may_spend() -> None:
+    leader = Leader(2000.0)
+    # two of five agents the last leader leased are back; three still spend 10 each
+    for holder in ("a", "b"):
+        leader.report(holder, agents_known=5, safe_units=UNITS / 5)
+    leader.run(2000.6)
+    assert leader.leased(2000500) == pytest.approx(UNITS - 3 * UNITS / 5)
+    for holder in ("c", "d", "e"):
+        leader.report(holder, agents_known=5, safe_units=UNITS / 5)
+    leader.run(2001.1)
+    assert leader.leased(2001000) == pytest.approx(UNITS)
+
+
+def test_the_warm_up_ends_after_the_grace() -> None:
+    leader = Leader(3000.0)
+    leader.report("a", agents_known=5, safe_units=UNITS / 5)
+    leader.run(3000.6)
+    assert leader.leased(3000500) == pytest.approx(UNITS / 5)
+    leader.run(3000.0 + GRACE + 0.6)
+    assert leader.leased(3000000 + round(GRACE * 1000) + 500) == pytest.approx(UNITS)
+
+
+def test_an_agent_cut_off_keeps_its_safe_share_until_the_grace_is_over() -> None:
+    leader = Leader(4000.0)
+    leader.run(4000.0 + GRACE)  # warmed up
+    for holder in ("a", "b"):
+        leader.report(holder, agents_known=2, safe_units=UNITS / 2)
+    leader.run(4010.6)
+    assert leader.leased(4010500) == pytest.approx(UNITS)
+    leader.leaser.forget("b")  # its stream broke: it may be alive, spending 25 a period
+    leader.run(4011.1)
+    assert leader.leased(4011000) == pytest.approx(UNITS / 2)
+    leader.run(4010.6 + GRACE + 0.5)
+    assert leader.leased(4021000) == pytest.approx(UNITS)
+
+
+def test_an_agent_that_says_goodbye_frees_its_share_at_once() -> None:
+    leader = Leader(5000.0)
+    leader.run(5000.0 + GRACE)
+    for holder in ("a", "b"):
+        leader.report(holder, agents_known=2, safe_units=UNITS / 2)
+    leader.report("b", leaving=True)
+    leader.leaser.forget("b")
+    leader.run(5010.6)
+    assert leader.leased(5010500) == pytest.approx(UNITS)
+    assert [lease.agents for lease in leader.sent["a"]] == [1]
+
+
+def test_what_a_shrinking_holder_gives_up_goes_to_others_a_period_later() -> None:
+    leader = Leader(6000.0)
+    leader.report("a", wanted=40)
+    leader.report("b", wanted=10)
+    leader.run(6000.6)
+    assert leader.sent["a"][-1].units == 40 and leader.sent["b"][-1].units == 10
+    leader.report("a", wanted=10)  # a wants less now, b more
+    leader.report("b", wanted=40)
+    leader.run(6001.1)
+    # a may not get its new lease in time and spend its 40: b cannot have the 30 yet
+    assert leader.sent["a"][-1].units == 10 and leader.sent["b"][-1].units == 10
+    leader.run(6001.6)
+    assert leader.sent["b"][-1].units == 40
+
+
+def test_a_new_leaders_own_leases_do_not_end_its_warm_up() -> None:
+    leader = Leader(7000.0, epoch=2)
+    leader.report("a", agents_known=4, safe_units=UNITS / 4)
+    leader.run(7000.6)
+    # a now hears this leader's count; the three others an earlier leader counted are
+    # still out there, spending their last leases
+    leader.report("a", agents_known=leader.sent["a"][-1].agents, safe_units=UNITS / 4)
+    leader.run(7001.6)
+    assert all(lease.units <= UNITS / 4 for lease in leader.sent["a"])
+    assert leader.sent["a"][-1].agents == 4

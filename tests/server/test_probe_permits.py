@@ -1,0 +1,139 @@
+"""HALF_OPEN probe permits for the fleet, decided by the engine on an injected clock (I3)."""
+
+from __future__ import annotations
+
+from mission_control.client.breaker import BreakerState
+from mission_control.client.policy import default_policy
+from mission_control.client.probes import ASKING_SECS
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.server.engine import FleetBreakers
+
+SERVICE = "dep"
+POLICY = default_policy(
+    SERVICE, failure_threshold=2, success_threshold=2, wait_duration_secs=10, timeout_secs=3
+)
+TTL = 5.0
+HOLD = TTL + POLICY.timeout_secs  # the engine holds an unused permit this long
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def engine() -> tuple[FleetBreakers, Clock, list[tuple[str, int]]]:
+    clock = Clock()
+    fleet = FleetBreakers(lambda _: POLICY, clock=clock, wall=lambda: 1e9, probe_ttl=TTL)
+    grants: list[tuple[str, int]] = []
+    fleet.grant_listeners.append(lambda agent, grant: grants.append((agent, grant.generation)))
+    return fleet, clock, grants
+
+
+def half_open(fleet: FleetBreakers, clock: Clock) -> None:
+    fleet.record("a", pb.OutcomeSummary(service=SERVICE, failures=2, trailing_failures=2))
+    clock.now += POLICY.wait_duration_secs
+    fleet.tick()
+    assert fleet.get(SERVICE).state is BreakerState.HALF_OPEN
+
+
+def summary(generation: int, **counts: int) -> pb.OutcomeSummary:
+    return pb.OutcomeSummary(service=SERVICE, probe_generation=generation, **counts)
+
+
+def test_an_expired_permit_goes_to_an_agent_still_asking() -> None:
+    fleet, clock, grants = engine()
+    half_open(fleet, clock)
+    assert fleet.request_probe("a", SERVICE) is not None
+    assert fleet.request_probe("b", SERVICE) is not None
+    assert fleet.request_probe("c", SERVICE) is None  # success_threshold (2) are out
+    # a and b vanish without a word; c keeps asking
+    while clock.now < 200.0 and not any(agent == "c" for agent, _ in grants):
+        clock.now += 0.1
+        fleet.request_probe("c", SERVICE)
+        fleet.tick()
+    granted_at = clock.now
+    assert any(agent == "c" for agent, _ in grants)
+    assert granted_at <= 100.0 + POLICY.wait_duration_secs + HOLD + 0.2
+    assert fleet.get(SERVICE).permits_out(clock.now) <= POLICY.success_threshold
+
+
+def test_the_re_grant_runs_from_the_tick_alone() -> None:
+    fleet, clock, grants = engine()
+    half_open(fleet, clock)
+    fleet.request_probe("a", SERVICE)
+    fleet.request_probe("b", SERVICE)
+    clock.now += HOLD - ASKING_SECS / 2
+    assert fleet.request_probe("c", SERVICE) is None  # both permits are still out
+    grants.clear()
+    clock.now += ASKING_SECS / 4
+    fleet.tick()
+    assert grants == []
+    # c is still asking when a's and b's permits lapse: nothing but the tick notices
+    clock.now += ASKING_SECS / 4 + 0.01
+    fleet.tick()
+    assert [agent for agent, _ in grants] == ["c"]
+
+
+def test_permits_go_only_to_agents_asking_now() -> None:
+    fleet, clock, grants = engine()
+    fleet.record("gone", pb.OutcomeSummary(service=SERVICE, failures=2, trailing_failures=2))
+    fleet.record("gone", pb.OutcomeSummary(service=SERVICE, rejected=5))  # then stops calling
+    clock.now += POLICY.wait_duration_secs - ASKING_SECS / 2
+    fleet.record("busy", pb.OutcomeSummary(service=SERVICE, rejected=5))
+    clock.now += ASKING_SECS / 2
+    fleet.tick()  # HALF_OPEN: the permits go out at once
+    assert [agent for agent, _ in grants] == ["busy"]
+
+
+def test_a_late_give_back_does_not_free_a_permit_of_a_later_half_open() -> None:
+    fleet, clock, grants = engine()
+    half_open(fleet, clock)
+    first = fleet.get(SERVICE).generation
+    fleet.request_probe("a", SERVICE)
+    fleet.request_probe("b", SERVICE)
+    fleet.record("b", summary(first, probe_failures=1))  # b's probe failed: OPEN again
+    clock.now += POLICY.wait_duration_secs
+    fleet.tick()
+    second = fleet.get(SERVICE).generation
+    assert fleet.request_probe("a", SERVICE) is not None and second > first
+    # a's give-back of its first permit arrives only now: it frees nothing
+    grants.clear()
+    fleet.record("a", summary(first, probes_released=1))
+    assert fleet.get(SERVICE).permits_of("a") == 1 and grants == []
+    # ...and a success of the earlier HALF_OPEN does not count for this one
+    fleet.record("a", summary(first, probe_successes=2))
+    assert fleet.get(SERVICE).state is BreakerState.HALF_OPEN
+    grants.clear()
+    fleet.record("a", summary(second, probes_released=1))
+    assert grants == [("a", second)]  # freed, and a (still asking) has it again
+
+
+def test_a_give_back_frees_the_permit_for_the_next_asker_at_once() -> None:
+    fleet, clock, grants = engine()
+    half_open(fleet, clock)
+    generation = fleet.get(SERVICE).generation
+    fleet.request_probe("a", SERVICE)
+    fleet.request_probe("b", SERVICE)
+    fleet.request_probe("c", SERVICE)
+    grants.clear()
+    clock.now += 0.1
+    fleet.record("a", summary(generation, probes_released=1))
+    assert grants == [("c", generation)]
+
+
+def test_probes_close_the_breaker_and_never_exceed_the_threshold() -> None:
+    fleet, clock, grants = engine()
+    half_open(fleet, clock)
+    generation = fleet.get(SERVICE).generation
+    agents = [f"agent-{i}" for i in range(6)]
+    for agent in agents:
+        fleet.request_probe(agent, SERVICE)
+        assert fleet.get(SERVICE).permits_out(clock.now) <= POLICY.success_threshold
+    holders = [agent for agent, _ in grants]
+    assert len(holders) == POLICY.success_threshold
+    for agent in holders:
+        fleet.record(agent, summary(generation, probe_successes=1))
+    assert fleet.get(SERVICE).state is BreakerState.CLOSED
