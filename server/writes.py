@@ -82,6 +82,7 @@ class StateWriter:
         breaker_key: the store key of a breaker.
         breakers / policies: the in-memory state that is written and adopted.
         on_unavailable: called whenever the store could not be reached.
+        clock: monotonic seconds, the engine's.
     """
 
     def __init__(
@@ -91,8 +92,10 @@ class StateWriter:
         breakers: FleetBreakers,
         policies: PolicyBook,
         on_unavailable: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
+        self.clock = clock
         self.breaker_key = breaker_key
         self.breakers = breakers
         self.policies = policies
@@ -154,8 +157,8 @@ class StateWriter:
 
     async def flush(self, timeout: float) -> bool:
         """Wait until every decided transition is stored (or ``timeout``)."""
-        deadline = time.monotonic() + timeout
-        while self._pending and time.monotonic() < deadline:
+        deadline = self.clock() + timeout
+        while self._pending and self.clock() < deadline:
             self._wake.set()
             await asyncio.sleep(0.01)
         return not self._pending
@@ -222,7 +225,7 @@ class StateWriter:
         key = self.breaker_key(name)
         for _ in range(10):
             breaker = self.breakers.draft(name)
-            breaker.force(time.monotonic(), state, reason)
+            breaker.force(self.clock(), state, reason)
             record = self.breakers.record_of(breaker)
             expected = self.breakers.revisions.get(name, 0)
             try:
