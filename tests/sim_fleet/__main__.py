@@ -1,0 +1,43 @@
+"""Run or replay simulated schedules: ``python -m tests.sim_fleet --seed N [-v]`` replays
+one (``-v`` prints its events and the control plane's log); ``--count N --first S`` runs
+many and prints every failing seed."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from .schedule import simulate
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.sim_fleet")
+    parser.add_argument("--seed", type=int, help="replay this schedule")
+    parser.add_argument("--first", type=int, default=0)
+    parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args()
+    if args.seed is not None:
+        if args.verbose:
+            logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
+        result = simulate(args.seed, verbose=args.verbose)
+        if args.verbose:
+            print("\n".join(result.events))
+        print(result.report() if not result.ok else f"seed {args.seed}: ok {dict(result.stats)}")
+        return 0 if result.ok else 1
+    started = time.perf_counter()
+    failed = []
+    for seed in range(args.first, args.first + args.count):
+        result = simulate(seed)
+        if not result.ok:
+            failed.append(seed)
+            print(result.report(), flush=True)
+    took = time.perf_counter() - started
+    print(f"{args.count} schedules, {len(failed)} failed, {took:.1f}s: {failed}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
