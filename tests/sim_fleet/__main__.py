@@ -5,11 +5,20 @@ many and prints every failing seed."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 import time
 
 from .schedule import simulate
+
+
+def _virtual_time(record: logging.LogRecord) -> bool:
+    try:
+        record.vt = asyncio.get_running_loop().time()
+    except RuntimeError:
+        record.vt = 0.0
+    return True
 
 
 def main() -> int:
@@ -21,10 +30,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.seed is not None:
         if args.verbose:
-            logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
+            logging.basicConfig(level=logging.INFO, format="%(vt)9.3f %(name)s %(levelname)s %(message)s")
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(_virtual_time)
         result = simulate(args.seed, verbose=args.verbose)
-        if args.verbose:
-            print("\n".join(result.events))
         print(result.report() if not result.ok else f"seed {args.seed}: ok {dict(result.stats)}")
         return 0 if result.ok else 1
     started = time.perf_counter()

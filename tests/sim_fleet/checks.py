@@ -92,7 +92,8 @@ class Recorder:
         quiet_since = max(
             agent.connected_since, replica.started_at, world.store_trouble_at, world.trouble_at[replica.name]
         )
-        if replica.store.cut or now - quiet_since < PUSH_SECS:
+        etcd = world.etcd
+        if etcd.unavailable or etcd.paused or etcd.slow or replica.store.cut or now - quiet_since < PUSH_SECS:
             return False
         return not any(r.plane.writer.restore_pending for r in world.alive_replicas())
 

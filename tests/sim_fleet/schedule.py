@@ -24,6 +24,8 @@ from .memstore import MemEtcd
 from .net import RELAY_TOKEN
 from .world import Agent, Replica
 
+_log = logging.getLogger("sim")
+
 SERVICES = ("svc-a", "svc-b", "svc-c")
 #: How long faults and traffic run, then how long the healed fleet settles (virtual s).
 ACTIVE_SECS = 40.0
@@ -90,6 +92,7 @@ class World:
 
     def log(self, text: str) -> None:
         self.result.events.append(f"{self.now:9.3f} {text}")
+        _log.info("%s", text)
 
     # -- topology ----------------------------------------------------------------
 
@@ -340,10 +343,13 @@ def simulate(seed: int, *, verbose: bool = False) -> Result:
         await run_schedule(world)
         return world.result
 
-    level = logging.getLogger("mission_control").level
+    loggers = [logging.getLogger(name) for name in ("mission_control", "sim")]
+    levels = [logger.level for logger in loggers]
     if not verbose:
-        logging.getLogger("mission_control").setLevel(logging.CRITICAL)
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
     try:
         return vloop.run(main())
     finally:
-        logging.getLogger("mission_control").setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
