@@ -94,6 +94,7 @@ class ControlPlane:
         self.sync = StoreSync(
             store, self.prefix, self.policies, self.breakers, self.writer, self._set_store_ok, self._loaded
         )
+        self.writer.on_reload = self.sync.reload
         #: Grows with every change of the fleet state this replica pushes.
         self.version = 0
         self._tasks: list[asyncio.Task[None]] = []

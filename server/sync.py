@@ -86,6 +86,7 @@ class StoreSync:
         self.policies.forget_revisions()
         self._keep_absent = True
         self.writer.restore_pending = True
+        self.writer.wake()  # a writer with nothing pending waits for no timer
 
     async def run(self) -> None:
         backoff = 0.1

@@ -73,6 +73,10 @@ class Fence(Protocol):
 
     def fenced(self) -> None: ...
 
+    async def refresh_leader(self) -> None:
+        """Re-read who leads (only when not leading)."""
+        ...
+
 
 class StateWriter:
     """Writes breakers and policies; keeps the breaker transitions not stored yet.
@@ -109,6 +113,8 @@ class StateWriter:
         self.superseded = 0
         #: Set when the store lost its data: the leader writes back what it holds.
         self.restore_pending = False
+        #: Called when the store's state is to be read again (set by the control plane).
+        self.on_reload: Callable[[], None] = lambda: None
 
     # -- the primitive ----------------------------------------------------------
 
@@ -201,7 +207,16 @@ class StateWriter:
         fence = self.fence
         if fence is None or fence.leader_id in (None, fence.instance_id):
             return
-        self.restore_pending = False  # the leader restores what the store lost
+        if self.restore_pending:
+            # The leader known may be from before the loss (its key went with the data):
+            # hand the restore over only to one that leads now.
+            await fence.refresh_leader()
+            if fence.leader_id in (None, fence.instance_id):
+                return
+            # The leader restores what the store lost, or not: what is held here since
+            # the loss is not kept any more; etcd's state is read again.
+            self.restore_pending = False
+            self.on_reload()
         for name in sorted(self._pending):
             entry = await self.store.get(self.breaker_key(name))
             _log.warning("breaker %s: a decision not stored is superseded by %s", name, fence.leader_id)
@@ -210,6 +225,9 @@ class StateWriter:
 
     def _adopt(self, name: str, entry: Entry | None) -> None:
         self._pending.pop(name, None)
+        # What memory holds is a decision never stored, on top of the revision last seen:
+        # the stored state replaces it even when that revision has not changed.
+        self.breakers.revisions.pop(name, None)
         try:
             self.breakers.adopt(name, entry.value if entry else None, entry.mod_revision if entry else 0)
         except Exception as err:  # any broken record (parse errors too): what was decided here replaces it

@@ -37,6 +37,9 @@ class Fence:
         self.deposed += 1
         self.leading = False
 
+    async def refresh_leader(self) -> None:
+        return None
+
 
 @pytest.fixture
 async def writer(etcd_server: EtcdProcess, prefix: str) -> AsyncIterator[StateWriter]:
