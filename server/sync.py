@@ -15,6 +15,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from mission_control.client.breaker import BreakerState
+
 from .engine import FleetBreakers
 from .policies import LoadError, PolicyBook
 from .store import Entry, Store, StoreUnavailable, WatchCompacted
@@ -58,10 +60,14 @@ class StoreSync:
         self.revision = 0
         self.cluster_id = 0
         self._keep_absent = False
+        self._converge = False
         self.wipes = 0
 
     def reload(self) -> None:
-        """Read everything again (the watch is restarted after it)."""
+        """Read everything again (the watch is restarted after it) and hold what the store
+        holds: a breaker it lacks that is not CLOSED here and not pending is reset too, even
+        one never stored (a state decided here that the store never had)."""
+        self._converge = True
         self._resync.set()
 
     async def check(self) -> None:
@@ -136,7 +142,7 @@ class StoreSync:
         self.revision = max(self.revision, revision)
         # After a loss of data, what the store lacks is kept until the leader restored it.
         keep_absent = self._keep_absent or self.writer.restore_pending
-        self._keep_absent = False
+        converge, self._keep_absent, self._converge = self._converge, False, False
         seen_policies, seen_breakers = set(), set()
         for entry in entries:
             if not self.apply(entry.key, entry.value, entry.mod_revision) and not self._holds(entry.key):
@@ -153,7 +159,11 @@ class StoreSync:
             if policy.service not in seen_policies:  # deleted while we were not watching
                 self.policies.apply(self.policies.key(policy.service), None, revision)
         for name in self.breakers.names():
-            if name not in seen_breakers and self.breakers.revisions.get(name, 0) > 0:
+            if name in seen_breakers:
+                continue
+            held = self.breakers.find(name)
+            unstored = converge and held is not None and held.state is not BreakerState.CLOSED
+            if self.breakers.revisions.get(name, 0) > 0 or unstored:
                 self.apply(self.breakers_prefix + name, None, revision)  # deleted meanwhile
         return revision
 

@@ -10,7 +10,7 @@ import logging
 import sys
 import time
 
-from .schedule import simulate
+from .schedule import ACTIVE_SECS, simulate
 
 
 def _virtual_time(record: logging.LogRecord) -> bool:
@@ -27,19 +27,20 @@ def main() -> int:
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--active", type=float, default=ACTIVE_SECS, help="virtual seconds of faults")
     args = parser.parse_args()
     if args.seed is not None:
         if args.verbose:
             logging.basicConfig(level=logging.INFO, format="%(vt)9.3f %(name)s %(levelname)s %(message)s")
             for handler in logging.getLogger().handlers:
                 handler.addFilter(_virtual_time)
-        result = simulate(args.seed, verbose=args.verbose)
+        result = simulate(args.seed, verbose=args.verbose, active_secs=args.active)
         print(result.report() if not result.ok else f"seed {args.seed}: ok {dict(result.stats)}")
         return 0 if result.ok else 1
     started = time.perf_counter()
     failed = []
     for seed in range(args.first, args.first + args.count):
-        result = simulate(seed)
+        result = simulate(seed, active_secs=args.active)
         if not result.ok:
             failed.append(seed)
             print(result.report(), flush=True)

@@ -29,12 +29,13 @@ _log = logging.getLogger("sim")
 SERVICES = ("svc-a", "svc-b", "svc-c")
 #: How long faults and traffic run, then how long the healed fleet settles (virtual s).
 ACTIVE_SECS = 40.0
-SETTLE_SECS = 20.0
+SETTLE_SECS = 12.0
 
 
 @dataclass
 class Result:
     seed: int
+    active_secs: float = ACTIVE_SECS
     violations: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     stats: Counter[str] = field(default_factory=Counter)
@@ -46,7 +47,10 @@ class Result:
     def report(self) -> str:
         lines = [f"seed {self.seed}: {len(self.violations)} violation(s)"]
         lines += [f"  {v}" for v in self.violations[:20]]
-        lines.append(f"  replay: .venv/bin/python -m tests.sim_fleet --seed {self.seed} -v")
+        lines.append(
+            f"  replay: .venv/bin/python -m tests.sim_fleet --seed {self.seed}"
+            f" --active {self.active_secs:g} -v"
+        )
         return "\n".join(lines)
 
 
@@ -63,8 +67,9 @@ def policy(service: str, rng: random.Random) -> ServicePolicy:
 class World:
     """Everything one schedule runs: etcd, replicas, agents, and what the checkers record."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, active_secs: float = ACTIVE_SECS) -> None:
         self.seed = seed
+        self.active_secs = active_secs
         self.rng = random.Random(seed)
         self.etcd = MemEtcd(self.rng)
         self.relay_token = RELAY_TOKEN
@@ -80,7 +85,9 @@ class World:
         self.delivered: Counter[str] = Counter()
         self.taken: Counter[str] = Counter()
         self.drained: Counter[str] = Counter()
-        self.result = Result(seed)
+        #: Failures the report gate cut (a reported burst beyond the policy's bound).
+        self.cut: Counter[str] = Counter()
+        self.result = Result(seed, active_secs)
         #: When the store, or a replica's path to it, last stopped being healthy.
         self.store_trouble_at = -1e9
         self.trouble_at: Counter[str] = Counter()
@@ -313,7 +320,7 @@ async def run_schedule(world: World) -> None:
     for _ in range(rng.randint(2, 4)):
         world.new_agent()
     world.recorder.start()
-    end = world.now + ACTIVE_SECS
+    end = world.now + world.active_secs
     while world.now < end:
         await asyncio.sleep(rng.expovariate(1 / 0.8))
         await _fault(world, rng)
@@ -335,11 +342,11 @@ def _policy_json(p: ServicePolicy) -> bytes:
     return policy_to_json(p).encode()
 
 
-def simulate(seed: int, *, verbose: bool = False) -> Result:
-    """Run schedule ``seed`` and check it."""
+def simulate(seed: int, *, verbose: bool = False, active_secs: float = ACTIVE_SECS) -> Result:
+    """Run schedule ``seed`` (faults for ``active_secs`` of virtual time) and check it."""
 
     async def main() -> Result:
-        world = World(seed)
+        world = World(seed, active_secs)
         await run_schedule(world)
         return world.result
 

@@ -51,7 +51,7 @@ class Replica:
             self.store,
             prefix=PREFIX,
             instance_id=self.instance,
-            tick_interval=0.05,
+            tick_interval=0.1,
             ping_interval=0.5,
             clock=loop.time,
             wall=lambda: EPOCH + loop.time(),
@@ -68,6 +68,14 @@ class Replica:
 
         self.plane.breakers.record = counted  # type: ignore[method-assign]
         self._count_relay()
+        bound = self.plane.reports.bound
+
+        def bounded(agent: str, summary: pb.OutcomeSummary, *, trusted: bool = False):  # type: ignore[no-untyped-def]
+            out = bound(agent, summary, trusted=trusted)
+            world.cut[summary.service] += summary.failures - (out.failures if out is not None else 0)
+            return out
+
+        self.plane.reports.bound = bounded  # type: ignore[method-assign]
 
     async def start(self) -> None:
         await self.plane.start(load_timeout=5.0)
@@ -252,7 +260,7 @@ class Agent:
     async def _calls(self) -> None:
         rng: random.Random = self.world.rng
         while self.alive:
-            await asyncio.sleep(rng.expovariate(20.0))
+            await asyncio.sleep(rng.expovariate(10.0))
             if not self.world.calling:
                 continue
             self.call(rng.choice(self.services), rng)
