@@ -142,7 +142,7 @@ class StoreSync:
         self.revision = max(self.revision, revision)
         # After a loss of data, what the store lacks is kept until the leader restored it.
         keep_absent = self._keep_absent or self.writer.restore_pending
-        converge, self._keep_absent, self._converge = self._converge, False, False
+        self._keep_absent = False
         seen_policies, seen_breakers = set(), set()
         for entry in entries:
             if not self.apply(entry.key, entry.value, entry.mod_revision) and not self._holds(entry.key):
@@ -153,8 +153,11 @@ class StoreSync:
             name = self._breaker_of(entry.key)
             if name is not None:
                 seen_breakers.add(name)
-        if keep_absent:
-            return revision  # the store lost it: the writer restores it
+        if keep_absent:  # the store lost it: the writer restores it
+            if self._converge and not self.writer.restore_pending:
+                self._resync.set()  # the restore was handed over meanwhile: read again
+            return revision
+        converge, self._converge = self._converge, False  # a load that kept all keeps asking
         for policy in self.policies.all():
             if policy.service not in seen_policies:  # deleted while we were not watching
                 self.policies.apply(self.policies.key(policy.service), None, revision)
