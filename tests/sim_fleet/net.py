@@ -95,7 +95,8 @@ class Link:
 
     def _deliver_at(self, last: float) -> float:
         now = asyncio.get_running_loop().time()
-        return max(last, now + self.rng.uniform(0, self.max_delay))
+        # strictly after the previous message: timers due at the same time run in any order
+        return max(last + 1e-6, now + self.rng.uniform(0, self.max_delay))
 
     async def _pump_up(self) -> None:
         loop = asyncio.get_running_loop()
