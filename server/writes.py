@@ -230,10 +230,15 @@ class StateWriter:
         self.breakers.revisions.pop(name, None)
         try:
             self.breakers.adopt(name, entry.value if entry else None, entry.mod_revision if entry else 0)
-        except Exception as err:  # any broken record (parse errors too): what was decided here replaces it
-            _log.error("stored breaker %s is malformed (%s); it will be overwritten", name, err)
+        except Exception as err:  # any broken record (parse errors too)
             self.breakers.revisions[name] = entry.mod_revision if entry else 0
-            self.decided(name)
+            if self.fence is not None and not self.fence.leading:
+                # superseded: the leader overwrites it (deciding again here would keep it
+                # pending for ever, since a follower never writes)
+                _log.error("stored breaker %s is malformed (%s); the leader settles it", name, err)
+                return
+            _log.error("stored breaker %s is malformed (%s); it will be overwritten", name, err)
+            self.decided(name)  # what was decided here replaces it
 
     # -- operator writes (acknowledged only once stored) ------------------------
 
