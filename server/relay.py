@@ -264,7 +264,10 @@ class LeaderRelay:
             self.hub.send_to_agent(agent_id, pb.ConnectResponse(lease=mine))
 
     def drain(self) -> list[pb.OutcomeSummary]:
-        """What was gathered for a leader that turned out to be this replica."""
+        """What was gathered for a leader that turned out to be this replica, with what the
+        previous leader never acknowledged (else it waits for a link this replica, leading,
+        never opens)."""
+        self._requeue()
         tallies, self._tallies = self._tallies, {}
         return [t.to_proto(name) for name, t in tallies.items() if not t.empty()]
 
