@@ -82,8 +82,9 @@ test: install proto-check lint
 
 # The long versions: 10,000 fuzz examples per target, etcd down for 30 s under traffic.
 soak: install
-	MC_FUZZ_EXAMPLES=10000 MC_CHAOS_SECS=30 $(BIN)/pytest -q -p no:cacheprovider \
-	  tests/test_fuzz.py tests/server/test_chaos.py tests/client/test_status_hostile.py
+	MC_FUZZ_EXAMPLES=10000 MC_CHAOS_SECS=30 MC_SIM_SCHEDULES=$${MC_SIM_SCHEDULES:-4000} MC_SIM_ACTIVE_SECS=30 \
+	  $(BIN)/pytest -q -p no:cacheprovider tests/test_fuzz.py tests/server/test_chaos.py \
+	  tests/client/test_status_hostile.py tests/sim_fleet
 
 run: venv etcd
 	$(BIN)/mission-control serve --http 127.0.0.1:8080
