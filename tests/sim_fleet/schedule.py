@@ -12,6 +12,7 @@ import contextlib
 import logging
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from mission_control.client.breaker import BreakerState
@@ -350,13 +351,22 @@ def simulate(seed: int, *, verbose: bool = False, active_secs: float = ACTIVE_SE
         await run_schedule(world)
         return world.result
 
-    loggers = [logging.getLogger(name) for name in ("mission_control", "sim")]
-    levels = [logger.level for logger in loggers]
-    if not verbose:
-        for logger in loggers:
-            logger.setLevel(logging.CRITICAL)
-    try:
+    if verbose:
         return vloop.run(main())
+    with quiet_logs():
+        return vloop.run(main())
+
+
+@contextlib.contextmanager
+def quiet_logs() -> Iterator[None]:
+    """The control plane's log off: a schedule logs thousands of lines, and log records
+    kept by a test runner would keep the whole simulated fleet alive."""
+    loggers = [logging.getLogger(name) for name in ("mission_control", "sim", "asyncio")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)

@@ -10,6 +10,7 @@ a schedule is a pure function of its seed.
 from __future__ import annotations
 
 import asyncio
+import gc
 import selectors
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -67,6 +68,10 @@ def run(main: Coroutine[Any, Any, T], *, start: float = 1000.0) -> T:
             _cancel_all(loop)
         finally:
             loop.close()
+            # Finalize the schedule's tasks and generators now: collected later, inside
+            # some unrelated compile(), their finalizers trip CPython 3.11's AST recursion
+            # check ("AST constructor recursion depth mismatch", gh-106905).
+            gc.collect()
 
 
 def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
