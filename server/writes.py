@@ -220,16 +220,15 @@ class StateWriter:
         for name in sorted(self._pending):
             entry = await self.store.get(self.breaker_key(name))
             _log.warning("breaker %s: a decision not stored is superseded by %s", name, fence.leader_id)
+            if entry is not None and entry.mod_revision == self.breakers.revisions.get(name, 0):
+                # memory holds a decision on top of the revision last seen: the stored
+                # state replaces it although that revision has not changed
+                self.breakers.revisions.pop(name, None)
             self.superseded += 1
             self._adopt(name, entry)
 
     def _adopt(self, name: str, entry: Entry | None) -> None:
         self._pending.pop(name, None)
-        # What memory holds may be a decision never stored on top of the revision last seen:
-        # the stored state replaces it even when that revision has not changed (an older
-        # one, read before a change the watch already applied, is still skipped).
-        if entry is not None and entry.mod_revision == self.breakers.revisions.get(name, 0):
-            self.breakers.revisions.pop(name, None)
         try:
             self.breakers.adopt(name, entry.value if entry else None, entry.mod_revision if entry else 0)
         except Exception as err:  # any broken record (parse errors too)
