@@ -84,8 +84,9 @@ test: install proto-check lint
 # 5,000 seeded fault schedules per protocol (MC_SIM_SCHEDULES to change).
 MC_SIM_SCHEDULES ?= 5000
 soak: install
-	MC_FUZZ_EXAMPLES=10000 MC_CHAOS_SECS=30 MC_SIM_SCHEDULES=$(MC_SIM_SCHEDULES) $(BIN)/pytest -q -p no:cacheprovider \
-	  tests/test_fuzz.py tests/server/test_chaos.py tests/client/test_status_hostile.py tests/sim
+	MC_FUZZ_EXAMPLES=10000 MC_CHAOS_SECS=30 MC_SIM_SCHEDULES=$(MC_SIM_SCHEDULES) MC_SIM_ACTIVE_SECS=30 \
+	  $(BIN)/pytest -q -p no:cacheprovider tests/test_fuzz.py tests/server/test_chaos.py \
+	  tests/client/test_status_hostile.py tests/sim tests/sim_fleet
 
 run: venv etcd
 	$(BIN)/mission-control serve --http 127.0.0.1:8080

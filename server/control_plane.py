@@ -34,7 +34,7 @@ from .hub import Hub
 from .leadership import Leadership
 from .observability import FleetTelemetry
 from .policies import PolicyBook
-from .relay import LeaderRelay
+from .relay import LeaderRelay, RelayConnect
 from .reports import ReportGate
 from .stats import FleetStatistics
 from .store import Store, StoreUnavailable, Write
@@ -61,14 +61,18 @@ class ControlPlane:
         tick_interval: float = 0.02,
         ping_interval: float = 1.0,
         telemetry: Telemetry | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        #: Monotonic seconds for every decision made here (a simulation passes its own).
+        self.clock = clock
         self.prefix = prefix.rstrip("/")
         self.instance_id = instance_id
         self.tick_interval = tick_interval
         self.ping_interval = ping_interval
         self.policies = PolicyBook(self.prefix)
-        self.breakers = FleetBreakers(self.policies.policy_of)
+        self.breakers = FleetBreakers(self.policies.policy_of, clock=clock, wall=wall)
         self.stats = FleetStatistics()
         self.hub = Hub()
         #: Called with (agent id, summary) for every outcome summary an agent sends here.
@@ -81,15 +85,18 @@ class ControlPlane:
         #: Set by enable_leadership (replicas on one etcd); None = this one always decides.
         self.leadership: Leadership | None = None
         self.relay: LeaderRelay | None = None
-        self.capacity = CapacityLeaser(self.policies.all, self.hub.send_to_agent, epoch=self._leader_epoch)
-        self.admission = ServiceAdmission(self.policies, self.breakers)
-        self.reports = ReportGate(self.policies.policy_of)
+        self.capacity = CapacityLeaser(
+            self.policies.all, self.hub.send_to_agent, epoch=self._leader_epoch, clock=clock
+        )
+        self.admission = ServiceAdmission(self.policies, self.breakers, clock=clock)
+        self.reports = ReportGate(self.policies.policy_of, clock=clock)
         self.writer = StateWriter(
-            store, self.breaker_key, self.breakers, self.policies, lambda: self._set_store_ok(False)
+            store, self.breaker_key, self.breakers, self.policies, lambda: self._set_store_ok(False), clock
         )
         self.sync = StoreSync(
             store, self.prefix, self.policies, self.breakers, self.writer, self._set_store_ok, self._loaded
         )
+        self.writer.on_reload = self.sync.reload
         #: Grows with every change of the fleet state this replica pushes.
         self.version = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -121,13 +128,22 @@ class ControlPlane:
         ttl: int = 3,
         token: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        connect: RelayConnect | None = None,
     ) -> None:
         """Run as one of several replicas: campaign for leadership, relay to the leader
-        (over TLS when ``credentials`` are given)."""
+        (over TLS when ``credentials`` are given; ``connect`` replaces the gRPC link)."""
         self.leadership = Leadership(
-            self.store, self.prefix, self.instance_id, address, ttl=ttl, on_change=self._on_leadership
+            self.store,
+            self.prefix,
+            self.instance_id,
+            address,
+            ttl=ttl,
+            on_change=self._on_leadership,
+            clock=self.clock,
         )
-        self.relay = LeaderRelay(self.leadership, self.hub, token=token, credentials=credentials)
+        self.relay = LeaderRelay(
+            self.leadership, self.hub, token=token, credentials=credentials, connect=connect
+        )
         self.writer.fence = self.leadership
 
     def _leader_epoch(self) -> int:
@@ -196,8 +212,8 @@ class ControlPlane:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.sync.loaded.wait(), load_timeout)
         if self.leadership is not None and self.sync.loaded.is_set():  # let the first campaign settle
-            deadline = time.monotonic() + 2.0
-            while self.leadership.leader_id is None and time.monotonic() < deadline:
+            deadline = self.clock() + 2.0
+            while self.leadership.leader_id is None and self.clock() < deadline:
                 await asyncio.sleep(0.02)
 
     async def stop(self) -> None:

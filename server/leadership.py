@@ -38,7 +38,9 @@ class Leadership:
         *,
         ttl: int = 3,
         on_change: Callable[[bool], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.clock = clock
         self.store = store
         self.key = f"{prefix.rstrip('/')}/leader"
         self.instance_id = instance_id
@@ -72,7 +74,7 @@ class Leadership:
                 else:
                     await self._campaign()
             except StoreUnavailable as err:
-                if self.leading and time.monotonic() - self._last_refresh > self.ttl:
+                if self.leading and self.clock() - self._last_refresh > self.ttl:
                     _log.warning("cannot reach etcd (%s); deciding from memory, fenced on return", err)
             # A leader renews well within its TTL; followers look often (a read) so that a
             # dead leader's successor is elected right after its lease expires.
@@ -101,7 +103,7 @@ class Leadership:
             await self._learn_leader()
             return
         self._lease, self._create_revision = lease, result.revision
-        self._last_refresh = time.monotonic()
+        self._last_refresh = self.clock()
         self.leader_id, self.leader_address = self.instance_id, self.address
         _log.info("%s is the leader (lease %x)", self.instance_id, lease)
         self._set(True)
@@ -112,7 +114,7 @@ class Leadership:
             _log.warning("%s lost its leader lease", self.instance_id)
             self._set(False)
             return
-        self._last_refresh = time.monotonic()
+        self._last_refresh = self.clock()
         entry = await self.store.get(self.key)
         if entry is None or _instance_of(entry.value) != self.instance_id:
             _log.warning("%s: the leader key is gone", self.instance_id)

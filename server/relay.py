@@ -13,7 +13,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 import grpc
@@ -35,6 +35,13 @@ MAX_WAITING = 256
 #: A leader that vanished without closing the connection is noticed within ~15 s.
 KEEPALIVE = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
 
+#: Opens a Connect stream to the leader at an address: (address, requests, metadata) ->
+#: responses. Closing the responses' iterator ends the stream.
+RelayConnect = Callable[
+    [str, AsyncIterator[pb.ConnectRequest], tuple[tuple[str, str], ...] | None],
+    AsyncIterator[pb.ConnectResponse],
+]
+
 
 class LeaderRelay:
     """A follower's link to the leader.
@@ -43,6 +50,8 @@ class LeaderRelay:
         leadership: who leads (the link follows it).
         hub: this replica's agents' streams (grants and leases go to them).
         credentials: TLS for the link (the replica's own certificate); None = plaintext.
+        connect: opens the stream to the leader (gRPC unless given: a simulation passes
+            an in-memory one).
     """
 
     def __init__(
@@ -52,10 +61,12 @@ class LeaderRelay:
         token: str | None = None,
         flush_interval: float = 0.02,
         credentials: grpc.ChannelCredentials | None = None,
+        connect: RelayConnect | None = None,
     ) -> None:
         self.leadership = leadership
         self.hub = hub
         self._credentials = credentials
+        self._connect: RelayConnect = connect or self._grpc_connect
         self.agent_id = f"replica.{leadership.instance_id}"
         self.flush_interval = flush_interval
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
@@ -157,15 +168,9 @@ class LeaderRelay:
     async def _stream(self, address: str) -> None:
         self._epoch += 1
         self._requeue()  # anything a previous link did not get acknowledged goes again
-        channel = (
-            grpc.aio.secure_channel(address, self._credentials, options=KEEPALIVE)
-            if self._credentials is not None
-            else grpc.aio.insecure_channel(address, options=KEEPALIVE)
-        )
-        async with channel:
-            stub = pb_grpc.ControlPlaneServiceStub(channel)
-            call = stub.Connect(self._requests(self._epoch), metadata=self._metadata)
-            async for response in call:
+        responses = self._connect(address, self._requests(self._epoch), self._metadata)
+        try:
+            async for response in responses:
                 if response.HasField("snapshot"):
                     if not self.connected:  # the leader sends a new snapshot after each reload
                         _log.info("relaying to the leader at %s", address)
@@ -178,8 +183,30 @@ class LeaderRelay:
                     self._share_lease(response.lease)
                 leadership = self.leadership
                 if leadership.leading or leadership.leader_address != address:
-                    call.cancel()
                     return
+        finally:
+            with contextlib.suppress(Exception):
+                await responses.aclose()  # type: ignore[attr-defined]
+
+    async def _grpc_connect(
+        self,
+        address: str,
+        requests: AsyncIterator[pb.ConnectRequest],
+        metadata: tuple[tuple[str, str], ...] | None,
+    ) -> AsyncIterator[pb.ConnectResponse]:
+        channel = (
+            grpc.aio.secure_channel(address, self._credentials, options=KEEPALIVE)
+            if self._credentials is not None
+            else grpc.aio.insecure_channel(address, options=KEEPALIVE)
+        )
+        async with channel:
+            stub = pb_grpc.ControlPlaneServiceStub(channel)
+            call = stub.Connect(requests, metadata=metadata)
+            try:
+                async for response in call:
+                    yield response
+            finally:
+                call.cancel()
 
     async def _requests(self, epoch: int) -> AsyncIterator[pb.ConnectRequest]:
         yield pb.ConnectRequest(hello=pb.AgentHello(agent_id=self.agent_id, labels={"relay": "true"}))
@@ -245,7 +272,10 @@ class LeaderRelay:
             self.hub.send_to_agent(agent_id, pb.ConnectResponse(lease=mine))
 
     def drain(self) -> list[pb.OutcomeSummary]:
-        """What was gathered for a leader that turned out to be this replica."""
+        """What was gathered for a leader that turned out to be this replica, with what the
+        previous leader never acknowledged (else it waits for a link this replica, leading,
+        never opens)."""
+        self._requeue()
         tallies, self._tallies = self._tallies, {}
         return [t.to_proto(name) for name, t in tallies.items() if not t.empty()]
 

@@ -15,6 +15,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from mission_control.client.breaker import BreakerState
+
 from .engine import FleetBreakers
 from .policies import LoadError, PolicyBook
 from .store import Entry, Store, StoreUnavailable, WatchCompacted
@@ -58,10 +60,14 @@ class StoreSync:
         self.revision = 0
         self.cluster_id = 0
         self._keep_absent = False
+        self._converge = False
         self.wipes = 0
 
     def reload(self) -> None:
-        """Read everything again (the watch is restarted after it)."""
+        """Read everything again (the watch is restarted after it) and hold what the store
+        holds: a breaker it lacks that is not CLOSED here and not pending is reset too, even
+        one never stored (a state decided here that the store never had)."""
+        self._converge = True
         self._resync.set()
 
     async def check(self) -> None:
@@ -86,6 +92,7 @@ class StoreSync:
         self.policies.forget_revisions()
         self._keep_absent = True
         self.writer.restore_pending = True
+        self.writer.wake()  # a writer with nothing pending waits for no timer
 
     async def run(self) -> None:
         backoff = 0.1
@@ -146,13 +153,20 @@ class StoreSync:
             name = self._breaker_of(entry.key)
             if name is not None:
                 seen_breakers.add(name)
-        if keep_absent:
-            return revision  # the store lost it: the writer restores it
+        if keep_absent:  # the store lost it: the writer restores it
+            if self._converge and not self.writer.restore_pending:
+                self._resync.set()  # the restore was handed over meanwhile: read again
+            return revision
+        converge, self._converge = self._converge, False  # a load that kept all keeps asking
         for policy in self.policies.all():
             if policy.service not in seen_policies:  # deleted while we were not watching
                 self.policies.apply(self.policies.key(policy.service), None, revision)
         for name in self.breakers.names():
-            if name not in seen_breakers and self.breakers.revisions.get(name, 0) > 0:
+            if name in seen_breakers:
+                continue
+            held = self.breakers.find(name)
+            unstored = converge and held is not None and held.state is not BreakerState.CLOSED
+            if self.breakers.revisions.get(name, 0) > 0 or unstored:
                 self.apply(self.breakers_prefix + name, None, revision)  # deleted meanwhile
         return revision
 

@@ -73,6 +73,10 @@ class Fence(Protocol):
 
     def fenced(self) -> None: ...
 
+    async def refresh_leader(self) -> None:
+        """Re-read who leads (only when not leading)."""
+        ...
+
 
 class StateWriter:
     """Writes breakers and policies; keeps the breaker transitions not stored yet.
@@ -82,6 +86,7 @@ class StateWriter:
         breaker_key: the store key of a breaker.
         breakers / policies: the in-memory state that is written and adopted.
         on_unavailable: called whenever the store could not be reached.
+        clock: monotonic seconds, the engine's.
     """
 
     def __init__(
@@ -91,8 +96,10 @@ class StateWriter:
         breakers: FleetBreakers,
         policies: PolicyBook,
         on_unavailable: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
+        self.clock = clock
         self.breaker_key = breaker_key
         self.breakers = breakers
         self.policies = policies
@@ -106,6 +113,8 @@ class StateWriter:
         self.superseded = 0
         #: Set when the store lost its data: the leader writes back what it holds.
         self.restore_pending = False
+        #: Called when the store's state is to be read again (set by the control plane).
+        self.on_reload: Callable[[], None] = lambda: None
 
     # -- the primitive ----------------------------------------------------------
 
@@ -154,8 +163,8 @@ class StateWriter:
 
     async def flush(self, timeout: float) -> bool:
         """Wait until every decided transition is stored (or ``timeout``)."""
-        deadline = time.monotonic() + timeout
-        while self._pending and time.monotonic() < deadline:
+        deadline = self.clock() + timeout
+        while self._pending and self.clock() < deadline:
             self._wake.set()
             await asyncio.sleep(0.01)
         return not self._pending
@@ -198,10 +207,23 @@ class StateWriter:
         fence = self.fence
         if fence is None or fence.leader_id in (None, fence.instance_id):
             return
-        self.restore_pending = False  # the leader restores what the store lost
+        if self.restore_pending:
+            # The leader known may be from before the loss (its key went with the data):
+            # hand the restore over only to one that leads now.
+            await fence.refresh_leader()
+            if fence.leader_id in (None, fence.instance_id):
+                return
+            # The leader restores what the store lost, or not: what is held here since
+            # the loss is not kept any more; etcd's state is read again.
+            self.restore_pending = False
+            self.on_reload()
         for name in sorted(self._pending):
             entry = await self.store.get(self.breaker_key(name))
             _log.warning("breaker %s: a decision not stored is superseded by %s", name, fence.leader_id)
+            if entry is not None and entry.mod_revision == self.breakers.revisions.get(name, 0):
+                # memory holds a decision on top of the revision last seen: the stored
+                # state replaces it although that revision has not changed
+                self.breakers.revisions.pop(name, None)
             self.superseded += 1
             self._adopt(name, entry)
 
@@ -209,10 +231,15 @@ class StateWriter:
         self._pending.pop(name, None)
         try:
             self.breakers.adopt(name, entry.value if entry else None, entry.mod_revision if entry else 0)
-        except Exception as err:  # any broken record (parse errors too): what was decided here replaces it
-            _log.error("stored breaker %s is malformed (%s); it will be overwritten", name, err)
+        except Exception as err:  # any broken record (parse errors too)
             self.breakers.revisions[name] = entry.mod_revision if entry else 0
-            self.decided(name)
+            if self.fence is not None and not self.fence.leading:
+                # superseded: the leader overwrites it (deciding again here would keep it
+                # pending for ever, since a follower never writes)
+                _log.error("stored breaker %s is malformed (%s); the leader settles it", name, err)
+                return
+            _log.error("stored breaker %s is malformed (%s); it will be overwritten", name, err)
+            self.decided(name)  # what was decided here replaces it
 
     # -- operator writes (acknowledged only once stored) ------------------------
 
@@ -222,7 +249,7 @@ class StateWriter:
         key = self.breaker_key(name)
         for _ in range(10):
             breaker = self.breakers.draft(name)
-            breaker.force(time.monotonic(), state, reason)
+            breaker.force(self.clock(), state, reason)
             record = self.breakers.record_of(breaker)
             expected = self.breakers.revisions.get(name, 0)
             try:

@@ -16,3 +16,17 @@ def test_probe_requests_kept_for_an_absent_leader_are_bounded() -> None:
     asked, waiting = relay.backlog
     assert asked <= MAX_ASKED and waiting <= MAX_ASKED
     assert "steady" in relay._asked  # asked again and again: kept
+
+
+def test_a_replica_that_becomes_the_leader_takes_what_the_old_leader_never_acknowledged() -> None:
+    from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+    leadership = Leadership(store=None, prefix="/p", instance_id="r2", address="127.0.0.1:1")  # type: ignore[arg-type]
+    relay = LeaderRelay(leadership, Hub())
+    relay.add("agent-1", pb.OutcomeSummary(service="svc", failures=3, trailing_failures=3))
+    sent = relay._batch()  # sent to the old leader, which died before acknowledging it
+    assert sent is not None and sent.outcomes.sequence
+    relay.add("agent-1", pb.OutcomeSummary(service="svc", failures=2, trailing_failures=2))
+    drained = relay.drain()  # this replica leads now: nothing is relayed any more
+    assert [(s.service, s.failures) for s in drained] == [("svc", 5)]
+    assert relay.drain() == []

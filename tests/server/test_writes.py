@@ -37,6 +37,9 @@ class Fence:
         self.deposed += 1
         self.leading = False
 
+    async def refresh_leader(self) -> None:
+        return None
+
 
 @pytest.fixture
 async def writer(etcd_server: EtcdProcess, prefix: str) -> AsyncIterator[StateWriter]:
@@ -112,3 +115,46 @@ async def test_a_probe_request_for_a_breaker_that_is_not_half_open_answers_its_s
         await agent.wait_for(lambda: agent.state("made-up-49") == pb.BREAKER_STATE_CLOSED)
         assert control_plane.plane.breakers.find("never_opened") is None
         assert not [n for n in control_plane.plane.breakers.names() if n.startswith("made-up-")]
+
+
+async def _until(check, what: str) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(500):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not within 5 s: {what}")
+
+
+async def test_a_superseded_decision_gives_way_even_when_the_stored_key_has_not_changed(
+    writer: StateWriter, prefix: str
+) -> None:
+    key = writer.breaker_key("svc")
+    stored = await writer.commit([Write(key, writer.breakers.to_record("svc"), 0)])  # CLOSED, stored
+    writer.breakers.adopt("svc", writer.breakers.to_record("svc"), stored.revision)
+    fence = Fence(f"{prefix}/leader", 12345, leading=False, leader_id="other")
+    writer.fence = fence
+    writer.breakers.force("svc", BreakerState.FORCED_OPEN, "decided here, never stored")
+    writer.decided("svc")
+    task = asyncio.create_task(writer.run())
+    try:
+        await _until(lambda: not writer.is_pending("svc"), "the decision superseded")
+        # the stored state (CLOSED, at the revision already seen) replaces the decision
+        assert writer.breakers.get("svc").state is BreakerState.CLOSED
+    finally:
+        task.cancel()
+
+
+async def test_a_follower_superseded_over_a_malformed_record_does_not_keep_its_decision_pending(
+    writer: StateWriter, prefix: str
+) -> None:
+    await writer.commit([Write(writer.breaker_key("svc"), b"{garbage")])
+    writer.fence = Fence(f"{prefix}/leader", 12345, leading=False, leader_id="other")
+    writer.breakers.force("svc", BreakerState.FORCED_OPEN, "decided here")
+    writer.decided("svc")
+    task = asyncio.create_task(writer.run())
+    try:
+        # superseding adopts in the same step: a decision taken again would be pending now
+        await _until(lambda: writer.superseded >= 1, "the decision superseded")
+        assert not writer.is_pending("svc")
+    finally:
+        task.cancel()

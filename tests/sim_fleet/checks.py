@@ -1,0 +1,235 @@
+"""The invariants, checked while a schedule runs (I1) and once it has healed (I1, I2, I5).
+
+I1  No agent rejects calls for a breaker the authoritative state (etcd, while it and the
+    agent's replica are healthy) has had CLOSED for longer than one push (``PUSH_SECS``)
+    after the agent is connected; and while an agent's link is down, a fleet OPEN it held
+    stays in force with the same expiry.
+I2  Once etcd is back, every transition decided is stored or superseded (nothing pending),
+    one replica leads, and every replica holds what etcd holds.
+I5  Each reported failure is counted once: no agent or relay delivers more failures than it
+    had (a batch resent after its acknowledgement was lost counts twice), and an agent that
+    lives to the end has delivered all of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+from google.protobuf import json_format
+from mission_control.client.breaker import BreakerState
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+from .world import PREFIX
+
+if TYPE_CHECKING:
+    from .schedule import World
+
+#: One push: etcd watch, a replica's broadcast, the stream — with every retry of the
+#: writer (0.5 s) and of a fence that settles leadership.
+PUSH_SECS = 2.0
+SAMPLE_SECS = 0.2
+#: How an I5 violation of one known kind starts: an outcome batch taken by a control plane
+#: whose acknowledgement was lost is sent again and counted twice.
+RESENT = "I5 (resent):"
+_REJECTING = (BreakerState.OPEN, BreakerState.FORCED_OPEN, BreakerState.HALF_OPEN)
+
+
+def stored_state(world: World, name: str) -> tuple[BreakerState, int] | None:
+    """(state, generation) etcd holds for breaker ``name``; CLOSED when absent; None when
+    what it holds is not a breaker record."""
+    entry = world.etcd.keys.get(f"{PREFIX}/breakers/{name}")
+    if entry is None:
+        return BreakerState.CLOSED, -1
+    try:
+        record = json_format.Parse(entry.value, pb.Breaker(), ignore_unknown_fields=True)
+        return BreakerState(record.state), record.generation
+    except Exception:
+        return None
+
+
+class Recorder:
+    """Samples I1 every ``SAMPLE_SECS`` while the schedule runs."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.garbage: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._seen: set[tuple[str, str, str]] = set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(SAMPLE_SECS)
+            self.sample()
+
+    def violation(self, kind: str, key: tuple[str, str], text: str) -> None:
+        if (kind, *key) in self._seen:
+            return  # once per agent and breaker: the first time says it
+        self._seen.add((kind, *key))
+        self.world.result.violations.append(f"t={self.world.now:.2f} {kind}: {text}")
+
+    def sample(self) -> None:
+        world = self.world
+        now = world.now
+        for agent in world.agents:
+            if not agent.alive:
+                continue
+            if agent.view.connected:
+                self._closed_is_not_rejected(agent, now)
+            else:
+                self._open_stays_while_down(agent, now)
+
+    def _settled(self, agent, now: float) -> bool:  # type: ignore[no-untyped-def]
+        world = self.world
+        replica = agent.replica
+        if replica is None or not replica.alive or not replica.plane.sync.loaded.is_set():
+            return False
+        quiet_since = max(
+            agent.connected_since, replica.started_at, world.store_trouble_at, world.trouble_at[replica.name]
+        )
+        etcd = world.etcd
+        if etcd.unavailable or etcd.paused or etcd.slow or replica.store.cut or now - quiet_since < PUSH_SECS:
+            return False
+        return not any(r.plane.writer.restore_pending for r in world.alive_replicas())
+
+    def _closed_is_not_rejected(self, agent, now: float) -> None:  # type: ignore[no-untyped-def]
+        if not self._settled(agent, now):
+            return
+        world = self.world
+        for name, state in list(agent.view.services.items()):
+            fleet = agent.view.fleet_in_force(state, now)
+            if fleet is None or fleet.state not in _REJECTING:
+                continue
+            stored = stored_state(world, name)
+            if stored is None or stored[0] is not BreakerState.CLOSED:
+                continue
+            if now - world.etcd.changed_at(f"{PREFIX}/breakers/{name}") < PUSH_SECS:
+                continue
+            if any(r.plane.writer.is_pending(name) for r in world.alive_replicas()):
+                continue
+            held = agent.replica.plane.breakers.find(name)
+            self.violation(
+                "I1",
+                (agent.name, name),
+                f"{agent.name} rejects {name} ({fleet.state.name}) through {agent.replica.instance} "
+                f"(which holds {held.state.name if held else 'nothing'}); etcd has it CLOSED",
+            )
+
+    def _open_stays_while_down(self, agent, now: float) -> None:  # type: ignore[no-untyped-def]
+        for name, (state, until) in agent.held_at_drop.items():
+            if now >= until - 1e-6:
+                continue
+            fleet = agent.view.fleet_in_force(agent.view.get(name), now)
+            if fleet is None or fleet.state is not state or abs(fleet.open_until - until) > 1e-6:
+                self.violation(
+                    "I1",
+                    (agent.name, name + "/down"),
+                    f"{agent.name} dropped the fleet OPEN of {name} while its link is down "
+                    f"({until - now:.2f}s were left; in force: {fleet})",
+                )
+
+
+def final(world: World) -> None:
+    """After healing and settling: I2, the converged part of I1, and I5."""
+    _leadership(world)
+    _converged(world)
+    _agents_agree(world)
+    _counted_once(world)
+
+
+def _leadership(world: World) -> None:
+    leaders = [r.instance for r in world.alive_replicas() if r.plane.leading]
+    if len(leaders) != 1:
+        world.result.violations.append(f"I2: {len(leaders)} replicas lead after healing: {leaders}")
+    for replica in world.alive_replicas():
+        writer = replica.plane.writer
+        if writer.pending or writer.restore_pending:
+            world.result.violations.append(
+                f"I2: {replica.instance} still has {sorted(writer.pending)} pending "
+                f"(restore pending: {writer.restore_pending}) after etcd is back"
+            )
+
+
+def _converged(world: World) -> None:
+    prefix = f"{PREFIX}/breakers/"
+    stored_names = {k.removeprefix(prefix) for k in world.etcd.keys if k.startswith(prefix)}
+    for replica in world.alive_replicas():
+        breakers = replica.plane.breakers
+        for name in sorted(stored_names | set(breakers.names())):
+            stored = stored_state(world, name)
+            if stored is None:
+                continue  # garbage in etcd that nothing decided over: refused, shown
+            held = breakers.find(name)
+            state = held.state if held is not None else BreakerState.CLOSED
+            if state is not stored[0] or (
+                held is not None and stored[1] >= 0 and held.generation != stored[1]
+            ):
+                world.result.violations.append(
+                    f"I2: {replica.instance} holds {name} {state.name}"
+                    f"{f' gen {held.generation}' if held else ''}; "
+                    f"etcd holds {stored[0].name} gen {stored[1]}"
+                )
+
+
+def _agents_agree(world: World) -> None:
+    now = world.now
+    for agent in world.agents:
+        if not agent.alive:
+            continue
+        if not agent.view.connected or agent.replica is None:
+            world.result.violations.append(f"I1: {agent.name} is not connected after healing")
+            continue
+        for name, state in list(agent.view.services.items()):
+            fleet = agent.view.fleet_in_force(state, now)
+            held = agent.replica.plane.breakers.find(name)
+            want = held.state if held is not None else BreakerState.CLOSED
+            got = fleet.state if fleet is not None else BreakerState.CLOSED
+            if got is not want:
+                world.result.violations.append(
+                    f"I1: {agent.name} holds {name} {got.name}; "
+                    f"its replica {agent.replica.instance} {want.name}"
+                )
+
+
+def _counted_once(world: World) -> None:
+    violations = world.result.violations
+    for agent in world.agents:
+        generated = sum(agent.generated.values())
+        delivered = world.delivered[agent.name]
+        if delivered > generated:
+            violations.append(f"{RESENT} {agent.name} delivered {delivered} failures, had {generated}")
+        elif agent.alive and delivered != generated:
+            violations.append(f"I5: {agent.name} had {generated} failures, delivered {delivered}")
+    relays = set(world.taken) | set(world.drained) | {s for s in world.delivered if s.startswith("relay:")}
+    alive = {f"relay:{r.instance}" for r in world.alive_replicas()}
+    for relay in sorted(relays):
+        passed = world.delivered[relay] + world.drained[relay]
+        if passed > world.taken[relay]:
+            violations.append(f"{RESENT} {relay} passed on {passed} failures, was given {world.taken[relay]}")
+        elif relay in alive and passed != world.taken[relay]:
+            violations.append(f"I5: {relay} was given {world.taken[relay]} failures, passed on {passed}")
+    from_agents = sum(v for k, v in world.delivered.items() if not k.startswith("relay:"))
+    held_by_relays = sum(world.taken[r] - world.delivered[r] - world.drained[r] for r in relays)
+    counted = sum(world.counted.values())
+    cut = sum(world.cut.values())
+    if counted != from_agents - held_by_relays - cut:
+        violations.append(
+            f"I5: the engines counted {counted} failures; agents delivered {from_agents}, "
+            f"of which relays kept {held_by_relays} and the report gate cut {cut}"
+        )
+    stats = world.result.stats
+    stats["failures"] += counted
+    stats["cut_by_report_gate"] += cut
+    stats["lost_in_crashed_relays"] += sum(
+        world.taken[r] - world.delivered[r] - world.drained[r] for r in relays if r not in alive
+    )
+    with contextlib.suppress(Exception):
+        stats["superseded"] += sum(r.plane.writer.superseded for r in world.alive_replicas())

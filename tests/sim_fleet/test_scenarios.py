@@ -1,0 +1,60 @@
+"""Scripted schedules for defects the random ones found: each fails without its fix."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from mission_control.client.breaker import BreakerState
+
+from . import checks, vloop
+from .schedule import SERVICES, World, _policy_json, policy, quiet_logs
+
+
+async def _until(world: World, check: Callable[[], bool], what: str, within: float = 10.0) -> None:
+    deadline = world.now + within
+    while not check():
+        assert world.now < deadline, f"not within {within} virtual seconds: {what}"
+        await asyncio.sleep(0.05)
+
+
+async def _fleet(world: World):  # type: ignore[no-untyped-def]
+    for service in SERVICES:
+        world.etcd.put_raw(
+            f"/mission-control/v1/policies/{service}", _policy_json(policy(service, world.rng))
+        )
+    first = await world.start_replica("cp0")
+    await _until(world, lambda: first.plane.leading, "cp0 leads")
+    second = await world.start_replica("cp1")
+    await _until(world, lambda: second.plane.sync.loaded.is_set(), "cp1 loaded")
+    return first, second
+
+
+def test_a_follower_converges_to_etcd_after_a_wipe_restored_by_a_leader_that_holds_nothing() -> None:
+    async def main() -> None:
+        world = World(0)
+        leader, follower = await _fleet(world)
+        await leader.plane.set_breaker_state("svc-a", BreakerState.FORCED_OPEN, "operator")
+        held = lambda: follower.plane.breakers.find("svc-a")  # noqa: E731
+        await _until(world, lambda: held() is not None and held().state is BreakerState.FORCED_OPEN, "pushed")
+        # etcd loses everything while the follower cannot see it; the leader is restarted
+        # (holding nothing) and leads the empty store
+        follower.store.cut = True
+        world.etcd.wipe()
+        world.crash(leader)
+        fresh = await world.start_replica("cp0")
+        await _until(world, lambda: fresh.plane.leading, "the restarted replica leads")
+        follower.store.cut = False
+        await _until(world, lambda: follower.plane.sync.wipes > 0, "the follower notices the wipe")
+        await _until(
+            world,
+            lambda: not follower.plane.writer.restore_pending and held().state is BreakerState.CLOSED,
+            "the follower holds what etcd holds",
+        )
+        await asyncio.sleep(3.0)
+        checks._converged(world)
+        checks._leadership(world)
+        assert world.result.violations == []
+
+    with quiet_logs():
+        vloop.run(main())

@@ -1,0 +1,125 @@
+"""The fleet-state simulation as tests: many seeded schedules, each checked for I1, I2, I5.
+
+``MC_SIM_SCHEDULES`` sets how many schedules run (``make soak`` runs thousands, each with
+longer faults: ``MC_SIM_ACTIVE_SECS``). A failing schedule prints its seed and the command
+that replays it.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+from mission_control.client.breaker import BreakerState
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+from .checks import RESENT
+from .schedule import Result, simulate
+
+SCHEDULES = int(os.environ.get("MC_SIM_SCHEDULES", "200"))
+ACTIVE_SECS = float(os.environ.get("MC_SIM_ACTIVE_SECS", "10"))
+FIRST_SEED = int(os.environ.get("MC_SIM_FIRST_SEED", "0"))
+#: Seeds whose schedules counted a resent batch twice (see the xfail test below).
+RESENT_SEEDS = (0, 3, 6)
+
+
+def _run(seed: int) -> Result:
+    return simulate(seed, active_secs=ACTIVE_SECS)
+
+
+def _all(seeds: list[int]) -> list[Result]:
+    workers = min(2, os.cpu_count() or 1)
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(_run, seeds, chunksize=8))
+
+
+def _failures(results: list[Result], keep) -> list[str]:  # type: ignore[no-untyped-def]
+    failed = []
+    for result in results:
+        found = [v for v in result.violations if keep(v)]
+        if found:
+            failed.append(
+                "\n".join([result.report().splitlines()[0], *found[:6], result.report().splitlines()[-1]])
+            )
+    return failed
+
+
+@pytest.mark.timeout(max(180, SCHEDULES * 2))
+def test_every_schedule_keeps_the_invariants() -> None:
+    results = _all(list(range(FIRST_SEED, FIRST_SEED + SCHEDULES)))
+    failed = _failures(results, lambda v: not v.startswith(RESENT))
+    assert not failed, f"{len(failed)} of {len(results)} schedules broke an invariant:\n" + "\n".join(failed)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known: an outcome batch a control plane took, whose acknowledgement was lost when "
+    "the stream broke, is merged into the next batch and counted again (no deduplication "
+    "of resent batches, across replicas neither)",
+)
+def test_no_resent_batch_is_counted_twice() -> None:
+    results = [simulate(seed, active_secs=40.0) for seed in RESENT_SEEDS]
+    failed = _failures(results, lambda v: v.startswith(RESENT))
+    assert not failed, "\n".join(failed)
+
+
+def test_a_schedule_replays_exactly_from_its_seed() -> None:
+    first, again = simulate(11, active_secs=10.0), simulate(11, active_secs=10.0)
+    assert first.events == again.events
+    assert first.violations == again.violations
+    assert first.stats == again.stats
+
+
+def _breaks(invariant: str, seeds: range = range(4)) -> list[str]:
+    """Violations of ``invariant`` (e.g. "I1") in a few schedules."""
+    found = []
+    for seed in seeds:
+        found += [v for v in simulate(seed, active_secs=10.0).violations if f"{invariant}:" in v]
+    return found
+
+
+def test_i1_catches_an_agent_that_keeps_an_open_the_fleet_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mission_control.client.view import LocalView
+
+    set_breaker = LocalView.set_breaker
+
+    def sticky(self, message):  # type: ignore[no-untyped-def]
+        held = self.services.get(message.name)
+        fleet = held.fleet if held is not None else None
+        if (
+            message.state == pb.BREAKER_STATE_CLOSED
+            and fleet is not None
+            and fleet.state is BreakerState.OPEN
+        ):
+            return
+        set_breaker(self, message)
+
+    monkeypatch.setattr(LocalView, "set_breaker", sticky)
+    assert _breaks("I1")
+
+
+def test_i2_catches_a_replica_that_ignores_the_breakers_etcd_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mission_control.server.sync import StoreSync
+
+    apply = StoreSync.apply
+
+    def deaf(self, key, value, revision):  # type: ignore[no-untyped-def]
+        return True if "/breakers/" in key else apply(self, key, value, revision)
+
+    monkeypatch.setattr(StoreSync, "apply", deaf)
+    assert _breaks("I2")
+
+
+def test_i5_catches_a_failure_counted_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mission_control.server.control_plane import ControlPlane
+
+    record = ControlPlane.record_outcomes
+
+    def twice(self, agent_id, summary):  # type: ignore[no-untyped-def]
+        record(self, agent_id, summary)
+        if summary.failures and self.leading:
+            record(self, agent_id, summary)
+
+    monkeypatch.setattr(ControlPlane, "record_outcomes", twice)
+    assert _breaks("I5")

@@ -1,0 +1,315 @@
+"""The simulated fleet: replicas running the real ControlPlane on an in-memory etcd, and
+agents holding a real LocalView, connected by in-memory streams.
+
+A :class:`Replica` is one control-plane process: a ``ControlPlane`` with leadership, the real
+``ControlPlaneServicer`` serving its streams, and its relay to the leader going through a
+:class:`~.net.Link`. Crashing one ends its tasks without a word (no resign, no flush), as
+``kill -9`` does. An :class:`Agent` is one agent process: its calls, its outcome batches
+(kept until acknowledged and sent again after a break, like ``ControlPlaneConnection``)
+and its view of the fleet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from mission_control.client.breaker import BreakerState
+from mission_control.client.config import policy_from_proto
+from mission_control.client.view import LocalView, UnackedBatches
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.server.control_plane import ControlPlane
+from mission_control.server.service import ControlPlaneServicer
+
+from .memstore import MemStore
+from .net import Link, LinkBroken, SimAccess
+
+if TYPE_CHECKING:
+    from .schedule import World
+
+PREFIX = "/mission-control/v1"
+#: Wall-clock seconds at virtual time 0 (records in etcd carry wall times).
+EPOCH = 1_800_000_000.0
+
+
+class Replica:
+    """One control-plane process at ``name`` (its address), the ``incarnation``-th start."""
+
+    def __init__(self, world: World, name: str, incarnation: int) -> None:
+        self.world = world
+        self.name = name
+        self.instance = f"{name}.{incarnation}"
+        self.alive = True
+        self.store = MemStore(world.etcd)
+        self.store.cut = name in world.cut_from_etcd
+        loop = asyncio.get_running_loop()
+        self.plane = ControlPlane(
+            self.store,
+            prefix=PREFIX,
+            instance_id=self.instance,
+            tick_interval=0.1,
+            ping_interval=0.5,
+            clock=loop.time,
+            wall=lambda: EPOCH + loop.time(),
+        )
+        self.plane.enable_leadership(name, ttl=3, token=world.relay_token, connect=self._relay_connect)
+        self.servicer = ControlPlaneServicer(self.plane, SimAccess())
+        self.links: list[Link] = []
+        self.started_at = loop.time()
+        record = self.plane.breakers.record
+
+        def counted(agent: str, summary: pb.OutcomeSummary):  # type: ignore[no-untyped-def]
+            world.counted[summary.service] += summary.failures
+            return record(agent, summary)
+
+        self.plane.breakers.record = counted  # type: ignore[method-assign]
+        self._count_relay()
+        bound = self.plane.reports.bound
+
+        def bounded(agent: str, summary: pb.OutcomeSummary, *, trusted: bool = False):  # type: ignore[no-untyped-def]
+            out = bound(agent, summary, trusted=trusted)
+            world.cut[summary.service] += summary.failures - (out.failures if out is not None else 0)
+            return out
+
+        self.plane.reports.bound = bounded  # type: ignore[method-assign]
+
+    async def start(self) -> None:
+        await self.plane.start(load_timeout=5.0)
+
+    def crash(self) -> None:
+        """``kill -9``: every task ends where it is; streams break; memory is gone."""
+        self.alive = False
+        for task in self.plane._tasks:
+            task.cancel()
+        for link in list(self.links):
+            link.break_(reason="replica crashed", drop_all=True)
+
+    def serve(self, client: str, requests: AsyncIterator[pb.ConnectRequest], metadata, sender: str) -> Link:  # type: ignore[no-untyped-def]
+        link = Link(
+            self.world.rng,
+            self.servicer,
+            client,
+            requests,
+            metadata,
+            on_delivered=lambda r: self.world.delivered_request(sender, r),
+        )
+        self.links.append(link)
+        return link
+
+    async def _relay_connect(self, address, requests, metadata):  # type: ignore[no-untyped-def]
+        target = self.world.reachable(self.name, address)
+        if target is None or not self.alive:
+            raise LinkBroken(f"{address} unreachable")
+        relay = self.plane.relay
+        assert relay is not None
+        link = target.serve(f"relay:{self.instance}", requests, metadata, sender=f"relay:{self.instance}")
+        self.links.append(link)
+        try:
+            async for response in link.responses():
+                yield response
+        finally:
+            link.break_()
+
+    def _count_relay(self) -> None:
+        relay = self.plane.relay
+        assert relay is not None
+        add, drain = relay.add, relay.drain
+        sender = f"relay:{self.instance}"
+        world = self.world
+
+        def taken(agent_id: str, summary: pb.OutcomeSummary) -> None:
+            world.taken[sender] += summary.failures
+            add(agent_id, summary)
+
+        def drained() -> list[pb.OutcomeSummary]:
+            summaries = drain()
+            world.drained[sender] += sum(s.failures for s in summaries)
+            return summaries
+
+        relay.add = taken  # type: ignore[method-assign]
+        relay.drain = drained  # type: ignore[method-assign]
+
+
+class Agent:
+    """One agent process: calls ``services``, reports outcomes, keeps a fleet view."""
+
+    def __init__(self, world: World, name: str, services: tuple[str, ...]) -> None:
+        self.world = world
+        self.name = name
+        self.services = services
+        loop = asyncio.get_running_loop()
+        self.view = LocalView(clock=loop.time)
+        self.unacked = UnackedBatches()
+        self.alive = True
+        self.link: Link | None = None
+        self.replica: Replica | None = None
+        self.connected_since = float("inf")
+        self.generated: Counter[str] = Counter()
+        self.rejected = 0
+        self._epoch = 0
+        self._wake = asyncio.Event()
+        self._probe_asks: list[str] = []
+        #: I1 (fail static): the fleet OPENs held when the link last dropped.
+        self.held_at_drop: dict[str, tuple[BreakerState, float]] = {}
+        self.tasks = [asyncio.create_task(self._run()), asyncio.create_task(self._calls())]
+
+    # -- the link ------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        rng = self.world.rng
+        backoff = 0.05
+        while self.alive:
+            replica = self.world.pick_replica(self.name)
+            if replica is not None:
+                try:
+                    await self._stream(replica)
+                except LinkBroken:
+                    pass
+                finally:
+                    self._dropped()
+            await asyncio.sleep(backoff * (0.5 + rng.random()))
+            backoff = min(backoff * 2, 2.0)
+            if replica is not None and self.world.now - self._stream_started > 5.0:
+                backoff = 0.05
+
+    _stream_started = 0.0
+
+    async def _stream(self, replica: Replica) -> None:
+        self._epoch += 1
+        self._requeue()
+        self._stream_started = self.world.now
+        link = replica.serve(f"agent:{self.name}", self._requests(self._epoch), None, sender=self.name)
+        self.link, self.replica = link, replica
+        async for response in link.responses():
+            self._apply(response)
+
+    def _dropped(self) -> None:
+        if self.link is not None:
+            self.link.break_()
+        self.link = self.replica = None
+        self.connected_since = float("inf")
+        self._requeue()
+        self.view.forget_fleet()
+        now = self.world.now
+        self.held_at_drop = {
+            name: (state.fleet.state, state.fleet.open_until)
+            for name, state in self.view.services.items()
+            if state.fleet is not None
+            and state.fleet.state is BreakerState.OPEN
+            and state.fleet.open_until > now
+        }
+
+    def break_link(self) -> None:
+        if self.link is not None:
+            self.link.break_(reason="network")
+
+    async def _requests(self, epoch: int) -> AsyncIterator[pb.ConnectRequest]:
+        yield pb.ConnectRequest(
+            hello=pb.AgentHello(agent_id=self.name, session_id=self.name, services=self.services)
+        )
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 0.05)
+            self._wake.clear()
+            if epoch != self._epoch or not self.alive:
+                return
+            if not self.view.connected:
+                continue
+            summaries = []
+            for name, state in list(self.view.services.items()):
+                tally = state.drain()
+                if tally is not None:
+                    summaries.append(tally.to_proto(name))
+            if summaries:
+                yield pb.ConnectRequest(outcomes=self.unacked.batch(summaries))
+            asks, self._probe_asks = self._probe_asks, []
+            for service in asks:
+                yield pb.ConnectRequest(probe_request=pb.ProbeRequest(service=service))
+
+    def _requeue(self) -> None:
+        for summary in self.unacked.take():
+            state = self.view.get(summary.service)
+            state.tally.merge(summary, earlier=True)
+
+    def _apply(self, response: pb.ConnectResponse) -> None:
+        kind = response.WhichOneof("message")
+        view = self.view
+        if kind == "snapshot":
+            snapshot = response.snapshot
+            policies = {m.service: policy_from_proto(m) for m in snapshot.policies}
+            view.apply_snapshot(policies, snapshot.breakers, partial=snapshot.partial)
+            view.connected = True
+            self.connected_since = self.world.now
+            self.held_at_drop = {}
+        elif kind == "breaker":
+            view.set_breaker(response.breaker)
+        elif kind == "policy":
+            update = response.policy
+            view.set_policy(update.service, None if update.deleted else policy_from_proto(update.policy))
+        elif kind == "probe_grant":
+            view.grant(response.probe_grant)
+        elif kind == "outcome_ack":
+            self.unacked.ack(response.outcome_ack.sequence)
+
+    # -- calls -----------------------------------------------------------------------
+
+    async def _calls(self) -> None:
+        rng: random.Random = self.world.rng
+        while self.alive:
+            await asyncio.sleep(rng.expovariate(10.0))
+            if not self.world.calling:
+                continue
+            self.call(rng.choice(self.services), rng)
+
+    def call(self, service: str, rng: random.Random) -> None:
+        now = self.world.now
+        state = self.view.get(service)
+        fleet = self.view.fleet_in_force(state, now)
+        failing = rng.random() < self.world.failure_rate(service)
+        with state.lock:
+            tally = state.tally
+            if fleet is not None and fleet.state is BreakerState.HALF_OPEN:
+                if not state.permits or not _take(state.permits, now):
+                    tally.rejected += 1
+                    if now - state.probe_asked_at >= 0.1:
+                        state.probe_asked_at = now
+                        self._probe_asks.append(service)
+                        self._wake.set()
+                    return
+                if failing:
+                    tally.probe_failures += 1
+                else:
+                    tally.probe_successes += 1
+                return
+            if fleet is not None and fleet.state.rejects:
+                tally.rejected += 1
+                self.rejected += 1
+                return
+            if failing:
+                tally.failures += 1
+                tally.trailing_failures += 1
+                self.generated[service] += 1
+            else:
+                tally.successes += 1
+                tally.trailing_failures = 0
+        if failing:
+            self._wake.set()
+
+    def die(self) -> None:
+        """The process is gone: what it had not delivered is lost with it."""
+        self.alive = False
+        for task in self.tasks:
+            task.cancel()
+        if self.link is not None:
+            self.link.break_(reason="agent died", drop_all=True)
+
+
+def _take(permits: list[float], now: float) -> bool:
+    while permits:
+        if permits.pop() > now:
+            return True
+    return False
