@@ -247,7 +247,9 @@ class StateWriter:
         """Force a breaker's state; returns the stored breaker. Raises StorageFailure
         when the store cannot take the write (nothing changes then)."""
         key = self.breaker_key(name)
-        for _ in range(10):
+        for attempt in range(10):
+            if attempt:  # another writer won: let it finish before reading and trying again
+                await asyncio.sleep(min(0.1, 0.002 * 2**attempt))
             breaker = self.breakers.draft(name)
             breaker.force(self.clock(), state, reason)
             record = self.breakers.record_of(breaker)
