@@ -26,7 +26,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -77,7 +77,9 @@ class ReportGate:
         self._policy_of = policy_of
         self.limits = limits or ReportLimits()
         self._clock = clock
-        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        # Oldest first: at max_buckets the least recently used bucket goes, in O(1).
+        self._buckets: OrderedDict[tuple[str, str], _Bucket] = OrderedDict()
+        self._services_of: dict[str, set[str]] = {}
         self._keys: dict[str, set[str]] = {}
         self._logged: dict[str, float] = {}
         #: Summaries refused or cut, per agent.
@@ -137,8 +139,16 @@ class ReportGate:
             )
 
     def agent_left(self, agent: str) -> None:
+        """Forget what was kept for ``agent`` (its buckets, its keys)."""
         self._keys.pop(agent, None)
         self._logged.pop(agent, None)
+        for service in self._services_of.pop(agent, ()):
+            self._buckets.pop((agent, service), None)
+
+    @property
+    def buckets(self) -> int:
+        """How many (agent, service) buckets are held."""
+        return len(self._buckets)
 
     # -- internals -------------------------------------------------------------
 
@@ -146,26 +156,30 @@ class ReportGate:
         now = self._clock()
         rate = policy.rate_limit_requests / policy.rate_limit_window_secs
         capacity = policy.rate_limit_requests * self.limits.burst_windows
-        bucket = self._buckets.get((agent, policy.service))
+        key = (agent, policy.service)
+        bucket = self._buckets.get(key)
         if bucket is None:
-            if len(self._buckets) >= self.limits.max_buckets:
-                self._prune(now)
-            bucket = self._buckets[(agent, policy.service)] = _Bucket(capacity, now)
+            while len(self._buckets) >= self.limits.max_buckets:
+                self._evict_oldest()
+            bucket = self._buckets[key] = _Bucket(capacity, now)
+            self._services_of.setdefault(agent, set()).add(policy.service)
+        else:
+            self._buckets.move_to_end(key)
         bucket.tokens = min(capacity, bucket.tokens + (now - bucket.at) * rate)
         bucket.at = now
         allowed = min(calls, int(bucket.tokens))
         bucket.tokens -= allowed
         return allowed
 
-    def _prune(self, now: float) -> None:
-        # A bucket that has refilled is the same as none: dropping it loses nothing.
-        for key, bucket in list(self._buckets.items()):
-            policy = self._policy_of(key[1])
-            full = (
-                bucket.tokens + (now - bucket.at) * policy.rate_limit_requests / policy.rate_limit_window_secs
-            )
-            if full >= policy.rate_limit_requests * self.limits.burst_windows:
-                del self._buckets[key]
+    def _evict_oldest(self) -> None:
+        # The least recently used bucket: a full one loses nothing; a drained one gives its
+        # agent a fresh burst, which the cap on buckets per agent and in all keeps bounded.
+        (agent, service), _ = self._buckets.popitem(last=False)
+        services = self._services_of.get(agent)
+        if services is not None:
+            services.discard(service)
+            if not services:
+                del self._services_of[agent]
 
     def _keys_into(self, agent: str, given: object, into: object, most: int) -> bool:
         """Copy the bounded part of an errors_by_* map; True when something was cut."""
