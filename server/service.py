@@ -63,6 +63,10 @@ class Limits:
     #: Breakers of services no policy names: in all, and admitted by one agent.
     max_unnamed_services: int = 1024
     max_unnamed_services_per_agent: int = 64
+    #: WatchBreakers: names in one filter, calls in all and from one address.
+    max_watch_names: int = 1024
+    max_watchers: int = 1024
+    max_watchers_per_peer: int = 16
 
 
 class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
@@ -217,10 +221,13 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         return pb.GetBreakerResponse(breaker=self.plane.breakers.to_proto(request.name))
 
     async def WatchBreakers(self, request, context):  # type: ignore[no-untyped-def]
+        if len(request.names) > self.limits.max_watch_names:
+            raise ConfigurationError("names", f"at most {self.limits.max_watch_names} names")
         names = frozenset(request.names)
         for name in names:
             _check_name("names", name)
-        sub = self.plane.hub.watch(names)
+        await self._check_watchers(context, peer_host(context.peer() or ""))
+        sub = self.plane.hub.watch(names, peer_host(context.peer() or ""))
         try:
             for breaker in self.plane.breakers.snapshot():
                 if not names or breaker.name in names:
@@ -232,6 +239,18 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                 yield message
         finally:
             self.plane.hub.unwatch(sub)
+
+    async def _check_watchers(self, context: grpc.aio.ServicerContext, peer: str) -> None:
+        hub, limits = self.plane.hub, self.limits
+        if len(hub.watchers) >= limits.max_watchers:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"{limits.max_watchers} watchers: the limit"
+            )
+        if hub.watchers_from(peer) >= limits.max_watchers_per_peer:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{limits.max_watchers_per_peer} watchers from this address: the limit",
+            )
 
     async def SetBreakerState(self, request, context):  # type: ignore[no-untyped-def]
         await self.access.authorize_write(context, "SetBreakerState")

@@ -417,3 +417,61 @@ async def test_an_idle_breaker_no_policy_names_is_forgotten_in_memory_and_in_etc
 
     await poll(marker_seen)
     assert plane.breakers.find("passing-fad") is None
+
+
+# -- review: bounds on watchers ------------------------------------------------------------
+
+
+async def open_watch(address: str, names: list[str]) -> tuple[grpc.aio.Channel, grpc.StatusCode | None]:
+    """A WatchBreakers call held open: OK once its first breaker arrived, else the refusal's code."""
+    channel = grpc.aio.insecure_channel(address)
+    call = pb_grpc.ControlPlaneServiceStub(channel).WatchBreakers(pb.WatchBreakersRequest(names=names))
+    try:
+        await call.read()
+        return channel, None
+    except grpc.RpcError as err:
+        return channel, err.code()
+
+
+async def test_watchers_are_bounded_in_filter_size_and_per_address(plane: str) -> None:
+    await send_raw(plane, batch(1, pb.OutcomeSummary(service="watched", successes=1)))
+    await poll(lambda: _has_breaker(plane, "watched"))
+    huge = ["watched", *(f"w{'x' * 100}{i}" for i in range(1024))]
+    _, code = await open_watch(plane, huge)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    _, code = await open_watch(plane, ["watched", "bad\n"])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    opened = [await open_watch(plane, ["watched"]) for _ in range(20)]
+    try:
+        codes = [code for _, code in opened]
+        assert codes.count(None) == 16
+        assert set(codes) == {None, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    finally:
+        for channel, _ in opened:
+            await channel.close()
+    await poll(lambda: _watch_ok(plane))  # closed watchers free their places
+    await fleet_still_works(plane)
+
+
+async def _has_breaker(address: str, name: str) -> bool:
+    return name in await breakers(address)
+
+
+async def _watch_ok(address: str) -> bool:
+    channel, code = await open_watch(address, ["watched"])
+    await channel.close()
+    return code is None
+
+
+async def test_names_with_a_trailing_newline_are_refused_everywhere(plane: str) -> None:
+    received = await send_raw(plane, agent_id="payments\n")
+    assert isinstance(received[-1], grpc.RpcError)
+    assert received[-1].code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as refused:
+        await put_policy(plane, service="payments\n", failure_threshold=3)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    await send_raw(plane, batch(1, pb.OutcomeSummary(service="nl-svc\n", failures=3)))
+    await send_raw(plane, batch(1, pb.OutcomeSummary(service="nl-svc-ok", failures=3)))
+    found = await breakers(plane)
+    assert "nl-svc-ok" in found and not any(name.startswith("nl-svc\n") for name in found)
+    await fleet_still_works(plane)
