@@ -33,7 +33,7 @@ __all__ = [
 
 Violations = list[tuple[str, str]]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 _DAY = 86400.0
 #: Most entries in a policy's ``reporters``.
 MAX_REPORTERS = 256
@@ -48,7 +48,7 @@ def name_problem(name: object) -> str | None:
     """Why ``name`` is not a valid service, breaker or resource name, else None."""
     if not isinstance(name, str) or not name:
         return "must be a non-empty name"
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         return "must be 1-128 characters of letters, digits, '_', '.' or '-'"
     return None
 
