@@ -39,6 +39,8 @@ _log = logging.getLogger("mission_control.server.reports")
 REJECTION_REASONS = frozenset({"breaker", "rate_limit", "quota", "bulkhead"})
 #: Agents whose refusals are counted by name; the rest count under "other".
 MAX_COUNTED_AGENTS = 1000
+#: Agents whose summary budget is remembered (also after they left).
+MAX_BUDGETS = 20_000
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,10 @@ class ReportLimits:
     max_keys_per_summary: int = 32
     max_keys_per_agent: int = 64
     max_buckets: int = 100_000
+    #: Summaries one agent may send per second, and in one burst (a reconnect's backlog);
+    #: the rest are refused unread. Replicas relaying for their agents are not bound here.
+    summaries_per_sec: float = 1024.0
+    summaries_burst: float = 2048.0
 
 
 @dataclass
@@ -80,6 +86,8 @@ class ReportGate:
         # Oldest first: at max_buckets the least recently used bucket goes, in O(1).
         self._buckets: OrderedDict[tuple[str, str], _Bucket] = OrderedDict()
         self._services_of: dict[str, set[str]] = {}
+        # Kept after an agent leaves (a reconnect brings no fresh burst), oldest dropped first.
+        self._budgets: OrderedDict[str, _Bucket] = OrderedDict()
         self._keys: dict[str, set[str]] = {}
         self._logged: dict[str, float] = {}
         #: Summaries refused or cut, per agent.
@@ -121,12 +129,36 @@ class ReportGate:
             self.refuse(
                 agent, summary.service, f"claimed more than it could ({calls} calls, {allowed} allowed)"
             )
+            if len(out.ListFields()) == 1:  # only the name is left: nothing to count
+                return None
         return out
 
-    def refuse(self, agent: str, service: str, why: str) -> None:
-        """Count (and now and then log) a report refused or cut."""
+    def admit(self, agent: str, summaries: int) -> int:
+        """How many of ``summaries`` the agent's budget lets in now (the rest are refused)."""
+        now = self._clock()
+        limits = self.limits
+        budget = self._budgets.get(agent)
+        if budget is None:
+            if len(self._budgets) >= MAX_BUDGETS:
+                self._budgets.popitem(last=False)
+            budget = self._budgets[agent] = _Bucket(limits.summaries_burst, now)
+        else:
+            self._budgets.move_to_end(agent)
+        refilled = budget.tokens + (now - budget.at) * limits.summaries_per_sec
+        budget.tokens = min(limits.summaries_burst, refilled)
+        budget.at = now
+        admitted = min(summaries, int(budget.tokens))
+        budget.tokens -= admitted
+        return admitted
+
+    def refill_secs(self, summaries: int) -> float:
+        """How long an agent's budget takes to refill ``summaries`` (at most 5 s)."""
+        return min(5.0, summaries / self.limits.summaries_per_sec)
+
+    def refuse(self, agent: str, service: str, why: str, count: int = 1) -> None:
+        """Count (and now and then log) ``count`` reports refused or cut."""
         key = agent if agent in self.refused or len(self.refused) < MAX_COUNTED_AGENTS else "other"
-        self.refused[key] += 1
+        self.refused[key] += count
         now = self._clock()
         if now - self._logged.get(key, -1e9) >= 60.0:
             self._logged[key] = now
@@ -185,19 +217,25 @@ class ReportGate:
         """Copy the bounded part of an errors_by_* map; True when something was cut."""
         if not given:
             return False
-        src: dict[str, int] = dict(given)  # type: ignore[call-overload]
-        dst = into  # a protobuf map field
+        if most <= 0:  # nothing kept to attribute (a cut report): nothing to copy or remember
+            return any(given.values())  # type: ignore[attr-defined]
+        limits = self.limits
+        items = list(dict(given).items())  # type: ignore[call-overload]
         seen = self._keys.setdefault(agent, set())
-        cut = len(src) > self.limits.max_keys_per_summary
-        for name, n in list(src.items())[: self.limits.max_keys_per_summary]:
-            if not name or len(name) > self.limits.max_key_length or not name.isprintable():
+        cut = len(items) > limits.max_keys_per_summary
+        kept: dict[str, int] = {}
+        for name, n in items[: limits.max_keys_per_summary]:
+            if not name or len(name) > limits.max_key_length or not name.isprintable():
                 cut = True
                 continue
+            if not n:
+                continue
             if name not in seen:
-                if len(seen) >= self.limits.max_keys_per_agent:
+                if len(seen) >= limits.max_keys_per_agent:
                     name = "other"
                 else:
                     seen.add(name)
-            dst[name] = min(most, dst.get(name, 0) + n)  # type: ignore[index, attr-defined]
+            kept[name] = min(most, kept.get(name, 0) + n)
             cut |= n > most
+        into.update(kept)  # type: ignore[attr-defined]
         return cut

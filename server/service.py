@@ -46,6 +46,9 @@ def _check_name(field: str, name: str) -> None:
         raise ConfigurationError(field, problem)
 
 
+#: Summaries handled between two yields to the event loop.
+SUMMARIES_PER_STEP = 16
+
 #: etcd's default --max-txn-ops: an import is one transaction, all or nothing.
 MAX_IMPORT_WRITES = 128
 
@@ -57,6 +60,9 @@ class Limits:
     max_agents: int = 10_000
     max_streams_per_agent: int = 8
     max_summaries_per_batch: int = 1024
+    #: Summaries one agent may send per second (bursts of two seconds' worth, at least a
+    #: full batch); the rest are refused unread.
+    max_summaries_per_sec: float = 1024.0
     max_reason_length: int = 512
     #: Distinct agent ids connected from one address when agents are not authenticated.
     max_agents_per_peer: int = 64
@@ -159,7 +165,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                     )
                     return
                 if kind == "outcomes":
-                    self._outcomes(sub, request.outcomes)
+                    await self._outcomes(sub, request.outcomes)
                 elif kind == "probe_request":
                     service = request.probe_request.service
                     if name_problem(service):
@@ -184,30 +190,45 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         finally:
             sub.close()
 
-    def _outcomes(self, sub: Subscriber, batch: pb.OutcomeBatch) -> None:
+    async def _outcomes(self, sub: Subscriber, batch: pb.OutcomeBatch) -> None:
         plane = self.plane
         plane.stats.add_dropped(batch.dropped)
         telemetry = plane.telemetry
         if telemetry is not None and batch.dropped:
             telemetry.dropped(batch.dropped)
-        for summary in batch.summaries:
-            if name_problem(summary.service):
-                continue
-            if not plane.admission.allows(sub.agent_id, summary.service, trusted=sub.trusted):
-                plane.reports.refuse(sub.agent_id, summary.service, "too many services without a policy")
-                continue
-            summary = plane.reports.bound(sub.agent_id, summary, trusted=sub.trusted)
-            if summary is None:
-                continue
-            named = plane.policies.stored(summary.service) is not None
-            plane.stats.record(sub.agent_id, summary, named=named)
-            plane.record_outcomes(sub.agent_id, summary)
-            for listener in plane.outcome_listeners:
-                listener(sub.agent_id, summary)
-            if telemetry is not None:
-                telemetry.outcomes(sub.agent_id, summary)
+        summaries = batch.summaries
+        admitted = len(summaries) if sub.trusted else plane.reports.admit(sub.agent_id, len(summaries))
+        refused = len(summaries) - admitted
+        if refused:
+            plane.reports.refuse(sub.agent_id, "*", "sent more summaries than its budget", refused)
+        for i in range(admitted):
+            if i and not i % SUMMARIES_PER_STEP:
+                await asyncio.sleep(0)  # a big batch must not keep the loop from others
+            self._summary(sub, summaries[i])
         if batch.sequence:
             sub.push(pb.ConnectResponse(outcome_ack=pb.OutcomeAck(sequence=batch.sequence)))
+        if refused:
+            # Read nothing more from this stream until the budget has refilled: flow control
+            # then holds the client's next batches, which are never parsed.
+            await asyncio.sleep(plane.reports.refill_secs(refused))
+
+    def _summary(self, sub: Subscriber, summary: pb.OutcomeSummary) -> None:
+        plane = self.plane
+        if name_problem(summary.service):
+            return
+        if not plane.admission.allows(sub.agent_id, summary.service, trusted=sub.trusted):
+            plane.reports.refuse(sub.agent_id, summary.service, "too many services without a policy")
+            return
+        bounded = plane.reports.bound(sub.agent_id, summary, trusted=sub.trusted)
+        if bounded is None:
+            return
+        named = plane.policies.stored(bounded.service) is not None
+        plane.stats.record(sub.agent_id, bounded, named=named)
+        plane.record_outcomes(sub.agent_id, bounded)
+        for listener in plane.outcome_listeners:
+            listener(sub.agent_id, bounded)
+        if plane.telemetry is not None:
+            plane.telemetry.outcomes(sub.agent_id, bounded)
 
     # -- breakers --------------------------------------------------------------
 

@@ -475,3 +475,20 @@ async def test_names_with_a_trailing_newline_are_refused_everywhere(plane: str) 
     found = await breakers(plane)
     assert "nl-svc-ok" in found and not any(name.startswith("nl-svc\n") for name in found)
     await fleet_still_works(plane)
+
+
+async def test_summaries_beyond_an_agents_budget_are_refused_unread(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    proc, address = procs.control_plane(etcd_server.endpoint, prefix, "--max-summaries-per-sec", "1")
+    spawned.append(proc)
+    await put_policy(address, service="busy", rate_limit_requests=1_000_000)
+    keys = {f"E{i:02d}{'x' * 50}": 1 for i in range(32)}
+    full = [pb.OutcomeSummary(service="busy", failures=1, errors_by_type=keys) for _ in range(1024)]
+    await send_raw(address, batch(1, *full), batch(2, *full), agent_id="flooder")  # both acknowledged
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        answer = await stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=10)
+    assert answer.statistics.reports_refused["flooder"] >= 1000  # the second batch, less a refill
+    assert answer.statistics.errors_by_agent["flooder"] <= 1024 + 30
+    await fleet_still_works(address)

@@ -163,3 +163,16 @@ def test_the_default_policy_of_an_unnamed_service_is_built_once() -> None:
     assert first == ServicePolicy("unnamed-1")
     preset = ServicePolicy("llm_provider", **dict(SEED_PRESETS["llm_provider"]))
     assert policies.policy_of("llm_provider") == preset
+
+
+def test_an_agents_summaries_are_admitted_up_to_its_budget() -> None:
+    clock = Clock()
+    reports = ReportGate(book().policy_of, ReportLimits(summaries_per_sec=100, summaries_burst=200), clock)
+    assert reports.admit("a", 150) == 150
+    assert reports.admit("a", 150) == 50
+    assert reports.admit("b", 150) == 150  # budgets are per agent
+    clock.now += 1.0
+    assert reports.admit("a", 150) == 100
+    reports.agent_left("a")  # leaving and coming back brings no fresh burst
+    assert reports.admit("a", 150) == 0
+    assert reports.refill_secs(100) == 1.0
