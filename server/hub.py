@@ -35,6 +35,8 @@ class Subscriber:
     overflowed: bool = False
     #: An admin identity (a replica relaying for its agents): bound by fleet-wide caps only.
     trusted: bool = False
+    #: A replica's relay (authenticated as one), not an agent.
+    replica: bool = False
     #: The client's address (without port).
     peer: str = ""
     #: (code, details) the stream is to end with, when the client broke a limit.

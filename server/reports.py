@@ -8,16 +8,18 @@ bounded before anything counts it:
 * **Calls.** ``successes + failures`` may not exceed the calls the agent could have made:
   the policy's rate limit, as a token bucket per (agent, service) that holds up to
   ``burst_windows`` windows of calls (one window of calls, plus one of reports that waited
-  for a reconnect) and refills at the rate limit. What is beyond is cut, failures kept
-  first. Every attempt takes a unit of the rate limit, so an honest agent stays within.
+  for a reconnect) and refills at the rate limit. What is beyond is cut, successes and
+  failures in proportion (the failure rate stays what the agent saw). Every attempt takes
+  a unit of the rate limit, so an honest agent stays within.
 * **Fields.** ``trailing_failures`` and ``recovery_*`` never exceed the calls kept;
   ``errors_by_type`` and ``errors_by_operation`` keep at most ``max_keys_per_summary``
   printable keys of at most ``max_key_length`` characters, counts at most the failures,
   and one agent introduces at most ``max_keys_per_agent`` distinct keys (the rest count
   as ``other``).
 
-Replicas relaying for their agents (an admin identity) were bounded per agent where the
-agents connected; only the reporters rule is theirs to enforce. Every refused or cut
+Replicas relaying for their agents (``trusted``: see the README's Security section) were
+bounded per agent where the agents connected, reporters rule included: the leader trusts
+what they relay. Every refused or cut
 summary is counted per agent and logged (at most once a minute per agent).
 """
 
@@ -110,8 +112,11 @@ class ReportGate:
         )
         calls = summary.successes + summary.failures
         allowed = calls if trusted else self._take(agent, policy, calls)
-        out.failures = min(summary.failures, allowed)
-        out.successes = min(summary.successes, allowed - out.failures)
+        if allowed < calls:  # cut in proportion: the failure rate reported stays the same
+            out.failures = min(allowed, (summary.failures * allowed + calls // 2) // calls)
+            out.successes = min(summary.successes, allowed - out.failures)
+        else:
+            out.failures, out.successes = summary.failures, summary.successes
         out.trailing_failures = min(summary.trailing_failures, out.failures)
         out.recovery_attempts = min(summary.recovery_attempts, allowed)
         out.recovery_successes = min(summary.recovery_successes, out.recovery_attempts)

@@ -23,7 +23,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import errors_pb2
 
-from .auth import AccessPolicy
+from .auth import REPLICA_PREFIX, AccessPolicy
 from .control_plane import ControlPlane
 from .hub import Subscriber
 from .inbound import bounded_demand, hello_problem, peer_host
@@ -114,8 +114,10 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.limits.max_agents} agents connected: the limit"
             )
+        replica = await self._check_replica(context, hello.agent_id, peer)
         sub = plane.hub.connect(hello)
-        sub.trusted = self.access.is_admin(context) or self.access.is_replica(context)
+        sub.trusted = replica or self.access.is_admin(context)
+        sub.replica = replica
         sub.peer = peer
         _log.info("agent %s connected (stream %s)", hello.agent_id, sub.id)
         reader = asyncio.create_task(self._read(sub, request_iterator))
@@ -137,6 +139,21 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             if plane.hub.disconnect(sub):
                 plane.agent_left(sub.agent_id)
             _log.info("agent %s disconnected (stream %s)", sub.agent_id, sub.id)
+
+    async def _check_replica(self, context: grpc.aio.ServicerContext, agent_id: str, peer: str) -> bool:
+        """Whether the stream is a replica's relay; an id of the relays' form is refused
+        to anyone else."""
+        access = self.access
+        if access.is_replica(context) or access.is_loopback_replica(agent_id, peer):
+            return True
+        if agent_id.startswith(REPLICA_PREFIX):
+            if access.is_admin(context):
+                return True  # relays holding an admin token (the shared-token deployment)
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"agent ids starting with {REPLICA_PREFIX!r} are for replicas",
+            )
+        return False
 
     async def _check_peer(self, context: grpc.aio.ServicerContext, agent_id: str, peer: str) -> None:
         # Without authentication anyone may invent agent ids: bound those one address holds,

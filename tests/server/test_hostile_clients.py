@@ -4,6 +4,7 @@ one client could send, then checks that the fleet still works for everyone else.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -27,6 +28,8 @@ from mission_control.server.policies import PolicyBook
 from mission_control.server.store import EtcdStore, Write
 
 from tests.support import procs
+from tests.support.agents import RawAgent
+from tests.support.etcd import etcdctl
 from tests.support.fleet_check import fleet_still_works
 from tests.support.otlp import Receiver
 from tests.support.procs import Proc
@@ -492,3 +495,84 @@ async def test_summaries_beyond_an_agents_budget_are_refused_unread(
     assert answer.statistics.reports_refused["flooder"] >= 1000  # the second batch, less a refill
     assert answer.statistics.errors_by_agent["flooder"] <= 1024 + 30
     await fleet_still_works(address)
+
+
+# -- review: a follower's relay ------------------------------------------------------------
+
+
+async def two_replicas(etcd: EtcdProcess, prefix: str, spawned: list[Proc]) -> tuple[str, str]:
+    """(leader, follower) addresses of two replicas in the default configuration."""
+    first, first_address = procs.control_plane(etcd.endpoint, prefix, "--instance-id", "ra")
+    spawned.append(first)
+    second, second_address = procs.control_plane(etcd.endpoint, prefix, "--instance-id", "rb")
+    spawned.append(second)
+    leader = ""
+
+    async def elected() -> bool:
+        nonlocal leader
+        value = etcdctl(etcd.endpoint, "get", "--print-value-only", f"{prefix}/leader")
+        leader = json.loads(value)["instance"] if value.strip() else ""
+        return bool(leader)
+
+    await poll(elected)
+    return (first_address, second_address) if leader == "ra" else (second_address, first_address)
+
+
+async def test_a_relay_keeps_its_agents_reporters_and_failure_rate(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    leader, follower = await two_replicas(etcd_server, prefix, spawned)
+    rate = policy_pb2.FailureRatePolicy(threshold=0.4, minimum_calls=20, window_secs=60)
+    await put_policy(
+        leader, service="fr", failure_threshold=1000, rate_limit_requests=100, rate_limit_window_secs=60,
+        failure_rate=rate,
+    )  # fmt: skip
+    await put_policy(leader, service="pay", failure_threshold=3, reporters=["good-*"])
+
+    async def known_to(address: str, *services: str) -> bool:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.ControlPlaneServiceStub(channel)
+            found = await stub.ListPolicies(pb.ListPoliciesRequest(), timeout=10)
+        return set(services) <= {p.service for p in found.policies}
+
+    await poll(lambda: known_to(follower, "fr", "pay"))
+    agents = [RawAgent(follower, f"honest-{i}", ("fr",)) for i in range(10)]
+    for agent in agents:
+        await agent.__aenter__()
+    try:
+        for agent in agents:  # 10 % failures each: relayed as 10 %, not as failures first
+            await agent.report("fr", successes=90, failures=10)
+        async with RawAgent(follower, "good-1", ("pay",)) as good:
+            await good.report("pay", failures=3, trailing_failures=3)
+            await poll(lambda: _state_is(leader, "pay", pb.BREAKER_STATE_OPEN))
+        await poll(lambda: _failures_are(leader, "fr", 100))
+        assert (await breakers(leader))["fr"].state == pb.BREAKER_STATE_CLOSED
+    finally:
+        for agent in agents:
+            await agent.__aexit__(None, None, None)
+    await fleet_still_works(leader)
+
+
+async def _state_is(address: str, name: str, state: int) -> bool:
+    found = (await breakers(address)).get(name)
+    return found is not None and found.state == state
+
+
+async def _failures_are(address: str, name: str, failures: int) -> bool:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        answer = await stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=10)
+    return answer.statistics.errors_by_service[name] >= failures
+
+
+async def test_only_replicas_may_use_replica_ids(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc], tmp_path: Path
+) -> None:
+    tokens = tmp_path / "admin.tokens"
+    tokens.write_text("s3cret-admin\n")
+    proc, address = procs.control_plane(etcd_server.endpoint, prefix, "--admin-tokens-file", str(tokens))
+    spawned.append(proc)
+    received = await send_raw(address, agent_id="replica.fake")
+    assert isinstance(received[-1], grpc.RpcError)
+    assert received[-1].code() == grpc.StatusCode.PERMISSION_DENIED
+    await fleet_still_works(address, metadata=(("authorization", "Bearer s3cret-admin"),))
