@@ -27,6 +27,7 @@ from .auth import REPLICA_PREFIX, AccessPolicy
 from .control_plane import ControlPlane
 from .hub import Subscriber
 from .inbound import bounded_demand, hello_problem, peer_host
+from .reports import may_report
 from .stats import Page
 from .store import Write
 
@@ -186,6 +187,9 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                 elif kind == "probe_request":
                     service = request.probe_request.service
                     if name_problem(service):
+                        continue
+                    if not sub.trusted and not may_report(plane.policies.policy_of(service), sub.agent_id):
+                        plane.reports.refuse(sub.agent_id, service, "asked for a probe: not a reporter")
                         continue
                     if plane.admission.known(service):
                         plane.request_probe(sub.agent_id, service)

@@ -576,3 +576,28 @@ async def test_only_replicas_may_use_replica_ids(
     assert isinstance(received[-1], grpc.RpcError)
     assert received[-1].code() == grpc.StatusCode.PERMISSION_DENIED
     await fleet_still_works(address, metadata=(("authorization", "Bearer s3cret-admin"),))
+
+
+async def test_a_non_reporter_cannot_take_the_probe_permits(plane: str) -> None:
+    await put_policy(
+        plane, service="ledger", failure_threshold=3, success_threshold=1, wait_duration_secs=0.3,
+        timeout_secs=30.0, reporters=["good-*"],
+    )  # fmt: skip
+    async with (
+        RawAgent(plane, "mallory", ("ledger",)) as mallory,
+        RawAgent(plane, "good-1", ("ledger",)) as good,
+    ):
+        await good.report("ledger", failures=3, trailing_failures=3)
+        await good.wait_for(lambda: good.state("ledger") == pb.BREAKER_STATE_HALF_OPEN)
+        for _ in range(5):
+            await mallory.ask_probe("ledger")  # first in line: refused, holds nothing
+        await good.ask_probe("ledger")
+        await good.wait_for(lambda: bool(good.grants))
+        await good.report("ledger", probe_successes=1)
+        await good.wait_for(lambda: good.state("ledger") == pb.BREAKER_STATE_CLOSED)
+        assert not mallory.grants
+    async with grpc.aio.insecure_channel(plane) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        answer = await stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=10)
+    assert answer.statistics.reports_refused["mallory"] >= 5
+    await fleet_still_works(plane)
