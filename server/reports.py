@@ -11,6 +11,9 @@ bounded before anything counts it:
   for a reconnect) and refills at the rate limit. What is beyond is cut, successes and
   failures in proportion (the failure rate stays what the agent saw). Every attempt takes
   a unit of the rate limit, so an honest agent stays within.
+* **Rejections, probes, drops.** ``rejected`` is cut by a second bucket at ten times the
+  rate limit; probe results and releases by the permits the agent holds (``probes_held``);
+  a batch's ``dropped`` at ``max_dropped_per_batch``.
 * **Fields.** ``trailing_failures`` and ``recovery_*`` never exceed the calls kept;
   ``errors_by_type`` and ``errors_by_operation`` keep at most ``max_keys_per_summary``
   printable keys of at most ``max_key_length`` characters, counts at most the failures,
@@ -54,6 +57,11 @@ class ReportLimits:
     max_keys_per_summary: int = 32
     max_keys_per_agent: int = 64
     max_buckets: int = 100_000
+    #: Calls rejected locally (breaker, rate limit, quota, bulkhead) may exceed the calls
+    #: made: up to this many times the rate limit's bucket.
+    rejected_per_call: float = 10.0
+    #: Outcomes an agent says it dropped, in one batch.
+    max_dropped_per_batch: int = 1_000_000
     #: Summaries one agent may send per second, and in one burst (a reconnect's backlog);
     #: the rest are refused unread. Replicas relaying for their agents are not bound here.
     summaries_per_sec: float = 1024.0
@@ -64,6 +72,7 @@ class ReportLimits:
 class _Bucket:
     tokens: float
     at: float
+    rejected: float = 0.0
 
 
 def may_report(policy: ServicePolicy, agent: str) -> bool:
@@ -96,22 +105,30 @@ class ReportGate:
         self.refused: Counter[str] = Counter()
 
     def bound(
-        self, agent: str, summary: pb.OutcomeSummary, *, trusted: bool = False
+        self,
+        agent: str,
+        summary: pb.OutcomeSummary,
+        *,
+        trusted: bool = False,
+        probes_held: int | None = None,
     ) -> pb.OutcomeSummary | None:
-        """The part of ``summary`` that counts, or None when none of it does."""
+        """The part of ``summary`` that counts, or None when none of it does.
+
+        ``probes_held``: the probe permits the agent holds on the service (None: unbounded);
+        probe results and releases beyond them are cut.
+        """
         policy = self._policy_of(summary.service)
         if not trusted and not may_report(policy, agent):
             self.refuse(agent, summary.service, "not a reporter of this service")
             return None
-        out = pb.OutcomeSummary(
-            service=summary.service,
-            rejected=summary.rejected,
-            probe_successes=summary.probe_successes,
-            probe_failures=summary.probe_failures,
-            probes_released=summary.probes_released,
-        )
+        out = pb.OutcomeSummary(service=summary.service)
         calls = summary.successes + summary.failures
-        allowed = calls if trusted else self._take(agent, policy, calls)
+        if trusted:
+            allowed, out.rejected = calls, summary.rejected
+        else:
+            allowed, out.rejected = self._take(agent, policy, calls, summary.rejected)
+        cut = allowed < calls or out.rejected < summary.rejected
+        cut |= self._probes_into(summary, out, probes_held)
         if allowed < calls:  # cut in proportion: the failure rate reported stays the same
             out.failures = min(allowed, (summary.failures * allowed + calls // 2) // calls)
             out.successes = min(summary.successes, allowed - out.failures)
@@ -120,7 +137,6 @@ class ReportGate:
         out.trailing_failures = min(summary.trailing_failures, out.failures)
         out.recovery_attempts = min(summary.recovery_attempts, allowed)
         out.recovery_successes = min(summary.recovery_successes, out.recovery_attempts)
-        cut = allowed < calls
         failures = out.failures + out.probe_failures
         cut |= self._keys_into(agent, summary.errors_by_type, out.errors_by_type, failures)
         cut |= self._keys_into(agent, summary.errors_by_operation, out.errors_by_operation, failures)
@@ -189,24 +205,50 @@ class ReportGate:
 
     # -- internals -------------------------------------------------------------
 
-    def _take(self, agent: str, policy: ServicePolicy, calls: int) -> int:
+    def dropped(self, agent: str, n: int) -> int:
+        """The part of a batch's ``dropped`` count that counts."""
+        most = self.limits.max_dropped_per_batch
+        if n > most:
+            self.refuse(agent, "*", f"claimed {n} dropped outcomes in one batch")
+        return min(n, most)
+
+    @staticmethod
+    def _probes_into(summary: pb.OutcomeSummary, out: pb.OutcomeSummary, held: int | None) -> bool:
+        """Copy probe results and releases, at most ``held`` of each; True when cut."""
+        if held is None:
+            out.probe_failures, out.probe_successes = summary.probe_failures, summary.probe_successes
+            out.probes_released = summary.probes_released
+            return False
+        out.probe_failures = min(summary.probe_failures, held)
+        out.probe_successes = min(summary.probe_successes, held - out.probe_failures)
+        out.probes_released = min(summary.probes_released, held)
+        kept = out.probe_failures + out.probe_successes + out.probes_released
+        return kept < summary.probe_failures + summary.probe_successes + summary.probes_released
+
+    def _take(self, agent: str, policy: ServicePolicy, calls: int, rejected: int) -> tuple[int, int]:
+        """(calls, rejected calls) the agent's bucket on the service allows."""
         now = self._clock()
         rate = policy.rate_limit_requests / policy.rate_limit_window_secs
         capacity = policy.rate_limit_requests * self.limits.burst_windows
+        factor = self.limits.rejected_per_call
         key = (agent, policy.service)
         bucket = self._buckets.get(key)
         if bucket is None:
             while len(self._buckets) >= self.limits.max_buckets:
                 self._evict_oldest()
-            bucket = self._buckets[key] = _Bucket(capacity, now)
+            bucket = self._buckets[key] = _Bucket(capacity, now, capacity * factor)
             self._services_of.setdefault(agent, set()).add(policy.service)
         else:
             self._buckets.move_to_end(key)
-        bucket.tokens = min(capacity, bucket.tokens + (now - bucket.at) * rate)
+        elapsed = now - bucket.at
+        bucket.tokens = min(capacity, bucket.tokens + elapsed * rate)
+        bucket.rejected = min(capacity * factor, bucket.rejected + elapsed * rate * factor)
         bucket.at = now
         allowed = min(calls, int(bucket.tokens))
         bucket.tokens -= allowed
-        return allowed
+        refused = min(rejected, int(bucket.rejected))
+        bucket.rejected -= refused
+        return allowed, refused
 
     def _evict_oldest(self) -> None:
         # The least recently used bucket: a full one loses nothing; a drained one gives its

@@ -213,10 +213,11 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
 
     async def _outcomes(self, sub: Subscriber, batch: pb.OutcomeBatch) -> None:
         plane = self.plane
-        plane.stats.add_dropped(batch.dropped)
+        dropped = batch.dropped if sub.trusted else plane.reports.dropped(sub.agent_id, batch.dropped)
+        plane.stats.add_dropped(dropped)
         telemetry = plane.telemetry
-        if telemetry is not None and batch.dropped:
-            telemetry.dropped(batch.dropped)
+        if telemetry is not None and dropped:
+            telemetry.dropped(dropped)
         summaries = batch.summaries
         admitted = len(summaries) if sub.trusted else plane.reports.admit(sub.agent_id, len(summaries))
         refused = len(summaries) - admitted
@@ -240,7 +241,12 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         if not plane.admission.allows(sub.agent_id, summary.service, trusted=sub.trusted):
             plane.reports.refuse(sub.agent_id, summary.service, "too many services without a policy")
             return
-        bounded = plane.reports.bound(sub.agent_id, summary, trusted=sub.trusted)
+        held = (
+            self._probes_held(sub, summary)
+            if summary.probe_successes or summary.probe_failures or summary.probes_released
+            else 0
+        )
+        bounded = plane.reports.bound(sub.agent_id, summary, trusted=sub.trusted, probes_held=held)
         if bounded is None:
             return
         named = plane.policies.stored(bounded.service) is not None
@@ -250,6 +256,15 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             listener(sub.agent_id, bounded)
         if plane.telemetry is not None:
             plane.telemetry.outcomes(sub.agent_id, bounded)
+
+    def _probes_held(self, sub: Subscriber, summary: pb.OutcomeSummary) -> int:
+        # The replica that decides knows the permits it granted (to an agent, or to a
+        # follower's relay). A follower does not: one permit is all an agent holds at a time.
+        plane = self.plane
+        if plane.leading or plane.relay is None:
+            breaker = plane.breakers.find(summary.service)
+            return breaker.permits_of(sub.agent_id) if breaker is not None else 0
+        return 1
 
     # -- breakers --------------------------------------------------------------
 

@@ -601,3 +601,22 @@ async def test_a_non_reporter_cannot_take_the_probe_permits(plane: str) -> None:
         answer = await stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=10)
     assert answer.statistics.reports_refused["mallory"] >= 5
     await fleet_still_works(plane)
+
+
+async def test_counts_without_calls_or_permits_do_not_reach_statistics(plane: str) -> None:
+    await put_policy(plane, service="payments", failure_threshold=5, rate_limit_requests=100)
+    poison = pb.OutcomeSummary(
+        service="payments", probe_failures=U32, probe_successes=U32, probes_released=U32, rejected=U32,
+        errors_by_type={"LLMProviderUnavailable": U32},
+    )  # fmt: skip
+    await send_raw(plane, batch(1, *([poison] * 100), dropped=U64), agent_id="poisoner")
+    async with grpc.aio.insecure_channel(plane) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        stats = (await stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=10)).statistics
+    assert stats.total_errors == 0 and stats.errors_by_agent["poisoner"] == 0
+    assert stats.errors_by_type["LLMProviderUnavailable"] == 0
+    assert stats.calls_rejected <= 100 * 2 * 10  # the rate limit's bucket, ten times
+    assert stats.outcomes_dropped <= 1_000_000
+    assert stats.reports_refused["poisoner"] >= 100
+    assert (await breakers(plane))["payments"].state == pb.BREAKER_STATE_CLOSED
+    await fleet_still_works(plane)
