@@ -37,6 +37,9 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 _DAY = 86400.0
 #: Most entries in a policy's ``reporters``.
 MAX_REPORTERS = 256
+#: Most entries in ``record_errors`` / ``ignore_errors``, and the longest entry.
+MAX_ERROR_CLASSES = 256
+MAX_ERROR_CLASS_LENGTH = 256
 _CODES = {c.name for c in grpc.StatusCode if c is not grpc.StatusCode.OK}
 
 
@@ -282,8 +285,12 @@ class ServicePolicy:
         if not isinstance(p.idempotent, bool):
             c.add("idempotent", "must be true or false")
         for key in ("record_errors", "ignore_errors"):
-            for i, name in enumerate(getattr(p, key)):
-                if not _CLASS_NAME.fullmatch(name):
+            if len(getattr(p, key)) > MAX_ERROR_CLASSES:
+                c.add(key, f"at most {MAX_ERROR_CLASSES} entries")
+            for i, name in enumerate(getattr(p, key)[:MAX_ERROR_CLASSES]):
+                if isinstance(name, str) and len(name) > MAX_ERROR_CLASS_LENGTH:
+                    c.add(f"{key}[{i}]", f"at most {MAX_ERROR_CLASS_LENGTH} characters")
+                elif not _CLASS_NAME.fullmatch(name):
                     c.add(f"{key}[{i}]", f"not an exception class name: {name!r}")
         if len(p.reporters) > MAX_REPORTERS:
             c.add("reporters", f"at most {MAX_REPORTERS} entries")

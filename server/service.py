@@ -24,7 +24,7 @@ from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import errors_pb2
 
 from .auth import REPLICA_PREFIX, AccessPolicy
-from .control_plane import ControlPlane
+from .control_plane import ControlPlane, check_policies_fit
 from .hub import Subscriber
 from .inbound import bounded_demand, hello_problem, peer_host
 from .reports import may_report
@@ -343,6 +343,8 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         if not request.HasField("policy"):
             raise ConfigurationError("policy", "is required")
         policy = policy_from_proto(request.policy)
+        others = [p for p in self.plane.policies.all() if p.service != policy.service]
+        check_policies_fit([*others, policy])
         revision = await self.plane.put_policy(policy, request.expected_revision)
         if revision is None:
             await context.abort(
@@ -394,6 +396,12 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                         )
                     )
                     writes.append(Write(plane.policies.key(policy.service), None, stored[1] if stored else 0))
+        kept = (
+            []
+            if request.prune
+            else [p for p in plane.policies.all() if p.service not in config.service_specific]
+        )
+        check_policies_fit([*kept, *config.service_specific.values()])
         if len(writes) > MAX_IMPORT_WRITES:
             raise ConfigurationError(
                 "service_specific",

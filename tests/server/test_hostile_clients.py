@@ -620,3 +620,35 @@ async def test_counts_without_calls_or_permits_do_not_reach_statistics(plane: st
     assert stats.reports_refused["poisoner"] >= 100
     assert (await breakers(plane))["payments"].state == pb.BREAKER_STATE_CLOSED
     await fleet_still_works(plane)
+
+
+async def test_policies_are_bounded_so_every_snapshot_fits(plane: str) -> None:
+    def bloated(service: str) -> policy_pb2.ServicePolicy:
+        names = [f"E{'x' * 240}{i:03d}" for i in range(256)]
+        return policy_pb2.ServicePolicy(service=service, record_errors=names, ignore_errors=names)
+
+    async with grpc.aio.insecure_channel(plane) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            many = [f"E{i}" for i in range(24_000)]
+            await stub.PutPolicy(
+                pb.PutPolicyRequest(policy=policy_pb2.ServicePolicy(service="big", record_errors=many))
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        codes = []
+        for i in range(20):  # each ~130 kB: the policies' share of a snapshot fills up
+            try:
+                await stub.PutPolicy(pb.PutPolicyRequest(policy=bloated(f"bloat-{i}")), timeout=10)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as err:
+                codes.append(err.code())
+                assert "snapshot" in (err.details() or "")
+        assert grpc.StatusCode.OK in codes and codes[-1] == grpc.StatusCode.INVALID_ARGUMENT
+        config = policy_pb2.ErrorHandlingConfig(service_specific={"bloat-x": bloated("bloat-x")})
+        with pytest.raises(grpc.RpcError) as refused:
+            await stub.ImportConfig(pb.ImportConfigRequest(config=config), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "snapshot" in (refused.value.details() or "")
+    received = await send_raw(plane, batch(1, pb.OutcomeSummary(service="bloat-0", successes=1)))
+    assert received[0].HasField("snapshot")  # type: ignore[attr-defined]
+    await fleet_still_works(plane)
