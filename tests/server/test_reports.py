@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 from mission_control.client.breaker import BreakerState
 from mission_control.client.config import policy_to_json
 from mission_control.client.policy import SEED_PRESETS, ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.admission import AdmissionLimits, ServiceAdmission
+from mission_control.server.auth import identity_matches, is_loopback_peer
 from mission_control.server.engine import FleetBreakers
 from mission_control.server.policies import PolicyBook
 from mission_control.server.reports import ReportGate, ReportLimits
-from mission_control.server.stats import FleetStatistics
+from mission_control.server.stats import FleetStatistics, Page
 
 U32 = 2**32 - 1
 
@@ -176,3 +178,18 @@ def test_an_agents_summaries_are_admitted_up_to_its_budget() -> None:
     reports.agent_left("a")  # leaving and coming back brings no fresh burst
     assert reports.admit("a", 150) == 0
     assert reports.refill_secs(100) == 1.0
+
+
+def test_page_tokens_are_ascii_digits_only() -> None:
+    assert Page.parse(0, "").offset == 0 and Page.parse(0, "10").offset == 10
+    for token in ("1_0", "１０", " 5 ", "-1", "+5", "5\n", "9" * 13):
+        with pytest.raises(ValueError):
+            Page.parse(0, token)
+
+
+def test_replica_identities_match_exactly_or_by_prefix_only() -> None:
+    assert identity_matches("cp-1", "cp-*") and identity_matches("cp-1", "cp-1")
+    assert not identity_matches("cp-1", "cp-?") and not identity_matches("cp-1", "cp-[0-9]")
+    assert not identity_matches("cp-1x", "cp-1") and not identity_matches("xcp-1", "cp-*")
+    assert is_loopback_peer("ipv4:127.0.0.1:5000") and is_loopback_peer("ipv6:%5B::1%5D:5000")
+    assert not is_loopback_peer("ipv4:10.0.0.7:5000") and not is_loopback_peer("unix:/tmp/s")
