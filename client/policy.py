@@ -33,10 +33,13 @@ __all__ = [
 
 Violations = list[tuple[str, str]]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 _DAY = 86400.0
 #: Most entries in a policy's ``reporters``.
 MAX_REPORTERS = 256
+#: Most entries in ``record_errors`` / ``ignore_errors``, and the longest entry.
+MAX_ERROR_CLASSES = 256
+MAX_ERROR_CLASS_LENGTH = 256
 _CODES = {c.name for c in grpc.StatusCode if c is not grpc.StatusCode.OK}
 
 
@@ -48,7 +51,7 @@ def name_problem(name: object) -> str | None:
     """Why ``name`` is not a valid service, breaker or resource name, else None."""
     if not isinstance(name, str) or not name:
         return "must be a non-empty name"
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         return "must be 1-128 characters of letters, digits, '_', '.' or '-'"
     return None
 
@@ -282,8 +285,12 @@ class ServicePolicy:
         if not isinstance(p.idempotent, bool):
             c.add("idempotent", "must be true or false")
         for key in ("record_errors", "ignore_errors"):
-            for i, name in enumerate(getattr(p, key)):
-                if not _CLASS_NAME.fullmatch(name):
+            if len(getattr(p, key)) > MAX_ERROR_CLASSES:
+                c.add(key, f"at most {MAX_ERROR_CLASSES} entries")
+            for i, name in enumerate(getattr(p, key)[:MAX_ERROR_CLASSES]):
+                if isinstance(name, str) and len(name) > MAX_ERROR_CLASS_LENGTH:
+                    c.add(f"{key}[{i}]", f"at most {MAX_ERROR_CLASS_LENGTH} characters")
+                elif not _CLASS_NAME.fullmatch(name):
                     c.add(f"{key}[{i}]", f"not an exception class name: {name!r}")
         if len(p.reporters) > MAX_REPORTERS:
             c.add("reporters", f"at most {MAX_REPORTERS} entries")

@@ -176,6 +176,12 @@ async def start_control_plane(
         total=servicer.limits.max_unnamed_services,
         per_agent=servicer.limits.max_unnamed_services_per_agent,
     )
+    rate = servicer.limits.max_summaries_per_sec
+    plane.reports.limits = dataclasses.replace(
+        plane.reports.limits,
+        summaries_per_sec=rate,
+        summaries_burst=max(2 * rate, servicer.limits.max_summaries_per_batch),
+    )
     pb_grpc.add_ControlPlaneServiceServicer_to_server(servicer, server)
     try:
         port = server.add_secure_port(listen, tls.credentials()) if tls else server.add_insecure_port(listen)

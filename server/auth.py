@@ -13,10 +13,10 @@ the development default; anywhere else they are refused until an admin is config
 
 from __future__ import annotations
 
-import fnmatch
 import hmac
 import ipaddress
 import logging
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,8 @@ import grpc.aio
 
 _log = logging.getLogger("mission_control.server.auth")
 
+#: Agent ids a replica relays under (``replica.<instance>``); no agent may claim one.
+REPLICA_PREFIX = "replica."
 WRITE_METHODS = frozenset({"SetBreakerState", "PutPolicy", "DeletePolicy", "ImportConfig"})
 
 
@@ -43,6 +45,32 @@ def is_loopback(listen: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def is_loopback_peer(peer: str) -> bool:
+    """Whether a gRPC peer ("ipv4:127.0.0.1[:port]", "ipv6:[::1]:port", URL-quoted or not)
+    is on this machine."""
+    kind, _, address = urllib.parse.unquote(peer).partition(":")
+    if kind == "ipv6":
+        host = address[1:].split("]", 1)[0] if address.startswith("[") else address
+    elif kind == "ipv4":
+        host = address.split(":", 1)[0]
+    else:
+        return False
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return (mapped or ip).is_loopback
+
+
+def identity_matches(name: str, pattern: str) -> bool:
+    """The documented rule: ``pattern`` names ``name`` exactly, or is a prefix ending in "*"
+    (no other wildcard: "?" and "[" are ordinary characters)."""
+    if pattern.endswith("*"):
+        return name.startswith(pattern[:-1])
+    return name == pattern
 
 
 def _matches(token: bytes, candidates: Iterable[bytes]) -> bool:
@@ -151,9 +179,13 @@ class AccessPolicy:
     def is_replica(self, context: grpc.aio.ServicerContext) -> bool:
         """Whether the caller's certificate names one of the replicas."""
         names = self.certificate_identities(context)
-        return any(
-            fnmatch.fnmatchcase(name, pattern) for name in names for pattern in self.replica_identities
-        )
+        return any(identity_matches(name, pattern) for name in names for pattern in self.replica_identities)
+
+    def is_loopback_replica(self, agent_id: str, peer: str) -> bool:
+        """A replica's relay (``replica.<id>``) on the development default: no admin is
+        configured, writes are open to loopback clients, and the peer is on loopback. Such a
+        client could write policies anyway, so trusting its relay grants it nothing more."""
+        return self.open_writes and agent_id.startswith(REPLICA_PREFIX) and is_loopback_peer(peer)
 
     async def authorize_agent(self, context: grpc.aio.ServicerContext, agent_id: str) -> None:
         """An agent reports only under its own name (when agents are authenticated)."""

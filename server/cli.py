@@ -77,6 +77,7 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
         limits=Limits(
             max_agents=args.max_agents,
             max_agents_per_peer=args.max_agents_per_peer,
+            max_summaries_per_sec=args.max_summaries_per_sec,
             max_unnamed_services=args.max_unnamed_services,
             max_unnamed_services_per_agent=args.max_unnamed_services_per_agent,
         ),

@@ -120,6 +120,12 @@ def _add_serve(run: argparse.ArgumentParser) -> None:
         help="most agent ids connected from one address, when agents are not authenticated (default 64)",
     )
     run.add_argument(
+        "--max-summaries-per-sec",
+        type=float,
+        default=1024.0,
+        help="outcome summaries one agent may send per second; the rest are refused (default 1024)",
+    )
+    run.add_argument(
         "--max-unnamed-services",
         type=int,
         default=1024,

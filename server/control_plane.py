@@ -18,14 +18,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import grpc
 from mission_control.client.breaker import BreakerState, Transition
 from mission_control.client.config import policy_to_proto
+from mission_control.client.errors import ConfigurationError
 from mission_control.client.policy import ServicePolicy
 from mission_control.client.telemetry import Telemetry
 from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.resilience.v1 import policy_pb2
 
 from .admission import ServiceAdmission, forget_idle
 from .capacity import CapacityLeaser
@@ -47,6 +49,24 @@ DEFAULT_PREFIX = "/mission-control/v1"
 
 #: A snapshot stays under this size: gRPC clients accept 4 MiB by default.
 SNAPSHOT_MAX_BYTES = 3 * 1024 * 1024
+#: The policies' share of it: a write that would take them beyond is refused.
+POLICIES_MAX_BYTES = 2 * 1024 * 1024
+
+
+def policies_bytes(policies: Iterable[ServicePolicy]) -> int:
+    """What ``policies`` take in a snapshot."""
+    return sum(policy_to_proto(p).ByteSize() + 8 for p in policies)  # + field tag and length
+
+
+def check_policies_fit(policies: Iterable[ServicePolicy]) -> None:
+    """Raises ConfigurationError when ``policies`` would not fit in every snapshot."""
+    size = policies_bytes(policies)
+    if size > POLICIES_MAX_BYTES:
+        raise ConfigurationError(
+            "policy",
+            f"the policies would take {size} bytes of every agent's snapshot (at most "
+            f"{POLICIES_MAX_BYTES}): shorten record_errors, ignore_errors or reporters",
+        )
 
 
 class ControlPlane:
@@ -354,7 +374,7 @@ class ControlPlane:
         the agent's own, and those not CLOSED come first); ``partial`` until the store has
         been loaded once."""
         snapshot = pb.Snapshot(
-            policies=[policy_to_proto(p) for p in self.policies.all()],
+            policies=self._snapshot_policies(services),
             control_plane_id=self.instance_id,
             version=self.version,
             partial=not self.sync.loaded.is_set(),
@@ -374,3 +394,19 @@ class ControlPlane:
         if snapshot.omitted_breakers:
             _log.warning("snapshot left out %d breakers (size bound)", snapshot.omitted_breakers)
         return snapshot
+
+    def _snapshot_policies(self, services: tuple[str, ...]) -> list[policy_pb2.ServicePolicy]:
+        # Writes keep the policies under POLICIES_MAX_BYTES; should the store hold more
+        # (written before that bound), the agent's own services come first.
+        mine = set(services)
+        ranked = sorted(self.policies.all(), key=lambda p: (p.service not in mine, p.service))
+        kept: list[policy_pb2.ServicePolicy] = []
+        size = 0
+        for policy in ranked:
+            message = policy_to_proto(policy)
+            size += message.ByteSize() + 8
+            if size > POLICIES_MAX_BYTES:
+                _log.warning("snapshot left out policies from %s on (size bound)", policy.service)
+                break
+            kept.append(message)
+        return kept

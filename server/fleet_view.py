@@ -184,7 +184,7 @@ def fleet_state(plane: ControlPlane, activity: FleetActivity, timeline: Timeline
         entry = agents.setdefault(sub.agent_id, {"id": sub.agent_id, "streams": 0, "services": []})
         entry["streams"] += 1
         entry["services"] = sorted(set(entry["services"]) | set(sub.services))
-        entry["replica"] = sub.agent_id.startswith("replica.")
+        entry["replica"] = sub.replica
     return {
         "instance": plane.instance_id,
         "leading": plane.leading,

@@ -35,6 +35,8 @@ class Subscriber:
     overflowed: bool = False
     #: An admin identity (a replica relaying for its agents): bound by fleet-wide caps only.
     trusted: bool = False
+    #: A replica's relay (authenticated as one), not an agent.
+    replica: bool = False
     #: The client's address (without port).
     peer: str = ""
     #: (code, details) the stream is to end with, when the client broke a limit.
@@ -91,8 +93,8 @@ class Hub:
         self.agents.pop(sub.id, None)
         return not any(s.agent_id == sub.agent_id for s in self.agents.values())
 
-    def watch(self, names: frozenset[str]) -> Subscriber:
-        sub = Subscriber(next(self._ids), names=names)
+    def watch(self, names: frozenset[str], peer: str = "") -> Subscriber:
+        sub = Subscriber(next(self._ids), names=names, peer=peer)
         self.watchers[sub.id] = sub
         return sub
 
@@ -102,6 +104,10 @@ class Hub:
     def agent_ids_from(self, peer: str) -> set[str]:
         """Agent ids with a stream from ``peer``."""
         return {s.agent_id for s in self.agents.values() if s.peer == peer}
+
+    def watchers_from(self, peer: str) -> int:
+        """WatchBreakers calls open from ``peer``."""
+        return sum(1 for s in self.watchers.values() if s.peer == peer)
 
     def streams_of(self, agent_id: str) -> int:
         return sum(1 for s in self.agents.values() if s.agent_id == agent_id)

@@ -9,19 +9,24 @@ get the seed's defaults.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from mission_control.client.config import policy_from_json
 from mission_control.client.errors import ConfigurationError
-from mission_control.client.policy import ServicePolicy, default_policy
+from mission_control.client.policy import SEED_PRESETS, ServicePolicy, default_policy
 
 _log = logging.getLogger("mission_control.server.policies")
 
 PolicyListener = Callable[[str, ServicePolicy | None], None]
+
+#: Default policies of unnamed services kept built (looked up on every summary).
+_DEFAULTS_KEPT = 4096
+_BASE_DEFAULT = default_policy("default")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +42,7 @@ class PolicyBook:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix.rstrip("/") + "/policies/"
         self._policies: dict[str, tuple[ServicePolicy, int]] = {}
+        self._defaults: OrderedDict[str, ServicePolicy] = OrderedDict()
         self.errors: deque[LoadError] = deque(maxlen=50)
         self.reloads_ok = 0
         self.reloads_failed = 0
@@ -52,7 +58,24 @@ class PolicyBook:
 
     def policy_of(self, service: str) -> ServicePolicy:
         found = self._policies.get(service)
-        return found[0] if found else default_policy(service)
+        return found[0] if found else self._default_of(service)
+
+    def _default_of(self, service: str) -> ServicePolicy:
+        # Built and validated once per name, not on each summary: the defaults with the
+        # name replaced (a seed preset is built in full).
+        policy = self._defaults.get(service)
+        if policy is not None:
+            self._defaults.move_to_end(service)
+            return policy
+        if service in SEED_PRESETS:
+            policy = default_policy(service)
+        else:
+            policy = copy.copy(_BASE_DEFAULT)
+            object.__setattr__(policy, "service", service)
+        self._defaults[service] = policy
+        if len(self._defaults) > _DEFAULTS_KEPT:
+            self._defaults.popitem(last=False)
+        return policy
 
     def stored(self, service: str) -> tuple[ServicePolicy, int] | None:
         return self._policies.get(service)

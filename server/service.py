@@ -23,10 +23,11 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import errors_pb2
 
-from .auth import AccessPolicy
-from .control_plane import ControlPlane
+from .auth import REPLICA_PREFIX, AccessPolicy
+from .control_plane import ControlPlane, check_policies_fit
 from .hub import Subscriber
 from .inbound import bounded_demand, hello_problem, peer_host
+from .reports import may_report
 from .stats import Page
 from .store import Write
 
@@ -46,6 +47,9 @@ def _check_name(field: str, name: str) -> None:
         raise ConfigurationError(field, problem)
 
 
+#: Summaries handled between two yields to the event loop.
+SUMMARIES_PER_STEP = 16
+
 #: etcd's default --max-txn-ops: an import is one transaction, all or nothing.
 MAX_IMPORT_WRITES = 128
 
@@ -57,12 +61,19 @@ class Limits:
     max_agents: int = 10_000
     max_streams_per_agent: int = 8
     max_summaries_per_batch: int = 1024
+    #: Summaries one agent may send per second (bursts of two seconds' worth, at least a
+    #: full batch); the rest are refused unread.
+    max_summaries_per_sec: float = 1024.0
     max_reason_length: int = 512
     #: Distinct agent ids connected from one address when agents are not authenticated.
     max_agents_per_peer: int = 64
     #: Breakers of services no policy names: in all, and admitted by one agent.
     max_unnamed_services: int = 1024
     max_unnamed_services_per_agent: int = 64
+    #: WatchBreakers: names in one filter, calls in all and from one address.
+    max_watch_names: int = 1024
+    max_watchers: int = 1024
+    max_watchers_per_peer: int = 16
 
 
 class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
@@ -104,8 +115,10 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.limits.max_agents} agents connected: the limit"
             )
+        replica = await self._check_replica(context, hello.agent_id, peer)
         sub = plane.hub.connect(hello)
-        sub.trusted = self.access.is_admin(context) or self.access.is_replica(context)
+        sub.trusted = replica or self.access.is_admin(context)
+        sub.replica = replica
         sub.peer = peer
         _log.info("agent %s connected (stream %s)", hello.agent_id, sub.id)
         reader = asyncio.create_task(self._read(sub, request_iterator))
@@ -127,6 +140,21 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             if plane.hub.disconnect(sub):
                 plane.agent_left(sub.agent_id)
             _log.info("agent %s disconnected (stream %s)", sub.agent_id, sub.id)
+
+    async def _check_replica(self, context: grpc.aio.ServicerContext, agent_id: str, peer: str) -> bool:
+        """Whether the stream is a replica's relay; an id of the relays' form is refused
+        to anyone else."""
+        access = self.access
+        if access.is_replica(context) or access.is_loopback_replica(agent_id, peer):
+            return True
+        if agent_id.startswith(REPLICA_PREFIX):
+            if access.is_admin(context):
+                return True  # relays holding an admin token (the shared-token deployment)
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"agent ids starting with {REPLICA_PREFIX!r} are for replicas",
+            )
+        return False
 
     async def _check_peer(self, context: grpc.aio.ServicerContext, agent_id: str, peer: str) -> None:
         # Without authentication anyone may invent agent ids: bound those one address holds,
@@ -155,10 +183,13 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                     )
                     return
                 if kind == "outcomes":
-                    self._outcomes(sub, request.outcomes)
+                    await self._outcomes(sub, request.outcomes)
                 elif kind == "probe_request":
                     service = request.probe_request.service
                     if name_problem(service):
+                        continue
+                    if not sub.trusted and not may_report(plane.policies.policy_of(service), sub.agent_id):
+                        plane.reports.refuse(sub.agent_id, service, "asked for a probe: not a reporter")
                         continue
                     if plane.admission.known(service):
                         plane.request_probe(sub.agent_id, service)
@@ -180,30 +211,60 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         finally:
             sub.close()
 
-    def _outcomes(self, sub: Subscriber, batch: pb.OutcomeBatch) -> None:
+    async def _outcomes(self, sub: Subscriber, batch: pb.OutcomeBatch) -> None:
         plane = self.plane
-        plane.stats.add_dropped(batch.dropped)
+        dropped = batch.dropped if sub.trusted else plane.reports.dropped(sub.agent_id, batch.dropped)
+        plane.stats.add_dropped(dropped)
         telemetry = plane.telemetry
-        if telemetry is not None and batch.dropped:
-            telemetry.dropped(batch.dropped)
-        for summary in batch.summaries:
-            if name_problem(summary.service):
-                continue
-            if not plane.admission.allows(sub.agent_id, summary.service, trusted=sub.trusted):
-                plane.reports.refuse(sub.agent_id, summary.service, "too many services without a policy")
-                continue
-            summary = plane.reports.bound(sub.agent_id, summary, trusted=sub.trusted)
-            if summary is None:
-                continue
-            named = plane.policies.stored(summary.service) is not None
-            plane.stats.record(sub.agent_id, summary, named=named)
-            plane.record_outcomes(sub.agent_id, summary)
-            for listener in plane.outcome_listeners:
-                listener(sub.agent_id, summary)
-            if telemetry is not None:
-                telemetry.outcomes(sub.agent_id, summary)
+        if telemetry is not None and dropped:
+            telemetry.dropped(dropped)
+        summaries = batch.summaries
+        admitted = len(summaries) if sub.trusted else plane.reports.admit(sub.agent_id, len(summaries))
+        refused = len(summaries) - admitted
+        if refused:
+            plane.reports.refuse(sub.agent_id, "*", "sent more summaries than its budget", refused)
+        for i in range(admitted):
+            if i and not i % SUMMARIES_PER_STEP:
+                await asyncio.sleep(0)  # a big batch must not keep the loop from others
+            self._summary(sub, summaries[i])
         if batch.sequence:
             sub.push(pb.ConnectResponse(outcome_ack=pb.OutcomeAck(sequence=batch.sequence)))
+        if refused:
+            # Read nothing more from this stream until the budget has refilled: flow control
+            # then holds the client's next batches, which are never parsed.
+            await asyncio.sleep(plane.reports.refill_secs(refused))
+
+    def _summary(self, sub: Subscriber, summary: pb.OutcomeSummary) -> None:
+        plane = self.plane
+        if name_problem(summary.service):
+            return
+        if not plane.admission.allows(sub.agent_id, summary.service, trusted=sub.trusted):
+            plane.reports.refuse(sub.agent_id, summary.service, "too many services without a policy")
+            return
+        held = (
+            self._probes_held(sub, summary)
+            if summary.probe_successes or summary.probe_failures or summary.probes_released
+            else 0
+        )
+        bounded = plane.reports.bound(sub.agent_id, summary, trusted=sub.trusted, probes_held=held)
+        if bounded is None:
+            return
+        named = plane.policies.stored(bounded.service) is not None
+        plane.stats.record(sub.agent_id, bounded, named=named)
+        plane.record_outcomes(sub.agent_id, bounded)
+        for listener in plane.outcome_listeners:
+            listener(sub.agent_id, bounded)
+        if plane.telemetry is not None:
+            plane.telemetry.outcomes(sub.agent_id, bounded)
+
+    def _probes_held(self, sub: Subscriber, summary: pb.OutcomeSummary) -> int:
+        # The replica that decides knows the permits it granted (to an agent, or to a
+        # follower's relay). A follower does not: one permit is all an agent holds at a time.
+        plane = self.plane
+        if plane.leading or plane.relay is None:
+            breaker = plane.breakers.find(summary.service)
+            return breaker.permits_of(sub.agent_id) if breaker is not None else 0
+        return 1
 
     # -- breakers --------------------------------------------------------------
 
@@ -217,10 +278,13 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         return pb.GetBreakerResponse(breaker=self.plane.breakers.to_proto(request.name))
 
     async def WatchBreakers(self, request, context):  # type: ignore[no-untyped-def]
+        if len(request.names) > self.limits.max_watch_names:
+            raise ConfigurationError("names", f"at most {self.limits.max_watch_names} names")
         names = frozenset(request.names)
         for name in names:
             _check_name("names", name)
-        sub = self.plane.hub.watch(names)
+        await self._check_watchers(context, peer_host(context.peer() or ""))
+        sub = self.plane.hub.watch(names, peer_host(context.peer() or ""))
         try:
             for breaker in self.plane.breakers.snapshot():
                 if not names or breaker.name in names:
@@ -232,6 +296,18 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                 yield message
         finally:
             self.plane.hub.unwatch(sub)
+
+    async def _check_watchers(self, context: grpc.aio.ServicerContext, peer: str) -> None:
+        hub, limits = self.plane.hub, self.limits
+        if len(hub.watchers) >= limits.max_watchers:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"{limits.max_watchers} watchers: the limit"
+            )
+        if hub.watchers_from(peer) >= limits.max_watchers_per_peer:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{limits.max_watchers_per_peer} watchers from this address: the limit",
+            )
 
     async def SetBreakerState(self, request, context):  # type: ignore[no-untyped-def]
         await self.access.authorize_write(context, "SetBreakerState")
@@ -267,6 +343,8 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         if not request.HasField("policy"):
             raise ConfigurationError("policy", "is required")
         policy = policy_from_proto(request.policy)
+        others = [p for p in self.plane.policies.all() if p.service != policy.service]
+        check_policies_fit([*others, policy])
         revision = await self.plane.put_policy(policy, request.expected_revision)
         if revision is None:
             await context.abort(
@@ -318,6 +396,12 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                         )
                     )
                     writes.append(Write(plane.policies.key(policy.service), None, stored[1] if stored else 0))
+        kept = (
+            []
+            if request.prune
+            else [p for p in plane.policies.all() if p.service not in config.service_specific]
+        )
+        check_policies_fit([*kept, *config.service_specific.values()])
         if len(writes) > MAX_IMPORT_WRITES:
             raise ConfigurationError(
                 "service_specific",

@@ -52,9 +52,9 @@ class Page:
     @classmethod
     def parse(cls, size: int, token: str) -> Page:
         """Raises ValueError for a token this server did not hand out."""
+        if token and not (len(token) <= 12 and token.isascii() and token.isdigit()):
+            raise ValueError("a page token is the ASCII digits this server handed out")
         offset = int(token) if token else 0
-        if offset < 0:
-            raise ValueError("negative offset")
         return cls(offset, size if 0 < size <= MAX_KEYS else MAX_KEYS)
 
     def of(self, counter: Counter[str]) -> dict[str, int]:

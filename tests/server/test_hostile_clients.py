@@ -4,6 +4,7 @@ one client could send, then checks that the fleet still works for everyone else.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -27,6 +28,8 @@ from mission_control.server.policies import PolicyBook
 from mission_control.server.store import EtcdStore, Write
 
 from tests.support import procs
+from tests.support.agents import RawAgent
+from tests.support.etcd import etcdctl
 from tests.support.fleet_check import fleet_still_works
 from tests.support.otlp import Receiver
 from tests.support.procs import Proc
@@ -422,3 +425,239 @@ async def test_an_idle_breaker_no_policy_names_is_forgotten_in_memory_and_in_etc
 
     await poll(marker_seen)
     assert plane.breakers.find("passing-fad") is None
+
+
+# -- review: bounds on watchers ------------------------------------------------------------
+
+
+async def open_watch(address: str, names: list[str]) -> tuple[grpc.aio.Channel, grpc.StatusCode | None]:
+    """A WatchBreakers call held open: OK once its first breaker arrived, else the refusal's code."""
+    channel = grpc.aio.insecure_channel(address)
+    call = pb_grpc.ControlPlaneServiceStub(channel).WatchBreakers(pb.WatchBreakersRequest(names=names))
+    try:
+        await call.read()
+        return channel, None
+    except grpc.RpcError as err:
+        return channel, err.code()
+
+
+async def test_watchers_are_bounded_in_filter_size_and_per_address(plane: str) -> None:
+    await send_raw(plane, batch(1, pb.OutcomeSummary(service="watched", successes=1)))
+    await poll(lambda: _has_breaker(plane, "watched"))
+    huge = ["watched", *(f"w{'x' * 100}{i}" for i in range(1024))]
+    _, code = await open_watch(plane, huge)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    _, code = await open_watch(plane, ["watched", "bad\n"])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    opened = [await open_watch(plane, ["watched"]) for _ in range(20)]
+    try:
+        codes = [code for _, code in opened]
+        assert codes.count(None) == 16
+        assert set(codes) == {None, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    finally:
+        for channel, _ in opened:
+            await channel.close()
+    await poll(lambda: _watch_ok(plane))  # closed watchers free their places
+    await fleet_still_works(plane)
+
+
+async def _has_breaker(address: str, name: str) -> bool:
+    return name in await breakers(address)
+
+
+async def _watch_ok(address: str) -> bool:
+    channel, code = await open_watch(address, ["watched"])
+    await channel.close()
+    return code is None
+
+
+async def test_names_with_a_trailing_newline_are_refused_everywhere(plane: str) -> None:
+    received = await send_raw(plane, agent_id="payments\n")
+    assert isinstance(received[-1], grpc.RpcError)
+    assert received[-1].code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as refused:
+        await put_policy(plane, service="payments\n", failure_threshold=3)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    await send_raw(plane, batch(1, pb.OutcomeSummary(service="nl-svc\n", failures=3)))
+    await send_raw(plane, batch(1, pb.OutcomeSummary(service="nl-svc-ok", failures=3)))
+    found = await breakers(plane)
+    assert "nl-svc-ok" in found and not any(name.startswith("nl-svc\n") for name in found)
+    await fleet_still_works(plane)
+
+
+async def test_summaries_beyond_an_agents_budget_are_refused_unread(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    proc, address = procs.control_plane(etcd_server.endpoint, prefix, "--max-summaries-per-sec", "1")
+    spawned.append(proc)
+    await put_policy(address, service="busy", rate_limit_requests=1_000_000)
+    keys = {f"E{i:02d}{'x' * 50}": 1 for i in range(32)}
+    full = [pb.OutcomeSummary(service="busy", failures=1, errors_by_type=keys) for _ in range(1024)]
+    await send_raw(address, batch(1, *full), batch(2, *full), agent_id="flooder")  # both acknowledged
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        answer = await stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=10)
+    assert answer.statistics.reports_refused["flooder"] >= 1000  # the second batch, less a refill
+    assert answer.statistics.errors_by_agent["flooder"] <= 1024 + 30
+    await fleet_still_works(address)
+
+
+# -- review: a follower's relay ------------------------------------------------------------
+
+
+async def two_replicas(etcd: EtcdProcess, prefix: str, spawned: list[Proc]) -> tuple[str, str]:
+    """(leader, follower) addresses of two replicas in the default configuration."""
+    first, first_address = procs.control_plane(etcd.endpoint, prefix, "--instance-id", "ra")
+    spawned.append(first)
+    second, second_address = procs.control_plane(etcd.endpoint, prefix, "--instance-id", "rb")
+    spawned.append(second)
+    leader = ""
+
+    async def elected() -> bool:
+        nonlocal leader
+        value = etcdctl(etcd.endpoint, "get", "--print-value-only", f"{prefix}/leader")
+        leader = json.loads(value)["instance"] if value.strip() else ""
+        return bool(leader)
+
+    await poll(elected)
+    return (first_address, second_address) if leader == "ra" else (second_address, first_address)
+
+
+async def test_a_relay_keeps_its_agents_reporters_and_failure_rate(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    leader, follower = await two_replicas(etcd_server, prefix, spawned)
+    rate = policy_pb2.FailureRatePolicy(threshold=0.4, minimum_calls=20, window_secs=60)
+    await put_policy(
+        leader, service="fr", failure_threshold=1000, rate_limit_requests=100, rate_limit_window_secs=60,
+        failure_rate=rate,
+    )  # fmt: skip
+    await put_policy(leader, service="pay", failure_threshold=3, reporters=["good-*"])
+
+    async def known_to(address: str, *services: str) -> bool:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.ControlPlaneServiceStub(channel)
+            found = await stub.ListPolicies(pb.ListPoliciesRequest(), timeout=10)
+        return set(services) <= {p.service for p in found.policies}
+
+    await poll(lambda: known_to(follower, "fr", "pay"))
+    agents = [RawAgent(follower, f"honest-{i}", ("fr",)) for i in range(10)]
+    for agent in agents:
+        await agent.__aenter__()
+    try:
+        for agent in agents:  # 10 % failures each: relayed as 10 %, not as failures first
+            await agent.report("fr", successes=90, failures=10)
+        async with RawAgent(follower, "good-1", ("pay",)) as good:
+            await good.report("pay", failures=3, trailing_failures=3)
+            await poll(lambda: _state_is(leader, "pay", pb.BREAKER_STATE_OPEN))
+        await poll(lambda: _failures_are(leader, "fr", 100))
+        assert (await breakers(leader))["fr"].state == pb.BREAKER_STATE_CLOSED
+    finally:
+        for agent in agents:
+            await agent.__aexit__(None, None, None)
+    await fleet_still_works(leader)
+
+
+async def _state_is(address: str, name: str, state: int) -> bool:
+    found = (await breakers(address)).get(name)
+    return found is not None and found.state == state
+
+
+async def _failures_are(address: str, name: str, failures: int) -> bool:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        answer = await stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=10)
+    return answer.statistics.errors_by_service[name] >= failures
+
+
+async def test_only_replicas_may_use_replica_ids(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc], tmp_path: Path
+) -> None:
+    tokens = tmp_path / "admin.tokens"
+    tokens.write_text("s3cret-admin\n")
+    proc, address = procs.control_plane(etcd_server.endpoint, prefix, "--admin-tokens-file", str(tokens))
+    spawned.append(proc)
+    received = await send_raw(address, agent_id="replica.fake")
+    assert isinstance(received[-1], grpc.RpcError)
+    assert received[-1].code() == grpc.StatusCode.PERMISSION_DENIED
+    await fleet_still_works(address, metadata=(("authorization", "Bearer s3cret-admin"),))
+
+
+async def test_a_non_reporter_cannot_take_the_probe_permits(plane: str) -> None:
+    await put_policy(
+        plane, service="ledger", failure_threshold=3, success_threshold=1, wait_duration_secs=0.3,
+        timeout_secs=30.0, reporters=["good-*"],
+    )  # fmt: skip
+    async with (
+        RawAgent(plane, "mallory", ("ledger",)) as mallory,
+        RawAgent(plane, "good-1", ("ledger",)) as good,
+    ):
+        await good.report("ledger", failures=3, trailing_failures=3)
+        await good.wait_for(lambda: good.state("ledger") == pb.BREAKER_STATE_HALF_OPEN)
+        for _ in range(5):
+            await mallory.ask_probe("ledger")  # first in line: refused, holds nothing
+        await good.ask_probe("ledger")
+        await good.wait_for(lambda: bool(good.grants))
+        await good.report("ledger", probe_successes=1)
+        await good.wait_for(lambda: good.state("ledger") == pb.BREAKER_STATE_CLOSED)
+
+        async def all_refused() -> bool:  # mallory's stream is read apart from good-1's
+            async with grpc.aio.insecure_channel(plane) as channel:
+                stub = pb_grpc.ControlPlaneServiceStub(channel)
+                answer = await stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=10)
+            return answer.statistics.reports_refused["mallory"] >= 5
+
+        await poll(all_refused)
+        assert not mallory.grants
+    await fleet_still_works(plane)
+
+
+async def test_counts_without_calls_or_permits_do_not_reach_statistics(plane: str) -> None:
+    await put_policy(plane, service="payments", failure_threshold=5, rate_limit_requests=100)
+    poison = pb.OutcomeSummary(
+        service="payments", probe_failures=U32, probe_successes=U32, probes_released=U32, rejected=U32,
+        errors_by_type={"LLMProviderUnavailable": U32},
+    )  # fmt: skip
+    await send_raw(plane, batch(1, *([poison] * 100), dropped=U64), agent_id="poisoner")
+    async with grpc.aio.insecure_channel(plane) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        stats = (await stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=10)).statistics
+    assert stats.total_errors == 0 and stats.errors_by_agent["poisoner"] == 0
+    assert stats.errors_by_type["LLMProviderUnavailable"] == 0
+    assert stats.calls_rejected <= 100 * 2 * 10  # the rate limit's bucket, ten times
+    assert stats.outcomes_dropped <= 1_000_000
+    assert stats.reports_refused["poisoner"] >= 100
+    assert (await breakers(plane))["payments"].state == pb.BREAKER_STATE_CLOSED
+    await fleet_still_works(plane)
+
+
+async def test_policies_are_bounded_so_every_snapshot_fits(plane: str) -> None:
+    def bloated(service: str) -> policy_pb2.ServicePolicy:
+        names = [f"E{'x' * 240}{i:03d}" for i in range(256)]
+        return policy_pb2.ServicePolicy(service=service, record_errors=names, ignore_errors=names)
+
+    async with grpc.aio.insecure_channel(plane) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            many = [f"E{i}" for i in range(24_000)]
+            await stub.PutPolicy(
+                pb.PutPolicyRequest(policy=policy_pb2.ServicePolicy(service="big", record_errors=many))
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        codes = []
+        for i in range(20):  # each ~130 kB: the policies' share of a snapshot fills up
+            try:
+                await stub.PutPolicy(pb.PutPolicyRequest(policy=bloated(f"bloat-{i}")), timeout=10)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as err:
+                codes.append(err.code())
+                assert "snapshot" in (err.details() or "")
+        assert grpc.StatusCode.OK in codes and codes[-1] == grpc.StatusCode.INVALID_ARGUMENT
+        config = policy_pb2.ErrorHandlingConfig(service_specific={"bloat-x": bloated("bloat-x")})
+        with pytest.raises(grpc.RpcError) as refused:
+            await stub.ImportConfig(pb.ImportConfigRequest(config=config), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "snapshot" in (refused.value.details() or "")
+    received = await send_raw(plane, batch(1, pb.OutcomeSummary(service="bloat-0", successes=1)))
+    assert received[0].HasField("snapshot")  # type: ignore[attr-defined]
+    await fleet_still_works(plane)

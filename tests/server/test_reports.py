@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 from mission_control.client.breaker import BreakerState
 from mission_control.client.config import policy_to_json
-from mission_control.client.policy import ServicePolicy
+from mission_control.client.policy import SEED_PRESETS, ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.admission import AdmissionLimits, ServiceAdmission
+from mission_control.server.auth import identity_matches, is_loopback_peer
 from mission_control.server.engine import FleetBreakers
 from mission_control.server.policies import PolicyBook
 from mission_control.server.reports import ReportGate, ReportLimits
-from mission_control.server.stats import FleetStatistics
+from mission_control.server.stats import FleetStatistics, Page
 
 U32 = 2**32 - 1
 
@@ -123,3 +125,71 @@ def test_counts_beyond_their_fields_saturate() -> None:
     answer = stats.to_proto(book(), 0)
     assert answer.outcomes_dropped == 2**64 - 1 and answer.recovery_attempts == 2**64 - 1
     assert 0 <= answer.recovery_success_rate <= 100
+
+
+def test_buckets_are_capped_oldest_first_without_looking_up_policies() -> None:
+    policies = book()
+    looked_up: list[str] = []
+
+    def policy_of(service: str) -> ServicePolicy:
+        looked_up.append(service)
+        return policies.policy_of(service)
+
+    reports = ReportGate(policy_of, ReportLimits(max_buckets=100), Clock())
+    for i in range(100):
+        reports.bound(f"agent-{i}", pb.OutcomeSummary(service="svc", failures=1))
+    reports.bound("agent-0", pb.OutcomeSummary(service="svc", failures=1))  # used again: kept
+    looked_up.clear()
+    for i in range(100, 150):
+        reports.bound(f"agent-{i}", pb.OutcomeSummary(service="svc", failures=1))
+    assert reports.buckets == 100
+    assert len(looked_up) == 50  # one per summary: a full gate never walks its buckets
+    # agent-1 was evicted (its next report starts a fresh bucket); agent-0 was not.
+    assert ("agent-0", "svc") in reports._buckets and ("agent-1", "svc") not in reports._buckets
+
+
+def test_an_agent_that_leaves_takes_its_buckets_with_it() -> None:
+    reports = gate()
+    for service in ("a", "b", "c"):
+        reports.bound("leaver", pb.OutcomeSummary(service=service, successes=1))
+    reports.bound("stayer", pb.OutcomeSummary(service="a", successes=1))
+    assert reports.buckets == 4
+    reports.agent_left("leaver")
+    assert reports.buckets == 1
+
+
+def test_the_default_policy_of_an_unnamed_service_is_built_once() -> None:
+    policies = book()
+    first = policies.policy_of("unnamed-1")
+    assert first is policies.policy_of("unnamed-1")
+    assert first == ServicePolicy("unnamed-1")
+    preset = ServicePolicy("llm_provider", **dict(SEED_PRESETS["llm_provider"]))
+    assert policies.policy_of("llm_provider") == preset
+
+
+def test_an_agents_summaries_are_admitted_up_to_its_budget() -> None:
+    clock = Clock()
+    reports = ReportGate(book().policy_of, ReportLimits(summaries_per_sec=100, summaries_burst=200), clock)
+    assert reports.admit("a", 150) == 150
+    assert reports.admit("a", 150) == 50
+    assert reports.admit("b", 150) == 150  # budgets are per agent
+    clock.now += 1.0
+    assert reports.admit("a", 150) == 100
+    reports.agent_left("a")  # leaving and coming back brings no fresh burst
+    assert reports.admit("a", 150) == 0
+    assert reports.refill_secs(100) == 1.0
+
+
+def test_page_tokens_are_ascii_digits_only() -> None:
+    assert Page.parse(0, "").offset == 0 and Page.parse(0, "10").offset == 10
+    for token in ("1_0", "１０", " 5 ", "-1", "+5", "5\n", "9" * 13):
+        with pytest.raises(ValueError):
+            Page.parse(0, token)
+
+
+def test_replica_identities_match_exactly_or_by_prefix_only() -> None:
+    assert identity_matches("cp-1", "cp-*") and identity_matches("cp-1", "cp-1")
+    assert not identity_matches("cp-1", "cp-?") and not identity_matches("cp-1", "cp-[0-9]")
+    assert not identity_matches("cp-1x", "cp-1") and not identity_matches("xcp-1", "cp-*")
+    assert is_loopback_peer("ipv4:127.0.0.1:5000") and is_loopback_peer("ipv6:%5B::1%5D:5000")
+    assert not is_loopback_peer("ipv4:10.0.0.7:5000") and not is_loopback_peer("unix:/tmp/s")
