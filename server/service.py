@@ -208,6 +208,9 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                     sub.services = tuple(request.hello.services)
         except (grpc.RpcError, asyncio.CancelledError):
             pass
+        except Exception:  # a bug here must not end streams silently
+            _log.exception("reading the stream of agent %s failed; ending it", sub.agent_id)
+            raise
         finally:
             sub.close()
 

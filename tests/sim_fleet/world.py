@@ -70,8 +70,8 @@ class Replica:
         self._count_relay()
         bound = self.plane.reports.bound
 
-        def bounded(agent: str, summary: pb.OutcomeSummary, *, trusted: bool = False):  # type: ignore[no-untyped-def]
-            out = bound(agent, summary, trusted=trusted)
+        def bounded(agent: str, summary: pb.OutcomeSummary, **options):  # type: ignore[no-untyped-def]
+            out = bound(agent, summary, **options)
             world.cut[summary.service] += summary.failures - (out.failures if out is not None else 0)
             return out
 
