@@ -303,6 +303,16 @@ def test_second_serve_on_a_state_folder_is_refused_at_once(tmp_path: Path, spawn
     first.kill(signal.SIGKILL)
     facts = json.loads((state / "lock").read_text())
     try:
+        status = run("status", "--state-dir", str(state))
+        assert status.returncode == 3 and status.stdout.splitlines() == [
+            f"no mission-control is using {state}: the one that did (pid {first.popen.pid}) is gone",
+            f"its embedded etcd (pid {facts['etcd_pid']}) still runs at {etcd} and holds the folder: "
+            f"stop it with `kill {facts['etcd_pid']}` before the next serve",
+        ]
+        assert (
+            json.loads(run("status", "--json", "--state-dir", str(state)).stdout)["orphan_etcd_pid"]
+            == (facts["etcd_pid"])
+        )
         orphan = run("serve", "--listen", "127.0.0.1:0", "--state-dir", str(state))
         assert orphan.returncode == 2
         assert one_line(orphan.stderr) == (
