@@ -144,8 +144,13 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from .app import DASHBOARD_CANNOT_LISTEN, bind_problem
     from .demo import run_demo
 
+    problem = bind_problem(args.http, "--http")
+    if problem is not None:
+        print(f"mission-control: {DASHBOARD_CANNOT_LISTEN} {args.http}: {problem}", file=sys.stderr)
+        return 2
     try:
         results = run_demo(args.duration, args.seed, etcd=args.etcd, http=args.http)
     except (EtcdUnavailable, OSError, AssertionError) as err:

@@ -75,6 +75,53 @@ def test_port_in_use_is_one_line(listening: int, etcd_server: EtcdProcess) -> No
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["serve", "--http", "nonsense"], "argument --http: 'nonsense' is not HOST:PORT"),
+        (
+            ["serve", "--http", "127.0.0.1:99999"],
+            "argument --http: '127.0.0.1:99999': the port must be 0 to 65535",
+        ),
+        (
+            ["serve", "--http", "::1:8080"],
+            "argument --http: '::1:8080': an IPv6 address goes in brackets: [::1]:8080",
+        ),
+        (
+            ["serve", "--listen", "[::1:50051"],
+            "argument --listen: '[::1:50051': [::1 is not an IPv6 address in brackets",
+        ),
+        (["serve", "--listen", "localhost"], "argument --listen: 'localhost' is not HOST:PORT"),
+        (
+            ["serve", "--advertise", "replica-1:0"],
+            "argument --advertise: 'replica-1:0': the port must be 1 to 65535",
+        ),
+        (["demo", "--http", "127.0.0.1:http"], "argument --http: '127.0.0.1:http' is not HOST:PORT"),
+    ],
+)
+def test_bad_address_refused_when_parsed(tmp_path: Path, args: list[str], problem: str) -> None:
+    state = tmp_path / "state"
+    extra = ["--state-dir", str(state)] if args[0] == "serve" else []
+    result = run(*args, *extra)
+    assert result.returncode == 2 and result.stdout == ""
+    assert one_line(result.stderr) == (
+        f"mission-control: {problem} (`mission-control {args[0]} --help` lists the options)"
+    )
+    assert not state.exists()  # refused before any etcd started
+
+
+def test_dashboard_port_in_use_is_named(listening: int, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    for command in (["serve", "--state-dir", str(state)], ["demo", "--duration", "1"]):
+        result = run(*command, "--http", f"127.0.0.1:{listening}")
+        assert result.returncode == 2 and result.stdout == ""
+        assert one_line(result.stderr) == (
+            f"mission-control: cannot serve the dashboard (--http) on 127.0.0.1:{listening}: "
+            "Address already in use (another program? choose another with --http HOST:PORT)"
+        )
+    assert not state.exists()  # found before any etcd started
+
+
 def test_invalid_tls_pem_is_named(tmp_path: Path, etcd_server: EtcdProcess) -> None:
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
