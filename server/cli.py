@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -151,11 +152,16 @@ def _demo(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"mission-control: {DASHBOARD_CANNOT_LISTEN} {args.http}: {problem}", file=sys.stderr)
         return 2
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # stop the demo's processes on these too
+        signal.signal(sig, signal.default_int_handler)
     try:
         results = run_demo(args.duration, args.seed, etcd=args.etcd, http=args.http)
     except (EtcdUnavailable, OSError, AssertionError) as err:
         print(f"mission-control: demo failed: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("mission-control: demo interrupted; its processes and etcd are stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.json:
         print(json.dumps(results))
     return 0

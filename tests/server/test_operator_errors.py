@@ -4,6 +4,7 @@ its exit code, against real processes (a real etcd, real control planes, real so
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -164,6 +165,66 @@ def test_ctrl_c_while_etcd_starts_stops_it(tmp_path: Path) -> None:
     assert one_line(err) == "mission-control: interrupted during startup; stopped"
     pid = int((tmp_path / "etcd.pid").read_text())
     assert poll(lambda: not Path(f"/proc/{pid}").exists() or "zombie" in _state(pid))
+
+
+def test_ctrl_c_while_importing_is_one_line(tmp_path: Path) -> None:
+    """The console command, interrupted while Python imports its modules (most of a second)."""
+    importing = tmp_path / "importing"
+    slow = tmp_path / "slow" / "grpc"  # found before the real grpc: an import that takes long
+    slow.mkdir(parents=True)
+    (slow / "__init__.py").write_text(
+        f"import pathlib, time\npathlib.Path({str(importing)!r}).touch()\ntime.sleep(60)\n"
+    )
+    command = Path(sys.executable).parent / "mission-control"
+    proc = subprocess.Popen(
+        [str(command), "serve", "--state-dir", str(tmp_path / "state")],
+        env={**os.environ, "PYTHONPATH": str(slow.parent)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert poll(importing.exists)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and out == ""
+    assert one_line(err) == "mission-control: interrupted"
+
+
+def test_ctrl_c_during_demo_stops_it_in_one_line(tmp_path: Path) -> None:
+    # a terminal's Ctrl-C goes to its whole foreground process group
+    proc = subprocess.Popen(
+        [*CLI, "demo", "--duration", "60"],
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # its folder, named in its parts' arguments
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # its parts all started: the scenario's clock runs
+            if line.startswith("["):
+                break
+        os.killpg(proc.pid, signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130
+    said = [x for x in err.splitlines() if " INFO " not in x]  # the control plane's own log
+    assert said == ["mission-control: demo interrupted; its processes and etcd are stopped"], err
+    # its parts and its etcd (in a session of its own) are gone, and their folder
+    assert poll(lambda: _running(str(tmp_path)) == [] and not any(tmp_path.iterdir()))
+
+
+def _running(text: str) -> list[str]:
+    """Processes with ``text`` in their command line."""
+    found = subprocess.run(["pgrep", "-f", text], capture_output=True, text=True)
+    return found.stdout.split()
 
 
 def _state(pid: int) -> str:
