@@ -246,6 +246,8 @@ async def _unreachable(store: EtcdStore, timeout: float = 1.5) -> str:
     except TimeoutError:
         return f"no answer within {timeout:g}s"
     except StoreUnavailable as err:
+        if store.unresolved is not None:
+            return f"{store.unresolved}; resolving it again until it has one"
         return str(err)
     return ""
 

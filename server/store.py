@@ -206,11 +206,21 @@ class EtcdStore:
             raise StoreUnavailable("store is not connected")
         return kv
 
+    @property
+    def unresolved(self) -> str | None:
+        """Why no etcd endpoint has an address (its names do not resolve), or None."""
+        return self._client.unresolved
+
     async def _call(self, coro):  # type: ignore[no-untyped-def]
         try:
             return await coro
         except (EtcdError, grpc.RpcError, TimeoutError, OSError) as err:
-            raise StoreUnavailable(f"etcd: {err}") from err
+            raise StoreUnavailable(self._why(err)) from err
+
+    def _why(self, err: BaseException) -> str:
+        if self._client.unresolved is not None:
+            return f"etcd {','.join(self.endpoints)}: {self._client.unresolved}"
+        return f"etcd: {err}"
 
     async def get(self, key: str, *, revision: int = 0) -> Entry | None:
         try:

@@ -475,6 +475,36 @@ def test_etcd_by_dns_name(etcd_server: EtcdProcess, prefix: str, spawned: list[P
     health = run("health", "--server", address)
     assert health.returncode == 0 and "control plane: SERVING (etcd reachable)" in health.stdout
     assert run("breakers", "force-open", "by-name", "--server", address).returncode == 0
-    nowhere = run("serve", "--listen", "127.0.0.1:0", "--etcd", "nosuch.invalid:2379")
-    assert nowhere.returncode == 2
-    assert one_line(nowhere.stderr).startswith("mission-control: etcd nosuch.invalid:2379: no address (")
+
+
+def test_etcd_name_without_address_yet_serves_not_serving(tmp_path: Path) -> None:
+    """In Kubernetes etcd's DNS records appear only once its pods run: not a reason to exit."""
+    log = tmp_path / "stderr.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [*CLI, "-v", "serve", "--listen", "127.0.0.1:0", "--etcd", "etcd-0.etcd.invalid:2379"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("mission-control: serving on "), (line, log.read_text())
+        health = run("health", "--server", line.split()[3])
+        assert health.returncode == 5 and "control plane: NOT_SERVING" in health.stdout
+        again = "DEBUG mission_control.server.etcd: re-resolving etcd endpoints failed"
+        assert poll(lambda: log.read_text().count(again) >= 2)  # it keeps resolving
+        warnings = [x for x in log.read_text().splitlines() if " WARNING " in x]
+        assert len(warnings) == 1, warnings  # said once
+        said = warnings[0].split(" WARNING mission_control.server: ")[1]
+        assert said.startswith("etcd etcd-0.etcd.invalid:2379 unreachable (no address (etcd-0.etcd.invalid: ")
+        assert said.endswith(
+            "); resolving it again until it has one): serving NOT_SERVING from defaults until it answers"
+        ), said
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
