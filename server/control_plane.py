@@ -18,11 +18,13 @@ import asyncio
 import contextlib
 import logging
 import time
+import unicodedata
 from collections.abc import Callable
 
 import grpc
 from mission_control.client.breaker import BreakerState, Transition
 from mission_control.client.config import policy_to_proto
+from mission_control.client.errors import ConfigurationError
 from mission_control.client.policy import ServicePolicy
 from mission_control.client.telemetry import Telemetry
 from mission_control.resilience.v1 import control_plane_pb2 as pb
@@ -47,6 +49,19 @@ DEFAULT_PREFIX = "/mission-control/v1"
 
 #: A snapshot stays under this size: gRPC clients accept 4 MiB by default.
 SNAPSHOT_MAX_BYTES = 3 * 1024 * 1024
+
+
+#: Unicode categories refused in a reason: controls (newlines, terminal escapes), format
+#: characters (bidirectional overrides) and line separators. A reason is shown in tables,
+#: logs and terminals, where these would forge lines or rewrite the screen.
+_CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def _check_reason(reason: str) -> None:
+    found = sorted({c for c in reason if unicodedata.category(c) in _CONTROL_CATEGORIES})
+    if found:
+        shown = ", ".join(c.encode("unicode_escape").decode() for c in found)
+        raise ConfigurationError("reason", f"must be one line of printable text (it holds {shown})")
 
 
 class ControlPlane:
@@ -216,7 +231,12 @@ class ControlPlane:
     # -- operator writes (acknowledged only once stored) -----------------------
 
     async def set_breaker_state(self, name: str, state: BreakerState, reason: str) -> pb.Breaker:
-        """Force a breaker's state; see :meth:`StateWriter.set_breaker_state`."""
+        """Force a breaker's state; see :meth:`StateWriter.set_breaker_state`.
+
+        Raises:
+            ConfigurationError: ``reason`` holds control characters.
+        """
+        _check_reason(reason)
         return await self.writer.set_breaker_state(name, state, reason)
 
     async def put_policy(self, policy: ServicePolicy, expected_revision: int = 0) -> int | None:

@@ -21,6 +21,7 @@ from mission_control.server.cli_args import build_parser
 from mission_control.server.etcd_process import EtcdProcess, free_port
 
 from tests.support.certs import Authority
+from tests.support.etcd import etcdctl
 from tests.support.procs import ROOT, Proc, control_plane
 
 CLI = [sys.executable, "-m", "mission_control.server.cli"]
@@ -339,6 +340,41 @@ def test_empty_config_is_valid_and_says_so(tmp_path: Path) -> None:
     empty.write_text("")
     result = run("config", "validate", str(empty))
     assert result.returncode == 0 and result.stdout == f"{empty}: valid (no services: defaults only)\n"
+
+
+# -- text from the server is shown as text ---------------------------------------------------
+
+FORGED = "ok\n2026-11-29 12:00:00 UTC  llm_provider  CLOSED (forged line)\x1b[2J"
+
+
+def test_reason_with_control_characters_is_refused(plane: str) -> None:
+    result = run("breakers", "force-open", "inj", "--reason", FORGED, "--server", plane)
+    assert result.returncode == 2 and result.stdout == ""
+    assert one_line(result.stderr) == (
+        "mission-control: invalid input: reason: must be one line of printable text (it holds \\n, \\x1b)"
+    )
+    assert run("breakers", "get", "inj", "--server", plane).returncode == 4  # nothing stored
+
+
+def test_what_the_server_sends_is_printed_escaped(
+    etcd_server: EtcdProcess, prefix: str, plane: str, spawned: list[Proc]
+) -> None:
+    # a reason stored before reasons were checked, or written to etcd by hand
+    assert run("breakers", "force-open", "inj", "--server", plane).returncode == 0
+    key = f"{prefix}/breakers/inj"
+    record = json.loads(etcdctl(etcd_server.endpoint, "get", key, "--print-value-only"))
+    etcdctl(etcd_server.endpoint, "put", key, json.dumps({**record, "reason": FORGED}))
+    escaped = FORGED.replace("\n", "\\n").replace("\x1b", "\\x1b")
+    assert poll(lambda: escaped in run("breakers", "get", "inj", "--server", plane).stdout)
+    for command in (["get", "inj"], ["list"]):
+        shown = run("breakers", *command, "--server", plane)
+        lines = shown.stdout.splitlines()
+        assert shown.returncode == 0 and len(lines) == 2 and "\x1b" not in shown.stdout, shown.stdout
+        assert lines[1].startswith("inj ") and lines[1].endswith(escaped), lines[1]
+    watch = Proc([*CLI, "breakers", "watch", "--server", plane])
+    spawned.append(watch)
+    first = watch.wait_for("20", timeout=60)  # the breakers as they are, each on one line
+    assert first.endswith(f" UTC  inj  - -> FORCED_OPEN  {escaped}"), first
 
 
 # -- the CLI explains itself -----------------------------------------------------------------
