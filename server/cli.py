@@ -27,6 +27,8 @@ EXIT_BROKEN_PIPE = 141
 
 
 def _serve_options(args: argparse.Namespace) -> ServeOptions:
+    if not args.etcd and args.state_dir.exists() and not args.state_dir.is_dir():
+        raise ValueError(f"--state-dir {args.state_dir}: a file, not a folder")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
     if args.tls_client_ca and not args.tls_cert:

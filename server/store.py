@@ -217,10 +217,13 @@ class EtcdStore:
         except (EtcdError, grpc.RpcError, TimeoutError, OSError) as err:
             raise StoreUnavailable(self._why(err)) from err
 
-    def _why(self, err: BaseException) -> str:
+    def _why(self, err: BaseException, doing: str = "") -> str:
         if self._client.unresolved is not None:
             return f"etcd {','.join(self.endpoints)}: {self._client.unresolved}"
-        return f"etcd: {err}"
+        text = str(err).strip()
+        if isinstance(err, TimeoutError) or not text:  # a timeout says nothing of itself
+            text = f"did not answer within {self.timeout:g}s"
+        return f"etcd{doing}: {text}"
 
     async def get(self, key: str, *, revision: int = 0) -> Entry | None:
         try:
@@ -303,7 +306,7 @@ class EtcdStore:
                 if events:
                     yield events
         except (EtcdError, grpc.RpcError, OSError) as err:
-            raise StoreUnavailable(f"etcd watch: {err}") from err
+            raise StoreUnavailable(self._why(err, " watch")) from err
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
 
@@ -331,7 +334,7 @@ class EtcdStore:
         try:
             return await asyncio.wait_for(once(), self.timeout)
         except (EtcdError, grpc.RpcError, TimeoutError, OSError) as err:
-            raise StoreUnavailable(f"etcd lease keep-alive: {err}") from err
+            raise StoreUnavailable(self._why(err, " lease keep-alive")) from err
 
     async def revoke_lease(self, lease_id: int) -> None:
         await self._call(self._lease.revoke(lease_id, timeout=self.timeout))

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from mission_control.server.cli import main
 from mission_control.server.cli_args import build_parser
-from mission_control.server.etcd_process import EtcdProcess, free_port
+from mission_control.server.etcd_process import EtcdProcess, EtcdUnavailable, free_port
 
 from tests.support.certs import Authority
 from tests.support.etcd import etcdctl
@@ -340,6 +340,74 @@ def test_empty_config_is_valid_and_says_so(tmp_path: Path) -> None:
     empty.write_text("")
     result = run("config", "validate", str(empty))
     assert result.returncode == 0 and result.stdout == f"{empty}: valid (no services: defaults only)\n"
+
+
+# -- what went wrong is said, not left blank ---------------------------------------------------
+
+
+def test_write_while_etcd_is_paused_says_it_did_not_answer(tmp_path: Path, spawned: list[Proc]) -> None:
+    etcd = EtcdProcess(tmp_path / "etcd", log_file=tmp_path / "etcd.log").start()
+    try:
+        proc, address = control_plane(etcd.endpoint, "/mc-paused")
+        spawned.append(proc)
+        assert run("breakers", "force-open", "before", "--server", address).returncode == 0
+        assert etcd.pid is not None
+        os.kill(etcd.pid, signal.SIGSTOP)
+        try:
+            result = run("breakers", "force-open", "paused", "--server", address)
+        finally:
+            os.kill(etcd.pid, signal.SIGCONT)
+        assert result.returncode == 5
+        assert one_line(result.stderr) == "mission-control: not stored: etcd: did not answer within 2s"
+    finally:
+        etcd.stop()
+
+
+def test_state_dir_that_is_a_file_is_named(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    result = run("serve", "--listen", "127.0.0.1:0", "--state-dir", str(afile))
+    assert result.returncode == 2
+    assert one_line(result.stderr) == f"mission-control: --state-dir {afile}: a file, not a folder"
+
+
+def test_etcd_that_exits_at_start_says_why(tmp_path: Path) -> None:
+    """A disk that is full: etcd logs why and exits; the last thing it said is the reason."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    fatal = {
+        "level": "fatal",
+        "ts": "2026-11-29T12:00:00.000Z",
+        "caller": "etcdmain/etcd.go:204",
+        "msg": "discovery failed",
+        "error": "write state/etcd/member/wal/0.tmp: no space left on device",
+    }
+    started = '{"level":"info","msg":"starting etcd"}'
+    (fake / "etcd").write_text(f"#!/bin/sh\necho '{started}' >&2\necho '{json.dumps(fatal)}' >&2\nexit 1\n")
+    (fake / "etcd").chmod(0o755)
+    state = tmp_path / "state"
+    (state).mkdir()
+    (state / "etcd.log").write_text('{"level":"fatal","msg":"a run before this one"}\n')
+    result = run(
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        str(state),
+        env={"PATH": f"{fake}:{os.environ['PATH']}"},
+    )
+    assert result.returncode == 2
+    assert one_line(result.stderr) == (
+        "mission-control: etcd exited with code 1: discovery failed: "
+        f"write state/etcd/member/wal/0.tmp: no space left on device (more in {state / 'etcd.log'})"
+    )
+
+
+def test_etcd_exit_reason_from_a_real_etcd(tmp_path: Path, listening: int) -> None:
+    etcd = EtcdProcess(tmp_path / "etcd", peer_port=listening, log_file=tmp_path / "etcd.log")
+    with pytest.raises(EtcdUnavailable) as failed:
+        etcd.start()
+    assert "exited with code 1: " in str(failed.value) and "address already in use" in str(failed.value)
 
 
 # -- text from the server is shown as text ---------------------------------------------------
