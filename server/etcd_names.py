@@ -113,6 +113,8 @@ class ResolvingEtcdClient(Etcd3Client):
         self._resolve = resolve
         self._reresolve_secs = reresolve_secs
         self._follower: asyncio.Task[None] | None = None
+        #: replaced channels, closed once the calls still on them have ended (see _retire)
+        self._retired: dict[grpc.aio.Channel, asyncio.Task[None]] = {}
         #: Why no endpoint has an address, until one resolves (None once one has).
         self.unresolved: str | None = None
 
@@ -134,6 +136,10 @@ class ResolvingEtcdClient(Etcd3Client):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
             self._follower = None
+        for channel, task in list(self._retired.items()):
+            task.cancel()
+            await channel.close(None)
+        self._retired.clear()
         await super().close()
 
     async def _follow(self) -> None:
@@ -166,4 +172,15 @@ class ResolvingEtcdClient(Etcd3Client):
             if service is not None:  # their next call, or retry, goes to the new channel
                 service._stub = type(service._stub)(new)  # type: ignore[attr-defined]
         self._channel = new
-        await old.close(None)
+        self._retire(old)
+
+    def _retire(self, channel: grpc.aio.Channel, after: float = 5.0) -> None:
+        """Close ``channel`` once the calls still on it have met their deadlines (a store
+        call's is 2 s): closed at once, a call in flight would be cancelled under its caller."""
+
+        async def close_later() -> None:
+            await asyncio.sleep(after)
+            self._retired.pop(channel, None)
+            await channel.close(None)
+
+        self._retired[channel] = asyncio.create_task(close_later(), name="etcd-retired-channel")
