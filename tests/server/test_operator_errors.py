@@ -168,6 +168,12 @@ def test_ctrl_c_while_etcd_starts_stops_it(tmp_path: Path) -> None:
     assert poll(lambda: not Path(f"/proc/{pid}").exists() or "zombie" in _state(pid))
 
 
+def _as_at_a_terminal() -> None:
+    # a test run started in the background (`make test &`) inherits SIGINT ignored, and so
+    # would the command: Ctrl-C reaches a command started at a terminal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_while_importing_is_one_line(tmp_path: Path) -> None:
     """The console command, interrupted while Python imports its modules (most of a second)."""
     importing = tmp_path / "importing"
@@ -183,6 +189,7 @@ def test_ctrl_c_while_importing_is_one_line(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_as_at_a_terminal,
     )
     try:
         assert poll(importing.exists)
@@ -204,6 +211,7 @@ def test_ctrl_c_during_demo_stops_it_in_one_line(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_as_at_a_terminal,
     )
     try:
         assert proc.stdout is not None
