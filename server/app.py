@@ -34,6 +34,8 @@ _log = logging.getLogger("mission_control.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ControlPlaneService"].full_name
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_STATE_DIR = ".state"
+#: How a dashboard address that cannot be bound is reported (then the address and why).
+DASHBOARD_CANNOT_LISTEN = "cannot serve the dashboard (--http) on"
 
 #: Largest message the control plane accepts (a full config import fits many times over).
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -236,9 +238,9 @@ async def start_control_plane(
         plane.outcome_listeners.append(running.dashboard.activity.record)
         try:
             await running.dashboard.start()
-        except OSError:
+        except OSError as err:
             await running.stop(grace=0)
-            raise
+            raise OSError(f"{DASHBOARD_CANNOT_LISTEN} {http}: {err.strerror or err}") from err
     return running
 
 
@@ -250,13 +252,15 @@ async def _unreachable(store: EtcdStore, timeout: float = 1.5) -> str:
     except TimeoutError:
         return f"no answer within {timeout:g}s"
     except StoreUnavailable as err:
+        if store.unresolved is not None:
+            return f"{store.unresolved}; resolving it again until it has one"
         return str(err)
     return ""
 
 
-def bind_problem(listen: str) -> str | None:
+def bind_problem(listen: str, flag: str = "--listen") -> str | None:
     """The operating system's reason ``listen`` cannot be bound (gRPC does not say), or
-    None when it can."""
+    None when it can; ``flag`` is the option that chose it, named when the port is taken."""
     host, _, port = listen.rpartition(":")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
@@ -268,7 +272,8 @@ def bind_problem(listen: str) -> str | None:
     except (OSError, ValueError) as err:
         reason = getattr(err, "strerror", None) or str(err)
         if isinstance(err, OSError) and err.errno == errno.EADDRINUSE:
-            reason += " (another mission-control? choose another with --listen HOST:PORT)"
+            other = "mission-control" if flag == "--listen" else "program"
+            reason += f" (another {other}? choose another with {flag} HOST:PORT)"
         return reason
     return None
 

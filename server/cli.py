@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -26,6 +27,8 @@ EXIT_BROKEN_PIPE = 141
 
 
 def _serve_options(args: argparse.Namespace) -> ServeOptions:
+    if not args.etcd and args.state_dir.exists() and not args.state_dir.is_dir():
+        raise ValueError(f"--state-dir {args.state_dir}: a file, not a folder")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
     if args.tls_client_ca and not args.tls_cert:
@@ -145,13 +148,23 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from .app import DASHBOARD_CANNOT_LISTEN, bind_problem
     from .demo import run_demo
 
+    problem = bind_problem(args.http, "--http")
+    if problem is not None:
+        print(f"mission-control: {DASHBOARD_CANNOT_LISTEN} {args.http}: {problem}", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # stop the demo's processes on these too
+        signal.signal(sig, signal.default_int_handler)
     try:
         results = run_demo(args.duration, args.seed, etcd=args.etcd, http=args.http)
     except (EtcdUnavailable, OSError, AssertionError) as err:
         print(f"mission-control: demo failed: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("mission-control: demo interrupted; its processes and etcd are stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.json:
         print(json.dumps(results))
     return 0

@@ -10,8 +10,10 @@ HOST:PORT`` mean the same; given in both places, the one after the command wins.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from pathlib import Path
+from typing import NoReturn
 
 from .app import DEFAULT_LISTEN, DEFAULT_STATE_DIR
 from .control_plane import DEFAULT_PREFIX
@@ -33,12 +35,44 @@ _FLAGS: tuple[tuple[tuple[str, ...], str, str], ...] = (
 _GLOBAL = "global_"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad command line said in one line (no usage block above it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"mission-control: {message} (`{self.prog} --help` lists the options)\n")
+
+
+def host_port(text: str, *, lowest: int = 0) -> str:
+    """``text`` when it is HOST:PORT (an IPv6 host in brackets, the port 0-65535, or from
+    ``lowest``); raises ArgumentTypeError saying what is wrong."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not (port.isascii() and port.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    if not lowest <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: the port must be {lowest} to 65535")
+    if host.startswith("[") or host.endswith("]"):
+        try:
+            if not (host.startswith("[") and host.endswith("]")):
+                raise ValueError(host)
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: {host} is not an IPv6 address in brackets") from None
+    elif ":" in host:
+        raise argparse.ArgumentTypeError(f"{text!r}: an IPv6 address goes in brackets: [{host}]:{port}")
+    return text
+
+
+def _peer(text: str) -> str:
+    """HOST:PORT of something to connect to: port 0 is no port there."""
+    return host_port(text, lowest=1)
+
+
 def _endpoints(text: str) -> list[str]:
     items = [e.strip() for e in text.split(",") if e.strip()]
     for item in items:
-        host, _, port = item.rpartition(":")
-        if not host or not port.isdigit():
-            raise argparse.ArgumentTypeError(f"{item!r} is not HOST:PORT")
+        _peer(item)
+    if not items:
+        raise argparse.ArgumentTypeError(f"{text!r} names no HOST:PORT")
     return items
 
 
@@ -69,7 +103,7 @@ def _sub(commands: argparse._SubParsersAction, name: str, text: str) -> argparse
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
     server = DEFAULT_LISTEN  # for the help; parse() reads $MISSION_CONTROL_SERVER
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mission-control",
         description="Resilience control plane for fleets of AI agents. "
         "Run `mission-control COMMAND --help` for a command's actions and options.",
@@ -88,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_serve(run: argparse.ArgumentParser) -> None:
     run.add_argument(
-        "--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT to serve on (default {DEFAULT_LISTEN})"
+        "--listen",
+        type=host_port,
+        default=DEFAULT_LISTEN,
+        help=f"HOST:PORT to serve on (default {DEFAULT_LISTEN})",
     )
     run.add_argument(
         "--etcd",
@@ -108,7 +145,10 @@ def _add_serve(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--instance-id", default="", help="name of this replica (default: random)")
     run.add_argument(
-        "--advertise", default=None, help="HOST:PORT other replicas use to reach this one (default --listen)"
+        "--advertise",
+        type=_peer,
+        default=None,
+        help="HOST:PORT other replicas use to reach this one (default --listen)",
     )
     run.add_argument(
         "--max-agents", type=int, default=10_000, help="most agents connected at once (default 10000)"
@@ -139,6 +179,7 @@ def _add_serve(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--http",
+        type=host_port,
         metavar="HOST:PORT",
         default=None,
         help="serve the dashboard, /metrics, /healthz and /readyz on HOST:PORT "
@@ -192,9 +233,12 @@ def _add_demo(demo: argparse.ArgumentParser) -> None:
     demo.add_argument(
         "--seed", type=int, default=1, help="varies the scenario's timing, repeatably (default 1)"
     )
-    demo.add_argument("--etcd", default=None, help="an etcd HOST:PORT to use (default: a private one)")
+    demo.add_argument(
+        "--etcd", type=_peer, default=None, help="an etcd HOST:PORT to use (default: a private one)"
+    )
     demo.add_argument(
         "--http",
+        type=host_port,
         default="127.0.0.1:0",
         metavar="HOST:PORT",
         help="the dashboard's address (default: a free port, printed at start)",

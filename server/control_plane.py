@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import unicodedata
 from collections.abc import Callable, Iterable
 
 import grpc
@@ -67,6 +68,19 @@ def check_policies_fit(policies: Iterable[ServicePolicy]) -> None:
             f"the policies would take {size} bytes of every agent's snapshot (at most "
             f"{POLICIES_MAX_BYTES}): shorten record_errors, ignore_errors or reporters",
         )
+
+
+#: Unicode categories refused in a reason: controls (newlines, terminal escapes), format
+#: characters (bidirectional overrides) and line separators. A reason is shown in tables,
+#: logs and terminals, where these would forge lines or rewrite the screen.
+_CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def _check_reason(reason: str) -> None:
+    found = sorted({c for c in reason if unicodedata.category(c) in _CONTROL_CATEGORIES})
+    if found:
+        shown = ", ".join(c.encode("unicode_escape").decode() for c in found)
+        raise ConfigurationError("reason", f"must be one line of printable text (it holds {shown})")
 
 
 class ControlPlane:
@@ -255,7 +269,12 @@ class ControlPlane:
     # -- operator writes (acknowledged only once stored) -----------------------
 
     async def set_breaker_state(self, name: str, state: BreakerState, reason: str) -> pb.Breaker:
-        """Force a breaker's state; see :meth:`StateWriter.set_breaker_state`."""
+        """Force a breaker's state; see :meth:`StateWriter.set_breaker_state`.
+
+        Raises:
+            ConfigurationError: ``reason`` holds control characters.
+        """
+        _check_reason(reason)
         return await self.writer.set_breaker_state(name, state, reason)
 
     async def put_policy(self, policy: ServicePolicy, expected_revision: int = 0) -> int | None:

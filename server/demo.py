@@ -148,6 +148,7 @@ def run_demo(
                 f"/demo-{seed}-{int(time.time())}",
                 "--http",
                 http,
+                own_group=True,
             )
             children.append(plane)
             address = plane.wait_for("mission-control: serving on ").split()[3]
@@ -167,6 +168,7 @@ def run_demo(
                     name,
                     _script(phases, name),
                     str(folder / f"{name}.jsonl"),
+                    own_group=True,
                 )
                 children.append(child)
                 peers[name] = f"127.0.0.1:{child.wait_for('PORT ').split()[1]}"
@@ -181,6 +183,7 @@ def run_demo(
                     str(folder / f"{name}.jsonl"),
                     str(t0),
                     str(end),
+                    own_group=True,
                 )
                 children.append(child)
                 agents.append((name, child, f"127.0.0.1:{child.wait_for('PORT ').split()[1]}"))
@@ -206,7 +209,8 @@ def run_demo(
             watcher.stop()
             run = _collect(folder, phases, watcher.transitions, changes)
         finally:
-            for child in reversed(children):
+            # the control plane first: it then logs nothing about the agents going away
+            for child in children:
                 child.kill()
             if etcd_proc is not None:
                 etcd_proc.stop()

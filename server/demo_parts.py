@@ -13,10 +13,13 @@ logs every result, plus the moment it enforced each new LLM timeout.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import threading
 import time
 from concurrent import futures
+from types import FrameType
 from typing import Any
 
 import grpc
@@ -161,7 +164,14 @@ def agent(name: str, control_plane: str, peers_json: str, log_path: str, start: 
     print("DONE", flush=True)
 
 
+def _quiet_interrupt(signum: int, frame: FrameType | None) -> None:
+    # the demo stops its parts itself; a part told to stop by a signal just ends
+    os._exit(128 + signum)
+
+
 if __name__ == "__main__":
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _quiet_interrupt)
     role = sys.argv[1]
     if role == "upstream":
         upstream(sys.argv[2], sys.argv[3], sys.argv[4])

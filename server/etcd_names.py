@@ -6,7 +6,9 @@ etcd3aio 0.3.0 turns the endpoints into one ``ipv4:`` gRPC target
 :class:`ResolvingEtcdClient` builds the target itself: names are resolved when it
 connects, and again when the channel fails to connect and every ``reresolve_secs``
 (cluster members move); when the addresses changed, the channel is replaced under the
-client's services, so a retrying watch or call continues on the new one.
+client's services, so a retrying watch or call continues on the new one. Names that do not
+resolve at all when it connects are treated as an etcd that does not answer: every call
+fails until one resolves.
 """
 
 from __future__ import annotations
@@ -22,9 +24,13 @@ from typing import Any
 import grpc
 from etcd3aio import Etcd3Client
 
-__all__ = ["ResolvingEtcdClient", "etcd_target", "resolve_host"]
+__all__ = ["NoAddress", "ResolvingEtcdClient", "etcd_target", "resolve_host"]
 
 _log = logging.getLogger("mission_control.server.etcd")
+
+#: The target while no endpoint resolves: a socket that is never there, so that calls fail
+#: at once, as with an etcd that is down.
+NOWHERE = "unix:/nonexistent/mission-control/etcd-unresolved"
 
 #: (host, port) -> its addresses; socket.getaddrinfo by default, injectable in tests.
 Resolver = Callable[[str, int], list[str]]
@@ -75,7 +81,16 @@ def etcd_target(endpoints: Sequence[str], resolve: Resolver = resolve_host) -> s
         return "ipv4:" + ",".join(dict.fromkeys(v4))
     if v6:
         return "ipv6:" + ",".join(dict.fromkeys(v6))
-    raise OSError(f"etcd {','.join(endpoints)}: no address ({'; '.join(problems) or 'none found'})")
+    raise NoAddress(endpoints, f"no address ({'; '.join(problems) or 'none found'})")
+
+
+class NoAddress(OSError):
+    """No endpoint resolves to an address (yet: in Kubernetes, etcd's DNS records appear
+    only once its pods run)."""
+
+    def __init__(self, endpoints: Sequence[str], reason: str) -> None:
+        super().__init__(f"etcd {','.join(endpoints)}: {reason}")
+        self.reason = reason
 
 
 class ResolvingEtcdClient(Etcd3Client):
@@ -98,9 +113,19 @@ class ResolvingEtcdClient(Etcd3Client):
         self._resolve = resolve
         self._reresolve_secs = reresolve_secs
         self._follower: asyncio.Task[None] | None = None
+        #: replaced channels, closed once the calls still on them have ended (see _retire)
+        self._retired: dict[grpc.aio.Channel, asyncio.Task[None]] = {}
+        #: Why no endpoint has an address, until one resolves (None once one has).
+        self.unresolved: str | None = None
 
     async def connect(self) -> None:
-        self._manager.target = await asyncio.to_thread(etcd_target, self._endpoints, self._resolve)
+        """Connect; endpoints that do not resolve yet count as unreachable (see ``unresolved``)."""
+        try:
+            self._manager.target = await asyncio.to_thread(etcd_target, self._endpoints, self._resolve)
+        except NoAddress as err:
+            # like an etcd that does not answer: every call fails until a name resolves
+            self.unresolved = err.reason
+            self._manager.target = NOWHERE
         await super().connect()
         if _has_names(self._endpoints) and self._follower is None:
             self._follower = asyncio.create_task(self._follow(), name="etcd-names")
@@ -111,14 +136,19 @@ class ResolvingEtcdClient(Etcd3Client):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
             self._follower = None
+        for channel, task in list(self._retired.items()):
+            task.cancel()
+            await channel.close(None)
+        self._retired.clear()
         await super().close()
 
     async def _follow(self) -> None:
         while self._channel is not None:
             channel = self._channel
             state = channel.get_state()
+            patience = self._reresolve_secs if self.unresolved is None else min(self._reresolve_secs, 1.0)
             try:
-                await asyncio.wait_for(channel.wait_for_state_change(state), self._reresolve_secs)
+                await asyncio.wait_for(channel.wait_for_state_change(state), patience)
             except TimeoutError:
                 await self._reresolve()  # members may have moved while it worked
                 continue
@@ -131,6 +161,7 @@ class ResolvingEtcdClient(Etcd3Client):
         except OSError as err:
             _log.debug("re-resolving etcd endpoints failed (%s); keeping %s", err, self._manager.target)
             return
+        self.unresolved = None
         old = self._channel
         if target == self._manager.target or old is None:
             return
@@ -141,4 +172,15 @@ class ResolvingEtcdClient(Etcd3Client):
             if service is not None:  # their next call, or retry, goes to the new channel
                 service._stub = type(service._stub)(new)  # type: ignore[attr-defined]
         self._channel = new
-        await old.close(None)
+        self._retire(old)
+
+    def _retire(self, channel: grpc.aio.Channel, after: float = 5.0) -> None:
+        """Close ``channel`` once the calls still on it have met their deadlines (a store
+        call's is 2 s): closed at once, a call in flight would be cancelled under its caller."""
+
+        async def close_later() -> None:
+            await asyncio.sleep(after)
+            self._retired.pop(channel, None)
+            await channel.close(None)
+
+        self._retired[channel] = asyncio.create_task(close_later(), name="etcd-retired-channel")

@@ -7,6 +7,8 @@ data directory, waits until it answers, and stops it with its owner.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import shutil
 import signal
 import socket
@@ -64,6 +66,7 @@ class EtcdProcess:
         self.keep_fds = keep_fds
         self._proc: subprocess.Popen[bytes] | None = None
         self._aborted = threading.Event()
+        self._log_start = 0
 
     @property
     def endpoint(self) -> str:
@@ -113,6 +116,7 @@ class EtcdProcess:
             args.append("--client-cert-auth")
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_file, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        self._log_start = os.fstat(log.fileno()).st_size  # what this run writes comes after
         self._proc = subprocess.Popen(
             args, stdout=log, stderr=log, start_new_session=True, pass_fds=self.keep_fds
         )
@@ -140,7 +144,11 @@ class EtcdProcess:
                 self.stop()
                 raise EtcdUnavailable("etcd start aborted")
             if self._proc is not None and self._proc.poll() is not None:
-                raise EtcdUnavailable(f"etcd exited with code {self._proc.returncode}; see {self.log_file}")
+                said = last_error(self.log_file, self._log_start)
+                code = self._proc.returncode
+                if said is None:
+                    raise EtcdUnavailable(f"etcd exited with code {code}; see {self.log_file}")
+                raise EtcdUnavailable(f"etcd exited with code {code}: {said} (more in {self.log_file})")
             with (
                 contextlib.suppress(OSError),
                 urllib.request.urlopen(url, timeout=1, context=context) as resp,
@@ -174,6 +182,28 @@ class EtcdProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def last_error(log_file: Path, start: int = 0, tail: int = 64 * 1024) -> str | None:
+    """The last error etcd logged in ``log_file`` after byte ``start`` (its message and
+    error, e.g. "... no space left on device"), or None when it logged none."""
+    try:
+        with log_file.open("rb") as log:
+            log.seek(max(start, log_file.stat().st_size - tail))
+            lines = log.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if line.startswith("panic: "):  # Go's own, not etcd's logger
+                return line.strip()
+            continue
+        if isinstance(record, dict) and record.get("level") in ("error", "dpanic", "panic", "fatal"):
+            message, error = record.get("msg"), record.get("error")
+            return f"{message}: {error}" if error else str(message)
+    return None
 
 
 class EtcdCluster:

@@ -55,6 +55,15 @@ class CommandError(Exception):
         self.code = code
 
 
+def _safe(value: object) -> str:
+    """``value`` as text fit for a terminal: what the server sent may hold newlines or
+    escape sequences (a forged line, a cleared screen), shown escaped instead (``\\x1b``)."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def _state_name(value: int) -> str:
     return pb.BreakerState.Name(value).removeprefix("BREAKER_STATE_")
 
@@ -91,7 +100,7 @@ def _numbers(descriptor: Any, plain: dict[str, Any]) -> dict[str, Any]:
 
 
 def _print_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> None:
-    cells = [[str(c) for c in header], *[[str(c) for c in row] for row in rows]]
+    cells = [[str(c) for c in header], *[[_safe(c) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     for row in cells:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -168,10 +177,12 @@ class Operator:
         code = err.code()  # type: ignore[attr-defined]
         error = error_from_rpc_error(err)
         if isinstance(error, ConfigurationError):
-            lines = [f"{f}: {m}" for f, m in error.violations]
+            lines = [_safe(f"{f}: {m}") for f, m in error.violations]
+            if len(lines) == 1:
+                return CommandError(f"invalid input: {lines[0]}", EXIT_BAD_INPUT)
             return CommandError("invalid input:\n  " + "\n  ".join(lines), EXIT_BAD_INPUT)
         if isinstance(error, StorageFailure):
-            return CommandError(f"not stored: {error.details}", EXIT_NOT_STORED)
+            return CommandError(_safe(f"not stored: {error.details}"), EXIT_NOT_STORED)
         if code == grpc.StatusCode.UNAVAILABLE and error is None:
             return CommandError(
                 f"cannot reach the control plane at {self.server} "
@@ -183,14 +194,14 @@ class Operator:
                 f"the control plane at {self.server} did not answer in time", EXIT_UNREACHABLE
             )
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-            detail = err.details() or code.name  # type: ignore[attr-defined]
+            detail = _safe(err.details() or code.name)  # type: ignore[attr-defined]
             return CommandError(f"not allowed: {detail} (use --token or a client certificate)", EXIT_DENIED)
         if code == grpc.StatusCode.NOT_FOUND:
-            return CommandError(err.details() or "not found", EXIT_NOT_FOUND)  # type: ignore[attr-defined]
+            return CommandError(_safe(err.details() or "not found"), EXIT_NOT_FOUND)  # type: ignore[attr-defined]
         if code == grpc.StatusCode.ABORTED:
-            return CommandError(err.details() or "changed concurrently", EXIT_CONFLICT)  # type: ignore[attr-defined]
+            return CommandError(_safe(err.details() or "changed concurrently"), EXIT_CONFLICT)  # type: ignore[attr-defined]
         text = error.technical_message if error is not None else (err.details() or code.name)  # type: ignore[attr-defined]
-        return CommandError(text, EXIT_FAILED)
+        return CommandError(_safe(text), EXIT_FAILED)
 
     # -- breakers --------------------------------------------------------------
 
@@ -216,7 +227,7 @@ class Operator:
         if self.as_json:
             print(json.dumps(_json(response.breaker), indent=2))
         else:
-            print(f"{name}: {_state_name(response.breaker.state)}")
+            print(f"{_safe(name)}: {_state_name(response.breaker.state)}")
         return EXIT_OK
 
     def breakers_watch(self) -> int:
@@ -228,7 +239,8 @@ class Operator:
                 else:
                     before = _state_name(event.previous_state) if event.previous_state else "-"
                     after = _state_name(b.state)
-                    print(f"{_when(b.changed_at)} UTC  {b.name}  {before} -> {after}  {b.reason}", flush=True)
+                    line = f"{_when(b.changed_at)} UTC  {b.name}  {before} -> {after}  {b.reason}"
+                    print(_safe(line), flush=True)
         except grpc.RpcError as err:
             raise self._explain(err) from None
         return EXIT_OK
@@ -276,7 +288,7 @@ class Operator:
         if self.as_json:
             print(json.dumps(_json(response), indent=2))
             return EXIT_OK
-        print(f"# {name}: stored at revision {response.revision}")
+        print(f"# {_safe(name)}: stored at revision {response.revision}")
         policy = policy_from_proto(response.effective)
         print(
             config_to_toml(ErrorHandlingConfig(service_specific={name: policy})).split("\n\n", 1)[1],
@@ -306,7 +318,7 @@ class Operator:
             return
         for change in changes:
             mark = {"added": "+", "removed": "-", "changed": "~", "unchanged": "="}[change.action]
-            print(f"{mark} {change.service} ({change.action})")
+            print(_safe(f"{mark} {change.service} ({change.action})"))
             if change.action == "changed":
                 before, after = _json(change.before), _json(change.after)
                 for key in sorted(set(before) | set(after)):
@@ -349,15 +361,16 @@ class Operator:
             if counts:
                 print(f"errors {title}:")
                 for key, n in sorted(counts.items(), key=lambda kv: -kv[1]):
-                    print(f"  {key:30} {n}")
+                    print(f"  {_safe(key):30} {n}")
         for usage in s.fleet_limits:
-            print(
+            line = (
                 f"fleet limit {usage.resource}: {usage.fleet_units:g} per {usage.period_secs:g}s period, "
                 f"leased {usage.leased:g}, asked {usage.demanded:g}, used {usage.used:g}, "
                 f"{usage.agents} agents"
             )
+            print(_safe(line))
         for err in s.config_errors:
-            print(f"rejected config value at {err.key}: {err.error}")
+            print(_safe(f"rejected config value at {err.key}: {err.error}"))
         return EXIT_OK
 
     def health(self) -> int:

@@ -16,8 +16,15 @@ from pathlib import Path
 
 class Child:
     def __init__(
-        self, args: Sequence[str], env: dict[str, str] | None = None, cwd: str | Path | None = None
+        self,
+        args: Sequence[str],
+        env: dict[str, str] | None = None,
+        cwd: str | Path | None = None,
+        *,
+        own_group: bool = False,
     ) -> None:
+        """Start ``args``; with ``own_group`` in a process group of its own, so that a Ctrl-C
+        at the terminal reaches only the parent, which stops it."""
         self.args = list(args)
         self.popen = subprocess.Popen(
             self.args,
@@ -28,6 +35,7 @@ class Child:
             env={**os.environ, **(env or {})},
             text=True,
             bufsize=1,
+            process_group=0 if own_group else None,
         )
         self.lines: list[str] = []
         # A reader thread, not select() on the pipe: readline() buffers ahead, and select()
@@ -42,8 +50,10 @@ class Child:
         self._incoming.put(None)
 
     @classmethod
-    def python(cls, module: str, *args: str, env: dict[str, str] | None = None) -> Child:
-        return cls([sys.executable, "-m", module, *args], env=env)
+    def python(
+        cls, module: str, *args: str, env: dict[str, str] | None = None, own_group: bool = False
+    ) -> Child:
+        return cls([sys.executable, "-m", module, *args], env=env, own_group=own_group)
 
     def wait_for(self, prefix: str, timeout: float = 30.0) -> str:
         """The first stdout line starting with ``prefix``; fails after ``timeout``."""

@@ -9,7 +9,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 
-from .app import ServeOptions, bind_problem, start_control_plane
+from .app import DASHBOARD_CANNOT_LISTEN, ServeOptions, bind_problem, start_control_plane
 from .auth import AccessPolicy
 from .etcd_process import EtcdProcess
 from .state_dir import StateLock, embedded_ports
@@ -36,6 +36,9 @@ async def serve(options: ServeOptions) -> None:
     problem = bind_problem(options.listen)
     if problem is not None:
         raise OSError(f"cannot listen on {options.listen}: {problem}")
+    problem = bind_problem(options.http, "--http") if options.http else None
+    if problem is not None:
+        raise OSError(f"{DASHBOARD_CANNOT_LISTEN} {options.http}: {problem}")
     embedded: EtcdProcess | None = None
     lock: StateLock | None = None
     endpoints = options.etcd

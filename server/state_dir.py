@@ -158,8 +158,16 @@ class StateStatus:
     pid: int | None
     listen: str | None
     etcd: str | None
+    #: The etcd a killed ``serve`` (pid ``pid``) left running; it still holds the folder.
+    orphan_etcd_pid: int | None = None
 
     def lines(self) -> list[str]:
+        if self.orphan_etcd_pid is not None:
+            return [
+                f"no mission-control is using {self.state_dir}: the one that did (pid {self.pid}) is gone",
+                f"its embedded etcd (pid {self.orphan_etcd_pid}) still runs at {self.etcd} and holds "
+                f"the folder: stop it with `kill {self.orphan_etcd_pid}` before the next serve",
+            ]
         if self.running:
             head = f"mission-control (pid {self.pid}) is using {self.state_dir}"
             head += f", serving on {self.listen}" if self.listen else " (starting)"
@@ -177,6 +185,7 @@ class StateStatus:
             "pid": self.pid,
             "listen": self.listen,
             "etcd": self.etcd,
+            "orphan_etcd_pid": self.orphan_etcd_pid,
         }
 
 
@@ -189,4 +198,9 @@ def read_status(state_dir: Path) -> StateStatus:
     if etcd is None:
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             etcd = f"127.0.0.1:{int(json.loads((state_dir / PORTS_FILE).read_text())['client'])}"
-    return StateStatus(state_dir, running, facts.get("pid"), facts.get("listen"), etcd)
+    pid, etcd_pid = facts.get("pid"), facts.get("etcd_pid")
+    if running and pid is not None and not _alive(pid):
+        # killed outright (kill -9): the etcd it started inherited the lock and keeps it
+        orphan = etcd_pid if _alive(etcd_pid) else None
+        return StateStatus(state_dir, False, pid, None, etcd, orphan_etcd_pid=orphan)
+    return StateStatus(state_dir, running, pid, facts.get("listen"), etcd)

@@ -206,11 +206,24 @@ class EtcdStore:
             raise StoreUnavailable("store is not connected")
         return kv
 
+    @property
+    def unresolved(self) -> str | None:
+        """Why no etcd endpoint has an address (its names do not resolve), or None."""
+        return self._client.unresolved
+
     async def _call(self, coro):  # type: ignore[no-untyped-def]
         try:
             return await coro
         except (EtcdError, grpc.RpcError, TimeoutError, OSError) as err:
-            raise StoreUnavailable(f"etcd: {err}") from err
+            raise StoreUnavailable(self._why(err)) from err
+
+    def _why(self, err: BaseException, doing: str = "") -> str:
+        if self._client.unresolved is not None:
+            return f"etcd {','.join(self.endpoints)}: {self._client.unresolved}"
+        text = str(err).strip()
+        if isinstance(err, TimeoutError) or not text:  # a timeout says nothing of itself
+            text = f"did not answer within {self.timeout:g}s"
+        return f"etcd{doing}: {text}"
 
     async def get(self, key: str, *, revision: int = 0) -> Entry | None:
         try:
@@ -293,7 +306,7 @@ class EtcdStore:
                 if events:
                     yield events
         except (EtcdError, grpc.RpcError, OSError) as err:
-            raise StoreUnavailable(f"etcd watch: {err}") from err
+            raise StoreUnavailable(self._why(err, " watch")) from err
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
 
@@ -321,7 +334,7 @@ class EtcdStore:
         try:
             return await asyncio.wait_for(once(), self.timeout)
         except (EtcdError, grpc.RpcError, TimeoutError, OSError) as err:
-            raise StoreUnavailable(f"etcd lease keep-alive: {err}") from err
+            raise StoreUnavailable(self._why(err, " lease keep-alive")) from err
 
     async def revoke_lease(self, lease_id: int) -> None:
         await self._call(self._lease.revoke(lease_id, timeout=self.timeout))

@@ -79,3 +79,28 @@ async def _first_event(client: ResolvingEtcdClient, key: str, revision: int) -> 
         for event in response.events:
             return bytes(event.kv.value)
     raise AssertionError("the watch ended")
+
+
+async def test_a_name_without_address_yet_is_found_later(etcd_server: EtcdProcess) -> None:
+    table: dict[str, list[str]] = {}  # etcd's DNS record does not exist yet
+    client = ResolvingEtcdClient(
+        [f"etcd-0.etcd:{etcd_server.client_port}"], resolve=fixed(table), reresolve_secs=0.2
+    )
+    await client.connect()  # not an error: an etcd that cannot be reached yet
+    try:
+        assert client.unresolved == "no address (etcd-0.etcd: Name or service not known)"
+        assert client.kv is not None
+        with pytest.raises(Exception, match="UNAVAILABLE"):
+            await client.kv.get("/mc-test/names/any", timeout=1)
+        table["etcd-0.etcd"] = ["127.0.0.1"]  # the record appears
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            try:
+                await client.kv.get("/mc-test/names/any", timeout=1)
+                break
+            except Exception:
+                assert asyncio.get_running_loop().time() < deadline, "never resolved again"
+                await asyncio.sleep(0.1)
+        assert client.unresolved is None
+    finally:
+        await client.close()

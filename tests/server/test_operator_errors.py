@@ -4,6 +4,7 @@ its exit code, against real processes (a real etcd, real control planes, real so
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -17,9 +18,10 @@ from pathlib import Path
 import pytest
 from mission_control.server.cli import main
 from mission_control.server.cli_args import build_parser
-from mission_control.server.etcd_process import EtcdProcess, free_port
+from mission_control.server.etcd_process import EtcdProcess, EtcdUnavailable, free_port
 
 from tests.support.certs import Authority
+from tests.support.etcd import etcdctl
 from tests.support.procs import ROOT, Proc, control_plane
 
 CLI = [sys.executable, "-m", "mission_control.server.cli"]
@@ -75,6 +77,53 @@ def test_port_in_use_is_one_line(listening: int, etcd_server: EtcdProcess) -> No
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["serve", "--http", "nonsense"], "argument --http: 'nonsense' is not HOST:PORT"),
+        (
+            ["serve", "--http", "127.0.0.1:99999"],
+            "argument --http: '127.0.0.1:99999': the port must be 0 to 65535",
+        ),
+        (
+            ["serve", "--http", "::1:8080"],
+            "argument --http: '::1:8080': an IPv6 address goes in brackets: [::1]:8080",
+        ),
+        (
+            ["serve", "--listen", "[::1:50051"],
+            "argument --listen: '[::1:50051': [::1 is not an IPv6 address in brackets",
+        ),
+        (["serve", "--listen", "localhost"], "argument --listen: 'localhost' is not HOST:PORT"),
+        (
+            ["serve", "--advertise", "replica-1:0"],
+            "argument --advertise: 'replica-1:0': the port must be 1 to 65535",
+        ),
+        (["demo", "--http", "127.0.0.1:http"], "argument --http: '127.0.0.1:http' is not HOST:PORT"),
+    ],
+)
+def test_bad_address_refused_when_parsed(tmp_path: Path, args: list[str], problem: str) -> None:
+    state = tmp_path / "state"
+    extra = ["--state-dir", str(state)] if args[0] == "serve" else []
+    result = run(*args, *extra)
+    assert result.returncode == 2 and result.stdout == ""
+    assert one_line(result.stderr) == (
+        f"mission-control: {problem} (`mission-control {args[0]} --help` lists the options)"
+    )
+    assert not state.exists()  # refused before any etcd started
+
+
+def test_dashboard_port_in_use_is_named(listening: int, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    for command in (["serve", "--state-dir", str(state)], ["demo", "--duration", "1"]):
+        result = run(*command, "--http", f"127.0.0.1:{listening}")
+        assert result.returncode == 2 and result.stdout == ""
+        assert one_line(result.stderr) == (
+            f"mission-control: cannot serve the dashboard (--http) on 127.0.0.1:{listening}: "
+            "Address already in use (another program? choose another with --http HOST:PORT)"
+        )
+    assert not state.exists()  # found before any etcd started
+
+
 def test_invalid_tls_pem_is_named(tmp_path: Path, etcd_server: EtcdProcess) -> None:
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
@@ -117,6 +166,74 @@ def test_ctrl_c_while_etcd_starts_stops_it(tmp_path: Path) -> None:
     assert one_line(err) == "mission-control: interrupted during startup; stopped"
     pid = int((tmp_path / "etcd.pid").read_text())
     assert poll(lambda: not Path(f"/proc/{pid}").exists() or "zombie" in _state(pid))
+
+
+def _as_at_a_terminal() -> None:
+    # a test run started in the background (`make test &`) inherits SIGINT ignored, and so
+    # would the command: Ctrl-C reaches a command started at a terminal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_while_importing_is_one_line(tmp_path: Path) -> None:
+    """The console command, interrupted while Python imports its modules (most of a second)."""
+    importing = tmp_path / "importing"
+    slow = tmp_path / "slow" / "grpc"  # found before the real grpc: an import that takes long
+    slow.mkdir(parents=True)
+    (slow / "__init__.py").write_text(
+        f"import pathlib, time\npathlib.Path({str(importing)!r}).touch()\ntime.sleep(60)\n"
+    )
+    command = Path(sys.executable).parent / "mission-control"
+    proc = subprocess.Popen(
+        [str(command), "serve", "--state-dir", str(tmp_path / "state")],
+        env={**os.environ, "PYTHONPATH": str(slow.parent)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_as_at_a_terminal,
+    )
+    try:
+        assert poll(importing.exists)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and out == ""
+    assert one_line(err) == "mission-control: interrupted"
+
+
+def test_ctrl_c_during_demo_stops_it_in_one_line(tmp_path: Path) -> None:
+    # a terminal's Ctrl-C goes to its whole foreground process group
+    proc = subprocess.Popen(
+        [*CLI, "demo", "--duration", "60"],
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # its folder, named in its parts' arguments
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=_as_at_a_terminal,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # its parts all started: the scenario's clock runs
+            if line.startswith("["):
+                break
+        os.killpg(proc.pid, signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130
+    said = [x for x in err.splitlines() if " INFO " not in x]  # the control plane's own log
+    assert said == ["mission-control: demo interrupted; its processes and etcd are stopped"], err
+    # its parts and its etcd (in a session of its own) are gone, and their folder
+    assert poll(lambda: _running(str(tmp_path)) == [] and not any(tmp_path.iterdir()))
+
+
+def _running(text: str) -> list[str]:
+    """Processes with ``text`` in their command line."""
+    found = subprocess.run(["pgrep", "-f", text], capture_output=True, text=True)
+    return found.stdout.split()
 
 
 def _state(pid: int) -> str:
@@ -233,6 +350,109 @@ def test_empty_config_is_valid_and_says_so(tmp_path: Path) -> None:
     assert result.returncode == 0 and result.stdout == f"{empty}: valid (no services: defaults only)\n"
 
 
+# -- what went wrong is said, not left blank ---------------------------------------------------
+
+
+def test_write_while_etcd_is_paused_says_it_did_not_answer(tmp_path: Path, spawned: list[Proc]) -> None:
+    etcd = EtcdProcess(tmp_path / "etcd", log_file=tmp_path / "etcd.log").start()
+    try:
+        proc, address = control_plane(etcd.endpoint, "/mc-paused")
+        spawned.append(proc)
+        assert run("breakers", "force-open", "before", "--server", address).returncode == 0
+        assert etcd.pid is not None
+        os.kill(etcd.pid, signal.SIGSTOP)
+        try:
+            result = run("breakers", "force-open", "paused", "--server", address)
+        finally:
+            os.kill(etcd.pid, signal.SIGCONT)
+        assert result.returncode == 5
+        assert one_line(result.stderr) == "mission-control: not stored: etcd: did not answer within 2s"
+    finally:
+        etcd.stop()
+
+
+def test_state_dir_that_is_a_file_is_named(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    result = run("serve", "--listen", "127.0.0.1:0", "--state-dir", str(afile))
+    assert result.returncode == 2
+    assert one_line(result.stderr) == f"mission-control: --state-dir {afile}: a file, not a folder"
+
+
+def test_etcd_that_exits_at_start_says_why(tmp_path: Path) -> None:
+    """A disk that is full: etcd logs why and exits; the last thing it said is the reason."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    fatal = {
+        "level": "fatal",
+        "ts": "2026-11-29T12:00:00.000Z",
+        "caller": "etcdmain/etcd.go:204",
+        "msg": "discovery failed",
+        "error": "write state/etcd/member/wal/0.tmp: no space left on device",
+    }
+    started = '{"level":"info","msg":"starting etcd"}'
+    (fake / "etcd").write_text(f"#!/bin/sh\necho '{started}' >&2\necho '{json.dumps(fatal)}' >&2\nexit 1\n")
+    (fake / "etcd").chmod(0o755)
+    state = tmp_path / "state"
+    (state).mkdir()
+    (state / "etcd.log").write_text('{"level":"fatal","msg":"a run before this one"}\n')
+    result = run(
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        str(state),
+        env={"PATH": f"{fake}:{os.environ['PATH']}"},
+    )
+    assert result.returncode == 2
+    assert one_line(result.stderr) == (
+        "mission-control: etcd exited with code 1: discovery failed: "
+        f"write state/etcd/member/wal/0.tmp: no space left on device (more in {state / 'etcd.log'})"
+    )
+
+
+def test_etcd_exit_reason_from_a_real_etcd(tmp_path: Path, listening: int) -> None:
+    etcd = EtcdProcess(tmp_path / "etcd", peer_port=listening, log_file=tmp_path / "etcd.log")
+    with pytest.raises(EtcdUnavailable) as failed:
+        etcd.start()
+    assert "exited with code 1: " in str(failed.value) and "address already in use" in str(failed.value)
+
+
+# -- text from the server is shown as text ---------------------------------------------------
+
+FORGED = "ok\n2026-11-29 12:00:00 UTC  llm_provider  CLOSED (forged line)\x1b[2J"
+
+
+def test_reason_with_control_characters_is_refused(plane: str) -> None:
+    result = run("breakers", "force-open", "inj", "--reason", FORGED, "--server", plane)
+    assert result.returncode == 2 and result.stdout == ""
+    assert one_line(result.stderr) == (
+        "mission-control: invalid input: reason: must be one line of printable text (it holds \\n, \\x1b)"
+    )
+    assert run("breakers", "get", "inj", "--server", plane).returncode == 4  # nothing stored
+
+
+def test_what_the_server_sends_is_printed_escaped(
+    etcd_server: EtcdProcess, prefix: str, plane: str, spawned: list[Proc]
+) -> None:
+    # a reason stored before reasons were checked, or written to etcd by hand
+    assert run("breakers", "force-open", "inj", "--server", plane).returncode == 0
+    key = f"{prefix}/breakers/inj"
+    record = json.loads(etcdctl(etcd_server.endpoint, "get", key, "--print-value-only"))
+    etcdctl(etcd_server.endpoint, "put", key, json.dumps({**record, "reason": FORGED}))
+    escaped = FORGED.replace("\n", "\\n").replace("\x1b", "\\x1b")
+    assert poll(lambda: escaped in run("breakers", "get", "inj", "--server", plane).stdout)
+    for command in (["get", "inj"], ["list"]):
+        shown = run("breakers", *command, "--server", plane)
+        lines = shown.stdout.splitlines()
+        assert shown.returncode == 0 and len(lines) == 2 and "\x1b" not in shown.stdout, shown.stdout
+        assert lines[1].startswith("inj ") and lines[1].endswith(escaped), lines[1]
+    watch = Proc([*CLI, "breakers", "watch", "--server", plane])
+    spawned.append(watch)
+    first = watch.wait_for("20", timeout=60)  # the breakers as they are, each on one line
+    assert first.endswith(f" UTC  inj  - -> FORCED_OPEN  {escaped}"), first
+
+
 # -- the CLI explains itself -----------------------------------------------------------------
 
 
@@ -303,6 +523,16 @@ def test_second_serve_on_a_state_folder_is_refused_at_once(tmp_path: Path, spawn
     first.kill(signal.SIGKILL)
     facts = json.loads((state / "lock").read_text())
     try:
+        status = run("status", "--state-dir", str(state))
+        assert status.returncode == 3 and status.stdout.splitlines() == [
+            f"no mission-control is using {state}: the one that did (pid {first.popen.pid}) is gone",
+            f"its embedded etcd (pid {facts['etcd_pid']}) still runs at {etcd} and holds the folder: "
+            f"stop it with `kill {facts['etcd_pid']}` before the next serve",
+        ]
+        assert (
+            json.loads(run("status", "--json", "--state-dir", str(state)).stdout)["orphan_etcd_pid"]
+            == (facts["etcd_pid"])
+        )
         orphan = run("serve", "--listen", "127.0.0.1:0", "--state-dir", str(state))
         assert orphan.returncode == 2
         assert one_line(orphan.stderr) == (
@@ -357,6 +587,36 @@ def test_etcd_by_dns_name(etcd_server: EtcdProcess, prefix: str, spawned: list[P
     health = run("health", "--server", address)
     assert health.returncode == 0 and "control plane: SERVING (etcd reachable)" in health.stdout
     assert run("breakers", "force-open", "by-name", "--server", address).returncode == 0
-    nowhere = run("serve", "--listen", "127.0.0.1:0", "--etcd", "nosuch.invalid:2379")
-    assert nowhere.returncode == 2
-    assert one_line(nowhere.stderr).startswith("mission-control: etcd nosuch.invalid:2379: no address (")
+
+
+def test_etcd_name_without_address_yet_serves_not_serving(tmp_path: Path) -> None:
+    """In Kubernetes etcd's DNS records appear only once its pods run: not a reason to exit."""
+    log = tmp_path / "stderr.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [*CLI, "-v", "serve", "--listen", "127.0.0.1:0", "--etcd", "etcd-0.etcd.invalid:2379"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("mission-control: serving on "), (line, log.read_text())
+        health = run("health", "--server", line.split()[3])
+        assert health.returncode == 5 and "control plane: NOT_SERVING" in health.stdout
+        again = "DEBUG mission_control.server.etcd: re-resolving etcd endpoints failed"
+        assert poll(lambda: log.read_text().count(again) >= 2)  # it keeps resolving
+        warnings = [x for x in log.read_text().splitlines() if " WARNING " in x]
+        assert len(warnings) == 1, warnings  # said once
+        said = warnings[0].split(" WARNING mission_control.server: ")[1]
+        assert said.startswith("etcd etcd-0.etcd.invalid:2379 unreachable (no address (etcd-0.etcd.invalid: ")
+        assert said.endswith(
+            "); resolving it again until it has one): serving NOT_SERVING from defaults until it answers"
+        ), said
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
