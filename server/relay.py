@@ -90,11 +90,15 @@ class LeaderRelay:
     # -- from this replica's agents ---------------------------------------------
 
     def add(self, agent_id: str, summary: pb.OutcomeSummary) -> None:
-        self._tallies.setdefault(summary.service, Tally()).merge(summary)
         used = summary.probe_successes + summary.probe_failures + summary.probes_released
-        if used and summary.probe_generation in (0, self._held_generation.get(summary.service, 0)):
+        if used:
+            current = summary.probe_generation in (0, self._held_generation.get(summary.service, 0))
             held = self._held[summary.service]
-            held[agent_id] = max(0, held[agent_id] - used)
+            allowed = held[agent_id] if current else 0
+            if used > allowed:  # probe results count only under permits relayed to this agent
+                summary = _probes_cut(summary, allowed)
+            held[agent_id] = max(0, held[agent_id] - min(used, allowed))
+        self._tallies.setdefault(summary.service, Tally()).merge(summary)
         if summary.failures or summary.probe_failures or summary.rejected:
             self._wake.set()
 
@@ -294,3 +298,13 @@ class LeaderRelay:
         # nobody here wants it any more: give it back to the fleet
         self._tallies.setdefault(grant.service, Tally()).give_back(grant.generation, grant.permits)
         self._wake.set()
+
+
+def _probes_cut(summary: pb.OutcomeSummary, allowed: int) -> pb.OutcomeSummary:
+    """``summary`` with at most ``allowed`` probe results and releases (failures first)."""
+    out = pb.OutcomeSummary()
+    out.CopyFrom(summary)
+    out.probe_failures = min(summary.probe_failures, allowed)
+    out.probe_successes = min(summary.probe_successes, allowed - out.probe_failures)
+    out.probes_released = min(summary.probes_released, allowed - out.probe_failures - out.probe_successes)
+    return out

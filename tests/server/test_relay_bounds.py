@@ -30,3 +30,18 @@ def test_a_replica_that_becomes_the_leader_takes_what_the_old_leader_never_ackno
     drained = relay.drain()  # this replica leads now: nothing is relayed any more
     assert [(s.service, s.failures) for s in drained] == [("svc", 5)]
     assert relay.drain() == []
+
+
+def test_probe_results_relayed_only_under_a_permit_relayed_to_that_agent() -> None:
+    """An agent on a follower cannot close a HALF_OPEN breaker with another agent's permit:
+    its probe results count only under permits the follower passed on to it."""
+    from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+    leadership = Leadership(store=None, prefix="/p", instance_id="r2", address="127.0.0.1:1")  # type: ignore[arg-type]
+    relay = LeaderRelay(leadership, Hub())
+    relay._held["svc"]["good-1"] = 1  # the one permit, relayed to good-1
+    relay.add("mallory", pb.OutcomeSummary(service="svc", probe_successes=3))
+    relay.add("good-1", pb.OutcomeSummary(service="svc", probe_successes=2))
+    (summary,) = relay.drain()
+    assert summary.probe_successes == 1  # good-1's one permit; mallory's claims are dropped
+    assert relay._held["svc"]["good-1"] == 0
