@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
@@ -18,50 +17,11 @@ from mission_control.client.errors import (
     ResourceExhausted,
     StorageFailure,
 )
-from mission_control.client.policy import Backoff, Quota, RetryBudget, ServicePolicy
+from mission_control.client.policy import Backoff, Quota, RetryBudget
 
-from tests.support.drivers import KINDS, Driver
+from tests.interceptors.conftest import policy
+from tests.support.drivers import Driver
 from tests.support.upstream import Upstream
-
-GENEROUS_BUDGET = RetryBudget(ratio=10, min_retries_per_second=100, window_secs=10)
-
-
-def policy(service: str = "llm_provider", **changes: object) -> ServicePolicy:
-    base = ServicePolicy(
-        service=service,
-        timeout_secs=5,
-        max_retries=3,
-        failure_threshold=1000,
-        backoff=Backoff(initial_secs=0.05, multiplier=2, max_secs=1, jitter=0),
-        retry_budget=GENEROUS_BUDGET,
-    )
-    return base.replace(**changes)
-
-
-@pytest.fixture
-def upstream() -> AsyncIterator[Upstream]:
-    with Upstream("primary") as up:
-        yield up
-
-
-@pytest.fixture(params=KINDS)
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-async def make(kind: str, upstream: Upstream) -> AsyncIterator[Callable[..., Driver]]:
-    drivers: list[Driver] = []
-
-    def build(*policies: ServicePolicy, address: str | None = None, **kw: object) -> Driver:
-        mc = MissionControl("test-agent", config={p.service: p for p in policies})
-        driver = Driver(kind, mc, address or upstream.address, policies[0].service, **kw)  # type: ignore[arg-type]
-        drivers.append(driver)
-        return driver
-
-    yield build
-    for driver in drivers:
-        await driver.close()
 
 
 async def test_retries_with_policy_count_and_growing_delays(make, upstream: Upstream) -> None:
