@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format
-from google.protobuf.descriptor import FieldDescriptor
 from mission_control.client.policy import ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+from .json_values import json_values
 
 if TYPE_CHECKING:
     from .control_plane import ControlPlane
@@ -146,28 +147,6 @@ def breaker_row(plane: ControlPlane, message: pb.Breaker, now: float) -> dict[st
     }
 
 
-_INT64 = {
-    FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
-    FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64,
-}  # fmt: skip
-
-
-def _plain(message: Any) -> dict[str, Any]:
-    """A message as JSON-ready data with 64-bit integers as numbers (protobuf's JSON mapping
-    writes them as strings, which a page would then compare as text)."""
-    data = json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-    for field_ in message.DESCRIPTOR.fields:
-        value = data.get(field_.name)
-        if field_.message_type is not None and field_.message_type.GetOptions().map_entry:
-            if field_.message_type.fields_by_name["value"].type in _INT64:
-                data[field_.name] = {k: int(v) for k, v in (value or {}).items()}
-        elif field_.type in _INT64 and value is not None:
-            data[field_.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
-    return data
-
-
 def _policy(policy: ServicePolicy) -> dict[str, Any]:
     from mission_control.client.config import policy_to_proto
 
@@ -191,7 +170,7 @@ def fleet_state(plane: ControlPlane, activity: FleetActivity, timeline: Timeline
         "leader": None if leadership is None else (leadership.leader_id or None),
         "store_ok": plane.store_ok,
         "breakers": [breaker_row(plane, b, now) for b in plane.breakers.snapshot()],
-        "statistics": _plain(stats),
+        "statistics": json_values(stats),
         "by_service": activity.by(1),
         "by_agent": activity.by(0),
         "policies": [_policy(p) for p in plane.policies.all()],

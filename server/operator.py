@@ -26,8 +26,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
-from google.protobuf.descriptor import FieldDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mission_control.client.config import (
     ErrorHandlingConfig,
@@ -41,6 +39,7 @@ from mission_control.client.status import error_from_rpc_error
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
+from .json_values import json_values
 from .pem import check_ca, check_pair
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -66,37 +65,6 @@ def _safe(value: object) -> str:
 
 def _state_name(value: int) -> str:
     return pb.BreakerState.Name(value).removeprefix("BREAKER_STATE_")
-
-
-def _json(message: Any) -> Any:
-    """A message as JSON values: every field, zeros included, and 64-bit integers as numbers
-    (protobuf's JSON mapping writes those as strings and leaves zeros out)."""
-    plain = json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-    return _numbers(message.DESCRIPTOR, plain)
-
-
-_INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64}
-_INT64 |= {FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
-
-
-def _numbers(descriptor: Any, plain: dict[str, Any]) -> dict[str, Any]:
-    for field in descriptor.fields:
-        value = plain.get(field.name)
-        if value is None:
-            continue
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            value_field = field.message_type.fields_by_name["value"]
-            if value_field.type in _INT64:
-                plain[field.name] = {k: int(v) for k, v in value.items()}
-        elif field.type in _INT64:
-            plain[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
-        elif field.message_type is not None and not field.message_type.full_name.startswith("google."):
-            items = value if isinstance(value, list) else [value]
-            for item in items:
-                _numbers(field.message_type, item)
-    return plain
 
 
 def _print_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> None:
@@ -208,7 +176,7 @@ class Operator:
     def breakers_list(self) -> int:
         response = self._call(self.stub.ListBreakers, pb.ListBreakersRequest())
         if self.as_json:
-            print(json.dumps([_json(b) for b in response.breakers], indent=2))
+            print(json.dumps([json_values(b) for b in response.breakers], indent=2))
         else:
             _print_table(_breaker_rows(response.breakers), _BREAKER_HEADER)
         return EXIT_OK
@@ -216,7 +184,7 @@ class Operator:
     def breakers_get(self, name: str) -> int:
         response = self._call(self.stub.GetBreaker, pb.GetBreakerRequest(name=name))
         if self.as_json:
-            print(json.dumps(_json(response.breaker), indent=2))
+            print(json.dumps(json_values(response.breaker), indent=2))
         else:
             _print_table(_breaker_rows([response.breaker]), _BREAKER_HEADER)
         return EXIT_OK
@@ -225,7 +193,7 @@ class Operator:
         request = pb.SetBreakerStateRequest(name=name, state=state, reason=reason)
         response = self._call(self.stub.SetBreakerState, request)
         if self.as_json:
-            print(json.dumps(_json(response.breaker), indent=2))
+            print(json.dumps(json_values(response.breaker), indent=2))
         else:
             print(f"{_safe(name)}: {_state_name(response.breaker.state)}")
         return EXIT_OK
@@ -235,7 +203,7 @@ class Operator:
             for event in self.stub.WatchBreakers(pb.WatchBreakersRequest(), metadata=self.metadata):
                 b = event.breaker
                 if self.as_json:
-                    print(json.dumps(_json(event)), flush=True)
+                    print(json.dumps(json_values(event)), flush=True)
                 else:
                     before = _state_name(event.previous_state) if event.previous_state else "-"
                     after = _state_name(b.state)
@@ -250,7 +218,7 @@ class Operator:
     def policies_list(self) -> int:
         response = self._call(self.stub.ListPolicies, pb.ListPoliciesRequest())
         if self.as_json:
-            print(json.dumps([_json(p) for p in response.policies], indent=2))
+            print(json.dumps([json_values(p) for p in response.policies], indent=2))
             return EXIT_OK
         rows = [
             [
@@ -286,7 +254,7 @@ class Operator:
                 EXIT_NOT_FOUND,
             )
         if self.as_json:
-            print(json.dumps(_json(response), indent=2))
+            print(json.dumps(json_values(response), indent=2))
             return EXIT_OK
         print(f"# {_safe(name)}: stored at revision {response.revision}")
         policy = policy_from_proto(response.effective)
@@ -314,13 +282,13 @@ class Operator:
 
     def _print_changes(self, changes: Sequence[pb.PolicyChange], dry_run: bool) -> None:
         if self.as_json:
-            print(json.dumps([_json(c) for c in changes], indent=2))
+            print(json.dumps([json_values(c) for c in changes], indent=2))
             return
         for change in changes:
             mark = {"added": "+", "removed": "-", "changed": "~", "unchanged": "="}[change.action]
             print(_safe(f"{mark} {change.service} ({change.action})"))
             if change.action == "changed":
-                before, after = _json(change.before), _json(change.after)
+                before, after = json_values(change.before), json_values(change.after)
                 for key in sorted(set(before) | set(after)):
                     if before.get(key) != after.get(key):
                         print(f"    {key}: {json.dumps(before.get(key))} -> {json.dumps(after.get(key))}")
@@ -343,7 +311,7 @@ class Operator:
     def stats(self) -> int:
         s = self._call(self.stub.GetErrorStatistics, pb.GetErrorStatisticsRequest()).statistics
         if self.as_json:
-            print(json.dumps(_json(s), indent=2))
+            print(json.dumps(json_values(s), indent=2))
             return EXIT_OK
         print(f"total errors           {s.total_errors}")
         print(f"circuit breaker opens  {s.circuit_breaker_opens}")
