@@ -188,6 +188,26 @@ class OutcomeSummary(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ShadowRejectedByReasonEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     SERVICE_FIELD_NUMBER: _builtins.int
     SUCCESSES_FIELD_NUMBER: _builtins.int
     FAILURES_FIELD_NUMBER: _builtins.int
@@ -204,6 +224,10 @@ class OutcomeSummary(_message.Message):
     REJECTED_BY_REASON_FIELD_NUMBER: _builtins.int
     FALLBACKS_SERVED_FIELD_NUMBER: _builtins.int
     FALLBACKS_FAILED_FIELD_NUMBER: _builtins.int
+    SHADOW_REJECTED_BY_REASON_FIELD_NUMBER: _builtins.int
+    SHADOW_RETRIES_FIELD_NUMBER: _builtins.int
+    RETRIES_FIELD_NUMBER: _builtins.int
+    SHADOW_CALLS_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     successes: _builtins.int
     failures: _builtins.int
@@ -228,6 +252,11 @@ class OutcomeSummary(_message.Message):
     its calls that failed too.
     """
     fallbacks_failed: _builtins.int
+    shadow_retries: _builtins.int
+    """Failed attempts the candidate would have retried, and those actually retried."""
+    retries: _builtins.int
+    shadow_calls: _builtins.int
+    """Calls the candidate was evaluated on."""
     @_builtins.property
     def errors_by_type(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Failure counts by ErrorType name, e.g. "LLMProviderUnavailable"."""
@@ -240,6 +269,12 @@ class OutcomeSummary(_message.Message):
     def rejected_by_reason(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """The calls stopped locally (``rejected``) by the gate that stopped them: "breaker",
         "rate_limit", "quota" or "bulkhead".
+        """
+
+    @_builtins.property
+    def shadow_rejected_by_reason(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Under a candidate policy in shadow mode: the calls it would have refused, by the gate
+        ("rate_limit", "quota" or "bulkhead"), although none was refused for it.
         """
 
     def __init__(
@@ -261,10 +296,14 @@ class OutcomeSummary(_message.Message):
         rejected_by_reason: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         fallbacks_served: _builtins.int = ...,
         fallbacks_failed: _builtins.int = ...,
+        shadow_rejected_by_reason: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        shadow_retries: _builtins.int = ...,
+        retries: _builtins.int = ...,
+        shadow_calls: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors_by_operation", b"errors_by_operation", "errors_by_type", b"errors_by_type", "failures", b"failures", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "probe_failures", b"probe_failures", "probe_generation", b"probe_generation", "probe_successes", b"probe_successes", "probes_released", b"probes_released", "recovery_attempts", b"recovery_attempts", "recovery_successes", b"recovery_successes", "rejected", b"rejected", "rejected_by_reason", b"rejected_by_reason", "service", b"service", "successes", b"successes", "trailing_failures", b"trailing_failures"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors_by_operation", b"errors_by_operation", "errors_by_type", b"errors_by_type", "failures", b"failures", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "probe_failures", b"probe_failures", "probe_generation", b"probe_generation", "probe_successes", b"probe_successes", "probes_released", b"probes_released", "recovery_attempts", b"recovery_attempts", "recovery_successes", b"recovery_successes", "rejected", b"rejected", "rejected_by_reason", b"rejected_by_reason", "retries", b"retries", "service", b"service", "shadow_calls", b"shadow_calls", "shadow_rejected_by_reason", b"shadow_rejected_by_reason", "shadow_retries", b"shadow_retries", "successes", b"successes", "trailing_failures", b"trailing_failures"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -495,6 +534,7 @@ class Snapshot(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     PARTIAL_FIELD_NUMBER: _builtins.int
     OMITTED_BREAKERS_FIELD_NUMBER: _builtins.int
+    SHADOW_POLICIES_FIELD_NUMBER: _builtins.int
     control_plane_id: _builtins.str
     """Identifies the control-plane replica that serves the stream."""
     version: _builtins.int
@@ -515,6 +555,10 @@ class Snapshot(_message.Message):
     def policies(self) -> _containers.RepeatedCompositeFieldContainer[_policy_pb2.ServicePolicy]: ...
     @_builtins.property
     def breakers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Breaker]: ...
+    @_builtins.property
+    def shadow_policies(self) -> _containers.RepeatedCompositeFieldContainer[_policy_pb2.ServicePolicy]:
+        """Candidate policies in shadow mode: evaluated beside the enforced ones, never enforced."""
+
     def __init__(
         self,
         *,
@@ -524,14 +568,45 @@ class Snapshot(_message.Message):
         version: _builtins.int = ...,
         partial: _builtins.bool = ...,
         omitted_breakers: _builtins.int = ...,
+        shadow_policies: _abc.Iterable[_policy_pb2.ServicePolicy] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakers", b"breakers", "control_plane_id", b"control_plane_id", "omitted_breakers", b"omitted_breakers", "partial", b"partial", "policies", b"policies", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakers", b"breakers", "control_plane_id", b"control_plane_id", "omitted_breakers", b"omitted_breakers", "partial", b"partial", "policies", b"policies", "shadow_policies", b"shadow_policies", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Snapshot: _TypeAlias = Snapshot  # noqa: Y015
+
+@_typing.final
+class ShadowPolicyUpdate(_message.Message):
+    """A candidate policy in shadow mode was published or replaced, or dropped."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    CLEARED_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    cleared: _builtins.bool
+    @_builtins.property
+    def policy(self) -> _policy_pb2.ServicePolicy:
+        """Absent when cleared."""
+
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        policy: _policy_pb2.ServicePolicy | None = ...,
+        cleared: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cleared", b"cleared", "policy", b"policy", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShadowPolicyUpdate: _TypeAlias = ShadowPolicyUpdate  # noqa: Y015
 
 @_typing.final
 class PolicyUpdate(_message.Message):
@@ -686,6 +761,7 @@ class ConnectResponse(_message.Message):
     PROBE_GRANT_FIELD_NUMBER: _builtins.int
     OUTCOME_ACK_FIELD_NUMBER: _builtins.int
     LEASE_FIELD_NUMBER: _builtins.int
+    SHADOW_POLICY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def snapshot(self) -> Global___Snapshot: ...
     @_builtins.property
@@ -698,6 +774,8 @@ class ConnectResponse(_message.Message):
     def outcome_ack(self) -> Global___OutcomeAck: ...
     @_builtins.property
     def lease(self) -> Global___CapacityLease: ...
+    @_builtins.property
+    def shadow_policy(self) -> Global___ShadowPolicyUpdate: ...
     def __init__(
         self,
         *,
@@ -707,12 +785,13 @@ class ConnectResponse(_message.Message):
         probe_grant: Global___ProbeGrant | None = ...,
         outcome_ack: Global___OutcomeAck | None = ...,
         lease: Global___CapacityLease | None = ...,
+        shadow_policy: Global___ShadowPolicyUpdate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "lease", b"lease", "message", b"message", "outcome_ack", b"outcome_ack", "policy", b"policy", "probe_grant", b"probe_grant", "snapshot", b"snapshot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "lease", b"lease", "message", b"message", "outcome_ack", b"outcome_ack", "policy", b"policy", "probe_grant", b"probe_grant", "shadow_policy", b"shadow_policy", "snapshot", b"snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "lease", b"lease", "message", b"message", "outcome_ack", b"outcome_ack", "policy", b"policy", "probe_grant", b"probe_grant", "snapshot", b"snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "lease", b"lease", "message", b"message", "outcome_ack", b"outcome_ack", "policy", b"policy", "probe_grant", b"probe_grant", "shadow_policy", b"shadow_policy", "snapshot", b"snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["snapshot", "breaker", "policy", "probe_grant", "outcome_ack", "lease"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["snapshot", "breaker", "policy", "probe_grant", "outcome_ack", "lease", "shadow_policy"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -1387,6 +1466,7 @@ class ErrorStatistics(_message.Message):
     REJECTED_BY_REASON_FIELD_NUMBER: _builtins.int
     FALLBACKS_SERVED_FIELD_NUMBER: _builtins.int
     FALLBACKS_FAILED_FIELD_NUMBER: _builtins.int
+    SHADOW_SERVICES_FIELD_NUMBER: _builtins.int
     total_errors: _builtins.int
     circuit_breaker_opens: _builtins.int
     recovery_success_rate: _builtins.float
@@ -1425,6 +1505,10 @@ class ErrorStatistics(_message.Message):
     def rejected_by_reason(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Calls stopped locally, by the gate that stopped them (see OutcomeSummary)."""
 
+    @_builtins.property
+    def shadow_services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShadowServiceStatistics]:
+        """Per service with a candidate policy in shadow mode: enforced and shadow side by side."""
+
     def __init__(
         self,
         *,
@@ -1449,14 +1533,119 @@ class ErrorStatistics(_message.Message):
         rejected_by_reason: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         fallbacks_served: _builtins.int = ...,
         fallbacks_failed: _builtins.int = ...,
+        shadow_services: _abc.Iterable[Global___ShadowServiceStatistics] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcomes_dropped", b"outcomes_dropped", "recovery_attempts", b"recovery_attempts", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "rejected_by_reason", b"rejected_by_reason", "reports_refused", b"reports_refused", "total_errors", b"total_errors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcomes_dropped", b"outcomes_dropped", "recovery_attempts", b"recovery_attempts", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "rejected_by_reason", b"rejected_by_reason", "reports_refused", b"reports_refused", "shadow_services", b"shadow_services", "total_errors", b"total_errors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ErrorStatistics: _TypeAlias = ErrorStatistics  # noqa: Y015
+
+@_typing.final
+class ShadowServiceStatistics(_message.Message):
+    """One service's enforced policy and its shadow candidate, side by side, since the
+    candidate was published.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RejectedByReasonEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ShadowRejectedByReasonEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    REJECTED_BY_REASON_FIELD_NUMBER: _builtins.int
+    SHADOW_REJECTED_BY_REASON_FIELD_NUMBER: _builtins.int
+    RETRIES_FIELD_NUMBER: _builtins.int
+    SHADOW_RETRIES_FIELD_NUMBER: _builtins.int
+    BREAKER_STATE_FIELD_NUMBER: _builtins.int
+    SHADOW_BREAKER_STATE_FIELD_NUMBER: _builtins.int
+    SHADOW_BREAKER_OPENS_FIELD_NUMBER: _builtins.int
+    SHADOW_BREAKER_CLOSES_FIELD_NUMBER: _builtins.int
+    SHADOW_BREAKER_REASON_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    calls: _builtins.int
+    """Calls the candidate was evaluated on."""
+    retries: _builtins.int
+    shadow_retries: _builtins.int
+    breaker_state: Global___BreakerState.ValueType
+    """The enforced breaker, and the shadow breaker: the candidate's breaker rule run by the
+    control plane over the same outcomes.
+    """
+    shadow_breaker_state: Global___BreakerState.ValueType
+    shadow_breaker_opens: _builtins.int
+    shadow_breaker_closes: _builtins.int
+    shadow_breaker_reason: _builtins.str
+    """Why the shadow breaker is in its state."""
+    @_builtins.property
+    def rejected_by_reason(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Calls refused by the enforced policy, and those the candidate would have refused
+        (by gate; "breaker" for calls made while the shadow breaker was open).
+        """
+
+    @_builtins.property
+    def shadow_rejected_by_reason(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        calls: _builtins.int = ...,
+        rejected_by_reason: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        shadow_rejected_by_reason: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        retries: _builtins.int = ...,
+        shadow_retries: _builtins.int = ...,
+        breaker_state: Global___BreakerState.ValueType = ...,
+        shadow_breaker_state: Global___BreakerState.ValueType = ...,
+        shadow_breaker_opens: _builtins.int = ...,
+        shadow_breaker_closes: _builtins.int = ...,
+        shadow_breaker_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker_state", b"breaker_state", "calls", b"calls", "rejected_by_reason", b"rejected_by_reason", "retries", b"retries", "service", b"service", "shadow_breaker_closes", b"shadow_breaker_closes", "shadow_breaker_opens", b"shadow_breaker_opens", "shadow_breaker_reason", b"shadow_breaker_reason", "shadow_breaker_state", b"shadow_breaker_state", "shadow_rejected_by_reason", b"shadow_rejected_by_reason", "shadow_retries", b"shadow_retries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShadowServiceStatistics: _TypeAlias = ShadowServiceStatistics  # noqa: Y015
 
 @_typing.final
 class FleetLimitUsage(_message.Message):
@@ -1524,3 +1713,169 @@ class GetErrorStatisticsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetErrorStatisticsResponse: _TypeAlias = GetErrorStatisticsResponse  # noqa: Y015
+
+@_typing.final
+class PutShadowPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policy(self) -> _policy_pb2.ServicePolicy: ...
+    def __init__(
+        self,
+        *,
+        policy: _policy_pb2.ServicePolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutShadowPolicyRequest: _TypeAlias = PutShadowPolicyRequest  # noqa: Y015
+
+@_typing.final
+class PutShadowPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    @_builtins.property
+    def policy(self) -> _policy_pb2.ServicePolicy: ...
+    def __init__(
+        self,
+        *,
+        policy: _policy_pb2.ServicePolicy | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutShadowPolicyResponse: _TypeAlias = PutShadowPolicyResponse  # noqa: Y015
+
+@_typing.final
+class ListShadowPoliciesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListShadowPoliciesRequest: _TypeAlias = ListShadowPoliciesRequest  # noqa: Y015
+
+@_typing.final
+class ListShadowPoliciesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policies(self) -> _containers.RepeatedCompositeFieldContainer[_policy_pb2.ServicePolicy]: ...
+    def __init__(
+        self,
+        *,
+        policies: _abc.Iterable[_policy_pb2.ServicePolicy] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policies", b"policies"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListShadowPoliciesResponse: _TypeAlias = ListShadowPoliciesResponse  # noqa: Y015
+
+@_typing.final
+class DeleteShadowPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteShadowPolicyRequest: _TypeAlias = DeleteShadowPolicyRequest  # noqa: Y015
+
+@_typing.final
+class DeleteShadowPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_FIELD_NUMBER: _builtins.int
+    deleted: _builtins.bool
+    def __init__(
+        self,
+        *,
+        deleted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteShadowPolicyResponse: _TypeAlias = DeleteShadowPolicyResponse  # noqa: Y015
+
+@_typing.final
+class PromoteShadowPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    EXPECTED_REVISION_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    expected_revision: _builtins.int
+    """Compare-and-swap on the enforced policy: promote only if its stored revision still
+    equals this. 0: the revision this control plane holds now.
+    """
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        expected_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_revision", b"expected_revision", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromoteShadowPolicyRequest: _TypeAlias = PromoteShadowPolicyRequest  # noqa: Y015
+
+@_typing.final
+class PromoteShadowPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    @_builtins.property
+    def policy(self) -> _policy_pb2.ServicePolicy:
+        """The policy now enforced, and its revision."""
+
+    def __init__(
+        self,
+        *,
+        policy: _policy_pb2.ServicePolicy | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromoteShadowPolicyResponse: _TypeAlias = PromoteShadowPolicyResponse  # noqa: Y015

@@ -96,6 +96,26 @@ class ControlPlaneServiceStub:
                 request_serializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.GetErrorStatisticsRequest.SerializeToString,
                 response_deserializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.GetErrorStatisticsResponse.FromString,
                 _registered_method=True)
+        self.PutShadowPolicy = channel.unary_unary(
+                '/mission_control.resilience.v1.ControlPlaneService/PutShadowPolicy',
+                request_serializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.PutShadowPolicyRequest.SerializeToString,
+                response_deserializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.PutShadowPolicyResponse.FromString,
+                _registered_method=True)
+        self.ListShadowPolicies = channel.unary_unary(
+                '/mission_control.resilience.v1.ControlPlaneService/ListShadowPolicies',
+                request_serializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.ListShadowPoliciesRequest.SerializeToString,
+                response_deserializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.ListShadowPoliciesResponse.FromString,
+                _registered_method=True)
+        self.DeleteShadowPolicy = channel.unary_unary(
+                '/mission_control.resilience.v1.ControlPlaneService/DeleteShadowPolicy',
+                request_serializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.DeleteShadowPolicyRequest.SerializeToString,
+                response_deserializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.DeleteShadowPolicyResponse.FromString,
+                _registered_method=True)
+        self.PromoteShadowPolicy = channel.unary_unary(
+                '/mission_control.resilience.v1.ControlPlaneService/PromoteShadowPolicy',
+                request_serializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.PromoteShadowPolicyRequest.SerializeToString,
+                response_deserializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.PromoteShadowPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServiceServicer:
@@ -184,6 +204,36 @@ class ControlPlaneServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutShadowPolicy(self, request, context):
+        """Publish a candidate policy in shadow mode: every agent evaluates it beside the
+        enforced one and reports what it would have done; nothing of it is enforced. An
+        invalid candidate is rejected with a ConfigurationError listing every bad field.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListShadowPolicies(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteShadowPolicy(self, request, context):
+        """Drop a candidate: agents stop evaluating it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteShadowPolicy(self, request, context):
+        """Make the candidate the enforced policy (compare-and-swap on the enforced policy's
+        revision), then drop the candidate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -246,6 +296,26 @@ def add_ControlPlaneServiceServicer_to_server(servicer, server):
                     servicer.GetErrorStatistics,
                     request_deserializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.GetErrorStatisticsRequest.FromString,
                     response_serializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.GetErrorStatisticsResponse.SerializeToString,
+            ),
+            'PutShadowPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutShadowPolicy,
+                    request_deserializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.PutShadowPolicyRequest.FromString,
+                    response_serializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.PutShadowPolicyResponse.SerializeToString,
+            ),
+            'ListShadowPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListShadowPolicies,
+                    request_deserializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.ListShadowPoliciesRequest.FromString,
+                    response_serializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.ListShadowPoliciesResponse.SerializeToString,
+            ),
+            'DeleteShadowPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteShadowPolicy,
+                    request_deserializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.DeleteShadowPolicyRequest.FromString,
+                    response_serializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.DeleteShadowPolicyResponse.SerializeToString,
+            ),
+            'PromoteShadowPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteShadowPolicy,
+                    request_deserializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.PromoteShadowPolicyRequest.FromString,
+                    response_serializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.PromoteShadowPolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -574,6 +644,114 @@ class ControlPlaneService:
             '/mission_control.resilience.v1.ControlPlaneService/GetErrorStatistics',
             mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.GetErrorStatisticsRequest.SerializeToString,
             mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.GetErrorStatisticsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutShadowPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mission_control.resilience.v1.ControlPlaneService/PutShadowPolicy',
+            mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.PutShadowPolicyRequest.SerializeToString,
+            mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.PutShadowPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListShadowPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mission_control.resilience.v1.ControlPlaneService/ListShadowPolicies',
+            mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.ListShadowPoliciesRequest.SerializeToString,
+            mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.ListShadowPoliciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteShadowPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mission_control.resilience.v1.ControlPlaneService/DeleteShadowPolicy',
+            mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.DeleteShadowPolicyRequest.SerializeToString,
+            mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.DeleteShadowPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteShadowPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mission_control.resilience.v1.ControlPlaneService/PromoteShadowPolicy',
+            mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.PromoteShadowPolicyRequest.SerializeToString,
+            mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.PromoteShadowPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,18 @@ class ControlPlaneServiceStub:
     """Validate a whole configuration, then write it in one transaction."""
     GetErrorStatistics: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.GetErrorStatisticsRequest, _control_plane_pb2.GetErrorStatisticsResponse]
     """Error statistics aggregated over the fleet (the seed's ErrorStatistics)."""
+    PutShadowPolicy: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.PutShadowPolicyRequest, _control_plane_pb2.PutShadowPolicyResponse]
+    """Publish a candidate policy in shadow mode: every agent evaluates it beside the
+    enforced one and reports what it would have done; nothing of it is enforced. An
+    invalid candidate is rejected with a ConfigurationError listing every bad field.
+    """
+    ListShadowPolicies: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.ListShadowPoliciesRequest, _control_plane_pb2.ListShadowPoliciesResponse]
+    DeleteShadowPolicy: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.DeleteShadowPolicyRequest, _control_plane_pb2.DeleteShadowPolicyResponse]
+    """Drop a candidate: agents stop evaluating it."""
+    PromoteShadowPolicy: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.PromoteShadowPolicyRequest, _control_plane_pb2.PromoteShadowPolicyResponse]
+    """Make the candidate the enforced policy (compare-and-swap on the enforced policy's
+    revision), then drop the candidate.
+    """
 
 @_typing.type_check_only
 class ControlPlaneServiceAsyncStub(ControlPlaneServiceStub):
@@ -89,6 +101,18 @@ class ControlPlaneServiceAsyncStub(ControlPlaneServiceStub):
     """Validate a whole configuration, then write it in one transaction."""
     GetErrorStatistics: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.GetErrorStatisticsRequest, _control_plane_pb2.GetErrorStatisticsResponse]  # type: ignore[assignment]
     """Error statistics aggregated over the fleet (the seed's ErrorStatistics)."""
+    PutShadowPolicy: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.PutShadowPolicyRequest, _control_plane_pb2.PutShadowPolicyResponse]  # type: ignore[assignment]
+    """Publish a candidate policy in shadow mode: every agent evaluates it beside the
+    enforced one and reports what it would have done; nothing of it is enforced. An
+    invalid candidate is rejected with a ConfigurationError listing every bad field.
+    """
+    ListShadowPolicies: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.ListShadowPoliciesRequest, _control_plane_pb2.ListShadowPoliciesResponse]  # type: ignore[assignment]
+    DeleteShadowPolicy: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.DeleteShadowPolicyRequest, _control_plane_pb2.DeleteShadowPolicyResponse]  # type: ignore[assignment]
+    """Drop a candidate: agents stop evaluating it."""
+    PromoteShadowPolicy: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.PromoteShadowPolicyRequest, _control_plane_pb2.PromoteShadowPolicyResponse]  # type: ignore[assignment]
+    """Make the candidate the enforced policy (compare-and-swap on the enforced policy's
+    revision), then drop the candidate.
+    """
 
 class ControlPlaneServiceServicer(metaclass=_abc_1.ABCMeta):
     """The fleet-wide control plane: owns breaker state and resilience policy,
@@ -189,5 +213,41 @@ class ControlPlaneServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_plane_pb2.GetErrorStatisticsResponse, _abc.Awaitable[_control_plane_pb2.GetErrorStatisticsResponse]]:
         """Error statistics aggregated over the fleet (the seed's ErrorStatistics)."""
+
+    @_abc_1.abstractmethod
+    def PutShadowPolicy(
+        self,
+        request: _control_plane_pb2.PutShadowPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.PutShadowPolicyResponse, _abc.Awaitable[_control_plane_pb2.PutShadowPolicyResponse]]:
+        """Publish a candidate policy in shadow mode: every agent evaluates it beside the
+        enforced one and reports what it would have done; nothing of it is enforced. An
+        invalid candidate is rejected with a ConfigurationError listing every bad field.
+        """
+
+    @_abc_1.abstractmethod
+    def ListShadowPolicies(
+        self,
+        request: _control_plane_pb2.ListShadowPoliciesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.ListShadowPoliciesResponse, _abc.Awaitable[_control_plane_pb2.ListShadowPoliciesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteShadowPolicy(
+        self,
+        request: _control_plane_pb2.DeleteShadowPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.DeleteShadowPolicyResponse, _abc.Awaitable[_control_plane_pb2.DeleteShadowPolicyResponse]]:
+        """Drop a candidate: agents stop evaluating it."""
+
+    @_abc_1.abstractmethod
+    def PromoteShadowPolicy(
+        self,
+        request: _control_plane_pb2.PromoteShadowPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.PromoteShadowPolicyResponse, _abc.Awaitable[_control_plane_pb2.PromoteShadowPolicyResponse]]:
+        """Make the candidate the enforced policy (compare-and-swap on the enforced policy's
+        revision), then drop the candidate.
+        """
 
 def add_ControlPlaneServiceServicer_to_server(servicer: ControlPlaneServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
