@@ -16,6 +16,7 @@ from .connection import ControlPlaneConnection
 from .errors import CircuitBreakerOpen, ConfigurationError, MissionControlError, ResourceExhausted
 from .fleet_limits import LeasedBudget
 from .limits import TokenBucket
+from .shadow import ShadowLimits
 from .view import FleetBreaker, LocalView, ServiceState
 
 __all__ = ["Admission", "Admitted", "Refused", "Ticket"]
@@ -57,7 +58,7 @@ LOCAL_PROBE = Admitted("local")
 class Ticket:
     """One admitted target of a call: its service, deadline and probe permit, if any."""
 
-    __slots__ = ("deadline", "kind", "operation", "probe", "service", "state", "timeout")
+    __slots__ = ("deadline", "kind", "operation", "probe", "service", "shadow", "state", "timeout")
 
     def __init__(
         self,
@@ -75,6 +76,8 @@ class Ticket:
         self.deadline = deadline
         self.timeout = timeout
         self.probe = probe
+        #: The candidate policy's limits when the call holds a place in its bulkhead.
+        self.shadow: ShadowLimits | None = None
 
 
 class _Gate:

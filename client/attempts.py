@@ -32,6 +32,7 @@ from .retry import policy_stop, policy_wait
 
 if TYPE_CHECKING:
     from .executor import Executor
+    from .policy import ServicePolicy
 
 __all__ = ["Attempt", "CallPlan", "Done", "Sleep"]
 
@@ -213,22 +214,26 @@ class CallPlan:
     def _failed(self, failure: Failure) -> Step:
         ticket = self.ticket
         assert ticket is not None
-        if self._retryable(ticket, failure):
-            delay = self._backoff(ticket, failure)
-            if delay is not None:
-                self._last = failure
-                return Sleep(delay)
+        shadow = ticket.state.shadow
+        attempts = 1 if self._retry is None else self._retry.attempt_number
+        delay = self._backoff(ticket, failure) if self._retryable(ticket.state.policy, failure) else None
+        if shadow is not None:  # the candidate's retry rule, beside the enforced one
+            would = self._retryable(shadow.policy, failure) and attempts <= shadow.policy.max_retries
+            self.ex.shadow_retry(ticket.state, would, delay is not None)
+        if delay is not None:
+            self._last = failure
+            return Sleep(delay)
         return self._target_failed(failure.error, failure)
 
-    def _retryable(self, ticket: Ticket, failure: Failure) -> bool:
+    def _retryable(self, policy: ServicePolicy, failure: Failure) -> bool:
+        """Whether ``policy``'s rules retry ``failure`` at all (its stop decides when not)."""
         if failure.counts is not Counts.FAILURE or failure.code is None:
             return False
-        if _may_have_run(failure) and not (self.idempotent or ticket.state.policy.idempotent):
+        if _may_have_run(failure) and not (self.idempotent or policy.idempotent):
             return False
         error = failure.error
         if isinstance(error, CircuitBreakerOpen) or failure.retry_after == NO_RETRY:
             return False
-        policy = ticket.state.policy
         if policy.max_retries == 0 or failure.code.name not in policy.retryable_codes:
             return False
         # A quota says when it refills; without that, retrying only burns the budget.

@@ -16,15 +16,17 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import grpc
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
+from mission_control.resilience.v1 import policy_pb2
 
 from .config import policy_from_proto
 from .errors import ConfigurationError
+from .policy import ServicePolicy
 from .view import LocalView, UnackedBatches
 
 _log = logging.getLogger("mission_control.client")
@@ -292,13 +294,9 @@ class ControlPlaneConnection:
         view = self.view
         if kind == "snapshot":
             snapshot = response.snapshot
-            policies = {}
-            for message in snapshot.policies:
-                try:
-                    policies[message.service] = policy_from_proto(message)
-                except ConfigurationError as err:
-                    _log.error("ignored invalid policy %s from control plane: %s", message.service, err)
-            view.apply_snapshot(policies, snapshot.breakers, partial=snapshot.partial)
+            policies = _policies_of(snapshot.policies, "policy")
+            shadows = _policies_of(snapshot.shadow_policies, "shadow policy")
+            view.apply_snapshot(policies, snapshot.breakers, partial=snapshot.partial, shadows=shadows)
             if snapshot.partial:
                 _log.warning("control plane %s has not loaded its store: keeping the fleet state", endpoint)
             view.connected = True
@@ -316,9 +314,30 @@ class ControlPlaneConnection:
                     view.set_policy(update.service, policy_from_proto(update.policy))
                 except ConfigurationError as err:
                     _log.error("ignored invalid policy %s from control plane: %s", update.service, err)
+        elif kind == "shadow_policy":
+            self._apply_shadow(response.shadow_policy)
         elif kind == "probe_grant":
             view.grant(response.probe_grant)
         elif kind == "lease":
             view.apply_lease(response.lease)
         elif kind == "outcome_ack":
             self._unacked.ack(response.outcome_ack.sequence)
+
+    def _apply_shadow(self, update: pb.ShadowPolicyUpdate) -> None:
+        if update.cleared:
+            self.view.set_shadow(update.service, None)
+            return
+        candidate = _policies_of([update.policy], "shadow policy").get(update.service)
+        if candidate is not None:
+            self.view.set_shadow(update.service, candidate)
+
+
+def _policies_of(messages: Iterable[policy_pb2.ServicePolicy], what: str) -> dict[str, ServicePolicy]:
+    """The valid ones of ``messages``, by service; an invalid one is logged and left out."""
+    policies = {}
+    for message in messages:
+        try:
+            policies[message.service] = policy_from_proto(message)
+        except ConfigurationError as err:
+            _log.error("ignored invalid %s %s from control plane: %s", what, message.service, err)
+    return policies

@@ -21,6 +21,7 @@ from .connection import ControlPlaneConnection
 from .deadline import _deadline, current_deadline, inherit_deadline, restore_deadline
 from .errors import ErrorContext, MissionControlError, OperationTimeout
 from .outcomes import DEFAULT, Counts, Failure, Outcomes, ServiceKind, classify, kind_of
+from .shadow import ShadowLimits
 from .telemetry import Telemetry
 from .view import LocalView, ServiceState
 
@@ -97,6 +98,9 @@ class Executor:
                 refused = self.admission.limits(state, cost, now, True)
                 if refused is None:
                     state.budget.record_call(now)
+                shadow = state.shadow
+                if shadow is not None:
+                    shadow = _shadow_admit(state, shadow, cost, now, refused is None)
         except BaseException:  # a cost in a resource the policy does not limit
             self.admission.give_back(state, decision.probe)  # type: ignore[union-attr]
             raise
@@ -111,7 +115,9 @@ class Executor:
         if kind is None:
             kind = state.kind or kind_of(service)
             state.kind = kind
-        return Ticket(state, operation, kind, now + seconds, seconds, decision.probe)  # type: ignore[union-attr]
+        ticket = Ticket(state, operation, kind, now + seconds, seconds, decision.probe)  # type: ignore[union-attr]
+        ticket.shadow = shadow
+        return ticket
 
     def readmit(self, ticket: Ticket, cost: Mapping[str, float] | None, now: float) -> Refused | None:
         """The breaker and limits again, for a retry (its bulkhead place is still held)."""
@@ -168,11 +174,22 @@ class Executor:
         state = ticket.state
         with state.lock:
             state.bulkhead.leave()
+            if ticket.shadow is not None:
+                ticket.shadow.leave()
+                ticket.shadow = None
 
     def abandon(self, ticket: Ticket) -> None:
         """An attempt ended without an outcome (cancelled, interrupted): its probe comes back."""
         probe, ticket.probe = ticket.probe, None
         self.admission.give_back(ticket.state, probe)
+
+    @staticmethod
+    def shadow_retry(state: ServiceState, would: bool, retried: bool) -> None:
+        """A failed attempt of a service with a candidate policy in shadow mode: whether
+        the candidate ``would`` retry it, and whether it was ``retried``."""
+        with state.lock:
+            state.tally.shadow_retries += would
+            state.tally.retries += retried
 
     def spend_retry(self, ticket: Ticket) -> bool:
         state = ticket.state
@@ -398,3 +415,17 @@ class Executor:
                     return step.result
         finally:
             plan.close()
+
+
+def _shadow_admit(
+    state: ServiceState, shadow: ShadowLimits, cost: Mapping[str, float] | None, now: float, admitted: bool
+) -> ShadowLimits | None:
+    """Put a call to the candidate policy's limits (``state.lock`` held) and count what it
+    would have refused; returns ``shadow`` when the call holds a place in its bulkhead."""
+    tally = state.tally
+    tally.shadow_calls += 1
+    refused = shadow.admit(cost, now, admitted)
+    if refused is not None:
+        tally.shadow_rejected_by_reason[refused] += 1
+        return None
+    return shadow if admitted else None

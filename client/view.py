@@ -24,6 +24,7 @@ from .fleet_limits import LeasedBudget
 from .limits import Bulkhead, RetryBudget, TokenBucket
 from .policy import ServicePolicy, default_policy
 from .probes import FleetProbe, GiveBack, ProbePermits
+from .shadow import ShadowLimits
 
 __all__ = ["FleetBreaker", "LocalView", "ServiceState", "Tally"]
 
@@ -58,6 +59,10 @@ class Tally:
         "recovery_successes",
         "rejected",
         "rejected_by_reason",
+        "retries",
+        "shadow_calls",
+        "shadow_rejected_by_reason",
+        "shadow_retries",
         "successes",
         "trailing_failures",
     )
@@ -72,12 +77,16 @@ class Tally:
         self.errors_by_operation: Counter[str] = Counter()
         self.rejected_by_reason: Counter[str] = Counter()
         self.fallbacks_served = self.fallbacks_failed = 0
+        #: What a candidate policy in shadow mode would have done (see :mod:`.shadow`).
+        self.shadow_calls = self.shadow_retries = self.retries = 0
+        self.shadow_rejected_by_reason: Counter[str] = Counter()
 
     def empty(self) -> bool:
         return not (
             self.successes or self.failures or self.rejected or self.probe_successes
             or self.probe_failures or self.probes_released or self.recovery_attempts
-            or self.fallbacks_served or self.fallbacks_failed
+            or self.fallbacks_served or self.fallbacks_failed or self.shadow_calls
+            or self.retries or self.shadow_retries
         )  # fmt: skip
 
     def merge(self, summary: pb.OutcomeSummary, *, earlier: bool = False) -> None:
@@ -107,6 +116,10 @@ class Tally:
         self.rejected_by_reason.update(dict(summary.rejected_by_reason))
         self.fallbacks_served += summary.fallbacks_served
         self.fallbacks_failed += summary.fallbacks_failed
+        self.shadow_calls += summary.shadow_calls
+        self.shadow_retries += summary.shadow_retries
+        self.retries += summary.retries
+        self.shadow_rejected_by_reason.update(dict(summary.shadow_rejected_by_reason))
 
     def probes_of(self, generation: int) -> bool:
         """Make the probe counts those of breaker ``generation``; False when that one is
@@ -142,6 +155,10 @@ class Tally:
             fallbacks_served=self.fallbacks_served,
             fallbacks_failed=self.fallbacks_failed,
             probe_generation=self.probe_generation,
+            shadow_calls=self.shadow_calls,
+            shadow_retries=self.shadow_retries,
+            retries=self.retries,
+            shadow_rejected_by_reason=dict(self.shadow_rejected_by_reason),
         )
 
 
@@ -207,6 +224,8 @@ class ServiceState:
         self.probe_asked_at = -1e9
         #: "llm", "storage" or "other", once known (names the failures).
         self.kind: str | None = None
+        #: A candidate policy's limits while one is in shadow mode (never enforced).
+        self.shadow: ShadowLimits | None = None
 
     def _lease_budgets(self, policy: ServicePolicy, now: float) -> None:
         fleet = policy.fleet
@@ -310,6 +329,8 @@ class LocalView:
             known = dict(policies)
             self._base = lambda name: known.get(name) or default_policy(name)
         self._pushed: dict[str, ServicePolicy] = {}
+        #: Candidate policies in shadow mode, from the control plane.
+        self._shadows: dict[str, ServicePolicy] = {}
         self.services: dict[str, ServiceState] = {}
         self._create = threading.Lock()
         #: True while a Connect stream is up and its snapshot applied.
@@ -322,6 +343,9 @@ class LocalView:
                 state = self.services.get(name)
                 if state is None:
                     state = ServiceState(name, self.policy_of(name), self.clock())
+                    candidate = self._shadows.get(name)
+                    if candidate is not None:
+                        state.shadow = ShadowLimits(candidate, self.clock())
                     self.services[name] = state
         return state
 
@@ -340,6 +364,29 @@ class LocalView:
         if state is not None:
             state.apply_policy(self.policy_of(name), self.clock())
 
+    def set_shadow(self, name: str, policy: ServicePolicy | None) -> None:
+        """A candidate policy in shadow mode for ``name``; None = cleared. A new or changed
+        candidate starts with full buckets and no places taken."""
+        if policy is None:
+            self._shadows.pop(name, None)
+        else:
+            self._shadows[name] = policy
+        state = self.services.get(name)
+        if state is not None:
+            with state.lock:
+                state.shadow = None if policy is None else ShadowLimits(policy, self.clock())
+
+    def shadow_of(self, name: str) -> ServicePolicy | None:
+        return self._shadows.get(name)
+
+    def replace_shadows(self, policies: Mapping[str, ServicePolicy]) -> None:
+        """A snapshot: exactly these candidates are in shadow mode now."""
+        for name in set(self._shadows) - set(policies):
+            self.set_shadow(name, None)
+        for name, policy in policies.items():
+            if self._shadows.get(name) != policy:
+                self.set_shadow(name, policy)
+
     def replace_policies(self, policies: Mapping[str, ServicePolicy]) -> None:
         """A snapshot: exactly these policies come from the control plane now."""
         for name in set(self._pushed) - set(policies):
@@ -349,7 +396,12 @@ class LocalView:
                 self.set_policy(name, policy)
 
     def apply_snapshot(
-        self, policies: Mapping[str, ServicePolicy], breakers: Sequence[pb.Breaker], *, partial: bool = False
+        self,
+        policies: Mapping[str, ServicePolicy],
+        breakers: Sequence[pb.Breaker],
+        *,
+        partial: bool = False,
+        shadows: Mapping[str, ServicePolicy] | None = None,
     ) -> None:
         """The control plane's whole fleet state, replacing what was held: a breaker it
         does not list is not in force any more. A ``partial`` snapshot (a control plane that
@@ -360,6 +412,8 @@ class LocalView:
                     self.set_breaker(message)
             return
         self.replace_policies(policies)
+        if shadows is not None:
+            self.replace_shadows(shadows)
         listed = {message.name for message in breakers}
         for message in breakers:
             self.set_breaker(message)
