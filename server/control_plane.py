@@ -39,6 +39,7 @@ from .observability import FleetTelemetry
 from .policies import PolicyBook
 from .relay import LeaderRelay, RelayConnect
 from .reports import ReportGate
+from .shadow import ShadowTrials, shadow_book
 from .stats import FleetStatistics
 from .store import Store, StoreUnavailable, Write
 from .sync import StoreSync
@@ -131,6 +132,12 @@ class ControlPlane:
             store, self.prefix, self.policies, self.breakers, self.writer, self._set_store_ok, self._loaded
         )
         self.writer.on_reload = self.sync.reload
+        #: Candidate policies in shadow mode, and how they fare (see :mod:`.shadow`).
+        self.shadows = shadow_book(self.prefix)
+        self.trials = ShadowTrials(self._breaker_state, clock)
+        self.sync.shadows = self.shadows
+        self.shadows.listeners.append(self._on_shadow)
+        self.outcome_listeners.append(self.trials.record)
         #: Grows with every change of the fleet state this replica pushes.
         self.version = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -382,6 +389,18 @@ class ControlPlane:
             update.policy.CopyFrom(policy_to_proto(policy))
         self.hub.broadcast(pb.ConnectResponse(policy=update))
 
+    def _on_shadow(self, service: str, policy: ServicePolicy | None) -> None:
+        self.version += 1
+        self.trials.candidate_changed(service, policy)
+        update = pb.ShadowPolicyUpdate(service=service, cleared=policy is None)
+        if policy is not None:
+            update.policy.CopyFrom(policy_to_proto(policy))
+        self.hub.broadcast(pb.ConnectResponse(shadow_policy=update))
+
+    def _breaker_state(self, service: str) -> BreakerState | None:
+        found = self.breakers.find(service)
+        return None if found is None else found.state
+
     def _on_grant(self, agent: str, grant: pb.ProbeGrant) -> None:
         if not self.hub.send_to_agent(agent, pb.ConnectResponse(probe_grant=grant)):
             asyncio.get_running_loop().call_soon(lambda: self.breakers.release_agent(agent, unused=True))
@@ -397,6 +416,7 @@ class ControlPlane:
             control_plane_id=self.instance_id,
             version=self.version,
             partial=not self.sync.loaded.is_set(),
+            shadow_policies=[policy_to_proto(p) for p in self.shadows.all()],
         )
         mine = set(services)
         ranked = sorted(

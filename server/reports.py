@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from mission_control.client.policy import ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
+from .shadow import bound_shadow
+
 _log = logging.getLogger("mission_control.server.reports")
 
 #: The gates that stop a call before it leaves the agent.
@@ -146,6 +148,8 @@ class ReportGate:
         needing = out.rejected + out.failures  # calls a fallback may have served
         out.fallbacks_served = min(summary.fallbacks_served, needing)
         out.fallbacks_failed = min(summary.fallbacks_failed, needing * max(1, len(policy.fallbacks)))
+        if summary.shadow_calls or summary.retries or summary.shadow_retries:
+            bound_shadow(summary, out, allowed)
         if cut:
             self.refuse(
                 agent, summary.service, f"claimed more than it could ({calls} calls, {allowed} allowed)"

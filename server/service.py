@@ -28,6 +28,7 @@ from .control_plane import ControlPlane, check_policies_fit
 from .hub import Subscriber
 from .inbound import bounded_demand, hello_problem, peer_host
 from .reports import may_report
+from .shadow_ops import clear_candidate, promote_candidate, put_candidate
 from .stats import Page
 from .store import Write
 
@@ -421,6 +422,37 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             )
         return pb.ImportConfigResponse(changes=changes, revision=result.revision)
 
+    # -- shadow mode -----------------------------------------------------------
+
+    async def PutShadowPolicy(self, request, context):  # type: ignore[no-untyped-def]
+        await self.access.authorize_write(context, "PutShadowPolicy")
+        if not request.HasField("policy"):
+            raise ConfigurationError("policy", "is required")
+        policy = policy_from_proto(request.policy)
+        revision = await put_candidate(self.plane, policy)
+        return pb.PutShadowPolicyResponse(policy=policy_to_proto(policy), revision=revision)
+
+    async def ListShadowPolicies(self, request, context):  # type: ignore[no-untyped-def]
+        return pb.ListShadowPoliciesResponse(policies=[policy_to_proto(p) for p in self.plane.shadows.all()])
+
+    async def DeleteShadowPolicy(self, request, context):  # type: ignore[no-untyped-def]
+        await self.access.authorize_write(context, "DeleteShadowPolicy")
+        _check_name("service", request.service)
+        return pb.DeleteShadowPolicyResponse(deleted=await clear_candidate(self.plane, request.service))
+
+    async def PromoteShadowPolicy(self, request, context):  # type: ignore[no-untyped-def]
+        await self.access.authorize_write(context, "PromoteShadowPolicy")
+        _check_name("service", request.service)
+        promoted = await promote_candidate(self.plane, request.service, request.expected_revision)
+        if promoted is None:
+            await context.abort(
+                grpc.StatusCode.ABORTED,
+                f"policy {request.service!r} changed since revision {request.expected_revision}; "
+                "nothing was promoted",
+            )
+        policy, revision = promoted  # type: ignore[misc]
+        return pb.PromoteShadowPolicyResponse(policy=policy_to_proto(policy), revision=revision)
+
     # -- statistics ------------------------------------------------------------
 
     async def GetErrorStatistics(self, request, context):  # type: ignore[no-untyped-def]
@@ -433,6 +465,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         stats = plane.stats.to_proto(
             plane.policies, plane.hub.connected_agents, plane.capacity.usage(), dict(refused), page
         )
+        stats.shadow_services.extend(plane.trials.to_proto())
         response = pb.GetErrorStatisticsResponse(statistics=stats)
         if plane.stats.more(page) or page.more(refused):
             response.next_page_token = str(page.offset + page.size)

@@ -62,6 +62,8 @@ class StoreSync:
         self._keep_absent = False
         self._converge = False
         self.wipes = 0
+        #: Candidate policies in shadow mode (see :mod:`.shadow`), when kept.
+        self.shadows: PolicyBook | None = None
 
     def reload(self) -> None:
         """Read everything again (the watch is restarted after it) and hold what the store
@@ -143,13 +145,15 @@ class StoreSync:
         # After a loss of data, what the store lacks is kept until the leader restored it.
         keep_absent = self._keep_absent or self.writer.restore_pending
         self._keep_absent = False
-        seen_policies, seen_breakers = set(), set()
+        seen_policies, seen_breakers, seen_shadows = set(), set(), set()
         for entry in entries:
             if not self.apply(entry.key, entry.value, entry.mod_revision) and not self._holds(entry.key):
                 await self._earlier_good(entry)
             service = self.policies.service_of(entry.key)
             if service is not None:
                 seen_policies.add(service)
+            if self.shadows is not None and self.shadows.service_of(entry.key) is not None:
+                seen_shadows.add(self.shadows.service_of(entry.key))
             name = self._breaker_of(entry.key)
             if name is not None:
                 seen_breakers.add(name)
@@ -161,6 +165,9 @@ class StoreSync:
         for policy in self.policies.all():
             if policy.service not in seen_policies:  # deleted while we were not watching
                 self.policies.apply(self.policies.key(policy.service), None, revision)
+        for candidate in self.shadows.all() if self.shadows is not None else ():
+            if candidate.service not in seen_shadows:  # cleared while we were not watching
+                self.shadows.apply(self.shadows.key(candidate.service), None, revision)  # type: ignore[union-attr]
         for name in self.breakers.names():
             if name in seen_breakers:
                 continue
@@ -176,6 +183,9 @@ class StoreSync:
             before = self.policies.reloads_failed
             self.policies.apply(key, value, revision)
             return self.policies.reloads_failed == before
+        if self.shadows is not None and self.shadows.service_of(key) is not None:
+            self.shadows.apply(key, value, revision)
+            return True  # a bad candidate is refused and shown; no earlier one is looked for
         name = self._breaker_of(key)
         if name is None:
             return True

@@ -1,0 +1,100 @@
+"""Operator writes of shadow mode: publish a candidate, clear it, promote it.
+
+Candidates are written with compare-and-swap like policies and acknowledged only once
+stored. Promoting goes through the control plane's ordinary policy write (the one every
+policy change takes), then clears the candidate.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from mission_control.client.errors import StorageFailure
+from mission_control.client.policy import ServicePolicy
+
+from .control_plane import check_policies_fit
+from .shadow import no_candidate, shadow_write
+from .store import StoreUnavailable, Write
+
+if TYPE_CHECKING:
+    from .control_plane import ControlPlane
+
+_log = logging.getLogger("mission_control.server.shadow")
+
+__all__ = ["clear_candidate", "promote_candidate", "put_candidate"]
+
+
+async def put_candidate(plane: ControlPlane, policy: ServicePolicy) -> int:
+    """Publish a validated ``policy`` as its service's candidate; returns its revision.
+
+    Raises:
+        ConfigurationError: the candidates and policies would not fit in a snapshot.
+        StorageFailure: the store did not take the write.
+    """
+    others = [p for p in plane.shadows.all() if p.service != policy.service]
+    check_policies_fit([*plane.policies.all(), *others, policy])
+    stored = plane.shadows.stored(policy.service)
+    revision = await _commit(
+        plane, "put shadow policy", shadow_write(plane.shadows, policy, policy.service, None)
+    )
+    if stored is None or stored[0] != policy:
+        _log.info("policy %s in shadow mode (revision %d)", policy.service, revision)
+    return revision
+
+
+async def clear_candidate(plane: ControlPlane, service: str) -> bool:
+    """Drop ``service``'s candidate; False when there was none. Raises StorageFailure."""
+    if plane.shadows.stored(service) is None:
+        return False
+    await _commit(plane, "clear shadow policy", shadow_write(plane.shadows, None, service, None))
+    return True
+
+
+async def promote_candidate(
+    plane: ControlPlane, service: str, expected_revision: int = 0
+) -> tuple[ServicePolicy, int] | None:
+    """Make ``service``'s candidate its enforced policy, then clear the candidate. The
+    policy is written only if its stored revision is still ``expected_revision`` (0: the
+    one held here now). Returns the policy and its revision, or None when the policy
+    changed meanwhile (nothing is written then).
+
+    Raises:
+        ConfigurationError: there is no candidate.
+        StorageFailure: the store did not take a write.
+    """
+    stored = plane.shadows.stored(service)
+    if stored is None:
+        raise no_candidate(service)
+    candidate, candidate_revision = stored
+    if not expected_revision:
+        enforced = plane.policies.stored(service)
+        expected_revision = enforced[1] if enforced is not None else 0
+    others = [p for p in plane.policies.all() if p.service != service]
+    check_policies_fit([*others, candidate])
+    revision = await plane.put_policy(candidate, expected_revision)
+    if revision is None:
+        return None
+    # Cleared only if still the candidate that was promoted: one published meanwhile stays.
+    clear = shadow_write(plane.shadows, None, service, candidate_revision)
+    try:
+        cleared = (await plane.writer.commit([clear])).ok
+    except StoreUnavailable as err:
+        _log.warning("policy %s promoted; its candidate not cleared yet: %s", service, err)
+        raise StorageFailure(
+            "etcd", "clear shadow policy", "promoted, but the candidate is still in shadow mode"
+        ) from err
+    if cleared:
+        plane.shadows.apply(clear.key, None, revision)
+    return candidate, revision
+
+
+async def _commit(plane: ControlPlane, what: str, write: Write) -> int:
+    try:
+        result = await plane.writer.commit([write])
+    except StoreUnavailable as err:
+        _log.warning("%s not written: %s", what, err)
+        raise StorageFailure("etcd", what, "the store did not take the write") from err
+    if result.ok:
+        plane.shadows.apply(write.key, write.value, result.revision)
+    return result.revision
