@@ -17,6 +17,7 @@ from typing import NoReturn
 
 from .app import DEFAULT_LISTEN, DEFAULT_STATE_DIR
 from .control_plane import DEFAULT_PREFIX
+from .operator_shadow import add_shadow_commands
 
 __all__ = ["build_parser", "parse"]
 
@@ -307,6 +308,7 @@ def _add_operator_commands(commands: argparse._SubParsersAction, server: str) ->
     action(po, "list", "every stored policy as a table")
     g = action(po, "get", "one stored policy as TOML (exit code 4 when none is stored)")
     g.add_argument("name", help="the service whose policy to show")
+    add_shadow_commands(po, action)
 
     action(commands, "stats", "error statistics over the fleet")
     action(commands, "health", "whether the control plane serves and reaches etcd (exit code 5 when not)")

@@ -40,6 +40,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
 from .json_values import json_values
+from .operator_shadow import SHADOW_ACTIONS, print_shadow_stats, shadow_command
 from .pem import check_ca, check_pair
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -339,6 +340,7 @@ class Operator:
             print(_safe(line))
         for err in s.config_errors:
             print(_safe(f"rejected config value at {err.key}: {err.error}"))
+        print_shadow_stats(s.shadow_services)
         return EXIT_OK
 
     def health(self) -> int:
@@ -460,6 +462,8 @@ def _dispatch(op: Operator, args: argparse.Namespace) -> int:
         if action == "get":
             return op.breakers_get(args.name)
         return op.breakers_set(args.name, _FORCE[action], args.reason)
+    if command == "policies" and action in SHADOW_ACTIONS:
+        return shadow_command(op, args)
     if command == "policies":
         return op.policies_list() if action == "list" else op.policies_get(args.name)
     if command == "stats":

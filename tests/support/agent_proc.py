@@ -6,7 +6,8 @@ Commands: ``call N`` (N calls, one after another), ``pace SECONDS INTERVAL`` (st
 call every INTERVAL for SECONDS, concurrently), ``until_open`` (call every millisecond until
 the breaker stops a call), ``until_fails_fast`` (watch the view, then make one call),
 ``until_state STATE``, ``state`` (the service's breaker as this
-agent sees it), ``policy``, ``stats`` (the connection's counters), ``quit``.
+agent sees it), ``policy``, ``shadow`` (its candidate policy in shadow mode), ``stats``
+(the connection's counters), ``quit``.
 """
 
 from __future__ import annotations
@@ -133,6 +134,11 @@ def main() -> None:
                 ),
                 flush=True,
             )
+        elif words[0] == "shadow":
+            candidate = mc.view.shadow_of(service)
+            held = mc.view.get(service).shadow is not None
+            limit = candidate.rate_limit_requests if candidate is not None else None
+            print(json.dumps({"rate_limit_requests": limit, "held": held}), flush=True)
         elif words[0] == "stats":
             conn = mc.connection
             assert conn is not None
