@@ -86,6 +86,10 @@ def test_rate_limit_in_shadow_counts_would_rejects_then_promote_enforces_it(
     table = cli("stats", server=plane).stdout
     assert "rejected by rate_limit  0         30" in table, table
 
+    # compare-and-swap: a promotion over a policy changed since the revision seen is refused
+    stale = cli("policies", "promote", SERVICE, "--expected-revision", "1", server=plane)
+    assert stale.returncode == 6, stale.stderr
+    assert a.ask("policy")["rate_limit_requests"] == 100 and shadow_row(plane) is not None
     promoted = cli("policies", "promote", SERVICE, server=plane)
     assert promoted.returncode == 0, promoted.stderr
     poll(lambda: a.ask("policy")["rate_limit_requests"] == 10)
