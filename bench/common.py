@@ -52,6 +52,13 @@ class Stack:
                 timeout=10,
             )
 
+    def put_shadow_policy(self, service: str, **fields: object) -> None:
+        with grpc.insecure_channel(self.plane_address) as channel:
+            pb_grpc.ControlPlaneServiceStub(channel).PutShadowPolicy(
+                pb.PutShadowPolicyRequest(policy=policy_pb2.ServicePolicy(service=service, **fields)),  # type: ignore[arg-type]
+                timeout=10,
+            )
+
     def pid(self) -> int:
         return self.plane.popen.pid
 

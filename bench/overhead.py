@@ -2,9 +2,10 @@
 
 Variants, measured in interleaved rounds so that machine noise hits them alike:
 bare grpcio; a no-op interceptor; pybreaker + tenacity stacked by hand; our interceptor with
-the full policy (connected to a control plane, outcomes reported); and "ask a central
-service per call" (one extra unary RPC per call). Client CPU is this process's CPU time;
-the upstream and the control plane run in other processes.
+the full policy (connected to a control plane, outcomes reported); the same with a candidate
+policy in shadow mode evaluated beside it (its own service, published through the control
+plane); and "ask a central service per call" (one extra unary RPC per call). Client CPU is
+this process's CPU time; the upstream and the control plane run in other processes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ from tests.support.otlp import Receiver
 from .common import Stack, median, percentile
 
 SERVICE = "llm_provider"
+#: The same policy, with a candidate in shadow mode: its own service, so that only the
+#: "+ shadow policy" variant evaluates a candidate.
+SHADOWED = "llm_provider_shadowed"
+#: The candidate: a rate limit, a bulkhead and a retry rule of its own, never refusing here.
+CANDIDATE = {"rate_limit_requests": 10**8, "max_concurrent": 64, "max_retries": 1, "timeout_secs": 30}
 REQUEST = pb.EchoRequest(text="hello")
 
 
@@ -62,6 +68,7 @@ def _sync_variants(
     bare = chan()
     noop = chan(_Noop())
     ours = chan(client_interceptor(mc, service=SERVICE))
+    shadowed = chan(client_interceptor(mc, service=SHADOWED))
     traced_channel = grpc.insecure_channel(s.upstream_address)
     channels.append(traced_channel)
     ours_traced = pb_grpc.EchoServiceStub(protected_channel(traced_channel, traced, service=SERVICE))
@@ -91,6 +98,7 @@ def _sync_variants(
         "no-op interceptor": lambda: noop.Echo(REQUEST, timeout=30),
         "pybreaker + tenacity": glued,
         "mission-control": lambda: ours.Echo(REQUEST, timeout=30),
+        "mission-control + shadow policy": lambda: shadowed.Echo(REQUEST, timeout=30),
         "mission-control + telemetry": lambda: ours_traced.Echo(REQUEST, timeout=30),
         "central check per call": per_call_check,
     }
@@ -138,6 +146,7 @@ async def _aio_variants(
     bare = chan()
     noop = chan([_AioNoop()])
     ours = chan(aio_client_interceptors(mc, service=SERVICE))
+    shadowed = chan(aio_client_interceptors(mc, service=SHADOWED))
     ours_traced = chan(aio_client_interceptors(traced, service=SERVICE))
     plain = chan()
     breaker = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
@@ -167,6 +176,7 @@ async def _aio_variants(
         "no-op interceptor": lambda: noop.Echo(REQUEST, timeout=30),
         "pybreaker + tenacity": glued,
         "mission-control": lambda: ours.Echo(REQUEST, timeout=30),
+        "mission-control + shadow policy": lambda: shadowed.Echo(REQUEST, timeout=30),
         "mission-control + telemetry": lambda: ours_traced.Echo(REQUEST, timeout=30),
         "central check per call": per_call_check,
     }
@@ -207,12 +217,16 @@ def _summarise(samples: dict[str, list[tuple[list[float], float, float]]], n: in
 
 def run(s: Stack, rounds: int = 7, n: int = 1000, warmup: int = 300) -> dict[str, Any]:
     s.put_policy(SERVICE, rate_limit_requests=10**9, timeout_secs=30)
+    s.put_policy(SHADOWED, rate_limit_requests=10**9, timeout_secs=30)
+    s.put_shadow_policy(SHADOWED, **CANDIDATE)
     mc = MissionControl("bench-agent", control_plane=s.plane_address, telemetry=False).start()
     receiver = Receiver().__enter__()  # a real OTLP/gRPC collector on loopback
     telemetry = _telemetry(receiver.endpoint)
     traced = MissionControl("bench-agent-traced", control_plane=s.plane_address, telemetry=telemetry).start()
     mc.wait_connected(30)
     traced.wait_connected(30)
+    if mc.view.shadow_of(SHADOWED) is None:
+        raise RuntimeError("the agent did not receive the candidate policy")
     try:
         variants, channels = _sync_variants(s, mc, traced)
         for fn in variants.values():
@@ -259,6 +273,9 @@ def decision_only(n: int = 100_000, rounds: int = 5) -> list[dict[str, Any]]:
     policy = ServicePolicy(service=SERVICE, rate_limit_requests=10**9)
     mc = MissionControl("bench-agent", config={SERVICE: policy})
     ex = mc.executor
+    shadowed = MissionControl("bench-agent-shadowed", config={SERVICE: policy})
+    shadowed.view.set_shadow(SERVICE, ServicePolicy(service=SERVICE, **CANDIDATE))  # type: ignore[arg-type]
+    shadowed_ex = shadowed.executor
 
     def noop(_left: float = 0.0) -> int:
         return 1
@@ -278,6 +295,7 @@ def decision_only(n: int = 100_000, rounds: int = 5) -> list[dict[str, Any]]:
         "plain call": noop,
         "pybreaker + tenacity": glued,
         "mission-control executor": lambda: ex.run(SERVICE, noop, operation="Echo"),
+        "mission-control executor + shadow policy": lambda: shadowed_ex.run(SERVICE, noop, operation="Echo"),
     }
     samples: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(rounds):
