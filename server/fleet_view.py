@@ -153,6 +153,13 @@ def _policy(policy: ServicePolicy) -> dict[str, Any]:
     return json_format.MessageToDict(policy_to_proto(policy), preserving_proto_field_name=True)
 
 
+def _shadow_row(row: pb.ShadowServiceStatistics) -> dict[str, Any]:
+    shown = json_values(row)
+    shown["breaker_state"] = STATE_NAMES.get(row.breaker_state, "CLOSED")
+    shown["shadow_breaker_state"] = STATE_NAMES.get(row.shadow_breaker_state, "CLOSED")
+    return shown
+
+
 def fleet_state(plane: ControlPlane, activity: FleetActivity, timeline: Timeline) -> dict[str, Any]:
     """Everything the dashboard shows, as JSON-ready data."""
     now = time.monotonic()
@@ -174,6 +181,8 @@ def fleet_state(plane: ControlPlane, activity: FleetActivity, timeline: Timeline
         "by_service": activity.by(1),
         "by_agent": activity.by(0),
         "policies": [_policy(p) for p in plane.policies.all()],
+        "shadow": [_shadow_row(row) for row in plane.trials.to_proto()],
+        "shadow_policies": [_policy(p) for p in plane.shadows.all()],
         "agents": [agents[a] for a in sorted(agents)],
         "timeline": list(timeline.entries),
     }

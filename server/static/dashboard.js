@@ -132,6 +132,12 @@ function render() {
     cell(tr, pol.wait_duration_secs !== undefined ? `${pol.wait_duration_secs} s` : "default");
     cell(tr, pol.rate_limit_requests !== undefined ? `${pol.rate_limit_requests} / ${pol.rate_limit_window_secs ?? 60} s` : "default");
   });
+  fill("shadow", p.shadow || [], (tr, r) => {
+    cell(tr, r.service); cell(tr, r.calls);
+    cell(tr, byType(r.rejected_by_reason) || "0"); cell(tr, byType(r.shadow_rejected_by_reason) || "0");
+    cell(tr, `${r.retries} / ${r.shadow_retries}`); cell(tr, r.breaker_state);
+    cell(tr, `${r.shadow_breaker_state} (${r.shadow_breaker_opens} / ${r.shadow_breaker_closes})`);
+  }, "no policy in shadow mode (mission-control policies shadow NAME FILE_OR_JSON)");
   const errors = $("config-errors");
   errors.replaceChildren(...(s.config_errors || []).map((e) => {
     const li = document.createElement("li");

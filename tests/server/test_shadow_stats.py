@@ -1,0 +1,138 @@
+"""Shadow mode's figures: the candidate's breaker rule (pure, on an injected clock), what a
+hostile agent may claim, and the dashboard's side-by-side table on a real control plane."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from mission_control.client.agent import MissionControl
+from mission_control.client.breaker import BreakerState
+from mission_control.client.policy import ServicePolicy
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.server.app import RunningControlPlane, start_control_plane
+from mission_control.server.etcd_process import EtcdProcess
+from mission_control.server.shadow import ShadowTrials
+from mission_control.server.shadow_ops import clear_candidate, put_candidate
+from mission_control.server.store import EtcdStore
+
+from tests.support.agents import RawAgent
+
+SERVICE = "llm_provider"
+WINDOW = 36000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_candidates_breaker_opens_waits_and_closes_over_the_same_outcomes() -> None:
+    clock = Clock()
+    trials = ShadowTrials(lambda service: BreakerState.CLOSED, clock)
+    candidate = ServicePolicy(SERVICE, failure_threshold=3, wait_duration_secs=10, success_threshold=2)
+    trials.candidate_changed(SERVICE, candidate)
+
+    def report(**counts: int) -> pb.ShadowServiceStatistics:
+        trials.record("a", pb.OutcomeSummary(service=SERVICE, **counts))
+        return trials.to_proto()[0]
+
+    assert report(failures=2, trailing_failures=2).shadow_breaker_state == pb.BREAKER_STATE_CLOSED
+    row = report(failures=1, trailing_failures=1)
+    assert (row.shadow_breaker_state, row.shadow_breaker_opens) == (pb.BREAKER_STATE_OPEN, 1)
+    assert row.shadow_breaker_reason == "3 consecutive failures"
+    row = report(successes=4)  # open: all four would have been stopped
+    assert row.shadow_rejected_by_reason == {"breaker": 4}
+    clock.now += 10
+    assert trials.to_proto()[0].shadow_breaker_state == pb.BREAKER_STATE_HALF_OPEN
+    row = report(successes=5)  # two probes close it; the other three would have waited
+    assert (row.shadow_breaker_state, row.shadow_breaker_closes) == (pb.BREAKER_STATE_CLOSED, 1)
+    assert row.shadow_rejected_by_reason == {"breaker": 7}
+    assert row.breaker_state == pb.BREAKER_STATE_CLOSED
+    trials.candidate_changed(SERVICE, None)
+    assert trials.to_proto() == []
+
+
+@pytest.fixture
+async def plane(etcd_server: EtcdProcess, prefix: str) -> AsyncIterator[RunningControlPlane]:
+    running = await start_control_plane(
+        EtcdStore([etcd_server.endpoint]), "127.0.0.1:0", prefix=prefix, http="127.0.0.1:0"
+    )
+    yield running
+    await running.stop(grace=0.5)
+
+
+async def until(check: Any, timeout: float = 20.0) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (value := await check()):
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+    return value
+
+
+async def test_an_agent_cannot_invent_gates_or_swamp_the_figures(plane: RunningControlPlane) -> None:
+    await put_candidate(plane.plane, ServicePolicy(SERVICE, rate_limit_requests=1))
+    async with RawAgent(f"127.0.0.1:{plane.port}", "agent-r", (SERVICE,)) as agent:
+        claimed = {"rate_limit": 10**6, "made-up": 7, "breaker": 5}
+        await agent.report(
+            SERVICE, successes=2, shadow_calls=10**9, shadow_rejected_by_reason=claimed, shadow_retries=50
+        )
+
+        async def row() -> Any:
+            rows = plane.plane.trials.to_proto()
+            return rows and rows[0].calls and rows[0]
+
+        shown = await until(row)
+    assert shown.calls <= 2 + 1024  # the calls reported, and at most a batch's worth in flight
+    assert dict(shown.shadow_rejected_by_reason) == {"rate_limit": shown.calls}
+    assert shown.shadow_retries == 0  # no failure was reported: nothing to retry
+
+
+async def test_the_dashboard_shows_enforced_and_shadow_side_by_side(plane: RunningControlPlane) -> None:
+    await plane.plane.put_policy(
+        ServicePolicy(SERVICE, rate_limit_requests=100, rate_limit_window_secs=WINDOW)
+    )
+    await put_candidate(
+        plane.plane, ServicePolicy(SERVICE, rate_limit_requests=2, rate_limit_window_secs=WINDOW)
+    )
+    mc = MissionControl("agent-d", control_plane=f"127.0.0.1:{plane.port}", flush_interval=0.02).start()
+    try:
+        assert await asyncio.to_thread(mc.wait_connected, 30)
+        assert mc.view.shadow_of(SERVICE) is not None
+
+        @mc.guard(SERVICE)
+        async def generate() -> str:
+            return "ok"
+
+        assert [await generate() for _ in range(5)] == ["ok"] * 5
+        assert plane.dashboard is not None
+        url = f"http://{plane.dashboard.address}"
+        async with aiohttp.ClientSession() as session:
+
+            async def shadow_row() -> Any:
+                async with session.get(f"{url}/api/state") as reply:
+                    rows = (await reply.json())["shadow"]
+                return rows and rows[0]["calls"] == 5 and rows[0]
+
+            row = await until(shadow_row)
+            assert row["shadow_rejected_by_reason"] == {"rate_limit": 3}
+            assert row["rejected_by_reason"] == {}
+            assert (row["breaker_state"], row["shadow_breaker_state"]) == ("CLOSED", "CLOSED")
+            async with session.get(f"{url}/") as reply:
+                assert 'id="shadow"' in await reply.text()
+            assert await clear_candidate(plane.plane, SERVICE)
+
+            async def cleared() -> bool:
+                async with session.get(f"{url}/api/state") as reply:
+                    return (await reply.json())["shadow"] == [] and mc.view.get(SERVICE).shadow is None
+
+            await until(cleared)
+    finally:
+        await asyncio.to_thread(mc.close)
