@@ -16,6 +16,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess
+from mission_control.server.json_values import json_values
 
 from tests.support.procs import Proc, agent, control_plane, python
 from tests.support.upstream import set_mode
@@ -42,8 +43,11 @@ def poll(check: Any, timeout: float = 20.0) -> Any:
 
 
 def shadow_row(plane: str) -> dict[str, Any] | None:
-    stats = json.loads(cli("stats", "--json", server=plane).stdout)
-    rows = [r for r in stats.get("shadow_services", []) if r["service"] == SERVICE]
+    """The service's row of ``stats --json``, read over gRPC (polled: no process per look)."""
+    with grpc.insecure_channel(plane) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        stats = stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=10).statistics
+    rows = [json_values(r) for r in stats.shadow_services if r.service == SERVICE]
     return rows[0] if rows else None
 
 
@@ -85,6 +89,7 @@ def test_rate_limit_in_shadow_counts_would_rejects_then_promote_enforces_it(
     assert row.get("rejected_by_reason", {}) == {}
     table = cli("stats", server=plane).stdout
     assert "rejected by rate_limit  0         30" in table, table
+    assert json.loads(cli("stats", "--json", server=plane).stdout)["shadow_services"] == [row]
 
     # compare-and-swap: a promotion over a policy changed since the revision seen is refused
     stale = cli("policies", "promote", SERVICE, "--expected-revision", "1", server=plane)
