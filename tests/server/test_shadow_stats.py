@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from mission_control.client.agent import MissionControl
 from mission_control.client.breaker import BreakerState
+from mission_control.client.config import policy_from_proto
+from mission_control.client.errors import ConfigurationError
 from mission_control.client.policy import ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.app import RunningControlPlane, start_control_plane
 from mission_control.server.etcd_process import EtcdProcess
+from mission_control.server.operator_shadow import read_candidate
 from mission_control.server.shadow import ShadowTrials
 from mission_control.server.shadow_ops import clear_candidate, put_candidate
 from mission_control.server.store import EtcdStore
@@ -57,6 +61,28 @@ def test_the_candidates_breaker_opens_waits_and_closes_over_the_same_outcomes() 
     assert row.breaker_state == pb.BREAKER_STATE_CLOSED
     trials.candidate_changed(SERVICE, None)
     assert trials.to_proto() == []
+
+
+def test_a_candidate_is_read_from_json_text_or_a_json_or_toml_file(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text("rate_limit_requests = 10\nfailure_threshold = 3\n")
+    (tmp_path / "c.json").write_text('{"rate_limit_requests": 10, "failure_threshold": 3}')
+    texts = [
+        '{"rate_limit_requests": 10, "failure_threshold": 3}',
+        *(str(tmp_path / f) for f in ("c.toml", "c.json")),
+    ]
+    read = [policy_from_proto(read_candidate(SERVICE, text).policy) for text in texts]
+    assert all(
+        p.rate_limit_requests == 10 and p.failure_threshold == 3 and p.service == SERVICE for p in read
+    )
+    with pytest.raises(ConfigurationError) as bad:
+        read_candidate(SERVICE, '{"rate_limit_requests": -1, "max_retries": "many", "wait_duration_secs": 0}')
+    assert {f for f, _ in bad.value.violations} == {
+        "rate_limit_requests",
+        "max_retries",
+        "wait_duration_secs",
+    }
+    with pytest.raises(ConfigurationError):
+        read_candidate(SERVICE, '{"service": "storage_backend"}')  # another service's policy
 
 
 @pytest.fixture
