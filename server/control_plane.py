@@ -134,6 +134,7 @@ class ControlPlane:
         self.writer.on_reload = self.sync.reload
         #: Candidate policies in shadow mode, and how they fare (see :mod:`.shadow`).
         self.shadows = shadow_book(self.prefix)
+        self.shadows.errors = self.policies.errors  # one list of refused values, shown by stats
         self.trials = ShadowTrials(self._breaker_state, clock)
         self.sync.shadows = self.shadows
         self.shadows.listeners.append(self._on_shadow)

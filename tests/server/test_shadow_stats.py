@@ -21,7 +21,7 @@ from mission_control.server.etcd_process import EtcdProcess
 from mission_control.server.operator_shadow import read_candidate
 from mission_control.server.shadow import ShadowTrials
 from mission_control.server.shadow_ops import clear_candidate, put_candidate
-from mission_control.server.store import EtcdStore
+from mission_control.server.store import EtcdStore, Write
 
 from tests.support.agents import RawAgent
 
@@ -162,3 +162,19 @@ async def test_the_dashboard_shows_enforced_and_shadow_side_by_side(plane: Runni
             await until(cleared)
     finally:
         await asyncio.to_thread(mc.close)
+
+
+async def test_a_bad_candidate_put_in_etcd_is_refused_and_shown_and_the_last_good_one_stays(
+    plane: RunningControlPlane,
+) -> None:
+    good = ServicePolicy(SERVICE, rate_limit_requests=7)
+    await put_candidate(plane.plane, good)
+    key = plane.plane.shadows.key(SERVICE)
+    assert (await plane.plane.writer.commit([Write(key, b'{"rate_limit_requests": -3}')])).ok
+
+    async def shown() -> bool:
+        return any(e.key == key for e in plane.plane.policies.errors)
+
+    await until(shown)
+    assert plane.plane.shadows.stored(SERVICE)[0].rate_limit_requests == 7  # type: ignore[index]
+    assert plane.plane.snapshot().shadow_policies[0].rate_limit_requests == 7
