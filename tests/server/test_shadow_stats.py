@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
+import grpc.aio
 import pytest
 from mission_control.client.agent import MissionControl
 from mission_control.client.breaker import BreakerState
@@ -16,7 +18,10 @@ from mission_control.client.config import policy_from_proto
 from mission_control.client.errors import ConfigurationError
 from mission_control.client.policy import ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
+from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.app import RunningControlPlane, start_control_plane
+from mission_control.server.auth import AccessPolicy
 from mission_control.server.etcd_process import EtcdProcess
 from mission_control.server.operator_shadow import read_candidate
 from mission_control.server.shadow import ShadowTrials
@@ -178,3 +183,34 @@ async def test_a_bad_candidate_put_in_etcd_is_refused_and_shown_and_the_last_goo
     await until(shown)
     assert plane.plane.shadows.stored(SERVICE)[0].rate_limit_requests == 7  # type: ignore[index]
     assert plane.plane.snapshot().shadow_policies[0].rate_limit_requests == 7
+
+
+async def test_publishing_clearing_and_promoting_need_an_admin(
+    etcd_server: EtcdProcess, prefix: str, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "admins"
+    tokens.write_text("shadow-admin-token-0123456789\n")
+    access = AccessPolicy.build(listen="127.0.0.1:0", admin_tokens_file=tokens)
+    running = await start_control_plane(
+        EtcdStore([etcd_server.endpoint]), "127.0.0.1:0", prefix=prefix, access=access
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.ControlPlaneServiceStub(channel)
+            candidate = policy_pb2.ServicePolicy(service=SERVICE, rate_limit_requests=1)
+            calls = [
+                stub.PutShadowPolicy(pb.PutShadowPolicyRequest(policy=candidate)),
+                stub.DeleteShadowPolicy(pb.DeleteShadowPolicyRequest(service=SERVICE)),
+                stub.PromoteShadowPolicy(pb.PromoteShadowPolicyRequest(service=SERVICE)),
+            ]
+            for call in calls:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert not (await stub.ListShadowPolicies(pb.ListShadowPoliciesRequest())).policies
+            admin = (("authorization", "Bearer shadow-admin-token-0123456789"),)
+            await stub.PutShadowPolicy(pb.PutShadowPolicyRequest(policy=candidate), metadata=admin)
+            listed = await stub.ListShadowPolicies(pb.ListShadowPoliciesRequest())
+            assert [p.rate_limit_requests for p in listed.policies] == [1]
+    finally:
+        await running.stop(grace=0.5)
