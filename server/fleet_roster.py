@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from mission_control.client.policy import name_problem
+
 from .store import Store, StoreUnavailable, WatchCompacted
 
 _log = logging.getLogger("mission_control.server.fleet_roster")
@@ -26,6 +28,11 @@ ROSTER_DIR = "fleet-agents/"
 MAX_LISTED_SERVICES = 16
 MAX_LISTED_LABELS = 8
 MAX_LABEL_CHARS = 64
+#: A shard holds at most this many agents and bytes; a replica writes at most MAX_SHARDS
+#: (its one transaction stays far under etcd's request size and operation limits).
+SHARD_AGENTS = 250
+SHARD_BYTES = 32 * 1024
+MAX_SHARDS = 32
 #: Counters an agent entry may carry (its outcomes as reported to its replica).
 COUNTERS = ("calls", "failures", "rejected")
 
@@ -83,15 +90,15 @@ def decode_shard(key_replica: str, raw: bytes) -> tuple[list[FleetAgent], int]:
     if value.get("replica") != key_replica:
         raise ValueError(f"names replica {value.get('replica')!r}, its key {key_replica!r}")
     omitted, agents = value.get("omitted", 0), value.get("agents")
-    if not _count(omitted) or not isinstance(agents, list):
-        raise ValueError("'omitted' must be a count and 'agents' a list")
+    if not _count(omitted) or not isinstance(agents, list) or len(agents) > SHARD_AGENTS:
+        raise ValueError(f"'omitted' must be a count and 'agents' a list of at most {SHARD_AGENTS}")
     return [_agent(key_replica, i, entry) for i, entry in enumerate(agents)], omitted
 
 
 def _agent(replica: str, index: int, entry: object) -> FleetAgent:
     where = f"agents[{index}]"
-    if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not entry["id"]:
-        raise ValueError(f"{where}: an object with a non-empty string 'id'")
+    if not isinstance(entry, dict) or name_problem(entry.get("id")):
+        raise ValueError(f"{where}: an object whose 'id' is an agent id")
     services, labels = entry.get("services", []), entry.get("labels", {})
     if not isinstance(services, list) or not all(isinstance(s, str) for s in services):
         raise ValueError(f"{where}.services: a list of names")
@@ -149,8 +156,9 @@ class FleetRoster:
             self._bad.pop(key, None)
             return
         try:
-            if not replica or not key.removeprefix(self.prefix + replica + "/").isdigit():
-                raise ValueError("the key is not <replica>/<shard number>")
+            shard = key.removeprefix(self.prefix + replica + "/")
+            if not replica or not shard.isdigit() or int(shard) >= MAX_SHARDS:
+                raise ValueError(f"the key is not <replica>/<shard number below {MAX_SHARDS}>")
             self._shards[key] = decode_shard(replica, value)
         except (ValueError, RecursionError) as err:  # json.JSONDecodeError is a ValueError
             if self._bad.get(key) != revision:

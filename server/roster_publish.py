@@ -21,17 +21,21 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .fleet_roster import FleetAgent, FleetRoster, encode_shard, roster_prefix
+from .fleet_roster import (
+    MAX_SHARDS,
+    SHARD_AGENTS,
+    SHARD_BYTES,
+    FleetAgent,
+    FleetRoster,
+    encode_shard,
+    roster_prefix,
+)
 from .hub import Hub
 from .store import Store, StoreUnavailable, Write
 from .writes import StateWriter
 
 _log = logging.getLogger("mission_control.server.roster_publish")
 
-SHARD_AGENTS = 250
-SHARD_BYTES = 32 * 1024
-#: Shards per replica: one transaction stays far under etcd's request size and op limits.
-MAX_SHARDS = 32
 DEFAULT_TTL = 5
 #: Counters per agent: ``{agent id: {"calls": .., "failures": .., "rejected": ..}}``.
 CountersSource = Callable[[], Mapping[str, Mapping[str, Any]]]

@@ -40,6 +40,20 @@ def test_a_thousand_agents_fit_in_bounded_shards() -> None:
     assert agents == crowd(1000)
 
 
+def test_a_thousand_agents_as_the_readme_describes_them_take_nine_keys() -> None:
+    services, labels = (
+        ("llm_provider", "vector_db", "storage_backend", "web_search"),
+        (("team", "x"), ("zone", "y")),
+    )
+    agents = [
+        FleetAgent(
+            f"research-agent-{i:04d}", "cp-0123456789ab", "0f" * 16, services, 4, labels, 1.8e9, 1, 10**6
+        )
+        for i in range(1000)
+    ]
+    assert len(pack("cp-0123456789ab", agents)) <= 9
+
+
 def test_agents_beyond_the_last_shard_are_counted_not_listed() -> None:
     values = pack("rep-a", crowd(MAX_SHARDS * SHARD_AGENTS + 7))
     assert len(values) == MAX_SHARDS
@@ -66,6 +80,8 @@ def test_an_agent_declaring_much_publishes_little() -> None:
         b'{"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "a", "calls": "many"}]}',
         b'{"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "a", "services": [1]}]}',
         b"[" * 100_000,
+        b'{"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "no spaces"}]}',
+        json.dumps({"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "a"}] * 251}).encode(),
     ],
 )
 def test_a_malformed_value_is_ignored_and_counted_once(value: bytes) -> None:
@@ -81,7 +97,8 @@ def test_a_malformed_value_is_ignored_and_counted_once(value: bytes) -> None:
 def test_a_key_not_of_the_form_replica_shard_is_ignored() -> None:
     roster = FleetRoster(None, "/p")  # type: ignore[arg-type]
     roster.apply("/p/fleet-agents/rep-x/zero", pack("rep-x", crowd(1, "rep-x"))[0], 3)
-    assert roster.agents() == [] and roster.malformed == 1
+    roster.apply("/p/fleet-agents/rep-x/32", pack("rep-x", crowd(1, "rep-x"))[0], 3)
+    assert roster.agents() == [] and roster.malformed == 2
 
 
 @pytest.fixture
