@@ -25,6 +25,8 @@ from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
 from .auth import AccessPolicy
 from .control_plane import DEFAULT_PREFIX, ControlPlane
+from .fleet_roster import FleetRoster
+from .roster_publish import ReplicaRoster, RosterPublisher
 from .service import ControlPlaneServicer, Limits
 from .store import EtcdStore, StoreUnavailable
 from .web import Dashboard
@@ -129,10 +131,13 @@ class RunningControlPlane:
         self.port = port
         self.health = HealthServicer()
         self.dashboard: Dashboard | None = None
+        self.roster: ReplicaRoster | None = None
 
     async def stop(self, grace: float = 2.0) -> None:
         if self.dashboard is not None:
             await self.dashboard.stop()
+        if self.roster is not None:
+            await self.roster.stop()
         await self.health.enter_graceful_shutdown()
         self.plane.hub.close_all()
         await self.server.stop(grace)
@@ -241,7 +246,20 @@ async def start_control_plane(
         except OSError as err:
             await running.stop(grace=0)
             raise OSError(f"{DASHBOARD_CANNOT_LISTEN} {http}: {err.strerror or err}") from err
+    _start_roster(running)
     return running
+
+
+def _start_roster(running: RunningControlPlane) -> None:
+    """Publish this replica's agents and follow every replica's (for the dashboard)."""
+    plane, dashboard = running.plane, running.dashboard
+    counters = (lambda: dashboard.activity.by(0)) if dashboard is not None else None
+    publisher = RosterPublisher(
+        plane.store, plane.writer, plane.hub, plane.prefix, plane.instance_id, counters=counters
+    )
+    plane.roster = FleetRoster(plane.store, plane.prefix)
+    running.roster = ReplicaRoster(publisher, plane.roster)
+    running.roster.start()
 
 
 async def _unreachable(store: EtcdStore, timeout: float = 1.5) -> str:

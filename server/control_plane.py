@@ -33,6 +33,7 @@ from mission_control.resilience.v1 import policy_pb2
 from .admission import ServiceAdmission, forget_idle
 from .capacity import CapacityLeaser
 from .engine import FleetBreakers
+from .fleet_roster import FleetRoster
 from .hub import Hub
 from .leadership import Leadership
 from .observability import FleetTelemetry
@@ -119,6 +120,8 @@ class ControlPlane:
         self.health_listeners: list[Callable[[bool], None]] = []
         #: Set by enable_leadership (replicas on one etcd); None = this one always decides.
         self.leadership: Leadership | None = None
+        #: Every replica's agents (set when serving; None: this replica's own only).
+        self.roster: FleetRoster | None = None
         self.relay: LeaderRelay | None = None
         self.capacity = CapacityLeaser(
             self.policies.all, self.hub.send_to_agent, epoch=self._leader_epoch, clock=clock

@@ -17,6 +17,7 @@ from mission_control.client.policy import ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .json_values import json_values
+from .roster_publish import connected_agents
 
 if TYPE_CHECKING:
     from .control_plane import ControlPlane
@@ -165,12 +166,7 @@ def fleet_state(plane: ControlPlane, activity: FleetActivity, timeline: Timeline
     now = time.monotonic()
     stats = plane.stats.to_proto(plane.policies, plane.hub.connected_agents, plane.capacity.usage())
     leadership = plane.leadership
-    agents: dict[str, dict[str, Any]] = {}
-    for sub in list(plane.hub.agents.values()):
-        entry = agents.setdefault(sub.agent_id, {"id": sub.agent_id, "streams": 0, "services": []})
-        entry["streams"] += 1
-        entry["services"] = sorted(set(entry["services"]) | set(sub.services))
-        entry["replica"] = sub.replica
+    agents, replicas = fleet_agents(plane)
     return {
         "instance": plane.instance_id,
         "leading": plane.leading,
@@ -183,6 +179,31 @@ def fleet_state(plane: ControlPlane, activity: FleetActivity, timeline: Timeline
         "policies": [_policy(p) for p in plane.policies.all()],
         "shadow": [_shadow_row(row) for row in plane.trials.to_proto()],
         "shadow_policies": [_policy(p) for p in plane.shadows.all()],
-        "agents": [agents[a] for a in sorted(agents)],
+        "agents": agents,
+        "replicas": replicas,
+        "roster_malformed": plane.roster.malformed if plane.roster is not None else 0,
+        "roster_problem": plane.roster.problem if plane.roster is not None else "",
         "timeline": list(timeline.entries),
     }
+
+
+def fleet_agents(plane: ControlPlane) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every agent of the fleet with the replica it is connected to — this replica's own
+    from its streams, the others' from the roster in etcd — and the replicas with their
+    agent counts."""
+    me = plane.instance_id
+    mine = connected_agents(plane.hub, me, {})
+    rows = [a.as_dict(me) for a in mine]
+    relays = sorted({sub.agent_id for sub in list(plane.hub.agents.values()) if sub.replica})
+    # a follower's relay to this leader: shown as a link, it is no agent
+    rows += [{"id": r, "replica": me, "this_replica": True, "relay": True, "streams": 1} for r in relays]
+    counts = plane.roster.per_replica() if plane.roster is not None else Counter()
+    counts[me] = len(mine)
+    if plane.roster is not None:
+        rows += [a.as_dict(me) for a in plane.roster.agents() if a.replica != me]
+    leader = plane.instance_id if plane.leading else (plane.leadership and plane.leadership.leader_id)
+    replicas = [
+        {"id": r, "agents": counts[r], "leader": r == leader, "this_replica": r == me} for r in sorted(counts)
+    ]
+    rows.sort(key=lambda row: (not row["this_replica"], row["replica"], row["id"]))
+    return rows, replicas

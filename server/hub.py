@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from dataclasses import dataclass, field
 
 import grpc
@@ -41,6 +42,9 @@ class Subscriber:
     peer: str = ""
     #: (code, details) the stream is to end with, when the client broke a limit.
     refusal: tuple[grpc.StatusCode, str] | None = None
+    #: The agent's labels (from its hello) and when the stream opened (wall-clock seconds).
+    labels: tuple[tuple[str, str], ...] = ()
+    since: float = field(default_factory=time.time)
 
     def push(self, message: object) -> bool:
         if self.overflowed:
@@ -85,6 +89,7 @@ class Hub:
 
     def connect(self, hello: pb.AgentHello) -> Subscriber:
         sub = Subscriber(next(self._ids), hello.agent_id, hello.session_id, tuple(hello.services))
+        sub.labels = tuple(sorted(hello.labels.items()))
         self.agents[sub.id] = sub
         return sub
 

@@ -103,6 +103,7 @@ class FleetCollector(Collector):
             _P + "agents_connected", "agents with a Connect stream", plane.hub.connected_agents
         )
         yield GaugeMetricFamily(_P + "leader", "1 while this replica decides transitions", int(plane.leading))
+        yield from self._roster()
         yield GaugeMetricFamily(_P + "store_up", "1 while etcd is reachable", int(plane.store_ok))
         names = ("units", "leased", "demanded", "used")
         families = {
@@ -118,6 +119,21 @@ class FleetCollector(Collector):
             families["demanded"].add_metric(key, usage.demanded)
             families["used"].add_metric(key, usage.used)
         yield from families.values()
+
+    def _roster(self) -> Iterator[Metric]:
+        roster = self.plane.roster
+        if roster is None:
+            return
+        per_replica = GaugeMetricFamily(
+            _P + "fleet_agents", "agents connected to each replica (as published)", labels=["replica"]
+        )
+        counts = roster.per_replica()
+        own = {s.agent_id for s in list(self.plane.hub.agents.values()) if not s.replica}
+        counts[self.plane.instance_id] = len(own)  # fresher than what this replica published
+        for replica in sorted(counts):
+            per_replica.add_metric([replica], counts[replica])
+        yield per_replica
+        yield _counter("roster_malformed", "roster values ignored as malformed", roster.malformed)
 
 
 def registry_for(plane: ControlPlane) -> CollectorRegistry:

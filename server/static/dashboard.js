@@ -93,6 +93,24 @@ function renderBreakers() {
   }, filter ? "no breaker matches" : "no breakers yet");
 }
 
+// Every agent of the fleet, with the replica it is connected to (this replica's first), then
+// agents that reported here and are gone.
+function renderAgents(p) {
+  const rows = p.agents.map((a) => ({ link: a, activity: a.this_replica ? p.by_agent[a.id] : a }));
+  const here = new Set(p.agents.filter((a) => a.this_replica).map((a) => a.id));
+  for (const name of Object.keys(p.by_agent).sort()) {
+    if (!here.has(name)) rows.push({ link: null, activity: p.by_agent[name], name });
+  }
+  fill("agents", rows, (tr, { link, activity, name }) => {
+    const a = activity || {};
+    cell(tr, link ? (link.relay ? `${link.id} (replica link)` : link.id) : name);
+    cell(tr, link ? `yes (${link.streams})` : "no");
+    cell(tr, link ? (link.this_replica ? `${link.replica} (this replica)` : link.replica) : "", link && link.this_replica ? "this-replica" : "");
+    cell(tr, a.calls); cell(tr, a.failures); cell(tr, rejections(a)); cell(tr, fallbacks(a));
+    cell(tr, percent(a.recovery_rate));
+  });
+}
+
 function render() {
   const p = picture;
   const s = p.statistics;
@@ -104,22 +122,16 @@ function render() {
   $("recovery-rate").textContent = Number(s.recovery_attempts) ? `${Number(s.recovery_success_rate).toFixed(1)} %` : "–";
   $("opens").textContent = s.circuit_breaker_opens;
   $("rejected").textContent = s.calls_rejected;
-  $("agents-connected").textContent = s.connected_agents;
+  const replicas = p.replicas || [];
+  $("agents-connected").textContent = replicas.length ? replicas.reduce((n, r) => n + r.agents, 0) : s.connected_agents;
+  $("replicas").textContent = replicas.map((r) => `${r.id}${r.this_replica ? " (this replica)" : ""}${r.leader ? " (leader)" : ""}: ${r.agents} agents`).join(" · ")
+    + (p.roster_malformed ? ` · ${p.roster_malformed} malformed roster values ignored` : "");
   renderBreakers();
   fill("services", Object.entries(p.by_service), (tr, [name, a]) => {
     cell(tr, name); cell(tr, a.calls); cell(tr, a.failures); cell(tr, byType(a.errors_by_type));
     cell(tr, rejections(a)); cell(tr, fallbacks(a)); cell(tr, percent(a.recovery_rate));
   }, "no calls reported yet");
-  const connected = new Map(p.agents.map((a) => [a.id, a]));
-  const agentNames = [...new Set([...connected.keys(), ...Object.keys(p.by_agent)])].sort();
-  fill("agents", agentNames, (tr, name) => {
-    const a = p.by_agent[name] || {};
-    const link = connected.get(name);
-    cell(tr, link && link.replica ? `${name} (replica)` : name);
-    cell(tr, link ? `yes (${link.streams})` : "no");
-    cell(tr, a.calls); cell(tr, a.failures); cell(tr, rejections(a)); cell(tr, fallbacks(a));
-    cell(tr, percent(a.recovery_rate));
-  });
+  renderAgents(p);
   fill("limits", s.fleet_limits || [], (tr, l) => {
     cell(tr, l.service); cell(tr, l.resource); cell(tr, Number(l.fleet_units).toFixed(1));
     cell(tr, Number(l.leased).toFixed(1)); cell(tr, Number(l.demanded).toFixed(1));

@@ -1,0 +1,190 @@
+"""Which agents are connected to which replica, fleet-wide: the values each replica publishes
+under ``<prefix>/fleet-agents/<replica>/<shard>`` and the watch every replica follows.
+
+A replica writes its own agents only (see :mod:`.roster_publish`), on its own etcd lease, so
+the keys of a replica that dies vanish when its lease expires. Every replica follows the
+whole prefix: a value that does not parse — or claims another replica than its key — is
+ignored and counted, never shown and never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from mission_control.client.policy import name_problem
+
+from .store import Store, StoreUnavailable, WatchCompacted
+
+_log = logging.getLogger("mission_control.server.fleet_roster")
+
+ROSTER_DIR = "fleet-agents/"
+#: Listed per agent (the rest is counted): a value stays small whatever an agent declares.
+MAX_LISTED_SERVICES = 16
+MAX_LISTED_LABELS = 8
+MAX_LABEL_CHARS = 64
+#: A shard holds at most this many agents and bytes; a replica writes at most MAX_SHARDS
+#: (its one transaction stays far under etcd's request size and operation limits).
+SHARD_AGENTS = 250
+SHARD_BYTES = 32 * 1024
+MAX_SHARDS = 32
+#: Counters an agent entry may carry (its outcomes as reported to its replica).
+COUNTERS = ("calls", "failures", "rejected")
+
+
+@dataclass(frozen=True, slots=True)
+class FleetAgent:
+    """One agent connected to one replica."""
+
+    id: str
+    replica: str
+    session: str = ""
+    services: tuple[str, ...] = ()
+    services_total: int = 0
+    labels: tuple[tuple[str, str], ...] = ()
+    since: float = 0.0
+    streams: int = 1
+    calls: int = 0
+    failures: int = 0
+    rejected: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form (the replica is the key's, not repeated per agent)."""
+        return {
+            "id": self.id,
+            "session": self.session,
+            "services": list(self.services[:MAX_LISTED_SERVICES]),
+            "services_total": max(self.services_total, len(self.services)),
+            "labels": {k[:MAX_LABEL_CHARS]: v[:MAX_LABEL_CHARS] for k, v in self.labels[:MAX_LISTED_LABELS]},
+            "since": round(self.since, 3),
+            "streams": self.streams,
+            **{name: getattr(self, name) for name in COUNTERS},
+        }
+
+    def as_dict(self, this_replica: str) -> dict[str, Any]:
+        """What the dashboard shows."""
+        return {**self.to_json(), "replica": self.replica, "this_replica": self.replica == this_replica}
+
+
+def roster_prefix(prefix: str) -> str:
+    return f"{prefix.rstrip('/')}/{ROSTER_DIR}"
+
+
+def encode_shard(replica: str, shard: int, agents: Iterable[FleetAgent], omitted: int = 0) -> bytes:
+    """One stored value: up to a shard's worth of one replica's agents."""
+    value = {"replica": replica, "shard": shard, "omitted": omitted, "agents": [a.to_json() for a in agents]}
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode_shard(key_replica: str, raw: bytes) -> tuple[list[FleetAgent], int]:
+    """The agents of one stored value and how many its replica left out.
+    Raises ValueError saying what is wrong."""
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    if value.get("replica") != key_replica:
+        raise ValueError(f"names replica {value.get('replica')!r}, its key {key_replica!r}")
+    omitted, agents = value.get("omitted", 0), value.get("agents")
+    if not _count(omitted) or not isinstance(agents, list) or len(agents) > SHARD_AGENTS:
+        raise ValueError(f"'omitted' must be a count and 'agents' a list of at most {SHARD_AGENTS}")
+    return [_agent(key_replica, i, entry) for i, entry in enumerate(agents)], omitted
+
+
+def _agent(replica: str, index: int, entry: object) -> FleetAgent:
+    where = f"agents[{index}]"
+    if not isinstance(entry, dict) or name_problem(entry.get("id")):
+        raise ValueError(f"{where}: an object whose 'id' is an agent id")
+    services, labels = entry.get("services", []), entry.get("labels", {})
+    if not isinstance(services, list) or not all(isinstance(s, str) for s in services):
+        raise ValueError(f"{where}.services: a list of names")
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise ValueError(f"{where}.labels: an object of strings")
+    since, session = entry.get("since", 0.0), entry.get("session", "")
+    numbers = {name: entry.get(name, 0) for name in ("streams", "services_total", *COUNTERS)}
+    bad = sorted(name for name, n in numbers.items() if not _count(n))
+    if bad or not isinstance(since, int | float) or isinstance(since, bool) or not isinstance(session, str):
+        raise ValueError(f"{where}: {', '.join(bad) or 'since/session'} of the wrong type")
+    listed = tuple(services[:MAX_LISTED_SERVICES])
+    shown = tuple(sorted(labels.items()))
+    return FleetAgent(entry["id"], replica, session, listed, labels=shown, since=float(since), **numbers)
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+class FleetRoster:
+    """Every replica's published agents, kept equal to the store by a watch.
+
+    Args:
+        store: the shared store.
+        prefix: the control plane's key prefix.
+    """
+
+    def __init__(self, store: Store, prefix: str) -> None:
+        self.store = store
+        self.prefix = roster_prefix(prefix)
+        self._shards: dict[str, tuple[list[FleetAgent], int]] = {}
+        #: Values ignored as malformed (each stored revision once), and the latest reason.
+        self.malformed = 0
+        self.problem = ""
+        self._bad: dict[str, int] = {}
+        self.loaded = asyncio.Event()
+
+    def agents(self) -> list[FleetAgent]:
+        """Every published agent, by replica then id."""
+        found = [a for agents, _ in self._shards.values() for a in agents]
+        return sorted(found, key=lambda a: (a.replica, a.id))
+
+    def per_replica(self) -> Counter[str]:
+        """Agents connected per replica (those left out of its values included)."""
+        counts: Counter[str] = Counter()
+        for key, (agents, omitted) in self._shards.items():
+            counts[self._replica_of(key)] += len(agents) + omitted
+        return counts
+
+    def apply(self, key: str, value: bytes | None, revision: int) -> None:
+        """One stored value (None: deleted)."""
+        self._shards.pop(key, None)
+        replica = self._replica_of(key)
+        if value is None:
+            self._bad.pop(key, None)
+            return
+        try:
+            shard = key.removeprefix(self.prefix + replica + "/")
+            if not replica or not shard.isdigit() or int(shard) >= MAX_SHARDS:
+                raise ValueError(f"the key is not <replica>/<shard number below {MAX_SHARDS}>")
+            self._shards[key] = decode_shard(replica, value)
+        except (ValueError, RecursionError) as err:  # json.JSONDecodeError is a ValueError
+            if self._bad.get(key) != revision:
+                self._bad[key] = revision
+                self.malformed += 1
+                self.problem = f"{key}: {err}"
+                _log.warning("ignoring a malformed roster value at %s: %s", key, err)
+
+    def _replica_of(self, key: str) -> str:
+        return key.removeprefix(self.prefix).partition("/")[0]
+
+    async def run(self) -> None:
+        """Load the prefix, then follow it; reload after a compaction or an outage."""
+        backoff = 0.1
+        while True:
+            try:
+                entries, revision = await self.store.get_prefix(self.prefix)
+                self._shards.clear()
+                for entry in entries:
+                    self.apply(entry.key, entry.value, entry.mod_revision)
+                self.loaded.set()
+                backoff = 0.1
+                async for events in self.store.watch(self.prefix, revision + 1):
+                    for event in events:
+                        self.apply(event.key, event.value, event.mod_revision)
+            except (StoreUnavailable, WatchCompacted) as err:
+                _log.debug("roster watch ended (%s); reading it again", err)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)

@@ -1,0 +1,147 @@
+"""The fleet's roster: each replica publishes its agents on its own lease, in bounded shards,
+batched; every replica follows all of them and ignores (and counts) malformed values."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.server.engine import FleetBreakers
+from mission_control.server.etcd_process import EtcdProcess
+from mission_control.server.fleet_roster import FleetAgent, FleetRoster, decode_shard, roster_prefix
+from mission_control.server.hub import Hub
+from mission_control.server.policies import PolicyBook
+from mission_control.server.roster_publish import MAX_SHARDS, SHARD_AGENTS, SHARD_BYTES, RosterPublisher, pack
+from mission_control.server.store import EtcdStore
+from mission_control.server.writes import StateWriter
+
+from tests.support.etcd import etcdctl
+
+
+def crowd(n: int, replica: str = "rep-a") -> list[FleetAgent]:
+    return [
+        FleetAgent(f"agent-{i:05d}", replica, f"s{i}", ("llm_provider", "db"), 2, (("team", "x"),), 1.5)
+        for i in range(n)
+    ]
+
+
+def test_a_thousand_agents_fit_in_bounded_shards() -> None:
+    values = pack("rep-a", crowd(1000))
+    assert 1000 / SHARD_AGENTS <= len(values) <= MAX_SHARDS
+    agents = []
+    for value in values:
+        assert len(value) <= SHARD_BYTES + 512
+        listed, omitted = decode_shard("rep-a", value)
+        assert omitted == 0 and len(listed) <= SHARD_AGENTS
+        agents += listed
+    assert agents == crowd(1000)
+
+
+def test_a_thousand_agents_as_the_readme_describes_them_take_nine_keys() -> None:
+    services, labels = (
+        ("llm_provider", "vector_db", "storage_backend", "web_search"),
+        (("team", "x"), ("zone", "y")),
+    )
+    agents = [
+        FleetAgent(
+            f"research-agent-{i:04d}", "cp-0123456789ab", "0f" * 16, services, 4, labels, 1.8e9, 1, 10**6
+        )
+        for i in range(1000)
+    ]
+    assert len(pack("cp-0123456789ab", agents)) <= 9
+
+
+def test_agents_beyond_the_last_shard_are_counted_not_listed() -> None:
+    values = pack("rep-a", crowd(MAX_SHARDS * SHARD_AGENTS + 7))
+    assert len(values) == MAX_SHARDS
+    listed = sum(len(decode_shard("rep-a", v)[0]) for v in values)
+    assert decode_shard("rep-a", values[0])[1] == MAX_SHARDS * SHARD_AGENTS + 7 - listed > 0
+
+
+def test_an_agent_declaring_much_publishes_little() -> None:
+    services = tuple(f"s{i}" for i in range(900))
+    many = FleetAgent("a", "r", services=services, labels=(("k" * 200, "v" * 200),) * 3)
+    stored = json.loads(pack("r", [many])[0])["agents"][0]
+    assert len(stored["services"]) == 16 and stored["services_total"] == 900
+    assert stored["labels"] == {"k" * 64: "v" * 64}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"not json",
+        b"[]",
+        b'{"replica": "other", "shard": 0, "omitted": 0, "agents": []}',
+        b'{"replica": "rep-x", "shard": 0, "omitted": -1, "agents": []}',
+        b'{"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": ""}]}',
+        b'{"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "a", "calls": "many"}]}',
+        b'{"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "a", "services": [1]}]}',
+        b"[" * 100_000,
+        b'{"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "no spaces"}]}',
+        json.dumps({"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "a"}] * 251}).encode(),
+    ],
+)
+def test_a_malformed_value_is_ignored_and_counted_once(value: bytes) -> None:
+    roster = FleetRoster(None, "/p")  # type: ignore[arg-type]
+    good = pack("rep-x", crowd(2, "rep-x"))[0]
+    roster.apply("/p/fleet-agents/rep-x/0", good, 5)
+    roster.apply("/p/fleet-agents/rep-x/0", value, 6)
+    roster.apply("/p/fleet-agents/rep-x/0", value, 6)  # the same revision again (a reload)
+    assert roster.agents() == [] and roster.malformed == 1
+    assert roster.problem.startswith("/p/fleet-agents/rep-x/0: ")
+
+
+def test_a_key_not_of_the_form_replica_shard_is_ignored() -> None:
+    roster = FleetRoster(None, "/p")  # type: ignore[arg-type]
+    roster.apply("/p/fleet-agents/rep-x/zero", pack("rep-x", crowd(1, "rep-x"))[0], 3)
+    roster.apply("/p/fleet-agents/rep-x/32", pack("rep-x", crowd(1, "rep-x"))[0], 3)
+    assert roster.agents() == [] and roster.malformed == 2
+
+
+@pytest.fixture
+async def store(etcd_server: EtcdProcess) -> AsyncIterator[EtcdStore]:
+    store = await EtcdStore([etcd_server.endpoint]).connect()
+    yield store
+    await store.close()
+
+
+def publisher(store: EtcdStore, prefix: str, hub: Hub, replica: str) -> RosterPublisher:
+    policies = PolicyBook(prefix)
+    breakers = FleetBreakers(policies.policy_of)
+    writer = StateWriter(store, lambda n: f"{prefix}/breakers/{n}", breakers, policies)
+    return RosterPublisher(store, writer, hub, prefix, replica, ttl=2)
+
+
+async def until(condition, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_published_on_change_only_and_withdrawn_with_the_lease(store: EtcdStore, prefix: str) -> None:
+    hub = Hub()
+    for i in range(600):
+        hub.connect(pb.AgentHello(agent_id=f"agent-{i}", session_id="s", services=["llm_provider"]))
+    roster = FleetRoster(store, prefix)
+    following = asyncio.create_task(roster.run())
+    mine = publisher(store, prefix, hub, "rep-a")
+    try:
+        await mine.publish()
+        await mine.publish()  # nothing changed: nothing written
+        assert mine.writes == 1
+        await until(lambda: roster.per_replica()["rep-a"] == 600)
+        for sub in list(hub.agents.values())[:590]:
+            hub.disconnect(sub)
+        await mine.publish()
+        assert mine.writes == 2
+        await until(lambda: [a.id for a in roster.agents()] == sorted(f"agent-{i}" for i in range(590, 600)))
+        keys = etcdctl(store.endpoints[0], "get", "--prefix", "--keys-only", roster_prefix(prefix)).split()
+        assert keys == [f"{roster_prefix(prefix)}rep-a/0"]  # the emptied shards were deleted
+        mine.lease = 0  # as if the process died: nobody revokes, the lease runs out
+        await until(lambda: roster.agents() == [], timeout=20)
+    finally:
+        following.cancel()
