@@ -23,12 +23,9 @@ from grpc.aio._interceptor import (
     _InterceptedUnaryResponseMixin,
 )
 
-from ._aio_client import decided, fallback_attempts, record_when_done
+from ._aio_client import record_when_done
+from ._aio_unary import Run, UnaryUnaryCall
 from ._channel import Protection, Route
-
-
-class _UnaryUnaryCall(_InterceptedUnaryResponseMixin, InterceptedCall, _base_call.UnaryUnaryCall):  # type: ignore[misc]
-    pass
 
 
 class _RefusedUnaryStream(_InterceptedStreamResponseMixin, InterceptedCall, _base_call.UnaryStreamCall):  # type: ignore[misc]
@@ -83,37 +80,13 @@ class _UnaryUnary(grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        run = self._run(request, timeout, metadata, credentials, wait_for_ready, compression)
-        return _UnaryUnaryCall(asyncio.get_running_loop().create_task(decided(run)))
-
-    async def _run(
-        self,
-        request: Any,
-        timeout: float | None,
-        metadata: Any,
-        credentials: Any,
-        wait_for_ready: bool | None,
-        compression: Any,
-    ) -> Any:
-        route = self._route
-        inner = self._inner
-
-        async def attempt(left: float) -> Any:
-            call = inner(
-                request,
-                timeout=left,
-                metadata=metadata,
-                credentials=credentials,
-                wait_for_ready=wait_for_ready,
-                compression=compression,
-            )
-            await call  # raises the call's AioRpcError
-            return call
-
-        fallbacks = fallback_attempts(route.fallback_channels, route.method, request, metadata)
-        functions = {route.service: attempt, **fallbacks} if fallbacks else {route.service: attempt}
-        plan = route.plan(timeout)
-        return await route.ex.drive_async(plan, plan.start(), functions)
+        outcome = asyncio.get_running_loop().create_future()
+        run = Run(
+            self._route, self._inner, request, metadata, credentials, wait_for_ready, compression, outcome
+        )
+        call = UnaryUnaryCall(outcome, run)
+        run.start(timeout)
+        return call
 
 
 class _Stream:
