@@ -49,8 +49,9 @@ def main() -> int:
         rounds, n = (2, 200) if args.quick else (7, 1000)
         case1 = overhead.run(s, rounds=rounds, n=n)
         results["overhead"] = case1
-        _table("1. per-call overhead, sync (unary loopback echo)", case1["sync"], OVERHEAD_COLUMNS)
-        _table("1. per-call overhead, aio", case1["aio"], OVERHEAD_COLUMNS)
+        load = overhead.load_text(case1["load"])
+        _table(f"1. per-call overhead, sync (unary loopback echo; {load})", case1["sync"], OVERHEAD_COLUMNS)
+        _table(f"1. per-call overhead, aio ({load})", case1["aio"], OVERHEAD_COLUMNS)
         decision = overhead.decision_only(n=20_000 if args.quick else 100_000)
         results["decision_only"] = decision
         _table(

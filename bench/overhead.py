@@ -1,16 +1,21 @@
 """Case 1: per-call overhead on a unary loopback echo, sync and aio, side by side.
 
 Variants, measured in interleaved rounds so that machine noise hits them alike:
-bare grpcio; a no-op interceptor; pybreaker + tenacity stacked by hand; our interceptor with
-the full policy (connected to a control plane, outcomes reported); the same with a candidate
-policy in shadow mode evaluated beside it (its own service, published through the control
-plane); and "ask a central service per call" (one extra unary RPC per call). Client CPU is
-this process's CPU time; the upstream and the control plane run in other processes.
+bare grpcio; a no-op interceptor; pybreaker + tenacity stacked by hand; our interceptor and
+our protected channel (no grpc interceptor machinery) with the full policy (connected to a
+control plane, outcomes reported); our interceptor with a candidate policy in shadow mode
+evaluated beside it (its own service, published through the control plane); and "ask a
+central service per call" (one extra unary RPC per call). Client CPU is this process's CPU
+time; the upstream and the control plane run in other processes. The machine's load average
+is sampled every round and reported.
+
+``python -m bench.overhead [--quick]`` runs this case alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,7 +24,12 @@ import grpc
 import grpc.aio
 import pybreaker
 from mission_control.client.agent import MissionControl
-from mission_control.interceptors import aio_client_interceptors, client_interceptor, protected_channel
+from mission_control.interceptors import (
+    aio_client_interceptors,
+    aio_protected_channel,
+    client_interceptor,
+    protected_channel,
+)
 from mission_control.resilience.v1 import control_plane_pb2 as cp
 from mission_control.resilience.v1 import control_plane_pb2_grpc as cp_grpc
 from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
@@ -68,6 +78,9 @@ def _sync_variants(
     bare = chan()
     noop = chan(_Noop())
     ours = chan(client_interceptor(mc, service=SERVICE))
+    direct_channel = grpc.insecure_channel(s.upstream_address)
+    channels.append(direct_channel)
+    direct = pb_grpc.EchoServiceStub(protected_channel(direct_channel, mc, service=SERVICE))
     shadowed = chan(client_interceptor(mc, service=SHADOWED))
     traced_channel = grpc.insecure_channel(s.upstream_address)
     channels.append(traced_channel)
@@ -97,7 +110,8 @@ def _sync_variants(
         "bare grpcio": lambda: bare.Echo(REQUEST, timeout=30),
         "no-op interceptor": lambda: noop.Echo(REQUEST, timeout=30),
         "pybreaker + tenacity": glued,
-        "mission-control": lambda: ours.Echo(REQUEST, timeout=30),
+        "mission-control interceptor": lambda: ours.Echo(REQUEST, timeout=30),
+        "mission-control protected channel": lambda: direct.Echo(REQUEST, timeout=30),
         "mission-control + shadow policy": lambda: shadowed.Echo(REQUEST, timeout=30),
         "mission-control + telemetry": lambda: ours_traced.Echo(REQUEST, timeout=30),
         "central check per call": per_call_check,
@@ -146,6 +160,9 @@ async def _aio_variants(
     bare = chan()
     noop = chan([_AioNoop()])
     ours = chan(aio_client_interceptors(mc, service=SERVICE))
+    direct_channel = aio_protected_channel(s.upstream_address, mc, service=SERVICE)
+    channels.append(direct_channel)
+    direct = pb_grpc.EchoServiceStub(direct_channel)
     shadowed = chan(aio_client_interceptors(mc, service=SHADOWED))
     ours_traced = chan(aio_client_interceptors(traced, service=SERVICE))
     plain = chan()
@@ -175,7 +192,8 @@ async def _aio_variants(
         "bare grpcio": lambda: bare.Echo(REQUEST, timeout=30),
         "no-op interceptor": lambda: noop.Echo(REQUEST, timeout=30),
         "pybreaker + tenacity": glued,
-        "mission-control": lambda: ours.Echo(REQUEST, timeout=30),
+        "mission-control interceptor": lambda: ours.Echo(REQUEST, timeout=30),
+        "mission-control protected channel": lambda: direct.Echo(REQUEST, timeout=30),
         "mission-control + shadow policy": lambda: shadowed.Echo(REQUEST, timeout=30),
         "mission-control + telemetry": lambda: ours_traced.Echo(REQUEST, timeout=30),
         "central check per call": per_call_check,
@@ -233,9 +251,11 @@ def run(s: Stack, rounds: int = 7, n: int = 1000, warmup: int = 300) -> dict[str
             for _ in range(warmup):
                 fn()
         sync_samples: dict[str, list[Any]] = {k: [] for k in variants}
+        loads = [os.getloadavg()[0]]
         for _ in range(rounds):
             for name, fn in variants.items():
                 sync_samples[name].append(_measure_sync(fn, n))
+            loads.append(os.getloadavg()[0])
         for channel in channels:
             channel.close()
 
@@ -248,6 +268,7 @@ def run(s: Stack, rounds: int = 7, n: int = 1000, warmup: int = 300) -> dict[str
             for _ in range(rounds):
                 for name, fn in variants_a.items():
                     samples[name].append(await _measure_aio(fn, n))
+                loads.append(os.getloadavg()[0])
             for channel in channels_a:
                 await channel.close()
             return samples
@@ -261,9 +282,21 @@ def run(s: Stack, rounds: int = 7, n: int = 1000, warmup: int = 300) -> dict[str
     return {
         "calls_per_variant": rounds * n,
         "outcome_batches_sent": batches,
+        "load": load_summary(loads),
         "sync": _summarise(sync_samples, n),
         "aio": _summarise(aio_samples, n),
     }
+
+
+def load_summary(loads: list[float]) -> dict[str, Any]:
+    """The 1-minute load average sampled while the case ran, against the cores there are."""
+    return {"cores": os.cpu_count(), "min": min(loads), "median": median(loads), "max": max(loads)}
+
+
+def load_text(load: dict[str, Any]) -> str:
+    return (
+        f"load avg {load['min']:.1f}-{load['max']:.1f} (median {load['median']:.1f}) on {load['cores']} cores"
+    )
 
 
 def decision_only(n: int = 100_000, rounds: int = 5) -> list[dict[str, Any]]:
@@ -305,3 +338,21 @@ def decision_only(n: int = 100_000, rounds: int = 5) -> list[dict[str, Any]]:
                 fn()
             samples[name].append((time.process_time() - start) / n * 1e6)
     return [{"variant": k, "cpu_us_per_call": median(v)} for k, v in samples.items()]
+
+
+def main() -> None:
+    """Case 1 alone: ``python -m bench.overhead [--quick]``."""
+    import sys
+
+    from .__main__ import OVERHEAD_COLUMNS, _table
+    from .common import stack
+
+    rounds, n = (2, 200) if "--quick" in sys.argv else (7, 1000)
+    with stack() as s:
+        case1 = run(s, rounds=rounds, n=n)
+    for kind in ("sync", "aio"):
+        _table(f"1. per-call overhead, {kind} ({load_text(case1['load'])})", case1[kind], OVERHEAD_COLUMNS)
+
+
+if __name__ == "__main__":
+    main()

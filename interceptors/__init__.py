@@ -22,6 +22,7 @@ import grpc.aio
 from mission_control.client.agent import MissionControl
 from mission_control.client.outcomes import Outcomes
 
+from ._aio_channel import AioProtectedChannel
 from ._aio_client import (
     AioStreamStreamInterceptor,
     AioStreamUnaryInterceptor,
@@ -29,6 +30,7 @@ from ._aio_client import (
     AioUnaryUnaryInterceptor,
 )
 from ._aio_server import AioServerInterceptor
+from ._channel import ProtectedChannel, Protection
 from ._client import ClientInterceptor
 from ._client_common import ServiceMap, check_mc
 from ._server import ServerInterceptor
@@ -88,19 +90,13 @@ def protected_channel(
     idempotent: bool = False,
     outcomes: Outcomes | None = None,
 ) -> grpc.Channel:
-    """``channel`` with our interceptor and, when the agent's telemetry is on,
-    OpenTelemetry's client interceptor around it (so each call's span is the one our
+    """``channel`` with every call protected, as :func:`client_interceptor` protects it,
+    but decided in its multi-callables, which call ``channel``'s directly: no
+    ``grpc.intercept_channel`` machinery per call. When the agent's telemetry is on,
+    OpenTelemetry's client interceptor goes around it (so each call's span is the one our
     attributes and retry/fallback events go on). Arguments as :func:`client_interceptor`."""
-    ours = client_interceptor(
-        mc,
-        service=service,
-        services=services,
-        kind=kind,
-        fallback_channels=fallback_channels,
-        idempotent=idempotent,
-        outcomes=outcomes,
-    )
-    protected = grpc.intercept_channel(channel, ours)
+    protection = Protection(check_mc(mc), service, services, kind, fallback_channels, idempotent, outcomes)
+    protected = ProtectedChannel(channel, protection)
     if mc.telemetry is None:
         return protected
     from opentelemetry.instrumentation.grpc import grpcext
@@ -135,20 +131,48 @@ def aio_client_interceptors(
 
 
 def aio_protected_channel(
-    target: str,
+    target: str | grpc.aio.Channel,
     mc: MissionControl,
     *,
     credentials: grpc.ChannelCredentials | None = None,
     options: Any = None,
     **protection: Any,
 ) -> grpc.aio.Channel:
-    """The asyncio twin of :func:`protected_channel`: a ``grpc.aio`` channel to ``target``
-    (secure when ``credentials`` are given) with :func:`aio_client_interceptors`;
-    ``protection`` as its arguments. (An aio channel takes its interceptors when made.)"""
-    interceptors = aio_client_interceptors(mc, **protection)
-    if credentials is None:
-        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
-    return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
+    """The asyncio twin of :func:`protected_channel`: ``target``, a ``grpc.aio`` channel or
+    an address to open one to (secure when ``credentials`` are given), with every call
+    protected in its multi-callables, as :func:`aio_client_interceptors` protect it;
+    ``protection`` as their arguments.
+
+    With the agent's telemetry on, an address gets a channel with
+    :func:`aio_client_interceptors` instead (OpenTelemetry's span must be around our
+    decision, and an aio channel takes its interceptors when made)."""
+    if isinstance(target, str):
+        if mc.telemetry is not None:
+            interceptors: Any = aio_client_interceptors(mc, **protection)
+        else:
+            interceptors = None
+        if credentials is None:
+            channel = grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+        else:
+            channel = grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
+        if interceptors is not None:
+            return channel
+    else:
+        channel = target
+    return AioProtectedChannel(channel, _protection(mc, **protection))
+
+
+def _protection(
+    mc: MissionControl,
+    *,
+    service: str | None = None,
+    services: ServiceMap = None,
+    kind: str | None = None,
+    fallback_channels: Mapping[str, Any] | None = None,
+    idempotent: bool = False,
+    outcomes: Outcomes | None = None,
+) -> Protection:
+    return Protection(check_mc(mc), service, services, kind, fallback_channels, idempotent, outcomes)
 
 
 def server_interceptor(*, agent: str | None = None, debug: bool | None = None) -> ServerInterceptor:

@@ -10,13 +10,14 @@ itself, admitted and recorded.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
 import grpc.aio
 from mission_control.client.admission import Ticket
 from mission_control.client.agent import MissionControl
+from mission_control.client.executor import Executor
 from mission_control.client.outcomes import Outcomes
 
 from ._aio_failed import FailedCall
@@ -58,34 +59,75 @@ class _Base:
             ex.release(ticket)
             ex.abandon(ticket)
             raise
-
-        def done(ended: Any) -> None:  # the call comes as the argument: no reference kept here
-            ex.release(ticket)
-            task = asyncio.get_running_loop().create_task(self._record(ticket, ended))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
-
-        call.add_done_callback(done)
+        record_when_done(ex, ticket, self._outcomes, call, self._pending)
         return call
 
-    async def _record(self, ticket: Ticket, call: Any) -> None:
-        """A stream's outcome; cancelled (by the caller, or by grpc when the caller's request
-        iterator raised) counts as neither and hands a probe permit back."""
-        ex = self._executor
-        try:
-            if call.cancelled():
-                ex.abandon(ticket)
-                return
-            code = await call.code()
-            failure = None
-            if code is not grpc.StatusCode.OK:
-                initial, trailing = await call.initial_metadata(), await call.trailing_metadata()
-                error = grpc.aio.AioRpcError(code, initial, trailing, await call.details(), "")
-                failure = ex.classify(ticket, error, self._outcomes)
-        except Exception:
+
+def record_when_done(
+    ex: Executor, ticket: Ticket, outcomes: Outcomes | None, call: Any, pending: set[asyncio.Task[None]]
+) -> None:
+    """When the stream ``call`` ends, its place comes back and its outcome is recorded
+    (in a task kept in ``pending`` until it is done)."""
+
+    def done(ended: Any) -> None:  # the call comes as the argument: no reference kept here
+        ex.release(ticket)
+        task = asyncio.get_running_loop().create_task(_record(ex, ticket, outcomes, ended))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    call.add_done_callback(done)
+
+
+async def _record(ex: Executor, ticket: Ticket, outcomes: Outcomes | None, call: Any) -> None:
+    """A stream's outcome; cancelled (by the caller, or by grpc when the caller's request
+    iterator raised) counts as neither and hands a probe permit back."""
+    try:
+        if call.cancelled():
             ex.abandon(ticket)
-            raise
-        ex.record(ticket, failure)
+            return
+        code = await call.code()
+        failure = None
+        if code is not grpc.StatusCode.OK:
+            initial, trailing = await call.initial_metadata(), await call.trailing_metadata()
+            error = grpc.aio.AioRpcError(code, initial, trailing, await call.details(), "")
+            failure = ex.classify(ticket, error, outcomes)
+    except Exception:
+        ex.abandon(ticket)
+        raise
+    ex.record(ticket, failure)
+
+
+async def decided(run: Awaitable[Any]) -> Any:
+    """The call that served a unary call, or one that raises the error it ended in."""
+    try:
+        return await run
+    except grpc.aio.AioRpcError:
+        raise  # grpc's call answers for it as without us
+    except Exception as error:  # awaiting raises it; code(), details(), … answer
+        return FailedCall(error)
+
+
+def fallback_attempts(
+    channels: Mapping[str, grpc.aio.Channel], method: str, request: Any, metadata: Any
+) -> dict[str, Any] | None:
+    """An attempt per fallback channel (None: there are none)."""
+    if not channels:
+        return None
+
+    def through(channel: grpc.aio.Channel) -> Callable[[float], Any]:
+        async def attempt(left: float) -> Any:
+            stub = channel.unary_unary(
+                method,
+                request_serializer=type(request).SerializeToString,
+                response_deserializer=response_class(method).FromString,
+            )
+            call = stub(request, timeout=left, metadata=metadata)
+            await call
+            return call
+
+        return attempt
+
+    return {name: through(ch) for name, ch in channels.items()}
 
 
 def _method(details: Any) -> str:
@@ -104,40 +146,20 @@ class AioUnaryUnaryInterceptor(_Base, grpc.aio.UnaryUnaryClientInterceptor):
             await call  # raises the call's AioRpcError
             return call
 
-        try:
-            return await self._executor.run_async(
+        return await decided(
+            self._executor.run_async(
                 self._service_of(method),
                 attempt,
                 operation=operation_of(method),
                 kind=self._kind,
                 timeout=client_call_details.timeout,
-                fallbacks=self._fallbacks(method, client_call_details, request),
+                fallbacks=fallback_attempts(
+                    self._fallback_channels, method, request, client_call_details.metadata
+                ),
                 idempotent=self._idempotent,
                 outcomes=self._outcomes,
             )
-        except grpc.aio.AioRpcError:
-            raise  # grpc's call answers for it as without us
-        except Exception as error:  # awaiting raises it; code(), details(), … answer
-            return FailedCall(error)
-
-    def _fallbacks(self, method: str, details: Any, request: Any) -> dict[str, Any] | None:
-        if not self._fallback_channels:
-            return None
-
-        def through(channel: grpc.aio.Channel) -> Callable[[float], Any]:
-            async def attempt(left: float) -> Any:
-                stub = channel.unary_unary(
-                    method,
-                    request_serializer=type(request).SerializeToString,
-                    response_deserializer=response_class(method).FromString,
-                )
-                call = stub(request, timeout=left, metadata=details.metadata)
-                await call
-                return call
-
-            return attempt
-
-        return {name: through(ch) for name, ch in self._fallback_channels.items()}
+        )
 
 
 class AioUnaryStreamInterceptor(_Base, grpc.aio.UnaryStreamClientInterceptor):

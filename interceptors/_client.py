@@ -10,12 +10,11 @@ from typing import Any
 import grpc
 from mission_control.client.admission import Ticket
 from mission_control.client.agent import MissionControl
-from mission_control.client.attempts import Attempt, CallPlan, Done, Step
 from mission_control.client.executor import Executor
 from mission_control.client.outcomes import Outcomes
 
 from ._client_common import ServiceMap, ServiceNamer, operation_of, response_class, with_timeout
-from ._future import PendingCall, settle
+from ._future import unary_future
 
 _log = logging.getLogger("mission_control.interceptors")
 
@@ -57,8 +56,11 @@ class ClientInterceptor(
         service = self._service_of(method)
         ex = self._executor
 
+        def start(left: float) -> Any:
+            return continuation(with_timeout(client_call_details, left), request)
+
         def attempt(left: float) -> Any:
-            outcome = continuation(with_timeout(client_call_details, left), request)
+            outcome = start(left)
             outcome.result()  # raises the call's RpcError
             return outcome
 
@@ -73,43 +75,7 @@ class ClientInterceptor(
             idempotent=self._idempotent,
             outcomes=self._outcomes,
         )
-        try:
-            step = plan.start()
-            if type(step) is Attempt:
-                if step.target != service:  # a fallback first (the breaker is open): not here
-                    return PendingCall.deferred(ex, plan, step, functions)
-                step, pending = self._first(plan, step, continuation, client_call_details, request, functions)
-                if pending is not None:
-                    return pending
-        except BaseException:
-            plan.close()
-            raise
-        return ex.drive(plan, step, functions)
-
-    def _first(
-        self,
-        plan: CallPlan,
-        step: Attempt,
-        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
-        details: grpc.ClientCallDetails,
-        request: Any,
-        functions: Mapping[str, Callable[[float], Any]],
-    ) -> tuple[Step, PendingCall | None]:
-        """The first attempt, without waiting for it: ``.future()`` hands back a call
-        that is still running, and so do we."""
-        try:
-            outcome = continuation(with_timeout(details, step.left), request)
-        except Exception as exc:
-            after = plan.failed(exc)
-        else:
-            if not outcome.done():
-                return step, PendingCall(self._executor, plan, outcome, functions)
-            after = settle(plan, outcome)
-        if type(after) is Done:
-            return after, None
-        # It failed at once (an inner interceptor, a blocking call) and a retry or a
-        # fallback follows: on a thread of its own, so that .future() does not wait for it.
-        return after, PendingCall.deferred(self._executor, plan, after, functions)
+        return unary_future(ex, plan, start, functions)
 
     def _fallbacks(self, details: grpc.ClientCallDetails, request: Any) -> dict[str, Any]:
         method = details.method
@@ -159,25 +125,52 @@ class ClientInterceptor(
         request: Any,
         caller_errors: list[BaseException] | None,
     ) -> Any:
-        """One attempt: admitted, given the deadline, its outcome recorded when it ends.
-        ``caller_errors`` (streamed requests) collects what the caller's own request
-        iterator raised."""
         method = details.method
-        ex = self._executor
         service = self._service_of(method)
-        ticket = ex.admit(service, operation_of(method), kind=self._kind, timeout=details.timeout, cost=None)
-        if caller_errors is not None:
-            request = _watched(request, caller_errors)
-        try:
-            call = continuation(with_timeout(details, ticket.timeout), request)
-        except BaseException:
-            ex.release(ticket)
-            ex.abandon(ticket)
-            raise
-        ended = StreamEnded(ex, ticket, self._outcomes, call, caller_errors)
-        if not _add_callback(call, ended):  # the call has ended already: the callback will never run
-            ended()
-        return call
+
+        def start(requests: Any, left: float) -> Any:
+            return continuation(with_timeout(details, left), requests)
+
+        return start_stream(
+            self._executor,
+            service,
+            operation_of(method),
+            self._kind,
+            details.timeout,
+            self._outcomes,
+            request,
+            caller_errors,
+            start,
+        )
+
+
+def start_stream(
+    ex: Executor,
+    service: str,
+    operation: str,
+    kind: str | None,
+    timeout: float | None,
+    outcomes: Outcomes | None,
+    request: Any,
+    caller_errors: list[BaseException] | None,
+    start: Callable[[Any, float], Any],
+) -> Any:
+    """One streaming attempt: admitted, ``start(request, seconds_left)``, its outcome
+    recorded when it ends. ``caller_errors`` (streamed requests) collects what the
+    caller's own request iterator raised."""
+    ticket = ex.admit(service, operation, kind=kind, timeout=timeout, cost=None)
+    if caller_errors is not None:
+        request = _watched(request, caller_errors)
+    try:
+        call = start(request, ticket.timeout)
+    except BaseException:
+        ex.release(ticket)
+        ex.abandon(ticket)
+        raise
+    ended = StreamEnded(ex, ticket, outcomes, call, caller_errors)
+    if not _add_callback(call, ended):  # the call has ended already: the callback will never run
+        ended()
+    return call
 
 
 class StreamEnded:

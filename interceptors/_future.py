@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
-from mission_control.client.attempts import CallPlan, Done, Step
+from mission_control.client.attempts import Attempt, CallPlan, Done, Step
 from mission_control.client.errors import MissionControlError
 from mission_control.client.executor import Executor
 
@@ -26,6 +26,53 @@ def settle(plan: CallPlan, outcome: Any) -> Step:
     if error is not None:
         return plan.failed(error)
     return plan.succeeded(outcome)
+
+
+def unary_future(
+    ex: Executor,
+    plan: CallPlan,
+    start: Callable[[float], Any],
+    functions: Mapping[str, Callable[[float], Any]],
+) -> Any:
+    """Carry out a unary call's ``plan``: ``start(seconds_left)`` begins the service's
+    attempt and hands back grpc's future-like call; ``functions`` make whole attempts.
+    Returns the call that served (or a :class:`PendingCall` still going) or raises."""
+    try:
+        step = plan.start()
+        if type(step) is Attempt:
+            if step.target != plan.service:  # a fallback first (the breaker is open): not here
+                return PendingCall.deferred(ex, plan, step, functions)
+            step, pending = _first(ex, plan, step, start, functions)
+            if pending is not None:
+                return pending
+    except BaseException:
+        plan.close()
+        raise
+    return ex.drive(plan, step, functions)
+
+
+def _first(
+    ex: Executor,
+    plan: CallPlan,
+    step: Attempt,
+    start: Callable[[float], Any],
+    functions: Mapping[str, Callable[[float], Any]],
+) -> tuple[Step, PendingCall | None]:
+    """The first attempt, without waiting for it: ``.future()`` hands back a call that is
+    still running, and so do we."""
+    try:
+        outcome = start(step.left)
+    except Exception as exc:
+        after = plan.failed(exc)
+    else:
+        if not outcome.done():
+            return step, PendingCall(ex, plan, outcome, functions)
+        after = settle(plan, outcome)
+    if type(after) is Done:
+        return after, None
+    # It failed at once (an inner interceptor, a blocking call) and a retry or a
+    # fallback follows: on a thread of its own, so that .future() does not wait for it.
+    return after, PendingCall.deferred(ex, plan, after, functions)
 
 
 class _Cancelled(BaseException):

@@ -1,4 +1,4 @@
-"""Fixtures for running one case through the four call paths against a real upstream."""
+"""Fixtures for running one case through every call path against a real upstream."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 from mission_control.client.agent import MissionControl
 from mission_control.client.policy import Backoff, RetryBudget, ServicePolicy
 
+from tests.support.channels import PATHS
 from tests.support.drivers import KINDS, Driver
 from tests.support.upstream import Upstream
 
@@ -32,6 +33,12 @@ def policy(service: str = "llm_provider", **changes: object) -> ServicePolicy:
 def upstream() -> Iterator[Upstream]:
     with Upstream("primary") as up:
         yield up
+
+
+@pytest.fixture(params=PATHS)
+def path(request: pytest.FixtureRequest) -> str:
+    """How the protected channel is built: grpc's interceptors, or our channel."""
+    return str(request.param)
 
 
 @pytest.fixture(params=KINDS)

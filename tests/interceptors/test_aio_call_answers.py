@@ -8,11 +8,11 @@ import grpc.aio
 import pytest
 from mission_control.client.agent import MissionControl
 from mission_control.client.errors import CircuitBreakerOpen, MissionControlError
-from mission_control.interceptors import aio_client_interceptors
 
 from tests.interceptors.conftest import policy
 from tests.support import echo_pb2 as pb
 from tests.support import echo_pb2_grpc as pb_grpc
+from tests.support.channels import aio_channel
 from tests.support.upstream import Upstream
 
 
@@ -25,14 +25,13 @@ async def _answers(call: grpc.aio.UnaryUnaryCall) -> tuple[object, ...]:
 @pytest.mark.parametrize(
     ("mode", "fields"), [("fail", {"code": "UNAVAILABLE"}), ("taxonomy", {"text": "StorageFailure"})]
 )
-async def test_accessors_answer_as_the_plain_call(mode: str, fields: dict[str, str]) -> None:
+async def test_accessors_answer_as_the_plain_call(mode: str, fields: dict[str, str], path: str) -> None:
     mc = MissionControl("a", config={"llm_provider": policy("llm_provider", max_retries=0)})
     with Upstream("u") as up:
         up.set(mode, **fields)  # type: ignore[arg-type]
-        interceptors = aio_client_interceptors(mc, service="llm_provider")
         async with (
             grpc.aio.insecure_channel(up.address) as plain,
-            grpc.aio.insecure_channel(up.address, interceptors=interceptors) as ours,
+            aio_channel(path, up.address, mc, service="llm_provider") as ours,
         ):
             expected_call = pb_grpc.EchoServiceStub(plain).Echo(pb.EchoRequest(text="x"))
             with pytest.raises(grpc.aio.AioRpcError):
@@ -45,12 +44,11 @@ async def test_accessors_answer_as_the_plain_call(mode: str, fields: dict[str, s
             assert (call.done(), call.cancelled()) == (True, False)
 
 
-async def test_a_refused_call_answers_with_its_errors_status() -> None:
+async def test_a_refused_call_answers_with_its_errors_status(path: str) -> None:
     mc = MissionControl("a", config={"svc": policy("svc", failure_threshold=1, max_retries=0)})
     with Upstream("u") as up:
         up.set("fail", code="UNAVAILABLE")
-        interceptors = aio_client_interceptors(mc, service="svc")
-        async with grpc.aio.insecure_channel(up.address, interceptors=interceptors) as channel:
+        async with aio_channel(path, up.address, mc, service="svc") as channel:
             stub = pb_grpc.EchoServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError):
                 await stub.Echo(pb.EchoRequest(text="x"))  # opens the breaker

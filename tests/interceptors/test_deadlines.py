@@ -12,15 +12,14 @@ import grpc.aio
 import pytest
 from mission_control.client.agent import MissionControl
 from mission_control.interceptors import (
-    aio_protected_channel,
     aio_server_interceptor,
-    protected_channel,
     server_interceptor,
 )
 
 from tests.interceptors.conftest import policy
 from tests.support import echo_pb2 as pb
 from tests.support import echo_pb2_grpc as pb_grpc
+from tests.support.channels import aio_channel, sync_channel
 from tests.support.upstream import Upstream
 
 SERVICE = "agent_communication"
@@ -44,11 +43,11 @@ def seen(response: pb.EchoResponse) -> float:
 
 
 @pytest.mark.parametrize("mode", GUARDS)
-async def test_a_call_inside_a_guard_gets_the_time_left(downstream: Upstream, mode: str) -> None:
+async def test_a_call_inside_a_guard_gets_the_time_left(downstream: Upstream, mode: str, path: str) -> None:
     mc = agent()
     guard = mc.guard("outer", timeout=1.0)
     if mode in ("decorator", "with"):
-        with protected_channel(grpc.insecure_channel(downstream.address), mc, service=SERVICE) as channel:
+        with sync_channel(path, grpc.insecure_channel(downstream.address), mc, service=SERVICE) as channel:
             stub = pb_grpc.EchoServiceStub(channel)
 
             def call() -> pb.EchoResponse:
@@ -59,7 +58,7 @@ async def test_a_call_inside_a_guard_gets_the_time_left(downstream: Upstream, mo
 
             response = await asyncio.to_thread(call)
     else:
-        async with aio_protected_channel(downstream.address, mc, service=SERVICE) as channel:
+        async with aio_channel(path, downstream.address, mc, service=SERVICE) as channel:
             astub = pb_grpc.EchoServiceStub(channel)
             if mode == "async-with":
                 async with guard:
@@ -90,11 +89,11 @@ class _AioRelay(pb_grpc.EchoServiceServicer):
 
 
 @pytest.fixture(params=["sync", "aio"])
-async def relay(request: pytest.FixtureRequest, downstream: Upstream) -> AsyncIterator[str]:
+async def relay(request: pytest.FixtureRequest, downstream: Upstream, path: str) -> AsyncIterator[str]:
     """A servicer behind our server interceptor that calls the downstream, protected."""
     mc = agent()
     if request.param == "sync":
-        channel = protected_channel(grpc.insecure_channel(downstream.address), mc, service=SERVICE)
+        channel = sync_channel(path, grpc.insecure_channel(downstream.address), mc, service=SERVICE)
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), interceptors=[server_interceptor()])
         pb_grpc.add_EchoServiceServicer_to_server(_Relay(pb_grpc.EchoServiceStub(channel)), server)
         port = server.add_insecure_port("127.0.0.1:0")
@@ -103,7 +102,7 @@ async def relay(request: pytest.FixtureRequest, downstream: Upstream) -> AsyncIt
         server.stop(0)
         channel.close()
     else:
-        achannel = aio_protected_channel(downstream.address, mc, service=SERVICE)
+        achannel = aio_channel(path, downstream.address, mc, service=SERVICE)
         aserver = grpc.aio.server(interceptors=[aio_server_interceptor()])
         pb_grpc.add_EchoServiceServicer_to_server(_AioRelay(pb_grpc.EchoServiceStub(achannel)), aserver)
         port = aserver.add_insecure_port("127.0.0.1:0")

@@ -39,7 +39,7 @@ def state(proc: Proc) -> str | None:
 
 
 def test_breaker_trips_in_one_process_and_fails_fast_in_another(
-    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc], path: str
 ) -> None:
     plane, address = control_plane(etcd_server.endpoint, prefix)
     upstream_proc = python("tests.support.upstream", "llm")
@@ -53,8 +53,8 @@ def test_breaker_trips_in_one_process_and_fails_fast_in_another(
         max_retries=0,
         timeout_secs=5,
     )
-    a = agent("agent-a", address, upstream, SERVICE)
-    b = agent("agent-b", address, upstream, SERVICE)
+    a = agent("agent-a", address, upstream, SERVICE, path=path)
+    b = agent("agent-b", address, upstream, SERVICE, path=path)
     spawned += [a, b]
     poll(lambda: a.ask("state")["connected"] and b.ask("state")["connected"])
 
@@ -88,7 +88,7 @@ def test_breaker_trips_in_one_process_and_fails_fast_in_another(
 
 
 def test_agents_fail_static_when_the_control_plane_dies(
-    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc], path: str
 ) -> None:
     port = free_port()
     listen = ("--listen", f"127.0.0.1:{port}")
@@ -97,7 +97,7 @@ def test_agents_fail_static_when_the_control_plane_dies(
     spawned += [plane, upstream_proc]
     upstream = f"127.0.0.1:{upstream_proc.port()}"
     put_policy(address, failure_threshold=50, max_retries=0, timeout_secs=5, rate_limit_requests=100000)
-    a = agent("agent-a", address, upstream, SERVICE)
+    a = agent("agent-a", address, upstream, SERVICE, path=path)
     spawned.append(a)
 
     # calls go on while the control plane is killed: none fails because of it

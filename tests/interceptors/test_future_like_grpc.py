@@ -12,11 +12,11 @@ import pytest
 from mission_control.client.agent import MissionControl
 from mission_control.client.breaker import BreakerState
 from mission_control.client.policy import Backoff
-from mission_control.interceptors import client_interceptor
 
 from tests.interceptors.conftest import policy
 from tests.support import echo_pb2 as pb
 from tests.support import echo_pb2_grpc as pb_grpc
+from tests.support.channels import sync_channel
 from tests.support.upstream import Upstream
 
 
@@ -35,16 +35,17 @@ def upstream() -> Iterator[Upstream]:
         yield up
 
 
-def _stub(mc: MissionControl, address: str, **kw: object) -> pb_grpc.EchoServiceStub:
-    interceptor = client_interceptor(mc, service="svc", **kw)  # type: ignore[arg-type]
-    return pb_grpc.EchoServiceStub(grpc.intercept_channel(grpc.insecure_channel(address), interceptor))
+def _stub(path: str, mc: MissionControl, address: str, **kw: object) -> pb_grpc.EchoServiceStub:
+    return pb_grpc.EchoServiceStub(
+        sync_channel(path, grpc.insecure_channel(address), mc, service="svc", **kw)
+    )
 
 
-def test_cancel_stops_the_retries_still_to_come(upstream: Upstream) -> None:
+def test_cancel_stops_the_retries_still_to_come(upstream: Upstream, path: str) -> None:
     slow_backoff = Backoff(initial_secs=0.3, multiplier=1, max_secs=1, jitter=0)
     mc = MissionControl("a", config={"svc": policy("svc", max_retries=5, backoff=slow_backoff)})
     upstream.set("fail", code="UNAVAILABLE")
-    future = _stub(mc, upstream.address).Echo.future(pb.EchoRequest(text="x"), timeout=4)
+    future = _stub(path, mc, upstream.address).Echo.future(pb.EchoRequest(text="x"), timeout=4)
     state = mc.view.get("svc")
     assert _until(lambda: state.tally.failures == 1)  # the first attempt failed: a retry waits
     assert future.cancel() is True
@@ -56,10 +57,10 @@ def test_cancel_stops_the_retries_still_to_come(upstream: Upstream) -> None:
     assert future.cancel() is False  # as grpc: cancelling a call that has ended does nothing
 
 
-def test_a_timeout_raises_grpcs_future_timeout_error(upstream: Upstream) -> None:
+def test_a_timeout_raises_grpcs_future_timeout_error(upstream: Upstream, path: str) -> None:
     mc = MissionControl("a", config={"svc": policy("svc")})
     upstream.set("slow", delay_secs=1.0)
-    future = _stub(mc, upstream.address).Echo.future(pb.EchoRequest(text="x"))
+    future = _stub(path, mc, upstream.address).Echo.future(pb.EchoRequest(text="x"))
     with pytest.raises(grpc.FutureTimeoutError):
         future.result(timeout=0.01)
     with pytest.raises(grpc.FutureTimeoutError):
@@ -67,12 +68,15 @@ def test_a_timeout_raises_grpcs_future_timeout_error(upstream: Upstream) -> None
     assert future.result().text == "x"
 
 
-def test_a_fallback_does_not_run_in_the_callers_thread(upstream: Upstream) -> None:
+def test_a_fallback_does_not_run_in_the_callers_thread(upstream: Upstream, path: str) -> None:
     p = policy("svc", failure_threshold=1, max_retries=0, fallbacks=("svc_backup",), wait_duration_secs=60)
     mc = MissionControl("a", config={"svc": p, "svc_backup": policy("svc_backup", max_retries=0)})
     with Upstream("backup") as backup:
         stub = _stub(
-            mc, upstream.address, fallback_channels={"svc_backup": grpc.insecure_channel(backup.address)}
+            path,
+            mc,
+            upstream.address,
+            fallback_channels={"svc_backup": grpc.insecure_channel(backup.address)},
         )
         upstream.set("fail", code="UNAVAILABLE")
         backup.set("fail", code="UNAVAILABLE")
@@ -99,12 +103,13 @@ class _FailsFirst(grpc.UnaryUnaryClientInterceptor):
         return continuation(client_call_details, request)
 
 
-def test_retries_after_an_immediate_failure_do_not_run_in_the_callers_thread(upstream: Upstream) -> None:
+def test_retries_after_an_immediate_failure_do_not_run_in_the_callers_thread(
+    upstream: Upstream, path: str
+) -> None:
     slow_backoff = Backoff(initial_secs=0.5, multiplier=1, max_secs=1, jitter=0)
     mc = MissionControl("a", config={"svc": policy("svc", max_retries=2, backoff=slow_backoff)})
-    channel = grpc.intercept_channel(
-        grpc.insecure_channel(upstream.address), client_interceptor(mc, service="svc"), _FailsFirst()
-    )
+    inner = grpc.intercept_channel(grpc.insecure_channel(upstream.address), _FailsFirst())
+    channel = sync_channel(path, inner, mc, service="svc")
     future = pb_grpc.EchoServiceStub(channel).Echo.future(pb.EchoRequest(text="x"))
     assert not future.done()  # handed back while the retry waits out its backoff
     assert future.result().text == "x"

@@ -10,11 +10,11 @@ import grpc.aio
 import pytest
 from mission_control.client.agent import MissionControl
 from mission_control.client.errors import OperationTimeout
-from mission_control.interceptors import aio_client_interceptors, client_interceptor
 
 from tests.interceptors.conftest import policy
 from tests.support import echo_pb2 as pb
 from tests.support import echo_pb2_grpc as pb_grpc
+from tests.support.channels import aio_channel, sync_channel
 from tests.support.upstream import Upstream
 
 
@@ -64,12 +64,14 @@ def test_a_call_made_after_its_callers_deadline_is_not_made_nor_counted() -> Non
 
 
 @pytest.mark.parametrize("timeout", [0, -1])
-def test_timeout_zero_or_negative_is_not_made_nor_counted_sync(timeout: float) -> None:
+def test_timeout_zero_or_negative_is_not_made_nor_counted_sync(timeout: float, path: str) -> None:
     mc = _agent()
     with Upstream("primary") as up, Upstream("backup") as bk:
         fallback = {"storage_backup": grpc.insecure_channel(bk.address)}
-        interceptor = client_interceptor(mc, service="storage_backend", fallback_channels=fallback)
-        stub = pb_grpc.EchoServiceStub(grpc.intercept_channel(grpc.insecure_channel(up.address), interceptor))
+        channel = sync_channel(
+            path, grpc.insecure_channel(up.address), mc, service="storage_backend", fallback_channels=fallback
+        )
+        stub = pb_grpc.EchoServiceStub(channel)
         for _ in range(3):
             with pytest.raises(OperationTimeout):
                 stub.Echo(pb.EchoRequest(text="x"), timeout=timeout)
@@ -80,12 +82,13 @@ def test_timeout_zero_or_negative_is_not_made_nor_counted_sync(timeout: float) -
 
 
 @pytest.mark.parametrize("timeout", [0, -1])
-async def test_timeout_zero_or_negative_is_not_made_nor_counted_aio(timeout: float) -> None:
+async def test_timeout_zero_or_negative_is_not_made_nor_counted_aio(timeout: float, path: str) -> None:
     mc = _agent()
     with Upstream("primary") as up, Upstream("backup") as bk:
         fallback = {"storage_backup": grpc.aio.insecure_channel(bk.address)}
-        interceptors = aio_client_interceptors(mc, service="storage_backend", fallback_channels=fallback)
-        async with grpc.aio.insecure_channel(up.address, interceptors=interceptors) as channel:
+        async with aio_channel(
+            path, up.address, mc, service="storage_backend", fallback_channels=fallback
+        ) as channel:
             stub = pb_grpc.EchoServiceStub(channel)
             for _ in range(3):
                 with pytest.raises(OperationTimeout):

@@ -13,11 +13,11 @@ import grpc.aio
 import pytest
 from mission_control.client.agent import MissionControl
 from mission_control.client.errors import CircuitBreakerOpen
-from mission_control.interceptors import aio_client_interceptors, aio_protected_channel, client_interceptor
 
 from tests.interceptors.conftest import policy
 from tests.support import echo_pb2 as pb
 from tests.support import echo_pb2_grpc as pb_grpc
+from tests.support.channels import aio_channel, sync_channel
 from tests.support.upstream import Upstream
 
 STREAMS = ["unary-stream", "stream-unary", "stream-stream"]
@@ -68,10 +68,10 @@ def upstream() -> Iterator[Upstream]:
 
 
 @pytest.mark.parametrize("kind", STREAMS)
-def test_sync_streams_are_protected(upstream: Upstream, kind: str) -> None:
+def test_sync_streams_are_protected(upstream: Upstream, kind: str, path: str) -> None:
     mc = agent(failure_threshold=2, wait_duration_secs=30)
-    with grpc.intercept_channel(
-        grpc.insecure_channel(upstream.address), client_interceptor(mc, service="storage_backend")
+    with sync_channel(
+        path, grpc.insecure_channel(upstream.address), mc, service="storage_backend"
     ) as channel:
         stub = pb_grpc.EchoServiceStub(channel)
         assert sync_call(stub, kind)
@@ -88,9 +88,9 @@ def test_sync_streams_are_protected(upstream: Upstream, kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", STREAMS)
-async def test_aio_streams_are_protected(upstream: Upstream, kind: str) -> None:
+async def test_aio_streams_are_protected(upstream: Upstream, kind: str, path: str) -> None:
     mc = agent(failure_threshold=2, wait_duration_secs=30)
-    async with aio_protected_channel(upstream.address, mc, service="storage_backend") as channel:
+    async with aio_channel(path, upstream.address, mc, service="storage_backend") as channel:
         stub = pb_grpc.EchoServiceStub(channel)
         assert await aio_call(stub, kind)
         upstream.set("fail", code="UNAVAILABLE")
@@ -109,22 +109,22 @@ async def test_aio_streams_are_protected(upstream: Upstream, kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", STREAMS)
-def test_sync_streams_get_the_policy_deadline(upstream: Upstream, kind: str) -> None:
+def test_sync_streams_get_the_policy_deadline(upstream: Upstream, kind: str, path: str) -> None:
     upstream.set("slow", delay_secs=3)
     mc = agent(timeout_secs=0.3)
-    with grpc.intercept_channel(
-        grpc.insecure_channel(upstream.address), client_interceptor(mc, service="storage_backend")
+    with sync_channel(
+        path, grpc.insecure_channel(upstream.address), mc, service="storage_backend"
     ) as channel:
         with pytest.raises(grpc.RpcError) as caught:
             sync_call(pb_grpc.EchoServiceStub(channel), kind)
         assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-def test_fast_failing_sync_streams_leave_no_bulkhead_place(upstream: Upstream) -> None:
+def test_fast_failing_sync_streams_leave_no_bulkhead_place(upstream: Upstream, path: str) -> None:
     upstream.set("fail", code="UNAVAILABLE")
     mc = agent(max_concurrent=4, rate_limit_requests=10_000)
-    with grpc.intercept_channel(
-        grpc.insecure_channel(upstream.address), client_interceptor(mc, service="storage_backend")
+    with sync_channel(
+        path, grpc.insecure_channel(upstream.address), mc, service="storage_backend"
     ) as channel:
         stub = pb_grpc.EchoServiceStub(channel)
         for _ in range(300):
@@ -135,11 +135,9 @@ def test_fast_failing_sync_streams_leave_no_bulkhead_place(upstream: Upstream) -
         assert state.bulkhead.in_flight == 0
 
 
-async def test_aio_unary_returns_the_call(upstream: Upstream) -> None:
+async def test_aio_unary_returns_the_call(upstream: Upstream, path: str) -> None:
     mc = agent()
-    async with grpc.aio.insecure_channel(
-        upstream.address, interceptors=aio_client_interceptors(mc, service="storage_backend")
-    ) as channel:
+    async with aio_channel(path, upstream.address, mc, service="storage_backend") as channel:
         call = pb_grpc.EchoServiceStub(channel).Echo(pb.EchoRequest(text="m"))
         ended = asyncio.Event()
         call.add_done_callback(lambda _call: ended.set())
@@ -150,11 +148,11 @@ async def test_aio_unary_returns_the_call(upstream: Upstream) -> None:
         await asyncio.wait_for(ended.wait(), 5)
 
 
-def test_sync_future_does_not_block_and_retries(upstream: Upstream) -> None:
+def test_sync_future_does_not_block_and_retries(upstream: Upstream, path: str) -> None:
     upstream.set("slow", delay_secs=1.5)
     mc = agent()
-    with grpc.intercept_channel(
-        grpc.insecure_channel(upstream.address), client_interceptor(mc, service="storage_backend")
+    with sync_channel(
+        path, grpc.insecure_channel(upstream.address), mc, service="storage_backend"
     ) as channel:
         stub = pb_grpc.EchoServiceStub(channel)
         future = stub.Echo.future(pb.EchoRequest(text="f"))

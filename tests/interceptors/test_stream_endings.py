@@ -15,11 +15,11 @@ import grpc.aio
 import pytest
 from mission_control.client.agent import MissionControl
 from mission_control.client.breaker import BreakerState
-from mission_control.interceptors import aio_client_interceptors, client_interceptor
 
 from tests.interceptors.conftest import policy
 from tests.support import echo_pb2 as pb
 from tests.support import echo_pb2_grpc as pb_grpc
+from tests.support.channels import aio_channel, sync_channel
 from tests.support.upstream import Upstream
 
 
@@ -92,10 +92,12 @@ def _probing_agent() -> MissionControl:
     )
 
 
-def test_a_dropped_sync_stream_is_cancelled_and_counts_as_neither(trickle: tuple[Trickle, str]) -> None:
+def test_a_dropped_sync_stream_is_cancelled_and_counts_as_neither(
+    trickle: tuple[Trickle, str], path: str
+) -> None:
     servicer, address = trickle
     mc = MissionControl("stream-agent", config={"svc": policy("svc", timeout_secs=10, max_concurrent=2)})
-    channel = grpc.intercept_channel(grpc.insecure_channel(address), client_interceptor(mc, service="svc"))
+    channel = sync_channel(path, grpc.insecure_channel(address), mc, service="svc")
     stub = pb_grpc.EchoServiceStub(channel)
     for name in ("one", "two"):
         stream = stub.EchoStream(pb.EchoRequest(text=name))
@@ -110,11 +112,11 @@ def test_a_dropped_sync_stream_is_cancelled_and_counts_as_neither(trickle: tuple
     channel.close()
 
 
-def test_a_cancelled_sync_stream_hands_its_probe_back(trickle: tuple[Trickle, str]) -> None:
+def test_a_cancelled_sync_stream_hands_its_probe_back(trickle: tuple[Trickle, str], path: str) -> None:
     _, address = trickle
     mc = _probing_agent()
     _half_open(mc)
-    channel = grpc.intercept_channel(grpc.insecure_channel(address), client_interceptor(mc, service="svc"))
+    channel = sync_channel(path, grpc.insecure_channel(address), mc, service="svc")
     stream = pb_grpc.EchoServiceStub(channel).EchoStream(pb.EchoRequest(text="probe"))
     state = mc.view.get("svc")
     assert state.local.permits_of("local") == 1
@@ -126,13 +128,12 @@ def test_a_cancelled_sync_stream_hands_its_probe_back(trickle: tuple[Trickle, st
     channel.close()
 
 
-async def test_a_cancelled_aio_stream_hands_its_probe_back(trickle: tuple[Trickle, str]) -> None:
+async def test_a_cancelled_aio_stream_hands_its_probe_back(trickle: tuple[Trickle, str], path: str) -> None:
     _, address = trickle
     mc = _probing_agent()
     _half_open(mc)
     state = mc.view.get("svc")
-    interceptors = aio_client_interceptors(mc, service="svc")
-    async with grpc.aio.insecure_channel(address, interceptors=interceptors) as channel:
+    async with aio_channel(path, address, mc, service="svc") as channel:
         call = pb_grpc.EchoServiceStub(channel).EchoStream(pb.EchoRequest(text="probe"))
         await call.read()
         assert state.local.permits_of("local") == 1
@@ -154,10 +155,12 @@ async def _buggy_requests_async() -> AsyncIterator[pb.EchoRequest]:
     raise ValueError("a bug while building request 2")
 
 
-def test_the_callers_request_iterator_raising_counts_as_neither_sync(trickle: tuple[Trickle, str]) -> None:
+def test_the_callers_request_iterator_raising_counts_as_neither_sync(
+    trickle: tuple[Trickle, str], path: str
+) -> None:
     _, address = trickle
     mc = MissionControl("stream-agent", config={"svc": policy("svc", failure_threshold=2, max_retries=0)})
-    channel = grpc.intercept_channel(grpc.insecure_channel(address), client_interceptor(mc, service="svc"))
+    channel = sync_channel(path, grpc.insecure_channel(address), mc, service="svc")
     stub = pb_grpc.EchoServiceStub(channel)
     for _ in range(3):
         with pytest.raises(grpc.RpcError) as raised:
@@ -172,13 +175,12 @@ def test_the_callers_request_iterator_raising_counts_as_neither_sync(trickle: tu
 
 
 async def test_the_callers_request_iterator_raising_counts_as_neither_aio(
-    trickle: tuple[Trickle, str],
+    trickle: tuple[Trickle, str], path: str
 ) -> None:
     _, address = trickle
     mc = MissionControl("stream-agent", config={"svc": policy("svc", failure_threshold=2, max_retries=0)})
     state = mc.view.get("svc")
-    interceptors = aio_client_interceptors(mc, service="svc")
-    async with grpc.aio.insecure_channel(address, interceptors=interceptors) as channel:
+    async with aio_channel(path, address, mc, service="svc") as channel:
         stub = pb_grpc.EchoServiceStub(channel)
         for _ in range(3):
             with pytest.raises(asyncio.CancelledError):  # as grpc.aio does without us
@@ -210,13 +212,13 @@ class _HoldsTheEnd(grpc.UnaryStreamClientInterceptor):
 
 
 @pytest.mark.parametrize("mode", ["ok", "fail"])
-def test_a_stream_that_ended_counts_even_if_dropped_before_we_hear(mode: str) -> None:
+def test_a_stream_that_ended_counts_even_if_dropped_before_we_hear(mode: str, path: str) -> None:
     mc = MissionControl("stream-agent", config={"svc": policy("svc", failure_threshold=10)})
     inner = _HoldsTheEnd()
     with Upstream("quick") as up:
         up.set(mode, code="UNAVAILABLE")
-        channel = grpc.intercept_channel(
-            grpc.insecure_channel(up.address), client_interceptor(mc, service="svc"), inner
+        channel = sync_channel(
+            path, grpc.intercept_channel(grpc.insecure_channel(up.address), inner), mc, service="svc"
         )
         stream = pb_grpc.EchoServiceStub(channel).EchoStream(pb.EchoRequest(text="x"))
         if mode == "ok":

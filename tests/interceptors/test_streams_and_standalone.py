@@ -12,10 +12,10 @@ import grpc.aio
 import pytest
 from mission_control.client.agent import MissionControl
 from mission_control.client.errors import CircuitBreakerOpen
-from mission_control.interceptors import aio_client_interceptors, client_interceptor
 
 from tests.support import echo_pb2 as pb
 from tests.support import echo_pb2_grpc as pb_grpc
+from tests.support.channels import aio_channel, sync_channel
 from tests.support.upstream import Upstream
 
 
@@ -34,12 +34,10 @@ def standalone(tmp_path: Path) -> MissionControl:
     return MissionControl("stream-agent", config=config)
 
 
-def test_sync_stream_is_admitted_counted_and_broken(upstream: Upstream, tmp_path: Path) -> None:
+def test_sync_stream_is_admitted_counted_and_broken(upstream: Upstream, tmp_path: Path, path: str) -> None:
     mc = standalone(tmp_path)
     assert mc.policy("storage_backend").failure_threshold == 2  # from the file, no control plane
-    channel = grpc.intercept_channel(
-        grpc.insecure_channel(upstream.address), client_interceptor(mc, service="storage_backend")
-    )
+    channel = sync_channel(path, grpc.insecure_channel(upstream.address), mc, service="storage_backend")
     stub = pb_grpc.EchoServiceStub(channel)
     assert [r.text for r in stub.EchoStream(pb.EchoRequest(text="a"))] == ["a#0", "a#1", "a#2"]
     upstream.set("fail", code="UNAVAILABLE")
@@ -59,11 +57,11 @@ def test_sync_stream_is_admitted_counted_and_broken(upstream: Upstream, tmp_path
     channel.close()
 
 
-async def test_aio_stream_is_admitted_counted_and_broken(upstream: Upstream, tmp_path: Path) -> None:
+async def test_aio_stream_is_admitted_counted_and_broken(
+    upstream: Upstream, tmp_path: Path, path: str
+) -> None:
     mc = standalone(tmp_path)
-    async with grpc.aio.insecure_channel(
-        upstream.address, interceptors=aio_client_interceptors(mc, service="storage_backend")
-    ) as channel:
+    async with aio_channel(path, upstream.address, mc, service="storage_backend") as channel:
         stub = pb_grpc.EchoServiceStub(channel)
         got = [r.text async for r in stub.EchoStream(pb.EchoRequest(text="a"))]
         assert got == ["a#0", "a#1", "a#2"]

@@ -11,11 +11,11 @@ import grpc.aio
 import pytest
 from mission_control.client.agent import MissionControl
 from mission_control.client.errors import OperationTimeout
-from mission_control.interceptors import aio_client_interceptors, client_interceptor
 
 from tests.interceptors.conftest import policy
 from tests.support import echo_pb2 as pb
 from tests.support import echo_pb2_grpc as pb_grpc
+from tests.support.channels import aio_channel, sync_channel
 from tests.support.upstream import Upstream
 
 
@@ -60,21 +60,30 @@ async def test_guarded_functions(idempotent: bool) -> None:
 
 
 @pytest.mark.parametrize("idempotent", [False, True])
-async def test_interceptors(idempotent: bool) -> None:
+async def test_interceptors(idempotent: bool, path: str) -> None:
     mc = _agent()
     with Upstream("primary") as up, Upstream("backup") as bk:
         up.set("slow", delay_secs=0.3)
         backup = {"storage_backup": grpc.insecure_channel(bk.address)}
-        interceptor = client_interceptor(
-            mc, service="storage_backend", fallback_channels=backup, idempotent=idempotent
+        channel = sync_channel(
+            path,
+            grpc.insecure_channel(up.address),
+            mc,
+            service="storage_backend",
+            fallback_channels=backup,
+            idempotent=idempotent,
         )
-        stub = pb_grpc.EchoServiceStub(grpc.intercept_channel(grpc.insecure_channel(up.address), interceptor))
+        stub = pb_grpc.EchoServiceStub(channel)
         aio_backup = {"storage_backup": grpc.aio.insecure_channel(bk.address)}
-        interceptors = aio_client_interceptors(
-            mc, service="storage_backend", fallback_channels=aio_backup, idempotent=idempotent
-        )
-        async with grpc.aio.insecure_channel(up.address, interceptors=interceptors) as channel:
-            aio_stub = pb_grpc.EchoServiceStub(channel)
+        async with aio_channel(
+            path,
+            up.address,
+            mc,
+            service="storage_backend",
+            fallback_channels=aio_backup,
+            idempotent=idempotent,
+        ) as achannel:
+            aio_stub = pb_grpc.EchoServiceStub(achannel)
             for call in (
                 lambda: asyncio.to_thread(stub.Echo, pb.EchoRequest(text="w")),
                 lambda: aio_stub.Echo(pb.EchoRequest(text="w")),

@@ -12,11 +12,11 @@ from mission_control.client.agent import MissionControl
 from mission_control.client.errors import LLMProviderUnavailable
 from mission_control.client.outcomes import Outcomes
 from mission_control.client.status import to_grpc_status
-from mission_control.interceptors import client_interceptor
 
 from tests.interceptors.conftest import policy
 from tests.support import echo_pb2 as pb
 from tests.support import echo_pb2_grpc as pb_grpc
+from tests.support.channels import sync_channel
 
 
 def _failures(mc: MissionControl, service: str) -> int:
@@ -94,11 +94,10 @@ def overloaded() -> Iterator[tuple[_Overloaded, str]]:
     server.stop(0)
 
 
-def test_do_not_retry_wins_over_retry_info(overloaded: tuple[_Overloaded, str]) -> None:
+def test_do_not_retry_wins_over_retry_info(overloaded: tuple[_Overloaded, str], path: str) -> None:
     servicer, address = overloaded
     mc = MissionControl("a", config={"llm_provider": policy("llm_provider", max_retries=3, timeout_secs=2)})
-    interceptor = client_interceptor(mc, service="llm_provider")
-    channel = grpc.intercept_channel(grpc.insecure_channel(address), interceptor)
+    channel = sync_channel(path, grpc.insecure_channel(address), mc, service="llm_provider")
     with pytest.raises(LLMProviderUnavailable):
         pb_grpc.EchoServiceStub(channel).Echo(pb.EchoRequest(text="x"))
     assert servicer.calls == 1

@@ -1,6 +1,8 @@
 """An agent in its own process, driven line by line from stdin, answering JSON on stdout.
 
-    python -m tests.support.agent_proc AGENT_ID CONTROL_PLANE UPSTREAM SERVICE
+    python -m tests.support.agent_proc AGENT_ID CONTROL_PLANE UPSTREAM SERVICE [PATH]
+
+(PATH: "channel", the default, or "interceptor": see tests.support.channels.)
 
 Commands: ``call N`` (N calls, one after another), ``pace SECONDS INTERVAL`` (start a
 call every INTERVAL for SECONDS, concurrently), ``until_open`` (call every millisecond until
@@ -25,6 +27,7 @@ from mission_control.interceptors import protected_channel
 
 from tests.support import echo_pb2 as pb
 from tests.support import echo_pb2_grpc as pb_grpc
+from tests.support.channels import sync_channel
 
 
 def _one(stub: pb_grpc.EchoServiceStub) -> str:
@@ -39,10 +42,14 @@ def _one(stub: pb_grpc.EchoServiceStub) -> str:
 
 def main() -> None:
     agent_id, control_plane, upstream, service = sys.argv[1:5]
+    path = sys.argv[5] if len(sys.argv) > 5 else "channel"
     mc = MissionControl(agent_id, control_plane=control_plane.split(","), flush_interval=0.02)
     mc.start()
     # with OpenTelemetry's interceptor around ours when telemetry is on
-    channel = protected_channel(grpc.insecure_channel(upstream), mc, service=service)
+    if path == "channel":
+        channel = protected_channel(grpc.insecure_channel(upstream), mc, service=service)
+    else:
+        channel = sync_channel(path, grpc.insecure_channel(upstream), mc, service=service)
     stub = pb_grpc.EchoServiceStub(channel)
     print(json.dumps({"ready": mc.wait_connected(30)}), flush=True)
     for line in sys.stdin:

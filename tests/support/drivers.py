@@ -1,5 +1,6 @@
-"""Four ways an agent calls an upstream — sync and aio interceptors, sync and async guard —
-behind one awaitable ``echo()``, so every case runs through each."""
+"""Six ways an agent calls an upstream — sync and aio interceptors, sync and aio protected
+channels, sync and async guard — behind one awaitable ``echo()``, so every case runs
+through each."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import grpc
 import grpc.aio
 from mission_control.client.agent import MissionControl
 from mission_control.client.outcomes import Outcomes
-from mission_control.interceptors import aio_client_interceptors, client_interceptor
 
 from tests.support import echo_pb2 as pb
 from tests.support import echo_pb2_grpc as pb_grpc
+from tests.support.channels import aio_channel, sync_channel
 
-KINDS = ("sync-interceptor", "aio-interceptor", "sync-guard", "async-guard")
+KINDS = ("sync-interceptor", "sync-channel", "aio-interceptor", "aio-channel", "sync-guard", "async-guard")
 
 
 class Driver:
@@ -38,22 +39,23 @@ class Driver:
         counts: dict[str, Any] = {}
         if outcomes is not None:
             counts = {"record": outcomes.record, "ignore": outcomes.ignore, "classify": outcomes.classify}
-        if kind == "sync-interceptor":
+        self.sync = kind.startswith("sync-") and kind != "sync-guard"
+        path = kind.partition("-")[2]
+        if self.sync:
             fb = {n: grpc.insecure_channel(a) for n, a in fallbacks.items()}
-            channel = grpc.intercept_channel(
+            channel = sync_channel(
+                path,
                 grpc.insecure_channel(address),
-                client_interceptor(mc, service=service, fallback_channels=fb, outcomes=outcomes),
+                mc,
+                service=service,
+                fallback_channels=fb,
+                outcomes=outcomes,
             )
             self._closers += [channel, *fb.values()]
             self.stub = pb_grpc.EchoServiceStub(channel)
-        elif kind == "aio-interceptor":
+        elif kind.startswith("aio-"):
             fb = {n: grpc.aio.insecure_channel(a) for n, a in fallbacks.items()}
-            channel = grpc.aio.insecure_channel(
-                address,
-                interceptors=aio_client_interceptors(
-                    mc, service=service, fallback_channels=fb, outcomes=outcomes
-                ),
-            )
+            channel = aio_channel(path, address, mc, service=service, fallback_channels=fb, outcomes=outcomes)
             self._closers += [channel, *fb.values()]
             self.stub = pb_grpc.EchoServiceStub(channel)
         elif kind == "sync-guard":
@@ -103,9 +105,9 @@ class Driver:
             self._async_echo = aecho
 
     async def echo(self, text: str = "hi", timeout: float | None = None) -> pb.EchoResponse:
-        if self.kind == "sync-interceptor":
+        if self.sync:
             return await asyncio.to_thread(self.stub.Echo, pb.EchoRequest(text=text), timeout=timeout)
-        if self.kind == "aio-interceptor":
+        if self.kind.startswith("aio-"):
             return await self.stub.Echo(pb.EchoRequest(text=text), timeout=timeout)
         if self.kind == "sync-guard":
             return await asyncio.to_thread(self._sync_echo, text)

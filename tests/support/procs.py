@@ -44,10 +44,16 @@ def control_plane(etcd: str, prefix: str, *extra: str, env: dict[str, str] | Non
 
 
 def agent(
-    agent_id: str, control_plane: str, upstream: str, service: str, env: dict[str, str] | None = None
+    agent_id: str,
+    control_plane: str,
+    upstream: str,
+    service: str,
+    env: dict[str, str] | None = None,
+    path: str = "channel",
 ) -> Proc:
-    """An agent process (tests.support.agent_proc), started and connected."""
-    args = [agent_id, control_plane, upstream, service]
+    """An agent process (tests.support.agent_proc), started and connected; ``path``: how
+    its channel is protected (see tests.support.channels)."""
+    args = [agent_id, control_plane, upstream, service, path]
     proc = Proc([sys.executable, "-m", "tests.support.agent_proc", *args], env=env)
     ready = proc.wait_for('{"ready"', timeout=60)
     assert '"ready": true' in ready, ready
