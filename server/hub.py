@@ -16,6 +16,8 @@ import grpc
 from mission_control.client.breaker import BreakerState
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
+from .mailbox import Mailbox
+
 _log = logging.getLogger("mission_control.server.hub")
 
 QUEUE_LIMIT = 4096
@@ -31,7 +33,7 @@ class Subscriber:
     session_id: str = ""
     services: tuple[str, ...] = ()
     names: frozenset[str] = frozenset()  # WatchBreakers filter; empty = all
-    queue: asyncio.Queue[object] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
+    queue: Mailbox = field(default_factory=lambda: Mailbox(QUEUE_LIMIT))
     overflowed: bool = False
     #: An admin identity (a replica relaying for its agents): bound by fleet-wide caps only.
     trusted: bool = False
@@ -156,9 +158,11 @@ class Hub:
         """Send to one of the agent's streams (the oldest that takes it); False when it
         has none."""
         streams = self._by_agent.get(agent_id)
-        if not streams:
-            return False
-        return any(s.push(message) for s in list(streams.values()))
+        if streams:
+            for sub in list(streams.values()) if len(streams) > 1 else streams.values():
+                if sub.push(message):
+                    return True
+        return False
 
     def notify_watchers(self, breaker: pb.Breaker, old: BreakerState | None) -> None:
         previous = int(old) if old is not None else pb.BREAKER_STATE_UNSPECIFIED
