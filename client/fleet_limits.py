@@ -33,15 +33,13 @@ def fair_share(total: float, wanted: Mapping[str, float]) -> dict[str, float]:
     result = dict.fromkeys(demand, 0.0)
     remaining = float(total)
     pending = sorted(demand, key=demand.__getitem__)
-    while pending:
-        each = remaining / len(pending)
-        smallest = pending[0]
+    for i, smallest in enumerate(pending):  # one pass: linear after the sort
+        each = remaining / (len(pending) - i)
         if demand[smallest] <= each:
             result[smallest] = demand[smallest]
             remaining -= demand[smallest]
-            pending.pop(0)
         else:
-            for holder in pending:
+            for holder in pending[i:]:
                 result[holder] = each
             break
     return result

@@ -117,10 +117,9 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.limits.max_agents} agents connected: the limit"
             )
         replica = await self._check_replica(context, hello.agent_id, peer)
-        sub = plane.hub.connect(hello)
+        sub = plane.hub.connect(hello, peer)
         sub.trusted = replica or self.access.is_admin(context)
         sub.replica = replica
-        sub.peer = peer
         _log.info("agent %s connected (stream %s)", hello.agent_id, sub.id)
         reader = asyncio.create_task(self._read(sub, request_iterator))
         try:
@@ -162,11 +161,12 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         # so that a single client cannot fill max_agents. Authenticated ids are known ones.
         if self.access.agent_tokens or self.access.certificate_identities(context):
             return
-        ids = self.plane.hub.agent_ids_from(peer)
-        if agent_id not in ids and len(ids) >= self.limits.max_agents_per_peer:
+        hub = self.plane.hub
+        held = hub.agents_from(peer)
+        if held >= self.limits.max_agents_per_peer and not hub.has_agent_from(peer, agent_id):
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{len(ids)} agents connected from this address (limit {self.limits.max_agents_per_peer})",
+                f"{held} agents connected from this address (limit {self.limits.max_agents_per_peer})",
             )
 
     async def _read(self, sub: Subscriber, requests: AsyncIterator[pb.ConnectRequest]) -> None:
