@@ -126,6 +126,7 @@ function render() {
   $("agents-connected").textContent = replicas.length ? replicas.reduce((n, r) => n + r.agents, 0) : s.connected_agents;
   $("replicas").textContent = replicas.map((r) => `${r.id}${r.this_replica ? " (this replica)" : ""}${r.leader ? " (leader)" : ""}: ${r.agents} agents`).join(" · ")
     + (p.roster_malformed ? ` · ${p.roster_malformed} malformed roster values ignored` : "");
+  $("replicas").title = p.roster_problem || "";
   renderBreakers();
   fill("services", Object.entries(p.by_service), (tr, [name, a]) => {
     cell(tr, name); cell(tr, a.calls); cell(tr, a.failures); cell(tr, byType(a.errors_by_type));

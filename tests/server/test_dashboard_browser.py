@@ -57,17 +57,21 @@ class Plane:
             )
 
 
-@pytest.fixture
-def plane(etcd_server: EtcdProcess, prefix: str, tmp_path: Path, spawned: list[Proc]) -> Plane:
+def start_plane(etcd: EtcdProcess, prefix: str, tmp_path: Path, spawned: list[Proc], *extra: str) -> Plane:
     tokens = tmp_path / "admins"
     tokens.write_text(TOKEN + "\n")
     proc, address = control_plane(
-        etcd_server.endpoint, prefix, "--http", "127.0.0.1:0", "--admin-tokens-file", str(tokens),
-        "--max-agents-per-peer", "2000",  # a crowd of agents from this one host
+        etcd.endpoint, prefix, "--http", "127.0.0.1:0", "--admin-tokens-file", str(tokens),
+        "--max-agents-per-peer", "2000", *extra,  # a crowd of agents from this one host
     )  # fmt: skip
     spawned.append(proc)
     http = proc.wait_for("mission-control: dashboard at ", timeout=30).split()[-1].rstrip("/")
-    return Plane(proc, address, http, etcd_server, prefix)
+    return Plane(proc, address, http, etcd, prefix)
+
+
+@pytest.fixture
+def plane(etcd_server: EtcdProcess, prefix: str, tmp_path: Path, spawned: list[Proc]) -> Plane:
+    return start_plane(etcd_server, prefix, tmp_path, spawned)
 
 
 def open_page(browser: Browser, plane: Plane) -> tuple[Page, list[str], list[str]]:

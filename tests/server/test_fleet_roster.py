@@ -124,7 +124,7 @@ async def until(condition, timeout: float = 15.0) -> None:  # type: ignore[no-un
 
 async def test_published_on_change_only_and_withdrawn_with_the_lease(store: EtcdStore, prefix: str) -> None:
     hub = Hub()
-    for i in range(600):
+    for i in range(1000):
         hub.connect(pb.AgentHello(agent_id=f"agent-{i}", session_id="s", services=["llm_provider"]))
     roster = FleetRoster(store, prefix)
     following = asyncio.create_task(roster.run())
@@ -133,12 +133,12 @@ async def test_published_on_change_only_and_withdrawn_with_the_lease(store: Etcd
         await mine.publish()
         await mine.publish()  # nothing changed: nothing written
         assert mine.writes == 1
-        await until(lambda: roster.per_replica()["rep-a"] == 600)
-        for sub in list(hub.agents.values())[:590]:
+        await until(lambda: roster.per_replica()["rep-a"] == 1000)
+        for sub in list(hub.agents.values())[:990]:
             hub.disconnect(sub)
         await mine.publish()
         assert mine.writes == 2
-        await until(lambda: [a.id for a in roster.agents()] == sorted(f"agent-{i}" for i in range(590, 600)))
+        await until(lambda: [a.id for a in roster.agents()] == sorted(f"agent-{i}" for i in range(990, 1000)))
         keys = etcdctl(store.endpoints[0], "get", "--prefix", "--keys-only", roster_prefix(prefix)).split()
         assert keys == [f"{roster_prefix(prefix)}rep-a/0"]  # the emptied shards were deleted
         mine.lease = 0  # as if the process died: nobody revokes, the lease runs out
