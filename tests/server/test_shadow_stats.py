@@ -214,3 +214,54 @@ async def test_publishing_clearing_and_promoting_need_an_admin(
             assert [p.rate_limit_requests for p in listed.policies] == [1]
     finally:
         await running.stop(grace=0.5)
+
+
+async def test_the_leader_counts_what_a_followers_agents_report(
+    etcd_server: EtcdProcess, prefix: str
+) -> None:
+    """Two replicas on one etcd: an agent of the follower reports; the leader's figures and
+    shadow breaker include it (the follower relays outcomes to the leader)."""
+    replicas = [
+        await start_control_plane(
+            EtcdStore([etcd_server.endpoint]), "127.0.0.1:0", prefix=prefix, instance_id=name
+        )
+        for name in ("shadow-a", "shadow-b")
+    ]
+    try:
+
+        async def settled() -> bool:
+            leaders = [r for r in replicas if r.plane.leading]
+            return len(leaders) == 1 and all(
+                r.plane.leading or r.plane.leadership.leader_id  # type: ignore[union-attr]
+                for r in replicas
+            )
+
+        await until(settled)
+        leader = next(r for r in replicas if r.plane.leading)
+        follower = next(r for r in replicas if not r.plane.leading)
+        await put_candidate(leader.plane, ServicePolicy(SERVICE, failure_threshold=3, wait_duration_secs=600))
+
+        async def followed() -> bool:
+            return follower.plane.shadows.stored(SERVICE) is not None
+
+        await until(followed)
+        async with RawAgent(f"127.0.0.1:{follower.port}", "agent-f", (SERVICE,)) as agent:
+            await agent.report(
+                SERVICE,
+                failures=3,
+                trailing_failures=3,
+                shadow_calls=3,
+                shadow_rejected_by_reason={"quota": 1},
+            )
+
+            async def counted() -> Any:
+                rows = leader.plane.trials.to_proto()
+                return rows and rows[0].calls == 3 and rows[0]
+
+            row = await until(counted)
+        assert row.shadow_rejected_by_reason == {"quota": 1}
+        assert (row.shadow_breaker_state, row.shadow_breaker_opens) == (pb.BREAKER_STATE_OPEN, 1)
+        assert row.breaker_state == pb.BREAKER_STATE_CLOSED  # the seed's threshold is 5
+    finally:
+        for running in replicas:
+            await running.stop(grace=0.5)
