@@ -57,7 +57,7 @@ LOCAL_PROBE = Admitted("local")
 class Ticket:
     """One admitted target of a call: its service, deadline and probe permit, if any."""
 
-    __slots__ = ("deadline", "kind", "operation", "probe", "service", "state", "timeout")
+    __slots__ = ("deadline", "kind", "operation", "probe", "service", "slow", "started", "state", "timeout")
 
     def __init__(
         self,
@@ -75,6 +75,9 @@ class Ticket:
         self.deadline = deadline
         self.timeout = timeout
         self.probe = probe
+        #: When the current attempt started, and whether it was judged slow yet.
+        self.started = deadline - timeout
+        self.slow = False
 
 
 class _Gate:

@@ -94,6 +94,7 @@ class Executor:
             return self._refused(state, decision, operation)
         try:
             with state.lock:  # one short section for every limit; never held across a call
+                state.judge_slow(now)
                 refused = self.admission.limits(state, cost, now, True)
                 if refused is None:
                     state.budget.record_call(now)
@@ -111,7 +112,9 @@ class Executor:
         if kind is None:
             kind = state.kind or kind_of(service)
             state.kind = kind
-        return Ticket(state, operation, kind, now + seconds, seconds, decision.probe)  # type: ignore[union-attr]
+        ticket = Ticket(state, operation, kind, now + seconds, seconds, decision.probe)  # type: ignore[union-attr]
+        self._started(ticket, now)
+        return ticket
 
     def readmit(self, ticket: Ticket, cost: Mapping[str, float] | None, now: float) -> Refused | None:
         """The breaker and limits again, for a retry (its bulkhead place is still held)."""
@@ -131,7 +134,16 @@ class Executor:
             self._refused(state, refused, ticket.operation)
             return refused
         ticket.probe = decision.probe
+        self._started(ticket, now)
         return None
+
+    @staticmethod
+    def _started(ticket: Ticket, now: float) -> None:
+        ticket.started, ticket.slow = now, False
+        state = ticket.state
+        if state.policy.slow_call is not None:
+            with state.lock:
+                state.running.add(ticket)
 
     def admit(
         self,
@@ -172,6 +184,8 @@ class Executor:
     def abandon(self, ticket: Ticket) -> None:
         """An attempt ended without an outcome (cancelled, interrupted): its probe comes back."""
         probe, ticket.probe = ticket.probe, None
+        with ticket.state.lock:
+            ticket.state.running.discard(ticket)
         self.admission.give_back(ticket.state, probe)
 
     def spend_retry(self, ticket: Ticket) -> bool:
@@ -197,16 +211,20 @@ class Executor:
         state = ticket.state
         probe, ticket.probe = ticket.probe, None
         if failure is not None and failure.counts is Counts.NEITHER:
+            with state.lock:
+                state.running.discard(ticket)
             self.admission.give_back(state, probe)  # the service was not judged
             return
         failed = failure is not None and failure.counts is Counts.FAILURE
         now = self.clock()
         with state.lock:
             tally = state.tally
+            slow = self._timed(state, ticket, now, probe is None)
+            failed_probe = failed or slow  # a slow probe says the service is not well yet
             if probe == "fleet":
                 if not tally.probes_of(getattr(probe, "generation", 0)):
                     pass  # a probe of a HALF_OPEN that is over: it no longer counts
-                elif failed:
+                elif failed_probe:
                     tally.probe_failures += 1
                 else:
                     tally.probe_successes += 1
@@ -222,11 +240,28 @@ class Executor:
                 tally.errors_by_type[name] += 1
                 tally.errors_by_operation[ticket.operation] += 1
             if probe == "local":
-                state.local.record_probes(now, "local", int(not failed), int(failed))
+                state.local.record_probes(now, "local", int(not failed_probe), int(failed_probe))
             elif probe is None:
                 state.local.record(now, int(not failed), int(failed), int(failed))
         if failed and self.connection is not None:
             self.connection.nudge()
+
+    @staticmethod
+    def _timed(state: ServiceState, ticket: Ticket, now: float, ordinary: bool) -> bool:
+        """Judge an attempt that ended for slowness (lock held); True when it was slow.
+        An ordinary call judged slow while running was counted then."""
+        state.running.discard(ticket)
+        rule = state.policy.slow_call
+        if rule is None:
+            return False
+        if ticket.slow:
+            return True
+        slow = now - ticket.started >= rule.duration_threshold_secs
+        if ordinary:
+            state.tally.timed_calls += 1
+            state.tally.slow_calls += int(slow)
+            state.local.record_timing(now, 1, int(slow))
+        return slow
 
     def _context(self, service: str, operation: str) -> ErrorContext:
         return ErrorContext(service, self.agent, operation, self.session_id)

@@ -28,6 +28,7 @@ __all__ = [
     "Quota",
     "RetryBudget",
     "ServicePolicy",
+    "SlowCall",
     "default_policy",
 ]
 
@@ -40,6 +41,8 @@ MAX_REPORTERS = 256
 #: Most entries in ``record_errors`` / ``ignore_errors``, and the longest entry.
 MAX_ERROR_CLASSES = 256
 MAX_ERROR_CLASS_LENGTH = 256
+#: Highest ``max_endpoints`` a policy may set.
+MAX_ENDPOINTS = 10_000
 _CODES = {c.name for c in grpc.StatusCode if c is not grpc.StatusCode.OK}
 
 
@@ -157,6 +160,29 @@ class FailureRate:
 
 
 @dataclass(frozen=True, slots=True)
+class SlowCall:
+    """Open the breaker when at least ``rate_threshold`` of the calls judged in the last
+    ``window_secs`` ran longer than ``duration_threshold_secs``, once the window holds
+    ``minimum_calls`` (resilience4j's slow-call rule). A slow call still succeeds for its
+    caller; it is judged slow as soon as it passes the duration, even while running."""
+
+    duration_threshold_secs: float = 1.0
+    rate_threshold: float = 0.5
+    minimum_calls: int = 10
+    window_secs: float = 10.0
+
+    def __post_init__(self) -> None:
+        _validated(self, SlowCall.check)
+
+    @staticmethod
+    def check(s: SlowCall, c: _Checks) -> None:
+        c.number("duration_threshold_secs", s.duration_threshold_secs, low=0, high=_DAY, strict=True)
+        c.number("rate_threshold", s.rate_threshold, low=0, high=1, strict=True)
+        c.integer("minimum_calls", s.minimum_calls, low=1, high=1_000_000)
+        c.number("window_secs", s.window_secs, low=0, high=_DAY, strict=True)
+
+
+@dataclass(frozen=True, slots=True)
 class Quota:
     """A named budget spent by weighted calls, e.g. ``llm_tokens``: ``limit`` units per
     ``window_secs``; a call says its cost."""
@@ -244,6 +270,12 @@ class ServicePolicy:
     #: Who may report outcomes of this service to the control plane: agent ids, or
     #: ``prefix*`` for a group; empty = every agent.
     reporters: tuple[str, ...] = ()
+    #: Trip on the share of slow calls too; None = slowness never opens the breaker.
+    slow_call: SlowCall | None = None
+    #: Most endpoints with a breaker of their own; calls to more share the service's.
+    max_endpoints: int = 64
+    #: An endpoint breaker without calls for this long is forgotten.
+    endpoint_idle_secs: float = 300.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "retryable_codes", tuple(self.retryable_codes))
@@ -267,6 +299,8 @@ class ServicePolicy:
         c.integer("rate_limit_requests", p.rate_limit_requests, low=1, high=2**62)
         c.number("rate_limit_window_secs", p.rate_limit_window_secs, low=0, high=_DAY, strict=True)
         c.integer("max_concurrent", p.max_concurrent, low=0, high=1_000_000)
+        c.integer("max_endpoints", p.max_endpoints, low=0, high=MAX_ENDPOINTS)
+        c.number("endpoint_idle_secs", p.endpoint_idle_secs, low=0, high=_DAY, strict=True)
         for i, code in enumerate(p.retryable_codes):
             if code not in _CODES:
                 c.add(f"retryable_codes[{i}]", "not a gRPC status code name (e.g. UNAVAILABLE)")

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
@@ -45,6 +46,7 @@ class Tally:
     """Outcomes of one service's calls since the last batch sent to the control plane."""
 
     __slots__ = (
+        "endpoints_over_cap",
         "errors_by_operation",
         "errors_by_type",
         "failures",
@@ -58,7 +60,9 @@ class Tally:
         "recovery_successes",
         "rejected",
         "rejected_by_reason",
+        "slow_calls",
         "successes",
+        "timed_calls",
         "trailing_failures",
     )
 
@@ -72,12 +76,14 @@ class Tally:
         self.errors_by_operation: Counter[str] = Counter()
         self.rejected_by_reason: Counter[str] = Counter()
         self.fallbacks_served = self.fallbacks_failed = 0
+        self.slow_calls = self.timed_calls = self.endpoints_over_cap = 0
 
     def empty(self) -> bool:
         return not (
             self.successes or self.failures or self.rejected or self.probe_successes
             or self.probe_failures or self.probes_released or self.recovery_attempts
-            or self.fallbacks_served or self.fallbacks_failed
+            or self.fallbacks_served or self.fallbacks_failed or self.timed_calls
+            or self.endpoints_over_cap
         )  # fmt: skip
 
     def merge(self, summary: pb.OutcomeSummary, *, earlier: bool = False) -> None:
@@ -107,6 +113,9 @@ class Tally:
         self.rejected_by_reason.update(dict(summary.rejected_by_reason))
         self.fallbacks_served += summary.fallbacks_served
         self.fallbacks_failed += summary.fallbacks_failed
+        self.slow_calls += summary.slow_calls
+        self.timed_calls += summary.timed_calls
+        self.endpoints_over_cap += summary.endpoints_over_cap
 
     def probes_of(self, generation: int) -> bool:
         """Make the probe counts those of breaker ``generation``; False when that one is
@@ -142,6 +151,9 @@ class Tally:
             fallbacks_served=self.fallbacks_served,
             fallbacks_failed=self.fallbacks_failed,
             probe_generation=self.probe_generation,
+            slow_calls=self.slow_calls,
+            timed_calls=self.timed_calls,
+            endpoints_over_cap=self.endpoints_over_cap,
         )
 
 
@@ -207,6 +219,34 @@ class ServiceState:
         self.probe_asked_at = -1e9
         #: "llm", "storage" or "other", once known (names the failures).
         self.kind: str | None = None
+        #: Attempts running while the policy has a slow-call rule, to judge them slow as
+        #: soon as they pass its duration (lock held).
+        self.running: set[Any] = set()
+
+    def judge_slow(self, now: float) -> None:
+        """Count running attempts that passed the slow-call duration as slow, once each, for
+        the fleet and the local breaker (lock held). Probes are judged when they end."""
+        rule = self.policy.slow_call
+        if not self.running:
+            return
+        if rule is None:
+            self.running.clear()
+            return
+        slow = 0
+        for ticket in list(self.running):
+            if now > ticket.deadline + 1.0:  # its end was never reported: stop tracking it
+                self.running.discard(ticket)
+            elif (
+                not ticket.slow
+                and ticket.probe is None
+                and now - ticket.started >= rule.duration_threshold_secs
+            ):
+                ticket.slow = True
+                slow += 1
+        if slow:
+            self.tally.slow_calls += slow
+            self.tally.timed_calls += slow
+            self.local.record_timing(now, slow, slow)
 
     def _lease_budgets(self, policy: ServicePolicy, now: float) -> None:
         fleet = policy.fleet
@@ -278,6 +318,7 @@ class ServiceState:
         with self.lock:
             if now is not None:
                 self.return_permits(self.permits.lapse(now))
+                self.judge_slow(now)
             tally = self.tally
             if tally.empty():
                 return None

@@ -116,6 +116,7 @@ class FleetBreakers:
             reason=b.reason,
             revision=self.revisions.get(name, 0),
             generation=b.generation,
+            slow_calls=min(b.slow_calls, UINT32_MAX),
         )
         message.changed_at.FromNanoseconds(int((b.changed_at + self._wall_offset) * 1e9))
         if b.opened_at is not None:
@@ -166,6 +167,7 @@ class FleetBreakers:
         breaker.state = BreakerState(record.state)
         breaker.consecutive_failures = record.consecutive_failures
         breaker.failures = record.failures
+        breaker.slow_calls = record.slow_calls
         breaker.half_open_successes = record.half_open_successes
         breaker.reason = record.reason
         breaker.generation = record.generation
@@ -199,6 +201,7 @@ class FleetBreakers:
         if probe_successes or probe_failures:
             moves.append(breaker.record_probes(now, agent, probe_successes, probe_failures))
         moves.append(breaker.record(now, summary.successes, summary.failures, summary.trailing_failures))
+        moves.append(breaker.record_timing(now, summary.timed_calls, summary.slow_calls))
         if summary.rejected and breaker.state is not BreakerState.CLOSED:
             self._demand.setdefault(summary.service, _Demand()).note(agent, now)
         done = [m for m in moves if m is not None]
