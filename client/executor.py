@@ -19,8 +19,9 @@ from .admission import Admission, Refused, Ticket
 from .attempts import Attempt, CallPlan, Done, Sleep, Step
 from .connection import ControlPlaneConnection
 from .deadline import _deadline, current_deadline, inherit_deadline, restore_deadline
-from .errors import ErrorContext, MissionControlError, OperationTimeout
+from .errors import ConfigurationError, ErrorContext, MissionControlError, OperationTimeout
 from .outcomes import DEFAULT, Counts, Failure, Outcomes, ServiceKind, classify, kind_of
+from .policy import endpoint_problem, service_of
 from .telemetry import Telemetry
 from .view import LocalView, ServiceState
 
@@ -73,6 +74,20 @@ class Executor:
         self.not_started: str | None = None
 
     # -- admission ---------------------------------------------------------------
+
+    def target(self, service: str, endpoint: str | None) -> str:
+        """The breaker name calls to ``endpoint`` of ``service`` go by: the endpoint's own
+        (``service/endpoint``), or the service's past the policy's ``max_endpoints``.
+
+        Raises:
+            ConfigurationError: ``endpoint`` is not a valid endpoint name.
+        """
+        if endpoint is None:
+            return service
+        problem = endpoint_problem(endpoint)
+        if problem is not None:
+            raise ConfigurationError.from_violations([("endpoint", problem)])
+        return self.view.endpoint(service, endpoint).name
 
     def enter(
         self,
@@ -199,7 +214,7 @@ class Executor:
         """What ``exc`` from an attempt counts as, and the error the caller gets."""
         policy = ticket.state.policy
         lists = (policy.record_errors, policy.ignore_errors)
-        wider = self.outcomes.get(ticket.service)
+        wider = self.outcomes.get(ticket.service) or self.outcomes.get(service_of(ticket.service))
         if outcomes is None:
             outcomes = wider or DEFAULT
         elif outcomes.base is None and wider is not None:  # a channel's: over the service's

@@ -29,7 +29,11 @@ __all__ = [
     "RetryBudget",
     "ServicePolicy",
     "SlowCall",
+    "breaker_name_problem",
     "default_policy",
+    "endpoint_breaker",
+    "endpoint_problem",
+    "service_of",
 ]
 
 Violations = list[tuple[str, str]]
@@ -48,6 +52,41 @@ _CODES = {c.name for c in grpc.StatusCode if c is not grpc.StatusCode.OK}
 
 #: ``Name`` or ``package.module.Name``.
 _CLASS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+#: An endpoint within a service: ``openai/gpt-x`` (parts joined by single slashes).
+_ENDPOINT = re.compile(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*")
+
+
+def endpoint_problem(endpoint: object) -> str | None:
+    """Why ``endpoint`` is not a valid endpoint name (e.g. ``openai/gpt-x``), else None."""
+    if not isinstance(endpoint, str) or not endpoint:
+        return "must be a non-empty name"
+    if len(endpoint) > 128 or not _ENDPOINT.fullmatch(endpoint):
+        return "must be 1-128 characters of letters, digits, '_', '.', '-' or single '/' between them"
+    return None
+
+
+def breaker_name_problem(name: object) -> str | None:
+    """Why ``name`` is not a breaker name: a service, or ``service/endpoint``; else None."""
+    if not isinstance(name, str):
+        return "must be a non-empty name"
+    service, slash, endpoint = name.partition("/")
+    problem = name_problem(service)
+    if problem is None and slash:
+        problem = endpoint_problem(endpoint)
+        return None if problem is None else f"endpoint {problem}"
+    return problem
+
+
+def endpoint_breaker(service: str, endpoint: str) -> str:
+    """The breaker name of ``endpoint`` of ``service``: ``llm_provider/openai/gpt-x``."""
+    return f"{service}/{endpoint}"
+
+
+def service_of(name: str) -> str:
+    """The service a breaker name belongs to (itself for a service's own breaker)."""
+    return name.partition("/")[0]
 
 
 def name_problem(name: object) -> str | None:
@@ -309,7 +348,7 @@ class ServicePolicy:
             if names.index(name) != i:
                 c.add(f"quotas[{i}].resource", f"duplicate quota {name!r}")
         for i, name in enumerate(p.fallbacks):
-            problem = name_problem(name)
+            problem = breaker_name_problem(name)
             if problem:
                 c.add(f"fallbacks[{i}]", problem)
             elif name == p.service:

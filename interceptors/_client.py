@@ -14,7 +14,7 @@ from mission_control.client.attempts import Attempt, CallPlan, Done, Step
 from mission_control.client.executor import Executor
 from mission_control.client.outcomes import Outcomes
 
-from ._client_common import ServiceMap, ServiceNamer, operation_of, response_class, with_timeout
+from ._client_common import EndpointOf, ServiceMap, ServiceNamer, operation_of, response_class, with_timeout
 from ._future import PendingCall, settle
 
 _log = logging.getLogger("mission_control.interceptors")
@@ -39,9 +39,10 @@ class ClientInterceptor(
         fallback_channels: Mapping[str, grpc.Channel] | None = None,
         idempotent: bool = False,
         outcomes: Outcomes | None = None,
+        endpoint: EndpointOf = None,
     ) -> None:
         self._executor = mc.executor
-        self._service_of = ServiceNamer(service, services)
+        self._service_of = ServiceNamer(service, services, endpoint)
         self._kind = kind
         self._fallback_channels = dict(fallback_channels or {})
         self._idempotent = idempotent
@@ -54,7 +55,7 @@ class ClientInterceptor(
         request: Any,
     ) -> Any:
         method = client_call_details.method
-        service = self._service_of(method)
+        service = self._service_of.target(self._executor, method, client_call_details.metadata)
         ex = self._executor
 
         def attempt(left: float) -> Any:
@@ -164,7 +165,7 @@ class ClientInterceptor(
         iterator raised."""
         method = details.method
         ex = self._executor
-        service = self._service_of(method)
+        service = self._service_of.target(ex, method, details.metadata)
         ticket = ex.admit(service, operation_of(method), kind=self._kind, timeout=details.timeout, cost=None)
         if caller_errors is not None:
             request = _watched(request, caller_errors)

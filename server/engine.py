@@ -263,9 +263,11 @@ class FleetBreakers:
         self.revisions.pop(name, None)
 
     def policy_changed(self, service: str) -> None:
-        breaker = self.find(service)
-        if breaker is not None:
-            breaker.update_policy(self._policy_of(service))
+        """The service's policy changed: its breaker and its endpoints' follow it."""
+        policy = self._policy_of(service)
+        for name, breaker in self._breakers.items():
+            if name == service or name.startswith(service + "/"):
+                breaker.update_policy(policy)
 
     def next_deadline(self) -> float | None:
         """Monotonic time of the next OPEN -> HALF_OPEN move, if any breaker is OPEN."""
