@@ -220,3 +220,21 @@ def test_engine_opens_on_the_fleet_share_of_slow_calls() -> None:
     stats = FleetStatistics()
     stats.record("b", pb.OutcomeSummary(service="llm", timed_calls=5, slow_calls=4))
     assert stats.to_proto(book(policy), 0).slow_calls_by_service == {"llm": 4}
+
+
+def test_endpoints_of_a_named_service_are_capped_by_its_policy_and_forgotten_when_idle() -> None:
+    clock = Clock()
+    policies = book(ServicePolicy("llm", max_endpoints=2, endpoint_idle_secs=5))
+    breakers = FleetBreakers(policies.policy_of, clock=clock)
+    admission = ServiceAdmission(policies, breakers, AdmissionLimits(per_agent=1, total=1), clock)
+    assert [admission.allows("a", f"llm/e{i}") for i in range(3)] == [True, True, False]
+    assert admission.held_by("a") == 0 and admission.refused == 1  # not places of unnamed names
+    assert breakers.get("llm/e0").policy.max_endpoints == 2  # an endpoint follows its service's policy
+    breakers.get("llm/e1")
+    clock.now += 3
+    assert admission.allows("a", "llm/e1")
+    clock.now += 3
+    assert admission.idle() == ["llm/e0"]
+    breakers.forget("llm/e0")
+    assert admission.allows("b", "llm/e2")
+    assert admission.allows("c", "other/e0") and not admission.allows("c", "other/e1")  # unnamed: per_agent
