@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import tomllib
+
 import pytest
 from mission_control.client.breaker import BreakerState, CircuitBreaker
-from mission_control.client.errors import CircuitBreakerOpen
+from mission_control.client.errors import CircuitBreakerOpen, ConfigurationError
 from mission_control.client.executor import Executor
 from mission_control.client.policy import ServicePolicy, SlowCall
 from mission_control.client.view import LocalView
@@ -109,3 +111,33 @@ def test_fast_calls_count_as_judged_and_not_slow() -> None:
         ex.run("llm_provider", lambda _left: "fast")
     tally = ex.view.get("llm_provider").drain(clock())
     assert tally is not None and (tally.timed_calls, tally.slow_calls) == (3, 0)
+
+
+def test_toml_takes_the_slow_call_rule_and_endpoint_bounds_and_names_every_bad_field() -> None:
+    from mission_control.client.config import config_to_toml, load_config
+
+    good = load_config(
+        {
+            "service_specific": {
+                "llm_provider": {
+                    "max_endpoints": 8,
+                    "endpoint_idle_secs": 60,
+                    "fallbacks": ["llm_provider/anthropic/claude"],
+                    "slow_call": {"duration_threshold_secs": 0.5, "minimum_calls": 4},
+                }
+            }
+        }
+    )
+    policy = good.service_specific["llm_provider"]
+    assert policy.slow_call == SlowCall(0.5, 0.5, 4, 10.0)
+    assert (policy.max_endpoints, policy.endpoint_idle_secs) == (8, 60)
+    assert load_config(tomllib.loads(config_to_toml(good))) == good
+    bad = {"max_endpoints": -1, "slow_call": {"rate_threshold": 0, "window_secs": -1, "speed": 1}}
+    with pytest.raises(ConfigurationError) as caught:
+        load_config({"service_specific": {"llm_provider": bad}})
+    assert {field for field, _ in caught.value.violations} == {
+        "service_specific.llm_provider.max_endpoints",
+        "service_specific.llm_provider.slow_call.rate_threshold",
+        "service_specific.llm_provider.slow_call.window_secs",
+        "service_specific.llm_provider.slow_call.speed",
+    }
