@@ -7,7 +7,7 @@ import datetime
 import sys
 import time
 
-from . import fleet_cases, overhead
+from . import fleet_cases, overhead, slow_calls
 from .common import ROOT, dump, machine, stack
 
 
@@ -111,6 +111,20 @@ def main() -> int:
             "5. retry amplification in a full outage (upstream calls / app calls, max_retries 3)",
             rows,
             [("variant", "variant", ""), ("ratio", "ratio", ".2f")],
+        )
+        case9 = slow_calls.slow_call_trip(s, rounds=2 if args.quick else 5)
+        results["slow_call_trip"] = case9
+        _table(
+            "9. slow-call breaker: upstream latency 50 ms -> 2 s, until the fleet breaker opens",
+            [case9],
+            [
+                ("rounds", "rounds", ""),
+                ("opened", "opened", ""),
+                ("decided_p50_s", "decided p50 s", ".2f"),
+                ("decided_max_s", "decided max s", ".2f"),
+                ("seen_by_b_max_s", "agent B fails fast, max s", ".2f"),
+                ("calls_failed", "calls failed", ""),
+            ],
         )
     with stack() as s:
         case7 = fleet_cases.fleet_limits(s, seconds=4 if args.quick else 6)

@@ -22,7 +22,7 @@ from .errors import (
 )
 from .executor import current_deadline
 from .outcomes import Outcomes
-from .policy import Backoff, FailureRate, Quota, RetryBudget, ServicePolicy, default_policy
+from .policy import Backoff, FailureRate, Quota, RetryBudget, ServicePolicy, SlowCall, default_policy
 from .status import error_from_rpc_error, read_status, to_grpc_status, to_status
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "RetryBudget",
     "ServicePolicy",
     "Severity",
+    "SlowCall",
     "StorageFailure",
     "current_deadline",
     "default_policy",

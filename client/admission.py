@@ -58,7 +58,18 @@ LOCAL_PROBE = Admitted("local")
 class Ticket:
     """One admitted target of a call: its service, deadline and probe permit, if any."""
 
-    __slots__ = ("deadline", "kind", "operation", "probe", "service", "shadow", "state", "timeout")
+    __slots__ = (
+        "deadline",
+        "kind",
+        "operation",
+        "probe",
+        "service",
+        "shadow",
+        "slow",
+        "started",
+        "state",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -78,6 +89,9 @@ class Ticket:
         self.probe = probe
         #: The candidate policy's limits when the call holds a place in its bulkhead.
         self.shadow: ShadowLimits | None = None
+        #: When the current attempt started, and whether it was judged slow yet.
+        self.started = deadline - timeout
+        self.slow = False
 
 
 class _Gate:

@@ -15,10 +15,11 @@ from .admission import known_resources, unknown_cost
 from .breaker import OPERATOR_STATES, BreakerState
 from .config import ErrorHandlingConfig, load_config_file
 from .connection import ControlPlaneConnection
+from .errors import ConfigurationError
 from .executor import Executor
 from .guard import Guard
 from .outcomes import Outcomes
-from .policy import ServicePolicy
+from .policy import ServicePolicy, endpoint_problem
 from .telemetry import Telemetry, telemetry_from_env
 from .view import LocalView
 
@@ -205,6 +206,7 @@ class MissionControl:
         record: tuple[type[BaseException], ...] = (),
         ignore: tuple[type[BaseException], ...] = (),
         classify: Callable[[BaseException], str | None] | None = None,
+        endpoint: str | None = None,
     ) -> Guard:
         """Protect calls to ``service``: as a decorator (sync or async functions; retries
         and fallbacks apply; a generator function is refused with ``TypeError``, as its
@@ -224,14 +226,24 @@ class MissionControl:
                 deadline may then be retried or sent to a fallback (never otherwise).
             record / ignore / classify: how exceptions count (see :class:`Outcomes`);
                 by default as the agent's ``outcomes`` for the service say.
+            endpoint: an endpoint of the service (e.g. ``"openai/gpt-x"``) with a fleet
+                breaker of its own (``service/endpoint``) under the service's policy,
+                sharing the service's limits; past the policy's ``max_endpoints`` its
+                calls go by the service's breaker. ``fallbacks`` may name endpoints.
 
         Raises:
             ConfigurationError: ``cost`` names a resource the service's policy does not
-                limit (here when the policies are local, else at the call).
+                limit (here when the policies are local, else at the call); ``endpoint``
+                is not a valid endpoint name.
         """
         self._check_cost(service, cost)
+        problem = None if endpoint is None else endpoint_problem(endpoint)
+        if problem is not None:
+            raise ConfigurationError.from_violations([("endpoint", problem)])
         outcomes = self._outcomes_for(service, record, ignore, classify)
-        return Guard(self.executor, service, operation, kind, timeout, cost, fallbacks, idempotent, outcomes)
+        return Guard(
+            self.executor, service, operation, kind, timeout, cost, fallbacks, idempotent, outcomes, endpoint
+        )
 
     def _check_cost(self, service: str, cost: Mapping[str, float] | None) -> None:
         # Without a control plane the policies are known now; with one, each call checks

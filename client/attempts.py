@@ -291,7 +291,8 @@ class CallPlan:
         if failure is not None and not self._may_fall_back(failure):
             return []
         policy = self.ex.view.get(self.service).policy
-        return [name for name in policy.fallbacks if name in self.fallbacks]
+        # an endpoint's policy is its service's, which may name this very endpoint
+        return [name for name in policy.fallbacks if name in self.fallbacks and name != self.service]
 
     def _cost_for(self, fallback: str) -> Mapping[str, float] | None:
         """The call's cost in the resources the fallback limits (it takes those)."""

@@ -5,7 +5,8 @@ each agent (its local breaker, enforced when the control plane is out of reach).
 no I/O, holds no lock and never sleeps: callers pass ``now`` (``time.monotonic()``).
 
 States follow the seed: CLOSED counts consecutive failures and opens at
-``failure_threshold`` (optionally also on a failure rate over a window); OPEN fails fast
+``failure_threshold`` (optionally also on a failure rate, or on a share of slow calls, over
+a window); OPEN fails fast
 for ``wait_duration_secs``; HALF_OPEN lets at most ``success_threshold`` probe calls run at
 once — for the whole fleet when the control plane hands out the permits — and closes after
 ``success_threshold`` probe successes or reopens on a probe failure. Operators can force a
@@ -56,22 +57,27 @@ class Transition:
 
 @dataclass(slots=True)
 class _Window:
-    """Calls and failures per one-second bucket over the failure-rate window."""
+    """Calls and counted ones (failures, or slow calls) per bucket over a window.
 
-    buckets: deque[tuple[int, int, int]] = field(default_factory=deque)  # (second, calls, fails)
+    Buckets are a second long, or a tenth of a short window, so that the window really
+    slides: a rule meant to act within a second is not judged over stale buckets.
+    """
+
+    buckets: deque[tuple[int, int, int]] = field(default_factory=deque)  # (slot, calls, counted)
     calls: int = 0
     failures: int = 0
 
     def add(self, now: float, calls: int, failures: int, span: float) -> None:
-        second = int(now)
-        if self.buckets and self.buckets[-1][0] == second:
+        width = min(1.0, span / 10)
+        slot = int(now / width)
+        if self.buckets and self.buckets[-1][0] == slot:
             _, c, f = self.buckets.pop()
-            self.buckets.append((second, c + calls, f + failures))
+            self.buckets.append((slot, c + calls, f + failures))
         else:
-            self.buckets.append((second, calls, failures))
+            self.buckets.append((slot, calls, failures))
         self.calls += calls
         self.failures += failures
-        while self.buckets and self.buckets[0][0] <= second - span:
+        while self.buckets and self.buckets[0][0] <= slot - round(span / width):
             _, c, f = self.buckets.popleft()
             self.calls -= c
             self.failures -= f
@@ -99,7 +105,10 @@ class CircuitBreaker:
         self.changed_at = now
         self.reason = ""
         self.generation = 0
+        #: slow calls in the window that opened the breaker (the slow-call rule)
+        self.slow_calls = 0
         self._window = _Window()
+        self._slow = _Window()
         self._permits: dict[str, list[float]] = {}  # holder -> expiry times
 
     # -- reading ---------------------------------------------------------------
@@ -148,6 +157,25 @@ class CircuitBreaker:
                 reason = f"failure rate {share:.0%} over {self._window.calls} calls"
                 return self._open(now, self._window.failures, reason)
         return None
+
+    def record_timing(self, now: float, timed: int, slow: int) -> Transition | None:
+        """Calls judged for slowness since the last report (``timed``), of which ``slow``
+        ran past the policy's slow-call duration; opens on the slow-call rule."""
+        rule = self.policy.slow_call
+        if rule is None or self.state is not BreakerState.CLOSED or timed <= 0:
+            return None
+        window = self._slow
+        window.add(now, timed, min(slow, timed), rule.window_secs)
+        if window.calls < rule.minimum_calls:
+            return None
+        share = window.failures / window.calls
+        if share < rule.rate_threshold:
+            return None
+        reason = f"slow calls {share:.0%} ≥ {rule.rate_threshold:.0%} over {rule.window_secs:g} s"
+        slow_calls = window.failures
+        move = self._open(now, self.consecutive_failures, reason)
+        self.slow_calls = slow_calls
+        return move
 
     def record_probes(self, now: float, holder: str, successes: int, failures: int) -> Transition | None:
         """Results of probe calls made under permits held by ``holder``."""
@@ -227,18 +255,22 @@ class CircuitBreaker:
             raise ValueError(f"{state.name} cannot be set by an operator")
         self.consecutive_failures = 0
         self._window.clear()
+        self._slow.clear()
         return self._move(now, state, reason or f"set to {state.name} by operator", force=True)
 
     def update_policy(self, policy: ServicePolicy) -> None:
         """Use a new policy from now on; the state and counters are kept."""
         if policy.failure_rate != self.policy.failure_rate:
             self._window.clear()
+        if policy.slow_call != self.policy.slow_call:
+            self._slow.clear()
         self.policy = policy
 
     # -- moves -----------------------------------------------------------------
 
     def _open(self, now: float, failures: int, reason: str) -> Transition | None:
         self.failures = failures
+        self.slow_calls = 0
         self.opened_at = now
         return self._move(now, BreakerState.OPEN, reason)
 
@@ -256,7 +288,9 @@ class CircuitBreaker:
             self.consecutive_failures = 0
             self.failures = 0
             self.opened_at = None
+            self.slow_calls = 0
             self._window.clear()
+            self._slow.clear()
         elif new is not BreakerState.OPEN and new is not BreakerState.HALF_OPEN:
             self.opened_at = None
         return Transition(self.name, old, new, reason)

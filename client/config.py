@@ -4,7 +4,7 @@ Three forms describe the same policies and convert losslessly:
 
 * the seed's TOML file (``config/error_handling.toml``): top-level defaults plus
   ``[service_specific.<name>]`` tables; nested tables ``backoff``, ``retry_budget``,
-  ``failure_rate`` and ``[[service_specific.<name>.quotas]]`` for our extensions;
+  ``failure_rate``, ``slow_call`` and ``[[service_specific.<name>.quotas]]`` for our extensions;
 * the ``ServicePolicy`` / ``ErrorHandlingConfig`` protobuf messages (and their JSON in etcd);
 * the frozen :class:`~mission_control.client.policy.ServicePolicy` values agents enforce.
 
@@ -34,6 +34,7 @@ from .policy import (
     Quota,
     RetryBudget,
     ServicePolicy,
+    SlowCall,
     _Checks,
     name_problem,
 )
@@ -65,6 +66,8 @@ _SCALARS = (
     "rate_limit_requests",
     "rate_limit_window_secs",
     "max_concurrent",
+    "max_endpoints",
+    "endpoint_idle_secs",
 )
 _INTEGERS = {
     "max_retries",
@@ -72,6 +75,7 @@ _INTEGERS = {
     "success_threshold",
     "rate_limit_requests",
     "max_concurrent",
+    "max_endpoints",
 }
 _LISTS = ("retryable_codes", "fallbacks", "record_errors", "ignore_errors", "reporters")
 _BOOLS = ("idempotent",)
@@ -83,6 +87,7 @@ _BACKOFF = {
 }
 _BUDGET = ("ratio", "min_retries_per_second", "window_secs")
 _RATE = ("threshold", "minimum_calls", "window_secs")
+_SLOW = ("duration_threshold_secs", "rate_threshold", "minimum_calls", "window_secs")
 _QUOTA = ("resource", "limit", "window_secs")
 _FLEET = ("rate_limit", "quotas", "lease_secs", "safe_share")
 _POLICY_KEYS = {
@@ -93,6 +98,7 @@ _POLICY_KEYS = {
     "backoff",
     "retry_budget",
     "failure_rate",
+    "slow_call",
     "quotas",
     "fleet",
 }
@@ -238,6 +244,9 @@ def _policy(
         values["failure_rate"] = _part(
             table["failure_rate"], f"{path}failure_rate.", keys, FailureRate, FailureRate(), bad
         )
+    if "slow_call" in table:
+        keys = {k: k for k in _SLOW}
+        values["slow_call"] = _part(table["slow_call"], f"{path}slow_call.", keys, SlowCall, SlowCall(), bad)
     if "quotas" in table:
         values["quotas"] = _quotas(table["quotas"], f"{path}quotas", bad)
     if "fleet" in table:
@@ -298,6 +307,8 @@ def policy_to_mapping(policy: ServicePolicy, *, with_service: bool = True) -> di
     out["retry_budget"] = {k: getattr(policy.retry_budget, k) for k in _BUDGET}
     if policy.failure_rate is not None:
         out["failure_rate"] = {k: getattr(policy.failure_rate, k) for k in _RATE}
+    if policy.slow_call is not None:
+        out["slow_call"] = {k: getattr(policy.slow_call, k) for k in _SLOW}
     out["quotas"] = [{k: getattr(q, k) for k in _QUOTA} for q in policy.quotas]
     if policy.fleet is not None:
         fleet = {k: getattr(policy.fleet, k) for k in _FLEET}
@@ -527,7 +538,7 @@ def config_to_toml(config: ErrorHandlingConfig) -> str:
         lines += [
             f"{k} = {_toml_value(v)}" for k, v in policy.items() if not isinstance(v, dict) and k != "quotas"
         ]
-        for sub in ("backoff", "retry_budget", "failure_rate", "fleet"):
+        for sub in ("backoff", "retry_budget", "failure_rate", "slow_call", "fleet"):
             if sub in policy:
                 lines += ["", f"[service_specific.{name}.{sub}]"]
                 lines += [f"{k} = {_toml_value(v)}" for k, v in policy[sub].items()]

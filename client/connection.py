@@ -27,7 +27,7 @@ from mission_control.resilience.v1 import policy_pb2
 from .config import policy_from_proto
 from .errors import ConfigurationError
 from .policy import ServicePolicy
-from .view import LocalView, UnackedBatches
+from .view import EndpointState, LocalView, UnackedBatches
 
 _log = logging.getLogger("mission_control.client")
 
@@ -71,6 +71,7 @@ class ControlPlaneConnection:
         self.view = view
         self.services = tuple(services)
         self.flush_interval = flush_interval
+        self._idle_swept = -1e18
         self.credentials = credentials
         self.max_backoff = max_backoff
         self.telemetry = telemetry
@@ -243,6 +244,10 @@ class ControlPlaneConnection:
                 yield item
 
     def _batch(self) -> pb.ConnectRequest | None:
+        now = self.view.clock()
+        if now - self._idle_swept >= 1.0:
+            self._idle_swept = now
+            self.view.forget_idle(now)
         summaries = []
         for name, state in list(self.view.services.items()):
             tally = state.drain(self.view.clock())
@@ -259,6 +264,8 @@ class ControlPlaneConnection:
         it spends without a lease (so a new leader keeps that much aside until it is leased)."""
         demands = []
         for name, state in list(self.view.services.items()):
+            if isinstance(state, EndpointState):
+                continue  # its leases are its service's, reported under the service
             with state.lock:
                 for resource, budget in state.leased.items():
                     budget.tick(self.view.clock())

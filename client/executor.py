@@ -19,8 +19,9 @@ from .admission import Admission, Refused, Ticket
 from .attempts import Attempt, CallPlan, Done, Sleep, Step
 from .connection import ControlPlaneConnection
 from .deadline import _deadline, current_deadline, inherit_deadline, restore_deadline
-from .errors import ErrorContext, MissionControlError, OperationTimeout
+from .errors import ConfigurationError, ErrorContext, MissionControlError, OperationTimeout
 from .outcomes import DEFAULT, Counts, Failure, Outcomes, ServiceKind, classify, kind_of
+from .policy import endpoint_problem, service_of
 from .shadow import ShadowLimits
 from .telemetry import Telemetry
 from .view import LocalView, ServiceState
@@ -75,6 +76,20 @@ class Executor:
 
     # -- admission ---------------------------------------------------------------
 
+    def target(self, service: str, endpoint: str | None) -> str:
+        """The breaker name calls to ``endpoint`` of ``service`` go by: the endpoint's own
+        (``service/endpoint``), or the service's past the policy's ``max_endpoints``.
+
+        Raises:
+            ConfigurationError: ``endpoint`` is not a valid endpoint name.
+        """
+        if endpoint is None:
+            return service
+        problem = endpoint_problem(endpoint)
+        if problem is not None:
+            raise ConfigurationError.from_violations([("endpoint", problem)])
+        return self.view.endpoint(service, endpoint).name
+
     def enter(
         self,
         service: str,
@@ -95,6 +110,7 @@ class Executor:
             return self._refused(state, decision, operation)
         try:
             with state.lock:  # one short section for every limit; never held across a call
+                state.judge_slow(now)
                 refused = self.admission.limits(state, cost, now, True)
                 if refused is None:
                     state.budget.record_call(now)
@@ -117,6 +133,7 @@ class Executor:
             state.kind = kind
         ticket = Ticket(state, operation, kind, now + seconds, seconds, decision.probe)  # type: ignore[union-attr]
         ticket.shadow = shadow
+        self._started(ticket, now)
         return ticket
 
     def readmit(self, ticket: Ticket, cost: Mapping[str, float] | None, now: float) -> Refused | None:
@@ -137,7 +154,16 @@ class Executor:
             self._refused(state, refused, ticket.operation)
             return refused
         ticket.probe = decision.probe
+        self._started(ticket, now)
         return None
+
+    @staticmethod
+    def _started(ticket: Ticket, now: float) -> None:
+        ticket.started, ticket.slow = now, False
+        state = ticket.state
+        if state.policy.slow_call is not None:
+            with state.lock:
+                state.running.add(ticket)
 
     def admit(
         self,
@@ -181,6 +207,8 @@ class Executor:
     def abandon(self, ticket: Ticket) -> None:
         """An attempt ended without an outcome (cancelled, interrupted): its probe comes back."""
         probe, ticket.probe = ticket.probe, None
+        with ticket.state.lock:
+            ticket.state.running.discard(ticket)
         self.admission.give_back(ticket.state, probe)
 
     @staticmethod
@@ -202,7 +230,7 @@ class Executor:
         """What ``exc`` from an attempt counts as, and the error the caller gets."""
         policy = ticket.state.policy
         lists = (policy.record_errors, policy.ignore_errors)
-        wider = self.outcomes.get(ticket.service)
+        wider = self.outcomes.get(ticket.service) or self.outcomes.get(service_of(ticket.service))
         if outcomes is None:
             outcomes = wider or DEFAULT
         elif outcomes.base is None and wider is not None:  # a channel's: over the service's
@@ -214,16 +242,20 @@ class Executor:
         state = ticket.state
         probe, ticket.probe = ticket.probe, None
         if failure is not None and failure.counts is Counts.NEITHER:
+            with state.lock:
+                state.running.discard(ticket)
             self.admission.give_back(state, probe)  # the service was not judged
             return
         failed = failure is not None and failure.counts is Counts.FAILURE
         now = self.clock()
         with state.lock:
             tally = state.tally
+            slow = self._timed(state, ticket, now, probe is None)
+            failed_probe = failed or slow  # a slow probe says the service is not well yet
             if probe == "fleet":
                 if not tally.probes_of(getattr(probe, "generation", 0)):
                     pass  # a probe of a HALF_OPEN that is over: it no longer counts
-                elif failed:
+                elif failed_probe:
                     tally.probe_failures += 1
                 else:
                     tally.probe_successes += 1
@@ -239,11 +271,28 @@ class Executor:
                 tally.errors_by_type[name] += 1
                 tally.errors_by_operation[ticket.operation] += 1
             if probe == "local":
-                state.local.record_probes(now, "local", int(not failed), int(failed))
+                state.local.record_probes(now, "local", int(not failed_probe), int(failed_probe))
             elif probe is None:
                 state.local.record(now, int(not failed), int(failed), int(failed))
         if failed and self.connection is not None:
             self.connection.nudge()
+
+    @staticmethod
+    def _timed(state: ServiceState, ticket: Ticket, now: float, ordinary: bool) -> bool:
+        """Judge an attempt that ended for slowness (lock held); True when it was slow.
+        An ordinary call judged slow while running was counted then."""
+        state.running.discard(ticket)
+        rule = state.policy.slow_call
+        if rule is None:
+            return False
+        if ticket.slow:
+            return True
+        slow = now - ticket.started >= rule.duration_threshold_secs
+        if ordinary:
+            state.tally.timed_calls += 1
+            state.tally.slow_calls += int(slow)
+            state.local.record_timing(now, 1, int(slow))
+        return slow
 
     def _context(self, service: str, operation: str) -> ErrorContext:
         return ErrorContext(service, self.agent, operation, self.session_id)

@@ -86,9 +86,11 @@ class Guard:
         fallbacks: Mapping[str, Callable[..., Any]] | None,
         idempotent: bool = False,
         outcomes: Outcomes | None = None,
+        endpoint: str | None = None,
     ) -> None:
         self.executor = executor
         self.service = service
+        self.endpoint = endpoint
         self.operation = operation
         self.kind = kind
         self.timeout = timeout
@@ -129,10 +131,11 @@ class Guard:
                     return await func(*args, **kwargs)
 
                 fallbacks = _bind(self.fallbacks, args, kwargs)
+                target = ex.target(self.service, self.endpoint)
                 if telemetry is None:
-                    return await ex.run_async(self.service, attempt, fallbacks=fallbacks, **options)
+                    return await ex.run_async(target, attempt, fallbacks=fallbacks, **options)
                 with telemetry.start_span(span_name, {"error.service": self.service}):
-                    return await ex.run_async(self.service, attempt, fallbacks=fallbacks, **options)
+                    return await ex.run_async(target, attempt, fallbacks=fallbacks, **options)
 
             return run_async  # type: ignore[return-value]
 
@@ -142,18 +145,20 @@ class Guard:
                 return func(*args, **kwargs)
 
             fallbacks = _bind(self.fallbacks, args, kwargs)
+            target = ex.target(self.service, self.endpoint)
             if telemetry is None:
-                return ex.run(self.service, attempt, fallbacks=fallbacks, **options)
+                return ex.run(target, attempt, fallbacks=fallbacks, **options)
             with telemetry.start_span(span_name, {"error.service": self.service}):
-                return ex.run(self.service, attempt, fallbacks=fallbacks, **options)
+                return ex.run(target, attempt, fallbacks=fallbacks, **options)
 
         return run  # type: ignore[return-value]
 
     # -- context manager -----------------------------------------------------------
 
     def _enter(self) -> Ticket:
+        target = self.executor.target(self.service, self.endpoint)
         return self.executor.admit(
-            self.service, self.operation or self.service, kind=self.kind, timeout=self.timeout, cost=self.cost
+            target, self.operation or self.service, kind=self.kind, timeout=self.timeout, cost=self.cost
         )
 
     def _exit(self, ticket: Ticket, exc: BaseException | None) -> BaseException | None:

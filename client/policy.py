@@ -28,7 +28,12 @@ __all__ = [
     "Quota",
     "RetryBudget",
     "ServicePolicy",
+    "SlowCall",
+    "breaker_name_problem",
     "default_policy",
+    "endpoint_breaker",
+    "endpoint_problem",
+    "service_of",
 ]
 
 Violations = list[tuple[str, str]]
@@ -40,11 +45,48 @@ MAX_REPORTERS = 256
 #: Most entries in ``record_errors`` / ``ignore_errors``, and the longest entry.
 MAX_ERROR_CLASSES = 256
 MAX_ERROR_CLASS_LENGTH = 256
+#: Highest ``max_endpoints`` a policy may set.
+MAX_ENDPOINTS = 10_000
 _CODES = {c.name for c in grpc.StatusCode if c is not grpc.StatusCode.OK}
 
 
 #: ``Name`` or ``package.module.Name``.
 _CLASS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+#: An endpoint within a service: ``openai/gpt-x`` (parts joined by single slashes).
+_ENDPOINT = re.compile(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*")
+
+
+def endpoint_problem(endpoint: object) -> str | None:
+    """Why ``endpoint`` is not a valid endpoint name (e.g. ``openai/gpt-x``), else None."""
+    if not isinstance(endpoint, str) or not endpoint:
+        return "must be a non-empty name"
+    if len(endpoint) > 128 or not _ENDPOINT.fullmatch(endpoint):
+        return "must be 1-128 characters of letters, digits, '_', '.', '-' or single '/' between them"
+    return None
+
+
+def breaker_name_problem(name: object) -> str | None:
+    """Why ``name`` is not a breaker name: a service, or ``service/endpoint``; else None."""
+    if not isinstance(name, str):
+        return "must be a non-empty name"
+    service, slash, endpoint = name.partition("/")
+    problem = name_problem(service)
+    if problem is None and slash:
+        problem = endpoint_problem(endpoint)
+        return None if problem is None else f"endpoint {problem}"
+    return problem
+
+
+def endpoint_breaker(service: str, endpoint: str) -> str:
+    """The breaker name of ``endpoint`` of ``service``: ``llm_provider/openai/gpt-x``."""
+    return f"{service}/{endpoint}"
+
+
+def service_of(name: str) -> str:
+    """The service a breaker name belongs to (itself for a service's own breaker)."""
+    return name.partition("/")[0]
 
 
 def name_problem(name: object) -> str | None:
@@ -157,6 +199,29 @@ class FailureRate:
 
 
 @dataclass(frozen=True, slots=True)
+class SlowCall:
+    """Open the breaker when at least ``rate_threshold`` of the calls judged in the last
+    ``window_secs`` ran longer than ``duration_threshold_secs``, once the window holds
+    ``minimum_calls`` (resilience4j's slow-call rule). A slow call still succeeds for its
+    caller; it is judged slow as soon as it passes the duration, even while running."""
+
+    duration_threshold_secs: float = 1.0
+    rate_threshold: float = 0.5
+    minimum_calls: int = 10
+    window_secs: float = 10.0
+
+    def __post_init__(self) -> None:
+        _validated(self, SlowCall.check)
+
+    @staticmethod
+    def check(s: SlowCall, c: _Checks) -> None:
+        c.number("duration_threshold_secs", s.duration_threshold_secs, low=0, high=_DAY, strict=True)
+        c.number("rate_threshold", s.rate_threshold, low=0, high=1, strict=True)
+        c.integer("minimum_calls", s.minimum_calls, low=1, high=1_000_000)
+        c.number("window_secs", s.window_secs, low=0, high=_DAY, strict=True)
+
+
+@dataclass(frozen=True, slots=True)
 class Quota:
     """A named budget spent by weighted calls, e.g. ``llm_tokens``: ``limit`` units per
     ``window_secs``; a call says its cost."""
@@ -244,6 +309,12 @@ class ServicePolicy:
     #: Who may report outcomes of this service to the control plane: agent ids, or
     #: ``prefix*`` for a group; empty = every agent.
     reporters: tuple[str, ...] = ()
+    #: Trip on the share of slow calls too; None = slowness never opens the breaker.
+    slow_call: SlowCall | None = None
+    #: Most endpoints with a breaker of their own; calls to more share the service's.
+    max_endpoints: int = 64
+    #: An endpoint breaker without calls for this long is forgotten.
+    endpoint_idle_secs: float = 300.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "retryable_codes", tuple(self.retryable_codes))
@@ -267,6 +338,8 @@ class ServicePolicy:
         c.integer("rate_limit_requests", p.rate_limit_requests, low=1, high=2**62)
         c.number("rate_limit_window_secs", p.rate_limit_window_secs, low=0, high=_DAY, strict=True)
         c.integer("max_concurrent", p.max_concurrent, low=0, high=1_000_000)
+        c.integer("max_endpoints", p.max_endpoints, low=0, high=MAX_ENDPOINTS)
+        c.number("endpoint_idle_secs", p.endpoint_idle_secs, low=0, high=_DAY, strict=True)
         for i, code in enumerate(p.retryable_codes):
             if code not in _CODES:
                 c.add(f"retryable_codes[{i}]", "not a gRPC status code name (e.g. UNAVAILABLE)")
@@ -275,7 +348,7 @@ class ServicePolicy:
             if names.index(name) != i:
                 c.add(f"quotas[{i}].resource", f"duplicate quota {name!r}")
         for i, name in enumerate(p.fallbacks):
-            problem = name_problem(name)
+            problem = breaker_name_problem(name)
             if problem:
                 c.add(f"fallbacks[{i}]", problem)
             elif name == p.service:

@@ -16,17 +16,18 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .breaker import BreakerState, CircuitBreaker
 from .fleet_limits import LeasedBudget
 from .limits import Bulkhead, RetryBudget, TokenBucket
-from .policy import ServicePolicy, default_policy
+from .policy import ServicePolicy, default_policy, endpoint_breaker, service_of
 from .probes import FleetProbe, GiveBack, ProbePermits
 from .shadow import ShadowLimits
 
-__all__ = ["FleetBreaker", "LocalView", "ServiceState", "Tally"]
+__all__ = ["EndpointState", "FleetBreaker", "LocalView", "ServiceState", "Tally"]
 
 #: Operator states: in force until a control plane says otherwise.
 _STICKY = frozenset({BreakerState.FORCED_OPEN, BreakerState.FORCED_CLOSED, BreakerState.DISABLED})
@@ -46,6 +47,7 @@ class Tally:
     """Outcomes of one service's calls since the last batch sent to the control plane."""
 
     __slots__ = (
+        "endpoints_over_cap",
         "errors_by_operation",
         "errors_by_type",
         "failures",
@@ -63,7 +65,9 @@ class Tally:
         "shadow_calls",
         "shadow_rejected_by_reason",
         "shadow_retries",
+        "slow_calls",
         "successes",
+        "timed_calls",
         "trailing_failures",
     )
 
@@ -80,13 +84,15 @@ class Tally:
         #: What a candidate policy in shadow mode would have done (see :mod:`.shadow`).
         self.shadow_calls = self.shadow_retries = self.retries = 0
         self.shadow_rejected_by_reason: Counter[str] = Counter()
+        self.slow_calls = self.timed_calls = self.endpoints_over_cap = 0
 
     def empty(self) -> bool:
         return not (
             self.successes or self.failures or self.rejected or self.probe_successes
             or self.probe_failures or self.probes_released or self.recovery_attempts
             or self.fallbacks_served or self.fallbacks_failed or self.shadow_calls
-            or self.retries or self.shadow_retries
+            or self.retries or self.shadow_retries or self.timed_calls
+            or self.endpoints_over_cap
         )  # fmt: skip
 
     def merge(self, summary: pb.OutcomeSummary, *, earlier: bool = False) -> None:
@@ -120,6 +126,9 @@ class Tally:
         self.shadow_retries += summary.shadow_retries
         self.retries += summary.retries
         self.shadow_rejected_by_reason.update(dict(summary.shadow_rejected_by_reason))
+        self.slow_calls += summary.slow_calls
+        self.timed_calls += summary.timed_calls
+        self.endpoints_over_cap += summary.endpoints_over_cap
 
     def probes_of(self, generation: int) -> bool:
         """Make the probe counts those of breaker ``generation``; False when that one is
@@ -159,6 +168,9 @@ class Tally:
             shadow_retries=self.shadow_retries,
             retries=self.retries,
             shadow_rejected_by_reason=dict(self.shadow_rejected_by_reason),
+            slow_calls=self.slow_calls,
+            timed_calls=self.timed_calls,
+            endpoints_over_cap=self.endpoints_over_cap,
         )
 
 
@@ -226,6 +238,37 @@ class ServiceState:
         self.kind: str | None = None
         #: A candidate policy's limits while one is in shadow mode (never enforced).
         self.shadow: ShadowLimits | None = None
+        #: Attempts running while the policy has a slow-call rule, to judge them slow as
+        #: soon as they pass its duration (lock held).
+        self.running: set[Any] = set()
+        #: This service's endpoints with a breaker of their own, by breaker name.
+        self.endpoints: dict[str, EndpointState] = {}
+        self.last_used = now
+
+    def judge_slow(self, now: float) -> None:
+        """Count running attempts that passed the slow-call duration as slow, once each, for
+        the fleet and the local breaker (lock held). Probes are judged when they end."""
+        rule = self.policy.slow_call
+        if not self.running:
+            return
+        if rule is None:
+            self.running.clear()
+            return
+        slow = 0
+        for ticket in list(self.running):
+            if now > ticket.deadline + 1.0:  # its end was never reported: stop tracking it
+                self.running.discard(ticket)
+            elif (
+                not ticket.slow
+                and ticket.probe is None
+                and now - ticket.started >= rule.duration_threshold_secs
+            ):
+                ticket.slow = True
+                slow += 1
+        if slow:
+            self.tally.slow_calls += slow
+            self.tally.timed_calls += slow
+            self.local.record_timing(now, slow, slow)
 
     def _lease_budgets(self, policy: ServicePolicy, now: float) -> None:
         fleet = policy.fleet
@@ -297,12 +340,63 @@ class ServiceState:
         with self.lock:
             if now is not None:
                 self.return_permits(self.permits.lapse(now))
+                self.judge_slow(now)
             tally = self.tally
             if tally.empty():
                 return None
             self.tally = Tally()
             self.tally.probe_generation = tally.probe_generation
             return tally
+
+
+class EndpointState(ServiceState):
+    """One endpoint of a service (``llm_provider/openai/gpt-x``): its own breakers (fleet and
+    local), probe permits, outcome tally and slow-call judging, under the service's policy;
+    the service's limits (rate limit, quotas, bulkhead, retry budget, leases) and its lock,
+    so endpoints share what the service may spend."""
+
+    def __init__(self, name: str, parent: ServiceState, now: float) -> None:
+        self.parent = parent
+        self.name = name
+        self.requests_resource = parent.requests_resource
+        self.lock = parent.lock
+        self.policy = parent.policy
+        self.fleet = None
+        self.local = CircuitBreaker(name, parent.policy, now)
+        self.permits = ProbePermits()
+        self.local_probes = 0
+        self.tally = Tally()
+        self.probe_asked_at = -1e9
+        self.kind = parent.kind
+        self.running = set()
+        self.endpoints = {}
+        self.last_used = now
+
+    # The service's limits, whatever the service's policy made of them since.
+    bucket = property(lambda self: self.parent.bucket)  # type: ignore[assignment]
+    quotas = property(lambda self: self.parent.quotas)  # type: ignore[assignment]
+    bulkhead = property(lambda self: self.parent.bulkhead)  # type: ignore[assignment]
+    budget = property(lambda self: self.parent.budget)  # type: ignore[assignment]
+    leased = property(lambda self: self.parent.leased)  # type: ignore[assignment]
+    shadow = property(lambda self: self.parent.shadow)  # type: ignore[assignment]
+
+    def _apply_policy(self, policy: ServicePolicy, now: float) -> None:
+        self.policy = policy
+        self.local.update_policy(policy)
+
+    def idle(self, now: float) -> bool:
+        """Whether nothing would be lost by forgetting it (lock held): unused for the
+        policy's ``endpoint_idle_secs``, no call running or unreported, both breakers
+        CLOSED and no probe permit held."""
+        fleet = self.fleet
+        return (
+            now - self.last_used >= self.policy.endpoint_idle_secs
+            and not self.running
+            and self.tally.empty()
+            and not len(self.permits)
+            and (fleet is None or fleet.state is BreakerState.CLOSED)
+            and self.local.state is BreakerState.CLOSED
+        )
 
 
 class LocalView:
@@ -337,19 +431,58 @@ class LocalView:
         self.connected = False
 
     def get(self, name: str) -> ServiceState:
+        """The state of a service, or of an endpoint's breaker (``service/endpoint``)."""
         state = self.services.get(name)
         if state is None:
+            parent = self.get(service_of(name)) if "/" in name else None
             with self._create:
                 state = self.services.get(name)
                 if state is None:
-                    state = ServiceState(name, self.policy_of(name), self.clock())
-                    candidate = self._shadows.get(name)
-                    if candidate is not None:
-                        state.shadow = ShadowLimits(candidate, self.clock())
+                    if parent is None:
+                        state = ServiceState(name, self.policy_of(name), self.clock())
+                        candidate = self._shadows.get(name)
+                        if candidate is not None:
+                            state.shadow = ShadowLimits(candidate, self.clock())
+                    else:
+                        state = parent.endpoints[name] = EndpointState(name, parent, self.clock())
                     self.services[name] = state
         return state
 
+    def endpoint(self, service: str, endpoint: str) -> ServiceState:
+        """The state calls to ``endpoint`` of ``service`` are decided by: the endpoint's own,
+        or the service's when the service has ``max_endpoints`` endpoints already (the
+        call is counted as over the cap). Idle endpoints are forgotten to make room."""
+        now = self.clock()
+        state = self.services.get(endpoint_breaker(service, endpoint))
+        if state is None:
+            parent = self.get(service)
+            if len(parent.endpoints) >= parent.policy.max_endpoints:
+                self.forget_idle(now, parent)
+            if len(parent.endpoints) >= parent.policy.max_endpoints:
+                with parent.lock:
+                    parent.tally.endpoints_over_cap += 1
+                return parent
+            state = self.get(endpoint_breaker(service, endpoint))
+        state.last_used = now
+        return state
+
+    def forget_idle(self, now: float, parent: ServiceState | None = None) -> int:
+        """Forget idle endpoints (see :meth:`EndpointState.idle`) of ``parent``, or of every
+        service; returns how many. A later call or push starts one over."""
+        parents = [parent] if parent is not None else [s for s in list(self.services.values()) if s.endpoints]
+        forgotten = 0
+        for service in parents:
+            with self._create, service.lock:
+                for name, state in list(service.endpoints.items()):
+                    if state.idle(now):
+                        del service.endpoints[name]
+                        self.services.pop(name, None)
+                        forgotten += 1
+        return forgotten
+
     def policy_of(self, name: str) -> ServicePolicy:
+        """The policy of a service; an endpoint's breaker follows its service's."""
+        name = service_of(name)
         return self._pushed.get(name) or self._base(name)
 
     # -- written by the control-plane connection -------------------------------
@@ -362,7 +495,10 @@ class LocalView:
             self._pushed[name] = policy
         state = self.services.get(name)
         if state is not None:
-            state.apply_policy(self.policy_of(name), self.clock())
+            policy = self.policy_of(name)
+            state.apply_policy(policy, self.clock())
+            for endpoint in list(state.endpoints.values()):
+                endpoint.apply_policy(policy, self.clock())
 
     def set_shadow(self, name: str, policy: ServicePolicy | None) -> None:
         """A candidate policy in shadow mode for ``name``; None = cleared. A new or changed
@@ -435,6 +571,12 @@ class LocalView:
         return None
 
     def set_breaker(self, message: pb.Breaker) -> None:
+        if (
+            message.state == pb.BREAKER_STATE_CLOSED
+            and "/" in message.name
+            and message.name not in self.services
+        ):
+            return  # a CLOSED endpoint this agent does not hold: nothing to enforce, nothing to keep
         now = self.clock()
         state = self.get(message.name)
         remaining = message.open_remaining.ToNanoseconds() / 1e9

@@ -32,7 +32,7 @@ from ._aio_client import (
 from ._aio_server import AioServerInterceptor
 from ._channel import ProtectedChannel, Protection
 from ._client import ClientInterceptor
-from ._client_common import ServiceMap, check_mc
+from ._client_common import EndpointOf, ServiceMap, check_mc
 from ._server import ServerInterceptor
 
 __all__ = [
@@ -54,6 +54,7 @@ def client_interceptor(
     fallback_channels: Mapping[str, grpc.Channel] | None = None,
     idempotent: bool = False,
     outcomes: Outcomes | None = None,
+    endpoint: EndpointOf = None,
 ) -> ClientInterceptor:
     """Interceptor for ``grpc.intercept_channel(channel, ...)``.
 
@@ -69,6 +70,10 @@ def client_interceptor(
             policy's ``fallbacks`` order when the service cannot serve a unary call.
         idempotent: the methods may run twice (a late call may then be retried).
         outcomes: how errors count for the breaker (default: the agent's for the service).
+        endpoint: gives each endpoint of the service a breaker of its own
+            (``service/endpoint``, see ``MissionControl.guard``): ``"method"`` (the
+            method's name), ``"metadata:KEY"`` (the call's metadata value for KEY) or a
+            function ``(method, metadata) -> name | None``; None = the service's breaker.
 
     Unary calls are retried and fall back; streaming calls of every kind are admitted,
     bounded by the deadline and recorded, never retried. Raises from a call: the taxonomy
@@ -76,7 +81,9 @@ def client_interceptor(
     ``OperationTimeout``, ``LLMProviderUnavailable``, …); an error the taxonomy cannot name
     leaves as the original ``grpc.RpcError``.
     """
-    return ClientInterceptor(check_mc(mc), service, services, kind, fallback_channels, idempotent, outcomes)
+    return ClientInterceptor(
+        check_mc(mc), service, services, kind, fallback_channels, idempotent, outcomes, endpoint
+    )
 
 
 def protected_channel(
@@ -89,13 +96,16 @@ def protected_channel(
     fallback_channels: Mapping[str, grpc.Channel] | None = None,
     idempotent: bool = False,
     outcomes: Outcomes | None = None,
+    endpoint: EndpointOf = None,
 ) -> grpc.Channel:
     """``channel`` with every call protected, as :func:`client_interceptor` protects it,
     but decided in its multi-callables, which call ``channel``'s directly: no
     ``grpc.intercept_channel`` machinery per call. When the agent's telemetry is on,
     OpenTelemetry's client interceptor goes around it (so each call's span is the one our
     attributes and retry/fallback events go on). Arguments as :func:`client_interceptor`."""
-    protection = Protection(check_mc(mc), service, services, kind, fallback_channels, idempotent, outcomes)
+    protection = Protection(
+        check_mc(mc), service, services, kind, fallback_channels, idempotent, outcomes, endpoint
+    )
     protected = ProtectedChannel(channel, protection)
     if mc.telemetry is None:
         return protected
@@ -113,12 +123,13 @@ def aio_client_interceptors(
     fallback_channels: Mapping[str, grpc.aio.Channel] | None = None,
     idempotent: bool = False,
     outcomes: Outcomes | None = None,
+    endpoint: EndpointOf = None,
 ) -> list[Any]:
     """Interceptors for ``grpc.aio.insecure_channel(..., interceptors=...)``; arguments as
     :func:`client_interceptor`. With the agent's telemetry on, OpenTelemetry's client
     interceptors come first, so each call's span carries our attributes and events."""
     check_mc(mc)
-    args = (mc, service, services, kind, fallback_channels, idempotent, outcomes)
+    args = (mc, service, services, kind, fallback_channels, idempotent, outcomes, endpoint)
     ours: list[Any] = [
         AioUnaryUnaryInterceptor(*args),
         AioUnaryStreamInterceptor(*args),
@@ -171,8 +182,11 @@ def _protection(
     fallback_channels: Mapping[str, Any] | None = None,
     idempotent: bool = False,
     outcomes: Outcomes | None = None,
+    endpoint: EndpointOf = None,
 ) -> Protection:
-    return Protection(check_mc(mc), service, services, kind, fallback_channels, idempotent, outcomes)
+    return Protection(
+        check_mc(mc), service, services, kind, fallback_channels, idempotent, outcomes, endpoint
+    )
 
 
 def server_interceptor(*, agent: str | None = None, debug: bool | None = None) -> ServerInterceptor:

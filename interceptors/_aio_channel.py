@@ -109,7 +109,9 @@ class _Stream:
         route = self._route
         ex = route.ex
         try:
-            ticket = ex.admit(route.service, route.operation, kind=route.kind, timeout=timeout, cost=None)
+            ticket = ex.admit(
+                route.target(metadata), route.operation, kind=route.kind, timeout=timeout, cost=None
+            )
         except Exception as error:
             return self._refused(_failed(error), request)
         try:

@@ -21,7 +21,7 @@ from mission_control.client.executor import Executor
 from mission_control.client.outcomes import Outcomes
 
 from ._aio_failed import FailedCall
-from ._client_common import ServiceMap, ServiceNamer, operation_of, response_class, with_timeout
+from ._client_common import EndpointOf, ServiceMap, ServiceNamer, operation_of, response_class, with_timeout
 
 _Continuation = Callable[[grpc.aio.ClientCallDetails, Any], Any]
 
@@ -36,9 +36,10 @@ class _Base:
         fallback_channels: Mapping[str, grpc.aio.Channel] | None = None,
         idempotent: bool = False,
         outcomes: Outcomes | None = None,
+        endpoint: EndpointOf = None,
     ) -> None:
         self._executor = mc.executor
-        self._service_of = ServiceNamer(service, services)
+        self._service_of = ServiceNamer(service, services, endpoint)
         self._kind = kind
         self._fallback_channels = dict(fallback_channels or {})
         self._idempotent = idempotent
@@ -51,7 +52,7 @@ class _Base:
         taken effect)."""
         method = _method(details)
         ex = self._executor
-        service = self._service_of(method)
+        service = self._service_of.target(ex, method, details.metadata)
         ticket = ex.admit(service, operation_of(method), kind=self._kind, timeout=details.timeout, cost=None)
         try:
             call = await continuation(with_timeout(details, ticket.timeout, aio=True), request)
@@ -148,7 +149,7 @@ class AioUnaryUnaryInterceptor(_Base, grpc.aio.UnaryUnaryClientInterceptor):
 
         return await decided(
             self._executor.run_async(
-                self._service_of(method),
+                self._service_of.target(self._executor, method, client_call_details.metadata),
                 attempt,
                 operation=operation_of(method),
                 kind=self._kind,

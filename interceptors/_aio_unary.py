@@ -52,6 +52,7 @@ class Run:
         "plan",
         "request",
         "route",
+        "service",
         "task",
         "wait_for_ready",
     )
@@ -78,13 +79,19 @@ class Run:
         self.call: Any = None  # the attempt in flight, when started here
         self.task: asyncio.Task[None] | None = None
         self.plan: CallPlan | None = None
+        self.service = route.service  # the breaker name it goes by (its endpoint's, if any)
 
     def start(self, timeout: float | None) -> None:
         route = self.route
-        self.plan = plan = route.plan(timeout)
+        try:
+            self.service = route.target(self.metadata)
+        except BaseException as error:  # an endpoint name that is no name
+            self._decided_error(error)
+            return
+        self.plan = plan = route.plan(timeout, self.service)
         try:
             step = plan.start()
-            if type(step) is Attempt and step.target == route.service:
+            if type(step) is Attempt and step.target == self.service:
                 token = _deadline.set(step.deadline)  # for what the call runs (an inner interceptor)
                 try:
                     self.call = call = self._attempt_call(step.left)
@@ -181,7 +188,7 @@ class Run:
             return call
 
         fallbacks = fallback_attempts(route.fallback_channels, route.method, self.request, self.metadata)
-        return {route.service: attempt, **fallbacks} if fallbacks else {route.service: attempt}
+        return {self.service: attempt, **fallbacks} if fallbacks else {self.service: attempt}
 
     def _decided_error(self, error: BaseException) -> None:
         if isinstance(error, grpc.aio.AioRpcError) or not isinstance(error, Exception):

@@ -19,7 +19,7 @@ from mission_control.client.deadline import _deadline
 from mission_control.client.outcomes import Outcomes
 
 from ._client import StreamEnded, _watched, start_stream
-from ._client_common import ServiceMap, ServiceNamer, operation_of, response_class
+from ._client_common import EndpointOf, ServiceMap, ServiceNamer, operation_of, response_class
 from ._future import unary_future
 
 
@@ -33,6 +33,7 @@ class Route:
         "idempotent",
         "kind",
         "method",
+        "namer",
         "operation",
         "outcomes",
         "service",
@@ -41,7 +42,8 @@ class Route:
     def __init__(self, protection: Protection, method: str) -> None:
         self.ex = protection.ex
         self.method = method
-        self.service = protection.service_of(method)
+        self.namer = protection.service_of
+        self.service = self.namer(method)
         self.operation = operation_of(method)
         self.kind = protection.kind
         self.fallback_channels = protection.fallback_channels
@@ -49,11 +51,17 @@ class Route:
         self.idempotent = protection.idempotent
         self.outcomes = protection.outcomes
 
-    def plan(self, timeout: float | None) -> CallPlan:
+    def target(self, metadata: Any) -> str:
+        """The breaker name a call goes by: the method's service, or its endpoint's."""
+        if self.namer.endpoint is None:
+            return self.service
+        return self.namer.target(self.ex, self.method, metadata)  # type: ignore[no-any-return]
+
+    def plan(self, timeout: float | None, service: str) -> CallPlan:
         """One unary call's plan (as :meth:`Executor.plan`, without its keyword handling)."""
         return CallPlan(
             self.ex,
-            self.service,
+            service,
             self.operation,
             self.kind,
             timeout,
@@ -83,10 +91,12 @@ class Route:
 
         return {name: through(ch) for name, ch in self.fallback_channels.items()}
 
-    def stream(self, request: Any, timeout: float | None, caller_errors: Any, start: Any) -> Any:
+    def stream(
+        self, request: Any, timeout: float | None, metadata: Any, caller_errors: Any, start: Any
+    ) -> Any:
         return start_stream(
             self.ex,
-            self.service,
+            self.target(metadata),
             self.operation,
             self.kind,
             timeout,
@@ -109,9 +119,10 @@ class Protection:
         fallback_channels: Mapping[str, Any] | None,
         idempotent: bool,
         outcomes: Outcomes | None,
+        endpoint: EndpointOf = None,
     ) -> None:
         self.ex = mc.executor
-        self.service_of = ServiceNamer(service, services)
+        self.service_of = ServiceNamer(service, services, endpoint)
         self.kind = kind
         self.fallback_channels = dict(fallback_channels or {})
         self.idempotent = idempotent
@@ -156,11 +167,12 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
                 compression=compression,
             )
 
+        service = route.target(metadata)
         if route.fallback_names:
-            functions = {route.service: attempt, **route.fallbacks(request, metadata, True)}
+            functions = {service: attempt, **route.fallbacks(request, metadata, True)}
         else:
-            functions = {route.service: attempt}
-        plan = route.plan(timeout)
+            functions = {service: attempt}
+        plan = route.plan(timeout, service)
         return route.ex.drive(plan, plan.start(), functions)
 
     def future(
@@ -190,9 +202,10 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
             outcome.result()  # raises the call's RpcError
             return outcome
 
-        functions = {route.service: attempt, **route.fallbacks(request, metadata, False)}
         try:
-            return unary_future(route.ex, route.plan(timeout), start, functions)
+            service = route.target(metadata)
+            functions = {service: attempt, **route.fallbacks(request, metadata, False)}
+            return unary_future(route.ex, route.plan(timeout, service), start, functions)
         except Exception as exc:  # as grpc's intercepted future(): a failed future, not a raise
             return _FailureOutcome(exc, exc.__traceback__)  # type: ignore[arg-type]
 
@@ -223,7 +236,7 @@ class _UnaryStream(grpc.UnaryStreamMultiCallable):  # type: ignore[misc]
                 compression=compression,
             )
 
-        return self._route.stream(request, timeout, None, start)
+        return self._route.stream(request, timeout, metadata, None, start)
 
 
 class _StreamUnary(grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
@@ -254,7 +267,9 @@ class _StreamUnary(grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
         compression: Any = None,
     ) -> Any:
         route, ex = self._route, self._route.ex
-        ticket = ex.admit(route.service, route.operation, kind=route.kind, timeout=timeout, cost=None)
+        ticket = ex.admit(
+            route.target(metadata), route.operation, kind=route.kind, timeout=timeout, cost=None
+        )
         errors: list[BaseException] = []
         try:
             response, call = self._inner.with_call(
@@ -297,7 +312,7 @@ class _StreamUnary(grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
             )
 
         try:
-            return self._route.stream(request_iterator, timeout, [], start)
+            return self._route.stream(request_iterator, timeout, metadata, [], start)
         except Exception as exc:
             return _FailureOutcome(exc, exc.__traceback__)  # type: ignore[arg-type]
 
@@ -328,7 +343,7 @@ class _StreamStream(grpc.StreamStreamMultiCallable):  # type: ignore[misc]
                 compression=compression,
             )
 
-        return self._route.stream(request_iterator, timeout, [], start)
+        return self._route.stream(request_iterator, timeout, metadata, [], start)
 
 
 class ProtectedChannel(grpc.Channel):  # type: ignore[misc]

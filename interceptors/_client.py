@@ -13,7 +13,7 @@ from mission_control.client.agent import MissionControl
 from mission_control.client.executor import Executor
 from mission_control.client.outcomes import Outcomes
 
-from ._client_common import ServiceMap, ServiceNamer, operation_of, response_class, with_timeout
+from ._client_common import EndpointOf, ServiceMap, ServiceNamer, operation_of, response_class, with_timeout
 from ._future import unary_future
 
 _log = logging.getLogger("mission_control.interceptors")
@@ -38,9 +38,10 @@ class ClientInterceptor(
         fallback_channels: Mapping[str, grpc.Channel] | None = None,
         idempotent: bool = False,
         outcomes: Outcomes | None = None,
+        endpoint: EndpointOf = None,
     ) -> None:
         self._executor = mc.executor
-        self._service_of = ServiceNamer(service, services)
+        self._service_of = ServiceNamer(service, services, endpoint)
         self._kind = kind
         self._fallback_channels = dict(fallback_channels or {})
         self._idempotent = idempotent
@@ -53,7 +54,7 @@ class ClientInterceptor(
         request: Any,
     ) -> Any:
         method = client_call_details.method
-        service = self._service_of(method)
+        service = self._service_of.target(self._executor, method, client_call_details.metadata)
         ex = self._executor
 
         def start(left: float) -> Any:
@@ -126,7 +127,7 @@ class ClientInterceptor(
         caller_errors: list[BaseException] | None,
     ) -> Any:
         method = details.method
-        service = self._service_of(method)
+        service = self._service_of.target(self._executor, method, details.metadata)
 
         def start(requests: Any, left: float) -> Any:
             return continuation(with_timeout(details, left), requests)

@@ -13,6 +13,10 @@ from mission_control.client.agent import MissionControl
 from ._common import split_method
 
 ServiceMap = Mapping[str, str] | Callable[[str], str] | None
+#: Which endpoint of its service a call goes to: "method" (the method's name),
+#: "metadata:KEY" (the value of the call's metadata KEY), or a function of
+#: (method, metadata) returning a name or None (no endpoint: the service's own breaker).
+EndpointOf = str | Callable[[str, Any], str | None] | None
 
 
 class CallDetails(NamedTuple):
@@ -53,10 +57,29 @@ class ServiceNamer:
     name belong to ``service``, or else to their gRPC service name.
     """
 
-    def __init__(self, service: str | None, services: ServiceMap) -> None:
+    def __init__(self, service: str | None, services: ServiceMap, endpoint: EndpointOf = None) -> None:
         self.service = service
         self.services = services
+        self.endpoint = endpoint
+        if isinstance(endpoint, str) and endpoint != "method" and not endpoint.startswith("metadata:"):
+            raise ValueError(f'endpoint must be "method", "metadata:KEY" or a function, not {endpoint!r}')
         self._cache: dict[str, str] = {}
+
+    def target(self, executor: Any, method: str, metadata: Any) -> str:
+        """The breaker name the call goes by: its service's, or its endpoint's
+        (``service/endpoint``, see :meth:`Executor.target`)."""
+        service = self(method)
+        endpoint = self.endpoint
+        if endpoint is None:
+            return service
+        if endpoint == "method":
+            found: str | None = split_method(method)[1] or None
+        elif isinstance(endpoint, str):
+            key = endpoint.removeprefix("metadata:").lower()
+            found = next((str(v) for k, v in (metadata or ()) if k == key), None)
+        else:
+            found = endpoint(method, metadata)
+        return service if found is None else executor.target(service, found)  # type: ignore[no-any-return]
 
     def __call__(self, method: str) -> str:
         found = self._cache.get(method)

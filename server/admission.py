@@ -1,6 +1,12 @@
 """Which services may have a fleet breaker: every service a policy names, and a bounded
 number of others that agents report on.
 
+An endpoint's breaker (``service/endpoint``) of a service a policy names takes one of the
+policy's ``max_endpoints`` places; past them its reports are refused (agents count those
+calls under the service's own breaker), and one unreported for the policy's
+``endpoint_idle_secs`` is forgotten like an idle service. Endpoints of a service no policy
+names are names like any other.
+
 Agents choose the service names in their reports, so a breaker per name would let one
 client create breakers without end (memory, snapshot size, etcd keys). A name no policy
 covers is *admitted* only while the admitting agent holds fewer than ``per_agent`` such
@@ -19,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mission_control.client.breaker import BreakerState
+from mission_control.client.policy import ServicePolicy, service_of
 
 from .engine import FleetBreakers
 from .policies import PolicyBook
@@ -56,6 +63,8 @@ class ServiceAdmission:
     admitted: dict[str, _Admitted] = field(default_factory=dict)
     #: Reports refused because a cap was reached.
     refused: int = 0
+    #: Endpoint breakers of services a policy names: service -> name -> when last reported.
+    endpoints: dict[str, dict[str, float]] = field(default_factory=dict)
     _per_agent: Counter[str] = field(default_factory=Counter)
 
     def allows(self, agent: str, service: str, *, trusted: bool = False) -> bool:
@@ -67,6 +76,9 @@ class ServiceAdmission:
         now = self.clock()
         if self.policies.stored(service) is not None:
             return True
+        policy = self.endpoint_policy(service)
+        if policy is not None:
+            return self._endpoint_allows(service, policy, now)
         found = self.admitted.get(service)
         if found is None and self.breakers.find(service) is not None:
             found = self.admitted[service] = _Admitted(now, "")  # loaded from the store
@@ -80,6 +92,21 @@ class ServiceAdmission:
             return False
         self.admitted[service] = _Admitted(now, agent)
         self._per_agent[agent] += 1
+        return True
+
+    def endpoint_policy(self, name: str) -> ServicePolicy | None:
+        """The stored policy of the service ``name`` is an endpoint of, if any."""
+        if "/" not in name:
+            return None
+        stored = self.policies.stored(service_of(name))
+        return None if stored is None else stored[0]
+
+    def _endpoint_allows(self, name: str, policy: ServicePolicy, now: float) -> bool:
+        seen = self.endpoints.setdefault(service_of(name), {})
+        if name not in seen and len(seen) >= policy.max_endpoints:
+            self.refused += 1
+            return False
+        seen[name] = now
         return True
 
     def known(self, service: str) -> bool:
@@ -102,12 +129,16 @@ class ServiceAdmission:
         calls are)."""
         now = self.clock()
         for name in self.breakers.names():  # breakers adopted from the store take a place
-            if name not in self.admitted and self.policies.stored(name) is None:
+            if name in self.admitted or self.policies.stored(name) is not None:
+                continue
+            if self.endpoint_policy(name) is not None:
+                self.endpoints.setdefault(service_of(name), {}).setdefault(name, now)
+            else:
                 self.admitted[name] = _Admitted(now, "")
-        out = []
+        out = self._idle_endpoints(now)
         for name, entry in list(self.admitted.items()):
-            if self.policies.stored(name) is not None:
-                self._drop(name)  # a policy names it now: no place needed
+            if self.policies.stored(name) is not None or self.endpoint_policy(name) is not None:
+                self._drop(name)  # a policy covers it now: no place needed here
                 continue
             breaker = self.breakers.find(name)
             quiet = now - entry.last_seen >= self.limits.idle_secs
@@ -117,6 +148,23 @@ class ServiceAdmission:
                 self._drop(name)
                 if breaker is not None:
                     out.append(name)
+        return out
+
+    def _idle_endpoints(self, now: float) -> list[str]:
+        out = []
+        for service, seen in list(self.endpoints.items()):
+            stored = self.policies.stored(service)
+            if stored is None:  # no policy now: its endpoints are names like any other
+                del self.endpoints[service]
+                continue
+            for name, last_seen in list(seen.items()):
+                breaker = self.breakers.find(name)
+                if now - last_seen >= stored[0].endpoint_idle_secs and (
+                    breaker is None or breaker.state in _FORGETTABLE
+                ):
+                    del seen[name]
+                    if breaker is not None:
+                        out.append(name)
         return out
 
 

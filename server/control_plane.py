@@ -300,7 +300,8 @@ class ControlPlane:
     # -- forgetting idle breakers ----------------------------------------------
 
     async def _forget_loop(self) -> None:
-        every = max(0.05, min(60.0, self.admission.limits.idle_secs / 10))
+        # at least once a second: a policy's endpoint_idle_secs may be short
+        every = max(0.05, min(1.0, self.admission.limits.idle_secs / 10))
         await forget_idle(self.admission, self.forget_breaker, every)
 
     async def forget_breaker(self, name: str) -> None:

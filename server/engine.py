@@ -116,6 +116,7 @@ class FleetBreakers:
             reason=b.reason,
             revision=self.revisions.get(name, 0),
             generation=b.generation,
+            slow_calls=min(b.slow_calls, UINT32_MAX),
         )
         message.changed_at.FromNanoseconds(int((b.changed_at + self._wall_offset) * 1e9))
         if b.opened_at is not None:
@@ -166,6 +167,7 @@ class FleetBreakers:
         breaker.state = BreakerState(record.state)
         breaker.consecutive_failures = record.consecutive_failures
         breaker.failures = record.failures
+        breaker.slow_calls = record.slow_calls
         breaker.half_open_successes = record.half_open_successes
         breaker.reason = record.reason
         breaker.generation = record.generation
@@ -199,6 +201,7 @@ class FleetBreakers:
         if probe_successes or probe_failures:
             moves.append(breaker.record_probes(now, agent, probe_successes, probe_failures))
         moves.append(breaker.record(now, summary.successes, summary.failures, summary.trailing_failures))
+        moves.append(breaker.record_timing(now, summary.timed_calls, summary.slow_calls))
         if summary.rejected and breaker.state is not BreakerState.CLOSED:
             self._demand.setdefault(summary.service, _Demand()).note(agent, now)
         done = [m for m in moves if m is not None]
@@ -260,9 +263,11 @@ class FleetBreakers:
         self.revisions.pop(name, None)
 
     def policy_changed(self, service: str) -> None:
-        breaker = self.find(service)
-        if breaker is not None:
-            breaker.update_policy(self._policy_of(service))
+        """The service's policy changed: its breaker and its endpoints' follow it."""
+        policy = self._policy_of(service)
+        for name, breaker in self._breakers.items():
+            if name == service or name.startswith(service + "/"):
+                breaker.update_policy(policy)
 
     def next_deadline(self) -> float | None:
         """Monotonic time of the next OPEN -> HALF_OPEN move, if any breaker is OPEN."""

@@ -39,6 +39,7 @@ class Activity:
     rejected: int = 0
     fallbacks_served: int = 0
     fallbacks_failed: int = 0
+    slow_calls: int = 0
     recovery_attempts: int = 0
     recovery_successes: int = 0
     errors_by_type: Counter[str] = field(default_factory=Counter)
@@ -53,6 +54,7 @@ class Activity:
         self.rejected_by_reason.update(dict(summary.rejected_by_reason))  # four gates at most
         self.fallbacks_served += summary.fallbacks_served
         self.fallbacks_failed += summary.fallbacks_failed
+        self.slow_calls += summary.slow_calls
         self.recovery_attempts += summary.recovery_attempts
         self.recovery_successes += min(summary.recovery_successes, summary.recovery_attempts)
         self.count_errors(summary.errors_by_type.items())
@@ -74,6 +76,7 @@ class Activity:
             "rejected_by_reason": dict(self.rejected_by_reason),
             "fallbacks_served": self.fallbacks_served,
             "fallbacks_failed": self.fallbacks_failed,
+            "slow_calls": self.slow_calls,
             "recovery_attempts": self.recovery_attempts,
             "recovery_rate": rate,
             "errors_by_type": dict(self.errors_by_type),
@@ -107,6 +110,7 @@ class FleetActivity:
             total.rejected_by_reason.update(row.rejected_by_reason)
             total.fallbacks_served += row.fallbacks_served
             total.fallbacks_failed += row.fallbacks_failed
+            total.slow_calls += row.slow_calls
             total.recovery_attempts += row.recovery_attempts
             total.recovery_successes += row.recovery_successes
             total.count_errors(row.errors_by_type.items())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from mission_control.client.policy import name_problem
+from mission_control.client.policy import breaker_name_problem, name_problem
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 #: A hello is small: agent id, session id, the services it calls, a few labels.
@@ -30,7 +30,7 @@ def hello_problem(hello: pb.AgentHello) -> tuple[str, str] | None:
     if len(hello.services) > MAX_HELLO_SERVICES:
         return "hello.services", f"at most {MAX_HELLO_SERVICES} services"
     for i, service in enumerate(hello.services):
-        problem = name_problem(service)
+        problem = breaker_name_problem(service)
         if problem:
             return f"hello.services[{i}]", problem
     if len(hello.labels) > MAX_LABELS:

@@ -75,6 +75,14 @@ def _print_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> Non
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
+def _slow_rule(p: Any) -> str:
+    """A policy's slow-call rule in a few characters: ``50% > 1s over 10s``."""
+    if not p.HasField("slow_call"):
+        return "-"
+    rule = p.slow_call
+    return f"{rule.rate_threshold:.0%} > {rule.duration_threshold_secs:g}s over {rule.window_secs:g}s"
+
+
 def _when(ts: Any) -> str:
     if not ts.seconds and not ts.nanos:
         return "-"
@@ -231,6 +239,7 @@ class Operator:
                 f"{p.rate_limit_requests}/{p.rate_limit_window_secs:g}s",
                 p.max_concurrent or "-",
                 ",".join(p.fallbacks) or "-",
+                _slow_rule(p),
             ]
             for p in response.policies
         ]
@@ -243,6 +252,7 @@ class Operator:
             "RATE",
             "MAX CONC",
             "FALLBACKS",
+            "SLOW CALLS",
         )
         _print_table(rows, header)
         return EXIT_OK
@@ -323,12 +333,14 @@ class Operator:
         print(f"config reloads         {s.config_reloads_ok} ok, {s.config_reloads_failed} failed")
         print(f"connected agents       {s.connected_agents}")
         for title, counts in (
-            ("by service", s.errors_by_service),
-            ("by agent", s.errors_by_agent),
-            ("by type", s.errors_by_type),
+            ("errors by service", s.errors_by_service),
+            ("errors by agent", s.errors_by_agent),
+            ("errors by type", s.errors_by_type),
+            ("slow calls by service", s.slow_calls_by_service),
+            ("calls to endpoints over the cap, by service", s.endpoints_over_cap_by_service),
         ):
             if counts:
-                print(f"errors {title}:")
+                print(f"{title}:")
                 for key, n in sorted(counts.items(), key=lambda kv: -kv[1]):
                     print(f"  {_safe(key):30} {n}")
         for usage in s.fleet_limits:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from mission_control.client.config import policy_from_json
 from mission_control.client.errors import ConfigurationError
-from mission_control.client.policy import SEED_PRESETS, ServicePolicy, default_policy
+from mission_control.client.policy import SEED_PRESETS, ServicePolicy, default_policy, service_of
 
 _log = logging.getLogger("mission_control.server.policies")
 
@@ -57,6 +57,9 @@ class PolicyBook:
         return key[len(self.prefix) :] if key.startswith(self.prefix) else None
 
     def policy_of(self, service: str) -> ServicePolicy:
+        """The policy in force for a service, or for a breaker name: an endpoint's breaker
+        (``service/endpoint``) follows its service's policy."""
+        service = service_of(service)
         found = self._policies.get(service)
         return found[0] if found else self._default_of(service)
 

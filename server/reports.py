@@ -14,6 +14,9 @@ bounded before anything counts it:
 * **Rejections, probes, drops.** ``rejected`` is cut by a second bucket at ten times the
   rate limit; probe results and releases by the permits the agent holds (``probes_held``);
   a batch's ``dropped`` at ``max_dropped_per_batch``.
+* **Slow calls.** ``timed_calls`` takes from the same bucket as the calls (a batch may
+  judge slow calls still running, so it counts the larger of the two); ``slow_calls`` never
+  exceeds ``timed_calls``, and both are cut in proportion.
 * **Fields.** ``trailing_failures`` and ``recovery_*`` never exceed the calls kept;
   ``errors_by_type`` and ``errors_by_operation`` keep at most ``max_keys_per_summary``
   printable keys of at most ``max_key_length`` characters, counts at most the failures,
@@ -125,11 +128,14 @@ class ReportGate:
             return None
         out = pb.OutcomeSummary(service=summary.service, probe_generation=summary.probe_generation)
         calls = summary.successes + summary.failures
+        # A slow call is judged while it runs, so a batch may judge more calls than ended.
+        made = max(calls, summary.timed_calls)
         if trusted:
-            allowed, out.rejected = calls, summary.rejected
+            allowed, out.rejected = made, summary.rejected
         else:
-            allowed, out.rejected = self._take(agent, policy, calls, summary.rejected)
-        cut = allowed < calls or out.rejected < summary.rejected
+            allowed, out.rejected = self._take(agent, policy, made, summary.rejected)
+        cut = allowed < made or out.rejected < summary.rejected
+        self._timing_into(summary, out, allowed)
         cut |= self._probes_into(summary, out, probes_held)
         if allowed < calls:  # cut in proportion: the failure rate reported stays the same
             out.failures = min(allowed, (summary.failures * allowed + calls // 2) // calls)
@@ -157,6 +163,16 @@ class ReportGate:
             if len(out.ListFields()) == 1:  # only the name is left: nothing to count
                 return None
         return out
+
+    @staticmethod
+    def _timing_into(summary: pb.OutcomeSummary, out: pb.OutcomeSummary, allowed: int) -> None:
+        timed = summary.timed_calls
+        slow = min(summary.slow_calls, timed)
+        if timed > allowed:  # cut in proportion: the slow share reported stays the same
+            slow = min(allowed, (slow * allowed + timed // 2) // timed)
+            timed = allowed
+        out.timed_calls, out.slow_calls = timed, slow
+        out.endpoints_over_cap = min(summary.endpoints_over_cap, allowed + out.rejected)
 
     def admit(self, agent: str, summaries: int) -> int:
         """How many of ``summaries`` the agent's budget lets in now (the rest are refused)."""

@@ -18,7 +18,7 @@ from mission_control.client.config import (
     policy_to_proto,
 )
 from mission_control.client.errors import ConfigurationError
-from mission_control.client.policy import name_problem
+from mission_control.client.policy import breaker_name_problem, name_problem
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import errors_pb2
@@ -43,7 +43,7 @@ _SETTABLE = {
 
 
 def _check_name(field: str, name: str) -> None:
-    problem = name_problem(name)
+    problem = breaker_name_problem(name) if field in ("name", "names") else name_problem(name)
     if problem:
         raise ConfigurationError(field, problem)
 
@@ -187,7 +187,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                     await self._outcomes(sub, request.outcomes)
                 elif kind == "probe_request":
                     service = request.probe_request.service
-                    if name_problem(service):
+                    if breaker_name_problem(service):
                         continue
                     if not sub.trusted and not may_report(plane.policies.policy_of(service), sub.agent_id):
                         plane.reports.refuse(sub.agent_id, service, "asked for a probe: not a reporter")
@@ -240,10 +240,15 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
 
     def _summary(self, sub: Subscriber, summary: pb.OutcomeSummary) -> None:
         plane = self.plane
-        if name_problem(summary.service):
+        if breaker_name_problem(summary.service):
             return
         if not plane.admission.allows(sub.agent_id, summary.service, trusted=sub.trusted):
-            plane.reports.refuse(sub.agent_id, summary.service, "too many services without a policy")
+            why = (
+                "past the policy's max_endpoints"
+                if plane.admission.endpoint_policy(summary.service) is not None
+                else "too many services without a policy"
+            )
+            plane.reports.refuse(sub.agent_id, summary.service, why)
             return
         held = (
             self._probes_held(sub, summary)

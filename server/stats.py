@@ -80,6 +80,8 @@ class FleetStatistics:
         self.fallbacks_served = 0
         self.fallbacks_failed = 0
         self.dropped = 0
+        self.slow_by_service: Counter[str] = Counter()
+        self.over_cap_by_service: Counter[str] = Counter()
 
     def record(self, agent: str, summary: pb.OutcomeSummary, *, named: bool = False) -> None:
         """Count one (already bounded) summary. A ``named`` service (one a policy names)
@@ -102,6 +104,10 @@ class FleetStatistics:
             self.rejected_by_reason[reason] = saturating_add(self.rejected_by_reason[reason], n)
         self.fallbacks_served = saturating_add(self.fallbacks_served, summary.fallbacks_served)
         self.fallbacks_failed = saturating_add(self.fallbacks_failed, summary.fallbacks_failed)
+        if summary.slow_calls:
+            _bump(self.slow_by_service, summary.service, summary.slow_calls, keep=named)
+        if summary.endpoints_over_cap:
+            _bump(self.over_cap_by_service, summary.service, summary.endpoints_over_cap, keep=named)
 
     def add_dropped(self, n: int) -> None:
         self.dropped = saturating_add(self.dropped, n)
@@ -111,7 +117,10 @@ class FleetStatistics:
 
     def more(self, page: Page) -> bool:
         """Whether a keyed count has keys beyond ``page``."""
-        return page.more(self.by_service, self.by_agent, self.by_type, self.by_operation)
+        return page.more(
+            self.by_service, self.by_agent, self.by_type, self.by_operation, self.slow_by_service,
+            self.over_cap_by_service,
+        )  # fmt: skip
 
     def to_proto(
         self,
@@ -145,6 +154,8 @@ class FleetStatistics:
             config_reloads_failed=policies.reloads_failed,
             connected_agents=connected,
             fleet_limits=fleet_limits or [],
+            slow_calls_by_service=page.of(self.slow_by_service),
+            endpoints_over_cap_by_service=page.of(self.over_cap_by_service),
         )
         if self.by_type:
             top = self.by_type.most_common(1)[0][0]

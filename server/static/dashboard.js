@@ -55,6 +55,12 @@ function fallbacks(a) {
   return a.fallbacks_served === undefined ? "" : `${a.fallbacks_served} / ${a.fallbacks_failed}`;
 }
 
+function slowRule(rule) {
+  if (!rule) return "-";
+  const rate = Math.round(100 * (rule.rate_threshold ?? 0.5));
+  return `${rate} % slower than ${rule.duration_threshold_secs ?? 1} s over ${rule.window_secs ?? 10} s`;
+}
+
 function byType(counts) {
   return Object.entries(counts || {}).map(([k, v]) => `${k} ${v}`).join(", ");
 }
@@ -130,7 +136,7 @@ function render() {
   renderBreakers();
   fill("services", Object.entries(p.by_service), (tr, [name, a]) => {
     cell(tr, name); cell(tr, a.calls); cell(tr, a.failures); cell(tr, byType(a.errors_by_type));
-    cell(tr, rejections(a)); cell(tr, fallbacks(a)); cell(tr, percent(a.recovery_rate));
+    cell(tr, a.slow_calls); cell(tr, rejections(a)); cell(tr, fallbacks(a)); cell(tr, percent(a.recovery_rate));
   }, "no calls reported yet");
   renderAgents(p);
   fill("limits", s.fleet_limits || [], (tr, l) => {
@@ -144,6 +150,7 @@ function render() {
     cell(tr, `${pol.failure_threshold ?? "default"} / ${pol.success_threshold ?? "default"}`);
     cell(tr, pol.wait_duration_secs !== undefined ? `${pol.wait_duration_secs} s` : "default");
     cell(tr, pol.rate_limit_requests !== undefined ? `${pol.rate_limit_requests} / ${pol.rate_limit_window_secs ?? 60} s` : "default");
+    cell(tr, slowRule(pol.slow_call));
   });
   fill("shadow", p.shadow || [], (tr, r) => {
     cell(tr, r.service); cell(tr, r.calls);

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mission_control.client.breaker import BreakerState
 from mission_control.client.config import policy_to_json
-from mission_control.client.policy import SEED_PRESETS, ServicePolicy
+from mission_control.client.policy import SEED_PRESETS, ServicePolicy, SlowCall
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.admission import AdmissionLimits, ServiceAdmission
 from mission_control.server.auth import identity_matches, is_loopback_peer
@@ -193,3 +193,48 @@ def test_replica_identities_match_exactly_or_by_prefix_only() -> None:
     assert not identity_matches("cp-1x", "cp-1") and not identity_matches("xcp-1", "cp-*")
     assert is_loopback_peer("ipv4:127.0.0.1:5000") and is_loopback_peer("ipv6:%5B::1%5D:5000")
     assert not is_loopback_peer("ipv4:10.0.0.7:5000") and not is_loopback_peer("unix:/tmp/s")
+
+
+def test_slow_call_counts_are_bounded_like_calls_and_keep_their_share() -> None:
+    clock = Clock()
+    reports = gate(ServicePolicy("llm", rate_limit_requests=100, rate_limit_window_secs=60), clock=clock)
+    honest = reports.bound("a", pb.OutcomeSummary(service="llm", timed_calls=3, slow_calls=3))
+    assert honest is not None and (honest.timed_calls, honest.slow_calls) == (3, 3)  # still running
+    out = reports.bound(
+        "b", pb.OutcomeSummary(service="llm", successes=1, timed_calls=U32, slow_calls=U32 // 2)
+    )
+    assert out is not None and out.timed_calls == 200 and out.slow_calls == 100
+    assert reports.refused["b"] == 1
+    more = reports.bound("c", pb.OutcomeSummary(service="llm", timed_calls=2, slow_calls=9))
+    assert more is not None and more.slow_calls == 2  # never more slow calls than judged ones
+
+
+def test_engine_opens_on_the_fleet_share_of_slow_calls() -> None:
+    policy = ServicePolicy("llm", slow_call=SlowCall(0.5, 0.5, 10, 10.0))
+    engine = FleetBreakers(book(policy).policy_of, clock=Clock())
+    assert not engine.record("a", pb.OutcomeSummary(service="llm", successes=5, timed_calls=5, slow_calls=2))
+    moves = engine.record("b", pb.OutcomeSummary(service="llm", timed_calls=5, slow_calls=4))
+    assert [m.new for m in moves] == [BreakerState.OPEN]
+    message = engine.to_proto("llm")
+    assert message.slow_calls == 6 and message.reason == "slow calls 60% ≥ 50% over 10 s"
+    stats = FleetStatistics()
+    stats.record("b", pb.OutcomeSummary(service="llm", timed_calls=5, slow_calls=4))
+    assert stats.to_proto(book(policy), 0).slow_calls_by_service == {"llm": 4}
+
+
+def test_endpoints_of_a_named_service_are_capped_by_its_policy_and_forgotten_when_idle() -> None:
+    clock = Clock()
+    policies = book(ServicePolicy("llm", max_endpoints=2, endpoint_idle_secs=5))
+    breakers = FleetBreakers(policies.policy_of, clock=clock)
+    admission = ServiceAdmission(policies, breakers, AdmissionLimits(per_agent=1, total=1), clock)
+    assert [admission.allows("a", f"llm/e{i}") for i in range(3)] == [True, True, False]
+    assert admission.held_by("a") == 0 and admission.refused == 1  # not places of unnamed names
+    assert breakers.get("llm/e0").policy.max_endpoints == 2  # an endpoint follows its service's policy
+    breakers.get("llm/e1")
+    clock.now += 3
+    assert admission.allows("a", "llm/e1")
+    clock.now += 3
+    assert admission.idle() == ["llm/e0"]
+    breakers.forget("llm/e0")
+    assert admission.allows("b", "llm/e2")
+    assert admission.allows("c", "other/e0") and not admission.allows("c", "other/e1")  # unnamed: per_agent

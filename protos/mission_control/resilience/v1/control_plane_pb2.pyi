@@ -77,6 +77,7 @@ class Breaker(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
+    SLOW_CALLS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     state: Global___BreakerState.ValueType
     consecutive_failures: _builtins.int
@@ -91,6 +92,8 @@ class Breaker(_message.Message):
     """etcd mod_revision of the stored state; 0 if never stored."""
     generation: _builtins.int
     """Increases by one at every transition."""
+    slow_calls: _builtins.int
+    """Slow calls in the window when the slow-call rule opened it (OPEN, HALF_OPEN)."""
     @_builtins.property
     def opened_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -113,10 +116,11 @@ class Breaker(_message.Message):
         reason: _builtins.str = ...,
         revision: _builtins.int = ...,
         generation: _builtins.int = ...,
+        slow_calls: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "open_remaining", b"open_remaining", "opened_at", b"opened_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "consecutive_failures", b"consecutive_failures", "failures", b"failures", "generation", b"generation", "half_open_successes", b"half_open_successes", "name", b"name", "open_remaining", b"open_remaining", "opened_at", b"opened_at", "reason", b"reason", "revision", b"revision", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "consecutive_failures", b"consecutive_failures", "failures", b"failures", "generation", b"generation", "half_open_successes", b"half_open_successes", "name", b"name", "open_remaining", b"open_remaining", "opened_at", b"opened_at", "reason", b"reason", "revision", b"revision", "slow_calls", b"slow_calls", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -228,6 +232,9 @@ class OutcomeSummary(_message.Message):
     SHADOW_RETRIES_FIELD_NUMBER: _builtins.int
     RETRIES_FIELD_NUMBER: _builtins.int
     SHADOW_CALLS_FIELD_NUMBER: _builtins.int
+    SLOW_CALLS_FIELD_NUMBER: _builtins.int
+    TIMED_CALLS_FIELD_NUMBER: _builtins.int
+    ENDPOINTS_OVER_CAP_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     successes: _builtins.int
     failures: _builtins.int
@@ -257,6 +264,16 @@ class OutcomeSummary(_message.Message):
     retries: _builtins.int
     shadow_calls: _builtins.int
     """Calls the candidate was evaluated on."""
+    slow_calls: _builtins.int
+    """Calls that ran past the policy's slow-call duration (each counted once, when it
+    passed it, even while still running)...
+    """
+    timed_calls: _builtins.int
+    """...out of the calls judged for slowness: the slow ones plus those that ended in time."""
+    endpoints_over_cap: _builtins.int
+    """Calls to endpoints past the policy's max_endpoints, counted under the service's
+    own breaker instead.
+    """
     @_builtins.property
     def errors_by_type(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Failure counts by ErrorType name, e.g. "LLMProviderUnavailable"."""
@@ -300,10 +317,13 @@ class OutcomeSummary(_message.Message):
         shadow_retries: _builtins.int = ...,
         retries: _builtins.int = ...,
         shadow_calls: _builtins.int = ...,
+        slow_calls: _builtins.int = ...,
+        timed_calls: _builtins.int = ...,
+        endpoints_over_cap: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors_by_operation", b"errors_by_operation", "errors_by_type", b"errors_by_type", "failures", b"failures", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "probe_failures", b"probe_failures", "probe_generation", b"probe_generation", "probe_successes", b"probe_successes", "probes_released", b"probes_released", "recovery_attempts", b"recovery_attempts", "recovery_successes", b"recovery_successes", "rejected", b"rejected", "rejected_by_reason", b"rejected_by_reason", "retries", b"retries", "service", b"service", "shadow_calls", b"shadow_calls", "shadow_rejected_by_reason", b"shadow_rejected_by_reason", "shadow_retries", b"shadow_retries", "successes", b"successes", "trailing_failures", b"trailing_failures"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints_over_cap", b"endpoints_over_cap", "errors_by_operation", b"errors_by_operation", "errors_by_type", b"errors_by_type", "failures", b"failures", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "probe_failures", b"probe_failures", "probe_generation", b"probe_generation", "probe_successes", b"probe_successes", "probes_released", b"probes_released", "recovery_attempts", b"recovery_attempts", "recovery_successes", b"recovery_successes", "rejected", b"rejected", "rejected_by_reason", b"rejected_by_reason", "retries", b"retries", "service", b"service", "shadow_calls", b"shadow_calls", "shadow_rejected_by_reason", b"shadow_rejected_by_reason", "shadow_retries", b"shadow_retries", "slow_calls", b"slow_calls", "successes", b"successes", "timed_calls", b"timed_calls", "trailing_failures", b"trailing_failures"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1445,6 +1465,46 @@ class ErrorStatistics(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class SlowCallsByServiceEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class EndpointsOverCapByServiceEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     TOTAL_ERRORS_FIELD_NUMBER: _builtins.int
     ERRORS_BY_SERVICE_FIELD_NUMBER: _builtins.int
     ERRORS_BY_AGENT_FIELD_NUMBER: _builtins.int
@@ -1466,6 +1526,8 @@ class ErrorStatistics(_message.Message):
     REJECTED_BY_REASON_FIELD_NUMBER: _builtins.int
     FALLBACKS_SERVED_FIELD_NUMBER: _builtins.int
     FALLBACKS_FAILED_FIELD_NUMBER: _builtins.int
+    SLOW_CALLS_BY_SERVICE_FIELD_NUMBER: _builtins.int
+    ENDPOINTS_OVER_CAP_BY_SERVICE_FIELD_NUMBER: _builtins.int
     SHADOW_SERVICES_FIELD_NUMBER: _builtins.int
     total_errors: _builtins.int
     circuit_breaker_opens: _builtins.int
@@ -1506,6 +1568,14 @@ class ErrorStatistics(_message.Message):
         """Calls stopped locally, by the gate that stopped them (see OutcomeSummary)."""
 
     @_builtins.property
+    def slow_calls_by_service(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Calls that ran past their policy's slow-call duration, per service."""
+
+    @_builtins.property
+    def endpoints_over_cap_by_service(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Calls to endpoints past a policy's max_endpoints, per service."""
+
+    @_builtins.property
     def shadow_services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShadowServiceStatistics]:
         """Per service with a candidate policy in shadow mode: enforced and shadow side by side."""
 
@@ -1533,11 +1603,13 @@ class ErrorStatistics(_message.Message):
         rejected_by_reason: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         fallbacks_served: _builtins.int = ...,
         fallbacks_failed: _builtins.int = ...,
+        slow_calls_by_service: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        endpoints_over_cap_by_service: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         shadow_services: _abc.Iterable[Global___ShadowServiceStatistics] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcomes_dropped", b"outcomes_dropped", "recovery_attempts", b"recovery_attempts", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "rejected_by_reason", b"rejected_by_reason", "reports_refused", b"reports_refused", "shadow_services", b"shadow_services", "total_errors", b"total_errors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "endpoints_over_cap_by_service", b"endpoints_over_cap_by_service", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcomes_dropped", b"outcomes_dropped", "recovery_attempts", b"recovery_attempts", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "rejected_by_reason", b"rejected_by_reason", "reports_refused", b"reports_refused", "shadow_services", b"shadow_services", "slow_calls_by_service", b"slow_calls_by_service", "total_errors", b"total_errors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -152,6 +152,59 @@ class FailureRatePolicy(_message.Message):
 Global___FailureRatePolicy: _TypeAlias = FailureRatePolicy  # noqa: Y015
 
 @_typing.final
+class SlowCallPolicy(_message.Message):
+    """Trip on the share of slow calls over a window, in the manner of resilience4j's
+    slowCallRateThreshold / slowCallDurationThreshold. A slow call that succeeds still
+    succeeds for its caller; it is counted slow once, as soon as it runs past the duration
+    (while still running), so a service that turns slow is noticed without waiting for its calls to end.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DURATION_THRESHOLD_SECS_FIELD_NUMBER: _builtins.int
+    RATE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    MINIMUM_CALLS_FIELD_NUMBER: _builtins.int
+    WINDOW_SECS_FIELD_NUMBER: _builtins.int
+    duration_threshold_secs: _builtins.float
+    """A call running longer than this is slow. Default 1 s."""
+    rate_threshold: _builtins.float
+    """Share of slow calls (0 < x <= 1) that opens the breaker. Default 0.5."""
+    minimum_calls: _builtins.int
+    """Fewest calls judged in the window before the share counts. Default 10."""
+    window_secs: _builtins.float
+    """Window length. Default 10 s."""
+    def __init__(
+        self,
+        *,
+        duration_threshold_secs: _builtins.float | None = ...,
+        rate_threshold: _builtins.float | None = ...,
+        minimum_calls: _builtins.int | None = ...,
+        window_secs: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_duration_threshold_secs", b"_duration_threshold_secs", "_minimum_calls", b"_minimum_calls", "_rate_threshold", b"_rate_threshold", "_window_secs", b"_window_secs", "duration_threshold_secs", b"duration_threshold_secs", "minimum_calls", b"minimum_calls", "rate_threshold", b"rate_threshold", "window_secs", b"window_secs"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_duration_threshold_secs", b"_duration_threshold_secs", "_minimum_calls", b"_minimum_calls", "_rate_threshold", b"_rate_threshold", "_window_secs", b"_window_secs", "duration_threshold_secs", b"duration_threshold_secs", "minimum_calls", b"minimum_calls", "rate_threshold", b"rate_threshold", "window_secs", b"window_secs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__duration_threshold_secs: _TypeAlias = _typing.Literal["duration_threshold_secs"]  # noqa: Y015
+    _WhichOneofArgType__duration_threshold_secs: _TypeAlias = _typing.Literal["_duration_threshold_secs", b"_duration_threshold_secs"]  # noqa: Y015
+    _WhichOneofReturnType__minimum_calls: _TypeAlias = _typing.Literal["minimum_calls"]  # noqa: Y015
+    _WhichOneofArgType__minimum_calls: _TypeAlias = _typing.Literal["_minimum_calls", b"_minimum_calls"]  # noqa: Y015
+    _WhichOneofReturnType__rate_threshold: _TypeAlias = _typing.Literal["rate_threshold"]  # noqa: Y015
+    _WhichOneofArgType__rate_threshold: _TypeAlias = _typing.Literal["_rate_threshold", b"_rate_threshold"]  # noqa: Y015
+    _WhichOneofReturnType__window_secs: _TypeAlias = _typing.Literal["window_secs"]  # noqa: Y015
+    _WhichOneofArgType__window_secs: _TypeAlias = _typing.Literal["_window_secs", b"_window_secs"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__duration_threshold_secs) -> _WhichOneofReturnType__duration_threshold_secs | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__minimum_calls) -> _WhichOneofReturnType__minimum_calls | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rate_threshold) -> _WhichOneofReturnType__rate_threshold | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__window_secs) -> _WhichOneofReturnType__window_secs | None: ...
+
+Global___SlowCallPolicy: _TypeAlias = SlowCallPolicy  # noqa: Y015
+
+@_typing.final
 class QuotaPolicy(_message.Message):
     """A named budget spent by weighted calls, e.g. LLM tokens per minute."""
 
@@ -255,6 +308,9 @@ class ServicePolicy(_message.Message):
     RECORD_ERRORS_FIELD_NUMBER: _builtins.int
     IGNORE_ERRORS_FIELD_NUMBER: _builtins.int
     REPORTERS_FIELD_NUMBER: _builtins.int
+    SLOW_CALL_FIELD_NUMBER: _builtins.int
+    MAX_ENDPOINTS_FIELD_NUMBER: _builtins.int
+    ENDPOINT_IDLE_SECS_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """The service (and breaker) this policy is for."""
     timeout_secs: _builtins.float
@@ -270,6 +326,12 @@ class ServicePolicy(_message.Message):
     """The service's calls may run twice: a call that returned after its deadline (it ran)
     may still be retried or sent to a fallback. Default false.
     """
+    max_endpoints: _builtins.int
+    """Most endpoints (e.g. "openai/gpt-x") of the service with a breaker of their own;
+    calls to endpoints past this share the service's breaker. Default 64; 0 = none.
+    """
+    endpoint_idle_secs: _builtins.float
+    """An endpoint breaker without calls for this long is forgotten. Default 300 s."""
     @_builtins.property
     def backoff(self) -> Global___BackoffPolicy: ...
     @_builtins.property
@@ -305,6 +367,10 @@ class ServicePolicy(_message.Message):
         prefix ending in "*" for a group of them. Empty: every agent may.
         """
 
+    @_builtins.property
+    def slow_call(self) -> Global___SlowCallPolicy:
+        """Open the breaker on the share of slow calls too; unset = never for slowness."""
+
     def __init__(
         self,
         *,
@@ -328,17 +394,24 @@ class ServicePolicy(_message.Message):
         record_errors: _abc.Iterable[_builtins.str] | None = ...,
         ignore_errors: _abc.Iterable[_builtins.str] | None = ...,
         reporters: _abc.Iterable[_builtins.str] | None = ...,
+        slow_call: Global___SlowCallPolicy | None = ...,
+        max_endpoints: _builtins.int | None = ...,
+        endpoint_idle_secs: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold", "_idempotent", b"_idempotent", "_max_concurrent", b"_max_concurrent", "_max_retries", b"_max_retries", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fleet", b"fleet", "idempotent", b"idempotent", "max_concurrent", b"max_concurrent", "max_retries", b"max_retries", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "retry_budget", b"retry_budget", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_endpoint_idle_secs", b"_endpoint_idle_secs", "_failure_threshold", b"_failure_threshold", "_idempotent", b"_idempotent", "_max_concurrent", b"_max_concurrent", "_max_endpoints", b"_max_endpoints", "_max_retries", b"_max_retries", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "endpoint_idle_secs", b"endpoint_idle_secs", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fleet", b"fleet", "idempotent", b"idempotent", "max_concurrent", b"max_concurrent", "max_endpoints", b"max_endpoints", "max_retries", b"max_retries", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "retry_budget", b"retry_budget", "slow_call", b"slow_call", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold", "_idempotent", b"_idempotent", "_max_concurrent", b"_max_concurrent", "_max_retries", b"_max_retries", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fallbacks", b"fallbacks", "fleet", b"fleet", "idempotent", b"idempotent", "ignore_errors", b"ignore_errors", "max_concurrent", b"max_concurrent", "max_retries", b"max_retries", "quotas", b"quotas", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "record_errors", b"record_errors", "reporters", b"reporters", "retry_budget", b"retry_budget", "retryable_codes", b"retryable_codes", "service", b"service", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_endpoint_idle_secs", b"_endpoint_idle_secs", "_failure_threshold", b"_failure_threshold", "_idempotent", b"_idempotent", "_max_concurrent", b"_max_concurrent", "_max_endpoints", b"_max_endpoints", "_max_retries", b"_max_retries", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "endpoint_idle_secs", b"endpoint_idle_secs", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fallbacks", b"fallbacks", "fleet", b"fleet", "idempotent", b"idempotent", "ignore_errors", b"ignore_errors", "max_concurrent", b"max_concurrent", "max_endpoints", b"max_endpoints", "max_retries", b"max_retries", "quotas", b"quotas", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "record_errors", b"record_errors", "reporters", b"reporters", "retry_budget", b"retry_budget", "retryable_codes", b"retryable_codes", "service", b"service", "slow_call", b"slow_call", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__endpoint_idle_secs: _TypeAlias = _typing.Literal["endpoint_idle_secs"]  # noqa: Y015
+    _WhichOneofArgType__endpoint_idle_secs: _TypeAlias = _typing.Literal["_endpoint_idle_secs", b"_endpoint_idle_secs"]  # noqa: Y015
     _WhichOneofReturnType__failure_threshold: _TypeAlias = _typing.Literal["failure_threshold"]  # noqa: Y015
     _WhichOneofArgType__failure_threshold: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold"]  # noqa: Y015
     _WhichOneofReturnType__idempotent: _TypeAlias = _typing.Literal["idempotent"]  # noqa: Y015
     _WhichOneofArgType__idempotent: _TypeAlias = _typing.Literal["_idempotent", b"_idempotent"]  # noqa: Y015
     _WhichOneofReturnType__max_concurrent: _TypeAlias = _typing.Literal["max_concurrent"]  # noqa: Y015
     _WhichOneofArgType__max_concurrent: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent"]  # noqa: Y015
+    _WhichOneofReturnType__max_endpoints: _TypeAlias = _typing.Literal["max_endpoints"]  # noqa: Y015
+    _WhichOneofArgType__max_endpoints: _TypeAlias = _typing.Literal["_max_endpoints", b"_max_endpoints"]  # noqa: Y015
     _WhichOneofReturnType__max_retries: _TypeAlias = _typing.Literal["max_retries"]  # noqa: Y015
     _WhichOneofArgType__max_retries: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries"]  # noqa: Y015
     _WhichOneofReturnType__rate_limit_requests: _TypeAlias = _typing.Literal["rate_limit_requests"]  # noqa: Y015
@@ -352,11 +425,15 @@ class ServicePolicy(_message.Message):
     _WhichOneofReturnType__wait_duration_secs: _TypeAlias = _typing.Literal["wait_duration_secs"]  # noqa: Y015
     _WhichOneofArgType__wait_duration_secs: _TypeAlias = _typing.Literal["_wait_duration_secs", b"_wait_duration_secs"]  # noqa: Y015
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__endpoint_idle_secs) -> _WhichOneofReturnType__endpoint_idle_secs | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__failure_threshold) -> _WhichOneofReturnType__failure_threshold | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__idempotent) -> _WhichOneofReturnType__idempotent | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_concurrent) -> _WhichOneofReturnType__max_concurrent | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_endpoints) -> _WhichOneofReturnType__max_endpoints | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_retries) -> _WhichOneofReturnType__max_retries | None: ...
     @_typing.overload
