@@ -150,6 +150,8 @@ class FleetBreakers:
         """
         if value is not None and 0 < revision <= self.revisions.get(name, 0):
             return  # already applied (the watch and the writer both report a write)
+        if value is None and name not in self._breakers:
+            return  # forgotten here already (an idle one): absent is CLOSED, nothing to push
         breaker = self.get(name)
         old = breaker.state
         if value is None:
