@@ -150,6 +150,16 @@ class FleetBreakers:
         """
         if value is not None and 0 < revision <= self.revisions.get(name, 0):
             return  # already applied (the watch and the writer both report a write)
+        if value is None and name not in self._breakers:
+            # Forgotten here already (an idle one): agents that still hold its last state
+            # hear that it is CLOSED, and it takes no place here.
+            message = self._message(CircuitBreaker(name, self._policy_of(name), self._clock()))
+            for listener in list(self.change_listeners):
+                try:
+                    listener(message, None, None)
+                except Exception:
+                    _log.exception("breaker change listener failed")
+            return
         breaker = self.get(name)
         old = breaker.state
         if value is None:

@@ -238,3 +238,15 @@ def test_endpoints_of_a_named_service_are_capped_by_its_policy_and_forgotten_whe
     breakers.forget("llm/e0")
     assert admission.allows("b", "llm/e2")
     assert admission.allows("c", "other/e0") and not admission.allows("c", "other/e1")  # unnamed: per_agent
+
+
+def test_the_delete_of_a_forgotten_breaker_tells_agents_closed_without_bringing_it_back() -> None:
+    policies = book(ServicePolicy("llm"))
+    engine = FleetBreakers(policies.policy_of, clock=Clock())
+    heard: list[tuple[str, int]] = []
+    engine.change_listeners.append(lambda message, old, move: heard.append((message.name, message.state)))
+    engine.record("a", pb.OutcomeSummary(service="llm/e0", failures=5))
+    engine.forget("llm/e0")
+    engine.adopt("llm/e0", None, 0)
+    assert heard == [("llm/e0", pb.BREAKER_STATE_OPEN), ("llm/e0", pb.BREAKER_STATE_CLOSED)]
+    assert engine.find("llm/e0") is None
