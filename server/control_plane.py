@@ -366,14 +366,17 @@ class ControlPlane:
         self.hub.broadcast(pb.ConnectResponse(snapshot=self.snapshot()))
 
     def _on_breaker(self, message: pb.Breaker, old: BreakerState | None, move: Transition | None) -> None:
+        # Agents first: the push is queued to every stream before the write is started (the
+        # streams' tasks run before the writer's), so a decision reaches agents without
+        # waiting on etcd. What a write that fails changes is pushed again (see writes).
         self.version += 1
+        self.hub.broadcast(pb.ConnectResponse(breaker=message))
         if move is not None:  # decided here: store it
             self.writer.decided(message.name)
             if self.telemetry is not None:
                 self.telemetry.transition(message, move)
         if message.state == pb.BREAKER_STATE_OPEN and old is not BreakerState.OPEN:
             self.stats.add_breaker_open()
-        self.hub.broadcast(pb.ConnectResponse(breaker=message))
         self.hub.notify_watchers(message, old)
 
     def _on_policy(self, service: str, policy: ServicePolicy | None) -> None:
