@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,11 @@ def measure(
             Proc([sys.executable, "-m", "bench.scale_proc", address, str(n), f"s{agents}p{i}", SERVICE])
             for i, n in enumerate(sizes)
         ]
-        connected = sum(p.ask("noop", timeout=180)["ready"] for p in fleet)
+        ready = [p.ask("noop", timeout=180) for p in fleet]
+        connected = sum(r["ready"] for r in ready)
+        errors = Counter[str]()
+        for r in ready:
+            errors.update(r["errors"])
         connect_s = time.monotonic() - started
         time.sleep(rounds * LEASE_SECS + 0.5)  # lease rounds with every agent a holder
         held = plane.ask("stats")
@@ -100,6 +105,7 @@ def measure(
         _quit(plane)
     return _summary(agents, connected, connect_s, before, held, after, seen, flooded, flood_secs, sent) | {
         "load_1m_before": load_before,
+        "stream_errors": dict(errors),
         "load_1m_after": os.getloadavg()[0],
     }
 
@@ -145,6 +151,7 @@ def _summary(
         "loop_lag_p99_ms": after["lag_p99_s"] * 1e3,
         "loop_lag_max_ms": after["lag_max_s"] * 1e3,
         "gc_max_ms": after["gc_max_s"] * 1e3,
+        "gc_ms": after["gc_s"] * 1e3,
         "outcomes_per_s": (flooded["outcomes"] - after["outcomes"]) / flood_secs,
         "batches_sent": sent,
     }

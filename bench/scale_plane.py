@@ -25,6 +25,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server import hub as hub_module
 from mission_control.server.app import start_control_plane
 from mission_control.server.control_plane import ControlPlane
+from mission_control.server.gc_tuning import tune_gc
 from mission_control.server.service import Limits
 from mission_control.server.store import EtcdStore
 
@@ -184,6 +185,8 @@ async def main() -> None:
     store = EtcdStore([endpoint])
     limits = Limits(max_agents_per_peer=100_000, max_agents=100_000)
     running = await start_control_plane(store, "127.0.0.1:0", limits=limits)
+    if os.environ.get("MC_SCALE_GC") != "default":
+        tune_gc()  # as mission-control serve does
     timings = _Timings()
     _instrument(running.plane, service, timings)
     _time_gc(timings)
