@@ -34,6 +34,21 @@ OVERHEAD_COLUMNS = [
 ]
 
 
+SCALE_COLUMNS = [
+    ("connected", "agents", ""),
+    ("load_1m_before", "load", ".1f"),
+    ("rss_per_agent_kib", "KiB/agent", ".1f"),
+    ("round_sync_ms", "lease round ms", ".1f"),
+    ("round_loop_ms", "+ delivery, loop CPU ms", ".1f"),
+    ("push_loop_ms", "push loop CPU ms", ".1f"),
+    ("push_p50_ms", "push p50 ms", ".1f"),
+    ("push_p99_ms", "push p99 ms", ".1f"),
+    ("push_all_max_ms", "push to all, max ms", ".1f"),
+    ("loop_lag_max_ms", "loop lag max ms", ".1f"),
+    ("outcomes_per_s", "outcomes/s", ".0f"),
+]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="fewer calls (a smoke run)")
@@ -62,9 +77,12 @@ def main() -> int:
         case2 = fleet_cases.breaker_propagation(s, trips=5 if args.quick else 30)
         results["breaker_propagation"] = case2
         _table(
-            "2. breaker propagation: A trips, B (another process) fails fast",
-            [case2],
+            "2. breaker propagation: A trips, B (another process) fails fast; idle and with a "
+            "spinning process per core, interleaved",
+            list(case2.values()),
             [
+                ("variant", "machine", ""),
+                ("load_1m", "load (1 min)", ".1f"),
                 ("trips", "trips", ""),
                 ("measured", "measured", ""),
                 ("p50_ms", "p50 ms", ".1f"),
@@ -158,6 +176,15 @@ def main() -> int:
             ("p50_s", "p50 s", ".2f"),
             ("p99_s", "p99 s", ".2f"),
         ],
+    )
+    from . import scale
+
+    case9 = scale.run((200, 1000) if args.quick else (1000, 3000, 10_000))
+    results["scale"] = case9
+    _table(
+        "9. agents per control plane (raw Connect streams from a few processes, loopback)",
+        case9,
+        SCALE_COLUMNS,
     )
     results["seconds"] = round(time.time() - started, 1)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import sys
 import time
 from typing import Any
@@ -33,12 +35,18 @@ def _set_breaker(s: Stack, name: str, state: int) -> None:
         )
 
 
+#: Background load for the "busy" variant: one spinning process per core.
+_BURN = "import time\nwhile True: time.perf_counter()"
+
+
 def breaker_propagation(s: Stack, trips: int = 30) -> dict[str, Any]:
     """Agent A's failures trip the breaker; time until agent B, another process, fails fast.
 
     B sends no traffic of its own while it waits (its successes would, rightly, keep a
     consecutive-failure breaker closed); it watches its local view and, once that says
-    OPEN, makes one call, which must fail fast without reaching its upstream."""
+    OPEN, makes one call, which must fail fast without reaching its upstream. Trips
+    alternate between an idle machine and one with a spinning process per core (paused
+    with SIGSTOP between busy trips), so both variants see the same machine otherwise."""
     service = "prop_llm"
     s.put_policy(
         service,
@@ -49,21 +57,28 @@ def breaker_propagation(s: Stack, trips: int = 30) -> dict[str, Any]:
         timeout_secs=5,
     )
     healthy = python("tests.support.upstream", "healthy")
-    procs: list[Proc] = [healthy]
+    burners = [Proc([sys.executable, "-c", _BURN]) for _ in range(os.cpu_count() or 2)]
+    procs: list[Proc] = [healthy, *burners]
+    samples: dict[str, list[float]] = {"idle": [], "busy": []}
+    loads: dict[str, list[float]] = {"idle": [], "busy": []}
     try:
+        _pause(burners, True)
         healthy_address = f"127.0.0.1:{healthy.port()}"
         set_mode(s.upstream_address, "fail", code="UNAVAILABLE")
         a = agent("agent-a", s.plane_address, s.upstream_address, service)
         b = agent("agent-b", s.plane_address, healthy_address, service)
         procs += [a, b]
-        samples = []
-        for _ in range(trips):
+        for trip in range(2 * trips):
+            variant = "busy" if trip % 2 else "idle"
+            _pause(burners, variant == "idle")
             b.send("until_fails_fast")
             time.sleep(0.05)
             tripped = a.ask("call 3")
             seen = b.ask("noop")
+            loads[variant].append(os.getloadavg()[0])
+            _pause(burners, True)
             if seen["first_rejection"] is not None and seen["outcome"] == "CircuitBreakerOpen":
-                samples.append(seen["first_rejection"] - tripped["t_last"])
+                samples[variant].append(seen["first_rejection"] - tripped["t_last"])
             _set_breaker(s, service, cp.BREAKER_STATE_CLOSED)
             a.ask("until_state CLOSED")
             b.ask("until_state CLOSED")
@@ -71,12 +86,24 @@ def breaker_propagation(s: Stack, trips: int = 30) -> dict[str, Any]:
     finally:
         for proc in procs:
             proc.kill()
+    return {v: _propagation_row(v, trips, got, loads[v]) for v, got in samples.items()}
+
+
+def _pause(procs: list[Proc], stopped: bool) -> None:
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.popen.pid, signal.SIGSTOP if stopped else signal.SIGCONT)
+
+
+def _propagation_row(variant: str, trips: int, samples: list[float], loads: list[float]) -> dict[str, Any]:
     return {
+        "variant": variant,
         "trips": trips,
         "measured": len(samples),
         "p50_ms": percentile(samples, 50) * 1e3,
         "p99_ms": percentile(samples, 99) * 1e3,
         "max_ms": max(samples) * 1e3 if samples else float("nan"),
+        "load_1m": median(loads),
     }
 
 

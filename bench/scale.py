@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +46,6 @@ def _policies(stub: cp_grpc.ControlPlaneServiceStub) -> None:
         stub.PutPolicy(cp.PutPolicyRequest(policy=policy), timeout=30)
 
 
-def _push(stub: cp_grpc.ControlPlaneServiceStub, state: int) -> None:
-    stub.SetBreakerState(cp.SetBreakerStateRequest(name=SERVICE, state=state, reason="bench"), timeout=30)
-
-
 def _quit(plane: Proc) -> None:
     """Let the plane end on its own (a profile is written then), else kill it."""
     with contextlib.suppress(OSError, ValueError):
@@ -62,8 +59,11 @@ def _ms(values: list[float], q: float) -> float:
     return percentile(values, q) * 1e3
 
 
-def measure(etcd: str, agents: int, pushes: int = 10, flood_secs: float = 3.0) -> dict[str, Any]:
-    """Connect ``agents`` simulated agents to a fresh control plane and time it."""
+def measure(
+    etcd: str, agents: int, pushes: int = 10, flood_secs: float = 3.0, rounds: int = 3
+) -> dict[str, Any]:
+    """Connect ``agents`` simulated agents to a fresh control plane and time ``rounds``
+    lease rounds, ``pushes`` breaker pushes and ``flood_secs`` of outcomes."""
     plane = Proc([sys.executable, "-m", "bench.scale_plane", etcd, SERVICE])
     fleet: list[Proc] = []
     try:
@@ -80,12 +80,16 @@ def measure(etcd: str, agents: int, pushes: int = 10, flood_secs: float = 3.0) -
             Proc([sys.executable, "-m", "bench.scale_proc", address, str(n), f"s{agents}p{i}", SERVICE])
             for i, n in enumerate(sizes)
         ]
-        connected = sum(p.ask("noop", timeout=180)["ready"] for p in fleet)
+        ready = [p.ask("noop", timeout=180) for p in fleet]
+        connected = sum(r["ready"] for r in ready)
+        errors = Counter[str]()
+        for r in ready:
+            errors.update(r["errors"])
         connect_s = time.monotonic() - started
-        time.sleep(3 * LEASE_SECS + 0.5)  # a few lease rounds with every agent a holder
+        time.sleep(rounds * LEASE_SECS + 0.5)  # lease rounds with every agent a holder
         held = plane.ask("stats")
         for i in range(pushes):
-            _push(stub, cp.BREAKER_STATE_FORCED_OPEN if i % 2 == 0 else cp.BREAKER_STATE_CLOSED)
+            plane.ask("push FORCED_OPEN" if i % 2 == 0 else "push CLOSED")
             time.sleep(0.5)
         time.sleep(1.0)
         after = plane.ask("stats")
@@ -101,6 +105,7 @@ def measure(etcd: str, agents: int, pushes: int = 10, flood_secs: float = 3.0) -
         _quit(plane)
     return _summary(agents, connected, connect_s, before, held, after, seen, flooded, flood_secs, sent) | {
         "load_1m_before": load_before,
+        "stream_errors": dict(errors),
         "load_1m_after": os.getloadavg()[0],
     }
 
@@ -122,7 +127,7 @@ def _summary(
     last: list[float] = []
     missing = 0
     for push in after["pushes"]:
-        got = [t for r in seen for t in r["pushes"].get(str(push["at"]), [])]
+        got = [t for r in seen for t in r["pushes"].get(str(push["changed_at"]), [])]
         missing += connected - len(got)
         late += [t - push["wall"] for t in got]
         if got:
@@ -145,17 +150,20 @@ def _summary(
         "push_all_max_ms": max(last, default=math.nan) * 1e3,
         "loop_lag_p99_ms": after["lag_p99_s"] * 1e3,
         "loop_lag_max_ms": after["lag_max_s"] * 1e3,
+        "gc_max_ms": after["gc_max_s"] * 1e3,
+        "gc_ms": after["gc_s"] * 1e3,
         "outcomes_per_s": (flooded["outcomes"] - after["outcomes"]) / flood_secs,
         "batches_sent": sent,
     }
 
 
-def run(sizes: tuple[int, ...] = (1000, 3000, 10_000)) -> list[dict[str, Any]]:
-    """The scaling curve: one fresh control plane per size, on one etcd."""
+def run(sizes: tuple[int, ...] = (1000, 3000, 10_000), **options: Any) -> list[dict[str, Any]]:
+    """The scaling curve: one fresh control plane per size, on one etcd (``options`` go to
+    :func:`measure`)."""
     with tempfile.TemporaryDirectory(prefix="mc-scale-") as tmp:
         etcd = EtcdProcess(Path(tmp) / "etcd", log_file=Path(tmp) / "etcd.log").start()
         try:
-            return [measure(etcd.endpoint, n) for n in sizes]
+            return [measure(etcd.endpoint, n, **options) for n in sizes]
         finally:
             etcd.stop()
 
@@ -163,6 +171,5 @@ def run(sizes: tuple[int, ...] = (1000, 3000, 10_000)) -> list[dict[str, Any]]:
 if __name__ == "__main__":
     import json
 
-    sizes = tuple(int(a) for a in sys.argv[1:]) or (1000,)
-    for row in run(sizes):
-        print(json.dumps(row, indent=1), flush=True)
+    for size in tuple(int(a) for a in sys.argv[1:]) or (1000,):
+        print(json.dumps(run((size,))[0]), flush=True)

@@ -6,22 +6,26 @@ Prints ``PORT n`` once serving. Timing, kept while it runs: the event-loop time 
 lease round (the tick that leases a period out, and the loop's CPU until every stream took
 its lease from its queue), of every breaker push for SERVICE (from the broadcast until every
 stream took it), the event loop's lag, outcome summaries ingested. ``stats`` on stdin prints
-them as one JSON line; ``quit`` ends.
+them as one JSON line; ``push STATE`` forces SERVICE's breaker (pushed at once, stored after,
+as every decision); ``quit`` ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 
+from mission_control.client.breaker import BreakerState
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server import hub as hub_module
 from mission_control.server.app import start_control_plane
 from mission_control.server.control_plane import ControlPlane
+from mission_control.server.gc_tuning import tune_gc
 from mission_control.server.service import Limits
 from mission_control.server.store import EtcdStore
 
@@ -47,6 +51,7 @@ class _Timings:
     rounds: list[_Round] = field(default_factory=list)
     pushes: list[_Round] = field(default_factory=list)
     lags: list[float] = field(default_factory=list)
+    gc_pauses: list[float] = field(default_factory=list)
     outcomes: int = 0
     open_by_message: dict[int, _Round] = field(default_factory=dict)
 
@@ -125,6 +130,18 @@ def _count(timings: _Timings, summary: pb.OutcomeSummary) -> None:
     timings.outcomes += summary.successes + summary.failures
 
 
+def _time_gc(timings: _Timings) -> None:
+    started = [0.0]
+
+    def callback(phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            timings.gc_pauses.append(time.perf_counter() - started[0])
+
+    gc.callbacks.append(callback)
+
+
 async def _lag(timings: _Timings, every: float = 0.01) -> None:
     while True:
         started = time.perf_counter()
@@ -151,12 +168,15 @@ def _report(timings: _Timings, plane: ControlPlane) -> dict[str, object]:
         "pushes": rows(timings.pushes),
         "lag_p99_s": lags[int(0.99 * (len(lags) - 1))] if lags else 0.0,
         "lag_max_s": lags[-1] if lags else 0.0,
+        "gc_max_s": max(timings.gc_pauses, default=0.0),
+        "gc_s": sum(timings.gc_pauses),
         "outcomes": timings.outcomes,
         "agents": plane.hub.connected_agents,
         "rss_kib": rss_kib(os.getpid()),
         "cpu_s": time.process_time(),
     }
     timings.lags.clear()
+    timings.gc_pauses.clear()
     return report
 
 
@@ -165,8 +185,11 @@ async def main() -> None:
     store = EtcdStore([endpoint])
     limits = Limits(max_agents_per_peer=100_000, max_agents=100_000)
     running = await start_control_plane(store, "127.0.0.1:0", limits=limits)
+    if os.environ.get("MC_SCALE_GC") != "default":
+        tune_gc()  # as mission-control serve does
     timings = _Timings()
     _instrument(running.plane, service, timings)
+    _time_gc(timings)
     lag = asyncio.create_task(_lag(timings))
     print(f"PORT {running.port}", flush=True)
     loop = asyncio.get_running_loop()
@@ -177,6 +200,10 @@ async def main() -> None:
             break
         if words[0] == "stats":
             print(json.dumps(_report(timings, running.plane)), flush=True)
+        elif words[0] == "push":  # a decision, as the engine makes one: pushed, then stored
+            state = BreakerState[words[1]]
+            loop.call_soon(running.plane.breakers.force, service, state, "bench")
+            print(json.dumps({"pushed": words[1]}), flush=True)
     lag.cancel()
     await running.stop(0.5)
 

@@ -21,7 +21,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
 #: Streams per HTTP/2 connection (a few connections, as a few hosts' agents would use).
-STREAMS_PER_CHANNEL = 500
+STREAMS_PER_CHANNEL = 100
 
 
 @dataclass
@@ -33,6 +33,8 @@ class Seen:
     batches: int = 0
     flood_until: float = 0.0
     flood: asyncio.Event = field(default_factory=asyncio.Event)
+    #: streams that ended with an error, by status code
+    errors: dict[str, int] = field(default_factory=dict)
 
 
 def _outcomes(service: str) -> pb.ConnectRequest:
@@ -59,6 +61,14 @@ async def _requests(agent_id: str, service: str, seen: Seen):  # type: ignore[no
 
 async def _stream(stub: pb_grpc.ControlPlaneServiceStub, agent_id: str, service: str, seen: Seen) -> None:
     call = stub.Connect(_requests(agent_id, service, seen))
+    try:
+        await _read(call, service, seen)
+    except grpc.aio.AioRpcError as err:
+        seen.errors[err.code().name] = seen.errors.get(err.code().name, 0) + 1
+        seen.errors.setdefault(f"{err.code().name}: {(err.details() or '')[:120]}", 0)
+
+
+async def _read(call: grpc.aio.StreamStreamCall, service: str, seen: Seen) -> None:  # type: ignore[type-arg]
     first = True
     async for message in call:
         kind = message.WhichOneof("message")
@@ -103,7 +113,7 @@ async def main() -> None:
     deadline = time.monotonic() + 120
     while seen.connected < streams and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    print(json.dumps({"ready": seen.connected}), flush=True)
+    print(json.dumps({"ready": seen.connected, "errors": seen.errors}), flush=True)
     await _commands(seen)
     for task in tasks:
         task.cancel()

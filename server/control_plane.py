@@ -145,6 +145,7 @@ class ControlPlane:
         #: Grows with every change of the fleet state this replica pushes.
         self.version = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self.telemetry = (
             FleetTelemetry(telemetry, self.breakers, self.hub, self.stats) if telemetry is not None else None
         )
@@ -247,6 +248,7 @@ class ControlPlane:
     async def start(self, load_timeout: float = 10.0) -> None:
         """Start the background loops; waits up to ``load_timeout`` for the first load
         (when the store is down it serves defaults and catches up later)."""
+        self._stopping = False
         loops = [self.sync.run, self.writer.run, self._tick_loop, self._health_loop, self._forget_loop]
         if self.leadership is not None and self.relay is not None:
             loops += [self.leadership.run, self.relay.run]
@@ -262,6 +264,7 @@ class ControlPlane:
                 await asyncio.sleep(0.02)
 
     async def stop(self) -> None:
+        self._stopping = True  # a loop that ends from now on ends on purpose
         await self.flush(timeout=2.0)
         if self.leadership is not None:
             await self.leadership.resign()
@@ -340,7 +343,7 @@ class ControlPlane:
             await asyncio.sleep(self.ping_interval)
 
     def _task_ended(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task not in self._tasks:
+        if task.cancelled() or task not in self._tasks or self._stopping:
             return  # stopped on purpose
         error = task.exception()
         _log.error("background task %s ended (%r): not serving", task.get_name(), error, exc_info=error)
@@ -375,14 +378,17 @@ class ControlPlane:
         self.hub.broadcast(pb.ConnectResponse(snapshot=self.snapshot()))
 
     def _on_breaker(self, message: pb.Breaker, old: BreakerState | None, move: Transition | None) -> None:
+        # Agents first: the push is queued to every stream before the write is started (the
+        # streams' tasks run before the writer's), so a decision reaches agents without
+        # waiting on etcd. What a write that fails changes is pushed again (see writes).
         self.version += 1
+        self.hub.broadcast(pb.ConnectResponse(breaker=message))
         if move is not None:  # decided here: store it
             self.writer.decided(message.name)
             if self.telemetry is not None:
                 self.telemetry.transition(message, move)
         if message.state == pb.BREAKER_STATE_OPEN and old is not BreakerState.OPEN:
             self.stats.add_breaker_open()
-        self.hub.broadcast(pb.ConnectResponse(breaker=message))
         self.hub.notify_watchers(message, old)
 
     def _on_policy(self, service: str, policy: ServicePolicy | None) -> None:

@@ -288,8 +288,8 @@ class FleetBreakers:
     # -- internals -------------------------------------------------------------
 
     def _transitioned(self, move: Transition) -> None:
+        self._changed(move.name, move.old, move)  # pushed to agents before anything is logged
         _log.info("breaker %s: %s -> %s (%s)", move.name, move.old.name, move.new.name, move.reason)
-        self._changed(move.name, move.old, move)
         if move.new is BreakerState.HALF_OPEN:
             self._grant_waiting(move.name, self._clock())
         elif move.new is BreakerState.CLOSED:

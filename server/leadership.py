@@ -3,8 +3,10 @@
 A replica campaigns by creating the key on an etcd lease (create-if-absent in one
 transaction), keeps the lease alive while it leads, and revokes it when it shuts down, so a
 successor takes over at once; if the leader dies, its lease expires within ``ttl`` seconds
-and the next campaign wins. The key's value names the leader's address, which followers use
-to relay their agents' outcomes.
+and the next campaign wins. Every replica watches the key: a follower campaigns the moment
+the key is deleted (the lease gone) and learns a new leader's address the moment it is
+written, rather than at its next poll (the poll stays, for a watch that broke). The key's
+value names the leader's address, which followers use to relay their agents' outcomes.
 
 Every write the leader makes is fenced with the key's create_revision (:meth:`guard`), so a
 deposed leader cannot overwrite a newer leader's decision. A leader that loses etcd keeps
@@ -21,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from .store import Entry, Guard, Store, StoreUnavailable, Write
+from .store import Entry, Guard, Store, StoreUnavailable, WatchCompacted, WatchEvent, Write
 
 _log = logging.getLogger("mission_control.server.leadership")
 
@@ -54,6 +56,8 @@ class Leadership:
         self._create_revision = 0
         self._last_refresh = 0.0
         self._stopped = False
+        #: Set (and replaced) whenever the leader key changes: wakes whoever waits.
+        self._changed = asyncio.Event()
 
     @property
     def epoch(self) -> int:
@@ -67,18 +71,51 @@ class Leadership:
         return Guard(self.key, self._create_revision)
 
     async def run(self) -> None:
+        watcher = asyncio.create_task(self._follow_key(), name="Leadership._follow_key")
+        try:
+            while not self._stopped:
+                try:
+                    if self.leading:
+                        await self._hold()
+                    else:
+                        await self._campaign()
+                except StoreUnavailable as err:
+                    if self.leading and self.clock() - self._last_refresh > self.ttl:
+                        _log.warning("cannot reach etcd (%s); deciding from memory, fenced on return", err)
+                # A leader renews well within its TTL; a follower campaigns when the watch
+                # says the key is gone, and polls in case the watch is down.
+                await self.wait_change(self.ttl / 3 if self.leading else FOLLOWER_POLL_SECS)
+        finally:
+            watcher.cancel()
+
+    async def wait_change(self, timeout: float) -> bool:
+        """Wait until the leader key changes or ``timeout``; whether it changed."""
+        changed = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout)
+        return changed.is_set()
+
+    async def _follow_key(self) -> None:
         while not self._stopped:
             try:
-                if self.leading:
-                    await self._hold()
-                else:
-                    await self._campaign()
-            except StoreUnavailable as err:
-                if self.leading and self.clock() - self._last_refresh > self.ttl:
-                    _log.warning("cannot reach etcd (%s); deciding from memory, fenced on return", err)
-            # A leader renews well within its TTL; followers look often (a read) so that a
-            # dead leader's successor is elected right after its lease expires.
-            await asyncio.sleep(self.ttl / 3 if self.leading else FOLLOWER_POLL_SECS)
+                _, revision = await self.store.get_prefix(self.key)
+                async for events in self.store.watch(self.key, revision + 1):
+                    self._seen([e for e in events if e.key == self.key])
+            except (StoreUnavailable, WatchCompacted):
+                pass
+            except Exception:  # the poll still elects: a watch bug must not stop that
+                _log.exception("watching the leader key failed")
+            await asyncio.sleep(FOLLOWER_POLL_SECS)
+
+    def _seen(self, events: list[WatchEvent]) -> None:
+        if not events:
+            return
+        last = events[-1]
+        if not self.leading:  # what a leader believes is settled by its own lease and fence
+            found = _leader_of(last.value) if last.value is not None else None
+            self.leader_id, self.leader_address = found or (None, None)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     async def _campaign(self) -> None:
         entry = await self._learn_leader()
@@ -125,11 +162,7 @@ class Leadership:
         if entry is None:
             self.leader_id = self.leader_address = None
             return None
-        try:
-            found = json.loads(entry.value)
-            self.leader_id, self.leader_address = str(found["instance"]), str(found["address"])
-        except (ValueError, KeyError, TypeError):
-            self.leader_id = self.leader_address = None
+        self.leader_id, self.leader_address = _leader_of(entry.value) or (None, None)
         return entry
 
     def fenced(self) -> None:
@@ -160,6 +193,15 @@ class Leadership:
             self._set(False)
             with contextlib.suppress(StoreUnavailable):
                 await self.store.revoke_lease(self._lease)
+
+
+def _leader_of(value: bytes) -> tuple[str, str] | None:
+    """(instance, address) named by the key's value, or None when it names none."""
+    try:
+        found = json.loads(value)
+        return str(found["instance"]), str(found["address"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _instance_of(value: bytes) -> str | None:

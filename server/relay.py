@@ -166,8 +166,8 @@ class LeaderRelay:
                 self._requeue()
             with contextlib.suppress(Exception):
                 await leadership.refresh_leader()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 1.0)
+            changed = await leadership.wait_change(backoff)  # a new leader named: go to it now
+            backoff = 0.05 if changed else min(backoff * 2, 1.0)
 
     async def _stream(self, address: str) -> None:
         self._epoch += 1

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from .app import DASHBOARD_CANNOT_LISTEN, ServeOptions, bind_problem, start_control_plane
 from .auth import AccessPolicy
 from .etcd_process import EtcdProcess
+from .gc_tuning import tune_gc
 from .state_dir import StateLock, embedded_ports
 
 __all__ = ["Interrupted", "serve"]
@@ -108,6 +109,7 @@ async def _run(
         advertise=options.advertise,
         http=options.http,
     )
+    tune_gc()
     host = options.listen.rsplit(":", 1)[0]
     if lock is not None:
         lock.record(listen=f"{host}:{running.port}")
