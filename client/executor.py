@@ -262,6 +262,14 @@ class Executor:
         if served:
             self.recovered(state, True)
 
+    def spool_counted(self, service: str, spooled: int, replayed: int, dropped: int) -> None:
+        """Count writes a spool kept, made later, or dropped (at its bound, or unmakeable)."""
+        state = self.view.get(service)
+        with state.lock:
+            state.tally.spooled += spooled
+            state.tally.spool_replayed += replayed
+            state.tally.spool_dropped += dropped
+
     def given_up(
         self,
         state: ServiceState,

@@ -58,6 +58,9 @@ class Tally:
         "recovery_successes",
         "rejected",
         "rejected_by_reason",
+        "spool_dropped",
+        "spool_replayed",
+        "spooled",
         "successes",
         "trailing_failures",
     )
@@ -72,12 +75,14 @@ class Tally:
         self.errors_by_operation: Counter[str] = Counter()
         self.rejected_by_reason: Counter[str] = Counter()
         self.fallbacks_served = self.fallbacks_failed = 0
+        self.spooled = self.spool_replayed = self.spool_dropped = 0
 
     def empty(self) -> bool:
         return not (
             self.successes or self.failures or self.rejected or self.probe_successes
             or self.probe_failures or self.probes_released or self.recovery_attempts
             or self.fallbacks_served or self.fallbacks_failed
+            or self.spooled or self.spool_replayed or self.spool_dropped
         )  # fmt: skip
 
     def merge(self, summary: pb.OutcomeSummary, *, earlier: bool = False) -> None:
@@ -107,6 +112,9 @@ class Tally:
         self.rejected_by_reason.update(dict(summary.rejected_by_reason))
         self.fallbacks_served += summary.fallbacks_served
         self.fallbacks_failed += summary.fallbacks_failed
+        self.spooled += summary.spooled
+        self.spool_replayed += summary.spool_replayed
+        self.spool_dropped += summary.spool_dropped
 
     def probes_of(self, generation: int) -> bool:
         """Make the probe counts those of breaker ``generation``; False when that one is
@@ -141,6 +149,9 @@ class Tally:
             rejected_by_reason=dict(self.rejected_by_reason),
             fallbacks_served=self.fallbacks_served,
             fallbacks_failed=self.fallbacks_failed,
+            spooled=self.spooled,
+            spool_replayed=self.spool_replayed,
+            spool_dropped=self.spool_dropped,
             probe_generation=self.probe_generation,
         )
 

@@ -79,6 +79,7 @@ class FleetStatistics:
         self.rejected_by_reason: Counter[str] = Counter()
         self.fallbacks_served = 0
         self.fallbacks_failed = 0
+        self.spooled = self.spool_replayed = self.spool_dropped = 0
         self.dropped = 0
 
     def record(self, agent: str, summary: pb.OutcomeSummary, *, named: bool = False) -> None:
@@ -102,6 +103,9 @@ class FleetStatistics:
             self.rejected_by_reason[reason] = saturating_add(self.rejected_by_reason[reason], n)
         self.fallbacks_served = saturating_add(self.fallbacks_served, summary.fallbacks_served)
         self.fallbacks_failed = saturating_add(self.fallbacks_failed, summary.fallbacks_failed)
+        self.spooled = saturating_add(self.spooled, summary.spooled)
+        self.spool_replayed = saturating_add(self.spool_replayed, summary.spool_replayed)
+        self.spool_dropped = saturating_add(self.spool_dropped, summary.spool_dropped)
 
     def add_dropped(self, n: int) -> None:
         self.dropped = saturating_add(self.dropped, n)
@@ -140,6 +144,9 @@ class FleetStatistics:
             rejected_by_reason=dict(self.rejected_by_reason),
             fallbacks_served=self.fallbacks_served,
             fallbacks_failed=self.fallbacks_failed,
+            spooled=self.spooled,
+            spool_replayed=self.spool_replayed,
+            spool_dropped=self.spool_dropped,
             outcomes_dropped=self.dropped,
             config_reloads_ok=policies.reloads_ok,
             config_reloads_failed=policies.reloads_failed,

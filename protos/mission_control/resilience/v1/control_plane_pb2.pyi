@@ -204,6 +204,9 @@ class OutcomeSummary(_message.Message):
     REJECTED_BY_REASON_FIELD_NUMBER: _builtins.int
     FALLBACKS_SERVED_FIELD_NUMBER: _builtins.int
     FALLBACKS_FAILED_FIELD_NUMBER: _builtins.int
+    SPOOLED_FIELD_NUMBER: _builtins.int
+    SPOOL_REPLAYED_FIELD_NUMBER: _builtins.int
+    SPOOL_DROPPED_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     successes: _builtins.int
     failures: _builtins.int
@@ -228,6 +231,13 @@ class OutcomeSummary(_message.Message):
     its calls that failed too.
     """
     fallbacks_failed: _builtins.int
+    spooled: _builtins.int
+    """Writes a spool kept because the service could not take them (or earlier ones were
+    waiting), spooled writes made since, and writes a spool dropped (at its bound, or
+    refused by the service as the caller's error on replay).
+    """
+    spool_replayed: _builtins.int
+    spool_dropped: _builtins.int
     @_builtins.property
     def errors_by_type(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Failure counts by ErrorType name, e.g. "LLMProviderUnavailable"."""
@@ -261,10 +271,13 @@ class OutcomeSummary(_message.Message):
         rejected_by_reason: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         fallbacks_served: _builtins.int = ...,
         fallbacks_failed: _builtins.int = ...,
+        spooled: _builtins.int = ...,
+        spool_replayed: _builtins.int = ...,
+        spool_dropped: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors_by_operation", b"errors_by_operation", "errors_by_type", b"errors_by_type", "failures", b"failures", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "probe_failures", b"probe_failures", "probe_generation", b"probe_generation", "probe_successes", b"probe_successes", "probes_released", b"probes_released", "recovery_attempts", b"recovery_attempts", "recovery_successes", b"recovery_successes", "rejected", b"rejected", "rejected_by_reason", b"rejected_by_reason", "service", b"service", "successes", b"successes", "trailing_failures", b"trailing_failures"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors_by_operation", b"errors_by_operation", "errors_by_type", b"errors_by_type", "failures", b"failures", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "probe_failures", b"probe_failures", "probe_generation", b"probe_generation", "probe_successes", b"probe_successes", "probes_released", b"probes_released", "recovery_attempts", b"recovery_attempts", "recovery_successes", b"recovery_successes", "rejected", b"rejected", "rejected_by_reason", b"rejected_by_reason", "service", b"service", "spool_dropped", b"spool_dropped", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "successes", b"successes", "trailing_failures", b"trailing_failures"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1387,6 +1400,9 @@ class ErrorStatistics(_message.Message):
     REJECTED_BY_REASON_FIELD_NUMBER: _builtins.int
     FALLBACKS_SERVED_FIELD_NUMBER: _builtins.int
     FALLBACKS_FAILED_FIELD_NUMBER: _builtins.int
+    SPOOLED_FIELD_NUMBER: _builtins.int
+    SPOOL_REPLAYED_FIELD_NUMBER: _builtins.int
+    SPOOL_DROPPED_FIELD_NUMBER: _builtins.int
     total_errors: _builtins.int
     circuit_breaker_opens: _builtins.int
     recovery_success_rate: _builtins.float
@@ -1402,6 +1418,10 @@ class ErrorStatistics(_message.Message):
     fallbacks_served: _builtins.int
     """Calls a fallback service served, and fallback attempts that failed too."""
     fallbacks_failed: _builtins.int
+    spooled: _builtins.int
+    """Writes spooled, spooled writes made later, and writes spools dropped (see OutcomeSummary)."""
+    spool_replayed: _builtins.int
+    spool_dropped: _builtins.int
     @_builtins.property
     def errors_by_service(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
@@ -1449,10 +1469,13 @@ class ErrorStatistics(_message.Message):
         rejected_by_reason: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         fallbacks_served: _builtins.int = ...,
         fallbacks_failed: _builtins.int = ...,
+        spooled: _builtins.int = ...,
+        spool_replayed: _builtins.int = ...,
+        spool_dropped: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcomes_dropped", b"outcomes_dropped", "recovery_attempts", b"recovery_attempts", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "rejected_by_reason", b"rejected_by_reason", "reports_refused", b"reports_refused", "total_errors", b"total_errors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcomes_dropped", b"outcomes_dropped", "recovery_attempts", b"recovery_attempts", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "rejected_by_reason", b"rejected_by_reason", "reports_refused", b"reports_refused", "spool_dropped", b"spool_dropped", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "total_errors", b"total_errors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
