@@ -31,6 +31,7 @@ from .policy import (
     Backoff,
     FailureRate,
     FleetLimits,
+    Hedging,
     Quota,
     RetryBudget,
     ServicePolicy,
@@ -85,6 +86,7 @@ _BUDGET = ("ratio", "min_retries_per_second", "window_secs")
 _RATE = ("threshold", "minimum_calls", "window_secs")
 _QUOTA = ("resource", "limit", "window_secs")
 _FLEET = ("rate_limit", "quotas", "lease_secs", "safe_share")
+_HEDGING = ("max_attempts", "delay_secs")
 _POLICY_KEYS = {
     "service",
     *_SCALARS,
@@ -95,6 +97,7 @@ _POLICY_KEYS = {
     "failure_rate",
     "quotas",
     "fleet",
+    "hedging",
 }
 _TOP_KEYS = {
     "default_timeout_secs",
@@ -238,6 +241,9 @@ def _policy(
         values["failure_rate"] = _part(
             table["failure_rate"], f"{path}failure_rate.", keys, FailureRate, FailureRate(), bad
         )
+    if "hedging" in table:
+        keys = {k: k for k in _HEDGING}
+        values["hedging"] = _part(table["hedging"], f"{path}hedging.", keys, Hedging, Hedging(), bad)
     if "quotas" in table:
         values["quotas"] = _quotas(table["quotas"], f"{path}quotas", bad)
     if "fleet" in table:
@@ -298,6 +304,8 @@ def policy_to_mapping(policy: ServicePolicy, *, with_service: bool = True) -> di
     out["retry_budget"] = {k: getattr(policy.retry_budget, k) for k in _BUDGET}
     if policy.failure_rate is not None:
         out["failure_rate"] = {k: getattr(policy.failure_rate, k) for k in _RATE}
+    if policy.hedging is not None:
+        out["hedging"] = {k: getattr(policy.hedging, k) for k in _HEDGING}
     out["quotas"] = [{k: getattr(q, k) for k in _QUOTA} for q in policy.quotas]
     if policy.fleet is not None:
         fleet = {k: getattr(policy.fleet, k) for k in _FLEET}
@@ -527,7 +535,7 @@ def config_to_toml(config: ErrorHandlingConfig) -> str:
         lines += [
             f"{k} = {_toml_value(v)}" for k, v in policy.items() if not isinstance(v, dict) and k != "quotas"
         ]
-        for sub in ("backoff", "retry_budget", "failure_rate", "fleet"):
+        for sub in ("backoff", "retry_budget", "failure_rate", "fleet", "hedging"):
             if sub in policy:
                 lines += ["", f"[service_specific.{name}.{sub}]"]
                 lines += [f"{k} = {_toml_value(v)}" for k, v in policy[sub].items()]

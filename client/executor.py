@@ -10,9 +10,11 @@ and :meth:`Executor.drive_async` call, sleep or await.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .admission import Admission, Refused, Ticket
@@ -20,7 +22,9 @@ from .attempts import Attempt, CallPlan, Done, Sleep, Step
 from .connection import ControlPlaneConnection
 from .deadline import _deadline, current_deadline, inherit_deadline, restore_deadline
 from .errors import ErrorContext, MissionControlError, OperationTimeout
+from .hedging import HedgeRun, run_hedged, run_hedged_async
 from .outcomes import DEFAULT, Counts, Failure, Outcomes, ServiceKind, classify, kind_of
+from .policy import Hedging
 from .telemetry import Telemetry
 from .view import LocalView, ServiceState
 
@@ -35,6 +39,15 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+def _under_deadline(attempt: Callable[[float], Any], left: float, deadline: float) -> Any:
+    _deadline.set(deadline)  # in the attempt's own context copy
+    return attempt(left)
+
+
+def _result(future: Future[Any]) -> Any:
+    return future.result()
 
 
 class Executor:
@@ -69,6 +82,7 @@ class Executor:
         self.async_sleep = async_sleep
         self.clock = view.clock
         self.outcomes = dict(outcomes or {})
+        self._pool: ThreadPoolExecutor | None = None  # hedged attempts of sync functions
         #: Why calls may not go yet (a control plane that was never started), else None.
         self.not_started: str | None = None
 
@@ -173,6 +187,12 @@ class Executor:
         """An attempt ended without an outcome (cancelled, interrupted): its probe comes back."""
         probe, ticket.probe = ticket.probe, None
         self.admission.give_back(ticket.state, probe)
+
+    def spend_budget(self, service: str) -> bool:
+        """One retry (or hedge) from ``service``'s retry budget, if it has one left."""
+        state = self.view.get(service)
+        with state.lock:
+            return state.budget.try_retry(self.clock())
 
     def spend_retry(self, ticket: Ticket) -> bool:
         state = ticket.state
@@ -284,6 +304,31 @@ class Executor:
         if self.telemetry is not None and (failure is None or failure.counts is Counts.FAILURE):
             self.telemetry.call_failed(error, state.name, operation)
 
+    # -- hedging -------------------------------------------------------------------
+
+    def hedging_for(
+        self, service: str, idempotent: bool, fallbacks: Mapping[str, Any] | None
+    ) -> Hedging | None:
+        """The service's hedging, when this call may be hedged: it is idempotent (the
+        caller's word or the policy's) and has no fallbacks (those follow the retry plan)."""
+        policy = self.view.get(service).policy
+        if policy.hedging is None or fallbacks or not (idempotent or policy.idempotent):
+            return None
+        return policy.hedging
+
+    def in_thread(self, attempt: Callable[[float], Any]) -> Callable[[float], Future[Any]]:
+        """Attempts of a sync function, each on a thread of its own (so that the next one
+        can go while it runs), in a copy of the caller's context, under its deadline."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="mission-control-hedge")
+        pool = self._pool
+
+        def start(left: float) -> Future[Any]:
+            deadline = self.clock() + left
+            return pool.submit(contextvars.copy_context().run, _under_deadline, attempt, left, deadline)
+
+        return start
+
     # -- the loops -----------------------------------------------------------------
 
     def plan(
@@ -319,6 +364,10 @@ class Executor:
     ) -> T:
         """Run ``attempt(seconds_left)`` under the service's policy; returns its result or
         raises the classified error. Arguments as :meth:`plan`."""
+        hedging = self.hedging_for(service, idempotent, fallbacks)
+        if hedging is not None:
+            run = HedgeRun(self, service, operation, kind, timeout, cost, outcomes, _deadline.get(), hedging)
+            return run_hedged(run, self.in_thread(attempt), _result)  # type: ignore[no-any-return]
         names = tuple(fallbacks) if fallbacks else ()
         plan = CallPlan(
             self, service, operation, kind, timeout, cost, names, idempotent, outcomes, _deadline.get()
@@ -373,6 +422,10 @@ class Executor:
         outcomes: Outcomes | None = None,
     ) -> T:
         """The asyncio form of :meth:`run`; the deadline cancels a slow attempt."""
+        hedging = self.hedging_for(service, idempotent, fallbacks)
+        if hedging is not None:
+            run = HedgeRun(self, service, operation, kind, timeout, cost, outcomes, _deadline.get(), hedging)
+            return await run_hedged_async(run, attempt)  # type: ignore[no-any-return]
         names = tuple(fallbacks) if fallbacks else ()
         plan = CallPlan(
             self, service, operation, kind, timeout, cost, names, idempotent, outcomes, _deadline.get()

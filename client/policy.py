@@ -178,6 +178,24 @@ class Quota:
 
 
 @dataclass(frozen=True, slots=True)
+class Hedging:
+    """Hedged requests for idempotent calls (gRPC A6 hedging): up to ``max_attempts`` in
+    all, the next one after ``delay_secs`` without an answer (or at once when one fails
+    with a retryable code or is refused); the first good answer wins."""
+
+    max_attempts: int = 2
+    delay_secs: float = 0.1
+
+    def __post_init__(self) -> None:
+        _validated(self, Hedging.check)
+
+    @staticmethod
+    def check(h: Hedging, c: _Checks) -> None:
+        c.integer("max_attempts", h.max_attempts, low=2, high=5)
+        c.number("delay_secs", h.delay_secs, low=0, high=_DAY, strict=False)
+
+
+@dataclass(frozen=True, slots=True)
 class FleetLimits:
     """Which of a service's limits the whole fleet shares (leased out by the control plane
     each ``lease_secs`` by demand) instead of every agent having its own."""
@@ -244,6 +262,8 @@ class ServicePolicy:
     #: Who may report outcomes of this service to the control plane: agent ids, or
     #: ``prefix*`` for a group; empty = every agent.
     reporters: tuple[str, ...] = ()
+    #: Hedged requests for idempotent calls; None = none.
+    hedging: Hedging | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "retryable_codes", tuple(self.retryable_codes))
