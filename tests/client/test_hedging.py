@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import tomllib
 from typing import Any
 
 import grpc
 import pytest
-from mission_control.client import MissionControl, StorageFailure
+from mission_control.client import ConfigurationError, MissionControl, OperationTimeout, StorageFailure
+from mission_control.client.config import config_to_toml, load_config
 from mission_control.client.policy import Hedging, RetryBudget, ServicePolicy
 from mission_control.interceptors import aio_protected_channel, protected_channel
 
@@ -51,6 +53,8 @@ class Backend:
             self.released.wait(10)
         elif how == "fail":
             raise ConnectionRefusedError(f"attempt {n} refused")
+        elif how == "fatal":
+            raise TimeoutError(f"attempt {n} timed out")  # DEADLINE_EXCEEDED: not retryable
         return f"attempt {n}"
 
     async def save_async(self) -> str:
@@ -105,6 +109,36 @@ def test_every_attempt_failing_raises_the_last_failure() -> None:
     with pytest.raises(StorageFailure, match="attempt 1 refused"):
         mc.guard("storage_backend", idempotent=True)(backend.save)()
     assert backend.calls == 2
+
+
+def test_an_answer_that_is_not_retryable_ends_the_call() -> None:
+    mc, backend = agent(HEDGED.replace(hedging=Hedging(max_attempts=3, delay_secs=30))), Backend("fatal")
+    with pytest.raises(OperationTimeout):
+        mc.guard("storage_backend", idempotent=True)(backend.save)()
+    assert backend.calls == 1
+
+
+def test_hedges_take_a_bulkhead_place() -> None:
+    mc, backend = agent(HEDGED.replace(max_concurrent=1)), Backend("slow")
+    threading.Timer(0.3, backend.released.set).start()
+    assert mc.guard("storage_backend", idempotent=True)(backend.save)() == "attempt 0"
+    assert backend.calls == 1
+    assert mc.view.get("storage_backend").tally.rejected_by_reason["bulkhead"] == 1
+
+
+def test_hedging_in_the_toml_is_checked_and_round_trips() -> None:
+    text = "[service_specific.llm_provider.hedging]\nmax_attempts = 3\ndelay_secs = 0.05\n"
+    config = load_config(tomllib.loads(text))
+    assert config.policy_for("llm_provider").hedging == Hedging(max_attempts=3, delay_secs=0.05)
+    assert load_config(tomllib.loads(config_to_toml(config))) == config
+    bad = "[service_specific.llm_provider.hedging]\nmax_attempts = 9\ndelay_secs = -1\ncolour = 1\n"
+    with pytest.raises(ConfigurationError) as caught:
+        load_config(tomllib.loads(bad))
+    assert {field for field, _ in caught.value.violations} == {
+        "service_specific.llm_provider.hedging.max_attempts",
+        "service_specific.llm_provider.hedging.delay_secs",
+        "service_specific.llm_provider.hedging.colour",
+    }
 
 
 def test_hedges_spend_the_retry_budget() -> None:
