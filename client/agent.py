@@ -279,7 +279,10 @@ class MissionControl:
         return spool
 
     def _open_for(self, service: str) -> float:
-        """Seconds calls to ``service`` stay refused by its breaker (a forced one: a while)."""
+        """Seconds calls to ``service`` stay refused by its breaker (a forced one, or an
+        agent not started yet: a while)."""
+        if self.executor.not_started is not None:
+            return 1.0
         view = self.breaker(service)
         if view.state is BreakerState.FORCED_OPEN:
             return 1.0

@@ -178,3 +178,26 @@ def test_a_write_the_service_refuses_on_replay_is_dropped_not_retried_for_ever(t
     assert [key for key, _ in store.applied] == ["fine"]
     assert (save.spool.replayed, save.spool.dropped) == (1, 1)
     mc.close()
+
+
+def test_nothing_is_replayed_before_the_agent_is_started(tmp_path: Path) -> None:
+    store = Store()
+    first = MissionControl("spool-agent", config={"storage_backend": POLICY})
+    spooled_save(first, store, tmp_path)("k0")
+    first.close()
+    store.down = False
+    later = MissionControl("spool-agent", control_plane="127.0.0.1:1", config={"storage_backend": POLICY})
+    save = spooled_save(later, store, tmp_path)  # its spool holds k0; the agent is not started
+    asked, may_go = [], save.spool._open_for
+
+    def counted() -> float:
+        asked.append(1)
+        return may_go()  # type: ignore[no-any-return]
+
+    save.spool._open_for = counted
+    assert poll(lambda: len(asked) >= 2)  # the replayer has looked (and must have waited) twice
+    assert len(save.spool) == 1 and save.spool.dropped == 0 and store.applied == []
+    later.start()
+    assert poll(lambda: len(save.spool) == 0)
+    assert [key for key, _ in store.applied] == ["k0"]
+    later.close()
