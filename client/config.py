@@ -75,7 +75,7 @@ _INTEGERS = {
     "max_concurrent",
 }
 _LISTS = ("retryable_codes", "fallbacks", "record_errors", "ignore_errors", "reporters")
-_BOOLS = ("idempotent",)
+_BOOLS = ("idempotent", "fleet_retry_budget")
 _BACKOFF = {
     "initial_backoff_secs": "initial_secs",
     "max_backoff_secs": "max_secs",

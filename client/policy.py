@@ -264,6 +264,9 @@ class ServicePolicy:
     reporters: tuple[str, ...] = ()
     #: Hedged requests for idempotent calls; None = none.
     hedging: Hedging | None = None
+    #: The retry budget holds for the fleet, leased by the control plane (see
+    #: ``client.fleet_retries``); without one each agent keeps it on its own.
+    fleet_retry_budget: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "retryable_codes", tuple(self.retryable_codes))
@@ -304,6 +307,8 @@ class ServicePolicy:
                 c.add(f"fallbacks[{i}]", f"duplicate fallback {name!r}")
         if not isinstance(p.idempotent, bool):
             c.add("idempotent", "must be true or false")
+        if not isinstance(p.fleet_retry_budget, bool):
+            c.add("fleet_retry_budget", "must be true or false")
         for key in ("record_errors", "ignore_errors"):
             if len(getattr(p, key)) > MAX_ERROR_CLASSES:
                 c.add(key, f"at most {MAX_ERROR_CLASSES} entries")

@@ -21,6 +21,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .breaker import BreakerState, CircuitBreaker
 from .fleet_limits import LeasedBudget
+from .fleet_retries import FleetRetryBudget, calls_resource, retries_resource, retry_resources
 from .limits import Bulkhead, RetryBudget, TokenBucket
 from .policy import ServicePolicy, default_policy
 from .probes import FleetProbe, GiveBack, ProbePermits
@@ -208,10 +209,10 @@ class ServiceState:
         self.bucket = TokenBucket(policy.rate_limit_requests, policy.rate_limit_window_secs, now)
         self.quotas = {q.resource: TokenBucket(q.limit, q.window_secs, now) for q in policy.quotas}
         self.bulkhead = Bulkhead(policy.max_concurrent)
-        self.budget = self._budget(policy)
         #: Fleet-shared limits this agent spends by lease (resource -> budget).
         self.leased: dict[str, LeasedBudget] = {}
         self._lease_budgets(policy, now)
+        self.budget = self._budget(policy)
         self.permits = ProbePermits()
         self.local_probes = 0
         self.tally = Tally()
@@ -221,22 +222,28 @@ class ServiceState:
 
     def _lease_budgets(self, policy: ServicePolicy, now: float) -> None:
         fleet = policy.fleet
-        leased = {}
+        wanted = {}
         for resource, (limit, window) in policy.fleet_resources().items():
             assert fleet is not None
-            units = limit * fleet.lease_secs / window
+            wanted[resource] = (limit * fleet.lease_secs / window, fleet.lease_secs, fleet.safe_share)
+        wanted.update(retry_resources(policy))
+        leased = {}
+        for resource, (units, period, safe_share) in wanted.items():
             budget = self.leased.get(resource)
             if budget is None:
-                budget = LeasedBudget(units, fleet.lease_secs, fleet.safe_share, now)
+                budget = LeasedBudget(units, period, safe_share, now)
             else:
-                budget.fleet_units, budget.safe_share = units, fleet.safe_share
+                budget.fleet_units, budget.safe_share = units, safe_share
             leased[resource] = budget
         self.leased = leased
 
-    @staticmethod
-    def _budget(policy: ServicePolicy) -> RetryBudget:
+    def _budget(self, policy: ServicePolicy) -> RetryBudget | FleetRetryBudget:
         b = policy.retry_budget
-        return RetryBudget(b.ratio, b.min_retries_per_second, b.window_secs)
+        local = RetryBudget(b.ratio, b.min_retries_per_second, b.window_secs)
+        if not policy.fleet_retry_budget:
+            return local
+        name = policy.service
+        return FleetRetryBudget(local, self.leased[retries_resource(name)], self.leased[calls_resource(name)])
 
     def apply_policy(self, policy: ServicePolicy, now: float) -> None:
         with self.lock:
@@ -262,10 +269,11 @@ class ServiceState:
                 quotas[q.resource] = bucket
             self.quotas = quotas
         self.bulkhead.limit = policy.max_concurrent
-        if old.retry_budget != policy.retry_budget:
-            self.budget = self._budget(policy)
-        if old.fleet != policy.fleet or old.fleet_resources() != policy.fleet_resources():
+        leases = (old.fleet, old.fleet_resources(), retry_resources(old))
+        if leases != (policy.fleet, policy.fleet_resources(), retry_resources(policy)):
             self._lease_budgets(policy, now)
+        if (old.retry_budget, old.fleet_retry_budget) != (policy.retry_budget, policy.fleet_retry_budget):
+            self.budget = self._budget(policy)
 
     def take_permit(self, now: float) -> FleetProbe | None:
         """Use one fleet probe permit, if one is held for the breaker's generation and

@@ -292,6 +292,7 @@ class ServicePolicy(_message.Message):
     IGNORE_ERRORS_FIELD_NUMBER: _builtins.int
     REPORTERS_FIELD_NUMBER: _builtins.int
     HEDGING_FIELD_NUMBER: _builtins.int
+    FLEET_RETRY_BUDGET_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """The service (and breaker) this policy is for."""
     timeout_secs: _builtins.float
@@ -306,6 +307,12 @@ class ServicePolicy(_message.Message):
     idempotent: _builtins.bool
     """The service's calls may run twice: a call that returned after its deadline (it ran)
     may still be retried or sent to a fallback. Default false.
+    """
+    fleet_retry_budget: _builtins.bool
+    """The retry budget holds for the whole fleet: the retries of every agent together stay
+    under retry_budget.ratio x the fleet's calls (+ min_retries_per_second), leased out by
+    the control plane each fleet.lease_secs (1 s without fleet); without a control plane
+    each agent keeps the budget on its own. Default false.
     """
     @_builtins.property
     def backoff(self) -> Global___BackoffPolicy: ...
@@ -370,13 +377,16 @@ class ServicePolicy(_message.Message):
         ignore_errors: _abc.Iterable[_builtins.str] | None = ...,
         reporters: _abc.Iterable[_builtins.str] | None = ...,
         hedging: Global___HedgingPolicy | None = ...,
+        fleet_retry_budget: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold", "_idempotent", b"_idempotent", "_max_concurrent", b"_max_concurrent", "_max_retries", b"_max_retries", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fleet", b"fleet", "hedging", b"hedging", "idempotent", b"idempotent", "max_concurrent", b"max_concurrent", "max_retries", b"max_retries", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "retry_budget", b"retry_budget", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold", "_fleet_retry_budget", b"_fleet_retry_budget", "_idempotent", b"_idempotent", "_max_concurrent", b"_max_concurrent", "_max_retries", b"_max_retries", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fleet", b"fleet", "fleet_retry_budget", b"fleet_retry_budget", "hedging", b"hedging", "idempotent", b"idempotent", "max_concurrent", b"max_concurrent", "max_retries", b"max_retries", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "retry_budget", b"retry_budget", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold", "_idempotent", b"_idempotent", "_max_concurrent", b"_max_concurrent", "_max_retries", b"_max_retries", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fallbacks", b"fallbacks", "fleet", b"fleet", "hedging", b"hedging", "idempotent", b"idempotent", "ignore_errors", b"ignore_errors", "max_concurrent", b"max_concurrent", "max_retries", b"max_retries", "quotas", b"quotas", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "record_errors", b"record_errors", "reporters", b"reporters", "retry_budget", b"retry_budget", "retryable_codes", b"retryable_codes", "service", b"service", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold", "_fleet_retry_budget", b"_fleet_retry_budget", "_idempotent", b"_idempotent", "_max_concurrent", b"_max_concurrent", "_max_retries", b"_max_retries", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fallbacks", b"fallbacks", "fleet", b"fleet", "fleet_retry_budget", b"fleet_retry_budget", "hedging", b"hedging", "idempotent", b"idempotent", "ignore_errors", b"ignore_errors", "max_concurrent", b"max_concurrent", "max_retries", b"max_retries", "quotas", b"quotas", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "record_errors", b"record_errors", "reporters", b"reporters", "retry_budget", b"retry_budget", "retryable_codes", b"retryable_codes", "service", b"service", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__failure_threshold: _TypeAlias = _typing.Literal["failure_threshold"]  # noqa: Y015
     _WhichOneofArgType__failure_threshold: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold"]  # noqa: Y015
+    _WhichOneofReturnType__fleet_retry_budget: _TypeAlias = _typing.Literal["fleet_retry_budget"]  # noqa: Y015
+    _WhichOneofArgType__fleet_retry_budget: _TypeAlias = _typing.Literal["_fleet_retry_budget", b"_fleet_retry_budget"]  # noqa: Y015
     _WhichOneofReturnType__idempotent: _TypeAlias = _typing.Literal["idempotent"]  # noqa: Y015
     _WhichOneofArgType__idempotent: _TypeAlias = _typing.Literal["_idempotent", b"_idempotent"]  # noqa: Y015
     _WhichOneofReturnType__max_concurrent: _TypeAlias = _typing.Literal["max_concurrent"]  # noqa: Y015
@@ -395,6 +405,8 @@ class ServicePolicy(_message.Message):
     _WhichOneofArgType__wait_duration_secs: _TypeAlias = _typing.Literal["_wait_duration_secs", b"_wait_duration_secs"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__failure_threshold) -> _WhichOneofReturnType__failure_threshold | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__fleet_retry_budget) -> _WhichOneofReturnType__fleet_retry_budget | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__idempotent) -> _WhichOneofReturnType__idempotent | None: ...
     @_typing.overload
