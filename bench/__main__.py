@@ -7,7 +7,7 @@ import datetime
 import sys
 import time
 
-from . import fleet_cases, overhead, slow_calls
+from . import fleet_cases, hedging, overhead, slow_calls
 from .common import ROOT, dump, machine, stack
 
 
@@ -160,6 +160,21 @@ def main() -> int:
         "7. per-call cost of the limit (decision only, no-op call)",
         [{"variant": k, "cpu_us": v} for k, v in case7["cost_us"].items()],
         [("variant", "variant", ""), ("cpu_us", "CPU us/call", ".1f")],
+    )
+    case9 = hedging.run(calls=300 if args.quick else 2000)
+    results["hedging"] = case9
+    _table(
+        "9. hedging: 3 % of calls turn slow (2 s); p99 seen by agents, extra calls sent",
+        case9,
+        [
+            ("shape", "healthy latency", ""),
+            ("variant", "variant", ""),
+            ("p50_ms", "p50 ms", ".1f"),
+            ("p99_ms", "p99 ms", ".1f"),
+            ("p99_vs_healthy", "p99 x healthy", ".2f"),
+            ("extra_calls", "extra calls", ".3f"),
+            ("delay_ms", "hedge delay ms", ".1f"),
+        ],
     )
     from mission_control.server.demo import run_demo
 

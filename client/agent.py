@@ -3,6 +3,7 @@ for any call that is not gRPC (an LLM's HTTP API, DuckDB, object storage)."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from .executor import Executor
 from .guard import Guard
 from .outcomes import Outcomes
 from .policy import ServicePolicy, endpoint_problem
+from .spool import WriteSpool
 from .telemetry import Telemetry, telemetry_from_env
 from .view import LocalView
 
@@ -108,6 +110,7 @@ class MissionControl:
                 self._breaker_states,
             )
         self.connection: ControlPlaneConnection | None = None
+        self._spools: list[WriteSpool] = []
         if control_plane:
             endpoints = [control_plane] if isinstance(control_plane, str) else list(control_plane)
             self.connection = ControlPlaneConnection(
@@ -144,6 +147,8 @@ class MissionControl:
         return self
 
     def close(self) -> None:
+        for spool in self._spools:
+            spool.close()  # what is left stays on disk for the next process
         if self.connection is not None:
             self.connection.stop()
         if self.telemetry is not None:
@@ -207,6 +212,9 @@ class MissionControl:
         ignore: tuple[type[BaseException], ...] = (),
         classify: Callable[[BaseException], str | None] | None = None,
         endpoint: str | None = None,
+        spool: str | Path | None = None,
+        spool_max_writes: int = 10_000,
+        spool_max_bytes: int = 64 * 1024 * 1024,
     ) -> Guard:
         """Protect calls to ``service``: as a decorator (sync or async functions; retries
         and fallbacks apply; a generator function is refused with ``TypeError``, as its
@@ -230,6 +238,12 @@ class MissionControl:
                 breaker of its own (``service/endpoint``) under the service's policy,
                 sharing the service's limits; past the policy's ``max_endpoints`` its
                 calls go by the service's breaker. ``fallbacks`` may name endpoints.
+            spool: a local directory where writes the service cannot take now are kept
+                and made later, in order (see :mod:`mission_control.client.spool`); for a
+                sync decorated function whose arguments are JSON values or bytes. A
+                spooled write returns a :class:`~mission_control.client.spool.Spooled`.
+            spool_max_writes / spool_max_bytes: the spool's bound; a write beyond it is
+                dropped (counted) and the caller gets the service's error.
 
         Raises:
             ConfigurationError: ``cost`` names a resource the service's policy does not
@@ -241,9 +255,58 @@ class MissionControl:
         if problem is not None:
             raise ConfigurationError.from_violations([("endpoint", problem)])
         outcomes = self._outcomes_for(service, record, ignore, classify)
+        spooling = None
+        if spool is not None:
+            bound = (spool_max_writes, spool_max_bytes)
+            spooling = functools.partial(self._spool, service, Path(spool), kind, outcomes, bound)
         return Guard(
-            self.executor, service, operation, kind, timeout, cost, fallbacks, idempotent, outcomes, endpoint
+            self.executor,
+            service,
+            operation,
+            kind,
+            timeout,
+            cost,
+            fallbacks,
+            idempotent,
+            outcomes,
+            endpoint,
+            spooling,
         )
+
+    def _spool(
+        self,
+        service: str,
+        directory: Path,
+        kind: str | None,
+        outcomes: Outcomes | None,
+        bound: tuple[int, int],
+        function: str,
+        call: Callable[[tuple[Any, ...], dict[str, Any]], Any],
+    ) -> WriteSpool:
+        spool = WriteSpool(
+            directory,
+            service=service,
+            function=function,
+            call=call,
+            open_for=lambda: self._open_for(service),
+            count=functools.partial(self.executor.spool_counted, service),
+            outcomes=outcomes or self.executor.outcomes.get(service),
+            kind=kind,
+            max_writes=bound[0],
+            max_bytes=bound[1],
+        )
+        self._spools.append(spool)
+        return spool
+
+    def _open_for(self, service: str) -> float:
+        """Seconds calls to ``service`` stay refused by its breaker (a forced one, or an
+        agent not started yet: a while)."""
+        if self.executor.not_started is not None:
+            return 1.0
+        view = self.breaker(service)
+        if view.state is BreakerState.FORCED_OPEN:
+            return 1.0
+        return view.open_remaining
 
     def _check_cost(self, service: str, cost: Mapping[str, float] | None) -> None:
         # Without a control plane the policies are known now; with one, each call checks

@@ -31,6 +31,7 @@ from .policy import (
     Backoff,
     FailureRate,
     FleetLimits,
+    Hedging,
     Quota,
     RetryBudget,
     ServicePolicy,
@@ -78,7 +79,7 @@ _INTEGERS = {
     "max_endpoints",
 }
 _LISTS = ("retryable_codes", "fallbacks", "record_errors", "ignore_errors", "reporters")
-_BOOLS = ("idempotent",)
+_BOOLS = ("idempotent", "fleet_retry_budget")
 _BACKOFF = {
     "initial_backoff_secs": "initial_secs",
     "max_backoff_secs": "max_secs",
@@ -90,6 +91,7 @@ _RATE = ("threshold", "minimum_calls", "window_secs")
 _SLOW = ("duration_threshold_secs", "rate_threshold", "minimum_calls", "window_secs")
 _QUOTA = ("resource", "limit", "window_secs")
 _FLEET = ("rate_limit", "quotas", "lease_secs", "safe_share")
+_HEDGING = ("max_attempts", "delay_secs")
 _POLICY_KEYS = {
     "service",
     *_SCALARS,
@@ -101,6 +103,7 @@ _POLICY_KEYS = {
     "slow_call",
     "quotas",
     "fleet",
+    "hedging",
 }
 _TOP_KEYS = {
     "default_timeout_secs",
@@ -247,6 +250,9 @@ def _policy(
     if "slow_call" in table:
         keys = {k: k for k in _SLOW}
         values["slow_call"] = _part(table["slow_call"], f"{path}slow_call.", keys, SlowCall, SlowCall(), bad)
+    if "hedging" in table:
+        keys = {k: k for k in _HEDGING}
+        values["hedging"] = _part(table["hedging"], f"{path}hedging.", keys, Hedging, Hedging(), bad)
     if "quotas" in table:
         values["quotas"] = _quotas(table["quotas"], f"{path}quotas", bad)
     if "fleet" in table:
@@ -309,6 +315,8 @@ def policy_to_mapping(policy: ServicePolicy, *, with_service: bool = True) -> di
         out["failure_rate"] = {k: getattr(policy.failure_rate, k) for k in _RATE}
     if policy.slow_call is not None:
         out["slow_call"] = {k: getattr(policy.slow_call, k) for k in _SLOW}
+    if policy.hedging is not None:
+        out["hedging"] = {k: getattr(policy.hedging, k) for k in _HEDGING}
     out["quotas"] = [{k: getattr(q, k) for k in _QUOTA} for q in policy.quotas]
     if policy.fleet is not None:
         fleet = {k: getattr(policy.fleet, k) for k in _FLEET}
@@ -538,7 +546,7 @@ def config_to_toml(config: ErrorHandlingConfig) -> str:
         lines += [
             f"{k} = {_toml_value(v)}" for k, v in policy.items() if not isinstance(v, dict) and k != "quotas"
         ]
-        for sub in ("backoff", "retry_budget", "failure_rate", "slow_call", "fleet"):
+        for sub in ("backoff", "retry_budget", "failure_rate", "slow_call", "fleet", "hedging"):
             if sub in policy:
                 lines += ["", f"[service_specific.{name}.{sub}]"]
                 lines += [f"{k} = {_toml_value(v)}" for k, v in policy[sub].items()]

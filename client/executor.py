@@ -10,9 +10,11 @@ and :meth:`Executor.drive_async` call, sleep or await.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .admission import Admission, Refused, Ticket
@@ -20,8 +22,9 @@ from .attempts import Attempt, CallPlan, Done, Sleep, Step
 from .connection import ControlPlaneConnection
 from .deadline import _deadline, current_deadline, inherit_deadline, restore_deadline
 from .errors import ConfigurationError, ErrorContext, MissionControlError, OperationTimeout
+from .hedging import HedgeRun, run_hedged, run_hedged_async
 from .outcomes import DEFAULT, Counts, Failure, Outcomes, ServiceKind, classify, kind_of
-from .policy import endpoint_problem, service_of
+from .policy import Hedging, endpoint_problem, service_of
 from .shadow import ShadowLimits
 from .telemetry import Telemetry
 from .view import LocalView, ServiceState
@@ -37,6 +40,15 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+def _under_deadline(attempt: Callable[[float], Any], left: float, deadline: float) -> Any:
+    _deadline.set(deadline)  # in the attempt's own context copy
+    return attempt(left)
+
+
+def _result(future: Future[Any]) -> Any:
+    return future.result()
 
 
 class Executor:
@@ -71,6 +83,7 @@ class Executor:
         self.async_sleep = async_sleep
         self.clock = view.clock
         self.outcomes = dict(outcomes or {})
+        self._pool: ThreadPoolExecutor | None = None  # hedged attempts of sync functions
         #: Why calls may not go yet (a control plane that was never started), else None.
         self.not_started: str | None = None
 
@@ -219,6 +232,12 @@ class Executor:
             state.tally.shadow_retries += would
             state.tally.retries += retried
 
+    def spend_budget(self, service: str) -> bool:
+        """One retry (or hedge) from ``service``'s retry budget, if it has one left."""
+        state = self.view.get(service)
+        with state.lock:
+            return state.budget.try_retry(self.clock())
+
     def spend_retry(self, ticket: Ticket) -> bool:
         state = ticket.state
         with state.lock:
@@ -328,6 +347,14 @@ class Executor:
         if served:
             self.recovered(state, True)
 
+    def spool_counted(self, service: str, spooled: int, replayed: int, dropped: int) -> None:
+        """Count writes a spool kept, made later, or dropped (at its bound, or unmakeable)."""
+        state = self.view.get(service)
+        with state.lock:
+            state.tally.spooled += spooled
+            state.tally.spool_replayed += replayed
+            state.tally.spool_dropped += dropped
+
     def given_up(
         self,
         state: ServiceState,
@@ -341,6 +368,31 @@ class Executor:
             self.recovered(state, False)
         if self.telemetry is not None and (failure is None or failure.counts is Counts.FAILURE):
             self.telemetry.call_failed(error, state.name, operation)
+
+    # -- hedging -------------------------------------------------------------------
+
+    def hedging_for(
+        self, service: str, idempotent: bool, fallbacks: Mapping[str, Any] | None
+    ) -> Hedging | None:
+        """The service's hedging, when this call may be hedged: it is idempotent (the
+        caller's word or the policy's) and has no fallbacks (those follow the retry plan)."""
+        policy = self.view.get(service).policy
+        if policy.hedging is None or fallbacks or not (idempotent or policy.idempotent):
+            return None
+        return policy.hedging
+
+    def in_thread(self, attempt: Callable[[float], Any]) -> Callable[[float], Future[Any]]:
+        """Attempts of a sync function, each on a thread of its own (so that the next one
+        can go while it runs), in a copy of the caller's context, under its deadline."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="mission-control-hedge")
+        pool = self._pool
+
+        def start(left: float) -> Future[Any]:
+            deadline = self.clock() + left
+            return pool.submit(contextvars.copy_context().run, _under_deadline, attempt, left, deadline)
+
+        return start
 
     # -- the loops -----------------------------------------------------------------
 
@@ -377,6 +429,10 @@ class Executor:
     ) -> T:
         """Run ``attempt(seconds_left)`` under the service's policy; returns its result or
         raises the classified error. Arguments as :meth:`plan`."""
+        hedging = self.hedging_for(service, idempotent, fallbacks)
+        if hedging is not None:
+            run = HedgeRun(self, service, operation, kind, timeout, cost, outcomes, _deadline.get(), hedging)
+            return run_hedged(run, self.in_thread(attempt), _result)  # type: ignore[no-any-return]
         names = tuple(fallbacks) if fallbacks else ()
         plan = CallPlan(
             self, service, operation, kind, timeout, cost, names, idempotent, outcomes, _deadline.get()
@@ -431,6 +487,10 @@ class Executor:
         outcomes: Outcomes | None = None,
     ) -> T:
         """The asyncio form of :meth:`run`; the deadline cancels a slow attempt."""
+        hedging = self.hedging_for(service, idempotent, fallbacks)
+        if hedging is not None:
+            run = HedgeRun(self, service, operation, kind, timeout, cost, outcomes, _deadline.get(), hedging)
+            return await run_hedged_async(run, attempt)  # type: ignore[no-any-return]
         names = tuple(fallbacks) if fallbacks else ()
         plan = CallPlan(
             self, service, operation, kind, timeout, cost, names, idempotent, outcomes, _deadline.get()

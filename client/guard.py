@@ -16,6 +16,7 @@ from .admission import Ticket
 from .deadline import _deadline
 from .executor import Executor
 from .outcomes import Outcomes
+from .spool import WriteSpool
 
 __all__ = ["Guard"]
 
@@ -87,6 +88,7 @@ class Guard:
         idempotent: bool = False,
         outcomes: Outcomes | None = None,
         endpoint: str | None = None,
+        spool: Callable[[str, Callable[[tuple[Any, ...], dict[str, Any]], Any]], WriteSpool] | None = None,
     ) -> None:
         self.executor = executor
         self.service = service
@@ -98,6 +100,8 @@ class Guard:
         self.fallbacks = fallbacks
         self.idempotent = idempotent
         self.outcomes = outcomes
+        self._spool = spool
+        self.spool: WriteSpool | None = None  # the function's spool, once decorated
         self._mine: list[_Entered] = []  # this guard's blocks still open
 
     # -- decorator ---------------------------------------------------------------
@@ -123,6 +127,8 @@ class Guard:
             "idempotent": self.idempotent,
             "outcomes": self.outcomes,
         }
+        if self._spool is not None:
+            return self._spooled(func, options, span_name)
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
@@ -152,6 +158,39 @@ class Guard:
                 return ex.run(target, attempt, fallbacks=fallbacks, **options)
 
         return run  # type: ignore[return-value]
+
+    def _spooled(self, func: F, options: dict[str, Any], span_name: str) -> F:
+        """``func`` with a write spool: a write the service cannot take now is kept."""
+        if inspect.iscoroutinefunction(func):
+            raise TypeError(
+                f"a spool protects sync write functions; {func.__qualname__!r} is async "
+                "(run it in a thread, or keep the spool to sync writes)"
+            )
+        if self.spool is not None:
+            raise TypeError(
+                "a guard with a spool protects one function: make one guard (and spool) per function"
+            )
+        assert self._spool is not None
+        ex, telemetry = self.executor, self.executor.telemetry
+
+        def call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            def attempt(_left: float) -> Any:
+                return func(*args, **kwargs)
+
+            fallbacks = _bind(self.fallbacks, args, kwargs)
+            if telemetry is None:
+                return ex.run(self.service, attempt, fallbacks=fallbacks, **options)
+            with telemetry.start_span(span_name, {"error.service": self.service}):
+                return ex.run(self.service, attempt, fallbacks=fallbacks, **options)
+
+        spool = self.spool = self._spool(func.__qualname__, call)
+
+        @functools.wraps(func)
+        def write(*args: Any, **kwargs: Any) -> Any:
+            return spool.write(args, kwargs)
+
+        write.spool = spool  # type: ignore[attr-defined]
+        return write  # type: ignore[return-value]
 
     # -- context manager -----------------------------------------------------------
 

@@ -243,6 +243,24 @@ class Quota:
 
 
 @dataclass(frozen=True, slots=True)
+class Hedging:
+    """Hedged requests for idempotent calls (gRPC A6 hedging): up to ``max_attempts`` in
+    all, the next one after ``delay_secs`` without an answer (or at once when one fails
+    with a retryable code or is refused); the first good answer wins."""
+
+    max_attempts: int = 2
+    delay_secs: float = 0.1
+
+    def __post_init__(self) -> None:
+        _validated(self, Hedging.check)
+
+    @staticmethod
+    def check(h: Hedging, c: _Checks) -> None:
+        c.integer("max_attempts", h.max_attempts, low=2, high=5)
+        c.number("delay_secs", h.delay_secs, low=0, high=_DAY, strict=False)
+
+
+@dataclass(frozen=True, slots=True)
 class FleetLimits:
     """Which of a service's limits the whole fleet shares (leased out by the control plane
     each ``lease_secs`` by demand) instead of every agent having its own."""
@@ -315,6 +333,11 @@ class ServicePolicy:
     max_endpoints: int = 64
     #: An endpoint breaker without calls for this long is forgotten.
     endpoint_idle_secs: float = 300.0
+    #: Hedged requests for idempotent calls; None = none.
+    hedging: Hedging | None = None
+    #: The retry budget holds for the fleet, leased by the control plane (see
+    #: ``client.fleet_retries``); without one each agent keeps it on its own.
+    fleet_retry_budget: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "retryable_codes", tuple(self.retryable_codes))
@@ -357,6 +380,8 @@ class ServicePolicy:
                 c.add(f"fallbacks[{i}]", f"duplicate fallback {name!r}")
         if not isinstance(p.idempotent, bool):
             c.add("idempotent", "must be true or false")
+        if not isinstance(p.fleet_retry_budget, bool):
+            c.add("fleet_retry_budget", "must be true or false")
         for key in ("record_errors", "ignore_errors"):
             if len(getattr(p, key)) > MAX_ERROR_CLASSES:
                 c.add(key, f"at most {MAX_ERROR_CLASSES} entries")

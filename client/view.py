@@ -22,6 +22,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .breaker import BreakerState, CircuitBreaker
 from .fleet_limits import LeasedBudget
+from .fleet_retries import FleetRetryBudget, calls_resource, retries_resource, retry_resources
 from .limits import Bulkhead, RetryBudget, TokenBucket
 from .policy import ServicePolicy, default_policy, endpoint_breaker, service_of
 from .probes import FleetProbe, GiveBack, ProbePermits
@@ -66,6 +67,9 @@ class Tally:
         "shadow_rejected_by_reason",
         "shadow_retries",
         "slow_calls",
+        "spool_dropped",
+        "spool_replayed",
+        "spooled",
         "successes",
         "timed_calls",
         "trailing_failures",
@@ -85,6 +89,7 @@ class Tally:
         self.shadow_calls = self.shadow_retries = self.retries = 0
         self.shadow_rejected_by_reason: Counter[str] = Counter()
         self.slow_calls = self.timed_calls = self.endpoints_over_cap = 0
+        self.spooled = self.spool_replayed = self.spool_dropped = 0
 
     def empty(self) -> bool:
         return not (
@@ -93,6 +98,7 @@ class Tally:
             or self.fallbacks_served or self.fallbacks_failed or self.shadow_calls
             or self.retries or self.shadow_retries or self.timed_calls
             or self.endpoints_over_cap
+            or self.spooled or self.spool_replayed or self.spool_dropped
         )  # fmt: skip
 
     def merge(self, summary: pb.OutcomeSummary, *, earlier: bool = False) -> None:
@@ -129,6 +135,9 @@ class Tally:
         self.slow_calls += summary.slow_calls
         self.timed_calls += summary.timed_calls
         self.endpoints_over_cap += summary.endpoints_over_cap
+        self.spooled += summary.spooled
+        self.spool_replayed += summary.spool_replayed
+        self.spool_dropped += summary.spool_dropped
 
     def probes_of(self, generation: int) -> bool:
         """Make the probe counts those of breaker ``generation``; False when that one is
@@ -163,6 +172,9 @@ class Tally:
             rejected_by_reason=dict(self.rejected_by_reason),
             fallbacks_served=self.fallbacks_served,
             fallbacks_failed=self.fallbacks_failed,
+            spooled=self.spooled,
+            spool_replayed=self.spool_replayed,
+            spool_dropped=self.spool_dropped,
             probe_generation=self.probe_generation,
             shadow_calls=self.shadow_calls,
             shadow_retries=self.shadow_retries,
@@ -226,10 +238,10 @@ class ServiceState:
         self.bucket = TokenBucket(policy.rate_limit_requests, policy.rate_limit_window_secs, now)
         self.quotas = {q.resource: TokenBucket(q.limit, q.window_secs, now) for q in policy.quotas}
         self.bulkhead = Bulkhead(policy.max_concurrent)
-        self.budget = self._budget(policy)
         #: Fleet-shared limits this agent spends by lease (resource -> budget).
         self.leased: dict[str, LeasedBudget] = {}
         self._lease_budgets(policy, now)
+        self.budget = self._budget(policy)
         self.permits = ProbePermits()
         self.local_probes = 0
         self.tally = Tally()
@@ -272,22 +284,28 @@ class ServiceState:
 
     def _lease_budgets(self, policy: ServicePolicy, now: float) -> None:
         fleet = policy.fleet
-        leased = {}
+        wanted = {}
         for resource, (limit, window) in policy.fleet_resources().items():
             assert fleet is not None
-            units = limit * fleet.lease_secs / window
+            wanted[resource] = (limit * fleet.lease_secs / window, fleet.lease_secs, fleet.safe_share)
+        wanted.update(retry_resources(policy))
+        leased = {}
+        for resource, (units, period, safe_share) in wanted.items():
             budget = self.leased.get(resource)
             if budget is None:
-                budget = LeasedBudget(units, fleet.lease_secs, fleet.safe_share, now)
+                budget = LeasedBudget(units, period, safe_share, now)
             else:
-                budget.fleet_units, budget.safe_share = units, fleet.safe_share
+                budget.fleet_units, budget.safe_share = units, safe_share
             leased[resource] = budget
         self.leased = leased
 
-    @staticmethod
-    def _budget(policy: ServicePolicy) -> RetryBudget:
+    def _budget(self, policy: ServicePolicy) -> RetryBudget | FleetRetryBudget:
         b = policy.retry_budget
-        return RetryBudget(b.ratio, b.min_retries_per_second, b.window_secs)
+        local = RetryBudget(b.ratio, b.min_retries_per_second, b.window_secs)
+        if not policy.fleet_retry_budget:
+            return local
+        name = policy.service
+        return FleetRetryBudget(local, self.leased[retries_resource(name)], self.leased[calls_resource(name)])
 
     def apply_policy(self, policy: ServicePolicy, now: float) -> None:
         with self.lock:
@@ -313,10 +331,11 @@ class ServiceState:
                 quotas[q.resource] = bucket
             self.quotas = quotas
         self.bulkhead.limit = policy.max_concurrent
-        if old.retry_budget != policy.retry_budget:
-            self.budget = self._budget(policy)
-        if old.fleet != policy.fleet or old.fleet_resources() != policy.fleet_resources():
+        leases = (old.fleet, old.fleet_resources(), retry_resources(old))
+        if leases != (policy.fleet, policy.fleet_resources(), retry_resources(policy)):
             self._lease_budgets(policy, now)
+        if (old.retry_budget, old.fleet_retry_budget) != (policy.retry_budget, policy.fleet_retry_budget):
+            self.budget = self._budget(policy)
 
     def take_permit(self, now: float) -> FleetProbe | None:
         """Use one fleet probe permit, if one is held for the breaker's generation and

@@ -10,13 +10,20 @@ from typing import Any
 import grpc
 from mission_control.client.admission import Ticket
 from mission_control.client.agent import MissionControl
+from mission_control.client.deadline import _deadline
 from mission_control.client.executor import Executor
+from mission_control.client.hedging import HedgeRun, run_hedged
 from mission_control.client.outcomes import Outcomes
+from mission_control.client.policy import Hedging
 
 from ._client_common import EndpointOf, ServiceMap, ServiceNamer, operation_of, response_class, with_timeout
 from ._future import unary_future
 
 _log = logging.getLogger("mission_control.interceptors")
+
+
+def _result(future: Any) -> Any:
+    return future.result()
 
 
 class ClientInterceptor(
@@ -66,6 +73,9 @@ class ClientInterceptor(
             return outcome
 
         fallbacks = self._fallbacks(client_call_details, request)
+        hedging = ex.hedging_for(service, self._idempotent, fallbacks)
+        if hedging is not None:
+            return self._hedged(hedging, service, attempt, client_call_details)
         functions: dict[str, Callable[[float], Any]] = {service: attempt, **fallbacks}
         plan = ex.plan(
             service,
@@ -77,6 +87,24 @@ class ClientInterceptor(
             outcomes=self._outcomes,
         )
         return unary_future(ex, plan, start, functions)
+
+    def _hedged(
+        self,
+        hedging: Hedging,
+        service: str,
+        attempt: Callable[[float], Any],
+        details: grpc.ClientCallDetails,
+    ) -> Any:
+        """A hedged call (see ``client.hedging``): each attempt a call of its own on a
+        thread (grpc's sync continuation blocks until the call ends, so a loser runs to
+        its end and is counted then); the first good one handed back (``.future()``
+        waits for it)."""
+        operation = operation_of(details.method)
+        run = HedgeRun(
+            self._executor, service, operation, self._kind, details.timeout, None, self._outcomes,
+            _deadline.get(), hedging,
+        )  # fmt: skip
+        return run_hedged(run, self._executor.in_thread(attempt), _result)
 
     def _fallbacks(self, details: grpc.ClientCallDetails, request: Any) -> dict[str, Any]:
         method = details.method

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from mission_control.client.fleet_limits import fair_share
+from mission_control.client.fleet_retries import calls_resource, fleet_retry_units, retry_resources
 from mission_control.client.policy import ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
@@ -67,6 +68,10 @@ class _Limit:
     used: float = 0.0
     warm: bool = True  # the leader is new: agents may still spend an earlier leader's leases
     expected: int = 0  # while warm: the most agents any agent back heard of
+    #: A fleet retry budget's retries: their units follow the fleet's calls (this policy's).
+    retries_of: ServicePolicy | None = None
+    #: A fleet retry budget's calls: metered (agents report them), never leased.
+    metered: bool = False
 
 
 class CapacityLeaser:
@@ -107,7 +112,11 @@ class CapacityLeaser:
     def sync_policies(self) -> None:
         """Follow the policies: which resources are fleet-shared, and how much of each."""
         wanted: dict[tuple[str, str], tuple[float, float]] = {}
+        retries: dict[tuple[str, str], ServicePolicy] = {}
         for policy in self.policies():
+            for resource, (units, period, _) in retry_resources(policy).items():
+                wanted[(policy.service, resource)] = (units, period)
+                retries[(policy.service, resource)] = policy
             if policy.fleet is None:
                 continue
             for resource, (limit, window) in policy.fleet_resources().items():
@@ -121,8 +130,12 @@ class CapacityLeaser:
                 self.limits[key] = _Limit(key[0], key[1], units, period)
             elif found.period_secs != period:
                 self.limits[key] = _Limit(key[0], key[1], units, period, holders=found.holders)
-            else:
+            elif found.retries_of is None:
                 found.fleet_units = units
+            limit = self.limits[key]
+            policy = retries.get(key)
+            limit.metered = policy is not None and key[1] == calls_resource(key[0])
+            limit.retries_of = policy if policy is not None and not limit.metered else None
 
     def demand(self, holder: str, demand: pb.CapacityDemand) -> None:
         limit = self.limits.get((demand.service, demand.resource))
@@ -195,12 +208,19 @@ class CapacityLeaser:
         limit.allocated = index
         if not limit.holders:
             return
+        if limit.metered:  # a fleet retry budget's calls: counted, not leased
+            limit.used = limit.demanded = sum(e.used for e in limit.holders.values())
+            return
+        if limit.retries_of is not None:
+            calls = self.limits.get((limit.service, calls_resource(limit.service)))
+            fleet_calls = sum(e.used for e in calls.holders.values()) if calls is not None else 0.0
+            limit.fleet_units = fleet_retry_units(limit.retries_of, fleet_calls)
         pool = self._pool(limit, now)
         demand = {h: e.wanted for h, e in limit.holders.items()}
         limit.demanded = sum(demand.values())
         limit.used = sum(e.used for e in limit.holders.values())
         shares = fair_share(pool, demand)
-        if limit.resource == f"{limit.service}.requests":  # a call takes one whole unit
+        if limit.resource == f"{limit.service}.requests" or limit.retries_of is not None:  # whole units
             shares = _whole(shares, index)
         # a holder that misses this lease goes on with its last one: shrinks count in
         # full for one more period
@@ -249,6 +269,7 @@ class CapacityLeaser:
                 period_secs=limit.period_secs,
             )
             for limit in self.limits.values()
+            if not limit.metered
         ]
 
 

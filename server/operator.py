@@ -330,6 +330,10 @@ class Operator:
         print(f"recovery success rate  {rate}")
         print(f"calls rejected         {s.calls_rejected}")
         print(f"outcomes dropped       {s.outcomes_dropped}")
+        if s.spooled or s.spool_replayed or s.spool_dropped:
+            print(
+                f"writes spooled         {s.spooled} ({s.spool_replayed} replayed, {s.spool_dropped} dropped)"
+            )
         print(f"config reloads         {s.config_reloads_ok} ok, {s.config_reloads_failed} failed")
         print(f"connected agents       {s.connected_agents}")
         for title, counts in (

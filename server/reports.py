@@ -47,6 +47,9 @@ _log = logging.getLogger("mission_control.server.reports")
 
 #: The gates that stop a call before it leaves the agent.
 REJECTION_REASONS = frozenset({"breaker", "rate_limit", "quota", "bulkhead"})
+#: Writes one summary may say a spool kept or dropped (they are the agent's own counts:
+#: nothing of the fleet's is decided on them).
+MAX_SPOOL_COUNT = 10_000
 #: Agents whose refusals are counted by name; the rest count under "other".
 MAX_COUNTED_AGENTS = 1000
 #: Agents whose summary budget is remembered (also after they left).
@@ -156,6 +159,11 @@ class ReportGate:
         out.fallbacks_failed = min(summary.fallbacks_failed, needing * max(1, len(policy.fallbacks)))
         if summary.shadow_calls or summary.retries or summary.shadow_retries:
             bound_shadow(summary, out, allowed)
+        # A spool's counts move no breaker (its calls are counted as calls): bounded per
+        # summary, and summaries per agent are rate-limited.
+        out.spool_replayed = min(summary.spool_replayed, MAX_SPOOL_COUNT)
+        out.spooled = min(summary.spooled, MAX_SPOOL_COUNT)
+        out.spool_dropped = min(summary.spool_dropped, MAX_SPOOL_COUNT)
         if cut:
             self.refuse(
                 agent, summary.service, f"claimed more than it could ({calls} calls, {allowed} allowed)"

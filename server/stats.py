@@ -79,6 +79,7 @@ class FleetStatistics:
         self.rejected_by_reason: Counter[str] = Counter()
         self.fallbacks_served = 0
         self.fallbacks_failed = 0
+        self.spooled = self.spool_replayed = self.spool_dropped = 0
         self.dropped = 0
         self.slow_by_service: Counter[str] = Counter()
         self.over_cap_by_service: Counter[str] = Counter()
@@ -108,6 +109,9 @@ class FleetStatistics:
             _bump(self.slow_by_service, summary.service, summary.slow_calls, keep=named)
         if summary.endpoints_over_cap:
             _bump(self.over_cap_by_service, summary.service, summary.endpoints_over_cap, keep=named)
+        self.spooled = saturating_add(self.spooled, summary.spooled)
+        self.spool_replayed = saturating_add(self.spool_replayed, summary.spool_replayed)
+        self.spool_dropped = saturating_add(self.spool_dropped, summary.spool_dropped)
 
     def add_dropped(self, n: int) -> None:
         self.dropped = saturating_add(self.dropped, n)
@@ -149,6 +153,9 @@ class FleetStatistics:
             rejected_by_reason=dict(self.rejected_by_reason),
             fallbacks_served=self.fallbacks_served,
             fallbacks_failed=self.fallbacks_failed,
+            spooled=self.spooled,
+            spool_replayed=self.spool_replayed,
+            spool_dropped=self.spool_dropped,
             outcomes_dropped=self.dropped,
             config_reloads_ok=policies.reloads_ok,
             config_reloads_failed=policies.reloads_failed,

@@ -27,6 +27,13 @@ class Proc(Child):
             self.send(line)
         return json.loads(self.wait_for("{", timeout))  # type: ignore[no-any-return]
 
+    def all_lines(self, timeout: float = 30.0) -> list[str]:
+        """Every line it printed, once its output has ended (after it exited or was killed)."""
+        while (got := self._incoming.get(timeout=timeout)) is not None:
+            self.lines.append(got)
+        self._incoming.put(None)
+        return self.lines
+
     def port(self, timeout: float = 30.0) -> int:
         return int(self.wait_for("PORT ", timeout).split()[1])
 

@@ -1,0 +1,77 @@
+"""A fleet-wide retry budget (Linkerd's retry budgets, for the whole fleet): the retries of
+every agent together stay under ``ratio`` × the fleet's calls plus
+``min_retries_per_second``, instead of each agent keeping that ratio on its own (where N
+agents add N times the minimum, and one agent's quiet calls fund another's retries).
+
+Carried by the fleet-lease machinery (:mod:`.fleet_limits`): each agent reports, per lease
+period, the calls it made (resource ``<service>.calls``: metered, never leased) and the
+retries it wanted (``<service>.retries``); the control plane sets the next period's fleet
+retries to ``ratio`` × the calls of the last period + ``min_retries_per_second`` × the
+period and splits them by demand. Until an agent's first lease (no control plane, or not
+yet) it spends its own per-agent budget; after that it spends its lease, and its last lease
+while the control plane is out of reach (fail static).
+"""
+
+from __future__ import annotations
+
+from .fleet_limits import LeasedBudget
+from .limits import RetryBudget
+from .policy import ServicePolicy
+
+__all__ = ["FleetRetryBudget", "calls_resource", "fleet_retry_units", "retries_resource", "retry_resources"]
+
+#: The units of the metered calls resource: never a limit.
+UNLIMITED = 1e12
+
+
+def retries_resource(service: str) -> str:
+    return f"{service}.retries"
+
+
+def calls_resource(service: str) -> str:
+    return f"{service}.calls"
+
+
+def lease_secs(policy: ServicePolicy) -> float:
+    return policy.fleet.lease_secs if policy.fleet is not None else 1.0
+
+
+def fleet_retry_units(policy: ServicePolicy, fleet_calls: float) -> float:
+    """The fleet's retries for one lease period after a period of ``fleet_calls`` calls."""
+    budget = policy.retry_budget
+    return budget.ratio * fleet_calls + budget.min_retries_per_second * lease_secs(policy)
+
+
+def retry_resources(policy: ServicePolicy) -> dict[str, tuple[float, float, float | None]]:
+    """The lease budgets the policy's fleet retry budget needs: resource -> (fleet units,
+    period, safe share); none unless ``fleet_retry_budget``."""
+    if not policy.fleet_retry_budget:
+        return {}
+    period = lease_secs(policy)
+    return {
+        retries_resource(policy.service): (fleet_retry_units(policy, 0.0), period, None),
+        calls_resource(policy.service): (UNLIMITED, period, 1.0),
+    }
+
+
+class FleetRetryBudget:
+    """The retry budget of one service in an agent: the fleet's lease, else its own."""
+
+    __slots__ = ("calls", "local", "retries")
+
+    def __init__(self, local: RetryBudget, retries: LeasedBudget, calls: LeasedBudget) -> None:
+        self.local = local
+        self.retries = retries
+        self.calls = calls
+
+    def record_call(self, now: float) -> None:
+        self.local.record_call(now)
+        self.calls.take(1.0, now)
+
+    def try_retry(self, now: float) -> bool:
+        """Spend one retry (or hedge) if the budget allows it; what was asked is reported
+        as the agent's demand either way."""
+        leased = self.retries.take(1.0, now) == 0.0
+        if self.retries.agents == 0:  # never leased: the agent's own budget
+            return self.local.try_retry(now)
+        return leased

@@ -1,0 +1,220 @@
+"""Hedged requests for idempotent calls (gRPC A6 hedging, Envoy ``hedge_policy``).
+
+A policy's ``hedging {max_attempts, delay_secs}`` sends the first attempt, then another
+one each ``delay_secs`` without an answer — or at once when an attempt fails with a
+retryable code or is refused — up to ``max_attempts`` in all. The first good answer wins
+and the attempts still running are cancelled (they count as neither: a probe permit comes
+back). An answer that is not retryable ends the call (A6: it commits).
+
+Every hedge is an attempt like any other: it passes admission (breaker, rate limit,
+quotas, bulkhead) and takes its units and cost, and each after the first spends the retry
+budget; without budget no more hedges are sent. All attempts share the first one's
+deadline. Hedged calls are not retried one by one (A6: hedging replaces retries).
+
+:class:`HedgeRun` decides; :func:`run_hedged` (threads or gRPC futures) and
+:func:`run_hedged_async` (asyncio tasks) carry the decisions out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from .admission import Refused, Ticket
+from .errors import OperationTimeout
+from .outcomes import NO_RETRY, Counts, Failure, Outcomes
+from .policy import Hedging
+
+if TYPE_CHECKING:
+    from .executor import Executor
+
+__all__ = ["HedgeRun", "run_hedged", "run_hedged_async"]
+
+
+class HedgeRun:
+    """The decisions of one hedged call; the loops call its events."""
+
+    def __init__(
+        self, ex: Executor, service: str, operation: str, kind: str | None, timeout: float | None,
+        cost: Mapping[str, float] | None, outcomes: Outcomes | None, deadline: float | None,
+        hedging: Hedging,
+    ) -> None:  # fmt: skip
+        self.ex = ex
+        self.service = service
+        self.operation = operation
+        self.kind = kind
+        self.timeout = timeout
+        self.cost = cost
+        self.outcomes = outcomes
+        self.deadline = deadline  # the first attempt's, once admitted
+        self.hedging = hedging
+        self.sent = 0
+        self.next_at = ex.clock()
+        self.error: BaseException | None = None  # the latest failure or refusal
+        self.over = False  # nothing more will be sent
+
+    def due(self, now: float) -> Ticket | None:
+        """The next attempt, admitted, if one is due now; refusals are taken in turn."""
+        while not self.over and now >= self.next_at and self.sent < self.hedging.max_attempts:
+            if self.sent and not self.ex.spend_budget(self.service):
+                self.over = True  # the retry budget says no more
+                break
+            self.sent += 1
+            ticket = self.ex.enter(
+                self.service, self.operation, self.kind, self.timeout, self.cost, self.deadline
+            )
+            if type(ticket) is Refused:
+                self.error = ticket.error  # another attempt at once (A6)
+                continue
+            assert isinstance(ticket, Ticket)
+            if self.deadline is None or ticket.deadline < self.deadline:
+                self.deadline = ticket.deadline
+            self.next_at = now + self.hedging.delay_secs
+            return ticket
+        if self.sent >= self.hedging.max_attempts:
+            self.over = True
+        return None
+
+    def wait(self, now: float) -> float:
+        """Seconds until the next attempt is due or the deadline passes."""
+        until = self.deadline if self.deadline is not None else now
+        if not self.over and self.sent < self.hedging.max_attempts:
+            until = min(until, self.next_at)
+        return max(0.0, until - now)
+
+    def timed_out(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
+
+    def succeeded(self, ticket: Ticket) -> None:
+        self.ex.release(ticket)
+        self.ex.record(ticket, None)
+
+    def failed(self, ticket: Ticket, exc: BaseException) -> bool:
+        """Count a failed attempt; True when it ends the call (its answer is final)."""
+        ex = self.ex
+        ex.release(ticket)
+        failure = ex.classify(ticket, exc, self.outcomes)
+        ex.record(ticket, failure)
+        self.error = ex.with_context(failure.error, self.service, self.operation)
+        if not _retryable(ticket, failure):
+            self.over = True
+            return True
+        self.next_at = ex.clock()  # the next hedge at once
+        return False
+
+    def cancelled(self, ticket: Ticket) -> None:
+        """A loser, cancelled: it counts as neither."""
+        self.ex.release(ticket)
+        self.ex.abandon(ticket)
+
+    def finished(self, in_flight: int) -> bool:
+        """Nothing runs and nothing more will be sent."""
+        return in_flight == 0 and (self.over or self.sent >= self.hedging.max_attempts)
+
+    def give_up(self) -> BaseException:
+        if self.error is None:
+            self.error = OperationTimeout(self.operation, self.timeout or 0.0)
+        return self.ex.with_context(self.error, self.service, self.operation)
+
+
+def _retryable(ticket: Ticket, failure: Failure) -> bool:
+    if failure.counts is not Counts.FAILURE or failure.code is None or failure.retry_after == NO_RETRY:
+        return False
+    return failure.code.name in ticket.state.policy.retryable_codes
+
+
+def run_hedged(
+    hedge: HedgeRun,
+    start: Callable[[float], Any],
+    result: Callable[[Any], Any],
+) -> Any:
+    """The sync loop: ``start(seconds_left)`` sends an attempt and returns a future (a
+    gRPC call, or a thread pool's future); ``result(future)`` is what the caller gets."""
+    ended: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    flights: dict[Any, Ticket] = {}
+    ex = hedge.ex
+    try:
+        while True:
+            now = ex.clock()
+            while (ticket := hedge.due(now)) is not None:
+                try:
+                    future = start(ticket.deadline - now)
+                except Exception as exc:
+                    if hedge.failed(ticket, exc):
+                        raise hedge.give_up() from None
+                    continue
+                flights[future] = ticket
+                future.add_done_callback(ended.put)
+            if hedge.finished(len(flights)) or hedge.timed_out(now):
+                raise hedge.give_up()
+            try:
+                future = ended.get(timeout=hedge.wait(now))
+            except queue.Empty:
+                continue
+            ticket = flights.pop(future)
+            if future.cancelled():
+                hedge.cancelled(ticket)
+                continue
+            error = future.exception()
+            if error is None:
+                hedge.succeeded(ticket)
+                return result(future)
+            if hedge.failed(ticket, error):
+                raise hedge.give_up()
+    finally:
+        for future, ticket in flights.items():
+            _let_go(hedge, future, ticket)
+
+
+def _let_go(hedge: HedgeRun, future: Any, ticket: Ticket) -> None:
+    """A loser: cancelled if it can be, else counted when it ends (it did run)."""
+    if future.cancel():
+        hedge.cancelled(ticket)
+        return
+
+    def settle(done: Any) -> None:
+        exc = None if done.cancelled() else done.exception()
+        if done.cancelled():
+            hedge.cancelled(ticket)
+        elif exc is None:
+            hedge.succeeded(ticket)
+        else:
+            hedge.ex.release(ticket)
+            hedge.ex.record(ticket, hedge.ex.classify(ticket, exc, hedge.outcomes))
+
+    future.add_done_callback(settle)
+
+
+async def run_hedged_async(hedge: HedgeRun, attempt: Callable[[float], Awaitable[Any]]) -> Any:
+    """The asyncio loop: each attempt a task, bounded by the deadline; losers cancelled."""
+    flights: dict[asyncio.Task[Any], Ticket] = {}
+    ex = hedge.ex
+
+    async def bounded(left: float) -> Any:
+        async with asyncio.timeout(left):
+            return await attempt(left)
+
+    try:
+        while True:
+            now = ex.clock()
+            while (ticket := hedge.due(now)) is not None:
+                flights[asyncio.ensure_future(bounded(ticket.deadline - now))] = ticket
+            if hedge.finished(len(flights)) or hedge.timed_out(now):
+                raise hedge.give_up()
+            done, _ = await asyncio.wait(
+                flights, timeout=hedge.wait(now), return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                ticket = flights.pop(task)
+                exc = task.exception()
+                if exc is None:
+                    hedge.succeeded(ticket)
+                    return task.result()
+                if hedge.failed(ticket, exc):
+                    raise hedge.give_up()
+    finally:
+        for task, ticket in flights.items():
+            task.cancel()
+            hedge.cancelled(ticket)

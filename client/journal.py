@@ -1,0 +1,248 @@
+"""An append-only, fsync'd, bounded journal on local disk: what a write spool keeps.
+
+Layout of the directory:
+
+* ``segment-<first seq>.log``: records ``magic | length | crc32 | seq | payload``, the
+  CRC over ``seq | payload``; a new segment starts when the current one passes its size.
+* ``done.log``: records ``magic | seq | crc32``: every record up to ``seq`` was handled.
+  Records are handled in order, so the last good one says everything.
+* ``lock``: held (``flock``) while a process has the journal open: one writer only.
+
+Every append and every done mark is fsync'd before it returns. A process killed in the
+middle of a write (``kill -9``, power loss) leaves a torn last record: opening the journal
+drops it (the file is cut at the last whole record) and never fails on it. A record in
+the middle that fails its CRC is cut with everything after it, and logged.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Journal", "JournalFull", "JournalLocked"]
+
+_log = logging.getLogger("mission_control.client.spool")
+
+_RECORD = struct.Struct("<4sIIQ")  # magic, payload length, crc32(seq + payload), seq
+_RECORD_MAGIC = b"MCS1"
+_DONE = struct.Struct("<4sQI")  # magic, seq, crc32(seq)
+_DONE_MAGIC = b"MCD1"
+_SEQ = struct.Struct("<Q")
+#: A record longer than this is not one of ours (a corrupt length field).
+MAX_RECORD = 16 * 1024 * 1024
+
+
+class JournalFull(Exception):
+    """The journal holds its bound of records or bytes: the record was not kept."""
+
+
+class JournalLocked(Exception):
+    """Another process has the journal open."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    seq: int
+    payload: bytes
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_records(path: Path) -> tuple[list[Record], int]:
+    """The whole records of a segment, and the offset where they end."""
+    data = path.read_bytes()
+    records, at = [], 0
+    while at + _RECORD.size <= len(data):
+        magic, length, crc, seq = _RECORD.unpack_from(data, at)
+        end = at + _RECORD.size + length
+        if magic != _RECORD_MAGIC or length > MAX_RECORD or end > len(data):
+            break
+        payload = data[at + _RECORD.size : end]
+        if zlib.crc32(_SEQ.pack(seq) + payload) != crc:
+            break
+        records.append(Record(seq, payload))
+        at = end
+    return records, at
+
+
+def _read_done(path: Path) -> tuple[int, int]:
+    """The last seq marked done (0: none) and the offset where the good marks end."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return 0, 0
+    done, at = 0, 0
+    while at + _DONE.size <= len(data):
+        magic, seq, crc = _DONE.unpack_from(data, at)
+        if magic != _DONE_MAGIC or zlib.crc32(_SEQ.pack(seq)) != crc:
+            break
+        done, at = max(done, seq), at + _DONE.size
+    return done, at
+
+
+def _cut(path: Path, size: int) -> None:
+    """Drop a torn tail, durably, before anything is appended after it."""
+    if path.exists() and path.stat().st_size > size:
+        _log.warning("journal %s: dropping %d bytes of a torn record", path, path.stat().st_size - size)
+        with open(path, "r+b") as f:
+            f.truncate(size)
+            os.fsync(f.fileno())
+
+
+class Journal:
+    """The records of one spool directory not yet marked done, in order.
+
+    Args:
+        directory: created if missing; one process at a time (else :class:`JournalLocked`).
+        max_records / max_bytes: the bound on records kept and not done; an append
+            beyond it raises :class:`JournalFull`.
+        segment_bytes: size after which appends go to a new segment file (done segments
+            are deleted whole).
+    """
+
+    def __init__(
+        self, directory: str | Path, *, max_records: int = 10_000, max_bytes: int = 64 * 1024 * 1024,
+        segment_bytes: int = 1024 * 1024,
+    ) -> None:  # fmt: skip
+        self.directory = Path(directory)
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise JournalLocked(f"spool {self.directory} is open in another process") from None
+        self._pending: list[Record] = []
+        self._segments: list[tuple[Path, int]] = []  # (file, last seq in it)
+        self._recover()
+        self._fd: int | None = None
+
+    # -- opening -------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        done_path = self.directory / "done.log"
+        self.done, good = _read_done(done_path)
+        _cut(done_path, good)
+        self.next_seq = self.done + 1
+        for path in sorted(self.directory.glob("segment-*.log")):
+            records, end = _read_records(path)
+            _cut(path, end)
+            if not records:
+                path.unlink()
+                continue
+            self._segments.append((path, records[-1].seq))
+            self.next_seq = max(self.next_seq, records[-1].seq + 1)
+            self._pending.extend(r for r in records if r.seq > self.done)
+        self._forget_done_segments()
+
+    # -- reading -------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    @property
+    def pending_bytes(self) -> int:
+        return sum(len(r.payload) for r in self._pending)
+
+    def first(self) -> Record | None:
+        """The oldest record not done, if any."""
+        return self._pending[0] if self._pending else None
+
+    def pending(self) -> Iterator[Record]:
+        return iter(list(self._pending))
+
+    # -- writing -------------------------------------------------------------------
+
+    def append(self, payload: bytes) -> int:
+        """Keep ``payload`` durably (fsync'd when this returns); returns its seq.
+
+        Raises:
+            JournalFull: the bound is reached; nothing was written.
+        """
+        if len(self._pending) >= self.max_records or self.pending_bytes + len(payload) > self.max_bytes:
+            raise JournalFull(
+                f"spool {self.directory} is full ({len(self._pending)} writes, {self.pending_bytes} bytes)"
+            )
+        if len(payload) > MAX_RECORD:
+            raise JournalFull(f"a write of {len(payload)} bytes is larger than a spool record may be")
+        seq = self.next_seq
+        fd = self._segment_for(seq)
+        header = _RECORD.pack(_RECORD_MAGIC, len(payload), zlib.crc32(_SEQ.pack(seq) + payload), seq)
+        os.write(fd, header + payload)
+        os.fsync(fd)
+        self.next_seq = seq + 1
+        self._pending.append(Record(seq, payload))
+        path, _ = self._segments[-1]
+        self._segments[-1] = (path, seq)
+        return seq
+
+    def _segment_for(self, seq: int) -> int:
+        if self._fd is not None and os.fstat(self._fd).st_size < self.segment_bytes:
+            return self._fd
+        if self._fd is not None:
+            os.close(self._fd)
+        path = self.directory / f"segment-{seq:020d}.log"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        _fsync_dir(self.directory)  # the new file's name survives a crash
+        self._segments.append((path, seq - 1))
+        return self._fd
+
+    def mark_done(self, seq: int) -> None:
+        """Every record up to ``seq`` is handled: durably (fsync'd when this returns)."""
+        if seq <= self.done:
+            return
+        path = self.directory / "done.log"
+        with open(path, "ab") as f:
+            f.write(_DONE.pack(_DONE_MAGIC, seq, zlib.crc32(_SEQ.pack(seq))))
+            f.flush()
+            os.fsync(f.fileno())
+        self.done = seq
+        while self._pending and self._pending[0].seq <= seq:
+            self._pending.pop(0)
+        self._forget_done_segments()
+        if path.stat().st_size > 64 * _DONE.size:
+            self._compact_done()
+
+    def _forget_done_segments(self) -> None:
+        """Delete segments every record of which is done (never the one being appended)."""
+        current = self._segments[-1][0] if self._segments and getattr(self, "_fd", None) else None
+        keep = []
+        for path, last in self._segments:
+            if last <= self.done and path != current:
+                path.unlink(missing_ok=True)
+            else:
+                keep.append((path, last))
+        self._segments = keep
+
+    def _compact_done(self) -> None:
+        """Replace the done marks by the last one (written aside, then renamed)."""
+        tmp = self.directory / "done.tmp"
+        with open(tmp, "wb") as f:
+            f.write(_DONE.pack(_DONE_MAGIC, self.done, zlib.crc32(_SEQ.pack(self.done))))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.directory / "done.log")
+        _fsync_dir(self.directory)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1

@@ -1,0 +1,240 @@
+"""Durable degraded mode for writes: a write the service cannot take now is kept on local
+disk (:mod:`.journal`) and made later, in order, when the service serves again.
+
+``mc.guard("storage_backend", spool="/var/lib/agent/spool")`` on a sync function: a call
+refused by the breaker or a limit, or failed after its retries, is spooled and returns a
+:class:`Spooled` receipt instead of raising; while writes wait in the spool, new ones join
+the end of it (order is kept). A background thread replays the oldest write whenever the
+breaker lets calls through (its first replays are the HALF_OPEN probes) and marks it done.
+
+What is guaranteed: a write that returned :class:`Spooled` is on disk (fsync'd) and is made
+at least once, in order, by this process or the next one that opens the directory — unless
+the spool drops it at its bound (counted, and the caller gets the error instead of a
+receipt). A write is marked done only after it succeeded, so a process killed between the
+upstream's success and that mark makes that one write again: at most one write per crash
+is made twice. Every write has an id (:func:`current_write_id`, the same on its first try
+and on every replay) that the upstream can use to apply it exactly once.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextvars
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ResourceExhausted
+from .journal import Journal, JournalFull
+from .outcomes import DEFAULT, Counts, Outcomes, classify, kind_of
+
+__all__ = ["Spooled", "WriteSpool", "current_write_id"]
+
+_log = logging.getLogger("mission_control.client.spool")
+
+_write_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "mission_control_write_id", default=None
+)
+
+
+def current_write_id() -> str | None:
+    """The id of the spool-backed write being made (inside the protected function), the
+    same on its first try and on every replay: send it to the upstream so it can drop a
+    write it has already applied. None outside such a write."""
+    return _write_id.get()
+
+
+@contextmanager
+def _writing(write_id: str) -> Iterator[None]:
+    token = _write_id.set(write_id)
+    try:
+        yield
+    finally:
+        _write_id.reset(token)
+
+
+@dataclass(frozen=True, slots=True)
+class Spooled:
+    """A write kept in the spool instead of made now; it will be made, in order.
+
+    Attributes:
+        write_id: the write's id (see :func:`current_write_id`).
+        seq: its place in the spool.
+        reason: why it was not made now.
+    """
+
+    write_id: str
+    seq: int
+    reason: str
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
+    raise TypeError(f"a spooled write's arguments must be JSON values or bytes, not {type(value).__name__}")
+
+
+def _decode_value(value: dict[str, Any]) -> Any:
+    if set(value) == {"$bytes"}:
+        return base64.b64decode(value["$bytes"])
+    return value
+
+
+def encode_write(write_id: str, function: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """A write as a journal payload. Raises TypeError for arguments JSON cannot hold."""
+    record = {"id": write_id, "fn": function, "args": list(args), "kwargs": kwargs}
+    return json.dumps(record, default=_encode_value, separators=(",", ":")).encode()
+
+
+def decode_write(payload: bytes) -> tuple[str, str, tuple[Any, ...], dict[str, Any]]:
+    record = json.loads(payload, object_hook=_decode_value)
+    return record["id"], record["fn"], tuple(record["args"]), dict(record["kwargs"])
+
+
+@dataclass(slots=True)
+class _Target:
+    service: str
+    operation: str
+    kind: str
+    timeout: float = 0.0
+
+
+class WriteSpool:
+    """The spool of one protected write function (see the module's rules).
+
+    Args:
+        directory: the spool's directory (one function, one process at a time).
+        service / function: the service written to, and the function's name (checked
+            against the spooled writes, so a directory is not replayed into another one).
+        call: makes one write under the service's policy: ``call(args, kwargs)``.
+        open_for: seconds the service's breaker stays open (0: calls may go).
+        count: ``count(spooled, replayed, dropped)`` adds to the service's counts.
+        outcomes: how the write's exceptions count (a failure of the service is spooled).
+    """
+
+    def __init__(
+        self, directory: str | Path, *, service: str, function: str,
+        call: Callable[[tuple[Any, ...], dict[str, Any]], Any], open_for: Callable[[], float],
+        count: Callable[[int, int, int], None], outcomes: Outcomes | None = None,
+        kind: str | None = None, max_writes: int = 10_000, max_bytes: int = 64 * 1024 * 1024,
+        pause: float = 0.2,
+    ) -> None:  # fmt: skip
+        self.journal = Journal(directory, max_records=max_writes, max_bytes=max_bytes)
+        self.service = service
+        self.function = function
+        self._call = call
+        self._open_for = open_for
+        self._count = count
+        self._outcomes = outcomes or DEFAULT
+        self._target = _Target(service, function, kind or kind_of(service))
+        self._pause = pause
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.spooled = self.replayed = self.dropped = 0
+        self._thread = threading.Thread(target=self._replay_loop, name=f"spool-{service}", daemon=True)
+        self._thread.start()
+
+    def __len__(self) -> int:
+        """Writes waiting in the spool."""
+        with self._lock:
+            return len(self.journal)
+
+    # -- the caller's writes ---------------------------------------------------------
+
+    def write(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Make the write now, or spool it; returns its result or a :class:`Spooled`."""
+        write_id = uuid.uuid4().hex
+        payload = encode_write(write_id, self.function, args, kwargs)  # fails before any call
+        with self._lock:
+            if len(self.journal):
+                return self._keep(write_id, payload, "earlier writes are waiting in the spool", None)
+        try:
+            with _writing(write_id):
+                return self._call(args, kwargs)
+        except Exception as exc:
+            if not self._service_failed(exc):
+                raise
+            with self._lock:
+                return self._keep(write_id, payload, str(exc), exc)
+
+    def _keep(self, write_id: str, payload: bytes, reason: str, error: Exception | None) -> Spooled:
+        try:
+            seq = self.journal.append(payload)
+        except JournalFull as full:
+            self.dropped += 1
+            self._count(0, 0, 1)
+            # Not the service's error: a StorageFailure would tell the user the data is safe.
+            refused = ResourceExhausted(
+                f"{self.service} write spool", len(self.journal), self.journal.max_records
+            )
+            refused.add_note(f"not spooled: {full}; the write was not made ({reason})")
+            raise refused from error
+        self.spooled += 1
+        self._count(1, 0, 0)
+        self._wake.set()
+        return Spooled(write_id, seq, reason)
+
+    def _service_failed(self, exc: BaseException) -> bool:
+        return classify(self._target, exc, self._outcomes).counts is Counts.FAILURE
+
+    # -- replay ----------------------------------------------------------------------
+
+    def _replay_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                record = self.journal.first()
+            if record is None:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            wait = self._open_for()
+            if wait > 0:
+                self._stop.wait(min(wait, 1.0))
+                continue
+            if not self._replay(record.seq, record.payload):
+                self._stop.wait(self._pause)
+
+    def _replay(self, seq: int, payload: bytes) -> bool:
+        """Make one spooled write; False when the service failed it (try again later)."""
+        try:
+            write_id, function, args, kwargs = decode_write(payload)
+        except (ValueError, KeyError, TypeError):
+            return self._drop(seq, "it cannot be read")
+        if function != self.function:
+            return self._drop(seq, f"it was spooled by {function!r}, not {self.function!r}")
+        try:
+            with _writing(write_id):
+                self._call(args, kwargs)
+        except Exception as exc:
+            if self._service_failed(exc):
+                return False
+            return self._drop(seq, f"the write failed with the caller's error {exc!r}")
+        with self._lock:
+            self.journal.mark_done(seq)
+            self.replayed += 1
+        self._count(0, 1, 0)
+        return True
+
+    def _drop(self, seq: int, why: str) -> bool:
+        """A write that can never be made is dropped, not retried for ever."""
+        _log.error("spool %s: dropping write #%d: %s", self.journal.directory, seq, why)
+        with self._lock:
+            self.journal.mark_done(seq)
+            self.dropped += 1
+        self._count(0, 0, 1)
+        return True
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop replaying (what is left stays on disk for the next process)."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+        with self._lock:
+            self.journal.close()

@@ -1,0 +1,85 @@
+"""The fleet-wide retry budget: agents in two processes, leased by a real control plane,
+retry within one budget for the fleet; without a control plane each keeps its own."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import pytest
+from mission_control.client import MissionControl
+from mission_control.client.config import policy_to_proto
+from mission_control.client.policy import Backoff, FleetLimits, RetryBudget, ServicePolicy
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
+from mission_control.server.etcd_process import EtcdProcess
+
+from tests.support.procs import Proc, control_plane, python
+
+MIN_PER_SECOND = 4.0
+LEASE_SECS = 0.5
+
+POLICY = ServicePolicy(
+    service="flaky",
+    timeout_secs=5,
+    max_retries=3,
+    failure_threshold=1_000_000,  # the breaker stays CLOSED: only the budget stops retries
+    rate_limit_requests=1_000_000,
+    backoff=Backoff(initial_secs=0.001, max_secs=0.001, jitter=0),
+    retry_budget=RetryBudget(ratio=0, min_retries_per_second=MIN_PER_SECOND, window_secs=1),
+    fleet=FleetLimits(lease_secs=LEASE_SECS),
+    fleet_retry_budget=True,
+)
+
+
+def test_the_fleet_retries_within_one_budget(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    plane, address = control_plane(etcd_server.endpoint, prefix)
+    spawned.append(plane)
+    with grpc.insecure_channel(address) as channel:
+        pb_grpc.ControlPlaneServiceStub(channel).PutPolicy(
+            pb.PutPolicyRequest(policy=policy_to_proto(POLICY)), timeout=10
+        )
+    procs = [python("tests.support.retry_proc", address, "flaky", f"p{i}", "2", "40") for i in range(2)]
+    spawned.extend(procs)
+    for proc in procs:
+        assert '"ready": true' in proc.wait_for('{"ready"', timeout=60)
+        proc.lines.clear()
+    for proc in procs:  # warm-up: the first leases arrive
+        proc.send("run 2")
+    for proc in procs:
+        assert all(json.loads(proc.wait_for("{", 60))["leased"])
+        proc.lines.clear()
+    seconds = 4.0
+    for proc in procs:
+        proc.send(f"run {seconds}")
+    runs = [json.loads(proc.wait_for("{", 60)) for proc in procs]
+    calls = sum(r["calls"] for r in runs)
+    retries = sum(r["attempts"] - r["calls"] for r in runs)
+    # One budget for the four agents: the fleet's minimum over the run, plus one lease
+    # period spent ahead; four budgets of their own would allow four times the minimum.
+    fleet_bound = MIN_PER_SECOND * (seconds + 2 * LEASE_SECS)
+    assert calls >= 40  # the agents did call
+    assert 0 < retries <= fleet_bound, (retries, calls)
+    with grpc.insecure_channel(address) as channel:
+        request = pb.GetErrorStatisticsRequest()
+        stats = pb_grpc.ControlPlaneServiceStub(channel).GetErrorStatistics(request, timeout=10).statistics
+    shown = {usage.resource: usage for usage in stats.fleet_limits}
+    assert "flaky.calls" not in shown  # metered, not a limit
+    assert shown["flaky.retries"].agents == 4 and shown["flaky.retries"].demanded > 0
+
+
+def test_without_a_control_plane_each_agent_keeps_its_own_budget() -> None:
+    mc = MissionControl("alone", config={"flaky": POLICY})
+    attempts = 0
+
+    @mc.guard("flaky")
+    def call() -> None:
+        nonlocal attempts
+        attempts += 1
+        raise ConnectionRefusedError("down")
+
+    with pytest.raises(ConnectionRefusedError):
+        call()
+    assert attempts == 1 + POLICY.max_retries  # the local budget's minimum allows them

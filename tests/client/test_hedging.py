@@ -1,0 +1,186 @@
+"""Hedged requests through guard (sync and async) and the gRPC interceptors (sync and aio):
+who wins, what is cancelled, and that hedges take units and retry budget like attempts."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import tomllib
+from typing import Any
+
+import grpc
+import pytest
+from mission_control.client import ConfigurationError, MissionControl, OperationTimeout, StorageFailure
+from mission_control.client.config import config_to_toml, load_config
+from mission_control.client.policy import Hedging, RetryBudget, ServicePolicy
+from mission_control.interceptors import aio_protected_channel, protected_channel
+
+from tests.support import echo_pb2 as pb
+from tests.support import echo_pb2_grpc as pb_grpc
+from tests.support.upstream import Upstream
+
+HEDGED = ServicePolicy(
+    service="storage_backend",
+    timeout_secs=10,
+    max_retries=0,
+    failure_threshold=100,
+    hedging=Hedging(max_attempts=2, delay_secs=0.05),
+    retry_budget=RetryBudget(ratio=1, min_retries_per_second=100),
+)
+
+
+def agent(policy: ServicePolicy = HEDGED) -> MissionControl:
+    return MissionControl("hedging-agent", config={policy.service: policy})
+
+
+class Backend:
+    """Answers attempt ``n`` as ``plan[n]`` says: "slow" (until released), "fail", or fast."""
+
+    def __init__(self, *plan: str) -> None:
+        self.plan = plan
+        self.calls = 0
+        self.released = threading.Event()
+        self.lock = threading.Lock()
+
+    def _next(self) -> tuple[int, str]:
+        with self.lock:
+            n, self.calls = self.calls, self.calls + 1
+        return n, self.plan[n] if n < len(self.plan) else "fast"
+
+    def save(self) -> str:
+        n, how = self._next()
+        if how == "slow":
+            self.released.wait(10)
+        elif how == "fail":
+            raise ConnectionRefusedError(f"attempt {n} refused")
+        elif how == "fatal":
+            raise TimeoutError(f"attempt {n} timed out")  # DEADLINE_EXCEEDED: not retryable
+        return f"attempt {n}"
+
+    async def save_async(self) -> str:
+        n, how = self._next()
+        if how == "slow":
+            await asyncio.Event().wait()  # only a cancel ends it
+        elif how == "fail":
+            raise ConnectionRefusedError(f"attempt {n} refused")
+        return f"attempt {n}"
+
+
+def test_a_slow_attempt_is_hedged_and_the_first_good_answer_wins() -> None:
+    mc, backend = agent(), Backend("slow")
+    try:
+        assert mc.guard("storage_backend", idempotent=True)(backend.save)() == "attempt 1"
+        assert backend.calls == 2
+    finally:
+        backend.released.set()
+    tally = mc.view.get("storage_backend").tally
+    assert tally.successes >= 1 and tally.failures == 0
+
+
+async def test_async_losers_are_cancelled_and_count_as_neither() -> None:
+    mc, backend = agent(), Backend("slow")
+    save = mc.guard("storage_backend", idempotent=True)(backend.save_async)
+    assert await save() == "attempt 1"
+    tally = mc.view.get("storage_backend").tally
+    assert (backend.calls, tally.successes, tally.failures) == (2, 1, 0)
+
+
+def test_calls_not_marked_idempotent_are_not_hedged() -> None:
+    mc, backend = agent(), Backend("slow")
+    threading.Timer(0.3, backend.released.set).start()
+    assert mc.guard("storage_backend")(backend.save)() == "attempt 0"
+    assert backend.calls == 1
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_retryable_failure_sends_the_next_attempt_at_once(mode: str) -> None:
+    mc, backend = agent(HEDGED.replace(hedging=Hedging(max_attempts=3, delay_secs=30))), Backend("fail")
+    if mode == "sync":
+        got = await asyncio.to_thread(mc.guard("storage_backend", idempotent=True)(backend.save))
+    else:
+        got = await mc.guard("storage_backend", idempotent=True)(backend.save_async)()
+    assert got == "attempt 1"  # long before the 30 s delay
+    tally = mc.view.get("storage_backend").tally
+    assert (tally.failures, tally.successes) == (1, 1)
+
+
+def test_every_attempt_failing_raises_the_last_failure() -> None:
+    mc, backend = agent(), Backend("fail", "fail", "fail")
+    with pytest.raises(StorageFailure, match="attempt 1 refused"):
+        mc.guard("storage_backend", idempotent=True)(backend.save)()
+    assert backend.calls == 2
+
+
+def test_an_answer_that_is_not_retryable_ends_the_call() -> None:
+    mc, backend = agent(HEDGED.replace(hedging=Hedging(max_attempts=3, delay_secs=30))), Backend("fatal")
+    with pytest.raises(OperationTimeout):
+        mc.guard("storage_backend", idempotent=True)(backend.save)()
+    assert backend.calls == 1
+
+
+def test_hedges_take_a_bulkhead_place() -> None:
+    mc, backend = agent(HEDGED.replace(max_concurrent=1)), Backend("slow")
+    threading.Timer(0.3, backend.released.set).start()
+    assert mc.guard("storage_backend", idempotent=True)(backend.save)() == "attempt 0"
+    assert backend.calls == 1
+    assert mc.view.get("storage_backend").tally.rejected_by_reason["bulkhead"] == 1
+
+
+def test_hedging_in_the_toml_is_checked_and_round_trips() -> None:
+    text = "[service_specific.llm_provider.hedging]\nmax_attempts = 3\ndelay_secs = 0.05\n"
+    config = load_config(tomllib.loads(text))
+    assert config.policy_for("llm_provider").hedging == Hedging(max_attempts=3, delay_secs=0.05)
+    assert load_config(tomllib.loads(config_to_toml(config))) == config
+    bad = "[service_specific.llm_provider.hedging]\nmax_attempts = 9\ndelay_secs = -1\ncolour = 1\n"
+    with pytest.raises(ConfigurationError) as caught:
+        load_config(tomllib.loads(bad))
+    assert {field for field, _ in caught.value.violations} == {
+        "service_specific.llm_provider.hedging.max_attempts",
+        "service_specific.llm_provider.hedging.delay_secs",
+        "service_specific.llm_provider.hedging.colour",
+    }
+
+
+def test_hedges_spend_the_retry_budget() -> None:
+    broke = HEDGED.replace(retry_budget=RetryBudget(ratio=0, min_retries_per_second=0))
+    mc, backend = agent(broke), Backend("slow")
+    threading.Timer(0.3, backend.released.set).start()
+    assert mc.guard("storage_backend", idempotent=True)(backend.save)() == "attempt 0"
+    assert backend.calls == 1
+
+
+def test_hedges_take_rate_limit_units() -> None:
+    one = HEDGED.replace(rate_limit_requests=1, rate_limit_window_secs=60)
+    mc, backend = agent(one), Backend("slow")
+    threading.Timer(0.3, backend.released.set).start()
+    assert mc.guard("storage_backend", idempotent=True)(backend.save)() == "attempt 0"
+    tally = mc.view.get("storage_backend").tally
+    assert backend.calls == 1 and tally.rejected_by_reason["rate_limit"] == 1
+
+
+def echo_policy() -> ServicePolicy:
+    return HEDGED.replace(service="echo", idempotent=True)
+
+
+@pytest.fixture
+def slow_once() -> Any:
+    with Upstream("echo") as upstream:
+        upstream.set("slow", delay_secs=5, times=1)  # the first call takes 5 s, then fast
+        yield upstream
+
+
+def test_the_sync_interceptor_hedges(slow_once: Upstream) -> None:
+    mc = agent(echo_policy())
+    channel = protected_channel(grpc.insecure_channel(slow_once.address), mc, service="echo")
+    reply = pb_grpc.EchoServiceStub(channel).Echo(pb.EchoRequest(text="hi"), timeout=10)
+    assert reply.text == "hi" and slow_once.calls == 2
+    channel.close()
+
+
+async def test_the_aio_interceptor_hedges_and_cancels_the_loser(slow_once: Upstream) -> None:
+    mc = agent(echo_policy())
+    async with aio_protected_channel(slow_once.address, mc, service="echo") as channel:
+        reply = await pb_grpc.EchoServiceStub(channel).Echo(pb.EchoRequest(text="hi"), timeout=10)
+    assert reply.text == "hi" and slow_once.calls == 2
+    tally = mc.view.get("echo").tally
+    assert (tally.successes, tally.failures) == (1, 0)  # the cancelled loser counts as neither

@@ -1,0 +1,98 @@
+"""The spool's journal on a real disk: order, done marks, the bound, torn and corrupt records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mission_control.client.journal import Journal, JournalFull, JournalLocked
+
+
+def payloads(journal: Journal) -> list[bytes]:
+    return [r.payload for r in journal.pending()]
+
+
+def test_records_come_back_in_order_after_reopening(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    seqs = [journal.append(f"w{i}".encode()) for i in range(5)]
+    journal.mark_done(seqs[1])
+    journal.close()
+    again = Journal(tmp_path)
+    assert payloads(again) == [b"w2", b"w3", b"w4"]
+    assert again.append(b"w5") == seqs[-1] + 1  # a seq is never given twice
+
+
+def test_a_torn_last_record_is_dropped_and_appends_follow_the_last_whole_one(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.append(b"first")
+    journal.append(b"second")
+    journal.close()
+    segment = next(tmp_path.glob("segment-*.log"))
+    whole = segment.stat().st_size
+    with open(segment, "ab") as f:  # a kill -9 in the middle of the third append
+        f.write(b"MCS1\x40\x00\x00\x00torn")
+    again = Journal(tmp_path)
+    assert payloads(again) == [b"first", b"second"]
+    assert segment.stat().st_size == whole
+    again.append(b"third")
+    again.close()
+    assert payloads(Journal(tmp_path)) == [b"first", b"second", b"third"]
+
+
+def test_a_record_that_fails_its_checksum_is_cut_with_what_follows(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    for i in range(3):
+        journal.append(f"write-{i}".encode())
+    journal.close()
+    segment = next(tmp_path.glob("segment-*.log"))
+    data = bytearray(segment.read_bytes())
+    data[-3] ^= 0xFF  # a byte of the last payload
+    segment.write_bytes(bytes(data))
+    assert payloads(Journal(tmp_path)) == [b"write-0", b"write-1"]
+
+
+def test_a_torn_done_mark_is_dropped(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    first = journal.append(b"a")
+    journal.append(b"b")
+    journal.mark_done(first)
+    journal.close()
+    with open(tmp_path / "done.log", "ab") as f:
+        f.write(b"MCD1\x02")
+    again = Journal(tmp_path)
+    assert payloads(again) == [b"b"]
+    again.mark_done(first + 1)
+    again.close()
+    assert payloads(Journal(tmp_path)) == []
+
+
+def test_the_bound_refuses_and_keeps_nothing(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, max_records=2, max_bytes=1000)
+    journal.append(b"x")
+    journal.append(b"y")
+    with pytest.raises(JournalFull, match="full"):
+        journal.append(b"z")
+    journal.mark_done(journal.first().seq)  # type: ignore[union-attr]
+    journal.append(b"z")
+    assert payloads(journal) == [b"y", b"z"]
+    with pytest.raises(JournalFull):
+        Journal(tmp_path / "small", max_bytes=10).append(b"more than ten bytes")
+
+
+def test_done_segments_are_deleted_and_marks_compacted(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, segment_bytes=64)
+    seqs = [journal.append(b"0123456789" * 4) for _ in range(200)]
+    for seq in seqs[:-1]:
+        journal.mark_done(seq)
+    assert len(list(tmp_path.glob("segment-*.log"))) <= 2
+    assert (tmp_path / "done.log").stat().st_size <= 65 * 16
+    journal.close()
+    assert payloads(Journal(tmp_path)) == [b"0123456789" * 4]
+
+
+def test_one_process_at_a_time(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    with pytest.raises(JournalLocked, match="another process"):
+        Journal(tmp_path)
+    journal.close()
+    Journal(tmp_path).close()

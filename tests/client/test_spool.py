@@ -1,0 +1,203 @@
+"""A guard's write spool in one process: what is spooled and what is not, order, the bound,
+refusals, and the counts reported to a real control plane and shown by `stats`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from mission_control.client import MissionControl, ResourceExhausted, StorageFailure
+from mission_control.client.config import policy_to_proto
+from mission_control.client.policy import Backoff, ServicePolicy
+from mission_control.client.spool import Spooled, current_write_id
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
+from mission_control.server.etcd_process import EtcdProcess
+
+from tests.support.procs import ROOT, Proc, control_plane
+
+POLICY = ServicePolicy(
+    service="storage_backend",
+    timeout_secs=2,
+    max_retries=1,
+    failure_threshold=2,
+    success_threshold=1,
+    wait_duration_secs=0.2,
+    backoff=Backoff(initial_secs=0.01, jitter=0),
+)
+
+
+class Store:
+    """A storage backend that is down until told otherwise; remembers what it applied."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.refused: set[str] = set()  # keys it refuses as bad input
+        self.applied: list[tuple[str, str | None]] = []
+        self.lock = threading.Lock()
+
+    def save(self, key: str) -> str:
+        if self.down:
+            raise ConnectionRefusedError("storage is down")
+        if key in self.refused:
+            raise ValueError(f"{key} can never be stored")
+        with self.lock:
+            self.applied.append((key, current_write_id()))
+        return f"saved {key}"
+
+
+def poll(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def spooled_save(mc: MissionControl, store: Store, directory: Path, **options: Any) -> Any:
+    return mc.guard("storage_backend", spool=directory, **options)(store.save)
+
+
+def test_writes_the_service_cannot_take_are_kept_and_made_in_order(tmp_path: Path) -> None:
+    store = Store()
+    mc = MissionControl("spool-agent", config={"storage_backend": POLICY})
+    save = spooled_save(mc, store, tmp_path)
+    receipts = [save(f"k{i}") for i in range(5)]
+    assert all(isinstance(r, Spooled) for r in receipts)
+    assert "earlier writes are waiting" in receipts[-1].reason  # later ones queue behind
+    assert [r.seq for r in receipts] == [1, 2, 3, 4, 5]
+    store.down = False
+    assert poll(lambda: len(save.spool) == 0)
+    assert store.applied == [(f"k{i}", r.write_id) for i, r in enumerate(receipts)]
+    assert save("k5") == "saved k5"  # the spool is empty: the write is made at once
+    spool = save.spool
+    assert (spool.spooled, spool.replayed, spool.dropped) == (5, 5, 0)
+    tally = mc.view.get("storage_backend").tally
+    assert (tally.spooled, tally.spool_replayed, tally.spool_dropped) == (5, 5, 0)
+    mc.close()
+
+
+def test_the_callers_own_error_is_raised_not_spooled(tmp_path: Path) -> None:
+    mc = MissionControl("spool-agent", config={"storage_backend": POLICY})
+
+    @mc.guard("storage_backend", spool=tmp_path)
+    def save(key: str) -> None:
+        raise ValueError(f"bad key {key}")
+
+    with pytest.raises(ValueError, match="bad key"):
+        save("k")
+    assert len(save.spool) == 0 and save.spool.spooled == 0
+    mc.close()
+
+
+def test_a_full_spool_drops_the_write_and_says_so(tmp_path: Path) -> None:
+    store = Store()
+    mc = MissionControl("spool-agent", config={"storage_backend": POLICY})
+    save = spooled_save(mc, store, tmp_path / "behind", spool_max_writes=2)
+    save("a"), save("b")
+    with pytest.raises(ResourceExhausted, match="storage_backend write spool at 2/2") as caught:
+        save("c")  # queued behind the two: the spool is full
+    assert any("not spooled" in note for note in caught.value.__notes__)
+    assert (save.spool.spooled, save.spool.dropped) == (2, 1)
+    assert mc.view.get("storage_backend").tally.spool_dropped == 1
+    mc.close()
+    fresh = MissionControl("spool-agent", config={"storage_backend": POLICY})  # its breaker CLOSED
+    alone = spooled_save(fresh, store, tmp_path / "alone", spool_max_writes=0)
+    with pytest.raises(ResourceExhausted) as failed:
+        alone("d")  # made and failed: the service's error is the cause
+    assert isinstance(failed.value.__cause__, StorageFailure)
+    fresh.close()
+
+
+def test_what_a_spool_refuses(tmp_path: Path) -> None:
+    store = Store()
+    mc = MissionControl("spool-agent", config={"storage_backend": POLICY})
+    guard = mc.guard("storage_backend", spool=tmp_path / "one")
+    save = guard(store.save)
+    with pytest.raises(TypeError, match="one function"):
+        guard(store.save)
+    with pytest.raises(TypeError, match="JSON values or bytes"):
+        save(object())
+    assert len(save.spool) == 0
+
+    async def write() -> None: ...
+
+    with pytest.raises(TypeError, match="sync write functions"):
+        mc.guard("storage_backend", spool=tmp_path / "two")(write)
+    mc.close()
+
+
+def test_spool_counts_reach_the_control_plane_and_stats(
+    tmp_path: Path, etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    proc, address = control_plane(etcd_server.endpoint, prefix)
+    spawned.append(proc)
+    store = Store()
+    with grpc.insecure_channel(address) as channel:
+        request = pb.PutPolicyRequest(policy=policy_to_proto(POLICY))
+        pb_grpc.ControlPlaneServiceStub(channel).PutPolicy(request, timeout=10)
+    with MissionControl("spool-agent", control_plane=address, flush_interval=0.02) as mc:
+        assert mc.wait_connected(30)
+        assert poll(lambda: mc.policy("storage_backend").wait_duration_secs == POLICY.wait_duration_secs)
+        save = spooled_save(mc, store, tmp_path)
+        for i in range(3):
+            save(f"k{i}")
+        store.down = False
+        assert poll(lambda: len(save.spool) == 0)
+        with grpc.insecure_channel(address) as channel:
+            stub = pb_grpc.ControlPlaneServiceStub(channel)
+
+            def reported() -> pb.ErrorStatistics:
+                return stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=5).statistics
+
+            ok = poll(lambda: (reported().spooled, reported().spool_replayed) == (3, 3))
+            assert ok, reported()
+    shown = subprocess.run(
+        [sys.executable, "-m", "mission_control.server.cli", "stats", "--server", address],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert "writes spooled         3 (3 replayed, 0 dropped)" in shown.stdout, shown
+
+
+def test_a_write_the_service_refuses_on_replay_is_dropped_not_retried_for_ever(tmp_path: Path) -> None:
+    store = Store()
+    mc = MissionControl("spool-agent", config={"storage_backend": POLICY})
+    save = spooled_save(mc, store, tmp_path)
+    save("poison"), save("fine")
+    store.refused.add("poison")
+    store.down = False
+    assert poll(lambda: len(save.spool) == 0)
+    assert [key for key, _ in store.applied] == ["fine"]
+    assert (save.spool.replayed, save.spool.dropped) == (1, 1)
+    mc.close()
+
+
+def test_nothing_is_replayed_before_the_agent_is_started(tmp_path: Path) -> None:
+    store = Store()
+    first = MissionControl("spool-agent", config={"storage_backend": POLICY})
+    spooled_save(first, store, tmp_path)("k0")
+    first.close()
+    store.down = False
+    later = MissionControl("spool-agent", control_plane="127.0.0.1:1", config={"storage_backend": POLICY})
+    save = spooled_save(later, store, tmp_path)  # its spool holds k0; the agent is not started
+    asked, may_go = [], save.spool._open_for
+
+    def counted() -> float:
+        asked.append(1)
+        return may_go()  # type: ignore[no-any-return]
+
+    save.spool._open_for = counted
+    assert poll(lambda: len(asked) >= 2)  # the replayer has looked (and must have waited) twice
+    assert len(save.spool) == 1 and save.spool.dropped == 0 and store.applied == []
+    later.start()
+    assert poll(lambda: len(save.spool) == 0)
+    assert [key for key, _ in store.applied] == ["k0"]
+    later.close()
