@@ -235,6 +235,9 @@ class OutcomeSummary(_message.Message):
     SLOW_CALLS_FIELD_NUMBER: _builtins.int
     TIMED_CALLS_FIELD_NUMBER: _builtins.int
     ENDPOINTS_OVER_CAP_FIELD_NUMBER: _builtins.int
+    SPOOLED_FIELD_NUMBER: _builtins.int
+    SPOOL_REPLAYED_FIELD_NUMBER: _builtins.int
+    SPOOL_DROPPED_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     successes: _builtins.int
     failures: _builtins.int
@@ -274,6 +277,13 @@ class OutcomeSummary(_message.Message):
     """Calls to endpoints past the policy's max_endpoints, counted under the service's
     own breaker instead.
     """
+    spooled: _builtins.int
+    """Writes a spool kept because the service could not take them (or earlier ones were
+    waiting), spooled writes made since, and writes a spool dropped (at its bound, or
+    refused by the service as the caller's error on replay).
+    """
+    spool_replayed: _builtins.int
+    spool_dropped: _builtins.int
     @_builtins.property
     def errors_by_type(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Failure counts by ErrorType name, e.g. "LLMProviderUnavailable"."""
@@ -320,10 +330,13 @@ class OutcomeSummary(_message.Message):
         slow_calls: _builtins.int = ...,
         timed_calls: _builtins.int = ...,
         endpoints_over_cap: _builtins.int = ...,
+        spooled: _builtins.int = ...,
+        spool_replayed: _builtins.int = ...,
+        spool_dropped: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints_over_cap", b"endpoints_over_cap", "errors_by_operation", b"errors_by_operation", "errors_by_type", b"errors_by_type", "failures", b"failures", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "probe_failures", b"probe_failures", "probe_generation", b"probe_generation", "probe_successes", b"probe_successes", "probes_released", b"probes_released", "recovery_attempts", b"recovery_attempts", "recovery_successes", b"recovery_successes", "rejected", b"rejected", "rejected_by_reason", b"rejected_by_reason", "retries", b"retries", "service", b"service", "shadow_calls", b"shadow_calls", "shadow_rejected_by_reason", b"shadow_rejected_by_reason", "shadow_retries", b"shadow_retries", "slow_calls", b"slow_calls", "successes", b"successes", "timed_calls", b"timed_calls", "trailing_failures", b"trailing_failures"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints_over_cap", b"endpoints_over_cap", "errors_by_operation", b"errors_by_operation", "errors_by_type", b"errors_by_type", "failures", b"failures", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "probe_failures", b"probe_failures", "probe_generation", b"probe_generation", "probe_successes", b"probe_successes", "probes_released", b"probes_released", "recovery_attempts", b"recovery_attempts", "recovery_successes", b"recovery_successes", "rejected", b"rejected", "rejected_by_reason", b"rejected_by_reason", "retries", b"retries", "service", b"service", "shadow_calls", b"shadow_calls", "shadow_rejected_by_reason", b"shadow_rejected_by_reason", "shadow_retries", b"shadow_retries", "slow_calls", b"slow_calls", "spool_dropped", b"spool_dropped", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "successes", b"successes", "timed_calls", b"timed_calls", "trailing_failures", b"trailing_failures"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1528,6 +1541,9 @@ class ErrorStatistics(_message.Message):
     FALLBACKS_FAILED_FIELD_NUMBER: _builtins.int
     SLOW_CALLS_BY_SERVICE_FIELD_NUMBER: _builtins.int
     ENDPOINTS_OVER_CAP_BY_SERVICE_FIELD_NUMBER: _builtins.int
+    SPOOLED_FIELD_NUMBER: _builtins.int
+    SPOOL_REPLAYED_FIELD_NUMBER: _builtins.int
+    SPOOL_DROPPED_FIELD_NUMBER: _builtins.int
     SHADOW_SERVICES_FIELD_NUMBER: _builtins.int
     total_errors: _builtins.int
     circuit_breaker_opens: _builtins.int
@@ -1544,6 +1560,10 @@ class ErrorStatistics(_message.Message):
     fallbacks_served: _builtins.int
     """Calls a fallback service served, and fallback attempts that failed too."""
     fallbacks_failed: _builtins.int
+    spooled: _builtins.int
+    """Writes spooled, spooled writes made later, and writes spools dropped (see OutcomeSummary)."""
+    spool_replayed: _builtins.int
+    spool_dropped: _builtins.int
     @_builtins.property
     def errors_by_service(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
@@ -1605,11 +1625,14 @@ class ErrorStatistics(_message.Message):
         fallbacks_failed: _builtins.int = ...,
         slow_calls_by_service: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         endpoints_over_cap_by_service: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        spooled: _builtins.int = ...,
+        spool_replayed: _builtins.int = ...,
+        spool_dropped: _builtins.int = ...,
         shadow_services: _abc.Iterable[Global___ShadowServiceStatistics] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "endpoints_over_cap_by_service", b"endpoints_over_cap_by_service", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcomes_dropped", b"outcomes_dropped", "recovery_attempts", b"recovery_attempts", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "rejected_by_reason", b"rejected_by_reason", "reports_refused", b"reports_refused", "shadow_services", b"shadow_services", "slow_calls_by_service", b"slow_calls_by_service", "total_errors", b"total_errors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "endpoints_over_cap_by_service", b"endpoints_over_cap_by_service", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcomes_dropped", b"outcomes_dropped", "recovery_attempts", b"recovery_attempts", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "rejected_by_reason", b"rejected_by_reason", "reports_refused", b"reports_refused", "shadow_services", b"shadow_services", "slow_calls_by_service", b"slow_calls_by_service", "spool_dropped", b"spool_dropped", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "total_errors", b"total_errors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -205,6 +205,42 @@ class SlowCallPolicy(_message.Message):
 Global___SlowCallPolicy: _TypeAlias = SlowCallPolicy  # noqa: Y015
 
 @_typing.final
+class HedgingPolicy(_message.Message):
+    """Hedged requests (gRPC A6 hedging, Envoy hedge_policy) for calls marked idempotent:
+    another attempt after delay_secs without an answer, or at once when an attempt fails
+    with a retryable code or is refused; the first good answer wins, the rest are cancelled.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    DELAY_SECS_FIELD_NUMBER: _builtins.int
+    max_attempts: _builtins.int
+    """Attempts in all, the first included (2..5)."""
+    delay_secs: _builtins.float
+    """Wait for an answer before the next attempt. Default 0.1 s."""
+    def __init__(
+        self,
+        *,
+        max_attempts: _builtins.int | None = ...,
+        delay_secs: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_delay_secs", b"_delay_secs", "_max_attempts", b"_max_attempts", "delay_secs", b"delay_secs", "max_attempts", b"max_attempts"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_delay_secs", b"_delay_secs", "_max_attempts", b"_max_attempts", "delay_secs", b"delay_secs", "max_attempts", b"max_attempts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__delay_secs: _TypeAlias = _typing.Literal["delay_secs"]  # noqa: Y015
+    _WhichOneofArgType__delay_secs: _TypeAlias = _typing.Literal["_delay_secs", b"_delay_secs"]  # noqa: Y015
+    _WhichOneofReturnType__max_attempts: _TypeAlias = _typing.Literal["max_attempts"]  # noqa: Y015
+    _WhichOneofArgType__max_attempts: _TypeAlias = _typing.Literal["_max_attempts", b"_max_attempts"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__delay_secs) -> _WhichOneofReturnType__delay_secs | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_attempts) -> _WhichOneofReturnType__max_attempts | None: ...
+
+Global___HedgingPolicy: _TypeAlias = HedgingPolicy  # noqa: Y015
+
+@_typing.final
 class QuotaPolicy(_message.Message):
     """A named budget spent by weighted calls, e.g. LLM tokens per minute."""
 
@@ -311,6 +347,8 @@ class ServicePolicy(_message.Message):
     SLOW_CALL_FIELD_NUMBER: _builtins.int
     MAX_ENDPOINTS_FIELD_NUMBER: _builtins.int
     ENDPOINT_IDLE_SECS_FIELD_NUMBER: _builtins.int
+    HEDGING_FIELD_NUMBER: _builtins.int
+    FLEET_RETRY_BUDGET_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """The service (and breaker) this policy is for."""
     timeout_secs: _builtins.float
@@ -332,6 +370,12 @@ class ServicePolicy(_message.Message):
     """
     endpoint_idle_secs: _builtins.float
     """An endpoint breaker without calls for this long is forgotten. Default 300 s."""
+    fleet_retry_budget: _builtins.bool
+    """The retry budget holds for the whole fleet: the retries of every agent together stay
+    under retry_budget.ratio x the fleet's calls (+ min_retries_per_second), leased out by
+    the control plane each fleet.lease_secs (1 s without fleet); without a control plane
+    each agent keeps the budget on its own. Default false.
+    """
     @_builtins.property
     def backoff(self) -> Global___BackoffPolicy: ...
     @_builtins.property
@@ -371,6 +415,10 @@ class ServicePolicy(_message.Message):
     def slow_call(self) -> Global___SlowCallPolicy:
         """Open the breaker on the share of slow calls too; unset = never for slowness."""
 
+    @_builtins.property
+    def hedging(self) -> Global___HedgingPolicy:
+        """Hedged requests for idempotent calls; unset = none."""
+
     def __init__(
         self,
         *,
@@ -397,15 +445,19 @@ class ServicePolicy(_message.Message):
         slow_call: Global___SlowCallPolicy | None = ...,
         max_endpoints: _builtins.int | None = ...,
         endpoint_idle_secs: _builtins.float | None = ...,
+        hedging: Global___HedgingPolicy | None = ...,
+        fleet_retry_budget: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_endpoint_idle_secs", b"_endpoint_idle_secs", "_failure_threshold", b"_failure_threshold", "_idempotent", b"_idempotent", "_max_concurrent", b"_max_concurrent", "_max_endpoints", b"_max_endpoints", "_max_retries", b"_max_retries", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "endpoint_idle_secs", b"endpoint_idle_secs", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fleet", b"fleet", "idempotent", b"idempotent", "max_concurrent", b"max_concurrent", "max_endpoints", b"max_endpoints", "max_retries", b"max_retries", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "retry_budget", b"retry_budget", "slow_call", b"slow_call", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_endpoint_idle_secs", b"_endpoint_idle_secs", "_failure_threshold", b"_failure_threshold", "_fleet_retry_budget", b"_fleet_retry_budget", "_idempotent", b"_idempotent", "_max_concurrent", b"_max_concurrent", "_max_endpoints", b"_max_endpoints", "_max_retries", b"_max_retries", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "endpoint_idle_secs", b"endpoint_idle_secs", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fleet", b"fleet", "fleet_retry_budget", b"fleet_retry_budget", "hedging", b"hedging", "idempotent", b"idempotent", "max_concurrent", b"max_concurrent", "max_endpoints", b"max_endpoints", "max_retries", b"max_retries", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "retry_budget", b"retry_budget", "slow_call", b"slow_call", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_endpoint_idle_secs", b"_endpoint_idle_secs", "_failure_threshold", b"_failure_threshold", "_idempotent", b"_idempotent", "_max_concurrent", b"_max_concurrent", "_max_endpoints", b"_max_endpoints", "_max_retries", b"_max_retries", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "endpoint_idle_secs", b"endpoint_idle_secs", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fallbacks", b"fallbacks", "fleet", b"fleet", "idempotent", b"idempotent", "ignore_errors", b"ignore_errors", "max_concurrent", b"max_concurrent", "max_endpoints", b"max_endpoints", "max_retries", b"max_retries", "quotas", b"quotas", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "record_errors", b"record_errors", "reporters", b"reporters", "retry_budget", b"retry_budget", "retryable_codes", b"retryable_codes", "service", b"service", "slow_call", b"slow_call", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_endpoint_idle_secs", b"_endpoint_idle_secs", "_failure_threshold", b"_failure_threshold", "_fleet_retry_budget", b"_fleet_retry_budget", "_idempotent", b"_idempotent", "_max_concurrent", b"_max_concurrent", "_max_endpoints", b"_max_endpoints", "_max_retries", b"_max_retries", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "endpoint_idle_secs", b"endpoint_idle_secs", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fallbacks", b"fallbacks", "fleet", b"fleet", "fleet_retry_budget", b"fleet_retry_budget", "hedging", b"hedging", "idempotent", b"idempotent", "ignore_errors", b"ignore_errors", "max_concurrent", b"max_concurrent", "max_endpoints", b"max_endpoints", "max_retries", b"max_retries", "quotas", b"quotas", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "record_errors", b"record_errors", "reporters", b"reporters", "retry_budget", b"retry_budget", "retryable_codes", b"retryable_codes", "service", b"service", "slow_call", b"slow_call", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__endpoint_idle_secs: _TypeAlias = _typing.Literal["endpoint_idle_secs"]  # noqa: Y015
     _WhichOneofArgType__endpoint_idle_secs: _TypeAlias = _typing.Literal["_endpoint_idle_secs", b"_endpoint_idle_secs"]  # noqa: Y015
     _WhichOneofReturnType__failure_threshold: _TypeAlias = _typing.Literal["failure_threshold"]  # noqa: Y015
     _WhichOneofArgType__failure_threshold: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold"]  # noqa: Y015
+    _WhichOneofReturnType__fleet_retry_budget: _TypeAlias = _typing.Literal["fleet_retry_budget"]  # noqa: Y015
+    _WhichOneofArgType__fleet_retry_budget: _TypeAlias = _typing.Literal["_fleet_retry_budget", b"_fleet_retry_budget"]  # noqa: Y015
     _WhichOneofReturnType__idempotent: _TypeAlias = _typing.Literal["idempotent"]  # noqa: Y015
     _WhichOneofArgType__idempotent: _TypeAlias = _typing.Literal["_idempotent", b"_idempotent"]  # noqa: Y015
     _WhichOneofReturnType__max_concurrent: _TypeAlias = _typing.Literal["max_concurrent"]  # noqa: Y015
@@ -428,6 +480,8 @@ class ServicePolicy(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__endpoint_idle_secs) -> _WhichOneofReturnType__endpoint_idle_secs | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__failure_threshold) -> _WhichOneofReturnType__failure_threshold | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__fleet_retry_budget) -> _WhichOneofReturnType__fleet_retry_budget | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__idempotent) -> _WhichOneofReturnType__idempotent | None: ...
     @_typing.overload
