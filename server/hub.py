@@ -30,6 +30,8 @@ class Subscriber:
     agent_id: str = ""
     session_id: str = ""
     services: tuple[str, ...] = ()
+    #: The hello's outcome_series (names the agent's batches with their sequence).
+    series: str = ""
     names: frozenset[str] = frozenset()  # WatchBreakers filter; empty = all
     queue: asyncio.Queue[object] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
     overflowed: bool = False
@@ -85,6 +87,7 @@ class Hub:
 
     def connect(self, hello: pb.AgentHello) -> Subscriber:
         sub = Subscriber(next(self._ids), hello.agent_id, hello.session_id, tuple(hello.services))
+        sub.series = hello.outcome_series
         self.agents[sub.id] = sub
         return sub
 
