@@ -309,7 +309,9 @@ class Agent:
         with state.lock:
             tally = state.tally
             if fleet is not None and fleet.state is BreakerState.HALF_OPEN:
-                if not state.permits or not _take(state.permits, now):
+                taken, back = state.permits.take(fleet.generation, now)
+                state.return_permits(back)
+                if not taken:
                     tally.rejected += 1
                     if now - state.probe_asked_at >= 0.1:
                         state.probe_asked_at = now
@@ -342,10 +344,3 @@ class Agent:
             task.cancel()
         if self.link is not None:
             self.link.break_(reason="agent died", drop_all=True)
-
-
-def _take(permits: list[float], now: float) -> bool:
-    while permits:
-        if permits.pop() > now:
-            return True
-    return False
