@@ -175,7 +175,6 @@ class ControlPlaneConnection:
             except Exception:
                 _log.exception("control plane %s: unexpected error", endpoint)
             finally:
-                self._requeue()
                 self.view.forget_fleet()
                 self.connected_event.clear()
                 self.current_endpoint = None
@@ -201,7 +200,6 @@ class ControlPlaneConnection:
 
     def _stream(self, endpoint: str) -> None:
         self._epoch += 1
-        self._requeue()  # what an earlier stream did not get acknowledged goes again
         with self._channel(endpoint) as channel:
             stub = pb_grpc.ControlPlaneServiceStub(channel)
             call = stub.Connect(self._requests(self._epoch), metadata=self._metadata)
@@ -216,8 +214,14 @@ class ControlPlaneConnection:
 
     def _requests(self, epoch: int) -> Iterator[pb.ConnectRequest]:
         yield pb.ConnectRequest(
-            hello=pb.AgentHello(agent_id=self.agent_id, session_id=self.session_id, services=self.services)
+            hello=pb.AgentHello(
+                agent_id=self.agent_id,
+                session_id=self.session_id,
+                services=self.services,
+                outcome_series=self._unacked.series,
+            )
         )
+        resent = False
         while True:
             try:
                 item = self._outbox.get(timeout=self.flush_interval)
@@ -232,6 +236,10 @@ class ControlPlaneConnection:
             connected = self.connected_event.is_set()
             if item is _STOP:
                 self.view.give_back_permits()
+            if connected and not resent:
+                # what an earlier stream did not get acknowledged goes again, as it was
+                resent = True
+                yield from (pb.ConnectRequest(outcomes=b) for b in self._unacked.resend())
             batch = self._batch() if connected else None
             if batch is not None:
                 yield batch
@@ -288,13 +296,6 @@ class ControlPlaneConnection:
         if not demands:
             return None
         return pb.ConnectRequest(demand=pb.CapacityDemandReport(demands=demands))
-
-    def _requeue(self) -> None:
-        """Batches the control plane never acknowledged go into the next stream's first batch."""
-        for summary in self._unacked.take():
-            state = self.view.get(summary.service)
-            with state.lock:
-                state.tally.merge(summary, earlier=True)
 
     def _apply(self, response: pb.ConnectResponse, endpoint: str) -> None:
         kind = response.WhichOneof("message")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -189,39 +190,49 @@ class Tally:
 class UnackedBatches:
     """Outcome batches sent but not yet acknowledged, to send again after a broken stream.
 
-    Bounded: past ``limit`` batches the oldest are given up and counted; the count travels
-    in the next batch's ``dropped``. Safe to use from a sender and a receiver thread.
+    A batch goes again as it was, with its sequence number, so the control plane can tell
+    it from a new one and count it once. Bounded: past ``limit`` batches the oldest are given
+    up and counted; the count travels in the next batch's ``dropped``. Safe to use from a
+    sender and a receiver thread.
     """
 
-    def __init__(self, limit: int = 1000) -> None:
+    def __init__(self, limit: int = 1000, series: str | None = None) -> None:
         self.limit = limit
+        #: Names this numbering (sent in the hello): sequences start again in each process.
+        self.series = series or uuid.uuid4().hex
         self._sequence = 0
-        self._pending: dict[int, list[pb.OutcomeSummary]] = {}
+        self._pending: dict[int, pb.OutcomeBatch] = {}
         self._lock = threading.Lock()
         self.dropped = 0
         self._reported = 0
 
-    def batch(self, summaries: list[pb.OutcomeSummary]) -> pb.OutcomeBatch:
-        """The next batch of ``summaries``, kept until acknowledged."""
+    def batch(
+        self, summaries: list[pb.OutcomeSummary], origin: pb.OutcomeOrigin | None = None
+    ) -> pb.OutcomeBatch:
+        """The next batch of ``summaries`` (passed on for ``origin``), kept until acknowledged."""
         with self._lock:
             self._sequence += 1
-            self._pending[self._sequence] = summaries
-            while len(self._pending) > self.limit:
-                self.dropped += len(self._pending.pop(min(self._pending)))
+            while len(self._pending) >= self.limit:
+                self.dropped += len(self._pending.pop(min(self._pending)).summaries)
             dropped, self._reported = self.dropped - self._reported, self.dropped
-            return pb.OutcomeBatch(sequence=self._sequence, summaries=summaries, dropped=dropped)
+            batch = pb.OutcomeBatch(
+                sequence=self._sequence, summaries=summaries, dropped=dropped, origin=origin
+            )
+            self._pending[self._sequence] = batch
+            return batch
 
     def ack(self, sequence: int) -> None:
         with self._lock:
             for done in [s for s in self._pending if s <= sequence]:
                 del self._pending[done]
 
-    def take(self) -> list[pb.OutcomeSummary]:
-        """Every unacknowledged summary, the newest batch first (so that merging each as
-        *earlier* than what is counted now keeps the order right)."""
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def resend(self) -> list[pb.OutcomeBatch]:
+        """Every unacknowledged batch, oldest first, as first sent (kept until acknowledged)."""
         with self._lock:
-            pending, self._pending = self._pending, {}
-        return [summary for sequence in sorted(pending, reverse=True) for summary in pending[sequence]]
+            return [self._pending[sequence] for sequence in sorted(self._pending)]
 
 
 class ServiceState:

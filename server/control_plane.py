@@ -37,6 +37,7 @@ from .fleet_roster import FleetRoster
 from .hub import Hub
 from .leadership import Leadership
 from .observability import FleetTelemetry
+from .outcome_ledger import BatchKey, OutcomeLedger
 from .policies import PolicyBook
 from .relay import LeaderRelay, RelayConnect
 from .reports import ReportGate
@@ -123,6 +124,8 @@ class ControlPlane:
         #: Every replica's agents (set when serving; None: this replica's own only).
         self.roster: FleetRoster | None = None
         self.relay: LeaderRelay | None = None
+        #: The outcome batches this replica's engine counted (each is counted once).
+        self.ledger = OutcomeLedger(clock=self.clock)
         self.capacity = CapacityLeaser(
             self.policies.all, self.hub.send_to_agent, epoch=self._leader_epoch, clock=clock
         )
@@ -198,19 +201,33 @@ class ControlPlane:
     def _on_leadership(self, leading: bool) -> None:
         if leading:
             if self.relay is not None:  # outcomes gathered before this replica knew it leads
-                for summary in self.relay.drain():
-                    self.breakers.record(self.relay.agent_id, summary)
+                for key, agent_id, summaries in self.relay.drain():
+                    if key is None or self.ledger.first_time(key):
+                        self.count_batch(key, agent_id, summaries)
         else:
             # What this replica holds may be a state the store never had: take the store's
             # again. Decisions not stored stay pending (see writes.StateWriter).
             self.sync.reload()
         self.writer.wake()
 
-    def record_outcomes(self, agent_id: str, summary: pb.OutcomeSummary) -> None:
+    def first_time(self, key: BatchKey) -> bool:
+        """Whether to take the outcome batch ``key`` names: the deciding replica counts each
+        batch once (see ``outcome_ledger``); a follower passes every one on, by name."""
         if self.leading or self.relay is None:
-            self.breakers.record(agent_id, summary)
+            return self.ledger.first_time(key)
+        return True
+
+    def record_batch(self, key: BatchKey | None, agent_id: str, summaries: list[pb.OutcomeSummary]) -> None:
+        """Count an agent's batch here, or pass it on to the leader under its name."""
+        if self.leading or self.relay is None:
+            self.count_batch(key, agent_id, summaries)
         else:
-            self.relay.add(agent_id, summary)
+            self.relay.add_batch(key, agent_id, summaries)
+
+    def count_batch(self, key: BatchKey | None, agent_id: str, summaries: list[pb.OutcomeSummary]) -> None:
+        """Count the batch ``key`` in this replica's engine (the ledger was asked first)."""
+        for summary in summaries:
+            self.breakers.record(agent_id, summary)
 
     def request_probe(self, agent_id: str, service: str) -> None:
         if self.leading or self.relay is None:

@@ -33,6 +33,8 @@ class Subscriber:
     agent_id: str = ""
     session_id: str = ""
     services: tuple[str, ...] = ()
+    #: The hello's outcome_series (names the agent's batches with their sequence).
+    series: str = ""
     names: frozenset[str] = frozenset()  # WatchBreakers filter; empty = all
     queue: Mailbox = field(default_factory=lambda: Mailbox(QUEUE_LIMIT))
     overflowed: bool = False
@@ -99,6 +101,7 @@ class Hub:
     def connect(self, hello: pb.AgentHello, peer: str = "") -> Subscriber:
         sub = Subscriber(next(self._ids), hello.agent_id, hello.session_id, tuple(hello.services), peer=peer)
         sub.labels = tuple(sorted(hello.labels.items()))
+        sub.series = hello.outcome_series
         self.agents[sub.id] = sub
         self._by_agent.setdefault(sub.agent_id, {})[sub.id] = sub
         from_peer = self._by_peer.setdefault(peer, {})

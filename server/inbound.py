@@ -27,6 +27,8 @@ def hello_problem(hello: pb.AgentHello) -> tuple[str, str] | None:
         return "hello.agent_id", problem
     if len(hello.session_id) > MAX_SESSION_ID_LENGTH:
         return "hello.session_id", f"must be at most {MAX_SESSION_ID_LENGTH} characters"
+    if len(hello.outcome_series) > MAX_SESSION_ID_LENGTH:
+        return "hello.outcome_series", f"must be at most {MAX_SESSION_ID_LENGTH} characters"
     if len(hello.services) > MAX_HELLO_SERVICES:
         return "hello.services", f"at most {MAX_HELLO_SERVICES} services"
     for i, service in enumerate(hello.services):

@@ -3,7 +3,9 @@ probe permits come back down.
 
 The follower talks to the leader like an agent does — one Connect stream, agent id
 ``replica.<instance>`` — so the leader merges every replica's outcomes into its decisions
-without any extra etcd traffic. Outcomes are summed while the link is down (during a
+without any extra etcd traffic. Each agent batch goes up as it came, named by its
+origin (agent, session, sequence), so the leader counts it once even when the agent sent
+it again over another replica; batches are kept while the link is down (during a
 failover) and sent once a leader answers, so failures reported meanwhile still count.
 """
 
@@ -13,6 +15,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
@@ -23,15 +26,23 @@ from mission_control.client.view import Tally, UnackedBatches
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
+from .outcome_ledger import BatchKey, origin_key, origin_of
+
 if TYPE_CHECKING:
     from .hub import Hub
     from .leadership import Leadership
+
+#: What a relay holds for the leader: one agent batch (named) or its own sums (None).
+Held = tuple[BatchKey | None, str, list[pb.OutcomeSummary]]
 
 _log = logging.getLogger("mission_control.server.relay")
 
 #: Bounds on what is kept for the leader while the link to it is down.
 MAX_ASKED = 1024
 MAX_WAITING = 256
+#: Agent batches kept for the leader (unsent, and sent but not acknowledged); past it the
+#: oldest unsent ones are summed without their origin (still counted, no longer de-duplicated).
+MAX_BATCHES = 4096
 #: A leader that vanished without closing the connection is noticed within ~15 s.
 KEEPALIVE = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
 
@@ -68,9 +79,15 @@ class LeaderRelay:
         self._credentials = credentials
         self._connect: RelayConnect = connect or self._grpc_connect
         self.agent_id = f"replica.{leadership.instance_id}"
+        self.session_id = uuid.uuid4().hex
         self.flush_interval = flush_interval
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._tallies: dict[str, Tally] = {}
+        #: Agent batches not sent yet, by name.
+        self._batches: collections.OrderedDict[BatchKey, tuple[str, list[pb.OutcomeSummary]]] = (
+            collections.OrderedDict()
+        )
+        self._resend = False
         #: Services whose agents asked for a probe since the last link (a set: bounded by
         #: the services asked about, however long the link is down).
         self._asked: dict[str, None] = {}
@@ -84,12 +101,35 @@ class LeaderRelay:
         self._demand_dirty = False
         self._epoch = 0
         self._demand_epoch = -1
-        self._unacked = UnackedBatches()
+        self._unacked = UnackedBatches(MAX_BATCHES)
         self.connected = False
 
     # -- from this replica's agents ---------------------------------------------
 
+    def add_batch(self, key: BatchKey | None, agent_id: str, summaries: list[pb.OutcomeSummary]) -> None:
+        """An agent's batch ``key`` (None: unnamed, summed with the rest) for the leader."""
+        if key is None:
+            for summary in summaries:
+                self.add(agent_id, summary)
+            return
+        if key in self._batches:
+            return  # sent again by the agent before this relay passed it on
+        summaries = [self._checked(agent_id, summary) for summary in summaries]
+        self._batches[key] = (agent_id, summaries)
+        while len(self._batches) + len(self._unacked) > MAX_BATCHES and self._batches:
+            _, (_, oldest) = self._batches.popitem(last=False)
+            for summary in oldest:
+                self._tallies.setdefault(summary.service, Tally()).merge(summary)
+        self._wake.set()
+
     def add(self, agent_id: str, summary: pb.OutcomeSummary) -> None:
+        """One summary of ``agent_id``'s, summed with the rest (no name to de-duplicate by)."""
+        summary = self._checked(agent_id, summary)
+        self._tallies.setdefault(summary.service, Tally()).merge(summary)
+        if summary.failures or summary.probe_failures or summary.rejected:
+            self._wake.set()
+
+    def _checked(self, agent_id: str, summary: pb.OutcomeSummary) -> pb.OutcomeSummary:
         used = summary.probe_successes + summary.probe_failures + summary.probes_released
         if used:
             current = summary.probe_generation in (0, self._held_generation.get(summary.service, 0))
@@ -98,9 +138,7 @@ class LeaderRelay:
             if used > allowed:  # probe results count only under permits relayed to this agent
                 summary = _probes_cut(summary, allowed)
             held[agent_id] = max(0, held[agent_id] - min(used, allowed))
-        self._tallies.setdefault(summary.service, Tally()).merge(summary)
-        if summary.failures or summary.probe_failures or summary.rejected:
-            self._wake.set()
+        return summary
 
     @property
     def backlog(self) -> tuple[int, int]:
@@ -163,7 +201,6 @@ class LeaderRelay:
                 _log.exception("link to the leader at %s failed", address)
             finally:
                 self.connected = False
-                self._requeue()
             with contextlib.suppress(Exception):
                 await leadership.refresh_leader()
             changed = await leadership.wait_change(backoff)  # a new leader named: go to it now
@@ -171,7 +208,7 @@ class LeaderRelay:
 
     async def _stream(self, address: str) -> None:
         self._epoch += 1
-        self._requeue()  # anything a previous link did not get acknowledged goes again
+        self._resend = True  # anything a previous link did not get acknowledged goes again
         responses = self._connect(address, self._requests(self._epoch), self._metadata)
         try:
             async for response in responses:
@@ -213,7 +250,14 @@ class LeaderRelay:
                 call.cancel()
 
     async def _requests(self, epoch: int) -> AsyncIterator[pb.ConnectRequest]:
-        yield pb.ConnectRequest(hello=pb.AgentHello(agent_id=self.agent_id, labels={"relay": "true"}))
+        yield pb.ConnectRequest(
+            hello=pb.AgentHello(
+                agent_id=self.agent_id,
+                session_id=self.session_id,
+                labels={"relay": "true"},
+                outcome_series=self._unacked.series,
+            )
+        )
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval)
@@ -222,9 +266,12 @@ class LeaderRelay:
                 return  # a newer link took over: this one must not take outcomes any more
             if not self.connected:
                 continue  # keep outcomes until a leader has answered: a dead link would lose them
-            batch = self._batch()
-            if batch is not None:
-                yield batch
+            if self._resend:
+                self._resend = False
+                for batch in self._unacked.resend():
+                    yield pb.ConnectRequest(outcomes=batch)
+            for request in self._outgoing():
+                yield request
             if self._demand_dirty or epoch != self._demand_epoch:
                 self._demand_dirty, self._demand_epoch = False, epoch
                 report = self._demand_report()
@@ -234,17 +281,15 @@ class LeaderRelay:
             for service in asked:
                 yield pb.ConnectRequest(probe_request=pb.ProbeRequest(service=service))
 
-    def _batch(self) -> pb.ConnectRequest | None:
+    def _outgoing(self) -> list[pb.ConnectRequest]:
+        """This relay's own sums (if any), then each agent batch, under its origin."""
         tallies, self._tallies = self._tallies, {}
         summaries = [t.to_proto(name) for name, t in tallies.items() if not t.empty()]
-        if not summaries:
-            return None
-        return pb.ConnectRequest(outcomes=self._unacked.batch(summaries))
-
-    def _requeue(self) -> None:
-        """Batches the leader never acknowledged go out again on the next link."""
-        for summary in self._unacked.take():
-            self._tallies.setdefault(summary.service, Tally()).merge(summary, earlier=True)
+        out = [pb.ConnectRequest(outcomes=self._unacked.batch(summaries))] if summaries else []
+        batches, self._batches = self._batches, collections.OrderedDict()
+        for key, (_, held) in batches.items():
+            out.append(pb.ConnectRequest(outcomes=self._unacked.batch(held, origin=origin_of(key))))
+        return out
 
     def _demand_report(self) -> pb.ConnectRequest | None:
         demands = [
@@ -275,13 +320,22 @@ class LeaderRelay:
             mine.units = units  # the leader counted this replica's agents in lease.agents
             self.hub.send_to_agent(agent_id, pb.ConnectResponse(lease=mine))
 
-    def drain(self) -> list[pb.OutcomeSummary]:
+    def drain(self) -> list[Held]:
         """What was gathered for a leader that turned out to be this replica, with what the
         previous leader never acknowledged (else it waits for a link this replica, leading,
-        never opens)."""
-        self._requeue()
+        never opens): each agent batch under its name, to count once."""
+        held: list[Held] = []
+        for batch in self._unacked.resend():
+            key = origin_key(batch.origin) if batch.HasField("origin") else None
+            held.append((key, key.agent_id if key else self.agent_id, list(batch.summaries)))
+        self._unacked.ack(2**63)
+        held += [(key, agent_id, summaries) for key, (agent_id, summaries) in self._batches.items()]
+        self._batches.clear()
         tallies, self._tallies = self._tallies, {}
-        return [t.to_proto(name) for name, t in tallies.items() if not t.empty()]
+        summaries = [t.to_proto(name) for name, t in tallies.items() if not t.empty()]
+        if summaries:
+            held.append((None, self.agent_id, summaries))
+        return held
 
     def _hand_out(self, grant: pb.ProbeGrant) -> None:
         if grant.generation > self._held_generation.get(grant.service, 0):

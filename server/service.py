@@ -27,6 +27,7 @@ from .auth import REPLICA_PREFIX, AccessPolicy
 from .control_plane import ControlPlane, check_policies_fit
 from .hub import Subscriber
 from .inbound import bounded_demand, hello_problem, peer_host
+from .outcome_ledger import batch_key
 from .reports import may_report
 from .shadow_ops import clear_candidate, promote_candidate, put_candidate
 from .stats import Page
@@ -227,10 +228,16 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         refused = len(summaries) - admitted
         if refused:
             plane.reports.refuse(sub.agent_id, "*", "sent more summaries than its budget", refused)
-        for i in range(admitted):
-            if i and not i % SUMMARIES_PER_STEP:
-                await asyncio.sleep(0)  # a big batch must not keep the loop from others
-            self._summary(sub, summaries[i])
+        key = batch_key(sub.agent_id, sub.session_id, sub.series, batch, replica=sub.replica)
+        if key is None or plane.first_time(key):
+            taken = []
+            for i in range(admitted):
+                if i and not i % SUMMARIES_PER_STEP:
+                    await asyncio.sleep(0)  # a big batch must not keep the loop from others
+                bounded = self._summary(sub, summaries[i])
+                if bounded is not None:
+                    taken.append(bounded)
+            plane.record_batch(key, sub.agent_id, taken)
         if batch.sequence:
             sub.push(pb.ConnectResponse(outcome_ack=pb.OutcomeAck(sequence=batch.sequence)))
         if refused:
@@ -238,10 +245,11 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             # then holds the client's next batches, which are never parsed.
             await asyncio.sleep(plane.reports.refill_secs(refused))
 
-    def _summary(self, sub: Subscriber, summary: pb.OutcomeSummary) -> None:
+    def _summary(self, sub: Subscriber, summary: pb.OutcomeSummary) -> pb.OutcomeSummary | None:
+        """``summary`` as bounded by the report gate, recorded in stats (None: refused)."""
         plane = self.plane
         if breaker_name_problem(summary.service):
-            return
+            return None
         if not plane.admission.allows(sub.agent_id, summary.service, trusted=sub.trusted):
             why = (
                 "past the policy's max_endpoints"
@@ -249,7 +257,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                 else "too many services without a policy"
             )
             plane.reports.refuse(sub.agent_id, summary.service, why)
-            return
+            return None
         held = (
             self._probes_held(sub, summary)
             if summary.probe_successes or summary.probe_failures or summary.probes_released
@@ -257,14 +265,14 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         )
         bounded = plane.reports.bound(sub.agent_id, summary, trusted=sub.trusted, probes_held=held)
         if bounded is None:
-            return
+            return None
         named = plane.policies.stored(bounded.service) is not None
         plane.stats.record(sub.agent_id, bounded, named=named)
-        plane.record_outcomes(sub.agent_id, bounded)
         for listener in plane.outcome_listeners:
             listener(sub.agent_id, bounded)
         if plane.telemetry is not None:
             plane.telemetry.outcomes(sub.agent_id, bounded)
+        return bounded
 
     def _probes_held(self, sub: Subscriber, summary: pb.OutcomeSummary) -> int:
         # The replica that decides knows the permits it granted (to an agent, or to a

@@ -20,16 +20,35 @@ def test_probe_requests_kept_for_an_absent_leader_are_bounded() -> None:
 
 def test_a_replica_that_becomes_the_leader_takes_what_the_old_leader_never_acknowledged() -> None:
     from mission_control.resilience.v1 import control_plane_pb2 as pb
+    from mission_control.server.outcome_ledger import BatchKey
 
     leadership = Leadership(store=None, prefix="/p", instance_id="r2", address="127.0.0.1:1")  # type: ignore[arg-type]
     relay = LeaderRelay(leadership, Hub())
-    relay.add("agent-1", pb.OutcomeSummary(service="svc", failures=3, trailing_failures=3))
-    sent = relay._batch()  # sent to the old leader, which died before acknowledging it
-    assert sent is not None and sent.outcomes.sequence
-    relay.add("agent-1", pb.OutcomeSummary(service="svc", failures=2, trailing_failures=2))
+    first = BatchKey("agent-1", "s1", "x", 1)
+    relay.add_batch(first, "agent-1", [pb.OutcomeSummary(service="svc", failures=3, trailing_failures=3)])
+    (sent,) = relay._outgoing()  # sent to the old leader, which died before acknowledging it
+    assert sent.outcomes.sequence and sent.outcomes.origin.sequence == 1
+    relay.add_batch(
+        BatchKey("agent-1", "s1", "x", 2), "agent-1", [pb.OutcomeSummary(service="svc", failures=2)]
+    )
     drained = relay.drain()  # this replica leads now: nothing is relayed any more
-    assert [(s.service, s.failures) for s in drained] == [("svc", 5)]
+    assert [(key, [s.failures for s in summaries]) for key, _, summaries in drained] == [
+        (first, [3]),
+        (BatchKey("agent-1", "s1", "x", 2), [2]),
+    ]
     assert relay.drain() == []
+
+
+def test_a_batch_sent_again_before_it_was_passed_on_is_kept_once() -> None:
+    from mission_control.resilience.v1 import control_plane_pb2 as pb
+    from mission_control.server.outcome_ledger import BatchKey
+
+    leadership = Leadership(store=None, prefix="/p", instance_id="r2", address="127.0.0.1:1")  # type: ignore[arg-type]
+    relay = LeaderRelay(leadership, Hub())
+    key = BatchKey("agent-1", "s1", "x", 7)
+    for _ in range(2):
+        relay.add_batch(key, "agent-1", [pb.OutcomeSummary(service="svc", failures=3)])
+    assert [r.outcomes.origin.sequence for r in relay._outgoing()] == [7]
 
 
 def test_probe_results_relayed_only_under_a_permit_relayed_to_that_agent() -> None:
@@ -42,6 +61,6 @@ def test_probe_results_relayed_only_under_a_permit_relayed_to_that_agent() -> No
     relay._held["svc"]["good-1"] = 1  # the one permit, relayed to good-1
     relay.add("mallory", pb.OutcomeSummary(service="svc", probe_successes=3))
     relay.add("good-1", pb.OutcomeSummary(service="svc", probe_successes=2))
-    (summary,) = relay.drain()
+    ((_, _, (summary,)),) = relay.drain()
     assert summary.probe_successes == 1  # good-1's one permit; mallory's claims are dropped
     assert relay._held["svc"]["good-1"] == 0

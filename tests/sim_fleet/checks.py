@@ -30,9 +30,9 @@ if TYPE_CHECKING:
 #: writer (0.5 s) and of a fence that settles leadership.
 PUSH_SECS = 2.0
 SAMPLE_SECS = 0.2
-#: How an I5 violation of one known kind starts: an outcome batch taken by a control plane
-#: whose acknowledgement was lost is sent again and counted twice.
-RESENT = "I5 (resent):"
+#: How an I5 violation of one kind starts: something counted or passed on twice (an outcome
+#: batch taken by a control plane whose acknowledgement was lost is sent again).
+RESENT = "I5: twice:"
 _REJECTING = (BreakerState.OPEN, BreakerState.FORCED_OPEN, BreakerState.HALF_OPEN)
 
 
@@ -200,36 +200,60 @@ def _agents_agree(world: World) -> None:
 
 
 def _counted_once(world: World) -> None:
+    """I5 as ``server/outcome_ledger.py`` states it: no engine counts one batch twice; each
+    batch an agent delivered is counted, in full, by an engine (unless the report gate cut
+    some of it, or the only relay that took it crashed); every sender passes on what it had."""
     violations = world.result.violations
     for agent in world.agents:
         generated = sum(agent.generated.values())
-        delivered = world.delivered[agent.name]
+        delivered = sum(world.delivered_keys[agent.name].values())
         if delivered > generated:
             violations.append(f"{RESENT} {agent.name} delivered {delivered} failures, had {generated}")
         elif agent.alive and delivered != generated:
             violations.append(f"I5: {agent.name} had {generated} failures, delivered {delivered}")
-    relays = set(world.taken) | set(world.drained) | {s for s in world.delivered if s.startswith("relay:")}
-    alive = {f"relay:{r.instance}" for r in world.alive_replicas()}
-    for relay in sorted(relays):
-        passed = world.delivered[relay] + world.drained[relay]
-        if passed > world.taken[relay]:
-            violations.append(f"{RESENT} {relay} passed on {passed} failures, was given {world.taken[relay]}")
-        elif relay in alive and passed != world.taken[relay]:
-            violations.append(f"I5: {relay} was given {world.taken[relay]} failures, passed on {passed}")
-    from_agents = sum(v for k, v in world.delivered.items() if not k.startswith("relay:"))
-    held_by_relays = sum(world.taken[r] - world.delivered[r] - world.drained[r] for r in relays)
-    counted = sum(world.counted.values())
-    cut = sum(world.cut.values())
-    if counted != from_agents - held_by_relays - cut:
-        violations.append(
-            f"I5: the engines counted {counted} failures; agents delivered {from_agents}, "
-            f"of which relays kept {held_by_relays} and the report gate cut {cut}"
-        )
+    lost = _relays_pass_on(world)
+    counted: dict[object, int] = {}
+    for (instance, name), failures in sorted(world.counted_by.items(), key=str):
+        if name is None:
+            continue
+        had = world.batches.get(name, 0)
+        if failures > had:
+            violations.append(
+                f"{RESENT} {instance} counted {failures} failures of batch {name}, which had {had}"
+            )
+        counted[name] = max(counted.get(name, 0), failures)
+    for agent in world.agents:
+        for name, failures in world.delivered_keys[agent.name].items():
+            got = counted.get(name, 0)
+            if failures and got != failures and name not in world.cut_keys and name not in lost:
+                violations.append(f"I5: batch {name} had {failures} failures; the engines counted {got}")
     stats = world.result.stats
-    stats["failures"] += counted
-    stats["cut_by_report_gate"] += cut
-    stats["lost_in_crashed_relays"] += sum(
-        world.taken[r] - world.delivered[r] - world.drained[r] for r in relays if r not in alive
-    )
+    stats["failures"] += sum(world.counted.values())
+    stats["cut_by_report_gate"] += sum(world.cut.values())
+    stats["lost_in_crashed_relays"] += sum(world.batches.get(name, 0) for name in lost)
+    stats["resent_batches"] += sum(1 for n in world.deliveries.values() if n > 1)
     with contextlib.suppress(Exception):
         stats["superseded"] += sum(r.plane.writer.superseded for r in world.alive_replicas())
+
+
+def _relays_pass_on(world: World) -> set[object]:
+    """Check that each relay passed on what it took, each batch once; return the batches
+    a crashed relay held (lost with it, also when it took them from another relay)."""
+    violations = world.result.violations
+    relays = (
+        set(world.taken_keys) | set(world.taken_loose) | set(world.drained_keys) | set(world.drained_loose)
+    )
+    relays |= {sender for sender in world.delivered_keys if sender.startswith("relay:")}
+    alive = {f"relay:{r.instance}" for r in world.alive_replicas()}
+    held: set[object] = set()
+    for relay in sorted(relays):
+        upstream = {**world.delivered_keys[relay], **world.drained_keys[relay]}
+        passed = sum(upstream.values()) + world.drained_loose[relay]
+        taken = sum(world.taken_keys[relay].values()) + world.taken_loose[relay]
+        if passed > taken:
+            violations.append(f"{RESENT} {relay} passed on {passed} failures, was given {taken}")
+        elif relay in alive and passed != taken:
+            violations.append(f"I5: {relay} was given {taken} failures, passed on {passed}")
+        if relay not in alive:
+            held |= set(world.taken_keys[relay]) - set(upstream)
+    return held

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -28,6 +28,8 @@ from .world import Agent, Replica
 _log = logging.getLogger("sim")
 
 SERVICES = ("svc-a", "svc-b", "svc-c")
+#: An outcome batch: (agent, session, series, sequence).
+BatchName = tuple[str, str, str, int]
 #: How long faults and traffic run, then how long the healed fleet settles (virtual s).
 ACTIVE_SECS = 40.0
 SETTLE_SECS = 12.0
@@ -83,9 +85,24 @@ class World:
         self.failing: dict[str, bool] = dict.fromkeys(SERVICES, False)
         self.calling = True
         self.counted: Counter[str] = Counter()
-        self.delivered: Counter[str] = Counter()
-        self.taken: Counter[str] = Counter()
-        self.drained: Counter[str] = Counter()
+        #: Outcome batches by name (agent, session, sequence): the failures each had.
+        self.batches: dict[BatchName, int] = {}
+        #: sender -> batch name -> failures, each batch once however often it came
+        self.delivered_keys: defaultdict[str, dict[BatchName, int]] = defaultdict(dict)
+        #: How often each sender's batch reached a replica (more than once: it was resent).
+        self.deliveries: Counter[tuple[str, BatchName]] = Counter()
+        self.taken_keys: defaultdict[str, dict[BatchName, int]] = defaultdict(dict)
+        self.drained_keys: defaultdict[str, dict[BatchName, int]] = defaultdict(dict)
+        #: What relays summed without a batch name.
+        self.taken_loose: Counter[str] = Counter()
+        self.drained_loose: Counter[str] = Counter()
+        #: (replica instance, batch name or None) -> failures its engine counted
+        self.counted_by: Counter[tuple[str, BatchName | None]] = Counter()
+        #: The batch being counted / being received now (the loop runs one at a time).
+        self.counting: BatchName | None = None
+        self.receiving: BatchName | None = None
+        #: Batches the report gate cut something of.
+        self.cut_keys: set[BatchName | None] = set()
         #: Failures the report gate cut (a reported burst beyond the policy's bound).
         self.cut: Counter[str] = Counter()
         self.result = Result(seed, active_secs)
@@ -122,7 +139,25 @@ class World:
 
     def delivered_request(self, sender: str, request: pb.ConnectRequest) -> None:
         if request.WhichOneof("message") == "outcomes":
-            self.delivered[sender] += sum(s.failures for s in request.outcomes.summaries)
+            batch = request.outcomes
+            if sender.startswith("relay:"):
+                name = self.batch_name(f"replica.{sender[6:]}", "relay", batch)
+            else:
+                name = self.batch_name(sender, sender, batch)
+            self.delivered_keys[sender][name] = sum(s.failures for s in batch.summaries)
+            self.deliveries[(sender, name)] += 1
+
+    @staticmethod
+    def batch_name(agent_id: str, series: str, batch: pb.OutcomeBatch) -> BatchName:
+        """Which batch this is: its origin when a relay passed it on, else the sender's (a
+        simulated agent's session and series are its name)."""
+        if agent_id.startswith("replica.") and batch.HasField("origin"):
+            origin = batch.origin
+            return origin.agent_id, origin.session_id, origin.series, origin.sequence
+        return agent_id, agent_id, series, batch.sequence
+
+    def batch_sent(self, agent: str, batch: pb.OutcomeBatch) -> None:
+        self.batches[(agent, agent, agent, batch.sequence)] = sum(s.failures for s in batch.summaries)
 
     def store_trouble(self, replica: str | None = None) -> None:
         if replica is None:

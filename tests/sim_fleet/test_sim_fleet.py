@@ -20,8 +20,13 @@ from .schedule import Result, simulate
 SCHEDULES = int(os.environ.get("MC_SIM_SCHEDULES", "200"))
 ACTIVE_SECS = float(os.environ.get("MC_SIM_ACTIVE_SECS", "10"))
 FIRST_SEED = int(os.environ.get("MC_SIM_FIRST_SEED", "0"))
-#: Seeds whose schedules counted a resent batch twice (see the xfail test below).
-RESENT_SEEDS = (0, 3, 6)
+#: Seeds whose schedules resend outcome batches (a stream broke before the acknowledgement came).
+RESENT_SEEDS = (0, 1, 8)
+#: Schedules that break I2 (and with it I1) in the writer's restore path, not in anything
+#: counted: etcd wiped twice while the leader is cut off from it, then a failover — the
+#: deposed replica ends holding a breaker state etcd never had. Known, not fixed yet: the
+#: strict xfail below fails once it is, and then these join the others.
+KNOWN_I2_SEEDS = (134,)
 
 
 def _run(seed: int) -> Result:
@@ -47,20 +52,25 @@ def _failures(results: list[Result], keep) -> list[str]:  # type: ignore[no-unty
 
 @pytest.mark.timeout(max(180, SCHEDULES * 2))
 def test_every_schedule_keeps_the_invariants() -> None:
-    results = _all(list(range(FIRST_SEED, FIRST_SEED + SCHEDULES)))
-    failed = _failures(results, lambda v: not v.startswith(RESENT))
+    seeds = [s for s in range(FIRST_SEED, FIRST_SEED + SCHEDULES) if s not in KNOWN_I2_SEEDS]
+    results = _all(seeds)
+    failed = _failures(results, lambda v: True)
     assert not failed, f"{len(failed)} of {len(results)} schedules broke an invariant:\n" + "\n".join(failed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: an outcome batch a control plane took, whose acknowledgement was lost when "
-    "the stream broke, is merged into the next batch and counted again (no deduplication "
-    "of resent batches, across replicas neither)",
-)
 def test_no_resent_batch_is_counted_twice() -> None:
+    """Batches taken whose acknowledgement was lost come again (to the same replica,
+    another one, or from a relay) and are counted once."""
     results = [simulate(seed, active_secs=40.0) for seed in RESENT_SEEDS]
+    assert all(r.stats["resent_batches"] for r in results), "the schedules no longer resend a batch"
     failed = _failures(results, lambda v: v.startswith(RESENT))
+    assert not failed, "\n".join(failed)
+
+
+@pytest.mark.xfail(strict=True, reason="known: a deposed replica keeps a state etcd never had after wipes")
+def test_known_i2_after_etcd_wiped_twice_and_a_failover() -> None:
+    results = [simulate(seed, active_secs=10.0) for seed in KNOWN_I2_SEEDS]
+    failed = _failures(results, lambda v: True)
     assert not failed, "\n".join(failed)
 
 
@@ -96,7 +106,8 @@ def test_i1_catches_an_agent_that_keeps_an_open_the_fleet_closed(monkeypatch: py
         set_breaker(self, message)
 
     monkeypatch.setattr(LocalView, "set_breaker", sticky)
-    assert _breaks("I1")
+    # only schedules where a CLOSED reaches an agent holding OPEN show it
+    assert _breaks("I1", range(16))
 
 
 def test_i2_catches_a_replica_that_ignores_the_breakers_etcd_holds(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,12 +125,33 @@ def test_i2_catches_a_replica_that_ignores_the_breakers_etcd_holds(monkeypatch: 
 def test_i5_catches_a_failure_counted_twice(monkeypatch: pytest.MonkeyPatch) -> None:
     from mission_control.server.control_plane import ControlPlane
 
-    record = ControlPlane.record_outcomes
+    count = ControlPlane.count_batch
 
-    def twice(self, agent_id, summary):  # type: ignore[no-untyped-def]
-        record(self, agent_id, summary)
-        if summary.failures and self.leading:
-            record(self, agent_id, summary)
+    def twice(self, key, agent_id, summaries):  # type: ignore[no-untyped-def]
+        count(self, key, agent_id, summaries)
+        count(self, key, agent_id, [s for s in summaries if s.failures])
 
-    monkeypatch.setattr(ControlPlane, "record_outcomes", twice)
+    monkeypatch.setattr(ControlPlane, "count_batch", twice)
+    assert _breaks("I5")
+
+
+def test_i5_catches_a_resent_batch_counted_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the leader's ledger, the schedules that resend batches count them twice."""
+    from mission_control.server.outcome_ledger import OutcomeLedger
+
+    monkeypatch.setattr(OutcomeLedger, "first_time", lambda self, key: True)
+    found = []
+    for seed in RESENT_SEEDS:
+        found += [v for v in simulate(seed, active_secs=40.0).violations if v.startswith(RESENT)]
+    assert found
+
+
+def test_i5_catches_a_batch_never_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ledger that takes every resend for a new sequence's duplicate loses batches."""
+    from mission_control.server.outcome_ledger import OutcomeLedger
+
+    first_time = OutcomeLedger.first_time
+    monkeypatch.setattr(
+        OutcomeLedger, "first_time", lambda self, key: first_time(self, key) and key.sequence % 7 != 3
+    )
     assert _breaks("I5")

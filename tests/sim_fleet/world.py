@@ -16,6 +16,7 @@ import contextlib
 import random
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import astuple
 from typing import TYPE_CHECKING
 
 from mission_control.client.breaker import BreakerState
@@ -58,21 +59,41 @@ class Replica:
         )
         self.plane.enable_leadership(name, ttl=3, token=world.relay_token, connect=self._relay_connect)
         self.servicer = ControlPlaneServicer(self.plane, SimAccess())
+        outcomes = self.servicer._outcomes
+
+        async def receiving(sub, batch):  # type: ignore[no-untyped-def]
+            world.receiving = world.batch_name(sub.agent_id, sub.series, batch)
+            await outcomes(sub, batch)
+
+        self.servicer._outcomes = receiving  # type: ignore[method-assign]
         self.links: list[Link] = []
         self.started_at = loop.time()
         record = self.plane.breakers.record
 
         def counted(agent: str, summary: pb.OutcomeSummary):  # type: ignore[no-untyped-def]
             world.counted[summary.service] += summary.failures
+            world.counted_by[(self.instance, world.counting)] += summary.failures
             return record(agent, summary)
 
         self.plane.breakers.record = counted  # type: ignore[method-assign]
+        count_batch = self.plane.count_batch
+
+        def count_named(key, agent_id, summaries):  # type: ignore[no-untyped-def]
+            world.counting = None if key is None else astuple(key)
+            try:
+                count_batch(key, agent_id, summaries)
+            finally:
+                world.counting = None
+
+        self.plane.count_batch = count_named  # type: ignore[method-assign]
         self._count_relay()
         bound = self.plane.reports.bound
 
         def bounded(agent: str, summary: pb.OutcomeSummary, **options):  # type: ignore[no-untyped-def]
             out = bound(agent, summary, **options)
-            world.cut[summary.service] += summary.failures - (out.failures if out is not None else 0)
+            cut = summary.failures - (out.failures if out is not None else 0)
+            world.cut[summary.service] += cut
+            world.cut_keys.add(world.receiving) if cut else None
             return out
 
         self.plane.reports.bound = bounded  # type: ignore[method-assign]
@@ -117,19 +138,31 @@ class Replica:
     def _count_relay(self) -> None:
         relay = self.plane.relay
         assert relay is not None
-        add, drain = relay.add, relay.drain
+        add_batch, add, drain = relay.add_batch, relay.add, relay.drain
         sender = f"relay:{self.instance}"
         world = self.world
 
+        def taken_batch(key, agent_id, summaries):  # type: ignore[no-untyped-def]
+            if key is None:
+                return add_batch(key, agent_id, summaries)
+            world.taken_keys[sender][astuple(key)] = sum(s.failures for s in summaries)
+            return add_batch(key, agent_id, summaries)
+
         def taken(agent_id: str, summary: pb.OutcomeSummary) -> None:
-            world.taken[sender] += summary.failures
+            world.taken_loose[sender] += summary.failures
             add(agent_id, summary)
 
-        def drained() -> list[pb.OutcomeSummary]:
-            summaries = drain()
-            world.drained[sender] += sum(s.failures for s in summaries)
-            return summaries
+        def drained():  # type: ignore[no-untyped-def]
+            held = drain()
+            for key, _, summaries in held:
+                failures = sum(s.failures for s in summaries)
+                if key is None:
+                    world.drained_loose[sender] += failures
+                else:
+                    world.drained_keys[sender][astuple(key)] = failures
+            return held
 
+        relay.add_batch = taken_batch  # type: ignore[method-assign]
         relay.add = taken  # type: ignore[method-assign]
         relay.drain = drained  # type: ignore[method-assign]
 
@@ -143,7 +176,7 @@ class Agent:
         self.services = services
         loop = asyncio.get_running_loop()
         self.view = LocalView(clock=loop.time)
-        self.unacked = UnackedBatches()
+        self.unacked = UnackedBatches(series=name)
         self.alive = True
         self.link: Link | None = None
         self.replica: Replica | None = None
@@ -177,10 +210,11 @@ class Agent:
                 backoff = 0.05
 
     _stream_started = 0.0
+    _resend = False
 
     async def _stream(self, replica: Replica) -> None:
         self._epoch += 1
-        self._requeue()
+        self._resend = True
         self._stream_started = self.world.now
         link = replica.serve(f"agent:{self.name}", self._requests(self._epoch), None, sender=self.name)
         self.link, self.replica = link, replica
@@ -192,7 +226,6 @@ class Agent:
             self.link.break_()
         self.link = self.replica = None
         self.connected_since = float("inf")
-        self._requeue()
         self.view.forget_fleet()
         now = self.world.now
         self.held_at_drop = {
@@ -209,7 +242,9 @@ class Agent:
 
     async def _requests(self, epoch: int) -> AsyncIterator[pb.ConnectRequest]:
         yield pb.ConnectRequest(
-            hello=pb.AgentHello(agent_id=self.name, session_id=self.name, services=self.services)
+            hello=pb.AgentHello(
+                agent_id=self.name, session_id=self.name, services=self.services, outcome_series=self.name
+            )
         )
         while True:
             with contextlib.suppress(TimeoutError):
@@ -219,21 +254,22 @@ class Agent:
                 return
             if not self.view.connected:
                 continue
+            if self._resend:  # what an earlier stream did not get acknowledged, as it was
+                self._resend = False
+                for batch in self.unacked.resend():
+                    yield pb.ConnectRequest(outcomes=batch)
             summaries = []
             for name, state in list(self.view.services.items()):
                 tally = state.drain()
                 if tally is not None:
                     summaries.append(tally.to_proto(name))
             if summaries:
-                yield pb.ConnectRequest(outcomes=self.unacked.batch(summaries))
+                batch = self.unacked.batch(summaries)
+                self.world.batch_sent(self.name, batch)
+                yield pb.ConnectRequest(outcomes=batch)
             asks, self._probe_asks = self._probe_asks, []
             for service in asks:
                 yield pb.ConnectRequest(probe_request=pb.ProbeRequest(service=service))
-
-    def _requeue(self) -> None:
-        for summary in self.unacked.take():
-            state = self.view.get(summary.service)
-            state.tally.merge(summary, earlier=True)
 
     def _apply(self, response: pb.ConnectResponse) -> None:
         kind = response.WhichOneof("message")
@@ -273,7 +309,9 @@ class Agent:
         with state.lock:
             tally = state.tally
             if fleet is not None and fleet.state is BreakerState.HALF_OPEN:
-                if not state.permits or not _take(state.permits, now):
+                taken, back = state.permits.take(fleet.generation, now)
+                state.return_permits(back)
+                if not taken:
                     tally.rejected += 1
                     if now - state.probe_asked_at >= 0.1:
                         state.probe_asked_at = now
@@ -306,10 +344,3 @@ class Agent:
             task.cancel()
         if self.link is not None:
             self.link.break_(reason="agent died", drop_all=True)
-
-
-def _take(permits: list[float], now: float) -> bool:
-    while permits:
-        if permits.pop() > now:
-            return True
-    return False

@@ -15,10 +15,12 @@ from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 class RawAgent:
     """Opens a Connect stream, records every message the control plane sends."""
 
-    def __init__(self, address: str, agent_id: str, services: tuple[str, ...] = ()) -> None:
+    def __init__(self, address: str, agent_id: str, services: tuple[str, ...] = (), series: str = "") -> None:
         self.address = address
         self.agent_id = agent_id
         self.services = services
+        #: The hello's outcome_series: batches numbered under it are counted once.
+        self.series = series
         self.received: list[pb.ConnectResponse] = []
         self.breakers: dict[str, pb.Breaker] = {}
         self.policies: dict[str, pb.ServicePolicy | None] = {}
@@ -45,7 +47,9 @@ class RawAgent:
 
     async def _requests(self):  # type: ignore[no-untyped-def]
         yield pb.ConnectRequest(
-            hello=pb.AgentHello(agent_id=self.agent_id, session_id="s", services=self.services)
+            hello=pb.AgentHello(
+                agent_id=self.agent_id, session_id="s", services=self.services, outcome_series=self.series
+            )
         )
         while True:
             item = await self._outbox.get()
@@ -90,6 +94,12 @@ class RawAgent:
     async def report(self, service: str, **counts: int) -> None:
         summary = pb.OutcomeSummary(service=service, **counts)
         await self.send(pb.ConnectRequest(outcomes=pb.OutcomeBatch(summaries=[summary])))
+
+    async def report_numbered(self, sequence: int, service: str, **counts: int) -> None:
+        """Report batch ``sequence`` and wait for its acknowledgement."""
+        summary = pb.OutcomeSummary(service=service, **counts)
+        await self.send(pb.ConnectRequest(outcomes=pb.OutcomeBatch(sequence=sequence, summaries=[summary])))
+        await self.wait_for(lambda: any(r.outcome_ack.sequence == sequence for r in self.received))
 
     async def ask_probe(self, service: str) -> None:
         await self.send(pb.ConnectRequest(probe_request=pb.ProbeRequest(service=service)))

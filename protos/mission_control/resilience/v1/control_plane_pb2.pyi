@@ -370,8 +370,14 @@ class AgentHello(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     SERVICES_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    OUTCOME_SERIES_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     session_id: _builtins.str
+    outcome_series: _builtins.str
+    """Names this process's numbering of its outcome batches (random per process): the
+    control plane counts each (agent_id, session_id, outcome_series, sequence) once.
+    Empty: batches are not de-duplicated.
+    """
     @_builtins.property
     def services(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Services the agent calls; it receives their breakers and policies."""
@@ -385,10 +391,11 @@ class AgentHello(_message.Message):
         session_id: _builtins.str = ...,
         services: _abc.Iterable[_builtins.str] | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        outcome_series: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "labels", b"labels", "services", b"services", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "labels", b"labels", "outcome_series", b"outcome_series", "services", b"services", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -401,25 +408,65 @@ class OutcomeBatch(_message.Message):
     SEQUENCE_FIELD_NUMBER: _builtins.int
     SUMMARIES_FIELD_NUMBER: _builtins.int
     DROPPED_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     dropped: _builtins.int
     """Outcomes the agent had to drop since its previous batch (buffer full)."""
     @_builtins.property
     def summaries(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutcomeSummary]: ...
+    @_builtins.property
+    def origin(self) -> Global___OutcomeOrigin:
+        """Set by a control-plane replica that passes an agent's batch on to the leader: whose
+        batch it is, so the leader counts it once however often and by whichever replica it
+        comes (ignored from anyone but a replica).
+        """
+
     def __init__(
         self,
         *,
         sequence: _builtins.int = ...,
         summaries: _abc.Iterable[Global___OutcomeSummary] | None = ...,
         dropped: _builtins.int = ...,
+        origin: Global___OutcomeOrigin | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "sequence", b"sequence", "summaries", b"summaries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "origin", b"origin", "sequence", b"sequence", "summaries", b"summaries"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OutcomeBatch: _TypeAlias = OutcomeBatch  # noqa: Y015
+
+@_typing.final
+class OutcomeOrigin(_message.Message):
+    """One agent batch: (agent_id, session_id, series, sequence) names it for de-duplication."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    SERIES_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    session_id: _builtins.str
+    sequence: _builtins.int
+    series: _builtins.str
+    """The sender's AgentHello.outcome_series."""
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        series: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "sequence", b"sequence", "series", b"series", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutcomeOrigin: _TypeAlias = OutcomeOrigin  # noqa: Y015
 
 @_typing.final
 class ProbeRequest(_message.Message):
