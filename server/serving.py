@@ -107,6 +107,7 @@ async def _run(
         limits=options.limits,
         advertise=options.advertise,
         http=options.http,
+        retention=options.retention,
     )
     host = options.listen.rsplit(":", 1)[0]
     if lock is not None:

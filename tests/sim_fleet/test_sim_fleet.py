@@ -21,7 +21,7 @@ SCHEDULES = int(os.environ.get("MC_SIM_SCHEDULES", "200"))
 ACTIVE_SECS = float(os.environ.get("MC_SIM_ACTIVE_SECS", "10"))
 FIRST_SEED = int(os.environ.get("MC_SIM_FIRST_SEED", "0"))
 #: Seeds whose schedules counted a resent batch twice (see the xfail test below).
-RESENT_SEEDS = (0, 3, 6)
+RESENT_SEEDS = (2, 5, 8)
 
 
 def _run(seed: int) -> Result:
@@ -96,7 +96,7 @@ def test_i1_catches_an_agent_that_keeps_an_open_the_fleet_closed(monkeypatch: py
         set_breaker(self, message)
 
     monkeypatch.setattr(LocalView, "set_breaker", sticky)
-    assert _breaks("I1")
+    assert _breaks("I1", range(6))
 
 
 def test_i2_catches_a_replica_that_ignores_the_breakers_etcd_holds(monkeypatch: pytest.MonkeyPatch) -> None:
