@@ -204,7 +204,11 @@ def _add_serve(run: argparse.ArgumentParser) -> None:
     sec.add_argument(
         "--tls-client-ca", type=Path, help="CA of client certificates (PEM): requires mutual TLS"
     )
-    sec.add_argument("--admin-tokens-file", type=Path, help="file of tokens allowed to write, one per line")
+    sec.add_argument(
+        "--admin-tokens-file",
+        type=Path,
+        help="file of tokens allowed to write, one per line ('NAME TOKEN' names it in the audit)",
+    )
     sec.add_argument(
         "--admin-identity",
         action="append",
