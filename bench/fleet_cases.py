@@ -31,7 +31,7 @@ from .common import Stack, cpu_seconds, median, percentile, rss_kib
 def _set_breaker(s: Stack, name: str, state: int) -> None:
     with grpc.insecure_channel(s.plane_address) as channel:
         cp_grpc.ControlPlaneServiceStub(channel).SetBreakerState(
-            cp.SetBreakerStateRequest(name=name, state=state), timeout=10
+            cp.SetBreakerStateRequest(name=name, state=state, reason="test", create=True), timeout=10
         )
 
 

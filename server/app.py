@@ -23,6 +23,7 @@ from mission_control.interceptors import aio_server_interceptor
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
+from .audit import Retention
 from .auth import AccessPolicy
 from .control_plane import DEFAULT_PREFIX, ControlPlane
 from .fleet_roster import FleetRoster
@@ -117,6 +118,7 @@ class ServeOptions:
     limits: Limits = field(default_factory=Limits)
     advertise: str | None = None
     http: str | None = None
+    retention: Retention = field(default_factory=Retention)
 
 
 class RunningControlPlane:
@@ -158,13 +160,16 @@ async def start_control_plane(
     limits: Limits | None = None,
     advertise: str | None = None,
     http: str | None = None,
+    retention: Retention | None = None,
 ) -> RunningControlPlane:
     """Connect the store, load the state, and serve on ``listen`` (and the dashboard, metrics
     and HTTP health on ``http`` when given)."""
     await store.connect()
     instance_id = instance_id or uuid.uuid4().hex[:12]
     telemetry = telemetry_from_env("control-plane", instance_id)
-    plane = ControlPlane(store, prefix=prefix, instance_id=instance_id, telemetry=telemetry)
+    plane = ControlPlane(
+        store, prefix=prefix, instance_id=instance_id, telemetry=telemetry, retention=retention
+    )
     interceptors: list[Any] = [aio_server_interceptor(agent="mission-control")]
     if telemetry is not None:
         interceptors.insert(0, telemetry.grpc_aio_server_interceptor())

@@ -13,6 +13,7 @@ the development default; anywhere else they are refused until an admin is config
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import logging
@@ -28,7 +29,9 @@ _log = logging.getLogger("mission_control.server.auth")
 
 #: Agent ids a replica relays under (``replica.<instance>``); no agent may claim one.
 REPLICA_PREFIX = "replica."
-WRITE_METHODS = frozenset({"SetBreakerState", "PutPolicy", "DeletePolicy", "ImportConfig"})
+WRITE_METHODS = frozenset(
+    {"SetBreakerState", "PutPolicy", "DeletePolicy", "ImportConfig", "RollbackPolicy", "RollbackConfig"}
+)
 
 
 def read_token_lines(path: str | Path) -> list[str]:
@@ -73,6 +76,12 @@ def identity_matches(name: str, pattern: str) -> bool:
     return name == pattern
 
 
+def _named_token(line: str) -> tuple[str, str]:
+    """``NAME TOKEN`` or just ``TOKEN`` (a token holds no spaces)."""
+    name, _, token = line.partition(" ")
+    return (name, token.strip()) if token.strip() else ("", name)
+
+
 def _matches(token: bytes, candidates: Iterable[bytes]) -> bool:
     # Every candidate is compared, so the time taken does not tell which one matched.
     found = False
@@ -90,6 +99,8 @@ class AccessPolicy:
     #: Certificate identities of replicas (exact, or a prefix ending in "*"): they relay
     #: their agents' outcomes, and may not write.
     replica_identities: frozenset[str] = frozenset()
+    #: The names of ``admin_tokens`` (same order; "" when a line gives none).
+    admin_token_names: tuple[str, ...] = ()
 
     @classmethod
     def build(
@@ -101,7 +112,10 @@ class AccessPolicy:
         agent_tokens_file: str | Path | None = None,
         replica_identities: Iterable[str] = (),
     ) -> AccessPolicy:
-        admin = tuple(t.encode() for t in read_token_lines(admin_tokens_file)) if admin_tokens_file else ()
+        named = (
+            [_named_token(line) for line in read_token_lines(admin_tokens_file)] if admin_tokens_file else []
+        )
+        admin = tuple(token.encode() for _, token in named)
         if admin_tokens_file and not admin:
             raise ValueError(f"{admin_tokens_file}: no tokens in it (an empty file would leave writes open)")
         agents: dict[str, bytes] = {}
@@ -121,6 +135,7 @@ class AccessPolicy:
             agents,
             open_writes=not configured and is_loopback(listen),
             replica_identities=frozenset(i for i in replica_identities if i),
+            admin_token_names=tuple(name for name, _ in named),
         )
         if not configured and not policy.open_writes:
             _log.warning(
@@ -154,20 +169,31 @@ class AccessPolicy:
 
     # -- checks ----------------------------------------------------------------
 
-    async def authorize_write(self, context: grpc.aio.ServicerContext, method: str) -> None:
-        """Abort with UNAUTHENTICATED / PERMISSION_DENIED unless the caller may write."""
+    async def authorize_write(self, context: grpc.aio.ServicerContext, method: str) -> str:
+        """The caller's identity, for the audit record (``token:<name>``, ``cert:<identity>``,
+        or ``local`` when writes are open); aborts with UNAUTHENTICATED / PERMISSION_DENIED
+        unless the caller may write."""
         token = self.bearer(context)
         if token is not None and _matches(token, self.admin_tokens):
-            return
-        if self.admin_identities & self.certificate_identities(context):
-            return
+            return "token:" + self.token_name(token)
+        certified = sorted(self.admin_identities & self.certificate_identities(context))
+        if certified:
+            return "cert:" + certified[0]
         if self.open_writes and token is None:
-            return
+            return "local"
         if token is None and not self.certificate_identities(context):
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, f"{method} needs an admin token or certificate"
             )
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"this identity may not call {method}")
+
+    def token_name(self, token: bytes) -> str:
+        """The name an admin token has in its file (``NAME TOKEN`` lines), else a short
+        fingerprint of it (never the token itself)."""
+        for candidate, name in zip(self.admin_tokens, self.admin_token_names, strict=False):
+            if name and hmac.compare_digest(token, candidate):
+                return name
+        return "sha256:" + hashlib.sha256(token).hexdigest()[:12]
 
     def is_admin(self, context: grpc.aio.ServicerContext) -> bool:
         """Whether the caller proved an admin identity (replicas relaying hold one)."""

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from . import operator
 from .app import EtcdAccess, ServeOptions, TlsFiles
+from .audit import Retention
 from .auth import read_token_lines
 from .cli_args import parse
 from .etcd_process import EtcdUnavailable
@@ -31,6 +32,8 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
         raise ValueError(f"--state-dir {args.state_dir}: a file, not a folder")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
+    if args.audit_max_records < 1 or not args.audit_max_age_days > 0:
+        raise ValueError("--audit-max-records must be >= 1 and --audit-max-age-days > 0")
     if args.tls_client_ca and not args.tls_cert:
         raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
     password = os.environ.get("MISSION_CONTROL_ETCD_PASSWORD")
@@ -86,6 +89,7 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
         ),
         advertise=args.advertise,
         http=args.http,
+        retention=Retention(args.audit_max_records, args.audit_max_age_days * 86400.0),
     )
 
 

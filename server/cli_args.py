@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import NoReturn
 
+from . import operator_history
 from .app import DEFAULT_LISTEN, DEFAULT_STATE_DIR
 from .control_plane import DEFAULT_PREFIX
 from .operator_shadow import add_shadow_commands
@@ -187,6 +188,15 @@ def _add_serve(run: argparse.ArgumentParser) -> None:
         "(default: off; `make run` uses 127.0.0.1:8080)",
     )
     run.add_argument(
+        "--audit-max-records",
+        type=int,
+        default=1000,
+        help="audit records kept of policy changes, and as many of breaker changes (default 1000)",
+    )
+    run.add_argument(
+        "--audit-max-age-days", type=float, default=30.0, help="audit records older are deleted (default 30)"
+    )
+    run.add_argument(
         "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug messages"
     )
     sec = run.add_argument_group("security")
@@ -195,7 +205,11 @@ def _add_serve(run: argparse.ArgumentParser) -> None:
     sec.add_argument(
         "--tls-client-ca", type=Path, help="CA of client certificates (PEM): requires mutual TLS"
     )
-    sec.add_argument("--admin-tokens-file", type=Path, help="file of tokens allowed to write, one per line")
+    sec.add_argument(
+        "--admin-tokens-file",
+        type=Path,
+        help="file of tokens allowed to write, one per line ('NAME TOKEN' names it in the audit)",
+    )
     sec.add_argument(
         "--admin-identity",
         action="append",
@@ -279,6 +293,7 @@ def _add_operator_commands(commands: argparse._SubParsersAction, server: str) ->
     i.add_argument("file", help="the TOML file to import")
     i.add_argument("--dry-run", action="store_true", help="only show what would change; write nothing")
     i.add_argument("--prune", action="store_true", help="also remove stored policies the file does not name")
+    i.add_argument("--reason", default="", help="why, kept in the audit records")
     d = action(cfg, "diff", "show what importing a file would change; write nothing")
     d.add_argument("file", help="the TOML file to compare with the live policies")
     d.add_argument(
@@ -300,8 +315,15 @@ def _add_operator_commands(commands: argparse._SubParsersAction, server: str) ->
     ):
         p = action(br, name, text)
         p.add_argument("name", help="the breaker's name (its service)")
-        if name != "get":
-            p.add_argument("--reason", default="", help="why, shown to everyone who lists the breaker")
+        if name == "get":
+            continue
+        required = " (required)" if name != "reset" else ""
+        p.add_argument("--reason", default="", help=f"why{required}: shown with the breaker and in the audit")
+        p.add_argument(
+            "--create",
+            action="store_true",
+            help="make the breaker although no policy names it and it was never seen",
+        )
 
     policies = _sub(commands, "policies", "inspect the policies stored in etcd")
     po = policies.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -309,6 +331,8 @@ def _add_operator_commands(commands: argparse._SubParsersAction, server: str) ->
     g = action(po, "get", "one stored policy as TOML (exit code 4 when none is stored)")
     g.add_argument("name", help="the service whose policy to show")
     add_shadow_commands(po, action)
+
+    operator_history.add_parsers(action, commands, cfg, br, po)
 
     action(commands, "stats", "error statistics over the fleet")
     action(commands, "health", "whether the control plane serves and reaches etcd (exit code 5 when not)")

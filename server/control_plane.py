@@ -31,6 +31,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import policy_pb2
 
 from .admission import ServiceAdmission, forget_idle
+from .audit import ENGINE, AuditKeeper, AuditLog, Author, Retention
 from .capacity import CapacityLeaser
 from .engine import FleetBreakers
 from .fleet_roster import FleetRoster
@@ -100,6 +101,7 @@ class ControlPlane:
         telemetry: Telemetry | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        retention: Retention | None = None,
     ) -> None:
         self.store = store
         #: Monotonic seconds for every decision made here (a simulation passes its own).
@@ -145,6 +147,12 @@ class ControlPlane:
         self.sync.shadows = self.shadows
         self.shadows.listeners.append(self._on_shadow)
         self.outcome_listeners.append(self.trials.record)
+        self.audit = AuditLog(store, self.prefix, instance_id, retention, wall)
+        self.audit_keeper = AuditKeeper(self.audit, self.writer.change_of)
+        self.writer.audit = self.audit
+        self.writer.on_recorded = self.audit_keeper.recorded
+        self.sync.is_record = self.audit.is_record
+        self.sync.on_outside = self.audit_keeper.outside
         #: Grows with every change of the fleet state this replica pushes.
         self.version = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -267,6 +275,7 @@ class ControlPlane:
         (when the store is down it serves defaults and catches up later)."""
         self._stopping = False
         loops = [self.sync.run, self.writer.run, self._tick_loop, self._health_loop, self._forget_loop]
+        loops.append(self.audit_keeper.run)
         if self.leadership is not None and self.relay is not None:
             loops += [self.leadership.run, self.relay.run]
         for loop in loops:
@@ -299,21 +308,25 @@ class ControlPlane:
 
     # -- operator writes (acknowledged only once stored) -----------------------
 
-    async def set_breaker_state(self, name: str, state: BreakerState, reason: str) -> pb.Breaker:
+    async def set_breaker_state(
+        self, name: str, state: BreakerState, reason: str, author: Author = ENGINE
+    ) -> pb.Breaker:
         """Force a breaker's state; see :meth:`StateWriter.set_breaker_state`.
 
         Raises:
             ConfigurationError: ``reason`` holds control characters.
         """
         _check_reason(reason)
-        return await self.writer.set_breaker_state(name, state, reason)
+        return await self.writer.set_breaker_state(name, state, reason, author)
 
-    async def put_policy(self, policy: ServicePolicy, expected_revision: int = 0) -> int | None:
+    async def put_policy(
+        self, policy: ServicePolicy, expected_revision: int = 0, author: Author = ENGINE
+    ) -> int | None:
         """Store a policy; see :meth:`StateWriter.put_policy`."""
-        return await self.writer.put_policy(policy, expected_revision)
+        return await self.writer.put_policy(policy, expected_revision, author)
 
-    async def delete_policy(self, service: str) -> bool:
-        return await self.writer.delete_policy(service)
+    async def delete_policy(self, service: str, author: Author = ENGINE) -> bool:
+        return await self.writer.delete_policy(service, author)
 
     # -- timers and health -----------------------------------------------------
 
@@ -333,7 +346,8 @@ class ControlPlane:
         if not revision or not self.leading:
             return
         try:
-            result = await self.writer.commit([Write(self.breaker_key(name), None, revision)], fenced=True)
+            write = Write(self.breaker_key(name), None, revision)
+            result = await self.writer.commit([write], fenced=True, action="breaker.forget")
         except StoreUnavailable as err:
             _log.warning("stored breaker %s not deleted (%s); a restart loads it again", name, err)
             return

@@ -198,8 +198,8 @@ class Operator:
             _print_table(_breaker_rows([response.breaker]), _BREAKER_HEADER)
         return EXIT_OK
 
-    def breakers_set(self, name: str, state: int, reason: str) -> int:
-        request = pb.SetBreakerStateRequest(name=name, state=state, reason=reason)
+    def breakers_set(self, name: str, state: int, reason: str, create: bool = False) -> int:
+        request = pb.SetBreakerStateRequest(name=name, state=state, reason=reason, create=create)
         response = self._call(self.stub.SetBreakerState, request)
         if self.as_json:
             print(json.dumps(json_values(response.breaker), indent=2))
@@ -277,9 +277,11 @@ class Operator:
 
     # -- config ----------------------------------------------------------------
 
-    def config_import(self, path: str, dry_run: bool, prune: bool) -> int:
+    def config_import(self, path: str, dry_run: bool, prune: bool, reason: str = "") -> int:
         config = _load(path)
-        request = pb.ImportConfigRequest(config=config_to_proto(config), dry_run=dry_run, prune=prune)
+        request = pb.ImportConfigRequest(
+            config=config_to_proto(config), dry_run=dry_run, prune=prune, reason=reason
+        )
         response = self._call(self.stub.ImportConfig, request)
         self._print_changes(response.changes, dry_run)
         if not dry_run and not self.as_json:
@@ -463,10 +465,15 @@ def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
 
 
 def _dispatch(op: Operator, args: argparse.Namespace) -> int:
+    from . import operator_history  # it builds on this module
+
+    done = operator_history.dispatch(op, args)
+    if done is not None:
+        return done
     command, action = args.command, str(getattr(args, "action", ""))
     if command == "config":
         if action == "import":
-            return op.config_import(args.file, args.dry_run, args.prune)
+            return op.config_import(args.file, args.dry_run, args.prune, args.reason)
         if action == "diff":
             return op.config_import(args.file, True, args.prune)
         return op.config_export(args.file)
@@ -477,7 +484,7 @@ def _dispatch(op: Operator, args: argparse.Namespace) -> int:
             return op.breakers_watch()
         if action == "get":
             return op.breakers_get(args.name)
-        return op.breakers_set(args.name, _FORCE[action], args.reason)
+        return op.breakers_set(args.name, _FORCE[action], args.reason, args.create)
     if command == "policies" and action in SHADOW_ACTIONS:
         return shadow_command(op, args)
     if command == "policies":

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 import grpc.aio
@@ -17,12 +19,14 @@ from mission_control.client.config import (
     policy_to_json,
     policy_to_proto,
 )
-from mission_control.client.errors import ConfigurationError
+from mission_control.client.errors import ConfigurationError, StorageFailure
 from mission_control.client.policy import breaker_name_problem, name_problem
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import errors_pb2
 
+from . import history
+from .audit import Author
 from .auth import REPLICA_PREFIX, AccessPolicy
 from .control_plane import ControlPlane, check_policies_fit
 from .hub import Subscriber
@@ -31,9 +35,11 @@ from .outcome_ledger import batch_key
 from .reports import may_report
 from .shadow_ops import clear_candidate, promote_candidate, put_candidate
 from .stats import Page
-from .store import Write
+from .store import StoreUnavailable, Write
 
 _log = logging.getLogger("mission_control.server.service")
+
+_T = TypeVar("_T")
 
 _SETTABLE = {
     pb.BREAKER_STATE_CLOSED: BreakerState.CLOSED,
@@ -52,8 +58,9 @@ def _check_name(field: str, name: str) -> None:
 #: Summaries handled between two yields to the event loop.
 SUMMARIES_PER_STEP = 16
 
-#: etcd's default --max-txn-ops: an import is one transaction, all or nothing.
-MAX_IMPORT_WRITES = 128
+#: Half etcd's default --max-txn-ops (128): an import is one transaction, all or nothing,
+#: and each policy it writes carries its audit record in that transaction.
+MAX_IMPORT_WRITES = 64
 
 
 @dataclass(frozen=True)
@@ -327,17 +334,35 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             )
 
     async def SetBreakerState(self, request, context):  # type: ignore[no-untyped-def]
-        await self.access.authorize_write(context, "SetBreakerState")
-        _check_name("name", request.name)
+        identity = await self.access.authorize_write(context, "SetBreakerState")
+        violations = []
+        problem = name_problem(request.name)
+        if problem:
+            violations.append(("name", problem))
         state = _SETTABLE.get(request.state)
         if state is None:
-            raise ConfigurationError(
-                "state", "must be CLOSED (reset), FORCED_OPEN, FORCED_CLOSED or DISABLED"
-            )
+            violations.append(("state", "must be CLOSED (reset), FORCED_OPEN, FORCED_CLOSED or DISABLED"))
         if len(request.reason) > self.limits.max_reason_length:
-            raise ConfigurationError("reason", f"must be at most {self.limits.max_reason_length} characters")
-        breaker = await self.plane.set_breaker_state(request.name, state, request.reason)
+            violations.append(("reason", f"must be at most {self.limits.max_reason_length} characters"))
+        elif state not in (None, BreakerState.CLOSED) and not request.reason.strip():
+            violations.append(("reason", "is required to force or disable a breaker: say why"))
+        if violations:
+            raise ConfigurationError.from_violations(violations)
+        assert state is not None
+        if not request.create and not self.plane.admission.known(request.name):
+            await context.abort(grpc.StatusCode.NOT_FOUND, self._unknown_breaker(request.name))
+        author = Author(identity, request.reason)
+        breaker = await self.plane.set_breaker_state(request.name, state, request.reason, author)
         return pb.SetBreakerStateResponse(breaker=breaker)
+
+    def _unknown_breaker(self, name: str) -> str:
+        known = {*self.plane.breakers.names(), *(p.service for p in self.plane.policies.all())}
+        close = difflib.get_close_matches(name, sorted(known), n=5, cutoff=0.6)
+        hint = f"; known names close to it: {', '.join(close)}" if close else ""
+        return (
+            f"no breaker named {name!r}: no policy names it and it has never been seen{hint} "
+            "(set create to make a new one)"
+        )
 
     # -- policies --------------------------------------------------------------
 
@@ -356,13 +381,14 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         return response
 
     async def PutPolicy(self, request, context):  # type: ignore[no-untyped-def]
-        await self.access.authorize_write(context, "PutPolicy")
+        identity = await self.access.authorize_write(context, "PutPolicy")
         if not request.HasField("policy"):
             raise ConfigurationError("policy", "is required")
         policy = policy_from_proto(request.policy)
         others = [p for p in self.plane.policies.all() if p.service != policy.service]
         check_policies_fit([*others, policy])
-        revision = await self.plane.put_policy(policy, request.expected_revision)
+        author = Author(identity, request.reason)
+        revision = await self.plane.put_policy(policy, request.expected_revision, author)
         if revision is None:
             await context.abort(
                 grpc.StatusCode.ABORTED,
@@ -371,9 +397,10 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         return pb.PutPolicyResponse(policy=policy_to_proto(policy), revision=revision)
 
     async def DeletePolicy(self, request, context):  # type: ignore[no-untyped-def]
-        await self.access.authorize_write(context, "DeletePolicy")
+        identity = await self.access.authorize_write(context, "DeletePolicy")
         _check_name("service", request.service)
-        return pb.DeletePolicyResponse(deleted=await self.plane.delete_policy(request.service))
+        deleted = await self.plane.delete_policy(request.service, Author(identity, request.reason))
+        return pb.DeletePolicyResponse(deleted=deleted)
 
     async def ValidateConfig(self, request, context):  # type: ignore[no-untyped-def]
         try:
@@ -386,7 +413,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         return pb.ValidateConfigResponse(valid=True)
 
     async def ImportConfig(self, request, context):  # type: ignore[no-untyped-def]
-        await self.access.authorize_write(context, "ImportConfig")
+        identity = await self.access.authorize_write(context, "ImportConfig")
         config = config_from_proto(request.config)
         plane = self.plane
         changes: list[pb.PolicyChange] = []
@@ -427,7 +454,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             )
         if request.dry_run or not writes:
             return pb.ImportConfigResponse(changes=changes)
-        result = await plane.writer.write_policies(writes)
+        result = await plane.writer.write_policies(writes, Author(identity, request.reason))
         if not result.ok:
             await context.abort(
                 grpc.StatusCode.ABORTED,
@@ -466,6 +493,46 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         policy, revision = promoted  # type: ignore[misc]
         return pb.PromoteShadowPolicyResponse(policy=policy_to_proto(policy), revision=revision)
 
+    # -- audit, history, rollback ----------------------------------------------
+
+    async def ListAuditRecords(self, request, context):  # type: ignore[no-untyped-def]
+        return await self._stored(context, history.list_records(self.plane, request))
+
+    async def ListPolicyHistory(self, request, context):  # type: ignore[no-untyped-def]
+        _check_name("service", request.service)
+        versions, current = await self._stored(context, history.policy_history(self.plane, request.service))
+        return pb.ListPolicyHistoryResponse(versions=versions, revision=current)
+
+    async def RollbackPolicy(self, request, context):  # type: ignore[no-untyped-def]
+        identity = await self.access.authorize_write(context, "RollbackPolicy")
+        self._check_reason(request.reason)
+        done = await self._stored(context, history.rollback_policy(self.plane, request, identity))
+        return pb.RollbackPolicyResponse(change=done.changes[0], revision=done.revision)
+
+    async def RollbackConfig(self, request, context):  # type: ignore[no-untyped-def]
+        identity = await self.access.authorize_write(context, "RollbackConfig")
+        self._check_reason(request.reason)
+        done = await self._stored(context, history.rollback_config(self.plane, request, identity))
+        return pb.RollbackConfigResponse(
+            changes=done.changes, revision=done.revision, import_revision=done.undone
+        )
+
+    def _check_reason(self, reason: str) -> None:
+        if len(reason) > self.limits.max_reason_length:
+            raise ConfigurationError("reason", f"must be at most {self.limits.max_reason_length} characters")
+
+    async def _stored(self, context: grpc.aio.ServicerContext, work: Awaitable[_T]) -> _T:
+        """``work``'s answer; what the history cannot answer, or the store being away,
+        said with its gRPC code."""
+        try:
+            return await work
+        except history.HistoryError as err:
+            code = grpc.StatusCode.ABORTED if err.conflict else grpc.StatusCode.NOT_FOUND
+            await context.abort(code, str(err))
+        except StoreUnavailable as err:
+            raise StorageFailure("etcd", "read the audit records", str(err)) from err
+        raise AssertionError("unreachable")  # abort raises
+
     # -- statistics ------------------------------------------------------------
 
     async def GetErrorStatistics(self, request, context):  # type: ignore[no-untyped-def]
@@ -479,6 +546,8 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             plane.policies, plane.hub.connected_agents, plane.capacity.usage(), dict(refused), page
         )
         stats.shadow_services.extend(plane.trials.to_proto())
+        stats.outside_changes = plane.audit_keeper.outside_changes
+        stats.audit_records_pruned = plane.audit_keeper.pruned
         response = pb.GetErrorStatisticsResponse(statistics=stats)
         if plane.stats.more(page) or page.more(refused):
             response.next_page_token = str(page.offset + page.size)

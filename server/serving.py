@@ -108,6 +108,7 @@ async def _run(
         limits=options.limits,
         advertise=options.advertise,
         http=options.http,
+        retention=options.retention,
     )
     tune_gc()
     host = options.listen.rsplit(":", 1)[0]

@@ -64,6 +64,10 @@ class StoreSync:
         self.wipes = 0
         #: Candidate policies in shadow mode (see :mod:`.shadow`), when kept.
         self.shadows: PolicyBook | None = None
+        #: Which keys are audit records, and what to call for a policy or breaker change
+        #: seen with no record at its revision (made outside the control plane).
+        self.is_record: Callable[[str], bool] = lambda key: False
+        self.on_outside: Callable[[str, bytes | None, int], None] = lambda key, value, revision: None
 
     def reload(self) -> None:
         """Read everything again (the watch is restarted after it) and hold what the store
@@ -122,9 +126,14 @@ class StoreSync:
 
         async def watch() -> None:
             async for events in self.store.watch(self.prefix, revision + 1):
+                # A control plane writes a record in the same transaction as its change, and
+                # etcd never splits one revision's events over two responses.
+                recorded = {e.mod_revision for e in events if e.value is not None and self.is_record(e.key)}
                 for event in events:
                     self.revision = max(self.revision, event.mod_revision)
                     self.apply(event.key, event.value, event.mod_revision)
+                    if event.mod_revision not in recorded and not self.is_record(event.key):
+                        self.on_outside(event.key, event.value, event.mod_revision)
 
         watching = asyncio.create_task(watch())
         resync = asyncio.create_task(self._resync.wait())

@@ -26,6 +26,7 @@ from mission_control.client.breaker import BreakerState
 from mission_control.client.errors import MissionControlError, StorageFailure
 from mission_control.client.policy import name_problem
 
+from .audit import Author
 from .auth import AccessPolicy, _matches, is_loopback
 from .control_plane import ControlPlane
 from .fleet_view import STATE_NAMES, FleetActivity, Timeline, fleet_state
@@ -245,20 +246,23 @@ class Dashboard:
         if request.headers.get("Sec-Fetch-Site", "same-origin") not in {"same-origin", "none"}:
             raise _error(403, "cross-site request refused")
 
-    def _authorize(self, request: web.Request) -> None:
-        if self.access.admin_identities & _certificate_identities(request):
-            return
+    def _authorize(self, request: web.Request) -> str:
+        """The identity the audit records (as the gRPC server names it), or an error."""
+        certified = sorted(self.access.admin_identities & _certificate_identities(request))
+        if certified:
+            return "cert:" + certified[0]
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             if _matches(token.strip().encode(), self.access.admin_tokens):
-                return
+                return "token:" + self.access.token_name(token.strip().encode())
             raise _error(403, "this token may not change breakers")
         if not self.open_writes:
             raise _error(401, "an admin token is needed to change breakers")
+        return "local"
 
     async def _act(self, request: web.Request) -> web.Response:
         self._refuse_cross_site(request)
-        self._authorize(request)
+        identity = self._authorize(request)
         name, action = request.match_info["name"], request.match_info["action"]
         state = ACTIONS.get(action)
         if state is None:
@@ -275,8 +279,10 @@ class Dashboard:
             raise _error(400, f"reason must be a string of at most {MAX_REASON} characters")
         if not reason.isprintable():
             raise _error(400, "reason must be printable text (no newlines or control characters)")
+        if state is not BreakerState.CLOSED and not reason.strip():
+            raise _error(400, "reason is required to force or disable a breaker: say why")
         try:
-            breaker = await self.plane.set_breaker_state(name, state, reason)
+            breaker = await self.plane.set_breaker_state(name, state, reason, Author(identity, reason))
         except StorageFailure as err:
             raise _error(503, err.technical_display()) from None
         except MissionControlError as err:

@@ -32,6 +32,7 @@ from mission_control.client.errors import StorageFailure
 from mission_control.client.policy import ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
+from .audit import CONTROL_PLANE, ENGINE, AuditLog, Author, Change
 from .engine import FleetBreakers
 from .policies import PolicyBook
 from .store import Entry, Guard, Store, StoreUnavailable, Write
@@ -115,12 +116,26 @@ class StateWriter:
         self.restore_pending = False
         #: Called when the store's state is to be read again (set by the control plane).
         self.on_reload: Callable[[], None] = lambda: None
+        #: Where every write is recorded, in its own transaction (None: not recorded).
+        self.audit: AuditLog | None = None
+        #: Called after every recorded write (the audit retention runs then).
+        self.on_recorded: Callable[[], None] = lambda: None
 
     # -- the primitive ----------------------------------------------------------
 
-    async def commit(self, writes: Sequence[Write], *, fenced: bool = False) -> WriteResult:
-        """All ``writes`` or none; ``fenced``: only while this replica leads.
-        Raises StoreUnavailable."""
+    async def commit(
+        self,
+        writes: Sequence[Write],
+        *,
+        fenced: bool = False,
+        author: Author = ENGINE,
+        action: str = "write",
+        old: Mapping[str, bytes | None] | None = None,
+    ) -> WriteResult:
+        """All ``writes`` or none, each with its audit record (``author`` and ``action``;
+        ``old``: the values replaced, when memory no longer holds them); ``fenced``: only
+        while this replica leads. Raises StoreUnavailable."""
+        records = self._records(writes, author, action, old or {})
         guards: list[Guard] = []
         if fenced and self.fence is not None:
             guard = self.fence.guard()
@@ -128,11 +143,13 @@ class StateWriter:
                 return WriteResult(WriteStatus.FENCED)
             guards.append(guard)
         try:
-            result = await self.store.commit(writes, guards)
+            result = await self.store.commit([*writes, *records], guards)
         except StoreUnavailable:
             self.on_unavailable()
             raise
         if result.succeeded:
+            if records:
+                self.on_recorded()
             return WriteResult(WriteStatus.OK, result.revision)
         for guard in guards:
             holder = result.entries.get(guard.key)
@@ -142,6 +159,33 @@ class StateWriter:
                 return WriteResult(WriteStatus.FENCED)
         current = {w.key: result.entries.get(w.key) for w in writes}
         return WriteResult(WriteStatus.CONFLICT, result.revision, current)
+
+    def _records(
+        self, writes: Sequence[Write], author: Author, action: str, old: Mapping[str, bytes | None]
+    ) -> list[Write]:
+        if self.audit is None:
+            return []
+        changes = []
+        for write in writes:
+            change = self.change_of(write.key, write.value, old.get(write.key, self._held(write.key)))
+            if change is not None:
+                changes.append(change)
+        return self.audit.record_writes(changes, author, action)
+
+    def change_of(self, key: str, new: bytes | None, old: bytes | None) -> Change | None:
+        """What a write of ``key`` changes, for its record (None: not a policy or breaker)."""
+        service = self.policies.service_of(key)
+        if service is not None:
+            return Change("policy", service, old, new)
+        prefix = self.breaker_key("")
+        if key.startswith(prefix):
+            return Change("breaker", key.removeprefix(prefix), old, new)
+        return None
+
+    def _held(self, key: str) -> bytes | None:
+        service = self.policies.service_of(key)
+        stored = self.policies.stored(service) if service is not None else None
+        return policy_to_json(stored[0]).encode() if stored is not None else None
 
     # -- breaker transitions decided here ---------------------------------------
 
@@ -193,7 +237,11 @@ class StateWriter:
             return
         key = self.breaker_key(name)
         expected = self.breakers.revisions.get(name, 0)
-        result = await self.commit([Write(key, self.breakers.to_record(name), expected)], fenced=True)
+        record = self.breakers.to_record(name)
+        author = Author(CONTROL_PLANE, self.breakers.to_proto(name).reason)  # the rule's reason
+        result = await self.commit(
+            [Write(key, record, expected)], fenced=True, author=author, action="breaker.transition"
+        )
         if result.ok:
             self.breakers.revisions[name] = result.revision
             if self._pending.get(name) == decision:  # else a newer decision is to be written
@@ -243,19 +291,25 @@ class StateWriter:
 
     # -- operator writes (acknowledged only once stored) ------------------------
 
-    async def set_breaker_state(self, name: str, state: BreakerState, reason: str) -> pb.Breaker:
+    async def set_breaker_state(
+        self, name: str, state: BreakerState, reason: str, author: Author = ENGINE
+    ) -> pb.Breaker:
         """Force a breaker's state; returns the stored breaker. Raises StorageFailure
         when the store cannot take the write (nothing changes then)."""
         key = self.breaker_key(name)
+        action = "breaker." + ("reset" if state is BreakerState.CLOSED else state.name.lower())
         for attempt in range(10):
             if attempt:  # another writer won: let it finish before reading and trying again
                 await asyncio.sleep(min(0.1, 0.002 * 2**attempt))
+            before = self.breakers.to_record(name) if self.breakers.find(name) is not None else None
             breaker = self.breakers.draft(name)
             breaker.force(self.clock(), state, reason)
             record = self.breakers.record_of(breaker)
             expected = self.breakers.revisions.get(name, 0)
             try:
-                result = await self.commit([Write(key, record, expected)])
+                result = await self.commit(
+                    [Write(key, record, expected)], author=author, action=action, old={key: before}
+                )
             except StoreUnavailable as err:
                 raise StorageFailure("etcd", "set breaker state", str(err)) from err
             if not result.ok:
@@ -269,28 +323,37 @@ class StateWriter:
             return written
         raise StorageFailure("etcd", "set breaker state", "too many concurrent changes; retry")
 
-    async def put_policy(self, policy: ServicePolicy, expected_revision: int = 0) -> int | None:
+    async def put_policy(
+        self, policy: ServicePolicy, expected_revision: int = 0, author: Author = ENGINE
+    ) -> int | None:
         """Store a validated policy; returns its revision, or None when
         ``expected_revision`` no longer matches. Raises StorageFailure."""
         key = self.policies.key(policy.service)
         value = policy_to_json(policy).encode()
-        result = await self._policy_write("put policy", [Write(key, value, expected_revision or None)])
+        write = Write(key, value, expected_revision or None)
+        result = await self._policy_write("put policy", [write], author, "policy.put")
         return result.revision if result.ok else None
 
-    async def delete_policy(self, service: str) -> bool:
+    async def delete_policy(self, service: str, author: Author = ENGINE) -> bool:
         """Delete a stored policy; False when there was none. Raises StorageFailure."""
         if self.policies.stored(service) is None:
             return False
-        await self._policy_write("delete policy", [Write(self.policies.key(service), None)])
+        write = Write(self.policies.key(service), None)
+        await self._policy_write("delete policy", [write], author, "policy.delete")
         return True
 
-    async def write_policies(self, writes: Sequence[Write]) -> WriteResult:
-        """Several policy writes in one transaction (a config import). Raises StorageFailure."""
-        return await self._policy_write("import config", writes)
+    async def write_policies(
+        self, writes: Sequence[Write], author: Author = ENGINE, action: str = "config.import"
+    ) -> WriteResult:
+        """Several policy writes in one transaction (a config import, a rollback).
+        Raises StorageFailure."""
+        return await self._policy_write(action.replace(".", " "), writes, author, action)
 
-    async def _policy_write(self, what: str, writes: Sequence[Write]) -> WriteResult:
+    async def _policy_write(
+        self, what: str, writes: Sequence[Write], author: Author, action: str
+    ) -> WriteResult:
         try:
-            result = await self.commit(writes)
+            result = await self.commit(writes, author=author, action=action)
         except StoreUnavailable as err:
             # etcd's own text stays in the log: the caller learns that nothing was written
             _log.warning("%s not written: %s", what, err)
@@ -319,7 +382,7 @@ class StateWriter:
         restored = 0
         for write in writes:
             breaker = write.key.startswith(self.breaker_key(""))
-            result = await self.commit([write], fenced=breaker)
+            result = await self.commit([write], fenced=breaker, action="restore")
             if result.status is WriteStatus.FENCED:
                 return restored
             if result.ok and breaker:

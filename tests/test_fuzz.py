@@ -130,7 +130,9 @@ def test_malformed_messages_never_stop_the_control_plane(
         pb.PutPolicyRequest(
             policy=policy_pb2.ServicePolicy(service="llm_provider", timeout_secs=3)
         ).SerializeToString(),
-        pb.SetBreakerStateRequest(name="b", state=pb.BREAKER_STATE_FORCED_OPEN).SerializeToString(),
+        pb.SetBreakerStateRequest(
+            name="b", state=pb.BREAKER_STATE_FORCED_OPEN, reason="test", create=True
+        ).SerializeToString(),
         pb.GetBreakerRequest(name="b").SerializeToString(),
         pb.ImportConfigRequest(
             config=policy_pb2.ErrorHandlingConfig(default_timeout_secs=3)

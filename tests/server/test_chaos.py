@@ -51,7 +51,9 @@ def test_etcd_outage_under_traffic(tmp_path: Path, spawned: list[Proc]) -> None:
         )
         stub.PutPolicy(pb.PutPolicyRequest(policy=policy), timeout=10)
         stub.SetBreakerState(
-            pb.SetBreakerStateRequest(name="ops", state=pb.BREAKER_STATE_FORCED_OPEN, reason="before"),
+            pb.SetBreakerStateRequest(
+                name="ops", state=pb.BREAKER_STATE_FORCED_OPEN, reason="before", create=True
+            ),
             timeout=10,
         )
         a = agent("agent-a", address, upstream, "llm_provider")
@@ -78,7 +80,7 @@ def test_etcd_outage_under_traffic(tmp_path: Path, spawned: list[Proc]) -> None:
         # ... and an operator write is refused rather than acknowledged
         try:
             stub.SetBreakerState(
-                pb.SetBreakerStateRequest(name="ops", state=pb.BREAKER_STATE_CLOSED), timeout=10
+                pb.SetBreakerStateRequest(name="ops", state=pb.BREAKER_STATE_CLOSED, create=True), timeout=10
             )
             raise AssertionError("a write was acknowledged while etcd was down")
         except grpc.RpcError as err:

@@ -123,9 +123,12 @@ def test_exit_codes_and_one_line_errors(plane: str) -> None:
     down = cli("breakers", "list", server="127.0.0.1:1")
     assert down.returncode == 3 and "cannot reach the control plane" in down.stderr
     assert "Traceback" not in down.stderr
-    bad = cli("breakers", "force-open", "bad name", server=plane)
+    bad = cli("breakers", "force-open", "--reason", "test", "--create", "bad name", server=plane)
     assert bad.returncode == 2 and "name:" in bad.stderr
-    assert cli("breakers", "force-open", "llm_provider", "--reason", "x", server=plane).returncode == 0
+    assert (
+        cli("breakers", "force-open", "--create", "llm_provider", "--reason", "x", server=plane).returncode
+        == 0
+    )
     listed = json.loads(cli("breakers", "list", "--json", server=plane).stdout)
     assert listed[0]["state"] == "BREAKER_STATE_FORCED_OPEN"
     assert cli("health", server=plane).returncode == 0
@@ -136,7 +139,9 @@ def test_breakers_watch_streams(plane: str) -> None:
     proc = Proc([sys.executable, "-m", "mission_control.server.cli", "breakers", "watch", "--server", plane])
     try:
         time.sleep(0.5)
-        assert cli("breakers", "force-open", "r2", "--reason", "ops", server=plane).returncode == 0
+        assert (
+            cli("breakers", "force-open", "--create", "r2", "--reason", "ops", server=plane).returncode == 0
+        )
         line = proc.wait_for("", timeout=20)
         assert "r2" in line and "FORCED_OPEN" in line and " UTC " in line
     finally:

@@ -72,7 +72,7 @@ def test_sigkill_and_restart_keeps_breaker_states(
     proc, address = control_plane(etcd_server.endpoint, prefix)
     spawned.append(proc)
     stub(address).SetBreakerState(
-        pb.SetBreakerStateRequest(name="r2", state=pb.BREAKER_STATE_FORCED_OPEN, reason="ops"),
+        pb.SetBreakerStateRequest(name="r2", state=pb.BREAKER_STATE_FORCED_OPEN, reason="ops", create=True),
         timeout=5,
     )
     trip(address, "llm_provider", failures=5)
@@ -103,7 +103,7 @@ def test_two_control_planes_racing_lose_no_update(
         try:
             for i in range(per_writer):
                 request = pb.SetBreakerStateRequest(
-                    name="shared", state=states_cycle[i % 2], reason=f"{address}#{i}"
+                    name="shared", state=states_cycle[i % 2], reason=f"{address}#{i}", create=True
                 )
                 response = client.SetBreakerState(request, timeout=10)
                 acknowledged.append(response.breaker.generation)
@@ -244,7 +244,10 @@ def test_health_follows_etcd(tmp_path: Path, spawned: list[Proc]) -> None:
 
         assert status(SERVICE) == health_pb2.HealthCheckResponse.SERVING
         stub(address).SetBreakerState(
-            pb.SetBreakerStateRequest(name="keep", state=pb.BREAKER_STATE_FORCED_OPEN), timeout=5
+            pb.SetBreakerStateRequest(
+                name="keep", state=pb.BREAKER_STATE_FORCED_OPEN, reason="test", create=True
+            ),
+            timeout=5,
         )
         etcd.stop()
         poll(lambda: status(SERVICE) == health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -252,7 +255,7 @@ def test_health_follows_etcd(tmp_path: Path, spawned: list[Proc]) -> None:
         assert states(address)["keep"][0] == pb.BREAKER_STATE_FORCED_OPEN  # from memory
         with pytest.raises(grpc.RpcError) as caught:
             stub(address).SetBreakerState(
-                pb.SetBreakerStateRequest(name="keep", state=pb.BREAKER_STATE_CLOSED), timeout=10
+                pb.SetBreakerStateRequest(name="keep", state=pb.BREAKER_STATE_CLOSED, create=True), timeout=10
             )
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # StorageFailure: not acknowledged
         etcd.start()
@@ -275,7 +278,10 @@ def test_embedded_etcd_and_graceful_shutdown(tmp_path: Path, spawned: list[Proc]
 
     proc, etcd_endpoint, address = serve()
     stub(address).SetBreakerState(
-        pb.SetBreakerStateRequest(name="kept", state=pb.BREAKER_STATE_FORCED_OPEN), timeout=5
+        pb.SetBreakerStateRequest(
+            name="kept", state=pb.BREAKER_STATE_FORCED_OPEN, reason="test", create=True
+        ),
+        timeout=5,
     )
     proc.stop()  # SIGTERM: drain, stop serving, stop the embedded etcd
     assert proc.popen.returncode == 0

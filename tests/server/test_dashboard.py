@@ -101,9 +101,15 @@ async def test_actions_need_an_admin_and_same_origin_and_change_nothing_otherwis
         assert "storage_backend" not in plane.plane.breakers.names()
         async with RawAgent(f"127.0.0.1:{plane.port}", "agent-b", ("storage_backend",)) as agent:
             same_origin = {**json_type, "Authorization": f"Bearer {TOKEN}", "Origin": base(plane)}
+            async with session.post(url, data=json.dumps({"reason": " "}), headers=same_origin) as reply:
+                assert reply.status == 400 and "reason is required" in await reply.text()
             async with session.post(url, data=json.dumps(body), headers=same_origin) as reply:
                 assert reply.status == 200, await reply.text()
                 assert (await reply.json())["state"] == "FORCED_OPEN"
+            # audited as every write: who (the token's fingerprint, never the token) and why
+            [record] = [r for r in await plane.plane.audit.records() if r.name == "storage_backend"]
+            assert (record.action, record.reason) == ("breaker.forced_open", "disk maintenance")
+            assert record.identity.startswith("token:sha256:") and TOKEN not in record.identity
             # exactly as the CLI's write: stored in etcd with the reason, pushed to agents
             record = await stored(plane, "storage_backend")
             text = json.dumps(record)

@@ -51,7 +51,7 @@ class Plane:
     def force(self, name: str, state: int) -> None:
         with grpc.insecure_channel(self.address) as channel:
             pb_grpc.ControlPlaneServiceStub(channel).SetBreakerState(
-                pb.SetBreakerStateRequest(name=name, state=state, reason="set up by the test"),
+                pb.SetBreakerStateRequest(name=name, state=state, reason="set up by the test", create=True),
                 metadata=[("authorization", f"Bearer {TOKEN}")],
                 timeout=10,
             )
@@ -175,6 +175,7 @@ def test_usable_at_200_breakers_and_1000_agents(browser: Browser, plane: Plane, 
     page.fill("#action-token", TOKEN)
     page.fill("#action-breaker", "svc-190")
     page.select_option("#action-kind", "force-open")
+    page.fill("#action-reason", "drill")
     page.click("#action-submit")
     expect(breaker_row(page, "svc-190").locator("td.state")).to_have_text("FORCED_OPEN", timeout=10_000)
     assert problems == []

@@ -152,7 +152,7 @@ async def test_watch_breakers_and_operator_states(control_plane: RunningControlP
         watch = stub.WatchBreakers(pb.WatchBreakersRequest(names=["vector_db"]))
         await stub.SetBreakerState(
             pb.SetBreakerStateRequest(
-                name="vector_db", state=pb.BREAKER_STATE_FORCED_OPEN, reason="maintenance"
+                name="vector_db", state=pb.BREAKER_STATE_FORCED_OPEN, reason="maintenance", create=True
             ),
             timeout=5,
         )
@@ -161,7 +161,7 @@ async def test_watch_breakers_and_operator_states(control_plane: RunningControlP
         assert first.breaker.state == pb.BREAKER_STATE_FORCED_OPEN
         assert first.breaker.reason == "maintenance" and first.breaker.revision > 0
         await stub.SetBreakerState(
-            pb.SetBreakerStateRequest(name="vector_db", state=pb.BREAKER_STATE_CLOSED), timeout=5
+            pb.SetBreakerStateRequest(name="vector_db", state=pb.BREAKER_STATE_CLOSED, create=True), timeout=5
         )
         second = await asyncio.wait_for(watch.read(), 5)
         assert second.previous_state == pb.BREAKER_STATE_FORCED_OPEN
@@ -169,7 +169,7 @@ async def test_watch_breakers_and_operator_states(control_plane: RunningControlP
         watch.cancel()
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.SetBreakerState(
-                pb.SetBreakerStateRequest(name="vector_db", state=pb.BREAKER_STATE_HALF_OPEN),
+                pb.SetBreakerStateRequest(name="vector_db", state=pb.BREAKER_STATE_HALF_OPEN, create=True),
                 timeout=5,
             )
         assert isinstance(error_from_rpc_error(caught.value), ConfigurationError)

@@ -108,7 +108,9 @@ def test_an_open_decided_while_etcd_is_down_is_stored_when_it_returns(
     stub = pb_grpc.ControlPlaneServiceStub(grpc.insecure_channel(address))
     for service in ("fresh", "stored"):
         put_policy(stub, service, failure_threshold=3, wait_duration_secs=600)
-    stub.SetBreakerState(pb.SetBreakerStateRequest(name="stored", state=pb.BREAKER_STATE_CLOSED), timeout=10)
+    stub.SetBreakerState(
+        pb.SetBreakerStateRequest(name="stored", state=pb.BREAKER_STATE_CLOSED, create=True), timeout=10
+    )
     assert stored_state(etcd, "stored") == "BREAKER_STATE_CLOSED"
     assert stored_state(etcd, "fresh") is None
 
@@ -167,7 +169,9 @@ def test_a_malformed_breaker_record_is_refused_and_never_stops_the_sync(
     assert any(e.key == f"{PREFIX}/breakers/bx" for e in stats(stub).config_errors)
     assert serving(address)
     # an operator's write replaces the broken record
-    forced = pb.SetBreakerStateRequest(name="bx", state=pb.BREAKER_STATE_FORCED_OPEN)
+    forced = pb.SetBreakerStateRequest(
+        name="bx", state=pb.BREAKER_STATE_FORCED_OPEN, reason="test", create=True
+    )
     stub.SetBreakerState(forced, timeout=10)
     assert stored_state(etcd, "bx") == "BREAKER_STATE_FORCED_OPEN"
 
@@ -288,7 +292,8 @@ def test_an_etcd_wiped_and_restarted_empty_is_noticed_and_restored(
     for threshold in range(20, 7, -1):  # history: the store's revision is well past a new one's
         put_policy(stub, "kept", failure_threshold=threshold)
     stub.SetBreakerState(
-        pb.SetBreakerStateRequest(name="ops", state=pb.BREAKER_STATE_FORCED_OPEN, reason="held"), timeout=10
+        pb.SetBreakerStateRequest(name="ops", state=pb.BREAKER_STATE_FORCED_OPEN, reason="held", create=True),
+        timeout=10,
     )
     etcd.stop()
     shutil.rmtree(etcd.data_dir)
@@ -315,7 +320,7 @@ def test_a_restart_within_the_leader_lease_on_the_same_address_counts_each_failu
     spawned.append(plane := serve_at(etcd, address))
     stub = pb_grpc.ControlPlaneServiceStub(grpc.insecure_channel(address))
     put_policy(stub, "svc", failure_threshold=5, wait_duration_secs=600)
-    reset = pb.SetBreakerStateRequest(name="svc", state=pb.BREAKER_STATE_CLOSED)
+    reset = pb.SetBreakerStateRequest(name="svc", state=pb.BREAKER_STATE_CLOSED, create=True)
     stub.SetBreakerState(reset, timeout=10)
 
     def counted() -> int:

@@ -159,7 +159,8 @@ def test_leader_killed_under_traffic(fleet: Fleet, spawned: list[Proc]) -> None:
     # a service the agents' successful traffic does not touch, so only failures count toward it
     put_policy(fleet.stub("r1"), "vector_db", failure_threshold=6, wait_duration_secs=60)
     fleet.stub("r1").SetBreakerState(
-        pb.SetBreakerStateRequest(name="ops", state=pb.BREAKER_STATE_FORCED_OPEN, reason="kept"), timeout=10
+        pb.SetBreakerStateRequest(name="ops", state=pb.BREAKER_STATE_FORCED_OPEN, reason="kept", create=True),
+        timeout=10,
     )
     upstream_proc = python("tests.support.upstream", "llm")
     spawned.append(upstream_proc)
@@ -204,10 +205,16 @@ def test_etcd_members_lost(fleet: Fleet) -> None:
     def status() -> int:
         return health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5).status
 
-    stub.SetBreakerState(pb.SetBreakerStateRequest(name="a", state=pb.BREAKER_STATE_FORCED_OPEN), timeout=10)
+    stub.SetBreakerState(
+        pb.SetBreakerStateRequest(name="a", state=pb.BREAKER_STATE_FORCED_OPEN, reason="test", create=True),
+        timeout=10,
+    )
     fleet.etcd.members[0].stop()
     # one member of three down: everything keeps working
-    stub.SetBreakerState(pb.SetBreakerStateRequest(name="b", state=pb.BREAKER_STATE_FORCED_OPEN), timeout=15)
+    stub.SetBreakerState(
+        pb.SetBreakerStateRequest(name="b", state=pb.BREAKER_STATE_FORCED_OPEN, reason="test", create=True),
+        timeout=15,
+    )
     assert status() == health_pb2.HealthCheckResponse.SERVING
     fleet.etcd.members[1].stop()
     # two down: no quorum; the loss shows in health, the last state is still served, writes refused
@@ -215,6 +222,9 @@ def test_etcd_members_lost(fleet: Fleet) -> None:
     assert state(stub, "a") == state(stub, "b") == pb.BREAKER_STATE_FORCED_OPEN
     with pytest.raises(grpc.RpcError) as caught:
         stub.SetBreakerState(
-            pb.SetBreakerStateRequest(name="c", state=pb.BREAKER_STATE_FORCED_OPEN), timeout=15
+            pb.SetBreakerStateRequest(
+                name="c", state=pb.BREAKER_STATE_FORCED_OPEN, reason="test", create=True
+            ),
+            timeout=15,
         )
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE

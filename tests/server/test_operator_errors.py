@@ -246,7 +246,10 @@ def _state(pid: int) -> str:
 def test_closed_pipe_is_quiet(plane: str) -> None:
     """`breakers list --json | head -5` once the reader has gone: no BrokenPipeError."""
     for name in ("p1", "p2", "p3"):
-        assert run("breakers", "force-open", name, "--server", plane).returncode == 0
+        assert (
+            run("breakers", "force-open", "--reason", "test", "--create", name, "--server", plane).returncode
+            == 0
+        )
     read, write = os.pipe()
     os.close(read)  # the reader is gone before the first write: always a broken pipe
     try:
@@ -338,7 +341,9 @@ def test_stats_json_keeps_zeros_as_numbers(plane: str) -> None:
     ):
         assert stats[key] == 0 and type(stats[key]) is int, key
     assert stats["errors_by_service"] == {} and stats["fleet_limits"] == []
-    assert run("breakers", "force-open", "s1", "--server", plane).returncode == 0
+    assert (
+        run("breakers", "force-open", "--reason", "test", "--create", "s1", "--server", plane).returncode == 0
+    )
     breaker = json.loads(run("breakers", "get", "s1", "--json", "--server", plane).stdout)
     assert breaker["failures"] == 0 and type(breaker["failures"]) is int
 
@@ -358,11 +363,18 @@ def test_write_while_etcd_is_paused_says_it_did_not_answer(tmp_path: Path, spawn
     try:
         proc, address = control_plane(etcd.endpoint, "/mc-paused")
         spawned.append(proc)
-        assert run("breakers", "force-open", "before", "--server", address).returncode == 0
+        assert (
+            run(
+                "breakers", "force-open", "--reason", "test", "--create", "before", "--server", address
+            ).returncode
+            == 0
+        )
         assert etcd.pid is not None
         os.kill(etcd.pid, signal.SIGSTOP)
         try:
-            result = run("breakers", "force-open", "paused", "--server", address)
+            result = run(
+                "breakers", "force-open", "--reason", "test", "--create", "paused", "--server", address
+            )
         finally:
             os.kill(etcd.pid, signal.SIGCONT)
         assert result.returncode == 5
@@ -424,7 +436,7 @@ FORGED = "ok\n2026-11-29 12:00:00 UTC  llm_provider  CLOSED (forged line)\x1b[2J
 
 
 def test_reason_with_control_characters_is_refused(plane: str) -> None:
-    result = run("breakers", "force-open", "inj", "--reason", FORGED, "--server", plane)
+    result = run("breakers", "force-open", "--create", "inj", "--reason", FORGED, "--server", plane)
     assert result.returncode == 2 and result.stdout == ""
     assert one_line(result.stderr) == (
         "mission-control: invalid input: reason: must be one line of printable text (it holds \\n, \\x1b)"
@@ -436,7 +448,10 @@ def test_what_the_server_sends_is_printed_escaped(
     etcd_server: EtcdProcess, prefix: str, plane: str, spawned: list[Proc]
 ) -> None:
     # a reason stored before reasons were checked, or written to etcd by hand
-    assert run("breakers", "force-open", "inj", "--server", plane).returncode == 0
+    assert (
+        run("breakers", "force-open", "--reason", "test", "--create", "inj", "--server", plane).returncode
+        == 0
+    )
     key = f"{prefix}/breakers/inj"
     record = json.loads(etcdctl(etcd_server.endpoint, "get", key, "--print-value-only"))
     etcdctl(etcd_server.endpoint, "put", key, json.dumps({**record, "reason": FORGED}))
@@ -551,7 +566,12 @@ def test_embedded_etcd_keeps_its_address_across_restarts(tmp_path: Path, spawned
         proc, etcd = _serve_embedded(state, spawned)
         addresses.append(etcd)
         # a client connected when it stops leaves connections in TIME_WAIT on the port
-        assert run("breakers", "force-open", "kept", "--server", _address(proc)).returncode == 0
+        assert (
+            run(
+                "breakers", "force-open", "--reason", "test", "--create", "kept", "--server", _address(proc)
+            ).returncode
+            == 0
+        )
         proc.stop()
         assert proc.popen.returncode == 0
     assert addresses == [addresses[0]] * 3
@@ -586,7 +606,12 @@ def test_etcd_by_dns_name(etcd_server: EtcdProcess, prefix: str, spawned: list[P
     assert f"(etcd {endpoint}," in proc.lines[-1]
     health = run("health", "--server", address)
     assert health.returncode == 0 and "control plane: SERVING (etcd reachable)" in health.stdout
-    assert run("breakers", "force-open", "by-name", "--server", address).returncode == 0
+    assert (
+        run(
+            "breakers", "force-open", "--reason", "test", "--create", "by-name", "--server", address
+        ).returncode
+        == 0
+    )
 
 
 def test_etcd_name_without_address_yet_serves_not_serving(tmp_path: Path) -> None:

@@ -97,7 +97,7 @@ def test_a_real_prometheus_scrapes_the_breaker_state_and_fires_the_alert(
         with grpc.insecure_channel(address) as channel:  # loopback: open to writes without tokens
             pb_grpc.ControlPlaneServiceStub(channel).SetBreakerState(
                 pb.SetBreakerStateRequest(
-                    name="llm_provider", state=pb.BREAKER_STATE_FORCED_OPEN, reason="alert test"
+                    name="llm_provider", state=pb.BREAKER_STATE_FORCED_OPEN, reason="alert test", create=True
                 ),
                 timeout=10,
             )

@@ -28,7 +28,9 @@ AGENT_TOKEN = "agent-a-token-1c2b3a"
 
 
 def force_open(stub: pb_grpc.ControlPlaneServiceStub, name: str, **kw: object) -> pb.SetBreakerStateResponse:
-    request = pb.SetBreakerStateRequest(name=name, state=pb.BREAKER_STATE_FORCED_OPEN)
+    request = pb.SetBreakerStateRequest(
+        name=name, state=pb.BREAKER_STATE_FORCED_OPEN, reason="test", create=True
+    )
     return stub.SetBreakerState(request, timeout=10, **kw)
 
 
@@ -128,7 +130,7 @@ def test_mutual_tls_reads_writes_and_agent_identity(
         )  # fmt: skip
 
     assert cli("operator", "breakers", "reset", "llm").returncode == 0
-    denied = cli("agent", "breakers", "force-open", "llm")
+    denied = cli("agent", "breakers", "force-open", "--reason", "test", "--create", "llm")
     assert denied.returncode == 7 and "not allowed" in denied.stderr
 
 

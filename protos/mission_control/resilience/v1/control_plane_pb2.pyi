@@ -1003,20 +1003,27 @@ class SetBreakerStateRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    CREATE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     state: Global___BreakerState.ValueType
     """FORCED_OPEN, FORCED_CLOSED, DISABLED, or CLOSED to reset."""
     reason: _builtins.str
+    """Required when forcing a breaker (FORCED_OPEN, FORCED_CLOSED, DISABLED)."""
+    create: _builtins.bool
+    """Create the breaker if no policy names it and it has never been seen
+    (without it such a name is refused as a likely typo).
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         state: Global___BreakerState.ValueType = ...,
         reason: _builtins.str = ...,
+        create: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create", b"create", "name", b"name", "reason", b"reason", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1133,10 +1140,13 @@ class PutPolicyRequest(_message.Message):
 
     POLICY_FIELD_NUMBER: _builtins.int
     EXPECTED_REVISION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     expected_revision: _builtins.int
     """Compare-and-swap: write only if the stored revision still equals this.
     0 writes unconditionally.
     """
+    reason: _builtins.str
+    """Why: kept in the audit record."""
     @_builtins.property
     def policy(self) -> _policy_pb2.ServicePolicy: ...
     def __init__(
@@ -1144,10 +1154,11 @@ class PutPolicyRequest(_message.Message):
         *,
         policy: _policy_pb2.ServicePolicy | None = ...,
         expected_revision: _builtins.int = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_revision", b"expected_revision", "policy", b"policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_revision", b"expected_revision", "policy", b"policy", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1181,15 +1192,19 @@ class DeletePolicyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SERVICE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     service: _builtins.str
+    reason: _builtins.str
+    """Why: kept in the audit record."""
     def __init__(
         self,
         *,
         service: _builtins.str = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "service", b"service"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1297,10 +1312,13 @@ class ImportConfigRequest(_message.Message):
     CONFIG_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
     PRUNE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     dry_run: _builtins.bool
     """Report the changes without writing."""
     prune: _builtins.bool
     """Remove stored policies the configuration does not name."""
+    reason: _builtins.str
+    """Why: kept in the audit records."""
     @_builtins.property
     def config(self) -> _policy_pb2.ErrorHandlingConfig: ...
     def __init__(
@@ -1309,10 +1327,11 @@ class ImportConfigRequest(_message.Message):
         config: _policy_pb2.ErrorHandlingConfig | None = ...,
         dry_run: _builtins.bool = ...,
         prune: _builtins.bool = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "dry_run", b"dry_run", "prune", b"prune"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "dry_run", b"dry_run", "prune", b"prune", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1591,6 +1610,8 @@ class ErrorStatistics(_message.Message):
     SPOOLED_FIELD_NUMBER: _builtins.int
     SPOOL_REPLAYED_FIELD_NUMBER: _builtins.int
     SPOOL_DROPPED_FIELD_NUMBER: _builtins.int
+    OUTSIDE_CHANGES_FIELD_NUMBER: _builtins.int
+    AUDIT_RECORDS_PRUNED_FIELD_NUMBER: _builtins.int
     SHADOW_SERVICES_FIELD_NUMBER: _builtins.int
     total_errors: _builtins.int
     circuit_breaker_opens: _builtins.int
@@ -1611,6 +1632,12 @@ class ErrorStatistics(_message.Message):
     """Writes spooled, spooled writes made later, and writes spools dropped (see OutcomeSummary)."""
     spool_replayed: _builtins.int
     spool_dropped: _builtins.int
+    outside_changes: _builtins.int
+    """Changes of policies or breakers made outside every control plane (etcdctl)
+    that this replica saw and recorded, or found recorded by another replica.
+    """
+    audit_records_pruned: _builtins.int
+    """Audit records this replica deleted to keep the retention bound."""
     @_builtins.property
     def errors_by_service(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
@@ -1675,11 +1702,13 @@ class ErrorStatistics(_message.Message):
         spooled: _builtins.int = ...,
         spool_replayed: _builtins.int = ...,
         spool_dropped: _builtins.int = ...,
+        outside_changes: _builtins.int = ...,
+        audit_records_pruned: _builtins.int = ...,
         shadow_services: _abc.Iterable[Global___ShadowServiceStatistics] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "endpoints_over_cap_by_service", b"endpoints_over_cap_by_service", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcomes_dropped", b"outcomes_dropped", "recovery_attempts", b"recovery_attempts", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "rejected_by_reason", b"rejected_by_reason", "reports_refused", b"reports_refused", "shadow_services", b"shadow_services", "slow_calls_by_service", b"slow_calls_by_service", "spool_dropped", b"spool_dropped", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "total_errors", b"total_errors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_records_pruned", b"audit_records_pruned", "calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "endpoints_over_cap_by_service", b"endpoints_over_cap_by_service", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcomes_dropped", b"outcomes_dropped", "outside_changes", b"outside_changes", "recovery_attempts", b"recovery_attempts", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "rejected_by_reason", b"rejected_by_reason", "reports_refused", b"reports_refused", "shadow_services", b"shadow_services", "slow_calls_by_service", b"slow_calls_by_service", "spool_dropped", b"spool_dropped", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "total_errors", b"total_errors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2021,3 +2050,281 @@ class PromoteShadowPolicyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PromoteShadowPolicyResponse: _TypeAlias = PromoteShadowPolicyResponse  # noqa: Y015
+
+@_typing.final
+class AuditRecord(_message.Message):
+    """One change of a policy or a breaker, kept in etcd (bounded by count and age)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    OLD_VALUE_FIELD_NUMBER: _builtins.int
+    NEW_VALUE_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    REPLICA_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Unique among the records kept."""
+    identity: _builtins.str
+    """Who: "token:<name>", "cert:<identity>", "local" (loopback without admins),
+    "control-plane" (a breaker rule, a restore) or "etcd" (written from outside).
+    """
+    action: _builtins.str
+    """e.g. "policy.put", "policy.delete", "policy.rollback", "config.import",
+    "config.rollback", "breaker.force_open", "breaker.reset", "breaker.transition",
+    "breaker.forget", "restore", "etcd.put", "etcd.delete".
+    """
+    kind: _builtins.str
+    """"policy" or "breaker"."""
+    name: _builtins.str
+    """The service (policy) or breaker name."""
+    reason: _builtins.str
+    old_value: _builtins.str
+    """The stored values before and after, as JSON; empty when absent."""
+    new_value: _builtins.str
+    revision: _builtins.int
+    """The etcd revision of the change."""
+    replica: _builtins.str
+    """The replica that wrote the record."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        identity: _builtins.str = ...,
+        action: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        name: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        old_value: _builtins.str = ...,
+        new_value: _builtins.str = ...,
+        revision: _builtins.int = ...,
+        replica: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "id", b"id", "identity", b"identity", "kind", b"kind", "name", b"name", "new_value", b"new_value", "old_value", b"old_value", "reason", b"reason", "replica", b"replica", "revision", b"revision", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditRecord: _TypeAlias = AuditRecord  # noqa: Y015
+
+@_typing.final
+class ListAuditRecordsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """Only records about this policy or breaker; all when empty."""
+    kind: _builtins.str
+    """"policy" or "breaker"; both when empty."""
+    page_size: _builtins.int
+    """Records per page; 0 or more than 1000 means 1000."""
+    page_token: _builtins.str
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Only records at or after this time."""
+
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        kind: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "page_size", b"page_size", "page_token", b"page_token", "service", b"service", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditRecordsRequest: _TypeAlias = ListAuditRecordsRequest  # noqa: Y015
+
+@_typing.final
+class ListAuditRecordsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditRecord]: ...
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___AuditRecord] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditRecordsResponse: _TypeAlias = ListAuditRecordsResponse  # noqa: Y015
+
+@_typing.final
+class ListPolicyHistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPolicyHistoryRequest: _TypeAlias = ListPolicyHistoryRequest  # noqa: Y015
+
+@_typing.final
+class ListPolicyHistoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """The revision etcd holds now (0 = no policy stored)."""
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditRecord]:
+        """Oldest first; a version etcd still holds that no record describes has an
+        empty identity. new_value empty = the policy was deleted.
+        """
+
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[Global___AuditRecord] | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPolicyHistoryResponse: _TypeAlias = ListPolicyHistoryResponse  # noqa: Y015
+
+@_typing.final
+class RollbackPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    TO_REVISION_FIELD_NUMBER: _builtins.int
+    EXPECTED_REVISION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    to_revision: _builtins.int
+    """The version to put back (a revision from the history); 0 = the one before
+    the current version.
+    """
+    expected_revision: _builtins.int
+    """Compare-and-swap: only if the policy is still at this revision; 0 = the
+    revision etcd holds when the rollback reads the history.
+    """
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        to_revision: _builtins.int = ...,
+        expected_revision: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_revision", b"expected_revision", "reason", b"reason", "service", b"service", "to_revision", b"to_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackPolicyRequest: _TypeAlias = RollbackPolicyRequest  # noqa: Y015
+
+@_typing.final
+class RollbackPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGE_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    @_builtins.property
+    def change(self) -> Global___PolicyChange: ...
+    def __init__(
+        self,
+        *,
+        change: Global___PolicyChange | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackPolicyResponse: _TypeAlias = RollbackPolicyResponse  # noqa: Y015
+
+@_typing.final
+class RollbackConfigRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMPORT_REVISION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    import_revision: _builtins.int
+    """The revision of the import to undo; 0 = the latest import kept."""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        import_revision: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["import_revision", b"import_revision", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackConfigRequest: _TypeAlias = RollbackConfigRequest  # noqa: Y015
+
+@_typing.final
+class RollbackConfigResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    IMPORT_REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    import_revision: _builtins.int
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicyChange]: ...
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___PolicyChange] | None = ...,
+        revision: _builtins.int = ...,
+        import_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "import_revision", b"import_revision", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackConfigResponse: _TypeAlias = RollbackConfigResponse  # noqa: Y015

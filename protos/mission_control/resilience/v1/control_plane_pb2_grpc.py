@@ -116,6 +116,26 @@ class ControlPlaneServiceStub:
                 request_serializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.PromoteShadowPolicyRequest.SerializeToString,
                 response_deserializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.PromoteShadowPolicyResponse.FromString,
                 _registered_method=True)
+        self.ListAuditRecords = channel.unary_unary(
+                '/mission_control.resilience.v1.ControlPlaneService/ListAuditRecords',
+                request_serializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.ListAuditRecordsRequest.SerializeToString,
+                response_deserializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.ListAuditRecordsResponse.FromString,
+                _registered_method=True)
+        self.ListPolicyHistory = channel.unary_unary(
+                '/mission_control.resilience.v1.ControlPlaneService/ListPolicyHistory',
+                request_serializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.ListPolicyHistoryRequest.SerializeToString,
+                response_deserializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.ListPolicyHistoryResponse.FromString,
+                _registered_method=True)
+        self.RollbackPolicy = channel.unary_unary(
+                '/mission_control.resilience.v1.ControlPlaneService/RollbackPolicy',
+                request_serializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.RollbackPolicyRequest.SerializeToString,
+                response_deserializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.RollbackPolicyResponse.FromString,
+                _registered_method=True)
+        self.RollbackConfig = channel.unary_unary(
+                '/mission_control.resilience.v1.ControlPlaneService/RollbackConfig',
+                request_serializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.RollbackConfigRequest.SerializeToString,
+                response_deserializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.RollbackConfigResponse.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServiceServicer:
@@ -234,6 +254,37 @@ class ControlPlaneServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditRecords(self, request, context):
+        """Who changed what and why, oldest first: every write of a policy or breaker,
+        by an operator, by the control plane, or seen in etcd from outside.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPolicyHistory(self, request, context):
+        """The versions of one policy: from the audit records and etcd's revisions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackPolicy(self, request, context):
+        """Put an earlier version of a policy back, in a compare-and-swap (ABORTED when
+        the policy changed since expected_revision).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackConfig(self, request, context):
+        """Undo a whole config import in one transaction (ABORTED when any policy it
+        changed has changed since).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -316,6 +367,26 @@ def add_ControlPlaneServiceServicer_to_server(servicer, server):
                     servicer.PromoteShadowPolicy,
                     request_deserializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.PromoteShadowPolicyRequest.FromString,
                     response_serializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.PromoteShadowPolicyResponse.SerializeToString,
+            ),
+            'ListAuditRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditRecords,
+                    request_deserializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.ListAuditRecordsRequest.FromString,
+                    response_serializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.ListAuditRecordsResponse.SerializeToString,
+            ),
+            'ListPolicyHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPolicyHistory,
+                    request_deserializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.ListPolicyHistoryRequest.FromString,
+                    response_serializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.ListPolicyHistoryResponse.SerializeToString,
+            ),
+            'RollbackPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackPolicy,
+                    request_deserializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.RollbackPolicyRequest.FromString,
+                    response_serializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.RollbackPolicyResponse.SerializeToString,
+            ),
+            'RollbackConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackConfig,
+                    request_deserializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.RollbackConfigRequest.FromString,
+                    response_serializer=mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.RollbackConfigResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -752,6 +823,114 @@ class ControlPlaneService:
             '/mission_control.resilience.v1.ControlPlaneService/PromoteShadowPolicy',
             mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.PromoteShadowPolicyRequest.SerializeToString,
             mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.PromoteShadowPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mission_control.resilience.v1.ControlPlaneService/ListAuditRecords',
+            mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.ListAuditRecordsRequest.SerializeToString,
+            mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.ListAuditRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPolicyHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mission_control.resilience.v1.ControlPlaneService/ListPolicyHistory',
+            mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.ListPolicyHistoryRequest.SerializeToString,
+            mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.ListPolicyHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mission_control.resilience.v1.ControlPlaneService/RollbackPolicy',
+            mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.RollbackPolicyRequest.SerializeToString,
+            mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.RollbackPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mission_control.resilience.v1.ControlPlaneService/RollbackConfig',
+            mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.RollbackConfigRequest.SerializeToString,
+            mission__control_dot_resilience_dot_v1_dot_control__plane__pb2.RollbackConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

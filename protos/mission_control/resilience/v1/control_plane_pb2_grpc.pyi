@@ -70,6 +70,20 @@ class ControlPlaneServiceStub:
     """Make the candidate the enforced policy (compare-and-swap on the enforced policy's
     revision), then drop the candidate.
     """
+    ListAuditRecords: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.ListAuditRecordsRequest, _control_plane_pb2.ListAuditRecordsResponse]
+    """Who changed what and why, oldest first: every write of a policy or breaker,
+    by an operator, by the control plane, or seen in etcd from outside.
+    """
+    ListPolicyHistory: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.ListPolicyHistoryRequest, _control_plane_pb2.ListPolicyHistoryResponse]
+    """The versions of one policy: from the audit records and etcd's revisions."""
+    RollbackPolicy: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.RollbackPolicyRequest, _control_plane_pb2.RollbackPolicyResponse]
+    """Put an earlier version of a policy back, in a compare-and-swap (ABORTED when
+    the policy changed since expected_revision).
+    """
+    RollbackConfig: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.RollbackConfigRequest, _control_plane_pb2.RollbackConfigResponse]
+    """Undo a whole config import in one transaction (ABORTED when any policy it
+    changed has changed since).
+    """
 
 @_typing.type_check_only
 class ControlPlaneServiceAsyncStub(ControlPlaneServiceStub):
@@ -112,6 +126,20 @@ class ControlPlaneServiceAsyncStub(ControlPlaneServiceStub):
     PromoteShadowPolicy: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.PromoteShadowPolicyRequest, _control_plane_pb2.PromoteShadowPolicyResponse]  # type: ignore[assignment]
     """Make the candidate the enforced policy (compare-and-swap on the enforced policy's
     revision), then drop the candidate.
+    """
+    ListAuditRecords: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.ListAuditRecordsRequest, _control_plane_pb2.ListAuditRecordsResponse]  # type: ignore[assignment]
+    """Who changed what and why, oldest first: every write of a policy or breaker,
+    by an operator, by the control plane, or seen in etcd from outside.
+    """
+    ListPolicyHistory: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.ListPolicyHistoryRequest, _control_plane_pb2.ListPolicyHistoryResponse]  # type: ignore[assignment]
+    """The versions of one policy: from the audit records and etcd's revisions."""
+    RollbackPolicy: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.RollbackPolicyRequest, _control_plane_pb2.RollbackPolicyResponse]  # type: ignore[assignment]
+    """Put an earlier version of a policy back, in a compare-and-swap (ABORTED when
+    the policy changed since expected_revision).
+    """
+    RollbackConfig: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.RollbackConfigRequest, _control_plane_pb2.RollbackConfigResponse]  # type: ignore[assignment]
+    """Undo a whole config import in one transaction (ABORTED when any policy it
+    changed has changed since).
     """
 
 class ControlPlaneServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -248,6 +276,44 @@ class ControlPlaneServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_control_plane_pb2.PromoteShadowPolicyResponse, _abc.Awaitable[_control_plane_pb2.PromoteShadowPolicyResponse]]:
         """Make the candidate the enforced policy (compare-and-swap on the enforced policy's
         revision), then drop the candidate.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditRecords(
+        self,
+        request: _control_plane_pb2.ListAuditRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.ListAuditRecordsResponse, _abc.Awaitable[_control_plane_pb2.ListAuditRecordsResponse]]:
+        """Who changed what and why, oldest first: every write of a policy or breaker,
+        by an operator, by the control plane, or seen in etcd from outside.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPolicyHistory(
+        self,
+        request: _control_plane_pb2.ListPolicyHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.ListPolicyHistoryResponse, _abc.Awaitable[_control_plane_pb2.ListPolicyHistoryResponse]]:
+        """The versions of one policy: from the audit records and etcd's revisions."""
+
+    @_abc_1.abstractmethod
+    def RollbackPolicy(
+        self,
+        request: _control_plane_pb2.RollbackPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.RollbackPolicyResponse, _abc.Awaitable[_control_plane_pb2.RollbackPolicyResponse]]:
+        """Put an earlier version of a policy back, in a compare-and-swap (ABORTED when
+        the policy changed since expected_revision).
+        """
+
+    @_abc_1.abstractmethod
+    def RollbackConfig(
+        self,
+        request: _control_plane_pb2.RollbackConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.RollbackConfigResponse, _abc.Awaitable[_control_plane_pb2.RollbackConfigResponse]]:
+        """Undo a whole config import in one transaction (ABORTED when any policy it
+        changed has changed since).
         """
 
 def add_ControlPlaneServiceServicer_to_server(servicer: ControlPlaneServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

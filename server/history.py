@@ -1,0 +1,192 @@
+"""What the audit records and etcd's revisions tell: listing, history, and rollback.
+
+A rollback writes an earlier value back in a compare-and-swap on the revision the caller
+saw, so a change made meanwhile makes it fail (nothing written) instead of being lost. A
+config rollback puts back, in one transaction, every policy one import changed, and only
+if none of them changed since the import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mission_control.client.config import policy_from_json, policy_to_proto
+from mission_control.client.errors import ConfigurationError
+from mission_control.client.policy import ServicePolicy, name_problem
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+from .audit import Author, value_of
+from .control_plane import ControlPlane, check_policies_fit
+from .store import WatchCompacted, Write
+
+#: Earlier revisions of a policy key read back from etcd (beyond the records).
+HISTORY_DEPTH = 50
+MAX_PAGE = 1000
+
+
+class HistoryError(Exception):
+    """A request history cannot answer: ``not_found`` (nothing kept) or a conflict."""
+
+    def __init__(self, message: str, *, conflict: bool = False) -> None:
+        super().__init__(message)
+        self.conflict = conflict
+
+
+@dataclass(frozen=True, slots=True)
+class Rollback:
+    changes: list[pb.PolicyChange]
+    revision: int
+    #: The import undone (config rollback).
+    undone: int = 0
+
+
+async def list_records(
+    plane: ControlPlane, request: pb.ListAuditRecordsRequest
+) -> pb.ListAuditRecordsResponse:
+    """One page of the records that match the request's filters, oldest first.
+    Raises ConfigurationError naming every bad filter; StoreUnavailable."""
+    violations = []
+    if request.service and name_problem(request.service):
+        violations.append(("service", name_problem(request.service) or ""))
+    if request.kind not in ("", "policy", "breaker"):
+        violations.append(("kind", "must be 'policy', 'breaker' or empty"))
+    offset = int(request.page_token) if request.page_token.isdigit() else 0
+    if request.page_token and not request.page_token.isdigit():
+        violations.append(("page_token", "is not a token this server handed out"))
+    if violations:
+        raise ConfigurationError.from_violations(violations)
+    since = request.since.ToNanoseconds() if request.HasField("since") else 0
+    records = [
+        r
+        for r in await plane.audit.records()
+        if (not request.service or r.name == request.service)
+        and (not request.kind or r.kind == request.kind)
+        and r.time.ToNanoseconds() >= since
+    ]
+    size = request.page_size if 0 < request.page_size <= MAX_PAGE else MAX_PAGE
+    response = pb.ListAuditRecordsResponse(records=records[offset : offset + size])
+    if offset + size < len(records):
+        response.next_page_token = str(offset + size)
+    return response
+
+
+async def policy_history(plane: ControlPlane, service: str) -> tuple[list[pb.AuditRecord], int]:
+    """Every version of a policy still known, oldest first: the records, and the
+    revisions etcd still holds that no record describes (identity empty); and the
+    revision etcd holds now (0: no policy). Raises StoreUnavailable."""
+    versions = {
+        r.revision: r for r in await plane.audit.records() if r.kind == "policy" and r.name == service
+    }
+    key = plane.policies.key(service)
+    entry = await plane.store.get(key)
+    current = entry.mod_revision if entry is not None else 0
+    for _ in range(HISTORY_DEPTH):
+        if entry is None:
+            break
+        if entry.mod_revision not in versions:
+            versions[entry.mod_revision] = pb.AuditRecord(
+                kind="policy",
+                name=service,
+                new_value=entry.value.decode(errors="replace"),
+                revision=entry.mod_revision,
+            )
+        try:
+            entry = await plane.store.get(key, revision=entry.mod_revision - 1)
+        except WatchCompacted:
+            break
+    return [versions[r] for r in sorted(versions)], current
+
+
+def value_at(versions: list[pb.AuditRecord], revision: int) -> bytes | None:
+    """The policy's value as of ``revision`` (None: absent then). Raises HistoryError
+    when no version at or before it is kept."""
+    earlier = [v for v in versions if v.revision <= revision]
+    if not earlier:
+        raise HistoryError(f"no version at or before revision {revision} is kept")
+    return value_of(earlier[-1].new_value)
+
+
+def _target(versions: list[pb.AuditRecord], to_revision: int) -> tuple[bytes | None, int]:
+    if to_revision:
+        return value_at(versions, to_revision), to_revision
+    if len(versions) >= 2:
+        return value_of(versions[-2].new_value), versions[-2].revision
+    if versions and versions[-1].old_value:
+        return value_of(versions[-1].old_value), versions[-1].revision - 1
+    raise HistoryError("no earlier version is kept")
+
+
+def _parse(service: str, value: bytes | None) -> ServicePolicy | None:
+    return policy_from_json(value, service=service) if value is not None else None
+
+
+async def rollback_policy(plane: ControlPlane, request: pb.RollbackPolicyRequest, identity: str) -> Rollback:
+    """Put an earlier version of a policy back. Raises HistoryError (nothing kept, or
+    changed meanwhile), ConfigurationError, StorageFailure."""
+    service = request.service
+    if name_problem(service):
+        raise ConfigurationError("service", name_problem(service) or "")
+    versions, current = await policy_history(plane, service)
+    value, revision = _target(versions, request.to_revision)
+    policy = _parse(service, value)
+    stored = plane.policies.stored(service)
+    if policy is not None:
+        others = [p for p in plane.policies.all() if p.service != service]
+        check_policies_fit([*others, policy])
+    elif stored is None:
+        raise HistoryError(f"{service!r} had no policy at revision {revision}, and has none now")
+    expected = request.expected_revision or current
+    reason = f"{request.reason} (back to revision {revision})".strip()
+    result = await plane.writer.write_policies(
+        [Write(plane.policies.key(service), value, expected)], Author(identity, reason), "policy.rollback"
+    )
+    if not result.ok:
+        raise HistoryError(
+            f"policy {service!r} changed since revision {expected}; nothing written", conflict=True
+        )
+    return Rollback([_change(service, stored[0] if stored else None, policy)], result.revision)
+
+
+async def rollback_config(plane: ControlPlane, request: pb.RollbackConfigRequest, identity: str) -> Rollback:
+    """Undo one import: every policy it changed gets its earlier value back, in one
+    transaction, unless any of them changed since. Raises HistoryError,
+    ConfigurationError, StorageFailure."""
+    imports = [r for r in await plane.audit.records() if r.action == "config.import"]
+    if not imports:
+        raise HistoryError("no config import is kept in the audit records")
+    at = request.import_revision or imports[-1].revision
+    batch = [r for r in imports if r.revision == at]
+    if not batch:
+        raise HistoryError(f"no config import at revision {at} is kept in the audit records")
+    writes, changes, restored = [], [], {}
+    for record in batch:
+        value = value_of(record.old_value)
+        policy = _parse(record.name, value)
+        stored = plane.policies.stored(record.name)
+        changes.append(_change(record.name, stored[0] if stored else None, policy))
+        writes.append(Write(plane.policies.key(record.name), value, at))
+        restored[record.name] = policy
+    kept = [p for p in plane.policies.all() if p.service not in restored]
+    check_policies_fit([*kept, *(p for p in restored.values() if p is not None)])
+    reason = f"{request.reason} (undo the import at revision {at})".strip()
+    result = await plane.writer.write_policies(writes, Author(identity, reason), "config.rollback")
+    if not result.ok:
+        changed = sorted(
+            plane.policies.service_of(k) or k
+            for k, e in result.current.items()
+            if (e.mod_revision if e else 0) != at and plane.policies.service_of(k)
+        )
+        raise HistoryError(
+            f"changed since the import at revision {at}: {', '.join(changed)}; nothing written", conflict=True
+        )
+    return Rollback(changes, result.revision, at)
+
+
+def _change(service: str, before: ServicePolicy | None, after: ServicePolicy | None) -> pb.PolicyChange:
+    change = pb.PolicyChange(service=service)
+    if before is not None:
+        change.before.CopyFrom(policy_to_proto(before))
+    if after is not None:
+        change.after.CopyFrom(policy_to_proto(after))
+    change.action = "removed" if after is None else "added" if before is None else "changed"
+    return change

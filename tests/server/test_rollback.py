@@ -1,0 +1,139 @@
+"""History and rollback against real etcd and real processes: a rolled-back policy reaches
+a running agent, a change made meanwhile makes the rollback fail cleanly (exit 6, nothing
+written), and a config import is undone as a whole."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from mission_control.server.etcd_process import EtcdProcess
+
+from tests.server.test_cli import cli, plane  # noqa: F401  (the fixture)
+from tests.support.etcd import etcdctl
+from tests.support.procs import Proc, agent, python
+
+
+def _import(server: str, path: Path, text: str, *extra: str) -> int:
+    path.write_text(text)
+    result = cli("config", "import", str(path), "--json", *extra, server=server)
+    assert result.returncode == 0, result.stderr
+    return _revision(server, "llm_provider")
+
+
+def _revision(server: str, name: str) -> int:
+    result = cli("policies", "get", name, "--json", server=server)
+    assert result.returncode == 0, result.stderr
+    return int(json.loads(result.stdout).get("revision", 0))
+
+
+def _stored(etcd: str, key: str) -> dict[str, object]:
+    return json.loads(etcdctl(etcd, "get", key, "--print-value-only"))  # type: ignore[no-any-return]
+
+
+def _wait_policy(a: Proc, timeout_secs: float) -> None:
+    deadline = time.monotonic() + 15
+    while a.ask("policy")["timeout_secs"] != timeout_secs:
+        assert time.monotonic() < deadline, f"the agent never got timeout_secs {timeout_secs}"
+        time.sleep(0.05)
+
+
+def test_rollback_reaches_a_running_agent_and_a_concurrent_change_refuses_it(
+    plane: str,  # noqa: F811
+    spawned: list[Proc],
+    tmp_path: Path,
+    etcd_server: EtcdProcess,
+    prefix: str,
+) -> None:
+    upstream_proc = python("tests.support.upstream", "llm")
+    spawned.append(upstream_proc)
+    upstream = f"127.0.0.1:{upstream_proc.port()}"
+    toml = tmp_path / "policy.toml"
+    first = _import(
+        plane, toml, "[service_specific.llm_provider]\ntimeout_secs = 5\n", "--reason", "baseline"
+    )
+    a = agent("agent-a", plane, upstream, "llm_provider")
+    spawned.append(a)
+    _wait_policy(a, 5)
+    second = _import(
+        plane, toml, "[service_specific.llm_provider]\ntimeout_secs = 0.2\n", "--reason", "tighter"
+    )
+    _wait_policy(a, 0.2)
+
+    history = cli("policies", "history", "llm_provider", "--json", server=plane)
+    assert history.returncode == 0, history.stderr
+    versions = [(v["revision"], v["identity"], v["reason"]) for v in json.loads(history.stdout)]
+    assert versions == [(first, "local", "baseline"), (second, "local", "tighter")]
+    diff = cli("policies", "diff", "llm_provider", str(first), str(second), server=plane)
+    assert diff.stdout.strip() == "timeout_secs: 5.0 -> 0.2", diff.stdout + diff.stderr
+
+    back = cli("policies", "rollback", "llm_provider", "--reason", "too tight", server=plane)
+    assert back.returncode == 0, back.stderr
+    _wait_policy(a, 5)  # the running agent enforces the restored version
+    key = f"{prefix}/policies/llm_provider"
+    assert _stored(etcd_server.endpoint, key)["timeout_secs"] == 5
+    restored = _revision(plane, "llm_provider")
+    [record] = [r for r in _audit(plane) if r["action"] == "policy.rollback"]
+    assert record["reason"] == f"too tight (back to revision {first})" and record["revision"] == restored
+
+    # someone changes it between reading the revision and the rollback: nothing is written
+    etcdctl(etcd_server.endpoint, "put", key, json.dumps({"service": "llm_provider", "timeout_secs": 9}))
+    stale = cli(
+        "policies", "rollback", "llm_provider", "--to", str(second), "--if-revision", str(restored),
+        server=plane,
+    )  # fmt: skip
+    assert stale.returncode == 6, stale.stderr
+    assert "changed since revision" in stale.stderr
+    assert _stored(etcd_server.endpoint, key)["timeout_secs"] == 9
+    _wait_policy(a, 9)
+    assert not [r for r in _audit(plane) if r["action"] == "policy.rollback" and r["revision"] > restored]
+
+
+def _audit(server: str) -> list[dict[str, object]]:
+    result = cli("audit", "--json", server=server)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def _two(llm: float, storage: float) -> str:
+    return (
+        f"[service_specific.llm_provider]\ntimeout_secs = {llm}\n"
+        f"[service_specific.storage_backend]\ntimeout_secs = {storage}\n"
+    )
+
+
+def test_a_config_import_is_rolled_back_as_a_whole(
+    plane: str,  # noqa: F811
+    tmp_path: Path,
+    etcd_server: EtcdProcess,
+    prefix: str,
+) -> None:
+    toml = tmp_path / "config.toml"
+    _import(plane, toml, "[service_specific.llm_provider]\ntimeout_secs = 5\n")
+    _import(
+        plane,
+        toml,
+        _two(7, 3),
+    )
+    undone = cli("config", "rollback", "--reason", "bad import", "--json", server=plane)
+    assert undone.returncode == 0, undone.stderr
+    changes = {c["service"]: c["action"] for c in json.loads(undone.stdout)["changes"]}
+    assert changes == {"llm_provider": "changed", "storage_backend": "removed"}
+    assert _stored(etcd_server.endpoint, f"{prefix}/policies/llm_provider")["timeout_secs"] == 5
+    assert etcdctl(etcd_server.endpoint, "get", f"{prefix}/policies/storage_backend") == ""
+    revisions = {r["revision"] for r in _audit(plane) if r["action"] == "config.rollback"}
+    assert len(revisions) == 1  # one transaction
+
+    # an import whose policies changed since cannot be undone: nothing is written
+    at = _import(
+        plane,
+        toml,
+        _two(8, 4),
+    )
+    key = f"{prefix}/policies/storage_backend"
+    etcdctl(etcd_server.endpoint, "put", key, json.dumps({"service": "storage_backend", "timeout_secs": 6}))
+    refused = cli("config", "rollback", "--to", str(at), server=plane)
+    assert refused.returncode == 6, refused.stderr
+    assert "storage_backend" in refused.stderr
+    assert _stored(etcd_server.endpoint, f"{prefix}/policies/llm_provider")["timeout_secs"] == 8
