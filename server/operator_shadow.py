@@ -42,9 +42,10 @@ def add_shadow_commands(po: argparse._SubParsersAction, action: Any) -> None:  #
     p = action(po, "promote", "make the service's candidate its enforced policy and drop the candidate")
     p.add_argument("name", help="the service whose candidate to enforce")
     p.add_argument(
-        "--expected-revision",
+        "--revision",
         type=int,
         default=0,
+        metavar="REV",
         help="promote only if the enforced policy is still at this revision (exit code 6 if not)",
     )
 
@@ -86,7 +87,7 @@ def shadow_command(op: Operator, args: argparse.Namespace) -> int:
 
     name = args.name
     if args.action == "promote":
-        request = pb.PromoteShadowPolicyRequest(service=name, expected_revision=args.expected_revision)
+        request = pb.PromoteShadowPolicyRequest(service=name, expected_revision=args.revision)
         response = op._call(op.stub.PromoteShadowPolicy, request)
         _say(op, response, f"{name}: candidate promoted, enforced at revision {response.revision}")
         return EXIT_OK
