@@ -16,7 +16,8 @@ bounded before anything counts it:
   a batch's ``dropped`` at ``max_dropped_per_batch``.
 * **Slow calls.** ``timed_calls`` takes from the same bucket as the calls (a batch may
   judge slow calls still running, so it counts the larger of the two); ``slow_calls`` never
-  exceeds ``timed_calls``, and both are cut in proportion.
+  exceeds ``timed_calls``, and both are cut in proportion. ``endpoints_over_cap`` (counted
+  when a call starts) likewise.
 * **Fields.** ``trailing_failures`` and ``recovery_*`` never exceed the calls kept;
   ``errors_by_type`` and ``errors_by_operation`` keep at most ``max_keys_per_summary``
   printable keys of at most ``max_key_length`` characters, counts at most the failures,
@@ -131,8 +132,9 @@ class ReportGate:
             return None
         out = pb.OutcomeSummary(service=summary.service, probe_generation=summary.probe_generation)
         calls = summary.successes + summary.failures
-        # A slow call is judged while it runs, so a batch may judge more calls than ended.
-        made = max(calls, summary.timed_calls)
+        # A slow call is judged while it runs, and a call is counted over the endpoint cap
+        # when it starts, so a batch may judge or count more calls than ended.
+        made = max(calls, summary.timed_calls, summary.endpoints_over_cap)
         if trusted:
             allowed, out.rejected = made, summary.rejected
         else:

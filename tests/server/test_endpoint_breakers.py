@@ -30,7 +30,7 @@ POLICY = policy_pb2.ServicePolicy(
     rate_limit_requests=10**6,
     fallbacks=[B],
     max_endpoints=2,
-    endpoint_idle_secs=2.0,
+    endpoint_idle_secs=3600,  # nothing is forgotten until the test shortens it
 )
 
 
@@ -90,6 +90,10 @@ def test_endpoint_breakers_trip_alone_fall_back_and_stay_bounded(
     assert f"{SERVICE}/mistral/large" not in breakers()
 
     # B goes idle: forgotten by the control plane (and its stored key) and by the agents ...
+    shorter = policy_pb2.ServicePolicy()
+    shorter.CopyFrom(POLICY)
+    shorter.endpoint_idle_secs = 1.0
+    stub.PutPolicy(pb.PutPolicyRequest(policy=shorter), timeout=10)
     poll(lambda: B not in breakers())
     poll(lambda: not etcdctl(etcd_server.endpoint, "get", f"{prefix}/breakers/{B}", "--print-value-only"))
     poll(lambda: B not in second.ask("names")["names"])

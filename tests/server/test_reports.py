@@ -250,3 +250,11 @@ def test_the_delete_of_a_forgotten_breaker_tells_agents_closed_without_bringing_
     engine.adopt("llm/e0", None, 0)
     assert heard == [("llm/e0", pb.BREAKER_STATE_OPEN), ("llm/e0", pb.BREAKER_STATE_CLOSED)]
     assert engine.find("llm/e0") is None
+
+
+def test_calls_over_the_endpoint_cap_count_before_they_end() -> None:
+    reports = gate(ServicePolicy("llm", rate_limit_requests=100, rate_limit_window_secs=60))
+    started = reports.bound("a", pb.OutcomeSummary(service="llm", endpoints_over_cap=1))
+    assert started is not None and started.endpoints_over_cap == 1  # its call has not ended yet
+    flood = reports.bound("b", pb.OutcomeSummary(service="llm", endpoints_over_cap=U32))
+    assert flood is not None and flood.endpoints_over_cap == 200
