@@ -10,6 +10,7 @@ KPI table computed from the upstreams' call logs and the agents' results (server
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import sys
@@ -157,16 +158,16 @@ def run_demo(
             stub = pb_grpc.ControlPlaneServiceStub(grpc.insecure_channel(address))
             for policy in POLICIES:
                 stub.PutPolicy(pb.PutPolicyRequest(policy=policy), timeout=10)
-            t0 = time.time() + 4.0
-            end = t0 + duration
-            phases = _phases(t0, duration, seed)
+            # phases relative to the start, which is set once every process is up (a busy
+            # machine may take seconds to start them: no fixed lead)
+            relative = _phases(0.0, duration, seed)
             peers = {}
             for name in ("llm-primary", "llm-backup", "storage"):
                 child = Child.python(
                     "mission_control.server.demo_parts",
                     "upstream",
                     name,
-                    _script(phases, name),
+                    _script(relative, name),
                     str(folder / f"{name}.jsonl"),
                     own_group=True,
                 )
@@ -181,14 +182,21 @@ def run_demo(
                     address,
                     json.dumps(peers),
                     str(folder / f"{name}.jsonl"),
-                    str(t0),
-                    str(end),
+                    "0",
+                    str(duration),
                     own_group=True,
                 )
                 children.append(child)
                 agents.append((name, child, f"127.0.0.1:{child.wait_for('PORT ').split()[1]}"))
             for i, (_, child, _) in enumerate(agents):
                 child.send(agents[(i + 1) % len(agents)][2])
+            for _, child, _ in agents:
+                child.wait_for("READY", timeout=60)
+            t0 = time.time() + 1.0
+            end = t0 + duration
+            phases = [dataclasses.replace(p, start=t0 + p.start, end=t0 + p.end) for p in relative]
+            for child in children[1:]:
+                child.send(repr(t0))
             watcher = _Watcher(address)
             watcher.start()
             change_at = t0 + duration * 0.5

@@ -50,7 +50,8 @@ def _mode(script: list[list[Any]], now: float) -> str:
 
 
 def upstream(name: str, script_json: str, log_path: str) -> None:
-    script = json.loads(script_json)
+    relative = json.loads(script_json)
+    script: list[list[Any]] = []  # healthy until the orchestrator says when the scenario starts
     log = _Log(log_path)
     flap = {"n": 0}
     lock = threading.Lock()
@@ -81,6 +82,8 @@ def upstream(name: str, script_json: str, log_path: str) -> None:
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(f"PORT {port}", flush=True)
+    t0 = float(sys.stdin.readline())  # the scenario's start, once every process is up
+    script[:] = [[t0 + start, t0 + end, mode] for start, end, mode in relative]
     server.wait_for_termination()
 
 
@@ -100,6 +103,9 @@ def agent(name: str, control_plane: str, peers_json: str, log_path: str, start: 
     print(f"PORT {port}", flush=True)
     next_agent = sys.stdin.readline().strip()  # the orchestrator tells us our peer's address
     mc.wait_connected(30)
+    print("READY", flush=True)
+    t0 = float(sys.stdin.readline())  # the scenario's start, once every process is up
+    start, end = t0 + start, t0 + end
 
     def raw(address: str) -> Any:
         return grpc.insecure_channel(address).unary_unary(METHOD, **_RAW)
