@@ -219,7 +219,9 @@ def test_grpcurl_list_describe_call_and_health(
     assert "rpc Connect ( stream" in described and "rpc SetBreakerState" in described
     grpcurl(
         "-d",
-        json.dumps({"name": "llm_provider", "state": "BREAKER_STATE_FORCED_OPEN"}),
+        json.dumps(
+            {"name": "llm_provider", "state": "BREAKER_STATE_FORCED_OPEN", "reason": "test", "create": True}
+        ),
         address,
         f"{SERVICE}/SetBreakerState",
     )
