@@ -126,9 +126,8 @@ class CallPlan:
         ex = self.ex
         if ex.clock() > ticket.deadline:  # a sync call cannot be interrupted: late is a timeout
             return self._failed(self._late(ticket))
-        ex.record(ticket, None)
         self.ticket = None
-        ex.release(ticket)
+        ex.succeeded(ticket)
         if self._queue is not None:
             ex.fell_back(ex.view.get(self.service), ticket.service, True)
         elif self._attempted:

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 from grpc._interceptor import _FailureOutcome  # what grpc's future() hands back for a failure
 from mission_control.client.agent import MissionControl
-from mission_control.client.attempts import CallPlan
+from mission_control.client.attempts import Attempt, CallPlan, Done
 from mission_control.client.deadline import _deadline
 from mission_control.client.outcomes import Outcomes
 
@@ -64,9 +64,10 @@ class Route:
             _deadline.get(),
         )
 
-    def fallbacks(self, request: Any, metadata: Any, blocking: bool) -> dict[str, Callable[[float], Any]]:
+    def fallbacks(self, request: Any, metadata: Any, shape: bool | None) -> dict[str, Callable[[float], Any]]:
         """An attempt per fallback channel, in the shape the service's attempt has:
-        ``(response, call)`` when ``blocking``, else the call."""
+        ``(response, call)`` when ``shape`` is True, the response when False, the call
+        when None (``.future()``)."""
         method = self.method
 
         def through(channel: Any) -> Callable[[float], Any]:
@@ -77,7 +78,9 @@ class Route:
                     response_deserializer=response_class(method).FromString,
                 )
                 response, call = stub.with_call(request, timeout=left, metadata=metadata)
-                return (response, call) if blocking else call
+                if shape is None:
+                    return call
+                return (response, call) if shape else response
 
             return attempt
 
@@ -132,7 +135,9 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        return self.with_call(request, timeout, metadata, credentials, wait_for_ready, compression)[0]
+        return self._blocking(
+            self._inner, request, timeout, metadata, credentials, wait_for_ready, compression, False
+        )
 
     def with_call(
         self,
@@ -143,8 +148,23 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
+        return self._blocking(
+            self._inner.with_call, request, timeout, metadata, credentials, wait_for_ready, compression, True
+        )
+
+    def _blocking(
+        self,
+        inner: Callable[..., Any],
+        request: Any,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
+        compression: Any,
+        with_call: bool,
+    ) -> Any:
+        """A blocking call: the first attempt made here, the rest (if any) by the executor."""
         route = self._route
-        inner = self._inner.with_call
 
         def attempt(left: float) -> Any:
             return inner(
@@ -156,12 +176,29 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
                 compression=compression,
             )
 
-        if route.fallback_names:
-            functions = {route.service: attempt, **route.fallbacks(request, metadata, True)}
-        else:
-            functions = {route.service: attempt}
         plan = route.plan(timeout)
-        return route.ex.drive(plan, plan.start(), functions)
+        try:
+            step = plan.start()
+            if type(step) is Attempt and step.target == route.service:
+                token = _deadline.set(step.deadline)
+                try:
+                    result = attempt(step.left)
+                except Exception as exc:
+                    step = plan.failed(exc)
+                else:
+                    step = plan.succeeded(result)
+                finally:
+                    _deadline.reset(token)
+                if type(step) is Done and step.error is None:
+                    plan.close()
+                    return step.result
+        except BaseException:
+            plan.close()
+            raise
+        functions: dict[str, Callable[[float], Any]] = {route.service: attempt}
+        if route.fallback_names:
+            functions.update(route.fallbacks(request, metadata, with_call))
+        return route.ex.drive(plan, step, functions)
 
     def future(
         self,
@@ -190,7 +227,7 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
             outcome.result()  # raises the call's RpcError
             return outcome
 
-        functions = {route.service: attempt, **route.fallbacks(request, metadata, False)}
+        functions = {route.service: attempt, **route.fallbacks(request, metadata, None)}
         try:
             return unary_future(route.ex, route.plan(timeout), start, functions)
         except Exception as exc:  # as grpc's intercepted future(): a failed future, not a raise
