@@ -10,6 +10,7 @@ asyncio loop, exactly as behind the aio interceptors.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -17,12 +18,13 @@ import grpc.aio
 from grpc.aio import _base_call
 from grpc.aio._call import UnaryUnaryCall as _PLAIN_CALL  # grpc's own: its status is readable when it ends
 from grpc.aio._interceptor import InterceptedCall, _InterceptedUnaryResponseMixin
-from mission_control.client.attempts import Attempt, CallPlan, Done, Step
+from mission_control.client.admission import Ticket
+from mission_control.client.attempts import CallPlan, Done, Step
 from mission_control.client.deadline import _deadline
 
 from ._aio_client import decided, fallback_attempts
 from ._aio_failed import FailedCall
-from ._channel import Route
+from ._route import Route
 
 
 class UnaryUnaryCall(_InterceptedUnaryResponseMixin, InterceptedCall, _base_call.UnaryUnaryCall):  # type: ignore[misc]
@@ -49,10 +51,13 @@ class Run:
         "inner",
         "metadata",
         "outcome",
+        "parent",
         "plan",
         "request",
         "route",
         "task",
+        "ticket",
+        "timeout",
         "wait_for_ready",
     )
 
@@ -77,28 +82,49 @@ class Run:
         self.outcome = outcome
         self.call: Any = None  # the attempt in flight, when started here
         self.task: asyncio.Task[None] | None = None
-        self.plan: CallPlan | None = None
+        self.plan: CallPlan | None = None  # made only when a call needs more than one attempt
+        self.ticket: Ticket | None = None  # the first attempt's, while no plan holds it
 
     def start(self, timeout: float | None) -> None:
-        route = self.route
-        self.plan = plan = route.plan(timeout)
+        """Admit the call and start its first attempt (or hand it to its plan)."""
+        self.timeout, self.parent = timeout, _deadline.get()
         try:
-            step = plan.start()
-            if type(step) is Attempt and step.target == route.service:
-                token = _deadline.set(step.deadline)  # for what the call runs (an inner interceptor)
-                try:
-                    self.call = call = self._attempt_call(step.left)
-                finally:
-                    _deadline.reset(token)
-                if type(call) is _PLAIN_CALL:
-                    call.add_done_callback(self._ended)
-                    return
-                step = None  # another kind of call: awaited in the task
-        except BaseException as error:
-            plan.close()
+            admitted = self.route.admit(timeout, self.parent)
+        except Exception as error:  # as the plan would raise it from its first step
             self._decided_error(error)
             return
-        self._go_on(step)
+        left = admitted.deadline - self.route.ex.clock() if type(admitted) is Ticket else 0.0
+        if left <= 0:  # refused, or no time left
+            plan = self._plan()
+            self._settle(plan, lambda: plan.begin(admitted))
+            return
+        self.ticket = ticket = admitted  # type: ignore[assignment]
+        token = _deadline.set(ticket.deadline)  # for what the call runs (an inner interceptor)
+        try:
+            self.call = call = self._attempt_call(left)
+        except Exception as exc:
+            plan = self._adopted()
+            self._settle(plan, functools.partial(plan.failed, exc))
+            return
+        finally:
+            _deadline.reset(token)
+        if type(call) is _PLAIN_CALL:
+            call.add_done_callback(self._ended)
+        else:  # another kind of call: awaited in a task
+            self._adopted()
+            self._go_on(None)
+
+    def _plan(self) -> CallPlan:
+        self.plan = plan = self.route.plan(self.timeout, self.parent)
+        return plan
+
+    def _adopted(self) -> CallPlan:
+        """The plan, holding the first attempt's ticket from now on."""
+        plan = self._plan()
+        ticket, self.ticket = self.ticket, None
+        assert ticket is not None
+        plan.adopt(ticket)
+        return plan
 
     def _attempt_call(self, left: float) -> Any:
         return self.inner(
@@ -112,32 +138,44 @@ class Run:
 
     def _ended(self, call: Any) -> None:
         """The first attempt ended (grpc's done-callback)."""
-        plan = self.plan
-        assert plan is not None
-        if self.outcome.done():  # the caller cancelled: no outcome, nothing more
-            plan.close()
+        ex = self.route.ex
+        ticket = self.ticket
+        assert ticket is not None
+        if self.outcome.done() or call.cancelled():  # cancelled: no outcome, nothing more
+            self.ticket = None
+            ex.release(ticket)
+            ex.abandon(ticket)
+            if not self.outcome.done():  # by grpc (its channel closed), as an awaited call
+                self.outcome.cancel()
             return
-        if call.cancelled():  # by grpc (its channel closed): as an awaited call would, it ends here
-            plan.close()
-            self.outcome.cancel()
+        ok = call._cython_call.is_ok()
+        if ok and ex.clock() <= ticket.deadline:  # the common call, done
+            self.ticket = None
+            ex.succeeded(ticket)
+            self.outcome.set_result(call)
             return
-        if not call._cython_call.is_ok():
+        plan = self._adopted()
+        if ok:
+            self._settle(plan, lambda: plan.succeeded(call))  # late: it counts as a timeout
+        else:
             self._go_on(None)  # what it failed with is read by awaiting it
-            return
+
+    def _settle(self, plan: CallPlan, next_step: Callable[[], Step]) -> None:
+        """Take the plan's next step: the call is decided here, or goes on in a task."""
         try:
-            step = plan.succeeded(call)
+            step = next_step()
         except BaseException as error:
             plan.close()
             self._decided_error(error)
             return
-        if type(step) is Done:
-            plan.close()
-            if step.error is None:
-                self.outcome.set_result(step.result)
-            else:
-                self._decided_error(step.error)
+        if type(step) is not Done:
+            self._go_on(step)
             return
-        self._go_on(step)
+        plan.close()
+        if step.error is None:
+            self.outcome.set_result(step.result)
+        else:
+            self._decided_error(step.error)
 
     def _go_on(self, step: Step | None) -> None:
         """The rest of the plan in a task (``step`` None: the call in flight is awaited first)."""

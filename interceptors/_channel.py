@@ -8,117 +8,17 @@ needs (its service, operation, fallbacks) is worked out once, when the stub is m
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 from grpc._interceptor import _FailureOutcome  # what grpc's future() hands back for a failure
-from mission_control.client.agent import MissionControl
-from mission_control.client.attempts import Attempt, CallPlan, Done
+from mission_control.client.admission import Ticket
 from mission_control.client.deadline import _deadline
-from mission_control.client.outcomes import Outcomes
 
-from ._client import StreamEnded, _watched, start_stream
-from ._client_common import ServiceMap, ServiceNamer, operation_of, response_class
+from ._client import StreamEnded, _watched
 from ._future import unary_future
-
-
-class Route:
-    """What every call of one method shares: its service, operation and protection."""
-
-    __slots__ = (
-        "ex",
-        "fallback_channels",
-        "fallback_names",
-        "idempotent",
-        "kind",
-        "method",
-        "operation",
-        "outcomes",
-        "service",
-    )
-
-    def __init__(self, protection: Protection, method: str) -> None:
-        self.ex = protection.ex
-        self.method = method
-        self.service = protection.service_of(method)
-        self.operation = operation_of(method)
-        self.kind = protection.kind
-        self.fallback_channels = protection.fallback_channels
-        self.fallback_names = tuple(protection.fallback_channels)
-        self.idempotent = protection.idempotent
-        self.outcomes = protection.outcomes
-
-    def plan(self, timeout: float | None) -> CallPlan:
-        """One unary call's plan (as :meth:`Executor.plan`, without its keyword handling)."""
-        return CallPlan(
-            self.ex,
-            self.service,
-            self.operation,
-            self.kind,
-            timeout,
-            None,
-            self.fallback_names,
-            self.idempotent,
-            self.outcomes,
-            _deadline.get(),
-        )
-
-    def fallbacks(self, request: Any, metadata: Any, shape: bool | None) -> dict[str, Callable[[float], Any]]:
-        """An attempt per fallback channel, in the shape the service's attempt has:
-        ``(response, call)`` when ``shape`` is True, the response when False, the call
-        when None (``.future()``)."""
-        method = self.method
-
-        def through(channel: Any) -> Callable[[float], Any]:
-            def attempt(left: float) -> Any:
-                stub = channel.unary_unary(
-                    method,
-                    request_serializer=type(request).SerializeToString,
-                    response_deserializer=response_class(method).FromString,
-                )
-                response, call = stub.with_call(request, timeout=left, metadata=metadata)
-                if shape is None:
-                    return call
-                return (response, call) if shape else response
-
-            return attempt
-
-        return {name: through(ch) for name, ch in self.fallback_channels.items()}
-
-    def stream(self, request: Any, timeout: float | None, caller_errors: Any, start: Any) -> Any:
-        return start_stream(
-            self.ex,
-            self.service,
-            self.operation,
-            self.kind,
-            timeout,
-            self.outcomes,
-            request,
-            caller_errors,
-            start,
-        )
-
-
-class Protection:
-    """The arguments of :func:`protected_channel`, checked once."""
-
-    def __init__(
-        self,
-        mc: MissionControl,
-        service: str | None,
-        services: ServiceMap,
-        kind: str | None,
-        fallback_channels: Mapping[str, Any] | None,
-        idempotent: bool,
-        outcomes: Outcomes | None,
-    ) -> None:
-        self.ex = mc.executor
-        self.service_of = ServiceNamer(service, services)
-        self.kind = kind
-        self.fallback_channels = dict(fallback_channels or {})
-        self.idempotent = idempotent
-        self.outcomes = outcomes
+from ._route import Protection, Route
 
 
 class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
@@ -163,8 +63,11 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
         compression: Any,
         with_call: bool,
     ) -> Any:
-        """A blocking call: the first attempt made here, the rest (if any) by the executor."""
+        """A blocking call: admitted and made here; a call that needs more (refused, failed,
+        late) goes on as a plan the executor carries out."""
         route = self._route
+        ex = route.ex
+        parent = _deadline.get()
 
         def attempt(left: float) -> Any:
             return inner(
@@ -176,29 +79,44 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
                 compression=compression,
             )
 
-        plan = route.plan(timeout)
+        admitted = route.admit(timeout, parent)
+        left = admitted.deadline - ex.clock() if type(admitted) is Ticket else 0.0
+        if left > 0:  # the common case: admitted, made, and (mostly) done here
+            ticket: Ticket = admitted  # type: ignore[assignment]
+            token = _deadline.set(ticket.deadline)
+            try:
+                result = attempt(left)
+            except Exception as exc:
+                failed: Exception | None = exc
+            except BaseException:
+                ex.release(ticket)
+                ex.abandon(ticket)
+                raise
+            else:
+                failed = None
+            finally:
+                _deadline.reset(token)
+            if failed is None and ex.clock() <= ticket.deadline:
+                ex.succeeded(ticket)
+                return result
+            plan = route.plan(timeout, parent)
+            plan.adopt(ticket)
+        else:
+            plan = route.plan(timeout, parent)
         try:
-            step = plan.start()
-            if type(step) is Attempt and step.target == route.service:
-                token = _deadline.set(step.deadline)
-                try:
-                    result = attempt(step.left)
-                except Exception as exc:
-                    step = plan.failed(exc)
-                else:
-                    step = plan.succeeded(result)
-                finally:
-                    _deadline.reset(token)
-                if type(step) is Done and step.error is None:
-                    plan.close()
-                    return step.result
+            if left <= 0:  # refused, or no time left: the plan says what follows
+                step = plan.begin(admitted)
+            elif failed is None:
+                step = plan.succeeded(result)  # late: it counts as a timeout
+            else:
+                step = plan.failed(failed)
         except BaseException:
             plan.close()
             raise
         functions: dict[str, Callable[[float], Any]] = {route.service: attempt}
         if route.fallback_names:
             functions.update(route.fallbacks(request, metadata, with_call))
-        return route.ex.drive(plan, step, functions)
+        return ex.drive(plan, step, functions)
 
     def future(
         self,
@@ -229,7 +147,7 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
 
         functions = {route.service: attempt, **route.fallbacks(request, metadata, None)}
         try:
-            return unary_future(route.ex, route.plan(timeout), start, functions)
+            return unary_future(route.ex, route.plan(timeout, _deadline.get()), start, functions)
         except Exception as exc:  # as grpc's intercepted future(): a failed future, not a raise
             return _FailureOutcome(exc, exc.__traceback__)  # type: ignore[arg-type]
 
