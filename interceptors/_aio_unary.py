@@ -31,8 +31,20 @@ class UnaryUnaryCall(_InterceptedUnaryResponseMixin, InterceptedCall, _base_call
     """What the caller gets: grpc's intercepted-call class over the call that decided."""
 
     def __init__(self, outcome: asyncio.Future[Any], run: Run) -> None:
-        super().__init__(outcome)  # type: ignore[arg-type]
+        # As InterceptedCall.__init__, but its hook for callbacks added before the outcome is
+        # known goes on the outcome only when one is added (most calls add none).
+        self._interceptors_task = outcome  # type: ignore[assignment]
+        self._pending_add_done_callbacks = []
         self._run = run
+
+    def add_done_callback(self, callback: Any) -> None:
+        if not self._pending_add_done_callbacks and not self._interceptors_task.done():
+            self._interceptors_task.add_done_callback(self._fire_or_add_pending_done_callbacks)
+        super().add_done_callback(callback)
+
+    def __del__(self) -> None:
+        if not self._interceptors_task.done():  # else cancel() could change nothing
+            self.cancel()
 
     def cancel(self) -> bool:
         cancelled: bool = super().cancel()
@@ -109,7 +121,9 @@ class Run:
         finally:
             _deadline.reset(token)
         if type(call) is _PLAIN_CALL:
-            call.add_done_callback(self._ended)
+            # when grpc's own task for it is over (not at its status, which comes earlier):
+            # whoever awaits then finds the response ready
+            call._invocation_task.add_done_callback(self._ended)
         else:  # another kind of call: awaited in a task
             self._adopted()
             self._go_on(None)
@@ -136,8 +150,9 @@ class Run:
             compression=self.compression,
         )
 
-    def _ended(self, call: Any) -> None:
-        """The first attempt ended (grpc's done-callback)."""
+    def _ended(self, _invocation: Any) -> None:
+        """The first attempt ended."""
+        call = self.call
         ex = self.route.ex
         ticket = self.ticket
         assert ticket is not None
