@@ -69,23 +69,20 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
         ex = route.ex
         parent = _deadline.get()
 
-        def attempt(left: float) -> Any:
-            return inner(
-                request,
-                timeout=left,
-                metadata=metadata,
-                credentials=credentials,
-                wait_for_ready=wait_for_ready,
-                compression=compression,
-            )
-
         admitted = route.admit(timeout, parent)
         left = admitted.deadline - ex.clock() if type(admitted) is Ticket else 0.0
         if left > 0:  # the common case: admitted, made, and (mostly) done here
             ticket: Ticket = admitted  # type: ignore[assignment]
             token = _deadline.set(ticket.deadline)
             try:
-                result = attempt(left)
+                result = inner(
+                    request,
+                    timeout=left,
+                    metadata=metadata,
+                    credentials=credentials,
+                    wait_for_ready=wait_for_ready,
+                    compression=compression,
+                )
             except Exception as exc:
                 failed: Exception | None = exc
             except BaseException:
@@ -113,6 +110,17 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
         except BaseException:
             plan.close()
             raise
+
+        def attempt(left: float) -> Any:
+            return inner(
+                request,
+                timeout=left,
+                metadata=metadata,
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            )
+
         functions: dict[str, Callable[[float], Any]] = {route.service: attempt}
         if route.fallback_names:
             functions.update(route.fallbacks(request, metadata, with_call))
