@@ -25,7 +25,7 @@ from grpc.aio._interceptor import (
 
 from ._aio_client import record_when_done
 from ._aio_unary import Run, UnaryUnaryCall
-from ._channel import Protection, Route
+from ._route import Protection, Route
 
 
 class _RefusedUnaryStream(_InterceptedStreamResponseMixin, InterceptedCall, _base_call.UnaryStreamCall):  # type: ignore[misc]
