@@ -20,6 +20,7 @@ from mission_control.client.attempts import CallPlan
 from mission_control.client.hedging import HedgeRun
 from mission_control.client.outcomes import Outcomes
 from mission_control.client.policy import Hedging
+from mission_control.client.view import ServiceState
 
 from ._client import start_stream
 from ._client_common import EndpointOf, ServiceMap, ServiceNamer, operation_of, response_class
@@ -42,6 +43,7 @@ class Route:
         "outcomes",
         "per_call",
         "service",
+        "state",
         "targeted",
     )
 
@@ -56,6 +58,7 @@ class Route:
         self.per_call = namer.endpoint is not None and namer.endpoint != "method"
         #: calls go by an endpoint's breaker, not always by the service's
         self.targeted = self.per_call or self.endpoint is not None
+        self.state: ServiceState | None = None  # the service's, once a call looked it up
         self.operation = operation_of(method)
         self.kind = protection.kind
         self.fallback_channels = protection.fallback_channels
@@ -75,7 +78,15 @@ class Route:
         decide it; a channel with fallbacks never hedges."""
         if self.fallback_names:
             return None
-        return self.ex.hedging_for(service, self.idempotent, None)
+        if service != self.service:  # an endpoint's breaker
+            return self.ex.hedging_for(service, self.idempotent, None)
+        state = self.state
+        if state is None:  # a service's state lives as long as the agent: kept, not looked up
+            self.state = state = self.ex.view.get(service)
+        policy = state.policy  # as Executor.hedging_for
+        if policy.hedging is None or not (self.idempotent or policy.idempotent):
+            return None
+        return policy.hedging
 
     def hedge_run(
         self, service: str, timeout: float | None, parent_deadline: float | None, hedging: Hedging
