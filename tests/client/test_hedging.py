@@ -222,3 +222,17 @@ def test_a_channel_with_fallbacks_is_not_hedged(path: str) -> None:
         tally = mc.view.get("echo").tally
         assert (up.calls, backup.calls) == (2, 0)
         assert tally.recovery_successes == 1  # a retry by the plan (a hedge is not a recovery)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_hedging_set_by_a_policy_change_applies_to_a_channel_already_in_use(path: str) -> None:
+    with Upstream("echo") as up:
+        mc = agent(echo_policy().replace(hedging=None))
+        channel = sync_channel(path, grpc.insecure_channel(up.address), mc, service="echo")
+        echo = pb_grpc.EchoServiceStub(channel).Echo
+        assert echo(pb.EchoRequest(text="a"), timeout=10).text == "a"
+        mc.view.set_policy("echo", echo_policy())
+        up.set("slow", delay_secs=5, times=1)
+        assert echo(pb.EchoRequest(text="b"), timeout=10).text == "b"
+        assert up.calls == 3  # one, then a slow one and its hedge
+        channel.close()
