@@ -109,9 +109,8 @@ class _Stream:
         route = self._route
         ex = route.ex
         try:
-            ticket = ex.admit(
-                route.target(metadata), route.operation, kind=route.kind, timeout=timeout, cost=None
-            )
+            service = route.target(metadata) if route.targeted else route.service
+            ticket = ex.admit(service, route.operation, kind=route.kind, timeout=timeout, cost=None)
         except Exception as error:
             return self._refused(_failed(error), request)
         try:
