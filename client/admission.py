@@ -186,8 +186,8 @@ class Admission:
             limit = state.policy.rate_limit_requests
             error = ResourceExhausted(requests, bucket.used(now), limit, retry_after=_finite(wait))
             return Refused(error, "rate_limit")
-        taken: list[tuple[TokenBucket | LeasedBudget, float]] = [(bucket, 1.0)]
-        for resource, amount in (cost or {}).items():
+        taken: list[tuple[TokenBucket | LeasedBudget, float]] = [(bucket, 1.0)] if cost else []
+        for resource, amount in cost.items() if cost else ():
             quota = state.leased.get(resource) or state.quotas.get(resource)
             if quota is None:
                 _give_back_units(taken)
@@ -200,7 +200,7 @@ class Admission:
                 return Refused(error, "quota")
             taken.append((quota, amount))
         if bulkhead and not state.bulkhead.enter():
-            _give_back_units(taken)
+            _give_back_units(taken or [(bucket, 1.0)])
             error = ResourceExhausted(
                 f"{state.name}.concurrency", state.bulkhead.in_flight, state.bulkhead.limit
             )

@@ -121,15 +121,27 @@ class CallPlan:
     def start(self) -> Step:
         return self._enter(self.service)
 
+    def begin(self, admitted: Ticket | Refused) -> Step:
+        """:meth:`start` with the service's admission already decided (``Executor.enter``
+        with this plan's arguments), by a caller that tried its fast path first."""
+        if type(admitted) is Refused:
+            return self._target_failed(admitted.error, None)
+        self.ticket = admitted  # type: ignore[assignment]
+        return self._attempt(admitted)  # type: ignore[arg-type]
+
+    def adopt(self, ticket: Ticket) -> None:
+        """Take over the service's first attempt, admitted and made by the caller: what it
+        ended with goes to :meth:`succeeded` or :meth:`failed` next."""
+        self.ticket = ticket
+
     def succeeded(self, result: Any) -> Step:
         ticket = self.ticket
         assert ticket is not None
         ex = self.ex
         if ex.clock() > ticket.deadline:  # a sync call cannot be interrupted: late is a timeout
             return self._failed(self._late(ticket))
-        ex.record(ticket, None)
         self.ticket = None
-        ex.release(ticket)
+        ex.succeeded(ticket)
         if self._queue is not None:
             ex.fell_back(ex.view.get(self.service), ticket.service, True)
         elif self._attempted:

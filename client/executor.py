@@ -256,6 +256,26 @@ class Executor:
             outcomes = dataclasses.replace(outcomes, base=wider)
         return classify(ticket, exc, outcomes, lists)
 
+    def succeeded(self, ticket: Ticket) -> None:
+        """An ordinary attempt succeeded: :meth:`record` and :meth:`release` in one locked
+        section (the common call's whole bookkeeping after it returns)."""
+        if ticket.probe is not None or ticket.shadow is not None:
+            self.record(ticket, None)
+            self.release(ticket)
+            return
+        state = ticket.state
+        now = self.clock()
+        with state.lock:
+            if state.running or state.policy.slow_call is not None:
+                self._timed(state, ticket, now, True)  # a slow success is still a success
+            tally = state.tally
+            tally.successes += 1
+            tally.trailing_failures = 0
+            local = state.local
+            if local.consecutive_failures or local.policy.failure_rate is not None:
+                local.record(now, 1, 0, 0)  # else a success changes nothing there
+            state.bulkhead.leave()
+
     def record(self, ticket: Ticket, failure: Failure | None) -> None:
         """Count one attempt's outcome for the fleet and the local breaker."""
         state = ticket.state

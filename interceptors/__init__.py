@@ -30,9 +30,10 @@ from ._aio_client import (
     AioUnaryUnaryInterceptor,
 )
 from ._aio_server import AioServerInterceptor
-from ._channel import ProtectedChannel, Protection
+from ._channel import ProtectedChannel
 from ._client import ClientInterceptor
 from ._client_common import EndpointOf, ServiceMap, check_mc
+from ._route import Protection
 from ._server import ServerInterceptor
 
 __all__ = [

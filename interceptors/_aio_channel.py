@@ -25,7 +25,7 @@ from grpc.aio._interceptor import (
 
 from ._aio_client import record_when_done
 from ._aio_unary import Run, UnaryUnaryCall
-from ._channel import Protection, Route
+from ._route import Protection, Route
 
 
 class _RefusedUnaryStream(_InterceptedStreamResponseMixin, InterceptedCall, _base_call.UnaryStreamCall):  # type: ignore[misc]
@@ -109,9 +109,8 @@ class _Stream:
         route = self._route
         ex = route.ex
         try:
-            ticket = ex.admit(
-                route.target(metadata), route.operation, kind=route.kind, timeout=timeout, cost=None
-            )
+            service = route.target(metadata) if route.targeted else route.service
+            ticket = ex.admit(service, route.operation, kind=route.kind, timeout=timeout, cost=None)
         except Exception as error:
             return self._refused(_failed(error), request)
         try:

@@ -4,33 +4,49 @@ The common call is decided, started and settled without awaiting anything of our
 first attempt starts when the caller makes the call (as grpc's does), and its done-callback
 records the outcome and hands the call to whoever awaits. Only a call that needs more —
 a retry, a fallback, a failed attempt to read — goes on in a task, through the executor's
-asyncio loop, exactly as behind the aio interceptors.
+asyncio loop, exactly as behind the aio interceptors. A hedged call (an idempotent one
+whose policy hedges) runs in a task too, each attempt a call of its own, as behind them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc.aio
 from grpc.aio import _base_call
 from grpc.aio._call import UnaryUnaryCall as _PLAIN_CALL  # grpc's own: its status is readable when it ends
 from grpc.aio._interceptor import InterceptedCall, _InterceptedUnaryResponseMixin
-from mission_control.client.attempts import Attempt, CallPlan, Done, Step
+from mission_control.client.admission import Ticket
+from mission_control.client.attempts import CallPlan, Done, Step
 from mission_control.client.deadline import _deadline
+from mission_control.client.hedging import run_hedged_async
 
 from ._aio_client import decided, fallback_attempts
 from ._aio_failed import FailedCall
-from ._channel import Route
+from ._route import Route
 
 
 class UnaryUnaryCall(_InterceptedUnaryResponseMixin, InterceptedCall, _base_call.UnaryUnaryCall):  # type: ignore[misc]
     """What the caller gets: grpc's intercepted-call class over the call that decided."""
 
     def __init__(self, outcome: asyncio.Future[Any], run: Run) -> None:
-        super().__init__(outcome)  # type: ignore[arg-type]
+        # As InterceptedCall.__init__, but its hook for callbacks added before the outcome is
+        # known goes on the outcome only when one is added (most calls add none).
+        self._interceptors_task = outcome  # type: ignore[assignment]
+        self._pending_add_done_callbacks = []
         self._run = run
+
+    def add_done_callback(self, callback: Any) -> None:
+        if not self._pending_add_done_callbacks and not self._interceptors_task.done():
+            self._interceptors_task.add_done_callback(self._fire_or_add_pending_done_callbacks)
+        super().add_done_callback(callback)
+
+    def __del__(self) -> None:
+        if not self._interceptors_task.done():  # else cancel() could change nothing
+            self.cancel()
 
     def cancel(self) -> bool:
         cancelled: bool = super().cancel()
@@ -49,11 +65,14 @@ class Run:
         "inner",
         "metadata",
         "outcome",
+        "parent",
         "plan",
         "request",
         "route",
         "service",
         "task",
+        "ticket",
+        "timeout",
         "wait_for_ready",
     )
 
@@ -78,34 +97,58 @@ class Run:
         self.outcome = outcome
         self.call: Any = None  # the attempt in flight, when started here
         self.task: asyncio.Task[None] | None = None
-        self.plan: CallPlan | None = None
-        self.service = route.service  # the breaker name it goes by (its endpoint's, if any)
+        self.plan: CallPlan | None = None  # made only when a call needs more than one attempt
+        self.ticket: Ticket | None = None  # the first attempt's, while no plan holds it
 
     def start(self, timeout: float | None) -> None:
+        """Admit the call and start its first attempt (or hand it to its plan)."""
         route = self.route
+        self.timeout, self.parent = timeout, _deadline.get()
         try:
-            self.service = route.target(self.metadata)
-        except BaseException as error:  # an endpoint name that is no name
+            self.service = service = route.target(self.metadata) if route.targeted else route.service
+            hedging = route.hedging(service)
+            if hedging is not None:
+                run = route.hedge_run(service, timeout, self.parent, hedging)
+                self._go_on_with(run_hedged_async(run, self._attempt))
+                return
+            admitted = route.admit(timeout, self.parent, service)
+        except Exception as error:  # as the plan would raise it from its first step
             self._decided_error(error)
             return
-        self.plan = plan = route.plan(timeout, self.service)
-        try:
-            step = plan.start()
-            if type(step) is Attempt and step.target == self.service:
-                token = _deadline.set(step.deadline)  # for what the call runs (an inner interceptor)
-                try:
-                    self.call = call = self._attempt_call(step.left)
-                finally:
-                    _deadline.reset(token)
-                if type(call) is _PLAIN_CALL:
-                    call.add_done_callback(self._ended)
-                    return
-                step = None  # another kind of call: awaited in the task
-        except BaseException as error:
-            plan.close()
-            self._decided_error(error)
+        left = admitted.deadline - self.route.ex.clock() if type(admitted) is Ticket else 0.0
+        if left <= 0:  # refused, or no time left
+            plan = self._plan()
+            self._settle(plan, lambda: plan.begin(admitted))
             return
-        self._go_on(step)
+        self.ticket = ticket = admitted  # type: ignore[assignment]
+        token = _deadline.set(ticket.deadline)  # for what the call runs (an inner interceptor)
+        try:
+            self.call = call = self._attempt_call(left)
+        except Exception as exc:
+            plan = self._adopted()
+            self._settle(plan, functools.partial(plan.failed, exc))
+            return
+        finally:
+            _deadline.reset(token)
+        if type(call) is _PLAIN_CALL:
+            # when grpc's own task for it is over (not at its status, which comes earlier):
+            # whoever awaits then finds the response ready
+            call._invocation_task.add_done_callback(self._ended)
+        else:  # another kind of call: awaited in a task
+            self._adopted()
+            self._go_on(None)
+
+    def _plan(self) -> CallPlan:
+        self.plan = plan = self.route.plan(self.timeout, self.parent, self.service)
+        return plan
+
+    def _adopted(self) -> CallPlan:
+        """The plan, holding the first attempt's ticket from now on."""
+        plan = self._plan()
+        ticket, self.ticket = self.ticket, None
+        assert ticket is not None
+        plan.adopt(ticket)
+        return plan
 
     def _attempt_call(self, left: float) -> Any:
         return self.inner(
@@ -117,42 +160,58 @@ class Run:
             compression=self.compression,
         )
 
-    def _ended(self, call: Any) -> None:
-        """The first attempt ended (grpc's done-callback)."""
-        plan = self.plan
-        assert plan is not None
-        if self.outcome.done():  # the caller cancelled: no outcome, nothing more
-            plan.close()
+    def _ended(self, _invocation: Any) -> None:
+        """The first attempt ended."""
+        call = self.call
+        ex = self.route.ex
+        ticket = self.ticket
+        assert ticket is not None
+        if self.outcome.done() or call.cancelled():  # cancelled: no outcome, nothing more
+            self.ticket = None
+            ex.release(ticket)
+            ex.abandon(ticket)
+            if not self.outcome.done():  # by grpc (its channel closed), as an awaited call
+                self.outcome.cancel()
             return
-        if call.cancelled():  # by grpc (its channel closed): as an awaited call would, it ends here
-            plan.close()
-            self.outcome.cancel()
+        ok = call._cython_call.is_ok()
+        if ok and ex.clock() <= ticket.deadline:  # the common call, done
+            self.ticket = None
+            ex.succeeded(ticket)
+            self.outcome.set_result(call)
             return
-        if not call._cython_call.is_ok():
+        plan = self._adopted()
+        if ok:
+            self._settle(plan, lambda: plan.succeeded(call))  # late: it counts as a timeout
+        else:
             self._go_on(None)  # what it failed with is read by awaiting it
-            return
+
+    def _settle(self, plan: CallPlan, next_step: Callable[[], Step]) -> None:
+        """Take the plan's next step: the call is decided here, or goes on in a task."""
         try:
-            step = plan.succeeded(call)
+            step = next_step()
         except BaseException as error:
             plan.close()
             self._decided_error(error)
             return
-        if type(step) is Done:
-            plan.close()
-            if step.error is None:
-                self.outcome.set_result(step.result)
-            else:
-                self._decided_error(step.error)
+        if type(step) is not Done:
+            self._go_on(step)
             return
-        self._go_on(step)
+        plan.close()
+        if step.error is None:
+            self.outcome.set_result(step.result)
+        else:
+            self._decided_error(step.error)
 
     def _go_on(self, step: Step | None) -> None:
         """The rest of the plan in a task (``step`` None: the call in flight is awaited first)."""
-        self.task = asyncio.get_running_loop().create_task(self._rest(step))
+        self._go_on_with(self._drive(step))
 
-    async def _rest(self, step: Step | None) -> None:
+    def _go_on_with(self, rest: Awaitable[Any]) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._rest(rest))
+
+    async def _rest(self, rest: Awaitable[Any]) -> None:
         try:
-            result = await decided(self._drive(step))
+            result = await decided(rest)
         except BaseException as error:
             if not self.outcome.done():
                 if isinstance(error, asyncio.CancelledError):
@@ -181,14 +240,15 @@ class Run:
                 raise
         return await route.ex.drive_async(plan, step, self._functions(route))
 
-    def _functions(self, route: Route) -> dict[str, Callable[[float], Any]]:
-        async def attempt(left: float) -> Any:
-            self.call = call = self._attempt_call(left)
-            await call  # raises the call's AioRpcError
-            return call
+    async def _attempt(self, left: float) -> Any:
+        self.call = call = self._attempt_call(left)
+        await call  # raises the call's AioRpcError
+        return call
 
+    def _functions(self, route: Route) -> dict[str, Callable[[float], Any]]:
+        service = self.service
         fallbacks = fallback_attempts(route.fallback_channels, route.method, self.request, self.metadata)
-        return {self.service: attempt, **fallbacks} if fallbacks else {self.service: attempt}
+        return {service: self._attempt, **fallbacks} if fallbacks else {service: self._attempt}
 
     def _decided_error(self, error: BaseException) -> None:
         if isinstance(error, grpc.aio.AioRpcError) or not isinstance(error, Exception):

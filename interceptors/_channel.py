@@ -4,129 +4,27 @@ Each multi-callable of :class:`ProtectedChannel` decides its calls as the
 :class:`~._client.ClientInterceptor` does and calls the underlying channel's multi-callable
 directly: no call details, outcome wrappers or continuations per call, and what a method
 needs (its service, operation, fallbacks) is worked out once, when the stub is made.
+
+An idempotent unary call whose policy hedges is hedged as behind the interceptor (see
+``client.hedging``), each attempt a call of grpc's own ``.future()``: a loser still running
+when another wins is cancelled (it counts as neither). As behind the interceptor,
+``.future()`` of a hedged call hands back the call once one has won.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 from grpc._interceptor import _FailureOutcome  # what grpc's future() hands back for a failure
-from mission_control.client.agent import MissionControl
-from mission_control.client.attempts import CallPlan
+from mission_control.client.admission import Ticket
 from mission_control.client.deadline import _deadline
-from mission_control.client.outcomes import Outcomes
+from mission_control.client.hedging import run_hedged
 
-from ._client import StreamEnded, _watched, start_stream
-from ._client_common import EndpointOf, ServiceMap, ServiceNamer, operation_of, response_class
+from ._client import StreamEnded, _watched
 from ._future import unary_future
-
-
-class Route:
-    """What every call of one method shares: its service, operation and protection."""
-
-    __slots__ = (
-        "ex",
-        "fallback_channels",
-        "fallback_names",
-        "idempotent",
-        "kind",
-        "method",
-        "namer",
-        "operation",
-        "outcomes",
-        "service",
-    )
-
-    def __init__(self, protection: Protection, method: str) -> None:
-        self.ex = protection.ex
-        self.method = method
-        self.namer = protection.service_of
-        self.service = self.namer(method)
-        self.operation = operation_of(method)
-        self.kind = protection.kind
-        self.fallback_channels = protection.fallback_channels
-        self.fallback_names = tuple(protection.fallback_channels)
-        self.idempotent = protection.idempotent
-        self.outcomes = protection.outcomes
-
-    def target(self, metadata: Any) -> str:
-        """The breaker name a call goes by: the method's service, or its endpoint's."""
-        if self.namer.endpoint is None:
-            return self.service
-        return self.namer.target(self.ex, self.method, metadata)  # type: ignore[no-any-return]
-
-    def plan(self, timeout: float | None, service: str) -> CallPlan:
-        """One unary call's plan (as :meth:`Executor.plan`, without its keyword handling)."""
-        return CallPlan(
-            self.ex,
-            service,
-            self.operation,
-            self.kind,
-            timeout,
-            None,
-            self.fallback_names,
-            self.idempotent,
-            self.outcomes,
-            _deadline.get(),
-        )
-
-    def fallbacks(self, request: Any, metadata: Any, blocking: bool) -> dict[str, Callable[[float], Any]]:
-        """An attempt per fallback channel, in the shape the service's attempt has:
-        ``(response, call)`` when ``blocking``, else the call."""
-        method = self.method
-
-        def through(channel: Any) -> Callable[[float], Any]:
-            def attempt(left: float) -> Any:
-                stub = channel.unary_unary(
-                    method,
-                    request_serializer=type(request).SerializeToString,
-                    response_deserializer=response_class(method).FromString,
-                )
-                response, call = stub.with_call(request, timeout=left, metadata=metadata)
-                return (response, call) if blocking else call
-
-            return attempt
-
-        return {name: through(ch) for name, ch in self.fallback_channels.items()}
-
-    def stream(
-        self, request: Any, timeout: float | None, metadata: Any, caller_errors: Any, start: Any
-    ) -> Any:
-        return start_stream(
-            self.ex,
-            self.target(metadata),
-            self.operation,
-            self.kind,
-            timeout,
-            self.outcomes,
-            request,
-            caller_errors,
-            start,
-        )
-
-
-class Protection:
-    """The arguments of :func:`protected_channel`, checked once."""
-
-    def __init__(
-        self,
-        mc: MissionControl,
-        service: str | None,
-        services: ServiceMap,
-        kind: str | None,
-        fallback_channels: Mapping[str, Any] | None,
-        idempotent: bool,
-        outcomes: Outcomes | None,
-        endpoint: EndpointOf = None,
-    ) -> None:
-        self.ex = mc.executor
-        self.service_of = ServiceNamer(service, services, endpoint)
-        self.kind = kind
-        self.fallback_channels = dict(fallback_channels or {})
-        self.idempotent = idempotent
-        self.outcomes = outcomes
+from ._route import Protection, Route
 
 
 class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
@@ -143,7 +41,9 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        return self.with_call(request, timeout, metadata, credentials, wait_for_ready, compression)[0]
+        return self._blocking(
+            self._inner, request, timeout, metadata, credentials, wait_for_ready, compression, False
+        )
 
     def with_call(
         self,
@@ -154,8 +54,74 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
+        return self._blocking(
+            self._inner.with_call, request, timeout, metadata, credentials, wait_for_ready, compression, True
+        )
+
+    def _blocking(
+        self,
+        inner: Callable[..., Any],
+        request: Any,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
+        compression: Any,
+        with_call: bool,
+    ) -> Any:
+        """A blocking call: admitted and made here; a call that needs more (refused, failed,
+        late) goes on as a plan the executor carries out."""
         route = self._route
-        inner = self._inner.with_call
+        ex = route.ex
+        parent = _deadline.get()
+        service = route.target(metadata) if route.targeted else route.service
+        hedging = route.hedging(service)
+        if hedging is not None:
+            hedged = self._hedged(request, timeout, metadata, credentials, wait_for_ready, compression)
+            run = route.hedge_run(service, timeout, parent, hedging)
+            return run_hedged(run, hedged, _with_call if with_call else _result)
+
+        admitted = route.admit(timeout, parent, service)
+        left = admitted.deadline - ex.clock() if type(admitted) is Ticket else 0.0
+        if left > 0:  # the common case: admitted, made, and (mostly) done here
+            ticket: Ticket = admitted  # type: ignore[assignment]
+            token = _deadline.set(ticket.deadline)
+            try:
+                result = inner(
+                    request,
+                    timeout=left,
+                    metadata=metadata,
+                    credentials=credentials,
+                    wait_for_ready=wait_for_ready,
+                    compression=compression,
+                )
+            except Exception as exc:
+                failed: Exception | None = exc
+            except BaseException:
+                ex.release(ticket)
+                ex.abandon(ticket)
+                raise
+            else:
+                failed = None
+            finally:
+                _deadline.reset(token)
+            if failed is None and ex.clock() <= ticket.deadline:
+                ex.succeeded(ticket)
+                return result
+            plan = route.plan(timeout, parent, service)
+            plan.adopt(ticket)
+        else:
+            plan = route.plan(timeout, parent, service)
+        try:
+            if left <= 0:  # refused, or no time left: the plan says what follows
+                step = plan.begin(admitted)
+            elif failed is None:
+                step = plan.succeeded(result)  # late: it counts as a timeout
+            else:
+                step = plan.failed(failed)
+        except BaseException:
+            plan.close()
+            raise
 
         def attempt(left: float) -> Any:
             return inner(
@@ -167,13 +133,34 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
                 compression=compression,
             )
 
-        service = route.target(metadata)
+        functions: dict[str, Callable[[float], Any]] = {service: attempt}
         if route.fallback_names:
-            functions = {service: attempt, **route.fallbacks(request, metadata, True)}
-        else:
-            functions = {service: attempt}
-        plan = route.plan(timeout, service)
-        return route.ex.drive(plan, plan.start(), functions)
+            functions.update(route.fallbacks(request, metadata, with_call))
+        return ex.drive(plan, step, functions)
+
+    def _hedged(
+        self,
+        request: Any,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
+        compression: Any,
+    ) -> Callable[[float], Any]:
+        """How a hedged call sends one attempt: grpc's future of it, not waited for."""
+        inner = self._inner.future
+
+        def start(left: float) -> Any:
+            return inner(
+                request,
+                timeout=left,
+                metadata=metadata,
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            )
+
+        return start
 
     def future(
         self,
@@ -203,9 +190,14 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
             return outcome
 
         try:
-            service = route.target(metadata)
-            functions = {service: attempt, **route.fallbacks(request, metadata, False)}
-            return unary_future(route.ex, route.plan(timeout, service), start, functions)
+            parent = _deadline.get()
+            service = route.target(metadata) if route.targeted else route.service
+            hedging = route.hedging(service)
+            if hedging is not None:
+                run = route.hedge_run(service, timeout, parent, hedging)
+                return run_hedged(run, start, _call)
+            functions = {service: attempt, **route.fallbacks(request, metadata, None)}
+            return unary_future(route.ex, route.plan(timeout, parent, service), start, functions)
         except Exception as exc:  # as grpc's intercepted future(): a failed future, not a raise
             return _FailureOutcome(exc, exc.__traceback__)  # type: ignore[arg-type]
 
@@ -267,9 +259,8 @@ class _StreamUnary(grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
         compression: Any = None,
     ) -> Any:
         route, ex = self._route, self._route.ex
-        ticket = ex.admit(
-            route.target(metadata), route.operation, kind=route.kind, timeout=timeout, cost=None
-        )
+        service = route.target(metadata) if route.targeted else route.service
+        ticket = ex.admit(service, route.operation, kind=route.kind, timeout=timeout, cost=None)
         errors: list[BaseException] = []
         try:
             response, call = self._inner.with_call(
@@ -344,6 +335,18 @@ class _StreamStream(grpc.StreamStreamMultiCallable):  # type: ignore[misc]
             )
 
         return self._route.stream(request_iterator, timeout, metadata, [], start)
+
+
+def _result(future: Any) -> Any:
+    return future.result()
+
+
+def _with_call(future: Any) -> Any:
+    return future.result(), future
+
+
+def _call(future: Any) -> Any:
+    return future
 
 
 class ProtectedChannel(grpc.Channel):  # type: ignore[misc]

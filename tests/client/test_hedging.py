@@ -1,4 +1,5 @@
-"""Hedged requests through guard (sync and async) and the gRPC interceptors (sync and aio):
+"""Hedged requests through guard (sync and async), the gRPC interceptors and the protected
+channels (sync and aio):
 who wins, what is cancelled, and that hedges take units and retry budget like attempts."""
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import pytest
 from mission_control.client import ConfigurationError, MissionControl, OperationTimeout, StorageFailure
 from mission_control.client.config import config_to_toml, load_config
 from mission_control.client.policy import Hedging, RetryBudget, ServicePolicy
-from mission_control.interceptors import aio_protected_channel, protected_channel
+from mission_control.interceptors import protected_channel
 
 from tests.support import echo_pb2 as pb
 from tests.support import echo_pb2_grpc as pb_grpc
+from tests.support.channels import PATHS, aio_channel, sync_channel
 from tests.support.upstream import Upstream
 
 HEDGED = ServicePolicy(
@@ -169,18 +171,68 @@ def slow_once() -> Any:
         yield upstream
 
 
-def test_the_sync_interceptor_hedges(slow_once: Upstream) -> None:
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("how", ["call", "with_call", "future"])
+def test_the_sync_paths_hedge(slow_once: Upstream, path: str, how: str) -> None:
     mc = agent(echo_policy())
-    channel = protected_channel(grpc.insecure_channel(slow_once.address), mc, service="echo")
-    reply = pb_grpc.EchoServiceStub(channel).Echo(pb.EchoRequest(text="hi"), timeout=10)
+    channel = sync_channel(path, grpc.insecure_channel(slow_once.address), mc, service="echo")
+    echo = pb_grpc.EchoServiceStub(channel).Echo
+    request = pb.EchoRequest(text="hi")
+    if how == "call":
+        reply = echo(request, timeout=10)
+    elif how == "with_call":
+        reply, call = echo.with_call(request, timeout=10)
+        assert call.code() is grpc.StatusCode.OK
+    else:
+        reply = echo.future(request, timeout=10).result()
     assert reply.text == "hi" and slow_once.calls == 2
     channel.close()
 
 
-async def test_the_aio_interceptor_hedges_and_cancels_the_loser(slow_once: Upstream) -> None:
+@pytest.mark.parametrize("path", PATHS)
+async def test_the_aio_paths_hedge_and_cancel_the_loser(slow_once: Upstream, path: str) -> None:
     mc = agent(echo_policy())
-    async with aio_protected_channel(slow_once.address, mc, service="echo") as channel:
+    async with aio_channel(path, slow_once.address, mc, service="echo") as channel:
         reply = await pb_grpc.EchoServiceStub(channel).Echo(pb.EchoRequest(text="hi"), timeout=10)
     assert reply.text == "hi" and slow_once.calls == 2
     tally = mc.view.get("echo").tally
     assert (tally.successes, tally.failures) == (1, 0)  # the cancelled loser counts as neither
+
+
+def test_the_protected_channel_cancels_the_sync_loser(slow_once: Upstream) -> None:
+    mc = agent(echo_policy())
+    channel = protected_channel(grpc.insecure_channel(slow_once.address), mc, service="echo")
+    assert pb_grpc.EchoServiceStub(channel).Echo(pb.EchoRequest(text="hi"), timeout=10).text == "hi"
+    tally = mc.view.get("echo").tally
+    assert (tally.successes, tally.failures) == (1, 0)  # not waited for: cancelled, neither
+    assert mc.view.get("echo").bulkhead.in_flight == 0
+    channel.close()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_channel_with_fallbacks_is_not_hedged(path: str) -> None:
+    with Upstream("echo") as up, Upstream("backup") as backup, grpc.insecure_channel(backup.address) as fb:
+        up.set("fail", times=1)
+        mc = agent(echo_policy().replace(max_retries=1))
+        channel = sync_channel(
+            path, grpc.insecure_channel(up.address), mc, service="echo", fallback_channels={"backup": fb}
+        )
+        assert pb_grpc.EchoServiceStub(channel).Echo(pb.EchoRequest(text="x"), timeout=10).text == "x"
+        channel.close()
+        tally = mc.view.get("echo").tally
+        assert (up.calls, backup.calls) == (2, 0)
+        assert tally.recovery_successes == 1  # a retry by the plan (a hedge is not a recovery)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_hedging_set_by_a_policy_change_applies_to_a_channel_already_in_use(path: str) -> None:
+    with Upstream("echo") as up:
+        mc = agent(echo_policy().replace(hedging=None))
+        channel = sync_channel(path, grpc.insecure_channel(up.address), mc, service="echo")
+        echo = pb_grpc.EchoServiceStub(channel).Echo
+        assert echo(pb.EchoRequest(text="a"), timeout=10).text == "a"
+        mc.view.set_policy("echo", echo_policy())
+        up.set("slow", delay_secs=5, times=1)
+        assert echo(pb.EchoRequest(text="b"), timeout=10).text == "b"
+        assert up.calls == 3  # one, then a slow one and its hedge
+        channel.close()
