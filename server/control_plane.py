@@ -140,6 +140,7 @@ class ControlPlane:
             store, self.prefix, self.policies, self.breakers, self.writer, self._set_store_ok, self._loaded
         )
         self.writer.on_reload = self.sync.reload
+        self.writer.on_lost_data = self.sync.lost_data
         #: Candidate policies in shadow mode, and how they fare (see :mod:`.shadow`).
         self.shadows = shadow_book(self.prefix)
         self.shadows.errors = self.policies.errors  # one list of refused values, shown by stats
