@@ -70,6 +70,8 @@ class StoreSync:
         #: seen with no record at its revision (made outside the control plane).
         self.is_record: Callable[[str], bool] = lambda key: False
         self.on_outside: Callable[[str, bytes | None, int], None] = lambda key, value, revision: None
+        #: Other keys followed: key -> called with each value (None: deleted).
+        self.records: dict[str, Callable[[bytes | None], None]] = {}
 
     def reload(self) -> None:
         """Read everything again (the watch is restarted after it) and hold what the store
@@ -230,6 +232,9 @@ class StoreSync:
             return True  # a bad candidate is refused and shown; no earlier one is looked for
         name = self._breaker_of(key)
         if name is None:
+            follow = self.records.get(key)
+            if follow is not None:
+                follow(value)
             return True
         if value is not None and revision <= self.breakers.revisions.get(name, 0):
             return True  # our own write, or older

@@ -379,6 +379,12 @@ class StateWriter:
                 self.policies.apply(write.key, write.value, result.revision)
         return result
 
+    async def record_lease_epoch(self, key: str, value: bytes) -> bool:
+        """Store the fleet-lease epoch record (see :mod:`.lease_epoch`), only while this
+        replica leads; True when stored. Raises StoreUnavailable."""
+        result = await self.commit([Write(key, value)], fenced=True, action="fleet.lease_epoch")
+        return result.ok
+
     # -- after the store lost its data ------------------------------------------
 
     async def _restore(self) -> None:
