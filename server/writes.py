@@ -155,7 +155,8 @@ class StateWriter:
             return WriteResult(WriteStatus.OK, result.revision)
         for guard in guards:
             holder = result.entries.get(guard.key)
-            if (holder.create_revision if holder else 0) != guard.create_revision:
+            created, lease = (holder.create_revision, holder.lease) if holder else (0, 0)
+            if created != guard.create_revision or (guard.lease and lease != guard.lease):
                 if self.fence is not None:
                     self.fence.fenced()
                 return WriteResult(WriteStatus.FENCED)
