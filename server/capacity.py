@@ -85,6 +85,7 @@ class CapacityLeaser:
         leased_before: whether an earlier leader may have leased (agents not back yet may
             be spending its leases). Without it, only agents that report a lease are
             evidence of one.
+        on_leased: called after leases were sent (the leader records its epoch).
     """
 
     def __init__(
@@ -97,6 +98,7 @@ class CapacityLeaser:
         wall: Callable[[], float] = time.time,
         grace: float = RECONNECT_GRACE_SECS,
         leased_before: Callable[[], bool] = lambda: False,
+        on_leased: Callable[[], None] = lambda: None,
     ) -> None:
         self.policies = policies
         self.send = send
@@ -105,6 +107,7 @@ class CapacityLeaser:
         self.wall = wall
         self.grace = grace
         self.leased_before = leased_before
+        self.on_leased = on_leased
         self.limits: dict[tuple[str, str], _Limit] = {}
         self._epoch: int | None = None
         self._warm_until = 0.0
@@ -255,6 +258,8 @@ class CapacityLeaser:
                 gone.append(holder)
         for holder in gone:  # no stream: it may be cut off, spending its last lease
             self._absent(limit, holder)
+        if len(gone) < len(shares):
+            self.on_leased()
 
     def usage(self) -> list[pb.FleetLimitUsage]:
         return [

@@ -37,6 +37,8 @@ from .engine import FleetBreakers
 from .fleet_roster import FleetRoster
 from .hub import Hub
 from .leadership import Leadership
+from .lease_epoch import RECORD as LEASE_EPOCH_RECORD
+from .lease_epoch import LeaseEpochs
 from .observability import FleetTelemetry
 from .outcome_ledger import BatchKey, OutcomeLedger
 from .policies import PolicyBook
@@ -128,8 +130,21 @@ class ControlPlane:
         self.relay: LeaderRelay | None = None
         #: The outcome batches this replica's engine counted (each is counted once).
         self.ledger = OutcomeLedger(clock=self.clock)
+        self.lease_epochs = LeaseEpochs(
+            f"{self.prefix}/{LEASE_EPOCH_RECORD}",
+            instance_id,
+            self._leader_epoch,
+            lambda: self.sync.loaded.is_set(),
+            lambda key, value: self.writer.record_lease_epoch(key, value),
+            self.policies.refused,
+        )
         self.capacity = CapacityLeaser(
-            self.policies.all, self.hub.send_to_agent, epoch=self._leader_epoch, clock=clock
+            self.policies.all,
+            self.hub.send_to_agent,
+            epoch=self.lease_epochs.epoch,
+            clock=clock,
+            leased_before=self.lease_epochs.leased_before,
+            on_leased=self.lease_epochs.leased,
         )
         self.admission = ServiceAdmission(self.policies, self.breakers, clock=clock)
         self.reports = ReportGate(self.policies.policy_of, clock=clock)
@@ -140,6 +155,8 @@ class ControlPlane:
             store, self.prefix, self.policies, self.breakers, self.writer, self._set_store_ok, self._loaded
         )
         self.writer.on_reload = self.sync.reload
+        self.writer.on_lost_data = self.sync.lost_data
+        self.sync.records[self.lease_epochs.key] = self.lease_epochs.apply
         #: Candidate policies in shadow mode, and how they fare (see :mod:`.shadow`).
         self.shadows = shadow_book(self.prefix)
         self.shadows.errors = self.policies.errors  # one list of refused values, shown by stats

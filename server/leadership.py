@@ -68,7 +68,7 @@ class Leadership:
         """The condition that fences a leader's writes, or None when not leading."""
         if not self.leading:
             return None
-        return Guard(self.key, self._create_revision)
+        return Guard(self.key, self._create_revision, self._lease)
 
     async def run(self) -> None:
         watcher = asyncio.create_task(self._follow_key(), name="Leadership._follow_key")

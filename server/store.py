@@ -57,6 +57,7 @@ class Entry:
     value: bytes
     mod_revision: int
     create_revision: int = 0
+    lease: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,10 +102,13 @@ class Write:
 @dataclass(frozen=True, slots=True)
 class Guard:
     """A transaction condition on another key: its create_revision must equal this one
-    (0 = the key must not exist). Used to fence writes to the current leader."""
+    (0 = the key must not exist) and, when ``lease`` is set, it must be held on that lease.
+    Used to fence writes to the current leader: revisions start over when etcd is wiped, so
+    another leader's key may be created at the same revision, but never on the same lease."""
 
     key: str
     create_revision: int
+    lease: int = 0
 
 
 class Store(Protocol):
@@ -263,6 +267,7 @@ class EtcdStore:
 
     async def commit(self, writes: Sequence[Write], guards: Sequence[Guard] = ()) -> TxnResult:
         compare = [KVService.txn_compare_create_revision(g.key, g.create_revision) for g in guards]
+        compare += [_lease_equals(g.key, g.lease) for g in guards if g.lease]
         ops = []
         for write in writes:
             if write.expected_revision is not None:
@@ -346,7 +351,16 @@ class EtcdStore:
 
 
 def _entry(kv) -> Entry:  # type: ignore[no-untyped-def]
-    return Entry(kv.key.decode(), bytes(kv.value), int(kv.mod_revision), int(kv.create_revision))
+    return Entry(
+        kv.key.decode(), bytes(kv.value), int(kv.mod_revision), int(kv.create_revision), int(kv.lease)
+    )
+
+
+def _lease_equals(key: str, lease: int):  # type: ignore[no-untyped-def]
+    compare = KVService.txn_compare_version(key, 0)
+    compare.target = compare.LEASE
+    compare.lease = lease
+    return compare
 
 
 def _mod_revision_equals(key: str, revision: int):  # type: ignore[no-untyped-def]

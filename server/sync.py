@@ -1,8 +1,10 @@
 """Follow the store: load every policy and breaker, then apply its watch.
 
 A compacted watch, a lost leadership or a store that lost its data reloads everything: a
-store whose revision went backwards or whose cluster id changed (wiped, or replaced) is
-reloaded without dropping what is held, and the leader writes it back. A
+store whose revision went backwards, whose cluster id changed (wiped, or replaced) or that
+holds a key at a lower revision than the one held here (wiped while this replica could not
+see it, and written past every revision it saw since) is reloaded without dropping what is
+held, and the leader writes it back. A
 value that does not parse — under ``policies/`` or ``breakers/`` — is refused, counted
 and shown (``PolicyBook.errors``), and never stops the rest; when nothing good is held
 for its key (a restart), the key's earlier revisions are read back to the newest good one.
@@ -68,6 +70,8 @@ class StoreSync:
         #: seen with no record at its revision (made outside the control plane).
         self.is_record: Callable[[str], bool] = lambda key: False
         self.on_outside: Callable[[str, bytes | None, int], None] = lambda key, value, revision: None
+        #: Other keys followed: key -> called with each value (None: deleted).
+        self.records: dict[str, Callable[[bytes | None], None]] = {}
 
     def reload(self) -> None:
         """Read everything again (the watch is restarted after it) and hold what the store
@@ -150,6 +154,10 @@ class StoreSync:
         entries, revision = await self.store.get_prefix(self.prefix)
         if revision < self.revision:
             self._lost_data(revision, self.revision, "noticed while loading")
+        else:
+            went_back = self._went_back(entries, revision)
+            if went_back:
+                self._lost_data(revision, self.revision, f"{went_back} is older than the revision held")
         self.revision = max(self.revision, revision)
         # After a loss of data, what the store lacks is kept until the leader restored it.
         keep_absent = self._keep_absent or self.writer.restore_pending
@@ -186,6 +194,33 @@ class StoreSync:
                 self.apply(self.breakers_prefix + name, None, revision)  # deleted meanwhile
         return revision
 
+    def went_back(self, key: str, mod_revision: int, at: int) -> bool:
+        """Whether the store, read at revision ``at``, holds ``key`` at a revision lower
+        than the one held here: a key's revision never decreases, so the store lost its
+        data (wiped and restarted with its old configuration, the same cluster id) and has
+        been written past every revision seen here since."""
+        held = self._held_revision(key)
+        return 0 < mod_revision < held <= at
+
+    def lost_data(self, detail: str) -> None:
+        """The store lost its data (noticed by a write): restore and reload, as :meth:`check`."""
+        self._lost_data(self.revision, self.revision, detail)
+        self.reload()
+
+    def _went_back(self, entries: list[Entry], at: int) -> str | None:
+        for entry in entries:
+            if self.went_back(entry.key, entry.mod_revision, at):
+                return f"{entry.key} at revision {entry.mod_revision}"
+        return None
+
+    def _held_revision(self, key: str) -> int:
+        service = self.policies.service_of(key)
+        if service is not None:
+            stored = self.policies.stored(service)
+            return stored[1] if stored is not None else 0
+        name = self._breaker_of(key)
+        return self.breakers.revisions.get(name, 0) if name is not None else 0
+
     def apply(self, key: str, value: bytes | None, revision: int) -> bool:
         """Apply one stored value; False when it was refused as malformed."""
         if self.policies.service_of(key) is not None:
@@ -197,6 +232,9 @@ class StoreSync:
             return True  # a bad candidate is refused and shown; no earlier one is looked for
         name = self._breaker_of(key)
         if name is None:
+            follow = self.records.get(key)
+            if follow is not None:
+                follow(value)
             return True
         if value is not None and revision <= self.breakers.revisions.get(name, 0):
             return True  # our own write, or older

@@ -116,6 +116,8 @@ class StateWriter:
         self.restore_pending = False
         #: Called when the store's state is to be read again (set by the control plane).
         self.on_reload: Callable[[], None] = lambda: None
+        #: Called when a write finds that the store lost its data (it restores and reloads).
+        self.on_lost_data: Callable[[str], None] = lambda detail: None
         #: Where every write is recorded, in its own transaction (None: not recorded).
         self.audit: AuditLog | None = None
         #: Called after every recorded write (the audit retention runs then).
@@ -153,7 +155,8 @@ class StateWriter:
             return WriteResult(WriteStatus.OK, result.revision)
         for guard in guards:
             holder = result.entries.get(guard.key)
-            if (holder.create_revision if holder else 0) != guard.create_revision:
+            created, lease = (holder.create_revision, holder.lease) if holder else (0, 0)
+            if created != guard.create_revision or (guard.lease and lease != guard.lease):
                 if self.fence is not None:
                     self.fence.fenced()
                 return WriteResult(WriteStatus.FENCED)
@@ -248,6 +251,7 @@ class StateWriter:
                 del self._pending[name]
         elif result.status is WriteStatus.CONFLICT:
             _log.info("breaker %s changed elsewhere; adopting the stored state", name)
+            self._went_back(name, result.current.get(key))
             self._adopt(name, result.current.get(key))
 
     async def _supersede(self) -> None:
@@ -268,12 +272,25 @@ class StateWriter:
         for name in sorted(self._pending):
             entry = await self.store.get(self.breaker_key(name))
             _log.warning("breaker %s: a decision not stored is superseded by %s", name, fence.leader_id)
+            self._went_back(name, entry)
             if entry is not None and entry.mod_revision == self.breakers.revisions.get(name, 0):
                 # memory holds a decision on top of the revision last seen: the stored
                 # state replaces it although that revision has not changed
                 self.breakers.revisions.pop(name, None)
             self.superseded += 1
             self._adopt(name, entry)
+
+    def _went_back(self, name: str, entry: Entry | None) -> None:
+        """A stored breaker (read just now) older than the revision held: a key's revision
+        never decreases, so the store lost its data while this replica could not see it. What it knows of the
+        old data is dropped (so the stored state is adopted) and everything is read again."""
+        held = self.breakers.revisions.get(name, 0)
+        if entry is None or not 0 < entry.mod_revision < held:
+            return
+        detail = f"breaker {name} stored at revision {entry.mod_revision}, {held} held"
+        _log.error("the store lost its data (%s)", detail)
+        self.breakers.revisions.pop(name, None)
+        self.on_lost_data(detail)
 
     def _adopt(self, name: str, entry: Entry | None) -> None:
         self._pending.pop(name, None)
@@ -362,6 +379,12 @@ class StateWriter:
             for write in writes:
                 self.policies.apply(write.key, write.value, result.revision)
         return result
+
+    async def record_lease_epoch(self, key: str, value: bytes) -> bool:
+        """Store the fleet-lease epoch record (see :mod:`.lease_epoch`), only while this
+        replica leads; True when stored. Raises StoreUnavailable."""
+        result = await self.commit([Write(key, value)], fenced=True, action="fleet.lease_epoch")
+        return result.ok
 
     # -- after the store lost its data ------------------------------------------
 

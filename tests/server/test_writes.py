@@ -29,9 +29,10 @@ class Fence:
     instance_id: str = "me"
     leader_id: str | None = "me"
     deposed: int = 0
+    lease: int = 0
 
     def guard(self) -> Guard | None:
-        return Guard(self.key, self.create_revision) if self.leading else None
+        return Guard(self.key, self.create_revision, self.lease) if self.leading else None
 
     def fenced(self) -> None:
         self.deposed += 1
@@ -74,6 +75,29 @@ async def test_a_lost_fence_is_fenced_not_a_conflict(writer: StateWriter, prefix
     assert result.status is WriteStatus.FENCED and fence.deposed == 1
     # not leading: refused without asking the store
     assert (await writer.commit([Write(f"{prefix}/b", b"1")], fenced=True)).status is WriteStatus.FENCED
+
+
+async def test_a_leader_key_created_again_at_the_same_revision_on_another_lease_fences(
+    writer: StateWriter, prefix: str
+) -> None:
+    """After etcd is wiped its revisions start over, and another replica's leader key may be
+    created at the very revision this one's was: only the lease tells them apart."""
+    store = writer.store
+    leader = f"{prefix}/leader"
+    mine = await store.grant_lease(30)
+    made = await writer.commit([Write(leader, b"me", 0, lease=mine)])
+    fence = Fence(leader, made.revision, lease=mine)
+    writer.fence = fence
+    assert (await writer.commit([Write(f"{prefix}/a", b"1")], fenced=True)).ok
+    other = await store.grant_lease(30)
+    # the same key, created at the same revision (as after a wipe), on another lease
+    await writer.commit([Write(leader, b"other", made.revision, lease=other)])
+    assert (await store.get(leader)).create_revision == made.revision  # type: ignore[union-attr]
+    result = await writer.commit([Write(f"{prefix}/a", b"2")], fenced=True)
+    assert result.status is WriteStatus.FENCED and fence.deposed == 1
+    assert (await store.get(f"{prefix}/a")).value == b"1"  # type: ignore[union-attr]
+    for lease in (mine, other):
+        await store.revoke_lease(lease)
 
 
 async def test_a_decision_fenced_stays_pending_until_another_leader_supersedes_it(

@@ -145,7 +145,9 @@ class MemEtcd:
     def read(self, key: str, revision: int) -> Entry | None:
         if not revision or revision >= self.revision:
             found = self.keys.get(key)
-            return Entry(key, found.value, found.mod_revision, found.create_revision) if found else None
+            if found is None:
+                return None
+            return Entry(key, found.value, found.mod_revision, found.create_revision, found.lease)
         if revision <= self.compacted:
             raise WatchCompacted(self.compacted)
         state: Entry | None = None
@@ -163,7 +165,10 @@ class MemEtcd:
         return state
 
     def txn(self, writes: Sequence[Write], guards: Sequence[Guard]) -> TxnResult:
-        ok = all(self._create_rev(g.key) == g.create_revision for g in guards)
+        ok = all(
+            self._create_rev(g.key) == g.create_revision and (not g.lease or self._lease_of(g.key) == g.lease)
+            for g in guards
+        )
         ok = ok and all(
             self._mod_rev(w.key) == w.expected_revision for w in writes if w.expected_revision is not None
         )
@@ -179,6 +184,10 @@ class MemEtcd:
     def _create_rev(self, key: str) -> int:
         found = self.keys.get(key)
         return found.create_revision if found else 0
+
+    def _lease_of(self, key: str) -> int:
+        found = self.keys.get(key)
+        return found.lease if found else 0
 
     def _mod_rev(self, key: str) -> int:
         found = self.keys.get(key)

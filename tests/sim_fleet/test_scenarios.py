@@ -58,3 +58,35 @@ def test_a_follower_converges_to_etcd_after_a_wipe_restored_by_a_leader_that_hol
 
     with quiet_logs():
         vloop.run(main())
+
+
+def test_a_replica_cut_off_during_a_wipe_notices_it_once_the_store_has_grown_past_it() -> None:
+    """The store is wiped while one replica cannot see it, and has written more since
+    than that replica ever saw: no revision seen goes backwards, but a breaker's key
+    now has a lower revision than the one held, which only a loss of data explains."""
+
+    async def main() -> None:
+        world = World(0)
+        first, second = await _fleet(world)
+        for _ in range(12):  # a high revision held for svc-a
+            await first.plane.set_breaker_state("svc-a", BreakerState.FORCED_OPEN, "operator")
+        held = lambda: first.plane.breakers.find("svc-a")  # noqa: E731
+        await _until(world, lambda: second.plane.breakers.find("svc-a") is not None, "pushed")
+        first.store.cut = True
+        world.etcd.wipe(new_cluster=False)  # etcd restarted empty with its old configuration
+        await _until(world, lambda: second.plane.leading, "the other replica leads the empty store")
+        await _until(world, lambda: not second.plane.writer.restore_pending, "restored")
+        await second.plane.set_breaker_state("svc-a", BreakerState.CLOSED, "operator")
+        for _ in range(40):  # the store grows past every revision the cut replica saw
+            await second.plane.set_breaker_state("svc-b", BreakerState.CLOSED, "operator")
+        assert world.etcd.revision > first.plane.sync.revision
+        first.store.cut = False
+        await _until(world, lambda: first.plane.sync.wipes > 0, "the cut replica notices the wipe")
+        await _until(world, lambda: held() is not None and held().state is BreakerState.CLOSED, "converged")
+        await asyncio.sleep(3.0)
+        checks._converged(world)
+        checks._leadership(world)
+        assert world.result.violations == []
+
+    with quiet_logs():
+        vloop.run(main())

@@ -22,11 +22,6 @@ ACTIVE_SECS = float(os.environ.get("MC_SIM_ACTIVE_SECS", "10"))
 FIRST_SEED = int(os.environ.get("MC_SIM_FIRST_SEED", "0"))
 #: Seeds whose schedules resend outcome batches (a stream broke before the acknowledgement came).
 RESENT_SEEDS = (0, 1, 8)
-#: Schedules that break I2 (and with it I1) in the writer's restore path, not in anything
-#: counted: etcd wiped twice while the leader is cut off from it, then a failover — the
-#: deposed replica ends holding a breaker state etcd never had. Known, not fixed yet: the
-#: strict xfail below fails once it is, and then these join the others.
-KNOWN_I2_SEEDS = (134,)
 
 
 def _run(seed: int) -> Result:
@@ -52,7 +47,7 @@ def _failures(results: list[Result], keep) -> list[str]:  # type: ignore[no-unty
 
 @pytest.mark.timeout(max(180, SCHEDULES * 2))
 def test_every_schedule_keeps_the_invariants() -> None:
-    seeds = [s for s in range(FIRST_SEED, FIRST_SEED + SCHEDULES) if s not in KNOWN_I2_SEEDS]
+    seeds = list(range(FIRST_SEED, FIRST_SEED + SCHEDULES))
     results = _all(seeds)
     failed = _failures(results, lambda v: True)
     assert not failed, f"{len(failed)} of {len(results)} schedules broke an invariant:\n" + "\n".join(failed)
@@ -64,13 +59,6 @@ def test_no_resent_batch_is_counted_twice() -> None:
     results = [simulate(seed, active_secs=40.0) for seed in RESENT_SEEDS]
     assert all(r.stats["resent_batches"] for r in results), "the schedules no longer resend a batch"
     failed = _failures(results, lambda v: v.startswith(RESENT))
-    assert not failed, "\n".join(failed)
-
-
-@pytest.mark.xfail(strict=True, reason="known: a deposed replica keeps a state etcd never had after wipes")
-def test_known_i2_after_etcd_wiped_twice_and_a_failover() -> None:
-    results = [simulate(seed, active_secs=10.0) for seed in KNOWN_I2_SEEDS]
-    failed = _failures(results, lambda v: True)
     assert not failed, "\n".join(failed)
 
 

@@ -1,0 +1,152 @@
+"""The fleet-lease epoch record: which leader epoch last leased the fleet's shared limits.
+
+Agents report a lease they hold when they reconnect, and that tells a new leader that the
+fleet was leased before (see :mod:`.capacity`). When no agent back reports one — they are
+still reconnecting, or the ones back are new — only this record tells a fresh fleet from a
+restarted one. A leader writes it (through the writer, fenced) once it has leased in its
+epoch; every replica follows it with the rest of the store. When a replica takes over:
+
+* a record of an earlier epoch means agents not back yet may still be spending its leases:
+  the new leader warms up, splitting only what the agents back were spending;
+* its leases carry an epoch above the recorded one, so agents (which only move forward in
+  epoch) take them even when the store's revisions started over.
+
+A malformed value is refused and counted (shown like a broken policy) and never stops
+anything: its epoch is not taken, but it still counts as a sign of earlier leases, as the
+fleet does until the store is loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+_log = logging.getLogger("mission_control.server.lease_epoch")
+
+#: The record's key, under the control plane's prefix.
+RECORD = "fleet-lease-epoch"
+
+#: The record's value is not known (the store is not loaded yet).
+_UNKNOWN = object()
+
+
+@dataclass(frozen=True, slots=True)
+class EpochRecord:
+    """Leases were sent in ``epoch`` by the replica ``leader``."""
+
+    epoch: int
+    leader: str
+
+    def encode(self) -> bytes:
+        return json.dumps({"epoch": self.epoch, "leader": self.leader}).encode()
+
+
+def parse_record(value: bytes) -> EpochRecord:
+    """The record in ``value``. Raises ValueError naming every bad field."""
+    try:
+        fields = json.loads(value)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"not JSON ({err})") from None
+    if not isinstance(fields, dict):
+        raise ValueError("not a JSON object")
+    epoch, leader = fields.get("epoch"), fields.get("leader")
+    bad = []
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch <= 0:
+        bad.append(f"epoch: a positive integer is required, got {epoch!r}")
+    if not isinstance(leader, str):
+        bad.append(f"leader: a replica id (a string) is required, got {leader!r}")
+    if bad:
+        raise ValueError("; ".join(bad))
+    return EpochRecord(epoch, leader)  # type: ignore[arg-type]
+
+
+class LeaseEpochs:
+    """Follows the record, gives the leaser its epoch and its ``leased_before``, and
+    records this leader's epoch once it has leased.
+
+    Args:
+        key: the record's store key.
+        instance_id: this replica.
+        leader_epoch: this replica's leader epoch (0 when not leading, or when it is the
+            only replica: then every start is a new term).
+        loaded: whether the store's state has been read.
+        write: stores a record (fenced to the leader); True when stored.
+        refused: shows a malformed value (key, what is wrong).
+    """
+
+    def __init__(
+        self,
+        key: str,
+        instance_id: str,
+        leader_epoch: Callable[[], int],
+        loaded: Callable[[], bool],
+        write: Callable[[str, bytes], Awaitable[bool]],
+        refused: Callable[[str, str], None] = lambda key, detail: None,
+    ) -> None:
+        self.key = key
+        self.instance_id = instance_id
+        self.leader_epoch = leader_epoch
+        self.loaded = loaded
+        self.write = write
+        self.refused = refused
+        #: The newest good record seen in the store (None: none).
+        self.record: EpochRecord | None = None
+        #: Whether any value was seen (a malformed one too).
+        self.seen = False
+        self.malformed = 0
+        self._term = 0  # the leader epoch the values below belong to
+        self._epoch = 0
+        self._prior: object = _UNKNOWN
+        self._recorded = 0
+        self._writing: asyncio.Task[None] | None = None
+
+    def apply(self, value: bytes | None) -> None:
+        """The stored value changed (None: deleted; what was known is kept)."""
+        if value is None:
+            return
+        self.seen = True
+        try:
+            self.record = parse_record(value)
+        except ValueError as err:
+            self.malformed += 1
+            self.refused(self.key, f"malformed fleet-lease epoch record ({err}); ignored")
+
+    def _take_over(self) -> None:
+        own, known = self.leader_epoch(), self.loaded()
+        if own == self._term and (self._prior is not _UNKNOWN or not known):
+            return
+        # a new term, or the store read for the first time in this one (the epoch may
+        # rise then: the leaser starts over as a new leader would)
+        self._term = own
+        self._prior = self.seen if known else _UNKNOWN
+        prior = self.record.epoch if self.record is not None else 0
+        self._epoch = max(own, prior + 1)
+
+    def epoch(self) -> int:
+        """The epoch this leader's leases carry: its own, above every recorded one."""
+        self._take_over()
+        return self._epoch
+
+    def leased_before(self) -> bool:
+        """Whether, when this replica took over, the fleet may hold an earlier leader's leases."""
+        self._take_over()
+        return self._prior is not False
+
+    def leased(self) -> None:
+        """This leader sent leases: record its epoch (once; tried again after a failure)."""
+        epoch = self.epoch()
+        if self._recorded == epoch or self._writing is not None:
+            return
+        self._writing = asyncio.create_task(self._record(EpochRecord(epoch, self.instance_id)))
+
+    async def _record(self, record: EpochRecord) -> None:
+        try:
+            if await self.write(self.key, record.encode()):
+                self._recorded = record.epoch
+        except Exception as err:  # the store away or the fence lost: again at the next lease
+            _log.info("fleet-lease epoch %d not recorded yet (%s)", record.epoch, err)
+        finally:
+            self._writing = None

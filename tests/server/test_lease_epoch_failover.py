@@ -1,0 +1,108 @@
+"""A new leader, with no agent back to report a lease, keeps the earlier leader's grants:
+two control-plane processes on a real etcd, the leader killed (see server/lease_epoch.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import grpc
+import pytest
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
+from mission_control.resilience.v1 import policy_pb2
+from mission_control.server.app import RunningControlPlane
+from mission_control.server.etcd_process import EtcdProcess
+
+from tests.support.agents import RawAgent
+from tests.support.etcd import etcdctl
+from tests.support.procs import Proc, control_plane
+
+SERVICE, PERIOD, LIMIT, WINDOW = "shared", 0.5, 200, 2.0
+UNITS = LIMIT * PERIOD / WINDOW  # the fleet's units per period
+
+
+def poll(check, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+    return value
+
+
+def stored(endpoint: str, key: str) -> dict | None:  # type: ignore[type-arg]
+    text = etcdctl(endpoint, "get", key, "--print-value-only").strip()
+    return json.loads(text) if text else None
+
+
+def demand() -> pb.ConnectRequest:
+    """A new agent's demand: it never held a lease (nothing to report of one)."""
+    wanted = pb.CapacityDemand(service=SERVICE, resource=f"{SERVICE}.requests", wanted=UNITS, agents=1)
+    return pb.ConnectRequest(demand=pb.CapacityDemandReport(demands=[wanted]))
+
+
+async def first_lease(address: str, agent_id: str) -> pb.CapacityLease:
+    async with RawAgent(address, agent_id, (SERVICE,)) as agent:
+        await agent.send(demand())
+        await agent.wait_for(lambda: any(r.HasField("lease") for r in agent.received), timeout=20)
+        return next(r.lease for r in agent.received if r.HasField("lease"))
+
+
+@pytest.mark.timeout(120)
+def test_a_new_leader_keeps_what_the_killed_leader_granted(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    endpoint = etcd_server.endpoint
+    first, first_address = control_plane(endpoint, prefix, "--instance-id", "first")
+    spawned.append(first)
+    poll(lambda: (stored(endpoint, f"{prefix}/leader") or {}).get("instance") == "first")
+    second, second_address = control_plane(endpoint, prefix, "--instance-id", "second")
+    spawned.append(second)
+    policy = policy_pb2.ServicePolicy(
+        service=SERVICE,
+        rate_limit_requests=LIMIT,
+        rate_limit_window_secs=WINDOW,
+        fleet=policy_pb2.FleetLimits(rate_limit=True, lease_secs=PERIOD),
+    )
+    stub = pb_grpc.ControlPlaneServiceStub(grpc.insecure_channel(first_address))
+    stub.PutPolicy(pb.PutPolicyRequest(policy=policy), timeout=10)
+
+    # a fresh fleet: nothing was leased before, the first agent gets the whole period
+    granted = asyncio.run(first_lease(first_address, "early"))
+    assert granted.units == UNITS
+    record = poll(lambda: stored(endpoint, f"{prefix}/fleet-lease-epoch"))
+    assert record == {"epoch": granted.epoch, "leader": "first"}
+
+    # the leader dies with that grant out (its agent may still spend it, cut off); the
+    # only agent the new leader hears from is new and reports no lease
+    first.kill()
+    poll(lambda: (stored(endpoint, f"{prefix}/leader") or {}).get("instance") == "second")
+    lease = asyncio.run(first_lease(second_address, "late"))
+    assert lease.epoch > granted.epoch
+    assert lease.units == 0, "the new leader leased what the earlier leader's grant may still spend"
+    poll(lambda: (stored(endpoint, f"{prefix}/fleet-lease-epoch") or {}).get("leader") == "second")
+
+
+async def test_a_malformed_record_is_refused_shown_in_stats_and_stops_nothing(
+    control_plane: RunningControlPlane, etcd_server: EtcdProcess, prefix: str
+) -> None:
+    plane = control_plane.plane
+    key = f"{prefix}/fleet-lease-epoch"
+    etcdctl(etcd_server.endpoint, "put", key, '{"epoch": -1}')
+    etcdctl(etcd_server.endpoint, "put", f"{prefix}/policies/after", '{"service": "after"}')
+
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{control_plane.port}")
+    stub = pb_grpc.ControlPlaneServiceStub(channel)
+
+    async def shown() -> bool:
+        stats = (await stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=5)).statistics
+        return any(e.key == key and "epoch:" in e.error and "leader:" in e.error for e in stats.config_errors)
+
+    deadline = time.monotonic() + 10
+    while not (await shown() and plane.policies.stored("after") is not None):
+        assert time.monotonic() < deadline, "the bad record was not shown, or the watch stopped"
+        await asyncio.sleep(0.05)
+    assert plane.lease_epochs.malformed == 1
+    assert plane.lease_epochs.seen  # a sign of earlier leases for the next leader to take over
+    await channel.close()

@@ -1,0 +1,108 @@
+"""The fleet-lease epoch record's decisions (see server/lease_epoch.py), without a store."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from mission_control.server.lease_epoch import EpochRecord, LeaseEpochs, parse_record
+
+KEY = "/p/fleet-lease-epoch"
+
+
+class Term:
+    """One replica's view: its leader epoch, whether the store is loaded, what it wrote."""
+
+    def __init__(self, own: int = 0, loaded: bool = True) -> None:
+        self.own, self.loaded = own, loaded
+        self.written: list[bytes] = []
+        self.refused: list[str] = []
+        self.accept = True
+        self.epochs = LeaseEpochs(
+            KEY, "r1", lambda: self.own, lambda: self.loaded, self._write, self._refused
+        )
+
+    async def _write(self, key: str, value: bytes) -> bool:
+        assert key == KEY
+        if self.accept:
+            self.written.append(value)
+        return self.accept
+
+    def _refused(self, key: str, detail: str) -> None:
+        self.refused.append(detail)
+
+
+def test_a_fresh_fleet_has_no_earlier_leases_and_a_restarted_one_does() -> None:
+    fresh = Term(own=7)
+    assert not fresh.epochs.leased_before()
+    assert fresh.epochs.epoch() == 7
+    restarted = Term(own=7)
+    restarted.epochs.apply(EpochRecord(5, "r0").encode())
+    assert restarted.epochs.leased_before()
+    assert restarted.epochs.epoch() == 7
+
+
+def test_epochs_continue_above_the_record_when_the_store_started_over() -> None:
+    term = Term(own=3)  # a leader key created at revision 3 of a store wiped since
+    term.epochs.apply(EpochRecord(40, "r0").encode())
+    assert term.epochs.epoch() == 41
+    term.own = 0  # the only replica (no leader key): every start is a term of its own
+    assert term.epochs.epoch() == 41
+
+
+def test_the_answer_is_taken_when_leading_starts_and_kept_for_the_term() -> None:
+    term = Term(own=9)
+    assert not term.epochs.leased_before()
+    term.epochs.apply(EpochRecord(9, "r1").encode())  # its own record, written meanwhile
+    assert not term.epochs.leased_before()
+    term.own = 12  # leading again later: its own earlier term counts
+    assert term.epochs.leased_before()
+    assert term.epochs.epoch() == 12
+
+
+def test_until_the_store_is_read_the_fleet_counts_as_leased_before() -> None:
+    term = Term(own=4, loaded=False)
+    assert term.epochs.leased_before()
+    term.loaded = True
+    assert not term.epochs.leased_before()
+
+
+@pytest.mark.parametrize(
+    ("value", "wrong"),
+    [
+        (b"{garbage", ["not JSON"]),
+        (b"[1]", ["not a JSON object"]),
+        (b'{"epoch": 0, "leader": 3}', ["epoch:", "leader:"]),
+        (b'{"epoch": true, "leader": "r"}', ["epoch:"]),
+    ],
+)
+def test_a_malformed_record_is_refused_counted_and_still_a_sign_of_leases(
+    value: bytes, wrong: list[str]
+) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_record(value)
+    assert all(w in str(caught.value) for w in wrong)
+    term = Term(own=6)
+    term.epochs.apply(EpochRecord(2, "r0").encode())
+    term.epochs.apply(value)
+    assert term.epochs.malformed == 1 and len(term.refused) == 1
+    assert term.epochs.record == EpochRecord(2, "r0")  # the last good one is kept
+    assert term.epochs.leased_before()
+    alone = Term(own=6)
+    alone.epochs.apply(value)
+    assert alone.epochs.leased_before() and alone.epochs.epoch() == 6
+
+
+def test_the_epoch_is_recorded_once_and_again_after_a_failed_write() -> None:
+    async def main() -> None:
+        term = Term(own=5)
+        term.accept = False
+        term.epochs.leased()
+        await asyncio.sleep(0)
+        term.accept = True
+        for _ in range(3):
+            term.epochs.leased()
+            await asyncio.sleep(0)
+        assert [parse_record(v) for v in term.written] == [EpochRecord(5, "r1")]
+
+    asyncio.run(main())
