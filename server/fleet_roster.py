@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ SHARD_BYTES = 32 * 1024
 MAX_SHARDS = 32
 #: Counters an agent entry may carry (its outcomes as reported to its replica).
 COUNTERS = ("calls", "failures", "rejected")
+#: The largest ``since`` accepted (seconds since the epoch, far in the future).
+MAX_SECONDS = 1e11
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +87,7 @@ def encode_shard(replica: str, shard: int, agents: Iterable[FleetAgent], omitted
 def decode_shard(key_replica: str, raw: bytes) -> tuple[list[FleetAgent], int]:
     """The agents of one stored value and how many its replica left out.
     Raises ValueError saying what is wrong."""
-    value = json.loads(raw)
+    value = json.loads(raw, parse_constant=_no_constant)
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")
     if value.get("replica") != key_replica:
@@ -107,11 +110,23 @@ def _agent(replica: str, index: int, entry: object) -> FleetAgent:
     since, session = entry.get("since", 0.0), entry.get("session", "")
     numbers = {name: entry.get(name, 0) for name in ("streams", "services_total", *COUNTERS)}
     bad = sorted(name for name, n in numbers.items() if not _count(n))
-    if bad or not isinstance(since, int | float) or isinstance(since, bool) or not isinstance(session, str):
+    if bad or not _instant(since) or not isinstance(session, str):
         raise ValueError(f"{where}: {', '.join(bad) or 'since/session'} of the wrong type")
     listed = tuple(services[:MAX_LISTED_SERVICES])
     shown = tuple(sorted(labels.items()))
     return FleetAgent(entry["id"], replica, session, listed, labels=shown, since=float(since), **numbers)
+
+
+def _no_constant(name: str) -> None:
+    # Python's json reads NaN and Infinity; a page's JSON.parse does not (nor does etcdctl's reader).
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _instant(value: object) -> bool:
+    """A finite number of seconds (1e999 reads as infinity; a huge integer overflows a float)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return abs(value) <= MAX_SECONDS and math.isfinite(value)
 
 
 def _count(value: object) -> bool:

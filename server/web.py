@@ -32,6 +32,7 @@ from .control_plane import ControlPlane
 from .fleet_view import STATE_NAMES, FleetActivity, Timeline, fleet_state
 from .prometheus import CONTENT_TYPE, exposition, registry_for
 from .web_guard import ConnectionGate, HostRules, host_middleware
+from .web_json import dumps
 
 _log = logging.getLogger("mission_control.server.web")
 
@@ -129,7 +130,7 @@ class Dashboard:
     # -- the picture -------------------------------------------------------------
 
     def _refresh(self) -> None:
-        self._state = json.dumps(fleet_state(self.plane, self.activity, self.timeline)).encode()
+        self._state = dumps(fleet_state(self.plane, self.activity, self.timeline))
         self._built_at = asyncio.get_running_loop().time()
         self._version += 1
 

@@ -81,6 +81,12 @@ def test_an_agent_declaring_much_publishes_little() -> None:
         b'{"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "a", "services": [1]}]}',
         b"[" * 100_000,
         b'{"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "no spaces"}]}',
+        b'{"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "a", "since": NaN}]}',
+        b'{"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "a", "since": Infinity}]}',
+        b'{"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "a", "since": -1e999}]}',
+        b'{"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "a", "since": 1%s}]}'
+        % (b"0" * 400),
+        b'{"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "a", "zone": NaN}]}',
         json.dumps({"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "a"}] * 251}).encode(),
     ],
 )
