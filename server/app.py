@@ -263,7 +263,7 @@ def _start_roster(running: RunningControlPlane) -> None:
         plane.store, plane.writer, plane.hub, plane.prefix, plane.instance_id, counters=counters
     )
     plane.roster = FleetRoster(plane.store, plane.prefix)
-    running.roster = ReplicaRoster(publisher, plane.roster)
+    running.roster = ReplicaRoster(publisher, plane.roster, plane.task_failed)
     running.roster.start()
 
 

@@ -167,17 +167,26 @@ class RosterPublisher:
 class ReplicaRoster:
     """This replica's side of the fleet's roster: publish its agents, follow everyone's."""
 
-    def __init__(self, publisher: RosterPublisher, view: FleetRoster) -> None:
+    def __init__(
+        self, publisher: RosterPublisher, view: FleetRoster, on_ended: Callable[[asyncio.Task[None]], None]
+    ) -> None:
         self.publisher, self.view = publisher, view
+        #: Called when a task ends by itself (logs it; the replica stops serving).
+        self.on_ended = on_ended
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self.publisher.run()), asyncio.create_task(self.view.run())]
+        self._tasks = [
+            asyncio.create_task(self.publisher.run(), name="roster.publish"),
+            asyncio.create_task(self.view.run(), name="roster.follow"),
+        ]
+        for task in self._tasks:
+            task.add_done_callback(self.on_ended)
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # an error was logged
                 await task
         await self.publisher.stop()

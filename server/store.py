@@ -11,7 +11,7 @@ in-memory store with injected faults can stand in for etcd.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -57,6 +57,8 @@ class Entry:
     value: bytes
     mod_revision: int
     create_revision: int = 0
+    #: The etcd lease the key is bound to (0: none).
+    lease: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,7 @@ class WatchEvent:
     #: None when the key was deleted.
     value: bytes | None
     mod_revision: int
+    lease: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +179,9 @@ class EtcdStore:
             **self._tls,  # type: ignore[arg-type]
         )
         self._connected = False
+        #: Called with (the key as text, its revision) for each key read or watched that is
+        #: not UTF-8: such a key is skipped, never the end of a load or a watch.
+        self.on_bad_key: Callable[[str, int], None] = lambda key, revision: None
 
     async def connect(self) -> EtcdStore:
         if not self._connected:
@@ -233,7 +239,7 @@ class EtcdStore:
                 raise WatchCompacted(revision) from err
             raise
         for kv in response.kvs:
-            return _entry(kv)
+            return self._entry(kv)
         return None
 
     async def get_prefix(self, prefix: str) -> tuple[list[Entry], int]:
@@ -248,7 +254,7 @@ class EtcdStore:
                 self._kv.get(start, end, revision=revision, limit=PAGE_KEYS, timeout=self.timeout)
             )
             revision = revision or int(response.header.revision)
-            entries += [_entry(kv) for kv in response.kvs]
+            entries += [entry for kv in response.kvs if (entry := self._entry(kv)) is not None]
             if not response.more or not response.kvs:
                 return entries, revision
             start = bytes(response.kvs[-1].key) + b"\0"
@@ -281,7 +287,7 @@ class EtcdStore:
         entries: dict[str, Entry | None] = dict.fromkeys(watched)
         for key, op in zip(watched, response.responses, strict=True):
             for kv in op.response_range.kvs:
-                entries[key] = _entry(kv)
+                entries[key] = self._entry(kv)
         return TxnResult(False, revision, entries)
 
     async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[list[WatchEvent]]:
@@ -295,14 +301,7 @@ class EtcdStore:
                     raise WatchCompacted(response.compact_revision)
                 if response.canceled:
                     raise StoreUnavailable(f"watch canceled: {response.cancel_reason}")
-                events = [
-                    WatchEvent(
-                        e.kv.key.decode(),
-                        None if e.type == e.DELETE else bytes(e.kv.value),
-                        e.kv.mod_revision,
-                    )
-                    for e in response.events
-                ]
+                events = [event for e in response.events if (event := self._event(e)) is not None]
                 if events:
                     yield events
         except (EtcdError, grpc.RpcError, OSError) as err:
@@ -344,9 +343,28 @@ class EtcdStore:
         response = await self._call(self._kv.get("__mission_control_ping__", timeout=self.timeout))
         return StoreStatus(int(response.header.cluster_id), int(response.header.revision))
 
+    def _key(self, kv, counted: bool = True) -> str | None:  # type: ignore[no-untyped-def]
+        try:
+            return str(kv.key.decode())
+        except UnicodeDecodeError:
+            if counted:
+                self.on_bad_key(kv.key.decode(errors="backslashreplace"), int(kv.mod_revision))
+            return None
 
-def _entry(kv) -> Entry:  # type: ignore[no-untyped-def]
-    return Entry(kv.key.decode(), bytes(kv.value), int(kv.mod_revision), int(kv.create_revision))
+    def _entry(self, kv) -> Entry | None:  # type: ignore[no-untyped-def]
+        key = self._key(kv)
+        if key is None:
+            return None
+        return Entry(key, bytes(kv.value), int(kv.mod_revision), int(kv.create_revision), int(kv.lease))
+
+    def _event(self, e) -> WatchEvent | None:  # type: ignore[no-untyped-def]
+        deleted = e.type == e.DELETE
+        key = self._key(e.kv, counted=not deleted)  # its put was counted already
+        if key is None:
+            return None
+        return WatchEvent(
+            key, None if deleted else bytes(e.kv.value), int(e.kv.mod_revision), int(e.kv.lease)
+        )
 
 
 def _mod_revision_equals(key: str, revision: int):  # type: ignore[no-untyped-def]

@@ -113,14 +113,19 @@ class Dashboard:
         bound = self._server.sockets[0].getsockname()[1]
         self.address = f"[{bare}]:{bound}" if ":" in bare else f"{bare}:{bound}"
         self._refresh()
-        self._tasks = [asyncio.create_task(self._follow_breakers()), asyncio.create_task(self._tick())]
+        self._tasks = [
+            asyncio.create_task(self._follow_breakers(), name="dashboard.follow_breakers"),
+            asyncio.create_task(self._tick(), name="dashboard.tick"),
+        ]
+        for task in self._tasks:
+            task.add_done_callback(self.plane.task_failed)
         return self.address
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # an error was logged
                 await task
         if self._server is not None:
             self._server.close()
@@ -227,14 +232,14 @@ class Dashboard:
         return web.json_response({"status": "SERVING"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        ready = self.plane.store_ok
-        return web.json_response(
-            {
-                "status": "SERVING" if ready else "NOT_SERVING",
-                "etcd": "reachable" if ready else "unreachable",
-            },
-            status=200 if ready else 503,
-        )
+        ready, reachable = self.plane.healthy, self.plane.store_ok  # as gRPC health says
+        body: dict[str, Any] = {
+            "status": "SERVING" if ready else "NOT_SERVING",
+            "etcd": "reachable" if reachable else "unreachable",
+        }
+        if self.plane.failed_tasks:
+            body["failed_tasks"] = list(self.plane.failed_tasks)
+        return web.json_response(body, status=200 if ready else 503)
 
     # -- operator actions --------------------------------------------------------
 

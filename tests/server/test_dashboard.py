@@ -17,7 +17,7 @@ from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.app import RunningControlPlane, start_control_plane
 from mission_control.server.auth import AccessPolicy
 from mission_control.server.etcd_process import EtcdProcess
-from mission_control.server.store import EtcdStore
+from mission_control.server.store import EtcdStore, Write
 
 from tests.support.agents import RawAgent
 
@@ -183,6 +183,31 @@ async def test_readyz_follows_etcd(plane: RunningControlPlane) -> None:
             assert reply.status == 503 and (await reply.json())["etcd"] == "unreachable"
     finally:
         plane.plane._set_store_ok(True)
+
+
+async def test_a_background_task_that_dies_is_logged_and_readyz_mirrors_grpc_health(
+    plane: RunningControlPlane, caplog: pytest.LogCaptureFixture
+) -> None:
+    roster = plane.plane.roster
+    assert roster is not None
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a defect in the roster")
+
+    roster.apply = broken  # type: ignore[method-assign]
+    await plane.plane.store.commit([Write(f"{roster.prefix}rep-z/0", b"{}")])  # type: ignore[attr-defined]
+    for _ in range(500):
+        if plane.plane.failed_tasks:
+            break
+        await asyncio.sleep(0.02)
+    assert plane.plane.failed_tasks == ["roster.follow"] and not plane.plane.healthy
+    assert "background task roster.follow ended" in caplog.text
+    async with aiohttp.ClientSession() as session, session.get(f"{base(plane)}/readyz") as reply:
+        body = await reply.json()
+        assert reply.status == 503 and body == {
+            "status": "NOT_SERVING", "etcd": "reachable", "failed_tasks": ["roster.follow"],
+        }  # fmt: skip
+    plane.plane.failed_tasks.clear()  # the fixture's stop expects a healthy plane
 
 
 def _samples(text: str) -> dict[str, float]:

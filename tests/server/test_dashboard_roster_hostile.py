@@ -67,4 +67,17 @@ def test_hostile_roster_values_are_counted_and_the_page_stays_live(
     expect(page.locator("#replicas")).to_contain_text("3 malformed roster values ignored", timeout=15_000)
     assert rows.filter(has_text="ghost").count() == 0
 
+    # A key that is not UTF-8 (etcdctl put $'.../evil\xff/0') is skipped and counted: the
+    # state's watch and the roster's go on.
+    etcdctl(etcd_server.endpoint, "put", f"{roster}/evil\udcff/0", "{}")
+    until(lambda: any("evil" in e["key"] for e in strict_state(a.http)["statistics"]["config_errors"]))
+    etcdctl(
+        etcd_server.endpoint, "put", f"--lease={lease}", f"{roster}/rep-y/0", shard("rep-y", "1.5", "agent-y")
+    )
+    expect(rows.filter(has_text="agent-y")).to_contain_text("rep-y", timeout=15_000)
+    a.force("after-the-bad-key", 4)
+    expect(page.locator('#breakers tbody tr[data-breaker="after-the-bad-key"]')).to_have_count(
+        1, timeout=15_000
+    )
+    assert ready(a.http) == 200
     assert problems == []

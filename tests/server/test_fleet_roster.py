@@ -151,3 +151,25 @@ async def test_published_on_change_only_and_withdrawn_with_the_lease(store: Etcd
         await until(lambda: roster.agents() == [], timeout=20)
     finally:
         following.cancel()
+
+
+async def test_a_key_that_is_not_utf8_is_skipped_and_reported_by_load_and_watch(
+    store: EtcdStore, prefix: str
+) -> None:
+    bad: list[tuple[str, int]] = []
+    store.on_bad_key = lambda key, revision: bad.append((key, revision))
+    etcdctl(store.endpoints[0], "put", f"{prefix}/fleet-agents/evil\udcff/0", "{}")
+    etcdctl(store.endpoints[0], "put", f"{prefix}/fleet-agents/good/0", "{}")
+    entries, revision = await store.get_prefix(prefix)
+    assert [e.key for e in entries] == [f"{prefix}/fleet-agents/good/0"]
+    assert [key for key, _ in bad] == [f"{prefix}/fleet-agents/evil\\xff/0"]
+    seen: list[str] = []
+
+    async def follow() -> None:
+        async for events in store.watch(prefix, revision - 1):  # both puts, replayed
+            seen.extend(e.key for e in events)
+            if seen:
+                return
+
+    await asyncio.wait_for(follow(), 15)
+    assert seen == [f"{prefix}/fleet-agents/good/0"] and len(bad) == 2
