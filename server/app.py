@@ -264,6 +264,7 @@ def _start_roster(running: RunningControlPlane) -> None:
     )
     plane.roster = FleetRoster(plane.store, plane.prefix)
     running.roster = ReplicaRoster(publisher, plane.roster, plane.task_failed)
+    plane.sync.lost_data_listeners += [plane.roster.reload, publisher.republish]
     running.roster.start()
 
 

@@ -150,6 +150,7 @@ class FleetRoster:
         self.problem = ""
         self._bad: dict[str, int] = {}
         self.loaded = asyncio.Event()
+        self._reload = asyncio.Event()
 
     def agents(self) -> list[FleetAgent]:
         """Every published agent, by replica then id."""
@@ -185,21 +186,44 @@ class FleetRoster:
     def _replica_of(self, key: str) -> str:
         return key.removeprefix(self.prefix).partition("/")[0]
 
+    def reload(self) -> None:
+        """Read the prefix again and watch from there: the store lost its data (wiped or
+        replaced), so the watch's revision belongs to the old data and would see nothing."""
+        self._reload.set()
+
     async def run(self) -> None:
-        """Load the prefix, then follow it; reload after a compaction or an outage."""
+        """Load the prefix, then follow it; reload after a compaction, an outage or a wipe."""
         backoff = 0.1
         while True:
             try:
+                self._reload.clear()  # a wipe noticed from here on is not lost
                 entries, revision = await self.store.get_prefix(self.prefix)
                 self._shards.clear()
                 for entry in entries:
                     self.apply(entry.key, entry.value, entry.mod_revision)
                 self.loaded.set()
                 backoff = 0.1
-                async for events in self.store.watch(self.prefix, revision + 1):
-                    for event in events:
-                        self.apply(event.key, event.value, event.mod_revision)
+                await self._follow(revision)
+                _log.info("roster: the store lost its data; reading it again")
             except (StoreUnavailable, WatchCompacted) as err:
                 _log.debug("roster watch ended (%s); reading it again", err)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    async def _follow(self, revision: int) -> None:
+        """Apply the watch until it fails (raises) or a reload is asked for (returns)."""
+
+        async def watch() -> None:
+            async for events in self.store.watch(self.prefix, revision + 1):
+                for event in events:
+                    self.apply(event.key, event.value, event.mod_revision)
+
+        watching = asyncio.create_task(watch())
+        reload = asyncio.create_task(self._reload.wait())
+        try:
+            await asyncio.wait({watching, reload}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (watching, reload):
+                task.cancel()
+        if watching.done() and not watching.cancelled():
+            watching.result()  # raises what ended the watch

@@ -156,6 +156,11 @@ class RosterPublisher:
             entries, _ = await self.store.get_prefix(self.prefix)
             self._written = {entry.key: b"" for entry in entries}
 
+    def republish(self) -> None:
+        """The store lost its data: take a new lease and write every value again."""
+        self.lease = 0
+        self._written = {}
+
     async def stop(self) -> None:
         """Withdraw this replica's agents now (revoking the lease deletes its keys)."""
         if self.lease:
