@@ -100,12 +100,13 @@ function renderBreakers() {
 }
 
 // Every agent of the fleet, with the replica it is connected to (this replica's first), then
-// agents that reported here and are gone.
+// agents that reported here and are connected nowhere now: one row per agent, so an agent
+// that moved to another replica is listed there only.
 function renderAgents(p) {
   const rows = p.agents.map((a) => ({ link: a, activity: a.this_replica ? p.by_agent[a.id] : a }));
-  const here = new Set(p.agents.filter((a) => a.this_replica).map((a) => a.id));
+  const connected = new Set(p.agents.map((a) => a.id));
   for (const name of Object.keys(p.by_agent).sort()) {
-    if (!here.has(name)) rows.push({ link: null, activity: p.by_agent[name], name });
+    if (!connected.has(name)) rows.push({ link: null, activity: p.by_agent[name], name });
   }
   fill("agents", rows, (tr, { link, activity, name }) => {
     const a = activity || {};
