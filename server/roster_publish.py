@@ -31,7 +31,7 @@ from .fleet_roster import (
     roster_prefix,
 )
 from .hub import Hub
-from .store import Store, StoreUnavailable, Write
+from .store import LeaseLost, Store, StoreUnavailable, Write
 from .writes import StateWriter
 
 _log = logging.getLogger("mission_control.server.roster_publish")
@@ -136,7 +136,13 @@ class RosterPublisher:
         writes += [Write(k, None) for k in self._written if k not in wanted]
         if not writes:
             return
-        result = await self.writer.commit(writes)
+        try:
+            result = await self.writer.commit(writes)
+        except LeaseLost:  # revoked by hand, or expired while etcd was slow: not an outage
+            _log.warning("replica %s: its roster lease is gone; publishing on a new one", self.replica)
+            self.republish()
+            await self._hold_lease()
+            result = await self.writer.commit([Write(k, v, lease=self.lease) for k, v in wanted.items()])
         if result.ok:
             self._written = wanted
             self.writes += 1

@@ -25,6 +25,7 @@ __all__ = [
     "Entry",
     "EtcdStore",
     "Guard",
+    "LeaseLost",
     "Store",
     "StoreStatus",
     "StoreUnavailable",
@@ -41,6 +42,11 @@ PAGE_KEYS = 256
 
 class StoreUnavailable(Exception):
     """The store could not be reached or did not answer in time."""
+
+
+class LeaseLost(StoreUnavailable):
+    """A write bound to a lease etcd no longer has (expired, or revoked by hand): etcd
+    answered, so the store is reachable — take a new lease and write again."""
 
 
 class WatchCompacted(Exception):
@@ -280,7 +286,12 @@ class EtcdStore:
         # When a condition fails, the same transaction reads what the conditions were about.
         watched = list(dict.fromkeys([*(g.key for g in guards), *(w.key for w in writes)]))
         reads = [KVService.txn_op_get(key) for key in watched]
-        response = await self._call(self._kv.txn(compare, ops, reads, timeout=self.timeout))
+        try:
+            response = await self._call(self._kv.txn(compare, ops, reads, timeout=self.timeout))
+        except StoreUnavailable as err:
+            if "lease not found" in str(err):
+                raise LeaseLost(str(err)) from err.__cause__
+            raise
         revision = int(response.header.revision)
         if response.succeeded:
             return TxnResult(True, revision)

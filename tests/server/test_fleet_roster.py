@@ -173,3 +173,21 @@ async def test_a_key_that_is_not_utf8_is_skipped_and_reported_by_load_and_watch(
 
     await asyncio.wait_for(follow(), 15)
     assert seen == [f"{prefix}/fleet-agents/good/0"] and len(bad) == 2
+
+
+async def test_a_revoked_lease_is_taken_again_not_reported_as_etcd_unreachable(
+    store: EtcdStore, prefix: str
+) -> None:
+    hub = Hub()
+    hub.connect(pb.AgentHello(agent_id="agent-0", session_id="s", services=["llm_provider"]))
+    mine = publisher(store, prefix, hub, "rep-a")
+    outages: list[bool] = []
+    mine.writer.on_unavailable = lambda: outages.append(True)
+    await mine.publish()
+    revoked = mine.lease
+    etcdctl(store.endpoints[0], "lease", "revoke", format(revoked, "x"))  # etcdctl lease revoke
+    hub.connect(pb.AgentHello(agent_id="agent-1", session_id="s", services=["llm_provider"]))
+    await mine.publish()  # on the revoked lease: etcd refuses the write
+    assert outages == [] and mine.lease not in (0, revoked)
+    stored = etcdctl(store.endpoints[0], "get", f"{roster_prefix(prefix)}rep-a/0", "--print-value-only")
+    assert [a["id"] for a in json.loads(stored)["agents"]] == ["agent-0", "agent-1"]
