@@ -263,7 +263,8 @@ def _start_roster(running: RunningControlPlane) -> None:
         plane.store, plane.writer, plane.hub, plane.prefix, plane.instance_id, counters=counters
     )
     plane.roster = FleetRoster(plane.store, plane.prefix)
-    running.roster = ReplicaRoster(publisher, plane.roster)
+    running.roster = ReplicaRoster(publisher, plane.roster, plane.task_failed)
+    plane.sync.lost_data_listeners += [plane.roster.reload, publisher.republish]
     running.roster.start()
 
 

@@ -46,7 +46,7 @@ from .relay import LeaderRelay, RelayConnect
 from .reports import ReportGate
 from .shadow import ShadowTrials, shadow_book
 from .stats import FleetStatistics
-from .store import Store, StoreUnavailable, Write
+from .store import EtcdStore, Store, StoreUnavailable, Write
 from .sync import StoreSync
 from .writes import StateWriter
 
@@ -179,6 +179,9 @@ class ControlPlane:
         )
         if self.telemetry is not None:
             self.policies.on_reload = self.telemetry.reload
+        self._bad_keys: set[tuple[str, int]] = set()
+        if isinstance(store, EtcdStore):
+            store.on_bad_key = self._bad_key
         self.policies.listeners.append(self._on_policy)
         self.breakers.change_listeners.append(self._on_breaker)
         self.breakers.grant_listeners.append(self._on_grant)
@@ -393,10 +396,25 @@ class ControlPlane:
     def _task_ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task not in self._tasks or self._stopping:
             return  # stopped on purpose
+        self.task_failed(task)
+
+    def task_failed(self, task: asyncio.Task[None]) -> None:
+        """A background task ended by itself: say so, and stop serving (health goes down)."""
+        if task.cancelled() or self._stopping:
+            return
         error = task.exception()
         _log.error("background task %s ended (%r): not serving", task.get_name(), error, exc_info=error)
         self.failed_tasks.append(task.get_name())
         self._set_store_ok(self.store_ok)
+
+    def _bad_key(self, key: str, revision: int) -> None:
+        # Both the load and the watch, of the state and of the roster, see the same key.
+        if (key, revision) in self._bad_keys:
+            return
+        if len(self._bad_keys) >= 1000:
+            self._bad_keys.clear()
+        self._bad_keys.add((key, revision))
+        self.policies.refused(key, "the key is not UTF-8: ignored")
 
     @property
     def serving(self) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ SHARD_BYTES = 32 * 1024
 MAX_SHARDS = 32
 #: Counters an agent entry may carry (its outcomes as reported to its replica).
 COUNTERS = ("calls", "failures", "rejected")
+#: The largest ``since`` accepted (seconds since the epoch, far in the future).
+MAX_SECONDS = 1e11
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +87,7 @@ def encode_shard(replica: str, shard: int, agents: Iterable[FleetAgent], omitted
 def decode_shard(key_replica: str, raw: bytes) -> tuple[list[FleetAgent], int]:
     """The agents of one stored value and how many its replica left out.
     Raises ValueError saying what is wrong."""
-    value = json.loads(raw)
+    value = json.loads(raw, parse_constant=_no_constant)
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")
     if value.get("replica") != key_replica:
@@ -107,11 +110,23 @@ def _agent(replica: str, index: int, entry: object) -> FleetAgent:
     since, session = entry.get("since", 0.0), entry.get("session", "")
     numbers = {name: entry.get(name, 0) for name in ("streams", "services_total", *COUNTERS)}
     bad = sorted(name for name, n in numbers.items() if not _count(n))
-    if bad or not isinstance(since, int | float) or isinstance(since, bool) or not isinstance(session, str):
+    if bad or not _instant(since) or not isinstance(session, str):
         raise ValueError(f"{where}: {', '.join(bad) or 'since/session'} of the wrong type")
     listed = tuple(services[:MAX_LISTED_SERVICES])
     shown = tuple(sorted(labels.items()))
     return FleetAgent(entry["id"], replica, session, listed, labels=shown, since=float(since), **numbers)
+
+
+def _no_constant(name: str) -> None:
+    # Python's json reads NaN and Infinity; a page's JSON.parse does not (nor does etcdctl's reader).
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _instant(value: object) -> bool:
+    """A finite number of seconds (1e999 reads as infinity; a huge integer overflows a float)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return abs(value) <= MAX_SECONDS and math.isfinite(value)
 
 
 def _count(value: object) -> bool:
@@ -135,6 +150,7 @@ class FleetRoster:
         self.problem = ""
         self._bad: dict[str, int] = {}
         self.loaded = asyncio.Event()
+        self._reload = asyncio.Event()
 
     def agents(self) -> list[FleetAgent]:
         """Every published agent, by replica then id."""
@@ -170,21 +186,44 @@ class FleetRoster:
     def _replica_of(self, key: str) -> str:
         return key.removeprefix(self.prefix).partition("/")[0]
 
+    def reload(self) -> None:
+        """Read the prefix again and watch from there: the store lost its data (wiped or
+        replaced), so the watch's revision belongs to the old data and would see nothing."""
+        self._reload.set()
+
     async def run(self) -> None:
-        """Load the prefix, then follow it; reload after a compaction or an outage."""
+        """Load the prefix, then follow it; reload after a compaction, an outage or a wipe."""
         backoff = 0.1
         while True:
             try:
+                self._reload.clear()  # a wipe noticed from here on is not lost
                 entries, revision = await self.store.get_prefix(self.prefix)
                 self._shards.clear()
                 for entry in entries:
                     self.apply(entry.key, entry.value, entry.mod_revision)
                 self.loaded.set()
                 backoff = 0.1
-                async for events in self.store.watch(self.prefix, revision + 1):
-                    for event in events:
-                        self.apply(event.key, event.value, event.mod_revision)
+                await self._follow(revision)
+                _log.info("roster: the store lost its data; reading it again")
             except (StoreUnavailable, WatchCompacted) as err:
                 _log.debug("roster watch ended (%s); reading it again", err)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    async def _follow(self, revision: int) -> None:
+        """Apply the watch until it fails (raises) or a reload is asked for (returns)."""
+
+        async def watch() -> None:
+            async for events in self.store.watch(self.prefix, revision + 1):
+                for event in events:
+                    self.apply(event.key, event.value, event.mod_revision)
+
+        watching = asyncio.create_task(watch())
+        reload = asyncio.create_task(self._reload.wait())
+        try:
+            await asyncio.wait({watching, reload}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (watching, reload):
+                task.cancel()
+        if watching.done() and not watching.cancelled():
+            watching.result()  # raises what ended the watch

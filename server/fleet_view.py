@@ -26,6 +26,9 @@ STATE_NAMES = {value: name.removeprefix("BREAKER_STATE_") for name, value in pb.
 #: Most (agent, service) pairs tallied, and transitions remembered, by one replica.
 MAX_ACTIVITY_ROWS = 20_000
 MAX_TIMELINE = 200
+#: Agents listed in one picture (this replica's first; the rest are counted): a page and an
+#: event stream stay bounded however large the fleet.
+MAX_AGENT_ROWS = 2_000
 #: Error types kept per row (the taxonomy has seven; the rest are counted as "other").
 MAX_ERROR_TYPES = 16
 
@@ -171,6 +174,7 @@ def fleet_state(plane: ControlPlane, activity: FleetActivity, timeline: Timeline
     stats = plane.stats.to_proto(plane.policies, plane.hub.connected_agents, plane.capacity.usage())
     leadership = plane.leadership
     agents, replicas = fleet_agents(plane)
+    listed = agents[:MAX_AGENT_ROWS]
     return {
         "instance": plane.instance_id,
         "leading": plane.leading,
@@ -179,16 +183,25 @@ def fleet_state(plane: ControlPlane, activity: FleetActivity, timeline: Timeline
         "breakers": [breaker_row(plane, b, now) for b in plane.breakers.snapshot()],
         "statistics": json_values(stats),
         "by_service": activity.by(1),
-        "by_agent": activity.by(0),
+        "by_agent": _bounded(activity.by(0), listed),
         "policies": [_policy(p) for p in plane.policies.all()],
         "shadow": [_shadow_row(row) for row in plane.trials.to_proto()],
         "shadow_policies": [_policy(p) for p in plane.shadows.all()],
-        "agents": agents,
+        "agents": listed,
+        "agents_total": len(agents),
         "replicas": replicas,
         "roster_malformed": plane.roster.malformed if plane.roster is not None else 0,
         "roster_problem": plane.roster.problem if plane.roster is not None else "",
         "timeline": list(timeline.entries),
     }
+
+
+def _bounded(by_agent: dict[str, Any], listed: list[dict[str, Any]]) -> dict[str, Any]:
+    """The listed agents' activity, then others' (gone from every replica) up to the bound."""
+    names = [row["id"] for row in listed if row["id"] in by_agent]
+    seen = set(names)
+    names += [name for name in by_agent if name not in seen][: max(0, MAX_AGENT_ROWS - len(names))]
+    return {name: by_agent[name] for name in names}
 
 
 def fleet_agents(plane: ControlPlane) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

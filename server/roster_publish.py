@@ -31,7 +31,7 @@ from .fleet_roster import (
     roster_prefix,
 )
 from .hub import Hub
-from .store import Store, StoreUnavailable, Write
+from .store import LeaseLost, Store, StoreUnavailable, Write
 from .writes import StateWriter
 
 _log = logging.getLogger("mission_control.server.roster_publish")
@@ -136,7 +136,13 @@ class RosterPublisher:
         writes += [Write(k, None) for k in self._written if k not in wanted]
         if not writes:
             return
-        result = await self.writer.commit(writes)
+        try:
+            result = await self.writer.commit(writes)
+        except LeaseLost:  # revoked by hand, or expired while etcd was slow: not an outage
+            _log.warning("replica %s: its roster lease is gone; publishing on a new one", self.replica)
+            self.republish()
+            await self._hold_lease()
+            result = await self.writer.commit([Write(k, v, lease=self.lease) for k, v in wanted.items()])
         if result.ok:
             self._written = wanted
             self.writes += 1
@@ -156,6 +162,11 @@ class RosterPublisher:
             entries, _ = await self.store.get_prefix(self.prefix)
             self._written = {entry.key: b"" for entry in entries}
 
+    def republish(self) -> None:
+        """The store lost its data: take a new lease and write every value again."""
+        self.lease = 0
+        self._written = {}
+
     async def stop(self) -> None:
         """Withdraw this replica's agents now (revoking the lease deletes its keys)."""
         if self.lease:
@@ -167,17 +178,26 @@ class RosterPublisher:
 class ReplicaRoster:
     """This replica's side of the fleet's roster: publish its agents, follow everyone's."""
 
-    def __init__(self, publisher: RosterPublisher, view: FleetRoster) -> None:
+    def __init__(
+        self, publisher: RosterPublisher, view: FleetRoster, on_ended: Callable[[asyncio.Task[None]], None]
+    ) -> None:
         self.publisher, self.view = publisher, view
+        #: Called when a task ends by itself (logs it; the replica stops serving).
+        self.on_ended = on_ended
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self.publisher.run()), asyncio.create_task(self.view.run())]
+        self._tasks = [
+            asyncio.create_task(self.publisher.run(), name="roster.publish"),
+            asyncio.create_task(self.view.run(), name="roster.follow"),
+        ]
+        for task in self._tasks:
+            task.add_done_callback(self.on_ended)
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # an error was logged
                 await task
         await self.publisher.stop()

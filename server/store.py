@@ -11,7 +11,7 @@ in-memory store with injected faults can stand in for etcd.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -25,6 +25,7 @@ __all__ = [
     "Entry",
     "EtcdStore",
     "Guard",
+    "LeaseLost",
     "Store",
     "StoreStatus",
     "StoreUnavailable",
@@ -43,6 +44,11 @@ class StoreUnavailable(Exception):
     """The store could not be reached or did not answer in time."""
 
 
+class LeaseLost(StoreUnavailable):
+    """A write bound to a lease etcd no longer has (expired, or revoked by hand): etcd
+    answered, so the store is reachable — take a new lease and write again."""
+
+
 class WatchCompacted(Exception):
     """The watch start revision was compacted away: reload everything, then watch again."""
 
@@ -57,6 +63,7 @@ class Entry:
     value: bytes
     mod_revision: int
     create_revision: int = 0
+    #: The etcd lease the key is bound to (0: none).
     lease: int = 0
 
 
@@ -86,6 +93,7 @@ class WatchEvent:
     #: None when the key was deleted.
     value: bytes | None
     mod_revision: int
+    lease: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +188,9 @@ class EtcdStore:
             **self._tls,  # type: ignore[arg-type]
         )
         self._connected = False
+        #: Called with (the key as text, its revision) for each key read or watched that is
+        #: not UTF-8: such a key is skipped, never the end of a load or a watch.
+        self.on_bad_key: Callable[[str, int], None] = lambda key, revision: None
 
     async def connect(self) -> EtcdStore:
         if not self._connected:
@@ -237,7 +248,7 @@ class EtcdStore:
                 raise WatchCompacted(revision) from err
             raise
         for kv in response.kvs:
-            return _entry(kv)
+            return self._entry(kv)
         return None
 
     async def get_prefix(self, prefix: str) -> tuple[list[Entry], int]:
@@ -252,7 +263,7 @@ class EtcdStore:
                 self._kv.get(start, end, revision=revision, limit=PAGE_KEYS, timeout=self.timeout)
             )
             revision = revision or int(response.header.revision)
-            entries += [_entry(kv) for kv in response.kvs]
+            entries += [entry for kv in response.kvs if (entry := self._entry(kv)) is not None]
             if not response.more or not response.kvs:
                 return entries, revision
             start = bytes(response.kvs[-1].key) + b"\0"
@@ -279,14 +290,19 @@ class EtcdStore:
         # When a condition fails, the same transaction reads what the conditions were about.
         watched = list(dict.fromkeys([*(g.key for g in guards), *(w.key for w in writes)]))
         reads = [KVService.txn_op_get(key) for key in watched]
-        response = await self._call(self._kv.txn(compare, ops, reads, timeout=self.timeout))
+        try:
+            response = await self._call(self._kv.txn(compare, ops, reads, timeout=self.timeout))
+        except StoreUnavailable as err:
+            if "lease not found" in str(err):
+                raise LeaseLost(str(err)) from err.__cause__
+            raise
         revision = int(response.header.revision)
         if response.succeeded:
             return TxnResult(True, revision)
         entries: dict[str, Entry | None] = dict.fromkeys(watched)
         for key, op in zip(watched, response.responses, strict=True):
             for kv in op.response_range.kvs:
-                entries[key] = _entry(kv)
+                entries[key] = self._entry(kv)
         return TxnResult(False, revision, entries)
 
     async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[list[WatchEvent]]:
@@ -300,14 +316,7 @@ class EtcdStore:
                     raise WatchCompacted(response.compact_revision)
                 if response.canceled:
                     raise StoreUnavailable(f"watch canceled: {response.cancel_reason}")
-                events = [
-                    WatchEvent(
-                        e.kv.key.decode(),
-                        None if e.type == e.DELETE else bytes(e.kv.value),
-                        e.kv.mod_revision,
-                    )
-                    for e in response.events
-                ]
+                events = [event for e in response.events if (event := self._event(e)) is not None]
                 if events:
                     yield events
         except (EtcdError, grpc.RpcError, OSError) as err:
@@ -349,11 +358,28 @@ class EtcdStore:
         response = await self._call(self._kv.get("__mission_control_ping__", timeout=self.timeout))
         return StoreStatus(int(response.header.cluster_id), int(response.header.revision))
 
+    def _key(self, kv, counted: bool = True) -> str | None:  # type: ignore[no-untyped-def]
+        try:
+            return str(kv.key.decode())
+        except UnicodeDecodeError:
+            if counted:
+                self.on_bad_key(kv.key.decode(errors="backslashreplace"), int(kv.mod_revision))
+            return None
 
-def _entry(kv) -> Entry:  # type: ignore[no-untyped-def]
-    return Entry(
-        kv.key.decode(), bytes(kv.value), int(kv.mod_revision), int(kv.create_revision), int(kv.lease)
-    )
+    def _entry(self, kv) -> Entry | None:  # type: ignore[no-untyped-def]
+        key = self._key(kv)
+        if key is None:
+            return None
+        return Entry(key, bytes(kv.value), int(kv.mod_revision), int(kv.create_revision), int(kv.lease))
+
+    def _event(self, e) -> WatchEvent | None:  # type: ignore[no-untyped-def]
+        deleted = e.type == e.DELETE
+        key = self._key(e.kv, counted=not deleted)  # its put was counted already
+        if key is None:
+            return None
+        return WatchEvent(
+            key, None if deleted else bytes(e.kv.value), int(e.kv.mod_revision), int(e.kv.lease)
+        )
 
 
 def _lease_equals(key: str, lease: int):  # type: ignore[no-untyped-def]

@@ -64,6 +64,9 @@ class StoreSync:
         self._keep_absent = False
         self._converge = False
         self.wipes = 0
+        #: Called each time the store is found to have lost its data (after the state's own
+        #: reload is asked for): other followers of the store reload too.
+        self.lost_data_listeners: list[Callable[[], None]] = []
         #: Candidate policies in shadow mode (see :mod:`.shadow`), when kept.
         self.shadows: PolicyBook | None = None
         #: Which keys are audit records, and what to call for a policy or breaker change
@@ -103,6 +106,8 @@ class StoreSync:
         self._keep_absent = True
         self.writer.restore_pending = True
         self.writer.wake()  # a writer with nothing pending waits for no timer
+        for listener in list(self.lost_data_listeners):
+            listener()
 
     async def run(self) -> None:
         backoff = 0.1

@@ -32,6 +32,7 @@ from .control_plane import ControlPlane
 from .fleet_view import STATE_NAMES, FleetActivity, Timeline, fleet_state
 from .prometheus import CONTENT_TYPE, exposition, registry_for
 from .web_guard import ConnectionGate, HostRules, host_middleware
+from .web_json import dumps
 
 _log = logging.getLogger("mission_control.server.web")
 
@@ -112,14 +113,19 @@ class Dashboard:
         bound = self._server.sockets[0].getsockname()[1]
         self.address = f"[{bare}]:{bound}" if ":" in bare else f"{bare}:{bound}"
         self._refresh()
-        self._tasks = [asyncio.create_task(self._follow_breakers()), asyncio.create_task(self._tick())]
+        self._tasks = [
+            asyncio.create_task(self._follow_breakers(), name="dashboard.follow_breakers"),
+            asyncio.create_task(self._tick(), name="dashboard.tick"),
+        ]
+        for task in self._tasks:
+            task.add_done_callback(self.plane.task_failed)
         return self.address
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # an error was logged
                 await task
         if self._server is not None:
             self._server.close()
@@ -129,7 +135,7 @@ class Dashboard:
     # -- the picture -------------------------------------------------------------
 
     def _refresh(self) -> None:
-        self._state = json.dumps(fleet_state(self.plane, self.activity, self.timeline)).encode()
+        self._state = dumps(fleet_state(self.plane, self.activity, self.timeline))
         self._built_at = asyncio.get_running_loop().time()
         self._version += 1
 
@@ -226,14 +232,14 @@ class Dashboard:
         return web.json_response({"status": "SERVING"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        ready = self.plane.store_ok
-        return web.json_response(
-            {
-                "status": "SERVING" if ready else "NOT_SERVING",
-                "etcd": "reachable" if ready else "unreachable",
-            },
-            status=200 if ready else 503,
-        )
+        ready, reachable = self.plane.healthy, self.plane.store_ok  # as gRPC health says
+        body: dict[str, Any] = {
+            "status": "SERVING" if ready else "NOT_SERVING",
+            "etcd": "reachable" if reachable else "unreachable",
+        }
+        if self.plane.failed_tasks:
+            body["failed_tasks"] = list(self.plane.failed_tasks)
+        return web.json_response(body, status=200 if ready else 503)
 
     # -- operator actions --------------------------------------------------------
 

@@ -35,7 +35,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from .audit import CONTROL_PLANE, ENGINE, AuditLog, Author, Change
 from .engine import FleetBreakers
 from .policies import PolicyBook
-from .store import Entry, Guard, Store, StoreUnavailable, Write
+from .store import Entry, Guard, LeaseLost, Store, StoreUnavailable, Write
 
 _log = logging.getLogger("mission_control.server.writes")
 
@@ -146,6 +146,8 @@ class StateWriter:
             guards.append(guard)
         try:
             result = await self.store.commit([*writes, *records], guards)
+        except LeaseLost:
+            raise  # etcd answered: the writer's lease is the caller's to take again
         except StoreUnavailable:
             self.on_unavailable()
             raise

@@ -100,21 +100,32 @@ function renderBreakers() {
 }
 
 // Every agent of the fleet, with the replica it is connected to (this replica's first), then
-// agents that reported here and are gone.
+// agents that reported here and are connected nowhere now: one row per agent, so an agent
+// that moved to another replica is listed there only.
 function renderAgents(p) {
   const rows = p.agents.map((a) => ({ link: a, activity: a.this_replica ? p.by_agent[a.id] : a }));
-  const here = new Set(p.agents.filter((a) => a.this_replica).map((a) => a.id));
+  const connected = new Set(p.agents.map((a) => a.id));
   for (const name of Object.keys(p.by_agent).sort()) {
-    if (!here.has(name)) rows.push({ link: null, activity: p.by_agent[name], name });
+    if (!connected.has(name)) rows.push({ link: null, activity: p.by_agent[name], name });
   }
-  fill("agents", rows, (tr, { link, activity, name }) => {
+  // Past MAX_ROWS the filter narrows the list (thousands of rows would take long to draw on
+  // every update); the server lists at most a bounded number and says how many there are.
+  const filter = $("agent-filter").value.trim().toLowerCase();
+  const matching = filter
+    ? rows.filter(({ link, name }) => (link ? `${link.id} ${link.replica}` : name).toLowerCase().includes(filter))
+    : rows;
+  const unlisted = filter ? 0 : Math.max(0, (p.agents_total ?? p.agents.length) - p.agents.length);
+  const hidden = Math.max(0, matching.length - MAX_ROWS) + unlisted;
+  $("agents-more").textContent = hidden
+    ? `${hidden} more agents not shown: type in the filter to find one by agent or replica` : "";
+  fill("agents", matching.slice(0, MAX_ROWS), (tr, { link, activity, name }) => {
     const a = activity || {};
     cell(tr, link ? (link.relay ? `${link.id} (replica link)` : link.id) : name);
     cell(tr, link ? `yes (${link.streams})` : "no");
     cell(tr, link ? (link.this_replica ? `${link.replica} (this replica)` : link.replica) : "", link && link.this_replica ? "this-replica" : "");
     cell(tr, a.calls); cell(tr, a.failures); cell(tr, rejections(a)); cell(tr, fallbacks(a));
     cell(tr, percent(a.recovery_rate));
-  });
+  }, filter ? "no agent matches" : "");
 }
 
 function render() {
@@ -210,6 +221,7 @@ function follow() {
 document.addEventListener("DOMContentLoaded", async () => {
   $("action-form").addEventListener("submit", act);
   $("breaker-filter").addEventListener("input", () => picture && renderBreakers());
+  $("agent-filter").addEventListener("input", () => picture && renderAgents(picture));
   const saved = sessionStorage.getItem("mission-control-token");
   if (saved) $("action-token").placeholder = "token saved for this tab";
   const first = await fetch("/api/state");

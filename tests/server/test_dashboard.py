@@ -17,7 +17,10 @@ from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.app import RunningControlPlane, start_control_plane
 from mission_control.server.auth import AccessPolicy
 from mission_control.server.etcd_process import EtcdProcess
-from mission_control.server.store import EtcdStore
+from mission_control.server.fleet_roster import FleetAgent
+from mission_control.server.fleet_view import MAX_AGENT_ROWS
+from mission_control.server.roster_publish import pack
+from mission_control.server.store import EtcdStore, Write
 
 from tests.support.agents import RawAgent
 
@@ -183,6 +186,31 @@ async def test_readyz_follows_etcd(plane: RunningControlPlane) -> None:
             assert reply.status == 503 and (await reply.json())["etcd"] == "unreachable"
     finally:
         plane.plane._set_store_ok(True)
+
+
+async def test_a_background_task_that_dies_is_logged_and_readyz_mirrors_grpc_health(
+    plane: RunningControlPlane, caplog: pytest.LogCaptureFixture
+) -> None:
+    roster = plane.plane.roster
+    assert roster is not None
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a defect in the roster")
+
+    roster.apply = broken  # type: ignore[method-assign]
+    await plane.plane.store.commit([Write(f"{roster.prefix}rep-z/0", b"{}")])  # type: ignore[attr-defined]
+    for _ in range(500):
+        if plane.plane.failed_tasks:
+            break
+        await asyncio.sleep(0.02)
+    assert plane.plane.failed_tasks == ["roster.follow"] and not plane.plane.healthy
+    assert "background task roster.follow ended" in caplog.text
+    async with aiohttp.ClientSession() as session, session.get(f"{base(plane)}/readyz") as reply:
+        body = await reply.json()
+        assert reply.status == 503 and body == {
+            "status": "NOT_SERVING", "etcd": "reachable", "failed_tasks": ["roster.follow"],
+        }  # fmt: skip
+    plane.plane.failed_tasks.clear()  # the fixture's stop expects a healthy plane
 
 
 def _samples(text: str) -> dict[str, float]:
@@ -419,3 +447,22 @@ async def test_invented_rejection_gates_are_not_counted(plane: RunningControlPla
             await asyncio.sleep(0.02)
     assert dict(plane.plane.stats.rejected_by_reason) == {"breaker": 3}
     assert plane.plane.stats.fallbacks_served == 3
+
+
+async def test_the_picture_lists_a_bounded_number_of_agents_and_counts_the_rest(
+    plane: RunningControlPlane,
+) -> None:
+    roster = plane.plane.roster
+    assert roster is not None
+    await asyncio.wait_for(roster.loaded.wait(), 10)  # a load replaces what is applied before it
+    crowd = [FleetAgent(f"agent-{i:05d}", "rep-x") for i in range(MAX_AGENT_ROWS + 500)]
+    for n, value in enumerate(pack("rep-x", crowd)):
+        roster.apply(f"{roster.prefix}rep-x/{n}", value, 1)
+    async with aiohttp.ClientSession() as session:
+        for _ in range(100):  # a picture is built again when older than half a second
+            picture = await state(session, plane)
+            if picture["agents"]:
+                break
+            await asyncio.sleep(0.1)
+    assert len(picture["agents"]) == MAX_AGENT_ROWS and picture["agents_total"] == MAX_AGENT_ROWS + 500
+    assert {r["id"]: r["agents"] for r in picture["replicas"]}["rep-x"] == MAX_AGENT_ROWS + 500

@@ -81,6 +81,12 @@ def test_an_agent_declaring_much_publishes_little() -> None:
         b'{"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "a", "services": [1]}]}',
         b"[" * 100_000,
         b'{"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "no spaces"}]}',
+        b'{"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "a", "since": NaN}]}',
+        b'{"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "a", "since": Infinity}]}',
+        b'{"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "a", "since": -1e999}]}',
+        b'{"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "a", "since": 1%s}]}'
+        % (b"0" * 400),
+        b'{"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "a", "zone": NaN}]}',
         json.dumps({"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "a"}] * 251}).encode(),
     ],
 )
@@ -145,3 +151,43 @@ async def test_published_on_change_only_and_withdrawn_with_the_lease(store: Etcd
         await until(lambda: roster.agents() == [], timeout=20)
     finally:
         following.cancel()
+
+
+async def test_a_key_that_is_not_utf8_is_skipped_and_reported_by_load_and_watch(
+    store: EtcdStore, prefix: str
+) -> None:
+    bad: list[tuple[str, int]] = []
+    store.on_bad_key = lambda key, revision: bad.append((key, revision))
+    etcdctl(store.endpoints[0], "put", f"{prefix}/fleet-agents/evil\udcff/0", "{}")
+    etcdctl(store.endpoints[0], "put", f"{prefix}/fleet-agents/good/0", "{}")
+    entries, revision = await store.get_prefix(prefix)
+    assert [e.key for e in entries] == [f"{prefix}/fleet-agents/good/0"]
+    assert [key for key, _ in bad] == [f"{prefix}/fleet-agents/evil\\xff/0"]
+    seen: list[str] = []
+
+    async def follow() -> None:
+        async for events in store.watch(prefix, revision - 1):  # both puts, replayed
+            seen.extend(e.key for e in events)
+            if seen:
+                return
+
+    await asyncio.wait_for(follow(), 15)
+    assert seen == [f"{prefix}/fleet-agents/good/0"] and len(bad) == 2
+
+
+async def test_a_revoked_lease_is_taken_again_not_reported_as_etcd_unreachable(
+    store: EtcdStore, prefix: str
+) -> None:
+    hub = Hub()
+    hub.connect(pb.AgentHello(agent_id="agent-0", session_id="s", services=["llm_provider"]))
+    mine = publisher(store, prefix, hub, "rep-a")
+    outages: list[bool] = []
+    mine.writer.on_unavailable = lambda: outages.append(True)
+    await mine.publish()
+    revoked = mine.lease
+    etcdctl(store.endpoints[0], "lease", "revoke", format(revoked, "x"))  # etcdctl lease revoke
+    hub.connect(pb.AgentHello(agent_id="agent-1", session_id="s", services=["llm_provider"]))
+    await mine.publish()  # on the revoked lease: etcd refuses the write
+    assert outages == [] and mine.lease not in (0, revoked)
+    stored = etcdctl(store.endpoints[0], "get", f"{roster_prefix(prefix)}rep-a/0", "--print-value-only")
+    assert [a["id"] for a in json.loads(stored)["agents"]] == ["agent-0", "agent-1"]
