@@ -31,12 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ResourceExhausted
-from .journal import Journal, JournalFull
+from .journal import Journal, JournalBroken, JournalFull
 from .outcomes import DEFAULT, Counts, Outcomes, classify, kind_of
 
 __all__ = ["Spooled", "WriteSpool", "current_write_id"]
 
 _log = logging.getLogger("mission_control.client.spool")
+
+#: The longest wait of the replayer between tries after a disk operation failed.
+MAX_REPLAY_BACKOFF = 5.0
 
 _write_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "mission_control_write_id", default=None
@@ -138,6 +141,8 @@ class WriteSpool:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.spooled = self.replayed = self.dropped = 0
+        self._unmarked: tuple[int, str] | None = None  # made or dropped, its done mark not written
+        self._stalled: str | None = None
         self._thread = threading.Thread(target=self._replay_loop, name=f"spool-{service}", daemon=True)
         self._thread.start()
 
@@ -164,10 +169,18 @@ class WriteSpool:
             with self._lock:
                 return self._keep(write_id, payload, str(exc), exc)
 
+    @property
+    def broken(self) -> str | None:
+        """Why the spool hands out no receipts now (None: it does): its journal cannot keep
+        records, or a done mark could not be written (the replayer tries it again)."""
+        return self._stalled or self.journal.broken
+
     def _keep(self, write_id: str, payload: bytes, reason: str, error: Exception | None) -> Spooled:
         try:
+            if self.broken:
+                raise JournalBroken(f"spool {self.journal.directory} is broken: {self.broken}")
             seq = self.journal.append(payload)
-        except JournalFull as full:
+        except (JournalFull, JournalBroken) as full:
             self.dropped += 1
             self._count(0, 0, 1)
             # Not the service's error: a StorageFailure would tell the user the data is safe.
@@ -187,19 +200,50 @@ class WriteSpool:
     # -- replay ----------------------------------------------------------------------
 
     def _replay_loop(self) -> None:
+        backoff = self._pause
         while not self._stop.is_set():
-            with self._lock:
-                record = self.journal.first()
-            if record is None:
-                self._wake.wait(1.0)
-                self._wake.clear()
-                continue
-            wait = self._open_for()
-            if wait > 0:
-                self._stop.wait(min(wait, 1.0))
-                continue
-            if not self._replay(record.seq, record.payload):
-                self._stop.wait(self._pause)
+            try:
+                self._replay_step()
+                backoff = self._pause
+            except Exception:  # a disk operation failed: the replayer must outlive it
+                where = self.journal.directory
+                _log.exception("spool %s: replay failed; trying again in %.1fs", where, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_REPLAY_BACKOFF)
+
+    def _replay_step(self) -> None:
+        if self._unmarked is not None:
+            self._finish(*self._unmarked)  # before anything else: the write is not made twice
+            return
+        with self._lock:
+            record = self.journal.first()
+        if record is None:
+            self._wake.wait(1.0)
+            self._wake.clear()
+            return
+        wait = self._open_for()
+        if wait > 0:
+            self._stop.wait(min(wait, 1.0))
+            return
+        if not self._replay(record.seq, record.payload):
+            self._stop.wait(self._pause)
+
+    def _finish(self, seq: int, outcome: str) -> None:
+        """Mark ``seq`` done and count it; when the mark fails, hand out no receipts until it
+        is written (the journal would make the write again) and raise."""
+        with self._lock:
+            try:
+                self.journal.mark_done(seq)
+            except OSError as exc:
+                self._unmarked = (seq, outcome)
+                self._stalled = f"write #{seq} was {outcome} but could not be marked done ({exc})"
+                raise
+            self._unmarked = self._stalled = None
+            if outcome == "replayed":
+                self.replayed += 1
+            else:
+                self.dropped += 1
+        self._count(0, int(outcome == "replayed"), int(outcome == "dropped"))
 
     def _replay(self, seq: int, payload: bytes) -> bool:
         """Make one spooled write; False when the service failed it (try again later)."""
@@ -216,19 +260,13 @@ class WriteSpool:
             if self._service_failed(exc):
                 return False
             return self._drop(seq, f"the write failed with the caller's error {exc!r}")
-        with self._lock:
-            self.journal.mark_done(seq)
-            self.replayed += 1
-        self._count(0, 1, 0)
+        self._finish(seq, "replayed")
         return True
 
     def _drop(self, seq: int, why: str) -> bool:
         """A write that can never be made is dropped, not retried for ever."""
         _log.error("spool %s: dropping write #%d: %s", self.journal.directory, seq, why)
-        with self._lock:
-            self.journal.mark_done(seq)
-            self.dropped += 1
-        self._count(0, 0, 1)
+        self._finish(seq, "dropped")
         return True
 
     def close(self, timeout: float = 2.0) -> None:

@@ -3,6 +3,7 @@ refusals, and the counts reported to a real control plane and shown by `stats`."
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import threading
@@ -201,3 +202,29 @@ def test_nothing_is_replayed_before_the_agent_is_started(tmp_path: Path) -> None
     assert poll(lambda: len(save.spool) == 0)
     assert [key for key, _ in store.applied] == ["k0"]
     later.close()
+
+
+def test_a_deleted_spool_directory_refuses_receipts_and_the_replayer_outlives_it(tmp_path: Path) -> None:
+    store = Store()
+    mc = MissionControl("spool-agent", config={"storage_backend": POLICY})
+    directory = tmp_path / "spool"
+    save = spooled_save(mc, store, directory)
+    receipts = [save(f"k{i}") for i in range(3)]
+    assert all(isinstance(r, Spooled) for r in receipts)
+    shutil.rmtree(directory)
+    with pytest.raises(ResourceExhausted) as refused:
+        save("k3")  # its record would go to a deleted file: no receipt
+    assert any("broken" in note for note in refused.value.__notes__)
+    assert (save.spool.spooled, save.spool.dropped) == (3, 1)
+    store.down = False
+    assert poll(lambda: save.spool.broken is not None and "marked done" in save.spool.broken)
+    assert [key for key, _ in store.applied] == ["k0"]  # made, then its done mark failed
+    with pytest.raises(ResourceExhausted):
+        save("k4")  # still broken: the caller is told, and it is counted
+    assert save.spool.dropped == 2 and mc.view.get("storage_backend").tally.spool_dropped == 2
+    directory.mkdir()  # the replayer keeps trying the mark, and goes on once it is written
+    assert poll(lambda: len(save.spool) == 0)
+    assert save.spool._thread.is_alive()
+    assert [key for key, _ in store.applied] == ["k0", "k1", "k2"]  # k0 once: marked, not made again
+    assert (save.spool.replayed, save.spool.dropped) == (3, 2)
+    mc.close()
