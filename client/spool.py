@@ -2,8 +2,9 @@
 disk (:mod:`.journal`) and made later, in order, when the service serves again.
 
 ``mc.guard("storage_backend", spool="/var/lib/agent/spool")`` on a sync function: a call
-refused by the breaker or a limit, or failed after its retries, is spooled and returns a
-:class:`Spooled` receipt instead of raising; while writes wait in the spool, new ones join
+refused by the breaker or a limit, or failed after its retries without any attempt that
+may have reached the service (:mod:`.write_attempts`; any, for an ``idempotent`` guard), is
+spooled and returns a :class:`Spooled` receipt instead of raising; while writes wait in the spool, new ones join
 the end of it (order is kept). A background thread replays the oldest write whenever the
 breaker lets calls through (its first replays are the HALF_OPEN probes) and marks it done.
 
@@ -33,6 +34,7 @@ from typing import Any
 from .errors import ResourceExhausted
 from .journal import Journal, JournalBroken, JournalFull
 from .outcomes import DEFAULT, Counts, Outcomes, classify, kind_of
+from .write_attempts import WriteAttempts, tracking
 
 __all__ = ["Spooled", "WriteSpool", "current_write_id"]
 
@@ -119,6 +121,8 @@ class WriteSpool:
         open_for: seconds the service's breaker stays open (0: calls may go).
         count: ``count(spooled, replayed, dropped)`` adds to the service's counts.
         outcomes: how the write's exceptions count (a failure of the service is spooled).
+        idempotent: a write may be made twice: spool it even when an attempt may have
+            reached the service (see :mod:`.write_attempts`).
     """
 
     def __init__(
@@ -126,7 +130,7 @@ class WriteSpool:
         call: Callable[[tuple[Any, ...], dict[str, Any]], Any], open_for: Callable[[], float],
         count: Callable[[int, int, int], None], outcomes: Outcomes | None = None,
         kind: str | None = None, max_writes: int = 10_000, max_bytes: int = 64 * 1024 * 1024,
-        pause: float = 0.2,
+        pause: float = 0.2, idempotent: bool = False,
     ) -> None:  # fmt: skip
         self.journal = Journal(directory, max_records=max_writes, max_bytes=max_bytes)
         self.service = service
@@ -137,6 +141,7 @@ class WriteSpool:
         self._outcomes = outcomes or DEFAULT
         self._target = _Target(service, function, kind or kind_of(service))
         self._pause = pause
+        self._idempotent = idempotent
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -160,11 +165,19 @@ class WriteSpool:
         with self._lock:
             if len(self.journal):
                 return self._keep(write_id, payload, "earlier writes are waiting in the spool", None)
+        attempts = WriteAttempts()
         try:
-            with _writing(write_id):
+            with _writing(write_id), tracking(attempts):
                 return self._call(args, kwargs)
         except Exception as exc:
             if not self._service_failed(exc):
+                raise
+            if attempts.maybe_applied and not self._idempotent:
+                exc.add_note(
+                    "not spooled: an attempt may have reached the service (it timed out or failed "
+                    "after sending), and a replay could make the write twice; mark the guard "
+                    "idempotent to spool such writes"
+                )
                 raise
             with self._lock:
                 return self._keep(write_id, payload, str(exc), exc)

@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
-from mission_control.client import MissionControl, ResourceExhausted, StorageFailure
+from mission_control.client import MissionControl, OperationTimeout, ResourceExhausted, StorageFailure
 from mission_control.client.config import policy_to_proto
 from mission_control.client.policy import Backoff, ServicePolicy
 from mission_control.client.spool import Spooled, current_write_id
@@ -227,4 +227,48 @@ def test_a_deleted_spool_directory_refuses_receipts_and_the_replayer_outlives_it
     assert save.spool._thread.is_alive()
     assert [key for key, _ in store.applied] == ["k0", "k1", "k2"]  # k0 once: marked, not made again
     assert (save.spool.replayed, save.spool.dropped) == (3, 2)
+    mc.close()
+
+
+class FlakyStore(Store):
+    """Up, but fails the next writes with the given errors (raised after it applied the
+    write, for a TimeoutError: the answer was lost, the write was not)."""
+
+    def __init__(self, *errors: Exception) -> None:
+        super().__init__()
+        self.down = False
+        self.errors = list(errors)
+
+    def save(self, key: str) -> str:
+        if self.errors:
+            error = self.errors.pop(0)
+            if isinstance(error, TimeoutError):
+                super().save(key)
+            raise error
+        return super().save(key)
+
+
+@pytest.mark.parametrize("idempotent", [False, True])
+def test_a_write_that_may_have_been_applied_is_spooled_only_when_idempotent(
+    tmp_path: Path, idempotent: bool
+) -> None:
+    # Timed out (then, idempotent, retried and refused): the first attempt may have been applied.
+    errors: list[Exception] = [TimeoutError("no answer in time")]
+    store = FlakyStore(*errors, *([ConnectionRefusedError("down")] if idempotent else []))
+    mc = MissionControl("spool-agent", config={"storage_backend": POLICY})
+    save = spooled_save(mc, store, tmp_path, idempotent=idempotent)
+    if idempotent:
+        assert isinstance(save("k0"), Spooled)
+        assert poll(lambda: len(save.spool) == 0)
+        assert [key for key, _ in store.applied] == ["k0", "k0"]  # it may run twice: it was told so
+    else:
+        with pytest.raises(OperationTimeout) as caught:
+            save("k0")
+        assert any("may have reached the service" in note for note in caught.value.__notes__)
+        assert save.spool.spooled == 0 and len(save.spool) == 0
+        assert save("k1") == "saved k1"
+        assert [key for key, _ in store.applied] == ["k0", "k1"]  # k0 once, as the caller was told
+    refused = FlakyStore(ConnectionRefusedError("down"), ConnectionRefusedError("down"))
+    other = spooled_save(mc, refused, tmp_path / "refused")
+    assert isinstance(other("k2"), Spooled)  # surely not applied: kept, whatever the guard says
     mc.close()
