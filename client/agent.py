@@ -296,6 +296,7 @@ class MissionControl:
             max_writes=bound[0],
             max_bytes=bound[1],
             idempotent=idempotent,
+            drain_wait=lambda: self.policy(service).timeout_secs,
         )
         self._spools.append(spool)
         return spool

@@ -4,9 +4,12 @@ disk (:mod:`.journal`) and made later, in order, when the service serves again.
 ``mc.guard("storage_backend", spool="/var/lib/agent/spool")`` on a sync function: a call
 refused by the breaker or a limit, or failed after its retries without any attempt that
 may have reached the service (:mod:`.write_attempts`; any, for an ``idempotent`` guard), is
-spooled and returns a :class:`Spooled` receipt instead of raising; while writes wait in the spool, new ones join
-the end of it (order is kept). A background thread replays the oldest write whenever the
-breaker lets calls through (its first replays are the HALF_OPEN probes) and marks it done.
+spooled and returns a :class:`Spooled` receipt instead of raising. While writes wait in
+the spool, new ones join the end of it (order is kept) — once the breaker lets calls
+through, after waiting up to the policy's timeout for the replay to empty the spool (so
+that it drains under load: a new write is made directly once it is empty). A background
+thread replays the oldest write whenever the breaker lets calls through (its first replays
+are the HALF_OPEN probes) and marks it done.
 
 What is guaranteed: a write that returned :class:`Spooled` is on disk (fsync'd) and is made
 at least once, in order, by this process or the next one that opens the directory — unless
@@ -121,6 +124,8 @@ class WriteSpool:
         open_for: seconds the service's breaker stays open (0: calls may go).
         count: ``count(spooled, replayed, dropped)`` adds to the service's counts.
         outcomes: how the write's exceptions count (a failure of the service is spooled).
+        drain_wait: how long a new write may wait for the replayer to empty the spool
+            while the service serves (the policy's timeout), before it is spooled.
         idempotent: a write may be made twice: spool it even when an attempt may have
             reached the service (see :mod:`.write_attempts`).
     """
@@ -130,7 +135,7 @@ class WriteSpool:
         call: Callable[[tuple[Any, ...], dict[str, Any]], Any], open_for: Callable[[], float],
         count: Callable[[int, int, int], None], outcomes: Outcomes | None = None,
         kind: str | None = None, max_writes: int = 10_000, max_bytes: int = 64 * 1024 * 1024,
-        pause: float = 0.2, idempotent: bool = False,
+        pause: float = 0.2, idempotent: bool = False, drain_wait: Callable[[], float] = lambda: 0.0,
     ) -> None:  # fmt: skip
         self.journal = Journal(directory, max_records=max_writes, max_bytes=max_bytes)
         self.service = service
@@ -142,7 +147,10 @@ class WriteSpool:
         self._target = _Target(service, function, kind or kind_of(service))
         self._pause = pause
         self._idempotent = idempotent
+        self._drain_wait = drain_wait
         self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)  # the spool emptied, or replay failed
+        self._replay_failures = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.spooled = self.replayed = self.dropped = 0
@@ -163,6 +171,8 @@ class WriteSpool:
         write_id = uuid.uuid4().hex
         payload = encode_write(write_id, self.function, args, kwargs)  # fails before any call
         with self._lock:
+            if len(self.journal) and self._open_for() <= 0:
+                self._wait_for_drain()
             if len(self.journal):
                 return self._keep(write_id, payload, "earlier writes are waiting in the spool", None)
         attempts = WriteAttempts()
@@ -181,6 +191,17 @@ class WriteSpool:
                 raise
             with self._lock:
                 return self._keep(write_id, payload, str(exc), exc)
+
+    def _wait_for_drain(self) -> None:
+        """The service serves again and the replayer is catching up: wait (up to the
+        policy's timeout) for the spool to empty, then make the write at once. New writes
+        are held back instead of joining the spool, so it drains under any load; a write
+        that would wait longer is spooled."""
+        failures = self._replay_failures
+        self._drained.wait_for(
+            lambda: not len(self.journal) or failures != self._replay_failures or self._stop.is_set(),
+            timeout=self._drain_wait(),
+        )
 
     @property
     def broken(self) -> str | None:
@@ -239,6 +260,9 @@ class WriteSpool:
             self._stop.wait(min(wait, 1.0))
             return
         if not self._replay(record.seq, record.payload):
+            with self._lock:
+                self._replay_failures += 1  # the service is failing again: stop holding writes
+                self._drained.notify_all()
             self._stop.wait(self._pause)
 
     def _finish(self, seq: int, outcome: str) -> None:
@@ -252,6 +276,8 @@ class WriteSpool:
                 self._stalled = f"write #{seq} was {outcome} but could not be marked done ({exc})"
                 raise
             self._unmarked = self._stalled = None
+            if not len(self.journal):
+                self._drained.notify_all()
             if outcome == "replayed":
                 self.replayed += 1
             else:
@@ -286,6 +312,8 @@ class WriteSpool:
         """Stop replaying (what is left stays on disk for the next process)."""
         self._stop.set()
         self._wake.set()
+        with self._lock:
+            self._drained.notify_all()
         self._thread.join(timeout)
         with self._lock:
             self.journal.close()

@@ -3,6 +3,7 @@ refusals, and the counts reported to a real control plane and shown by `stats`."
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -271,4 +272,27 @@ def test_a_write_that_may_have_been_applied_is_spooled_only_when_idempotent(
     refused = FlakyStore(ConnectionRefusedError("down"), ConnectionRefusedError("down"))
     other = spooled_save(mc, refused, tmp_path / "refused")
     assert isinstance(other("k2"), Spooled)  # surely not applied: kept, whatever the guard says
+    mc.close()
+
+
+class SlowStore(Store):
+    def save(self, key: str) -> str:
+        time.sleep(0.02)
+        return super().save(key)
+
+
+def test_once_the_service_serves_new_writes_wait_for_the_replay_instead_of_joining_the_spool(
+    tmp_path: Path,
+) -> None:
+    store = SlowStore()
+    patient = dataclasses.replace(POLICY, timeout_secs=30)  # the longest a new write waits
+    mc = MissionControl("spool-agent", config={"storage_backend": patient})
+    save = spooled_save(mc, store, tmp_path)
+    receipts = [save(f"k{i}") for i in range(20)]
+    assert all(isinstance(r, Spooled) for r in receipts)
+    store.down = False
+    assert poll(lambda: save.spool.replayed >= 1)  # the breaker lets calls through again
+    assert save("late") == "saved late"  # made (after the spool drained), not spooled
+    assert [key for key, _ in store.applied] == [*(f"k{i}" for i in range(20)), "late"]
+    assert save.spool.spooled == 20 and len(save.spool) == 0
     mc.close()
