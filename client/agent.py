@@ -258,7 +258,7 @@ class MissionControl:
         spooling = None
         if spool is not None:
             bound = (spool_max_writes, spool_max_bytes)
-            spooling = functools.partial(self._spool, service, Path(spool), kind, outcomes, bound)
+            spooling = functools.partial(self._spool, service, Path(spool), kind, outcomes, bound, idempotent)
         return Guard(
             self.executor,
             service,
@@ -280,6 +280,7 @@ class MissionControl:
         kind: str | None,
         outcomes: Outcomes | None,
         bound: tuple[int, int],
+        idempotent: bool,
         function: str,
         call: Callable[[tuple[Any, ...], dict[str, Any]], Any],
     ) -> WriteSpool:
@@ -294,6 +295,8 @@ class MissionControl:
             kind=kind,
             max_writes=bound[0],
             max_bytes=bound[1],
+            idempotent=idempotent,
+            drain_wait=lambda: self.policy(service).timeout_secs,
         )
         self._spools.append(spool)
         return spool

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,6 +41,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: Threads for the hedged attempts of one service's sync functions.
+HEDGE_THREADS = 64
 
 
 def _under_deadline(attempt: Callable[[float], Any], left: float, deadline: float) -> Any:
@@ -83,7 +87,10 @@ class Executor:
         self.async_sleep = async_sleep
         self.clock = view.clock
         self.outcomes = dict(outcomes or {})
-        self._pool: ThreadPoolExecutor | None = None  # hedged attempts of sync functions
+        #: Hedged attempts of sync functions: a pool per service, so that one service's
+        #: hanging attempts cannot hold the threads another service's calls need.
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._pools_lock = threading.Lock()
         #: Why calls may not go yet (a control plane that was never started), else None.
         self.not_started: str | None = None
 
@@ -401,12 +408,15 @@ class Executor:
             return None
         return policy.hedging
 
-    def in_thread(self, attempt: Callable[[float], Any]) -> Callable[[float], Future[Any]]:
+    def in_thread(self, attempt: Callable[[float], Any], service: str = "") -> Callable[[float], Future[Any]]:
         """Attempts of a sync function, each on a thread of its own (so that the next one
-        can go while it runs), in a copy of the caller's context, under its deadline."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="mission-control-hedge")
-        pool = self._pool
+        can go while it runs), in a copy of the caller's context, under its deadline; on
+        ``service``'s own pool of at most :data:`HEDGE_THREADS` threads (made as needed)."""
+        with self._pools_lock:
+            pool = self._pools.get(service)
+            if pool is None:
+                name = f"mission-control-hedge-{service}" if service else "mission-control-hedge"
+                pool = self._pools[service] = ThreadPoolExecutor(HEDGE_THREADS, thread_name_prefix=name)
 
         def start(left: float) -> Future[Any]:
             deadline = self.clock() + left
@@ -452,7 +462,7 @@ class Executor:
         hedging = self.hedging_for(service, idempotent, fallbacks)
         if hedging is not None:
             run = HedgeRun(self, service, operation, kind, timeout, cost, outcomes, _deadline.get(), hedging)
-            return run_hedged(run, self.in_thread(attempt), _result)  # type: ignore[no-any-return]
+            return run_hedged(run, self.in_thread(attempt, service), _result)  # type: ignore[no-any-return]
         names = tuple(fallbacks) if fallbacks else ()
         plan = CallPlan(
             self, service, operation, kind, timeout, cost, names, idempotent, outcomes, _deadline.get()

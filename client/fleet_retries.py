@@ -7,9 +7,10 @@ Carried by the fleet-lease machinery (:mod:`.fleet_limits`): each agent reports,
 period, the calls it made (resource ``<service>.calls``: metered, never leased) and the
 retries it wanted (``<service>.retries``); the control plane sets the next period's fleet
 retries to ``ratio`` × the calls of the last period + ``min_retries_per_second`` × the
-period and splits them by demand. Until an agent's first lease (no control plane, or not
-yet) it spends its own per-agent budget; after that it spends its lease, and its last lease
-while the control plane is out of reach (fail static).
+period and splits them by demand. In a period it holds a lease for, an agent spends that
+lease; in any other (no control plane, not yet, or the control plane out of reach and the
+last lease run out) it spends its own per-agent budget — not its last lease, which may
+have been 0 retries for as long as the control plane stays down.
 """
 
 from __future__ import annotations
@@ -72,6 +73,6 @@ class FleetRetryBudget:
         """Spend one retry (or hedge) if the budget allows it; what was asked is reported
         as the agent's demand either way."""
         leased = self.retries.take(1.0, now) == 0.0
-        if self.retries.agents == 0:  # never leased: the agent's own budget
+        if not self.retries.leased:  # never leased, or no lease for this period: its own budget
             return self.local.try_retry(now)
         return leased

@@ -17,6 +17,7 @@ from .deadline import _deadline
 from .executor import Executor
 from .outcomes import Outcomes
 from .spool import WriteSpool
+from .write_attempts import attempt_of_write
 
 __all__ = ["Guard"]
 
@@ -148,7 +149,8 @@ class Guard:
         @functools.wraps(func)
         def run(*args: Any, **kwargs: Any) -> Any:
             def attempt(_left: float) -> Any:
-                return func(*args, **kwargs)
+                with attempt_of_write():
+                    return func(*args, **kwargs)
 
             fallbacks = _bind(self.fallbacks, args, kwargs)
             target = ex.target(self.service, self.endpoint)
@@ -175,7 +177,8 @@ class Guard:
 
         def call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             def attempt(_left: float) -> Any:
-                return func(*args, **kwargs)
+                with attempt_of_write():
+                    return func(*args, **kwargs)
 
             fallbacks = _bind(self.fallbacks, args, kwargs)
             if telemetry is None:

@@ -16,6 +16,7 @@ the middle that fails its CRC is cut with everything after it, and logged.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -25,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Journal", "JournalFull", "JournalLocked"]
+__all__ = ["Journal", "JournalBroken", "JournalFull", "JournalLocked"]
 
 _log = logging.getLogger("mission_control.client.spool")
 
@@ -40,6 +41,11 @@ MAX_RECORD = 16 * 1024 * 1024
 
 class JournalFull(Exception):
     """The journal holds its bound of records or bytes: the record was not kept."""
+
+
+class JournalBroken(Exception):
+    """The journal's files cannot hold a record now (a failed or short write, a deleted
+    directory): the record was not kept."""
 
 
 class JournalLocked(Exception):
@@ -131,6 +137,8 @@ class Journal:
         self._segments: list[tuple[Path, int]] = []  # (file, last seq in it)
         self._recover()
         self._fd: int | None = None
+        #: Why the journal no longer keeps records (None: it does).
+        self.broken: str | None = None
 
     # -- opening -------------------------------------------------------------------
 
@@ -172,7 +180,8 @@ class Journal:
         """Keep ``payload`` durably (fsync'd when this returns); returns its seq.
 
         Raises:
-            JournalFull: the bound is reached; nothing was written.
+            JournalFull: the bound is reached, or the disk is full; nothing was kept.
+            JournalBroken: the record could not be written; nothing was kept.
         """
         if len(self._pending) >= self.max_records or self.pending_bytes + len(payload) > self.max_bytes:
             raise JournalFull(
@@ -181,36 +190,85 @@ class Journal:
         if len(payload) > MAX_RECORD:
             raise JournalFull(f"a write of {len(payload)} bytes is larger than a spool record may be")
         seq = self.next_seq
-        fd = self._segment_for(seq)
         header = _RECORD.pack(_RECORD_MAGIC, len(payload), zlib.crc32(_SEQ.pack(seq) + payload), seq)
-        os.write(fd, header + payload)
-        os.fsync(fd)
+        self._write_record(seq, header + payload)
         self.next_seq = seq + 1
         self._pending.append(Record(seq, payload))
         path, _ = self._segments[-1]
         self._segments[-1] = (path, seq)
         return seq
 
+    def _write_record(self, seq: int, record: bytes) -> None:
+        """Write and fsync ``record`` whole, or leave the segment as it was and raise."""
+        if self.broken:
+            raise JournalBroken(f"spool {self.directory} is broken: {self.broken}")
+        try:
+            fd = self._segment_for(seq)
+            start = os.fstat(fd).st_size
+        except OSError as exc:
+            raise self._refusal(exc) from exc
+        try:
+            written = 0
+            while written < len(record):  # a short write (a full disk) is followed by an error
+                written += os.write(fd, record[written:])
+            os.fsync(fd)
+            if os.fstat(fd).st_nlink == 0:
+                self.broken = f"its segment {self._segments[-1][0].name} was deleted"
+                raise JournalBroken(f"spool {self.directory} is broken: {self.broken}")
+        except OSError as exc:
+            self._roll_back(fd, start)
+            raise self._refusal(exc) from exc
+
+    def _roll_back(self, fd: int, start: int) -> None:
+        """Cut a failed record off, so that the next one follows the last whole one."""
+        try:
+            os.ftruncate(fd, start)
+            os.fsync(fd)
+        except OSError as exc:
+            # Records appended after a torn one would be cut with it when the journal is opened.
+            self.broken = f"a torn record could not be removed ({exc})"
+
+    def _refusal(self, exc: OSError) -> Exception:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return JournalFull(f"spool {self.directory}: the disk is full ({exc.strerror})")
+        return JournalBroken(f"spool {self.directory}: the record could not be written ({exc})")
+
     def _segment_for(self, seq: int) -> int:
         if self._fd is not None and os.fstat(self._fd).st_size < self.segment_bytes:
             return self._fd
         if self._fd is not None:
             os.close(self._fd)
+            self._fd = None
         path = self.directory / f"segment-{seq:020d}.log"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        if not self._segments or self._segments[-1][0] != path:
+            self._segments.append((path, seq - 1))
+        self._fd = fd
         _fsync_dir(self.directory)  # the new file's name survives a crash
-        self._segments.append((path, seq - 1))
-        return self._fd
+        return fd
 
     def mark_done(self, seq: int) -> None:
-        """Every record up to ``seq`` is handled: durably (fsync'd when this returns)."""
+        """Every record up to ``seq`` is handled: durably (fsync'd when this returns).
+
+        Raises:
+            OSError: the mark could not be written; nothing changed (try again).
+        """
         if seq <= self.done:
             return
         path = self.directory / "done.log"
-        with open(path, "ab") as f:
-            f.write(_DONE.pack(_DONE_MAGIC, seq, zlib.crc32(_SEQ.pack(seq))))
-            f.flush()
-            os.fsync(f.fileno())
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)  # OSError: not marked
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                mark = _DONE.pack(_DONE_MAGIC, seq, zlib.crc32(_SEQ.pack(seq)))
+                if os.write(fd, mark) != len(mark):
+                    raise OSError(errno.ENOSPC, "short write of a done mark")
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, start)  # marks after a torn one would not be read back
+                raise
+        finally:
+            os.close(fd)
         self.done = seq
         while self._pending and self._pending[0].seq <= seq:
             self._pending.pop(0)

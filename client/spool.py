@@ -2,10 +2,14 @@
 disk (:mod:`.journal`) and made later, in order, when the service serves again.
 
 ``mc.guard("storage_backend", spool="/var/lib/agent/spool")`` on a sync function: a call
-refused by the breaker or a limit, or failed after its retries, is spooled and returns a
-:class:`Spooled` receipt instead of raising; while writes wait in the spool, new ones join
-the end of it (order is kept). A background thread replays the oldest write whenever the
-breaker lets calls through (its first replays are the HALF_OPEN probes) and marks it done.
+refused by the breaker or a limit, or failed after its retries without any attempt that
+may have reached the service (:mod:`.write_attempts`; any, for an ``idempotent`` guard), is
+spooled and returns a :class:`Spooled` receipt instead of raising. While writes wait in
+the spool, new ones join the end of it (order is kept) — once the breaker lets calls
+through, after waiting up to the policy's timeout for the replay to empty the spool (so
+that it drains under load: a new write is made directly once it is empty). A background
+thread replays the oldest write whenever the breaker lets calls through (its first replays
+are the HALF_OPEN probes) and marks it done.
 
 What is guaranteed: a write that returned :class:`Spooled` is on disk (fsync'd) and is made
 at least once, in order, by this process or the next one that opens the directory — unless
@@ -31,12 +35,16 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ResourceExhausted
-from .journal import Journal, JournalFull
+from .journal import Journal, JournalBroken, JournalFull
 from .outcomes import DEFAULT, Counts, Outcomes, classify, kind_of
+from .write_attempts import WriteAttempts, tracking
 
 __all__ = ["Spooled", "WriteSpool", "current_write_id"]
 
 _log = logging.getLogger("mission_control.client.spool")
+
+#: The longest wait of the replayer between tries after a disk operation failed.
+MAX_REPLAY_BACKOFF = 5.0
 
 _write_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "mission_control_write_id", default=None
@@ -116,6 +124,10 @@ class WriteSpool:
         open_for: seconds the service's breaker stays open (0: calls may go).
         count: ``count(spooled, replayed, dropped)`` adds to the service's counts.
         outcomes: how the write's exceptions count (a failure of the service is spooled).
+        drain_wait: how long a new write may wait for the replayer to empty the spool
+            while the service serves (the policy's timeout), before it is spooled.
+        idempotent: a write may be made twice: spool it even when an attempt may have
+            reached the service (see :mod:`.write_attempts`).
     """
 
     def __init__(
@@ -123,7 +135,7 @@ class WriteSpool:
         call: Callable[[tuple[Any, ...], dict[str, Any]], Any], open_for: Callable[[], float],
         count: Callable[[int, int, int], None], outcomes: Outcomes | None = None,
         kind: str | None = None, max_writes: int = 10_000, max_bytes: int = 64 * 1024 * 1024,
-        pause: float = 0.2,
+        pause: float = 0.2, idempotent: bool = False, drain_wait: Callable[[], float] = lambda: 0.0,
     ) -> None:  # fmt: skip
         self.journal = Journal(directory, max_records=max_writes, max_bytes=max_bytes)
         self.service = service
@@ -134,10 +146,16 @@ class WriteSpool:
         self._outcomes = outcomes or DEFAULT
         self._target = _Target(service, function, kind or kind_of(service))
         self._pause = pause
+        self._idempotent = idempotent
+        self._drain_wait = drain_wait
         self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)  # the spool emptied, or replay failed
+        self._replay_failures = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.spooled = self.replayed = self.dropped = 0
+        self._unmarked: tuple[int, str] | None = None  # made or dropped, its done mark not written
+        self._stalled: str | None = None
         self._thread = threading.Thread(target=self._replay_loop, name=f"spool-{service}", daemon=True)
         self._thread.start()
 
@@ -153,21 +171,50 @@ class WriteSpool:
         write_id = uuid.uuid4().hex
         payload = encode_write(write_id, self.function, args, kwargs)  # fails before any call
         with self._lock:
+            if len(self.journal) and self._open_for() <= 0:
+                self._wait_for_drain()
             if len(self.journal):
                 return self._keep(write_id, payload, "earlier writes are waiting in the spool", None)
+        attempts = WriteAttempts()
         try:
-            with _writing(write_id):
+            with _writing(write_id), tracking(attempts):
                 return self._call(args, kwargs)
         except Exception as exc:
             if not self._service_failed(exc):
                 raise
+            if attempts.maybe_applied and not self._idempotent:
+                exc.add_note(
+                    "not spooled: an attempt may have reached the service (it timed out or failed "
+                    "after sending), and a replay could make the write twice; mark the guard "
+                    "idempotent to spool such writes"
+                )
+                raise
             with self._lock:
                 return self._keep(write_id, payload, str(exc), exc)
 
+    def _wait_for_drain(self) -> None:
+        """The service serves again and the replayer is catching up: wait (up to the
+        policy's timeout) for the spool to empty, then make the write at once. New writes
+        are held back instead of joining the spool, so it drains under any load; a write
+        that would wait longer is spooled."""
+        failures = self._replay_failures
+        self._drained.wait_for(
+            lambda: not len(self.journal) or failures != self._replay_failures or self._stop.is_set(),
+            timeout=self._drain_wait(),
+        )
+
+    @property
+    def broken(self) -> str | None:
+        """Why the spool hands out no receipts now (None: it does): its journal cannot keep
+        records, or a done mark could not be written (the replayer tries it again)."""
+        return self._stalled or self.journal.broken
+
     def _keep(self, write_id: str, payload: bytes, reason: str, error: Exception | None) -> Spooled:
         try:
+            if self.broken:
+                raise JournalBroken(f"spool {self.journal.directory} is broken: {self.broken}")
             seq = self.journal.append(payload)
-        except JournalFull as full:
+        except (JournalFull, JournalBroken) as full:
             self.dropped += 1
             self._count(0, 0, 1)
             # Not the service's error: a StorageFailure would tell the user the data is safe.
@@ -187,19 +234,55 @@ class WriteSpool:
     # -- replay ----------------------------------------------------------------------
 
     def _replay_loop(self) -> None:
+        backoff = self._pause
         while not self._stop.is_set():
+            try:
+                self._replay_step()
+                backoff = self._pause
+            except Exception:  # a disk operation failed: the replayer must outlive it
+                where = self.journal.directory
+                _log.exception("spool %s: replay failed; trying again in %.1fs", where, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_REPLAY_BACKOFF)
+
+    def _replay_step(self) -> None:
+        if self._unmarked is not None:
+            self._finish(*self._unmarked)  # before anything else: the write is not made twice
+            return
+        with self._lock:
+            record = self.journal.first()
+        if record is None:
+            self._wake.wait(1.0)
+            self._wake.clear()
+            return
+        wait = self._open_for()
+        if wait > 0:
+            self._stop.wait(min(wait, 1.0))
+            return
+        if not self._replay(record.seq, record.payload):
             with self._lock:
-                record = self.journal.first()
-            if record is None:
-                self._wake.wait(1.0)
-                self._wake.clear()
-                continue
-            wait = self._open_for()
-            if wait > 0:
-                self._stop.wait(min(wait, 1.0))
-                continue
-            if not self._replay(record.seq, record.payload):
-                self._stop.wait(self._pause)
+                self._replay_failures += 1  # the service is failing again: stop holding writes
+                self._drained.notify_all()
+            self._stop.wait(self._pause)
+
+    def _finish(self, seq: int, outcome: str) -> None:
+        """Mark ``seq`` done and count it; when the mark fails, hand out no receipts until it
+        is written (the journal would make the write again) and raise."""
+        with self._lock:
+            try:
+                self.journal.mark_done(seq)
+            except OSError as exc:
+                self._unmarked = (seq, outcome)
+                self._stalled = f"write #{seq} was {outcome} but could not be marked done ({exc})"
+                raise
+            self._unmarked = self._stalled = None
+            if not len(self.journal):
+                self._drained.notify_all()
+            if outcome == "replayed":
+                self.replayed += 1
+            else:
+                self.dropped += 1
+        self._count(0, int(outcome == "replayed"), int(outcome == "dropped"))
 
     def _replay(self, seq: int, payload: bytes) -> bool:
         """Make one spooled write; False when the service failed it (try again later)."""
@@ -216,25 +299,21 @@ class WriteSpool:
             if self._service_failed(exc):
                 return False
             return self._drop(seq, f"the write failed with the caller's error {exc!r}")
-        with self._lock:
-            self.journal.mark_done(seq)
-            self.replayed += 1
-        self._count(0, 1, 0)
+        self._finish(seq, "replayed")
         return True
 
     def _drop(self, seq: int, why: str) -> bool:
         """A write that can never be made is dropped, not retried for ever."""
         _log.error("spool %s: dropping write #%d: %s", self.journal.directory, seq, why)
-        with self._lock:
-            self.journal.mark_done(seq)
-            self.dropped += 1
-        self._count(0, 0, 1)
+        self._finish(seq, "dropped")
         return True
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop replaying (what is left stays on disk for the next process)."""
         self._stop.set()
         self._wake.set()
+        with self._lock:
+            self._drained.notify_all()
         self._thread.join(timeout)
         with self._lock:
             self.journal.close()

@@ -7,8 +7,10 @@ import json
 
 import grpc
 import pytest
-from mission_control.client import MissionControl
+from mission_control.client import MissionControl, limits
 from mission_control.client.config import policy_to_proto
+from mission_control.client.fleet_limits import LeasedBudget
+from mission_control.client.fleet_retries import UNLIMITED, FleetRetryBudget
 from mission_control.client.policy import Backoff, FleetLimits, RetryBudget, ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
@@ -83,3 +85,20 @@ def test_without_a_control_plane_each_agent_keeps_its_own_budget() -> None:
     with pytest.raises(ConnectionRefusedError):
         call()
     assert attempts == 1 + POLICY.max_retries  # the local budget's minimum allows them
+
+
+def test_an_agent_whose_lease_ran_out_spends_its_own_budget_not_its_last_lease() -> None:
+    # Injected clock: the last lease gave this agent no retries (the fleet's were all used
+    # elsewhere); then the control plane goes quiet. Its own budget's minimum applies again.
+    retries = LeasedBudget(0.0, LEASE_SECS, None, now=0.0)
+    calls = LeasedBudget(UNLIMITED, LEASE_SECS, 1.0, now=0.0)
+    budget = FleetRetryBudget(limits.RetryBudget(0.0, MIN_PER_SECOND, 1.0), retries, calls)
+    retries.apply(period=1, units=0.0, start=0.0, period_secs=LEASE_SECS, agents=2, fleet_units=2.0)
+    budget.record_call(0.1)
+    assert not budget.try_retry(0.1)  # leased, and the lease is 0: no retry
+    later = 10 * LEASE_SECS  # many periods with no lease
+    budget.record_call(later)
+    assert budget.try_retry(later)  # the per-agent budget's minimum
+    lease = {"units": 0.0, "period_secs": LEASE_SECS, "agents": 2, "fleet_units": 2.0}
+    retries.apply(period=10**6, start=later + 0.1, **lease)  # type: ignore[arg-type]
+    assert not budget.try_retry(later + 0.2)  # leased again: the lease decides

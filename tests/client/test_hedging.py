@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import tomllib
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
 from mission_control.client import ConfigurationError, MissionControl, OperationTimeout, StorageFailure
 from mission_control.client.config import config_to_toml, load_config
+from mission_control.client.executor import HEDGE_THREADS
 from mission_control.client.policy import Hedging, RetryBudget, ServicePolicy
 from mission_control.interceptors import protected_channel
 
@@ -236,3 +239,38 @@ def test_hedging_set_by_a_policy_change_applies_to_a_channel_already_in_use(path
         assert echo(pb.EchoRequest(text="b"), timeout=10).text == "b"
         assert up.calls == 3  # one, then a slow one and its hedge
         channel.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def test_one_services_hanging_hedges_do_not_hold_the_threads_of_anothers() -> None:
+    hanging = HEDGED.replace(service="archive", timeout_secs=30, idempotent=True)
+    healthy = HEDGED.replace(service="storage_backend", timeout_secs=5, idempotent=True)
+    mc = MissionControl("hedging-agent", config={"archive": hanging, "storage_backend": healthy})
+    stuck, running, lock = threading.Event(), [0], threading.Lock()
+
+    @mc.guard("archive")
+    def archive() -> None:
+        with lock:
+            running[0] += 1
+        stuck.wait(30)
+
+    save = mc.guard("storage_backend")(lambda: "saved")
+    callers = [threading.Thread(target=archive) for _ in range(HEDGE_THREADS // 2 + 4)]
+    for caller in callers:
+        caller.start()  # each with its hedge: more attempts than a service's threads
+    try:
+        assert wait_until(lambda: running[0] >= HEDGE_THREADS)
+        assert save() == "saved"  # on threads of its own, not queued behind the hanging ones
+    finally:
+        stuck.set()
+        for caller in callers:
+            caller.join(30)
+    mc.close()

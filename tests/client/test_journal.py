@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,34 @@ def test_one_process_at_a_time(tmp_path: Path) -> None:
         Journal(tmp_path)
     journal.close()
     Journal(tmp_path).close()
+
+
+_FILL_THE_DISK = """
+import resource, signal, sys
+from mission_control.client.journal import Journal, JournalFull
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead
+journal = Journal(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (300, resource.RLIM_INFINITY))
+for i in range(3):
+    try:
+        print("kept", journal.append(bytes([65 + i]) * 100))  # 120 bytes a record
+    except JournalFull as full:
+        print("full", full)
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+print("kept", journal.append(b"D" * 100))
+"""
+
+
+def test_a_short_write_on_a_full_disk_is_rolled_back_and_refused(tmp_path: Path) -> None:
+    # A file-size limit makes the kernel write part of the third record, then fail: a disk
+    # filling up does the same.
+    run = subprocess.run(
+        [sys.executable, "-c", _FILL_THE_DISK, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[:2] == ["kept 1", "kept 2"] and lines[3] == "kept 3", lines
+    assert lines[2].startswith("full ") and "the disk is full" in lines[2], lines
+    journal = Journal(tmp_path)
+    assert payloads(journal) == [b"A" * 100, b"B" * 100, b"D" * 100]  # nothing torn, nothing cut
+    journal.close()

@@ -3,6 +3,8 @@ refusals, and the counts reported to a real control plane and shown by `stats`."
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import subprocess
 import sys
 import threading
@@ -13,7 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
-from mission_control.client import MissionControl, ResourceExhausted, StorageFailure
+from mission_control.client import MissionControl, OperationTimeout, ResourceExhausted, StorageFailure
 from mission_control.client.config import policy_to_proto
 from mission_control.client.policy import Backoff, ServicePolicy
 from mission_control.client.spool import Spooled, current_write_id
@@ -201,3 +203,96 @@ def test_nothing_is_replayed_before_the_agent_is_started(tmp_path: Path) -> None
     assert poll(lambda: len(save.spool) == 0)
     assert [key for key, _ in store.applied] == ["k0"]
     later.close()
+
+
+def test_a_deleted_spool_directory_refuses_receipts_and_the_replayer_outlives_it(tmp_path: Path) -> None:
+    store = Store()
+    mc = MissionControl("spool-agent", config={"storage_backend": POLICY})
+    directory = tmp_path / "spool"
+    save = spooled_save(mc, store, directory)
+    receipts = [save(f"k{i}") for i in range(3)]
+    assert all(isinstance(r, Spooled) for r in receipts)
+    shutil.rmtree(directory)
+    with pytest.raises(ResourceExhausted) as refused:
+        save("k3")  # its record would go to a deleted file: no receipt
+    assert any("broken" in note for note in refused.value.__notes__)
+    assert (save.spool.spooled, save.spool.dropped) == (3, 1)
+    store.down = False
+    assert poll(lambda: save.spool.broken is not None and "marked done" in save.spool.broken)
+    assert [key for key, _ in store.applied] == ["k0"]  # made, then its done mark failed
+    with pytest.raises(ResourceExhausted):
+        save("k4")  # still broken: the caller is told, and it is counted
+    assert save.spool.dropped == 2 and mc.view.get("storage_backend").tally.spool_dropped == 2
+    directory.mkdir()  # the replayer keeps trying the mark, and goes on once it is written
+    assert poll(lambda: len(save.spool) == 0)
+    assert save.spool._thread.is_alive()
+    assert [key for key, _ in store.applied] == ["k0", "k1", "k2"]  # k0 once: marked, not made again
+    assert (save.spool.replayed, save.spool.dropped) == (3, 2)
+    mc.close()
+
+
+class FlakyStore(Store):
+    """Up, but fails the next writes with the given errors (raised after it applied the
+    write, for a TimeoutError: the answer was lost, the write was not)."""
+
+    def __init__(self, *errors: Exception) -> None:
+        super().__init__()
+        self.down = False
+        self.errors = list(errors)
+
+    def save(self, key: str) -> str:
+        if self.errors:
+            error = self.errors.pop(0)
+            if isinstance(error, TimeoutError):
+                super().save(key)
+            raise error
+        return super().save(key)
+
+
+@pytest.mark.parametrize("idempotent", [False, True])
+def test_a_write_that_may_have_been_applied_is_spooled_only_when_idempotent(
+    tmp_path: Path, idempotent: bool
+) -> None:
+    # Timed out (then, idempotent, retried and refused): the first attempt may have been applied.
+    errors: list[Exception] = [TimeoutError("no answer in time")]
+    store = FlakyStore(*errors, *([ConnectionRefusedError("down")] if idempotent else []))
+    mc = MissionControl("spool-agent", config={"storage_backend": POLICY})
+    save = spooled_save(mc, store, tmp_path, idempotent=idempotent)
+    if idempotent:
+        assert isinstance(save("k0"), Spooled)
+        assert poll(lambda: len(save.spool) == 0)
+        assert [key for key, _ in store.applied] == ["k0", "k0"]  # it may run twice: it was told so
+    else:
+        with pytest.raises(OperationTimeout) as caught:
+            save("k0")
+        assert any("may have reached the service" in note for note in caught.value.__notes__)
+        assert save.spool.spooled == 0 and len(save.spool) == 0
+        assert save("k1") == "saved k1"
+        assert [key for key, _ in store.applied] == ["k0", "k1"]  # k0 once, as the caller was told
+    refused = FlakyStore(ConnectionRefusedError("down"), ConnectionRefusedError("down"))
+    other = spooled_save(mc, refused, tmp_path / "refused")
+    assert isinstance(other("k2"), Spooled)  # surely not applied: kept, whatever the guard says
+    mc.close()
+
+
+class SlowStore(Store):
+    def save(self, key: str) -> str:
+        time.sleep(0.02)
+        return super().save(key)
+
+
+def test_once_the_service_serves_new_writes_wait_for_the_replay_instead_of_joining_the_spool(
+    tmp_path: Path,
+) -> None:
+    store = SlowStore()
+    patient = dataclasses.replace(POLICY, timeout_secs=30)  # the longest a new write waits
+    mc = MissionControl("spool-agent", config={"storage_backend": patient})
+    save = spooled_save(mc, store, tmp_path)
+    receipts = [save(f"k{i}") for i in range(20)]
+    assert all(isinstance(r, Spooled) for r in receipts)
+    store.down = False
+    assert poll(lambda: save.spool.replayed >= 1)  # the breaker lets calls through again
+    assert save("late") == "saved late"  # made (after the spool drained), not spooled
+    assert [key for key, _ in store.applied] == [*(f"k{i}" for i in range(20)), "late"]
+    assert save.spool.spooled == 20 and len(save.spool) == 0
+    mc.close()
