@@ -161,11 +161,11 @@ def main() -> int:
         [{"variant": k, "cpu_us": v} for k, v in case7["cost_us"].items()],
         [("variant", "variant", ""), ("cpu_us", "CPU us/call", ".1f")],
     )
-    case9 = hedging.run(calls=300 if args.quick else 2000)
-    results["hedging"] = case9
+    case10 = hedging.run(calls=300 if args.quick else 2000)
+    results["hedging"] = case10
     _table(
-        "9. hedging: 3 % of calls turn slow (2 s); p99 seen by agents, extra calls sent",
-        case9,
+        "10. hedging: 3 % of calls turn slow (2 s); p99 seen by agents, extra calls sent",
+        case10,
         [
             ("shape", "healthy latency", ""),
             ("variant", "variant", ""),
@@ -194,11 +194,11 @@ def main() -> int:
     )
     from . import scale
 
-    case9 = scale.run((200, 1000) if args.quick else (1000, 3000, 10_000))
-    results["scale"] = case9
+    case11 = scale.run((200, 1000) if args.quick else (1000, 3000, 10_000))
+    results["scale"] = case11
     _table(
-        "9. agents per control plane (raw Connect streams from a few processes, loopback)",
-        case9,
+        "11. agents per control plane (raw Connect streams from a few processes, loopback)",
+        case11,
         SCALE_COLUMNS,
     )
     results["seconds"] = round(time.time() - started, 1)

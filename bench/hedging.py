@@ -1,4 +1,4 @@
-"""Case 9: hedged requests when a share of a backend's calls turns slow (50 ms → 2 s).
+"""Case 10: hedged requests when a share of a backend's calls turns slow (50 ms → 2 s).
 
 An Echo server in this process answers each call after a latency drawn from a seeded
 generator: healthy, or 2 s for ``slow_share`` of the calls. Agents call it through the sync

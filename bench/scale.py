@@ -1,4 +1,4 @@
-"""Case 9: one control plane holding many agents (raw Connect streams from a few processes,
+"""Case 11: one control plane holding many agents (raw Connect streams from a few processes,
 loopback): memory per agent, event-loop time of a lease round and of a breaker push, how
 long a push takes to reach every agent, and outcomes ingested per second."""
 
