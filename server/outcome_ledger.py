@@ -95,7 +95,10 @@ class OutcomeLedger:
     def _mark(self, session: _Session, sequence: int) -> bool:
         if sequence > session.newest:
             shift = sequence - session.newest
-            session.seen = ((session.seen << shift) | 1) & ((1 << self.window) - 1)
+            # a jump past the window leaves nothing of it: no shift (a hostile jump to 2**62
+            # would build an integer that many bits long)
+            kept = session.seen << shift if shift < self.window else 0
+            session.seen = (kept | 1) & ((1 << self.window) - 1)
             session.newest = sequence
             return True
         behind = session.newest - sequence

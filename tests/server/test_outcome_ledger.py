@@ -30,6 +30,16 @@ def test_a_batch_too_far_behind_its_session_is_not_counted() -> None:
     assert ledger.too_old == 1
 
 
+def test_a_hostile_jump_in_sequence_costs_bounded_work() -> None:
+    ledger = OutcomeLedger(window=8)
+    assert ledger.first_time(BatchKey("a", "s", "x", 1))
+    assert ledger.first_time(BatchKey("a", "s", "x", 2**62))  # without a bound: a 2**62-bit integer
+    assert not ledger.first_time(BatchKey("a", "s", "x", 2**62))
+    assert ledger.first_time(BatchKey("a", "s", "x", 2**62 - 3))
+    assert not ledger.first_time(BatchKey("a", "s", "x", 1))  # far behind now
+    assert all(s.seen.bit_length() <= 8 for s in ledger._sessions.values())
+
+
 def test_sessions_and_agents_are_apart_and_unnumbered_batches_always_count() -> None:
     ledger = OutcomeLedger()
     assert ledger.first_time(BatchKey("a", "s1", "x", 1))
