@@ -130,6 +130,15 @@ class Leadership:
                     "%s: removed the leader key of a predecessor at %s", self.instance_id, self.address
                 )
                 self.leader_id = self.leader_address = None
+        if entry is not None and (self.leader_id is None or not entry.lease):
+            # No replica wrote this (a hand edit, garbage, a value without a lease): it names
+            # no leader and would never expire, so nobody could lead. Clear it and campaign.
+            result = await self.store.commit([Write(self.key, None, expected_revision=entry.mod_revision)])
+            if result.succeeded:
+                _log.warning(
+                    "%s: removed a leader key no replica wrote (%r)", self.instance_id, entry.value[:80]
+                )
+            self.leader_id = self.leader_address = None
         if self.leader_id is not None:
             return  # somebody leads: nothing to write
         lease = await self.store.grant_lease(self.ttl)
