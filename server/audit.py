@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import secrets
 import time
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .store import Entry, Store, StoreUnavailable, WatchCompacted, Write
@@ -161,17 +163,36 @@ class AuditLog:
         entries, _ = await self.store.get_prefix(self.prefix)
         if not entries:
             return 0
-        parsed = [(e, self._parse(e)) for e in entries]
-        oldest = self.wall() - self.retention.max_age_secs
-        doomed = [e.key for e, r in parsed if r is None or r.time.ToNanoseconds() < oldest * 1e9]
+        # Only what the bound needs, read cheaply: a full parse of every record on every
+        # prune kept the event loop busy long enough, with a full log, to lose the lease.
+        parsed = [(e, _brief(e)) for e in entries]
+        oldest_ns = (self.wall() - self.retention.max_age_secs) * 1e9
+        doomed = [e.key for e, r in parsed if r is None or r[2] < oldest_ns]
+        gone = set(doomed)
         # Bounded per kind: a flapping breaker does not push the policy changes out.
         for kind in ("policy", "breaker"):
-            kept = sorted((r.revision, e.key) for e, r in parsed if r is not None and r.kind == kind)
+            kept = sorted((r[1], e.key) for e, r in parsed if r is not None and r[0] == kind)
             excess = len(kept) - self.retention.max_records
-            doomed += [key for _, key in kept[: max(0, excess)] if key not in doomed]
+            doomed += [key for _, key in kept[: max(0, excess)] if key not in gone]
         for start in range(0, len(doomed), 64):  # etcd bounds the operations of a transaction
             await self.store.commit([Write(key, None) for key in doomed[start : start + 64]])
         return len(doomed)
+
+
+def _brief(entry: Entry) -> tuple[str, int, int] | None:
+    """A stored record's (kind, revision, time in ns) — None when it does not parse."""
+    try:
+        data = json.loads(entry.value)
+        stamp = Timestamp()
+        if data.get("time"):
+            stamp.FromJsonString(data["time"])
+        return (
+            str(data.get("kind", "")),
+            int(data.get("revision") or entry.mod_revision),
+            stamp.ToNanoseconds(),
+        )
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError):
+        return None
 
 
 def _encode(record: pb.AuditRecord) -> bytes:
@@ -198,10 +219,13 @@ class AuditKeeper:
         log: AuditLog,
         change_of: Callable[[str, bytes | None, bytes | None], Change | None],
         prune_delay: float = 0.2,
+        prune_interval: float = 5.0,
     ) -> None:
         self.log = log
         self.change_of = change_of
         self.prune_delay = prune_delay
+        #: Seconds at least between two prunes: the bound may be passed for that long.
+        self.prune_interval = prune_interval
         self._prune = asyncio.Event()
         self._outside: asyncio.Queue[tuple[str, bytes | None, int]] = asyncio.Queue(maxsize=10_000)
         #: Changes from outside handled here (recorded here or by another replica).
@@ -234,6 +258,8 @@ class AuditKeeper:
                 _log.info("audit records not pruned yet (%s)", err)
                 self._prune.set()
                 await asyncio.sleep(1.0)
+            else:
+                await asyncio.sleep(self.prune_interval)
 
     async def _outside_loop(self) -> None:
         while True:
