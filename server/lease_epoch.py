@@ -138,7 +138,7 @@ class LeaseEpochs:
     def leased(self) -> None:
         """This leader sent leases: record its epoch (once; tried again after a failure)."""
         epoch = self.epoch()
-        if self._recorded == epoch or self._writing is not None:
+        if not epoch or self._recorded == epoch or self._writing is not None:  # 0: not read yet
             return
         self._writing = asyncio.create_task(self._record(EpochRecord(epoch, self.instance_id)))
 

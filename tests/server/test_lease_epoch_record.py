@@ -106,3 +106,17 @@ def test_the_epoch_is_recorded_once_and_again_after_a_failed_write() -> None:
         assert [parse_record(v) for v in term.written] == [EpochRecord(5, "r1")]
 
     asyncio.run(main())
+
+
+def test_the_only_replica_records_nothing_before_the_store_is_read() -> None:
+    async def main() -> None:
+        term = Term(own=0, loaded=False)
+        term.epochs.leased()
+        await asyncio.sleep(0)
+        assert term.written == [] and term.epochs.epoch() == 0
+        term.loaded = True
+        term.epochs.leased()
+        await asyncio.sleep(0)
+        assert [parse_record(v) for v in term.written] == [EpochRecord(1, "r1")]
+
+    asyncio.run(main())
