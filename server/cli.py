@@ -11,6 +11,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from mission_control.client.policy import name_problem
+
 from . import operator
 from .app import EtcdAccess, ServeOptions, TlsFiles
 from .audit import Retention
@@ -37,6 +39,11 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
     if args.tls_client_ca and not args.tls_cert:
         raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
     password = os.environ.get("MISSION_CONTROL_ETCD_PASSWORD")
+    instance_problem = args.instance_id and name_problem(args.instance_id)
+    if instance_problem:
+        raise ValueError(
+            f"--instance-id {args.instance_id!r} {instance_problem} (it names this replica's keys)"
+        )
     if args.etcd_password_file:
         password = args.etcd_password_file.read_text(encoding="utf-8").strip()
     if args.etcd_user and password is None:

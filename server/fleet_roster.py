@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,6 +37,10 @@ SHARD_BYTES = 32 * 1024
 MAX_SHARDS = 32
 #: Counters an agent entry may carry (its outcomes as reported to its replica).
 COUNTERS = ("calls", "failures", "rejected")
+#: Agents a replica may say it left out of its values (far beyond what one replica holds).
+MAX_OMITTED = 1_000_000
+#: A shard's number in its key: ASCII digits, no leading zero.
+_SHARD = re.compile(r"0|[1-9][0-9]{0,3}")
 #: The largest ``since`` accepted (seconds since the epoch, far in the future).
 MAX_SECONDS = 1e11
 
@@ -84,17 +89,26 @@ def encode_shard(replica: str, shard: int, agents: Iterable[FleetAgent], omitted
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
 
-def decode_shard(key_replica: str, raw: bytes) -> tuple[list[FleetAgent], int]:
-    """The agents of one stored value and how many its replica left out.
-    Raises ValueError saying what is wrong."""
+def decode_shard(key_replica: str, raw: bytes, key_shard: int | None = None) -> tuple[list[FleetAgent], int]:
+    """The agents of one stored value and how many its replica left out (``key_shard``: the
+    number its key gives, which the value must repeat). Raises ValueError saying what is wrong."""
     value = json.loads(raw, parse_constant=_no_constant)
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")
     if value.get("replica") != key_replica:
         raise ValueError(f"names replica {value.get('replica')!r}, its key {key_replica!r}")
+    if key_shard is not None and (not _count(value.get("shard")) or value.get("shard") != key_shard):
+        raise ValueError(f"names shard {value.get('shard')!r}, its key {key_shard}")
     omitted, agents = value.get("omitted", 0), value.get("agents")
-    if not _count(omitted) or not isinstance(agents, list) or len(agents) > SHARD_AGENTS:
-        raise ValueError(f"'omitted' must be a count and 'agents' a list of at most {SHARD_AGENTS}")
+    if (
+        not _count(omitted)
+        or omitted > MAX_OMITTED
+        or not isinstance(agents, list)
+        or len(agents) > SHARD_AGENTS
+    ):
+        raise ValueError(
+            f"'omitted' must be a count up to {MAX_OMITTED} and 'agents' a list of at most {SHARD_AGENTS}"
+        )
     return [_agent(key_replica, i, entry) for i, entry in enumerate(agents)], omitted
 
 
@@ -164,8 +178,8 @@ class FleetRoster:
             counts[self._replica_of(key)] += len(agents) + omitted
         return counts
 
-    def apply(self, key: str, value: bytes | None, revision: int) -> None:
-        """One stored value (None: deleted)."""
+    def apply(self, key: str, value: bytes | None, revision: int, lease: int) -> None:
+        """One stored value (None: deleted), bound to etcd lease ``lease`` (0: none)."""
         self._shards.pop(key, None)
         replica = self._replica_of(key)
         if value is None:
@@ -173,9 +187,11 @@ class FleetRoster:
             return
         try:
             shard = key.removeprefix(self.prefix + replica + "/")
-            if not replica or not shard.isdigit() or int(shard) >= MAX_SHARDS:
+            if name_problem(replica) or not _SHARD.fullmatch(shard) or int(shard) >= MAX_SHARDS:
                 raise ValueError(f"the key is not <replica>/<shard number below {MAX_SHARDS}>")
-            self._shards[key] = decode_shard(replica, value)
+            if not lease:  # a replica's values live on its lease: one without would never go
+                raise ValueError("not bound to a lease (a replica writes its agents on its own)")
+            self._shards[key] = decode_shard(replica, value, int(shard))
         except (ValueError, RecursionError) as err:  # json.JSONDecodeError is a ValueError
             if self._bad.get(key) != revision:
                 self._bad[key] = revision
@@ -200,7 +216,7 @@ class FleetRoster:
                 entries, revision = await self.store.get_prefix(self.prefix)
                 self._shards.clear()
                 for entry in entries:
-                    self.apply(entry.key, entry.value, entry.mod_revision)
+                    self.apply(entry.key, entry.value, entry.mod_revision, entry.lease)
                 self.loaded.set()
                 backoff = 0.1
                 await self._follow(revision)
@@ -216,7 +232,7 @@ class FleetRoster:
         async def watch() -> None:
             async for events in self.store.watch(self.prefix, revision + 1):
                 for event in events:
-                    self.apply(event.key, event.value, event.mod_revision)
+                    self.apply(event.key, event.value, event.mod_revision, event.lease)
 
         watching = asyncio.create_task(watch())
         reload = asyncio.create_task(self._reload.wait())

@@ -457,7 +457,7 @@ async def test_the_picture_lists_a_bounded_number_of_agents_and_counts_the_rest(
     await asyncio.wait_for(roster.loaded.wait(), 10)  # a load replaces what is applied before it
     crowd = [FleetAgent(f"agent-{i:05d}", "rep-x") for i in range(MAX_AGENT_ROWS + 500)]
     for n, value in enumerate(pack("rep-x", crowd)):
-        roster.apply(f"{roster.prefix}rep-x/{n}", value, 1)
+        roster.apply(f"{roster.prefix}rep-x/{n}", value, 1, 1)
     async with aiohttp.ClientSession() as session:
         for _ in range(100):  # a picture is built again when older than half a second
             picture = await state(session, plane)

@@ -76,6 +76,9 @@ def test_an_agent_declaring_much_publishes_little() -> None:
         b"[]",
         b'{"replica": "other", "shard": 0, "omitted": 0, "agents": []}',
         b'{"replica": "rep-x", "shard": 0, "omitted": -1, "agents": []}',
+        b'{"replica": "rep-x", "shard": 0, "omitted": 1000001, "agents": []}',
+        b'{"replica": "rep-x", "shard": 3, "omitted": 0, "agents": []}',
+        b'{"replica": "rep-x", "omitted": 0, "agents": []}',
         b'{"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": ""}]}',
         b'{"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "a", "calls": "many"}]}',
         b'{"replica": "rep-x", "shard": 0, "omitted": 0, "agents": [{"id": "a", "services": [1]}]}',
@@ -93,18 +96,30 @@ def test_an_agent_declaring_much_publishes_little() -> None:
 def test_a_malformed_value_is_ignored_and_counted_once(value: bytes) -> None:
     roster = FleetRoster(None, "/p")  # type: ignore[arg-type]
     good = pack("rep-x", crowd(2, "rep-x"))[0]
-    roster.apply("/p/fleet-agents/rep-x/0", good, 5)
-    roster.apply("/p/fleet-agents/rep-x/0", value, 6)
-    roster.apply("/p/fleet-agents/rep-x/0", value, 6)  # the same revision again (a reload)
+    roster.apply("/p/fleet-agents/rep-x/0", good, 5, 7)
+    roster.apply("/p/fleet-agents/rep-x/0", value, 6, 7)
+    roster.apply("/p/fleet-agents/rep-x/0", value, 6, 7)  # the same revision again (a reload)
     assert roster.agents() == [] and roster.malformed == 1
     assert roster.problem.startswith("/p/fleet-agents/rep-x/0: ")
 
 
 def test_a_key_not_of_the_form_replica_shard_is_ignored() -> None:
     roster = FleetRoster(None, "/p")  # type: ignore[arg-type]
-    roster.apply("/p/fleet-agents/rep-x/zero", pack("rep-x", crowd(1, "rep-x"))[0], 3)
-    roster.apply("/p/fleet-agents/rep-x/32", pack("rep-x", crowd(1, "rep-x"))[0], 3)
+    value = pack("rep-x", crowd(1, "rep-x"))[0]
+    for shard in ("zero", "32", "00", "01", "\u0660", "+0", " 0"):  # \u0660: an Arabic-Indic zero
+        roster.apply(f"/p/fleet-agents/rep-x/{shard}", value, 3, 7)
+    roster.apply("/p/fleet-agents/rep x/0", pack("rep x", crowd(1, "rep x"))[0], 3, 7)
+    assert roster.agents() == [] and roster.malformed == 8
+
+
+def test_a_value_must_repeat_its_keys_shard_and_be_bound_to_a_lease() -> None:
+    roster = FleetRoster(None, "/p")  # type: ignore[arg-type]
+    roster.apply("/p/fleet-agents/rep-x/1", pack("rep-x", crowd(1, "rep-x"))[0], 3, 7)  # says shard 0
+    roster.apply("/p/fleet-agents/rep-x/0", pack("rep-x", crowd(1, "rep-x"))[0], 4, 0)  # no lease
     assert roster.agents() == [] and roster.malformed == 2
+    assert "not bound to a lease" in roster.problem
+    roster.apply("/p/fleet-agents/rep-x/0", pack("rep-x", crowd(1, "rep-x"))[0], 5, 7)
+    assert [a.id for a in roster.agents()] == ["agent-00000"]
 
 
 @pytest.fixture

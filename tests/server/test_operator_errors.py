@@ -645,3 +645,13 @@ def test_etcd_name_without_address_yet_serves_not_serving(tmp_path: Path) -> Non
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize("instance", ["rep/a", "rep a", "-rep", "r" * 129])
+def test_an_instance_id_the_roster_would_refuse_is_refused_at_start(instance: str) -> None:
+    result = run("serve", "--listen", "127.0.0.1:0", f"--instance-id={instance}")
+    assert result.returncode == 2
+    assert one_line(result.stderr) == (
+        f"mission-control: --instance-id {instance!r} must be 1-128 characters of letters, digits, "
+        "'_', '.' or '-' (it names this replica's keys)"
+    )
