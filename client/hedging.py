@@ -9,7 +9,8 @@ back). An answer that is not retryable ends the call (A6: it commits).
 Every hedge is an attempt like any other: it passes admission (breaker, rate limit,
 quotas, bulkhead) and takes its units and cost, and each after the first spends the retry
 budget; without budget no more hedges are sent. All attempts share the first one's
-deadline. Hedged calls are not retried one by one (A6: hedging replaces retries).
+deadline, and none is sent with less than :data:`MIN_HEDGE_LEFT` of it left. Hedged calls
+are not retried one by one (A6: hedging replaces retries).
 
 :class:`HedgeRun` decides; :func:`run_hedged` (threads or gRPC futures) and
 :func:`run_hedged_async` (asyncio tasks) carry the decisions out.
@@ -30,7 +31,10 @@ from .policy import Hedging
 if TYPE_CHECKING:
     from .executor import Executor
 
-__all__ = ["HedgeRun", "run_hedged", "run_hedged_async"]
+__all__ = ["MIN_HEDGE_LEFT", "HedgeRun", "run_hedged", "run_hedged_async"]
+
+#: No hedge is sent with less than this left before the call's deadline (seconds).
+MIN_HEDGE_LEFT = 0.01
 
 
 class HedgeRun:
@@ -58,6 +62,9 @@ class HedgeRun:
     def due(self, now: float) -> Ticket | None:
         """The next attempt, admitted, if one is due now; refusals are taken in turn."""
         while not self.over and now >= self.next_at and self.sent < self.hedging.max_attempts:
+            if self.sent and self.deadline is not None and now >= self.deadline - MIN_HEDGE_LEFT:
+                self.over = True  # a hedge this late could not answer in time
+                break
             if self.sent and not self.ex.spend_budget(self.service):
                 self.over = True  # the retry budget says no more
                 break

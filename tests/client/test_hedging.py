@@ -274,3 +274,15 @@ def test_one_services_hanging_hedges_do_not_hold_the_threads_of_anothers() -> No
         for caller in callers:
             caller.join(30)
     mc.close()
+
+
+def test_no_hedge_is_sent_when_the_deadline_has_come() -> None:
+    due_at_the_deadline = HEDGED.replace(timeout_secs=0.2, hedging=Hedging(max_attempts=2, delay_secs=0.2))
+    mc, backend = agent(due_at_the_deadline), Backend("slow", "slow")
+    try:
+        with pytest.raises(OperationTimeout):
+            mc.guard("storage_backend", idempotent=True)(backend.save)()
+        assert backend.calls == 1  # the hedge would have had no time left
+    finally:
+        backend.released.set()
+        mc.close()
