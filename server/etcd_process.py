@@ -210,7 +210,12 @@ class EtcdCluster:
     """Several etcd members on loopback forming one cluster (for high-availability tests)."""
 
     def __init__(self, folder: Path, size: int = 3) -> None:
-        ports = [(free_port(), free_port()) for _ in range(size)]
+        self.folder, self.size = folder, size
+        self._make()
+
+    def _make(self) -> None:
+        folder = self.folder
+        ports = [(free_port(), free_port()) for _ in range(self.size)]
         initial = ",".join(f"m{i}=http://127.0.0.1:{peer}" for i, (_, peer) in enumerate(ports))
         self.members = [
             EtcdProcess(
@@ -228,12 +233,24 @@ class EtcdCluster:
     def endpoints(self) -> list[str]:
         return [m.endpoint for m in self.members]
 
-    def start(self, timeout: float = 60.0) -> EtcdCluster:
-        for member in self.members:  # members wait for each other: start all, then wait
-            member.start(wait=False)
-        for member in self.members:
-            member.wait_healthy(timeout)
-        return self
+    def start(self, timeout: float = 60.0, attempts: int = 3) -> EtcdCluster:
+        for attempt in range(attempts):
+            try:
+                for member in self.members:  # members wait for each other: start all, then wait
+                    member.start(wait=False)
+                for member in self.members:
+                    member.wait_healthy(timeout)
+                return self
+            except EtcdUnavailable as err:
+                # a free port picked here may be taken (e.g. as another connection's source
+                # port) before etcd binds it: start over on other ports
+                self.stop()
+                if "address already in use" not in str(err) or attempt == attempts - 1:
+                    raise
+                for member in self.members:
+                    shutil.rmtree(member.data_dir, ignore_errors=True)
+                self._make()
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         for member in self.members:
