@@ -14,11 +14,16 @@ from tests.support.procs import Proc, control_plane
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def walkthrough() -> list[str]:
+def readme_block(name: str) -> list[str]:
+    """The commands of the README's shell block marked ``<!-- name -->`` (comments left out)."""
     text = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- walkthrough -->\n```sh\n(.*?)```", text, re.S)
-    assert block, "README lost its walkthrough block"
+    block = re.search(rf"<!-- {name} -->\n```sh\n(.*?)```", text, re.S)
+    assert block, f"README lost its {name} block"
     return [line for line in block.group(1).splitlines() if line.strip() and not line.startswith("#")]
+
+
+def walkthrough() -> list[str]:
+    return readme_block("walkthrough")
 
 
 def test_readme_walkthrough_runs(tmp_path: Path, spawned: list[Proc]) -> None:

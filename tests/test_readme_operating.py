@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -13,15 +12,13 @@ from pathlib import Path
 
 from tests.support.etcd import start_etcd
 from tests.support.procs import Proc, control_plane
+from tests.test_readme import readme_block
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def operating() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- operating -->\n```sh\n(.*?)```", text, re.S)
-    assert block, "README lost its operating block"
-    return [line for line in block.group(1).splitlines() if line.strip() and not line.startswith("#")]
+    return readme_block("operating")
 
 
 def test_readme_operating_runs(tmp_path: Path, spawned: list[Proc]) -> None:
