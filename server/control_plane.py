@@ -137,12 +137,14 @@ class ControlPlane:
             lambda: self.sync.loaded.is_set(),
             lambda key, value: self.writer.record_lease_epoch(key, value),
             self.policies.refused,
+            wall,
         )
         self.capacity = CapacityLeaser(
             self.policies.all,
             self.hub.send_to_agent,
             epoch=self.lease_epochs.epoch,
             clock=clock,
+            wall=wall,
             leased_before=self.lease_epochs.leased_before,
             on_leased=self.lease_epochs.leased,
         )

@@ -9,7 +9,12 @@ epoch; every replica follows it with the rest of the store. When a replica takes
 * a record of an earlier epoch means agents not back yet may still be spending its leases:
   the new leader warms up, splitting only what the agents back were spending;
 * its leases carry an epoch above the recorded one, so agents (which only move forward in
-  epoch) take them even when the store's revisions started over.
+  epoch) take them even when the store's revisions started over;
+* and never below the wall-clock milliseconds at which it took over. When the store lost
+  its data (wiped, restarted empty) there is no record, and the leader key's revision
+  starts over low, but a new leader takes over later than every earlier one did, so its
+  epoch is still above every epoch an agent holds. That asks no more of the replicas'
+  clocks than the lease periods do already: they are cut on the same wall-clock grid.
 
 A malformed value is refused and counted (shown like a broken policy) and never stops
 anything: its epoch is not taken, but it still counts as a sign of earlier leases, as the
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -75,6 +81,7 @@ class LeaseEpochs:
         loaded: whether the store's state has been read.
         write: stores a record (fenced to the leader); True when stored.
         refused: shows a malformed value (key, what is wrong).
+        wall: epoch seconds (a leader's epoch is never below its takeover's milliseconds).
     """
 
     def __init__(
@@ -85,6 +92,7 @@ class LeaseEpochs:
         loaded: Callable[[], bool],
         write: Callable[[str, bytes], Awaitable[bool]],
         refused: Callable[[str, str], None] = lambda key, detail: None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.key = key
         self.instance_id = instance_id
@@ -92,6 +100,7 @@ class LeaseEpochs:
         self.loaded = loaded
         self.write = write
         self.refused = refused
+        self.wall = wall
         #: The newest good record seen in the store (None: none).
         self.record: EpochRecord | None = None
         #: Whether any value was seen (a malformed one too).
@@ -99,6 +108,8 @@ class LeaseEpochs:
         self.malformed = 0
         self._term = 0  # the leader epoch the values below belong to
         self._epoch = 0
+        self._took_over: int | None = None  # the term whose takeover time is in _since
+        self._since = 0
         self._prior: object = _UNKNOWN
         self._recorded = 0
         self._writing: asyncio.Task[None] | None = None
@@ -120,13 +131,16 @@ class LeaseEpochs:
             return
         # a new term, or the store read for the first time in this one (the epoch may
         # rise then: the leaser starts over as a new leader would)
+        if self._took_over != own:
+            self._took_over, self._since = own, round(self.wall() * 1000)
         self._term = own
         self._prior = self.seen if known else _UNKNOWN
         prior = self.record.epoch if self.record is not None else 0
-        self._epoch = max(own, prior + 1)
+        self._epoch = max(own, prior + 1, self._since)
 
     def epoch(self) -> int:
-        """The epoch this leader's leases carry: its own, above every recorded one."""
+        """The epoch this leader's leases carry: its own, above every recorded one and
+        not below the time it took over (in milliseconds)."""
         self._take_over()
         return self._epoch
 

@@ -18,8 +18,9 @@ class Term:
         self.written: list[bytes] = []
         self.refused: list[str] = []
         self.accept = True
+        self.wall = 0.0  # epoch seconds (0: the record and the leader key alone decide)
         self.epochs = LeaseEpochs(
-            KEY, "r1", lambda: self.own, lambda: self.loaded, self._write, self._refused
+            KEY, "r1", lambda: self.own, lambda: self.loaded, self._write, self._refused, lambda: self.wall
         )
 
     async def _write(self, key: str, value: bytes) -> bool:
@@ -48,6 +49,21 @@ def test_epochs_continue_above_the_record_when_the_store_started_over() -> None:
     assert term.epochs.epoch() == 41
     term.own = 0  # the only replica (no leader key): every start is a term of its own
     assert term.epochs.epoch() == 41
+
+
+def test_a_leader_of_a_wiped_store_leases_above_every_earlier_leader() -> None:
+    """No record and a leader key at a low revision (the store lost its data): the epoch
+    is still above what the earlier leader sent, which took over earlier."""
+    before = Term(own=5000)
+    before.wall = 1_800_000_000.0
+    earlier = before.epochs.epoch()
+    after = Term(own=2)  # a new process on the wiped store: no record to go above
+    after.wall = before.wall + 4.0
+    assert after.epochs.epoch() > earlier
+    after.wall += 100.0  # the term's epoch is the time it took over, not a clock
+    assert after.epochs.epoch() == round((before.wall + 4.0) * 1000)
+    after.own = 3  # leading again: a new term, a new time
+    assert after.epochs.epoch() == round(after.wall * 1000)
 
 
 def test_the_answer_is_taken_when_leading_starts_and_kept_for_the_term() -> None:

@@ -267,6 +267,9 @@ class Agent:
                 batch = self.unacked.batch(summaries)
                 self.world.batch_sent(self.name, batch)
                 yield pb.ConnectRequest(outcomes=batch)
+            demand = self._demand(epoch)
+            if demand is not None:
+                yield demand
             asks, self._probe_asks = self._probe_asks, []
             for service in asks:
                 yield pb.ConnectRequest(probe_request=pb.ProbeRequest(service=service))
@@ -290,6 +293,45 @@ class Agent:
             view.grant(response.probe_grant)
         elif kind == "outcome_ack":
             self.unacked.ack(response.outcome_ack.sequence)
+        elif kind == "lease":
+            view.apply_lease(response.lease)
+
+    def _demand(self, epoch: int) -> pb.ConnectRequest | None:
+        """What the agent asked of each fleet-shared limit, as ``ControlPlaneConnection``
+        reports it (a new stream first says which limits it shares)."""
+        demands = []
+        for name, state in list(self.view.services.items()):
+            for resource, budget in state.leased.items():
+                budget.tick(self.world.now)
+                reports = budget.drain_reports()
+                if reports or budget.announced != epoch:
+                    demand = pb.CapacityDemand(
+                        service=name,
+                        resource=resource,
+                        agents_known=budget.agents,
+                        safe_units=budget.safe_units(),
+                        agents=1,
+                    )
+                    if reports:
+                        last = reports[-1]
+                        demand.period, demand.wanted, demand.used = last.period, last.wanted, last.used
+                        demand.leased = last.leased
+                    demands.append(demand)
+                budget.announced = epoch
+        return pb.ConnectRequest(demand=pb.CapacityDemandReport(demands=demands)) if demands else None
+
+    def spend(self, service: str) -> bool:
+        """One call's unit of every fleet-shared limit of ``service``: whether it was admitted."""
+        state = self.view.get(service)
+        now = self.world.now
+        taken = []
+        for budget in state.leased.values():
+            if budget.take(1.0, now) > 0:
+                for back in taken:
+                    back.give_back(1.0)
+                return False
+            taken.append(budget)
+        return True
 
     # -- calls -----------------------------------------------------------------------
 
