@@ -27,6 +27,11 @@ from mission_control.resilience.v1 import policy_pb2
 
 from .errors import ConfigurationError
 from .policy import (
+    MAX_ERROR_CLASSES,
+    MAX_FALLBACKS,
+    MAX_QUOTAS,
+    MAX_REPORTERS,
+    MAX_RETRYABLE_CODES,
     SEED_PRESETS,
     Backoff,
     FailureRate,
@@ -79,6 +84,20 @@ _INTEGERS = {
     "max_endpoints",
 }
 _LISTS = ("retryable_codes", "fallbacks", "record_errors", "ignore_errors", "reporters")
+#: Entries of a list beyond its bound are not looked at: one violation says how many.
+_LIST_BOUNDS = {
+    "retryable_codes": MAX_RETRYABLE_CODES,
+    "fallbacks": MAX_FALLBACKS,
+    "record_errors": MAX_ERROR_CLASSES,
+    "ignore_errors": MAX_ERROR_CLASSES,
+    "reporters": MAX_REPORTERS,
+}
+#: Unknown keys named one by one in an error; beyond, they are counted.
+MAX_UNKNOWN_SHOWN = 16
+#: Most services one config may hold.
+MAX_CONFIG_SERVICES = 1000
+#: The largest stored or sent policy: every list and name bounded fits well within.
+MAX_POLICY_BYTES = 256 * 1024
 _BOOLS = ("idempotent", "fleet_retry_budget")
 _BACKOFF = {
     "initial_backoff_secs": "initial_secs",
@@ -141,9 +160,25 @@ def _table(data: Any, path: str, bad: Violations) -> Mapping[str, Any] | None:
 
 def _unknown(data: Mapping[str, Any], known: Iterable[str], path: str, bad: Violations) -> None:
     allowed = set(known)
-    for key in data:
-        if key not in allowed:
-            bad.append((f"{path}{key}", "unknown key"))
+    unknown = [key for key in data if key not in allowed]
+    for key in unknown[:MAX_UNKNOWN_SHOWN]:
+        bad.append((f"{path}{_key_shown(key)}", "unknown key"))
+    if len(unknown) > MAX_UNKNOWN_SHOWN:
+        bad.append((path.rstrip(".") or "config", f"{len(unknown) - MAX_UNKNOWN_SHOWN} more unknown keys"))
+
+
+def _key_shown(key: object) -> str:
+    """A key of hostile input as it may appear in a field path: cut, never huge."""
+    text = str(key)
+    return text if len(text) <= 128 else f"{text[:64]}...({len(text)} characters)"
+
+
+def _bounded(items: Any, most: int, path: str, bad: Violations) -> Any:
+    """The first ``most`` of a list; a violation when there are more."""
+    if isinstance(items, list | tuple) and len(items) > most:
+        bad.append((path, f"at most {most} entries (has {len(items)})"))
+        return items[:most]
+    return items
 
 
 def _build(cls: Any, values: dict[str, Any], path: str, bad: Violations) -> Any:
@@ -229,7 +264,7 @@ def _policy(
                 bad.append((f"{path}{key}", "must be true or false"))
     for key in _LISTS:
         if key in table:
-            items = table[key]
+            items = _bounded(table[key], _LIST_BOUNDS[key], f"{path}{key}", bad)
             if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
                 bad.append((f"{path}{key}", "must be a list of strings"))
             elif items:  # empty means "the default" (protobuf cannot tell empty from unset)
@@ -266,6 +301,7 @@ def _quotas(items: Any, path: str, bad: Violations) -> tuple[Quota, ...]:
     if not isinstance(items, list | tuple):
         bad.append((path, "must be a list of tables"))
         return ()
+    items = _bounded(items, MAX_QUOTAS, path, bad)
     out = []
     for i, item in enumerate(items):
         where = f"{path}[{i}]."
@@ -344,8 +380,19 @@ def _message_to_mapping(message: Message) -> dict[str, Any]:
 def policy_from_proto(
     message: policy_pb2.ServicePolicy, *, path: str = "", defaults: Mapping[str, Any] | None = None
 ) -> ServicePolicy:
-    """A policy from its message; unset fields take the defaults. Raises ConfigurationError."""
-    return policy_from_mapping(_message_to_mapping(message), path=path, defaults=defaults)
+    """A policy from its message; unset fields take the defaults. Raises ConfigurationError
+    (also when the message is larger than ``MAX_POLICY_BYTES``, with every other problem)."""
+    size = message.ByteSize()
+    too_big = (
+        [(f"{path}policy", f"is {size} bytes; at most {MAX_POLICY_BYTES}")] if size > MAX_POLICY_BYTES else []
+    )
+    try:
+        policy = policy_from_mapping(_message_to_mapping(message), path=path, defaults=defaults)
+    except ConfigurationError as err:
+        raise ConfigurationError.from_violations([*too_big, *err.violations]) from None
+    if too_big:
+        raise ConfigurationError.from_violations(too_big)
+    return policy
 
 
 def policy_to_proto(policy: ServicePolicy) -> policy_pb2.ServicePolicy:
@@ -456,8 +503,11 @@ def _config(data: Any, bad: Violations) -> ErrorHandlingConfig | None:
     services: dict[str, ServicePolicy] = {}
     specific = table.get("service_specific", {})
     if _table(specific, "service_specific", bad) is not None:
+        if len(specific) > MAX_CONFIG_SERVICES:
+            bad.append(("service_specific", f"at most {MAX_CONFIG_SERVICES} services (has {len(specific)})"))
+            return None
         for name, entry in specific.items():
-            path = f"service_specific.{name}."
+            path = f"service_specific.{_key_shown(name)}."
             defaults = base._top_defaults_for(name)
             policy = _policy(entry, name, path, defaults, bad)
             if policy is not None:

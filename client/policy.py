@@ -47,6 +47,11 @@ MAX_ERROR_CLASSES = 256
 MAX_ERROR_CLASS_LENGTH = 256
 #: Highest ``max_endpoints`` a policy may set.
 MAX_ENDPOINTS = 10_000
+#: Most entries in ``fallbacks``, ``quotas`` (and ``fleet.quotas``) and ``retryable_codes``:
+#: with every list and name bounded, a policy's size is bounded, and so is its validation.
+MAX_FALLBACKS = 32
+MAX_QUOTAS = 64
+MAX_RETRYABLE_CODES = 32
 _CODES = {c.name for c in grpc.StatusCode if c is not grpc.StatusCode.OK}
 
 
@@ -282,10 +287,53 @@ class FleetLimits:
         c.number("lease_secs", f.lease_secs, low=0.05, high=60, strict=False)
         if f.safe_share is not None:
             c.number("safe_share", f.safe_share, low=0, high=1, strict=True)
-        for i, name in enumerate(f.quotas):
+        for i, name in enumerate(_too_many(c, "quotas", f.quotas, MAX_QUOTAS)):
             problem = name_problem(name)
             if problem:
                 c.add(f"quotas[{i}]", problem)
+
+
+def _shown(value: object, limit: int = 64) -> str:
+    """``value`` quoted for an error message, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _too_many(c: _Checks, key: str, items: tuple[Any, ...], most: int) -> tuple[Any, ...]:
+    """The first ``most`` of ``items``; a violation when there are more."""
+    if len(items) > most:
+        c.add(key, f"at most {most} entries (has {len(items)})")
+    return items[:most]
+
+
+def _check_codes(codes: tuple[str, ...], c: _Checks) -> None:
+    for i, code in enumerate(_too_many(c, "retryable_codes", codes, MAX_RETRYABLE_CODES)):
+        if code not in _CODES:
+            c.add(f"retryable_codes[{i}]", "not a gRPC status code name (e.g. UNAVAILABLE)")
+
+
+def _check_quota_names(quotas: tuple[Quota, ...], c: _Checks) -> set[str]:
+    """The quotas' resource names (duplicates reported)."""
+    seen: set[str] = set()
+    for i, quota in enumerate(_too_many(c, "quotas", quotas, MAX_QUOTAS)):
+        if quota.resource in seen:
+            c.add(f"quotas[{i}].resource", f"duplicate quota {quota.resource!r}")
+        seen.add(quota.resource)
+    return seen
+
+
+def _check_fallbacks(p: ServicePolicy, c: _Checks) -> None:
+    seen: set[str] = set()
+    for i, name in enumerate(_too_many(c, "fallbacks", p.fallbacks, MAX_FALLBACKS)):
+        problem = breaker_name_problem(name)
+        if problem:
+            c.add(f"fallbacks[{i}]", problem)
+        elif name == p.service:
+            c.add(f"fallbacks[{i}]", "a service cannot be its own fallback")
+        elif name in seen:
+            c.add(f"fallbacks[{i}]", f"duplicate fallback {name!r}")
+        else:
+            seen.add(name)
 
 
 DEFAULT_RETRYABLE_CODES = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
@@ -363,21 +411,9 @@ class ServicePolicy:
         c.integer("max_concurrent", p.max_concurrent, low=0, high=1_000_000)
         c.integer("max_endpoints", p.max_endpoints, low=0, high=MAX_ENDPOINTS)
         c.number("endpoint_idle_secs", p.endpoint_idle_secs, low=0, high=_DAY, strict=True)
-        for i, code in enumerate(p.retryable_codes):
-            if code not in _CODES:
-                c.add(f"retryable_codes[{i}]", "not a gRPC status code name (e.g. UNAVAILABLE)")
-        names = [q.resource for q in p.quotas]
-        for i, name in enumerate(names):
-            if names.index(name) != i:
-                c.add(f"quotas[{i}].resource", f"duplicate quota {name!r}")
-        for i, name in enumerate(p.fallbacks):
-            problem = breaker_name_problem(name)
-            if problem:
-                c.add(f"fallbacks[{i}]", problem)
-            elif name == p.service:
-                c.add(f"fallbacks[{i}]", "a service cannot be its own fallback")
-            elif p.fallbacks.index(name) != i:
-                c.add(f"fallbacks[{i}]", f"duplicate fallback {name!r}")
+        _check_codes(p.retryable_codes, c)
+        names = _check_quota_names(p.quotas, c)
+        _check_fallbacks(p, c)
         if not isinstance(p.idempotent, bool):
             c.add("idempotent", "must be true or false")
         if not isinstance(p.fleet_retry_budget, bool):
@@ -388,8 +424,8 @@ class ServicePolicy:
             for i, name in enumerate(getattr(p, key)[:MAX_ERROR_CLASSES]):
                 if isinstance(name, str) and len(name) > MAX_ERROR_CLASS_LENGTH:
                     c.add(f"{key}[{i}]", f"at most {MAX_ERROR_CLASS_LENGTH} characters")
-                elif not _CLASS_NAME.fullmatch(name):
-                    c.add(f"{key}[{i}]", f"not an exception class name: {name!r}")
+                elif not isinstance(name, str) or not _CLASS_NAME.fullmatch(name):
+                    c.add(f"{key}[{i}]", f"not an exception class name: {_shown(name)}")
         if len(p.reporters) > MAX_REPORTERS:
             c.add("reporters", f"at most {MAX_REPORTERS} entries")
         for i, pattern in enumerate(p.reporters[:MAX_REPORTERS]):
@@ -399,7 +435,7 @@ class ServicePolicy:
             if problem:
                 c.add(f"reporters[{i}]", f"{problem} (an agent id, or a prefix ending in '*')")
         if p.fleet is not None:
-            for i, name in enumerate(p.fleet.quotas):
+            for i, name in enumerate(p.fleet.quotas[:MAX_QUOTAS]):
                 if name not in names:
                     c.add(f"fleet.quotas[{i}]", f"no quota named {name!r} in this policy")
 

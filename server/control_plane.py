@@ -31,7 +31,8 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import policy_pb2
 
 from .admission import ServiceAdmission, forget_idle
-from .audit import ENGINE, AuditKeeper, AuditLog, Author, Retention
+from .audit import ENGINE, AuditLog, Author, Retention
+from .audit_keeper import AuditKeeper
 from .capacity import CapacityLeaser
 from .engine import FleetBreakers
 from .fleet_roster import FleetRoster
@@ -167,6 +168,8 @@ class ControlPlane:
         self.shadows.listeners.append(self._on_shadow)
         self.outcome_listeners.append(self.trials.record)
         self.audit = AuditLog(store, self.prefix, instance_id, retention, wall)
+        self.audit.key_of = self._recorded_key
+        self.writer.shadows = self.shadows
         self.audit_keeper = AuditKeeper(self.audit, self.writer.change_of)
         self.writer.audit = self.audit
         self.writer.on_recorded = self.audit_keeper.recorded
@@ -439,7 +442,13 @@ class ControlPlane:
 
     # -- listeners -------------------------------------------------------------
 
+    def _recorded_key(self, kind: str, name: str) -> str | None:
+        """The stored key an audit record of ``kind`` about ``name`` describes."""
+        keys = {"policy": self.policies.key, "shadow": self.shadows.key, "breaker": self.breaker_key}
+        return keys[kind](name) if kind in keys else None
+
     def _loaded(self) -> None:
+        self.audit_keeper.loaded()
         # Agents replace what they hold with the store's state (the first snapshot they got
         # may have been partial, or a reload may have dropped something).
         self.version += 1

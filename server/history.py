@@ -8,14 +8,16 @@ if none of them changed since the import.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from mission_control.client.config import policy_from_json, policy_to_proto
 from mission_control.client.errors import ConfigurationError
-from mission_control.client.policy import ServicePolicy, name_problem
+from mission_control.client.policy import ServicePolicy, breaker_name_problem, name_problem
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
-from .audit import Author, value_of
+from .audit import MAX_IMPORTS_KEPT, Author
+from .audit_read import IMPORTS, KINDS, valid_token, value_of
 from .control_plane import ControlPlane, check_policies_fit
 from .store import WatchCompacted, Write
 
@@ -43,40 +45,37 @@ class Rollback:
 async def list_records(
     plane: ControlPlane, request: pb.ListAuditRecordsRequest
 ) -> pb.ListAuditRecordsResponse:
-    """One page of the records that match the request's filters, oldest first.
-    Raises ConfigurationError naming every bad filter; StoreUnavailable."""
+    """One page of the records that match the request's filters, newest first, read
+    with bounded work whatever is kept. Raises ConfigurationError naming every bad
+    filter; StoreUnavailable."""
     violations = []
-    if request.service and name_problem(request.service):
-        violations.append(("service", name_problem(request.service) or ""))
-    if request.kind not in ("", "policy", "breaker"):
-        violations.append(("kind", "must be 'policy', 'breaker' or empty"))
-    offset = int(request.page_token) if request.page_token.isdigit() else 0
-    if request.page_token and not request.page_token.isdigit():
+    if request.service and breaker_name_problem(request.service):
+        violations.append(("service", breaker_name_problem(request.service) or ""))
+    if request.kind not in ("", *KINDS):
+        violations.append(("kind", f"must be one of {', '.join(KINDS)} or empty"))
+    if not valid_token(request.page_token):
         violations.append(("page_token", "is not a token this server handed out"))
     if violations:
         raise ConfigurationError.from_violations(violations)
     since = request.since.ToNanoseconds() if request.HasField("since") else 0
-    records = [
-        r
-        for r in await plane.audit.records()
-        if (not request.service or r.name == request.service)
-        and (not request.kind or r.kind == request.kind)
-        and r.time.ToNanoseconds() >= since
-    ]
-    size = request.page_size if 0 < request.page_size <= MAX_PAGE else MAX_PAGE
-    response = pb.ListAuditRecordsResponse(records=records[offset : offset + size])
-    if offset + size < len(records):
-        response.next_page_token = str(offset + size)
-    return response
+    page = await plane.audit.page(
+        kinds=(request.kind,) if request.kind else KINDS,
+        size=request.page_size if 0 < request.page_size <= MAX_PAGE else MAX_PAGE,
+        token=request.page_token,
+        name=request.service,
+        since_ns=since,
+    )
+    return pb.ListAuditRecordsResponse(
+        records=page.records, next_page_token=page.token, records_read=page.read
+    )
 
 
 async def policy_history(plane: ControlPlane, service: str) -> tuple[list[pb.AuditRecord], int]:
     """Every version of a policy still known, oldest first: the records, and the
     revisions etcd still holds that no record describes (identity empty); and the
     revision etcd holds now (0: no policy). Raises StoreUnavailable."""
-    versions = {
-        r.revision: r for r in await plane.audit.records() if r.kind == "policy" and r.name == service
-    }
+    kept = await plane.audit.of("policy", service, plane.audit.retention.max_records + MAX_PAGE)
+    versions = {r.revision: r for r in kept}
     key = plane.policies.key(service)
     entry = await plane.store.get(key)
     current = entry.mod_revision if entry is not None else 0
@@ -149,23 +148,18 @@ async def rollback_policy(plane: ControlPlane, request: pb.RollbackPolicyRequest
 
 async def rollback_config(plane: ControlPlane, request: pb.RollbackConfigRequest, identity: str) -> Rollback:
     """Undo one import: every policy it changed gets its earlier value back, in one
-    transaction, unless any of them changed since. Raises HistoryError,
-    ConfigurationError, StorageFailure."""
-    imports = [r for r in await plane.audit.records() if r.action == "config.import"]
-    if not imports:
-        raise HistoryError("no config import is kept in the audit records")
-    at = request.import_revision or imports[-1].revision
-    batch = [r for r in imports if r.revision == at]
-    if not batch:
-        raise HistoryError(f"no config import at revision {at} is kept in the audit records")
+    transaction, unless any of them changed since. What the import replaced is read
+    from its one bundle record: pruned, it is pruned whole, never in part. Raises
+    HistoryError, ConfigurationError, StorageFailure."""
+    at, replaced = await _import_bundle(plane, request.import_revision)
     writes, changes, restored = [], [], {}
-    for record in batch:
-        value = value_of(record.old_value)
-        policy = _parse(record.name, value)
-        stored = plane.policies.stored(record.name)
-        changes.append(_change(record.name, stored[0] if stored else None, policy))
-        writes.append(Write(plane.policies.key(record.name), value, at))
-        restored[record.name] = policy
+    for name, old in sorted(replaced.items()):
+        value = value_of(old or "")
+        policy = _parse(name, value)
+        stored = plane.policies.stored(name)
+        changes.append(_change(name, stored[0] if stored else None, policy))
+        writes.append(Write(plane.policies.key(name), value, at))
+        restored[name] = policy
     kept = [p for p in plane.policies.all() if p.service not in restored]
     check_policies_fit([*kept, *(p for p in restored.values() if p is not None)])
     reason = f"{request.reason} (undo the import at revision {at})".strip()
@@ -180,6 +174,28 @@ async def rollback_config(plane: ControlPlane, request: pb.RollbackConfigRequest
             f"changed since the import at revision {at}: {', '.join(changed)}; nothing written", conflict=True
         )
     return Rollback(changes, result.revision, at)
+
+
+async def _import_bundle(plane: ControlPlane, revision: int) -> tuple[int, dict[str, str | None]]:
+    """The import at ``revision`` (0: the latest kept) and what it replaced, by service."""
+    page = await plane.audit.page(kinds=(IMPORTS,), size=MAX_IMPORTS_KEPT, verify=False)
+    bundles = [r for r in page.records if r.action == "config.import"]
+    if not bundles:
+        raise HistoryError("no config import is kept in the audit records")
+    found = [r for r in bundles if r.revision == revision] if revision else bundles[:1]
+    if not found:
+        kept = ", ".join(str(r.revision) for r in bundles[:10])
+        raise HistoryError(f"no config import at revision {revision} is kept (kept: {kept})")
+    try:
+        replaced = json.loads(found[0].old_value)
+    except ValueError:
+        replaced = None
+    if not isinstance(replaced, dict) or not all(isinstance(v, str | None) for v in replaced.values()):
+        raise HistoryError(f"the record of the import at revision {found[0].revision} is damaged")
+    problems = sorted(str(name)[:130] for name in replaced if name_problem(name))
+    if problems:
+        raise HistoryError(f"the record of the import names no valid policy: {', '.join(problems)}")
+    return found[0].revision, replaced
 
 
 def _change(service: str, before: ServicePolicy | None, after: ServicePolicy | None) -> pb.PolicyChange:

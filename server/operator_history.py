@@ -49,6 +49,9 @@ def add_parsers(
     a.add_argument(
         "--since", type=since, default=None, help="only from this time (ISO 8601) or age (10m, 2h, 7d)"
     )
+    a.add_argument(
+        "--limit", type=int, default=100, metavar="N", help="the newest N records at most (default 100)"
+    )
     h = action(policies, "history", "the versions of a policy kept, who made each and why")
     h.add_argument("name", help="the service whose policy")
     d = action(policies, "diff", "what changed in a policy between two revisions of its history")
@@ -83,7 +86,7 @@ def dispatch(op: Operator, args: argparse.Namespace) -> int | None:
     """Run the command if it is one of this module's; None otherwise."""
     command, action = args.command, getattr(args, "action", "")
     if command == "audit":
-        return audit(op, args.service, args.since)
+        return audit(op, args.service, args.since, args.limit)
     if command == "policies" and action == "history":
         return policy_history(op, args.name)
     if command == "policies" and action == "diff":
@@ -97,12 +100,15 @@ def dispatch(op: Operator, args: argparse.Namespace) -> int | None:
     return None
 
 
-def _records(op: Operator, request: pb.ListAuditRecordsRequest) -> list[pb.AuditRecord]:
+def _records(op: Operator, request: pb.ListAuditRecordsRequest, limit: int = 0) -> list[pb.AuditRecord]:
+    """The records, newest first: every one, or the newest ``limit``."""
     records: list[pb.AuditRecord] = []
     while True:
+        if limit:
+            request.page_size = min(limit - len(records), 1000)
         response = op._call(op.stub.ListAuditRecords, request)
         records += response.records
-        if not response.next_page_token:
+        if not response.next_page_token or (limit and len(records) >= limit):
             return records
         request.page_token = response.next_page_token
 
@@ -145,18 +151,35 @@ def _show(op: Operator, records: Sequence[pb.AuditRecord], header: Sequence[str]
     return EXIT_OK
 
 
-def audit(op: Operator, service: str, after: datetime | None) -> int:
+def audit(op: Operator, service: str, after: datetime | None, limit: int = 100) -> int:
+    if limit < 1:
+        raise CommandError("--limit: must be at least 1", EXIT_BAD_INPUT)
     request = pb.ListAuditRecordsRequest(service=service)
     if after is not None:
         request.since.FromDatetime(after)
-    records = _records(op, request)
-    header = ("TIME (UTC)", "REVISION", "WHO", "ACTION", "NAME", "CHANGE", "REASON")
+    records = _records(op, request, limit)
+    header = ("TIME (UTC)", "REVISION", "WHO", "ACTION", "NAME", "CHANGE", "REASON", "WRITTEN BY")
     return _show(
         op,
         records,
         header,
-        lambda r: [_time(r), r.revision, r.identity, r.action, r.name, _summary(r), r.reason or "-"],
+        lambda r: [
+            _time(r),
+            r.revision,
+            r.identity,
+            r.action,
+            r.name,
+            _summary(r),
+            r.reason or "-",
+            _written_by(r),
+        ],
     )
+
+
+def _written_by(record: pb.AuditRecord) -> str:
+    if record.provenance == "verified":
+        return "control plane"
+    return f"({record.provenance})" if record.provenance else "-"
 
 
 def policy_history(op: Operator, name: str) -> int:
@@ -215,7 +238,7 @@ def policy_rollback(op: Operator, name: str, to: int, expected: int, reason: str
 
 
 def breaker_history(op: Operator, name: str) -> int:
-    records = _records(op, pb.ListAuditRecordsRequest(service=name, kind="breaker"))
+    records = _records(op, pb.ListAuditRecordsRequest(service=name, kind="breaker"))[::-1]
     if not records:
         raise CommandError(f"no change of a breaker named {name!r} is kept", EXIT_NOT_FOUND)
     header = ("TIME (UTC)", "REVISION", "STATE", "WHO", "ACTION", "REASON")

@@ -129,6 +129,21 @@ class Store(Protocol):
         """Every entry under ``prefix`` and the store revision they were read at."""
         ...
 
+    async def scan(
+        self, start: str, end: str, limit: int, *, keys_only: bool = False
+    ) -> tuple[list[Entry], bool]:
+        """At most ``limit`` entries of ``[start, end)`` in key order (``keys_only``: their
+        values left empty), and whether more follow. Raises StoreUnavailable."""
+        ...
+
+    async def count(self, start: str, end: str) -> int:
+        """How many keys ``[start, end)`` holds. Raises StoreUnavailable."""
+        ...
+
+    async def delete_range(self, start: str, end: str) -> int:
+        """Delete the keys of ``[start, end)``; returns how many. Raises StoreUnavailable."""
+        ...
+
     async def commit(self, writes: Sequence[Write], guards: Sequence[Guard] = ()) -> TxnResult:
         """All writes or none, only when every condition holds."""
         ...
@@ -267,6 +282,25 @@ class EtcdStore:
             if not response.more or not response.kvs:
                 return entries, revision
             start = bytes(response.kvs[-1].key) + b"\0"
+
+    async def scan(
+        self, start: str, end: str, limit: int, *, keys_only: bool = False
+    ) -> tuple[list[Entry], bool]:
+        # Ascending key order with a limit is the one range etcd answers without reading
+        # the whole range first (any other sort order makes it read everything).
+        response = await self._call(
+            self._kv.get(start, end, limit=limit, keys_only=keys_only, timeout=self.timeout)
+        )
+        entries = [entry for kv in response.kvs if (entry := self._entry(kv)) is not None]
+        return entries, bool(response.more)
+
+    async def count(self, start: str, end: str) -> int:
+        response = await self._call(self._kv.get(start, end, count_only=True, timeout=self.timeout))
+        return int(response.count)
+
+    async def delete_range(self, start: str, end: str) -> int:
+        response = await self._call(self._kv.delete(start, end, timeout=self.timeout))
+        return int(response.deleted)
 
     async def put(self, key: str, value: bytes, *, expected_revision: int | None = None) -> int | None:
         """A plain write (tools and benchmarks; the control plane writes through ``commit``)."""

@@ -120,6 +120,8 @@ class StateWriter:
         self.on_lost_data: Callable[[str], None] = lambda detail: None
         #: Where every write is recorded, in its own transaction (None: not recorded).
         self.audit: AuditLog | None = None
+        #: The candidate policies (shadow mode), whose writes are recorded too.
+        self.shadows: PolicyBook | None = None
         #: Called after every recorded write (the audit retention runs then).
         self.on_recorded: Callable[[], None] = lambda: None
 
@@ -181,16 +183,22 @@ class StateWriter:
         """What a write of ``key`` changes, for its record (None: not a policy or breaker)."""
         service = self.policies.service_of(key)
         if service is not None:
-            return Change("policy", service, old, new)
+            return Change("policy", service, old, new, key)
+        candidate = self.shadows.service_of(key) if self.shadows is not None else None
+        if candidate is not None:
+            return Change("shadow", candidate, old, new, key)
         prefix = self.breaker_key("")
         if key.startswith(prefix):
-            return Change("breaker", key.removeprefix(prefix), old, new)
+            return Change("breaker", key.removeprefix(prefix), old, new, key)
         return None
 
     def _held(self, key: str) -> bytes | None:
-        service = self.policies.service_of(key)
-        stored = self.policies.stored(service) if service is not None else None
-        return policy_to_json(stored[0]).encode() if stored is not None else None
+        for book in (self.policies, self.shadows):
+            service = book.service_of(key) if book is not None else None
+            stored = book.stored(service) if book is not None and service is not None else None
+            if stored is not None:
+                return policy_to_json(stored[0]).encode()
+        return None
 
     # -- breaker transitions decided here ---------------------------------------
 

@@ -55,6 +55,10 @@ def test_readme_operating_runs(tmp_path: Path, spawned: list[Proc]) -> None:
                 break
             assert time.monotonic() < deadline, done
             time.sleep(0.1)
-        assert done == [("local", "config.import"), ("etcd", "etcd.put"), ("local", "policy.rollback")]
+        assert done == [
+            ("local", "policy.rollback"),
+            ("etcd", "etcd.put"),
+            ("local", "config.import"),
+        ]  # newest first
     finally:
         etcd.stop()

@@ -277,6 +277,24 @@ class MemStore:
         keys = sorted(k for k in self.etcd.keys if k.startswith(prefix))
         return [e for e in (self.etcd.read(k, 0) for k in keys) if e is not None], self.etcd.revision
 
+    async def scan(
+        self, start: str, end: str, limit: int, *, keys_only: bool = False
+    ) -> tuple[list[Entry], bool]:
+        await self._gate()
+        keys = sorted(k for k in self.etcd.keys if start <= k < end)
+        found = [e for e in (self.etcd.read(k, 0) for k in keys[:limit]) if e is not None]
+        return found, len(keys) > limit
+
+    async def count(self, start: str, end: str) -> int:
+        await self._gate()
+        return sum(1 for k in self.etcd.keys if start <= k < end)
+
+    async def delete_range(self, start: str, end: str) -> int:
+        await self._gate()
+        keys = [k for k in self.etcd.keys if start <= k < end]
+        self.etcd.txn([Write(k, None) for k in keys], [])
+        return len(keys)
+
     async def commit(self, writes: Sequence[Write], guards: Sequence[Guard] = ()) -> TxnResult:
         await self._gate()
         etcd = self.etcd

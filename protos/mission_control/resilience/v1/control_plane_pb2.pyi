@@ -1890,16 +1890,20 @@ class PutShadowPolicyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     POLICY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Why, kept in the audit record."""
     @_builtins.property
     def policy(self) -> _policy_pb2.ServicePolicy: ...
     def __init__(
         self,
         *,
         policy: _policy_pb2.ServicePolicy | None = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1968,15 +1972,19 @@ class DeleteShadowPolicyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SERVICE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     service: _builtins.str
+    reason: _builtins.str
+    """Why, kept in the audit record."""
     def __init__(
         self,
         *,
         service: _builtins.str = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "service", b"service"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2007,20 +2015,25 @@ class PromoteShadowPolicyRequest(_message.Message):
 
     SERVICE_FIELD_NUMBER: _builtins.int
     EXPECTED_REVISION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     expected_revision: _builtins.int
     """Compare-and-swap on the enforced policy: promote only if its stored revision still
-    equals this. 0: the revision this control plane holds now.
+    equals this. 0: the revision this control plane holds now (none held: promote only
+    if no policy is stored meanwhile).
     """
+    reason: _builtins.str
+    """Why: required, kept in the audit record."""
     def __init__(
         self,
         *,
         service: _builtins.str = ...,
         expected_revision: _builtins.int = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_revision", b"expected_revision", "service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_revision", b"expected_revision", "reason", b"reason", "service", b"service"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2068,6 +2081,7 @@ class AuditRecord(_message.Message):
     NEW_VALUE_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     REPLICA_FIELD_NUMBER: _builtins.int
+    PROVENANCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique among the records kept."""
     identity: _builtins.str
@@ -2080,7 +2094,7 @@ class AuditRecord(_message.Message):
     "breaker.forget", "restore", "etcd.put", "etcd.delete".
     """
     kind: _builtins.str
-    """"policy" or "breaker"."""
+    """"policy", "breaker" or "shadow" (a candidate policy)."""
     name: _builtins.str
     """The service (policy) or breaker name."""
     reason: _builtins.str
@@ -2091,6 +2105,11 @@ class AuditRecord(_message.Message):
     """The etcd revision of the change."""
     replica: _builtins.str
     """The replica that wrote the record."""
+    provenance: _builtins.str
+    """Whether a control plane wrote this record: "verified" (written in the transaction
+    of the change it describes), "not written by a control plane" (e.g. an etcdctl put
+    under the audit prefix), or "unknown" (etcd no longer holds that revision).
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -2107,10 +2126,11 @@ class AuditRecord(_message.Message):
         new_value: _builtins.str = ...,
         revision: _builtins.int = ...,
         replica: _builtins.str = ...,
+        provenance: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "id", b"id", "identity", b"identity", "kind", b"kind", "name", b"name", "new_value", b"new_value", "old_value", b"old_value", "reason", b"reason", "replica", b"replica", "revision", b"revision", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "id", b"id", "identity", b"identity", "kind", b"kind", "name", b"name", "new_value", b"new_value", "old_value", b"old_value", "provenance", b"provenance", "reason", b"reason", "replica", b"replica", "revision", b"revision", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2128,9 +2148,12 @@ class ListAuditRecordsRequest(_message.Message):
     service: _builtins.str
     """Only records about this policy or breaker; all when empty."""
     kind: _builtins.str
-    """"policy" or "breaker"; both when empty."""
+    """"policy", "breaker" or "shadow" (candidate policies); all when empty."""
     page_size: _builtins.int
-    """Records per page; 0 or more than 1000 means 1000."""
+    """Records per page; 0 or more than 1000 means 1000. A page may hold fewer records
+    than asked (the filters are applied to a bounded number of records per page): go
+    on while next_page_token is set.
+    """
     page_token: _builtins.str
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
@@ -2159,18 +2182,24 @@ class ListAuditRecordsResponse(_message.Message):
 
     RECORDS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    RECORDS_READ_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    records_read: _builtins.int
+    """How many stored records were read to answer (bounded per page, whatever is kept)."""
     @_builtins.property
-    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditRecord]: ...
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditRecord]:
+        """Newest first."""
+
     def __init__(
         self,
         *,
         records: _abc.Iterable[Global___AuditRecord] | None = ...,
         next_page_token: _builtins.str = ...,
+        records_read: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "records", b"records"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "records", b"records", "records_read", b"records_read"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

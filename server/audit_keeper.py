@@ -1,0 +1,160 @@
+"""The background part of the audit: records the changes made from outside, moves the
+records of an earlier version, and keeps the retention bound.
+
+A change from outside is found two ways. Watching, a change with no mark at its
+revision (:class:`.sync.StoreSync` calls :meth:`AuditKeeper.outside`). Starting, or
+after the watch was reloaded, every key whose revision is not its mark's: a change
+made while no replica watched. Either way the record is written in a compare-and-swap
+on the key's mark, so several replicas make one record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from functools import partial
+
+from .audit import AuditLog, Change
+from .store import Entry, StoreUnavailable
+
+_log = logging.getLogger("mission_control.server.audit")
+
+
+class AuditKeeper:
+    """Records changes seen from outside, and keeps the bound.
+
+    Args:
+        log: the records.
+        change_of: what a write of a key changes (None: not a recorded key).
+        prune_delay: seconds between a recorded write and the pruning it triggers, so a
+            burst of writes is pruned once.
+        prune_interval: seconds at least between two prunes: the bound may be passed
+            for that long.
+    """
+
+    def __init__(
+        self,
+        log: AuditLog,
+        change_of: Callable[[str, bytes | None, bytes | None], Change | None],
+        prune_delay: float = 0.2,
+        prune_interval: float = 5.0,
+    ) -> None:
+        self.log = log
+        self.change_of = change_of
+        self.prune_delay = prune_delay
+        self.prune_interval = prune_interval
+        self._prune = asyncio.Event()
+        self._outside: asyncio.Queue[tuple[str, int]] = asyncio.Queue(maxsize=10_000)
+        self._compare_all = asyncio.Event()
+        #: Changes from outside handled here (recorded here or by another replica).
+        self.outside_changes = 0
+        self.pruned = 0
+
+    def recorded(self) -> None:
+        """A record was written: prune soon."""
+        self._prune.set()
+
+    def outside(self, key: str, value: bytes | None, revision: int) -> None:
+        """``key`` changed at ``revision`` with no mark beside it: record it."""
+        if self.change_of(key, value, None) is None:
+            return
+        try:
+            self._outside.put_nowait((key, revision))
+        except asyncio.QueueFull:  # beyond: compare every key with its mark instead
+            self._compare_all.set()
+
+    def loaded(self) -> None:
+        """Everything was read again (a start, a reload): changes made while nobody
+        watched are found by comparing every key with its mark."""
+        self._compare_all.set()
+
+    async def run(self) -> None:
+        await asyncio.gather(self._prune_loop(), self._outside_loop(), self._compare_loop())
+
+    async def _prune_loop(self) -> None:
+        await self._retrying("audit records of an earlier version not moved yet", self.log.move_legacy)
+        self._prune.set()  # what an earlier run left beyond the bound
+        while True:
+            await self._prune.wait()
+            await asyncio.sleep(self.prune_delay)
+            self._prune.clear()
+            try:
+                self.pruned += await self.log.prune()
+            except StoreUnavailable as err:
+                _log.info("audit records not pruned yet (%s)", err)
+                self._prune.set()
+                await asyncio.sleep(1.0)
+            else:
+                await asyncio.sleep(self.prune_interval)
+
+    async def _retrying(self, what: str, work: Callable[[], object]) -> None:
+        for attempt in range(8):
+            try:
+                await work()  # type: ignore[misc]
+                return
+            except StoreUnavailable as err:
+                _log.info("%s (%s)", what, err)
+                await asyncio.sleep(0.2 * 2**attempt)
+
+    async def _outside_loop(self) -> None:
+        while True:
+            key, revision = await self._outside.get()
+            await self._retrying(
+                f"change of {key} at {revision} not recorded yet", partial(self.compare, key)
+            )
+
+    async def _compare_loop(self) -> None:
+        while True:
+            await self._compare_all.wait()
+            self._compare_all.clear()
+            await self._retrying("keys not compared with their marks yet", self.compare_all)
+
+    async def compare(self, key: str) -> None:
+        """Record ``key``'s change if its mark does not describe it. Raises StoreUnavailable."""
+        # The mark first: a change made between the two reads moves the mark on, and the
+        # compare-and-swap on it then fails instead of recording a write as foreign.
+        mark = await self.log.store.get(self.log.mark_of(key))
+        await self._compare(key, await self.log.store.get(key), mark)
+
+    async def compare_all(self) -> int:
+        """Compare every recorded key with its mark, both read at one revision; returns
+        how many changes from outside were found. Raises StoreUnavailable."""
+        entries, _ = await self.log.store.get_prefix(self.log.marks.removesuffix("audited/"))
+        marks = {self.log.key_of_mark(e.key): e for e in entries if self.log.is_record(e.key)}
+        found = 0
+        for entry in entries:
+            if not self.log.is_record(entry.key) and self.change_of(entry.key, entry.value, None):
+                found += await self._compare(entry.key, entry, marks.pop(entry.key, None))
+        for key, mark in marks.items():  # marked as present, and gone
+            found += await self._compare(key, None, mark)
+        return found
+
+    async def _compare(self, key: str, entry: Entry | None, mark: Entry | None) -> bool:
+        if entry is None and (mark is None or mark.value.startswith(b"-")):
+            return False  # absent, as recorded
+        if entry is not None and mark is not None and mark.mod_revision == entry.mod_revision:
+            return False  # recorded with its change
+        change = self.change_of(key, entry.value if entry else None, await self._last(mark))
+        if change is None:
+            return False
+        revision = entry.mod_revision if entry is not None else 0
+        text = "%s %s changed from outside the control plane (revision %d)%s"
+        if await self.log.record_outside(change, revision, mark.mod_revision if mark else 0):
+            _log.warning(text, change.kind, change.name, revision, "")
+        else:
+            _log.info(text, change.kind, change.name, revision, ": recorded by another replica")
+        self.outside_changes += 1
+        return True
+
+    async def _last(self, mark: Entry | None) -> bytes | None:
+        """The value last recorded, from the record the mark names."""
+        if mark is None or mark.value.startswith(b"-") or not mark.value:
+            return None
+        with contextlib.suppress(UnicodeDecodeError):
+            entry = await self.log.store.get(mark.value.decode())
+            record = self.log.parse(entry) if entry is not None else None
+            if record is not None and record.new_value:
+                return record.new_value.encode()
+        return None
