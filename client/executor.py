@@ -118,9 +118,12 @@ class Executor:
         timeout: float | None,
         cost: Mapping[str, float] | None,
         deadline: float | None = None,
+        call: bool = True,
     ) -> Ticket | Refused:
         """Breaker, limits and a bulkhead place for a call's first attempt at ``service``;
-        its deadline is the soonest of the policy's, ``timeout`` and ``deadline``."""
+        its deadline is the soonest of the policy's, ``timeout`` and ``deadline``. ``call``
+        False: an attempt of a call already counted (a hedge), so the retry budget's base
+        (calls) does not grow with the attempts it pays for."""
         if self.not_started is not None:
             raise RuntimeError(self.not_started)
         state = self.view.get(service)
@@ -132,7 +135,7 @@ class Executor:
             with state.lock:  # one short section for every limit; never held across a call
                 state.judge_slow(now)
                 refused = self.admission.limits(state, cost, now, True)
-                if refused is None:
+                if refused is None and call:
                     state.budget.record_call(now)
                 shadow = state.shadow
                 if shadow is not None:
