@@ -411,10 +411,13 @@ class Executor:
             return None
         return policy.hedging
 
-    def in_thread(self, attempt: Callable[[float], Any], service: str = "") -> Callable[[float], Future[Any]]:
+    def in_thread(self, attempt: Callable[[float], Any], service: str) -> Callable[[float], Future[Any]]:
         """Attempts of a sync function, each on a thread of its own (so that the next one
         can go while it runs), in a copy of the caller's context, under its deadline; on
-        ``service``'s own pool of at most :data:`HEDGE_THREADS` threads (made as needed)."""
+        ``service``'s own pool of at most :data:`HEDGE_THREADS` threads (made as needed).
+        The endpoints of a service share its pool, so that endpoints coming and going
+        (idle ones are forgotten) never add pools."""
+        service = service_of(service)
         with self._pools_lock:
             pool = self._pools.get(service)
             if pool is None:

@@ -9,6 +9,7 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -23,7 +24,7 @@ from mission_control.client import (
 from mission_control.client.config import config_to_toml, load_config
 from mission_control.client.executor import HEDGE_THREADS
 from mission_control.client.policy import FleetLimits, Hedging, RetryBudget, ServicePolicy
-from mission_control.interceptors import protected_channel
+from mission_control.interceptors import client_interceptor, protected_channel
 
 from tests.support import echo_pb2 as pb
 from tests.support import echo_pb2_grpc as pb_grpc
@@ -334,4 +335,50 @@ def test_a_refused_hedged_call_is_one_rejection_and_spends_no_budget() -> None:
     state = mc.view.get("storage_backend")
     assert state.tally.rejected == 1 and backend.calls == 1
     assert state.budget.try_retry(time.monotonic())  # no retry was spent on the refusals
+    mc.close()
+
+
+class Hanging(pb_grpc.EchoServiceServicer):
+    """Every Echo hangs until ``stuck`` is set; ``running`` counts those hanging."""
+
+    def __init__(self) -> None:
+        self.stuck, self.running, self.lock = threading.Event(), 0, threading.Lock()
+
+    def Echo(self, request: pb.EchoRequest, context: grpc.ServicerContext) -> pb.EchoResponse:
+        with self.lock:
+            self.running += 1
+        self.stuck.wait(30)
+        return pb.EchoResponse(text=request.text)
+
+
+def test_the_sync_interceptors_hedges_of_a_hanging_service_leave_anothers_threads_alone() -> None:
+    hanging, server = Hanging(), grpc.server(ThreadPoolExecutor(HEDGE_THREADS + 16))
+    pb_grpc.add_EchoServiceServicer_to_server(hanging, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    archive_policy = HEDGED.replace(service="archive", timeout_secs=30, idempotent=True)
+    mc = MissionControl("hedging-agent", config={"archive": archive_policy, "echo": echo_policy()})
+    with Upstream("echo") as healthy:
+        archive = grpc.intercept_channel(
+            grpc.insecure_channel(f"127.0.0.1:{port}"), client_interceptor(mc, service="archive")
+        )
+        echo = grpc.intercept_channel(
+            grpc.insecure_channel(healthy.address), client_interceptor(mc, service="echo")
+        )
+        hang = pb_grpc.EchoServiceStub(archive).Echo
+        callers = [
+            threading.Thread(target=hang, args=(pb.EchoRequest(text="x"),))
+            for _ in range(HEDGE_THREADS // 2 + 4)
+        ]
+        for caller in callers:
+            caller.start()  # each with its hedge: more attempts than a service's threads
+        try:
+            assert wait_until(lambda: hanging.running >= HEDGE_THREADS)
+            reply = pb_grpc.EchoServiceStub(echo).Echo(pb.EchoRequest(text="hi"), timeout=10)
+            assert reply.text == "hi"  # on threads of its own, not queued behind the hanging ones
+        finally:
+            hanging.stuck.set()
+            for caller in callers:
+                caller.join(30)
+            server.stop(0)
     mc.close()
