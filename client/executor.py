@@ -118,9 +118,12 @@ class Executor:
         timeout: float | None,
         cost: Mapping[str, float] | None,
         deadline: float | None = None,
+        call: bool = True,
     ) -> Ticket | Refused:
         """Breaker, limits and a bulkhead place for a call's first attempt at ``service``;
-        its deadline is the soonest of the policy's, ``timeout`` and ``deadline``."""
+        its deadline is the soonest of the policy's, ``timeout`` and ``deadline``. ``call``
+        False: an attempt of a call already counted (a hedge), so the retry budget's base
+        (calls) does not grow with the attempts it pays for."""
         if self.not_started is not None:
             raise RuntimeError(self.not_started)
         state = self.view.get(service)
@@ -132,7 +135,7 @@ class Executor:
             with state.lock:  # one short section for every limit; never held across a call
                 state.judge_slow(now)
                 refused = self.admission.limits(state, cost, now, True)
-                if refused is None:
+                if refused is None and call:
                     state.budget.record_call(now)
                 shadow = state.shadow
                 if shadow is not None:
@@ -408,10 +411,13 @@ class Executor:
             return None
         return policy.hedging
 
-    def in_thread(self, attempt: Callable[[float], Any], service: str = "") -> Callable[[float], Future[Any]]:
+    def in_thread(self, attempt: Callable[[float], Any], service: str) -> Callable[[float], Future[Any]]:
         """Attempts of a sync function, each on a thread of its own (so that the next one
         can go while it runs), in a copy of the caller's context, under its deadline; on
-        ``service``'s own pool of at most :data:`HEDGE_THREADS` threads (made as needed)."""
+        ``service``'s own pool of at most :data:`HEDGE_THREADS` threads (made as needed).
+        The endpoints of a service share its pool, so that endpoints coming and going
+        (idle ones are forgotten) never add pools."""
+        service = service_of(service)
         with self._pools_lock:
             pool = self._pools.get(service)
             if pool is None:

@@ -2,15 +2,19 @@
 
 A policy's ``hedging {max_attempts, delay_secs}`` sends the first attempt, then another
 one each ``delay_secs`` without an answer — or at once when an attempt fails with a
-retryable code or is refused — up to ``max_attempts`` in all. The first good answer wins
-and the attempts still running are cancelled (they count as neither: a probe permit comes
-back). An answer that is not retryable ends the call (A6: it commits).
+retryable code — up to ``max_attempts`` in all. The first good answer wins and the
+attempts still running are cancelled (they count as neither: a probe permit comes back).
+An answer that is not retryable ends the call (A6: it commits). An attempt refused by
+admission ends the sending: the next one would meet the same breaker or limit, so a
+refused call is one rejection, not ``max_attempts``.
 
 Every hedge is an attempt like any other: it passes admission (breaker, rate limit,
 quotas, bulkhead) and takes its units and cost, and each after the first spends the retry
-budget; without budget no more hedges are sent. All attempts share the first one's
-deadline, and none is sent with less than :data:`MIN_HEDGE_LEFT` of it left. Hedged calls
-are not retried one by one (A6: hedging replaces retries).
+budget; without budget no more hedges are sent. A hedge is an attempt, not a call: only
+the first attempt counts in the budget's base of calls (else hedges would fund their own
+budget). All attempts share the first one's deadline, and none is sent with less than
+:data:`MIN_HEDGE_LEFT` of it left. Hedged calls are not retried one by one (A6: hedging
+replaces retries).
 
 :class:`HedgeRun` decides; :func:`run_hedged` (threads or gRPC futures) and
 :func:`run_hedged_async` (asyncio tasks) carry the decisions out.
@@ -70,11 +74,20 @@ class HedgeRun:
                 break
             self.sent += 1
             ticket = self.ex.enter(
-                self.service, self.operation, self.kind, self.timeout, self.cost, self.deadline
+                self.service,
+                self.operation,
+                self.kind,
+                self.timeout,
+                self.cost,
+                self.deadline,
+                call=self.sent == 1,
             )
             if type(ticket) is Refused:
-                self.error = ticket.error  # another attempt at once (A6)
-                continue
+                # Another attempt now would meet the same breaker or limit: the refusal is
+                # counted once and ends the sending (attempts in flight may still answer).
+                self.error = ticket.error
+                self.over = True
+                break
             assert isinstance(ticket, Ticket)
             if self.deadline is None or ticket.deadline < self.deadline:
                 self.deadline = ticket.deadline

@@ -6,12 +6,14 @@ Layout of the directory:
   CRC over ``seq | payload``; a new segment starts when the current one passes its size.
 * ``done.log``: records ``magic | seq | crc32``: every record up to ``seq`` was handled.
   Records are handled in order, so the last good one says everything.
-* ``lock``: held (``flock``) while a process has the journal open: one writer only.
+The directory itself is locked (``flock``) while a process has the journal open: one
+writer only.
 
 Every append and every done mark is fsync'd before it returns. A process killed in the
 middle of a write (``kill -9``, power loss) leaves a torn last record: opening the journal
 drops it (the file is cut at the last whole record) and never fails on it. A record in
-the middle that fails its CRC is cut with everything after it, and logged.
+the middle that fails its checks is skipped, counted (:attr:`Journal.corrupt`) and logged;
+the records after it are kept.
 """
 
 from __future__ import annotations
@@ -66,21 +68,39 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _record_at(data: bytes, at: int) -> tuple[Record, int] | None:
+    """The whole, checksummed record at ``at`` and where it ends, else None."""
+    if at + _RECORD.size > len(data):
+        return None
+    magic, length, crc, seq = _RECORD.unpack_from(data, at)
+    end = at + _RECORD.size + length
+    if magic != _RECORD_MAGIC or length > MAX_RECORD or end > len(data):
+        return None
+    payload = data[at + _RECORD.size : end]
+    if zlib.crc32(_SEQ.pack(seq) + payload) != crc:
+        return None
+    return Record(seq, payload), end
+
+
 def _read_records(path: Path) -> tuple[list[Record], int]:
-    """The whole records of a segment, and the offset where they end."""
+    """The whole records of a segment, and the offset where the last one ends. A bad
+    record in the middle is skipped (the next good one is found by its magic and checksum);
+    bytes after the last good record are a torn tail."""
     data = path.read_bytes()
-    records, at = [], 0
-    while at + _RECORD.size <= len(data):
-        magic, length, crc, seq = _RECORD.unpack_from(data, at)
-        end = at + _RECORD.size + length
-        if magic != _RECORD_MAGIC or length > MAX_RECORD or end > len(data):
-            break
-        payload = data[at + _RECORD.size : end]
-        if zlib.crc32(_SEQ.pack(seq) + payload) != crc:
-            break
-        records.append(Record(seq, payload))
-        at = end
-    return records, at
+    records: list[Record] = []
+    at = good_end = 0
+    while at < len(data):
+        found = _record_at(data, at)
+        if found is None:
+            at = data.find(_RECORD_MAGIC, at + 1)
+            if at < 0:
+                break
+            continue
+        record, at = found
+        if not records or record.seq > records[-1].seq:
+            records.append(record)
+        good_end = at
+    return records, good_end
 
 
 def _read_done(path: Path) -> tuple[int, int]:
@@ -127,7 +147,9 @@ class Journal:
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        # The lock is on the directory itself: a lock file could be deleted while held,
+        # and the next process would lock a new file of the same name.
+        self._lock_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -135,6 +157,8 @@ class Journal:
             raise JournalLocked(f"spool {self.directory} is open in another process") from None
         self._pending: list[Record] = []
         self._segments: list[tuple[Path, int]] = []  # (file, last seq in it)
+        #: Records not done that could not be read when the journal was opened (skipped).
+        self.corrupt = 0
         self._recover()
         self._fd: int | None = None
         #: Why the journal no longer keeps records (None: it does).
@@ -156,7 +180,18 @@ class Journal:
             self._segments.append((path, records[-1].seq))
             self.next_seq = max(self.next_seq, records[-1].seq + 1)
             self._pending.extend(r for r in records if r.seq > self.done)
+        self._count_corrupt()
         self._forget_done_segments()
+
+    def _count_corrupt(self) -> None:
+        """Seqs missing between the done mark and the records read were in records that
+        failed their checks: counted, and logged (the records after them are kept)."""
+        last = self.done
+        for record in self._pending:
+            self.corrupt += record.seq - last - 1
+            last = record.seq
+        if self.corrupt:
+            _log.error("journal %s: %d corrupt records skipped", self.directory, self.corrupt)
 
     # -- reading -------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ import base64
 import contextvars
 import json
 import logging
+import math
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -82,26 +83,68 @@ class Spooled:
     reason: str
 
 
-def _encode_value(value: Any) -> Any:
+def _to_json(value: Any, where: str, bad: list[str]) -> Any:
+    """``value`` as JSON that :func:`_from_json` turns back into an equal value: tuples and
+    bytes are tagged, as are dicts with a key that starts with ``$`` (a tag's look)."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            bad.append(f"{where} is {value!r} (JSON has no such number)")
+        return value
     if isinstance(value, bytes | bytearray):
         return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
-    raise TypeError(f"a spooled write's arguments must be JSON values or bytes, not {type(value).__name__}")
+    if isinstance(value, list | tuple):
+        items = [_to_json(item, f"{where}[{i}]", bad) for i, item in enumerate(value)]
+        return items if isinstance(value, list) else {"$tuple": items}
+    if isinstance(value, dict):
+        keys = [key for key in value if not isinstance(key, str)]
+        if keys:
+            bad.append(f"{where} has keys that are not strings ({', '.join(map(repr, keys[:3]))})")
+            return None
+        pairs = {key: _to_json(item, f"{where}[{key!r}]", bad) for key, item in value.items()}
+        if any(key.startswith("$") for key in pairs):
+            return {"$dict": [[key, item] for key, item in pairs.items()]}
+        return pairs
+    bad.append(f"{where} is a {type(value).__name__}")
+    return None
 
 
-def _decode_value(value: dict[str, Any]) -> Any:
-    if set(value) == {"$bytes"}:
-        return base64.b64decode(value["$bytes"])
+def _from_json(value: dict[str, Any]) -> Any:
+    if len(value) == 1:
+        ((tag, inner),) = value.items()
+        if tag == "$bytes":
+            return base64.b64decode(inner)
+        if tag == "$tuple":
+            return tuple(inner)
+        if tag == "$dict":
+            return {key: item for key, item in inner}
     return value
 
 
 def encode_write(write_id: str, function: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """A write as a journal payload. Raises TypeError for arguments JSON cannot hold."""
-    record = {"id": write_id, "fn": function, "args": list(args), "kwargs": kwargs}
-    return json.dumps(record, default=_encode_value, separators=(",", ":")).encode()
+    """A write as a journal payload; what :func:`decode_write` gives back equals it.
+
+    Raises:
+        TypeError: an argument JSON values, bytes and tuples cannot hold (all are named).
+    """
+    bad: list[str] = []
+    record = {
+        "id": write_id,
+        "fn": function,
+        "args": [_to_json(arg, f"args[{i}]", bad) for i, arg in enumerate(args)],
+        "kwargs": _to_json(kwargs, "kwargs", bad),
+    }
+    if bad:
+        raise TypeError(
+            "a spooled write's arguments must be JSON values or bytes (lists, tuples, dicts "
+            f"with string keys of them): {'; '.join(bad)}"
+        )
+    return json.dumps(record, separators=(",", ":"), allow_nan=False).encode()
 
 
 def decode_write(payload: bytes) -> tuple[str, str, tuple[Any, ...], dict[str, Any]]:
-    record = json.loads(payload, object_hook=_decode_value)
+    record = json.loads(payload, object_hook=_from_json)
     return record["id"], record["fn"], tuple(record["args"]), dict(record["kwargs"])
 
 
@@ -154,6 +197,9 @@ class WriteSpool:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.spooled = self.replayed = self.dropped = 0
+        if self.journal.corrupt:  # kept, then lost on disk: they will never be made
+            self.dropped += self.journal.corrupt
+            count(0, 0, self.journal.corrupt)
         self._unmarked: tuple[int, str] | None = None  # made or dropped, its done mark not written
         self._stalled: str | None = None
         self._thread = threading.Thread(target=self._replay_loop, name=f"spool-{service}", daemon=True)

@@ -104,7 +104,7 @@ class ClientInterceptor(
             self._executor, service, operation, self._kind, details.timeout, None, self._outcomes,
             _deadline.get(), hedging,
         )  # fmt: skip
-        return run_hedged(run, self._executor.in_thread(attempt), _result)
+        return run_hedged(run, self._executor.in_thread(attempt, service), _result)
 
     def _fallbacks(self, details: grpc.ClientCallDetails, request: Any) -> dict[str, Any]:
         method = details.method

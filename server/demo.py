@@ -239,6 +239,11 @@ def _collect(
                 seen.setdefault(name, []).append((row["t"], row["policy_timeout"]))
             else:
                 agent_calls.append(row)
+    made_writes = {c["id"] for c in upstream_calls["storage"] if c["ok"]}
+    for row in agent_calls:
+        if row.get("served_by") == "spool" and row["id"] not in made_writes:
+            # spooled, and never made by the end of the run: the write failed
+            row.update(ok=False, error="StorageFailure")
     config_changes = []
     for made in changes:
         enforced = {

@@ -6,7 +6,7 @@
 An upstream is a gRPC service (raw bytes: the request is the caller's call id) that follows
 its script — a JSON list of [start, end, mode] in wall seconds, mode ok, fail, slow or flap —
 and logs every call it receives. An agent makes LLM calls (guard, with a backup LLM as
-fallback), storage calls (guard) and calls to the next agent (our client interceptor), and
+fallback), storage calls (guard, with a write spool) and calls to the next agent (our client interceptor), and
 logs every result, plus the moment it enforced each new LLM timeout.
 """
 
@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 from mission_control.client.agent import MissionControl
 from mission_control.client.errors import MissionControlError
+from mission_control.client.spool import Spooled
 from mission_control.interceptors import client_interceptor
 
 METHOD = "/mission_control.demo.Upstream/Call"
@@ -124,7 +125,8 @@ def agent(name: str, control_plane: str, peers_json: str, log_path: str, start: 
         primary(call_id.encode(), timeout=mc.policy("llm_provider").timeout_secs)
         return "primary"
 
-    @mc.guard("storage_backend", operation="write")
+    # a write the storage cannot take now is kept in a spool and made when it serves again
+    @mc.guard("storage_backend", operation="write", spool=f"{log_path}.spool")
     def write(call_id: str) -> str:
         storage(call_id.encode(), timeout=mc.policy("storage_backend").timeout_secs)
         return "primary"
@@ -158,7 +160,11 @@ def agent(name: str, control_plane: str, peers_json: str, log_path: str, start: 
             t = time.time()
             record: dict[str, Any] = {"t": t, "service": service, "id": call_id}
             try:
-                record.update(ok=True, error=None, served_by=call(call_id))
+                served = call(call_id)
+                # spooled: whether it was made is read from the upstream's log afterwards
+                record.update(
+                    ok=True, error=None, served_by="spool" if isinstance(served, Spooled) else served
+                )
             except MissionControlError as err:
                 record.update(ok=False, error=err.error_type, served_by=None)
             except grpc.RpcError as err:

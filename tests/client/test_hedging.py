@@ -9,15 +9,22 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 import pytest
-from mission_control.client import ConfigurationError, MissionControl, OperationTimeout, StorageFailure
+from mission_control.client import (
+    ConfigurationError,
+    MissionControl,
+    OperationTimeout,
+    ResourceExhausted,
+    StorageFailure,
+)
 from mission_control.client.config import config_to_toml, load_config
 from mission_control.client.executor import HEDGE_THREADS
-from mission_control.client.policy import Hedging, RetryBudget, ServicePolicy
-from mission_control.interceptors import protected_channel
+from mission_control.client.policy import FleetLimits, Hedging, RetryBudget, ServicePolicy
+from mission_control.interceptors import client_interceptor, protected_channel
 
 from tests.support import echo_pb2 as pb
 from tests.support import echo_pb2_grpc as pb_grpc
@@ -286,3 +293,92 @@ def test_no_hedge_is_sent_when_the_deadline_has_come() -> None:
     finally:
         backend.released.set()
         mc.close()
+
+
+def test_a_hedge_is_an_attempt_not_a_call_in_the_retry_budgets_base() -> None:
+    half = HEDGED.replace(retry_budget=RetryBudget(ratio=0.5, min_retries_per_second=0, window_secs=60))
+    mc, backend = agent(half), Backend(*["fail"] * 40)  # every attempt fails: a hedge at once
+    save = mc.guard("storage_backend", idempotent=True)(backend.save)
+    for _ in range(20):
+        with pytest.raises(StorageFailure):
+            save()
+    # 20 calls fund 10 hedges; counted as calls themselves, hedges would fund 19
+    assert backend.calls == 20 + 10
+    mc.close()
+
+
+def test_the_fleet_retry_budget_hears_of_calls_not_of_hedges() -> None:
+    fleet = HEDGED.replace(fleet_retry_budget=True, fleet=FleetLimits(lease_secs=60))
+    mc, backend = agent(fleet), Backend(*["fail"] * 20)
+    save = mc.guard("storage_backend", idempotent=True)(backend.save)
+    for _ in range(5):
+        with pytest.raises(StorageFailure):
+            save()
+    budget = mc.view.get("storage_backend").budget
+    assert backend.calls == 10  # every call hedged once
+    assert budget.calls.used(time.monotonic()) == 5  # what the control plane is told: 5 calls
+    mc.close()
+
+
+def test_a_refused_hedged_call_is_one_rejection_and_spends_no_budget() -> None:
+    one = HEDGED.replace(
+        rate_limit_requests=1,
+        rate_limit_window_secs=60,
+        hedging=Hedging(max_attempts=3, delay_secs=0.05),
+        retry_budget=RetryBudget(ratio=1, min_retries_per_second=0, window_secs=60),
+    )
+    mc, backend = agent(one), Backend()
+    save = mc.guard("storage_backend", idempotent=True)(backend.save)
+    assert save() == "attempt 0"
+    with pytest.raises(ResourceExhausted):
+        save()
+    state = mc.view.get("storage_backend")
+    assert state.tally.rejected == 1 and backend.calls == 1
+    assert state.budget.try_retry(time.monotonic())  # no retry was spent on the refusals
+    mc.close()
+
+
+class Hanging(pb_grpc.EchoServiceServicer):
+    """Every Echo hangs until ``stuck`` is set; ``running`` counts those hanging."""
+
+    def __init__(self) -> None:
+        self.stuck, self.running, self.lock = threading.Event(), 0, threading.Lock()
+
+    def Echo(self, request: pb.EchoRequest, context: grpc.ServicerContext) -> pb.EchoResponse:
+        with self.lock:
+            self.running += 1
+        self.stuck.wait(30)
+        return pb.EchoResponse(text=request.text)
+
+
+def test_the_sync_interceptors_hedges_of_a_hanging_service_leave_anothers_threads_alone() -> None:
+    hanging, server = Hanging(), grpc.server(ThreadPoolExecutor(HEDGE_THREADS + 16))
+    pb_grpc.add_EchoServiceServicer_to_server(hanging, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    archive_policy = HEDGED.replace(service="archive", timeout_secs=30, idempotent=True)
+    mc = MissionControl("hedging-agent", config={"archive": archive_policy, "echo": echo_policy()})
+    with Upstream("echo") as healthy:
+        archive = grpc.intercept_channel(
+            grpc.insecure_channel(f"127.0.0.1:{port}"), client_interceptor(mc, service="archive")
+        )
+        echo = grpc.intercept_channel(
+            grpc.insecure_channel(healthy.address), client_interceptor(mc, service="echo")
+        )
+        hang = pb_grpc.EchoServiceStub(archive).Echo
+        callers = [
+            threading.Thread(target=hang, args=(pb.EchoRequest(text="x"),))
+            for _ in range(HEDGE_THREADS // 2 + 4)
+        ]
+        for caller in callers:
+            caller.start()  # each with its hedge: more attempts than a service's threads
+        try:
+            assert wait_until(lambda: hanging.running >= HEDGE_THREADS)
+            reply = pb_grpc.EchoServiceStub(echo).Echo(pb.EchoRequest(text="hi"), timeout=10)
+            assert reply.text == "hi"  # on threads of its own, not queued behind the hanging ones
+        finally:
+            hanging.stuck.set()
+            for caller in callers:
+                caller.join(30)
+            server.stop(0)
+    mc.close()

@@ -53,6 +53,26 @@ def test_a_record_that_fails_its_checksum_is_cut_with_what_follows(tmp_path: Pat
     assert payloads(Journal(tmp_path)) == [b"write-0", b"write-1"]
 
 
+def test_a_corrupt_record_in_the_middle_is_skipped_counted_and_the_rest_kept(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, segment_bytes=80)  # three records a segment
+    for i in range(6):
+        journal.append(f"write-{i}".encode())
+    journal.close()
+    segments = sorted(tmp_path.glob("segment-*.log"))
+    for segment in segments[:2]:
+        data = bytearray(segment.read_bytes())
+        data[22] ^= 0xFF  # a byte of the segment's first payload
+        segment.write_bytes(bytes(data))
+    again = Journal(tmp_path)
+    assert payloads(again) == [b"write-1", b"write-2", b"write-4", b"write-5"]
+    assert again.corrupt == 2
+    again.mark_done(4)
+    again.close()
+    reopened = Journal(tmp_path)
+    assert payloads(reopened) == [b"write-4", b"write-5"] and reopened.corrupt == 0
+    reopened.close()
+
+
 def test_a_torn_done_mark_is_dropped(tmp_path: Path) -> None:
     journal = Journal(tmp_path)
     first = journal.append(b"a")
@@ -98,6 +118,37 @@ def test_one_process_at_a_time(tmp_path: Path) -> None:
         Journal(tmp_path)
     journal.close()
     Journal(tmp_path).close()
+
+
+_OPEN_AND_HOLD = """
+import sys
+from mission_control.client.journal import Journal, JournalLocked
+try:
+    journal = Journal(sys.argv[1])
+except JournalLocked as locked:
+    print("locked", locked, flush=True)
+    sys.exit(0)
+print("open", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_second_process_is_kept_out_even_when_a_lock_file_is_deleted(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _OPEN_AND_HOLD, str(tmp_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        for name in ("lock", "done.log"):  # what an operator or a cleaner might delete
+            (tmp_path / name).unlink(missing_ok=True)
+        second = subprocess.run(
+            [sys.executable, "-c", _OPEN_AND_HOLD, str(tmp_path)],
+            input="", capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert second.stdout.startswith("locked"), (second.stdout, second.stderr)
+    finally:
+        holder.communicate("", timeout=60)
 
 
 _FILL_THE_DISK = """

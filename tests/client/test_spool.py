@@ -296,3 +296,28 @@ def test_once_the_service_serves_new_writes_wait_for_the_replay_instead_of_joini
     assert [key for key, _ in store.applied] == [*(f"k{i}" for i in range(20)), "late"]
     assert save.spool.spooled == 20 and len(save.spool) == 0
     mc.close()
+
+
+def test_a_replayed_write_gets_the_arguments_it_was_given(tmp_path: Path) -> None:
+    got: list[tuple[Any, ...]] = []
+    down = [True]
+    mc = MissionControl("spool-agent", config={"storage_backend": POLICY})
+
+    @mc.guard("storage_backend", spool=tmp_path)
+    def save(*args: Any, **kwargs: Any) -> None:
+        if down[0]:
+            raise ConnectionRefusedError("storage is down")
+        got.append((args, kwargs))
+
+    args = (("k", 1), b"\x00raw", {"$bytes": "a key like a tag", "n": [1.5, (2, None)]})
+    kwargs = {"row": {"cells": ("a", b"b")}, "$tuple": True}
+    assert isinstance(save(*args, **kwargs), Spooled)
+    down[0] = False
+    assert poll(lambda: len(save.spool) == 0)
+    assert got == [(args, kwargs)] and type(got[0][0][0]) is tuple  # equal, tuples still tuples
+    with pytest.raises(TypeError) as refused:
+        save({1: "a"}, when={3}, ratio=float("nan"))
+    message = str(refused.value)
+    assert "args[0] has keys that are not strings" in message
+    assert "kwargs['when'] is a set" in message and "kwargs['ratio'] is nan" in message
+    mc.close()

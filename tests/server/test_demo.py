@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 
-from mission_control.server.demo import run_demo
+from mission_control.server.demo import _collect, run_demo
 from mission_control.server.etcd_process import EtcdProcess
 
 
@@ -20,3 +22,15 @@ def test_a_short_demo_produces_the_kpi_table(etcd_server: EtcdProcess) -> None:
     assert kpis["breaker_efficiency"] is not None and kpis["breaker_efficiency"] > 0.5
     assert kpis["recovery_rate"] is not None and kpis["recovery_rate"] > 0.5
     assert kpis["reload_success"] == 1.0
+
+
+def test_a_spooled_write_counts_as_made_only_when_the_upstream_logged_it(tmp_path: Path) -> None:
+    def log(name: str, *rows: dict[str, object]) -> None:
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    write = {"service": "storage_backend", "ok": True, "error": None, "served_by": "spool"}
+    log("research", {**write, "t": 1.0, "id": "research:1"}, {**write, "t": 2.0, "id": "research:2"})
+    log("storage", {"t": 1.0, "id": "research:1", "ok": False}, {"t": 9.0, "id": "research:1", "ok": True})
+    run = _collect(tmp_path, [], [], [])
+    made = {call["id"]: (call["ok"], call["error"]) for call in run.agent_calls}
+    assert made == {"research:1": (True, None), "research:2": (False, "StorageFailure")}
