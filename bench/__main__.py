@@ -190,6 +190,9 @@ def main() -> int:
             ("measured", "measured", ""),
             ("p50_s", "p50 s", ".2f"),
             ("p99_s", "p99 s", ".2f"),
+            ("lease_gone_p50_s", "lease gone p50 s", ".2f"),
+            ("campaign_p50_s", "+ campaign p50 s", ".3f"),
+            ("decide_p50_s", "+ decide p50 s", ".3f"),
         ],
     )
     from . import scale
