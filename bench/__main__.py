@@ -39,6 +39,7 @@ SCALE_COLUMNS = [
     ("load_1m_before", "load", ".1f"),
     ("rss_per_agent_kib", "KiB/agent", ".1f"),
     ("round_sync_ms", "lease round ms", ".1f"),
+    ("round_stall_max_ms", "longest hold ms", ".1f"),
     ("round_loop_ms", "+ delivery, loop CPU ms", ".1f"),
     ("push_loop_ms", "push loop CPU ms", ".1f"),
     ("push_p50_ms", "push p50 ms", ".1f"),

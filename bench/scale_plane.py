@@ -4,8 +4,8 @@
 
 Prints ``PORT n`` once serving. Timing, kept while it runs: the event-loop time of every
 lease round (the tick that leases a period out, and the loop's CPU until every stream took
-its lease from its queue; the longest the round held the loop at once: the tick, or one
-slice of its sends), of every breaker push for SERVICE (from the broadcast until every
+its lease from its queue; the most loop CPU it took in one turn: the tick, or one slice of
+its sends), of every breaker push for SERVICE (from the broadcast until every
 stream took it), the event loop's lag, outcome summaries ingested. ``stats`` on stdin prints
 them as one JSON line; ``push STATE`` forces SERVICE's breaker (pushed at once, stored after,
 as every decision); ``quit`` ends. ``MC_SCALE_LEASE_SLICE``: leases sent per turn of the
@@ -86,18 +86,18 @@ def _instrument(plane: ControlPlane, service: str, timings: _Timings) -> None:
         round_ = _Round(time.perf_counter(), time.thread_time())
         current[:] = [round_]
         real_tick(send=False)
-        round_.stall_s = time.perf_counter() - round_.started
+        round_.stall_s = time.thread_time() - round_.cpu_started
         if any(v.allocated != before.get(k) for k, v in capacity.limits.items()):
             timings.rounds.append(round_)
         if send:
             capacity.send_queued()
 
     def send_queued(most: int | None = None) -> None:
-        started = time.perf_counter()
+        started = time.thread_time()
         real_send_queued(most)
         if current:
             round_ = current[0]
-            round_.stall_s = max(round_.stall_s, time.perf_counter() - started)
+            round_.stall_s = max(round_.stall_s, time.thread_time() - started)
             if not capacity.queued:  # the round's last lease is in its stream's queue
                 round_.sync_s = time.perf_counter() - round_.started
                 current.clear()
