@@ -7,7 +7,7 @@ import datetime
 import sys
 import time
 
-from . import fleet_cases, hedging, overhead, slow_calls
+from . import fleet_cases, hedging, overhead, propagation_gil, slow_calls
 from .common import ROOT, dump, machine, stack
 
 
@@ -89,6 +89,20 @@ def main() -> int:
                 ("p50_ms", "p50 ms", ".1f"),
                 ("p99_ms", "p99 ms", ".1f"),
                 ("max_ms", "max ms", ".1f"),
+            ],
+        )
+        case2c = propagation_gil.run(s, trips=5 if args.quick else 30)
+        results["propagation_busy_app"] = case2c
+        _table(
+            "2c. breaker propagation to agents with a busy application thread: switch interval "
+            "5 ms and 1 ms, side by side",
+            case2c,
+            [
+                ("variant", "agent", ""),
+                ("load_1m", "load (1 min)", ".1f"),
+                ("measured", "measured", ""),
+                ("p50_ms", "p50 ms", ".1f"),
+                ("p99_ms", "p99 ms", ".1f"),
             ],
         )
         case3 = fleet_cases.config_propagation(s, agents=50, changes=3 if args.quick else 10)
