@@ -203,6 +203,7 @@ def main() -> int:
         [
             ("rounds", "rounds", ""),
             ("measured", "measured", ""),
+            ("load_1m", "load (1 min)", ".1f"),
             ("p50_s", "p50 s", ".2f"),
             ("p99_s", "p99 s", ".2f"),
             ("lease_gone_p50_s", "lease gone p50 s", ".2f"),

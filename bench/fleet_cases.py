@@ -262,6 +262,7 @@ def failover(rounds: int = 5) -> dict[str, Any]:
 
     samples: list[float] = []
     parts: list[dict[str, float]] = []
+    loads: list[float] = []
     with tempfile.TemporaryDirectory(prefix="mc-failover-") as tmp:
         cluster = EtcdCluster(Path(tmp)).start()
         endpoints = ",".join(cluster.endpoints)
@@ -274,6 +275,7 @@ def failover(rounds: int = 5) -> dict[str, Any]:
                 service = f"failover-{round_}"
                 stub.PutPolicy(cp.PutPolicyRequest(policy=_policy(service)), timeout=10)
                 watch = _LeaderWatch(shutil.which("etcdctl") or "etcdctl", cluster.endpoints[0])
+                loads.append(os.getloadavg()[0])
                 killed = time.monotonic()
                 replicas[leader][0].kill()
                 hello = cp.ConnectRequest(hello=cp.AgentHello(agent_id=f"prober-{round_}"))
@@ -304,6 +306,7 @@ def failover(rounds: int = 5) -> dict[str, Any]:
         "rounds": rounds,
         "measured": len(samples),
         "lease_ttl_s": 3,
+        "load_1m": median(loads) if loads else None,
         "p50_s": percentile(samples, 50),
         "p99_s": percentile(samples, 99),
         # kill -> the dead leader's key gone with its lease -> a survivor's key written ->
