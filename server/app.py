@@ -42,6 +42,8 @@ DASHBOARD_CANNOT_LISTEN = "cannot serve the dashboard (--http) on"
 
 #: Largest message the control plane accepts (a full config import fits many times over).
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+#: How long a new call may wait for the event loop to take it before grpc cancels it.
+UNREQUESTED_SECS = 300
 
 
 @dataclass
@@ -163,6 +165,9 @@ def server_options(limits: Limits) -> list[tuple[str, Any]]:
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.server.max_pending_requests", pending),
         ("grpc.server.max_pending_requests_hard_limit", 2 * pending),
+        # and cancels a call still queued after 30 s: 10,000 agents connecting at once to a
+        # busy 2-core plane lost a third of their streams that way, and came back to retry
+        ("grpc.server_max_unrequested_time_in_server", UNREQUESTED_SECS),
     ]
 
 

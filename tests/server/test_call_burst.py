@@ -12,7 +12,8 @@ import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from mission_control.server.app import RunningControlPlane
+from mission_control.server.app import RunningControlPlane, server_options
+from mission_control.server.service import Limits
 
 BURST = 2_500
 
@@ -42,3 +43,11 @@ async def test_a_burst_of_calls_while_the_loop_is_held_is_served(control_plane: 
     assert not client.is_alive()
     refused = {code.name: codes.count(code) for code in set(codes) if code != grpc.StatusCode.OK}
     assert len(codes) == BURST and not refused, refused
+
+
+def test_a_call_may_wait_for_the_loop_longer_than_grpcs_default() -> None:
+    # grpc cancels a call not taken within 30 s by default; holding a loop that long
+    # is too slow for a test (bench.scale at 10,000 agents shows it), so the setting is
+    # checked here.
+    options = dict(server_options(Limits()))
+    assert options["grpc.server_max_unrequested_time_in_server"] > 30
