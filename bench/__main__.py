@@ -7,7 +7,7 @@ import datetime
 import sys
 import time
 
-from . import fleet_cases, hedging, overhead, slow_calls
+from . import fleet_cases, hedging, overhead, propagation_gil, slow_calls
 from .common import ROOT, dump, machine, stack
 
 
@@ -39,6 +39,7 @@ SCALE_COLUMNS = [
     ("load_1m_before", "load", ".1f"),
     ("rss_per_agent_kib", "KiB/agent", ".1f"),
     ("round_sync_ms", "lease round ms", ".1f"),
+    ("round_stall_max_ms", "longest hold ms", ".1f"),
     ("round_loop_ms", "+ delivery, loop CPU ms", ".1f"),
     ("push_loop_ms", "push loop CPU ms", ".1f"),
     ("push_p50_ms", "push p50 ms", ".1f"),
@@ -88,6 +89,20 @@ def main() -> int:
                 ("p50_ms", "p50 ms", ".1f"),
                 ("p99_ms", "p99 ms", ".1f"),
                 ("max_ms", "max ms", ".1f"),
+            ],
+        )
+        case2c = propagation_gil.run(s, trips=5 if args.quick else 30)
+        results["propagation_busy_app"] = case2c
+        _table(
+            "2c. breaker propagation to agents with a busy application thread: switch interval "
+            "5 ms and 1 ms, side by side",
+            case2c,
+            [
+                ("variant", "agent", ""),
+                ("load_1m", "load (1 min)", ".1f"),
+                ("measured", "measured", ""),
+                ("p50_ms", "p50 ms", ".1f"),
+                ("p99_ms", "p99 ms", ".1f"),
             ],
         )
         case3 = fleet_cases.config_propagation(s, agents=50, changes=3 if args.quick else 10)
@@ -188,8 +203,12 @@ def main() -> int:
         [
             ("rounds", "rounds", ""),
             ("measured", "measured", ""),
+            ("load_1m", "load (1 min)", ".1f"),
             ("p50_s", "p50 s", ".2f"),
             ("p99_s", "p99 s", ".2f"),
+            ("lease_gone_p50_s", "lease gone p50 s", ".2f"),
+            ("campaign_p50_s", "+ campaign p50 s", ".3f"),
+            ("decide_p50_s", "+ decide p50 s", ".3f"),
         ],
     )
     from . import scale

@@ -261,6 +261,8 @@ def failover(rounds: int = 5) -> dict[str, Any]:
     from tests.support.procs import control_plane
 
     samples: list[float] = []
+    parts: list[dict[str, float]] = []
+    loads: list[float] = []
     with tempfile.TemporaryDirectory(prefix="mc-failover-") as tmp:
         cluster = EtcdCluster(Path(tmp)).start()
         endpoints = ",".join(cluster.endpoints)
@@ -272,6 +274,8 @@ def failover(rounds: int = 5) -> dict[str, Any]:
                 stub = cp_grpc.ControlPlaneServiceStub(grpc.insecure_channel(replicas[survivor][1]))
                 service = f"failover-{round_}"
                 stub.PutPolicy(cp.PutPolicyRequest(policy=_policy(service)), timeout=10)
+                watch = _LeaderWatch(shutil.which("etcdctl") or "etcdctl", cluster.endpoints[0])
+                loads.append(os.getloadavg()[0])
                 killed = time.monotonic()
                 replicas[leader][0].kill()
                 hello = cp.ConnectRequest(hello=cp.AgentHello(agent_id=f"prober-{round_}"))
@@ -286,11 +290,13 @@ def failover(rounds: int = 5) -> dict[str, Any]:
                         got = 0
                     if got == cp.BREAKER_STATE_OPEN:
                         samples.append(time.monotonic() - killed)
+                        parts.append(watch.parts(killed, samples[-1]))
                         break
                     if time.monotonic() - killed > 30:
                         break
                     time.sleep(0.01)
                 call.cancel()
+                watch.stop()
                 replicas[leader] = control_plane(endpoints, "/failover", "--instance-id", leader)
         finally:
             for proc, _ in replicas.values():
@@ -300,9 +306,52 @@ def failover(rounds: int = 5) -> dict[str, Any]:
         "rounds": rounds,
         "measured": len(samples),
         "lease_ttl_s": 3,
+        "load_1m": median(loads) if loads else None,
         "p50_s": percentile(samples, 50),
         "p99_s": percentile(samples, 99),
+        # kill -> the dead leader's key gone with its lease -> a survivor's key written ->
+        # the transition decided (medians; None where the watch missed an event)
+        **{
+            f"{k}_p50_s": median([p[k] for p in parts if k in p]) if any(k in p for p in parts) else None
+            for k in ("lease_gone", "campaign", "decide")
+        },
+        "parts": parts,
     }
+
+
+class _LeaderWatch:
+    """``etcdctl watch`` on the leader key, each event stamped when it was read."""
+
+    def __init__(self, etcdctl: str, endpoint: str) -> None:
+        import subprocess
+        import threading
+
+        self.events: list[tuple[float, str]] = []
+        args = [etcdctl, f"--endpoints={endpoint}", "watch", "/failover/leader"]
+        self.popen = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env={"ETCDCTL_API": "3"})
+        threading.Thread(target=self._read, daemon=True).start()
+        time.sleep(0.5)  # the watch is registered (etcdctl says nothing when it is)
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            if line.strip() in ("PUT", "DELETE"):
+                self.events.append((time.monotonic(), line.strip()))
+
+    def parts(self, killed: float, decided: float) -> dict[str, float]:
+        gone = next((t for t, kind in self.events if kind == "DELETE"), None)
+        elected = next((t for t, kind in self.events if kind == "PUT" and gone and t >= gone), None)
+        found: dict[str, float] = {}
+        if gone is not None:
+            found["lease_gone"] = gone - killed
+            if elected is not None:
+                found["campaign"] = elected - gone
+                found["decide"] = decided - (elected - killed)
+        return found
+
+    def stop(self) -> None:
+        self.popen.kill()
+        self.popen.wait()
 
 
 def _policy(service: str) -> Any:

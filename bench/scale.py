@@ -60,11 +60,20 @@ def _ms(values: list[float], q: float) -> float:
 
 
 def measure(
-    etcd: str, agents: int, pushes: int = 10, flood_secs: float = 3.0, rounds: int = 3
+    etcd: str,
+    agents: int,
+    pushes: int = 10,
+    flood_secs: float = 3.0,
+    rounds: int = 3,
+    lease_slice: int | None = None,
 ) -> dict[str, Any]:
     """Connect ``agents`` simulated agents to a fresh control plane and time ``rounds``
-    lease rounds, ``pushes`` breaker pushes and ``flood_secs`` of outcomes."""
-    plane = Proc([sys.executable, "-m", "bench.scale_plane", etcd, SERVICE])
+    lease rounds, ``pushes`` breaker pushes and ``flood_secs`` of outcomes (``lease_slice``:
+    leases sent per turn of the plane's loop, 0 for all in one; None: the server's default)."""
+    env = dict(os.environ)
+    if lease_slice is not None:
+        env["MC_SCALE_LEASE_SLICE"] = str(lease_slice)
+    plane = Proc([sys.executable, "-m", "bench.scale_plane", etcd, SERVICE], env=env)
     fleet: list[Proc] = []
     try:
         address = f"127.0.0.1:{plane.port(timeout=60)}"
@@ -104,6 +113,7 @@ def measure(
             proc.kill()
         _quit(plane)
     return _summary(agents, connected, connect_s, before, held, after, seen, flooded, flood_secs, sent) | {
+        "lease_slice": lease_slice,
         "load_1m_before": load_before,
         "stream_errors": dict(errors),
         "load_1m_after": os.getloadavg()[0],
@@ -141,6 +151,7 @@ def _summary(
         "round_sync_ms": median([r["sync_s"] for r in rounds]) * 1e3,
         "round_loop_ms": median([r["cpu_s"] for r in rounds]) * 1e3,
         "round_loop_max_ms": max((r["cpu_s"] for r in rounds), default=math.nan) * 1e3,
+        "round_stall_max_ms": max((r["stall_s"] for r in rounds), default=math.nan) * 1e3,
         "push_sync_ms": median([p["sync_s"] for p in after["pushes"]]) * 1e3,
         "push_loop_ms": median([p["cpu_s"] for p in after["pushes"] if p["cpu_s"] is not None]) * 1e3,
         "pushes": len(after["pushes"]),
@@ -157,13 +168,15 @@ def _summary(
     }
 
 
-def run(sizes: tuple[int, ...] = (1000, 3000, 10_000), **options: Any) -> list[dict[str, Any]]:
-    """The scaling curve: one fresh control plane per size, on one etcd (``options`` go to
-    :func:`measure`)."""
+def run(
+    sizes: tuple[int, ...] = (1000, 3000, 10_000), slices: tuple[int | None, ...] = (None,), **options: Any
+) -> list[dict[str, Any]]:
+    """The scaling curve: one fresh control plane per size and lease slice (the slices
+    side by side at each size), on one etcd (``options`` go to :func:`measure`)."""
     with tempfile.TemporaryDirectory(prefix="mc-scale-") as tmp:
         etcd = EtcdProcess(Path(tmp) / "etcd", log_file=Path(tmp) / "etcd.log").start()
         try:
-            return [measure(etcd.endpoint, n, **options) for n in sizes]
+            return [measure(etcd.endpoint, n, lease_slice=s, **options) for n in sizes for s in slices]
         finally:
             etcd.stop()
 
@@ -171,5 +184,10 @@ def run(sizes: tuple[int, ...] = (1000, 3000, 10_000), **options: Any) -> list[d
 if __name__ == "__main__":
     import json
 
-    for size in tuple(int(a) for a in sys.argv[1:]) or (1000,):
-        print(json.dumps(run((size,))[0]), flush=True)
+    # python -m bench.scale [SIZE ...] [slices=0,500]: 0 sends a round's leases in one turn
+    words = [a for a in sys.argv[1:] if not a.startswith("slices=")]
+    chosen = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("slices=")]
+    slices = tuple(int(s) for s in chosen[0].split(",")) if chosen else (None,)
+    for size in tuple(int(a) for a in words) or (1000,):
+        for row in run((size,), slices):
+            print(json.dumps(row), flush=True)

@@ -4,10 +4,12 @@
 
 Prints ``PORT n`` once serving. Timing, kept while it runs: the event-loop time of every
 lease round (the tick that leases a period out, and the loop's CPU until every stream took
-its lease from its queue), of every breaker push for SERVICE (from the broadcast until every
+its lease from its queue; the most loop CPU it took in one turn: the tick, or one slice of
+its sends), of every breaker push for SERVICE (from the broadcast until every
 stream took it), the event loop's lag, outcome summaries ingested. ``stats`` on stdin prints
 them as one JSON line; ``push STATE`` forces SERVICE's breaker (pushed at once, stored after,
-as every decision); ``quit`` ends.
+as every decision); ``quit`` ends. ``MC_SCALE_LEASE_SLICE``: leases sent per turn of the
+loop (0: all in one).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class _Round:
     started: float
     cpu_started: float
     sync_s: float = 0.0
+    #: the longest the loop was held by the round at once (the tick, or a slice of sends)
+    stall_s: float = 0.0
     wall: float = 0.0  # epoch seconds at the push (matched with the agents' receive times)
     changed_at: int = 0
     pending: set[int] = field(default_factory=set)
@@ -68,6 +72,7 @@ class _Timings:
 def _instrument(plane: ControlPlane, service: str, timings: _Timings) -> None:
     hub, capacity = plane.hub, plane.capacity
     real_tick, real_send, real_broadcast = capacity.tick, capacity.send, hub.broadcast
+    real_send_queued = capacity.send_queued
     current: list[_Round] = []
 
     def send(holder: str, message: pb.ConnectResponse) -> bool:
@@ -76,17 +81,26 @@ def _instrument(plane: ControlPlane, service: str, timings: _Timings) -> None:
             timings.open_by_message[id(message)] = current[0]
         return real_send(holder, message)
 
-    def tick() -> None:
+    def tick(*, send: bool = True) -> None:
         before = {k: v.allocated for k, v in capacity.limits.items()}
         round_ = _Round(time.perf_counter(), time.thread_time())
-        current.append(round_)
-        try:
-            real_tick()
-        finally:
-            current.clear()
+        current[:] = [round_]
+        real_tick(send=False)
+        round_.stall_s = time.thread_time() - round_.cpu_started
         if any(v.allocated != before.get(k) for k, v in capacity.limits.items()):
-            round_.sync_s = time.perf_counter() - round_.started
             timings.rounds.append(round_)
+        if send:
+            capacity.send_queued()
+
+    def send_queued(most: int | None = None) -> None:
+        started = time.thread_time()
+        real_send_queued(most)
+        if current:
+            round_ = current[0]
+            round_.stall_s = max(round_.stall_s, time.thread_time() - started)
+            if not capacity.queued:  # the round's last lease is in its stream's queue
+                round_.sync_s = time.perf_counter() - round_.started
+                current.clear()
 
     def broadcast(message: pb.ConnectResponse) -> None:
         if message.WhichOneof("message") != "breaker" or message.breaker.name != service:
@@ -121,6 +135,7 @@ def _instrument(plane: ControlPlane, service: str, timings: _Timings) -> None:
 
     capacity.send = send
     capacity.tick = tick  # type: ignore[method-assign]
+    capacity.send_queued = send_queued  # type: ignore[method-assign]
     hub.broadcast = broadcast  # type: ignore[method-assign]
     hub_module.Subscriber.next = next_  # type: ignore[method-assign]
     plane.outcome_listeners.append(lambda _agent, summary: _count(timings, summary))
@@ -154,6 +169,7 @@ def _report(timings: _Timings, plane: ControlPlane) -> dict[str, object]:
         return [
             {
                 "sync_s": r.sync_s,
+                "stall_s": r.stall_s,
                 "cpu_s": r.cpu_s,
                 "done_s": r.done_s,
                 "wall": r.wall,
@@ -187,6 +203,8 @@ async def main() -> None:
     running = await start_control_plane(store, "127.0.0.1:0", limits=limits)
     if os.environ.get("MC_SCALE_GC") != "default":
         tune_gc()  # as mission-control serve does
+    if "MC_SCALE_LEASE_SLICE" in os.environ:  # 0: a round's leases all in one turn
+        running.plane.lease_slice = int(os.environ["MC_SCALE_LEASE_SLICE"]) or None
     timings = _Timings()
     _instrument(running.plane, service, timings)
     _time_gc(timings)

@@ -42,6 +42,8 @@ DASHBOARD_CANNOT_LISTEN = "cannot serve the dashboard (--http) on"
 
 #: Largest message the control plane accepts (a full config import fits many times over).
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+#: How long a new call may wait for the event loop to take it before grpc cancels it.
+UNREQUESTED_SECS = 300
 
 
 @dataclass
@@ -149,6 +151,26 @@ class RunningControlPlane:
             await asyncio.to_thread(self.telemetry.shutdown)
 
 
+def server_options(limits: Limits) -> list[tuple[str, Any]]:
+    """grpc's channel arguments for the control plane's server."""
+    # grpc queues calls the event loop has not taken yet and, past 1,000 of them, refuses
+    # new ones at random (all past 3,000): a fleet reconnecting at once after a restart or
+    # a failover would see a share of its streams fail. Queue a whole fleet instead.
+    pending = max(1_000, 2 * limits.max_agents)
+    return [
+        ("grpc.so_reuseport", 0),
+        # agents and relays ping every 10 s on quiet streams to notice a dead peer
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.server.max_pending_requests", pending),
+        ("grpc.server.max_pending_requests_hard_limit", 2 * pending),
+        # and cancels a call still queued after 30 s: 10,000 agents connecting at once to a
+        # busy 2-core plane lost a third of their streams that way, and came back to retry
+        ("grpc.server_max_unrequested_time_in_server", UNREQUESTED_SECS),
+    ]
+
+
 async def start_control_plane(
     store: EtcdStore,
     listen: str,
@@ -173,16 +195,9 @@ async def start_control_plane(
     interceptors: list[Any] = [aio_server_interceptor(agent="mission-control")]
     if telemetry is not None:
         interceptors.insert(0, telemetry.grpc_aio_server_interceptor())
-    options = [
-        ("grpc.so_reuseport", 0),
-        # agents and relays ping every 10 s on quiet streams to notice a dead peer
-        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ]
-    server = grpc.aio.server(interceptors=interceptors, options=options)
     access = access or AccessPolicy.build(listen=listen)
     servicer = ControlPlaneServicer(plane, access, limits)
+    server = grpc.aio.server(interceptors=interceptors, options=server_options(servicer.limits))
     plane.admission.limits = dataclasses.replace(
         plane.admission.limits,
         total=servicer.limits.max_unnamed_services,

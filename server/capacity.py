@@ -24,6 +24,7 @@ import logging
 import math
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -111,6 +112,8 @@ class CapacityLeaser:
         self.limits: dict[tuple[str, str], _Limit] = {}
         self._epoch: int | None = None
         self._warm_until = 0.0
+        #: (limit, holder, units, the lease's other fields): made, not sent yet
+        self._outbox: deque[tuple[_Limit, str, float, pb.CapacityLease]] = deque()
 
     def sync_policies(self) -> None:
         """Follow the policies: which resources are fleet-shared, and how much of each."""
@@ -167,8 +170,9 @@ class CapacityLeaser:
         if entry is not None and max(entry.safe_units, entry.sent) > 0:
             limit.absent[holder] = (max(entry.safe_units, entry.sent), self.clock() + self.grace)
 
-    def tick(self) -> None:
-        """Lease the next period of every limit once the running one is half over."""
+    def tick(self, *, send: bool = True) -> None:
+        """Lease the next period of every limit once the running one is half over (and
+        send the leases, unless ``send`` is False: :meth:`send_queued` sends them then)."""
         now, wall = self.clock(), self.wall()
         epoch = self.epoch()
         if epoch != self._epoch:  # leading anew: agents may be spending safe shares
@@ -180,6 +184,8 @@ class CapacityLeaser:
             into = wall - index * limit.period_secs
             if into >= limit.period_secs / 2 and limit.allocated <= index:
                 self._allocate(limit, index + 1, now, wall)
+        if send:
+            self.send_queued()
 
     # -- internals -------------------------------------------------------------
 
@@ -247,18 +253,29 @@ class CapacityLeaser:
         )
         template.starts_in.FromNanoseconds(int(max(0.0, start - wall) * 1e9))
         template.period_length.FromNanoseconds(int(limit.period_secs * 1e9))
-        gone = []
         for holder, units in shares.items():
+            entry = limit.holders[holder]
+            entry.sent, entry.leased = units, True
+            self._outbox.append((limit, holder, units, template))
+
+    @property
+    def queued(self) -> int:
+        """Leases the last :meth:`tick` made that are not sent yet."""
+        return len(self._outbox)
+
+    def send_queued(self, most: int | None = None) -> None:
+        """Send the leases made and not sent yet (``most`` of them; None: all)."""
+        outbox, delivered = self._outbox, False
+        for _ in range(len(outbox) if most is None else min(most, len(outbox))):
+            limit, holder, units, template = outbox.popleft()
             message = pb.ConnectResponse()
             message.lease.CopyFrom(template)
             message.lease.units = units
-            entry = limit.holders[holder]
-            entry.sent, entry.leased = units, True
-            if not self.send(holder, message):
-                gone.append(holder)
-        for holder in gone:  # no stream: it may be cut off, spending its last lease
-            self._absent(limit, holder)
-        if len(gone) < len(shares):
+            if self.send(holder, message):
+                delivered = True
+            else:  # no stream: it may be cut off, spending its last lease
+                self._absent(limit, holder)
+        if delivered:
             self.on_leased()
 
     def usage(self) -> list[pb.FleetLimitUsage]:

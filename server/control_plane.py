@@ -57,6 +57,8 @@ DEFAULT_PREFIX = "/mission-control/v1"
 
 #: A snapshot stays under this size: gRPC clients accept 4 MiB by default.
 SNAPSHOT_MAX_BYTES = 3 * 1024 * 1024
+#: Leases sent per turn of the event loop in a lease round (see ``bench.scale``).
+LEASE_SLICE = 500
 #: The policies' share of it: a write that would take them beyond is refused.
 POLICIES_MAX_BYTES = 2 * 1024 * 1024
 
@@ -112,6 +114,8 @@ class ControlPlane:
         self.prefix = prefix.rstrip("/")
         self.instance_id = instance_id
         self.tick_interval = tick_interval
+        #: Leases sent per turn of the loop (None: a round's leases all in one turn).
+        self.lease_slice: int | None = LEASE_SLICE
         self.ping_interval = ping_interval
         self.policies = PolicyBook(self.prefix)
         self.breakers = FleetBreakers(self.policies.policy_of, clock=clock, wall=wall)
@@ -383,8 +387,16 @@ class ControlPlane:
         while True:
             if self.leading:
                 self.breakers.tick()
-                self.capacity.tick()
+                await self._lease_round()
             await asyncio.sleep(self.tick_interval)
+
+    async def _lease_round(self) -> None:
+        # Leases go out half a period ahead: sent in slices, a round of 10,000 never holds
+        # the loop (breaker pushes, outcomes) for the whole round.
+        self.capacity.tick(send=False)
+        while self.capacity.queued:
+            self.capacity.send_queued(self.lease_slice)
+            await asyncio.sleep(0)
 
     async def _health_loop(self) -> None:
         while True:

@@ -140,3 +140,25 @@ def test_a_new_leaders_own_leases_do_not_end_its_warm_up() -> None:
     leader.run(7001.6)
     assert all(lease.units <= UNITS / 4 for lease in leader.sent["a"])
     assert leader.sent["a"][-1].agents == 4
+
+
+def test_a_round_sent_in_slices_sends_what_one_turn_would_and_marks_the_gone_absent() -> None:
+    whole, sliced = Leader(1000.3), Leader(1000.3)
+    recorded: list[int] = []
+    sliced.leaser.on_leased = lambda: recorded.append(len(sliced.sent))
+    for leader in (whole, sliced):
+        leader.gone.add("h4")
+        for i in range(5):
+            leader.report(f"h{i}", wanted=10.0 * (i + 1), safe_units=5.0)
+    whole.leaser.tick()
+    sliced.leaser.tick(send=False)
+    assert sliced.leaser.queued == 5 and not sliced.sent and not recorded
+    sliced.leaser.send_queued(2)
+    assert sliced.leaser.queued == 3 and sorted(sliced.sent) == ["h0", "h1"] and recorded == [2]
+    while sliced.leaser.queued:
+        sliced.leaser.send_queued(2)
+    assert {h: [(x.period, x.units) for x in leases] for h, leases in sliced.sent.items()} == {
+        h: [(x.period, x.units) for x in leases] for h, leases in whole.sent.items()
+    }
+    # the holder without a stream keeps its safe share out of the next split, as in one turn
+    assert "h4" in sliced.leaser.limits[("shared", RESOURCE)].absent

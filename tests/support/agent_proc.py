@@ -15,7 +15,9 @@ agent sees it), ``policy``, ``shadow`` (its candidate policy in shadow mode), ``
 from __future__ import annotations
 
 import json
+import os
 import sys
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +42,22 @@ def _one(stub: pb_grpc.EchoServiceStub) -> str:
         return str(err.code().name)
 
 
+def _application_work() -> None:
+    while True:  # pure Python: holds the GIL but for the interpreter's switches
+        sum(range(10_000))
+
+
+def _bench_knobs() -> None:
+    """Environment knobs for ``bench.propagation_gil``: the interpreter's switch interval
+    (seconds), and a thread of application work competing for the GIL."""
+    if "MC_AGENT_SWITCH_INTERVAL" in os.environ:
+        sys.setswitchinterval(float(os.environ["MC_AGENT_SWITCH_INTERVAL"]))
+    if os.environ.get("MC_AGENT_BUSY_THREAD"):
+        threading.Thread(target=_application_work, daemon=True).start()
+
+
 def main() -> None:
+    _bench_knobs()
     agent_id, control_plane, upstream, service = sys.argv[1:5]
     path = sys.argv[5] if len(sys.argv) > 5 else "channel"
     mc = MissionControl(agent_id, control_plane=control_plane.split(","), flush_interval=0.02)
