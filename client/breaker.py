@@ -16,10 +16,11 @@ breaker open or closed, or disable it.
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from .policy import ServicePolicy
+from .policy import WINDOW_SECS_MIN, ServicePolicy
 
 __all__ = ["BreakerState", "CircuitBreaker", "Transition"]
 
@@ -68,6 +69,7 @@ class _Window:
     failures: int = 0
 
     def add(self, now: float, calls: int, failures: int, span: float) -> None:
+        span = _sane_span(span)
         width = min(1.0, span / 10)
         slot = int(now / width)
         if self.buckets and self.buckets[-1][0] == slot:
@@ -85,6 +87,17 @@ class _Window:
     def clear(self) -> None:
         self.buckets.clear()
         self.calls = self.failures = 0
+
+
+_SPAN_MAX = 86400.0
+
+
+def _sane_span(span: float) -> float:
+    """The window length to use: policies are validated, but a value that got past that (an
+    older release's, or the store's) must not break the arithmetic of every later report."""
+    if math.isnan(span):
+        return WINDOW_SECS_MIN
+    return min(max(span, WINDOW_SECS_MIN), _SPAN_MAX)
 
 
 class CircuitBreaker:

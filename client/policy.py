@@ -40,6 +40,9 @@ Violations = list[tuple[str, str]]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 _DAY = 86400.0
+#: The shortest window a failure-rate or slow-call rule may slide over (its buckets are a
+#: tenth of it): shorter ones judge nothing and break the arithmetic.
+WINDOW_SECS_MIN = 0.1
 #: Most entries in a policy's ``reporters``.
 MAX_REPORTERS = 256
 #: Most entries in ``record_errors`` / ``ignore_errors``, and the longest entry.
@@ -200,7 +203,7 @@ class FailureRate:
     def check(r: FailureRate, c: _Checks) -> None:
         c.number("threshold", r.threshold, low=0, high=1, strict=True)
         c.integer("minimum_calls", r.minimum_calls, low=1, high=1_000_000)
-        c.number("window_secs", r.window_secs, low=0, high=_DAY, strict=True)
+        c.number("window_secs", r.window_secs, low=WINDOW_SECS_MIN, high=_DAY, strict=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +226,7 @@ class SlowCall:
         c.number("duration_threshold_secs", s.duration_threshold_secs, low=0, high=_DAY, strict=True)
         c.number("rate_threshold", s.rate_threshold, low=0, high=1, strict=True)
         c.integer("minimum_calls", s.minimum_calls, low=1, high=1_000_000)
-        c.number("window_secs", s.window_secs, low=0, high=_DAY, strict=True)
+        c.number("window_secs", s.window_secs, low=WINDOW_SECS_MIN, high=_DAY, strict=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,8 +3,9 @@ number of others that agents report on.
 
 An endpoint's breaker (``service/endpoint``) of a service a policy names takes one of the
 policy's ``max_endpoints`` places; past them its reports are refused (agents count those
-calls under the service's own breaker), and one unreported for the policy's
-``endpoint_idle_secs`` is forgotten like an idle service. Endpoints of a service no policy
+calls under the service's own breaker), and one CLOSED and unreported for the policy's
+``endpoint_idle_secs`` is forgotten like an idle service (an OPEN or HALF_OPEN one is kept
+until it has closed and idled: forgetting it would end its wait early). Endpoints of a service no policy
 names are names like any other.
 
 Agents choose the service names in their reports, so a breaker per name would let one
@@ -32,6 +33,9 @@ from .policies import PolicyBook
 
 #: States a breaker may be forgotten in (an operator's states are kept).
 _FORGETTABLE = frozenset({BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN})
+#: An endpoint breaker is forgotten only CLOSED: forgetting an OPEN or HALF_OPEN one would
+#: end its wait early for agents that had not been told (they call the failing endpoint).
+_ENDPOINT_FORGETTABLE = frozenset({BreakerState.CLOSED})
 
 _log = logging.getLogger("mission_control.server.admission")
 
@@ -159,9 +163,9 @@ class ServiceAdmission:
                 continue
             for name, last_seen in list(seen.items()):
                 breaker = self.breakers.find(name)
-                if now - last_seen >= stored[0].endpoint_idle_secs and (
-                    breaker is None or breaker.state in _FORGETTABLE
-                ):
+                if breaker is not None and breaker.state not in _ENDPOINT_FORGETTABLE:
+                    seen[name] = now  # its idle time starts when it is CLOSED again
+                elif now - last_seen >= stored[0].endpoint_idle_secs:
                     del seen[name]
                     if breaker is not None:
                         out.append(name)

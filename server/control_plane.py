@@ -264,7 +264,10 @@ class ControlPlane:
     def count_batch(self, key: BatchKey | None, agent_id: str, summaries: list[pb.OutcomeSummary]) -> None:
         """Count the batch ``key`` in this replica's engine (the ledger was asked first)."""
         for summary in summaries:
-            self.breakers.record(agent_id, summary)
+            try:
+                self.breakers.record(agent_id, summary)
+            except Exception:  # one service's bad record must not stop the others' (nor the stream)
+                _log.exception("outcomes of %s for %s not counted", agent_id, summary.service)
 
     def request_probe(self, agent_id: str, service: str) -> None:
         if self.leading or self.relay is None:
