@@ -565,6 +565,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         stats.shadow_services.extend(plane.trials.to_proto())
         stats.outside_changes = plane.audit_keeper.outside_changes
         stats.audit_records_pruned = plane.audit_keeper.pruned
+        plane.ledger.into(stats)
         response = pb.GetErrorStatisticsResponse(statistics=stats)
         if plane.stats.more(page) or page.more(refused):
             response.next_page_token = str(page.offset + page.size)
