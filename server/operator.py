@@ -332,6 +332,8 @@ class Operator:
         print(f"recovery success rate  {rate}")
         print(f"calls rejected         {s.calls_rejected}")
         print(f"outcomes dropped       {s.outcomes_dropped}")
+        ledger = f"{s.outcome_batches_resent} resent, {s.outcome_batches_too_old} too old"
+        print(f"batches not recounted  {ledger} ({s.outcome_sessions_held} sessions held)")
         if s.spooled or s.spool_replayed or s.spool_dropped:
             print(
                 f"writes spooled         {s.spooled} ({s.spool_replayed} replayed, {s.spool_dropped} dropped)"

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import difflib
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -31,7 +31,7 @@ from .auth import REPLICA_PREFIX, AccessPolicy
 from .control_plane import ControlPlane, check_policies_fit
 from .hub import Subscriber
 from .inbound import bounded_demand, hello_problem, peer_host
-from .outcome_ledger import batch_key
+from .outcome_ledger import BatchKey, batch_key
 from .reports import may_report
 from .shadow_ops import clear_candidate, promote_candidate, put_candidate
 from .stats import Page
@@ -92,6 +92,8 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         self.plane = plane
         self.access = access or AccessPolicy()
         self.limits = limits or Limits()
+        #: Outcome batches being taken (held: a task only weakly referenced may vanish).
+        self._taking: set[asyncio.Future[None]] = set()
 
     # -- agents ----------------------------------------------------------------
 
@@ -237,20 +239,35 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             plane.reports.refuse(sub.agent_id, "*", "sent more summaries than its budget", refused)
         key = batch_key(sub.agent_id, sub.session_id, sub.series, batch, replica=sub.replica)
         if key is None or plane.first_time(key):
-            taken = []
-            for i in range(admitted):
-                if i and not i % SUMMARIES_PER_STEP:
-                    await asyncio.sleep(0)  # a big batch must not keep the loop from others
-                bounded = self._summary(sub, summaries[i])
-                if bounded is not None:
-                    taken.append(bounded)
-            plane.record_batch(key, sub.agent_id, taken)
+            # The ledger says counted from here on: the batch is taken in full even when the
+            # stream is cancelled half way (its resend is not counted again).
+            taking = asyncio.ensure_future(self._take(sub, key, summaries[:admitted]))
+            self._taking.add(taking)
+            taking.add_done_callback(self._taken)
+            await asyncio.shield(taking)
         if batch.sequence:
             sub.push(pb.ConnectResponse(outcome_ack=pb.OutcomeAck(sequence=batch.sequence)))
         if refused:
             # Read nothing more from this stream until the budget has refilled: flow control
             # then holds the client's next batches, which are never parsed.
             await asyncio.sleep(plane.reports.refill_secs(refused))
+
+    async def _take(
+        self, sub: Subscriber, key: BatchKey | None, summaries: Sequence[pb.OutcomeSummary]
+    ) -> None:
+        taken = []
+        for i, summary in enumerate(summaries):
+            if i and not i % SUMMARIES_PER_STEP:
+                await asyncio.sleep(0)  # a big batch must not keep the loop from others
+            bounded = self._summary(sub, summary)
+            if bounded is not None:
+                taken.append(bounded)
+        self.plane.record_batch(key, sub.agent_id, taken)
+
+    def _taken(self, taking: asyncio.Future[None]) -> None:
+        self._taking.discard(taking)
+        if not taking.cancelled() and taking.exception() is not None:
+            _log.error("taking an outcome batch failed", exc_info=taking.exception())
 
     def _summary(self, sub: Subscriber, summary: pb.OutcomeSummary) -> pb.OutcomeSummary | None:
         """``summary`` as bounded by the report gate, recorded in stats (None: refused)."""
@@ -548,6 +565,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         stats.shadow_services.extend(plane.trials.to_proto())
         stats.outside_changes = plane.audit_keeper.outside_changes
         stats.audit_records_pruned = plane.audit_keeper.pruned
+        plane.ledger.into(stats)
         response = pb.GetErrorStatisticsResponse(statistics=stats)
         if plane.stats.more(page) or page.more(refused):
             response.next_page_token = str(page.offset + page.size)

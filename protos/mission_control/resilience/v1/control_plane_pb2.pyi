@@ -1612,6 +1612,9 @@ class ErrorStatistics(_message.Message):
     SPOOL_DROPPED_FIELD_NUMBER: _builtins.int
     OUTSIDE_CHANGES_FIELD_NUMBER: _builtins.int
     AUDIT_RECORDS_PRUNED_FIELD_NUMBER: _builtins.int
+    OUTCOME_BATCHES_RESENT_FIELD_NUMBER: _builtins.int
+    OUTCOME_BATCHES_TOO_OLD_FIELD_NUMBER: _builtins.int
+    OUTCOME_SESSIONS_HELD_FIELD_NUMBER: _builtins.int
     SHADOW_SERVICES_FIELD_NUMBER: _builtins.int
     total_errors: _builtins.int
     circuit_breaker_opens: _builtins.int
@@ -1638,6 +1641,13 @@ class ErrorStatistics(_message.Message):
     """
     audit_records_pruned: _builtins.int
     """Audit records this replica deleted to keep the retention bound."""
+    outcome_batches_resent: _builtins.int
+    """Outcome batches this replica's ledger did not count: sent again after they were
+    counted (their acknowledgement was lost), or too far behind their session's newest
+    to tell from a resend; and the agent sessions it remembers (see outcome_ledger).
+    """
+    outcome_batches_too_old: _builtins.int
+    outcome_sessions_held: _builtins.int
     @_builtins.property
     def errors_by_service(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
@@ -1704,11 +1714,14 @@ class ErrorStatistics(_message.Message):
         spool_dropped: _builtins.int = ...,
         outside_changes: _builtins.int = ...,
         audit_records_pruned: _builtins.int = ...,
+        outcome_batches_resent: _builtins.int = ...,
+        outcome_batches_too_old: _builtins.int = ...,
+        outcome_sessions_held: _builtins.int = ...,
         shadow_services: _abc.Iterable[Global___ShadowServiceStatistics] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_records_pruned", b"audit_records_pruned", "calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "endpoints_over_cap_by_service", b"endpoints_over_cap_by_service", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcomes_dropped", b"outcomes_dropped", "outside_changes", b"outside_changes", "recovery_attempts", b"recovery_attempts", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "rejected_by_reason", b"rejected_by_reason", "reports_refused", b"reports_refused", "shadow_services", b"shadow_services", "slow_calls_by_service", b"slow_calls_by_service", "spool_dropped", b"spool_dropped", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "total_errors", b"total_errors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_records_pruned", b"audit_records_pruned", "calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "endpoints_over_cap_by_service", b"endpoints_over_cap_by_service", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcome_batches_resent", b"outcome_batches_resent", "outcome_batches_too_old", b"outcome_batches_too_old", "outcome_sessions_held", b"outcome_sessions_held", "outcomes_dropped", b"outcomes_dropped", "outside_changes", b"outside_changes", "recovery_attempts", b"recovery_attempts", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "rejected_by_reason", b"rejected_by_reason", "reports_refused", b"reports_refused", "shadow_services", b"shadow_services", "slow_calls_by_service", b"slow_calls_by_service", "spool_dropped", b"spool_dropped", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "total_errors", b"total_errors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
