@@ -114,9 +114,13 @@ class AuditLog(AuditReader):
     def record_key(self, kind: str, now: float, tail: str) -> str:
         return f"{self.bucket(kind)}{invert(int(now * 1e9))}-{tail}"
 
-    def mark_write(self, change: Change, record_key: str, expected: int | None) -> Write:
+    def mark_write(self, change: Change, record_key: str, expected: int | None, revision: int = 0) -> Write:
+        """The mark of ``change``'s key, naming its record (and ``revision``, the change's,
+        when it is recorded after it was made)."""
         value = record_key if change.new is not None else f"-{record_key}"
-        return Write(self.mark_of(change.key), value.encode(), expected)
+        return Write(
+            self.mark_of(change.key), f"{value} {revision}".encode() if revision else value.encode(), expected
+        )
 
     def _record(self, change: Change, author: Author, action: str, now: float) -> pb.AuditRecord:
         record = pb.AuditRecord(
@@ -150,7 +154,7 @@ class AuditLog(AuditReader):
         action = f"{OUTSIDE}.{'put' if change.new is not None else 'delete'}"
         record = self._record(change, Author(OUTSIDE), action, now)
         record.revision = revision
-        writes = [Write(key, encode(record), 0), self.mark_write(change, key, mark_revision)]
+        writes = [Write(key, encode(record), 0), self.mark_write(change, key, mark_revision, revision)]
         result = await self.store.commit(writes)
         self.outside_seen += result.succeeded
         return result.succeeded

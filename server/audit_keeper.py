@@ -11,7 +11,6 @@ on the key's mark, so several replicas make one record.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from functools import partial
@@ -132,10 +131,10 @@ class AuditKeeper:
         return found
 
     async def _compare(self, key: str, entry: Entry | None, mark: Entry | None) -> bool:
-        if entry is None and (mark is None or mark.value.startswith(b"-")):
+        if entry is None and (mark is None or not self.log.described(mark)[2]):
             return False  # absent, as recorded
-        if entry is not None and mark is not None and mark.mod_revision == entry.mod_revision:
-            return False  # recorded with its change
+        if entry is not None and mark is not None and self.log.described(mark)[1] == entry.mod_revision:
+            return False  # recorded
         change = self.change_of(key, entry.value if entry else None, await self._last(mark))
         if change is None:
             return False
@@ -150,11 +149,8 @@ class AuditKeeper:
 
     async def _last(self, mark: Entry | None) -> bytes | None:
         """The value last recorded, from the record the mark names."""
-        if mark is None or mark.value.startswith(b"-") or not mark.value:
+        if mark is None or not self.log.described(mark)[2]:
             return None
-        with contextlib.suppress(UnicodeDecodeError):
-            entry = await self.log.store.get(mark.value.decode())
-            record = self.log.parse(entry) if entry is not None else None
-            if record is not None and record.new_value:
-                return record.new_value.encode()
-        return None
+        entry = await self.log.store.get(self.log.described(mark)[0])
+        record = self.log.parse(entry) if entry is not None else None
+        return record.new_value.encode() if record is not None and record.new_value else None

@@ -124,6 +124,15 @@ class AuditReader:
     def bucket(self, kind: str) -> str:
         return f"{self.prefix}{kind}/"
 
+    @staticmethod
+    def described(mark: Entry) -> tuple[str, int, bool]:
+        """What a mark says: the record's key, the revision of the change it describes
+        (the mark's own, unless it names one: a change recorded after it was made), and
+        whether the key was present after it."""
+        text = mark.value.decode(errors="replace")
+        record, _, revision = text.removeprefix("-").partition(" ")
+        return record, int(revision) if revision.isdigit() else mark.mod_revision, not text.startswith("-")
+
     def parse(self, entry: Entry, prefix: str = "") -> pb.AuditRecord | None:
         record = pb.AuditRecord()
         try:

@@ -39,6 +39,7 @@ def add_shadow_commands(po: argparse._SubParsersAction, action: Any) -> None:  #
         help="the candidate: JSON text, or a .json / .toml file with the policy's fields",
     )
     s.add_argument("--clear", action="store_true", help="drop the service's candidate")
+    s.add_argument("--reason", default="", help="why, kept in the audit record")
     p = action(po, "promote", "make the service's candidate its enforced policy and drop the candidate")
     p.add_argument("name", help="the service whose candidate to enforce")
     p.add_argument(
@@ -48,6 +49,7 @@ def add_shadow_commands(po: argparse._SubParsersAction, action: Any) -> None:  #
         metavar="REV",
         help="promote only if the enforced policy is still at this revision (exit code 6 if not)",
     )
+    p.add_argument("--reason", default="", help="why (required), kept in the audit record")
 
 
 def read_candidate(name: str, text: str) -> pb.PutShadowPolicyRequest:
@@ -87,14 +89,18 @@ def shadow_command(op: Operator, args: argparse.Namespace) -> int:
 
     name = args.name
     if args.action == "promote":
-        request = pb.PromoteShadowPolicyRequest(service=name, expected_revision=args.revision)
+        request = pb.PromoteShadowPolicyRequest(
+            service=name, expected_revision=args.revision, reason=args.reason
+        )
         response = op._call(op.stub.PromoteShadowPolicy, request)
         _say(op, response, f"{name}: candidate promoted, enforced at revision {response.revision}")
         return EXIT_OK
     if args.clear:
         if args.policy is not None:
             raise CommandError("give either a candidate policy or --clear, not both", EXIT_BAD_INPUT)
-        cleared = op._call(op.stub.DeleteShadowPolicy, pb.DeleteShadowPolicyRequest(service=name))
+        cleared = op._call(
+            op.stub.DeleteShadowPolicy, pb.DeleteShadowPolicyRequest(service=name, reason=args.reason)
+        )
         if not cleared.deleted:
             raise CommandError(f"{name!r} has no policy in shadow mode", EXIT_NOT_FOUND)
         _say(op, cleared, f"{name}: shadow policy cleared")
@@ -106,6 +112,7 @@ def shadow_command(op: Operator, args: argparse.Namespace) -> int:
     except ConfigurationError as err:
         lines = [f"{f}: {m}" for f, m in err.violations]
         raise CommandError("invalid candidate:\n  " + "\n  ".join(lines), EXIT_BAD_INPUT) from None
+    put.reason = args.reason
     stored = op._call(op.stub.PutShadowPolicy, put)
     _say(op, stored, f"{name}: candidate in shadow mode (revision {stored.revision}); agents evaluate it now")
     return EXIT_OK

@@ -482,30 +482,39 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
     # -- shadow mode -----------------------------------------------------------
 
     async def PutShadowPolicy(self, request, context):  # type: ignore[no-untyped-def]
-        await self.access.authorize_write(context, "PutShadowPolicy")
+        identity = await self.access.authorize_write(context, "PutShadowPolicy")
         if not request.HasField("policy"):
             raise ConfigurationError("policy", "is required")
+        self._check_reason(request.reason)
         policy = policy_from_proto(request.policy)
-        revision = await put_candidate(self.plane, policy)
+        revision = await put_candidate(self.plane, policy, Author(identity, request.reason))
         return pb.PutShadowPolicyResponse(policy=policy_to_proto(policy), revision=revision)
 
     async def ListShadowPolicies(self, request, context):  # type: ignore[no-untyped-def]
         return pb.ListShadowPoliciesResponse(policies=[policy_to_proto(p) for p in self.plane.shadows.all()])
 
     async def DeleteShadowPolicy(self, request, context):  # type: ignore[no-untyped-def]
-        await self.access.authorize_write(context, "DeleteShadowPolicy")
+        identity = await self.access.authorize_write(context, "DeleteShadowPolicy")
         _check_name("service", request.service)
-        return pb.DeleteShadowPolicyResponse(deleted=await clear_candidate(self.plane, request.service))
+        self._check_reason(request.reason)
+        author = Author(identity, request.reason)
+        return pb.DeleteShadowPolicyResponse(
+            deleted=await clear_candidate(self.plane, request.service, author)
+        )
 
     async def PromoteShadowPolicy(self, request, context):  # type: ignore[no-untyped-def]
-        await self.access.authorize_write(context, "PromoteShadowPolicy")
+        identity = await self.access.authorize_write(context, "PromoteShadowPolicy")
         _check_name("service", request.service)
-        promoted = await promote_candidate(self.plane, request.service, request.expected_revision)
+        self._check_reason(request.reason)
+        if not request.reason.strip():
+            raise ConfigurationError("reason", "is required to promote a candidate: say why")
+        author = Author(identity, request.reason)
+        promoted = await promote_candidate(self.plane, request.service, request.expected_revision, author)
         if promoted is None:
             await context.abort(
                 grpc.StatusCode.ABORTED,
-                f"policy {request.service!r} changed since revision {request.expected_revision}; "
-                "nothing was promoted",
+                f"policy {request.service!r} changed since revision {request.expected_revision or 'read'}"
+                " (or was created meanwhile); nothing was promoted",
             )
         policy, revision = promoted  # type: ignore[misc]
         return pb.PromoteShadowPolicyResponse(policy=policy_to_proto(policy), revision=revision)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from mission_control.client.config import policy_to_json
 from mission_control.client.errors import StorageFailure
 from mission_control.client.policy import ServicePolicy
 
+from .audit import ENGINE, Author
 from .control_plane import check_policies_fit
 from .shadow import no_candidate, shadow_write
 from .store import StoreUnavailable, Write
@@ -25,7 +27,7 @@ _log = logging.getLogger("mission_control.server.shadow")
 __all__ = ["clear_candidate", "promote_candidate", "put_candidate"]
 
 
-async def put_candidate(plane: ControlPlane, policy: ServicePolicy) -> int:
+async def put_candidate(plane: ControlPlane, policy: ServicePolicy, author: Author = ENGINE) -> int:
     """Publish a validated ``policy`` as its service's candidate; returns its revision.
 
     Raises:
@@ -35,29 +37,29 @@ async def put_candidate(plane: ControlPlane, policy: ServicePolicy) -> int:
     others = [p for p in plane.shadows.all() if p.service != policy.service]
     check_policies_fit([*plane.policies.all(), *others, policy])
     stored = plane.shadows.stored(policy.service)
-    revision = await _commit(
-        plane, "put shadow policy", shadow_write(plane.shadows, policy, policy.service, None)
-    )
+    write = shadow_write(plane.shadows, policy, policy.service, None)
+    revision = await _commit(plane, "put shadow policy", write, author, "shadow.put")
     if stored is None or stored[0] != policy:
         _log.info("policy %s in shadow mode (revision %d)", policy.service, revision)
     return revision
 
 
-async def clear_candidate(plane: ControlPlane, service: str) -> bool:
+async def clear_candidate(plane: ControlPlane, service: str, author: Author = ENGINE) -> bool:
     """Drop ``service``'s candidate; False when there was none. Raises StorageFailure."""
     if plane.shadows.stored(service) is None:
         return False
-    await _commit(plane, "clear shadow policy", shadow_write(plane.shadows, None, service, None))
+    write = shadow_write(plane.shadows, None, service, None)
+    await _commit(plane, "clear shadow policy", write, author, "shadow.clear")
     return True
 
 
 async def promote_candidate(
-    plane: ControlPlane, service: str, expected_revision: int = 0
+    plane: ControlPlane, service: str, expected_revision: int = 0, author: Author = ENGINE
 ) -> tuple[ServicePolicy, int] | None:
     """Make ``service``'s candidate its enforced policy, then clear the candidate. The
     policy is written only if its stored revision is still ``expected_revision`` (0: the
-    one held here now). Returns the policy and its revision, or None when the policy
-    changed meanwhile (nothing is written then).
+    one held here now; none held: only if none is stored meanwhile). Returns the policy
+    and its revision, or None when the policy changed meanwhile (nothing is written then).
 
     Raises:
         ConfigurationError: there is no candidate.
@@ -72,13 +74,16 @@ async def promote_candidate(
         expected_revision = enforced[1] if enforced is not None else 0
     others = [p for p in plane.policies.all() if p.service != service]
     check_policies_fit([*others, candidate])
-    revision = await plane.put_policy(candidate, expected_revision)
-    if revision is None:
+    # A compare-and-swap even with no policy held: expected revision 0 is "still absent".
+    write = Write(plane.policies.key(service), policy_to_json(candidate).encode(), expected_revision)
+    written = await plane.writer.write_policies([write], author, "shadow.promote")
+    if not written.ok:
         return None
+    revision = written.revision
     # Cleared only if still the candidate that was promoted: one published meanwhile stays.
     clear = shadow_write(plane.shadows, None, service, candidate_revision)
     try:
-        cleared = (await plane.writer.commit([clear])).ok
+        cleared = (await plane.writer.commit([clear], author=author, action="shadow.clear")).ok
     except StoreUnavailable as err:
         _log.warning("policy %s promoted; its candidate not cleared yet: %s", service, err)
         raise StorageFailure(
@@ -89,9 +94,9 @@ async def promote_candidate(
     return candidate, revision
 
 
-async def _commit(plane: ControlPlane, what: str, write: Write) -> int:
+async def _commit(plane: ControlPlane, what: str, write: Write, author: Author, action: str) -> int:
     try:
-        result = await plane.writer.commit([write])
+        result = await plane.writer.commit([write], author=author, action=action)
     except StoreUnavailable as err:
         _log.warning("%s not written: %s", what, err)
         raise StorageFailure("etcd", what, "the store did not take the write") from err

@@ -12,7 +12,7 @@ from mission_control.server.etcd_process import EtcdProcess
 
 from tests.server.test_cli import cli, plane  # noqa: F401  (the fixture)
 from tests.support.etcd import etcdctl
-from tests.support.procs import Proc, agent, python
+from tests.support.procs import Proc, agent, control_plane, python
 
 
 def _import(server: str, path: Path, text: str, *extra: str) -> int:
@@ -137,3 +137,32 @@ def test_a_config_import_is_rolled_back_as_a_whole(
     assert refused.returncode == 6, refused.stderr
     assert "storage_backend" in refused.stderr
     assert _stored(etcd_server.endpoint, f"{prefix}/policies/llm_provider")["timeout_secs"] == 8
+
+
+def test_a_config_import_is_rolled_back_whole_after_its_policy_records_were_pruned(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc], tmp_path: Path
+) -> None:
+    proc, server = control_plane(etcd_server.endpoint, prefix, "--audit-max-records", "2")
+    spawned.append(proc)
+    toml = tmp_path / "config.toml"
+    _import(server, toml, _two(7, 3))
+    for timeout_secs in (1, 2, 3):  # three more policy records: the import's two are pruned
+        _import(server, toml, f"[service_specific.agent_communication]\ntimeout_secs = {timeout_secs}\n")
+    deadline = time.monotonic() + 30
+    while {r["name"] for r in _audit(server) if r["kind"] == "policy"} != {"agent_communication"}:
+        assert time.monotonic() < deadline, _audit(server)
+        time.sleep(0.2)
+    undone = cli(
+        "config", "rollback", "--to", str(_first_import(server, etcd_server, prefix)), "--json", server=server
+    )
+    assert undone.returncode == 0, undone.stderr
+    changes = {c["service"]: c["action"] for c in json.loads(undone.stdout)["changes"]}
+    assert changes == {"llm_provider": "removed", "storage_backend": "removed"}
+    for name in ("llm_provider", "storage_backend"):
+        assert etcdctl(etcd_server.endpoint, "get", f"{prefix}/policies/{name}") == ""
+
+
+def _first_import(server: str, etcd: EtcdProcess, prefix: str) -> int:
+    """The revision of the import of llm_provider and storage_backend (both still as it left them)."""
+    out = json.loads(etcdctl(etcd.endpoint, "get", f"{prefix}/policies/storage_backend", "-w", "json"))
+    return int(out["kvs"][0]["mod_revision"])

@@ -92,10 +92,10 @@ def test_rate_limit_in_shadow_counts_would_rejects_then_promote_enforces_it(
     assert json.loads(cli("stats", "--json", server=plane).stdout)["shadow_services"] == [row]
 
     # compare-and-swap: a promotion over a policy changed since the revision seen is refused
-    stale = cli("policies", "promote", SERVICE, "--revision", "1", server=plane)
+    stale = cli("policies", "promote", SERVICE, "--revision", "1", "--reason", "trial held", server=plane)
     assert stale.returncode == 6, stale.stderr
     assert a.ask("policy")["rate_limit_requests"] == 100 and shadow_row(plane) is not None
-    promoted = cli("policies", "promote", SERVICE, server=plane)
+    promoted = cli("policies", "promote", SERVICE, "--reason", "trial held", server=plane)
     assert promoted.returncode == 0, promoted.stderr
     poll(lambda: a.ask("policy")["rate_limit_requests"] == 10)
     poll(lambda: a.ask("shadow")["rate_limit_requests"] is None)
