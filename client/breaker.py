@@ -7,9 +7,10 @@ no I/O, holds no lock and never sleeps: callers pass ``now`` (``time.monotonic()
 States follow the seed: CLOSED counts consecutive failures and opens at
 ``failure_threshold`` (optionally also on a failure rate, or on a share of slow calls, over
 a window); OPEN fails fast
-for ``wait_duration_secs``; HALF_OPEN lets at most ``success_threshold`` probe calls run at
-once — for the whole fleet when the control plane hands out the permits — and closes after
-``success_threshold`` probe successes or reopens on a probe failure. Operators can force a
+for ``wait_duration_secs``; HALF_OPEN lets one probe call run, then (once one succeeded)
+at most ``success_threshold`` at once — for the whole fleet when the control plane hands
+out the permits — and closes after ``success_threshold`` probe successes or reopens on a
+probe failure. Operators can force a
 breaker open or closed, or disable it.
 """
 
@@ -139,6 +140,12 @@ class CircuitBreaker:
     def permits_of(self, holder: str) -> int:
         return len(self._permits.get(holder, ()))
 
+    def probe_limit(self) -> int:
+        """Probes that may be out at once in HALF_OPEN: one until a probe has succeeded
+        (the single trial call of Polly and pybreaker), so that a service still down costs
+        one call per HALF_OPEN, not ``success_threshold``; then ``success_threshold``."""
+        return self.policy.success_threshold if self.half_open_successes else 1
+
     # -- outcomes --------------------------------------------------------------
 
     def record(
@@ -216,11 +223,11 @@ class CircuitBreaker:
     def acquire_probe(self, now: float, holder: str, ttl: float, count: int = 1) -> int:
         """Grant up to ``count`` probe permits to ``holder``; returns how many.
 
-        At most ``success_threshold`` permits are out at any time, over all holders.
+        At most :meth:`probe_limit` permits are out at any time, over all holders.
         """
         if self.state is not BreakerState.HALF_OPEN:
             return 0
-        free = self.policy.success_threshold - self.permits_out(now)
+        free = self.probe_limit() - self.permits_out(now)
         granted = max(0, min(count, free))
         if granted:
             self._permits.setdefault(holder, []).extend([now + ttl] * granted)

@@ -46,13 +46,16 @@ def test_open_waits_then_half_open() -> None:
 def test_half_open_permits_are_bounded_fleet_wide() -> None:
     breaker = tripped()
     breaker.tick(60.0)
-    assert breaker.acquire_probe(60.0, "agent-a", ttl=5, count=2) == 2
-    assert breaker.acquire_probe(60.0, "agent-b", ttl=5, count=5) == 1
-    assert breaker.acquire_probe(60.0, "agent-c", ttl=5) == 0
-    assert breaker.permits_out(60.0) == 3
+    assert breaker.acquire_probe(60.0, "agent-a", ttl=5, count=2) == 1  # one probe first
+    assert breaker.acquire_probe(60.0, "agent-b", ttl=5) == 0
+    assert breaker.record_probes(60.1, "agent-a", 1, 0) is None  # it succeeded: the rest may go
+    assert breaker.acquire_probe(60.1, "agent-a", ttl=5, count=2) == 2
+    assert breaker.acquire_probe(60.1, "agent-b", ttl=5, count=5) == 1
+    assert breaker.acquire_probe(60.1, "agent-c", ttl=5) == 0
+    assert breaker.permits_out(60.1) == 3
     # unused permits lapse, and can then go to another agent
-    assert breaker.permits_out(65.0) == 0
-    assert breaker.acquire_probe(65.0, "agent-c", ttl=5) == 1
+    assert breaker.permits_out(65.1) == 0
+    assert breaker.acquire_probe(65.1, "agent-c", ttl=5) == 1
 
 
 def test_probe_successes_close_and_a_probe_failure_reopens() -> None:

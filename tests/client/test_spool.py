@@ -321,3 +321,23 @@ def test_a_replayed_write_gets_the_arguments_it_was_given(tmp_path: Path) -> Non
     assert "args[0] has keys that are not strings" in message
     assert "kwargs['when'] is a set" in message and "kwargs['ratio'] is nan" in message
     mc.close()
+
+
+def test_a_write_lost_to_a_corrupt_record_is_counted_dropped_and_the_rest_made(tmp_path: Path) -> None:
+    store = Store()
+    first = MissionControl("spool-agent", config={"storage_backend": POLICY})
+    save = spooled_save(first, store, tmp_path)
+    for key in ("k0", "k1", "k2"):
+        assert isinstance(save(key), Spooled)
+    first.close()
+    segment = next(tmp_path.glob("segment-*.log"))
+    data = bytearray(segment.read_bytes())
+    data[data.index(b"k1")] ^= 0xFF  # the second write's record fails its checksum
+    segment.write_bytes(bytes(data))
+    store.down = False
+    again = MissionControl("spool-agent", config={"storage_backend": POLICY})
+    save = spooled_save(again, store, tmp_path)
+    assert poll(lambda: len(save.spool) == 0)
+    assert [key for key, _ in store.applied] == ["k0", "k2"]
+    assert save.spool.dropped == 1 and again.view.get("storage_backend").tally.spool_dropped == 1
+    again.close()

@@ -43,9 +43,35 @@ def summary(generation: int, **counts: int) -> pb.OutcomeSummary:
     return pb.OutcomeSummary(service=SERVICE, probe_generation=generation, **counts)
 
 
+def first_probe_succeeded(fleet: FleetBreakers, clock: Clock) -> int:
+    """The HALF_OPEN's single first probe, made and succeeded (by an agent that then stops
+    asking): the rest may go together."""
+    generation = fleet.get(SERVICE).generation
+    assert fleet.request_probe("first", SERVICE) is not None
+    clock.now += ASKING_SECS + 0.01
+    fleet.record("first", summary(generation, probe_successes=1))
+    assert fleet.get(SERVICE).state is BreakerState.HALF_OPEN
+    return generation
+
+
+def test_one_probe_goes_first_and_the_rest_only_once_it_succeeded() -> None:
+    fleet, clock, grants = engine()
+    half_open(fleet, clock)
+    assert fleet.request_probe("a", SERVICE) is not None
+    assert fleet.request_probe("b", SERVICE) is None  # a service still down costs one call
+    generation = fleet.get(SERVICE).generation
+    grants.clear()
+    fleet.record("a", summary(generation, probe_successes=1))
+    assert ("b", generation) in grants  # b, still asking, has its permit at once
+    assert fleet.request_probe("c", SERVICE) is None  # success_threshold (2) out: b's and a's
+    assert fleet.get(SERVICE).permits_out(clock.now) == POLICY.success_threshold
+
+
 def test_an_expired_permit_goes_to_an_agent_still_asking() -> None:
     fleet, clock, grants = engine()
     half_open(fleet, clock)
+    first_probe_succeeded(fleet, clock)
+    granted = clock.now
     assert fleet.request_probe("a", SERVICE) is not None
     assert fleet.request_probe("b", SERVICE) is not None
     assert fleet.request_probe("c", SERVICE) is None  # success_threshold (2) are out
@@ -56,7 +82,7 @@ def test_an_expired_permit_goes_to_an_agent_still_asking() -> None:
         fleet.tick()
     granted_at = clock.now
     assert any(agent == "c" for agent, _ in grants)
-    assert granted_at <= 100.0 + POLICY.wait_duration_secs + HOLD + 0.2
+    assert granted_at <= granted + HOLD + 0.2
     assert fleet.get(SERVICE).permits_out(clock.now) <= POLICY.success_threshold
 
 
@@ -91,7 +117,7 @@ def test_permits_go_only_to_agents_asking_now() -> None:
 def test_a_late_give_back_does_not_free_a_permit_of_a_later_half_open() -> None:
     fleet, clock, grants = engine()
     half_open(fleet, clock)
-    first = fleet.get(SERVICE).generation
+    first = first_probe_succeeded(fleet, clock)
     fleet.request_probe("a", SERVICE)
     fleet.request_probe("b", SERVICE)
     fleet.record("b", summary(first, probe_failures=1))  # b's probe failed: OPEN again
@@ -114,7 +140,7 @@ def test_a_late_give_back_does_not_free_a_permit_of_a_later_half_open() -> None:
 def test_a_give_back_frees_the_permit_for_the_next_asker_at_once() -> None:
     fleet, clock, grants = engine()
     half_open(fleet, clock)
-    generation = fleet.get(SERVICE).generation
+    generation = first_probe_succeeded(fleet, clock)
     fleet.request_probe("a", SERVICE)
     fleet.request_probe("b", SERVICE)
     fleet.request_probe("c", SERVICE)
@@ -127,7 +153,8 @@ def test_a_give_back_frees_the_permit_for_the_next_asker_at_once() -> None:
 def test_probes_close_the_breaker_and_never_exceed_the_threshold() -> None:
     fleet, clock, grants = engine()
     half_open(fleet, clock)
-    generation = fleet.get(SERVICE).generation
+    generation = first_probe_succeeded(fleet, clock)
+    grants.clear()
     agents = [f"agent-{i}" for i in range(6)]
     for agent in agents:
         fleet.request_probe(agent, SERVICE)

@@ -4,7 +4,7 @@ a dependency that fails and recovers, and grants that overtake the state pushes.
 
 Checked (I3): never more than ``success_threshold`` probes of one HALF_OPEN in flight;
 an agent that keeps asking gets a permit within one probe TTL unless the probes in flight
-are at the threshold meanwhile.
+are at the limit meanwhile (one until a probe succeeded, then the threshold).
 """
 
 from __future__ import annotations
@@ -168,6 +168,10 @@ class Checker:
     def _threshold(self) -> int:
         return self.plane.engine.get(SERVICE).policy.success_threshold
 
+    def _limit(self) -> int:
+        """Probes the current HALF_OPEN lets out at once now (one until one succeeded)."""
+        return self.plane.engine.get(SERVICE).probe_limit()
+
     def probe_started(self, agent: SimAgent, generation: int) -> None:
         count = self.in_flight.get(generation, 0) + 1
         self.in_flight[generation] = count
@@ -176,11 +180,11 @@ class Checker:
             self.violations.append(
                 f"t={self.world.now:.3f}: {count} probes of generation {generation} in flight"
             )
-        if count >= self._threshold():
+        if count >= self._limit():
             self.saturated_at = self.world.now
 
     def probe_ended(self, generation: int) -> None:
-        if self.in_flight.get(generation, 0) >= self._threshold():
+        if self.in_flight.get(generation, 0) >= self._limit():
             self.saturated_at = self.world.now
         self.in_flight[generation] -= 1
 
