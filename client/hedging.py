@@ -3,10 +3,12 @@
 A policy's ``hedging {max_attempts, delay_secs}`` sends the first attempt, then another
 one each ``delay_secs`` without an answer — or at once when an attempt fails with a
 retryable code — up to ``max_attempts`` in all. The first good answer wins and the
-attempts still running are cancelled (they count as neither: a probe permit comes back).
-An answer that is not retryable ends the call (A6: it commits). An attempt refused by
-admission ends the sending: the next one would meet the same breaker or limit, so a
-refused call is one rejection, not ``max_attempts``.
+attempts still running are cancelled (they count as neither: a probe permit comes back;
+one that cannot be cancelled, on a thread, holds its bulkhead place until it ends). A call
+whose deadline passes with attempts in flight counts one timeout failure. An answer that
+is not retryable ends the call (A6: it commits). An attempt refused by admission ends the
+sending: the next one would meet the same breaker or limit, so a refused call is one
+rejection, not ``max_attempts``.
 
 Every hedge is an attempt like any other: it passes admission (breaker, rate limit,
 quotas, bulkhead) and takes its units and cost, and each after the first spends the retry
@@ -62,6 +64,7 @@ class HedgeRun:
         self.next_at = ex.clock()
         self.error: BaseException | None = None  # the latest failure or refusal
         self.over = False  # nothing more will be sent
+        self.expired_once = False  # the call's timeout is counted
 
     def due(self, now: float) -> Ticket | None:
         """The next attempt, admitted, if one is due now; refusals are taken in turn."""
@@ -129,6 +132,22 @@ class HedgeRun:
         self.ex.release(ticket)
         self.ex.abandon(ticket)
 
+    def let_go(self, ticket: Ticket, expired: bool) -> None:
+        """An attempt still running when the call ended: a loser counts as neither (a probe
+        permit comes back); the first one in flight at the deadline counts the call's
+        timeout, one failure as an unhedged call's would."""
+        if not expired or self.expired_once:
+            self.ex.abandon(ticket)
+            return
+        self.expired_once = True
+        timeout = OperationTimeout(ticket.operation, ticket.timeout)
+        self.ex.record(ticket, Failure(timeout, Counts.FAILURE, ran=True))
+
+    def expired(self, ticket: Ticket) -> None:
+        """An attempt that ended after the deadline: the call's timeout."""
+        self.ex.release(ticket)
+        self.let_go(ticket, True)
+
     def finished(self, in_flight: int) -> bool:
         """Nothing runs and nothing more will be sent."""
         return in_flight == 0 and (self.over or self.sent >= self.hedging.max_attempts)
@@ -155,6 +174,7 @@ def run_hedged(
     ended: queue.SimpleQueue[Any] = queue.SimpleQueue()
     flights: dict[Any, Ticket] = {}
     ex = hedge.ex
+    expired = False
     try:
         while True:
             now = ex.clock()
@@ -167,7 +187,10 @@ def run_hedged(
                     continue
                 flights[future] = ticket
                 future.add_done_callback(ended.put)
-            if hedge.finished(len(flights)) or hedge.timed_out(now):
+            if hedge.finished(len(flights)):
+                raise hedge.give_up()
+            if hedge.timed_out(now):
+                expired = True
                 raise hedge.give_up()
             try:
                 future = ended.get(timeout=hedge.wait(now))
@@ -181,36 +204,32 @@ def run_hedged(
             if error is None:
                 hedge.succeeded(ticket)
                 return result(future)
+            if hedge.timed_out(ex.clock()):  # its own deadline: the call's timeout
+                hedge.expired(ticket)
+                continue
             if hedge.failed(ticket, error):
                 raise hedge.give_up()
     finally:
         for future, ticket in flights.items():
-            _let_go(hedge, future, ticket)
+            _let_go(hedge, future, ticket, expired)
 
 
-def _let_go(hedge: HedgeRun, future: Any, ticket: Ticket) -> None:
-    """A loser: cancelled if it can be, else counted when it ends (it did run)."""
+def _let_go(hedge: HedgeRun, future: Any, ticket: Ticket, expired: bool) -> None:
+    """An attempt still running when the call ended: counted at once (:meth:`HedgeRun.let_go`)
+    and cancelled if it can be, else its place is held until it ends (an attempt on a
+    thread runs to its end)."""
+    hedge.let_go(ticket, expired)
     if future.cancel():
-        hedge.cancelled(ticket)
-        return
-
-    def settle(done: Any) -> None:
-        exc = None if done.cancelled() else done.exception()
-        if done.cancelled():
-            hedge.cancelled(ticket)
-        elif exc is None:
-            hedge.succeeded(ticket)
-        else:
-            hedge.ex.release(ticket)
-            hedge.ex.record(ticket, hedge.ex.classify(ticket, exc, hedge.outcomes))
-
-    future.add_done_callback(settle)
+        hedge.ex.release(ticket)
+    else:
+        future.add_done_callback(lambda _done: hedge.ex.release(ticket))
 
 
 async def run_hedged_async(hedge: HedgeRun, attempt: Callable[[float], Awaitable[Any]]) -> Any:
     """The asyncio loop: each attempt a task, bounded by the deadline; losers cancelled."""
     flights: dict[asyncio.Task[Any], Ticket] = {}
     ex = hedge.ex
+    expired = False
 
     async def bounded(left: float) -> Any:
         async with asyncio.timeout(left):
@@ -221,7 +240,10 @@ async def run_hedged_async(hedge: HedgeRun, attempt: Callable[[float], Awaitable
             now = ex.clock()
             while (ticket := hedge.due(now)) is not None:
                 flights[asyncio.ensure_future(bounded(ticket.deadline - now))] = ticket
-            if hedge.finished(len(flights)) or hedge.timed_out(now):
+            if hedge.finished(len(flights)):
+                raise hedge.give_up()
+            if hedge.timed_out(now):
+                expired = True
                 raise hedge.give_up()
             done, _ = await asyncio.wait(
                 flights, timeout=hedge.wait(now), return_when=asyncio.FIRST_COMPLETED
@@ -232,9 +254,13 @@ async def run_hedged_async(hedge: HedgeRun, attempt: Callable[[float], Awaitable
                 if exc is None:
                     hedge.succeeded(ticket)
                     return task.result()
+                if hedge.timed_out(ex.clock()):  # its own deadline: the call's timeout
+                    hedge.expired(ticket)
+                    continue
                 if hedge.failed(ticket, exc):
                     raise hedge.give_up()
     finally:
         for task, ticket in flights.items():
             task.cancel()
-            hedge.cancelled(ticket)
+            hedge.ex.release(ticket)
+            hedge.let_go(ticket, expired)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 import grpc.aio
@@ -53,6 +53,17 @@ class UnaryUnaryCall(_InterceptedUnaryResponseMixin, InterceptedCall, _base_call
         if cancelled:
             self._run.cancel()
         return cancelled
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        try:
+            call = yield from self._interceptors_task.__await__()
+        except asyncio.CancelledError:
+            # the awaiting task was cancelled (wait_for, asyncio.timeout, task.cancel): that
+            # cancelled the outcome it waited on; the run stops as on call.cancel()
+            if self._interceptors_task.cancelled():
+                self._run.cancel()
+            raise
+        return (yield from call.__await__())
 
 
 class Run:
@@ -166,7 +177,7 @@ class Run:
         ex = self.route.ex
         ticket = self.ticket
         assert ticket is not None
-        if self.outcome.done() or call.cancelled():  # cancelled: no outcome, nothing more
+        if self.outcome.done() or call._cython_call.is_locally_cancelled():  # no outcome, nothing more
             self.ticket = None
             ex.release(ticket)
             ex.abandon(ticket)

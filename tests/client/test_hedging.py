@@ -382,3 +382,66 @@ def test_the_sync_interceptors_hedges_of_a_hanging_service_leave_anothers_thread
                 caller.join(30)
             server.stop(0)
     mc.close()
+
+
+def _until(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+@pytest.fixture
+def hanging() -> Any:
+    with Upstream("echo") as upstream:
+        upstream.set("slow", delay_secs=2)
+        yield upstream
+
+
+def _counted(mc: MissionControl) -> tuple[int, int]:
+    tally = mc.view.get("echo").tally
+    return tally.successes, tally.failures
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("how", ["call", "future"])
+def test_a_sync_hedged_call_that_times_out_counts_one_timeout_failure(
+    hanging: Upstream, path: str, how: str
+) -> None:
+    mc = agent(echo_policy().replace(timeout_secs=0.3))
+    channel = sync_channel(path, grpc.insecure_channel(hanging.address), mc, service="echo")
+    echo = pb_grpc.EchoServiceStub(channel).Echo
+    with pytest.raises(OperationTimeout):
+        if how == "call":
+            echo(pb.EchoRequest(text="hi"))
+        else:
+            echo.future(pb.EchoRequest(text="hi")).result()
+    assert hanging.calls == 2  # hedged, and both attempts were in flight at the deadline
+    assert _counted(mc) == (0, 1)
+    channel.close()
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_an_aio_hedged_call_that_times_out_counts_one_timeout_failure(
+    hanging: Upstream, path: str
+) -> None:
+    mc = agent(echo_policy().replace(timeout_secs=0.3))
+    async with aio_channel(path, hanging.address, mc, service="echo") as channel:
+        with pytest.raises(OperationTimeout):
+            await pb_grpc.EchoServiceStub(channel).Echo(pb.EchoRequest(text="hi"))
+    assert hanging.calls == 2
+    assert _counted(mc) == (0, 1)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_sync_loser_counts_as_neither_when_it_ends(path: str) -> None:
+    with Upstream("echo") as upstream:
+        upstream.set("slow", delay_secs=1, times=1)  # the first attempt loses, then answers
+        mc = agent(echo_policy())
+        channel = sync_channel(path, grpc.insecure_channel(upstream.address), mc, service="echo")
+        assert pb_grpc.EchoServiceStub(channel).Echo(pb.EchoRequest(text="hi"), timeout=10).text == "hi"
+        assert _until(lambda: mc.view.get("echo").bulkhead.in_flight == 0)  # the loser is over
+        assert upstream.calls == 2 and _counted(mc) == (1, 0)
+        channel.close()

@@ -5,6 +5,7 @@ retry after a failed first attempt hands back the call that served."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 
 import grpc
@@ -69,3 +70,62 @@ async def test_a_retried_call_answers_as_the_attempt_that_served(upstream: Upstr
         assert (await call).text == "x"
         assert await call.code() is grpc.StatusCode.OK
         assert (upstream.calls, state.tally.failures, state.tally.successes) == (2, 1, 1)
+
+
+async def _give_up(call: object, how: str) -> None:
+    """The caller stops waiting for ``call`` the ``how`` way (the upstream still works on it)."""
+    if how == "wait_for":
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(call, 0.2)  # type: ignore[arg-type]
+    elif how == "timeout":
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await call  # type: ignore[misc]
+    else:
+        task = asyncio.ensure_future(call)  # type: ignore[arg-type]
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+@pytest.mark.parametrize("how", ["wait_for", "timeout", "task"])
+async def test_a_caller_giving_up_cancels_the_call_and_frees_its_place(
+    upstream: Upstream, path: str, how: str
+) -> None:
+    upstream.set("slow", delay_secs=4)
+    mc = MissionControl("a", config={"svc": policy("svc", max_concurrent=1)})
+    state = mc.view.get("svc")
+    async with aio_channel(path, upstream.address, mc, service="svc") as channel:
+        stub = pb_grpc.EchoServiceStub(channel)
+        await _give_up(stub.Echo(pb.EchoRequest(text="x")), how)
+        # the upstream still sleeps on it for seconds: only a cancel frees the place now
+        assert await _until(lambda: state.bulkhead.in_flight == 0, seconds=2)
+        upstream.set("ok")
+        assert (await stub.Echo(pb.EchoRequest(text="y"), timeout=5)).text == "y"
+        assert (state.tally.successes, state.tally.failures) == (1, 0)
+
+
+async def test_no_retry_goes_on_after_the_caller_gave_up(upstream: Upstream, path: str) -> None:
+    upstream.set("fail", code="UNAVAILABLE")
+    slow_backoff = dataclasses.replace(policy("svc").backoff, initial_secs=0.5)
+    mc = MissionControl("a", config={"svc": policy("svc", backoff=slow_backoff)})
+    async with aio_channel(path, upstream.address, mc, service="svc") as channel:
+        await _give_up(pb_grpc.EchoServiceStub(channel).Echo(pb.EchoRequest(text="x")), "wait_for")
+        assert upstream.calls == 1  # the first retry was due 0.5 s after it
+        assert not await _until(lambda: upstream.calls > 1, seconds=1)
+
+
+async def test_an_upstream_cancelled_status_is_an_rpc_error_counted_once(
+    upstream: Upstream, path: str
+) -> None:
+    upstream.set("fail", code="CANCELLED")
+    mc = _agent()
+    state = mc.view.get("svc")
+    async with aio_channel(path, upstream.address, mc, service="svc") as channel:
+        task = asyncio.ensure_future(pb_grpc.EchoServiceStub(channel).Echo(pb.EchoRequest(text="x")))
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await task
+        assert raised.value.code() is grpc.StatusCode.CANCELLED and not task.cancelled()
+        assert upstream.calls == 1
+        assert state.tally.successes + state.tally.failures == 1
