@@ -283,8 +283,9 @@ class ControlPlane:
         else:
             self.relay.demand(agent_id, demand)
 
-    def agent_left(self, agent_id: str) -> None:
-        self.breakers.release_agent(agent_id)
+    def agent_left(self, agent_id: str, *, relay: bool = False) -> None:
+        """An agent's (or a follower ``relay``'s) last stream here ended."""
+        self.breakers.release_agent(agent_id, relay=relay)
         self.capacity.forget(agent_id)
         self.reports.agent_left(agent_id)
         if self.relay is not None:
@@ -482,7 +483,7 @@ class ControlPlane:
 
     def _on_grant(self, agent: str, grant: pb.ProbeGrant) -> None:
         if not self.hub.send_to_agent(agent, pb.ConnectResponse(probe_grant=grant)):
-            asyncio.get_running_loop().call_soon(lambda: self.breakers.release_agent(agent, unused=True))
+            asyncio.get_running_loop().call_soon(lambda: self.breakers.release_agent(agent))
 
     # -- snapshot for a new stream ---------------------------------------------
 

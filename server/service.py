@@ -148,7 +148,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
             if plane.hub.disconnect(sub):
-                plane.agent_left(sub.agent_id)
+                plane.agent_left(sub.agent_id, relay=sub.replica)
             _log.info("agent %s disconnected (stream %s)", sub.agent_id, sub.id)
 
     async def _check_replica(self, context: grpc.aio.ServicerContext, agent_id: str, peer: str) -> bool:
