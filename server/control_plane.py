@@ -135,6 +135,9 @@ class ControlPlane:
         self.relay: LeaderRelay | None = None
         #: The outcome batches this replica's engine counted (each is counted once).
         self.ledger = OutcomeLedger(clock=self.clock)
+        #: The batches this replica took while following: each is passed on however often
+        #: it comes, but shows once in this replica's own figures.
+        self.relayed = OutcomeLedger(clock=self.clock)
         self.lease_epochs = LeaseEpochs(
             f"{self.prefix}/{LEASE_EPOCH_RECORD}",
             instance_id,
@@ -248,11 +251,24 @@ class ControlPlane:
         self.writer.wake()
 
     def first_time(self, key: BatchKey) -> bool:
-        """Whether to take the outcome batch ``key`` names: the deciding replica counts each
-        batch once (see ``outcome_ledger``); a follower passes every one on, by name."""
-        if self.leading or self.relay is None:
-            return self.ledger.first_time(key)
-        return True
+        """Whether this replica sees the outcome batch ``key`` names for the first time: the
+        deciding replica counts each batch once (see ``outcome_ledger``); a follower passes
+        every one on, by name (:attr:`passes_on`), and shows each once in its own figures."""
+        if self.passes_on:
+            return self.relayed.first_time(key)
+        return self.ledger.first_time(key)
+
+    @property
+    def passes_on(self) -> bool:
+        """Whether outcome batches go on to the leader (this replica follows)."""
+        return not self.leading and self.relay is not None
+
+    def ledger_stats(self, stats: pb.ErrorStatistics) -> pb.ErrorStatistics:
+        """``stats`` with the batches this replica did not count (or show) again."""
+        stats.outcome_batches_resent = self.ledger.resent + self.relayed.resent
+        stats.outcome_batches_too_old = self.ledger.too_old + self.relayed.too_old
+        stats.outcome_sessions_held = len(self.ledger) + len(self.relayed)
+        return stats
 
     def record_batch(self, key: BatchKey | None, agent_id: str, summaries: list[pb.OutcomeSummary]) -> None:
         """Count an agent's batch here, or pass it on to the leader under its name."""
@@ -293,8 +309,9 @@ class ControlPlane:
         else:
             self.relay.demand(agent_id, demand)
 
-    def agent_left(self, agent_id: str) -> None:
-        self.breakers.release_agent(agent_id)
+    def agent_left(self, agent_id: str, *, relay: bool = False) -> None:
+        """An agent's (or a follower ``relay``'s) last stream here ended."""
+        self.breakers.release_agent(agent_id, relay=relay)
         self.capacity.forget(agent_id)
         self.reports.agent_left(agent_id)
         if self.relay is not None:
@@ -506,7 +523,7 @@ class ControlPlane:
 
     def _on_grant(self, agent: str, grant: pb.ProbeGrant) -> None:
         if not self.hub.send_to_agent(agent, pb.ConnectResponse(probe_grant=grant)):
-            asyncio.get_running_loop().call_soon(lambda: self.breakers.release_agent(agent, unused=True))
+            asyncio.get_running_loop().call_soon(lambda: self.breakers.release_agent(agent))
 
     # -- snapshot for a new stream ---------------------------------------------
 

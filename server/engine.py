@@ -230,13 +230,16 @@ class FleetBreakers:
             return None
         return self._grant(breaker, agent, now)
 
-    def release_agent(self, agent: str, *, unused: bool = False) -> None:
-        """An agent went away. Its permits return to the pool when it never got them
-        (``unused``); else they lapse with their hold, since a probe it started may still
-        be running (a stream can break while the process lives on)."""
+    def release_agent(self, agent: str, *, relay: bool = False) -> None:
+        """An agent's stream is gone (or a grant could not reach it): its permits return to
+        the pool at once and go to an agent asking now. A probe it may still run (a stream
+        can break while the process lives on) no longer counts: its result is ignored, as
+        the agent holds no permit here any more, and the agent dropped the permit with its
+        link. A follower's ``relay`` is another matter: the agents it handed the permits
+        to are still connected to it and may use them, so those lapse with their hold."""
         now = self._clock()
         for breaker in self._breakers.values():
-            if unused and breaker.permits_of(agent):
+            if not relay and breaker.permits_of(agent):
                 breaker.release_probes(agent)
                 if breaker.state is BreakerState.HALF_OPEN:
                     self._grant_waiting(breaker.name, now)

@@ -172,7 +172,7 @@ def fleet_state(plane: ControlPlane, activity: FleetActivity, timeline: Timeline
     """Everything the dashboard shows, as JSON-ready data."""
     now = time.monotonic()
     stats = plane.stats.to_proto(plane.policies, plane.hub.connected_agents, plane.capacity.usage())
-    plane.ledger.into(stats)
+    plane.ledger_stats(stats)
     leadership = plane.leadership
     agents, replicas = fleet_agents(plane)
     listed = agents[:MAX_AGENT_ROWS]

@@ -92,13 +92,6 @@ class OutcomeLedger:
             self._sessions.popitem(last=False)
         return counted
 
-    def into(self, stats: pb.ErrorStatistics) -> pb.ErrorStatistics:
-        """``stats`` with what this ledger refused to count, and the sessions it holds."""
-        stats.outcome_batches_resent = self.resent
-        stats.outcome_batches_too_old = self.too_old
-        stats.outcome_sessions_held = len(self._sessions)
-        return stats
-
     def _mark(self, session: _Session, sequence: int) -> bool:
         if sequence > session.newest:
             shift = sequence - session.newest

@@ -172,10 +172,14 @@ class LeaderRelay:
         for per_agent in self._demands.values():
             if per_agent.pop(agent_id, None) is not None:
                 self._demand_dirty = True
-        for held in self._held.values():
-            # not given back: a probe the agent started may still be running; the leader
-            # lets the permits lapse with their hold
-            held.pop(agent_id, None)
+        for service, held in self._held.items():
+            # its stream is gone: what it held goes back to the fleet at once (a probe it
+            # may still run would not count, as the leader frees the permit)
+            permits = held.pop(agent_id, 0)
+            if permits:
+                generation = self._held_generation.get(service, 0)
+                self._tallies.setdefault(service, Tally()).give_back(generation, permits)
+                self._wake.set()
         for waiting in self._waiting.values():
             with contextlib.suppress(ValueError):
                 waiting.remove(agent_id)

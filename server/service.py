@@ -148,7 +148,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
             if plane.hub.disconnect(sub):
-                plane.agent_left(sub.agent_id)
+                plane.agent_left(sub.agent_id, relay=sub.replica)
             _log.info("agent %s disconnected (stream %s)", sub.agent_id, sub.id)
 
     async def _check_replica(self, context: grpc.aio.ServicerContext, agent_id: str, peer: str) -> bool:
@@ -238,10 +238,11 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         if refused:
             plane.reports.refuse(sub.agent_id, "*", "sent more summaries than its budget", refused)
         key = batch_key(sub.agent_id, sub.session_id, sub.series, batch, replica=sub.replica)
-        if key is None or plane.first_time(key):
+        fresh = key is None or plane.first_time(key)
+        if fresh or plane.passes_on:
             # The ledger says counted from here on: the batch is taken in full even when the
             # stream is cancelled half way (its resend is not counted again).
-            taking = asyncio.ensure_future(self._take(sub, key, summaries[:admitted]))
+            taking = asyncio.ensure_future(self._take(sub, key, summaries[:admitted], shown=fresh))
             self._taking.add(taking)
             taking.add_done_callback(self._taken)
             await asyncio.shield(taking)
@@ -253,13 +254,15 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             await asyncio.sleep(plane.reports.refill_secs(refused))
 
     async def _take(
-        self, sub: Subscriber, key: BatchKey | None, summaries: Sequence[pb.OutcomeSummary]
+        self, sub: Subscriber, key: BatchKey | None, summaries: Sequence[pb.OutcomeSummary], shown: bool
     ) -> None:
+        """Take a batch: bound it, show it in this replica's figures (unless ``shown`` is
+        False: a follower passing on a batch it already showed), count it or pass it on."""
         taken = []
         for i, summary in enumerate(summaries):
             if i and not i % SUMMARIES_PER_STEP:
                 await asyncio.sleep(0)  # a big batch must not keep the loop from others
-            bounded = self._summary(sub, summary)
+            bounded = self._summary(sub, summary, shown)
             if bounded is not None:
                 taken.append(bounded)
         self.plane.record_batch(key, sub.agent_id, taken)
@@ -269,8 +272,11 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         if not taking.cancelled() and taking.exception() is not None:
             _log.error("taking an outcome batch failed", exc_info=taking.exception())
 
-    def _summary(self, sub: Subscriber, summary: pb.OutcomeSummary) -> pb.OutcomeSummary | None:
-        """``summary`` as bounded by the report gate, recorded in stats (None: refused)."""
+    def _summary(
+        self, sub: Subscriber, summary: pb.OutcomeSummary, shown: bool = True
+    ) -> pb.OutcomeSummary | None:
+        """``summary`` as bounded by the report gate, recorded in stats when ``shown``
+        (None: refused)."""
         plane = self.plane
         if breaker_name_problem(summary.service):
             return None
@@ -290,6 +296,8 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         bounded = plane.reports.bound(sub.agent_id, summary, trusted=sub.trusted, probes_held=held)
         if bounded is None:
             return None
+        if not shown:
+            return bounded
         named = plane.policies.stored(bounded.service) is not None
         plane.stats.record(sub.agent_id, bounded, named=named)
         for listener in plane.outcome_listeners:
@@ -574,7 +582,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         stats.shadow_services.extend(plane.trials.to_proto())
         stats.outside_changes = plane.audit_keeper.outside_changes
         stats.audit_records_pruned = plane.audit_keeper.pruned
-        plane.ledger.into(stats)
+        plane.ledger_stats(stats)
         response = pb.GetErrorStatisticsResponse(statistics=stats)
         if plane.stats.more(page) or page.more(refused):
             response.next_page_token = str(page.offset + page.size)

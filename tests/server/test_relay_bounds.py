@@ -64,3 +64,17 @@ def test_probe_results_relayed_only_under_a_permit_relayed_to_that_agent() -> No
     ((_, _, (summary,)),) = relay.drain()
     assert summary.probe_successes == 1  # good-1's one permit; mallory's claims are dropped
     assert relay._held["svc"]["good-1"] == 0
+
+
+def test_a_departed_agents_permits_go_back_to_the_leader_at_once() -> None:
+    """An agent on a follower went away holding a permit: the follower gives it back to the
+    leader (the leader hands it to an agent asking now) instead of letting it lapse."""
+
+    leadership = Leadership(store=None, prefix="/p", instance_id="r2", address="127.0.0.1:1")  # type: ignore[arg-type]
+    relay = LeaderRelay(leadership, Hub())
+    relay._held_generation["svc"] = 4
+    relay._held["svc"]["gone"] = 1
+    relay.agent_left("gone")
+    ((_, _, (summary,)),) = relay.drain()
+    assert (summary.service, summary.probes_released, summary.probe_generation) == ("svc", 1, 4)
+    assert relay._held["svc"].get("gone", 0) == 0

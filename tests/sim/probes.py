@@ -46,7 +46,7 @@ class Plane:
         if agent is not None:
             agent.receive_grant(grant)
         else:  # not sent: as the control plane does when a stream is gone
-            self.world.after(0.0, lambda: self.engine.release_agent(agent_id, unused=True))
+            self.world.after(0.0, lambda: self.engine.release_agent(agent_id))
 
     def gone(self, agent: SimAgent) -> None:
         """The stream broke: the control plane notices a little later."""
@@ -110,8 +110,9 @@ class SimAgent:
             self.up.send(lambda: self.plane.engine.record(self.id, summary))
 
     def cut(self) -> None:
-        if self.plane.engine.get(SERVICE).permits_of(self.id):
-            self.checker.holder_gone()  # they lapse with their hold: a probe may be running
+        """The process dies: its probes end with it (the control plane frees its permits
+        once it notices the stream is gone)."""
+        self.checker.holder_gone(self)
         for link in (self.up, self.state_down, self.grant_down):
             link.cut()
         self.view.forget_fleet()
@@ -130,13 +131,14 @@ class SimAgent:
         generation = getattr(probe, "generation", 0)
         if probe == "fleet":
             self.checker.probe_started(self, generation)
-            self.checker.running[self.id] = self.checker.running.get(self.id, 0) + 1
+            self.checker.running.setdefault(self.id, []).append(generation)
         took = self.world.rng.uniform(0.0, ticket.timeout)
 
         def done() -> None:
-            if probe == "fleet":
+            running = self.checker.running.get(self.id, [])
+            if probe == "fleet" and generation in running:  # else it died with its agent
+                running.remove(generation)
                 self.checker.probe_ended(generation)
-                self.checker.running[self.id] -= 1
             if not self.alive:
                 return
             error = LLMProviderUnavailable(SERVICE, "down")
@@ -155,15 +157,14 @@ class Checker:
         self.in_flight: dict[int, int] = {}
         self.saturated_at = -1e9  # last time the current HALF_OPEN had all its probes out
         self.asking_since: dict[str, tuple[int, float]] = {}
-        self.running: dict[str, int] = {}
-        #: Until when permits of an agent that went away may still be held for it.
-        self.gone_holds_until = -1e9
+        #: Agent -> the generations of its probes running now.
+        self.running: dict[str, list[int]] = {}
         self.violations: list[str] = []
 
-    def holder_gone(self) -> None:
-        breaker = self.plane.engine.get(SERVICE)
-        hold = self.plane.engine.probe_ttl + breaker.policy.timeout_secs
-        self.gone_holds_until = max(self.gone_holds_until, self.world.now + hold)
+    def holder_gone(self, agent: SimAgent) -> None:
+        """A dead agent's probes are not in flight any more."""
+        for generation in self.running.pop(agent.id, []):
+            self.probe_ended(generation)
 
     def _threshold(self) -> int:
         return self.plane.engine.get(SERVICE).policy.success_threshold
@@ -197,7 +198,7 @@ class Checker:
         if generation != breaker.generation:
             since = self.world.now
         self.asking_since[agent.id] = (breaker.generation, since)
-        started = max(since, breaker.changed_at, self.saturated_at, self.gone_holds_until)
+        started = max(since, breaker.changed_at, self.saturated_at)
         if self.world.now - started > PROBE_TTL_SECS:
             self.violations.append(
                 f"t={self.world.now:.3f}: {agent.id} asked for a permit since {since:.3f} without one"
