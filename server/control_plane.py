@@ -33,6 +33,7 @@ from mission_control.resilience.v1 import policy_pb2
 from .admission import ServiceAdmission, forget_idle
 from .audit import ENGINE, AuditLog, Author, Retention
 from .audit_keeper import AuditKeeper
+from .breaker_names import unknown_breaker
 from .capacity import CapacityLeaser
 from .engine import FleetBreakers
 from .fleet_roster import FleetRoster
@@ -473,6 +474,17 @@ class ControlPlane:
             listener(healthy)
 
     # -- listeners -------------------------------------------------------------
+
+    def unknown_breaker(self, name: str, create: bool = False) -> str | None:
+        """Why the breaker ``name`` may not be forced (a likely typo; see
+        :mod:`.breaker_names`), or None."""
+        return unknown_breaker(
+            name,
+            create,
+            lambda service: self.policies.stored(service) is not None,
+            lambda breaker: self.breakers.find(breaker) is not None,
+            lambda: {*self.breakers.names(), *(p.service for p in self.policies.all())},
+        )
 
     def _recorded_key(self, kind: str, name: str) -> str | None:
         """The stored key an audit record of ``kind`` about ``name`` describes."""

@@ -13,6 +13,8 @@ import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
+from mission_control.client.config import policy_from_json, policy_to_mapping
+from mission_control.client.errors import ConfigurationError
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .json_values import json_values
@@ -127,8 +129,30 @@ def _summary(record: pb.AuditRecord) -> str:
         return "deleted"
     if not record.old_value:
         return "created"
-    changed = [f"{k}: {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}" for k in _differing(old, new)]
+    if record.kind not in ("policy", "shadow"):
+        return "changed"
+    shown_old, shown_new = _sides(record.old_value, record.name), _sides(record.new_value, record.name)
+    changed = [f"{k}: {shown_old(k)} -> {shown_new(k)}" for k in _differing(old, new)]
     return "; ".join(changed) or "unchanged"
+
+
+def _sides(text: str, name: str) -> Callable[[str], str]:
+    """How one side of a policy change shows a field: its value, or — absent from what was
+    stored — "(unset)" and the value in force then (the default), never a bare null."""
+    stored = _values(text)
+    try:
+        effective: dict[str, object] = policy_to_mapping(policy_from_json(text, service=name)) if text else {}
+    except ConfigurationError:
+        effective = {}
+
+    def show(key: str) -> str:
+        if not text:
+            return "(no policy)"
+        if key in stored:
+            return json.dumps(stored[key])
+        return f"(unset: {json.dumps(effective[key])})" if key in effective else "(unset)"
+
+    return show
 
 
 def _values(text: str) -> dict[str, object]:
@@ -140,7 +164,7 @@ def _values(text: str) -> dict[str, object]:
 
 
 def _differing(old: dict[str, object], new: dict[str, object]) -> list[str]:
-    return [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return [k for k in sorted(set(old) | set(new)) if (k in old, old.get(k)) != (k in new, new.get(k))]
 
 
 def _show(op: Operator, records: Sequence[pb.AuditRecord], header: Sequence[str], row) -> int:  # type: ignore[no-untyped-def]
@@ -204,14 +228,19 @@ def policy_history(op: Operator, name: str) -> int:
 
 def policy_diff(op: Operator, name: str, rev1: int, rev2: int) -> int:
     versions = list(op._call(op.stub.ListPolicyHistory, pb.ListPolicyHistoryRequest(service=name)).versions)
-    old, new = (_values(_at(versions, rev, name)) for rev in (rev1, rev2))
-    changed = {k: {"old": old.get(k), "new": new.get(k)} for k in _differing(old, new)}
-    if op.as_json:
+    texts = [_at(versions, rev, name) for rev in (rev1, rev2)]
+    old, new = (_values(t) for t in texts)
+    differing = _differing(old, new)
+    if op.as_json:  # a side where the field is unset has no value: "old" or "new" is left out
+        changed = {
+            k: {w: side[k] for w, side in (("old", old), ("new", new)) if k in side} for k in differing
+        }
         print(json.dumps(changed, indent=2))
         return EXIT_OK
-    for key, pair in changed.items():
-        print(_safe(f"{key}: {json.dumps(pair['old'])} -> {json.dumps(pair['new'])}"))
-    if not changed:
+    shown_old, shown_new = (_sides(t, name) for t in texts)
+    for key in differing:
+        print(_safe(f"{key}: {shown_old(key)} -> {shown_new(key)}"))
+    if not differing:
         print(f"no difference between revisions {rev1} and {rev2}")
     return EXIT_OK
 

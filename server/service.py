@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
@@ -361,7 +360,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
     async def SetBreakerState(self, request, context):  # type: ignore[no-untyped-def]
         identity = await self.access.authorize_write(context, "SetBreakerState")
         violations = []
-        problem = name_problem(request.name)
+        problem = breaker_name_problem(request.name)
         if problem:
             violations.append(("name", problem))
         state = _SETTABLE.get(request.state)
@@ -374,20 +373,12 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         if violations:
             raise ConfigurationError.from_violations(violations)
         assert state is not None
-        if not request.create and not self.plane.admission.known(request.name):
-            await context.abort(grpc.StatusCode.NOT_FOUND, self._unknown_breaker(request.name))
+        unknown = self.plane.unknown_breaker(request.name, request.create)
+        if unknown:
+            await context.abort(grpc.StatusCode.NOT_FOUND, unknown)
         author = Author(identity, request.reason)
         breaker = await self.plane.set_breaker_state(request.name, state, request.reason, author)
         return pb.SetBreakerStateResponse(breaker=breaker)
-
-    def _unknown_breaker(self, name: str) -> str:
-        known = {*self.plane.breakers.names(), *(p.service for p in self.plane.policies.all())}
-        close = difflib.get_close_matches(name, sorted(known), n=5, cutoff=0.6)
-        hint = f"; known names close to it: {', '.join(close)}" if close else ""
-        return (
-            f"no breaker named {name!r}: no policy names it and it has never been seen{hint} "
-            "(set create to make a new one)"
-        )
 
     # -- policies --------------------------------------------------------------
 

@@ -24,10 +24,11 @@ from typing import Any
 from aiohttp import web
 from mission_control.client.breaker import BreakerState
 from mission_control.client.errors import MissionControlError, StorageFailure
-from mission_control.client.policy import name_problem
+from mission_control.client.policy import breaker_name_problem
 
 from .audit import Author
 from .auth import AccessPolicy, _matches, is_loopback
+from .breaker_names import CREATE_HINT
 from .control_plane import ControlPlane
 from .fleet_view import STATE_NAMES, FleetActivity, Timeline, fleet_state
 from .prometheus import CONTENT_TYPE, exposition, registry_for
@@ -94,7 +95,7 @@ class Dashboard:
                 web.get("/static/{name}", self._static),
                 web.get("/api/state", self._get_state),
                 web.get("/api/events", self._events),
-                web.post("/api/breakers/{name}/{action}", self._act),
+                web.post("/api/breakers/{name:.+}/{action}", self._act),  # endpoint breakers hold '/'
                 web.get("/metrics", self._metrics),
                 web.get("/healthz", self._healthz),
                 web.get("/readyz", self._readyz),
@@ -273,7 +274,7 @@ class Dashboard:
         state = ACTIONS.get(action)
         if state is None:
             raise _error(404, f"no action {action!r} (one of {', '.join(ACTIONS)})")
-        problem = name_problem(name)
+        problem = breaker_name_problem(name)
         if problem:
             raise _error(400, f"name: {problem}")
         try:
@@ -287,6 +288,9 @@ class Dashboard:
             raise _error(400, "reason must be printable text (no newlines or control characters)")
         if state is not BreakerState.CLOSED and not reason.strip():
             raise _error(400, "reason is required to force or disable a breaker: say why")
+        unknown = self.plane.unknown_breaker(name)  # the dashboard makes no new breaker
+        if unknown:
+            raise _error(404, unknown.replace(CREATE_HINT, "the CLI's --create makes a new one"))
         try:
             breaker = await self.plane.set_breaker_state(name, state, reason, Author(identity, reason))
         except StorageFailure as err:

@@ -85,6 +85,7 @@ async def test_the_picture_follows_a_trip_live(plane: RunningControlPlane) -> No
 async def test_actions_need_an_admin_and_same_origin_and_change_nothing_otherwise(
     plane: RunningControlPlane,
 ) -> None:
+    await plane.plane.put_policy(policy_from_proto(policy_pb2.ServicePolicy(service="storage_backend")))
     url = f"{base(plane)}/api/breakers/storage_backend/force-open"
     body = {"reason": "disk maintenance"}
     json_type = {"Content-Type": "application/json"}
@@ -110,7 +111,8 @@ async def test_actions_need_an_admin_and_same_origin_and_change_nothing_otherwis
                 assert reply.status == 200, await reply.text()
                 assert (await reply.json())["state"] == "FORCED_OPEN"
             # audited as every write: who (the token's fingerprint, never the token) and why
-            [record] = [r for r in await plane.plane.audit.records() if r.name == "storage_backend"]
+            page = await plane.plane.audit.page(kinds=("breaker",), name="storage_backend")
+            [record] = page.records
             assert (record.action, record.reason) == ("breaker.forced_open", "disk maintenance")
             assert record.identity.startswith("token:sha256:") and TOKEN not in record.identity
             # exactly as the CLI's write: stored in etcd with the reason, pushed to agents
@@ -136,6 +138,7 @@ async def test_without_admins_only_a_loopback_dashboard_takes_writes(
     )
     try:
         assert running.dashboard is not None and running.dashboard.open_writes
+        await running.plane.put_policy(policy_from_proto(policy_pb2.ServicePolicy(service="object_storage")))
         async with (
             aiohttp.ClientSession() as session,
             session.post(
@@ -299,6 +302,7 @@ async def test_a_loopback_dashboard_answers_only_loopback_names(
     )
     try:
         assert running.dashboard is not None and running.dashboard.open_writes
+        await running.plane.put_policy(policy_from_proto(policy_pb2.ServicePolicy(service="storage_backend")))
         url = f"{base(running)}/api/breakers/storage_backend/force-open"
         port = running.dashboard.address.rsplit(":", 1)[1]
         rebound = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}

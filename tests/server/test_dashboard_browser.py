@@ -16,6 +16,7 @@ import grpc
 import pytest
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
+from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
@@ -47,6 +48,14 @@ class Plane:
             env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin:/usr/local/bin"},
         )  # fmt: skip
         return done.stdout.strip()
+
+    def put_policy(self, service: str) -> None:
+        with grpc.insecure_channel(self.address) as channel:
+            pb_grpc.ControlPlaneServiceStub(channel).PutPolicy(
+                pb.PutPolicyRequest(policy=policy_pb2.ServicePolicy(service=service)),
+                metadata=[("authorization", f"Bearer {TOKEN}")],
+                timeout=10,
+            )
 
     def force(self, name: str, state: int) -> None:
         with grpc.insecure_channel(self.address) as channel:
@@ -128,6 +137,7 @@ def test_the_page_follows_a_trip_live_without_console_errors(
 def test_an_admin_forces_a_breaker_from_the_page_and_no_token_changes_nothing(
     browser: Browser, plane: Plane
 ) -> None:
+    plane.put_policy("storage_backend")  # a name nothing knows is refused (a likely typo)
     page, problems, _ = open_page(browser, plane)
     page.fill("#action-breaker", "storage_backend")
     page.select_option("#action-kind", "force-open")
