@@ -11,6 +11,7 @@ along — decides the rest (fail static).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -31,7 +32,13 @@ from .shadow import ShadowLimits
 
 __all__ = ["EndpointState", "FleetBreaker", "LocalView", "ServiceState", "Tally"]
 
+
 #: Operator states: in force until a control plane says otherwise.
+def _forget_every(policy: ServicePolicy) -> float:
+    """How often calls past the endpoint cap look for idle endpoints to make room."""
+    return max(0.05, min(1.0, policy.endpoint_idle_secs / 10))
+
+
 _STICKY = frozenset({BreakerState.FORCED_OPEN, BreakerState.FORCED_CLOSED, BreakerState.DISABLED})
 
 
@@ -266,6 +273,8 @@ class ServiceState:
         self.running: set[Any] = set()
         #: This service's endpoints with a breaker of their own, by breaker name.
         self.endpoints: dict[str, EndpointState] = {}
+        #: When idle endpoints were last looked for to make room past the cap.
+        self.forgot_at = -math.inf
         self.last_used = now
 
     def judge_slow(self, now: float) -> None:
@@ -481,14 +490,20 @@ class LocalView:
     def endpoint(self, service: str, endpoint: str) -> ServiceState:
         """The state calls to ``endpoint`` of ``service`` are decided by: the endpoint's own,
         or the service's when the service has ``max_endpoints`` endpoints already (the
-        call is counted as over the cap). Idle endpoints are forgotten to make room."""
+        call is counted as over the cap). Idle endpoints are forgotten to make room, at most
+        every ``_forget_every`` (looking costs a pass over every endpoint). With
+        ``max_endpoints`` 0 there are no endpoint breakers: the service's decides, uncounted."""
         now = self.clock()
         state = self.services.get(endpoint_breaker(service, endpoint))
         if state is None:
             parent = self.get(service)
-            if len(parent.endpoints) >= parent.policy.max_endpoints:
+            cap = parent.policy.max_endpoints
+            if not cap:
+                return parent
+            if len(parent.endpoints) >= cap and now - parent.forgot_at >= _forget_every(parent.policy):
+                parent.forgot_at = now
                 self.forget_idle(now, parent)
-            if len(parent.endpoints) >= parent.policy.max_endpoints:
+            if len(parent.endpoints) >= cap:
                 with parent.lock:
                     parent.tally.endpoints_over_cap += 1
                 return parent

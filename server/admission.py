@@ -2,8 +2,9 @@
 number of others that agents report on.
 
 An endpoint's breaker (``service/endpoint``) of a service a policy names takes one of the
-policy's ``max_endpoints`` places; past them its reports are refused (agents count those
-calls under the service's own breaker), and one CLOSED and unreported for the policy's
+policy's ``max_endpoints`` places, shared fairly between agents (see ``endpoint_places``);
+past them its reports are refused and counted per service (agents count those calls under
+the service's own breaker), and one CLOSED and unreported for the policy's
 ``endpoint_idle_secs`` is forgotten like an idle service (an OPEN or HALF_OPEN one is kept
 until it has closed and idled: forgetting it would end its wait early). Endpoints of a service no policy
 names are names like any other.
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from mission_control.client.breaker import BreakerState
 from mission_control.client.policy import ServicePolicy, service_of
 
+from .endpoint_places import EndpointPlaces
 from .engine import FleetBreakers
 from .policies import PolicyBook
 
@@ -67,8 +69,12 @@ class ServiceAdmission:
     admitted: dict[str, _Admitted] = field(default_factory=dict)
     #: Reports refused because a cap was reached.
     refused: int = 0
-    #: Endpoint breakers of services a policy names: service -> name -> when last reported.
-    endpoints: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: Endpoint breakers of services a policy names, by service.
+    endpoints: dict[str, EndpointPlaces] = field(default_factory=dict)
+    #: Endpoint reports refused for want of a place, by service.
+    endpoints_refused: Counter[str] = field(default_factory=Counter)
+    #: Endpoints that gave their place up to another agent's, to forget.
+    _given_up: list[str] = field(default_factory=list)
     _per_agent: Counter[str] = field(default_factory=Counter)
 
     def allows(self, agent: str, service: str, *, trusted: bool = False) -> bool:
@@ -82,7 +88,7 @@ class ServiceAdmission:
             return True
         policy = self.endpoint_policy(service)
         if policy is not None:
-            return self._endpoint_allows(service, policy, now)
+            return self._endpoint_allows(agent, service, policy, now)
         found = self.admitted.get(service)
         if found is None and self.breakers.find(service) is not None:
             found = self.admitted[service] = _Admitted(now, "")  # loaded from the store
@@ -105,13 +111,17 @@ class ServiceAdmission:
         stored = self.policies.stored(service_of(name))
         return None if stored is None else stored[0]
 
-    def _endpoint_allows(self, name: str, policy: ServicePolicy, now: float) -> bool:
-        seen = self.endpoints.setdefault(service_of(name), {})
-        if name not in seen and len(seen) >= policy.max_endpoints:
+    def _endpoint_allows(self, agent: str, name: str, policy: ServicePolicy, now: float) -> bool:
+        service = service_of(name)
+        places = self.endpoints.setdefault(service, EndpointPlaces())
+        allowed, given_up = places.admit(agent, name, policy.max_endpoints, now, self.breakers)
+        if given_up is not None:
+            _log.info("endpoint %s gives its place up to %s of another agent", given_up, name)
+            self._given_up.append(given_up)
+        if not allowed:
             self.refused += 1
-            return False
-        seen[name] = now
-        return True
+            self.endpoints_refused[service] += 1
+        return allowed
 
     def known(self, service: str) -> bool:
         """Whether ``service`` has (or may have without admission) a breaker."""
@@ -132,14 +142,15 @@ class ServiceAdmission:
         operator's state (an active service is reported on, even while OPEN: its rejected
         calls are)."""
         now = self.clock()
+        out = self._given_up_endpoints()
         for name in self.breakers.names():  # breakers adopted from the store take a place
-            if name in self.admitted or self.policies.stored(name) is not None:
+            if name in self.admitted or self.policies.stored(name) is not None or name in out:
                 continue
             if self.endpoint_policy(name) is not None:
-                self.endpoints.setdefault(service_of(name), {}).setdefault(name, now)
+                self.endpoints.setdefault(service_of(name), EndpointPlaces()).adopt(name, now)
             else:
                 self.admitted[name] = _Admitted(now, "")
-        out = self._idle_endpoints(now)
+        out += self._idle_endpoints(now)
         for name, entry in list(self.admitted.items()):
             if self.policies.stored(name) is not None or self.endpoint_policy(name) is not None:
                 self._drop(name)  # a policy covers it now: no place needed here
@@ -154,21 +165,32 @@ class ServiceAdmission:
                     out.append(name)
         return out
 
+    def _given_up_endpoints(self) -> list[str]:
+        given_up, self._given_up = self._given_up, []
+        out = []
+        for name in given_up:
+            places = self.endpoints.get(service_of(name))
+            breaker = self.breakers.find(name)
+            taken_again = places is not None and name in places.places
+            if breaker is not None and breaker.state is BreakerState.CLOSED and not taken_again:
+                out.append(name)
+        return out
+
     def _idle_endpoints(self, now: float) -> list[str]:
         out = []
-        for service, seen in list(self.endpoints.items()):
+        for service, places in list(self.endpoints.items()):
             stored = self.policies.stored(service)
             if stored is None:  # no policy now: its endpoints are names like any other
                 del self.endpoints[service]
                 continue
-            for name, last_seen in list(seen.items()):
+            for name in list(places.places):
                 breaker = self.breakers.find(name)
                 if breaker is not None and breaker.state not in _ENDPOINT_FORGETTABLE:
-                    seen[name] = now  # its idle time starts when it is CLOSED again
-                elif now - last_seen >= stored[0].endpoint_idle_secs:
-                    del seen[name]
-                    if breaker is not None:
-                        out.append(name)
+                    places.touch(name, now)  # its idle time starts when it is CLOSED again
+            for name in places.idle(now, stored[0].endpoint_idle_secs):
+                places.drop(name)
+                if self.breakers.find(name) is not None:
+                    out.append(name)
         return out
 
 

@@ -346,6 +346,7 @@ class Operator:
             ("errors by type", s.errors_by_type),
             ("slow calls by service", s.slow_calls_by_service),
             ("calls to endpoints over the cap, by service", s.endpoints_over_cap_by_service),
+            ("endpoint reports refused past the cap, by service", s.endpoint_reports_refused_by_service),
         ):
             if counts:
                 print(f"{title}:")

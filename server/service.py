@@ -571,6 +571,8 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             plane.policies, plane.hub.connected_agents, plane.capacity.usage(), dict(refused), page
         )
         stats.shadow_services.extend(plane.trials.to_proto())
+        if not page.offset:  # one key per service a policy names: all on the first page
+            stats.endpoint_reports_refused_by_service.update(plane.admission.endpoints_refused)
         stats.outside_changes = plane.audit_keeper.outside_changes
         stats.audit_records_pruned = plane.audit_keeper.pruned
         plane.ledger_stats(stats)

@@ -67,3 +67,30 @@ def test_an_open_or_half_open_endpoint_is_never_forgotten_idle_and_idles_again_o
     assert forget_idle(admission, breakers) == []  # idle counts from when it was last seen not CLOSED
     clock.now += 6
     assert forget_idle(admission, breakers) == [a]
+
+
+def test_one_agent_cannot_keep_every_place_from_the_others() -> None:
+    admission, breakers, clock = setup(max_endpoints=4)
+    junk = [f"{SERVICE}/junk{i}" for i in range(6)]
+    assert [report(admission, breakers, "hostile", name) for name in junk] == [True] * 4 + [False] * 2
+    assert admission.endpoints_refused[SERVICE] == 2
+    clock.now += 1
+    # another agent's endpoints take the least recently reported CLOSED places of the
+    # agent holding the most, while it holds at least two more than the newcomer
+    assert report(admission, breakers, "victim", f"{SERVICE}/openai/gpt-x", failures=2)
+    assert report(admission, breakers, "victim", f"{SERVICE}/anthropic/claude")
+    assert breakers.get(f"{SERVICE}/openai/gpt-x").state is BreakerState.OPEN
+    assert not report(admission, breakers, "victim", f"{SERVICE}/mistral/large")  # 2 each now
+    assert admission.endpoints_refused[SERVICE] == 3
+    assert sorted(forget_idle(admission, breakers)) == junk[:2]  # given up: forgotten
+    assert not report(admission, breakers, "hostile", junk[0])  # 2 each: no place to take back
+
+
+def test_open_endpoints_keep_their_place_and_zero_means_no_endpoint_breakers() -> None:
+    admission, breakers, _ = setup(max_endpoints=2)
+    assert report(admission, breakers, "hostile", f"{SERVICE}/a", failures=2)
+    assert report(admission, breakers, "hostile", f"{SERVICE}/b", failures=2)
+    assert not report(admission, breakers, "victim", f"{SERVICE}/c")  # both places are OPEN
+    none, _, _ = setup(max_endpoints=0)
+    assert not none.allows("victim", f"{SERVICE}/c")
+    assert none.endpoints_refused[SERVICE] == 1

@@ -1584,6 +1584,26 @@ class ErrorStatistics(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class EndpointReportsRefusedByServiceEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     TOTAL_ERRORS_FIELD_NUMBER: _builtins.int
     ERRORS_BY_SERVICE_FIELD_NUMBER: _builtins.int
     ERRORS_BY_AGENT_FIELD_NUMBER: _builtins.int
@@ -1607,6 +1627,7 @@ class ErrorStatistics(_message.Message):
     FALLBACKS_FAILED_FIELD_NUMBER: _builtins.int
     SLOW_CALLS_BY_SERVICE_FIELD_NUMBER: _builtins.int
     ENDPOINTS_OVER_CAP_BY_SERVICE_FIELD_NUMBER: _builtins.int
+    ENDPOINT_REPORTS_REFUSED_BY_SERVICE_FIELD_NUMBER: _builtins.int
     SPOOLED_FIELD_NUMBER: _builtins.int
     SPOOL_REPLAYED_FIELD_NUMBER: _builtins.int
     SPOOL_DROPPED_FIELD_NUMBER: _builtins.int
@@ -1680,6 +1701,12 @@ class ErrorStatistics(_message.Message):
         """Calls to endpoints past a policy's max_endpoints, per service."""
 
     @_builtins.property
+    def endpoint_reports_refused_by_service(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Reports on endpoints the control plane refused, per service: no place was left under
+        the policy's max_endpoints (nor one to take from an agent holding more than its share).
+        """
+
+    @_builtins.property
     def shadow_services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShadowServiceStatistics]:
         """Per service with a candidate policy in shadow mode: enforced and shadow side by side."""
 
@@ -1709,6 +1736,7 @@ class ErrorStatistics(_message.Message):
         fallbacks_failed: _builtins.int = ...,
         slow_calls_by_service: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         endpoints_over_cap_by_service: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        endpoint_reports_refused_by_service: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         spooled: _builtins.int = ...,
         spool_replayed: _builtins.int = ...,
         spool_dropped: _builtins.int = ...,
@@ -1721,7 +1749,7 @@ class ErrorStatistics(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_records_pruned", b"audit_records_pruned", "calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "endpoints_over_cap_by_service", b"endpoints_over_cap_by_service", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcome_batches_resent", b"outcome_batches_resent", "outcome_batches_too_old", b"outcome_batches_too_old", "outcome_sessions_held", b"outcome_sessions_held", "outcomes_dropped", b"outcomes_dropped", "outside_changes", b"outside_changes", "recovery_attempts", b"recovery_attempts", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "rejected_by_reason", b"rejected_by_reason", "reports_refused", b"reports_refused", "shadow_services", b"shadow_services", "slow_calls_by_service", b"slow_calls_by_service", "spool_dropped", b"spool_dropped", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "total_errors", b"total_errors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_records_pruned", b"audit_records_pruned", "calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "endpoint_reports_refused_by_service", b"endpoint_reports_refused_by_service", "endpoints_over_cap_by_service", b"endpoints_over_cap_by_service", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcome_batches_resent", b"outcome_batches_resent", "outcome_batches_too_old", b"outcome_batches_too_old", "outcome_sessions_held", b"outcome_sessions_held", "outcomes_dropped", b"outcomes_dropped", "outside_changes", b"outside_changes", "recovery_attempts", b"recovery_attempts", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "rejected_by_reason", b"rejected_by_reason", "reports_refused", b"reports_refused", "shadow_services", b"shadow_services", "slow_calls_by_service", b"slow_calls_by_service", "spool_dropped", b"spool_dropped", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "total_errors", b"total_errors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
