@@ -1,6 +1,7 @@
 """An aio unary call that ended in one of our errors: awaiting it raises that error, while
 ``code()``, ``details()`` and the metadata answer as the call that decided it would (a
-refused call, which never reached a server, answers with the error's own status)."""
+refused call, which never reached a server, or one that timed out answers with the error's
+own status)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from mission_control.client.errors import MissionControlError
+from mission_control.client.errors import MissionControlError, OperationTimeout
 from mission_control.client.status import to_grpc_status
 
 
@@ -20,6 +21,8 @@ class FailedCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
     def __init__(self, error: BaseException) -> None:
         self._error = error
         rpc = error if isinstance(error, grpc.aio.AioRpcError) else error.__cause__
+        if isinstance(error, OperationTimeout):  # ours, whichever clock saw it first
+            rpc = None
         if isinstance(rpc, grpc.aio.AioRpcError):  # the upstream's answer, as it came
             self._code, self._details = rpc.code(), rpc.details() or ""
             self._initial, self._trailing = rpc.initial_metadata(), rpc.trailing_metadata()

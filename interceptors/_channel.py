@@ -228,7 +228,10 @@ class _UnaryStream(grpc.UnaryStreamMultiCallable):  # type: ignore[misc]
                 compression=compression,
             )
 
-        return self._route.stream(request, timeout, metadata, None, start)
+        try:
+            return self._route.stream(request, timeout, metadata, None, start)
+        except Exception as exc:  # as behind grpc's interceptor: raised when iterated
+            return _FailureOutcome(exc, exc.__traceback__)  # type: ignore[arg-type]
 
 
 class _StreamUnary(grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
@@ -334,7 +337,10 @@ class _StreamStream(grpc.StreamStreamMultiCallable):  # type: ignore[misc]
                 compression=compression,
             )
 
-        return self._route.stream(request_iterator, timeout, metadata, [], start)
+        try:
+            return self._route.stream(request_iterator, timeout, metadata, [], start)
+        except Exception as exc:  # as behind grpc's interceptor: raised when iterated
+            return _FailureOutcome(exc, exc.__traceback__)  # type: ignore[arg-type]
 
 
 def _result(future: Any) -> Any:

@@ -48,7 +48,20 @@ def unary_future(
     except BaseException:
         plan.close()
         raise
+    if type(step) is Done and _answers(step.error):
+        # refused, or failed already: answered as a call that fails later is (grpc's
+        # .future() raises nothing), with its code, details and metadata
+        plan.close()
+        return PendingCall.ended(ex, plan, step.error, functions)
     return ex.drive(plan, step, functions)
+
+
+def _answers(error: BaseException | None) -> bool:
+    """Whether a call failed with ``error`` has a status to answer with: ours, or grpc's
+    (any other error is raised, and grpc's future-like outcome carries it)."""
+    if isinstance(error, MissionControlError):
+        return True
+    return isinstance(error, grpc.RpcError) and isinstance(error, grpc.Call)
 
 
 def _first(
@@ -105,6 +118,19 @@ class PendingCall(grpc.Call, grpc.Future):  # type: ignore[misc]
         breaker is open): the whole plan runs on a thread of its own."""
         pending = cls(ex, plan, None, functions)
         pending._start(step)
+        return pending
+
+    @classmethod
+    def ended(
+        cls,
+        ex: Executor,
+        plan: CallPlan,
+        error: BaseException,
+        functions: Mapping[str, Callable[[float], Any]],
+    ) -> PendingCall:
+        """A call decided, failed, before ``.future()`` returned."""
+        pending = cls(ex, plan, None, functions)
+        pending._decided(None, error)
         return pending
 
     def _unless_cancelled(self, fn: Callable[[float], Any]) -> Callable[[float], Any]:

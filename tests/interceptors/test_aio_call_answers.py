@@ -7,7 +7,7 @@ import grpc
 import grpc.aio
 import pytest
 from mission_control.client.agent import MissionControl
-from mission_control.client.errors import CircuitBreakerOpen, MissionControlError
+from mission_control.client.errors import CircuitBreakerOpen, MissionControlError, OperationTimeout
 
 from tests.interceptors.conftest import policy
 from tests.support import echo_pb2 as pb
@@ -59,3 +59,18 @@ async def test_a_refused_call_answers_with_its_errors_status(path: str) -> None:
     assert code is grpc.StatusCode.UNAVAILABLE
     assert "Circuit breaker OPEN" in str(details)
     assert keys == ["grpc-status-details-bin"]
+
+
+@pytest.mark.parametrize("given", ["caller", "policy"])
+async def test_a_timed_out_call_answers_with_the_timeouts_status(path: str, given: str) -> None:
+    mc = MissionControl("a", config={"svc": policy("svc", timeout_secs=0.2 if given == "policy" else 5)})
+    with Upstream("u") as up:
+        up.set("slow", delay_secs=1)
+        async with aio_channel(path, up.address, mc, service="svc") as channel:
+            call = pb_grpc.EchoServiceStub(channel).Echo(
+                pb.EchoRequest(text="x"), timeout=0.2 if given == "caller" else None
+            )
+            with pytest.raises(OperationTimeout) as raised:
+                await call
+            code, details, _ = await _answers(call)
+    assert (code, details) == (grpc.StatusCode.DEADLINE_EXCEEDED, str(raised.value))

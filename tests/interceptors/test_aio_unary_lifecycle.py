@@ -11,6 +11,8 @@ from collections.abc import Callable
 import grpc
 import pytest
 from mission_control.client.agent import MissionControl
+from mission_control.client.breaker import BreakerState
+from mission_control.client.errors import CircuitBreakerOpen
 
 from tests.interceptors.conftest import policy
 from tests.support import echo_pb2 as pb
@@ -129,3 +131,27 @@ async def test_an_upstream_cancelled_status_is_an_rpc_error_counted_once(
         assert raised.value.code() is grpc.StatusCode.CANCELLED and not task.cancelled()
         assert upstream.calls == 1
         assert state.tally.successes + state.tally.failures == 1
+
+
+async def test_a_caller_giving_up_on_a_probe_gives_its_permit_back(upstream: Upstream, path: str) -> None:
+    one_probe = policy("svc", failure_threshold=1, success_threshold=1, wait_duration_secs=0.3, max_retries=0)
+    mc = MissionControl("a", config={"svc": one_probe})
+    async with aio_channel(path, upstream.address, mc, service="svc") as channel:
+        stub = pb_grpc.EchoServiceStub(channel)
+        upstream.set("fail", code="UNAVAILABLE")
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Echo(pb.EchoRequest(text="x"))  # opens the breaker
+        assert await _until(lambda: mc.breaker("svc").state is BreakerState.HALF_OPEN)
+        upstream.set("slow", delay_secs=4)
+        await _give_up(stub.Echo(pb.EchoRequest(text="probe")), "wait_for")  # the one probe
+        upstream.set("ok")
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 2  # the abandoned probe's upstream still sleeps for seconds
+        while True:
+            try:
+                assert (await stub.Echo(pb.EchoRequest(text="y"), timeout=1)).text == "y"
+                break
+            except CircuitBreakerOpen:
+                assert loop.time() < end, "the probe permit did not come back"
+                await asyncio.sleep(0.02)
+        assert mc.breaker("svc").state is BreakerState.CLOSED

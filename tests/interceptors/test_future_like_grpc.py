@@ -11,6 +11,7 @@ import grpc
 import pytest
 from mission_control.client.agent import MissionControl
 from mission_control.client.breaker import BreakerState
+from mission_control.client.errors import ResourceExhausted
 from mission_control.client.policy import Backoff
 
 from tests.interceptors.conftest import policy
@@ -114,3 +115,23 @@ def test_retries_after_an_immediate_failure_do_not_run_in_the_callers_thread(
     assert not future.done()  # handed back while the retry waits out its backoff
     assert future.result().text == "x"
     assert pb_grpc.EchoServiceStub(channel).Echo(pb.EchoRequest(text="y")).text == "y"
+
+
+def test_a_refused_future_answers_with_its_code_and_does_not_raise(upstream: Upstream, path: str) -> None:
+    mc = MissionControl("a", config={"svc": policy("svc", rate_limit_requests=1)})
+    echo = _stub(path, mc, upstream.address).Echo
+    assert echo.future(pb.EchoRequest(text="x")).result(timeout=5).text == "x"
+    refused = echo.future(pb.EchoRequest(text="x"))  # over the rate limit: refused before it is sent
+    assert refused.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "Resource exhausted: svc.requests" in refused.details()
+    assert isinstance(refused.exception(timeout=5), ResourceExhausted) and upstream.calls == 1
+
+
+def test_a_failed_future_answers_with_the_upstreams_code_every_time(upstream: Upstream, path: str) -> None:
+    mc = MissionControl("a", config={"svc": policy("svc", max_retries=0)})
+    upstream.set("fail", code="NOT_FOUND")
+    echo = _stub(path, mc, upstream.address).Echo
+    for _ in range(20):  # however fast it failed
+        future = echo.future(pb.EchoRequest(text="x"))
+        assert future.exception(timeout=5) is not None
+        assert (future.code(), future.details()) == (grpc.StatusCode.NOT_FOUND, "primary told to fail")

@@ -80,3 +80,24 @@ async def test_aio_stream_is_admitted_counted_and_broken(
             async for _item in stub.EchoStream(pb.EchoRequest(text="c")):
                 pass
         assert upstream.calls == 3
+
+
+@pytest.mark.parametrize("kind", ["unary-stream", "stream-stream"])
+def test_a_refused_sync_stream_raises_when_iterated_not_at_the_call(
+    upstream: Upstream, tmp_path: Path, path: str, kind: str
+) -> None:
+    mc = standalone(tmp_path)
+    channel = sync_channel(path, grpc.insecure_channel(upstream.address), mc, service="storage_backend")
+    stub = pb_grpc.EchoServiceStub(channel)
+    upstream.set("fail", code="UNAVAILABLE")
+    for _ in range(2):  # the threshold: the breaker opens
+        with pytest.raises(Exception):  # noqa: B017 (the failure's own kind is not the point)
+            stub.Echo(pb.EchoRequest(text="x"))
+    if kind == "unary-stream":
+        call = stub.EchoStream(pb.EchoRequest(text="a"))  # no raise here, as behind grpc's interceptor
+    else:
+        call = stub.EchoChat(iter([pb.EchoRequest(text="a")]))
+    with pytest.raises(CircuitBreakerOpen):
+        next(call)
+    assert upstream.calls == 2
+    channel.close()
