@@ -225,6 +225,10 @@ def _let_go(hedge: HedgeRun, future: Any, ticket: Ticket, expired: bool) -> None
         future.add_done_callback(lambda _done: hedge.ex.release(ticket))
 
 
+def _failed(task: asyncio.Task[Any]) -> bool:
+    return task.cancelled() or task.exception() is not None
+
+
 async def run_hedged_async(hedge: HedgeRun, attempt: Callable[[float], Awaitable[Any]]) -> Any:
     """The asyncio loop: each attempt a task, bounded by the deadline; losers cancelled."""
     flights: dict[asyncio.Task[Any], Ticket] = {}
@@ -248,7 +252,7 @@ async def run_hedged_async(hedge: HedgeRun, attempt: Callable[[float], Awaitable
             done, _ = await asyncio.wait(
                 flights, timeout=hedge.wait(now), return_when=asyncio.FIRST_COMPLETED
             )
-            for task in done:
+            for task in sorted(done, key=_failed):  # a success of the same turn wins
                 ticket = flights.pop(task)
                 exc = task.exception()
                 if exc is None:
