@@ -189,6 +189,8 @@ def main() -> int:
             ("p99_vs_healthy", "p99 x healthy", ".2f"),
             ("extra_calls", "extra calls", ".3f"),
             ("delay_ms", "hedge delay ms", ".1f"),
+            ("floor_vs_healthy", "floor x healthy", ".2f"),
+            ("goal", "p99 <= 1.5x, extra < 10 %", ""),
         ],
     )
     from mission_control.server.demo import run_demo
