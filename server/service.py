@@ -57,9 +57,10 @@ def _check_name(field: str, name: str) -> None:
 #: Summaries handled between two yields to the event loop.
 SUMMARIES_PER_STEP = 16
 
-#: Half etcd's default --max-txn-ops (128): an import is one transaction, all or nothing,
-#: and each policy it writes carries its audit record in that transaction.
-MAX_IMPORT_WRITES = 64
+#: A third of etcd's default --max-txn-ops (128), less the import's bundle record: an
+#: import is one transaction, all or nothing, and each policy it writes carries its audit
+#: record and its mark in that transaction.
+MAX_IMPORT_WRITES = 42
 
 
 @dataclass(frozen=True)

@@ -336,12 +336,12 @@ async def test_an_import_beyond_one_transaction_is_refused_up_front(plane: str) 
     async with grpc.aio.insecure_channel(plane) as channel:
         stub = pb_grpc.ControlPlaneServiceStub(channel)
         with pytest.raises(grpc.RpcError) as refused:
-            await stub.ImportConfig(pb.ImportConfigRequest(config=config(65)), timeout=30)
+            await stub.ImportConfig(pb.ImportConfigRequest(config=config(43)), timeout=30)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "at most 64" in (refused.value.details() or "")
+        assert "at most 42" in (refused.value.details() or "")
         assert not (await stub.ListPolicies(pb.ListPoliciesRequest(), timeout=10)).policies  # nothing written
-        answer = await stub.ImportConfig(pb.ImportConfigRequest(config=config(64)), timeout=30)
-        assert answer.revision > 0 and len(answer.changes) == 64
+        answer = await stub.ImportConfig(pb.ImportConfigRequest(config=config(42)), timeout=30)
+        assert answer.revision > 0 and len(answer.changes) == 42
     await fleet_still_works(plane)
 
 
