@@ -28,7 +28,10 @@ def since(text: str) -> datetime:
     """``10m``, ``2h``, ``7d`` ago, or an ISO 8601 time (UTC unless it says otherwise)."""
     match = _AGO.match(text)
     if match:
-        return datetime.now(UTC) - timedelta(**{_UNITS[match[2]]: int(match[1])})
+        try:
+            return datetime.now(UTC) - timedelta(**{_UNITS[match[2]]: int(match[1])})
+        except OverflowError:  # before year 1: no time can be shown
+            raise argparse.ArgumentTypeError(f"{text!r} is too long ago (before the year 1)") from None
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
