@@ -75,7 +75,7 @@ def add_parsers(
         type=int,
         default=0,
         metavar="REV",
-        help="only if the policy is still at this revision (default: the revision read first)",
+        help="only if the policy is still at this revision (default: undo the last change, not a rollback)",
     )
     r.add_argument("--reason", default="", help="why, kept in the audit record")
     b = action(breakers, "history", "a breaker's transitions: states, reasons, who or what caused them")
@@ -256,8 +256,7 @@ def _at(versions: list[pb.AuditRecord], revision: int, name: str) -> str:
 
 
 def policy_rollback(op: Operator, name: str, to: int, expected: int, reason: str) -> int:
-    if not expected:  # what etcd holds now: a change from here on makes the rollback fail
-        expected = op._call(op.stub.ListPolicyHistory, pb.ListPolicyHistoryRequest(service=name)).revision
+    # No --if-revision: the server undoes one change only, the last, and never a rollback.
     request = pb.RollbackPolicyRequest(
         service=name, to_revision=to, expected_revision=expected, reason=reason
     )
