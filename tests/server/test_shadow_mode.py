@@ -150,3 +150,31 @@ def test_shadow_breaker_would_open_while_the_real_one_stays_closed_and_clear_dro
     for proc in (a, b):
         poll(lambda proc=proc: not proc.ask("shadow")["held"])
     assert shadow_row(plane) is None
+
+
+def test_promote_of_a_replaced_candidate_is_refused(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    proc, plane = control_plane(etcd_server.endpoint, prefix)
+    spawned.append(proc)
+
+    def publish(rate: int) -> int:
+        done = cli(
+            "policies", "shadow", SERVICE, json.dumps({"rate_limit_requests": rate}), "--json", server=plane
+        )
+        assert done.returncode == 0, done.stderr
+        return int(json.loads(done.stdout)["revision"])
+
+    reviewed = publish(50)
+    replaced = publish(1)  # someone else's candidate, published after the review
+    stale = cli(
+        "policies", "promote", SERVICE, "--candidate", str(reviewed), "--reason", "A held", server=plane
+    )
+    assert stale.returncode == 6, stale.stderr
+    assert f"was replaced at revision {replaced}" in stale.stderr
+    assert cli("policies", "get", SERVICE, server=plane).returncode == 4  # nothing enforced
+    done = cli(
+        "policies", "promote", SERVICE, "--candidate", str(replaced), "--reason", "B held", server=plane
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"the candidate at revision {replaced} promoted" in done.stdout
