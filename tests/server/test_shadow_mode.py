@@ -18,6 +18,7 @@ from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess
 from mission_control.server.json_values import json_values
 
+from tests.support.etcd import etcdctl
 from tests.support.procs import Proc, agent, control_plane, python
 from tests.support.upstream import set_mode
 
@@ -178,3 +179,21 @@ def test_promote_of_a_replaced_candidate_is_refused(
     )
     assert done.returncode == 0, done.stderr
     assert f"the candidate at revision {replaced} promoted" in done.stdout
+
+
+def test_promote_clears_a_candidate_key_holding_garbage_on_every_replica(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    one, first = control_plane(etcd_server.endpoint, prefix)
+    two, second = control_plane(etcd_server.endpoint, prefix)
+    spawned += [one, two]
+    published = cli("policies", "shadow", SERVICE, '{"rate_limit_requests": 50}', server=first)
+    assert published.returncode == 0, published.stderr
+    key = f"{prefix}/shadow/policies/{SERVICE}"
+    etcdctl(etcd_server.endpoint, "put", key, "{not a policy")
+    promoted = cli("policies", "promote", SERVICE, "--reason", "held", server=first)
+    assert promoted.returncode == 0, promoted.stderr
+    poll(lambda: etcdctl(etcd_server.endpoint, "get", key, "--print-value-only").strip() == "")
+    for server in (first, second):
+        poll(lambda s=server: not json.loads(cli("stats", "--json", server=s).stdout).get("shadow_services"))
+        assert json.loads(cli("policies", "get", SERVICE, "--json", server=server).stdout)
