@@ -216,11 +216,9 @@ class AuditReader:
         try:
             if key is not None:
                 mark = await self.store.get(self.mark_of(key), revision=at)
-                if (
-                    mark is not None
-                    and mark.mod_revision == at
-                    and mark.value.lstrip(b"-") == entry.key.encode()
-                ):
+                # The mark names the record (and, for a change from outside, the
+                # change's revision after it): compare the record's key alone.
+                if mark is not None and mark.mod_revision == at and self.described(mark)[0] == entry.key:
                     return VERIFIED
             moved = await self.store.get(self.moved_key, revision=at)
         except WatchCompacted:

@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Resilience control plane for fleets of AI agents. "
         "Run `mission-control COMMAND --help` for a command's actions and options.",
         epilog="Exit codes: 0 done, 1 other failure, 2 bad input, 3 control plane unreachable, "
-        "4 no such breaker or policy, 5 not stored (etcd unavailable), 6 changed concurrently "
+        "4 no such breaker or policy, 5 not confirmed (etcd unavailable), 6 changed concurrently "
         "(nothing written), 7 not allowed, 130 interrupted.",
     )
     _add_connection(parser, _GLOBAL, server, with_server=True)

@@ -115,6 +115,25 @@ def _target(versions: list[pb.AuditRecord], to_revision: int) -> tuple[bytes | N
     raise HistoryError("no earlier version is kept")
 
 
+def _undoes_one_change(service: str, versions: list[pb.AuditRecord], current: int, to: int) -> None:
+    """A rollback that names no revision it undoes may undo one change only: the last,
+    and never a rollback (two operators undoing the same change would cancel out).
+    Raises HistoryError (a conflict: exit 6)."""
+    after = [v for v in versions if v.revision > to] if to else versions[-1:]
+    if to and len(after) > 1:
+        raise HistoryError(
+            f"policy {service!r} changed {len(after)} times since revision {to} (last at {current}); "
+            f"to undo them all say so: --if-revision {current}; nothing written",
+            conflict=True,
+        )
+    if not to and after and after[0].action == "policy.rollback":
+        raise HistoryError(
+            f"the last change of {service!r} (revision {after[0].revision}) is a rollback by "
+            f"{after[0].identity}; to undo it say so: --if-revision {after[0].revision}; nothing written",
+            conflict=True,
+        )
+
+
 def _parse(service: str, value: bytes | None) -> ServicePolicy | None:
     return policy_from_json(value, service=service) if value is not None else None
 
@@ -125,7 +144,13 @@ async def rollback_policy(plane: ControlPlane, request: pb.RollbackPolicyRequest
     service = request.service
     if name_problem(service):
         raise ConfigurationError("service", name_problem(service) or "")
+    if request.to_revision < 0:
+        raise ConfigurationError("to_revision", f"{request.to_revision} is not a revision")
     versions, current = await policy_history(plane, service)
+    if request.to_revision > max(current, *(v.revision for v in versions), 0):
+        raise ConfigurationError("to_revision", f"no revision {request.to_revision} yet (now at {current})")
+    if not request.expected_revision:
+        _undoes_one_change(service, versions, current, request.to_revision)
     value, revision = _target(versions, request.to_revision)
     policy = _parse(service, value)
     stored = plane.policies.stored(service)

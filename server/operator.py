@@ -159,6 +159,14 @@ class Operator:
                 return CommandError(f"invalid input: {lines[0]}", EXIT_BAD_INPUT)
             return CommandError("invalid input:\n  " + "\n  ".join(lines), EXIT_BAD_INPUT)
         if isinstance(error, StorageFailure):
+            if "did not answer" in error.details:  # sent, maybe applied: etcd may have taken it
+                return CommandError(
+                    _safe(
+                        f"outcome unknown: {error.details}; it may have been stored: check with "
+                        "`mission-control audit --limit 5` before trying again"
+                    ),
+                    EXIT_NOT_STORED,
+                )
             return CommandError(_safe(f"not stored: {error.details}"), EXIT_NOT_STORED)
         if code == grpc.StatusCode.UNAVAILABLE and error is None:
             return CommandError(

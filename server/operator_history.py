@@ -28,7 +28,10 @@ def since(text: str) -> datetime:
     """``10m``, ``2h``, ``7d`` ago, or an ISO 8601 time (UTC unless it says otherwise)."""
     match = _AGO.match(text)
     if match:
-        return datetime.now(UTC) - timedelta(**{_UNITS[match[2]]: int(match[1])})
+        try:
+            return datetime.now(UTC) - timedelta(**{_UNITS[match[2]]: int(match[1])})
+        except OverflowError:  # before year 1: no time can be shown
+            raise argparse.ArgumentTypeError(f"{text!r} is too long ago (before the year 1)") from None
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
@@ -72,7 +75,7 @@ def add_parsers(
         type=int,
         default=0,
         metavar="REV",
-        help="only if the policy is still at this revision (default: the revision read first)",
+        help="only if the policy is still at this revision (default: undo the last change, not a rollback)",
     )
     r.add_argument("--reason", default="", help="why, kept in the audit record")
     b = action(breakers, "history", "a breaker's transitions: states, reasons, who or what caused them")
@@ -253,8 +256,7 @@ def _at(versions: list[pb.AuditRecord], revision: int, name: str) -> str:
 
 
 def policy_rollback(op: Operator, name: str, to: int, expected: int, reason: str) -> int:
-    if not expected:  # what etcd holds now: a change from here on makes the rollback fail
-        expected = op._call(op.stub.ListPolicyHistory, pb.ListPolicyHistoryRequest(service=name)).revision
+    # No --if-revision: the server undoes one change only, the last, and never a rollback.
     request = pb.RollbackPolicyRequest(
         service=name, to_revision=to, expected_revision=expected, reason=reason
     )

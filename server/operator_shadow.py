@@ -49,6 +49,13 @@ def add_shadow_commands(po: argparse._SubParsersAction, action: Any) -> None:  #
         metavar="REV",
         help="promote only if the enforced policy is still at this revision (exit code 6 if not)",
     )
+    p.add_argument(
+        "--candidate",
+        type=int,
+        default=0,
+        metavar="REV",
+        help="promote only the candidate published at this revision (`policies shadow` says it; else exit 6)",
+    )
     p.add_argument("--reason", default="", help="why (required), kept in the audit record")
 
 
@@ -90,10 +97,14 @@ def shadow_command(op: Operator, args: argparse.Namespace) -> int:
     name = args.name
     if args.action == "promote":
         request = pb.PromoteShadowPolicyRequest(
-            service=name, expected_revision=args.revision, reason=args.reason
+            service=name,
+            expected_revision=args.revision,
+            reason=args.reason,
+            candidate_revision=args.candidate,
         )
         response = op._call(op.stub.PromoteShadowPolicy, request)
-        _say(op, response, f"{name}: candidate promoted, enforced at revision {response.revision}")
+        which = f"the candidate at revision {args.candidate}" if args.candidate else "the candidate held"
+        _say(op, response, f"{name}: {which} promoted, enforced at revision {response.revision}")
         return EXIT_OK
     if args.clear:
         if args.policy is not None:

@@ -509,6 +509,13 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         if not request.reason.strip():
             raise ConfigurationError("reason", "is required to promote a candidate: say why")
         author = Author(identity, request.reason)
+        held = self.plane.shadows.stored(request.service)
+        if request.candidate_revision and held is not None and held[1] != request.candidate_revision:
+            await context.abort(
+                grpc.StatusCode.ABORTED,
+                f"the candidate of {request.service!r} was replaced at revision {held[1]} (not the one "
+                f"at {request.candidate_revision}): review it; nothing was promoted",
+            )
         promoted = await promote_candidate(self.plane, request.service, request.expected_revision, author)
         if promoted is None:
             await context.abort(

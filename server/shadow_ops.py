@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from mission_control.client.config import policy_to_json
-from mission_control.client.errors import StorageFailure
+from mission_control.client.config import policy_from_json, policy_to_json
+from mission_control.client.errors import ConfigurationError, StorageFailure
 from mission_control.client.policy import ServicePolicy
 
 from .audit import ENGINE, Author
@@ -84,6 +84,8 @@ async def promote_candidate(
     clear = shadow_write(plane.shadows, None, service, candidate_revision)
     try:
         cleared = (await plane.writer.commit([clear], author=author, action="shadow.clear")).ok
+        if not cleared:
+            cleared = await _clear_unreadable(plane, service, author)
     except StoreUnavailable as err:
         _log.warning("policy %s promoted; its candidate not cleared yet: %s", service, err)
         raise StorageFailure(
@@ -92,6 +94,22 @@ async def promote_candidate(
     if cleared:
         plane.shadows.apply(clear.key, None, revision)
     return candidate, revision
+
+
+async def _clear_unreadable(plane: ControlPlane, service: str, author: Author) -> bool:
+    """Clear the candidate key if what it holds now is no candidate (unreadable: put from
+    outside), in a compare-and-swap on its current revision; a valid candidate published
+    meanwhile stays. Whether it was cleared. Raises StoreUnavailable."""
+    entry = await plane.store.get(plane.shadows.key(service))
+    if entry is None:
+        return True
+    try:
+        policy_from_json(entry.value, service=service)
+        return False  # a candidate published meanwhile: kept
+    except ConfigurationError:
+        pass
+    clear = shadow_write(plane.shadows, None, service, entry.mod_revision)
+    return (await plane.writer.commit([clear], author=author, action="shadow.clear")).ok
 
 
 async def _commit(plane: ControlPlane, what: str, write: Write, author: Author, action: str) -> int:

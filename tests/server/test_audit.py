@@ -61,6 +61,7 @@ def test_admin_force_and_etcdctl_put_are_recorded_with_their_identity(
     assert json.loads(force["new_value"])["state"] == "BREAKER_STATE_FORCED_OPEN"
     [outside] = wait_for_records(server, lambda r: r["identity"] == "etcd", "--service", "llm_provider")
     assert (outside["action"], outside["kind"], outside["old_value"]) == ("etcd.put", "policy", "")
+    assert outside["provenance"] == "verified"  # recorded by a control plane, not forged
     assert json.loads(outside["new_value"])["timeout_secs"] == 7
     stored = etcdctl(etcd_server.endpoint, "get", f"{prefix}/policies/llm_provider", "-w", "json")
     assert outside["revision"] == json.loads(stored)["kvs"][0]["mod_revision"]

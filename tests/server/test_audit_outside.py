@@ -66,6 +66,7 @@ def test_a_change_made_while_no_replica_watched_is_recorded_at_start(
 
     [record] = _poll(outside)
     assert record["action"] == "etcd.put"
+    assert record["provenance"] == "verified"  # a control plane recorded it, with its mark
     assert json.loads(record["old_value"])["timeout_secs"] == 8  # the value last recorded
     assert json.loads(record["new_value"])["timeout_secs"] == 9
     stored = json.loads(etcdctl(etcd_server.endpoint, "get", f"{prefix}/policies/{SERVICE}", "-w", "json"))

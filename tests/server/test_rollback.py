@@ -166,3 +166,36 @@ def _first_import(server: str, etcd: EtcdProcess, prefix: str) -> int:
     """The revision of the import of llm_provider and storage_backend (both still as it left them)."""
     out = json.loads(etcdctl(etcd.endpoint, "get", f"{prefix}/policies/storage_backend", "-w", "json"))
     return int(out["kvs"][0]["mod_revision"])
+
+
+def test_two_operators_undoing_the_same_change_do_not_cancel_out(
+    plane: str,  # noqa: F811
+    tmp_path: Path,
+    etcd_server: EtcdProcess,
+    prefix: str,
+) -> None:
+    toml = tmp_path / "policy.toml"
+    first = _import(plane, toml, "[service_specific.llm_provider]\ntimeout_secs = 5\n", "--reason", "a")
+    second = _import(plane, toml, "[service_specific.llm_provider]\ntimeout_secs = 7\n", "--reason", "b")
+    key = f"{prefix}/policies/llm_provider"
+    a = cli("policies", "rollback", "llm_provider", "--reason", "A", server=plane)
+    assert a.returncode == 0, a.stderr
+    undone = _revision(plane, "llm_provider")
+    # the second operator saw the same change to undo: the last change is now A's rollback
+    b = cli("policies", "rollback", "llm_provider", "--reason", "B", server=plane)
+    assert b.returncode == 6, b.stderr
+    assert f"is a rollback by local; to undo it say so: --if-revision {undone}" in b.stderr
+    # back to a revision with two changes after it: which one the operator saw is unknown
+    d = cli("policies", "rollback", "llm_provider", "--to", str(first), server=plane)
+    assert d.returncode == 6 and "changed 2 times since revision" in d.stderr, d.stderr
+    assert _stored(etcd_server.endpoint, key)["timeout_secs"] == 5
+    # named: the operator means it
+    e = cli("policies", "rollback", "llm_provider", "--to", str(second), "--if-revision",
+            str(_revision(plane, "llm_provider")), server=plane)  # fmt: skip
+    assert e.returncode == 0, e.stderr
+    assert _stored(etcd_server.endpoint, key)["timeout_secs"] == 7
+    for bad in ("99999999", "-5"):
+        refused = cli("policies", "rollback", "llm_provider", "--to", bad, server=plane)
+        assert refused.returncode == 2, (bad, refused.stderr)
+        assert "to_revision" in refused.stderr
+    assert _stored(etcd_server.endpoint, key)["timeout_secs"] == 7

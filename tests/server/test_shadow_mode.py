@@ -18,6 +18,7 @@ from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess
 from mission_control.server.json_values import json_values
 
+from tests.support.etcd import etcdctl
 from tests.support.procs import Proc, agent, control_plane, python
 from tests.support.upstream import set_mode
 
@@ -150,3 +151,49 @@ def test_shadow_breaker_would_open_while_the_real_one_stays_closed_and_clear_dro
     for proc in (a, b):
         poll(lambda proc=proc: not proc.ask("shadow")["held"])
     assert shadow_row(plane) is None
+
+
+def test_promote_of_a_replaced_candidate_is_refused(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    proc, plane = control_plane(etcd_server.endpoint, prefix)
+    spawned.append(proc)
+
+    def publish(rate: int) -> int:
+        done = cli(
+            "policies", "shadow", SERVICE, json.dumps({"rate_limit_requests": rate}), "--json", server=plane
+        )
+        assert done.returncode == 0, done.stderr
+        return int(json.loads(done.stdout)["revision"])
+
+    reviewed = publish(50)
+    replaced = publish(1)  # someone else's candidate, published after the review
+    stale = cli(
+        "policies", "promote", SERVICE, "--candidate", str(reviewed), "--reason", "A held", server=plane
+    )
+    assert stale.returncode == 6, stale.stderr
+    assert f"was replaced at revision {replaced}" in stale.stderr
+    assert cli("policies", "get", SERVICE, server=plane).returncode == 4  # nothing enforced
+    done = cli(
+        "policies", "promote", SERVICE, "--candidate", str(replaced), "--reason", "B held", server=plane
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"the candidate at revision {replaced} promoted" in done.stdout
+
+
+def test_promote_clears_a_candidate_key_holding_garbage_on_every_replica(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    one, first = control_plane(etcd_server.endpoint, prefix)
+    two, second = control_plane(etcd_server.endpoint, prefix)
+    spawned += [one, two]
+    published = cli("policies", "shadow", SERVICE, '{"rate_limit_requests": 50}', server=first)
+    assert published.returncode == 0, published.stderr
+    key = f"{prefix}/shadow/policies/{SERVICE}"
+    etcdctl(etcd_server.endpoint, "put", key, "{not a policy")
+    promoted = cli("policies", "promote", SERVICE, "--reason", "held", server=first)
+    assert promoted.returncode == 0, promoted.stderr
+    poll(lambda: etcdctl(etcd_server.endpoint, "get", key, "--print-value-only").strip() == "")
+    for server in (first, second):
+        poll(lambda s=server: not json.loads(cli("stats", "--json", server=s).stdout).get("shadow_services"))
+        assert json.loads(cli("policies", "get", SERVICE, "--json", server=server).stdout)

@@ -2057,6 +2057,7 @@ class PromoteShadowPolicyRequest(_message.Message):
     SERVICE_FIELD_NUMBER: _builtins.int
     EXPECTED_REVISION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    CANDIDATE_REVISION_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     expected_revision: _builtins.int
     """Compare-and-swap on the enforced policy: promote only if its stored revision still
@@ -2065,16 +2066,21 @@ class PromoteShadowPolicyRequest(_message.Message):
     """
     reason: _builtins.str
     """Why: required, kept in the audit record."""
+    candidate_revision: _builtins.int
+    """Compare-and-swap on the candidate: promote only if the candidate held is still the
+    one published at this revision (the one reviewed). 0: whichever is held.
+    """
     def __init__(
         self,
         *,
         service: _builtins.str = ...,
         expected_revision: _builtins.int = ...,
         reason: _builtins.str = ...,
+        candidate_revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_revision", b"expected_revision", "reason", b"reason", "service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_revision", b"candidate_revision", "expected_revision", b"expected_revision", "reason", b"reason", "service", b"service"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
