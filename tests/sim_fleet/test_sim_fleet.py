@@ -128,9 +128,13 @@ def test_i5_catches_a_resent_batch_counted_again(monkeypatch: pytest.MonkeyPatch
     from mission_control.server.outcome_ledger import OutcomeLedger
 
     monkeypatch.setattr(OutcomeLedger, "first_time", lambda self, key: True)
-    found = []
-    for seed in RESENT_SEEDS:
+    found: list[str] = []
+    # Which schedules resend a batch at a moment that double counts moves with any change to
+    # the fleet's timing; the claim is that some do, and the checker sees it.
+    for seed in (*RESENT_SEEDS, *range(2, 16)):
         found += [v for v in simulate(seed, active_secs=40.0).violations if v.startswith(RESENT)]
+        if found:
+            break
     assert found
 
 
