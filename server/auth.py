@@ -116,6 +116,10 @@ class AccessPolicy:
             [_named_token(line) for line in read_token_lines(admin_tokens_file)] if admin_tokens_file else []
         )
         admin = tuple(token.encode() for _, token in named)
+        if len(set(admin)) != len(admin):
+            raise ValueError(
+                f"{admin_tokens_file}: a token is listed more than once (each must name one admin)"
+            )
         if admin_tokens_file and not admin:
             raise ValueError(f"{admin_tokens_file}: no tokens in it (an empty file would leave writes open)")
         agents: dict[str, bytes] = {}
@@ -176,6 +180,10 @@ class AccessPolicy:
         token = self.bearer(context)
         if token is not None and _matches(token, self.admin_tokens):
             return "token:" + self.token_name(token)
+        if token is not None:
+            # A wrong token is refused even beside an admin certificate: whoever sent it
+            # believed it was what let them in, and the record would name someone else.
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"this token may not call {method}")
         certified = sorted(self.admin_identities & self.certificate_identities(context))
         if certified:
             return "cert:" + certified[0]

@@ -98,6 +98,11 @@ def test_mutual_tls_reads_writes_and_agent_identity(
     assert (
         force_open(secure_stub(pki, address, "operator"), "llm").breaker.state == pb.BREAKER_STATE_FORCED_OPEN
     )
+    # a wrong token beside the operator's certificate is refused, and changes nothing
+    wrong = (("authorization", "Bearer not-an-admin-token"),)
+    operator = secure_stub(pki, address, "operator")
+    assert code_of(lambda: force_open(operator, "llm-2", metadata=wrong)) == grpc.StatusCode.PERMISSION_DENIED
+    assert [b.name for b in operator.ListBreakers(pb.ListBreakersRequest(), timeout=5).breakers] == ["llm"]
 
     # an agent reports only under its own name
     def connect(agent_id: str) -> grpc.StatusCode | str:
@@ -174,6 +179,13 @@ def test_tokens_for_admins_and_agents(
     assert result.returncode == 0, result.stderr
     out, err = capfd.readouterr()
     assert ADMIN_TOKEN not in out + err and AGENT_TOKEN not in out + err
+
+
+def test_a_token_listed_twice_is_refused_at_start(tmp_path: Path) -> None:
+    tokens = tmp_path / "admins.txt"
+    tokens.write_text("alice same-token-1\nbob same-token-1\n")
+    with pytest.raises(ValueError, match="more than once"):
+        AccessPolicy.build(listen="0.0.0.0:50051", admin_tokens_file=tokens)
 
 
 def test_writes_need_an_admin_off_loopback() -> None:
