@@ -86,7 +86,8 @@ def check_policies_fit(policies: Iterable[ServicePolicy]) -> None:
 _CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
-def _check_reason(reason: str) -> None:
+def check_reason(reason: str) -> None:
+    """Raises ConfigurationError when ``reason`` holds control or line-breaking characters."""
     found = sorted({c for c in reason if unicodedata.category(c) in _CONTROL_CATEGORIES})
     if found:
         shown = ", ".join(c.encode("unicode_escape").decode() for c in found)
@@ -366,7 +367,7 @@ class ControlPlane:
         Raises:
             ConfigurationError: ``reason`` holds control characters.
         """
-        _check_reason(reason)
+        check_reason(reason)
         return await self.writer.set_breaker_state(name, state, reason, author)
 
     async def put_policy(

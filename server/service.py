@@ -27,7 +27,7 @@ from mission_control.resilience.v1 import errors_pb2
 from . import history
 from .audit import Author
 from .auth import REPLICA_PREFIX, AccessPolicy
-from .control_plane import ControlPlane, check_policies_fit
+from .control_plane import ControlPlane, check_policies_fit, check_reason
 from .hub import Subscriber
 from .inbound import bounded_demand, hello_problem, peer_host
 from .outcome_ledger import BatchKey, batch_key
@@ -399,6 +399,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
 
     async def PutPolicy(self, request, context):  # type: ignore[no-untyped-def]
         identity = await self.access.authorize_write(context, "PutPolicy")
+        self._check_reason(request.reason)
         if not request.HasField("policy"):
             raise ConfigurationError("policy", "is required")
         policy = policy_from_proto(request.policy)
@@ -415,6 +416,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
 
     async def DeletePolicy(self, request, context):  # type: ignore[no-untyped-def]
         identity = await self.access.authorize_write(context, "DeletePolicy")
+        self._check_reason(request.reason)
         _check_name("service", request.service)
         deleted = await self.plane.delete_policy(request.service, Author(identity, request.reason))
         return pb.DeletePolicyResponse(deleted=deleted)
@@ -431,6 +433,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
 
     async def ImportConfig(self, request, context):  # type: ignore[no-untyped-def]
         identity = await self.access.authorize_write(context, "ImportConfig")
+        self._check_reason(request.reason)
         config = config_from_proto(request.config)
         plane = self.plane
         changes: list[pb.PolicyChange] = []
@@ -553,6 +556,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
     def _check_reason(self, reason: str) -> None:
         if len(reason) > self.limits.max_reason_length:
             raise ConfigurationError("reason", f"must be at most {self.limits.max_reason_length} characters")
+        check_reason(reason)
 
     async def _stored(self, context: grpc.aio.ServicerContext, work: Awaitable[_T]) -> _T:
         """``work``'s answer; what the history cannot answer, or the store being away,

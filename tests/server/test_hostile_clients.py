@@ -661,3 +661,26 @@ async def test_policies_are_bounded_so_every_snapshot_fits(plane: str) -> None:
     received = await send_raw(plane, batch(1, pb.OutcomeSummary(service="bloat-0", successes=1)))
     assert received[0].HasField("snapshot")  # type: ignore[attr-defined]
     await fleet_still_works(plane)
+
+
+async def test_a_reason_holding_control_characters_is_refused_on_every_write(plane: str) -> None:
+    """A reason is shown in terminals and logs: escape sequences and line breaks would forge them."""
+    bad = "done\x1b[2J\nrecord forged"
+    policy = policy_pb2.ServicePolicy(service="reasoned", timeout_secs=5)
+    config = policy_pb2.ErrorHandlingConfig(service_specific={"reasoned": policy})
+    async with grpc.aio.insecure_channel(plane) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        writes = [
+            stub.PutPolicy(pb.PutPolicyRequest(policy=policy, reason=bad), timeout=10),
+            stub.ImportConfig(pb.ImportConfigRequest(config=config, reason=bad), timeout=10),
+            stub.PutShadowPolicy(pb.PutShadowPolicyRequest(policy=policy, reason=bad), timeout=10),
+            stub.DeletePolicy(pb.DeletePolicyRequest(service="reasoned", reason=bad), timeout=10),
+            stub.RollbackPolicy(pb.RollbackPolicyRequest(service="reasoned", reason=bad), timeout=10),
+        ]
+        for write in writes:
+            with pytest.raises(grpc.RpcError) as refused:
+                await write
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "printable" in (refused.value.details() or "")
+        assert not (await stub.ListPolicies(pb.ListPoliciesRequest(), timeout=10)).policies
+        assert not (await stub.ListShadowPolicies(pb.ListShadowPoliciesRequest(), timeout=10)).policies
