@@ -66,7 +66,7 @@ def read_candidate(name: str, text: str) -> pb.PutShadowPolicyRequest:
         ConfigurationError: listing every bad field (or why the text is unreadable).
     """
     stripped = text.strip()
-    if stripped.startswith("{"):
+    if stripped.startswith(("{", "[")) or stripped in ("null", "true", "false") or _is_number(stripped):
         data = _parse(stripped, json.loads, "policy")
     else:
         path = Path(text)
@@ -81,6 +81,14 @@ def read_candidate(name: str, text: str) -> pb.PutShadowPolicyRequest:
         raise ConfigurationError("service", f"is {data['service']!r}, not {name!r}")
     policy = policy_from_mapping({**data, "service": name}, service=name)
     return pb.PutShadowPolicyRequest(policy=policy_to_proto(policy))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return not Path(text).exists()
 
 
 def _parse(text: str, parse: Any, where: str) -> Any:

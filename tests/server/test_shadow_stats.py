@@ -88,6 +88,9 @@ def test_a_candidate_is_read_from_json_text_or_a_json_or_toml_file(tmp_path: Pat
     }
     with pytest.raises(ConfigurationError):
         read_candidate(SERVICE, '{"service": "storage_backend"}')  # another service's policy
+    for not_a_table in ("[1, 2]", "null", "7"):  # JSON, but not an object: said so, not "no such file"
+        with pytest.raises(ConfigurationError, match="must be a table"):
+            read_candidate(SERVICE, not_a_table)
 
 
 @pytest.fixture
