@@ -77,7 +77,7 @@ def test_agents_share_by_lease_again_after_etcd_lost_its_data(
     plane, address = control_plane(etcd.endpoint, prefix)
     spawned.append(plane)
     put_policy(address)
-    agents = start_agents(address, SERVICE, "w", [40.0, 40.0])
+    agents = start_agents(address, SERVICE, "w", [80.0, 80.0])  # 160/s against 100/s: the bound bites
     spawned.append(agents)
     deadline = time.monotonic() + 60
     while not all(leased_run(agents)["leased"].values()):
