@@ -426,6 +426,8 @@ def _where(err: Exception) -> str:
 def policy_from_json(text: str | bytes, *, service: str | None = None) -> ServicePolicy:
     """A policy from protobuf JSON (an etcd value). Raises ConfigurationError."""
     message = policy_pb2.ServicePolicy()
+    if text.lstrip()[:1] not in ("{", b"{"):  # protobuf's parser takes `[]` for an empty message
+        raise ConfigurationError("policy", "not a valid ServicePolicy JSON: not an object")
     try:
         json_format.Parse(text, message)
     except (json_format.ParseError, UnicodeDecodeError, ValueError) as err:

@@ -120,6 +120,11 @@ class AccessPolicy:
             raise ValueError(
                 f"{admin_tokens_file}: a token is listed more than once (each must name one admin)"
             )
+        names = [name for name, _ in named if name]
+        if len(set(names)) != len(names):
+            raise ValueError(
+                f"{admin_tokens_file}: a name is given to more than one token (audit records would mix them)"
+            )
         if admin_tokens_file and not admin:
             raise ValueError(f"{admin_tokens_file}: no tokens in it (an empty file would leave writes open)")
         agents: dict[str, bytes] = {}

@@ -16,7 +16,7 @@ from mission_control.client.policy import name_problem
 from . import operator
 from .app import EtcdAccess, ServeOptions, TlsFiles
 from .audit import Retention
-from .auth import read_token_lines
+from .auth import AccessPolicy, read_token_lines
 from .cli_args import parse
 from .etcd_process import EtcdUnavailable
 from .pem import check_ca, check_pair
@@ -64,6 +64,8 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
     for path in (args.admin_tokens_file, args.agent_tokens_file):
         if path is not None and not read_token_lines(path):
             raise ValueError(f"{path}: no tokens in it (an empty file would leave access open)")
+    if args.admin_tokens_file is not None:  # a token or a name listed twice: said here, in one line
+        AccessPolicy.build(listen="127.0.0.1:0", admin_tokens_file=args.admin_tokens_file)
     if args.tls_cert:
         check_pair(args.tls_cert, args.tls_key)
     for ca in (args.tls_client_ca, args.tls_relay_ca, args.etcd_ca):
@@ -116,7 +118,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = parse(list(argv) if argv is not None else None)
+    given = list(argv) if argv is not None else sys.argv[1:]
+    for arg in given:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the locale could not decode, kept as surrogates
+            shown = arg.encode("utf-8", "backslashreplace").decode()
+            print(f"mission-control: an argument is not UTF-8 text: {shown}", file=sys.stderr)
+            return 2
+    args = parse(given)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -126,7 +126,7 @@ def _undoes_one_change(service: str, versions: list[pb.AuditRecord], current: in
             f"to undo them all say so: --if-revision {current}; nothing written",
             conflict=True,
         )
-    if not to and after and after[0].action == "policy.rollback":
+    if not to and after and after[0].action in ("policy.rollback", "config.rollback"):
         raise HistoryError(
             f"the last change of {service!r} (revision {after[0].revision}) is a rollback by "
             f"{after[0].identity}; to undo it say so: --if-revision {after[0].revision}; nothing written",

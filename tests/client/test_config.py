@@ -146,6 +146,9 @@ def test_policy_json_round_trip_and_garbage() -> None:
     assert policy_from_json(policy_to_json(policy), service="storage_backend") == policy
     with pytest.raises(ConfigurationError):
         policy_from_json("{not json", service="x")
+    for not_an_object in ("[]", b" []", "null"):  # protobuf's own parser takes `[]` as an empty policy
+        with pytest.raises(ConfigurationError):
+            policy_from_json(not_an_object, service="x")
     with pytest.raises(ConfigurationError) as caught:
         policy_from_json('{"timeout_secs": -5}', service="x")
     assert caught.value.violations == (("timeout_secs", "must be > 0"),)

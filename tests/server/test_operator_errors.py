@@ -666,3 +666,27 @@ def test_an_age_before_the_year_one_is_refused_in_one_line(age: str) -> None:
     result = run("audit", "--since", age, "--server", "127.0.0.1:1")
     assert result.returncode == 2, result.stderr
     assert "too long ago" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_admin_tokens_file_listing_a_token_or_a_name_twice_is_one_line(
+    tmp_path: Path, etcd_server: EtcdProcess
+) -> None:
+    serve = ["serve", "--listen", "127.0.0.1:0", "--etcd", etcd_server.endpoint]
+    for text, problem in (
+        ("alice same-1\nbob same-1\n", "a token is listed more than once"),
+        ("alice token-1\nalice token-2\n", "a name is given to more than one token"),
+    ):
+        tokens = tmp_path / "admins.txt"
+        tokens.write_text(text)
+        result = run(*serve, "--admin-tokens-file", str(tokens))
+        assert result.returncode == 2
+        assert problem in one_line(result.stderr)
+
+
+def test_an_argument_that_is_not_utf8_is_one_line() -> None:
+    result = subprocess.run(
+        [*CLI, "breakers", "force-open", "storage_backend", "--reason", b"bad\xffbyte"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "not UTF-8" in one_line(result.stderr)

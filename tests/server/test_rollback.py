@@ -199,3 +199,23 @@ def test_two_operators_undoing_the_same_change_do_not_cancel_out(
         assert refused.returncode == 2, (bad, refused.stderr)
         assert "to_revision" in refused.stderr
     assert _stored(etcd_server.endpoint, key)["timeout_secs"] == 7
+
+
+def test_a_policy_rollback_after_a_config_rollback_is_refused_as_a_rollback(
+    plane: str,  # noqa: F811
+    tmp_path: Path,
+    etcd_server: EtcdProcess,
+    prefix: str,
+) -> None:
+    toml = tmp_path / "config.toml"
+    _import(plane, toml, "[service_specific.llm_provider]\ntimeout_secs = 5\n", "--reason", "i1")
+    _import(plane, toml, "[service_specific.llm_provider]\ntimeout_secs = 7\n", "--reason", "i2")
+    undone = cli("config", "rollback", "--reason", "undo i2", server=plane)
+    assert undone.returncode == 0, undone.stderr
+    key = f"{prefix}/policies/llm_provider"
+    assert _stored(etcd_server.endpoint, key)["timeout_secs"] == 5
+    # a second operator undoing "the last change" would bring i2 back: refused, nothing written
+    second = cli("policies", "rollback", "llm_provider", "--reason", "second operator", server=plane)
+    assert second.returncode == 6, second.stderr
+    assert "is a rollback by" in second.stderr
+    assert _stored(etcd_server.endpoint, key)["timeout_secs"] == 5
