@@ -5,8 +5,6 @@ that service never stop the control plane from counting its other services."""
 
 from __future__ import annotations
 
-import time
-
 import grpc
 import pytest
 from mission_control.client.agent import MissionControl
@@ -16,6 +14,7 @@ from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess
 
 from tests.support.etcd import etcdctl
+from tests.support.polling import poll
 from tests.support.procs import Proc, control_plane
 
 TINY = '{"service": "tiny", "slow_call": {"duration_threshold_secs": 0.05, "rate_threshold": 0.5,'
@@ -24,16 +23,6 @@ TINY += ' "minimum_calls": 1, "window_secs": 1e-320}}'
 OTHER = policy_pb2.ServicePolicy(
     service="other", failure_threshold=3, max_retries=0, wait_duration_secs=60, rate_limit_requests=10**6
 )
-
-
-def poll(check, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def down() -> None:

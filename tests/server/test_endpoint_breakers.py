@@ -7,7 +7,6 @@ both sides, which makes room again."""
 from __future__ import annotations
 
 import sys
-import time
 
 import grpc
 from mission_control.resilience.v1 import control_plane_pb2 as pb
@@ -16,6 +15,7 @@ from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess
 
 from tests.support.etcd import etcdctl
+from tests.support.polling import poll
 from tests.support.procs import Proc, control_plane, python
 from tests.support.upstream import set_mode
 
@@ -32,16 +32,6 @@ POLICY = policy_pb2.ServicePolicy(
     max_endpoints=2,
     endpoint_idle_secs=3600,  # nothing is forgotten until the test shortens it
 )
-
-
-def poll(check, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def endpoint_agent(agent_id: str, address: str, upstreams: str) -> Proc:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import grpc
 import pytest
@@ -18,6 +17,7 @@ from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess
 
+from tests.support.polling import poll
 from tests.support.procs import Proc, control_plane, python
 
 SERVICE = "capsvc"
@@ -31,16 +31,6 @@ POLICY = policy_pb2.ServicePolicy(
     max_endpoints=3,
     endpoint_idle_secs=300,
 )
-
-
-def poll(check, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def down() -> None:

@@ -4,8 +4,6 @@ the OPEN one stays OPEN (and stored) until its wait is over."""
 
 from __future__ import annotations
 
-import time
-
 import grpc
 import pytest
 from mission_control.client.agent import MissionControl
@@ -16,6 +14,7 @@ from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess
 
 from tests.support.etcd import etcdctl
+from tests.support.polling import poll
 from tests.support.procs import Proc, control_plane
 
 SERVICE = "llm_provider"
@@ -29,16 +28,6 @@ POLICY = policy_pb2.ServicePolicy(
     max_endpoints=4,
     endpoint_idle_secs=1.0,
 )
-
-
-def poll(check, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def down() -> None:

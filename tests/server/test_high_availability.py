@@ -20,20 +20,11 @@ from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdCluster
 
 from tests.support.agents import RawAgent
+from tests.support.polling import poll
 from tests.support.procs import Proc, agent, control_plane, python
 
 PREFIX = "/ha"
 SERVICE_NAME = "mission_control.resilience.v1.ControlPlaneService"
-
-
-def poll(check, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 class Fleet:

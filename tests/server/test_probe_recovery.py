@@ -12,7 +12,6 @@ import json
 import shutil
 import subprocess
 import threading
-import time
 from typing import Any
 
 import grpc
@@ -22,6 +21,7 @@ from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.engine import PROBE_TTL_SECS
 from mission_control.server.etcd_process import EtcdProcess
 
+from tests.support.polling import poll
 from tests.support.procs import Proc, agent, control_plane, python
 from tests.support.upstream import set_mode
 
@@ -35,16 +35,6 @@ POLICY = policy_pb2.ServicePolicy(
     max_retries=0,
 )
 ROUNDS = 3
-
-
-def poll(check, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def leader_of(etcd: str, prefix: str) -> str | None:

@@ -5,7 +5,6 @@ open the fleet breaker; the other agent, which makes no call, sees it OPEN."""
 from __future__ import annotations
 
 import json
-import time
 
 import grpc
 from mission_control.resilience.v1 import control_plane_pb2 as pb
@@ -14,6 +13,7 @@ from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess
 
 from tests.support.etcd import etcdctl
+from tests.support.polling import poll
 from tests.support.procs import Proc, agent, control_plane, python
 from tests.support.upstream import set_mode
 
@@ -29,16 +29,6 @@ POLICY = policy_pb2.ServicePolicy(
         duration_threshold_secs=0.2, rate_threshold=0.5, minimum_calls=4, window_secs=2.0
     ),
 )
-
-
-def poll(check, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def test_slow_calls_open_the_fleet_breaker_while_no_call_fails(
