@@ -77,7 +77,7 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
         service = route.target(metadata) if route.targeted else route.service
         hedging = route.hedging(service)
         if hedging is not None:
-            hedged = self._hedged(request, timeout, metadata, credentials, wait_for_ready, compression)
+            hedged = self._starter(request, metadata, credentials, wait_for_ready, compression)
             run = route.hedge_run(service, timeout, parent, hedging)
             return run_hedged(run, hedged, _with_call if with_call else _result)
 
@@ -138,16 +138,15 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
             functions.update(route.fallbacks(request, metadata, with_call))
         return ex.drive(plan, step, functions)
 
-    def _hedged(
+    def _starter(
         self,
         request: Any,
-        timeout: float | None,
         metadata: Any,
         credentials: Any,
         wait_for_ready: bool | None,
         compression: Any,
     ) -> Callable[[float], Any]:
-        """How a hedged call sends one attempt: grpc's future of it, not waited for."""
+        """How one attempt is sent with ``left`` seconds: grpc's future of it, not waited for."""
         inner = self._inner.future
 
         def start(left: float) -> Any:
@@ -172,17 +171,7 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
         compression: Any = None,
     ) -> Any:
         route = self._route
-        inner = self._inner.future
-
-        def start(left: float) -> Any:
-            return inner(
-                request,
-                timeout=left,
-                metadata=metadata,
-                credentials=credentials,
-                wait_for_ready=wait_for_ready,
-                compression=compression,
-            )
+        start = self._starter(request, metadata, credentials, wait_for_ready, compression)
 
         def attempt(left: float) -> Any:
             outcome = start(left)
