@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from mission_control.server.app import RunningControlPlane, start_control_plane
@@ -37,6 +38,16 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdProces
     proc = start_etcd(tmp_path_factory.mktemp("etcd"))
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
+    """A real etcd of this test's own, which it may stop, wipe and start again."""
+    proc = start_etcd(tmp_path)
+    try:
+        yield proc
+    finally:
+        proc.stop()
 
 
 @pytest.fixture

@@ -4,37 +4,16 @@ replica that dies afterwards leaves the others' pages when its new lease runs ou
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from mission_control.server.etcd_process import EtcdProcess
-from mission_control.server.store import EtcdStore
 
 from tests.server.test_dashboard_browser import start_plane
 from tests.server.test_dashboard_replicas import agents, state, until
-from tests.support.etcd import etcdctl, start_etcd
+from tests.support.etcd import etcdctl, write_history
 from tests.support.procs import Proc, python
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
-    proc = start_etcd(tmp_path)
-    yield proc
-    proc.stop()
-
-
-async def history(endpoint: str, key: str, writes: int) -> None:
-    """Revisions: the old store's is then well past what the new one reaches in the test."""
-    store = await EtcdStore([endpoint]).connect()
-    try:
-        for n in range(writes):
-            await store.put(key, str(n).encode())
-    finally:
-        await store.close()
 
 
 def test_the_roster_follows_an_etcd_wiped_and_restarted_empty(
@@ -46,7 +25,7 @@ def test_the_roster_follows_an_etcd_wiped_and_restarted_empty(
     spawned.append(crowd)
     assert json.loads(crowd.wait_for('{"connected"', timeout=60)) == {"connected": 1}
     until(lambda: agents(state(a)) == {"agent-b-0000": ("rep-b", False)})
-    asyncio.run(history(etcd.endpoint, f"{prefix}/history", 500))
+    write_history(etcd.endpoint, f"{prefix}/history", 500)
 
     etcd.stop()
     shutil.rmtree(etcd.data_dir)

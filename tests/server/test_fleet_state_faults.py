@@ -10,7 +10,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,7 +21,7 @@ from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.app import RunningControlPlane
 from mission_control.server.etcd_process import EtcdProcess, free_port
 
-from tests.support.etcd import etcdctl, start_etcd
+from tests.support.etcd import etcdctl
 from tests.support.procs import Proc, agent, control_plane, python
 
 PREFIX = "/faults"
@@ -38,13 +37,6 @@ def poll(check: Callable[[], Any], timeout: float = 30.0) -> Any:
             return value
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
-    proc = start_etcd(tmp_path)
-    yield proc
-    proc.stop()
 
 
 def stored(etcd: EtcdProcess, key: str) -> dict[str, Any] | None:

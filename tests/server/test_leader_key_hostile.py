@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -15,19 +13,10 @@ from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess
 
-from tests.support.etcd import etcdctl, start_etcd
+from tests.support.etcd import etcdctl
 from tests.support.procs import Proc, control_plane
 
 PREFIX = "/hostile-leader"
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
-    server = start_etcd(tmp_path)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _leader(endpoint: str) -> str | None:

@@ -6,11 +6,8 @@ leader key at a low revision, and its leases must still be above what the agents
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,7 +15,6 @@ import pytest
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.server.etcd_process import EtcdProcess
-from mission_control.server.store import EtcdStore
 
 from tests.server.test_fleet_limits import (
     GRANULARITY,
@@ -28,27 +24,10 @@ from tests.server.test_fleet_limits import (
     start_agents,
     worst_window,
 )
-from tests.support.etcd import start_etcd
+from tests.support.etcd import write_history
 from tests.support.procs import Proc, control_plane
 
 SERVICE = "wiped_llm"
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
-    proc = start_etcd(tmp_path)
-    yield proc
-    proc.stop()
-
-
-async def history(endpoint: str, key: str, writes: int) -> None:
-    """Revisions: the old store's leader key is then created well past where the new one's is."""
-    store = await EtcdStore([endpoint]).connect()
-    try:
-        for n in range(writes):
-            await store.put(key, str(n).encode())
-    finally:
-        await store.close()
 
 
 def put_policy(address: str) -> None:
@@ -73,7 +52,7 @@ def leased_run(agents: Proc, seconds: float = 2.0) -> dict[str, Any]:
 def test_agents_share_by_lease_again_after_etcd_lost_its_data(
     etcd: EtcdProcess, prefix: str, spawned: list[Proc]
 ) -> None:
-    asyncio.run(history(etcd.endpoint, f"{prefix}/history", 300))
+    write_history(etcd.endpoint, f"{prefix}/history", 300)
     plane, address = control_plane(etcd.endpoint, prefix)
     spawned.append(plane)
     put_policy(address)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from pathlib import Path
 
 from mission_control.server.etcd_process import EtcdProcess
+from mission_control.server.store import EtcdStore
 
 
 def etcdctl(endpoint: str, *args: str, input_text: str | None = None) -> str:
@@ -26,3 +28,18 @@ def etcdctl(endpoint: str, *args: str, input_text: str | None = None) -> str:
 
 def start_etcd(tmp: Path, name: str = "etcd") -> EtcdProcess:
     return EtcdProcess(tmp / name / "data", log_file=tmp / name / "etcd.log").start()
+
+
+def write_history(endpoint: str, key: str, writes: int) -> None:
+    """``writes`` puts of one key: the store's revision moves well past where a fresh
+    store (after a wipe) will be during the test."""
+
+    async def put_all() -> None:
+        store = await EtcdStore([endpoint]).connect()
+        try:
+            for n in range(writes):
+                await store.put(key, str(n).encode())
+        finally:
+            await store.close()
+
+    asyncio.run(put_all())
