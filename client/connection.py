@@ -16,6 +16,7 @@ import random
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -68,6 +69,8 @@ class ControlPlaneConnection:
         self.endpoints = list(endpoints)
         self.agent_id = agent_id
         self.session_id = session_id
+        #: This process's instance: two processes configured with one agent id are two agents.
+        self.instance = uuid.uuid4().hex
         self.view = view
         self.services = tuple(services)
         self.flush_interval = flush_interval
@@ -219,6 +222,7 @@ class ControlPlaneConnection:
                 session_id=self.session_id,
                 services=self.services,
                 outcome_series=self._unacked.series,
+                instance=self.instance,
             )
         )
         resent = False

@@ -165,6 +165,17 @@ class CapacityLeaser:
         for limit in self.limits.values():
             self._absent(limit, holder)
 
+    def release_predecessors(self, name: str, keep: str) -> None:
+        """Another process of agent id ``name`` is connected (``keep``): what the ones gone
+        without a goodbye were held aside for is released at once. A process is keyed
+        ``name@instance`` (or ``name``, one without instance); a new instance is a restart,
+        and a live twin's stream that breaks is taken for one (it may then overspend its last
+        lease until it is back)."""
+        mine = f"{name}@"
+        for limit in self.limits.values():
+            for holder in [h for h in limit.absent if h != keep and (h == name or h.startswith(mine))]:
+                del limit.absent[holder]
+
     def _absent(self, limit: _Limit, holder: str) -> None:
         entry = limit.holders.pop(holder, None)
         if entry is not None and max(entry.safe_units, entry.sent) > 0:

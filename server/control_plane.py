@@ -311,10 +311,17 @@ class ControlPlane:
         else:
             self.relay.demand(agent_id, demand)
 
-    def agent_left(self, agent_id: str, *, relay: bool = False) -> None:
+    def agent_joined(self, agent_id: str, name: str) -> None:
+        """A stream of agent process ``agent_id`` (agent id ``name``) opened: a predecessor
+        process of that agent id gone without a goodbye is not waited for (a restart)."""
+        self.capacity.release_predecessors(name, keep=agent_id)
+
+    def agent_left(self, agent_id: str, *, relay: bool = False, name: str = "") -> None:
         """An agent's (or a follower ``relay``'s) last stream here ended."""
         self.breakers.release_agent(agent_id, relay=relay)
         self.capacity.forget(agent_id)
+        if name and self.hub.processes_named(name):  # its successor (or twin) is here
+            self.capacity.release_predecessors(name, keep="")
         self.reports.agent_left(agent_id)
         if self.relay is not None:
             self.relay.agent_left(agent_id)

@@ -22,6 +22,7 @@ from .mailbox import Mailbox
 _log = logging.getLogger("mission_control.server.hub")
 
 QUEUE_LIMIT = 4096
+MAX_LOGGED_SHARED = 1024
 _CLOSE = object()
 
 
@@ -30,6 +31,8 @@ class Subscriber:
     """One outgoing stream."""
 
     id: int
+    #: What the agent is keyed by: its agent id, with its process's instance when it sent one
+    #: (see ``inbound.agent_key``). Leases, probe permits, places and ledger sessions use it.
     agent_id: str = ""
     session_id: str = ""
     services: tuple[str, ...] = ()
@@ -49,6 +52,8 @@ class Subscriber:
     #: The agent's labels (from its hello) and when the stream opened (wall-clock seconds).
     labels: tuple[tuple[str, str], ...] = ()
     since: float = field(default_factory=time.time)
+    #: The agent id as configured (authorization, reporter lists, figures by agent).
+    name: str = ""
 
     def push(self, message: object) -> bool:
         if self.overflowed:
@@ -97,13 +102,24 @@ class Hub:
         self._by_agent: dict[str, dict[int, Subscriber]] = {}
         #: peer address -> agent id -> streams from there
         self._by_peer: dict[str, dict[str, int]] = {}
+        #: configured agent id -> the keys (processes) with a stream under it -> their streams
+        self._by_name: dict[str, dict[str, int]] = {}
+        #: agent ids already logged as held by two processes (bounded: cleared when full)
+        self._logged_shared: set[str] = set()
 
-    def connect(self, hello: pb.AgentHello, peer: str = "") -> Subscriber:
-        sub = Subscriber(next(self._ids), hello.agent_id, hello.session_id, tuple(hello.services), peer=peer)
+    def connect(self, hello: pb.AgentHello, peer: str = "", key: str | None = None) -> Subscriber:
+        """A new stream of agent ``key`` (default: the hello's agent id)."""
+        key = hello.agent_id if key is None else key
+        sub = Subscriber(next(self._ids), key, hello.session_id, tuple(hello.services), peer=peer)
+        sub.name = hello.agent_id
         sub.labels = tuple(sorted(hello.labels.items()))
         sub.series = hello.outcome_series
         self.agents[sub.id] = sub
         self._by_agent.setdefault(sub.agent_id, {})[sub.id] = sub
+        processes = self._by_name.setdefault(sub.name, {})
+        processes[key] = processes.get(key, 0) + 1
+        if len(processes) > 1:
+            self._log_shared(sub.name, processes)
         from_peer = self._by_peer.setdefault(peer, {})
         from_peer[sub.agent_id] = from_peer.get(sub.agent_id, 0) + 1
         return sub
@@ -114,7 +130,26 @@ class Hub:
             self._unindex(sub)
         return sub.agent_id not in self._by_agent
 
+    def _log_shared(self, name: str, processes: dict[str, int]) -> None:
+        if name in self._logged_shared:
+            return
+        if len(self._logged_shared) >= MAX_LOGGED_SHARED:
+            self._logged_shared.clear()
+        self._logged_shared.add(name)
+        _log.warning(
+            "two processes call themselves %s (%s): each is leased and counted as its own agent; "
+            "unless one is a restart of the other, give each its own agent id",
+            name, ", ".join(sorted(processes)),
+        )  # fmt: skip
+
     def _unindex(self, sub: Subscriber) -> None:
+        processes = self._by_name.get(sub.name)
+        if processes is not None and sub.agent_id in processes:
+            processes[sub.agent_id] -= 1
+            if processes[sub.agent_id] <= 0:
+                del processes[sub.agent_id]
+            if not processes:
+                del self._by_name[sub.name]
         streams = self._by_agent.get(sub.agent_id)
         if streams is not None:
             streams.pop(sub.id, None)
@@ -152,7 +187,20 @@ class Hub:
         return sum(1 for s in self.watchers.values() if s.peer == peer)
 
     def streams_of(self, agent_id: str) -> int:
+        """Streams of the agent keyed ``agent_id`` (one process, or an agent without instance)."""
         return len(self._by_agent.get(agent_id, ()))
+
+    def streams_named(self, name: str) -> int:
+        """Streams of every process that calls itself ``name``."""
+        return sum(self._by_name.get(name, {}).values())
+
+    def processes_named(self, name: str) -> set[str]:
+        """The keys of the processes with a stream under agent id ``name``."""
+        return set(self._by_name.get(name, ()))
+
+    def shared_names(self) -> list[str]:
+        """Agent ids more than one process holds a stream under, sorted."""
+        return sorted(name for name, processes in self._by_name.items() if len(processes) > 1)
 
     @property
     def connected_agents(self) -> int:

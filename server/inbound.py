@@ -4,6 +4,7 @@ demand's numbers, and who the peer is (for the per-address limit)."""
 from __future__ import annotations
 
 import math
+import re
 
 from mission_control.client.policy import breaker_name_problem, name_problem
 from mission_control.resilience.v1 import control_plane_pb2 as pb
@@ -14,6 +15,8 @@ MAX_HELLO_SERVICES = 1024
 MAX_LABELS = 32
 MAX_LABEL_LENGTH = 256
 MAX_SESSION_ID_LENGTH = 128
+#: An agent process's instance id (AgentHello.instance).
+_INSTANCE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 #: A demand larger than this is no demand an agent can have in one lease period.
 MAX_DEMAND_UNITS = 1e12
 
@@ -29,6 +32,8 @@ def hello_problem(hello: pb.AgentHello) -> tuple[str, str] | None:
         return "hello.session_id", f"must be at most {MAX_SESSION_ID_LENGTH} characters"
     if len(hello.outcome_series) > MAX_SESSION_ID_LENGTH:
         return "hello.outcome_series", f"must be at most {MAX_SESSION_ID_LENGTH} characters"
+    if hello.instance and not _INSTANCE.fullmatch(hello.instance):
+        return "hello.instance", "must be 1-64 characters of letters, digits, '_' or '-'"
     if len(hello.services) > MAX_HELLO_SERVICES:
         return "hello.services", f"at most {MAX_HELLO_SERVICES} services"
     for i, service in enumerate(hello.services):
@@ -41,6 +46,13 @@ def hello_problem(hello: pb.AgentHello) -> tuple[str, str] | None:
         if len(key) > MAX_LABEL_LENGTH or len(value) > MAX_LABEL_LENGTH:
             return "hello.labels", f"keys and values of at most {MAX_LABEL_LENGTH} characters"
     return None
+
+
+def agent_key(hello: pb.AgentHello) -> str:
+    """What the control plane keys an agent process by: its agent id and instance
+    ("research-agent@5f0c..."), or the agent id alone for an agent that sends no instance.
+    '@' is in no agent id, so no agent id can pose as another's instance."""
+    return f"{hello.agent_id}@{hello.instance}" if hello.instance else hello.agent_id
 
 
 def bounded_demand(demand: pb.CapacityDemand) -> pb.CapacityDemand | None:

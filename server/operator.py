@@ -348,6 +348,9 @@ class Operator:
             )
         print(f"config reloads         {s.config_reloads_ok} ok, {s.config_reloads_failed} failed")
         print(f"connected agents       {s.connected_agents}")
+        if s.agent_ids_shared:
+            shared = ", ".join(s.shared_agent_ids)
+            print(f"agent ids in two processes  {s.agent_ids_shared} ({shared})")
         for title, counts in (
             ("errors by service", s.errors_by_service),
             ("errors by agent", s.errors_by_agent),

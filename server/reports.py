@@ -85,10 +85,12 @@ class _Bucket:
 
 
 def may_report(policy: ServicePolicy, agent: str) -> bool:
-    """Whether ``agent`` is one of the policy's reporters (all agents when none is named)."""
+    """Whether ``agent`` is one of the policy's reporters (all agents when none is named).
+    ``agent`` may be an agent process's key ("id@instance"): its agent id is matched."""
     if not policy.reporters:
         return True
-    return any(fnmatch.fnmatchcase(agent, pattern) for pattern in policy.reporters)
+    name = agent.partition("@")[0]
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in policy.reporters)
 
 
 class ReportGate:

@@ -51,9 +51,10 @@ def connected_agents(hub: Hub, replica: str, counters: Mapping[str, Mapping[str,
         if known is not None:
             found[sub.agent_id] = dataclasses.replace(known, streams=known.streams + 1)
             continue
-        tally = counters.get(sub.agent_id, {})
+        # A row per process, named by its agent id (two processes with one id: two rows).
+        tally = counters.get(sub.name, {})
         found[sub.agent_id] = FleetAgent(
-            sub.agent_id, replica, sub.session_id, sub.services, len(sub.services), sub.labels, sub.since,
+            sub.name, replica, sub.session_id, sub.services, len(sub.services), sub.labels, sub.since,
             calls=int(tally.get("calls", 0)), failures=int(tally.get("failures", 0)),
             rejected=int(tally.get("rejected", 0)),
         )  # fmt: skip

@@ -29,7 +29,7 @@ from .audit import Author
 from .auth import REPLICA_PREFIX, AccessPolicy
 from .control_plane import ControlPlane, check_policies_fit, check_reason
 from .hub import Subscriber
-from .inbound import bounded_demand, hello_problem, peer_host
+from .inbound import agent_key, bounded_demand, hello_problem, peer_host
 from .outcome_ledger import BatchKey, batch_key
 from .reports import may_report
 from .shadow_ops import clear_candidate, promote_candidate, put_candidate
@@ -56,6 +56,8 @@ def _check_name(field: str, name: str) -> None:
 
 #: Summaries handled between two yields to the event loop.
 SUMMARIES_PER_STEP = 16
+#: Agent ids held by more than one process, listed in stats (all are counted).
+MAX_SHARED_SHOWN = 32
 
 #: A third of etcd's default --max-txn-ops (128), less the import's bundle record: an
 #: import is one transaction, all or nothing, and each policy it writes carries its audit
@@ -114,23 +116,27 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         await self.access.authorize_agent(context, hello.agent_id)
         plane = self.plane
         peer = peer_host(context.peer() or "")
-        await self._check_peer(context, hello.agent_id, peer)
-        streams = plane.hub.streams_of(hello.agent_id)
+        replica = await self._check_replica(context, hello.agent_id, peer)
+        key = hello.agent_id if replica else agent_key(hello)
+        await self._check_peer(context, key, peer)
+        # An agent id's streams are bounded whichever processes hold them (a token names an
+        # agent id, not a process).
+        streams = plane.hub.streams_named(hello.agent_id)
         if streams >= self.limits.max_streams_per_agent:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"agent {hello.agent_id!r} already has {streams} streams "
                 f"(limit {self.limits.max_streams_per_agent})",
             )
-        if not streams and plane.hub.connected_agents >= self.limits.max_agents:
+        if not plane.hub.streams_of(key) and plane.hub.connected_agents >= self.limits.max_agents:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.limits.max_agents} agents connected: the limit"
             )
-        replica = await self._check_replica(context, hello.agent_id, peer)
-        sub = plane.hub.connect(hello, peer)
+        sub = plane.hub.connect(hello, peer, key)
         sub.trusted = replica or self.access.is_admin(context)
         sub.replica = replica
-        _log.info("agent %s connected (stream %s)", hello.agent_id, sub.id)
+        plane.agent_joined(sub.agent_id, sub.name)
+        _log.info("agent %s connected (stream %s)", key, sub.id)
         reader = asyncio.create_task(self._read(sub, request_iterator))
         try:
             yield pb.ConnectResponse(snapshot=plane.snapshot(sub.services))
@@ -148,7 +154,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
             if plane.hub.disconnect(sub):
-                plane.agent_left(sub.agent_id, relay=sub.replica)
+                plane.agent_left(sub.agent_id, relay=sub.replica, name=sub.name)
             _log.info("agent %s disconnected (stream %s)", sub.agent_id, sub.id)
 
     async def _check_replica(self, context: grpc.aio.ServicerContext, agent_id: str, peer: str) -> bool:
@@ -299,11 +305,11 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         if not shown:
             return bounded
         named = plane.policies.stored(bounded.service) is not None
-        plane.stats.record(sub.agent_id, bounded, named=named)
+        plane.stats.record(sub.name, bounded, named=named)
         for listener in plane.outcome_listeners:
-            listener(sub.agent_id, bounded)
+            listener(sub.name, bounded)
         if plane.telemetry is not None:
-            plane.telemetry.outcomes(sub.agent_id, bounded)
+            plane.telemetry.outcomes(sub.name, bounded)
         return bounded
 
     def _probes_held(self, sub: Subscriber, summary: pb.OutcomeSummary) -> int:
@@ -588,6 +594,10 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         stats.outside_changes = plane.audit_keeper.outside_changes
         stats.audit_records_pruned = plane.audit_keeper.pruned
         plane.ledger_stats(stats)
+        shared = plane.hub.shared_names()
+        stats.agent_ids_shared = len(shared)
+        if not page.offset:
+            stats.shared_agent_ids.extend(shared[:MAX_SHARED_SHOWN])
         response = pb.GetErrorStatisticsResponse(statistics=stats)
         if plane.stats.more(page) or page.more(refused):
             response.next_page_token = str(page.offset + page.size)

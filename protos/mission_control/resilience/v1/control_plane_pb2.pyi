@@ -371,12 +371,19 @@ class AgentHello(_message.Message):
     SERVICES_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     OUTCOME_SERIES_FIELD_NUMBER: _builtins.int
+    INSTANCE_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     session_id: _builtins.str
     outcome_series: _builtins.str
     """Names this process's numbering of its outcome batches (random per process): the
     control plane counts each (agent_id, session_id, outcome_series, sequence) once.
     Empty: batches are not de-duplicated.
+    """
+    instance: _builtins.str
+    """Random per agent process (kept across its reconnects): two processes configured with
+    one agent_id are two agents, each leased and counted, and a restarted process is a new
+    agent whose predecessor's share is released. Empty (an older agent): keyed by agent_id
+    alone. At most 64 characters of letters, digits, '_' or '-'.
     """
     @_builtins.property
     def services(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -392,10 +399,11 @@ class AgentHello(_message.Message):
         services: _abc.Iterable[_builtins.str] | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         outcome_series: _builtins.str = ...,
+        instance: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "labels", b"labels", "outcome_series", b"outcome_series", "services", b"services", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "instance", b"instance", "labels", b"labels", "outcome_series", b"outcome_series", "services", b"services", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1636,6 +1644,8 @@ class ErrorStatistics(_message.Message):
     OUTCOME_BATCHES_RESENT_FIELD_NUMBER: _builtins.int
     OUTCOME_BATCHES_TOO_OLD_FIELD_NUMBER: _builtins.int
     OUTCOME_SESSIONS_HELD_FIELD_NUMBER: _builtins.int
+    AGENT_IDS_SHARED_FIELD_NUMBER: _builtins.int
+    SHARED_AGENT_IDS_FIELD_NUMBER: _builtins.int
     SHADOW_SERVICES_FIELD_NUMBER: _builtins.int
     total_errors: _builtins.int
     circuit_breaker_opens: _builtins.int
@@ -1669,6 +1679,11 @@ class ErrorStatistics(_message.Message):
     """
     outcome_batches_too_old: _builtins.int
     outcome_sessions_held: _builtins.int
+    agent_ids_shared: _builtins.int
+    """Agent ids that more than one agent process (AgentHello.instance) holds a stream under
+    on this replica now: a copied configuration, or a restart whose predecessor's stream is
+    not seen dead yet; and those ids (at most 32, sorted).
+    """
     @_builtins.property
     def errors_by_service(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
@@ -1706,6 +1721,8 @@ class ErrorStatistics(_message.Message):
         the policy's max_endpoints (nor one to take from an agent holding more than its share).
         """
 
+    @_builtins.property
+    def shared_agent_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def shadow_services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShadowServiceStatistics]:
         """Per service with a candidate policy in shadow mode: enforced and shadow side by side."""
@@ -1745,11 +1762,13 @@ class ErrorStatistics(_message.Message):
         outcome_batches_resent: _builtins.int = ...,
         outcome_batches_too_old: _builtins.int = ...,
         outcome_sessions_held: _builtins.int = ...,
+        agent_ids_shared: _builtins.int = ...,
+        shared_agent_ids: _abc.Iterable[_builtins.str] | None = ...,
         shadow_services: _abc.Iterable[Global___ShadowServiceStatistics] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_records_pruned", b"audit_records_pruned", "calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "endpoint_reports_refused_by_service", b"endpoint_reports_refused_by_service", "endpoints_over_cap_by_service", b"endpoints_over_cap_by_service", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcome_batches_resent", b"outcome_batches_resent", "outcome_batches_too_old", b"outcome_batches_too_old", "outcome_sessions_held", b"outcome_sessions_held", "outcomes_dropped", b"outcomes_dropped", "outside_changes", b"outside_changes", "recovery_attempts", b"recovery_attempts", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "rejected_by_reason", b"rejected_by_reason", "reports_refused", b"reports_refused", "shadow_services", b"shadow_services", "slow_calls_by_service", b"slow_calls_by_service", "spool_dropped", b"spool_dropped", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "total_errors", b"total_errors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ids_shared", b"agent_ids_shared", "audit_records_pruned", b"audit_records_pruned", "calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "endpoint_reports_refused_by_service", b"endpoint_reports_refused_by_service", "endpoints_over_cap_by_service", b"endpoints_over_cap_by_service", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcome_batches_resent", b"outcome_batches_resent", "outcome_batches_too_old", b"outcome_batches_too_old", "outcome_sessions_held", b"outcome_sessions_held", "outcomes_dropped", b"outcomes_dropped", "outside_changes", b"outside_changes", "recovery_attempts", b"recovery_attempts", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "rejected_by_reason", b"rejected_by_reason", "reports_refused", b"reports_refused", "shadow_services", b"shadow_services", "shared_agent_ids", b"shared_agent_ids", "slow_calls_by_service", b"slow_calls_by_service", "spool_dropped", b"spool_dropped", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "total_errors", b"total_errors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
