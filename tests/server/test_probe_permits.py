@@ -169,7 +169,7 @@ def test_probes_close_the_breaker_and_never_exceed_the_threshold() -> None:
 def test_the_same_half_open_stored_again_keeps_its_permits_out() -> None:
     """The watch reports the HALF_OPEN's own write (or a reload reads it) at a newer
     revision: the permit granted is still out, and no second one goes while it is."""
-    fleet, clock, grants = engine()
+    fleet, clock, _ = engine()
     half_open(fleet, clock)
     assert fleet.request_probe("a", SERVICE) is not None
     fleet.adopt(SERVICE, fleet.to_record(SERVICE), revision=fleet.revisions.get(SERVICE, 0) + 5)
@@ -178,7 +178,7 @@ def test_the_same_half_open_stored_again_keeps_its_permits_out() -> None:
 
 
 def test_another_half_open_stored_clears_the_permits_of_the_one_held() -> None:
-    fleet, clock, grants = engine()
+    fleet, clock, _ = engine()
     half_open(fleet, clock)
     assert fleet.request_probe("a", SERVICE) is not None
     other = fleet.draft(SERVICE)
