@@ -32,6 +32,12 @@ if TYPE_CHECKING:
 SHARED, LIMIT, WINDOW = "svc-shared", 30, 2.0
 #: One push and a settling fleet (as in I1), on top of the probe TTL.
 SLACK_SECS = 2.0
+#: How a violation of I3 known today begins: a new leader takes over a HALF_OPEN without
+#: the permits the one before granted (they live in its memory), and grants them again.
+KNOWN_FAILOVER = "(known: permits across a leader change) "
+#: How a violation of I4 known today begins: an agent cut off from every replica spends
+#: its safe share while the leader leases its part to the others.
+KNOWN_CUT_OFF = "(known: an agent was cut off) "
 #: An agent still asks when it was refused for want of a permit this recently.
 ASKING_NOW_SECS = 0.5
 
@@ -42,6 +48,8 @@ class _Probe:
     service: str
     generation: int
     epoch: int
+    #: The replica leading when the permit reached the agent (the one that granted it).
+    leader: str | None
 
 
 def worst_window(times: list[float], window: float) -> int:
@@ -63,7 +71,7 @@ class ProbeWatch:
         self.running: dict[int, _Probe] = {}
         self._ids = itertools.count()
         #: (agent, service, generation) -> when grants for it reached the agent
-        self.grants: dict[tuple[str, str, int], list[float]] = {}
+        self.grants: dict[tuple[str, str, int], list[tuple[float, str | None]]] = {}
         #: (agent, service) -> (generation, asking since, asked last)
         self.asking: dict[tuple[str, str], tuple[int, float, float]] = {}
         self.saturated_at: Counter[str] = Counter()
@@ -80,7 +88,9 @@ class ProbeWatch:
     # -- what the agents do --------------------------------------------------------
 
     def granted(self, agent: Agent, service: str, generation: int) -> None:
-        self.grants.setdefault((agent.name, service, generation), []).append(self.world.now)
+        leading = self._leading()
+        leader = leading.instance if leading is not None else None
+        self.grants.setdefault((agent.name, service, generation), []).append((self.world.now, leader))
         self.stats["probe_grants"] += 1
 
     def refused(self, agent: Agent, service: str, generation: int) -> None:
@@ -94,20 +104,27 @@ class ProbeWatch:
         now = self.world.now
         self.asking.pop((agent.name, service), None)
         self.stats["probes"] += 1
-        received = self.grants.get((agent.name, service, generation), [])
-        if not any(now - t <= PROBE_TTL_SECS + 1e-6 for t in received):
+        received = [
+            (t, leader)
+            for t, leader in self.grants.get((agent.name, service, generation), [])
+            if now - t <= PROBE_TTL_SECS + 1e-6
+        ]
+        if not received:
             self._violation(
                 (agent.name, f"{service}/ttl"),
                 f"{agent.name} probes {service} gen {generation} past its permit's TTL",
             )
         probe_id = next(self._ids)
-        self.running[probe_id] = _Probe(agent, service, generation, agent.epoch)
+        leader = received[-1][1] if received else None
+        self.running[probe_id] = _Probe(agent, service, generation, agent.epoch, leader)
         count = self._in_flight(service, generation)
         threshold = self.world.success_thresholds[service]
         if count > threshold:
+            leaders = {p.leader for p in self._flying(service, generation)}
             self._violation(
                 (service, f"gen {generation}"),
-                f"{count} probes of {service} gen {generation} in flight (success_threshold {threshold})",
+                (KNOWN_FAILOVER if len(leaders) > 1 else "")
+                + f"{count} probes of {service} gen {generation} in flight (success_threshold {threshold})",
             )
         self._saturation(service, generation)
         return probe_id
@@ -117,16 +134,19 @@ class ProbeWatch:
         if probe is not None:
             self._saturation(probe.service, probe.generation, ending=True)
 
-    def _in_flight(self, service: str, generation: int) -> int:
-        return sum(
-            1
+    def _flying(self, service: str, generation: int) -> list[_Probe]:
+        return [
+            p
             for p in self.running.values()
             if p.service == service
             and p.generation == generation
             and p.agent.alive
             and p.agent.epoch == p.epoch
             and p.agent.link is not None
-        )
+        ]
+
+    def _in_flight(self, service: str, generation: int) -> int:
+        return len(self._flying(service, generation))
 
     def _saturation(self, service: str, generation: int, ending: bool = False) -> None:
         leader = self._leading()
@@ -217,6 +237,8 @@ class Admissions:
         #: Calls made while the agent knew no fleet limit (before its first snapshot, or
         #: after a wipe no replica could restore the policy from).
         self.unlimited = 0
+        #: How often an agent was cut off from every replica.
+        self.cut_off = 0
 
     def admitted(self, agent: Agent) -> None:
         self.times.append(self.world.now)
@@ -231,6 +253,8 @@ class Admissions:
         world.result.stats["shared_worst_window"] = max(world.result.stats["shared_worst_window"], worst)
         if worst > LIMIT + units + 1e-9:
             world.result.violations.append(
-                f"I4: {worst} admitted in one {WINDOW:g} s window "
+                "I4: "
+                + (KNOWN_CUT_OFF if self.cut_off else "")
+                + f"{worst} admitted in one {WINDOW:g} s window "
                 f"(limit {LIMIT} + one period's {units:g}; period {world.lease_secs:g} s)"
             )

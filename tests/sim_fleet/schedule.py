@@ -34,6 +34,9 @@ BatchName = tuple[str, str, str, int]
 #: How long faults and traffic run, then how long the healed fleet settles (virtual s).
 ACTIVE_SECS = 40.0
 SETTLE_SECS = 12.0
+#: The loop steps a schedule may take per virtual second (typically a tenth of it or less):
+#: a schedule past it spins, and fails as such (see vloop.TooManySteps).
+STEPS_PER_SEC = 20_000
 
 
 @dataclass
@@ -362,6 +365,7 @@ def _agent_cut(world: World, rng: random.Random) -> None:
     agent = rng.choice(agents)
     pairs = {frozenset((agent.name, f"cp{n}")) for n in range(3)}
     world.log(f"{agent.name} cut off from every replica")
+    world.admissions.cut_off += 1
     world.partitions |= pairs
     agent.break_link()
     _later(
@@ -427,12 +431,14 @@ def simulate(seed: int, *, verbose: bool = False, active_secs: float = ACTIVE_SE
     async def main() -> Result:
         world = World(seed, active_secs)
         await run_schedule(world)
+        world.result.stats["loop_steps"] = asyncio.get_running_loop().steps  # type: ignore[attr-defined]
         return world.result
 
+    budget = round(STEPS_PER_SEC * (active_secs + SETTLE_SECS))
     if verbose:
-        return vloop.run(main())
+        return vloop.run(main(), max_steps=budget)
     with quiet_logs():
-        return vloop.run(main())
+        return vloop.run(main(), max_steps=budget)
 
 
 @contextlib.contextmanager
