@@ -76,6 +76,8 @@ class FleetBreakers:
         self._demand: dict[str, _Demand] = {}
         #: etcd mod_revision of each breaker's stored state (0 = never stored).
         self.revisions: dict[str, int] = {}
+        #: The highest generation of each breaker told to agents (see _transitioned).
+        self._told: dict[str, int] = {}
         self.change_listeners: list[ChangeListener] = []
         self.grant_listeners: list[GrantListener] = []
 
@@ -161,7 +163,7 @@ class FleetBreakers:
                     _log.exception("breaker change listener failed")
             return
         breaker = self.get(name)
-        old = breaker.state
+        old, held_generation = breaker.state, breaker.generation
         if value is None:
             fresh = CircuitBreaker(name, self._policy_of(name), self._clock())
             fresh.generation = breaker.generation + 1
@@ -185,7 +187,12 @@ class FleetBreakers:
         breaker.opened_at = (
             self._mono(record.opened_at.ToNanoseconds()) if record.HasField("opened_at") else None
         )
-        breaker.clear_permits()
+        if not (
+            old is BreakerState.HALF_OPEN and breaker.state is old and breaker.generation == held_generation
+        ):
+            # permits belong to one HALF_OPEN: the same one stored again (the watch echoing
+            # its write, a reload) keeps them out, or more than the limit would go
+            breaker.clear_permits()
         self.revisions[name] = revision
         self._changed(name, old, None)
 
@@ -274,6 +281,7 @@ class FleetBreakers:
         self._breakers.pop(name, None)
         self._demand.pop(name, None)
         self.revisions.pop(name, None)
+        self._told.pop(name, None)
 
     def policy_changed(self, service: str) -> None:
         """The service's policy changed: its breaker and its endpoints' follow it."""
@@ -291,6 +299,13 @@ class FleetBreakers:
     # -- internals -------------------------------------------------------------
 
     def _transitioned(self, move: Transition) -> None:
+        breaker = self.get(move.name)
+        told = self._told.get(move.name, 0)
+        if breaker.generation <= told:
+            # A stored state taken back this breaker to an earlier generation (a lost
+            # compare-and-swap): a new state never reuses a number agents were told, or the
+            # permits of the HALF_OPEN that was superseded would count for this one.
+            breaker.generation = told + 1
         self._changed(move.name, move.old, move)  # pushed to agents before anything is logged
         _log.info("breaker %s: %s -> %s (%s)", move.name, move.old.name, move.new.name, move.reason)
         if move.new is BreakerState.HALF_OPEN:
@@ -300,6 +315,7 @@ class FleetBreakers:
 
     def _changed(self, name: str, old: BreakerState | None, move: Transition | None) -> None:
         message = self.to_proto(name)
+        self._told[name] = max(self._told.get(name, 0), message.generation)
         for listener in list(self.change_listeners):
             try:
                 listener(message, old, move)

@@ -164,3 +164,46 @@ def test_probes_close_the_breaker_and_never_exceed_the_threshold() -> None:
     for agent in holders:
         fleet.record(agent, summary(generation, probe_successes=1))
     assert fleet.get(SERVICE).state is BreakerState.CLOSED
+
+
+def test_the_same_half_open_stored_again_keeps_its_permits_out() -> None:
+    """The watch reports the HALF_OPEN's own write (or a reload reads it) at a newer
+    revision: the permit granted is still out, and no second one goes while it is."""
+    fleet, clock, _ = engine()
+    half_open(fleet, clock)
+    assert fleet.request_probe("a", SERVICE) is not None
+    fleet.adopt(SERVICE, fleet.to_record(SERVICE), revision=fleet.revisions.get(SERVICE, 0) + 5)
+    assert fleet.request_probe("b", SERVICE) is None
+    assert fleet.get(SERVICE).permits_out(clock.now) == 1
+
+
+def test_another_half_open_stored_clears_the_permits_of_the_one_held() -> None:
+    fleet, clock, _ = engine()
+    half_open(fleet, clock)
+    assert fleet.request_probe("a", SERVICE) is not None
+    other = fleet.draft(SERVICE)
+    other.generation += 1
+    fleet.adopt(SERVICE, fleet.record_of(other), revision=fleet.revisions.get(SERVICE, 0) + 5)
+    assert fleet.get(SERVICE).permits_out(clock.now) == 0
+    assert fleet.request_probe("b", SERVICE) is not None
+
+
+def test_a_half_open_after_a_lost_compare_and_swap_has_a_generation_of_its_own() -> None:
+    """The HALF_OPEN decided in memory loses its write to the OPEN the store still holds;
+    the next HALF_OPEN must not reuse its generation: the permit granted under the first
+    would count for the second, and two probes would go where one may."""
+    fleet, clock, grants = engine()
+    half_open(fleet, clock)
+    superseded = fleet.get(SERVICE).generation
+    assert fleet.request_probe("a", SERVICE) is not None
+    stored = fleet.draft(SERVICE)
+    stored.state, stored.generation = BreakerState.OPEN, superseded - 1
+    stored.opened_at = stored.changed_at = clock.now - POLICY.wait_duration_secs
+    fleet.adopt(SERVICE, fleet.record_of(stored), revision=3)
+    assert fleet.get(SERVICE).state is BreakerState.OPEN
+    fleet.tick()
+    breaker = fleet.get(SERVICE)
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert breaker.generation > superseded
+    assert grants[-1] == ("a", breaker.generation)  # the agent asking: a permit of the new one
+    assert breaker.permits_out(clock.now) == 1

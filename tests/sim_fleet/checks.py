@@ -86,6 +86,7 @@ class Recorder:
                 self._closed_is_not_rejected(agent, now)
             else:
                 self._open_stays_while_down(agent, now)
+        world.probes.sample(self._settled)
 
     def _settled(self, agent, now: float) -> bool:  # type: ignore[no-untyped-def]
         world = self.world
@@ -143,6 +144,8 @@ def final(world: World) -> None:
     _converged(world)
     _agents_agree(world)
     _counted_once(world)
+    world.admissions.check()
+    world.result.stats.update(world.probes.stats)
 
 
 def _leadership(world: World) -> None:

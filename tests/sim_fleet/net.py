@@ -133,6 +133,11 @@ class Link:
             return
         except asyncio.CancelledError:
             return
+        finally:
+            # gRPC ends a handler whose stream is gone, also one waiting at a ``yield``
+            # (left there, it would keep the agent's stream in the hub for ever)
+            with contextlib.suppress(BaseException):
+                await self._handler.aclose()  # type: ignore[attr-defined]
         loop.call_at(self._deliver_at(self._down_at), self._give, LinkBroken("stream ended by the server"))
 
     def _give(self, item: pb.ConnectResponse | BaseException) -> None:

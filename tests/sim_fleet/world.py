@@ -26,6 +26,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.control_plane import ControlPlane
 from mission_control.server.service import ControlPlaneServicer
 
+from .fleet_checks import SHARED
 from .memstore import MemStore
 from .net import Link, LinkBroken, SimAccess
 
@@ -186,9 +187,20 @@ class Agent:
         self._epoch = 0
         self._wake = asyncio.Event()
         self._probe_asks: list[str] = []
+        #: Calls a second this agent wants to make under the fleet-shared limit.
+        self.spend_rate = world.rng.choice((4.0, 10.0, 25.0))
         #: I1 (fail static): the fleet OPENs held when the link last dropped.
         self.held_at_drop: dict[str, tuple[BreakerState, float]] = {}
-        self.tasks = [asyncio.create_task(self._run()), asyncio.create_task(self._calls())]
+        self.tasks = [
+            asyncio.create_task(self._run()),
+            asyncio.create_task(self._calls()),
+            asyncio.create_task(self._spending()),
+        ]
+
+    @property
+    def epoch(self) -> int:
+        """Which stream this is (each new stream to a replica counts one more)."""
+        return self._epoch
 
     # -- the link ------------------------------------------------------------------
 
@@ -243,7 +255,10 @@ class Agent:
     async def _requests(self, epoch: int) -> AsyncIterator[pb.ConnectRequest]:
         yield pb.ConnectRequest(
             hello=pb.AgentHello(
-                agent_id=self.name, session_id=self.name, services=self.services, outcome_series=self.name
+                agent_id=self.name,
+                session_id=self.name,
+                services=(*self.services, SHARED),
+                outcome_series=self.name,
             )
         )
         while True:
@@ -290,7 +305,9 @@ class Agent:
             update = response.policy
             view.set_policy(update.service, None if update.deleted else policy_from_proto(update.policy))
         elif kind == "probe_grant":
-            view.grant(response.probe_grant)
+            grant = response.probe_grant
+            self.world.probes.granted(self, grant.service, grant.generation)
+            view.grant(grant)
         elif kind == "outcome_ack":
             self.unacked.ack(response.outcome_ack.sequence)
         elif kind == "lease":
@@ -355,15 +372,13 @@ class Agent:
                 state.return_permits(back)
                 if not taken:
                     tally.rejected += 1
+                    self.world.probes.refused(self, service, fleet.generation)
                     if now - state.probe_asked_at >= 0.1:
                         state.probe_asked_at = now
                         self._probe_asks.append(service)
                         self._wake.set()
                     return
-                if failing:
-                    tally.probe_failures += 1
-                else:
-                    tally.probe_successes += 1
+                self._probe(service, fleet.generation, failing, rng)
                 return
             if fleet is not None and fleet.state.rejects:
                 tally.rejected += 1
@@ -378,6 +393,39 @@ class Agent:
                 tally.trailing_failures = 0
         if failing:
             self._wake.set()
+
+    def _probe(self, service: str, generation: int, failing: bool, rng: random.Random) -> None:
+        """A probe call under a permit: it runs a while, then its outcome is counted."""
+        probe_id = self.world.probes.started(self, service, generation)
+
+        def done() -> None:
+            self.world.probes.ended(probe_id)
+            if not self.alive:
+                return
+            state = self.view.get(service)
+            with state.lock:
+                tally = state.tally
+                if not tally.probes_of(generation):
+                    return  # a probe of a HALF_OPEN that is over
+                if failing:
+                    tally.probe_failures += 1
+                else:
+                    tally.probe_successes += 1
+            self._wake.set()
+
+        asyncio.get_running_loop().call_later(rng.uniform(0.0, 1.5), done)
+
+    async def _spending(self) -> None:
+        """Calls under the fleet-shared limit: each admitted one is recorded for I4."""
+        rng: random.Random = self.world.rng
+        while self.alive:
+            await asyncio.sleep(rng.expovariate(self.spend_rate))
+            if not self.world.calling:
+                continue
+            if not self.view.get(SHARED).leased:  # no fleet limit known here: not under it
+                self.world.admissions.unlimited += 1
+            elif self.spend(SHARED):
+                self.world.admissions.admitted(self)
 
     def die(self) -> None:
         """The process is gone: what it had not delivered is lost with it."""

@@ -1,0 +1,260 @@
+"""I3 and I4 in the simulated fleet: probe permits and fleet-limit leases, checked while a
+schedule runs (I3) and once it is over (I4).
+
+I3  Never more than ``success_threshold`` probes of one HALF_OPEN in flight fleet-wide;
+    an agent that keeps asking gets a permit within one probe TTL (``PROBE_TTL_SECS``,
+    plus one push) while the fleet is settled and the probes in flight are below the
+    limit; no permit is used, or held by a control plane, past its TTL.
+    A probe is in flight from the permit being taken until its outcome is recorded, for
+    as long as its agent lives on the stream the permit came on: a stream that breaks
+    frees the agent's permits at once (``FleetBreakers.release_agent``), and what a probe
+    started before still does no longer counts for the breaker.
+I4  In every window of the shared limit, the units all agents admitted (dead ones too)
+    are at most the limit plus one lease period's units — across restarts, failovers,
+    wipes and agents cut off for a while.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from mission_control.client.breaker import BreakerState
+from mission_control.server.engine import PROBE_TTL_SECS
+
+if TYPE_CHECKING:
+    from .schedule import World
+    from .world import Agent, Replica
+
+#: The fleet-shared limit every agent spends: LIMIT units per WINDOW seconds.
+SHARED, LIMIT, WINDOW = "svc-shared", 30, 2.0
+#: One push and a settling fleet (as in I1), on top of the probe TTL.
+SLACK_SECS = 2.0
+#: How a violation of I3 known today begins: a new leader takes over a HALF_OPEN without
+#: the permits the one before granted (they live in its memory), and grants them again.
+KNOWN_FAILOVER = "(known: permits across a leader change) "
+#: How a violation of I4 known today begins: an agent cut off from every replica spends
+#: its safe share while the leader leases its part to the others.
+KNOWN_CUT_OFF = "(known: an agent was cut off) "
+#: An agent still asks when it was refused for want of a permit this recently.
+ASKING_NOW_SECS = 0.5
+
+
+@dataclass
+class _Probe:
+    agent: Agent
+    service: str
+    generation: int
+    epoch: int
+    #: The replica leading when the permit reached the agent (the one that granted it).
+    leader: str | None
+
+
+def worst_window(times: list[float], window: float) -> int:
+    """The most admissions in any window of ``window`` seconds."""
+    times = sorted(times)
+    worst, j = 0, 0
+    for i, t in enumerate(times):
+        while times[j] <= t - window:
+            j += 1
+        worst = max(worst, i - j + 1)
+    return worst
+
+
+class ProbeWatch:
+    """What I3 needs to know: probes running, grants received, agents asking."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.running: dict[int, _Probe] = {}
+        self._ids = itertools.count()
+        #: (agent, service, generation) -> when grants for it reached the agent
+        self.grants: dict[tuple[str, str, int], list[tuple[float, str | None]]] = {}
+        #: (agent, service) -> (generation, asking since, asked last)
+        self.asking: dict[tuple[str, str], tuple[int, float, float]] = {}
+        self.saturated_at: Counter[str] = Counter()
+        #: When the leading replica (or the relay of a replica) last changed.
+        self.leader_since = 0.0
+        self._leader: str | None = None
+        self.relay_since: Counter[str] = Counter()
+        self._relayed: dict[str, bool] = {}
+        self.stats: Counter[str] = Counter()
+
+    def _violation(self, key: tuple[str, str], text: str) -> None:
+        self.world.recorder.violation("I3", key, text)
+
+    # -- what the agents do --------------------------------------------------------
+
+    def granted(self, agent: Agent, service: str, generation: int) -> None:
+        leading = self._leading()
+        leader = leading.instance if leading is not None else None
+        self.grants.setdefault((agent.name, service, generation), []).append((self.world.now, leader))
+        self.stats["probe_grants"] += 1
+
+    def refused(self, agent: Agent, service: str, generation: int) -> None:
+        now = self.world.now
+        held = self.asking.get((agent.name, service))
+        since = held[1] if held is not None and held[0] == generation else now
+        self.asking[(agent.name, service)] = (generation, since, now)
+
+    def started(self, agent: Agent, service: str, generation: int) -> int:
+        """A probe starts under a permit: returns its id for :meth:`ended`."""
+        now = self.world.now
+        self.asking.pop((agent.name, service), None)
+        self.stats["probes"] += 1
+        received = [
+            (t, leader)
+            for t, leader in self.grants.get((agent.name, service, generation), [])
+            if now - t <= PROBE_TTL_SECS + 1e-6
+        ]
+        if not received:
+            self._violation(
+                (agent.name, f"{service}/ttl"),
+                f"{agent.name} probes {service} gen {generation} past its permit's TTL",
+            )
+        probe_id = next(self._ids)
+        leader = received[-1][1] if received else None
+        self.running[probe_id] = _Probe(agent, service, generation, agent.epoch, leader)
+        count = self._in_flight(service, generation)
+        threshold = self.world.success_thresholds[service]
+        if count > threshold:
+            leaders = {p.leader for p in self._flying(service, generation)}
+            self._violation(
+                (service, f"gen {generation}"),
+                (KNOWN_FAILOVER if len(leaders) > 1 else "")
+                + f"{count} probes of {service} gen {generation} in flight (success_threshold {threshold})",
+            )
+        self._saturation(service, generation)
+        return probe_id
+
+    def ended(self, probe_id: int) -> None:
+        probe = self.running.pop(probe_id, None)
+        if probe is not None:
+            self._saturation(probe.service, probe.generation, ending=True)
+
+    def _flying(self, service: str, generation: int) -> list[_Probe]:
+        return [
+            p
+            for p in self.running.values()
+            if p.service == service
+            and p.generation == generation
+            and p.agent.alive
+            and p.agent.epoch == p.epoch
+            and p.agent.link is not None
+        ]
+
+    def _in_flight(self, service: str, generation: int) -> int:
+        return len(self._flying(service, generation))
+
+    def _saturation(self, service: str, generation: int, ending: bool = False) -> None:
+        leader = self._leading()
+        breaker = leader.plane.breakers.find(service) if leader is not None else None
+        limit = breaker.probe_limit() if breaker is not None else 1
+        if self._in_flight(service, generation) + (1 if ending else 0) >= limit:
+            self.saturated_at[service] = self.world.now  # type: ignore[assignment]
+
+    # -- sampled -------------------------------------------------------------------
+
+    def _leading(self) -> Replica | None:
+        leaders = [r for r in self.world.alive_replicas() if r.plane.leading]
+        return leaders[0] if len(leaders) == 1 else None
+
+    def sample(self, settled) -> None:  # type: ignore[no-untyped-def]
+        """Check I3's TTL and liveness parts; ``settled(agent, now)`` says whether the
+        agent's link and replica have been healthy for a push (I1's condition)."""
+        world = self.world
+        now = world.now
+        self._topology(now)
+        for replica in world.alive_replicas():
+            self._holds_expire(replica, now)
+        leader = self._leading()
+        for (agent_name, service), (generation, since, last) in list(self.asking.items()):
+            if now - last > ASKING_NOW_SECS:
+                del self.asking[(agent_name, service)]
+                continue
+            agent = next(a for a in world.agents if a.name == agent_name)
+            if leader is None or not agent.alive or not settled(agent, now):
+                continue
+            breaker = leader.plane.breakers.find(service)
+            if breaker is None or breaker.state is not BreakerState.HALF_OPEN:
+                continue
+            if breaker.generation != generation:
+                continue
+            replica = agent.replica
+            assert replica is not None
+            start = max(
+                since,
+                breaker.changed_at,
+                self.saturated_at[service],
+                self.leader_since,
+                self.relay_since[replica.name],
+            )
+            if now - start > PROBE_TTL_SECS + SLACK_SECS:
+                self._violation(
+                    (agent_name, f"{service}/asking"),
+                    f"{agent_name} asked for a permit of {service} gen {generation} "
+                    f"since {since:.2f} through {replica.instance} without one",
+                )
+                self.asking[(agent_name, service)] = (generation, now, now)
+
+    def _topology(self, now: float) -> None:
+        leader = self._leading()
+        instance = leader.instance if leader is not None else None
+        if instance != self._leader:
+            self._leader, self.leader_since = instance, now
+        for replica in self.world.alive_replicas():
+            relay = replica.plane.relay
+            linked = replica.plane.leading or (relay is not None and relay.connected)
+            if self._relayed.get(replica.instance) != linked:
+                self._relayed[replica.instance] = linked
+                self.relay_since[replica.name] = now  # type: ignore[assignment]
+
+    def _holds_expire(self, replica: Replica, now: float) -> None:
+        for name in replica.plane.breakers.names():
+            breaker = replica.plane.breakers.find(name)
+            if breaker is None:
+                continue
+            # held for the TTL, and for the probe call the agent may start at its end
+            longest = PROBE_TTL_SECS + breaker.policy.timeout_secs
+            for holder, expiries in breaker._permits.items():
+                if any(t < now - 0.3 or t > now + longest + 1e-6 for t in expiries):
+                    self._violation(
+                        (replica.instance, f"{name}/hold"),
+                        f"{replica.instance} holds a permit of {name} for {holder} until "
+                        f"{max(expiries):.2f} (the longest hold: {longest:g}s)",
+                    )
+
+
+class Admissions:
+    """I4: when each agent admitted a unit of the shared limit."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.times: list[float] = []
+        self.by_agent: Counter[str] = Counter()
+        #: Calls made while the agent knew no fleet limit (before its first snapshot, or
+        #: after a wipe no replica could restore the policy from).
+        self.unlimited = 0
+        #: How often an agent was cut off from every replica.
+        self.cut_off = 0
+
+    def admitted(self, agent: Agent) -> None:
+        self.times.append(self.world.now)
+        self.by_agent[agent.name] += 1
+
+    def check(self) -> None:
+        world = self.world
+        units = LIMIT * world.lease_secs / WINDOW
+        worst = worst_window(self.times, WINDOW)
+        world.result.stats["shared_admitted"] += len(self.times)
+        world.result.stats["shared_unlimited"] += self.unlimited
+        world.result.stats["shared_worst_window"] = max(world.result.stats["shared_worst_window"], worst)
+        if worst > LIMIT + units + 1e-9:
+            world.result.violations.append(
+                "I4: "
+                + (KNOWN_CUT_OFF if self.cut_off else "")
+                + f"{worst} admitted in one {WINDOW:g} s window "
+                f"(limit {LIMIT} + one period's {units:g}; period {world.lease_secs:g} s)"
+            )

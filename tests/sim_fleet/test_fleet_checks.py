@@ -1,0 +1,58 @@
+"""The I3 and I4 checkers of the fleet simulation can fail: each broken variant of the code
+under simulation is caught on some schedule."""
+
+from __future__ import annotations
+
+import pytest
+
+from .schedule import simulate
+
+
+def _caught(invariant: str, words: str = "", seeds: range = range(12), active: float = 10.0) -> list[str]:
+    """The first schedule's violations of ``invariant`` (containing ``words``)."""
+    for seed in seeds:
+        violations = simulate(seed, active_secs=active).violations
+        found = [v for v in violations if f"{invariant}:" in v and words in v]
+        if found:
+            return found
+    return []
+
+
+def test_i3_catches_more_probes_in_flight_than_the_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mission_control.client.breaker import CircuitBreaker
+
+    monkeypatch.setattr(CircuitBreaker, "probe_limit", lambda self: 10)
+    assert _caught("I3", "in flight")
+
+
+def test_i3_catches_an_asking_agent_that_never_gets_a_permit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mission_control.server.control_plane import ControlPlane
+
+    monkeypatch.setattr(ControlPlane, "_on_grant", lambda self, agent, grant: None)  # grants lost
+    # an agent must ask for longer than a TTL while the fleet is settled: longer schedules
+    assert _caught("I3", "without one", active=20.0)
+
+
+def test_i3_catches_a_permit_held_past_its_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mission_control.server.engine import FleetBreakers
+
+    init = FleetBreakers.__init__
+
+    def long_lived(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        init(self, *args, **kwargs)
+        self.probe_ttl = 60.0
+
+    monkeypatch.setattr(FleetBreakers, "__init__", long_lived)
+    assert _caught("I3", "the longest hold")
+
+
+def test_i4_catches_agents_that_spend_more_than_their_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mission_control.client.fleet_limits import LeasedBudget
+
+    apply = LeasedBudget.apply
+
+    def generous(self, period, units, *args, **kwargs):  # type: ignore[no-untyped-def]
+        apply(self, period, units * 3, *args, **kwargs)
+
+    monkeypatch.setattr(LeasedBudget, "apply", generous)
+    assert _caught("I4")
