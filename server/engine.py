@@ -52,6 +52,17 @@ class _Demand:
         return sorted(self.last_seen, key=lambda a: (self.served.get(a, -1e18), -self.last_seen[a]))
 
 
+def _stored_wait(record: pb.Breaker, policy: ServicePolicy) -> float:
+    """The wait a stored OPEN (or the OPEN before a stored HALF_OPEN) lasts: as stored when
+    it is a wait the policy could make, else the policy's first wait (a record of an
+    earlier release, or one written by hand)."""
+    wait = record.open_remaining.ToNanoseconds() / 1e9 if record.HasField("open_remaining") else 0.0
+    longest = max(policy.wait_duration_secs, policy.max_wait_duration_secs)
+    if wait <= 0:
+        return policy.wait_duration_secs
+    return min(wait, longest)
+
+
 class FleetBreakers:
     """Every breaker the control plane knows, with the rules that move them.
 
@@ -134,10 +145,14 @@ class FleetBreakers:
         return self.record_of(self.get(name))
 
     def record_of(self, breaker: CircuitBreaker) -> bytes:
-        """What is stored in etcd: the breaker as protobuf JSON, without the
-        send-time-relative and revision fields."""
+        """What is stored in etcd: the breaker as protobuf JSON, without the revision, and
+        with ``open_remaining`` measured from ``opened_at`` (the whole wait of the OPEN, or
+        of the one before a HALF_OPEN) rather than from the time it was sent, so that
+        another replica or a restart keeps the expiry and grows the next wait from it."""
         message = self._message(breaker)
         message.ClearField("open_remaining")
+        if breaker.state in (BreakerState.OPEN, BreakerState.HALF_OPEN):
+            message.open_remaining.FromNanoseconds(int(breaker.wait * 1e9))
         message.ClearField("revision")
         text = json_format.MessageToJson(message, preserving_proto_field_name=True, indent=2)
         return text.encode()
@@ -185,6 +200,7 @@ class FleetBreakers:
         breaker.opened_at = (
             self._mono(record.opened_at.ToNanoseconds()) if record.HasField("opened_at") else None
         )
+        breaker.wait = _stored_wait(record, breaker.policy)
         breaker.clear_permits()
         self.revisions[name] = revision
         self._changed(name, old, None)
