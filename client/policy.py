@@ -456,8 +456,13 @@ class ServicePolicy:
         base = self.wait_duration_secs
         if previous is None:
             return base
-        longest = max(base, self.max_wait_duration_secs)
-        return max(base, min(previous * self.wait_duration_multiplier, longest))
+        return max(base, min(previous * self.wait_duration_multiplier, self.longest_wait()))
+
+    def longest_wait(self) -> float:
+        """The longest a breaker under this policy stays OPEN (the last of its waits)."""
+        if self.wait_duration_multiplier <= 1:
+            return self.wait_duration_secs
+        return max(self.wait_duration_secs, self.max_wait_duration_secs)
 
     def fleet_resources(self) -> dict[str, tuple[float, float]]:
         """Fleet-shared resources: name -> (units per window, window seconds)."""

@@ -25,6 +25,9 @@ _log = logging.getLogger("mission_control.server.engine")
 #: How long an agent may hold an unused probe permit.
 PROBE_TTL_SECS = 5.0
 
+#: The longest wait a policy may set (a day): a stored wait beyond is not believed.
+_LONGEST_WAIT = 86400.0
+
 #: The Breaker message's counters are uint32: a count beyond is shown (and stored) as this.
 UINT32_MAX = 2**32 - 1
 
@@ -53,14 +56,12 @@ class _Demand:
 
 
 def _stored_wait(record: pb.Breaker, policy: ServicePolicy) -> float:
-    """The wait a stored OPEN (or the OPEN before a stored HALF_OPEN) lasts: as stored when
-    it is a wait the policy could make, else the policy's first wait (a record of an
-    earlier release, or one written by hand)."""
+    """The wait a stored OPEN (or the OPEN before a stored HALF_OPEN) lasts: as stored (the
+    leader keeps it through policy changes, so must every replica), up to a day; the
+    policy's first wait when none is stored (a record of an earlier release) or it is not
+    a wait (written by hand)."""
     wait = record.open_remaining.ToNanoseconds() / 1e9 if record.HasField("open_remaining") else 0.0
-    longest = max(policy.wait_duration_secs, policy.max_wait_duration_secs)
-    if wait <= 0:
-        return policy.wait_duration_secs
-    return min(wait, longest)
+    return min(wait, _LONGEST_WAIT) if wait > 0 else policy.wait_duration_secs
 
 
 class FleetBreakers:

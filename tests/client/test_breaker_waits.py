@@ -132,19 +132,19 @@ def test_the_stored_record_keeps_the_wait_for_another_replica() -> None:
     assert other.get("llm").open_remaining(clock.now) == pytest.approx(10.0)
 
 
-def test_a_stored_record_without_a_usable_wait_takes_the_first() -> None:
+def test_a_stored_wait_is_kept_up_to_a_day_and_a_missing_one_is_the_first() -> None:
     clock = Clock()
     leader = FleetBreakers(lambda _: POLICY, clock=clock, wall=lambda: 1e9 + clock.now)
     leader.record("a", pb.OutcomeSummary(service="llm", failures=2, trailing_failures=2))
     record = pb.Breaker.FromString(leader.to_proto("llm").SerializeToString())
-    for remaining in (None, -5.0, 1e6):
+    for remaining in (None, -5.0, 1e6, 30.0):
         if remaining is None:
             record.ClearField("open_remaining")
         else:
             record.open_remaining.FromNanoseconds(int(remaining * 1e9))
         other = FleetBreakers(lambda _: POLICY, clock=clock, wall=lambda: 1e9 + clock.now)
         other.adopt("llm", _json(record), revision=3)
-        assert other.get("llm").wait == (10.0 if remaining == 1e6 else 2.0)
+        assert other.get("llm").wait == {1e6: 86400.0, 30.0: 30.0}.get(remaining, 2.0)
 
 
 def _json(record: pb.Breaker) -> bytes:
