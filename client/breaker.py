@@ -10,8 +10,10 @@ a window); OPEN fails fast
 for ``wait_duration_secs``; HALF_OPEN lets one probe call run, then (once one succeeded)
 at most ``success_threshold`` at once — for the whole fleet when the control plane hands
 out the permits — and closes after ``success_threshold`` probe successes or reopens on a
-probe failure. Operators can force a
-breaker open or closed, or disable it.
+probe failure, for a longer wait each time (``wait_duration_multiplier`` times the one
+before, up to ``max_wait_duration_secs``) until it closes: a service that stays down costs
+fewer and fewer probe calls. Operators can force a breaker open or closed, or disable it;
+that, like closing, starts the waits over.
 """
 
 from __future__ import annotations
@@ -116,6 +118,8 @@ class CircuitBreaker:
         self.failures = 0
         self.half_open_successes = 0
         self.opened_at: float | None = None
+        #: How long this OPEN lasts (OPEN), or the OPEN before this HALF_OPEN lasted.
+        self.wait = policy.wait_duration_secs
         self.changed_at = now
         self.reason = ""
         self.generation = 0
@@ -131,7 +135,7 @@ class CircuitBreaker:
         """Seconds until an OPEN breaker may go HALF_OPEN; 0 when not OPEN."""
         if self.state is not BreakerState.OPEN or self.opened_at is None:
             return 0.0
-        return max(0.0, self.opened_at + self.policy.wait_duration_secs - now)
+        return max(0.0, self.opened_at + self.wait - now)
 
     def permits_out(self, now: float) -> int:
         self._expire(now)
@@ -289,6 +293,8 @@ class CircuitBreaker:
     # -- moves -----------------------------------------------------------------
 
     def _open(self, now: float, failures: int, reason: str) -> Transition | None:
+        # Only a failed HALF_OPEN waits longer: an OPEN from CLOSED starts the waits over.
+        self.wait = self.policy.open_wait(self.wait if self.state is BreakerState.HALF_OPEN else None)
         self.failures = failures
         self.slow_calls = 0
         self.opened_at = now
@@ -307,10 +313,10 @@ class CircuitBreaker:
         if new is BreakerState.CLOSED:
             self.consecutive_failures = 0
             self.failures = 0
-            self.opened_at = None
             self.slow_calls = 0
             self._window.clear()
             self._slow.clear()
-        elif new is not BreakerState.OPEN and new is not BreakerState.HALF_OPEN:
+        if new is not BreakerState.OPEN and new is not BreakerState.HALF_OPEN:
             self.opened_at = None
+            self.wait = self.policy.wait_duration_secs
         return Transition(self.name, old, new, reason)

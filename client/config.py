@@ -69,6 +69,8 @@ _SCALARS = (
     "failure_threshold",
     "success_threshold",
     "wait_duration_secs",
+    "wait_duration_multiplier",
+    "max_wait_duration_secs",
     "rate_limit_requests",
     "rate_limit_window_secs",
     "max_concurrent",

@@ -358,6 +358,11 @@ class ServicePolicy:
     wait_duration_secs: float = 60.0
     rate_limit_requests: int = 100
     rate_limit_window_secs: float = 60.0
+    #: Each HALF_OPEN whose probe fails opens again for this many times the previous
+    #: wait (resilience4j's exponential wait in the OPEN state); 1 = every wait the same.
+    wait_duration_multiplier: float = 2.0
+    #: The longest wait it grows to (never below ``wait_duration_secs``).
+    max_wait_duration_secs: float = 60.0
     backoff: Backoff = field(default_factory=Backoff)
     retryable_codes: tuple[str, ...] = DEFAULT_RETRYABLE_CODES
     retry_budget: RetryBudget = field(default_factory=RetryBudget)
@@ -409,6 +414,8 @@ class ServicePolicy:
         c.integer("failure_threshold", p.failure_threshold, low=1, high=1_000_000)
         c.integer("success_threshold", p.success_threshold, low=1, high=10_000)
         c.number("wait_duration_secs", p.wait_duration_secs, low=0, high=_DAY, strict=True)
+        c.number("wait_duration_multiplier", p.wait_duration_multiplier, low=1, high=100, strict=False)
+        c.number("max_wait_duration_secs", p.max_wait_duration_secs, low=0, high=_DAY, strict=True)
         c.integer("rate_limit_requests", p.rate_limit_requests, low=1, high=2**62)
         c.number("rate_limit_window_secs", p.rate_limit_window_secs, low=0, high=_DAY, strict=True)
         c.integer("max_concurrent", p.max_concurrent, low=0, high=1_000_000)
@@ -441,6 +448,21 @@ class ServicePolicy:
             for i, name in enumerate(p.fleet.quotas[:MAX_QUOTAS]):
                 if name not in names:
                     c.add(f"fleet.quotas[{i}]", f"no quota named {name!r} in this policy")
+
+    def open_wait(self, previous: float | None) -> float:
+        """How long the breaker stays OPEN: ``wait_duration_secs`` when it opens from
+        CLOSED (``previous`` None), else the wait before it times the multiplier, up to
+        ``max_wait_duration_secs`` and never under ``wait_duration_secs``."""
+        base = self.wait_duration_secs
+        if previous is None:
+            return base
+        return max(base, min(previous * self.wait_duration_multiplier, self.longest_wait()))
+
+    def longest_wait(self) -> float:
+        """The longest a breaker under this policy stays OPEN (the last of its waits)."""
+        if self.wait_duration_multiplier <= 1:
+            return self.wait_duration_secs
+        return max(self.wait_duration_secs, self.max_wait_duration_secs)
 
     def fleet_resources(self) -> dict[str, tuple[float, float]]:
         """Fleet-shared resources: name -> (units per window, window seconds)."""

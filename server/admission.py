@@ -14,7 +14,9 @@ client create breakers without end (memory, snapshot size, etcd keys). A name no
 covers is *admitted* only while the admitting agent holds fewer than ``per_agent`` such
 names and the fleet fewer than ``total``; an admitted name whose breaker stays CLOSED and
 unreported for ``idle_secs`` is forgotten (in memory, and in etcd by the leader), which
-frees its place. A breaker loaded from the store takes a place like any other.
+frees its place. An OPEN or HALF_OPEN one is kept, like an endpoint's, and starts idling
+when it closes: forgetting it would tell every agent it is CLOSED, ending its wait early
+(I1). A breaker loaded from the store takes a place like any other.
 """
 
 from __future__ import annotations
@@ -33,11 +35,12 @@ from .endpoint_places import EndpointPlaces
 from .engine import FleetBreakers
 from .policies import PolicyBook
 
-#: States a breaker may be forgotten in (an operator's states are kept).
-_FORGETTABLE = frozenset({BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN})
-#: An endpoint breaker is forgotten only CLOSED: forgetting an OPEN or HALF_OPEN one would
-#: end its wait early for agents that had not been told (they call the failing endpoint).
-_ENDPOINT_FORGETTABLE = frozenset({BreakerState.CLOSED})
+#: A breaker is forgotten only CLOSED: forgetting an OPEN or HALF_OPEN one would end its
+#: wait early for agents that had not been told (they call the failing service); an
+#: operator's states are kept.
+_FORGETTABLE = frozenset({BreakerState.CLOSED})
+#: States whose idle time starts only once they are over (when the breaker closes).
+_WAITING = frozenset({BreakerState.OPEN, BreakerState.HALF_OPEN})
 
 _log = logging.getLogger("mission_control.server.admission")
 
@@ -138,9 +141,8 @@ class ServiceAdmission:
             del self._per_agent[entry.agent]
 
     def idle(self) -> list[str]:
-        """Admitted names to forget now: not reported on for ``idle_secs`` and not in an
-        operator's state (an active service is reported on, even while OPEN: its rejected
-        calls are)."""
+        """Admitted names to forget now: CLOSED and not reported on for ``idle_secs``
+        (an OPEN or HALF_OPEN one starts idling when it closes; an operator's is kept)."""
         now = self.clock()
         out = self._given_up_endpoints()
         for name in self.breakers.names():  # breakers adopted from the store take a place
@@ -156,6 +158,9 @@ class ServiceAdmission:
                 self._drop(name)  # a policy covers it now: no place needed here
                 continue
             breaker = self.breakers.find(name)
+            if breaker is not None and breaker.state in _WAITING:
+                entry.last_seen = now
+                continue
             quiet = now - entry.last_seen >= self.limits.idle_secs
             # A follower has no breaker for a name it admitted (the leader does): it keeps
             # the place for idle_secs all the same, so its per-agent cap holds.
@@ -185,7 +190,7 @@ class ServiceAdmission:
                 continue
             for name in list(places.places):
                 breaker = self.breakers.find(name)
-                if breaker is not None and breaker.state not in _ENDPOINT_FORGETTABLE:
+                if breaker is not None and breaker.state not in _FORGETTABLE:
                     places.touch(name, now)  # its idle time starts when it is CLOSED again
             for name in places.idle(now, stored[0].endpoint_idle_secs):
                 places.drop(name)

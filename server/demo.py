@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
+from mission_control.client.config import policy_from_proto
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import policy_pb2
@@ -39,6 +40,8 @@ POLICIES = [
         failure_threshold=5,
         success_threshold=2,
         wait_duration_secs=2,
+        # outages here last seconds: a probe every 8 s at most finds the recovery soon
+        max_wait_duration_secs=8,
         rate_limit_requests=100000,
         fallbacks=["llm_backup"],
         backoff=policy_pb2.BackoffPolicy(initial_backoff_secs=0.02),
@@ -51,6 +54,7 @@ POLICIES = [
         failure_threshold=8,
         success_threshold=2,
         wait_duration_secs=1.5,
+        max_wait_duration_secs=6,
         rate_limit_requests=100000,
         backoff=policy_pb2.BackoffPolicy(initial_backoff_secs=0.01, jitter=0),
     ),
@@ -259,7 +263,10 @@ def _collect(
         agent_calls=[c for c in agent_calls if c["service"] != "agent_communication"],
         transitions=transitions,
         upstream_of={k: v for k, v in UPSTREAM_OF.items() if k != "agent_communication"},
-        wait_of={"llm_provider": 2.0, "storage_backend": 1.5},
+        # until a service has been up for its breaker's longest wait, the breaker cannot know
+        wait_of={
+            p.service: policy_from_proto(p).longest_wait() for p in POLICIES if p.service in UPSTREAM_OF
+        },
         has_fallback={"llm_provider": True},
         config_changes=config_changes,
     )
@@ -294,8 +301,10 @@ def _table(out: TextIO, results: dict[str, Any], duration: float, seed: int) -> 
     for name, value, target, met in rows:
         out.write(f"{name.ljust(width)}  {value:>9}  {target:>8}  {met}\n")
     out.write(
-        f"(detection from the first failed call of the outage; {results['faulted_calls']} calls hit by a "
-        f"fault; {results['false_positives']} false positives over {results['healthy_calls']} healthy calls; "
+        f"(detection from the first failed call of the outage; {results['outage_calls_reached']} of "
+        f"{results['outage_calls']} outage calls reached the failing upstream; "
+        f"{results['faulted_calls']} calls hit by a fault; "
+        f"{results['false_positives']} false positives over {results['healthy_calls']} healthy calls; "
         f"reload took {results['reload_seconds'] or 0:.3f}s)\n"
     )
     out.flush()

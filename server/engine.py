@@ -25,6 +25,9 @@ _log = logging.getLogger("mission_control.server.engine")
 #: How long an agent may hold an unused probe permit.
 PROBE_TTL_SECS = 5.0
 
+#: The longest wait a policy may set (a day): a stored wait beyond is not believed.
+_LONGEST_WAIT = 86400.0
+
 #: The Breaker message's counters are uint32: a count beyond is shown (and stored) as this.
 UINT32_MAX = 2**32 - 1
 
@@ -50,6 +53,15 @@ class _Demand:
             del self.last_seen[agent]
             self.served.pop(agent, None)
         return sorted(self.last_seen, key=lambda a: (self.served.get(a, -1e18), -self.last_seen[a]))
+
+
+def _stored_wait(record: pb.Breaker, policy: ServicePolicy) -> float:
+    """The wait a stored OPEN (or the OPEN before a stored HALF_OPEN) lasts: as stored (the
+    leader keeps it through policy changes, so must every replica), up to a day; the
+    policy's first wait when none is stored (a record of an earlier release) or it is not
+    a wait (written by hand)."""
+    wait = record.open_remaining.ToNanoseconds() / 1e9 if record.HasField("open_remaining") else 0.0
+    return min(wait, _LONGEST_WAIT) if wait > 0 else policy.wait_duration_secs
 
 
 class FleetBreakers:
@@ -136,10 +148,14 @@ class FleetBreakers:
         return self.record_of(self.get(name))
 
     def record_of(self, breaker: CircuitBreaker) -> bytes:
-        """What is stored in etcd: the breaker as protobuf JSON, without the
-        send-time-relative and revision fields."""
+        """What is stored in etcd: the breaker as protobuf JSON, without the revision, and
+        with ``open_remaining`` measured from ``opened_at`` (the whole wait of the OPEN, or
+        of the one before a HALF_OPEN) rather than from the time it was sent, so that
+        another replica or a restart keeps the expiry and grows the next wait from it."""
         message = self._message(breaker)
         message.ClearField("open_remaining")
+        if breaker.state in (BreakerState.OPEN, BreakerState.HALF_OPEN):
+            message.open_remaining.FromNanoseconds(int(breaker.wait * 1e9))
         message.ClearField("revision")
         text = json_format.MessageToJson(message, preserving_proto_field_name=True, indent=2)
         return text.encode()
@@ -187,6 +203,7 @@ class FleetBreakers:
         breaker.opened_at = (
             self._mono(record.opened_at.ToNanoseconds()) if record.HasField("opened_at") else None
         )
+        breaker.wait = _stored_wait(record, breaker.policy)
         if not (
             old is BreakerState.HALF_OPEN and breaker.state is old and breaker.generation == held_generation
         ):

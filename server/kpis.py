@@ -96,6 +96,13 @@ def time_to_detection(run: Run, service: str) -> float | None:
 
 
 def breaker_efficiency(run: Run, service: str) -> float | None:
+    calls, reached = outage_calls(run, service)
+    return (calls - reached) / calls if calls else None
+
+
+def outage_calls(run: Run, service: str) -> tuple[int, int]:
+    """Calls made to ``service`` during its hard outages, and how many of them reached the
+    failing upstream (what breaker efficiency is computed from)."""
     upstream = run.upstream_of[service]
     outages = [p for p in run.phases if p.upstream == upstream and p.mode == "fail"]
     reached = {c["id"] for c in run.upstream_calls.get(upstream, [])}
@@ -104,10 +111,7 @@ def breaker_efficiency(run: Run, service: str) -> float | None:
         for c in run.agent_calls
         if c["service"] == service and any(p.start <= c["t"] < p.end for p in outages)
     ]
-    if not calls:
-        return None
-    stopped = [c for c in calls if c["id"] not in reached]
-    return len(stopped) / len(calls)
+    return len(calls), sum(1 for c in calls if c["id"] in reached)
 
 
 def recovery_rate(run: Run) -> tuple[float | None, int]:
@@ -173,11 +177,14 @@ def compute(run: Run, outage_service: str) -> dict[str, Any]:
     recovery, faulted = recovery_rate(run)
     false_rate, false, healthy = false_positive_rate(run)
     reload, reload_s = reload_success(run)
+    outage = outage_calls(run, outage_service)
     return {
         "time_to_detection_s": time_to_detection(run, outage_service),
         "recovery_rate": recovery,
         "faulted_calls": faulted,
         "breaker_efficiency": breaker_efficiency(run, outage_service),
+        "outage_calls": outage[0],
+        "outage_calls_reached": outage[1],
         "false_positive_rate": false_rate,
         "false_positives": false,
         "healthy_calls": healthy,

@@ -83,6 +83,14 @@ def _slow_rule(p: Any) -> str:
     return f"{rule.rate_threshold:.0%} > {rule.duration_threshold_secs:g}s over {rule.window_secs:g}s"
 
 
+def _wait(p: Any) -> str:
+    """A policy's OPEN wait: ``2s`` or, when failed HALF_OPENs wait longer, ``2s x2 to 60s``."""
+    first = p.wait_duration_secs
+    if p.wait_duration_multiplier <= 1 or p.max_wait_duration_secs <= first:
+        return f"{first:g}s"
+    return f"{first:g}s x{p.wait_duration_multiplier:g} to {p.max_wait_duration_secs:g}s"
+
+
 def _when(ts: Any) -> str:
     if not ts.seconds and not ts.nanos:
         return "-"
@@ -243,7 +251,7 @@ class Operator:
                 f"{p.timeout_secs:g}s",
                 p.max_retries,
                 f"{p.failure_threshold}/{p.success_threshold}",
-                f"{p.wait_duration_secs:g}s",
+                _wait(p),
                 f"{p.rate_limit_requests}/{p.rate_limit_window_secs:g}s",
                 p.max_concurrent or "-",
                 ",".join(p.fallbacks) or "-",

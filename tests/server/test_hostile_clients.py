@@ -408,6 +408,9 @@ async def test_an_idle_breaker_no_policy_names_is_forgotten_in_memory_and_in_etc
     plane.breakers.record("a", pb.OutcomeSummary(service="passing-fad", failures=5))
     assert await plane.flush(timeout=10)
     assert await stored_breakers(etcd_server, prefix) == 1
+    assert plane.admission.idle() == []  # OPEN: kept until it has closed
+    plane.breakers.force("passing-fad", BreakerState.CLOSED, "recovered")
+    assert await plane.flush(timeout=10)
     assert plane.admission.idle() == ["passing-fad"]
     await plane.forget_breaker("passing-fad")
     assert plane.breakers.find("passing-fad") is None

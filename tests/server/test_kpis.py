@@ -70,6 +70,7 @@ def test_known_answers() -> None:
     assert kpis["time_to_detection_s"] == pytest.approx(12.0 - 10.1)
     # 20 calls into the outage, 4 reached the failing upstream
     assert kpis["breaker_efficiency"] == pytest.approx(16 / 20)
+    assert (kpis["outage_calls"], kpis["outage_calls_reached"]) == (20, 4)
     # 20 llm calls saved by the fallback + 1 storage call saved by a retry, of 22 savable
     assert kpis["faulted_calls"] == 22
     assert kpis["recovery_rate"] == pytest.approx(21 / 22)

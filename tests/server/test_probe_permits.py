@@ -121,7 +121,7 @@ def test_a_late_give_back_does_not_free_a_permit_of_a_later_half_open() -> None:
     fleet.request_probe("a", SERVICE)
     fleet.request_probe("b", SERVICE)
     fleet.record("b", summary(first, probe_failures=1))  # b's probe failed: OPEN again
-    clock.now += POLICY.wait_duration_secs
+    clock.now += fleet.get(SERVICE).open_remaining(clock.now)  # a longer wait than the first
     fleet.tick()
     second = fleet.get(SERVICE).generation
     assert fleet.request_probe("a", SERVICE) is not None and second > first

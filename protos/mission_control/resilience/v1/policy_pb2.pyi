@@ -349,6 +349,8 @@ class ServicePolicy(_message.Message):
     ENDPOINT_IDLE_SECS_FIELD_NUMBER: _builtins.int
     HEDGING_FIELD_NUMBER: _builtins.int
     FLEET_RETRY_BUDGET_FIELD_NUMBER: _builtins.int
+    WAIT_DURATION_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    MAX_WAIT_DURATION_SECS_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """The service (and breaker) this policy is for."""
     timeout_secs: _builtins.float
@@ -376,6 +378,13 @@ class ServicePolicy(_message.Message):
     the control plane each fleet.lease_secs (1 s without fleet); without a control plane
     each agent keeps the budget on its own. Default false.
     """
+    wait_duration_multiplier: _builtins.float
+    """Each HALF_OPEN whose probe fails opens the breaker again for this many times the
+    previous wait (an exponential wait in the OPEN state), until it closes. Default 2;
+    1 = every wait is wait_duration_secs.
+    """
+    max_wait_duration_secs: _builtins.float
+    """The longest such wait; never below wait_duration_secs. Default 60 s."""
     @_builtins.property
     def backoff(self) -> Global___BackoffPolicy: ...
     @_builtins.property
@@ -447,10 +456,12 @@ class ServicePolicy(_message.Message):
         endpoint_idle_secs: _builtins.float | None = ...,
         hedging: Global___HedgingPolicy | None = ...,
         fleet_retry_budget: _builtins.bool | None = ...,
+        wait_duration_multiplier: _builtins.float | None = ...,
+        max_wait_duration_secs: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_endpoint_idle_secs", b"_endpoint_idle_secs", "_failure_threshold", b"_failure_threshold", "_fleet_retry_budget", b"_fleet_retry_budget", "_idempotent", b"_idempotent", "_max_concurrent", b"_max_concurrent", "_max_endpoints", b"_max_endpoints", "_max_retries", b"_max_retries", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "endpoint_idle_secs", b"endpoint_idle_secs", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fleet", b"fleet", "fleet_retry_budget", b"fleet_retry_budget", "hedging", b"hedging", "idempotent", b"idempotent", "max_concurrent", b"max_concurrent", "max_endpoints", b"max_endpoints", "max_retries", b"max_retries", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "retry_budget", b"retry_budget", "slow_call", b"slow_call", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_endpoint_idle_secs", b"_endpoint_idle_secs", "_failure_threshold", b"_failure_threshold", "_fleet_retry_budget", b"_fleet_retry_budget", "_idempotent", b"_idempotent", "_max_concurrent", b"_max_concurrent", "_max_endpoints", b"_max_endpoints", "_max_retries", b"_max_retries", "_max_wait_duration_secs", b"_max_wait_duration_secs", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_multiplier", b"_wait_duration_multiplier", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "endpoint_idle_secs", b"endpoint_idle_secs", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fleet", b"fleet", "fleet_retry_budget", b"fleet_retry_budget", "hedging", b"hedging", "idempotent", b"idempotent", "max_concurrent", b"max_concurrent", "max_endpoints", b"max_endpoints", "max_retries", b"max_retries", "max_wait_duration_secs", b"max_wait_duration_secs", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "retry_budget", b"retry_budget", "slow_call", b"slow_call", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_multiplier", b"wait_duration_multiplier", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_endpoint_idle_secs", b"_endpoint_idle_secs", "_failure_threshold", b"_failure_threshold", "_fleet_retry_budget", b"_fleet_retry_budget", "_idempotent", b"_idempotent", "_max_concurrent", b"_max_concurrent", "_max_endpoints", b"_max_endpoints", "_max_retries", b"_max_retries", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "endpoint_idle_secs", b"endpoint_idle_secs", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fallbacks", b"fallbacks", "fleet", b"fleet", "fleet_retry_budget", b"fleet_retry_budget", "hedging", b"hedging", "idempotent", b"idempotent", "ignore_errors", b"ignore_errors", "max_concurrent", b"max_concurrent", "max_endpoints", b"max_endpoints", "max_retries", b"max_retries", "quotas", b"quotas", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "record_errors", b"record_errors", "reporters", b"reporters", "retry_budget", b"retry_budget", "retryable_codes", b"retryable_codes", "service", b"service", "slow_call", b"slow_call", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_endpoint_idle_secs", b"_endpoint_idle_secs", "_failure_threshold", b"_failure_threshold", "_fleet_retry_budget", b"_fleet_retry_budget", "_idempotent", b"_idempotent", "_max_concurrent", b"_max_concurrent", "_max_endpoints", b"_max_endpoints", "_max_retries", b"_max_retries", "_max_wait_duration_secs", b"_max_wait_duration_secs", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_multiplier", b"_wait_duration_multiplier", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "endpoint_idle_secs", b"endpoint_idle_secs", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fallbacks", b"fallbacks", "fleet", b"fleet", "fleet_retry_budget", b"fleet_retry_budget", "hedging", b"hedging", "idempotent", b"idempotent", "ignore_errors", b"ignore_errors", "max_concurrent", b"max_concurrent", "max_endpoints", b"max_endpoints", "max_retries", b"max_retries", "max_wait_duration_secs", b"max_wait_duration_secs", "quotas", b"quotas", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "record_errors", b"record_errors", "reporters", b"reporters", "retry_budget", b"retry_budget", "retryable_codes", b"retryable_codes", "service", b"service", "slow_call", b"slow_call", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_multiplier", b"wait_duration_multiplier", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__endpoint_idle_secs: _TypeAlias = _typing.Literal["endpoint_idle_secs"]  # noqa: Y015
     _WhichOneofArgType__endpoint_idle_secs: _TypeAlias = _typing.Literal["_endpoint_idle_secs", b"_endpoint_idle_secs"]  # noqa: Y015
@@ -466,6 +477,8 @@ class ServicePolicy(_message.Message):
     _WhichOneofArgType__max_endpoints: _TypeAlias = _typing.Literal["_max_endpoints", b"_max_endpoints"]  # noqa: Y015
     _WhichOneofReturnType__max_retries: _TypeAlias = _typing.Literal["max_retries"]  # noqa: Y015
     _WhichOneofArgType__max_retries: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries"]  # noqa: Y015
+    _WhichOneofReturnType__max_wait_duration_secs: _TypeAlias = _typing.Literal["max_wait_duration_secs"]  # noqa: Y015
+    _WhichOneofArgType__max_wait_duration_secs: _TypeAlias = _typing.Literal["_max_wait_duration_secs", b"_max_wait_duration_secs"]  # noqa: Y015
     _WhichOneofReturnType__rate_limit_requests: _TypeAlias = _typing.Literal["rate_limit_requests"]  # noqa: Y015
     _WhichOneofArgType__rate_limit_requests: _TypeAlias = _typing.Literal["_rate_limit_requests", b"_rate_limit_requests"]  # noqa: Y015
     _WhichOneofReturnType__rate_limit_window_secs: _TypeAlias = _typing.Literal["rate_limit_window_secs"]  # noqa: Y015
@@ -474,6 +487,8 @@ class ServicePolicy(_message.Message):
     _WhichOneofArgType__success_threshold: _TypeAlias = _typing.Literal["_success_threshold", b"_success_threshold"]  # noqa: Y015
     _WhichOneofReturnType__timeout_secs: _TypeAlias = _typing.Literal["timeout_secs"]  # noqa: Y015
     _WhichOneofArgType__timeout_secs: _TypeAlias = _typing.Literal["_timeout_secs", b"_timeout_secs"]  # noqa: Y015
+    _WhichOneofReturnType__wait_duration_multiplier: _TypeAlias = _typing.Literal["wait_duration_multiplier"]  # noqa: Y015
+    _WhichOneofArgType__wait_duration_multiplier: _TypeAlias = _typing.Literal["_wait_duration_multiplier", b"_wait_duration_multiplier"]  # noqa: Y015
     _WhichOneofReturnType__wait_duration_secs: _TypeAlias = _typing.Literal["wait_duration_secs"]  # noqa: Y015
     _WhichOneofArgType__wait_duration_secs: _TypeAlias = _typing.Literal["_wait_duration_secs", b"_wait_duration_secs"]  # noqa: Y015
     @_typing.overload
@@ -491,6 +506,8 @@ class ServicePolicy(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_retries) -> _WhichOneofReturnType__max_retries | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_wait_duration_secs) -> _WhichOneofReturnType__max_wait_duration_secs | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__rate_limit_requests) -> _WhichOneofReturnType__rate_limit_requests | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__rate_limit_window_secs) -> _WhichOneofReturnType__rate_limit_window_secs | None: ...
@@ -498,6 +515,8 @@ class ServicePolicy(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__success_threshold) -> _WhichOneofReturnType__success_threshold | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__timeout_secs) -> _WhichOneofReturnType__timeout_secs | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__wait_duration_multiplier) -> _WhichOneofReturnType__wait_duration_multiplier | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__wait_duration_secs) -> _WhichOneofReturnType__wait_duration_secs | None: ...
 
