@@ -4,6 +4,7 @@ for any call that is not gRPC (an LLM's HTTP API, DuckDB, object storage)."""
 from __future__ import annotations
 
 import functools
+import inspect
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from .guard import Guard
 from .outcomes import Outcomes
 from .policy import ServicePolicy, endpoint_problem
 from .spool import WriteSpool
+from .spool_aio import AsyncWriteSpool
 from .telemetry import Telemetry, telemetry_from_env
 from .view import LocalView
 
@@ -110,7 +112,7 @@ class MissionControl:
                 self._breaker_states,
             )
         self.connection: ControlPlaneConnection | None = None
-        self._spools: list[WriteSpool] = []
+        self._spools: list[WriteSpool | AsyncWriteSpool] = []
         if control_plane:
             endpoints = [control_plane] if isinstance(control_plane, str) else list(control_plane)
             self.connection = ControlPlaneConnection(
@@ -240,7 +242,8 @@ class MissionControl:
                 calls go by the service's breaker. ``fallbacks`` may name endpoints.
             spool: a local directory where writes the service cannot take now are kept
                 and made later, in order (see :mod:`mission_control.client.spool`); for a
-                sync decorated function whose arguments are JSON values or bytes. A
+                decorated function (sync, or ``async def``: replayed by an asyncio task,
+                the disk written off the loop) whose arguments are JSON values or bytes. A
                 spooled write returns a :class:`~mission_control.client.spool.Spooled`.
             spool_max_writes / spool_max_bytes: the spool's bound; a write beyond it is
                 dropped (counted) and the caller gets the service's error.
@@ -283,8 +286,9 @@ class MissionControl:
         idempotent: bool,
         function: str,
         call: Callable[[tuple[Any, ...], dict[str, Any]], Any],
-    ) -> WriteSpool:
-        spool = WriteSpool(
+    ) -> WriteSpool | AsyncWriteSpool:
+        kind_of_spool = AsyncWriteSpool if inspect.iscoroutinefunction(call) else WriteSpool
+        spool = kind_of_spool(
             directory,
             service=service,
             function=function,

@@ -1,0 +1,204 @@
+"""The write spool of an ``async def`` write function: the rules of :mod:`.spool`, the same
+journal and record format, and an asyncio task instead of a thread for the replay.
+
+The event loop never waits on the disk: every journal operation that fsyncs (an append,
+a done mark) runs on the spool's own single I/O thread, one after another in the order
+they were asked for, while the loop serves other tasks. Writes are kept in the order the
+callers reached the spool: an ``asyncio.Condition`` is held across the append, so a later
+write cannot be appended before an earlier one.
+
+The replay task starts on the running loop when the function is decorated inside it, or
+at the first write, or at :meth:`AsyncWriteSpool.start` (call it once the loop runs, to
+replay what a previous process left when no new write comes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .spool_common import (
+    JOURNAL_REFUSALS,
+    MAX_REPLAY_BACKOFF,
+    NOT_SPOOLED_NOTE,
+    SpoolCore,
+    Spooled,
+    encode_write,
+    writing,
+)
+from .write_attempts import WriteAttempts, tracking
+
+__all__ = ["AsyncWriteSpool"]
+
+_log = logging.getLogger("mission_control.client.spool")
+
+T = TypeVar("T")
+
+
+class AsyncWriteSpool(SpoolCore):
+    """The spool of one protected ``async def`` write function (see the module's rules).
+
+    Args:
+        call: makes one write under the service's policy: ``await call(args, kwargs)``.
+        the rest: as :class:`~.spool_common.SpoolCore`.
+    """
+
+    def __init__(
+        self, directory: str | Path, *, call: Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]],
+        **options: Any,
+    ) -> None:  # fmt: skip
+        super().__init__(directory, **options)
+        self._call = call
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"spool-{self.service}")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed: asyncio.Condition | None = None  # the spool emptied, or a replay failed
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        with contextlib.suppress(RuntimeError):  # no running loop yet: the first write starts it
+            self.start()
+
+    def start(self) -> None:
+        """Start the replay task on the running loop (once; a no-op after that).
+
+        Raises:
+            RuntimeError: no event loop is running in this thread.
+        """
+        loop = asyncio.get_running_loop()
+        if self._task is not None and self._loop is loop and not self._task.done():
+            return
+        if self._closed:
+            raise RuntimeError(f"spool {self.journal.directory} is closed")
+        self._loop = loop
+        self._changed = asyncio.Condition()
+        self._wake = asyncio.Event()
+        self._task = loop.create_task(self._replay_loop(), name=f"spool-{self.service}")
+
+    async def _on_disk(self, operation: Callable[..., T], *args: Any) -> T:
+        """Run a journal operation on the I/O thread, off the loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._io, operation, *args)
+
+    # -- the caller's writes ---------------------------------------------------------
+
+    async def write(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Make the write now, or spool it; returns its result or a :class:`Spooled`."""
+        self.start()
+        assert self._changed is not None
+        write_id = uuid.uuid4().hex
+        payload = encode_write(write_id, self.function, args, kwargs)  # fails before any call
+        async with self._changed:
+            if len(self.journal) and self._open_for() <= 0:
+                await self._wait_for_drain()
+            if len(self.journal):
+                return await self._keep(write_id, payload, "earlier writes are waiting in the spool", None)
+        attempts = WriteAttempts()
+        try:
+            with writing(write_id), tracking(attempts):
+                return await self._call(args, kwargs)
+        except Exception as exc:
+            if not self._service_failed(exc):
+                raise
+            if attempts.maybe_applied and not self._idempotent:
+                exc.add_note(NOT_SPOOLED_NOTE)
+                raise
+            async with self._changed:
+                return await self._keep(write_id, payload, str(exc), exc)
+
+    async def _wait_for_drain(self) -> None:
+        """As the sync spool: wait (up to the policy's timeout) for the replay to empty the
+        spool, so that new writes do not join it while it drains."""
+        assert self._changed is not None
+        failures = self._replay_failures
+        ready = lambda: not len(self.journal) or failures != self._replay_failures or self._closed  # noqa: E731
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait_for(ready), timeout=self._drain_wait())
+
+    async def _keep(self, write_id: str, payload: bytes, reason: str, error: Exception | None) -> Spooled:
+        """Append (fsync'd, off the loop) while holding the condition: order is kept."""
+        try:
+            seq = await self._on_disk(self._append, payload)
+        except JOURNAL_REFUSALS as full:
+            raise self._refused(full, reason) from error
+        assert self._wake is not None
+        self._wake.set()
+        return self._kept(write_id, seq, reason)
+
+    # -- replay ----------------------------------------------------------------------
+
+    async def _replay_loop(self) -> None:
+        backoff = self._pause
+        while not self._closed:
+            try:
+                await self._replay_step()
+                backoff = self._pause
+            except Exception:  # a disk operation failed: the replayer must outlive it
+                where = self.journal.directory
+                _log.exception("spool %s: replay failed; trying again in %.1fs", where, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_REPLAY_BACKOFF)
+
+    async def _replay_step(self) -> None:
+        assert self._wake is not None and self._changed is not None
+        if self._unmarked is not None:
+            await self._finish(*self._unmarked)  # before anything else: the write is not made twice
+            return
+        record = self.journal.first()
+        if record is None:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            return
+        wait = self._open_for()
+        if wait > 0:
+            await asyncio.sleep(min(wait, 1.0))
+            return
+        if not await self._replay(record.seq, record.payload):
+            async with self._changed:
+                self._replay_failures += 1  # the service is failing again: stop holding writes
+                self._changed.notify_all()
+            await asyncio.sleep(self._pause)
+
+    async def _finish(self, seq: int, outcome: str) -> None:
+        """Mark ``seq`` done (off the loop) and count it."""
+        assert self._changed is not None
+        await self._on_disk(self._mark, seq, outcome)
+        if not len(self.journal):
+            async with self._changed:
+                self._changed.notify_all()
+        self._counted(outcome)
+
+    async def _replay(self, seq: int, payload: bytes) -> bool:
+        """Make one spooled write; False when the service failed it (try again later)."""
+        write = self._unmakeable(seq, payload)
+        if isinstance(write, str):
+            return await self._drop(seq, write)
+        write_id, args, kwargs = write
+        try:
+            with writing(write_id):
+                await self._call(args, kwargs)
+        except Exception as exc:
+            if self._service_failed(exc):
+                return False
+            return await self._drop(seq, f"the write failed with the caller's error {exc!r}")
+        await self._finish(seq, "replayed")
+        return True
+
+    async def _drop(self, seq: int, why: str) -> bool:
+        self._dropping(seq, why)
+        await self._finish(seq, "dropped")
+        return True
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop replaying (what is left stays on disk for the next process); from any thread."""
+        self._closed = True
+        task, loop = self._task, self._loop
+        if task is not None and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(task.cancel)
+        self._io.submit(self.journal.close)  # after any journal operation already asked for
+        self._io.shutdown(wait=True, cancel_futures=False)
