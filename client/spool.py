@@ -137,17 +137,20 @@ class WriteSpool(SpoolCore):
         with self._lock:
             record = self.journal.first()
         if record is None:
+            self._sync_marks()
             self._wake.wait(1.0)
             self._wake.clear()
             return
         wait = self._open_for()
         if wait > 0:
+            self._sync_marks()
             self._stop.wait(min(wait, 1.0))
             return
         if not self._replay(record.seq, record.payload):
             with self._lock:
                 self._replay_failures += 1  # the service is failing again: stop holding writes
                 self._drained.notify_all()
+            self._sync_marks()
             self._stop.wait(self._pause)
 
     def _finish(self, seq: int, outcome: str) -> None:
@@ -157,6 +160,7 @@ class WriteSpool(SpoolCore):
             if not len(self.journal):
                 self._drained.notify_all()
         self._counted(outcome)
+        self._sync_marks(unless_draining=True)
 
     def _replay(self, seq: int, payload: bytes) -> bool:
         """Make one spooled write; False when the service failed it (try again later)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -138,6 +139,8 @@ class AsyncWriteSpool(SpoolCore):
                 await self._replay_step()
                 backoff = self._pause
             except Exception:  # a disk operation failed: the replayer must outlive it
+                if self._closed:
+                    return
                 where = self.journal.directory
                 _log.exception("spool %s: replay failed; trying again in %.1fs", where, backoff)
                 await asyncio.sleep(backoff)
@@ -150,18 +153,21 @@ class AsyncWriteSpool(SpoolCore):
             return
         record = self.journal.first()
         if record is None:
+            await self._on_disk(self._sync_marks)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
             return
         wait = self._open_for()
         if wait > 0:
+            await self._on_disk(self._sync_marks)
             await asyncio.sleep(min(wait, 1.0))
             return
         if not await self._replay(record.seq, record.payload):
             async with self._changed:
                 self._replay_failures += 1  # the service is failing again: stop holding writes
                 self._changed.notify_all()
+            await self._on_disk(self._sync_marks)
             await asyncio.sleep(self._pause)
 
     async def _finish(self, seq: int, outcome: str) -> None:
@@ -172,6 +178,7 @@ class AsyncWriteSpool(SpoolCore):
             async with self._changed:
                 self._changed.notify_all()
         self._counted(outcome)
+        await self._on_disk(functools.partial(self._sync_marks, unless_draining=True))
 
     async def _replay(self, seq: int, payload: bytes) -> bool:
         """Make one spooled write; False when the service failed it (try again later)."""

@@ -23,6 +23,11 @@ __all__ = ["SpoolCore", "Spooled", "current_write_id", "decode_write", "encode_w
 
 _log = logging.getLogger("mission_control.client.spool")
 
+#: Done marks written between two fsyncs of them while the spool drains: after a power
+#: loss (not a kill: a written mark survives that) at most this many replayed writes are
+#: made again.
+SYNC_MARKS_EVERY = 32
+
 #: The longest wait of a replayer between tries after a disk operation failed.
 MAX_REPLAY_BACKOFF = 5.0
 
@@ -180,6 +185,7 @@ class SpoolCore:
             self.dropped += self.journal.corrupt
             count(0, 0, self.journal.corrupt)
         self._unmarked: tuple[int, str] | None = None  # made or dropped, its done mark not written
+        self._marks_unsynced = 0
         self._stalled: str | None = None
 
     def __len__(self) -> int:
@@ -219,18 +225,35 @@ class SpoolCore:
 
     def _mark(self, seq: int, outcome: str) -> None:
         """Mark ``seq`` done (a blocking disk write); when it fails, hand out no receipts
-        until it is written (the journal would make the write again) and raise."""
+        until it is written (the journal would make the write again) and raise.
+
+        The mark is written at once (a kill keeps it); :meth:`_sync_marks` fsyncs it."""
         try:
-            self.journal.mark_done(seq)
+            self.journal.mark_done(seq, sync=False)
         except OSError as exc:
             self._unmarked = (seq, outcome)
             self._stalled = f"write #{seq} was {outcome} but could not be marked done ({exc})"
             raise
         self._unmarked = self._stalled = None
+        self._marks_unsynced += 1
         if outcome == "replayed":
             self.replayed += 1
         else:
             self.dropped += 1
+
+    def _sync_marks(self, *, unless_draining: bool = False) -> None:
+        """fsync the done marks written so far (a blocking disk write). ``unless_draining``:
+        not while the spool drains and fewer than :data:`SYNC_MARKS_EVERY` wait for it, so
+        the replay does not pay an fsync per write.
+
+        Raises:
+            OSError: the fsync failed (tried again at the next call).
+        """
+        if unless_draining and len(self.journal) and self._marks_unsynced < SYNC_MARKS_EVERY:
+            return
+        if self._marks_unsynced:
+            self.journal.sync_done()
+            self._marks_unsynced = 0
 
     def _counted(self, outcome: str) -> None:
         self._count(0, int(outcome == "replayed"), int(outcome == "dropped"))
