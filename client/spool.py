@@ -27,9 +27,11 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .journal import Record
 from .spool_common import (
     JOURNAL_REFUSALS,
     MAX_REPLAY_BACKOFF,
@@ -65,6 +67,7 @@ class WriteSpool(SpoolCore):
         self._drained = threading.Condition(self._lock)  # the spool emptied, or replay failed
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._workers: ThreadPoolExecutor | None = None  # for writes replayed at once
         self._thread = threading.Thread(target=self._replay_loop, name=f"spool-{self.service}", daemon=True)
         self._thread.start()
 
@@ -131,12 +134,12 @@ class WriteSpool(SpoolCore):
                 backoff = min(backoff * 2, MAX_REPLAY_BACKOFF)
 
     def _replay_step(self) -> None:
-        if self._unmarked is not None:
-            self._finish(*self._unmarked)  # before anything else: the write is not made twice
+        if self._unsettled():
+            self._finish()  # before anything else: the writes are not made twice
             return
         with self._lock:
-            record = self.journal.first()
-        if record is None:
+            batch = self._to_replay()
+        if not batch:
             self._sync_marks()
             self._wake.wait(1.0)
             self._wake.clear()
@@ -146,42 +149,50 @@ class WriteSpool(SpoolCore):
             self._sync_marks()
             self._stop.wait(min(wait, 1.0))
             return
-        if not self._replay(record.seq, record.payload):
+        outcomes = self._make_all(batch)
+        with self._lock:
+            self._made.update((r.seq, o) for r, o in zip(batch, outcomes, strict=True) if o)
+        self._finish()
+        if None in outcomes:
             with self._lock:
                 self._replay_failures += 1  # the service is failing again: stop holding writes
                 self._drained.notify_all()
             self._sync_marks()
             self._stop.wait(self._pause)
 
-    def _finish(self, seq: int, outcome: str) -> None:
-        """Mark ``seq`` done and count it (see :meth:`SpoolCore._mark`)."""
+    def _make_all(self, batch: list[Record]) -> list[str | None]:
+        if len(batch) == 1:
+            return [self._make(batch[0])]
+        if self._workers is None:
+            self._workers = ThreadPoolExecutor(self._parallel, thread_name_prefix=f"spool-{self.service}")
+        return list(self._workers.map(self._make, batch))
+
+    def _finish(self) -> None:
+        """Mark done and count the writes made (see :meth:`SpoolCore._settle`)."""
         with self._lock:
-            self._mark(seq, outcome)
+            outcomes = self._settle()
             if not len(self.journal):
                 self._drained.notify_all()
-        self._counted(outcome)
+        self._counted(outcomes)
         self._sync_marks(unless_draining=True)
 
-    def _replay(self, seq: int, payload: bytes) -> bool:
-        """Make one spooled write; False when the service failed it (try again later)."""
-        write = self._unmakeable(seq, payload)
+    def _make(self, record: Record) -> str | None:
+        """Make one spooled write: "replayed", "dropped" (it can never be made), or None
+        when the service failed it (tried again later)."""
+        write = self._unmakeable(record.seq, record.payload)
         if isinstance(write, str):
-            return self._drop(seq, write)
+            self._dropping(record.seq, write)
+            return "dropped"
         write_id, args, kwargs = write
         try:
             with writing(write_id):
                 self._call(args, kwargs)
         except Exception as exc:
             if self._service_failed(exc):
-                return False
-            return self._drop(seq, f"the write failed with the caller's error {exc!r}")
-        self._finish(seq, "replayed")
-        return True
-
-    def _drop(self, seq: int, why: str) -> bool:
-        self._dropping(seq, why)
-        self._finish(seq, "dropped")
-        return True
+                return None
+            self._dropping(record.seq, f"the write failed with the caller's error {exc!r}")
+            return "dropped"
+        return "replayed"
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop replaying (what is left stays on disk for the next process)."""
@@ -190,5 +201,7 @@ class WriteSpool(SpoolCore):
         with self._lock:
             self._drained.notify_all()
         self._thread.join(timeout)
+        if self._workers is not None:
+            self._workers.shutdown(wait=False)
         with self._lock:
             self.journal.close()

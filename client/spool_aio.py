@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .journal import Record
 from .spool_common import (
     JOURNAL_REFUSALS,
     MAX_REPLAY_BACKOFF,
@@ -148,11 +149,11 @@ class AsyncWriteSpool(SpoolCore):
 
     async def _replay_step(self) -> None:
         assert self._wake is not None and self._changed is not None
-        if self._unmarked is not None:
-            await self._finish(*self._unmarked)  # before anything else: the write is not made twice
+        if self._unsettled():
+            await self._finish()  # before anything else: the writes are not made twice
             return
-        record = self.journal.first()
-        if record is None:
+        batch = self._to_replay()
+        if not batch:
             await self._on_disk(self._sync_marks)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -163,43 +164,43 @@ class AsyncWriteSpool(SpoolCore):
             await self._on_disk(self._sync_marks)
             await asyncio.sleep(min(wait, 1.0))
             return
-        if not await self._replay(record.seq, record.payload):
+        outcomes = await asyncio.gather(*(self._make(record) for record in batch))
+        self._made.update((r.seq, o) for r, o in zip(batch, outcomes, strict=True) if o)
+        await self._finish()
+        if None in outcomes:
             async with self._changed:
                 self._replay_failures += 1  # the service is failing again: stop holding writes
                 self._changed.notify_all()
             await self._on_disk(self._sync_marks)
             await asyncio.sleep(self._pause)
 
-    async def _finish(self, seq: int, outcome: str) -> None:
-        """Mark ``seq`` done (off the loop) and count it."""
+    async def _finish(self) -> None:
+        """Mark done (off the loop) and count the writes made."""
         assert self._changed is not None
-        await self._on_disk(self._mark, seq, outcome)
+        outcomes = await self._on_disk(self._settle)
         if not len(self.journal):
             async with self._changed:
                 self._changed.notify_all()
-        self._counted(outcome)
+        self._counted(outcomes)
         await self._on_disk(functools.partial(self._sync_marks, unless_draining=True))
 
-    async def _replay(self, seq: int, payload: bytes) -> bool:
-        """Make one spooled write; False when the service failed it (try again later)."""
-        write = self._unmakeable(seq, payload)
+    async def _make(self, record: Record) -> str | None:
+        """Make one spooled write: "replayed", "dropped" (it can never be made), or None
+        when the service failed it (tried again later)."""
+        write = self._unmakeable(record.seq, record.payload)
         if isinstance(write, str):
-            return await self._drop(seq, write)
+            self._dropping(record.seq, write)
+            return "dropped"
         write_id, args, kwargs = write
         try:
             with writing(write_id):
                 await self._call(args, kwargs)
         except Exception as exc:
             if self._service_failed(exc):
-                return False
-            return await self._drop(seq, f"the write failed with the caller's error {exc!r}")
-        await self._finish(seq, "replayed")
-        return True
-
-    async def _drop(self, seq: int, why: str) -> bool:
-        self._dropping(seq, why)
-        await self._finish(seq, "dropped")
-        return True
+                return None
+            self._dropping(record.seq, f"the write failed with the caller's error {exc!r}")
+            return "dropped"
+        return "replayed"
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop replaying (what is left stays on disk for the next process); from any thread."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ResourceExhausted
-from .journal import Journal, JournalBroken, JournalFull
+from .journal import Journal, JournalBroken, JournalFull, Record
 from .outcomes import DEFAULT, Counts, Outcomes, classify, kind_of
 
 __all__ = ["SpoolCore", "Spooled", "current_write_id", "decode_write", "encode_write"]
@@ -161,6 +161,10 @@ class SpoolCore:
             reached the service (see :mod:`.write_attempts`).
         drain_wait: how long a new write may wait for the replayer to empty the spool
             while the service serves (the policy's timeout), before it is spooled.
+        parallel: writes replayed at once. 1 (the default) makes them one after another,
+            in order; more is for writes whose order does not matter to the upstream: up
+            to that many are in flight, and a process killed while they are may make each
+            of them again (see the spool's guarantee).
     """
 
     def __init__(
@@ -168,7 +172,10 @@ class SpoolCore:
         count: Callable[[int, int, int], None], outcomes: Outcomes | None = None,
         kind: str | None = None, max_writes: int = 10_000, max_bytes: int = 64 * 1024 * 1024,
         pause: float = 0.2, idempotent: bool = False, drain_wait: Callable[[], float] = lambda: 0.0,
+        parallel: int = 1,
     ) -> None:  # fmt: skip
+        if parallel < 1:
+            raise ValueError(f"spool_replay_parallel must be 1 or more, not {parallel}")
         self.journal = Journal(directory, max_records=max_writes, max_bytes=max_bytes)
         self.service = service
         self.function = function
@@ -184,7 +191,8 @@ class SpoolCore:
         if self.journal.corrupt:  # kept, then lost on disk: they will never be made
             self.dropped += self.journal.corrupt
             count(0, 0, self.journal.corrupt)
-        self._unmarked: tuple[int, str] | None = None  # made or dropped, its done mark not written
+        self._parallel = parallel
+        self._made: dict[int, str] = {}  # seq -> "replayed" / "dropped", not marked done yet
         self._marks_unsynced = 0
         self._stalled: str | None = None
 
@@ -223,23 +231,45 @@ class SpoolCore:
         refused.add_note(f"not spooled: {full}; the write was not made ({reason})")
         return refused
 
-    def _mark(self, seq: int, outcome: str) -> None:
-        """Mark ``seq`` done (a blocking disk write); when it fails, hand out no receipts
-        until it is written (the journal would make the write again) and raise.
+    def _to_replay(self) -> list[Record]:
+        """The oldest waiting writes not made yet: one, or up to ``parallel``."""
+        batch: list[Record] = []
+        for record in self.journal.pending():
+            if record.seq not in self._made:
+                batch.append(record)
+                if len(batch) >= self._parallel:
+                    break
+        return batch
+
+    def _unsettled(self) -> bool:
+        """The oldest waiting write was made (or dropped) but is not marked done yet."""
+        first = self.journal.first()
+        return first is not None and first.seq in self._made
+
+    def _settle(self) -> list[str]:
+        """Mark done (a blocking disk write) the writes made or dropped that no waiting
+        write comes before; their outcomes. When the mark fails, hand out no receipts until
+        it is written (the journal would make the writes again) and raise.
 
         The mark is written at once (a kill keeps it); :meth:`_sync_marks` fsyncs it."""
+        last = None
+        for record in self.journal.pending():
+            if record.seq not in self._made:
+                break
+            last = record.seq
+        if last is None:
+            return []
         try:
-            self.journal.mark_done(seq, sync=False)
+            self.journal.mark_done(last, sync=False)
         except OSError as exc:
-            self._unmarked = (seq, outcome)
-            self._stalled = f"write #{seq} was {outcome} but could not be marked done ({exc})"
+            self._stalled = f"write #{last} was made but could not be marked done ({exc})"
             raise
-        self._unmarked = self._stalled = None
+        self._stalled = None
+        outcomes = [self._made.pop(seq) for seq in sorted(self._made) if seq <= last]
         self._marks_unsynced += 1
-        if outcome == "replayed":
-            self.replayed += 1
-        else:
-            self.dropped += 1
+        self.replayed += outcomes.count("replayed")
+        self.dropped += outcomes.count("dropped")
+        return outcomes
 
     def _sync_marks(self, *, unless_draining: bool = False) -> None:
         """fsync the done marks written so far (a blocking disk write). ``unless_draining``:
@@ -255,8 +285,9 @@ class SpoolCore:
             self.journal.sync_done()
             self._marks_unsynced = 0
 
-    def _counted(self, outcome: str) -> None:
-        self._count(0, int(outcome == "replayed"), int(outcome == "dropped"))
+    def _counted(self, outcomes: list[str]) -> None:
+        if outcomes:
+            self._count(0, outcomes.count("replayed"), outcomes.count("dropped"))
 
     def _unmakeable(self, seq: int, payload: bytes) -> tuple[str, tuple[Any, ...], dict[str, Any]] | str:
         """The write to replay (id, args, kwargs), or why it can never be made."""
