@@ -139,3 +139,26 @@ def test_a_kill_9_in_the_middle_of_replaying_makes_at_most_one_write_twice(
         assert list(dict.fromkeys(applied))[: len(printed)] == printed
     finally:
         third.kill()
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+def test_a_kill_9_while_replaying_in_parallel_makes_at_most_the_writes_in_flight_twice(
+    tmp_path: Path, ledger: tuple[Ledger, str], agent: str
+) -> None:
+    upstream, address = ledger
+    spool = str(tmp_path / "spool")
+    printed = spool_during_outage(upstream, address, spool, agent)
+    upstream.SetMode(pb.SetModeRequest(mode="slow", delay_secs=0.02), None)
+    second = python(agent, spool, address, "4")
+    second.wait_for('{"ready"', timeout=60)
+    assert poll(lambda: len(upstream.applied) >= 10)
+    second.kill()  # with up to 4 replays in flight
+    third = python(agent, spool, address, "4")
+    try:
+        third.wait_for('{"ready"', timeout=60)
+        drain(third)
+        counts = Counter(upstream.applied)
+        assert set(printed) <= set(counts)  # at least once, order aside
+        assert sum(counts.values()) - len(counts) <= 4, counts.most_common(5)
+    finally:
+        third.kill()

@@ -1,7 +1,7 @@
 """The agent of :mod:`tests.support.spool_agent` with an ``async def`` write through a
 ``grpc.aio`` stub: its spool is replayed by an asyncio task. Same commands, same output.
 
-    python -m tests.support.spool_agent_aio SPOOL_DIR UPSTREAM
+    python -m tests.support.spool_agent_aio SPOOL_DIR UPSTREAM [PARALLEL]
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from tests.support import echo_pb2_grpc as pb_grpc
 
 async def main() -> None:
     spool_dir, upstream = sys.argv[1:3]
+    parallel = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     stub = pb_grpc.EchoServiceStub(grpc.aio.insecure_channel(upstream))
     mc = MissionControl("spool-agent").start()
 
-    @mc.guard("storage_backend", spool=spool_dir)
+    @mc.guard("storage_backend", spool=spool_dir, spool_replay_parallel=parallel)
     async def save(key: str) -> str:
         answer = await stub.Echo(pb.EchoRequest(text=f"{current_write_id()}"), timeout=5)
         return answer.text  # type: ignore[no-any-return]
