@@ -9,6 +9,7 @@ does not change).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import tempfile
@@ -72,9 +73,9 @@ class _Fsyncs:
 
     def __init__(self) -> None:
         self.count = 0
-        self._real = os.fsync
+        self._real: Callable[[Any], None] = os.fsync
 
-    def _fsync(self, fd: int) -> None:
+    def _fsync(self, fd: Any) -> None:
         self.count += 1
         self._real(fd)
 
@@ -106,15 +107,52 @@ def sync_case(address: str, n: int, delay: float, **options: Any) -> tuple[float
     return _rate(address, n), fsyncs.count / n
 
 
+def async_case(address: str, n: int, delay: float, **options: Any) -> tuple[float, float]:
+    """Replay writes/s of an async guard's spool (a grpc.aio stub), and fsyncs per write."""
+
+    async def spool_and_drain(directory: Path) -> _Fsyncs:
+        stub = pb_grpc.EchoServiceStub(grpc.aio.insecure_channel(address))
+        with MissionControl("spool-bench", config={"storage_backend": POLICY}) as mc:
+
+            @mc.guard("storage_backend", spool=directory, **options)
+            async def save(key: str) -> str:
+                answer = await stub.Echo(pb.EchoRequest(text=current_write_id() or key), timeout=5)
+                return answer.text  # type: ignore[no-any-return]
+
+            for i in range(n):
+                await save(f"k{i}")
+            await asyncio.to_thread(_stats, address, True)
+            with _Fsyncs() as fsyncs:
+                await asyncio.to_thread(_set, address, mode="slow", delay_secs=delay)
+                drained = await asyncio.to_thread(_wait, lambda: not len(save.spool), 300)  # type: ignore[attr-defined]
+                assert drained, "the spool did not drain"
+            return fsyncs
+
+    with tempfile.TemporaryDirectory(prefix="mc-spool-bench-") as tmp:
+        _set(address, mode="fail", code="UNAVAILABLE")
+        fsyncs = asyncio.run(spool_and_drain(Path(tmp) / "spool"))
+    return _rate(address, n), fsyncs.count / n
+
+
+CASES: list[tuple[str, Callable[..., tuple[float, float]], dict[str, Any]]] = [
+    ("sync guard, in order", sync_case, {}),
+    ("async guard, in order", async_case, {}),
+    ("sync guard, 8 in flight", sync_case, {"spool_replay_parallel": 8}),
+    ("async guard, 8 in flight", async_case, {"spool_replay_parallel": 8}),
+]
+
+
 def run(n: int = 300, delay: float = 0.02) -> list[dict[str, object]]:
+    """Every case against one upstream answering at once and after ``delay``."""
     upstream = python("tests.support.upstream", "storage")
+    rows: list[dict[str, object]] = []
     try:
         address = f"127.0.0.1:{upstream.port()}"
-        rows = []
-        for upstream_ms in (0, delay * 1000):
-            rate, fsyncs = sync_case(address, n, upstream_ms / 1000)
-            rows.append({"variant": "sync guard, in order", "writes": n, "upstream_ms": upstream_ms,
-                         "writes_per_s": rate, "fsyncs_per_write": fsyncs})  # fmt: skip
+        for upstream_ms in (0.0, delay * 1000):
+            for variant, case, options in CASES:
+                rate, fsyncs = case(address, n, upstream_ms / 1000, **options)
+                rows.append({"variant": variant, "writes": n, "upstream_ms": upstream_ms,
+                             "writes_per_s": rate, "fsyncs_per_write": fsyncs})  # fmt: skip
     finally:
         upstream.kill()
     return rows
