@@ -84,7 +84,7 @@ class _Fsyncs:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        os.fsync = self._real
+        os.fsync = self._real  # type: ignore[assignment]
 
 
 def sync_case(address: str, n: int, delay: float, **options: Any) -> tuple[float, float]:
