@@ -41,11 +41,12 @@ from .spool_common import (
     current_write_id,
     decode_write,
     encode_write,
+    write_id_metadata,
     writing,
 )
 from .write_attempts import WriteAttempts, tracking
 
-__all__ = ["Spooled", "WriteSpool", "current_write_id", "decode_write", "encode_write"]
+__all__ = ["Spooled", "WriteSpool", "current_write_id", "decode_write", "encode_write", "write_id_metadata"]
 
 _log = logging.getLogger("mission_control.client.spool")
 

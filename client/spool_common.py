@@ -19,7 +19,15 @@ from .errors import ResourceExhausted
 from .journal import Journal, JournalBroken, JournalFull, Record
 from .outcomes import DEFAULT, Counts, Outcomes, classify, kind_of
 
-__all__ = ["SpoolCore", "Spooled", "current_write_id", "decode_write", "encode_write"]
+__all__ = [
+    "WRITE_ID_HEADER",
+    "SpoolCore",
+    "Spooled",
+    "current_write_id",
+    "decode_write",
+    "encode_write",
+    "write_id_metadata",
+]
 
 _log = logging.getLogger("mission_control.client.spool")
 
@@ -47,6 +55,18 @@ def current_write_id() -> str | None:
     same on its first try and on every replay: send it to the upstream so it can drop a
     write it has already applied. None outside such a write."""
     return _write_id.get()
+
+
+#: The gRPC metadata key :func:`write_id_metadata` sends the write's id under.
+WRITE_ID_HEADER = "x-write-id"
+
+
+def write_id_metadata() -> tuple[tuple[str, str], ...]:
+    """The write's id as gRPC metadata (``x-write-id``), for an upstream that applies a
+    write once per id: ``stub.Put(request, metadata=write_id_metadata())``. Empty outside
+    a spool-backed write."""
+    write_id = _write_id.get()
+    return () if write_id is None else ((WRITE_ID_HEADER, write_id),)
 
 
 @contextmanager

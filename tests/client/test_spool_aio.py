@@ -1,6 +1,6 @@
 """The write spool of an ``async def`` write function in one process: order, counts, the
-same journal as the sync spool, and an event loop that keeps running while the spool
-writes to disk."""
+same journal as the sync spool, an event loop that keeps running while the spool writes
+to disk, and the write id an upstream can apply a write once by."""
 
 from __future__ import annotations
 
@@ -8,16 +8,22 @@ import asyncio
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
+import grpc.aio
 import pytest
 from mission_control.client import MissionControl
 from mission_control.client import journal as journal_module
-from mission_control.client.spool import Spooled, current_write_id
+from mission_control.client.spool import Spooled, current_write_id, write_id_metadata
+from mission_control.client.spool_common import WRITE_ID_HEADER
 
 from tests.client.test_spool import POLICY, Store
+from tests.support import echo_pb2 as pb
+from tests.support import echo_pb2_grpc as pb_grpc
 
 
 class AsyncStore(Store):
@@ -138,3 +144,46 @@ async def test_concurrent_async_writers_are_spooled_in_the_order_they_reached_th
     assert made == ["first", "second", *(f"k{i}" for i in range(20))]
     assert all(write_id for _, write_id in store.applied) and current_write_id() is None
     mc.close()
+
+
+class OncePerId(pb_grpc.EchoServiceServicer):
+    """An upstream that applies a write once per ``x-write-id``, and answers the first try
+    of each too late for the client (it was applied all the same)."""
+
+    def __init__(self) -> None:
+        self.applied: list[str] = []
+        self.tries: Counter[str] = Counter()
+
+    async def Echo(self, request: pb.EchoRequest, context: grpc.aio.ServicerContext) -> pb.EchoResponse:
+        write_id = dict(context.invocation_metadata() or ()).get(WRITE_ID_HEADER, "")
+        self.tries[write_id] += 1
+        if write_id not in self.applied:
+            self.applied.append(write_id)
+            await asyncio.sleep(1.0)  # the client has given up by now
+        return pb.EchoResponse(text=write_id)
+
+
+async def test_a_write_made_twice_carries_one_id_an_upstream_can_apply_once(tmp_path: Path) -> None:
+    upstream = OncePerId()
+    server = grpc.aio.server()
+    pb_grpc.add_EchoServiceServicer_to_server(upstream, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    mc = MissionControl("spool-agent", config={"storage_backend": POLICY})
+    try:
+        stub = pb_grpc.EchoServiceStub(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+
+        @mc.guard("storage_backend", spool=tmp_path, idempotent=True)
+        async def save(key: str) -> str:
+            answer = await stub.Echo(pb.EchoRequest(text=key), timeout=0.3, metadata=write_id_metadata())
+            return answer.text  # type: ignore[no-any-return]
+
+        results = [await save(f"k{i}") for i in range(3)]  # each: timed out, then retried
+        assert await apoll(lambda: len(save.spool) == 0)
+        assert len(upstream.applied) == 3 and all(upstream.applied)
+        assert all(upstream.tries[write_id] >= 2 for write_id in upstream.applied)
+        made = [r for r in results if not isinstance(r, Spooled)]
+        assert set(made) <= set(upstream.applied) and write_id_metadata() == ()
+    finally:
+        mc.close()
+        await server.stop(0)
