@@ -122,14 +122,20 @@ class AsyncWriteSpool(SpoolCore):
             await asyncio.wait_for(self._changed.wait_for(ready), timeout=self._drain_wait())
 
     async def _keep(self, write_id: str, payload: bytes, reason: str, error: Exception | None) -> Spooled:
-        """Append (fsync'd, off the loop) while holding the condition: order is kept."""
+        """Append (fsync'd, off the loop) while holding the condition: order is kept. The
+        write is counted on the I/O thread with its append: a caller cancelled while it
+        waits gets no receipt, but the write kept is counted (and replayed)."""
+
+        def append() -> Spooled:
+            return self._kept(write_id, self._append(payload), reason)
+
         try:
-            seq = await self._on_disk(self._append, payload)
+            spooled = await self._on_disk(append)
         except JOURNAL_REFUSALS as full:
             raise self._refused(full, reason) from error
         assert self._wake is not None
         self._wake.set()
-        return self._kept(write_id, seq, reason)
+        return spooled
 
     # -- replay ----------------------------------------------------------------------
 
