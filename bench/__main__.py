@@ -7,7 +7,7 @@ import datetime
 import sys
 import time
 
-from . import fleet_cases, hedging, overhead, propagation_gil, slow_calls
+from . import fleet_cases, hedging, overhead, propagation_gil, slow_calls, spool_replay
 from .common import ROOT, dump, machine, stack
 
 
@@ -191,6 +191,19 @@ def main() -> int:
             ("delay_ms", "hedge delay ms", ".1f"),
             ("floor_vs_healthy", "floor x healthy", ".2f"),
             ("goal", "p99 <= 1.5x, extra < 10 %", ""),
+        ],
+    )
+    case12 = spool_replay.run(n=100 if args.quick else 300)
+    results["spool_replay"] = case12
+    _table(
+        "12. write spool replay once storage is back (a real gRPC upstream; writes/s timed at it)",
+        case12,
+        [
+            ("variant", "variant", ""),
+            ("writes", "writes", ""),
+            ("upstream_ms", "upstream ms", ".0f"),
+            ("writes_per_s", "replayed writes/s", ".0f"),
+            ("fsyncs_per_write", "fsyncs per write", ".3f"),
         ],
     )
     from mission_control.server.demo import run_demo

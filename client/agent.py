@@ -4,6 +4,7 @@ for any call that is not gRPC (an LLM's HTTP API, DuckDB, object storage)."""
 from __future__ import annotations
 
 import functools
+import inspect
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from .guard import Guard
 from .outcomes import Outcomes
 from .policy import ServicePolicy, endpoint_problem
 from .spool import WriteSpool
+from .spool_aio import AsyncWriteSpool
 from .telemetry import Telemetry, telemetry_from_env
 from .view import LocalView
 
@@ -110,7 +112,7 @@ class MissionControl:
                 self._breaker_states,
             )
         self.connection: ControlPlaneConnection | None = None
-        self._spools: list[WriteSpool] = []
+        self._spools: list[WriteSpool | AsyncWriteSpool] = []
         if control_plane:
             endpoints = [control_plane] if isinstance(control_plane, str) else list(control_plane)
             self.connection = ControlPlaneConnection(
@@ -215,6 +217,7 @@ class MissionControl:
         spool: str | Path | None = None,
         spool_max_writes: int = 10_000,
         spool_max_bytes: int = 64 * 1024 * 1024,
+        spool_replay_parallel: int = 1,
     ) -> Guard:
         """Protect calls to ``service``: as a decorator (sync or async functions; retries
         and fallbacks apply; a generator function is refused with ``TypeError``, as its
@@ -240,24 +243,31 @@ class MissionControl:
                 calls go by the service's breaker. ``fallbacks`` may name endpoints.
             spool: a local directory where writes the service cannot take now are kept
                 and made later, in order (see :mod:`mission_control.client.spool`); for a
-                sync decorated function whose arguments are JSON values or bytes. A
+                decorated function (sync, or ``async def``: replayed by an asyncio task,
+                the disk written off the loop) whose arguments are JSON values or bytes. A
                 spooled write returns a :class:`~mission_control.client.spool.Spooled`.
             spool_max_writes / spool_max_bytes: the spool's bound; a write beyond it is
                 dropped (counted) and the caller gets the service's error.
+            spool_replay_parallel: spooled writes replayed at once; 1 (the default) keeps
+                their order. More is for writes whose order does not matter: the spool
+                drains up to that many times faster, and a process killed while they are
+                in flight may make each of them again.
 
         Raises:
             ConfigurationError: ``cost`` names a resource the service's policy does not
                 limit (here when the policies are local, else at the call); ``endpoint``
-                is not a valid endpoint name.
+                is not a valid endpoint name; ``spool_replay_parallel`` is below 1.
         """
         self._check_cost(service, cost)
-        problem = None if endpoint is None else endpoint_problem(endpoint)
-        if problem is not None:
-            raise ConfigurationError.from_violations([("endpoint", problem)])
+        problems = [] if endpoint is None else [("endpoint", endpoint_problem(endpoint))]
+        if spool_replay_parallel < 1:
+            problems.append(("spool_replay_parallel", f"must be 1 or more, not {spool_replay_parallel}"))
+        if any(problem for _, problem in problems):
+            raise ConfigurationError.from_violations([(f, p) for f, p in problems if p])
         outcomes = self._outcomes_for(service, record, ignore, classify)
         spooling = None
         if spool is not None:
-            bound = (spool_max_writes, spool_max_bytes)
+            bound = (spool_max_writes, spool_max_bytes, spool_replay_parallel)
             spooling = functools.partial(self._spool, service, Path(spool), kind, outcomes, bound, idempotent)
         return Guard(
             self.executor,
@@ -279,12 +289,13 @@ class MissionControl:
         directory: Path,
         kind: str | None,
         outcomes: Outcomes | None,
-        bound: tuple[int, int],
+        bound: tuple[int, int, int],
         idempotent: bool,
         function: str,
         call: Callable[[tuple[Any, ...], dict[str, Any]], Any],
-    ) -> WriteSpool:
-        spool = WriteSpool(
+    ) -> WriteSpool | AsyncWriteSpool:
+        kind_of_spool = AsyncWriteSpool if inspect.iscoroutinefunction(call) else WriteSpool
+        spool = kind_of_spool(
             directory,
             service=service,
             function=function,
@@ -295,6 +306,7 @@ class MissionControl:
             kind=kind,
             max_writes=bound[0],
             max_bytes=bound[1],
+            parallel=bound[2],
             idempotent=idempotent,
             drain_wait=lambda: self.policy(service).timeout_secs,
         )

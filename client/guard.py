@@ -17,6 +17,7 @@ from .deadline import _deadline
 from .executor import Executor
 from .outcomes import Outcomes
 from .spool import WriteSpool
+from .spool_aio import AsyncWriteSpool
 from .write_attempts import attempt_of_write
 
 __all__ = ["Guard"]
@@ -89,7 +90,7 @@ class Guard:
         idempotent: bool = False,
         outcomes: Outcomes | None = None,
         endpoint: str | None = None,
-        spool: Callable[[str, Callable[[tuple[Any, ...], dict[str, Any]], Any]], WriteSpool] | None = None,
+        spool: Callable[[str, Callable[[tuple[Any, ...], dict[str, Any]], Any]], Any] | None = None,
     ) -> None:
         self.executor = executor
         self.service = service
@@ -102,7 +103,7 @@ class Guard:
         self.idempotent = idempotent
         self.outcomes = outcomes
         self._spool = spool
-        self.spool: WriteSpool | None = None  # the function's spool, once decorated
+        self.spool: WriteSpool | AsyncWriteSpool | None = None  # the function's spool, once decorated
         self._mine: list[_Entered] = []  # this guard's blocks still open
 
     # -- decorator ---------------------------------------------------------------
@@ -162,18 +163,16 @@ class Guard:
         return run  # type: ignore[return-value]
 
     def _spooled(self, func: F, options: dict[str, Any], span_name: str) -> F:
-        """``func`` with a write spool: a write the service cannot take now is kept."""
-        if inspect.iscoroutinefunction(func):
-            raise TypeError(
-                f"a spool protects sync write functions; {func.__qualname__!r} is async "
-                "(run it in a thread, or keep the spool to sync writes)"
-            )
+        """``func`` with a write spool: a write the service cannot take now is kept (an
+        ``async def`` function gets an asyncio spool, see :mod:`.spool_aio`)."""
         if self.spool is not None:
             raise TypeError(
                 "a guard with a spool protects one function: make one guard (and spool) per function"
             )
         assert self._spool is not None
         ex, telemetry = self.executor, self.executor.telemetry
+        if inspect.iscoroutinefunction(func):
+            return self._spooled_async(func, options, span_name)
 
         def call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             def attempt(_left: float) -> Any:
@@ -191,6 +190,30 @@ class Guard:
         @functools.wraps(func)
         def write(*args: Any, **kwargs: Any) -> Any:
             return spool.write(args, kwargs)
+
+        write.spool = spool  # type: ignore[attr-defined]
+        return write  # type: ignore[return-value]
+
+    def _spooled_async(self, func: F, options: dict[str, Any], span_name: str) -> F:
+        assert self._spool is not None
+        ex, telemetry = self.executor, self.executor.telemetry
+
+        async def call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            async def attempt(_left: float) -> Any:
+                with attempt_of_write():
+                    return await func(*args, **kwargs)
+
+            fallbacks = _bind(self.fallbacks, args, kwargs)
+            if telemetry is None:
+                return await ex.run_async(self.service, attempt, fallbacks=fallbacks, **options)
+            with telemetry.start_span(span_name, {"error.service": self.service}):
+                return await ex.run_async(self.service, attempt, fallbacks=fallbacks, **options)
+
+        spool = self.spool = self._spool(func.__qualname__, call)
+
+        @functools.wraps(func)
+        async def write(*args: Any, **kwargs: Any) -> Any:
+            return await spool.write(args, kwargs)
 
         write.spool = spool  # type: ignore[attr-defined]
         return write  # type: ignore[return-value]

@@ -9,7 +9,8 @@ Layout of the directory:
 The directory itself is locked (``flock``) while a process has the journal open: one
 writer only.
 
-Every append and every done mark is fsync'd before it returns. A process killed in the
+Every append is fsync'd before it returns; a done mark is written before it returns and
+fsync'd then or, for marks made one after another, by :meth:`Journal.sync_done`. A process killed in the
 middle of a write (``kill -9``, power loss) leaves a torn last record: opening the journal
 drops it (the file is cut at the last whole record) and never fails on it. A record in
 the middle that fails its checks is skipped, counted (:attr:`Journal.corrupt`) and logged;
@@ -161,6 +162,8 @@ class Journal:
         self.corrupt = 0
         self._recover()
         self._fd: int | None = None
+        #: Done marks written but not fsync'd yet (see :meth:`mark_done`).
+        self.unsynced = False
         #: Why the journal no longer keeps records (None: it does).
         self.broken: str | None = None
 
@@ -282,8 +285,11 @@ class Journal:
         _fsync_dir(self.directory)  # the new file's name survives a crash
         return fd
 
-    def mark_done(self, seq: int) -> None:
-        """Every record up to ``seq`` is handled: durably (fsync'd when this returns).
+    def mark_done(self, seq: int, *, sync: bool = True) -> None:
+        """Every record up to ``seq`` is handled. The mark is written to the file before
+        this returns, so a process killed after it (``kill -9``) keeps it; with ``sync``
+        it is also fsync'd (a power loss keeps it), else :meth:`sync_done` (or a later
+        synced mark) fsyncs it: marks made one after another share one fsync.
 
         Raises:
             OSError: the mark could not be written; nothing changed (try again).
@@ -298,17 +304,40 @@ class Journal:
                 mark = _DONE.pack(_DONE_MAGIC, seq, zlib.crc32(_SEQ.pack(seq)))
                 if os.write(fd, mark) != len(mark):
                     raise OSError(errno.ENOSPC, "short write of a done mark")
-                os.fsync(fd)
+                if sync:
+                    os.fsync(fd)
             except OSError:
                 os.ftruncate(fd, start)  # marks after a torn one would not be read back
                 raise
         finally:
             os.close(fd)
         self.done = seq
+        self.unsynced = not sync
         while self._pending and self._pending[0].seq <= seq:
             self._pending.pop(0)
+        if sync:
+            self._synced()
+
+    def sync_done(self) -> None:
+        """fsync the done marks written without it (a no-op when there are none).
+
+        Raises:
+            OSError: the fsync failed (the marks stay unsynced; try again).
+        """
+        if not self.unsynced:
+            return
+        fd = os.open(self.directory / "done.log", os.O_WRONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.unsynced = False
+        self._synced()
+
+    def _synced(self) -> None:
+        """The marks are on disk: segments all done can go, and the marks be compacted."""
         self._forget_done_segments()
-        if path.stat().st_size > 64 * _DONE.size:
+        if (self.directory / "done.log").stat().st_size > 64 * _DONE.size:
             self._compact_done()
 
     def _forget_done_segments(self) -> None:
@@ -333,6 +362,10 @@ class Journal:
         _fsync_dir(self.directory)
 
     def close(self) -> None:
+        try:
+            self.sync_done()
+        except OSError:  # a mark not synced is made again after a power loss, not lost
+            _log.exception("journal %s: the done marks could not be synced", self.directory)
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

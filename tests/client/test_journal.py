@@ -180,3 +180,26 @@ def test_a_short_write_on_a_full_disk_is_rolled_back_and_refused(tmp_path: Path)
     journal = Journal(tmp_path)
     assert payloads(journal) == [b"A" * 100, b"B" * 100, b"D" * 100]  # nothing torn, nothing cut
     journal.close()
+
+
+_MARK_THEN_DIE = """
+import os, signal, sys
+from mission_control.client.journal import Journal
+journal = Journal(sys.argv[1])
+seqs = [journal.append(f"w{i}".encode()) for i in range(3)]
+journal.mark_done(seqs[1], sync=False)
+assert journal.unsynced
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_done_mark_not_fsynced_yet_survives_kill_9(tmp_path: Path) -> None:
+    died = subprocess.run(
+        [sys.executable, "-c", _MARK_THEN_DIE, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert died.returncode == -9, died.stderr
+    again = Journal(tmp_path)
+    assert payloads(again) == [b"w2"]
+    again.mark_done(3, sync=False)
+    again.sync_done()
+    assert not again.unsynced and len(again) == 0

@@ -129,11 +129,6 @@ def test_what_a_spool_refuses(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="JSON values or bytes"):
         save(object())
     assert len(save.spool) == 0
-
-    async def write() -> None: ...
-
-    with pytest.raises(TypeError, match="sync write functions"):
-        mc.guard("storage_backend", spool=tmp_path / "two")(write)
     mc.close()
 
 

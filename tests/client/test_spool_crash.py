@@ -1,6 +1,8 @@
 """Durable degraded mode across a crash: an agent process spools its writes while the
 upstream is down, is killed with SIGKILL in the middle of writing, and the next process
-on the same spool makes every spooled write exactly once, in order, at a real upstream."""
+on the same spool makes every spooled write exactly once, in order, at a real upstream.
+Each case runs with a sync write function (a replay thread) and an ``async def`` one (a
+replay task on the agent's event loop)."""
 
 from __future__ import annotations
 
@@ -36,6 +38,9 @@ class Ledger(EchoServicer):
         return answer
 
 
+AGENTS = ["tests.support.spool_agent", "tests.support.spool_agent_aio"]
+
+
 @pytest.fixture
 def ledger() -> Iterator[tuple[Ledger, str]]:
     servicer = Ledger("storage")
@@ -56,11 +61,11 @@ def poll(condition: Callable[[], bool], timeout: float = 60.0) -> bool:
     return condition()
 
 
-def spool_during_outage(upstream: Ledger, address: str, spool: str) -> list[str]:
+def spool_during_outage(upstream: Ledger, address: str, spool: str, agent: str) -> list[str]:
     """Writes while the upstream is down, until the agent is killed (SIGKILL) in the middle
     of writing; the ids of the writes it was told were spooled."""
     upstream.SetMode(pb.SetModeRequest(mode="fail", code="UNAVAILABLE"), None)
-    first = python("tests.support.spool_agent", spool, address)
+    first = python(agent, spool, address)
     first.wait_for('{"ready"', timeout=60)
     first.send("write 1000000")
     first.wait_for("spooled 25 ", timeout=60)
@@ -83,14 +88,15 @@ def drain(agent: Proc) -> dict[str, int]:
     return json.loads(agent.lines[-1])  # type: ignore[no-any-return]
 
 
+@pytest.mark.parametrize("agent", AGENTS)
 def test_spooled_writes_survive_kill_9_and_are_made_once_in_order(
-    tmp_path: Path, ledger: tuple[Ledger, str]
+    tmp_path: Path, ledger: tuple[Ledger, str], agent: str
 ) -> None:
     upstream, address = ledger
     spool = str(tmp_path / "spool")
-    printed = spool_during_outage(upstream, address, spool)
+    printed = spool_during_outage(upstream, address, spool, agent)
     upstream.SetMode(pb.SetModeRequest(mode="ok"), None)  # the upstream is back
-    second = python("tests.support.spool_agent", spool, address)
+    second = python(agent, spool, address)
     try:
         second.wait_for('{"ready"', timeout=60)
         state = drain(second)
@@ -108,18 +114,19 @@ def test_spooled_writes_survive_kill_9_and_are_made_once_in_order(
         second.kill()
 
 
+@pytest.mark.parametrize("agent", AGENTS)
 def test_a_kill_9_in_the_middle_of_replaying_makes_at_most_one_write_twice(
-    tmp_path: Path, ledger: tuple[Ledger, str]
+    tmp_path: Path, ledger: tuple[Ledger, str], agent: str
 ) -> None:
     upstream, address = ledger
     spool = str(tmp_path / "spool")
-    printed = spool_during_outage(upstream, address, spool)
+    printed = spool_during_outage(upstream, address, spool, agent)
     upstream.SetMode(pb.SetModeRequest(mode="slow", delay_secs=0.02), None)  # back, slowly
-    second = python("tests.support.spool_agent", spool, address)
+    second = python(agent, spool, address)
     second.wait_for('{"ready"', timeout=60)
     assert poll(lambda: len(upstream.applied) >= 10)
     second.kill()  # in the middle of replaying
-    third = python("tests.support.spool_agent", spool, address)
+    third = python(agent, spool, address)
     try:
         third.wait_for('{"ready"', timeout=60)
         drain(third)
@@ -130,5 +137,28 @@ def test_a_kill_9_in_the_middle_of_replaying_makes_at_most_one_write_twice(
         assert set(printed) <= set(counts)
         assert sum(counts.values()) - len(counts) <= 1, counts.most_common(3)
         assert list(dict.fromkeys(applied))[: len(printed)] == printed
+    finally:
+        third.kill()
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+def test_a_kill_9_while_replaying_in_parallel_makes_at_most_the_writes_in_flight_twice(
+    tmp_path: Path, ledger: tuple[Ledger, str], agent: str
+) -> None:
+    upstream, address = ledger
+    spool = str(tmp_path / "spool")
+    printed = spool_during_outage(upstream, address, spool, agent)
+    upstream.SetMode(pb.SetModeRequest(mode="slow", delay_secs=0.02), None)
+    second = python(agent, spool, address, "4")
+    second.wait_for('{"ready"', timeout=60)
+    assert poll(lambda: len(upstream.applied) >= 10)
+    second.kill()  # with up to 4 replays in flight
+    third = python(agent, spool, address, "4")
+    try:
+        third.wait_for('{"ready"', timeout=60)
+        drain(third)
+        counts = Counter(upstream.applied)
+        assert set(printed) <= set(counts)  # at least once, order aside
+        assert sum(counts.values()) - len(counts) <= 4, counts.most_common(5)
     finally:
         third.kill()

@@ -1,6 +1,6 @@
 """An agent whose writes to an upstream go through a spool, in its own process.
 
-    python -m tests.support.spool_agent SPOOL_DIR UPSTREAM
+    python -m tests.support.spool_agent SPOOL_DIR UPSTREAM [PARALLEL]
 
 Prints ``{"ready": true, "pending": N}``, then reads commands: ``write N`` makes N writes
 one after another and prints a line per write (``made ID`` or ``spooled SEQ ID``) as soon as it
@@ -23,10 +23,11 @@ from tests.support import echo_pb2_grpc as pb_grpc
 
 def main() -> None:
     spool_dir, upstream = sys.argv[1:3]
+    parallel = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     stub = pb_grpc.EchoServiceStub(grpc.insecure_channel(upstream))
     mc = MissionControl("spool-agent").start()
 
-    @mc.guard("storage_backend", spool=spool_dir)
+    @mc.guard("storage_backend", spool=spool_dir, spool_replay_parallel=parallel)
     def save(key: str) -> str:
         return stub.Echo(pb.EchoRequest(text=f"{current_write_id()}"), timeout=5).text  # type: ignore[no-any-return]
 

@@ -1,0 +1,218 @@
+"""The write spool of an ``async def`` write function: the rules of :mod:`.spool`, the same
+journal and record format, and an asyncio task instead of a thread for the replay.
+
+The event loop never waits on the disk: every journal operation that fsyncs (an append,
+a done mark) runs on the spool's own single I/O thread, one after another in the order
+they were asked for, while the loop serves other tasks. Writes are kept in the order the
+callers reached the spool: an ``asyncio.Condition`` is held across the append, so a later
+write cannot be appended before an earlier one.
+
+The replay task starts on the running loop when the function is decorated inside it, or
+at the first write, or at :meth:`AsyncWriteSpool.start` (call it once the loop runs, to
+replay what a previous process left when no new write comes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .journal import Record
+from .spool_common import (
+    JOURNAL_REFUSALS,
+    MAX_REPLAY_BACKOFF,
+    NOT_SPOOLED_NOTE,
+    SpoolCore,
+    Spooled,
+    encode_write,
+    writing,
+)
+from .write_attempts import WriteAttempts, tracking
+
+__all__ = ["AsyncWriteSpool"]
+
+_log = logging.getLogger("mission_control.client.spool")
+
+T = TypeVar("T")
+
+
+class AsyncWriteSpool(SpoolCore):
+    """The spool of one protected ``async def`` write function (see the module's rules).
+
+    Args:
+        call: makes one write under the service's policy: ``await call(args, kwargs)``.
+        the rest: as :class:`~.spool_common.SpoolCore`.
+    """
+
+    def __init__(
+        self, directory: str | Path, *, call: Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]],
+        **options: Any,
+    ) -> None:  # fmt: skip
+        super().__init__(directory, **options)
+        self._call = call
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"spool-{self.service}")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed: asyncio.Condition | None = None  # the spool emptied, or a replay failed
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        with contextlib.suppress(RuntimeError):  # no running loop yet: the first write starts it
+            self.start()
+
+    def start(self) -> None:
+        """Start the replay task on the running loop (once; a no-op after that).
+
+        Raises:
+            RuntimeError: no event loop is running in this thread.
+        """
+        loop = asyncio.get_running_loop()
+        if self._task is not None and self._loop is loop and not self._task.done():
+            return
+        if self._closed:
+            raise RuntimeError(f"spool {self.journal.directory} is closed")
+        self._loop = loop
+        self._changed = asyncio.Condition()
+        self._wake = asyncio.Event()
+        self._task = loop.create_task(self._replay_loop(), name=f"spool-{self.service}")
+
+    async def _on_disk(self, operation: Callable[..., T], *args: Any) -> T:
+        """Run a journal operation on the I/O thread, off the loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._io, operation, *args)
+
+    # -- the caller's writes ---------------------------------------------------------
+
+    async def write(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Make the write now, or spool it; returns its result or a :class:`Spooled`."""
+        self.start()
+        assert self._changed is not None
+        write_id = uuid.uuid4().hex
+        payload = encode_write(write_id, self.function, args, kwargs)  # fails before any call
+        async with self._changed:
+            if len(self.journal) and self._open_for() <= 0:
+                await self._wait_for_drain()
+            if len(self.journal):
+                return await self._keep(write_id, payload, "earlier writes are waiting in the spool", None)
+        attempts = WriteAttempts()
+        try:
+            with writing(write_id), tracking(attempts):
+                return await self._call(args, kwargs)
+        except Exception as exc:
+            if not self._service_failed(exc):
+                raise
+            if attempts.maybe_applied and not self._idempotent:
+                exc.add_note(NOT_SPOOLED_NOTE)
+                raise
+            async with self._changed:
+                return await self._keep(write_id, payload, str(exc), exc)
+
+    async def _wait_for_drain(self) -> None:
+        """As the sync spool: wait (up to the policy's timeout) for the replay to empty the
+        spool, so that new writes do not join it while it drains."""
+        assert self._changed is not None
+        failures = self._replay_failures
+        ready = lambda: not len(self.journal) or failures != self._replay_failures or self._closed  # noqa: E731
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait_for(ready), timeout=self._drain_wait())
+
+    async def _keep(self, write_id: str, payload: bytes, reason: str, error: Exception | None) -> Spooled:
+        """Append (fsync'd, off the loop) while holding the condition: order is kept. The
+        write is counted on the I/O thread with its append: a caller cancelled while it
+        waits gets no receipt, but the write kept is counted (and replayed)."""
+
+        def append() -> Spooled:
+            return self._kept(write_id, self._append(payload), reason)
+
+        try:
+            spooled = await self._on_disk(append)
+        except JOURNAL_REFUSALS as full:
+            raise self._refused(full, reason) from error
+        assert self._wake is not None
+        self._wake.set()
+        return spooled
+
+    # -- replay ----------------------------------------------------------------------
+
+    async def _replay_loop(self) -> None:
+        backoff = self._pause
+        while not self._closed:
+            try:
+                await self._replay_step()
+                backoff = self._pause
+            except Exception:  # a disk operation failed: the replayer must outlive it
+                if self._closed:
+                    return
+                where = self.journal.directory
+                _log.exception("spool %s: replay failed; trying again in %.1fs", where, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_REPLAY_BACKOFF)
+
+    async def _replay_step(self) -> None:
+        assert self._wake is not None and self._changed is not None
+        if self._unsettled():
+            await self._finish()  # before anything else: the writes are not made twice
+            return
+        batch = self._to_replay()
+        if not batch:
+            await self._on_disk(self._sync_marks)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            return
+        wait = self._open_for()
+        if wait > 0:
+            await self._on_disk(self._sync_marks)
+            await asyncio.sleep(min(wait, 1.0))
+            return
+        outcomes = await asyncio.gather(*(self._make(record) for record in batch))
+        self._made.update((r.seq, o) for r, o in zip(batch, outcomes, strict=True) if o)
+        await self._finish()
+        if None in outcomes:
+            async with self._changed:
+                self._replay_failures += 1  # the service is failing again: stop holding writes
+                self._changed.notify_all()
+            await self._on_disk(self._sync_marks)
+            await asyncio.sleep(self._pause)
+
+    async def _finish(self) -> None:
+        """Mark done (off the loop) and count the writes made."""
+        assert self._changed is not None
+        outcomes = await self._on_disk(self._settle)
+        if not len(self.journal):
+            async with self._changed:
+                self._changed.notify_all()
+        self._counted(outcomes)
+        await self._on_disk(functools.partial(self._sync_marks, unless_draining=True))
+
+    async def _make(self, record: Record) -> str | None:
+        """Make one spooled write: "replayed", "dropped" (it can never be made), or None
+        when the service failed it (tried again later)."""
+        write = self._unmakeable(record.seq, record.payload)
+        if isinstance(write, str):
+            self._dropping(record.seq, write)
+            return "dropped"
+        write_id, args, kwargs = write
+        try:
+            with writing(write_id):
+                await self._call(args, kwargs)
+        except Exception as exc:
+            if self._service_failed(exc):
+                return None
+            self._dropping(record.seq, f"the write failed with the caller's error {exc!r}")
+            return "dropped"
+        return "replayed"
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop replaying (what is left stays on disk for the next process); from any thread."""
+        self._closed = True
+        task, loop = self._task, self._loop
+        if task is not None and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(task.cancel)
+        self._io.submit(self.journal.close)  # after any journal operation already asked for
+        self._io.shutdown(wait=True, cancel_futures=False)

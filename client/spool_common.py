@@ -1,0 +1,327 @@
+"""What the sync and the asyncio write spools share: the receipt, the write id, how a write
+is kept as a journal record (one format for both), and the decisions around the journal
+(spool or raise, replay or drop) with the counts. The spools differ only in their I/O loop."""
+
+from __future__ import annotations
+
+import base64
+import contextvars
+import json
+import logging
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ResourceExhausted
+from .journal import Journal, JournalBroken, JournalFull, Record
+from .outcomes import DEFAULT, Counts, Outcomes, classify, kind_of
+
+__all__ = [
+    "WRITE_ID_HEADER",
+    "SpoolCore",
+    "Spooled",
+    "current_write_id",
+    "decode_write",
+    "encode_write",
+    "write_id_metadata",
+]
+
+_log = logging.getLogger("mission_control.client.spool")
+
+#: Done marks written between two fsyncs of them while the spool drains: after a power
+#: loss (not a kill: a written mark survives that) at most this many replayed writes are
+#: made again.
+SYNC_MARKS_EVERY = 32
+
+#: The longest wait of a replayer between tries after a disk operation failed.
+MAX_REPLAY_BACKOFF = 5.0
+
+NOT_SPOOLED_NOTE = (
+    "not spooled: an attempt may have reached the service (it timed out or failed after "
+    "sending), and a replay could make the write twice; mark the guard idempotent to spool "
+    "such writes"
+)
+
+_write_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "mission_control_write_id", default=None
+)
+
+
+def current_write_id() -> str | None:
+    """The id of the spool-backed write being made (inside the protected function), the
+    same on its first try and on every replay: send it to the upstream so it can drop a
+    write it has already applied. None outside such a write."""
+    return _write_id.get()
+
+
+#: The gRPC metadata key :func:`write_id_metadata` sends the write's id under.
+WRITE_ID_HEADER = "x-write-id"
+
+
+def write_id_metadata() -> tuple[tuple[str, str], ...]:
+    """The write's id as gRPC metadata (``x-write-id``), for an upstream that applies a
+    write once per id: ``stub.Put(request, metadata=write_id_metadata())``. Empty outside
+    a spool-backed write."""
+    write_id = _write_id.get()
+    return () if write_id is None else ((WRITE_ID_HEADER, write_id),)
+
+
+@contextmanager
+def writing(write_id: str) -> Iterator[None]:
+    """Inside the block, :func:`current_write_id` is ``write_id``."""
+    token = _write_id.set(write_id)
+    try:
+        yield
+    finally:
+        _write_id.reset(token)
+
+
+@dataclass(frozen=True, slots=True)
+class Spooled:
+    """A write kept in the spool instead of made now; it will be made, in order.
+
+    Attributes:
+        write_id: the write's id (see :func:`current_write_id`).
+        seq: its place in the spool.
+        reason: why it was not made now.
+    """
+
+    write_id: str
+    seq: int
+    reason: str
+
+
+def _to_json(value: Any, where: str, bad: list[str]) -> Any:
+    """``value`` as JSON that :func:`_from_json` turns back into an equal value: tuples and
+    bytes are tagged, as are dicts with a key that starts with ``$`` (a tag's look)."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            bad.append(f"{where} is {value!r} (JSON has no such number)")
+        return value
+    if isinstance(value, bytes | bytearray):
+        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, list | tuple):
+        items = [_to_json(item, f"{where}[{i}]", bad) for i, item in enumerate(value)]
+        return items if isinstance(value, list) else {"$tuple": items}
+    if isinstance(value, dict):
+        keys = [key for key in value if not isinstance(key, str)]
+        if keys:
+            bad.append(f"{where} has keys that are not strings ({', '.join(map(repr, keys[:3]))})")
+            return None
+        pairs = {key: _to_json(item, f"{where}[{key!r}]", bad) for key, item in value.items()}
+        if any(key.startswith("$") for key in pairs):
+            return {"$dict": [[key, item] for key, item in pairs.items()]}
+        return pairs
+    bad.append(f"{where} is a {type(value).__name__}")
+    return None
+
+
+def _from_json(value: dict[str, Any]) -> Any:
+    if len(value) == 1:
+        ((tag, inner),) = value.items()
+        if tag == "$bytes":
+            return base64.b64decode(inner)
+        if tag == "$tuple":
+            return tuple(inner)
+        if tag == "$dict":
+            return {key: item for key, item in inner}
+    return value
+
+
+def encode_write(write_id: str, function: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """A write as a journal payload; what :func:`decode_write` gives back equals it.
+
+    Raises:
+        TypeError: an argument JSON values, bytes and tuples cannot hold (all are named).
+    """
+    bad: list[str] = []
+    record = {
+        "id": write_id,
+        "fn": function,
+        "args": [_to_json(arg, f"args[{i}]", bad) for i, arg in enumerate(args)],
+        "kwargs": _to_json(kwargs, "kwargs", bad),
+    }
+    if bad:
+        raise TypeError(
+            "a spooled write's arguments must be JSON values or bytes (lists, tuples, dicts "
+            f"with string keys of them): {'; '.join(bad)}"
+        )
+    return json.dumps(record, separators=(",", ":"), allow_nan=False).encode()
+
+
+def decode_write(payload: bytes) -> tuple[str, str, tuple[Any, ...], dict[str, Any]]:
+    record = json.loads(payload, object_hook=_from_json)
+    return record["id"], record["fn"], tuple(record["args"]), dict(record["kwargs"])
+
+
+@dataclass(slots=True)
+class _Target:
+    service: str
+    operation: str
+    kind: str
+    timeout: float = 0.0
+
+
+class SpoolCore:
+    """The journal of one protected write function, its counts and the decisions around it.
+
+    Args:
+        directory: the spool's directory (one function, one process at a time).
+        service / function: the service written to, and the function's name (checked
+            against the spooled writes, so a directory is not replayed into another one).
+        open_for: seconds the service's breaker stays open (0: calls may go).
+        count: ``count(spooled, replayed, dropped)`` adds to the service's counts.
+        outcomes: how the write's exceptions count (a failure of the service is spooled).
+        idempotent: a write may be made twice: spool it even when an attempt may have
+            reached the service (see :mod:`.write_attempts`).
+        drain_wait: how long a new write may wait for the replayer to empty the spool
+            while the service serves (the policy's timeout), before it is spooled.
+        parallel: writes replayed at once. 1 (the default) makes them one after another,
+            in order; more is for writes whose order does not matter to the upstream: up
+            to that many are in flight, and a process killed while they are may make each
+            of them again (see the spool's guarantee).
+    """
+
+    def __init__(
+        self, directory: str | Path, *, service: str, function: str, open_for: Callable[[], float],
+        count: Callable[[int, int, int], None], outcomes: Outcomes | None = None,
+        kind: str | None = None, max_writes: int = 10_000, max_bytes: int = 64 * 1024 * 1024,
+        pause: float = 0.2, idempotent: bool = False, drain_wait: Callable[[], float] = lambda: 0.0,
+        parallel: int = 1,
+    ) -> None:  # fmt: skip
+        if parallel < 1:
+            raise ValueError(f"spool_replay_parallel must be 1 or more, not {parallel}")
+        self.journal = Journal(directory, max_records=max_writes, max_bytes=max_bytes)
+        self.service = service
+        self.function = function
+        self._open_for = open_for
+        self._count = count
+        self._outcomes = outcomes or DEFAULT
+        self._target = _Target(service, function, kind or kind_of(service))
+        self._pause = pause
+        self._idempotent = idempotent
+        self._drain_wait = drain_wait
+        self._replay_failures = 0
+        self.spooled = self.replayed = self.dropped = 0
+        if self.journal.corrupt:  # kept, then lost on disk: they will never be made
+            self.dropped += self.journal.corrupt
+            count(0, 0, self.journal.corrupt)
+        self._parallel = parallel
+        self._made: dict[int, str] = {}  # seq -> "replayed" / "dropped", not marked done yet
+        self._marks_unsynced = 0
+        self._stalled: str | None = None
+
+    def __len__(self) -> int:
+        """Writes waiting in the spool."""
+        return len(self.journal)
+
+    @property
+    def broken(self) -> str | None:
+        """Why the spool hands out no receipts now (None: it does): its journal cannot keep
+        records, or a done mark could not be written (the replayer tries it again)."""
+        return self._stalled or self.journal.broken
+
+    def _service_failed(self, exc: BaseException) -> bool:
+        return classify(self._target, exc, self._outcomes).counts is Counts.FAILURE
+
+    def _append(self, payload: bytes) -> int:
+        """Keep ``payload`` (fsync'd); raises JournalFull / JournalBroken."""
+        if self.broken:
+            raise JournalBroken(f"spool {self.journal.directory} is broken: {self.broken}")
+        return self.journal.append(payload)
+
+    def _kept(self, write_id: str, seq: int, reason: str) -> Spooled:
+        self.spooled += 1
+        self._count(1, 0, 0)
+        return Spooled(write_id, seq, reason)
+
+    def _refused(self, full: Exception, reason: str) -> ResourceExhausted:
+        """The caller's error for a write the journal could not keep (counted dropped).
+        Not the service's error: a StorageFailure would tell the user the data is safe."""
+        self.dropped += 1
+        self._count(0, 0, 1)
+        refused = ResourceExhausted(
+            f"{self.service} write spool", len(self.journal), self.journal.max_records
+        )
+        refused.add_note(f"not spooled: {full}; the write was not made ({reason})")
+        return refused
+
+    def _to_replay(self) -> list[Record]:
+        """The oldest waiting writes not made yet: one, or up to ``parallel``."""
+        batch: list[Record] = []
+        for record in self.journal.pending():
+            if record.seq not in self._made:
+                batch.append(record)
+                if len(batch) >= self._parallel:
+                    break
+        return batch
+
+    def _unsettled(self) -> bool:
+        """The oldest waiting write was made (or dropped) but is not marked done yet."""
+        first = self.journal.first()
+        return first is not None and first.seq in self._made
+
+    def _settle(self) -> list[str]:
+        """Mark done (a blocking disk write) the writes made or dropped that no waiting
+        write comes before; their outcomes. When the mark fails, hand out no receipts until
+        it is written (the journal would make the writes again) and raise.
+
+        The mark is written at once (a kill keeps it); :meth:`_sync_marks` fsyncs it."""
+        last = None
+        for record in self.journal.pending():
+            if record.seq not in self._made:
+                break
+            last = record.seq
+        if last is None:
+            return []
+        try:
+            self.journal.mark_done(last, sync=False)
+        except OSError as exc:
+            self._stalled = f"write #{last} was made but could not be marked done ({exc})"
+            raise
+        self._stalled = None
+        outcomes = [self._made.pop(seq) for seq in sorted(self._made) if seq <= last]
+        self._marks_unsynced += 1
+        self.replayed += outcomes.count("replayed")
+        self.dropped += outcomes.count("dropped")
+        return outcomes
+
+    def _sync_marks(self, *, unless_draining: bool = False) -> None:
+        """fsync the done marks written so far (a blocking disk write). ``unless_draining``:
+        not while the spool drains and fewer than :data:`SYNC_MARKS_EVERY` wait for it, so
+        the replay does not pay an fsync per write.
+
+        Raises:
+            OSError: the fsync failed (tried again at the next call).
+        """
+        if unless_draining and len(self.journal) and self._marks_unsynced < SYNC_MARKS_EVERY:
+            return
+        if self._marks_unsynced:
+            self.journal.sync_done()
+            self._marks_unsynced = 0
+
+    def _counted(self, outcomes: list[str]) -> None:
+        if outcomes:
+            self._count(0, outcomes.count("replayed"), outcomes.count("dropped"))
+
+    def _unmakeable(self, seq: int, payload: bytes) -> tuple[str, tuple[Any, ...], dict[str, Any]] | str:
+        """The write to replay (id, args, kwargs), or why it can never be made."""
+        try:
+            write_id, function, args, kwargs = decode_write(payload)
+        except (ValueError, KeyError, TypeError):
+            return "it cannot be read"
+        if function != self.function:
+            return f"it was spooled by {function!r}, not {self.function!r}"
+        return write_id, args, kwargs
+
+    def _dropping(self, seq: int, why: str) -> None:
+        """A write that can never be made is dropped, not retried for ever."""
+        _log.error("spool %s: dropping write #%d: %s", self.journal.directory, seq, why)
+
+
+JOURNAL_REFUSALS = (JournalFull, JournalBroken)
