@@ -21,7 +21,7 @@ from mission_control.client import (
     ResourceExhausted,
     StorageFailure,
 )
-from mission_control.client.config import config_to_toml, load_config
+from mission_control.client.config import config_to_toml, load_config, policy_from_json, policy_to_json
 from mission_control.client.executor import HEDGE_THREADS
 from mission_control.client.policy import FleetLimits, Hedging, RetryBudget, ServicePolicy
 from mission_control.interceptors import client_interceptor, protected_channel
@@ -150,6 +150,27 @@ def test_hedging_in_the_toml_is_checked_and_round_trips() -> None:
         "service_specific.llm_provider.hedging.max_attempts",
         "service_specific.llm_provider.hedging.delay_secs",
         "service_specific.llm_provider.hedging.colour",
+    }
+
+
+def test_the_adaptive_hedging_fields_round_trip_through_toml_and_json_and_are_checked() -> None:
+    text = (
+        "[service_specific.llm_provider.hedging]\nmax_attempts = 2\ndelay_secs = 0.2\n"
+        "delay_percentile = 95\nmin_delay_secs = 0.01\nmax_extra_ratio = 0.1\n"
+    )
+    config = load_config(tomllib.loads(text))
+    policy = config.policy_for("llm_provider")
+    assert policy.hedging == Hedging(2, 0.2, delay_percentile=95, min_delay_secs=0.01, max_extra_ratio=0.1)
+    assert load_config(tomllib.loads(config_to_toml(config))) == config
+    assert policy_from_json(policy_to_json(policy)) == policy
+    bad = text.replace("= 95", "= 101").replace("= 0.01", "= -1").replace("= 0.1\n", "= 2\n")
+    with pytest.raises(ConfigurationError) as caught:
+        load_config(tomllib.loads(bad))
+    prefix = "service_specific.llm_provider.hedging."
+    assert {field for field, _ in caught.value.violations} == {
+        f"{prefix}delay_percentile",
+        f"{prefix}min_delay_secs",
+        f"{prefix}max_extra_ratio",
     }
 
 
