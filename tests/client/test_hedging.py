@@ -182,6 +182,32 @@ def test_hedges_spend_the_retry_budget() -> None:
     assert backend.calls == 1
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_with_a_hedge_budget_a_hedge_for_a_slow_answer_spends_no_retry_budget(mode: str) -> None:
+    no_retries = RetryBudget(ratio=0, min_retries_per_second=0)
+    budgeted = Hedging(max_attempts=2, delay_secs=0.05, max_extra_ratio=1)
+    mc, backend = agent(HEDGED.replace(retry_budget=no_retries, hedging=budgeted)), Backend("slow")
+    try:
+        if mode == "sync":
+            assert mc.guard("storage_backend", idempotent=True)(backend.save)() == "attempt 1"
+        else:
+            assert await mc.guard("storage_backend", idempotent=True)(backend.save_async)() == "attempt 1"
+    finally:
+        backend.released.set()
+    assert backend.calls == 2
+    assert mc.executor.hedge_meter("storage_backend").budget.balance == 0  # the hedge took it
+
+
+def test_with_a_hedge_budget_an_attempt_after_a_failure_is_a_retry_and_spends_the_retry_budget() -> None:
+    no_retries = RetryBudget(ratio=0, min_retries_per_second=0)
+    budgeted = Hedging(max_attempts=3, delay_secs=30, max_extra_ratio=1)
+    mc, backend = agent(HEDGED.replace(retry_budget=no_retries, hedging=budgeted)), Backend("fail")
+    with pytest.raises(StorageFailure, match="attempt 0 refused"):
+        mc.guard("storage_backend", idempotent=True)(backend.save)()
+    assert backend.calls == 1
+    assert mc.executor.hedge_meter("storage_backend").budget.balance == 1  # given back
+
+
 def test_hedges_take_rate_limit_units() -> None:
     one = HEDGED.replace(rate_limit_requests=1, rate_limit_window_secs=60)
     mc, backend = agent(one), Backend("slow")
