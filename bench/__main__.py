@@ -23,6 +23,21 @@ def _table(title: str, rows: list[dict[str, object]], columns: list[tuple[str, s
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
+HEDGING_TITLE = "10. hedging: 3 % of calls ('all slow': all) turn slow (2 s); p99 seen by agents, extra calls"
+HEDGING_COLUMNS = [
+    ("shape", "healthy latency", ""),
+    ("variant", "variant", ""),
+    ("p50_ms", "p50 ms", ".1f"),
+    ("p99_ms", "p99 ms", ".1f"),
+    ("p99_vs_healthy", "p99 x healthy", ".2f"),
+    ("extra_calls", "extra calls", ".3f"),
+    ("delay_ms", "hedge delay ms", ".1f"),
+    ("floor_vs_healthy", "floor x healthy", ".2f"),
+    ("goal", "p99 <= 1.5x, extra < 10 %", ""),
+    ("load_1m", "load (1 min)", ".1f"),
+]
+
+
 OVERHEAD_COLUMNS = [
     ("variant", "variant", ""),
     ("p50_ms", "p50 ms", ".3f"),
@@ -178,21 +193,7 @@ def main() -> int:
     )
     case10 = hedging.run(calls=300 if args.quick else 2000)
     results["hedging"] = case10
-    _table(
-        "10. hedging: 3 % of calls turn slow (2 s); p99 seen by agents, extra calls sent",
-        case10,
-        [
-            ("shape", "healthy latency", ""),
-            ("variant", "variant", ""),
-            ("p50_ms", "p50 ms", ".1f"),
-            ("p99_ms", "p99 ms", ".1f"),
-            ("p99_vs_healthy", "p99 x healthy", ".2f"),
-            ("extra_calls", "extra calls", ".3f"),
-            ("delay_ms", "hedge delay ms", ".1f"),
-            ("floor_vs_healthy", "floor x healthy", ".2f"),
-            ("goal", "p99 <= 1.5x, extra < 10 %", ""),
-        ],
-    )
+    _table(HEDGING_TITLE, case10, HEDGING_COLUMNS)
     case12 = spool_replay.run(n=100 if args.quick else 300)
     results["spool_replay"] = case12
     _table(

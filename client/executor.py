@@ -23,6 +23,7 @@ from .attempts import Attempt, CallPlan, Done, Sleep, Step
 from .connection import ControlPlaneConnection
 from .deadline import _deadline, current_deadline, inherit_deadline, restore_deadline
 from .errors import ConfigurationError, ErrorContext, MissionControlError, OperationTimeout
+from .hedge_delay import HedgeMeter
 from .hedging import HedgeRun, run_hedged, run_hedged_async
 from .outcomes import DEFAULT, Counts, Failure, Outcomes, ServiceKind, classify, kind_of
 from .policy import Hedging, endpoint_problem, service_of
@@ -91,6 +92,9 @@ class Executor:
         #: hanging attempts cannot hold the threads another service's calls need.
         self._pools: dict[str, ThreadPoolExecutor] = {}
         self._pools_lock = threading.Lock()
+        #: Each hedged service's recent latencies and hedge budget (services with a policy
+        #: that hedges: as many as the config names).
+        self._meters: dict[str, HedgeMeter] = {}
         #: Why calls may not go yet (a control plane that was never started), else None.
         self.not_started: str | None = None
 
@@ -410,6 +414,15 @@ class Executor:
         if policy.hedging is None or fallbacks or not (idempotent or policy.idempotent):
             return None
         return policy.hedging
+
+    def hedge_meter(self, service: str) -> HedgeMeter:
+        """``service``'s latencies and hedge budget (its endpoints share them)."""
+        service = service_of(service)
+        with self._pools_lock:
+            meter = self._meters.get(service)
+            if meter is None:
+                meter = self._meters[service] = HedgeMeter(self.clock)
+            return meter
 
     def in_thread(self, attempt: Callable[[float], Any], service: str) -> Callable[[float], Future[Any]]:
         """Attempts of a sync function, each on a thread of its own (so that the next one

@@ -1,22 +1,27 @@
 """Hedged requests for idempotent calls (gRPC A6 hedging, Envoy ``hedge_policy``).
 
 A policy's ``hedging {max_attempts, delay_secs}`` sends the first attempt, then another
-one each ``delay_secs`` without an answer — or at once when an attempt fails with a
-retryable code — up to ``max_attempts`` in all. The first good answer wins and the
-attempts still running are cancelled (they count as neither: a probe permit comes back;
-one that cannot be cancelled, on a thread, holds its bulkhead place until it ends). A call
-whose deadline passes with attempts in flight counts one timeout failure. An answer that
-is not retryable ends the call (A6: it commits). An attempt refused by admission ends the
-sending: the next one would meet the same breaker or limit, so a refused call is one
-rejection, not ``max_attempts``.
+one each delay without an answer — or at once when an attempt fails with a retryable
+code — up to ``max_attempts`` in all. The delay is ``delay_secs``, or a percentile of
+the service's recent successful attempts (:mod:`.hedge_delay`), worked out once a call.
+The first good answer wins and the attempts still running are cancelled (they count as
+neither: a probe permit comes back; one that cannot be cancelled, on a thread, holds its
+bulkhead place until it ends). A call whose deadline passes with attempts in flight
+counts one timeout failure. An answer that is not retryable ends the call (A6: it
+commits). An attempt refused by admission ends the sending: the next one would meet the
+same breaker or limit, so a refused call is one rejection, not ``max_attempts``.
 
 Every hedge is an attempt like any other: it passes admission (breaker, rate limit,
-quotas, bulkhead) and takes its units and cost, and each after the first spends the retry
-budget; without budget no more hedges are sent. A hedge is an attempt, not a call: only
-the first attempt counts in the budget's base of calls (else hedges would fund their own
-budget). All attempts share the first one's deadline, and none is sent with less than
-:data:`MIN_HEDGE_LEFT` of it left. Hedged calls are not retried one by one (A6: hedging
-replaces retries).
+quotas, bulkhead) and takes its units and cost. Each after the first spends a budget;
+without budget no more hedges are sent. With a hedge budget (``max_extra_ratio``) a hedge
+sent for a slow answer spends only that one — it bounds the extra calls, which is what
+hedging adds, and a backend that slows down for everyone then gets at most that share
+more, while real retries of the service keep the retry budget — and one sent after a
+failure, a retry, spends both. Without one, every hedge spends the retry budget. A hedge
+is an attempt, not a call: only the first attempt counts in a budget's base of calls
+(else hedges would fund their own budget). All attempts share the first one's deadline,
+and none is sent with less than :data:`MIN_HEDGE_LEFT` of it left. Hedged calls are not
+retried one by one (A6: hedging replaces retries).
 
 :class:`HedgeRun` decides; :func:`run_hedged` (threads or gRPC futures) and
 :func:`run_hedged_async` (asyncio tasks) carry the decisions out.
@@ -60,6 +65,9 @@ class HedgeRun:
         self.outcomes = outcomes
         self.deadline = deadline  # the first attempt's, once admitted
         self.hedging = hedging
+        self.meter = ex.hedge_meter(service)
+        self.delay = self.meter.delay(hedging)
+        self.after_failure = False  # the next attempt would be a retry
         self.sent = 0
         self.next_at = ex.clock()
         self.error: BaseException | None = None  # the latest failure or refusal
@@ -72,8 +80,8 @@ class HedgeRun:
             if self.sent and self.deadline is not None and now >= self.deadline - MIN_HEDGE_LEFT:
                 self.over = True  # a hedge this late could not answer in time
                 break
-            if self.sent and not self.ex.spend_budget(self.service):
-                self.over = True  # the retry budget says no more
+            if self.sent and not self._budget_allows():
+                self.over = True  # the hedge or retry budget says no more
                 break
             self.sent += 1
             ticket = self.ex.enter(
@@ -92,13 +100,29 @@ class HedgeRun:
                 self.over = True
                 break
             assert isinstance(ticket, Ticket)
+            if self.sent == 1:
+                self.meter.called(self.hedging)
+            self.after_failure = False
             if self.deadline is None or ticket.deadline < self.deadline:
                 self.deadline = ticket.deadline
-            self.next_at = now + self.hedging.delay_secs
+            self.next_at = now + self.delay
             return ticket
         if self.sent >= self.hedging.max_attempts:
             self.over = True
         return None
+
+    def _budget_allows(self) -> bool:
+        """One more attempt's budget: the hedge budget's, and the retry budget's for a
+        retry or when there is no hedge budget."""
+        hedging = self.hedging
+        if not self.meter.spend(hedging):
+            return False
+        if hedging.max_extra_ratio and not self.after_failure:
+            return True
+        if self.ex.spend_budget(self.service):
+            return True
+        self.meter.refund(hedging)
+        return False
 
     def wait(self, now: float) -> float:
         """Seconds until the next attempt is due or the deadline passes."""
@@ -111,6 +135,7 @@ class HedgeRun:
         return self.deadline is not None and now >= self.deadline
 
     def succeeded(self, ticket: Ticket) -> None:
+        self.meter.succeeded(self.ex.clock() - ticket.started)
         self.ex.release(ticket)
         self.ex.record(ticket, None)
 
@@ -125,6 +150,7 @@ class HedgeRun:
             self.over = True
             return True
         self.next_at = ex.clock()  # the next hedge at once
+        self.after_failure = True
         return False
 
     def cancelled(self, ticket: Ticket) -> None:

@@ -253,11 +253,22 @@ class Quota:
 @dataclass(frozen=True, slots=True)
 class Hedging:
     """Hedged requests for idempotent calls (gRPC A6 hedging): up to ``max_attempts`` in
-    all, the next one after ``delay_secs`` without an answer (or at once when one fails
-    with a retryable code or is refused); the first good answer wins."""
+    all, the next one after a delay without an answer (or at once when one fails with a
+    retryable code or is refused); the first good answer wins.
+
+    The delay is ``delay_secs``, or with ``delay_percentile`` that percentile of the
+    service's recent successful attempts (``delay_secs`` until there are enough of them),
+    never under ``min_delay_secs``. ``max_extra_ratio`` > 0 is a hedge budget: hedges at
+    most that share of calls, spent instead of the retry budget by hedges sent for a
+    slow answer (those sent after a failure are retries and spend both)."""
 
     max_attempts: int = 2
     delay_secs: float = 0.1
+    #: 0: the delay is ``delay_secs``; else 50..99.9, the percentile of recent latencies.
+    delay_percentile: float = 0.0
+    min_delay_secs: float = 0.0
+    #: 0: no hedge budget (every hedge spends the retry budget); else 0 < x <= 1.
+    max_extra_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         _validated(self, Hedging.check)
@@ -266,6 +277,12 @@ class Hedging:
     def check(h: Hedging, c: _Checks) -> None:
         c.integer("max_attempts", h.max_attempts, low=2, high=5)
         c.number("delay_secs", h.delay_secs, low=0, high=_DAY, strict=False)
+        c.number("min_delay_secs", h.min_delay_secs, low=0, high=_DAY, strict=False)
+        checks = len(c.found)
+        c.number("delay_percentile", h.delay_percentile, low=0, high=99.9, strict=False)
+        if len(c.found) == checks and 0 < h.delay_percentile < 50:
+            c.add("delay_percentile", "must be 0 (a fixed delay) or from 50 to 99.9")
+        c.number("max_extra_ratio", h.max_extra_ratio, low=0, high=1, strict=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from mission_control.client import (
     ResourceExhausted,
     StorageFailure,
 )
-from mission_control.client.config import config_to_toml, load_config
+from mission_control.client.config import config_to_toml, load_config, policy_from_json, policy_to_json
 from mission_control.client.executor import HEDGE_THREADS
 from mission_control.client.policy import FleetLimits, Hedging, RetryBudget, ServicePolicy
 from mission_control.interceptors import client_interceptor, protected_channel
@@ -153,12 +153,59 @@ def test_hedging_in_the_toml_is_checked_and_round_trips() -> None:
     }
 
 
+def test_the_adaptive_hedging_fields_round_trip_through_toml_and_json_and_are_checked() -> None:
+    text = (
+        "[service_specific.llm_provider.hedging]\nmax_attempts = 2\ndelay_secs = 0.2\n"
+        "delay_percentile = 95\nmin_delay_secs = 0.01\nmax_extra_ratio = 0.1\n"
+    )
+    config = load_config(tomllib.loads(text))
+    policy = config.policy_for("llm_provider")
+    assert policy.hedging == Hedging(2, 0.2, delay_percentile=95, min_delay_secs=0.01, max_extra_ratio=0.1)
+    assert load_config(tomllib.loads(config_to_toml(config))) == config
+    assert policy_from_json(policy_to_json(policy)) == policy
+    bad = text.replace("= 95", "= 101").replace("= 0.01", "= -1").replace("= 0.1\n", "= 2\n")
+    with pytest.raises(ConfigurationError) as caught:
+        load_config(tomllib.loads(bad))
+    prefix = "service_specific.llm_provider.hedging."
+    assert {field for field, _ in caught.value.violations} == {
+        f"{prefix}delay_percentile",
+        f"{prefix}min_delay_secs",
+        f"{prefix}max_extra_ratio",
+    }
+
+
 def test_hedges_spend_the_retry_budget() -> None:
     broke = HEDGED.replace(retry_budget=RetryBudget(ratio=0, min_retries_per_second=0))
     mc, backend = agent(broke), Backend("slow")
     threading.Timer(0.3, backend.released.set).start()
     assert mc.guard("storage_backend", idempotent=True)(backend.save)() == "attempt 0"
     assert backend.calls == 1
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_with_a_hedge_budget_a_hedge_for_a_slow_answer_spends_no_retry_budget(mode: str) -> None:
+    no_retries = RetryBudget(ratio=0, min_retries_per_second=0)
+    budgeted = Hedging(max_attempts=2, delay_secs=0.05, max_extra_ratio=1)
+    mc, backend = agent(HEDGED.replace(retry_budget=no_retries, hedging=budgeted)), Backend("slow")
+    try:
+        if mode == "sync":
+            assert mc.guard("storage_backend", idempotent=True)(backend.save)() == "attempt 1"
+        else:
+            assert await mc.guard("storage_backend", idempotent=True)(backend.save_async)() == "attempt 1"
+    finally:
+        backend.released.set()
+    assert backend.calls == 2
+    assert mc.executor.hedge_meter("storage_backend").budget.balance == 0  # the hedge took it
+
+
+def test_with_a_hedge_budget_an_attempt_after_a_failure_is_a_retry_and_spends_the_retry_budget() -> None:
+    no_retries = RetryBudget(ratio=0, min_retries_per_second=0)
+    budgeted = Hedging(max_attempts=3, delay_secs=30, max_extra_ratio=1)
+    mc, backend = agent(HEDGED.replace(retry_budget=no_retries, hedging=budgeted)), Backend("fail")
+    with pytest.raises(StorageFailure, match="attempt 0 refused"):
+        mc.guard("storage_backend", idempotent=True)(backend.save)()
+    assert backend.calls == 1
+    assert mc.executor.hedge_meter("storage_backend").budget.balance == 1  # given back
 
 
 def test_hedges_take_rate_limit_units() -> None:

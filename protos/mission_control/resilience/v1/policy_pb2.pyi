@@ -215,28 +215,58 @@ class HedgingPolicy(_message.Message):
 
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     DELAY_SECS_FIELD_NUMBER: _builtins.int
+    DELAY_PERCENTILE_FIELD_NUMBER: _builtins.int
+    MIN_DELAY_SECS_FIELD_NUMBER: _builtins.int
+    MAX_EXTRA_RATIO_FIELD_NUMBER: _builtins.int
     max_attempts: _builtins.int
     """Attempts in all, the first included (2..5)."""
     delay_secs: _builtins.float
-    """Wait for an answer before the next attempt. Default 0.1 s."""
+    """Wait for an answer before the next attempt. Default 0.1 s. With delay_percentile,
+    the delay until the agent has seen enough successful attempts.
+    """
+    delay_percentile: _builtins.float
+    """0 or unset: the delay is delay_secs. 50..99.9: the delay is this percentile of the
+    service's successful attempts of the last 10 s, as the agent saw them.
+    """
+    min_delay_secs: _builtins.float
+    """The delay is never shorter than this. Default 0."""
+    max_extra_ratio: _builtins.float
+    """Hedge budget (0 < x <= 1): hedges at most this share of calls, spent instead of the
+    retry budget by hedges sent for a slow answer. 0 or unset: hedges spend the retry budget.
+    """
     def __init__(
         self,
         *,
         max_attempts: _builtins.int | None = ...,
         delay_secs: _builtins.float | None = ...,
+        delay_percentile: _builtins.float | None = ...,
+        min_delay_secs: _builtins.float | None = ...,
+        max_extra_ratio: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_delay_secs", b"_delay_secs", "_max_attempts", b"_max_attempts", "delay_secs", b"delay_secs", "max_attempts", b"max_attempts"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_delay_percentile", b"_delay_percentile", "_delay_secs", b"_delay_secs", "_max_attempts", b"_max_attempts", "_max_extra_ratio", b"_max_extra_ratio", "_min_delay_secs", b"_min_delay_secs", "delay_percentile", b"delay_percentile", "delay_secs", b"delay_secs", "max_attempts", b"max_attempts", "max_extra_ratio", b"max_extra_ratio", "min_delay_secs", b"min_delay_secs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_delay_secs", b"_delay_secs", "_max_attempts", b"_max_attempts", "delay_secs", b"delay_secs", "max_attempts", b"max_attempts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_delay_percentile", b"_delay_percentile", "_delay_secs", b"_delay_secs", "_max_attempts", b"_max_attempts", "_max_extra_ratio", b"_max_extra_ratio", "_min_delay_secs", b"_min_delay_secs", "delay_percentile", b"delay_percentile", "delay_secs", b"delay_secs", "max_attempts", b"max_attempts", "max_extra_ratio", b"max_extra_ratio", "min_delay_secs", b"min_delay_secs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__delay_percentile: _TypeAlias = _typing.Literal["delay_percentile"]  # noqa: Y015
+    _WhichOneofArgType__delay_percentile: _TypeAlias = _typing.Literal["_delay_percentile", b"_delay_percentile"]  # noqa: Y015
     _WhichOneofReturnType__delay_secs: _TypeAlias = _typing.Literal["delay_secs"]  # noqa: Y015
     _WhichOneofArgType__delay_secs: _TypeAlias = _typing.Literal["_delay_secs", b"_delay_secs"]  # noqa: Y015
     _WhichOneofReturnType__max_attempts: _TypeAlias = _typing.Literal["max_attempts"]  # noqa: Y015
     _WhichOneofArgType__max_attempts: _TypeAlias = _typing.Literal["_max_attempts", b"_max_attempts"]  # noqa: Y015
+    _WhichOneofReturnType__max_extra_ratio: _TypeAlias = _typing.Literal["max_extra_ratio"]  # noqa: Y015
+    _WhichOneofArgType__max_extra_ratio: _TypeAlias = _typing.Literal["_max_extra_ratio", b"_max_extra_ratio"]  # noqa: Y015
+    _WhichOneofReturnType__min_delay_secs: _TypeAlias = _typing.Literal["min_delay_secs"]  # noqa: Y015
+    _WhichOneofArgType__min_delay_secs: _TypeAlias = _typing.Literal["_min_delay_secs", b"_min_delay_secs"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__delay_percentile) -> _WhichOneofReturnType__delay_percentile | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__delay_secs) -> _WhichOneofReturnType__delay_secs | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_attempts) -> _WhichOneofReturnType__max_attempts | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_extra_ratio) -> _WhichOneofReturnType__max_extra_ratio | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_delay_secs) -> _WhichOneofReturnType__min_delay_secs | None: ...
 
 Global___HedgingPolicy: _TypeAlias = HedgingPolicy  # noqa: Y015
 
