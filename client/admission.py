@@ -151,7 +151,11 @@ class Admission:
 
     def breaker(self, state: ServiceState, now: float) -> Admitted | Refused:
         """The fleet breaker while connected (or forced), else this agent's own."""
-        fleet = self.view.fleet_in_force(state, now)
+        view = self.view
+        fleet = state.fleet
+        if fleet is not None and fleet.state is BreakerState.CLOSED and view.connected:
+            return ORDINARY  # the common case, as the CLOSED gate decides it
+        fleet = view.fleet_in_force(state, now)
         if fleet is not None:
             return _GATES[fleet.state].before_call(self, state, fleet, now)
         if state.local.state is BreakerState.CLOSED:  # the common case: no lock needed to read it

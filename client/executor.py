@@ -130,14 +130,28 @@ class Executor:
         (calls) does not grow with the attempts it pays for."""
         if self.not_started is not None:
             raise RuntimeError(self.not_started)
-        state = self.view.get(service)
+        return self.enter_state(self.view.get(service), operation, kind, timeout, cost, deadline, call)
+
+    def enter_state(
+        self,
+        state: ServiceState,
+        operation: str,
+        kind: str | None,
+        timeout: float | None,
+        cost: Mapping[str, float] | None,
+        deadline: float | None = None,
+        call: bool = True,
+    ) -> Ticket | Refused:
+        """:meth:`enter` for a service (or endpoint) whose state the caller holds and whose
+        calls may go (:attr:`not_started` is None)."""
         now = self.clock()
         decision = self.admission.breaker(state, now)
         if type(decision) is Refused:
             return self._refused(state, decision, operation)
         try:
             with state.lock:  # one short section for every limit; never held across a call
-                state.judge_slow(now)
+                if state.running:
+                    state.judge_slow(now)
                 refused = self.admission.limits(state, cost, now, True)
                 if refused is None and call:
                     state.budget.record_call(now)
@@ -156,11 +170,14 @@ class Executor:
         if deadline is not None and deadline - now < seconds:
             seconds = max(0.0, deadline - now)
         if kind is None:
-            kind = state.kind or kind_of(service)
+            kind = state.kind or kind_of(state.name)
             state.kind = kind
         ticket = Ticket(state, operation, kind, now + seconds, seconds, decision.probe)  # type: ignore[union-attr]
         ticket.shadow = shadow
-        self._started(ticket, now)
+        ticket.started = now  # as _started, inline: this is every call's path
+        if state.policy.slow_call is not None:
+            with state.lock:
+                state.running.add(ticket)
         return ticket
 
     def readmit(self, ticket: Ticket, cost: Mapping[str, float] | None, now: float) -> Refused | None:
@@ -270,15 +287,17 @@ class Executor:
             outcomes = dataclasses.replace(outcomes, base=wider)
         return classify(ticket, exc, outcomes, lists)
 
-    def succeeded(self, ticket: Ticket) -> None:
-        """An ordinary attempt succeeded: :meth:`record` and :meth:`release` in one locked
-        section (the common call's whole bookkeeping after it returns)."""
+    def succeeded(self, ticket: Ticket, now: float | None = None) -> None:
+        """An ordinary attempt succeeded (at ``now``, when the caller read the clock then):
+        :meth:`record` and :meth:`release` in one locked section (the common call's whole
+        bookkeeping after it returns)."""
         if ticket.probe is not None or ticket.shadow is not None:
             self.record(ticket, None)
             self.release(ticket)
             return
         state = ticket.state
-        now = self.clock()
+        if now is None:
+            now = self.clock()
         with state.lock:
             if state.running or state.policy.slow_call is not None:
                 self._timed(state, ticket, now, True)  # a slow success is still a success

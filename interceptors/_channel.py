@@ -82,7 +82,8 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
             return run_hedged(run, hedged, _with_call if with_call else _result)
 
         admitted = route.admit(timeout, parent, service)
-        left = admitted.deadline - ex.clock() if type(admitted) is Ticket else 0.0
+        # the time left is the ticket's timeout: admission read the clock just now
+        left = admitted.timeout if type(admitted) is Ticket else 0.0
         if left > 0:  # the common case: admitted, made, and (mostly) done here
             ticket: Ticket = admitted  # type: ignore[assignment]
             token = _deadline.set(ticket.deadline)
@@ -105,9 +106,11 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
                 failed = None
             finally:
                 _deadline.reset(token)
-            if failed is None and ex.clock() <= ticket.deadline:
-                ex.succeeded(ticket)
-                return result
+            if failed is None:
+                now = ex.clock()
+                if now <= ticket.deadline:
+                    ex.succeeded(ticket, now)
+                    return result
             plan = route.plan(timeout, parent, service)
             plan.adopt(ticket)
         else:

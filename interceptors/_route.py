@@ -80,13 +80,15 @@ class Route:
             return None
         if service != self.service:  # an endpoint's breaker
             return self.ex.hedging_for(service, self.idempotent, None)
-        state = self.state
-        if state is None:  # a service's state lives as long as the agent: kept, not looked up
-            self.state = state = self.ex.view.get(service)
-        policy = state.policy  # as Executor.hedging_for
+        policy = (self.state or self._state()).policy  # as Executor.hedging_for
         if policy.hedging is None or not (self.idempotent or policy.idempotent):
             return None
         return policy.hedging
+
+    def _state(self) -> ServiceState:
+        """The service's state, looked up once: it lives as long as the agent."""
+        self.state = state = self.ex.view.get(self.service)
+        return state
 
     def hedge_run(
         self, service: str, timeout: float | None, parent_deadline: float | None, hedging: Hedging
@@ -114,7 +116,11 @@ class Route:
 
     def admit(self, timeout: float | None, parent_deadline: float | None, service: str) -> Ticket | Refused:
         """``service``'s admission for a call's first attempt, as its plan would ask."""
-        return self.ex.enter(service, self.operation, self.kind, timeout, None, parent_deadline)
+        ex, operation, kind = self.ex, self.operation, self.kind
+        if service is self.service and ex.not_started is None:  # the service's state is kept
+            state = self.state or self._state()
+            return ex.enter_state(state, operation, kind, timeout, None, parent_deadline)
+        return ex.enter(service, operation, kind, timeout, None, parent_deadline)
 
     def fallbacks(self, request: Any, metadata: Any, shape: bool | None) -> dict[str, Callable[[float], Any]]:
         """An attempt per fallback channel, in the shape the service's attempt has:
