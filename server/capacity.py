@@ -61,6 +61,8 @@ class _Holder:
     sent: float = 0.0  # the last lease sent
     leased: bool = False  # this leader sent it a lease
     earlier: int = 0  # agents an earlier leader counted, as reported before this one leased
+    #: what it may spend of an earlier leader's leases, as reported before this one leased
+    earlier_units: float = 0.0
 
 
 @dataclass
@@ -180,9 +182,9 @@ class CapacityLeaser:
         entry.wanted, entry.used = _finite(demand.wanted), _finite(demand.used)
         entry.agents = max(1, demand.agents)
         entry.agents_known = demand.agents_known
-        if not entry.leased:
-            entry.earlier = demand.agents_known
         entry.safe_units = min(_finite(demand.safe_units), limit.fleet_units)
+        if not entry.leased:
+            entry.earlier, entry.earlier_units = demand.agents_known, entry.safe_units
 
     def forget(self, holder: str) -> None:
         """The holder's stream ended: it may still spend its safe share (its last lease)
@@ -209,6 +211,8 @@ class CapacityLeaser:
             self._earlier_end = now + min(max(0.0, ahead), RECORD_AHEAD_SECS)
             for limit in self.limits.values():
                 limit.allocated, limit.warm, limit.expected = -1, True, 0
+                for entry in limit.holders.values():  # leased in an earlier term of this replica
+                    entry.leased, entry.earlier_units = False, entry.safe_units
         for limit in list(self.limits.values()):
             index = math.floor(wall / limit.period_secs)
             into = wall - index * limit.period_secs
@@ -236,7 +240,9 @@ class CapacityLeaser:
             if not (expected or self.leased_before()):
                 return max(0.0, limit.fleet_units - absent)  # no sign of earlier leases (yet)
             known = sum(e.agents for e in limit.holders.values() if e.earlier)
-            back = sum(e.safe_units for e in limit.holders.values())
+            # what they held of the earlier leases, not of this leader's: those are split
+            # from this pool, and counting them again would shrink it period by period
+            back = sum(e.earlier_units for e in limit.holders.values())
             everyone = 0 < expected <= known
             # an agent the earlier leader leased last stops spending at this horizon
             horizon = self._earlier_end + limit.unleased_secs + 2 * limit.period_secs

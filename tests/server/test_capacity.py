@@ -198,3 +198,16 @@ def test_a_round_sent_in_slices_sends_what_one_turn_would_and_marks_the_gone_abs
     # the holder without a stream keeps its safe share out of the next split, as in one turn
     assert "h4" in sliced.leaser.limits[("shared", RESOURCE)].absent
 
+
+def test_a_warm_up_splits_what_the_agents_back_held_and_does_not_shrink_period_by_period() -> None:
+    leader = Leader(8000.0, epoch=2)  # an earlier leader's record: unknown, so a long warm-up
+    leader.report("a", wanted=100, agents_known=4, safe_units=UNITS / 2)
+    leader.report("new", wanted=100)  # joined meanwhile: it never held a lease
+    for second in range(1, 6):
+        leader.run(8000.1 + second)
+        # each reports its last lease, from this leader: less than a held before
+        for holder in ("a", "new"):
+            leader.report(holder, wanted=100, agents_known=4, safe_units=leader.sent[holder][-1].units)
+    # the two agents not back may spend the other half, no more: the half a held is split
+    assert leader.leased(8005000) == pytest.approx(UNITS / 2)
+    assert leader.leaser.usage()[0].kept_aside == pytest.approx(UNITS / 2)
