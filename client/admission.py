@@ -188,7 +188,9 @@ class Admission:
         wait = bucket.take(1.0, now)
         if wait:
             limit = state.policy.rate_limit_requests
-            error = ResourceExhausted(requests, bucket.used(now), limit, retry_after=_finite(wait))
+            error = ResourceExhausted(
+                requests, bucket.used(now), limit, retry_after=_finite(wait), causes=_unleased(bucket, now)
+            )
             return Refused(error, "rate_limit")
         taken: list[tuple[TokenBucket | LeasedBudget, float]] = [(bucket, 1.0)] if cost else []
         for resource, amount in cost.items() if cost else ():
@@ -200,7 +202,9 @@ class Admission:
             if wait:
                 _give_back_units(taken)
                 limit = quota_limit(state, resource)
-                error = ResourceExhausted(resource, quota.used(now), limit, retry_after=_finite(wait))
+                error = ResourceExhausted(
+                    resource, quota.used(now), limit, retry_after=_finite(wait), causes=_unleased(quota, now)
+                )
                 return Refused(error, "quota")
             taken.append((quota, amount))
         if bulkhead and not state.bulkhead.enter():
@@ -220,6 +224,16 @@ class Admission:
         elif probe == "local":
             with state.lock:
                 state.local.release_probes("local", 1)
+
+
+def _unleased(budget: object, now: float) -> tuple[str, ...]:
+    """Why a fleet limit refuses everything: no lease for longer than it may go without."""
+    if isinstance(budget, LeasedBudget) and budget.cut_off(now):
+        return (
+            f"no fleet lease for {budget.unleased_secs:g} s (control plane unreachable): "
+            "fleet-limited calls wait for a lease",
+        )
+    return ()
 
 
 def _give_back_units(taken: list[tuple[TokenBucket | LeasedBudget, float]]) -> None:

@@ -111,7 +111,7 @@ _BUDGET = ("ratio", "min_retries_per_second", "window_secs")
 _RATE = ("threshold", "minimum_calls", "window_secs")
 _SLOW = ("duration_threshold_secs", "rate_threshold", "minimum_calls", "window_secs")
 _QUOTA = ("resource", "limit", "window_secs")
-_FLEET = ("rate_limit", "quotas", "lease_secs", "safe_share")
+_FLEET = ("rate_limit", "quotas", "lease_secs", "safe_share", "unleased_secs")
 _HEDGING = ("max_attempts", "delay_secs", "delay_percentile", "min_delay_secs", "max_extra_ratio")
 _POLICY_KEYS = {
     "service",

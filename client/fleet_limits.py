@@ -84,12 +84,27 @@ class LeasedBudget:
     than the fleet's units. An agent that was never leased spends only an explicit
     ``safe_share`` (nothing by default) until its first lease: it does not believe it is
     alone.
+
+    Unleased spending ends ``unleased_secs`` after the start of the last leased period (or
+    after the budget was made, never leased): an agent cut off from every control plane
+    for longer refuses, because a leader keeps what cut-off agents may spend aside for that
+    long only (None: no end, for budgets that are metered rather than limited).
     """
 
-    def __init__(self, fleet_units: float, period_secs: float, safe_share: float | None, now: float) -> None:
+    def __init__(
+        self,
+        fleet_units: float,
+        period_secs: float,
+        safe_share: float | None,
+        now: float,
+        unleased_secs: float | None = None,
+    ) -> None:
         self.fleet_units = fleet_units
         self.period_secs = period_secs
         self.safe_share = safe_share
+        self.unleased_secs = unleased_secs
+        #: Unleased spending ends here (this process's clock).
+        self.horizon = now + (unleased_secs if unleased_secs is not None else float("inf"))
         #: Agents sharing the limit, as last announced; 0 = never leased.
         self.agents = 0
         self.epoch = 0
@@ -124,6 +139,10 @@ class LeasedBudget:
             return self.fleet_units * self.safe_share
         return min(self.last_units, self.fleet_units)
 
+    def cut_off(self, now: float) -> bool:
+        """Whether the agent is past its horizon without a lease: it spends nothing."""
+        return self._now.lease is None and now >= self.horizon
+
     def used(self, now: float) -> int:
         """Units spent in the running period (the same question a TokenBucket answers)."""
         return round(self._now.spent)
@@ -153,6 +172,8 @@ class LeasedBudget:
         lease = _Lease(epoch, period, start, units)
         if (epoch, period) >= self._last:
             self._last, self.last_units = (epoch, period), units
+        if self.unleased_secs is not None:
+            self.horizon = max(self.horizon, start + self.unleased_secs)
         running = self._now
         if period == self._number and (running.lease is None or running.lease.epoch < epoch):
             # the lease for the running period arrived late (or from a newer leader): it
@@ -228,5 +249,7 @@ class LeasedBudget:
             end = min(end, min(lease.start for lease in self._next.values()))
         if self._number:
             self._number += round(self.period_secs * 1000)
-        share = self.safe_units() * max(0.0, min(1.0, (end - start) / self.period_secs))
+        # and nothing past the horizon: a leader keeps it aside no longer
+        spendable = min(end, self.horizon) - start
+        share = self.safe_units() * max(0.0, min(1.0, spendable / self.period_secs))
         return _Period(None, start, max(end, start), share)

@@ -54,6 +54,8 @@ MAX_ENDPOINTS = 10_000
 #: with every list and name bounded, a policy's size is bounded, and so is its validation.
 MAX_FALLBACKS = 32
 MAX_QUOTAS = 64
+#: How long an agent spends a fleet limit without a lease before it refuses (see FleetLimits).
+UNLEASED_SECS = 30.0
 MAX_RETRYABLE_CODES = 32
 _CODES = {c.name for c in grpc.StatusCode if c is not grpc.StatusCode.OK}
 
@@ -293,8 +295,11 @@ class FleetLimits:
     rate_limit: bool = False
     quotas: tuple[str, ...] = ()
     lease_secs: float = 1.0
-    #: Share of the fleet limit an agent spends without a lease; None = 1 / agents.
+    #: Share of the fleet limit an agent spends without a lease; None = its last lease.
     safe_share: float | None = None
+    #: How long an agent spends without a lease (after its last one) before it refuses:
+    #: the leader keeps that long aside for agents cut off from it.
+    unleased_secs: float = UNLEASED_SECS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quotas", tuple(self.quotas))
@@ -307,6 +312,7 @@ class FleetLimits:
         c.number("lease_secs", f.lease_secs, low=0.05, high=60, strict=False)
         if f.safe_share is not None:
             c.number("safe_share", f.safe_share, low=0, high=1, strict=True)
+        c.number("unleased_secs", f.unleased_secs, low=1, high=3600, strict=False)
         for i, name in enumerate(_too_many(c, "quotas", f.quotas, MAX_QUOTAS)):
             problem = name_problem(name)
             if problem:

@@ -305,17 +305,20 @@ class ServiceState:
     def _lease_budgets(self, policy: ServicePolicy, now: float) -> None:
         fleet = policy.fleet
         wanted = {}
-        for resource, (limit, window) in policy.fleet_resources().items():
+        limits = policy.fleet_resources()
+        for resource, (limit, window) in limits.items():
             assert fleet is not None
             wanted[resource] = (limit * fleet.lease_secs / window, fleet.lease_secs, fleet.safe_share)
         wanted.update(retry_resources(policy))
         leased = {}
         for resource, (units, period, safe_share) in wanted.items():
+            # a fleet limit's unleased spending ends; a retry budget falls back to its own
+            horizon = fleet.unleased_secs if fleet is not None and resource in limits else None
             budget = self.leased.get(resource)
             if budget is None:
-                budget = LeasedBudget(units, period, safe_share, now)
+                budget = LeasedBudget(units, period, safe_share, now, horizon)
             else:
-                budget.fleet_units, budget.safe_share = units, safe_share
+                budget.fleet_units, budget.safe_share, budget.unleased_secs = units, safe_share, horizon
             leased[resource] = budget
         self.leased = leased
 

@@ -11,11 +11,16 @@ come and go and leaders change:
   cuts time the same way and a new one continues the numbering; leases carry the leader's
   epoch, and agents only move forward in (epoch, period);
 * the period running now is never leased again, only the ones ahead;
-* an agent without a lease spends its last one (it reports how much). That is kept out of
-  the split for a holder whose stream broke without a goodbye (it may be alive and cut off)
-  until it is back or ``grace`` is over; a holder whose lease shrinks may miss the new one,
-  so what it gives up goes to others a period later; and a new leader, while agents an
-  earlier one counted are not back, splits only what the agents back were spending.
+* an agent without a lease spends its last one (it reports how much), for at most the
+  policy's ``unleased_secs`` after its last leased period began. That is kept out of the
+  split for a holder whose stream broke without a goodbye (it may be alive and cut off)
+  until it is back or that horizon has passed; a holder whose lease shrinks may miss the
+  new one, so what it gives up goes to others a period later; and a new leader, while
+  agents an earlier one counted are not back, splits only what the agents back were
+  spending — until the horizon of the last lease the earlier leader may have sent (its
+  fenced record says how late that was) has passed;
+* a leader leases no period ending after what it has recorded (``may_lease``), so a deposed
+  leader that still sends cannot lease past what its successor keeps aside.
 """
 
 from __future__ import annotations
@@ -30,14 +35,18 @@ from dataclasses import dataclass, field
 
 from mission_control.client.fleet_limits import fair_share
 from mission_control.client.fleet_retries import calls_resource, fleet_retry_units, retry_resources
-from mission_control.client.policy import ServicePolicy
+from mission_control.client.policy import UNLEASED_SECS, ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+# how far ahead an earlier leader may have leased when its record does not say: a leader
+# records that far ahead of its clock, no further
+from .lease_epoch import RECORD_AHEAD_SECS
 
 _log = logging.getLogger("mission_control.server.capacity")
 
-#: How long an agent that went away without a goodbye (or that a new leader has not heard
-#: from yet) is assumed to be spending its safe share: longer than an agent's reconnect backoff.
-RECONNECT_GRACE_SECS = 10.0
+#: Holders past their horizon are shown this long (and at most this many).
+LAPSED_SHOWN_SECS = 600.0
+LAPSED_SHOWN = 10_000
 
 Send = Callable[[str, pb.ConnectResponse], bool]
 
@@ -52,6 +61,8 @@ class _Holder:
     sent: float = 0.0  # the last lease sent
     leased: bool = False  # this leader sent it a lease
     earlier: int = 0  # agents an earlier leader counted, as reported before this one leased
+    #: what it may spend of an earlier leader's leases, as reported before this one leased
+    earlier_units: float = 0.0
 
 
 @dataclass
@@ -64,6 +75,12 @@ class _Limit:
     holders: dict[str, _Holder] = field(default_factory=dict)
     #: holder -> (safe units it may be spending, until when): gone without a goodbye
     absent: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: holder -> when its reservation ended: if alive and still cut off, it refuses now
+    lapsed: dict[str, float] = field(default_factory=dict)
+    #: how long an agent spends without a lease (the policy's fleet.unleased_secs)
+    unleased_secs: float = UNLEASED_SECS
+    #: units the last split kept aside for agents absent or not back yet
+    kept_aside: float = 0.0
     leased: float = 0.0
     demanded: float = 0.0
     used: float = 0.0
@@ -86,7 +103,11 @@ class CapacityLeaser:
         leased_before: whether an earlier leader may have leased (agents not back yet may
             be spending its leases). Without it, only agents that report a lease are
             evidence of one.
-        on_leased: called after leases were sent (the leader records its epoch).
+        earlier_until: until when (wall seconds) an earlier leader may have leased, as its
+            record said; None: not known (assume as far ahead as a leader records).
+        may_lease: whether a period ending then (wall seconds) may be leased: within what
+            this leader has recorded, fenced.
+        on_leased: called after leases were sent.
     """
 
     def __init__(
@@ -97,8 +118,9 @@ class CapacityLeaser:
         epoch: Callable[[], int] = lambda: 0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
-        grace: float = RECONNECT_GRACE_SECS,
         leased_before: Callable[[], bool] = lambda: False,
+        earlier_until: Callable[[], float | None] = lambda: None,
+        may_lease: Callable[[float], bool] = lambda end: True,
         on_leased: Callable[[], None] = lambda: None,
     ) -> None:
         self.policies = policies
@@ -106,12 +128,13 @@ class CapacityLeaser:
         self.epoch = epoch
         self.clock = clock
         self.wall = wall
-        self.grace = grace
         self.leased_before = leased_before
+        self.earlier_until = earlier_until
+        self.may_lease = may_lease
         self.on_leased = on_leased
         self.limits: dict[tuple[str, str], _Limit] = {}
         self._epoch: int | None = None
-        self._warm_until = 0.0
+        self._earlier_end = 0.0  # when an earlier leader's last lease ended (monotonic)
         #: (limit, holder, units, the lease's other fields): made, not sent yet
         self._outbox: deque[tuple[_Limit, str, float, pb.CapacityLease]] = deque()
 
@@ -119,6 +142,7 @@ class CapacityLeaser:
         """Follow the policies: which resources are fleet-shared, and how much of each."""
         wanted: dict[tuple[str, str], tuple[float, float]] = {}
         retries: dict[tuple[str, str], ServicePolicy] = {}
+        horizons: dict[tuple[str, str], float] = {}
         for policy in self.policies():
             for resource, (units, period, _) in retry_resources(policy).items():
                 wanted[(policy.service, resource)] = (units, period)
@@ -128,6 +152,7 @@ class CapacityLeaser:
             for resource, (limit, window) in policy.fleet_resources().items():
                 period = policy.fleet.lease_secs
                 wanted[(policy.service, resource)] = (limit * period / window, period)
+                horizons[(policy.service, resource)] = policy.fleet.unleased_secs
         for key in [k for k in self.limits if k not in wanted]:
             del self.limits[key]
         for key, (units, period) in wanted.items():
@@ -139,6 +164,7 @@ class CapacityLeaser:
             elif found.retries_of is None:
                 found.fleet_units = units
             limit = self.limits[key]
+            limit.unleased_secs = horizons.get(key, UNLEASED_SECS)
             policy = retries.get(key)
             limit.metered = policy is not None and key[1] == calls_resource(key[0])
             limit.retries_of = policy if policy is not None and not limit.metered else None
@@ -148,6 +174,7 @@ class CapacityLeaser:
         if limit is None:
             return
         limit.absent.pop(holder, None)
+        limit.lapsed.pop(holder, None)
         if demand.leaving:
             limit.holders.pop(holder, None)
             return
@@ -155,13 +182,13 @@ class CapacityLeaser:
         entry.wanted, entry.used = _finite(demand.wanted), _finite(demand.used)
         entry.agents = max(1, demand.agents)
         entry.agents_known = demand.agents_known
-        if not entry.leased:
-            entry.earlier = demand.agents_known
         entry.safe_units = min(_finite(demand.safe_units), limit.fleet_units)
+        if not entry.leased:
+            entry.earlier, entry.earlier_units = demand.agents_known, entry.safe_units
 
     def forget(self, holder: str) -> None:
         """The holder's stream ended: it may still spend its safe share (its last lease)
-        for a while."""
+        until its horizon."""
         for limit in self.limits.values():
             self._absent(limit, holder)
 
@@ -179,7 +206,9 @@ class CapacityLeaser:
     def _absent(self, limit: _Limit, holder: str) -> None:
         entry = limit.holders.pop(holder, None)
         if entry is not None and max(entry.safe_units, entry.sent) > 0:
-            limit.absent[holder] = (max(entry.safe_units, entry.sent), self.clock() + self.grace)
+            # its last lease began at most 1.5 periods from now (sent half a period ahead)
+            until = self.clock() + limit.unleased_secs + 2 * limit.period_secs
+            limit.absent[holder] = (max(entry.safe_units, entry.sent), until)
 
     def tick(self, *, send: bool = True) -> None:
         """Lease the next period of every limit once the running one is half over (and
@@ -187,13 +216,19 @@ class CapacityLeaser:
         now, wall = self.clock(), self.wall()
         epoch = self.epoch()
         if epoch != self._epoch:  # leading anew: agents may be spending safe shares
-            self._epoch, self._warm_until = epoch, now + self.grace
+            self._epoch = epoch
+            earlier = self.earlier_until()
+            ahead = RECORD_AHEAD_SECS if earlier is None else earlier - wall
+            self._earlier_end = now + min(max(0.0, ahead), RECORD_AHEAD_SECS)
             for limit in self.limits.values():
                 limit.allocated, limit.warm, limit.expected = -1, True, 0
+                for entry in limit.holders.values():  # leased in an earlier term of this replica
+                    entry.leased, entry.earlier_units = False, entry.safe_units
         for limit in list(self.limits.values()):
             index = math.floor(wall / limit.period_secs)
             into = wall - index * limit.period_secs
-            if into >= limit.period_secs / 2 and limit.allocated <= index:
+            ends = (index + 2) * limit.period_secs
+            if into >= limit.period_secs / 2 and limit.allocated <= index and self.may_lease(ends):
                 self._allocate(limit, index + 1, now, wall)
         if send:
             self.send_queued()
@@ -205,9 +240,9 @@ class CapacityLeaser:
         one, so what agents cut off may spend is kept back; and while a new leader warms
         up, only what the agents already back were spending is split among them (the
         others spend the rest of what the last leader leased)."""
-        for holder in [h for h, (_, until) in limit.absent.items() if until <= now]:
-            del limit.absent[holder]
+        self._lapse(limit, now)
         absent = sum(units for units, _ in limit.absent.values())
+        limit.kept_aside = absent
         if limit.warm:
             # How many agents shared the limit, as the agents back last heard it: none
             # heard of any lease (a new fleet), or all of them are back, ends the warm-up.
@@ -216,13 +251,29 @@ class CapacityLeaser:
             if not (expected or self.leased_before()):
                 return max(0.0, limit.fleet_units - absent)  # no sign of earlier leases (yet)
             known = sum(e.agents for e in limit.holders.values() if e.earlier)
-            back = sum(e.safe_units for e in limit.holders.values())
+            # what they held of the earlier leases, not of this leader's: those are split
+            # from this pool, and counting them again would shrink it period by period
+            back = sum(e.earlier_units for e in limit.holders.values())
             everyone = 0 < expected <= known
-            if now >= self._warm_until or everyone or back + absent >= limit.fleet_units - 1e-6:
+            # an agent the earlier leader leased last stops spending at this horizon
+            horizon = self._earlier_end + limit.unleased_secs + 2 * limit.period_secs
+            if now >= horizon or everyone or back + absent >= limit.fleet_units - 1e-6:
                 limit.warm = False
             else:
+                limit.kept_aside = max(0.0, limit.fleet_units - back)
                 return back
         return max(0.0, limit.fleet_units - absent)
+
+    @staticmethod
+    def _lapse(limit: _Limit, now: float) -> None:
+        """Reservations past their horizon end (a holder still cut off refuses by now)."""
+        for holder in [h for h, (_, until) in limit.absent.items() if until <= now]:
+            del limit.absent[holder]
+            limit.lapsed[holder] = now
+        for holder in [h for h, at in limit.lapsed.items() if at <= now - LAPSED_SHOWN_SECS]:
+            del limit.lapsed[holder]
+        while len(limit.lapsed) > LAPSED_SHOWN:
+            del limit.lapsed[next(iter(limit.lapsed))]
 
     def _allocate(self, limit: _Limit, index: int, now: float, wall: float) -> None:
         limit.allocated = index
@@ -300,6 +351,8 @@ class CapacityLeaser:
                 used=limit.used,
                 agents=sum(e.agents for e in limit.holders.values()),
                 period_secs=limit.period_secs,
+                kept_aside=limit.kept_aside,
+                past_horizon=len(limit.lapsed),
             )
             for limit in self.limits.values()
             if not limit.metered

@@ -156,7 +156,8 @@ class ControlPlane:
             clock=clock,
             wall=wall,
             leased_before=self.lease_epochs.leased_before,
-            on_leased=self.lease_epochs.leased,
+            earlier_until=self.lease_epochs.earlier_until,
+            may_lease=self.lease_epochs.may_lease,
         )
         self.admission = ServiceAdmission(self.policies, self.breakers, clock=clock)
         self.reports = ReportGate(self.policies.policy_of, clock=clock)

@@ -16,6 +16,13 @@ epoch; every replica follows it with the rest of the store. When a replica takes
   epoch is still above every epoch an agent holds. That asks no more of the replicas'
   clocks than the lease periods do already: they are cut on the same wall-clock grid.
 
+The record also says until when its leader may lease (``until``, wall-clock seconds): a
+leader leases no period that ends later than the record it has stored, fenced, and extends
+it ahead of time (``RECORD_AHEAD_SECS``). A deposed leader still sending (paused, then
+resumed) cannot extend it, so a new leader knows how late an agent it has not heard from
+may have been leased, and keeps aside what such agents may spend until that time plus the
+policy's ``unleased_secs`` — when the agents stop spending without a lease.
+
 A malformed value is refused and counted (shown like a broken policy) and never stops
 anything: its epoch is not taken, but it still counts as a sign of earlier leases, as the
 fleet does until the store is loaded.
@@ -38,16 +45,22 @@ RECORD = "fleet-lease-epoch"
 #: The record's value is not known (the store is not loaded yet).
 _UNKNOWN = object()
 
+#: How far ahead a leader records that it may lease; written again when half is left.
+RECORD_AHEAD_SECS = 4.0
+
 
 @dataclass(frozen=True, slots=True)
 class EpochRecord:
-    """Leases were sent in ``epoch`` by the replica ``leader``."""
+    """Leases were sent in ``epoch`` by the replica ``leader``, for periods that end by
+    ``until`` (wall-clock seconds; 0: not said, as in records of earlier versions)."""
 
     epoch: int
     leader: str
+    until: float = 0.0
 
     def encode(self) -> bytes:
-        return json.dumps({"epoch": self.epoch, "leader": self.leader}).encode()
+        fields = {"epoch": self.epoch, "leader": self.leader, "until": round(self.until, 3)}
+        return json.dumps(fields).encode()
 
 
 def parse_record(value: bytes) -> EpochRecord:
@@ -58,15 +71,17 @@ def parse_record(value: bytes) -> EpochRecord:
         raise ValueError(f"not JSON ({err})") from None
     if not isinstance(fields, dict):
         raise ValueError("not a JSON object")
-    epoch, leader = fields.get("epoch"), fields.get("leader")
+    epoch, leader, until = fields.get("epoch"), fields.get("leader"), fields.get("until", 0)
     bad = []
+    if isinstance(until, bool) or not isinstance(until, int | float) or not 0 <= until < 1e11:
+        bad.append(f"until: seconds since the epoch (a number) are required, got {until!r}")
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch <= 0:
         bad.append(f"epoch: a positive integer is required, got {epoch!r}")
     if not isinstance(leader, str):
         bad.append(f"leader: a replica id (a string) is required, got {leader!r}")
     if bad:
         raise ValueError("; ".join(bad))
-    return EpochRecord(epoch, leader)  # type: ignore[arg-type]
+    return EpochRecord(epoch, leader, float(until))  # type: ignore[arg-type]
 
 
 class LeaseEpochs:
@@ -111,7 +126,8 @@ class LeaseEpochs:
         self._took_over: int | None = None  # the term whose takeover time is in _since
         self._since = 0
         self._prior: object = _UNKNOWN
-        self._recorded = 0
+        self._prior_until: float | None = None
+        self._recorded = (0, 0.0)  # (epoch, until) stored by this replica
         self._writing: asyncio.Task[None] | None = None
 
     def apply(self, value: bytes | None) -> None:
@@ -136,6 +152,8 @@ class LeaseEpochs:
         self._term = own
         self._prior = self.seen if known else _UNKNOWN
         prior = self.record.epoch if self.record is not None else 0
+        record = self.record if known else None
+        self._prior_until = record.until if record is not None and record.until else None
         self._epoch = max(own, prior + 1, self._since)
 
     def epoch(self) -> int:
@@ -149,17 +167,37 @@ class LeaseEpochs:
         self._take_over()
         return self._prior is not False
 
-    def leased(self) -> None:
-        """This leader sent leases: record its epoch (once; tried again after a failure)."""
+    def earlier_until(self) -> float | None:
+        """Until when (wall seconds) an earlier leader may have leased, as its record said
+        when this replica took over; None: not known (no record read, or one without it)."""
+        self._take_over()
+        return self._prior_until
+
+    def may_lease(self, end: float) -> bool:
+        """Whether a period ending at ``end`` (wall seconds) is within what this leader has
+        recorded; records further ahead (in the background) when half of that is used."""
         epoch = self.epoch()
-        if not epoch or self._recorded == epoch or self._writing is not None:  # 0: not read yet
+        recorded_epoch, until = self._recorded
+        if recorded_epoch != epoch:
+            until = 0.0
+        if until - self.wall() < RECORD_AHEAD_SECS / 2:
+            self.leased()
+        return end <= until
+
+    def leased(self) -> None:
+        """Record this leader's epoch and how far ahead it may lease (tried again after a
+        failure)."""
+        epoch = self.epoch()
+        if not epoch or self._writing is not None:
             return
-        self._writing = asyncio.create_task(self._record(EpochRecord(epoch, self.instance_id)))
+        # later than any earlier leader's (it wrote its own before this one took over)
+        until = self.wall() + RECORD_AHEAD_SECS
+        self._writing = asyncio.create_task(self._record(EpochRecord(epoch, self.instance_id, until)))
 
     async def _record(self, record: EpochRecord) -> None:
         try:
             if await self.write(self.key, record.encode()):
-                self._recorded = record.epoch
+                self._recorded = (record.epoch, record.until)
         except Exception as err:  # the store away or the fence lost: again at the next lease
             _log.info("fleet-lease epoch %d not recorded yet (%s)", record.epoch, err)
         finally:

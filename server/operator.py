@@ -377,6 +377,11 @@ class Operator:
                 f"leased {usage.leased:g}, asked {usage.demanded:g}, used {usage.used:g}, "
                 f"{usage.agents} agents"
             )
+            if usage.kept_aside or usage.past_horizon:
+                line += (
+                    f", {usage.kept_aside:g} kept aside for agents without a lease, "
+                    f"{usage.past_horizon} past their horizon"
+                )
             print(_safe(line))
         for err in s.config_errors:
             print(_safe(f"rejected config value at {err.key}: {err.error}"))

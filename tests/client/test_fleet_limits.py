@@ -91,3 +91,38 @@ def test_a_lease_is_never_spent_before_its_period_starts() -> None:
     budget.apply(3000, 10, start=3.9, period_secs=1.0, agents=4, fleet_units=40)
     budget.take(0, 3.4)
     assert not budget.leased and budget.left == pytest.approx(10 * 0.6)
+
+
+@pytest.mark.parametrize("safe_share", [None, 0.2])
+def test_an_agent_cut_off_spends_without_a_lease_until_its_horizon_then_nothing(
+    safe_share: float | None,
+) -> None:
+    budget = LeasedBudget(fleet_units=10, period_secs=1.0, safe_share=safe_share, now=0.0, unleased_secs=5.0)
+    budget.apply(1000, 4, start=1.0, period_secs=1.0, agents=2, fleet_units=10)
+    unleased = budget.safe_units()
+    assert unleased == (4 if safe_share is None else 2)
+
+    def spent(second: float) -> int:
+        return sum(budget.take(1, second + 0.01 * i) == 0.0 for i in range(20))
+
+    assert spent(1.1) == 4
+    # no lease after period 1000 (starting at 1.0): its last lease, or its safe share,
+    # until 5 s after that lease began, and nothing after
+    assert [spent(float(s) + 0.1) for s in range(2, 6)] == [unleased] * 4
+    assert not budget.cut_off(5.9)
+    assert spent(6.1) == 0 and spent(9.1) == 0
+    assert budget.cut_off(9.1)
+    # a lease again: it spends, and has a new horizon
+    budget.apply(10000, 3, start=10.0, period_secs=1.0, agents=2, fleet_units=10, epoch=2)
+    assert spent(10.1) == 3 and not budget.cut_off(10.1)
+    assert [spent(float(s) + 0.1) for s in range(11, 16)] == [budget.safe_units()] * 4 + [0]
+
+
+def test_a_period_the_horizon_cuts_gives_only_its_part_before_the_horizon() -> None:
+    budget = LeasedBudget(fleet_units=10, period_secs=1.0, safe_share=None, now=0.0, unleased_secs=2.5)
+    budget.apply(1000, 4, start=1.0, period_secs=1.0, agents=2, fleet_units=10)
+    for second in (1.1, 2.1, 3.1):
+        while budget.take(1, second) == 0.0:
+            pass
+    budget.tick(4.1)
+    assert budget.drain_reports()[-1].used == 2  # the period of 3.0 to 4.0: half of it

@@ -6,22 +6,26 @@ import pytest
 from mission_control.client.policy import FleetLimits, default_policy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.capacity import CapacityLeaser
+from mission_control.server.lease_epoch import RECORD_AHEAD_SECS
 
 POLICY = default_policy(
     "shared",
     rate_limit_requests=200,
     rate_limit_window_secs=2.0,
-    fleet=FleetLimits(rate_limit=True, lease_secs=0.5),
+    fleet=FleetLimits(rate_limit=True, lease_secs=0.5, unleased_secs=10.0),
 )
 UNITS = 50.0  # 200 per 2 s, leased per 0.5 s
 RESOURCE = "shared.requests"
-GRACE = 10.0
+#: How long after its last lease began a cut-off agent may still spend (10 s), and the
+#: periods by which that lease may be ahead of when the leader last heard from it.
+HORIZON = 10.0 + 2 * 0.5
 
 
 class Leader:
     """A leaser on a clock of its own; what it sends is kept per holder."""
 
-    def __init__(self, now: float, epoch: int = 1) -> None:
+    def __init__(self, now: float, epoch: int = 1, earlier: float | None = None) -> None:
+        """``earlier``: until when the earlier leader's record let it lease (None: unknown)."""
         self.now = now
         self.sent: dict[str, list[pb.CapacityLease]] = {}
         self.gone: set[str] = set()
@@ -31,7 +35,7 @@ class Leader:
             epoch=lambda: epoch,
             clock=lambda: self.now,
             wall=lambda: self.now,
-            grace=GRACE,
+            earlier_until=lambda: earlier,
         )
         self.leaser.sync_policies()
 
@@ -80,18 +84,29 @@ def test_a_new_leader_keeps_back_what_agents_not_yet_back_may_spend() -> None:
     assert leader.leased(2001000) == pytest.approx(UNITS)
 
 
-def test_the_warm_up_ends_after_the_grace() -> None:
-    leader = Leader(3000.0)
+@pytest.mark.parametrize(
+    ("earlier", "ahead"), [(3002.0, 2.0), (None, RECORD_AHEAD_SECS), (3099.0, RECORD_AHEAD_SECS)]
+)
+def test_the_warm_up_ends_at_the_horizon_of_the_earlier_leaders_last_lease(
+    earlier: float | None, ahead: float
+) -> None:
+    # the earlier leader recorded it might lease until 3002 (or did not say, or said a
+    # time further ahead than a leader records): nobody it leased spends unleased later
+    # than that plus the horizon
+    leader = Leader(3000.0, earlier=earlier)
     leader.report("a", agents_known=5, safe_units=UNITS / 5)
     leader.run(3000.6)
     assert leader.leased(3000500) == pytest.approx(UNITS / 5)
-    leader.run(3000.0 + GRACE + 0.6)
-    assert leader.leased(3000000 + round(GRACE * 1000) + 500) == pytest.approx(UNITS)
+    end = 3000.0 + ahead + HORIZON
+    leader.run(end - 0.5)
+    assert leader.leased(round((end - 0.5) * 1000)) == pytest.approx(UNITS / 5)
+    leader.run(end + 0.5)
+    assert leader.leased(round((end + 0.5) * 1000)) == pytest.approx(UNITS)
+    assert leader.leaser.usage()[0].kept_aside == 0
 
 
-def test_an_agent_cut_off_keeps_its_safe_share_until_the_grace_is_over() -> None:
-    leader = Leader(4000.0)
-    leader.run(4000.0 + GRACE)  # warmed up
+def test_an_agent_cut_off_keeps_its_safe_share_until_its_horizon() -> None:
+    leader = Leader(4000.0)  # a fresh fleet: no warm-up
     for holder in ("a", "b"):
         leader.report(holder, agents_known=2, safe_units=UNITS / 2)
     leader.run(4010.6)
@@ -99,19 +114,39 @@ def test_an_agent_cut_off_keeps_its_safe_share_until_the_grace_is_over() -> None
     leader.leaser.forget("b")  # its stream broke: it may be alive, spending 25 a period
     leader.run(4011.1)
     assert leader.leased(4011000) == pytest.approx(UNITS / 2)
-    leader.run(4010.6 + GRACE + 0.5)
-    assert leader.leased(4021000) == pytest.approx(UNITS)
+    usage = leader.leaser.usage()[0]
+    assert (usage.kept_aside, usage.past_horizon) == (UNITS / 2, 0)
+    leader.run(4010.6 + HORIZON - 0.5)
+    assert leader.sent["a"][-1].units == pytest.approx(UNITS / 2)
+    leader.run(4010.6 + HORIZON + 0.5)
+    assert leader.sent["a"][-1].units == pytest.approx(UNITS)
+    usage = leader.leaser.usage()[0]
+    assert (usage.kept_aside, usage.past_horizon) == (0, 1)
+    leader.report("b", agents_known=2, safe_units=0)  # back: no longer past its horizon
+    assert leader.leaser.usage()[0].past_horizon == 0
+
+
+def test_no_period_is_leased_past_what_the_leader_recorded() -> None:
+    leader = Leader(4500.0)
+    recorded = [4502.0]
+    leader.leaser.may_lease = lambda end: end <= recorded[0]
+    leader.report("a")
+    leader.run(4503.0)
+    assert sorted({lease.period for lease in leader.sent["a"]}) == [4500500, 4501000, 4501500]
+    recorded[0] = 4504.0  # recorded further ahead: the periods up to there follow
+    leader.run(4503.6)
+    assert leader.sent["a"][-1].period == 4503500
 
 
 def test_an_agent_that_says_goodbye_frees_its_share_at_once() -> None:
-    leader = Leader(5000.0)
-    leader.run(5000.0 + GRACE)
+    leader = Leader(5000.0, earlier=4990.0)
+    leader.run(5000.0 + HORIZON)  # warmed up
     for holder in ("a", "b"):
         leader.report(holder, agents_known=2, safe_units=UNITS / 2)
     leader.report("b", leaving=True)
     leader.leaser.forget("b")
-    leader.run(5010.6)
-    assert leader.leased(5010500) == pytest.approx(UNITS)
+    leader.run(5011.6)
+    assert leader.leased(5011500) == pytest.approx(UNITS)
     assert [lease.agents for lease in leader.sent["a"]] == [1]
 
 
@@ -162,3 +197,17 @@ def test_a_round_sent_in_slices_sends_what_one_turn_would_and_marks_the_gone_abs
     }
     # the holder without a stream keeps its safe share out of the next split, as in one turn
     assert "h4" in sliced.leaser.limits[("shared", RESOURCE)].absent
+
+
+def test_a_warm_up_splits_what_the_agents_back_held_and_does_not_shrink_period_by_period() -> None:
+    leader = Leader(8000.0, epoch=2)  # an earlier leader's record: unknown, so a long warm-up
+    leader.report("a", wanted=100, agents_known=4, safe_units=UNITS / 2)
+    leader.report("new", wanted=100)  # joined meanwhile: it never held a lease
+    for second in range(1, 6):
+        leader.run(8000.1 + second)
+        # each reports its last lease, from this leader: less than a held before
+        for holder in ("a", "new"):
+            leader.report(holder, wanted=100, agents_known=4, safe_units=leader.sent[holder][-1].units)
+    # the two agents not back may spend the other half, no more: the half a held is split
+    assert leader.leased(8005000) == pytest.approx(UNITS / 2)
+    assert leader.leaser.usage()[0].kept_aside == pytest.approx(UNITS / 2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from mission_control.server.lease_epoch import EpochRecord, LeaseEpochs, parse_record
+from mission_control.server.lease_epoch import RECORD_AHEAD_SECS, EpochRecord, LeaseEpochs, parse_record
 
 KEY = "/p/fleet-lease-epoch"
 
@@ -109,19 +109,45 @@ def test_a_malformed_record_is_refused_counted_and_still_a_sign_of_leases(
     assert alone.epochs.leased_before() and alone.epochs.epoch() == 6
 
 
-def test_the_epoch_is_recorded_once_and_again_after_a_failed_write() -> None:
+def test_the_record_is_written_ahead_again_after_a_failed_write_and_when_half_is_used() -> None:
     async def main() -> None:
         term = Term(own=5)
         term.accept = False
-        term.epochs.leased()
+        assert not term.epochs.may_lease(1.0)
         await asyncio.sleep(0)
         term.accept = True
+        assert not term.epochs.may_lease(1.0)  # nothing leased before the record is stored
+        await asyncio.sleep(0)
         for _ in range(3):
-            term.epochs.leased()
+            assert term.epochs.may_lease(RECORD_AHEAD_SECS) and not term.epochs.may_lease(
+                RECORD_AHEAD_SECS + 1
+            )
             await asyncio.sleep(0)
-        assert [parse_record(v) for v in term.written] == [EpochRecord(5, "r1")]
+        assert [parse_record(v) for v in term.written] == [EpochRecord(5, "r1", RECORD_AHEAD_SECS)]
+        term.wall = RECORD_AHEAD_SECS / 2 + 0.1  # half used: written further ahead
+        term.epochs.may_lease(0.0)
+        await asyncio.sleep(0)
+        assert parse_record(term.written[-1]).until == term.wall + RECORD_AHEAD_SECS
+        # a leader that lost the fence stores nothing, and leases no further than it had
+        term.accept, term.wall = False, 3 * RECORD_AHEAD_SECS
+        assert not term.epochs.may_lease(term.wall + 1)
+        await asyncio.sleep(0)
+        assert not term.epochs.may_lease(term.wall + 1)
 
     asyncio.run(main())
+
+
+def test_a_new_leader_learns_until_when_the_earlier_one_may_have_leased() -> None:
+    term = Term(own=6)
+    term.epochs.apply(EpochRecord(5, "r0", 1234.5).encode())
+    assert term.epochs.earlier_until() == 1234.5
+    older = Term(own=6)  # a record written before records said it
+    older.epochs.apply(b'{"epoch": 5, "leader": "r0"}')
+    assert older.epochs.leased_before() and older.epochs.earlier_until() is None
+    bad = Term(own=6)
+    bad.epochs.apply(b'{"epoch": 5, "leader": "r0", "until": "soon"}')
+    assert bad.epochs.leased_before() and bad.epochs.earlier_until() is None
+    assert "until:" in bad.refused[0]
 
 
 def test_the_only_replica_records_nothing_before_the_store_is_read() -> None:
@@ -133,6 +159,6 @@ def test_the_only_replica_records_nothing_before_the_store_is_read() -> None:
         term.loaded = True
         term.epochs.leased()
         await asyncio.sleep(0)
-        assert [parse_record(v) for v in term.written] == [EpochRecord(1, "r1")]
+        assert [parse_record(v) for v in term.written] == [EpochRecord(1, "r1", RECORD_AHEAD_SECS)]
 
     asyncio.run(main())

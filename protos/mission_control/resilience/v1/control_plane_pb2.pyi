@@ -1892,6 +1892,8 @@ class FleetLimitUsage(_message.Message):
     USED_FIELD_NUMBER: _builtins.int
     AGENTS_FIELD_NUMBER: _builtins.int
     PERIOD_SECS_FIELD_NUMBER: _builtins.int
+    KEPT_ASIDE_FIELD_NUMBER: _builtins.int
+    PAST_HORIZON_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     resource: _builtins.str
     fleet_units: _builtins.float
@@ -1901,6 +1903,12 @@ class FleetLimitUsage(_message.Message):
     used: _builtins.float
     agents: _builtins.int
     period_secs: _builtins.float
+    kept_aside: _builtins.float
+    """Units the last split kept aside for agents that may spend without a lease (cut off,
+    or not back yet after a new leader took over), and holders whose time without a
+    lease ran out in the last 10 minutes (cut off still, they refuse fleet-limited calls).
+    """
+    past_horizon: _builtins.int
     def __init__(
         self,
         *,
@@ -1912,10 +1920,12 @@ class FleetLimitUsage(_message.Message):
         used: _builtins.float = ...,
         agents: _builtins.int = ...,
         period_secs: _builtins.float = ...,
+        kept_aside: _builtins.float = ...,
+        past_horizon: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "demanded", b"demanded", "fleet_units", b"fleet_units", "leased", b"leased", "period_secs", b"period_secs", "resource", b"resource", "service", b"service", "used", b"used"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "demanded", b"demanded", "fleet_units", b"fleet_units", "kept_aside", b"kept_aside", "leased", b"leased", "past_horizon", b"past_horizon", "period_secs", b"period_secs", "resource", b"resource", "service", b"service", "used", b"used"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -309,6 +309,7 @@ class FleetLimits(_message.Message):
     QUOTAS_FIELD_NUMBER: _builtins.int
     LEASE_SECS_FIELD_NUMBER: _builtins.int
     SAFE_SHARE_FIELD_NUMBER: _builtins.int
+    UNLEASED_SECS_FIELD_NUMBER: _builtins.int
     rate_limit: _builtins.bool
     """The service's request rate limit (rate_limit_requests per rate_limit_window_secs)
     is one limit for the whole fleet.
@@ -318,6 +319,11 @@ class FleetLimits(_message.Message):
     safe_share: _builtins.float
     """Share of the fleet limit an agent may use when its lease ran out and the control
     plane cannot be reached. Default: 1 / the last known number of agents.
+    """
+    unleased_secs: _builtins.float
+    """How long an agent spends the fleet limit without a lease (its last lease, or
+    safe_share) before it refuses fleet-limited calls; a new leader keeps this much aside
+    for agents it has not heard from. Default 30 s.
     """
     @_builtins.property
     def quotas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -330,19 +336,24 @@ class FleetLimits(_message.Message):
         quotas: _abc.Iterable[_builtins.str] | None = ...,
         lease_secs: _builtins.float | None = ...,
         safe_share: _builtins.float | None = ...,
+        unleased_secs: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_lease_secs", b"_lease_secs", "_safe_share", b"_safe_share", "lease_secs", b"lease_secs", "safe_share", b"safe_share"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_lease_secs", b"_lease_secs", "_safe_share", b"_safe_share", "_unleased_secs", b"_unleased_secs", "lease_secs", b"lease_secs", "safe_share", b"safe_share", "unleased_secs", b"unleased_secs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lease_secs", b"_lease_secs", "_safe_share", b"_safe_share", "lease_secs", b"lease_secs", "quotas", b"quotas", "rate_limit", b"rate_limit", "safe_share", b"safe_share"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lease_secs", b"_lease_secs", "_safe_share", b"_safe_share", "_unleased_secs", b"_unleased_secs", "lease_secs", b"lease_secs", "quotas", b"quotas", "rate_limit", b"rate_limit", "safe_share", b"safe_share", "unleased_secs", b"unleased_secs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__lease_secs: _TypeAlias = _typing.Literal["lease_secs"]  # noqa: Y015
     _WhichOneofArgType__lease_secs: _TypeAlias = _typing.Literal["_lease_secs", b"_lease_secs"]  # noqa: Y015
     _WhichOneofReturnType__safe_share: _TypeAlias = _typing.Literal["safe_share"]  # noqa: Y015
     _WhichOneofArgType__safe_share: _TypeAlias = _typing.Literal["_safe_share", b"_safe_share"]  # noqa: Y015
+    _WhichOneofReturnType__unleased_secs: _TypeAlias = _typing.Literal["unleased_secs"]  # noqa: Y015
+    _WhichOneofArgType__unleased_secs: _TypeAlias = _typing.Literal["_unleased_secs", b"_unleased_secs"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__lease_secs) -> _WhichOneofReturnType__lease_secs | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__safe_share) -> _WhichOneofReturnType__safe_share | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__unleased_secs) -> _WhichOneofReturnType__unleased_secs | None: ...
 
 Global___FleetLimits: _TypeAlias = FleetLimits  # noqa: Y015
 
