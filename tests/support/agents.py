@@ -15,9 +15,18 @@ from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 class RawAgent:
     """Opens a Connect stream, records every message the control plane sends."""
 
-    def __init__(self, address: str, agent_id: str, services: tuple[str, ...] = (), series: str = "") -> None:
+    def __init__(
+        self,
+        address: str,
+        agent_id: str,
+        services: tuple[str, ...] = (),
+        series: str = "",
+        instance: str = "",
+    ) -> None:
         self.address = address
         self.agent_id = agent_id
+        #: The hello's instance (an agent process's random id; "" as older agents).
+        self.instance = instance
         self.services = services
         #: The hello's outcome_series: batches numbered under it are counted once.
         self.series = series
@@ -48,7 +57,11 @@ class RawAgent:
     async def _requests(self):  # type: ignore[no-untyped-def]
         yield pb.ConnectRequest(
             hello=pb.AgentHello(
-                agent_id=self.agent_id, session_id="s", services=self.services, outcome_series=self.series
+                agent_id=self.agent_id,
+                session_id="s",
+                services=self.services,
+                outcome_series=self.series,
+                instance=self.instance,
             )
         )
         while True:
@@ -97,9 +110,17 @@ class RawAgent:
 
     async def report_numbered(self, sequence: int, service: str, **counts: int) -> None:
         """Report batch ``sequence`` and wait for its acknowledgement."""
+        await self.send_numbered(sequence, service, **counts)
+        await self.wait_for(lambda: any(r.outcome_ack.sequence == sequence for r in self.received))
+
+    async def send_numbered(self, sequence: int, service: str, **counts: int) -> None:
+        """Report batch ``sequence`` without waiting for its acknowledgement."""
         summary = pb.OutcomeSummary(service=service, **counts)
         await self.send(pb.ConnectRequest(outcomes=pb.OutcomeBatch(sequence=sequence, summaries=[summary])))
-        await self.wait_for(lambda: any(r.outcome_ack.sequence == sequence for r in self.received))
+
+    def acknowledged(self) -> int:
+        """The highest sequence acknowledged (acknowledgements are cumulative)."""
+        return max((r.outcome_ack.sequence for r in self.received if r.HasField("outcome_ack")), default=0)
 
     async def ask_probe(self, service: str) -> None:
         await self.send(pb.ConnectRequest(probe_request=pb.ProbeRequest(service=service)))
