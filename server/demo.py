@@ -302,7 +302,8 @@ def _table(out: TextIO, results: dict[str, Any], duration: float, seed: int) -> 
         out.write(f"{name.ljust(width)}  {value:>9}  {target:>8}  {met}\n")
     out.write(
         f"(detection from the first failed call of the outage; {results['outage_calls_reached']} of "
-        f"{results['outage_calls']} outage calls reached the failing upstream; "
+        f"{results['outage_calls']} outage calls reached the failing upstream, "
+        f"{results['kept_off_after_outage']} calls kept off it after it recovered; "
         f"{results['faulted_calls']} calls hit by a fault; "
         f"{results['false_positives']} false positives over {results['healthy_calls']} healthy calls; "
         f"reload took {results['reload_seconds'] or 0:.3f}s)\n"

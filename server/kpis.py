@@ -114,6 +114,24 @@ def outage_calls(run: Run, service: str) -> tuple[int, int]:
     return len(calls), sum(1 for c in calls if c["id"] in reached)
 
 
+def kept_off_after(run: Run, service: str) -> int:
+    """Calls to ``service`` stopped by its breaker (refused, or sent to a fallback) after its
+    last outage ended, while the upstream served: the price of the breaker's waits (it
+    learns of the recovery only at its next probe). Not a KPI; shown with them."""
+    upstream = run.upstream_of[service]
+    ends = [p.end for p in run.phases if p.upstream == upstream and p.mode == "fail"]
+    if not ends:
+        return 0
+    return sum(
+        1
+        for c in run.agent_calls
+        if c["service"] == service
+        and c["t"] >= max(ends)
+        and _mode_at(run.phases, upstream, c["t"]) == "ok"
+        and (c.get("error") == "CircuitBreakerOpen" or c.get("served_by") == "fallback")
+    )
+
+
 def recovery_rate(run: Run) -> tuple[float | None, int]:
     faulted = 0
     saved = 0
@@ -185,6 +203,7 @@ def compute(run: Run, outage_service: str) -> dict[str, Any]:
         "breaker_efficiency": breaker_efficiency(run, outage_service),
         "outage_calls": outage[0],
         "outage_calls_reached": outage[1],
+        "kept_off_after_outage": kept_off_after(run, outage_service),
         "false_positive_rate": false_rate,
         "false_positives": false,
         "healthy_calls": healthy,

@@ -93,3 +93,14 @@ def test_verdicts_name_the_misses() -> None:
         "false_positive_rate": "NO",
         "reload_success": "NO",
     }
+
+
+def test_calls_kept_off_after_the_outage_are_counted_apart() -> None:
+    run = scenario()
+    assert compute(run, "llm_provider")["kept_off_after_outage"] == 0
+    for call in run.agent_calls:
+        if call["service"] == "llm_provider" and 20.0 <= call["t"] < 21.0:  # before the next probe
+            call["served_by"] = "fallback"
+    kpis = compute(run, "llm_provider")
+    assert kpis["kept_off_after_outage"] == 2
+    assert kpis["false_positives"] == 1  # within the breaker's wait: not false positives

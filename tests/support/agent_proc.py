@@ -7,9 +7,9 @@
 Commands: ``call N`` (N calls, one after another), ``pace SECONDS INTERVAL`` (start a
 call every INTERVAL for SECONDS, concurrently), ``until_open`` (call every millisecond until
 the breaker stops a call), ``until_fails_fast`` (watch the view, then make one call),
-``until_state STATE``, ``state`` (the service's breaker as this
-agent sees it), ``policy``, ``shadow`` (its candidate policy in shadow mode), ``stats``
-(the connection's counters), ``quit``.
+``until_state STATE``, ``state`` (the service's breaker as this agent sees it, with the
+seconds its OPEN has left), ``policy``, ``shadow`` (its candidate policy in shadow mode),
+``stats`` (the connection's counters), ``quit``.
 """
 
 from __future__ import annotations
@@ -142,6 +142,8 @@ def main() -> None:
                         "connected": mc.connected,
                         "state": fleet.state.name if fleet else None,
                         "generation": fleet.generation if fleet else None,
+                        # seconds this agent still refuses calls for (the pushed expiry)
+                        "open_left": max(0.0, fleet.open_until - mc.view.clock()) if fleet else None,
                     }
                 ),
                 flush=True,

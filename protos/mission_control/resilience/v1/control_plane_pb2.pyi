@@ -100,7 +100,10 @@ class Breaker(_message.Message):
     def changed_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def open_remaining(self) -> _duration_pb2.Duration:
-        """Time left until HALF_OPEN, measured when the message was sent (OPEN)."""
+        """Time left until HALF_OPEN, measured when the message was sent (OPEN). In the record
+        stored in etcd, measured from opened_at: the whole wait of the OPEN, or of the OPEN
+        before a HALF_OPEN (the next failed probe's wait grows from it).
+        """
 
     def __init__(
         self,
