@@ -1,0 +1,66 @@
+"""One agent calling a guarded no-op under a fleet limit until told to stop, in its own
+process, knowing one control-plane address only.
+
+    python -m tests.support.horizon_agent AGENT_ID CONTROL_PLANE SERVICE RATE
+
+Prints {"ready": bool} once connected, {"first": wall time} at its first admitted call.
+``stop`` answers {"admitted": [wall times],
+"cut_off": [wall times of refusals saying the agent has had no fleet lease for too long],
+"refused": n} and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+
+from mission_control.client.agent import MissionControl
+from mission_control.client.errors import ResourceExhausted
+
+#: What a refusal says when the agent has gone without a fleet lease for too long.
+CUT_OFF = "no fleet lease for"
+
+
+def main() -> None:
+    agent_id, control_plane, service, rate = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+    mc = MissionControl(agent_id, control_plane=control_plane).start()
+    print(json.dumps({"ready": mc.wait_connected(60)}), flush=True)
+    admitted: list[float] = []
+    cut_off: list[float] = []
+    refused = [0]
+    stop = threading.Event()
+
+    @mc.guard(service)
+    def call() -> None:
+        return None
+
+    def drive() -> None:
+        next_at = time.monotonic()
+        while not stop.is_set():
+            try:
+                call()
+                admitted.append(time.time())
+                if len(admitted) == 1:
+                    print(json.dumps({"first": admitted[0]}), flush=True)
+            except ResourceExhausted as err:
+                refused[0] += 1
+                if any(CUT_OFF in cause for cause in err.cause_chain()):
+                    cut_off.append(time.time())
+            next_at += 1.0 / rate
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+    caller = threading.Thread(target=drive, daemon=True)
+    caller.start()
+    for line in sys.stdin:
+        if line.strip() == "stop":
+            break
+    stop.set()
+    caller.join()
+    print(json.dumps({"admitted": admitted, "cut_off": cut_off, "refused": refused[0]}), flush=True)
+    mc.close()
+
+
+if __name__ == "__main__":
+    main()
