@@ -33,7 +33,8 @@ SHARED, LIMIT, WINDOW = "svc-shared", 30, 2.0
 #: One push and a settling fleet (as in I1), on top of the probe TTL.
 SLACK_SECS = 2.0
 #: How a violation of I3 known today begins: a new leader takes over a HALF_OPEN without
-#: the permits the one before granted (they live in its memory), and grants them again.
+#: the permits the one before granted (they live in its memory), grants them again, and
+#: counts a result of a probe run under an old permit against a new one.
 KNOWN_FAILOVER = "(known: permits across a leader change) "
 #: How a violation of I4 known today begins: an agent cut off from every replica spends
 #: its safe share while the leader leases its part to the others.
@@ -74,6 +75,8 @@ class ProbeWatch:
         self.grants: dict[tuple[str, str, int], list[tuple[float, str | None]]] = {}
         #: (agent, service) -> (generation, asking since, asked last)
         self.asking: dict[tuple[str, str], tuple[int, float, float]] = {}
+        #: (service, generation) -> the leaders whose permits reached agents
+        self.granters: dict[tuple[str, int], set[str | None]] = {}
         self.saturated_at: Counter[str] = Counter()
         #: When the leading replica (or the relay of a replica) last changed.
         self.leader_since = 0.0
@@ -91,6 +94,7 @@ class ProbeWatch:
         leading = self._leading()
         leader = leading.instance if leading is not None else None
         self.grants.setdefault((agent.name, service, generation), []).append((self.world.now, leader))
+        self.granters.setdefault((service, generation), set()).add(leader)
         self.stats["probe_grants"] += 1
 
     def refused(self, agent: Agent, service: str, generation: int) -> None:
@@ -121,6 +125,7 @@ class ProbeWatch:
         threshold = self.world.success_thresholds[service]
         if count > threshold:
             leaders = {p.leader for p in self._flying(service, generation)}
+            leaders |= self.granters.get((service, generation), set())
             self._violation(
                 (service, f"gen {generation}"),
                 (KNOWN_FAILOVER if len(leaders) > 1 else "")
