@@ -192,8 +192,13 @@ class Admission:
                 requests, bucket.used(now), limit, retry_after=_finite(wait), causes=_unleased(bucket, now)
             )
             return Refused(error, "rate_limit")
-        taken: list[tuple[TokenBucket | LeasedBudget, float]] = [(bucket, 1.0)] if cost else []
-        for resource, amount in cost.items() if cost else ():
+        if not cost:  # the common call: no quota to take
+            if bulkhead and not state.bulkhead.enter():
+                bucket.give_back(1.0)
+                return _full(state)
+            return None
+        taken: list[tuple[TokenBucket | LeasedBudget, float]] = [(bucket, 1.0)]
+        for resource, amount in cost.items():
             quota = state.leased.get(resource) or state.quotas.get(resource)
             if quota is None:
                 _give_back_units(taken)
@@ -208,11 +213,8 @@ class Admission:
                 return Refused(error, "quota")
             taken.append((quota, amount))
         if bulkhead and not state.bulkhead.enter():
-            _give_back_units(taken or [(bucket, 1.0)])
-            error = ResourceExhausted(
-                f"{state.name}.concurrency", state.bulkhead.in_flight, state.bulkhead.limit
-            )
-            return Refused(error, "bulkhead")
+            _give_back_units(taken)
+            return _full(state)
         return None
 
     @staticmethod
@@ -234,6 +236,11 @@ def _unleased(budget: object, now: float) -> tuple[str, ...]:
             "fleet-limited calls wait for a lease",
         )
     return ()
+
+
+def _full(state: ServiceState) -> Refused:
+    error = ResourceExhausted(f"{state.name}.concurrency", state.bulkhead.in_flight, state.bulkhead.limit)
+    return Refused(error, "bulkhead")
 
 
 def _give_back_units(taken: list[tuple[TokenBucket | LeasedBudget, float]]) -> None:

@@ -102,7 +102,10 @@ class RetryBudget:
         return bucket
 
     def record_call(self, now: float) -> None:
-        self._bucket(now)[0] += 1
+        bucket = self._buckets.get(int(now))  # this second's, on every call: looked up inline
+        if bucket is None:
+            bucket = self._bucket(now)
+        bucket[0] += 1
 
     def try_retry(self, now: float) -> bool:
         """Spend one retry if the budget allows it."""
