@@ -157,7 +157,8 @@ async def test_an_agent_without_instance_id_works_as_before(
     await put_policy(address)
     old = await started(spawned, address, "older-agent", "old")
     old.send(f"pace {RATE}")
-    await until(lambda: fully_leased_to(control_plane, 1))
+    # (leases go out half a period ahead: wait until some have been in force)
+    await periods_fully_leased(control_plane, 1, 3)
     assert control_plane.plane.hub.processes_named("older-agent") == {"older-agent"}
     shown = await stats(address)
     assert (shown.connected_agents, shown.agent_ids_shared) == (1, 0)
