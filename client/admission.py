@@ -151,13 +151,14 @@ class Admission:
 
     def breaker(self, state: ServiceState, now: float) -> Admitted | Refused:
         """The fleet breaker while connected (or forced), else this agent's own."""
-        view = self.view
         fleet = state.fleet
-        if fleet is not None and fleet.state is BreakerState.CLOSED and view.connected:
-            return ORDINARY  # the common case, as the CLOSED gate decides it
-        fleet = view.fleet_in_force(state, now)
-        if fleet is not None:
-            return _GATES[fleet.state].before_call(self, state, fleet, now)
+        if fleet is not None:  # else no fleet state is in force: the local breaker decides
+            view = self.view
+            if fleet.state is BreakerState.CLOSED and view.connected:
+                return ORDINARY  # the common case, as the CLOSED gate decides it
+            fleet = view.fleet_in_force(state, now)
+            if fleet is not None:
+                return _GATES[fleet.state].before_call(self, state, fleet, now)
         if state.local.state is BreakerState.CLOSED:  # the common case: no lock needed to read it
             return ORDINARY
         with state.lock:

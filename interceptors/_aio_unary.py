@@ -57,13 +57,15 @@ class UnaryUnaryCall(_InterceptedUnaryResponseMixin, InterceptedCall, _base_call
     def __await__(self) -> Generator[Any, None, Any]:
         outcome = self._interceptors_task
         try:
-            first = self._run.first_attempt() if not outcome.done() else None
-            if first is not None:
-                # Wait on grpc's own task for the first attempt, not on the outcome: its
-                # done-callback (registered first) settles the outcome before this resumes,
-                # so the common call costs the event loop no turn more than a bare one.
+            run = self._run
+            call = run.call
+            if not outcome.done() and type(call) is _PLAIN_CALL and run.ticket and run.task is None:
+                # The first attempt is in flight with no plan or task of ours: wait on
+                # grpc's own task for it, not on the outcome. Its done-callback (registered
+                # first) settles the outcome before this resumes, so the call costs the
+                # event loop no turn more than a bare one.
                 try:  # noqa: SIM105 - a plain try costs the common call less than suppress()
-                    yield from first.__await__()
+                    yield from call._invocation_task.__await__()
                 except Exception:  # what the attempt failed with is read from the outcome
                     pass
             call = yield from outcome.__await__()
@@ -161,14 +163,6 @@ class Run:
         else:  # another kind of call: awaited in a task
             self._adopted()
             self._go_on(None)
-
-    def first_attempt(self) -> asyncio.Task[Any] | None:
-        """grpc's task for the first attempt while the call waits on it alone (no plan, no
-        task of ours), else None."""
-        call = self.call
-        if self.ticket is not None and self.task is None and type(call) is _PLAIN_CALL:
-            return call._invocation_task  # type: ignore[no-any-return]
-        return None
 
     def _plan(self) -> CallPlan:
         self.plan = plan = self.route.plan(self.timeout, self.parent, self.service)
