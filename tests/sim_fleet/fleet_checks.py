@@ -34,7 +34,8 @@ SHARED, LIMIT, WINDOW = "svc-shared", 30, 2.0
 SLACK_SECS = 2.0
 #: How a violation of I3 known today begins: a new leader takes over a HALF_OPEN without
 #: the permits the one before granted (they live in its memory), grants them again, and
-#: counts a result of a probe run under an old permit against a new one.
+#: counts a result of a probe run under an old permit against a new one; or, while two
+#: replicas both lead for a moment (one deposed, not knowing it yet), both grant.
 KNOWN_FAILOVER = "(known: permits across a leader change) "
 #: How a violation of I4 known today begins: an agent cut off from every replica spends
 #: its safe share while the leader leases its part to the others.
@@ -128,7 +129,7 @@ class ProbeWatch:
             leaders |= self.granters.get((service, generation), set())
             self._violation(
                 (service, f"gen {generation}"),
-                (KNOWN_FAILOVER if len(leaders) > 1 else "")
+                (KNOWN_FAILOVER if len(leaders) > 1 or None in leaders else "")
                 + f"{count} probes of {service} gen {generation} in flight (success_threshold {threshold})",
             )
         self._saturation(service, generation)
