@@ -248,7 +248,10 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         if fresh or plane.passes_on:
             # The ledger says counted from here on: the batch is taken in full even when the
             # stream is cancelled half way (its resend is not counted again).
-            taking = asyncio.ensure_future(self._take(sub, key, summaries[:admitted], shown=fresh))
+            reporter = _reporter(sub, batch)
+            taking = asyncio.ensure_future(
+                self._take(sub, key, summaries[:admitted], shown=fresh, reporter=reporter)
+            )
             self._taking.add(taking)
             taking.add_done_callback(self._taken)
             await asyncio.shield(taking)
@@ -260,15 +263,21 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             await asyncio.sleep(plane.reports.refill_secs(refused))
 
     async def _take(
-        self, sub: Subscriber, key: BatchKey | None, summaries: Sequence[pb.OutcomeSummary], shown: bool
+        self,
+        sub: Subscriber,
+        key: BatchKey | None,
+        summaries: Sequence[pb.OutcomeSummary],
+        shown: bool,
+        reporter: str,
     ) -> None:
         """Take a batch: bound it, show it in this replica's figures (unless ``shown`` is
-        False: a follower passing on a batch it already showed), count it or pass it on."""
+        False: a follower passing on a batch it already showed), count it or pass it on.
+        ``reporter``: the agent whose outcomes these are (behind a relay, its origin)."""
         taken = []
         for i, summary in enumerate(summaries):
             if i and not i % SUMMARIES_PER_STEP:
                 await asyncio.sleep(0)  # a big batch must not keep the loop from others
-            bounded = self._summary(sub, summary, shown)
+            bounded = self._summary(sub, summary, shown, reporter)
             if bounded is not None:
                 taken.append(bounded)
         self.plane.record_batch(key, sub.agent_id, taken)
@@ -279,14 +288,14 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             _log.error("taking an outcome batch failed", exc_info=taking.exception())
 
     def _summary(
-        self, sub: Subscriber, summary: pb.OutcomeSummary, shown: bool = True
+        self, sub: Subscriber, summary: pb.OutcomeSummary, shown: bool = True, reporter: str = ""
     ) -> pb.OutcomeSummary | None:
         """``summary`` as bounded by the report gate, recorded in stats when ``shown``
-        (None: refused)."""
+        (None: refused). Places for breakers go to the ``reporter`` (the sender when empty)."""
         plane = self.plane
         if breaker_name_problem(summary.service):
             return None
-        if not plane.admission.allows(sub.agent_id, summary.service, trusted=sub.trusted):
+        if not plane.admission.allows(reporter or sub.agent_id, summary.service, trusted=sub.trusted):
             why = (
                 "past the policy's max_endpoints"
                 if plane.admission.endpoint_policy(summary.service) is not None
@@ -602,3 +611,12 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         if plane.stats.more(page) or page.more(refused):
             response.next_page_token = str(page.offset + page.size)
         return response
+
+
+def _reporter(sub: Subscriber, batch: pb.OutcomeBatch) -> str:
+    """Whose outcomes ``batch`` holds: the agent a replica's relay passes it on for (the
+    places for endpoint breakers are shared between agents, not between connections), else
+    the sender's."""
+    if sub.replica and batch.HasField("origin") and batch.origin.agent_id:
+        return batch.origin.agent_id
+    return sub.agent_id
