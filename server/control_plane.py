@@ -37,7 +37,7 @@ from .breaker_names import unknown_breaker
 from .capacity import CapacityLeaser
 from .engine import FleetBreakers
 from .fleet_roster import FleetRoster
-from .hub import Hub
+from .hub import Hub, Subscriber
 from .leadership import Leadership
 from .lease_epoch import RECORD as LEASE_EPOCH_RECORD
 from .lease_epoch import LeaseEpochs
@@ -247,6 +247,7 @@ class ControlPlane:
                 for key, agent_id, summaries in self.relay.drain():
                     if key is None or self.ledger.first_time(key):
                         self.count_batch(key, agent_id, summaries)
+                self.relay.acks.release_all()  # counted here: this replica's ledger has them
         else:
             # What this replica holds may be a state the store never had: take the store's
             # again. Decisions not stored stay pending (see writes.StateWriter).
@@ -273,12 +274,26 @@ class ControlPlane:
         stats.outcome_sessions_held = len(self.ledger) + len(self.relayed)
         return stats
 
-    def record_batch(self, key: BatchKey | None, agent_id: str, summaries: list[pb.OutcomeSummary]) -> None:
-        """Count an agent's batch here, or pass it on to the leader under its name."""
+    def record_batch(self, key: BatchKey | None, agent_id: str, summaries: list[pb.OutcomeSummary]) -> bool:
+        """Count an agent's batch here, or pass it on to the leader under its name (True)."""
         if self.leading or self.relay is None:
             self.count_batch(key, agent_id, summaries)
+            return False
+        self.relay.add_batch(key, agent_id, summaries)
+        return True
+
+    def acknowledge(self, stream: Subscriber, sequence: int, *, relayed: bool) -> None:
+        """Acknowledge an agent's batch ``sequence``: at once when this replica counted it,
+        once the leader did when it was ``relayed`` (the agent sends it again until then)."""
+        if relayed and self.passes_on and self.relay is not None:
+            self.relay.owe_ack(stream, sequence)
         else:
-            self.relay.add_batch(key, agent_id, summaries)
+            stream.push(pb.ConnectResponse(outcome_ack=pb.OutcomeAck(sequence=sequence)))
+
+    def stream_ended(self, stream: Subscriber) -> None:
+        """An agent's stream ended: it is owed no acknowledgement any more."""
+        if self.relay is not None:
+            self.relay.stream_ended(stream)
 
     def count_batch(self, key: BatchKey | None, agent_id: str, summaries: list[pb.OutcomeSummary]) -> None:
         """Count the batch ``key`` in this replica's engine (the ledger was asked first)."""

@@ -27,6 +27,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
 from .outcome_ledger import BatchKey, origin_key, origin_of
+from .relay_acks import AckTarget, OwedAcks
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -102,6 +103,10 @@ class LeaderRelay:
         self._epoch = 0
         self._demand_epoch = -1
         self._unacked = UnackedBatches(MAX_BATCHES)
+        #: The highest sequence of a batch sent to the leader (0: none yet).
+        self._last_sent = 0
+        #: Agents' acknowledgements, due once the leader acknowledged their batches.
+        self.acks = OwedAcks()
         self.connected = False
 
     # -- from this replica's agents ---------------------------------------------
@@ -121,6 +126,14 @@ class LeaderRelay:
             for summary in oldest:
                 self._tallies.setdefault(summary.service, Tally()).merge(summary)
         self._wake.set()
+
+    def owe_ack(self, stream: AckTarget, sequence: int) -> None:
+        """Acknowledge ``stream``'s batch ``sequence`` (just given to :meth:`add_batch`) once
+        the leader acknowledged it: a follower that dies before then does not lose it."""
+        self.acks.owe(stream, sequence)
+
+    def stream_ended(self, stream: AckTarget) -> None:
+        self.acks.forget(stream)
 
     def add(self, agent_id: str, summary: pb.OutcomeSummary) -> None:
         """One summary of ``agent_id``'s, summed with the rest (no name to de-duplicate by)."""
@@ -222,6 +235,7 @@ class LeaderRelay:
                     self.connected = True
                 elif response.HasField("outcome_ack"):
                     self._unacked.ack(response.outcome_ack.sequence)
+                    self.acks.acked(response.outcome_ack.sequence)
                 elif response.HasField("probe_grant"):
                     self._hand_out(response.probe_grant)
                 elif response.HasField("lease"):
@@ -293,6 +307,9 @@ class LeaderRelay:
         batches, self._batches = self._batches, collections.OrderedDict()
         for key, (_, held) in batches.items():
             out.append(pb.ConnectRequest(outcomes=self._unacked.batch(held, origin=origin_of(key))))
+        if out:
+            self._last_sent = out[-1].outcomes.sequence
+        self.acks.sent(self._last_sent)  # (an ack owed for a batch already sent waits for it too)
         return out
 
     def _demand_report(self) -> pb.ConnectRequest | None:

@@ -95,7 +95,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         self.access = access or AccessPolicy()
         self.limits = limits or Limits()
         #: Outcome batches being taken (held: a task only weakly referenced may vanish).
-        self._taking: set[asyncio.Future[None]] = set()
+        self._taking: set[asyncio.Future[bool]] = set()
 
     # -- agents ----------------------------------------------------------------
 
@@ -153,6 +153,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
+            plane.stream_ended(sub)
             if plane.hub.disconnect(sub):
                 plane.agent_left(sub.agent_id, relay=sub.replica, name=sub.name)
             _log.info("agent %s disconnected (stream %s)", sub.agent_id, sub.id)
@@ -245,6 +246,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             plane.reports.refuse(sub.agent_id, "*", "sent more summaries than its budget", refused)
         key = batch_key(sub.agent_id, sub.session_id, sub.series, batch, replica=sub.replica)
         fresh = key is None or plane.first_time(key)
+        relayed = False
         if fresh or plane.passes_on:
             # The ledger says counted from here on: the batch is taken in full even when the
             # stream is cancelled half way (its resend is not counted again).
@@ -254,9 +256,9 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             )
             self._taking.add(taking)
             taking.add_done_callback(self._taken)
-            await asyncio.shield(taking)
+            relayed = await asyncio.shield(taking)
         if batch.sequence:
-            sub.push(pb.ConnectResponse(outcome_ack=pb.OutcomeAck(sequence=batch.sequence)))
+            plane.acknowledge(sub, batch.sequence, relayed=relayed)
         if refused:
             # Read nothing more from this stream until the budget has refilled: flow control
             # then holds the client's next batches, which are never parsed.
@@ -269,10 +271,10 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         summaries: Sequence[pb.OutcomeSummary],
         shown: bool,
         reporter: str,
-    ) -> None:
+    ) -> bool:
         """Take a batch: bound it, show it in this replica's figures (unless ``shown`` is
-        False: a follower passing on a batch it already showed), count it or pass it on.
-        ``reporter``: the agent whose outcomes these are (behind a relay, its origin)."""
+        False: a follower passing on a batch it already showed), count it or pass it on
+        (True). ``reporter``: the agent whose outcomes these are (behind a relay, its origin)."""
         taken = []
         for i, summary in enumerate(summaries):
             if i and not i % SUMMARIES_PER_STEP:
@@ -280,9 +282,9 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             bounded = self._summary(sub, summary, shown, reporter)
             if bounded is not None:
                 taken.append(bounded)
-        self.plane.record_batch(key, sub.agent_id, taken)
+        return self.plane.record_batch(key, sub.agent_id, taken)
 
-    def _taken(self, taking: asyncio.Future[None]) -> None:
+    def _taken(self, taking: asyncio.Future[bool]) -> None:
         self._taking.discard(taking)
         if not taking.cancelled() and taking.exception() is not None:
             _log.error("taking an outcome batch failed", exc_info=taking.exception())
