@@ -37,9 +37,6 @@ SLACK_SECS = 2.0
 #: counts a result of a probe run under an old permit against a new one; or, while two
 #: replicas both lead for a moment (one deposed, not knowing it yet), both grant.
 KNOWN_FAILOVER = "(known: permits across a leader change) "
-#: How a violation of I4 known today begins: an agent cut off from every replica spends
-#: its safe share while the leader leases its part to the others.
-KNOWN_CUT_OFF = "(known: an agent was cut off) "
 #: An agent still asks when it was refused for want of a permit this recently.
 ASKING_NOW_SECS = 0.5
 
@@ -259,8 +256,6 @@ class Admissions:
         world.result.stats["shared_worst_window"] = max(world.result.stats["shared_worst_window"], worst)
         if worst > LIMIT + units + 1e-9:
             world.result.violations.append(
-                "I4: "
-                + (KNOWN_CUT_OFF if self.cut_off else "")
-                + f"{worst} admitted in one {WINDOW:g} s window "
+                "I4: " + f"{worst} admitted in one {WINDOW:g} s window "
                 f"(limit {LIMIT} + one period's {units:g}; period {world.lease_secs:g} s)"
             )
