@@ -237,12 +237,14 @@ class ControlPlane:
             self.leadership, self.hub, token=token, credentials=credentials, connect=connect
         )
         self.writer.fence = self.leadership
+        self.breakers.lead_check = self.leadership.lease_valid
 
     def _leader_epoch(self) -> int:
         return self.leadership.epoch if self.leadership is not None else 0
 
     def _on_leadership(self, leading: bool) -> None:
         if leading:
+            self.breakers.took_over()
             if self.relay is not None:  # outcomes gathered before this replica knew it leads
                 for key, agent_id, summaries in self.relay.drain():
                     if key is None or self.ledger.first_time(key):

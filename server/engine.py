@@ -90,6 +90,12 @@ class FleetBreakers:
         self.revisions: dict[str, int] = {}
         #: The highest generation of each breaker told to agents (see _transitioned).
         self._told: dict[str, int] = {}
+        #: Whether this replica leads with its leader lease known to hold (see
+        #: :meth:`took_over`); None: it runs alone, no other replica grants.
+        self.lead_check: Callable[[], bool] | None = None
+        self._took_over = float("-inf")
+        #: When a HALF_OPEN another replica decided was taken while leading.
+        self._adopted: dict[str, float] = {}
         self.change_listeners: list[ChangeListener] = []
         self.grant_listeners: list[GrantListener] = []
 
@@ -210,6 +216,8 @@ class FleetBreakers:
             # permits belong to one HALF_OPEN: the same one stored again (the watch echoing
             # its write, a reload) keeps them out, or more than the limit would go
             breaker.clear_permits()
+            if breaker.state is BreakerState.HALF_OPEN and self.lead_check is not None and self.lead_check():
+                self._adopted[name] = self._clock()  # its permits were granted elsewhere
         self.revisions[name] = revision
         self._changed(name, old, None)
 
@@ -292,6 +300,13 @@ class FleetBreakers:
             self._transitioned(move)
         return move
 
+    def took_over(self) -> None:
+        """This replica has begun to lead. The permits an earlier leader granted live in
+        its memory only, and a probe under one may run until the permit's TTL plus the
+        policy's timeout: until that much time has passed no permit is granted here, so
+        the fleet never runs more than ``success_threshold`` probes of one HALF_OPEN."""
+        self._took_over = self._clock()
+
     def forget(self, name: str) -> None:
         """Drop a breaker from memory (an idle one no policy names); a later report
         starts it over CLOSED."""
@@ -299,6 +314,7 @@ class FleetBreakers:
         self._demand.pop(name, None)
         self.revisions.pop(name, None)
         self._told.pop(name, None)
+        self._adopted.pop(name, None)
 
     def policy_changed(self, service: str) -> None:
         """The service's policy changed: its breaker and its endpoints' follow it."""
@@ -354,6 +370,11 @@ class FleetBreakers:
         # The agent may use its permit for probe_ttl; its call may then run for up to the
         # policy timeout, so the permit is held that much longer on this side.
         hold = self.probe_ttl + breaker.policy.timeout_secs
+        if self.lead_check is not None and not self.lead_check():
+            return None  # a deposed leader that does not know it yet grants nothing
+        since = max(self._took_over, self._adopted.get(breaker.name, float("-inf")))
+        if breaker.changed_at <= since and now < since + hold:
+            return None  # a HALF_OPEN from before: an earlier leader's permits may be in use
         if breaker.acquire_probe(now, agent, hold) == 0:
             return None
         demand = self._demand.get(breaker.name)

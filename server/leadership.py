@@ -28,6 +28,9 @@ from .store import Entry, Guard, Store, StoreUnavailable, WatchCompacted, WatchE
 _log = logging.getLogger("mission_control.server.leadership")
 
 FOLLOWER_POLL_SECS = 0.2
+#: How long before its lease is known to end a leader stops what only one may do at a time
+#: (clocks run at slightly different rates; a renewal is sent a third of the TTL apart).
+LEASE_MARGIN_SECS = 0.5
 
 
 class Leadership:
@@ -55,6 +58,9 @@ class Leadership:
         self._lease = 0
         self._create_revision = 0
         self._last_refresh = 0.0
+        #: Until when the leader lease is known to hold: the time a grant or keepalive was
+        #: sent plus the TTL it got (etcd starts counting later, when it receives it).
+        self._valid_until = 0.0
         self._stopped = False
         #: Set (and replaced) whenever the leader key changes: wakes whoever waits.
         self._changed = asyncio.Event()
@@ -63,6 +69,12 @@ class Leadership:
     def epoch(self) -> int:
         """Rises with every new leader: the etcd revision that created this one's key."""
         return self._create_revision
+
+    def lease_valid(self, margin: float = LEASE_MARGIN_SECS) -> bool:
+        """Whether this replica leads and its lease is known to hold for ``margin`` more:
+        a successor can only take the key once the lease has expired in etcd, so what is
+        decided only while this holds (probe permits) is never decided by two at once."""
+        return self.leading and self.clock() < self._valid_until - margin
 
     def guard(self) -> Guard | None:
         """The condition that fences a leader's writes, or None when not leading."""
@@ -141,6 +153,7 @@ class Leadership:
             self.leader_id = self.leader_address = None
         if self.leader_id is not None:
             return  # somebody leads: nothing to write
+        sent = self.clock()
         lease = await self.store.grant_lease(self.ttl)
         value = json.dumps({"instance": self.instance_id, "address": self.address}).encode()
         result = await self.store.commit([Write(self.key, value, expected_revision=0, lease=lease)])
@@ -150,17 +163,20 @@ class Leadership:
             return
         self._lease, self._create_revision = lease, result.revision
         self._last_refresh = self.clock()
+        self._valid_until = sent + self.ttl
         self.leader_id, self.leader_address = self.instance_id, self.address
         _log.info("%s is the leader (lease %x)", self.instance_id, lease)
         self._set(True)
 
     async def _hold(self) -> None:
+        sent = self.clock()
         left = await self.store.refresh_lease(self._lease)
         if left <= 0:
             _log.warning("%s lost its leader lease", self.instance_id)
             self._set(False)
             return
         self._last_refresh = self.clock()
+        self._valid_until = sent + min(left, self.ttl)
         entry = await self.store.get(self.key)
         if entry is None or _instance_of(entry.value) != self.instance_id:
             _log.warning("%s: the leader key is gone", self.instance_id)

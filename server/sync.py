@@ -2,9 +2,9 @@
 
 A compacted watch, a lost leadership or a store that lost its data reloads everything: a
 store whose revision went backwards, whose cluster id changed (wiped, or replaced) or that
-holds a key at a lower revision than the one held here (wiped while this replica could not
-see it, and written past every revision it saw since) is reloaded without dropping what is
-held, and the leader writes it back. A
+holds a key at a lower revision than the one held here, or at the same revision with
+another value (wiped while this replica could not see it, and written past every revision
+it saw since) is reloaded without dropping what is held, and the leader writes it back. A
 value that does not parse — under ``policies/`` or ``breakers/`` — is refused, counted
 and shown (``PolicyBook.errors``), and never stops the rest; when nothing good is held
 for its key (a restart), the key's earlier revisions are read back to the newest good one.
@@ -21,6 +21,7 @@ from mission_control.client.breaker import BreakerState
 
 from .engine import FleetBreakers
 from .policies import LoadError, PolicyBook
+from .seen_values import SeenValues
 from .store import Entry, Store, StoreUnavailable, WatchCompacted
 from .writes import StateWriter
 
@@ -64,6 +65,8 @@ class StoreSync:
         self._keep_absent = False
         self._converge = False
         self.wipes = 0
+        #: The value seen at each policy's and breaker's newest revision.
+        self._seen = SeenValues()
         #: Called each time the store is found to have lost its data (after the state's own
         #: reload is asked for): other followers of the store reload too.
         self.lost_data_listeners: list[Callable[[], None]] = []
@@ -101,6 +104,7 @@ class StoreSync:
         _log.error("the store lost its data (revision %d after %d, %s): restoring", revision, seen, detail)
         self.wipes += 1
         self.revision = revision
+        self._seen.clear()
         self.breakers.revisions.clear()
         self.policies.forget_revisions()
         self._keep_absent = True
@@ -216,6 +220,8 @@ class StoreSync:
         for entry in entries:
             if self.went_back(entry.key, entry.mod_revision, at):
                 return f"{entry.key} at revision {entry.mod_revision}"
+            if self._seen.rewritten(entry.key, entry.value, entry.mod_revision):
+                return f"{entry.key} holds another value at revision {entry.mod_revision}"
         return None
 
     def _held_revision(self, key: str) -> int:
@@ -228,6 +234,8 @@ class StoreSync:
 
     def apply(self, key: str, value: bytes | None, revision: int) -> bool:
         """Apply one stored value; False when it was refused as malformed."""
+        if self.policies.service_of(key) is not None or self._breaker_of(key) is not None:
+            self._seen.note(key, value, revision)
         if self.policies.service_of(key) is not None:
             before = self.policies.reloads_failed
             self.policies.apply(key, value, revision)

@@ -4,7 +4,9 @@ schedule runs (I3) and once it is over (I4).
 I3  Never more than ``success_threshold`` probes of one HALF_OPEN in flight fleet-wide;
     an agent that keeps asking gets a permit within one probe TTL (``PROBE_TTL_SECS``,
     plus one push) while the fleet is settled and the probes in flight are below the
-    limit; no permit is used, or held by a control plane, past its TTL.
+    limit — after a leader change, for a HALF_OPEN from before it, only once the probe
+    TTL plus the policy's timeout have passed since (the new leader's wait); no permit
+    is used, or held by a control plane, past its TTL.
     A probe is in flight from the permit being taken until its outcome is recorded, for
     as long as its agent lives on the stream the permit came on: a stream that breaks
     frees the agent's permits at once (``FleetBreakers.release_agent``), and what a probe
@@ -32,11 +34,11 @@ if TYPE_CHECKING:
 SHARED, LIMIT, WINDOW = "svc-shared", 30, 2.0
 #: One push and a settling fleet (as in I1), on top of the probe TTL.
 SLACK_SECS = 2.0
-#: How a violation of I3 known today begins: a new leader takes over a HALF_OPEN without
-#: the permits the one before granted (they live in its memory), grants them again, and
-#: counts a result of a probe run under an old permit against a new one; or, while two
-#: replicas both lead for a moment (one deposed, not knowing it yet), both grant.
-KNOWN_FAILOVER = "(known: permits across a leader change) "
+#: How a violation of I3 across a leader change begins (fixed; schedules 85, 108, …): a
+#: new leader took over a HALF_OPEN without the permits the one before granted (they live
+#: in its memory) and granted them again; or, while two replicas both led for a moment
+#: (one deposed, not knowing it yet), both granted.
+FAILOVER = "(permits of more than one leader) "
 #: An agent still asks when it was refused for want of a permit this recently.
 ASKING_NOW_SECS = 0.5
 
@@ -126,7 +128,7 @@ class ProbeWatch:
             leaders |= self.granters.get((service, generation), set())
             self._violation(
                 (service, f"gen {generation}"),
-                (KNOWN_FAILOVER if len(leaders) > 1 or None in leaders else "")
+                (FAILOVER if len(leaders) > 1 or None in leaders else "")
                 + f"{count} probes of {service} gen {generation} in flight (success_threshold {threshold})",
             )
         self._saturation(service, generation)
@@ -187,11 +189,14 @@ class ProbeWatch:
                 continue
             replica = agent.replica
             assert replica is not None
+            took_over = self.leader_since
+            if breaker.changed_at <= took_over:  # the permits of a leader before may be in use
+                took_over += PROBE_TTL_SECS + breaker.policy.timeout_secs
             start = max(
                 since,
                 breaker.changed_at,
                 self.saturated_at[service],
-                self.leader_since,
+                took_over,
                 self.relay_since[replica.name],
             )
             if now - start > PROBE_TTL_SECS + SLACK_SECS:
@@ -256,6 +261,7 @@ class Admissions:
         world.result.stats["shared_worst_window"] = max(world.result.stats["shared_worst_window"], worst)
         if worst > LIMIT + units + 1e-9:
             world.result.violations.append(
-                "I4: " + f"{worst} admitted in one {WINDOW:g} s window "
+                "I4: "
+                + f"{worst} admitted in one {WINDOW:g} s window "
                 f"(limit {LIMIT} + one period's {units:g}; period {world.lease_secs:g} s)"
             )

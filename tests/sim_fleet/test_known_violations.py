@@ -1,6 +1,5 @@
-"""Schedules that found a defect, by seed: the fixed ones must keep every invariant; the
-violations known today must still show (strict xfail): the day the cause is fixed, those
-pass and say so.
+"""Schedules that found a defect, by seed: each must keep every invariant now that its
+cause is fixed (a violation known but not fixed would be kept here as a strict xfail).
 
 A seed's schedule moves with any change to the fleet's timing, so each claim is over a few
 seeds that showed it: a change that merely moves them can also end the xfail (then pick
@@ -9,19 +8,18 @@ the seeds again with ``python -m tests.sim_fleet --count N``).
 
 from __future__ import annotations
 
-import pytest
-
-from .fleet_checks import KNOWN_FAILOVER
 from .schedule import simulate
 
 
 def test_schedules_that_found_a_fixed_defect_keep_every_invariant() -> None:
     """20: a dead stream kept in the hub took the probe grants (in the simulated network);
     55, 327, 354: a HALF_OPEN after a lost compare-and-swap reused its generation, and the
-    permits of the one superseded counted for it (``server/engine.py``)."""
-    failed = [
-        r.report() for r in (simulate(seed, active_secs=10.0) for seed in (20, 55, 327, 354)) if not r.ok
-    ]
+    permits of the one superseded counted for it (``server/engine.py``); 579: a replica cut
+    off from etcd while it was wiped and restored in the same order found a breaker at the
+    revision it held it at, with another value, and kept its own (``server/sync.py``; the
+    scripted ``test_scenarios.py::…_restored_at_its_old_revision`` shows it for good)."""
+    seeds = (20, 55, 327, 354, 579)
+    failed = [r.report() for r in (simulate(seed, active_secs=10.0) for seed in seeds) if not r.ok]
     assert not failed, "\n".join(failed)
 
 
@@ -32,14 +30,14 @@ def _found(seeds: tuple[int, ...], known: str) -> list[str]:
     return found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="I3 across a failover: probe permits live in the leader's memory; a new leader "
-    "takes over the HALF_OPEN from etcd without them and grants the same generation's "
-    "permits again while probes under the old ones still run",
-)
 def test_probes_in_flight_stay_within_the_threshold_across_a_leader_change() -> None:
-    found = _found((85, 108, 339), KNOWN_FAILOVER)
+    """I3 across a failover: probe permits live in the leader's memory, so a new leader
+    took a HALF_OPEN over from etcd without them and granted its permits again while probes
+    under the old ones still ran, and a deposed leader that did not know it yet granted
+    beside its successor. A new leader now waits the probe TTL plus the policy's timeout
+    before granting for a HALF_OPEN from before it, and a leader grants only while its
+    lease is known to hold (``server/engine.py``, ``server/leadership.py``)."""
+    found = _found((85, 108, 122, 339, 522, 525, 565, 607, 616, 624), "I3:")
     assert not found, "\n".join(found)
 
 
@@ -47,15 +45,5 @@ def test_admissions_stay_within_the_limit_while_an_agent_is_cut_off() -> None:
     """73, 379: an agent cut off from every replica spent its last lease while the leader
     leased its part to the others (fixed: unleased spending ends at the horizon the
     leader keeps aside, ``fleet.unleased_secs``)."""
-    found = [f"seed {seed}: {v}" for seed in (73, 379) for v in simulate(seed, active_secs=10.0).violations]
-    assert not [v for v in found if "I4:" in v], "\n".join(found)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="I2, not analysed yet: after healing, replica cp0.1 holds svc-a CLOSED gen 0 "
-    "while etcd holds FORCED_OPEN gen 1 (replay: python -m tests.sim_fleet --seed 579 --active 10 -v)",
-)
-def test_every_replica_converges_to_etcd_in_schedule_579() -> None:
-    violations = simulate(579, active_secs=10.0).violations
-    assert not [v for v in violations if v.startswith("I2:")], violations
+    found = _found((73, 379), "I4:")
+    assert not found, "\n".join(found)

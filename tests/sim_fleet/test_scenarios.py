@@ -90,3 +90,45 @@ def test_a_replica_cut_off_during_a_wipe_notices_it_once_the_store_has_grown_pas
 
     with quiet_logs():
         vloop.run(main())
+
+
+def test_a_replica_cut_off_during_a_wipe_notices_a_key_restored_at_its_old_revision() -> None:
+    """Schedule 579: a wipe restored in the same order puts a breaker back at the very
+    revision a replica cut off meanwhile holds it at, with another value. Neither the
+    store's revision nor the key's went backwards; only the value held at that revision
+    changed, which a store that kept its data never does."""
+
+    async def main() -> None:
+        world = World(0)
+        leader, follower = await _fleet(world)
+        await leader.plane.set_breaker_state("svc-a", BreakerState.FORCED_OPEN, "operator")
+        held = lambda: follower.plane.breakers.find("svc-a")  # noqa: E731
+        await _until(world, lambda: held() is not None and held().state is BreakerState.FORCED_OPEN, "pushed")
+        at = follower.plane.breakers.revisions["svc-a"]
+        assert at > 0
+        follower.store.cut = True
+        world.crash(leader)
+        world.etcd.wipe(new_cluster=False)  # etcd restarted empty with its old configuration
+        for service in SERVICES:
+            world.etcd.put_raw(
+                f"/mission-control/v1/policies/{service}", _policy_json(policy(service, world.rng))
+            )
+        while world.etcd.revision < at - 1:
+            world.etcd.put_raw("/elsewhere/padding", b"x")
+        closed = b'{"name": "svc-a", "state": "BREAKER_STATE_FORCED_CLOSED", "generation": 7}'
+        world.etcd.put_raw("/mission-control/v1/breakers/svc-a", closed)
+        assert world.etcd.read("/mission-control/v1/breakers/svc-a", 0).mod_revision == at  # type: ignore[union-attr]
+        while world.etcd.revision <= follower.plane.sync.revision:
+            world.etcd.put_raw("/elsewhere/padding", b"x")
+        follower.store.cut = False
+        await _until(world, lambda: follower.plane.sync.wipes > 0, "the cut replica notices the wipe")
+        await _until(
+            world, lambda: held() is not None and held().state is BreakerState.FORCED_CLOSED, "converged"
+        )
+        await asyncio.sleep(3.0)
+        checks._converged(world)
+        checks._leadership(world)
+        assert world.result.violations == []
+
+    with quiet_logs():
+        vloop.run(main())
