@@ -160,13 +160,16 @@ class StoreSync:
         _log.info("reloading everything from the store")
 
     async def _load_all(self) -> int:
+        # Before reading: a big prefix takes a while to read, and a revision the health
+        # check or a watch saw meanwhile is newer than the read's, not a step back.
+        seen = self.revision
         entries, revision = await self.store.get_prefix(self.prefix)
-        if revision < self.revision:
-            self._lost_data(revision, self.revision, "noticed while loading")
+        if revision < seen:
+            self._lost_data(revision, seen, "noticed while loading")
         else:
             went_back = self._went_back(entries, revision)
             if went_back:
-                self._lost_data(revision, self.revision, f"{went_back} is older than the revision held")
+                self._lost_data(revision, seen, f"{went_back} is older than the revision held")
         self.revision = max(self.revision, revision)
         # After a loss of data, what the store lacks is kept until the leader restored it.
         keep_absent = self._keep_absent or self.writer.restore_pending
