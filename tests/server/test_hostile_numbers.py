@@ -6,6 +6,7 @@ replaces the last good config)."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import time
 from typing import Any
@@ -43,6 +44,21 @@ def serving(address: str) -> bool:
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def breakers(address: str) -> dict[str, pb.Breaker]:
+    listed = stub(address).ListBreakers(pb.ListBreakersRequest(), timeout=5).breakers
+    return {b.name: b for b in listed}
+
+
+def stamp(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+def open_record(name: str, generation: int, opened_at: float, wait: str) -> str:
+    fields = {"name": name, "state": "BREAKER_STATE_OPEN", "generation": str(generation)}
+    fields |= {"opened_at": stamp(opened_at), "changed_at": stamp(opened_at), "open_remaining": wait}
+    return json.dumps(fields)
+
+
 async def first_lease(address: str, service: str) -> pb.CapacityLease:
     wanted = pb.CapacityDemand(service=service, resource=f"{service}.requests", wanted=10, agents=1)
     async with RawAgent(address, "hostile-epoch", (service,)) as agent:
@@ -76,4 +92,46 @@ def test_a_huge_epoch_record_is_refused_and_the_leader_leases_on(
 
     poll(lambda: record().get("epoch") != HUGE)  # its own epoch, stored fenced
     assert record()["epoch"] == lease.epoch
+    assert serving(address)
+
+
+def test_a_breaker_record_with_an_out_of_range_generation_keeps_the_last_good_one(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    endpoint = etcd_server.endpoint
+    plane, address = control_plane(endpoint, prefix)
+    spawned.append(plane)
+    for service in ("bx", "by"):
+        policy = policy_pb2.ServicePolicy(service=service, failure_threshold=3, rate_limit_requests=10**6)
+        stub(address).PutPolicy(pb.PutPolicyRequest(policy=policy), timeout=10)
+    key = f"{prefix}/breakers/bx"
+    etcdctl(endpoint, "put", key, open_record("bx", 3, time.time(), "600s"))
+    poll(lambda: breakers(address).get("bx", pb.Breaker()).generation == 3)
+
+    etcdctl(endpoint, "put", key, open_record("bx", HUGE, time.time(), "600s"))
+    poll(lambda: refused(address, key, "generation:"))
+    held = breakers(address)["bx"]  # an INTERNAL error here before
+    assert (held.state, held.generation) == (pb.BREAKER_STATE_OPEN, 3)
+    etcdctl(endpoint, "put", f"{prefix}/breakers/by", open_record("by", 5, time.time(), "600s"))
+    poll(lambda: breakers(address).get("by", pb.Breaker()).generation == 5)  # the others go on
+    assert serving(address)
+
+
+def test_an_opened_at_in_the_future_does_not_hold_the_breaker_open(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    endpoint = etcd_server.endpoint
+    plane, address = control_plane(endpoint, prefix)
+    spawned.append(plane)
+    policy = policy_pb2.ServicePolicy(service="bf", failure_threshold=3, rate_limit_requests=10**6)
+    stub(address).PutPolicy(pb.PutPolicyRequest(policy=policy), timeout=10)
+    key = f"{prefix}/breakers/bf"
+    etcdctl(endpoint, "put", key, open_record("bf", 3, time.time(), "4s"))
+    poll(lambda: breakers(address).get("bf", pb.Breaker()).generation == 3)
+
+    ten_years = time.time() + 3650 * 86400
+    etcdctl(endpoint, "put", key, open_record("bf", 3, ten_years, "2s"))
+    poll(lambda: refused(address, key, "opened_at:"))
+    # the good record's wait ends within 4 s: the breaker then lets a probe through
+    poll(lambda: breakers(address)["bf"].state == pb.BREAKER_STATE_HALF_OPEN, timeout=20)
     assert serving(address)
