@@ -45,10 +45,10 @@ RECORD = "fleet-lease-epoch"
 #: The record's value is not known (the store is not loaded yet).
 _UNKNOWN = object()
 
-#: The highest epoch a record may hold. Epochs are leader-key revisions or wall-clock
-#: milliseconds (about 1.7e12 now), counted up by one per takeover; a leader goes above
-#: the recorded one and its leases carry it as a uint64, so a record beyond would overflow
-#: every later leader's leases. This bound leaves room for that and is exact in JSON.
+#: A record's epoch is below this, so the next leader's (one above) is at most this.
+#: Epochs are leader-key revisions or wall-clock milliseconds (about 1.7e12 now), counted
+#: up by one per takeover, and leases carry them as a uint64: a record near 2^64 would
+#: overflow every later leader's leases. This bound is also exact in JSON numbers.
 MAX_EPOCH = 2**53
 
 #: How far ahead a leader records that it may lease; written again when half is left.
@@ -81,8 +81,8 @@ def parse_record(value: bytes) -> EpochRecord:
     bad = []
     if isinstance(until, bool) or not isinstance(until, int | float) or not 0 <= until < 1e11:
         bad.append(f"until: seconds since the epoch (a number) are required, got {until!r}")
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 < epoch <= MAX_EPOCH:
-        bad.append(f"epoch: a positive integer up to {MAX_EPOCH} is required, got {epoch!r}")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 < epoch < MAX_EPOCH:
+        bad.append(f"epoch: a positive integer below {MAX_EPOCH} is required, got {epoch!r}")
     if not isinstance(leader, str):
         bad.append(f"leader: a replica id (a string) is required, got {leader!r}")
     if bad:
