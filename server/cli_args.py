@@ -47,6 +47,9 @@ class _Parser(argparse.ArgumentParser):
 def host_port(text: str, *, lowest: int = 0) -> str:
     """``text`` when it is HOST:PORT (an IPv6 host in brackets, the port 0-65535, or from
     ``lowest``); raises ArgumentTypeError saying what is wrong."""
+    scheme, slashes, rest = text.partition("://")
+    if slashes:  # TLS is chosen by its own options, never by a URL scheme
+        raise argparse.ArgumentTypeError(f"{text!r}: no {scheme}:// is wanted, give HOST:PORT: {rest!r}")
     host, colon, port = text.rpartition(":")
     if not colon or not host or not (port.isascii() and port.isdigit()):
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")

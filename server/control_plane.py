@@ -129,6 +129,8 @@ class ControlPlane:
         self._published = False
         #: Names of background tasks that ended with an error (health stays down).
         self.failed_tasks: list[str] = []
+        #: Ticks that raised (the tick loop goes on; each kind is logged once in a row).
+        self.tick_errors = 0
         self.health_listeners: list[Callable[[bool], None]] = []
         #: Set by enable_leadership (replicas on one etcd); None = this one always decides.
         self.leadership: Leadership | None = None
@@ -431,10 +433,17 @@ class ControlPlane:
             _log.info("stored breaker %s not deleted (%s)", name, result.status.name.lower())
 
     async def _tick_loop(self) -> None:
+        last_error = ""
         while True:
-            if self.leading:
-                self.breakers.tick()
-                await self._lease_round()
+            try:
+                if self.leading:
+                    self.breakers.tick()
+                    await self._lease_round()
+            except Exception as err:  # one bad value must not end the breakers' and leases' timers
+                self.tick_errors += 1
+                if repr(err) != last_error:  # once per kind of error, not 50 times a second
+                    _log.exception("tick failed (%d so far); going on", self.tick_errors)
+                last_error = repr(err)
             await asyncio.sleep(self.tick_interval)
 
     async def _lease_round(self) -> None:

@@ -31,6 +31,15 @@ _LONGEST_WAIT = 86400.0
 #: The Breaker message's counters are uint32: a count beyond is shown (and stored) as this.
 UINT32_MAX = 2**32 - 1
 
+#: The highest generation a stored record may hold: a generation is counted up by one
+#: per transition (never near this), and every later one must still fit a uint64 and be
+#: exact in JSON numbers.
+MAX_GENERATION = 2**53
+
+#: How far in the future a stored time may be (clock skew between replicas): an
+#: ``opened_at`` beyond would keep the breaker OPEN past the longest wait.
+FUTURE_SKEW_SECS = 300.0
+
 ChangeListener = Callable[[pb.Breaker, BreakerState | None, Transition | None], None]
 GrantListener = Callable[[str, pb.ProbeGrant], None]
 
@@ -53,6 +62,24 @@ class _Demand:
             del self.last_seen[agent]
             self.served.pop(agent, None)
         return sorted(self.last_seen, key=lambda a: (self.served.get(a, -1e18), -self.last_seen[a]))
+
+
+def check_record(record: pb.Breaker, wall_now: float) -> None:
+    """Refuse a stored breaker record whose numbers no replica can use. Raises ValueError
+    naming every bad field (the record's uint32 counters are bounded by parsing)."""
+    bad = []
+    if record.generation > MAX_GENERATION:
+        bad.append(f"generation: at most {MAX_GENERATION} is allowed, got {record.generation}")
+    for field_name in ("opened_at", "changed_at"):
+        if not record.HasField(field_name):
+            continue
+        seconds = getattr(record, field_name).ToNanoseconds() / 1e9
+        if not 0 <= seconds <= wall_now + FUTURE_SKEW_SECS:
+            when = getattr(record, field_name).ToJsonString()
+            wanted = f"a time not after now (+{FUTURE_SKEW_SECS:g} s)"
+            bad.append(f"{field_name}: {wanted} is required, got {when}")
+    if bad:
+        raise ValueError("; ".join(bad))
 
 
 def _stored_wait(record: pb.Breaker, policy: ServicePolicy) -> float:
@@ -198,6 +225,7 @@ class FleetBreakers:
             raise ValueError(f"record for {record.name!r} stored under {name!r}")
         if record.state == pb.BREAKER_STATE_UNSPECIFIED:
             raise ValueError("record has no state")
+        check_record(record, self._clock() + self._wall_offset)
         breaker.state = BreakerState(record.state)
         breaker.consecutive_failures = record.consecutive_failures
         breaker.failures = record.failures

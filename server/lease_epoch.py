@@ -45,6 +45,12 @@ RECORD = "fleet-lease-epoch"
 #: The record's value is not known (the store is not loaded yet).
 _UNKNOWN = object()
 
+#: A record's epoch is below this, so the next leader's (one above) is at most this.
+#: Epochs are leader-key revisions or wall-clock milliseconds (about 1.7e12 now), counted
+#: up by one per takeover, and leases carry them as a uint64: a record near 2^64 would
+#: overflow every later leader's leases. This bound is also exact in JSON numbers.
+MAX_EPOCH = 2**53
+
 #: How far ahead a leader records that it may lease; written again when half is left.
 RECORD_AHEAD_SECS = 4.0
 
@@ -75,8 +81,8 @@ def parse_record(value: bytes) -> EpochRecord:
     bad = []
     if isinstance(until, bool) or not isinstance(until, int | float) or not 0 <= until < 1e11:
         bad.append(f"until: seconds since the epoch (a number) are required, got {until!r}")
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch <= 0:
-        bad.append(f"epoch: a positive integer is required, got {epoch!r}")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 < epoch < MAX_EPOCH:
+        bad.append(f"epoch: a positive integer below {MAX_EPOCH} is required, got {epoch!r}")
     if not isinstance(leader, str):
         bad.append(f"leader: a replica id (a string) is required, got {leader!r}")
     if bad:
@@ -189,6 +195,9 @@ class LeaseEpochs:
         failure)."""
         epoch = self.epoch()
         if not epoch or self._writing is not None:
+            return
+        if epoch > MAX_EPOCH:  # not reached from good records; stored, it would be refused
+            _log.error("fleet-lease epoch %d is out of range: not recorded", epoch)
             return
         # later than any earlier leader's (it wrote its own before this one took over)
         until = self.wall() + RECORD_AHEAD_SECS

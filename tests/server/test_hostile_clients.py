@@ -125,10 +125,10 @@ async def test_overflowing_counts_saturate_and_the_breaker_still_moves(plane: st
 
 
 async def test_a_background_loop_that_dies_takes_health_down(control_plane: RunningControlPlane) -> None:
-    def broken() -> list[object]:
-        raise ValueError("a breaker that cannot be shown")
+    async def broken() -> None:
+        raise ValueError("a store answer that cannot be read")
 
-    control_plane.plane.breakers.tick = broken  # type: ignore[method-assign]
+    control_plane.plane.sync.check = broken  # type: ignore[method-assign]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{control_plane.port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         request = health_pb2.HealthCheckRequest(service="mission_control.resilience.v1.ControlPlaneService")
@@ -138,7 +138,26 @@ async def test_a_background_loop_that_dies_takes_health_down(control_plane: Runn
             return answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
 
         await poll(not_serving)
-    assert control_plane.plane.failed_tasks == ["ControlPlane._tick_loop"]
+    assert control_plane.plane.failed_tasks == ["ControlPlane._health_loop"]
+
+
+async def test_a_tick_that_raises_is_logged_and_the_timers_go_on(control_plane: RunningControlPlane) -> None:
+    """One bad value (an epoch a lease cannot carry, a breaker that cannot be shown) must
+    not end the breakers' and leases' timers, nor take the control plane down."""
+    plane = control_plane.plane
+    ticks = plane.breakers.tick
+
+    def broken() -> list[object]:
+        raise ValueError("a breaker that cannot be shown")
+
+    plane.breakers.tick = broken  # type: ignore[method-assign]
+
+    async def ticked_on() -> bool:
+        return plane.tick_errors >= 3  # ticked again after each failure
+
+    await poll(ticked_on)
+    plane.breakers.tick = ticks  # type: ignore[method-assign]
+    assert plane.failed_tasks == [] and plane.serving
 
 
 # -- defect 2: unbounded breaker creation -------------------------------------------------

@@ -90,6 +90,8 @@ def test_until_the_store_is_read_the_fleet_counts_as_leased_before() -> None:
         (b"[1]", ["not a JSON object"]),
         (b'{"epoch": 0, "leader": 3}', ["epoch:", "leader:"]),
         (b'{"epoch": true, "leader": "r"}', ["epoch:"]),
+        (b'{"epoch": 9007199254740992, "leader": "r"}', ["epoch:"]),  # 2^53: the next would be out
+        (b'{"epoch": 18446744073709551615, "leader": "r"}', ["epoch:"]),
     ],
 )
 def test_a_malformed_record_is_refused_counted_and_still_a_sign_of_leases(

@@ -95,6 +95,11 @@ def test_port_in_use_is_one_line(listening: int, etcd_server: EtcdProcess) -> No
         ),
         (["serve", "--listen", "localhost"], "argument --listen: 'localhost' is not HOST:PORT"),
         (
+            ["serve", "--etcd", "http://127.0.0.1:23791"],
+            "argument --etcd: 'http://127.0.0.1:23791': no http:// is wanted, "
+            "give HOST:PORT: '127.0.0.1:23791'",
+        ),
+        (
             ["serve", "--advertise", "replica-1:0"],
             "argument --advertise: 'replica-1:0': the port must be 1 to 65535",
         ),
