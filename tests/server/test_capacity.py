@@ -27,10 +27,11 @@ class Leader:
     def __init__(self, now: float, epoch: int = 1, earlier: float | None = None) -> None:
         """``earlier``: until when the earlier leader's record let it lease (None: unknown)."""
         self.now = now
+        self.policies = [POLICY]
         self.sent: dict[str, list[pb.CapacityLease]] = {}
         self.gone: set[str] = set()
         self.leaser = CapacityLeaser(
-            lambda: [POLICY],
+            lambda: self.policies,
             self._send,
             epoch=lambda: epoch,
             clock=lambda: self.now,
@@ -103,6 +104,47 @@ def test_the_warm_up_ends_at_the_horizon_of_the_earlier_leaders_last_lease(
     leader.run(end + 0.5)
     assert leader.leased(round((end + 0.5) * 1000)) == pytest.approx(UNITS)
     assert leader.leaser.usage()[0].kept_aside == 0
+
+
+def _horizon(secs: float) -> object:
+    return default_policy(
+        "shared",
+        rate_limit_requests=200,
+        rate_limit_window_secs=2.0,
+        fleet=FleetLimits(rate_limit=True, lease_secs=0.5, unleased_secs=secs),
+    )
+
+
+def test_a_horizon_lowered_during_the_warm_up_takes_effect_once_no_agent_holds_the_old() -> None:
+    # agents the earlier leader leased (its record: until 3002) are cut off knowing the
+    # 10 s horizon; the operator lowers it to 1 s just after this leader took over
+    leader = Leader(3000.0, earlier=3002.0)
+    leader.report("a", agents_known=5, safe_units=UNITS / 5)
+    leader.run(3000.2)
+    leader.policies = [_horizon(1.0)]
+    leader.leaser.sync_policies()
+    leader.run(3000.6)
+    assert leader.leased(3000500) == pytest.approx(UNITS / 5)
+    end = 3002.0 + HORIZON  # the old horizon of the earlier leader's last lease
+    leader.run(end - 0.5)
+    assert leader.leased(round((end - 0.5) * 1000)) == pytest.approx(UNITS / 5)
+    # the old horizon is held no longer than an agent cut off at the change may keep it
+    leader.run(3000.2 + 10.0 + 1.0 + RECORD_AHEAD_SECS + 0.5)
+    assert leader.sent["a"][-1].units == pytest.approx(UNITS)
+
+
+def test_a_horizon_lowered_keeps_an_agent_cut_off_before_aside_for_the_old_one() -> None:
+    leader = Leader(4000.0)  # a fresh fleet
+    for holder in ("a", "b"):
+        leader.report(holder, agents_known=2, safe_units=UNITS / 2)
+    leader.run(4010.6)
+    leader.policies = [_horizon(1.0)]  # lowered; b breaks before it heard of that
+    leader.leaser.sync_policies()
+    leader.leaser.forget("b")
+    leader.run(4010.6 + HORIZON - 0.5)
+    assert leader.sent["a"][-1].units == pytest.approx(UNITS / 2)
+    leader.run(4010.6 + HORIZON + 0.5)
+    assert leader.sent["a"][-1].units == pytest.approx(UNITS)
 
 
 def test_an_agent_cut_off_keeps_its_safe_share_until_its_horizon() -> None:
