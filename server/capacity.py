@@ -56,6 +56,8 @@ class _Holder:
     wanted: float = 0.0
     used: float = 0.0
     agents: int = 1
+    #: what each agent it speaks for wants (a follower relays its agents' demands)
+    wants: tuple[float, ...] = ()
     agents_known: int = 0
     safe_units: float = 0.0
     sent: float = 0.0  # the last lease sent
@@ -209,6 +211,9 @@ class CapacityLeaser:
         entry = limit.holders.setdefault(holder, _Holder())
         entry.wanted, entry.used = _finite(demand.wanted), _finite(demand.used)
         entry.agents = max(1, demand.agents)
+        # (a follower that does not say what each agent wants: all alike)
+        alike = (entry.wanted / entry.agents,) * entry.agents
+        entry.wants = tuple(_finite(w) for w in demand.agents_wanted) or alike
         entry.agents_known = demand.agents_known
         entry.safe_units = min(_finite(demand.safe_units), limit.fleet_units)
         if not entry.leased:
@@ -320,7 +325,7 @@ class CapacityLeaser:
         demand = {h: e.wanted for h, e in limit.holders.items()}
         limit.demanded = sum(demand.values())
         limit.used = sum(e.used for e in limit.holders.values())
-        shares = fair_share(pool, demand)
+        shares = _per_agent_share(pool, limit.holders)
         if limit.resource == f"{limit.service}.requests" or limit.retries_of is not None:  # whole units
             shares = _whole(shares, index)
         # a holder that misses this lease goes on with its last one: shrinks count in
@@ -387,6 +392,22 @@ class CapacityLeaser:
             for limit in self.limits.values()
             if not limit.metered
         ]
+
+
+def _per_agent_share(pool: float, holders: dict[str, _Holder]) -> dict[str, float]:
+    """Each holder's part of ``pool``: split max-min fair among the agents (a follower
+    replica speaks for several, and divides its part among them the same way), so an
+    agent behind a follower gets what one connected to the leader would."""
+    keys: dict[str, str] = {}
+    wanted: dict[str, float] = {}
+    for holder, entry in holders.items():
+        for i, want in enumerate(entry.wants or (entry.wanted,)):
+            key = f"{i}\x00{holder}"
+            keys[key], wanted[key] = holder, want
+    shares = dict.fromkeys(holders, 0.0)
+    for key, units in fair_share(pool, wanted).items():
+        shares[keys[key]] += units
+    return shares
 
 
 def _whole(shares: dict[str, float], turn: int) -> dict[str, float]:

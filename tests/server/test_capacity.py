@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from mission_control.client.policy import FleetLimits, default_policy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
@@ -45,7 +47,8 @@ class Leader:
         return holder not in self.gone
 
     def report(self, holder: str, wanted: float = 100.0, **fields: object) -> None:
-        demand = pb.CapacityDemand(service="shared", resource=RESOURCE, wanted=wanted, agents=1, **fields)  # type: ignore[arg-type]
+        fields.setdefault("agents", 1)
+        demand = pb.CapacityDemand(service="shared", resource=RESOURCE, wanted=wanted, **fields)  # type: ignore[arg-type]
         self.leaser.demand(holder, demand)
 
     def run(self, until: float) -> None:
@@ -104,6 +107,30 @@ def test_the_warm_up_ends_at_the_horizon_of_the_earlier_leaders_last_lease(
     leader.run(end + 0.5)
     assert leader.leased(round((end + 0.5) * 1000)) == pytest.approx(UNITS)
     assert leader.leaser.usage()[0].kept_aside == 0
+
+
+def test_the_split_is_per_agent_whether_behind_a_follower_or_not() -> None:
+    leader = Leader(5000.0)  # a fresh fleet
+    leader.report("a")
+    leader.report("b", wanted=30.0)
+    # a follower relays four agents: one modest, three wanting all they can get
+    leader.report("follower", wanted=310.0, agents=4, agents_wanted=[10.0, 100.0, 100.0, 100.0])
+    leader.run(5000.6)
+    # 50 among six agents: the modest take 10 (b 30 is over 1/6 of 50, so is capped at
+    # the level), the other four ~ (50 - 10) / 5 each
+    level = (UNITS - 10.0) / 5
+    assert leader.sent["a"][-1].units == pytest.approx(math.floor(level), abs=1)
+    assert leader.sent["b"][-1].units == pytest.approx(math.floor(level), abs=1)
+    assert leader.sent["follower"][-1].units == pytest.approx(10.0 + 3 * level, abs=1)
+    assert leader.leased(5000500) == pytest.approx(UNITS)
+
+
+def test_a_follower_that_does_not_say_each_agents_demand_counts_as_that_many_alike() -> None:
+    leader = Leader(5000.0)
+    leader.report("a")
+    leader.report("follower", wanted=300.0, agents=3)
+    leader.run(5000.6)
+    assert leader.sent["follower"][-1].units == pytest.approx(3 * UNITS / 4, abs=1)
 
 
 def _horizon(secs: float) -> object:
