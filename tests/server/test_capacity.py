@@ -8,6 +8,7 @@ import pytest
 from mission_control.client.policy import FleetLimits, default_policy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.capacity import CapacityLeaser
+from mission_control.server.inbound import bounded_demand
 from mission_control.server.lease_epoch import RECORD_AHEAD_SECS
 
 POLICY = default_policy(
@@ -280,3 +281,17 @@ def test_a_warm_up_splits_what_the_agents_back_held_and_does_not_shrink_period_b
     # the two agents not back may spend the other half, no more: the half a held is split
     assert leader.leased(8005000) == pytest.approx(UNITS / 2)
     assert leader.leaser.usage()[0].kept_aside == pytest.approx(UNITS / 2)
+
+
+def test_only_a_replica_speaks_for_several_agents() -> None:
+    # an agent claiming to be a hundred would take a hundred shares
+    claim = pb.CapacityDemand(
+        service="shared", resource=RESOURCE, wanted=100.0, agents=100, agents_wanted=[1.0] * 100
+    )
+    own = bounded_demand(claim)
+    assert own is not None and (own.agents, list(own.agents_wanted)) == (1, [])
+    relayed = bounded_demand(
+        pb.CapacityDemand(service="shared", resource=RESOURCE, agents=2, agents_wanted=[1.0, -5.0, 9.0]),
+        replica=True,
+    )
+    assert relayed is not None and list(relayed.agents_wanted) == [1.0, 0.0]
