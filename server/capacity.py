@@ -56,6 +56,8 @@ class _Holder:
     wanted: float = 0.0
     used: float = 0.0
     agents: int = 1
+    #: what each agent it speaks for wants (a follower relays its agents' demands)
+    wants: tuple[float, ...] = ()
     agents_known: int = 0
     safe_units: float = 0.0
     sent: float = 0.0  # the last lease sent
@@ -79,6 +81,8 @@ class _Limit:
     lapsed: dict[str, float] = field(default_factory=dict)
     #: how long an agent spends without a lease (the policy's fleet.unleased_secs)
     unleased_secs: float = UNLEASED_SECS
+    #: earlier horizons an agent cut off may still hold: (horizon, until when, monotonic)
+    held_horizons: list[tuple[float, float]] = field(default_factory=list)
     #: units the last split kept aside for agents absent or not back yet
     kept_aside: float = 0.0
     leased: float = 0.0
@@ -157,17 +161,43 @@ class CapacityLeaser:
             del self.limits[key]
         for key, (units, period) in wanted.items():
             found = self.limits.get(key)
+            horizon = horizons.get(key, UNLEASED_SECS)
             if found is None:
-                self.limits[key] = _Limit(key[0], key[1], units, period)
+                self.limits[key] = _Limit(key[0], key[1], units, period, unleased_secs=horizon)
             elif found.period_secs != period:
-                self.limits[key] = _Limit(key[0], key[1], units, period, holders=found.holders)
+                self.limits[key] = _Limit(
+                    key[0],
+                    key[1],
+                    units,
+                    period,
+                    holders=found.holders,
+                    unleased_secs=found.unleased_secs,
+                    held_horizons=found.held_horizons,
+                )
             elif found.retries_of is None:
                 found.fleet_units = units
             limit = self.limits[key]
-            limit.unleased_secs = horizons.get(key, UNLEASED_SECS)
+            self._new_horizon(limit, horizon)
             policy = retries.get(key)
             limit.metered = policy is not None and key[1] == calls_resource(key[0])
             limit.retries_of = policy if policy is not None and not limit.metered else None
+
+    def _new_horizon(self, limit: _Limit, horizon: float) -> None:
+        """The policy's horizon changed. An agent cut off before it heard of the change
+        keeps the one it knew (and one connected keeps the end its last lease gave it), so
+        the old horizon stays in force here until no agent can still hold it: its last
+        lease began at most two periods ahead, and one an earlier leader sent at most as
+        far ahead as a leader records."""
+        old = limit.unleased_secs
+        if horizon != old:
+            until = self.clock() + old + 2 * limit.period_secs + RECORD_AHEAD_SECS
+            limit.held_horizons.append((old, until))
+        limit.unleased_secs = horizon
+
+    def _horizon(self, limit: _Limit, now: float) -> float:
+        """The longest horizon an agent may still hold: the policy's, or an earlier one."""
+        limit.held_horizons = [(h, until) for h, until in limit.held_horizons if until > now]
+        return max([limit.unleased_secs, *(h for h, _ in limit.held_horizons)])
 
     def demand(self, holder: str, demand: pb.CapacityDemand) -> None:
         limit = self.limits.get((demand.service, demand.resource))
@@ -181,6 +211,9 @@ class CapacityLeaser:
         entry = limit.holders.setdefault(holder, _Holder())
         entry.wanted, entry.used = _finite(demand.wanted), _finite(demand.used)
         entry.agents = max(1, demand.agents)
+        # (a follower that does not say what each agent wants: all alike)
+        alike = (entry.wanted / entry.agents,) * entry.agents
+        entry.wants = tuple(_finite(w) for w in demand.agents_wanted) or alike
         entry.agents_known = demand.agents_known
         entry.safe_units = min(_finite(demand.safe_units), limit.fleet_units)
         if not entry.leased:
@@ -207,7 +240,8 @@ class CapacityLeaser:
         entry = limit.holders.pop(holder, None)
         if entry is not None and max(entry.safe_units, entry.sent) > 0:
             # its last lease began at most 1.5 periods from now (sent half a period ahead)
-            until = self.clock() + limit.unleased_secs + 2 * limit.period_secs
+            now = self.clock()
+            until = now + self._horizon(limit, now) + 2 * limit.period_secs
             limit.absent[holder] = (max(entry.safe_units, entry.sent), until)
 
     def tick(self, *, send: bool = True) -> None:
@@ -256,7 +290,8 @@ class CapacityLeaser:
             back = sum(e.earlier_units for e in limit.holders.values())
             everyone = 0 < expected <= known
             # an agent the earlier leader leased last stops spending at this horizon
-            horizon = self._earlier_end + limit.unleased_secs + 2 * limit.period_secs
+            # (the longest horizon any of them may hold: an operator may have just lowered it)
+            horizon = self._earlier_end + self._horizon(limit, now) + 2 * limit.period_secs
             if now >= horizon or everyone or back + absent >= limit.fleet_units - 1e-6:
                 limit.warm = False
             else:
@@ -290,7 +325,7 @@ class CapacityLeaser:
         demand = {h: e.wanted for h, e in limit.holders.items()}
         limit.demanded = sum(demand.values())
         limit.used = sum(e.used for e in limit.holders.values())
-        shares = fair_share(pool, demand)
+        shares = _per_agent_share(pool, limit.holders)
         if limit.resource == f"{limit.service}.requests" or limit.retries_of is not None:  # whole units
             shares = _whole(shares, index)
         # a holder that misses this lease goes on with its last one: shrinks count in
@@ -357,6 +392,22 @@ class CapacityLeaser:
             for limit in self.limits.values()
             if not limit.metered
         ]
+
+
+def _per_agent_share(pool: float, holders: dict[str, _Holder]) -> dict[str, float]:
+    """Each holder's part of ``pool``: split max-min fair among the agents (a follower
+    replica speaks for several, and divides its part among them the same way), so an
+    agent behind a follower gets what one connected to the leader would."""
+    keys: dict[str, str] = {}
+    wanted: dict[str, float] = {}
+    for holder, entry in holders.items():
+        for i, want in enumerate(entry.wants or (entry.wanted,)):
+            key = f"{i}\x00{holder}"
+            keys[key], wanted[key] = holder, want
+    shares = dict.fromkeys(holders, 0.0)
+    for key, units in fair_share(pool, wanted).items():
+        shares[keys[key]] += units
+    return shares
 
 
 def _whole(shares: dict[str, float], turn: int) -> dict[str, float]:

@@ -55,15 +55,23 @@ def agent_key(hello: pb.AgentHello) -> str:
     return f"{hello.agent_id}@{hello.instance}" if hello.instance else hello.agent_id
 
 
-def bounded_demand(demand: pb.CapacityDemand) -> pb.CapacityDemand | None:
+def bounded_demand(demand: pb.CapacityDemand, replica: bool = False) -> pb.CapacityDemand | None:
     """The demand with its numbers made sane (finite, 0..MAX_DEMAND_UNITS), or None when
-    its names are not names."""
+    its names are not names. Only a ``replica`` speaks for several agents (each is split
+    a share): an agent's demand is one agent's."""
     if name_problem(demand.service) or name_problem(demand.resource):
         return None
     out = pb.CapacityDemand()
     out.CopyFrom(demand)
     out.wanted = _units(demand.wanted)
     out.used = _units(demand.used)
+    if not replica:
+        out.agents = 1
+        out.ClearField("agents_wanted")
+    else:
+        wants = [_units(w) for w in demand.agents_wanted[: max(1, demand.agents)]]
+        del out.agents_wanted[:]
+        out.agents_wanted.extend(wants)
     return out
 
 

@@ -323,6 +323,7 @@ class LeaderRelay:
                 agents_known=max(d.agents_known for d in per_agent.values()),
                 safe_units=sum(max(0.0, d.safe_units) for d in per_agent.values()),
                 leased=all(d.leased for d in per_agent.values()),
+                agents_wanted=[max(0.0, d.wanted) for d in per_agent.values()],
             )
             for (service, resource), per_agent in self._demands.items()
             if per_agent

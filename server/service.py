@@ -215,7 +215,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                         plane.answer_probe(sub.agent_id, service)
                 elif kind == "demand":
                     for demand in request.demand.demands[: self.limits.max_summaries_per_batch]:
-                        bounded = bounded_demand(demand)
+                        bounded = bounded_demand(demand, replica=sub.trusted)
                         if bounded is not None:
                             plane.record_demand(sub.agent_id, bounded)
                 elif kind == "hello":

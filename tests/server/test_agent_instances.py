@@ -61,10 +61,10 @@ async def stats(address: str) -> pb.ErrorStatistics:
         return (await stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=10)).statistics
 
 
-async def put_policy(address: str) -> None:
+async def put_policy(address: str, policy: policy_pb2.ServicePolicy = POLICY) -> None:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.ControlPlaneServiceStub(channel)
-        await stub.PutPolicy(pb.PutPolicyRequest(policy=POLICY), timeout=10)
+        await stub.PutPolicy(pb.PutPolicyRequest(policy=policy), timeout=10)
 
 
 def usage(running: RunningControlPlane) -> pb.FleetLimitUsage | None:
@@ -127,9 +127,13 @@ async def test_a_restarted_agent_gets_its_predecessors_share_at_once(
 ) -> None:
     # A predecessor gone without a goodbye would be held aside this long: the test ends
     # well before, so what it sees comes from the restart, not from the grace running out.
-    control_plane.plane.capacity.grace = 600.0
     address = f"127.0.0.1:{control_plane.port}"
-    await put_policy(address)
+    held = policy_pb2.ServicePolicy()
+    held.CopyFrom(POLICY)
+    held.fleet.unleased_secs = 600.0
+    await put_policy(address, held)
+    limits = control_plane.plane.capacity.limits
+    await until(lambda: [limit.unleased_secs for limit in limits.values()] == [600.0])
     steady = await started(spawned, address, "steady")
     doomed = await started(spawned, address, "restarted")
     for proc in (steady, doomed):
@@ -141,7 +145,7 @@ async def test_a_restarted_agent_gets_its_predecessors_share_at_once(
     hub = control_plane.plane.hub
     await until(lambda: len(hub.processes_named("restarted")) == 1)
     # the fleet's whole share is leased to the two live agents: nothing held aside for the
-    # dead predecessor (its grace would last 600 s)
+    # dead predecessor (its horizon would keep it aside 600 s)
     await periods_fully_leased(control_plane, 2, 2)
     limit = the_limit(control_plane)
     assert not limit.absent, limit.absent

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from mission_control.client.policy import FleetLimits, default_policy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.capacity import CapacityLeaser
+from mission_control.server.inbound import bounded_demand
 from mission_control.server.lease_epoch import RECORD_AHEAD_SECS
 
 POLICY = default_policy(
@@ -27,10 +30,11 @@ class Leader:
     def __init__(self, now: float, epoch: int = 1, earlier: float | None = None) -> None:
         """``earlier``: until when the earlier leader's record let it lease (None: unknown)."""
         self.now = now
+        self.policies = [POLICY]
         self.sent: dict[str, list[pb.CapacityLease]] = {}
         self.gone: set[str] = set()
         self.leaser = CapacityLeaser(
-            lambda: [POLICY],
+            lambda: self.policies,
             self._send,
             epoch=lambda: epoch,
             clock=lambda: self.now,
@@ -44,7 +48,8 @@ class Leader:
         return holder not in self.gone
 
     def report(self, holder: str, wanted: float = 100.0, **fields: object) -> None:
-        demand = pb.CapacityDemand(service="shared", resource=RESOURCE, wanted=wanted, agents=1, **fields)  # type: ignore[arg-type]
+        fields.setdefault("agents", 1)
+        demand = pb.CapacityDemand(service="shared", resource=RESOURCE, wanted=wanted, **fields)  # type: ignore[arg-type]
         self.leaser.demand(holder, demand)
 
     def run(self, until: float) -> None:
@@ -103,6 +108,71 @@ def test_the_warm_up_ends_at_the_horizon_of_the_earlier_leaders_last_lease(
     leader.run(end + 0.5)
     assert leader.leased(round((end + 0.5) * 1000)) == pytest.approx(UNITS)
     assert leader.leaser.usage()[0].kept_aside == 0
+
+
+def test_the_split_is_per_agent_whether_behind_a_follower_or_not() -> None:
+    leader = Leader(5000.0)  # a fresh fleet
+    leader.report("a")
+    leader.report("b", wanted=30.0)
+    # a follower relays four agents: one modest, three wanting all they can get
+    leader.report("follower", wanted=310.0, agents=4, agents_wanted=[10.0, 100.0, 100.0, 100.0])
+    leader.run(5000.6)
+    # 50 among six agents: the modest take 10 (b 30 is over 1/6 of 50, so is capped at
+    # the level), the other four ~ (50 - 10) / 5 each
+    level = (UNITS - 10.0) / 5
+    assert leader.sent["a"][-1].units == pytest.approx(math.floor(level), abs=1)
+    assert leader.sent["b"][-1].units == pytest.approx(math.floor(level), abs=1)
+    assert leader.sent["follower"][-1].units == pytest.approx(10.0 + 3 * level, abs=1)
+    assert leader.leased(5000500) == pytest.approx(UNITS)
+
+
+def test_a_follower_that_does_not_say_each_agents_demand_counts_as_that_many_alike() -> None:
+    leader = Leader(5000.0)
+    leader.report("a")
+    leader.report("follower", wanted=300.0, agents=3)
+    leader.run(5000.6)
+    assert leader.sent["follower"][-1].units == pytest.approx(3 * UNITS / 4, abs=1)
+
+
+def _horizon(secs: float) -> object:
+    return default_policy(
+        "shared",
+        rate_limit_requests=200,
+        rate_limit_window_secs=2.0,
+        fleet=FleetLimits(rate_limit=True, lease_secs=0.5, unleased_secs=secs),
+    )
+
+
+def test_a_horizon_lowered_during_the_warm_up_takes_effect_once_no_agent_holds_the_old() -> None:
+    # agents the earlier leader leased (its record: until 3002) are cut off knowing the
+    # 10 s horizon; the operator lowers it to 1 s just after this leader took over
+    leader = Leader(3000.0, earlier=3002.0)
+    leader.report("a", agents_known=5, safe_units=UNITS / 5)
+    leader.run(3000.2)
+    leader.policies = [_horizon(1.0)]
+    leader.leaser.sync_policies()
+    leader.run(3000.6)
+    assert leader.leased(3000500) == pytest.approx(UNITS / 5)
+    end = 3002.0 + HORIZON  # the old horizon of the earlier leader's last lease
+    leader.run(end - 0.5)
+    assert leader.leased(round((end - 0.5) * 1000)) == pytest.approx(UNITS / 5)
+    # the old horizon is held no longer than an agent cut off at the change may keep it
+    leader.run(3000.2 + 10.0 + 1.0 + RECORD_AHEAD_SECS + 0.5)
+    assert leader.sent["a"][-1].units == pytest.approx(UNITS)
+
+
+def test_a_horizon_lowered_keeps_an_agent_cut_off_before_aside_for_the_old_one() -> None:
+    leader = Leader(4000.0)  # a fresh fleet
+    for holder in ("a", "b"):
+        leader.report(holder, agents_known=2, safe_units=UNITS / 2)
+    leader.run(4010.6)
+    leader.policies = [_horizon(1.0)]  # lowered; b breaks before it heard of that
+    leader.leaser.sync_policies()
+    leader.leaser.forget("b")
+    leader.run(4010.6 + HORIZON - 0.5)
+    assert leader.sent["a"][-1].units == pytest.approx(UNITS / 2)
+    leader.run(4010.6 + HORIZON + 0.5)
+    assert leader.sent["a"][-1].units == pytest.approx(UNITS)
 
 
 def test_an_agent_cut_off_keeps_its_safe_share_until_its_horizon() -> None:
@@ -211,3 +281,17 @@ def test_a_warm_up_splits_what_the_agents_back_held_and_does_not_shrink_period_b
     # the two agents not back may spend the other half, no more: the half a held is split
     assert leader.leased(8005000) == pytest.approx(UNITS / 2)
     assert leader.leaser.usage()[0].kept_aside == pytest.approx(UNITS / 2)
+
+
+def test_only_a_replica_speaks_for_several_agents() -> None:
+    # an agent claiming to be a hundred would take a hundred shares
+    claim = pb.CapacityDemand(
+        service="shared", resource=RESOURCE, wanted=100.0, agents=100, agents_wanted=[1.0] * 100
+    )
+    own = bounded_demand(claim)
+    assert own is not None and (own.agents, list(own.agents_wanted)) == (1, [])
+    relayed = bounded_demand(
+        pb.CapacityDemand(service="shared", resource=RESOURCE, agents=2, agents_wanted=[1.0, -5.0, 9.0]),
+        replica=True,
+    )
+    assert relayed is not None and list(relayed.agents_wanted) == [1.0, 0.0]

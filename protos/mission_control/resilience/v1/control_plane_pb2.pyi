@@ -518,6 +518,7 @@ class CapacityDemand(_message.Message):
     SAFE_UNITS_FIELD_NUMBER: _builtins.int
     LEAVING_FIELD_NUMBER: _builtins.int
     AGENTS_FIELD_NUMBER: _builtins.int
+    AGENTS_WANTED_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     resource: _builtins.str
     """"<service>.requests" for the rate limit, else the quota's name."""
@@ -537,6 +538,12 @@ class CapacityDemand(_message.Message):
     """The agent is closing its stream: nothing need be reserved for it any more."""
     agents: _builtins.int
     """How many agents this demand speaks for (a follower replica sums its agents'); 0 = 1."""
+    @_builtins.property
+    def agents_wanted(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """A follower replica's demand: what each of its agents wants (the leader splits the limit
+        among agents, not replicas). Empty: one agent wanting `wanted`.
+        """
+
     def __init__(
         self,
         *,
@@ -550,10 +557,11 @@ class CapacityDemand(_message.Message):
         safe_units: _builtins.float = ...,
         leaving: _builtins.bool = ...,
         agents: _builtins.int = ...,
+        agents_wanted: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "agents_known", b"agents_known", "leased", b"leased", "leaving", b"leaving", "period", b"period", "resource", b"resource", "safe_units", b"safe_units", "service", b"service", "used", b"used", "wanted", b"wanted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "agents_known", b"agents_known", "agents_wanted", b"agents_wanted", "leased", b"leased", "leaving", b"leaving", "period", b"period", "resource", b"resource", "safe_units", b"safe_units", "service", b"service", "used", b"used", "wanted", b"wanted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
