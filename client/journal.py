@@ -6,6 +6,8 @@ Layout of the directory:
   CRC over ``seq | payload``; a new segment starts when the current one passes its size.
 * ``done.log``: records ``magic | seq | crc32``: every record up to ``seq`` was handled.
   Records are handled in order, so the last good one says everything.
+* ``held.log``: records (the segments' format) that were handled by being set aside, not
+  made: kept for the operator (see :meth:`Journal.hold`), never deleted by the journal.
 The directory itself is locked (``flock``) while a process has the journal open: one
 writer only.
 
@@ -67,6 +69,10 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _encode(seq: int, payload: bytes) -> bytes:
+    return _RECORD.pack(_RECORD_MAGIC, len(payload), zlib.crc32(_SEQ.pack(seq) + payload), seq) + payload
 
 
 def _record_at(data: bytes, at: int) -> tuple[Record, int] | None:
@@ -228,8 +234,7 @@ class Journal:
         if len(payload) > MAX_RECORD:
             raise JournalFull(f"a write of {len(payload)} bytes is larger than a spool record may be")
         seq = self.next_seq
-        header = _RECORD.pack(_RECORD_MAGIC, len(payload), zlib.crc32(_SEQ.pack(seq) + payload), seq)
-        self._write_record(seq, header + payload)
+        self._write_record(seq, _encode(seq, payload))
         self.next_seq = seq + 1
         self._pending.append(Record(seq, payload))
         path, _ = self._segments[-1]
@@ -284,6 +289,33 @@ class Journal:
         self._fd = fd
         _fsync_dir(self.directory)  # the new file's name survives a crash
         return fd
+
+    def hold(self, record: Record) -> None:
+        """Set ``record`` aside in ``held.log`` (fsync'd when this returns); mark it done
+        after this. A record held twice (a crash between the two) is read back once.
+
+        Raises:
+            OSError: it could not be kept there; the file is as it was (try again).
+        """
+        fd = os.open(self.directory / "held.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                data = _encode(record.seq, record.payload)
+                written = 0
+                while written < len(data):
+                    written += os.write(fd, data[written:])
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, start)
+                raise
+        finally:
+            os.close(fd)
+
+    def held(self) -> list[Record]:
+        """The records set aside by :meth:`hold`, in order, each once."""
+        path = self.directory / "held.log"
+        return _read_records(path)[0] if path.exists() else []
 
     def mark_done(self, seq: int, *, sync: bool = True) -> None:
         """Every record up to ``seq`` is handled. The mark is written to the file before

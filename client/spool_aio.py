@@ -192,7 +192,8 @@ class AsyncWriteSpool(SpoolCore):
 
     async def _make(self, record: Record) -> str | None:
         """Make one spooled write: "replayed", "dropped" (it can never be made), or None
-        when the service failed it (tried again later)."""
+        when the service failed it (tried again later); "held" when the function cannot
+        take its arguments (set aside, see :meth:`SpoolCore._holding`)."""
         write = self._unmakeable(record.seq, record.payload)
         if isinstance(write, str):
             self._dropping(record.seq, write)
@@ -201,6 +202,8 @@ class AsyncWriteSpool(SpoolCore):
         try:
             with writing(write_id):
                 await self._call(args, kwargs)
+        except TypeError as exc:  # the arguments do not fit the function now decorated
+            return self._holding(record, exc)
         except Exception as exc:
             if self._service_failed(exc):
                 return None

@@ -215,6 +215,11 @@ class SpoolCore:
         self._made: dict[int, str] = {}  # seq -> "replayed" / "dropped", not marked done yet
         self._marks_unsynced = 0
         self._stalled: str | None = None
+        self._renamed: set[str] = set()
+        #: Writes set aside in ``held.log`` (see :meth:`held_writes`), kept from earlier processes too.
+        self.held = len(self.journal.held())
+        if self.held:
+            _log.error("spool %s: %d writes are held in held.log, not made", directory, self.held)
 
     def __len__(self) -> int:
         """Writes waiting in the spool."""
@@ -280,6 +285,9 @@ class SpoolCore:
         if last is None:
             return []
         try:
+            for record in self.journal.pending():
+                if record.seq <= last and self._made[record.seq] == "held":
+                    self.journal.hold(record)
             self.journal.mark_done(last, sync=False)
         except OSError as exc:
             self._stalled = f"write #{last} was made but could not be marked done ({exc})"
@@ -289,6 +297,7 @@ class SpoolCore:
         self._marks_unsynced += 1
         self.replayed += outcomes.count("replayed")
         self.dropped += outcomes.count("dropped")
+        self.held += outcomes.count("held")
         return outcomes
 
     def _sync_marks(self, *, unless_draining: bool = False) -> None:
@@ -310,18 +319,39 @@ class SpoolCore:
             self._count(0, outcomes.count("replayed"), outcomes.count("dropped"))
 
     def _unmakeable(self, seq: int, payload: bytes) -> tuple[str, tuple[Any, ...], dict[str, Any]] | str:
-        """The write to replay (id, args, kwargs), or why it can never be made."""
+        """The write to replay (id, args, kwargs), or why it can never be made. A write
+        spooled under another function name (the function was renamed or moved) is made
+        by the function now decorated: the directory is what names the spool."""
         try:
             write_id, function, args, kwargs = decode_write(payload)
         except (ValueError, KeyError, TypeError):
             return "it cannot be read"
-        if function != self.function:
-            return f"it was spooled by {function!r}, not {self.function!r}"
+        if function != self.function and function not in self._renamed:
+            self._renamed.add(function)
+            _log.warning(
+                "spool %s: writes spooled by %r are replayed by %r (same directory)",
+                self.journal.directory, function, self.function,
+            )  # fmt: skip
         return write_id, args, kwargs
 
     def _dropping(self, seq: int, why: str) -> None:
         """A write that can never be made is dropped, not retried for ever."""
         _log.error("spool %s: dropping write #%d: %s", self.journal.directory, seq, why)
+
+    def _holding(self, record: Record, exc: TypeError) -> str:
+        """A write the function now decorated cannot take (its arguments do not fit) is
+        set aside in ``held.log``, not dropped and not retried for ever."""
+        by = decode_write(record.payload)[1]
+        _log.error(
+            "spool %s: write #%d (spooled by %r) cannot be made by %r: %r; it is kept in %s, not made",
+            self.journal.directory, record.seq, by, self.function, exc, self.journal.directory / "held.log",
+        )  # fmt: skip
+        return "held"
+
+    def held_writes(self) -> list[tuple[str, str, tuple[Any, ...], dict[str, Any]]]:
+        """The writes set aside because the function could not take their arguments
+        (``held.log`` in the directory): (id, function that spooled it, args, kwargs)."""
+        return [decode_write(record.payload) for record in self.journal.held()]
 
 
 JOURNAL_REFUSALS = (JournalFull, JournalBroken)

@@ -1,0 +1,81 @@
+"""A spool outlives its write function's name: release 1 spools writes from a module-level
+``save``, release 2 (another process on the same directory) decorates ``Store.save``. The
+directory names the spool, so release 2 makes every write; a write the new function cannot
+take (its arguments no longer fit) is set aside in ``held.log``, never dropped."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+RELEASE_1 = """
+import json, sys
+from mission_control.client import MissionControl
+mc = MissionControl("release-1", config={})
+
+@mc.guard("storage_backend", spool=sys.argv[1])
+def save(key, row):
+    raise ConnectionRefusedError("storage is down")
+
+print(json.dumps([type(save(f"k{i}", {"n": i})).__name__ for i in range(3)]))
+"""
+
+RELEASE_2 = """
+import json, sys, time
+from mission_control.client import MissionControl
+mc = MissionControl("release-2", config={})
+made = []
+
+class Store:
+    @staticmethod
+    def save(key, row):
+        made.append([key, row])
+
+class Narrow:
+    @staticmethod
+    def save(key):  # release 2 dropped an argument
+        made.append([key])
+
+save = mc.guard("storage_backend", spool=sys.argv[1])(Store.save if sys.argv[2] == "same" else Narrow.save)
+deadline = time.monotonic() + 30
+while len(save.spool) and time.monotonic() < deadline:
+    time.sleep(0.05)
+spool = save.spool
+held = [[fn, list(args)] for _, fn, args, _ in spool.held_writes()] if hasattr(spool, "held_writes") else None
+print(json.dumps({"made": made, "left": len(spool), "replayed": spool.replayed, "dropped": spool.dropped,
+                  "held": getattr(spool, "held", None), "held_writes": held}))
+"""
+
+
+def release(script: str, *args: str) -> object:
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_writes_spooled_by_a_renamed_function_are_made_by_the_new_one(tmp_path: Path) -> None:
+    spool = str(tmp_path / "spool")
+    assert release(RELEASE_1, spool) == ["Spooled"] * 3
+    after = release(RELEASE_2, spool, "same")
+    assert after == {
+        "made": [[f"k{i}", {"n": i}] for i in range(3)], "left": 0, "replayed": 3, "dropped": 0,
+        "held": 0, "held_writes": [],
+    }  # fmt: skip
+
+
+def test_writes_the_new_function_cannot_take_are_held_not_dropped(tmp_path: Path) -> None:
+    spool = str(tmp_path / "spool")
+    assert release(RELEASE_1, spool) == ["Spooled"] * 3
+    after = release(RELEASE_2, spool, "narrow")
+    assert isinstance(after, dict)
+    counts = (after["left"], after["replayed"], after["dropped"], after["held"])
+    assert (after["made"], counts) == ([], (0, 0, 0, 3))
+    assert after["held_writes"] == [["save", [f"k{i}", {"n": i}]] for i in range(3)]
+    # The next release still sees them (kept on disk), and they stay held, once each.
+    again = release(RELEASE_2, spool, "same")
+    assert isinstance(again, dict)
+    assert (again["made"], again["held"], len(again["held_writes"])) == ([], 3, 3)
