@@ -10,8 +10,10 @@ window moves). Until the window holds enough samples for the percentile the fixe
 
 ``hedging.max_extra_ratio`` is the hedge budget: every call adds that share of a hedge to
 :class:`HedgeBudget` and each hedge takes a whole one, so the hedges of a service never
-outnumber ``max_extra_ratio`` × its calls (the balance starts empty and is capped at
-:data:`HEDGE_BURST`, the most a quiet period saves up).
+outnumber ``max_extra_ratio`` × its calls + :data:`HEDGE_START` (the balance starts at
+that small allowance, so a fresh agent can hedge its first slow calls, and is capped at
+:data:`HEDGE_BURST`, the most a quiet period saves up). Only hedges sent for a slow
+answer spend it: an attempt after a failure is a retry and spends the retry budget.
 
 :class:`HedgeMeter` holds both for one service in one agent, behind a lock of its own
 (short sections; never held across a call).
@@ -25,7 +27,7 @@ from collections.abc import Callable
 
 from .policy import Hedging
 
-__all__ = ["HEDGE_BURST", "REFRESH", "HedgeBudget", "HedgeMeter", "LatencyTracker"]
+__all__ = ["HEDGE_BURST", "HEDGE_START", "REFRESH", "HedgeBudget", "HedgeMeter", "LatencyTracker"]
 
 #: The smallest latency the histogram tells apart, and the growth from a bucket to the next.
 _LOW_SECS = 0.0005
@@ -37,6 +39,8 @@ REFRESH = 16
 MIN_SAMPLES = 20
 #: The most hedges a hedge budget saves up.
 HEDGE_BURST = 10.0
+#: The hedges a fresh hedge budget holds: a new agent's first slow calls can be hedged.
+HEDGE_START = 2.0
 
 
 def _bucket(secs: float) -> int:
@@ -119,10 +123,11 @@ class LatencyTracker:
 
 
 class HedgeBudget:
-    """Hedges ≤ ``ratio`` × calls: each call adds ``ratio``, each hedge takes 1. Pure."""
+    """Hedges ≤ ``ratio`` × calls + :data:`HEDGE_START`: each call adds ``ratio``, each
+    hedge takes 1. Pure."""
 
     def __init__(self) -> None:
-        self.balance = 0.0
+        self.balance = HEDGE_START
 
     def call(self, ratio: float) -> None:
         self.balance = min(HEDGE_BURST, self.balance + ratio)
@@ -171,8 +176,3 @@ class HedgeMeter:
             return True
         with self.lock:
             return self.budget.try_spend()
-
-    def refund(self, hedging: Hedging) -> None:
-        if hedging.max_extra_ratio:
-            with self.lock:
-                self.budget.refund()

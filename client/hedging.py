@@ -17,7 +17,9 @@ without budget no more hedges are sent. With a hedge budget (``max_extra_ratio``
 sent for a slow answer spends only that one — it bounds the extra calls, which is what
 hedging adds, and a backend that slows down for everyone then gets at most that share
 more, while real retries of the service keep the retry budget — and one sent after a
-failure, a retry, spends both. Without one, every hedge spends the retry budget. A hedge
+failure, a retry, spends the retry budget only (the hedge budget bounds the hedges sent
+for slowness; a fresh agent's is nearly empty and must not starve its retries). Without
+one, every hedge spends the retry budget. A hedge
 is an attempt, not a call: only the first attempt counts in a budget's base of calls
 (else hedges would fund their own budget). All attempts share the first one's deadline,
 and none is sent with less than :data:`MIN_HEDGE_LEFT` of it left. Hedged calls are not
@@ -112,17 +114,12 @@ class HedgeRun:
         return None
 
     def _budget_allows(self) -> bool:
-        """One more attempt's budget: the hedge budget's, and the retry budget's for a
-        retry or when there is no hedge budget."""
-        hedging = self.hedging
-        if not self.meter.spend(hedging):
-            return False
-        if hedging.max_extra_ratio and not self.after_failure:
-            return True
-        if self.ex.spend_budget(self.service):
-            return True
-        self.meter.refund(hedging)
-        return False
+        """One more attempt's budget: a retry (after a failure) spends the retry budget
+        only; a hedge for a slow answer spends the hedge budget, or without one the
+        retry budget."""
+        if self.after_failure or not self.hedging.max_extra_ratio:
+            return self.ex.spend_budget(self.service)
+        return self.meter.spend(self.hedging)
 
     def wait(self, now: float) -> float:
         """Seconds until the next attempt is due or the deadline passes."""

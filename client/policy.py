@@ -252,6 +252,10 @@ class Quota:
         c.number("window_secs", q.window_secs, low=0, high=_DAY, strict=True)
 
 
+#: The smallest hedge budget: a tinier positive ``max_extra_ratio`` would allow no hedge.
+MIN_EXTRA_RATIO = 0.001
+
+
 @dataclass(frozen=True, slots=True)
 class Hedging:
     """Hedged requests for idempotent calls (gRPC A6 hedging): up to ``max_attempts`` in
@@ -261,15 +265,18 @@ class Hedging:
     The delay is ``delay_secs``, or with ``delay_percentile`` that percentile of the
     service's recent successful attempts (``delay_secs`` until there are enough of them),
     never under ``min_delay_secs``. ``max_extra_ratio`` > 0 is a hedge budget: hedges at
-    most that share of calls, spent instead of the retry budget by hedges sent for a
-    slow answer (those sent after a failure are retries and spend both)."""
+    most that share of calls (+ a small start allowance), spent instead of the retry
+    budget by hedges sent for a slow answer (those sent after a failure are retries and
+    spend the retry budget only). 0 is no hedge budget: hedges are limited only by the
+    retry budget; a positive ratio under :data:`MIN_EXTRA_RATIO` is refused (it would
+    mean no hedges at all, the opposite of 0)."""
 
     max_attempts: int = 2
     delay_secs: float = 0.1
     #: 0: the delay is ``delay_secs``; else 50..99.9, the percentile of recent latencies.
     delay_percentile: float = 0.0
     min_delay_secs: float = 0.0
-    #: 0: no hedge budget (every hedge spends the retry budget); else 0 < x <= 1.
+    #: 0: no hedge budget (every hedge spends the retry budget); else MIN_EXTRA_RATIO..1.
     max_extra_ratio: float = 0.0
 
     def __post_init__(self) -> None:
@@ -284,7 +291,10 @@ class Hedging:
         c.number("delay_percentile", h.delay_percentile, low=0, high=99.9, strict=False)
         if len(c.found) == checks and 0 < h.delay_percentile < 50:
             c.add("delay_percentile", "must be 0 (a fixed delay) or from 50 to 99.9")
+        checks = len(c.found)
         c.number("max_extra_ratio", h.max_extra_ratio, low=0, high=1, strict=False)
+        if len(c.found) == checks and 0 < h.max_extra_ratio < MIN_EXTRA_RATIO:
+            c.add("max_extra_ratio", f"must be 0 (no hedge budget) or from {MIN_EXTRA_RATIO} to 1")
 
 
 @dataclass(frozen=True, slots=True)

@@ -257,16 +257,17 @@ def _collect(
             for name in AGENTS
         }
         config_changes.append((made, enforced))
+    policies = {p.service: policy_from_proto(p) for p in POLICIES if p.service in UPSTREAM_OF}
     return kpis.Run(
         phases=phases,
         upstream_calls=upstream_calls,
         agent_calls=[c for c in agent_calls if c["service"] != "agent_communication"],
         transitions=transitions,
         upstream_of={k: v for k, v in UPSTREAM_OF.items() if k != "agent_communication"},
-        # until a service has been up for its breaker's longest wait, the breaker cannot know
-        wait_of={
-            p.service: policy_from_proto(p).longest_wait() for p in POLICIES if p.service in UPSTREAM_OF
-        },
+        # the first wait (the older false-positive grace); each OPEN's own wait is worked
+        # out from the transitions with the policy's open_wait
+        wait_of={service: policy.wait_duration_secs for service, policy in policies.items()},
+        open_wait={service: policy.open_wait for service, policy in policies.items()},
         has_fallback={"llm_provider": True},
         config_changes=config_changes,
     )
@@ -297,15 +298,17 @@ def _table(out: TextIO, results: dict[str, Any], duration: float, seed: int) -> 
     out.write(f"\nKPIs (duration {duration:g}s, seed {seed}, {results['calls']} calls)\n")
     rows = kpis.verdicts(results)
     width = max(len(r[0]) for r in rows)
-    out.write(f"{'KPI'.ljust(width)}  {'value':>9}  {'target':>8}  met\n")
-    for name, value, target, met in rows:
-        out.write(f"{name.ljust(width)}  {value:>9}  {target:>8}  {met}\n")
+    out.write(f"{'KPI'.ljust(width)}  {'value':>9}  {'seed target':>11}  met  {'goal':>8}  met\n")
+    for name, value, target, met, goal, met_goal in rows:
+        out.write(f"{name.ljust(width)}  {value:>9}  {target:>11}  {met:3}  {goal:>8}  {met_goal}\n")
     out.write(
         f"(detection from the first failed call of the outage; {results['outage_calls_reached']} of "
         f"{results['outage_calls']} outage calls reached the failing upstream, "
         f"{results['kept_off_after_outage']} calls kept off it after it recovered; "
         f"{results['faulted_calls']} calls hit by a fault; "
-        f"{results['false_positives']} false positives over {results['healthy_calls']} healthy calls; "
+        f"{results['false_positives']} false positives over {results['healthy_calls']} healthy calls "
+        f"(grace: the breaker's wait in force; with the first wait as grace: "
+        f"{results['false_positives_first_wait']} over {results['healthy_calls_first_wait']}); "
         f"reload took {results['reload_seconds'] or 0:.3f}s)\n"
     )
     out.flush()

@@ -8,6 +8,7 @@ import pytest
 from mission_control.client import ConfigurationError
 from mission_control.client.hedge_delay import (
     HEDGE_BURST,
+    HEDGE_START,
     REFRESH,
     HedgeBudget,
     HedgeMeter,
@@ -83,8 +84,8 @@ def test_the_hedge_budget_never_lets_hedges_outnumber_the_ratio_of_calls() -> No
         budget.call(0.1)
         while budget.try_spend():  # as many hedges as it allows
             spent += 1
-        assert spent <= 0.1 * calls + 1e-9
-    assert spent == 100 - 1 or spent == 100  # float sums of 0.1
+        assert spent <= 0.1 * calls + HEDGE_START + 1e-9
+    assert spent in (100 + HEDGE_START - 1, 100 + HEDGE_START)  # float sums of 0.1
 
 
 def test_the_hedge_budget_saves_up_at_most_a_burst() -> None:
@@ -111,6 +112,7 @@ def test_without_a_hedge_budget_the_meter_never_refuses() -> None:
     meter = HedgeMeter(Clock())
     assert all(meter.spend(Hedging()) for _ in range(100))
     budgeted = Hedging(max_extra_ratio=0.5)
+    assert all(meter.spend(budgeted) for _ in range(int(HEDGE_START)))  # a fresh agent's allowance
     assert not meter.spend(budgeted)
     meter.called(budgeted)
     meter.called(budgeted)
@@ -128,3 +130,12 @@ def test_bad_adaptive_fields_are_all_listed() -> None:
     with pytest.raises(ConfigurationError) as caught:
         Hedging(delay_percentile=100, max_extra_ratio=-0.1)
     assert {field for field, _ in caught.value.violations} == {"delay_percentile", "max_extra_ratio"}
+
+
+def test_a_tiny_positive_hedge_budget_is_refused_naming_the_field() -> None:
+    for tiny in (1e-300, 0.0009):
+        with pytest.raises(ConfigurationError) as caught:
+            Hedging(max_extra_ratio=tiny)
+        assert {field for field, _ in caught.value.violations} == {"max_extra_ratio"}
+    assert Hedging(max_extra_ratio=0).max_extra_ratio == 0  # no hedge budget
+    assert Hedging(max_extra_ratio=0.001).max_extra_ratio == 0.001

@@ -23,6 +23,7 @@ from mission_control.client import (
 )
 from mission_control.client.config import config_to_toml, load_config, policy_from_json, policy_to_json
 from mission_control.client.executor import HEDGE_THREADS
+from mission_control.client.hedge_delay import HEDGE_START
 from mission_control.client.policy import FleetLimits, Hedging, RetryBudget, ServicePolicy
 from mission_control.interceptors import client_interceptor, protected_channel
 
@@ -195,7 +196,7 @@ async def test_with_a_hedge_budget_a_hedge_for_a_slow_answer_spends_no_retry_bud
     finally:
         backend.released.set()
     assert backend.calls == 2
-    assert mc.executor.hedge_meter("storage_backend").budget.balance == 0  # the hedge took it
+    assert mc.executor.hedge_meter("storage_backend").budget.balance == HEDGE_START  # +1 call, -1 hedge
 
 
 def test_with_a_hedge_budget_an_attempt_after_a_failure_is_a_retry_and_spends_the_retry_budget() -> None:
@@ -205,7 +206,17 @@ def test_with_a_hedge_budget_an_attempt_after_a_failure_is_a_retry_and_spends_th
     with pytest.raises(StorageFailure, match="attempt 0 refused"):
         mc.guard("storage_backend", idempotent=True)(backend.save)()
     assert backend.calls == 1
-    assert mc.executor.hedge_meter("storage_backend").budget.balance == 1  # given back
+    assert mc.executor.hedge_meter("storage_backend").budget.balance == HEDGE_START + 1  # untouched
+
+
+def test_a_fresh_agents_retries_are_not_starved_by_its_hedge_budget() -> None:
+    """Every call's first attempt refused (retryable), the retry answers: a retry spends
+    the retry budget only, so a small hedge budget stops none of them."""
+    budgeted = Hedging(max_attempts=2, delay_secs=30, max_extra_ratio=0.1)
+    mc, backend = agent(HEDGED.replace(hedging=budgeted)), Backend(*("fail", "fast") * 30)
+    save = mc.guard("storage_backend", idempotent=True)(backend.save)
+    assert [save() for _ in range(30)] == [f"attempt {2 * i + 1}" for i in range(30)]
+    assert backend.calls == 60
 
 
 def test_hedges_take_rate_limit_units() -> None:
