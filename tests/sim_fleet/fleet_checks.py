@@ -261,7 +261,6 @@ class Admissions:
         world.result.stats["shared_worst_window"] = max(world.result.stats["shared_worst_window"], worst)
         if worst > LIMIT + units + 1e-9:
             world.result.violations.append(
-                "I4: "
-                + f"{worst} admitted in one {WINDOW:g} s window "
+                "I4: " + f"{worst} admitted in one {WINDOW:g} s window "
                 f"(limit {LIMIT} + one period's {units:g}; period {world.lease_secs:g} s)"
             )
