@@ -113,6 +113,7 @@ class ResolvingEtcdClient(Etcd3Client):
         self._resolve = resolve
         self._reresolve_secs = reresolve_secs
         self._follower: asyncio.Task[None] | None = None
+        self._closing = False
         #: replaced channels, closed once the calls still on them have ended (see _retire)
         self._retired: dict[grpc.aio.Channel, asyncio.Task[None]] = {}
         #: Why no endpoint has an address, until one resolves (None once one has).
@@ -132,10 +133,15 @@ class ResolvingEtcdClient(Etcd3Client):
 
     async def close(self) -> None:
         if self._follower is not None:
+            # Python 3.11's wait_for loses a cancel that arrives as the state change it
+            # waits for completes: the follower would go on forever and close would wait
+            # for it. The flag ends it at its next turn whatever happened to the cancel.
+            self._closing = True
             self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
             self._follower = None
+            self._closing = False
         for channel, task in list(self._retired.items()):
             task.cancel()
             await channel.close(None)
@@ -143,7 +149,7 @@ class ResolvingEtcdClient(Etcd3Client):
         await super().close()
 
     async def _follow(self) -> None:
-        while self._channel is not None:
+        while self._channel is not None and not self._closing:
             channel = self._channel
             state = channel.get_state()
             patience = self._reresolve_secs if self.unresolved is None else min(self._reresolve_secs, 1.0)

@@ -144,8 +144,11 @@ class Store(Protocol):
         """Delete the keys of ``[start, end)``; returns how many. Raises StoreUnavailable."""
         ...
 
-    async def commit(self, writes: Sequence[Write], guards: Sequence[Guard] = ()) -> TxnResult:
-        """All writes or none, only when every condition holds."""
+    async def commit(
+        self, writes: Sequence[Write], guards: Sequence[Guard] = (), *, timeout: float | None = None
+    ) -> TxnResult:
+        """All writes or none, only when every condition holds; ``timeout``: this write's
+        bound instead of the store's own."""
         ...
 
     async def grant_lease(self, ttl: int) -> int: ...
@@ -310,7 +313,9 @@ class EtcdStore:
         result = await self.commit([Write(key, value, expected_revision)])
         return result.revision if result.succeeded else None
 
-    async def commit(self, writes: Sequence[Write], guards: Sequence[Guard] = ()) -> TxnResult:
+    async def commit(
+        self, writes: Sequence[Write], guards: Sequence[Guard] = (), *, timeout: float | None = None
+    ) -> TxnResult:
         compare = [KVService.txn_compare_create_revision(g.key, g.create_revision) for g in guards]
         compare += [_lease_equals(g.key, g.lease) for g in guards if g.lease]
         ops = []
@@ -325,7 +330,7 @@ class EtcdStore:
         watched = list(dict.fromkeys([*(g.key for g in guards), *(w.key for w in writes)]))
         reads = [KVService.txn_op_get(key) for key in watched]
         try:
-            response = await self._call(self._kv.txn(compare, ops, reads, timeout=self.timeout))
+            response = await self._call(self._kv.txn(compare, ops, reads, timeout=timeout or self.timeout))
         except StoreUnavailable as err:
             if "lease not found" in str(err):
                 raise LeaseLost(str(err)) from err.__cause__

@@ -40,6 +40,12 @@ from .store import Entry, Guard, LeaseLost, Store, StoreUnavailable, Write
 _log = logging.getLogger("mission_control.server.writes")
 
 RETRY_SECS = 0.5
+#: etcd's bound on an operator's write (a forced breaker state, a policy), instead of the
+#: store's 2 s: the write is acknowledged only once etcd committed it, which takes an fsync
+#: of etcd's log, and on a disk another writer keeps busy that alone may pass 2 s. The
+#: engine's own writes keep 2 s (they are retried); an operator's is not, and the CLI
+#: waits 10 s for its answer: 8 s leaves it time to hear why a write failed.
+OPERATOR_WRITE_SECS = 8.0
 
 
 class WriteStatus(enum.Enum):
@@ -135,10 +141,12 @@ class StateWriter:
         author: Author = ENGINE,
         action: str = "write",
         old: Mapping[str, bytes | None] | None = None,
+        timeout: float | None = None,
     ) -> WriteResult:
         """All ``writes`` or none, each with its audit record (``author`` and ``action``;
         ``old``: the values replaced, when memory no longer holds them); ``fenced``: only
-        while this replica leads. Raises StoreUnavailable."""
+        while this replica leads; ``timeout``: the store's bound for it, when not its own.
+        Raises StoreUnavailable."""
         records = self._records(writes, author, action, old or {})
         guards: list[Guard] = []
         if fenced and self.fence is not None:
@@ -147,7 +155,7 @@ class StateWriter:
                 return WriteResult(WriteStatus.FENCED)
             guards.append(guard)
         try:
-            result = await self.store.commit([*writes, *records], guards)
+            result = await self.store.commit([*writes, *records], guards, timeout=timeout)
         except LeaseLost:
             raise  # etcd answered: the writer's lease is the caller's to take again
         except StoreUnavailable:
@@ -335,7 +343,11 @@ class StateWriter:
             expected = self.breakers.revisions.get(name, 0)
             try:
                 result = await self.commit(
-                    [Write(key, record, expected)], author=author, action=action, old={key: before}
+                    [Write(key, record, expected)],
+                    author=author,
+                    action=action,
+                    old={key: before},
+                    timeout=OPERATOR_WRITE_SECS,
                 )
             except StoreUnavailable as err:
                 raise StorageFailure("etcd", "set breaker state", str(err)) from err
@@ -380,7 +392,7 @@ class StateWriter:
         self, what: str, writes: Sequence[Write], author: Author, action: str
     ) -> WriteResult:
         try:
-            result = await self.commit(writes, author=author, action=action)
+            result = await self.commit(writes, author=author, action=action, timeout=OPERATOR_WRITE_SECS)
         except StoreUnavailable as err:
             # etcd's own text stays in the log: the caller learns that nothing was written
             _log.warning("%s not written: %s", what, err)

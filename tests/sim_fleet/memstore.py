@@ -295,7 +295,9 @@ class MemStore:
         self.etcd.txn([Write(k, None) for k in keys], [])
         return len(keys)
 
-    async def commit(self, writes: Sequence[Write], guards: Sequence[Guard] = ()) -> TxnResult:
+    async def commit(
+        self, writes: Sequence[Write], guards: Sequence[Guard] = (), *, timeout: float | None = None
+    ) -> TxnResult:
         await self._gate()
         etcd = self.etcd
         started = etcd.now
@@ -306,7 +308,7 @@ class MemStore:
         result = etcd.txn(writes, guards)
         if etcd.slow:
             await asyncio.sleep(etcd.rng.uniform(0, etcd.slow))
-        if etcd.now - started > TIMEOUT or etcd.unavailable or self.cut:
+        if etcd.now - started > (timeout or TIMEOUT) or etcd.unavailable or self.cut:
             raise StoreUnavailable("etcd: deadline exceeded (the write may have happened)")
         return result
 
