@@ -4,8 +4,12 @@ Layout of the directory:
 
 * ``segment-<first seq>.log``: records ``magic | length | crc32 | seq | payload``, the
   CRC over ``seq | payload``; a new segment starts when the current one passes its size.
-* ``done.log``: records ``magic | seq | crc32``: every record up to ``seq`` was handled.
-  Records are handled in order, so the last good one says everything.
+* ``done.log``: two slots of ``magic | seq | crc32``: every record up to ``seq`` was
+  handled. Records are handled in order, so the highest good mark says everything. The
+  file is written whole when the journal opens and marks are then written in place, so
+  marking a record done never needs more disk space: a spool that filled its disk can
+  still mark its replayed records done and free their segments. A mark is written to the
+  slot that does not hold the last fsync'd mark, so a torn write never loses that one.
 * ``held.log``: records (the segments' format) that were handled by being set aside, not
   made: kept for the operator (see :meth:`Journal.hold`), never deleted by the journal.
 The directory itself is locked (``flock``) while a process has the journal open: one
@@ -21,6 +25,7 @@ the records after it are kept.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -110,19 +115,23 @@ def _read_records(path: Path) -> tuple[list[Record], int]:
     return records, good_end
 
 
-def _read_done(path: Path) -> tuple[int, int]:
-    """The last seq marked done (0: none) and the offset where the good marks end."""
+def _read_done(path: Path) -> tuple[int, bytes]:
+    """The last seq marked done (0: none): the highest good mark of the file (older
+    versions appended marks; a bad or torn one is skipped), and the file's bytes."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return 0, 0
-    done, at = 0, 0
-    while at + _DONE.size <= len(data):
+        return 0, b""
+    done = 0
+    for at in range(0, len(data) - _DONE.size + 1, _DONE.size):
         magic, seq, crc = _DONE.unpack_from(data, at)
-        if magic != _DONE_MAGIC or zlib.crc32(_SEQ.pack(seq)) != crc:
-            break
-        done, at = max(done, seq), at + _DONE.size
-    return done, at
+        if magic == _DONE_MAGIC and zlib.crc32(_SEQ.pack(seq)) == crc:
+            done = max(done, seq)
+    return done, data
+
+
+def _done_mark(seq: int) -> bytes:
+    return _DONE.pack(_DONE_MAGIC, seq, zlib.crc32(_SEQ.pack(seq)))
 
 
 def _cut(path: Path, size: int) -> None:
@@ -176,9 +185,12 @@ class Journal:
     # -- opening -------------------------------------------------------------------
 
     def _recover(self) -> None:
-        done_path = self.directory / "done.log"
-        self.done, good = _read_done(done_path)
-        _cut(done_path, good)
+        self.done, data = _read_done(self.directory / "done.log")
+        self._done_slot = 0  # the slot holding the last fsync'd mark
+        self._done_ready = data == _done_mark(self.done) * 2
+        if not self._done_ready:
+            with contextlib.suppress(OSError):
+                self._lay_out_done()
         self.next_seq = self.done + 1
         for path in sorted(self.directory.glob("segment-*.log")):
             records, end = _read_records(path)
@@ -191,6 +203,25 @@ class Journal:
             self._pending.extend(r for r in records if r.seq > self.done)
         self._count_corrupt()
         self._forget_done_segments()
+
+    def _lay_out_done(self) -> None:
+        """Write ``done.log`` whole (both slots hold the done mark), so marks never need
+        more space. On a full disk this fails for a new file: logged, and tried again at
+        the next mark (the one time a mark may need space)."""
+        try:
+            fd = os.open(self.directory / "done.log", os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.pwrite(fd, _done_mark(self.done) * 2, 0)  # over the old marks: max is kept
+                os.fsync(fd)
+                os.ftruncate(fd, 2 * _DONE.size)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _fsync_dir(self.directory)
+        except OSError as exc:
+            _log.warning("journal %s: the done marks' file could not be laid out (%s)", self.directory, exc)
+            raise
+        self._done_slot, self._done_ready = 0, True
 
     def _count_corrupt(self) -> None:
         """Seqs missing between the done mark and the records read were in records that
@@ -328,19 +359,18 @@ class Journal:
         """
         if seq <= self.done:
             return
-        path = self.directory / "done.log"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)  # OSError: not marked
+        if not (self.directory / "done.log").exists():  # deleted from under the journal
+            self._done_ready = False
+        if not self._done_ready:
+            self._lay_out_done()  # OSError: not marked
+        slot = 1 - self._done_slot  # never over the last fsync'd mark
+        fd = os.open(self.directory / "done.log", os.O_WRONLY)  # OSError: not marked
         try:
-            start = os.fstat(fd).st_size
-            try:
-                mark = _DONE.pack(_DONE_MAGIC, seq, zlib.crc32(_SEQ.pack(seq)))
-                if os.write(fd, mark) != len(mark):
-                    raise OSError(errno.ENOSPC, "short write of a done mark")
-                if sync:
-                    os.fsync(fd)
-            except OSError:
-                os.ftruncate(fd, start)  # marks after a torn one would not be read back
-                raise
+            if os.pwrite(fd, _done_mark(seq), slot * _DONE.size) != _DONE.size:
+                raise OSError(errno.EIO, "short write of a done mark")
+            if sync:
+                os.fsync(fd)
+                self._done_slot = slot
         finally:
             os.close(fd)
         self.done = seq
@@ -363,14 +393,17 @@ class Journal:
             os.fsync(fd)
         finally:
             os.close(fd)
+        self._done_slot = 1 - self._done_slot
         self.unsynced = False
         self._synced()
 
     def _synced(self) -> None:
-        """The marks are on disk: segments all done can go, and the marks be compacted."""
+        """The marks are on disk: segments all done can go; when every record is done,
+        the one being appended too, so an empty spool gives its disk space back."""
+        if not self._pending and self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self._forget_done_segments()
-        if (self.directory / "done.log").stat().st_size > 64 * _DONE.size:
-            self._compact_done()
 
     def _forget_done_segments(self) -> None:
         """Delete segments every record of which is done (never the one being appended)."""
@@ -382,16 +415,6 @@ class Journal:
             else:
                 keep.append((path, last))
         self._segments = keep
-
-    def _compact_done(self) -> None:
-        """Replace the done marks by the last one (written aside, then renamed)."""
-        tmp = self.directory / "done.tmp"
-        with open(tmp, "wb") as f:
-            f.write(_DONE.pack(_DONE_MAGIC, self.done, zlib.crc32(_SEQ.pack(self.done))))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.directory / "done.log")
-        _fsync_dir(self.directory)
 
     def close(self) -> None:
         try:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -101,15 +103,33 @@ def test_the_bound_refuses_and_keeps_nothing(tmp_path: Path) -> None:
         Journal(tmp_path / "small", max_bytes=10).append(b"more than ten bytes")
 
 
-def test_done_segments_are_deleted_and_marks_compacted(tmp_path: Path) -> None:
+def test_done_segments_are_deleted_and_the_marks_file_keeps_its_size(tmp_path: Path) -> None:
     journal = Journal(tmp_path, segment_bytes=64)
     seqs = [journal.append(b"0123456789" * 4) for _ in range(200)]
     for seq in seqs[:-1]:
         journal.mark_done(seq)
     assert len(list(tmp_path.glob("segment-*.log"))) <= 2
-    assert (tmp_path / "done.log").stat().st_size <= 65 * 16
+    assert (tmp_path / "done.log").stat().st_size == 2 * 16  # two slots, written in place
     journal.close()
-    assert payloads(Journal(tmp_path)) == [b"0123456789" * 4]
+    again = Journal(tmp_path)
+    assert payloads(again) == [b"0123456789" * 4]
+    again.mark_done(seqs[-1])  # the spool is empty: its last segment goes too
+    assert list(tmp_path.glob("segment-*.log")) == []
+    assert again.append(b"after") == seqs[-1] + 1
+    again.close()
+    assert payloads(Journal(tmp_path)) == [b"after"]
+
+
+def test_marks_of_an_older_done_file_are_kept(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    seqs = [journal.append(b"w") for _ in range(4)]
+    journal.close()
+    marks = [struct.pack("<4sQI", b"MCD1", seq, zlib.crc32(struct.pack("<Q", seq))) for seq in (1, 3, 2)]
+    (tmp_path / "done.log").write_bytes(b"".join(marks) + b"MCD1\x02")  # appended marks, a torn one
+    again = Journal(tmp_path)
+    assert [r.seq for r in again.pending()] == [seqs[3]]
+    assert (tmp_path / "done.log").stat().st_size == 2 * 16
+    again.close()
 
 
 def test_one_process_at_a_time(tmp_path: Path) -> None:
