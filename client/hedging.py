@@ -71,6 +71,7 @@ class HedgeRun:
         self.delay = self.meter.delay(hedging)
         self.after_failure = False  # the next attempt would be a retry
         self.sent = 0
+        self.first_started: float | None = None  # the first attempt's start, once admitted
         self.next_at = ex.clock()
         self.error: BaseException | None = None  # the latest failure or refusal
         self.over = False  # nothing more will be sent
@@ -104,6 +105,7 @@ class HedgeRun:
             assert isinstance(ticket, Ticket)
             if self.sent == 1:
                 self.meter.called(self.hedging)
+                self.first_started = ticket.started
             self.after_failure = False
             if self.deadline is None or ticket.deadline < self.deadline:
                 self.deadline = ticket.deadline
@@ -132,7 +134,13 @@ class HedgeRun:
         return self.deadline is not None and now >= self.deadline
 
     def succeeded(self, ticket: Ticket) -> None:
-        self.meter.succeeded(self.ex.clock() - ticket.started)
+        now = self.ex.clock()
+        self.meter.succeeded(now - ticket.started)
+        if self.first_started is not None and ticket.started > self.first_started:
+            # A hedge won: the first attempt, still running, took at least this long. Not
+            # recording it would leave the slow answers that caused hedges out of the
+            # latencies, and the adaptive delay would drift down, hedging ever more calls.
+            self.meter.succeeded(now - self.first_started)
         self.ex.release(ticket)
         self.ex.record(ticket, None)
 

@@ -20,6 +20,7 @@ from mission_control.client import (
     OperationTimeout,
     ResourceExhausted,
     StorageFailure,
+    hedge_delay,
 )
 from mission_control.client.config import config_to_toml, load_config, policy_from_json, policy_to_json
 from mission_control.client.executor import HEDGE_THREADS
@@ -88,6 +89,19 @@ def test_a_slow_attempt_is_hedged_and_the_first_good_answer_wins() -> None:
         backend.released.set()
     tally = mc.view.get("storage_backend").tally
     assert tally.successes >= 1 and tally.failures == 0
+
+
+async def test_a_winning_hedge_also_records_the_slow_first_attempts_time_so_far() -> None:
+    adaptive = Hedging(max_attempts=2, delay_secs=0.05, delay_percentile=95)
+    mc, backend = agent(HEDGED.replace(hedging=adaptive)), Backend("slow")
+    try:
+        assert mc.guard("storage_backend", idempotent=True)(backend.save)() == "attempt 1"
+    finally:
+        backend.released.set()
+    latencies = mc.executor.hedge_meter("storage_backend").latencies
+    assert latencies.samples == 2  # the hedge's own latency, and the first attempt's lower bound
+    slowest = max(i for i, count in enumerate(latencies._newer) if count)
+    assert hedge_delay._upper(slowest) >= adaptive.delay_secs  # the first ran at least the delay
 
 
 async def test_async_losers_are_cancelled_and_count_as_neither() -> None:

@@ -52,9 +52,22 @@ def probe_fails(proc: Proc) -> None:
     poll(lambda: "LLMProviderUnavailable" in proc.ask("pace 0.2 0.01")["outcomes"])
 
 
-def stored_wait(etcd: str, prefix: str) -> str:
+def stored(etcd: str, prefix: str) -> dict[str, Any]:
     value = etcdctl(etcd, "get", f"{prefix}/breakers/{SERVICE}", "--print-value-only")
-    return str(json.loads(value).get("open_remaining")) if value else ""
+    return json.loads(value) if value else {}
+
+
+def stored_wait(etcd: str, prefix: str) -> str:
+    return str(stored(etcd, prefix).get("open_remaining", ""))
+
+
+def stored_wait_of(etcd: str, prefix: str, generation: int) -> str:
+    """The whole wait of the OPEN of ``generation`` (or of a later HALF_OPEN, which keeps
+    it) as stored: its expiry less its opening, whenever it is read (the time left at a
+    read on a loaded machine may be anything below it)."""
+    record = poll(lambda: (r := stored(etcd, prefix)) and int(r.get("generation", 0)) >= generation and r)
+    assert int(record["generation"]) <= generation + 1, record  # no later OPEN
+    return str(record["open_remaining"])
 
 
 def test_each_failed_probe_opens_the_fleet_breaker_longer_for_every_agent(
@@ -78,10 +91,12 @@ def test_each_failed_probe_opens_the_fleet_breaker_longer_for_every_agent(
     assert all(view["open_left"] <= 0.6 for view in first), first
     probe_fails(a)
     second = reopened([a, b], first[0]["generation"])
-    assert all(0.6 < view["open_left"] <= 2.4 for view in second), second
+    assert all(view["open_left"] <= 2.4 for view in second), second
+    assert stored_wait_of(etcd_server.endpoint, prefix, second[0]["generation"]) == "2.400s"
     probe_fails(b)  # another agent's probe: the fleet's wait grows on
     third = reopened([a, b], second[1]["generation"])
-    assert all(2.4 < view["open_left"] <= 5.0 for view in third), third
+    assert all(view["open_left"] <= 5.0 for view in third), third
+    assert stored_wait_of(etcd_server.endpoint, prefix, third[0]["generation"]) == "5s"
     poll(lambda: stored_wait(etcd_server.endpoint, prefix) == "5s")  # a restart keeps it
 
     set_mode(upstream, "ok")
