@@ -31,6 +31,7 @@ import fcntl
 import logging
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -152,11 +153,13 @@ class Journal:
             beyond it raises :class:`JournalFull`.
         segment_bytes: size after which appends go to a new segment file (done segments
             are deleted whole).
+        read: read the files now; else the directory is only locked, and :meth:`read`
+            (on another thread, say) reads them: every other method waits for it.
     """
 
     def __init__(
         self, directory: str | Path, *, max_records: int = 10_000, max_bytes: int = 64 * 1024 * 1024,
-        segment_bytes: int = 1024 * 1024,
+        segment_bytes: int = 1024 * 1024, read: bool = True,
     ) -> None:  # fmt: skip
         self.directory = Path(directory)
         self.max_records = max_records
@@ -175,14 +178,40 @@ class Journal:
         self._segments: list[tuple[Path, int]] = []  # (file, last seq in it)
         #: Records not done that could not be read when the journal was opened (skipped).
         self.corrupt = 0
-        self._recover()
         self._fd: int | None = None
         #: Done marks written but not fsync'd yet (see :meth:`mark_done`).
         self.unsynced = False
         #: Why the journal no longer keeps records (None: it does).
         self.broken: str | None = None
+        self._read = threading.Event()  # the files were read (see :meth:`read`)
+        self._read_error: BaseException | None = None
+        if read:
+            self.read()
 
     # -- opening -------------------------------------------------------------------
+
+    def read(self) -> None:
+        """Read the directory's records and done marks (once; the constructor does it
+        unless told not to)."""
+        if self._read.is_set():
+            return
+        try:
+            self._recover()
+        except BaseException as exc:
+            self._read_error = exc
+            raise
+        finally:
+            self._read.set()
+
+    def wait_read(self) -> None:
+        """Wait until the files are read (see :meth:`read`).
+
+        Raises:
+            JournalBroken: they could not be read.
+        """
+        self._read.wait()
+        if self._read_error is not None:
+            raise JournalBroken(f"spool {self.directory} could not be read: {self._read_error}")
 
     def _recover(self) -> None:
         self.done, data = _read_done(self.directory / "done.log")
@@ -236,17 +265,21 @@ class Journal:
     # -- reading -------------------------------------------------------------------
 
     def __len__(self) -> int:
+        self.wait_read()
         return len(self._pending)
 
     @property
     def pending_bytes(self) -> int:
+        self.wait_read()
         return sum(len(r.payload) for r in self._pending)
 
     def first(self) -> Record | None:
         """The oldest record not done, if any."""
+        self.wait_read()
         return self._pending[0] if self._pending else None
 
     def pending(self) -> Iterator[Record]:
+        self.wait_read()
         return iter(list(self._pending))
 
     # -- writing -------------------------------------------------------------------
@@ -258,6 +291,7 @@ class Journal:
             JournalFull: the bound is reached, or the disk is full; nothing was kept.
             JournalBroken: the record could not be written; nothing was kept.
         """
+        self.wait_read()
         if len(self._pending) >= self.max_records or self.pending_bytes + len(payload) > self.max_bytes:
             raise JournalFull(
                 f"spool {self.directory} is full ({len(self._pending)} writes, {self.pending_bytes} bytes)"
@@ -357,6 +391,7 @@ class Journal:
         Raises:
             OSError: the mark could not be written; nothing changed (try again).
         """
+        self.wait_read()
         if seq <= self.done:
             return
         if not (self.directory / "done.log").exists():  # deleted from under the journal

@@ -55,9 +55,12 @@ class AsyncWriteSpool(SpoolCore):
         self, directory: str | Path, *, call: Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]],
         **options: Any,
     ) -> None:  # fmt: skip
-        super().__init__(directory, **options)
+        super().__init__(directory, read_later=True, **options)
         self._call = call
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"spool-{self.service}")
+        # Reading what a previous process left is the I/O thread's first job: decorating
+        # returns at once, and the first write or replay waits for it (see _read).
+        self._reading = self._io.submit(self._read_journal)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Condition | None = None  # the spool emptied, or a replay failed
         self._wake: asyncio.Event | None = None
@@ -82,6 +85,17 @@ class AsyncWriteSpool(SpoolCore):
         self._wake = asyncio.Event()
         self._task = loop.create_task(self._replay_loop(), name=f"spool-{self.service}")
 
+    async def _read(self) -> None:
+        """Wait (off the loop) until the journal's files are read.
+
+        Raises:
+            JournalBroken: they could not be read.
+        """
+        if not self._reading.done():
+            with contextlib.suppress(Exception):  # a caller cancelled must not cancel the read
+                await asyncio.shield(asyncio.wrap_future(self._reading))
+        self.journal.wait_read()  # raises if the read failed; returns at once
+
     async def _on_disk(self, operation: Callable[..., T], *args: Any) -> T:
         """Run a journal operation on the I/O thread, off the loop."""
         return await asyncio.get_running_loop().run_in_executor(self._io, operation, *args)
@@ -94,6 +108,7 @@ class AsyncWriteSpool(SpoolCore):
         assert self._changed is not None
         write_id = uuid.uuid4().hex
         payload = encode_write(write_id, self.function, args, kwargs)  # fails before any call
+        await self._read()
         async with self._changed:
             if len(self.journal) and self._open_for() <= 0:
                 await self._wait_for_drain()
@@ -140,6 +155,13 @@ class AsyncWriteSpool(SpoolCore):
     # -- replay ----------------------------------------------------------------------
 
     async def _replay_loop(self) -> None:
+        try:
+            await self._read()
+        except Exception:  # logged; every write is refused with the reason
+            _log.exception(
+                "spool %s: its files could not be read; nothing is replayed", self.journal.directory
+            )
+            return
         backoff = self._pause
         while not self._closed:
             try:

@@ -185,6 +185,8 @@ class SpoolCore:
             in order; more is for writes whose order does not matter to the upstream: up
             to that many are in flight, and a process killed while they are may make each
             of them again (see the spool's guarantee).
+        read_later: only lock the directory now; :meth:`_read_journal` reads it (the
+            asyncio spool does that on its I/O thread).
     """
 
     def __init__(
@@ -192,11 +194,11 @@ class SpoolCore:
         count: Callable[[int, int, int], None], outcomes: Outcomes | None = None,
         kind: str | None = None, max_writes: int = 10_000, max_bytes: int = 64 * 1024 * 1024,
         pause: float = 0.2, idempotent: bool = False, drain_wait: Callable[[], float] = lambda: 0.0,
-        parallel: int = 1,
+        parallel: int = 1, read_later: bool = False,
     ) -> None:  # fmt: skip
         if parallel < 1:
             raise ValueError(f"spool_replay_parallel must be 1 or more, not {parallel}")
-        self.journal = Journal(directory, max_records=max_writes, max_bytes=max_bytes)
+        self.journal = Journal(directory, max_records=max_writes, max_bytes=max_bytes, read=not read_later)
         self.service = service
         self.function = function
         self._open_for = open_for
@@ -208,18 +210,27 @@ class SpoolCore:
         self._drain_wait = drain_wait
         self._replay_failures = 0
         self.spooled = self.replayed = self.dropped = 0
-        if self.journal.corrupt:  # kept, then lost on disk: they will never be made
-            self.dropped += self.journal.corrupt
-            count(0, 0, self.journal.corrupt)
         self._parallel = parallel
         self._made: dict[int, str] = {}  # seq -> "replayed" / "dropped", not marked done yet
         self._marks_unsynced = 0
         self._stalled: str | None = None
         self._renamed: set[str] = set()
         #: Writes set aside in ``held.log`` (see :meth:`held_writes`), kept from earlier processes too.
-        self.held = len(self.journal.held())
+        self.held = 0
+        if not read_later:
+            self._read_journal()
+
+    def _read_journal(self) -> None:
+        """Read the journal's files (a blocking disk read) and count what they say."""
+        self.journal.read()
+        if self.journal.corrupt:  # kept, then lost on disk: they will never be made
+            self.dropped += self.journal.corrupt
+            self._count(0, 0, self.journal.corrupt)
+        self.held += len(self.journal.held())
         if self.held:
-            _log.error("spool %s: %d writes are held in held.log, not made", directory, self.held)
+            _log.error(
+                "spool %s: %d writes are held in held.log, not made", self.journal.directory, self.held
+            )
 
     def __len__(self) -> int:
         """Writes waiting in the spool."""

@@ -19,7 +19,7 @@ import pytest
 from mission_control.client import MissionControl
 from mission_control.client import journal as journal_module
 from mission_control.client.spool import Spooled, current_write_id, write_id_metadata
-from mission_control.client.spool_common import WRITE_ID_HEADER
+from mission_control.client.spool_common import WRITE_ID_HEADER, encode_write
 
 from tests.client.test_spool import POLICY, Store
 from tests.support import echo_pb2 as pb
@@ -187,3 +187,47 @@ async def test_a_write_made_twice_carries_one_id_an_upstream_can_apply_once(tmp_
     finally:
         mc.close()
         await server.stop(0)
+
+
+async def test_opening_a_spool_left_by_a_previous_process_does_not_block_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading the segments waits until a concurrent task has ticked three times: were the
+    journal read on the loop's thread (inside the decoration), that task could not tick."""
+    left = journal_module.Journal(tmp_path)
+    for i in range(3):
+        left.append(encode_write(f"{i:032x}", "asave", (f"old{i}",), {}))
+    left.close()
+    ticks = 0
+    seen: list[int] = []
+    real_read_records = journal_module._read_records
+
+    def read_records_seen_by_the_loop(path: Path) -> Any:
+        start, deadline = ticks, time.monotonic() + 5
+        while ticks < start + 3 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        seen.append(ticks - start)
+        return real_read_records(path)
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    monkeypatch.setattr(journal_module, "_read_records", read_records_seen_by_the_loop)
+    store = AsyncStore()
+    mc = MissionControl("spool-agent", config={"storage_backend": POLICY})
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    try:
+        save = mc.guard("storage_backend", spool=tmp_path)(store.asave)
+        receipt = await save("new")  # waits for the read: joins the end of what was left
+        assert isinstance(receipt, Spooled) and receipt.seq == 4 and len(save.spool) == 4
+        store.down = False
+        assert await apoll(lambda: len(save.spool) == 0)
+    finally:
+        ticking.cancel()
+    assert seen and min(seen) >= 3, seen  # the loop ran while the journal was read
+    assert [key for key, _ in store.applied] == ["old0", "old1", "old2", "new"]
+    mc.close()
