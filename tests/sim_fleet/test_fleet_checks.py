@@ -29,8 +29,9 @@ def test_i3_catches_an_asking_agent_that_never_gets_a_permit(monkeypatch: pytest
     from mission_control.server.control_plane import ControlPlane
 
     monkeypatch.setattr(ControlPlane, "_on_grant", lambda self, agent, grant: None)  # grants lost
-    # an agent must ask for longer than a TTL while the fleet is settled: longer schedules
-    assert _caught("I3", "without one", seeds=range(40), active=20.0)
+    # an agent must ask for longer than a TTL while the fleet is settled: longer schedules,
+    # and few of them show it (seeds 67, 86, 103 … with the fleet's timing of today)
+    assert _caught("I3", "without one", seeds=range(40, 110), active=20.0)
 
 
 def test_i3_catches_a_permit_held_past_its_ttl(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -52,7 +52,7 @@ def test_admissions_stay_within_the_limit_while_an_agent_is_cut_off() -> None:
 
 
 #: Schedules with a violation not analysed yet, left out of the schedules run (shown here).
-UNANALYSED = (40,)
+UNANALYSED = (36, 40)
 
 
 @pytest.mark.xfail(
@@ -64,4 +64,16 @@ UNANALYSED = (40,)
 )
 def test_admissions_stay_within_the_limit_in_schedule_40() -> None:
     violations = simulate(40, active_secs=10.0).violations
+    assert not [v for v in violations if v.startswith("I4:")], violations
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="I4, not analysed yet: 40 admitted in one 2 s window (limit 30 + 7.5) after agent-2 was "
+    "cut off from every replica, etcd went away, the leader cp0.1 crashed and cp1 was cut from etcd "
+    "(shown once the per-agent split, follower acks and permit waits were all in; replay: "
+    "python -m tests.sim_fleet --seed 36 --active 10 -v)",
+)
+def test_admissions_stay_within_the_limit_in_schedule_36() -> None:
+    violations = simulate(36, active_secs=10.0).violations
     assert not [v for v in violations if v.startswith("I4:")], violations
