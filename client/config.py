@@ -600,6 +600,8 @@ def config_to_toml(config: ErrorHandlingConfig) -> str:
         lines += [
             f"{k} = {_toml_value(v)}" for k, v in policy.items() if not isinstance(v, dict) and k != "quotas"
         ]
+        if not policy["quotas"]:
+            lines.append("quotas = []")  # no quotas, not the defaults' (omitting the key means those)
         for sub in ("backoff", "retry_budget", "failure_rate", "slow_call", "fleet", "hedging"):
             if sub in policy:
                 lines += ["", f"[service_specific.{name}.{sub}]"]
