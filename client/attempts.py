@@ -152,7 +152,7 @@ class CallPlan:
         ticket = self.ticket
         assert ticket is not None
         failure = self.ex.classify(ticket, exc, self.outcomes)
-        self.ex.record(ticket, failure)
+        self.ex.record(ticket, failure, self._shadow_would(ticket, failure))
         return self._failed(failure)
 
     def slept(self) -> Step:
@@ -220,22 +220,28 @@ class CallPlan:
 
     def _late(self, ticket: Ticket) -> Failure:
         failure = Failure(OperationTimeout(ticket.operation, ticket.timeout), Counts.FAILURE, ran=True)
-        self.ex.record(ticket, failure)
+        self.ex.record(ticket, failure, self._shadow_would(ticket, failure))
         return failure
 
     def _failed(self, failure: Failure) -> Step:
         ticket = self.ticket
         assert ticket is not None
-        shadow = ticket.state.shadow
-        attempts = 1 if self._retry is None else self._retry.attempt_number
         delay = self._backoff(ticket, failure) if self._retryable(ticket.state.policy, failure) else None
-        if shadow is not None:  # the candidate's retry rule, beside the enforced one
-            would = self._retryable(shadow.policy, failure) and attempts <= shadow.policy.max_retries
-            self.ex.shadow_retry(ticket.state, would, delay is not None)
+        if ticket.state.shadow is not None and delay is not None:
+            self.ex.shadow_retried(ticket.state)
         if delay is not None:
             self._last = failure
             return Sleep(delay)
         return self._target_failed(failure.error, failure)
+
+    def _shadow_would(self, ticket: Ticket, failure: Failure) -> bool:
+        """Whether a candidate policy in shadow mode would retry ``failure`` (counted with
+        the failure itself, in one report: the control plane bounds one by the other)."""
+        shadow = ticket.state.shadow
+        if shadow is None:
+            return False
+        attempts = 1 if self._retry is None else self._retry.attempt_number
+        return self._retryable(shadow.policy, failure) and attempts <= shadow.policy.max_retries
 
     def _retryable(self, policy: ServicePolicy, failure: Failure) -> bool:
         """Whether ``policy``'s rules retry ``failure`` at all (its stop decides when not)."""

@@ -256,12 +256,11 @@ class Executor:
         self.admission.give_back(ticket.state, probe)
 
     @staticmethod
-    def shadow_retry(state: ServiceState, would: bool, retried: bool) -> None:
-        """A failed attempt of a service with a candidate policy in shadow mode: whether
-        the candidate ``would`` retry it, and whether it was ``retried``."""
+    def shadow_retried(state: ServiceState) -> None:
+        """A failed attempt of a service with a candidate policy in shadow mode was retried
+        under the enforced policy (counted beside what the candidate would retry)."""
         with state.lock:
-            state.tally.shadow_retries += would
-            state.tally.retries += retried
+            state.tally.retries += 1
 
     def spend_budget(self, service: str) -> bool:
         """One retry (or hedge) from ``service``'s retry budget, if it has one left."""
@@ -309,8 +308,9 @@ class Executor:
                 local.record(now, 1, 0, 0)  # else a success changes nothing there
             state.bulkhead.leave()
 
-    def record(self, ticket: Ticket, failure: Failure | None) -> None:
-        """Count one attempt's outcome for the fleet and the local breaker."""
+    def record(self, ticket: Ticket, failure: Failure | None, shadow_would: bool = False) -> None:
+        """Count one attempt's outcome for the fleet and the local breaker; ``shadow_would``:
+        a candidate policy in shadow mode would retry it."""
         state = ticket.state
         probe, ticket.probe = ticket.probe, None
         if failure is not None and failure.counts is Counts.NEITHER:
@@ -337,6 +337,7 @@ class Executor:
             else:
                 tally.successes += 1
                 tally.trailing_failures = 0
+            tally.shadow_retries += shadow_would
             if failed and failure is not None:
                 error = failure.error
                 name = error.error_type if isinstance(error, MissionControlError) else "Unclassified"
