@@ -110,7 +110,8 @@ class CapacityLeaser:
         earlier_until: until when (wall seconds) an earlier leader may have leased, as its
             record said; None: not known (assume as far ahead as a leader records).
         may_lease: whether a period ending then (wall seconds) may be leased: within what
-            this leader has recorded, fenced.
+            this leader has recorded, fenced (and when the next round's period ends, to
+            record that far ahead in time).
         on_leased: called after leases were sent.
     """
 
@@ -124,7 +125,7 @@ class CapacityLeaser:
         wall: Callable[[], float] = time.time,
         leased_before: Callable[[], bool] = lambda: False,
         earlier_until: Callable[[], float | None] = lambda: None,
-        may_lease: Callable[[float], bool] = lambda end: True,
+        may_lease: Callable[[float, float], bool] = lambda end, then: True,
         on_leased: Callable[[], None] = lambda: None,
     ) -> None:
         self.policies = policies
@@ -262,7 +263,8 @@ class CapacityLeaser:
             index = math.floor(wall / limit.period_secs)
             into = wall - index * limit.period_secs
             ends = (index + 2) * limit.period_secs
-            if into >= limit.period_secs / 2 and limit.allocated <= index and self.may_lease(ends):
+            half = into >= limit.period_secs / 2 and limit.allocated <= index
+            if half and self.may_lease(ends, ends + limit.period_secs):
                 self._allocate(limit, index + 1, now, wall)
         if send:
             self.send_queued()

@@ -179,20 +179,23 @@ class LeaseEpochs:
         self._take_over()
         return self._prior_until
 
-    def may_lease(self, end: float) -> bool:
+    def may_lease(self, end: float, then: float = 0.0) -> bool:
         """Whether a period ending at ``end`` (wall seconds) is within what this leader has
-        recorded; records further ahead (in the background) when half of that is used."""
+        recorded. Records further ahead (in the background) when half of the record is
+        used, or when the next round's period (ending at ``then``) would not fit: a round
+        then never waits for a write, however long its period (``lease_secs`` may be far
+        longer than ``RECORD_AHEAD_SECS``)."""
         epoch = self.epoch()
         recorded_epoch, until = self._recorded
         if recorded_epoch != epoch:
             until = 0.0
-        if until - self.wall() < RECORD_AHEAD_SECS / 2:
-            self.leased()
+        if until - self.wall() < RECORD_AHEAD_SECS / 2 or max(end, then) > until:
+            self.leased(max(end, then))
         return end <= until
 
-    def leased(self) -> None:
-        """Record this leader's epoch and how far ahead it may lease (tried again after a
-        failure)."""
+    def leased(self, end: float = 0.0) -> None:
+        """Record this leader's epoch and how far ahead it may lease: ``RECORD_AHEAD_SECS``,
+        or half of it past a period ending at ``end`` (tried again after a failure)."""
         epoch = self.epoch()
         if not epoch or self._writing is not None:
             return
@@ -200,7 +203,7 @@ class LeaseEpochs:
             _log.error("fleet-lease epoch %d is out of range: not recorded", epoch)
             return
         # later than any earlier leader's (it wrote its own before this one took over)
-        until = self.wall() + RECORD_AHEAD_SECS
+        until = max(self.wall() + RECORD_AHEAD_SECS, end + RECORD_AHEAD_SECS / 2)
         self._writing = asyncio.create_task(self._record(EpochRecord(epoch, self.instance_id, until)))
 
     async def _record(self, record: EpochRecord) -> None:

@@ -199,7 +199,7 @@ def test_an_agent_cut_off_keeps_its_safe_share_until_its_horizon() -> None:
 def test_no_period_is_leased_past_what_the_leader_recorded() -> None:
     leader = Leader(4500.0)
     recorded = [4502.0]
-    leader.leaser.may_lease = lambda end: end <= recorded[0]
+    leader.leaser.may_lease = lambda end, then: end <= recorded[0]
     leader.report("a")
     leader.run(4503.0)
     assert sorted({lease.period for lease in leader.sent["a"]}) == [4500500, 4501000, 4501500]

@@ -162,3 +162,37 @@ def test_agents_joining_leaving_and_a_control_plane_outage(
         under = [t for t in after["leased"][agent] if t >= steady]
         assert len(under) >= 0.9 * len(counted), (agent, len(under), len(counted))
         assert rate_between(times, steady, resumed + 4) >= 0.6 * per_second / 5, agent
+
+
+def test_a_lease_period_longer_than_the_epoch_record_is_leased(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    """A lease period may be up to 60 s, and a round leases the period after the running one,
+    up to 1.5 periods ahead: further than the leader records ahead of time by default. The
+    record then reaches past the period (a 4-s period was never leased: nothing admitted)."""
+    plane, address = control_plane(etcd_server.endpoint, prefix)
+    spawned.append(plane)
+    stub = pb_grpc.ControlPlaneServiceStub(grpc.insecure_channel(address))
+    long = policy_pb2.ServicePolicy(
+        service="long_period",
+        rate_limit_requests=40,
+        rate_limit_window_secs=4.0,
+        failure_threshold=10**6,
+        max_retries=0,
+        fleet=policy_pb2.FleetLimits(rate_limit=True, lease_secs=4.0),
+    )
+    stub.PutPolicy(pb.PutPolicyRequest(policy=long), timeout=10)
+    proc = start_agents(address, "long_period", "p0", [20.0, 20.0])
+    spawned.append(proc)
+    proc.send("run 14")
+    admitted = proc.ask("noop", timeout=60)["admitted"]
+    every = [t for times in admitted.values() for t in times]
+    # a first lease within 2 periods (small: the agents asked for little before the run),
+    # then one each period (20 units each): both agents admitted calls in 3 periods or more,
+    # a full lease's worth at least
+    periods = {a: len({int(t // 4.0) for t in times}) for a, times in admitted.items()}
+    assert all(n >= 3 for n in periods.values()), periods
+    assert all(len(times) >= 20 for times in admitted.values()), {a: len(t) for a, t in admitted.items()}
+    assert worst_window(every, 4.0) <= 40 + 40, worst_window(every, 4.0)
+    usage = stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=5).statistics.fleet_limits
+    assert usage[0].resource == "long_period.requests" and usage[0].leased <= usage[0].fleet_units + 1e-6

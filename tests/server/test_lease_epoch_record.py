@@ -121,13 +121,14 @@ def test_the_record_is_written_ahead_again_after_a_failed_write_and_when_half_is
         assert not term.epochs.may_lease(1.0)  # nothing leased before the record is stored
         await asyncio.sleep(0)
         for _ in range(3):
-            assert term.epochs.may_lease(RECORD_AHEAD_SECS) and not term.epochs.may_lease(
-                RECORD_AHEAD_SECS + 1
-            )
+            assert term.epochs.may_lease(1.0)
             await asyncio.sleep(0)
         assert [parse_record(v) for v in term.written] == [EpochRecord(5, "r1", RECORD_AHEAD_SECS)]
-        term.wall = RECORD_AHEAD_SECS / 2 + 0.1  # half used: written further ahead
-        term.epochs.may_lease(0.0)
+        assert not term.epochs.may_lease(RECORD_AHEAD_SECS + 1)  # not recorded that far yet
+        await asyncio.sleep(0)
+        assert parse_record(term.written[-1]).until == RECORD_AHEAD_SECS + 1 + RECORD_AHEAD_SECS / 2
+        term.wall = parse_record(term.written[-1]).until - RECORD_AHEAD_SECS / 2 + 0.1
+        term.epochs.may_lease(0.0, 1.0)  # half used: written further ahead
         await asyncio.sleep(0)
         assert parse_record(term.written[-1]).until == term.wall + RECORD_AHEAD_SECS
         # a leader that lost the fence stores nothing, and leases no further than it had
@@ -135,6 +136,28 @@ def test_the_record_is_written_ahead_again_after_a_failed_write_and_when_half_is
         assert not term.epochs.may_lease(term.wall + 1)
         await asyncio.sleep(0)
         assert not term.epochs.may_lease(term.wall + 1)
+
+    asyncio.run(main())
+
+
+def test_rounds_of_long_periods_are_recorded_ahead_and_never_wait_for_a_write() -> None:
+    """A period may end further ahead than ``RECORD_AHEAD_SECS`` (``lease_secs`` up to 60:
+    a round leases the period after the running one, up to 1.5 periods ahead): the record
+    reaches past it, and is written again before the next round needs it."""
+
+    async def main() -> None:
+        for period in (2.0, 5.0, 60.0):
+            term = Term(own=5)
+            term.wall = 1_800_000_000.0 + period / 2  # half into a period: its round
+            end = term.wall + 1.5 * period
+            assert not term.epochs.may_lease(end, end + period)  # the first waits for the record
+            await asyncio.sleep(0)
+            for _ in range(5):
+                assert term.epochs.may_lease(end, end + period), period
+                assert parse_record(term.written[-1]).until <= end + period + RECORD_AHEAD_SECS / 2
+                await asyncio.sleep(0)  # the next record (if one was asked for) is stored
+                term.wall += period
+                end += period
 
     asyncio.run(main())
 

@@ -63,10 +63,12 @@ class Leader:
         if self.alive:
             self.leaser.tick()
 
-    def _may_lease(self, end: float) -> bool:
+    def _may_lease(self, end: float, then: float) -> bool:
         wall = self.world.now + WALL
-        if self.alive and self.recorded - wall < RECORD_AHEAD_SECS / 2:
-            self.recorded = self.record.until = wall + RECORD_AHEAD_SECS  # fenced: while it leads
+        ahead = max(end, then)
+        if self.alive and (self.recorded - wall < RECORD_AHEAD_SECS / 2 or ahead > self.recorded):
+            # fenced: while it leads
+            self.recorded = self.record.until = max(wall + RECORD_AHEAD_SECS, ahead + RECORD_AHEAD_SECS / 2)
         return end <= self.recorded
 
     def _send(self, holder: str, message: pb.ConnectResponse) -> bool:
