@@ -51,6 +51,12 @@ _UNKNOWN = object()
 #: overflow every later leader's leases. This bound is also exact in JSON numbers.
 MAX_EPOCH = 2**53
 
+#: How far a record's epoch may be above this replica's wall clock in milliseconds (the
+#: clock skew between replicas allowed, as for a breaker's ``opened_at``). Real epochs are at
+#: most a takeover's milliseconds plus one per takeover since; one far above would be taken
+#: by agents and then hold every later leader's leases out (they only move forward in epoch).
+EPOCH_SKEW_MS = 300_000
+
 #: How far ahead a leader records that it may lease; written again when half is left.
 RECORD_AHEAD_SECS = 4.0
 
@@ -69,8 +75,9 @@ class EpochRecord:
         return json.dumps(fields).encode()
 
 
-def parse_record(value: bytes) -> EpochRecord:
-    """The record in ``value``. Raises ValueError naming every bad field."""
+def parse_record(value: bytes, now: float | None = None) -> EpochRecord:
+    """The record in ``value`` (``now``: wall seconds, to refuse an epoch far above its
+    milliseconds). Raises ValueError naming every bad field."""
     try:
         fields = json.loads(value)
     except (ValueError, UnicodeDecodeError) as err:
@@ -81,13 +88,20 @@ def parse_record(value: bytes) -> EpochRecord:
     bad = []
     if isinstance(until, bool) or not isinstance(until, int | float) or not 0 <= until < 1e11:
         bad.append(f"until: seconds since the epoch (a number) are required, got {until!r}")
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 < epoch < MAX_EPOCH:
-        bad.append(f"epoch: a positive integer below {MAX_EPOCH} is required, got {epoch!r}")
+    top = MAX_EPOCH if now is None else min(MAX_EPOCH, epoch_bound(now))
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 < epoch < top:
+        bad.append(f"epoch: a positive integer below {top} is required, got {epoch!r}")
     if not isinstance(leader, str):
         bad.append(f"leader: a replica id (a string) is required, got {leader!r}")
     if bad:
         raise ValueError("; ".join(bad))
     return EpochRecord(epoch, leader, float(until))  # type: ignore[arg-type]
+
+
+def epoch_bound(now: float) -> int:
+    """Epochs from this bound up are refused at ``now`` (wall seconds): its milliseconds
+    plus the clock skew allowed."""
+    return round(now * 1000) + EPOCH_SKEW_MS
 
 
 class LeaseEpochs:
@@ -142,7 +156,7 @@ class LeaseEpochs:
             return
         self.seen = True
         try:
-            self.record = parse_record(value)
+            self.record = parse_record(value, self.wall())
         except ValueError as err:
             self.malformed += 1
             self.refused(self.key, f"malformed fleet-lease epoch record ({err}); ignored")
@@ -199,7 +213,7 @@ class LeaseEpochs:
         epoch = self.epoch()
         if not epoch or self._writing is not None:
             return
-        if epoch > MAX_EPOCH:  # not reached from good records; stored, it would be refused
+        if epoch >= min(MAX_EPOCH, epoch_bound(self.wall())):  # stored, it would be refused
             _log.error("fleet-lease epoch %d is out of range: not recorded", epoch)
             return
         # later than any earlier leader's (it wrote its own before this one took over)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from mission_control.server.lease_epoch import RECORD_AHEAD_SECS, EpochRecord, LeaseEpochs, parse_record
+from mission_control.server.lease_epoch import (
+    EPOCH_SKEW_MS,
+    RECORD_AHEAD_SECS,
+    EpochRecord,
+    LeaseEpochs,
+    parse_record,
+)
 
 KEY = "/p/fleet-lease-epoch"
 
@@ -185,5 +191,29 @@ def test_the_only_replica_records_nothing_before_the_store_is_read() -> None:
         term.epochs.leased()
         await asyncio.sleep(0)
         assert [parse_record(v) for v in term.written] == [EpochRecord(1, "r1", RECORD_AHEAD_SECS)]
+
+    asyncio.run(main())
+
+
+def test_an_epoch_far_above_the_wall_clock_is_refused_and_never_stored() -> None:
+    """Epochs are a takeover's milliseconds (plus one per takeover): a record far above the
+    clock would be taken by agents and hold every later leader's leases out for good."""
+
+    async def main() -> None:
+        now = 1_800_000_000.0
+        for epoch in (2**53 - 1, 10**15, round(now * 1000) + EPOCH_SKEW_MS):
+            term = Term(own=5)
+            term.wall = now
+            term.epochs.apply(EpochRecord(epoch, "r0").encode())
+            assert "epoch:" in term.refused[0], epoch
+            assert term.epochs.leased_before()  # still a sign of earlier leases
+            assert term.epochs.epoch() == round(now * 1000)  # the clock, not the refused value
+            term.epochs.leased()
+            await asyncio.sleep(0)
+            assert parse_record(term.written[-1], now).epoch == round(now * 1000)
+        skewed = Term(own=5)  # another replica's clock a little ahead: taken
+        skewed.wall = now
+        skewed.epochs.apply(EpochRecord(round(now * 1000) + 200_000, "r0").encode())
+        assert skewed.refused == [] and skewed.epochs.epoch() == round(now * 1000) + 200_001
 
     asyncio.run(main())
