@@ -103,7 +103,9 @@ def test_agents_joining_leaving_and_a_control_plane_outage(
     stub.PutPolicy(pb.PutPolicyRequest(policy=fleet_policy("shared")), timeout=10)
     first = start_agents(address, "shared", "a", [40.0] * 5)
     spawned.append(first)
-    first.send("run 14")
+    # the first five call until told to stop: however long a loaded machine takes to start
+    # the processes below, every phase of the timeline falls within their calls
+    first.send("start")
     began = time.time()
     time.sleep(3)
     second = start_agents(address, "shared", "b", [40.0] * 5)  # five more join
@@ -130,7 +132,7 @@ def test_agents_joining_leaving_and_a_control_plane_outage(
     while not leased():
         assert time.monotonic() < deadline, "no leases after the restart"
         time.sleep(0.1)
-    early = first.ask("noop", timeout=60)
+    early = first.ask("stop", timeout=60)
     first.send("run 4")  # ... and call on under the new control plane's leases
     resumed = time.time()
     after = first.ask("noop", timeout=60)
@@ -152,7 +154,7 @@ def test_agents_joining_leaving_and_a_control_plane_outage(
     assert all(r <= 1.2 * per_second / 5 for r in shared), ("shared", shared)  # nobody kept the old share
     assert all(r >= 0.6 * per_second / 5 for r in again), ("again", again)
     # while the control plane is gone: at most the safe share (1/5 each), never unlimited
-    outage = [rate_between(t, killed + PERIOD * 2, min(restarted, began + 14)) for t in a_times.values()]
+    outage = [rate_between(t, killed + PERIOD * 2, restarted) for t in a_times.values()]
     assert all(0 < r <= 1.2 * per_second / 5 for r in outage), ("outage", outage)
     # under the restarted control plane the calls run under its leases, split fairly again
     # from the next period on

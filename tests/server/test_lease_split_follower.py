@@ -71,21 +71,28 @@ def test_agents_behind_a_follower_get_the_share_of_agents_on_the_leader(
     time.sleep(2 * PERIOD)  # the leases made from those demands are in force
     start = time.time()
     time.sleep(SPAN)
-    got = {}
+    got, refused = {}, {}
     for name, proc in zip(names, agents, strict=True):
         proc.send("stop")
-        admitted = json.loads(proc.wait_for('{"admitted"', timeout=30))["admitted"]
-        got[name] = sum(1 for t in admitted if start <= t < start + SPAN)
+        answer = json.loads(proc.wait_for('{"admitted"', timeout=30))
+        got[name] = sum(1 for t in answer["admitted"] if start <= t < start + SPAN)
+        refused[name] = sum(1 for t in answer["refusals"] if start <= t < start + SPAN)
+    # An agent starved of CPU on a busy machine calls, so asks, and so gets, less than its
+    # share (50 against 76 at load 20): max-min fair, what it asked is all it is owed. The
+    # split is judged among the agents the limit held back (a fifth of their calls
+    # refused or more): those must have got about the same.
+    held_back = [n for n in names if refused[n] >= 0.2 * (got[n] + refused[n])]
+    shown = f"admitted {got}, refused {refused}"
+    assert held_back, f"the limit held back no agent: {shown}"  # each asks twice its share
     # split per replica, the agent on the leader got twice what each one behind the
-    # follower did (121 against 56 and 56, 2.16x); per agent, about the same. An agent
-    # starved of CPU on a busy machine asks, and so gets, less (50 against 76 at load 20):
-    # hence the margin.
+    # follower did (121 against 56 and 56, 2.16x); per agent, about the same
     leading = got["on-leader"]
     for name in ("behind-0", "behind-1"):
-        assert leading <= 1.75 * got[name], (
-            f"{name} admitted {got[name]}, the agent on the leader {leading}: {got}"
-        )
+        if name in held_back:
+            assert leading <= 1.75 * got[name], f"{name} got less than the agent on the leader: {shown}"
     equal = LIMIT / WINDOW * SPAN / 3  # 80 each
-    for name, count in got.items():
-        assert abs(count - equal) <= 0.4 * equal, f"{name} admitted {count}, an equal share {equal:g}: {got}"
-    assert sum(got.values()) >= 0.75 * LIMIT / WINDOW * SPAN, f"the fleet admitted {got} in {SPAN:g} s"
+    for name in held_back:
+        assert got[name] >= 0.6 * equal, f"{name} held back below an equal share {equal:g}: {shown}"
+    asked = sum(got.values()) + sum(refused.values())
+    fleet = LIMIT / WINDOW * SPAN
+    assert sum(got.values()) >= 0.75 * min(fleet, asked), f"the fleet {shown} in {SPAN:g} s"

@@ -6,7 +6,7 @@ process, knowing one control-plane address only.
 Prints {"ready": bool} once connected, {"first": wall time} at its first admitted call.
 ``stop`` answers {"admitted": [wall times],
 "cut_off": [wall times of refusals saying the agent has had no fleet lease for too long],
-"refused": n} and exits.
+"refused": n, "refusals": [wall times of every refusal]} and exits.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def main() -> None:
     print(json.dumps({"ready": mc.wait_connected(60)}), flush=True)
     admitted: list[float] = []
     cut_off: list[float] = []
+    refusals: list[float] = []
     refused = [0]
     stop = threading.Event()
 
@@ -46,6 +47,7 @@ def main() -> None:
                     print(json.dumps({"first": admitted[0]}), flush=True)
             except ResourceExhausted as err:
                 refused[0] += 1
+                refusals.append(time.time())
                 if any(CUT_OFF in cause for cause in err.cause_chain()):
                     cut_off.append(time.time())
             next_at += 1.0 / rate
@@ -58,7 +60,10 @@ def main() -> None:
             break
     stop.set()
     caller.join()
-    print(json.dumps({"admitted": admitted, "cut_off": cut_off, "refused": refused[0]}), flush=True)
+    print(
+        json.dumps({"admitted": admitted, "cut_off": cut_off, "refused": refused[0], "refusals": refusals}),
+        flush=True,
+    )
     mc.close()
 
 
