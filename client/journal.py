@@ -13,7 +13,11 @@ Layout of the directory:
 * ``held.log``: records (the segments' format) that were handled by being set aside, not
   made: kept for the operator (see :meth:`Journal.hold`), never deleted by the journal.
 The directory itself is locked (``flock``) while a process has the journal open: one
-writer only.
+writer only. Within the process, the journal is the one owner of its open segment and its
+list of segments: appends, marks, their fsyncs and the deletion of done segments take its
+lock, so a thread marking records done never closes or deletes the segment another thread
+is appending to. Reading what is pending takes no lock (a list swapped whole, never cut in
+place), so an event loop may ask while the I/O thread fsyncs.
 
 Every append is fsync'd before it returns; a done mark is written before it returns and
 fsync'd then or, for marks made one after another, by :meth:`Journal.sync_done`. A process killed in the
@@ -174,7 +178,10 @@ class Journal:
         except BlockingIOError:
             os.close(self._lock_fd)
             raise JournalLocked(f"spool {self.directory} is open in another process") from None
+        # Swapped whole by mark_done (never cut in place): readers take no lock.
         self._pending: list[Record] = []
+        # Held by every method that writes, closes or deletes a file, or changes the lists.
+        self._mutex = threading.RLock()
         self._segments: list[tuple[Path, int]] = []  # (file, last seq in it)
         #: Records not done that could not be read when the journal was opened (skipped).
         self.corrupt = 0
@@ -276,7 +283,8 @@ class Journal:
     def first(self) -> Record | None:
         """The oldest record not done, if any."""
         self.wait_read()
-        return self._pending[0] if self._pending else None
+        pending = self._pending
+        return pending[0] if pending else None
 
     def pending(self) -> Iterator[Record]:
         self.wait_read()
@@ -292,6 +300,10 @@ class Journal:
             JournalBroken: the record could not be written; nothing was kept.
         """
         self.wait_read()
+        with self._mutex:
+            return self._append(payload)
+
+    def _append(self, payload: bytes) -> int:
         if len(self._pending) >= self.max_records or self.pending_bytes + len(payload) > self.max_bytes:
             raise JournalFull(
                 f"spool {self.directory} is full ({len(self._pending)} writes, {self.pending_bytes} bytes)"
@@ -362,6 +374,10 @@ class Journal:
         Raises:
             OSError: it could not be kept there; the file is as it was (try again).
         """
+        with self._mutex:
+            self._hold(record)
+
+    def _hold(self, record: Record) -> None:
         fd = os.open(self.directory / "held.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             start = os.fstat(fd).st_size
@@ -392,6 +408,10 @@ class Journal:
             OSError: the mark could not be written; nothing changed (try again).
         """
         self.wait_read()
+        with self._mutex:
+            self._mark_done(seq, sync)
+
+    def _mark_done(self, seq: int, sync: bool) -> None:
         if seq <= self.done:
             return
         if not (self.directory / "done.log").exists():  # deleted from under the journal
@@ -410,8 +430,7 @@ class Journal:
             os.close(fd)
         self.done = seq
         self.unsynced = not sync
-        while self._pending and self._pending[0].seq <= seq:
-            self._pending.pop(0)
+        self._pending = [record for record in self._pending if record.seq > seq]
         if sync:
             self._synced()
 
@@ -421,16 +440,17 @@ class Journal:
         Raises:
             OSError: the fsync failed (the marks stay unsynced; try again).
         """
-        if not self.unsynced:
-            return
-        fd = os.open(self.directory / "done.log", os.O_WRONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self._done_slot = 1 - self._done_slot
-        self.unsynced = False
-        self._synced()
+        with self._mutex:
+            if not self.unsynced:
+                return
+            fd = os.open(self.directory / "done.log", os.O_WRONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._done_slot = 1 - self._done_slot
+            self.unsynced = False
+            self._synced()
 
     def _synced(self) -> None:
         """The marks are on disk: segments all done can go; when every record is done,
@@ -452,13 +472,14 @@ class Journal:
         self._segments = keep
 
     def close(self) -> None:
-        try:
-            self.sync_done()
-        except OSError:  # a mark not synced is made again after a power loss, not lost
-            _log.exception("journal %s: the done marks could not be synced", self.directory)
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = -1
+        with self._mutex:
+            try:
+                self.sync_done()
+            except OSError:  # a mark not synced is made again after a power loss, not lost
+                _log.exception("journal %s: the done marks could not be synced", self.directory)
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)  # releases the flock
+                self._lock_fd = -1
