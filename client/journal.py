@@ -12,6 +12,9 @@ Layout of the directory:
   slot that does not hold the last fsync'd mark, so a torn write never loses that one.
 * ``held.log``: records (the segments' format) that were handled by being set aside, not
   made: kept for the operator (see :meth:`Journal.hold`), never deleted by the journal.
+* ``held-<seq>.log``: a held record that ``held.log`` had no disk space for (a full
+  disk): a second name (hard link) of the segment that holds it, so holding needs no new
+  space; only record ``seq`` of it is held.
 The directory itself is locked (``flock``) while a process has the journal open: one
 writer only. Within the process, the journal is the one owner of its open segment and its
 list of segments: appends, marks, their fsyncs and the deletion of done segments take its
@@ -137,6 +140,12 @@ def _read_done(path: Path) -> tuple[int, bytes]:
 
 def _done_mark(seq: int) -> bytes:
     return _DONE.pack(_DONE_MAGIC, seq, zlib.crc32(_SEQ.pack(seq)))
+
+
+def _held_seq(name: str) -> int | None:
+    """The seq a ``held-<seq>.log`` file holds (None: not such a name)."""
+    digits = name.removeprefix("held-").removesuffix(".log")
+    return int(digits) if len(digits) == 20 and digits.isdigit() else None
 
 
 def _cut(path: Path, size: int) -> None:
@@ -369,15 +378,37 @@ class Journal:
 
     def hold(self, record: Record) -> None:
         """Set ``record`` aside in ``held.log`` (fsync'd when this returns); mark it done
-        after this. A record held twice (a crash between the two) is read back once.
+        after this. A record held twice (a crash between the two) is read back once. On a
+        full disk it is held in place: its segment gets a second name, ``held-<seq>.log``,
+        which needs no data space and keeps the record when the segment is deleted.
 
         Raises:
-            OSError: it could not be kept there; the file is as it was (try again).
+            OSError: it could not be kept; the files are as they were (try again).
         """
         with self._mutex:
-            self._hold(record)
+            try:
+                self._hold_in_log(record)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise
+                self._hold_in_place(record)
 
-    def _hold(self, record: Record) -> None:
+    def _hold_in_place(self, record: Record) -> None:
+        segment = next((path for path, last in self._segments if last >= record.seq), None)
+        if segment is None:
+            raise OSError(errno.ENOENT, f"no segment holds record #{record.seq}")
+        link = self.directory / f"held-{record.seq:020d}.log"
+        if not link.exists():
+            os.link(segment, link)
+            _fsync_dir(self.directory)
+        _log.warning(
+            "journal %s: held.log is out of disk space; record #%d is held in %s",
+            self.directory,
+            record.seq,
+            link.name,
+        )
+
+    def _hold_in_log(self, record: Record) -> None:
         fd = os.open(self.directory / "held.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             start = os.fstat(fd).st_size
@@ -396,7 +427,12 @@ class Journal:
     def held(self) -> list[Record]:
         """The records set aside by :meth:`hold`, in order, each once."""
         path = self.directory / "held.log"
-        return _read_records(path)[0] if path.exists() else []
+        held = {r.seq: r for r in (_read_records(path)[0] if path.exists() else [])}
+        for link in self.directory.glob("held-*.log"):
+            seq = _held_seq(link.name)
+            if seq is not None:
+                held.update((r.seq, r) for r in _read_records(link)[0] if r.seq == seq)
+        return [held[seq] for seq in sorted(held)]
 
     def mark_done(self, seq: int, *, sync: bool = True) -> None:
         """Every record up to ``seq`` is handled. The mark is written to the file before

@@ -295,13 +295,16 @@ class SpoolCore:
             last = record.seq
         if last is None:
             return []
+        failing = f"write #{last} was made but could not be marked done"
         try:
             for record in self.journal.pending():
                 if record.seq <= last and self._made[record.seq] == "held":
+                    failing = f"write #{record.seq} could not be set aside as held"
                     self.journal.hold(record)
+            failing = f"write #{last} was made but could not be marked done"
             self.journal.mark_done(last, sync=False)
         except OSError as exc:
-            self._stalled = f"write #{last} was made but could not be marked done ({exc})"
+            self._stalled = f"{failing} ({exc})"
             raise
         self._stalled = None
         outcomes = [self._made.pop(seq) for seq in sorted(self._made) if seq <= last]
