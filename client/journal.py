@@ -53,6 +53,8 @@ _RECORD_MAGIC = b"MCS1"
 _DONE = struct.Struct("<4sQI")  # magic, seq, crc32(seq)
 _DONE_MAGIC = b"MCD1"
 _SEQ = struct.Struct("<Q")
+#: No journal writes this many records; a done mark beyond it is corrupt.
+_LAST_SEQ = 2**63
 #: A record longer than this is not one of ours (a corrupt length field).
 MAX_RECORD = 16 * 1024 * 1024
 
@@ -195,12 +197,13 @@ class Journal:
         #: Records not done that could not be read when the journal was opened (skipped).
         self.corrupt = 0
         self._fd: int | None = None
+        self.done, self.next_seq = 0, 1  # read from the files by read()
+        self._done_slot, self._done_ready = 0, False
         #: Done marks written but not fsync'd yet (see :meth:`mark_done`).
         self.unsynced = False
         #: Why the journal no longer keeps records (None: it does).
         self.broken: str | None = None
         self._read = threading.Event()  # the files were read (see :meth:`read`)
-        self._read_error: BaseException | None = None
         if read:
             self.read()
 
@@ -208,36 +211,28 @@ class Journal:
 
     def read(self) -> None:
         """Read the directory's records and done marks (once; the constructor does it
-        unless told not to)."""
+        unless told not to). Files that cannot be read, or that contradict each other,
+        leave the journal :attr:`broken` (logged; nothing is deleted or replayed, and it
+        keeps no new record) rather than raising."""
         if self._read.is_set():
             return
         try:
             self._recover()
-        except BaseException as exc:
-            self._read_error = exc
-            raise
+        except (OSError, JournalBroken) as exc:
+            self._pending, self._segments, self.done, self.next_seq = [], [], 0, 1
+            self.broken = f"its files could not be read ({exc}); they are left as they are"
+            _log.error("journal %s: %s", self.directory, self.broken)
         finally:
             self._read.set()
 
     def wait_read(self) -> None:
-        """Wait until the files are read (see :meth:`read`).
-
-        Raises:
-            JournalBroken: they could not be read.
-        """
+        """Wait until the files are read (see :meth:`read`)."""
         self._read.wait()
-        if self._read_error is not None:
-            raise JournalBroken(f"spool {self.directory} could not be read: {self._read_error}")
 
     def _recover(self) -> None:
         self.done, data = _read_done(self.directory / "done.log")
-        self._done_slot = 0  # the slot holding the last fsync'd mark
-        self._done_ready = data == _done_mark(self.done) * 2
-        if not self._done_ready:
-            with contextlib.suppress(OSError):
-                self._lay_out_done()
         self.next_seq = self.done + 1
-        for path in sorted(self.directory.glob("segment-*.log")):
+        for path in self._segment_files():
             records, end = _read_records(path)
             _cut(path, end)
             if not records:
@@ -245,9 +240,51 @@ class Journal:
                 continue
             self._segments.append((path, records[-1].seq))
             self.next_seq = max(self.next_seq, records[-1].seq + 1)
-            self._pending.extend(r for r in records if r.seq > self.done)
+            after = self._pending[-1].seq if self._pending else self.done
+            self._pending.extend(r for r in records if r.seq > after)
+            if records[0].seq <= after and records[-1].seq > self.done:
+                _log.error(
+                    "journal %s: %s repeats records of an earlier segment; read once",
+                    self.directory,
+                    path.name,
+                )
+        self._check_done_mark()
+        self._done_slot = 0  # the slot holding the last fsync'd mark
+        self._done_ready = data == _done_mark(self.done) * 2
+        if not self._done_ready:
+            with contextlib.suppress(OSError):
+                self._lay_out_done()
         self._count_corrupt()
         self._forget_done_segments()
+
+    def _segment_files(self) -> list[Path]:
+        """The segments, oldest first; another file named like one (a copy) is left alone."""
+        segments = []
+        for path in sorted(self.directory.glob("segment-*.log")):
+            digits = path.name.removeprefix("segment-").removesuffix(".log")
+            if len(digits) == 20 and digits.isdigit():
+                segments.append(path)
+            else:
+                _log.error(
+                    "journal %s: %s is not a segment's name; not read, left as it is",
+                    self.directory,
+                    path.name,
+                )
+        return segments
+
+    def _check_done_mark(self) -> None:
+        """A done mark past every record kept (a segment is deleted only once all its
+        records are done, and never before a newer one) was not written by the journal:
+        trusting it would drop the records silently.
+
+        Raises:
+            JournalBroken: the mark is past the records, or past any seq ever written.
+        """
+        newest = self._segments[-1][1] if self._segments else None
+        if self.done >= _LAST_SEQ or (newest is not None and self.done > newest):
+            raise JournalBroken(
+                f"done.log marks #{self.done} done, but the newest record kept is #{newest or 0}"
+            )
 
     def _lay_out_done(self) -> None:
         """Write ``done.log`` whole (both slots hold the done mark), so marks never need
@@ -272,7 +309,7 @@ class Journal:
         """Seqs missing between the done mark and the records read were in records that
         failed their checks: counted, and logged (the records after them are kept)."""
         last = self.done
-        for record in self._pending:
+        for record in self._pending:  # in increasing seq order: never a negative count
             self.corrupt += record.seq - last - 1
             last = record.seq
         if self.corrupt:

@@ -226,7 +226,10 @@ class SpoolCore:
         if self.journal.corrupt:  # kept, then lost on disk: they will never be made
             self.dropped += self.journal.corrupt
             self._count(0, 0, self.journal.corrupt)
-        self.held += len(self.journal.held())
+        try:
+            self.held += len(self.journal.held())
+        except OSError as exc:  # the held writes stay where they are; the spool goes on
+            _log.error("spool %s: the held writes could not be read (%s)", self.journal.directory, exc)
         if self.held:
             _log.error(
                 "spool %s: %d writes are held in held.log, not made", self.journal.directory, self.held
