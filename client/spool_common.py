@@ -172,8 +172,10 @@ class SpoolCore:
 
     Args:
         directory: the spool's directory (one function, one process at a time).
-        service / function: the service written to, and the function's name (checked
-            against the spooled writes, so a directory is not replayed into another one).
+        service / function: the service written to, and the function's name (kept with
+            each write; any function decorated on the directory replays its writes, also
+            those spooled under another name: a renamed or moved function, or a directory
+            shared by mistake with another function — logged once per other name).
         open_for: seconds the service's breaker stays open (0: calls may go).
         count: ``count(spooled, replayed, dropped)`` adds to the service's counts.
         outcomes: how the write's exceptions count (a failure of the service is spooled).
