@@ -12,8 +12,15 @@ Layout of the directory:
   slot that does not hold the last fsync'd mark, so a torn write never loses that one.
 * ``held.log``: records (the segments' format) that were handled by being set aside, not
   made: kept for the operator (see :meth:`Journal.hold`), never deleted by the journal.
+* ``held-<seq>.log``: a held record that ``held.log`` had no disk space for (a full
+  disk): a second name (hard link) of the segment that holds it, so holding needs no new
+  space; only record ``seq`` of it is held.
 The directory itself is locked (``flock``) while a process has the journal open: one
-writer only.
+writer only. Within the process, the journal is the one owner of its open segment and its
+list of segments: appends, marks, their fsyncs and the deletion of done segments take its
+lock, so a thread marking records done never closes or deletes the segment another thread
+is appending to. Reading what is pending takes no lock (a list swapped whole, never cut in
+place), so an event loop may ask while the I/O thread fsyncs.
 
 Every append is fsync'd before it returns; a done mark is written before it returns and
 fsync'd then or, for marks made one after another, by :meth:`Journal.sync_done`. A process killed in the
@@ -46,6 +53,8 @@ _RECORD_MAGIC = b"MCS1"
 _DONE = struct.Struct("<4sQI")  # magic, seq, crc32(seq)
 _DONE_MAGIC = b"MCD1"
 _SEQ = struct.Struct("<Q")
+#: No journal writes this many records; a done mark beyond it is corrupt.
+_LAST_SEQ = 2**63
 #: A record longer than this is not one of ours (a corrupt length field).
 MAX_RECORD = 16 * 1024 * 1024
 
@@ -135,6 +144,12 @@ def _done_mark(seq: int) -> bytes:
     return _DONE.pack(_DONE_MAGIC, seq, zlib.crc32(_SEQ.pack(seq)))
 
 
+def _held_seq(name: str) -> int | None:
+    """The seq a ``held-<seq>.log`` file holds (None: not such a name)."""
+    digits = name.removeprefix("held-").removesuffix(".log")
+    return int(digits) if len(digits) == 20 and digits.isdigit() else None
+
+
 def _cut(path: Path, size: int) -> None:
     """Drop a torn tail, durably, before anything is appended after it."""
     if path.exists() and path.stat().st_size > size:
@@ -174,17 +189,21 @@ class Journal:
         except BlockingIOError:
             os.close(self._lock_fd)
             raise JournalLocked(f"spool {self.directory} is open in another process") from None
+        # Swapped whole by mark_done (never cut in place): readers take no lock.
         self._pending: list[Record] = []
+        # Held by every method that writes, closes or deletes a file, or changes the lists.
+        self._mutex = threading.RLock()
         self._segments: list[tuple[Path, int]] = []  # (file, last seq in it)
         #: Records not done that could not be read when the journal was opened (skipped).
         self.corrupt = 0
         self._fd: int | None = None
+        self.done, self.next_seq = 0, 1  # read from the files by read()
+        self._done_slot, self._done_ready = 0, False
         #: Done marks written but not fsync'd yet (see :meth:`mark_done`).
         self.unsynced = False
         #: Why the journal no longer keeps records (None: it does).
         self.broken: str | None = None
         self._read = threading.Event()  # the files were read (see :meth:`read`)
-        self._read_error: BaseException | None = None
         if read:
             self.read()
 
@@ -192,36 +211,28 @@ class Journal:
 
     def read(self) -> None:
         """Read the directory's records and done marks (once; the constructor does it
-        unless told not to)."""
+        unless told not to). Files that cannot be read, or that contradict each other,
+        leave the journal :attr:`broken` (logged; nothing is deleted or replayed, and it
+        keeps no new record) rather than raising."""
         if self._read.is_set():
             return
         try:
             self._recover()
-        except BaseException as exc:
-            self._read_error = exc
-            raise
+        except (OSError, JournalBroken) as exc:
+            self._pending, self._segments, self.done, self.next_seq = [], [], 0, 1
+            self.broken = f"its files could not be read ({exc}); they are left as they are"
+            _log.error("journal %s: %s", self.directory, self.broken)
         finally:
             self._read.set()
 
     def wait_read(self) -> None:
-        """Wait until the files are read (see :meth:`read`).
-
-        Raises:
-            JournalBroken: they could not be read.
-        """
+        """Wait until the files are read (see :meth:`read`)."""
         self._read.wait()
-        if self._read_error is not None:
-            raise JournalBroken(f"spool {self.directory} could not be read: {self._read_error}")
 
     def _recover(self) -> None:
         self.done, data = _read_done(self.directory / "done.log")
-        self._done_slot = 0  # the slot holding the last fsync'd mark
-        self._done_ready = data == _done_mark(self.done) * 2
-        if not self._done_ready:
-            with contextlib.suppress(OSError):
-                self._lay_out_done()
         self.next_seq = self.done + 1
-        for path in sorted(self.directory.glob("segment-*.log")):
+        for path in self._segment_files():
             records, end = _read_records(path)
             _cut(path, end)
             if not records:
@@ -229,9 +240,51 @@ class Journal:
                 continue
             self._segments.append((path, records[-1].seq))
             self.next_seq = max(self.next_seq, records[-1].seq + 1)
-            self._pending.extend(r for r in records if r.seq > self.done)
+            after = self._pending[-1].seq if self._pending else self.done
+            self._pending.extend(r for r in records if r.seq > after)
+            if records[0].seq <= after and records[-1].seq > self.done:
+                _log.error(
+                    "journal %s: %s repeats records of an earlier segment; read once",
+                    self.directory,
+                    path.name,
+                )
+        self._check_done_mark()
+        self._done_slot = 0  # the slot holding the last fsync'd mark
+        self._done_ready = data == _done_mark(self.done) * 2
+        if not self._done_ready:
+            with contextlib.suppress(OSError):
+                self._lay_out_done()
         self._count_corrupt()
         self._forget_done_segments()
+
+    def _segment_files(self) -> list[Path]:
+        """The segments, oldest first; another file named like one (a copy) is left alone."""
+        segments = []
+        for path in sorted(self.directory.glob("segment-*.log")):
+            digits = path.name.removeprefix("segment-").removesuffix(".log")
+            if len(digits) == 20 and digits.isdigit():
+                segments.append(path)
+            else:
+                _log.error(
+                    "journal %s: %s is not a segment's name; not read, left as it is",
+                    self.directory,
+                    path.name,
+                )
+        return segments
+
+    def _check_done_mark(self) -> None:
+        """A done mark past every record kept (a segment is deleted only once all its
+        records are done, and never before a newer one) was not written by the journal:
+        trusting it would drop the records silently.
+
+        Raises:
+            JournalBroken: the mark is past the records, or past any seq ever written.
+        """
+        newest = self._segments[-1][1] if self._segments else None
+        if self.done >= _LAST_SEQ or (newest is not None and self.done > newest):
+            raise JournalBroken(
+                f"done.log marks #{self.done} done, but the newest record kept is #{newest or 0}"
+            )
 
     def _lay_out_done(self) -> None:
         """Write ``done.log`` whole (both slots hold the done mark), so marks never need
@@ -256,7 +309,7 @@ class Journal:
         """Seqs missing between the done mark and the records read were in records that
         failed their checks: counted, and logged (the records after them are kept)."""
         last = self.done
-        for record in self._pending:
+        for record in self._pending:  # in increasing seq order: never a negative count
             self.corrupt += record.seq - last - 1
             last = record.seq
         if self.corrupt:
@@ -276,7 +329,8 @@ class Journal:
     def first(self) -> Record | None:
         """The oldest record not done, if any."""
         self.wait_read()
-        return self._pending[0] if self._pending else None
+        pending = self._pending
+        return pending[0] if pending else None
 
     def pending(self) -> Iterator[Record]:
         self.wait_read()
@@ -292,6 +346,10 @@ class Journal:
             JournalBroken: the record could not be written; nothing was kept.
         """
         self.wait_read()
+        with self._mutex:
+            return self._append(payload)
+
+    def _append(self, payload: bytes) -> int:
         if len(self._pending) >= self.max_records or self.pending_bytes + len(payload) > self.max_bytes:
             raise JournalFull(
                 f"spool {self.directory} is full ({len(self._pending)} writes, {self.pending_bytes} bytes)"
@@ -357,11 +415,37 @@ class Journal:
 
     def hold(self, record: Record) -> None:
         """Set ``record`` aside in ``held.log`` (fsync'd when this returns); mark it done
-        after this. A record held twice (a crash between the two) is read back once.
+        after this. A record held twice (a crash between the two) is read back once. On a
+        full disk it is held in place: its segment gets a second name, ``held-<seq>.log``,
+        which needs no data space and keeps the record when the segment is deleted.
 
         Raises:
-            OSError: it could not be kept there; the file is as it was (try again).
+            OSError: it could not be kept; the files are as they were (try again).
         """
+        with self._mutex:
+            try:
+                self._hold_in_log(record)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise
+                self._hold_in_place(record)
+
+    def _hold_in_place(self, record: Record) -> None:
+        segment = next((path for path, last in self._segments if last >= record.seq), None)
+        if segment is None:
+            raise OSError(errno.ENOENT, f"no segment holds record #{record.seq}")
+        link = self.directory / f"held-{record.seq:020d}.log"
+        if not link.exists():
+            os.link(segment, link)
+            _fsync_dir(self.directory)
+        _log.warning(
+            "journal %s: held.log is out of disk space; record #%d is held in %s",
+            self.directory,
+            record.seq,
+            link.name,
+        )
+
+    def _hold_in_log(self, record: Record) -> None:
         fd = os.open(self.directory / "held.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             start = os.fstat(fd).st_size
@@ -380,7 +464,12 @@ class Journal:
     def held(self) -> list[Record]:
         """The records set aside by :meth:`hold`, in order, each once."""
         path = self.directory / "held.log"
-        return _read_records(path)[0] if path.exists() else []
+        held = {r.seq: r for r in (_read_records(path)[0] if path.exists() else [])}
+        for link in self.directory.glob("held-*.log"):
+            seq = _held_seq(link.name)
+            if seq is not None:
+                held.update((r.seq, r) for r in _read_records(link)[0] if r.seq == seq)
+        return [held[seq] for seq in sorted(held)]
 
     def mark_done(self, seq: int, *, sync: bool = True) -> None:
         """Every record up to ``seq`` is handled. The mark is written to the file before
@@ -392,6 +481,10 @@ class Journal:
             OSError: the mark could not be written; nothing changed (try again).
         """
         self.wait_read()
+        with self._mutex:
+            self._mark_done(seq, sync)
+
+    def _mark_done(self, seq: int, sync: bool) -> None:
         if seq <= self.done:
             return
         if not (self.directory / "done.log").exists():  # deleted from under the journal
@@ -410,8 +503,7 @@ class Journal:
             os.close(fd)
         self.done = seq
         self.unsynced = not sync
-        while self._pending and self._pending[0].seq <= seq:
-            self._pending.pop(0)
+        self._pending = [record for record in self._pending if record.seq > seq]
         if sync:
             self._synced()
 
@@ -421,16 +513,17 @@ class Journal:
         Raises:
             OSError: the fsync failed (the marks stay unsynced; try again).
         """
-        if not self.unsynced:
-            return
-        fd = os.open(self.directory / "done.log", os.O_WRONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self._done_slot = 1 - self._done_slot
-        self.unsynced = False
-        self._synced()
+        with self._mutex:
+            if not self.unsynced:
+                return
+            fd = os.open(self.directory / "done.log", os.O_WRONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._done_slot = 1 - self._done_slot
+            self.unsynced = False
+            self._synced()
 
     def _synced(self) -> None:
         """The marks are on disk: segments all done can go; when every record is done,
@@ -452,13 +545,14 @@ class Journal:
         self._segments = keep
 
     def close(self) -> None:
-        try:
-            self.sync_done()
-        except OSError:  # a mark not synced is made again after a power loss, not lost
-            _log.exception("journal %s: the done marks could not be synced", self.directory)
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = -1
+        with self._mutex:
+            try:
+                self.sync_done()
+            except OSError:  # a mark not synced is made again after a power loss, not lost
+                _log.exception("journal %s: the done marks could not be synced", self.directory)
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)  # releases the flock
+                self._lock_fd = -1

@@ -86,15 +86,12 @@ class AsyncWriteSpool(SpoolCore):
         self._task = loop.create_task(self._replay_loop(), name=f"spool-{self.service}")
 
     async def _read(self) -> None:
-        """Wait (off the loop) until the journal's files are read.
-
-        Raises:
-            JournalBroken: they could not be read.
-        """
+        """Wait (off the loop) until the journal's files are read (files that could not
+        be read leave the spool :attr:`broken`: writes go to the service, none is spooled)."""
         if not self._reading.done():
             with contextlib.suppress(Exception):  # a caller cancelled must not cancel the read
                 await asyncio.shield(asyncio.wrap_future(self._reading))
-        self.journal.wait_read()  # raises if the read failed; returns at once
+        self.journal.wait_read()  # returns at once
 
     async def _on_disk(self, operation: Callable[..., T], *args: Any) -> T:
         """Run a journal operation on the I/O thread, off the loop."""

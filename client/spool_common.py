@@ -172,8 +172,10 @@ class SpoolCore:
 
     Args:
         directory: the spool's directory (one function, one process at a time).
-        service / function: the service written to, and the function's name (checked
-            against the spooled writes, so a directory is not replayed into another one).
+        service / function: the service written to, and the function's name (kept with
+            each write; any function decorated on the directory replays its writes, also
+            those spooled under another name: a renamed or moved function, or a directory
+            shared by mistake with another function — logged once per other name).
         open_for: seconds the service's breaker stays open (0: calls may go).
         count: ``count(spooled, replayed, dropped)`` adds to the service's counts.
         outcomes: how the write's exceptions count (a failure of the service is spooled).
@@ -226,7 +228,10 @@ class SpoolCore:
         if self.journal.corrupt:  # kept, then lost on disk: they will never be made
             self.dropped += self.journal.corrupt
             self._count(0, 0, self.journal.corrupt)
-        self.held += len(self.journal.held())
+        try:
+            self.held += len(self.journal.held())
+        except OSError as exc:  # the held writes stay where they are; the spool goes on
+            _log.error("spool %s: the held writes could not be read (%s)", self.journal.directory, exc)
         if self.held:
             _log.error(
                 "spool %s: %d writes are held in held.log, not made", self.journal.directory, self.held
@@ -295,13 +300,16 @@ class SpoolCore:
             last = record.seq
         if last is None:
             return []
+        failing = f"write #{last} was made but could not be marked done"
         try:
             for record in self.journal.pending():
                 if record.seq <= last and self._made[record.seq] == "held":
+                    failing = f"write #{record.seq} could not be set aside as held"
                     self.journal.hold(record)
+            failing = f"write #{last} was made but could not be marked done"
             self.journal.mark_done(last, sync=False)
         except OSError as exc:
-            self._stalled = f"write #{last} was made but could not be marked done ({exc})"
+            self._stalled = f"{failing} ({exc})"
             raise
         self._stalled = None
         outcomes = [self._made.pop(seq) for seq in sorted(self._made) if seq <= last]

@@ -2,7 +2,8 @@
 the disk is full (the next one is refused), then the service comes back. Marking the
 replayed writes done needs no new space (``done.log`` is laid out when the journal
 opens), so every spooled write is made once, in order, the emptied spool gives its space
-back, and a new write goes straight to the service. Needs root to mount the tmpfs."""
+back, and a new write goes straight to the service. Writes the function can no longer take
+are set aside on the full disk too. Needs root to mount the tmpfs."""
 
 from __future__ import annotations
 
@@ -50,8 +51,8 @@ class RowStore(Store):
         return self.save(key)
 
 
-def fill_then_recover(store: RowStore, write: Any, spool: Any, disk: Path) -> list[str]:
-    """Spool until the disk refuses; then the service is up: what was made."""
+def fill(write: Any, disk: Path) -> list[str]:
+    """Spool until the disk refuses: the keys kept."""
     kept: list[str] = []
     for i in range(20):
         try:
@@ -61,6 +62,12 @@ def fill_then_recover(store: RowStore, write: Any, spool: Any, disk: Path) -> li
         assert isinstance(result, Spooled)
         kept.append(f"k{i}")
     assert 3 <= len(kept) < 20 and free_bytes(disk) < len(ROW)  # the disk filled up
+    return kept
+
+
+def fill_then_recover(store: RowStore, write: Any, spool: Any, disk: Path) -> list[str]:
+    """Spool until the disk refuses; then the service is up: what was made."""
+    kept = fill(write, disk)
     store.down = False
     assert poll(lambda: len(spool) == 0 and spool.broken is None, timeout=30), (len(spool), spool.broken)
     assert [key for key, _ in store.applied] == kept
@@ -96,3 +103,26 @@ def test_an_async_spool_that_filled_its_disk_recovers(tiny_disk: Path) -> None:
             save.spool.close()
 
     asyncio.run(run())
+
+
+def test_writes_the_function_cannot_take_are_held_on_a_full_disk(tiny_disk: Path) -> None:
+    store = RowStore()
+    release1 = MissionControl("disk-full", config={"storage_backend": POLICY})
+    save = release1.guard("storage_backend", spool=tiny_disk / "spool")(store.save_row)
+    kept = fill(save, tiny_disk)
+    save.spool.close()
+    store.down = False
+
+    def save_row(key: str, row: str, region: str) -> str:  # release 2 added a required argument
+        return store.save(key)
+
+    release2 = MissionControl("disk-full", config={"storage_backend": POLICY})
+    save = release2.guard("storage_backend", spool=tiny_disk / "spool")(save_row)
+    try:
+        assert poll(lambda: len(save.spool) == 0, timeout=30), (len(save.spool), save.spool.broken)
+        assert (save.spool.broken, save.spool.held, save.spool.dropped) == (None, len(kept), 0)
+        assert [args for _, _, args, _ in save.spool.held_writes()] == [(key, ROW) for key in kept]
+        assert store.applied == []
+        assert save("new", ROW, "eu") == "saved new"
+    finally:
+        save.spool.close()

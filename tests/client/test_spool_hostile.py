@@ -1,0 +1,110 @@
+"""A spool directory whose files were changed by hand or by other tools: a segment copied
+beside itself, a done mark no journal wrote, ``done.log`` made a directory. Each gets a
+clear error or count: nothing is dropped silently, no count goes negative, and writes still
+reach the service when the spool cannot keep them."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+from mission_control.client import MissionControl, ResourceExhausted
+from mission_control.client import journal as journal_module
+from mission_control.client.journal import Journal
+from mission_control.client.spool_common import encode_write
+
+from tests.client.test_spool import POLICY, Store, poll
+
+KEYS = ["old0", "old1", "old2"]
+
+
+def left_by_a_previous_process(directory: Path) -> Path:
+    """A spool directory holding three writes not made yet; its one segment."""
+    journal = Journal(directory)
+    for i, key in enumerate(KEYS):
+        journal.append(encode_write(f"{i:032x}", "save", (key,), {}))
+    journal.close()
+    (segment,) = directory.glob("segment-*.log")
+    return segment
+
+
+def test_a_segment_copied_beside_itself_is_left_alone_and_each_write_made_once(tmp_path: Path) -> None:
+    segment = left_by_a_previous_process(tmp_path)
+    copy = tmp_path / f"{segment.stem}-copy.log"
+    shutil.copy(segment, copy)
+    store = Store()
+    store.down = False
+    save = MissionControl("hostile", config={"storage_backend": POLICY}).guard(
+        "storage_backend", spool=tmp_path
+    )(store.save)
+    try:
+        assert poll(lambda: len(save.spool) == 0, timeout=10)
+        assert [key for key, _ in store.applied] == KEYS
+        assert (save.spool.replayed, save.spool.dropped, save.spool.broken) == (3, 0, None)
+        assert copy.exists()  # not ours: left for the operator
+    finally:
+        save.spool.close()
+
+
+@pytest.mark.parametrize("mark", [2**64 - 1, 7])
+def test_a_done_mark_past_every_record_breaks_the_spool_instead_of_dropping_them(
+    tmp_path: Path, mark: int
+) -> None:
+    segment = left_by_a_previous_process(tmp_path)
+    (tmp_path / "done.log").write_bytes(journal_module._done_mark(mark) * 2)
+    store = Store()
+    save = MissionControl("hostile", config={"storage_backend": POLICY}).guard(
+        "storage_backend", spool=tmp_path
+    )(store.save)
+    try:
+        assert save.spool.broken is not None and f"marks #{mark} done" in save.spool.broken
+        assert (len(save.spool), save.spool.dropped) == (0, 0)
+        store.down = False
+        assert save("new") == "saved new"  # the service still gets writes
+        store.down = True
+        with pytest.raises(ResourceExhausted):  # no receipt from a broken spool
+            save("newer")
+        assert segment.exists() and [key for key, _ in store.applied] == ["new"]
+    finally:
+        save.spool.close()
+
+
+def test_an_unreadable_sync_spool_is_broken_and_writes_still_reach_the_service(tmp_path: Path) -> None:
+    left_by_a_previous_process(tmp_path)
+    (tmp_path / "done.log").unlink()
+    (tmp_path / "done.log").mkdir()
+    store = Store()
+    store.down = False
+    save = MissionControl("hostile", config={"storage_backend": POLICY}).guard(
+        "storage_backend", spool=tmp_path
+    )(store.save)
+    try:
+        assert save.spool.broken is not None and "could not be read" in save.spool.broken
+        assert save("new") == "saved new"
+        assert (save.spool.dropped, len(list(tmp_path.glob("segment-*.log")))) == (0, 1)
+    finally:
+        save.spool.close()
+
+
+def test_an_unreadable_async_spool_is_broken_and_writes_still_reach_the_service(tmp_path: Path) -> None:
+    (tmp_path / "done.log").mkdir()
+    made: list[str] = []
+
+    async def save_async(key: str) -> str:
+        made.append(key)
+        return f"saved {key}"
+
+    async def run() -> None:
+        save = MissionControl("hostile", config={"storage_backend": POLICY}).guard(
+            "storage_backend", spool=tmp_path
+        )(save_async)
+        try:
+            assert [await save("a"), await save("b")] == ["saved a", "saved b"]
+            assert save.spool.broken is not None and "could not be read" in save.spool.broken
+        finally:
+            save.spool.close()
+
+    asyncio.run(run())
+    assert made == ["a", "b"]
