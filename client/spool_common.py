@@ -175,7 +175,7 @@ class SpoolCore:
         service / function: the service written to, and the function's name (checked
             against the spooled writes, so a directory is not replayed into another one).
         open_for: seconds the service's breaker stays open (0: calls may go).
-        count: ``count(spooled, replayed, dropped)`` adds to the service's counts.
+        count: ``count(spooled, replayed, dropped, held)`` adds to the service's counts.
         outcomes: how the write's exceptions count (a failure of the service is spooled).
         idempotent: a write may be made twice: spool it even when an attempt may have
             reached the service (see :mod:`.write_attempts`).
@@ -191,7 +191,7 @@ class SpoolCore:
 
     def __init__(
         self, directory: str | Path, *, service: str, function: str, open_for: Callable[[], float],
-        count: Callable[[int, int, int], None], outcomes: Outcomes | None = None,
+        count: Callable[[int, int, int, int], None], outcomes: Outcomes | None = None,
         kind: str | None = None, max_writes: int = 10_000, max_bytes: int = 64 * 1024 * 1024,
         pause: float = 0.2, idempotent: bool = False, drain_wait: Callable[[], float] = lambda: 0.0,
         parallel: int = 1, read_later: bool = False,
@@ -225,7 +225,7 @@ class SpoolCore:
         self.journal.read()
         if self.journal.corrupt:  # kept, then lost on disk: they will never be made
             self.dropped += self.journal.corrupt
-            self._count(0, 0, self.journal.corrupt)
+            self._count(0, 0, self.journal.corrupt, 0)
         self.held += len(self.journal.held())
         if self.held:
             _log.error(
@@ -253,14 +253,14 @@ class SpoolCore:
 
     def _kept(self, write_id: str, seq: int, reason: str) -> Spooled:
         self.spooled += 1
-        self._count(1, 0, 0)
+        self._count(1, 0, 0, 0)
         return Spooled(write_id, seq, reason)
 
     def _refused(self, full: Exception, reason: str) -> ResourceExhausted:
         """The caller's error for a write the journal could not keep (counted dropped).
         Not the service's error: a StorageFailure would tell the user the data is safe."""
         self.dropped += 1
-        self._count(0, 0, 1)
+        self._count(0, 0, 1, 0)
         refused = ResourceExhausted(
             f"{self.service} write spool", len(self.journal), self.journal.max_records
         )
@@ -327,7 +327,7 @@ class SpoolCore:
 
     def _counted(self, outcomes: list[str]) -> None:
         if outcomes:
-            self._count(0, outcomes.count("replayed"), outcomes.count("dropped"))
+            self._count(0, outcomes.count("replayed"), outcomes.count("dropped"), outcomes.count("held"))
 
     def _unmakeable(self, seq: int, payload: bytes) -> tuple[str, tuple[Any, ...], dict[str, Any]] | str:
         """The write to replay (id, args, kwargs), or why it can never be made. A write

@@ -10,6 +10,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
+from mission_control.client import MissionControl
+from mission_control.client.config import policy_to_proto
+from mission_control.client.policy import ServicePolicy
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
+from mission_control.server.etcd_process import EtcdProcess
+
+from tests.support.polling import poll
+from tests.support.procs import ROOT, Proc, control_plane
+
 RELEASE_1 = """
 import json, sys
 from mission_control.client import MissionControl
@@ -79,3 +90,45 @@ def test_writes_the_new_function_cannot_take_are_held_not_dropped(tmp_path: Path
     again = release(RELEASE_2, spool, "same")
     assert isinstance(again, dict)
     assert (again["made"], again["held"], len(again["held_writes"])) == ([], 3, 3)
+
+
+def stats(address: str, *flags: str) -> str:
+    shown = subprocess.run(
+        [sys.executable, "-m", "mission_control.server.cli", "stats", "--server", address, *flags],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown
+    return shown.stdout
+
+
+def test_held_writes_are_counted_up_to_the_control_plane_and_shown_by_stats(
+    tmp_path: Path, etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    spool = str(tmp_path / "spool")
+    assert release(RELEASE_1, spool) == ["Spooled"] * 3
+    proc, address = control_plane(etcd_server.endpoint, prefix)
+    spawned.append(proc)
+    with grpc.insecure_channel(address) as channel:
+        request = pb.PutPolicyRequest(policy=policy_to_proto(ServicePolicy(service="storage_backend")))
+        pb_grpc.ControlPlaneServiceStub(channel).PutPolicy(request, timeout=10)
+    with MissionControl("release-2", control_plane=address, flush_interval=0.02) as mc:
+        assert mc.wait_connected(30)
+
+        @mc.guard("storage_backend", spool=spool)
+        def save(key: str) -> None:  # release 2 dropped an argument: every write is held
+            raise AssertionError("no spooled write fits this function")
+
+        poll(lambda: save.spool.held == 3)  # type: ignore[attr-defined]
+        with grpc.insecure_channel(address) as channel:
+            stub = pb_grpc.ControlPlaneServiceStub(channel)
+
+            def reported() -> pb.ErrorStatistics:
+                return stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=5).statistics
+
+            poll(lambda: reported().spool_held == 3)
+    counts = json.loads(stats(address, "--json"))
+    spool_counts = [counts[name] for name in ("spooled", "spool_replayed", "spool_dropped", "spool_held")]
+    assert spool_counts == [0, 0, 0, 3]
+    table = stats(address)
+    assert "writes spooled         0 (0 replayed, 0 dropped)" in table, table
+    assert "spooled writes held    3 (in the spools' held.log: not made, see README)" in table, table
