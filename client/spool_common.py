@@ -13,19 +13,22 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .errors import ResourceExhausted
 from .journal import Journal, JournalBroken, JournalFull, Record
 from .outcomes import DEFAULT, Counts, Outcomes, classify, kind_of
+from .write_attempts import WriteAttempts
 
 __all__ = [
     "WRITE_ID_HEADER",
+    "ReplayOutcome",
     "SpoolCore",
     "Spooled",
     "current_write_id",
     "decode_write",
     "encode_write",
+    "replay_outcome",
     "write_id_metadata",
 ]
 
@@ -159,6 +162,21 @@ def decode_write(payload: bytes) -> tuple[str, str, tuple[Any, ...], dict[str, A
     return record["id"], record["fn"], tuple(record["args"]), dict(record["kwargs"])
 
 
+#: What one replay of a spooled write came to: "replayed" (made), "dropped" (it can never
+#: be made), "held" (set aside in ``held.log``: the function now decorated cannot take its
+#: arguments), or None: the service failed it, and it is tried again later.
+ReplayOutcome = Literal["replayed", "dropped", "held"] | None
+
+
+def replay_outcome(error: Exception | None, service_failed: Callable[[Exception], bool]) -> ReplayOutcome:
+    """The outcome of a replay that raised ``error`` (None: it returned)."""
+    if error is None:
+        return "replayed"
+    if isinstance(error, TypeError):  # the arguments do not fit the function now decorated
+        return "held"
+    return None if service_failed(error) else "dropped"
+
+
 @dataclass(slots=True)
 class _Target:
     service: str
@@ -211,7 +229,7 @@ class SpoolCore:
         self._replay_failures = 0
         self.spooled = self.replayed = self.dropped = 0
         self._parallel = parallel
-        self._made: dict[int, str] = {}  # seq -> "replayed" / "dropped", not marked done yet
+        self._made: dict[int, str] = {}  # seq -> "replayed" / "dropped" / "held", not marked done yet
         self._marks_unsynced = 0
         self._stalled: str | None = None
         self._renamed: set[str] = set()
@@ -244,6 +262,16 @@ class SpoolCore:
 
     def _service_failed(self, exc: BaseException) -> bool:
         return classify(self._target, exc, self._outcomes).counts is Counts.FAILURE
+
+    def _spools(self, exc: Exception, attempts: WriteAttempts) -> bool:
+        """Whether a write that failed with ``exc`` is spooled; else the caller gets ``exc``
+        (with a note why, when an attempt may have reached the service)."""
+        if not self._service_failed(exc):
+            return False
+        if attempts.maybe_applied and not self._idempotent:
+            exc.add_note(NOT_SPOOLED_NOTE)
+            return False
+        return True
 
     def _append(self, payload: bytes) -> int:
         """Keep ``payload`` (fsync'd); raises JournalFull / JournalBroken."""
@@ -329,14 +357,16 @@ class SpoolCore:
         if outcomes:
             self._count(0, outcomes.count("replayed"), outcomes.count("dropped"), outcomes.count("held"))
 
-    def _unmakeable(self, seq: int, payload: bytes) -> tuple[str, tuple[Any, ...], dict[str, Any]] | str:
-        """The write to replay (id, args, kwargs), or why it can never be made. A write
-        spooled under another function name (the function was renamed or moved) is made
-        by the function now decorated: the directory is what names the spool."""
+    def _to_make(self, record: Record) -> tuple[str, tuple[Any, ...], dict[str, Any]] | None:
+        """The spooled write to replay (id, args, kwargs), or None when it cannot be read
+        (logged; it is dropped). A write spooled under another function name (the function
+        was renamed or moved) is made by the function now decorated: the directory is what
+        names the spool."""
         try:
-            write_id, function, args, kwargs = decode_write(payload)
+            write_id, function, args, kwargs = decode_write(record.payload)
         except (ValueError, KeyError, TypeError):
-            return "it cannot be read"
+            self._dropping(record.seq, "it cannot be read")
+            return None
         if function != self.function and function not in self._renamed:
             self._renamed.add(function)
             _log.warning(
@@ -345,19 +375,28 @@ class SpoolCore:
             )  # fmt: skip
         return write_id, args, kwargs
 
+    def _replayed(self, record: Record, error: Exception | None) -> ReplayOutcome:
+        """The outcome of replaying ``record`` (see :func:`replay_outcome`), logged when the
+        write is dropped or held."""
+        outcome = replay_outcome(error, self._service_failed)
+        if outcome == "dropped":
+            self._dropping(record.seq, f"the write failed with the caller's error {error!r}")
+        elif outcome == "held":
+            self._holding(record, error)
+        return outcome
+
     def _dropping(self, seq: int, why: str) -> None:
         """A write that can never be made is dropped, not retried for ever."""
         _log.error("spool %s: dropping write #%d: %s", self.journal.directory, seq, why)
 
-    def _holding(self, record: Record, exc: TypeError) -> str:
+    def _holding(self, record: Record, error: Exception | None) -> None:
         """A write the function now decorated cannot take (its arguments do not fit) is
-        set aside in ``held.log``, not dropped and not retried for ever."""
+        set aside in ``held.log`` (by :meth:`_settle`), not dropped and not retried for ever."""
         by = decode_write(record.payload)[1]
         _log.error(
             "spool %s: write #%d (spooled by %r) cannot be made by %r: %r; it is kept in %s, not made",
-            self.journal.directory, record.seq, by, self.function, exc, self.journal.directory / "held.log",
+            self.journal.directory, record.seq, by, self.function, error, self.journal.directory / "held.log",
         )  # fmt: skip
-        return "held"
 
     def held_writes(self) -> list[tuple[str, str, tuple[Any, ...], dict[str, Any]]]:
         """The writes set aside because the function could not take their arguments
