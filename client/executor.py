@@ -401,13 +401,15 @@ class Executor:
         if served:
             self.recovered(state, True)
 
-    def spool_counted(self, service: str, spooled: int, replayed: int, dropped: int) -> None:
-        """Count writes a spool kept, made later, or dropped (at its bound, or unmakeable)."""
+    def spool_counted(self, service: str, spooled: int, replayed: int, dropped: int, held: int = 0) -> None:
+        """Count writes a spool kept, made later, dropped (at its bound, or unmakeable), or
+        set aside in its ``held.log``."""
         state = self.view.get(service)
         with state.lock:
             state.tally.spooled += spooled
             state.tally.spool_replayed += replayed
             state.tally.spool_dropped += dropped
+            state.tally.spool_held += held
 
     def given_up(
         self,

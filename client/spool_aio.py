@@ -28,7 +28,7 @@ from .journal import Record
 from .spool_common import (
     JOURNAL_REFUSALS,
     MAX_REPLAY_BACKOFF,
-    NOT_SPOOLED_NOTE,
+    ReplayOutcome,
     SpoolCore,
     Spooled,
     encode_write,
@@ -116,10 +116,7 @@ class AsyncWriteSpool(SpoolCore):
             with writing(write_id), tracking(attempts):
                 return await self._call(args, kwargs)
         except Exception as exc:
-            if not self._service_failed(exc):
-                raise
-            if attempts.maybe_applied and not self._idempotent:
-                exc.add_note(NOT_SPOOLED_NOTE)
+            if not self._spools(exc, attempts):
                 raise
             async with self._changed:
                 return await self._keep(write_id, payload, str(exc), exc)
@@ -209,26 +206,18 @@ class AsyncWriteSpool(SpoolCore):
         self._counted(outcomes)
         await self._on_disk(functools.partial(self._sync_marks, unless_draining=True))
 
-    async def _make(self, record: Record) -> str | None:
-        """Make one spooled write: "replayed", "dropped" (it can never be made), or None
-        when the service failed it (tried again later); "held" when the function cannot
-        take its arguments (set aside, see :meth:`SpoolCore._holding`)."""
-        write = self._unmakeable(record.seq, record.payload)
-        if isinstance(write, str):
-            self._dropping(record.seq, write)
+    async def _make(self, record: Record) -> ReplayOutcome:
+        """Make one spooled write (see :func:`~.spool_common.replay_outcome`)."""
+        write = self._to_make(record)
+        if write is None:
             return "dropped"
         write_id, args, kwargs = write
         try:
             with writing(write_id):
                 await self._call(args, kwargs)
-        except TypeError as exc:  # the arguments do not fit the function now decorated
-            return self._holding(record, exc)
         except Exception as exc:
-            if self._service_failed(exc):
-                return None
-            self._dropping(record.seq, f"the write failed with the caller's error {exc!r}")
-            return "dropped"
-        return "replayed"
+            return self._replayed(record, exc)
+        return self._replayed(record, None)
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop replaying (what is left stays on disk for the next process); from any thread."""

@@ -1,32 +1,39 @@
-"""What the sync and the asyncio write spools share: the receipt, the write id, how a write
-is kept as a journal record (one format for both), and the decisions around the journal
-(spool or raise, replay or drop) with the counts. The spools differ only in their I/O loop."""
+"""What the sync and the asyncio write spools share: the receipt, and the decisions around
+the journal (spool or raise, replay, hold or drop) with the counts. The spools differ only
+in their I/O loop. A write's id and record format are in :mod:`.spool_writes`."""
 
 from __future__ import annotations
 
-import base64
-import contextvars
-import json
 import logging
-import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .errors import ResourceExhausted
 from .journal import Journal, JournalBroken, JournalFull, Record
 from .outcomes import DEFAULT, Counts, Outcomes, classify, kind_of
+from .spool_writes import (
+    WRITE_ID_HEADER,
+    current_write_id,
+    decode_write,
+    encode_write,
+    write_id_metadata,
+    writing,
+)
+from .write_attempts import WriteAttempts
 
 __all__ = [
     "WRITE_ID_HEADER",
+    "ReplayOutcome",
     "SpoolCore",
     "Spooled",
     "current_write_id",
     "decode_write",
     "encode_write",
+    "replay_outcome",
     "write_id_metadata",
+    "writing",
 ]
 
 _log = logging.getLogger("mission_control.client.spool")
@@ -45,39 +52,6 @@ NOT_SPOOLED_NOTE = (
     "such writes"
 )
 
-_write_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "mission_control_write_id", default=None
-)
-
-
-def current_write_id() -> str | None:
-    """The id of the spool-backed write being made (inside the protected function), the
-    same on its first try and on every replay: send it to the upstream so it can drop a
-    write it has already applied. None outside such a write."""
-    return _write_id.get()
-
-
-#: The gRPC metadata key :func:`write_id_metadata` sends the write's id under.
-WRITE_ID_HEADER = "x-write-id"
-
-
-def write_id_metadata() -> tuple[tuple[str, str], ...]:
-    """The write's id as gRPC metadata (``x-write-id``), for an upstream that applies a
-    write once per id: ``stub.Put(request, metadata=write_id_metadata())``. Empty outside
-    a spool-backed write."""
-    write_id = _write_id.get()
-    return () if write_id is None else ((WRITE_ID_HEADER, write_id),)
-
-
-@contextmanager
-def writing(write_id: str) -> Iterator[None]:
-    """Inside the block, :func:`current_write_id` is ``write_id``."""
-    token = _write_id.set(write_id)
-    try:
-        yield
-    finally:
-        _write_id.reset(token)
-
 
 @dataclass(frozen=True, slots=True)
 class Spooled:
@@ -94,69 +68,19 @@ class Spooled:
     reason: str
 
 
-def _to_json(value: Any, where: str, bad: list[str]) -> Any:
-    """``value`` as JSON that :func:`_from_json` turns back into an equal value: tuples and
-    bytes are tagged, as are dicts with a key that starts with ``$`` (a tag's look)."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            bad.append(f"{where} is {value!r} (JSON has no such number)")
-        return value
-    if isinstance(value, bytes | bytearray):
-        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
-    if isinstance(value, list | tuple):
-        items = [_to_json(item, f"{where}[{i}]", bad) for i, item in enumerate(value)]
-        return items if isinstance(value, list) else {"$tuple": items}
-    if isinstance(value, dict):
-        keys = [key for key in value if not isinstance(key, str)]
-        if keys:
-            bad.append(f"{where} has keys that are not strings ({', '.join(map(repr, keys[:3]))})")
-            return None
-        pairs = {key: _to_json(item, f"{where}[{key!r}]", bad) for key, item in value.items()}
-        if any(key.startswith("$") for key in pairs):
-            return {"$dict": [[key, item] for key, item in pairs.items()]}
-        return pairs
-    bad.append(f"{where} is a {type(value).__name__}")
-    return None
+#: What one replay of a spooled write came to: "replayed" (made), "dropped" (it can never
+#: be made), "held" (set aside in ``held.log``: the function now decorated cannot take its
+#: arguments), or None: the service failed it, and it is tried again later.
+ReplayOutcome = Literal["replayed", "dropped", "held"] | None
 
 
-def _from_json(value: dict[str, Any]) -> Any:
-    if len(value) == 1:
-        ((tag, inner),) = value.items()
-        if tag == "$bytes":
-            return base64.b64decode(inner)
-        if tag == "$tuple":
-            return tuple(inner)
-        if tag == "$dict":
-            return {key: item for key, item in inner}
-    return value
-
-
-def encode_write(write_id: str, function: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """A write as a journal payload; what :func:`decode_write` gives back equals it.
-
-    Raises:
-        TypeError: an argument JSON values, bytes and tuples cannot hold (all are named).
-    """
-    bad: list[str] = []
-    record = {
-        "id": write_id,
-        "fn": function,
-        "args": [_to_json(arg, f"args[{i}]", bad) for i, arg in enumerate(args)],
-        "kwargs": _to_json(kwargs, "kwargs", bad),
-    }
-    if bad:
-        raise TypeError(
-            "a spooled write's arguments must be JSON values or bytes (lists, tuples, dicts "
-            f"with string keys of them): {'; '.join(bad)}"
-        )
-    return json.dumps(record, separators=(",", ":"), allow_nan=False).encode()
-
-
-def decode_write(payload: bytes) -> tuple[str, str, tuple[Any, ...], dict[str, Any]]:
-    record = json.loads(payload, object_hook=_from_json)
-    return record["id"], record["fn"], tuple(record["args"]), dict(record["kwargs"])
+def replay_outcome(error: Exception | None, service_failed: Callable[[Exception], bool]) -> ReplayOutcome:
+    """The outcome of a replay that raised ``error`` (None: it returned)."""
+    if error is None:
+        return "replayed"
+    if isinstance(error, TypeError):  # the arguments do not fit the function now decorated
+        return "held"
+    return None if service_failed(error) else "dropped"
 
 
 @dataclass(slots=True)
@@ -177,7 +101,7 @@ class SpoolCore:
             those spooled under another name: a renamed or moved function, or a directory
             shared by mistake with another function — logged once per other name).
         open_for: seconds the service's breaker stays open (0: calls may go).
-        count: ``count(spooled, replayed, dropped)`` adds to the service's counts.
+        count: ``count(spooled, replayed, dropped, held)`` adds to the service's counts.
         outcomes: how the write's exceptions count (a failure of the service is spooled).
         idempotent: a write may be made twice: spool it even when an attempt may have
             reached the service (see :mod:`.write_attempts`).
@@ -193,7 +117,7 @@ class SpoolCore:
 
     def __init__(
         self, directory: str | Path, *, service: str, function: str, open_for: Callable[[], float],
-        count: Callable[[int, int, int], None], outcomes: Outcomes | None = None,
+        count: Callable[[int, int, int, int], None], outcomes: Outcomes | None = None,
         kind: str | None = None, max_writes: int = 10_000, max_bytes: int = 64 * 1024 * 1024,
         pause: float = 0.2, idempotent: bool = False, drain_wait: Callable[[], float] = lambda: 0.0,
         parallel: int = 1, read_later: bool = False,
@@ -213,7 +137,7 @@ class SpoolCore:
         self._replay_failures = 0
         self.spooled = self.replayed = self.dropped = 0
         self._parallel = parallel
-        self._made: dict[int, str] = {}  # seq -> "replayed" / "dropped", not marked done yet
+        self._made: dict[int, str] = {}  # seq -> "replayed" / "dropped" / "held", not marked done yet
         self._marks_unsynced = 0
         self._stalled: str | None = None
         self._renamed: set[str] = set()
@@ -227,7 +151,7 @@ class SpoolCore:
         self.journal.read()
         if self.journal.corrupt:  # kept, then lost on disk: they will never be made
             self.dropped += self.journal.corrupt
-            self._count(0, 0, self.journal.corrupt)
+            self._count(0, 0, self.journal.corrupt, 0)
         try:
             self.held += len(self.journal.held())
         except OSError as exc:  # the held writes stay where they are; the spool goes on
@@ -250,6 +174,16 @@ class SpoolCore:
     def _service_failed(self, exc: BaseException) -> bool:
         return classify(self._target, exc, self._outcomes).counts is Counts.FAILURE
 
+    def _spools(self, exc: Exception, attempts: WriteAttempts) -> bool:
+        """Whether a write that failed with ``exc`` is spooled; else the caller gets ``exc``
+        (with a note why, when an attempt may have reached the service)."""
+        if not self._service_failed(exc):
+            return False
+        if attempts.maybe_applied and not self._idempotent:
+            exc.add_note(NOT_SPOOLED_NOTE)
+            return False
+        return True
+
     def _append(self, payload: bytes) -> int:
         """Keep ``payload`` (fsync'd); raises JournalFull / JournalBroken."""
         if self.broken:
@@ -258,14 +192,14 @@ class SpoolCore:
 
     def _kept(self, write_id: str, seq: int, reason: str) -> Spooled:
         self.spooled += 1
-        self._count(1, 0, 0)
+        self._count(1, 0, 0, 0)
         return Spooled(write_id, seq, reason)
 
     def _refused(self, full: Exception, reason: str) -> ResourceExhausted:
         """The caller's error for a write the journal could not keep (counted dropped).
         Not the service's error: a StorageFailure would tell the user the data is safe."""
         self.dropped += 1
-        self._count(0, 0, 1)
+        self._count(0, 0, 1, 0)
         refused = ResourceExhausted(
             f"{self.service} write spool", len(self.journal), self.journal.max_records
         )
@@ -335,16 +269,18 @@ class SpoolCore:
 
     def _counted(self, outcomes: list[str]) -> None:
         if outcomes:
-            self._count(0, outcomes.count("replayed"), outcomes.count("dropped"))
+            self._count(0, outcomes.count("replayed"), outcomes.count("dropped"), outcomes.count("held"))
 
-    def _unmakeable(self, seq: int, payload: bytes) -> tuple[str, tuple[Any, ...], dict[str, Any]] | str:
-        """The write to replay (id, args, kwargs), or why it can never be made. A write
-        spooled under another function name (the function was renamed or moved) is made
-        by the function now decorated: the directory is what names the spool."""
+    def _to_make(self, record: Record) -> tuple[str, tuple[Any, ...], dict[str, Any]] | None:
+        """The spooled write to replay (id, args, kwargs), or None when it cannot be read
+        (logged; it is dropped). A write spooled under another function name (the function
+        was renamed or moved) is made by the function now decorated: the directory is what
+        names the spool."""
         try:
-            write_id, function, args, kwargs = decode_write(payload)
+            write_id, function, args, kwargs = decode_write(record.payload)
         except (ValueError, KeyError, TypeError):
-            return "it cannot be read"
+            self._dropping(record.seq, "it cannot be read")
+            return None
         if function != self.function and function not in self._renamed:
             self._renamed.add(function)
             _log.warning(
@@ -353,19 +289,28 @@ class SpoolCore:
             )  # fmt: skip
         return write_id, args, kwargs
 
+    def _replayed(self, record: Record, error: Exception | None) -> ReplayOutcome:
+        """The outcome of replaying ``record`` (see :func:`replay_outcome`), logged when the
+        write is dropped or held."""
+        outcome = replay_outcome(error, self._service_failed)
+        if outcome == "dropped":
+            self._dropping(record.seq, f"the write failed with the caller's error {error!r}")
+        elif outcome == "held":
+            self._holding(record, error)
+        return outcome
+
     def _dropping(self, seq: int, why: str) -> None:
         """A write that can never be made is dropped, not retried for ever."""
         _log.error("spool %s: dropping write #%d: %s", self.journal.directory, seq, why)
 
-    def _holding(self, record: Record, exc: TypeError) -> str:
+    def _holding(self, record: Record, error: Exception | None) -> None:
         """A write the function now decorated cannot take (its arguments do not fit) is
-        set aside in ``held.log``, not dropped and not retried for ever."""
+        set aside in ``held.log`` (by :meth:`_settle`), not dropped and not retried for ever."""
         by = decode_write(record.payload)[1]
         _log.error(
             "spool %s: write #%d (spooled by %r) cannot be made by %r: %r; it is kept in %s, not made",
-            self.journal.directory, record.seq, by, self.function, exc, self.journal.directory / "held.log",
+            self.journal.directory, record.seq, by, self.function, error, self.journal.directory / "held.log",
         )  # fmt: skip
-        return "held"
 
     def held_writes(self) -> list[tuple[str, str, tuple[Any, ...], dict[str, Any]]]:
         """The writes set aside because the function could not take their arguments

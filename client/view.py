@@ -76,6 +76,7 @@ class Tally:
         "shadow_retries",
         "slow_calls",
         "spool_dropped",
+        "spool_held",
         "spool_replayed",
         "spooled",
         "successes",
@@ -97,7 +98,7 @@ class Tally:
         self.shadow_calls = self.shadow_retries = self.retries = 0
         self.shadow_rejected_by_reason: Counter[str] = Counter()
         self.slow_calls = self.timed_calls = self.endpoints_over_cap = 0
-        self.spooled = self.spool_replayed = self.spool_dropped = 0
+        self.spooled = self.spool_replayed = self.spool_dropped = self.spool_held = 0
 
     def empty(self) -> bool:
         return not (
@@ -106,7 +107,7 @@ class Tally:
             or self.fallbacks_served or self.fallbacks_failed or self.shadow_calls
             or self.retries or self.shadow_retries or self.timed_calls
             or self.endpoints_over_cap
-            or self.spooled or self.spool_replayed or self.spool_dropped
+            or self.spooled or self.spool_replayed or self.spool_dropped or self.spool_held
         )  # fmt: skip
 
     def merge(self, summary: pb.OutcomeSummary, *, earlier: bool = False) -> None:
@@ -146,6 +147,7 @@ class Tally:
         self.spooled += summary.spooled
         self.spool_replayed += summary.spool_replayed
         self.spool_dropped += summary.spool_dropped
+        self.spool_held += summary.spool_held
 
     def probes_of(self, generation: int) -> bool:
         """Make the probe counts those of breaker ``generation``; False when that one is
@@ -183,6 +185,7 @@ class Tally:
             spooled=self.spooled,
             spool_replayed=self.spool_replayed,
             spool_dropped=self.spool_dropped,
+            spool_held=self.spool_held,
             probe_generation=self.probe_generation,
             shadow_calls=self.shadow_calls,
             shadow_retries=self.shadow_retries,

@@ -350,10 +350,12 @@ class Operator:
         print(f"outcomes dropped       {s.outcomes_dropped}")
         ledger = f"{s.outcome_batches_resent} resent, {s.outcome_batches_too_old} too old"
         print(f"batches not recounted  {ledger} ({s.outcome_sessions_held} sessions held)")
-        if s.spooled or s.spool_replayed or s.spool_dropped:
+        if s.spooled or s.spool_replayed or s.spool_dropped or s.spool_held:
             print(
                 f"writes spooled         {s.spooled} ({s.spool_replayed} replayed, {s.spool_dropped} dropped)"
             )
+        if s.spool_held:
+            print(f"spooled writes held    {s.spool_held} (in the spools' held.log: not made, see README)")
         print(f"config reloads         {s.config_reloads_ok} ok, {s.config_reloads_failed} failed")
         print(f"connected agents       {s.connected_agents}")
         if s.agent_ids_shared:

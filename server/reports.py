@@ -168,6 +168,7 @@ class ReportGate:
         out.spool_replayed = min(summary.spool_replayed, MAX_SPOOL_COUNT)
         out.spooled = min(summary.spooled, MAX_SPOOL_COUNT)
         out.spool_dropped = min(summary.spool_dropped, MAX_SPOOL_COUNT)
+        out.spool_held = min(summary.spool_held, MAX_SPOOL_COUNT)
         if cut:
             self.refuse(
                 agent, summary.service, f"claimed more than it could ({calls} calls, {allowed} allowed)"

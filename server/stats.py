@@ -79,7 +79,7 @@ class FleetStatistics:
         self.rejected_by_reason: Counter[str] = Counter()
         self.fallbacks_served = 0
         self.fallbacks_failed = 0
-        self.spooled = self.spool_replayed = self.spool_dropped = 0
+        self.spooled = self.spool_replayed = self.spool_dropped = self.spool_held = 0
         self.dropped = 0
         self.slow_by_service: Counter[str] = Counter()
         self.over_cap_by_service: Counter[str] = Counter()
@@ -112,6 +112,7 @@ class FleetStatistics:
         self.spooled = saturating_add(self.spooled, summary.spooled)
         self.spool_replayed = saturating_add(self.spool_replayed, summary.spool_replayed)
         self.spool_dropped = saturating_add(self.spool_dropped, summary.spool_dropped)
+        self.spool_held = saturating_add(self.spool_held, summary.spool_held)
 
     def add_dropped(self, n: int) -> None:
         self.dropped = saturating_add(self.dropped, n)
@@ -156,6 +157,7 @@ class FleetStatistics:
             spooled=self.spooled,
             spool_replayed=self.spool_replayed,
             spool_dropped=self.spool_dropped,
+            spool_held=self.spool_held,
             outcomes_dropped=self.dropped,
             config_reloads_ok=policies.reloads_ok,
             config_reloads_failed=policies.reloads_failed,

@@ -7,8 +7,6 @@ and opens for the fleet."""
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 
 import grpc
 from mission_control.resilience.v1 import control_plane_pb2 as pb
@@ -17,20 +15,15 @@ from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess
 
 from tests.support.agents import RawAgent
-from tests.support.etcd import etcdctl
+from tests.support.fleets import leader_and_follower
 from tests.support.polling import poll
-from tests.support.procs import Proc, control_plane
+from tests.support.procs import Proc
 
 SERVICE = "relayed_cap"
 REAL = f"{SERVICE}/openai/gpt-x"
 POLICY = policy_pb2.ServicePolicy(
     service=SERVICE, failure_threshold=2, wait_duration_secs=60, max_endpoints=3, endpoint_idle_secs=300
 )
-
-
-def leader_of(endpoint: str, prefix: str) -> str | None:
-    text = etcdctl(endpoint, "get", f"{prefix}/leader", "--print-value-only").strip()
-    return json.loads(text)["instance"] if text else None
 
 
 def breakers(address: str) -> dict[str, int]:
@@ -54,19 +47,9 @@ async def fill_then_fail(follower: str, leader: str) -> None:
 def test_an_agent_behind_a_follower_gets_its_own_share_of_endpoint_places(
     etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
 ) -> None:
-    addresses = {}
-    for name in ("one", "two"):
-        proc, addresses[name] = control_plane(etcd_server.endpoint, prefix, "--instance-id", name)
-        spawned.append(proc)
-    deadline = time.monotonic() + 30
-    while (leader := leader_of(etcd_server.endpoint, prefix)) is None:
-        assert time.monotonic() < deadline, "nobody leads"
-        time.sleep(0.1)
-    follower = "two" if leader == "one" else "one"
-    with grpc.insecure_channel(addresses[leader]) as channel:
-        pb_grpc.ControlPlaneServiceStub(channel).PutPolicy(pb.PutPolicyRequest(policy=POLICY), timeout=10)
-    poll(lambda: SERVICE in {p.service for p in _policies(addresses[follower])})
-    asyncio.run(fill_then_fail(addresses[follower], addresses[leader]))
+    leader, follower = leader_and_follower(etcd_server.endpoint, prefix, spawned, POLICY)
+    poll(lambda: SERVICE in {p.service for p in _policies(follower)})
+    asyncio.run(fill_then_fail(follower, leader))
 
 
 def _policies(address: str) -> list[pb.ServicePolicy]:

@@ -5,7 +5,6 @@ the batch once) and shows it once in its per-replica statistics."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import grpc
@@ -16,15 +15,10 @@ from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess
 
 from tests.support.agents import RawAgent
-from tests.support.etcd import etcdctl
-from tests.support.procs import Proc, control_plane
+from tests.support.fleets import leader_and_follower
+from tests.support.procs import Proc
 
 SERVICE = "relayed_svc"
-
-
-def leader_of(endpoint: str, prefix: str) -> str | None:
-    text = etcdctl(endpoint, "get", f"{prefix}/leader", "--print-value-only").strip()
-    return json.loads(text)["instance"] if text else None
 
 
 def statistics(address: str) -> pb.ErrorStatistics:
@@ -42,26 +36,16 @@ async def report_twice(address: str) -> None:
 def test_a_resent_batch_shows_once_in_a_followers_figures(
     etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
 ) -> None:
-    addresses = {}
-    for name in ("one", "two"):
-        proc, addresses[name] = control_plane(etcd_server.endpoint, prefix, "--instance-id", name)
-        spawned.append(proc)
-    deadline = time.monotonic() + 30
-    while (leader := leader_of(etcd_server.endpoint, prefix)) is None:
-        assert time.monotonic() < deadline, "nobody leads"
-        time.sleep(0.1)
-    follower = "two" if leader == "one" else "one"
     policy = policy_pb2.ServicePolicy(service=SERVICE, failure_threshold=10**6)
-    with grpc.insecure_channel(addresses[leader]) as channel:
-        pb_grpc.ControlPlaneServiceStub(channel).PutPolicy(pb.PutPolicyRequest(policy=policy), timeout=10)
+    leader, follower = leader_and_follower(etcd_server.endpoint, prefix, spawned, policy)
 
-    asyncio.run(report_twice(addresses[follower]))
+    asyncio.run(report_twice(follower))
     deadline = time.monotonic() + 30
-    while statistics(addresses[leader]).errors_by_service[SERVICE] < 3:
+    while statistics(leader).errors_by_service[SERVICE] < 3:
         assert time.monotonic() < deadline, "the leader never counted the batch"
         time.sleep(0.1)
-    shown = statistics(addresses[follower])
+    shown = statistics(follower)
     assert shown.errors_by_service[SERVICE] == 3 and shown.total_errors == 3
     assert shown.outcome_batches_resent == 1
-    counted = statistics(addresses[leader])
+    counted = statistics(leader)
     assert counted.errors_by_service[SERVICE] == 3

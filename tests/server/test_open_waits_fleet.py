@@ -8,15 +8,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import grpc
-from mission_control.resilience.v1 import control_plane_pb2 as pb
-from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess
 
 from tests.support.etcd import etcdctl
+from tests.support.fleets import fleet_of_two
 from tests.support.polling import poll
-from tests.support.procs import Proc, agent, control_plane, python
+from tests.support.procs import Proc
 from tests.support.upstream import set_mode
 
 SERVICE = "llm_provider"
@@ -73,17 +71,9 @@ def stored_wait_of(etcd: str, prefix: str, generation: int) -> str:
 def test_each_failed_probe_opens_the_fleet_breaker_longer_for_every_agent(
     etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
 ) -> None:
-    plane, address = control_plane(etcd_server.endpoint, prefix)
-    upstream_proc = python("tests.support.upstream", "llm")
-    spawned += [plane, upstream_proc]
-    upstream = f"127.0.0.1:{upstream_proc.port()}"
-    stub = pb_grpc.ControlPlaneServiceStub(grpc.insecure_channel(address))
-    stub.PutPolicy(pb.PutPolicyRequest(policy=POLICY), timeout=10)
-    a = agent("agent-a", address, upstream, SERVICE)
-    b = agent("agent-b", address, upstream, SERVICE)
-    spawned += [a, b]
-    for proc in (a, b):
-        poll(lambda p=proc: p.ask("policy")["max_retries"] == 0)  # type: ignore[misc]
+    fleet = fleet_of_two(etcd_server.endpoint, prefix, spawned, POLICY, ("agent-a", "agent-b"))
+    a, b = fleet.agents
+    upstream = fleet.upstream
     set_mode(upstream, "fail")
 
     a.ask("call 1")

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import json
 
-import grpc
 from mission_control.resilience.v1 import control_plane_pb2 as pb
-from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess
 
 from tests.support.etcd import etcdctl
+from tests.support.fleets import fleet_of_two
 from tests.support.polling import poll
-from tests.support.procs import Proc, agent, control_plane, python
+from tests.support.procs import Proc
 from tests.support.upstream import set_mode
 
 SERVICE = "llm_provider"
@@ -34,16 +33,9 @@ POLICY = policy_pb2.ServicePolicy(
 def test_slow_calls_open_the_fleet_breaker_while_no_call_fails(
     etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
 ) -> None:
-    plane, address = control_plane(etcd_server.endpoint, prefix)
-    upstream_proc = python("tests.support.upstream", "llm")
-    spawned += [plane, upstream_proc]
-    upstream = f"127.0.0.1:{upstream_proc.port()}"
-    stub = pb_grpc.ControlPlaneServiceStub(grpc.insecure_channel(address))
-    stub.PutPolicy(pb.PutPolicyRequest(policy=POLICY), timeout=10)
-    caller = agent("slow-caller", address, upstream, SERVICE)
-    watcher = agent("watcher", address, upstream, SERVICE)
-    spawned += [caller, watcher]
-    poll(lambda: caller.ask("policy")["rate_limit_requests"] == 10**6)
+    fleet = fleet_of_two(etcd_server.endpoint, prefix, spawned, POLICY, ("slow-caller", "watcher"))
+    caller, watcher = fleet.agents
+    upstream, stub = fleet.upstream, fleet.stub
 
     assert caller.ask("call 5")["outcomes"] == {"ok": 5}  # fast: nothing to see
     assert watcher.ask("state")["state"] in (None, "CLOSED")

@@ -241,6 +241,7 @@ class OutcomeSummary(_message.Message):
     SPOOLED_FIELD_NUMBER: _builtins.int
     SPOOL_REPLAYED_FIELD_NUMBER: _builtins.int
     SPOOL_DROPPED_FIELD_NUMBER: _builtins.int
+    SPOOL_HELD_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     successes: _builtins.int
     failures: _builtins.int
@@ -287,6 +288,10 @@ class OutcomeSummary(_message.Message):
     """
     spool_replayed: _builtins.int
     spool_dropped: _builtins.int
+    spool_held: _builtins.int
+    """Spooled writes set aside in the spool's held.log on replay: the function now decorated
+    could not take their arguments (renamed or changed); kept on disk, made by no one.
+    """
     @_builtins.property
     def errors_by_type(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Failure counts by ErrorType name, e.g. "LLMProviderUnavailable"."""
@@ -336,10 +341,11 @@ class OutcomeSummary(_message.Message):
         spooled: _builtins.int = ...,
         spool_replayed: _builtins.int = ...,
         spool_dropped: _builtins.int = ...,
+        spool_held: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints_over_cap", b"endpoints_over_cap", "errors_by_operation", b"errors_by_operation", "errors_by_type", b"errors_by_type", "failures", b"failures", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "probe_failures", b"probe_failures", "probe_generation", b"probe_generation", "probe_successes", b"probe_successes", "probes_released", b"probes_released", "recovery_attempts", b"recovery_attempts", "recovery_successes", b"recovery_successes", "rejected", b"rejected", "rejected_by_reason", b"rejected_by_reason", "retries", b"retries", "service", b"service", "shadow_calls", b"shadow_calls", "shadow_rejected_by_reason", b"shadow_rejected_by_reason", "shadow_retries", b"shadow_retries", "slow_calls", b"slow_calls", "spool_dropped", b"spool_dropped", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "successes", b"successes", "timed_calls", b"timed_calls", "trailing_failures", b"trailing_failures"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints_over_cap", b"endpoints_over_cap", "errors_by_operation", b"errors_by_operation", "errors_by_type", b"errors_by_type", "failures", b"failures", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "probe_failures", b"probe_failures", "probe_generation", b"probe_generation", "probe_successes", b"probe_successes", "probes_released", b"probes_released", "recovery_attempts", b"recovery_attempts", "recovery_successes", b"recovery_successes", "rejected", b"rejected", "rejected_by_reason", b"rejected_by_reason", "retries", b"retries", "service", b"service", "shadow_calls", b"shadow_calls", "shadow_rejected_by_reason", b"shadow_rejected_by_reason", "shadow_retries", b"shadow_retries", "slow_calls", b"slow_calls", "spool_dropped", b"spool_dropped", "spool_held", b"spool_held", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "successes", b"successes", "timed_calls", b"timed_calls", "trailing_failures", b"trailing_failures"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1650,6 +1656,7 @@ class ErrorStatistics(_message.Message):
     SPOOLED_FIELD_NUMBER: _builtins.int
     SPOOL_REPLAYED_FIELD_NUMBER: _builtins.int
     SPOOL_DROPPED_FIELD_NUMBER: _builtins.int
+    SPOOL_HELD_FIELD_NUMBER: _builtins.int
     OUTSIDE_CHANGES_FIELD_NUMBER: _builtins.int
     AUDIT_RECORDS_PRUNED_FIELD_NUMBER: _builtins.int
     OUTCOME_BATCHES_RESENT_FIELD_NUMBER: _builtins.int
@@ -1677,6 +1684,8 @@ class ErrorStatistics(_message.Message):
     """Writes spooled, spooled writes made later, and writes spools dropped (see OutcomeSummary)."""
     spool_replayed: _builtins.int
     spool_dropped: _builtins.int
+    spool_held: _builtins.int
+    """Spooled writes set aside in held.log (see OutcomeSummary.spool_held)."""
     outside_changes: _builtins.int
     """Changes of policies or breakers made outside every control plane (etcdctl)
     that this replica saw and recorded, or found recorded by another replica.
@@ -1768,6 +1777,7 @@ class ErrorStatistics(_message.Message):
         spooled: _builtins.int = ...,
         spool_replayed: _builtins.int = ...,
         spool_dropped: _builtins.int = ...,
+        spool_held: _builtins.int = ...,
         outside_changes: _builtins.int = ...,
         audit_records_pruned: _builtins.int = ...,
         outcome_batches_resent: _builtins.int = ...,
@@ -1779,7 +1789,7 @@ class ErrorStatistics(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ids_shared", b"agent_ids_shared", "audit_records_pruned", b"audit_records_pruned", "calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "endpoint_reports_refused_by_service", b"endpoint_reports_refused_by_service", "endpoints_over_cap_by_service", b"endpoints_over_cap_by_service", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcome_batches_resent", b"outcome_batches_resent", "outcome_batches_too_old", b"outcome_batches_too_old", "outcome_sessions_held", b"outcome_sessions_held", "outcomes_dropped", b"outcomes_dropped", "outside_changes", b"outside_changes", "recovery_attempts", b"recovery_attempts", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "rejected_by_reason", b"rejected_by_reason", "reports_refused", b"reports_refused", "shadow_services", b"shadow_services", "shared_agent_ids", b"shared_agent_ids", "slow_calls_by_service", b"slow_calls_by_service", "spool_dropped", b"spool_dropped", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "total_errors", b"total_errors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ids_shared", b"agent_ids_shared", "audit_records_pruned", b"audit_records_pruned", "calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "endpoint_reports_refused_by_service", b"endpoint_reports_refused_by_service", "endpoints_over_cap_by_service", b"endpoints_over_cap_by_service", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcome_batches_resent", b"outcome_batches_resent", "outcome_batches_too_old", b"outcome_batches_too_old", "outcome_sessions_held", b"outcome_sessions_held", "outcomes_dropped", b"outcomes_dropped", "outside_changes", b"outside_changes", "recovery_attempts", b"recovery_attempts", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "rejected_by_reason", b"rejected_by_reason", "reports_refused", b"reports_refused", "shadow_services", b"shadow_services", "shared_agent_ids", b"shared_agent_ids", "slow_calls_by_service", b"slow_calls_by_service", "spool_dropped", b"spool_dropped", "spool_held", b"spool_held", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "total_errors", b"total_errors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
