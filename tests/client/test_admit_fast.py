@@ -14,7 +14,7 @@ from mission_control.client.admit_fast import admit_fast
 from mission_control.client.breaker import BreakerState
 from mission_control.client.errors import LLMProviderUnavailable
 from mission_control.client.executor import Executor
-from mission_control.client.policy import ServicePolicy
+from mission_control.client.policy import FleetLimits, ServicePolicy
 from mission_control.client.view import LocalView
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
@@ -157,3 +157,29 @@ def test_a_candidate_policy_in_shadow_mode_goes_by_the_full_path() -> None:
 def test_a_full_bulkhead_goes_by_the_full_path() -> None:
     held: list[Any] = []
     both(lambda ex, _clock: held.append(full(ex)), BASE.replace(max_concurrent=1))
+
+
+def test_a_fleet_rate_limit_with_units_left_takes_the_shortcut_and_counts_alike() -> None:
+    fleet = FleetLimits(rate_limit=True, safe_share=0.5, lease_secs=1.0)
+    policy = BASE.replace(rate_limit_requests=4, rate_limit_window_secs=1, fleet=fleet)
+    (a, clock_a), (b, clock_b) = agent(policy), agent(policy)
+    went = []
+    for step in range(8):
+        admitted_a = fast(a)
+        if admitted_a is None:
+            admitted_a = full(a)
+        else:
+            went.append(step)
+        admitted_b = full(b)
+        assert seen(a, admitted_a) == seen(b, admitted_b)
+        budgets = [ex.view.get(SERVICE).leased[f"{SERVICE}.requests"] for ex in (a, b)]
+        assert budgets[0].left == budgets[1].left
+        for ex, admitted in ((a, admitted_a), (b, admitted_b)):
+            if type(admitted) is Ticket:
+                ex.succeeded(admitted)
+        if step == 3:  # the next period: its safe share again
+            clock_a.now += 1.0
+            clock_b.now += 1.0
+    # 2 units a period without a lease, then the full path refuses; a new period's first
+    # call goes by the full path too (the budget rolls its period there)
+    assert went == [0, 1, 5]
