@@ -46,6 +46,8 @@ OVERHEAD_COLUMNS = [
     ("cpu_us_per_call", "client CPU us/call", ".0f"),
     ("p50_ratio", "p50 x bare", ".2f"),
     ("cpu_ratio", "CPU x bare", ".2f"),
+    ("thread_cpu_us_per_call", "calling thread us/call", ".0f"),
+    ("thread_cpu_ratio", "thread x bare", ".2f"),
 ]
 
 

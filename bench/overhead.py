@@ -137,14 +137,14 @@ def _telemetry(endpoint: str) -> Any:
                 os.environ[key] = value
 
 
-def _measure_sync(fn: Callable[[], Any], n: int) -> tuple[list[float], float, float]:
+def _measure_sync(fn: Callable[[], Any], n: int) -> tuple[list[float], float, float, float]:
     latencies = []
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    cpu0, wall0, own0 = time.process_time(), time.perf_counter(), time.thread_time()
     for _ in range(n):
         t = time.perf_counter()
         fn()
         latencies.append(time.perf_counter() - t)
-    return latencies, time.process_time() - cpu0, time.perf_counter() - wall0
+    return latencies, time.process_time() - cpu0, time.perf_counter() - wall0, time.thread_time() - own0
 
 
 async def _aio_variants(
@@ -201,21 +201,27 @@ async def _aio_variants(
     return variants, channels
 
 
-async def _measure_aio(fn: Callable[[], Awaitable[Any]], n: int) -> tuple[list[float], float, float]:
+async def _measure_aio(fn: Callable[[], Awaitable[Any]], n: int) -> tuple[list[float], float, float, float]:
     latencies = []
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    cpu0, wall0, own0 = time.process_time(), time.perf_counter(), time.thread_time()
     for _ in range(n):
         t = time.perf_counter()
         await fn()
         latencies.append(time.perf_counter() - t)
-    return latencies, time.process_time() - cpu0, time.perf_counter() - wall0
+    return latencies, time.process_time() - cpu0, time.perf_counter() - wall0, time.thread_time() - own0
 
 
-def _summarise(samples: dict[str, list[tuple[list[float], float, float]]], n: int) -> list[dict[str, Any]]:
+Round = tuple[list[float], float, float, float]  # latencies, process CPU, wall, calling thread's CPU
+
+
+def _summarise(samples: dict[str, list[Round]], n: int) -> list[dict[str, Any]]:
+    """Per variant: latency, the process's CPU per call, and the calling thread's alone
+    (the rest is grpc's poller and the agent's connection thread)."""
     rows = []
     for name, rounds in samples.items():
         lat = [x for r in rounds for x in r[0]]
         cpu_per_call = [r[1] / n * 1e6 for r in rounds]
+        own_per_call = [r[3] / n * 1e6 for r in rounds]
         rate = [n / r[2] for r in rounds]
         rows.append(
             {
@@ -224,12 +230,14 @@ def _summarise(samples: dict[str, list[tuple[list[float], float, float]]], n: in
                 "p99_ms": percentile(lat, 99) * 1e3,
                 "calls_per_s": median(rate),
                 "cpu_us_per_call": median(cpu_per_call),
+                "thread_cpu_us_per_call": median(own_per_call),
             }
         )
     bare = rows[0]
     for row in rows:
         row["p50_ratio"] = row["p50_ms"] / bare["p50_ms"]
         row["cpu_ratio"] = row["cpu_us_per_call"] / bare["cpu_us_per_call"]
+        row["thread_cpu_ratio"] = row["thread_cpu_us_per_call"] / bare["thread_cpu_us_per_call"]
     return rows
 
 

@@ -19,7 +19,7 @@ from .limits import TokenBucket
 from .shadow import ShadowLimits
 from .view import FleetBreaker, LocalView, ServiceState
 
-__all__ = ["Admission", "Admitted", "Refused", "Ticket"]
+__all__ = ["Admission", "Admitted", "Refused", "Ticket", "rate_refused"]
 
 #: How soon to look again when a HALF_OPEN breaker has no permit for this agent yet.
 PROBE_WAIT = 0.05
@@ -188,11 +188,7 @@ class Admission:
         bucket: TokenBucket | LeasedBudget = state.leased.get(requests) or state.bucket
         wait = bucket.take(1.0, now)
         if wait:
-            limit = state.policy.rate_limit_requests
-            error = ResourceExhausted(
-                requests, bucket.used(now), limit, retry_after=_finite(wait), causes=_unleased(bucket, now)
-            )
-            return Refused(error, "rate_limit")
+            return rate_refused(state, bucket, wait, now)
         if not cost:  # the common call: no quota to take
             if bulkhead and not state.bulkhead.enter():
                 bucket.give_back(1.0)
@@ -227,6 +223,15 @@ class Admission:
         elif probe == "local":
             with state.lock:
                 state.local.release_probes("local", 1)
+
+
+def rate_refused(state: ServiceState, bucket: TokenBucket | LeasedBudget, wait: float, now: float) -> Refused:
+    """The request rate limit refused a call: ``bucket`` has no unit for ``wait`` s."""
+    used, limit = bucket.used(now), state.policy.rate_limit_requests
+    error = ResourceExhausted(
+        state.requests_resource, used, limit, retry_after=_finite(wait), causes=_unleased(bucket, now)
+    )
+    return Refused(error, "rate_limit")
 
 
 def _unleased(budget: object, now: float) -> tuple[str, ...]:

@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .admission import Admission, Refused, Ticket
+from .admit_fast import admit_fast
 from .attempts import Attempt, CallPlan, Done, Sleep, Step
 from .connection import ControlPlaneConnection
 from .deadline import _deadline, current_deadline, inherit_deadline, restore_deadline
@@ -145,6 +146,25 @@ class Executor:
         """:meth:`enter` for a service (or endpoint) whose state the caller holds and whose
         calls may go (:attr:`not_started` is None)."""
         now = self.clock()
+        if cost is None and call:
+            ticket = admit_fast(self, state, operation, kind, timeout, deadline, now)
+            if ticket is not None:
+                return ticket
+        return self.enter_full(state, operation, kind, timeout, cost, deadline, call, now)
+
+    def enter_full(
+        self,
+        state: ServiceState,
+        operation: str,
+        kind: str | None,
+        timeout: float | None,
+        cost: Mapping[str, float] | None,
+        deadline: float | None,
+        call: bool,
+        now: float,
+    ) -> Ticket | Refused:
+        """:meth:`enter_state` at ``now`` without the common call's shortcut
+        (:func:`.admit_fast`): every gate, whatever the service's state."""
         decision = self.admission.breaker(state, now)
         if type(decision) is Refused:
             return self._refused(state, decision, operation)
@@ -230,6 +250,7 @@ class Executor:
         return admitted
 
     def _refused(self, state: ServiceState, refused: Refused, operation: str) -> Refused:
+        """Count ``refused`` for ``state`` and give its error its context."""
         with state.lock:
             state.tally.rejected += 1
             state.tally.rejected_by_reason[refused.reason] += 1
@@ -237,6 +258,8 @@ class Executor:
         if self.telemetry is not None:
             self.telemetry.call_rejected(refused.error, state.name, operation, refused.reason)
         return refused
+
+    count_refused = _refused
 
     @staticmethod
     def release(ticket: Ticket) -> None:

@@ -1,10 +1,11 @@
 """One aio unary call through a protected channel, without a task of its own when it can.
 
 The common call is decided, started and settled without awaiting anything of ours: the
-first attempt starts when the caller makes the call (as grpc's does), and its done-callback
-records the outcome and hands the call to whoever awaits. Only a call that needs more —
-a retry, a fallback, a failed attempt to read — goes on in a task, through the executor's
-asyncio loop, exactly as behind the aio interceptors. A hedged call (an idempotent one
+first attempt starts when the caller makes the call (as grpc's does), and its outcome is
+recorded when grpc's task for it ends: by whoever awaits the call, or by that task's
+done-callback when nobody does. Only a call that needs more — a retry, a fallback, a failed
+attempt to read — goes on in a task, through the executor's asyncio loop, exactly as behind
+the aio interceptors. A hedged call (an idempotent one
 whose policy hedges) runs in a task too, each attempt a call of its own, as behind them.
 """
 
@@ -61,13 +62,9 @@ class UnaryUnaryCall(_InterceptedUnaryResponseMixin, InterceptedCall, _base_call
             call = run.call
             if not outcome.done() and type(call) is _PLAIN_CALL and run.ticket and run.task is None:
                 # The first attempt is in flight with no plan or task of ours: wait on
-                # grpc's own task for it, not on the outcome. Its done-callback (registered
-                # first) settles the outcome before this resumes, so the call costs the
-                # event loop no turn more than a bare one.
-                try:  # noqa: SIM105 - a plain try costs the common call less than suppress()
-                    yield from call._invocation_task.__await__()
-                except Exception:  # what the attempt failed with is read from the outcome
-                    pass
+                # grpc's own task for it, not on the outcome, and settle the outcome here,
+                # so the call costs the event loop no turn more than a bare one.
+                yield from run.wait_first(call._invocation_task)
             call = yield from outcome.__await__()
         except asyncio.CancelledError:
             # the awaiting task was cancelled (wait_for, asyncio.timeout, task.cancel): that
@@ -185,6 +182,28 @@ class Run:
             wait_for_ready=self.wait_for_ready,
             compression=self.compression,
         )
+
+    def wait_first(self, invocation: asyncio.Task[Any]) -> Generator[Any, None, None]:
+        """Wait for the first attempt's own grpc task, and settle the call as its
+        done-callback would: the callback comes off while the call is awaited (a loop
+        handle less) and goes back if the wait ends another way (cancelled, closed)."""
+        if not invocation.remove_done_callback(self._ended):  # another awaiter settles it
+            try:  # noqa: SIM105 - a plain try costs the common call less than suppress()
+                yield from invocation.__await__()
+            except Exception:  # what the attempt failed with is read from the outcome
+                pass
+            return
+        try:
+            yield from invocation.__await__()
+        except Exception:
+            pass
+        except BaseException:  # the wait was cancelled or closed: settled as without it
+            if invocation.done():
+                self._ended(invocation)
+            else:
+                invocation.add_done_callback(self._ended)
+            raise
+        self._ended(invocation)
 
     def _ended(self, _invocation: Any) -> None:
         """The first attempt ended."""

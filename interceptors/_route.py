@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from mission_control.client.admission import Refused, Ticket
+from mission_control.client.admit_fast import admit_fast
 from mission_control.client.agent import MissionControl
 from mission_control.client.attempts import CallPlan
 from mission_control.client.hedging import HedgeRun
@@ -119,7 +120,11 @@ class Route:
         ex, operation, kind = self.ex, self.operation, self.kind
         if service is self.service and ex.not_started is None:  # the service's state is kept
             state = self.state or self._state()
-            return ex.enter_state(state, operation, kind, timeout, None, parent_deadline)
+            now = ex.clock()
+            ticket = admit_fast(ex, state, operation, kind, timeout, parent_deadline, now)
+            if ticket is not None:
+                return ticket
+            return ex.enter_full(state, operation, kind, timeout, None, parent_deadline, True, now)
         return ex.enter(service, operation, kind, timeout, None, parent_deadline)
 
     def fallbacks(self, request: Any, metadata: Any, shape: bool | None) -> dict[str, Callable[[float], Any]]:

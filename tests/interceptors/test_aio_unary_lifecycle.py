@@ -47,6 +47,35 @@ async def test_a_call_never_awaited_runs_and_counts(upstream: Upstream, path: st
         assert (upstream.calls, state.bulkhead.in_flight, call.done()) == (1, 0, True)
 
 
+async def test_a_call_awaited_twice_at_once_answers_both_and_counts_once(
+    upstream: Upstream, path: str
+) -> None:
+    upstream.set("slow", delay_secs=0.2)
+    mc = _agent()
+    state = mc.view.get("svc")
+    async with aio_channel(path, upstream.address, mc, service="svc") as channel:
+        call = pb_grpc.EchoServiceStub(channel).Echo(pb.EchoRequest(text="x"))
+
+        async def wait() -> str:
+            return (await call).text  # type: ignore[no-any-return]
+
+        assert await asyncio.gather(wait(), wait()) == ["x", "x"]
+        assert (upstream.calls, state.tally.successes, state.bulkhead.in_flight) == (1, 1, 0)
+
+
+async def test_a_wait_given_up_without_a_cancel_still_counts_the_call(upstream: Upstream, path: str) -> None:
+    upstream.set("slow", delay_secs=0.2)
+    mc = _agent()
+    state = mc.view.get("svc")
+    async with aio_channel(path, upstream.address, mc, service="svc") as channel:
+        call = pb_grpc.EchoServiceStub(channel).Echo(pb.EchoRequest(text="x"))
+        waiting = call.__await__()
+        next(waiting)  # waits on the call in flight, then is closed: no task was cancelled
+        waiting.close()
+        assert await _until(lambda: state.tally.successes == 1)
+        assert (upstream.calls, state.bulkhead.in_flight, (await call).text) == (1, 0, "x")
+
+
 async def test_a_cancelled_call_stops_and_counts_as_neither(upstream: Upstream, path: str) -> None:
     upstream.set("slow", delay_secs=2)
     mc = _agent()
