@@ -190,6 +190,10 @@ class Hub:
         """Streams of the agent keyed ``agent_id`` (one process, or an agent without instance)."""
         return len(self._by_agent.get(agent_id, ()))
 
+    def sessions_of(self, key: str) -> set[str]:
+        """The session ids of the streams of the agent keyed ``key``."""
+        return {sub.session_id for sub in self._by_agent.get(key, {}).values()}
+
     def streams_named(self, name: str) -> int:
         """Streams of every process that calls itself ``name``."""
         return sum(self._by_name.get(name, {}).values())

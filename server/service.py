@@ -117,7 +117,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         plane = self.plane
         peer = peer_host(context.peer() or "")
         replica = await self._check_replica(context, hello.agent_id, peer)
-        key = hello.agent_id if replica else agent_key(hello)
+        key = hello.agent_id if replica else agent_key(hello, plane.hub.sessions_of(hello.agent_id))
         await self._check_peer(context, key, peer)
         # An agent id's streams are bounded whichever processes hold them (a token names an
         # agent id, not a process).
