@@ -11,6 +11,8 @@ from collections.abc import Collection
 from mission_control.client.policy import breaker_name_problem, name_problem
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
+from .relayed_agents import MAX_RELAYED_AGENTS, MAX_RELAYED_KEY_CHARS
+
 #: A hello is small: agent id, session id, the services it calls, a few labels.
 MAX_HELLO_BYTES = 64 * 1024
 MAX_HELLO_SERVICES = 1024
@@ -25,7 +27,13 @@ MAX_DEMAND_UNITS = 1e12
 
 def hello_problem(hello: pb.AgentHello) -> tuple[str, str] | None:
     """(field, why) when the hello breaks a bound, else None. Never echoes a value."""
-    if hello.ByteSize() > MAX_HELLO_BYTES:
+    if len(hello.relayed_agents) > MAX_RELAYED_AGENTS:
+        return "hello.relayed_agents", f"at most {MAX_RELAYED_AGENTS} keys"
+    if any(len(key) > MAX_RELAYED_KEY_CHARS for key in hello.relayed_agents):
+        return "hello.relayed_agents", f"keys of at most {MAX_RELAYED_KEY_CHARS} characters"
+    # (a relay's keys are bounded above; the rest of a hello is small)
+    relayed = sum(len(key.encode()) + 3 for key in hello.relayed_agents)
+    if hello.ByteSize() - relayed > MAX_HELLO_BYTES:
         return "hello", f"must be at most {MAX_HELLO_BYTES} bytes"
     problem = name_problem(hello.agent_id)
     if problem:
