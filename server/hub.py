@@ -18,6 +18,7 @@ from mission_control.client.breaker import BreakerState
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .mailbox import Mailbox
+from .relayed_agents import MAX_RELAYED_AGENTS, RelayedAgents
 
 _log = logging.getLogger("mission_control.server.hub")
 
@@ -106,6 +107,10 @@ class Hub:
         self._by_name: dict[str, dict[str, int]] = {}
         #: agent ids already logged as held by two processes (bounded: cleared when full)
         self._logged_shared: set[str] = set()
+        #: the agent processes followers hold (their relays say which)
+        self.relayed = RelayedAgents()
+        #: bumped whenever an agent key gains its first stream or loses its last one
+        self.keys_version = 0
 
     def connect(self, hello: pb.AgentHello, peer: str = "", key: str | None = None) -> Subscriber:
         """A new stream of agent ``key`` (default: the hello's agent id)."""
@@ -115,11 +120,12 @@ class Hub:
         sub.labels = tuple(sorted(hello.labels.items()))
         sub.series = hello.outcome_series
         self.agents[sub.id] = sub
+        if sub.agent_id not in self._by_agent:
+            self.keys_version += 1
         self._by_agent.setdefault(sub.agent_id, {})[sub.id] = sub
         processes = self._by_name.setdefault(sub.name, {})
         processes[key] = processes.get(key, 0) + 1
-        if len(processes) > 1:
-            self._log_shared(sub.name, processes)
+        self._check_shared(sub.name)
         from_peer = self._by_peer.setdefault(peer, {})
         from_peer[sub.agent_id] = from_peer.get(sub.agent_id, 0) + 1
         return sub
@@ -128,9 +134,26 @@ class Hub:
         """Forget a stream; returns whether its agent has no other stream left."""
         if self.agents.pop(sub.id, None) is not None:
             self._unindex(sub)
+            self.relayed.relay_ended(sub.id)
         return sub.agent_id not in self._by_agent
 
-    def _log_shared(self, name: str, processes: dict[str, int]) -> None:
+    def relayed_by(self, relay: Subscriber, keys: list[str]) -> None:
+        """A follower's relay (stream ``relay``) holds the agent processes ``keys`` now."""
+        for name in self.relayed.update(relay.id, keys):
+            self._check_shared(name)
+
+    def local_keys(self) -> list[str]:
+        """The keys of the agent processes with a stream here (relays are not agents), at
+        most as many as a relay may name, sorted."""
+        keys = {sub.agent_id for sub in self.agents.values() if not sub.replica}
+        return sorted(keys)[:MAX_RELAYED_AGENTS]
+
+    def _check_shared(self, name: str) -> None:
+        processes = self.fleet_processes_named(name)
+        if len(processes) > 1:
+            self._log_shared(name, processes)
+
+    def _log_shared(self, name: str, processes: set[str]) -> None:
         if name in self._logged_shared:
             return
         if len(self._logged_shared) >= MAX_LOGGED_SHARED:
@@ -155,6 +178,7 @@ class Hub:
             streams.pop(sub.id, None)
             if not streams:
                 del self._by_agent[sub.agent_id]
+                self.keys_version += 1
         from_peer = self._by_peer.get(sub.peer)
         if from_peer is not None and sub.agent_id in from_peer:
             from_peer[sub.agent_id] -= 1
@@ -190,17 +214,28 @@ class Hub:
         """Streams of the agent keyed ``agent_id`` (one process, or an agent without instance)."""
         return len(self._by_agent.get(agent_id, ()))
 
+    def sessions_of(self, key: str) -> set[str]:
+        """The session ids of the streams of the agent keyed ``key``."""
+        return {sub.session_id for sub in self._by_agent.get(key, {}).values()}
+
     def streams_named(self, name: str) -> int:
         """Streams of every process that calls itself ``name``."""
         return sum(self._by_name.get(name, {}).values())
 
     def processes_named(self, name: str) -> set[str]:
-        """The keys of the processes with a stream under agent id ``name``."""
+        """The keys of the processes with a stream under agent id ``name`` here."""
         return set(self._by_name.get(name, ()))
 
+    def fleet_processes_named(self, name: str) -> set[str]:
+        """The keys of the processes under agent id ``name`` here or (on the leader) at a
+        follower."""
+        return self.processes_named(name) | self.relayed.processes_named(name)
+
     def shared_names(self) -> list[str]:
-        """Agent ids more than one process holds a stream under, sorted."""
-        return sorted(name for name, processes in self._by_name.items() if len(processes) > 1)
+        """Agent ids more than one process holds a stream under (here, or on the leader
+        anywhere in the fleet), sorted."""
+        names = set(self._by_name) | set(self.relayed.names())
+        return sorted(name for name in names if len(self.fleet_processes_named(name)) > 1)
 
     @property
     def connected_agents(self) -> int:

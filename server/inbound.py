@@ -3,11 +3,15 @@ demand's numbers, and who the peer is (for the per-address limit)."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
+from collections.abc import Collection
 
 from mission_control.client.policy import breaker_name_problem, name_problem
 from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+from .relayed_agents import MAX_RELAYED_AGENTS, MAX_RELAYED_KEY_CHARS
 
 #: A hello is small: agent id, session id, the services it calls, a few labels.
 MAX_HELLO_BYTES = 64 * 1024
@@ -23,7 +27,13 @@ MAX_DEMAND_UNITS = 1e12
 
 def hello_problem(hello: pb.AgentHello) -> tuple[str, str] | None:
     """(field, why) when the hello breaks a bound, else None. Never echoes a value."""
-    if hello.ByteSize() > MAX_HELLO_BYTES:
+    if len(hello.relayed_agents) > MAX_RELAYED_AGENTS:
+        return "hello.relayed_agents", f"at most {MAX_RELAYED_AGENTS} keys"
+    if any(len(key) > MAX_RELAYED_KEY_CHARS for key in hello.relayed_agents):
+        return "hello.relayed_agents", f"keys of at most {MAX_RELAYED_KEY_CHARS} characters"
+    # (a relay's keys are bounded above; the rest of a hello is small)
+    relayed = sum(len(key.encode()) + 3 for key in hello.relayed_agents)
+    if hello.ByteSize() - relayed > MAX_HELLO_BYTES:
         return "hello", f"must be at most {MAX_HELLO_BYTES} bytes"
     problem = name_problem(hello.agent_id)
     if problem:
@@ -48,11 +58,22 @@ def hello_problem(hello: pb.AgentHello) -> tuple[str, str] | None:
     return None
 
 
-def agent_key(hello: pb.AgentHello) -> str:
+def agent_key(hello: pb.AgentHello, sessions_keyed_by_id: Collection[str] = ()) -> str:
     """What the control plane keys an agent process by: its agent id and instance
-    ("research-agent@5f0c..."), or the agent id alone for an agent that sends no instance.
-    '@' is in no agent id, so no agent id can pose as another's instance."""
-    return f"{hello.agent_id}@{hello.instance}" if hello.instance else hello.agent_id
+    ("research-agent@5f0c..."). An agent that sends no instance (an older one) is keyed by
+    its agent id alone, unless a process with another session id already holds that key
+    (``sessions_keyed_by_id``: the session ids of the streams keyed by the agent id): then it
+    is keyed by its session id ("research-agent@~1a2b..."), which it keeps for its life, so
+    two older processes under one id are two agents while both are connected. '@' is in no
+    agent id, so no agent id can pose as another's instance, and '~' in no instance, so no
+    instance can pose as a session."""
+    if hello.instance:
+        return f"{hello.agent_id}@{hello.instance}"
+    taken = set(sessions_keyed_by_id) - {hello.session_id}
+    if taken and hello.session_id:
+        digest = hashlib.sha256(hello.session_id.encode()).hexdigest()[:16]
+        return f"{hello.agent_id}@~{digest}"
+    return hello.agent_id
 
 
 def bounded_demand(demand: pb.CapacityDemand, replica: bool = False) -> pb.CapacityDemand | None:

@@ -268,14 +268,8 @@ class LeaderRelay:
                 call.cancel()
 
     async def _requests(self, epoch: int) -> AsyncIterator[pb.ConnectRequest]:
-        yield pb.ConnectRequest(
-            hello=pb.AgentHello(
-                agent_id=self.agent_id,
-                session_id=self.session_id,
-                labels={"relay": "true"},
-                outcome_series=self._unacked.series,
-            )
-        )
+        keys_sent = self.hub.keys_version
+        yield self._hello()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval)
@@ -284,6 +278,9 @@ class LeaderRelay:
                 return  # a newer link took over: this one must not take outcomes any more
             if not self.connected:
                 continue  # keep outcomes until a leader has answered: a dead link would lose them
+            if self.hub.keys_version != keys_sent:  # the leader sees twins on two replicas
+                keys_sent = self.hub.keys_version
+                yield self._hello()
             if self._resend:
                 self._resend = False
                 for batch in self._unacked.resend():
@@ -298,6 +295,17 @@ class LeaderRelay:
             asked, self._asked = self._asked, {}
             for service in asked:
                 yield pb.ConnectRequest(probe_request=pb.ProbeRequest(service=service))
+
+    def _hello(self) -> pb.ConnectRequest:
+        return pb.ConnectRequest(
+            hello=pb.AgentHello(
+                agent_id=self.agent_id,
+                session_id=self.session_id,
+                labels={"relay": "true"},
+                outcome_series=self._unacked.series,
+                relayed_agents=self.hub.local_keys(),
+            )
+        )
 
     def _outgoing(self) -> list[pb.ConnectRequest]:
         """This relay's own sums (if any), then each agent batch, under its origin."""

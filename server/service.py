@@ -117,7 +117,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         plane = self.plane
         peer = peer_host(context.peer() or "")
         replica = await self._check_replica(context, hello.agent_id, peer)
-        key = hello.agent_id if replica else agent_key(hello)
+        key = hello.agent_id if replica else agent_key(hello, plane.hub.sessions_of(hello.agent_id))
         await self._check_peer(context, key, peer)
         # An agent id's streams are bounded whichever processes hold them (a token names an
         # agent id, not a process).
@@ -135,6 +135,8 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         sub = plane.hub.connect(hello, peer, key)
         sub.trusted = replica or self.access.is_admin(context)
         sub.replica = replica
+        if replica:
+            plane.hub.relayed_by(sub, list(hello.relayed_agents))
         plane.agent_joined(sub.agent_id, sub.name)
         _log.info("agent %s connected (stream %s)", key, sub.id)
         reader = asyncio.create_task(self._read(sub, request_iterator))
@@ -224,6 +226,8 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                         sub.refuse(grpc.StatusCode.INVALID_ARGUMENT, f"{problem[0]}: {problem[1]}")
                         return
                     sub.services = tuple(request.hello.services)
+                    if sub.replica:
+                        plane.hub.relayed_by(sub, list(request.hello.relayed_agents))
         except (grpc.RpcError, asyncio.CancelledError):
             pass
         except Exception:  # a bug here must not end streams silently

@@ -168,3 +168,24 @@ async def test_an_agent_without_instance_id_works_as_before(
     assert (shown.connected_agents, shown.agent_ids_shared) == (1, 0)
     got = await counts(old)
     assert got[0]["leased"] > 0, got
+
+
+async def test_two_agents_without_instance_under_one_id_are_two_agents(
+    control_plane: RunningControlPlane, spawned: list[Proc]
+) -> None:
+    # Older agents send no instance: the second process under the id is keyed by its
+    # session id while the first holds the id (before, it was never leased and admitted
+    # nothing fleet-limited while the first stayed connected).
+    address = f"127.0.0.1:{control_plane.port}"
+    await put_policy(address)
+    twins = [await started(spawned, address, "older-twin", "old") for _ in range(2)]
+    for twin in twins:
+        twin.send(f"pace {RATE}")
+    await periods_fully_leased(control_plane, 2, 6)
+    keys = control_plane.plane.hub.processes_named("older-twin")
+    assert len(keys) == 2 and "older-twin" in keys, keys
+    done = await counts(*twins)
+    leased = [d["leased"] for d in done]
+    assert min(leased) >= 0.25 * sum(leased) > 0, done
+    shown = await stats(address)
+    assert (shown.connected_agents, shown.agent_ids_shared) == (2, 1)

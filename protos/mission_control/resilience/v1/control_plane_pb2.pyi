@@ -381,6 +381,7 @@ class AgentHello(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     OUTCOME_SERIES_FIELD_NUMBER: _builtins.int
     INSTANCE_FIELD_NUMBER: _builtins.int
+    RELAYED_AGENTS_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     session_id: _builtins.str
     outcome_series: _builtins.str
@@ -400,6 +401,14 @@ class AgentHello(_message.Message):
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def relayed_agents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Sent by a replica's relay only (ignored from anyone else): the keys of the agent
+        processes connected to it ("agent_id@instance", or agent_id alone), sent again in a new
+        hello whenever they change, so the leader sees twins connected to different replicas.
+        At most 4096 keys.
+        """
+
     def __init__(
         self,
         *,
@@ -409,10 +418,11 @@ class AgentHello(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         outcome_series: _builtins.str = ...,
         instance: _builtins.str = ...,
+        relayed_agents: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "instance", b"instance", "labels", b"labels", "outcome_series", b"outcome_series", "services", b"services", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "instance", b"instance", "labels", b"labels", "outcome_series", b"outcome_series", "relayed_agents", b"relayed_agents", "services", b"services", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
