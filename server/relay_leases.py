@@ -49,8 +49,9 @@ class FollowerLeases:
         self._sent: dict[Limit, dict[str, float]] = {}
         #: limit -> agent gone without a goodbye -> what is kept for it
         self.kept: dict[Limit, dict[str, _Kept]] = {}
-        #: Whether the demand changed since the last report.
-        self.dirty = False
+        self._dirty = False
+        #: Limits the last report spoke for (one emptied since is reported as left).
+        self._reported: set[Limit] = set()
 
     def demand(self, agent_id: str, demand: pb.CapacityDemand) -> None:
         limit = (demand.service, demand.resource)
@@ -61,7 +62,7 @@ class FollowerLeases:
             self._sent.get(limit, {}).pop(agent_id, None)
         else:
             per_agent[agent_id] = demand
-        self.dirty = True
+        self._dirty = True
 
     def agent_left(self, agent_id: str) -> None:
         """``agent_id``'s stream ended (a goodbye came first as a leaving demand)."""
@@ -71,7 +72,7 @@ class FollowerLeases:
             sent = self._sent.get(limit, {}).pop(agent_id, 0.0)
             if last is None:
                 continue
-            self.dirty = True
+            self._dirty = True
             units, hold = max(last.safe_units, sent), self.hold_secs(*limit)
             if units > 0 and hold is not None:
                 self.kept.setdefault(limit, {})[agent_id] = _Kept(units, now + hold)
@@ -83,7 +84,15 @@ class FollowerLeases:
         for kept in self.kept.values():
             for agent_id in [a for a in kept if a != keep and (a == name or a.startswith(mine))]:
                 del kept[agent_id]
-                self.dirty = True
+                self._dirty = True
+
+    @property
+    def dirty(self) -> bool:
+        """Whether the demand changed since the last report (a kept agent's horizon passed too)."""
+        if self._dirty:
+            return True
+        now = self.clock()
+        return any(k.until <= now for kept in self.kept.values() for k in kept.values())
 
     def _kept_now(self, limit: Limit) -> dict[str, _Kept]:
         kept = self.kept.get(limit, {})
@@ -93,12 +102,17 @@ class FollowerLeases:
         return kept
 
     def report(self) -> pb.ConnectRequest | None:
-        """One demand per limit for all the agents here (the ones kept too), or None."""
-        demands = []
-        for limit in sorted(set(self.demands) | set(self.kept)):
+        """One demand per limit for all the agents here (the ones kept too), or None. A
+        limit nobody here shares any more is reported once as left: the leader leases this
+        replica nothing more of it."""
+        demands, reported = [], set()
+        for limit in sorted(set(self.demands) | set(self.kept) | self._reported):
             per_agent, kept = self.demands.get(limit, {}), self._kept_now(limit)
             if not per_agent and not kept:
+                if limit in self._reported:
+                    demands.append(pb.CapacityDemand(service=limit[0], resource=limit[1], leaving=True))
                 continue
+            reported.add(limit)
             wants = [max(0.0, d.wanted) for d in per_agent.values()] + [k.units for k in kept.values()]
             demands.append(
                 pb.CapacityDemand(
@@ -114,7 +128,7 @@ class FollowerLeases:
                     agents_wanted=wants,
                 )
             )
-        self.dirty = False
+        self._dirty, self._reported = False, reported
         if not demands:
             return None
         return pb.ConnectRequest(demand=pb.CapacityDemandReport(demands=demands))

@@ -95,3 +95,23 @@ def test_the_leader_keeps_room_for_what_a_follower_may_spend_without_a_lease() -
     leader.report("f", wanted=5.0, agents=1, agents_wanted=[5.0], safe_units=5.0)
     leader.run(5002.0)
     assert leader.sent["direct"][-1].units == pytest.approx(UNITS - 5.0, abs=1)
+
+
+def test_a_follower_whose_agents_are_all_gone_is_leased_nothing_more() -> None:
+    """Its last agent cut off: kept until the horizon (a report goes up when that passes,
+    with no agent reporting meanwhile), then the follower says it shares the limit no more."""
+    leader = Leader(5000.0)
+    follower = Follower(leader)
+    leader.report("direct")
+    follower.agent("a", safe_units=10.0)
+    follower.relay()
+    follower.leases.agent_left("a")
+    follower.run(5002.0)
+    assert leader.leaser.limits[("shared", RESOURCE)].holders["f"].safe_units == 10.0
+    assert not follower.leases.dirty
+    leader.now += HORIZON
+    assert follower.leases.dirty  # the horizon passed: the leader must hear of it
+    follower.run(leader.now + 1.0)
+    assert "f" not in leader.leaser.limits[("shared", RESOURCE)].holders
+    assert leader.sent["direct"][-1].units == pytest.approx(UNITS)
+    assert follower.leases.report() is None  # said once
