@@ -65,6 +65,8 @@ class _Holder:
     earlier: int = 0  # agents an earlier leader counted, as reported before this one leased
     #: what it may spend of an earlier leader's leases, as reported before this one leased
     earlier_units: float = 0.0
+    #: a follower replica (speaks for its agents, and for those gone from it that it keeps)
+    replica: bool = False
 
 
 @dataclass
@@ -200,6 +202,15 @@ class CapacityLeaser:
         limit.held_horizons = [(h, until) for h, until in limit.held_horizons if until > now]
         return max([limit.unleased_secs, *(h for h, _ in limit.held_horizons)])
 
+    def hold_secs(self, service: str, resource: str) -> float | None:
+        """How long a holder gone without a goodbye may still spend the limit: the longest
+        horizon it may hold and the two periods its last lease may be ahead (None: no such
+        fleet-shared limit)."""
+        limit = self.limits.get((service, resource))
+        if limit is None or limit.metered:
+            return None
+        return self._horizon(limit, self.clock()) + 2 * limit.period_secs
+
     def demand(self, holder: str, demand: pb.CapacityDemand) -> None:
         limit = self.limits.get((demand.service, demand.resource))
         if limit is None:
@@ -215,6 +226,7 @@ class CapacityLeaser:
         # (a follower that does not say what each agent wants: all alike)
         alike = (entry.wanted / entry.agents,) * entry.agents
         entry.wants = tuple(_finite(w) for w in demand.agents_wanted) or alike
+        entry.replica = bool(demand.agents_wanted)
         entry.agents_known = demand.agents_known
         entry.safe_units = min(_finite(demand.safe_units), limit.fleet_units)
         if not entry.leased:
@@ -332,7 +344,11 @@ class CapacityLeaser:
             shares = _whole(shares, index)
         # a holder that misses this lease goes on with its last one: shrinks count in
         # full for one more period
-        last = {h: max(e.sent, e.safe_units if not e.sent else 0.0) for h, e in limit.holders.items()}
+        # (a follower's agents may spend what they last had, and those gone from it what it
+        # keeps for them: its units without a lease)
+        last = {
+            h: max(e.sent, e.safe_units if not e.sent or e.replica else 0.0) for h, e in limit.holders.items()
+        }
         shares = _late_shrinks(shares, last, pool)
         limit.leased = sum(shares.values())
         # every agent that may be spending: those leased now and those cut off

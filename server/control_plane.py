@@ -236,7 +236,13 @@ class ControlPlane:
             clock=self.clock,
         )
         self.relay = LeaderRelay(
-            self.leadership, self.hub, token=token, credentials=credentials, connect=connect
+            self.leadership,
+            self.hub,
+            token=token,
+            credentials=credentials,
+            connect=connect,
+            hold_secs=self.capacity.hold_secs,
+            clock=self.clock,
         )
         self.writer.fence = self.leadership
         self.breakers.lead_check = self.leadership.lease_valid
@@ -335,6 +341,8 @@ class ControlPlane:
         """A stream of agent process ``agent_id`` (agent id ``name``) opened: a predecessor
         process of that agent id gone without a goodbye is not waited for (a restart)."""
         self.capacity.release_predecessors(name, keep=agent_id)
+        if self.relay is not None:
+            self.relay.leases.release_predecessors(name, keep=agent_id)
 
     def agent_left(self, agent_id: str, *, relay: bool = False, name: str = "") -> None:
         """An agent's (or a follower ``relay``'s) last stream here ended."""
@@ -345,6 +353,8 @@ class ControlPlane:
         self.reports.agent_left(agent_id)
         if self.relay is not None:
             self.relay.agent_left(agent_id)
+            if name and self.hub.processes_named(name):
+                self.relay.leases.release_predecessors(name, keep="")
 
     # -- lifecycle -------------------------------------------------------------
 

@@ -15,19 +15,20 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 import grpc
 import grpc.aio
-from mission_control.client.fleet_limits import fair_share
 from mission_control.client.view import Tally, UnackedBatches
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
 from .outcome_ledger import BatchKey, origin_key, origin_of
 from .relay_acks import AckTarget, OwedAcks
+from .relay_leases import FollowerLeases
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -64,6 +65,8 @@ class LeaderRelay:
         credentials: TLS for the link (the replica's own certificate); None = plaintext.
         connect: opens the stream to the leader (gRPC unless given: a simulation passes
             an in-memory one).
+        hold_secs, clock: how long an agent gone without a goodbye may spend a fleet-shared
+            limit (see :class:`.relay_leases.FollowerLeases`), on this monotonic clock.
     """
 
     def __init__(
@@ -74,6 +77,8 @@ class LeaderRelay:
         flush_interval: float = 0.02,
         credentials: grpc.ChannelCredentials | None = None,
         connect: RelayConnect | None = None,
+        hold_secs: Callable[[str, str], float | None] = lambda service, resource: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.leadership = leadership
         self.hub = hub
@@ -97,9 +102,8 @@ class LeaderRelay:
         #: The breaker generation of the permits held here, per service.
         self._held_generation: dict[str, int] = {}
         self._wake = asyncio.Event()
-        #: (service, resource) -> agent -> its last demand
-        self._demands: dict[tuple[str, str], dict[str, pb.CapacityDemand]] = {}
-        self._demand_dirty = False
+        #: What this replica's agents want of the fleet-shared limits, and their leases.
+        self.leases = FollowerLeases(hold_secs, clock)
         self._epoch = 0
         self._demand_epoch = -1
         self._unacked = UnackedBatches(MAX_BATCHES)
@@ -173,18 +177,11 @@ class LeaderRelay:
         self._wake.set()
 
     def demand(self, agent_id: str, demand: pb.CapacityDemand) -> None:
-        per_agent = self._demands.setdefault((demand.service, demand.resource), {})
-        if demand.leaving:
-            per_agent.pop(agent_id, None)
-        else:
-            per_agent[agent_id] = demand
-        self._demand_dirty = True
+        self.leases.demand(agent_id, demand)
         self._wake.set()
 
     def agent_left(self, agent_id: str) -> None:
-        for per_agent in self._demands.values():
-            if per_agent.pop(agent_id, None) is not None:
-                self._demand_dirty = True
+        self.leases.agent_left(agent_id)
         for service, held in self._held.items():
             # its stream is gone: what it held goes back to the fleet at once (a probe it
             # may still run would not count, as the leader frees the permit)
@@ -287,9 +284,9 @@ class LeaderRelay:
                     yield pb.ConnectRequest(outcomes=batch)
             for request in self._outgoing():
                 yield request
-            if self._demand_dirty or epoch != self._demand_epoch:
-                self._demand_dirty, self._demand_epoch = False, epoch
-                report = self._demand_report()
+            if self.leases.dirty or epoch != self._demand_epoch:
+                self._demand_epoch = epoch
+                report = self.leases.report()
                 if report is not None:
                     yield report
             asked, self._asked = self._asked, {}
@@ -320,34 +317,9 @@ class LeaderRelay:
         self.acks.sent(self._last_sent)  # (an ack owed for a batch already sent waits for it too)
         return out
 
-    def _demand_report(self) -> pb.ConnectRequest | None:
-        demands = [
-            pb.CapacityDemand(
-                service=service,
-                resource=resource,
-                wanted=sum(max(0.0, d.wanted) for d in per_agent.values()),
-                used=sum(max(0.0, d.used) for d in per_agent.values()),
-                agents=len(per_agent),
-                agents_known=max(d.agents_known for d in per_agent.values()),
-                safe_units=sum(max(0.0, d.safe_units) for d in per_agent.values()),
-                leased=all(d.leased for d in per_agent.values()),
-                agents_wanted=[max(0.0, d.wanted) for d in per_agent.values()],
-            )
-            for (service, resource), per_agent in self._demands.items()
-            if per_agent
-        ]
-        if not demands:
-            return None
-        return pb.ConnectRequest(demand=pb.CapacityDemandReport(demands=demands))
-
     def _share_lease(self, lease: pb.CapacityLease) -> None:
         """The leader leased this replica a part; split it among the agents here."""
-        per_agent = self._demands.get((lease.service, lease.resource), {})
-        shares = fair_share(lease.units, {a: d.wanted for a, d in per_agent.items()})
-        for agent_id, units in shares.items():
-            mine = pb.CapacityLease()
-            mine.CopyFrom(lease)
-            mine.units = units  # the leader counted this replica's agents in lease.agents
+        for agent_id, mine in self.leases.split(lease):
             self.hub.send_to_agent(agent_id, pb.ConnectResponse(lease=mine))
 
     def drain(self) -> list[Held]:

@@ -1,5 +1,6 @@
 """Run or replay simulated schedules: ``python -m tests.sim_fleet --seed N [-v]`` replays
-one (``-v`` prints its events and the control plane's log); ``--count N --first S`` runs
+one (``-v`` prints its events and the control plane's log, ``--window`` the worst window of an
+I4 violation: who admitted under which lease, epoch and horizon); ``--count N --first S`` runs
 many and prints every failing seed."""
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def main() -> int:
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--window", action="store_true", help="print an I4 violation's worst window")
     parser.add_argument("--active", type=float, default=ACTIVE_SECS, help="virtual seconds of faults")
     args = parser.parse_args()
     if args.seed is not None:
@@ -36,6 +38,8 @@ def main() -> int:
                 handler.addFilter(_virtual_time)
         result = simulate(args.seed, verbose=args.verbose, active_secs=args.active)
         print(result.report() if not result.ok else f"seed {args.seed}: ok {dict(result.stats)}")
+        if args.window:
+            print("\n".join(result.timeline))
         return 0 if result.ok else 1
     started = time.perf_counter()
     failed = []

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mission_control.client.breaker import BreakerState
+from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.engine import PROBE_TTL_SECS
 
 if TYPE_CHECKING:
@@ -55,13 +56,19 @@ class _Probe:
 
 def worst_window(times: list[float], window: float) -> int:
     """The most admissions in any window of ``window`` seconds."""
+    return worst_span(times, window)[0]
+
+
+def worst_span(times: list[float], window: float) -> tuple[int, float]:
+    """The most admissions in any window of ``window`` seconds, and when that window ends."""
     times = sorted(times)
-    worst, j = 0, 0
+    worst, end, j = 0, 0.0, 0
     for i, t in enumerate(times):
         while times[j] <= t - window:
             j += 1
-        worst = max(worst, i - j + 1)
-    return worst
+        if i - j + 1 > worst:
+            worst, end = i - j + 1, t
+    return worst, end
 
 
 class ProbeWatch:
@@ -247,10 +254,46 @@ class Admissions:
         self.unlimited = 0
         #: How often an agent was cut off from every replica.
         self.cut_off = 0
+        #: (when, what): admissions and leases of the shared limit, for :meth:`timeline`.
+        self.log: list[tuple[float, str]] = []
 
     def admitted(self, agent: Agent) -> None:
         self.times.append(self.world.now)
         self.by_agent[agent.name] += 1
+        for budget in agent.view.get(SHARED).leased.values():
+            running = budget._now
+            lease = running.lease
+            under = (
+                f"lease ({lease.epoch}, {lease.period})"
+                if lease
+                else f"no lease (last {budget.last_units:g})"
+            )
+            self._note(agent, f"admits under {under}, {running.left:g} left, horizon {budget.horizon:.2f}")
+
+    def leased(self, agent: Agent, lease: pb.CapacityLease) -> None:
+        """A lease of the shared limit reached ``agent``."""
+        if lease.service == SHARED:
+            starts = lease.starts_in.ToNanoseconds() / 1e9
+            self._note(
+                agent, f"leased {lease.units:g} for ({lease.epoch}, {lease.period}) from +{starts:.3f}"
+            )
+
+    def _note(self, agent: Agent, text: str) -> None:
+        via = agent.replica.instance if agent.replica is not None else "no replica"
+        self.log.append((self.world.now, f"{agent.name} [{via}] {text}"))
+
+    def timeline(self) -> list[str]:
+        """What happened in the worst window (and the period before it): admissions, the
+        leases agents received, and the schedule's events."""
+        worst, end = worst_span(self.times, WINDOW)
+        start = end - WINDOW - self.world.lease_secs
+        lines = [(t, f"{t:9.3f} {text}") for t, text in self.log if start <= t <= end]
+        for event in self.world.result.events:
+            when = float(event.split(maxsplit=1)[0])
+            if start - 5.0 <= when <= end:
+                lines.append((when, f"{event}  (event)"))
+        header = f"the worst {WINDOW:g} s window: ({end - WINDOW:.3f}, {end:.3f}], {worst} admitted"
+        return [header, *(text for _, text in sorted(lines, key=lambda line: line[0]))]
 
     def check(self) -> None:
         world = self.world
@@ -264,3 +307,4 @@ class Admissions:
                 "I4: " + f"{worst} admitted in one {WINDOW:g} s window "
                 f"(limit {LIMIT} + one period's {units:g}; period {world.lease_secs:g} s)"
             )
+            world.result.timeline = self.timeline()

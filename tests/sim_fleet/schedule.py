@@ -46,6 +46,8 @@ class Result:
     violations: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     stats: Counter[str] = field(default_factory=Counter)
+    #: An I4 violation's worst window, event by event (``python -m tests.sim_fleet --window``).
+    timeline: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -311,6 +311,7 @@ class Agent:
         elif kind == "outcome_ack":
             self.unacked.ack(response.outcome_ack.sequence)
         elif kind == "lease":
+            self.world.admissions.leased(self, response.lease)
             view.apply_lease(response.lease)
 
     def _demand(self, epoch: int) -> pb.ConnectRequest | None:

@@ -1,0 +1,151 @@
+"""A follower's part of the fleet leases: what its agents want goes up to the leader (one
+demand speaking for all of them), and the lease the leader sends back is split among them.
+
+An agent whose stream here ends without a goodbye may be alive and cut off (or behind a
+replica that reaches no leader), spending its last lease until its horizon. The leader
+keeps that aside for an agent connected to it (``CapacityLeaser.forget``); for an agent
+behind a follower only the follower knows, so the follower keeps it: until the horizon has
+passed (the policy's ``unleased_secs`` and the two periods its last lease may be ahead) it
+still counts the agent in its demand, wanting what it may spend, and in the units it may
+spend without a lease; and it hands that much of each lease to nobody. The agents here
+share the rest. A holder that says goodbye, or comes back here, is not kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mission_control.client.fleet_limits import fair_share
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+#: (service, resource) of a fleet-shared limit.
+Limit = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    """An agent gone without a goodbye: what it may spend a period, and until when."""
+
+    units: float
+    until: float
+
+
+class FollowerLeases:
+    """Demands of this replica's agents, leases for them, and what is kept for those gone.
+
+    Args:
+        hold_secs: how long an agent gone without a goodbye may spend a limit (its
+            horizon and two periods; None: not a fleet-shared limit here).
+        clock: monotonic seconds.
+    """
+
+    def __init__(self, hold_secs: Callable[[str, str], float | None], clock: Callable[[], float]) -> None:
+        self.hold_secs = hold_secs
+        self.clock = clock
+        #: limit -> agent -> its last demand
+        self.demands: dict[Limit, dict[str, pb.CapacityDemand]] = {}
+        #: limit -> agent -> the units of the last lease passed on to it
+        self._sent: dict[Limit, dict[str, float]] = {}
+        #: limit -> agent gone without a goodbye -> what is kept for it
+        self.kept: dict[Limit, dict[str, _Kept]] = {}
+        self._dirty = False
+        #: Limits the last report spoke for (one emptied since is reported as left).
+        self._reported: set[Limit] = set()
+
+    def demand(self, agent_id: str, demand: pb.CapacityDemand) -> None:
+        limit = (demand.service, demand.resource)
+        per_agent = self.demands.setdefault(limit, {})
+        self.kept.get(limit, {}).pop(agent_id, None)
+        if demand.leaving:
+            per_agent.pop(agent_id, None)
+            self._sent.get(limit, {}).pop(agent_id, None)
+        else:
+            per_agent[agent_id] = demand
+        self._dirty = True
+
+    def agent_left(self, agent_id: str) -> None:
+        """``agent_id``'s stream ended (a goodbye came first as a leaving demand)."""
+        now = self.clock()
+        for limit, per_agent in self.demands.items():
+            last = per_agent.pop(agent_id, None)
+            sent = self._sent.get(limit, {}).pop(agent_id, 0.0)
+            if last is None:
+                continue
+            self._dirty = True
+            units, hold = max(last.safe_units, sent), self.hold_secs(*limit)
+            if units > 0 and hold is not None:
+                self.kept.setdefault(limit, {})[agent_id] = _Kept(units, now + hold)
+
+    def release_predecessors(self, name: str, keep: str) -> None:
+        """A process of agent id ``name`` is connected (``keep``): one gone without a
+        goodbye was its predecessor (a restart), not an agent cut off."""
+        mine = f"{name}@"
+        for kept in self.kept.values():
+            for agent_id in [a for a in kept if a != keep and (a == name or a.startswith(mine))]:
+                del kept[agent_id]
+                self._dirty = True
+
+    @property
+    def dirty(self) -> bool:
+        """Whether the demand changed since the last report (a kept agent's horizon passed too)."""
+        if self._dirty:
+            return True
+        now = self.clock()
+        return any(k.until <= now for kept in self.kept.values() for k in kept.values())
+
+    def _kept_now(self, limit: Limit) -> dict[str, _Kept]:
+        kept = self.kept.get(limit, {})
+        now = self.clock()
+        for agent_id in [a for a, k in kept.items() if k.until <= now]:
+            del kept[agent_id]  # past its horizon: if still cut off, it refuses by now
+        return kept
+
+    def report(self) -> pb.ConnectRequest | None:
+        """One demand per limit for all the agents here (the ones kept too), or None. A
+        limit nobody here shares any more is reported once as left: the leader leases this
+        replica nothing more of it."""
+        demands, reported = [], set()
+        for limit in sorted(set(self.demands) | set(self.kept) | self._reported):
+            per_agent, kept = self.demands.get(limit, {}), self._kept_now(limit)
+            if not per_agent and not kept:
+                if limit in self._reported:
+                    demands.append(pb.CapacityDemand(service=limit[0], resource=limit[1], leaving=True))
+                continue
+            reported.add(limit)
+            wants = [max(0.0, d.wanted) for d in per_agent.values()] + [k.units for k in kept.values()]
+            demands.append(
+                pb.CapacityDemand(
+                    service=limit[0],
+                    resource=limit[1],
+                    wanted=sum(wants),
+                    used=sum(max(0.0, d.used) for d in per_agent.values()),
+                    agents=len(wants),
+                    agents_known=max((d.agents_known for d in per_agent.values()), default=0),
+                    safe_units=sum(max(0.0, d.safe_units) for d in per_agent.values())
+                    + sum(k.units for k in kept.values()),
+                    leased=all(d.leased for d in per_agent.values()),
+                    agents_wanted=wants,
+                )
+            )
+        self._dirty, self._reported = False, reported
+        if not demands:
+            return None
+        return pb.ConnectRequest(demand=pb.CapacityDemandReport(demands=demands))
+
+    def split(self, lease: pb.CapacityLease) -> list[tuple[str, pb.CapacityLease]]:
+        """The leader's lease for this replica, split among the agents here (after what is
+        kept for the agents gone), as (agent, its lease)."""
+        limit = (lease.service, lease.resource)
+        per_agent = self.demands.get(limit, {})
+        kept = sum(k.units for k in self._kept_now(limit).values())
+        shares = fair_share(max(0.0, lease.units - kept), {a: d.wanted for a, d in per_agent.items()})
+        sent = self._sent.setdefault(limit, {})
+        out = []
+        for agent_id, units in shares.items():
+            mine = pb.CapacityLease()
+            mine.CopyFrom(lease)
+            mine.units = units  # the leader counted this replica's agents in lease.agents
+            sent[agent_id] = units
+            out.append((agent_id, mine))
+        return out
