@@ -299,18 +299,22 @@ def _table(out: TextIO, results: dict[str, Any], duration: float, seed: int) -> 
     out.write(f"{'KPI'.ljust(width)}  {'value':>9}  {'seed target':>11}  met  {'goal':>8}  met\n")
     for name, value, target, met, goal, met_goal in rows:
         out.write(f"{name.ljust(width)}  {value:>9}  {target:>11}  {met:3}  {goal:>8}  {met_goal}\n")
-    calls, reached = results["outage_calls"], results["outage_attempts"]
-    by_service = ", ".join(f"{k} {v}" for k, v in results["false_positives_by_service"].items())
-    out.write(
-        f"(detection from the first failed call of the outage; {results['outage_calls_reached']} of "
-        f"{calls} outage calls reached the failing upstream, which got {reached} attempts in the "
-        f"outage ({reached / max(calls, 1):.2f} per call made); {results['faulted_calls']} calls hit "
-        f"by a fault; {results['false_positives']} false positives over {results['healthy_calls']} "
-        f"calls to a healthy upstream ({by_service}; {results['false_opens']} OPENs on a healthy "
-        f"upstream; {results['false_positives_in_wait']} calls stopped within the wait of an OPEN "
-        f"an outage caused, {results['kept_off_after_outage']} kept off the LLM after it "
-        f"recovered); reload took {results['reload_seconds'] or 0:.3f}s)\n"
-    )
+    r = results
+    lost = ", ".join(f"{k} {v}" for k, v in sorted(r["lost_by_error"].items())) or "none"
+    by_service = ", ".join(f"{k} {v}" for k, v in r["false_positives_by_service"].items())
+    notes = [
+        "detection from the first failed call of the outage",
+        f"{r['outage_calls_reached']} of {r['outage_calls']} outage calls reached the failing upstream, "
+        f"which got {r['outage_attempts']} attempts in the outage "
+        f"({r['outage_attempts'] / max(r['outage_calls'], 1):.2f} per call made)",
+        f"{r['faulted_calls']} calls hit by a fault, lost: {lost}",
+        f"{r['false_positives']} false positives over {r['healthy_calls']} calls to a healthy upstream "
+        f"({by_service}; {r['false_opens']} OPENs on a healthy upstream; {r['false_positives_in_wait']} "
+        f"calls stopped within the wait of an OPEN an outage caused, {r['kept_off_after_outage']} "
+        "kept off the LLM after it recovered)",
+        f"reload took {r['reload_seconds'] or 0:.3f}s",
+    ]
+    out.write(f"({'; '.join(notes)})\n")
     out.write(
         "(the demo's policies are tuned to its minute-long scenario: LLM breaker wait 2 s up to "
         "8 s and timeout 2 s, storage 1.5 s up to 6 s and 0.3 s; the defaults wait 60 s; "

@@ -174,6 +174,16 @@ def recovery_rate(run: Run) -> tuple[float | None, int]:
     return (saved / faulted if faulted else None), faulted
 
 
+def lost_by_error(run: Run) -> dict[str, int]:
+    """The calls that ended in an error, by error (the recoveries that failed)."""
+    lost: dict[str, int] = {}
+    for call in run.agent_calls:
+        if not call["ok"]:
+            error = str(call.get("error"))
+            lost[error] = lost.get(error, 0) + 1
+    return lost
+
+
 def opens(run: Run, service: str) -> list[tuple[float, float, float]]:
     """Each OPEN episode of ``service``'s breaker: (opened at, its wait, closed at or inf),
     the wait worked out as the breaker does (a reopen after HALF_OPEN grows it)."""
@@ -288,6 +298,7 @@ def compute(run: Run, outage_service: str) -> dict[str, Any]:
         "time_to_detection_s": time_to_detection(run, outage_service),
         "recovery_rate": recovery,
         "faulted_calls": faulted,
+        "lost_by_error": lost_by_error(run),
         "breaker_efficiency": breaker_efficiency(run, outage_service),
         "outage_calls": outage[0],
         "outage_calls_reached": outage[1],

@@ -83,6 +83,7 @@ def test_known_answers() -> None:
     # 20 llm calls saved by the fallback + 1 storage call saved by a retry, of 22 hit
     assert kpis["faulted_calls"] == 22
     assert kpis["recovery_rate"] == pytest.approx(21 / 22)
+    assert kpis["lost_by_error"] == {"StorageFailure": 1}
     # healthy by the schedule: llm before t=10 (20 calls) and from t=20 (40); the storage
     # calls were made while it flapped; no call was stopped, but the storage breaker opened
     # at t=5 while storage was healthy
