@@ -19,7 +19,10 @@ hedging adds, and a backend that slows down for everyone then gets at most that 
 more, while real retries of the service keep the retry budget — and one sent after a
 failure, a retry, spends the retry budget only (the hedge budget bounds the hedges sent
 for slowness; a fresh agent's is nearly empty and must not starve its retries). Without
-one, every hedge spends the retry budget. A hedge
+one, every hedge spends the retry budget. A hedge for slowness that its budget refuses
+stops only the hedges for slowness: an attempt in flight that then fails is still
+retried if the retry budget allows (a slow attempt that fails is retried, whatever the
+hedge budget). A hedge
 is an attempt, not a call: only the first attempt counts in a budget's base of calls
 (else hedges would fund their own budget). All attempts share the first one's deadline,
 and none is sent with less than :data:`MIN_HEDGE_LEFT` of it left. Hedged calls are not
@@ -75,16 +78,22 @@ class HedgeRun:
         self.next_at = ex.clock()
         self.error: BaseException | None = None  # the latest failure or refusal
         self.over = False  # nothing more will be sent
+        self.slow_refused = False  # the budget refused a hedge for slowness: none more
         self.expired_once = False  # the call's timeout is counted
 
     def due(self, now: float) -> Ticket | None:
         """The next attempt, admitted, if one is due now; refusals are taken in turn."""
-        while not self.over and now >= self.next_at and self.sent < self.hedging.max_attempts:
+        while now >= self.next_at and self._sending():
             if self.sent and self.deadline is not None and now >= self.deadline - MIN_HEDGE_LEFT:
                 self.over = True  # a hedge this late could not answer in time
                 break
             if self.sent and not self._budget_allows():
-                self.over = True  # the hedge or retry budget says no more
+                if self.after_failure:
+                    self.over = True  # the retry budget says no more
+                else:
+                    # No hedge for slowness, but the attempt in flight may still fail,
+                    # and its retry is the retry budget's to allow, not this one's.
+                    self.slow_refused = True
                 break
             self.sent += 1
             ticket = self.ex.enter(
@@ -115,6 +124,12 @@ class HedgeRun:
             self.over = True
         return None
 
+    def _sending(self) -> bool:
+        """Another attempt may still go (when it is due)."""
+        if self.over or self.sent >= self.hedging.max_attempts:
+            return False
+        return self.after_failure or not self.slow_refused
+
     def _budget_allows(self) -> bool:
         """One more attempt's budget: a retry (after a failure) spends the retry budget
         only; a hedge for a slow answer spends the hedge budget, or without one the
@@ -126,7 +141,7 @@ class HedgeRun:
     def wait(self, now: float) -> float:
         """Seconds until the next attempt is due or the deadline passes."""
         until = self.deadline if self.deadline is not None else now
-        if not self.over and self.sent < self.hedging.max_attempts:
+        if self._sending():
             until = min(until, self.next_at)
         return max(0.0, until - now)
 

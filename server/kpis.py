@@ -1,25 +1,25 @@
 """The seed's KPIs, computed from what actually happened in a scenario run: the upstream
 servers' call logs, the agents' call results, the breaker transitions and config changes.
+Whether an upstream was healthy is judged by its own schedule (the run's phases), never by
+what a breaker could know.
 
 Definitions (all shares are of calls, by call id):
 
 * **time to detection**: from the first failed upstream call of an outage to the first
   OPEN of that service's breaker after it (the control plane's decision is fleet-wide).
-* **recovery rate**: of the calls hit by a fault that something could have saved (a
-  backup service, or a retry while the service only failed sometimes), the share that
-  still succeeded (retry, fallback, probe). Calls into a service that failed every attempt
-  with no fallback (e.g. every attempt too slow) could not have been saved and are left out.
+* **recovery rate** (the seed's "successful automatic recoveries"): of the calls hit by a
+  fault — a failed attempt at the upstream, a refusal (breaker, limit, quota, a full spool),
+  any error, or an answer from a stand-in (the fallback, the write spool) — the share that
+  still ended well for the caller (a retry, the fallback, a spooled write made later).
+  Nothing hit is left out: a call refused and lost counts as a recovery that failed.
 * **breaker efficiency**: of the calls made to a service during its hard outage, the share
   the breaker stopped before they reached the failing upstream.
-* **false-positive rate**: breaker opens and calls stopped while the upstream was healthy
-  and no breaker could still be waiting to learn it, per call made to a healthy upstream.
-  The grace is the wait actually in force for that breaker then, from the run's breaker
-  transitions: a breaker OPEN since ``t_o`` with wait ``W`` (its policy's ``open_wait``:
-  the first wait when it opened from CLOSED, the previous one times the multiplier when a
-  probe failed) cannot know before ``t_o + W``; a call is healthy once the upstream has
-  been ok for :data:`SLACK` and the OPEN in force (if any) is ``W + SLACK`` old. The older
-  definition (the grace is the policy's first wait, whatever the breaker's wait was) is
-  computed beside it, as is the number of calls kept off the upstream after it recovered.
+* **false-positive rate** (the seed's "incorrectly flagged errors"): of the calls made while
+  their upstream was healthy by its schedule, the share stopped anyway (refused, or sent to
+  a stand-in), plus each OPEN while the upstream had been healthy for over :data:`SLACK`.
+  Nothing else is excused: a call kept off a recovered upstream while the breaker's wait
+  runs is a false positive, and is also counted apart (``false_positives_in_wait``: the
+  part no breaker that learns by probing could avoid) so the figure can be read.
 * **reload success**: config changes enforced by every agent, per change made, and how long
   the slowest agent took.
 """
@@ -30,8 +30,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Seconds allowed beyond a breaker's wait (a probe's round trip, the watcher's lag).
+#: Seconds an OPEN may follow its upstream's last failure and still be judged as caused by
+#: it (the failures it counted, the control plane's decision and the watcher's lag).
 SLACK = 1.0
+#: Errors that mean the protection stopped the call before the upstream could answer it.
+REFUSALS = frozenset({"CircuitBreakerOpen", "ResourceExhausted"})
+#: What served a call in its upstream's place.
+STAND_INS = frozenset({"fallback", "spool"})
 
 #: The seed's targets (its KPI list).
 TARGETS = {
@@ -74,10 +79,8 @@ class Run:
     transitions: list[tuple[float, str, str]]
     #: service -> upstream name serving it
     upstream_of: dict[str, str]
-    #: service -> the breaker's first wait, seconds (the older false-positive grace)
+    #: service -> the breaker's first wait, seconds
     wait_of: dict[str, float]
-    #: service -> a fallback service exists
-    has_fallback: dict[str, bool]
     #: list of (wall time made, {agent: wall time enforced or None})
     config_changes: list[tuple[float, dict[str, float | None]]] = field(default_factory=list)
     #: service -> its policy's open_wait(previous wait or None): the wait of each OPEN
@@ -89,14 +92,6 @@ def _mode_at(phases: Iterable[Phase], upstream: str, t: float) -> str:
         if phase.upstream == upstream and phase.start <= t < phase.end:
             return phase.mode
     return "ok"
-
-
-def _healthy_since(phases: Sequence[Phase], upstream: str, t: float) -> float:
-    """How long the upstream has been ok at ``t`` (0 when it is not ok)."""
-    if _mode_at(phases, upstream, t) != "ok":
-        return 0.0
-    ends = [p.end for p in phases if p.upstream == upstream and p.mode != "ok" and p.end <= t]
-    return t - max(ends) if ends else float("inf")
 
 
 def time_to_detection(run: Run, service: str) -> float | None:
@@ -134,6 +129,16 @@ def outage_calls(run: Run, service: str) -> tuple[int, int]:
     return len(calls), sum(1 for c in calls if c["id"] in reached)
 
 
+def outage_attempts(run: Run, service: str) -> int:
+    """Attempts the failing upstream received during ``service``'s hard outages (retries
+    and probes included): over :func:`outage_calls`, the demo's retry amplification."""
+    upstream = run.upstream_of[service]
+    outages = [p for p in run.phases if p.upstream == upstream and p.mode == "fail"]
+    return sum(
+        1 for c in run.upstream_calls.get(upstream, []) if any(p.start <= c["t"] < p.end for p in outages)
+    )
+
+
 def kept_off_after(run: Run, service: str) -> int:
     """Calls to ``service`` stopped by its breaker (refused, or sent to a fallback) after its
     last outage ended, while the upstream served: the price of the breaker's waits (it
@@ -153,28 +158,30 @@ def kept_off_after(run: Run, service: str) -> int:
 
 
 def recovery_rate(run: Run) -> tuple[float | None, int]:
+    """(rate, calls hit by a fault): see the module's definition."""
     faulted = 0
     saved = 0
     # call ids that met at least one failed attempt, per upstream (indexed once: logs are long)
     failed_ids = {name: {c["id"] for c in calls if not c["ok"]} for name, calls in run.upstream_calls.items()}
     for call in run.agent_calls:
         upstream = run.upstream_of[call["service"]]
-        hit = call["id"] in failed_ids.get(upstream, ()) or call.get("served_by") == "fallback"
-        if not hit and call["ok"]:
-            continue
-        if not hit and call.get("error") not in (
-            "OperationTimeout",
-            "StorageFailure",
-            "LLMProviderUnavailable",
-        ):
-            continue  # failed for a reason that is not a fault of the service
-        mode = _mode_at(run.phases, upstream, call["t"])
-        savable = run.has_fallback.get(call["service"], False) or mode == "flap"
-        if not savable:
-            continue
-        faulted += 1
-        saved += 1 if call["ok"] else 0
+        hit = (
+            not call["ok"] or call.get("served_by") in STAND_INS or call["id"] in failed_ids.get(upstream, ())
+        )
+        if hit:
+            faulted += 1
+            saved += 1 if call["ok"] else 0
     return (saved / faulted if faulted else None), faulted
+
+
+def lost_by_error(run: Run) -> dict[str, int]:
+    """The calls that ended in an error, by error (the recoveries that failed)."""
+    lost: dict[str, int] = {}
+    for call in run.agent_calls:
+        if not call["ok"]:
+            error = str(call.get("error"))
+            lost[error] = lost.get(error, 0) + 1
+    return lost
 
 
 def opens(run: Run, service: str) -> list[tuple[float, float, float]]:
@@ -206,45 +213,68 @@ def _in_force(episodes: Sequence[tuple[float, float, float]], t: float) -> tuple
 
 
 def _stopped(call: dict[str, Any]) -> bool:
-    return call.get("error") == "CircuitBreakerOpen" or call.get("served_by") == "fallback"
+    return call.get("error") in REFUSALS or call.get("served_by") in STAND_INS
+
+
+def _failing_during(phases: Iterable[Phase], upstream: str, start: float, end: float) -> bool:
+    """The upstream's schedule had it not ok at some moment of [start, end]."""
+    return any(p.upstream == upstream and p.mode != "ok" and p.start <= end and p.end > start for p in phases)
+
+
+def false_opens(run: Run) -> list[tuple[float, str]]:
+    """Each OPEN of a breaker whose upstream had been healthy for over :data:`SLACK`."""
+    return [
+        (t, name)
+        for t, name, state in run.transitions
+        if name in run.upstream_of
+        and state == "OPEN"
+        and not _failing_during(run.phases, run.upstream_of[name], t - SLACK, t)
+    ]
 
 
 def false_positive_rate(run: Run) -> tuple[float | None, int, int]:
-    """(rate, false positives, healthy calls) with the grace the wait in force."""
-    episodes = {service: opens(run, service) for service in run.upstream_of}
-
-    def excused(service: str, t: float) -> bool:
-        upstream = run.upstream_of[service]
-        if _healthy_since(run.phases, upstream, t) <= SLACK:
-            return True
-        open_ = _in_force(episodes[service], t)
-        return open_ is not None and t < open_[0] + open_[1] + SLACK
-
-    return _false_positives(run, excused)
-
-
-def false_positive_rate_first_wait(run: Run) -> tuple[float | None, int, int]:
-    """The older definition: the grace is the policy's first wait, whatever the breaker's."""
-
-    def excused(service: str, t: float) -> bool:
-        healthy = _healthy_since(run.phases, run.upstream_of[service], t)
-        return healthy <= run.wait_of.get(service, 0.0) + SLACK
-
-    return _false_positives(run, excused)
-
-
-def _false_positives(run: Run, excused: Callable[[str, float], bool]) -> tuple[float | None, int, int]:
-    healthy_calls = 0
-    false = 0
+    """(rate, false positives, calls made to a healthy upstream): see the module's
+    definition. Only the upstream's schedule excuses a stopped call."""
+    healthy = false = 0
     for call in run.agent_calls:
-        if excused(call["service"], call["t"]):
+        if _mode_at(run.phases, run.upstream_of[call["service"]], call["t"]) != "ok":
             continue
-        healthy_calls += 1
+        healthy += 1
         false += 1 if _stopped(call) else 0
-    for t, name, state in run.transitions:
-        if name in run.upstream_of and state == "OPEN" and not excused(name, t - 1e-6):
-            false += 1
-    return (false / healthy_calls if healthy_calls else None), false, healthy_calls
+    false += len(false_opens(run))
+    return (false / healthy if healthy else None), false, healthy
+
+
+def false_positives_by_service(run: Run) -> dict[str, int]:
+    """The false positives of each service (its stopped healthy calls and false OPENs)."""
+    counts = dict.fromkeys(run.upstream_of, 0)
+    for call in run.agent_calls:
+        if _stopped(call) and _mode_at(run.phases, run.upstream_of[call["service"]], call["t"]) == "ok":
+            counts[call["service"]] += 1
+    for _, name in false_opens(run):
+        counts[name] += 1
+    return counts
+
+
+def false_positives_in_wait(run: Run) -> int:
+    """Of the false positives, the calls stopped within the wait of an OPEN that an outage
+    caused (opened while its upstream failed, or within :data:`SLACK` of it): the breaker
+    could only learn of the recovery at its next probe. Not excused: shown apart."""
+    count = 0
+    for service, upstream in run.upstream_of.items():
+        caused = [
+            (opened, wait, ended)
+            for opened, wait, ended in opens(run, service)
+            if _failing_during(run.phases, upstream, opened - SLACK, opened)
+        ]
+        for call in run.agent_calls:
+            if call["service"] != service or not _stopped(call):
+                continue
+            if _mode_at(run.phases, upstream, call["t"]) != "ok":
+                continue
+            open_ = _in_force(caused, call["t"])
+            count += 1 if open_ is not None and call["t"] < open_[0] + open_[1] + SLACK else 0
+    return count
 
 
 def reload_success(run: Run) -> tuple[float | None, float | None]:
@@ -262,23 +292,24 @@ def reload_success(run: Run) -> tuple[float | None, float | None]:
 def compute(run: Run, outage_service: str) -> dict[str, Any]:
     recovery, faulted = recovery_rate(run)
     false_rate, false, healthy = false_positive_rate(run)
-    first_rate, first_false, first_healthy = false_positive_rate_first_wait(run)
     reload, reload_s = reload_success(run)
     outage = outage_calls(run, outage_service)
     return {
         "time_to_detection_s": time_to_detection(run, outage_service),
         "recovery_rate": recovery,
         "faulted_calls": faulted,
+        "lost_by_error": lost_by_error(run),
         "breaker_efficiency": breaker_efficiency(run, outage_service),
         "outage_calls": outage[0],
         "outage_calls_reached": outage[1],
+        "outage_attempts": outage_attempts(run, outage_service),
         "kept_off_after_outage": kept_off_after(run, outage_service),
         "false_positive_rate": false_rate,
         "false_positives": false,
         "healthy_calls": healthy,
-        "false_positive_rate_first_wait": first_rate,
-        "false_positives_first_wait": first_false,
-        "healthy_calls_first_wait": first_healthy,
+        "false_positives_in_wait": false_positives_in_wait(run),
+        "false_opens": len(false_opens(run)),
+        "false_positives_by_service": false_positives_by_service(run),
         "reload_success": reload,
         "reload_seconds": reload_s,
         "calls": len(run.agent_calls),

@@ -6,7 +6,7 @@ import io
 import json
 from pathlib import Path
 
-from mission_control.server.demo import _collect, run_demo
+from mission_control.server.demo import _collect, _policies_note, run_demo
 from mission_control.server.etcd_process import EtcdProcess
 
 
@@ -16,6 +16,7 @@ def test_a_short_demo_produces_the_kpi_table(etcd_server: EtcdProcess) -> None:
     text = out.getvalue()
     assert "llm-primary fail" in text and "KPIs (duration 8s, seed 2" in text
     assert "dashboard: http://127.0.0.1:" in text
+    assert _policies_note() in text  # the demo's own policies, not the defaults, are named
     assert kpis["calls"] > 100
     # the outage was detected (the breaker opened) and the backup served calls meanwhile
     assert kpis["time_to_detection_s"] is not None and kpis["time_to_detection_s"] < 5
@@ -34,3 +35,10 @@ def test_a_spooled_write_counts_as_made_only_when_the_upstream_logged_it(tmp_pat
     run = _collect(tmp_path, [], [], [])
     made = {call["id"]: (call["ok"], call["error"]) for call in run.agent_calls}
     assert made == {"research:1": (True, None), "research:2": (False, "StorageFailure")}
+
+
+def test_the_demo_names_its_own_tuned_policies() -> None:
+    note = _policies_note()
+    assert "llm_provider breaker wait 2 s up to 8 s, timeout 2 s" in note
+    assert "storage_backend breaker wait 1.5 s up to 6 s, timeout 0.3 s" in note
+    assert "bench case 5" in note

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from mission_control.server.kpis import Phase, Run, compute, opens, verdicts
+from mission_control.server.kpis import (
+    Phase,
+    Run,
+    compute,
+    false_positive_rate,
+    opens,
+    recovery_rate,
+    verdicts,
+)
 
 
 def scenario() -> Run:
@@ -60,7 +70,6 @@ def scenario() -> Run:
         transitions=transitions,
         upstream_of={"llm_provider": "llm-primary", "storage_backend": "storage"},
         wait_of={"llm_provider": 2.0, "storage_backend": 1.0},
-        has_fallback={"llm_provider": True},
         config_changes=[(35.0, {"research": 35.05, "poc": 35.08}), (36.0, {"research": 36.01, "poc": None})],
     )
 
@@ -70,17 +79,18 @@ def test_known_answers() -> None:
     assert kpis["time_to_detection_s"] == pytest.approx(12.0 - 10.1)
     # 20 calls into the outage, 4 reached the failing upstream
     assert kpis["breaker_efficiency"] == pytest.approx(16 / 20)
-    assert (kpis["outage_calls"], kpis["outage_calls_reached"]) == (20, 4)
-    # 20 llm calls saved by the fallback + 1 storage call saved by a retry, of 22 savable
+    assert (kpis["outage_calls"], kpis["outage_calls_reached"], kpis["outage_attempts"]) == (20, 4, 4)
+    # 20 llm calls saved by the fallback + 1 storage call saved by a retry, of 22 hit
     assert kpis["faulted_calls"] == 22
     assert kpis["recovery_rate"] == pytest.approx(21 / 22)
-    # healthy: llm before t=10 (20 calls) and, the breaker's 2 s wait from t=12 long past,
-    # once up for 1 s (after t=21: 37 calls); with the first wait as grace, after t=23 (33);
-    # no call was stopped, but the storage breaker opened at t=5 while storage was healthy
-    assert kpis["healthy_calls"] == 20 + 37
-    assert kpis["false_positives"] == 1
-    assert kpis["false_positive_rate"] == pytest.approx(1 / 57)
-    assert (kpis["false_positives_first_wait"], kpis["healthy_calls_first_wait"]) == (1, 20 + 33)
+    assert kpis["lost_by_error"] == {"StorageFailure": 1}
+    # healthy by the schedule: llm before t=10 (20 calls) and from t=20 (40); the storage
+    # calls were made while it flapped; no call was stopped, but the storage breaker opened
+    # at t=5 while storage was healthy
+    assert kpis["healthy_calls"] == 20 + 40
+    assert kpis["false_positives"] == 1 and kpis["false_opens"] == 1
+    assert kpis["false_positive_rate"] == pytest.approx(1 / 60)
+    assert kpis["false_positives_by_service"] == {"llm_provider": 0, "storage_backend": 1}
     # two changes; the second never reached "poc"
     assert kpis["reload_success"] == pytest.approx(0.5)
     assert kpis["reload_seconds"] == pytest.approx(0.08)
@@ -121,7 +131,7 @@ def test_calls_kept_off_after_the_outage_are_counted_apart() -> None:
             call["served_by"] = "fallback"
     kpis = compute(run, "llm_provider")
     assert kpis["kept_off_after_outage"] == 2
-    assert kpis["false_positives"] == 1  # within the breaker's wait: not false positives
+    assert kpis["false_positives"] == 1 + 2  # kept off a healthy upstream: false positives
 
 
 def backoff_run(transitions: list[tuple[float, str, str]]) -> Run:
@@ -146,14 +156,13 @@ def backoff_run(transitions: list[tuple[float, str, str]]) -> Run:
         transitions=transitions,
         upstream_of={"llm_provider": "llm-primary"},
         wait_of={"llm_provider": 2.0},
-        has_fallback={"llm_provider": True},
         open_wait={"llm_provider": lambda previous: 2.0 if previous is None else min(2 * previous, 8.0)},
     )
 
 
-def test_the_false_positive_grace_is_the_wait_in_force_from_the_transitions() -> None:
-    # probes failed at t=13 and t=17.1: the waits grew 2, 4, 8 s; the last probe, at 25.2,
-    # found the primary back: nothing kept off before it could have been known
+def test_calls_kept_off_a_recovered_upstream_in_the_breakers_grown_wait_are_false_positives() -> None:
+    # probes failed at t=13 and t=17.1 (the outage): the waits grew 2, 4, 8 s; the last
+    # probe, at 25.2, found the primary back, up since t=20
     grown = [
         (11.0, "llm_provider", "OPEN"),
         (13.0, "llm_provider", "HALF_OPEN"),
@@ -166,16 +175,91 @@ def test_the_false_positive_grace_is_the_wait_in_force_from_the_transitions() ->
     run = backoff_run(grown)
     assert [(t, wait) for t, wait, _ in opens(run, "llm_provider")] == [(11.0, 2.0), (13.1, 4.0), (17.2, 8.0)]
     kpis = compute(run, "llm_provider")
-    assert (kpis["false_positives"], kpis["healthy_calls"]) == (0, 20 + 29)  # t < 10, t >= 25.5
-    # with the first wait as grace, the calls kept off from t=23.5 to 25 count
-    assert (kpis["false_positives_first_wait"], kpis["healthy_calls_first_wait"]) == (4, 20 + 33)
-    assert kpis["kept_off_after_outage"] == 11  # t = 20 .. 25
+    # t = 20 .. 25 (11 calls) were sent to the backup while the primary served: counted,
+    # and shown apart as within the wait of an OPEN the outage caused
+    assert (kpis["false_positives"], kpis["healthy_calls"]) == (11, 20 + 40)
+    assert kpis["false_positives_in_wait"] == 11 and kpis["kept_off_after_outage"] == 11
+    assert kpis["false_opens"] == 0
 
 
-def test_a_breaker_kept_open_past_its_wait_counts_even_if_a_longer_wait_exists() -> None:
-    # one OPEN with its first 2 s wait, then no probe until t=25.3: once the primary was
-    # up for over 1 s (t > 21) every call kept off counts, though the longest wait is 8 s
+def test_a_breaker_kept_open_past_its_wait_is_not_within_a_wait() -> None:
+    # one OPEN with its first 2 s wait, then no probe until t=25.3
     run = backoff_run([(11.0, "llm_provider", "OPEN"), (25.3, "llm_provider", "CLOSED")])
     kpis = compute(run, "llm_provider")
-    assert kpis["false_positives"] == 8  # t = 21.5 .. 25
-    assert kpis["healthy_calls"] == 20 + 37  # t < 10, t > 21
+    assert kpis["false_positives"] == 11  # t = 20 .. 25
+    assert kpis["false_positives_in_wait"] == 0  # its wait ended at t=13
+
+
+def healthy_run(agent_calls: list[dict[str, Any]], **fields: Any) -> Run:
+    base: dict[str, Any] = {
+        "phases": [],
+        "upstream_calls": {"llm-primary": [], "storage": []},
+        "agent_calls": agent_calls,
+        "transitions": [],
+        "upstream_of": {"llm_provider": "llm-primary", "storage_backend": "storage"},
+        "wait_of": {"llm_provider": 2.0, "storage_backend": 1.5},
+        "open_wait": {"llm_provider": lambda previous: 2.0 if previous is None else min(8.0, previous * 2)},
+    }
+    return Run(**{**base, **fields})
+
+
+def test_a_spurious_open_whose_probes_keep_failing_counts_every_call_it_stops() -> None:
+    """The upstream healthy throughout; the breaker opens at t=10 and each HALF_OPEN's probe
+    fails (spuriously), so it reopens with a grown wait and stays OPEN until t=40: every
+    call sent to the fallback meanwhile, and every OPEN, is a false positive."""
+    transitions, t, wait = [(10.0, "llm_provider", "OPEN")], 10.0, 2.0
+    while t + wait < 40:
+        t += wait
+        transitions += [(t, "llm_provider", "HALF_OPEN"), (t + 0.05, "llm_provider", "OPEN")]
+        t, wait = t + 0.05, min(8.0, wait * 2)
+    transitions.append((40.0, "llm_provider", "CLOSED"))
+    calls = [
+        {"t": i * 0.1, "service": "llm_provider", "id": f"c{i}", "ok": True,
+         "served_by": "fallback" if 10 <= i * 0.1 < 40 else "primary"}
+        for i in range(500)
+    ]  # fmt: skip
+    kpis = compute(healthy_run(calls, transitions=transitions), "llm_provider")
+    opened = sum(1 for _, _, state in transitions if state == "OPEN")
+    assert kpis["false_opens"] == opened
+    assert (kpis["false_positives"], kpis["healthy_calls"]) == (300 + opened, 500)
+    assert kpis["false_positive_rate"] == pytest.approx((300 + opened) / 500)
+    assert kpis["false_positives_in_wait"] == 0  # no outage caused any of those OPENs
+
+
+def test_writes_refused_by_the_breaker_and_lost_count_against_recovery() -> None:
+    """Storage flapping; 90 writes refused by the OPEN breaker and lost, 10 made (5 after
+    a failed attempt): the 90 are recoveries that failed, not calls left out."""
+    calls = [{"t": 100 + i, "service": "storage_backend", "id": f"w{i}", "ok": False,
+              "error": "CircuitBreakerOpen"} for i in range(90)]  # fmt: skip
+    calls += [{"t": 100 + i, "service": "storage_backend", "id": f"s{i}", "ok": True} for i in range(10)]
+    logged = [{"t": 100 + i, "id": f"s{i}", "ok": i % 2 == 0} for i in range(10)]
+    run = healthy_run(
+        calls,
+        phases=[Phase("storage", 100, 200, "flap")],
+        upstream_calls={"llm-primary": [], "storage": logged},
+    )
+    assert recovery_rate(run) == (pytest.approx(5 / 95), 95)
+
+
+def test_writes_refused_on_a_healthy_upstream_are_lost_recoveries_and_false_positives() -> None:
+    """Storage healthy; 400 of 1,000 writes refused with ResourceExhausted (never reaching
+    it) and 100 spooled: the refused ones fail recovery, and all 500 were stopped while
+    storage was healthy."""
+    calls = [
+        {"t": i * 0.1, "service": "storage_backend", "id": f"w{i}", "ok": i % 10 >= 4,
+         **({"error": "ResourceExhausted"} if i % 10 < 4 else {}),
+         **({"served_by": "spool"} if i % 10 == 4 else {})}
+        for i in range(1000)
+    ]  # fmt: skip
+    logged = [{"t": c["t"], "id": c["id"], "ok": True} for c in calls if c["ok"]]
+    run = healthy_run(calls, upstream_calls={"llm-primary": [], "storage": logged})
+    assert recovery_rate(run) == (pytest.approx(100 / 500), 500)
+    assert false_positive_rate(run) == (pytest.approx(0.5), 500, 1000)
+
+
+def test_an_open_just_after_an_outage_is_not_false_but_one_on_a_healthy_upstream_is() -> None:
+    phases = [Phase("llm-primary", 10.0, 20.0, "fail")]
+    late = [(20.5, "llm_provider", "OPEN")]  # the outage's failures, counted and decided late
+    assert compute(healthy_run([], phases=phases, transitions=late), "llm_provider")["false_opens"] == 0
+    spurious = [(21.5, "llm_provider", "OPEN")]
+    assert compute(healthy_run([], phases=phases, transitions=spurious), "llm_provider")["false_opens"] == 1
