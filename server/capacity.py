@@ -144,6 +144,8 @@ class CapacityLeaser:
         self._earlier_end = 0.0  # when an earlier leader's last lease ended (monotonic)
         #: (limit, holder, units, the lease's other fields): made, not sent yet
         self._outbox: deque[tuple[_Limit, str, float, pb.CapacityLease]] = deque()
+        #: limits no policy names any more, until no agent may still spend under them
+        self._put_aside: dict[tuple[str, str], tuple[_Limit, float]] = {}
 
     def sync_policies(self) -> None:
         """Follow the policies: which resources are fleet-shared, and how much of each."""
@@ -160,13 +162,12 @@ class CapacityLeaser:
                 period = policy.fleet.lease_secs
                 wanted[(policy.service, resource)] = (limit * period / window, period)
                 horizons[(policy.service, resource)] = policy.fleet.unleased_secs
-        for key in [k for k in self.limits if k not in wanted]:
-            del self.limits[key]
+        self._put_away([k for k in self.limits if k not in wanted])
         for key, (units, period) in wanted.items():
             found = self.limits.get(key)
             horizon = horizons.get(key, UNLEASED_SECS)
             if found is None:
-                self.limits[key] = _Limit(key[0], key[1], units, period, unleased_secs=horizon)
+                self.limits[key] = self._limit_again(key, units, period, horizon)
             elif found.period_secs != period:
                 self.limits[key] = _Limit(
                     key[0],
@@ -185,6 +186,35 @@ class CapacityLeaser:
             limit.metered = policy is not None and key[1] == calls_resource(key[0])
             limit.retries_of = policy if policy is not None and not limit.metered else None
 
+    def _put_away(self, keys: list[tuple[str, str]]) -> None:
+        """Limits no policy names any more. Agents cut off before they heard of that keep
+        spending their last leases until their horizon: what is kept aside for them, and
+        the horizons they may hold, come back if the policy is put again meanwhile."""
+        now = self.clock()
+        for key in keys:
+            limit = self.limits.pop(key)
+            ends = [until for _, until in (*limit.absent.values(), *limit.held_horizons)]
+            ends.append(now + limit.unleased_secs + 2 * limit.period_secs + RECORD_AHEAD_SECS)
+            self._put_aside[key] = (limit, max(ends))
+        for key in [k for k, (_, until) in self._put_aside.items() if until <= now]:
+            del self._put_aside[key]
+
+    def _limit_again(self, key: tuple[str, str], units: float, period: float, horizon: float) -> _Limit:
+        """A limit a policy names (again: with what was put aside when it was deleted)."""
+        earlier = self._put_aside.pop(key, None)
+        if earlier is None or earlier[1] <= self.clock():
+            return _Limit(key[0], key[1], units, period, unleased_secs=horizon)
+        old = earlier[0]
+        return _Limit(
+            key[0],
+            key[1],
+            units,
+            period,
+            absent=old.absent,
+            unleased_secs=old.unleased_secs,
+            held_horizons=old.held_horizons,
+        )
+
     def _new_horizon(self, limit: _Limit, horizon: float) -> None:
         """The policy's horizon changed. An agent cut off before it heard of the change
         keeps the one it knew (and one connected keeps the end its last lease gave it), so
@@ -195,6 +225,11 @@ class CapacityLeaser:
         if horizon != old:
             until = self.clock() + old + 2 * limit.period_secs + RECORD_AHEAD_SECS
             limit.held_horizons.append((old, until))
+        if horizon > old:
+            # an agent cut off from this leader may hear of a raise (through a replica
+            # that saw it first, or it is still connected there): it spends that much longer
+            grow = horizon - old
+            limit.absent = {h: (units, until + grow) for h, (units, until) in limit.absent.items()}
         limit.unleased_secs = horizon
 
     def _horizon(self, limit: _Limit, now: float) -> float:
