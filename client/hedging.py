@@ -196,7 +196,7 @@ class HedgeRun:
 
     def finished(self, in_flight: int) -> bool:
         """Nothing runs and nothing more will be sent."""
-        return in_flight == 0 and (self.over or self.sent >= self.hedging.max_attempts)
+        return in_flight == 0 and not self._sending()
 
     def give_up(self) -> BaseException:
         if self.error is None:

@@ -10,6 +10,7 @@ import time
 import pytest
 from mission_control.client import MissionControl, StorageFailure
 from mission_control.client.hedge_delay import HedgeMeter
+from mission_control.client.hedging import HedgeRun
 from mission_control.client.policy import Hedging, RetryBudget, ServicePolicy
 
 SERVICE = "storage_backend"
@@ -97,3 +98,19 @@ def test_without_retry_budget_the_slow_attempts_failure_ends_the_call() -> None:
     with pytest.raises(StorageFailure, match="refused after being slow"):
         mc.guard(SERVICE, idempotent=True)(backend.save)()
     assert backend.attempts == 1
+
+
+def test_a_call_whose_hedge_was_refused_ends_once_nothing_is_in_flight() -> None:
+    """Its only attempt gone without an answer (cancelled): no hedge for slowness will come,
+    so the call ends at once rather than waiting for its deadline."""
+    mc = MissionControl("hedge-retry-agent", config={SERVICE: POLICY})
+    ex = mc.executor
+    run = HedgeRun(ex, SERVICE, "save", None, None, None, None, None, POLICY.hedging)
+    ex.hedge_meter(SERVICE).budget.balance = 0.0
+    now = ex.clock()
+    first = run.due(now)
+    assert first is not None
+    assert run.due(now + 1.0) is None  # the hedge is refused by the empty hedge budget
+    assert not run.finished(1)  # the first attempt may still answer, or fail and be retried
+    run.cancelled(first)
+    assert run.finished(0)
