@@ -116,5 +116,13 @@ def encode_write(write_id: str, function: str, args: tuple[Any, ...], kwargs: di
 
 
 def decode_write(payload: bytes) -> tuple[str, str, tuple[Any, ...], dict[str, Any]]:
+    """The write :func:`encode_write` kept: (id, function, args, kwargs).
+
+    Raises:
+        ValueError: the payload is not such a write (not JSON, or fields of other types).
+    """
     record = json.loads(payload, object_hook=_from_json)
+    shapes = {"id": str, "fn": str, "args": list, "kwargs": dict}
+    if not isinstance(record, dict) or any(not isinstance(record.get(k), t) for k, t in shapes.items()):
+        raise ValueError(f"not a spooled write: {payload[:80]!r}")
     return record["id"], record["fn"], tuple(record["args"]), dict(record["kwargs"])

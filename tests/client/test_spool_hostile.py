@@ -48,6 +48,23 @@ def test_a_segment_copied_beside_itself_is_left_alone_and_each_write_made_once(t
         save.spool.close()
 
 
+def test_a_record_that_is_not_a_spooled_write_is_dropped_and_counted_not_made(tmp_path: Path) -> None:
+    segment = left_by_a_previous_process(tmp_path)
+    with open(segment, "ab") as f:  # a whole, checksummed record of another shape
+        f.write(journal_module._encode(4, b'{"id":"x","fn":"save","args":{"a":1},"kwargs":[]}'))
+    store = Store()
+    store.down = False
+    save = MissionControl("hostile", config={"storage_backend": POLICY}).guard(
+        "storage_backend", spool=tmp_path
+    )(store.save)
+    try:
+        assert poll(lambda: len(save.spool) == 0, timeout=10)
+        assert [key for key, _ in store.applied] == KEYS
+        assert (save.spool.replayed, save.spool.dropped) == (3, 1)
+    finally:
+        save.spool.close()
+
+
 @pytest.mark.parametrize("mark", [2**64 - 1, 7])
 def test_a_done_mark_past_every_record_breaks_the_spool_instead_of_dropping_them(
     tmp_path: Path, mark: int
