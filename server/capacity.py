@@ -41,6 +41,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 # how far ahead an earlier leader may have leased when its record does not say: a leader
 # records that far ahead of its clock, no further
 from .lease_epoch import RECORD_AHEAD_SECS
+from .unleased_claims import UnleasedBound, recent
 
 _log = logging.getLogger("mission_control.server.capacity")
 
@@ -59,8 +60,11 @@ class _Holder:
     #: what each agent it speaks for wants (a follower relays its agents' demands)
     wants: tuple[float, ...] = ()
     agents_known: int = 0
+    #: what it says it spends in a period without a lease, and what of that is believed
+    claimed: float = 0.0
     safe_units: float = 0.0
     sent: float = 0.0  # the last lease sent
+    recent: tuple[float, ...] = ()  # the last few leases sent, newest last
     leased: bool = False  # this leader sent it a lease
     earlier: int = 0  # agents an earlier leader counted, as reported before this one leased
     #: what it may spend of an earlier leader's leases, as reported before this one leased
@@ -83,6 +87,8 @@ class _Limit:
     lapsed: dict[str, float] = field(default_factory=dict)
     #: how long an agent spends without a lease (the policy's fleet.unleased_secs)
     unleased_secs: float = UNLEASED_SECS
+    #: what an agent spends without a lease when the policy sets a safe_share
+    safe_share_units: float | None = None
     #: earlier horizons an agent cut off may still hold: (horizon, until when, monotonic)
     held_horizons: list[tuple[float, float]] = field(default_factory=list)
     #: units the last split kept aside for agents absent or not back yet
@@ -152,6 +158,7 @@ class CapacityLeaser:
         wanted: dict[tuple[str, str], tuple[float, float]] = {}
         retries: dict[tuple[str, str], ServicePolicy] = {}
         horizons: dict[tuple[str, str], float] = {}
+        safe: dict[tuple[str, str], float] = {}
         for policy in self.policies():
             for resource, (units, period, _) in retry_resources(policy).items():
                 wanted[(policy.service, resource)] = (units, period)
@@ -162,6 +169,8 @@ class CapacityLeaser:
                 period = policy.fleet.lease_secs
                 wanted[(policy.service, resource)] = (limit * period / window, period)
                 horizons[(policy.service, resource)] = policy.fleet.unleased_secs
+                if policy.fleet.safe_share is not None:
+                    safe[(policy.service, resource)] = policy.fleet.safe_share * limit * period / window
         self._put_away([k for k in self.limits if k not in wanted])
         for key, (units, period) in wanted.items():
             found = self.limits.get(key)
@@ -181,6 +190,7 @@ class CapacityLeaser:
             elif found.retries_of is None:
                 found.fleet_units = units
             limit = self.limits[key]
+            limit.safe_share_units = safe.get(key)
             self._new_horizon(limit, horizon)
             policy = retries.get(key)
             limit.metered = policy is not None and key[1] == calls_resource(key[0])
@@ -263,7 +273,10 @@ class CapacityLeaser:
         entry.wants = tuple(_finite(w) for w in demand.agents_wanted) or alike
         entry.replica = bool(demand.agents_wanted)
         entry.agents_known = demand.agents_known
-        entry.safe_units = min(_finite(demand.safe_units), limit.fleet_units)
+        # a claim is believed only as far as the leader knows it: a client that claims the
+        # whole fleet and goes without a goodbye must not keep it aside for H
+        entry.claimed = min(_finite(demand.safe_units), limit.fleet_units)
+        entry.safe_units = self._bound(limit, entry, self.clock()).believe(entry.claimed)
         if not entry.leased:
             entry.earlier, entry.earlier_units = demand.agents_known, entry.safe_units
 
@@ -284,13 +297,35 @@ class CapacityLeaser:
             for holder in [h for h in limit.absent if h != keep and (h == name or h.startswith(mine))]:
                 del limit.absent[holder]
 
+    def _bound(self, limit: _Limit, entry: _Holder, now: float) -> UnleasedBound:
+        """What ``entry`` may spend without a lease, as far as this leader knows."""
+        open_ = self._earlier_open(limit, now)
+        return UnleasedBound(limit.fleet_units, limit.safe_share_units, entry.recent, open_)
+
+    def _earlier_open(self, limit: _Limit, now: float) -> bool:
+        """Whether an agent may still spend an earlier leader's lease: until the horizon
+        of the last one that leader may have sent (not known before this one leads)."""
+        return self._epoch is None or now < self._earlier_horizon(limit, now)
+
+    def _earlier_horizon(self, limit: _Limit, now: float) -> float:
+        """When the last agent spending an earlier leader's lease stops."""
+        return self._earlier_end + self._horizon(limit, now) + 2 * limit.period_secs
+
     def _absent(self, limit: _Limit, holder: str) -> None:
         entry = limit.holders.pop(holder, None)
-        if entry is not None and max(entry.safe_units, entry.sent) > 0:
-            # its last lease began at most 1.5 periods from now (sent half a period ahead)
-            now = self.clock()
-            until = now + self._horizon(limit, now) + 2 * limit.period_secs
-            limit.absent[holder] = (max(entry.safe_units, entry.sent), until)
+        if entry is None:
+            return
+        now = self.clock()
+        bound = self._bound(limit, entry, now)
+        units = max(bound.believe(entry.claimed), entry.sent)
+        if units <= 0:
+            return
+        # its last lease began at most 1.5 periods from now (sent half a period ahead)
+        until = now + self._horizon(limit, now) + 2 * limit.period_secs
+        if bound.from_earlier(entry.claimed) and entry.sent < units:
+            # an earlier leader's lease: spent no longer than any of those may be
+            until = min(until, self._earlier_horizon(limit, now))
+        limit.absent[holder] = (units, until)
 
     def tick(self, *, send: bool = True) -> None:
         """Lease the next period of every limit once the running one is half over (and
@@ -305,6 +340,7 @@ class CapacityLeaser:
             for limit in self.limits.values():
                 limit.allocated, limit.warm, limit.expected = -1, True, 0
                 for entry in limit.holders.values():  # leased in an earlier term of this replica
+                    entry.safe_units = self._bound(limit, entry, now).believe(entry.claimed)
                     entry.leased, entry.earlier_units = False, entry.safe_units
         for limit in list(self.limits.values()):
             index = math.floor(wall / limit.period_secs)
@@ -405,7 +441,7 @@ class CapacityLeaser:
         template.period_length.FromNanoseconds(int(limit.period_secs * 1e9))
         for holder, units in shares.items():
             entry = limit.holders[holder]
-            entry.sent, entry.leased = units, True
+            entry.sent, entry.leased, entry.recent = units, True, recent(entry.recent, units)
             self._outbox.append((limit, holder, units, template))
 
     @property

@@ -32,6 +32,16 @@ _log = logging.getLogger("mission_control.server.etcd")
 #: at once, as with an etcd that is down.
 NOWHERE = "unix:/nonexistent/mission-control/etcd-unresolved"
 
+#: How soon the channel tries etcd again after failing to connect. gRPC's own backoff
+#: grows to 120 s (1 s x 1.6 per attempt): after an etcd outage of 40 s its next attempt
+#: could come 27 s after etcd was back, and until then every call failed at once ("Failed
+#: to connect to remote host") — no write, so no record, so no fleet leases.
+RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
 #: (host, port) -> its addresses; socket.getaddrinfo by default, injectable in tests.
 Resolver = Callable[[str, int], list[str]]
 
@@ -109,6 +119,7 @@ class ResolvingEtcdClient(Etcd3Client):
             # the target holds addresses: verify the certificate against the name instead
             options["tls_server_name"] = names.pop()
         super().__init__(endpoints, **options)
+        self._manager.grpc_options.extend(RECONNECT_OPTIONS)
         self._endpoints = list(endpoints)
         self._resolve = resolve
         self._reresolve_secs = reresolve_secs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -295,3 +296,61 @@ def test_only_a_replica_speaks_for_several_agents() -> None:
         replica=True,
     )
     assert relayed is not None and list(relayed.agents_wanted) == [1.0, 0.0]
+
+
+def test_a_claim_never_leased_keeps_nothing_aside_once_no_earlier_lease_can_be_spent() -> None:
+    leader = Leader(5000.0)  # a fresh fleet
+    for holder in ("a", "b"):
+        leader.report(holder)
+    leader.run(5000.0 + RECORD_AHEAD_SECS + HORIZON + 1.0)  # past any earlier leader's leases
+    # a client says it spends the whole fleet unleased (and that 50 agents shared it), and
+    # goes without a goodbye before it was leased
+    leader.report("mallory", wanted=1, agents_known=50, safe_units=1e9)
+    leader.leaser.forget("mallory")
+    start = leader.now
+    leader.run(start + 1.0)
+    assert leader.sent["a"][-1].units + leader.sent["b"][-1].units == pytest.approx(UNITS)
+    assert leader.leaser.usage()[0].kept_aside == 0
+
+
+def test_a_claim_above_the_leases_sent_is_kept_aside_only_as_far_as_they_go() -> None:
+    leader = Leader(6000.0)
+    for holder in ("a", "b", "mallory"):
+        leader.report(holder, wanted=1 if holder == "mallory" else 100.0)
+    leader.run(6000.0 + RECORD_AHEAD_SECS + HORIZON + 1.0)
+    lease = max(x.units for x in leader.sent["mallory"][-3:])
+    assert lease < UNITS / 10
+    leader.report("mallory", wanted=1, agents_known=3, safe_units=1e9)
+    leader.leaser.forget("mallory")
+    leader.run(leader.now + 1.0)
+    assert leader.leaser.usage()[0].kept_aside == pytest.approx(lease)
+    assert leader.sent["a"][-1].units + leader.sent["b"][-1].units == pytest.approx(UNITS - lease, abs=1)
+
+
+def test_an_earlier_leaders_lease_is_kept_aside_until_its_horizon_not_h_from_now() -> None:
+    leader = Leader(7000.0, earlier=7002.0)
+    leader.report("a", agents_known=2, safe_units=UNITS / 2)
+    leader.run(7000.6)
+    assert leader.leased(7000500) == pytest.approx(UNITS / 2)  # warm: b may spend its half
+    leader.run(7008.0)
+    leader.report("mallory", wanted=1, agents_known=2, safe_units=1e9)  # says it is b
+    leader.leaser.forget("mallory")
+    end = 7002.0 + HORIZON  # no lease the earlier leader sent is spent after this
+    leader.run(end - 0.5)
+    assert leader.sent["a"][-1].units <= UNITS / 2
+    leader.run(end + 1.0)
+    assert leader.sent["a"][-1].units == pytest.approx(UNITS)
+    assert leader.leaser.usage()[0].kept_aside == 0
+
+
+def test_with_a_safe_share_a_claim_is_believed_up_to_that_share() -> None:
+    fleet = dataclasses.replace(POLICY.fleet, safe_share=0.1)
+    leader = Leader(8000.0)
+    leader.policies = [dataclasses.replace(POLICY, fleet=fleet)]
+    leader.leaser.sync_policies()
+    leader.report("a")
+    leader.run(8000.0 + RECORD_AHEAD_SECS + HORIZON + 1.0)
+    leader.report("mallory", wanted=1, agents_known=2, safe_units=1e9)
+    leader.leaser.forget("mallory")
+    leader.run(leader.now + 1.0)
+    assert leader.leaser.usage()[0].kept_aside == pytest.approx(UNITS / 10)
