@@ -385,7 +385,10 @@ class EtcdStore:
                 stream.cancel()
 
         try:
-            return await asyncio.wait_for(once(), self.timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancel that
+            # arrives as the answer does, and a loop renewing leases would then go on.
+            async with asyncio.timeout(self.timeout):
+                return await once()
         except (EtcdError, grpc.RpcError, TimeoutError, OSError) as err:
             raise StoreUnavailable(self._why(err, " lease keep-alive")) from err
 
