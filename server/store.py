@@ -222,7 +222,7 @@ class EtcdStore:
         auth = self._client.auth
         assert auth is not None
         try:
-            response = await auth.authenticate(self._user or "", self._password or "")
+            response = await auth.authenticate(self._user or "", self._password or "", timeout=self.timeout)
         except (EtcdError, grpc.RpcError, TimeoutError) as err:
             raise StoreUnavailable(f"etcd authentication failed: {type(err).__name__}") from err
         self._client.set_token(response.token)

@@ -16,7 +16,7 @@ from mission_control.server.engine import FleetBreakers
 from mission_control.server.etcd_process import EtcdProcess
 from mission_control.server.loop_tasks import end_tasks
 from mission_control.server.policies import PolicyBook
-from mission_control.server.store import EtcdStore, Guard
+from mission_control.server.store import EtcdStore, Guard, StoreUnavailable
 from mission_control.server.writes import StateWriter
 
 #: Longer than the leader lease (3 s) and the store's 2 s bound.
@@ -124,3 +124,15 @@ async def test_a_leader_that_lost_its_lease_while_etcd_was_paused_leads_again_an
         assert entry is not None and entry.create_revision == leadership.epoch
     finally:
         await asyncio.wait_for(running.stop(grace=0.5), STOP_SECS)
+
+
+async def test_signing_in_to_a_paused_etcd_fails_within_the_store_bound(etcd: EtcdProcess) -> None:
+    assert etcd.pid is not None
+    store = EtcdStore([etcd.endpoint], user="root", password="secret", timeout=1.0)
+    os.kill(etcd.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(StoreUnavailable, match="authentication"):
+            await asyncio.wait_for(store.connect(), STOP_SECS)
+    finally:
+        os.kill(etcd.pid, signal.SIGCONT)
+        await store.close()
