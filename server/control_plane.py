@@ -41,6 +41,7 @@ from .hub import Hub, Subscriber
 from .leadership import Leadership
 from .lease_epoch import RECORD as LEASE_EPOCH_RECORD
 from .lease_epoch import LeaseEpochs
+from .loop_tasks import end_tasks
 from .observability import FleetTelemetry
 from .outcome_ledger import BatchKey, OutcomeLedger
 from .policies import PolicyBook
@@ -60,6 +61,8 @@ DEFAULT_PREFIX = "/mission-control/v1"
 SNAPSHOT_MAX_BYTES = 3 * 1024 * 1024
 #: Leases sent per turn of the event loop in a lease round (see ``bench.scale``).
 LEASE_SLICE = 500
+#: How long stop waits for its background loops to end once cancelled.
+STOP_TASKS_SECS = 5.0
 #: The policies' share of it: a write that would take them beyond is refused.
 POLICIES_MAX_BYTES = 2 * 1024 * 1024
 
@@ -382,11 +385,9 @@ class ControlPlane:
         await self.flush(timeout=2.0)
         if self.leadership is not None:
             await self.leadership.resign()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        left = await end_tasks(self._tasks, STOP_TASKS_SECS)
+        if left:
+            _log.error("background tasks %s did not end when cancelled; stopping without them", left)
         self._tasks.clear()
         self.hub.close_all()
 

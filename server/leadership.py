@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from .loop_tasks import wait_event
 from .store import Entry, Guard, Store, StoreUnavailable, WatchCompacted, WatchEvent, Write
 
 _log = logging.getLogger("mission_control.server.leadership")
@@ -94,6 +95,8 @@ class Leadership:
                 except StoreUnavailable as err:
                     if self.leading and self.clock() - self._last_refresh > self.ttl:
                         _log.warning("cannot reach etcd (%s); deciding from memory, fenced on return", err)
+                except Exception:  # one failed round must not end campaigning for good
+                    _log.exception("%s: a leadership round failed; trying again", self.instance_id)
                 # A leader renews well within its TTL; a follower campaigns when the watch
                 # says the key is gone, and polls in case the watch is down.
                 await self.wait_change(self.ttl / 3 if self.leading else FOLLOWER_POLL_SECS)
@@ -102,10 +105,7 @@ class Leadership:
 
     async def wait_change(self, timeout: float) -> bool:
         """Wait until the leader key changes or ``timeout``; whether it changed."""
-        changed = self._changed
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), timeout)
-        return changed.is_set()
+        return await wait_event(self._changed, timeout)
 
     async def _follow_key(self) -> None:
         while not self._stopped:

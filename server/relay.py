@@ -26,6 +26,7 @@ from mission_control.client.view import Tally, UnackedBatches
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
+from .loop_tasks import wait_event
 from .outcome_ledger import BatchKey, origin_key, origin_of
 from .relay_acks import AckTarget, OwedAcks
 from .relay_leases import FollowerLeases
@@ -268,8 +269,7 @@ class LeaderRelay:
         keys_sent = self.hub.keys_version
         yield self._hello()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+            await wait_event(self._wake, self.flush_interval)
             self._wake.clear()
             if epoch != self._epoch:
                 return  # a newer link took over: this one must not take outcomes any more

@@ -31,12 +31,15 @@ from .fleet_roster import (
     roster_prefix,
 )
 from .hub import Hub
+from .loop_tasks import end_tasks
 from .store import LeaseLost, Store, StoreUnavailable, Write
 from .writes import StateWriter
 
 _log = logging.getLogger("mission_control.server.roster_publish")
 
 DEFAULT_TTL = 5
+#: How long stop waits for the roster's tasks to end once cancelled.
+STOP_SECS = 5.0
 #: Counters per agent: ``{agent id: {"calls": .., "failures": .., "rejected": ..}}``.
 CountersSource = Callable[[], Mapping[str, Mapping[str, Any]]]
 
@@ -196,9 +199,7 @@ class ReplicaRoster:
             task.add_done_callback(self.on_ended)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):  # an error was logged
-                await task
+        left = await end_tasks(self._tasks, STOP_SECS)  # an error a task ended with was logged
+        if left:
+            _log.error("roster tasks %s did not end when cancelled; stopping without them", left)
         await self.publisher.stop()

@@ -222,7 +222,7 @@ class EtcdStore:
         auth = self._client.auth
         assert auth is not None
         try:
-            response = await auth.authenticate(self._user or "", self._password or "")
+            response = await auth.authenticate(self._user or "", self._password or "", timeout=self.timeout)
         except (EtcdError, grpc.RpcError, TimeoutError) as err:
             raise StoreUnavailable(f"etcd authentication failed: {type(err).__name__}") from err
         self._client.set_token(response.token)
@@ -385,7 +385,10 @@ class EtcdStore:
                 stream.cancel()
 
         try:
-            return await asyncio.wait_for(once(), self.timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancel that
+            # arrives as the answer does, and a loop renewing leases would then go on.
+            async with asyncio.timeout(self.timeout):
+                return await once()
         except (EtcdError, grpc.RpcError, TimeoutError, OSError) as err:
             raise StoreUnavailable(self._why(err, " lease keep-alive")) from err
 

@@ -17,7 +17,6 @@ are written when the store returns.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import time
@@ -34,6 +33,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .audit import CONTROL_PLANE, ENGINE, AuditLog, Author, Change
 from .engine import FleetBreakers
+from .loop_tasks import wait_event
 from .policies import PolicyBook
 from .store import Entry, Guard, LeaseLost, Store, StoreUnavailable, Write
 
@@ -238,8 +238,7 @@ class StateWriter:
         """Store pending transitions; retry while the store is away or leadership unsettled."""
         while True:
             busy = self._pending or self.restore_pending
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), RETRY_SECS if busy else None)
+            await wait_event(self._wake, RETRY_SECS if busy else None)
             self._wake.clear()
             try:
                 if self.fence is not None and not self.fence.leading:
