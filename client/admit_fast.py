@@ -21,7 +21,7 @@ from .view import ServiceState
 if TYPE_CHECKING:
     from .executor import Executor
 
-__all__ = ["admit_fast"]
+__all__ = ["admit_fast", "new_ticket"]
 
 _CLOSED = BreakerState.CLOSED
 
@@ -71,7 +71,23 @@ def admit_fast(
             state.budget.record_call(now)
     if refused is not None:
         return ex.count_refused(state, refused, operation)
-    seconds = policy.timeout_secs
+    ticket = new_ticket(state, operation, kind, timeout, deadline, now, None)
+    ticket.started = now
+    return ticket
+
+
+def new_ticket(
+    state: ServiceState,
+    operation: str,
+    kind: str | None,
+    timeout: float | None,
+    deadline: float | None,
+    now: float,
+    probe: str | None,
+) -> Ticket:
+    """An admitted attempt's ticket: its timeout is the policy's, cut to the caller's
+    ``timeout`` and to what is left before ``deadline``."""
+    seconds = state.policy.timeout_secs
     if timeout is not None and timeout < seconds:
         seconds = max(0.0, timeout)
     if deadline is not None and deadline - now < seconds:
@@ -79,6 +95,4 @@ def admit_fast(
     if kind is None:
         kind = state.kind or kind_of(state.name)
         state.kind = kind
-    ticket = Ticket(state, operation, kind, now + seconds, seconds, None)
-    ticket.started = now
-    return ticket
+    return Ticket(state, operation, kind, now + seconds, seconds, probe)

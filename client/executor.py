@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .admission import Admission, Refused, Ticket
-from .admit_fast import admit_fast
+from .admit_fast import admit_fast, new_ticket
 from .attempts import Attempt, CallPlan, Done, Sleep, Step
 from .connection import ControlPlaneConnection
 from .deadline import _deadline, current_deadline, inherit_deadline, restore_deadline
@@ -184,15 +184,7 @@ class Executor:
         if refused is not None:
             self.admission.give_back(state, decision.probe)  # type: ignore[union-attr]
             return self._refused(state, refused, operation)
-        seconds = state.policy.timeout_secs
-        if timeout is not None and timeout < seconds:
-            seconds = max(0.0, timeout)
-        if deadline is not None and deadline - now < seconds:
-            seconds = max(0.0, deadline - now)
-        if kind is None:
-            kind = state.kind or kind_of(state.name)
-            state.kind = kind
-        ticket = Ticket(state, operation, kind, now + seconds, seconds, decision.probe)  # type: ignore[union-attr]
+        ticket = new_ticket(state, operation, kind, timeout, deadline, now, decision.probe)  # type: ignore[union-attr]
         ticket.shadow = shadow
         ticket.started = now  # as _started, inline: this is every call's path
         if state.policy.slow_call is not None:
