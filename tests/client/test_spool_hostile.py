@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mission_control.client import MissionControl, ResourceExhausted
@@ -30,15 +31,20 @@ def left_by_a_previous_process(directory: Path) -> Path:
     return segment
 
 
+def spooled(store: Store, directory: Path) -> Any:
+    """``store.save`` guarded for the storage service with a spool in ``directory``."""
+    return MissionControl("hostile", config={"storage_backend": POLICY}).guard(
+        "storage_backend", spool=directory
+    )(store.save)
+
+
 def test_a_segment_copied_beside_itself_is_left_alone_and_each_write_made_once(tmp_path: Path) -> None:
     segment = left_by_a_previous_process(tmp_path)
     copy = tmp_path / f"{segment.stem}-copy.log"
     shutil.copy(segment, copy)
     store = Store()
     store.down = False
-    save = MissionControl("hostile", config={"storage_backend": POLICY}).guard(
-        "storage_backend", spool=tmp_path
-    )(store.save)
+    save = spooled(store, tmp_path)
     try:
         assert poll(lambda: len(save.spool) == 0, timeout=10)
         assert [key for key, _ in store.applied] == KEYS
@@ -54,9 +60,7 @@ def test_a_record_that_is_not_a_spooled_write_is_dropped_and_counted_not_made(tm
         f.write(journal_module._encode(4, b'{"id":"x","fn":"save","args":{"a":1},"kwargs":[]}'))
     store = Store()
     store.down = False
-    save = MissionControl("hostile", config={"storage_backend": POLICY}).guard(
-        "storage_backend", spool=tmp_path
-    )(store.save)
+    save = spooled(store, tmp_path)
     try:
         assert poll(lambda: len(save.spool) == 0, timeout=10)
         assert [key for key, _ in store.applied] == KEYS
@@ -72,9 +76,7 @@ def test_a_done_mark_past_every_record_breaks_the_spool_instead_of_dropping_them
     segment = left_by_a_previous_process(tmp_path)
     (tmp_path / "done.log").write_bytes(journal_module._done_mark(mark) * 2)
     store = Store()
-    save = MissionControl("hostile", config={"storage_backend": POLICY}).guard(
-        "storage_backend", spool=tmp_path
-    )(store.save)
+    save = spooled(store, tmp_path)
     try:
         assert save.spool.broken is not None and f"marks #{mark} done" in save.spool.broken
         assert (len(save.spool), save.spool.dropped) == (0, 0)
@@ -94,9 +96,7 @@ def test_an_unreadable_sync_spool_is_broken_and_writes_still_reach_the_service(t
     (tmp_path / "done.log").mkdir()
     store = Store()
     store.down = False
-    save = MissionControl("hostile", config={"storage_backend": POLICY}).guard(
-        "storage_backend", spool=tmp_path
-    )(store.save)
+    save = spooled(store, tmp_path)
     try:
         assert save.spool.broken is not None and "could not be read" in save.spool.broken
         assert save("new") == "saved new"
