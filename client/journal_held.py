@@ -1,0 +1,74 @@
+"""The journal's held records (see client/journal.py): records handled by being set aside,
+not made, kept for the operator and never deleted by the journal. ``held.log`` holds them
+in the segments' format; on a full disk a record is held in place instead, by a second
+name (hard link) ``held-<seq>.log`` of the segment that holds it, which needs no new space.
+Not locked here: the journal calls it under its own lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from .journal_format import NO_SPACE, Record, encode, fsync_dir, numbered, read_records, write_whole
+
+_log = logging.getLogger("mission_control.client.spool")
+
+
+def hold(directory: Path, segments: Sequence[tuple[Path, int]], record: Record) -> None:
+    """Hold ``record`` in ``held.log``, or on a full disk in place (``segments``: the
+    journal's (file, last seq in it), oldest first).
+
+    Raises:
+        OSError: it could not be kept; the files are as they were.
+    """
+    try:
+        _hold_in_log(directory, record)
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        _hold_in_place(directory, segments, record)
+
+
+def _hold_in_place(directory: Path, segments: Sequence[tuple[Path, int]], record: Record) -> None:
+    segment = next((path for path, last in segments if last >= record.seq), None)
+    if segment is None:
+        raise OSError(errno.ENOENT, f"no segment holds record #{record.seq}")
+    link = directory / f"held-{record.seq:020d}.log"
+    if not link.exists():
+        os.link(segment, link)
+        fsync_dir(directory)
+    _log.warning(
+        "journal %s: held.log is out of disk space; record #%d is held in %s",
+        directory,
+        record.seq,
+        link.name,
+    )
+
+
+def _hold_in_log(directory: Path, record: Record) -> None:
+    fd = os.open(directory / "held.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            write_whole(fd, encode(record.seq, record.payload))
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
+
+
+def read_held(directory: Path) -> list[Record]:
+    """The records held in ``directory``, in order, each once."""
+    path = directory / "held.log"
+    held = {r.seq: r for r in (read_records(path)[0] if path.exists() else [])}
+    for link in directory.glob("held-*.log"):
+        seq = numbered(link.name, "held-")
+        if seq is not None:
+            held.update((r.seq, r) for r in read_records(link)[0] if r.seq == seq)
+    return [held[seq] for seq in sorted(held)]
