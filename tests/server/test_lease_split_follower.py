@@ -20,6 +20,19 @@ RATE = 40.0  # each of three agents asks for twice its equal share
 SPAN = 4.0  # seconds of steady split that are counted
 
 
+def placement(answer: dict, start: float) -> str:  # type: ignore[type-arg]
+    """How late the agent placed the starts of the periods counted (ms after their start by
+    the wall clock), and what it admitted in each: shown with the figures."""
+    leases = [lease for lease in answer["leases"] if start <= lease[1] / 1000 < start + SPAN]
+    late = sorted(round((got + starts_in - period / 1000) * 1000) for got, period, _, starts_in in leases)
+    per_period = [
+        sum(1 for t in answer["admitted"] if period / 1000 <= t < period / 1000 + PERIOD)
+        for _, period, _, _ in leases
+    ]
+    units = [round(lease[2]) for lease in leases]
+    return f"placed late {late} ms, units {units}, admitted {per_period}"
+
+
 @pytest.mark.timeout(120)
 def test_agents_behind_a_follower_get_the_share_of_agents_on_the_leader(
     etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
@@ -40,16 +53,18 @@ def test_agents_behind_a_follower_get_the_share_of_agents_on_the_leader(
     time.sleep(2 * PERIOD)  # the leases made from those demands are in force
     start = time.time()
     time.sleep(SPAN)
-    got, refused = {}, {}
+    got, refused, placed = {}, {}, {}
     for name, answer in zip(names, stop_agents(agents), strict=True):
         got[name] = sum(1 for t in answer["admitted"] if start <= t < start + SPAN)
         refused[name] = sum(1 for t in answer["refusals"] if start <= t < start + SPAN)
+        placed[name] = placement(answer, start)
     # An agent starved of CPU on a busy machine calls, so asks, and so gets, less than its
     # share (50 against 76 at load 20): max-min fair, what it asked is all it is owed. The
     # split is judged among the agents the limit held back (a fifth of their calls
     # refused or more): those must have got about the same.
     held_back = [n for n in names if refused[n] >= 0.2 * (got[n] + refused[n])]
-    shown = f"admitted {got}, refused {refused}"
+    shown = f"admitted {got}, refused {refused}; {placed}"
+    print(shown)
     assert held_back, f"the limit held back no agent: {shown}"  # each asks twice its share
     # split per replica, the agent on the leader got twice what each one behind the
     # follower did (121 against 56 and 56, 2.16x); per agent, about the same
