@@ -7,20 +7,16 @@ the agents admitted."""
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 import time
 
-import grpc
 import pytest
 from mission_control.resilience.v1 import control_plane_pb2 as pb
-from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
-from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess
 from mission_control.server.lease_epoch import RECORD_AHEAD_SECS
 
 from tests.support.agents import RawAgent
-from tests.support.procs import Proc, control_plane
+from tests.support.procs import Proc
+from tests.support.replicas import fleet_limit, spending_agents, start_replicas, stop_agents
 
 SERVICE, PERIOD, LIMIT, WINDOW, HORIZON = "claims", 0.5, 100, 2.0, 3.0
 RATE = 37.5  # each of two agents: 75 calls a second against 50
@@ -51,26 +47,10 @@ async def claim_everything_and_vanish(address: str) -> float:
 def test_a_client_claiming_the_whole_limit_unleased_does_not_starve_the_agents(
     etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
 ) -> None:
-    cp, address = control_plane(etcd_server.endpoint, prefix)
-    spawned.append(cp)
+    policy = fleet_limit(SERVICE, LIMIT, WINDOW, PERIOD, horizon=HORIZON)
+    address = start_replicas(etcd_server.endpoint, prefix, spawned, ("cp",), policy).addresses["cp"]
     started = time.time()
-    policy = policy_pb2.ServicePolicy(
-        service=SERVICE,
-        rate_limit_requests=LIMIT,
-        rate_limit_window_secs=WINDOW,
-        fleet=policy_pb2.FleetLimits(rate_limit=True, lease_secs=PERIOD, unleased_secs=HORIZON),
-    )
-    stub = pb_grpc.ControlPlaneServiceStub(grpc.insecure_channel(address))
-    stub.PutPolicy(pb.PutPolicyRequest(policy=policy), timeout=10)
-    agents = []
-    for name in ("a0", "a1"):
-        agents.append(
-            Proc([sys.executable, "-m", "tests.support.horizon_agent", name, address, SERVICE, str(RATE)])
-        )
-        spawned.append(agents[-1])
-    for proc in agents:
-        assert '"ready": true' in proc.wait_for('{"ready"', timeout=60)
-        proc.wait_for('{"first"', timeout=30)
+    agents = spending_agents(spawned, SERVICE, RATE, ("a0", address), ("a1", address))
     # the measurement is of a claim the leader can check: wait out its first term's window
     # in which an agent may still hold an earlier leader's lease
     time.sleep(max(0.0, started + EARLIER_LEASES_END + 1.0 - time.time()))
@@ -79,10 +59,7 @@ def test_a_client_claiming_the_whole_limit_unleased_does_not_starve_the_agents(
     # old code: the whole limit kept aside for H + 2 periods after the stream ended
     measured = (gone + 1.0, gone + 1.0 + HORIZON)
     time.sleep(max(0.0, measured[1] + 0.5 - time.time()))
-    admitted = []
-    for proc in agents:
-        proc.send("stop")
-        admitted += json.loads(proc.wait_for('{"admitted"', timeout=30))["admitted"]
+    admitted = [t for answer in stop_agents(agents) for t in answer["admitted"]]
     got = sum(1 for t in admitted if measured[0] <= t < measured[1])
     limit = LIMIT * (measured[1] - measured[0]) / WINDOW
     assert got >= KEPT * limit, f"the agents admitted {got} of the limit's {limit:.0f} after the claim"

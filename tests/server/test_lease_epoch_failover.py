@@ -11,24 +11,17 @@ import grpc
 import pytest
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
-from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.app import RunningControlPlane
 from mission_control.server.etcd_process import EtcdProcess
 
 from tests.support.agents import RawAgent
 from tests.support.etcd import etcdctl
-from tests.support.procs import Proc, control_plane
+from tests.support.polling import poll
+from tests.support.procs import Proc
+from tests.support.replicas import fleet_limit, start_replicas
 
 SERVICE, PERIOD, LIMIT, WINDOW = "shared", 0.5, 200, 2.0
 UNITS = LIMIT * PERIOD / WINDOW  # the fleet's units per period
-
-
-def poll(check, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-    return value
 
 
 def stored(endpoint: str, key: str) -> dict | None:  # type: ignore[type-arg]
@@ -54,22 +47,11 @@ def test_a_new_leader_keeps_what_the_killed_leader_granted(
     etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
 ) -> None:
     endpoint = etcd_server.endpoint
-    first, first_address = control_plane(endpoint, prefix, "--instance-id", "first")
-    spawned.append(first)
-    poll(lambda: (stored(endpoint, f"{prefix}/leader") or {}).get("instance") == "first")
-    second, second_address = control_plane(endpoint, prefix, "--instance-id", "second")
-    spawned.append(second)
-    policy = policy_pb2.ServicePolicy(
-        service=SERVICE,
-        rate_limit_requests=LIMIT,
-        rate_limit_window_secs=WINDOW,
-        fleet=policy_pb2.FleetLimits(rate_limit=True, lease_secs=PERIOD),
-    )
-    stub = pb_grpc.ControlPlaneServiceStub(grpc.insecure_channel(first_address))
-    stub.PutPolicy(pb.PutPolicyRequest(policy=policy), timeout=10)
+    policy = fleet_limit(SERVICE, LIMIT, WINDOW, PERIOD)
+    fleet = start_replicas(endpoint, prefix, spawned, ("first", "second"), policy)
 
     # a fresh fleet: nothing was leased before, the first agent gets the whole period
-    granted = asyncio.run(first_lease(first_address, "early"))
+    granted = asyncio.run(first_lease(fleet.addresses["first"], "early"))
     assert granted.units == UNITS
     record = poll(lambda: stored(endpoint, f"{prefix}/fleet-lease-epoch"))
     assert (record["epoch"], record["leader"]) == (granted.epoch, "first")
@@ -77,9 +59,9 @@ def test_a_new_leader_keeps_what_the_killed_leader_granted(
 
     # the leader dies with that grant out (its agent may still spend it, cut off); the
     # only agent the new leader hears from is new and reports no lease
-    first.kill()
-    poll(lambda: (stored(endpoint, f"{prefix}/leader") or {}).get("instance") == "second")
-    lease = asyncio.run(first_lease(second_address, "late"))
+    fleet.procs["first"].kill()
+    fleet.wait_leader("second")
+    lease = asyncio.run(first_lease(fleet.addresses["second"], "late"))
     assert lease.epoch > granted.epoch
     assert lease.units == 0, "the new leader leased what the earlier leader's grant may still spend"
     poll(lambda: (stored(endpoint, f"{prefix}/fleet-lease-epoch") or {}).get("leader") == "second")

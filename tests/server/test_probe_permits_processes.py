@@ -1,0 +1,107 @@
+"""I3 across a failover, with real processes: three control-plane replicas on a real etcd,
+four agent processes of three calling threads each probing a real upstream that counts the
+probe calls in flight. The leader is killed (SIGKILL), or paused past its leader lease and
+resumed (SIGSTOP, SIGCONT), while its probe permits are out. At the upstream, never more
+than ``success_threshold`` fleet probes run at once, and the breaker still closes: no
+permit is lost for ever. (The new leader grants none for the HALF_OPEN from before it
+until the earlier permits' TTL plus the policy's timeout have passed: server/engine.py.)"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from datetime import datetime
+
+import pytest
+from mission_control.resilience.v1 import policy_pb2
+from mission_control.server.etcd_process import EtcdProcess
+
+from tests.support.etcd import etcdctl
+from tests.support.polling import poll
+from tests.support.probe_upstream import ProbeUpstream, most_at_once
+from tests.support.procs import Proc
+from tests.support.replicas import start_replicas
+
+SERVICE = "probed"
+BOUND = 3  # success_threshold: the most fleet probes in flight at once
+POLICY = policy_pb2.ServicePolicy(
+    service=SERVICE, failure_threshold=3, success_threshold=BOUND, wait_duration_secs=2.0, timeout_secs=6.0
+)
+#: How long the healthy upstream takes to answer: longer than the leader lease (3 s), so the
+#: probes r1 permitted still run when another replica takes over.
+DELAY = 5.0
+AGENTS, THREADS = 4, 3  # up to 12 calls at once: far more than BOUND if permits leaked
+
+
+def stored(etcd: str, prefix: str) -> dict:  # type: ignore[type-arg]
+    text = etcdctl(etcd, "get", f"{prefix}/breakers/{SERVICE}", "--print-value-only").strip()
+    return json.loads(text) if text else {}
+
+
+def start_agents(spawned: list[Proc], control_planes: str, upstream: str) -> list[Proc]:
+    procs = []
+    for n in range(AGENTS):
+        args = [f"prober-{n}", control_planes, upstream, SERVICE, str(THREADS)]
+        procs.append(Proc([sys.executable, "-m", "tests.support.probe_agent", *args]))
+        spawned.append(procs[-1])
+    for proc in procs:
+        ready = proc.wait_for('{"ready"', timeout=60)
+        assert '"ready": true' in ready, ready
+    return procs
+
+
+def fail_over(replica: Proc, fault: str, leader: object) -> None:
+    """Kill the leader, or pause it until another replica leads and then resume it."""
+    if fault == "kill":
+        replica.kill()
+        return
+    replica.popen.send_signal(signal.SIGSTOP)
+    try:
+        poll(lambda: leader() not in (None, "r1"))  # type: ignore[operator]
+    finally:
+        replica.popen.send_signal(signal.SIGCONT)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("fault", ["kill", "pause"])
+def test_fleet_probes_in_flight_stay_within_the_permits_across_a_failover(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc], fault: str
+) -> None:
+    endpoint = etcd_server.endpoint
+    with ProbeUpstream(DELAY) as upstream:
+        upstream.fail(True)
+        fleet = start_replicas(endpoint, prefix, spawned, ("r1", "r2", "r3"), POLICY)
+        agents = start_agents(spawned, ",".join(fleet.addresses.values()), upstream.address)
+        poll(lambda: stored(endpoint, prefix).get("state") == "BREAKER_STATE_OPEN", timeout=60)
+        upstream.fail(False)
+        # the first probe succeeded and the leader handed out more: its permits are out
+        poll(lambda: upstream.in_flight("fleet") >= 2, timeout=60)
+        faulted, faulted_wall = time.monotonic(), time.time()
+        fail_over(fleet.procs["r1"], fault, fleet.leader)
+        # a new leader grants for the HALF_OPEN from before it, once r1's permits are over
+        closed = poll(lambda: (s := stored(endpoint, prefix)).get("state") == "BREAKER_STATE_CLOSED" and s)
+        for proc in agents:
+            poll(lambda p=proc: p.ask("state")["state"] == "CLOSED")  # type: ignore[misc]
+        for proc in agents:
+            proc.send("stop")
+        outcomes = [json.loads(proc.wait_for('{"outcomes"', timeout=30))["outcomes"] for proc in agents]
+        calls = upstream.calls()
+    probes = [c for c in calls if c.kind == "fleet"]
+    # calls other than fleet probes from the first probe until the breaker closed: an
+    # agent whose link broke decides by its own breaker meanwhile (fail static)
+    closed_at = datetime.fromisoformat(closed["changed_at"]).timestamp()
+    probing = (min(p.start for p in probes), closed_at - time.time() + time.monotonic())
+    others = [c for c in calls if c.kind != "fleet" and probing[0] < c.start < probing[1]]
+    late = [(c.agent, c.kind, round(c.start - faulted, 2)) for c in others]
+    shown = (
+        f"{fault}: fleet probes {len(probes)} (most at once {upstream.most('fleet')}), "
+        f"{sum(c.start > faulted for c in probes)} begun after the fault; other calls while "
+        f"probing {len(others)} (most at once {most_at_once(others, *probing)}: {late}); "
+        f"agents' outcomes {outcomes}"
+    )
+    print(shown)
+    assert upstream.most("fleet") <= BOUND, f"more fleet probes at once than {BOUND} permits: {shown}"
+    # the breaker was closed by probes the new leader permitted, not by r1 before the fault
+    assert closed_at > faulted_wall, f"closed before the fault: {closed} {shown}"

@@ -1,0 +1,104 @@
+"""Control-plane replicas as processes of their own on one real etcd, a policy put on the
+leader, and agent processes spending a fleet limit (tests.support.horizon_agent): the
+start-up the real-process lease and probe tests share."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
+from mission_control.resilience.v1 import policy_pb2
+
+from tests.support.fleets import leader_of, put_policy
+from tests.support.polling import poll
+from tests.support.procs import Proc, control_plane
+
+
+@dataclass(frozen=True, slots=True)
+class Replicas:
+    """Replicas by instance id: each one's process and address."""
+
+    procs: dict[str, Proc]
+    addresses: dict[str, str]
+    etcd: str
+    prefix: str
+
+    def leader(self) -> str | None:
+        """The instance id of the replica leading now, if any."""
+        return leader_of(self.etcd, self.prefix)
+
+    def wait_leader(self, name: str, timeout: float = 30.0) -> None:
+        poll(lambda: self.leader() == name, timeout)
+
+
+def start_replicas(
+    etcd: str, prefix: str, spawned: list[Proc], names: Sequence[str], policy: policy_pb2.ServicePolicy
+) -> Replicas:
+    """Replicas ``names`` on ``etcd``: the first started alone and leading before the others
+    start; then ``policy`` put on it. All processes go to ``spawned``."""
+    procs, addresses = {}, {}
+    for name in names:
+        procs[name], addresses[name] = control_plane(etcd, prefix, "--instance-id", name)
+        spawned.append(procs[name])
+        if name == names[0] and len(names) > 1:
+            poll(lambda: leader_of(etcd, prefix) == names[0])
+    put_policy(addresses[names[0]], policy)
+    return Replicas(procs, addresses, etcd, prefix)
+
+
+def fleet_limit(
+    service: str, limit: int, window: float, period: float, horizon: float | None = None
+) -> policy_pb2.ServicePolicy:
+    """A policy whose request limit the fleet shares, leased per ``period``."""
+    fleet = policy_pb2.FleetLimits(rate_limit=True, lease_secs=period)
+    if horizon is not None:
+        fleet.unleased_secs = horizon
+    return policy_pb2.ServicePolicy(
+        service=service, rate_limit_requests=limit, rate_limit_window_secs=window, fleet=fleet
+    )
+
+
+def spending_agents(spawned: list[Proc], service: str, rate: float, *wanted: tuple[str, str]) -> list[Proc]:
+    """Agent processes (id, the one address each knows) calling ``service`` at ``rate``,
+    started at once; returned once each is connected and has admitted its first call."""
+    procs = []
+    for agent_id, address in wanted:
+        args = [sys.executable, "-m", "tests.support.horizon_agent", agent_id, address, service, str(rate)]
+        procs.append(Proc(args))
+        spawned.append(procs[-1])
+    for proc in procs:
+        ready = proc.wait_for('{"ready"', timeout=60)
+        assert '"ready": true' in ready, ready
+    for proc in procs:  # every agent holds a lease (else it spends nothing when cut off)
+        proc.wait_for('{"first"', timeout=30)
+    return procs
+
+
+def stop_agents(procs: Sequence[Proc]) -> list[dict]:  # type: ignore[type-arg]
+    """Tell every agent to stop at once; what each admitted and refused (horizon_agent's answer)."""
+    for proc in procs:
+        proc.send("stop")
+    return [json.loads(proc.wait_for('{"admitted"', timeout=30)) for proc in procs]
+
+
+def usage(address: str, service: str) -> pb.FleetLimitUsage | None:
+    """The fleet limit's figures for ``service`` as the replica at ``address`` shows them."""
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        found = stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=5).statistics.fleet_limits
+    return next((u for u in found if u.service == service), None)
+
+
+def worst_window(times: list[float], window: float) -> int:
+    """The most of ``times`` in any ``window`` seconds."""
+    times, worst, j = sorted(times), 0, 0
+    for i, t in enumerate(times):
+        while times[j] <= t - window:
+            j += 1
+        worst = max(worst, i - j + 1)
+    return worst
