@@ -81,7 +81,10 @@ def test_fleet_probes_in_flight_stay_within_the_permits_across_a_failover(
         faulted, faulted_wall = time.monotonic(), time.time()
         fail_over(fleet.procs["r1"], fault, fleet.leader)
         # a new leader grants for the HALF_OPEN from before it, once r1's permits are over
-        closed = poll(lambda: (s := stored(endpoint, prefix)).get("state") == "BREAKER_STATE_CLOSED" and s)
+        # (about 24 s: the lease's 3 s, the wait of 5 s + 6 s, two rounds of 5-s probes)
+        closed = poll(
+            lambda: (s := stored(endpoint, prefix)).get("state") == "BREAKER_STATE_CLOSED" and s, timeout=90
+        )
         for proc in agents:
             poll(lambda p=proc: p.ask("state")["state"] == "CLOSED")  # type: ignore[misc]
         for proc in agents:
