@@ -153,7 +153,8 @@ def done_mark(seq: int) -> bytes:
 def numbered(name: str, prefix: str) -> int | None:
     """The seq in a name ``<prefix><20 digits>.log`` (None: not such a name)."""
     digits = name.removeprefix(prefix).removesuffix(".log")
-    return int(digits) if len(digits) == 20 and digits.isdigit() else None
+    # isdigit() alone takes other scripts' digits ("²"), which int() refuses
+    return int(digits) if len(digits) == 20 and digits.isascii() and digits.isdigit() else None
 
 
 def cut(path: Path, size: int) -> None:

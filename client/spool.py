@@ -23,9 +23,7 @@ and on every replay) that the upstream can use to apply it exactly once.
 
 from __future__ import annotations
 
-import logging
 import threading
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,7 +32,6 @@ from typing import Any
 from .journal import Record
 from .spool_common import (
     JOURNAL_REFUSALS,
-    MAX_REPLAY_BACKOFF,
     ReplayOutcome,
     SpoolCore,
     Spooled,
@@ -47,8 +44,6 @@ from .spool_common import (
 from .write_attempts import WriteAttempts, tracking
 
 __all__ = ["Spooled", "WriteSpool", "current_write_id", "decode_write", "encode_write", "write_id_metadata"]
-
-_log = logging.getLogger("mission_control.client.spool")
 
 
 class WriteSpool(SpoolCore):
@@ -81,8 +76,7 @@ class WriteSpool(SpoolCore):
 
     def write(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Make the write now, or spool it; returns its result or a :class:`Spooled`."""
-        write_id = uuid.uuid4().hex
-        payload = encode_write(write_id, self.function, args, kwargs)  # fails before any call
+        write_id, payload = self._new_write(args, kwargs)
         with self._lock:
             if len(self.journal) and self._open_for() <= 0:
                 self._wait_for_drain()
@@ -105,8 +99,7 @@ class WriteSpool(SpoolCore):
         that would wait longer is spooled."""
         failures = self._replay_failures
         self._drained.wait_for(
-            lambda: not len(self.journal) or failures != self._replay_failures or self._stop.is_set(),
-            timeout=self._drain_wait(),
+            lambda: self._drain_over(failures, self._stop.is_set()), timeout=self._drain_wait()
         )
 
     def _keep(self, write_id: str, payload: bytes, reason: str, error: Exception | None) -> Spooled:
@@ -126,39 +119,38 @@ class WriteSpool(SpoolCore):
                 self._replay_step()
                 backoff = self._pause
             except Exception:  # a disk operation failed: the replayer must outlive it
-                where = self.journal.directory
-                _log.exception("spool %s: replay failed; trying again in %.1fs", where, backoff)
+                after = self._replay_error(backoff)
                 self._stop.wait(backoff)
-                backoff = min(backoff * 2, MAX_REPLAY_BACKOFF)
+                backoff = after
 
     def _replay_step(self) -> None:
-        if self._unsettled():
-            self._finish()  # before anything else: the writes are not made twice
-            return
         with self._lock:
-            batch = self._to_replay()
-        if not batch:
+            step = self._next_step()
+        if step.action == "settle":
+            self._finish()
+        elif step.action == "make":
+            self._replay(step.batch)
+        elif step.action == "idle":
             self._sync_marks()
             self._wake.wait(1.0)
             self._wake.clear()
-            return
-        wait = self._open_for()
-        if wait > 0:
+        else:
             self._sync_marks()
-            self._stop.wait(min(wait, 1.0))
-            return
+            self._stop.wait(step.seconds)
+
+    def _replay(self, batch: tuple[Record, ...]) -> None:
         outcomes = self._make_all(batch)
         with self._lock:
-            self._made.update((r.seq, o) for r, o in zip(batch, outcomes, strict=True) if o)
+            failed = self._made_now(batch, outcomes)
         self._finish()
-        if None in outcomes:
+        if failed:
             with self._lock:
                 self._replay_failures += 1  # the service is failing again: stop holding writes
                 self._drained.notify_all()
             self._sync_marks()
             self._stop.wait(self._pause)
 
-    def _make_all(self, batch: list[Record]) -> list[ReplayOutcome]:
+    def _make_all(self, batch: tuple[Record, ...]) -> list[ReplayOutcome]:
         if len(batch) == 1:
             return [self._make(batch[0])]
         if self._workers is None:

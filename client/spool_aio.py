@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,11 +26,9 @@ from typing import Any, TypeVar
 from .journal import Record
 from .spool_common import (
     JOURNAL_REFUSALS,
-    MAX_REPLAY_BACKOFF,
     ReplayOutcome,
     SpoolCore,
     Spooled,
-    encode_write,
     writing,
 )
 from .write_attempts import WriteAttempts, tracking
@@ -103,8 +100,7 @@ class AsyncWriteSpool(SpoolCore):
         """Make the write now, or spool it; returns its result or a :class:`Spooled`."""
         self.start()
         assert self._changed is not None
-        write_id = uuid.uuid4().hex
-        payload = encode_write(write_id, self.function, args, kwargs)  # fails before any call
+        write_id, payload = self._new_write(args, kwargs)
         await self._read()
         async with self._changed:
             if len(self.journal) and self._open_for() <= 0:
@@ -126,9 +122,11 @@ class AsyncWriteSpool(SpoolCore):
         spool, so that new writes do not join it while it drains."""
         assert self._changed is not None
         failures = self._replay_failures
-        ready = lambda: not len(self.journal) or failures != self._replay_failures or self._closed  # noqa: E731
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait_for(ready), timeout=self._drain_wait())
+            await asyncio.wait_for(
+                self._changed.wait_for(lambda: self._drain_over(failures, self._closed)),
+                timeout=self._drain_wait(),
+            )
 
     async def _keep(self, write_id: str, payload: bytes, reason: str, error: Exception | None) -> Spooled:
         """Append (fsync'd, off the loop) while holding the condition: order is kept. The
@@ -164,32 +162,32 @@ class AsyncWriteSpool(SpoolCore):
             except Exception:  # a disk operation failed: the replayer must outlive it
                 if self._closed:
                     return
-                where = self.journal.directory
-                _log.exception("spool %s: replay failed; trying again in %.1fs", where, backoff)
+                after = self._replay_error(backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_REPLAY_BACKOFF)
+                backoff = after
 
     async def _replay_step(self) -> None:
-        assert self._wake is not None and self._changed is not None
-        if self._unsettled():
-            await self._finish()  # before anything else: the writes are not made twice
-            return
-        batch = self._to_replay()
-        if not batch:
+        assert self._wake is not None
+        step = self._next_step()
+        if step.action == "settle":
+            await self._finish()
+        elif step.action == "make":
+            await self._replay(step.batch)
+        elif step.action == "idle":
             await self._on_disk(self._sync_marks)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-            return
-        wait = self._open_for()
-        if wait > 0:
+        else:
             await self._on_disk(self._sync_marks)
-            await asyncio.sleep(min(wait, 1.0))
-            return
+            await asyncio.sleep(step.seconds)
+
+    async def _replay(self, batch: tuple[Record, ...]) -> None:
+        assert self._changed is not None
         outcomes = await asyncio.gather(*(self._make(record) for record in batch))
-        self._made.update((r.seq, o) for r, o in zip(batch, outcomes, strict=True) if o)
+        failed = self._made_now(batch, outcomes)
         await self._finish()
-        if None in outcomes:
+        if failed:
             async with self._changed:
                 self._replay_failures += 1  # the service is failing again: stop holding writes
                 self._changed.notify_all()

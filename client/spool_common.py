@@ -1,18 +1,21 @@
 """What the sync and the asyncio write spools share: the receipt, and the decisions around
-the journal (spool or raise, replay, hold or drop) with the counts. The spools differ only
-in their I/O loop. A write's id and record format are in :mod:`.spool_writes`."""
+the journal on the callers' side (spool or raise, wait for the spool to drain) with the
+counts; the replay's decisions are in :mod:`.spool_replay`. The spools differ only in their
+I/O loop. A write's id and record format are in :mod:`.spool_writes`."""
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from .errors import ResourceExhausted
-from .journal import Journal, JournalBroken, JournalFull, Record
-from .outcomes import DEFAULT, Counts, Outcomes, classify, kind_of
+from .journal import Journal, JournalBroken, JournalFull
+from .outcomes import DEFAULT, Outcomes, kind_of
+from .spool_replay import ReplayCore, ReplayOutcome, WriteTarget, replay_outcome
 from .spool_writes import (
     WRITE_ID_HEADER,
     current_write_id,
@@ -38,14 +41,6 @@ __all__ = [
 
 _log = logging.getLogger("mission_control.client.spool")
 
-#: Done marks written between two fsyncs of them while the spool drains: after a power
-#: loss (not a kill: a written mark survives that) at most this many replayed writes are
-#: made again.
-SYNC_MARKS_EVERY = 32
-
-#: The longest wait of a replayer between tries after a disk operation failed.
-MAX_REPLAY_BACKOFF = 5.0
-
 NOT_SPOOLED_NOTE = (
     "not spooled: an attempt may have reached the service (it timed out or failed after "
     "sending), and a replay could make the write twice; mark the guard idempotent to spool "
@@ -68,30 +63,7 @@ class Spooled:
     reason: str
 
 
-#: What one replay of a spooled write came to: "replayed" (made), "dropped" (it can never
-#: be made), "held" (set aside in ``held.log``: the function now decorated cannot take its
-#: arguments), or None: the service failed it, and it is tried again later.
-ReplayOutcome = Literal["replayed", "dropped", "held"] | None
-
-
-def replay_outcome(error: Exception | None, service_failed: Callable[[Exception], bool]) -> ReplayOutcome:
-    """The outcome of a replay that raised ``error`` (None: it returned)."""
-    if error is None:
-        return "replayed"
-    if isinstance(error, TypeError):  # the arguments do not fit the function now decorated
-        return "held"
-    return None if service_failed(error) else "dropped"
-
-
-@dataclass(slots=True)
-class _Target:
-    service: str
-    operation: str
-    kind: str
-    timeout: float = 0.0
-
-
-class SpoolCore:
+class SpoolCore(ReplayCore):
     """The journal of one protected write function, its counts and the decisions around it.
 
     Args:
@@ -130,7 +102,7 @@ class SpoolCore:
         self._open_for = open_for
         self._count = count
         self._outcomes = outcomes or DEFAULT
-        self._target = _Target(service, function, kind or kind_of(service))
+        self._target = WriteTarget(service, function, kind or kind_of(service))
         self._pause = pause
         self._idempotent = idempotent
         self._drain_wait = drain_wait
@@ -171,8 +143,15 @@ class SpoolCore:
         records, or a done mark could not be written (the replayer tries it again)."""
         return self._stalled or self.journal.broken
 
-    def _service_failed(self, exc: BaseException) -> bool:
-        return classify(self._target, exc, self._outcomes).counts is Counts.FAILURE
+    def _new_write(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, bytes]:
+        """A new write's id and its record (raises before any call when it cannot be kept)."""
+        write_id = uuid.uuid4().hex
+        return write_id, encode_write(write_id, self.function, args, kwargs)
+
+    def _drain_over(self, failures: int, stopping: bool) -> bool:
+        """A write waiting for the spool to drain goes on: it is empty, a replay failed
+        since the wait began (``failures`` then), or the spool is stopping."""
+        return not len(self.journal) or failures != self._replay_failures or stopping
 
     def _spools(self, exc: Exception, attempts: WriteAttempts) -> bool:
         """Whether a write that failed with ``exc`` is spooled; else the caller gets ``exc``
@@ -205,112 +184,6 @@ class SpoolCore:
         )
         refused.add_note(f"not spooled: {full}; the write was not made ({reason})")
         return refused
-
-    def _to_replay(self) -> list[Record]:
-        """The oldest waiting writes not made yet: one, or up to ``parallel``."""
-        batch: list[Record] = []
-        for record in self.journal.pending():
-            if record.seq not in self._made:
-                batch.append(record)
-                if len(batch) >= self._parallel:
-                    break
-        return batch
-
-    def _unsettled(self) -> bool:
-        """The oldest waiting write was made (or dropped) but is not marked done yet."""
-        first = self.journal.first()
-        return first is not None and first.seq in self._made
-
-    def _settle(self) -> list[str]:
-        """Mark done (a blocking disk write) the writes made or dropped that no waiting
-        write comes before; their outcomes. When the mark fails, hand out no receipts until
-        it is written (the journal would make the writes again) and raise.
-
-        The mark is written at once (a kill keeps it); :meth:`_sync_marks` fsyncs it."""
-        last = None
-        for record in self.journal.pending():
-            if record.seq not in self._made:
-                break
-            last = record.seq
-        if last is None:
-            return []
-        failing = f"write #{last} was made but could not be marked done"
-        try:
-            for record in self.journal.pending():
-                if record.seq <= last and self._made[record.seq] == "held":
-                    failing = f"write #{record.seq} could not be set aside as held"
-                    self.journal.hold(record)
-            failing = f"write #{last} was made but could not be marked done"
-            self.journal.mark_done(last, sync=False)
-        except OSError as exc:
-            self._stalled = f"{failing} ({exc})"
-            raise
-        self._stalled = None
-        outcomes = [self._made.pop(seq) for seq in sorted(self._made) if seq <= last]
-        self._marks_unsynced += 1
-        self.replayed += outcomes.count("replayed")
-        self.dropped += outcomes.count("dropped")
-        self.held += outcomes.count("held")
-        return outcomes
-
-    def _sync_marks(self, *, unless_draining: bool = False) -> None:
-        """fsync the done marks written so far (a blocking disk write). ``unless_draining``:
-        not while the spool drains and fewer than :data:`SYNC_MARKS_EVERY` wait for it, so
-        the replay does not pay an fsync per write.
-
-        Raises:
-            OSError: the fsync failed (tried again at the next call).
-        """
-        if unless_draining and len(self.journal) and self._marks_unsynced < SYNC_MARKS_EVERY:
-            return
-        if self._marks_unsynced:
-            self.journal.sync_done()
-            self._marks_unsynced = 0
-
-    def _counted(self, outcomes: list[str]) -> None:
-        if outcomes:
-            self._count(0, outcomes.count("replayed"), outcomes.count("dropped"), outcomes.count("held"))
-
-    def _to_make(self, record: Record) -> tuple[str, tuple[Any, ...], dict[str, Any]] | None:
-        """The spooled write to replay (id, args, kwargs), or None when it cannot be read
-        (logged; it is dropped). A write spooled under another function name (the function
-        was renamed or moved) is made by the function now decorated: the directory is what
-        names the spool."""
-        try:
-            write_id, function, args, kwargs = decode_write(record.payload)
-        except (ValueError, KeyError, TypeError):
-            self._dropping(record.seq, "it cannot be read")
-            return None
-        if function != self.function and function not in self._renamed:
-            self._renamed.add(function)
-            _log.warning(
-                "spool %s: writes spooled by %r are replayed by %r (same directory)",
-                self.journal.directory, function, self.function,
-            )  # fmt: skip
-        return write_id, args, kwargs
-
-    def _replayed(self, record: Record, error: Exception | None) -> ReplayOutcome:
-        """The outcome of replaying ``record`` (see :func:`replay_outcome`), logged when the
-        write is dropped or held."""
-        outcome = replay_outcome(error, self._service_failed)
-        if outcome == "dropped":
-            self._dropping(record.seq, f"the write failed with the caller's error {error!r}")
-        elif outcome == "held":
-            self._holding(record, error)
-        return outcome
-
-    def _dropping(self, seq: int, why: str) -> None:
-        """A write that can never be made is dropped, not retried for ever."""
-        _log.error("spool %s: dropping write #%d: %s", self.journal.directory, seq, why)
-
-    def _holding(self, record: Record, error: Exception | None) -> None:
-        """A write the function now decorated cannot take (its arguments do not fit) is
-        set aside in ``held.log`` (by :meth:`_settle`), not dropped and not retried for ever."""
-        by = decode_write(record.payload)[1]
-        _log.error(
-            "spool %s: write #%d (spooled by %r) cannot be made by %r: %r; it is kept in %s, not made",
-            self.journal.directory, record.seq, by, self.function, error, self.journal.directory / "held.log",
-        )  # fmt: skip
 
     def held_writes(self) -> list[tuple[str, str, tuple[Any, ...], dict[str, Any]]]:
         """The writes set aside because the function could not take their arguments

@@ -223,3 +223,17 @@ def test_a_done_mark_not_fsynced_yet_survives_kill_9(tmp_path: Path) -> None:
     again.mark_done(3, sync=False)
     again.sync_done()
     assert not again.unsynced and len(again) == 0
+
+
+def test_files_named_with_other_scripts_digits_are_left_alone(tmp_path: Path) -> None:
+    """``"²".isdigit()`` is true but ``int("²")`` raises: such a name once made opening
+    the journal (a segment) or reading its held records (held-) raise ValueError."""
+    journal = Journal(tmp_path)
+    journal.append(b"w1")
+    journal.close()
+    (segment,) = tmp_path.glob("segment-*.log")
+    (tmp_path / f"segment-{'²' * 20}.log").write_bytes(segment.read_bytes())
+    (tmp_path / f"held-{'²' * 20}.log").write_bytes(segment.read_bytes())
+    again = Journal(tmp_path)
+    assert (again.broken, payloads(again), again.held()) == (None, [b"w1"], [])
+    again.close()
