@@ -25,6 +25,7 @@ come and go and leaders change:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -51,10 +52,18 @@ LAPSED_SHOWN = 10_000
 
 Send = Callable[[str, pb.ConnectResponse], bool]
 
+#: A holder is split for by what it asked in its last periods (:func:`_asked_now`): a steady
+#: caller whose calls fall on the period grid counts 0, 1 or 2 calls in one period (its
+#: period starts where its lease says, as it received it), and a lease of nothing after a
+#: period that happened to count 0 refuses the call of the next.
+ASKED_PERIODS = 3
+
 
 @dataclass
 class _Holder:
-    wanted: float = 0.0
+    wanted: float = 0.0  # what it wants now, from what it asked in its last periods
+    #: what each agent it speaks for asked in each of them (newest last)
+    asked: tuple[tuple[float, ...], ...] = ()
     used: float = 0.0
     agents: int = 1
     #: what each agent it speaks for wants (a follower relays its agents' demands)
@@ -266,11 +275,14 @@ class CapacityLeaser:
             limit.holders.pop(holder, None)
             return
         entry = limit.holders.setdefault(holder, _Holder())
-        entry.wanted, entry.used = _finite(demand.wanted), _finite(demand.used)
+        entry.used = _finite(demand.used)
         entry.agents = max(1, demand.agents)
         # (a follower that does not say what each agent wants: all alike)
-        alike = (entry.wanted / entry.agents,) * entry.agents
-        entry.wants = tuple(_finite(w) for w in demand.agents_wanted) or alike
+        alike = (_finite(demand.wanted) / entry.agents,) * entry.agents
+        wants = tuple(_finite(w) for w in demand.agents_wanted) or alike
+        entry.asked = (*entry.asked[-(ASKED_PERIODS - 1) :], wants)
+        entry.wants = _asked_now(entry.asked)
+        entry.wanted = sum(entry.wants)
         entry.replica = bool(demand.agents_wanted)
         entry.agents_known = demand.agents_known
         # a claim is believed only as far as the leader knows it: a client that claims the
@@ -411,7 +423,8 @@ class CapacityLeaser:
         limit.demanded = sum(demand.values())
         limit.used = sum(e.used for e in limit.holders.values())
         shares = _per_agent_share(pool, limit.holders)
-        if limit.resource == f"{limit.service}.requests" or limit.retries_of is not None:  # whole units
+        whole = limit.resource == f"{limit.service}.requests" or limit.retries_of is not None
+        if whole:  # whole units
             shares = _whole(shares, index)
         # a holder that misses this lease goes on with its last one: shrinks count in
         # full for one more period
@@ -420,7 +433,7 @@ class CapacityLeaser:
         last = {
             h: max(e.sent, e.safe_units if not e.sent or e.replica else 0.0) for h, e in limit.holders.items()
         }
-        shares = _late_shrinks(shares, last, pool)
+        shares = _late_shrinks(shares, last, pool, whole)
         limit.leased = sum(shares.values())
         # every agent that may be spending: those leased now and those cut off
         agents = sum(e.agents for e in limit.holders.values()) + len(limit.absent)
@@ -517,19 +530,53 @@ def _whole(shares: dict[str, float], turn: int) -> dict[str, float]:
     return {h: float(units) for h, units in whole.items()}
 
 
-def _late_shrinks(shares: dict[str, float], last: dict[str, float], pool: float) -> dict[str, float]:
+def _late_shrinks(
+    shares: dict[str, float], last: dict[str, float], pool: float, whole: bool
+) -> dict[str, float]:
     """Shares such that the sum over holders of max(last lease, new lease) stays within
     ``pool``: a holder that shrinks may not get its new lease in time and spend its last
-    one, so the units it gives up go to others only a period later."""
+    one, so the units it gives up go to others only a period later. What room is left goes
+    to the growing holders smallest lease first (max-min, as the split itself): one back
+    from nothing to its one call a period is not cut to nothing while others take turns at
+    the units left over by rounding (in whole units when ``whole``)."""
     keep = {h: min(units, last.get(h, 0.0)) for h, units in shares.items()}
     held = sum(max(0.0, last.get(h, 0.0) - units) for h, units in shares.items())
-    grow = {h: units - keep[h] for h, units in shares.items() if units > keep[h]}
+    growing = [h for h, units in shares.items() if units > keep[h]]
     room = pool - sum(keep.values()) - held
-    wanted = sum(grow.values())
-    if not grow or room >= wanted - 1e-9:
+    if not growing or room >= sum(shares[h] - keep[h] for h in growing) - 1e-9:
         return shares
-    scale = max(0.0, room) / wanted
-    return {h: keep[h] + math.floor(grow.get(h, 0.0) * scale + 1e-9) for h in shares}
+    level = _level(max(0.0, room), [(keep[h], shares[h]) for h in growing])
+    result = dict(keep)
+    for h in growing:
+        result[h] = min(shares[h], max(keep[h], level))
+    if whole:
+        result.update({h: float(math.floor(result[h] + 1e-9)) for h in growing})
+        spare = math.floor(max(0.0, room) + 1e-9) - sum(result[h] - keep[h] for h in growing)
+        for h in sorted((h for h in growing if result[h] < shares[h]), key=result.__getitem__)[: int(spare)]:
+            result[h] += 1.0
+    return result
+
+
+def _level(room: float, spans: list[tuple[float, float]]) -> float:
+    """The level L such that raising each (low, high) span to min(high, max(low, L))
+    takes ``room`` (water-filling; ``room`` is less than every span raised to its high)."""
+    edges = sorted({edge for span in spans for edge in span})
+    for below, above in itertools.pairwise(edges):
+        cost = sum(max(0.0, min(high, above) - max(low, below)) for low, high in spans if low < above)
+        if cost >= room - 1e-12:
+            rising = sum(1 for low, high in spans if low <= below < high)
+            return below + (room / rising if rising else 0.0)
+        room -= cost
+    return edges[-1]
+
+
+def _asked_now(asked: tuple[tuple[float, ...], ...]) -> tuple[float, ...]:
+    """What each agent wants: what it asked in its last period, or the median of its last
+    three if that is more — a rise counts at once, a fall once it held for two periods
+    (a follower's agents by their place in its report, while it speaks for as many)."""
+    newest = asked[-1]
+    alike = [a for a in asked if len(a) == len(newest)]
+    return tuple(max(column[-1], sorted(column)[len(column) // 2]) for column in zip(*alike, strict=True))
 
 
 def _finite(value: float) -> float:

@@ -230,9 +230,15 @@ def test_what_a_shrinking_holder_gives_up_goes_to_others_a_period_later() -> Non
     leader.report("a", wanted=10)  # a wants less now, b more
     leader.report("b", wanted=40)
     leader.run(6001.1)
-    # a may not get its new lease in time and spend its 40: b cannot have the 30 yet
-    assert leader.sent["a"][-1].units == 10 and leader.sent["b"][-1].units == 10
+    # a asked less in one period only (it may ask 40 again): both are split for 40, and
+    # a may not get its new lease in time and spend its 40: b cannot have more yet
+    assert leader.sent["a"][-1].units == 25 and leader.sent["b"][-1].units == 10
+    leader.report("a", wanted=10)  # a second period asking less
+    leader.report("b", wanted=40)
     leader.run(6001.6)
+    # a is leased 10; b only what a gave up a period ago (a may still spend its 25)
+    assert leader.sent["a"][-1].units == 10 and leader.sent["b"][-1].units == 25
+    leader.run(6002.1)
     assert leader.sent["b"][-1].units == 40
 
 
