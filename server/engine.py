@@ -170,6 +170,10 @@ class FleetBreakers:
             message.opened_at.FromNanoseconds(int((b.opened_at + self._wall_offset) * 1e9))
         if b.state is BreakerState.OPEN:
             message.open_remaining.FromNanoseconds(int(b.open_remaining(now) * 1e9))
+        if b.recovery_check_from is not None:
+            message.recovery_check_from.FromNanoseconds(
+                int((b.recovery_check_from + self._wall_offset) * 1e9)
+            )
         return message
 
     def snapshot(self) -> list[pb.Breaker]:
@@ -238,6 +242,11 @@ class FleetBreakers:
             self._mono(record.opened_at.ToNanoseconds()) if record.HasField("opened_at") else None
         )
         breaker.wait = _stored_wait(record, breaker.policy)
+        breaker.recovery_check_from = (
+            self._mono(record.recovery_check_from.ToNanoseconds())
+            if breaker.state is BreakerState.OPEN and record.HasField("recovery_check_from")
+            else None
+        )
         if not (
             old is BreakerState.HALF_OPEN and breaker.state is old and breaker.generation == held_generation
         ):
@@ -320,6 +329,15 @@ class FleetBreakers:
             elif expired and breaker.state is BreakerState.HALF_OPEN:
                 self._grant_waiting(breaker.name, now)
         return done
+
+    def recover(self, name: str, reason: str) -> Transition | None:
+        """A recovery check found the service serving: its OPEN breaker goes HALF_OPEN now
+        (see :meth:`CircuitBreaker.recover`), pushed and stored like any transition."""
+        breaker = self._breakers.get(name)
+        move = breaker.recover(self._clock(), reason) if breaker is not None else None
+        if move is not None:
+            self._transitioned(move)
+        return move
 
     def force(self, name: str, state: BreakerState, reason: str = "") -> Transition | None:
         """An operator's command (FORCED_OPEN, FORCED_CLOSED, DISABLED, or CLOSED to reset)."""
