@@ -127,6 +127,8 @@ class CircuitBreaker:
         self.slow_calls = 0
         #: A recovery check may not end this OPEN before this time (see :meth:`recover`).
         self.recovery_check_from: float | None = None
+        #: This HALF_OPEN was begun by a recovery check (not by the wait's end).
+        self.checked = False
         self._window = _Window()
         self._slow = _Window()
         self._permits: dict[str, list[float]] = {}  # holder -> expiry times
@@ -229,12 +231,15 @@ class CircuitBreaker:
         that probe calls confirm it, unless the check may not end this OPEN yet."""
         if self.state is not BreakerState.OPEN or not self.may_recover(now):
             return None
-        return self._move(now, BreakerState.HALF_OPEN, reason)
+        move = self._move(now, BreakerState.HALF_OPEN, reason)
+        self.checked = True
+        return move
 
     def may_recover(self, now: float) -> bool:
         """Whether a recovery check may end this OPEN now: not in the first half of a wait
-        that followed a failed probe (a health endpoint that says SERVING while calls fail
-        must not make the breaker flap at every check)."""
+        that followed the failed probe of a HALF_OPEN a check began (a health endpoint that
+        says SERVING while calls fail must not make the breaker flap at every check; a
+        probe that failed after the wait ended says nothing against the check)."""
         return self.recovery_check_from is None or now >= self.recovery_check_from
 
     # -- probes ----------------------------------------------------------------
@@ -311,7 +316,7 @@ class CircuitBreaker:
         # Only a failed HALF_OPEN waits longer: an OPEN from CLOSED starts the waits over.
         reopened = self.state is BreakerState.HALF_OPEN
         self.wait = self.policy.open_wait(self.wait if reopened else None)
-        self.recovery_check_from = now + self.wait / 2 if reopened else None
+        self.recovery_check_from = now + self.wait / 2 if reopened and self.checked else None
         self.failures = failures
         self.slow_calls = 0
         self.opened_at = now
@@ -325,6 +330,7 @@ class CircuitBreaker:
         self.changed_at = now
         self.reason = reason
         self.generation += 1
+        self.checked = False
         self.half_open_successes = 0
         self._permits.clear()
         if new is BreakerState.CLOSED:

@@ -25,6 +25,9 @@ _log = logging.getLogger("mission_control.server.engine")
 #: How long an agent may hold an unused probe permit.
 PROBE_TTL_SECS = 5.0
 
+#: How the reason of a HALF_OPEN a recovery check began starts.
+CHECK_REASON = "recovery check: "
+
 #: The longest wait a policy may set (a day): a stored wait beyond is not believed.
 _LONGEST_WAIT = 86400.0
 
@@ -247,6 +250,8 @@ class FleetBreakers:
             if breaker.state is BreakerState.OPEN and record.HasField("recovery_check_from")
             else None
         )
+        # who began a stored HALF_OPEN is kept in its reason (see RecoveryChecks.reason)
+        breaker.checked = breaker.state is BreakerState.HALF_OPEN and record.reason.startswith(CHECK_REASON)
         if not (
             old is BreakerState.HALF_OPEN and breaker.state is old and breaker.generation == held_generation
         ):

@@ -27,7 +27,7 @@ from mission_control.client.policy import service_of
 from mission_control.client.recovery_check import MIN_INTERVAL_SECS, RecoveryCheck
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
-from .engine import FleetBreakers
+from .engine import CHECK_REASON, FleetBreakers
 from .recovery_asks import ANSWERS, SERVING, TargetAsker
 
 _log = logging.getLogger("mission_control.server.recovery_checks")
@@ -139,7 +139,7 @@ class RecoveryChecks:
         answer = answer if answer in ANSWERS else "error"
         self._count(service, answer)
         if answer == SERVING and self._leading():
-            self.recovered(key, f"recovery check: {check.target} {SERVING}")
+            self.recovered(key, f"{CHECK_REASON}{check.target} {SERVING}")
 
     def recovered(self, key: Key, reason: str) -> int:
         """Move every OPEN breaker of the key's service and target to HALF_OPEN (those a

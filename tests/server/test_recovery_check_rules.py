@@ -63,6 +63,27 @@ def test_after_a_failed_probe_no_check_ends_the_first_half_of_the_grown_wait() -
     assert breaker.recover(31.0, "check") is not None
 
 
+def test_a_probe_failing_after_the_wait_ended_holds_no_check_back() -> None:
+    breaker = CircuitBreaker("llm", POLICY, 0.0)
+    breaker.record(0.0, 0, 2)
+    assert breaker.tick(30.0) is not None  # the wait ended: no check began this HALF_OPEN
+    breaker.acquire_probe(30.0, "a", ttl=5)
+    assert breaker.record_probes(30.0, "a", 0, 1) is not None
+    assert breaker.recover(30.1, "check") is not None  # the check was not the one lying
+
+
+def test_a_stored_half_open_a_check_began_keeps_the_hold_on_its_failed_probe() -> None:
+    clock = Clock()
+    leader = fleet(clock)
+    open_it(leader)
+    leader.recover("llm", "recovery check: 127.0.0.1:9 SERVING")
+    other = fleet(clock)
+    other.adopt("llm", leader.to_record("llm"), 5)
+    other.get("llm").acquire_probe(clock.now, "a", ttl=5)
+    other.record("a", pb.OutcomeSummary(service="llm", probe_failures=1))
+    assert other.recover("llm", "check") is None  # held: the first half of its 60 s wait
+
+
 def test_the_hold_is_stored_and_taken_by_another_replica() -> None:
     clock = Clock()
     leader = fleet(clock)
