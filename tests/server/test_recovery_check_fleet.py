@@ -2,7 +2,7 @@
 and a real gRPC upstream serving grpc.health.v1. An OPEN with a 30 s wait ends within a few
 check intervals of the upstream's recovery; a health endpoint that says SERVING while every
 call fails does not make the breaker flap at each check; an unreachable check target leaves
-the OPEN to its wait."""
+the OPEN to its wait. Only the leader checks, and a new leader takes the checks over."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess
 
-from tests.support.fleets import put_policy
+from tests.support.fleets import leader_of, put_policy
 from tests.support.polling import poll
 from tests.support.procs import Proc, agent, control_plane
 from tests.support.upstream import Upstream
@@ -201,3 +201,36 @@ def test_an_unreachable_check_target_leaves_the_open_to_its_wait(
     assert figures.recovery_check_answers["unreachable"] + figures.recovery_check_answers["timeout"] >= 2
     assert figures.recovery_check_answers["SERVING"] == 0
     watch.close()
+
+
+def test_only_the_leader_checks_and_a_new_leader_takes_the_checks_over(
+    etcd_server: EtcdProcess,
+    prefix: str,
+    spawned: list[Proc],
+    upstream: tuple[Upstream, health.HealthServicer],
+) -> None:
+    up, servicer = upstream
+    up.set("fail")
+    replicas = {}
+    for name in ("one", "two"):
+        proc, address = control_plane(etcd_server.endpoint, prefix, "--instance-id", name)
+        spawned.append(proc)
+        replicas[name] = (proc, address)
+    leader = poll(lambda: leader_of(etcd_server.endpoint, prefix)) or ""
+    follower = "two" if leader == "one" else "one"
+    rule = policy(up.address, 30.0)
+    put_policy(replicas[leader][1], rule)
+    caller = agent("agent-a", ",".join(a for _, a in replicas.values()), up.address, SERVICE)
+    spawned.append(caller)
+    poll(lambda: caller.ask("policy")["rate_limit_requests"] == rule.rate_limit_requests)
+    opened(caller)
+    poll(lambda: stats(replicas[leader][1]).recovery_check_answers["NOT_SERVING"] >= 2)
+    assert not stats(replicas[follower][1]).recovery_checks_by_service  # it follows: asks nothing
+
+    replicas[leader][0].kill()
+    poll(lambda: leader_of(etcd_server.endpoint, prefix) == follower, timeout=30)
+    poll(lambda: stats(replicas[follower][1]).recovery_check_answers["NOT_SERVING"] >= 1, timeout=15)
+    up.set("ok")
+    servicer.set("", SERVING)
+    poll(lambda: stats(replicas[follower][1]).recovery_check_half_opens == 1, timeout=15)
+    poll(lambda: caller.ask("state")["state"] != "OPEN", timeout=15)  # within the 30 s wait
