@@ -21,6 +21,7 @@ from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess
 
+from tests.server.test_cli import cli
 from tests.support.fleets import leader_of, put_policy
 from tests.support.polling import poll
 from tests.support.procs import Proc, agent, control_plane
@@ -139,6 +140,11 @@ def test_a_serving_check_ends_a_30_s_open_and_probes_close_it(
     figures = stats(address)
     assert figures.recovery_check_half_opens == 1
     assert figures.recovery_checks_by_service[SERVICE] == sum(figures.recovery_check_answers.values())
+    shown = cli("stats", server=address).stdout
+    assert (
+        "breakers moved to HALF_OPEN" in shown
+        and f"{SERVICE}" in shown.split("recovery checks by service:")[1]
+    )
     watch.close()
 
 
