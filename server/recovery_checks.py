@@ -135,7 +135,11 @@ class RecoveryChecks:
 
     async def _check(self, key: Key, check: RecoveryCheck) -> None:
         service = key[0]
-        answer = await self._ask(check)
+        try:
+            answer = await self._ask(check)
+        except Exception:  # an asker that raises after all: an answer, never a lost task
+            _log.exception("recovery check of %s failed", check.target)
+            answer = "error"
         answer = answer if answer in ANSWERS else "error"
         self._count(service, answer)
         if answer == SERVING and self._leading():
