@@ -134,6 +134,8 @@ def test_a_serving_check_ends_a_30_s_open_and_probes_close_it(
     poll(lambda: caller.ask("state")["state"] != "OPEN", timeout=15)
     poll(lambda: "ok" in caller.ask("pace 0.2 0.02")["outcomes"], timeout=10)
     poll(lambda: caller.ask("state")["state"] == "CLOSED", timeout=10)
+    # the watch hears of the CLOSED a moment after the agent may have
+    poll(lambda: any(t >= recovered and s == pb.BREAKER_STATE_CLOSED for t, s, _ in watch.seen))
     states = [(s, r) for t, s, r in watch.seen if t >= recovered]
     assert states[0] == (pb.BREAKER_STATE_HALF_OPEN, f"recovery check: {up.address} SERVING"), states
     assert states[-1][0] == pb.BREAKER_STATE_CLOSED, states
@@ -200,7 +202,8 @@ def test_an_unreachable_check_target_leaves_the_open_to_its_wait(
     up.set("ok")
     servicer.set("", SERVING)  # the upstream serves again, but the check cannot reach its target
     poll(lambda: caller.ask("state")["state"] != "OPEN", timeout=30)
-    half_open = [r for _, s, r in watch.seen if s == pb.BREAKER_STATE_HALF_OPEN]
+    # the watch hears of it a moment after the agent may have
+    half_open = poll(lambda: [r for _, s, r in watch.seen if s == pb.BREAKER_STATE_HALF_OPEN])
     assert half_open[:1] == ["wait elapsed"], watch.seen
     figures = stats(address)
     assert figures.recovery_check_half_opens == 0
