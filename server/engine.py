@@ -250,7 +250,7 @@ class FleetBreakers:
             if breaker.state is BreakerState.OPEN and record.HasField("recovery_check_from")
             else None
         )
-        # who began a stored HALF_OPEN is kept in its reason (see RecoveryChecks.reason)
+        # who began a stored HALF_OPEN is kept in its reason (a check's starts with CHECK_REASON)
         breaker.checked = breaker.state is BreakerState.HALF_OPEN and record.reason.startswith(CHECK_REASON)
         if not (
             old is BreakerState.HALF_OPEN and breaker.state is old and breaker.generation == held_generation
