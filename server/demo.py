@@ -27,7 +27,7 @@ from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import policy_pb2
 
 from . import kpis
-from .demo_checks import with_recovery_checks
+from .demo_checks import checks_note, with_recovery_checks
 from .etcd_process import EtcdProcess
 from .proc import Child
 
@@ -305,8 +305,8 @@ def _policies_note() -> str:
                 f"{policy.longest_wait():g} s, timeout {policy.timeout_secs:g} s"
             )
     return (
-        f"the demo's policies, tuned to its minute-long scenario: {'; '.join(shown)}; the defaults "
-        "wait 60 s; amplification in a full outage with the default retry budget is bench case 5"
+        f"the demo's policies, tuned to its minute-long scenario: {'; '.join(shown)}; {checks_note()}; "
+        "the defaults wait 60 s; amplification in a full outage with the default retry budget is bench case 5"
     )
 
 

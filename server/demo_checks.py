@@ -44,6 +44,14 @@ def serve_health(server: grpc.Server, mode_now: Callable[[], str]) -> None:
     health_pb2_grpc.add_HealthServicer_to_server(HonestHealth(mode_now), server)  # type: ignore[no-untyped-call]
 
 
+def checks_note() -> str:
+    """The demo's recovery checks in a few words, for the line under its KPI table."""
+    shown = ", ".join(
+        f"{service} asks {upstream} (timeout {t:g} s)" for service, (upstream, t) in CHECKED.items()
+    )
+    return f"recovery checks (grpc.health.v1) every {INTERVAL_SECS:g} s while OPEN: {shown}"
+
+
 def with_recovery_checks(
     policies: list[policy_pb2.ServicePolicy], peers: Mapping[str, str]
 ) -> list[policy_pb2.ServicePolicy]:

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from mission_control.client.config import policy_from_proto
 from mission_control.client.recovery_check import RecoveryCheck
-from mission_control.server.demo import POLICIES
+from mission_control.server.demo import POLICIES, _policies_note
 from mission_control.server.demo_checks import serve_health, with_recovery_checks
 from mission_control.server.recovery_asks import TargetAsker
 
@@ -47,3 +47,4 @@ def test_the_demo_checks_each_upstream_with_a_breaker() -> None:
     assert checks["llm_provider"] == RecoveryCheck("127.0.0.1:1001", interval_secs=0.25, timeout_secs=1.0)
     assert checks["storage_backend"] == RecoveryCheck("127.0.0.1:1002", interval_secs=0.25, timeout_secs=0.3)
     assert checks["llm_backup"] is None and checks["agent_communication"] is None
+    assert "recovery checks (grpc.health.v1) every 0.25 s while OPEN" in _policies_note()
