@@ -93,7 +93,7 @@ def test_the_hold_is_stored_and_taken_by_another_replica() -> None:
     breaker.acquire_probe(clock.now, "a", ttl=5)
     leader.record("a", pb.OutcomeSummary(service="llm", probe_failures=1))
     record = leader.to_record("llm")
-    assert "recovery_check_from" in json_format.Parse(record, pb.Breaker()).DESCRIPTOR.fields_by_name
+    assert json_format.Parse(record, pb.Breaker()).HasField("recovery_check_from")
     other = fleet(clock)
     other.adopt("llm", record, 7)
     clock.now += 29.0
