@@ -125,6 +125,10 @@ class CircuitBreaker:
         self.generation = 0
         #: slow calls in the window that opened the breaker (the slow-call rule)
         self.slow_calls = 0
+        #: A recovery check may not end this OPEN before this time (see :meth:`recover`).
+        self.recovery_check_from: float | None = None
+        #: This HALF_OPEN was begun by a recovery check (not by the wait's end).
+        self.checked = False
         self._window = _Window()
         self._slow = _Window()
         self._permits: dict[str, list[float]] = {}  # holder -> expiry times
@@ -222,6 +226,22 @@ class CircuitBreaker:
             return self._move(now, BreakerState.HALF_OPEN, "wait elapsed")
         return None
 
+    def recover(self, now: float, reason: str) -> Transition | None:
+        """A recovery check found the service serving: an OPEN goes HALF_OPEN at once, so
+        that probe calls confirm it, unless the check may not end this OPEN yet."""
+        if self.state is not BreakerState.OPEN or not self.may_recover(now):
+            return None
+        move = self._move(now, BreakerState.HALF_OPEN, reason)
+        self.checked = True
+        return move
+
+    def may_recover(self, now: float) -> bool:
+        """Whether a recovery check may end this OPEN now: not in the first half of a wait
+        that followed the failed probe of a HALF_OPEN a check began (a health endpoint that
+        says SERVING while calls fail must not make the breaker flap at every check; a
+        probe that failed after the wait ended says nothing against the check)."""
+        return self.recovery_check_from is None or now >= self.recovery_check_from
+
     # -- probes ----------------------------------------------------------------
 
     def acquire_probe(self, now: float, holder: str, ttl: float, count: int = 1) -> int:
@@ -294,7 +314,9 @@ class CircuitBreaker:
 
     def _open(self, now: float, failures: int, reason: str) -> Transition | None:
         # Only a failed HALF_OPEN waits longer: an OPEN from CLOSED starts the waits over.
-        self.wait = self.policy.open_wait(self.wait if self.state is BreakerState.HALF_OPEN else None)
+        reopened = self.state is BreakerState.HALF_OPEN
+        self.wait = self.policy.open_wait(self.wait if reopened else None)
+        self.recovery_check_from = now + self.wait / 2 if reopened and self.checked else None
         self.failures = failures
         self.slow_calls = 0
         self.opened_at = now
@@ -308,6 +330,7 @@ class CircuitBreaker:
         self.changed_at = now
         self.reason = reason
         self.generation += 1
+        self.checked = False
         self.half_open_successes = 0
         self._permits.clear()
         if new is BreakerState.CLOSED:
@@ -316,6 +339,8 @@ class CircuitBreaker:
             self.slow_calls = 0
             self._window.clear()
             self._slow.clear()
+        if new is not BreakerState.OPEN:
+            self.recovery_check_from = None
         if new is not BreakerState.OPEN and new is not BreakerState.HALF_OPEN:
             self.opened_at = None
             self.wait = self.policy.wait_duration_secs

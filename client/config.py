@@ -38,6 +38,7 @@ from .policy import (
     FleetLimits,
     Hedging,
     Quota,
+    RecoveryCheck,
     RetryBudget,
     ServicePolicy,
     SlowCall,
@@ -112,6 +113,7 @@ _RATE = ("threshold", "minimum_calls", "window_secs")
 _SLOW = ("duration_threshold_secs", "rate_threshold", "minimum_calls", "window_secs")
 _QUOTA = ("resource", "limit", "window_secs")
 _FLEET = ("rate_limit", "quotas", "lease_secs", "safe_share", "unleased_secs")
+_RECOVERY_CHECK = ("target", "health_service", "interval_secs", "timeout_secs")
 _HEDGING = ("max_attempts", "delay_secs", "delay_percentile", "min_delay_secs", "max_extra_ratio")
 _POLICY_KEYS = {
     "service",
@@ -125,6 +127,7 @@ _POLICY_KEYS = {
     "quotas",
     "fleet",
     "hedging",
+    "recovery_check",
 }
 _TOP_KEYS = {
     "default_timeout_secs",
@@ -290,6 +293,8 @@ def _policy(
     if "hedging" in table:
         keys = {k: k for k in _HEDGING}
         values["hedging"] = _part(table["hedging"], f"{path}hedging.", keys, Hedging, Hedging(), bad)
+    if "recovery_check" in table:
+        values["recovery_check"] = _recovery_check(table["recovery_check"], f"{path}recovery_check.", bad)
     if "quotas" in table:
         values["quotas"] = _quotas(table["quotas"], f"{path}quotas", bad)
     if "fleet" in table:
@@ -337,6 +342,16 @@ def _fleet(data: Any, path: str, bad: Violations) -> FleetLimits | None:
     return _build(FleetLimits, values, path, bad)  # type: ignore[no-any-return]
 
 
+def _recovery_check(data: Any, path: str, bad: Violations) -> RecoveryCheck | None:
+    table = _table(data, path, bad)
+    if table is None:
+        return None
+    _unknown(table, _RECOVERY_CHECK, path, bad)
+    values = {k: table[k] for k in _RECOVERY_CHECK if k in table}
+    values.setdefault("target", "")  # missing: reported by the check with the rest
+    return _build(RecoveryCheck, values, path, bad)  # type: ignore[no-any-return]
+
+
 def policy_to_mapping(policy: ServicePolicy, *, with_service: bool = True) -> dict[str, Any]:
     """Every field of a policy as plain values, in the TOML/JSON layout."""
     out: dict[str, Any] = {"service": policy.service} if with_service else {}
@@ -355,6 +370,8 @@ def policy_to_mapping(policy: ServicePolicy, *, with_service: bool = True) -> di
         out["slow_call"] = {k: getattr(policy.slow_call, k) for k in _SLOW}
     if policy.hedging is not None:
         out["hedging"] = {k: getattr(policy.hedging, k) for k in _HEDGING}
+    if policy.recovery_check is not None:
+        out["recovery_check"] = {k: getattr(policy.recovery_check, k) for k in _RECOVERY_CHECK}
     out["quotas"] = [{k: getattr(q, k) for k in _QUOTA} for q in policy.quotas]
     if policy.fleet is not None:
         fleet = {k: getattr(policy.fleet, k) for k in _FLEET}
@@ -602,7 +619,15 @@ def config_to_toml(config: ErrorHandlingConfig) -> str:
         ]
         if not policy["quotas"]:
             lines.append("quotas = []")  # no quotas, not the defaults' (omitting the key means those)
-        for sub in ("backoff", "retry_budget", "failure_rate", "slow_call", "fleet", "hedging"):
+        for sub in (
+            "backoff",
+            "retry_budget",
+            "failure_rate",
+            "slow_call",
+            "fleet",
+            "hedging",
+            "recovery_check",
+        ):
             if sub in policy:
                 lines += ["", f"[service_specific.{name}.{sub}]"]
                 lines += [f"{k} = {_toml_value(v)}" for k, v in policy[sub].items()]

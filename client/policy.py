@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 
 from .errors import ConfigurationError
+from .recovery_check import RecoveryCheck
 
 __all__ = [
     "SEED_PRESETS",
@@ -26,6 +27,7 @@ __all__ = [
     "FailureRate",
     "FleetLimits",
     "Quota",
+    "RecoveryCheck",
     "RetryBudget",
     "ServicePolicy",
     "SlowCall",
@@ -427,6 +429,8 @@ class ServicePolicy:
     #: The retry budget holds for the fleet, leased by the control plane (see
     #: ``client.fleet_retries``); without one each agent keeps it on its own.
     fleet_retry_budget: bool = False
+    #: Ask the service while its breaker is OPEN whether it serves again; None = only wait.
+    recovery_check: RecoveryCheck | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "retryable_codes", tuple(self.retryable_codes))

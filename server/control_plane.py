@@ -45,6 +45,7 @@ from .loop_tasks import end_tasks
 from .observability import FleetTelemetry
 from .outcome_ledger import BatchKey, OutcomeLedger
 from .policies import PolicyBook
+from .recovery_checks import RecoveryChecks
 from .relay import LeaderRelay, RelayConnect
 from .reports import ReportGate
 from .shadow import ShadowTrials, shadow_book
@@ -205,6 +206,7 @@ class ControlPlane:
         self.policies.listeners.append(self._on_policy)
         self.breakers.change_listeners.append(self._on_breaker)
         self.breakers.grant_listeners.append(self._on_grant)
+        self.recovery_checks = RecoveryChecks(self.breakers, lambda: self.leading, clock=clock)
 
     # -- keys ------------------------------------------------------------------
 
@@ -285,6 +287,7 @@ class ControlPlane:
         stats.outcome_batches_resent = self.ledger.resent + self.relayed.resent
         stats.outcome_batches_too_old = self.ledger.too_old + self.relayed.too_old
         stats.outcome_sessions_held = len(self.ledger) + len(self.relayed)
+        self.recovery_checks.add_to(stats)
         return stats
 
     def record_batch(self, key: BatchKey | None, agent_id: str, summaries: list[pb.OutcomeSummary]) -> bool:
@@ -366,7 +369,7 @@ class ControlPlane:
         (when the store is down it serves defaults and catches up later)."""
         self._stopping = False
         loops = [self.sync.run, self.writer.run, self._tick_loop, self._health_loop, self._forget_loop]
-        loops.append(self.audit_keeper.run)
+        loops += [self.audit_keeper.run, self.recovery_checks.run]
         if self.leadership is not None and self.relay is not None:
             loops += [self.leadership.run, self.relay.run]
         for loop in loops:

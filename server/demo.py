@@ -24,6 +24,7 @@ from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import policy_pb2
 
 from . import kpis
+from .demo_checks import with_recovery_checks
 from .demo_scenario import AGENTS, NEW_LLM_TIMEOUT, POLICIES, UPSTREAM_OF, schedule, script
 from .demo_scenario import collect as _collect
 from .demo_show import Watcher, show, table
@@ -70,8 +71,6 @@ def run_demo(
             dashboard = plane.wait_for("mission-control: dashboard at ").split()[-1]
             print(f"dashboard: {dashboard}  (open it to watch the fleet live)", file=out, flush=True)
             stub = pb_grpc.ControlPlaneServiceStub(grpc.insecure_channel(address))
-            for policy in POLICIES:
-                stub.PutPolicy(pb.PutPolicyRequest(policy=policy), timeout=10)
             # phases relative to the start, which is set once every process is up (a busy
             # machine may take seconds to start them: no fixed lead)
             relative = schedule(0.0, duration, seed)
@@ -87,6 +86,9 @@ def run_demo(
                 )
                 children.append(child)
                 peers[name] = f"127.0.0.1:{child.wait_for('PORT ').split()[1]}"
+            policies = with_recovery_checks(POLICIES, peers)  # the checks ask the upstreams
+            for policy in policies:
+                stub.PutPolicy(pb.PutPolicyRequest(policy=policy), timeout=10)
             agents = []
             for name in AGENTS:
                 child = Child.python(
@@ -119,7 +121,7 @@ def run_demo(
                 now = time.time()
                 if not changes and now >= change_at:
                     changed = policy_pb2.ServicePolicy()
-                    changed.CopyFrom(POLICIES[0])
+                    changed.CopyFrom(policies[0])
                     changed.timeout_secs = NEW_LLM_TIMEOUT
                     changes.append(time.time())
                     stub.PutPolicy(pb.PutPolicyRequest(policy=changed), timeout=10)

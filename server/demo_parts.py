@@ -5,9 +5,10 @@
 
 An upstream is a gRPC service (raw bytes: the request is the caller's call id) that follows
 its script — a JSON list of [start, end, mode] in wall seconds, mode ok, fail, slow or flap —
-and logs every call it receives. An agent makes LLM calls (guard, with a backup LLM as
-fallback), storage calls (guard, with a write spool) and calls to the next agent (our client interceptor), and
-logs every result, plus the moment it enforced each new LLM timeout.
+and logs every call it receives; it serves grpc.health.v1 honestly (see demo_checks). An
+agent makes LLM calls (guard, with a backup LLM as fallback), storage calls (guard, with a
+write spool) and calls to the next agent (our client interceptor), and logs every result,
+plus the moment it enforced each new LLM timeout.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from mission_control.client.agent import MissionControl
 from mission_control.client.errors import MissionControlError
 from mission_control.client.spool import Spooled
 from mission_control.interceptors import client_interceptor
+
+from .demo_checks import serve_health
 
 METHOD = "/mission_control.demo.Upstream/Call"
 _RAW = {"request_serializer": None, "response_deserializer": None}
@@ -80,6 +83,7 @@ def upstream(name: str, script_json: str, log_path: str) -> None:
         "mission_control.demo.Upstream", {"Call": grpc.unary_unary_rpc_method_handler(handle)}
     )
     server.add_generic_rpc_handlers((handler,))
+    serve_health(server, lambda: _mode(script, time.time()))  # answered as its calls are
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(f"PORT {port}", flush=True)

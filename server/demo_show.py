@@ -15,6 +15,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
 from . import kpis
+from .demo_checks import checks_note
 from .demo_scenario import AGENTS, POLICIES, read_jsonl
 
 
@@ -82,8 +83,8 @@ def policies_note() -> str:
                 f"{policy.longest_wait():g} s, timeout {policy.timeout_secs:g} s"
             )
     return (
-        f"the demo's policies, tuned to its minute-long scenario: {'; '.join(shown)}; the defaults "
-        "wait 60 s; amplification in a full outage with the default retry budget is bench case 5"
+        f"the demo's policies, tuned to its minute-long scenario: {'; '.join(shown)}; {checks_note()}; "
+        "the defaults wait 60 s; amplification in a full outage with the default retry budget is bench case 5"
     )
 
 

@@ -25,6 +25,9 @@ _log = logging.getLogger("mission_control.server.engine")
 #: How long an agent may hold an unused probe permit.
 PROBE_TTL_SECS = 5.0
 
+#: How the reason of a HALF_OPEN a recovery check began starts.
+CHECK_REASON = "recovery check: "
+
 #: The longest wait a policy may set (a day): a stored wait beyond is not believed.
 _LONGEST_WAIT = 86400.0
 
@@ -170,6 +173,10 @@ class FleetBreakers:
             message.opened_at.FromNanoseconds(int((b.opened_at + self._wall_offset) * 1e9))
         if b.state is BreakerState.OPEN:
             message.open_remaining.FromNanoseconds(int(b.open_remaining(now) * 1e9))
+        if b.recovery_check_from is not None:
+            message.recovery_check_from.FromNanoseconds(
+                int((b.recovery_check_from + self._wall_offset) * 1e9)
+            )
         return message
 
     def snapshot(self) -> list[pb.Breaker]:
@@ -238,6 +245,13 @@ class FleetBreakers:
             self._mono(record.opened_at.ToNanoseconds()) if record.HasField("opened_at") else None
         )
         breaker.wait = _stored_wait(record, breaker.policy)
+        breaker.recovery_check_from = (
+            self._mono(record.recovery_check_from.ToNanoseconds())
+            if breaker.state is BreakerState.OPEN and record.HasField("recovery_check_from")
+            else None
+        )
+        # who began a stored HALF_OPEN is kept in its reason (a check's starts with CHECK_REASON)
+        breaker.checked = breaker.state is BreakerState.HALF_OPEN and record.reason.startswith(CHECK_REASON)
         if not (
             old is BreakerState.HALF_OPEN and breaker.state is old and breaker.generation == held_generation
         ):
@@ -320,6 +334,15 @@ class FleetBreakers:
             elif expired and breaker.state is BreakerState.HALF_OPEN:
                 self._grant_waiting(breaker.name, now)
         return done
+
+    def recover(self, name: str, reason: str) -> Transition | None:
+        """A recovery check found the service serving: its OPEN breaker goes HALF_OPEN now
+        (see :meth:`CircuitBreaker.recover`), pushed and stored like any transition."""
+        breaker = self._breakers.get(name)
+        move = breaker.recover(self._clock(), reason) if breaker is not None else None
+        if move is not None:
+            self._transitioned(move)
+        return move
 
     def force(self, name: str, state: BreakerState, reason: str = "") -> Transition | None:
         """An operator's command (FORCED_OPEN, FORCED_CLOSED, DISABLED, or CLOSED to reset)."""

@@ -358,6 +358,12 @@ class Operator:
             print(f"spooled writes held    {s.spool_held} (in the spools' held.log: not made, see README)")
         print(f"config reloads         {s.config_reloads_ok} ok, {s.config_reloads_failed} failed")
         print(f"connected agents       {s.connected_agents}")
+        if s.recovery_checks_by_service:
+            answers = ", ".join(f"{n} {_safe(a)}" for a, n in sorted(s.recovery_check_answers.items()))
+            print(
+                f"recovery checks        {sum(s.recovery_checks_by_service.values())} ({answers}); "
+                f"{s.recovery_check_half_opens} breakers moved to HALF_OPEN"
+            )
         if s.agent_ids_shared:
             shared = ", ".join(s.shared_agent_ids)
             print(f"agent ids in two processes  {s.agent_ids_shared} ({shared})")
@@ -366,6 +372,7 @@ class Operator:
             ("errors by agent", s.errors_by_agent),
             ("errors by type", s.errors_by_type),
             ("slow calls by service", s.slow_calls_by_service),
+            ("recovery checks by service", s.recovery_checks_by_service),
             ("calls to endpoints over the cap, by service", s.endpoints_over_cap_by_service),
             ("endpoint reports refused past the cap, by service", s.endpoint_reports_refused_by_service),
         ):

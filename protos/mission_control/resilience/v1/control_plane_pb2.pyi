@@ -78,6 +78,7 @@ class Breaker(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
     SLOW_CALLS_FIELD_NUMBER: _builtins.int
+    RECOVERY_CHECK_FROM_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     state: Global___BreakerState.ValueType
     consecutive_failures: _builtins.int
@@ -105,6 +106,13 @@ class Breaker(_message.Message):
         before a HALF_OPEN (the next failed probe's wait grows from it).
         """
 
+    @_builtins.property
+    def recovery_check_from(self) -> _timestamp_pb2.Timestamp:
+        """A recovery check may not end this OPEN before this time: the first half of a wait
+        that followed a failed probe (a health check that says SERVING while calls fail must
+        not make the breaker flap). Unset: from the start of the OPEN.
+        """
+
     def __init__(
         self,
         *,
@@ -120,10 +128,11 @@ class Breaker(_message.Message):
         revision: _builtins.int = ...,
         generation: _builtins.int = ...,
         slow_calls: _builtins.int = ...,
+        recovery_check_from: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "open_remaining", b"open_remaining", "opened_at", b"opened_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "open_remaining", b"open_remaining", "opened_at", b"opened_at", "recovery_check_from", b"recovery_check_from"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "consecutive_failures", b"consecutive_failures", "failures", b"failures", "generation", b"generation", "half_open_successes", b"half_open_successes", "name", b"name", "open_remaining", b"open_remaining", "opened_at", b"opened_at", "reason", b"reason", "revision", b"revision", "slow_calls", b"slow_calls", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "consecutive_failures", b"consecutive_failures", "failures", b"failures", "generation", b"generation", "half_open_successes", b"half_open_successes", "name", b"name", "open_remaining", b"open_remaining", "opened_at", b"opened_at", "reason", b"reason", "recovery_check_from", b"recovery_check_from", "revision", b"revision", "slow_calls", b"slow_calls", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1639,6 +1648,46 @@ class ErrorStatistics(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class RecoveryChecksByServiceEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class RecoveryCheckAnswersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     TOTAL_ERRORS_FIELD_NUMBER: _builtins.int
     ERRORS_BY_SERVICE_FIELD_NUMBER: _builtins.int
     ERRORS_BY_AGENT_FIELD_NUMBER: _builtins.int
@@ -1674,6 +1723,9 @@ class ErrorStatistics(_message.Message):
     OUTCOME_SESSIONS_HELD_FIELD_NUMBER: _builtins.int
     AGENT_IDS_SHARED_FIELD_NUMBER: _builtins.int
     SHARED_AGENT_IDS_FIELD_NUMBER: _builtins.int
+    RECOVERY_CHECKS_BY_SERVICE_FIELD_NUMBER: _builtins.int
+    RECOVERY_CHECK_ANSWERS_FIELD_NUMBER: _builtins.int
+    RECOVERY_CHECK_HALF_OPENS_FIELD_NUMBER: _builtins.int
     SHADOW_SERVICES_FIELD_NUMBER: _builtins.int
     total_errors: _builtins.int
     circuit_breaker_opens: _builtins.int
@@ -1714,6 +1766,7 @@ class ErrorStatistics(_message.Message):
     on this replica now: a copied configuration, or a restart whose predecessor's stream is
     not seen dead yet; and those ids (at most 32, sorted).
     """
+    recovery_check_half_opens: _builtins.int
     @_builtins.property
     def errors_by_service(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
@@ -1753,6 +1806,14 @@ class ErrorStatistics(_message.Message):
 
     @_builtins.property
     def shared_agent_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def recovery_checks_by_service(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Recovery checks the leader ran, per service; their answers ("SERVING", "NOT_SERVING",
+        "timeout", "unreachable", ...); and breakers a SERVING answer moved to HALF_OPEN.
+        """
+
+    @_builtins.property
+    def recovery_check_answers(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
     def shadow_services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShadowServiceStatistics]:
         """Per service with a candidate policy in shadow mode: enforced and shadow side by side."""
@@ -1795,11 +1856,14 @@ class ErrorStatistics(_message.Message):
         outcome_sessions_held: _builtins.int = ...,
         agent_ids_shared: _builtins.int = ...,
         shared_agent_ids: _abc.Iterable[_builtins.str] | None = ...,
+        recovery_checks_by_service: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        recovery_check_answers: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        recovery_check_half_opens: _builtins.int = ...,
         shadow_services: _abc.Iterable[Global___ShadowServiceStatistics] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ids_shared", b"agent_ids_shared", "audit_records_pruned", b"audit_records_pruned", "calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "endpoint_reports_refused_by_service", b"endpoint_reports_refused_by_service", "endpoints_over_cap_by_service", b"endpoints_over_cap_by_service", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcome_batches_resent", b"outcome_batches_resent", "outcome_batches_too_old", b"outcome_batches_too_old", "outcome_sessions_held", b"outcome_sessions_held", "outcomes_dropped", b"outcomes_dropped", "outside_changes", b"outside_changes", "recovery_attempts", b"recovery_attempts", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "rejected_by_reason", b"rejected_by_reason", "reports_refused", b"reports_refused", "shadow_services", b"shadow_services", "shared_agent_ids", b"shared_agent_ids", "slow_calls_by_service", b"slow_calls_by_service", "spool_dropped", b"spool_dropped", "spool_held", b"spool_held", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "total_errors", b"total_errors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ids_shared", b"agent_ids_shared", "audit_records_pruned", b"audit_records_pruned", "calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "endpoint_reports_refused_by_service", b"endpoint_reports_refused_by_service", "endpoints_over_cap_by_service", b"endpoints_over_cap_by_service", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcome_batches_resent", b"outcome_batches_resent", "outcome_batches_too_old", b"outcome_batches_too_old", "outcome_sessions_held", b"outcome_sessions_held", "outcomes_dropped", b"outcomes_dropped", "outside_changes", b"outside_changes", "recovery_attempts", b"recovery_attempts", "recovery_check_answers", b"recovery_check_answers", "recovery_check_half_opens", b"recovery_check_half_opens", "recovery_checks_by_service", b"recovery_checks_by_service", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "rejected_by_reason", b"rejected_by_reason", "reports_refused", b"reports_refused", "shadow_services", b"shadow_services", "shared_agent_ids", b"shared_agent_ids", "slow_calls_by_service", b"slow_calls_by_service", "spool_dropped", b"spool_dropped", "spool_held", b"spool_held", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "total_errors", b"total_errors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -205,6 +205,53 @@ class SlowCallPolicy(_message.Message):
 Global___SlowCallPolicy: _TypeAlias = SlowCallPolicy  # noqa: Y015
 
 @_typing.final
+class RecoveryCheckPolicy(_message.Message):
+    """A recovery check: while the service's breaker is OPEN, the leading control plane asks
+    the service whether it serves again, without sending it a real call (Envoy's active
+    health checking beside outlier detection). An answer of SERVING moves the breaker to
+    HALF_OPEN at once, and probe calls confirm the recovery as after a wait.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    HEALTH_SERVICE_FIELD_NUMBER: _builtins.int
+    INTERVAL_SECS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECS_FIELD_NUMBER: _builtins.int
+    target: _builtins.str
+    """"host:port" (gRPC: grpc.health.v1.Health/Check) or an "http://" / "https://" URL
+    (HTTP GET: any 2xx answer is SERVING).
+    """
+    health_service: _builtins.str
+    """gRPC only: the service name asked about ("" = the server as a whole)."""
+    interval_secs: _builtins.float
+    """Time between checks while the breaker is OPEN. Default 0.25 s, at least 0.05 s."""
+    timeout_secs: _builtins.float
+    """A check not answered within this long is not healthy. Default 1 s."""
+    def __init__(
+        self,
+        *,
+        target: _builtins.str = ...,
+        health_service: _builtins.str = ...,
+        interval_secs: _builtins.float | None = ...,
+        timeout_secs: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_interval_secs", b"_interval_secs", "_timeout_secs", b"_timeout_secs", "interval_secs", b"interval_secs", "timeout_secs", b"timeout_secs"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_interval_secs", b"_interval_secs", "_timeout_secs", b"_timeout_secs", "health_service", b"health_service", "interval_secs", b"interval_secs", "target", b"target", "timeout_secs", b"timeout_secs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__interval_secs: _TypeAlias = _typing.Literal["interval_secs"]  # noqa: Y015
+    _WhichOneofArgType__interval_secs: _TypeAlias = _typing.Literal["_interval_secs", b"_interval_secs"]  # noqa: Y015
+    _WhichOneofReturnType__timeout_secs: _TypeAlias = _typing.Literal["timeout_secs"]  # noqa: Y015
+    _WhichOneofArgType__timeout_secs: _TypeAlias = _typing.Literal["_timeout_secs", b"_timeout_secs"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__interval_secs) -> _WhichOneofReturnType__interval_secs | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__timeout_secs) -> _WhichOneofReturnType__timeout_secs | None: ...
+
+Global___RecoveryCheckPolicy: _TypeAlias = RecoveryCheckPolicy  # noqa: Y015
+
+@_typing.final
 class HedgingPolicy(_message.Message):
     """Hedged requests (gRPC A6 hedging, Envoy hedge_policy) for calls marked idempotent:
     another attempt after delay_secs without an answer, or at once when an attempt fails
@@ -392,6 +439,7 @@ class ServicePolicy(_message.Message):
     FLEET_RETRY_BUDGET_FIELD_NUMBER: _builtins.int
     WAIT_DURATION_MULTIPLIER_FIELD_NUMBER: _builtins.int
     MAX_WAIT_DURATION_SECS_FIELD_NUMBER: _builtins.int
+    RECOVERY_CHECK_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """The service (and breaker) this policy is for."""
     timeout_secs: _builtins.float
@@ -469,6 +517,10 @@ class ServicePolicy(_message.Message):
     def hedging(self) -> Global___HedgingPolicy:
         """Hedged requests for idempotent calls; unset = none."""
 
+    @_builtins.property
+    def recovery_check(self) -> Global___RecoveryCheckPolicy:
+        """Learn of a recovery while OPEN by a health check, not only by waiting; unset = none."""
+
     def __init__(
         self,
         *,
@@ -499,10 +551,11 @@ class ServicePolicy(_message.Message):
         fleet_retry_budget: _builtins.bool | None = ...,
         wait_duration_multiplier: _builtins.float | None = ...,
         max_wait_duration_secs: _builtins.float | None = ...,
+        recovery_check: Global___RecoveryCheckPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_endpoint_idle_secs", b"_endpoint_idle_secs", "_failure_threshold", b"_failure_threshold", "_fleet_retry_budget", b"_fleet_retry_budget", "_idempotent", b"_idempotent", "_max_concurrent", b"_max_concurrent", "_max_endpoints", b"_max_endpoints", "_max_retries", b"_max_retries", "_max_wait_duration_secs", b"_max_wait_duration_secs", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_multiplier", b"_wait_duration_multiplier", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "endpoint_idle_secs", b"endpoint_idle_secs", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fleet", b"fleet", "fleet_retry_budget", b"fleet_retry_budget", "hedging", b"hedging", "idempotent", b"idempotent", "max_concurrent", b"max_concurrent", "max_endpoints", b"max_endpoints", "max_retries", b"max_retries", "max_wait_duration_secs", b"max_wait_duration_secs", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "retry_budget", b"retry_budget", "slow_call", b"slow_call", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_multiplier", b"wait_duration_multiplier", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_endpoint_idle_secs", b"_endpoint_idle_secs", "_failure_threshold", b"_failure_threshold", "_fleet_retry_budget", b"_fleet_retry_budget", "_idempotent", b"_idempotent", "_max_concurrent", b"_max_concurrent", "_max_endpoints", b"_max_endpoints", "_max_retries", b"_max_retries", "_max_wait_duration_secs", b"_max_wait_duration_secs", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_multiplier", b"_wait_duration_multiplier", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "endpoint_idle_secs", b"endpoint_idle_secs", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fleet", b"fleet", "fleet_retry_budget", b"fleet_retry_budget", "hedging", b"hedging", "idempotent", b"idempotent", "max_concurrent", b"max_concurrent", "max_endpoints", b"max_endpoints", "max_retries", b"max_retries", "max_wait_duration_secs", b"max_wait_duration_secs", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "recovery_check", b"recovery_check", "retry_budget", b"retry_budget", "slow_call", b"slow_call", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_multiplier", b"wait_duration_multiplier", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_endpoint_idle_secs", b"_endpoint_idle_secs", "_failure_threshold", b"_failure_threshold", "_fleet_retry_budget", b"_fleet_retry_budget", "_idempotent", b"_idempotent", "_max_concurrent", b"_max_concurrent", "_max_endpoints", b"_max_endpoints", "_max_retries", b"_max_retries", "_max_wait_duration_secs", b"_max_wait_duration_secs", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_multiplier", b"_wait_duration_multiplier", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "endpoint_idle_secs", b"endpoint_idle_secs", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fallbacks", b"fallbacks", "fleet", b"fleet", "fleet_retry_budget", b"fleet_retry_budget", "hedging", b"hedging", "idempotent", b"idempotent", "ignore_errors", b"ignore_errors", "max_concurrent", b"max_concurrent", "max_endpoints", b"max_endpoints", "max_retries", b"max_retries", "max_wait_duration_secs", b"max_wait_duration_secs", "quotas", b"quotas", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "record_errors", b"record_errors", "reporters", b"reporters", "retry_budget", b"retry_budget", "retryable_codes", b"retryable_codes", "service", b"service", "slow_call", b"slow_call", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_multiplier", b"wait_duration_multiplier", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_endpoint_idle_secs", b"_endpoint_idle_secs", "_failure_threshold", b"_failure_threshold", "_fleet_retry_budget", b"_fleet_retry_budget", "_idempotent", b"_idempotent", "_max_concurrent", b"_max_concurrent", "_max_endpoints", b"_max_endpoints", "_max_retries", b"_max_retries", "_max_wait_duration_secs", b"_max_wait_duration_secs", "_rate_limit_requests", b"_rate_limit_requests", "_rate_limit_window_secs", b"_rate_limit_window_secs", "_success_threshold", b"_success_threshold", "_timeout_secs", b"_timeout_secs", "_wait_duration_multiplier", b"_wait_duration_multiplier", "_wait_duration_secs", b"_wait_duration_secs", "backoff", b"backoff", "endpoint_idle_secs", b"endpoint_idle_secs", "failure_rate", b"failure_rate", "failure_threshold", b"failure_threshold", "fallbacks", b"fallbacks", "fleet", b"fleet", "fleet_retry_budget", b"fleet_retry_budget", "hedging", b"hedging", "idempotent", b"idempotent", "ignore_errors", b"ignore_errors", "max_concurrent", b"max_concurrent", "max_endpoints", b"max_endpoints", "max_retries", b"max_retries", "max_wait_duration_secs", b"max_wait_duration_secs", "quotas", b"quotas", "rate_limit_requests", b"rate_limit_requests", "rate_limit_window_secs", b"rate_limit_window_secs", "record_errors", b"record_errors", "recovery_check", b"recovery_check", "reporters", b"reporters", "retry_budget", b"retry_budget", "retryable_codes", b"retryable_codes", "service", b"service", "slow_call", b"slow_call", "success_threshold", b"success_threshold", "timeout_secs", b"timeout_secs", "wait_duration_multiplier", b"wait_duration_multiplier", "wait_duration_secs", b"wait_duration_secs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__endpoint_idle_secs: _TypeAlias = _typing.Literal["endpoint_idle_secs"]  # noqa: Y015
     _WhichOneofArgType__endpoint_idle_secs: _TypeAlias = _typing.Literal["_endpoint_idle_secs", b"_endpoint_idle_secs"]  # noqa: Y015

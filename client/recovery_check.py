@@ -1,0 +1,94 @@
+"""A service's recovery check: how the control plane learns that an OPEN breaker's service
+serves again without sending it a real call (Envoy's active health checking beside its
+outlier detection).
+
+While a breaker is OPEN the leading control plane asks ``target`` every ``interval_secs``:
+``grpc.health.v1.Health/Check`` for a ``host:port`` (about ``health_service``), or an HTTP
+GET for an ``http://`` / ``https://`` URL (LLM providers speak HTTP; any 2xx is SERVING).
+An answer not back within ``timeout_secs`` is not healthy. The value lives here, apart
+from :mod:`.policy`, which holds it as ``ServicePolicy.recovery_check``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigurationError
+
+__all__ = ["MIN_INTERVAL_SECS", "RecoveryCheck"]
+
+#: The shortest time between checks: one target is never asked more than 20 times a second.
+MIN_INTERVAL_SECS = 0.05
+_LONGEST = 3600.0
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.\-]{1,253}):[0-9]{1,5}")
+_URL = re.compile(r"https?://[^\s]{1,2040}")
+_HEALTH_SERVICE = re.compile(r"[A-Za-z0-9_.\-/]{0,200}")
+
+
+def target_problem(target: object) -> str | None:
+    """Why ``target`` is not a check target (``host:port`` or an http(s) URL), else None."""
+    if not isinstance(target, str) or not target:
+        return "is required: a gRPC address host:port, or an http:// or https:// URL"
+    if target.startswith(("http://", "https://")):
+        return None if _URL.fullmatch(target) else "not a URL of at most 2048 characters without spaces"
+    found = _HOST_PORT.fullmatch(target)
+    if found is None or not 0 < int(target.rsplit(":", 1)[1]) < 65536:
+        return "must be host:port (a port from 1 to 65535), or an http:// or https:// URL"
+    return None
+
+
+def _number_problem(value: Any, low: float, high: float) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "must be a number"
+    if not math.isfinite(value):
+        return "must be a finite number"
+    if value < low:
+        return f"must be >= {low:g}"
+    if value > high:
+        return f"must be <= {high:g}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryCheck:
+    """Ask ``target`` whether the service serves again while its breaker is OPEN.
+
+    Raises:
+        ConfigurationError: naming every bad field.
+    """
+
+    target: str
+    #: gRPC only: the service name asked about ("" = the server as a whole).
+    health_service: str = ""
+    interval_secs: float = 0.25
+    timeout_secs: float = 1.0
+
+    def __post_init__(self) -> None:
+        found = self.problems()
+        if found:
+            raise ConfigurationError.from_violations(found)
+
+    @property
+    def is_http(self) -> bool:
+        return self.target.startswith(("http://", "https://"))
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Every bad field with why, as (field, message)."""
+        found = []
+        problem = target_problem(self.target)
+        if problem:
+            found.append(("target", problem))
+        if not isinstance(self.health_service, str) or not _HEALTH_SERVICE.fullmatch(self.health_service):
+            found.append(("health_service", "at most 200 letters, digits, '_', '.', '-' or '/'"))
+        elif self.health_service and isinstance(self.target, str) and self.target.startswith("http"):
+            found.append(("health_service", "only for a gRPC target (an HTTP check asks its URL)"))
+        problem = _number_problem(self.interval_secs, MIN_INTERVAL_SECS, _LONGEST)
+        if problem:
+            found.append(("interval_secs", problem))
+        problem = _number_problem(self.timeout_secs, 0.001, 60.0)
+        if problem:
+            found.append(("timeout_secs", problem))
+        return found

@@ -1,0 +1,181 @@
+"""Recovery checks: the leader learns that an OPEN breaker's service serves again without
+sending it a real call, and moves the breaker to HALF_OPEN at once.
+
+A breaker learns of a recovery only by waiting out its OPEN wait and then probing; calls
+kept off a service that has recovered meanwhile are false positives, and a shorter wait
+sends more calls into an outage. With a policy's ``recovery_check`` the leader asks the
+service (see :mod:`.recovery_asks`) every ``interval_secs`` while one of its breakers is
+OPEN — only then: nothing is asked of a CLOSED or HALF_OPEN service — one check per
+(service, target) however many agents and endpoints, at most ``max_running`` at once.
+A ``SERVING`` answer moves each OPEN breaker of the service to HALF_OPEN through the
+engine (pushed to agents, written to etcd by the one writer, like a wait that ended), so
+real probe calls confirm the recovery. An OPEN that followed a failed probe may not be
+ended by a check before the first half of its wait (:meth:`CircuitBreaker.may_recover`).
+Followers ask nothing; a new leader starts the checks on its first turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+from mission_control.client.breaker import BreakerState
+from mission_control.client.policy import service_of
+from mission_control.client.recovery_check import MIN_INTERVAL_SECS, RecoveryCheck
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+from .engine import CHECK_REASON, FleetBreakers
+from .recovery_asks import ANSWERS, SERVING, TargetAsker
+
+_log = logging.getLogger("mission_control.server.recovery_checks")
+
+Asker = Callable[[RecoveryCheck], Awaitable[str]]
+#: (service, target, health service): what one check asks.
+Key = tuple[str, str, str]
+#: Most checks running at once: a fleet of many OPEN services does not open sockets without bound.
+MAX_RUNNING = 32
+#: Most services counted by name in the statistics (the rest under "(other)").
+_NAMED = 1000
+
+
+class RecoveryChecks:
+    """Runs the recovery checks of the OPEN breakers while this replica leads.
+
+    Args:
+        breakers: the fleet's breakers; its change listeners tell which are OPEN.
+        leading: whether this replica decides transitions now.
+        ask: asks one check's target, answering one of :data:`ANSWERS` (never raises).
+    """
+
+    def __init__(
+        self,
+        breakers: FleetBreakers,
+        leading: Callable[[], bool],
+        *,
+        ask: Asker | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        max_running: int = MAX_RUNNING,
+    ) -> None:
+        self._breakers = breakers
+        self._leading = leading
+        self._asker = TargetAsker() if ask is None else None
+        self._ask: Asker = ask if ask is not None else self._asker  # type: ignore[assignment]
+        self._clock = clock
+        self.max_running = max_running
+        self._open: set[str] = set()
+        self._running: dict[Key, asyncio.Task[None]] = {}
+        self._last: dict[Key, float] = {}
+        self.checks_by_service: Counter[str] = Counter()
+        self.answers: Counter[str] = Counter()
+        self.half_opens = 0
+        self._opened = asyncio.Event()
+        breakers.change_listeners.append(self._on_breaker)
+
+    def _on_breaker(self, message: pb.Breaker, *_: object) -> None:
+        if message.state == pb.BREAKER_STATE_OPEN:
+            self._open.add(message.name)
+            self._opened.set()
+        else:
+            self._open.discard(message.name)
+
+    async def run(self, every: float = MIN_INTERVAL_SECS) -> None:
+        """Start the checks that are due every ``every`` seconds; none while following."""
+        try:
+            while True:
+                if not self._open:  # nothing to check: no turn of the loop is spent
+                    self._opened.clear()
+                    await self._opened.wait()
+                if self._leading():
+                    self.start_due(self._clock())
+                else:
+                    self._cancel_all()
+                await asyncio.sleep(every)
+        finally:
+            self._cancel_all()
+            if self._asker is not None:
+                await self._asker.close()
+
+    def due(self, now: float) -> dict[Key, RecoveryCheck]:
+        """The checks to run now: one per (service, target) with a breaker OPEN that a
+        check may end, whose last check started at least its interval ago and is over."""
+        found: dict[Key, RecoveryCheck] = {}
+        for name in list(self._open):
+            breaker = self._breakers.find(name)
+            if breaker is None or breaker.state is not BreakerState.OPEN:
+                self._open.discard(name)
+                continue
+            check = breaker.policy.recovery_check
+            if check is None or not breaker.may_recover(now):
+                continue
+            key = (service_of(name), check.target, check.health_service)
+            if key in self._running or now - self._last.get(key, float("-inf")) < check.interval_secs:
+                continue
+            found[key] = check
+        return found
+
+    def start_due(self, now: float) -> int:
+        """Start the checks that are due, the longest unchecked first, while fewer than
+        ``max_running`` run; returns how many started."""
+        due = sorted(self.due(now).items(), key=lambda item: self._last.get(item[0], float("-inf")))
+        started = 0
+        for key, check in due:
+            if len(self._running) >= self.max_running:
+                break
+            self._last[key] = now
+            task = asyncio.get_running_loop().create_task(
+                self._check(key, check), name=f"recovery check {key[0]}"
+            )
+            self._running[key] = task
+            task.add_done_callback(lambda _t, key=key: self._running.pop(key, None))  # type: ignore[misc]
+            started += 1
+        return started
+
+    async def _check(self, key: Key, check: RecoveryCheck) -> None:
+        service = key[0]
+        try:
+            answer = await self._ask(check)
+        except Exception:  # an asker that raises after all: an answer, never a lost task
+            _log.exception("recovery check of %s failed", check.target)
+            answer = "error"
+        answer = answer if answer in ANSWERS else "error"
+        self._count(service, answer)
+        if answer == SERVING and self._leading():
+            self.recovered(key, f"{CHECK_REASON}{check.target} {SERVING}")
+
+    def recovered(self, key: Key, reason: str) -> int:
+        """Move every OPEN breaker of the key's service and target to HALF_OPEN (those a
+        check may end now); returns how many moved."""
+        service, target, health_service = key
+        moved = 0
+        for name in sorted(self._open):
+            breaker = self._breakers.find(name)
+            check = breaker.policy.recovery_check if breaker is not None else None
+            if check is None or service_of(name) != service:
+                continue
+            if (check.target, check.health_service) != (target, health_service):
+                continue
+            if self._breakers.recover(name, reason) is not None:
+                moved += 1
+        self.half_opens += moved
+        return moved
+
+    def _count(self, service: str, answer: str) -> None:
+        if service not in self.checks_by_service and len(self.checks_by_service) >= _NAMED:
+            service = "(other)"
+        self.checks_by_service[service] += 1
+        self.answers[answer] += 1
+
+    def _cancel_all(self) -> None:
+        for task in list(self._running.values()):
+            task.cancel()
+        self._running.clear()
+        self._last.clear()
+
+    def add_to(self, stats: pb.ErrorStatistics) -> None:
+        """Put the counts in ``stats`` (fields 72-74)."""
+        stats.recovery_checks_by_service.update(self.checks_by_service)
+        stats.recovery_check_answers.update(self.answers)
+        stats.recovery_check_half_opens = self.half_opens

@@ -1,0 +1,245 @@
+"""Recovery checks with real parts: a real etcd, a control plane process, an agent process
+and a real gRPC upstream serving grpc.health.v1. An OPEN with a 30 s wait ends within a few
+check intervals of the upstream's recovery; a health endpoint that says SERVING while every
+call fails does not make the breaker flap at each check; an unreachable check target leaves
+the OPEN to its wait. Only the leader checks, and a new leader takes the checks over."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
+from mission_control.resilience.v1 import policy_pb2
+from mission_control.server.etcd_process import EtcdProcess
+
+from tests.server.test_cli import cli
+from tests.support.fleets import leader_of, put_policy
+from tests.support.polling import poll
+from tests.support.procs import Proc, agent, control_plane
+from tests.support.upstream import Upstream
+
+SERVICE = "llm_provider"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def policy(target: str, wait: float, **fields: float) -> policy_pb2.ServicePolicy:
+    return policy_pb2.ServicePolicy(
+        service=SERVICE,
+        failure_threshold=1,
+        success_threshold=1,
+        max_retries=0,
+        wait_duration_secs=wait,
+        rate_limit_requests=10**6,
+        recovery_check=policy_pb2.RecoveryCheckPolicy(target=target, interval_secs=0.1, timeout_secs=0.5),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def upstream() -> Iterator[tuple[Upstream, health.HealthServicer]]:
+    """The Echo upstream with a health servicer in the same server, NOT_SERVING at first."""
+    up = Upstream("llm")
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, up.server)
+    servicer.set("", NOT_SERVING)
+    with up:
+        yield up, servicer
+
+
+@dataclass
+class Watch:
+    """Every change of the service's breaker the control plane tells (WatchBreakers)."""
+
+    address: str
+    seen: list[tuple[float, int, str]] = field(default_factory=list)
+    #: when the control plane made each change (its changed_at), for the gaps between them
+    made: list[tuple[float, int]] = field(default_factory=list)
+
+    def start(self) -> Watch:
+        self._channel = grpc.insecure_channel(self.address)
+        stream = pb_grpc.ControlPlaneServiceStub(self._channel).WatchBreakers(
+            pb.WatchBreakersRequest(names=[SERVICE])
+        )
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+        return self
+
+    def _read(self, stream: Iterator[pb.WatchBreakersResponse]) -> None:
+        try:
+            for change in stream:
+                self.seen.append((time.monotonic(), change.breaker.state, change.breaker.reason))
+                self.made.append((change.breaker.changed_at.ToNanoseconds() / 1e9, change.breaker.state))
+        except grpc.RpcError:
+            pass
+
+    def opens(self, since: float = 0.0) -> list[tuple[float, int, str]]:
+        return [c for c in self.seen if c[1] == pb.BREAKER_STATE_OPEN and c[0] >= since]
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def stats(address: str) -> pb.ErrorStatistics:
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        return stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=10).statistics
+
+
+def start(
+    etcd: str, prefix: str, spawned: list[Proc], rule: policy_pb2.ServicePolicy, upstream: str
+) -> tuple[str, Proc, Watch]:
+    plane, address = control_plane(etcd, prefix)
+    spawned.append(plane)
+    put_policy(address, rule)
+    caller = agent("agent-a", address, upstream, SERVICE)
+    spawned.append(caller)
+    poll(lambda: caller.ask("policy")["rate_limit_requests"] == rule.rate_limit_requests)
+    return address, caller, Watch(address).start()
+
+
+def opened(caller: Proc) -> dict[str, object]:
+    assert caller.ask("call 1")["outcomes"] == {"LLMProviderUnavailable": 1}
+    return poll(lambda: (view := caller.ask("state"))["state"] == "OPEN" and view)  # type: ignore[no-any-return]
+
+
+def test_a_serving_check_ends_a_30_s_open_and_probes_close_it(
+    etcd_server: EtcdProcess,
+    prefix: str,
+    spawned: list[Proc],
+    upstream: tuple[Upstream, health.HealthServicer],
+) -> None:
+    up, servicer = upstream
+    up.set("fail")
+    address, caller, watch = start(
+        etcd_server.endpoint, prefix, spawned, policy(up.address, 30.0), up.address
+    )
+    view = opened(caller)
+    assert float(view["open_left"]) > 20  # type: ignore[arg-type]
+    poll(lambda: stats(address).recovery_check_answers["NOT_SERVING"] >= 2)  # asked while down
+    assert caller.ask("state")["state"] == "OPEN"
+
+    up.set("ok")
+    servicer.set("", SERVING)
+    recovered = time.monotonic()
+    # far within the 30 s wait: a few check intervals, with room for a loaded machine
+    poll(lambda: caller.ask("state")["state"] != "OPEN", timeout=15)
+    poll(lambda: "ok" in caller.ask("pace 0.2 0.02")["outcomes"], timeout=10)
+    poll(lambda: caller.ask("state")["state"] == "CLOSED", timeout=10)
+    # the watch hears of the CLOSED a moment after the agent may have
+    poll(lambda: any(t >= recovered and s == pb.BREAKER_STATE_CLOSED for t, s, _ in watch.seen))
+    states = [(s, r) for t, s, r in watch.seen if t >= recovered]
+    assert states[0] == (pb.BREAKER_STATE_HALF_OPEN, f"recovery check: {up.address} SERVING"), states
+    assert states[-1][0] == pb.BREAKER_STATE_CLOSED, states
+    figures = stats(address)
+    assert figures.recovery_check_half_opens == 1
+    assert figures.recovery_checks_by_service[SERVICE] == sum(figures.recovery_check_answers.values())
+    shown = cli("stats", server=address).stdout
+    assert (
+        "breakers moved to HALF_OPEN" in shown
+        and f"{SERVICE}" in shown.split("recovery checks by service:")[1]
+    )
+    watch.close()
+
+
+def test_a_lying_health_endpoint_does_not_make_the_breaker_flap(
+    etcd_server: EtcdProcess,
+    prefix: str,
+    spawned: list[Proc],
+    upstream: tuple[Upstream, health.HealthServicer],
+) -> None:
+    up, servicer = upstream
+    up.set("fail")
+    servicer.set("", SERVING)  # says SERVING while every call fails
+    rule = policy(up.address, 2.0, wait_duration_multiplier=1)  # every wait 2 s: held 1 s after a probe
+    address, caller, watch = start(etcd_server.endpoint, prefix, spawned, rule, up.address)
+    assert caller.ask("call 1")["outcomes"] == {"LLMProviderUnavailable": 1}
+    poll(lambda: watch.opens())  # a check may end it before the agent sees it OPEN
+    begun = time.monotonic()
+    caller.ask("pace 6 0.02")  # calls all along, so each HALF_OPEN's probe goes out and fails
+    elapsed = time.monotonic() - begun
+    opens = watch.opens(since=begun)
+    # without the hold, an OPEN per check interval and probe (~0.1 s); with it, at most one
+    # a second (the first half of each 2 s wait), plus the one in flight at each end
+    assert len(opens) <= elapsed / 1.0 + 2, (len(opens), elapsed)
+    checked = [
+        r for _, s, r in watch.seen if s == pb.BREAKER_STATE_HALF_OPEN and r.startswith("recovery check")
+    ]
+    assert len(checked) >= 2, watch.seen  # the check did end OPENs (early), just not at every interval
+    made = [t for t, state in watch.made if state == pb.BREAKER_STATE_OPEN]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(made)]
+    # as the control plane decided them; the first OPEN (from CLOSED) is not held
+    assert all(gap >= 1.0 for gap in gaps[1:]), gaps
+    assert stats(address).recovery_check_half_opens >= 2
+    watch.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_an_unreachable_check_target_leaves_the_open_to_its_wait(
+    etcd_server: EtcdProcess,
+    prefix: str,
+    spawned: list[Proc],
+    upstream: tuple[Upstream, health.HealthServicer],
+) -> None:
+    up, servicer = upstream
+    up.set("fail")
+    nowhere = f"127.0.0.1:{free_port()}"
+    address, caller, watch = start(etcd_server.endpoint, prefix, spawned, policy(nowhere, 4.0), up.address)
+    opened(caller)
+    up.set("ok")
+    servicer.set("", SERVING)  # the upstream serves again, but the check cannot reach its target
+    poll(lambda: caller.ask("state")["state"] != "OPEN", timeout=30)
+    # the watch hears of it a moment after the agent may have
+    half_open = poll(lambda: [r for _, s, r in watch.seen if s == pb.BREAKER_STATE_HALF_OPEN])
+    assert half_open[:1] == ["wait elapsed"], watch.seen
+    figures = stats(address)
+    assert figures.recovery_check_half_opens == 0
+    assert figures.recovery_check_answers["unreachable"] + figures.recovery_check_answers["timeout"] >= 2
+    assert figures.recovery_check_answers["SERVING"] == 0
+    watch.close()
+
+
+def test_only_the_leader_checks_and_a_new_leader_takes_the_checks_over(
+    etcd_server: EtcdProcess,
+    prefix: str,
+    spawned: list[Proc],
+    upstream: tuple[Upstream, health.HealthServicer],
+) -> None:
+    up, servicer = upstream
+    up.set("fail")
+    replicas = {}
+    for name in ("one", "two"):
+        proc, address = control_plane(etcd_server.endpoint, prefix, "--instance-id", name)
+        spawned.append(proc)
+        replicas[name] = (proc, address)
+    leader = poll(lambda: leader_of(etcd_server.endpoint, prefix)) or ""
+    follower = "two" if leader == "one" else "one"
+    rule = policy(up.address, 30.0)
+    put_policy(replicas[leader][1], rule)
+    caller = agent("agent-a", ",".join(a for _, a in replicas.values()), up.address, SERVICE)
+    spawned.append(caller)
+    poll(lambda: caller.ask("policy")["rate_limit_requests"] == rule.rate_limit_requests)
+    opened(caller)
+    poll(lambda: stats(replicas[leader][1]).recovery_check_answers["NOT_SERVING"] >= 2)
+    assert not stats(replicas[follower][1]).recovery_checks_by_service  # it follows: asks nothing
+
+    replicas[leader][0].kill()
+    poll(lambda: leader_of(etcd_server.endpoint, prefix) == follower, timeout=30)
+    poll(lambda: stats(replicas[follower][1]).recovery_check_answers["NOT_SERVING"] >= 1, timeout=15)
+    up.set("ok")
+    servicer.set("", SERVING)
+    poll(lambda: stats(replicas[follower][1]).recovery_check_half_opens == 1, timeout=15)
+    poll(lambda: caller.ask("state")["state"] != "OPEN", timeout=15)  # within the 30 s wait

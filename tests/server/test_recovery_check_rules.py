@@ -1,0 +1,201 @@
+"""The recovery check's rules with an injected clock and asker: a SERVING answer ends an
+OPEN at once (HALF_OPEN, through the engine), never in the first half of a wait that
+followed a failed probe; one check per service and target, only while OPEN, bounded;
+followers ask nothing; the hold survives the stored record; bad values list every field."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from google.protobuf import json_format
+from mission_control.client.breaker import BreakerState, CircuitBreaker
+from mission_control.client.config import policy_from_mapping, policy_to_proto
+from mission_control.client.errors import ConfigurationError
+from mission_control.client.policy import ServicePolicy
+from mission_control.client.recovery_check import RecoveryCheck
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.server.engine import FleetBreakers
+from mission_control.server.recovery_checks import RecoveryChecks
+
+CHECK = RecoveryCheck("127.0.0.1:9", interval_secs=0.25, timeout_secs=0.5)
+POLICY = ServicePolicy(
+    "llm", failure_threshold=2, success_threshold=1, wait_duration_secs=30.0, recovery_check=CHECK
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fleet(clock: Clock, policy: ServicePolicy = POLICY) -> FleetBreakers:
+    return FleetBreakers(lambda name: policy, clock=clock, wall=lambda: 1.7e9)
+
+
+def open_it(breakers: FleetBreakers, name: str = "llm") -> None:
+    summary = pb.OutcomeSummary(service=name, failures=2, trailing_failures=2)
+    assert breakers.record("a", summary)
+    assert breakers.get(name).state is BreakerState.OPEN
+
+
+def test_a_serving_answer_moves_an_open_breaker_to_half_open_at_once() -> None:
+    breaker = CircuitBreaker("llm", POLICY, 0.0)
+    breaker.record(0.0, 0, 2)
+    assert breaker.open_remaining(0.1) > 29
+    move = breaker.recover(0.1, "recovery check: SERVING")
+    assert move is not None and move.new is BreakerState.HALF_OPEN
+    assert breaker.recover(0.2, "again") is None  # only an OPEN
+
+
+def test_after_a_failed_probe_no_check_ends_the_first_half_of_the_grown_wait() -> None:
+    breaker = CircuitBreaker("llm", POLICY, 0.0)
+    breaker.record(0.0, 0, 2)
+    breaker.recover(1.0, "check")
+    assert breaker.acquire_probe(1.0, "a", ttl=5) == 1
+    assert breaker.record_probes(1.0, "a", 0, 1) is not None  # the probe failed: OPEN, 60 s
+    assert breaker.open_remaining(1.0) == pytest.approx(60.0)
+    assert breaker.recover(30.9, "check") is None
+    assert breaker.state is BreakerState.OPEN
+    assert breaker.recover(31.0, "check") is not None
+
+
+def test_a_probe_failing_after_the_wait_ended_holds_no_check_back() -> None:
+    breaker = CircuitBreaker("llm", POLICY, 0.0)
+    breaker.record(0.0, 0, 2)
+    assert breaker.tick(30.0) is not None  # the wait ended: no check began this HALF_OPEN
+    breaker.acquire_probe(30.0, "a", ttl=5)
+    assert breaker.record_probes(30.0, "a", 0, 1) is not None
+    assert breaker.recover(30.1, "check") is not None  # the check was not the one lying
+
+
+def test_a_stored_half_open_a_check_began_keeps_the_hold_on_its_failed_probe() -> None:
+    clock = Clock()
+    leader = fleet(clock)
+    open_it(leader)
+    leader.recover("llm", "recovery check: 127.0.0.1:9 SERVING")
+    other = fleet(clock)
+    other.adopt("llm", leader.to_record("llm"), 5)
+    other.get("llm").acquire_probe(clock.now, "a", ttl=5)
+    other.record("a", pb.OutcomeSummary(service="llm", probe_failures=1))
+    assert other.recover("llm", "check") is None  # held: the first half of its 60 s wait
+
+
+def test_the_hold_is_stored_and_taken_by_another_replica() -> None:
+    clock = Clock()
+    leader = fleet(clock)
+    open_it(leader)
+    leader.recover("llm", "check")
+    breaker = leader.get("llm")
+    breaker.acquire_probe(clock.now, "a", ttl=5)
+    leader.record("a", pb.OutcomeSummary(service="llm", probe_failures=1))
+    record = leader.to_record("llm")
+    assert json_format.Parse(record, pb.Breaker()).HasField("recovery_check_from")
+    other = fleet(clock)
+    other.adopt("llm", record, 7)
+    clock.now += 29.0
+    assert other.recover("llm", "check") is None
+    clock.now += 1.1
+    assert other.recover("llm", "check") is not None
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_one_check_per_service_and_target_only_while_open() -> None:
+    clock = Clock()
+    breakers = fleet(clock)
+    asked: list[str] = []
+    answer = "NOT_SERVING"
+
+    async def ask(check: RecoveryCheck) -> str:
+        asked.append(check.target)
+        return answer
+
+    checks = RecoveryChecks(breakers, lambda: True, ask=ask, clock=clock)
+    assert checks.start_due(clock.now) == 0  # nothing OPEN: nothing asked
+    for name in ("llm", "llm/gpt-x", "llm/gpt-y"):
+        open_it(breakers, name)
+    assert checks.start_due(clock.now) == 1
+    await settle()
+    assert asked == ["127.0.0.1:9"]
+    assert checks.start_due(clock.now + 0.1) == 0  # its interval has not passed
+    clock.now += 0.25
+    answer = "SERVING"
+    assert checks.start_due(clock.now) == 1
+    await settle()
+    assert {n: breakers.get(n).state for n in ("llm", "llm/gpt-x", "llm/gpt-y")} == dict.fromkeys(
+        ("llm", "llm/gpt-x", "llm/gpt-y"), BreakerState.HALF_OPEN
+    )
+    clock.now += 1.0
+    assert checks.start_due(clock.now) == 0  # none OPEN any more
+    assert checks.half_opens == 3
+    assert dict(checks.answers) == {"NOT_SERVING": 1, "SERVING": 1}
+    assert dict(checks.checks_by_service) == {"llm": 2}
+
+
+async def test_a_follower_asks_nothing_and_checks_running_are_bounded() -> None:
+    clock = Clock()
+    policies = {f"s{i}": ServicePolicy(f"s{i}", failure_threshold=2, recovery_check=CHECK) for i in range(5)}
+    breakers = FleetBreakers(lambda name: policies[name], clock=clock, wall=lambda: 1.7e9)
+    hang = asyncio.Event()
+
+    async def ask(check: RecoveryCheck) -> str:
+        await hang.wait()
+        return "SERVING"
+
+    leading = False
+    checks = RecoveryChecks(breakers, lambda: leading, ask=ask, clock=clock, max_running=2)
+    for name in policies:
+        open_it(breakers, name)
+    runner = asyncio.create_task(checks.run(every=0.001))
+    await asyncio.sleep(0.02)
+    assert not checks.checks_by_service and len(checks._running) == 0
+    leading = True
+    await asyncio.sleep(0.02)
+    assert len(checks._running) == 2  # bounded
+    leading = False
+    await asyncio.sleep(0.02)
+    assert len(checks._running) == 0  # a replica that stops leading stops its checks
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await runner
+    assert all(breakers.get(n).state is BreakerState.OPEN for n in policies)
+
+
+def test_bad_recovery_check_values_are_all_listed() -> None:
+    table = {"recovery_check": {"target": "no port", "interval_secs": 0.001, "timeout_secs": -1, "x": 1}}
+    with pytest.raises(ConfigurationError) as err:
+        policy_from_mapping(table, service="llm")
+    assert {f for f, _ in err.value.violations} == {
+        "recovery_check.target",
+        "recovery_check.interval_secs",
+        "recovery_check.timeout_secs",
+        "recovery_check.x",
+    }
+    with pytest.raises(ConfigurationError) as err:
+        policy_from_mapping(
+            {"recovery_check": {"target": "http://h/health", "health_service": "x"}}, service="s"
+        )
+    assert [f for f, _ in err.value.violations] == ["recovery_check.health_service"]
+    with pytest.raises(ConfigurationError) as err:
+        policy_from_mapping({"recovery_check": {}}, service="s")
+    assert [f for f, _ in err.value.violations] == ["recovery_check.target"]
+
+
+def test_the_recovery_check_goes_through_the_proto_and_back() -> None:
+    policy = policy_from_mapping(
+        {"recovery_check": {"target": "up:50051", "health_service": "llm"}}, service="s"
+    )
+    assert policy.recovery_check == RecoveryCheck("up:50051", "llm", 0.25, 1.0)
+    message = policy_to_proto(policy)
+    assert message.recovery_check.target == "up:50051"
+    http = policy_from_mapping(
+        {"recovery_check": {"target": "https://api.example.com/v1/models"}}, service="s"
+    )
+    assert http.recovery_check is not None and http.recovery_check.is_http
