@@ -52,6 +52,17 @@ def start_agents(spawned: list[Proc], control_planes: str, upstream: str) -> lis
     return procs
 
 
+def permits_out(upstream: ProbeUpstream) -> None:
+    """Wait until two fleet probes run at once; else fail showing every call so far."""
+    try:
+        poll(lambda: upstream.in_flight("fleet") >= 2, timeout=60)
+    except AssertionError:
+        calls = upstream.calls()
+        start = min((c.start for c in calls), default=0.0)
+        shown = [(c.agent, c.kind, round(c.start - start, 2), round(c.end - start, 2)) for c in calls]
+        raise AssertionError(f"never two fleet probes at once; the calls answered: {shown}") from None
+
+
 def fail_over(replica: Proc, fault: str, leader: object) -> None:
     """Kill the leader, or pause it until another replica leads and then resume it."""
     if fault == "kill":
@@ -77,7 +88,7 @@ def test_fleet_probes_in_flight_stay_within_the_permits_across_a_failover(
         poll(lambda: stored(endpoint, prefix).get("state") == "BREAKER_STATE_OPEN", timeout=60)
         upstream.fail(False)
         # the first probe succeeded and the leader handed out more: its permits are out
-        poll(lambda: upstream.in_flight("fleet") >= 2, timeout=60)
+        permits_out(upstream)
         faulted, faulted_wall = time.monotonic(), time.time()
         fail_over(fleet.procs["r1"], fault, fleet.leader)
         # a new leader grants for the HALF_OPEN from before it, once r1's permits are over
