@@ -52,6 +52,21 @@ def start_agents(spawned: list[Proc], control_planes: str, upstream: str) -> lis
     return procs
 
 
+def permits_out(upstream: ProbeUpstream) -> None:
+    """Wait until a fleet probe succeeded and another runs (the leader then lets BOUND out:
+    one per agent on it, but one per follower, however many of its agents ask); else fail
+    showing every call so far."""
+    try:
+        poll(
+            lambda: upstream.in_flight("fleet") >= 1 and any(c.kind == "fleet" for c in upstream.calls()), 60
+        )
+    except AssertionError:
+        calls = upstream.calls()
+        start = min((c.start for c in calls), default=0.0)
+        shown = [(c.agent, c.kind, round(c.start - start, 2), round(c.end - start, 2)) for c in calls]
+        raise AssertionError(f"no fleet probe after the first; the calls answered: {shown}") from None
+
+
 def fail_over(replica: Proc, fault: str, leader: object) -> None:
     """Kill the leader, or pause it until another replica leads and then resume it."""
     if fault == "kill":
@@ -76,8 +91,8 @@ def test_fleet_probes_in_flight_stay_within_the_permits_across_a_failover(
         agents = start_agents(spawned, ",".join(fleet.addresses.values()), upstream.address)
         poll(lambda: stored(endpoint, prefix).get("state") == "BREAKER_STATE_OPEN", timeout=60)
         upstream.fail(False)
-        # the first probe succeeded and the leader handed out more: its permits are out
-        poll(lambda: upstream.in_flight("fleet") >= 2, timeout=60)
+        # the first probe succeeded and the leader handed out more: r1's permits are out
+        permits_out(upstream)
         faulted, faulted_wall = time.monotonic(), time.time()
         fail_over(fleet.procs["r1"], fault, fleet.leader)
         # a new leader grants for the HALF_OPEN from before it, once r1's permits are over
