@@ -235,6 +235,7 @@ class Journal:
             OSError: it could not be kept; the files are as they were (try again).
         """
         with self._mutex:
+            self._check_open()
             hold(self.directory, self._segments, record)
 
     def held(self) -> list[Record]:
@@ -252,6 +253,7 @@ class Journal:
         """
         self.wait_read()
         with self._mutex:
+            self._check_open()
             if self._marks.write(seq, sync):
                 self._pending = [record for record in self._pending if record.seq > seq]
                 if sync:
@@ -286,8 +288,17 @@ class Journal:
                 keep.append((path, last))
         self._segments = keep
 
+    def _check_open(self) -> None:
+        if self._lock_fd < 0:
+            raise JournalBroken(f"spool {self.directory} is broken: {self.broken}")
+
     def close(self) -> None:
+        """Sync the marks and unlock the directory. The journal writes nothing after
+        this (another process may own the directory now): appends, marks and holds raise
+        :class:`JournalBroken`, and :attr:`broken` says it is closed."""
         with self._mutex:
+            if self._lock_fd < 0:
+                return
             try:
                 self.sync_done()
             except OSError:  # a mark not synced is made again after a power loss, not lost
@@ -295,6 +306,6 @@ class Journal:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
-            if self._lock_fd >= 0:
-                os.close(self._lock_fd)  # releases the flock
-                self._lock_fd = -1
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
+            self.broken = "it was closed (its directory may belong to another process now)"

@@ -126,6 +126,8 @@ class WriteSpool(SpoolCore):
                 self._replay_step()
                 backoff = self._pause
             except Exception:  # a disk operation failed: the replayer must outlive it
+                if self._stop.is_set():  # closed: the journal refuses to write
+                    return
                 where = self.journal.directory
                 _log.exception("spool %s: replay failed; trying again in %.1fs", where, backoff)
                 self._stop.wait(backoff)

@@ -187,8 +187,11 @@ class SpoolCore:
     def _append(self, payload: bytes) -> int:
         """Keep ``payload`` (fsync'd); raises JournalFull / JournalBroken."""
         if self.broken:
-            raise JournalBroken(f"spool {self.journal.directory} is broken: {self.broken}")
+            raise self._broken_error()
         return self.journal.append(payload)
+
+    def _broken_error(self) -> JournalBroken:
+        return JournalBroken(f"spool {self.journal.directory} is broken: {self.broken}")
 
     def _kept(self, write_id: str, seq: int, reason: str) -> Spooled:
         self.spooled += 1
