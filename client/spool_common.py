@@ -281,8 +281,8 @@ class SpoolCore:
         names the spool."""
         try:
             write_id, function, args, kwargs = decode_write(record.payload)
-        except (ValueError, KeyError, TypeError):
-            self._dropping(record.seq, "it cannot be read")
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # never stall the journal
+            self._dropping(record.seq, f"it cannot be read ({exc})")
             return None
         if function != self.function and function not in self._renamed:
             self._renamed.add(function)

@@ -125,3 +125,49 @@ def test_an_unreadable_async_spool_is_broken_and_writes_still_reach_the_service(
 
     asyncio.run(run())
     assert made == ["a", "b"]
+
+
+def left_with_a_record_nested_too_deep(directory: Path) -> None:
+    """A whole, checksummed record whose JSON is nested past the parser's depth."""
+    journal = Journal(directory)
+    journal.append(encode_write("0" * 32, "save", ("before",), {}))
+    journal.append(b"[" * 200_000 + b"]" * 200_000)
+    journal.append(encode_write("1" * 32, "save", ("after",), {}))
+    journal.close()
+
+
+def test_a_record_nested_too_deep_to_read_is_dropped_and_counted_not_a_stall(tmp_path: Path) -> None:
+    left_with_a_record_nested_too_deep(tmp_path)
+    store = Store()
+    store.down = False
+    save = spooled(store, tmp_path)
+    try:
+        assert poll(lambda: len(save.spool) == 0, timeout=10)
+        assert [key for key, _ in store.applied] == ["before", "after"]
+        assert (save.spool.replayed, save.spool.dropped, save.spool.broken) == (2, 1, None)
+    finally:
+        save.spool.close()
+
+
+def test_an_async_spool_drops_a_record_nested_too_deep_and_goes_on(tmp_path: Path) -> None:
+    left_with_a_record_nested_too_deep(tmp_path)
+    made: list[str] = []
+
+    async def save_async(key: str) -> None:
+        made.append(key)
+
+    async def run() -> tuple[int, int]:
+        save = MissionControl("hostile", config={"storage_backend": POLICY}).guard(
+            "storage_backend", spool=tmp_path
+        )(save_async)
+        try:
+            for _ in range(100):
+                if not len(save.spool):
+                    break
+                await asyncio.sleep(0.1)
+            return save.spool.replayed, save.spool.dropped
+        finally:
+            save.spool.close()
+
+    assert asyncio.run(run()) == (2, 1)
+    assert made == ["before", "after"]
