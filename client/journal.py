@@ -41,14 +41,15 @@ from .journal_format import (
     Record,
     fsync_dir,
     lock_directory,
+    open_regular,
     refusal,
     write_whole,
 )
 from .journal_format import done_mark as _done_mark  # noqa: F401  (its name here before the split)
 from .journal_format import encode as _encode
-from .journal_format import read_records as _read_records
 from .journal_held import hold, read_held
 from .journal_open import count_corrupt, read_segments
+from .journal_read import read_records as _read_records
 
 __all__ = ["MAX_RECORD", "Journal", "JournalBroken", "JournalFull", "JournalLocked", "Record"]
 
@@ -219,7 +220,7 @@ class Journal:
             os.close(self._fd)
             self._fd = None
         path = self.directory / f"segment-{seq:020d}.log"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         if not self._segments or self._segments[-1][0] != path:
             self._segments.append((path, seq - 1))
         self._fd = fd

@@ -13,7 +13,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from .journal_format import NO_SPACE, Record, encode, fsync_dir, numbered, read_records, write_whole
+from .journal_format import NO_SPACE, Record, encode, fsync_dir, numbered, open_regular, write_whole
+from .journal_read import read_records
 
 _log = logging.getLogger("mission_control.client.spool")
 
@@ -38,7 +39,7 @@ def _hold_in_place(directory: Path, segments: Sequence[tuple[Path, int]], record
     if segment is None:
         raise OSError(errno.ENOENT, f"no segment holds record #{record.seq}")
     link = directory / f"held-{record.seq:020d}.log"
-    if not link.exists():
+    if not os.path.lexists(link):
         os.link(segment, link)
         fsync_dir(directory)
     _log.warning(
@@ -50,7 +51,7 @@ def _hold_in_place(directory: Path, segments: Sequence[tuple[Path, int]], record
 
 
 def _hold_in_log(directory: Path, record: Record) -> None:
-    fd = os.open(directory / "held.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = open_regular(directory / "held.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     try:
         start = os.fstat(fd).st_size
         try:
@@ -66,7 +67,7 @@ def _hold_in_log(directory: Path, record: Record) -> None:
 def read_held(directory: Path) -> list[Record]:
     """The records held in ``directory``, in order, each once."""
     path = directory / "held.log"
-    held = {r.seq: r for r in (read_records(path)[0] if path.exists() else [])}
+    held = {r.seq: r for r in (read_records(path)[0] if os.path.lexists(path) else [])}
     for link in directory.glob("held-*.log"):
         seq = numbered(link.name, "held-")
         if seq is not None:

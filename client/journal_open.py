@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .journal_format import LAST_SEQ, JournalBroken, Record, cut, numbered
+from .journal_format import LAST_SEQ, JournalBroken, Record, numbered
+from .journal_read import cut
 
 _log = logging.getLogger("mission_control.client.spool")
 
