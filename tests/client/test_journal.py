@@ -223,3 +223,23 @@ def test_a_done_mark_not_fsynced_yet_survives_kill_9(tmp_path: Path) -> None:
     again.mark_done(3, sync=False)
     again.sync_done()
     assert not again.unsynced and len(again) == 0
+
+
+def test_reopening_a_partly_done_journal_logs_a_repeat_only_for_a_real_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = Journal(tmp_path)
+    for i in range(3):
+        journal.append(f"w{i}".encode())
+    journal.mark_done(1)
+    journal.close()
+    again = Journal(tmp_path)
+    assert payloads(again) == [b"w1", b"w2"]
+    again.close()
+    assert "repeats records" not in caplog.text  # one segment, partly done: nothing repeated
+    (segment,) = tmp_path.glob("segment-*.log")
+    (tmp_path / f"segment-{2:020d}.log").write_bytes(segment.read_bytes())  # records 1-3 again
+    repeated = Journal(tmp_path)
+    assert payloads(repeated) == [b"w1", b"w2"]  # read once
+    repeated.close()
+    assert caplog.text.count("repeats records of an earlier segment") == 1
