@@ -87,6 +87,7 @@ class Journal:
         #: Records not done that could not be read when the journal was opened (skipped).
         self.corrupt = 0
         self._fd: int | None = None
+        self._held: set[int] = set()  # seqs of the records held, as last read (see held())
         self._marks = DoneLog(self.directory)
         self.next_seq = 1  # read from the files by read()
         #: Why the journal no longer keeps records (None: it does).
@@ -197,12 +198,22 @@ class Journal:
         try:
             write_whole(fd, record)
             os.fsync(fd)
-            if os.fstat(fd).st_nlink == 0:
+            if self._segment_gone(fd):
                 self.broken = f"its segment {self._segments[-1][0].name} was deleted"
                 raise JournalBroken(f"spool {self.directory} is broken: {self.broken}")
         except OSError as exc:
             self._roll_back(fd, start)
             raise refusal(self.directory, exc) from exc
+
+    def _segment_gone(self, fd: int) -> bool:
+        """The open segment no longer has its name (deleted, or replaced): by identity, as
+        a held-<seq>.log link to it keeps its link count up."""
+        try:
+            named = os.stat(self._segments[-1][0], follow_symlinks=False)
+        except FileNotFoundError:
+            return True
+        mine = os.fstat(fd)
+        return (named.st_dev, named.st_ino) != (mine.st_dev, mine.st_ino)
 
     def _roll_back(self, fd: int, start: int) -> None:
         """Cut a failed record off, so that the next one follows the last whole one."""
@@ -227,21 +238,44 @@ class Journal:
         fsync_dir(self.directory)  # the new file's name survives a crash
         return fd
 
-    def hold(self, record: Record) -> None:
+    def hold(self, record: Record) -> bool:
         """Set ``record`` aside (fsync'd when this returns; on a full disk, in place: see
-        client/journal_held.py); mark it done after this. A record held twice (a crash
-        between the two) is read back once.
+        client/journal_held.py); mark it done after this. Returns False when it already
+        was (a crash between holding it and its done mark): it is held once.
 
         Raises:
             OSError: it could not be kept; the files are as they were (try again).
         """
         with self._mutex:
             self._check_open()
+            if record.seq in self._held:
+                return False
             hold(self.directory, self._segments, record)
+            self._held.add(record.seq)
+            return True
 
     def held(self) -> list[Record]:
-        """The records set aside by :meth:`hold`, in order, each once."""
-        return read_held(self.directory)
+        """The records set aside by :meth:`hold`, in order, each once (read from the
+        files: a held record whose file was deleted since is logged, and no longer held).
+
+        Raises:
+            OSError: the held records could not be read.
+        """
+        records = read_held(self.directory)
+        found = {record.seq for record in records}
+        gone = sorted(self._held - found)
+        if gone:
+            _log.error(
+                "journal %s: held writes %s are gone (their held-<seq>.log was deleted?): not held any more",
+                self.directory, ", ".join(f"#{seq}" for seq in gone),
+            )  # fmt: skip
+        self._held = found
+        return records
+
+    @property
+    def held_count(self) -> int:
+        """Records held, as last read by :meth:`held` and kept by :meth:`hold`."""
+        return len(self._held)
 
     def mark_done(self, seq: int, *, sync: bool = True) -> None:
         """Every record up to ``seq`` is handled. The mark is written to the file before

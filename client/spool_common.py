@@ -141,8 +141,6 @@ class SpoolCore:
         self._marks_unsynced = 0
         self._stalled: str | None = None
         self._renamed: set[str] = set()
-        #: Writes set aside in ``held.log`` (see :meth:`held_writes`), kept from earlier processes too.
-        self.held = 0
         if not read_later:
             self._read_journal()
 
@@ -153,7 +151,7 @@ class SpoolCore:
             self.dropped += self.journal.corrupt
             self._count(0, 0, self.journal.corrupt, 0)
         try:
-            self.held += len(self.journal.held())
+            self.journal.held()
         except OSError as exc:  # the held writes stay where they are; the spool goes on
             _log.error("spool %s: the held writes could not be read (%s)", self.journal.directory, exc)
         if self.held:
@@ -164,6 +162,12 @@ class SpoolCore:
     def __len__(self) -> int:
         """Writes waiting in the spool."""
         return len(self.journal)
+
+    @property
+    def held(self) -> int:
+        """Writes set aside in the directory (see :meth:`held_writes`), by this process or
+        earlier ones, each once."""
+        return self.journal.held_count
 
     @property
     def broken(self) -> str | None:
@@ -253,7 +257,6 @@ class SpoolCore:
         self._marks_unsynced += 1
         self.replayed += outcomes.count("replayed")
         self.dropped += outcomes.count("dropped")
-        self.held += outcomes.count("held")
         return outcomes
 
     def _sync_marks(self, *, unless_draining: bool = False) -> None:
