@@ -77,8 +77,6 @@ class Journal:
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = lock_directory(self.directory)
         # Swapped whole by mark_done (never cut in place): readers take no lock.
         self._pending: list[Record] = []
         # Held by every method that writes, closes or deletes a file, or changes the lists.
@@ -93,8 +91,23 @@ class Journal:
         #: Why the journal no longer keeps records (None: it does).
         self.broken: str | None = None
         self._read = threading.Event()  # the files were read (see :meth:`read`)
+        self._lock_fd = self._lock()
         if read:
             self.read()
+
+    def _lock(self) -> int:
+        """Make and lock the directory; -1 (and :attr:`broken`) when it cannot be opened.
+
+        Raises:
+            JournalLocked: another process holds it.
+        """
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            return lock_directory(self.directory)
+        except OSError as exc:  # mode 000, not a directory, ...: nothing in it is read or written
+            self.broken = f"its directory could not be opened ({exc}); it is left as it is"
+            _log.error("journal %s: %s", self.directory, self.broken)
+            return -1
 
     # -- opening -------------------------------------------------------------------
 
@@ -104,6 +117,9 @@ class Journal:
         leave the journal :attr:`broken` (logged; nothing is deleted or replayed, and it
         keeps no new record) rather than raising."""
         if self._read.is_set():
+            return
+        if self._lock_fd < 0:  # not ours: not read
+            self._read.set()
             return
         try:
             self._recover()

@@ -6,7 +6,11 @@ reach the service when the spool cannot keep them."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +175,67 @@ def test_an_async_spool_drops_a_record_nested_too_deep_and_goes_on(tmp_path: Pat
 
     assert asyncio.run(run()) == (2, 1)
     assert made == ["before", "after"]
+
+
+def decorate_and_write(directory: Path) -> dict[str, Any]:
+    """Decorate a write function on ``directory`` and make one write with storage up."""
+    store = Store()
+    store.down = False
+    save = spooled(store, directory)
+    try:
+        return {"broken": save.spool.broken, "result": save("new"), "applied": [k for k, _ in store.applied]}
+    finally:
+        save.spool.close()
+
+
+def as_nobody(action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """What ``action`` returns run in a forked child as the user nobody (root ignores file
+    modes), or run here when this process is not root."""
+    if os.geteuid() != 0:
+        return action()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest machinery from here on
+        code = 1
+        try:
+            os.close(read)
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            os.write(write, json.dumps(action()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        out = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    return json.loads(out)
+
+
+NOBODY = 65534
+
+
+def test_a_spool_directory_of_mode_000_is_broken_with_a_reason_and_writes_reach_the_service() -> None:
+    base = Path(tempfile.mkdtemp(prefix="spool-mode-000-"))  # a place nobody can reach
+    try:
+        base.chmod(0o755)
+        directory = base / "spool"
+        directory.mkdir(mode=0)
+        directory.chmod(0)
+        seen = as_nobody(lambda: decorate_and_write(directory))
+        assert seen["broken"] is not None and "could not be opened" in seen["broken"], seen
+        assert "Permission denied" in seen["broken"]
+        assert (seen["result"], seen["applied"]) == ("saved new", ["new"])
+    finally:
+        (base / "spool").chmod(0o700)
+        shutil.rmtree(base)
+
+
+def test_a_spool_path_that_is_a_file_is_broken_with_a_reason_and_writes_reach_the_service(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "spool").write_text("not a directory")
+    seen = decorate_and_write(tmp_path / "spool")
+    assert seen["broken"] is not None and "could not be opened" in seen["broken"]
+    assert (seen["result"], seen["applied"]) == ("saved new", ["new"])
