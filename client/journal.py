@@ -40,14 +40,15 @@ from .journal_format import (
     JournalLocked,
     Record,
     fsync_dir,
-    lock_directory,
+    names,
+    open_directory,
     open_regular,
     refusal,
     write_whole,
 )
 from .journal_format import done_mark as _done_mark  # noqa: F401  (its name here before the split)
 from .journal_format import encode as _encode
-from .journal_held import hold, read_held
+from .journal_held import HeldRecords
 from .journal_open import count_corrupt, read_segments
 from .journal_read import read_records as _read_records
 
@@ -85,29 +86,15 @@ class Journal:
         #: Records not done that could not be read when the journal was opened (skipped).
         self.corrupt = 0
         self._fd: int | None = None
-        self._held: set[int] = set()  # seqs of the records held, as last read (see held())
+        self._held = HeldRecords(self.directory)
         self._marks = DoneLog(self.directory)
         self.next_seq = 1  # read from the files by read()
         #: Why the journal no longer keeps records (None: it does).
         self.broken: str | None = None
         self._read = threading.Event()  # the files were read (see :meth:`read`)
-        self._lock_fd = self._lock()
+        self._lock_fd, self.broken = open_directory(self.directory)
         if read:
             self.read()
-
-    def _lock(self) -> int:
-        """Make and lock the directory; -1 (and :attr:`broken`) when it cannot be opened.
-
-        Raises:
-            JournalLocked: another process holds it.
-        """
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            return lock_directory(self.directory)
-        except OSError as exc:  # mode 000, not a directory, ...: nothing in it is read or written
-            self.broken = f"its directory could not be opened ({exc}); it is left as it is"
-            _log.error("journal %s: %s", self.directory, self.broken)
-            return -1
 
     # -- opening -------------------------------------------------------------------
 
@@ -214,22 +201,12 @@ class Journal:
         try:
             write_whole(fd, record)
             os.fsync(fd)
-            if self._segment_gone(fd):
+            if not names(self._segments[-1][0], fd):  # by identity: a held link keeps its link count
                 self.broken = f"its segment {self._segments[-1][0].name} was deleted"
                 raise JournalBroken(f"spool {self.directory} is broken: {self.broken}")
         except OSError as exc:
             self._roll_back(fd, start)
             raise refusal(self.directory, exc) from exc
-
-    def _segment_gone(self, fd: int) -> bool:
-        """The open segment no longer has its name (deleted, or replaced): by identity, as
-        a held-<seq>.log link to it keeps its link count up."""
-        try:
-            named = os.stat(self._segments[-1][0], follow_symlinks=False)
-        except FileNotFoundError:
-            return True
-        mine = os.fstat(fd)
-        return (named.st_dev, named.st_ino) != (mine.st_dev, mine.st_ino)
 
     def _roll_back(self, fd: int, start: int) -> None:
         """Cut a failed record off, so that the next one follows the last whole one."""
@@ -264,11 +241,7 @@ class Journal:
         """
         with self._mutex:
             self._check_open()
-            if record.seq in self._held:
-                return False
-            hold(self.directory, self._segments, record)
-            self._held.add(record.seq)
-            return True
+            return self._held.hold(self._segments, record)
 
     def held(self) -> list[Record]:
         """The records set aside by :meth:`hold`, in order, each once (read from the
@@ -277,21 +250,12 @@ class Journal:
         Raises:
             OSError: the held records could not be read.
         """
-        records = read_held(self.directory)
-        found = {record.seq for record in records}
-        gone = sorted(self._held - found)
-        if gone:
-            _log.error(
-                "journal %s: held writes %s are gone (their held-<seq>.log was deleted?): not held any more",
-                self.directory, ", ".join(f"#{seq}" for seq in gone),
-            )  # fmt: skip
-        self._held = found
-        return records
+        return self._held.read()
 
     @property
     def held_count(self) -> int:
         """Records held, as last read by :meth:`held` and kept by :meth:`hold`."""
-        return len(self._held)
+        return len(self._held.seqs)
 
     def mark_done(self, seq: int, *, sync: bool = True) -> None:
         """Every record up to ``seq`` is handled. The mark is written to the file before

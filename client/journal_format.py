@@ -85,6 +85,32 @@ def lock_directory(directory: Path) -> int:
     return fd
 
 
+def open_directory(directory: Path) -> tuple[int, str | None]:
+    """Make and lock ``directory``: (the fd holding the lock, None), or (-1, why) when it
+    cannot be opened (mode 000, a file in its place): nothing in it is read or written.
+
+    Raises:
+        JournalLocked: another process holds it.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        return lock_directory(directory), None
+    except OSError as exc:
+        why = f"its directory could not be opened ({exc}); it is left as it is"
+        _log.error("journal %s: %s", directory, why)
+        return -1, why
+
+
+def names(path: Path, fd: int) -> bool:
+    """``path`` (not followed) is the file open as ``fd``: same device and inode."""
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino)
+
+
 def encode(seq: int, payload: bytes) -> bytes:
     """Record ``seq`` in the segments' format."""
     return _RECORD.pack(RECORD_MAGIC, len(payload), zlib.crc32(_SEQ.pack(seq) + payload), seq) + payload

@@ -73,3 +73,43 @@ def read_held(directory: Path) -> list[Record]:
         if seq is not None:
             held.update((r.seq, r) for r in read_records(link)[0] if r.seq == seq)
     return [held[seq] for seq in sorted(held)]
+
+
+class HeldRecords:
+    """The records held in ``directory``, known by seq: each is held once, and one whose
+    file was deleted since it was last read is logged. Not locked here: the journal calls
+    it under its own lock (reading takes none)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        #: seqs of the records held, as last read (see :meth:`read`) and kept since
+        self.seqs: frozenset[int] = frozenset()
+
+    def hold(self, segments: Sequence[tuple[Path, int]], record: Record) -> bool:
+        """:func:`hold` ``record`` unless it already is; returns whether it was held now.
+
+        Raises:
+            OSError: it could not be kept; the files are as they were.
+        """
+        if record.seq in self.seqs:
+            return False
+        hold(self.directory, segments, record)
+        self.seqs = self.seqs | {record.seq}
+        return True
+
+    def read(self) -> list[Record]:
+        """The records held, in order (see :func:`read_held`).
+
+        Raises:
+            OSError: they could not be read.
+        """
+        records = read_held(self.directory)
+        found = frozenset(record.seq for record in records)
+        gone = sorted(self.seqs - found)
+        if gone:
+            _log.error(
+                "journal %s: held writes %s are gone (their held-<seq>.log was deleted?): not held any more",
+                self.directory, ", ".join(f"#{seq}" for seq in gone),
+            )  # fmt: skip
+        self.seqs = found
+        return records
