@@ -40,15 +40,17 @@ from .journal_format import (
     JournalLocked,
     Record,
     fsync_dir,
-    lock_directory,
+    names,
+    open_directory,
+    open_regular,
     refusal,
     write_whole,
 )
 from .journal_format import done_mark as _done_mark  # noqa: F401  (its name here before the split)
 from .journal_format import encode as _encode
-from .journal_format import read_records as _read_records
-from .journal_held import hold, read_held
+from .journal_held import HeldRecords
 from .journal_open import count_corrupt, read_segments
+from .journal_read import read_records as _read_records
 
 __all__ = ["MAX_RECORD", "Journal", "JournalBroken", "JournalFull", "JournalLocked", "Record"]
 
@@ -76,8 +78,6 @@ class Journal:
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = lock_directory(self.directory)
         # Swapped whole by mark_done (never cut in place): readers take no lock.
         self._pending: list[Record] = []
         # Held by every method that writes, closes or deletes a file, or changes the lists.
@@ -86,11 +86,13 @@ class Journal:
         #: Records not done that could not be read when the journal was opened (skipped).
         self.corrupt = 0
         self._fd: int | None = None
+        self._held = HeldRecords(self.directory)
         self._marks = DoneLog(self.directory)
         self.next_seq = 1  # read from the files by read()
         #: Why the journal no longer keeps records (None: it does).
         self.broken: str | None = None
         self._read = threading.Event()  # the files were read (see :meth:`read`)
+        self._lock_fd, self.broken = open_directory(self.directory)
         if read:
             self.read()
 
@@ -102,6 +104,9 @@ class Journal:
         leave the journal :attr:`broken` (logged; nothing is deleted or replayed, and it
         keeps no new record) rather than raising."""
         if self._read.is_set():
+            return
+        if self._lock_fd < 0:  # not ours: not read
+            self._read.set()
             return
         try:
             self._recover()
@@ -196,7 +201,7 @@ class Journal:
         try:
             write_whole(fd, record)
             os.fsync(fd)
-            if os.fstat(fd).st_nlink == 0:
+            if not names(self._segments[-1][0], fd):  # by identity: a held link keeps its link count
                 self.broken = f"its segment {self._segments[-1][0].name} was deleted"
                 raise JournalBroken(f"spool {self.directory} is broken: {self.broken}")
         except OSError as exc:
@@ -219,27 +224,38 @@ class Journal:
             os.close(self._fd)
             self._fd = None
         path = self.directory / f"segment-{seq:020d}.log"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         if not self._segments or self._segments[-1][0] != path:
             self._segments.append((path, seq - 1))
         self._fd = fd
         fsync_dir(self.directory)  # the new file's name survives a crash
         return fd
 
-    def hold(self, record: Record) -> None:
+    def hold(self, record: Record) -> bool:
         """Set ``record`` aside (fsync'd when this returns; on a full disk, in place: see
-        client/journal_held.py); mark it done after this. A record held twice (a crash
-        between the two) is read back once.
+        client/journal_held.py); mark it done after this. Returns False when it already
+        was (a crash between holding it and its done mark): it is held once.
 
         Raises:
             OSError: it could not be kept; the files are as they were (try again).
         """
         with self._mutex:
-            hold(self.directory, self._segments, record)
+            self._check_open()
+            return self._held.hold(self._segments, record)
 
     def held(self) -> list[Record]:
-        """The records set aside by :meth:`hold`, in order, each once."""
-        return read_held(self.directory)
+        """The records set aside by :meth:`hold`, in order, each once (read from the
+        files: a held record whose file was deleted since is logged, and no longer held).
+
+        Raises:
+            OSError: the held records could not be read.
+        """
+        return self._held.read()
+
+    @property
+    def held_count(self) -> int:
+        """Records held, as last read by :meth:`held` and kept by :meth:`hold`."""
+        return len(self._held.seqs)
 
     def mark_done(self, seq: int, *, sync: bool = True) -> None:
         """Every record up to ``seq`` is handled. The mark is written to the file before
@@ -252,6 +268,7 @@ class Journal:
         """
         self.wait_read()
         with self._mutex:
+            self._check_open()
             if self._marks.write(seq, sync):
                 self._pending = [record for record in self._pending if record.seq > seq]
                 if sync:
@@ -286,8 +303,17 @@ class Journal:
                 keep.append((path, last))
         self._segments = keep
 
+    def _check_open(self) -> None:
+        if self._lock_fd < 0:
+            raise JournalBroken(f"spool {self.directory} is broken: {self.broken}")
+
     def close(self) -> None:
+        """Sync the marks and unlock the directory. The journal writes nothing after
+        this (another process may own the directory now): appends, marks and holds raise
+        :class:`JournalBroken`, and :attr:`broken` says it is closed."""
         with self._mutex:
+            if self._lock_fd < 0:
+                return
             try:
                 self.sync_done()
             except OSError:  # a mark not synced is made again after a power loss, not lost
@@ -295,6 +321,6 @@ class Journal:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
-            if self._lock_fd >= 0:
-                os.close(self._lock_fd)  # releases the flock
-                self._lock_fd = -1
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
+            self.broken = "it was closed (its directory may belong to another process now)"

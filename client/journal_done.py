@@ -13,7 +13,8 @@ import logging
 import os
 from pathlib import Path
 
-from .journal_format import DONE, done_mark, fsync_dir, read_done
+from .journal_format import DONE, done_mark, fsync_dir, open_regular
+from .journal_read import read_done
 
 _log = logging.getLogger("mission_control.client.spool")
 
@@ -53,7 +54,7 @@ class DoneLog:
         more space. On a full disk this fails for a new file: logged, and tried again at
         the next mark (the one time a mark may need space)."""
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+            fd = open_regular(self.path, os.O_WRONLY | os.O_CREAT)
             try:
                 os.pwrite(fd, done_mark(self.seq) * 2, 0)  # over the old marks: max is kept
                 os.fsync(fd)
@@ -76,12 +77,12 @@ class DoneLog:
         """
         if seq <= self.seq:
             return False
-        if not self.path.exists():  # deleted from under the journal
+        if not os.path.lexists(self.path):  # deleted from under the journal
             self._ready = False
         if not self._ready:
             self.lay_out()  # OSError: not marked
         slot = 1 - self._slot  # never over the last fsync'd mark
-        fd = os.open(self.path, os.O_WRONLY)  # OSError: not marked
+        fd = open_regular(self.path, os.O_WRONLY)  # OSError: not marked
         try:
             if os.pwrite(fd, done_mark(seq), slot * DONE.size) != DONE.size:
                 raise OSError(errno.EIO, "short write of a done mark")
@@ -102,7 +103,7 @@ class DoneLog:
         """
         if not self.unsynced:
             return False
-        fd = os.open(self.path, os.O_WRONLY)
+        fd = open_regular(self.path, os.O_WRONLY)
         try:
             os.fsync(fd)
         finally:

@@ -1,8 +1,7 @@
 """The journal's files on disk (see client/journal.py for the layout): records with their
 checksums, done marks, the names of segments and held records, and the few durable file
-operations the journal needs (a whole write, a cut torn tail, an fsync'd directory, the
-directory's lock). Readers here never raise on bad bytes: a record that fails its checks
-is skipped.
+operations the journal needs (a whole write, a file opened only if it is a regular file,
+an fsync'd directory, the directory's lock). The readers are in client/journal_read.py.
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 import struct
 import zlib
 from dataclasses import dataclass
@@ -19,7 +19,9 @@ from pathlib import Path
 _log = logging.getLogger("mission_control.client.spool")
 
 _RECORD = struct.Struct("<4sIIQ")  # magic, payload length, crc32(seq + payload), seq
-_RECORD_MAGIC = b"MCS1"
+RECORD_MAGIC = b"MCS1"
+#: The size of a record's header (before its payload).
+HEADER = _RECORD.size
 DONE = struct.Struct("<4sQI")  # magic, seq, crc32(seq)
 _DONE_MAGIC = b"MCD1"
 _SEQ = struct.Struct("<Q")
@@ -83,9 +85,35 @@ def lock_directory(directory: Path) -> int:
     return fd
 
 
+def open_directory(directory: Path) -> tuple[int, str | None]:
+    """Make and lock ``directory``: (the fd holding the lock, None), or (-1, why) when it
+    cannot be opened (mode 000, a file in its place): nothing in it is read or written.
+
+    Raises:
+        JournalLocked: another process holds it.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        return lock_directory(directory), None
+    except OSError as exc:
+        why = f"its directory could not be opened ({exc}); it is left as it is"
+        _log.error("journal %s: %s", directory, why)
+        return -1, why
+
+
+def names(path: Path, fd: int) -> bool:
+    """``path`` (not followed) is the file open as ``fd``: same device and inode."""
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino)
+
+
 def encode(seq: int, payload: bytes) -> bytes:
     """Record ``seq`` in the segments' format."""
-    return _RECORD.pack(_RECORD_MAGIC, len(payload), zlib.crc32(_SEQ.pack(seq) + payload), seq) + payload
+    return _RECORD.pack(RECORD_MAGIC, len(payload), zlib.crc32(_SEQ.pack(seq) + payload), seq) + payload
 
 
 def write_whole(fd: int, data: bytes) -> None:
@@ -95,54 +123,71 @@ def write_whole(fd: int, data: bytes) -> None:
         written += os.write(fd, data[written:])
 
 
-def _record_at(data: bytes, at: int) -> tuple[Record, int] | None:
-    """The whole, checksummed record at ``at`` and where it ends, else None."""
-    if at + _RECORD.size > len(data):
-        return None
-    magic, length, crc, seq = _RECORD.unpack_from(data, at)
-    end = at + _RECORD.size + length
-    if magic != _RECORD_MAGIC or length > MAX_RECORD or end > len(data):
-        return None
-    payload = data[at + _RECORD.size : end]
-    if zlib.crc32(_SEQ.pack(seq) + payload) != crc:
-        return None
-    return Record(seq, payload), end
+def record_length(header: bytes) -> int | None:
+    """The payload length a record's header (:data:`HEADER` bytes) gives, or None when
+    it is not one of ours (no magic, a length past :data:`MAX_RECORD`)."""
+    magic, length, _, _ = _RECORD.unpack_from(header)
+    return length if magic == RECORD_MAGIC and length <= MAX_RECORD else None
 
 
-def read_records(path: Path) -> tuple[list[Record], int]:
-    """The whole records of a segment, and the offset where the last one ends. A bad
-    record in the middle is skipped (the next good one is found by its magic and checksum);
-    bytes after the last good record are a torn tail."""
-    data = path.read_bytes()
-    records: list[Record] = []
-    at = good_end = 0
-    while at < len(data):
-        found = _record_at(data, at)
-        if found is None:
-            at = data.find(_RECORD_MAGIC, at + 1)
-            if at < 0:
-                break
-            continue
-        record, at = found
-        if not records or record.seq > records[-1].seq:
-            records.append(record)
-        good_end = at
-    return records, good_end
+def decode(record: bytes) -> Record | None:
+    """The record in ``record`` (a header and its whole payload) if its checksum holds."""
+    _, _, crc, seq = _RECORD.unpack_from(record)
+    payload = record[_RECORD.size :]
+    return Record(seq, payload) if zlib.crc32(_SEQ.pack(seq) + payload) == crc else None
 
 
-def read_done(path: Path) -> tuple[int, bytes]:
-    """The last seq marked done (0: none): the highest good mark of the file (older
-    versions appended marks; a bad or torn one is skipped), and the file's bytes."""
+class NotRegular(OSError):
+    """A file named like one of the journal's is not a regular file (a symbolic link, a
+    FIFO, a directory, a device): it is never followed, opened for its data or changed."""
+
+
+def open_regular(path: Path, flags: int, mode: int = 0o600) -> int:
+    """Open one of the journal's files: never through a symbolic link, never waiting on a
+    FIFO, and only a regular file (checked on the open file, not on its name).
+
+    Raises:
+        NotRegular: ``path`` is something else (named in the message).
+        OSError: it could not be opened.
+    """
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return 0, b""
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        # ELOOP: a symbolic link; ENXIO: a FIFO nobody reads; EISDIR: a directory
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+            raise _not_regular(path, None) from exc
+        raise
+    try:
+        mode_found = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode_found):
+            raise _not_regular(path, mode_found)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _not_regular(path: Path, mode: int | None) -> NotRegular:
+    if mode is None:
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            mode = 0
+    kinds = [(stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")]  # fmt: skip
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return NotRegular(f"{path.name} is {kind}, not a regular file: not followed, read or changed")
+
+
+def read_done_marks(data: bytes) -> int:
+    """The highest good done mark in ``data`` (whole slots from its start; 0: none)."""
     done = 0
     for at in range(0, len(data) - DONE.size + 1, DONE.size):
         magic, seq, crc = DONE.unpack_from(data, at)
         if magic == _DONE_MAGIC and zlib.crc32(_SEQ.pack(seq)) == crc:
             done = max(done, seq)
-    return done, data
+    return done
 
 
 def done_mark(seq: int) -> bytes:
@@ -155,12 +200,3 @@ def numbered(name: str, prefix: str) -> int | None:
     digits = name.removeprefix(prefix).removesuffix(".log")
     # isdigit() alone takes other scripts' digits ("²"), which int() refuses
     return int(digits) if len(digits) == 20 and digits.isascii() and digits.isdigit() else None
-
-
-def cut(path: Path, size: int) -> None:
-    """Drop a torn tail, durably, before anything is appended after it."""
-    if path.exists() and path.stat().st_size > size:
-        _log.warning("journal %s: dropping %d bytes of a torn record", path, path.stat().st_size - size)
-        with open(path, "r+b") as f:
-            f.truncate(size)
-            os.fsync(f.fileno())

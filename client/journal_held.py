@@ -13,7 +13,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from .journal_format import NO_SPACE, Record, encode, fsync_dir, numbered, read_records, write_whole
+from .journal_format import NO_SPACE, Record, encode, fsync_dir, numbered, open_regular, write_whole
+from .journal_read import read_records
 
 _log = logging.getLogger("mission_control.client.spool")
 
@@ -38,7 +39,7 @@ def _hold_in_place(directory: Path, segments: Sequence[tuple[Path, int]], record
     if segment is None:
         raise OSError(errno.ENOENT, f"no segment holds record #{record.seq}")
     link = directory / f"held-{record.seq:020d}.log"
-    if not link.exists():
+    if not os.path.lexists(link):
         os.link(segment, link)
         fsync_dir(directory)
     _log.warning(
@@ -50,7 +51,7 @@ def _hold_in_place(directory: Path, segments: Sequence[tuple[Path, int]], record
 
 
 def _hold_in_log(directory: Path, record: Record) -> None:
-    fd = os.open(directory / "held.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = open_regular(directory / "held.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     try:
         start = os.fstat(fd).st_size
         try:
@@ -66,9 +67,49 @@ def _hold_in_log(directory: Path, record: Record) -> None:
 def read_held(directory: Path) -> list[Record]:
     """The records held in ``directory``, in order, each once."""
     path = directory / "held.log"
-    held = {r.seq: r for r in (read_records(path)[0] if path.exists() else [])}
+    held = {r.seq: r for r in (read_records(path)[0] if os.path.lexists(path) else [])}
     for link in directory.glob("held-*.log"):
         seq = numbered(link.name, "held-")
         if seq is not None:
             held.update((r.seq, r) for r in read_records(link)[0] if r.seq == seq)
     return [held[seq] for seq in sorted(held)]
+
+
+class HeldRecords:
+    """The records held in ``directory``, known by seq: each is held once, and one whose
+    file was deleted since it was last read is logged. Not locked here: the journal calls
+    it under its own lock (reading takes none)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        #: seqs of the records held, as last read (see :meth:`read`) and kept since
+        self.seqs: frozenset[int] = frozenset()
+
+    def hold(self, segments: Sequence[tuple[Path, int]], record: Record) -> bool:
+        """:func:`hold` ``record`` unless it already is; returns whether it was held now.
+
+        Raises:
+            OSError: it could not be kept; the files are as they were.
+        """
+        if record.seq in self.seqs:
+            return False
+        hold(self.directory, segments, record)
+        self.seqs = self.seqs | {record.seq}
+        return True
+
+    def read(self) -> list[Record]:
+        """The records held, in order (see :func:`read_held`).
+
+        Raises:
+            OSError: they could not be read.
+        """
+        records = read_held(self.directory)
+        found = frozenset(record.seq for record in records)
+        gone = sorted(self.seqs - found)
+        if gone:
+            _log.error(
+                "journal %s: held writes %s are gone (their held-<seq>.log was deleted?): not held any more",
+                self.directory, ", ".join(f"#{seq}" for seq in gone),
+            )  # fmt: skip
+        self.seqs = found
+        return records

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .journal_format import LAST_SEQ, JournalBroken, Record, cut, numbered
+from .journal_format import LAST_SEQ, JournalBroken, Record, numbered
+from .journal_read import cut
 
 _log = logging.getLogger("mission_control.client.spool")
 
@@ -46,14 +47,14 @@ def read_segments(directory: Path, done: int, read_records: ReadRecords) -> Cont
         if not records:
             path.unlink()
             continue
+        if segments and records[0].seq <= segments[-1][1]:  # seqs only grow from one segment to the next
+            _log.error(
+                "journal %s: %s repeats records of an earlier segment; read once", directory, path.name
+            )
         segments.append((path, records[-1].seq))
         next_seq = max(next_seq, records[-1].seq + 1)
         after = pending[-1].seq if pending else done
         pending.extend(r for r in records if r.seq > after)
-        if records[0].seq <= after and records[-1].seq > done:
-            _log.error(
-                "journal %s: %s repeats records of an earlier segment; read once", directory, path.name
-            )
     check_done_mark(done, segments)
     return Contents(pending, segments, next_seq)
 

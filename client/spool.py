@@ -119,6 +119,8 @@ class WriteSpool(SpoolCore):
                 self._replay_step()
                 backoff = self._pause
             except Exception:  # a disk operation failed: the replayer must outlive it
+                if self._stop.is_set():  # closed: the journal refuses to write
+                    return
                 after = self._replay_error(backoff)
                 self._stop.wait(backoff)
                 backoff = after

@@ -98,9 +98,11 @@ class AsyncWriteSpool(SpoolCore):
 
     async def write(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Make the write now, or spool it; returns its result or a :class:`Spooled`."""
+        write_id, payload = self._new_write(args, kwargs)  # fails before any call
+        if self._closed:
+            return await self._write_unkept(write_id, args, kwargs)
         self.start()
         assert self._changed is not None
-        write_id, payload = self._new_write(args, kwargs)
         await self._read()
         async with self._changed:
             if len(self.journal) and self._open_for() <= 0:
@@ -116,6 +118,21 @@ class AsyncWriteSpool(SpoolCore):
                 raise
             async with self._changed:
                 return await self._keep(write_id, payload, str(exc), exc)
+
+    async def _write_unkept(self, write_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A closed spool keeps nothing (another process may own its directory now): as a
+        broken one, it makes the write when no spooled write waits, and refuses it with
+        ``ResourceExhausted`` (never a receipt) when it waits or fails."""
+        if len(self.journal):
+            raise self._refused(self._broken_error(), "earlier writes are waiting in the spool")
+        attempts = WriteAttempts()
+        try:
+            with writing(write_id), tracking(attempts):
+                return await self._call(args, kwargs)
+        except Exception as exc:
+            if not self._spools(exc, attempts):
+                raise
+            raise self._refused(self._broken_error(), str(exc)) from exc
 
     async def _wait_for_drain(self) -> None:
         """As the sync spool: wait (up to the policy's timeout) for the replay to empty the
@@ -219,6 +236,8 @@ class AsyncWriteSpool(SpoolCore):
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop replaying (what is left stays on disk for the next process); from any thread."""
+        if self._closed:
+            return
         self._closed = True
         task, loop = self._task, self._loop
         if task is not None and loop is not None and not loop.is_closed():

@@ -113,8 +113,6 @@ class SpoolCore(ReplayCore):
         self._marks_unsynced = 0
         self._stalled: str | None = None
         self._renamed: set[str] = set()
-        #: Writes set aside in ``held.log`` (see :meth:`held_writes`), kept from earlier processes too.
-        self.held = 0
         if not read_later:
             self._read_journal()
 
@@ -125,7 +123,7 @@ class SpoolCore(ReplayCore):
             self.dropped += self.journal.corrupt
             self._count(0, 0, self.journal.corrupt, 0)
         try:
-            self.held += len(self.journal.held())
+            self.journal.held()
         except OSError as exc:  # the held writes stay where they are; the spool goes on
             _log.error("spool %s: the held writes could not be read (%s)", self.journal.directory, exc)
         if self.held:
@@ -136,6 +134,12 @@ class SpoolCore(ReplayCore):
     def __len__(self) -> int:
         """Writes waiting in the spool."""
         return len(self.journal)
+
+    @property
+    def held(self) -> int:
+        """Writes set aside in the directory (see :meth:`held_writes`), by this process or
+        earlier ones, each once."""
+        return self.journal.held_count
 
     @property
     def broken(self) -> str | None:
@@ -166,8 +170,11 @@ class SpoolCore(ReplayCore):
     def _append(self, payload: bytes) -> int:
         """Keep ``payload`` (fsync'd); raises JournalFull / JournalBroken."""
         if self.broken:
-            raise JournalBroken(f"spool {self.journal.directory} is broken: {self.broken}")
+            raise self._broken_error()
         return self.journal.append(payload)
+
+    def _broken_error(self) -> JournalBroken:
+        return JournalBroken(f"spool {self.journal.directory} is broken: {self.broken}")
 
     def _kept(self, write_id: str, seq: int, reason: str) -> Spooled:
         self.spooled += 1

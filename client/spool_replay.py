@@ -153,7 +153,6 @@ class ReplayCore:
         self._marks_unsynced += 1
         self.replayed += outcomes.count("replayed")
         self.dropped += outcomes.count("dropped")
-        self.held += outcomes.count("held")
         return outcomes
 
     def _sync_marks(self, *, unless_draining: bool = False) -> None:
@@ -181,8 +180,8 @@ class ReplayCore:
         names the spool."""
         try:
             write_id, function, args, kwargs = decode_write(record.payload)
-        except (ValueError, KeyError, TypeError):
-            self._dropping(record.seq, "it cannot be read")
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # never stall the journal
+            self._dropping(record.seq, f"it cannot be read ({exc})")
             return None
         if function != self.function and function not in self._renamed:
             self._renamed.add(function)

@@ -119,9 +119,13 @@ def decode_write(payload: bytes) -> tuple[str, str, tuple[Any, ...], dict[str, A
     """The write :func:`encode_write` kept: (id, function, args, kwargs).
 
     Raises:
-        ValueError: the payload is not such a write (not JSON, or fields of other types).
+        ValueError: the payload is not such a write (not JSON, nested too deep to read,
+            tags or fields of other types).
     """
-    record = json.loads(payload, object_hook=_from_json)
+    try:
+        record = json.loads(payload, object_hook=_from_json)
+    except (ValueError, TypeError, RecursionError) as exc:  # a record no encode_write made
+        raise ValueError(f"not a spooled write ({type(exc).__name__}): {payload[:80]!r}") from exc
     shapes = {"id": str, "fn": str, "args": list, "kwargs": dict}
     if not isinstance(record, dict) or any(not isinstance(record.get(k), t) for k, t in shapes.items()):
         raise ValueError(f"not a spooled write: {payload[:80]!r}")

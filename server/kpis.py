@@ -5,8 +5,9 @@ what a breaker could know.
 
 Definitions (all shares are of calls, by call id):
 
-* **time to detection**: from the first failed upstream call of an outage to the first
-  OPEN of that service's breaker after it (the control plane's decision is fleet-wide).
+* **time to detection**: from the first failed upstream call of the first outage (in
+  time) to the first OPEN of that service's breaker after it (the control plane's decision
+  is fleet-wide); a breaker that never opened after it is a miss (``inf``, "never").
 * **recovery rate** (the seed's "successful automatic recoveries"): of the calls hit by a
   fault — a failed attempt at the upstream, a refusal (breaker, limit, quota, a full spool),
   any error, or an answer from a stand-in (the fallback, the write spool) — the share that
@@ -14,9 +15,12 @@ Definitions (all shares are of calls, by call id):
   Nothing hit is left out: a call refused and lost counts as a recovery that failed.
 * **breaker efficiency**: of the calls made to a service during its hard outage, the share
   the breaker stopped before they reached the failing upstream.
-* **false-positive rate** (the seed's "incorrectly flagged errors"): of the calls made while
-  their upstream was healthy by its schedule, the share stopped anyway (refused, or sent to
-  a stand-in), plus each OPEN while the upstream had been healthy for over :data:`SLACK`.
+* **false-positive rate** (the seed's "incorrectly flagged errors"): of the judgements the
+  protection made while an upstream was healthy by its schedule — each call made to it, and
+  each OPEN of its breaker after it had been healthy for over :data:`SLACK` — the share
+  that flagged it wrongly: the calls stopped anyway (refused, or sent to a stand-in) and
+  those OPENs. Each false OPEN is in the base as well as among the false positives, so the
+  rate never passes 100 %.
   Nothing else is excused: a call kept off a recovered upstream while the breaker's wait
   runs is a false positive, and is also counted apart (``false_positives_in_wait``: the
   part no breaker that learns by probing could avoid) so the figure can be read.
@@ -26,6 +30,7 @@ Definitions (all shares are of calls, by call id):
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .kpis_false import (
@@ -125,7 +130,12 @@ def verdicts(kpis: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     for name in TARGETS:
         value = kpis.get(name)
         digits = 2 if name == "false_positive_rate" else 1  # its goal is 0.1 %
-        shown = "n/a" if value is None else f"{value:.3f}" if name.endswith("_s") else f"{value:.{digits}%}"
+        shown = (
+            "n/a" if value is None
+            else "never" if value == math.inf
+            else f"{value:.3f}" if name.endswith("_s")
+            else f"{value:.{digits}%}"
+        )  # fmt: skip
         rows.append((name, shown, *_verdict(name, value, TARGETS[name]), *_verdict(name, value, GOALS[name])))
     return rows
 

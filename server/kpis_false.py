@@ -68,16 +68,19 @@ def false_opens(run: Run) -> list[tuple[float, str]]:
 
 
 def false_positive_rate(run: Run) -> tuple[float | None, int, int]:
-    """(rate, false positives, calls made to a healthy upstream): see the module's
-    definition. Only the upstream's schedule excuses a stopped call."""
+    """(rate, false positives, calls made to a healthy upstream): see the definition in
+    server/kpis.py. Only the upstream's schedule excuses a stopped call. The rate's base is
+    those calls and the false OPENs (each is a judgement, and counted false)."""
     healthy = false = 0
     for call in run.agent_calls:
         if mode_at(run.phases, run.upstream_of[call["service"]], call["t"]) != "ok":
             continue
         healthy += 1
         false += 1 if stopped(call) else 0
-    false += len(false_opens(run))
-    return (false / healthy if healthy else None), false, healthy
+    spurious = len(false_opens(run))
+    false += spurious
+    judged = healthy + spurious
+    return (false / judged if judged else None), false, healthy
 
 
 def false_positives_by_service(run: Run) -> dict[str, int]:

@@ -5,13 +5,19 @@ lost; and how config changes reached the agents (reload success).
 
 from __future__ import annotations
 
+import math
+
 from .kpis_record import STAND_INS, Run
 
 
 def time_to_detection(run: Run, service: str) -> float | None:
-    """Seconds from the first failed upstream call of the first outage to the OPEN after it."""
+    """Seconds from the first failed upstream call of the first outage (in time, however the
+    phases are listed) to the OPEN after it; ``inf`` when the breaker never opened after it
+    (a miss); None when there was no outage or it failed no call."""
     upstream = run.upstream_of[service]
-    outages = [p for p in run.phases if p.upstream == upstream and p.mode == "fail"]
+    outages = sorted(
+        (p for p in run.phases if p.upstream == upstream and p.mode == "fail"), key=lambda p: p.start
+    )
     if not outages:
         return None
     outage = outages[0]
@@ -22,7 +28,7 @@ def time_to_detection(run: Run, service: str) -> float | None:
         return None
     first = min(failures)
     opens = [t for t, name, state in run.transitions if name == service and state == "OPEN" and t >= first]
-    return min(opens) - first if opens else None
+    return min(opens) - first if opens else math.inf
 
 
 def breaker_efficiency(run: Run, service: str) -> float | None:

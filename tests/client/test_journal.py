@@ -237,3 +237,23 @@ def test_files_named_with_other_scripts_digits_are_left_alone(tmp_path: Path) ->
     again = Journal(tmp_path)
     assert (again.broken, payloads(again), again.held()) == (None, [b"w1"], [])
     again.close()
+
+
+def test_reopening_a_partly_done_journal_logs_a_repeat_only_for_a_real_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = Journal(tmp_path)
+    for i in range(3):
+        journal.append(f"w{i}".encode())
+    journal.mark_done(1)
+    journal.close()
+    again = Journal(tmp_path)
+    assert payloads(again) == [b"w1", b"w2"]
+    again.close()
+    assert "repeats records" not in caplog.text  # one segment, partly done: nothing repeated
+    (segment,) = tmp_path.glob("segment-*.log")
+    (tmp_path / f"segment-{2:020d}.log").write_bytes(segment.read_bytes())  # records 1-3 again
+    repeated = Journal(tmp_path)
+    assert payloads(repeated) == [b"w1", b"w2"]  # read once
+    repeated.close()
+    assert caplog.text.count("repeats records of an earlier segment") == 1

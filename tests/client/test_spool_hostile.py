@@ -6,7 +6,11 @@ reach the service when the spool cannot keep them."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +129,113 @@ def test_an_unreadable_async_spool_is_broken_and_writes_still_reach_the_service(
 
     asyncio.run(run())
     assert made == ["a", "b"]
+
+
+def left_with_a_record_nested_too_deep(directory: Path) -> None:
+    """A whole, checksummed record whose JSON is nested past the parser's depth."""
+    journal = Journal(directory)
+    journal.append(encode_write("0" * 32, "save", ("before",), {}))
+    journal.append(b"[" * 200_000 + b"]" * 200_000)
+    journal.append(encode_write("1" * 32, "save", ("after",), {}))
+    journal.close()
+
+
+def test_a_record_nested_too_deep_to_read_is_dropped_and_counted_not_a_stall(tmp_path: Path) -> None:
+    left_with_a_record_nested_too_deep(tmp_path)
+    store = Store()
+    store.down = False
+    save = spooled(store, tmp_path)
+    try:
+        assert poll(lambda: len(save.spool) == 0, timeout=10)
+        assert [key for key, _ in store.applied] == ["before", "after"]
+        assert (save.spool.replayed, save.spool.dropped, save.spool.broken) == (2, 1, None)
+    finally:
+        save.spool.close()
+
+
+def test_an_async_spool_drops_a_record_nested_too_deep_and_goes_on(tmp_path: Path) -> None:
+    left_with_a_record_nested_too_deep(tmp_path)
+    made: list[str] = []
+
+    async def save_async(key: str) -> None:
+        made.append(key)
+
+    async def run() -> tuple[int, int]:
+        save = MissionControl("hostile", config={"storage_backend": POLICY}).guard(
+            "storage_backend", spool=tmp_path
+        )(save_async)
+        try:
+            for _ in range(100):
+                if not len(save.spool):
+                    break
+                await asyncio.sleep(0.1)
+            return save.spool.replayed, save.spool.dropped
+        finally:
+            save.spool.close()
+
+    assert asyncio.run(run()) == (2, 1)
+    assert made == ["before", "after"]
+
+
+def decorate_and_write(directory: Path) -> dict[str, Any]:
+    """Decorate a write function on ``directory`` and make one write with storage up."""
+    store = Store()
+    store.down = False
+    save = spooled(store, directory)
+    try:
+        return {"broken": save.spool.broken, "result": save("new"), "applied": [k for k, _ in store.applied]}
+    finally:
+        save.spool.close()
+
+
+def as_nobody(action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """What ``action`` returns run in a forked child as the user nobody (root ignores file
+    modes), or run here when this process is not root."""
+    if os.geteuid() != 0:
+        return action()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest machinery from here on
+        code = 1
+        try:
+            os.close(read)
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            os.write(write, json.dumps(action()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        out = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    return json.loads(out)
+
+
+NOBODY = 65534
+
+
+def test_a_spool_directory_of_mode_000_is_broken_with_a_reason_and_writes_reach_the_service() -> None:
+    base = Path(tempfile.mkdtemp(prefix="spool-mode-000-"))  # a place nobody can reach
+    try:
+        base.chmod(0o755)
+        directory = base / "spool"
+        directory.mkdir(mode=0)
+        directory.chmod(0)
+        seen = as_nobody(lambda: decorate_and_write(directory))
+        assert seen["broken"] is not None and "could not be opened" in seen["broken"], seen
+        assert "Permission denied" in seen["broken"]
+        assert (seen["result"], seen["applied"]) == ("saved new", ["new"])
+    finally:
+        (base / "spool").chmod(0o700)
+        shutil.rmtree(base)
+
+
+def test_a_spool_path_that_is_a_file_is_broken_with_a_reason_and_writes_reach_the_service(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "spool").write_text("not a directory")
+    seen = decorate_and_write(tmp_path / "spool")
+    assert seen["broken"] is not None and "could not be opened" in seen["broken"]
+    assert (seen["result"], seen["applied"]) == ("saved new", ["new"])

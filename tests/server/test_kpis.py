@@ -89,7 +89,7 @@ def test_known_answers() -> None:
     # at t=5 while storage was healthy
     assert kpis["healthy_calls"] == 20 + 40
     assert kpis["false_positives"] == 1 and kpis["false_opens"] == 1
-    assert kpis["false_positive_rate"] == pytest.approx(1 / 60)
+    assert kpis["false_positive_rate"] == pytest.approx(1 / 61)  # the false OPEN is in the base too
     assert kpis["false_positives_by_service"] == {"llm_provider": 0, "storage_backend": 1}
     # two changes; the second never reached "poc"
     assert kpis["reload_success"] == pytest.approx(0.5)
@@ -222,7 +222,7 @@ def test_a_spurious_open_whose_probes_keep_failing_counts_every_call_it_stops() 
     opened = sum(1 for _, _, state in transitions if state == "OPEN")
     assert kpis["false_opens"] == opened
     assert (kpis["false_positives"], kpis["healthy_calls"]) == (300 + opened, 500)
-    assert kpis["false_positive_rate"] == pytest.approx((300 + opened) / 500)
+    assert kpis["false_positive_rate"] == pytest.approx((300 + opened) / (500 + opened))
     assert kpis["false_positives_in_wait"] == 0  # no outage caused any of those OPENs
 
 
@@ -263,3 +263,41 @@ def test_an_open_just_after_an_outage_is_not_false_but_one_on_a_healthy_upstream
     assert compute(healthy_run([], phases=phases, transitions=late), "llm_provider")["false_opens"] == 0
     spurious = [(21.5, "llm_provider", "OPEN")]
     assert compute(healthy_run([], phases=phases, transitions=spurious), "llm_provider")["false_opens"] == 1
+
+
+def outage_run(phases: list[Phase], transitions: list[tuple[float, str, str]]) -> Run:
+    """LLM calls every 0.1 s for 60 s; each call made while a phase fails reaches the
+    upstream and fails (no breaker stopped it)."""
+    calls, logged = [], []
+    for i in range(600):
+        t = i / 10
+        down = any(p.start <= t < p.end for p in phases)
+        calls.append({"t": t, "service": "llm_provider", "id": f"c{i}", "ok": not down,
+                      "error": "LLMProviderUnavailable" if down else None, "served_by": None})  # fmt: skip
+        logged.append({"t": t, "id": f"c{i}", "ok": not down})
+    return healthy_run(calls, phases=phases, transitions=transitions,
+                       upstream_calls={"llm-primary": logged, "storage": []})  # fmt: skip
+
+
+def test_a_breaker_that_never_opens_in_a_hard_outage_misses_detection() -> None:
+    kpis = compute(outage_run([Phase("llm-primary", 10.0, 20.0, "fail")], []), "llm_provider")
+    assert kpis["time_to_detection_s"] == float("inf")
+    rows = {name: (shown, met, met_goal) for name, shown, _, met, _, met_goal in verdicts(kpis)}
+    assert rows["time_to_detection_s"] == ("never", "NO", "NO")
+
+
+def test_detection_is_judged_on_the_first_outage_in_time_however_the_phases_are_listed() -> None:
+    phases = [Phase("llm-primary", 40.0, 50.0, "fail"), Phase("llm-primary", 10.0, 20.0, "fail")]
+    opened = [(13.0, "llm_provider", "OPEN"), (40.1, "llm_provider", "OPEN")]
+    assert compute(outage_run(phases, opened), "llm_provider")["time_to_detection_s"] == pytest.approx(3.0)
+
+
+def test_the_false_positive_rate_counts_each_false_open_in_its_base_and_stays_within_100_percent() -> None:
+    calls = [
+        {"t": 1.0, "service": "llm_provider", "id": "c1", "ok": True, "error": None, "served_by": "fallback"}
+    ]
+    spurious = [(0.5, "llm_provider", "OPEN"), (5.0, "llm_provider", "OPEN"), (9.0, "llm_provider", "OPEN")]
+    rate, false, healthy = false_positive_rate(healthy_run(calls, transitions=spurious))
+    assert (false, healthy) == (1 + 3, 1)
+    assert rate == pytest.approx(4 / 4)  # was 4 / 1: 400 %
+    assert false_positive_rate(healthy_run([], transitions=spurious))[0] == pytest.approx(1.0)
