@@ -71,7 +71,6 @@ class ReplayCore:
     function: str
     replayed: int
     dropped: int
-    held: int
     _open_for: Callable[[], float]
     _count: Callable[[int, int, int, int], None]
     _outcomes: Outcomes
