@@ -130,6 +130,8 @@ class CapacityLeaser:
             this leader has recorded, fenced (and when the next round's period ends, to
             record that far ahead in time).
         on_leased: called after leases were sent.
+        recorded_horizon: the longest horizon an earlier leader's agents may still hold for
+            a limit (service, resource), as the epoch record says (0: none).
     """
 
     def __init__(
@@ -144,6 +146,7 @@ class CapacityLeaser:
         earlier_until: Callable[[], float | None] = lambda: None,
         may_lease: Callable[[float, float], bool] = lambda end, then: True,
         on_leased: Callable[[], None] = lambda: None,
+        recorded_horizon: Callable[[str, str], float] = lambda service, resource: 0.0,
     ) -> None:
         self.policies = policies
         self.send = send
@@ -154,6 +157,7 @@ class CapacityLeaser:
         self.earlier_until = earlier_until
         self.may_lease = may_lease
         self.on_leased = on_leased
+        self.recorded_horizon = recorded_horizon
         self.limits: dict[tuple[str, str], _Limit] = {}
         self._epoch: int | None = None
         self._earlier_end = 0.0  # when an earlier leader's last lease ended (monotonic)
@@ -252,9 +256,11 @@ class CapacityLeaser:
         limit.unleased_secs = horizon
 
     def _horizon(self, limit: _Limit, now: float) -> float:
-        """The longest horizon an agent may still hold: the policy's, or an earlier one."""
+        """The longest horizon an agent may still hold: the policy's, an earlier one, or one
+        an earlier leader recorded (this replica may have started after it was lowered)."""
         limit.held_horizons = [(h, until) for h, until in limit.held_horizons if until > now]
-        return max([limit.unleased_secs, *(h for h, _ in limit.held_horizons)])
+        recorded = self.recorded_horizon(limit.service, limit.resource)
+        return max([limit.unleased_secs, recorded, *(h for h, _ in limit.held_horizons)])
 
     def hold_secs(self, service: str, resource: str) -> float | None:
         """How long a holder gone without a goodbye may still spend the limit: the longest

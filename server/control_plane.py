@@ -20,6 +20,7 @@ import logging
 import time
 import unicodedata
 from collections.abc import Callable, Iterable
+from functools import partial
 
 import grpc
 from mission_control.client.breaker import BreakerState, Transition
@@ -41,6 +42,7 @@ from .hub import Hub, Subscriber
 from .leadership import Leadership
 from .lease_epoch import RECORD as LEASE_EPOCH_RECORD
 from .lease_epoch import LeaseEpochs
+from .lease_horizons import in_force
 from .loop_tasks import end_tasks
 from .observability import FleetTelemetry
 from .outcome_ledger import BatchKey, OutcomeLedger
@@ -164,7 +166,9 @@ class ControlPlane:
             leased_before=self.lease_epochs.leased_before,
             earlier_until=self.lease_epochs.earlier_until,
             may_lease=self.lease_epochs.may_lease,
+            recorded_horizon=self.lease_epochs.held.longest,
         )
+        self.lease_epochs.horizons = partial(in_force, self.capacity)
         self.admission = ServiceAdmission(self.policies, self.breakers, clock=clock)
         self.reports = ReportGate(self.policies.policy_of, clock=clock)
         self.writer = StateWriter(

@@ -23,6 +23,9 @@ resumed) cannot extend it, so a new leader knows how late an agent it has not he
 may have been leased, and keeps aside what such agents may spend until that time plus the
 policy's ``unleased_secs`` — when the agents stop spending without a lease.
 
+It carries the horizons agents may hold (see :mod:`.lease_horizons`): a replica started
+after an operator lowered ``unleased_secs`` learns the old one there.
+
 A malformed value is refused and counted (shown like a broken policy) and never stops
 anything: its epoch is not taken, but it still counts as a sign of earlier leases, as the
 fleet does until the store is loaded.
@@ -34,8 +37,10 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+
+from .lease_horizons import HeldHorizon, RecordedHorizons, parse_horizons, reduced
 
 _log = logging.getLogger("mission_control.server.lease_epoch")
 
@@ -64,14 +69,21 @@ RECORD_AHEAD_SECS = 4.0
 @dataclass(frozen=True, slots=True)
 class EpochRecord:
     """Leases were sent in ``epoch`` by the replica ``leader``, for periods that end by
-    ``until`` (wall-clock seconds; 0: not said, as in records of earlier versions)."""
+    ``until`` (wall-clock seconds; 0: not said, as in records of earlier versions), to
+    agents that may hold the ``horizons`` named."""
 
     epoch: int
     leader: str
     until: float = 0.0
+    horizons: tuple[HeldHorizon, ...] = ()
 
     def encode(self) -> bytes:
-        fields = {"epoch": self.epoch, "leader": self.leader, "until": round(self.until, 3)}
+        fields = {
+            "epoch": self.epoch,
+            "leader": self.leader,
+            "until": round(self.until, 3),
+            "horizons": [entry.encode() for entry in self.horizons],
+        }
         return json.dumps(fields).encode()
 
 
@@ -93,9 +105,11 @@ def parse_record(value: bytes, now: float | None = None) -> EpochRecord:
         bad.append(f"epoch: a positive integer below {top} is required, got {epoch!r}")
     if not isinstance(leader, str):
         bad.append(f"leader: a replica id (a string) is required, got {leader!r}")
+    horizons, wrong = parse_horizons(fields.get("horizons", []), now)
+    bad.extend(wrong)
     if bad:
         raise ValueError("; ".join(bad))
-    return EpochRecord(epoch, leader, float(until))  # type: ignore[arg-type]
+    return EpochRecord(epoch, leader, float(until), horizons)  # type: ignore[arg-type]
 
 
 def epoch_bound(now: float) -> int:
@@ -117,6 +131,8 @@ class LeaseEpochs:
         write: stores a record (fenced to the leader); True when stored.
         refused: shows a malformed value (key, what is wrong).
         wall: epoch seconds (a leader's epoch is never below its takeover's milliseconds).
+        horizons: the horizons this leader's agents may hold when it leases no period
+            ending after the given wall time (see :func:`.lease_horizons.in_force`).
     """
 
     def __init__(
@@ -128,6 +144,7 @@ class LeaseEpochs:
         write: Callable[[str, bytes], Awaitable[bool]],
         refused: Callable[[str, str], None] = lambda key, detail: None,
         wall: Callable[[], float] = time.time,
+        horizons: Callable[[float], Iterable[HeldHorizon]] = lambda until: (),
     ) -> None:
         self.key = key
         self.instance_id = instance_id
@@ -136,6 +153,9 @@ class LeaseEpochs:
         self.write = write
         self.refused = refused
         self.wall = wall
+        self.horizons = horizons
+        #: The horizons the records read say agents may still hold.
+        self.held = RecordedHorizons(wall)
         #: The newest good record seen in the store (None: none).
         self.record: EpochRecord | None = None
         #: Whether any value was seen (a malformed one too).
@@ -157,6 +177,7 @@ class LeaseEpochs:
         self.seen = True
         try:
             self.record = parse_record(value, self.wall())
+            self.held.adopt(self.record.horizons)
         except ValueError as err:
             self.malformed += 1
             self.refused(self.key, f"malformed fleet-lease epoch record ({err}); ignored")
@@ -218,7 +239,9 @@ class LeaseEpochs:
             return
         # later than any earlier leader's (it wrote its own before this one took over)
         until = max(self.wall() + RECORD_AHEAD_SECS, end + RECORD_AHEAD_SECS / 2)
-        self._writing = asyncio.create_task(self._record(EpochRecord(epoch, self.instance_id, until)))
+        horizons = reduced([*self.horizons(until), *self.held.entries()])
+        record = EpochRecord(epoch, self.instance_id, until, horizons)
+        self._writing = asyncio.create_task(self._record(record))
 
     async def _record(self, record: EpochRecord) -> None:
         try:
