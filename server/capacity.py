@@ -9,108 +9,38 @@ come and go and leaders change:
 
 * periods are numbered by their start in milliseconds on the wall clock, so every leader
   cuts time the same way and a new one continues the numbering; leases carry the leader's
-  epoch, and agents only move forward in (epoch, period);
-* the period running now is never leased again, only the ones ahead;
-* an agent without a lease spends its last one (it reports how much), for at most the
-  policy's ``unleased_secs`` after its last leased period began. That is kept out of the
-  split for a holder whose stream broke without a goodbye (it may be alive and cut off)
-  until it is back or that horizon has passed; a holder whose lease shrinks may miss the
-  new one, so what it gives up goes to others a period later; and a new leader, while
-  agents an earlier one counted are not back, splits only what the agents back were
-  spending — until the horizon of the last lease the earlier leader may have sent (its
-  fenced record says how late that was) has passed;
+  epoch, and agents only move forward in (epoch, period); the running one is never leased;
+* an agent without a lease spends its last one for at most the policy's
+  ``unleased_secs``: what it may spend is kept out of the split (:mod:`.capacity_aside`)
+  while it may be cut off, or, for a new leader, not back yet; a holder whose lease shrinks
+  may miss the new one, so what it gives up goes to others a period later
+  (:mod:`.capacity_split`); a changed policy keeps all that (:mod:`.capacity_state`);
 * a leader leases no period ending after what it has recorded (``may_lease``), so a deposed
   leader that still sends cannot lease past what its successor keeps aside.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from functools import partial
 
-from mission_control.client.fleet_limits import fair_share
 from mission_control.client.fleet_retries import calls_resource, fleet_retry_units, retry_resources
 from mission_control.client.policy import UNLEASED_SECS, ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
-# how far ahead an earlier leader may have leased when its record does not say: a leader
-# records that far ahead of its clock, no further
+from .capacity_aside import LeaderTerm
+from .capacity_split import ASKED_PERIODS, asked_now, late_shrinks, per_agent_share, whole_units
+from .capacity_state import Holder, LeasedLimit
 from .lease_epoch import RECORD_AHEAD_SECS
-from .unleased_claims import UnleasedBound, recent
+from .unleased_claims import recent
 
 _log = logging.getLogger("mission_control.server.capacity")
 
-#: Holders past their horizon are shown this long (and at most this many).
-LAPSED_SHOWN_SECS = 600.0
-LAPSED_SHOWN = 10_000
-
 Send = Callable[[str, pb.ConnectResponse], bool]
-
-#: A holder is split for by what it asked in its last periods (:func:`_asked_now`): a steady
-#: caller whose calls fall on the period grid counts 0, 1 or 2 calls in one period (its
-#: period starts where its lease says, as it received it), and a lease of nothing after a
-#: period that happened to count 0 refuses the call of the next.
-ASKED_PERIODS = 3
-
-
-@dataclass
-class _Holder:
-    wanted: float = 0.0  # what it wants now, from what it asked in its last periods
-    #: what each agent it speaks for asked in each of them (newest last)
-    asked: tuple[tuple[float, ...], ...] = ()
-    used: float = 0.0
-    agents: int = 1
-    #: what each agent it speaks for wants (a follower relays its agents' demands)
-    wants: tuple[float, ...] = ()
-    agents_known: int = 0
-    #: what it says it spends in a period without a lease, and what of that is believed
-    claimed: float = 0.0
-    safe_units: float = 0.0
-    sent: float = 0.0  # the last lease sent
-    recent: tuple[float, ...] = ()  # the last few leases sent, newest last
-    leased: bool = False  # this leader sent it a lease
-    earlier: int = 0  # agents an earlier leader counted, as reported before this one leased
-    #: what it may spend of an earlier leader's leases, as reported before this one leased
-    earlier_units: float = 0.0
-    #: a follower replica (speaks for its agents, and for those gone from it that it keeps)
-    replica: bool = False
-
-
-@dataclass
-class _Limit:
-    service: str
-    resource: str
-    fleet_units: float
-    period_secs: float
-    allocated: int = -1  # the last period index leased out
-    holders: dict[str, _Holder] = field(default_factory=dict)
-    #: holder -> (safe units it may be spending, until when): gone without a goodbye
-    absent: dict[str, tuple[float, float]] = field(default_factory=dict)
-    #: holder -> when its reservation ended: if alive and still cut off, it refuses now
-    lapsed: dict[str, float] = field(default_factory=dict)
-    #: how long an agent spends without a lease (the policy's fleet.unleased_secs)
-    unleased_secs: float = UNLEASED_SECS
-    #: what an agent spends without a lease when the policy sets a safe_share
-    safe_share_units: float | None = None
-    #: earlier horizons an agent cut off may still hold: (horizon, until when, monotonic)
-    held_horizons: list[tuple[float, float]] = field(default_factory=list)
-    #: units the last split kept aside for agents absent or not back yet
-    kept_aside: float = 0.0
-    leased: float = 0.0
-    demanded: float = 0.0
-    used: float = 0.0
-    warm: bool = True  # the leader is new: agents may still spend an earlier leader's leases
-    expected: int = 0  # while warm: the most agents any agent back heard of
-    #: A fleet retry budget's retries: their units follow the fleet's calls (this policy's).
-    retries_of: ServicePolicy | None = None
-    #: A fleet retry budget's calls: metered (agents report them), never leased.
-    metered: bool = False
 
 
 class CapacityLeaser:
@@ -153,18 +83,16 @@ class CapacityLeaser:
         self.epoch = epoch
         self.clock = clock
         self.wall = wall
-        self.leased_before = leased_before
         self.earlier_until = earlier_until
         self.may_lease = may_lease
         self.on_leased = on_leased
         self.recorded_horizon = recorded_horizon
-        self.limits: dict[tuple[str, str], _Limit] = {}
-        self._epoch: int | None = None
-        self._earlier_end = 0.0  # when an earlier leader's last lease ended (monotonic)
+        self.term = LeaderTerm(clock, leased_before)
+        self.limits: dict[tuple[str, str], LeasedLimit] = {}
         #: (limit, holder, units, the lease's other fields): made, not sent yet
-        self._outbox: deque[tuple[_Limit, str, float, pb.CapacityLease]] = deque()
+        self._outbox: deque[tuple[LeasedLimit, str, float, pb.CapacityLease]] = deque()
         #: limits no policy names any more, until no agent may still spend under them
-        self._put_aside: dict[tuple[str, str], tuple[_Limit, float]] = {}
+        self._put_aside: dict[tuple[str, str], tuple[LeasedLimit, float]] = {}
 
     def sync_policies(self) -> None:
         """Follow the policies: which resources are fleet-shared, and how much of each."""
@@ -186,28 +114,29 @@ class CapacityLeaser:
                     safe[(policy.service, resource)] = policy.fleet.safe_share * limit * period / window
         self._put_away([k for k in self.limits if k not in wanted])
         for key, (units, period) in wanted.items():
-            found = self.limits.get(key)
-            horizon = horizons.get(key, UNLEASED_SECS)
-            if found is None:
-                self.limits[key] = self._limit_again(key, units, period, horizon)
-            elif found.period_secs != period:
-                self.limits[key] = _Limit(
-                    key[0],
-                    key[1],
-                    units,
-                    period,
-                    holders=found.holders,
-                    unleased_secs=found.unleased_secs,
-                    held_horizons=found.held_horizons,
-                )
-            elif found.retries_of is None:
-                found.fleet_units = units
-            limit = self.limits[key]
+            limit = self._limit(key, units, period, horizons.get(key, UNLEASED_SECS))
             limit.safe_share_units = safe.get(key)
-            self._new_horizon(limit, horizon)
             policy = retries.get(key)
             limit.metered = policy is not None and key[1] == calls_resource(key[0])
             limit.retries_of = policy if policy is not None and not limit.metered else None
+
+    def _limit(self, key: tuple[str, str], units: float, period: float, horizon: float) -> LeasedLimit:
+        """The limit a policy names, as it is now: new, carried over from what it was (a
+        policy changed, or deleted and put again while agents may still spend under it)."""
+        found = self.limits.get(key)
+        if found is None:
+            earlier = self._put_aside.pop(key, None)
+            if earlier is None or earlier[1] <= self.clock():
+                found = self.limits[key] = LeasedLimit(key[0], key[1], units, period, unleased_secs=horizon)
+            else:
+                found = self.limits[key] = LeasedLimit.rebuilt(earlier[0], units, period, holders=False)
+        elif found.period_secs != period:
+            found = self.limits[key] = LeasedLimit.rebuilt(found, units, period, holders=True)
+        elif found.retries_of is None:
+            found.fleet_units = units
+        found.recorded = partial(self.recorded_horizon, key[0], key[1])
+        self.term.new_horizon(found, horizon)
+        return found
 
     def _put_away(self, keys: list[tuple[str, str]]) -> None:
         """Limits no policy names any more. Agents cut off before they heard of that keep
@@ -222,46 +151,6 @@ class CapacityLeaser:
         for key in [k for k, (_, until) in self._put_aside.items() if until <= now]:
             del self._put_aside[key]
 
-    def _limit_again(self, key: tuple[str, str], units: float, period: float, horizon: float) -> _Limit:
-        """A limit a policy names (again: with what was put aside when it was deleted)."""
-        earlier = self._put_aside.pop(key, None)
-        if earlier is None or earlier[1] <= self.clock():
-            return _Limit(key[0], key[1], units, period, unleased_secs=horizon)
-        old = earlier[0]
-        return _Limit(
-            key[0],
-            key[1],
-            units,
-            period,
-            absent=old.absent,
-            unleased_secs=old.unleased_secs,
-            held_horizons=old.held_horizons,
-        )
-
-    def _new_horizon(self, limit: _Limit, horizon: float) -> None:
-        """The policy's horizon changed. An agent cut off before it heard of the change
-        keeps the one it knew (and one connected keeps the end its last lease gave it), so
-        the old horizon stays in force here until no agent can still hold it: its last
-        lease began at most two periods ahead, and one an earlier leader sent at most as
-        far ahead as a leader records."""
-        old = limit.unleased_secs
-        if horizon != old:
-            until = self.clock() + old + 2 * limit.period_secs + RECORD_AHEAD_SECS
-            limit.held_horizons.append((old, until))
-        if horizon > old:
-            # an agent cut off from this leader may hear of a raise (through a replica
-            # that saw it first, or it is still connected there): it spends that much longer
-            grow = horizon - old
-            limit.absent = {h: (units, until + grow) for h, (units, until) in limit.absent.items()}
-        limit.unleased_secs = horizon
-
-    def _horizon(self, limit: _Limit, now: float) -> float:
-        """The longest horizon an agent may still hold: the policy's, an earlier one, or one
-        an earlier leader recorded (this replica may have started after it was lowered)."""
-        limit.held_horizons = [(h, until) for h, until in limit.held_horizons if until > now]
-        recorded = self.recorded_horizon(limit.service, limit.resource)
-        return max([limit.unleased_secs, recorded, *(h for h, _ in limit.held_horizons)])
-
     def hold_secs(self, service: str, resource: str) -> float | None:
         """How long a holder gone without a goodbye may still spend the limit: the longest
         horizon it may hold and the two periods its last lease may be ahead (None: no such
@@ -269,9 +158,10 @@ class CapacityLeaser:
         limit = self.limits.get((service, resource))
         if limit is None or limit.metered:
             return None
-        return self._horizon(limit, self.clock()) + 2 * limit.period_secs
+        return limit.horizon(self.clock()) + 2 * limit.period_secs
 
     def demand(self, holder: str, demand: pb.CapacityDemand) -> None:
+        """What ``holder`` asked in its last period (or that it leaves)."""
         limit = self.limits.get((demand.service, demand.resource))
         if limit is None:
             return
@@ -280,21 +170,21 @@ class CapacityLeaser:
         if demand.leaving:
             limit.holders.pop(holder, None)
             return
-        entry = limit.holders.setdefault(holder, _Holder())
+        entry = limit.holders.setdefault(holder, Holder())
         entry.used = _finite(demand.used)
         entry.agents = max(1, demand.agents)
         # (a follower that does not say what each agent wants: all alike)
         alike = (_finite(demand.wanted) / entry.agents,) * entry.agents
         wants = tuple(_finite(w) for w in demand.agents_wanted) or alike
         entry.asked = (*entry.asked[-(ASKED_PERIODS - 1) :], wants)
-        entry.wants = _asked_now(entry.asked)
+        entry.wants = asked_now(entry.asked)
         entry.wanted = sum(entry.wants)
         entry.replica = bool(demand.agents_wanted)
         entry.agents_known = demand.agents_known
         # a claim is believed only as far as the leader knows it: a client that claims the
         # whole fleet and goes without a goodbye must not keep it aside for H
         entry.claimed = min(_finite(demand.safe_units), limit.fleet_units)
-        entry.safe_units = self._bound(limit, entry, self.clock()).believe(entry.claimed)
+        entry.safe_units = self.term.bound(limit, entry, self.clock()).believe(entry.claimed)
         if not entry.leased:
             entry.earlier, entry.earlier_units = demand.agents_known, entry.safe_units
 
@@ -302,7 +192,7 @@ class CapacityLeaser:
         """The holder's stream ended: it may still spend its safe share (its last lease)
         until its horizon."""
         for limit in self.limits.values():
-            self._absent(limit, holder)
+            self.term.set_absent(limit, holder)
 
     def release_predecessors(self, name: str, keep: str) -> None:
         """Another process of agent id ``name`` is connected (``keep``): what the ones gone
@@ -315,51 +205,13 @@ class CapacityLeaser:
             for holder in [h for h in limit.absent if h != keep and (h == name or h.startswith(mine))]:
                 del limit.absent[holder]
 
-    def _bound(self, limit: _Limit, entry: _Holder, now: float) -> UnleasedBound:
-        """What ``entry`` may spend without a lease, as far as this leader knows."""
-        open_ = self._earlier_open(limit, now)
-        return UnleasedBound(limit.fleet_units, limit.safe_share_units, entry.recent, open_)
-
-    def _earlier_open(self, limit: _Limit, now: float) -> bool:
-        """Whether an agent may still spend an earlier leader's lease: until the horizon
-        of the last one that leader may have sent (not known before this one leads)."""
-        return self._epoch is None or now < self._earlier_horizon(limit, now)
-
-    def _earlier_horizon(self, limit: _Limit, now: float) -> float:
-        """When the last agent spending an earlier leader's lease stops."""
-        return self._earlier_end + self._horizon(limit, now) + 2 * limit.period_secs
-
-    def _absent(self, limit: _Limit, holder: str) -> None:
-        entry = limit.holders.pop(holder, None)
-        if entry is None:
-            return
-        now = self.clock()
-        bound = self._bound(limit, entry, now)
-        units = max(bound.believe(entry.claimed), entry.sent)
-        if units <= 0:
-            return
-        # its last lease began at most 1.5 periods from now (sent half a period ahead)
-        until = now + self._horizon(limit, now) + 2 * limit.period_secs
-        if bound.from_earlier(entry.claimed) and entry.sent < units:
-            # an earlier leader's lease: spent no longer than any of those may be
-            until = min(until, self._earlier_horizon(limit, now))
-        limit.absent[holder] = (units, until)
-
     def tick(self, *, send: bool = True) -> None:
         """Lease the next period of every limit once the running one is half over (and
         send the leases, unless ``send`` is False: :meth:`send_queued` sends them then)."""
         now, wall = self.clock(), self.wall()
         epoch = self.epoch()
-        if epoch != self._epoch:  # leading anew: agents may be spending safe shares
-            self._epoch = epoch
-            earlier = self.earlier_until()
-            ahead = RECORD_AHEAD_SECS if earlier is None else earlier - wall
-            self._earlier_end = now + min(max(0.0, ahead), RECORD_AHEAD_SECS)
-            for limit in self.limits.values():
-                limit.allocated, limit.warm, limit.expected = -1, True, 0
-                for entry in limit.holders.values():  # leased in an earlier term of this replica
-                    entry.safe_units = self._bound(limit, entry, now).believe(entry.claimed)
-                    entry.leased, entry.earlier_units = False, entry.safe_units
+        if epoch != self.term.epoch:  # leading anew: agents may be spending safe shares
+            self.term.begin(epoch, self.earlier_until(), wall, self.limits.values())
         for limit in list(self.limits.values()):
             index = math.floor(wall / limit.period_secs)
             into = wall - index * limit.period_secs
@@ -370,50 +222,7 @@ class CapacityLeaser:
         if send:
             self.send_queued()
 
-    # -- internals -------------------------------------------------------------
-
-    def _pool(self, limit: _Limit, now: float) -> float:
-        """What may be leased for a period. Every agent without a lease spends its last
-        one, so what agents cut off may spend is kept back; and while a new leader warms
-        up, only what the agents already back were spending is split among them (the
-        others spend the rest of what the last leader leased)."""
-        self._lapse(limit, now)
-        absent = sum(units for units, _ in limit.absent.values())
-        limit.kept_aside = absent
-        if limit.warm:
-            # How many agents shared the limit, as the agents back last heard it: none
-            # heard of any lease (a new fleet), or all of them are back, ends the warm-up.
-            reported = max((e.earlier for e in limit.holders.values()), default=0)
-            limit.expected = expected = max(limit.expected, reported)
-            if not (expected or self.leased_before()):
-                return max(0.0, limit.fleet_units - absent)  # no sign of earlier leases (yet)
-            known = sum(e.agents for e in limit.holders.values() if e.earlier)
-            # what they held of the earlier leases, not of this leader's: those are split
-            # from this pool, and counting them again would shrink it period by period
-            back = sum(e.earlier_units for e in limit.holders.values())
-            everyone = 0 < expected <= known
-            # an agent the earlier leader leased last stops spending at this horizon
-            # (the longest horizon any of them may hold: an operator may have just lowered it)
-            horizon = self._earlier_end + self._horizon(limit, now) + 2 * limit.period_secs
-            if now >= horizon or everyone or back + absent >= limit.fleet_units - 1e-6:
-                limit.warm = False
-            else:
-                limit.kept_aside = max(0.0, limit.fleet_units - back)
-                return back
-        return max(0.0, limit.fleet_units - absent)
-
-    @staticmethod
-    def _lapse(limit: _Limit, now: float) -> None:
-        """Reservations past their horizon end (a holder still cut off refuses by now)."""
-        for holder in [h for h, (_, until) in limit.absent.items() if until <= now]:
-            del limit.absent[holder]
-            limit.lapsed[holder] = now
-        for holder in [h for h, at in limit.lapsed.items() if at <= now - LAPSED_SHOWN_SECS]:
-            del limit.lapsed[holder]
-        while len(limit.lapsed) > LAPSED_SHOWN:
-            del limit.lapsed[next(iter(limit.lapsed))]
-
-    def _allocate(self, limit: _Limit, index: int, now: float, wall: float) -> None:
+    def _allocate(self, limit: LeasedLimit, index: int, now: float, wall: float) -> None:
         limit.allocated = index
         if not limit.holders:
             return
@@ -424,22 +233,7 @@ class CapacityLeaser:
             calls = self.limits.get((limit.service, calls_resource(limit.service)))
             fleet_calls = sum(e.used for e in calls.holders.values()) if calls is not None else 0.0
             limit.fleet_units = fleet_retry_units(limit.retries_of, fleet_calls)
-        pool = self._pool(limit, now)
-        demand = {h: e.wanted for h, e in limit.holders.items()}
-        limit.demanded = sum(demand.values())
-        limit.used = sum(e.used for e in limit.holders.values())
-        shares = _per_agent_share(pool, limit.holders)
-        whole = limit.resource == f"{limit.service}.requests" or limit.retries_of is not None
-        if whole:  # whole units
-            shares = _whole(shares, index)
-        # a holder that misses this lease goes on with its last one: shrinks count in
-        # full for one more period
-        # (a follower's agents may spend what they last had, and those gone from it what it
-        # keeps for them: its units without a lease)
-        last = {
-            h: max(e.sent, e.safe_units if not e.sent or e.replica else 0.0) for h, e in limit.holders.items()
-        }
-        shares = _late_shrinks(shares, last, pool, whole)
+        shares = self._split(limit, index, now)
         limit.leased = sum(shares.values())
         # every agent that may be spending: those leased now and those cut off
         agents = sum(e.agents for e in limit.holders.values()) + len(limit.absent)
@@ -454,7 +248,7 @@ class CapacityLeaser:
             period=round(start * 1000),
             agents=agents,
             fleet_units=limit.fleet_units,
-            epoch=self._epoch or 0,
+            epoch=self.term.epoch or 0,
         )
         template.starts_in.FromNanoseconds(int(max(0.0, start - wall) * 1e9))
         template.period_length.FromNanoseconds(int(limit.period_secs * 1e9))
@@ -462,6 +256,24 @@ class CapacityLeaser:
             entry = limit.holders[holder]
             entry.sent, entry.leased, entry.recent = units, True, recent(entry.recent, units)
             self._outbox.append((limit, holder, units, template))
+
+    def _split(self, limit: LeasedLimit, index: int, now: float) -> dict[str, float]:
+        """Each holder's units for period ``index``."""
+        pool = self.term.pool(limit, now)
+        limit.demanded = sum(e.wanted for e in limit.holders.values())
+        limit.used = sum(e.used for e in limit.holders.values())
+        shares = per_agent_share(pool, {h: e.wants or (e.wanted,) for h, e in limit.holders.items()})
+        whole = limit.resource == f"{limit.service}.requests" or limit.retries_of is not None
+        if whole:  # whole units
+            shares = whole_units(shares, index)
+        # a holder that misses this lease goes on with its last one: shrinks count in
+        # full for one more period
+        # (a follower's agents may spend what they last had, and those gone from it what it
+        # keeps for them: its units without a lease)
+        last = {
+            h: max(e.sent, e.safe_units if not e.sent or e.replica else 0.0) for h, e in limit.holders.items()
+        }
+        return late_shrinks(shares, last, pool, whole)
 
     @property
     def queued(self) -> int:
@@ -479,110 +291,13 @@ class CapacityLeaser:
             if self.send(holder, message):
                 delivered = True
             else:  # no stream: it may be cut off, spending its last lease
-                self._absent(limit, holder)
+                self.term.set_absent(limit, holder)
         if delivered:
             self.on_leased()
 
     def usage(self) -> list[pb.FleetLimitUsage]:
-        return [
-            pb.FleetLimitUsage(
-                service=limit.service,
-                resource=limit.resource,
-                fleet_units=limit.fleet_units,
-                leased=limit.leased,
-                demanded=limit.demanded,
-                used=limit.used,
-                agents=sum(e.agents for e in limit.holders.values()),
-                period_secs=limit.period_secs,
-                kept_aside=limit.kept_aside,
-                past_horizon=len(limit.lapsed),
-            )
-            for limit in self.limits.values()
-            if not limit.metered
-        ]
-
-
-def _per_agent_share(pool: float, holders: dict[str, _Holder]) -> dict[str, float]:
-    """Each holder's part of ``pool``: split max-min fair among the agents (a follower
-    replica speaks for several, and divides its part among them the same way), so an
-    agent behind a follower gets what one connected to the leader would."""
-    keys: dict[str, str] = {}
-    wanted: dict[str, float] = {}
-    for holder, entry in holders.items():
-        for i, want in enumerate(entry.wants or (entry.wanted,)):
-            key = f"{i}\x00{holder}"
-            keys[key], wanted[key] = holder, want
-    shares = dict.fromkeys(holders, 0.0)
-    for key, units in fair_share(pool, wanted).items():
-        shares[keys[key]] += units
-    return shares
-
-
-def _whole(shares: dict[str, float], turn: int) -> dict[str, float]:
-    """The shares in whole units (a fraction of a call is of no use to anybody): each is
-    rounded down and the units left over go one each to the largest fractions, ties taking
-    turns period by period."""
-    whole = {h: math.floor(units + 1e-9) for h, units in shares.items()}
-    spare = math.floor(sum(shares.values()) + 1e-9) - sum(whole.values())
-    if spare <= 0:
-        return {h: float(units) for h, units in whole.items()}
-
-    def rank(holder: str) -> tuple[float, int]:
-        return -round(shares[holder] - whole[holder], 6), zlib.crc32(f"{holder}/{turn}".encode())
-
-    order = sorted(shares, key=rank)
-    for holder in order[: max(0, spare)]:
-        whole[holder] += 1
-    return {h: float(units) for h, units in whole.items()}
-
-
-def _late_shrinks(
-    shares: dict[str, float], last: dict[str, float], pool: float, whole: bool
-) -> dict[str, float]:
-    """Shares such that the sum over holders of max(last lease, new lease) stays within
-    ``pool``: a holder that shrinks may not get its new lease in time and spend its last
-    one, so the units it gives up go to others only a period later. What room is left goes
-    to the growing holders smallest lease first (max-min, as the split itself): one back
-    from nothing to its one call a period is not cut to nothing while others take turns at
-    the units left over by rounding (in whole units when ``whole``)."""
-    keep = {h: min(units, last.get(h, 0.0)) for h, units in shares.items()}
-    held = sum(max(0.0, last.get(h, 0.0) - units) for h, units in shares.items())
-    growing = [h for h, units in shares.items() if units > keep[h]]
-    room = pool - sum(keep.values()) - held
-    if not growing or room >= sum(shares[h] - keep[h] for h in growing) - 1e-9:
-        return shares
-    level = _level(max(0.0, room), [(keep[h], shares[h]) for h in growing])
-    result = dict(keep)
-    for h in growing:
-        result[h] = min(shares[h], max(keep[h], level))
-    if whole:
-        result.update({h: float(math.floor(result[h] + 1e-9)) for h in growing})
-        spare = math.floor(max(0.0, room) + 1e-9) - sum(result[h] - keep[h] for h in growing)
-        for h in sorted((h for h in growing if result[h] < shares[h]), key=result.__getitem__)[: int(spare)]:
-            result[h] += 1.0
-    return result
-
-
-def _level(room: float, spans: list[tuple[float, float]]) -> float:
-    """The level L such that raising each (low, high) span to min(high, max(low, L))
-    takes ``room`` (water-filling; ``room`` is less than every span raised to its high)."""
-    edges = sorted({edge for span in spans for edge in span})
-    for below, above in itertools.pairwise(edges):
-        cost = sum(max(0.0, min(high, above) - max(low, below)) for low, high in spans if low < above)
-        if cost >= room - 1e-12:
-            rising = sum(1 for low, high in spans if low <= below < high)
-            return below + (room / rising if rising else 0.0)
-        room -= cost
-    return edges[-1]
-
-
-def _asked_now(asked: tuple[tuple[float, ...], ...]) -> tuple[float, ...]:
-    """What each agent wants: what it asked in its last period, or the median of its last
-    three if that is more — a rise counts at once, a fall once it held for two periods
-    (a follower's agents by their place in its report, while it speaks for as many)."""
-    newest = asked[-1]
-    alike = [a for a in asked if len(a) == len(newest)]
-    return tuple(max(column[-1], sorted(column)[len(column) // 2]) for column in zip(*alike, strict=True))
+        """Each fleet limit's figures for ``stats`` (a metered one has none)."""
+        return [limit.usage() for limit in self.limits.values() if not limit.metered]
 
 
 def _finite(value: float) -> float:

@@ -14,7 +14,8 @@ import random
 import pytest
 from mission_control.client.policy import FleetLimits, default_policy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
-from mission_control.server.capacity import CapacityLeaser, _late_shrinks
+from mission_control.server.capacity import CapacityLeaser
+from mission_control.server.capacity_split import late_shrinks
 
 POLICY = default_policy(
     "shared",
@@ -116,7 +117,7 @@ def test_room_left_after_shrinks_goes_to_the_smallest_lease_first() -> None:
     last = {"light": 0.0, "h1": 4.0, "h2": 5.0}
     # the code before cut every growth by the same factor and rounded it down: nothing
     # for either, and the one unit of room went to nobody
-    assert _late_shrinks(shares, last, 10.0, whole=True) == {"light": 1.0, "h1": 4.0, "h2": 4.0}
+    assert late_shrinks(shares, last, 10.0, whole=True) == {"light": 1.0, "h1": 4.0, "h2": 4.0}
     # in units that need not be whole, the room is shared max-min as the split itself
-    grown = _late_shrinks({"a": 3.0, "b": 9.0}, {"a": 0.0, "b": 6.0}, 10.0, whole=False)
+    grown = late_shrinks({"a": 3.0, "b": 9.0}, {"a": 0.0, "b": 6.0}, 10.0, whole=False)
     assert grown == pytest.approx({"a": 3.0, "b": 7.0})

@@ -1,0 +1,130 @@
+"""What a leader keeps out of a fleet limit's split for agents that may be spending without
+a lease: those gone without a goodbye (until their horizon), and, while a new leader warms
+up, those an earlier leader leased that are not back yet (until the horizon of the last
+lease it may have sent). I4 rests on this: every agent without a lease spends its last one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from .capacity_state import Holder, LeasedLimit
+
+# how far ahead an earlier leader may have leased when its record does not say: a leader
+# records that far ahead of its clock, no further
+from .lease_epoch import RECORD_AHEAD_SECS
+from .unleased_claims import UnleasedBound
+
+
+class LeaderTerm:
+    """One leader's term, as the split needs it: its epoch, and until when an agent may
+    still spend an earlier leader's lease.
+
+    Args:
+        clock: monotonic seconds.
+        leased_before: whether an earlier leader may have leased.
+    """
+
+    def __init__(self, clock: Callable[[], float], leased_before: Callable[[], bool]) -> None:
+        self.clock = clock
+        self.leased_before = leased_before
+        self.epoch: int | None = None
+        self.earlier_end = 0.0  # when an earlier leader's last lease ended (monotonic)
+
+    def begin(
+        self, epoch: int, earlier_until: float | None, wall: float, limits: Iterable[LeasedLimit]
+    ) -> None:
+        """Leading anew (``earlier_until``: until when the earlier leader's record let it
+        lease, wall seconds; None: not known): agents may be spending earlier leases."""
+        now = self.clock()
+        self.epoch = epoch
+        ahead = RECORD_AHEAD_SECS if earlier_until is None else earlier_until - wall
+        self.earlier_end = now + min(max(0.0, ahead), RECORD_AHEAD_SECS)
+        for limit in limits:
+            limit.allocated, limit.warm, limit.expected = -1, True, 0
+            for entry in limit.holders.values():  # leased in an earlier term of this replica
+                entry.safe_units = self.bound(limit, entry, now).believe(entry.claimed)
+                entry.leased, entry.earlier_units = False, entry.safe_units
+
+    def bound(self, limit: LeasedLimit, entry: Holder, now: float) -> UnleasedBound:
+        """What ``entry`` may spend without a lease, as far as this leader knows."""
+        return UnleasedBound(
+            limit.fleet_units, limit.safe_share_units, entry.recent, self.earlier_open(limit, now)
+        )
+
+    def earlier_open(self, limit: LeasedLimit, now: float) -> bool:
+        """Whether an agent may still spend an earlier leader's lease: until the horizon
+        of the last one that leader may have sent (not known before this one leads)."""
+        return self.epoch is None or now < self.earlier_horizon(limit, now)
+
+    def earlier_horizon(self, limit: LeasedLimit, now: float) -> float:
+        """When the last agent spending an earlier leader's lease stops."""
+        return self.earlier_end + limit.horizon(now) + 2 * limit.period_secs
+
+    def new_horizon(self, limit: LeasedLimit, horizon: float) -> None:
+        """The policy's horizon changed. An agent cut off before it heard of the change
+        keeps the one it knew (and one connected keeps the end its last lease gave it), so
+        the old horizon stays in force here until no agent can still hold it: its last
+        lease began at most two periods ahead, and one an earlier leader sent at most as
+        far ahead as a leader records."""
+        old = limit.unleased_secs
+        if horizon != old:
+            until = self.clock() + old + 2 * limit.period_secs + RECORD_AHEAD_SECS
+            limit.held_horizons.append((old, until))
+        if horizon > old:
+            # an agent cut off from this leader may hear of a raise (through a replica
+            # that saw it first, or it is still connected there): it spends that much longer
+            grow = horizon - old
+            limit.absent = {h: (units, until + grow) for h, (units, until) in limit.absent.items()}
+        limit.unleased_secs = horizon
+
+    def set_absent(self, limit: LeasedLimit, holder: str) -> None:
+        """``holder``'s stream is gone without a goodbye: what it may spend is kept aside
+        until its horizon."""
+        entry = limit.holders.pop(holder, None)
+        if entry is None:
+            return
+        now = self.clock()
+        bound = self.bound(limit, entry, now)
+        units = max(bound.believe(entry.claimed), entry.sent)
+        if units <= 0:
+            return
+        # its last lease began at most 1.5 periods from now (sent half a period ahead)
+        until = now + limit.horizon(now) + 2 * limit.period_secs
+        if bound.from_earlier(entry.claimed) and entry.sent < units:
+            # an earlier leader's lease: spent no longer than any of those may be
+            until = min(until, self.earlier_horizon(limit, now))
+        limit.absent[holder] = (units, until)
+
+    def pool(self, limit: LeasedLimit, now: float) -> float:
+        """What may be leased for a period. Every agent without a lease spends its last
+        one, so what agents cut off may spend is kept back; and while a new leader warms
+        up, only what the agents already back were spending is split among them (the
+        others spend the rest of what the last leader leased)."""
+        limit.lapse(now)
+        absent = sum(units for units, _ in limit.absent.values())
+        limit.kept_aside = absent
+        if limit.warm:
+            # How many agents shared the limit, as the agents back last heard it: none
+            # heard of any lease (a new fleet), or all of them are back, ends the warm-up.
+            reported = max((e.earlier for e in limit.holders.values()), default=0)
+            limit.expected = expected = max(limit.expected, reported)
+            if not (expected or self.leased_before()):
+                return max(0.0, limit.fleet_units - absent)  # no sign of earlier leases (yet)
+            known = sum(e.agents for e in limit.holders.values() if e.earlier)
+            # what they held of the earlier leases, not of this leader's: those are split
+            # from this pool, and counting them again would shrink it period by period
+            back = sum(e.earlier_units for e in limit.holders.values())
+            everyone = 0 < expected <= known
+            # an agent the earlier leader leased last stops spending at this horizon
+            # (the longest horizon any of them may hold: an operator may have just lowered it)
+            if (
+                now >= self.earlier_horizon(limit, now)
+                or everyone
+                or back + absent >= limit.fleet_units - 1e-6
+            ):
+                limit.warm = False
+            else:
+                limit.kept_aside = max(0.0, limit.fleet_units - back)
+                return back
+        return max(0.0, limit.fleet_units - absent)
