@@ -323,9 +323,10 @@ class ControlPlane:
             except Exception:  # one service's bad record must not stop the others' (nor the stream)
                 _log.exception("outcomes of %s for %s not counted", agent_id, summary.service)
 
-    def request_probe(self, agent_id: str, service: str) -> None:
+    def request_probe(self, agent_id: str, service: str, *, relay: bool = False) -> None:
+        """``agent_id`` asks for a probe permit (``relay``: a follower, for one of its agents)."""
         if self.leading or self.relay is None:
-            self.breakers.request_probe(agent_id, service)
+            self.breakers.request_probe(agent_id, service, relay=relay)
         else:
             self.relay.ask_probe(agent_id, service)
         self.answer_probe(agent_id, service)

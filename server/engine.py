@@ -295,12 +295,14 @@ class FleetBreakers:
             self._grant_waiting(summary.service, now)
         return done
 
-    def request_probe(self, agent: str, service: str) -> pb.ProbeGrant | None:
-        """An agent wants to probe ``service``; grant a permit when one is free."""
+    def request_probe(self, agent: str, service: str, *, relay: bool = False) -> pb.ProbeGrant | None:
+        """An agent wants to probe ``service``; grant a permit when one is free. An agent
+        holds one at a time; a follower's ``relay`` asks for each of its agents waiting
+        for one, so it may hold several (it hands each to one agent, or gives it back)."""
         now = self._clock()
         breaker = self.get(service)
         self._demand.setdefault(service, _Demand()).note(agent, now)
-        if breaker.state is not BreakerState.HALF_OPEN or breaker.permits_of(agent):
+        if breaker.state is not BreakerState.HALF_OPEN or (breaker.permits_of(agent) and not relay):
             return None
         return self._grant(breaker, agent, now)
 

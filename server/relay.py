@@ -164,6 +164,9 @@ class LeaderRelay:
         return len(self._asked), len(self._waiting)
 
     def ask_probe(self, agent_id: str, service: str) -> None:
+        held = self._held.get(service)
+        if held is not None and held[agent_id]:
+            return  # it holds one relayed to it: one at a time, like an agent on the leader
         if service not in self._waiting and len(self._waiting) >= MAX_ASKED:
             del self._waiting[next(iter(self._waiting))]
         waiting = self._waiting[service]

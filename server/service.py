@@ -212,7 +212,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                         plane.reports.refuse(sub.agent_id, service, "asked for a probe: not a reporter")
                         continue
                     if plane.admission.known(service):
-                        plane.request_probe(sub.agent_id, service)
+                        plane.request_probe(sub.agent_id, service, relay=sub.replica)
                     else:  # never admitted here: it is CLOSED, and asking creates nothing
                         plane.answer_probe(sub.agent_id, service)
                 elif kind == "demand":
