@@ -29,6 +29,7 @@ from .control_plane import DEFAULT_PREFIX, ControlPlane
 from .fleet_roster import FleetRoster
 from .roster_publish import ReplicaRoster, RosterPublisher
 from .service import ControlPlaneServicer, Limits
+from .shutdown import GRACE_SECS, STEP_SECS, StopSteps, in_daemon_thread
 from .store import EtcdStore, StoreUnavailable
 from .web import Dashboard
 
@@ -137,18 +138,22 @@ class RunningControlPlane:
         self.dashboard: Dashboard | None = None
         self.roster: ReplicaRoster | None = None
 
-    async def stop(self, grace: float = 2.0) -> None:
+    async def stop(self, grace: float = GRACE_SECS, steps: StopSteps | None = None) -> None:
+        """Stop serving, every step within its bound (see :mod:`.shutdown`): a step that
+        does not end in time (etcd paused, an exporter that does not answer) is logged
+        and left behind. ``steps``: where the step running now is shown."""
+        steps = steps or StopSteps()
         if self.dashboard is not None:
-            await self.dashboard.stop()
+            await steps.run("dashboard", self.dashboard.stop())
         if self.roster is not None:
-            await self.roster.stop()
-        await self.health.enter_graceful_shutdown()
+            await steps.run("replica roster", self.roster.stop())
+        await steps.run("health", self.health.enter_graceful_shutdown())
         self.plane.hub.close_all()
-        await self.server.stop(grace)
-        await self.plane.stop()
-        await self.plane.store.close()
+        await steps.run("server", self.server.stop(grace), grace + STEP_SECS["server"])
+        await steps.run("control plane", self.plane.stop())
+        await steps.run("etcd client", self.plane.store.close())
         if self.telemetry is not None:
-            await asyncio.to_thread(self.telemetry.shutdown)
+            await steps.run("telemetry", in_daemon_thread(self.telemetry.shutdown, "telemetry-shutdown"))
 
 
 def server_options(limits: Limits) -> list[tuple[str, Any]]:

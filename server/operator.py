@@ -45,6 +45,7 @@ from .pem import check_ca, check_pair
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
 EXIT_NOT_FOUND, EXIT_NOT_STORED, EXIT_CONFLICT, EXIT_DENIED = 4, 5, 6, 7
+EXIT_INTERRUPTED = 130
 
 SERVICE_NAME = "mission_control.resilience.v1.ControlPlaneService"
 
@@ -476,9 +477,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"mission-control: {err}", file=sys.stderr)
         return err.code
     except KeyboardInterrupt:
-        return EXIT_OK
+        return _interrupted(args)
     finally:
         op.close()
+
+
+def _interrupted(args: argparse.Namespace) -> int:
+    """Ctrl-C: how a watch ends; any other command says so in one line (exit 130), and an
+    import that may or may not have been stored says how to tell."""
+    action = str(getattr(args, "action", ""))
+    if action == "watch":
+        return EXIT_OK
+    line = "mission-control: interrupted"
+    if args.command == "config" and action == "import" and not args.dry_run:
+        line += f"; the import may have been stored or not: `mission-control config diff {args.file}` tells"
+    print(line, file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def _token(args: argparse.Namespace) -> str | None:

@@ -1,5 +1,6 @@
 """``mission-control serve``: the embedded etcd when no cluster is given, the control plane,
-and a clean stop on SIGINT or SIGTERM at any moment, the start included."""
+and a clean stop on SIGINT or SIGTERM at any moment, the start included, that ends the
+process within ``STOP_BOUND_SECS`` whatever etcd does (see :mod:`.shutdown`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from .app import DASHBOARD_CANNOT_LISTEN, ServeOptions, bind_problem, start_cont
 from .auth import AccessPolicy
 from .etcd_process import EtcdProcess
 from .gc_tuning import tune_gc
+from .shutdown import StopSteps, Watchdog
 from .state_dir import StateLock, embedded_ports
 
 __all__ = ["Interrupted", "serve"]
@@ -32,15 +34,24 @@ async def serve(options: ServeOptions) -> None:
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    steps = StopSteps()
+    embedded: EtcdProcess | None = None
+    watchdog = Watchdog(steps, last=lambda: embedded.kill() if embedded is not None else None)
+
+    def stopping() -> None:
+        if stop.is_set():  # a second signal: end now
+            watchdog.now()
+        stop.set()
+        watchdog.arm()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stopping)
     problem = bind_problem(options.listen)
     if problem is not None:
         raise OSError(f"cannot listen on {options.listen}: {problem}")
     problem = bind_problem(options.http, "--http") if options.http else None
     if problem is not None:
         raise OSError(f"{DASHBOARD_CANNOT_LISTEN} {options.http}: {problem}")
-    embedded: EtcdProcess | None = None
     lock: StateLock | None = None
     endpoints = options.etcd
     try:
@@ -63,7 +74,7 @@ async def serve(options: ServeOptions) -> None:
                 f"(data in {options.state_dir / 'etcd'}; `mission-control status` tells it again)",
                 flush=True,
             )
-        await _run(options, endpoints, stop, lock)
+        await _run(options, endpoints, stop, lock, steps)
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
@@ -88,7 +99,7 @@ async def _unless_stopped(start: Awaitable[object], stop: asyncio.Event, abort: 
 
 
 async def _run(
-    options: ServeOptions, endpoints: list[str], stop: asyncio.Event, lock: StateLock | None
+    options: ServeOptions, endpoints: list[str], stop: asyncio.Event, lock: StateLock | None, steps: StopSteps
 ) -> None:
     store = options.etcd_access.store(endpoints)
     access = AccessPolicy.build(
@@ -124,4 +135,4 @@ async def _run(
         print(f"mission-control: dashboard at {scheme}://{running.dashboard.address}/", flush=True)
     await stop.wait()  # set already when a signal came during the start: stop at once
     print("mission-control: shutting down", flush=True)
-    await running.stop()
+    await running.stop(steps=steps)
