@@ -73,6 +73,8 @@ class _Period:
     left: float
     wanted: float = 0.0
     spent: float = 0.0
+    #: The leader epoch the period was spent under (an unleased one: the agent's latest).
+    epoch: int = 0
 
 
 class LeasedBudget:
@@ -160,12 +162,15 @@ class LeasedBudget:
         epoch: int = 0,
     ) -> None:
         """A lease from the control plane; ``start`` on this process's clock. Leases of an
-        earlier leader epoch, or for a period already over, are ignored."""
-        if epoch < self.epoch or period < self._number:
+        earlier leader epoch, or of this epoch for a period already over, are ignored; a
+        lease of a later epoch starts that leader's numbering, wherever its clock put it."""
+        newer = epoch > self.epoch
+        if epoch < self.epoch or (not newer and period < self._number):
             return
-        if epoch > self.epoch:  # a new leader: what an earlier one leased ahead is void
-            self.epoch = epoch
-            self._next = {p: lease for p, lease in self._next.items() if lease.epoch >= epoch}
+        if newer and start + period_secs <= self._now.start:
+            return  # over before the running period began
+        if newer:
+            self._adopt(epoch, period, period_secs)
         self.agents = max(1, agents)
         self.fleet_units = fleet_units
         self.period_secs = period_secs
@@ -179,12 +184,23 @@ class LeasedBudget:
             # the lease for the running period arrived late (or from a newer leader): it
             # replaces what the period had, less what was spent already
             running.lease, running.left = lease, max(0.0, units - running.spent)
+            running.epoch = epoch
             running.start, running.end = start, start + period_secs
-        elif period > self._number:
+        elif period > self._number or newer:
             self._next[period] = lease
         if running.lease is None:
             # still on the safe share: never more than the share the new count allows
             running.left = min(running.left, max(0.0, self.safe_units() - running.spent))
+
+    def _adopt(self, epoch: int, period: int, period_secs: float) -> None:
+        # A new leader: what an earlier one leased ahead is void, and its period numbers
+        # (its clock's) replace the earlier leader's. The running period becomes the one
+        # before the lease in the new numbering, so that the new leader's next leases are
+        # not taken for periods already over when its clock is behind the earlier one's.
+        self.epoch = epoch
+        self._next = {p: lease for p, lease in self._next.items() if lease.epoch >= epoch}
+        if period < self._number:
+            self._number = period - round(period_secs * 1000)
 
     # -- spending --------------------------------------------------------------
 
@@ -240,7 +256,11 @@ class LeasedBudget:
                 del self._next[stale]
             self._number = lease.period
             end = lease.start + self.period_secs
-            return _Period(lease, lease.start, end, lease.units)
+            # a newer leader's period that begins inside the running one takes its place:
+            # what was spent there counts against it (its periods are out of phase with
+            # the earlier leader's, and two overlapping periods would spend two shares)
+            carried = running.spent if lease.start < running.end and running.epoch < lease.epoch else 0.0
+            return _Period(lease, lease.start, end, max(0.0, lease.units - carried), epoch=lease.epoch)
         # no lease has begun: an unleased period, cut short where the next lease begins
         # (a lease's units are never spent before its start)
         start = running.end if running.end > now - self.period_secs else now
@@ -252,4 +272,4 @@ class LeasedBudget:
         # and nothing past the horizon: a leader keeps it aside no longer
         spendable = min(end, self.horizon) - start
         share = self.safe_units() * max(0.0, min(1.0, spendable / self.period_secs))
-        return _Period(None, start, max(end, start), share)
+        return _Period(None, start, max(end, start), share, epoch=self.epoch)

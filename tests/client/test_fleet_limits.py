@@ -126,3 +126,24 @@ def test_a_period_the_horizon_cuts_gives_only_its_part_before_the_horizon() -> N
             pass
     budget.tick(4.1)
     assert budget.drain_reports()[-1].used == 2  # the period of 3.0 to 4.0: half of it
+
+
+def test_a_new_leader_whose_clock_is_behind_starts_its_own_numbering() -> None:
+    # leader 1's clock is 2 s ahead of leader 2's: its period numbers are 2,000 higher
+    budget = LeasedBudget(fleet_units=50, period_secs=1.0, safe_share=None, now=0.0, unleased_secs=10.0)
+    budget.apply(11000, 10, start=1.0, period_secs=1.0, agents=5, fleet_units=50, epoch=1)
+    assert budget.take(4, 1.1) == 0.0 and budget.period == 11000
+    # leader 1 is gone: unleased periods at its last lease, the agent counting on
+    assert budget.take(4, 2.1) == 0.0 and budget.take(4, 3.1) == 0.0 and budget.period == 13000
+    # leader 2 leases from its own (lower) numbers, for a period starting inside the running
+    # one: it takes that period's place, and what was spent there counts against it
+    budget.apply(11500, 6, start=3.5, period_secs=1.0, agents=5, fleet_units=50, epoch=2)
+    assert budget.take(2, 3.6) == 0.0 and budget.period == 11500 and budget.leased
+    assert budget.take(1, 3.65) > 0  # 6 leased, 4 spent at 3.1 in the period it replaced
+    # and its next leases are taken, period after period, long after the horizon of leader 1
+    for n in range(1, 30):
+        budget.apply(11500 + n * 1000, 7, start=3.5 + n, period_secs=1.0, agents=5, fleet_units=50, epoch=2)
+        assert budget.take(7, 3.6 + n) == 0.0, n
+        assert budget.leased and budget.period == 11500 + n * 1000
+        assert budget.take(1, 3.7 + n) > 0  # never more than the lease
+    assert not budget.cut_off(33.0)

@@ -1,7 +1,7 @@
 """One agent calling a guarded no-op under a fleet limit until told to stop, in its own
-process, knowing one control-plane address only.
+process, knowing the control-plane addresses it is given.
 
-    python -m tests.support.horizon_agent AGENT_ID CONTROL_PLANE SERVICE RATE
+    python -m tests.support.horizon_agent AGENT_ID CONTROL_PLANE[,CONTROL_PLANE...] SERVICE RATE
 
 Prints {"ready": bool} once connected, {"first": wall time} at its first admitted call.
 ``stop`` answers {"admitted": [wall times],
@@ -40,7 +40,7 @@ def record_leases(mc: MissionControl) -> list[list[float]]:
 
 def main() -> None:
     agent_id, control_plane, service, rate = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-    mc = MissionControl(agent_id, control_plane=control_plane)
+    mc = MissionControl(agent_id, control_plane=control_plane.split(","))
     leases = record_leases(mc)
     mc.start()
     print(json.dumps({"ready": mc.wait_connected(60)}), flush=True)
