@@ -34,6 +34,9 @@ _log = logging.getLogger("mission_control.client")
 
 _WAKE = object()
 MAX_UNACKED = 1000
+#: The agent pings the control plane every 10 s on a quiet stream, to notice a dead peer (the
+#: control plane's server permits pings that often).
+KEEPALIVE = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
 _STOP = object()
 
 
@@ -190,7 +193,7 @@ class ControlPlaneConnection:
             backoff = min(backoff * 2, self.max_backoff)
 
     def _channel(self, endpoint: str) -> grpc.Channel:
-        options = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
+        options = KEEPALIVE
         if self.credentials is not None:
             channel = grpc.secure_channel(endpoint, self.credentials, options=options)
         else:

@@ -156,6 +156,14 @@ class RunningControlPlane:
             await steps.run("telemetry", in_daemon_thread(self.telemetry.shutdown, "telemetry-shutdown"))
 
 
+#: How often agents and relays ping the control plane on a quiet stream.
+PEER_PING_SECS = 10
+#: The server pings every peer this often, and ends a connection whose ping goes unanswered
+#: this long.
+KEEPALIVE_SECS = 10
+KEEPALIVE_TIMEOUT_SECS = 5
+
+
 def server_options(limits: Limits) -> list[tuple[str, Any]]:
     """grpc's channel arguments for the control plane's server."""
     # grpc queues calls the event loop has not taken yet and, past 1,000 of them, refuses
@@ -164,8 +172,15 @@ def server_options(limits: Limits) -> list[tuple[str, Any]]:
     pending = max(1_000, 2 * limits.max_agents)
     return [
         ("grpc.so_reuseport", 0),
-        # agents and relays ping every 10 s on quiet streams to notice a dead peer
-        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        # agents and relays ping every 10 s on quiet streams to notice a dead peer: allow
+        # twice that rate (a stricter policy ends their connection with too_many_pings)
+        ("grpc.http2.min_ping_interval_without_data_ms", PEER_PING_SECS * 1000 // 2),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # and the server pings too: a peer whose link stalled (no RST, no FIN) would hold its
+        # stream, and a follower its share of every fleet limit, for ever
+        ("grpc.keepalive_time_ms", KEEPALIVE_SECS * 1000),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_SECS * 1000),
+        ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.server.max_pending_requests", pending),
