@@ -41,6 +41,21 @@ def test_probes_in_flight_stay_within_the_threshold_across_a_leader_change() -> 
     assert not found, "\n".join(found)
 
 
+def test_probes_stay_within_the_threshold_when_a_deposed_leader_decided_half_open_from_memory() -> None:
+    """1077, 1084 (and the reviewer's 1007 on an earlier main), at ``--active 40``: the
+    leader, cut from etcd, moved OPEN -> HALF_OPEN from memory (never stored) and granted a
+    permit while its lease still held; its successor read the OPEN from etcd, decided its
+    own HALF_OPEN of the same generation after its takeover, and granted at once: two
+    probes. A protocol defect, not an artefact: the old leader's lease check was right
+    (it stops TTL - margin after its last renewal was sent), but a successor only waited
+    for HALF_OPENs it found. Fixed: a leader that saw another lead waits the probe TTL
+    plus the timeout before granting for any breaker (``server/engine.py``)."""
+    found = []
+    for seed in (1077, 1084):
+        found += [f"seed {seed}: {v}" for v in simulate(seed, active_secs=40.0).violations if "I3:" in v]
+    assert not found, "\n".join(found)
+
+
 def test_admissions_stay_within_the_limit_while_an_agent_is_cut_off() -> None:
     """73, 379: an agent cut off from every replica spent its last lease while the leader
     leased its part to the others (fixed: unleased spending ends at the horizon the
