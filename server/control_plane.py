@@ -261,13 +261,15 @@ class ControlPlane:
 
     def _on_leadership(self, leading: bool) -> None:
         if leading:
-            self.breakers.took_over()
+            assert self.leadership is not None
+            self.breakers.took_over(after_another=self.leadership.predecessor_seen)
             if self.relay is not None:  # outcomes gathered before this replica knew it leads
                 for key, agent_id, summaries in self.relay.drain():
                     if key is None or self.ledger.first_time(key):
                         self.count_batch(key, agent_id, summaries)
                 self.relay.acks.release_all()  # counted here: this replica's ledger has them
         else:
+            self.breakers.stepped_down()
             # What this replica holds may be a state the store never had: take the store's
             # again. Decisions not stored stay pending (see writes.StateWriter).
             self.sync.reload()

@@ -124,6 +124,9 @@ class FleetBreakers:
         #: :meth:`took_over`); None: it runs alone, no other replica grants.
         self.lead_check: Callable[[], bool] | None = None
         self._took_over = float("-inf")
+        #: Breakers not CLOSED when this replica took over after another leader: the
+        #: earlier one may have granted permits for them (see :meth:`took_over`).
+        self.open_at_takeover: frozenset[str] = frozenset()
         #: When a HALF_OPEN another replica decided was taken while leading.
         self._adopted: dict[str, float] = {}
         self.change_listeners: list[ChangeListener] = []
@@ -353,12 +356,29 @@ class FleetBreakers:
             self._transitioned(move)
         return move
 
-    def took_over(self) -> None:
+    def took_over(self, *, after_another: bool = False) -> None:
         """This replica has begun to lead. The permits an earlier leader granted live in
         its memory only, and a probe under one may run until the permit's TTL plus the
         policy's timeout: until that much time has passed no permit is granted here, so
-        the fleet never runs more than ``success_threshold`` probes of one HALF_OPEN."""
+        the fleet never runs more than ``success_threshold`` probes of one HALF_OPEN.
+
+        ``after_another``: another leader may have led just before (this replica saw one,
+        or led itself before). Its HALF_OPEN may never have reached etcd (it decided it
+        from memory while cut off, granting while its lease held), so this leader's own
+        HALF_OPEN of the same breaker, decided from the OPEN etcd holds, would run probes
+        beside the earlier one's: then no breaker that is not CLOSED now gets a permit
+        until that time is over."""
         self._took_over = self._clock()
+        self.open_at_takeover = frozenset(
+            name for name, b in self._breakers.items() if after_another and b.state is not BreakerState.CLOSED
+        )
+
+    def stepped_down(self) -> None:
+        """This replica no longer leads: the permits it holds were its own grants, which
+        its next term waits out (``took_over(after_another=True)``); a follower does not
+        tick, so kept here they would never expire."""
+        for breaker in self._breakers.values():
+            breaker.clear_permits()
 
     def forget(self, name: str) -> None:
         """Drop a breaker from memory (an idle one no policy names); a later report
@@ -425,6 +445,8 @@ class FleetBreakers:
         hold = self.probe_ttl + breaker.policy.timeout_secs
         if self.lead_check is not None and not self.lead_check():
             return None  # a deposed leader that does not know it yet grants nothing
+        if breaker.name in self.open_at_takeover and now < self._took_over + hold:
+            return None  # an earlier leader's permits, of a HALF_OPEN etcd never had, may be in use
         since = max(self._took_over, self._adopted.get(breaker.name, float("-inf")))
         if breaker.changed_at <= since and now < since + hold:
             return None  # a HALF_OPEN from before: an earlier leader's permits may be in use

@@ -8,11 +8,12 @@ import asyncio
 import random
 
 from mission_control.client.breaker import BreakerState
+from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.leadership import LEASE_MARGIN_SECS, Leadership
 
 from ..sim_fleet import vloop
 from ..sim_fleet.memstore import MemEtcd, MemStore
-from .test_probe_permits import HOLD, SERVICE, engine, half_open
+from .test_probe_permits import HOLD, POLICY, SERVICE, engine, half_open
 
 
 def test_a_new_leader_grants_for_a_half_open_from_before_only_once_earlier_permits_are_over() -> None:
@@ -38,6 +39,26 @@ def test_a_half_open_the_new_leader_decides_itself_grants_at_once() -> None:
     fleet.lead_check = lambda: True
     fleet.took_over()
     half_open(fleet, clock)  # OPEN and HALF_OPEN decided here, after the takeover
+    assert fleet.request_probe("a", SERVICE) is not None
+
+
+def test_after_another_leader_even_its_own_half_open_waits_for_earlier_permits() -> None:
+    """Seeds 1007, 1077 at ``--active 40``: the old leader, cut from etcd, decided a
+    HALF_OPEN from memory and granted while its lease held; the new one decided its own
+    HALF_OPEN from the OPEN etcd had (same generation) and granted beside it."""
+    fleet, clock, _ = engine()
+    fleet.lead_check = lambda: True
+    fleet.record("a", pb.OutcomeSummary(service=SERVICE, failures=2, trailing_failures=2))
+    assert fleet.get(SERVICE).state is BreakerState.OPEN  # as etcd has it
+    took_over = clock.now = clock.now + POLICY.wait_duration_secs - 0.5
+    fleet.took_over(after_another=True)
+    clock.now += 0.5
+    fleet.tick()
+    assert fleet.get(SERVICE).state is BreakerState.HALF_OPEN  # decided here, after the takeover
+    assert fleet.request_probe("a", SERVICE) is None
+    clock.now = took_over + HOLD - 0.01
+    assert fleet.request_probe("a", SERVICE) is None
+    clock.now += 0.02
     assert fleet.request_probe("a", SERVICE) is not None
 
 
@@ -90,3 +111,13 @@ def test_the_lease_is_known_valid_only_until_a_ttl_after_the_last_renewal_was_se
         running.cancel()
 
     vloop.run(main())
+
+
+def test_a_replica_that_steps_down_drops_its_permits() -> None:
+    """1084 at ``--active 40``: a deposed leader kept a relayed grant past its hold (a
+    follower does not tick); its next term waits its grants out instead."""
+    fleet, clock, _ = engine()
+    half_open(fleet, clock)
+    assert fleet.request_probe("a", SERVICE) is not None
+    fleet.stepped_down()
+    assert not fleet.get(SERVICE).permits_of("a")

@@ -197,7 +197,9 @@ class ProbeWatch:
             replica = agent.replica
             assert replica is not None
             took_over = self.leader_since
-            if breaker.changed_at <= took_over:  # the permits of a leader before may be in use
+            # the permits of a leader before may be in use: of this HALF_OPEN, or of one of
+            # its own that etcd never had (of a breaker not CLOSED at the takeover)
+            if breaker.changed_at <= took_over or service in leader.plane.breakers.open_at_takeover:
                 took_over += PROBE_TTL_SECS + breaker.policy.timeout_secs
             start = max(
                 since,
