@@ -32,7 +32,7 @@ def _check(result, code):  # type: ignore[no-untyped-def]
         assert 0.0 <= result.retry_after <= 86400.0
 
 
-@settings(max_examples=EXAMPLES, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=4096), st.sampled_from(CODES))
 def test_random_bytes(data: bytes, code: grpc.StatusCode) -> None:
     _check(read_status(code, "m", data), code)
@@ -47,7 +47,7 @@ def mutated(draw: st.DrawFn) -> bytes:
     return bytes(base)
 
 
-@settings(max_examples=EXAMPLES)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(mutated(), st.sampled_from(CODES))
 def test_bit_flips_of_a_valid_status(data: bytes, code: grpc.StatusCode) -> None:
     _check(read_status(code, "m", data), code)
@@ -87,7 +87,7 @@ def hostile_details(draw: st.DrawFn) -> bytes:
     return status.SerializeToString()
 
 
-@settings(max_examples=EXAMPLES, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(hostile_details(), st.sampled_from(CODES))
 def test_well_formed_but_hostile(data: bytes, code: grpc.StatusCode) -> None:
     _check(read_status(code, "m", data), code)
