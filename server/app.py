@@ -176,8 +176,9 @@ def server_options(limits: Limits) -> list[tuple[str, Any]]:
         # twice that rate (a stricter policy ends their connection with too_many_pings)
         ("grpc.http2.min_ping_interval_without_data_ms", PEER_PING_SECS * 1000 // 2),
         ("grpc.keepalive_permit_without_calls", 1),
-        # and the server pings too: a peer whose link stalled (no RST, no FIN) would hold its
-        # stream, and a follower its share of every fleet limit, for ever
+        # and the server pings its peers too (10 s, 5 s to answer). Not enough on its own:
+        # a follower behind a stalled link (no RST, no FIN) was seen to keep its stream,
+        # and its share of a fleet limit, for about a minute with these settings
         ("grpc.keepalive_time_ms", KEEPALIVE_SECS * 1000),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_SECS * 1000),
         ("grpc.http2.max_pings_without_data", 0),
