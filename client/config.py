@@ -246,7 +246,9 @@ def _policy(
     if table is None:
         return None
     before = len(bad)
-    _unknown(table, _POLICY_KEYS, path, bad)
+    _unknown(table, _POLICY_KEYS | {"no_quotas"}, path, bad)
+    if "no_quotas" in table:  # only from a message that also lists quotas (see _message_to_mapping)
+        bad.append((f"{path}no_quotas", "is set while quotas are listed: a policy with no quotas lists none"))
     name = table.get("service", service)
     if service is not None and "service" in table and table["service"] != service:
         bad.append((f"{path}service", f"must match the table name {service!r}"))
@@ -383,7 +385,12 @@ def policy_to_mapping(policy: ServicePolicy, *, with_service: bool = True) -> di
 def _message_to_mapping(message: Message) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for fd, value in message.ListFields():
-        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+        if isinstance(message, policy_pb2.ServicePolicy) and fd.name == "no_quotas":
+            if message.quotas:  # contradicts itself: refused as a bad field
+                out["no_quotas"] = value
+            else:
+                out["quotas"] = []  # cleared, not left to the preset (an empty list is not set)
+        elif fd.message_type is not None and fd.message_type.GetOptions().map_entry:
             out[fd.name] = {k: _message_to_mapping(v) for k, v in value.items()}
         elif fd.message_type is not None and fd.is_repeated:
             out[fd.name] = [_message_to_mapping(v) for v in value]
@@ -417,7 +424,9 @@ def policy_from_proto(
 def policy_to_proto(policy: ServicePolicy) -> policy_pb2.ServicePolicy:
     """The complete message for a policy (every field set)."""
     data = policy_to_mapping(policy)
-    return json_format.ParseDict(data, policy_pb2.ServicePolicy())
+    message = json_format.ParseDict(data, policy_pb2.ServicePolicy())
+    message.no_quotas = not policy.quotas
+    return message
 
 
 def policy_to_json(policy: ServicePolicy) -> str:

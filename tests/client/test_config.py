@@ -13,11 +13,13 @@ from mission_control.client.config import (
     load_config,
     load_config_file,
     policy_from_json,
+    policy_from_proto,
     policy_to_json,
     validate_configuration,
 )
 from mission_control.client.errors import ConfigurationError
 from mission_control.client.policy import Backoff, ServicePolicy, default_policy
+from mission_control.resilience.v1 import policy_pb2
 
 SEED_FILE = Path(__file__).resolve().parents[2] / "config" / "error_handling.toml"
 
@@ -162,3 +164,23 @@ def test_bad_toml_file_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError) as caught:
         load_config_file(bad)
     assert "not valid TOML" in caught.value.message
+
+
+def test_a_policy_that_clears_its_preset_quotas_keeps_none_through_proto_and_json() -> None:
+    """An empty repeated field is "not set" in a message, so a cleared `quotas = []` came
+    back as the service's preset quotas (llm_tokens) once stored or sent."""
+    config = load_config({"service_specific": {"llm_provider": {"quotas": []}}})
+    cleared = config.service_specific["llm_provider"]
+    assert cleared.quotas == () and default_policy("llm_provider").quotas  # the preset has some
+    assert config_from_proto(config_to_proto(config)) == config
+    assert policy_from_json(policy_to_json(cleared), service="llm_provider").quotas == ()
+    preset = load_config({"service_specific": {"llm_provider": {}}}).service_specific["llm_provider"]
+    assert policy_from_json(policy_to_json(preset), service="llm_provider") == preset
+
+
+def test_a_message_that_clears_quotas_and_lists_some_is_refused_with_every_bad_field() -> None:
+    message = policy_pb2.ServicePolicy(service="llm_provider", no_quotas=True, timeout_secs=-1)
+    message.quotas.add(resource="llm_tokens", limit=5, window_secs=1)
+    with pytest.raises(ConfigurationError) as err:
+        policy_from_proto(message)
+    assert {field for field, _ in err.value.violations} == {"no_quotas", "timeout_secs"}
