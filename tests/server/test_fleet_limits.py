@@ -114,7 +114,7 @@ def test_agents_joining_leaving_and_a_control_plane_outage(
     joined = time.time()
     late = second.ask("noop", timeout=60)  # ... and leave again after 5 s
     left = time.time()
-    time.sleep(2.5)
+    time.sleep(3.5)  # their shares come back once a fall in demand held two periods
     plane.kill()  # the control plane goes away while the first five keep calling
     killed = time.time()
     time.sleep(3)
@@ -148,7 +148,7 @@ def test_agents_joining_leaving_and_a_control_plane_outage(
     # five agents alone share the whole limit; ten share it; five again after the others left
     alone = [rate_between(t, began + 1.5, joined) for t in a_times.values()]
     shared = [rate_between(t, joined + 2.0, left) for t in [*a_times.values(), *b_times.values()]]
-    again = [rate_between(t, left + 1.5, killed) for t in a_times.values()]
+    again = [rate_between(t, left + 2.5, killed) for t in a_times.values()]
     assert all(r >= 0.6 * per_second / 5 for r in alone), ("alone", alone)
     assert all(r >= 0.6 * per_second / 10 for r in shared), ("shared", shared)
     assert all(r <= 1.2 * per_second / 5 for r in shared), ("shared", shared)  # nobody kept the old share

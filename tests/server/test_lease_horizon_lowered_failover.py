@@ -22,10 +22,10 @@ from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess
 
-from tests.server.test_lease_horizon_processes import worst_window
 from tests.support.etcd import etcdctl
 from tests.support.polling import poll
 from tests.support.procs import Proc, control_plane
+from tests.support.replicas import worst_window
 from tests.support.tcp_pause import PausableProxy
 
 SERVICE, PERIOD, LIMIT, WINDOW = "lowered", 0.5, 100, 2.0
@@ -167,7 +167,7 @@ def test_a_replica_started_after_a_lowering_keeps_the_old_horizon_when_it_takes_
         results[name] = json.loads(proc.wait_for('{"admitted"', timeout=30))
 
     admitted = [t for got in results.values() for t in got["admitted"]]
-    worst = worst_window(admitted)
+    worst = worst_window(admitted, WINDOW)
     per_second = {
         name: [sum(1 for t in got["admitted"] if int(t - cut_at) == s) for s in range(int(OLD) + 4)]
         for name, got in results.items()
