@@ -109,15 +109,13 @@ class AsyncWriteSpool(SpoolCore):
                 await self._wait_for_drain()
             if len(self.journal):
                 return await self._keep(write_id, payload, "earlier writes are waiting in the spool", None)
-        attempts = WriteAttempts()
-        try:
-            with writing(write_id), tracking(attempts):
-                return await self._call(args, kwargs)
-        except Exception as exc:
-            if not self._spools(exc, attempts):
-                raise
-            async with self._changed:
+        changed = self._changed
+
+        async def keep(exc: Exception) -> Any:
+            async with changed:
                 return await self._keep(write_id, payload, str(exc), exc)
+
+        return await self._make_now(write_id, args, kwargs, keep)
 
     async def _write_unkept(self, write_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A closed spool keeps nothing (another process may own its directory now): as a
@@ -125,6 +123,20 @@ class AsyncWriteSpool(SpoolCore):
         ``ResourceExhausted`` (never a receipt) when it waits or fails."""
         if len(self.journal):
             raise self._refused(self._broken_error(), "earlier writes are waiting in the spool")
+
+        async def refuse(exc: Exception) -> Any:
+            raise self._refused(self._broken_error(), str(exc)) from exc
+
+        return await self._make_now(write_id, args, kwargs, refuse)
+
+    async def _make_now(
+        self,
+        write_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        failed: Callable[[Exception], Awaitable[Any]],
+    ) -> Any:
+        """The write made now; a failure the spool would keep goes to ``failed``."""
         attempts = WriteAttempts()
         try:
             with writing(write_id), tracking(attempts):
@@ -132,7 +144,7 @@ class AsyncWriteSpool(SpoolCore):
         except Exception as exc:
             if not self._spools(exc, attempts):
                 raise
-            raise self._refused(self._broken_error(), str(exc)) from exc
+            return await failed(exc)
 
     async def _wait_for_drain(self) -> None:
         """As the sync spool: wait (up to the policy's timeout) for the replay to empty the
