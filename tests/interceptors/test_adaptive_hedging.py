@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from concurrent import futures
 
 import grpc
 import pytest
@@ -17,6 +16,7 @@ from mission_control.client.policy import Hedging, RetryBudget, ServicePolicy
 from tests.support import echo_pb2 as pb
 from tests.support import echo_pb2_grpc as pb_grpc
 from tests.support.channels import PATHS, aio_channel, sync_channel
+from tests.support.upstream import serving
 
 #: A fixed delay past every call's deadline: a hung call ends well only by an adaptive hedge.
 ADAPTIVE = Hedging(max_attempts=2, delay_secs=60, delay_percentile=95, max_extra_ratio=0.25)
@@ -57,15 +57,11 @@ class Hanging(pb_grpc.EchoServiceServicer):
 @pytest.fixture
 def hanging() -> Iterator[tuple[Hanging, str]]:
     servicer = Hanging()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))
-    pb_grpc.add_EchoServiceServicer_to_server(servicer, server)
-    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
-    server.start()
-    try:
-        yield servicer, address
-    finally:
-        servicer.released.set()
-        server.stop(0)
+    with serving(servicer, workers=64) as address:
+        try:
+            yield servicer, address
+        finally:
+            servicer.released.set()
 
 
 def texts() -> list[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from concurrent import futures
 
 import grpc
 import pytest
@@ -17,6 +16,7 @@ from mission_control.client.policy import Hedging, RetryBudget, ServicePolicy
 from tests.support import echo_pb2 as pb
 from tests.support import echo_pb2_grpc as pb_grpc
 from tests.support.channels import PATHS, aio_channel, sync_channel
+from tests.support.upstream import serving
 
 POLICY = ServicePolicy(
     service="echo",
@@ -70,15 +70,11 @@ class SlowThenRefused(pb_grpc.EchoServiceServicer):
 @pytest.fixture
 def upstream() -> Iterator[tuple[SlowThenRefused, str]]:
     servicer = SlowThenRefused()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    pb_grpc.add_EchoServiceServicer_to_server(servicer, server)
-    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
-    server.start()
-    try:
-        yield servicer, address
-    finally:
-        servicer.refused.set()
-        server.stop(0)
+    with serving(servicer) as address:
+        try:
+            yield servicer, address
+        finally:
+            servicer.refused.set()
 
 
 def agent(servicer: SlowThenRefused, policy: ServicePolicy) -> MissionControl:

@@ -6,9 +6,11 @@ In-process: ``with Upstream("llm-primary") as up: up.address``. As its own proce
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
@@ -145,3 +147,16 @@ if __name__ == "__main__":
     upstream.server.start()
     print(f"PORT {upstream.port}", flush=True)
     upstream.server.wait_for_termination()
+
+
+@contextlib.contextmanager
+def serving(servicer: pb_grpc.EchoServiceServicer, workers: int = 8) -> Iterator[str]:
+    """``servicer`` served on a free loopback port (in this process); yields its address."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    pb_grpc.add_EchoServiceServicer_to_server(servicer, server)
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    server.start()
+    try:
+        yield address
+    finally:
+        server.stop(0)
