@@ -22,7 +22,7 @@ from mission_control.server.etcd_process import EtcdProcess, EtcdUnavailable, fr
 
 from tests.support.certs import Authority
 from tests.support.etcd import etcdctl
-from tests.support.procs import ROOT, Proc, control_plane
+from tests.support.procs import ROOT, Proc, as_at_a_terminal, control_plane
 
 CLI = [sys.executable, "-m", "mission_control.server.cli"]
 
@@ -173,19 +173,6 @@ def test_ctrl_c_while_etcd_starts_stops_it(tmp_path: Path) -> None:
     assert poll(lambda: not Path(f"/proc/{pid}").exists() or "zombie" in _state(pid))
 
 
-def _as_at_a_terminal(argv: list[str]) -> list[str]:
-    """`argv` started as at a terminal, where Ctrl-C reaches it.
-
-    A test run started in the background (`make test &`) inherits SIGINT ignored, and so would
-    the command. The default handler comes back in a small exec step rather than a
-    `preexec_fn`: that makes subprocess fork instead of vfork, and grpc's fork handler then
-    restarts its poller in the child, which can print an epoll error onto the command's stderr
-    before it runs.
-    """
-    reset = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-    return [sys.executable, "-c", reset + "os.execv(sys.argv[1], sys.argv[1:])", *argv]
-
-
 def test_ctrl_c_while_importing_is_one_line(tmp_path: Path) -> None:
     """The console command, interrupted while Python imports its modules (most of a second)."""
     importing = tmp_path / "importing"
@@ -196,7 +183,7 @@ def test_ctrl_c_while_importing_is_one_line(tmp_path: Path) -> None:
     )
     command = Path(sys.executable).parent / "mission-control"
     proc = subprocess.Popen(
-        _as_at_a_terminal([str(command), "serve", "--state-dir", str(tmp_path / "state")]),
+        as_at_a_terminal([str(command), "serve", "--state-dir", str(tmp_path / "state")]),
         env={**os.environ, "PYTHONPATH": str(slow.parent)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -215,7 +202,7 @@ def test_ctrl_c_while_importing_is_one_line(tmp_path: Path) -> None:
 def test_ctrl_c_during_demo_stops_it_in_one_line(tmp_path: Path) -> None:
     # a terminal's Ctrl-C goes to its whole foreground process group
     proc = subprocess.Popen(
-        _as_at_a_terminal([*CLI, "demo", "--duration", "60"]),
+        as_at_a_terminal([*CLI, "demo", "--duration", "60"]),
         cwd=ROOT,
         env={**os.environ, "TMPDIR": str(tmp_path)},  # its folder, named in its parts' arguments
         stdout=subprocess.PIPE,

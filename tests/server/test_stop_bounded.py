@@ -16,7 +16,7 @@ from mission_control.server.shutdown import STOP_BOUND_SECS
 
 from tests.support.etcd import etcdctl, start_etcd
 from tests.support.polling import poll
-from tests.support.procs import ROOT, Proc, control_plane
+from tests.support.procs import ROOT, Proc, as_at_a_terminal, control_plane
 
 PREFIX = "/stop-bounded"
 
@@ -60,10 +60,6 @@ def _has_socket(pid: int) -> bool:
         return False
 
 
-def _as_at_a_terminal() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background test run ignores SIGINT
-
-
 @pytest.mark.timeout(180)
 def test_ctrl_c_during_config_import_against_a_paused_etcd_says_so(
     tmp_path: Path, spawned: list[Proc]
@@ -77,18 +73,19 @@ def test_ctrl_c_during_config_import_against_a_paused_etcd_says_so(
         try:
             command = [str(Path(sys.executable).parent / "mission-control"), "config", "import"]
             cli = subprocess.Popen(
-                [
-                    *command,
-                    str(ROOT / "config" / "error_handling.toml"),
-                    "--server",
-                    address,
-                    "--reason",
-                    "r",
-                ],
+                as_at_a_terminal(
+                    [
+                        *command,
+                        str(ROOT / "config" / "error_handling.toml"),
+                        "--server",
+                        address,
+                        "--reason",
+                        "r",
+                    ]
+                ),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
-                preexec_fn=_as_at_a_terminal,
             )
             poll(lambda: _has_socket(cli.pid) or cli.poll() is not None, timeout=60)
             cli.send_signal(signal.SIGINT)

@@ -11,6 +11,19 @@ from mission_control.server.proc import Child
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def as_at_a_terminal(argv: Sequence[str]) -> list[str]:
+    """`argv` started as at a terminal, where Ctrl-C reaches it.
+
+    A test run started in the background (`make test &`) inherits SIGINT ignored, and so would
+    the command. The default handler comes back in a small exec step rather than a
+    `preexec_fn`: that makes subprocess fork instead of vfork, and grpc's fork handler then
+    restarts its poller in the child, which can print an epoll error onto the command's stderr
+    (or abort it) before it runs.
+    """
+    reset = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    return [sys.executable, "-c", reset + "os.execv(sys.argv[1], sys.argv[1:])", *argv]
+
+
 class Proc(Child):
     """A child process of a test (see mission_control.server.proc.Child), started from the
     repository root."""
