@@ -5,8 +5,8 @@
 "old": the agent sends no instance id in its hello (as agents did before instances).
 Prints {"ready": .., "instance": ..} once connected. Commands: ``pace RATE`` (start calling
 RATE times a second, in a thread, until ``counts``), ``counts`` (stop calling; answers
-{"admitted": n, "leased": n admitted under a lease, "attempted": n}), ``quit`` (closes,
-saying goodbye).
+{"admitted": n, "leased": n admitted under a lease, "attempted": n}), ``peek`` (the same
+counts so far, calling on), ``quit`` (closes, saying goodbye).
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ def main() -> None:
             counts = pacer.stop() if pacer is not None else {}
             pacer = None
             print(json.dumps(counts), flush=True)
+        elif words[:1] == ["peek"]:  # the counts so far; the pacing goes on
+            print(json.dumps(dict(pacer.counts) if pacer is not None else {}), flush=True)
         elif words[:1] == ["quit"]:
             break
     if pacer is not None:
