@@ -10,6 +10,7 @@ come and go and leaders change:
 * periods are numbered by their start in milliseconds on the wall clock, so every leader
   cuts time the same way and a new one continues the numbering; leases carry the leader's
   epoch, and agents only move forward in (epoch, period); the running one is never leased;
+  within an epoch the numbering never goes back, whatever the wall clock does (:mod:`.capacity_grid`);
 * an agent without a lease spends its last one for at most the policy's
   ``unleased_secs``: what it may spend is kept out of the split (:mod:`.capacity_aside`)
   while it may be cut off, or, for a new leader, not back yet; a holder whose lease shrinks
@@ -33,6 +34,7 @@ from mission_control.client.policy import UNLEASED_SECS, ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .capacity_aside import LeaderTerm
+from .capacity_grid import PeriodGrid
 from .capacity_split import ASKED_PERIODS, asked_now, late_shrinks, per_agent_share, whole_units
 from .capacity_state import Holder, LeasedLimit
 from .lease_epoch import RECORD_AHEAD_SECS
@@ -88,6 +90,7 @@ class CapacityLeaser:
         self.on_leased = on_leased
         self.recorded_horizon = recorded_horizon
         self.term = LeaderTerm(clock, leased_before)
+        self.grid = PeriodGrid(clock, wall)
         self.limits: dict[tuple[str, str], LeasedLimit] = {}
         #: (limit, holder, units, the lease's other fields): made, not sent yet
         self._outbox: deque[tuple[LeasedLimit, str, float, pb.CapacityLease]] = deque()
@@ -208,8 +211,8 @@ class CapacityLeaser:
     def tick(self, *, send: bool = True) -> None:
         """Lease the next period of every limit once the running one is half over (and
         send the leases, unless ``send`` is False: :meth:`send_queued` sends them then)."""
-        now, wall = self.clock(), self.wall()
-        epoch = self.epoch()
+        now, epoch = self.clock(), self.epoch()
+        wall = self.grid.now(epoch)
         if epoch != self.term.epoch:  # leading anew: agents may be spending safe shares
             self.term.begin(epoch, self.earlier_until(), wall, self.limits.values())
         for limit in list(self.limits.values()):

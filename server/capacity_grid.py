@@ -1,0 +1,46 @@
+"""The time a leader numbers its lease periods by: the wall clock, so that every leader
+cuts time the same way, except that within one leader epoch it never goes back.
+
+Agents drop a lease numbered below the period they are in (they only move forward in
+(epoch, period)), so a leader whose wall clock stepped back by D within its term would lease
+periods every agent drops, and lease none it keeps, for D seconds (or, with a lease period
+already given out ahead, not at all until the wall clock is past it again). Within an epoch
+the grid therefore advances by at least the monotonic time that passed: a step back leaves
+it ahead of the wall clock by the step, for the rest of the term; a step forward moves it
+forward with the wall clock (agents follow a lease further ahead). A new epoch starts on the
+wall clock again: agents take a newer epoch's numbering as a new start.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+__all__ = ["PeriodGrid"]
+
+
+class PeriodGrid:
+    """Wall seconds for the period grid, monotonic within one leader epoch.
+
+    Args:
+        clock: monotonic seconds.
+        wall: epoch seconds.
+    """
+
+    def __init__(self, clock: Callable[[], float], wall: Callable[[], float]) -> None:
+        self.clock = clock
+        self.wall = wall
+        self._epoch: int | None = None
+        self._mono = 0.0
+        self._grid = -math.inf
+
+    def now(self, epoch: int) -> float:
+        """The grid's time now for a leader of ``epoch``: never below what it said before
+        in this epoch plus the monotonic time since, nor below the wall clock."""
+        mono, wall = self.clock(), self.wall()
+        if epoch != self._epoch:
+            self._epoch, grid = epoch, wall
+        else:
+            grid = max(wall, self._grid + max(0.0, mono - self._mono))
+        self._mono, self._grid = mono, grid
+        return grid
