@@ -3,7 +3,8 @@
 Layout of the directory (the formats in client/journal_format.py):
 
 * ``segment-<first seq>.log``: records ``magic | length | crc32 | seq | payload``, the
-  CRC over ``seq | payload``; a new segment starts when the current one passes its size.
+  CRC over ``seq | payload``; a new segment starts when the current one passes its size
+  (client/journal_segments.py).
 * ``done.log``: every record up to its mark was handled (client/journal_done.py). Records
   are handled in order, so the highest good mark says everything.
 * ``held.log`` and ``held-<seq>.log``: records handled by being set aside, not made: kept
@@ -33,24 +34,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .journal_done import DoneLog
-from .journal_format import (
-    MAX_RECORD,
-    JournalBroken,
-    JournalFull,
-    JournalLocked,
-    Record,
-    fsync_dir,
-    names,
-    open_directory,
-    open_regular,
-    refusal,
-    write_whole,
-)
+from .journal_format import MAX_RECORD, JournalBroken, JournalFull, JournalLocked, Record, open_directory
 from .journal_format import done_mark as _done_mark  # noqa: F401  (its name here before the split)
 from .journal_format import encode as _encode
 from .journal_held import HeldRecords
 from .journal_open import count_corrupt, read_segments
 from .journal_read import read_records as _read_records
+from .journal_segments import Segments
 
 __all__ = ["MAX_RECORD", "Journal", "JournalBroken", "JournalFull", "JournalLocked", "Record"]
 
@@ -82,10 +72,9 @@ class Journal:
         self._pending: list[Record] = []
         # Held by every method that writes, closes or deletes a file, or changes the lists.
         self._mutex = threading.RLock()
-        self._segments: list[tuple[Path, int]] = []  # (file, last seq in it)
+        self._segments = Segments(self.directory, segment_bytes)
         #: Records not done that could not be read when the journal was opened (skipped).
         self.corrupt = 0
-        self._fd: int | None = None
         self._held = HeldRecords(self.directory)
         self._marks = DoneLog(self.directory)
         self.next_seq = 1  # read from the files by read()
@@ -111,7 +100,7 @@ class Journal:
         try:
             self._recover()
         except (OSError, JournalBroken) as exc:
-            self._pending, self._segments, self._marks.seq, self.next_seq = [], [], 0, 1
+            self._pending, self._segments.files, self._marks.seq, self.next_seq = [], [], 0, 1
             self.broken = f"its files could not be read ({exc}); they are left as they are"
             _log.error("journal %s: %s", self.directory, self.broken)
         finally:
@@ -135,10 +124,10 @@ class Journal:
         done = self._marks.read()
         # this module's name for the reader, looked up at each open (tests replace it)
         found = read_segments(self.directory, done, _read_records)
-        self._pending, self._segments, self.next_seq = found.pending, found.segments, found.next_seq
+        self._pending, self._segments.files, self.next_seq = found.pending, found.segments, found.next_seq
         self._marks.settle()
         self.corrupt = count_corrupt(self.directory, done, self._pending)
-        self._forget_done_segments()
+        self._segments.forget_done(self.done)
 
     # -- reading -------------------------------------------------------------------
 
@@ -185,8 +174,6 @@ class Journal:
         self._write_record(seq, _encode(seq, payload))
         self.next_seq = seq + 1
         self._pending.append(Record(seq, payload))
-        path, _ = self._segments[-1]
-        self._segments[-1] = (path, seq)
         return seq
 
     def _write_record(self, seq: int, record: bytes) -> None:
@@ -194,42 +181,9 @@ class Journal:
         if self.broken:
             raise JournalBroken(f"spool {self.directory} is broken: {self.broken}")
         try:
-            fd = self._segment_for(seq)
-            start = os.fstat(fd).st_size
-        except OSError as exc:
-            raise refusal(self.directory, exc) from exc
-        try:
-            write_whole(fd, record)
-            os.fsync(fd)
-            if not names(self._segments[-1][0], fd):  # by identity: a held link keeps its link count
-                self.broken = f"its segment {self._segments[-1][0].name} was deleted"
-                raise JournalBroken(f"spool {self.directory} is broken: {self.broken}")
-        except OSError as exc:
-            self._roll_back(fd, start)
-            raise refusal(self.directory, exc) from exc
-
-    def _roll_back(self, fd: int, start: int) -> None:
-        """Cut a failed record off, so that the next one follows the last whole one."""
-        try:
-            os.ftruncate(fd, start)
-            os.fsync(fd)
-        except OSError as exc:
-            # Records appended after a torn one would be cut with it when the journal is opened.
-            self.broken = f"a torn record could not be removed ({exc})"
-
-    def _segment_for(self, seq: int) -> int:
-        if self._fd is not None and os.fstat(self._fd).st_size < self.segment_bytes:
-            return self._fd
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        path = self.directory / f"segment-{seq:020d}.log"
-        fd = open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        if not self._segments or self._segments[-1][0] != path:
-            self._segments.append((path, seq - 1))
-        self._fd = fd
-        fsync_dir(self.directory)  # the new file's name survives a crash
-        return fd
+            self._segments.write(seq, record)
+        finally:
+            self.broken = self.broken or self._segments.broken
 
     def hold(self, record: Record) -> bool:
         """Set ``record`` aside (fsync'd when this returns; on a full disk, in place: see
@@ -241,7 +195,7 @@ class Journal:
         """
         with self._mutex:
             self._check_open()
-            return self._held.hold(self._segments, record)
+            return self._held.hold(self._segments.files, record)
 
     def held(self) -> list[Record]:
         """The records set aside by :meth:`hold`, in order, each once (read from the
@@ -287,21 +241,9 @@ class Journal:
     def _synced(self) -> None:
         """The marks are on disk: segments all done can go; when every record is done,
         the one being appended too, so an empty spool gives its disk space back."""
-        if not self._pending and self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        self._forget_done_segments()
-
-    def _forget_done_segments(self) -> None:
-        """Delete segments every record of which is done (never the one being appended)."""
-        current = self._segments[-1][0] if self._segments and getattr(self, "_fd", None) else None
-        keep = []
-        for path, last in self._segments:
-            if last <= self.done and path != current:
-                path.unlink(missing_ok=True)
-            else:
-                keep.append((path, last))
-        self._segments = keep
+        if not self._pending:
+            self._segments.close()
+        self._segments.forget_done(self.done)
 
     def _check_open(self) -> None:
         if self._lock_fd < 0:
@@ -318,9 +260,7 @@ class Journal:
                 self.sync_done()
             except OSError:  # a mark not synced is made again after a power loss, not lost
                 _log.exception("journal %s: the done marks could not be synced", self.directory)
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+            self._segments.close()
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = -1
             self.broken = "it was closed (its directory may belong to another process now)"

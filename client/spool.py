@@ -143,14 +143,15 @@ class WriteSpool(SpoolCore):
     def _replay(self, batch: tuple[Record, ...]) -> None:
         outcomes = self._make_all(batch)
         with self._lock:
-            failed = self._made_now(batch, outcomes)
+            after = self._made_now(batch, outcomes)
         self._finish()
-        if failed:
+        if after.failed:
             with self._lock:
                 self._replay_failures += 1  # the service is failing again: stop holding writes
                 self._drained.notify_all()
             self._sync_marks()
-            self._stop.wait(self._pause)
+        if after.pause:
+            self._stop.wait(after.pause)
 
     def _make_all(self, batch: tuple[Record, ...]) -> list[ReplayOutcome]:
         if len(batch) == 1:

@@ -214,14 +214,15 @@ class AsyncWriteSpool(SpoolCore):
     async def _replay(self, batch: tuple[Record, ...]) -> None:
         assert self._changed is not None
         outcomes = await asyncio.gather(*(self._make(record) for record in batch))
-        failed = self._made_now(batch, outcomes)
+        after = self._made_now(batch, outcomes)
         await self._finish()
-        if failed:
+        if after.failed:
             async with self._changed:
                 self._replay_failures += 1  # the service is failing again: stop holding writes
                 self._changed.notify_all()
             await self._on_disk(self._sync_marks)
-            await asyncio.sleep(self._pause)
+        if after.pause:
+            await asyncio.sleep(after.pause)
 
     async def _finish(self) -> None:
         """Mark done (off the loop) and count the writes made."""

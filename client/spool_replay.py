@@ -11,11 +11,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .errors import CircuitBreakerOpen
 from .journal import Journal, Record
 from .outcomes import Counts, Outcomes, classify
 from .spool_writes import decode_write
 
-__all__ = ["SYNC_MARKS_EVERY", "ReplayCore", "ReplayOutcome", "ReplayStep", "WriteTarget", "replay_outcome"]
+__all__ = [
+    "LOOK_AGAIN_SECS",
+    "SYNC_MARKS_EVERY",
+    "ReplayCore",
+    "ReplayOutcome",
+    "ReplayStep",
+    "WriteTarget",
+    "replay_outcome",
+]
 
 _log = logging.getLogger("mission_control.client.spool")
 
@@ -27,10 +36,18 @@ SYNC_MARKS_EVERY = 32
 #: The longest wait of a replayer between tries after a disk operation failed.
 MAX_REPLAY_BACKOFF = 5.0
 
+#: How soon the replayer looks again at a breaker that refuses its writes while the
+#: service may already serve: an OPEN (a recovery check may end it long before its wait),
+#: or a HALF_OPEN that has not given this agent a probe permit yet (asked for at the
+#: refusal; the control plane answers within a round trip).
+LOOK_AGAIN_SECS = 0.05
+
 #: What one replay of a spooled write came to: "replayed" (made), "dropped" (it can never
 #: be made), "held" (set aside in ``held.log``: the function now decorated cannot take its
-#: arguments), or None: the service failed it, and it is tried again later.
-ReplayOutcome = Literal["replayed", "dropped", "held"] | None
+#: arguments), "refused" (the breaker let no probe through yet, though it is not OPEN: tried
+#: again soon, and not a failure of the service), or None: the service failed it, and it is
+#: tried again later.
+ReplayOutcome = Literal["replayed", "dropped", "held", "refused"] | None
 
 
 def replay_outcome(error: Exception | None, service_failed: Callable[[Exception], bool]) -> ReplayOutcome:
@@ -53,6 +70,15 @@ class WriteTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplayAfter:
+    """What follows a replay: ``failed`` (the service failed a write: the writes waiting
+    for the spool to drain stop waiting) and the ``pause`` before the next replay."""
+
+    failed: bool
+    pause: float
+
+
+@dataclass(frozen=True, slots=True)
 class ReplayStep:
     """What the replayer does next: ``settle`` (mark done the writes made: before anything
     else, so none is made twice), ``idle`` (nothing waits: until woken), ``wait``
@@ -72,6 +98,7 @@ class ReplayCore:
     replayed: int
     dropped: int
     _open_for: Callable[[], float]
+    _pause: float
     _count: Callable[[int, int, int, int], None]
     _outcomes: Outcomes
     _target: WriteTarget
@@ -90,14 +117,15 @@ class ReplayCore:
             return ReplayStep("idle")
         wait = self._open_for()
         if wait > 0:
-            return ReplayStep("wait", seconds=min(wait, 1.0))
+            return ReplayStep("wait", seconds=min(wait, LOOK_AGAIN_SECS))
         return ReplayStep("make", batch=tuple(batch))
 
-    def _made_now(self, batch: Sequence[Record], outcomes: Sequence[ReplayOutcome]) -> bool:
-        """Note what the replays of ``batch`` came to; True when the service failed one
-        (it is tried again later)."""
-        self._made.update((r.seq, o) for r, o in zip(batch, outcomes, strict=True) if o)
-        return None in outcomes
+    def _made_now(self, batch: Sequence[Record], outcomes: Sequence[ReplayOutcome]) -> ReplayAfter:
+        """Note what the replays of ``batch`` came to, and what the replayer does next."""
+        self._made.update((r.seq, o) for r, o in zip(batch, outcomes, strict=True) if o and o != "refused")
+        if None in outcomes:
+            return ReplayAfter(failed=True, pause=self._pause)
+        return ReplayAfter(failed=False, pause=LOOK_AGAIN_SECS if "refused" in outcomes else 0.0)
 
     def _replay_error(self, backoff: float) -> float:
         """Log a replay step that failed (a disk operation: the replayer must outlive it;
@@ -192,7 +220,10 @@ class ReplayCore:
 
     def _replayed(self, record: Record, error: Exception | None) -> ReplayOutcome:
         """The outcome of replaying ``record`` (see :func:`replay_outcome`), logged when the
-        write is dropped or held."""
+        write is dropped or held. A refusal of a breaker that is not OPEN (a HALF_OPEN whose
+        probe permit this agent was not given yet) is "refused": the service did not fail."""
+        if isinstance(error, CircuitBreakerOpen) and self._open_for() <= 0:
+            return "refused"
         outcome = replay_outcome(error, self._service_failed)
         if outcome == "dropped":
             self._dropping(record.seq, f"the write failed with the caller's error {error!r}")
