@@ -28,7 +28,7 @@ from .common import median, percentile
 #: Streams of each variant per client process.
 PER_PROCESS = 2500
 #: The variants measured by default (bench/push_floor_server.py has more).
-KINDS = ("floor", "ours")
+KINDS = ("floor", "ours", "ours_before")
 
 
 def _end(proc: Proc) -> None:

@@ -2,20 +2,25 @@
 
     python -m bench.push_floor_server
 
-Prints ``PORTS floor ours`` once serving. Both hold server-streaming calls open:
+Prints ``PORTS FLOOR_PORT OURS_PORT`` once serving. Both hold server-streaming calls open,
+a set of streams per variant:
 
-- **floor** (``/bench.Floor/Push``): a bare handler per stream that awaits one future shared
+- **floor** (``/bench.Floor/floor``): a bare handler per stream that awaits one future shared
   by every stream and yields the bytes it was given (the response serializer passes bytes
   through: serialised once for all). No per-stream Python work but the wake and the write.
-- **ours** (``/bench.Hub/Connect``, request: an AgentHello): the control plane's push path:
+  ``floor_write``: the same with ``await context.write(...)`` instead of ``yield``.
+- **ours** (``/bench.Hub/ours``, request: an AgentHello): the control plane's push path:
   a real :class:`Hub` holding a :class:`Subscriber` per stream, ``Hub.broadcast`` of one
-  ``ConnectResponse``, each stream's handler the Connect servicer's own send loop, served
-  through the control plane's aio interceptor and with its server options.
+  ``ConnectResponse``, each stream's handler the Connect servicer's own send loop and
+  Connect's serializer (:class:`SerializeOnce`), served through the control plane's aio
+  interceptor and with its server options. ``ours_before``: serialised once per stream, as
+  before; ``ours_write``: ``await context.write(...)`` instead of ``yield``.
 
-Commands on stdin, one JSON line back each: ``streams``; ``push floor|ours ROUND`` (one
-message to every stream of that variant; answers once the last write is done, or after 60 s);
-``quit``. A write is done when grpc resumes the handler after its ``yield`` (it took the
-message); the CPU figures run from the push to the last write done.
+Commands on stdin, one JSON line back each: ``streams``; ``push KIND ROUND`` (one message to
+every stream of that variant; answers once the last write is done, or after 60 s); ``quit``.
+A write is issued when grpc serialises it (just before it starts the send), and done when
+grpc resumes the handler after its ``yield`` (the send completed). The CPU figures run from
+the push to the last write issued, and to the last write done.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from mission_control.server.app import server_options
 from mission_control.server.gc_tuning import tune_gc
 from mission_control.server.hub import Hub
 from mission_control.server.inbound import peer_host
+from mission_control.server.serialize_once import SerializeOnce
 from mission_control.server.service import Limits
 
 #: The message pushed: a breaker change, as the control plane sends one.
@@ -88,7 +94,7 @@ class _Round:
 
 #: The variants: floor ones on a bare server, ours on one set up as the control plane's.
 FLOOR = ("floor", "floor_write")
-OURS = ("ours", "ours_write")
+OURS = ("ours", "ours_before", "ours_write")
 KINDS = FLOOR + OURS
 
 
@@ -108,11 +114,17 @@ class PushServer:
             self.round.issue()
         return item
 
-    def serialize(self, item: pb.ConnectResponse) -> bytes:
-        """Connect's serializer (and the write counted as issued)."""
-        if self.round is not None:
-            self.round.issue()
-        return item.SerializeToString()
+    def serializer(self, kind: str) -> Any:
+        """Connect's serializer for a variant (and the write counted as issued): once per
+        message as the control plane serialises, or once per stream as it did before."""
+        once = pb.ConnectResponse.SerializeToString if kind == "ours_before" else SerializeOnce()
+
+        def serialize(item: pb.ConnectResponse) -> bytes:
+            if self.round is not None:
+                self.round.issue()
+            return once(item)
+
+        return serialize
 
     def _wrote(self) -> None:
         if self.round is not None:
@@ -136,18 +148,24 @@ class PushServer:
         finally:
             self.floor_streams["floor_write"] -= 1
 
-    async def ours(self, hello: pb.AgentHello, context: grpc.aio.ServicerContext) -> Any:
-        hub = self.hubs["ours"]
-        sub = hub.connect(hello, peer_host(context.peer() or ""))
-        try:
-            while True:  # the Connect servicer's send loop (server/service.py)
-                item = await sub.next()
-                if item is None:
-                    break
-                yield item
-                self._wrote()
-        finally:
-            hub.disconnect(sub)
+    def ours(self, kind: str) -> Any:
+        """The handler of a variant on a hub: the Connect servicer's send loop
+        (server/service.py)."""
+        hub = self.hubs[kind]
+
+        async def connect(hello: pb.AgentHello, context: grpc.aio.ServicerContext) -> Any:
+            sub = hub.connect(hello, peer_host(context.peer() or ""))
+            try:
+                while True:
+                    item = await sub.next()
+                    if item is None:
+                        break
+                    yield item
+                    self._wrote()
+            finally:
+                hub.disconnect(sub)
+
+        return connect
 
     async def ours_write(self, hello: pb.AgentHello, context: grpc.aio.ServicerContext) -> None:
         hub = self.hubs["ours_write"]
@@ -190,9 +208,9 @@ async def _servers(push: PushServer) -> tuple[list[grpc.aio.Server], list[int]]:
     ours = grpc.aio.server(interceptors=[aio_server_interceptor(agent="mission-control")], options=options)
     ours.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Hub", {
         kind: grpc.unary_stream_rpc_method_handler(
-            getattr(push, kind),
+            push.ours_write if kind == "ours_write" else push.ours(kind),
             request_deserializer=pb.AgentHello.FromString,
-            response_serializer=push.serialize,
+            response_serializer=push.serializer(kind),
         )
         for kind in OURS
     })])  # fmt: skip
