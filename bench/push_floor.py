@@ -59,8 +59,22 @@ def _pushes(server: Proc, rounds: int, kinds: tuple[str, ...]) -> list[dict[str,
                 server.ask(f"push {kind} {round_id}", timeout=90) | {"round": round_id, "warm": r == 0}
             )
             time.sleep(0.5)  # let the clients take it before the next one
-    time.sleep(1.0)
     return pushes
+
+
+def _receipts(
+    clients: list[Proc], pushes: list[dict[str, Any]], timeout: float = 60.0
+) -> list[dict[str, Any]]:
+    """What the clients received, once every stream has every push (or at the timeout)."""
+    wanted = sum(p["written"] for p in pushes)
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = [c.ask("report", timeout=120) for c in clients]
+        got = sum(len(times) for client in seen for kind, rounds in client.items() if kind != "errors"
+                  for times in rounds.values())  # fmt: skip
+        if got >= wanted or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.5)
 
 
 def measure(streams: int, rounds: int = 4, kinds: tuple[str, ...] = KINDS) -> dict[str, Any]:
@@ -84,7 +98,7 @@ def measure(streams: int, rounds: int = 4, kinds: tuple[str, ...] = KINDS) -> di
         held = _wait_for_streams(server, streams, kinds)
         connect_s = time.monotonic() - started
         pushes = _pushes(server, rounds, kinds)
-        seen = [c.ask("report", timeout=120) for c in clients]
+        seen = _receipts(clients, pushes)
         load_after = os.getloadavg()[0]
     finally:
         for proc in clients:
