@@ -21,13 +21,13 @@ from grpc_reflection.v1alpha import reflection
 from mission_control.client.telemetry import Telemetry, telemetry_from_env
 from mission_control.interceptors import aio_server_interceptor
 from mission_control.resilience.v1 import control_plane_pb2 as pb
-from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
 from .audit import Retention
 from .auth import AccessPolicy
 from .control_plane import DEFAULT_PREFIX, ControlPlane
 from .fleet_roster import FleetRoster
 from .roster_publish import ReplicaRoster, RosterPublisher
+from .serialize_once import add_servicer
 from .service import ControlPlaneServicer, Limits
 from .shutdown import GRACE_SECS, STEP_SECS, StopSteps, in_daemon_thread
 from .store import EtcdStore, StoreUnavailable
@@ -230,7 +230,7 @@ async def start_control_plane(
         summaries_per_sec=rate,
         summaries_burst=max(2 * rate, servicer.limits.max_summaries_per_batch),
     )
-    pb_grpc.add_ControlPlaneServiceServicer_to_server(servicer, server)
+    add_servicer(servicer, server)
     try:
         port = server.add_secure_port(listen, tls.credentials()) if tls else server.add_insecure_port(listen)
     except RuntimeError:  # grpc says only "Failed to bind"
