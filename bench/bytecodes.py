@@ -6,11 +6,13 @@ thread is traced (``sys.settrace`` with ``f_trace_opcodes``) while it makes each
 poller and the agent's own threads are not. Every bytecode is put in one part by what the
 protected channel's code called to run it:
 
-- ``glue``: the channel's own code (``interceptors/_channel.py``) and whatever it calls that
-  is neither of the next three;
-- ``admission``: the route's decisions (``Route.admit``, ``Route.hedging`` and what they call:
-  breaker, bucket, bulkhead, retry budget, the ticket);
-- ``recording``: counting the success and freeing the bulkhead place (``Executor.succeeded``);
+- ``glue``: the channel's own code (``interceptors/_blocking.py``, ``_channel.py``) and what
+  it calls that is neither of the next three;
+- ``admission``: the route's decisions and the admission the glue asks for (``Route.admit``,
+  ``Route.hedging``, ``take_plain``, ``seconds_left``, a ticket, and what they call: breaker,
+  bucket, bulkhead, retry budget);
+- ``recording``: counting the success and freeing the bulkhead place
+  (``Executor.succeeded``, ``Executor.succeeded_plain``);
 - ``grpc``: grpc's own multi-callable and what it calls, which a bare call runs too;
 - ``caller``: the caller's code around the call.
 
@@ -27,14 +29,20 @@ from types import FrameType
 from typing import Any
 
 #: The modules whose frames are the protected channel's glue.
-GLUE_MODULES = frozenset({"mission_control.interceptors._channel"})
+GLUE_MODULES = frozenset({"mission_control.interceptors._blocking", "mission_control.interceptors._channel"})
 #: What the glue calls, by name, and the part its bytecodes belong to.
 PARTS = {
     "Route.admit": "admission",
     "Route.hedging": "admission",
     "Route._state": "admission",
     "Route.target": "admission",
+    "take_plain": "admission",
+    "seconds_left": "admission",
+    "first_ticket": "admission",
+    "Executor.enter_full": "admission",
+    "Executor._refused": "admission",
     "Executor.succeeded": "recording",
+    "Executor.succeeded_plain": "recording",
 }
 ORDER = ("caller", "glue", "admission", "recording", "grpc")
 
