@@ -315,13 +315,18 @@ class Executor:
         with state.lock:
             if state.running or state.policy.slow_call is not None:
                 self._timed(state, ticket, now, True)  # a slow success is still a success
-            tally = state.tally
-            tally.successes += 1
-            tally.trailing_failures = 0
-            local = state.local
-            if local.consecutive_failures or local.policy.failure_rate is not None:
-                local.record(now, 1, 0, 0)  # else a success changes nothing there
-            state.bulkhead.leave()
+            _count_success(state, now)
+
+    @staticmethod
+    def succeeded_plain(state: ServiceState, now: float) -> bool:
+        """:meth:`succeeded` at ``now`` for a first attempt :func:`.take_plain` admitted,
+        without its ticket; False (nothing counted) when the policy now judges attempts
+        for slowness: the caller settles it with :meth:`succeeded` and a ticket."""
+        with state.lock:
+            if state.policy.slow_call is not None:
+                return False
+            _count_success(state, now)
+        return True
 
     def record(self, ticket: Ticket, failure: Failure | None, shadow_would: bool = False) -> None:
         """Count one attempt's outcome for the fleet and the local breaker; ``shadow_would``:
@@ -610,6 +615,17 @@ class Executor:
                     return step.result
         finally:
             plan.close()
+
+
+def _count_success(state: ServiceState, now: float) -> None:
+    """An ordinary attempt's success at ``now``, counted (lock held); its bulkhead place freed."""
+    tally = state.tally
+    tally.successes += 1
+    tally.trailing_failures = 0
+    local = state.local
+    if local.consecutive_failures or local.policy.failure_rate is not None:
+        local.record(now, 1, 0, 0)  # else a success changes nothing there
+    state.bulkhead.in_flight -= 1  # Bulkhead.leave, inline: every call passes here
 
 
 def _shadow_admit(

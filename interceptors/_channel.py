@@ -8,7 +8,8 @@ needs (its service, operation, fallbacks) is worked out once, when the stub is m
 An idempotent unary call whose policy hedges is hedged as behind the interceptor (see
 ``client.hedging``), each attempt a call of grpc's own ``.future()``: a loser still running
 when another wins is cancelled (it counts as neither). As behind the interceptor,
-``.future()`` of a hedged call hands back the call once one has won.
+``.future()`` of a hedged call hands back the call once one has won. A blocking unary call
+(``__call__``, ``with_call``) is ``._blocking``'s.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import Any
 
 import grpc
 from grpc._interceptor import _FailureOutcome  # what grpc's future() hands back for a failure
-from mission_control.client.admission import Ticket
 from mission_control.client.deadline import _deadline
 from mission_control.client.hedging import run_hedged
 
+from ._blocking import blocking
 from ._client import StreamEnded, _watched
 from ._future import unary_future
 from ._route import Protection, Route
@@ -32,114 +33,8 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
         self._inner = inner
         self._route = route
 
-    def __call__(
-        self,
-        request: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        return self._blocking(
-            self._inner, request, timeout, metadata, credentials, wait_for_ready, compression, False
-        )
-
-    def with_call(
-        self,
-        request: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        return self._blocking(
-            self._inner.with_call, request, timeout, metadata, credentials, wait_for_ready, compression, True
-        )
-
-    def _blocking(
-        self,
-        inner: Callable[..., Any],
-        request: Any,
-        timeout: float | None,
-        metadata: Any,
-        credentials: Any,
-        wait_for_ready: bool | None,
-        compression: Any,
-        with_call: bool,
-    ) -> Any:
-        """A blocking call: admitted and made here; a call that needs more (refused, failed,
-        late) goes on as a plan the executor carries out."""
-        route = self._route
-        ex = route.ex
-        parent = _deadline.get()
-        service = route.target(metadata) if route.targeted else route.service
-        hedging = route.hedging(service)
-        if hedging is not None:
-            hedged = self._starter(request, metadata, credentials, wait_for_ready, compression)
-            run = route.hedge_run(service, timeout, parent, hedging)
-            return run_hedged(run, hedged, _with_call if with_call else _result)
-
-        admitted = route.admit(timeout, parent, service)
-        # the time left is the ticket's timeout: admission read the clock just now
-        left = admitted.timeout if type(admitted) is Ticket else 0.0
-        if left > 0:  # the common case: admitted, made, and (mostly) done here
-            ticket: Ticket = admitted  # type: ignore[assignment]
-            token = _deadline.set(ticket.deadline)
-            try:
-                result = inner(
-                    request,
-                    timeout=left,
-                    metadata=metadata,
-                    credentials=credentials,
-                    wait_for_ready=wait_for_ready,
-                    compression=compression,
-                )
-            except Exception as exc:
-                failed: Exception | None = exc
-            except BaseException:
-                ex.release(ticket)
-                ex.abandon(ticket)
-                raise
-            else:
-                failed = None
-            finally:
-                _deadline.reset(token)
-            if failed is None:
-                now = ex.clock()
-                if now <= ticket.deadline:
-                    ex.succeeded(ticket, now)
-                    return result
-            plan = route.plan(timeout, parent, service)
-            plan.adopt(ticket)
-        else:
-            plan = route.plan(timeout, parent, service)
-        try:
-            if left <= 0:  # refused, or no time left: the plan says what follows
-                step = plan.begin(admitted)
-            elif failed is None:
-                step = plan.succeeded(result)  # late: it counts as a timeout
-            else:
-                step = plan.failed(failed)
-        except BaseException:
-            plan.close()
-            raise
-
-        def attempt(left: float) -> Any:
-            return inner(
-                request,
-                timeout=left,
-                metadata=metadata,
-                credentials=credentials,
-                wait_for_ready=wait_for_ready,
-                compression=compression,
-            )
-
-        functions: dict[str, Callable[[float], Any]] = {service: attempt}
-        if route.fallback_names:
-            functions.update(route.fallbacks(request, metadata, with_call))
-        return ex.drive(plan, step, functions)
+    __call__ = blocking(with_call=False)
+    with_call = blocking(with_call=True)
 
     def _starter(
         self,
@@ -333,14 +228,6 @@ class _StreamStream(grpc.StreamStreamMultiCallable):  # type: ignore[misc]
             return self._route.stream(request_iterator, timeout, metadata, [], start)
         except Exception as exc:  # as behind grpc's interceptor: raised when iterated
             return _FailureOutcome(exc, exc.__traceback__)  # type: ignore[arg-type]
-
-
-def _result(future: Any) -> Any:
-    return future.result()
-
-
-def _with_call(future: Any) -> Any:
-    return future.result(), future
 
 
 def _call(future: Any) -> Any:

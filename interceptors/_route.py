@@ -32,6 +32,7 @@ class Route:
     """What every call of one method shares: its service, operation and protection."""
 
     __slots__ = (
+        "common",
         "endpoint",
         "ex",
         "fallback_channels",
@@ -60,6 +61,9 @@ class Route:
         #: calls go by an endpoint's breaker, not always by the service's
         self.targeted = self.per_call or self.endpoint is not None
         self.state: ServiceState | None = None  # the service's, once a call looked it up
+        #: the service's state once a call was admitted by it (the executor started), when
+        #: calls go by the service's breaker: their common case needs nothing more
+        self.common: ServiceState | None = None
         self.operation = operation_of(method)
         self.kind = protection.kind
         self.fallback_channels = protection.fallback_channels
@@ -120,6 +124,8 @@ class Route:
         ex, operation, kind = self.ex, self.operation, self.kind
         if service is self.service and ex.not_started is None:  # the service's state is kept
             state = self.state or self._state()
+            if not self.targeted:
+                self.common = state
             now = ex.clock()
             ticket = admit_fast(ex, state, operation, kind, timeout, parent_deadline, now)
             if ticket is not None:
