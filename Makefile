@@ -81,12 +81,14 @@ test: install proto-check lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The long versions: 10,000 fuzz examples per target, etcd down for 30 s under traffic,
-# 5,000 seeded fault schedules per protocol (MC_SIM_SCHEDULES to change).
+# 5,000 seeded fault schedules per protocol (MC_SIM_SCHEDULES to change); then every case
+# marked `soak` (the larger cases beside the smaller ones make test runs).
 MC_SIM_SCHEDULES ?= 5000
 soak: install
-	MC_FUZZ_EXAMPLES=10000 MC_CHAOS_SECS=30 MC_SIM_SCHEDULES=$(MC_SIM_SCHEDULES) MC_SIM_ACTIVE_SECS=30 \
-	  $(BIN)/pytest -q -p no:cacheprovider tests/test_fuzz.py tests/server/test_chaos.py \
+	MC_SOAK=1 MC_FUZZ_EXAMPLES=10000 MC_CHAOS_SECS=30 MC_SIM_SCHEDULES=$(MC_SIM_SCHEDULES) MC_SIM_ACTIVE_SECS=30 \
+	  $(BIN)/pytest -q -p no:cacheprovider -m 'not soak' $(PYTEST_ARGS) tests/test_fuzz.py tests/server/test_chaos.py \
 	  tests/client/test_status_hostile.py tests/sim tests/sim_fleet
+	MC_SOAK=1 $(BIN)/pytest -q -p no:cacheprovider -m soak $(PYTEST_ARGS)
 
 run: venv etcd
 	$(BIN)/mission-control serve --http 127.0.0.1:8080

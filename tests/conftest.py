@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -11,6 +12,20 @@ from mission_control.server.store import EtcdStore
 
 from tests.support.etcd import start_etcd
 from tests.support.procs import Proc, python
+
+#: ``make soak`` sets it: the larger cases marked ``soak`` run too (``make test`` leaves them out).
+SOAK = os.environ.get("MC_SOAK") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out the cases marked ``soak`` unless ``MC_SOAK=1``: each repeats a claim that a
+    smaller case beside it checks in ``make test``."""
+    if SOAK:
+        return
+    soak = [item for item in items if item.get_closest_marker("soak")]
+    if soak:
+        config.hook.pytest_deselected(items=soak)
+        items[:] = [item for item in items if not item.get_closest_marker("soak")]
 
 
 @pytest.fixture(scope="module", params=["sync", "aio"])

@@ -1,6 +1,6 @@
 """Seeded fault schedules for the probe permits (I3) and the fleet leases (I4).
 
-``make test`` runs a few hundred schedules of each, ``make soak`` many thousands
+``make test`` runs a hundred schedules of each, ``make soak`` thousands
 (``MC_SIM_SCHEDULES``). A failing schedule names its seed; ``MC_SIM_SEED=<seed>`` replays
 exactly that one.
 """
@@ -14,7 +14,7 @@ import pytest
 
 from . import leases, probes
 
-SCHEDULES = int(os.environ.get("MC_SIM_SCHEDULES", "200"))
+SCHEDULES = int(os.environ.get("MC_SIM_SCHEDULES", "100"))
 ONE = os.environ.get("MC_SIM_SEED")
 SEEDS = [int(ONE)] if ONE else list(range(SCHEDULES))
 

@@ -22,7 +22,7 @@ from .checks import RESENT
 from .schedule import Result, simulate
 from .test_known_violations import UNANALYSED
 
-SCHEDULES = int(os.environ.get("MC_SIM_SCHEDULES", "120"))
+SCHEDULES = int(os.environ.get("MC_SIM_SCHEDULES", "60"))
 ACTIVE_SECS = float(os.environ.get("MC_SIM_ACTIVE_SECS", "10"))
 FIRST_SEED = int(os.environ.get("MC_SIM_FIRST_SEED", "0"))
 #: Seeds whose schedules resend outcome batches (a stream broke before the acknowledgement came).
