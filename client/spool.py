@@ -82,6 +82,18 @@ class WriteSpool(SpoolCore):
                 self._wait_for_drain()
             if len(self.journal):
                 return self._keep(write_id, payload, "earlier writes are waiting in the spool", None)
+
+        def keep(exc: Exception) -> Spooled:
+            with self._lock:
+                return self._keep(write_id, payload, str(exc), exc)
+
+        return self._make_now(write_id, args, kwargs, keep)
+
+    def _make_now(
+        self, write_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], failed: Callable[[Exception], Any]
+    ) -> Any:
+        """The write made now; a failure the spool would keep goes to ``failed`` (as in the
+        asyncio spool, where a closed spool refuses it instead)."""
         attempts = WriteAttempts()
         try:
             with writing(write_id), tracking(attempts):
@@ -89,8 +101,7 @@ class WriteSpool(SpoolCore):
         except Exception as exc:
             if not self._spools(exc, attempts):
                 raise
-            with self._lock:
-                return self._keep(write_id, payload, str(exc), exc)
+            return failed(exc)
 
     def _wait_for_drain(self) -> None:
         """The service serves again and the replayer is catching up: wait (up to the

@@ -10,7 +10,7 @@ import itertools
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -94,16 +94,58 @@ def stats(address: str) -> pb.ErrorStatistics:
         return stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=10).statistics
 
 
-def start(
-    etcd: str, prefix: str, spawned: list[Proc], rule: policy_pb2.ServicePolicy, upstream: str
-) -> tuple[str, Proc, Watch]:
-    plane, address = control_plane(etcd, prefix)
-    spawned.append(plane)
-    put_policy(address, rule)
-    caller = agent("agent-a", address, upstream, SERVICE)
-    spawned.append(caller)
-    poll(lambda: caller.ask("policy")["rate_limit_requests"] == rule.rate_limit_requests)
-    return address, caller, Watch(address).start()
+@dataclass
+class Fleet:
+    """A test's fleet: its control planes (instance id -> process, address), the leader
+    the policy was put to, the agent calling the upstream, and a watch on the leader."""
+
+    planes: dict[str, tuple[Proc, str]]
+    leader: str
+    caller: Proc
+    watch: Watch
+
+    @property
+    def address(self) -> str:
+        return self.planes[self.leader][1]
+
+    def other(self) -> str:
+        return next(name for name in self.planes if name != self.leader)
+
+
+Start = Callable[..., Fleet]
+
+
+@pytest.fixture
+def fleet(
+    etcd_server: EtcdProcess,
+    prefix: str,
+    spawned: list[Proc],
+    upstream: tuple[Upstream, health.HealthServicer],
+) -> Iterator[Start]:
+    """``start(rule, instances=("one",))``: control planes on the test's etcd (the policy
+    put to the leader) and an agent calling the upstream, failing at first, with ``rule``
+    in force; the watches are closed after the test."""
+    up, _ = upstream
+    up.set("fail")
+    watches: list[Watch] = []
+
+    def start(rule: policy_pb2.ServicePolicy, instances: tuple[str, ...] = ("one",)) -> Fleet:
+        planes = {}
+        for name in instances:
+            plane, address = control_plane(etcd_server.endpoint, prefix, "--instance-id", name)
+            spawned.append(plane)
+            planes[name] = (plane, address)
+        leader = poll(lambda: leader_of(etcd_server.endpoint, prefix)) or ""
+        put_policy(planes[leader][1], rule)
+        caller = agent("agent-a", ",".join(address for _, address in planes.values()), up.address, SERVICE)
+        spawned.append(caller)
+        poll(lambda: caller.ask("policy")["rate_limit_requests"] == rule.rate_limit_requests)
+        watches.append(Watch(planes[leader][1]).start())
+        return Fleet(planes, leader, caller, watches[-1])
+
+    yield start
+    for watch in watches:
+        watch.close()
 
 
 def opened(caller: Proc) -> dict[str, object]:
@@ -112,16 +154,11 @@ def opened(caller: Proc) -> dict[str, object]:
 
 
 def test_a_serving_check_ends_a_30_s_open_and_probes_close_it(
-    etcd_server: EtcdProcess,
-    prefix: str,
-    spawned: list[Proc],
-    upstream: tuple[Upstream, health.HealthServicer],
+    fleet: Start, upstream: tuple[Upstream, health.HealthServicer]
 ) -> None:
     up, servicer = upstream
-    up.set("fail")
-    address, caller, watch = start(
-        etcd_server.endpoint, prefix, spawned, policy(up.address, 30.0), up.address
-    )
+    started = fleet(policy(up.address, 30.0))
+    address, caller, watch = started.address, started.caller, started.watch
     view = opened(caller)
     assert float(view["open_left"]) > 20  # type: ignore[arg-type]
     poll(lambda: stats(address).recovery_check_answers["NOT_SERVING"] >= 2)  # asked while down
@@ -147,20 +184,16 @@ def test_a_serving_check_ends_a_30_s_open_and_probes_close_it(
         "breakers moved to HALF_OPEN" in shown
         and f"{SERVICE}" in shown.split("recovery checks by service:")[1]
     )
-    watch.close()
 
 
 def test_a_lying_health_endpoint_does_not_make_the_breaker_flap(
-    etcd_server: EtcdProcess,
-    prefix: str,
-    spawned: list[Proc],
-    upstream: tuple[Upstream, health.HealthServicer],
+    fleet: Start, upstream: tuple[Upstream, health.HealthServicer]
 ) -> None:
     up, servicer = upstream
-    up.set("fail")
     servicer.set("", SERVING)  # says SERVING while every call fails
     rule = policy(up.address, 2.0, wait_duration_multiplier=1)  # every wait 2 s: held 1 s after a probe
-    address, caller, watch = start(etcd_server.endpoint, prefix, spawned, rule, up.address)
+    started = fleet(rule)
+    address, caller, watch = started.address, started.caller, started.watch
     assert caller.ask("call 1")["outcomes"] == {"LLMProviderUnavailable": 1}
     poll(lambda: watch.opens())  # a check may end it before the agent sees it OPEN
     begun = time.monotonic()
@@ -179,7 +212,6 @@ def test_a_lying_health_endpoint_does_not_make_the_breaker_flap(
     # as the control plane decided them; the first OPEN (from CLOSED) is not held
     assert all(gap >= 1.0 for gap in gaps[1:]), gaps
     assert stats(address).recovery_check_half_opens >= 2
-    watch.close()
 
 
 def free_port() -> int:
@@ -189,15 +221,12 @@ def free_port() -> int:
 
 
 def test_an_unreachable_check_target_leaves_the_open_to_its_wait(
-    etcd_server: EtcdProcess,
-    prefix: str,
-    spawned: list[Proc],
-    upstream: tuple[Upstream, health.HealthServicer],
+    fleet: Start, upstream: tuple[Upstream, health.HealthServicer]
 ) -> None:
     up, servicer = upstream
-    up.set("fail")
     nowhere = f"127.0.0.1:{free_port()}"
-    address, caller, watch = start(etcd_server.endpoint, prefix, spawned, policy(nowhere, 4.0), up.address)
+    started = fleet(policy(nowhere, 4.0))
+    address, caller, watch = started.address, started.caller, started.watch
     opened(caller)
     up.set("ok")
     servicer.set("", SERVING)  # the upstream serves again, but the check cannot reach its target
@@ -209,29 +238,14 @@ def test_an_unreachable_check_target_leaves_the_open_to_its_wait(
     assert figures.recovery_check_half_opens == 0
     assert figures.recovery_check_answers["unreachable"] + figures.recovery_check_answers["timeout"] >= 2
     assert figures.recovery_check_answers["SERVING"] == 0
-    watch.close()
 
 
 def test_only_the_leader_checks_and_a_new_leader_takes_the_checks_over(
-    etcd_server: EtcdProcess,
-    prefix: str,
-    spawned: list[Proc],
-    upstream: tuple[Upstream, health.HealthServicer],
+    etcd_server: EtcdProcess, prefix: str, fleet: Start, upstream: tuple[Upstream, health.HealthServicer]
 ) -> None:
     up, servicer = upstream
-    up.set("fail")
-    replicas = {}
-    for name in ("one", "two"):
-        proc, address = control_plane(etcd_server.endpoint, prefix, "--instance-id", name)
-        spawned.append(proc)
-        replicas[name] = (proc, address)
-    leader = poll(lambda: leader_of(etcd_server.endpoint, prefix)) or ""
-    follower = "two" if leader == "one" else "one"
-    rule = policy(up.address, 30.0)
-    put_policy(replicas[leader][1], rule)
-    caller = agent("agent-a", ",".join(a for _, a in replicas.values()), up.address, SERVICE)
-    spawned.append(caller)
-    poll(lambda: caller.ask("policy")["rate_limit_requests"] == rule.rate_limit_requests)
+    started = fleet(policy(up.address, 30.0), instances=("one", "two"))
+    replicas, leader, follower, caller = started.planes, started.leader, started.other(), started.caller
     opened(caller)
     poll(lambda: stats(replicas[leader][1]).recovery_check_answers["NOT_SERVING"] >= 2)
     assert not stats(replicas[follower][1]).recovery_checks_by_service  # it follows: asks nothing
