@@ -51,6 +51,21 @@ OVERHEAD_COLUMNS = [
 ]
 
 
+PUSH_FLOOR_COLUMNS = [
+    ("streams", "streams", ""),
+    ("variant", "variant", ""),
+    ("load_1m_before", "load", ".1f"),
+    ("cpu_ms", "CPU to last write ms", ".1f"),
+    ("cpu_us_per_stream", "us/stream", ".1f"),
+    ("cpu_vs_floor", "x floor", ".2f"),
+    ("loop_cpu_ms", "loop CPU ms", ".1f"),
+    ("last_issue_ms", "last write issued ms", ".1f"),
+    ("receipt_p99_ms", "receipt p99 ms", ".1f"),
+    ("last_receipt_ms", "last receipt ms", ".1f"),
+    ("missing", "missing", ""),
+]
+
+
 SCALE_COLUMNS = [
     ("connected", "agents", ""),
     ("load_1m_before", "load", ".1f"),
@@ -237,6 +252,15 @@ def main() -> int:
         "11. agents per control plane (raw Connect streams from a few processes, loopback)",
         case11,
         SCALE_COLUMNS,
+    )
+    from . import push_floor
+
+    case11b = push_floor.run((200, 1000) if args.quick else (1000, 3000, 10_000))
+    results["push_floor"] = case11b
+    _table(
+        "11b. one message to every stream: the grpc.aio floor and the control plane's push, interleaved",
+        case11b,
+        PUSH_FLOOR_COLUMNS,
     )
     results["seconds"] = round(time.time() - started, 1)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
