@@ -103,8 +103,8 @@ def test_no_time_left_after_the_first_call(turned: Any, upstream: Upstream) -> N
 
 
 def test_a_success_after_its_deadline_counts_as_a_timeout(turned: Any) -> None:
-    t = turned(timeout_secs=0.2)
-    t.after.hook = lambda: time.sleep(0.3)
+    t = turned(timeout_secs=0.5)
+    t.after.hook = lambda: time.sleep(0.6)
     with pytest.raises(OperationTimeout):
         t.echo()
     assert t.counts() == (1, 1, 0, 0, 0)
