@@ -242,6 +242,8 @@ class Hub:
         return len(self._by_agent)
 
     def broadcast(self, message: pb.ConnectResponse) -> None:
+        """Queue ``message`` to every agent stream. One object for all of them, serialised
+        once (``serialize_once``): it must not be changed once given to the hub."""
         for sub in list(self.agents.values()):
             sub.push(message)
 

@@ -1,7 +1,7 @@
 """The push-floor case in small (``make bench`` runs it at 1,000 to 10,000 streams): a bare
 grpc.aio server and the control plane's push path (its hub, Connect's send loop and
 serializer, its interceptor), 40 streams of each variant held open by another process.
-Every push reaches every stream of its variant, once. Nothing timed."""
+Every push reaches every stream of its variant. Nothing timed."""
 
 from __future__ import annotations
 
