@@ -262,7 +262,7 @@ class ControlPlane:
     def _on_leadership(self, leading: bool) -> None:
         if leading:
             assert self.leadership is not None
-            self.breakers.took_over(after_another=self.leadership.predecessor_seen)
+            self.breakers.took_over()
             if self.relay is not None:  # outcomes gathered before this replica knew it leads
                 for key, agent_id, summaries in self.relay.drain():
                     if key is None or self.ledger.first_time(key):

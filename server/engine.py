@@ -124,9 +124,10 @@ class FleetBreakers:
         #: :meth:`took_over`); None: it runs alone, no other replica grants.
         self.lead_check: Callable[[], bool] | None = None
         self._took_over = float("-inf")
-        #: Breakers not CLOSED when this replica took over after another leader: the
-        #: earlier one may have granted permits for them (see :meth:`took_over`).
-        self.open_at_takeover: frozenset[str] = frozenset()
+        #: Breakers not CLOSED when this replica took over, or first learnt from the store
+        #: not CLOSED while it leads: since when (see :meth:`took_over`). An earlier leader
+        #: may have granted permits for them.
+        self._held_since: dict[str, float] = {}
         #: When a HALF_OPEN another replica decided was taken while leading.
         self._adopted: dict[str, float] = {}
         self.change_listeners: list[ChangeListener] = []
@@ -261,8 +262,14 @@ class FleetBreakers:
             # permits belong to one HALF_OPEN: the same one stored again (the watch echoing
             # its write, a reload) keeps them out, or more than the limit would go
             breaker.clear_permits()
-            if breaker.state is BreakerState.HALF_OPEN and self.lead_check is not None and self.lead_check():
+            leading = self.lead_check is not None and self.lead_check()
+            if breaker.state is BreakerState.HALF_OPEN and leading:
                 self._adopted[name] = self._clock()  # its permits were granted elsewhere
+            if old is BreakerState.CLOSED and breaker.state is not BreakerState.CLOSED and leading:
+                # not decided here (this leader would hold it already): loaded after the
+                # takeover, an earlier leader's OPEN — whose HALF_OPEN it may have decided
+                # from memory and granted probes for
+                self._held_since[name] = self._clock()
         self.revisions[name] = revision
         self._changed(name, old, None)
 
@@ -356,26 +363,31 @@ class FleetBreakers:
             self._transitioned(move)
         return move
 
-    def took_over(self, *, after_another: bool = False) -> None:
+    def took_over(self) -> None:
         """This replica has begun to lead. The permits an earlier leader granted live in
         its memory only, and a probe under one may run until the permit's TTL plus the
         policy's timeout: until that much time has passed no permit is granted here, so
         the fleet never runs more than ``success_threshold`` probes of one HALF_OPEN.
 
-        ``after_another``: another leader may have led just before (this replica saw one,
-        or led itself before). Its HALF_OPEN may never have reached etcd (it decided it
-        from memory while cut off, granting while its lease held), so this leader's own
-        HALF_OPEN of the same breaker, decided from the OPEN etcd holds, would run probes
-        beside the earlier one's: then no breaker that is not CLOSED now gets a permit
-        until that time is over."""
-        self._took_over = self._clock()
-        self.open_at_takeover = frozenset(
-            name for name, b in self._breakers.items() if after_another and b.state is not BreakerState.CLOSED
-        )
+        That holds for every breaker not CLOSED now, whoever decides its next HALF_OPEN:
+        an earlier leader may have decided one from memory while cut off from etcd and
+        granted while its lease held, and this leader's own HALF_OPEN of the same breaker,
+        decided from the OPEN etcd holds, would run probes beside it. Whether a leader led
+        before cannot be known here (a restarted replica, or one that finds the leader key
+        already expired, sees none), so it is assumed. A breaker first loaded from the
+        store after this moment is held from when it is loaded (:meth:`adopt`)."""
+        now = self._took_over = self._clock()
+        self._held_since = {
+            name: now for name, b in self._breakers.items() if b.state is not BreakerState.CLOSED
+        }
+
+    def held_since(self, name: str) -> float | None:
+        """Since when no permit of ``name`` is granted for an earlier leader's sake, if so."""
+        return self._held_since.get(name)
 
     def stepped_down(self) -> None:
         """This replica no longer leads: the permits it holds were its own grants, which
-        its next term waits out (``took_over(after_another=True)``); a follower does not
+        its next term waits out (:meth:`took_over`); a follower does not
         tick, so kept here they would never expire."""
         for breaker in self._breakers.values():
             breaker.clear_permits()
@@ -388,6 +400,7 @@ class FleetBreakers:
         self.revisions.pop(name, None)
         self._told.pop(name, None)
         self._adopted.pop(name, None)
+        self._held_since.pop(name, None)
 
     def policy_changed(self, service: str) -> None:
         """The service's policy changed: its breaker and its endpoints' follow it."""
@@ -445,7 +458,8 @@ class FleetBreakers:
         hold = self.probe_ttl + breaker.policy.timeout_secs
         if self.lead_check is not None and not self.lead_check():
             return None  # a deposed leader that does not know it yet grants nothing
-        if breaker.name in self.open_at_takeover and now < self._took_over + hold:
+        held = self._held_since.get(breaker.name)
+        if held is not None and now < held + hold:
             return None  # an earlier leader's permits, of a HALF_OPEN etcd never had, may be in use
         since = max(self._took_over, self._adopted.get(breaker.name, float("-inf")))
         if breaker.changed_at <= since and now < since + hold:

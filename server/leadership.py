@@ -63,10 +63,6 @@ class Leadership:
         #: sent plus the TTL it got (etcd starts counting later, when it receives it).
         self._valid_until = 0.0
         self._stopped = False
-        #: Whether another leader may have led before this replica's next term: one was
-        #: seen (key written by another instance, or a predecessor's key removed), or this
-        #: replica led before itself. Its probe permits may outlive its lease.
-        self.predecessor_seen = False
         #: Set (and replaced) whenever the leader key changes: wakes whoever waits.
         self._changed = asyncio.Event()
 
@@ -130,7 +126,6 @@ class Leadership:
         if not self.leading:  # what a leader believes is settled by its own lease and fence
             found = _leader_of(last.value) if last.value is not None else None
             self.leader_id, self.leader_address = found or (None, None)
-            self._note_leader()
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
@@ -193,12 +188,7 @@ class Leadership:
             self.leader_id = self.leader_address = None
             return None
         self.leader_id, self.leader_address = _leader_of(entry.value) or (None, None)
-        self._note_leader()
         return entry
-
-    def _note_leader(self) -> None:
-        if self.leader_id is not None and self.leader_id != self.instance_id:
-            self.predecessor_seen = True
 
     def fenced(self) -> None:
         """A write was refused by the fence: this replica no longer leads, whatever it
@@ -217,7 +207,6 @@ class Leadership:
             return
         self.leading = leading
         if not leading:
-            self.predecessor_seen = True  # its own permits may be out at its next term
             self.leader_id = self.leader_address = None
         if self.on_change is not None:
             self.on_change(leading)

@@ -42,16 +42,18 @@ def test_a_half_open_the_new_leader_decides_itself_grants_at_once() -> None:
     assert fleet.request_probe("a", SERVICE) is not None
 
 
-def test_after_another_leader_even_its_own_half_open_waits_for_earlier_permits() -> None:
+def test_after_a_takeover_even_its_own_half_open_waits_for_earlier_permits() -> None:
     """Seeds 1007, 1077 at ``--active 40``: the old leader, cut from etcd, decided a
     HALF_OPEN from memory and granted while its lease held; the new one decided its own
-    HALF_OPEN from the OPEN etcd had (same generation) and granted beside it."""
+    HALF_OPEN from the OPEN etcd had (same generation) and granted beside it. A replica
+    restarted in place, or one that found the leader key already expired, saw no other
+    leader: it waits all the same."""
     fleet, clock, _ = engine()
     fleet.lead_check = lambda: True
     fleet.record("a", pb.OutcomeSummary(service=SERVICE, failures=2, trailing_failures=2))
     assert fleet.get(SERVICE).state is BreakerState.OPEN  # as etcd has it
     took_over = clock.now = clock.now + POLICY.wait_duration_secs - 0.5
-    fleet.took_over(after_another=True)
+    fleet.took_over()
     clock.now += 0.5
     fleet.tick()
     assert fleet.get(SERVICE).state is BreakerState.HALF_OPEN  # decided here, after the takeover
@@ -59,6 +61,42 @@ def test_after_another_leader_even_its_own_half_open_waits_for_earlier_permits()
     clock.now = took_over + HOLD - 0.01
     assert fleet.request_probe("a", SERVICE) is None
     clock.now += 0.02
+    assert fleet.request_probe("a", SERVICE) is not None
+
+
+def test_an_open_first_loaded_after_the_takeover_waits_from_when_it_is_loaded() -> None:
+    """A restarted replica may win the campaign before its first load from the store: the
+    OPEN it then loads is an earlier leader's, whose HALF_OPEN may have probes out."""
+    old, old_clock, _ = engine()
+    old.record("a", pb.OutcomeSummary(service=SERVICE, failures=2, trailing_failures=2))
+    assert old.get(SERVICE).state is BreakerState.OPEN
+    new, clock, _ = engine()
+    clock.now = old_clock.now
+    new.lead_check = lambda: True
+    new.took_over()  # nothing loaded yet
+    clock.now += POLICY.wait_duration_secs - 1.0
+    loaded = clock.now
+    new.adopt(SERVICE, old.to_record(SERVICE), revision=3)
+    clock.now += 1.0  # the OPEN's wait is over
+    new.tick()
+    assert new.get(SERVICE).state is BreakerState.HALF_OPEN
+    assert new.request_probe("a", SERVICE) is None
+    clock.now = loaded + HOLD - 0.01
+    assert new.request_probe("a", SERVICE) is None
+    clock.now += 0.02
+    assert new.request_probe("a", SERVICE) is not None
+
+
+def test_the_echo_of_a_leaders_own_open_does_not_hold_its_probes() -> None:
+    fleet, clock, _ = engine()
+    fleet.lead_check = lambda: True
+    fleet.took_over()
+    fleet.record("a", pb.OutcomeSummary(service=SERVICE, failures=2, trailing_failures=2))
+    assert fleet.get(SERVICE).state is BreakerState.OPEN  # decided here
+    fleet.adopt(SERVICE, fleet.to_record(SERVICE), revision=4)  # its write, seen on the watch
+    clock.now += POLICY.wait_duration_secs
+    fleet.tick()
+    assert fleet.get(SERVICE).state is BreakerState.HALF_OPEN
     assert fleet.request_probe("a", SERVICE) is not None
 
 

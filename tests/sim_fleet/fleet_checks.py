@@ -199,8 +199,9 @@ class ProbeWatch:
             took_over = self.leader_since
             # the permits of a leader before may be in use: of this HALF_OPEN, or of one of
             # its own that etcd never had (of a breaker not CLOSED at the takeover)
-            if breaker.changed_at <= took_over or service in leader.plane.breakers.open_at_takeover:
-                took_over += PROBE_TTL_SECS + breaker.policy.timeout_secs
+            held = leader.plane.breakers.held_since(service)
+            if breaker.changed_at <= took_over or held is not None:
+                took_over = max(took_over, held or took_over) + PROBE_TTL_SECS + breaker.policy.timeout_secs
             start = max(
                 since,
                 breaker.changed_at,
