@@ -10,6 +10,9 @@ PROTO_DIR := protos
 PROTO_PKG := $(PROTO_DIR)/mission_control/resilience/v1
 PROTOS := $(wildcard $(PROTO_PKG)/*.proto)
 PYTEST_ARGS ?=
+# make test PYTEST_WORKERS=2 spreads the test files over two processes (pytest-xdist); 0: all in one,
+# the default (two runs of the whole suite in two processes failed on a loaded machine).
+PYTEST_WORKERS ?= 0
 
 .PHONY: install venv etcd buf test-tools proto proto-check lint test soak run bench dist clean
 
@@ -78,7 +81,7 @@ lint: venv buf
 	$(BIN)/mypy client interceptors server
 
 test: install proto-check lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The long versions: 10,000 fuzz examples per target, etcd down for 30 s under traffic,
 # 5,000 seeded fault schedules per protocol (MC_SIM_SCHEDULES to change); then every case
