@@ -84,11 +84,15 @@ test: install proto-check lint
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The long versions: 10,000 fuzz examples per target, etcd down for 30 s under traffic,
-# 5,000 seeded fault schedules per protocol (MC_SIM_SCHEDULES to change); then every case
-# marked `soak` (the larger cases beside the smaller ones make test runs).
+# 5,000 seeded fault schedules per protocol (each variable below may be set on the command
+# line); then every case marked `soak` (the larger cases beside the smaller ones make test runs).
 MC_SIM_SCHEDULES ?= 5000
+MC_SIM_ACTIVE_SECS ?= 30
+MC_FUZZ_EXAMPLES ?= 10000
+MC_CHAOS_SECS ?= 30
 soak: install
-	MC_SOAK=1 MC_FUZZ_EXAMPLES=10000 MC_CHAOS_SECS=30 MC_SIM_SCHEDULES=$(MC_SIM_SCHEDULES) MC_SIM_ACTIVE_SECS=30 \
+	MC_SOAK=1 MC_FUZZ_EXAMPLES=$(MC_FUZZ_EXAMPLES) MC_CHAOS_SECS=$(MC_CHAOS_SECS) \
+	  MC_SIM_SCHEDULES=$(MC_SIM_SCHEDULES) MC_SIM_ACTIVE_SECS=$(MC_SIM_ACTIVE_SECS) \
 	  $(BIN)/pytest -q -p no:cacheprovider -m 'not soak' $(PYTEST_ARGS) tests/test_fuzz.py tests/server/test_chaos.py \
 	  tests/client/test_status_hostile.py tests/sim tests/sim_fleet
 	MC_SOAK=1 $(BIN)/pytest -q -p no:cacheprovider -m soak $(PYTEST_ARGS)
