@@ -10,6 +10,9 @@ PROTO_DIR := protos
 PROTO_PKG := $(PROTO_DIR)/mission_control/resilience/v1
 PROTOS := $(wildcard $(PROTO_PKG)/*.proto)
 PYTEST_ARGS ?=
+# make test PYTEST_WORKERS=2 spreads the test files over two processes (pytest-xdist); 0: all in one,
+# the default (two runs of the whole suite in two processes failed on a loaded machine).
+PYTEST_WORKERS ?= 0
 
 .PHONY: install venv etcd buf test-tools proto proto-check lint test soak run bench dist clean
 
@@ -78,14 +81,18 @@ lint: venv buf
 	$(BIN)/mypy client interceptors server
 
 test: install proto-check lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The long versions: 10,000 fuzz examples per target, etcd down for 30 s under traffic,
-# 5,000 seeded fault schedules per protocol (MC_SIM_SCHEDULES to change); then every case
-# marked `soak` (the larger cases beside the smaller ones make test runs).
+# 5,000 seeded fault schedules per protocol (each variable below may be set on the command
+# line); then every case marked `soak` (the larger cases beside the smaller ones make test runs).
 MC_SIM_SCHEDULES ?= 5000
+MC_SIM_ACTIVE_SECS ?= 30
+MC_FUZZ_EXAMPLES ?= 10000
+MC_CHAOS_SECS ?= 30
 soak: install
-	MC_SOAK=1 MC_FUZZ_EXAMPLES=10000 MC_CHAOS_SECS=30 MC_SIM_SCHEDULES=$(MC_SIM_SCHEDULES) MC_SIM_ACTIVE_SECS=30 \
+	MC_SOAK=1 MC_FUZZ_EXAMPLES=$(MC_FUZZ_EXAMPLES) MC_CHAOS_SECS=$(MC_CHAOS_SECS) \
+	  MC_SIM_SCHEDULES=$(MC_SIM_SCHEDULES) MC_SIM_ACTIVE_SECS=$(MC_SIM_ACTIVE_SECS) \
 	  $(BIN)/pytest -q -p no:cacheprovider -m 'not soak' $(PYTEST_ARGS) tests/test_fuzz.py tests/server/test_chaos.py \
 	  tests/client/test_status_hostile.py tests/sim tests/sim_fleet
 	MC_SOAK=1 $(BIN)/pytest -q -p no:cacheprovider -m soak $(PYTEST_ARGS)
