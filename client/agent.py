@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 
 from .admission import known_resources, unknown_cost
-from .breaker import OPERATOR_STATES, BreakerState
+from .breaker import BreakerState
 from .config import ErrorHandlingConfig, load_config_file
 from .connection import ControlPlaneConnection
 from .errors import ConfigurationError
@@ -180,12 +180,13 @@ class MissionControl:
         return self.connection is not None and self.connection.connected_event.wait(timeout)
 
     def breaker(self, service: str) -> BreakerView:
-        """This agent's view of ``service``'s breaker now: the fleet's while connected (or
-        forced by an operator), else its own local one. Reading it makes no call."""
+        """This agent's view of ``service``'s breaker now: the fleet's while it is in force
+        (connected, or fail static: see :meth:`LocalView.fleet_in_force`), else its own
+        local one. Reading it makes no call."""
         state = self.view.get(service)
         now = self.view.clock()
-        fleet = state.fleet
-        if fleet is not None and (self.view.connected or fleet.state in OPERATOR_STATES):
+        fleet = self.view.fleet_in_force(state, now)
+        if fleet is not None:
             left = max(0.0, fleet.open_until - now) if fleet.state is BreakerState.OPEN else 0.0
             return BreakerView(service, fleet.state, "fleet", fleet.failures, left)
         with state.lock:

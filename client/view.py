@@ -40,6 +40,11 @@ def _forget_every(policy: ServicePolicy) -> float:
 
 
 _STICKY = frozenset({BreakerState.FORCED_OPEN, BreakerState.FORCED_CLOSED, BreakerState.DISABLED})
+#: The fleet's probing states: a HALF_OPEN, or an OPEN whose wait is over (the control
+#: plane moves it to HALF_OPEN).
+_PROBING = frozenset({BreakerState.HALF_OPEN, BreakerState.OPEN})
+#: The control plane's probe permit TTL until a grant says otherwise (server/engine.py).
+PROBE_TTL_SECS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,6 +479,10 @@ class LocalView:
         self._create = threading.Lock()
         #: True while a Connect stream is up and its snapshot applied.
         self.connected = False
+        #: When the last stream that was up ended (this process's clock).
+        self.link_lost_at = -math.inf
+        #: How long a fleet probe permit lasts: the TTL of the last grant.
+        self.probe_ttl = PROBE_TTL_SECS
 
     def get(self, name: str) -> ServiceState:
         """The state of a service, or of an endpoint's breaker (``service/endpoint``)."""
@@ -612,12 +621,17 @@ class LocalView:
 
     def fleet_in_force(self, state: ServiceState, now: float) -> FleetBreaker | None:
         """The fleet breaker state that decides ``state``'s calls now, if any: the last one
-        pushed while connected; when not, only an OPEN with time left or an operator's
-        state (fail static) — the local breaker decides the rest."""
+        pushed while connected; when not (fail static), an OPEN with time left, an
+        operator's state, and a HALF_OPEN (or an OPEN whose wait is over) until the link
+        has been down for the probe TTL plus the policy's timeout — every probe the fleet
+        permitted before the link broke has ended by then; it runs no call meanwhile, as
+        the permits ended with the link. The local breaker decides the rest."""
         fleet = state.fleet
         if fleet is None or self.connected or fleet.state in _STICKY:
             return fleet
         if fleet.state is BreakerState.OPEN and fleet.open_until > now:
+            return fleet
+        if fleet.state in _PROBING and now < self.link_lost_at + self.probe_ttl + state.policy.timeout_secs:
             return fleet
         return None
 
@@ -652,7 +666,10 @@ class LocalView:
         state = self.get(grant.service)
         fleet = state.fleet
         now = self.clock()
-        expiry = now + grant.ttl.ToNanoseconds() / 1e9
+        ttl = grant.ttl.ToNanoseconds() / 1e9
+        expiry = now + ttl
+        if ttl > 0:
+            self.probe_ttl = ttl
         known = fleet.generation if fleet is not None else None
         with state.lock:
             back = state.permits.add(grant.generation, max(1, grant.permits), expiry, known, now)
@@ -684,6 +701,8 @@ class LocalView:
     def forget_fleet(self) -> None:
         """The control plane is gone: its probe permits end; its breaker states stay in
         force as :meth:`fleet_in_force` says."""
+        if self.connected:
+            self.link_lost_at = self.clock()
         self.connected = False
         for state in list(self.services.values()):
             with state.lock:
