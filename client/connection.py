@@ -293,6 +293,7 @@ class ControlPlaneConnection:
                             safe_units=budget.safe_units(),
                             leaving=leaving,
                             agents=1,
+                            held_epoch=budget.epoch,
                         )
                         if reports:
                             last = reports[-1]

@@ -109,6 +109,8 @@ class LeasedBudget:
         self.horizon = now + (unleased_secs if unleased_secs is not None else float("inf"))
         #: Agents sharing the limit, as last announced; 0 = never leased.
         self.agents = 0
+        #: The highest leader epoch whose lease it took (reported with its demand: a leader
+        #: below it moves its epoch above, or this agent would ignore its leases).
         self.epoch = 0
         #: The units of the latest lease (in epoch and period) received.
         self.last_units = 0.0

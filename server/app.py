@@ -176,11 +176,14 @@ def server_options(limits: Limits) -> list[tuple[str, Any]]:
         # twice that rate (a stricter policy ends their connection with too_many_pings)
         ("grpc.http2.min_ping_interval_without_data_ms", PEER_PING_SECS * 1000 // 2),
         ("grpc.keepalive_permit_without_calls", 1),
-        # and the server pings its peers too (10 s, 5 s to answer). Not enough on its own:
-        # a follower behind a stalled link (no RST, no FIN) was seen to keep its stream,
-        # and its share of a fleet limit, for about a minute with these settings
+        # and the server pings its peers too (10 s, 5 s to answer)
         ("grpc.keepalive_time_ms", KEEPALIVE_SECS * 1000),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_SECS * 1000),
+        # grpc waits this long for the answer to a ping (default 60 s) when the connection
+        # carries data: then keepalive_timeout alone does not end it. A follower behind a
+        # stalled link (no RST, no FIN) that the leader sends leases kept its stream, and its
+        # share of a fleet limit, for ~70 s without this (an idle connection: 15 s)
+        ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_SECS * 1000),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

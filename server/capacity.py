@@ -51,7 +51,9 @@ class CapacityLeaser:
     Args:
         policies: the policies in force (which resources are fleet-shared, how much).
         send: delivers a message to a connected holder; False when it is gone.
-        epoch: the leader's epoch (rises with every new leader).
+        epoch: the leader's epoch (rises with every new leader): a new one begins a term.
+        lease_epoch: the epoch leases carry (None: ``epoch``); it may move above ``epoch``
+            within a term (an agent held a higher one), and that begins no new term.
         clock: monotonic seconds; wall: epoch seconds (the period grid).
         leased_before: whether an earlier leader may have leased (agents not back yet may
             be spending its leases). Without it, only agents that report a lease are
@@ -79,10 +81,12 @@ class CapacityLeaser:
         may_lease: Callable[[float, float], bool] = lambda end, then: True,
         on_leased: Callable[[], None] = lambda: None,
         recorded_horizon: Callable[[str, str], float] = lambda service, resource: 0.0,
+        lease_epoch: Callable[[], int] | None = None,
     ) -> None:
         self.policies = policies
         self.send = send
         self.epoch = epoch
+        self.lease_epoch = lease_epoch or epoch
         self.clock = clock
         self.wall = wall
         self.earlier_until = earlier_until
@@ -251,7 +255,7 @@ class CapacityLeaser:
             period=round(start * 1000),
             agents=agents,
             fleet_units=limit.fleet_units,
-            epoch=self.term.epoch or 0,
+            epoch=self.lease_epoch() if self.term.epoch else 0,
         )
         template.starts_in.FromNanoseconds(int(max(0.0, start - wall) * 1e9))
         template.period_length.FromNanoseconds(int(limit.period_secs * 1e9))

@@ -160,7 +160,8 @@ class ControlPlane:
         self.capacity = CapacityLeaser(
             self.policies.all,
             self.hub.send_to_agent,
-            epoch=self.lease_epochs.epoch,
+            epoch=self.lease_epochs.term_epoch,
+            lease_epoch=self.lease_epochs.epoch,
             clock=clock,
             wall=wall,
             leased_before=self.lease_epochs.leased_before,
@@ -346,6 +347,8 @@ class ControlPlane:
 
     def record_demand(self, agent_id: str, demand: pb.CapacityDemand) -> None:
         if self.leading or self.relay is None:
+            if demand.held_epoch:  # above this leader's, its leases would all be ignored
+                self.lease_epochs.agent_holds(demand.held_epoch)
             self.capacity.demand(agent_id, demand)
         else:
             self.relay.demand(agent_id, demand)

@@ -23,6 +23,12 @@ resumed) cannot extend it, so a new leader knows how late an agent it has not he
 may have been leased, and keeps aside what such agents may spend until that time plus the
 policy's ``unleased_secs`` — when the agents stop spending without a lease.
 
+An agent reports the highest epoch it holds (``CapacityDemand.held_epoch``): a leader below
+it — the record was lost or refused after a leader recorded a higher epoch, as a record put
+by hand ahead of the clock and then deleted leaves it — would have every lease ignored for
+its whole term. It moves its epoch above the agent's (:meth:`LeaseEpochs.agent_holds`) and
+leases again only once that is recorded; a claim is bounded as a record is.
+
 It carries the horizons agents may hold (see :mod:`.lease_horizons`): a replica started
 after an operator lowered ``unleased_secs`` learns the old one there.
 
@@ -162,7 +168,12 @@ class LeaseEpochs:
         self.seen = False
         self.malformed = 0
         self._term = 0  # the leader epoch the values below belong to
-        self._epoch = 0
+        self._base = 0  # the epoch this term began with
+        self._epoch = 0  # the epoch leases carry: the base, or above an agent's (raised)
+        self._raised = 0  # the highest epoch moved to above an agent's (kept across terms)
+        #: Agents' epoch claims refused (at or above what a record may hold), and taken.
+        self.refused_claims = 0
+        self.moved = 0
         self._took_over: int | None = None  # the term whose takeover time is in _since
         self._since = 0
         self._prior: object = _UNKNOWN
@@ -195,13 +206,43 @@ class LeaseEpochs:
         prior = self.record.epoch if self.record is not None else 0
         record = self.record if known else None
         self._prior_until = record.until if record is not None and record.until else None
-        self._epoch = max(own, prior + 1, self._since)
+        self._base = max(own, prior + 1, self._since)
+        self._epoch = max(self._base, self._raised)
 
     def epoch(self) -> int:
         """The epoch this leader's leases carry: its own, above every recorded one and
         not below the time it took over (in milliseconds)."""
         self._take_over()
         return self._epoch
+
+    def term_epoch(self) -> int:
+        """The epoch this leader's term began with: it changes with a new term (or the
+        store read for the first time in one), not when the epoch moves above an agent's."""
+        self._take_over()
+        return self._base
+
+    def agent_holds(self, held: int) -> bool:
+        """An agent (or a follower, for its agents) holds leases of epoch ``held``. Agents
+        ignore leases of a lower epoch, so above this leader's the epoch moves above it, and
+        :meth:`may_lease` leases nothing more until that is recorded. The term goes on (no
+        new warm-up: the agents' leases are this leader's to split, as before). A claim at
+        or above what a record may hold (:func:`epoch_bound`, ``MAX_EPOCH``) is refused and
+        counted: it moves nothing. True when the epoch moved."""
+        current = self.epoch()
+        if held <= current:
+            return False
+        if held + 1 >= min(MAX_EPOCH, epoch_bound(self.wall())):
+            self.refused_claims += 1
+            if self.refused_claims % 1000 == 1:  # (a client may send one with every demand)
+                _log.warning("an agent claims fleet-lease epoch %d, out of range: ignored", held)
+            return False
+        self._raised = self._epoch = held + 1
+        self.moved += 1
+        if self.moved % 1000 == 1:
+            _log.warning(
+                "an agent holds fleet-lease epoch %d, above this leader's %d: moved above", held, current
+            )
+        return True
 
     def leased_before(self) -> bool:
         """Whether, when this replica took over, the fleet may hold an earlier leader's leases."""

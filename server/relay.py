@@ -46,8 +46,13 @@ MAX_WAITING = 256
 #: Agent batches kept for the leader (unsent, and sent but not acknowledged); past it the
 #: oldest unsent ones are summed without their origin (still counted, no longer de-duplicated).
 MAX_BATCHES = 4096
-#: A leader that vanished without closing the connection is noticed within ~15 s.
-KEEPALIVE = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
+#: A leader that vanished without closing the connection is noticed within ~15 s (a ping
+#: every 10 s, and 5 s for the answer to it or to any other ping: see server_options).
+KEEPALIVE = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.ping_timeout_ms", 5_000),
+]
 
 #: Opens a Connect stream to the leader at an address: (address, requests, metadata) ->
 #: responses. Closing the responses' iterator ends the stream.

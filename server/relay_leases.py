@@ -126,6 +126,7 @@ class FollowerLeases:
                     + sum(k.units for k in kept.values()),
                     leased=all(d.leased for d in per_agent.values()),
                     agents_wanted=wants,
+                    held_epoch=max((d.held_epoch for d in per_agent.values()), default=0),
                 )
             )
         self._dirty, self._reported = False, reported

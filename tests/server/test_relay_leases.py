@@ -115,3 +115,14 @@ def test_a_follower_whose_agents_are_all_gone_is_leased_nothing_more() -> None:
     assert "f" not in leader.leaser.limits[("shared", RESOURCE)].holders
     assert leader.sent["direct"][-1].units == pytest.approx(UNITS)
     assert follower.leases.report() is None  # said once
+
+
+def test_a_follower_reports_the_highest_epoch_its_agents_hold() -> None:
+    """A leader below it moves above it (its leases would be ignored otherwise)."""
+    leader = Leader(5000.0)
+    follower = Follower(leader)
+    follower.agent("a", held_epoch=40)
+    follower.agent("b", held_epoch=90)
+    follower.agent("c")
+    (demand,) = follower.leases.report().demand.demands  # type: ignore[union-attr]
+    assert demand.held_epoch == 90

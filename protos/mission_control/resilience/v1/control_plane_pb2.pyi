@@ -544,6 +544,7 @@ class CapacityDemand(_message.Message):
     LEAVING_FIELD_NUMBER: _builtins.int
     AGENTS_FIELD_NUMBER: _builtins.int
     AGENTS_WANTED_FIELD_NUMBER: _builtins.int
+    HELD_EPOCH_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     resource: _builtins.str
     """"<service>.requests" for the rate limit, else the quota's name."""
@@ -563,6 +564,11 @@ class CapacityDemand(_message.Message):
     """The agent is closing its stream: nothing need be reserved for it any more."""
     agents: _builtins.int
     """How many agents this demand speaks for (a follower replica sums its agents'); 0 = 1."""
+    held_epoch: _builtins.int
+    """The highest leader epoch whose leases the agent holds (a follower: the highest of its
+    agents'); 0 = none. Agents ignore leases of a lower epoch, so a leader below it (its
+    epoch record was lost) moves its epoch above it before it leases again.
+    """
     @_builtins.property
     def agents_wanted(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """A follower replica's demand: what each of its agents wants (the leader splits the limit
@@ -583,10 +589,11 @@ class CapacityDemand(_message.Message):
         leaving: _builtins.bool = ...,
         agents: _builtins.int = ...,
         agents_wanted: _abc.Iterable[_builtins.float] | None = ...,
+        held_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "agents_known", b"agents_known", "agents_wanted", b"agents_wanted", "leased", b"leased", "leaving", b"leaving", "period", b"period", "resource", b"resource", "safe_units", b"safe_units", "service", b"service", "used", b"used", "wanted", b"wanted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "agents_known", b"agents_known", "agents_wanted", b"agents_wanted", "held_epoch", b"held_epoch", "leased", b"leased", "leaving", b"leaving", "period", b"period", "resource", b"resource", "safe_units", b"safe_units", "service", b"service", "used", b"used", "wanted", b"wanted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
