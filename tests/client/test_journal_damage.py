@@ -1,6 +1,7 @@
 """Journals damaged by hand: a segment of hand-made record headers is read in time linear
 in its size, a record whose checksum holds but whose seq no journal writes is refused and
-counted, and records known to have been written but lost are counted."""
+counted, records known to have been written but lost are counted, and spool counts too large
+for the report's fields are clamped."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 from mission_control.client.journal import Journal, JournalFull
+from mission_control.client.view import Tally
 
 HEADER = struct.Struct("<4sIIQ")
 
@@ -153,3 +155,10 @@ def test_a_torn_last_record_alone_is_not_counted(tmp_path: Path) -> None:
     again = Journal(tmp_path)
     assert len(again) == 3 and again.corrupt == 0
 
+
+def test_spool_counts_past_the_report_fields_are_clamped() -> None:
+    tally = Tally()
+    tally.spooled = tally.spool_replayed = tally.spool_dropped = tally.spool_held = 2**40
+    summary = tally.to_proto("storage_backend")  # raised ValueError: a uint32 field
+    assert summary.spool_dropped == summary.spooled == summary.spool_replayed == 2**32 - 1
+    assert summary.spool_held == 2**32 - 1
