@@ -34,7 +34,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .journal_done import DoneLog
-from .journal_format import MAX_RECORD, JournalBroken, JournalFull, JournalLocked, Record, open_directory
+from .journal_format import (
+    LAST_SEQ,
+    MAX_RECORD,
+    JournalBroken,
+    JournalFull,
+    JournalLocked,
+    Record,
+    open_directory,
+)
 from .journal_format import done_mark as _done_mark  # noqa: F401  (its name here before the split)
 from .journal_format import encode as _encode
 from .journal_held import HeldRecords
@@ -126,7 +134,7 @@ class Journal:
         found = read_segments(self.directory, done, _read_records)
         self._pending, self._segments.files, self.next_seq = found.pending, found.segments, found.next_seq
         self._marks.settle()
-        self.corrupt = count_corrupt(self.directory, done, self._pending)
+        self.corrupt = count_corrupt(self.directory, done, found)
         self._segments.forget_done(self.done)
 
     # -- reading -------------------------------------------------------------------
@@ -171,6 +179,8 @@ class Journal:
         if len(payload) > MAX_RECORD:
             raise JournalFull(f"a write of {len(payload)} bytes is larger than a spool record may be")
         seq = self.next_seq
+        if seq >= LAST_SEQ:
+            raise JournalFull(f"spool {self.directory} has numbered the most records a journal may")
         self._write_record(seq, _encode(seq, payload))
         self.next_seq = seq + 1
         self._pending.append(Record(seq, payload))

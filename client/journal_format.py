@@ -123,18 +123,25 @@ def write_whole(fd: int, data: bytes) -> None:
         written += os.write(fd, data[written:])
 
 
-def record_length(header: bytes) -> int | None:
-    """The payload length a record's header (:data:`HEADER` bytes) gives, or None when
-    it is not one of ours (no magic, a length past :data:`MAX_RECORD`)."""
-    magic, length, _, _ = _RECORD.unpack_from(header)
-    return length if magic == RECORD_MAGIC and length <= MAX_RECORD else None
+@dataclass(frozen=True, slots=True)
+class Header:
+    """What a record's header says: its payload's length, checksum and seq."""
+
+    length: int
+    crc: int
+    seq: int
 
 
-def decode(record: bytes) -> Record | None:
-    """The record in ``record`` (a header and its whole payload) if its checksum holds."""
-    _, _, crc, seq = _RECORD.unpack_from(record)
-    payload = record[_RECORD.size :]
-    return Record(seq, payload) if zlib.crc32(_SEQ.pack(seq) + payload) == crc else None
+def read_header(header: bytes) -> Header | None:
+    """The header in ``header`` (:data:`HEADER` bytes), or None when it is not one of
+    ours (no magic, a length past :data:`MAX_RECORD`)."""
+    magic, length, crc, seq = _RECORD.unpack_from(header)
+    return Header(length, crc, seq) if magic == RECORD_MAGIC and length <= MAX_RECORD else None
+
+
+def seq_checksum(seq: int) -> int:
+    """The running crc32 a record's checksum starts from: over its seq."""
+    return zlib.crc32(_SEQ.pack(seq))
 
 
 class NotRegular(OSError):

@@ -67,11 +67,11 @@ def _hold_in_log(directory: Path, record: Record) -> None:
 def read_held(directory: Path) -> list[Record]:
     """The records held in ``directory``, in order, each once."""
     path = directory / "held.log"
-    held = {r.seq: r for r in (read_records(path)[0] if os.path.lexists(path) else [])}
+    held = {r.seq: r for r in (read_records(path).records if os.path.lexists(path) else [])}
     for link in directory.glob("held-*.log"):
         seq = numbered(link.name, "held-")
         if seq is not None:
-            held.update((r.seq, r) for r in read_records(link)[0] if r.seq == seq)
+            held.update((r.seq, r) for r in read_records(link).records if r.seq == seq)
     return [held[seq] for seq in sorted(held)]
 
 

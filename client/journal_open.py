@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .journal_format import LAST_SEQ, JournalBroken, Record, numbered
-from .journal_read import cut
+from .journal_read import SegmentRead, cut
 
 _log = logging.getLogger("mission_control.client.spool")
 
-#: Reads a segment: its whole records and where the last one ends.
-ReadRecords = Callable[[Path], tuple[list[Record], int]]
+#: Reads a segment: what it holds (see :class:`~.journal_read.SegmentRead`).
+ReadRecords = Callable[[Path], SegmentRead]
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,11 @@ class Contents:
     segments: list[tuple[Path, int]]
     #: the seq the next record gets
     next_seq: int
+    #: the highest seq known to have been written (a record read, a segment's name, a
+    #: record header after a damaged record): the records up to it not read are lost
+    newest: int = 0
+    #: records whose checksum holds but whose seq no journal writes (refused)
+    refused: int = 0
 
 
 def read_segments(directory: Path, done: int, read_records: ReadRecords) -> Contents:
@@ -40,12 +45,20 @@ def read_segments(directory: Path, done: int, read_records: ReadRecords) -> Cont
     """
     pending: list[Record] = []
     segments: list[tuple[Path, int]] = []
-    next_seq = done + 1
+    next_seq, newest, refused = done + 1, 0, 0
     for path in segment_files(directory):
-        records, end = read_records(path)
-        cut(path, end)
+        found = read_records(path)
+        records, refused = found.records, refused + found.refused
+        # a segment is named after its first record: every seq before it was written
+        last = records[-1].seq if records else (numbered(path.name, "segment-") or 1) - 1
+        newest = max(newest, last + found.lost_after)
+        if found.gave_up:  # what was not read is left for the operator; the next
+            newest = max(newest, last + 1)  # record goes to a segment of another name
+        else:
+            cut(path, found.end)
         if not records:
-            path.unlink()
+            if not found.gave_up:
+                path.unlink()
             continue
         if segments and records[0].seq <= segments[-1][1]:  # seqs only grow from one segment to the next
             _log.error(
@@ -56,7 +69,9 @@ def read_segments(directory: Path, done: int, read_records: ReadRecords) -> Cont
         after = pending[-1].seq if pending else done
         pending.extend(r for r in records if r.seq > after)
     check_done_mark(done, segments)
-    return Contents(pending, segments, next_seq)
+    newest = min(newest, LAST_SEQ - 1)
+    # a lost record's seq is not given again: its receipt named it
+    return Contents(pending, segments, max(next_seq, newest + 1), newest, refused)
 
 
 def segment_files(directory: Path) -> list[Path]:
@@ -87,13 +102,16 @@ def check_done_mark(done: int, segments: list[tuple[Path, int]]) -> None:
         raise JournalBroken(f"done.log marks #{done} done, but the newest record kept is #{newest or 0}")
 
 
-def count_corrupt(directory: Path, done: int, pending: list[Record]) -> int:
-    """Seqs missing between the done mark and the records read were in records that
-    failed their checks: counted, and logged (the records after them are kept)."""
-    corrupt, last = 0, done
-    for record in pending:  # in increasing seq order: never a negative count
+def count_corrupt(directory: Path, done: int, found: Contents) -> int:
+    """Records past the done mark that are known to have been written but were not read:
+    seqs missing between the records read (they failed their checks), seqs after the last
+    one read up to :attr:`Contents.newest` (a cut or damaged tail, a segment whose records
+    were all lost), and records refused. Counted and logged (the records read are kept)."""
+    corrupt, last = found.refused, done
+    for record in found.pending:  # in increasing seq order: never a negative count
         corrupt += record.seq - last - 1
         last = record.seq
+    corrupt += max(0, found.newest - last)
     if corrupt:
-        _log.error("journal %s: %d corrupt records skipped", directory, corrupt)
+        _log.error("journal %s: %d corrupt or lost records skipped", directory, corrupt)
     return corrupt

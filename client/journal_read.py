@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from .journal_format import (
     DONE,
     HEADER,
+    LAST_SEQ,
     RECORD_MAGIC,
     Record,
-    decode,
     open_regular,
     read_done_marks,
-    record_length,
+    read_header,
+    seq_checksum,
 )
 
 _log = logging.getLogger("mission_control.client.spool")
@@ -45,13 +48,26 @@ class _Stream:
         else:
             self.eof = True
 
-    def get(self, start: int, end: int) -> bytes | None:
-        """The bytes [start, end) of the file, or None when it ends before ``end``."""
+    def _fill(self, end: int) -> bool:
+        """Read up to ``end``; False when the file ends before it."""
         while self._base + len(self._buf) < end and not self.eof:
             self._more(end - self._base - len(self._buf))
-        if self._base + len(self._buf) < end:
+        return self._base + len(self._buf) >= end
+
+    def get(self, start: int, end: int) -> bytes | None:
+        """The bytes [start, end) of the file, or None when it ends before ``end``."""
+        return bytes(self._buf[start - self._base : end - self._base]) if self._fill(end) else None
+
+    def crc(self, start: int, end: int, running: int) -> int | None:
+        """crc32 of the bytes [start, end) from ``running`` (not copied), or None when the
+        file ends before ``end``."""
+        if not self._fill(end):
             return None
-        return bytes(self._buf[start - self._base : end - self._base])
+        window = memoryview(self._buf)[start - self._base : end - self._base]
+        try:
+            return zlib.crc32(window, running)
+        finally:
+            window.release()  # else the buffer could not be cut by forget()
 
     def find(self, needle: bytes, start: int) -> int:
         """The offset of the first ``needle`` at or after ``start``, or -1."""
@@ -72,43 +88,95 @@ class _Stream:
             self._base = offset
 
 
-def _record_at(stream: _Stream, at: int) -> tuple[Record, int] | None:
-    """The whole, checksummed record at ``at`` and where it ends, else None."""
-    header = stream.get(at, at + HEADER)
-    length = None if header is None else record_length(header)
-    if length is None:
-        return None
-    whole = stream.get(at, at + HEADER + length)
-    record = None if whole is None else decode(whole)
-    return None if record is None else (record, at + HEADER + length)
+#: Bytes checksummed for candidate records that fail, per byte of a segment: past it the
+#: rest of the segment is not read (see :func:`read_records`). A candidate is never longer
+#: than the segment, so a segment with a few damaged records never comes near it.
+RESYNC_WORK = 4
 
 
-def read_records(path: Path) -> tuple[list[Record], int]:
-    """The whole records of a segment, and the offset where the last one ends. A bad
-    record in the middle is skipped (the next good one is found by its magic and checksum);
-    bytes after the last good record are a torn tail.
+@dataclass(frozen=True)
+class SegmentRead:
+    """What :func:`read_records` found in a segment."""
+
+    #: its whole, checksummed records, seqs increasing
+    records: list[Record]
+    #: where the last of them ends (what follows is torn or damaged)
+    end: int
+    #: record headers found after ``end`` (not counting one at ``end``: a write torn by a
+    #: crash): each is a record once written whole, since the next one was begun after it
+    lost_after: int = 0
+    #: records whose checksum holds but whose seq is past :data:`LAST_SEQ` (not ours)
+    refused: int = 0
+    #: the scan stopped at its bound of work: the bytes after ``end`` were not all read
+    gave_up: bool = False
+
+
+class _Scan:
+    """One pass over a segment: each candidate record is checked at most once, its header
+    before its checksum, and the checksums of candidates that fail are bounded in bytes."""
+
+    def __init__(self, stream: _Stream, size: int) -> None:
+        self.stream, self.size = stream, size
+        self.records: list[Record] = []
+        self.end = self.lost_after = self.refused = 0
+        self.budget = RESYNC_WORK * size
+
+    def record_at(self, at: int) -> int | None:
+        """Check the candidate at ``at``; the offset after it when it is a good record."""
+        raw = self.stream.get(at, at + HEADER)
+        header = None if raw is None else read_header(raw)
+        if header is None:
+            return None
+        if at > self.end:
+            self.lost_after += 1
+        after = at + HEADER + header.length
+        if after > self.size or (self.records and header.seq <= self.records[-1].seq):
+            return None  # cannot be whole, or not after the records already read
+        if self.stream.crc(at + HEADER, after, seq_checksum(header.seq)) != header.crc:
+            self.budget -= header.length
+            return None
+        if header.seq >= LAST_SEQ:
+            self.refused += 1
+            return None
+        payload = self.stream.get(at + HEADER, after)
+        self.records.append(Record(header.seq, payload or b""))
+        self.end, self.lost_after = after, 0
+        return after
+
+    def result(self, gave_up: bool) -> SegmentRead:
+        return SegmentRead(self.records, self.end, self.lost_after, self.refused, gave_up)
+
+
+def read_records(path: Path) -> SegmentRead:
+    """The whole records of a segment, and where the last one ends. A bad record in the
+    middle is skipped (the next good one is found by its magic, a sane header and its
+    checksum); bytes after the last good record are a torn tail. The work is linear in the
+    segment's size: a header that cannot be whole (its length past the end of the file) is
+    not checksummed, and once the checksums of candidates that failed pass
+    :data:`RESYNC_WORK` times the size, the rest of the segment is left unread (logged).
 
     Raises:
         NotRegular: ``path`` is not a regular file.
         OSError: it could not be read.
     """
-    records: list[Record] = []
-    at = good_end = 0
     with os.fdopen(open_regular(path, os.O_RDONLY), "rb", buffering=0) as file:
-        stream = _Stream(file)
+        scan = _Scan(_Stream(file), os.fstat(file.fileno()).st_size)
+        at = 0
         while True:
-            stream.forget(at)
-            found = _record_at(stream, at)
-            if found is None:
-                at = stream.find(RECORD_MAGIC, at + 1)
-                if at < 0:
-                    break
+            scan.stream.forget(at)
+            found = scan.record_at(at)
+            if found is not None:
+                at = found
                 continue
-            record, at = found
-            if not records or record.seq > records[-1].seq:
-                records.append(record)
-            good_end = at
-    return records, good_end
+            if scan.budget < 0:
+                _log.error(
+                    "journal %s: too much damage to find records after byte %d of %d; the rest is"
+                    " not read and left as it is", path, scan.end, scan.size,
+                )  # fmt: skip
+                return scan.result(gave_up=True)
+            at = scan.stream.find(RECORD_MAGIC, at + 1)
+            if at < 0:
+                return scan.result(gave_up=False)
 
 
 def read_done(path: Path) -> tuple[int, bytes]:

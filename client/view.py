@@ -57,6 +57,12 @@ class FleetBreaker:
     generation: int
 
 
+def _uint32(count: int) -> int:
+    """A count as a uint32 field takes it: past the field's range it is clamped (a spool
+    may count 2**40 records lost on a hand-edited disk), never raised in the report path."""
+    return min(max(count, 0), 2**32 - 1)
+
+
 class Tally:
     """Outcomes of one service's calls since the last batch sent to the control plane."""
 
@@ -187,10 +193,10 @@ class Tally:
             rejected_by_reason=dict(self.rejected_by_reason),
             fallbacks_served=self.fallbacks_served,
             fallbacks_failed=self.fallbacks_failed,
-            spooled=self.spooled,
-            spool_replayed=self.spool_replayed,
-            spool_dropped=self.spool_dropped,
-            spool_held=self.spool_held,
+            spooled=_uint32(self.spooled),
+            spool_replayed=_uint32(self.spool_replayed),
+            spool_dropped=_uint32(self.spool_dropped),
+            spool_held=_uint32(self.spool_held),
             probe_generation=self.probe_generation,
             shadow_calls=self.shadow_calls,
             shadow_retries=self.shadow_retries,
