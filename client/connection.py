@@ -34,9 +34,15 @@ _log = logging.getLogger("mission_control.client")
 
 _WAKE = object()
 MAX_UNACKED = 1000
-#: The agent pings the control plane every 10 s on a quiet stream, to notice a dead peer (the
-#: control plane's server permits pings that often).
-KEEPALIVE = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
+#: The agent pings the control plane every 10 s, to notice a dead peer (the control plane's
+#: server permits pings that often), and gives up on the stream when no answer came in 5 s —
+#: also while it sends reports: on a connection carrying data grpc otherwise waits its
+#: `ping_timeout_ms` (60 s) for the answer.
+KEEPALIVE = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.ping_timeout_ms", 5_000),
+]
 _STOP = object()
 
 
