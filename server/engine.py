@@ -369,23 +369,21 @@ class FleetBreakers:
         policy's timeout: until that much time has passed no permit is granted here, so
         the fleet never runs more than ``success_threshold`` probes of one HALF_OPEN.
 
-        That holds for every breaker, whoever decides its next HALF_OPEN and whatever
-        etcd holds now: an earlier leader cut off from etcd may have decided an OPEN and a
-        HALF_OPEN from memory and granted while its lease held, and this leader's own
-        HALF_OPEN of the same breaker, decided from what etcd holds (OPEN, or even CLOSED
-        and opened here again), would run probes beside it. Whether a leader led before
-        cannot be known here (a restarted replica, or one that finds the leader key already
-        expired, sees none), so it is assumed. A breaker first loaded from the store not
-        CLOSED after this moment is held from when it is loaded (:meth:`adopt`). The cost
-        is small: a breaker opened after the takeover waits its own OPEN first, and only
-        the part of the hold (probe TTL + timeout) past that wait delays its probes."""
-        self._took_over = self._clock()
-        self._held_since = {}
+        That holds for every breaker not CLOSED now, whoever decides its next HALF_OPEN:
+        an earlier leader may have decided one from memory while cut off from etcd and
+        granted while its lease held, and this leader's own HALF_OPEN of the same breaker,
+        decided from the OPEN etcd holds, would run probes beside it. Whether a leader led
+        before cannot be known here (a restarted replica, or one that finds the leader key
+        already expired, sees none), so it is assumed. A breaker first loaded from the
+        store after this moment is held from when it is loaded (:meth:`adopt`)."""
+        now = self._took_over = self._clock()
+        self._held_since = {
+            name: now for name, b in self._breakers.items() if b.state is not BreakerState.CLOSED
+        }
 
-    def held_since(self, name: str) -> float:
-        """Since when no permit of ``name`` is granted for an earlier leader's sake (-inf:
-        this replica never took over)."""
-        return max(self._took_over, self._held_since.get(name, float("-inf")))
+    def held_since(self, name: str) -> float | None:
+        """Since when no permit of ``name`` is granted for an earlier leader's sake, if so."""
+        return self._held_since.get(name)
 
     def stepped_down(self) -> None:
         """This replica no longer leads: the permits it holds were its own grants, which
@@ -460,7 +458,8 @@ class FleetBreakers:
         hold = self.probe_ttl + breaker.policy.timeout_secs
         if self.lead_check is not None and not self.lead_check():
             return None  # a deposed leader that does not know it yet grants nothing
-        if now < self.held_since(breaker.name) + hold:
+        held = self._held_since.get(breaker.name)
+        if held is not None and now < held + hold:
             return None  # an earlier leader's permits, of a HALF_OPEN etcd never had, may be in use
         since = max(self._took_over, self._adopted.get(breaker.name, float("-inf")))
         if breaker.changed_at <= since and now < since + hold:

@@ -197,10 +197,11 @@ class ProbeWatch:
             replica = agent.replica
             assert replica is not None
             took_over = self.leader_since
-            # the permits of a leader before may be in use, of any HALF_OPEN: every breaker
-            # is held a probe TTL and a timeout after the takeover (or after it was loaded)
-            held = max(took_over, leader.plane.breakers.held_since(service))
-            took_over = held + PROBE_TTL_SECS + breaker.policy.timeout_secs
+            # the permits of a leader before may be in use: of this HALF_OPEN, or of one of
+            # its own that etcd never had (of a breaker not CLOSED at the takeover)
+            held = leader.plane.breakers.held_since(service)
+            if breaker.changed_at <= took_over or held is not None:
+                took_over = max(took_over, held or took_over) + PROBE_TTL_SECS + breaker.policy.timeout_secs
             start = max(
                 since,
                 breaker.changed_at,
