@@ -24,7 +24,24 @@ __all__ = ["MIN_INTERVAL_SECS", "RecoveryCheck"]
 MIN_INTERVAL_SECS = 0.05
 _LONGEST = 3600.0
 _HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.\-]{1,253}):[0-9]{1,5}")
-_URL = re.compile(r"https?://[^\s]{1,2040}")
+#: Printable ASCII only: the target is shown in breaker reasons, which hold no control characters.
+_URL = re.compile(r"https?://[!-~]{1,2040}")
+#: Names gRPC reads as a resolver scheme in ``name:rest`` (``unix:1234`` is a local socket
+#: named 1234, not host "unix" port 1234): never a host a check may name.
+_GRPC_SCHEMES = frozenset(
+    {
+        "dns",
+        "ipv4",
+        "ipv6",
+        "unix",
+        "unix-abstract",
+        "vsock",
+        "xds",
+        "c2p",
+        "google-c2p",
+        "google-c2p-experimental",
+    }
+)
 _HEALTH_SERVICE = re.compile(r"[A-Za-z0-9_.\-/]{0,200}")
 
 
@@ -33,10 +50,14 @@ def target_problem(target: object) -> str | None:
     if not isinstance(target, str) or not target:
         return "is required: a gRPC address host:port, or an http:// or https:// URL"
     if target.startswith(("http://", "https://")):
-        return None if _URL.fullmatch(target) else "not a URL of at most 2048 characters without spaces"
+        if _URL.fullmatch(target):
+            return None
+        return "not a URL of at most 2048 printable ASCII characters (no spaces or control characters)"
     found = _HOST_PORT.fullmatch(target)
     if found is None or not 0 < int(target.rsplit(":", 1)[1]) < 65536:
         return "must be host:port (a port from 1 to 65535), or an http:// or https:// URL"
+    if found.group(1).lower() in _GRPC_SCHEMES:
+        return f"{found.group(1)!r} is a gRPC address scheme (a local socket or resolver), not a host"
     return None
 
 

@@ -144,14 +144,18 @@ class AuditLog(AuditReader):
         record.old_value = json.dumps(old, sort_keys=True)
         return record
 
-    async def record_outside(self, change: Change, revision: int, mark_revision: int) -> bool:
+    async def record_outside(
+        self, change: Change, revision: int, mark_revision: int, *, refused: bool = False
+    ) -> bool:
         """Record a change made from outside at ``revision`` (0: unknown), in a
         compare-and-swap on its key's mark as last seen (``mark_revision``, 0: none);
-        False when another replica, or a later write, recorded first.
+        False when another replica, or a later write, recorded first. A value the control
+        plane ``refused`` (never in force) is recorded as ``etcd.refused``.
         Raises StoreUnavailable."""
         now = self.wall()
         key = self.record_key(change.kind, now, secrets.token_hex(4))
-        action = f"{OUTSIDE}.{'put' if change.new is not None else 'delete'}"
+        verb = "refused" if refused else "put" if change.new is not None else "delete"
+        action = f"{OUTSIDE}.{verb}"
         record = self._record(change, Author(OUTSIDE), action, now)
         record.revision = revision
         writes = [Write(key, encode(record), 0), self.mark_write(change, key, mark_revision, revision)]

@@ -39,9 +39,12 @@ class AuditKeeper:
         change_of: Callable[[str, bytes | None, bytes | None], Change | None],
         prune_delay: float = 0.2,
         prune_interval: float = 5.0,
+        refuses: Callable[[Change], bool] = lambda change: False,
     ) -> None:
         self.log = log
         self.change_of = change_of
+        #: Whether the control plane refuses the value a change writes (it stays out of force).
+        self.refuses = refuses
         self.prune_delay = prune_delay
         self.prune_interval = prune_interval
         self._prune = asyncio.Event()
@@ -140,7 +143,8 @@ class AuditKeeper:
             return False
         revision = entry.mod_revision if entry is not None else 0
         text = "%s %s changed from outside the control plane (revision %d)%s"
-        if await self.log.record_outside(change, revision, mark.mod_revision if mark else 0):
+        refused = change.new is not None and self.refuses(change)
+        if await self.log.record_outside(change, revision, mark.mod_revision if mark else 0, refused=refused):
             _log.warning(text, change.kind, change.name, revision, "")
         else:
             _log.info(text, change.kind, change.name, revision, ": recorded by another replica")

@@ -319,9 +319,11 @@ class Operator:
             print(_safe(f"{mark} {change.service} ({change.action})"))
             if change.action == "changed":
                 before, after = json_values(change.before), json_values(change.after)
-                for key in sorted(set(before) | set(after)):
-                    if before.get(key) != after.get(key):
-                        print(f"    {key}: {json.dumps(before.get(key))} -> {json.dumps(after.get(key))}")
+                differing = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+                for key in differing:
+                    print(f"    {key}: {json.dumps(before.get(key))} -> {json.dumps(after.get(key))}")
+                if not differing:
+                    print("    replaces a value etcd holds that was refused (the policy in force is kept)")
         if dry_run:
             print("(dry run: nothing written)")
 

@@ -123,7 +123,14 @@ def _time(record: pb.AuditRecord) -> str:
 
 
 def _summary(record: pb.AuditRecord) -> str:
-    """What changed, in a few words: the fields of a policy, the state of a breaker."""
+    """What changed, in a few words: the fields of a policy, the state of a breaker; a
+    value stored but refused (never in force) says so first."""
+    if record.action == "etcd.refused":
+        return f"REFUSED, not in force: {_change(record)}"
+    return _change(record)
+
+
+def _change(record: pb.AuditRecord) -> str:
     old, new = _values(record.old_value), _values(record.new_value)
     if record.kind == "breaker":
         before = str(old.get("state", "")).removeprefix("BREAKER_STATE_") or "-"

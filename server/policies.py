@@ -42,6 +42,9 @@ class PolicyBook:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix.rstrip("/") + "/policies/"
         self._policies: dict[str, tuple[ServicePolicy, int]] = {}
+        #: service -> the revision of a refused value the store holds now (the key's
+        #: revision, which a compare-and-swap that replaces it must name).
+        self._refused: dict[str, int] = {}
         self._defaults: OrderedDict[str, ServicePolicy] = OrderedDict()
         self.errors: deque[LoadError] = deque(maxlen=50)
         self.reloads_ok = 0
@@ -83,6 +86,16 @@ class PolicyBook:
     def stored(self, service: str) -> tuple[ServicePolicy, int] | None:
         return self._policies.get(service)
 
+    def revision_of(self, service: str) -> int:
+        """The revision the store holds the service's key at (0: none), also when what it
+        holds there was refused and the last good value stays in force."""
+        found = self._policies.get(service)
+        return max(self._refused.get(service, 0), found[1] if found else 0)
+
+    def refused_at(self, service: str) -> int:
+        """The revision of the refused value the store holds for ``service`` (0: none)."""
+        return self._refused.get(service, 0)
+
     def all(self) -> list[ServicePolicy]:
         return [self._policies[name][0] for name in sorted(self._policies)]
 
@@ -95,6 +108,7 @@ class PolicyBook:
         if service is None:
             return False
         if value is None:
+            self._refused.pop(service, None)
             if self._policies.pop(service, None) is None:
                 return False
             self._counted(True)
@@ -109,8 +123,10 @@ class PolicyBook:
             detail = "; ".join(f"{f}: {m}" for f, m in err.violations)
             kept = f"the last good value (revision {current[1]})" if current else "the defaults"
             self.refused(key, f"{detail}; in force: {kept}")
+            self._refused[service] = max(revision, self._refused.get(service, 0))
             return False
         self._policies[service] = (policy, revision)
+        self._refused.pop(service, None)
         self._counted(True)
         if current is None or current[0] != policy:
             self._notify(service, policy)
@@ -120,6 +136,7 @@ class PolicyBook:
     def forget_revisions(self) -> None:
         """The store lost its data: keep every policy, as never stored."""
         self._policies = {name: (policy, 0) for name, (policy, _) in self._policies.items()}
+        self._refused.clear()
 
     def refused(self, key: str, detail: str) -> None:
         """Count and show a stored value that was not applied (a policy or any other record)."""
@@ -138,6 +155,7 @@ class PolicyBook:
         except ConfigurationError:
             return False
         self._policies[service] = (policy, revision)
+        self._refused[service] = revision
         self.errors.append(
             LoadError(key, f"in force: the last good value (revision {earlier_revision})", time.time())
         )

@@ -18,6 +18,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mission_control.client.recovery_check import RecoveryCheck
 
+from .check_lookups import CheckLookups
+
 _log = logging.getLogger("mission_control.server.recovery_checks")
 
 SERVING = "SERVING"
@@ -35,6 +37,7 @@ class TargetAsker:
     def __init__(self) -> None:
         self._channels: OrderedDict[str, grpc.aio.Channel] = OrderedDict()
         self._session: aiohttp.ClientSession | None = None
+        self._lookups: CheckLookups | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
     async def __call__(self, check: RecoveryCheck) -> str:
@@ -70,7 +73,8 @@ class TargetAsker:
 
     async def _http(self, check: RecoveryCheck) -> str:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
+            self._lookups = self._lookups or CheckLookups()
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=self._lookups))
         async with self._session.get(check.target, allow_redirects=False) as answer:
             return SERVING if 200 <= answer.status < 300 else "NOT_SERVING"
 
@@ -82,7 +86,9 @@ class TargetAsker:
                 ("grpc.min_reconnect_backoff_ms", _RECONNECT_MS),
                 ("grpc.max_reconnect_backoff_ms", _RECONNECT_MS),
             ]
-            channel = grpc.aio.insecure_channel(target, options=options)
+            # Named with the dns scheme: gRPC never reads the target's host as a scheme
+            # (``unix:1234`` would be a local socket; the policy's check refuses such names too).
+            channel = grpc.aio.insecure_channel(f"dns:///{target}", options=options)
             while len(self._channels) >= MAX_CHANNELS:
                 _, oldest = self._channels.popitem(last=False)
                 task = asyncio.get_running_loop().create_task(oldest.close(None))
@@ -99,3 +105,6 @@ class TargetAsker:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._lookups is not None:
+            await self._lookups.close()
+            self._lookups = None

@@ -415,7 +415,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         stored = self.plane.policies.stored(request.service)
         if stored is not None:
             response.policy.CopyFrom(policy_to_proto(stored[0]))
-            response.revision = stored[1]
+            response.revision = self.plane.policies.revision_of(request.service)
         return response
 
     async def PutPolicy(self, request, context):  # type: ignore[no-untyped-def]
@@ -459,6 +459,8 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         plane = self.plane
         changes: list[pb.PolicyChange] = []
         writes: list[Write] = []
+        # Compared with what etcd holds: a refused value there (an `etcdctl put` that did
+        # not validate) is replaced, also by the policy still in force, at its revision.
         for name, policy in sorted(config.service_specific.items()):
             stored = plane.policies.stored(name)
             change = pb.PolicyChange(service=name, after=policy_to_proto(policy))
@@ -466,21 +468,22 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                 change.action = "added"
             else:
                 change.before.CopyFrom(policy_to_proto(stored[0]))
-                change.action = "unchanged" if stored[0] == policy else "changed"
+                same = stored[0] == policy and not plane.policies.refused_at(name)
+                change.action = "unchanged" if same else "changed"
             changes.append(change)
             if change.action != "unchanged":
-                expected = stored[1] if stored else 0
+                expected = plane.policies.revision_of(name)
                 writes.append(Write(plane.policies.key(name), policy_to_json(policy).encode(), expected))
         if request.prune:
             for policy in plane.policies.all():
                 if policy.service not in config.service_specific:
-                    stored = plane.policies.stored(policy.service)
                     changes.append(
                         pb.PolicyChange(
                             service=policy.service, action="removed", before=policy_to_proto(policy)
                         )
                     )
-                    writes.append(Write(plane.policies.key(policy.service), None, stored[1] if stored else 0))
+                    expected = plane.policies.revision_of(policy.service)
+                    writes.append(Write(plane.policies.key(policy.service), None, expected))
         kept = (
             []
             if request.prune

@@ -70,8 +70,7 @@ async def promote_candidate(
         raise no_candidate(service)
     candidate, candidate_revision = stored
     if not expected_revision:
-        enforced = plane.policies.stored(service)
-        expected_revision = enforced[1] if enforced is not None else 0
+        expected_revision = plane.policies.revision_of(service)  # also a refused value's
     others = [p for p in plane.policies.all() if p.service != service]
     check_policies_fit([*others, candidate])
     # A compare-and-swap even with no policy held: expected revision 0 is "still absent".

@@ -26,8 +26,8 @@ from typing import Protocol
 
 from google.protobuf import json_format
 from mission_control.client.breaker import BreakerState
-from mission_control.client.config import policy_to_json
-from mission_control.client.errors import StorageFailure
+from mission_control.client.config import policy_from_json, policy_to_json
+from mission_control.client.errors import ConfigurationError, StorageFailure
 from mission_control.client.policy import ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
@@ -199,6 +199,16 @@ class StateWriter:
         if key.startswith(prefix):
             return Change("breaker", key.removeprefix(prefix), old, new, key)
         return None
+
+    def refuses(self, change: Change) -> bool:
+        """Whether the value ``change`` writes is one a policy or candidate key refuses."""
+        if change.kind not in ("policy", "shadow") or change.new is None:
+            return False
+        try:
+            policy_from_json(change.new, service=change.name)
+        except ConfigurationError:
+            return True
+        return False
 
     def _held(self, key: str) -> bytes | None:
         for book in (self.policies, self.shadows):

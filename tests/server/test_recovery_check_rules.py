@@ -199,3 +199,28 @@ def test_the_recovery_check_goes_through_the_proto_and_back() -> None:
         {"recovery_check": {"target": "https://api.example.com/v1/models"}}, service="s"
     )
     assert http.recovery_check is not None and http.recovery_check.is_http
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "unix:1234",  # gRPC: the local socket "1234", not host "unix" port 1234
+        "unix-abstract:4242",
+        "UNIX:1234",
+        "dns:80",
+        "ipv4:80",
+        "vsock:2",
+        "http://127.0.0.1:1/\x1b[2J",  # control characters would reach the breaker's reason
+        "http://127.0.0.1:1/\x00",
+        "https://h/\x7f",
+    ],
+)
+def test_a_target_that_is_a_grpc_scheme_or_holds_control_characters_is_refused(target: str) -> None:
+    with pytest.raises(ConfigurationError) as err:
+        RecoveryCheck(target)
+    assert [f for f, _ in err.value.violations] == ["target"]
+
+
+def test_hosts_that_only_look_like_schemes_are_checks_still() -> None:
+    for target in ("unix.example:1234", "dns1:53", "localhost:2379", "[::1]:50051", "https://h/a?b=c#d"):
+        assert RecoveryCheck(target).target == target
