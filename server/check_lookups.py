@@ -4,8 +4,9 @@ aiohttp's default resolver looks names up on the event loop's default executor, 
 few threads the rest of the server shares. A lookup does not end when the check that asked
 for it times out: a name server that never answers would hold those threads for as long as
 the system resolver waits, and every check of such a target would take one more. Here the
-lookups run on :data:`LOOKUP_THREADS` threads of their own; a lookup still queued when its
-check times out is dropped unrun.
+lookups run on :data:`LOOKUP_THREADS` threads of their own; more wait in its queue (aiohttp
+shares one lookup per host among the checks asking, so a check that times out does not end
+it), and those still queued when the asker closes are dropped unrun.
 """
 
 from __future__ import annotations
