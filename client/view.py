@@ -45,6 +45,9 @@ _STICKY = frozenset({BreakerState.FORCED_OPEN, BreakerState.FORCED_CLOSED, Break
 _PROBING = frozenset({BreakerState.HALF_OPEN, BreakerState.OPEN})
 #: The control plane's probe permit TTL until a grant says otherwise (server/engine.py).
 PROBE_TTL_SECS = 5.0
+#: The most of a grant's TTL that lengthens the hold of a fleet HALF_OPEN after the link
+#: drops: a peer granting a TTL of days must not keep the agent refusing for days.
+MOST_PROBE_TTL_SECS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -675,7 +678,7 @@ class LocalView:
         ttl = grant.ttl.ToNanoseconds() / 1e9
         expiry = now + ttl
         if ttl > 0:
-            self.probe_ttl = ttl
+            self.probe_ttl = min(ttl, MOST_PROBE_TTL_SECS)
         known = fleet.generation if fleet is not None else None
         with state.lock:
             back = state.permits.add(grant.generation, max(1, grant.permits), expiry, known, now)

@@ -124,3 +124,14 @@ def test_the_view_holds_the_half_open_in_force_until_the_hold_ends() -> None:
     assert view.fleet_in_force(view.get(SERVICE), clock()) is not None
     clock.now += HOLD
     assert view.fleet_in_force(view.get(SERVICE), clock()) is None
+
+
+def test_a_granted_ttl_of_days_holds_no_longer_than_a_minute() -> None:
+    """A hostile or broken peer's TTL bounds nothing but its own permit."""
+    view, clock = connected_at(BreakerState.HALF_OPEN)
+    view.grant(grant(4, ttl=86_400.0 * 30))
+    view.forget_fleet()
+    clock.now += 60.0 + TIMEOUT - 0.01
+    assert decided(view, clock) == "refused"
+    clock.now += 0.02
+    assert decided(view, clock) == "ordinary"
