@@ -8,8 +8,6 @@ agents' snapshot brings the HALF_OPEN back, and only fleet probes run until it c
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from datetime import datetime
 
@@ -17,9 +15,9 @@ import pytest
 from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess
 
-from tests.support.etcd import etcdctl
 from tests.support.polling import poll
 from tests.support.probe_upstream import Call, ProbeUpstream
+from tests.support.probers import start_probers, stored
 from tests.support.procs import Proc, control_plane
 from tests.support.replicas import start_replicas
 
@@ -40,23 +38,6 @@ DELAY = 1.0  # how long the healthy upstream takes to answer: probes overlap
 AGENTS, THREADS = 3, 2
 
 
-def stored(etcd: str, prefix: str) -> dict:  # type: ignore[type-arg]
-    text = etcdctl(etcd, "get", f"{prefix}/breakers/{SERVICE}", "--print-value-only").strip()
-    return json.loads(text) if text else {}
-
-
-def start_agents(spawned: list[Proc], address: str, upstream: str) -> list[Proc]:
-    procs = []
-    for n in range(AGENTS):
-        args = [f"held-{n}", address, upstream, SERVICE, str(THREADS)]
-        procs.append(Proc([sys.executable, "-m", "tests.support.probe_agent", *args]))
-        spawned.append(procs[-1])
-    for proc in procs:
-        ready = proc.wait_for('{"ready"', timeout=60)
-        assert '"ready": true' in ready, ready
-    return procs
-
-
 def not_fleet(calls: list[Call], after: float) -> list[Call]:
     return [c for c in calls if c.kind != "fleet" and c.start > after]
 
@@ -70,8 +51,10 @@ def test_a_fleet_half_open_stays_in_force_after_the_link_breaks(
         upstream.fail(True)
         fleet = start_replicas(etcd, prefix, spawned, ("r1",), POLICY)
         address = fleet.addresses["r1"]
-        agents = start_agents(spawned, address, upstream.address)
-        poll(lambda: stored(etcd, prefix).get("state") == "BREAKER_STATE_OPEN", timeout=60)
+        agents = start_probers(
+            spawned, [f"held-{n}" for n in range(AGENTS)], address, upstream.address, SERVICE, THREADS
+        )
+        poll(lambda: stored(etcd, prefix, SERVICE).get("state") == "BREAKER_STATE_OPEN", timeout=60)
         upstream.fail(False)
         poll(lambda: upstream.in_flight("fleet") >= 1, timeout=60)  # HALF_OPEN, a probe out
         killed = time.monotonic()
@@ -90,7 +73,9 @@ def test_a_fleet_half_open_stays_in_force_after_the_link_breaks(
         for proc in agents:
             poll(lambda p=proc: p.ask("state")["connected"], 60)  # type: ignore[misc]
         back = time.monotonic()
-        closed = poll(lambda: (s := stored(etcd, prefix)).get("state") == "BREAKER_STATE_CLOSED" and s, 90)
+        closed = poll(
+            lambda: (s := stored(etcd, prefix, SERVICE)).get("state") == "BREAKER_STATE_CLOSED" and s, 90
+        )
         for proc in agents:
             poll(lambda p=proc: p.ask("state")["state"] == "CLOSED")  # type: ignore[misc]
         calls = upstream.calls()

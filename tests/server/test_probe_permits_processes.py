@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 import time
 from datetime import datetime
 
@@ -18,9 +17,9 @@ import pytest
 from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess
 
-from tests.support.etcd import etcdctl
 from tests.support.polling import poll
 from tests.support.probe_upstream import ProbeUpstream, most_at_once
+from tests.support.probers import start_probers, stored
 from tests.support.procs import Proc
 from tests.support.replicas import start_replicas
 
@@ -33,23 +32,6 @@ POLICY = policy_pb2.ServicePolicy(
 #: probes r1 permitted still run when another replica takes over.
 DELAY = 5.0
 AGENTS, THREADS = 4, 3  # up to 12 calls at once: far more than BOUND if permits leaked
-
-
-def stored(etcd: str, prefix: str) -> dict:  # type: ignore[type-arg]
-    text = etcdctl(etcd, "get", f"{prefix}/breakers/{SERVICE}", "--print-value-only").strip()
-    return json.loads(text) if text else {}
-
-
-def start_agents(spawned: list[Proc], control_planes: str, upstream: str) -> list[Proc]:
-    procs = []
-    for n in range(AGENTS):
-        args = [f"prober-{n}", control_planes, upstream, SERVICE, str(THREADS)]
-        procs.append(Proc([sys.executable, "-m", "tests.support.probe_agent", *args]))
-        spawned.append(procs[-1])
-    for proc in procs:
-        ready = proc.wait_for('{"ready"', timeout=60)
-        assert '"ready": true' in ready, ready
-    return procs
 
 
 def permits_out(upstream: ProbeUpstream) -> None:
@@ -88,8 +70,10 @@ def test_fleet_probes_in_flight_stay_within_the_permits_across_a_failover(
     with ProbeUpstream(DELAY) as upstream:
         upstream.fail(True)
         fleet = start_replicas(endpoint, prefix, spawned, ("r1", "r2", "r3"), POLICY)
-        agents = start_agents(spawned, ",".join(fleet.addresses.values()), upstream.address)
-        poll(lambda: stored(endpoint, prefix).get("state") == "BREAKER_STATE_OPEN", timeout=60)
+        planes = ",".join(fleet.addresses.values())
+        names = [f"prober-{n}" for n in range(AGENTS)]
+        agents = start_probers(spawned, names, planes, upstream.address, SERVICE, THREADS)
+        poll(lambda: stored(endpoint, prefix, SERVICE).get("state") == "BREAKER_STATE_OPEN", timeout=60)
         upstream.fail(False)
         # the first probe succeeded and the leader handed out more: r1's permits are out
         permits_out(upstream)
@@ -98,7 +82,8 @@ def test_fleet_probes_in_flight_stay_within_the_permits_across_a_failover(
         # a new leader grants for the HALF_OPEN from before it, once r1's permits are over
         # (about 24 s: the lease's 3 s, the wait of 5 s + 6 s, two rounds of 5-s probes)
         closed = poll(
-            lambda: (s := stored(endpoint, prefix)).get("state") == "BREAKER_STATE_CLOSED" and s, timeout=90
+            lambda: (s := stored(endpoint, prefix, SERVICE)).get("state") == "BREAKER_STATE_CLOSED" and s,
+            timeout=90,
         )
         for proc in agents:
             poll(lambda p=proc: p.ask("state")["state"] == "CLOSED")  # type: ignore[misc]

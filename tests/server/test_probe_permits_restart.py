@@ -7,7 +7,6 @@ in flight at the upstream (the new process once granted a second beside it)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -17,10 +16,10 @@ import pytest
 from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess, free_port
 
-from tests.support.etcd import etcdctl
 from tests.support.fleets import put_policy
 from tests.support.polling import poll
 from tests.support.probe_upstream import ProbeUpstream
+from tests.support.probers import start_probers, stored
 from tests.support.procs import Proc
 
 SERVICE = "probed"
@@ -38,11 +37,6 @@ def serve(etcd: EtcdProcess, prefix: str, port: int, instance: str) -> Proc:
     return proc
 
 
-def stored_state(etcd: EtcdProcess, prefix: str) -> str:
-    text = etcdctl(etcd.endpoint, "get", f"{prefix}/breakers/{SERVICE}", "--print-value-only").strip()
-    return str(json.loads(text).get("state", "")) if text else ""
-
-
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("instance", ["r1", pytest.param("", marks=pytest.mark.soak)])
 def test_a_replica_restarted_in_place_never_runs_a_second_probe_beside_its_predecessors(
@@ -54,13 +48,9 @@ def test_a_replica_restarted_in_place_never_runs_a_second_probe_beside_its_prede
         upstream.fail(True)
         spawned.append(first := serve(etcd, prefix, port, instance))
         put_policy(address, POLICY)
-        agent = [sys.executable, "-m", "tests.support.probe_agent"]
-        probing = [address, upstream.address, SERVICE, "3"]
-        agents = [Proc([*agent, f"prober-{n}", *probing]) for n in range(4)]
-        spawned.extend(agents)
-        for agent in agents:
-            assert '"ready": true' in agent.wait_for('{"ready"', timeout=60)
-        poll(lambda: stored_state(etcd, prefix) == "BREAKER_STATE_OPEN", timeout=60)
+        names = [f"prober-{n}" for n in range(4)]
+        start_probers(spawned, names, address, upstream.address, SERVICE, 3)
+        poll(lambda: stored(etcd.endpoint, prefix, SERVICE).get("state") == "BREAKER_STATE_OPEN", timeout=60)
         assert etcd.pid is not None
         os.kill(etcd.pid, signal.SIGSTOP)  # the HALF_OPEN is decided from memory, never stored
         upstream.fail(False)
