@@ -358,6 +358,10 @@ class Executor:
                 tally.successes += 1
                 tally.trailing_failures = 0
             tally.shadow_retries += shadow_would
+            if failed:
+                state.budget.failed()
+            else:
+                state.budget.succeeded()
             if failed and failure is not None:
                 error = failure.error
                 name = error.error_type if isinstance(error, MissionControlError) else "Unclassified"
@@ -622,6 +626,7 @@ def _count_success(state: ServiceState, now: float) -> None:
     tally = state.tally
     tally.successes += 1
     tally.trailing_failures = 0
+    state.budget.succeeded()
     local = state.local
     if local.consecutive_failures or local.policy.failure_rate is not None:
         local.record(now, 1, 0, 0)  # else a success changes nothing there

@@ -69,6 +69,12 @@ class FleetRetryBudget:
         self.local.record_call(now)
         self.calls.take(1.0, now)
 
+    def succeeded(self) -> None:
+        self.local.succeeded()
+
+    def failed(self) -> None:
+        self.local.failed()
+
     def try_retry(self, now: float) -> bool:
         """Spend one retry (or hedge) if the budget allows it; what was asked is reported
         as the agent's demand either way."""

@@ -78,17 +78,31 @@ class Bulkhead:
         self.in_flight -= 1
 
 
-class RetryBudget:
-    """Retries may be at most ``ratio`` × calls over the last ``window_secs``, plus
-    ``min_per_second`` × window always allowed — so an outage cannot multiply the load on
-    a failing service by the retry count (the idea of gRPC's retryThrottling)."""
+#: The retry budget's health score: at most this, and the floor is allowed above half.
+HEALTH_FULL = 10
 
-    __slots__ = ("_buckets", "min_per_second", "ratio", "window")
+
+class RetryBudget:
+    """Retries may be at most ``ratio`` × calls over the last ``window_secs``, plus a floor
+    of ``min_per_second`` × window while the service is healthy — so an outage cannot
+    multiply the load on a failing service by the retry count (the idea of gRPC's
+    retryThrottling).
+
+    Healthy: a score starts at :data:`HEALTH_FULL`, loses one for each failed attempt and
+    gains one for each success (never above full nor below 0); the floor holds while it is
+    above half. A quiet service keeps its floor (a lone failing call is retried), but in a
+    full outage the floor ends after a few failures, at any call rate, and only the ratio
+    is left: the retries of a long outage tend to ``ratio`` × its calls (with a floor that
+    always holds, a caller of one call a second retried 1.2 times per call at the defaults).
+    """
+
+    __slots__ = ("_buckets", "health", "min_per_second", "ratio", "window")
 
     def __init__(self, ratio: float, min_per_second: float, window_secs: float) -> None:
         self.ratio = ratio
         self.min_per_second = min_per_second
         self.window = window_secs
+        self.health = HEALTH_FULL
         self._buckets: dict[int, list[int]] = {}  # second -> [calls, retries]
 
     def _bucket(self, now: float) -> list[int]:
@@ -107,12 +121,28 @@ class RetryBudget:
             bucket = self._bucket(now)
         bucket[0] += 1
 
+    def succeeded(self) -> None:
+        """An attempt of the service succeeded."""
+        if self.health < HEALTH_FULL:
+            self.health += 1
+
+    def failed(self) -> None:
+        """An attempt of the service failed."""
+        if self.health > 0:
+            self.health -= 1
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the floor holds: the service has not failed much more than it succeeded."""
+        return self.health * 2 > HEALTH_FULL
+
     def try_retry(self, now: float) -> bool:
         """Spend one retry if the budget allows it."""
         bucket = self._bucket(now)
         calls = sum(b[0] for b in self._buckets.values())
         retries = sum(b[1] for b in self._buckets.values())
-        if retries + 1 > self.ratio * calls + self.min_per_second * self.window:
+        floor = self.min_per_second * self.window if self.healthy else 0.0
+        if retries + 1 > self.ratio * calls + floor:
             return False
         bucket[1] += 1
         return True

@@ -1,0 +1,134 @@
+"""The per-agent retry budget: its floor (``min_retries_per_second``) keeps a quiet, working
+service retryable but ends in a full outage, so the outage's retries stay near ``ratio`` ×
+its calls at any call rate. Pure logic with an injected clock (``bench.amplification``
+runs the agent's own executor); ``test_retry_amplification.py`` checks the bound with
+real processes."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from mission_control.client.errors import LLMProviderUnavailable, MissionControlError
+from mission_control.client.executor import Executor
+from mission_control.client.limits import HEALTH_FULL, RetryBudget
+from mission_control.client.view import LocalView
+
+from bench import amplification
+from bench.amplification import SERVICE
+
+GOAL = 1.3
+
+
+def test_a_new_budget_allows_its_floor() -> None:
+    budget = RetryBudget(ratio=0.2, min_per_second=1, window_secs=10)
+    assert budget.healthy
+    assert sum(budget.try_retry(100.0) for _ in range(20)) == 10  # 1/s x 10 s, no calls yet
+
+
+def test_failures_end_the_floor_and_successes_bring_it_back() -> None:
+    budget = RetryBudget(ratio=0.0, min_per_second=1, window_secs=10)
+    for _ in range(HEALTH_FULL // 2):
+        budget.failed()
+    assert not budget.healthy
+    assert not budget.try_retry(100.0)
+    budget.succeeded()
+    assert budget.healthy
+    assert budget.try_retry(100.0)
+
+
+def test_the_health_score_is_bounded_both_ways() -> None:
+    budget = RetryBudget(ratio=0.0, min_per_second=1, window_secs=10)
+    for _ in range(1000):
+        budget.succeeded()
+    for _ in range(HEALTH_FULL // 2):
+        budget.failed()
+    assert not budget.healthy  # a long healthy past does not fund a long outage
+    for _ in range(1000):
+        budget.failed()
+    budget.succeeded()
+    assert not budget.healthy  # nor a long outage block the floor for long after it
+    for _ in range(HEALTH_FULL // 2):
+        budget.succeeded()
+    assert budget.healthy
+
+
+def test_the_ratio_holds_without_the_floor() -> None:
+    budget = RetryBudget(ratio=0.2, min_per_second=1, window_secs=10)
+    for _ in range(HEALTH_FULL):
+        budget.failed()
+    for _ in range(50):
+        budget.record_call(100.0)
+    assert sum(budget.try_retry(100.5) for _ in range(50)) == 10
+
+
+class _Clock:
+    now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_quiet_working_service_retries_a_lone_failure() -> None:
+    """One call a minute that mostly succeeds: a failing call gets all its retries (the
+    ratio alone, 0.2 of the one call in the window, would give none)."""
+    clock = _Clock()
+    ex = Executor(LocalView({SERVICE: amplification.policy()}, clock=clock), sleep=lambda s: None)
+    attempts = []
+
+    def fails(_left: float) -> str:
+        attempts.append(clock.now)
+        raise LLMProviderUnavailable(SERVICE, "down")
+
+    for _ in range(5):
+        ex.run(SERVICE, lambda _left: "ok", operation="Echo")
+        clock.now += 60
+    with pytest.raises(LLMProviderUnavailable):
+        ex.run(SERVICE, fails, operation="Echo")
+    assert len(attempts) == 4  # max_retries = 3
+    clock.now += 60
+    ex.run(SERVICE, lambda _left: "ok", operation="Echo")
+    attempts.clear()
+    with pytest.raises(LLMProviderUnavailable):
+        ex.run(SERVICE, fails, operation="Echo")
+    assert len(attempts) == 2  # 4 failures, 1 success: the floor is nearly spent
+    for _ in range(4):
+        clock.now += 60
+        ex.run(SERVICE, lambda _left: "ok", operation="Echo")
+    attempts.clear()
+    with pytest.raises(LLMProviderUnavailable):
+        ex.run(SERVICE, fails, operation="Echo")
+    assert len(attempts) == 4  # as many successes as failures since: retryable again
+
+
+def test_an_outage_of_one_call_a_minute_is_not_retried_after_its_first_calls() -> None:
+    clock = _Clock()
+    ex = Executor(LocalView({SERVICE: amplification.policy()}, clock=clock), sleep=lambda s: None)
+    attempts = []
+
+    def fails(_left: float) -> str:
+        attempts.append(clock.now)
+        raise LLMProviderUnavailable(SERVICE, "down")
+
+    for _ in range(30):
+        with contextlib.suppress(MissionControlError):
+            ex.run(SERVICE, fails, operation="Echo")
+        clock.now += 60
+    # the first call's 3 retries, then none: the ratio of one call per window funds none
+    assert len(attempts) == 30 + 3
+
+
+@pytest.mark.parametrize("rate", amplification.RATES)
+def test_amplification_in_a_full_outage_stays_under_the_goal_at_any_rate(rate: float) -> None:
+    after_healthy = amplification.run(rate, healthy=30, outage=60)
+    from_the_start = amplification.run(rate, healthy=0, outage=60)
+    assert after_healthy.calls >= 60 and from_the_start.calls >= 60
+    assert 1.0 < after_healthy.amplification <= GOAL
+    assert 1.0 < from_the_start.amplification <= GOAL
+
+
+def test_with_a_floor_that_always_holds_a_slow_caller_amplifies_an_outage() -> None:
+    """The budget as Linkerd and Finagle keep it (and this one did): the floor outweighs a
+    slow caller's ratio."""
+    assert amplification.run(1.0, healthy=30, outage=60, floor_always=True).amplification > 2.0
+    assert amplification.run(5.0, healthy=30, outage=60, floor_always=True).amplification > 1.35
