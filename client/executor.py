@@ -359,7 +359,7 @@ class Executor:
                 tally.trailing_failures = 0
             tally.shadow_retries += shadow_would
             if failed:
-                state.budget.failed()
+                state.budget.failed(now)
             else:
                 state.budget.succeeded()
             if failed and failure is not None:

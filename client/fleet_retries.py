@@ -7,7 +7,13 @@ Carried by the fleet-lease machinery (:mod:`.fleet_limits`): each agent reports,
 period, the calls it made (resource ``<service>.calls``: metered, never leased) and the
 retries it wanted (``<service>.retries``); the control plane sets the next period's fleet
 retries to ``ratio`` × the calls of the last period + ``min_retries_per_second`` × the
-period and splits them by demand. In a period it holds a lease for, an agent spends that
+period and splits them by demand. The minimum is in the lease only while the fleet is
+healthy: an agent also reports its failed attempts (``<service>.failures``, metered), and
+after a period whose attempts (calls and retries) failed more than half, the next periods
+have no minimum until a period fails at most half (a period without attempts changes
+nothing) — in a full outage the fleet's retries tend to ``ratio`` × its calls whatever the
+call rate, as each agent's own budget does (:class:`.limits.RetryBudget`).
+In a period it holds a lease for, an agent spends that
 lease; in any other (no control plane, not yet, or the control plane out of reach and the
 last lease run out) it spends its own per-agent budget — not its last lease, which may
 have been 0 retries for as long as the control plane stays down.
@@ -19,7 +25,16 @@ from .fleet_limits import LeasedBudget
 from .limits import RetryBudget
 from .policy import ServicePolicy
 
-__all__ = ["FleetRetryBudget", "calls_resource", "fleet_retry_units", "retries_resource", "retry_resources"]
+__all__ = [
+    "FleetRetryBudget",
+    "calls_resource",
+    "failures_resource",
+    "fleet_healthy",
+    "fleet_retry_units",
+    "metered_resources",
+    "retries_resource",
+    "retry_resources",
+]
 
 #: The units of the metered calls resource: never a limit.
 UNLIMITED = 1e12
@@ -33,14 +48,33 @@ def calls_resource(service: str) -> str:
     return f"{service}.calls"
 
 
+def failures_resource(service: str) -> str:
+    return f"{service}.failures"
+
+
+def metered_resources(service: str) -> tuple[str, str]:
+    """The resources agents report and the control plane only counts: calls, failures."""
+    return calls_resource(service), failures_resource(service)
+
+
 def lease_secs(policy: ServicePolicy) -> float:
     return policy.fleet.lease_secs if policy.fleet is not None else 1.0
 
 
-def fleet_retry_units(policy: ServicePolicy, fleet_calls: float) -> float:
-    """The fleet's retries for one lease period after a period of ``fleet_calls`` calls."""
+def fleet_retry_units(policy: ServicePolicy, fleet_calls: float, healthy: bool = True) -> float:
+    """The fleet's retries for one lease period after a period of ``fleet_calls`` calls;
+    the minimum only while the fleet is ``healthy``."""
     budget = policy.retry_budget
-    return budget.ratio * fleet_calls + budget.min_retries_per_second * lease_secs(policy)
+    floor = budget.min_retries_per_second * lease_secs(policy) if healthy else 0.0
+    return budget.ratio * fleet_calls + floor
+
+
+def fleet_healthy(attempts: float, failures: float, before: bool) -> bool:
+    """Whether the fleet is healthy after a period of ``attempts`` of which ``failures``
+    failed (``before``: what it was; a period without attempts leaves it so)."""
+    if attempts <= 0 and failures <= 0:
+        return before
+    return failures * 2 <= max(attempts, failures)
 
 
 def retry_resources(policy: ServicePolicy) -> dict[str, tuple[float, float, float | None]]:
@@ -52,18 +86,22 @@ def retry_resources(policy: ServicePolicy) -> dict[str, tuple[float, float, floa
     return {
         retries_resource(policy.service): (fleet_retry_units(policy, 0.0), period, None),
         calls_resource(policy.service): (UNLIMITED, period, 1.0),
+        failures_resource(policy.service): (UNLIMITED, period, 1.0),
     }
 
 
 class FleetRetryBudget:
     """The retry budget of one service in an agent: the fleet's lease, else its own."""
 
-    __slots__ = ("calls", "local", "retries")
+    __slots__ = ("calls", "failures", "local", "retries")
 
-    def __init__(self, local: RetryBudget, retries: LeasedBudget, calls: LeasedBudget) -> None:
+    def __init__(
+        self, local: RetryBudget, retries: LeasedBudget, calls: LeasedBudget, failures: LeasedBudget
+    ) -> None:
         self.local = local
         self.retries = retries
         self.calls = calls
+        self.failures = failures
 
     def record_call(self, now: float) -> None:
         self.local.record_call(now)
@@ -72,8 +110,9 @@ class FleetRetryBudget:
     def succeeded(self) -> None:
         self.local.succeeded()
 
-    def failed(self) -> None:
-        self.local.failed()
+    def failed(self, now: float) -> None:
+        self.local.failed(now)
+        self.failures.take(1.0, now)
 
     def try_retry(self, now: float) -> bool:
         """Spend one retry (or hedge) if the budget allows it; what was asked is reported

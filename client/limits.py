@@ -126,8 +126,8 @@ class RetryBudget:
         if self.health < HEALTH_FULL:
             self.health += 1
 
-    def failed(self) -> None:
-        """An attempt of the service failed."""
+    def failed(self, now: float) -> None:
+        """An attempt of the service failed (at ``now``)."""
         if self.health > 0:
             self.health -= 1
 

@@ -24,7 +24,13 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .breaker import BreakerState, CircuitBreaker
 from .fleet_limits import LeasedBudget
-from .fleet_retries import FleetRetryBudget, calls_resource, retries_resource, retry_resources
+from .fleet_retries import (
+    FleetRetryBudget,
+    calls_resource,
+    failures_resource,
+    retries_resource,
+    retry_resources,
+)
 from .limits import Bulkhead, RetryBudget, TokenBucket
 from .policy import ServicePolicy, default_policy, endpoint_breaker, service_of
 from .probes import FleetProbe, GiveBack, ProbePermits
@@ -345,7 +351,13 @@ class ServiceState:
         if not policy.fleet_retry_budget:
             return local
         name = policy.service
-        return FleetRetryBudget(local, self.leased[retries_resource(name)], self.leased[calls_resource(name)])
+        leased = self.leased
+        return FleetRetryBudget(
+            local,
+            leased[retries_resource(name)],
+            leased[calls_resource(name)],
+            leased[failures_resource(name)],
+        )
 
     def apply_policy(self, policy: ServicePolicy, now: float) -> None:
         with self.lock:

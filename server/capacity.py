@@ -29,7 +29,12 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
 
-from mission_control.client.fleet_retries import calls_resource, fleet_retry_units, retry_resources
+from mission_control.client.fleet_retries import (
+    fleet_healthy,
+    fleet_retry_units,
+    metered_resources,
+    retry_resources,
+)
 from mission_control.client.policy import UNLEASED_SECS, ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
@@ -124,7 +129,7 @@ class CapacityLeaser:
             limit = self._limit(key, units, period, horizons.get(key, UNLEASED_SECS))
             limit.safe_share_units = safe.get(key)
             policy = retries.get(key)
-            limit.metered = policy is not None and key[1] == calls_resource(key[0])
+            limit.metered = policy is not None and key[1] in metered_resources(key[0])
             limit.retries_of = policy if policy is not None and not limit.metered else None
 
     def _limit(self, key: tuple[str, str], units: float, period: float, horizon: float) -> LeasedLimit:
@@ -237,9 +242,7 @@ class CapacityLeaser:
             limit.used = limit.demanded = sum(e.used for e in limit.holders.values())
             return
         if limit.retries_of is not None:
-            calls = self.limits.get((limit.service, calls_resource(limit.service)))
-            fleet_calls = sum(e.used for e in calls.holders.values()) if calls is not None else 0.0
-            limit.fleet_units = fleet_retry_units(limit.retries_of, fleet_calls)
+            limit.fleet_units = self._fleet_retries(limit, limit.retries_of)
         shares = self._split(limit, index, now)
         limit.leased = sum(shares.values())
         # every agent that may be spending: those leased now and those cut off
@@ -263,6 +266,17 @@ class CapacityLeaser:
             entry = limit.holders[holder]
             entry.sent, entry.leased, entry.recent = units, True, recent(entry.recent, units)
             self._outbox.append((limit, holder, units, template))
+
+    def _fleet_retries(self, limit: LeasedLimit, policy: ServicePolicy) -> float:
+        """A fleet retry budget's retries for the next period, from the fleet's last one."""
+        calls, failures = (self._fleet_used(limit.service, r) for r in metered_resources(limit.service))
+        attempts = calls + sum(e.used for e in limit.holders.values())
+        limit.retries_healthy = fleet_healthy(attempts, failures, limit.retries_healthy)
+        return fleet_retry_units(policy, calls, limit.retries_healthy)
+
+    def _fleet_used(self, service: str, resource: str) -> float:
+        metered = self.limits.get((service, resource))
+        return sum(e.used for e in metered.holders.values()) if metered is not None else 0.0
 
     def _split(self, limit: LeasedLimit, index: int, now: float) -> dict[str, float]:
         """Each holder's units for period ``index``."""

@@ -74,6 +74,9 @@ class LeasedLimit:
     retries_of: ServicePolicy | None = None
     #: A fleet retry budget's calls: metered (agents report them), never leased.
     metered: bool = False
+    #: A fleet retry budget's retries: the fleet's last period with attempts failed at most
+    #: half of them (the minimum is leased only then).
+    retries_healthy: bool = True
 
     @classmethod
     def rebuilt(

@@ -20,6 +20,7 @@ from tests.support.procs import Proc, control_plane, python
 
 MIN_PER_SECOND = 4.0
 LEASE_SECS = 0.5
+SOME_FAIL = 4  # every 4th call fails
 
 POLICY = ServicePolicy(
     service="flaky",
@@ -48,28 +49,37 @@ def test_the_fleet_retries_within_one_budget(
     for proc in procs:
         assert '"ready": true' in proc.wait_for('{"ready"', timeout=60)
         proc.lines.clear()
-    for proc in procs:  # warm-up: the first leases arrive
-        proc.send("run 2")
-    for proc in procs:
-        assert all(json.loads(proc.wait_for("{", 60))["leased"])
-        proc.lines.clear()
+    # every 4th call fails each attempt: the fleet is healthy, its minimum in force
+    _run(procs, 2, SOME_FAIL)  # warm-up: the first leases arrive
     seconds = 4.0
-    for proc in procs:
-        proc.send(f"run {seconds}")
-    runs = [json.loads(proc.wait_for("{", 60)) for proc in procs]
-    calls = sum(r["calls"] for r in runs)
-    retries = sum(r["attempts"] - r["calls"] for r in runs)
+    calls, retries = _run(procs, seconds, SOME_FAIL)
     # One budget for the four agents: the fleet's minimum over the run, plus one lease
     # period spent ahead; four budgets of their own would allow four times the minimum.
     fleet_bound = MIN_PER_SECOND * (seconds + 2 * LEASE_SECS)
     assert calls >= 40  # the agents did call
     assert 0 < retries <= fleet_bound, (retries, calls)
+    # A full outage: once a period's attempts failed more than half, no minimum; only the
+    # leases made before (two periods ahead at most) are spent. A minimum in force would
+    # allow as many as above.
+    calls, retries = _run(procs, seconds, 1)
+    assert calls >= 40
+    assert retries <= MIN_PER_SECOND * 3 * LEASE_SECS, (retries, calls)
     with grpc.insecure_channel(address) as channel:
         request = pb.GetErrorStatisticsRequest()
         stats = pb_grpc.ControlPlaneServiceStub(channel).GetErrorStatistics(request, timeout=10).statistics
     shown = {usage.resource: usage for usage in stats.fleet_limits}
     assert "flaky.calls" not in shown  # metered, not a limit
     assert shown["flaky.retries"].agents == 4 and shown["flaky.retries"].demanded > 0
+
+
+def _run(procs: list[Proc], seconds: float, every: int) -> tuple[int, int]:
+    """All agents call for ``seconds``, every ``every``-th call failing: (calls, retries)."""
+    for proc in procs:
+        proc.lines.clear()
+        proc.send(f"run {seconds} {every}")
+    runs = [json.loads(proc.wait_for("{", 60)) for proc in procs]
+    assert all(all(r["leased"]) for r in runs)
+    return sum(r["calls"] for r in runs), sum(r["attempts"] - r["calls"] for r in runs)
 
 
 def test_without_a_control_plane_each_agent_keeps_its_own_budget() -> None:
@@ -92,7 +102,8 @@ def test_an_agent_whose_lease_ran_out_spends_its_own_budget_not_its_last_lease()
     # elsewhere); then the control plane goes quiet. Its own budget's minimum applies again.
     retries = LeasedBudget(0.0, LEASE_SECS, None, now=0.0)
     calls = LeasedBudget(UNLIMITED, LEASE_SECS, 1.0, now=0.0)
-    budget = FleetRetryBudget(limits.RetryBudget(0.0, MIN_PER_SECOND, 1.0), retries, calls)
+    failures = LeasedBudget(UNLIMITED, LEASE_SECS, 1.0, now=0.0)
+    budget = FleetRetryBudget(limits.RetryBudget(0.0, MIN_PER_SECOND, 1.0), retries, calls, failures)
     retries.apply(period=1, units=0.0, start=0.0, period_secs=LEASE_SECS, agents=2, fleet_units=2.0)
     budget.record_call(0.1)
     assert not budget.try_retry(0.1)  # leased, and the lease is 0: no retry

@@ -29,7 +29,7 @@ def test_a_new_budget_allows_its_floor() -> None:
 def test_failures_end_the_floor_and_successes_bring_it_back() -> None:
     budget = RetryBudget(ratio=0.0, min_per_second=1, window_secs=10)
     for _ in range(HEALTH_FULL // 2):
-        budget.failed()
+        budget.failed(100.0)
     assert not budget.healthy
     assert not budget.try_retry(100.0)
     budget.succeeded()
@@ -42,10 +42,10 @@ def test_the_health_score_is_bounded_both_ways() -> None:
     for _ in range(1000):
         budget.succeeded()
     for _ in range(HEALTH_FULL // 2):
-        budget.failed()
+        budget.failed(100.0)
     assert not budget.healthy  # a long healthy past does not fund a long outage
     for _ in range(1000):
-        budget.failed()
+        budget.failed(100.0)
     budget.succeeded()
     assert not budget.healthy  # nor a long outage block the floor for long after it
     for _ in range(HEALTH_FULL // 2):
@@ -56,7 +56,7 @@ def test_the_health_score_is_bounded_both_ways() -> None:
 def test_the_ratio_holds_without_the_floor() -> None:
     budget = RetryBudget(ratio=0.2, min_per_second=1, window_secs=10)
     for _ in range(HEALTH_FULL):
-        budget.failed()
+        budget.failed(100.0)
     for _ in range(50):
         budget.record_call(100.0)
     assert sum(budget.try_retry(100.5) for _ in range(50)) == 10

@@ -1,8 +1,9 @@
-"""Agents in one process calling a service that always fails, to count their retries.
+"""Agents in one process calling a service that fails, to count their retries.
 
     python -m tests.support.retry_proc CONTROL_PLANE SERVICE TAG AGENTS RATE
 
-Commands: ``run SECONDS`` makes RATE calls a second per agent and answers {"calls": n,
+Commands: ``run SECONDS [EVERY]`` makes RATE calls a second per agent, every EVERY-th of
+them failing each attempt (default 1: all; the others succeed), and answers {"calls": n,
 "attempts": m, "leased": [whether each agent's retries were leased at the end]}; ``quit``.
 """
 
@@ -17,21 +18,25 @@ import time
 from mission_control.client.agent import MissionControl
 
 
-def drive(mc: MissionControl, service: str, seconds: float, rate: float, totals: dict[str, int]) -> None:
-    """``rate`` calls a second for ``seconds``, each failing; adds them and their attempts."""
+def drive(
+    mc: MissionControl, service: str, seconds: float, rate: float, every: int, totals: dict[str, int]
+) -> None:
+    """``rate`` calls a second for ``seconds``, every ``every``-th failing; adds them and
+    their attempts."""
     attempts = 0
 
     @mc.guard(service)
-    def call() -> None:
+    def call(failing: bool) -> None:
         nonlocal attempts
         attempts += 1
-        raise ConnectionRefusedError("always down")
+        if failing:
+            raise ConnectionRefusedError("down")
 
     calls, end, next_at = 0, time.monotonic() + seconds, time.monotonic()
     while time.monotonic() < end:
         calls += 1
-        with contextlib.suppress(ConnectionRefusedError):  # every call fails: attempts matter
-            call()
+        with contextlib.suppress(ConnectionRefusedError):  # a failing call: attempts matter
+            call(calls % every == 0)
         next_at += 1.0 / rate
         time.sleep(max(0.0, next_at - time.monotonic()))
     with _lock:
@@ -50,7 +55,8 @@ def main() -> None:
         words = line.split()
         if words and words[0] == "run":
             totals = {"calls": 0, "attempts": 0}
-            args = (service, float(words[1]), float(rate), totals)
+            every = int(words[2]) if len(words) > 2 else 1
+            args = (service, float(words[1]), float(rate), every, totals)
             threads = [threading.Thread(target=drive, args=(mc, *args)) for mc in agents]
             for t in threads:
                 t.start()
