@@ -7,7 +7,7 @@ import datetime
 import sys
 import time
 
-from . import fleet_cases, hedging, overhead, propagation_gil, slow_calls, spool_replay
+from . import amplification, fleet_cases, hedging, overhead, propagation_gil, slow_calls, spool_replay
 from .common import ROOT, dump, machine, stack
 
 
@@ -176,6 +176,18 @@ def main() -> int:
             "5. retry amplification in a full outage (upstream calls / app calls, max_retries 3)",
             rows,
             [("variant", "variant", ""), ("ratio", "ratio", ".2f")],
+        )
+        case5b = amplification.table()
+        results["amplification_by_rate"] = case5b
+        _table(
+            "5b. retry amplification by rate: 30 s healthy, 60 s of full outage (executor, injected clock)",
+            case5b,
+            [
+                ("rate", "rate", ""),
+                ("calls", "calls in the outage", ""),
+                ("amplification", "ratio", ".2f"),
+                ("floor_always", "floor always held", ".2f"),
+            ],
         )
         case9 = slow_calls.slow_call_trip(s, rounds=2 if args.quick else 5)
         results["slow_call_trip"] = case9

@@ -100,9 +100,9 @@ def run(rate: float, healthy: float, outage: float, floor_always: bool = False, 
     return Run(rate, counted["calls"], counted["attempts"], floor_always)
 
 
-def table(healthy: float = 30.0, outage: float = 60.0) -> list[dict[str, float | str]]:
+def table(healthy: float = 30.0, outage: float = 60.0) -> list[dict[str, object]]:
     """Every rate, the budget as it is and with the floor always held."""
-    rows: list[dict[str, float | str]] = []
+    rows: list[dict[str, object]] = []
     for rate in RATES:
         now, before = run(rate, healthy, outage), run(rate, healthy, outage, floor_always=True)
         rows.append({
