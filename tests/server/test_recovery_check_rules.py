@@ -102,6 +102,57 @@ def test_the_hold_is_stored_and_taken_by_another_replica() -> None:
     assert other.recover("llm", "check") is not None
 
 
+def asking(breakers: FleetBreakers, agents: list[str]) -> None:
+    for agent in agents:  # refused while OPEN: each wants to call, and is in the demand
+        breakers.record(agent, pb.OutcomeSummary(service="llm", rejected=1))
+
+
+def test_a_half_open_a_check_began_grants_success_threshold_permits_at_once() -> None:
+    clock = Clock()
+    policy = ServicePolicy(
+        "llm", failure_threshold=2, success_threshold=3, wait_duration_secs=30.0, recovery_check=CHECK
+    )
+    breakers = fleet(clock, policy)
+    grants: list[str] = []
+    breakers.grant_listeners.append(lambda agent, grant: grants.append(agent))
+    open_it(breakers)
+    asking(breakers, ["a", "b", "c", "d"])
+    breakers.recover("llm", "recovery check: 127.0.0.1:9 SERVING")
+    assert len(grants) == 3  # success_threshold, not one: the check already said it serves
+    assert breakers.get("llm").permits_out(clock.now) == 3
+    assert breakers.request_probe("d", "llm") is None  # never more than success_threshold out
+    for agent in grants:
+        breakers.record(agent, pb.OutcomeSummary(service="llm", probe_successes=1))
+    assert breakers.get("llm").state is BreakerState.CLOSED
+
+
+def test_a_half_open_the_wait_ended_grants_one_permit_until_a_probe_succeeded() -> None:
+    clock = Clock()
+    policy = ServicePolicy("llm", failure_threshold=2, success_threshold=3, wait_duration_secs=30.0)
+    breakers = fleet(clock, policy)
+    grants: list[str] = []
+    breakers.grant_listeners.append(lambda agent, grant: grants.append(agent))
+    open_it(breakers)
+    clock.now += 29.5
+    asking(breakers, ["a", "b", "c", "d"])
+    clock.now += 0.5
+    breakers.tick()
+    assert len(grants) == 1  # a service that may still be down costs one probe
+    breakers.record(grants[0], pb.OutcomeSummary(service="llm", probe_successes=1))
+    assert len(grants) == 4 and breakers.get("llm").permits_out(clock.now) == 3
+
+
+def test_a_stored_half_open_a_check_began_grants_as_many_on_another_replica() -> None:
+    clock = Clock()
+    policy = ServicePolicy("llm", failure_threshold=2, success_threshold=3, recovery_check=CHECK)
+    leader = fleet(clock, policy)
+    open_it(leader)
+    leader.recover("llm", "recovery check: 127.0.0.1:9 SERVING")
+    other = fleet(clock, policy)
+    other.adopt("llm", leader.to_record("llm"), 5)
+    assert other.get("llm").probe_limit() == 3
+
+
 async def settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
