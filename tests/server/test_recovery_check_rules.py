@@ -16,7 +16,7 @@ from mission_control.client.policy import ServicePolicy
 from mission_control.client.recovery_check import RecoveryCheck
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.engine import FleetBreakers
-from mission_control.server.recovery_checks import RecoveryChecks
+from mission_control.server.recovery_checks import MAX_PER_TARGET, RecoveryChecks
 
 CHECK = RecoveryCheck("127.0.0.1:9", interval_secs=0.25, timeout_secs=0.5)
 POLICY = ServicePolicy(
@@ -188,6 +188,33 @@ async def test_one_check_per_service_and_target_only_while_open() -> None:
     assert checks.half_opens == 3
     assert dict(checks.answers) == {"NOT_SERVING": 1, "SERVING": 1}
     assert dict(checks.checks_by_service) == {"llm": 2}
+
+
+async def test_a_check_in_flight_does_not_hold_back_the_next_and_a_few_at_most_run_per_target() -> None:
+    clock = Clock()
+    breakers = fleet(clock)
+    slow = asyncio.Event()
+    answers = iter(["timeout", "timeout", "timeout", "SERVING"])
+
+    async def ask(check: RecoveryCheck) -> str:
+        answer = next(answers)
+        if answer == "timeout":  # the target answers slowly while unwell: held until released
+            await slow.wait()
+        return answer
+
+    checks = RecoveryChecks(breakers, lambda: True, ask=ask, clock=clock)
+    open_it(breakers)
+    for _ in range(MAX_PER_TARGET):
+        assert checks.start_due(clock.now) == 1
+        clock.now += 0.25  # the next interval: started beside the one still waiting
+    assert checks.start_due(clock.now) == 0  # MAX_PER_TARGET running: a dead target gets no more
+    assert checks.running() == MAX_PER_TARGET
+    slow.set()
+    await settle()
+    assert checks.running() == 0
+    assert checks.start_due(clock.now) == 1  # the target is well now: seen at this interval
+    await settle()
+    assert breakers.get("llm").state is BreakerState.HALF_OPEN
 
 
 async def test_a_follower_asks_nothing_and_checks_running_are_bounded() -> None:
