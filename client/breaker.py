@@ -151,8 +151,14 @@ class CircuitBreaker:
     def probe_limit(self) -> int:
         """Probes that may be out at once in HALF_OPEN: one until a probe has succeeded
         (the single trial call of Polly and pybreaker), so that a service still down costs
-        one call per HALF_OPEN, not ``success_threshold``; then ``success_threshold``."""
-        return self.policy.success_threshold if self.half_open_successes else 1
+        one call per HALF_OPEN, not ``success_threshold``; then ``success_threshold``.
+
+        A HALF_OPEN a recovery check began lets ``success_threshold`` out at once: the
+        service has just said it serves, so the single trial call buys little, while the
+        probes one after another keep the fleet's calls off a service that is back for a
+        round trip per probe. A health endpoint that lies costs ``success_threshold``
+        probes per HALF_OPEN, still never the fleet's calls."""
+        return self.policy.success_threshold if self.half_open_successes or self.checked else 1
 
     # -- outcomes --------------------------------------------------------------
 

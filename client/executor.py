@@ -371,7 +371,9 @@ class Executor:
                 state.local.record_probes(now, "local", int(not failed_probe), int(failed_probe))
             elif probe is None:
                 state.local.record(now, int(not failed), int(failed), int(failed))
-        if failed and self.connection is not None:
+        if (failed or probe == "fleet") and self.connection is not None:
+            # a fleet probe's result is what its HALF_OPEN waits for, with the fleet's
+            # calls kept off the service meanwhile: it goes now, not at the next interval
             self.connection.nudge()
 
     @staticmethod

@@ -78,9 +78,9 @@ class WriteSpool(SpoolCore):
         """Make the write now, or spool it; returns its result or a :class:`Spooled`."""
         write_id, payload = self._new_write(args, kwargs)
         with self._lock:
-            if len(self.journal) and self._open_for() <= 0:
+            if self._waits_for_drain():
                 self._wait_for_drain()
-            if len(self.journal):
+            if self._joins_spool():
                 return self._keep(write_id, payload, "earlier writes are waiting in the spool", None)
 
         def keep(exc: Exception) -> Spooled:

@@ -105,9 +105,9 @@ class AsyncWriteSpool(SpoolCore):
         assert self._changed is not None
         await self._read()
         async with self._changed:
-            if len(self.journal) and self._open_for() <= 0:
+            if self._waits_for_drain():
                 await self._wait_for_drain()
-            if len(self.journal):
+            if self._joins_spool():
                 return await self._keep(write_id, payload, "earlier writes are waiting in the spool", None)
         changed = self._changed
 

@@ -152,6 +152,18 @@ class SpoolCore(ReplayCore):
         write_id = uuid.uuid4().hex
         return write_id, encode_write(write_id, self.function, args, kwargs)
 
+    def _waits_for_drain(self) -> bool:
+        """A new write waits for the replay to empty the spool (see :meth:`_joins_spool`)."""
+        return bool(len(self.journal)) and self._parallel == 1 and self._open_for() <= 0
+
+    def _joins_spool(self) -> bool:
+        """A new write is spooled without a try: writes wait in the spool and the breaker is
+        open, or their order is kept (``parallel`` 1: a later write never overtakes an
+        earlier one). Writes replayed several at a time keep no order, so while the breaker
+        lets calls through a new one is made at once beside the replay, neither held back
+        for it nor queued behind it."""
+        return bool(len(self.journal)) and (self._parallel == 1 or self._open_for() > 0)
+
     def _drain_over(self, failures: int, stopping: bool) -> bool:
         """A write waiting for the spool to drain goes on: it is empty, a replay failed
         since the wait began (``failures`` then), or the spool is stopping."""

@@ -129,8 +129,10 @@ def agent(name: str, control_plane: str, peers_json: str, log_path: str, start: 
         primary(call_id.encode(), timeout=mc.policy("llm_provider").timeout_secs)
         return "primary"
 
-    # a write the storage cannot take now is kept in a spool and made when it serves again
-    @mc.guard("storage_backend", operation="write", spool=f"{log_path}.spool")
+    # a write the storage cannot take now is kept in a spool and made when it serves again;
+    # each write is its own record (its call id), so their order does not matter to storage:
+    # the spool replays 8 at a time, and a new write never waits for it to drain
+    @mc.guard("storage_backend", operation="write", spool=f"{log_path}.spool", spool_replay_parallel=8)
     def write(call_id: str) -> str:
         storage(call_id.encode(), timeout=mc.policy("storage_backend").timeout_secs)
         return "primary"

@@ -6,7 +6,10 @@ kept off a service that has recovered meanwhile are false positives, and a short
 sends more calls into an outage. With a policy's ``recovery_check`` the leader asks the
 service (see :mod:`.recovery_asks`) every ``interval_secs`` while one of its breakers is
 OPEN — only then: nothing is asked of a CLOSED or HALF_OPEN service — one check per
-(service, target) however many agents and endpoints, at most ``max_running`` at once.
+(service, target) and interval however many agents and endpoints, at most ``max_running``
+at once. A check that has not answered when the next is due does not hold it back (up to
+:data:`MAX_PER_TARGET` run at once per target): a target that answers slowly while it is
+unwell is seen well one interval after it is, not once the check in flight timed out.
 A ``SERVING`` answer moves each OPEN breaker of the service to HALF_OPEN through the
 engine (pushed to agents, written to etcd by the one writer, like a wait that ended), so
 real probe calls confirm the recovery. An OPEN that followed a failed probe may not be
@@ -37,6 +40,9 @@ Asker = Callable[[RecoveryCheck], Awaitable[str]]
 Key = tuple[str, str, str]
 #: Most checks running at once: a fleet of many OPEN services does not open sockets without bound.
 MAX_RUNNING = 32
+#: Most checks running at once against one (service, target): one interval's check is not
+#: held back by a slow one, and a target that never answers gets at most this many.
+MAX_PER_TARGET = 3
 #: Most services counted by name in the statistics (the rest under "(other)").
 _NAMED = 1000
 
@@ -66,7 +72,7 @@ class RecoveryChecks:
         self._clock = clock
         self.max_running = max_running
         self._open: set[str] = set()
-        self._running: dict[Key, asyncio.Task[None]] = {}
+        self._running: dict[Key, set[asyncio.Task[None]]] = {}
         self._last: dict[Key, float] = {}
         self.checks_by_service: Counter[str] = Counter()
         self.answers: Counter[str] = Counter()
@@ -100,7 +106,8 @@ class RecoveryChecks:
 
     def due(self, now: float) -> dict[Key, RecoveryCheck]:
         """The checks to run now: one per (service, target) with a breaker OPEN that a
-        check may end, whose last check started at least its interval ago and is over."""
+        check may end, whose last check started at least its interval ago, while fewer
+        than :data:`MAX_PER_TARGET` of its checks run."""
         found: dict[Key, RecoveryCheck] = {}
         for name in list(self._open):
             breaker = self._breakers.find(name)
@@ -111,7 +118,9 @@ class RecoveryChecks:
             if check is None or not breaker.may_recover(now):
                 continue
             key = (service_of(name), check.target, check.health_service)
-            if key in self._running or now - self._last.get(key, float("-inf")) < check.interval_secs:
+            if len(self._running.get(key, ())) >= MAX_PER_TARGET:
+                continue
+            if now - self._last.get(key, float("-inf")) < check.interval_secs:
                 continue
             found[key] = check
         return found
@@ -122,16 +131,27 @@ class RecoveryChecks:
         due = sorted(self.due(now).items(), key=lambda item: self._last.get(item[0], float("-inf")))
         started = 0
         for key, check in due:
-            if len(self._running) >= self.max_running:
+            if self.running() >= self.max_running:
                 break
             self._last[key] = now
             task = asyncio.get_running_loop().create_task(
                 self._check(key, check), name=f"recovery check {key[0]}"
             )
-            self._running[key] = task
-            task.add_done_callback(lambda _t, key=key: self._running.pop(key, None))  # type: ignore[misc]
+            self._running.setdefault(key, set()).add(task)
+            task.add_done_callback(lambda t, key=key: self._ended(key, t))  # type: ignore[misc]
             started += 1
         return started
+
+    def running(self) -> int:
+        """Checks running now, over all targets."""
+        return sum(len(tasks) for tasks in self._running.values())
+
+    def _ended(self, key: Key, task: asyncio.Task[None]) -> None:
+        tasks = self._running.get(key)
+        if tasks is not None:
+            tasks.discard(task)
+            if not tasks:
+                del self._running[key]
 
     async def _check(self, key: Key, check: RecoveryCheck) -> None:
         service = key[0]
@@ -169,8 +189,9 @@ class RecoveryChecks:
         self.answers[answer] += 1
 
     def _cancel_all(self) -> None:
-        for task in list(self._running.values()):
-            task.cancel()
+        for tasks in list(self._running.values()):
+            for task in list(tasks):
+                task.cancel()
         self._running.clear()
         self._last.clear()
 

@@ -112,3 +112,29 @@ def test_a_closing_agent_gives_its_unused_permits_back() -> None:
     view.grant(grant(4))
     view.give_back_permits()
     assert given_back(view, clock) == (1, 4)
+
+
+class Nudged:
+    """The connection's hot-path side: counts the nudges (outcomes sent at once)."""
+
+    def __init__(self) -> None:
+        self.nudges = 0
+
+    def nudge(self) -> None:
+        self.nudges += 1
+
+    def ask_probe(self, service: str) -> None:
+        pass
+
+
+def test_a_fleet_probe_that_succeeded_is_reported_at_once_not_at_the_next_interval() -> None:
+    view, _clock = view_at(BreakerState.HALF_OPEN, 6)
+    view.grant(grant(6))
+    connection = Nudged()
+    executor = Executor(view, connection)  # type: ignore[arg-type]
+    assert executor.run(SERVICE, lambda _left: "ok") == "ok"
+    assert view.get(SERVICE).tally.probe_successes == 1
+    assert connection.nudges == 1  # the HALF_OPEN waits for this result
+    view.set_breaker(breaker(BreakerState.CLOSED, 7))
+    executor.run(SERVICE, lambda _left: "ok")
+    assert connection.nudges == 1  # an ordinary success waits for the interval

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from mission_control.client import ConfigurationError, MissionControl
+from mission_control.client.breaker import BreakerState
 from mission_control.client.spool import Spooled, current_write_id
 
 from tests.client.test_spool import POLICY, poll
@@ -95,4 +96,69 @@ def test_a_parallel_replay_below_one_is_refused_with_every_bad_field(tmp_path: P
     fields = [field for field, _ in refused.value.violations]
     assert fields == ["endpoint", "spool_replay_parallel"]
     assert not list(tmp_path.iterdir())  # nothing was opened
+    mc.close()
+
+
+class GatedStore:
+    """Down until told otherwise; then every key but the first and ``late`` waits for
+    ``gate`` (at most 10 s) before it is applied."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.gate = threading.Event()
+        self.applied: list[str] = []
+        self.lock = threading.Lock()
+
+    def save(self, key: str) -> str:
+        if self.down:
+            raise ConnectionRefusedError("storage is down")
+        if key not in ("k0", "late"):
+            self.gate.wait(10)
+        with self.lock:
+            self.applied.append(key)
+        return f"saved {key}"
+
+    async def asave(self, key: str) -> str:
+        return await asyncio.to_thread(self.save, key)
+
+
+def closed_by_k0(mc: MissionControl, store: GatedStore) -> bool:
+    """The first replay (the probe) was made and closed the breaker."""
+    return "k0" in store.applied and mc.view.get("storage_backend").local.state is BreakerState.CLOSED
+
+
+def test_a_new_write_is_made_at_once_beside_a_replay_that_keeps_no_order(tmp_path: Path) -> None:
+    store = GatedStore()
+    mc = MissionControl("spool-agent", config={"storage_backend": POLICY})
+    save = mc.guard("storage_backend", spool=tmp_path, spool_replay_parallel=2)(store.save)
+    assert all(isinstance(save(f"k{i}"), Spooled) for i in range(5))
+    store.down = False
+    assert poll(lambda: closed_by_k0(mc, store))  # k1 (and k2) now held at the store
+    assert save("late") == "saved late"  # not held back for the drain, nor spooled behind it
+    assert store.applied == ["k0", "late"] and len(save.spool) >= 4  # still draining
+    store.gate.set()
+    assert poll(lambda: len(save.spool) == 0)
+    assert sorted(store.applied) == ["k0", "k1", "k2", "k3", "k4", "late"]
+    assert save.spool.spooled == 5
+    mc.close()
+
+
+async def test_a_new_async_write_is_made_at_once_beside_a_replay_that_keeps_no_order(
+    tmp_path: Path,
+) -> None:
+    store = GatedStore()
+    mc = MissionControl("spool-agent", config={"storage_backend": POLICY})
+    save = mc.guard("storage_backend", spool=tmp_path, spool_replay_parallel=2)(store.asave)
+    for i in range(5):
+        assert isinstance(await save(f"k{i}"), Spooled)
+    store.down = False
+    deadline = time.monotonic() + 30
+    while not closed_by_k0(mc, store) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert await save("late") == "saved late"
+    assert store.applied == ["k0", "late"] and len(save.spool) >= 4  # still draining
+    store.gate.set()
+    while len(save.spool) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert sorted(store.applied) == ["k0", "k1", "k2", "k3", "k4", "late"]
     mc.close()

@@ -16,7 +16,7 @@ from mission_control.client.policy import ServicePolicy
 from mission_control.client.recovery_check import RecoveryCheck
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.engine import FleetBreakers
-from mission_control.server.recovery_checks import RecoveryChecks
+from mission_control.server.recovery_checks import MAX_PER_TARGET, RecoveryChecks
 
 CHECK = RecoveryCheck("127.0.0.1:9", interval_secs=0.25, timeout_secs=0.5)
 POLICY = ServicePolicy(
@@ -102,6 +102,57 @@ def test_the_hold_is_stored_and_taken_by_another_replica() -> None:
     assert other.recover("llm", "check") is not None
 
 
+def asking(breakers: FleetBreakers, agents: list[str]) -> None:
+    for agent in agents:  # refused while OPEN: each wants to call, and is in the demand
+        breakers.record(agent, pb.OutcomeSummary(service="llm", rejected=1))
+
+
+def test_a_half_open_a_check_began_grants_success_threshold_permits_at_once() -> None:
+    clock = Clock()
+    policy = ServicePolicy(
+        "llm", failure_threshold=2, success_threshold=3, wait_duration_secs=30.0, recovery_check=CHECK
+    )
+    breakers = fleet(clock, policy)
+    grants: list[str] = []
+    breakers.grant_listeners.append(lambda agent, grant: grants.append(agent))
+    open_it(breakers)
+    asking(breakers, ["a", "b", "c", "d"])
+    breakers.recover("llm", "recovery check: 127.0.0.1:9 SERVING")
+    assert len(grants) == 3  # success_threshold, not one: the check already said it serves
+    assert breakers.get("llm").permits_out(clock.now) == 3
+    assert breakers.request_probe("d", "llm") is None  # never more than success_threshold out
+    for agent in grants:
+        breakers.record(agent, pb.OutcomeSummary(service="llm", probe_successes=1))
+    assert breakers.get("llm").state is BreakerState.CLOSED
+
+
+def test_a_half_open_the_wait_ended_grants_one_permit_until_a_probe_succeeded() -> None:
+    clock = Clock()
+    policy = ServicePolicy("llm", failure_threshold=2, success_threshold=3, wait_duration_secs=30.0)
+    breakers = fleet(clock, policy)
+    grants: list[str] = []
+    breakers.grant_listeners.append(lambda agent, grant: grants.append(agent))
+    open_it(breakers)
+    clock.now += 29.5
+    asking(breakers, ["a", "b", "c", "d"])
+    clock.now += 0.5
+    breakers.tick()
+    assert len(grants) == 1  # a service that may still be down costs one probe
+    breakers.record(grants[0], pb.OutcomeSummary(service="llm", probe_successes=1))
+    assert len(grants) == 4 and breakers.get("llm").permits_out(clock.now) == 3
+
+
+def test_a_stored_half_open_a_check_began_grants_as_many_on_another_replica() -> None:
+    clock = Clock()
+    policy = ServicePolicy("llm", failure_threshold=2, success_threshold=3, recovery_check=CHECK)
+    leader = fleet(clock, policy)
+    open_it(leader)
+    leader.recover("llm", "recovery check: 127.0.0.1:9 SERVING")
+    other = fleet(clock, policy)
+    other.adopt("llm", leader.to_record("llm"), 5)
+    assert other.get("llm").probe_limit() == 3
+
+
 async def settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
@@ -137,6 +188,33 @@ async def test_one_check_per_service_and_target_only_while_open() -> None:
     assert checks.half_opens == 3
     assert dict(checks.answers) == {"NOT_SERVING": 1, "SERVING": 1}
     assert dict(checks.checks_by_service) == {"llm": 2}
+
+
+async def test_a_check_in_flight_does_not_hold_back_the_next_and_a_few_at_most_run_per_target() -> None:
+    clock = Clock()
+    breakers = fleet(clock)
+    slow = asyncio.Event()
+    answers = iter(["timeout", "timeout", "timeout", "SERVING"])
+
+    async def ask(check: RecoveryCheck) -> str:
+        answer = next(answers)
+        if answer == "timeout":  # the target answers slowly while unwell: held until released
+            await slow.wait()
+        return answer
+
+    checks = RecoveryChecks(breakers, lambda: True, ask=ask, clock=clock)
+    open_it(breakers)
+    for _ in range(MAX_PER_TARGET):
+        assert checks.start_due(clock.now) == 1
+        clock.now += 0.25  # the next interval: started beside the one still waiting
+    assert checks.start_due(clock.now) == 0  # MAX_PER_TARGET running: a dead target gets no more
+    assert checks.running() == MAX_PER_TARGET
+    slow.set()
+    await settle()
+    assert checks.running() == 0
+    assert checks.start_due(clock.now) == 1  # the target is well now: seen at this interval
+    await settle()
+    assert breakers.get("llm").state is BreakerState.HALF_OPEN
 
 
 async def test_a_follower_asks_nothing_and_checks_running_are_bounded() -> None:
