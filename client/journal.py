@@ -9,6 +9,7 @@ Layout of the directory (the formats in client/journal_format.py):
   are handled in order, so the highest good mark says everything.
 * ``held.log`` and ``held-<seq>.log``: records handled by being set aside, not made: kept
   for the operator (client/journal_held.py), never deleted by the journal.
+* ``lost.log``: the lost records counted already (client/journal_lost.py).
 
 The directory itself is locked (``flock``) while a process has the journal open: one
 writer only. Within the process, the journal is the one owner of its open segment and its
@@ -81,7 +82,8 @@ class Journal:
         # Held by every method that writes, closes or deletes a file, or changes the lists.
         self._mutex = threading.RLock()
         self._segments = Segments(self.directory, segment_bytes)
-        #: Records not done that could not be read when the journal was opened (skipped).
+        #: Records not done that could not be read when the journal was opened (skipped),
+        #: and were not counted at an earlier opening.
         self.corrupt = 0
         self._held = HeldRecords(self.directory)
         self._marks = DoneLog(self.directory)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .journal_format import LAST_SEQ, JournalBroken, Record, numbered
+from .journal_lost import LostLog, lost_ranges
 from .journal_read import SegmentRead, cut
 
 _log = logging.getLogger("mission_control.client.spool")
@@ -103,15 +104,17 @@ def check_done_mark(done: int, segments: list[tuple[Path, int]]) -> None:
 
 
 def count_corrupt(directory: Path, done: int, found: Contents) -> int:
-    """Records past the done mark that are known to have been written but were not read:
-    seqs missing between the records read (they failed their checks), seqs after the last
-    one read up to :attr:`Contents.newest` (a cut or damaged tail, a segment whose records
-    were all lost), and records refused. Counted and logged (the records read are kept)."""
-    corrupt, last = found.refused, done
-    for record in found.pending:  # in increasing seq order: never a negative count
-        corrupt += record.seq - last - 1
-        last = record.seq
-    corrupt += max(0, found.newest - last)
+    """Records past the done mark that are known to have been written but were not read,
+    and not counted at an earlier opening (client/journal_lost.py): seqs missing between
+    the records read (they failed their checks), seqs after the last one read up to
+    :attr:`Contents.newest` (a cut or damaged tail, a segment whose records were all
+    lost), and records refused. Logged (the records read are kept)."""
+    ranges = lost_ranges(done, [record.seq for record in found.pending], found.newest)
+    new = LostLog(directory).newly_lost(ranges, found.refused)
+    corrupt = found.refused + sum(last - first + 1 for first, last in ranges)
     if corrupt:
-        _log.error("journal %s: %d corrupt or lost records skipped", directory, corrupt)
-    return corrupt
+        _log.error(
+            "journal %s: %d corrupt or lost records skipped (%d of them counted at an earlier opening)",
+            directory, corrupt, corrupt - new,
+        )  # fmt: skip
+    return new

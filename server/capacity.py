@@ -316,6 +316,12 @@ class CapacityLeaser:
         if delivered:
             self.on_leased()
 
+    def minimum_withheld(self) -> list[str]:
+        """Services whose fleet retry budget leases no minimum now (the fleet failing)."""
+        return sorted(
+            limit.service for limit in self.limits.values() if limit.retries_of and not limit.retries_healthy
+        )
+
     def usage(self) -> list[pb.FleetLimitUsage]:
         """Each fleet limit's figures for ``stats`` (a metered one has none)."""
         return [limit.usage() for limit in self.limits.values() if not limit.metered]

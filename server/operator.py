@@ -395,6 +395,8 @@ class Operator:
                     f"{usage.past_horizon} past their horizon"
                 )
             print(_safe(line))
+        for service in s.retry_minimum_withheld:
+            print(_safe(f"fleet retry budget {service}: no minimum leased (the fleet is failing)"))
         for err in s.config_errors:
             print(_safe(f"rejected config value at {err.key}: {err.error}"))
         print_shadow_stats(s.shadow_services)

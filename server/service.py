@@ -607,6 +607,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             plane.policies, plane.hub.connected_agents, plane.capacity.usage(), dict(refused), page
         )
         stats.shadow_services.extend(plane.trials.to_proto())
+        stats.retry_minimum_withheld.extend(plane.capacity.minimum_withheld())
         if not page.offset:  # one key per service a policy names: all on the first page
             stats.endpoint_reports_refused_by_service.update(plane.admission.endpoints_refused)
         stats.outside_changes = plane.audit_keeper.outside_changes

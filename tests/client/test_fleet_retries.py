@@ -4,6 +4,8 @@ retry within one budget for the fleet; without a control plane each keeps its ow
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import grpc
 import pytest
@@ -16,7 +18,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.server.etcd_process import EtcdProcess
 
-from tests.support.procs import Proc, control_plane, python
+from tests.support.procs import ROOT, Proc, control_plane, python
 
 MIN_PER_SECOND = 4.0
 LEASE_SECS = 0.5
@@ -58,18 +60,27 @@ def test_the_fleet_retries_within_one_budget(
     fleet_bound = MIN_PER_SECOND * (seconds + 2 * LEASE_SECS)
     assert calls >= 40  # the agents did call
     assert 0 < retries <= fleet_bound, (retries, calls)
+    assert not _stats(address).retry_minimum_withheld
     # A full outage: once a period's attempts failed more than half, no minimum; only the
     # leases made before (two periods ahead at most) are spent. A minimum in force would
     # allow as many as above.
     calls, retries = _run(procs, seconds, 1)
     assert calls >= 40
     assert retries <= MIN_PER_SECOND * 3 * LEASE_SECS, (retries, calls)
-    with grpc.insecure_channel(address) as channel:
-        request = pb.GetErrorStatisticsRequest()
-        stats = pb_grpc.ControlPlaneServiceStub(channel).GetErrorStatistics(request, timeout=10).statistics
+    stats = _stats(address)
+    assert list(stats.retry_minimum_withheld) == ["flaky"]
+    command = [sys.executable, "-m", "mission_control.server.cli", "stats", "--server", address]
+    table = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT).stdout
+    assert "fleet retry budget flaky: no minimum leased (the fleet is failing)" in table
     shown = {usage.resource: usage for usage in stats.fleet_limits}
     assert "flaky.calls" not in shown  # metered, not a limit
     assert shown["flaky.retries"].agents == 4 and shown["flaky.retries"].demanded > 0
+
+
+def _stats(address: str) -> pb.ErrorStatistics:
+    with grpc.insecure_channel(address) as channel:
+        request = pb.GetErrorStatisticsRequest()
+        return pb_grpc.ControlPlaneServiceStub(channel).GetErrorStatistics(request, timeout=10).statistics
 
 
 def _run(procs: list[Proc], seconds: float, every: int) -> tuple[int, int]:

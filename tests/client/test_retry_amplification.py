@@ -33,6 +33,5 @@ def test_amplification_at_one_and_five_calls_a_second(spawned: list[Proc]) -> No
         }
         attempts = {1: one.calls, 5: five.calls}
     for rate, run in runs.items():
-        print(f"{rate}/s: {attempts[rate]} attempts for {run['calls']} calls")
         assert run["failed"] == run["calls"] >= rate * OUTAGE_SECS - 1, run
         assert run["calls"] < attempts[rate] <= GOAL * run["calls"], (rate, run, attempts[rate])
