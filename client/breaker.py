@@ -129,6 +129,10 @@ class CircuitBreaker:
         self.recovery_check_from: float | None = None
         #: This HALF_OPEN was begun by a recovery check (not by the wait's end).
         self.checked = False
+        #: The generation of a HALF_OPEN the wait began whose lone probe a recovery check's
+        #: SERVING answer joined (see :meth:`widen`); tied to the generation, so any later
+        #: state (decided here or stored by another replica) drops it.
+        self.widened_generation = -1
         self._window = _Window()
         self._slow = _Window()
         self._permits: dict[str, list[float]] = {}  # holder -> expiry times
@@ -158,7 +162,8 @@ class CircuitBreaker:
         probes one after another keep the fleet's calls off a service that is back for a
         round trip per probe. A health endpoint that lies costs ``success_threshold``
         probes per HALF_OPEN, still never the fleet's calls."""
-        return self.policy.success_threshold if self.half_open_successes or self.checked else 1
+        widened = self.widened_generation == self.generation
+        return self.policy.success_threshold if self.half_open_successes or self.checked or widened else 1
 
     # -- outcomes --------------------------------------------------------------
 
@@ -247,6 +252,23 @@ class CircuitBreaker:
         says SERVING while calls fail must not make the breaker flap at every check; a
         probe that failed after the wait ended says nothing against the check)."""
         return self.recovery_check_from is None or now >= self.recovery_check_from
+
+    def may_widen(self) -> bool:
+        """Whether a recovery check's SERVING answer would let more probes out now: a
+        HALF_OPEN the wait began that still lets one at a time."""
+        return self.state is BreakerState.HALF_OPEN and self.probe_limit() < self.policy.success_threshold
+
+    def widen(self) -> bool:
+        """A recovery check found the service serving while this HALF_OPEN's lone probe is
+        out (sent perhaps while the service still failed or was slow, and waiting for its
+        timeout): let ``success_threshold`` probes out at once, as in a HALF_OPEN a check
+        began. The probe out keeps counting; if it fails, the OPEN that follows holds no
+        check back (that probe went out before the check answered). Returns whether the
+        limit was raised."""
+        if not self.may_widen():
+            return False
+        self.widened_generation = self.generation
+        return True
 
     # -- probes ----------------------------------------------------------------
 

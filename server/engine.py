@@ -356,6 +356,17 @@ class FleetBreakers:
             self._transitioned(move)
         return move
 
+    def widen(self, name: str) -> bool:
+        """A recovery check found the service serving while its HALF_OPEN lets one probe
+        out (see :meth:`CircuitBreaker.widen`): the rest of ``success_threshold`` go now to
+        the agents asking. Not a transition: nothing is pushed or stored (another replica
+        that takes over lets one probe out first, as before)."""
+        breaker = self._breakers.get(name)
+        if breaker is None or not breaker.widen():
+            return False
+        self._grant_waiting(name, self._clock())
+        return True
+
     def force(self, name: str, state: BreakerState, reason: str = "") -> Transition | None:
         """An operator's command (FORCED_OPEN, FORCED_CLOSED, DISABLED, or CLOSED to reset)."""
         move = self.get(name).force(self._clock(), state, reason)

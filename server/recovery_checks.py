@@ -10,6 +10,9 @@ OPEN — only then: nothing is asked of a CLOSED or HALF_OPEN service — one ch
 at once. A check that has not answered when the next is due does not hold it back (up to
 :data:`MAX_PER_TARGET` run at once per target): a target that answers slowly while it is
 unwell is seen well one interval after it is, not once the check in flight timed out.
+A HALF_OPEN the wait began is checked too while it lets one probe out: that probe may have
+gone while the service was still slow, and holds the HALF_OPEN for its timeout; a SERVING
+answer lets the rest of ``success_threshold`` out at once (:meth:`FleetBreakers.widen`).
 A ``SERVING`` answer moves each OPEN breaker of the service to HALF_OPEN through the
 engine (pushed to agents, written to etcd by the one writer, like a wait that ended), so
 real probe calls confirm the recovery. An OPEN that followed a failed probe may not be
@@ -77,11 +80,14 @@ class RecoveryChecks:
         self.checks_by_service: Counter[str] = Counter()
         self.answers: Counter[str] = Counter()
         self.half_opens = 0
+        #: HALF_OPENs whose lone probe a check's SERVING answer let others join.
+        self.widened = 0
         self._opened = asyncio.Event()
         breakers.change_listeners.append(self._on_breaker)
 
     def _on_breaker(self, message: pb.Breaker, *_: object) -> None:
-        if message.state == pb.BREAKER_STATE_OPEN:
+        waited = message.state == pb.BREAKER_STATE_HALF_OPEN and not message.reason.startswith(CHECK_REASON)
+        if message.state == pb.BREAKER_STATE_OPEN or waited:
             self._open.add(message.name)
             self._opened.set()
         else:
@@ -111,11 +117,11 @@ class RecoveryChecks:
         found: dict[Key, RecoveryCheck] = {}
         for name in list(self._open):
             breaker = self._breakers.find(name)
-            if breaker is None or breaker.state is not BreakerState.OPEN:
+            if breaker is None or not (breaker.state is BreakerState.OPEN or breaker.may_widen()):
                 self._open.discard(name)
                 continue
             check = breaker.policy.recovery_check
-            if check is None or not breaker.may_recover(now):
+            if check is None or (breaker.state is BreakerState.OPEN and not breaker.may_recover(now)):
                 continue
             key = (service_of(name), check.target, check.health_service)
             if len(self._running.get(key, ())) >= MAX_PER_TARGET:
@@ -167,7 +173,8 @@ class RecoveryChecks:
 
     def recovered(self, key: Key, reason: str) -> int:
         """Move every OPEN breaker of the key's service and target to HALF_OPEN (those a
-        check may end now); returns how many moved."""
+        check may end now), and let a HALF_OPEN's lone probe be joined by the rest of
+        ``success_threshold``; returns how many moved."""
         service, target, health_service = key
         moved = 0
         for name in sorted(self._open):
@@ -179,6 +186,8 @@ class RecoveryChecks:
                 continue
             if self._breakers.recover(name, reason) is not None:
                 moved += 1
+            elif self._breakers.widen(name):
+                self.widened += 1
         self.half_opens += moved
         return moved
 

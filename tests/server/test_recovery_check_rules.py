@@ -153,6 +153,79 @@ def test_a_stored_half_open_a_check_began_grants_as_many_on_another_replica() ->
     assert other.get("llm").probe_limit() == 3
 
 
+def waited_half_open(clock: Clock) -> tuple[FleetBreakers, list[str]]:
+    """A breaker (success_threshold 3) whose wait ended: its lone probe granted and out."""
+    policy = ServicePolicy(
+        "llm", failure_threshold=2, success_threshold=3, wait_duration_secs=30.0, recovery_check=CHECK
+    )
+    breakers = fleet(clock, policy)
+    grants: list[str] = []
+    breakers.grant_listeners.append(lambda agent, grant: grants.append(agent))
+    open_it(breakers)
+    clock.now += 29.5
+    asking(breakers, ["a", "b", "c", "d"])
+    clock.now += 0.5
+    breakers.tick()
+    assert len(grants) == 1
+    return breakers, grants
+
+
+def test_a_serving_check_lets_the_rest_join_the_lone_probe_of_a_half_open_the_wait_began() -> None:
+    clock = Clock()
+    breakers, grants = waited_half_open(clock)
+    assert breakers.widen("llm")
+    assert len(grants) == 3 and breakers.get("llm").permits_out(clock.now) == 3  # never more
+    assert not breakers.widen("llm")  # once
+    for agent in grants[1:]:
+        breakers.record(agent, pb.OutcomeSummary(service="llm", probe_successes=1))
+    breakers.record(grants[0], pb.OutcomeSummary(service="llm", probe_successes=1))
+    assert breakers.get("llm").state is BreakerState.CLOSED
+
+
+def test_the_lone_probe_failing_after_a_check_joined_it_holds_no_check_back() -> None:
+    clock = Clock()
+    breakers, grants = waited_half_open(clock)
+    breakers.widen("llm")
+    breakers.record(grants[0], pb.OutcomeSummary(service="llm", probe_failures=1))  # sent before
+    assert breakers.get("llm").state is BreakerState.OPEN
+    assert breakers.recover("llm", "recovery check: SERVING") is not None  # no hold
+    assert breakers.get("llm").probe_limit() == 3
+
+
+def test_a_widened_half_open_is_forgotten_with_its_generation() -> None:
+    clock = Clock()
+    breakers, grants = waited_half_open(clock)
+    record = breakers.to_record("llm")
+    breakers.widen("llm")
+    other = fleet(clock, breakers.get("llm").policy)
+    other.adopt("llm", record, 5)
+    assert other.get("llm").probe_limit() == 1  # not stored: another replica lets one out first
+    breakers.record(grants[0], pb.OutcomeSummary(service="llm", probe_failures=1))
+    clock.now += 60.0  # the grown wait ended: the next HALF_OPEN lets one out first again
+    breakers.tick()
+    assert breakers.get("llm").state is BreakerState.HALF_OPEN
+    assert breakers.get("llm").probe_limit() == 1
+
+
+async def test_a_half_open_the_wait_began_is_checked_while_its_lone_probe_is_out() -> None:
+    clock = Clock()
+    breakers, grants = waited_half_open(clock)
+    asked: list[str] = []
+
+    async def ask(check: RecoveryCheck) -> str:
+        asked.append(check.target)
+        return "SERVING"
+
+    checks = RecoveryChecks(breakers, lambda: True, ask=ask, clock=clock)
+    checks._on_breaker(breakers.to_proto("llm"))  # it began before the checks listened
+    assert checks.start_due(clock.now) == 1
+    await settle()
+    assert checks.widened == 1 and len(grants) == 3
+    clock.now += 1.0
+    assert checks.start_due(clock.now) == 0  # three may go: nothing more to ask
+    assert asked == ["127.0.0.1:9"]
+
+
 async def settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
