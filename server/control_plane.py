@@ -54,6 +54,7 @@ from .shadow import ShadowTrials, shadow_book
 from .stats import FleetStatistics
 from .store import EtcdStore, Store, StoreUnavailable, Write
 from .sync import StoreSync
+from .takeover_read import TakeoverRead
 from .writes import StateWriter
 
 _log = logging.getLogger("mission_control.server")
@@ -152,7 +153,7 @@ class ControlPlane:
             f"{self.prefix}/{LEASE_EPOCH_RECORD}",
             instance_id,
             self._leader_epoch,
-            lambda: self.sync.loaded.is_set(),
+            lambda: self.takeover_read(),
             lambda key, value: self.writer.record_lease_epoch(key, value),
             self.policies.refused,
             wall,
@@ -181,6 +182,13 @@ class ControlPlane:
         self.writer.on_reload = self.sync.reload
         self.writer.on_lost_data = self.sync.lost_data
         self.sync.records[self.lease_epochs.key] = self.lease_epochs.apply
+        self.takeover_read = TakeoverRead(
+            self._leader_epoch,
+            self.sync.loaded.is_set,
+            lambda: self.sync.delivered,
+            self._read_lease_epoch,
+            self.lease_epochs.apply,
+        )
         #: Candidate policies in shadow mode, and how they fare (see :mod:`.shadow`).
         self.shadows = shadow_book(self.prefix)
         self.shadows.errors = self.policies.errors  # one list of refused values, shown by stats
@@ -259,6 +267,10 @@ class ControlPlane:
 
     def _leader_epoch(self) -> int:
         return self.leadership.epoch if self.leadership is not None else 0
+
+    async def _read_lease_epoch(self) -> bytes | None:
+        entry = await self.store.get(self.lease_epochs.key)
+        return entry.value if entry is not None else None
 
     def _on_leadership(self, leading: bool) -> None:
         if leading:

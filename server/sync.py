@@ -68,6 +68,9 @@ class StoreSync:
         #: The newest store revision seen, and the cluster that served it.
         self.revision = 0
         self.cluster_id = 0
+        #: The newest revision whose changes, and every earlier one's, were applied here (by
+        #: a load or the watch; a ping's revision says nothing about what was applied).
+        self.delivered = 0
         self._keep_absent = False
         self._converge = False
         self.wipes = 0
@@ -110,6 +113,7 @@ class StoreSync:
         _log.error("the store lost its data (revision %d after %d, %s): restoring", revision, seen, detail)
         self.wipes += 1
         self.revision = revision
+        self.delivered = 0
         self._seen.clear()
         self.breakers.revisions.clear()
         self.policies.forget_revisions()
@@ -153,6 +157,7 @@ class StoreSync:
                     self.apply(event.key, event.value, event.mod_revision)
                     if event.mod_revision not in recorded and not self.is_record(event.key):
                         self.on_outside(event.key, event.value, event.mod_revision)
+                    self.delivered = max(self.delivered, event.mod_revision)
 
         watching = asyncio.create_task(watch())
         resync = asyncio.create_task(self._resync.wait())
@@ -194,6 +199,7 @@ class StoreSync:
             name = self._breaker_of(entry.key)
             if name is not None:
                 seen_breakers.add(name)
+        self.delivered = max(self.delivered, revision)
         if keep_absent:  # the store lost it: the writer restores it
             if self._converge and not self.writer.restore_pending:
                 self._resync.set()  # the restore was handed over meanwhile: read again
