@@ -18,6 +18,7 @@ from .audit import ENGINE, Author
 from .control_plane import check_policies_fit
 from .shadow import no_candidate, shadow_write
 from .store import StoreUnavailable, Write
+from .writes import not_taken
 
 if TYPE_CHECKING:
     from .control_plane import ControlPlane
@@ -116,7 +117,7 @@ async def _commit(plane: ControlPlane, what: str, write: Write, author: Author, 
         result = await plane.writer.commit([write], author=author, action=action)
     except StoreUnavailable as err:
         _log.warning("%s not written: %s", what, err)
-        raise StorageFailure("etcd", what, "the store did not take the write") from err
+        raise StorageFailure("etcd", what, not_taken(err)) from err
     if result.ok:
         plane.shadows.apply(write.key, write.value, result.revision)
     return result.revision

@@ -244,18 +244,19 @@ class EtcdStore:
         """Why no etcd endpoint has an address (its names do not resolve), or None."""
         return self._client.unresolved
 
-    async def _call(self, coro):  # type: ignore[no-untyped-def]
+    async def _call(self, coro, bound: float | None = None):  # type: ignore[no-untyped-def]
+        """``coro``'s answer; ``bound``: the timeout it was given, when not the store's own."""
         try:
             return await coro
         except (EtcdError, grpc.RpcError, TimeoutError, OSError) as err:
-            raise StoreUnavailable(self._why(err)) from err
+            raise StoreUnavailable(self._why(err, bound=bound)) from err
 
-    def _why(self, err: BaseException, doing: str = "") -> str:
+    def _why(self, err: BaseException, doing: str = "", bound: float | None = None) -> str:
         if self._client.unresolved is not None:
             return f"etcd {','.join(self.endpoints)}: {self._client.unresolved}"
         text = str(err).strip()
         if isinstance(err, TimeoutError) or not text:  # a timeout says nothing of itself
-            text = f"did not answer within {self.timeout:g}s"
+            text = f"did not answer within {bound or self.timeout:g}s"
         return f"etcd{doing}: {text}"
 
     async def get(self, key: str, *, revision: int = 0) -> Entry | None:
@@ -330,7 +331,8 @@ class EtcdStore:
         watched = list(dict.fromkeys([*(g.key for g in guards), *(w.key for w in writes)]))
         reads = [KVService.txn_op_get(key) for key in watched]
         try:
-            response = await self._call(self._kv.txn(compare, ops, reads, timeout=timeout or self.timeout))
+            bound = timeout or self.timeout
+            response = await self._call(self._kv.txn(compare, ops, reads, timeout=bound), bound)
         except StoreUnavailable as err:
             if "lease not found" in str(err):
                 raise LeaseLost(str(err)) from err.__cause__

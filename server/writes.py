@@ -48,6 +48,16 @@ RETRY_SECS = 0.5
 OPERATOR_WRITE_SECS = 8.0
 
 
+def not_taken(err: StoreUnavailable) -> str:
+    """What an operator is told of a write etcd did not confirm: that nothing was written
+    when etcd refused it, but not when it did not answer in time — a write already sent
+    may still be applied (the CLI then says "outcome unknown"). etcd's own text of a refusal
+    stays in the log."""
+    if "did not answer" in str(err):
+        return str(err)
+    return "the store did not take the write"
+
+
 class WriteStatus(enum.Enum):
     OK = "ok"
     CONFLICT = "conflict"
@@ -403,9 +413,8 @@ class StateWriter:
         try:
             result = await self.commit(writes, author=author, action=action, timeout=OPERATOR_WRITE_SECS)
         except StoreUnavailable as err:
-            # etcd's own text stays in the log: the caller learns that nothing was written
             _log.warning("%s not written: %s", what, err)
-            raise StorageFailure("etcd", what, "the store did not take the write") from err
+            raise StorageFailure("etcd", what, not_taken(err)) from err
         if result.ok:
             for write in writes:
                 self.policies.apply(write.key, write.value, result.revision)

@@ -11,6 +11,7 @@ from mission_control.server.etcd_process import EtcdProcess
 from mission_control.server.store import EtcdStore
 
 from tests.support.etcd import start_etcd
+from tests.support.leftovers import stop_etcds_under
 from tests.support.procs import Proc, python
 
 #: ``make soak`` sets it: the larger cases marked ``soak`` run too (``make test`` leaves them out).
@@ -26,6 +27,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if soak:
         config.hook.pytest_deselected(items=soak)
         items[:] = [item for item in items if not item.get_closest_marker("soak")]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """At the end of a run, also one stopped with Ctrl-C, no etcd started under its temporary
+    folder keeps running (see tests.support.leftovers). In a parallel run the main process
+    does this after its workers ended, however they ended."""
+    # The factory's folder only when this run made one: asking for it would make one, and
+    # clean up older runs' folders.
+    factory = getattr(config, "_tmp_path_factory", None)
+    basetemp = getattr(factory, "_basetemp", None)
+    if basetemp is not None:
+        stop_etcds_under(basetemp)
 
 
 @pytest.fixture(scope="module", params=["sync", "aio"])

@@ -377,7 +377,7 @@ def test_write_while_etcd_is_paused_says_it_did_not_answer(tmp_path: Path, spawn
         assert result.returncode == 5
         # sent, maybe applied once etcd goes on: never "not stored"
         assert one_line(result.stderr) == (
-            "mission-control: outcome unknown: etcd: did not answer within 2s; it may have been stored:"
+            "mission-control: outcome unknown: etcd: did not answer within 8s; it may have been stored:"
             " check with `mission-control audit --limit 5` before trying again"
         )
     finally:

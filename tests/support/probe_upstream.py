@@ -89,6 +89,20 @@ class ProbeUpstream:
         with self._servicer.lock:
             return list(self._servicer.calls)
 
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Per kind of call: how many were answered, are in flight now, and the most at once."""
+        with self._servicer.lock:
+            answered = Counter(c.kind for c in self._servicer.calls)
+            kinds = set(answered) | set(self._servicer.in_flight) | set(self._servicer.most)
+            return {
+                k: {
+                    "answered": answered[k],
+                    "in_flight": self._servicer.in_flight[k],
+                    "most": self._servicer.most[k],
+                }
+                for k in sorted(kinds)
+            }
+
     def __enter__(self) -> ProbeUpstream:
         self.server.start()
         return self

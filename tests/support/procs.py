@@ -24,6 +24,24 @@ def as_at_a_terminal(argv: Sequence[str]) -> list[str]:
     return [sys.executable, "-c", reset + "os.execv(sys.argv[1], sys.argv[1:])", *argv]
 
 
+def logging_to(log: Path, argv: Sequence[str]) -> list[str]:
+    """``argv`` with its stderr (where a server logs) appended to ``log``, for a test to show
+    its tail when it fails (see :func:`tail`); the redirect is an exec step, as above."""
+    redirect = (
+        "import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644); "
+        "os.dup2(fd, 2); os.close(fd); "
+    )
+    return [sys.executable, "-c", redirect + "os.execv(sys.argv[2], sys.argv[2:])", str(log), *argv]
+
+
+def tail(log: Path, lines: int = 30) -> str:
+    """The last ``lines`` lines of ``log`` ("" when there is none)."""
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
 class Proc(Child):
     """A child process of a test (see mission_control.server.proc.Child), started from the
     repository root."""
