@@ -20,8 +20,8 @@ from .errors import ConfigurationError
 
 __all__ = ["MIN_INTERVAL_SECS", "RecoveryCheck"]
 
-#: The shortest time between checks: one target is never asked more than 20 times a second.
-MIN_INTERVAL_SECS = 0.05
+#: The shortest time between checks: one target is never asked more than 50 times a second.
+MIN_INTERVAL_SECS = 0.02
 _LONGEST = 3600.0
 _HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.\-]{1,253}):[0-9]{1,5}")
 #: Printable ASCII only: the target is shown in breaker reasons, which hold no control characters.

@@ -24,10 +24,11 @@ from mission_control.resilience.v1 import policy_pb2
 #: at once (a slow one does not hold the next back).
 CHECKED = {"llm_provider": ("llm-primary", 1.0), "storage_backend": ("storage", 0.15)}
 #: Every call kept off a recovered upstream until a check sees it is a false positive: at
-#: the demo's ~75 LLM calls a second, each 0.05 s of delay is ~4 of them. Its upstreams are
-#: local, so checking this often (the shortest interval a policy may set; the default is
-#: 0.25 s) costs them little: 20 health answers a second while OPEN.
-INTERVAL_SECS = 0.05
+#: the demo's ~75 LLM calls a second, each 0.02 s of delay is ~1.5 of them. Its upstreams
+#: are local, so checking this often (the shortest interval a policy may set; the default
+#: is 0.25 s) costs them little: 50 health answers a second while OPEN (a slow one waits
+#: for at most three at once).
+INTERVAL_SECS = 0.02
 
 
 class HonestHealth(health_pb2_grpc.HealthServicer):

@@ -44,7 +44,7 @@ async def test_the_health_answer_follows_the_upstreams_mode(upstream: tuple[str,
 def test_the_demo_checks_each_upstream_with_a_breaker() -> None:
     peers = {"llm-primary": "127.0.0.1:1001", "storage": "127.0.0.1:1002", "llm-backup": "127.0.0.1:1003"}
     checks = {p.service: policy_from_proto(p).recovery_check for p in with_recovery_checks(POLICIES, peers)}
-    assert checks["llm_provider"] == RecoveryCheck("127.0.0.1:1001", interval_secs=0.05, timeout_secs=1.0)
-    assert checks["storage_backend"] == RecoveryCheck("127.0.0.1:1002", interval_secs=0.05, timeout_secs=0.15)
+    assert checks["llm_provider"] == RecoveryCheck("127.0.0.1:1001", interval_secs=0.02, timeout_secs=1.0)
+    assert checks["storage_backend"] == RecoveryCheck("127.0.0.1:1002", interval_secs=0.02, timeout_secs=0.15)
     assert checks["llm_backup"] is None and checks["agent_communication"] is None
-    assert "recovery checks (grpc.health.v1) every 0.05 s while OPEN" in _policies_note()
+    assert "recovery checks (grpc.health.v1) every 0.02 s while OPEN" in _policies_note()

@@ -319,6 +319,16 @@ async def test_a_follower_asks_nothing_and_checks_running_are_bounded() -> None:
     assert all(breakers.get(n).state is BreakerState.OPEN for n in policies)
 
 
+def test_a_check_may_ask_every_20_ms_and_no_more_often() -> None:
+    table = {"recovery_check": {"target": "h:1", "interval_secs": 0.02}}
+    check = policy_from_mapping(table, service="llm").recovery_check
+    assert check == RecoveryCheck("h:1", interval_secs=0.02)
+    table["recovery_check"]["interval_secs"] = 0.019
+    with pytest.raises(ConfigurationError) as err:
+        policy_from_mapping(table, service="llm")
+    assert [field for field, _ in err.value.violations] == ["recovery_check.interval_secs"]
+
+
 def test_bad_recovery_check_values_are_all_listed() -> None:
     table = {"recovery_check": {"target": "no port", "interval_secs": 0.001, "timeout_secs": -1, "x": 1}}
     with pytest.raises(ConfigurationError) as err:
