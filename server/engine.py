@@ -20,6 +20,8 @@ from mission_control.client.policy import ServicePolicy
 from mission_control.client.probes import ASKING_SECS
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
+from .stored_runs import StoredRuns
+
 _log = logging.getLogger("mission_control.server.engine")
 
 #: How long an agent may hold an unused probe permit.
@@ -130,6 +132,8 @@ class FleetBreakers:
         self._held_since: dict[str, float] = {}
         #: When a HALF_OPEN another replica decided was taken while leading.
         self._adopted: dict[str, float] = {}
+        #: Which breakers the store is known to hold not CLOSED (see :mod:`.stored_runs`).
+        self._runs = StoredRuns()
         self.change_listeners: list[ChangeListener] = []
         self.grant_listeners: list[GrantListener] = []
 
@@ -272,9 +276,31 @@ class FleetBreakers:
                 self._held_since[name] = self._clock()
         self.revisions[name] = revision
         self._changed(name, old, None)
+        self._runs.stored(name, self._runs.run(name, breaker.state))  # as the store holds it
 
     def _mono(self, wall_nanos: int) -> float:
         return wall_nanos / 1e9 - self._wall_offset
+
+    def run_of(self, name: str) -> int | None:
+        """Which not-CLOSED run a record of ``name`` taken now belongs to (None: CLOSED);
+        the writer hands it back to :meth:`stored` once the store took the record."""
+        return self._runs.run(name, self.get(name).state)
+
+    def stored(self, name: str, revision: int, run: int | None) -> None:
+        """The store took a record of ``name`` at ``revision``, taken in ``run``
+        (:meth:`run_of`): once it holds the breaker's current run, permits may go out."""
+        known = self.store_holds(name)
+        self.revisions[name] = revision
+        self._runs.stored(name, run)
+        breaker = self._breakers.get(name)
+        half_open = breaker is not None and breaker.state is BreakerState.HALF_OPEN
+        if half_open and not known and self.store_holds(name):
+            self._grant_waiting(name, self._clock())
+
+    def store_holds(self, name: str) -> bool:
+        """Whether the store is known to hold ``name`` not CLOSED since it last left
+        CLOSED here: only then may a leader grant its probe permits (:mod:`.stored_runs`)."""
+        return self.revisions.get(name, 0) > 0 and self._runs.known(name)
 
     # -- inputs ----------------------------------------------------------------
 
@@ -386,7 +412,9 @@ class FleetBreakers:
         decided from the OPEN etcd holds, would run probes beside it. Whether a leader led
         before cannot be known here (a restarted replica, or one that finds the leader key
         already expired, sees none), so it is assumed. A breaker first loaded from the
-        store after this moment is held from when it is loaded (:meth:`adopt`)."""
+        store after this moment is held from when it is loaded (:meth:`adopt`). A breaker
+        CLOSED in the store needs no wait: no leader grants for a breaker before the store
+        is known to hold it not CLOSED (:meth:`store_holds`, :mod:`.stored_runs`)."""
         now = self._took_over = self._clock()
         self._held_since = {
             name: now for name, b in self._breakers.items() if b.state is not BreakerState.CLOSED
@@ -412,6 +440,7 @@ class FleetBreakers:
         self._told.pop(name, None)
         self._adopted.pop(name, None)
         self._held_since.pop(name, None)
+        self._runs.forget(name)
 
     def policy_changed(self, service: str) -> None:
         """The service's policy changed: its breaker and its endpoints' follow it."""
@@ -444,6 +473,7 @@ class FleetBreakers:
             self._demand.pop(move.name, None)
 
     def _changed(self, name: str, old: BreakerState | None, move: Transition | None) -> None:
+        self._runs.moved(name, old, self.get(name).state)
         message = self.to_proto(name)
         self._told[name] = max(self._told.get(name, 0), message.generation)
         for listener in list(self.change_listeners):
@@ -469,6 +499,8 @@ class FleetBreakers:
         hold = self.probe_ttl + breaker.policy.timeout_secs
         if self.lead_check is not None and not self.lead_check():
             return None  # a deposed leader that does not know it yet grants nothing
+        if self.lead_check is not None and not self.store_holds(breaker.name):
+            return None  # etcd may hold it CLOSED: a successor would not wait for this permit
         held = self._held_since.get(breaker.name)
         if held is not None and now < held + hold:
             return None  # an earlier leader's permits, of a HALF_OPEN etcd never had, may be in use

@@ -277,13 +277,13 @@ class StateWriter:
             return
         key = self.breaker_key(name)
         expected = self.breakers.revisions.get(name, 0)
-        record = self.breakers.to_record(name)
+        record, run = self.breakers.to_record(name), self.breakers.run_of(name)
         author = Author(CONTROL_PLANE, self.breakers.to_proto(name).reason)  # the rule's reason
         result = await self.commit(
             [Write(key, record, expected)], fenced=True, author=author, action="breaker.transition"
         )
         if result.ok:
-            self.breakers.revisions[name] = result.revision
+            self.breakers.stored(name, result.revision, run)
             if self._pending.get(name) == decision:  # else a newer decision is to be written
                 del self._pending[name]
         elif result.status is WriteStatus.CONFLICT:
@@ -441,14 +441,16 @@ class StateWriter:
         writes = [
             Write(self.policies.key(p.service), policy_to_json(p).encode(), 0) for p in self.policies.all()
         ]
-        writes += [Write(self.breaker_key(n), self.breakers.to_record(n), 0) for n in self.breakers.names()]
+        names = self.breakers.names()
+        runs = {self.breaker_key(n): (n, self.breakers.run_of(n)) for n in names}
+        writes += [Write(self.breaker_key(n), self.breakers.to_record(n), 0) for n in names]
         restored = 0
         for write in writes:
-            breaker = write.key.startswith(self.breaker_key(""))
-            result = await self.commit([write], fenced=breaker, action="restore")
+            breaker = runs.get(write.key)
+            result = await self.commit([write], fenced=breaker is not None, action="restore")
             if result.status is WriteStatus.FENCED:
                 return restored
-            if result.ok and breaker:
-                self.breakers.revisions[write.key.removeprefix(self.breaker_key(""))] = result.revision
+            if result.ok and breaker is not None:
+                self.breakers.stored(breaker[0], result.revision, breaker[1])
             restored += result.ok
         return restored

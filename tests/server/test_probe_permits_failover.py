@@ -9,6 +9,7 @@ import random
 
 from mission_control.client.breaker import BreakerState
 from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.server.engine import FleetBreakers
 from mission_control.server.leadership import LEASE_MARGIN_SECS, Leadership
 
 from ..sim_fleet import vloop
@@ -34,11 +35,17 @@ def test_a_new_leader_grants_for_a_half_open_from_before_only_once_earlier_permi
     assert grants == [("b", new.get(SERVICE).generation)]
 
 
+def stored(fleet: FleetBreakers, revision: int = 4) -> None:
+    """The write of the breaker as held now was acknowledged: etcd holds it."""
+    fleet.stored(SERVICE, revision, fleet.run_of(SERVICE))
+
+
 def test_a_half_open_the_new_leader_decides_itself_grants_at_once() -> None:
     fleet, clock, _ = engine()
     fleet.lead_check = lambda: True
     fleet.took_over()
     half_open(fleet, clock)  # OPEN and HALF_OPEN decided here, after the takeover
+    stored(fleet)
     assert fleet.request_probe("a", SERVICE) is not None
 
 
@@ -51,7 +58,8 @@ def test_after_a_takeover_even_its_own_half_open_waits_for_earlier_permits() -> 
     fleet, clock, _ = engine()
     fleet.lead_check = lambda: True
     fleet.record("a", pb.OutcomeSummary(service=SERVICE, failures=2, trailing_failures=2))
-    assert fleet.get(SERVICE).state is BreakerState.OPEN  # as etcd has it
+    assert fleet.get(SERVICE).state is BreakerState.OPEN
+    stored(fleet)  # as etcd has it
     took_over = clock.now = clock.now + POLICY.wait_duration_secs - 0.5
     fleet.took_over()
     clock.now += 0.5
@@ -120,6 +128,7 @@ def test_a_leader_whose_lease_is_not_known_to_hold_grants_nothing() -> None:
     valid = [False]
     fleet.lead_check = lambda: valid[0]
     half_open(fleet, clock)
+    stored(fleet)
     assert fleet.request_probe("a", SERVICE) is None
     valid[0] = True
     assert fleet.request_probe("a", SERVICE) is not None
