@@ -4,9 +4,12 @@ schedule runs (I3) and once it is over (I4).
 I3  Never more than ``success_threshold`` probes of one HALF_OPEN in flight fleet-wide;
     an agent that keeps asking gets a permit within one probe TTL (``PROBE_TTL_SECS``,
     plus one push) while the fleet is settled and the probes in flight are below the
-    limit — after a leader change, for a HALF_OPEN from before it, only once the probe
-    TTL plus the policy's timeout have passed since (the new leader's wait); no permit
-    is used, or held by a control plane, past its TTL.
+    limit — from when its replica reaches the leader (a follower's relay linked, or a
+    retry after the path to the leader opened: a heal shorter than the relay's retry
+    interval may pass unseen, and a permit comes only over that link); after a leader
+    change, for a HALF_OPEN from before it, only once the probe TTL plus the policy's
+    timeout have passed since (the new leader's wait); no permit is used, or held by a
+    control plane, past its TTL.
     A probe is in flight from the permit being taken until its outcome is recorded, for
     as long as its agent lives on the stream the permit came on: a stream that breaks
     frees the agent's permits at once (``FleetBreakers.release_agent``), and what a probe
@@ -42,6 +45,10 @@ SLACK_SECS = 2.0
 FAILOVER = "(permits of more than one leader) "
 #: An agent still asks when it was refused for want of a permit this recently.
 ASKING_NOW_SECS = 0.5
+#: A follower's relay tries the leader again at least this often (``server/relay.py``): a
+#: partition healed for less may be missed, and a permit can reach an agent on a follower
+#: only over that link.
+RELAY_RETRY_SECS = 1.0
 
 
 @dataclass
@@ -90,6 +97,9 @@ class ProbeWatch:
         self._leader: str | None = None
         self.relay_since: Counter[str] = Counter()
         self._relayed: dict[str, bool] = {}
+        #: When the network path from a replica to the leader last opened or closed.
+        self.path_since: Counter[str] = Counter()
+        self._path: dict[str, bool] = {}
         self.stats: Counter[str] = Counter()
 
     def _violation(self, key: tuple[str, str], text: str) -> None:
@@ -209,6 +219,12 @@ class ProbeWatch:
                 took_over,
                 self.relay_since[replica.name],
             )
+            if not self._relayed.get(replica.instance):
+                # cut from the leader, no permit can reach the agent: once the path opens,
+                # the relay's next try links it
+                if not self._path.get(replica.name):
+                    continue
+                start = max(start, self.path_since[replica.name] + RELAY_RETRY_SECS)
             if now - start > PROBE_TTL_SECS + SLACK_SECS:
                 self._violation(
                     (agent_name, f"{service}/asking"),
@@ -228,6 +244,10 @@ class ProbeWatch:
             if self._relayed.get(replica.instance) != linked:
                 self._relayed[replica.instance] = linked
                 self.relay_since[replica.name] = now  # type: ignore[assignment]
+            path = leader is not None and frozenset((replica.name, leader.name)) not in self.world.partitions
+            if self._path.get(replica.name) != path:
+                self._path[replica.name] = path
+                self.path_since[replica.name] = now  # type: ignore[assignment]
 
     def _holds_expire(self, replica: Replica, now: float) -> None:
         for name in replica.plane.breakers.names():

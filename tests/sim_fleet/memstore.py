@@ -16,11 +16,11 @@ can be cut off alone (a partition between that replica and etcd).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+from mission_control.server.loop_tasks import wait_event
 from mission_control.server.store import (
     Entry,
     Guard,
@@ -91,9 +91,9 @@ class MemEtcd:
         self._changed = asyncio.Event()
 
     async def wait_change(self, timeout: float) -> None:
-        changed = self._changed
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), timeout)
+        # (not asyncio.wait_for: before Python 3.12 it swallows a cancel that arrives as
+        # the change does, and a replica crashed in that step would live on)
+        await wait_event(self._changed, timeout)
 
     # -- faults ------------------------------------------------------------------
 

@@ -130,6 +130,7 @@ class World:
         #: When the store, or a replica's path to it, last stopped being healthy.
         self.store_trouble_at = -1e9
         self.trouble_at: Counter[str] = Counter()
+        self._restarting: set[str] = set()
         self.recorder = checks.Recorder(self)
         self.probes = ProbeWatch(self)
         self.admissions = Admissions(self)
@@ -200,9 +201,17 @@ class World:
         return replica
 
     def restart(self, name: str) -> None:
-        """A supervisor starts the process again on the same address (unless it runs)."""
-        if not self.replicas[name].alive:
-            asyncio.get_running_loop().create_task(self.start_replica(name))
+        """A supervisor starts the process again on the same address (unless it runs, or
+        a start is on its way: two faults may ask in one step)."""
+        if self.replicas[name].alive or name in self._restarting:
+            return
+        self._restarting.add(name)
+
+        async def start() -> None:
+            self._restarting.discard(name)
+            await self.start_replica(name)
+
+        asyncio.get_running_loop().create_task(start())
 
     def crash(self, replica: Replica) -> None:
         self.log(f"crash {replica.instance} (leading={replica.plane.leading})")

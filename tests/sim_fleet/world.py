@@ -46,6 +46,7 @@ class Replica:
         self.name = name
         self.instance = f"{name}.{incarnation}"
         self.alive = True
+        self._starting: asyncio.Task[None] | None = None
         self.store = MemStore(world.etcd)
         self.store.cut = name in world.cut_from_etcd
         loop = asyncio.get_running_loop()
@@ -100,11 +101,15 @@ class Replica:
         self.plane.reports.bound = bounded  # type: ignore[method-assign]
 
     async def start(self) -> None:
+        self._starting = asyncio.current_task()
         await self.plane.start(load_timeout=5.0)
 
     def crash(self) -> None:
-        """``kill -9``: every task ends where it is; streams break; memory is gone."""
+        """``kill -9``: every task ends where it is (its start too, when it is still
+        loading: it would start the rest later); streams break; memory is gone."""
         self.alive = False
+        if self._starting is not None:
+            self._starting.cancel()
         for task in self.plane._tasks:
             task.cancel()
         for link in list(self.links):
