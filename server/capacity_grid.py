@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-__all__ = ["PeriodGrid"]
+__all__ = ["ForwardWall", "PeriodGrid"]
 
 
 class PeriodGrid:
@@ -44,3 +44,29 @@ class PeriodGrid:
             grid = max(wall, self._grid + max(0.0, mono - self._mono))
         self._mono, self._grid = mono, grid
         return grid
+
+
+class ForwardWall:
+    """Wall seconds that never go back: the wall clock, or the highest reading so far plus
+    the monotonic time since, whichever is later. A replica's bounds on epochs (its own and
+    those agents claim) are taken on it: a wall clock stepping back must not put the epoch a
+    leader already holds out of its own range (it would stop recording it, and leasing,
+    until the wall clock caught up). After a step back it stays ahead of the wall clock by
+    the step for the rest of the process.
+
+    Args:
+        clock: monotonic seconds.
+        wall: epoch seconds.
+    """
+
+    def __init__(self, clock: Callable[[], float], wall: Callable[[], float]) -> None:
+        self.clock = clock
+        self.wall = wall
+        self._mono = 0.0
+        self._last = -math.inf
+
+    def __call__(self) -> float:
+        mono, wall = self.clock(), self.wall()
+        now = max(wall, self._last + max(0.0, mono - self._mono))
+        self._mono, self._last = mono, now
+        return now

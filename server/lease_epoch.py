@@ -124,6 +124,12 @@ def epoch_bound(now: float) -> int:
     return round(now * 1000) + EPOCH_SKEW_MS
 
 
+def claim_in_range(held: int, now: float) -> bool:
+    """Whether an agent's claim to hold epoch ``held`` may be taken at ``now`` (wall
+    seconds): the epoch one above it is one a record may hold."""
+    return held > 0 and held + 1 < min(MAX_EPOCH, epoch_bound(now))
+
+
 class LeaseEpochs:
     """Follows the record, gives the leaser its epoch and its ``leased_before``, and
     records this leader's epoch once it has leased.
@@ -231,7 +237,7 @@ class LeaseEpochs:
         current = self.epoch()
         if held <= current:
             return False
-        if held + 1 >= min(MAX_EPOCH, epoch_bound(self.wall())):
+        if not claim_in_range(held, self.wall()):
             self.refused_claims += 1
             if self.refused_claims % 1000 == 1:  # (a client may send one with every demand)
                 _log.warning("an agent claims fleet-lease epoch %d, out of range: ignored", held)

@@ -13,11 +13,15 @@ share the rest. A holder that says goodbye, or comes back here, is not kept.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from mission_control.client.fleet_limits import fair_share
 from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+from .capacity_grid import ForwardWall
+from .lease_epoch import claim_in_range
 
 #: (service, resource) of a fleet-shared limit.
 Limit = tuple[str, str]
@@ -38,11 +42,18 @@ class FollowerLeases:
         hold_secs: how long an agent gone without a goodbye may spend a limit (its
             horizon and two periods; None: not a fleet-shared limit here).
         clock: monotonic seconds.
+        wall: epoch seconds (with ``clock``, what agents' epoch claims are bounded on).
     """
 
-    def __init__(self, hold_secs: Callable[[str, str], float | None], clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        hold_secs: Callable[[str, str], float | None],
+        clock: Callable[[], float],
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.hold_secs = hold_secs
         self.clock = clock
+        self.now = ForwardWall(clock, wall)
         #: limit -> agent -> its last demand
         self.demands: dict[Limit, dict[str, pb.CapacityDemand]] = {}
         #: limit -> agent -> the units of the last lease passed on to it
@@ -126,13 +137,19 @@ class FollowerLeases:
                     + sum(k.units for k in kept.values()),
                     leased=all(d.leased for d in per_agent.values()),
                     agents_wanted=wants,
-                    held_epoch=max((d.held_epoch for d in per_agent.values()), default=0),
+                    held_epoch=self._held_epoch(d.held_epoch for d in per_agent.values()),
                 )
             )
         self._dirty, self._reported = False, reported
         if not demands:
             return None
         return pb.ConnectRequest(demand=pb.CapacityDemandReport(demands=demands))
+
+    def _held_epoch(self, claims: Iterable[int]) -> int:
+        """The highest of the agents' epoch claims the leader may take: one out of range
+        (which the leader refuses) must not hide another agent's."""
+        now = self.now()
+        return max((held for held in claims if claim_in_range(held, now)), default=0)
 
     def split(self, lease: pb.CapacityLease) -> list[tuple[str, pb.CapacityLease]]:
         """The leader's lease for this replica, split among the agents here (after what is

@@ -3,11 +3,16 @@ an injected clock: the leader leases nobody else that part until the agent's hor
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.server.lease_epoch import EPOCH_SKEW_MS, MAX_EPOCH, LeaseEpochs
 from mission_control.server.relay_leases import FollowerLeases
 
 from .test_capacity import HORIZON, RESOURCE, UNITS, Leader
+
+WALL = 1_800_000_000.0  # wall seconds
 
 
 class Follower:
@@ -126,3 +131,31 @@ def test_a_follower_reports_the_highest_epoch_its_agents_hold() -> None:
     follower.agent("c")
     (demand,) = follower.leases.report().demand.demands  # type: ignore[union-attr]
     assert demand.held_epoch == 90
+
+
+@pytest.mark.parametrize("hostile", [2**62, 2**64 - 1, MAX_EPOCH, round(WALL * 1000) + EPOCH_SKEW_MS])
+def test_a_claim_out_of_range_does_not_hide_another_agents(hostile: int) -> None:
+    """One agent claiming an epoch no record may hold (the leader refuses it) was passed on
+    alone, as the highest: the leader never moved above an honest agent's claim (clock +
+    200 s: a record put ahead, then lost) and every agent behind the follower ignored its
+    leases for the rest of its term. The follower passes on the highest claim in range."""
+    leader = Leader(5000.0)
+    follower = FollowerLeases(leader.leaser.hold_secs, lambda: leader.now, wall=lambda: WALL)
+    honest = round(WALL * 1000) + 200_000
+    for name, held in (("honest", honest), ("hostile", hostile), ("plain", 0)):
+        demand = pb.CapacityDemand(service="shared", resource=RESOURCE, wanted=10, held_epoch=held)
+        follower.demand(name, demand)
+    (demand,) = follower.report().demand.demands  # type: ignore[union-attr]
+    assert demand.held_epoch == honest
+
+    async def write(key: str, value: bytes) -> bool:
+        return True
+
+    async def lead() -> int:
+        epochs = LeaseEpochs("/p/fleet-lease-epoch", "r0", lambda: 5, lambda: True, write, wall=lambda: WALL)
+        assert epochs.agent_holds(demand.held_epoch)
+        epochs.may_lease(WALL + 1.0)  # the move is recorded...
+        await asyncio.sleep(0)
+        return epochs.epoch()  # ...and leases carry it
+
+    assert asyncio.run(lead()) == honest + 1
