@@ -153,11 +153,24 @@ class EtcdProcess:
                 contextlib.suppress(OSError),
                 urllib.request.urlopen(url, timeout=1, context=context) as resp,
             ):
-                if b'"health":"true"' in resp.read().replace(b" ", b""):
+                if b'"health":"true"' in resp.read().replace(b" ", b"") and self._serves_its_port():
                     return
             time.sleep(0.05)
         self.stop()
         raise EtcdUnavailable(f"etcd did not become healthy within {timeout}s; see {self.log_file}")
+
+    def _serves_its_port(self) -> bool:
+        """Whether this member says it serves clients on its port. A healthy answer alone may
+        come from another process that took the free port first (this member then exits
+        with "address already in use")."""
+        said = f'"address":"127.0.0.1:{self.client_port}"'
+        try:
+            with self.log_file.open("rb") as log:
+                log.seek(self._log_start)
+                lines = log.read().decode(errors="replace").splitlines()
+        except OSError:
+            return False
+        return any("serving client traffic" in line and said in line for line in lines)
 
     def abort(self) -> None:
         """Make a ``start`` waiting in another thread stop the member and give up."""

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from mission_control.server.etcd_process import EtcdProcess
+from mission_control.server.etcd_process import EtcdProcess, EtcdUnavailable
 from mission_control.server.store import EtcdStore
 
 
@@ -26,8 +26,18 @@ def etcdctl(endpoint: str, *args: str, input_text: str | None = None) -> str:
     return result.stdout
 
 
-def start_etcd(tmp: Path, name: str = "etcd") -> EtcdProcess:
-    return EtcdProcess(tmp / name / "data", log_file=tmp / name / "etcd.log").start()
+def start_etcd(tmp: Path, name: str = "etcd", attempts: int = 3) -> EtcdProcess:
+    """An etcd of its own on free ports, started and healthy. A free port may be taken by
+    another process before etcd binds it (many test runs share the machine): then it starts
+    again on other ports."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return EtcdProcess(tmp / name / "data", log_file=tmp / name / "etcd.log").start()
+        except EtcdUnavailable as err:
+            if "address already in use" not in str(err) or attempt == attempts:
+                raise
+            shutil.rmtree(tmp / name / "data", ignore_errors=True)
+    raise AssertionError("unreachable")
 
 
 def write_history(endpoint: str, key: str, writes: int) -> None:
