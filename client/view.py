@@ -698,7 +698,8 @@ class LocalView:
     def grant(self, grant: pb.ProbeGrant) -> None:
         """Probe permits from the control plane. One for an earlier HALF_OPEN goes back;
         one for a later generation than this agent knows is kept (on a follower replica
-        the relayed grant can arrive before the breaker's new state)."""
+        the relayed grant can arrive before the breaker's new state); one delivered twice
+        is taken once (see :class:`GrantsTaken`)."""
         state = self.get(grant.service)
         fleet = state.fleet
         now = self.clock()
@@ -708,7 +709,8 @@ class LocalView:
             self.probe_ttl = min(ttl, MOST_PROBE_TTL_SECS)
         known = fleet.generation if fleet is not None else None
         with state.lock:
-            back = state.permits.add(grant.generation, max(1, grant.permits), expiry, known, now)
+            identity = (grant.series, grant.number)
+            back = state.permits.add(grant.generation, max(1, grant.permits), expiry, known, now, identity)
             state.return_permits(back)
 
     def apply_lease(self, lease: pb.CapacityLease) -> None:

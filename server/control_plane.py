@@ -38,6 +38,7 @@ from .breaker_names import unknown_breaker
 from .capacity import CapacityLeaser
 from .engine import FleetBreakers
 from .fleet_roster import FleetRoster
+from .grant_numbers import GrantNumbers
 from .hub import Hub, Subscriber
 from .leadership import Leadership
 from .lease_epoch import RECORD as LEASE_EPOCH_RECORD
@@ -210,6 +211,7 @@ class ControlPlane:
             store.on_bad_key = self._bad_key
         self.policies.listeners.append(self._on_policy)
         self.breakers.change_listeners.append(self._on_breaker)
+        self.grant_numbers = GrantNumbers()
         self.breakers.grant_listeners.append(self._on_grant)
         self.recovery_checks = RecoveryChecks(self.breakers, lambda: self.leading, clock=clock)
 
@@ -604,6 +606,7 @@ class ControlPlane:
         return None if found is None else found.state
 
     def _on_grant(self, agent: str, grant: pb.ProbeGrant) -> None:
+        self.grant_numbers.stamp(grant)
         if not self.hub.send_to_agent(agent, pb.ConnectResponse(probe_grant=grant)):
             asyncio.get_running_loop().call_soon(lambda: self.breakers.release_agent(agent))
 
