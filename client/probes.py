@@ -5,7 +5,8 @@ once, so a permit this agent does not use is a probe no other agent may send. Ev
 permit therefore either runs a probe or goes back: when it expires, when the agent stopped
 wanting to call the service, and when it belongs to a breaker generation that is not (or
 no longer) the one in force. Give-backs name the generation they belong to, so a late one
-never frees a permit of a later HALF_OPEN.
+never frees a permit of a later HALF_OPEN. A grant names itself (its series and number):
+one delivered twice gives one permit.
 
 Pure logic with an injected ``now``; the caller holds the service's lock.
 """
@@ -14,11 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ASKING_SECS", "FleetProbe", "GiveBack", "ProbePermits"]
+__all__ = ["ASKING_SECS", "FleetProbe", "GiveBack", "GrantsTaken", "ProbePermits"]
 
 #: An agent that has not wanted to call a HALF_OPEN service for this long gives its
 #: unused permits back (agents ask again every 100 ms while they want to call).
 ASKING_SECS = 1.0
+#: Grant identities remembered (a HALF_OPEN grants few; the oldest are forgotten first).
+GRANTS_REMEMBERED = 256
 
 
 class FleetProbe(str):
@@ -41,15 +44,39 @@ class GiveBack:
     count: int
 
 
+class GrantsTaken:
+    """The probe grants taken, by identity, so that one delivered twice is taken once."""
+
+    __slots__ = ("_taken",)
+
+    def __init__(self) -> None:
+        #: (generation, series, number), oldest first.
+        self._taken: dict[tuple[int, int, int], None] = {}
+
+    def first_time(self, generation: int, identity: tuple[int, int]) -> bool:
+        """Whether the grant ``identity`` (series, number) of ``generation`` arrives for
+        the first time (one not named, number 0, always does); remembers it."""
+        if identity[1] == 0:
+            return True
+        key = (generation, *identity)
+        if key in self._taken:
+            return False
+        self._taken[key] = None
+        if len(self._taken) > GRANTS_REMEMBERED:
+            del self._taken[next(iter(self._taken))]
+        return True
+
+
 class ProbePermits:
     """Expiry times of the permits held, all of one breaker generation."""
 
-    __slots__ = ("expiries", "generation", "wanted_at")
+    __slots__ = ("expiries", "generation", "taken", "wanted_at")
 
     def __init__(self) -> None:
         self.expiries: list[float] = []
         self.generation = 0
         self.wanted_at = -1e18
+        self.taken = GrantsTaken()
 
     def __len__(self) -> int:
         return len(self.expiries)
@@ -59,10 +86,20 @@ class ProbePermits:
         self.wanted_at = now
 
     def add(
-        self, generation: int, count: int, expiry: float, known: int | None, now: float
+        self,
+        generation: int,
+        count: int,
+        expiry: float,
+        known: int | None,
+        now: float,
+        identity: tuple[int, int] = (0, 0),
     ) -> list[GiveBack]:
         """Permits granted for ``generation``; ``known`` is the breaker generation this
-        agent was last told (None = none yet). Returns what goes straight back."""
+        agent was last told (None = none yet); ``identity`` the grant's (series, number),
+        (0, 0) when not said. Returns what goes straight back; a grant already taken gives
+        nothing (its permits are held, or were used or given back once)."""
+        if not self.taken.first_time(generation, identity):
+            return []
         if known is not None and generation < known:
             return [GiveBack(generation, count)]  # for a HALF_OPEN already over
         if self.expiries and generation < self.generation:

@@ -64,6 +64,8 @@ class FleetBreaker:
     failures: int
     open_until: float
     generation: int
+    #: Which push this was (:attr:`LocalView.pushes` when it came).
+    push: int = 0
 
 
 def _uint32(count: int) -> int:
@@ -504,6 +506,10 @@ class LocalView:
         self.link_lost_at = -math.inf
         #: How long a fleet probe permit lasts: the TTL of the last grant.
         self.probe_ttl = PROBE_TTL_SECS
+        #: Breaker states pushed so far, and how many there were when the stream's snapshot
+        #: was partial (None: it was whole): states from before it are not restated.
+        self.pushes = 0
+        self.partial_at: int | None = None
 
     def get(self, name: str) -> ServiceState:
         """The state of a service, or of an endpoint's breaker (``service/endpoint``)."""
@@ -622,7 +628,10 @@ class LocalView:
     ) -> None:
         """The control plane's whole fleet state, replacing what was held: a breaker it
         does not list is not in force any more. A ``partial`` snapshot (a control plane that
-        has not loaded its store) replaces nothing: only its non-CLOSED breakers apply."""
+        has not loaded its store) replaces nothing: only its non-CLOSED breakers apply, and
+        what it does not restate stays in force as if the link were still down (see
+        :meth:`fleet_in_force`)."""
+        self.partial_at = self.pushes if partial else None
         if partial:
             for message in breakers:
                 if message.state != pb.BREAKER_STATE_CLOSED:
@@ -646,9 +655,14 @@ class LocalView:
         operator's state, and a HALF_OPEN (or an OPEN whose wait is over) until the link
         has been down for the probe TTL plus the policy's timeout — every probe the fleet
         permitted before the link broke has ended by then; it runs no call meanwhile, as
-        the permits ended with the link. The local breaker decides the rest."""
+        the permits ended with the link. The local breaker decides the rest. A state held
+        from before a partial snapshot (a control plane that has not read its store, and
+        grants no permit for it) is held by the same rules: connected to it is not yet back.
+        """
         fleet = state.fleet
-        if fleet is None or self.connected or fleet.state in _STICKY:
+        if fleet is None or fleet.state in _STICKY:
+            return fleet
+        if self.connected and (self.partial_at is None or fleet.push > self.partial_at):
             return fleet
         if fleet.state is BreakerState.OPEN and fleet.open_until > now:
             return fleet
@@ -666,8 +680,9 @@ class LocalView:
         now = self.clock()
         state = self.get(message.name)
         remaining = message.open_remaining.ToNanoseconds() / 1e9
+        self.pushes += 1
         fleet = FleetBreaker(
-            BreakerState(message.state), message.failures, now + remaining, message.generation
+            BreakerState(message.state), message.failures, now + remaining, message.generation, self.pushes
         )
         previous = state.fleet
         state.fleet = fleet
@@ -683,7 +698,8 @@ class LocalView:
     def grant(self, grant: pb.ProbeGrant) -> None:
         """Probe permits from the control plane. One for an earlier HALF_OPEN goes back;
         one for a later generation than this agent knows is kept (on a follower replica
-        the relayed grant can arrive before the breaker's new state)."""
+        the relayed grant can arrive before the breaker's new state); one delivered twice
+        is taken once (see :class:`GrantsTaken`)."""
         state = self.get(grant.service)
         fleet = state.fleet
         now = self.clock()
@@ -693,7 +709,8 @@ class LocalView:
             self.probe_ttl = min(ttl, MOST_PROBE_TTL_SECS)
         known = fleet.generation if fleet is not None else None
         with state.lock:
-            back = state.permits.add(grant.generation, max(1, grant.permits), expiry, known, now)
+            identity = (grant.series, grant.number)
+            back = state.permits.add(grant.generation, max(1, grant.permits), expiry, known, now, identity)
             state.return_permits(back)
 
     def apply_lease(self, lease: pb.CapacityLease) -> None:

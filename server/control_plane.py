@@ -38,6 +38,7 @@ from .breaker_names import unknown_breaker
 from .capacity import CapacityLeaser
 from .engine import FleetBreakers
 from .fleet_roster import FleetRoster
+from .grant_numbers import GrantNumbers
 from .hub import Hub, Subscriber
 from .leadership import Leadership
 from .lease_epoch import RECORD as LEASE_EPOCH_RECORD
@@ -218,6 +219,7 @@ class ControlPlane:
             store.on_bad_key = self._bad_key
         self.policies.listeners.append(self._on_policy)
         self.breakers.change_listeners.append(self._on_breaker)
+        self.grant_numbers = GrantNumbers()
         self.breakers.grant_listeners.append(self._on_grant)
         self.recovery_checks = RecoveryChecks(self.breakers, lambda: self.leading, clock=clock)
 
@@ -346,10 +348,21 @@ class ControlPlane:
             self.relay.ask_probe(agent_id, service)
         self.answer_probe(agent_id, service)
 
+    @property
+    def view_complete(self) -> bool:
+        """Whether this replica's fleet state is the store's: it has been loaded once. Until
+        then a breaker it lacks (or holds CLOSED, never decided here) may be anything in
+        the store, and it says no such state to an agent as the truth."""
+        return self.sync.loaded.is_set()
+
     def answer_probe(self, agent_id: str, service: str) -> None:
         """An agent that asks for a probe holds a state this replica may not: unless the
         breaker is HALF_OPEN (a grant answers then), tell it the state in force — CLOSED for
-        a breaker this replica does not hold, without creating one."""
+        a breaker this replica does not hold, without creating one. A replica whose view is
+        not complete says nothing: the agent keeps what it holds, as from a partial
+        snapshot (what this replica decided itself was pushed when decided)."""
+        if not self.view_complete:
+            return
         breaker = self.breakers.find(service)
         if breaker is None:
             state = pb.Breaker(name=service, state=pb.BREAKER_STATE_CLOSED, reason="no such breaker here")
@@ -605,6 +618,7 @@ class ControlPlane:
         return None if found is None else found.state
 
     def _on_grant(self, agent: str, grant: pb.ProbeGrant) -> None:
+        self.grant_numbers.stamp(grant)
         if not self.hub.send_to_agent(agent, pb.ConnectResponse(probe_grant=grant)):
             asyncio.get_running_loop().call_soon(lambda: self.breakers.release_agent(agent))
 
@@ -618,7 +632,7 @@ class ControlPlane:
             policies=self._snapshot_policies(services),
             control_plane_id=self.instance_id,
             version=self.version,
-            partial=not self.sync.loaded.is_set(),
+            partial=not self.view_complete,
             shadow_policies=[policy_to_proto(p) for p in self.shadows.all()],
         )
         mine = set(services)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 import grpc.aio
+from mission_control.client.probes import GrantsTaken
 from mission_control.client.view import Tally, UnackedBatches
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
@@ -107,6 +108,7 @@ class LeaderRelay:
         self._held: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         #: The breaker generation of the permits held here, per service.
         self._held_generation: dict[str, int] = {}
+        self._grants = GrantsTaken()
         self._wake = asyncio.Event()
         #: What this replica's agents want of the fleet-shared limits, and their leases.
         self.leases = FollowerLeases(hold_secs, clock)
@@ -348,6 +350,8 @@ class LeaderRelay:
         return held
 
     def _hand_out(self, grant: pb.ProbeGrant) -> None:
+        if not self._grants.first_time(grant.generation, (grant.series, grant.number)):
+            return  # delivered twice: handed out (or given back) the first time
         if grant.generation > self._held_generation.get(grant.service, 0):
             self._held[grant.service].clear()  # the leader cleared those with their HALF_OPEN
             self._held_generation[grant.service] = grant.generation

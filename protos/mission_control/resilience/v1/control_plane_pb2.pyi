@@ -777,10 +777,20 @@ class ProbeGrant(_message.Message):
     PERMITS_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    SERIES_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     permits: _builtins.int
     generation: _builtins.int
     """The breaker generation the permits belong to."""
+    number: _builtins.int
+    """The grant's identity, with series: numbered from 1 by the process that granted it
+    (0 = not said). A grant delivered twice is taken once.
+    """
+    series: _builtins.int
+    """The granting process's series, drawn at random when it starts (0 = not said), so a
+    restarted or new leader's numbers never pass for its predecessor's.
+    """
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
         """Unused permits lapse after this long."""
@@ -792,10 +802,12 @@ class ProbeGrant(_message.Message):
         permits: _builtins.int = ...,
         ttl: _duration_pb2.Duration | None = ...,
         generation: _builtins.int = ...,
+        number: _builtins.int = ...,
+        series: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "permits", b"permits", "service", b"service", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "number", b"number", "permits", b"permits", "series", b"series", "service", b"service", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
