@@ -253,6 +253,7 @@ class ControlPlane:
             connect=connect,
             hold_secs=self.capacity.hold_secs,
             clock=self.clock,
+            wall=self.lease_epochs.wall,
         )
         self.writer.fence = self.leadership
         self.breakers.lead_check = self.leadership.lease_valid
