@@ -156,6 +156,7 @@ class ControlPlane:
             lambda key, value: self.writer.record_lease_epoch(key, value),
             self.policies.refused,
             wall,
+            clock=clock,
         )
         self.capacity = CapacityLeaser(
             self.policies.all,
