@@ -158,6 +158,7 @@ class ControlPlane:
             lambda key, value: self.writer.record_lease_epoch(key, value),
             self.policies.refused,
             wall,
+            clock=clock,
         )
         self.capacity = CapacityLeaser(
             self.policies.all,
@@ -263,6 +264,7 @@ class ControlPlane:
             connect=connect,
             hold_secs=self.capacity.hold_secs,
             clock=self.clock,
+            wall=self.lease_epochs.wall,
         )
         self.writer.fence = self.leadership
         self.breakers.lead_check = self.leadership.lease_valid

@@ -27,7 +27,11 @@ An agent reports the highest epoch it holds (``CapacityDemand.held_epoch``): a l
 it — the record was lost or refused after a leader recorded a higher epoch, as a record put
 by hand ahead of the clock and then deleted leaves it — would have every lease ignored for
 its whole term. It moves its epoch above the agent's (:meth:`LeaseEpochs.agent_holds`) and
-leases again only once that is recorded; a claim is bounded as a record is.
+leases again only once that is recorded; a claim is bounded as a record is
+(:func:`claim_in_range`).
+
+Bounds are taken on a wall clock that never goes back (:class:`.capacity_grid.ForwardWall`):
+a leader's own epoch stays in its range, and recorded, whatever its wall clock does.
 
 It carries the horizons agents may hold (see :mod:`.lease_horizons`): a replica started
 after an operator lowered ``unleased_secs`` learns the old one there.
@@ -46,6 +50,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
+from .capacity_grid import ForwardWall
 from .lease_horizons import HeldHorizon, RecordedHorizons, parse_horizons, reduced
 
 _log = logging.getLogger("mission_control.server.lease_epoch")
@@ -143,6 +148,8 @@ class LeaseEpochs:
         write: stores a record (fenced to the leader); True when stored.
         refused: shows a malformed value (key, what is wrong).
         wall: epoch seconds (a leader's epoch is never below its takeover's milliseconds).
+        clock: monotonic seconds (with ``wall``, the time bounds are taken on, which never
+            goes back).
         horizons: the horizons this leader's agents may hold when it leases no period
             ending after the given wall time (see :func:`.lease_horizons.in_force`).
     """
@@ -157,6 +164,7 @@ class LeaseEpochs:
         refused: Callable[[str, str], None] = lambda key, detail: None,
         wall: Callable[[], float] = time.time,
         horizons: Callable[[float], Iterable[HeldHorizon]] = lambda until: (),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.key = key
         self.instance_id = instance_id
@@ -166,6 +174,7 @@ class LeaseEpochs:
         self.refused = refused
         self.wall = wall
         self.horizons = horizons
+        self.now = ForwardWall(clock, wall)
         #: The horizons the records read say agents may still hold.
         self.held = RecordedHorizons(wall)
         #: The newest good record seen in the store (None: none).
@@ -193,7 +202,7 @@ class LeaseEpochs:
             return
         self.seen = True
         try:
-            self.record = parse_record(value, self.wall())
+            self.record = parse_record(value, self.now())
             self.held.adopt(self.record.horizons)
         except ValueError as err:
             self.malformed += 1
@@ -206,7 +215,7 @@ class LeaseEpochs:
         # a new term, or the store read for the first time in this one (the epoch may
         # rise then: the leaser starts over as a new leader would)
         if self._took_over != own:
-            self._took_over, self._since = own, round(self.wall() * 1000)
+            self._took_over, self._since = own, round(self.now() * 1000)
         self._term = own
         self._prior = self.seen if known else _UNKNOWN
         prior = self.record.epoch if self.record is not None else 0
@@ -237,7 +246,7 @@ class LeaseEpochs:
         current = self.epoch()
         if held <= current:
             return False
-        if not claim_in_range(held, self.wall()):
+        if not claim_in_range(held, self.now()):
             self.refused_claims += 1
             if self.refused_claims % 1000 == 1:  # (a client may send one with every demand)
                 _log.warning("an agent claims fleet-lease epoch %d, out of range: ignored", held)
@@ -271,7 +280,7 @@ class LeaseEpochs:
         recorded_epoch, until = self._recorded
         if recorded_epoch != epoch:
             until = 0.0
-        if until - self.wall() < RECORD_AHEAD_SECS / 2 or max(end, then) > until:
+        if until - self.now() < RECORD_AHEAD_SECS / 2 or max(end, then) > until:
             self.leased(max(end, then))
         return end <= until
 
@@ -281,11 +290,12 @@ class LeaseEpochs:
         epoch = self.epoch()
         if not epoch or self._writing is not None:
             return
-        if epoch >= min(MAX_EPOCH, epoch_bound(self.wall())):  # stored, it would be refused
+        now = self.now()
+        if epoch >= min(MAX_EPOCH, epoch_bound(now)):  # stored, it would be refused
             _log.error("fleet-lease epoch %d is out of range: not recorded", epoch)
             return
         # later than any earlier leader's (it wrote its own before this one took over)
-        until = max(self.wall() + RECORD_AHEAD_SECS, end + RECORD_AHEAD_SECS / 2)
+        until = max(now + RECORD_AHEAD_SECS, end + RECORD_AHEAD_SECS / 2)
         horizons = reduced([*self.horizons(until), *self.held.entries()])
         record = EpochRecord(epoch, self.instance_id, until, horizons)
         self._writing = asyncio.create_task(self._record(record))

@@ -74,6 +74,7 @@ class LeaderRelay:
             an in-memory one).
         hold_secs, clock: how long an agent gone without a goodbye may spend a fleet-shared
             limit (see :class:`.relay_leases.FollowerLeases`), on this monotonic clock.
+        wall: epoch seconds (what agents' epoch claims are bounded on).
     """
 
     def __init__(
@@ -86,6 +87,7 @@ class LeaderRelay:
         connect: RelayConnect | None = None,
         hold_secs: Callable[[str, str], float | None] = lambda service, resource: None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.leadership = leadership
         self.hub = hub
@@ -111,7 +113,7 @@ class LeaderRelay:
         self._grants = GrantsTaken()
         self._wake = asyncio.Event()
         #: What this replica's agents want of the fleet-shared limits, and their leases.
-        self.leases = FollowerLeases(hold_secs, clock)
+        self.leases = FollowerLeases(hold_secs, clock, wall)
         self._epoch = 0
         self._demand_epoch = -1
         self._unacked = UnackedBatches(MAX_BATCHES)
