@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 
 from mission_control.client.breaker import BreakerState
 
 from .engine import FleetBreakers
-from .policies import LoadError, PolicyBook
+from .policies import PolicyBook
 from .seen_values import SeenValues
 from .store import Entry, Store, StoreUnavailable, WatchCompacted
 from .writes import StateWriter
@@ -238,8 +237,7 @@ class StoreSync:
     def _held_revision(self, key: str) -> int:
         service = self.policies.service_of(key)
         if service is not None:
-            stored = self.policies.stored(service)
-            return stored[1] if stored is not None else 0
+            return self.policies.revision_of(service)
         name = self._breaker_of(key)
         return self.breakers.revisions.get(name, 0) if name is not None else 0
 
@@ -262,6 +260,8 @@ class StoreSync:
             return True
         if value is not None and revision <= self.breakers.revisions.get(name, 0):
             return True  # our own write, or older
+        if value is None:
+            self.policies.cleared(key)
         if value is None and self.breakers.find(name) is None:
             return True  # a forgotten breaker's key deleted: nothing to start over
         if self.writer.is_pending(name):
@@ -271,8 +271,9 @@ class StoreSync:
         except Exception as err:  # any parse error: refused and shown, never stops the watch
             held = self.breakers.revisions.get(name, 0)
             kept = f"the last good value (revision {held})" if held else "the state held in memory"
-            self.policies.refused(key, f"malformed breaker record ({err}); in force: {kept}")
+            self.policies.refused(key, f"malformed breaker record ({err}); in force: {kept}", revision)
             return False
+        self.policies.cleared(key)
         return True
 
     def _breaker_of(self, key: str) -> str | None:
@@ -312,6 +313,6 @@ class StoreSync:
             self.breakers.adopt(name, earlier.value, entry.mod_revision)
         except Exception:  # also bad: look further back
             return False
-        note = f"in force: the last good value (revision {earlier.mod_revision})"
-        self.policies.errors.append(LoadError(entry.key, note, time.time()))
+        kept = f"the last good value (revision {earlier.mod_revision})"
+        self.policies.restate(entry.key, entry.mod_revision, kept)
         return True
