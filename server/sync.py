@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from mission_control.client.breaker import BreakerState
 
 from .engine import FleetBreakers
+from .last_good import FROM_RECORDS
 from .policies import PolicyBook
 from .seen_values import SeenValues
 from .store import Entry, Store, StoreUnavailable, WatchCompacted
@@ -83,6 +84,9 @@ class StoreSync:
         self.on_outside: Callable[[str, bytes | None, int], None] = lambda key, value, revision: None
         #: Other keys followed: key -> called with each value (None: deleted).
         self.records: dict[str, Callable[[bytes | None], None]] = {}
+        #: Where a bad policy key's last good value is looked for when etcd compacted its
+        #: earlier revisions: (key, refused revision) -> (value, its revision) or None.
+        self.recorded_good: Callable[[str, int], Awaitable[tuple[bytes, int] | None]] | None = None
 
     def reload(self) -> None:
         """Read everything again (the watch is restarted after it) and hold what the store
@@ -295,12 +299,20 @@ class StoreSync:
             try:
                 earlier = await self.store.get(entry.key, revision=at - 1)
             except WatchCompacted:
-                return
+                break
             if earlier is None:
                 return
             if self._put_in_force(entry, earlier):
                 return
             at = earlier.mod_revision
+        await self._recorded_in_force(entry)
+
+    async def _recorded_in_force(self, entry: Entry) -> None:
+        """etcd compacted the key's earlier revisions: its audit records still hold them."""
+        found = await self.recorded_good(entry.key, entry.mod_revision) if self.recorded_good else None
+        if found is not None:
+            value, revision = found
+            self.policies.keep_earlier(entry.key, value, revision, entry.mod_revision, FROM_RECORDS)
 
     def _put_in_force(self, entry: Entry, earlier: Entry) -> bool:
         if self.policies.service_of(entry.key) is not None:

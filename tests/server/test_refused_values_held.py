@@ -92,7 +92,7 @@ def _restart(etcd: str, prefix: str, spawned: list[Proc]) -> str:
     return server
 
 
-def test_policies_get_names_the_revision_in_force_after_a_refused_put_and_a_restart(
+def test_the_last_good_policy_survives_a_restart_after_a_refused_put_and_a_compaction(
     etcd_server: EtcdProcess, prefix: str, spawned: list[Proc], tmp_path: Path
 ) -> None:
     proc, server = control_plane(etcd_server.endpoint, prefix)
@@ -108,3 +108,13 @@ def test_policies_get_names_the_revision_in_force_after_a_refused_put_and_a_rest
     assert f"stored at revision {good}\n" in out, out  # was: the refused value's revision
     assert "etcd holds a newer value, refused" in out and f"revision {bad}:" in out, out
     assert "\ntimeout_secs = 10\n" in out, out
+    # the good revisions compacted away: the audit records still hold the last good value
+    etcdctl(etcd, "put", key, "{garbage-2")
+    etcdctl(etcd, "compact", str(_revision(etcd, key)))
+    server = _restart(etcd, prefix, spawned)
+    out = _run(server, "policies", "get", SERVICE)  # was: exit 4, no policy
+    assert f"stored at revision {good}\n" in out and "\ntimeout_secs = 10\n" in out, out
+    assert "from the audit records" in _run(server, "stats"), out
+    assert SERVICE in _run(server, "policies", "list")
+    diff = _run(server, "config", "diff", str(tmp_path / "seed.toml"))
+    assert "(added)" not in diff, diff
