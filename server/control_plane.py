@@ -40,6 +40,7 @@ from .engine import FleetBreakers
 from .fleet_roster import FleetRoster
 from .grant_numbers import GrantNumbers
 from .hub import Hub, Subscriber
+from .last_good import RecordedGood
 from .leadership import Leadership
 from .lease_epoch import RECORD as LEASE_EPOCH_RECORD
 from .lease_epoch import LeaseEpochs
@@ -205,6 +206,7 @@ class ControlPlane:
         self.writer.audit = self.audit
         self.writer.on_recorded = self.audit_keeper.recorded
         self.sync.is_record = self.audit.is_record
+        self.sync.recorded_good = RecordedGood(self.audit, self.policies).before
         self.sync.on_outside = self.audit_keeper.outside
         #: Grows with every change of the fleet state this replica pushes.
         self.version = 0

@@ -40,6 +40,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
 from .json_values import json_values
+from .operator_refused import print_refused_values, refused_policy_value
 from .operator_shadow import SHADOW_ACTIONS, print_shadow_stats, shadow_command
 from .pem import check_ca, check_pair
 
@@ -285,6 +286,10 @@ class Operator:
             print(json.dumps(json_values(response), indent=2))
             return EXIT_OK
         print(f"# {_safe(name)}: stored at revision {response.revision}")
+        stats = self._call(self.stub.GetErrorStatistics, pb.GetErrorStatisticsRequest(page_size=1)).statistics
+        refused = refused_policy_value(stats, name)
+        if refused is not None:
+            print(f"# etcd holds a newer value, refused (this one stays in force): {_safe(refused.error)}")
         policy = policy_from_proto(response.effective)
         print(
             config_to_toml(ErrorHandlingConfig(service_specific={name: policy})).split("\n\n", 1)[1],
@@ -397,8 +402,7 @@ class Operator:
             print(_safe(line))
         for service in s.retry_minimum_withheld:
             print(_safe(f"fleet retry budget {service}: no minimum leased (the fleet is failing)"))
-        for err in s.config_errors:
-            print(_safe(f"rejected config value at {err.key}: {err.error}"))
+        print_refused_values(s, _safe)
         print_shadow_stats(s.shadow_services)
         return EXIT_OK
 

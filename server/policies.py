@@ -34,6 +34,8 @@ class LoadError:
     key: str
     error: str
     at: float  # epoch seconds
+    #: The refused value's revision (0: not known), to tell whether etcd still holds it.
+    revision: int = 0
 
 
 class PolicyBook:
@@ -45,6 +47,8 @@ class PolicyBook:
         #: service -> the revision of a refused value the store holds now (the key's
         #: revision, which a compare-and-swap that replaces it must name).
         self._refused: dict[str, int] = {}
+        #: Any other key (a breaker record) -> the revision of the refused value it holds.
+        self._refused_keys: dict[str, int] = {}
         self._defaults: OrderedDict[str, ServicePolicy] = OrderedDict()
         self.errors: deque[LoadError] = deque(maxlen=50)
         self.reloads_ok = 0
@@ -96,6 +100,28 @@ class PolicyBook:
         """The revision of the refused value the store holds for ``service`` (0: none)."""
         return self._refused.get(service, 0)
 
+    def held_refused(self, key: str) -> int:
+        """The revision of the refused value the store holds at ``key`` now (0: none)."""
+        service = self.service_of(key)
+        return self._refused.get(service, 0) if service is not None else self._refused_keys.get(key, 0)
+
+    def cleared(self, key: str) -> None:
+        """``key`` (not a policy's) holds a good value again, or none."""
+        self._refused_keys.pop(key, None)
+
+    def refused_now(self) -> list[LoadError]:
+        """The refused values the store still holds, newest first, one per key."""
+        found: dict[str, LoadError] = {}
+        for err in reversed(self.errors):
+            if err.revision and err.key not in found and self.held_refused(err.key) == err.revision:
+                found[err.key] = err
+        return list(found.values())
+
+    def refused_past(self) -> list[LoadError]:
+        """The refused values the store no longer holds: their key has held another value
+        since (a good one, a newer refused one, or none)."""
+        return [e for e in self.errors if e.revision and self.held_refused(e.key) != e.revision]
+
     def all(self) -> list[ServicePolicy]:
         return [self._policies[name][0] for name in sorted(self._policies)]
 
@@ -115,15 +141,15 @@ class PolicyBook:
             self._notify(service, None)
             return True
         current = self._policies.get(service)
-        if current is not None and current[1] >= revision:
-            return False
+        if (current is not None and current[1] >= revision) or self._refused.get(service, 0) >= revision:
+            return False  # held already (a reload), or refused already
         try:
             policy = policy_from_json(value, service=service)
         except ConfigurationError as err:
             detail = "; ".join(f"{f}: {m}" for f, m in err.violations)
             kept = f"the last good value (revision {current[1]})" if current else "the defaults"
-            self.refused(key, f"{detail}; in force: {kept}")
-            self._refused[service] = max(revision, self._refused.get(service, 0))
+            self._refused[service] = revision
+            self.refused(key, f"{detail}; in force: {kept}", revision)
             return False
         self._policies[service] = (policy, revision)
         self._refused.pop(service, None)
@@ -137,16 +163,42 @@ class PolicyBook:
         """The store lost its data: keep every policy, as never stored."""
         self._policies = {name: (policy, 0) for name, (policy, _) in self._policies.items()}
         self._refused.clear()
+        self._refused_keys.clear()
 
-    def refused(self, key: str, detail: str) -> None:
-        """Count and show a stored value that was not applied (a policy or any other record)."""
+    def refused(self, key: str, detail: str, revision: int = 0) -> None:
+        """Count and show a stored value that was not applied (a policy or any other
+        record); ``revision`` (the refused value's) tells later whether the store still
+        holds it."""
         self._counted(False)
-        self.errors.append(LoadError(key, detail, time.time()))
+        detail = f"revision {revision}: {detail}" if revision else detail
+        self.errors.append(LoadError(key, detail, time.time(), revision))
+        if revision and self.service_of(key) is None:
+            self._refused_keys[key] = revision
         _log.error("ignored invalid value at %s: %s", key, detail)
 
-    def keep_earlier(self, key: str, earlier: bytes, earlier_revision: int, revision: int) -> bool:
+    def restate(self, key: str, revision: int, in_force: str) -> None:
+        """Say what is in force instead of the refused value of ``key`` at ``revision``
+        (found after it was refused: an earlier good value)."""
+        previous = next((e for e in reversed(self.errors) if e.key == key and e.revision == revision), None)
+        detail = previous.error.rpartition("; in force: ")[0] + "; " if previous else ""
+        kept = [e for e in self.errors if e is not previous]
+        self.errors.clear()
+        self.errors.extend(kept)
+        self.errors.append(LoadError(key, f"{detail}in force: {in_force}", time.time(), revision))
+        if self.service_of(key) is None:
+            self._refused_keys[key] = revision
+
+    def keep_earlier(
+        self,
+        key: str,
+        earlier: bytes,
+        earlier_revision: int,
+        revision: int,
+        source: str = "the last good value",
+    ) -> bool:
         """The value at ``revision`` is bad and nothing good is held (a restart): put the
-        key's earlier good value in force, as of ``revision``. False when it is bad too."""
+        key's earlier good value (``earlier_revision``) in force; the key's revision for a
+        compare-and-swap stays ``revision`` (:meth:`revision_of`). False when it is bad too."""
         service = self.service_of(key)
         if service is None:
             return False
@@ -154,11 +206,9 @@ class PolicyBook:
             policy = policy_from_json(earlier, service=service)
         except ConfigurationError:
             return False
-        self._policies[service] = (policy, revision)
+        self._policies[service] = (policy, earlier_revision)
         self._refused[service] = revision
-        self.errors.append(
-            LoadError(key, f"in force: the last good value (revision {earlier_revision})", time.time())
-        )
+        self.restate(key, revision, f"{source} (revision {earlier_revision})")
         _log.warning("policy %s: the stored value is bad; revision %d is in force", service, earlier_revision)
         self._notify(service, policy)
         return True

@@ -415,7 +415,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         stored = self.plane.policies.stored(request.service)
         if stored is not None:
             response.policy.CopyFrom(policy_to_proto(stored[0]))
-            response.revision = self.plane.policies.revision_of(request.service)
+            response.revision = stored[1]  # the value in force (a newer refused one: stats)
         return response
 
     async def PutPolicy(self, request, context):  # type: ignore[no-untyped-def]

@@ -169,8 +169,13 @@ class FleetStatistics:
         if self.by_type:
             top = self.by_type.most_common(1)[0][0]
             message.most_common_error = _TYPE_ENUM.get(top, errors_pb2.ERROR_TYPE_UNSPECIFIED)
-        for err in policies.errors:
-            at = Timestamp()
-            at.FromNanoseconds(int(err.at * 1e9))
-            message.config_errors.add(key=err.key, error=err.error, at=at)
+        for field, errors in (
+            (message.config_errors, policies.errors),
+            (message.refused_values_held, policies.refused_now()),
+            (message.refused_values_replaced, policies.refused_past()),
+        ):
+            for err in errors:
+                at = Timestamp()
+                at.FromNanoseconds(int(err.at * 1e9))
+                field.add(key=err.key, error=err.error, at=at)
         return message

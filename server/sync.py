@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from mission_control.client.breaker import BreakerState
 
 from .engine import FleetBreakers
-from .policies import LoadError, PolicyBook
+from .last_good import FROM_RECORDS
+from .policies import PolicyBook
 from .seen_values import SeenValues
 from .store import Entry, Store, StoreUnavailable, WatchCompacted
 from .writes import StateWriter
@@ -87,6 +87,9 @@ class StoreSync:
         self.on_outside: Callable[[str, bytes | None, int], None] = lambda key, value, revision: None
         #: Other keys followed: key -> called with each value (None: deleted).
         self.records: dict[str, Callable[[bytes | None], None]] = {}
+        #: Where a bad policy key's last good value is looked for when etcd compacted its
+        #: earlier revisions: (key, refused revision) -> (value, its revision) or None.
+        self.recorded_good: Callable[[str, int], Awaitable[tuple[bytes, int] | None]] | None = None
 
     def reload(self) -> None:
         """Read everything again (the watch is restarted after it) and hold what the store
@@ -244,8 +247,7 @@ class StoreSync:
     def _held_revision(self, key: str) -> int:
         service = self.policies.service_of(key)
         if service is not None:
-            stored = self.policies.stored(service)
-            return stored[1] if stored is not None else 0
+            return self.policies.revision_of(service)
         name = self._breaker_of(key)
         return self.breakers.revisions.get(name, 0) if name is not None else 0
 
@@ -268,6 +270,8 @@ class StoreSync:
             return True
         if value is not None and revision <= self.breakers.revisions.get(name, 0):
             return True  # our own write, or older
+        if value is None:
+            self.policies.cleared(key)
         if value is None and self.breakers.find(name) is None:
             return True  # a forgotten breaker's key deleted: nothing to start over
         if self.writer.is_pending(name):
@@ -277,8 +281,9 @@ class StoreSync:
         except Exception as err:  # any parse error: refused and shown, never stops the watch
             held = self.breakers.revisions.get(name, 0)
             kept = f"the last good value (revision {held})" if held else "the state held in memory"
-            self.policies.refused(key, f"malformed breaker record ({err}); in force: {kept}")
+            self.policies.refused(key, f"malformed breaker record ({err}); in force: {kept}", revision)
             return False
+        self.policies.cleared(key)
         return True
 
     def _breaker_of(self, key: str) -> str | None:
@@ -300,12 +305,20 @@ class StoreSync:
             try:
                 earlier = await self.store.get(entry.key, revision=at - 1)
             except WatchCompacted:
-                return
+                break
             if earlier is None:
                 return
             if self._put_in_force(entry, earlier):
                 return
             at = earlier.mod_revision
+        await self._recorded_in_force(entry)
+
+    async def _recorded_in_force(self, entry: Entry) -> None:
+        """etcd compacted the key's earlier revisions: its audit records still hold them."""
+        found = await self.recorded_good(entry.key, entry.mod_revision) if self.recorded_good else None
+        if found is not None:
+            value, revision = found
+            self.policies.keep_earlier(entry.key, value, revision, entry.mod_revision, FROM_RECORDS)
 
     def _put_in_force(self, entry: Entry, earlier: Entry) -> bool:
         if self.policies.service_of(entry.key) is not None:
@@ -318,6 +331,6 @@ class StoreSync:
             self.breakers.adopt(name, earlier.value, entry.mod_revision)
         except Exception:  # also bad: look further back
             return False
-        note = f"in force: the last good value (revision {earlier.mod_revision})"
-        self.policies.errors.append(LoadError(entry.key, note, time.time()))
+        kept = f"the last good value (revision {earlier.mod_revision})"
+        self.policies.restate(entry.key, entry.mod_revision, kept)
         return True

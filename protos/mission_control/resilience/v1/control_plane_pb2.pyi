@@ -1746,6 +1746,8 @@ class ErrorStatistics(_message.Message):
     RECOVERY_CHECK_ANSWERS_FIELD_NUMBER: _builtins.int
     RECOVERY_CHECK_HALF_OPENS_FIELD_NUMBER: _builtins.int
     RETRY_MINIMUM_WITHHELD_FIELD_NUMBER: _builtins.int
+    REFUSED_VALUES_HELD_FIELD_NUMBER: _builtins.int
+    REFUSED_VALUES_REPLACED_FIELD_NUMBER: _builtins.int
     SHADOW_SERVICES_FIELD_NUMBER: _builtins.int
     total_errors: _builtins.int
     circuit_breaker_opens: _builtins.int
@@ -1841,6 +1843,18 @@ class ErrorStatistics(_message.Message):
         """
 
     @_builtins.property
+    def refused_values_held(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConfigLoadError]:
+        """The refused values etcd still holds (a policy's or breaker record's key), newest first,
+        one per key: each says what is in force instead. Also in config_errors.
+        """
+
+    @_builtins.property
+    def refused_values_replaced(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConfigLoadError]:
+        """The entries of config_errors whose key has held another value since (a good one, a
+        newer refused one, or none): no longer in etcd.
+        """
+
+    @_builtins.property
     def shadow_services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShadowServiceStatistics]:
         """Per service with a candidate policy in shadow mode: enforced and shadow side by side."""
 
@@ -1886,11 +1900,13 @@ class ErrorStatistics(_message.Message):
         recovery_check_answers: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         recovery_check_half_opens: _builtins.int = ...,
         retry_minimum_withheld: _abc.Iterable[_builtins.str] | None = ...,
+        refused_values_held: _abc.Iterable[Global___ConfigLoadError] | None = ...,
+        refused_values_replaced: _abc.Iterable[Global___ConfigLoadError] | None = ...,
         shadow_services: _abc.Iterable[Global___ShadowServiceStatistics] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ids_shared", b"agent_ids_shared", "audit_records_pruned", b"audit_records_pruned", "calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "endpoint_reports_refused_by_service", b"endpoint_reports_refused_by_service", "endpoints_over_cap_by_service", b"endpoints_over_cap_by_service", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcome_batches_resent", b"outcome_batches_resent", "outcome_batches_too_old", b"outcome_batches_too_old", "outcome_sessions_held", b"outcome_sessions_held", "outcomes_dropped", b"outcomes_dropped", "outside_changes", b"outside_changes", "recovery_attempts", b"recovery_attempts", "recovery_check_answers", b"recovery_check_answers", "recovery_check_half_opens", b"recovery_check_half_opens", "recovery_checks_by_service", b"recovery_checks_by_service", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "rejected_by_reason", b"rejected_by_reason", "reports_refused", b"reports_refused", "retry_minimum_withheld", b"retry_minimum_withheld", "shadow_services", b"shadow_services", "shared_agent_ids", b"shared_agent_ids", "slow_calls_by_service", b"slow_calls_by_service", "spool_dropped", b"spool_dropped", "spool_held", b"spool_held", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "total_errors", b"total_errors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ids_shared", b"agent_ids_shared", "audit_records_pruned", b"audit_records_pruned", "calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "endpoint_reports_refused_by_service", b"endpoint_reports_refused_by_service", "endpoints_over_cap_by_service", b"endpoints_over_cap_by_service", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcome_batches_resent", b"outcome_batches_resent", "outcome_batches_too_old", b"outcome_batches_too_old", "outcome_sessions_held", b"outcome_sessions_held", "outcomes_dropped", b"outcomes_dropped", "outside_changes", b"outside_changes", "recovery_attempts", b"recovery_attempts", "recovery_check_answers", b"recovery_check_answers", "recovery_check_half_opens", b"recovery_check_half_opens", "recovery_checks_by_service", b"recovery_checks_by_service", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "refused_values_held", b"refused_values_held", "refused_values_replaced", b"refused_values_replaced", "rejected_by_reason", b"rejected_by_reason", "reports_refused", b"reports_refused", "retry_minimum_withheld", b"retry_minimum_withheld", "shadow_services", b"shadow_services", "shared_agent_ids", b"shared_agent_ids", "slow_calls_by_service", b"slow_calls_by_service", "spool_dropped", b"spool_dropped", "spool_held", b"spool_held", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "total_errors", b"total_errors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
