@@ -21,6 +21,7 @@ from google.protobuf import json_format
 from mission_control.client.breaker import BreakerState
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
+from .epoch_faults import leases_taken
 from .world import PREFIX
 
 if TYPE_CHECKING:
@@ -145,6 +146,7 @@ def final(world: World) -> None:
     _agents_agree(world)
     _counted_once(world)
     world.admissions.check()
+    leases_taken(world)
     world.result.stats.update(world.probes.stats)
 
 

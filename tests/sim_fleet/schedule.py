@@ -20,7 +20,7 @@ from mission_control.client.errors import StorageFailure
 from mission_control.client.policy import FleetLimits, ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
-from . import checks, vloop
+from . import checks, epoch_faults, vloop
 from .fleet_checks import LIMIT, SHARED, WINDOW, Admissions, ProbeWatch
 from .memstore import MemEtcd
 from .net import RELAY_TOKEN
@@ -414,6 +414,7 @@ async def run_schedule(world: World) -> None:
     for _ in range(rng.randint(2, 4)):
         world.new_agent()
     world.recorder.start()
+    epoch_faults.plan(world)
     end = world.now + world.active_secs
     while world.now < end:
         await asyncio.sleep(rng.expovariate(1 / 0.8))

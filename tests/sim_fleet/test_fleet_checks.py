@@ -58,3 +58,12 @@ def test_i4_catches_agents_that_spend_more_than_their_lease(monkeypatch: pytest.
 
     monkeypatch.setattr(LeasedBudget, "apply", generous)
     assert _caught("I4")
+
+
+def test_i4_catches_a_leader_that_ignores_the_epoch_agents_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record put ahead of the clock and then lost (``epoch_faults``): a leader that does
+    not move its epoch above the one agents report leaves them ignoring its leases."""
+    from mission_control.server.lease_epoch import LeaseEpochs
+
+    monkeypatch.setattr(LeaseEpochs, "agent_holds", lambda self, held: False)
+    assert _caught("I4", "holds fleet-lease epoch")

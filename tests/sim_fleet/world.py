@@ -334,6 +334,7 @@ class Agent:
                         agents_known=budget.agents,
                         safe_units=budget.safe_units(),
                         agents=1,
+                        held_epoch=budget.epoch,
                     )
                     if reports:
                         last = reports[-1]
