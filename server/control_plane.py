@@ -376,7 +376,9 @@ class ControlPlane:
 
     def record_demand(self, agent_id: str, demand: pb.CapacityDemand) -> None:
         if self.leading or self.relay is None:
-            if demand.held_epoch:  # above this leader's, its leases would all be ignored
+            # above this leader's, its leases would all be ignored (a claim for a limit
+            # not fleet-shared names no lease: a client may name any service)
+            if demand.held_epoch and (demand.service, demand.resource) in self.capacity.limits:
                 self.lease_epochs.agent_holds(demand.held_epoch)
             self.capacity.demand(agent_id, demand)
         else:

@@ -26,9 +26,10 @@ policy's ``unleased_secs`` — when the agents stop spending without a lease.
 An agent reports the highest epoch it holds (``CapacityDemand.held_epoch``): a leader below
 it — the record was lost or refused after a leader recorded a higher epoch, as a record put
 by hand ahead of the clock and then deleted leaves it — would have every lease ignored for
-its whole term. It moves its epoch above the agent's (:meth:`LeaseEpochs.agent_holds`) and
-leases again only once that is recorded; a claim is bounded as a record is
-(:func:`claim_in_range`).
+its whole term. It moves its epoch above the highest claim (:meth:`LeaseEpochs.agent_holds`)
+at most once per ``MOVE_EVERY_SECS``, and leases under the new epoch once it is recorded —
+under the one recorded before until then, so claims never stop leasing; a claim is bounded
+as a record is (:func:`claim_in_range`).
 
 Bounds are taken on a wall clock that never goes back (:class:`.capacity_grid.ForwardWall`):
 a leader's own epoch stays in its range, and recorded, whatever its wall clock does.
@@ -46,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -75,6 +77,10 @@ EPOCH_SKEW_MS = 300_000
 
 #: How far ahead a leader records that it may lease; written again when half is left.
 RECORD_AHEAD_SECS = 4.0
+
+#: A leader moves its epoch above agents' claims at most this often: a client sending a
+#: claim with every demand costs a record write per this time, and no lease.
+MOVE_EVERY_SECS = RECORD_AHEAD_SECS / 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +192,8 @@ class LeaseEpochs:
         self._base = 0  # the epoch this term began with
         self._epoch = 0  # the epoch leases carry: the base, or above an agent's (raised)
         self._raised = 0  # the highest epoch moved to above an agent's (kept across terms)
+        self._claim = 0  # the highest claim above _epoch, not moved above yet
+        self._moved_at = -math.inf  # when (self.now) the last move was recorded
         #: Agents' epoch claims refused (at or above what a record may hold), and taken.
         self.refused_claims = 0
         self.moved = 0
@@ -238,26 +246,25 @@ class LeaseEpochs:
 
     def agent_holds(self, held: int) -> bool:
         """An agent (or a follower, for its agents) holds leases of epoch ``held``. Agents
-        ignore leases of a lower epoch, so above this leader's the epoch moves above it, and
-        :meth:`may_lease` leases nothing more until that is recorded. The term goes on (no
-        new warm-up: the agents' leases are this leader's to split, as before). A claim at
-        or above what a record may hold (:func:`epoch_bound`, ``MAX_EPOCH``) is refused and
-        counted: it moves nothing. True when the epoch moved."""
+        ignore leases of a lower epoch, so above this leader's the epoch moves above the
+        highest such claim, at most once per ``MOVE_EVERY_SECS`` (see :meth:`may_lease`);
+        leases go on under the recorded epoch until the new one is recorded. The term goes
+        on (no new warm-up: the agents' leases are this leader's to split, as before). A
+        claim no record may hold (:func:`claim_in_range`) is refused and counted: it moves
+        nothing. True when the claim is taken (the epoch will move above it)."""
         current = self.epoch()
-        if held <= current:
+        if held <= max(current, self._claim):
             return False
         if not claim_in_range(held, self.now()):
             self.refused_claims += 1
             if self.refused_claims % 1000 == 1:  # (a client may send one with every demand)
                 _log.warning("an agent claims fleet-lease epoch %d, out of range: ignored", held)
             return False
-        self._raised = self._epoch = held + 1
-        self.moved += 1
-        if self.moved % 1000 == 1:
-            _log.warning(
-                "an agent holds fleet-lease epoch %d, above this leader's %d: moved above", held, current
-            )
+        self._claim = held
         return True
+
+    def _move_due(self) -> bool:
+        return self._claim >= self._epoch and self.now() - self._moved_at >= MOVE_EVERY_SECS
 
     def leased_before(self) -> bool:
         """Whether, when this replica took over, the fleet may hold an earlier leader's leases."""
@@ -280,31 +287,49 @@ class LeaseEpochs:
         recorded_epoch, until = self._recorded
         if recorded_epoch != epoch:
             until = 0.0
-        if until - self.now() < RECORD_AHEAD_SECS / 2 or max(end, then) > until:
+        if until - self.now() < RECORD_AHEAD_SECS / 2 or max(end, then) > until or self._move_due():
             self.leased(max(end, then))
         return end <= until
 
     def leased(self, end: float = 0.0) -> None:
-        """Record this leader's epoch and how far ahead it may lease: ``RECORD_AHEAD_SECS``,
-        or half of it past a period ending at ``end`` (tried again after a failure)."""
+        """Record this leader's epoch (moved above agents' claims, when a move is due) and
+        how far ahead it may lease: ``RECORD_AHEAD_SECS``, or half of it past a period
+        ending at ``end`` (tried again after a failure)."""
         epoch = self.epoch()
         if not epoch or self._writing is not None:
             return
-        now = self.now()
+        now, move = self.now(), 0
+        if self._move_due():
+            epoch = move = self._claim + 1
         if epoch >= min(MAX_EPOCH, epoch_bound(now)):  # stored, it would be refused
             _log.error("fleet-lease epoch %d is out of range: not recorded", epoch)
             return
-        # later than any earlier leader's (it wrote its own before this one took over)
-        until = max(now + RECORD_AHEAD_SECS, end + RECORD_AHEAD_SECS / 2)
+        # later than any earlier leader's (it wrote its own before this one took over), and
+        # than what this one leased under its epoch before a move
+        until = max(now + RECORD_AHEAD_SECS, end + RECORD_AHEAD_SECS / 2, self._recorded[1])
         horizons = reduced([*self.horizons(until), *self.held.entries()])
         record = EpochRecord(epoch, self.instance_id, until, horizons)
-        self._writing = asyncio.create_task(self._record(record))
+        self._writing = asyncio.create_task(self._record(record, move, self._term))
 
-    async def _record(self, record: EpochRecord) -> None:
+    async def _record(self, record: EpochRecord, move: int, term: int) -> None:
         try:
             if await self.write(self.key, record.encode()):
                 self._recorded = (record.epoch, record.until)
+                if move and term == self._term and move > self._epoch:
+                    self._moved(move)
         except Exception as err:  # the store away or the fence lost: again at the next lease
             _log.info("fleet-lease epoch %d not recorded yet (%s)", record.epoch, err)
         finally:
             self._writing = None
+
+    def _moved(self, epoch: int) -> None:
+        """A move above agents' claims is recorded: leases carry it from now on."""
+        if self.moved % 1000 == 0:
+            _log.warning(
+                "agents hold fleet-lease epoch %d, above this leader's %d: moved above",
+                epoch - 1,
+                self._epoch,
+            )
+        self._raised = self._epoch = epoch
+        self._moved_at = self.now()
+        self.moved += 1

@@ -1,8 +1,8 @@
 """A leader below the epoch an agent holds (server/lease_epoch.py, ``agent_holds``), on an
 injected clock: agents ignore leases of a lower epoch, so a leader whose epoch record was
 lost after a higher epoch was recorded moves its epoch above the agents' — recorded before
-it leases again, in the same term (no new warm-up), and never for a claim no record may
-hold."""
+it leases under it, leasing under the recorded one meanwhile, in the same term (no new
+warm-up), at most once per ``MOVE_EVERY_SECS`` and never for a claim no record may hold."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from mission_control.server.capacity import CapacityLeaser
 from mission_control.server.lease_epoch import (
     EPOCH_SKEW_MS,
     MAX_EPOCH,
+    MOVE_EVERY_SECS,
     EpochRecord,
     LeaseEpochs,
     parse_record,
@@ -89,22 +90,27 @@ def test_a_leader_below_an_agents_epoch_moves_above_it_once_recorded() -> None:
         held = base + 60_000  # a record put 60 s ahead, since deleted: the agent took it
         leader.accept = False  # the store away: the new epoch cannot be recorded
         leader.report("a", held)
-        assert leader.epochs.epoch() == held + 1
-        assert leader.epochs.term_epoch() == base  # the same term
-        count = len(leader.sent["a"])
+        leader.report("b")  # an agent that holds this leader's epoch
         await leader.run(2.0)
-        # nothing leased under an epoch not recorded (nor under the old one, which the
-        # agent ignores)
-        assert len(leader.sent["a"]) == count
+        # nothing leased under an epoch not recorded; leases go on under the recorded one
+        # (agent b takes them)
+        assert leader.epochs.epoch() == base
+        assert leader.epochs.term_epoch() == base  # the same term
+        assert set(leader.epochs_sent("b")) == {base}
+        count = len(leader.sent["a"])
+        assert count > 2
         leader.accept = True
         await leader.run(1.0)
+        assert leader.epochs.epoch() == held + 1
         assert parse_record(leader.written[-1]).epoch == held + 1
-        assert leader.epochs_sent("a")[count:] and set(leader.epochs_sent("a")[count:]) == {held + 1}
+        # (the round that recorded it leased under the one recorded before)
+        later = leader.epochs_sent("a")[count:]
+        assert later[-1] == held + 1 and set(later) <= {base, held + 1} and later == sorted(later)
         # the term went on: no warm-up began, the agent is split the whole limit
         assert leader.leaser.term.epoch == base
         limit = leader.leaser.limits[(SERVICE, RESOURCE)]
         assert not limit.warm
-        assert leader.sent["a"][-1].units == pytest.approx(UNITS)
+        assert leader.sent["a"][-1].units + leader.sent["b"][-1].units == pytest.approx(UNITS)
 
     asyncio.run(main())
 
@@ -143,13 +149,63 @@ def test_the_highest_claim_allowed_is_recorded_readably() -> None:
 
 
 def test_a_moved_epoch_is_kept_when_the_store_is_read_and_in_later_terms() -> None:
-    leader = Leader(own=7)
-    leader.epochs.loaded = lambda: False
-    base = leader.epochs.epoch()
-    held = base + 5_000
-    assert leader.epochs.agent_holds(held)
-    leader.epochs.loaded = lambda: True  # the store read: the term starts over as a new one
-    leader.epochs.apply(EpochRecord(base, "r0").encode())
-    assert leader.epochs.epoch() == held + 1
-    leader.own = 9  # leading again later, the record lost again meanwhile
-    assert leader.epochs.epoch() >= held + 1
+    async def main() -> None:
+        leader = Leader(own=7)
+        leader.epochs.loaded = lambda: False
+        base = leader.epochs.epoch()
+        held = base + 5_000
+        leader.report("a", held)
+        await leader.run(1.0)
+        assert leader.epochs.epoch() == held + 1
+        leader.epochs.loaded = lambda: True  # the store read: the term starts over as a new one
+        leader.epochs.apply(EpochRecord(base, "r0").encode())
+        assert leader.epochs.epoch() == held + 1
+        leader.own = 9  # leading again later, the record lost again meanwhile
+        assert leader.epochs.epoch() >= held + 1
+
+    asyncio.run(main())
+
+
+def parse_all(values: list[bytes]) -> list[EpochRecord]:
+    return [parse_record(value) for value in values]
+
+
+def test_a_flood_of_claims_moves_the_epoch_at_most_once_per_interval_and_leasing_goes_on() -> None:
+    """A client claiming one above the leader's epoch every 10 ms (each in range) moved it
+    with every claim, and nothing was leased while the claims came (the code before: 0
+    leases in 10 s, 1,000 moves). Now the epoch moves at most once per MOVE_EVERY_SECS
+    and an honest agent is leased every period, first under the recorded epoch."""
+
+    async def main() -> None:
+        leader = Leader()
+        leader.report("honest")
+        await leader.run(2.0)
+        before, writes = len(leader.sent["honest"]), len(leader.written)
+        seconds = 10.0
+        until = leader.clock[0] + seconds
+        while leader.clock[0] < until:
+            leader.report("hostile", held=leader.epochs.epoch() + 1)
+            leader.report("honest", held=max(leader.epochs_sent("honest")))
+            await leader.run(0.01)
+        during = leader.sent["honest"][before:]
+        assert leader.epochs.moved <= seconds / MOVE_EVERY_SECS + 1
+        assert leader.epochs.moved >= 2  # a claim is still taken
+        # every period leased (no period passes without one), and the honest agent (which
+        # only moves forward in epoch) takes each: epochs never go down
+        assert len(during) >= seconds / PERIOD - 2
+        epochs = [lease.epoch for lease in during]
+        assert epochs == sorted(epochs)
+        # a record written per move, beside the ones written every RECORD_AHEAD_SECS / 2
+        records = parse_all(leader.written[writes:])
+        assert len(records) <= 2 * (seconds / MOVE_EVERY_SECS + 1)
+        # each says until when its leader may lease no earlier than the one before (a
+        # successor keeps aside no less), and every lease's period is within one written
+        # of its epoch
+        untils = [record.until for record in records]
+        assert untils == sorted(untils)
+        recorded = [(r.epoch, r.until) for r in parse_all(leader.written)]
+        for lease in during:
+            end = (lease.period + PERIOD * 1000) / 1000
+            assert any(epoch == lease.epoch and until >= end for epoch, until in recorded)
+
+    asyncio.run(main())
