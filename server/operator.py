@@ -286,10 +286,15 @@ class Operator:
             print(json.dumps(json_values(response), indent=2))
             return EXIT_OK
         print(f"# {_safe(name)}: stored at revision {response.revision}")
-        stats = self._call(self.stub.GetErrorStatistics, pb.GetErrorStatisticsRequest(page_size=1)).statistics
-        refused = refused_policy_value(stats, name)
-        if refused is not None:
-            print(f"# etcd holds a newer value, refused (this one stays in force): {_safe(refused.error)}")
+        try:
+            stats = self._call(self.stub.GetErrorStatistics, pb.GetErrorStatisticsRequest(page_size=1))
+        except CommandError as err:  # the policy is shown all the same
+            print(f"# (whether etcd holds a newer, refused value is not known: {_safe(err)})")
+        else:
+            refused = refused_policy_value(stats.statistics, name)
+            if refused is not None:
+                note = "etcd holds a newer value, refused (this one stays in force)"
+                print(f"# {note}: {_safe(refused.error)}")
         policy = policy_from_proto(response.effective)
         print(
             config_to_toml(ErrorHandlingConfig(service_specific={name: policy})).split("\n\n", 1)[1],

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
+from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess
 
 from tests.server.test_cli import cli
@@ -53,24 +55,24 @@ def _rejected(out: str) -> list[str]:
     return [line for line in out.splitlines() if line.startswith("rejected config value")]
 
 
+@pytest.mark.timeout(300)  # CLI processes: minutes on a loaded machine
 def test_stats_tells_refused_values_etcd_holds_from_those_replaced_since(
     etcd_server: EtcdProcess, prefix: str, spawned: list[Proc], tmp_path: Path
 ) -> None:
     proc, server = control_plane(etcd_server.endpoint, prefix)
     spawned.append(proc)
     etcd, key = etcd_server.endpoint, f"{prefix}/policies/{SERVICE}"
-    (tmp_path / "seed.toml").write_text(SEED)
     (tmp_path / "changed.toml").write_text(CHANGED)
-    _run(server, "config", "import", str(tmp_path / "seed.toml"))
     with grpc.insecure_channel(server) as channel:
         stub = pb_grpc.ControlPlaneServiceStub(channel)
+        seed = policy_pb2.ServicePolicy(service=SERVICE, timeout_secs=10, max_retries=2)
+        stub.PutPolicy(pb.PutPolicyRequest(policy=seed), timeout=30)
         first = _refused_put(etcd, key, stub, "{garbage")
-        lines = _rejected(_run(server, "stats"))
-        assert len(lines) == 1 and HELD in lines[0] and f"revision {first}:" in lines[0], lines
+        [held] = _stats(stub).refused_values_held
+        assert held.key == key and held.error.startswith(f"revision {first}:"), held
         _run(server, "config", "import", str(tmp_path / "changed.toml"))
-        lines = _rejected(_run(server, "stats"))
-        assert len(lines) == 1 and REPLACED in lines[0], lines  # was: still "in force: ..."
-        assert not _stats(stub).refused_values_held
+        stats = _stats(stub)  # was: still listed as if in etcd, "in force: ..."
+        assert not stats.refused_values_held and [e.key for e in stats.refused_values_replaced] == [key]
         second = _refused_put(etcd, key, stub, json.dumps({"service": SERVICE, "timeout_secs": -3}))
         lines = _rejected(_run(server, "stats"))
         assert [HELD in line for line in lines] == [True, False], lines
@@ -80,9 +82,9 @@ def test_stats_tells_refused_values_etcd_holds_from_those_replaced_since(
         assert [e.key for e in stats.refused_values_held] == [key]
         assert [e.key for e in stats.refused_values_replaced] == [key]
         assert len(stats.config_errors) == 2  # the log keeps both
-        _run(server, "policies", "rollback", SERVICE, "--reason", "undo the bad put")
-        lines = _rejected(_run(server, "stats"))
-        assert len(lines) == 2 and all(REPLACED in line for line in lines), lines
+        stub.RollbackPolicy(pb.RollbackPolicyRequest(service=SERVICE, reason="undo the bad put"), timeout=30)
+        poll(lambda: not _stats(stub).refused_values_held)
+        assert len(_stats(stub).refused_values_replaced) == 2
 
 
 def _restart(etcd: str, prefix: str, spawned: list[Proc]) -> str:
@@ -92,6 +94,7 @@ def _restart(etcd: str, prefix: str, spawned: list[Proc]) -> str:
     return server
 
 
+@pytest.mark.timeout(300)  # three control-plane starts: minutes on a loaded machine
 def test_the_last_good_policy_survives_a_restart_after_a_refused_put_and_a_compaction(
     etcd_server: EtcdProcess, prefix: str, spawned: list[Proc], tmp_path: Path
 ) -> None:
@@ -99,10 +102,11 @@ def test_the_last_good_policy_survives_a_restart_after_a_refused_put_and_a_compa
     spawned.append(proc)
     etcd, key = etcd_server.endpoint, f"{prefix}/policies/{SERVICE}"
     (tmp_path / "seed.toml").write_text(SEED)
-    _run(server, "config", "import", str(tmp_path / "seed.toml"))
-    good = _revision(etcd, key)
     with grpc.insecure_channel(server) as channel:
-        bad = _refused_put(etcd, key, pb_grpc.ControlPlaneServiceStub(channel), "{garbage")
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        seed = policy_pb2.ServicePolicy(service=SERVICE, timeout_secs=10, max_retries=2)
+        good = stub.PutPolicy(pb.PutPolicyRequest(policy=seed), timeout=30).revision
+        bad = _refused_put(etcd, key, stub, "{garbage")
     server = _restart(etcd, prefix, spawned)
     out = _run(server, "policies", "get", SERVICE)
     assert f"stored at revision {good}\n" in out, out  # was: the refused value's revision
@@ -114,7 +118,11 @@ def test_the_last_good_policy_survives_a_restart_after_a_refused_put_and_a_compa
     server = _restart(etcd, prefix, spawned)
     out = _run(server, "policies", "get", SERVICE)  # was: exit 4, no policy
     assert f"stored at revision {good}\n" in out and "\ntimeout_secs = 10\n" in out, out
-    assert "from the audit records" in _run(server, "stats"), out
-    assert SERVICE in _run(server, "policies", "list")
+    with grpc.insecure_channel(server) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        [held] = _stats(stub).refused_values_held
+        assert held.error.endswith(f"in force: the last good value, from the audit records (revision {good})")
+        listed = stub.ListPolicies(pb.ListPoliciesRequest(), timeout=30).policies
+        assert [p.timeout_secs for p in listed if p.service == SERVICE] == [10]
     diff = _run(server, "config", "diff", str(tmp_path / "seed.toml"))
     assert "(added)" not in diff, diff
