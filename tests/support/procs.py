@@ -77,7 +77,11 @@ def control_plane(etcd: str, prefix: str, *extra: str, env: dict[str, str] | Non
     """``mission-control serve`` as its own process; returns it and its address."""
     serve = ["serve", "--listen", "127.0.0.1:0", "--etcd", etcd, "--etcd-prefix", prefix, *extra]
     proc = Proc([sys.executable, "-m", "mission_control.server.cli", *serve], env=env)
-    line = proc.wait_for("mission-control: serving on ", timeout=60)
+    try:
+        line = proc.wait_for("mission-control: serving on ", timeout=60)
+    except AssertionError:  # not handed to the test yet: nothing else would stop it
+        proc.kill()
+        raise
     return proc, line.split()[3]
 
 
