@@ -204,6 +204,7 @@ class ProbeWatch:
                 continue
             if breaker.generation != generation:
                 continue
+            self._saturation(service, generation)  # a long probe may hold the limit still
             replica = agent.replica
             assert replica is not None
             took_over = self.leader_since

@@ -67,3 +67,28 @@ def test_i4_catches_a_leader_that_ignores_the_epoch_agents_hold(monkeypatch: pyt
 
     monkeypatch.setattr(LeaseEpochs, "agent_holds", lambda self, held: False)
     assert _caught("I4", "holds fleet-lease epoch")
+
+
+def test_i3_catches_a_cut_off_leaders_permit_for_a_breaker_etcd_has_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The leader grants from memory, as before ``server/stored_runs.py``: its permit for a
+    HALF_OPEN etcd never had runs beside its successor's, which loaded CLOSED."""
+    from mission_control.server.engine import FleetBreakers
+
+    from . import vloop
+    from . import world as world_module
+    from .schedule import World, quiet_logs
+    from .test_scenarios import leader_cut_off_while_a_breaker_trips
+
+    monkeypatch.setattr(FleetBreakers, "store_holds", lambda self, name: True)
+    monkeypatch.setattr(world_module, "probe_secs", lambda draw: 6.0)
+
+    async def main() -> World:
+        world = World(0)
+        await leader_cut_off_while_a_breaker_trips(world)
+        return world
+
+    with quiet_logs():
+        violations = vloop.run(main()).result.violations
+    assert [v for v in violations if "I3:" in v and "probes of svc-a gen 2 in flight" in v], violations

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import pytest
 from mission_control.client.breaker import BreakerState
+from mission_control.client.policy import ServicePolicy
 
 from . import checks, vloop
+from . import world as world_module
 from .schedule import SERVICES, World, _policy_json, policy, quiet_logs
+from .world import Agent, Replica
 
 
 async def _until(world: World, check: Callable[[], bool], what: str, within: float = 10.0) -> None:
@@ -132,3 +136,66 @@ def test_a_replica_cut_off_during_a_wipe_notices_a_key_restored_at_its_old_revis
 
     with quiet_logs():
         vloop.run(main())
+
+
+async def leader_cut_off_while_a_breaker_trips(world: World) -> tuple[Replica, Replica]:
+    """The I3 gap's schedule: the leader cp0 is cut off from etcd just after renewing its
+    lease, and ``svc-a`` (etcd: CLOSED; a 1-s wait, one probe at a time) starts failing at
+    once. cp0 trips it from memory and half-opens it while its lease still holds, with
+    agent-0 (on cp0) asking for a permit; cp1 leads once that lease is over, trips and
+    half-opens the breaker itself for agent-1 (on cp1); probes run 6 s; cp0 is then
+    killed. Returns (cp0, cp1)."""
+    world.success_thresholds["svc-a"] = 1
+    short = ServicePolicy(service="svc-a", failure_threshold=3, success_threshold=1, wait_duration_secs=1.0)
+    for service in SERVICES:
+        chosen = short if service == "svc-a" else policy(service, world.rng)
+        world.etcd.put_raw(f"/mission-control/v1/policies/{service}", _policy_json(chosen))
+    first = await world.start_replica("cp0")
+    await _until(world, lambda: first.plane.leading, "cp0 leads")
+    second = await world.start_replica("cp1")
+    await _until(world, lambda: second.plane.sync.loaded.is_set(), "cp1 loaded")
+    for name, other in (("agent-0", "cp1"), ("agent-1", "cp0")):
+        world.partitions.add(frozenset((name, other)))
+        world.agents.append(Agent(world, name, ("svc-a",)))
+    await _until(world, lambda: all(a.view.connected for a in world.agents), "agents connected")
+    world.recorder.start()
+    leadership = first.plane.leadership
+    assert leadership is not None
+    renewed = leadership._valid_until
+    await _until(world, lambda: leadership._valid_until != renewed, "cp0 renews its lease")
+    world.log("cp0 cut from etcd; svc-a fails")
+    world.cut_from_etcd.add("cp0")
+    first.store.cut = True
+    world.store_trouble("cp0")
+    world.failing["svc-a"] = True
+    cp0_breaker = lambda: first.plane.breakers.get("svc-a")  # noqa: E731
+    await _until(world, lambda: cp0_breaker().state is BreakerState.HALF_OPEN, "cp0 half-opens svc-a")
+    assert leadership.lease_valid()  # it may grant, as far as its lease goes
+    await _until(world, lambda: second.plane.leading, "cp1 leads")
+    cp1_breaker = lambda: second.plane.breakers.get("svc-a")  # noqa: E731
+    await _until(world, lambda: cp1_breaker().state is BreakerState.HALF_OPEN, "cp1 half-opens svc-a")
+    await _until(world, lambda: world.probes.stats["probes"] > 0, "a probe runs")
+    await asyncio.sleep(1.0)
+    world.crash(first)
+    world.recorder.stop()
+    return first, second
+
+
+def test_a_leader_cut_off_from_etcd_grants_nothing_for_a_breaker_etcd_has_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before, cp0 granted agent-0 a permit for its HALF_OPEN from memory and cp1, which
+    loaded CLOSED, granted agent-1 one for its own HALF_OPEN of the same generation: two
+    probes where one may run (``test_fleet_checks.py`` shows the checker catching it)."""
+    monkeypatch.setattr(world_module, "probe_secs", lambda draw: 6.0)
+
+    async def main() -> World:
+        world = World(0)
+        await leader_cut_off_while_a_breaker_trips(world)
+        return world
+
+    with quiet_logs():
+        world = vloop.run(main())
+    granted = {agent for agent, _, _ in world.probes.grants}
+    assert granted == {"agent-1"}, world.probes.grants  # cp1's permit, none of cp0's
+    assert [v for v in world.result.violations if "I3:" in v] == []

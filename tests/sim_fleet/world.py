@@ -38,6 +38,13 @@ PREFIX = "/mission-control/v1"
 EPOCH = 1_800_000_000.0
 
 
+def probe_secs(draw: float) -> float:
+    """How long a probe call runs, from one uniform ``draw``: up to 1.5 s. A scripted
+    schedule may make it longer (a slow dependency, within the policy's timeout) to outlast
+    a leader's lease and its successor's first HALF_OPEN (``test_scenarios.py``)."""
+    return 1.5 * draw
+
+
 class Replica:
     """One control-plane process at ``name`` (its address), the ``incarnation``-th start."""
 
@@ -420,7 +427,7 @@ class Agent:
                     tally.probe_successes += 1
             self._wake.set()
 
-        asyncio.get_running_loop().call_later(rng.uniform(0.0, 1.5), done)
+        asyncio.get_running_loop().call_later(probe_secs(rng.random()), done)
 
     async def _spending(self) -> None:
         """Calls under the fleet-shared limit: each admitted one is recorded for I4."""
