@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 
-from .schedule import ACTIVE_SECS, simulate
+from .schedule import ACTIVE_SECS, SCHEDULE_VERSION, simulate
 
 
 def _virtual_time(record: logging.LogRecord) -> bool:
@@ -30,13 +30,18 @@ def main() -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("--window", action="store_true", help="print an I4 violation's worst window")
     parser.add_argument("--active", type=float, default=ACTIVE_SECS, help="virtual seconds of faults")
+    parser.add_argument(
+        "--schedule-version", type=int, default=SCHEDULE_VERSION, help="the faults a seed draws (schedule.py)"
+    )
     args = parser.parse_args()
     if args.seed is not None:
         if args.verbose:
             logging.basicConfig(level=logging.INFO, format="%(vt)9.3f %(name)s %(levelname)s %(message)s")
             for handler in logging.getLogger().handlers:
                 handler.addFilter(_virtual_time)
-        result = simulate(args.seed, verbose=args.verbose, active_secs=args.active)
+        result = simulate(
+            args.seed, verbose=args.verbose, active_secs=args.active, version=args.schedule_version
+        )
         print(result.report() if not result.ok else f"seed {args.seed}: ok {dict(result.stats)}")
         if args.window:
             print("\n".join(result.timeline))
@@ -44,7 +49,7 @@ def main() -> int:
     started = time.perf_counter()
     failed = []
     for seed in range(args.first, args.first + args.count):
-        result = simulate(seed, active_secs=args.active)
+        result = simulate(seed, active_secs=args.active, version=args.schedule_version)
         if not result.ok:
             failed.append(seed)
             print(result.report(), flush=True)

@@ -3,6 +3,11 @@
 ``simulate(seed)`` builds the world from the seed alone (one ``random.Random``), runs it on
 the virtual-time loop, heals every fault, lets it settle and returns what the checkers
 found. Replay one with ``python -m tests.sim_fleet --seed N``.
+
+A seed names a schedule only together with its schedule version: a change that draws new
+faults into the schedules bumps ``world.SCHEDULE_VERSION`` and draws them only from that
+version on, so a fixed-seed regression test keeps replaying, at the version it was picked
+at, the schedule that showed its defect.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from . import checks, epoch_faults, vloop
 from .fleet_checks import LIMIT, SHARED, WINDOW, Admissions, ProbeWatch
 from .memstore import MemEtcd
 from .net import RELAY_TOKEN
-from .world import Agent, Replica
+from .world import EPOCH_RECORD_SCHEDULES, FIRST_SCHEDULES, SCHEDULE_VERSION, Agent, Replica
 
 _log = logging.getLogger("sim")
 
@@ -43,6 +48,7 @@ STEPS_PER_SEC = 20_000
 class Result:
     seed: int
     active_secs: float = ACTIVE_SECS
+    version: int = SCHEDULE_VERSION
     violations: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     stats: Counter[str] = field(default_factory=Counter)
@@ -58,9 +64,12 @@ class Result:
         lines += [f"  {v}" for v in self.violations[:20]]
         lines.append(
             f"  replay: .venv/bin/python -m tests.sim_fleet --seed {self.seed}"
-            f" --active {self.active_secs:g} -v"
+            f" --active {self.active_secs:g}{self._version_arg()} -v"
         )
         return "\n".join(lines)
+
+    def _version_arg(self) -> str:
+        return "" if self.version == SCHEDULE_VERSION else f" --schedule-version {self.version}"
 
 
 def policy(service: str, rng: random.Random, success_threshold: int | None = None) -> ServicePolicy:
@@ -89,9 +98,12 @@ def shared_policy(lease_secs: float) -> ServicePolicy:
 class World:
     """Everything one schedule runs: etcd, replicas, agents, and what the checkers record."""
 
-    def __init__(self, seed: int, active_secs: float = ACTIVE_SECS) -> None:
+    def __init__(self, seed: int, active_secs: float = ACTIVE_SECS, version: int = SCHEDULE_VERSION) -> None:
+        if not FIRST_SCHEDULES <= version <= SCHEDULE_VERSION:
+            raise ValueError(f"schedule version {version}: not in {FIRST_SCHEDULES}..{SCHEDULE_VERSION}")
         self.seed = seed
         self.active_secs = active_secs
+        self.version = version
         self.rng = random.Random(seed)
         self.etcd = MemEtcd(self.rng)
         self.relay_token = RELAY_TOKEN
@@ -126,7 +138,7 @@ class World:
         self.cut_keys: set[BatchName | None] = set()
         #: Failures the report gate cut (a reported burst beyond the policy's bound).
         self.cut: Counter[str] = Counter()
-        self.result = Result(seed, active_secs)
+        self.result = Result(seed, active_secs, version)
         #: When the store, or a replica's path to it, last stopped being healthy.
         self.store_trouble_at = -1e9
         self.trouble_at: Counter[str] = Counter()
@@ -414,7 +426,8 @@ async def run_schedule(world: World) -> None:
     for _ in range(rng.randint(2, 4)):
         world.new_agent()
     world.recorder.start()
-    epoch_faults.plan(world)
+    if world.version >= EPOCH_RECORD_SCHEDULES:
+        epoch_faults.plan(world)
     end = world.now + world.active_secs
     while world.now < end:
         await asyncio.sleep(rng.expovariate(1 / 0.8))
@@ -437,11 +450,14 @@ def _policy_json(p: ServicePolicy) -> bytes:
     return policy_to_json(p).encode()
 
 
-def simulate(seed: int, *, verbose: bool = False, active_secs: float = ACTIVE_SECS) -> Result:
-    """Run schedule ``seed`` (faults for ``active_secs`` of virtual time) and check it."""
+def simulate(
+    seed: int, *, verbose: bool = False, active_secs: float = ACTIVE_SECS, version: int = SCHEDULE_VERSION
+) -> Result:
+    """Run schedule ``seed`` of schedule ``version`` (faults for ``active_secs`` of virtual
+    time) and check it."""
 
     async def main() -> Result:
-        world = World(seed, active_secs)
+        world = World(seed, active_secs, version)
         await run_schedule(world)
         world.result.stats["loop_steps"] = asyncio.get_running_loop().steps  # type: ignore[attr-defined]
         return world.result

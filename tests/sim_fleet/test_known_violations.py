@@ -3,12 +3,19 @@ cause is fixed (a violation known but not fixed would be kept here as a strict x
 
 A seed's schedule moves with any change to the fleet's timing, so each claim is over a few
 seeds that showed it: a change that merely moves them can also end the xfail (then pick
-the seeds again with ``python -m tests.sim_fleet --count N``).
+the seeds again with ``python -m tests.sim_fleet --count N``). Each seed runs at the
+schedule version it was picked at (``schedule.SCHEDULE_VERSION``): every one here was picked
+before the epoch record's faults (version 1), which would replace its schedule.
 """
 
 from __future__ import annotations
 
-from .schedule import simulate
+from .schedule import FIRST_SCHEDULES, Result, simulate
+
+
+def _replay(seed: int, active_secs: float = 10.0) -> Result:
+    """Schedule ``seed`` as it was when picked."""
+    return simulate(seed, active_secs=active_secs, version=FIRST_SCHEDULES)
 
 
 def test_schedules_that_found_a_fixed_defect_keep_every_invariant() -> None:
@@ -19,14 +26,14 @@ def test_schedules_that_found_a_fixed_defect_keep_every_invariant() -> None:
     revision it held it at, with another value, and kept its own (``server/sync.py``; the
     scripted ``test_scenarios.py::…_restored_at_its_old_revision`` shows it for good)."""
     seeds = (20, 55, 327, 354, 579)
-    failed = [r.report() for r in (simulate(seed, active_secs=10.0) for seed in seeds) if not r.ok]
+    failed = [r.report() for r in (_replay(seed) for seed in seeds) if not r.ok]
     assert not failed, "\n".join(failed)
 
 
 def _found(seeds: tuple[int, ...], known: str) -> list[str]:
     found = []
     for seed in seeds:
-        found += [f"seed {seed}: {v}" for v in simulate(seed, active_secs=10.0).violations if known in v]
+        found += [f"seed {seed}: {v}" for v in _replay(seed).violations if known in v]
     return found
 
 
@@ -52,7 +59,7 @@ def test_probes_stay_within_the_threshold_when_a_deposed_leader_decided_half_ope
     plus the timeout before granting for any breaker (``server/engine.py``)."""
     found = []
     for seed in (1077, 1084):
-        found += [f"seed {seed}: {v}" for v in simulate(seed, active_secs=40.0).violations if "I3:" in v]
+        found += [f"seed {seed}: {v}" for v in _replay(seed, 40.0).violations if "I3:" in v]
     assert not found, "\n".join(found)
 
 
@@ -72,7 +79,7 @@ def test_admissions_stay_within_the_limit_when_a_leader_takes_over_before_its_wa
     window against 45. Fixed: a leader takes its view of the record as known only once
     the store was read since its takeover (``server/takeover_read.py``;
     ``tests/server/test_takeover_read.py`` shows it for good)."""
-    violations = simulate(4097, active_secs=40.0).violations
+    violations = _replay(4097, 40.0).violations
     assert not [v for v in violations if v.startswith("I4:")], violations
 
 
@@ -83,7 +90,7 @@ def test_an_agent_behind_a_follower_cut_from_the_leader_is_not_owed_a_permit() -
     one probe TTL. A checker defect: a permit reaches such an agent only over the relay, so
     it is owed one once the relay is linked, or a retry after the path to the leader opened
     (``fleet_checks.RELAY_RETRY_SECS``)."""
-    violations = simulate(4091, active_secs=40.0).violations
+    violations = _replay(4091, 40.0).violations
     assert not [v for v in violations if v.startswith("I3:")], violations
 
 
@@ -121,7 +128,7 @@ def test_admissions_stay_within_the_limit_in_schedule_36() -> None:
     and the leader crashed: no leader for 3 s, every agent spending its last lease, 5 + 1 +
     3 = 9 a period, 40 in a 2 s window against 37.5. Fixed: a follower keeps an agent gone
     from it without a goodbye until its horizon (``server/relay_leases.py``)."""
-    violations = simulate(36, active_secs=10.0).violations
+    violations = _replay(36).violations
     assert not [v for v in violations if v.startswith("I4:")], violations
 
 
@@ -131,5 +138,5 @@ def test_admissions_stay_within_the_limit_in_schedule_40() -> None:
     lease of 1.5 a period; cp2 dropped it from its demand, and the leader leased agent-0,
     alone behind cp2 now, all 3 units: 35 in a window against 33.75. Same cause and fix
     as 36."""
-    violations = simulate(40, active_secs=10.0).violations
+    violations = _replay(40).violations
     assert not [v for v in violations if v.startswith("I4:")], violations

@@ -19,14 +19,16 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from . import vloop
 from .checks import RESENT
-from .schedule import Result, simulate
+from .schedule import FIRST_SCHEDULES, Result, simulate
 from .test_known_violations import UNANALYSED
 
 SCHEDULES = int(os.environ.get("MC_SIM_SCHEDULES", "60"))
 ACTIVE_SECS = float(os.environ.get("MC_SIM_ACTIVE_SECS", "10"))
 FIRST_SEED = int(os.environ.get("MC_SIM_FIRST_SEED", "0"))
-#: Seeds whose schedules resend outcome batches (a stream broke before the acknowledgement came).
+#: Seeds whose schedules resend outcome batches (a stream broke before the acknowledgement came),
+#: at the schedule version they were picked at.
 RESENT_SEEDS = (0, 1, 8)
+RESENT_VERSION = FIRST_SCHEDULES
 
 
 def _run(seed: int) -> Result:
@@ -69,7 +71,7 @@ def test_every_schedule_keeps_the_invariants() -> None:
 def test_no_resent_batch_is_counted_twice() -> None:
     """Batches taken whose acknowledgement was lost come again (to the same replica,
     another one, or from a relay) and are counted once."""
-    results = [simulate(seed, active_secs=40.0) for seed in RESENT_SEEDS]
+    results = [simulate(seed, active_secs=40.0, version=RESENT_VERSION) for seed in RESENT_SEEDS]
     assert all(r.stats["resent_batches"] for r in results), "the schedules no longer resend a batch"
     failed = _failures(results, lambda v: v.startswith(RESENT))
     assert not failed, "\n".join(failed)
@@ -83,7 +85,7 @@ def test_a_schedule_replays_exactly_from_its_seed() -> None:
 
 
 def _breaks(invariant: str, seeds: range = range(4)) -> list[str]:
-    """Violations of ``invariant`` (e.g. "I1") in a few schedules."""
+    """Violations of ``invariant`` (e.g. "I1") in a few of today's schedules."""
     found = []
     for seed in seeds:
         found += [v for v in simulate(seed, active_secs=10.0).violations if f"{invariant}:" in v]
@@ -145,7 +147,8 @@ def test_i5_catches_a_resent_batch_counted_again(monkeypatch: pytest.MonkeyPatch
     # Which schedules resend a batch at a moment that double counts moves with any change to
     # the fleet's timing; the claim is that some do, and the checker sees it.
     for seed in (*RESENT_SEEDS, *range(2, 16)):
-        found += [v for v in simulate(seed, active_secs=40.0).violations if v.startswith(RESENT)]
+        violations = simulate(seed, active_secs=40.0, version=RESENT_VERSION).violations
+        found += [v for v in violations if v.startswith(RESENT)]
         if found:
             break
     assert found
@@ -160,3 +163,13 @@ def test_i5_catches_a_batch_never_counted(monkeypatch: pytest.MonkeyPatch) -> No
         OutcomeLedger, "first_time", lambda self, key: first_time(self, key) and key.sequence % 7 != 3
     )
     assert _breaks("I5")
+
+
+def test_a_fixed_seed_replays_the_schedule_of_its_version() -> None:
+    """Schedule 55 (``test_known_violations``) loses the epoch record from version 2 on; at
+    version 1, the one it was picked at, it draws no such fault."""
+    picked = simulate(55, active_secs=10.0, version=FIRST_SCHEDULES)
+    today = simulate(55, active_secs=10.0)
+    assert not [e for e in picked.events if "epoch record" in e], picked.events
+    assert [e for e in today.events if "epoch record" in e], today.events
+    assert "--schedule-version 1" in picked.report()
