@@ -1,0 +1,40 @@
+"""Fixed-seed regressions fail again with their defect put back: each replays, at the
+schedule version it was picked at, a schedule that still shows the defect it names."""
+
+from __future__ import annotations
+
+import pytest
+
+from .test_known_violations import _replay
+
+
+def _i4(seed: int, active_secs: float) -> list[str]:
+    return [v for v in _replay(seed, active_secs).violations if v.startswith("I4:")]
+
+
+def test_schedule_40_catches_a_follower_that_forgets_an_agent_gone_without_a_goodbye(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before ``server/relay_leases.py`` a follower dropped an agent whose stream ended from
+    its demand at once, and the leader leased its units to the others while it spent them
+    (``test_known_violations``: 35 in a window against 33.75)."""
+    from mission_control.server.relay_leases import FollowerLeases
+
+    def forgets(self, agent_id):  # type: ignore[no-untyped-def]
+        for per_agent in self.demands.values():
+            if per_agent.pop(agent_id, None) is not None:
+                self._dirty = True
+
+    monkeypatch.setattr(FollowerLeases, "agent_left", forgets)
+    assert _i4(40, 10.0)
+
+
+def test_schedule_4097_catches_a_leader_that_knows_the_epoch_record_once_loaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before ``server/takeover_read.py`` a leader took its view of the epoch record as
+    known once its watch had loaded, read or not since its takeover (46 against 45)."""
+    from mission_control.server.takeover_read import TakeoverRead
+
+    monkeypatch.setattr(TakeoverRead, "__call__", lambda self: self.loaded())
+    assert _i4(4097, 40.0)
