@@ -78,9 +78,18 @@ def test_admissions_stay_within_the_limit_when_a_leader_takes_over_before_its_wa
     the 15 while cp0's agents spent cp0's last leases and then their own: 46 in a 2 s
     window against 45. Fixed: a leader takes its view of the record as known only once
     the store was read since its takeover (``server/takeover_read.py``;
-    ``tests/server/test_takeover_read.py`` shows it for good)."""
-    violations = _replay(4097, 40.0).violations
-    assert not [v for v in violations if v.startswith("I4:")], violations
+    ``tests/server/test_takeover_read.py`` shows it for good).
+
+    3130 at ``--active 40`` (period 0.5 s, 7.5 units), the same defect: cp0.2 led and
+    leased while etcd paused; cp1.1 won the campaign 3 ms after etcd came back, while its
+    reload from the store was still on its way, and leased agent-2 7 a period while agent-1,
+    cut off from every replica, spent its last lease of 4 a period from cp0.2's term: 47 in
+    a 2 s window against 37.5. On the main just after the fix (50aa268) putting the old
+    rule back gives those 47 again; on today's timing the schedule no longer shows it
+    with the old rule, so for 3130 this is a plain check of every invariant."""
+    for seed in (4097, 3130):
+        violations = _replay(seed, 40.0).violations
+        assert not [v for v in violations if v.startswith("I4:")], (seed, violations)
 
 
 def test_an_agent_behind_a_follower_cut_from_the_leader_is_not_owed_a_permit() -> None:
