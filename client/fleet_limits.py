@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .lease_placement import LeasePlacement
+
 __all__ = ["LeasedBudget", "PeriodReport", "fair_share"]
 
 #: An agent that asked for nothing still gets this share of an equal split, so that it
@@ -120,6 +122,8 @@ class LeasedBudget:
         self._now = _Period(None, now, now + period_secs, self.safe_units())
         self._next: dict[int, _Lease] = {}
         self._number = 0  # the server's number of the running period (0 = none yet)
+        #: Where leases' periods start on this process's clock.
+        self.placement = LeasePlacement()
         #: Finished periods, to report.
         self.finished: list[PeriodReport] = []
 
@@ -152,6 +156,27 @@ class LeasedBudget:
         return round(self._now.spent)
 
     # -- leases ----------------------------------------------------------------
+
+    def receive(
+        self,
+        period: int,
+        units: float,
+        starts_in: float,
+        received: float,
+        period_secs: float,
+        agents: int,
+        fleet_units: float,
+        epoch: int = 0,
+    ) -> None:
+        """A lease received at ``received`` (this process's monotonic clock), its period
+        starting ``starts_in`` after it was made: placed on the leader's grid by the least
+        delayed lease yet (:mod:`.lease_placement`), not by this one's delay."""
+        start = self.placement.place(epoch, period, starts_in, received)
+        shift = period / 1000 - start  # the grid's time minus this clock's, as now known
+        for waiting in self._next.values():  # placed by a more delayed lease: earlier now
+            if waiting.epoch == epoch == self.placement.epoch:
+                waiting.start = min(waiting.start, waiting.period / 1000 - shift)
+        self.apply(period, units, start, period_secs, agents, fleet_units, epoch)
 
     def apply(
         self,

@@ -720,10 +720,11 @@ class LocalView:
             budget = state.leased.get(lease.resource)
             if budget is None:
                 return  # not fleet-shared here (yet): the policy will follow
-            budget.apply(
+            budget.receive(
                 lease.period,
                 lease.units,
-                now + lease.starts_in.ToNanoseconds() / 1e9,
+                lease.starts_in.ToNanoseconds() / 1e9,
+                now,
                 lease.period_length.ToNanoseconds() / 1e9,
                 lease.agents,
                 lease.fleet_units,
@@ -745,3 +746,5 @@ class LocalView:
         for state in list(self.services.values()):
             with state.lock:
                 state.permits.forget()
+                for budget in state.leased.values():
+                    budget.placement.link_lost()
