@@ -136,6 +136,9 @@ class CircuitBreaker:
         self._window = _Window()
         self._slow = _Window()
         self._permits: dict[str, list[float]] = {}  # holder -> expiry times
+        #: Permits of a HALF_OPEN a failed probe ended, whose probes may still run: they
+        #: count against the next HALF_OPEN's limit until given back or expired (I3).
+        self._earlier: dict[str, list[float]] = {}
 
     # -- reading ---------------------------------------------------------------
 
@@ -146,11 +149,24 @@ class CircuitBreaker:
         return max(0.0, self.opened_at + self.wait - now)
 
     def permits_out(self, now: float) -> int:
+        """Permits that may be in use: this HALF_OPEN's and those of one a failed probe ended."""
         self._expire(now)
-        return sum(len(v) for v in self._permits.values())
+        return sum(len(v) for v in self._permits.values()) + sum(len(v) for v in self._earlier.values())
 
     def permits_of(self, holder: str) -> int:
         return len(self._permits.get(holder, ()))
+
+    def earlier_of(self, holder: str) -> int:
+        """Permits ``holder`` got in a HALF_OPEN a failed probe ended (its probe may still run)."""
+        return len(self._earlier.get(holder, ()))
+
+    def return_earlier(self, holder: str, count: int | None = None) -> None:
+        """``holder``'s probes of an ended HALF_OPEN are over (``count`` of them, or all)."""
+        held = self._earlier.get(holder)
+        if held and count is not None:
+            del held[: max(0, count)]
+        if not held or count is None:
+            self._earlier.pop(holder, None)
 
     def probe_limit(self) -> int:
         """Probes that may be out at once in HALF_OPEN: one until a probe has succeeded
@@ -279,6 +295,8 @@ class CircuitBreaker:
         """
         if self.state is not BreakerState.HALF_OPEN:
             return 0
+        if self._earlier.get(holder):
+            return 0  # its probe of the HALF_OPEN that failed may still run
         free = self.probe_limit() - self.permits_out(now)
         granted = max(0, min(count, free))
         if granted:
@@ -289,16 +307,21 @@ class CircuitBreaker:
         """Give back unused permits (all of the holder's when ``count`` is None)."""
         if count is None:
             self._permits.pop(holder, None)
+            self._earlier.pop(holder, None)
         else:
             self._return_permits(holder, count)
 
     def clear_permits(self) -> None:
         """Forget every permit (the state was replaced from the store)."""
         self._permits.clear()
+        self._earlier.clear()
 
     def _return_permits(self, holder: str, count: int) -> None:
         held = self._permits.get(holder)
         if not held:
+            # A holder has permits of one HALF_OPEN at a time (none is granted while it
+            # holds earlier ones), so these are the earlier ones' results.
+            self.return_earlier(holder, count)
             return
         del held[: max(0, count)]
         if not held:
@@ -310,13 +333,14 @@ class CircuitBreaker:
 
     def _expire(self, now: float) -> int:
         expired = 0
-        for holder in [h for h, v in self._permits.items() if any(t <= now for t in v)]:
-            kept = [t for t in self._permits[holder] if t > now]
-            expired += len(self._permits[holder]) - len(kept)
-            if kept:
-                self._permits[holder] = kept
-            else:
-                del self._permits[holder]
+        for permits in (self._permits, self._earlier):
+            for holder in [h for h, v in permits.items() if any(t <= now for t in v)]:
+                kept = [t for t in permits[holder] if t > now]
+                expired += len(permits[holder]) - len(kept)
+                if kept:
+                    permits[holder] = kept
+                else:
+                    del permits[holder]
         return expired
 
     # -- operators -------------------------------------------------------------
@@ -360,6 +384,14 @@ class CircuitBreaker:
         self.generation += 1
         self.checked = False
         self.half_open_successes = 0
+        if old is BreakerState.HALF_OPEN and new is BreakerState.OPEN:
+            # A failed probe ends the HALF_OPEN, not the others' probes still running: with
+            # several out at once (a check's HALF_OPEN, a widened one) the next HALF_OPEN
+            # must count them, or the fleet runs more than success_threshold (I3).
+            for holder, expiries in self._permits.items():
+                self._earlier.setdefault(holder, []).extend(expiries)
+        elif new is not BreakerState.OPEN and new is not BreakerState.HALF_OPEN:
+            self._earlier.clear()
         self._permits.clear()
         if new is BreakerState.CLOSED:
             self.consecutive_failures = 0

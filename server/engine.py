@@ -314,6 +314,10 @@ class FleetBreakers:
         current = summary.probe_generation in (0, breaker.generation)
         if summary.probes_released and current:
             breaker.release_probes(agent, summary.probes_released)
+        if not current:  # results or give-backs of a HALF_OPEN a failed probe ended
+            breaker.return_earlier(
+                agent, summary.probes_released + summary.probe_successes + summary.probe_failures
+            )
         # Probe results count only for permits this agent holds, of this HALF_OPEN.
         held = breaker.permits_of(agent) if current else 0
         probe_failures = min(summary.probe_failures, held)
@@ -351,7 +355,7 @@ class FleetBreakers:
         to are still connected to it and may use them, so those lapse with their hold."""
         now = self._clock()
         for breaker in self._breakers.values():
-            if not relay and breaker.permits_of(agent):
+            if not relay and (breaker.permits_of(agent) or breaker.earlier_of(agent)):
                 breaker.release_probes(agent)
                 if breaker.state is BreakerState.HALF_OPEN:
                     self._grant_waiting(breaker.name, now)
@@ -488,7 +492,7 @@ class FleetBreakers:
         if demand is None:
             return
         for agent in demand.recent(now, ASKING_SECS):
-            if breaker.permits_of(agent):
+            if breaker.permits_of(agent) or breaker.earlier_of(agent):
                 continue
             if self._grant(breaker, agent, now) is None:
                 break
