@@ -6,14 +6,14 @@ once must not send success_threshold more beside them."""
 from __future__ import annotations
 
 import pytest
-
 from mission_control.client.breaker import BreakerState
 from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.server.engine import FleetBreakers
 
 from .test_recovery_check_rules import Clock, asking, waited_half_open
 
 
-def _fail_one_and_half_open_again(first_failure: str) -> tuple[Clock, object, list[str], set[str]]:
+def _fail_one_and_half_open_again(first_failure: str) -> tuple[Clock, FleetBreakers, list[str], set[str]]:
     clock = Clock()
     breakers, grants = waited_half_open(clock)  # success_threshold 3, the lone probe out
     assert breakers.widen("llm") and len(grants) == 3
@@ -51,7 +51,7 @@ def test_their_results_free_the_permits_for_the_next_half_open() -> None:
 
 
 def test_their_permits_lapse_with_their_hold() -> None:
-    clock, breakers, grants, _ = _fail_one_and_half_open_again("lone")
+    clock, breakers, _, _ = _fail_one_and_half_open_again("lone")
     breaker = breakers.get("llm")
     assert breaker.permits_out(clock.now) == 3
     clock.now += breakers.probe_ttl + breaker.policy.timeout_secs + 0.1
