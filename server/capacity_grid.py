@@ -31,19 +31,14 @@ class PeriodGrid:
         self.clock = clock
         self.wall = wall
         self._epoch: int | None = None
-        self._mono = 0.0
-        self._grid = -math.inf
+        self._forward = ForwardWall(clock, wall)
 
     def now(self, epoch: int) -> float:
         """The grid's time now for a leader of ``epoch``: never below what it said before
         in this epoch plus the monotonic time since, nor below the wall clock."""
-        mono, wall = self.clock(), self.wall()
-        if epoch != self._epoch:
-            self._epoch, grid = epoch, wall
-        else:
-            grid = max(wall, self._grid + max(0.0, mono - self._mono))
-        self._mono, self._grid = mono, grid
-        return grid
+        if epoch != self._epoch:  # a new epoch starts over from the wall clock
+            self._epoch, self._forward = epoch, ForwardWall(self.clock, self.wall)
+        return self._forward()
 
 
 class ForwardWall:
