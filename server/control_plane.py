@@ -187,6 +187,7 @@ class ControlPlane:
         self.sync.records[self.lease_epochs.key] = self.lease_epochs.apply
         self.takeover_read = TakeoverRead(
             self._leader_epoch,
+            self._leader_created,
             self.sync.loaded.is_set,
             lambda: self.sync.delivered,
             self._read_lease_epoch,
@@ -272,6 +273,9 @@ class ControlPlane:
         self.breakers.lead_check = self.leadership.lease_valid
 
     def _leader_epoch(self) -> int:
+        return self.leadership.term if self.leadership is not None else 0
+
+    def _leader_created(self) -> int:
         return self.leadership.epoch if self.leadership is not None else 0
 
     async def _read_lease_epoch(self) -> bytes | None:

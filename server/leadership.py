@@ -58,6 +58,7 @@ class Leadership:
         self.leader_address: str | None = None
         self._lease = 0
         self._create_revision = 0
+        self._term = 0
         self._last_refresh = 0.0
         #: Until when the leader lease is known to hold: the time a grant or keepalive was
         #: sent plus the TTL it got (etcd starts counting later, when it receives it).
@@ -70,6 +71,14 @@ class Leadership:
     def epoch(self) -> int:
         """Rises with every new leader: the etcd revision that created this one's key."""
         return self._create_revision
+
+    @property
+    def term(self) -> int:
+        """Tells this replica's takeovers apart (0: it never led) and rises with each: the
+        leader key's create revision, or one above the last term when that revision is not
+        above it — etcd lost its data and its revisions started over, so a key created
+        after a wipe can carry the revision of one created before it."""
+        return self._term
 
     def lease_valid(self, margin: float = LEASE_MARGIN_SECS) -> bool:
         """Whether this replica leads and its lease is known to hold for ``margin`` more:
@@ -162,6 +171,7 @@ class Leadership:
             await self._learn_leader()
             return
         self._lease, self._create_revision = lease, result.revision
+        self._term = max(result.revision, self._term + 1)
         self._last_refresh = self.clock()
         self._valid_until = sent + self.ttl
         self.leader_id, self.leader_address = self.instance_id, self.address

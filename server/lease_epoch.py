@@ -148,8 +148,8 @@ class LeaseEpochs:
     Args:
         key: the record's store key.
         instance_id: this replica.
-        leader_epoch: this replica's leader epoch (0 when not leading, or when it is the
-            only replica: then every start is a new term).
+        leader_epoch: this replica's term (:attr:`.leadership.Leadership.term`; 0 when not
+            leading, or when it is the only replica: then every start is a new term).
         loaded: whether the store's state has been read.
         write: stores a record (fenced to the leader); True when stored.
         refused: shows a malformed value (key, what is wrong).

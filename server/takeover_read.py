@@ -26,8 +26,9 @@ class TakeoverRead:
     """Answers ``loaded`` for :class:`.lease_epoch.LeaseEpochs`.
 
     Args:
-        leader_epoch: this replica's leader epoch (the leader key's create revision; 0 when
-            not leading or the only replica).
+        leader_epoch: this replica's term (:attr:`.leadership.Leadership.term`; 0 when not
+            leading or the only replica).
+        created: the store revision that created this replica's leader key.
         loaded: whether the store was read once.
         delivered: the newest revision whose changes, and every earlier one's, were applied.
         read: reads the record now (None: absent). Raises what the store raises.
@@ -37,12 +38,14 @@ class TakeoverRead:
     def __init__(
         self,
         leader_epoch: Callable[[], int],
+        created: Callable[[], int],
         loaded: Callable[[], bool],
         delivered: Callable[[], int],
         read: Callable[[], Awaitable[bytes | None]],
         apply: Callable[[bytes | None], None],
     ) -> None:
         self.leader_epoch = leader_epoch
+        self.created = created
         self.loaded = loaded
         self.delivered = delivered
         self.read = read
@@ -54,7 +57,7 @@ class TakeoverRead:
         if not self.loaded():
             return False
         own = self.leader_epoch()
-        if self.delivered() >= own or self.read_in == own:
+        if self.delivered() >= self.created() or self.read_in == own:
             return True
         if self._reading is None:
             # (without a running loop, a synchronous caller: the watch will tell)

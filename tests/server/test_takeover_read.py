@@ -38,7 +38,7 @@ class NewLeader:
         self.sent: dict[str, list[pb.CapacityLease]] = {}
         self.epochs = LeaseEpochs(KEY, "r1", lambda: OWN, lambda: self.known(), self._write, wall=self.wall)
         self.known = TakeoverRead(
-            lambda: OWN, lambda: True, lambda: self.delivered, self._read, self.epochs.apply
+            lambda: OWN, lambda: OWN, lambda: True, lambda: self.delivered, self._read, self.epochs.apply
         )
         fleet = FleetLimits(rate_limit=True, lease_secs=PERIOD, unleased_secs=10.0)
         policies = [default_policy(SERVICE, rate_limit_requests=200, rate_limit_window_secs=2.0, fleet=fleet)]

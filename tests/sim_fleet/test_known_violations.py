@@ -10,6 +10,8 @@ before the epoch record's faults (version 1), which would replace its schedule.
 
 from __future__ import annotations
 
+import pytest
+
 from .schedule import FIRST_SCHEDULES, Result, simulate
 
 
@@ -149,3 +151,22 @@ def test_admissions_stay_within_the_limit_in_schedule_40() -> None:
     as 36."""
     violations = _replay(40).violations
     assert not [v for v in violations if v.startswith("I4:")], violations
+
+
+def test_a_replica_leading_again_after_a_wipe_starts_a_new_epoch() -> None:
+    """0 at version 1: cp0.1 led after a wipe of etcd (its leader key created at a low
+    revision), lost the lead to cp1.1 (which leased in a new epoch), and took it back after a
+    second wipe — its new leader key created at the same revision as its first. A term was
+    told by that revision, so cp0.1 took the second term for the first and leased in its old
+    epoch, below the one its agents held: they ignored every lease to the end. Fixed: a term
+    is :attr:`Leadership.term`, which rises with every takeover of a replica."""
+    violations = _replay(0).violations
+    assert not [v for v in violations if v.startswith("I4:")], violations
+
+
+def test_schedule_0_catches_a_term_told_by_the_leader_key_revision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same schedule with a term told by the key's revision again."""
+    from mission_control.server.leadership import Leadership
+
+    monkeypatch.setattr(Leadership, "term", property(lambda self: self.epoch))
+    assert [v for v in _replay(0).violations if "holds fleet-lease epoch" in v]
