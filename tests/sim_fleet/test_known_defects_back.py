@@ -1,5 +1,12 @@
 """Fixed-seed regressions fail again with their defect put back: each replays, at the
-schedule version it was picked at, a schedule that still shows the defect it names."""
+schedule version it was picked at, schedules that showed the defect it names.
+
+Which schedule shows a defect depends on the timing of everything else, so a change elsewhere
+can hide it from one schedule: each defect is looked for in several (all keep every invariant
+without it), and one of them showing it is enough. A defect no schedule shows any more
+is shown by a focused test instead: 4097's (a leader taking its view of the epoch record
+as known once its watch had loaded) by ``tests/server/test_takeover_read.py``, three of
+whose four cases fail with it back."""
 
 from __future__ import annotations
 
@@ -8,8 +15,13 @@ import pytest
 from .test_known_violations import _replay
 
 
-def _i4(seed: int, active_secs: float) -> list[str]:
-    return [v for v in _replay(seed, active_secs).violations if v.startswith("I4:")]
+def _i4(seeds: tuple[int, ...], active_secs: float) -> list[str]:
+    found = []
+    for seed in seeds:
+        found += [f"{seed}: {v}" for v in _replay(seed, active_secs).violations if v.startswith("I4:")]
+        if found:
+            break
+    return found
 
 
 def test_schedule_40_catches_a_follower_that_forgets_an_agent_gone_without_a_goodbye(
@@ -17,7 +29,8 @@ def test_schedule_40_catches_a_follower_that_forgets_an_agent_gone_without_a_goo
 ) -> None:
     """Before ``server/relay_leases.py`` a follower dropped an agent whose stream ended from
     its demand at once, and the leader leased its units to the others while it spent them
-    (``test_known_violations``: 35 in a window against 33.75)."""
+    (``test_known_violations``: 35 in a window against 33.75 in schedule 40; 18, 120 and 121
+    show it on the timing of the lease placement by the least delayed lease)."""
     from mission_control.server.relay_leases import FollowerLeases
 
     def forgets(self, agent_id):  # type: ignore[no-untyped-def]
@@ -26,15 +39,4 @@ def test_schedule_40_catches_a_follower_that_forgets_an_agent_gone_without_a_goo
                 self._dirty = True
 
     monkeypatch.setattr(FollowerLeases, "agent_left", forgets)
-    assert _i4(40, 10.0)
-
-
-def test_schedule_4097_catches_a_leader_that_knows_the_epoch_record_once_loaded(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Before ``server/takeover_read.py`` a leader took its view of the epoch record as
-    known once its watch had loaded, read or not since its takeover (46 against 45)."""
-    from mission_control.server.takeover_read import TakeoverRead
-
-    monkeypatch.setattr(TakeoverRead, "__call__", lambda self: self.loaded())
-    assert _i4(4097, 40.0)
+    assert _i4((40, 18, 120, 121), 10.0)
