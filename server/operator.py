@@ -40,6 +40,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
 from .json_values import json_values
+from .not_read import NOT_READ
 from .operator_refused import print_refused_values, refused_policy_value
 from .operator_shadow import SHADOW_ACTIONS, print_shadow_stats, shadow_command
 from .pem import check_ca, check_pair
@@ -68,6 +69,11 @@ def _safe(value: object) -> str:
 
 def _state_name(value: int) -> str:
     return pb.BreakerState.Name(value).removeprefix("BREAKER_STATE_")
+
+
+def _warn_incomplete(incomplete: bool, what: str) -> None:
+    if incomplete:
+        print(f"warning: {NOT_READ.format(what=f'{what} not listed')}", file=sys.stderr)
 
 
 def _print_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> None:
@@ -202,6 +208,7 @@ class Operator:
 
     def breakers_list(self) -> int:
         response = self._call(self.stub.ListBreakers, pb.ListBreakersRequest())
+        _warn_incomplete(response.incomplete, "breakers")
         if self.as_json:
             print(json.dumps([json_values(b) for b in response.breakers], indent=2))
         else:
@@ -244,6 +251,7 @@ class Operator:
 
     def policies_list(self) -> int:
         response = self._call(self.stub.ListPolicies, pb.ListPoliciesRequest())
+        _warn_incomplete(response.incomplete, "policies")
         if self.as_json:
             print(json.dumps([json_values(p) for p in response.policies], indent=2))
             return EXIT_OK
@@ -277,6 +285,8 @@ class Operator:
 
     def policies_get(self, name: str) -> int:
         response = self._call(self.stub.GetPolicy, pb.GetPolicyRequest(service=name))
+        if not response.HasField("policy") and response.incomplete:
+            raise CommandError(NOT_READ.format(what=f"a policy named {name!r}"), EXIT_FAILED)
         if not response.HasField("policy"):
             raise CommandError(
                 f"no policy named {name!r} (its calls use the defaults; `policies list` shows those stored)",

@@ -30,6 +30,7 @@ from .auth import REPLICA_PREFIX, AccessPolicy
 from .control_plane import ControlPlane, check_policies_fit, check_reason
 from .hub import Subscriber
 from .inbound import agent_key, bounded_demand, hello_problem, peer_host
+from .not_read import NOT_READ
 from .outcome_ledger import BatchKey, batch_key
 from .reports import may_report
 from .shadow_ops import clear_candidate, promote_candidate, put_candidate
@@ -339,11 +340,15 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
     # -- breakers --------------------------------------------------------------
 
     async def ListBreakers(self, request, context):  # type: ignore[no-untyped-def]
-        return pb.ListBreakersResponse(breakers=self.plane.breakers.snapshot())
+        return pb.ListBreakersResponse(
+            breakers=self.plane.breakers.snapshot(), incomplete=not self.plane.view_complete
+        )
 
     async def GetBreaker(self, request, context):  # type: ignore[no-untyped-def]
         _check_name("name", request.name)
         if self.plane.breakers.find(request.name) is None:
+            if not self.plane.view_complete:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, NOT_READ.format(what="this breaker"))
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no breaker named {request.name!r}")
         return pb.GetBreakerResponse(breaker=self.plane.breakers.to_proto(request.name))
 
@@ -405,12 +410,16 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
     # -- policies --------------------------------------------------------------
 
     async def ListPolicies(self, request, context):  # type: ignore[no-untyped-def]
-        return pb.ListPoliciesResponse(policies=[policy_to_proto(p) for p in self.plane.policies.all()])
+        return pb.ListPoliciesResponse(
+            policies=[policy_to_proto(p) for p in self.plane.policies.all()],
+            incomplete=not self.plane.view_complete,
+        )
 
     async def GetPolicy(self, request, context):  # type: ignore[no-untyped-def]
         _check_name("service", request.service)
         response = pb.GetPolicyResponse(
-            effective=policy_to_proto(self.plane.policies.policy_of(request.service))
+            effective=policy_to_proto(self.plane.policies.policy_of(request.service)),
+            incomplete=not self.plane.view_complete,
         )
         stored = self.plane.policies.stored(request.service)
         if stored is not None:

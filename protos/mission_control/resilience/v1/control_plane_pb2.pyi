@@ -960,16 +960,22 @@ class ListBreakersResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     BREAKERS_FIELD_NUMBER: _builtins.int
+    INCOMPLETE_FIELD_NUMBER: _builtins.int
+    incomplete: _builtins.bool
+    """True while the replica answering has not read etcd since it started: what it
+    lists is what it decided or learned since, and etcd may hold more.
+    """
     @_builtins.property
     def breakers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Breaker]: ...
     def __init__(
         self,
         *,
         breakers: _abc.Iterable[Global___Breaker] | None = ...,
+        incomplete: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakers", b"breakers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakers", b"breakers", "incomplete", b"incomplete"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1132,16 +1138,22 @@ class ListPoliciesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     POLICIES_FIELD_NUMBER: _builtins.int
+    INCOMPLETE_FIELD_NUMBER: _builtins.int
+    incomplete: _builtins.bool
+    """True while the replica answering has not read etcd since it started: what it
+    lists is what it decided or learned since, and etcd may hold more.
+    """
     @_builtins.property
     def policies(self) -> _containers.RepeatedCompositeFieldContainer[_policy_pb2.ServicePolicy]: ...
     def __init__(
         self,
         *,
         policies: _abc.Iterable[_policy_pb2.ServicePolicy] | None = ...,
+        incomplete: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["policies", b"policies"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incomplete", b"incomplete", "policies", b"policies"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1173,7 +1185,12 @@ class GetPolicyResponse(_message.Message):
     POLICY_FIELD_NUMBER: _builtins.int
     EFFECTIVE_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    INCOMPLETE_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
+    incomplete: _builtins.bool
+    """True while the replica answering has not read etcd since it started: etcd may
+    hold a policy for this service that it does not know yet.
+    """
     @_builtins.property
     def policy(self) -> _policy_pb2.ServicePolicy:
         """As stored."""
@@ -1188,10 +1205,11 @@ class GetPolicyResponse(_message.Message):
         policy: _policy_pb2.ServicePolicy | None = ...,
         effective: _policy_pb2.ServicePolicy | None = ...,
         revision: _builtins.int = ...,
+        incomplete: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["effective", b"effective", "policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective", b"effective", "policy", b"policy", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective", b"effective", "incomplete", b"incomplete", "policy", b"policy", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
