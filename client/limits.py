@@ -78,8 +78,11 @@ class Bulkhead:
         self.in_flight -= 1
 
 
-#: The retry budget's health score: at most this, and the floor is allowed above half.
+#: The retry budget's health score: at most this ...
 HEALTH_FULL = 10
+#: ... and the floor is allowed while it is at least this (more than half, by a whole
+#: point: time gives a fraction back between two calls, which must not buy a retry).
+HEALTH_FLOOR = 6
 #: What a successful attempt gives back to the score (a failed one takes 1).
 SUCCESS_GAIN = 0.1
 #: Seconds for time alone to bring the score from 0 back to full (half a point a minute:
@@ -151,7 +154,7 @@ class RetryBudget:
 
     def healthy(self, now: float) -> bool:
         """Whether the floor holds at ``now``: the service has not failed much lately."""
-        return self._recovered(now) * 2 > HEALTH_FULL
+        return self._recovered(now) >= HEALTH_FLOOR
 
     def try_retry(self, now: float) -> bool:
         """Spend one retry if the budget allows it."""
