@@ -24,6 +24,7 @@ Followers ask nothing; a new leader starts the checks on its first turn.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -32,7 +33,7 @@ from collections.abc import Awaitable, Callable
 
 from mission_control.client.breaker import BreakerState
 from mission_control.client.policy import service_of
-from mission_control.client.recovery_check import MIN_INTERVAL_SECS, RecoveryCheck
+from mission_control.client.recovery_check import MIN_INTERVAL_SECS, RecoveryCheck, asked_about
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .engine import CHECK_REASON, FleetBreakers
@@ -135,7 +136,7 @@ class RecoveryChecks:
             check = breaker.policy.recovery_check
             if check is None or (breaker.state is BreakerState.OPEN and not breaker.may_recover(now)):
                 continue
-            key = (service_of(name), check.target, check.health_service)
+            key = (service_of(name), check.target, asked_about(check.health_service, name))
             if len(self._running.get(key, ())) >= per_target(check):
                 continue
             if now - self._last.get(key, float("-inf")) < check.interval_secs:
@@ -174,6 +175,8 @@ class RecoveryChecks:
     async def _check(self, key: Key, check: RecoveryCheck) -> None:
         service = key[0]
         try:
+            if check.health_service != key[2]:  # about one endpoint
+                check = dataclasses.replace(check, health_service=key[2])
             answer = await self._ask(check)
         except Exception:  # an asker that raises after all: an answer, never a lost task
             _log.exception("recovery check of %s failed", check.target)
@@ -194,7 +197,7 @@ class RecoveryChecks:
             check = breaker.policy.recovery_check if breaker is not None else None
             if check is None or service_of(name) != service:
                 continue
-            if (check.target, check.health_service) != (target, health_service):
+            if (check.target, asked_about(check.health_service, name)) != (target, health_service):
                 continue
             if self._breakers.recover(name, reason) is not None:
                 moved += 1

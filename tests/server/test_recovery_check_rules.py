@@ -420,3 +420,32 @@ async def test_a_slow_target_is_checked_at_every_interval_up_to_its_bound() -> N
     slow.set()
     await settle()
     assert checks.running() == 0
+
+
+async def test_an_endpoint_placeholder_asks_about_each_endpoint_and_moves_only_its_breaker() -> None:
+    """One endpoint of a service fails while the others serve: a check about the whole
+    service says SERVING all along (every HALF_OPEN it begins for that endpoint is a lie);
+    with ``{endpoint}`` each endpoint breaker is asked about, and moved by, its own answer."""
+    clock = Clock()
+    per_endpoint = RecoveryCheck("127.0.0.1:9", health_service="models/{endpoint}", interval_secs=0.25)
+    breakers = fleet(clock, ServicePolicy("llm", failure_threshold=2, recovery_check=per_endpoint))
+    asked: list[str] = []
+
+    async def ask(check: RecoveryCheck) -> str:
+        asked.append(check.health_service)
+        return "SERVING" if check.health_service == "models/openai/gpt-x" else "NOT_SERVING"
+
+    checks = RecoveryChecks(breakers, lambda: True, ask=ask, clock=clock)
+    for name in ("llm/openai/gpt-x", "llm/anthropic/claude"):
+        open_it(breakers, name)
+    assert checks.start_due(clock.now) == 2  # one check per endpoint, not one per service
+    await settle()
+    assert sorted(asked) == ["models/anthropic/claude", "models/openai/gpt-x"]
+    assert breakers.get("llm/openai/gpt-x").state is BreakerState.HALF_OPEN
+    assert breakers.get("llm/anthropic/claude").state is BreakerState.OPEN
+
+
+def test_the_endpoint_placeholder_is_the_only_brace_allowed() -> None:
+    assert RecoveryCheck("127.0.0.1:9", health_service="{endpoint}").health_service == "{endpoint}"
+    with pytest.raises(ConfigurationError, match="health_service"):
+        RecoveryCheck("127.0.0.1:9", health_service="{model}")
