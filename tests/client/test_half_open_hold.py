@@ -44,7 +44,9 @@ def _fleet(timeout: float = 2.0) -> tuple[LocalView, Clock, list[str], list[floa
     return view, clock, [], []
 
 
-def _run(view: LocalView, clock: Clock, called: list[str], slept: list[float], then: Callable[[], None]) -> str:
+def _run(
+    view: LocalView, clock: Clock, called: list[str], slept: list[float], then: Callable[[], None]
+) -> str:
     """One call with a fallback; ``then`` runs at the first sleep of the call (the push
     that ends the HALF_OPEN, or nothing)."""
 
@@ -70,14 +72,19 @@ def _run(view: LocalView, clock: Clock, called: list[str], slept: list[float], t
 def test_a_call_held_by_a_half_open_that_closes_goes_to_the_service() -> None:
     view, clock, called, slept = _fleet()
     started = clock.now
-    assert _run(view, clock, called, slept, lambda: view.set_breaker(_breaker(BreakerState.CLOSED, 4))) == "primary"
+    assert (
+        _run(view, clock, called, slept, lambda: view.set_breaker(_breaker(BreakerState.CLOSED, 4)))
+        == "primary"
+    )
     assert called == [SERVICE]  # never the backup: the service would serve it, and did
     assert 0 < clock.now - started <= HOLD_SECS
 
 
 def test_a_call_held_by_a_half_open_that_opens_again_goes_to_the_fallback_only() -> None:
     view, clock, called, slept = _fleet()
-    assert _run(view, clock, called, slept, lambda: view.set_breaker(_breaker(BreakerState.OPEN, 4))) == "backup"
+    assert (
+        _run(view, clock, called, slept, lambda: view.set_breaker(_breaker(BreakerState.OPEN, 4))) == "backup"
+    )
     assert called == [BACKUP]  # the service got nothing
 
 
@@ -101,7 +108,7 @@ def test_a_half_open_that_lasts_refuses_the_held_call_after_the_hold(timeout: fl
 
 
 def test_without_a_fallback_the_held_call_is_refused_after_the_hold() -> None:
-    view, clock, called, slept = _fleet()
+    view, clock, called, _slept = _fleet()
     ex = Executor(view, sleep=lambda secs: setattr(clock, "now", clock.now + secs))
     with pytest.raises(CircuitBreakerOpen):
         ex.run(SERVICE, lambda _left: called.append(SERVICE), operation="generate")
