@@ -7,7 +7,16 @@ import datetime
 import sys
 import time
 
-from . import amplification, fleet_cases, hedging, overhead, propagation_gil, slow_calls, spool_replay
+from . import (
+    amplification,
+    flapping,
+    fleet_cases,
+    hedging,
+    overhead,
+    propagation_gil,
+    slow_calls,
+    spool_replay,
+)
 from .common import ROOT, dump, machine, stack
 
 
@@ -187,6 +196,19 @@ def main() -> int:
                 ("calls", "calls in the outage", ""),
                 ("amplification", "ratio", ".2f"),
                 ("floor_always", "floor always held", ".2f"),
+            ],
+        )
+        case5c = flapping.table()
+        results["amplification_flapping"] = case5c
+        _table(
+            "5c. retry amplification of a flapping service: 30 s healthy, 60 s flapping (executor, injected)",
+            case5c,
+            [
+                ("pattern", "pattern", ""),
+                ("rate", "rate", ""),
+                ("calls", "calls while flapping", ""),
+                ("failed", "failed", ""),
+                ("amplification", "ratio", ".2f"),
             ],
         )
         case9 = slow_calls.slow_call_trip(s, rounds=2 if args.quick else 5)

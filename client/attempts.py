@@ -25,7 +25,9 @@ import grpc
 from tenacity import Future as TenacityFuture
 from tenacity import RetryCallState
 
+from . import half_open_hold
 from .admission import Refused, Ticket, known_resources
+from .breaker import BreakerState
 from .errors import CircuitBreakerOpen, LLMProviderUnavailable, OperationTimeout, ResourceExhausted
 from .outcomes import NO_RETRY, Counts, Failure, Outcomes
 from .retry import policy_stop, policy_wait
@@ -89,6 +91,7 @@ class CallPlan:
     _last: Failure | None = None  # the failure a retry is waiting to follow
     _attempted = False  # a retry or a fallback was tried
     _tried = 0  # fallbacks tried
+    _held_until: float | None = None  # the first attempt waits for a HALF_OPEN until then
 
     def __init__(
         self,
@@ -125,7 +128,8 @@ class CallPlan:
         """:meth:`start` with the service's admission already decided (``Executor.enter``
         with this plan's arguments), by a caller that tried its fast path first."""
         if type(admitted) is Refused:
-            return self._target_failed(admitted.error, None)
+            held = self._hold(self.service) if admitted.reason == "breaker" else None
+            return held or self._target_failed(admitted.error, None)
         self.ticket = admitted  # type: ignore[assignment]
         return self._attempt(admitted)  # type: ignore[arg-type]
 
@@ -156,9 +160,10 @@ class CallPlan:
         return self._failed(failure)
 
     def slept(self) -> Step:
-        """After a retry's backoff, or a wait for a limit: admit the next attempt."""
+        """After a retry's backoff, or a wait for a limit or a HALF_OPEN: admit the next attempt."""
         ticket = self.ticket
-        assert ticket is not None
+        if ticket is None:  # the first attempt waited for a HALF_OPEN to end
+            return self._enter(self.service)
         now = self.ex.clock()
         refused = self.ex.readmit(ticket, self._cost, now)
         if refused is None:
@@ -183,6 +188,10 @@ class CallPlan:
     def _enter(self, service: str) -> Step:
         primary = self._queue is None
         self._current = service
+        if primary:
+            held = self._hold(service)
+            if held is not None:
+                return held
         self._cost = self.cost if primary else self._cost_for(service)
         kind = self.kind if primary else None
         ticket = self.ex.enter(service, self.operation, kind, self.timeout, self._cost, self.parent_deadline)
@@ -192,6 +201,24 @@ class CallPlan:
         if not primary:
             self._retry = None  # a fallback's retries are its own
         return self._attempt(ticket)  # type: ignore[arg-type]
+
+    def _hold(self, service: str) -> Sleep | None:
+        """A wait for the service's HALF_OPEN to end, when the first attempt would be
+        refused only for want of a probe permit (:mod:`.half_open_hold`); None to go on."""
+        ex = self.ex
+        state = ex.view.get(service)
+        if state.fleet is None or state.fleet.state is not BreakerState.HALF_OPEN:
+            return None  # the common case: one attribute read
+        now = ex.clock()
+        if not half_open_hold.waits(ex.view, state, now):
+            return None
+        if self._held_until is None:
+            timeout = state.policy.timeout_secs if self.timeout is None else self.timeout
+            self._held_until = half_open_hold.hold_until(timeout, self.parent_deadline, now)
+        if now >= self._held_until:
+            return None  # waited long enough: refused as before
+        ex.admission.ask_probe(state)
+        return Sleep(min(half_open_hold.LOOK_SECS, self._held_until - now))
 
     def _attempt(self, ticket: Ticket) -> Step:
         left = ticket.deadline - self.ex.clock()

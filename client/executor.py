@@ -361,7 +361,7 @@ class Executor:
             if failed:
                 state.budget.failed(now)
             else:
-                state.budget.succeeded()
+                state.budget.succeeded(now)
             if failed and failure is not None:
                 error = failure.error
                 name = error.error_type if isinstance(error, MissionControlError) else "Unclassified"
@@ -628,7 +628,7 @@ def _count_success(state: ServiceState, now: float) -> None:
     tally = state.tally
     tally.successes += 1
     tally.trailing_failures = 0
-    state.budget.succeeded()
+    state.budget.succeeded(now)
     local = state.local
     if local.consecutive_failures or local.policy.failure_rate is not None:
         local.record(now, 1, 0, 0)  # else a success changes nothing there

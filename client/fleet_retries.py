@@ -107,8 +107,8 @@ class FleetRetryBudget:
         self.local.record_call(now)
         self.calls.take(1.0, now)
 
-    def succeeded(self) -> None:
-        self.local.succeeded()
+    def succeeded(self, now: float) -> None:
+        self.local.succeeded(now)
 
     def failed(self, now: float) -> None:
         self.local.failed(now)

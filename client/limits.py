@@ -78,8 +78,17 @@ class Bulkhead:
         self.in_flight -= 1
 
 
-#: The retry budget's health score: at most this, and the floor is allowed above half.
+#: The retry budget's health score: at most this ...
 HEALTH_FULL = 10
+#: ... and the floor is allowed while it is at least this (more than half, by a whole
+#: point: time gives a fraction back between two calls, which must not buy a retry).
+HEALTH_FLOOR = 6
+#: What a successful attempt gives back to the score (a failed one takes 1).
+SUCCESS_GAIN = 0.1
+#: Seconds for time alone to bring the score from 0 back to full (half a point a minute:
+#: less than one failed first attempt of a caller of one call a minute, so an outage or a
+#: flap at that rate still drains it).
+RECOVERY_SECS = 1200.0
 
 
 class RetryBudget:
@@ -88,21 +97,25 @@ class RetryBudget:
     multiply the load on a failing service by the retry count (the idea of gRPC's
     retryThrottling).
 
-    Healthy: a score starts at :data:`HEALTH_FULL`, loses one for each failed attempt and
-    gains one for each success (never above full nor below 0); the floor holds while it is
-    above half. A quiet service keeps its floor (a lone failing call is retried), but in a
-    full outage the floor ends after a few failures, at any call rate, and only the ratio
-    is left: the retries of a long outage tend to ``ratio`` × its calls (with a floor that
-    always holds, a caller of one call a second retried 1.2 times per call at the defaults).
+    Healthy: a score starts at :data:`HEALTH_FULL` and loses one for each failed attempt,
+    a call's first as any retry; it comes back with time (:data:`RECOVERY_SECS` from 0 to
+    full) and by :data:`SUCCESS_GAIN` for each success (never above full nor below 0); the
+    floor holds while it is above half. A quiet service keeps its floor (a lone failing
+    call is retried, and time makes the score whole again within minutes), but in a full
+    outage the floor ends after a few failures, and so it does while the service flaps: a
+    retry that succeeds does not make up for the attempt that failed before it (with one
+    point back per success, a service failing every other attempt kept its floor, and a
+    caller of one call a second retried every call: 2.0x its calls).
     """
 
-    __slots__ = ("_buckets", "health", "min_per_second", "ratio", "window")
+    __slots__ = ("_at", "_buckets", "health", "min_per_second", "ratio", "window")
 
     def __init__(self, ratio: float, min_per_second: float, window_secs: float) -> None:
         self.ratio = ratio
         self.min_per_second = min_per_second
         self.window = window_secs
-        self.health = HEALTH_FULL
+        self.health = float(HEALTH_FULL)
+        self._at = 0.0  # when ``health`` was last brought up to date
         self._buckets: dict[int, list[int]] = {}  # second -> [calls, retries]
 
     def _bucket(self, now: float) -> list[int]:
@@ -121,27 +134,34 @@ class RetryBudget:
             bucket = self._bucket(now)
         bucket[0] += 1
 
-    def succeeded(self) -> None:
-        """An attempt of the service succeeded."""
+    def _recovered(self, now: float) -> float:
+        """The score at ``now``, with what the time since it was last changed gave back."""
+        if self.health < HEALTH_FULL and now > self._at:
+            self.health = min(
+                float(HEALTH_FULL), self.health + (now - self._at) * HEALTH_FULL / RECOVERY_SECS
+            )
+        self._at = max(self._at, now)
+        return self.health
+
+    def succeeded(self, now: float) -> None:
+        """An attempt of the service succeeded (at ``now``)."""
         if self.health < HEALTH_FULL:
-            self.health += 1
+            self.health = min(float(HEALTH_FULL), self._recovered(now) + SUCCESS_GAIN)
 
     def failed(self, now: float) -> None:
-        """An attempt of the service failed (at ``now``)."""
-        if self.health > 0:
-            self.health -= 1
+        """An attempt of the service failed (at ``now``): a call's first as a retry."""
+        self.health = max(0.0, self._recovered(now) - 1.0)
 
-    @property
-    def healthy(self) -> bool:
-        """Whether the floor holds: the service has not failed much more than it succeeded."""
-        return self.health * 2 > HEALTH_FULL
+    def healthy(self, now: float) -> bool:
+        """Whether the floor holds at ``now``: the service has not failed much lately."""
+        return self._recovered(now) >= HEALTH_FLOOR
 
     def try_retry(self, now: float) -> bool:
         """Spend one retry if the budget allows it."""
         bucket = self._bucket(now)
         calls = sum(b[0] for b in self._buckets.values())
         retries = sum(b[1] for b in self._buckets.values())
-        floor = self.min_per_second * self.window if self.healthy else 0.0
+        floor = self.min_per_second * self.window if self.healthy(now) else 0.0
         if retries + 1 > self.ratio * calls + floor:
             return False
         bucket[1] += 1

@@ -73,6 +73,18 @@ def _number_problem(value: Any, low: float, high: float) -> str | None:
     return None
 
 
+#: In a check's ``health_service``: the endpoint of the breaker checked.
+ENDPOINT = "{endpoint}"
+
+
+def asked_about(health_service: str, breaker: str) -> str:
+    """The health service a check asks about for ``breaker`` (``service`` or
+    ``service/endpoint``): :data:`ENDPOINT` replaced by its endpoint."""
+    if ENDPOINT not in health_service:
+        return health_service
+    return health_service.replace(ENDPOINT, breaker.partition("/")[2])
+
+
 @dataclass(frozen=True, slots=True)
 class RecoveryCheck:
     """Ask ``target`` whether the service serves again while its breaker is OPEN.
@@ -82,7 +94,9 @@ class RecoveryCheck:
     """
 
     target: str
-    #: gRPC only: the service name asked about ("" = the server as a whole).
+    #: gRPC only: the service name asked about ("" = the server as a whole); each
+    #: :data:`ENDPOINT` in it is replaced by the endpoint of the breaker checked ("" for
+    #: the service's own), so each endpoint breaker asks about its own endpoint.
     health_service: str = ""
     interval_secs: float = 0.25
     timeout_secs: float = 1.0
@@ -102,8 +116,12 @@ class RecoveryCheck:
         problem = target_problem(self.target)
         if problem:
             found.append(("target", problem))
-        if not isinstance(self.health_service, str) or not _HEALTH_SERVICE.fullmatch(self.health_service):
-            found.append(("health_service", "at most 200 letters, digits, '_', '.', '-' or '/'"))
+        if not isinstance(self.health_service, str) or not _HEALTH_SERVICE.fullmatch(
+            self.health_service.replace(ENDPOINT, "")
+        ):
+            found.append(
+                ("health_service", f"at most 200 letters, digits, '_', '.', '-', '/' or {ENDPOINT!r}")
+            )
         elif self.health_service and isinstance(self.target, str) and self.target.startswith("http"):
             found.append(("health_service", "only for a gRPC target (an HTTP check asks its URL)"))
         problem = _number_problem(self.interval_secs, MIN_INTERVAL_SECS, _LONGEST)

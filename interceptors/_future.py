@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
-from mission_control.client.attempts import Attempt, CallPlan, Done, Step
+from mission_control.client.attempts import Attempt, CallPlan, Done, Sleep, Step
 from mission_control.client.errors import MissionControlError
 from mission_control.client.executor import Executor
 
@@ -39,6 +39,8 @@ def unary_future(
     Returns the call that served (or a :class:`PendingCall` still going) or raises."""
     try:
         step = plan.start()
+        if type(step) is Sleep:  # waiting for a HALF_OPEN to end: not in the caller's thread
+            return PendingCall.deferred(ex, plan, step, functions)
         if type(step) is Attempt:
             if step.target != plan.service:  # a fallback first (the breaker is open): not here
                 return PendingCall.deferred(ex, plan, step, functions)

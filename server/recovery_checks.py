@@ -8,8 +8,9 @@ service (see :mod:`.recovery_asks`) every ``interval_secs`` while one of its bre
 OPEN — only then: nothing is asked of a CLOSED or HALF_OPEN service — one check per
 (service, target) and interval however many agents and endpoints, at most ``max_running``
 at once. A check that has not answered when the next is due does not hold it back (up to
-:data:`MAX_PER_TARGET` run at once per target): a target that answers slowly while it is
-unwell is seen well one interval after it is, not once the check in flight timed out.
+:func:`per_target` run at once per target: as many as its timeout spans intervals, 3 to 8):
+a target that answers slowly while it is unwell is seen well one interval after it is, not
+once a check in flight timed out.
 A HALF_OPEN the wait began is checked too while it lets one probe out: that probe may have
 gone while the service was still slow, and holds the HALF_OPEN for its timeout; a SERVING
 answer lets the rest of ``success_threshold`` out at once (:meth:`FleetBreakers.widen`).
@@ -23,14 +24,16 @@ Followers ask nothing; a new leader starts the checks on its first turn.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from mission_control.client.breaker import BreakerState
 from mission_control.client.policy import service_of
-from mission_control.client.recovery_check import MIN_INTERVAL_SECS, RecoveryCheck
+from mission_control.client.recovery_check import MIN_INTERVAL_SECS, RecoveryCheck, asked_about
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .engine import CHECK_REASON, FleetBreakers
@@ -43,11 +46,21 @@ Asker = Callable[[RecoveryCheck], Awaitable[str]]
 Key = tuple[str, str, str]
 #: Most checks running at once: a fleet of many OPEN services does not open sockets without bound.
 MAX_RUNNING = 32
-#: Most checks running at once against one (service, target): one interval's check is not
-#: held back by a slow one, and a target that never answers gets at most this many.
-MAX_PER_TARGET = 3
+#: Checks that may run at once against one (service, target): as many as its timeout spans
+#: intervals (one interval's check is not held back by a slow one, so a target that
+#: answers slowly while unwell is seen well one interval after it is), at least
+#: :data:`MIN_PER_TARGET` and at most :data:`MAX_PER_TARGET` (a target that never answers
+#: gets no more).
+MIN_PER_TARGET = 3
+MAX_PER_TARGET = 8
 #: Most services counted by name in the statistics (the rest under "(other)").
 _NAMED = 1000
+
+
+def per_target(check: RecoveryCheck) -> int:
+    """How many of ``check``'s checks may run at once against its target."""
+    spans = math.ceil(check.timeout_secs / check.interval_secs - 1e-9)
+    return max(MIN_PER_TARGET, min(MAX_PER_TARGET, spans))
 
 
 class RecoveryChecks:
@@ -113,7 +126,7 @@ class RecoveryChecks:
     def due(self, now: float) -> dict[Key, RecoveryCheck]:
         """The checks to run now: one per (service, target) with a breaker OPEN that a
         check may end, whose last check started at least its interval ago, while fewer
-        than :data:`MAX_PER_TARGET` of its checks run."""
+        than :func:`per_target` of its checks run."""
         found: dict[Key, RecoveryCheck] = {}
         for name in list(self._open):
             breaker = self._breakers.find(name)
@@ -123,8 +136,8 @@ class RecoveryChecks:
             check = breaker.policy.recovery_check
             if check is None or (breaker.state is BreakerState.OPEN and not breaker.may_recover(now)):
                 continue
-            key = (service_of(name), check.target, check.health_service)
-            if len(self._running.get(key, ())) >= MAX_PER_TARGET:
+            key = (service_of(name), check.target, asked_about(check.health_service, name))
+            if len(self._running.get(key, ())) >= per_target(check):
                 continue
             if now - self._last.get(key, float("-inf")) < check.interval_secs:
                 continue
@@ -162,6 +175,8 @@ class RecoveryChecks:
     async def _check(self, key: Key, check: RecoveryCheck) -> None:
         service = key[0]
         try:
+            if check.health_service != key[2]:  # about one endpoint
+                check = dataclasses.replace(check, health_service=key[2])
             answer = await self._ask(check)
         except Exception:  # an asker that raises after all: an answer, never a lost task
             _log.exception("recovery check of %s failed", check.target)
@@ -182,7 +197,7 @@ class RecoveryChecks:
             check = breaker.policy.recovery_check if breaker is not None else None
             if check is None or service_of(name) != service:
                 continue
-            if (check.target, check.health_service) != (target, health_service):
+            if (check.target, asked_about(check.health_service, name)) != (target, health_service):
                 continue
             if self._breakers.recover(name, reason) is not None:
                 moved += 1

@@ -11,10 +11,10 @@ import contextlib
 import pytest
 from mission_control.client.errors import LLMProviderUnavailable, MissionControlError
 from mission_control.client.executor import Executor
-from mission_control.client.limits import HEALTH_FULL, RetryBudget
+from mission_control.client.limits import HEALTH_FLOOR, HEALTH_FULL, RECOVERY_SECS, SUCCESS_GAIN, RetryBudget
 from mission_control.client.view import LocalView
 
-from bench import amplification
+from bench import amplification, flapping
 from bench.amplification import SERVICE
 
 GOAL = 1.3
@@ -22,35 +22,50 @@ GOAL = 1.3
 
 def test_a_new_budget_allows_its_floor() -> None:
     budget = RetryBudget(ratio=0.2, min_per_second=1, window_secs=10)
-    assert budget.healthy
+    assert budget.healthy(100.0)
     assert sum(budget.try_retry(100.0) for _ in range(20)) == 10  # 1/s x 10 s, no calls yet
 
 
-def test_failures_end_the_floor_and_successes_bring_it_back() -> None:
+def test_failures_end_the_floor_and_time_brings_it_back() -> None:
     budget = RetryBudget(ratio=0.0, min_per_second=1, window_secs=10)
-    for _ in range(HEALTH_FULL // 2):
+    for _ in range(HEALTH_FULL):
         budget.failed(100.0)
-    assert not budget.healthy
+    assert not budget.healthy(100.0)
     assert not budget.try_retry(100.0)
-    budget.succeeded()
-    assert budget.healthy
-    assert budget.try_retry(100.0)
+    # no call at all since: time alone gives the score back, full after RECOVERY_SECS
+    back = 100.0 + RECOVERY_SECS * HEALTH_FLOOR / HEALTH_FULL
+    assert not budget.healthy(back - 1)
+    assert budget.healthy(back + 1)
+    assert budget.try_retry(back + 1)
+    assert budget.health == pytest.approx(HEALTH_FLOOR + HEALTH_FULL / RECOVERY_SECS)
+    assert budget.healthy(100.0 + RECOVERY_SECS) and budget.health == HEALTH_FULL
+
+
+def test_a_success_does_not_make_up_for_a_failure() -> None:
+    """A retry that succeeds after a failed attempt (a flapping service) leaves the score
+    lower: it takes 1 / SUCCESS_GAIN successes to make up for one failure."""
+    budget = RetryBudget(ratio=0.0, min_per_second=1, window_secs=10)
+    for _ in range(HEALTH_FULL // 2):  # a service failing every other attempt, all at once
+        budget.failed(100.0)
+        budget.succeeded(100.0)
+    assert not budget.healthy(100.0)
+    for _ in range(round(1 / SUCCESS_GAIN)):
+        budget.succeeded(100.0)
+    assert budget.healthy(100.0)
 
 
 def test_the_health_score_is_bounded_both_ways() -> None:
     budget = RetryBudget(ratio=0.0, min_per_second=1, window_secs=10)
     for _ in range(1000):
-        budget.succeeded()
+        budget.succeeded(100.0)
     for _ in range(HEALTH_FULL // 2):
         budget.failed(100.0)
-    assert not budget.healthy  # a long healthy past does not fund a long outage
+    assert not budget.healthy(100.0)  # a long healthy past does not fund a long outage
     for _ in range(1000):
         budget.failed(100.0)
-    budget.succeeded()
-    assert not budget.healthy  # nor a long outage block the floor for long after it
-    for _ in range(HEALTH_FULL // 2):
-        budget.succeeded()
-    assert budget.healthy
+    assert budget.health == 0
+    # nor a long outage block the floor for long
+    assert budget.healthy(100.0 + RECOVERY_SECS * HEALTH_FLOOR / HEALTH_FULL + 1)
 
 
 def test_the_ratio_holds_without_the_floor() -> None:
@@ -91,14 +106,14 @@ def test_a_quiet_working_service_retries_a_lone_failure() -> None:
     attempts.clear()
     with pytest.raises(LLMProviderUnavailable):
         ex.run(SERVICE, fails, operation="Echo")
-    assert len(attempts) == 2  # 4 failures, 1 success: the floor is nearly spent
-    for _ in range(4):
+    assert len(attempts) == 1  # 4 failures a minute ago: the floor is spent for now
+    for _ in range(10):  # ten minutes of one working call a minute
         clock.now += 60
         ex.run(SERVICE, lambda _left: "ok", operation="Echo")
     attempts.clear()
     with pytest.raises(LLMProviderUnavailable):
         ex.run(SERVICE, fails, operation="Echo")
-    assert len(attempts) == 4  # as many successes as failures since: retryable again
+    assert len(attempts) == 4  # time and the successes made it whole: retryable again
 
 
 def test_an_outage_of_one_call_a_minute_is_not_retried_after_its_first_calls() -> None:
@@ -114,7 +129,8 @@ def test_an_outage_of_one_call_a_minute_is_not_retried_after_its_first_calls() -
         with contextlib.suppress(MissionControlError):
             ex.run(SERVICE, fails, operation="Echo")
         clock.now += 60
-    # the first call's 3 retries, then none: the ratio of one call per window funds none
+    # the first call's 3 retries, then none: each failed first attempt takes more than the
+    # minute since gives back (half a point), and the ratio of one call per window funds none
     assert len(attempts) == 30 + 3
 
 
@@ -132,3 +148,29 @@ def test_with_a_floor_that_always_holds_a_slow_caller_amplifies_an_outage() -> N
     slow caller's ratio."""
     assert amplification.run(1.0, healthy=30, outage=60, floor_always=True).amplification > 2.0
     assert amplification.run(5.0, healthy=30, outage=60, floor_always=True).amplification > 1.35
+
+
+@pytest.mark.parametrize(
+    ("pattern", "rate"),
+    [(p, r) for p in flapping.PATTERNS for r in (1 / 60, *amplification.RATES) if r >= 1 or p != "periods"],
+)  # 2 s periods are not seen by one call a minute
+def test_amplification_of_a_flapping_service_stays_under_the_goal_at_any_rate(
+    pattern: str, rate: float
+) -> None:
+    """A service failing every other attempt, half its attempts at random, or 2 s out of
+    4: the retries that succeed do not keep the floor, so only the ratio funds retries
+    (before: 2.00x failing every other attempt at one call a second, 1.52x at random)."""
+    seconds = 3600 if rate and rate < 1 else 60
+    run = flapping.run(pattern, rate, healthy=30, flapping=seconds)
+    assert run.calls >= 60
+    assert 1.0 < run.amplification <= GOAL, run
+
+
+def test_a_service_flapping_at_one_call_a_second_loses_its_floor() -> None:
+    """Every other attempt fails, so each call's first attempt fails and its retry
+    succeeds: the score falls by 0.9 a call, less the time's 1/120, and the floor is gone
+    within a few calls; the ratio alone then funds 0.2 retries a call (before: a success
+    gave a whole point back, the score never fell, and every call was retried: 2.00x)."""
+    run = flapping.run("alternate", 1.0, healthy=30, flapping=60)
+    assert run.failed_calls > 0  # some calls were not retried
+    assert run.amplification <= GOAL

@@ -13,6 +13,7 @@ from mission_control.client.agent import MissionControl
 from mission_control.client.breaker import BreakerState
 from mission_control.client.errors import ResourceExhausted
 from mission_control.client.policy import Backoff
+from mission_control.resilience.v1 import control_plane_pb2 as cp
 
 from tests.interceptors.conftest import policy
 from tests.support import echo_pb2 as pb
@@ -135,3 +136,19 @@ def test_a_failed_future_answers_with_the_upstreams_code_every_time(upstream: Up
         future = echo.future(pb.EchoRequest(text="x"))
         assert future.exception(timeout=5) is not None
         assert (future.code(), future.details()) == (grpc.StatusCode.NOT_FOUND, "primary told to fail")
+
+
+def test_a_future_that_meets_a_half_open_waits_for_it_on_a_thread_of_its_own(
+    upstream: Upstream, path: str
+) -> None:
+    """A call that finds its fleet breaker HALF_OPEN waits for it to end (up to 0.5 s here);
+    ``.future()`` hands the call back at once meanwhile, so the push that closes the
+    breaker, made after it returned, lets the call go to the service (blocking the caller
+    for the wait, it would be refused at its end)."""
+    mc = MissionControl("a", config={"svc": policy("svc")})
+    mc.view.connected = True
+    mc.view.set_breaker(cp.Breaker(name="svc", state=int(BreakerState.HALF_OPEN), generation=1))
+    future = _stub(path, mc, upstream.address).Echo.future(pb.EchoRequest(text="x"), timeout=4)
+    mc.view.set_breaker(cp.Breaker(name="svc", state=int(BreakerState.CLOSED), generation=2))
+    assert future.result(timeout=5).text == "x"
+    assert upstream.calls == 1

@@ -16,7 +16,7 @@ from mission_control.client.policy import ServicePolicy
 from mission_control.client.recovery_check import RecoveryCheck
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.engine import FleetBreakers
-from mission_control.server.recovery_checks import MAX_PER_TARGET, RecoveryChecks
+from mission_control.server.recovery_checks import MAX_PER_TARGET, MIN_PER_TARGET, RecoveryChecks, per_target
 
 CHECK = RecoveryCheck("127.0.0.1:9", interval_secs=0.25, timeout_secs=0.5)
 POLICY = ServicePolicy(
@@ -277,11 +277,12 @@ async def test_a_check_in_flight_does_not_hold_back_the_next_and_a_few_at_most_r
 
     checks = RecoveryChecks(breakers, lambda: True, ask=ask, clock=clock)
     open_it(breakers)
-    for _ in range(MAX_PER_TARGET):
+    assert per_target(CHECK) == MIN_PER_TARGET  # a 0.5 s timeout spans 2 intervals of 0.25 s
+    for _ in range(MIN_PER_TARGET):
         assert checks.start_due(clock.now) == 1
         clock.now += 0.25  # the next interval: started beside the one still waiting
-    assert checks.start_due(clock.now) == 0  # MAX_PER_TARGET running: a dead target gets no more
-    assert checks.running() == MAX_PER_TARGET
+    assert checks.start_due(clock.now) == 0  # MIN_PER_TARGET running: a dead target gets no more
+    assert checks.running() == MIN_PER_TARGET
     slow.set()
     await settle()
     assert checks.running() == 0
@@ -385,3 +386,66 @@ def test_a_target_that_is_a_grpc_scheme_or_holds_control_characters_is_refused(t
 def test_hosts_that_only_look_like_schemes_are_checks_still() -> None:
     for target in ("unix.example:1234", "dns1:53", "localhost:2379", "[::1]:50051", "https://h/a?b=c#d"):
         assert RecoveryCheck(target).target == target
+
+
+def test_as_many_checks_run_at_once_as_the_timeout_spans_intervals_within_bounds() -> None:
+    """A check every 0.02 s with a 0.15 s timeout (the demo's storage check): while the
+    target answers slowly a new one starts at every interval (8 at once), so its recovery
+    is seen one interval after it, not when one of 3 checks in flight has timed out (a new
+    one every 0.05 s)."""
+    assert per_target(RecoveryCheck("127.0.0.1:9", interval_secs=0.02, timeout_secs=0.15)) == 8
+    assert per_target(RecoveryCheck("127.0.0.1:9", interval_secs=0.02, timeout_secs=0.1)) == 5
+    assert per_target(RecoveryCheck("127.0.0.1:9", interval_secs=0.25, timeout_secs=1.0)) == 4
+    assert per_target(RecoveryCheck("127.0.0.1:9", interval_secs=0.02, timeout_secs=60)) == MAX_PER_TARGET
+    assert per_target(RecoveryCheck("127.0.0.1:9", interval_secs=1.0, timeout_secs=0.5)) == MIN_PER_TARGET
+
+
+async def test_a_slow_target_is_checked_at_every_interval_up_to_its_bound() -> None:
+    clock = Clock()
+    fast = RecoveryCheck("127.0.0.1:9", interval_secs=0.02, timeout_secs=0.15)
+    breakers = fleet(clock, ServicePolicy("llm", failure_threshold=2, recovery_check=fast))
+    slow = asyncio.Event()
+
+    async def ask(check: RecoveryCheck) -> str:
+        await slow.wait()
+        return "timeout"
+
+    checks = RecoveryChecks(breakers, lambda: True, ask=ask, clock=clock)
+    open_it(breakers)
+    started = 0
+    for _ in range(12):
+        started += checks.start_due(clock.now)
+        clock.now += 0.021  # the next interval
+    assert started == checks.running() == 8  # one each interval, 8 at once at most
+    slow.set()
+    await settle()
+    assert checks.running() == 0
+
+
+async def test_an_endpoint_placeholder_asks_about_each_endpoint_and_moves_only_its_breaker() -> None:
+    """One endpoint of a service fails while the others serve: a check about the whole
+    service says SERVING all along (every HALF_OPEN it begins for that endpoint is a lie);
+    with ``{endpoint}`` each endpoint breaker is asked about, and moved by, its own answer."""
+    clock = Clock()
+    per_endpoint = RecoveryCheck("127.0.0.1:9", health_service="models/{endpoint}", interval_secs=0.25)
+    breakers = fleet(clock, ServicePolicy("llm", failure_threshold=2, recovery_check=per_endpoint))
+    asked: list[str] = []
+
+    async def ask(check: RecoveryCheck) -> str:
+        asked.append(check.health_service)
+        return "SERVING" if check.health_service == "models/openai/gpt-x" else "NOT_SERVING"
+
+    checks = RecoveryChecks(breakers, lambda: True, ask=ask, clock=clock)
+    for name in ("llm/openai/gpt-x", "llm/anthropic/claude"):
+        open_it(breakers, name)
+    assert checks.start_due(clock.now) == 2  # one check per endpoint, not one per service
+    await settle()
+    assert sorted(asked) == ["models/anthropic/claude", "models/openai/gpt-x"]
+    assert breakers.get("llm/openai/gpt-x").state is BreakerState.HALF_OPEN
+    assert breakers.get("llm/anthropic/claude").state is BreakerState.OPEN
+
+
+def test_the_endpoint_placeholder_is_the_only_brace_allowed() -> None:
+    assert RecoveryCheck("127.0.0.1:9", health_service="{endpoint}").health_service == "{endpoint}"
+    with pytest.raises(ConfigurationError, match="health_service"):
+        RecoveryCheck("127.0.0.1:9", health_service="{model}")
