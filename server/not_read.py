@@ -5,3 +5,6 @@ NOT_READ = (
     "this control plane has not read etcd since it started (is etcd reachable?): "
     "{what} may be there; ask again, or ask another replica"
 )
+
+#: How an answer saying so begins (the CLI tells it from a control plane it cannot reach).
+NOT_READ_START = NOT_READ.split(":", 1)[0]

@@ -40,7 +40,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
 from .json_values import json_values
-from .not_read import NOT_READ
+from .not_read import NOT_READ, NOT_READ_START
 from .operator_refused import print_refused_values, refused_policy_value
 from .operator_shadow import SHADOW_ACTIONS, print_shadow_stats, shadow_command
 from .pem import check_ca, check_pair
@@ -184,6 +184,9 @@ class Operator:
                     EXIT_NOT_STORED,
                 )
             return CommandError(_safe(f"not stored: {error.details}"), EXIT_NOT_STORED)
+        details = err.details() or ""  # type: ignore[attr-defined]
+        if code == grpc.StatusCode.UNAVAILABLE and details.startswith(NOT_READ_START):
+            return CommandError(_safe(details), EXIT_FAILED)  # it answered: it is not unreachable
         if code == grpc.StatusCode.UNAVAILABLE and error is None:
             return CommandError(
                 f"cannot reach the control plane at {self.server} "

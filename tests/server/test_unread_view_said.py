@@ -78,6 +78,9 @@ def test_a_control_plane_that_has_not_read_etcd_says_its_lists_are_incomplete(
             assert stub.GetPolicy(pb.GetPolicyRequest(service=SERVICE), timeout=5).incomplete
         shown = cli(address, "breakers", "list")
         assert shown.returncode == 0 and "has not read etcd" in shown.stderr, shown
+        got = cli(address, "breakers", "get", SERVICE)
+        assert got.returncode == EXIT_FAILED and "has not read etcd" in got.stderr, got
+        assert "cannot reach" not in got.stderr
         asked = cli(address, "policies", "get", SERVICE)
         assert asked.returncode == EXIT_FAILED != EXIT_NOT_FOUND and "has not read etcd" in asked.stderr, (
             asked
