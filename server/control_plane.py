@@ -135,6 +135,7 @@ class ControlPlane:
         #: Called with (agent id, summary) for every outcome summary an agent sends here.
         self.outcome_listeners: list[Callable[[str, pb.OutcomeSummary], None]] = []
         self.store_ok = False
+        self._checked = False  # whether a health check ended (store_ok then says something)
         self._published = False
         #: Names of background tasks that ended with an error (health stays down).
         self.failed_tasks: list[str] = []
@@ -183,6 +184,8 @@ class ControlPlane:
             store, self.prefix, self.policies, self.breakers, self.writer, self._set_store_ok, self._loaded
         )
         self.writer.on_reload = self.sync.reload
+        # (before the first health check, a write is sent: the store is not known away)
+        self.writer.reachable = lambda: self.store_ok or not self._checked
         self.writer.on_lost_data = self.sync.lost_data
         self.sync.records[self.lease_epochs.key] = self.lease_epochs.apply
         self.takeover_read = TakeoverRead(
@@ -517,11 +520,13 @@ class ControlPlane:
         while True:
             try:
                 await self.sync.check()
+                self._checked = True
                 if not self.store_ok:
                     _log.info("store reachable again")
                     self.writer.wake()
                 self._set_store_ok(True)
             except StoreUnavailable:
+                self._checked = True
                 self._set_store_ok(False)
             await asyncio.sleep(self.ping_interval)
 

@@ -123,6 +123,10 @@ class StateWriter:
         self.on_unavailable = on_unavailable
         #: Set when replicas share the store; None = this one always decides.
         self.fence: Fence | None = None
+        #: Whether the store answered its last health ping (set by the control plane): an
+        #: operator write is refused at once while it did not, rather than sent to wait for
+        #: its bound and end "outcome unknown".
+        self.reachable: Callable[[], bool] = lambda: True
         #: breaker -> decision number: transitions decided and not stored yet.
         self._pending: dict[str, int] = {}
         self._decisions = 0
@@ -352,6 +356,7 @@ class StateWriter:
         when the store cannot take the write (nothing changes then)."""
         key = self.breaker_key(name)
         action = "breaker." + ("reset" if state is BreakerState.CLOSED else state.name.lower())
+        self._refuse_unreachable("set breaker state")
         for attempt in range(10):
             if attempt:  # another writer won: let it finish before reading and trying again
                 await asyncio.sleep(min(0.1, 0.002 * 2**attempt))
@@ -410,6 +415,7 @@ class StateWriter:
     async def _policy_write(
         self, what: str, writes: Sequence[Write], author: Author, action: str
     ) -> WriteResult:
+        self._refuse_unreachable(what)
         try:
             result = await self.commit(writes, author=author, action=action, timeout=OPERATOR_WRITE_SECS)
         except StoreUnavailable as err:
@@ -419,6 +425,11 @@ class StateWriter:
             for write in writes:
                 self.policies.apply(write.key, write.value, result.revision)
         return result
+
+    def _refuse_unreachable(self, what: str) -> None:
+        if not self.reachable():
+            detail = "etcd is unreachable (health NOT_SERVING): nothing was sent"
+            raise StorageFailure("etcd", what, detail)
 
     async def record_lease_epoch(self, key: str, value: bytes) -> bool:
         """Store the fleet-lease epoch record (see :mod:`.lease_epoch`), only while this

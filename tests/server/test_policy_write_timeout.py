@@ -86,3 +86,54 @@ async def test_a_set_up_puts_a_policy_again_that_etcd_did_not_confirm(
         assert found is not None and found[0].failure_threshold == 7
     finally:
         await running.stop(grace=0.5)
+
+
+def force_open_through_the_cli(address: str, name: str) -> CommandError | None:
+    operator = Operator(address, as_json=False)
+    request = pb.SetBreakerStateRequest(
+        name=name, state=pb.BREAKER_STATE_FORCED_OPEN, reason="x", create=True
+    )
+    try:
+        operator._call(operator.stub.SetBreakerState, request)
+    except CommandError as err:
+        return err
+    finally:
+        operator.close()
+    return None
+
+
+async def test_an_operator_write_while_health_says_etcd_is_away_is_refused_at_once(
+    etcd: EtcdProcess, prefix: str
+) -> None:
+    """While the control plane's health is NOT_SERVING (etcd did not answer its check), an
+    operator write is refused at once, "not stored": nothing was sent, so nothing can be
+    applied later (it used to be sent, wait 8 s and end "outcome unknown")."""
+    running = await start_control_plane(EtcdStore([etcd.endpoint]), "127.0.0.1:0", prefix=prefix)
+    assert etcd.pid is not None
+    address = f"127.0.0.1:{running.port}"
+    plane = running.plane
+    try:
+        await asyncio.wait_for(plane.sync.loaded.wait(), 30)
+        os.kill(etcd.pid, signal.SIGSTOP)
+        try:
+            deadline = asyncio.get_running_loop().time() + 60
+            while plane.healthy:
+                assert asyncio.get_running_loop().time() < deadline, "health never went NOT_SERVING"
+                await asyncio.sleep(0.05)
+            policy = policy_pb2.ServicePolicy(service="away", failure_threshold=7)
+            for error in (
+                await asyncio.to_thread(put_through_the_cli, address, policy),
+                await asyncio.to_thread(force_open_through_the_cli, address, "away"),
+            ):
+                assert error is not None and error.code == EXIT_NOT_STORED
+                assert str(error).startswith("not stored:") and "nothing was sent" in str(error), error
+        finally:
+            os.kill(etcd.pid, signal.SIGCONT)
+        deadline = asyncio.get_running_loop().time() + 60
+        while not plane.healthy:
+            assert asyncio.get_running_loop().time() < deadline, "health never came back"
+            await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(force_open_through_the_cli, address, "away") is None
+        assert plane.policies.stored("away") is None  # the refused put was never applied
+    finally:
+        await running.stop(grace=0.5)

@@ -4,6 +4,7 @@ on the leader, or one control plane with a policy, an upstream and two agent pro
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -19,6 +20,8 @@ from tests.support.procs import Proc, agent, control_plane, python
 
 #: How often a set-up puts a policy before it gives up.
 PUT_ATTEMPTS = 3
+#: How long a put refused unsent (etcd away) is tried again.
+REFUSED_SECS = 60.0
 
 
 def put_policy(address: str, policy: policy_pb2.ServicePolicy) -> None:
@@ -28,16 +31,28 @@ def put_policy(address: str, policy: policy_pb2.ServicePolicy) -> None:
     applied after all does no harm. On a loaded machine an fsync of etcd's log alone can pass
     the write's 8-s bound; the control plane is right to refuse to confirm it."""
     request = pb.PutPolicyRequest(policy=policy)
+    refused_until = time.monotonic() + REFUSED_SECS
     with grpc.insecure_channel(address) as channel:
         stub = pb_grpc.ControlPlaneServiceStub(channel)
-        for attempt in range(1, PUT_ATTEMPTS + 1):
+        attempt = 1
+        while True:
             try:
                 stub.PutPolicy(request, timeout=10)
                 return
             except grpc.RpcError as err:
+                if _not_sent(err) and time.monotonic() < refused_until:
+                    time.sleep(0.2)  # etcd away (health NOT_SERVING): wait for it, as an operator would
+                    continue
                 if attempt == PUT_ATTEMPTS or not _unconfirmed(err):
                     raise
                 print(f"put_policy {policy.service}: attempt {attempt} not confirmed: {err.details()}")  # type: ignore[attr-defined]
+                attempt += 1
+
+
+def _not_sent(err: grpc.RpcError) -> bool:
+    """Whether ``err`` is a refusal of a write never sent, etcd being away."""
+    error = error_from_rpc_error(err)
+    return isinstance(error, StorageFailure) and "nothing was sent" in error.details
 
 
 def _unconfirmed(err: grpc.RpcError) -> bool:
