@@ -130,8 +130,10 @@ class AuditReader:
         (the mark's own, unless it names one: a change recorded after it was made), and
         whether the key was present after it."""
         text = mark.value.decode(errors="replace")
-        record, _, revision = text.removeprefix("-").partition(" ")
-        return record, int(revision) if revision.isdigit() else mark.mod_revision, not text.startswith("-")
+        record, _, revision = text.removeprefix("-").rpartition(" ")  # a prefix may hold spaces
+        if not (record and revision.isdigit()):
+            record, revision = text.removeprefix("-"), ""
+        return record, int(revision) if revision else mark.mod_revision, not text.startswith("-")
 
     def parse(self, entry: Entry, prefix: str = "") -> pb.AuditRecord | None:
         record = pb.AuditRecord()

@@ -1,30 +1,30 @@
 """The last good value of a policy etcd no longer has: read back from the audit records.
 
 A refused value etcd holds is never in force; at a start the key's earlier revisions are
-read back to the newest good one (:mod:`.sync`). When etcd has compacted them, every change
+read back to the newest good one (:mod:`.sync`). When etcd has compacted them, each change
 of the key may still have its audit record (kept outside the loaded prefix, with the value
-it wrote, up to the records' count and age bound): the newest good value recorded before
-the refused revision is the value that was in force — but only when the records account
-for every change etcd made to the key.
+it wrote, up to the records' count and age bound). The value in force before the refused
+one is picked from them only when it can be known:
 
-etcd says how many times the key was written since it was created (its ``version``), so
-the changes before the refused one are ``version - 1``, all at or after its
-``create_revision``. Each record names the key revision it describes (its own revision
-when written in the change's transaction, else the one it names: a change from outside
-is recorded after it was made), ordered by that revision, never by the time the record
-says. A record that cannot be what it says is set aside: one naming a revision after it
-was itself written, or naming its own revision once overwritten. A value is picked only
-when the remaining records name exactly as many changes as etcd made (and agree on each):
+* **Every change is accounted for.** etcd says how many times the key was written since it
+  was created (its ``version``): ``version - 1`` changes before the refused one. The key's
+  mark, when created with the key, is written once per recorded change (its own
+  ``version``, pruned records included); otherwise the records kept are counted. A change
+  without a record — made while no control plane ran, when its start records only the
+  last one — may have been a good value newer than any recorded: nothing is picked.
+* **Records are placed by the key revision they describe**, never by the time they say: a
+  record's own revision when written in the change's transaction (and never overwritten
+  since), else the earlier one it names (a change from outside is recorded after it was
+  made). One naming a revision after it was written is set aside, and so is one naming a
+  revision after the change the mark names: a genuine one would have moved the mark on.
+* **The mark's record is the newest.** It is the value in force when good; when it records
+  the refused value itself (from outside), its old value is the one recorded before it.
+  Further back, the records must agree on each revision and name no more changes than
+  were made or recorded.
 
-* fewer: a change was made while no control plane ran and only the last one was recorded
-  at its start (or the records were pruned) — the value before the refused one may be a
-  good value no record holds, newer than any recorded;
-* more, or two disagreeing on one revision: not every record is genuine (one was put from
-  outside under the audit prefix).
-
-Then nothing is picked: the defaults are in force, and ``stats`` says why. This cannot tell
-a planted record that replaces a pruned one from the real one: records are evidence, not
-signatures (whoever can write etcd can rewrite them all).
+Otherwise the defaults are in force, and ``stats`` says why the last good value is not
+known. A planted record that takes the place of a pruned one is not told from the real
+one: the records are evidence, not signatures (whoever can write etcd can rewrite them).
 """
 
 from __future__ import annotations
@@ -70,8 +70,9 @@ class RecordedGood:
             return None
         if not entry.version or not entry.create_revision:
             return Pick(None, why=f"{NOT_KNOWN}: the store does not say how often the key changed")
+        mark = await self.audit.store.get(self.audit.mark_of(entry.key))
         stored = await self.audit.stored_of("policy", service, self.audit_bound())
-        return pick(entry, service, stored)
+        return pick(entry, service, stored, mark)
 
     def audit_bound(self) -> int:
         retention = getattr(self.audit, "retention", None)
@@ -88,37 +89,84 @@ def described(stored: Entry, record: pb.AuditRecord) -> int:
     return revision
 
 
-def pick(entry: Entry, service: str, stored: list[tuple[Entry, pb.AuditRecord]]) -> Pick:
+def marked(entry: Entry, mark: Entry | None) -> tuple[str, int, int | None]:
+    """What the key's mark says: the record it names (empty: none), the key revision that
+    record describes, and how many changes of the key were recorded before the refused
+    one — from the mark's version, written once per recorded change — when the mark was
+    created with the key (None: not known; an older mark also counts an earlier key's
+    changes, a younger one none made before it)."""
+    if mark is None:
+        return "", entry.mod_revision, None
+    record, revision, present = AuditReader.described(mark)
+    if not present or not entry.create_revision <= revision <= entry.mod_revision:
+        return "", entry.mod_revision, None  # the key changed since, unrecorded
+    if mark.create_revision != entry.create_revision:
+        return record, revision, None
+    return record, revision, mark.version - (1 if revision == entry.mod_revision else 0)
+
+
+def pick(entry: Entry, service: str, stored: list[tuple[Entry, pb.AuditRecord]], mark: Entry | None) -> Pick:
     """The value in force before ``entry``'s refused one, from the records of ``service``
-    (see the module's docstring)."""
-    created, refused = entry.create_revision, entry.mod_revision
-    changes: dict[int, str] = {}  # key revision -> the value written there
+    and the key's ``mark`` (see the module's docstring)."""
+    created, refused, made = entry.create_revision, entry.mod_revision, entry.version - 1
+    since = f"since the key was created (revision {created}) and before revision {refused}"
+    named, newest, recorded = marked(entry, mark)
+    claims: dict[int, set[str]] = {}  # key revision -> the values records say it wrote there
+    verified: tuple[int, str] | None = None  # the value the mark's record says was written
+    previous = ""  # the value last recorded before the refused one (its record, from outside, says)
     for record_entry, record in stored:
         revision = described(record_entry, record)
-        if not created <= revision < refused:
-            continue  # set aside, after the refused value, or before the key was created
-        if changes.setdefault(revision, record.new_value) != record.new_value:
+        if record_entry.key == named and revision == newest:
+            if revision < refused:
+                verified = (revision, record.new_value)
+            elif revision < record_entry.mod_revision:
+                previous = record.old_value
+        elif created <= revision < min(newest, refused):  # a later one would have moved the mark on
+            claims.setdefault(revision, set()).add(record.new_value)
+    missing = made - (len(claims) + (verified is not None) if recorded is None else recorded)
+    if missing > 0:
+        how = "made while no control plane ran" + ("" if recorded is not None else ", or pruned")
+        why = f"{missing} of the {made} changes {since} have no audit record ({how}) and etcd compacted them"
+        return Pick(None, why=f"{NOT_KNOWN}: {why}")
+    if verified is None and previous:  # the newest record below says the same (if kept)
+        last = max((r for r, values in claims.items() if previous in values), default=0)
+        if last:
+            claims = {r: values for r, values in claims.items() if r < last}
+            verified = (last, previous)
+    if verified is not None:  # the newest: what was in force, unless refused too
+        if _good(verified[1], service):
+            return Pick(verified[1].encode(), verified[0])
+        claims[verified[0]] = {verified[1]}
+    return _walk(claims, service, since, made if recorded is None else recorded)
+
+
+def _walk(claims: dict[int, set[str]], service: str, since: str, most: int) -> Pick:
+    """The newest good value claimed, when the claims add up (``most``: how many changes
+    can have a record)."""
+    for revision, values in claims.items():
+        if len(values) > 1:
             return Pick(
                 None, why=f"{NOT_KNOWN}: two audit records disagree on what revision {revision} wrote"
             )
-    made = entry.version - 1
-    since = f"since the key was created (revision {created}) and before revision {refused}"
-    if len(changes) > made:
-        why = f"audit records name {len(changes)} changes {since}, etcd made {made}: not all are genuine"
-        return Pick(None, why=f"{NOT_KNOWN}: {why}")
-    if len(changes) < made:
-        why = (
-            f"{made - len(changes)} of the {made} changes {since} have no audit record (made while"
-            " no control plane ran, or pruned) and etcd compacted them"
-        )
-        return Pick(None, why=f"{NOT_KNOWN}: {why}")
-    for revision in sorted(changes, reverse=True):
-        value = changes[revision]
+    if len(claims) > most:
+        why = f"audit records name {len(claims)} changes {since}, {most} were made or recorded"
+        return Pick(None, why=f"{NOT_KNOWN}: {why}: not all are genuine")
+    for revision in sorted(claims, reverse=True):
+        [value] = claims[revision]
         if not value:  # a deletion, yet etcd holds the key since before it
             return Pick(None, why=f"{NOT_KNOWN}: an audit record says revision {revision} deleted the key")
-        try:
-            policy_from_json(value.encode(), service=service)
-        except ConfigurationError:
-            continue  # refused then too: look further back
-        return Pick(value.encode(), revision)
+        if _good(value, service):  # else refused then too: look further back
+            return Pick(value.encode(), revision)
+    if len(claims) < most:
+        return Pick(
+            None, why=f"{NOT_KNOWN}: the audit records kept of the changes {since} hold no good value"
+        )
     return Pick(None, why=f"the key held no good value {since}")
+
+
+def _good(value: str, service: str) -> bool:
+    try:
+        policy_from_json(value.encode(), service=service)
+    except ConfigurationError:
+        return False
+    return bool(value)
