@@ -110,6 +110,8 @@ def pick(entry: Entry, service: str, stored: list[tuple[Entry, pb.AuditRecord]],
     and the key's ``mark`` (see the module's docstring)."""
     created, refused, made = entry.create_revision, entry.mod_revision, entry.version - 1
     since = f"since the key was created (revision {created}) and before revision {refused}"
+    if made < 1:
+        return Pick(None, why="the key was created with this value: none was in force before it")
     named, newest, recorded = marked(entry, mark)
     claims: dict[int, set[str]] = {}  # key revision -> the values records say it wrote there
     verified: tuple[int, str] | None = None  # the value the mark's record says was written
@@ -121,8 +123,10 @@ def pick(entry: Entry, service: str, stored: list[tuple[Entry, pb.AuditRecord]],
                 verified = (revision, record.new_value)
             elif revision < record_entry.mod_revision:
                 previous = record.old_value
-        elif created <= revision < min(newest, refused):  # a later one would have moved the mark on
+        elif created <= revision <= newest and revision < refused:  # a later one would have moved the mark on
             claims.setdefault(revision, set()).add(record.new_value)
+    if verified is not None:  # the one the mark names, whatever others say of its revision
+        claims.pop(verified[0], None)
     missing = made - (len(claims) + (verified is not None) if recorded is None else recorded)
     if missing > 0:
         how = "made while no control plane ran" + ("" if recorded is not None else ", or pruned")
@@ -161,7 +165,7 @@ def _walk(claims: dict[int, set[str]], service: str, since: str, most: int) -> P
         return Pick(
             None, why=f"{NOT_KNOWN}: the audit records kept of the changes {since} hold no good value"
         )
-    return Pick(None, why=f"the key held no good value {since}")
+    return Pick(None, why=f"no good value was written {since}")
 
 
 def _good(value: str, service: str) -> bool:
