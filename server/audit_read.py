@@ -130,8 +130,10 @@ class AuditReader:
         (the mark's own, unless it names one: a change recorded after it was made), and
         whether the key was present after it."""
         text = mark.value.decode(errors="replace")
-        record, _, revision = text.removeprefix("-").partition(" ")
-        return record, int(revision) if revision.isdigit() else mark.mod_revision, not text.startswith("-")
+        record, _, revision = text.removeprefix("-").rpartition(" ")  # a prefix may hold spaces
+        if not (record and revision.isdigit()):
+            record, revision = text.removeprefix("-"), ""
+        return record, int(revision) if revision else mark.mod_revision, not text.startswith("-")
 
     def parse(self, entry: Entry, prefix: str = "") -> pb.AuditRecord | None:
         record = pb.AuditRecord()
@@ -169,6 +171,16 @@ class AuditReader:
         newest first, from ``token`` on. At most about four pages of records are read,
         whatever is kept: a page may hold fewer records than asked, with a token to go on.
         Raises StoreUnavailable."""
+        found, token, read = await self._read(kinds, size, token, name, since_ns)
+        if verify:
+            await asyncio.gather(*(self._check(e, r) for e, r in found if not r.provenance))
+        return Page([r for _, r in found], token, read)
+
+    async def _read(
+        self, kinds: tuple[str, ...], size: int, token: str, name: str, since_ns: int
+    ) -> tuple[list[tuple[Entry, pb.AuditRecord]], str, int]:
+        """A page's records with their stored entries, the next token, and how many
+        stored records were read."""
         budget = 4 * size + 64
         streams = [_Stream(self.store, self.bucket(k), token, since_ns, size) for k in kinds]
         found: list[tuple[Entry, pb.AuditRecord]] = []
@@ -186,23 +198,25 @@ class AuditReader:
             if not name or record.name == name:
                 found.append((entry, record))
         more = any(s.buffer or s.more for s in streams)
-        if verify:
-            await asyncio.gather(*(self._check(e, r) for e, r in found if not r.provenance))
-        return Page([r for _, r in found], last if more else "", read)
+        return found, last if more else "", read
 
     async def of(self, kind: str, name: str, most: int) -> list[pb.AuditRecord]:
         """The records of one policy or breaker, oldest first, from the newest ``most``
         of its kind. Raises StoreUnavailable."""
-        records: list[pb.AuditRecord] = []
+        return [record for _, record in await self.stored_of(kind, name, most)]
+
+    async def stored_of(self, kind: str, name: str, most: int) -> list[tuple[Entry, pb.AuditRecord]]:
+        """:meth:`of`, each record with its stored entry (its own revisions).
+        Raises StoreUnavailable."""
+        found: list[tuple[Entry, pb.AuditRecord]] = []
         token, read = "", 0
         while read < most:
-            page = await self.page(kinds=(kind,), size=100, token=token, name=name, verify=False)
-            records += page.records
-            read += page.read
-            token = page.token
+            page, token, done = await self._read((kind,), 100, token, name, 0)
+            found += page
+            read += done
             if not token:
                 break
-        return records[::-1]
+        return found[::-1]
 
     async def _check(self, entry: Entry, record: pb.AuditRecord) -> None:
         record.provenance = await self.provenance(entry, record)

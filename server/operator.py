@@ -41,7 +41,7 @@ from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
 from .json_values import json_values
 from .not_read import NOT_READ, NOT_READ_START
-from .operator_refused import print_refused_values, refused_policy_value
+from .operator_refused import no_policy, print_refused_values, refused_policy_value
 from .operator_shadow import SHADOW_ACTIONS, print_shadow_stats, shadow_command
 from .pem import check_ca, check_pair
 
@@ -291,10 +291,7 @@ class Operator:
         if not response.HasField("policy") and response.incomplete:
             raise CommandError(NOT_READ.format(what=f"a policy named {name!r}"), EXIT_FAILED)
         if not response.HasField("policy"):
-            raise CommandError(
-                f"no policy named {name!r} (its calls use the defaults; `policies list` shows those stored)",
-                EXIT_NOT_FOUND,
-            )
+            raise CommandError(self._no_policy(name), EXIT_NOT_FOUND)
         if self.as_json:
             print(json.dumps(json_values(response), indent=2))
             return EXIT_OK
@@ -314,6 +311,13 @@ class Operator:
             end="",
         )
         return EXIT_OK
+
+    def _no_policy(self, name: str) -> str:
+        try:
+            stats = self._call(self.stub.GetErrorStatistics, pb.GetErrorStatisticsRequest(page_size=1))
+        except CommandError:
+            return no_policy(name, None, _safe)
+        return no_policy(name, stats.statistics, _safe)
 
     # -- config ----------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
-__all__ = ["print_refused_values", "refused_policy_value"]
+__all__ = ["no_policy", "print_refused_values", "refused_policy_value"]
 
 
 def _id(err: pb.ConfigLoadError) -> tuple[str, str, int]:
@@ -32,3 +32,13 @@ def refused_policy_value(stats: pb.ErrorStatistics, service: str) -> pb.ConfigLo
     """The refused value etcd holds now for ``service``'s policy, if any."""
     suffix = f"/policies/{service}"
     return next((err for err in stats.refused_values_held if err.key.endswith(suffix)), None)
+
+
+def no_policy(name: str, stats: pb.ErrorStatistics | None, safe: Callable[[object], str]) -> str:
+    """Why ``name`` has no policy in force: none stored, or etcd holds a refused one
+    (``stats``: None when not known)."""
+    refused = refused_policy_value(stats, name) if stats is not None else None
+    if refused is None:
+        return f"no policy named {name!r} (its calls use the defaults; `policies list` shows those stored)"
+    held = f"etcd holds a value for it, refused ({safe(refused.error)})"
+    return f"no policy in force for {name!r}: {held}; its calls use the defaults"

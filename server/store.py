@@ -65,6 +65,8 @@ class Entry:
     create_revision: int = 0
     #: The etcd lease the key is bound to (0: none).
     lease: int = 0
+    #: How many times the key was written since it was created (0: not known).
+    version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,7 +416,8 @@ class EtcdStore:
         key = self._key(kv)
         if key is None:
             return None
-        return Entry(key, bytes(kv.value), int(kv.mod_revision), int(kv.create_revision), int(kv.lease))
+        revisions = int(kv.mod_revision), int(kv.create_revision)
+        return Entry(key, bytes(kv.value), *revisions, int(kv.lease), int(kv.version))
 
     def _event(self, e) -> WatchEvent | None:  # type: ignore[no-untyped-def]
         deleted = e.type == e.DELETE

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from mission_control.client.breaker import BreakerState
 
 from .engine import FleetBreakers
-from .last_good import FROM_RECORDS
+from .last_good import FROM_RECORDS, Pick
 from .policies import PolicyBook
 from .seen_values import SeenValues
 from .store import Entry, Store, StoreUnavailable, WatchCompacted
@@ -88,8 +88,9 @@ class StoreSync:
         #: Other keys followed: key -> called with each value (None: deleted).
         self.records: dict[str, Callable[[bytes | None], None]] = {}
         #: Where a bad policy key's last good value is looked for when etcd compacted its
-        #: earlier revisions: (key, refused revision) -> (value, its revision) or None.
-        self.recorded_good: Callable[[str, int], Awaitable[tuple[bytes, int] | None]] | None = None
+        #: earlier revisions: the refused entry -> what was in force before it (None: not
+        #: a policy's key).
+        self.recorded_good: Callable[[Entry], Awaitable[Pick | None]] | None = None
 
     def reload(self) -> None:
         """Read everything again (the watch is restarted after it) and hold what the store
@@ -315,10 +316,14 @@ class StoreSync:
 
     async def _recorded_in_force(self, entry: Entry) -> None:
         """etcd compacted the key's earlier revisions: its audit records still hold them."""
-        found = await self.recorded_good(entry.key, entry.mod_revision) if self.recorded_good else None
-        if found is not None:
-            value, revision = found
-            self.policies.keep_earlier(entry.key, value, revision, entry.mod_revision, FROM_RECORDS)
+        found = await self.recorded_good(entry) if self.recorded_good else None
+        if found is None:
+            return
+        if found.value is not None:
+            revision = entry.mod_revision
+            self.policies.keep_earlier(entry.key, found.value, found.revision, revision, FROM_RECORDS)
+        else:
+            self.policies.restate(entry.key, entry.mod_revision, f"the defaults ({found.why})")
 
     def _put_in_force(self, entry: Entry, earlier: Entry) -> bool:
         if self.policies.service_of(entry.key) is not None:

@@ -42,6 +42,8 @@ class _Key:
     create_revision: int
     mod_revision: int
     lease: int = 0
+    #: Writes since it was created (etcd's ``version``).
+    version: int = 1
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,9 @@ class MemEtcd:
             found = self.keys.get(key)
             if found is None:
                 return None
-            return Entry(key, found.value, found.mod_revision, found.create_revision, found.lease)
+            return Entry(
+                key, found.value, found.mod_revision, found.create_revision, found.lease, found.version
+            )
         if revision <= self.compacted:
             raise WatchCompacted(self.compacted)
         state: Entry | None = None
@@ -206,7 +210,8 @@ class MemEtcd:
                 del self.keys[write.key]
             else:
                 create = old.create_revision if old else self.revision
-                self.keys[write.key] = _Key(write.value, create, self.revision, write.lease)
+                version = old.version + 1 if old else 1
+                self.keys[write.key] = _Key(write.value, create, self.revision, write.lease, version)
                 if write.lease:
                     self.leases[write.lease].keys.add(write.key)
             self.history.append(Change(self.revision, write.key, write.value, self.now))
