@@ -35,6 +35,7 @@ from .retry import policy_stop, policy_wait
 if TYPE_CHECKING:
     from .executor import Executor
     from .policy import ServicePolicy
+    from .view import ServiceState
 
 __all__ = ["Attempt", "CallPlan", "Done", "Sleep"]
 
@@ -92,6 +93,7 @@ class CallPlan:
     _attempted = False  # a retry or a fallback was tried
     _tried = 0  # fallbacks tried
     _held_until: float | None = None  # the first attempt waits for a HALF_OPEN until then
+    _held_from: float | None = None  # ... from then (None: it did not wait)
 
     def __init__(
         self,
@@ -188,13 +190,17 @@ class CallPlan:
     def _enter(self, service: str) -> Step:
         primary = self._queue is None
         self._current = service
+        timeout = self.timeout
         if primary:
             held = self._hold(service)
             if held is not None:
                 return held
+            if self._held_from is not None:  # the time held counts against the call's own
+                timeout = self._timeout_of(self.ex.view.get(service)) - (self.ex.clock() - self._held_from)
+                timeout = max(timeout, 1e-3)
         self._cost = self.cost if primary else self._cost_for(service)
         kind = self.kind if primary else None
-        ticket = self.ex.enter(service, self.operation, kind, self.timeout, self._cost, self.parent_deadline)
+        ticket = self.ex.enter(service, self.operation, kind, timeout, self._cost, self.parent_deadline)
         if type(ticket) is Refused:
             return self._target_failed(ticket.error, None)
         self.ticket = ticket  # type: ignore[assignment]
@@ -208,17 +214,29 @@ class CallPlan:
         ex = self.ex
         state = ex.view.get(service)
         if state.fleet is None or state.fleet.state is not BreakerState.HALF_OPEN:
-            return None  # the common case: one attribute read
+            return self._unhold()  # the common case: one attribute read
         now = ex.clock()
         if not half_open_hold.waits(ex.view, state, now):
-            return None
+            return self._unhold()
         if self._held_until is None:
-            timeout = state.policy.timeout_secs if self.timeout is None else self.timeout
-            self._held_until = half_open_hold.hold_until(timeout, self.parent_deadline, now)
+            self._held_until = half_open_hold.hold_until(self._timeout_of(state), self.parent_deadline, now)
+            if not ex.holds.begin(self, self._held_until, now):
+                self._held_until = now  # enough calls hold already: refused as before
+                return None
+            self._held_from = now
         if now >= self._held_until:
-            return None  # waited long enough: refused as before
+            return self._unhold()  # waited long enough: refused as before
         ex.admission.ask_probe(state)
         return Sleep(min(half_open_hold.LOOK_SECS, self._held_until - now))
+
+    def _unhold(self) -> Sleep | None:
+        """Go on (a hold, if any, is over)."""
+        if self._held_from is not None:
+            self.ex.holds.end(self)
+        return None
+
+    def _timeout_of(self, state: ServiceState) -> float:
+        return state.policy.timeout_secs if self.timeout is None else self.timeout
 
     def _attempt(self, ticket: Ticket) -> Step:
         left = ticket.deadline - self.ex.clock()

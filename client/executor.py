@@ -24,6 +24,7 @@ from .attempts import Attempt, CallPlan, Done, Sleep, Step
 from .connection import ControlPlaneConnection
 from .deadline import _deadline, current_deadline, inherit_deadline, restore_deadline
 from .errors import ConfigurationError, ErrorContext, MissionControlError, OperationTimeout
+from .half_open_hold import Holds
 from .hedge_delay import HedgeMeter
 from .hedging import HedgeRun, run_hedged, run_hedged_async
 from .outcomes import DEFAULT, Counts, Failure, Outcomes, ServiceKind, classify, kind_of
@@ -83,6 +84,8 @@ class Executor:
         self.view = view
         self.connection = connection
         self.admission = Admission(view, connection)
+        #: The calls waiting for a HALF_OPEN to end now (see :mod:`.half_open_hold`).
+        self.holds = Holds()
         self.agent = agent
         self.session_id = session_id
         self.sleep = sleep

@@ -121,3 +121,49 @@ def test_a_closed_or_open_breaker_holds_nothing() -> None:
         view.set_breaker(_breaker(state, 4))
         assert _run(view, clock, called, slept, lambda: None) == expected
         assert slept == []
+
+
+def test_the_time_held_counts_against_the_calls_own_timeout() -> None:
+    """A call of 1 s held 0.5 s... then served gets what is left of its second, not a new one
+    (it ended 1.31 s after it began, against its timeout of 1 s)."""
+    view, clock, _called, slept = _fleet(timeout=1.0)
+    lefts: list[float] = []
+    started = clock.now
+
+    def sleep(secs: float) -> None:
+        slept.append(secs)
+        clock.now += secs
+        if len(slept) == 3:
+            view.set_breaker(_breaker(BreakerState.CLOSED, 4))
+
+    ex = Executor(view, sleep=sleep)
+    ex.run(SERVICE, lambda left: lefts.append(left), operation="generate")
+    held = clock.now - started
+    assert held > 0 and lefts == [pytest.approx(1.0 - held)]
+
+
+def test_an_agent_whose_link_is_down_holds_no_call() -> None:
+    """No permit and no CLOSED can come without the link: the lost-link rules hold the
+    HALF_OPEN, and a call is refused at once rather than after 0.5 s."""
+    view, clock, called, slept = _fleet()
+    view.forget_fleet()  # the stream ended
+    assert view.fleet_in_force(view.get(SERVICE), clock()) is not None  # held all the same
+    assert _run(view, clock, called, slept, lambda: None) == "backup"
+    assert slept == [] and called == [BACKUP]
+
+
+def test_past_the_most_calls_holding_a_call_is_refused_at_once() -> None:
+    view, clock, called, _slept = _fleet()
+    ex = Executor(view, sleep=lambda secs: setattr(clock, "now", clock.now + secs))
+    assert ex.holds.begin("another call", clock() + 10, clock())
+    ex.holds.most = 1
+    started = clock.now
+    out = ex.run(
+        SERVICE, lambda _left: "primary", operation="generate", fallbacks={BACKUP: lambda _l: "backup"}
+    )
+    assert out == "backup" and clock.now == started and called == []
+    ex.holds.end("another call")  # its hold over, the next call holds again
+    out = ex.run(
+        SERVICE, lambda _left: "primary", operation="generate", fallbacks={BACKUP: lambda _l: "backup"}
+    )
+    assert out == "backup" and clock.now > started and len(ex.holds) == 0
