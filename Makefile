@@ -98,8 +98,12 @@ soak: install
 	  tests/client/test_status_hostile.py tests/sim tests/sim_fleet
 	MC_SOAK=1 $(BIN)/pytest -q -p no:cacheprovider -m soak $(PYTEST_ARGS)
 
+# The addresses `make run` serves on: `make run LISTEN=127.0.0.1:50061 HTTP=127.0.0.1:8081`.
+LISTEN ?= 127.0.0.1:50051
+HTTP ?= 127.0.0.1:8080
+
 run: venv etcd
-	$(BIN)/mission-control serve --http 127.0.0.1:8080
+	$(BIN)/mission-control serve --listen $(LISTEN) --http $(HTTP)
 
 bench: install
 	$(PY) -m bench
