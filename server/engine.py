@@ -120,6 +120,9 @@ class FleetBreakers:
         self._demand: dict[str, _Demand] = {}
         #: etcd mod_revision of each breaker's stored state (0 = never stored).
         self.revisions: dict[str, int] = {}
+        #: The value the store holds for each breaker, as last read or written here (the
+        #: "before" of the next transition's audit record).
+        self.records: dict[str, bytes] = {}
         #: The highest generation of each breaker told to agents (see _transitioned).
         self._told: dict[str, int] = {}
         #: Whether this replica leads with its leader lease known to hold (see
@@ -233,6 +236,7 @@ class FleetBreakers:
             fresh.generation = breaker.generation + 1
             self._breakers[name] = fresh
             self.revisions[name] = 0
+            self.records.pop(name, None)
             self._changed(name, old, None)
             return
         record = json_format.Parse(value, pb.Breaker(), ignore_unknown_fields=True)
@@ -275,6 +279,7 @@ class FleetBreakers:
                 # from memory and granted probes for
                 self._held_since[name] = self._clock()
         self.revisions[name] = revision
+        self.records[name] = value
         self._changed(name, old, None)
         self._runs.stored(name, self._runs.run(name, breaker.state))  # as the store holds it
 
@@ -441,6 +446,7 @@ class FleetBreakers:
         self._breakers.pop(name, None)
         self._demand.pop(name, None)
         self.revisions.pop(name, None)
+        self.records.pop(name, None)
         self._told.pop(name, None)
         self._adopted.pop(name, None)
         self._held_since.pop(name, None)

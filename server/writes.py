@@ -225,6 +225,10 @@ class StateWriter:
         return False
 
     def _held(self, key: str) -> bytes | None:
+        """What the store holds for ``key``, as this replica knows it (the audit's "before")."""
+        prefix = self.breaker_key("")
+        if key.startswith(prefix):
+            return self.breakers.records.get(key.removeprefix(prefix))
         for book in (self.policies, self.shadows):
             service = book.service_of(key) if book is not None else None
             stored = book.stored(service) if book is not None and service is not None else None
@@ -288,6 +292,7 @@ class StateWriter:
         )
         if result.ok:
             self.breakers.stored(name, result.revision, run)
+            self.breakers.records[name] = record
             if self._pending.get(name) == decision:  # else a newer decision is to be written
                 del self._pending[name]
         elif result.status is WriteStatus.CONFLICT:

@@ -112,6 +112,10 @@ def test_forcing_needs_a_reason_and_an_unknown_name_needs_create(
         ("breaker.transition", "control-plane"),
     ]
     assert records[2]["reason"] == json.loads(records[2]["new_value"])["reason"] != ""
+    # ... and with the value it replaced: the reset's CLOSED (it was "", and `audit` showed
+    # "- -> OPEN" for every transition)
+    assert records[2]["old_value"] == records[1]["new_value"] != ""
+    assert json.loads(records[2]["old_value"])["state"] == "BREAKER_STATE_CLOSED"
     table = cli("breakers", "history", "payments", server=server).stdout
     assert "drill" in table and "OPEN" in table.splitlines()[-1]
 
