@@ -85,7 +85,7 @@ HEALTH_FULL = 10
 HEALTH_FLOOR = 6
 #: ... and it never falls below this, a point under the floor: however long an outage
 #: lasted, a few successes bring the floor back for the next failure (seven, a minute or
-#: more apart; twenty at once).
+#: more apart; about twenty at once).
 HEALTH_MIN = 5.0
 #: What a successful attempt gives back to the score at once (a failed one takes 1).
 SUCCESS_GAIN = 0.1
