@@ -162,9 +162,12 @@ class RetryBudget:
         return self.health
 
     def succeeded(self, now: float) -> None:
-        """An attempt of the service succeeded (at ``now``)."""
-        self.health = min(float(HEALTH_FULL), self._recovered(now) + SUCCESS_GAIN)
-        self.earned = min(EARNED_MAX, self.earned + EARNED_GAIN)
+        """An attempt of the service succeeded (at ``now``): for a healthy service, whose
+        score is full and has earned all it may, two comparisons (every call's path)."""
+        if self.health < HEALTH_FULL:
+            self.health = min(float(HEALTH_FULL), self._recovered(now) + SUCCESS_GAIN)
+        if self.earned < EARNED_MAX:
+            self.earned = min(EARNED_MAX, self.earned + EARNED_GAIN)
 
     def failed(self, now: float) -> None:
         """An attempt of the service failed (at ``now``): a call's first as a retry."""
