@@ -150,8 +150,8 @@ def test_an_outage_of_one_call_a_minute_is_not_retried_after_its_first_calls() -
         with contextlib.suppress(MissionControlError):
             ex.run(SERVICE, fails, operation="Echo")
         clock.now += 60
-    # the first call's 3 retries, then none: each failed first attempt takes more than the
-    # minute since gives back (half a point), and the ratio of one call per window funds none
+    # the first call's 3 retries, then none: time gives back only what successes earned
+    # (nothing here), and the ratio of one call per window funds none
     assert len(attempts) == 30 + 3
 
 
