@@ -211,6 +211,18 @@ def main() -> int:
                 ("amplification", "ratio", ".2f"),
             ],
         )
+        case5d = [{"pattern": "outage", **r} for r in amplification.slow_table()] + flapping.slow_table()
+        results["amplification_slow_callers"] = case5d
+        _table(
+            "5d. retry amplification of slow callers: 1 h healthy, 4 h of outage or flapping (injected)",
+            case5d,
+            [
+                ("pattern", "pattern", ""),
+                ("rate", "rate", ""),
+                ("calls", "calls in the outage or flapping", ""),
+                ("amplification", "ratio", ".2f"),
+            ],
+        )
         case9 = slow_calls.slow_call_trip(s, rounds=2 if args.quick else 5)
         results["slow_call_trip"] = case9
         _table(

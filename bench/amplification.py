@@ -8,9 +8,10 @@ the default backoff and a breaker that never opens. The service answers for ``he
 seconds, then fails every attempt with UNAVAILABLE for ``outage`` seconds; the figure is
 the attempts the service got during the outage per call made then. Beside it: the same
 run with the budget's floor held whatever the service's health (the budget before
-2026-11-30, Linkerd's and Finagle's).
+2026-11-30, Linkerd's and Finagle's). A second table: slow callers (one call a minute to
+one every 10 minutes), an hour healthy then 4 hours of outage.
 
-    python -m bench.amplification            # the table
+    python -m bench.amplification            # the tables
     python -m bench.amplification --json
 """
 
@@ -33,6 +34,19 @@ SERVICE = "llm_provider"
 ATTEMPT_SECS = 0.005
 #: The rates measured: calls per second; 0 = back to back.
 RATES = (1.0, 5.0, 50.0, 0.0)
+#: Slow callers: calls per second, measured over an hour healthy then 4 hours failing.
+SLOW_RATES = (1 / 60, 1 / 240, 1 / 600)
+SLOW_HEALTHY = 3600.0
+SLOW_FAILING = 4 * 3600.0
+
+
+def rate_name(rate: float) -> str:
+    if not rate:
+        return "back to back"
+    if rate >= 1:
+        return f"{rate:g}/s"
+    minutes = 1 / rate / 60
+    return "1/min" if minutes == 1 else f"1/{minutes:g} min"
 
 
 @dataclass(frozen=True)
@@ -106,7 +120,23 @@ def table(healthy: float = 30.0, outage: float = 60.0) -> list[dict[str, object]
     for rate in RATES:
         now, before = run(rate, healthy, outage), run(rate, healthy, outage, floor_always=True)
         rows.append({
-            "rate": f"{rate:g}/s" if rate else "back to back",
+            "rate": rate_name(rate),
+            "calls": now.calls,
+            "amplification": round(now.amplification, 3),
+            "floor_always": round(before.amplification, 3),
+        })  # fmt: skip
+    return rows
+
+
+def slow_table() -> list[dict[str, object]]:
+    """:func:`table` for slow callers: :data:`SLOW_HEALTHY` s healthy, then
+    :data:`SLOW_FAILING` s of outage."""
+    rows: list[dict[str, object]] = []
+    for rate in SLOW_RATES:
+        now = run(rate, SLOW_HEALTHY, SLOW_FAILING)
+        before = run(rate, SLOW_HEALTHY, SLOW_FAILING, floor_always=True)
+        rows.append({
+            "rate": rate_name(rate),
             "calls": now.calls,
             "amplification": round(now.amplification, 3),
             "floor_always": round(before.amplification, 3),
@@ -121,13 +151,17 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = table(args.healthy, args.outage)
+    slow = slow_table()
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"by_rate": rows, "slow_callers": slow}, indent=2))
         return
     print(f"retry amplification, {args.healthy:g} s healthy then {args.outage:g} s of full outage,"
           " max_retries 3, default budget")  # fmt: skip
     print(f"{'rate':>14} {'calls':>7} {'now':>7} {'floor always':>13}")
     for r in rows:
+        print(f"{r['rate']:>14} {r['calls']:>7} {r['amplification']:>7.2f} {r['floor_always']:>13.2f}")
+    print(f"slow callers, {SLOW_HEALTHY / 3600:g} h healthy then {SLOW_FAILING / 3600:g} h of full outage")
+    for r in slow:
         print(f"{r['rate']:>14} {r['calls']:>7} {r['amplification']:>7.2f} {r['floor_always']:>13.2f}")
 
 

@@ -10,9 +10,11 @@ one of three ways:
 * ``random``: each attempt fails with probability one half (seeded);
 * ``periods``: it fails every attempt for 2 s, then answers for 2 s, and so on.
 
-The figure is the attempts the service got while flapping per call made then.
+The figure is the attempts the service got while flapping per call made then. A second
+table: slow callers (one call a minute to one every 10 minutes), an hour healthy then 4
+hours of ``alternate`` or ``random``.
 
-    python -m bench.flapping            # the table
+    python -m bench.flapping            # the tables
     python -m bench.flapping --json
 """
 
@@ -28,7 +30,16 @@ from mission_control.client.errors import LLMProviderUnavailable, MissionControl
 from mission_control.client.executor import Executor
 from mission_control.client.view import LocalView
 
-from bench.amplification import ATTEMPT_SECS, RATES, SERVICE, policy
+from bench.amplification import (
+    ATTEMPT_SECS,
+    RATES,
+    SERVICE,
+    SLOW_FAILING,
+    SLOW_HEALTHY,
+    SLOW_RATES,
+    policy,
+    rate_name,
+)
 
 PATTERNS = ("alternate", "random", "periods")
 #: ``periods``: seconds failing, then seconds answering.
@@ -116,7 +127,23 @@ def table(healthy: float = 30.0, flapping: float = 60.0) -> list[dict[str, objec
             r = run(pattern, rate, healthy, flapping)
             rows.append({
                 "pattern": pattern,
-                "rate": f"{rate:g}/s" if rate else "back to back",
+                "rate": rate_name(rate),
+                "calls": r.calls,
+                "failed": r.failed_calls,
+                "amplification": round(r.amplification, 3),
+            })  # fmt: skip
+    return rows
+
+
+def slow_table() -> list[dict[str, object]]:
+    """``alternate`` and ``random`` for slow callers (2 s periods are not seen by them)."""
+    rows: list[dict[str, object]] = []
+    for pattern in ("alternate", "random"):
+        for rate in SLOW_RATES:
+            r = run(pattern, rate, SLOW_HEALTHY, SLOW_FAILING)
+            rows.append({
+                "pattern": pattern,
+                "rate": rate_name(rate),
                 "calls": r.calls,
                 "failed": r.failed_calls,
                 "amplification": round(r.amplification, 3),
@@ -131,13 +158,19 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = table(args.healthy, args.flapping)
+    slow = slow_table()
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"by_rate": rows, "slow_callers": slow}, indent=2))
         return
     print(f"retry amplification, {args.healthy:g} s healthy then {args.flapping:g} s flapping,"
           " max_retries 3, default budget")  # fmt: skip
     print(f"{'pattern':>10} {'rate':>14} {'calls':>7} {'failed':>7} {'amplification':>14}")
     for r in rows:
+        print(
+            f"{r['pattern']:>10} {r['rate']:>14} {r['calls']:>7} {r['failed']:>7} {r['amplification']:>14.2f}"
+        )
+    print(f"slow callers, {SLOW_HEALTHY / 3600:g} h healthy then {SLOW_FAILING / 3600:g} h flapping")
+    for r in slow:
         print(
             f"{r['pattern']:>10} {r['rate']:>14} {r['calls']:>7} {r['failed']:>7} {r['amplification']:>14.2f}"
         )

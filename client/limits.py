@@ -83,11 +83,20 @@ HEALTH_FULL = 10
 #: ... and the floor is allowed while it is at least this (more than half, by a whole
 #: point: time gives a fraction back between two calls, which must not buy a retry).
 HEALTH_FLOOR = 6
-#: What a successful attempt gives back to the score (a failed one takes 1).
+#: ... and it never falls below this, a point under the floor: however long an outage
+#: lasted, a few successes bring the floor back for the next failure (seven, a minute or
+#: more apart; about twenty at once).
+HEALTH_MIN = 5.0
+#: What a successful attempt gives back to the score at once (a failed one takes 1).
 SUCCESS_GAIN = 0.1
-#: Seconds for time alone to bring the score from 0 back to full (half a point a minute:
-#: less than one failed first attempt of a caller of one call a minute, so an outage or a
-#: flap at that rate still drains it).
+#: What a successful attempt earns on top, for time to give back later ...
+EARNED_GAIN = 0.2
+#: ... up to this much earned and not yet given back (what time may give back after the
+#: last success: a quiet service's lone failing call is forgiven; an outage is not).
+EARNED_MAX = 2.0
+#: Seconds for time to give back a whole score (half a point a minute), from what the
+#: successes earned: a caller of one call a minute gets 0.3 back per success, one of one
+#: call a second hardly more than 0.1.
 RECOVERY_SECS = 1200.0
 
 
@@ -98,23 +107,29 @@ class RetryBudget:
     retryThrottling).
 
     Healthy: a score starts at :data:`HEALTH_FULL` and loses one for each failed attempt,
-    a call's first as any retry; it comes back with time (:data:`RECOVERY_SECS` from 0 to
-    full) and by :data:`SUCCESS_GAIN` for each success (never above full nor below 0); the
-    floor holds while it is above half. A quiet service keeps its floor (a lone failing
-    call is retried, and time makes the score whole again within minutes), but in a full
-    outage the floor ends after a few failures, and so it does while the service flaps: a
-    retry that succeeds does not make up for the attempt that failed before it (with one
-    point back per success, a service failing every other attempt kept its floor, and a
-    caller of one call a second retried every call: 2.0x its calls).
+    a call's first as any retry (never below :data:`HEALTH_MIN`); the floor holds while it
+    is at least :data:`HEALTH_FLOOR`. A success gives back :data:`SUCCESS_GAIN` at once and earns
+    :data:`EARNED_GAIN` more, which time gives back (the whole score in
+    :data:`RECOVERY_SECS`); what is earned and not yet given back is capped at
+    :data:`EARNED_MAX`. Time alone gives nothing: a slow caller of a service that is down
+    stays without the floor as long as the outage lasts, whatever the time between its calls
+    (when time gave the score back whatever the outcomes, two points between two calls
+    four minutes apart, every call of an outage at that rate or slower was retried, up to
+    4.00x). A success makes up for less than the failure before it (at most 0.3 of the
+    point, however slow the caller), so a service failing about a quarter of its attempts
+    or more loses the floor too, and only the ratio funds its retries. A quiet, working
+    service keeps its floor: a lone failing call is retried, and the successes before
+    it earned what time gives back after it.
     """
 
-    __slots__ = ("_at", "_buckets", "health", "min_per_second", "ratio", "window")
+    __slots__ = ("_at", "_buckets", "earned", "health", "min_per_second", "ratio", "window")
 
     def __init__(self, ratio: float, min_per_second: float, window_secs: float) -> None:
         self.ratio = ratio
         self.min_per_second = min_per_second
         self.window = window_secs
         self.health = float(HEALTH_FULL)
+        self.earned = 0.0  # what successes earned that time has not given back yet
         self._at = 0.0  # when ``health`` was last brought up to date
         self._buckets: dict[int, list[int]] = {}  # second -> [calls, retries]
 
@@ -135,22 +150,28 @@ class RetryBudget:
         bucket[0] += 1
 
     def _recovered(self, now: float) -> float:
-        """The score at ``now``, with what the time since it was last changed gave back."""
-        if self.health < HEALTH_FULL and now > self._at:
-            self.health = min(
-                float(HEALTH_FULL), self.health + (now - self._at) * HEALTH_FULL / RECOVERY_SECS
+        """The score at ``now``, with what the time since it was last brought up to date
+        gave back of what the successes earned."""
+        if self.earned > 0.0 and self.health < HEALTH_FULL and now > self._at:
+            given = min(
+                self.earned, (now - self._at) * HEALTH_FULL / RECOVERY_SECS, HEALTH_FULL - self.health
             )
+            self.health += given
+            self.earned -= given
         self._at = max(self._at, now)
         return self.health
 
     def succeeded(self, now: float) -> None:
-        """An attempt of the service succeeded (at ``now``)."""
+        """An attempt of the service succeeded (at ``now``): for a healthy service, whose
+        score is full and has earned all it may, two comparisons (every call's path)."""
         if self.health < HEALTH_FULL:
             self.health = min(float(HEALTH_FULL), self._recovered(now) + SUCCESS_GAIN)
+        if self.earned < EARNED_MAX:
+            self.earned = min(EARNED_MAX, self.earned + EARNED_GAIN)
 
     def failed(self, now: float) -> None:
         """An attempt of the service failed (at ``now``): a call's first as a retry."""
-        self.health = max(0.0, self._recovered(now) - 1.0)
+        self.health = max(HEALTH_MIN, self._recovered(now) - 1.0)
 
     def healthy(self, now: float) -> bool:
         """Whether the floor holds at ``now``: the service has not failed much lately."""

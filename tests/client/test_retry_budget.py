@@ -11,7 +11,16 @@ import contextlib
 import pytest
 from mission_control.client.errors import LLMProviderUnavailable, MissionControlError
 from mission_control.client.executor import Executor
-from mission_control.client.limits import HEALTH_FLOOR, HEALTH_FULL, RECOVERY_SECS, SUCCESS_GAIN, RetryBudget
+from mission_control.client.limits import (
+    EARNED_GAIN,
+    EARNED_MAX,
+    HEALTH_FLOOR,
+    HEALTH_FULL,
+    HEALTH_MIN,
+    RECOVERY_SECS,
+    SUCCESS_GAIN,
+    RetryBudget,
+)
 from mission_control.client.view import LocalView
 
 from bench import amplification, flapping
@@ -26,19 +35,23 @@ def test_a_new_budget_allows_its_floor() -> None:
     assert sum(budget.try_retry(100.0) for _ in range(20)) == 10  # 1/s x 10 s, no calls yet
 
 
-def test_failures_end_the_floor_and_time_brings_it_back() -> None:
+def test_failures_end_the_floor_and_time_gives_back_only_what_successes_earned() -> None:
     budget = RetryBudget(ratio=0.0, min_per_second=1, window_secs=10)
     for _ in range(HEALTH_FULL):
+        budget.succeeded(100.0)
+    assert budget.earned == pytest.approx(EARNED_MAX)
+    for _ in range(HEALTH_FULL):
         budget.failed(100.0)
+    assert budget.health == HEALTH_MIN
     assert not budget.healthy(100.0)
     assert not budget.try_retry(100.0)
-    # no call at all since: time alone gives the score back, full after RECOVERY_SECS
-    back = 100.0 + RECOVERY_SECS * HEALTH_FLOOR / HEALTH_FULL
+    # no call at all since: time gives back what the successes before earned, at its pace
+    back = 100.0 + RECOVERY_SECS * (HEALTH_FLOOR - HEALTH_MIN) / HEALTH_FULL
     assert not budget.healthy(back - 1)
     assert budget.healthy(back + 1)
     assert budget.try_retry(back + 1)
-    assert budget.health == pytest.approx(HEALTH_FLOOR + HEALTH_FULL / RECOVERY_SECS)
-    assert budget.healthy(100.0 + RECOVERY_SECS) and budget.health == HEALTH_FULL
+    assert budget.healthy(100.0 + 86400) and budget.health == pytest.approx(HEALTH_MIN + EARNED_MAX)
+    assert budget.earned == pytest.approx(0.0)  # and no more
 
 
 def test_a_success_does_not_make_up_for_a_failure() -> None:
@@ -61,11 +74,19 @@ def test_the_health_score_is_bounded_both_ways() -> None:
     for _ in range(HEALTH_FULL // 2):
         budget.failed(100.0)
     assert not budget.healthy(100.0)  # a long healthy past does not fund a long outage
+    assert budget.healthy(100.0 + 86400)  # beyond what it earned, given back with time
     for _ in range(1000):
-        budget.failed(100.0)
-    assert budget.health == 0
-    # nor a long outage block the floor for long
-    assert budget.healthy(100.0 + RECOVERY_SECS * HEALTH_FLOOR / HEALTH_FULL + 1)
+        budget.failed(100.0 + 86400)
+    assert budget.health == HEALTH_MIN
+    assert not budget.healthy(100.0 + 2 * 86400)  # time alone gives nothing back
+    # nor does a long outage block the floor for long: a few successes bring it back, for
+    # a failure to be retried
+    now = 100.0 + 2 * 86400
+    for _ in range(round((HEALTH_FLOOR + 1 - HEALTH_MIN) / (SUCCESS_GAIN + EARNED_GAIN)) + 1):
+        now += 60
+        budget.succeeded(now)
+    budget.failed(now)
+    assert budget.healthy(now)
 
 
 def test_the_ratio_holds_without_the_floor() -> None:
@@ -129,8 +150,8 @@ def test_an_outage_of_one_call_a_minute_is_not_retried_after_its_first_calls() -
         with contextlib.suppress(MissionControlError):
             ex.run(SERVICE, fails, operation="Echo")
         clock.now += 60
-    # the first call's 3 retries, then none: each failed first attempt takes more than the
-    # minute since gives back (half a point), and the ratio of one call per window funds none
+    # the first call's 3 retries, then none: time gives back only what successes earned
+    # (nothing here), and the ratio of one call per window funds none
     assert len(attempts) == 30 + 3
 
 
