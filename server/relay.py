@@ -55,6 +55,10 @@ KEEPALIVE = [
     ("grpc.http2.ping_timeout_ms", 5_000),
 ]
 
+#: How often a link checks that its leader still leads, between changes of the leader key
+#: (this replica's own takeover changes no key it watches).
+LEADER_CHECK_SECS = 0.1
+
 #: Opens a Connect stream to the leader at an address: (address, requests, metadata) ->
 #: responses. Closing the responses' iterator ends the stream.
 RelayConnect = Callable[
@@ -234,28 +238,53 @@ class LeaderRelay:
             backoff = 0.05 if changed else min(backoff * 2, 1.0)
 
     async def _stream(self, address: str) -> None:
+        """One link to the leader at ``address``: until it breaks, or until ``address`` is
+        no longer the leader (known from the leader key, not only from the next response:
+        a follower taken for the leader answers a relay nothing while the batches it was
+        given go round between the two)."""
         self._epoch += 1
         self._resend = True  # anything a previous link did not get acknowledged goes again
         responses = self._connect(address, self._requests(self._epoch), self._metadata)
+        receiving = asyncio.ensure_future(self._receive(responses, address))
+        moved = asyncio.ensure_future(self._leader_moved(address))
         try:
-            async for response in responses:
-                if response.HasField("snapshot"):
-                    if not self.connected:  # the leader sends a new snapshot after each reload
-                        _log.info("relaying to the leader at %s", address)
-                    self.connected = True
-                elif response.HasField("outcome_ack"):
-                    self._unacked.ack(response.outcome_ack.sequence)
-                    self.acks.acked(response.outcome_ack.sequence)
-                elif response.HasField("probe_grant"):
-                    self._hand_out(response.probe_grant)
-                elif response.HasField("lease"):
-                    self._share_lease(response.lease)
-                leadership = self.leadership
-                if leadership.leading or leadership.leader_address != address:
-                    return
+            await asyncio.wait({receiving, moved}, return_when=asyncio.FIRST_COMPLETED)
+            if receiving.done():
+                receiving.result()  # the link's error, if it broke
         finally:
+            moved.cancel()
+            receiving.cancel()
+            with contextlib.suppress(BaseException):
+                await receiving
             with contextlib.suppress(Exception):
                 await responses.aclose()  # type: ignore[attr-defined]
+
+    async def _receive(self, responses: AsyncIterator[pb.ConnectResponse], address: str) -> None:
+        async for response in responses:
+            if response.HasField("snapshot"):
+                if not self.connected:  # the leader sends a new snapshot after each reload
+                    _log.info("relaying to the leader at %s", address)
+                self.connected = True
+            elif response.HasField("outcome_ack"):
+                self._unacked.ack(response.outcome_ack.sequence)
+                self.acks.acked(response.outcome_ack.sequence)
+            elif response.HasField("probe_grant"):
+                self._hand_out(response.probe_grant)
+            elif response.HasField("lease"):
+                self._share_lease(response.lease)
+            if not self._leads(address):
+                return
+
+    def _leads(self, address: str) -> bool:
+        """Whether the leader at ``address`` is still the leader, as this replica knows."""
+        leadership = self.leadership
+        return not leadership.leading and leadership.leader_address == address
+
+    async def _leader_moved(self, address: str) -> None:
+        """Return once ``address`` is no longer the leader (this replica leads, or the key
+        names another or none)."""
+        while self._leads(address):
+            await self.leadership.wait_change(LEADER_CHECK_SECS)
 
     async def _grpc_connect(
         self,

@@ -4,8 +4,9 @@ cause is fixed (a violation known but not fixed would be kept here as a strict x
 A seed's schedule moves with any change to the fleet's timing, so each claim is over a few
 seeds that showed it: a change that merely moves them can also end the xfail (then pick
 the seeds again with ``python -m tests.sim_fleet --count N``). Each seed runs at the
-schedule version it was picked at (``schedule.SCHEDULE_VERSION``): every one here was picked
-before the epoch record's faults (version 1), which would replace its schedule.
+schedule version it was picked at (``schedule.SCHEDULE_VERSION``): one picked before the
+epoch record's faults at version 1 (which they would replace), the default of ``_replay``;
+a later one names its version.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from __future__ import annotations
 import pytest
 
 from .schedule import FIRST_SCHEDULES, Result, simulate
+from .world import EPOCH_RECORD_SCHEDULES
 
 
-def _replay(seed: int, active_secs: float = 10.0) -> Result:
-    """Schedule ``seed`` as it was when picked."""
-    return simulate(seed, active_secs=active_secs, version=FIRST_SCHEDULES)
+def _replay(seed: int, active_secs: float = 10.0, version: int = FIRST_SCHEDULES) -> Result:
+    """Schedule ``seed`` as it was when picked (at schedule ``version``)."""
+    return simulate(seed, active_secs=active_secs, version=version)
 
 
 def test_schedules_that_found_a_fixed_defect_keep_every_invariant() -> None:
@@ -170,3 +172,17 @@ def test_schedule_0_catches_a_term_told_by_the_leader_key_revision(monkeypatch: 
 
     monkeypatch.setattr(Leadership, "term", property(lambda self: self.epoch))
     assert [v for v in _replay(0).violations if "holds fleet-lease epoch" in v]
+
+
+def test_outcomes_count_once_when_two_followers_relay_to_each_other() -> None:
+    """1096 at version 2, ``--active 40``: cp1.2 won the campaign while etcd was slow; its
+    watch named cp1 the leader before it led, and its relay stayed linked to the follower
+    cp0.2, which (knowing cp1 leads) relayed to cp1.2. A follower acknowledges relayed
+    batches only once its leader does, so cp1.2's link got no answer, and only an answer
+    made it look at the leader key again: every agent batch went round between the two,
+    4,096 relay batches in 1.6 s; past that bound the oldest were summed without their
+    names and the new leader counted them twice (I5: "passed on 63 failures, was given
+    46"). A product defect: a link now ends once the key names another leader, answer or
+    not (``server/relay.py``; ``tests/server/test_relay_follows_leader.py``)."""
+    violations = _replay(1096, 40.0, EPOCH_RECORD_SCHEDULES).violations
+    assert not [v for v in violations if v.startswith("I5")], violations
