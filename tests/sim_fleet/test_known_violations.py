@@ -201,3 +201,17 @@ def test_a_new_leader_warms_up_until_the_last_earlier_leaders_agents_are_back() 
     is a plain check."""
     violations = _replay(73, 40.0, EPOCH_RECORD_SCHEDULES).violations
     assert not [v for v in violations if v.startswith("I4:")], violations
+
+
+def test_an_agent_counts_its_probes_for_a_generation_below_one_it_counted_before() -> None:
+    """1078 at version 2, ``--active 40``: cp2.1, cut from etcd, decided svc-a up to a
+    HALF_OPEN of generation 11 from memory, and agent-3 probed under it; cp1.1 superseded
+    those decisions with the stored breaker, and its HALF_OPEN was of generation 9. The
+    agent's outcome tally only moved forward in generation: it dropped the result of its
+    probe under 9, so its follower never heard back and held the fleet's one permit for
+    its whole hold (35 s) while the agent asked for one (I3, 7.5 s without a permit). A
+    product defect: the tally follows a generation below it once that one is in force
+    (``client/view.py``; ``tests/client/test_probe_generation_back.py``). On today's
+    timing the schedule keeps every invariant with the old rule too: a plain check."""
+    violations = _replay(1078, 40.0, EPOCH_RECORD_SCHEDULES).violations
+    assert not [v for v in violations if "I3:" in v], violations
