@@ -121,8 +121,7 @@ class StoreSync:
         self.breakers.revisions.clear()
         self.policies.forget_revisions()
         self._keep_absent = True
-        self.writer.restore_pending = True
-        self.writer.wake()  # a writer with nothing pending waits for no timer
+        self.writer.data_lost()
         for listener in list(self.lost_data_listeners):
             listener()
 

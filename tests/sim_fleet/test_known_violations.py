@@ -227,3 +227,16 @@ def test_a_relay_given_a_batch_again_before_passing_it_on_is_not_owed_the_second
     On today's timing the schedule keeps every invariant either way: a plain check."""
     violations = _replay(1209, 40.0, EPOCH_RECORD_SCHEDULES).violations
     assert not [v for v in violations if v.startswith("I5")], violations
+
+
+def test_a_write_answered_after_the_store_lost_its_data_is_not_taken_as_stored() -> None:
+    """267 at version 2, ``--active 40``: with etcd slow (2.5 s), cp1.3 decided svc-b OPEN
+    and an operator reset it through cp0.6; etcd was wiped before either answer came, and
+    both came after the replicas noticed the loss, at revisions 41 and 40 of the old data.
+    cp1.3 took them as stored: its breaker's revision stood above all the new data held,
+    so it ignored the new leader's OPEN and HALF_OPEN of svc-b to the end (I1, I2). A
+    product defect: a write answered after a loss of data it was sent before is written
+    again, or refused (``server/writes.py``; ``tests/server/test_writes_lost_data.py``).
+    On today's timing the schedule keeps every invariant either way: a plain check."""
+    violations = _replay(267, 40.0, EPOCH_RECORD_SCHEDULES).violations
+    assert not [v for v in violations if v.startswith(("I1", "I2")) or " I1:" in v], violations
