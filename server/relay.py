@@ -55,10 +55,6 @@ KEEPALIVE = [
     ("grpc.http2.ping_timeout_ms", 5_000),
 ]
 
-#: How often a link checks that its leader still leads, between changes of the leader key
-#: (this replica's own takeover changes no key it watches).
-LEADER_CHECK_SECS = 0.1
-
 #: Opens a Connect stream to the leader at an address: (address, requests, metadata) ->
 #: responses. Closing the responses' iterator ends the stream.
 RelayConnect = Callable[
@@ -238,53 +234,36 @@ class LeaderRelay:
             backoff = 0.05 if changed else min(backoff * 2, 1.0)
 
     async def _stream(self, address: str) -> None:
-        """One link to the leader at ``address``: until it breaks, or until ``address`` is
-        no longer the leader (known from the leader key, not only from the next response:
-        a follower taken for the leader answers a relay nothing while the batches it was
-        given go round between the two)."""
         self._epoch += 1
         self._resend = True  # anything a previous link did not get acknowledged goes again
-        responses = self._connect(address, self._requests(self._epoch), self._metadata)
-        receiving = asyncio.ensure_future(self._receive(responses, address))
-        moved = asyncio.ensure_future(self._leader_moved(address))
+        responses = self._connect(address, self._requests(self._epoch, address), self._metadata)
         try:
-            await asyncio.wait({receiving, moved}, return_when=asyncio.FIRST_COMPLETED)
-            if receiving.done():
-                receiving.result()  # the link's error, if it broke
+            async for response in responses:
+                if response.HasField("snapshot"):
+                    if not self.connected:  # the leader sends a new snapshot after each reload
+                        _log.info("relaying to the leader at %s", address)
+                    self.connected = True
+                elif response.HasField("outcome_ack"):
+                    self._unacked.ack(response.outcome_ack.sequence)
+                    self.acks.acked(response.outcome_ack.sequence)
+                elif response.HasField("probe_grant"):
+                    self._hand_out(response.probe_grant)
+                elif response.HasField("lease"):
+                    self._share_lease(response.lease)
+                if not self._leads(address):
+                    return
         finally:
-            moved.cancel()
-            receiving.cancel()
-            with contextlib.suppress(BaseException):
-                await receiving
             with contextlib.suppress(Exception):
                 await responses.aclose()  # type: ignore[attr-defined]
 
-    async def _receive(self, responses: AsyncIterator[pb.ConnectResponse], address: str) -> None:
-        async for response in responses:
-            if response.HasField("snapshot"):
-                if not self.connected:  # the leader sends a new snapshot after each reload
-                    _log.info("relaying to the leader at %s", address)
-                self.connected = True
-            elif response.HasField("outcome_ack"):
-                self._unacked.ack(response.outcome_ack.sequence)
-                self.acks.acked(response.outcome_ack.sequence)
-            elif response.HasField("probe_grant"):
-                self._hand_out(response.probe_grant)
-            elif response.HasField("lease"):
-                self._share_lease(response.lease)
-            if not self._leads(address):
-                return
+    def _still_leads(self, address: str) -> bool:
+        """Whether the link to ``address`` goes on (checked between flushes)."""
+        return self._leads(address)
 
     def _leads(self, address: str) -> bool:
         """Whether the leader at ``address`` is still the leader, as this replica knows."""
         leadership = self.leadership
         return not leadership.leading and leadership.leader_address == address
-
-    async def _leader_moved(self, address: str) -> None:
-        """Return once ``address`` is no longer the leader (this replica leads, or the key
-        names another or none)."""
-        while self._leads(address):
-            await self.leadership.wait_change(LEADER_CHECK_SECS)
 
     async def _grpc_connect(
         self,
@@ -306,13 +285,19 @@ class LeaderRelay:
             finally:
                 call.cancel()
 
-    async def _requests(self, epoch: int) -> AsyncIterator[pb.ConnectRequest]:
+    async def _requests(self, epoch: int, address: str) -> AsyncIterator[pb.ConnectRequest]:
+        """What goes up the link to the leader at ``address``: it ends (and the leader ends
+        the stream) once a newer link took over, or once ``address`` is no longer the
+        leader — known from the leader key, not only from the next answer: a follower taken
+        for the leader answers a relay a snapshot and then nothing (it acknowledges batches
+        once its own leader does), and two followers relaying to each other would pass
+        every batch round between them."""
         keys_sent = self.hub.keys_version
         yield self._hello()
         while True:
             await wait_event(self._wake, self.flush_interval)
             self._wake.clear()
-            if epoch != self._epoch:
+            if epoch != self._epoch or not self._still_leads(address):
                 return  # a newer link took over: this one must not take outcomes any more
             if not self.connected:
                 continue  # keep outcomes until a leader has answered: a dead link would lose them

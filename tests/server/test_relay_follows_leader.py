@@ -1,5 +1,5 @@
 """A follower's link to the leader ends once the leader key names another replica, even
-when the one it is linked to says nothing more.
+when the one it is linked to says nothing more: its requests end, and with them the stream.
 
 A replica taken for the leader that is not (it follows, or it won the campaign and does
 not lead yet) answers a relay a snapshot and then nothing: it acknowledges relayed batches
@@ -46,10 +46,21 @@ async def test_a_link_to_a_replica_no_longer_named_leader_ends_though_it_answers
         address: str, requests: AsyncIterator[pb.ConnectRequest], metadata: object
     ) -> AsyncIterator[pb.ConnectResponse]:
         opened.append(address)
+        requests_ended = asyncio.Event()
+
+        async def read() -> None:
+            async for _ in requests:
+                pass
+            requests_ended.set()
+
+        reader = asyncio.create_task(read())
         try:
             yield pb.ConnectResponse(snapshot=pb.Snapshot())
-            await asyncio.Event().wait()  # nothing more: no acknowledgement, no grant
+            # nothing more (no acknowledgement, no grant); the stream ends when the relay's
+            # requests end, as the servicer ends it
+            await requests_ended.wait()
         finally:
+            reader.cancel()
             ended.append(address)
 
     name_leader(leadership, "r1", OLD, 5)

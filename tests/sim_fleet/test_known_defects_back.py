@@ -3,12 +3,9 @@ schedule version it was picked at, a schedule that still shows the defect it nam
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 
 from .test_known_violations import _replay
-from .world import EPOCH_RECORD_SCHEDULES
 
 
 def _i4(seed: int, active_secs: float) -> list[str]:
@@ -41,37 +38,3 @@ def test_schedule_4097_catches_a_leader_that_knows_the_epoch_record_once_loaded(
 
     monkeypatch.setattr(TakeoverRead, "__call__", lambda self: self.loaded())
     assert _i4(4097, 40.0)
-
-
-def test_schedule_1096_catches_a_relay_link_that_looks_at_the_leader_only_when_answered(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Before the link followed the leader key, it looked at it only on an answer: two
-    followers relaying to each other passed every batch round until the relay's bound
-    summed them without names (``test_known_violations``: counted twice)."""
-    from mission_control.server.relay import LeaderRelay
-
-    async def answered_only(self, address):  # type: ignore[no-untyped-def]
-        self._epoch += 1
-        self._resend = True
-        responses = self._connect(address, self._requests(self._epoch), self._metadata)
-        try:
-            async for response in responses:
-                if response.HasField("snapshot"):
-                    self.connected = True
-                elif response.HasField("outcome_ack"):
-                    self._unacked.ack(response.outcome_ack.sequence)
-                    self.acks.acked(response.outcome_ack.sequence)
-                elif response.HasField("probe_grant"):
-                    self._hand_out(response.probe_grant)
-                elif response.HasField("lease"):
-                    self._share_lease(response.lease)
-                if not self._leads(address):
-                    return
-        finally:
-            with contextlib.suppress(Exception):
-                await responses.aclose()
-
-    monkeypatch.setattr(LeaderRelay, "_stream", answered_only)
-    violations = _replay(1096, 40.0, EPOCH_RECORD_SCHEDULES).violations
-    assert [v for v in violations if v.startswith("I5: twice:")], violations
