@@ -10,6 +10,7 @@ later change of that key (a leader's OPEN and HALF_OPEN) and never converged (I1
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -54,3 +55,28 @@ async def test_an_operator_write_answered_after_a_loss_of_data_is_written_again(
     entry = await store.get(key)
     assert entry is not None, "the write went with the data lost, and was not written again"
     assert sync.breakers.revisions["svc"] == entry.mod_revision == written.revision
+
+
+async def test_a_breaker_held_at_a_revision_above_the_store_is_taken_for_lost_data(
+    parts: tuple[EtcdStore, StoreSync], prefix: str
+) -> None:
+    """etcd wiped again with the same cluster id, before this replica saw it: the breaker
+    it restored at revision r is gone, and the store's revision is below r. It is a loss
+    of data (a key's revision never goes back), not a write stored after the read
+    (simulated schedule 3030 at version 2: a deposed leader held an OPEN etcd no longer
+    had, and its agents rejected calls to the end)."""
+    store, sync = parts
+    written = await sync.writer.set_breaker_state("svc", BreakerState.FORCED_OPEN, "maintenance")
+    await store.commit([Write(f"{prefix}/breakers/svc", None)], ())  # wiped: gone...
+    now = (await store.ping()).revision
+    sync.breakers.revisions["svc"] = now + 1000  # ...and stored at a revision of the data lost
+    loading = asyncio.create_task(sync.run())
+    try:
+        await asyncio.wait_for(sync.loaded.wait(), 30)
+        assert sync.wipes == 1 and sync.writer.restore_pending, "a breaker above the store's revision"
+        held = sync.breakers.find("svc")
+        assert held is not None and held.state is BreakerState.FORCED_OPEN  # kept: the leader restores it
+    finally:
+        loading.cancel()
+        await asyncio.gather(loading, return_exceptions=True)
+    assert written.revision < now

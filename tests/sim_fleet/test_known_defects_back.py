@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from .test_known_violations import _replay
+from .world import EPOCH_RECORD_SCHEDULES
 
 
 def _i4(seed: int, active_secs: float) -> list[str]:
@@ -38,3 +39,16 @@ def test_schedule_4097_catches_a_leader_that_knows_the_epoch_record_once_loaded(
 
     monkeypatch.setattr(TakeoverRead, "__call__", lambda self: self.loaded())
     assert _i4(4097, 40.0)
+
+
+def test_schedule_3088_catches_a_relay_link_that_looks_at_the_leader_only_when_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before a link ended once the leader key named another replica, two followers
+    relaying to each other passed every batch round until the relay's bound summed them
+    without names (``test_known_violations``: 1096 and 3088, counted twice)."""
+    from mission_control.server.relay import LeaderRelay
+
+    monkeypatch.setattr(LeaderRelay, "_still_leads", lambda self, address: True)
+    violations = _replay(3088, 40.0, EPOCH_RECORD_SCHEDULES).violations
+    assert [v for v in violations if v.startswith("I5: twice:")], violations[:3]
