@@ -114,19 +114,22 @@ class LeaderTerm:
         if limit.warm:
             # How many agents shared the limit, as the agents back last heard it: none
             # heard of any lease (a new fleet), or all of them are back, ends the warm-up.
-            # Only the last earlier leader's count says who may be spending: an agent back
-            # with a lease of a leader before it counts the agents of that one (two terms
-            # that each leased one agent, and the second one's agent not back yet).
-            current = self._current(limit)
-            reported = max((e.earlier for e in current), default=0)
+            reported = max((e.earlier for e in limit.holders.values()), default=0)
             limit.expected = expected = max(limit.expected, reported)
             if not (expected or self.leased_before()):
                 return max(0.0, limit.fleet_units - absent)  # no sign of earlier leases (yet)
+            # Only the last earlier leader's count says all are back: an agent back with a
+            # lease of a leader before it counts the agents of that one (two terms that
+            # each leased one agent, and the second one's agent not back yet).
+            current = self._current(limit)
+            last_count = max((e.earlier for e in current), default=0)
             known = sum(e.agents for e in current if e.earlier)
             # what they held of the earlier leases, not of this leader's: those are split
             # from this pool, and counting them again would shrink it period by period
             back = sum(e.earlier_units for e in limit.holders.values())
-            everyone = 0 < expected <= known
+            everyone = 0 < last_count <= known and expected <= sum(
+                e.agents for e in limit.holders.values() if e.earlier
+            )
             # an agent the earlier leader leased last stops spending at this horizon
             # (the longest horizon any of them may hold: an operator may have just lowered it)
             if (
