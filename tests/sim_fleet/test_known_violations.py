@@ -256,3 +256,15 @@ def test_a_replica_that_missed_a_wipe_takes_a_breaker_above_the_stores_revision_
     schedule keeps every invariant either way: a plain check."""
     violations = _replay(3030, 40.0, EPOCH_RECORD_SCHEDULES).violations
     assert not [v for v in violations if " I1:" in v or v.startswith(("I1", "I2"))], violations
+
+
+def test_an_agent_is_not_owed_a_permit_while_the_leader_waits_out_an_adopted_half_open() -> None:
+    """454 at version 2, ``--active 40``: the leader adopted svc-c's HALF_OPEN from the
+    store while leading (stored by another replica), and waits the probe TTL plus the
+    policy's timeout before granting for it, as for one from before a takeover: its
+    permits were granted elsewhere (``FleetBreakers._adopted``). I3 started counting at
+    the takeover only, and took agent-2 as owed a permit. A checker defect: the wait
+    starts at the adoption too (``fleet_checks.ProbeWatch.sample``). On today's timing
+    the schedule keeps every invariant either way: a plain check."""
+    violations = _replay(454, 40.0, EPOCH_RECORD_SCHEDULES).violations
+    assert not [v for v in violations if "I3:" in v], violations
