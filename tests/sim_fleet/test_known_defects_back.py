@@ -13,12 +13,15 @@ def _i4(seed: int, active_secs: float) -> list[str]:
     return [v for v in _replay(seed, active_secs).violations if v.startswith("I4:")]
 
 
-def test_schedule_40_catches_a_follower_that_forgets_an_agent_gone_without_a_goodbye(
+def test_schedule_18_catches_a_follower_that_forgets_an_agent_gone_without_a_goodbye(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Before ``server/relay_leases.py`` a follower dropped an agent whose stream ended from
     its demand at once, and the leader leased its units to the others while it spent them
-    (``test_known_violations``: 35 in a window against 33.75)."""
+    (``test_known_violations``: schedule 40, 35 in a window against 33.75). Schedule 40 no
+    longer shows it with the old rule (it moved before the fixes after a loss of data, on
+    the main of 4808a03 already); 18 (version 1, ``--active 10``) does, found again with
+    the old rule put back."""
     from mission_control.server.relay_leases import FollowerLeases
 
     def forgets(self, agent_id):  # type: ignore[no-untyped-def]
@@ -27,7 +30,7 @@ def test_schedule_40_catches_a_follower_that_forgets_an_agent_gone_without_a_goo
                 self._dirty = True
 
     monkeypatch.setattr(FollowerLeases, "agent_left", forgets)
-    assert _i4(40, 10.0)
+    assert _i4(18, 10.0)
 
 
 def test_schedule_4097_catches_a_leader_that_knows_the_epoch_record_once_loaded(
