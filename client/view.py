@@ -182,6 +182,15 @@ class Tally:
         self.probe_generation = generation
         return True
 
+    def follow(self, generation: int) -> None:
+        """The breaker in force is of ``generation`` now: probe counts of any other are
+        of a HALF_OPEN that is over. Generations are not ordered across a leader change —
+        a decision from memory that etcd never stored may have counted above the one that
+        stands — so one below those counted is the one to count for when it is in force."""
+        if generation != self.probe_generation:
+            self.probe_successes = self.probe_failures = self.probes_released = 0
+            self.probe_generation = generation
+
     def give_back(self, generation: int, count: int) -> None:
         """Unused probe permits of breaker ``generation`` go back to the fleet."""
         if count and self.probes_of(generation):
@@ -688,6 +697,8 @@ class LocalView:
         state.fleet = fleet
         if previous is None or previous.generation != fleet.generation:
             with state.lock:
+                if previous is not None and fleet.generation < previous.generation:
+                    state.tally.follow(fleet.generation)  # a generation that stood after all
                 state.return_permits(state.permits.supersede(fleet.generation))
         if fleet.state in (BreakerState.CLOSED, BreakerState.FORCED_CLOSED, BreakerState.DISABLED):
             # The fleet's verdict supersedes what this agent saw alone.

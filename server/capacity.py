@@ -71,6 +71,9 @@ class CapacityLeaser:
         on_leased: called after leases were sent.
         recorded_horizon: the longest horizon an earlier leader's agents may still hold for
             a limit (service, resource), as the epoch record says (0: none).
+        earlier_epoch: the epoch the last earlier leader recorded, when this one took over
+            (0: none known): an agent back holding a lease of a lower one does not know how
+            many agents that leader leased.
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class CapacityLeaser:
         on_leased: Callable[[], None] = lambda: None,
         recorded_horizon: Callable[[str, str], float] = lambda service, resource: 0.0,
         lease_epoch: Callable[[], int] | None = None,
+        earlier_epoch: Callable[[], int] = lambda: 0,
     ) -> None:
         self.policies = policies
         self.send = send
@@ -98,7 +102,7 @@ class CapacityLeaser:
         self.may_lease = may_lease
         self.on_leased = on_leased
         self.recorded_horizon = recorded_horizon
-        self.term = LeaderTerm(clock, leased_before)
+        self.term = LeaderTerm(clock, leased_before, earlier_epoch)
         self.grid = PeriodGrid(clock, wall)
         self.limits: dict[tuple[str, str], LeasedLimit] = {}
         #: (limit, holder, units, the lease's other fields): made, not sent yet
@@ -199,6 +203,7 @@ class CapacityLeaser:
         entry.safe_units = self.term.bound(limit, entry, self.clock()).believe(entry.claimed)
         if not entry.leased:
             entry.earlier, entry.earlier_units = demand.agents_known, entry.safe_units
+            entry.earlier_epoch = demand.held_epoch
 
     def forget(self, holder: str) -> None:
         """The holder's stream ended: it may still spend its safe share (its last lease)

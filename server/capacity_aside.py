@@ -23,11 +23,18 @@ class LeaderTerm:
     Args:
         clock: monotonic seconds.
         leased_before: whether an earlier leader may have leased.
+        earlier_epoch: the epoch the last earlier leader recorded (0: none known).
     """
 
-    def __init__(self, clock: Callable[[], float], leased_before: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        leased_before: Callable[[], bool],
+        earlier_epoch: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.clock = clock
         self.leased_before = leased_before
+        self.earlier_epoch = earlier_epoch
         self.epoch: int | None = None
         self.earlier_end = 0.0  # when an earlier leader's last lease ended (monotonic)
 
@@ -111,11 +118,18 @@ class LeaderTerm:
             limit.expected = expected = max(limit.expected, reported)
             if not (expected or self.leased_before()):
                 return max(0.0, limit.fleet_units - absent)  # no sign of earlier leases (yet)
-            known = sum(e.agents for e in limit.holders.values() if e.earlier)
+            # Only the last earlier leader's count says all are back: an agent back with a
+            # lease of a leader before it counts the agents of that one (two terms that
+            # each leased one agent, and the second one's agent not back yet).
+            current = self._current(limit)
+            last_count = max((e.earlier for e in current), default=0)
+            known = sum(e.agents for e in current if e.earlier)
             # what they held of the earlier leases, not of this leader's: those are split
             # from this pool, and counting them again would shrink it period by period
             back = sum(e.earlier_units for e in limit.holders.values())
-            everyone = 0 < expected <= known
+            everyone = 0 < last_count <= known and expected <= sum(
+                e.agents for e in limit.holders.values() if e.earlier
+            )
             # an agent the earlier leader leased last stops spending at this horizon
             # (the longest horizon any of them may hold: an operator may have just lowered it)
             if (
@@ -128,3 +142,10 @@ class LeaderTerm:
                 limit.kept_aside = max(0.0, limit.fleet_units - back)
                 return back
         return max(0.0, limit.fleet_units - absent)
+
+    def _current(self, limit: LeasedLimit) -> list[Holder]:
+        """The holders back whose earlier lease is of the last earlier leader known (the
+        record's, or the highest an agent back holds); one that did not say its epoch
+        counts as one of them."""
+        newest = max(self.earlier_epoch(), *(e.earlier_epoch for e in limit.holders.values()), 0)
+        return [e for e in limit.holders.values() if not e.earlier_epoch or e.earlier_epoch >= newest]

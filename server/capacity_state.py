@@ -34,6 +34,8 @@ class Holder:
     recent: tuple[float, ...] = ()  # the last few leases sent, newest last
     leased: bool = False  # this leader sent it a lease
     earlier: int = 0  # agents an earlier leader counted, as reported before this one leased
+    #: the epoch of the earlier lease it holds, as reported with ``earlier`` (0: not said)
+    earlier_epoch: int = 0
     #: what it may spend of an earlier leader's leases, as reported before this one leased
     earlier_units: float = 0.0
     #: a follower replica (speaks for its agents, and for those gone from it that it keeps)

@@ -171,6 +171,7 @@ class ControlPlane:
             wall=wall,
             leased_before=self.lease_epochs.leased_before,
             earlier_until=self.lease_epochs.earlier_until,
+            earlier_epoch=self.lease_epochs.earlier_epoch,
             may_lease=self.lease_epochs.may_lease,
             recorded_horizon=self.lease_epochs.held.longest,
         )

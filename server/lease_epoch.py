@@ -201,6 +201,7 @@ class LeaseEpochs:
         self._since = 0
         self._prior: object = _UNKNOWN
         self._prior_until: float | None = None
+        self._prior_epoch = 0
         self._recorded = (0, 0.0)  # (epoch, until) stored by this replica
         self._writing: asyncio.Task[None] | None = None
 
@@ -229,6 +230,7 @@ class LeaseEpochs:
         prior = self.record.epoch if self.record is not None else 0
         record = self.record if known else None
         self._prior_until = record.until if record is not None and record.until else None
+        self._prior_epoch = record.epoch if record is not None else 0
         self._base = max(own, prior + 1, self._since)
         self._epoch = max(self._base, self._raised)
 
@@ -276,6 +278,11 @@ class LeaseEpochs:
         when this replica took over; None: not known (no record read, or one without it)."""
         self._take_over()
         return self._prior_until
+
+    def earlier_epoch(self) -> int:
+        """The epoch of the record read when this replica took over (0: none read)."""
+        self._take_over()
+        return self._prior_epoch
 
     def may_lease(self, end: float, then: float = 0.0) -> bool:
         """Whether a period ending at ``end`` (wall seconds) is within what this leader has

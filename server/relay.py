@@ -236,7 +236,7 @@ class LeaderRelay:
     async def _stream(self, address: str) -> None:
         self._epoch += 1
         self._resend = True  # anything a previous link did not get acknowledged goes again
-        responses = self._connect(address, self._requests(self._epoch), self._metadata)
+        responses = self._connect(address, self._requests(self._epoch, address), self._metadata)
         try:
             async for response in responses:
                 if response.HasField("snapshot"):
@@ -250,12 +250,20 @@ class LeaderRelay:
                     self._hand_out(response.probe_grant)
                 elif response.HasField("lease"):
                     self._share_lease(response.lease)
-                leadership = self.leadership
-                if leadership.leading or leadership.leader_address != address:
+                if not self._leads(address):
                     return
         finally:
             with contextlib.suppress(Exception):
                 await responses.aclose()  # type: ignore[attr-defined]
+
+    def _still_leads(self, address: str) -> bool:
+        """Whether the link to ``address`` goes on (checked between flushes)."""
+        return self._leads(address)
+
+    def _leads(self, address: str) -> bool:
+        """Whether the leader at ``address`` is still the leader, as this replica knows."""
+        leadership = self.leadership
+        return not leadership.leading and leadership.leader_address == address
 
     async def _grpc_connect(
         self,
@@ -277,13 +285,19 @@ class LeaderRelay:
             finally:
                 call.cancel()
 
-    async def _requests(self, epoch: int) -> AsyncIterator[pb.ConnectRequest]:
+    async def _requests(self, epoch: int, address: str) -> AsyncIterator[pb.ConnectRequest]:
+        """What goes up the link to the leader at ``address``: it ends (and the leader ends
+        the stream) once a newer link took over, or once ``address`` is no longer the
+        leader — known from the leader key, not only from the next answer: a follower taken
+        for the leader answers a relay a snapshot and then nothing (it acknowledges batches
+        once its own leader does), and two followers relaying to each other would pass
+        every batch round between them."""
         keys_sent = self.hub.keys_version
         yield self._hello()
         while True:
             await wait_event(self._wake, self.flush_interval)
             self._wake.clear()
-            if epoch != self._epoch:
+            if epoch != self._epoch or not self._still_leads(address):
                 return  # a newer link took over: this one must not take outcomes any more
             if not self.connected:
                 continue  # keep outcomes until a leader has answered: a dead link would lose them

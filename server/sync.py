@@ -122,8 +122,7 @@ class StoreSync:
         self.breakers.revisions.clear()
         self.policies.forget_revisions()
         self._keep_absent = True
-        self.writer.restore_pending = True
-        self.writer.wake()  # a writer with nothing pending waits for no timer
+        self.writer.data_lost()
         for listener in list(self.lost_data_listeners):
             listener()
 
@@ -177,7 +176,9 @@ class StoreSync:
     async def _load_all(self) -> int:
         # Before reading: a big prefix takes a while to read, and a revision the health
         # check or a watch saw meanwhile is newer than the read's, not a step back.
-        seen = self.revision
+        # A breaker stored at a revision the store is below now was lost with its data
+        # (wiped with the same cluster id, and not yet written past that revision).
+        seen = max(self.revision, max(self.breakers.revisions.values(), default=0))
         entries, revision = await self.store.get_prefix(self.prefix)
         if revision < seen:
             self._lost_data(revision, seen, "noticed while loading")

@@ -134,6 +134,8 @@ class StateWriter:
         self.superseded = 0
         #: Set when the store lost its data: the leader writes back what it holds.
         self.restore_pending = False
+        #: How often the store was found to have lost its data (see :meth:`data_lost`).
+        self.losses = 0
         #: Called when the store's state is to be read again (set by the control plane).
         self.on_reload: Callable[[], None] = lambda: None
         #: Called when a write finds that the store lost its data (it restores and reloads).
@@ -254,6 +256,14 @@ class StateWriter:
     def wake(self) -> None:
         self._wake.set()
 
+    def data_lost(self) -> None:
+        """The store lost its data: what is held here is restored (the leader writes it
+        back). A write answered after this was noticed, and sent before, may have gone to
+        the data lost: its revision is of that data, not of the store's."""
+        self.losses += 1
+        self.restore_pending = True
+        self._wake.set()  # a writer with nothing pending waits for no timer
+
     async def flush(self, timeout: float) -> bool:
         """Wait until every decided transition is stored (or ``timeout``)."""
         deadline = self.clock() + timeout
@@ -287,9 +297,12 @@ class StateWriter:
         expected = self.breakers.revisions.get(name, 0)
         record, run = self.breakers.to_record(name), self.breakers.run_of(name)
         author = Author(CONTROL_PLANE, self.breakers.to_proto(name).reason)  # the rule's reason
+        losses = self.losses
         result = await self.commit(
             [Write(key, record, expected)], fenced=True, author=author, action="breaker.transition"
         )
+        if result.ok and losses != self.losses:
+            return  # stored in the data the store lost: still pending (written again)
         if result.ok:
             self.breakers.stored(name, result.revision, run)
             self.breakers.records[name] = record
@@ -370,6 +383,7 @@ class StateWriter:
             breaker.force(self.clock(), state, reason)
             record = self.breakers.record_of(breaker)
             expected = self.breakers.revisions.get(name, 0)
+            losses = self.losses
             try:
                 result = await self.commit(
                     [Write(key, record, expected)],
@@ -380,6 +394,8 @@ class StateWriter:
                 )
             except StoreUnavailable as err:
                 raise StorageFailure("etcd", "set breaker state", str(err)) from err
+            if losses != self.losses:
+                continue  # answered from the data the store lost: written again, to what it holds
             if not result.ok:
                 self._adopt(name, result.current.get(key))
                 continue
@@ -421,11 +437,15 @@ class StateWriter:
         self, what: str, writes: Sequence[Write], author: Author, action: str
     ) -> WriteResult:
         self._refuse_unreachable(what)
+        losses = self.losses
         try:
             result = await self.commit(writes, author=author, action=action, timeout=OPERATOR_WRITE_SECS)
         except StoreUnavailable as err:
             _log.warning("%s not written: %s", what, err)
             raise StorageFailure("etcd", what, not_taken(err)) from err
+        if losses != self.losses:  # answered from the data the store lost: not kept
+            _log.warning("%s not written: the store lost its data meanwhile", what)
+            raise StorageFailure("etcd", what, "the store lost its data while writing; nothing was kept")
         if result.ok:
             for write in writes:
                 self.policies.apply(write.key, write.value, result.revision)
@@ -445,7 +465,10 @@ class StateWriter:
     # -- after the store lost its data ------------------------------------------
 
     async def _restore(self) -> None:
+        losses = self.losses
         restored = await self.restore()
+        if losses != self.losses:
+            return  # lost again meanwhile: restored again from the start
         if self.fence is None or self.fence.leading:  # else fenced midway: again when leading
             self.restore_pending = False
             _log.warning("restored %d keys the store had lost", restored)
@@ -460,12 +483,14 @@ class StateWriter:
         names = self.breakers.names()
         runs = {self.breaker_key(n): (n, self.breakers.run_of(n)) for n in names}
         writes += [Write(self.breaker_key(n), self.breakers.to_record(n), 0) for n in names]
-        restored = 0
+        restored, losses = 0, self.losses
         for write in writes:
             breaker = runs.get(write.key)
             result = await self.commit([write], fenced=breaker is not None, action="restore")
             if result.status is WriteStatus.FENCED:
                 return restored
+            if losses != self.losses:
+                return restored  # lost again meanwhile: restored again from the start
             if result.ok and breaker is not None:
                 self.breakers.stored(breaker[0], result.revision, breaker[1])
             restored += result.ok

@@ -211,6 +211,8 @@ class ProbeWatch:
             # the permits of a leader before may be in use: of this HALF_OPEN, or of one of
             # its own that etcd never had (of a breaker not CLOSED at the takeover)
             held = leader.plane.breakers.held_since(service)
+            # (or of a HALF_OPEN it adopted from the store while leading: granted elsewhere)
+            took_over = max(took_over, leader.plane.breakers._adopted.get(service, took_over))
             if breaker.changed_at <= took_over or held is not None:
                 took_over = max(took_over, held or took_over) + PROBE_TTL_SECS + breaker.policy.timeout_secs
             start = max(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 
 from .test_known_violations import _replay
+from .world import EPOCH_RECORD_SCHEDULES
 
 
 def _i4(seeds: tuple[int, ...], active_secs: float) -> list[str]:
@@ -24,13 +25,14 @@ def _i4(seeds: tuple[int, ...], active_secs: float) -> list[str]:
     return found
 
 
-def test_schedule_40_catches_a_follower_that_forgets_an_agent_gone_without_a_goodbye(
+def test_schedule_18_catches_a_follower_that_forgets_an_agent_gone_without_a_goodbye(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Before ``server/relay_leases.py`` a follower dropped an agent whose stream ended from
     its demand at once, and the leader leased its units to the others while it spent them
-    (``test_known_violations``: 35 in a window against 33.75 in schedule 40; 18, 120 and 121
-    show it on the timing of the lease placement by the least delayed lease)."""
+    (``test_known_violations``: schedule 40, 35 in a window against 33.75). Schedule 40 no
+    longer shows it with the old rule (its timing moved); 18, 120 and 121 (version 1,
+    ``--active 10``) did, found again with the old rule put back."""
     from mission_control.server.relay_leases import FollowerLeases
 
     def forgets(self, agent_id):  # type: ignore[no-untyped-def]
@@ -39,4 +41,17 @@ def test_schedule_40_catches_a_follower_that_forgets_an_agent_gone_without_a_goo
                 self._dirty = True
 
     monkeypatch.setattr(FollowerLeases, "agent_left", forgets)
-    assert _i4((40, 18, 120, 121), 10.0)
+    assert _i4((18, 120, 121, 40), 10.0)
+
+
+def test_schedule_3088_catches_a_relay_link_that_looks_at_the_leader_only_when_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before a link ended once the leader key named another replica, two followers
+    relaying to each other passed every batch round until the relay's bound summed them
+    without names (``test_known_violations``: 1096 and 3088, counted twice)."""
+    from mission_control.server.relay import LeaderRelay
+
+    monkeypatch.setattr(LeaderRelay, "_still_leads", lambda self, address: True)
+    violations = _replay(3088, 40.0, EPOCH_RECORD_SCHEDULES).violations
+    assert [v for v in violations if v.startswith("I5: twice:")], violations[:3]

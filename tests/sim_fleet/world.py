@@ -167,7 +167,9 @@ class Replica:
         def taken_batch(key, agent_id, summaries):  # type: ignore[no-untyped-def]
             if key is None:
                 return add_batch(key, agent_id, summaries)
-            world.taken_keys[sender][astuple(key)] = sum(s.failures for s in summaries)
+            if key not in relay._batches:  # (one sent again before it was passed on is
+                # kept as first given: the report gate may have cut that one otherwise)
+                world.taken_keys[sender][astuple(key)] = sum(s.failures for s in summaries)
             return add_batch(key, agent_id, summaries)
 
         def taken(agent_id: str, summary: pb.OutcomeSummary) -> None:
