@@ -39,6 +39,7 @@ from .capacity import CapacityLeaser
 from .engine import FleetBreakers
 from .fleet_roster import FleetRoster
 from .grant_numbers import GrantNumbers
+from .grant_pause import GrantPause
 from .hub import Hub, Subscriber
 from .last_good import RecordedGood
 from .leadership import Leadership
@@ -229,6 +230,7 @@ class ControlPlane:
         self.grant_numbers = GrantNumbers()
         self.breakers.grant_listeners.append(self._on_grant)
         self.recovery_checks = RecoveryChecks(self.breakers, lambda: self.leading, clock=clock)
+        self.grant_pause = GrantPause(self.breakers, lambda: self.leading, self._leader_known)
 
     # -- keys ------------------------------------------------------------------
 
@@ -241,6 +243,10 @@ class ControlPlane:
     def leading(self) -> bool:
         """Whether this replica decides transitions now."""
         return self.leadership is None or self.leadership.leading
+
+    def _leader_known(self) -> bool:
+        """Whether a follower knows the leader its agents' probe requests go to."""
+        return self.leadership is not None and self.leadership.leader_address is not None
 
     def enable_leadership(
         self,
@@ -417,7 +423,7 @@ class ControlPlane:
         (when the store is down it serves defaults and catches up later)."""
         self._stopping = False
         loops = [self.sync.run, self.writer.run, self._tick_loop, self._health_loop, self._forget_loop]
-        loops += [self.audit_keeper.run, self.recovery_checks.run]
+        loops += [self.audit_keeper.run, self.recovery_checks.run, self.grant_pause.run]
         if self.leadership is not None and self.relay is not None:
             loops += [self.leadership.run, self.relay.run]
         for loop in loops:
@@ -664,6 +670,7 @@ class ControlPlane:
                 snapshot.breakers.append(breaker)
         if snapshot.omitted_breakers:
             _log.warning("snapshot left out %d breakers (size bound)", snapshot.omitted_breakers)
+        self.grant_pause.sent(snapshot.breakers)
         return snapshot
 
     def _snapshot_policies(self, services: tuple[str, ...]) -> list[policy_pb2.ServicePolicy]:
