@@ -423,7 +423,7 @@ class ControlPlane:
         (when the store is down it serves defaults and catches up later)."""
         self._stopping = False
         loops = [self.sync.run, self.writer.run, self._tick_loop, self._health_loop, self._forget_loop]
-        loops += [self.audit_keeper.run, self.recovery_checks.run, self.grant_pause.run]
+        loops += [self.audit_keeper.run, self.recovery_checks.run]
         if self.leadership is not None and self.relay is not None:
             loops += [self.leadership.run, self.relay.run]
         for loop in loops:
@@ -507,6 +507,7 @@ class ControlPlane:
                 if self.leading:
                     self.breakers.tick()
                     await self._lease_round()
+                self.grant_pause.due(self.clock())
             except Exception as err:  # one bad value must not end the breakers' and leases' timers
                 self.tick_errors += 1
                 if repr(err) != last_error:  # once per kind of error, not 50 times a second

@@ -29,8 +29,6 @@ keeps a mark only while it knows no leader.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -39,8 +37,6 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 if TYPE_CHECKING:
     from .engine import FleetBreakers
-
-_log = logging.getLogger(__name__)
 
 #: How often whether permits can be granted is looked at again.
 CHECK_SECS = 0.1
@@ -54,8 +50,11 @@ class GrantPause:
         breakers: FleetBreakers,
         leading: Callable[[], bool],
         leader_known: Callable[[], bool],
+        every: float = CHECK_SECS,
     ) -> None:
         self._breakers = breakers
+        self._every = every
+        self._checked = float("-inf")
         self._leading = leading
         self._leader_known = leader_known
         #: The mark last pushed to every agent, per breaker; None: not known to be alike.
@@ -106,10 +105,9 @@ class GrantPause:
             del self._told[name]
         return changed
 
-    async def run(self, every: float = CHECK_SECS) -> None:
-        while True:
-            try:
-                self.check()
-            except Exception:  # one bad breaker must not end the checks
-                _log.exception("checking whether probe permits can be granted failed")
-            await asyncio.sleep(every)
+    def due(self, now: float) -> None:
+        """:meth:`check`, when ``every`` seconds have passed since the last (the control
+        plane's timer calls it on each of its turns, leading or not)."""
+        if now - self._checked >= self._every:
+            self._checked = now
+            self.check()
