@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mission_control.resilience.v1 import control_plane_pb2 as pb
@@ -66,6 +66,9 @@ class FleetBreaker:
     generation: int
     #: Which push this was (:attr:`LocalView.pushes` when it came).
     push: int = 0
+    #: Since when the control plane has said it can grant no probe permit for this
+    #: HALF_OPEN (``Breaker.no_grants``); None: it has not.
+    no_grants_since: float | None = None
 
 
 def _uint32(count: int) -> int:
@@ -667,15 +670,22 @@ class LocalView:
         the permits ended with the link. The local breaker decides the rest. A state held
         from before a partial snapshot (a control plane that has not read its store, and
         grants no permit for it) is held by the same rules: connected to it is not yet back.
+        So is a HALF_OPEN the control plane said it can grant no permit for
+        (``no_grants``), from the first push that said so until one that does not.
         """
         fleet = state.fleet
         if fleet is None or fleet.state in _STICKY:
             return fleet
+        hold = self.probe_ttl + state.policy.timeout_secs
+        paused = fleet.no_grants_since
         if self.connected and (self.partial_at is None or fleet.push > self.partial_at):
+            if paused is not None and now >= paused + hold:
+                return None  # no permit can come: held as after a lost link, then local
             return fleet
         if fleet.state is BreakerState.OPEN and fleet.open_until > now:
             return fleet
-        if fleet.state in _PROBING and now < self.link_lost_at + self.probe_ttl + state.policy.timeout_secs:
+        held_from = paused if paused is not None else self.link_lost_at  # no grant since either
+        if fleet.state in _PROBING and now < held_from + hold:
             return fleet
         return None
 
@@ -694,6 +704,10 @@ class LocalView:
             BreakerState(message.state), message.failures, now + remaining, message.generation, self.pushes
         )
         previous = state.fleet
+        if message.no_grants and fleet.state is BreakerState.HALF_OPEN:
+            # held from the first push that said so: no permit was granted since
+            kept = previous.no_grants_since if previous is not None else None
+            fleet = replace(fleet, no_grants_since=now if kept is None else kept)
         state.fleet = fleet
         if previous is None or previous.generation != fleet.generation:
             with state.lock:

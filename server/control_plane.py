@@ -39,6 +39,7 @@ from .capacity import CapacityLeaser
 from .engine import FleetBreakers
 from .fleet_roster import FleetRoster
 from .grant_numbers import GrantNumbers
+from .grant_pause import GrantPause
 from .hub import Hub, Subscriber
 from .last_good import RecordedGood
 from .leadership import Leadership
@@ -230,6 +231,7 @@ class ControlPlane:
         self.grant_numbers = GrantNumbers()
         self.breakers.grant_listeners.append(self._on_grant)
         self.recovery_checks = RecoveryChecks(self.breakers, lambda: self.leading, clock=clock)
+        self.grant_pause = GrantPause(self.breakers, lambda: self.leading, self._leader_known)
 
     # -- keys ------------------------------------------------------------------
 
@@ -242,6 +244,10 @@ class ControlPlane:
     def leading(self) -> bool:
         """Whether this replica decides transitions now."""
         return self.leadership is None or self.leadership.leading
+
+    def _leader_known(self) -> bool:
+        """Whether a follower knows the leader its agents' probe requests go to."""
+        return self.leadership is not None and self.leadership.leader_address is not None
 
     def enable_leadership(
         self,
@@ -502,6 +508,7 @@ class ControlPlane:
                 if self.leading:
                     self.breakers.tick()
                     await self._lease_round()
+                self.grant_pause.due(self.clock())
             except Exception as err:  # one bad value must not end the breakers' and leases' timers
                 self.tick_errors += 1
                 if repr(err) != last_error:  # once per kind of error, not 50 times a second
@@ -665,6 +672,7 @@ class ControlPlane:
                 snapshot.breakers.append(breaker)
         if snapshot.omitted_breakers:
             _log.warning("snapshot left out %d breakers (size bound)", snapshot.omitted_breakers)
+        self.grant_pause.sent(snapshot.breakers)
         return snapshot
 
     def _snapshot_policies(self, services: tuple[str, ...]) -> list[policy_pb2.ServicePolicy]:

@@ -139,6 +139,11 @@ class FleetBreakers:
         self._runs = StoredRuns()
         self.change_listeners: list[ChangeListener] = []
         self.grant_listeners: list[GrantListener] = []
+        #: Whether the agents of this replica can get no probe permit for a HALF_OPEN now
+        #: (``Breaker.no_grants``, see :mod:`.grant_pause`); None: always they can.
+        self.no_grants: Callable[[str], bool] | None = None
+        #: Called before a permit of a breaker is granted (the mark is taken back first).
+        self.before_grant: Callable[[str], None] | None = None
 
     # -- reading ---------------------------------------------------------------
 
@@ -178,6 +183,9 @@ class FleetBreakers:
             revision=self.revisions.get(name, 0),
             generation=b.generation,
             slow_calls=min(b.slow_calls, UINT32_MAX),
+            no_grants=b.state is BreakerState.HALF_OPEN
+            and self.no_grants is not None
+            and self.no_grants(name),
         )
         message.changed_at.FromNanoseconds(int((b.changed_at + self._wall_offset) * 1e9))
         if b.opened_at is not None:
@@ -208,6 +216,7 @@ class FleetBreakers:
         if breaker.state in (BreakerState.OPEN, BreakerState.HALF_OPEN):
             message.open_remaining.FromNanoseconds(int(breaker.wait * 1e9))
         message.ClearField("revision")
+        message.ClearField("no_grants")  # this replica's now, not the breaker's
         text = json_format.MessageToJson(message, preserving_proto_field_name=True, indent=2)
         return text.encode()
 
@@ -503,22 +512,48 @@ class FleetBreakers:
             if self._grant(breaker, agent, now) is None:
                 break
 
-    def _grant(self, breaker: CircuitBreaker, agent: str, now: float) -> pb.ProbeGrant | None:
+    def grants_unsure(self, name: str) -> bool:
+        """Whether no permit of ``name`` is granted now for a cause that lasts as long as
+        etcd is away: this replica's lease, or the store's record of the run, is not known
+        to hold."""
+        if self.lead_check is None:
+            return False
+        return not self.lead_check() or not self.store_holds(name)
+
+    def grants_blocked(self, name: str) -> bool:
+        """Whether no permit of ``name`` would be granted now whatever is free: this
+        replica's lease or the store's record of the run is not known to hold, or an earlier
+        leader's permits may be in use."""
+        return self._blocked(self.get(name), self._clock())
+
+    def _blocked(self, breaker: CircuitBreaker, now: float) -> bool:
         # The agent may use its permit for probe_ttl; its call may then run for up to the
         # policy timeout, so the permit is held that much longer on this side.
         hold = self.probe_ttl + breaker.policy.timeout_secs
         if self.lead_check is not None and not self.lead_check():
-            return None  # a deposed leader that does not know it yet grants nothing
+            return True  # a deposed leader that does not know it yet grants nothing
         if self.lead_check is not None and not self.store_holds(breaker.name):
-            return None  # etcd may hold it CLOSED: a successor would not wait for this permit
+            return True  # etcd may hold it CLOSED: a successor would not wait for this permit
         held = self._held_since.get(breaker.name)
         if held is not None and now < held + hold:
-            return None  # an earlier leader's permits, of a HALF_OPEN etcd never had, may be in use
+            return True  # an earlier leader's permits, of a HALF_OPEN etcd never had, may be in use
         since = max(self._took_over, self._adopted.get(breaker.name, float("-inf")))
-        if breaker.changed_at <= since and now < since + hold:
-            return None  # a HALF_OPEN from before: an earlier leader's permits may be in use
+        # a HALF_OPEN from before: an earlier leader's permits may be in use
+        return breaker.changed_at <= since and now < since + hold
+
+    def restate(self, name: str) -> None:
+        """Push ``name`` again as it is (what its message says of this replica changed)."""
+        state = self.get(name).state
+        self._changed(name, state, None)
+
+    def _grant(self, breaker: CircuitBreaker, agent: str, now: float) -> pb.ProbeGrant | None:
+        hold = self.probe_ttl + breaker.policy.timeout_secs
+        if self._blocked(breaker, now):
+            return None
         if breaker.acquire_probe(now, agent, hold) == 0:
             return None
+        if self.before_grant is not None:  # pushed before the grant is
+            self.before_grant(breaker.name)
         demand = self._demand.get(breaker.name)
         if demand is not None:
             demand.served[agent] = now

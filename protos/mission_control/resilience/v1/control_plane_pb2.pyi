@@ -79,6 +79,7 @@ class Breaker(_message.Message):
     GENERATION_FIELD_NUMBER: _builtins.int
     SLOW_CALLS_FIELD_NUMBER: _builtins.int
     RECOVERY_CHECK_FROM_FIELD_NUMBER: _builtins.int
+    NO_GRANTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     state: Global___BreakerState.ValueType
     consecutive_failures: _builtins.int
@@ -95,6 +96,13 @@ class Breaker(_message.Message):
     """Increases by one at every transition."""
     slow_calls: _builtins.int
     """Slow calls in the window when the slow-call rule opened it (OPEN, HALF_OPEN)."""
+    no_grants: _builtins.bool
+    """HALF_OPEN, and the control plane that sent it can grant no probe permit for it now (its
+    leader lease is not known to hold, etcd is not known to hold this run of the breaker,
+    or permits of an earlier leader may be in use; or a replica that knows no leader). Its
+    agents hold it as when their link broke: for the probe TTL plus the policy's timeout
+    from the first such push, then their own breaker decides, until a push without it.
+    """
     @_builtins.property
     def opened_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -129,10 +137,11 @@ class Breaker(_message.Message):
         generation: _builtins.int = ...,
         slow_calls: _builtins.int = ...,
         recovery_check_from: _timestamp_pb2.Timestamp | None = ...,
+        no_grants: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "open_remaining", b"open_remaining", "opened_at", b"opened_at", "recovery_check_from", b"recovery_check_from"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "consecutive_failures", b"consecutive_failures", "failures", b"failures", "generation", b"generation", "half_open_successes", b"half_open_successes", "name", b"name", "open_remaining", b"open_remaining", "opened_at", b"opened_at", "reason", b"reason", "recovery_check_from", b"recovery_check_from", "revision", b"revision", "slow_calls", b"slow_calls", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "consecutive_failures", b"consecutive_failures", "failures", b"failures", "generation", b"generation", "half_open_successes", b"half_open_successes", "name", b"name", "no_grants", b"no_grants", "open_remaining", b"open_remaining", "opened_at", b"opened_at", "reason", b"reason", "recovery_check_from", b"recovery_check_from", "revision", b"revision", "slow_calls", b"slow_calls", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,113 @@
+"""Telling agents that this control plane can grant no probe permit for a HALF_OPEN.
+
+A leader grants probe permits only while its leader lease is known to hold and etcd is known
+to hold the breaker's current run (:mod:`.stored_runs`), and not while an earlier leader's
+permits may be in use (``FleetBreakers.took_over``). While etcd is away none of that may
+come for as long as the outage lasts. Agents that still held the fleet HALF_OPEN then
+refused every call for the whole outage, and for the probe TTL plus the policy's timeout
+after it: worse off than an agent whose link broke, which holds the HALF_OPEN that long and
+then lets its own breaker decide (README, "Fail static").
+
+So every HALF_OPEN this replica pushes says whether its agents can get a permit now
+(``Breaker.no_grants``), and when that changes it is pushed again. An agent holds a
+HALF_OPEN marked so by the rules of a lost link — refusing, for the probe TTL plus the
+timeout from the first such push, then its own breaker decides — and honours the fleet
+HALF_OPEN again once a push no longer marks it. I3 holds as for a lost link: every permit
+granted before the first mark has ended when the hold does, and none is granted while the
+mark stands: before a grant, a mark is taken back on every stream (the grant follows it).
+
+What is marked: a HALF_OPEN the leader cannot grant for because its lease or the store's
+record of the run is not known to hold (``grants_unsure``): that lasts as long as etcd is
+away. A mark once pushed stays while the leader cannot grant for any cause — through the
+step-down and takeover that follow etcd's return, and the wait for an earlier leader's
+permits after it (``grants_blocked``) — so agents that went by their own breaker during the
+outage do not go back to refusing for that wait. A wait of its own (after a failover, a
+restart) is not marked: it ends by itself within the probe TTL plus the timeout, as the
+agents' hold would. A follower passes its agents' requests on to the leader it knows; it
+keeps a mark only while it knows no leader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from mission_control.client.breaker import BreakerState
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+if TYPE_CHECKING:
+    from .engine import FleetBreakers
+
+#: How often whether permits can be granted is looked at again.
+CHECK_SECS = 0.1
+
+
+class GrantPause:
+    """Marks each HALF_OPEN pushed with whether its agents can get a permit now."""
+
+    def __init__(
+        self,
+        breakers: FleetBreakers,
+        leading: Callable[[], bool],
+        leader_known: Callable[[], bool],
+        every: float = CHECK_SECS,
+    ) -> None:
+        self._breakers = breakers
+        self._every = every
+        self._checked = float("-inf")
+        self._leading = leading
+        self._leader_known = leader_known
+        #: The mark last pushed to every agent, per breaker; None: not known to be alike.
+        self._told: dict[str, bool | None] = {}
+        breakers.no_grants = self.paused
+        breakers.before_grant = self._unmark
+        breakers.change_listeners.append(self._pushed)
+
+    def paused(self, name: str) -> bool:
+        """Whether no probe permit of ``name`` can reach this replica's agents now, for a
+        cause that may last (see the module's doc)."""
+        marked = bool(self._told.get(name))
+        if self._leading():
+            if self._breakers.grants_unsure(name):
+                return True
+            return marked and self._breakers.grants_blocked(name)
+        return marked and not self._leader_known()
+
+    def _unmark(self, name: str) -> None:
+        """A permit of ``name`` is about to go out: a mark that stands is taken back first,
+        on every stream, so that no agent goes by its own breaker beside it."""
+        if self._told.get(name) is not False and name in self._told:
+            self._breakers.restate(name)
+
+    def _pushed(self, message: pb.Breaker, *_: object) -> None:
+        self._told[message.name] = message.no_grants
+
+    def sent(self, messages: Iterable[pb.Breaker]) -> None:
+        """A snapshot went to one agent: a mark it has that the others were not told makes
+        the next check push the breaker to all."""
+        for message in messages:
+            if message.no_grants != self._told.get(message.name, False):
+                self._told[message.name] = None
+
+    def check(self) -> list[str]:
+        """Push every breaker whose mark changed since it was pushed; returns their names."""
+        changed = []
+        names = self._breakers.names()
+        for name in names:
+            breaker = self._breakers.find(name)
+            if breaker is None:
+                continue
+            mark = breaker.state is BreakerState.HALF_OPEN and self.paused(name)
+            if mark != self._told.get(name, False):
+                changed.append(name)
+                self._breakers.restate(name)
+        for name in set(self._told) - set(names):
+            del self._told[name]
+        return changed
+
+    def due(self, now: float) -> None:
+        """:meth:`check`, when ``every`` seconds have passed since the last (the control
+        plane's timer calls it on each of its turns, leading or not)."""
+        if now - self._checked >= self._every:
+            self._checked = now
+            self.check()
