@@ -6,14 +6,15 @@ can hide it from one schedule: each defect is looked for in several (all keep ev
 without it), and one of them showing it is enough. A defect no schedule shows any more
 is shown by a focused test instead: 4097's (a leader taking its view of the epoch record
 as known once its watch had loaded) by ``tests/server/test_takeover_read.py``, three of
-whose four cases fail with it back."""
+whose four cases fail with it back; 3088's (a relay link that looked at the leader key only
+when answered) by ``tests/server/test_relay_follows_leader.py``; schedule 0's (a term told by
+the leader key's revision) by ``tests/server/test_leadership_term.py``."""
 
 from __future__ import annotations
 
 import pytest
 
 from .test_known_violations import _replay
-from .world import EPOCH_RECORD_SCHEDULES
 
 
 def _i4(seeds: tuple[int, ...], active_secs: float) -> list[str]:
@@ -42,16 +43,3 @@ def test_schedule_18_catches_a_follower_that_forgets_an_agent_gone_without_a_goo
 
     monkeypatch.setattr(FollowerLeases, "agent_left", forgets)
     assert _i4((18, 120, 121, 40), 10.0)
-
-
-def test_schedule_3088_catches_a_relay_link_that_looks_at_the_leader_only_when_answered(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Before a link ended once the leader key named another replica, two followers
-    relaying to each other passed every batch round until the relay's bound summed them
-    without names (``test_known_violations``: 1096 and 3088, counted twice)."""
-    from mission_control.server.relay import LeaderRelay
-
-    monkeypatch.setattr(LeaderRelay, "_still_leads", lambda self, address: True)
-    violations = _replay(3088, 40.0, EPOCH_RECORD_SCHEDULES).violations
-    assert [v for v in violations if v.startswith("I5: twice:")], violations[:3]
