@@ -75,7 +75,10 @@ def endpoint_problem(endpoint: object) -> str | None:
     if not isinstance(endpoint, str) or not endpoint:
         return "must be a non-empty name"
     if len(endpoint) > MAX_ENDPOINT_LENGTH or not _ENDPOINT.fullmatch(endpoint):
-        return f"must be 1-{MAX_ENDPOINT_LENGTH} characters of letters, digits, '_', '.', '-' or single '/' between them"
+        return (
+            f"must be 1-{MAX_ENDPOINT_LENGTH} characters of letters, digits, '_', '.', '-' "
+            "or single '/' between them"
+        )
     return None
 
 
