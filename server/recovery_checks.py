@@ -9,7 +9,8 @@ OPEN — only then: nothing is asked of a CLOSED or HALF_OPEN service — one ch
 (service, target) and interval however many agents and endpoints, at most ``max_running``
 at once, of them at most ``max_per_service`` for one service (over all its endpoints) and
 ``max_per_address`` against one health server, so a service whose health server hangs
-never holds the slots another's check needs. A check that has not answered when the
+never holds the slots another's check needs; where a bound is reached, a key with no check
+running takes the place of the oldest check of a key running several. A check that has not answered when the
 next is due does not hold it back (up to :func:`per_target` run at once per target: as
 many as its timeout spans intervals, 3 to 8): a target that answers slowly while it is
 unwell is seen well one interval after it is, not once a check in flight timed out.
@@ -112,7 +113,8 @@ class RecoveryChecks:
         self.max_per_service = max_per_service
         self.max_per_address = max_per_address
         self._open: set[str] = set()
-        self._running: dict[Key, set[asyncio.Task[None]]] = {}
+        #: The checks running per key, oldest first.
+        self._running: dict[Key, list[asyncio.Task[None]]] = {}
         #: Checks running per service, and per address (see :func:`address_of`).
         self._by_service: Counter[str] = Counter()
         self._by_address: Counter[str] = Counter()
@@ -180,18 +182,14 @@ class RecoveryChecks:
         due = sorted(self.due(now).items(), key=lambda item: self._last.get(item[0], float("-inf")))
         started = 0
         for key, check in due:
-            if self.running() >= self.max_running:
-                break
             address = address_of(check.target)
-            if self._by_service[key[0]] >= self.max_per_service:
+            if not self._room_for(key, address):
                 continue  # its share is taken: the next service's check may start
-            if self._by_address[address] >= self.max_per_address:
-                continue
             self._last[key] = now
             task = asyncio.get_running_loop().create_task(
                 self._check(key, check), name=f"recovery check {key[0]}"
             )
-            self._running.setdefault(key, set()).add(task)
+            self._running.setdefault(key, []).append(task)
             self._by_service[key[0]] += 1
             self._by_address[address] += 1
             task.add_done_callback(lambda t, key=key, a=address: self._ended(key, a, t))  # type: ignore[misc]
@@ -202,11 +200,38 @@ class RecoveryChecks:
         """Checks running now, over all targets."""
         return sum(len(tasks) for tasks in self._running.values())
 
+    def _room_for(self, key: Key, address: str) -> bool:
+        """Whether a check of ``key`` may start now. Where it would pass a bound (in all,
+        its service's, its server's), a key with no check running takes the place of the
+        oldest check of a key running two or more within every bound passed: a newer
+        check of that key is still asking, and the key that has none would otherwise wait
+        for a hung server's checks to time out (they wait up to 60 s)."""
+        full = [
+            (lambda k: True) if self.running() >= self.max_running else None,
+            (lambda k: k[0] == key[0]) if self._by_service[key[0]] >= self.max_per_service else None,
+            (lambda k: address_of(k[1]) == address)
+            if self._by_address[address] >= self.max_per_address
+            else None,
+        ]
+        bounds = [within for within in full if within is not None]
+        if not bounds:
+            return True
+        if key in self._running:
+            return False  # it is asking already: it waits for its turn
+        others = [k for k, tasks in self._running.items() if len(tasks) >= 2 and all(b(k) for b in bounds)]
+        if not others:
+            return False
+        victim = max(others, key=lambda k: len(self._running[k]))
+        oldest = self._running[victim][0]
+        self._ended(victim, address_of(victim[1]), oldest)  # its place is free now
+        oldest.cancel()
+        return True
+
     def _ended(self, key: Key, address: str, task: asyncio.Task[None]) -> None:
         tasks = self._running.get(key)
         if tasks is None or task not in tasks:
-            return  # cancelled with the rest (already forgotten)
-        tasks.discard(task)
+            return  # cancelled with the rest, or to make room (already forgotten)
+        tasks.remove(task)
         if not tasks:
             del self._running[key]
         for counts, name in ((self._by_service, key[0]), (self._by_address, address)):
