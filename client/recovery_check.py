@@ -98,7 +98,10 @@ def health_service_problem(health_service: object) -> str | None:
     rest = health_service.replace(ENDPOINT, "")
     if not _HEALTH_SERVICE_CHARS.fullmatch(rest):
         return f"only letters, digits, '_', '.', '-', '/' and {ENDPOINT!r}"
-    longest = len(rest) + health_service.count(ENDPOINT) * MAX_ENDPOINT_LENGTH
+    placeholders = health_service.count(ENDPOINT)
+    longest = len(rest) + placeholders * MAX_ENDPOINT_LENGTH
+    if longest > MAX_HEALTH_SERVICE and not placeholders:
+        return f"at most {MAX_HEALTH_SERVICE} characters (here {longest})"
     if longest > MAX_HEALTH_SERVICE:
         return (
             f"at most {MAX_HEALTH_SERVICE} characters once each {ENDPOINT!r} is replaced by an "
