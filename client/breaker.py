@@ -384,10 +384,12 @@ class CircuitBreaker:
         self.generation += 1
         self.checked = False
         self.half_open_successes = 0
-        if old is BreakerState.HALF_OPEN and new is BreakerState.OPEN:
+        if old is BreakerState.HALF_OPEN:
             # A failed probe ends the HALF_OPEN, not the others' probes still running: with
             # several out at once (a check's HALF_OPEN, a widened one) the next HALF_OPEN
-            # must count them, or the fleet runs more than success_threshold (I3).
+            # must count them, or the fleet runs more than success_threshold (I3). Nor
+            # does closing on success_threshold successes end a probe granted after the
+            # first succeeded: its result, due still, is that holder's to report.
             for holder, expiries in self._permits.items():
                 self._earlier.setdefault(holder, []).extend(expiries)
         elif new is not BreakerState.OPEN and new is not BreakerState.HALF_OPEN:

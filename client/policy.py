@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 
 from .errors import ConfigurationError
-from .recovery_check import RecoveryCheck
+from .recovery_check import MAX_ENDPOINT_LENGTH, RecoveryCheck
 
 __all__ = [
     "SEED_PRESETS",
@@ -74,8 +74,11 @@ def endpoint_problem(endpoint: object) -> str | None:
     """Why ``endpoint`` is not a valid endpoint name (e.g. ``openai/gpt-x``), else None."""
     if not isinstance(endpoint, str) or not endpoint:
         return "must be a non-empty name"
-    if len(endpoint) > 128 or not _ENDPOINT.fullmatch(endpoint):
-        return "must be 1-128 characters of letters, digits, '_', '.', '-' or single '/' between them"
+    if len(endpoint) > MAX_ENDPOINT_LENGTH or not _ENDPOINT.fullmatch(endpoint):
+        return (
+            f"must be 1-{MAX_ENDPOINT_LENGTH} characters of letters, digits, '_', '.', '-' "
+            "or single '/' between them"
+        )
     return None
 
 

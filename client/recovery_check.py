@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import ConfigurationError
 
-__all__ = ["MIN_INTERVAL_SECS", "RecoveryCheck"]
+__all__ = ["MAX_ENDPOINT_LENGTH", "MAX_HEALTH_SERVICE", "MIN_INTERVAL_SECS", "RecoveryCheck"]
 
 #: The shortest time between checks: one target is never asked more than 50 times a second.
 MIN_INTERVAL_SECS = 0.02
@@ -42,7 +42,11 @@ _GRPC_SCHEMES = frozenset(
         "google-c2p-experimental",
     }
 )
-_HEALTH_SERVICE = re.compile(r"[A-Za-z0-9_.\-/]{0,200}")
+_HEALTH_SERVICE_CHARS = re.compile(r"[A-Za-z0-9_.\-/]*")
+#: The longest name a check asks about, once each :data:`ENDPOINT` is replaced.
+MAX_HEALTH_SERVICE = 200
+#: The longest endpoint name (``service/endpoint``'s part after the service).
+MAX_ENDPOINT_LENGTH = 128
 
 
 def target_problem(target: object) -> str | None:
@@ -85,6 +89,28 @@ def asked_about(health_service: str, breaker: str) -> str:
     return health_service.replace(ENDPOINT, breaker.partition("/")[2])
 
 
+def health_service_problem(health_service: object) -> str | None:
+    """Why ``health_service`` is not one (its longest form, each :data:`ENDPOINT` replaced
+    by an endpoint name of :data:`MAX_ENDPOINT_LENGTH`, is at most
+    :data:`MAX_HEALTH_SERVICE` characters: every check asks a valid name), else None."""
+    if not isinstance(health_service, str):
+        return "must be a string"
+    rest = health_service.replace(ENDPOINT, "")
+    if not _HEALTH_SERVICE_CHARS.fullmatch(rest):
+        return f"only letters, digits, '_', '.', '-', '/' and {ENDPOINT!r}"
+    placeholders = health_service.count(ENDPOINT)
+    longest = len(rest) + placeholders * MAX_ENDPOINT_LENGTH
+    if longest > MAX_HEALTH_SERVICE and not placeholders:
+        return f"at most {MAX_HEALTH_SERVICE} characters (here {longest})"
+    if longest > MAX_HEALTH_SERVICE:
+        return (
+            f"at most {MAX_HEALTH_SERVICE} characters once each {ENDPOINT!r} is replaced by an "
+            f"endpoint name (up to {MAX_ENDPOINT_LENGTH}): here up to {longest} "
+            f"(with one {ENDPOINT!r}, at most {MAX_HEALTH_SERVICE - MAX_ENDPOINT_LENGTH} others)"
+        )
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class RecoveryCheck:
     """Ask ``target`` whether the service serves again while its breaker is OPEN.
@@ -96,7 +122,8 @@ class RecoveryCheck:
     target: str
     #: gRPC only: the service name asked about ("" = the server as a whole); each
     #: :data:`ENDPOINT` in it is replaced by the endpoint of the breaker checked ("" for
-    #: the service's own), so each endpoint breaker asks about its own endpoint.
+    #: the service's own), so each endpoint breaker asks about its own endpoint. At most
+    #: :data:`MAX_HEALTH_SERVICE` characters with each replaced by the longest endpoint.
     health_service: str = ""
     interval_secs: float = 0.25
     timeout_secs: float = 1.0
@@ -116,12 +143,9 @@ class RecoveryCheck:
         problem = target_problem(self.target)
         if problem:
             found.append(("target", problem))
-        if not isinstance(self.health_service, str) or not _HEALTH_SERVICE.fullmatch(
-            self.health_service.replace(ENDPOINT, "")
-        ):
-            found.append(
-                ("health_service", f"at most 200 letters, digits, '_', '.', '-', '/' or {ENDPOINT!r}")
-            )
+        problem = health_service_problem(self.health_service)
+        if problem:
+            found.append(("health_service", problem))
         elif self.health_service and isinstance(self.target, str) and self.target.startswith("http"):
             found.append(("health_service", "only for a gRPC target (an HTTP check asks its URL)"))
         problem = _number_problem(self.interval_secs, MIN_INTERVAL_SECS, _LONGEST)

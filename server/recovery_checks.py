@@ -7,10 +7,13 @@ sends more calls into an outage. With a policy's ``recovery_check`` the leader a
 service (see :mod:`.recovery_asks`) every ``interval_secs`` while one of its breakers is
 OPEN — only then: nothing is asked of a CLOSED or HALF_OPEN service — one check per
 (service, target) and interval however many agents and endpoints, at most ``max_running``
-at once. A check that has not answered when the next is due does not hold it back (up to
-:func:`per_target` run at once per target: as many as its timeout spans intervals, 3 to 8):
-a target that answers slowly while it is unwell is seen well one interval after it is, not
-once a check in flight timed out.
+at once, of them at most ``max_per_service`` for one service (over all its endpoints) and
+``max_per_address`` against one health server, so a service whose health server hangs
+never holds the slots another's check needs; where a bound is reached, a key with no check
+running takes the place of the oldest check of a key running several. A check that has not answered when the
+next is due does not hold it back (up to :func:`per_target` run at once per target: as
+many as its timeout spans intervals, 3 to 8): a target that answers slowly while it is
+unwell is seen well one interval after it is, not once a check in flight timed out.
 A HALF_OPEN the wait began is checked too while it lets one probe out: that probe may have
 gone while the service was still slow, and holds the HALF_OPEN for its timeout; a SERVING
 answer lets the rest of ``success_threshold`` out at once (:meth:`FleetBreakers.widen`).
@@ -30,6 +33,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 from mission_control.client.breaker import BreakerState
 from mission_control.client.policy import service_of
@@ -53,6 +57,15 @@ MAX_RUNNING = 32
 #: gets no more).
 MIN_PER_TARGET = 3
 MAX_PER_TARGET = 8
+#: Checks that may run at once for one service, over all its endpoints and targets: with
+#: "{endpoint}" each endpoint is a target of its own, and a service on a health server
+#: that never answers would otherwise hold every one of ``max_running`` (its checks wait
+#: out their timeout, up to 60 s), so that no other service's check starts.
+MAX_PER_SERVICE = MAX_PER_TARGET
+#: Checks that may run at once against one health server (host:port, or a URL's), over
+#: all the services it answers for: many services checked on one server that hangs
+#: leave the other half of ``max_running`` to the others.
+MAX_PER_ADDRESS = MAX_RUNNING // 2
 #: Most services counted by name in the statistics (the rest under "(other)").
 _NAMED = 1000
 
@@ -61,6 +74,14 @@ def per_target(check: RecoveryCheck) -> int:
     """How many of ``check``'s checks may run at once against its target."""
     spans = math.ceil(check.timeout_secs / check.interval_secs - 1e-9)
     return max(MIN_PER_TARGET, min(MAX_PER_TARGET, spans))
+
+
+def address_of(target: str) -> str:
+    """The server a check's target names: ``host:port``, or an http(s) URL's host and port."""
+    if target.startswith(("http://", "https://")):
+        parts = urlsplit(target)
+        return f"{parts.scheme}://{parts.netloc.lower()}"
+    return target.lower()
 
 
 class RecoveryChecks:
@@ -80,6 +101,8 @@ class RecoveryChecks:
         ask: Asker | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_running: int = MAX_RUNNING,
+        max_per_service: int = MAX_PER_SERVICE,
+        max_per_address: int = MAX_PER_ADDRESS,
     ) -> None:
         self._breakers = breakers
         self._leading = leading
@@ -87,8 +110,16 @@ class RecoveryChecks:
         self._ask: Asker = ask if ask is not None else self._asker  # type: ignore[assignment]
         self._clock = clock
         self.max_running = max_running
+        self.max_per_service = max_per_service
+        self.max_per_address = max_per_address
         self._open: set[str] = set()
-        self._running: dict[Key, set[asyncio.Task[None]]] = {}
+        #: The checks running per key, oldest first.
+        self._running: dict[Key, list[asyncio.Task[None]]] = {}
+        #: Checks running per service, and per address (see :func:`address_of`).
+        self._by_service: Counter[str] = Counter()
+        self._by_address: Counter[str] = Counter()
+        #: Checks whose asking raised, logged once each (not at every interval).
+        self._failed: set[Key] = set()
         self._last: dict[Key, float] = {}
         self.checks_by_service: Counter[str] = Counter()
         self.answers: Counter[str] = Counter()
@@ -146,18 +177,22 @@ class RecoveryChecks:
 
     def start_due(self, now: float) -> int:
         """Start the checks that are due, the longest unchecked first, while fewer than
-        ``max_running`` run; returns how many started."""
+        ``max_running`` run in all, ``max_per_service`` for its service and
+        ``max_per_address`` against its server; returns how many started."""
         due = sorted(self.due(now).items(), key=lambda item: self._last.get(item[0], float("-inf")))
         started = 0
         for key, check in due:
-            if self.running() >= self.max_running:
-                break
+            address = address_of(check.target)
+            if not self._room_for(key, address):
+                continue  # its share is taken: the next service's check may start
             self._last[key] = now
             task = asyncio.get_running_loop().create_task(
                 self._check(key, check), name=f"recovery check {key[0]}"
             )
-            self._running.setdefault(key, set()).add(task)
-            task.add_done_callback(lambda t, key=key: self._ended(key, t))  # type: ignore[misc]
+            self._running.setdefault(key, []).append(task)
+            self._by_service[key[0]] += 1
+            self._by_address[address] += 1
+            task.add_done_callback(lambda t, key=key, a=address: self._ended(key, a, t))  # type: ignore[misc]
             started += 1
         return started
 
@@ -165,12 +200,44 @@ class RecoveryChecks:
         """Checks running now, over all targets."""
         return sum(len(tasks) for tasks in self._running.values())
 
-    def _ended(self, key: Key, task: asyncio.Task[None]) -> None:
+    def _room_for(self, key: Key, address: str) -> bool:
+        """Whether a check of ``key`` may start now. Where it would pass a bound (in all,
+        its service's, its server's), a key with no check running takes the place of the
+        oldest check of a key running two or more within every bound passed: a newer
+        check of that key is still asking, and the key that has none would otherwise wait
+        for a hung server's checks to time out (they wait up to 60 s)."""
+        full = [
+            (lambda k: True) if self.running() >= self.max_running else None,
+            (lambda k: k[0] == key[0]) if self._by_service[key[0]] >= self.max_per_service else None,
+            (lambda k: address_of(k[1]) == address)
+            if self._by_address[address] >= self.max_per_address
+            else None,
+        ]
+        bounds = [within for within in full if within is not None]
+        if not bounds:
+            return True
+        if key in self._running:
+            return False  # it is asking already: it waits for its turn
+        others = [k for k, tasks in self._running.items() if len(tasks) >= 2 and all(b(k) for b in bounds)]
+        if not others:
+            return False
+        victim = max(others, key=lambda k: len(self._running[k]))
+        oldest = self._running[victim][0]
+        self._ended(victim, address_of(victim[1]), oldest)  # its place is free now
+        oldest.cancel()
+        return True
+
+    def _ended(self, key: Key, address: str, task: asyncio.Task[None]) -> None:
         tasks = self._running.get(key)
-        if tasks is not None:
-            tasks.discard(task)
-            if not tasks:
-                del self._running[key]
+        if tasks is None or task not in tasks:
+            return  # cancelled with the rest, or to make room (already forgotten)
+        tasks.remove(task)
+        if not tasks:
+            del self._running[key]
+        for counts, name in ((self._by_service, key[0]), (self._by_address, address)):
+            counts[name] -= 1
+            if counts[name] <= 0:
+                del counts[name]
 
     async def _check(self, key: Key, check: RecoveryCheck) -> None:
         service = key[0]
@@ -179,7 +246,11 @@ class RecoveryChecks:
                 check = dataclasses.replace(check, health_service=key[2])
             answer = await self._ask(check)
         except Exception:  # an asker that raises after all: an answer, never a lost task
-            _log.exception("recovery check of %s failed", check.target)
+            if key not in self._failed:  # once per check, not at each interval
+                if len(self._failed) >= _NAMED:
+                    self._failed.clear()
+                self._failed.add(key)
+                _log.exception("recovery check of %s failed", check.target)
             answer = "error"
         answer = answer if answer in ANSWERS else "error"
         self._count(service, answer)
@@ -217,6 +288,8 @@ class RecoveryChecks:
             for task in list(tasks):
                 task.cancel()
         self._running.clear()
+        self._by_service.clear()
+        self._by_address.clear()
         self._last.clear()
 
     def add_to(self, stats: pb.ErrorStatistics) -> None:

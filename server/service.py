@@ -331,10 +331,16 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
     def _probes_held(self, sub: Subscriber, summary: pb.OutcomeSummary) -> int:
         # The replica that decides knows the permits it granted (to an agent, or to a
         # follower's relay). A follower does not: one permit is all an agent holds at a time.
+        # Results of a HALF_OPEN that is over (another generation) are of the permits it
+        # left running (see CircuitBreaker.earlier_of): a legitimate late report, not a claim.
         plane = self.plane
         if plane.leading or plane.relay is None:
             breaker = plane.breakers.find(summary.service)
-            return breaker.permits_of(sub.agent_id) if breaker is not None else 0
+            if breaker is None:
+                return 0
+            if summary.probe_generation in (0, breaker.generation):
+                return breaker.permits_of(sub.agent_id)
+            return breaker.earlier_of(sub.agent_id)
         return 1
 
     # -- breakers --------------------------------------------------------------

@@ -223,11 +223,19 @@ class RecoveryCheckPolicy(_message.Message):
     (HTTP GET: any 2xx answer is SERVING).
     """
     health_service: _builtins.str
-    """gRPC only: the service name asked about ("" = the server as a whole)."""
+    """gRPC only: the service name asked about ("" = the server as a whole). Each
+    "{endpoint}" in it is replaced by the endpoint of the breaker checked ("" for the
+    service's own breaker), so each endpoint breaker is asked about, and moved by, its own
+    answer. Letters, digits, '_', '.', '-', '/' and "{endpoint}"; at most 200 characters
+    once each "{endpoint}" is replaced by an endpoint name of up to 128 (with one, at most
+    72 others).
+    """
     interval_secs: _builtins.float
-    """Time between checks while the breaker is OPEN. Default 0.25 s, at least 0.05 s."""
+    """Time between checks while the breaker is OPEN. Default 0.25 s, at least 0.02 s, at
+    most 3600 s.
+    """
     timeout_secs: _builtins.float
-    """A check not answered within this long is not healthy. Default 1 s."""
+    """A check not answered within this long is not healthy. Default 1 s, at most 60 s."""
     def __init__(
         self,
         *,
