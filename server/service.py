@@ -32,6 +32,7 @@ from .hub import Subscriber
 from .inbound import agent_key, bounded_demand, hello_problem, peer_host
 from .not_read import NOT_READ
 from .outcome_ledger import BatchKey, batch_key
+from .probe_results import identified, known_results
 from .reports import may_report
 from .shadow_ops import clear_candidate, promote_candidate, put_candidate
 from .stats import Page
@@ -334,7 +335,12 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         plane = self.plane
         if plane.leading or plane.relay is None:
             breaker = plane.breakers.find(summary.service)
-            return breaker.permits_of(sub.agent_id) if breaker is not None else 0
+            if breaker is None:
+                return 0
+            held = breaker.permits_of(sub.agent_id)
+            # results named by grant: those of probes it began before a reconnect too (they
+            # count for nothing, but settle what is kept of their permits)
+            return max(held, known_results(breaker, sub.agent_id, summary)) if identified(summary) else held
         return 1
 
     # -- breakers --------------------------------------------------------------
