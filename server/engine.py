@@ -363,14 +363,14 @@ class FleetBreakers:
         link. A follower's ``relay`` is another matter: the agents it handed the permits
         to are still connected to it and may use them, so those lapse with their hold."""
         now = self._clock()
+        for demand in self._demand.values():  # first: what it gives back goes to another
+            demand.last_seen.pop(agent, None)
+            demand.served.pop(agent, None)
         for breaker in self._breakers.values():
             if not relay and (breaker.permits_of(agent) or breaker.earlier_of(agent)):
                 breaker.release_probes(agent)
                 if breaker.state is BreakerState.HALF_OPEN:
                     self._grant_waiting(breaker.name, now)
-        for demand in self._demand.values():
-            demand.last_seen.pop(agent, None)
-            demand.served.pop(agent, None)
 
     def tick(self) -> list[Transition]:
         """Time-driven moves (OPEN -> HALF_OPEN) and expiry of unused permits."""
