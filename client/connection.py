@@ -261,8 +261,17 @@ class ControlPlaneConnection:
                 yield demand
             if item is _STOP:
                 return
-            if isinstance(item, pb.ConnectRequest):
+            if isinstance(item, pb.ConnectRequest) and not self._stale_ask(item):
                 yield item
+
+    def _stale_ask(self, request: pb.ConnectRequest) -> bool:
+        """A probe request queued before the stream broke, for a service whose probe under
+        a permit of that stream still runs: sent first on the new stream, before the batch
+        that says the probe runs, it would get a second permit beside it."""
+        if not request.HasField("probe_request"):
+            return False
+        state = self.view.services.get(request.probe_request.service)
+        return state is not None and state.probes.any_before(self.view.stream)
 
     def _batch(self) -> pb.ConnectRequest | None:
         now = self.view.clock()

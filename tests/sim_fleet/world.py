@@ -309,7 +309,10 @@ class Agent:
                 yield demand
             asks, self._probe_asks = self._probe_asks, []
             for service in asks:
-                yield pb.ConnectRequest(probe_request=pb.ProbeRequest(service=service))
+                # not one queued before the stream broke while a probe of that stream runs
+                # (as ``ControlPlaneConnection._stale_ask``)
+                if not self.view.get(service).probes.any_before(self.view.stream):
+                    yield pb.ConnectRequest(probe_request=pb.ProbeRequest(service=service))
 
     def _apply(self, response: pb.ConnectResponse) -> None:
         kind = response.WhichOneof("message")
