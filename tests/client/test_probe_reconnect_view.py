@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from mission_control.client.admission import Admission
 from mission_control.client.breaker import BreakerState
+from mission_control.client.connection import ControlPlaneConnection
 from mission_control.client.view import LocalView
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
@@ -67,3 +68,18 @@ def test_a_probe_from_before_a_reconnect_is_said_running_and_no_permit_is_asked_
     clock.now += 0.2
     admission.breaker(state, clock())
     assert asks.asked == [SERVICE]
+
+
+def test_a_probe_request_queued_before_the_break_is_not_sent_while_that_probe_runs() -> None:
+    view, clock = view_at(BreakerState.HALF_OPEN, 3)
+    connection = ControlPlaneConnection(["127.0.0.1:1"], "a", "s", view)  # never started
+    ask = pb.ConnectRequest(probe_request=pb.ProbeRequest(service=SERVICE))
+    view.grant(numbered(3, 41))
+    state = view.get(SERVICE)
+    probe = state.take_permit(clock(), view.stream)
+    assert not connection._stale_ask(ask)
+    reconnect(view)
+    assert connection._stale_ask(ask)  # it would come before the batch saying 41 runs
+    with state.lock:
+        state.probe_ended(probe, failed=False)
+    assert not connection._stale_ask(ask)
