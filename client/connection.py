@@ -252,7 +252,11 @@ class ControlPlaneConnection:
             if connected and not resent:
                 # what an earlier stream did not get acknowledged goes again, as it was
                 resent = True
-                yield from (pb.ConnectRequest(outcomes=b) for b in self._unacked.resend())
+                again = self._unacked.resend()
+                said = self.view.running_said()  # first: probes of the stream before still running
+                if said:
+                    yield pb.ConnectRequest(outcomes=self._unacked.batch(said))
+                yield from (pb.ConnectRequest(outcomes=b) for b in again)
             batch = self._batch() if connected else None
             if batch is not None:
                 yield batch

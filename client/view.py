@@ -719,6 +719,19 @@ class LocalView:
                 if running:
                     state.tally.probes_running = running
 
+    def running_said(self) -> list[pb.OutcomeSummary]:
+        """The probes of a stream before still running, as said by :meth:`_say_running`,
+        taken out of the tallies: sent first on the new stream, ahead of the batches sent
+        again (a refusal in one of those makes the agent one that asks, and the control
+        plane would grant it a permit before it knew of the probe)."""
+        said = []
+        for name, state in list(self.services.items()):
+            with state.lock:
+                if state.tally.probes_running:
+                    said.append(pb.OutcomeSummary(service=name, probes_running=state.tally.probes_running))
+                    state.tally.probes_running = []
+        return said
+
     def fleet_in_force(self, state: ServiceState, now: float) -> FleetBreaker | None:
         """The fleet breaker state that decides ``state``'s calls now, if any: the last one
         pushed while connected; when not (fail static), an OPEN with time left, an

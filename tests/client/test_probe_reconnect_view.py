@@ -83,3 +83,19 @@ def test_a_probe_request_queued_before_the_break_is_not_sent_while_that_probe_ru
     with state.lock:
         state.probe_ended(probe, failed=False)
     assert not connection._stale_ask(ask)
+
+
+def test_the_probe_from_before_is_said_in_a_batch_of_its_own_sent_first() -> None:
+    """Ahead of the batches sent again: a refusal in one of those makes the agent one that
+    asks, and the control plane would grant it a permit before it knew of the probe."""
+    view, clock = view_at(BreakerState.HALF_OPEN, 3)
+    view.grant(numbered(3, 41))
+    state = view.get(SERVICE)
+    assert state.take_permit(clock(), view.stream) is not None
+    with state.lock:
+        state.tally.rejected += 1
+    reconnect(view)
+    said = view.running_said()
+    assert [(s.service, list(s.probes_running), s.rejected) for s in said] == [(SERVICE, [41], 0)]
+    assert view.running_said() == []  # once
+    assert state.drain(clock()).to_proto(SERVICE).rejected == 1  # type: ignore[union-attr]

@@ -293,7 +293,11 @@ class Agent:
                 continue
             if self._resend:  # what an earlier stream did not get acknowledged, as it was
                 self._resend = False
-                for batch in self.unacked.resend():
+                again = self.unacked.resend()
+                said = self.view.running_said()  # first, as ``ControlPlaneConnection``
+                if said:
+                    yield pb.ConnectRequest(outcomes=self.unacked.batch(said))
+                for batch in again:
                     yield pb.ConnectRequest(outcomes=batch)
             summaries = []
             for name, state in list(self.view.services.items()):
