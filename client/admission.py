@@ -103,7 +103,7 @@ class _Gate:
 
 class _HalfOpen(_Gate):
     def before_call(self, admission, state, fleet, now):  # type: ignore[no-untyped-def]
-        probe = state.take_permit(now)
+        probe = state.take_permit(now, admission.view.stream)
         if probe is not None:  # "fleet", with the generation its outcome counts for
             return Admitted(probe)
         admission.ask_probe(state)
@@ -146,7 +146,9 @@ class Admission:
         self.connection = connection
 
     def ask_probe(self, state: ServiceState) -> None:
-        if self.connection is not None:
+        # Not while a probe under a permit of the stream before still runs: the control
+        # plane counts it in flight once told, and a second permit would run beside it.
+        if self.connection is not None and not state.probes.any_before(self.view.stream):
             self.connection.ask_probe(state.name)
 
     def breaker(self, state: ServiceState, now: float) -> Admitted | Refused:
@@ -219,7 +221,7 @@ class Admission:
         """A probe permit that was not used (refused by a limit, or the caller's own error)."""
         if probe == "fleet":
             with state.lock:
-                state.tally.give_back(getattr(probe, "generation", 0), 1)
+                state.probe_ended(probe, None)
         elif probe == "local":
             with state.lock:
                 state.local.release_probes("local", 1)

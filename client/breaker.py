@@ -23,6 +23,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+from .permit_ids import Permit, pop_number
 from .policy import WINDOW_SECS_MIN, ServicePolicy
 
 __all__ = ["BreakerState", "CircuitBreaker", "Transition"]
@@ -139,6 +140,9 @@ class CircuitBreaker:
         #: Permits of a HALF_OPEN a failed probe ended, whose probes may still run: they
         #: count against the next HALF_OPEN's limit until given back or expired (I3).
         self._earlier: dict[str, list[float]] = {}
+        #: Permits released with their holder's stream (kept to their expiry, not counted):
+        #: the holder may say, once back, that its probe under one still runs.
+        self._lost: dict[str, list[float]] = {}
 
     # -- reading ---------------------------------------------------------------
 
@@ -232,9 +236,13 @@ class CircuitBreaker:
         self.slow_calls = slow_calls
         return move
 
-    def record_probes(self, now: float, holder: str, successes: int, failures: int) -> Transition | None:
-        """Results of probe calls made under permits held by ``holder``."""
-        self._return_permits(holder, successes + failures)
+    def record_probes(
+        self, now: float, holder: str, successes: int, failures: int, *, settled: bool = False
+    ) -> Transition | None:
+        """Results of probe calls made under permits held by ``holder`` (``settled``: their
+        permits went already, by grant: :meth:`settle`)."""
+        if not settled:
+            self._return_permits(holder, successes + failures)
         if self.state is not BreakerState.HALF_OPEN:
             return None
         if failures:
@@ -288,8 +296,9 @@ class CircuitBreaker:
 
     # -- probes ----------------------------------------------------------------
 
-    def acquire_probe(self, now: float, holder: str, ttl: float, count: int = 1) -> int:
-        """Grant up to ``count`` probe permits to ``holder``; returns how many.
+    def acquire_probe(self, now: float, holder: str, ttl: float, count: int = 1, number: int = 0) -> int:
+        """Grant up to ``count`` probe permits to ``holder`` (of grant ``number``, if
+        numbered); returns how many.
 
         At most :meth:`probe_limit` permits are out at any time, over all holders.
         """
@@ -300,14 +309,15 @@ class CircuitBreaker:
         free = self.probe_limit() - self.permits_out(now)
         granted = max(0, min(count, free))
         if granted:
-            self._permits.setdefault(holder, []).extend([now + ttl] * granted)
+            self._permits.setdefault(holder, []).extend([Permit(now + ttl, number)] * granted)
         return granted
 
     def release_probes(self, holder: str, count: int | None = None) -> None:
         """Give back unused permits (all of the holder's when ``count`` is None)."""
         if count is None:
-            self._permits.pop(holder, None)
-            self._earlier.pop(holder, None)
+            lost = self._permits.pop(holder, []) + self._earlier.pop(holder, [])
+            if lost:
+                self._lost.setdefault(holder, []).extend(lost)
         else:
             self._return_permits(holder, count)
 
@@ -315,6 +325,37 @@ class CircuitBreaker:
         """Forget every permit (the state was replaced from the store)."""
         self._permits.clear()
         self._earlier.clear()
+        self._lost.clear()
+
+    def settle(self, holder: str, number: int) -> str:
+        """A probe under ``holder``'s grant ``number`` ended: its permit goes. Returns
+        which it was: "current" (of this HALF_OPEN, held now: the result counts),
+        "earlier" (its probe counted in flight for no HALF_OPEN), "lost" (released with
+        the holder's stream) or "" (none known)."""
+        for kind, permits in (("current", self._permits), ("earlier", self._earlier), ("lost", self._lost)):
+            if pop_number(permits, holder, number) is not None:
+                return kind
+        return ""
+
+    def knows(self, holder: str, number: int) -> bool:
+        """Whether ``holder`` was given grant ``number`` and it is not settled yet."""
+        return bool(number) and any(
+            getattr(p, "number", 0) == number
+            for permits in (self._permits, self._earlier, self._lost)
+            for p in permits.get(holder, ())
+        )
+
+    def note_running(self, holder: str, number: int) -> bool:
+        """``holder`` says its probe under grant ``number``, given over a stream that has
+        broken since, still runs: the permit counts in flight for no HALF_OPEN (its
+        result counts for none) until the result comes or the permit's hold lapses."""
+        permit = pop_number(self._permits, holder, number)
+        if permit is None:
+            permit = pop_number(self._lost, holder, number)
+        if permit is None:
+            return False
+        self._earlier.setdefault(holder, []).append(permit)
+        return True
 
     def _return_permits(self, holder: str, count: int) -> None:
         held = self._permits.get(holder)
@@ -333,10 +374,11 @@ class CircuitBreaker:
 
     def _expire(self, now: float) -> int:
         expired = 0
-        for permits in (self._permits, self._earlier):
+        for permits in (self._permits, self._earlier, self._lost):
             for holder in [h for h, v in permits.items() if any(t <= now for t in v)]:
                 kept = [t for t in permits[holder] if t > now]
-                expired += len(permits[holder]) - len(kept)
+                if permits is not self._lost:  # those freed nothing: they counted for none
+                    expired += len(permits[holder]) - len(kept)
                 if kept:
                     permits[holder] = kept
                 else:
@@ -394,6 +436,7 @@ class CircuitBreaker:
                 self._earlier.setdefault(holder, []).extend(expiries)
         elif new is not BreakerState.OPEN and new is not BreakerState.HALF_OPEN:
             self._earlier.clear()
+            self._lost.clear()
         self._permits.clear()
         if new is BreakerState.CLOSED:
             self.consecutive_failures = 0

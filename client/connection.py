@@ -252,7 +252,11 @@ class ControlPlaneConnection:
             if connected and not resent:
                 # what an earlier stream did not get acknowledged goes again, as it was
                 resent = True
-                yield from (pb.ConnectRequest(outcomes=b) for b in self._unacked.resend())
+                again = self._unacked.resend()
+                said = self.view.running_said()  # first: probes of the stream before still running
+                if said:
+                    yield pb.ConnectRequest(outcomes=self._unacked.batch(said))
+                yield from (pb.ConnectRequest(outcomes=b) for b in again)
             batch = self._batch() if connected else None
             if batch is not None:
                 yield batch
@@ -261,8 +265,17 @@ class ControlPlaneConnection:
                 yield demand
             if item is _STOP:
                 return
-            if isinstance(item, pb.ConnectRequest):
+            if isinstance(item, pb.ConnectRequest) and not self._stale_ask(item):
                 yield item
+
+    def _stale_ask(self, request: pb.ConnectRequest) -> bool:
+        """A probe request queued before the stream broke, for a service whose probe under
+        a permit of that stream still runs: sent first on the new stream, before the batch
+        that says the probe runs, it would get a second permit beside it."""
+        if not request.HasField("probe_request"):
+            return False
+        state = self.view.services.get(request.probe_request.service)
+        return state is not None and state.probes.any_before(self.view.stream)
 
     def _batch(self) -> pb.ConnectRequest | None:
         now = self.view.clock()

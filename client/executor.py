@@ -347,13 +347,8 @@ class Executor:
             tally = state.tally
             slow = self._timed(state, ticket, now, probe is None)
             failed_probe = failed or slow  # a slow probe says the service is not well yet
-            if probe == "fleet":
-                if not tally.probes_of(getattr(probe, "generation", 0)):
-                    pass  # a probe of a HALF_OPEN that is over: it no longer counts
-                elif failed_probe:
-                    tally.probe_failures += 1
-                else:
-                    tally.probe_successes += 1
+            if probe == "fleet":  # for its HALF_OPEN and grant only
+                state.probe_ended(probe, failed_probe)
             elif failed:
                 tally.failures += 1
                 tally.trailing_failures += 1

@@ -6,16 +6,22 @@ permit therefore either runs a probe or goes back: when it expires, when the age
 wanting to call the service, and when it belongs to a breaker generation that is not (or
 no longer) the one in force. Give-backs name the generation they belong to, so a late one
 never frees a permit of a later HALF_OPEN. A grant names itself (its series and number):
-one delivered twice gives one permit.
+one delivered twice gives one permit. A probe names the grant it runs under, and the
+stream that grant came over (:class:`RunningProbes`): after a reconnect the control plane
+hears which probes of the stream before still run, and no result is taken for a permit
+it was not made under.
 
 Pure logic with an injected ``now``; the caller holds the service's lock.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
-__all__ = ["ASKING_SECS", "FleetProbe", "GiveBack", "GrantsTaken", "ProbePermits"]
+from .permit_ids import Permit
+
+__all__ = ["ASKING_SECS", "FleetProbe", "GiveBack", "GrantsTaken", "ProbePermits", "RunningProbes"]
 
 #: An agent that has not wanted to call a HALF_OPEN service for this long gives its
 #: unused permits back (agents ask again every 100 ms while they want to call).
@@ -26,14 +32,46 @@ GRANTS_REMEMBERED = 256
 
 class FleetProbe(str):
     """The probe kind "fleet", with the breaker generation of the permit it runs under
-    (its outcome counts for that HALF_OPEN only)."""
+    (its outcome counts for that HALF_OPEN only), the grant's number (0: not said) and
+    the stream the grant came over (:attr:`.LocalView.stream`)."""
 
     generation: int
+    number: int
+    stream: int
 
-    def __new__(cls, generation: int) -> FleetProbe:
+    def __new__(cls, generation: int, number: int = 0, stream: int = 0) -> FleetProbe:
         probe = super().__new__(cls, "fleet")
-        probe.generation = generation
+        probe.generation, probe.number, probe.stream = generation, number, stream
         return probe
+
+
+class RunningProbes:
+    """The fleet probes this agent runs, by (grant number, stream of the grant)."""
+
+    __slots__ = ("_running",)
+
+    def __init__(self) -> None:
+        self._running: Counter[tuple[int, int]] = Counter()
+
+    def started(self, probe: FleetProbe) -> None:
+        self._running[(probe.number, probe.stream)] += 1
+
+    def ended(self, probe: str | None) -> None:
+        key = (getattr(probe, "number", 0), getattr(probe, "stream", 0))
+        if self._running[key] > 1:
+            self._running[key] -= 1
+        else:
+            self._running.pop(key, None)
+
+    def before(self, stream: int) -> list[int]:
+        """Grant numbers of the probes still running under grants of a stream before
+        ``stream`` (their permits went with it)."""
+        return sorted({n for (n, s) in self._running if s < stream and n})
+
+    def any_before(self, stream: int) -> bool:
+        """Whether a probe under a grant of a stream before ``stream`` still runs: the agent
+        asks for no permit meanwhile (the control plane counts that probe in flight)."""
+        return any(s < stream for (_, s) in self._running)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +111,7 @@ class ProbePermits:
     __slots__ = ("expiries", "generation", "taken", "wanted_at")
 
     def __init__(self) -> None:
+        #: Expiry times, each naming its grant (:class:`.Permit`).
         self.expiries: list[float] = []
         self.generation = 0
         self.wanted_at = -1e18
@@ -106,20 +145,20 @@ class ProbePermits:
             return [GiveBack(generation, count)]
         back = self.supersede(generation)
         self.generation = generation
-        self.expiries.extend([expiry] * count)
+        self.expiries.extend([Permit(expiry, identity[1])] * count)
         # a grant may arrive before the agent's next call: it has ASKING_SECS to use it
         self.wanted_at = max(self.wanted_at, now)
         return back
 
-    def take(self, generation: int, now: float) -> tuple[bool, list[GiveBack]]:
-        """Use one permit for a probe of ``generation``, if one is held and valid."""
+    def take(self, generation: int, now: float) -> tuple[int | None, list[GiveBack]]:
+        """Use one permit for a probe of ``generation``, if one is held and valid: the
+        number of its grant (0: not said), or None."""
         self.want(now)
         back = self.supersede(generation)
         back += self.lapse(now)
         if self.expiries and self.generation == generation:
-            self.expiries.pop()
-            return True, back
-        return False, back
+            return getattr(self.expiries.pop(), "number", 0), back
+        return None, back
 
     def lapse(self, now: float) -> list[GiveBack]:
         """Permits that expired, or all of them when the agent stopped wanting to call."""

@@ -33,7 +33,7 @@ from .fleet_retries import (
 )
 from .limits import Bulkhead, RetryBudget, TokenBucket
 from .policy import ServicePolicy, default_policy, endpoint_breaker, service_of
-from .probes import FleetProbe, GiveBack, ProbePermits
+from .probes import FleetProbe, GiveBack, ProbePermits, RunningProbes
 from .shadow import ShadowLimits
 
 __all__ = ["EndpointState", "FleetBreaker", "LocalView", "ServiceState", "Tally"]
@@ -89,8 +89,11 @@ class Tally:
         "fallbacks_served",
         "probe_failures",
         "probe_generation",
+        "probe_grants_failed",
+        "probe_grants_succeeded",
         "probe_successes",
         "probes_released",
+        "probes_running",
         "recovery_attempts",
         "recovery_successes",
         "rejected",
@@ -114,6 +117,11 @@ class Tally:
         self.probe_successes = self.probe_failures = self.probes_released = 0
         #: The breaker generation the probe counts belong to (0 = not said).
         self.probe_generation = 0
+        #: The grant of each probe result counted (see OutcomeSummary.probe_grants).
+        self.probe_grants_failed: list[int] = []
+        self.probe_grants_succeeded: list[int] = []
+        #: Probes still running under grants of the stream before (said once per stream).
+        self.probes_running: list[int] = []
         self.recovery_attempts = self.recovery_successes = 0
         self.errors_by_type: Counter[str] = Counter()
         self.errors_by_operation: Counter[str] = Counter()
@@ -129,6 +137,7 @@ class Tally:
         return not (
             self.successes or self.failures or self.rejected or self.probe_successes
             or self.probe_failures or self.probes_released or self.recovery_attempts
+            or self.probes_running
             or self.fallbacks_served or self.fallbacks_failed or self.shadow_calls
             or self.retries or self.shadow_retries or self.timed_calls
             or self.endpoints_over_cap
@@ -152,9 +161,18 @@ class Tally:
         self.failures += summary.failures
         self.rejected += summary.rejected
         if self.probes_of(summary.probe_generation):
+            named = len(self.probe_grants_failed) + len(self.probe_grants_succeeded) == (
+                self.probe_failures + self.probe_successes
+            )
+            if named and len(summary.probe_grants) == summary.probe_failures + summary.probe_successes:
+                self.probe_grants_failed += summary.probe_grants[: summary.probe_failures]
+                self.probe_grants_succeeded += summary.probe_grants[summary.probe_failures :]
+            else:  # some result not named: none is (the control plane counts them by permits)
+                self.probe_grants_failed, self.probe_grants_succeeded = [], []
             self.probe_successes += summary.probe_successes
             self.probe_failures += summary.probe_failures
             self.probes_released += summary.probes_released
+        self.probes_running = sorted({*self.probes_running, *summary.probes_running})
         self.recovery_attempts += summary.recovery_attempts
         self.recovery_successes += summary.recovery_successes
         self.errors_by_type.update(dict(summary.errors_by_type))
@@ -182,6 +200,7 @@ class Tally:
         if generation < self.probe_generation:
             return False  # the control plane granted a later generation: it moved on
         self.probe_successes = self.probe_failures = self.probes_released = 0
+        self.probe_grants_failed, self.probe_grants_succeeded = [], []
         self.probe_generation = generation
         return True
 
@@ -193,6 +212,19 @@ class Tally:
         if generation != self.probe_generation:
             self.probe_successes = self.probe_failures = self.probes_released = 0
             self.probe_generation = generation
+
+    def probe_ended(self, probe: str, failed: bool) -> None:
+        """A fleet probe's result, for the generation and grant of its permit (one of a
+        HALF_OPEN that is over no longer counts: left out)."""
+        if not self.probes_of(getattr(probe, "generation", 0)):
+            return
+        number = getattr(probe, "number", 0)
+        if failed:
+            self.probe_failures += 1
+            self.probe_grants_failed.append(number)
+        else:
+            self.probe_successes += 1
+            self.probe_grants_succeeded.append(number)
 
     def give_back(self, generation: int, count: int) -> None:
         """Unused probe permits of breaker ``generation`` go back to the fleet."""
@@ -221,6 +253,8 @@ class Tally:
             spool_dropped=_uint32(self.spool_dropped),
             spool_held=_uint32(self.spool_held),
             probe_generation=self.probe_generation,
+            probe_grants=self._grants(),
+            probes_running=self.probes_running,
             shadow_calls=self.shadow_calls,
             shadow_retries=self.shadow_retries,
             retries=self.retries,
@@ -229,6 +263,12 @@ class Tally:
             timed_calls=self.timed_calls,
             endpoints_over_cap=self.endpoints_over_cap,
         )
+
+    def _grants(self) -> list[int]:
+        grants = self.probe_grants_failed + self.probe_grants_succeeded
+        if len(grants) != self.probe_failures + self.probe_successes or not all(grants):
+            return []  # not one per result: the control plane counts them by permits
+        return grants
 
 
 class UnackedBatches:
@@ -298,6 +338,8 @@ class ServiceState:
         self._lease_budgets(policy, now)
         self.budget = self._budget(policy)
         self.permits = ProbePermits()
+        #: The fleet probes running (:class:`.RunningProbes`).
+        self.probes = RunningProbes()
         self.local_probes = 0
         self.tally = Tally()
         self.probe_asked_at = -1e9
@@ -403,16 +445,30 @@ class ServiceState:
         if (old.retry_budget, old.fleet_retry_budget) != (policy.retry_budget, policy.fleet_retry_budget):
             self.budget = self._budget(policy)
 
-    def take_permit(self, now: float) -> FleetProbe | None:
+    def take_permit(self, now: float, stream: int = 0) -> FleetProbe | None:
         """Use one fleet probe permit, if one is held for the breaker's generation and
-        not expired: the probe, to count its outcome for that generation."""
+        not expired: the probe, to count its outcome for that generation and grant
+        (``stream``: the view's :attr:`LocalView.stream`, the one the permit came over)."""
         fleet = self.fleet
         if fleet is None:
             return None
         with self.lock:
-            taken, back = self.permits.take(fleet.generation, now)
+            number, back = self.permits.take(fleet.generation, now)
             self.return_permits(back)
-            return FleetProbe(fleet.generation) if taken else None
+            if number is None:
+                return None
+            probe = FleetProbe(fleet.generation, number, stream)
+            self.probes.started(probe)
+            return probe
+
+    def probe_ended(self, probe: str | None, failed: bool | None) -> None:
+        """A fleet probe ended (lock held): its result (``failed``), or None when the
+        service was not judged (its permit goes back unused)."""
+        self.probes.ended(probe)
+        if failed is None:
+            self.tally.give_back(getattr(probe, "generation", 0), 1)
+        else:
+            self.tally.probe_ended(probe or "", failed)
 
     def return_permits(self, back: list[GiveBack]) -> None:
         """Count unused permits as given back in the next outcome batch (lock held)."""
@@ -449,6 +505,8 @@ class EndpointState(ServiceState):
         self.fleet = None
         self.local = CircuitBreaker(name, parent.policy, now)
         self.permits = ProbePermits()
+        #: The fleet probes running (:class:`.RunningProbes`).
+        self.probes = RunningProbes()
         self.local_probes = 0
         self.tally = Tally()
         self.probe_asked_at = -1e9
@@ -516,6 +574,8 @@ class LocalView:
         self.connected = False
         #: When the last stream that was up ended (this process's clock).
         self.link_lost_at = -math.inf
+        #: Counts the streams to the control plane: one more each time one ends.
+        self.stream = 0
         #: How long a fleet probe permit lasts: the TTL of the last grant.
         self.probe_ttl = PROBE_TTL_SECS
         #: Breaker states pushed so far, and how many there were when the stream's snapshot
@@ -644,6 +704,7 @@ class LocalView:
         what it does not restate stays in force as if the link were still down (see
         :meth:`fleet_in_force`)."""
         self.partial_at = self.pushes if partial else None
+        self._say_running()
         if partial:
             for message in breakers:
                 if message.state != pb.BREAKER_STATE_CLOSED:
@@ -660,6 +721,28 @@ class LocalView:
                 with state.lock:
                     state.fleet = None
                     state.permits.forget()
+
+    def _say_running(self) -> None:
+        """A new stream is up: the probes still running under permits of one before are
+        said in the next batch, so the control plane counts them in flight."""
+        for state in list(self.services.values()):
+            with state.lock:
+                running = state.probes.before(self.stream)
+                if running:
+                    state.tally.probes_running = running
+
+    def running_said(self) -> list[pb.OutcomeSummary]:
+        """The probes of a stream before still running, as said by :meth:`_say_running`,
+        taken out of the tallies: sent first on the new stream, ahead of the batches sent
+        again (a refusal in one of those makes the agent one that asks, and the control
+        plane would grant it a permit before it knew of the probe)."""
+        said = []
+        for name, state in list(self.services.items()):
+            with state.lock:
+                if state.tally.probes_running:
+                    said.append(pb.OutcomeSummary(service=name, probes_running=state.tally.probes_running))
+                    state.tally.probes_running = []
+        return said
 
     def fleet_in_force(self, state: ServiceState, now: float) -> FleetBreaker | None:
         """The fleet breaker state that decides ``state``'s calls now, if any: the last one
@@ -768,6 +851,7 @@ class LocalView:
         if self.connected:
             self.link_lost_at = self.clock()
         self.connected = False
+        self.stream += 1  # the permits of the stream before went with it
         for state in list(self.services.values()):
             with state.lock:
                 state.permits.forget()

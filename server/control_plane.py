@@ -130,7 +130,10 @@ class ControlPlane:
         self.lease_slice: int | None = LEASE_SLICE
         self.ping_interval = ping_interval
         self.policies = PolicyBook(self.prefix)
-        self.breakers = FleetBreakers(self.policies.policy_of, clock=clock, wall=wall)
+        self.grant_numbers = GrantNumbers()
+        self.breakers = FleetBreakers(
+            self.policies.policy_of, clock=clock, wall=wall, numbers=self.grant_numbers
+        )
         self.stats = FleetStatistics()
         self.hub = Hub()
         #: Called with (agent id, summary) for every outcome summary an agent sends here.
@@ -228,7 +231,6 @@ class ControlPlane:
             store.on_bad_key = self._bad_key
         self.policies.listeners.append(self._on_policy)
         self.breakers.change_listeners.append(self._on_breaker)
-        self.grant_numbers = GrantNumbers()
         self.breakers.grant_listeners.append(self._on_grant)
         self.recovery_checks = RecoveryChecks(self.breakers, lambda: self.leading, clock=clock)
         self.grant_pause = GrantPause(self.breakers, lambda: self.leading, self._leader_known)

@@ -20,6 +20,8 @@ from mission_control.client.policy import ServicePolicy
 from mission_control.client.probes import ASKING_SECS
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
+from .grant_numbers import GrantNumbers
+from .probe_results import identified, note_running, settle_results
 from .stored_runs import StoredRuns
 
 _log = logging.getLogger("mission_control.server.engine")
@@ -111,8 +113,11 @@ class FleetBreakers:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         probe_ttl: float = PROBE_TTL_SECS,
+        numbers: GrantNumbers | None = None,
     ) -> None:
         self._policy_of = policy_of
+        #: Numbers each grant as it is made, so probe results can name theirs.
+        self.numbers = numbers if numbers is not None else GrantNumbers()
         self._clock = clock
         self._wall_offset = wall() - clock()
         self.probe_ttl = probe_ttl
@@ -326,18 +331,22 @@ class FleetBreakers:
         # Probe counts of another generation belong to a HALF_OPEN that is over: its
         # permits were cleared with it, and a late give-back must not free a new one.
         current = summary.probe_generation in (0, breaker.generation)
+        if summary.probes_running:  # probes begun under permits lost with a stream still run
+            note_running(breaker, agent, summary)
+        named = identified(summary)
         if summary.probes_released and current:
             breaker.release_probes(agent, summary.probes_released)
         if not current:  # results or give-backs of a HALF_OPEN a failed probe ended
-            breaker.return_earlier(
-                agent, summary.probes_released + summary.probe_successes + summary.probe_failures
-            )
-        # Probe results count only for permits this agent holds, of this HALF_OPEN.
-        held = breaker.permits_of(agent) if current else 0
-        probe_failures = min(summary.probe_failures, held)
-        probe_successes = min(summary.probe_successes, held - probe_failures)
+            unnamed = 0 if named else summary.probe_successes + summary.probe_failures
+            breaker.return_earlier(agent, summary.probes_released + unnamed)
+        if named:  # each result counts only under its own grant, held now (probe_results)
+            probe_successes, probe_failures = settle_results(breaker, agent, summary, current)
+        else:  # results count only for permits this agent holds, of this HALF_OPEN
+            held = breaker.permits_of(agent) if current else 0
+            probe_failures = min(summary.probe_failures, held)
+            probe_successes = min(summary.probe_successes, held - probe_failures)
         if probe_successes or probe_failures:
-            moves.append(breaker.record_probes(now, agent, probe_successes, probe_failures))
+            moves.append(breaker.record_probes(now, agent, probe_successes, probe_failures, settled=named))
         moves.append(breaker.record(now, summary.successes, summary.failures, summary.trailing_failures))
         moves.append(breaker.record_timing(now, summary.timed_calls, summary.slow_calls))
         if summary.rejected and breaker.state is not BreakerState.CLOSED:
@@ -368,14 +377,14 @@ class FleetBreakers:
         link. A follower's ``relay`` is another matter: the agents it handed the permits
         to are still connected to it and may use them, so those lapse with their hold."""
         now = self._clock()
+        for demand in self._demand.values():  # first: what it gives back goes to another
+            demand.last_seen.pop(agent, None)
+            demand.served.pop(agent, None)
         for breaker in self._breakers.values():
             if not relay and (breaker.permits_of(agent) or breaker.earlier_of(agent)):
                 breaker.release_probes(agent)
                 if breaker.state is BreakerState.HALF_OPEN:
                     self._grant_waiting(breaker.name, now)
-        for demand in self._demand.values():
-            demand.last_seen.pop(agent, None)
-            demand.served.pop(agent, None)
 
     def tick(self) -> list[Transition]:
         """Time-driven moves (OPEN -> HALF_OPEN) and expiry of unused permits."""
@@ -550,14 +559,15 @@ class FleetBreakers:
         hold = self.probe_ttl + breaker.policy.timeout_secs
         if self._blocked(breaker, now):
             return None
-        if breaker.acquire_probe(now, agent, hold) == 0:
+        grant = pb.ProbeGrant(service=breaker.name, permits=1, generation=breaker.generation)
+        if breaker.acquire_probe(now, agent, hold, number=self.numbers.made + 1) == 0:
             return None
+        self.numbers.stamp(grant)
         if self.before_grant is not None:  # pushed before the grant is
             self.before_grant(breaker.name)
         demand = self._demand.get(breaker.name)
         if demand is not None:
             demand.served[agent] = now
-        grant = pb.ProbeGrant(service=breaker.name, permits=1, generation=breaker.generation)
         grant.ttl.FromNanoseconds(int(self.probe_ttl * 1e9))
         for listener in list(self.grant_listeners):
             try:

@@ -29,6 +29,7 @@ from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
 from .loop_tasks import wait_event
 from .outcome_ledger import BatchKey, origin_key, origin_of
+from .probe_results import copy_grants
 from .relay_acks import AckTarget, OwedAcks
 from .relay_leases import FollowerLeases
 
@@ -391,4 +392,5 @@ def _probes_cut(summary: pb.OutcomeSummary, allowed: int) -> pb.OutcomeSummary:
     out.probe_failures = min(summary.probe_failures, allowed)
     out.probe_successes = min(summary.probe_successes, allowed - out.probe_failures)
     out.probes_released = min(summary.probes_released, allowed - out.probe_failures - out.probe_successes)
+    copy_grants(summary, out)
     return out

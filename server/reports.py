@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from mission_control.client.policy import ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
+from .probe_results import copy_grants
 from .shadow import bound_shadow
 
 _log = logging.getLogger("mission_control.server.reports")
@@ -144,6 +145,7 @@ class ReportGate:
         cut = allowed < made or out.rejected < summary.rejected
         self._timing_into(summary, out, allowed)
         cut |= self._probes_into(summary, out, probes_held)
+        copy_grants(summary, out)
         if allowed < calls:  # cut in proportion: the failure rate reported stays the same
             out.failures = min(allowed, (summary.failures * allowed + calls // 2) // calls)
             out.successes = min(summary.successes, allowed - out.failures)

@@ -32,6 +32,7 @@ from .hub import Subscriber
 from .inbound import agent_key, bounded_demand, hello_problem, peer_host
 from .not_read import NOT_READ
 from .outcome_ledger import BatchKey, batch_key
+from .probe_results import identified, known_results
 from .reports import may_report
 from .shadow_ops import clear_candidate, promote_candidate, put_candidate
 from .stats import Page
@@ -339,8 +340,12 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             if breaker is None:
                 return 0
             if summary.probe_generation in (0, breaker.generation):
-                return breaker.permits_of(sub.agent_id)
-            return breaker.earlier_of(sub.agent_id)
+                held = breaker.permits_of(sub.agent_id)
+            else:
+                held = breaker.earlier_of(sub.agent_id)
+            # results named by grant: those of probes it began before a reconnect too (they
+            # count for nothing, but settle what is kept of their permits)
+            return max(held, known_results(breaker, sub.agent_id, summary)) if identified(summary) else held
         return 1
 
     # -- breakers --------------------------------------------------------------

@@ -24,13 +24,17 @@ def pending(sub: Subscriber) -> list[pb.ConnectResponse]:
 
 def test_grants_are_numbered_under_the_process_series() -> None:
     numbers = GrantNumbers()
+    start = numbers.made
     first, second = pb.ProbeGrant(service="s"), pb.ProbeGrant(service="s")
     numbers.stamp(first)
     numbers.stamp(second)
-    assert (first.number, second.number) == (1, 2) and first.series == second.series == numbers.series
+    assert (first.number, second.number) == (start + 1, start + 2)
+    assert first.series == second.series == numbers.series
     assert numbers.series != 0 and GrantNumbers().series != numbers.series
     numbers.stamp(first)  # numbered already: kept
-    assert first.number == 1 and numbers.made == 2
+    assert first.number == start + 1 and numbers.made == start + 2
+    # numbered from a random start: another process's numbers are not these
+    assert GrantNumbers().made != start
 
 
 async def test_a_follower_hands_a_grant_delivered_twice_on_once() -> None:

@@ -259,3 +259,17 @@ def test_an_agent_is_not_owed_a_permit_while_the_leader_waits_out_an_adopted_hal
     the schedule keeps every invariant either way: a plain check."""
     violations = _replay(454, 40.0, EPOCH_RECORD_SCHEDULES).violations
     assert not [v for v in violations if "I3:" in v], violations
+
+
+def test_a_probe_begun_before_a_reconnect_does_not_count_against_a_new_permit() -> None:
+    """20383 at ``--active 40`` (the current schedules): agent-2's link broke while its probe
+    of svc-c ran; it reconnected at once and was granted again for the same HALF_OPEN. When
+    the first probe ended, its success was taken for the new permit (results were bounded
+    by the permits held, by count), which seemed free, and two more went out while the
+    agent's second probe still ran: 3 in flight against a bound of 2. Fixed: a result names
+    its grant and counts only under that permit, held now; a probe from before the
+    reconnect is said running on the new stream and counted in flight until it ends
+    (``server/probe_results.py``; with real processes: ``tests/server/test_probe_reconnect.py``)."""
+    result = simulate(20383, active_secs=40.0)
+    found = [v for v in result.violations if "I3:" in v]
+    assert not found, "\n".join(found)

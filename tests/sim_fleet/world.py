@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from mission_control.client.breaker import BreakerState
 from mission_control.client.config import policy_from_proto
+from mission_control.client.probes import FleetProbe
 from mission_control.client.view import LocalView, UnackedBatches
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.control_plane import ControlPlane
@@ -294,7 +295,11 @@ class Agent:
                 continue
             if self._resend:  # what an earlier stream did not get acknowledged, as it was
                 self._resend = False
-                for batch in self.unacked.resend():
+                again = self.unacked.resend()
+                said = self.view.running_said()  # first, as ``ControlPlaneConnection``
+                if said:
+                    yield pb.ConnectRequest(outcomes=self.unacked.batch(said))
+                for batch in again:
                     yield pb.ConnectRequest(outcomes=batch)
             summaries = []
             for name, state in list(self.view.services.items()):
@@ -310,7 +315,10 @@ class Agent:
                 yield demand
             asks, self._probe_asks = self._probe_asks, []
             for service in asks:
-                yield pb.ConnectRequest(probe_request=pb.ProbeRequest(service=service))
+                # not one queued before the stream broke while a probe of that stream runs
+                # (as ``ControlPlaneConnection._stale_ask``)
+                if not self.view.get(service).probes.any_before(self.view.stream):
+                    yield pb.ConnectRequest(probe_request=pb.ProbeRequest(service=service))
 
     def _apply(self, response: pb.ConnectResponse) -> None:
         kind = response.WhichOneof("message")
@@ -393,17 +401,21 @@ class Agent:
         with state.lock:
             tally = state.tally
             if fleet is not None and fleet.state is BreakerState.HALF_OPEN:
-                taken, back = state.permits.take(fleet.generation, now)
+                number, back = state.permits.take(fleet.generation, now)
                 state.return_permits(back)
-                if not taken:
+                if number is None:
                     tally.rejected += 1
                     self.world.probes.refused(self, service, fleet.generation)
-                    if now - state.probe_asked_at >= 0.1:
+                    # (not while a probe under a permit of the stream before runs, as
+                    # ``Admission.ask_probe``)
+                    if now - state.probe_asked_at >= 0.1 and not state.probes.any_before(self.view.stream):
                         state.probe_asked_at = now
                         self._probe_asks.append(service)
                         self._wake.set()
                     return
-                self._probe(service, fleet.generation, failing, rng)
+                probe = FleetProbe(fleet.generation, number, self.view.stream)
+                state.probes.started(probe)
+                self._probe(service, probe, failing, rng)
                 return
             if fleet is not None and fleet.state.rejects:
                 tally.rejected += 1
@@ -419,9 +431,10 @@ class Agent:
         if failing:
             self._wake.set()
 
-    def _probe(self, service: str, generation: int, failing: bool, rng: random.Random) -> None:
-        """A probe call under a permit: it runs a while, then its outcome is counted."""
-        probe_id = self.world.probes.started(self, service, generation)
+    def _probe(self, service: str, probe: FleetProbe, failing: bool, rng: random.Random) -> None:
+        """A probe call under a permit: it runs a while, then its outcome is counted (for
+        its HALF_OPEN and grant, as ``ServiceState.probe_ended``)."""
+        probe_id = self.world.probes.started(self, service, probe.generation)
 
         def done() -> None:
             self.world.probes.ended(probe_id)
@@ -429,13 +442,7 @@ class Agent:
                 return
             state = self.view.get(service)
             with state.lock:
-                tally = state.tally
-                if not tally.probes_of(generation):
-                    return  # a probe of a HALF_OPEN that is over
-                if failing:
-                    tally.probe_failures += 1
-                else:
-                    tally.probe_successes += 1
+                state.probe_ended(probe, failing)
             self._wake.set()
 
         asyncio.get_running_loop().call_later(probe_secs(rng.random()), done)

@@ -260,6 +260,8 @@ class OutcomeSummary(_message.Message):
     SPOOL_REPLAYED_FIELD_NUMBER: _builtins.int
     SPOOL_DROPPED_FIELD_NUMBER: _builtins.int
     SPOOL_HELD_FIELD_NUMBER: _builtins.int
+    PROBE_GRANTS_FIELD_NUMBER: _builtins.int
+    PROBES_RUNNING_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     successes: _builtins.int
     failures: _builtins.int
@@ -330,6 +332,23 @@ class OutcomeSummary(_message.Message):
         ("rate_limit", "quota" or "bulkhead"), although none was refused for it.
         """
 
+    @_builtins.property
+    def probe_grants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The grant (ProbeGrant.number) each probe result of this summary was made under: the
+        probe_failures' first, then the probe_successes'. A result counts only under a permit
+        the control plane holds for this agent now, so the result of a probe begun under a
+        permit lost with an earlier stream is never taken for a later one. Empty, or not one
+        per result: results count against the permits held, by number.
+        """
+
+    @_builtins.property
+    def probes_running(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Probes this agent still runs under grants it received over an earlier stream (one that
+        broke), by grant number: the control plane counts them in flight, and grants this
+        agent no permit, until their results are reported (under probe_grants) or their
+        permit's hold lapses. Sent once on each new stream.
+        """
+
     def __init__(
         self,
         *,
@@ -360,10 +379,12 @@ class OutcomeSummary(_message.Message):
         spool_replayed: _builtins.int = ...,
         spool_dropped: _builtins.int = ...,
         spool_held: _builtins.int = ...,
+        probe_grants: _abc.Iterable[_builtins.int] | None = ...,
+        probes_running: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints_over_cap", b"endpoints_over_cap", "errors_by_operation", b"errors_by_operation", "errors_by_type", b"errors_by_type", "failures", b"failures", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "probe_failures", b"probe_failures", "probe_generation", b"probe_generation", "probe_successes", b"probe_successes", "probes_released", b"probes_released", "recovery_attempts", b"recovery_attempts", "recovery_successes", b"recovery_successes", "rejected", b"rejected", "rejected_by_reason", b"rejected_by_reason", "retries", b"retries", "service", b"service", "shadow_calls", b"shadow_calls", "shadow_rejected_by_reason", b"shadow_rejected_by_reason", "shadow_retries", b"shadow_retries", "slow_calls", b"slow_calls", "spool_dropped", b"spool_dropped", "spool_held", b"spool_held", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "successes", b"successes", "timed_calls", b"timed_calls", "trailing_failures", b"trailing_failures"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints_over_cap", b"endpoints_over_cap", "errors_by_operation", b"errors_by_operation", "errors_by_type", b"errors_by_type", "failures", b"failures", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "probe_failures", b"probe_failures", "probe_generation", b"probe_generation", "probe_grants", b"probe_grants", "probe_successes", b"probe_successes", "probes_released", b"probes_released", "probes_running", b"probes_running", "recovery_attempts", b"recovery_attempts", "recovery_successes", b"recovery_successes", "rejected", b"rejected", "rejected_by_reason", b"rejected_by_reason", "retries", b"retries", "service", b"service", "shadow_calls", b"shadow_calls", "shadow_rejected_by_reason", b"shadow_rejected_by_reason", "shadow_retries", b"shadow_retries", "slow_calls", b"slow_calls", "spool_dropped", b"spool_dropped", "spool_held", b"spool_held", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "successes", b"successes", "timed_calls", b"timed_calls", "trailing_failures", b"trailing_failures"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -793,8 +814,9 @@ class ProbeGrant(_message.Message):
     generation: _builtins.int
     """The breaker generation the permits belong to."""
     number: _builtins.int
-    """The grant's identity, with series: numbered from 1 by the process that granted it
-    (0 = not said). A grant delivered twice is taken once.
+    """The grant's identity, with series: numbered upward by the process that granted it,
+    from a random start, so the numbers of two processes practically never meet (0 = not
+    said). A grant delivered twice is taken once; probe results name it (probe_grants).
     """
     series: _builtins.int
     """The granting process's series, drawn at random when it starts (0 = not said), so a

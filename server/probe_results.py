@@ -1,0 +1,77 @@
+"""Probe results tied to the grant they were made under.
+
+An agent names, with each probe result, the grant (``ProbeGrant.number``) its probe ran
+under (``OutcomeSummary.probe_grants``). A result counts only when that grant is a permit
+this replica holds for the agent now, of the HALF_OPEN in force: the result of a probe begun
+under a permit that went with the agent's broken stream counts for nothing — not for the
+permit the agent got after it reconnected either, which its own probe still uses. Before,
+results were bounded by how many permits the agent held, by count: such an earlier probe's
+success settled the new permit and counted towards closing while the new probe still ran,
+and the permits it seemed to free went out beside it (more than ``success_threshold``
+probes in flight).
+
+An agent back on a new stream also says which probes it still runs under grants of the
+stream before (``OutcomeSummary.probes_running``): those count in flight, for no
+HALF_OPEN, until their results come or their hold lapses (:meth:`.CircuitBreaker.note_running`).
+
+Pure logic; the caller is the engine.
+"""
+
+from __future__ import annotations
+
+from mission_control.client.breaker import CircuitBreaker
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+__all__ = ["MAX_RUNNING", "copy_grants", "identified", "known_results", "note_running", "settle_results"]
+
+#: Probes running from before a reconnect read from one summary: an agent holds one permit
+#: at a time, so a few cover any honest one (only grants this agent held are believed).
+MAX_RUNNING = 8
+
+
+def identified(summary: pb.OutcomeSummary) -> bool:
+    """Whether ``summary`` names the grant of each of its probe results."""
+    results = summary.probe_failures + summary.probe_successes
+    return bool(results) and len(summary.probe_grants) == results
+
+
+def note_running(breaker: CircuitBreaker, agent: str, summary: pb.OutcomeSummary) -> None:
+    """Count in flight the probes ``agent`` says it still runs from an earlier stream."""
+    for number in summary.probes_running[:MAX_RUNNING]:
+        breaker.note_running(agent, number)
+
+
+def settle_results(
+    breaker: CircuitBreaker, agent: str, summary: pb.OutcomeSummary, current: bool
+) -> tuple[int, int]:
+    """Settle each named result's permit; returns the (successes, failures) that count:
+    those under a permit of this HALF_OPEN held for ``agent`` now (``current``: the
+    summary's generation is the breaker's)."""
+    grants = summary.probe_grants
+    failures = successes = 0
+    for i, number in enumerate(grants):
+        counts = breaker.settle(agent, number) == "current" and current
+        if i < summary.probe_failures:
+            failures += counts
+        else:
+            successes += counts
+    return successes, failures
+
+
+def known_results(breaker: CircuitBreaker, agent: str, summary: pb.OutcomeSummary) -> int:
+    """How many of the named results are under a grant this replica knows for ``agent``
+    (held now, counted in flight for none, or released with its stream): an honest
+    agent's report of them is not cut as a claim beyond its permits."""
+    return sum(breaker.knows(agent, number) for number in summary.probe_grants)
+
+
+def copy_grants(summary: pb.OutcomeSummary, out: pb.OutcomeSummary) -> None:
+    """Name in ``out`` (``summary`` with its probe results cut, or not) the grants of the
+    results it kept, and at most :data:`MAX_RUNNING` probes running."""
+    del out.probe_grants[:], out.probes_running[:]
+    if identified(summary):
+        failed = summary.probe_grants[: summary.probe_failures]
+        succeeded = summary.probe_grants[summary.probe_failures :]
+        out.probe_grants.extend(failed[: out.probe_failures])
+        out.probe_grants.extend(succeeded[: out.probe_successes])
+    out.probes_running.extend(summary.probes_running[:MAX_RUNNING])
