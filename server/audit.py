@@ -165,20 +165,46 @@ class AuditLog(AuditReader):
 
     # -- retention -------------------------------------------------------------
 
-    async def prune(self) -> int:
+    async def prune(self, keep: frozenset[str] = frozenset()) -> int:
         """Delete the records past the age bound, and the oldest past the count bound of
-        their kind (a flapping breaker does not push the policy changes out); returns
-        how many. A few etcd requests per kind, whatever is kept.
+        their kind (a flapping breaker does not push the policy changes out), but those
+        in ``keep`` (see :mod:`.audit_kept`), whatever their age; returns how many. A few
+        etcd requests per kind, and a read of the keys past a bound when some are kept.
         Raises StoreUnavailable."""
         oldest_ns = int((self.wall() - self.retention.max_age_secs) * 1e9)
         deleted = 0
         for kind, most in self.bounds():
             bucket, end = self.bucket(kind), bucket_end(self.bucket(kind))
+            held = sum(1 for key in keep if key.startswith(bucket))
             if oldest_ns > 0:  # older: every key from the bound's inverted time on
-                deleted += await self.store.delete_range(bucket + invert(oldest_ns), end)
-            if await self.store.count(bucket, end) > most:
-                kept, _ = await self.store.scan(bucket, end, most + 1, keys_only=True)
-                deleted += await self.store.delete_range(kept[-1].key, end)
+                deleted += await self._delete(bucket + invert(oldest_ns), end, keep)
+            if await self.store.count(bucket, end) > most + held:
+                newest, _ = await self.store.scan(bucket, end, most + held + 1, keys_only=True)
+                counted = [e.key for e in newest if e.key not in keep]
+                if len(counted) > most:
+                    deleted += await self._delete(counted[most], end, keep)
+        return deleted
+
+    async def _delete(self, start: str, end: str, keep: frozenset[str]) -> int:
+        """Delete the keys of ``[start, end)`` but those in ``keep``."""
+        if not any(start <= key < end for key in keep):
+            return await self.store.delete_range(start, end)
+        runs: list[list[str]] = []  # [first, last] of each run of keys not kept
+        more, after = True, start
+        while more:
+            entries, more = await self.store.scan(after, end, 500, keys_only=True)
+            for entry in entries:
+                if entry.key in keep:
+                    runs.append([])
+                elif runs and runs[-1]:
+                    runs[-1][1] = entry.key
+                else:
+                    runs.append([entry.key, entry.key])
+            after = entries[-1].key + "\0" if entries else end
+        deleted = 0
+        for run in runs:
+            if run:
+                deleted += await self.store.delete_range(run[0], run[1] + "\0")
         return deleted
 
     def bounds(self) -> list[tuple[str, int]]:

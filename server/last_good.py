@@ -3,8 +3,9 @@
 A refused value etcd holds is never in force; at a start the key's earlier revisions are
 read back to the newest good one (:mod:`.sync`). When etcd has compacted them, each change
 of the key may still have its audit record (kept outside the loaded prefix, with the value
-it wrote, up to the records' count and age bound). The value in force before the refused
-one is picked from them only when it can be known:
+it wrote, up to the records' count and age bound, past which the records a last good
+value is read back from are kept: :mod:`.audit_kept`). The value in force before the
+refused one is picked from them only when it can be known:
 
 * **Every change is accounted for.** etcd says how many times the key was written since it
   was created (its ``version``): ``version - 1`` changes before the refused one. The key's
@@ -35,7 +36,7 @@ from mission_control.client.config import policy_from_json
 from mission_control.client.errors import ConfigurationError
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
-from .audit_read import AuditReader
+from .audit_read import AuditReader, bucket_end
 from .policies import PolicyBook
 from .store import Entry
 
@@ -71,12 +72,14 @@ class RecordedGood:
         if not entry.version or not entry.create_revision:
             return Pick(None, why=f"{NOT_KNOWN}: the store does not say how often the key changed")
         mark = await self.audit.store.get(self.audit.mark_of(entry.key))
-        stored = await self.audit.stored_of("policy", service, self.audit_bound())
+        stored = await self.audit.stored_of("policy", service, await self.audit_bound())
         return pick(entry, service, stored, mark)
 
-    def audit_bound(self) -> int:
-        retention = getattr(self.audit, "retention", None)
-        return retention.max_records if retention is not None else 1000
+    async def audit_bound(self) -> int:
+        """How many policy records are read: every one kept (a prune keeps the records a
+        last good value is read back from past the count bound too, see :mod:`.audit_kept`)."""
+        bucket = self.audit.bucket("policy")
+        return await self.audit.store.count(bucket, bucket_end(bucket))
 
 
 def described(stored: Entry, record: pb.AuditRecord) -> int:

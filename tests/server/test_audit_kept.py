@@ -1,0 +1,102 @@
+"""The audit prune keeps a policy's only good value past the age bound, against a real etcd
+and control-plane processes: a policy unchanged for longer than ``--audit-max-age-days``,
+then a refused value put with etcdctl, a compaction and a restart, still has its last good
+value in force, read back from the record the prune kept. A change made with etcdctl
+triggers the prune too."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import grpc
+import pytest
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
+from mission_control.resilience.v1 import policy_pb2
+from mission_control.server.etcd_process import EtcdProcess
+
+from tests.server.test_refused_values_held import _revision, _run, _stats
+from tests.support.etcd import etcdctl
+from tests.support.polling import poll
+from tests.support.procs import Proc, control_plane
+
+AGE_SECS = 4.0
+KEPT = "keepme"
+
+
+def _start(etcd: str, prefix: str, spawned: list[Proc]) -> str:
+    proc, server = control_plane(etcd, prefix, "--audit-max-age-days", str(AGE_SECS / 86400))
+    spawned.append(proc)
+    return server
+
+
+def _policy(service: str, timeout: int) -> str:
+    return json.dumps({"service": service, "timeout_secs": timeout, "max_retries": 1})
+
+
+def _revisions(server: str, service: str) -> list[int]:
+    """The key revisions the kept records of ``service`` describe."""
+    with grpc.insecure_channel(server) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        request = pb.ListAuditRecordsRequest(service=service, kind="policy")
+        return [r.revision for r in stub.ListAuditRecords(request, timeout=30).records]
+
+
+def _put_and_delete(etcd: str, server: str, prefix: str, service: str) -> None:
+    """A policy put and deleted with etcdctl (its records are pruned once aged); waits
+    until both changes are recorded."""
+    key = f"{prefix}/policies/{service}"
+    etcdctl(etcd, "put", key, _policy(service, 3))
+    etcdctl(etcd, "del", key)
+    poll(lambda: len(_revisions(server, service)) == 2)
+
+
+def _aged(since: float) -> None:
+    """Wait until the records written before ``since`` are past the age bound."""
+    poll(lambda: time.time() > since + AGE_SECS + 0.5, timeout=AGE_SECS + 30)
+
+
+@pytest.mark.timeout(300)  # two control-plane starts and two age bounds: minutes on a loaded machine
+def test_the_prune_keeps_a_policys_only_good_value_past_the_age_bound(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    etcd, key = etcd_server.endpoint, f"{prefix}/policies/{KEPT}"
+    server = _start(etcd, prefix, spawned)
+    etcdctl(etcd, "put", key, _policy(KEPT, 12))
+    good = _revision(etcd, key)
+    poll(lambda: _revisions(server, KEPT) == [good])
+    _put_and_delete(etcd, server, prefix, "gone")
+    _aged(time.time())
+    with grpc.insecure_channel(server) as channel:  # a control-plane write: a prune
+        stub: Any = pb_grpc.ControlPlaneServiceStub(channel)
+        other = policy_pb2.ServicePolicy(service="other", timeout_secs=3, max_retries=1)
+        stub.PutPolicy(pb.PutPolicyRequest(policy=other), timeout=30)
+        poll(lambda: _stats(stub).audit_records_pruned >= 2)
+    assert _revisions(server, "gone") == []  # aged, of a key that no longer exists: pruned
+    assert _revisions(server, KEPT) == [good]  # was: [], the only good value pruned
+
+    etcdctl(etcd, "put", key, "{garbage")
+    bad = _revision(etcd, key)
+    poll(lambda: _revisions(server, KEPT) == [bad, good])
+    _put_and_delete(etcd, server, prefix, "gone2")
+    _aged(time.time())
+    etcdctl(etcd, "put", f"{prefix}/policies/other2", _policy("other2", 4))  # a hand edit: a prune
+    poll(lambda: _revisions(server, "gone2") == [])  # was: never pruned (no prune)
+    # both aged: the refused value's record (the mark names it) and the good one before it
+    assert _revisions(server, KEPT) == [bad, good]
+
+    etcdctl(etcd, "compact", str(_revision(etcd, f"{prefix}/policies/other2")))
+    spawned[-1].kill()
+    server = _start(etcd, prefix, spawned)
+    with grpc.insecure_channel(server) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        [held] = [e for e in _stats(stub).refused_values_held if e.key == key]
+        listed = stub.ListPolicies(pb.ListPoliciesRequest(), timeout=30).policies
+    assert held.error.startswith(f"revision {bad}:"), held.error
+    in_force = f"in force: the last good value, from the audit records (revision {good})"
+    assert held.error.endswith(in_force), held.error  # was: the defaults, the value not known
+    assert [p.timeout_secs for p in listed if p.service == KEPT] == [12], listed
+    out = _run(server, "policies", "get", KEPT)
+    assert f"stored at revision {good}\n" in out and "\ntimeout_secs = 12\n" in out, out
