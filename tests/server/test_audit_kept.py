@@ -22,7 +22,7 @@ from tests.support.etcd import etcdctl
 from tests.support.polling import poll
 from tests.support.procs import Proc, control_plane
 
-AGE_SECS = 4.0
+AGE_SECS = 8.0
 KEPT = "keepme"
 
 
@@ -46,11 +46,12 @@ def _revisions(server: str, service: str) -> list[int]:
 
 def _put_and_delete(etcd: str, server: str, prefix: str, service: str) -> None:
     """A policy put and deleted with etcdctl (its records are pruned once aged); waits
-    until both changes are recorded."""
+    until the deletion is recorded."""
     key = f"{prefix}/policies/{service}"
     etcdctl(etcd, "put", key, _policy(service, 3))
-    etcdctl(etcd, "del", key)
-    poll(lambda: len(_revisions(server, service)) == 2)
+    deleted = int(json.loads(etcdctl(etcd, "del", key, "-w", "json"))["header"]["revision"])
+    # recorded at its own revision, after the deletion's (the put's may be pruned already)
+    poll(lambda: any(r >= deleted for r in _revisions(server, service)))
 
 
 def _aged(since: float) -> None:
@@ -100,3 +101,37 @@ def test_the_prune_keeps_a_policys_only_good_value_past_the_age_bound(
     assert [p.timeout_secs for p in listed if p.service == KEPT] == [12], listed
     out = _run(server, "policies", "get", KEPT)
     assert f"stored at revision {good}\n" in out and "\ntimeout_secs = 12\n" in out, out
+
+
+@pytest.mark.timeout(300)  # two control-plane starts and an age bound: minutes on a loaded machine
+def test_a_policy_put_with_etcdctl_and_changed_since_keeps_its_last_good_value(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    etcd, key = etcd_server.endpoint, f"{prefix}/policies/{KEPT}"
+    server = _start(etcd, prefix, spawned)
+    etcdctl(etcd, "put", key, _policy(KEPT, 12))  # its mark is created after it, with this record
+    created = _revision(etcd, key)
+    poll(lambda: _revisions(server, KEPT) == [created])
+    etcdctl(etcd, "put", key, _policy(KEPT, 13))
+    changed = _revision(etcd, key)
+    poll(lambda: _revisions(server, KEPT) == [changed, created])
+    etcdctl(etcd, "put", key, _policy(KEPT, 14))
+    good = _revision(etcd, key)
+    poll(lambda: _revisions(server, KEPT) == [good, changed, created])
+    _put_and_delete(etcd, server, prefix, "gone")
+    _aged(time.time())
+    etcdctl(etcd, "put", key, "{garbage")
+    bad = _revision(etcd, key)
+    poll(lambda: _revisions(server, "gone") == [])  # a prune ran with everything aged
+    # the refused value's, the good one's, and the creation's (the mark counts the changes
+    # from there); the one between is pruned
+    poll(lambda: _revisions(server, KEPT) == [bad, good, created])
+
+    etcdctl(etcd, "compact", str(bad))
+    spawned[-1].kill()
+    server = _start(etcd, prefix, spawned)
+    with grpc.insecure_channel(server) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        [held] = [e for e in _stats(stub).refused_values_held if e.key == key]
+    in_force = f"in force: the last good value, from the audit records (revision {good})"
+    assert held.error.endswith(in_force), held.error  # was: 1 of the 3 changes have no record
