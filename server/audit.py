@@ -175,14 +175,16 @@ class AuditLog(AuditReader):
         deleted = 0
         for kind, most in self.bounds():
             bucket, end = self.bucket(kind), bucket_end(self.bucket(kind))
-            held = sum(1 for key in keep if key.startswith(bucket))
             if oldest_ns > 0:  # older: every key from the bound's inverted time on
                 deleted += await self._delete(bucket + invert(oldest_ns), end, keep)
-            if await self.store.count(bucket, end) > most + held:
+            if await self.store.count(bucket, end) > most:
+                # past the newest ``most``, the first not kept (one is among as many more
+                # as are kept, if any is)
+                held = sum(1 for key in keep if key.startswith(bucket))
                 newest, _ = await self.store.scan(bucket, end, most + held + 1, keys_only=True)
-                counted = [e.key for e in newest if e.key not in keep]
-                if len(counted) > most:
-                    deleted += await self._delete(counted[most], end, keep)
+                past = [e.key for e in newest[most:] if e.key not in keep]
+                if past:
+                    deleted += await self._delete(past[0], end, keep)
         return deleted
 
     async def _delete(self, start: str, end: str, keep: frozenset[str]) -> int:

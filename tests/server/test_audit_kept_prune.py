@@ -60,17 +60,18 @@ async def test_the_prune_keeps_what_each_present_key_last_recorded(
             ("keep", _value("keep", 1).decode()),
             ("keep", _value("keep", 2).decode()),
         ]
-        for i in range(4):  # past the count bound (2): the newest two kept, and the marked one
+        for i in range(4):  # past the count bound (2): the newest two kept
             await write("busy", _value("busy", i))
-        assert await log.prune(await kept.find()) == 1
-        assert [v for _, v in await _names(log)][2:] == [_value("busy", i).decode() for i in (1, 2, 3)]
-        assert await log.prune(await kept.find()) == 0  # within the bound, the kept ones aside
+        assert await log.prune(await kept.find()) == 2
+        assert [v for _, v in await _names(log)][2:] == [_value("busy", i).decode() for i in (2, 3)]
+        assert await log.prune(await kept.find()) == 0
 
         await write("keep", b"garbage-1")
         await write("keep", b"garbage-2")
         refused.append(f"{prefix}/policies/keep")  # held now: the value in force is the last good one
         now[0] += 200
-        assert await log.prune(await kept.find()) == 2  # the older two of busy
+        # the older of busy; past the count bound, the policy records kept all are
+        assert await log.prune(await kept.find()) == 1
         assert await _names(log) == [
             ("keep", _value("keep", 1).decode()),
             ("keep", _value("keep", 2).decode()),
