@@ -46,9 +46,11 @@ def _revisions(server: str, service: str) -> list[int]:
 
 def _put_and_delete(etcd: str, server: str, prefix: str, service: str) -> None:
     """A policy put and deleted with etcdctl (its records are pruned once aged); waits
-    until the deletion is recorded."""
+    until each change is recorded."""
     key = f"{prefix}/policies/{service}"
     etcdctl(etcd, "put", key, _policy(service, 3))
+    put = _revision(etcd, key)
+    poll(lambda: put in _revisions(server, service))  # else a deletion right after: nothing seen
     deleted = int(json.loads(etcdctl(etcd, "del", key, "-w", "json"))["header"]["revision"])
     # recorded at its own revision, after the deletion's (the put's may be pruned already)
     poll(lambda: any(r >= deleted for r in _revisions(server, service)))
