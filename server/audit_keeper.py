@@ -153,7 +153,6 @@ class AuditKeeper:
         refused = change.new is not None and self.refuses(change)
         if await self.log.record_outside(change, revision, mark.mod_revision if mark else 0, refused=refused):
             _log.warning(text, change.kind, change.name, revision, "")
-            self.recorded()
         else:
             _log.info(text, change.kind, change.name, revision, ": recorded by another replica")
         self.outside_changes += 1
