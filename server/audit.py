@@ -20,7 +20,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from mission_control.resilience.v1 import control_plane_pb2 as pb
@@ -165,26 +165,35 @@ class AuditLog(AuditReader):
 
     # -- retention -------------------------------------------------------------
 
-    async def prune(self, keep: frozenset[str] = frozenset()) -> int:
+    async def prune(self, kept: Callable[[], Awaitable[frozenset[str]]] | None = None) -> int:
         """Delete the records past the age bound, and the oldest past the count bound of
         their kind (a flapping breaker does not push the policy changes out), but those
-        in ``keep`` (see :mod:`.audit_kept`), whatever their age; returns how many. A few
-        etcd requests per kind, and a read of the keys past a bound when some are kept.
-        Raises StoreUnavailable."""
+        ``kept`` names (see :mod:`.audit_kept`), whatever their age; returns how many. Two
+        counts per kind when nothing is past a bound; else what is kept is read once and
+        the keys past the bound too. Raises StoreUnavailable."""
         oldest_ns = int((self.wall() - self.retention.max_age_secs) * 1e9)
+        keep: frozenset[str] | None = None if kept is not None else frozenset()
+
+        async def keeping() -> frozenset[str]:
+            nonlocal keep
+            if keep is None:
+                keep = await kept()  # type: ignore[misc]
+            return keep
+
         deleted = 0
         for kind, most in self.bounds():
             bucket, end = self.bucket(kind), bucket_end(self.bucket(kind))
-            if oldest_ns > 0:  # older: every key from the bound's inverted time on
-                deleted += await self._delete(bucket + invert(oldest_ns), end, keep)
+            aged = bucket + invert(oldest_ns)  # older: every key from the bound's inverted time on
+            if oldest_ns > 0 and await self.store.count(aged, end):
+                deleted += await self._delete(aged, end, await keeping())
             if await self.store.count(bucket, end) > most:
                 # past the newest ``most``, the first not kept (one is among as many more
                 # as are kept, if any is)
-                held = sum(1 for key in keep if key.startswith(bucket))
+                held = sum(1 for key in await keeping() if key.startswith(bucket))
                 newest, _ = await self.store.scan(bucket, end, most + held + 1, keys_only=True)
-                past = [e.key for e in newest[most:] if e.key not in keep]
+                past = [e.key for e in newest[most:] if e.key not in await keeping()]
                 if past:
-                    deleted += await self._delete(past[0], end, keep)
+                    deleted += await self._delete(past[0], end, await keeping())
         return deleted
 
     async def _delete(self, start: str, end: str, keep: frozenset[str]) -> int:

@@ -90,7 +90,7 @@ class AuditKeeper:
             await asyncio.sleep(self.prune_delay)
             self._prune.clear()
             try:
-                self.pruned += await self.log.prune(await self.kept.find())
+                self.pruned += await self.log.prune(self.kept.find)
             except StoreUnavailable as err:
                 _log.info("audit records not pruned yet (%s)", err)
                 self._prune.set()

@@ -55,23 +55,23 @@ async def test_the_prune_keeps_what_each_present_key_last_recorded(
         await write("gone", _value("gone", 3))
         await write("gone", None)  # deleted: its mark says absent
         now[0] += 200  # every record past the age bound
-        assert await log.prune(await kept.find()) == 2
+        assert await log.prune(kept.find) == 2
         assert await _names(log) == [
             ("keep", _value("keep", 1).decode()),
             ("keep", _value("keep", 2).decode()),
         ]
         for i in range(4):  # past the count bound (2): the newest two kept
             await write("busy", _value("busy", i))
-        assert await log.prune(await kept.find()) == 2
+        assert await log.prune(kept.find) == 2
         assert [v for _, v in await _names(log)][2:] == [_value("busy", i).decode() for i in (2, 3)]
-        assert await log.prune(await kept.find()) == 0
+        assert await log.prune(kept.find) == 0
 
         await write("keep", b"garbage-1")
         await write("keep", b"garbage-2")
         refused.append(f"{prefix}/policies/keep")  # held now: the value in force is the last good one
         now[0] += 200
         # the older of busy; past the count bound, the policy records kept all are
-        assert await log.prune(await kept.find()) == 1
+        assert await log.prune(kept.find) == 1
         assert await _names(log) == [
             ("keep", _value("keep", 1).decode()),
             ("keep", _value("keep", 2).decode()),
@@ -82,7 +82,7 @@ async def test_the_prune_keeps_what_each_present_key_last_recorded(
         await write("keep", _value("keep", 5))  # a good value again: those since the last one go
         refused.clear()
         now[0] += 200
-        assert await log.prune(await kept.find()) == 3
+        assert await log.prune(kept.find) == 3
         assert [v for _, v in await _names(log)] == [
             _value("keep", 1).decode(),
             _value("busy", 3).decode(),
