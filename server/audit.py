@@ -20,7 +20,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from mission_control.resilience.v1 import control_plane_pb2 as pb
@@ -165,20 +165,57 @@ class AuditLog(AuditReader):
 
     # -- retention -------------------------------------------------------------
 
-    async def prune(self) -> int:
+    async def prune(self, kept: Callable[[], Awaitable[frozenset[str]]] | None = None) -> int:
         """Delete the records past the age bound, and the oldest past the count bound of
-        their kind (a flapping breaker does not push the policy changes out); returns
-        how many. A few etcd requests per kind, whatever is kept.
-        Raises StoreUnavailable."""
+        their kind (a flapping breaker does not push the policy changes out), but those
+        ``kept`` names (see :mod:`.audit_kept`), whatever their age; returns how many. Two
+        counts per kind when nothing is past a bound; else what is kept is read once and
+        the keys past the bound too. Raises StoreUnavailable."""
         oldest_ns = int((self.wall() - self.retention.max_age_secs) * 1e9)
+        keep: frozenset[str] | None = None if kept is not None else frozenset()
+
+        async def keeping() -> frozenset[str]:
+            nonlocal keep
+            if keep is None:
+                keep = await kept()  # type: ignore[misc]
+            return keep
+
         deleted = 0
         for kind, most in self.bounds():
             bucket, end = self.bucket(kind), bucket_end(self.bucket(kind))
-            if oldest_ns > 0:  # older: every key from the bound's inverted time on
-                deleted += await self.store.delete_range(bucket + invert(oldest_ns), end)
+            aged = bucket + invert(oldest_ns)  # older: every key from the bound's inverted time on
+            if oldest_ns > 0 and await self.store.count(aged, end):
+                deleted += await self._delete(aged, end, await keeping())
             if await self.store.count(bucket, end) > most:
-                kept, _ = await self.store.scan(bucket, end, most + 1, keys_only=True)
-                deleted += await self.store.delete_range(kept[-1].key, end)
+                # past the newest ``most``, the first not kept (one is among as many more
+                # as are kept, if any is)
+                held = sum(1 for key in await keeping() if key.startswith(bucket))
+                newest, _ = await self.store.scan(bucket, end, most + held + 1, keys_only=True)
+                past = [e.key for e in newest[most:] if e.key not in await keeping()]
+                if past:
+                    deleted += await self._delete(past[0], end, await keeping())
+        return deleted
+
+    async def _delete(self, start: str, end: str, keep: frozenset[str]) -> int:
+        """Delete the keys of ``[start, end)`` but those in ``keep``."""
+        if not any(start <= key < end for key in keep):
+            return await self.store.delete_range(start, end)
+        runs: list[list[str]] = []  # [first, last] of each run of keys not kept
+        more, after = True, start
+        while more:
+            entries, more = await self.store.scan(after, end, 500, keys_only=True)
+            for entry in entries:
+                if entry.key in keep:
+                    runs.append([])
+                elif runs and runs[-1]:
+                    runs[-1][1] = entry.key
+                else:
+                    runs.append([entry.key, entry.key])
+            after = entries[-1].key + "\0" if entries else end
+        deleted = 0
+        for run in runs:
+            if run:
+                deleted += await self.store.delete_range(run[0], run[1] + "\0")
         return deleted
 
     def bounds(self) -> list[tuple[str, int]]:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 
 from .audit import AuditLog, Change
+from .audit_kept import KeptRecords
 from .store import Entry, StoreUnavailable
 
 _log = logging.getLogger("mission_control.server.audit")
@@ -31,6 +32,9 @@ class AuditKeeper:
             burst of writes is pruned once.
         prune_interval: seconds at least between two prunes: the bound may be passed
             for that long.
+        refuses: whether the control plane refuses the value a change writes.
+        refused_keys: the policy keys whose stored value is refused now (their records
+            from the last good value on are kept: see :mod:`.audit_kept`).
     """
 
     def __init__(
@@ -40,6 +44,7 @@ class AuditKeeper:
         prune_delay: float = 0.2,
         prune_interval: float = 5.0,
         refuses: Callable[[Change], bool] = lambda change: False,
+        refused_keys: Callable[[], Iterable[str]] = lambda: (),
     ) -> None:
         self.log = log
         self.change_of = change_of
@@ -47,6 +52,8 @@ class AuditKeeper:
         self.refuses = refuses
         self.prune_delay = prune_delay
         self.prune_interval = prune_interval
+        #: What a prune keeps whatever its age: what a last good value is read back from.
+        self.kept = KeptRecords(log, change_of, refuses, refused_keys)
         self._prune = asyncio.Event()
         self._outside: asyncio.Queue[tuple[str, int]] = asyncio.Queue(maxsize=10_000)
         self._compare_all = asyncio.Event()
@@ -83,7 +90,7 @@ class AuditKeeper:
             await asyncio.sleep(self.prune_delay)
             self._prune.clear()
             try:
-                self.pruned += await self.log.prune()
+                self.pruned += await self.log.prune(self.kept.find)
             except StoreUnavailable as err:
                 _log.info("audit records not pruned yet (%s)", err)
                 self._prune.set()

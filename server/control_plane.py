@@ -211,7 +211,12 @@ class ControlPlane:
         self.audit = AuditLog(store, self.prefix, instance_id, retention, wall)
         self.audit.key_of = self._recorded_key
         self.writer.shadows = self.shadows
-        self.audit_keeper = AuditKeeper(self.audit, self.writer.change_of, refuses=self.writer.refuses)
+        self.audit_keeper = AuditKeeper(
+            self.audit,
+            self.writer.change_of,
+            refuses=self.writer.refuses,
+            refused_keys=self.policies.refused_keys,
+        )
         self.writer.audit = self.audit
         self.writer.on_recorded = self.audit_keeper.recorded
         self.sync.is_record = self.audit.is_record

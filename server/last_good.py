@@ -3,8 +3,9 @@
 A refused value etcd holds is never in force; at a start the key's earlier revisions are
 read back to the newest good one (:mod:`.sync`). When etcd has compacted them, each change
 of the key may still have its audit record (kept outside the loaded prefix, with the value
-it wrote, up to the records' count and age bound). The value in force before the refused
-one is picked from them only when it can be known:
+it wrote, up to the records' count and age bound, past which the records a last good
+value is read back from are kept: :mod:`.audit_kept`). The value in force before the
+refused one is picked from them only when it can be known:
 
 * **Every change is accounted for.** etcd says how many times the key was written since it
   was created (its ``version``): ``version - 1`` changes before the refused one. The key's
@@ -29,13 +30,14 @@ one: the records are evidence, not signatures (whoever can write etcd can rewrit
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mission_control.client.config import policy_from_json
 from mission_control.client.errors import ConfigurationError
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
-from .audit_read import AuditReader
+from .audit_read import AuditReader, bucket_end
 from .policies import PolicyBook
 from .store import Entry
 
@@ -71,12 +73,14 @@ class RecordedGood:
         if not entry.version or not entry.create_revision:
             return Pick(None, why=f"{NOT_KNOWN}: the store does not say how often the key changed")
         mark = await self.audit.store.get(self.audit.mark_of(entry.key))
-        stored = await self.audit.stored_of("policy", service, self.audit_bound())
+        stored = await self.audit.stored_of("policy", service, await self.audit_bound())
         return pick(entry, service, stored, mark)
 
-    def audit_bound(self) -> int:
-        retention = getattr(self.audit, "retention", None)
-        return retention.max_records if retention is not None else 1000
+    async def audit_bound(self) -> int:
+        """How many policy records are read: every one kept (a prune keeps the records a
+        last good value is read back from past the count bound too, see :mod:`.audit_kept`)."""
+        bucket = self.audit.bucket("policy")
+        return await self.audit.store.count(bucket, bucket_end(bucket))
 
 
 def described(stored: Entry, record: pb.AuditRecord) -> int:
@@ -89,20 +93,34 @@ def described(stored: Entry, record: pb.AuditRecord) -> int:
     return revision
 
 
-def marked(entry: Entry, mark: Entry | None) -> tuple[str, int, int | None]:
+def marked(
+    entry: Entry, mark: Entry | None, stored: Sequence[tuple[Entry, pb.AuditRecord]] = ()
+) -> tuple[str, int, int | None]:
     """What the key's mark says: the record it names (empty: none), the key revision that
     record describes, and how many changes of the key were recorded before the refused
     one — from the mark's version, written once per recorded change — when the mark was
-    created with the key (None: not known; an older mark also counts an earlier key's
-    changes, a younger one none made before it)."""
+    created with the key or with the record of its creation (None: not known; an older
+    mark also counts an earlier key's changes, a younger one none made before it)."""
     if mark is None:
         return "", entry.mod_revision, None
     record, revision, present = AuditReader.described(mark)
     if not present or not entry.create_revision <= revision <= entry.mod_revision:
         return "", entry.mod_revision, None  # the key changed since, unrecorded
-    if mark.create_revision != entry.create_revision:
+    if mark.create_revision != entry.create_revision and not born_with(entry, mark, stored):
         return record, revision, None
     return record, revision, mark.version - (1 if revision == entry.mod_revision else 0)
+
+
+def born_with(entry: Entry, mark: Entry, stored: Sequence[tuple[Entry, pb.AuditRecord]]) -> bool:
+    """Whether ``mark`` was created in the transaction of the record of the key's creation
+    (a key put from outside, recorded after): it counts every recorded change since, as
+    one created with the key does. That record is never overwritten, and no record can be
+    put at that revision later."""
+    return any(
+        kept.create_revision == kept.mod_revision == mark.create_revision
+        and described(kept, record) == entry.create_revision
+        for kept, record in stored
+    )
 
 
 def pick(entry: Entry, service: str, stored: list[tuple[Entry, pb.AuditRecord]], mark: Entry | None) -> Pick:
@@ -112,7 +130,7 @@ def pick(entry: Entry, service: str, stored: list[tuple[Entry, pb.AuditRecord]],
     since = f"since the key was created (revision {created}) and before revision {refused}"
     if made < 1:
         return Pick(None, why="the key was created with this value: none was in force before it")
-    named, newest, recorded = marked(entry, mark)
+    named, newest, recorded = marked(entry, mark, stored)
     claims: dict[int, set[str]] = {}  # key revision -> the values records say it wrote there
     verified: tuple[int, str] | None = None  # the value the mark's record says was written
     previous = ""  # the value last recorded before the refused one (its record, from outside, says)

@@ -100,6 +100,10 @@ class PolicyBook:
         """The revision of the refused value the store holds for ``service`` (0: none)."""
         return self._refused.get(service, 0)
 
+    def refused_keys(self) -> list[str]:
+        """The keys of the policies whose stored value is refused now."""
+        return [self.key(service) for service in self._refused]
+
     def held_refused(self, key: str) -> int:
         """The revision of the refused value the store holds at ``key`` now (0: none)."""
         service = self.service_of(key)
