@@ -362,6 +362,7 @@ class StateWriter:
 
     def _adopt(self, name: str, entry: Entry | None) -> None:
         self._pending.pop(name, None)
+        self.unanswered.answered(name)  # what the store holds replaces what was sent
         try:
             self.breakers.adopt(name, entry.value if entry else None, entry.mod_revision if entry else 0)
         except Exception as err:  # any broken record (parse errors too)
