@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-#: Records kept per breaker (each try of a decision not answered adds one).
-KEPT = 8
+#: Records kept per breaker: each try not answered adds its record, unless the same one
+#: was sent already (a try again of the same state while etcd is away); the oldest go first.
+KEPT = 32
 
 
 @dataclass
@@ -31,8 +32,9 @@ class UnansweredWrites:
     def sent(self, name: str, record: bytes, run: int | None) -> None:
         """A record of ``name`` goes to the store (kept until a write of it is answered)."""
         sent = self._sent.setdefault(name, [])
-        sent.append((record, run))
-        del sent[:-KEPT]
+        if (record, run) not in sent:
+            sent.append((record, run))
+            del sent[:-KEPT]
 
     def answered(self, name: str) -> None:
         """A write of ``name`` was answered: no record sent before can land any more (it

@@ -20,6 +20,7 @@ from mission_control.server.engine import FleetBreakers
 from mission_control.server.etcd_process import EtcdProcess
 from mission_control.server.policies import PolicyBook
 from mission_control.server.store import EtcdStore, Guard, StoreUnavailable, Write
+from mission_control.server.unanswered import UnansweredWrites
 from mission_control.server.writes import StateWriter
 
 SERVICE = "dep"
@@ -135,3 +136,16 @@ async def test_a_conflict_with_another_writers_record_is_still_adopted(
     assert await writer.flush(10.0)
     assert breakers.get(SERVICE).state is BreakerState.FORCED_OPEN
     assert breakers.revisions[SERVICE] == put.revision
+
+
+def test_tries_again_of_the_same_state_keep_the_record_that_may_have_landed() -> None:
+    """etcd away for long after the late answer: each try again of the state held is sent
+    once more; the record that may have landed is still known when etcd answers."""
+    sent = UnansweredWrites()
+    sent.sent(SERVICE, b"half-open gen 2", 1)
+    for _ in range(100):
+        sent.sent(SERVICE, b"half-open gen 4", 1)
+    assert sent.own(SERVICE, b"half-open gen 2") == (True, 1)
+    assert sent.own(SERVICE, b"forced open (an operator's)") == (False, None)
+    sent.answered(SERVICE)
+    assert sent.own(SERVICE, b"half-open gen 2") == (False, None)
