@@ -321,6 +321,13 @@ class CircuitBreaker:
         else:
             self._return_permits(holder, count)
 
+    def set_aside_permits(self) -> None:
+        """The HALF_OPEN the permits were granted in is over (replaced from the store):
+        they stay out as earlier ones, whose probes may still run (see :meth:`_move`)."""
+        for holder, expiries in self._permits.items():
+            self._earlier.setdefault(holder, []).extend(expiries)
+        self._permits.clear()
+
     def clear_permits(self) -> None:
         """Forget every permit (the state was replaced from the store)."""
         self._permits.clear()
@@ -432,8 +439,7 @@ class CircuitBreaker:
             # must count them, or the fleet runs more than success_threshold (I3). Nor
             # does closing on success_threshold successes end a probe granted after the
             # first succeeded: its result, due still, is that holder's to report.
-            for holder, expiries in self._permits.items():
-                self._earlier.setdefault(holder, []).extend(expiries)
+            self.set_aside_permits()
         elif new is not BreakerState.OPEN and new is not BreakerState.HALF_OPEN:
             self._earlier.clear()
             self._lost.clear()

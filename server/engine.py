@@ -282,8 +282,14 @@ class FleetBreakers:
             old is BreakerState.HALF_OPEN and breaker.state is old and breaker.generation == held_generation
         ):
             # permits belong to one HALF_OPEN: the same one stored again (the watch echoing
-            # its write, a reload) keeps them out, or more than the limit would go
-            breaker.clear_permits()
+            # its write, a reload) keeps them out, or more than the limit would go. Another
+            # state ends them, not the probes under them, which may still run: they count
+            # against the next HALF_OPEN until given back or expired, as after a failed
+            # probe; only a state that lets every call through (or none) forgets them
+            if breaker.state in (BreakerState.OPEN, BreakerState.HALF_OPEN):
+                breaker.set_aside_permits()
+            else:
+                breaker.clear_permits()
             leading = self.lead_check is not None and self.lead_check()
             if breaker.state is BreakerState.HALF_OPEN and leading:
                 self._adopted[name] = self._clock()  # its permits were granted elsewhere

@@ -36,6 +36,7 @@ from .engine import FleetBreakers
 from .loop_tasks import wait_event
 from .policies import PolicyBook
 from .store import Entry, Guard, LeaseLost, Store, StoreUnavailable, Write
+from .unanswered import UnansweredWrites
 
 _log = logging.getLogger("mission_control.server.writes")
 
@@ -130,6 +131,9 @@ class StateWriter:
         #: breaker -> decision number: transitions decided and not stored yet.
         self._pending: dict[str, int] = {}
         self._decisions = 0
+        #: Breaker records sent whose answer was lost: a conflict with one is this
+        #: replica's own write, stored late (see :mod:`.unanswered`).
+        self.unanswered = UnansweredWrites()
         self._wake = asyncio.Event()
         self.superseded = 0
         #: Set when the store lost its data: the leader writes back what it holds.
@@ -298,20 +302,43 @@ class StateWriter:
         record, run = self.breakers.to_record(name), self.breakers.run_of(name)
         author = Author(CONTROL_PLANE, self.breakers.to_proto(name).reason)  # the rule's reason
         losses = self.losses
+        self.unanswered.sent(name, record, run)  # kept should its answer be lost
         result = await self.commit(
             [Write(key, record, expected)], fenced=True, author=author, action="breaker.transition"
         )
         if result.ok and losses != self.losses:
             return  # stored in the data the store lost: still pending (written again)
         if result.ok:
+            self.unanswered.answered(name)
             self.breakers.stored(name, result.revision, run)
             self.breakers.records[name] = record
             if self._pending.get(name) == decision:  # else a newer decision is to be written
                 del self._pending[name]
         elif result.status is WriteStatus.CONFLICT:
+            entry = result.current.get(key)
+            own, landed_run = self.unanswered.own(name, entry.value if entry else None)
+            self.unanswered.answered(name)
+            if own and entry is not None:
+                self._landed(name, entry, landed_run, decision)
+                return
             _log.info("breaker %s changed elsewhere; adopting the stored state", name)
-            self._went_back(name, result.current.get(key))
-            self._adopt(name, result.current.get(key))
+            self._went_back(name, entry)
+            self._adopt(name, entry)
+
+    def _landed(self, name: str, entry: Entry, run: int | None, decision: int) -> None:
+        """A compare-and-swap lost to this replica's own earlier write, whose answer was
+        lost: it is stored (at ``entry.mod_revision``), not a change made elsewhere. The
+        state held here, decided since, stays and is written on top of it."""
+        _log.info(
+            "breaker %s: an earlier write of this replica was stored (revision %d), its answer lost",
+            name,
+            entry.mod_revision,
+        )
+        self.breakers.stored(name, entry.mod_revision, run)
+        if self.breakers.to_record(name) == entry.value and self._pending.get(name) == decision:
+            del self._pending[name]  # nothing decided since
+        else:
+            self._wake.set()
 
     async def _supersede(self) -> None:
         """Not leading: once another replica leads, its state wins over what is pending here."""
@@ -353,6 +380,7 @@ class StateWriter:
 
     def _adopt(self, name: str, entry: Entry | None) -> None:
         self._pending.pop(name, None)
+        self.unanswered.answered(name)  # what the store holds replaces what was sent
         try:
             self.breakers.adopt(name, entry.value if entry else None, entry.mod_revision if entry else 0)
         except Exception as err:  # any broken record (parse errors too)

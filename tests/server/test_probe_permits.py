@@ -177,15 +177,21 @@ def test_the_same_half_open_stored_again_keeps_its_permits_out() -> None:
     assert fleet.get(SERVICE).permits_out(clock.now) == 1
 
 
-def test_another_half_open_stored_clears_the_permits_of_the_one_held() -> None:
-    fleet, clock, _ = engine()
+def test_another_half_open_stored_keeps_the_permits_of_the_one_held_counted() -> None:
+    """The stored HALF_OPEN replaces the one held, not the probe under its permit, which may
+    still run: it counts against the new one until its result (or its hold) ends it."""
+    fleet, clock, grants = engine()
     half_open(fleet, clock)
+    held = fleet.get(SERVICE).generation
     assert fleet.request_probe("a", SERVICE) is not None
     other = fleet.draft(SERVICE)
     other.generation += 1
     fleet.adopt(SERVICE, fleet.record_of(other), revision=fleet.revisions.get(SERVICE, 0) + 5)
-    assert fleet.get(SERVICE).permits_out(clock.now) == 0
-    assert fleet.request_probe("b", SERVICE) is not None
+    assert fleet.get(SERVICE).permits_out(clock.now) == 1
+    assert fleet.request_probe("b", SERVICE) is None  # the code before: a second probe
+    fleet.record("a", pb.OutcomeSummary(service=SERVICE, probe_successes=1, probe_generation=held))
+    assert grants[-1] == ("b", held + 1)  # its place goes to the agent asking
+    assert fleet.get(SERVICE).permits_out(clock.now) == 1
 
 
 def test_a_half_open_after_a_lost_compare_and_swap_has_a_generation_of_its_own() -> None:
@@ -205,5 +211,9 @@ def test_a_half_open_after_a_lost_compare_and_swap_has_a_generation_of_its_own()
     breaker = fleet.get(SERVICE)
     assert breaker.state is BreakerState.HALF_OPEN
     assert breaker.generation > superseded
-    assert grants[-1] == ("a", breaker.generation)  # the agent asking: a permit of the new one
+    # the probe under the superseded HALF_OPEN's permit may still run: it holds the one place
+    assert grants[-1] == ("a", superseded) and breaker.permits_out(clock.now) == 1
+    fleet.record("a", pb.OutcomeSummary(service=SERVICE, probe_successes=1, probe_generation=superseded))
+    assert breaker.state is BreakerState.HALF_OPEN  # a result of the superseded one counts not
+    assert grants[-1] == ("a", breaker.generation)  # then a permit of the new one
     assert breaker.permits_out(clock.now) == 1

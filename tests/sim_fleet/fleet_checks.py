@@ -1,7 +1,9 @@
 """I3 and I4 in the simulated fleet: probe permits and fleet-limit leases, checked while a
 schedule runs (I3) and once it is over (I4).
 
-I3  Never more than ``success_threshold`` probes of one HALF_OPEN in flight fleet-wide;
+I3  Never more than ``success_threshold`` probes of one breaker in flight fleet-wide, over
+    every generation since it last left CLOSED (a probe of a HALF_OPEN that is over runs on
+    beside the next one's, whatever ended it: a failed probe, a state read from etcd);
     an agent that keeps asking gets a permit within one probe TTL (``PROBE_TTL_SECS``,
     plus one push) while the fleet is settled and the probes in flight are below the
     limit — from when its replica reaches the leader (a follower's relay linked, or a
@@ -59,6 +61,7 @@ class _Probe:
     epoch: int
     #: The replica leading when the permit reached the agent (the one that granted it).
     leader: str | None
+    started: float = 0.0
 
 
 def worst_window(times: list[float], window: float) -> int:
@@ -101,6 +104,14 @@ class ProbeWatch:
         self.path_since: Counter[str] = Counter()
         self._path: dict[str, bool] = {}
         self.stats: Counter[str] = Counter()
+        #: When a leading replica last held each breaker CLOSED: a probe begun before
+        #: belongs to a run that is over (CLOSED lets every call through).
+        self.closed_at: dict[str, float] = {}
+
+    def changed(self, replica: Replica, breaker: pb.Breaker) -> None:
+        """A replica's breaker changed (decided there or read from the store)."""
+        if breaker.state == pb.BREAKER_STATE_CLOSED and replica.plane.leading:
+            self.closed_at[breaker.name] = self.world.now
 
     def _violation(self, key: tuple[str, str], text: str) -> None:
         self.world.recorder.violation("I3", key, text)
@@ -137,44 +148,52 @@ class ProbeWatch:
             )
         probe_id = next(self._ids)
         leader = received[-1][1] if received else None
-        self.running[probe_id] = _Probe(agent, service, generation, agent.epoch, leader)
-        count = self._in_flight(service, generation)
+        self.running[probe_id] = _Probe(agent, service, generation, agent.epoch, leader, now)
+        flying = self._flying(service)
+        count = len(flying)
         threshold = self.world.success_thresholds[service]
         if count > threshold:
-            leaders = {p.leader for p in self._flying(service, generation)}
+            leaders = {p.leader for p in flying if p.generation == generation}
             leaders |= self.granters.get((service, generation), set())
+            earlier = sum(1 for p in flying if p.generation != generation)
             self._violation(
                 (service, f"gen {generation}"),
                 (FAILOVER if len(leaders) > 1 or None in leaders else "")
-                + f"{count} probes of {service} gen {generation} in flight (success_threshold {threshold})",
+                + f"{count} probes of {service} gen {generation} in flight"
+                + (f" ({earlier} of other generations)" if earlier else "")
+                + f" (success_threshold {threshold})",
             )
-        self._saturation(service, generation)
+        self._saturation(service)
         return probe_id
 
     def ended(self, probe_id: int) -> None:
         probe = self.running.pop(probe_id, None)
         if probe is not None:
-            self._saturation(probe.service, probe.generation, ending=True)
+            self._saturation(probe.service, ending=True)
 
-    def _flying(self, service: str, generation: int) -> list[_Probe]:
+    def _flying(self, service: str, generation: int | None = None) -> list[_Probe]:
+        """Probes of ``service`` in flight: of ``generation``, or of every generation
+        since the breaker last left CLOSED."""
+        closed = self.closed_at.get(service, float("-inf"))
         return [
             p
             for p in self.running.values()
             if p.service == service
-            and p.generation == generation
+            and (p.generation == generation if generation is not None else p.started > closed)
             and p.agent.alive
             and p.agent.epoch == p.epoch
             and p.agent.link is not None
         ]
 
-    def _in_flight(self, service: str, generation: int) -> int:
-        return len(self._flying(service, generation))
+    def _in_flight(self, service: str) -> int:
+        """Probes holding the limit: earlier generations' count too (as the engine's)."""
+        return len(self._flying(service))
 
-    def _saturation(self, service: str, generation: int, ending: bool = False) -> None:
+    def _saturation(self, service: str, ending: bool = False) -> None:
         leader = self._leading()
         breaker = leader.plane.breakers.find(service) if leader is not None else None
         limit = breaker.probe_limit() if breaker is not None else 1
-        if self._in_flight(service, generation) + (1 if ending else 0) >= limit:
+        if self._in_flight(service) + (1 if ending else 0) >= limit:
             self.saturated_at[service] = self.world.now  # type: ignore[assignment]
 
     # -- sampled -------------------------------------------------------------------
@@ -204,7 +223,7 @@ class ProbeWatch:
                 continue
             if breaker.generation != generation:
                 continue
-            self._saturation(service, generation)  # a long probe may hold the limit still
+            self._saturation(service)  # a long probe may hold the limit still
             replica = agent.replica
             assert replica is not None
             took_over = self.leader_since

@@ -77,6 +77,7 @@ class Replica:
             wall=lambda: EPOCH + loop.time(),
         )
         self.plane.enable_leadership(name, ttl=3, token=world.relay_token, connect=self._relay_connect)
+        self.plane.breakers.change_listeners.append(lambda breaker, *_: world.probes.changed(self, breaker))
         self.servicer = ControlPlaneServicer(self.plane, SimAccess())
         outcomes = self.servicer._outcomes
 
