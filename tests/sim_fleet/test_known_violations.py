@@ -11,6 +11,8 @@ a later one names its version.
 
 from __future__ import annotations
 
+import pytest
+
 from .schedule import FIRST_SCHEDULES, Result, simulate
 from .world import EPOCH_RECORD_SCHEDULES
 
