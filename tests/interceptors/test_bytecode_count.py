@@ -37,7 +37,9 @@ def test_a_protected_call_is_counted_by_part(upstream: Upstream) -> None:
     # grpc's own part is the same code on both paths, but its waits loop as often as the
     # answer takes to come (127 more per call once on a loaded machine): only roughly equal
     assert abs(over["grpc"]) <= 0.25 * bare_parts["grpc"], over
-    assert abs(over["caller"]) <= 1
+    # the caller's code is the same lambda on both; what runs in its frame besides (a
+    # collection's finalizers) differs a little from run to run (1.9 a call once at load 12)
+    assert abs(over["caller"]) <= 5
     assert min(over["glue"], over["admission"], over["recording"]) > 10
     ours = over["glue"] + over["admission"] + over["recording"]  # what load does not move
     assert ours <= MOST_OVER_BARE, over
