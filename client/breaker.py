@@ -433,12 +433,13 @@ class CircuitBreaker:
         self.generation += 1
         self.checked = False
         self.half_open_successes = 0
-        if old is BreakerState.HALF_OPEN:
+        if old is BreakerState.HALF_OPEN and new is not BreakerState.CLOSED:
             # A failed probe ends the HALF_OPEN, not the others' probes still running: with
             # several out at once (a check's HALF_OPEN, a widened one) the next HALF_OPEN
-            # must count them, or the fleet runs more than success_threshold (I3). Nor
-            # does closing on success_threshold successes end a probe granted after the
-            # first succeeded: its result, due still, is that holder's to report.
+            # must count them, or the fleet runs more than success_threshold (I3). (A probe
+            # granted after the first success and running when the others close the breaker
+            # is not kept so: a relay holding it did not ask again, and its agents' next
+            # HALF_OPEN stalled; its late result is cut as a claim — known.)
             self.set_aside_permits()
         elif new is not BreakerState.OPEN and new is not BreakerState.HALF_OPEN:
             self._earlier.clear()
