@@ -195,7 +195,8 @@ class CallPlan:
             held = self._hold(service)
             if held is not None:
                 return held
-            if self._held_from is not None:  # the time held counts against the call's own
+            if self._held_from is not None:  # its hold is over; the time held counts against its own
+                self.ex.holds.end(self)
                 timeout = self._timeout_of(self.ex.view.get(service)) - (self.ex.clock() - self._held_from)
                 timeout = max(timeout, 1e-3)
         self._cost = self.cost if primary else self._cost_for(service)
@@ -214,10 +215,10 @@ class CallPlan:
         ex = self.ex
         state = ex.view.get(service)
         if state.fleet is None or state.fleet.state is not BreakerState.HALF_OPEN:
-            return self._unhold()  # the common case: one attribute read
+            return None  # the common case: one attribute read
         now = ex.clock()
         if not half_open_hold.waits(ex.view, state, now):
-            return self._unhold()
+            return None
         if self._held_until is None:
             self._held_until = half_open_hold.hold_until(self._timeout_of(state), self.parent_deadline, now)
             if not ex.holds.begin(self, self._held_until, now):
@@ -225,15 +226,9 @@ class CallPlan:
                 return None
             self._held_from = now
         if now >= self._held_until:
-            return self._unhold()  # waited long enough: refused as before
+            return None  # waited long enough: refused as before
         ex.admission.ask_probe(state)
         return Sleep(min(half_open_hold.LOOK_SECS, self._held_until - now))
-
-    def _unhold(self) -> Sleep | None:
-        """Go on (a hold, if any, is over)."""
-        if self._held_from is not None:
-            self.ex.holds.end(self)
-        return None
 
     def _timeout_of(self, state: ServiceState) -> float:
         return state.policy.timeout_secs if self.timeout is None else self.timeout
