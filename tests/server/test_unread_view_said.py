@@ -19,19 +19,13 @@ from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess, free_port
 from mission_control.server.operator import EXIT_FAILED, EXIT_NOT_FOUND
 
+from tests.server.test_probe_answer_incomplete import serve
 from tests.support.fleets import put_policy
 from tests.support.polling import poll
 from tests.support.procs import ROOT, Proc
 
 SERVICE = "unread"
 CLI = [sys.executable, "-m", "mission_control.server.cli"]
-
-
-def serve(etcd: EtcdProcess, prefix: str, port: int) -> Proc:
-    args = ["serve", "--listen", f"127.0.0.1:{port}", "--etcd", etcd.endpoint, "--etcd-prefix", prefix]
-    proc = Proc([*CLI, *args, "--instance-id", "r1"])
-    proc.wait_for("mission-control: serving on ", timeout=60)
-    return proc
 
 
 def cli(address: str, *args: str) -> subprocess.CompletedProcess[str]:
