@@ -103,22 +103,8 @@ class _UnaryStream(grpc.UnaryStreamMultiCallable):  # type: ignore[misc]
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        inner = self._inner
-
-        def start(requests: Any, left: float) -> Any:
-            return inner(
-                requests,
-                timeout=left,
-                metadata=metadata,
-                credentials=credentials,
-                wait_for_ready=wait_for_ready,
-                compression=compression,
-            )
-
-        try:
-            return self._route.stream(request, timeout, metadata, None, start)
-        except Exception as exc:  # as behind grpc's interceptor: raised when iterated
-            return _FailureOutcome(exc, exc.__traceback__)  # type: ignore[arg-type]
+        sender = _Sender(self._inner, metadata, credentials, wait_for_ready, compression)
+        return _streamed(self._route, request, timeout, metadata, None, sender)
 
 
 class _StreamUnary(grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
@@ -180,22 +166,8 @@ class _StreamUnary(grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        inner = self._inner.future
-
-        def start(requests: Any, left: float) -> Any:
-            return inner(
-                requests,
-                timeout=left,
-                metadata=metadata,
-                credentials=credentials,
-                wait_for_ready=wait_for_ready,
-                compression=compression,
-            )
-
-        try:
-            return self._route.stream(request_iterator, timeout, metadata, [], start)
-        except Exception as exc:
-            return _FailureOutcome(exc, exc.__traceback__)  # type: ignore[arg-type]
+        sender = _Sender(self._inner.future, metadata, credentials, wait_for_ready, compression)
+        return _streamed(self._route, request_iterator, timeout, metadata, [], sender)
 
 
 class _StreamStream(grpc.StreamStreamMultiCallable):  # type: ignore[misc]
@@ -212,22 +184,50 @@ class _StreamStream(grpc.StreamStreamMultiCallable):  # type: ignore[misc]
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        inner = self._inner
+        sender = _Sender(self._inner, metadata, credentials, wait_for_ready, compression)
+        return _streamed(self._route, request_iterator, timeout, metadata, [], sender)
 
-        def start(requests: Any, left: float) -> Any:
-            return inner(
-                requests,
-                timeout=left,
-                metadata=metadata,
-                credentials=credentials,
-                wait_for_ready=wait_for_ready,
-                compression=compression,
-            )
 
-        try:
-            return self._route.stream(request_iterator, timeout, metadata, [], start)
-        except Exception as exc:  # as behind grpc's interceptor: raised when iterated
-            return _FailureOutcome(exc, exc.__traceback__)  # type: ignore[arg-type]
+class _Sender:
+    """Sends one attempt of a streaming call with ``left`` seconds, the caller's other
+    arguments as given."""
+
+    __slots__ = ("_compression", "_credentials", "_inner", "_metadata", "_wait_for_ready")
+
+    def __init__(
+        self, inner: Any, metadata: Any, credentials: Any, wait_for_ready: bool | None, compression: Any
+    ) -> None:
+        self._inner = inner
+        self._metadata = metadata
+        self._credentials = credentials
+        self._wait_for_ready = wait_for_ready
+        self._compression = compression
+
+    def __call__(self, requests: Any, left: float) -> Any:
+        return self._inner(
+            requests,
+            timeout=left,
+            metadata=self._metadata,
+            credentials=self._credentials,
+            wait_for_ready=self._wait_for_ready,
+            compression=self._compression,
+        )
+
+
+def _streamed(
+    route: Route,
+    requests: Any,
+    timeout: float | None,
+    metadata: Any,
+    caller_errors: list[BaseException] | None,
+    sender: _Sender,
+) -> Any:
+    """A streaming call through ``route``; a refusal is handed back as grpc's interceptor
+    would: a failed outcome, raised when iterated or waited for, not raised here."""
+    try:
+        return route.stream(requests, timeout, metadata, caller_errors, sender)
+    except Exception as exc:
+        return _FailureOutcome(exc, exc.__traceback__)  # type: ignore[arg-type]
 
 
 def _call(future: Any) -> Any:
