@@ -3,9 +3,10 @@
 A :class:`ServicePolicy` says how calls to one service are protected (the seed's
 ``ServiceConfig`` plus backoff, retry budget, bulkhead, quotas, fallbacks), built of the
 parts in :mod:`.policy_parts`. An :class:`~.config.ErrorHandlingConfig` is the seed's whole
-configuration: defaults plus one policy per service. Both raise :class:`~mission_control.client.errors.ConfigurationError`
-naming **every** bad field when built from bad values; a change makes a new value
-(``dataclasses.replace``), which is validated again.
+configuration: defaults plus one policy per service. Both raise
+:class:`~mission_control.client.errors.ConfigurationError` naming **every** bad field when
+built from bad values; a change makes a new value (``dataclasses.replace``), which is
+validated again.
 """
 
 from __future__ import annotations
