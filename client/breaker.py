@@ -352,6 +352,15 @@ class CircuitBreaker:
             for p in permits.get(holder, ())
         )
 
+    def known_numbers(self, holder: str) -> set[int]:
+        """The grants ``holder`` was given that are not settled yet (see :meth:`knows`)."""
+        return {
+            number
+            for permits in (self._permits, self._earlier, self._lost)
+            for p in permits.get(holder, ())
+            if (number := getattr(p, "number", 0))
+        }
+
     def note_running(self, holder: str, number: int) -> bool:
         """``holder`` says its probe under grant ``number``, given over a stream that has
         broken since, still runs: the permit counts in flight for no HALF_OPEN (its

@@ -61,8 +61,12 @@ def settle_results(
 def known_results(breaker: CircuitBreaker, agent: str, summary: pb.OutcomeSummary) -> int:
     """How many of the named results are under a grant this replica knows for ``agent``
     (held now, counted in flight for none, or released with its stream): an honest
-    agent's report of them is not cut as a claim beyond its permits."""
-    return sum(breaker.knows(agent, number) for number in summary.probe_grants)
+    agent's report of them is not cut as a claim beyond its permits. Each grant counts
+    once however often it is named, and the work is one pass in C over the names: a
+    summary naming hundreds of thousands of grants costs milliseconds, not the event
+    loop's time for everyone else."""
+    known = breaker.known_numbers(agent)
+    return len(known.intersection(summary.probe_grants)) if known else 0
 
 
 def copy_grants(summary: pb.OutcomeSummary, out: pb.OutcomeSummary) -> None:
