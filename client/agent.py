@@ -156,19 +156,22 @@ class MissionControl:
             )
 
     def start(self) -> MissionControl:
-        """Connect to the control plane and wait for its first snapshot — the fleet's
-        breakers and policies — for up to ``start_wait`` seconds; calls may go from now on
-        (with ``config`` until the snapshot arrives, when it did not in time: the link is
-        made in the background and the snapshot applied whenever it comes). In asyncio
-        code, ``await asyncio.to_thread(mc.start)`` keeps the loop running meanwhile."""
+        """Connect to the control plane and wait for the fleet's state — breakers and
+        policies, from a control plane that has read its store (a ``partial`` snapshot, from
+        one that has not, is not waited for) — for up to ``start_wait`` seconds; calls may
+        go from now on (with ``config`` until the state arrives, when it did not in time:
+        the link is made in the background and the state applied whenever it comes). In
+        asyncio code, ``await asyncio.to_thread(mc.start)`` keeps the loop running meanwhile."""
         if self.connection is not None:
             self.connection.start()
         self.executor.not_started = None
         waits = self.connection is not None and self.start_wait > 0
-        if waits and not self.connection.connected_event.wait(self.start_wait):  # type: ignore[union-attr]
+        if waits and not self.connection.complete_event.wait(self.start_wait):  # type: ignore[union-attr]
             _log.warning(
-                "no snapshot from the control plane within %gs: enforcing the local config until it comes",
+                "no fleet state from the control plane within %gs (%s): enforcing the local config "
+                "until it comes",
                 self.start_wait,
+                "connected, but it has not read its store" if self.connected else "not connected",
             )
         return self
 

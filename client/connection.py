@@ -101,6 +101,9 @@ class ControlPlaneConnection:
         self.streams_opened = 0
         self.current_endpoint: str | None = None
         self.connected_event = threading.Event()
+        #: Set by a snapshot of a control plane that has read its store (not ``partial``):
+        #: the fleet's state, not only a link to it. Cleared with the stream.
+        self.complete_event = threading.Event()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -189,6 +192,7 @@ class ControlPlaneConnection:
             finally:
                 self.view.forget_fleet()
                 self.connected_event.clear()
+                self.complete_event.clear()
                 self.current_endpoint = None
             if self._stopping.is_set():
                 return
@@ -337,6 +341,8 @@ class ControlPlaneConnection:
             view.connected = True
             self.current_endpoint = endpoint
             self.connected_event.set()
+            if not snapshot.partial:
+                self.complete_event.set()
             _log.info("connected to control plane %s", endpoint)
         elif kind == "breaker":
             view.set_breaker(response.breaker)
