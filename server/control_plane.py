@@ -193,6 +193,7 @@ class ControlPlane:
         self.writer.reachable = lambda: self.store_ok or not self._checked
         self.writer.on_lost_data = self.sync.lost_data
         self.sync.records[self.lease_epochs.key] = self.lease_epochs.apply
+        self.writer.kept_records = self.lease_epochs.restorable
         self.takeover_read = TakeoverRead(
             self._leader_epoch,
             self._leader_created,

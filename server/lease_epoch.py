@@ -217,6 +217,20 @@ class LeaseEpochs:
             self.malformed += 1
             self.refused(self.key, f"malformed fleet-lease epoch record ({err}); ignored")
 
+    def restorable(self) -> list[tuple[str, bytes]]:
+        """The record to write back when the store lost its data (none: no good one seen).
+
+        A leader taking over without a record takes the fleet for a new one and splits the
+        whole limit, while agents it has not heard from (cut off, or behind a replica cut
+        from it) spend the leases of a term before the loss until their horizon. The record
+        written back says the fleet was leased, so the next leader warms up; its ``until``
+        is left unsaid (a newer record may have been lost), so that leader takes the
+        longest a leader records ahead (``RECORD_AHEAD_SECS``)."""
+        if self.record is None:
+            return []
+        record = EpochRecord(self.record.epoch, self.record.leader, 0.0, self.record.horizons)
+        return [(self.key, record.encode())]
+
     def _take_over(self) -> None:
         own, known = self.leader_epoch(), self.loaded()
         if own == self._term and (self._prior is not _UNKNOWN or not known):

@@ -150,6 +150,9 @@ class StateWriter:
         self.shadows: PolicyBook | None = None
         #: Called after every recorded write (the audit retention runs then).
         self.on_recorded: Callable[[], None] = lambda: None
+        #: Other records held here that a restore writes back, as (key, value): the
+        #: fleet-lease epoch record (set by the control plane; see :mod:`.lease_epoch`).
+        self.kept_records: Callable[[], list[tuple[str, bytes]]] = lambda: []
 
     # -- the primitive ----------------------------------------------------------
 
@@ -503,7 +506,8 @@ class StateWriter:
 
     async def restore(self) -> int:
         """Write back every breaker and policy held here whose key is absent (the store was
-        wiped); a key written meanwhile is left alone. Returns how many were written.
+        wiped), and the other records kept (:attr:`kept_records`, fenced as breakers are);
+        a key written meanwhile is left alone. Returns how many were written.
         Raises StoreUnavailable."""
         writes = [
             Write(self.policies.key(p.service), policy_to_json(p).encode(), 0) for p in self.policies.all()
@@ -511,10 +515,15 @@ class StateWriter:
         names = self.breakers.names()
         runs = {self.breaker_key(n): (n, self.breakers.run_of(n)) for n in names}
         writes += [Write(self.breaker_key(n), self.breakers.to_record(n), 0) for n in names]
+        kept = [Write(key, value, 0) for key, value in self.kept_records()]
+        writes += kept
+        fenced = {write.key for write in kept}
         restored, losses = 0, self.losses
         for write in writes:
             breaker = runs.get(write.key)
-            result = await self.commit([write], fenced=breaker is not None, action="restore")
+            result = await self.commit(
+                [write], fenced=breaker is not None or write.key in fenced, action="restore"
+            )
             if result.status is WriteStatus.FENCED:
                 return restored
             if losses != self.losses:

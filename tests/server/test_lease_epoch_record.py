@@ -227,3 +227,19 @@ def test_an_epoch_far_above_the_wall_clock_is_refused_and_never_stored() -> None
         assert skewed.refused == [] and skewed.epochs.epoch() == round(now * 1000) + 200_001
 
     asyncio.run(main())
+
+
+def test_the_record_written_back_after_a_loss_of_data_leaves_its_until_unsaid() -> None:
+    """A restore writes back the record this replica knew (none: nothing), and the next
+    leader reading it warms up for as long as a leader may record ahead: a newer record
+    than this one may have been lost with the data."""
+    assert Term(own=6).epochs.restorable() == []
+    knew = Term(own=6)
+    knew.epochs.apply(EpochRecord(5, "r0", 1234.5).encode())
+    [(key, value)] = knew.epochs.restorable()
+    assert key == KEY
+    assert parse_record(value) == EpochRecord(5, "r0", 0.0)
+    successor = Term(own=8)
+    successor.epochs.apply(value)
+    assert successor.epochs.leased_before() and successor.epochs.earlier_until() is None
+    assert successor.epochs.epoch() == 8
