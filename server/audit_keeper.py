@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from functools import partial
 
 from .audit import AuditLog, Change
@@ -148,6 +149,8 @@ class AuditKeeper:
         change = self.change_of(key, entry.value if entry else None, await self._last(mark))
         if change is None:
             return False
+        if entry is not None:  # read with the change: what the last good value is told by
+            change = replace(change, version=entry.version)
         revision = entry.mod_revision if entry is not None else 0
         text = "%s %s changed from outside the control plane (revision %d)%s"
         refused = change.new is not None and self.refuses(change)
