@@ -6,6 +6,12 @@ revision (:class:`.sync.StoreSync` calls :meth:`AuditKeeper.outside`). Starting,
 after the watch was reloaded, every key whose revision is not its mark's: a change
 made while no replica watched. Either way the record is written in a compare-and-swap
 on the key's mark, so several replicas make one record.
+
+A write of the control plane triggers the prune. So do changes from outside, so that a
+fleet edited only by hand keeps its bound too: once the records this replica wrote of them
+since the last prune are a tenth of the count bound (one at least), or when one is written
+a tenth of the age bound or more after the last prune (a few hand edits never cost a
+prune each, and the records past a bound are never more than a tenth of it).
 """
 
 from __future__ import annotations
@@ -61,6 +67,10 @@ class AuditKeeper:
         #: Changes from outside handled here (recorded here or by another replica).
         self.outside_changes = 0
         self.pruned = 0
+        #: Records of changes from outside written here since the last prune began, and
+        #: when (loop time) the last prune ended (None: none yet).
+        self._outside_unpruned = 0
+        self._pruned_at: float | None = None
 
     def recorded(self) -> None:
         """A record was written: prune soon."""
@@ -90,6 +100,7 @@ class AuditKeeper:
             await self._prune.wait()
             await asyncio.sleep(self.prune_delay)
             self._prune.clear()
+            self._outside_unpruned = 0
             try:
                 self.pruned += await self.log.prune(self.kept.find)
             except StoreUnavailable as err:
@@ -97,7 +108,20 @@ class AuditKeeper:
                 self._prune.set()
                 await asyncio.sleep(1.0)
             else:
+                self._pruned_at = asyncio.get_running_loop().time()
                 await asyncio.sleep(self.prune_interval)
+
+    def _recorded_outside(self) -> None:
+        """A change from outside was recorded here: prune when due (see the module's docstring)."""
+        self._outside_unpruned += 1
+        retention = self.log.retention
+        pruned_at = self._pruned_at
+        since = asyncio.get_running_loop().time() - pruned_at if pruned_at is not None else 0.0
+        if (
+            self._outside_unpruned >= max(1, retention.max_records // 10)
+            or since >= retention.max_age_secs / 10
+        ):
+            self.recorded()
 
     async def _retrying(self, what: str, work: Callable[[], object]) -> None:
         for attempt in range(8):
@@ -156,6 +180,7 @@ class AuditKeeper:
         refused = change.new is not None and self.refuses(change)
         if await self.log.record_outside(change, revision, mark.mod_revision if mark else 0, refused=refused):
             _log.warning(text, change.kind, change.name, revision, "")
+            self._recorded_outside()
         else:
             _log.info(text, change.kind, change.name, revision, ": recorded by another replica")
         self.outside_changes += 1
