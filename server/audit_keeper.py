@@ -22,11 +22,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from functools import partial
 
-from .audit import AuditLog, Change
+from .audit import AuditLog, Change, Retention
 from .audit_kept import KeptRecords
 from .store import Entry, StoreUnavailable
 
 _log = logging.getLogger("mission_control.server.audit")
+
+
+def prune_due(retention: Retention, unpruned: int, since: float) -> bool:
+    """Whether changes from outside trigger a prune: ``unpruned`` of them recorded since the
+    last prune, ``since`` seconds after it ended (0: none ended yet)."""
+    return unpruned >= max(1, retention.max_records // 10) or since >= retention.max_age_secs / 10
 
 
 class AuditKeeper:
@@ -114,13 +120,9 @@ class AuditKeeper:
     def _recorded_outside(self) -> None:
         """A change from outside was recorded here: prune when due (see the module's docstring)."""
         self._outside_unpruned += 1
-        retention = self.log.retention
         pruned_at = self._pruned_at
         since = asyncio.get_running_loop().time() - pruned_at if pruned_at is not None else 0.0
-        if (
-            self._outside_unpruned >= max(1, retention.max_records // 10)
-            or since >= retention.max_age_secs / 10
-        ):
+        if prune_due(self.log.retention, self._outside_unpruned, since):
             self.recorded()
 
     async def _retrying(self, what: str, work: Callable[[], object]) -> None:
