@@ -7,12 +7,14 @@ never recorded, no longer leave the last good value unknown)."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import grpc
 import pytest
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
+from mission_control.server.audit_read import invert
 from mission_control.server.etcd_process import EtcdProcess
 
 from tests.server.test_refused_values_held import _revision, _run, _stats
@@ -78,3 +80,34 @@ def test_a_policy_put_with_etcdctl_while_no_control_plane_ran_keeps_its_last_goo
     assert f"stored at revision {good}\n" in out and "\ntimeout_secs = 7\n" in out, out
     # each change from outside recorded with the key's etcd version after it
     assert _recorded(server) == {good: 3, bad: 4}, _recorded(server)
+
+
+@pytest.mark.timeout(300)  # two control-plane starts: minutes on a loaded machine
+def test_a_planted_record_naming_the_version_before_the_refused_one_leaves_the_last_good_value_unknown(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    etcd, key = etcd_server.endpoint, f"{prefix}/policies/{SERVICE}"
+    for timeout in (5, 6, 7):
+        etcdctl(etcd, "put", key, _policy(timeout))
+    good = _revision(etcd, key)
+    server = _start(etcd, prefix, spawned)
+    poll(lambda: good in _recorded(server))
+    spawned[-1].kill()
+    # put from outside under the audit prefix, the newest: the same change, another value
+    planted = {"kind": "policy", "name": SERVICE, "action": "etcd.put", "identity": "etcd"}
+    planted.update(new_value=_policy(1), revision=str(good), version="3")
+    etcdctl(
+        etcd, "put", f"{prefix}-audit/policy/{invert(time.time_ns() + 10**12)}-feedf00d", json.dumps(planted)
+    )
+    etcdctl(etcd, "put", key, "{garbage")
+    bad = _revision(etcd, key)
+    etcdctl(etcd, "compact", str(_now(etcd, key)))
+    server = _start(etcd, prefix, spawned)
+    with grpc.insecure_channel(server) as channel:
+        stub: Any = pb_grpc.ControlPlaneServiceStub(channel)
+        [held] = [e for e in _stats(stub).refused_values_held if e.key == key]
+        listed = stub.ListPolicies(pb.ListPoliciesRequest(), timeout=30).policies
+    assert [p.timeout_secs for p in listed if p.service == SERVICE] == [], listed  # neither 1 s nor 7 s
+    assert held.error.startswith(f"revision {bad}:"), held.error
+    why = "the last good value is not known: two audit records disagree on what made the key's version 3)"
+    assert held.error.endswith(why), held.error
