@@ -64,6 +64,8 @@ class Change:
     new: bytes | None
     #: The key written (its mark is written beside it); empty: no mark.
     key: str = ""
+    #: The key's etcd version after the change (0: not known).
+    version: int = 0
 
 
 class AuditLog(AuditReader):
@@ -132,6 +134,7 @@ class AuditLog(AuditReader):
             old_value=(change.old or b"").decode(errors="replace"),
             new_value=(change.new or b"").decode(errors="replace"),
             replica=self.replica,
+            version=change.version,
         )
         record.time.FromNanoseconds(int(now * 1e9))
         return record
@@ -147,8 +150,9 @@ class AuditLog(AuditReader):
     async def record_outside(
         self, change: Change, revision: int, mark_revision: int, *, refused: bool = False
     ) -> bool:
-        """Record a change made from outside at ``revision`` (0: unknown), in a
-        compare-and-swap on its key's mark as last seen (``mark_revision``, 0: none);
+        """Record a change made from outside at ``revision`` (0: unknown; the key's etcd
+        version after it in ``change``), in a compare-and-swap on its key's mark as last
+        seen (``mark_revision``, 0: none);
         False when another replica, or a later write, recorded first. A value the control
         plane ``refused`` (never in force) is recorded as ``etcd.refused``.
         Raises StoreUnavailable."""

@@ -6,6 +6,12 @@ revision (:class:`.sync.StoreSync` calls :meth:`AuditKeeper.outside`). Starting,
 after the watch was reloaded, every key whose revision is not its mark's: a change
 made while no replica watched. Either way the record is written in a compare-and-swap
 on the key's mark, so several replicas make one record.
+
+A write of the control plane triggers the prune. So do changes from outside, so that a
+fleet edited only by hand keeps its bound too: once the records this replica wrote of them
+since the last prune are a tenth of the count bound (one at least), or when one is written
+a tenth of the age bound or more after the last prune (a few hand edits never cost a
+prune each, and the records past a bound are never more than a tenth of it).
 """
 
 from __future__ import annotations
@@ -13,13 +19,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from functools import partial
 
-from .audit import AuditLog, Change
+from .audit import AuditLog, Change, Retention
 from .audit_kept import KeptRecords
 from .store import Entry, StoreUnavailable
 
 _log = logging.getLogger("mission_control.server.audit")
+
+
+def prune_due(retention: Retention, unpruned: int, since: float) -> bool:
+    """Whether changes from outside trigger a prune: ``unpruned`` of them recorded since the
+    last prune, ``since`` seconds after it ended (0: none ended yet)."""
+    return unpruned >= max(1, retention.max_records // 10) or since >= retention.max_age_secs / 10
 
 
 class AuditKeeper:
@@ -60,6 +73,10 @@ class AuditKeeper:
         #: Changes from outside handled here (recorded here or by another replica).
         self.outside_changes = 0
         self.pruned = 0
+        #: Records of changes from outside written here since the last prune began, and
+        #: when (loop time) the last prune ended (None: none yet).
+        self._outside_unpruned = 0
+        self._pruned_at: float | None = None
 
     def recorded(self) -> None:
         """A record was written: prune soon."""
@@ -89,6 +106,7 @@ class AuditKeeper:
             await self._prune.wait()
             await asyncio.sleep(self.prune_delay)
             self._prune.clear()
+            self._outside_unpruned = 0
             try:
                 self.pruned += await self.log.prune(self.kept.find)
             except StoreUnavailable as err:
@@ -96,7 +114,16 @@ class AuditKeeper:
                 self._prune.set()
                 await asyncio.sleep(1.0)
             else:
+                self._pruned_at = asyncio.get_running_loop().time()
                 await asyncio.sleep(self.prune_interval)
+
+    def _recorded_outside(self) -> None:
+        """A change from outside was recorded here: prune when due (see the module's docstring)."""
+        self._outside_unpruned += 1
+        pruned_at = self._pruned_at
+        since = asyncio.get_running_loop().time() - pruned_at if pruned_at is not None else 0.0
+        if prune_due(self.log.retention, self._outside_unpruned, since):
+            self.recorded()
 
     async def _retrying(self, what: str, work: Callable[[], object]) -> None:
         for attempt in range(8):
@@ -148,11 +175,14 @@ class AuditKeeper:
         change = self.change_of(key, entry.value if entry else None, await self._last(mark))
         if change is None:
             return False
+        if entry is not None:  # read with the change: what the last good value is told by
+            change = replace(change, version=entry.version)
         revision = entry.mod_revision if entry is not None else 0
         text = "%s %s changed from outside the control plane (revision %d)%s"
         refused = change.new is not None and self.refuses(change)
         if await self.log.record_outside(change, revision, mark.mod_revision if mark else 0, refused=refused):
             _log.warning(text, change.kind, change.name, revision, "")
+            self._recorded_outside()
         else:
             _log.info(text, change.kind, change.name, revision, ": recorded by another replica")
         self.outside_changes += 1

@@ -7,6 +7,10 @@ it wrote, up to the records' count and age bound, past which the records a last 
 value is read back from are kept: :mod:`.audit_kept`). The value in force before the
 refused one is picked from them only when it can be known:
 
+* **The version before the refused one is recorded** (a change from outside is recorded
+  with the key's etcd ``version``): that record's value, when good, is the one in force,
+  whatever happened before it; the records must fit etcd's versions and the mark
+  (:mod:`.last_good_versions`). Records naming no version are counted:
 * **Every change is accounted for.** etcd says how many times the key was written since it
   was created (its ``version``): ``version - 1`` changes before the refused one. The key's
   mark, when created with the key, is written once per recorded change (its own
@@ -38,13 +42,12 @@ from mission_control.client.errors import ConfigurationError
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .audit_read import AuditReader, bucket_end
+from .last_good_versions import NOT_KNOWN, by_version
 from .policies import PolicyBook
 from .store import Entry
 
 #: Where a value found this way is said to come from (``stats``, ``policies get``).
 FROM_RECORDS = "the last good value, from the audit records"
-#: What is said when the records cannot tell the last good value.
-NOT_KNOWN = "the last good value is not known"
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +134,10 @@ def pick(entry: Entry, service: str, stored: list[tuple[Entry, pb.AuditRecord]],
     if made < 1:
         return Pick(None, why="the key was created with this value: none was in force before it")
     named, newest, recorded = marked(entry, mark, stored)
+    told = by_version(entry, stored, (named, newest), described, lambda value: _good(value, service))
+    if told is not None:  # a record names the version before the refused one
+        value, revision, why = told
+        return Pick(value, revision, why)
     claims: dict[int, set[str]] = {}  # key revision -> the values records say it wrote there
     verified: tuple[int, str] | None = None  # the value the mark's record says was written
     previous = ""  # the value last recorded before the refused one (its record, from outside, says)

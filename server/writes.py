@@ -21,7 +21,7 @@ import enum
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from google.protobuf import json_format
@@ -206,6 +206,8 @@ class StateWriter:
         changes = []
         for write in writes:
             change = self.change_of(write.key, write.value, old.get(write.key, self._held(write.key)))
+            if change is not None and write.expected_revision == 0 and write.value is not None:
+                change = replace(change, version=1)  # created: the transaction fails otherwise
             if change is not None:
                 changes.append(change)
         return self.audit.record_writes(changes, author, action)

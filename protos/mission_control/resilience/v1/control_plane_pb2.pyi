@@ -2345,6 +2345,7 @@ class AuditRecord(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     REPLICA_FIELD_NUMBER: _builtins.int
     PROVENANCE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique among the records kept."""
     identity: _builtins.str
@@ -2373,6 +2374,10 @@ class AuditRecord(_message.Message):
     of the change it describes), "not written by a control plane" (e.g. an etcdctl put
     under the audit prefix), or "unknown" (etcd no longer holds that revision).
     """
+    version: _builtins.int
+    """The key's etcd version after the change: how many times it was written since it
+    was created (0: not known, e.g. a deletion or a record of an earlier version).
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -2390,10 +2395,11 @@ class AuditRecord(_message.Message):
         revision: _builtins.int = ...,
         replica: _builtins.str = ...,
         provenance: _builtins.str = ...,
+        version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "id", b"id", "identity", b"identity", "kind", b"kind", "name", b"name", "new_value", b"new_value", "old_value", b"old_value", "provenance", b"provenance", "reason", b"reason", "replica", b"replica", "revision", b"revision", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "id", b"id", "identity", b"identity", "kind", b"kind", "name", b"name", "new_value", b"new_value", "old_value", b"old_value", "provenance", b"provenance", "reason", b"reason", "replica", b"replica", "revision", b"revision", "time", b"time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
