@@ -125,6 +125,8 @@ class LeaderRelay:
         #: Agents' acknowledgements, due once the leader acknowledged their batches.
         self.acks = OwedAcks()
         self.connected = False
+        #: The leader the last link went to.
+        self._leader_address: str | None = None
 
     # -- from this replica's agents ---------------------------------------------
 
@@ -236,6 +238,11 @@ class LeaderRelay:
             backoff = 0.05 if changed else min(backoff * 2, 1.0)
 
     async def _stream(self, address: str) -> None:
+        if address != self._leader_address:
+            # another leader: the permits relayed so far were its predecessor's, which it
+            # waits out; their results count for nothing there
+            self.permits.forget()
+            self._leader_address = address
         self._epoch += 1
         self._resend = True  # anything a previous link did not get acknowledged goes again
         responses = self._connect(address, self._requests(self._epoch, address), self._metadata)
@@ -362,7 +369,7 @@ class LeaderRelay:
         self._unacked.ack(2**63)
         held += [(key, agent_id, summaries) for key, (agent_id, summaries) in self._batches.items()]
         self._batches.clear()
-        self.permits.take_released()  # the permits of a leader that is no more
+        self.permits.forget()  # the permits of a leader that is no more
         tallies, self._tallies = self._tallies, {}
         summaries = [t.to_proto(name) for name, t in tallies.items() if not t.empty()]
         if summaries:

@@ -170,12 +170,21 @@ class RelayedPermits:
 
     def take_released(self) -> list[pb.OutcomeSummary]:
         """Summaries naming the permits given back since the last call."""
+        for service in list(self._held):  # (lapsed ones of agents gone for good, too)
+            for agent in list(self._held[service]):
+                self._live(service, agent)
+                self._forget(service, agent)
         out = []
         released, self._released = self._released, {}
         for service, numbers in released.items():
             for i in range(0, len(numbers), MAX_RELEASED):
                 out.append(pb.OutcomeSummary(service=service, released_grants=numbers[i : i + MAX_RELEASED]))
         return out
+
+    def forget(self) -> None:
+        """Forget every permit (they were granted by a leader that is no more)."""
+        self._held.clear()
+        self._released.clear()
 
     # -- internals -------------------------------------------------------------
 

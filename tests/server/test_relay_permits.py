@@ -184,3 +184,12 @@ def test_a_relays_permit_kept_from_a_closed_half_open_does_not_stop_its_other_ag
     breakers.record(RELAY, late)  # its late result: counted for none, the permit freed
     assert breaker.half_open_successes == 0 and breaker.earlier_of(RELAY) == 0
     assert breakers.request_probe(RELAY, "llm", relay=True) is not None
+
+
+def test_what_an_agent_gone_for_good_held_is_forgotten_once_lapsed() -> None:
+    relay = relay_with("a")
+    hand(relay, "a", grant(1))
+    leave(relay, "a")
+    relay.permits._clock.now += 31.0  # type: ignore[attr-defined]
+    sent(relay)
+    assert relay.permits._held == {}
