@@ -296,15 +296,18 @@ class CircuitBreaker:
 
     # -- probes ----------------------------------------------------------------
 
-    def acquire_probe(self, now: float, holder: str, ttl: float, count: int = 1, number: int = 0) -> int:
+    def acquire_probe(
+        self, now: float, holder: str, ttl: float, count: int = 1, number: int = 0, *, several: bool = False
+    ) -> int:
         """Grant up to ``count`` probe permits to ``holder`` (of grant ``number``, if
-        numbered); returns how many.
+        numbered); returns how many. A holder for ``several`` (a follower's relay, for its
+        agents) may hold permits of an earlier HALF_OPEN meanwhile: they count all the same.
 
         At most :meth:`probe_limit` permits are out at any time, over all holders.
         """
         if self.state is not BreakerState.HALF_OPEN:
             return 0
-        if self._earlier.get(holder):
+        if self._earlier.get(holder) and not several:
             return 0  # its probe of the HALF_OPEN that failed may still run
         free = self.probe_limit() - self.permits_out(now)
         granted = max(0, min(count, free))
@@ -360,6 +363,18 @@ class CircuitBreaker:
             for p in permits.get(holder, ())
             if (number := getattr(p, "number", 0))
         }
+
+    def lose(self, holder: str, number: int) -> bool:
+        """``holder`` gives back its permit of grant ``number`` (unused, or lost with the
+        stream of the agent it went to): it counts no more, but is kept to its expiry, as
+        one released with a stream, in case its probe is said to run (:meth:`note_running`)."""
+        permit = pop_number(self._permits, holder, number)
+        if permit is None:
+            permit = pop_number(self._earlier, holder, number)
+        if permit is None:
+            return False
+        self._lost.setdefault(holder, []).append(permit)
+        return True
 
     def note_running(self, holder: str, number: int) -> bool:
         """``holder`` says its probe under grant ``number``, given over a stream that has
@@ -442,13 +457,12 @@ class CircuitBreaker:
         self.generation += 1
         self.checked = False
         self.half_open_successes = 0
-        if old is BreakerState.HALF_OPEN and new is not BreakerState.CLOSED:
+        if old is BreakerState.HALF_OPEN:
             # A failed probe ends the HALF_OPEN, not the others' probes still running: with
             # several out at once (a check's HALF_OPEN, a widened one) the next HALF_OPEN
-            # must count them, or the fleet runs more than success_threshold (I3). (A probe
-            # granted after the first success and running when the others close the breaker
-            # is not kept so: a relay holding it did not ask again, and its agents' next
-            # HALF_OPEN stalled; its late result is cut as a claim — known.)
+            # must count them, or the fleet runs more than success_threshold (I3). Nor
+            # does closing on success_threshold successes end a probe granted after the
+            # first succeeded: its result, due still, is that holder's to report.
             self.set_aside_permits()
         elif new is not BreakerState.OPEN and new is not BreakerState.HALF_OPEN:
             self._earlier.clear()

@@ -286,6 +286,7 @@ class ControlPlane:
             hold_secs=self.capacity.hold_secs,
             clock=self.clock,
             wall=self.lease_epochs.wall,
+            probe_timeout=lambda service: self.policies.policy_of(service).timeout_secs,
         )
         self.writer.fence = self.leadership
         self.breakers.lead_check = self.leadership.lease_valid

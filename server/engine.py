@@ -21,7 +21,7 @@ from mission_control.client.probes import ASKING_SECS
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .grant_numbers import GrantNumbers
-from .probe_results import identified, note_running, settle_results
+from .probe_results import identified, lose_released, note_running, settle_results
 from .stored_runs import StoredRuns
 
 _log = logging.getLogger("mission_control.server.engine")
@@ -142,6 +142,8 @@ class FleetBreakers:
         self._adopted: dict[str, float] = {}
         #: Which breakers the store is known to hold not CLOSED (see :mod:`.stored_runs`).
         self._runs = StoredRuns()
+        #: Followers' relays that asked for permits (each holds several, for its agents).
+        self._relays: dict[str, None] = {}
         self.change_listeners: list[ChangeListener] = []
         self.grant_listeners: list[GrantListener] = []
         #: Whether the agents of this replica can get no probe permit for a HALF_OPEN now
@@ -337,6 +339,8 @@ class FleetBreakers:
         # Probe counts of another generation belong to a HALF_OPEN that is over: its
         # permits were cleared with it, and a late give-back must not free a new one.
         current = summary.probe_generation in (0, breaker.generation)
+        if summary.released_grants:  # a follower's relay names what it gives back
+            lose_released(breaker, agent, summary)
         if summary.probes_running:  # probes begun under permits lost with a stream still run
             note_running(breaker, agent, summary)
         named = identified(summary)
@@ -371,6 +375,8 @@ class FleetBreakers:
         now = self._clock()
         breaker = self.get(service)
         self._demand.setdefault(service, _Demand()).note(agent, now)
+        if relay:
+            self._relays[agent] = None
         if breaker.state is not BreakerState.HALF_OPEN or (breaker.permits_of(agent) and not relay):
             return None
         return self._grant(breaker, agent, now)
@@ -522,7 +528,7 @@ class FleetBreakers:
         if demand is None:
             return
         for agent in demand.recent(now, ASKING_SECS):
-            if breaker.permits_of(agent) or breaker.earlier_of(agent):
+            if breaker.permits_of(agent) or (breaker.earlier_of(agent) and agent not in self._relays):
                 continue
             if self._grant(breaker, agent, now) is None:
                 break
@@ -566,7 +572,8 @@ class FleetBreakers:
         if self._blocked(breaker, now):
             return None
         grant = pb.ProbeGrant(service=breaker.name, permits=1, generation=breaker.generation)
-        if breaker.acquire_probe(now, agent, hold, number=self.numbers.made + 1) == 0:
+        several = agent in self._relays  # a relay asks for its agents, each its own
+        if breaker.acquire_probe(now, agent, hold, number=self.numbers.made + 1, several=several) == 0:
             return None
         self.numbers.stamp(grant)
         if self.before_grant is not None:  # pushed before the grant is

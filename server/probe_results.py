@@ -22,11 +22,23 @@ from __future__ import annotations
 from mission_control.client.breaker import CircuitBreaker
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
-__all__ = ["MAX_RUNNING", "copy_grants", "identified", "known_results", "note_running", "settle_results"]
+__all__ = [
+    "MAX_RELEASED",
+    "MAX_RUNNING",
+    "copy_grants",
+    "identified",
+    "known_results",
+    "lose_released",
+    "note_running",
+    "settle_results",
+]
 
 #: Probes running from before a reconnect read from one summary: an agent holds one permit
 #: at a time, so a few cover any honest one (only grants this agent held are believed).
 MAX_RUNNING = 8
+#: Permits given back by grant read from one summary (a follower's relay names those of
+#: all its agents; it sends more in further summaries).
+MAX_RELEASED = 64
 
 
 def identified(summary: pb.OutcomeSummary) -> bool:
@@ -39,6 +51,13 @@ def note_running(breaker: CircuitBreaker, agent: str, summary: pb.OutcomeSummary
     """Count in flight the probes ``agent`` says it still runs from an earlier stream."""
     for number in summary.probes_running[:MAX_RUNNING]:
         breaker.note_running(agent, number)
+
+
+def lose_released(breaker: CircuitBreaker, agent: str, summary: pb.OutcomeSummary) -> int:
+    """Let go of the permits ``agent`` gives back by grant (``released_grants``): each is
+    kept, counted for nothing, until its hold lapses or its holder names its probe as still
+    running (:meth:`.CircuitBreaker.lose`). Returns how many it held."""
+    return sum(breaker.lose(agent, number) for number in summary.released_grants[:MAX_RELEASED])
 
 
 def settle_results(
@@ -79,3 +98,5 @@ def copy_grants(summary: pb.OutcomeSummary, out: pb.OutcomeSummary) -> None:
         out.probe_grants.extend(failed[: out.probe_failures])
         out.probe_grants.extend(succeeded[: out.probe_successes])
     out.probes_running.extend(summary.probes_running[:MAX_RUNNING])
+    del out.released_grants[:]
+    out.released_grants.extend(summary.released_grants[:MAX_RELEASED])

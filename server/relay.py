@@ -29,9 +29,9 @@ from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
 from .loop_tasks import wait_event
 from .outcome_ledger import BatchKey, origin_key, origin_of
-from .probe_results import copy_grants
 from .relay_acks import AckTarget, OwedAcks
 from .relay_leases import FollowerLeases
+from .relay_permits import RelayedPermits
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -76,6 +76,8 @@ class LeaderRelay:
         hold_secs, clock: how long an agent gone without a goodbye may spend a fleet-shared
             limit (see :class:`.relay_leases.FollowerLeases`), on this monotonic clock.
         wall: epoch seconds (what agents' epoch claims are bounded on).
+        probe_timeout: a service's policy timeout (how long past its TTL the leader holds
+            a probe permit: see :class:`.relay_permits.RelayedPermits`).
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class LeaderRelay:
         hold_secs: Callable[[str, str], float | None] = lambda service, resource: None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        probe_timeout: Callable[[str], float] = lambda service: 30.0,
     ) -> None:
         self.leadership = leadership
         self.hub = hub
@@ -108,9 +111,8 @@ class LeaderRelay:
         #: the services asked about, however long the link is down).
         self._asked: dict[str, None] = {}
         self._waiting: dict[str, collections.deque[str]] = collections.defaultdict(collections.deque)
-        self._held: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-        #: The breaker generation of the permits held here, per service.
-        self._held_generation: dict[str, int] = {}
+        #: The permits relayed to this replica's agents, by grant.
+        self.permits = RelayedPermits(clock, probe_timeout)
         self._grants = GrantsTaken()
         self._wake = asyncio.Event()
         #: What this replica's agents want of the fleet-shared limits, and their leases.
@@ -123,6 +125,8 @@ class LeaderRelay:
         #: Agents' acknowledgements, due once the leader acknowledged their batches.
         self.acks = OwedAcks()
         self.connected = False
+        #: The leader the last link went to.
+        self._leader_address: str | None = None
 
     # -- from this replica's agents ---------------------------------------------
 
@@ -153,19 +157,22 @@ class LeaderRelay:
     def add(self, agent_id: str, summary: pb.OutcomeSummary) -> None:
         """One summary of ``agent_id``'s, summed with the rest (no name to de-duplicate by)."""
         summary = self._checked(agent_id, summary)
+        self.permits.released(summary.service, summary.released_grants)  # (no Tally sums these)
         self._tallies.setdefault(summary.service, Tally()).merge(summary)
         if summary.failures or summary.probe_failures or summary.rejected:
             self._wake.set()
 
     def _checked(self, agent_id: str, summary: pb.OutcomeSummary) -> pb.OutcomeSummary:
-        used = summary.probe_successes + summary.probe_failures + summary.probes_released
-        if used:
-            current = summary.probe_generation in (0, self._held_generation.get(summary.service, 0))
-            held = self._held[summary.service]
-            allowed = held[agent_id] if current else 0
-            if used > allowed:  # probe results count only under permits relayed to this agent
-                summary = _probes_cut(summary, allowed)
-            held[agent_id] = max(0, held[agent_id] - min(used, allowed))
+        # probe results, give-backs and running probes count only under grants relayed to
+        # this agent, named to the leader (relay_permits)
+        if (
+            summary.probe_successes
+            or summary.probe_failures
+            or summary.probes_released
+            or summary.probes_running
+            or summary.released_grants
+        ):
+            return self.permits.checked(agent_id, summary)
         return summary
 
     @property
@@ -174,8 +181,7 @@ class LeaderRelay:
         return len(self._asked), len(self._waiting)
 
     def ask_probe(self, agent_id: str, service: str) -> None:
-        held = self._held.get(service)
-        if held is not None and held[agent_id]:
+        if self.permits.holds(agent_id, service):
             return  # it holds one relayed to it: one at a time, like an agent on the leader
         if service not in self._waiting and len(self._waiting) >= MAX_ASKED:
             del self._waiting[next(iter(self._waiting))]
@@ -196,14 +202,11 @@ class LeaderRelay:
 
     def agent_left(self, agent_id: str) -> None:
         self.leases.agent_left(agent_id)
-        for service, held in self._held.items():
-            # its stream is gone: what it held goes back to the fleet at once (a probe it
-            # may still run would not count, as the leader frees the permit)
-            permits = held.pop(agent_id, 0)
-            if permits:
-                generation = self._held_generation.get(service, 0)
-                self._tallies.setdefault(service, Tally()).give_back(generation, permits)
-                self._wake.set()
+        # its stream is gone: what it held goes back to the fleet at once, named (a probe
+        # it may still run counts again once it says so from its next stream)
+        for service, permits in self.permits.agent_left(agent_id).items():
+            self._tallies.setdefault(service, Tally()).give_back(self.permits.current(service), permits)
+        self._wake.set()
         for waiting in self._waiting.values():
             with contextlib.suppress(ValueError):
                 waiting.remove(agent_id)
@@ -235,6 +238,11 @@ class LeaderRelay:
             backoff = 0.05 if changed else min(backoff * 2, 1.0)
 
     async def _stream(self, address: str) -> None:
+        if address != self._leader_address:
+            # another leader: the permits relayed so far were its predecessor's, which it
+            # waits out; their results count for nothing there
+            self.permits.forget()
+            self._leader_address = address
         self._epoch += 1
         self._resend = True  # anything a previous link did not get acknowledged goes again
         responses = self._connect(address, self._requests(self._epoch, address), self._metadata)
@@ -334,7 +342,8 @@ class LeaderRelay:
     def _outgoing(self) -> list[pb.ConnectRequest]:
         """This relay's own sums (if any), then each agent batch, under its origin."""
         tallies, self._tallies = self._tallies, {}
-        summaries = [t.to_proto(name) for name, t in tallies.items() if not t.empty()]
+        summaries = self.permits.take_released()  # first: before an agent's word on them
+        summaries += [t.to_proto(name) for name, t in tallies.items() if not t.empty()]
         out = [pb.ConnectRequest(outcomes=self._unacked.batch(summaries))] if summaries else []
         batches, self._batches = self._batches, collections.OrderedDict()
         for key, (_, held) in batches.items():
@@ -360,6 +369,7 @@ class LeaderRelay:
         self._unacked.ack(2**63)
         held += [(key, agent_id, summaries) for key, (agent_id, summaries) in self._batches.items()]
         self._batches.clear()
+        self.permits.forget()  # the permits of a leader that is no more
         tallies, self._tallies = self._tallies, {}
         summaries = [t.to_proto(name) for name, t in tallies.items() if not t.empty()]
         if summaries:
@@ -369,28 +379,18 @@ class LeaderRelay:
     def _hand_out(self, grant: pb.ProbeGrant) -> None:
         if not self._grants.first_time(grant.generation, (grant.series, grant.number)):
             return  # delivered twice: handed out (or given back) the first time
-        if grant.generation > self._held_generation.get(grant.service, 0):
-            self._held[grant.service].clear()  # the leader cleared those with their HALF_OPEN
-            self._held_generation[grant.service] = grant.generation
+        # the generation in force is the last grant's, lower or higher (a leader after a
+        # wipe or a failover starts its own): permits of another one no longer stop an ask
+        self.permits.granted(grant)
         waiting = self._waiting[grant.service]
         if not waiting:
             del self._waiting[grant.service]
         while waiting:
             agent_id = waiting.popleft()
             if self.hub.send_to_agent(agent_id, pb.ConnectResponse(probe_grant=grant)):
-                self._held[grant.service][agent_id] += grant.permits
+                self.permits.handed(agent_id, grant)
                 return
-        # nobody here wants it any more: give it back to the fleet
-        self._tallies.setdefault(grant.service, Tally()).give_back(grant.generation, grant.permits)
+        # nobody here wants it any more: give it back to the fleet (named, when it is)
+        if not self.permits.give_back(grant):
+            self._tallies.setdefault(grant.service, Tally()).give_back(grant.generation, grant.permits)
         self._wake.set()
-
-
-def _probes_cut(summary: pb.OutcomeSummary, allowed: int) -> pb.OutcomeSummary:
-    """``summary`` with at most ``allowed`` probe results and releases (failures first)."""
-    out = pb.OutcomeSummary()
-    out.CopyFrom(summary)
-    out.probe_failures = min(summary.probe_failures, allowed)
-    out.probe_successes = min(summary.probe_successes, allowed - out.probe_failures)
-    out.probes_released = min(summary.probes_released, allowed - out.probe_failures - out.probe_successes)
-    copy_grants(summary, out)
-    return out

@@ -331,7 +331,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
 
     def _probes_held(self, sub: Subscriber, summary: pb.OutcomeSummary) -> int:
         # The replica that decides knows the permits it granted (to an agent, or to a
-        # follower's relay). A follower does not: one permit is all an agent holds at a time.
+        # follower's relay). A follower knows those it relayed to the agent (relay_permits).
         # Results of a HALF_OPEN that is over (another generation) are of the permits it
         # left running (see CircuitBreaker.earlier_of): a legitimate late report, not a claim.
         plane = self.plane
@@ -346,7 +346,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             # results named by grant: those of probes it began before a reconnect too (they
             # count for nothing, but settle what is kept of their permits)
             return max(held, known_results(breaker, sub.agent_id, summary)) if identified(summary) else held
-        return 1
+        return max(1, plane.relay.permits.count(sub.agent_id, summary.service))
 
     # -- breakers --------------------------------------------------------------
 

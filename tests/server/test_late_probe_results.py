@@ -7,7 +7,6 @@ the demo, one or two a run)."""
 from __future__ import annotations
 
 import grpc
-import pytest
 from mission_control.client.breaker import BreakerState, CircuitBreaker
 from mission_control.client.policy import ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
@@ -23,11 +22,6 @@ from tests.support.procs import Proc
 POLICY = ServicePolicy("llm", failure_threshold=1, success_threshold=2, wait_duration_secs=1.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kept after a close, a relay's permit stalled its agents' next HALF_OPEN (the relay "
-    "did not ask again: test_probe_recovery failed 2 of 6 runs); not kept until that is fixed",
-)
 def test_closing_keeps_the_permits_still_out_until_their_results_come() -> None:
     breaker = CircuitBreaker("llm", POLICY, 0.0)
     breaker.record(0.0, 0, 1)
@@ -47,11 +41,6 @@ def test_closing_keeps_the_permits_still_out_until_their_results_come() -> None:
     assert breaker.acquire_probe(3.0, "d", ttl=5) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kept after a close, a relay's permit stalled its agents' next HALF_OPEN (the relay "
-    "did not ask again: test_probe_recovery failed 2 of 6 runs); not kept until that is fixed",
-)
 def test_an_unreported_permit_kept_after_closing_expires() -> None:
     breaker = CircuitBreaker("llm", POLICY, 0.0)
     breaker.record(0.0, 0, 1)
@@ -65,11 +54,6 @@ def test_an_unreported_permit_kept_after_closing_expires() -> None:
     assert breaker.permits_out(6.2) == 0 and breaker.earlier_of("c") == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kept after a close, a relay's permit stalled its agents' next HALF_OPEN (the relay "
-    "did not ask again: test_probe_recovery failed 2 of 6 runs); not kept until that is fixed",
-)
 async def test_a_probe_result_reported_after_the_others_closed_the_breaker_is_not_refused(
     etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
 ) -> None:

@@ -58,12 +58,12 @@ def test_probe_results_relayed_only_under_a_permit_relayed_to_that_agent() -> No
 
     leadership = Leadership(store=None, prefix="/p", instance_id="r2", address="127.0.0.1:1")  # type: ignore[arg-type]
     relay = LeaderRelay(leadership, Hub())
-    relay._held["svc"]["good-1"] = 1  # the one permit, relayed to good-1
+    relay.permits.handed("good-1", pb.ProbeGrant(service="svc", permits=1, generation=4))  # the one permit
     relay.add("mallory", pb.OutcomeSummary(service="svc", probe_successes=3))
     relay.add("good-1", pb.OutcomeSummary(service="svc", probe_successes=2))
     ((_, _, (summary,)),) = relay.drain()
     assert summary.probe_successes == 1  # good-1's one permit; mallory's claims are dropped
-    assert relay._held["svc"]["good-1"] == 0
+    assert relay.permits.count("good-1", "svc") == 0
 
 
 def test_a_departed_agents_permits_go_back_to_the_leader_at_once() -> None:
@@ -72,9 +72,11 @@ def test_a_departed_agents_permits_go_back_to_the_leader_at_once() -> None:
 
     leadership = Leadership(store=None, prefix="/p", instance_id="r2", address="127.0.0.1:1")  # type: ignore[arg-type]
     relay = LeaderRelay(leadership, Hub())
-    relay._held_generation["svc"] = 4
-    relay._held["svc"]["gone"] = 1
+    from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+    relay.permits.handed("gone", pb.ProbeGrant(service="svc", permits=1, generation=4, number=17))
     relay.agent_left("gone")
-    ((_, _, (summary,)),) = relay.drain()
-    assert (summary.service, summary.probes_released, summary.probe_generation) == ("svc", 1, 4)
-    assert relay._held["svc"].get("gone", 0) == 0
+    (request,) = relay._outgoing()
+    (summary,) = request.outcomes.summaries  # named: the leader lets go of that very permit
+    assert (summary.service, list(summary.released_grants), summary.probes_released) == ("svc", [17], 0)
+    assert not relay.permits.holds("gone", "svc")

@@ -262,6 +262,7 @@ class OutcomeSummary(_message.Message):
     SPOOL_HELD_FIELD_NUMBER: _builtins.int
     PROBE_GRANTS_FIELD_NUMBER: _builtins.int
     PROBES_RUNNING_FIELD_NUMBER: _builtins.int
+    RELEASED_GRANTS_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     successes: _builtins.int
     failures: _builtins.int
@@ -349,6 +350,15 @@ class OutcomeSummary(_message.Message):
         permit's hold lapses. Sent once on each new stream.
         """
 
+    @_builtins.property
+    def released_grants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Permits given back by grant (ProbeGrant.number), not counted in probes_released: a
+        follower's relay names each permit it hands back for one of its agents (one the agent
+        gave back unused, or held when its stream ended), so the leader lets go of that very
+        permit and not another agent's. One released so is kept, counted for nothing, until its
+        hold lapses: the agent, back on a new stream, may name its probe as still running.
+        """
+
     def __init__(
         self,
         *,
@@ -381,10 +391,11 @@ class OutcomeSummary(_message.Message):
         spool_held: _builtins.int = ...,
         probe_grants: _abc.Iterable[_builtins.int] | None = ...,
         probes_running: _abc.Iterable[_builtins.int] | None = ...,
+        released_grants: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints_over_cap", b"endpoints_over_cap", "errors_by_operation", b"errors_by_operation", "errors_by_type", b"errors_by_type", "failures", b"failures", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "probe_failures", b"probe_failures", "probe_generation", b"probe_generation", "probe_grants", b"probe_grants", "probe_successes", b"probe_successes", "probes_released", b"probes_released", "probes_running", b"probes_running", "recovery_attempts", b"recovery_attempts", "recovery_successes", b"recovery_successes", "rejected", b"rejected", "rejected_by_reason", b"rejected_by_reason", "retries", b"retries", "service", b"service", "shadow_calls", b"shadow_calls", "shadow_rejected_by_reason", b"shadow_rejected_by_reason", "shadow_retries", b"shadow_retries", "slow_calls", b"slow_calls", "spool_dropped", b"spool_dropped", "spool_held", b"spool_held", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "successes", b"successes", "timed_calls", b"timed_calls", "trailing_failures", b"trailing_failures"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints_over_cap", b"endpoints_over_cap", "errors_by_operation", b"errors_by_operation", "errors_by_type", b"errors_by_type", "failures", b"failures", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "probe_failures", b"probe_failures", "probe_generation", b"probe_generation", "probe_grants", b"probe_grants", "probe_successes", b"probe_successes", "probes_released", b"probes_released", "probes_running", b"probes_running", "recovery_attempts", b"recovery_attempts", "recovery_successes", b"recovery_successes", "rejected", b"rejected", "rejected_by_reason", b"rejected_by_reason", "released_grants", b"released_grants", "retries", b"retries", "service", b"service", "shadow_calls", b"shadow_calls", "shadow_rejected_by_reason", b"shadow_rejected_by_reason", "shadow_retries", b"shadow_retries", "slow_calls", b"slow_calls", "spool_dropped", b"spool_dropped", "spool_held", b"spool_held", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "successes", b"successes", "timed_calls", b"timed_calls", "trailing_failures", b"trailing_failures"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

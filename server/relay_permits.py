@@ -1,0 +1,206 @@
+"""The probe permits a follower's relay handed to its agents, each by the grant it came under.
+
+A follower asks the leader for permits on behalf of its agents and hands each grant to one
+of them; the leader holds every such permit for the relay, by grant number
+(``ProbeGrant.number``). What goes back up must name those very grants:
+
+* a probe result counts only under a grant relayed to the agent that reports it (of any
+  breaker generation: the leader tells a permit of this HALF_OPEN from one kept from an
+  earlier one); a result naming any other grant is cut here;
+* a permit an agent gives back unused, or held when its stream ended, is named to the leader
+  (``OutcomeSummary.released_grants``), so the leader lets go of that one and not of another
+  agent's permit still running; one lost with a stream is remembered here, as on the leader,
+  so the agent back on a new stream can say its probe still runs (``probes_running``, passed
+  on only for grants relayed to it) and report its result;
+* a permit counts here until its result or give-back comes, or until the leader's hold on it
+  lapses (the grant's TTL plus the policy's timeout): a result lost on the way does not keep
+  the agent from asking again for ever.
+
+Which generation is current is the generation of the last grant the leader sent: a leader
+after a wipe or a failover may start its generations lower than the one before.
+
+Pure logic with an injected clock; the caller is :class:`.relay.LeaderRelay`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+from .probe_results import MAX_RUNNING, identified
+
+__all__ = ["MAX_RELEASED", "RelayedPermits"]
+
+#: Grants named in one summary of permits given back (more go in further summaries).
+MAX_RELEASED = 64
+
+
+@dataclass(slots=True)
+class _Relayed:
+    generation: int
+    expiry: float
+    #: The agent's stream ended while it held the permit (given back to the leader).
+    lost: bool = False
+
+
+class RelayedPermits:
+    """Permits relayed to this follower's agents, by service, agent and grant number.
+
+    Args:
+        clock: monotonic seconds.
+        timeout_of: the policy timeout of a service (a probe may run that long after its
+            permit's TTL: the leader holds the permit that much longer).
+    """
+
+    def __init__(self, clock: Callable[[], float], timeout_of: Callable[[str], float]) -> None:
+        self._clock = clock
+        self._timeout_of = timeout_of
+        self._held: dict[str, dict[str, dict[int, _Relayed]]] = {}
+        #: Grants to name to the leader as given back, per service.
+        self._released: dict[str, list[int]] = {}
+        #: The generation of the last grant the leader sent, per service.
+        self._current: dict[str, int] = {}
+        #: Keys for grants without a number (negative: never a grant's number).
+        self._unnamed = itertools.count(-1, -1)
+
+    # -- from the leader -------------------------------------------------------
+
+    def handed(self, agent: str, grant: pb.ProbeGrant) -> None:
+        """``grant`` went to ``agent``."""
+        self._current[grant.service] = grant.generation
+        hold = grant.ttl.ToNanoseconds() / 1e9 + self._timeout_of(grant.service)
+        held = self._held.setdefault(grant.service, {}).setdefault(agent, {})
+        for _ in range(max(1, grant.permits)):
+            key = grant.number if grant.number and grant.number not in held else next(self._unnamed)
+            held[key] = _Relayed(grant.generation, self._clock() + hold)
+
+    def granted(self, grant: pb.ProbeGrant) -> None:
+        """The leader sent ``grant``: its generation is the one in force (even a lower one)."""
+        self._current[grant.service] = grant.generation
+
+    def give_back(self, grant: pb.ProbeGrant) -> bool:
+        """``grant`` went to no agent: name it to the leader as given back (False: it has
+        no number, give it back by count)."""
+        if not grant.number or grant.permits != 1:
+            return False
+        self._released.setdefault(grant.service, []).append(grant.number)
+        return True
+
+    def released(self, service: str, numbers: Iterable[int]) -> None:
+        """Name ``numbers`` to the leader as given back, with the next summaries."""
+        numbers = list(numbers)
+        if numbers:
+            self._released.setdefault(service, []).extend(numbers)
+
+    def current(self, service: str) -> int:
+        return self._current.get(service, 0)
+
+    # -- from the agents -------------------------------------------------------
+
+    def holds(self, agent: str, service: str) -> bool:
+        """Whether ``agent`` holds a permit of the HALF_OPEN in force (it asks for none then)."""
+        current = self._current.get(service, 0)
+        return any(not p.lost and p.generation == current for p in self._live(service, agent).values())
+
+    def count(self, agent: str, service: str) -> int:
+        """Permits relayed to ``agent`` whose results or give-backs may still come."""
+        return len(self._live(service, agent))
+
+    def checked(self, agent: str, summary: pb.OutcomeSummary) -> pb.OutcomeSummary:
+        """``summary`` with only the probe results, give-backs and running probes of permits
+        relayed to ``agent`` (results and running probes named by grant where the agent
+        named them), give-backs named for the leader."""
+        out = pb.OutcomeSummary()
+        out.CopyFrom(summary)
+        del out.probe_grants[:], out.probes_running[:], out.released_grants[:]
+        held = self._live(summary.service, agent)
+        current = self._current.get(summary.service, 0)
+        generation = summary.probe_generation or current
+        if identified(summary):
+            failed = [n for n in summary.probe_grants[: summary.probe_failures] if held.pop(n, None)]
+            succeeded = [n for n in summary.probe_grants[summary.probe_failures :] if held.pop(n, None)]
+            out.probe_failures, out.probe_successes = len(failed), len(succeeded)
+            out.probe_grants.extend(failed + succeeded)
+        elif summary.probe_failures or summary.probe_successes:
+            # unnamed results count against this agent's permits of their generation, by count
+            keys = [k for k, p in held.items() if p.generation == generation and not p.lost]
+            out.probe_failures = min(summary.probe_failures, len(keys))
+            out.probe_successes = min(summary.probe_successes, len(keys) - out.probe_failures)
+            for key in keys[: out.probe_failures + out.probe_successes]:
+                del held[key]
+        if summary.probes_released:
+            keys = [k for k, p in held.items() if p.generation == generation and not p.lost]
+            keys = keys[: summary.probes_released]
+            for key in keys:
+                del held[key]
+            out.released_grants.extend(k for k in keys if k > 0)
+            out.probes_released = sum(1 for k in keys if k < 0)
+        for number in summary.probes_running[:MAX_RUNNING]:
+            permit = held.get(number)
+            if permit is not None and number > 0:
+                out.probes_running.append(number)
+                if permit.lost:  # not given back after all: it still runs
+                    permit.lost = False
+                    released = self._released.get(summary.service, [])
+                    if number in released:
+                        released.remove(number)
+        if not held:
+            self._forget(summary.service, agent)
+        return out
+
+    def agent_left(self, agent: str) -> dict[str, int]:
+        """``agent``'s stream is gone: its permits go back to the leader, named (kept here,
+        lost, as the agent may say once back that its probe still runs). Returns the count
+        of those without a number per service, to give back by count."""
+        unnamed: dict[str, int] = {}
+        for service in list(self._held):
+            held = self._live(service, agent)
+            for key in [k for k, p in held.items() if not p.lost]:
+                if key > 0:
+                    held[key].lost = True
+                    self._released.setdefault(service, []).append(key)
+                else:  # nothing to name it by, nor to know it again by
+                    del held[key]
+                    unnamed[service] = unnamed.get(service, 0) + 1
+            self._forget(service, agent)
+        return unnamed
+
+    def take_released(self) -> list[pb.OutcomeSummary]:
+        """Summaries naming the permits given back since the last call."""
+        for service in list(self._held):  # (lapsed ones of agents gone for good, too)
+            for agent in list(self._held[service]):
+                self._live(service, agent)
+                self._forget(service, agent)
+        out = []
+        released, self._released = self._released, {}
+        for service, numbers in released.items():
+            for i in range(0, len(numbers), MAX_RELEASED):
+                out.append(pb.OutcomeSummary(service=service, released_grants=numbers[i : i + MAX_RELEASED]))
+        return out
+
+    def forget(self) -> None:
+        """Forget every permit (they were granted by a leader that is no more)."""
+        self._held.clear()
+        self._released.clear()
+
+    # -- internals -------------------------------------------------------------
+
+    def _live(self, service: str, agent: str) -> dict[int, _Relayed]:
+        """``agent``'s permits of ``service`` not lapsed (the lapsed ones forgotten)."""
+        held = self._held.get(service, {}).get(agent)
+        if not held:
+            return {}
+        now = self._clock()
+        for key in [k for k, p in held.items() if p.expiry <= now]:
+            del held[key]
+        return held
+
+    def _forget(self, service: str, agent: str) -> None:
+        agents = self._held.get(service)
+        if agents is not None and not agents.get(agent):
+            agents.pop(agent, None)
+            if not agents:
+                del self._held[service]
