@@ -144,9 +144,9 @@ class FleetBreakers:
         self._runs = StoredRuns()
         self.change_listeners: list[ChangeListener] = []
         self.grant_listeners: list[GrantListener] = []
-        #: Whether the agents of this replica can get no probe permit for a HALF_OPEN now
-        #: (``Breaker.no_grants``, see :mod:`.grant_pause`); None: always they can.
-        self.no_grants: Callable[[str], bool] | None = None
+        #: Whether the agents of this replica can get no probe permit for a breaker (at a
+        #: time) (``Breaker.no_grants``, see :mod:`.grant_pause`); None: always they can.
+        self.no_grants: Callable[[CircuitBreaker, float], bool] | None = None
         #: Called before a permit of a breaker is granted (the mark is taken back first).
         self.before_grant: Callable[[str], None] | None = None
 
@@ -154,6 +154,10 @@ class FleetBreakers:
 
     def names(self) -> list[str]:
         return sorted(self._breakers)
+
+    def now(self) -> float:
+        """This engine's clock (monotonic seconds)."""
+        return self._clock()
 
     def get(self, name: str) -> CircuitBreaker:
         breaker = self._breakers.get(name)
@@ -188,9 +192,7 @@ class FleetBreakers:
             revision=self.revisions.get(name, 0),
             generation=b.generation,
             slow_calls=min(b.slow_calls, UINT32_MAX),
-            no_grants=b.state is BreakerState.HALF_OPEN
-            and self.no_grants is not None
-            and self.no_grants(name),
+            no_grants=self.no_grants is not None and self.no_grants(b, now),
         )
         message.changed_at.FromNanoseconds(int((b.changed_at + self._wall_offset) * 1e9))
         if b.opened_at is not None:
