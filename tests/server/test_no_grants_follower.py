@@ -14,13 +14,16 @@ closes with no more than ``success_threshold`` fleet probes at once."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
 
 import pytest
+from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.etcd_process import EtcdProcess
 
+from tests.support.agents import RawAgent
 from tests.support.polling import poll
 from tests.support.probe_upstream import ProbeUpstream
 from tests.support.probers import start_probers, stored
@@ -95,3 +98,65 @@ def test_agents_of_a_follower_whose_leader_cannot_grant_let_their_own_breaker_de
     assert first >= HOLD, shown
     assert upstream.most("fleet") <= BOUND, shown
     assert any(c.kind == "fleet" for c in calls if c.start > back), shown
+
+
+def marks_of(agent: RawAgent) -> list[tuple[str, bool]]:
+    """What ``agent`` was told of SERVICE, in order: ("mark", no_grants) for each breaker
+    push (a snapshot's included) and ("grant", True) for each permit."""
+    told: list[tuple[str, bool]] = []
+    for response in list(agent.received):
+        if response.HasField("snapshot"):
+            told += [("mark", b.no_grants) for b in response.snapshot.breakers if b.name == SERVICE]
+        elif response.HasField("breaker") and response.breaker.name == SERVICE:
+            told.append(("mark", response.breaker.no_grants))
+        elif response.HasField("probe_grant") and response.probe_grant.service == SERVICE:
+            told.append(("grant", True))
+    return told
+
+
+def granted_unmarked(told: list[tuple[str, bool]]) -> bool:
+    """Whether every grant in ``told`` came while the last push said no mark."""
+    marked = False
+    for kind, value in told:
+        if kind == "mark":
+            marked = value
+        elif marked:
+            return False
+    return True
+
+
+async def marks_around_an_outage(etcd: EtcdProcess, address: str, paused: list[bool]) -> tuple[list, list]:  # type: ignore[type-arg]
+    assert etcd.pid is not None
+    async with RawAgent(address, "a", (SERVICE,)) as a, RawAgent(address, "b", (SERVICE,)) as b:
+        await a.report(SERVICE, failures=3, trailing_failures=3)
+        await a.wait_for(lambda: a.state(SERVICE) == pb.BREAKER_STATE_HALF_OPEN, timeout=30)
+        while not a.grants:  # a permit before the mark: the mark arrives after it
+            await a.ask_probe(SERVICE)
+            await asyncio.sleep(0.1)
+        os.kill(etcd.pid, signal.SIGSTOP)
+        paused[0] = True
+        await b.wait_for(lambda: ("mark", True) in marks_of(b), timeout=30)
+        os.kill(etcd.pid, signal.SIGCONT)
+        paused[0] = False
+        deadline = asyncio.get_running_loop().time() + 60
+        while not b.grants:  # asks until a leader can grant again
+            assert asyncio.get_running_loop().time() < deadline, marks_of(b)
+            await b.ask_probe(SERVICE)
+            await asyncio.sleep(0.1)
+        return marks_of(a), marks_of(b)
+
+
+@pytest.mark.timeout(180)
+def test_a_follower_takes_its_mark_back_before_a_permit_reaches_its_agents(
+    etcd: EtcdProcess, prefix: str, spawned: list[Proc], paused: list[bool]
+) -> None:
+    """Two raw agents on the follower: ``a`` holds a permit when etcd stops answering, ``b``
+    asks on until one comes after etcd is back. The follower's mark reaches both after a's
+    permit; b's permit comes after a push that took it back (I3: no agent goes by its own
+    breaker beside a fleet probe)."""
+    fleet = start_replicas(etcd.endpoint, prefix, spawned, ("r1", "r2"), POLICY)
+    told_a, told_b = asyncio.run(marks_around_an_outage(etcd, fleet.addresses["r2"], paused))
+    print(f"told a: {told_a}; told b: {told_b}")
+    assert ("mark", True) in told_a[told_a.index(("grant", True)) :], told_a
+    assert granted_unmarked(told_b), told_b
+    assert ("mark", True) in told_b[: told_b.index(("grant", True))], told_b
