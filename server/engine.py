@@ -302,8 +302,7 @@ class FleetBreakers:
                 self._held_since[name] = self._clock()
         self.revisions[name] = revision
         self.records[name] = value
-        self._changed(name, old, None)
-        self._runs.stored(name, self._runs.run(name, breaker.state))  # as the store holds it
+        self._changed(name, old, None, stored=True)  # the store holds its run: as pushed
 
     def _mono(self, wall_nanos: int) -> float:
         return wall_nanos / 1e9 - self._wall_offset
@@ -508,8 +507,17 @@ class FleetBreakers:
         elif move.new is BreakerState.CLOSED:
             self._demand.pop(move.name, None)
 
-    def _changed(self, name: str, old: BreakerState | None, move: Transition | None) -> None:
-        self._runs.moved(name, old, self.get(name).state)
+    def _changed(
+        self, name: str, old: BreakerState | None, move: Transition | None, *, stored: bool = False
+    ) -> None:
+        """Push ``name`` as it is now; ``stored``: read from the store, which so holds its
+        run (known before the push: a HALF_OPEN adopted is not pushed as one whose run the
+        store may not hold, marked ``no_grants`` — a mark that then stayed through a
+        takeover's whole wait)."""
+        state = self.get(name).state
+        self._runs.moved(name, old, state)
+        if stored:
+            self._runs.stored(name, self._runs.run(name, state))
         message = self.to_proto(name)
         self._told[name] = max(self._told.get(name, 0), message.generation)
         for listener in list(self.change_listeners):

@@ -108,3 +108,20 @@ def test_only_a_half_open_is_marked() -> None:
     assert plane.marks() == [False]
     wait_over(fleet, clock)
     assert plane.marks()[-1] is True
+
+
+def test_a_half_open_a_leader_loads_from_the_store_is_not_pushed_marked() -> None:
+    """Read from the store, its run is held there. The old code pushed it marked (its run
+    not known yet at the push), and the mark then stayed through the takeover's whole wait:
+    its agents went by their own breakers after a failover with etcd never away."""
+    earlier, clock, _ = engine()
+    trip(earlier)
+    stored(earlier, 4)
+    wait_over(earlier, clock)
+    fleet, _, _ = engine()
+    plane = Plane(fleet)
+    fleet.took_over()
+    fleet.adopt(SERVICE, earlier.to_record(SERVICE), 5)
+    assert fleet.get(SERVICE).state is BreakerState.HALF_OPEN
+    assert plane.marks() == [False]
+    assert plane.pause.check() == []
