@@ -28,7 +28,6 @@ class Follower(Plane):
         super().__init__(fleet)
         self.link = RelayedMarks()
         self.link.on_change = self.pause.relayed_changed
-        self._relayed = self.link.get  # type: ignore[method-assign]
         self.pause._relayed = self.link.get
 
 
@@ -134,7 +133,6 @@ def test_a_permit_relayed_goes_to_the_agent_after_the_mark_is_taken_back() -> No
     leadership = SimpleNamespace(instance_id="r2")
     relay = LeaderRelay(leadership, hub)  # type: ignore[arg-type]
     relay.marks = plane.link
-    plane.pause._relayed = relay.marks.get
     relay.before_grant = plane.pause.unmark
     fleet.change_listeners.append(lambda message, *_: sent.append(message))
     relay.marks.pushed(leader_message(BreakerState.HALF_OPEN, True))
