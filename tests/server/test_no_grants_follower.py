@@ -160,3 +160,50 @@ def test_a_follower_takes_its_mark_back_before_a_permit_reaches_its_agents(
     assert ("mark", True) in told_a[told_a.index(("grant", True)) :], told_a
     assert granted_unmarked(told_b), told_b
     assert ("mark", True) in told_b[: told_b.index(("grant", True))], told_b
+
+
+@pytest.mark.timeout(300)
+def test_agents_of_a_follower_that_lost_its_leader_mid_outage_let_their_own_breaker_decide(
+    etcd: EtcdProcess, prefix: str, spawned: list[Proc], paused: list[bool]
+) -> None:
+    """The leader dies just as etcd stops answering, before it could mark anything: the
+    follower has no link and cannot learn a leader while etcd is away, so it marks by
+    itself. The old code: its agents refused every call until etcd came back."""
+    endpoint = etcd.endpoint
+    assert etcd.pid is not None
+    names = [f"orphaned-agent-{n}" for n in range(AGENTS)]
+    with ProbeUpstream(0.05) as upstream:
+        upstream.fail(True)
+        fleet = start_replicas(endpoint, prefix, spawned, ("r1", "r2"), POLICY)
+        agents = start_probers(spawned, names, fleet.addresses["r2"], upstream.address, SERVICE, THREADS)
+        poll(lambda: stored(endpoint, prefix, SERVICE).get("state") == "BREAKER_STATE_OPEN", timeout=60)
+        os.kill(etcd.pid, signal.SIGSTOP)
+        paused[0] = True
+        fleet.procs["r1"].kill()
+        stopped = time.monotonic()
+        time.sleep(LEASE_TTL + 1.0)
+        upstream.fail(False)
+        served = time.monotonic()
+        try:
+            poll(lambda: all(n >= CALLS for n in served_by(upstream.calls(), served, names)), 60)
+        except AssertionError:
+            counts = served_by(upstream.calls(), served, names)
+            refused = [a.ask("outcomes")["outcomes"] for a in agents]
+            raise AssertionError(
+                f"served to each agent while etcd is away {counts}; outcomes {refused}"
+            ) from None
+        first = min(c.start for c in not_fleet(upstream.calls(), stopped)) - stopped
+        os.kill(etcd.pid, signal.SIGCONT)
+        paused[0] = False
+        back = time.monotonic()
+        poll(lambda: stored(endpoint, prefix, SERVICE).get("state") == "BREAKER_STATE_CLOSED", 120)
+        calls = upstream.calls()
+    shown = (
+        f"first call other than a fleet probe {first:.2f} s after etcd stopped; closed "
+        f"{time.monotonic() - back:.2f} s after it came back; most fleet probes at once "
+        f"{upstream.most('fleet')}"
+    )
+    print(shown)
+    assert first >= HOLD, shown
+    assert upstream.most("fleet") <= BOUND, shown
+    assert any(c.kind == "fleet" for c in calls if c.start > back), shown
