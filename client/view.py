@@ -754,7 +754,9 @@ class LocalView:
         from before a partial snapshot (a control plane that has not read its store, and
         grants no permit for it) is held by the same rules: connected to it is not yet back.
         So is a HALF_OPEN the control plane said it can grant no permit for
-        (``no_grants``), from the first push that said so until one that does not.
+        (``no_grants``), from the first push that said so until one that does not (or an
+        OPEN whose wait was over when pushed so: a follower replica may know the breaker
+        only so while the leader holds it HALF_OPEN).
         """
         fleet = state.fleet
         if fleet is None or fleet.state in _STICKY:
@@ -787,7 +789,8 @@ class LocalView:
             BreakerState(message.state), message.failures, now + remaining, message.generation, self.pushes
         )
         previous = state.fleet
-        if message.no_grants and fleet.state is BreakerState.HALF_OPEN:
+        waited = fleet.state is BreakerState.OPEN and remaining <= 0
+        if message.no_grants and (fleet.state is BreakerState.HALF_OPEN or waited):
             # held from the first push that said so: no permit was granted since
             kept = previous.no_grants_since if previous is not None else None
             fleet = replace(fleet, no_grants_since=now if kept is None else kept)

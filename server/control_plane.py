@@ -239,7 +239,7 @@ class ControlPlane:
         self.breakers.change_listeners.append(self._on_breaker)
         self.breakers.grant_listeners.append(self._on_grant)
         self.recovery_checks = RecoveryChecks(self.breakers, lambda: self.leading, clock=clock)
-        self.grant_pause = GrantPause(self.breakers, lambda: self.leading, self._leader_known)
+        self.grant_pause = GrantPause(self.breakers, lambda: self.leading, self._relayed_mark, self._cut_off)
 
     # -- keys ------------------------------------------------------------------
 
@@ -253,9 +253,13 @@ class ControlPlane:
         """Whether this replica decides transitions now."""
         return self.leadership is None or self.leadership.leading
 
-    def _leader_known(self) -> bool:
-        """Whether a follower knows the leader its agents' probe requests go to."""
-        return self.leadership is not None and self.leadership.leader_address is not None
+    def _relayed_mark(self, name: str) -> bool | None:
+        """What the leader says on a follower's link of ``name`` (see :mod:`.grant_pause`)."""
+        return self.relay.marks.get(name) if self.relay is not None else None
+
+    def _cut_off(self) -> bool:
+        """Whether a follower with no link up can learn no leader: etcd is away for it."""
+        return self._checked and not self.store_ok
 
     def enable_leadership(
         self,
@@ -290,6 +294,8 @@ class ControlPlane:
         )
         self.writer.fence = self.leadership
         self.breakers.lead_check = self.leadership.lease_valid
+        self.relay.marks.on_change = self.grant_pause.relayed_changed
+        self.relay.before_grant = self.grant_pause.unmark
 
     def _leader_epoch(self) -> int:
         return self.leadership.term if self.leadership is not None else 0

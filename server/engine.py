@@ -146,9 +146,9 @@ class FleetBreakers:
         self._relays: dict[str, None] = {}
         self.change_listeners: list[ChangeListener] = []
         self.grant_listeners: list[GrantListener] = []
-        #: Whether the agents of this replica can get no probe permit for a HALF_OPEN now
-        #: (``Breaker.no_grants``, see :mod:`.grant_pause`); None: always they can.
-        self.no_grants: Callable[[str], bool] | None = None
+        #: Whether the agents of this replica can get no probe permit for a breaker (at a
+        #: time) (``Breaker.no_grants``, see :mod:`.grant_pause`); None: always they can.
+        self.no_grants: Callable[[CircuitBreaker, float], bool] | None = None
         #: Called before a permit of a breaker is granted (the mark is taken back first).
         self.before_grant: Callable[[str], None] | None = None
 
@@ -156,6 +156,10 @@ class FleetBreakers:
 
     def names(self) -> list[str]:
         return sorted(self._breakers)
+
+    def now(self) -> float:
+        """This engine's clock (monotonic seconds)."""
+        return self._clock()
 
     def get(self, name: str) -> CircuitBreaker:
         breaker = self._breakers.get(name)
@@ -190,9 +194,7 @@ class FleetBreakers:
             revision=self.revisions.get(name, 0),
             generation=b.generation,
             slow_calls=min(b.slow_calls, UINT32_MAX),
-            no_grants=b.state is BreakerState.HALF_OPEN
-            and self.no_grants is not None
-            and self.no_grants(name),
+            no_grants=self.no_grants is not None and self.no_grants(b, now),
         )
         message.changed_at.FromNanoseconds(int((b.changed_at + self._wall_offset) * 1e9))
         if b.opened_at is not None:
@@ -302,8 +304,7 @@ class FleetBreakers:
                 self._held_since[name] = self._clock()
         self.revisions[name] = revision
         self.records[name] = value
-        self._changed(name, old, None)
-        self._runs.stored(name, self._runs.run(name, breaker.state))  # as the store holds it
+        self._changed(name, old, None, stored=True)  # the store holds its run: as pushed
 
     def _mono(self, wall_nanos: int) -> float:
         return wall_nanos / 1e9 - self._wall_offset
@@ -512,8 +513,17 @@ class FleetBreakers:
         elif move.new is BreakerState.CLOSED:
             self._demand.pop(move.name, None)
 
-    def _changed(self, name: str, old: BreakerState | None, move: Transition | None) -> None:
-        self._runs.moved(name, old, self.get(name).state)
+    def _changed(
+        self, name: str, old: BreakerState | None, move: Transition | None, *, stored: bool = False
+    ) -> None:
+        """Push ``name`` as it is now; ``stored``: read from the store, which so holds its
+        run (known before the push: a HALF_OPEN adopted is not pushed as one whose run the
+        store may not hold, marked ``no_grants`` — a mark that then stayed through a
+        takeover's whole wait)."""
+        state = self.get(name).state
+        self._runs.moved(name, old, state)
+        if stored:
+            self._runs.stored(name, self._runs.run(name, state))
         message = self.to_proto(name)
         self._told[name] = max(self._told.get(name, 0), message.generation)
         for listener in list(self.change_listeners):

@@ -23,8 +23,19 @@ step-down and takeover that follow etcd's return, and the wait for an earlier le
 permits after it (``grants_blocked``) — so agents that went by their own breaker during the
 outage do not go back to refusing for that wait. A wait of its own (after a failover, a
 restart) is not marked: it ends by itself within the probe TTL plus the timeout, as the
-agents' hold would. A follower passes its agents' requests on to the leader it knows; it
-keeps a mark only while it knows no leader.
+agents' hold would.
+
+A follower's agents get their permits from the leader, through the follower's link to it
+(:mod:`.relay`). While the link is up the follower marks what the leader marks: the leader
+pushes its breakers, marks included, on the link as to any agent (:mod:`.relayed_marks`),
+so the follower's agents are held by the leader's rule. The follower's own state of the
+breaker may be older than the leader's (it learns states from etcd): an OPEN whose wait is
+over, which its agents probe as a HALF_OPEN, is marked too. A permit relayed to an agent
+here is handed out after the mark is taken back on every stream here. With no link up no
+permit can come: a mark pushed stays until a leader's link says otherwise (through a step-
+down, the failover after etcd's return, a leader lost mid-outage), and while etcd is away
+for this replica too — no leader can be learnt — a HALF_OPEN is marked by this replica
+itself.
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from mission_control.client.breaker import BreakerState
+from mission_control.client.breaker import BreakerState, CircuitBreaker
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 if TYPE_CHECKING:
@@ -49,19 +60,31 @@ class GrantPause:
         self,
         breakers: FleetBreakers,
         leading: Callable[[], bool],
-        leader_known: Callable[[], bool],
+        relayed: Callable[[str], bool | None] = lambda name: None,
+        cut_off: Callable[[], bool] = lambda: False,
         every: float = CHECK_SECS,
     ) -> None:
+        """``relayed(name)``: what the leader says of ``name`` on this follower's link (None:
+        no link is up); ``cut_off()``: whether etcd is away for this replica."""
         self._breakers = breakers
         self._every = every
         self._checked = float("-inf")
         self._leading = leading
-        self._leader_known = leader_known
+        self._relayed = relayed
+        self._cut_off = cut_off
         #: The mark last pushed to every agent, per breaker; None: not known to be alike.
         self._told: dict[str, bool | None] = {}
-        breakers.no_grants = self.paused
-        breakers.before_grant = self._unmark
+        breakers.no_grants = self.marks
+        breakers.before_grant = self.unmark
         breakers.change_listeners.append(self._pushed)
+
+    def marks(self, breaker: CircuitBreaker, now: float) -> bool:
+        """Whether ``breaker`` is pushed marked now: a HALF_OPEN (on a follower, also an
+        OPEN whose wait is over) whose agents can get no permit (:meth:`paused`)."""
+        if breaker.state is BreakerState.HALF_OPEN:
+            return self.paused(breaker.name)
+        waited = breaker.state is BreakerState.OPEN and breaker.open_remaining(now) <= 0
+        return waited and not self._leading() and self.paused(breaker.name)
 
     def paused(self, name: str) -> bool:
         """Whether no probe permit of ``name`` can reach this replica's agents now, for a
@@ -71,9 +94,21 @@ class GrantPause:
             if self._breakers.grants_unsure(name):
                 return True
             return marked and self._breakers.grants_blocked(name)
-        return marked and not self._leader_known()
+        relayed = self._relayed(name)
+        if relayed is not None:
+            return relayed
+        return marked or self._cut_off()
 
-    def _unmark(self, name: str) -> None:
+    def relayed_changed(self, name: str) -> None:
+        """The leader's mark of ``name`` on the link may have changed: pushed now if this
+        replica's changed (not at the next check: a permit may follow it)."""
+        breaker = self._breakers.find(name)
+        if breaker is None or self._leading():
+            return
+        if self.marks(breaker, self._breakers.now()) != self._told.get(name, False):
+            self._breakers.restate(name)
+
+    def unmark(self, name: str) -> None:
         """A permit of ``name`` is about to go out: a mark that stands is taken back first,
         on every stream, so that no agent goes by its own breaker beside it."""
         if self._told.get(name) is not False and name in self._told:
@@ -93,11 +128,12 @@ class GrantPause:
         """Push every breaker whose mark changed since it was pushed; returns their names."""
         changed = []
         names = self._breakers.names()
+        now = self._breakers.now()
         for name in names:
             breaker = self._breakers.find(name)
             if breaker is None:
                 continue
-            mark = breaker.state is BreakerState.HALF_OPEN and self.paused(name)
+            mark = self.marks(breaker, now)
             if mark != self._told.get(name, False):
                 changed.append(name)
                 self._breakers.restate(name)

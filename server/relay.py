@@ -32,6 +32,7 @@ from .outcome_ledger import BatchKey, origin_key, origin_of
 from .relay_acks import AckTarget, OwedAcks
 from .relay_leases import FollowerLeases
 from .relay_permits import RelayedPermits
+from .relayed_marks import RelayedMarks
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -124,6 +125,10 @@ class LeaderRelay:
         self._last_sent = 0
         #: Agents' acknowledgements, due once the leader acknowledged their batches.
         self.acks = OwedAcks()
+        #: The HALF_OPENs the leader says it can grant no permit for (see :mod:`.grant_pause`).
+        self.marks = RelayedMarks()
+        #: Called with a service before a permit of it is handed to an agent here.
+        self.before_grant: Callable[[str], None] | None = None
         self.connected = False
         #: The leader the last link went to.
         self._leader_address: str | None = None
@@ -232,6 +237,7 @@ class LeaderRelay:
                 _log.exception("link to the leader at %s failed", address)
             finally:
                 self.connected = False
+                self.marks.link_down()
             with contextlib.suppress(Exception):
                 await leadership.refresh_leader()
             changed = await leadership.wait_change(backoff)  # a new leader named: go to it now
@@ -252,6 +258,9 @@ class LeaderRelay:
                     if not self.connected:  # the leader sends a new snapshot after each reload
                         _log.info("relaying to the leader at %s", address)
                     self.connected = True
+                    self.marks.snapshot(response.snapshot.breakers)
+                elif response.HasField("breaker"):
+                    self.marks.pushed(response.breaker)
                 elif response.HasField("outcome_ack"):
                     self._unacked.ack(response.outcome_ack.sequence)
                     self.acks.acked(response.outcome_ack.sequence)
@@ -385,6 +394,10 @@ class LeaderRelay:
         waiting = self._waiting[grant.service]
         if not waiting:
             del self._waiting[grant.service]
+        if waiting:  # a mark this replica's agents hold is taken back before the permit
+            self.marks.granted(grant.service)
+            if self.before_grant is not None:
+                self.before_grant(grant.service)
         while waiting:
             agent_id = waiting.popleft()
             if self.hub.send_to_agent(agent_id, pb.ConnectResponse(probe_grant=grant)):

@@ -16,16 +16,21 @@ from .test_probe_permits_stored import stored, trip, wait_over
 
 
 class Plane:
-    """What the control plane tells the pause: whether it leads, whether a leader is known;
+    """What the control plane tells the pause: whether it leads, what the leader says on a
+    follower's link (``relayed``: None, no link up), whether etcd is away for it (``cut``);
     and the lease, as ``lead_check``."""
 
     def __init__(self, fleet: FleetBreakers) -> None:
-        self.leading, self.known, self.lease = True, True, True
+        self.leading, self.lease, self.cut = True, True, False
+        self.relayed: dict[str, bool] | None = None
         fleet.lead_check = lambda: self.leading and self.lease
         self.pushed: list[pb.Breaker | pb.ProbeGrant] = []
         fleet.change_listeners.append(lambda message, *_: self.pushed.append(message))
         fleet.grant_listeners.append(lambda agent, grant: self.pushed.append(grant))
-        self.pause = GrantPause(fleet, lambda: self.leading, lambda: self.known)
+        self.pause = GrantPause(fleet, lambda: self.leading, self._relayed, lambda: self.cut)
+
+    def _relayed(self, name: str) -> bool | None:
+        return None if self.relayed is None else self.relayed.get(name, False)
 
     def marks(self) -> list[bool]:
         return [m.no_grants for m in self.pushed if isinstance(m, pb.Breaker)]
@@ -67,10 +72,10 @@ def test_the_mark_stays_through_the_takeover_wait_after_etcd_returns() -> None:
     fleet, clock, plane = half_open()
     plane.lease = False
     plane.pause.check()
-    plane.leading, plane.known = False, False  # etcd back: the lease had expired
+    plane.leading = False  # etcd back: the lease had expired
     fleet.stepped_down()
     assert plane.pause.check() == [] and plane.marks()[-1] is True
-    plane.leading, plane.lease, plane.known = True, True, True
+    plane.leading, plane.lease = True, True
     fleet.took_over()  # waits for an earlier leader's permits
     assert plane.pause.check() == [] and plane.marks()[-1] is True
     assert fleet.request_probe("a", SERVICE) is None
@@ -90,7 +95,7 @@ def test_a_takeover_wait_of_its_own_is_not_marked() -> None:
 
 def test_a_follower_marks_nothing_it_did_not_mark_while_leading() -> None:
     fleet, _, plane = half_open()
-    plane.leading, plane.known = False, False
+    plane.leading = False
     assert plane.pause.check() == [] and not fleet.to_proto(SERVICE).no_grants
 
 
@@ -103,3 +108,20 @@ def test_only_a_half_open_is_marked() -> None:
     assert plane.marks() == [False]
     wait_over(fleet, clock)
     assert plane.marks()[-1] is True
+
+
+def test_a_half_open_a_leader_loads_from_the_store_is_not_pushed_marked() -> None:
+    """Read from the store, its run is held there. The old code pushed it marked (its run
+    not known yet at the push), and the mark then stayed through the takeover's whole wait:
+    its agents went by their own breakers after a failover with etcd never away."""
+    earlier, clock, _ = engine()
+    trip(earlier)
+    stored(earlier, 4)
+    wait_over(earlier, clock)
+    fleet, _, _ = engine()
+    plane = Plane(fleet)
+    fleet.took_over()
+    fleet.adopt(SERVICE, earlier.to_record(SERVICE), 5)
+    assert fleet.get(SERVICE).state is BreakerState.HALF_OPEN
+    assert plane.marks() == [False]
+    assert plane.pause.check() == []

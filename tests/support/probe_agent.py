@@ -10,7 +10,8 @@ flight (tests.support.probe_upstream). A refused call is tried again 50 ms later
 
 Prints {"ready": bool} once connected. ``state`` answers {"state": the fleet breaker as
 this agent sees it, "connected": bool, "endpoint": the replica it is connected to};
-``stop`` answers {"outcomes": {outcome: count}} and exits.
+``outcomes`` answers {"outcomes": {outcome: count}} so far; ``stop`` answers the same and
+exits.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ def main() -> None:
             endpoint = mc.connection.current_endpoint if mc.connection is not None else None
             state = fleet.state.name if fleet is not None else None
             print(json.dumps({"state": state, "connected": mc.connected, "endpoint": endpoint}), flush=True)
+        elif line.strip() == "outcomes":
+            with lock:
+                print(json.dumps({"outcomes": outcomes}), flush=True)
         elif line.strip() == "stop":
             break
     stop.set()

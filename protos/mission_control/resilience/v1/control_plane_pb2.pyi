@@ -99,9 +99,11 @@ class Breaker(_message.Message):
     no_grants: _builtins.bool
     """HALF_OPEN, and the control plane that sent it can grant no probe permit for it now (its
     leader lease is not known to hold, etcd is not known to hold this run of the breaker,
-    or permits of an earlier leader may be in use; or a replica that knows no leader). Its
-    agents hold it as when their link broke: for the probe TTL plus the policy's timeout
-    from the first such push, then their own breaker decides, until a push without it.
+    or permits of an earlier leader may be in use; a follower: its leader says so on its
+    link, or it has no link up and etcd is away for it too). A follower may send it on an
+    OPEN whose wait is over (it learns states from etcd). Its agents hold it as when their
+    link broke: for the probe TTL plus the policy's timeout from the first such push, then
+    their own breaker decides, until a push without it.
     """
     @_builtins.property
     def opened_at(self) -> _timestamp_pb2.Timestamp: ...

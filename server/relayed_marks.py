@@ -1,0 +1,66 @@
+"""What the leader says over a follower's link of the HALF_OPENs it can grant no probe
+permit for (``Breaker.no_grants``, see :mod:`.grant_pause`).
+
+The leader pushes every breaker to a follower's link as to any agent, marked for a HALF_OPEN
+it cannot grant for. A follower's agents get their permits only through that leader, so
+their pushes are marked as the leader's are (the follower's own state of the breaker may be
+older: it learns states from etcd, which may be the very thing away). Only what the current
+link said counts: a snapshot replaces what an earlier one and the pushes since said; with
+no link up nothing is known here (the follower then keeps what it told its agents).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+
+class RelayedMarks:
+    """The leader's ``no_grants`` per breaker, as the link up now said it."""
+
+    def __init__(self) -> None:
+        self._marks: dict[str, bool] = {}
+        self._up = False
+        #: Called with a breaker's name when what the leader says of it may have changed.
+        self.on_change: Callable[[str], None] | None = None
+
+    def get(self, name: str) -> bool | None:
+        """Whether the leader says no permit of ``name`` can be granted now; None: no
+        link is up (nothing is known)."""
+        if not self._up:
+            return None
+        return self._marks.get(name, False)
+
+    def snapshot(self, breakers: Iterable[pb.Breaker]) -> None:
+        """The leader's snapshot on a new link: exactly these marks stand now."""
+        listed = [b.name for b in breakers]
+        self._marks = {b.name: True for b in breakers if b.no_grants}
+        self._up = True
+        for name in listed:  # what this replica pushed while no link was up may differ
+            self._changed(name)
+
+    def pushed(self, breaker: pb.Breaker) -> None:
+        """One breaker pushed by the leader on the link up now."""
+        if not self._up:
+            return  # before the link's snapshot: that snapshot restates it
+        was = self._marks.pop(breaker.name, False)
+        if breaker.no_grants:
+            self._marks[breaker.name] = True
+        if was != breaker.no_grants:
+            self._changed(breaker.name)
+
+    def granted(self, service: str) -> None:
+        """The leader granted a permit of ``service``: it can grant (its push taking the
+        mark back came first on the link; this holds even were it lost)."""
+        if self._marks.pop(service, False):
+            self._changed(service)
+
+    def link_down(self) -> None:
+        """The link ended: nothing is known until the next one's snapshot."""
+        self._up = False
+        self._marks.clear()
+
+    def _changed(self, name: str) -> None:
+        if self.on_change is not None:
+            self.on_change(name)
