@@ -298,7 +298,7 @@ class Agent:
                 self._resend = False
                 again = self.unacked.resend()
                 said = self.view.running_said()  # first, as ``ControlPlaneConnection``
-                if said:
+                if said or self.view.probing():
                     yield pb.ConnectRequest(outcomes=self.unacked.batch(said))
                 for batch in again:
                     yield pb.ConnectRequest(outcomes=batch)
