@@ -402,9 +402,9 @@ class FleetBreakers:
             demand.last_seen.pop(agent, None)
             demand.served.pop(agent, None)
         breaker = self._breakers.get(grant.service)
-        if breaker is not None and breaker.settle(agent, grant.number):
-            if breaker.state is BreakerState.HALF_OPEN:
-                self._grant_waiting(breaker.name, now)
+        taken = breaker is not None and breaker.settle(agent, grant.number)
+        if taken and breaker is not None and breaker.state is BreakerState.HALF_OPEN:
+            self._grant_waiting(breaker.name, now)
 
     def holder_said(self, agent: str) -> None:
         """``agent`` is back on a new stream and its first batch there said which probes
