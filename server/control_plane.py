@@ -370,6 +370,8 @@ class ControlPlane:
         of its streams before still run (the permits of the others are free)."""
         if self.leading or self.relay is None:
             self.breakers.holder_said(agent_id)
+        else:
+            self.relay.holder_said(agent_id)
 
     def request_probe(self, agent_id: str, service: str, *, relay: bool = False) -> None:
         """``agent_id`` asks for a probe permit (``relay``: a follower, for one of its agents)."""

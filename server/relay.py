@@ -31,6 +31,7 @@ from .loop_tasks import wait_event
 from .outcome_ledger import BatchKey, origin_key, origin_of
 from .probe_results import copy_grants
 from .relay_acks import AckTarget, OwedAcks
+from .relay_gone import GonePermits
 from .relay_leases import FollowerLeases
 
 if TYPE_CHECKING:
@@ -111,6 +112,8 @@ class LeaderRelay:
         self._held: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         #: The breaker generation of the permits held here, per service.
         self._held_generation: dict[str, int] = {}
+        #: Permits of agents whose streams broke, kept out until they said what runs.
+        self._gone = GonePermits()
         self._grants = GrantsTaken()
         self._wake = asyncio.Event()
         #: What this replica's agents want of the fleet-shared limits, and their leases.
@@ -158,15 +161,35 @@ class LeaderRelay:
             self._wake.set()
 
     def _checked(self, agent_id: str, summary: pb.OutcomeSummary) -> pb.OutcomeSummary:
+        service = summary.service
+        gone = self._gone.of(service, agent_id)
+        if summary.probes_running and gone:
+            # under permits this relay kept out: the leader counts them as this relay's still
+            self._gone.said_running(service, agent_id, len(set(summary.probes_running)))
+            summary = _not_running(summary)
         used = summary.probe_successes + summary.probe_failures + summary.probes_released
         if used:
-            current = summary.probe_generation in (0, self._held_generation.get(summary.service, 0))
-            held = self._held[summary.service]
-            allowed = held[agent_id] if current else 0
+            current = summary.probe_generation in (0, self._held_generation.get(service, 0))
+            held = self._held[service]
+            allowed = held[agent_id] + gone if current else 0
             if used > allowed:  # probe results count only under permits relayed to this agent
                 summary = _probes_cut(summary, allowed)
-            held[agent_id] = max(0, held[agent_id] - min(used, allowed))
+            taken = min(used, allowed)
+            self._gone.take(service, agent_id, taken - held[agent_id])
+            held[agent_id] = max(0, held[agent_id] - taken)
         return summary
+
+    def holder_said(self, agent_id: str) -> None:
+        """``agent_id``'s first batch on a new stream here was taken: of the permits kept
+        out since its stream before broke, those of probes it said still run are its
+        again (until their results come), the rest go back to the fleet."""
+        for service, (back, running) in self._gone.said(agent_id).items():
+            if running:
+                self._held[service][agent_id] += running
+            if back:
+                generation = self._held_generation.get(service, 0)
+                self._tallies.setdefault(service, Tally()).give_back(generation, back)
+                self._wake.set()
 
     @property
     def backlog(self) -> tuple[int, int]:
@@ -197,13 +220,11 @@ class LeaderRelay:
     def agent_left(self, agent_id: str) -> None:
         self.leases.agent_left(agent_id)
         for service, held in self._held.items():
-            # its stream is gone: what it held goes back to the fleet at once (a probe it
-            # may still run would not count, as the leader frees the permit)
+            # its stream is gone, not perhaps its probe: kept out until it is back here and
+            # said what runs, or lapsing with its hold at the leader (see relay_gone)
             permits = held.pop(agent_id, 0)
             if permits:
-                generation = self._held_generation.get(service, 0)
-                self._tallies.setdefault(service, Tally()).give_back(generation, permits)
-                self._wake.set()
+                self._gone.left(service, agent_id, permits)
         for waiting in self._waiting.values():
             with contextlib.suppress(ValueError):
                 waiting.remove(agent_id)
@@ -371,6 +392,7 @@ class LeaderRelay:
             return  # delivered twice: handed out (or given back) the first time
         if grant.generation > self._held_generation.get(grant.service, 0):
             self._held[grant.service].clear()  # the leader cleared those with their HALF_OPEN
+            self._gone.clear(grant.service)
             self._held_generation[grant.service] = grant.generation
         waiting = self._waiting[grant.service]
         if not waiting:
@@ -383,6 +405,14 @@ class LeaderRelay:
         # nobody here wants it any more: give it back to the fleet
         self._tallies.setdefault(grant.service, Tally()).give_back(grant.generation, grant.permits)
         self._wake.set()
+
+
+def _not_running(summary: pb.OutcomeSummary) -> pb.OutcomeSummary:
+    """``summary`` without the probes it says still run."""
+    out = pb.OutcomeSummary()
+    out.CopyFrom(summary)
+    del out.probes_running[:]
+    return out
 
 
 def _probes_cut(summary: pb.OutcomeSummary, allowed: int) -> pb.OutcomeSummary:

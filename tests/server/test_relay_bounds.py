@@ -66,15 +66,19 @@ def test_probe_results_relayed_only_under_a_permit_relayed_to_that_agent() -> No
     assert relay._held["svc"]["good-1"] == 0
 
 
-def test_a_departed_agents_permits_go_back_to_the_leader_at_once() -> None:
-    """An agent on a follower went away holding a permit: the follower gives it back to the
-    leader (the leader hands it to an agent asking now) instead of letting it lapse."""
+def test_a_departed_agents_permits_go_back_to_the_leader_once_it_said_what_runs() -> None:
+    """An agent on a follower went away holding a permit: its probe may run on (a stream
+    breaks while the process lives), so the follower keeps the permit out; back, its first
+    batch says nothing runs, and the follower gives it back to the leader (which hands it
+    to an agent asking now) instead of letting it lapse (tests/server/test_relay_gone.py)."""
 
     leadership = Leadership(store=None, prefix="/p", instance_id="r2", address="127.0.0.1:1")  # type: ignore[arg-type]
     relay = LeaderRelay(leadership, Hub())
     relay._held_generation["svc"] = 4
     relay._held["svc"]["gone"] = 1
     relay.agent_left("gone")
+    assert relay.drain() == []
+    relay.holder_said("gone")
     ((_, _, (summary,)),) = relay.drain()
     assert (summary.service, summary.probes_released, summary.probe_generation) == ("svc", 1, 4)
     assert relay._held["svc"].get("gone", 0) == 0
