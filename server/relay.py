@@ -118,6 +118,9 @@ class LeaderRelay:
         self._wake = asyncio.Event()
         #: What this replica's agents want of the fleet-shared limits, and their leases.
         self.leases = FollowerLeases(hold_secs, clock, wall)
+        self._clock = clock
+        #: When each agent was handed its permit of each service (it holds one at a time).
+        self._handed_at: dict[tuple[str, str], float] = {}
         self._epoch = 0
         self._demand_epoch = -1
         self._unacked = UnackedBatches(MAX_BATCHES)
@@ -183,7 +186,7 @@ class LeaderRelay:
         """``agent_id``'s first batch on a new stream here was taken: of the permits kept
         out since its stream before broke, those of probes it said still run are its
         again (until their results come), the rest go back to the fleet."""
-        for service, (back, running) in self._gone.said(agent_id).items():
+        for service, (back, running) in self._gone.said(agent_id, self._clock()).items():
             if running:
                 self._held[service][agent_id] += running
             if back:
@@ -223,8 +226,9 @@ class LeaderRelay:
             # its stream is gone, not perhaps its probe: kept out until it is back here and
             # said what runs, or lapsing with its hold at the leader (see relay_gone)
             permits = held.pop(agent_id, 0)
+            handed = self._handed_at.pop((service, agent_id), None)
             if permits:
-                self._gone.left(service, agent_id, permits)
+                self._gone.left(service, agent_id, permits, self._clock() if handed is None else handed)
         for waiting in self._waiting.values():
             with contextlib.suppress(ValueError):
                 waiting.remove(agent_id)
@@ -393,6 +397,8 @@ class LeaderRelay:
         if grant.generation > self._held_generation.get(grant.service, 0):
             self._held[grant.service].clear()  # the leader cleared those with their HALF_OPEN
             self._gone.clear(grant.service)
+            for key in [k for k in self._handed_at if k[0] == grant.service]:
+                del self._handed_at[key]
             self._held_generation[grant.service] = grant.generation
         waiting = self._waiting[grant.service]
         if not waiting:
@@ -401,6 +407,7 @@ class LeaderRelay:
             agent_id = waiting.popleft()
             if self.hub.send_to_agent(agent_id, pb.ConnectResponse(probe_grant=grant)):
                 self._held[grant.service][agent_id] += grant.permits
+                self._handed_at[(grant.service, agent_id)] = self._clock()
                 return
         # nobody here wants it any more: give it back to the fleet
         self._tallies.setdefault(grant.service, Tally()).give_back(grant.generation, grant.permits)

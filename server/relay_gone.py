@@ -6,10 +6,13 @@ agent asking then, beside that probe (more than ``success_threshold`` probes in 
 I3). The relay keeps such permits out instead, as the leader keeps an agent's own
 (``CircuitBreaker.holder_said``): when the agent is back on this replica, its first batch
 says which probes of its streams before still run (``OutcomeSummary.probes_running``);
-those stay out until their results come, the rest go back then. An agent that does not
-come back here leaves them to lapse at the leader with their hold (probe TTL plus the
-policy's timeout). The leader never freed these permits, so it needs no word of the
-probes running under them: the relay keeps that word to itself.
+those stay out until their results come, the rest go back then — unless a probe TTL has
+passed since the relay handed the permit out: the leader may have let it lapse already
+(it holds one for the TTL plus the policy's timeout from its grant), and a give-back, by
+count, would free another agent's permit of this relay. An agent that does not come back
+here leaves them to lapse at the leader with their hold. The leader never freed these
+permits, so it needs no word of the probes running under them: the relay keeps that word
+to itself.
 
 Pure bookkeeping by count, per service and agent; the caller is :class:`.relay.LeaderRelay`.
 """
@@ -17,6 +20,8 @@ Pure bookkeeping by count, per service and agent; the caller is :class:`.relay.L
 from __future__ import annotations
 
 from collections import Counter
+
+from .engine import PROBE_TTL_SECS
 
 __all__ = ["GonePermits"]
 
@@ -26,12 +31,16 @@ class GonePermits:
 
     def __init__(self) -> None:
         self._gone: dict[str, Counter[str]] = {}
+        #: When this relay handed each agent its permit (per service; one at a time).
+        self._handed: dict[tuple[str, str], float] = {}
         #: How many probes each agent said (back on a new stream) still run, per service.
         self._running: dict[str, Counter[str]] = {}
 
-    def left(self, service: str, agent: str, permits: int) -> None:
-        """``agent``'s stream broke while it held ``permits`` of ``service``."""
+    def left(self, service: str, agent: str, permits: int, handed: float) -> None:
+        """``agent``'s stream broke while it held ``permits`` of ``service``, handed to it
+        at ``handed`` (monotonic seconds)."""
         self._gone.setdefault(service, Counter())[agent] += permits
+        self._handed[(service, agent)] = min(handed, self._handed.get((service, agent), handed))
 
     def of(self, service: str, agent: str) -> int:
         gone = self._gone.get(service)
@@ -46,25 +55,30 @@ class GonePermits:
         if gone[agent] <= 0:
             del gone[agent]
             self._running.get(service, Counter()).pop(agent, None)
+            self._handed.pop((service, agent), None)
 
     def said_running(self, service: str, agent: str, count: int) -> None:
         """``agent`` says ``count`` probes of ``service`` from its streams before still run."""
         running = self._running.setdefault(service, Counter())
         running[agent] = max(running[agent], count)
 
-    def said(self, agent: str) -> dict[str, tuple[int, int]]:
+    def said(self, agent: str, now: float) -> dict[str, tuple[int, int]]:
         """``agent``'s first batch on its new stream here has been taken: per service,
-        (permits to give back, permits whose probes still run: held for it again)."""
+        (permits to give back, permits whose probes still run: held for it again). Those
+        handed out a probe TTL ago or more are not given back: they lapse at the leader."""
         out = {}
         for service, gone in self._gone.items():
             permits = gone.pop(agent, 0)
             running = self._running.get(service, Counter()).pop(agent, 0)
+            handed = self._handed.pop((service, agent), now)
             if permits:
                 kept = min(running, permits)
-                out[service] = (permits - kept, kept)
+                out[service] = (permits - kept if now - handed < PROBE_TTL_SECS else 0, kept)
         return out
 
     def clear(self, service: str) -> None:
         """A later HALF_OPEN of ``service``: the leader set these aside with the one before."""
         self._gone.pop(service, None)
         self._running.pop(service, None)
+        for key in [k for k in self._handed if k[0] == service]:
+            del self._handed[key]

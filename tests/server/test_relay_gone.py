@@ -5,6 +5,7 @@ leader would grant them beside a probe still running (I3)."""
 from __future__ import annotations
 
 from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.server.engine import PROBE_TTL_SECS
 from mission_control.server.hub import Hub
 from mission_control.server.leadership import Leadership
 from mission_control.server.outcome_ledger import BatchKey
@@ -68,3 +69,17 @@ def test_a_later_half_open_drops_what_was_kept() -> None:
     relay.drain()  # the grant nobody here wanted went back
     relay.holder_said("a")
     assert released(relay) == 0  # the leader set the old ones aside with their HALF_OPEN
+
+
+def test_a_permit_handed_out_a_probe_ttl_ago_is_not_given_back() -> None:
+    """The leader may have let it lapse: a give-back (by count) would free another's."""
+    now = [100.0]
+    leadership = Leadership(store=None, prefix="/p", instance_id="r2", address="127.0.0.1:1")  # type: ignore[arg-type]
+    relay = LeaderRelay(leadership, Hub(), clock=lambda: now[0])
+    relay.hub.send_to_agent = lambda agent, message: True  # type: ignore[method-assign]
+    relay.ask_probe("a", "svc")
+    relay._hand_out(pb.ProbeGrant(service="svc", permits=1, generation=4, series=9, number=3))
+    relay.agent_left("a")
+    now[0] += PROBE_TTL_SECS
+    relay.holder_said("a")
+    assert released(relay) == 0
