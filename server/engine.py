@@ -379,9 +379,10 @@ class FleetBreakers:
         """An agent's stream is gone: its permits are its no more, and a result under one
         counts for nothing. A probe it may still run (a stream can break while the process
         lives on) keeps its permit counted until the agent, back on a new stream, has said
-        which of its probes still run (:meth:`holder_said`), or the permit's hold has
-        passed (an agent that died with its stream never says): given at once to an agent
-        asking now, it would run beside that probe (I3). A follower's ``relay`` is another
+        which of its probes still run (:meth:`holder_said`), or the probe TTL it had to
+        use the permit in has passed (an agent that died with its stream never says; its
+        permit goes on within one TTL): given at once to an agent asking now, it would run
+        beside that probe (I3). A follower's ``relay`` is another
         matter: the agents it handed the permits to are still connected to it and may use
         them, so those lapse with their hold."""
         now = self._clock()
@@ -390,7 +391,7 @@ class FleetBreakers:
             demand.served.pop(agent, None)
         for breaker in self._breakers.values():
             if not relay and (breaker.permits_of(agent) or breaker.earlier_of(agent)):
-                breaker.release_probes(agent)
+                breaker.release_probes(agent, tail=breaker.policy.timeout_secs)  # (of the hold)
                 if breaker.state is BreakerState.HALF_OPEN:
                     self._grant_waiting(breaker.name, now)
 

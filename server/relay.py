@@ -358,6 +358,9 @@ class LeaderRelay:
 
     def _outgoing(self) -> list[pb.ConnectRequest]:
         """This relay's own sums (if any), then each agent batch, under its origin."""
+        for service, back in self._gone.lapsed(self._clock()).items():  # (see relay_gone)
+            generation = self._held_generation.get(service, 0)
+            self._tallies.setdefault(service, Tally()).give_back(generation, back)
         tallies, self._tallies = self._tallies, {}
         summaries = [t.to_proto(name) for name, t in tallies.items() if not t.empty()]
         out = [pb.ConnectRequest(outcomes=self._unacked.batch(summaries))] if summaries else []

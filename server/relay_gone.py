@@ -6,13 +6,14 @@ agent asking then, beside that probe (more than ``success_threshold`` probes in 
 I3). The relay keeps such permits out instead, as the leader keeps an agent's own
 (``CircuitBreaker.holder_said``): when the agent is back on this replica, its first batch
 says which probes of its streams before still run (``OutcomeSummary.probes_running``);
-those stay out until their results come, the rest go back then — unless a probe TTL has
-passed since the relay handed the permit out: the leader may have let it lapse already
-(it holds one for the TTL plus the policy's timeout from its grant), and a give-back, by
-count, would free another agent's permit of this relay. An agent that does not come back
-here leaves them to lapse at the leader with their hold. The leader never freed these
-permits, so it needs no word of the probes running under them: the relay keeps that word
-to itself.
+those stay out until their results come, the rest go back then. An agent that has not
+said by the end of the probe TTL it had to use the permit in (from when the relay handed
+it out) may have died with its stream: its permits go back then, within one TTL, as the
+leader's own do (``CircuitBreaker.release_probes``). Never later: the leader lets a
+permit lapse at the end of its hold (the TTL plus the policy's timeout from its grant),
+and a give-back after that, by count, would free another agent's permit of this relay.
+The leader never freed these permits, so it needs no word of the probes running under
+them: the relay keeps that word to itself.
 
 Pure bookkeeping by count, per service and agent; the caller is :class:`.relay.LeaderRelay`.
 """
@@ -74,6 +75,19 @@ class GonePermits:
             if permits:
                 kept = min(running, permits)
                 out[service] = (permits - kept if now - handed < PROBE_TTL_SECS else 0, kept)
+        return out
+
+    def lapsed(self, now: float) -> dict[str, int]:
+        """Per service, the permits whose agents did not say within a probe TTL of being
+        handed them: taken out, to give back now."""
+        out: dict[str, int] = {}
+        for service, agent in [k for k, t in self._handed.items() if now - t >= PROBE_TTL_SECS]:
+            del self._handed[(service, agent)]
+            gone = self._gone.get(service)
+            permits = gone.pop(agent, 0) if gone is not None else 0
+            self._running.get(service, Counter()).pop(agent, None)
+            if permits:
+                out[service] = out.get(service, 0) + permits
         return out
 
     def clear(self, service: str) -> None:

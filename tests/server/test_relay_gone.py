@@ -4,6 +4,9 @@ leader would grant them beside a probe still running (I3)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.engine import PROBE_TTL_SECS
 from mission_control.server.hub import Hub
@@ -12,9 +15,9 @@ from mission_control.server.outcome_ledger import BatchKey
 from mission_control.server.relay import LeaderRelay
 
 
-def relay_holding(agent: str, permits: int = 1) -> LeaderRelay:
+def relay_holding(agent: str, permits: int = 1, clock: Callable[[], float] = time.monotonic) -> LeaderRelay:
     leadership = Leadership(store=None, prefix="/p", instance_id="r2", address="127.0.0.1:1")  # type: ignore[arg-type]
-    relay = LeaderRelay(leadership, Hub())
+    relay = LeaderRelay(leadership, Hub(), clock=clock)
     relay._held_generation["svc"] = 4
     relay._held["svc"][agent] = permits
     return relay
@@ -51,14 +54,22 @@ def test_a_result_sent_again_before_the_agent_said_passes_on() -> None:
     assert [(s.probe_failures, s.probes_released) for s in summaries] == [(1, 0)]
 
 
-def test_an_agent_that_does_not_come_back_gives_nothing_back() -> None:
-    """Its permit lapses at the leader with its hold (the probe TTL plus the timeout)."""
-    relay = relay_holding("a")
+def test_an_agent_that_does_not_come_back_gives_its_permit_back_after_a_probe_ttl() -> None:
+    """It may have died with its stream: its permit goes on within one TTL, not at the
+    end of its hold at the leader (the probe TTL plus the policy's timeout)."""
+    now = [100.0]
+    relay = relay_holding("a", clock=lambda: now[0])
     relay.agent_left("a")
     relay.holder_said("b")  # another agent's word frees nothing of a's
-    assert released(relay) == 0
     relay.add("b", pb.OutcomeSummary(service="svc", probe_successes=1, probe_generation=4))
-    assert sum(s.probe_successes for _, _, batch in relay.drain() for s in batch) == 0
+    assert relay._outgoing() == []  # b's claim is cut, and a's permit kept out
+    now[0] += PROBE_TTL_SECS - 0.1
+    assert relay._outgoing() == []
+    now[0] += 0.1
+    ((request,),) = [relay._outgoing()]
+    assert request.outcomes.summaries[0].probes_released == 1
+    relay.holder_said("a")  # too late: given back already
+    assert relay._outgoing() == []
 
 
 def test_a_later_half_open_drops_what_was_kept() -> None:
@@ -71,8 +82,9 @@ def test_a_later_half_open_drops_what_was_kept() -> None:
     assert released(relay) == 0  # the leader set the old ones aside with their HALF_OPEN
 
 
-def test_a_permit_handed_out_a_probe_ttl_ago_is_not_given_back() -> None:
-    """The leader may have let it lapse: a give-back (by count) would free another's."""
+def test_a_permit_handed_out_a_probe_ttl_ago_is_given_back_once() -> None:
+    """Given back when the TTL ended; not again when the agent says it runs nothing (a
+    give-back, by count, of one the leader let lapse would free another agent's)."""
     now = [100.0]
     leadership = Leadership(store=None, prefix="/p", instance_id="r2", address="127.0.0.1:1")  # type: ignore[arg-type]
     relay = LeaderRelay(leadership, Hub(), clock=lambda: now[0])
@@ -83,3 +95,4 @@ def test_a_permit_handed_out_a_probe_ttl_ago_is_not_given_back() -> None:
     now[0] += PROBE_TTL_SECS
     relay.holder_said("a")
     assert released(relay) == 0
+    assert relay._gone.lapsed(now[0]) == {}
