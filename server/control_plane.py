@@ -361,7 +361,7 @@ class ControlPlane:
         """Count the batch ``key`` in this replica's engine (the ledger was asked first)."""
         for summary in summaries:
             try:
-                self.breakers.record(agent_id, summary)
+                self.breakers.record(agent_id, summary, key.agent_id if key is not None else "")
             except Exception:  # one service's bad record must not stop the others' (nor the stream)
                 _log.exception("outcomes of %s for %s not counted", agent_id, summary.service)
 

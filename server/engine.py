@@ -329,8 +329,9 @@ class FleetBreakers:
 
     # -- inputs ----------------------------------------------------------------
 
-    def record(self, agent: str, summary: pb.OutcomeSummary) -> list[Transition]:
-        """Apply one agent's outcome summary for one service."""
+    def record(self, agent: str, summary: pb.OutcomeSummary, origin: str = "") -> list[Transition]:
+        """Apply one agent's outcome summary for one service (``origin``: the agent a
+        follower's relay ``agent`` passes it on for)."""
         now = self._clock()
         breaker = self.get(summary.service)
         moves: list[Transition | None] = []
@@ -339,6 +340,10 @@ class FleetBreakers:
         current = summary.probe_generation in (0, breaker.generation)
         if summary.probes_running:  # probes begun under permits lost with a stream still run
             note_running(breaker, agent, summary)
+            if origin and origin != agent:
+                # an agent gone from here, back on a follower: its probe under a permit
+                # granted here counts in flight, not only until that permit's TTL ends
+                note_running(breaker, origin, summary)
         named = identified(summary)
         if summary.probes_released and current:
             breaker.release_probes(agent, summary.probes_released)

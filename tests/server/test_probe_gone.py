@@ -123,3 +123,15 @@ def test_only_the_holders_word_frees_its_gone_permit() -> None:
     breakers.record("b", result(grants[0][1]))  # naming a's grant: b held none
     assert breakers.get("llm").permits_out(clock.now) == 1
     assert not asking(breakers, "b")
+
+
+def test_a_holder_back_on_a_follower_has_its_probe_counted_by_the_relays_word() -> None:
+    clock = Clock()
+    breakers, grants = half_open(clock)
+    breakers.release_agent("a")
+    # a's first batch on a follower, passed on by its relay under a's name
+    breakers.record("replica.r2", running(grants[0][1]), origin="a")
+    clock.now += TTL + 0.1
+    breakers.tick()
+    assert not asking(breakers, "b")  # a's probe counts past the TTL
+    assert breakers.get("llm").permits_out(clock.now) == 1
