@@ -387,9 +387,9 @@ class FleetBreakers:
         which of its probes still run (:meth:`holder_said`), or the probe TTL it had to
         use the permit in has passed (an agent that died with its stream never says; its
         permit goes on within one TTL): given at once to an agent asking now, it would run
-        beside that probe (I3). A follower's ``relay`` is another
-        matter: the agents it handed the permits to are still connected to it and may use
-        them, so those lapse with their hold."""
+        beside that probe (I3). A follower's ``relay`` is another matter: the agents it
+        handed the permits to are still connected to it and may use them, so those lapse
+        with their hold."""
         now = self._clock()
         for demand in self._demand.values():  # first: what it gives back goes to another
             demand.last_seen.pop(agent, None)
