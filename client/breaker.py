@@ -140,8 +140,14 @@ class CircuitBreaker:
         #: Permits of a HALF_OPEN a failed probe ended, whose probes may still run: they
         #: count against the next HALF_OPEN's limit until given back or expired (I3).
         self._earlier: dict[str, list[float]] = {}
-        #: Permits released with their holder's stream (kept to their expiry, not counted):
-        #: the holder may say, once back, that its probe under one still runs.
+        #: Permits that went with their holder's broken stream, whose holder has not said
+        #: since (on a new stream) which of its probes still run: a probe under one may
+        #: (a stream breaks while its process lives on), so they count against the limit
+        #: until the holder has said (:meth:`holder_said`) or their TTL has passed (see
+        #: :meth:`release_probes`; I3).
+        self._gone: dict[str, list[float]] = {}
+        #: Permits released with their holder's stream whose holder said it runs no probe
+        #: under them (kept to their expiry, not counted): a late result is known.
         self._lost: dict[str, list[float]] = {}
 
     # -- reading ---------------------------------------------------------------
@@ -153,12 +159,17 @@ class CircuitBreaker:
         return max(0.0, self.opened_at + self.wait - now)
 
     def permits_out(self, now: float) -> int:
-        """Permits that may be in use: this HALF_OPEN's and those of one a failed probe ended."""
+        """Permits that may be in use: this HALF_OPEN's, those of one a failed probe ended
+        and those gone with a stream whose holder has not said yet what it runs."""
         self._expire(now)
-        return sum(len(v) for v in self._permits.values()) + sum(len(v) for v in self._earlier.values())
+        return sum(len(v) for kept in (self._permits, self._earlier, self._gone) for v in kept.values())
 
     def permits_of(self, holder: str) -> int:
         return len(self._permits.get(holder, ()))
+
+    def gone_of(self, holder: str) -> int:
+        """Permits that went with ``holder``'s stream, of which it has not said yet."""
+        return len(self._gone.get(holder, ()))
 
     def earlier_of(self, holder: str) -> int:
         """Permits ``holder`` got in a HALF_OPEN a failed probe ended (its probe may still run)."""
@@ -315,14 +326,28 @@ class CircuitBreaker:
             self._permits.setdefault(holder, []).extend([Permit(now + ttl, number)] * granted)
         return granted
 
-    def release_probes(self, holder: str, count: int | None = None) -> None:
-        """Give back unused permits (all of the holder's when ``count`` is None)."""
+    def release_probes(self, holder: str, count: int | None = None, *, tail: float = 0.0) -> None:
+        """Give back unused permits (``count`` of them), or (``count`` None) every permit of
+        a holder whose stream broke: those go on counting until it has said, once back,
+        which of its probes still run (:meth:`holder_said`), or until the TTL the holder had
+        to use each in has passed — ``tail`` before its expiry (a permit is held for its
+        TTL and then the call a probe begun at its end may take): a holder that died with
+        its stream says nothing, and its permits go on within one TTL."""
         if count is None:
-            lost = self._permits.pop(holder, []) + self._earlier.pop(holder, [])
-            if lost:
-                self._lost.setdefault(holder, []).extend(lost)
+            gone = self._permits.pop(holder, []) + self._earlier.pop(holder, [])
+            if gone:
+                self._gone.setdefault(holder, []).extend(_counted_until(p, tail) for p in gone)
         else:
             self._return_permits(holder, count)
+
+    def holder_said(self, holder: str) -> int:
+        """``holder`` is back and has said which probes under permits of its streams before
+        still run (:meth:`note_running` took those): the rest of the permits that went with
+        them run nothing and count no more. Returns how many that frees."""
+        gone = self._gone.pop(holder, [])
+        if gone:
+            self._lost.setdefault(holder, []).extend(gone)
+        return len(gone)
 
     def set_aside_permits(self) -> None:
         """The HALF_OPEN the permits were granted in is over (replaced from the store):
@@ -335,6 +360,7 @@ class CircuitBreaker:
         """Forget every permit (the state was replaced from the store)."""
         self._permits.clear()
         self._earlier.clear()
+        self._gone.clear()
         self._lost.clear()
 
     def settle(self, holder: str, number: int) -> str:
@@ -342,7 +368,13 @@ class CircuitBreaker:
         which it was: "current" (of this HALF_OPEN, held now: the result counts),
         "earlier" (its probe counted in flight for no HALF_OPEN), "lost" (released with
         the holder's stream) or "" (none known)."""
-        for kind, permits in (("current", self._permits), ("earlier", self._earlier), ("lost", self._lost)):
+        kinds = (
+            ("current", self._permits),
+            ("earlier", self._earlier),
+            ("lost", self._gone),
+            ("lost", self._lost),
+        )
+        for kind, permits in kinds:
             if pop_number(permits, holder, number) is not None:
                 return kind
         return ""
@@ -351,7 +383,7 @@ class CircuitBreaker:
         """Whether ``holder`` was given grant ``number`` and it is not settled yet."""
         return bool(number) and any(
             getattr(p, "number", 0) == number
-            for permits in (self._permits, self._earlier, self._lost)
+            for permits in (self._permits, self._earlier, self._gone, self._lost)
             for p in permits.get(holder, ())
         )
 
@@ -382,6 +414,8 @@ class CircuitBreaker:
         result counts for none) until the result comes or the permit's hold lapses."""
         permit = pop_number(self._permits, holder, number)
         if permit is None:
+            permit = pop_number(self._gone, holder, number)
+        if permit is None:
             permit = pop_number(self._lost, holder, number)
         if permit is None:
             return False
@@ -405,7 +439,14 @@ class CircuitBreaker:
 
     def _expire(self, now: float) -> int:
         expired = 0
-        for permits in (self._permits, self._earlier, self._lost):
+        for holder in [h for h, v in self._gone.items() if any(_counts_until(p) <= now for p in v)]:
+            ended = [p for p in self._gone[holder] if _counts_until(p) <= now]
+            self._gone[holder] = [p for p in self._gone[holder] if _counts_until(p) > now]
+            if not self._gone[holder]:
+                del self._gone[holder]
+            self._lost.setdefault(holder, []).extend(ended)  # known, counted no more
+            expired += len(ended)
+        for permits in (self._permits, self._earlier, self._gone, self._lost):
             for holder in [h for h, v in permits.items() if any(t <= now for t in v)]:
                 kept = [t for t in permits[holder] if t > now]
                 if permits is not self._lost:  # those freed nothing: they counted for none
@@ -466,6 +507,7 @@ class CircuitBreaker:
             self.set_aside_permits()
         elif new is not BreakerState.OPEN and new is not BreakerState.HALF_OPEN:
             self._earlier.clear()
+            self._gone.clear()
             self._lost.clear()
         self._permits.clear()
         if new is BreakerState.CLOSED:
@@ -480,3 +522,15 @@ class CircuitBreaker:
             self.opened_at = None
             self.wait = self.policy.wait_duration_secs
         return Transition(self.name, old, new, reason)
+
+
+def _counted_until(permit: float, tail: float) -> Permit:
+    """``permit`` (an expiry), marked to count until ``tail`` before its expiry."""
+    marked = Permit(permit, getattr(permit, "number", 0))
+    marked.counts_until = permit - max(0.0, tail)  # type: ignore[attr-defined]
+    return marked
+
+
+def _counts_until(permit: float) -> float:
+    """Until when a permit gone with its holder's stream counts (its expiry, unless marked)."""
+    return float(getattr(permit, "counts_until", permit))

@@ -257,8 +257,10 @@ class ControlPlaneConnection:
                 # what an earlier stream did not get acknowledged goes again, as it was
                 resent = True
                 again = self._unacked.resend()
-                said = self.view.running_said()  # first: probes of the stream before still running
-                if said:
+                # first: probes of the stream before still running (said even when none
+                # is, while a breaker probes: the control plane frees the others' permits)
+                said = self.view.running_said()
+                if said or self.view.probing():
                     yield pb.ConnectRequest(outcomes=self._unacked.batch(said))
                 yield from (pb.ConnectRequest(outcomes=b) for b in again)
             batch = self._batch() if connected else None

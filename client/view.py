@@ -744,6 +744,13 @@ class LocalView:
                     state.tally.probes_running = []
         return said
 
+    def probing(self) -> bool:
+        """Whether a fleet breaker held is OPEN or HALF_OPEN: a permit of it may have gone
+        with the stream before (unused, or granted as the stream broke), which the control
+        plane counts until this agent's first batch on the new stream says what it runs.
+        That batch is then sent even when it says nothing (:meth:`running_said`)."""
+        return any(s.fleet is not None and s.fleet.state in _PROBING for s in list(self.services.values()))
+
     def fleet_in_force(self, state: ServiceState, now: float) -> FleetBreaker | None:
         """The fleet breaker state that decides ``state``'s calls now, if any: the last one
         pushed while connected; when not (fail static), an OPEN with time left, an

@@ -369,9 +369,17 @@ class ControlPlane:
         """Count the batch ``key`` in this replica's engine (the ledger was asked first)."""
         for summary in summaries:
             try:
-                self.breakers.record(agent_id, summary)
+                self.breakers.record(agent_id, summary, key.agent_id if key is not None else "")
             except Exception:  # one service's bad record must not stop the others' (nor the stream)
                 _log.exception("outcomes of %s for %s not counted", agent_id, summary.service)
+
+    def holder_said(self, agent_id: str) -> None:
+        """``agent_id``'s first batch on a new stream was taken: it has said which probes
+        of its streams before still run (the permits of the others are free)."""
+        if self.leading or self.relay is None:
+            self.breakers.holder_said(agent_id)
+        else:
+            self.relay.holder_said(agent_id)
 
     def request_probe(self, agent_id: str, service: str, *, relay: bool = False) -> None:
         """``agent_id`` asks for a probe permit (``relay``: a follower, for one of its agents)."""
@@ -658,7 +666,7 @@ class ControlPlane:
     def _on_grant(self, agent: str, grant: pb.ProbeGrant) -> None:
         self.grant_numbers.stamp(grant)
         if not self.hub.send_to_agent(agent, pb.ConnectResponse(probe_grant=grant)):
-            asyncio.get_running_loop().call_soon(lambda: self.breakers.release_agent(agent))
+            asyncio.get_running_loop().call_soon(lambda: self.breakers.undelivered(agent, grant))
 
     # -- snapshot for a new stream ---------------------------------------------
 

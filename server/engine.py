@@ -332,8 +332,9 @@ class FleetBreakers:
 
     # -- inputs ----------------------------------------------------------------
 
-    def record(self, agent: str, summary: pb.OutcomeSummary) -> list[Transition]:
-        """Apply one agent's outcome summary for one service."""
+    def record(self, agent: str, summary: pb.OutcomeSummary, origin: str = "") -> list[Transition]:
+        """Apply one agent's outcome summary for one service (``origin``: the agent a
+        follower's relay ``agent`` passes it on for)."""
         now = self._clock()
         breaker = self.get(summary.service)
         moves: list[Transition | None] = []
@@ -344,6 +345,10 @@ class FleetBreakers:
             lose_released(breaker, agent, summary)
         if summary.probes_running:  # probes begun under permits lost with a stream still run
             note_running(breaker, agent, summary)
+            if origin and origin != agent:
+                # an agent gone from here, back on a follower: its probe under a permit
+                # granted here counts in flight, not only until that permit's TTL ends
+                note_running(breaker, origin, summary)
         named = identified(summary)
         if summary.probes_released and current:
             breaker.release_probes(agent, summary.probes_released)
@@ -383,21 +388,49 @@ class FleetBreakers:
         return self._grant(breaker, agent, now)
 
     def release_agent(self, agent: str, *, relay: bool = False) -> None:
-        """An agent's stream is gone (or a grant could not reach it): its permits return to
-        the pool at once and go to an agent asking now. A probe it may still run (a stream
-        can break while the process lives on) no longer counts: its result is ignored, as
-        the agent holds no permit here any more, and the agent dropped the permit with its
-        link. A follower's ``relay`` is another matter: the agents it handed the permits
-        to are still connected to it and may use them, so those lapse with their hold."""
+        """An agent's stream is gone: its permits are its no more, and a result under one
+        counts for nothing. A probe it may still run (a stream can break while the process
+        lives on) keeps its permit counted until the agent, back on a new stream, has said
+        which of its probes still run (:meth:`holder_said`), or the probe TTL it had to
+        use the permit in has passed (an agent that died with its stream never says; its
+        permit goes on within one TTL): given at once to an agent asking now, it would run
+        beside that probe (I3). A follower's ``relay`` is another matter: the agents it
+        handed the permits to are still connected to it and may use them, so those lapse
+        with their hold."""
         now = self._clock()
         for demand in self._demand.values():  # first: what it gives back goes to another
             demand.last_seen.pop(agent, None)
             demand.served.pop(agent, None)
         for breaker in self._breakers.values():
             if not relay and (breaker.permits_of(agent) or breaker.earlier_of(agent)):
-                breaker.release_probes(agent)
+                breaker.release_probes(agent, tail=breaker.policy.timeout_secs)  # (of the hold)
                 if breaker.state is BreakerState.HALF_OPEN:
                     self._grant_waiting(breaker.name, now)
+
+    def undelivered(self, agent: str, grant: pb.ProbeGrant) -> None:
+        """``grant`` could not reach ``agent`` (it has no stream here): it runs nothing, so
+        its permit goes back at once, to an agent asking now; the agent asks no more."""
+        now = self._clock()
+        for demand in self._demand.values():
+            demand.last_seen.pop(agent, None)
+            demand.served.pop(agent, None)
+        breaker = self._breakers.get(grant.service)
+        taken = breaker is not None and breaker.settle(agent, grant.number)
+        if taken and breaker is not None and breaker.state is BreakerState.HALF_OPEN:
+            self._grant_waiting(breaker.name, now)
+
+    def holder_said(self, agent: str) -> None:
+        """``agent`` is back on a new stream and its first batch there said which probes
+        under permits of its streams before still run (``OutcomeSummary.probes_running``,
+        taken by :meth:`record`): the other permits that went with those streams are free."""
+        now = self._clock()
+        for breaker in self._breakers.values():
+            if (
+                breaker.gone_of(agent)
+                and breaker.holder_said(agent)
+                and breaker.state is BreakerState.HALF_OPEN
+            ):
+                self._grant_waiting(breaker.name, now)
 
     def tick(self) -> list[Transition]:
         """Time-driven moves (OPEN -> HALF_OPEN) and expiry of unused permits."""

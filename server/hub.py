@@ -48,6 +48,9 @@ class Subscriber:
     replica: bool = False
     #: The client's address (without port).
     peer: str = ""
+    #: Whether a batch came on this stream yet: the first says which probes under
+    #: permits of the agent's streams before still run (see ``FleetBreakers.holder_said``).
+    said: bool = False
     #: (code, details) the stream is to end with, when the client broke a limit.
     refusal: tuple[grpc.StatusCode, str] | None = None
     #: The agent's labels (from its hello) and when the stream opened (wall-clock seconds).

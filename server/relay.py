@@ -118,6 +118,7 @@ class LeaderRelay:
         self._wake = asyncio.Event()
         #: What this replica's agents want of the fleet-shared limits, and their leases.
         self.leases = FollowerLeases(hold_secs, clock, wall)
+        self._clock = clock
         self._epoch = 0
         self._demand_epoch = -1
         self._unacked = UnackedBatches(MAX_BATCHES)
@@ -179,6 +180,14 @@ class LeaderRelay:
         ):
             return self.permits.checked(agent_id, summary)
         return summary
+
+    def holder_said(self, agent_id: str) -> None:
+        """``agent_id``'s first batch on a new stream here was taken: of the permits kept
+        out since its stream before broke, those of probes it said still run are its
+        again (until their results come), the rest go back to the fleet (see
+        :meth:`.RelayedPermits.holder_said`)."""
+        if self.permits.holder_said(agent_id):
+            self._wake.set()
 
     @property
     def backlog(self) -> tuple[int, int]:

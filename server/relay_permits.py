@@ -7,11 +7,17 @@ of them; the leader holds every such permit for the relay, by grant number
 * a probe result counts only under a grant relayed to the agent that reports it (of any
   breaker generation: the leader tells a permit of this HALF_OPEN from one kept from an
   earlier one); a result naming any other grant is cut here;
-* a permit an agent gives back unused, or held when its stream ended, is named to the leader
+* a permit an agent gives back unused is named to the leader
   (``OutcomeSummary.released_grants``), so the leader lets go of that one and not of another
-  agent's permit still running; one lost with a stream is remembered here, as on the leader,
-  so the agent back on a new stream can say its probe still runs (``probes_running``, passed
-  on only for grants relayed to it) and report its result;
+  agent's permit still running;
+* a permit held when the agent's stream ended is kept out, as the leader keeps its own
+  agents' (``CircuitBreaker.holder_said``): its probe may run on, and given back at once the
+  permit would go to an agent asking then, beside it (more than ``success_threshold``
+  probes in flight, I3). Once the agent, back on a new stream here, has said in its first
+  batch which probes still run (``probes_running``, passed on only for grants relayed to
+  it), those stay out until their results come and the rest are named back; an agent that
+  has not said within the probe TTL from when it was handed the permit may have died with
+  its stream, and its permit is named back then (within one TTL, as the leader's own);
 * a permit counts here until its result or give-back comes, or until the leader's hold on it
   lapses (the grant's TTL plus the policy's timeout): a result lost on the way does not keep
   the agent from asking again for ever.
@@ -30,6 +36,7 @@ from dataclasses import dataclass
 
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
+from .engine import PROBE_TTL_SECS
 from .probe_results import MAX_RUNNING, identified
 
 __all__ = ["MAX_RELEASED", "RelayedPermits"]
@@ -42,8 +49,13 @@ MAX_RELEASED = 64
 class _Relayed:
     generation: int
     expiry: float
-    #: The agent's stream ended while it held the permit (given back to the leader).
+    #: When it was handed to the agent (monotonic seconds).
+    handed: float = 0.0
+    #: The agent's stream ended while it held the permit: kept out until the agent said
+    #: whether its probe still runs, or a probe TTL from ``handed`` passed.
     lost: bool = False
+    #: Named to the leader as given back (kept here: a result may still come).
+    released: bool = False
 
 
 class RelayedPermits:
@@ -73,9 +85,10 @@ class RelayedPermits:
         self._current[grant.service] = grant.generation
         hold = grant.ttl.ToNanoseconds() / 1e9 + self._timeout_of(grant.service)
         held = self._held.setdefault(grant.service, {}).setdefault(agent, {})
+        now = self._clock()
         for _ in range(max(1, grant.permits)):
             key = grant.number if grant.number and grant.number not in held else next(self._unnamed)
-            held[key] = _Relayed(grant.generation, self._clock() + hold)
+            held[key] = _Relayed(grant.generation, now + hold, handed=now)
 
     def granted(self, grant: pb.ProbeGrant) -> None:
         """The leader sent ``grant``: its generation is the one in force (even a lower one)."""
@@ -142,37 +155,50 @@ class RelayedPermits:
             permit = held.get(number)
             if permit is not None and number > 0:
                 out.probes_running.append(number)
-                if permit.lost:  # not given back after all: it still runs
+                if permit.lost:  # kept out for it: it still runs
                     permit.lost = False
-                    released = self._released.get(summary.service, [])
-                    if number in released:
-                        released.remove(number)
         if not held:
             self._forget(summary.service, agent)
         return out
 
     def agent_left(self, agent: str) -> dict[str, int]:
-        """``agent``'s stream is gone: its permits go back to the leader, named (kept here,
-        lost, as the agent may say once back that its probe still runs). Returns the count
-        of those without a number per service, to give back by count."""
+        """``agent``'s stream is gone: its permits are kept out, lost, until it says from its
+        next stream here whether their probes still run (:meth:`holder_said`) or a probe TTL
+        from their handing out passes (:meth:`take_released`). Returns the count of those
+        without a number per service, to give back by count at once (nothing to know them
+        again by)."""
         unnamed: dict[str, int] = {}
         for service in list(self._held):
             held = self._live(service, agent)
-            for key in [k for k, p in held.items() if not p.lost]:
+            for key in [k for k, p in held.items() if not p.lost and not p.released]:
                 if key > 0:
                     held[key].lost = True
-                    self._released.setdefault(service, []).append(key)
-                else:  # nothing to name it by, nor to know it again by
+                else:
                     del held[key]
                     unnamed[service] = unnamed.get(service, 0) + 1
             self._forget(service, agent)
         return unnamed
 
+    def holder_said(self, agent: str) -> bool:
+        """``agent``'s first batch on a new stream here was taken (the probes it still runs
+        were read from it by :meth:`checked`): its permits still lost are named back.
+        Returns whether any was."""
+        named = False
+        for service in list(self._held):
+            for key, permit in self._live(service, agent).items():
+                if permit.lost and not permit.released:
+                    self._release(service, key, permit)
+                    named = True
+        return named
+
     def take_released(self) -> list[pb.OutcomeSummary]:
         """Summaries naming the permits given back since the last call."""
+        now = self._clock()
         for service in list(self._held):  # (lapsed ones of agents gone for good, too)
             for agent in list(self._held[service]):
-                self._live(service, agent)
+                for key, permit in self._live(service, agent).items():
+                    if permit.lost and not permit.released and now - permit.handed >= PROBE_TTL_SECS:
+                        self._release(service, key, permit)  # its holder did not say in time
                 self._forget(service, agent)
         out = []
         released, self._released = self._released, {}
@@ -187,6 +213,10 @@ class RelayedPermits:
         self._released.clear()
 
     # -- internals -------------------------------------------------------------
+
+    def _release(self, service: str, number: int, permit: _Relayed) -> None:
+        permit.released = True
+        self._released.setdefault(service, []).append(number)
 
     def _live(self, service: str, agent: str) -> dict[int, _Relayed]:
         """``agent``'s permits of ``service`` not lapsed (the lapsed ones forgotten)."""

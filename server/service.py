@@ -205,7 +205,11 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                     )
                     return
                 if kind == "outcomes":
-                    await self._outcomes(sub, request.outcomes)
+                    whole = await self._outcomes(sub, request.outcomes)
+                    if not sub.said and not sub.replica:
+                        sub.said = True
+                        if whole:  # (a batch cut by the report budget may not say all)
+                            plane.holder_said(sub.agent_id)
                 elif kind == "probe_request":
                     service = request.probe_request.service
                     if breaker_name_problem(service):
@@ -238,7 +242,8 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         finally:
             sub.close()
 
-    async def _outcomes(self, sub: Subscriber, batch: pb.OutcomeBatch) -> None:
+    async def _outcomes(self, sub: Subscriber, batch: pb.OutcomeBatch) -> bool:
+        """Take an agent's batch; returns whether all of its summaries were admitted."""
         plane = self.plane
         dropped = batch.dropped if sub.trusted else plane.reports.dropped(sub.agent_id, batch.dropped)
         plane.stats.add_dropped(dropped)
@@ -269,6 +274,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             # Read nothing more from this stream until the budget has refilled: flow control
             # then holds the client's next batches, which are never parsed.
             await asyncio.sleep(plane.reports.refill_secs(refused))
+        return not refused
 
     async def _take(
         self,

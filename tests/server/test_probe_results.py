@@ -1,8 +1,9 @@
 """Probe results tied to their grant (I3 across an agent's reconnect; engine logic, with an
-injected clock). An agent's stream breaks while its probe runs: the permit goes back at
-once, but the probe's result counts for no later permit, and once the agent says (on its
-new stream) that the probe still runs, it counts in flight until it ends or lapses. The
-real-process case is tests/server/test_probe_reconnect.py."""
+injected clock). An agent's stream breaks while its probe runs: the permit is not its any
+more and the probe's result counts for no later permit; once the agent says (on its new
+stream) that the probe still runs, it counts in flight until it ends or lapses. Until the
+agent has said, the permit counts (tests/server/test_probe_gone.py). The real-process
+cases are tests/server/test_probe_reconnect.py and test_probe_reset_gap.py."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def test_an_earlier_probes_success_is_not_taken_for_a_new_permit() -> None:
     breaker = breakers.get("llm")
     first = grants[0][1]
     breakers.release_agent("a")  # its stream broke while the probe ran
-    assert breakers.request_probe("a", "llm") is not None  # back, not having said it runs
+    breakers.holder_said("a")  # back, not having said it runs (an agent that does not say)
+    assert breakers.request_probe("a", "llm") is not None
     second = grants[1][1]
     breakers.record("a", result(first))
     # before: the success counted, settled the new permit and let two more out
@@ -63,8 +65,9 @@ def test_a_probe_said_running_after_a_reconnect_counts_in_flight_until_it_ends()
     breaker = breakers.get("llm")
     first = grants[0][1]
     breakers.release_agent("a")
-    assert breaker.permits_out(clock.now) == 0  # at once (a killed holder's goes on)
+    assert breaker.permits_out(clock.now) == 1  # until a says what it runs
     breakers.record("a", pb.OutcomeSummary(service="llm", probes_running=[first]))
+    breakers.holder_said("a")
     assert breaker.permits_out(clock.now) == 1
     assert breakers.request_probe("a", "llm") is None  # no second one beside it
     assert breakers.request_probe("b", "llm") is None  # the first probe goes alone
@@ -94,6 +97,9 @@ def test_only_grants_the_agent_held_are_believed_running() -> None:
     # another agent naming a's grant, or numbers never granted, blocks nobody
     breakers.record("b", pb.OutcomeSummary(service="llm", probes_running=[grants[0][1], 1, 2, 3]))
     breakers.record("a", pb.OutcomeSummary(service="llm", probes_running=[grants[0][1] + 7]))
+    breakers.holder_said("b")
+    assert breaker.permits_out(clock.now) == 1  # a has not said yet
+    breakers.holder_said("a")
     assert breaker.permits_out(clock.now) == 0
     assert breakers.request_probe("b", "llm") is not None
 

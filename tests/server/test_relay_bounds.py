@@ -66,9 +66,11 @@ def test_probe_results_relayed_only_under_a_permit_relayed_to_that_agent() -> No
     assert relay.permits.count("good-1", "svc") == 0
 
 
-def test_a_departed_agents_permits_go_back_to_the_leader_at_once() -> None:
-    """An agent on a follower went away holding a permit: the follower gives it back to the
-    leader (the leader hands it to an agent asking now) instead of letting it lapse."""
+def test_a_departed_agents_permits_go_back_to_the_leader_once_it_said_what_runs() -> None:
+    """An agent on a follower went away holding a permit: its probe may run on (a stream
+    breaks while the process lives), so the follower keeps the permit out; back, its first
+    batch says nothing runs, and the follower gives it back to the leader (which hands it
+    to an agent asking now) instead of letting it lapse."""
 
     leadership = Leadership(store=None, prefix="/p", instance_id="r2", address="127.0.0.1:1")  # type: ignore[arg-type]
     relay = LeaderRelay(leadership, Hub())
@@ -76,6 +78,8 @@ def test_a_departed_agents_permits_go_back_to_the_leader_at_once() -> None:
 
     relay.permits.handed("gone", pb.ProbeGrant(service="svc", permits=1, generation=4, number=17))
     relay.agent_left("gone")
+    assert relay._outgoing() == []  # kept out: its probe may still run
+    relay.holder_said("gone")
     (request,) = relay._outgoing()
     (summary,) = request.outcomes.summaries  # named: the leader lets go of that very permit
     assert (summary.service, list(summary.released_grants), summary.probes_released) == ("svc", [17], 0)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from mission_control.client.breaker import BreakerState
 from mission_control.resilience.v1 import control_plane_pb2 as pb
-from mission_control.server.engine import FleetBreakers
+from mission_control.server.engine import PROBE_TTL_SECS, FleetBreakers
 from mission_control.server.hub import Hub
 from mission_control.server.leadership import Leadership
 from mission_control.server.relay import LeaderRelay
@@ -50,9 +50,11 @@ def test_an_earlier_probes_result_does_not_settle_the_new_permit_of_an_agent_beh
     relay = relay_with("a")
     hand(relay, "a", grant(1))
     leave(relay, "a")  # its stream broke while its probe under grant 1 ran
+    assert sent(relay) == []  # kept out: the probe may still run (it does here)
+    relay.hub.connect(pb.AgentHello(agent_id="a"))
+    relay.holder_said("a")  # back, its first batch did not say the probe runs
     (released,) = sent(relay)
     assert list(released.released_grants) == [1]  # named: the leader lets go of that one
-    relay.hub.connect(pb.AgentHello(agent_id="a"))
     hand(relay, "a", grant(2))  # back (not saying the probe runs), it got another
     relay.add("a", result(1))  # the earlier probe ended: named, the leader counts it for none
     (earlier,) = sent(relay)
@@ -64,10 +66,28 @@ def test_an_earlier_probes_result_does_not_settle_the_new_permit_of_an_agent_beh
     assert (own.probe_successes, list(own.probe_grants)) == (1, [2])
 
 
+def test_a_departed_agents_permit_is_kept_out_for_one_probe_ttl_then_named_back() -> None:
+    """Its stream broke while it held a permit: the probe may run on, so the permit stays
+    out (given back at once, it went to an agent asking then, beside that probe) until the
+    agent says, back here, what runs — or a probe TTL from its handing out has passed (the
+    agent may have died with its stream)."""
+    relay = relay_with("a")
+    clock = relay.permits._clock
+    hand(relay, "a", grant(1))
+    leave(relay, "a")
+    clock.now += PROBE_TTL_SECS - 0.1  # type: ignore[attr-defined]
+    assert sent(relay) == []
+    clock.now += 0.1  # type: ignore[attr-defined]
+    (released,) = sent(relay)
+    assert list(released.released_grants) == [1]
+    assert sent(relay) == []  # once
+
+
 def test_an_agent_back_says_its_probe_runs_under_a_permit_given_back() -> None:
     relay = relay_with("a")
     hand(relay, "a", grant(1))
     leave(relay, "a")
+    relay.permits._clock.now += PROBE_TTL_SECS  # type: ignore[attr-defined]
     (released,) = sent(relay)
     assert list(released.released_grants) == [1]
     relay.hub.connect(pb.AgentHello(agent_id="a"))

@@ -4,7 +4,9 @@ a dependency that fails and recovers, and grants that overtake the state pushes.
 
 Checked (I3): never more than ``success_threshold`` probes of one HALF_OPEN in flight;
 an agent that keeps asking gets a permit within one probe TTL unless the probes in flight
-are at the limit meanwhile (one until a probe succeeded, then the threshold).
+are at the limit meanwhile (one until a probe succeeded, then the threshold), or a permit
+went with a holder that died, which comes back within one TTL of its grant (the control
+plane cannot tell a dead holder from one whose stream broke while it probes on).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class Plane:
         self.agents: dict[str, SimAgent] = {}
         self.engine.change_listeners.append(self._push)
         self.engine.grant_listeners.append(self._grant)
+        #: When each agent was last granted a permit.
+        self.granted_at: dict[str, float] = {}
         world.every(0.02, self.engine.tick, until=1e18)
 
     def _push(self, message: pb.Breaker, *_: object) -> None:
@@ -43,10 +47,11 @@ class Plane:
 
     def _grant(self, agent_id: str, grant: pb.ProbeGrant) -> None:
         agent = self.agents.get(agent_id)
+        self.granted_at[agent_id] = self.world.now
         if agent is not None:
             agent.receive_grant(grant)
         else:  # not sent: as the control plane does when a stream is gone
-            self.world.after(0.0, lambda: self.engine.release_agent(agent_id))
+            self.world.after(0.0, lambda: self.engine.undelivered(agent_id, grant))
 
     def gone(self, agent: SimAgent) -> None:
         """The stream broke: the control plane notices a little later."""
@@ -162,9 +167,14 @@ class Checker:
         self.violations: list[str] = []
 
     def holder_gone(self, agent: SimAgent) -> None:
-        """A dead agent's probes are not in flight any more."""
+        """A dead agent's probes are not in flight any more; a permit it held counts on
+        until its TTL has passed (as the probes at the limit, from its grant)."""
         for generation in self.running.pop(agent.id, []):
             self.probe_ended(generation)
+        if self.plane.engine.get(SERVICE).permits_of(agent.id):
+            # (and then a tick and the next grant's way to the asker)
+            granted = self.plane.granted_at.get(agent.id, -1e9)
+            self.saturated_at = max(self.saturated_at, granted + 0.02 + MAX_DELAY)
 
     def _threshold(self) -> int:
         return self.plane.engine.get(SERVICE).policy.success_threshold

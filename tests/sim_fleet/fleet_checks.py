@@ -13,9 +13,10 @@ I3  Never more than ``success_threshold`` probes of one breaker in flight fleet-
     timeout have passed since (the new leader's wait); no permit is used, or held by a
     control plane, past its TTL.
     A probe is in flight from the permit being taken until its outcome is recorded, for
-    as long as its agent lives on the stream the permit came on: a stream that breaks
-    frees the agent's permits at once (``FleetBreakers.release_agent``), and what a probe
-    started before still does no longer counts for the breaker.
+    as long as its agent lives: a stream that breaks does not end a probe under one of its
+    permits, which the control plane keeps counting until the agent, back, said what it
+    runs (``FleetBreakers.holder_said``, ``server/relay_permits.py``) or the permit's hold
+    has passed.
 I4  In every window of the shared limit, the units all agents admitted (dead ones too)
     are at most the limit plus one lease period's units — across restarts, failovers,
     wipes and agents cut off for a while.
@@ -181,8 +182,6 @@ class ProbeWatch:
             if p.service == service
             and (p.generation == generation if generation is not None else p.started > closed)
             and p.agent.alive
-            and p.agent.epoch == p.epoch
-            and p.agent.link is not None
         ]
 
     def _in_flight(self, service: str) -> int:

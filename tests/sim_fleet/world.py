@@ -83,17 +83,17 @@ class Replica:
 
         async def receiving(sub, batch):  # type: ignore[no-untyped-def]
             world.receiving = world.batch_name(sub.agent_id, sub.series, batch)
-            await outcomes(sub, batch)
+            return await outcomes(sub, batch)
 
         self.servicer._outcomes = receiving  # type: ignore[method-assign]
         self.links: list[Link] = []
         self.started_at = loop.time()
         record = self.plane.breakers.record
 
-        def counted(agent: str, summary: pb.OutcomeSummary):  # type: ignore[no-untyped-def]
+        def counted(agent: str, summary: pb.OutcomeSummary, origin: str = ""):  # type: ignore[no-untyped-def]
             world.counted[summary.service] += summary.failures
             world.counted_by[(self.instance, world.counting)] += summary.failures
-            return record(agent, summary)
+            return record(agent, summary, origin)
 
         self.plane.breakers.record = counted  # type: ignore[method-assign]
         count_batch = self.plane.count_batch
@@ -298,7 +298,7 @@ class Agent:
                 self._resend = False
                 again = self.unacked.resend()
                 said = self.view.running_said()  # first, as ``ControlPlaneConnection``
-                if said:
+                if said or self.view.probing():
                     yield pb.ConnectRequest(outcomes=self.unacked.batch(said))
                 for batch in again:
                     yield pb.ConnectRequest(outcomes=batch)
