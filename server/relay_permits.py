@@ -6,7 +6,10 @@ of them; the leader holds every such permit for the relay, by grant number
 
 * a probe result counts only under a grant relayed to the agent that reports it (of any
   breaker generation: the leader tells a permit of this HALF_OPEN from one kept from an
-  earlier one); a result naming any other grant is cut here;
+  earlier one); a result naming any other grant is cut here; a running probe
+  (``probes_running``) named under a grant relayed to another agent here is dropped, one
+  under a grant not relayed here at all goes on (the leader granted it to the agent before
+  it moved here, and checks it under the agent);
 * a permit an agent gives back unused is named to the leader
   (``OutcomeSummary.released_grants``), so the leader lets go of that one and not of another
   agent's permit still running;
@@ -157,6 +160,11 @@ class RelayedPermits:
                 out.probes_running.append(number)
                 if permit.lost:  # kept out for it: it still runs
                     permit.lost = False
+            elif number > 0 and not self._relayed_to_another(summary.service, agent, number):
+                # not relayed here: a grant the leader gave this agent itself before it moved
+                # here, which the leader checks under the agent (the batch's origin); never
+                # one relayed to another agent here (it would count that agent's permit)
+                out.probes_running.append(number)
         if not held:
             self._forget(summary.service, agent)
         return out
@@ -227,6 +235,9 @@ class RelayedPermits:
         for key in [k for k, p in held.items() if p.expiry <= now]:
             del held[key]
         return held
+
+    def _relayed_to_another(self, service: str, agent: str, number: int) -> bool:
+        return any(number in held for other, held in self._held.get(service, {}).items() if other != agent)
 
     def _forget(self, service: str, agent: str) -> None:
         agents = self._held.get(service)

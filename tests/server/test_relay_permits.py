@@ -91,9 +91,10 @@ def test_an_agent_back_says_its_probe_runs_under_a_permit_given_back() -> None:
     (released,) = sent(relay)
     assert list(released.released_grants) == [1]
     relay.hub.connect(pb.AgentHello(agent_id="a"))
-    relay.add_batch(None, "a", [pb.OutcomeSummary(service="llm", probes_running=[1, 7])])  # 7: not its
+    # 7: not relayed here (a grant of the leader's own, before it moved here: checked there)
+    relay.add_batch(None, "a", [pb.OutcomeSummary(service="llm", probes_running=[1, 7])])
     (running,) = sent(relay)
-    assert list(running.probes_running) == [1]  # said running: the leader counts it again
+    assert list(running.probes_running) == [1, 7]  # said running: the leader counts it again
     relay._asked.clear()  # (sent up)
     relay.ask_probe("a", "llm")
     assert "llm" not in relay._asked  # it runs a probe: one at a time
