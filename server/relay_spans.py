@@ -4,20 +4,24 @@ While the leader cannot take them (no leader during a failover, or a link that s
 follower's agents go on reporting: a busy agent sends a batch every few tens of
 milliseconds. Each batch kept on its own would fill any bound within seconds, and summing
 the oldest without their names would count them twice once their agent sends them again
-(it does, over whichever replica it reaches, until a leader acknowledged them). So the
-batches of one session that follow each other are merged into one span — their sequences
-``first``..``last`` and their outcomes summed — which the leader counts whole or not at
-all (``outcome_ledger``). What is held grows with the sessions, not with the batches: a
-span covers up to ``BLOCK`` batches, and never crosses a multiple of ``BLOCK``, so that two
-replicas holding one agent's batches (it moved from one to the other) hold spans that are
-equal or nested, except in the block where one of them stopped.
+(it does, over whichever replica it reaches, until a leader acknowledged them). So, while
+they cannot go up at once, the batches of one session that follow each other are merged
+into one span — their sequences ``first``..``last`` and their outcomes summed — which the
+leader counts whole or not at all (``outcome_ledger``): when it counted any batch of it
+before, none of it, and each batch of it counts when the agent sends it again. A session's
+newest ``KEEP_APART`` batches stay apart, and a span covers at most the ``BLOCK`` batches of
+one block (never crossing a multiple of ``BLOCK``): what is held grows with the sessions and
+the length of the spell, ~37 spans per busy agent over 30 s, not with every batch.
 
-Past ``MAX_SPANS`` spans the session with the most has its two oldest merged (a gap between
-them included); when every session has one, the oldest session's span is given up
-(``dropped``). Both may leave batches uncounted — a merged range that overlaps a batch
-counted before is not counted at all — and none counted twice: a breaker that opens a little
-late costs some failed calls, which every agent's own breaker bounds anyway; one opened by
-failures counted twice stops a healthy service for the whole fleet.
+What may go uncounted: a span the leader refuses because it overlaps a batch counted before,
+whose other batches the agent does not send again — an agent that moved between two
+followers during one spell, both merging its batches, and a span held by one of them
+reaching past what the other passed on first. And past ``MAX_SPANS`` spans the session with
+the most has its two oldest merged (a gap between them included); when every session has
+one, the oldest session's span is given up (``dropped``). Nothing is counted twice. That is
+the safe side for breakers: one that opens a little late costs some failed calls, which
+every agent's own breaker bounds anyway; one opened by failures counted twice stops a
+healthy service for the whole fleet.
 """
 
 from __future__ import annotations

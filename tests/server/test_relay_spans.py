@@ -140,3 +140,22 @@ def test_past_the_bound_nothing_is_counted_twice() -> None:
         held.add(key(1, agent), agent, failed())
     assert len(held) == 2 and held.dropped == 1
     assert [name.agent_id for name, _, _ in held.take()] == ["c", "d"]
+
+
+def test_a_batch_the_leader_acknowledged_sent_again_joins_no_range() -> None:
+    """The agent's stream broke before the follower passed on the leader's acknowledgement:
+    it sends batches 2 and 3 again, then new ones, while the link is down. Were 2 and 3 merged
+    with the new ones, the leader (which counted them) would refuse the whole range."""
+    relay = LeaderRelay(Leadership(), Hub())  # type: ignore[arg-type]
+    relay.connected = True
+    for sequence in (1, 2, 3):
+        relay.add_batch(key(sequence), "a", failed())
+    ledger = OutcomeLedger()
+    sent = relay._outgoing()
+    assert leader_counts(ledger, relayed(sent)) == 3
+    relay._unacked.ack(sent[-1].outcomes.sequence)  # the leader's acknowledgement
+    relay._batches.acked(sent[-1].outcomes.sequence)
+    relay.connected = False
+    for sequence in range(2, 104):
+        relay.add_batch(key(sequence), "a", failed())
+    assert leader_counts(ledger, relay.drain()) == 100  # 4..103
