@@ -252,7 +252,7 @@ class ControlPlaneConnection:
             if connected and not resent:
                 # what an earlier stream did not get acknowledged goes again, as it was
                 resent = True
-                again = self._unacked.resend()
+                again = self._unacked.resend(marked=True)
                 said = self.view.running_said()  # first: probes of the stream before still running
                 if said:
                     yield pb.ConnectRequest(outcomes=self._unacked.batch(said))

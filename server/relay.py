@@ -135,13 +135,19 @@ class LeaderRelay:
             for summary in summaries:
                 self.add(agent_id, summary)
             return
+        # one its agent sent before (another replica may have passed it on) is kept apart,
+        # and so is what this relay holds of that agent: merged with new ones, the leader
+        # would refuse them all with it
+        again = key.lowest == key.sequence and any(s.origin_first for s in summaries)
+        if again:
+            self._batches.close(key)
         if self._batches.holds(key):
             return  # sent again by the agent before the leader acknowledged it
         summaries = [self._checked(agent_id, summary) for summary in summaries]
         # merged while it cannot go up at once (sent on its own, a batch an agent sends
         # again is told apart from the new ones)
         merge = not self.connected or len(self._unacked) >= MAX_IN_FLIGHT
-        self._batches.add(key, agent_id, summaries, merge=merge)
+        self._batches.add(key, agent_id, summaries, merge=merge, apart=again)
         self._wake.set()
 
     def owe_ack(self, stream: AckTarget, sequence: int) -> None:

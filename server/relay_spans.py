@@ -13,10 +13,13 @@ newest ``KEEP_APART`` batches stay apart, and a span covers at most the ``BLOCK`
 one block (never crossing a multiple of ``BLOCK``): what is held grows with the sessions and
 the length of the spell, ~37 spans per busy agent over 30 s, not with every batch.
 
-What may go uncounted: a span the leader refuses because it overlaps a batch counted before,
-whose other batches the agent does not send again — an agent that moved between two
-followers during one spell, both merging its batches, and a span held by one of them
-reaching past what the other passed on first. And past ``MAX_SPANS`` spans the session with
+An agent marks the batches it sends again (``OutcomeSummary.origin_first``): another replica
+may have passed them on already, so a follower keeps each apart and merges nothing more
+into what it holds of that session — else a range of new batches joined to one the leader
+counted would be refused whole. What may still go uncounted: a span the leader refuses
+because it overlaps a batch counted before, whose other batches the agent does not send
+again (an older agent that does not mark what it sends again, moving between replicas
+during a spell). And past ``MAX_SPANS`` spans the session with
 the most has its two oldest merged (a gap between them included); when every session has
 one, the oldest session's span is given up (``dropped``). Nothing is counted twice. That is
 the safe side for breakers: one that opens a little late costs some failed calls, which
@@ -115,8 +118,20 @@ class HeldSpans:
         ranges += [(first, last) for first, last, _ in self._sent.get(name, ())]
         return any(first <= low and high <= last for first, last in ranges)
 
+    def close(self, key: BatchKey) -> None:
+        """Merge nothing more into what is held of ``key``'s session (its agent sends again
+        what it sent before: what follows is new)."""
+        for span in self._unsent.get((key.agent_id, key.session_id, key.series), ()):
+            span.open = False
+
     def add(
-        self, key: BatchKey, agent_id: str, summaries: list[pb.OutcomeSummary], *, merge: bool = True
+        self,
+        key: BatchKey,
+        agent_id: str,
+        summaries: list[pb.OutcomeSummary],
+        *,
+        merge: bool = True,
+        apart: bool = False,
     ) -> None:
         """Hold batch (or range) ``key`` (not held yet: see :meth:`holds`); ``merge``: with
         the batch before it (else on its own, as long as the bound allows)."""
@@ -126,7 +141,7 @@ class HeldSpans:
             spans = self._unsent[name] = []
         self._unsent.move_to_end(name)
         single = key.lowest == key.sequence
-        spans.append(Span(agent_id, key.lowest, key.sequence, summaries, open=single))
+        spans.append(Span(agent_id, key.lowest, key.sequence, summaries, open=single and not apart))
         self._count += 1
         if merge and len(spans) > KEEP_APART + 1:
             # the newest batch past those kept apart joins the span before it, if it follows it

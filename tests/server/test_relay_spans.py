@@ -159,3 +159,25 @@ def test_a_batch_the_leader_acknowledged_sent_again_joins_no_range() -> None:
     for sequence in range(2, 104):
         relay.add_batch(key(sequence), "a", failed())
     assert leader_counts(ledger, relay.drain()) == 100  # 4..103
+
+
+def resent(sequence: int) -> list[pb.OutcomeSummary]:
+    """A summary of a batch its agent sends again (as ``UnackedBatches.resend(marked=True)``)."""
+    return [pb.OutcomeSummary(service="svc", failures=1, trailing_failures=1, origin_first=sequence)]
+
+
+def test_what_an_agent_sends_again_after_moving_between_replicas_is_kept_apart() -> None:
+    """No leader for the follower: the agent sends 1..40 through it, moves to the leader and
+    sends them again there (counted), then comes back and sends them again (marked) and
+    41..200 new. What the follower held of 1..40 must not take 41.. in: the leader refuses a
+    range with one batch it counted, and would lose the new ones with it."""
+    relay = LeaderRelay(Leadership(), Hub())  # type: ignore[arg-type]
+    for sequence in range(1, 41):
+        relay.add_batch(key(sequence), "a", failed())
+    ledger = OutcomeLedger()
+    assert leader_counts(ledger, [(key(s), "a", failed()) for s in range(1, 41)]) == 40
+    for sequence in range(1, 41):
+        relay.add_batch(key(sequence), "a", resent(sequence))
+    for sequence in range(41, 201):
+        relay.add_batch(key(sequence), "a", failed())
+    assert leader_counts(ledger, relay.drain()) == 160

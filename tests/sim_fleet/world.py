@@ -296,7 +296,7 @@ class Agent:
                 continue
             if self._resend:  # what an earlier stream did not get acknowledged, as it was
                 self._resend = False
-                again = self.unacked.resend()
+                again = self.unacked.resend(marked=True)
                 said = self.view.running_said()  # first, as ``ControlPlaneConnection``
                 if said:
                     yield pb.ConnectRequest(outcomes=self.unacked.batch(said))

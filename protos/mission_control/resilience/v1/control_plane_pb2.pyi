@@ -317,7 +317,8 @@ class OutcomeSummary(_message.Message):
     """Set by a replica on each summary of an agent's batch it passes on (OutcomeBatch.origin)
     when the batch sums that agent's batches origin_first..origin.sequence of one session
     (merged while the leader could not take them): the leader counts all of them, or none
-    when it counted any before. 0: the one batch origin.sequence. Ignored from agents.
+    when it counted any before. 0: the one batch origin.sequence. From an agent: set on a
+    batch it sends again (a follower then never merges it with others); not counted on.
     """
     @_builtins.property
     def errors_by_type(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
