@@ -271,8 +271,11 @@ def _relays_pass_on(world: World) -> set[object]:
     held: set[object] = set()
     for relay in sorted(relays):
         upstream = {**world.delivered_keys[relay], **world.drained_keys[relay]}
-        passed = sum(upstream.values()) + world.drained_loose[relay]
-        taken = sum(world.taken_keys[relay].values()) + world.taken_loose[relay]
+        # each batch once, however often and under whichever name (alone, or in a range it
+        # merged) it went: a replica that led for a while drains what it held, then passes
+        # on the same batches again when their agent sends them again
+        passed = sum(_by_batch(world, upstream).values()) + world.drained_loose[relay]
+        taken = sum(_by_batch(world, world.taken_keys[relay]).values()) + world.taken_loose[relay]
         if passed > taken:
             violations.append(f"{RESENT} {relay} passed on {passed} failures, was given {taken}")
         elif relay in alive and passed != taken:
@@ -281,3 +284,19 @@ def _relays_pass_on(world: World) -> set[object]:
             given = {part for name in world.taken_keys[relay] for part in singles(name)}
             held |= given - {part for name in upstream for part in singles(name)}
     return held
+
+
+def _by_batch(world: World, names: dict[object, int]) -> dict[object, int]:
+    """Failures by batch of what ``names`` carried (a range's shared out over its batches)."""
+    out: dict[object, int] = {}
+    for name, failures in sorted(names.items(), key=lambda item: len(singles(item[0]))):  # type: ignore[arg-type]
+        parts = singles(name)  # type: ignore[arg-type]
+        if len(parts) == 1:
+            out.setdefault(parts[0], failures)
+            continue
+        left = failures
+        for part in parts:
+            got = min(world.batches.get(part, 0), left)
+            left -= got
+            out.setdefault(part, got)
+    return out
