@@ -256,7 +256,7 @@ class ControlPlaneConnection:
             if connected and not resent:
                 # what an earlier stream did not get acknowledged goes again, as it was
                 resent = True
-                again = self._unacked.resend()
+                again = self._unacked.resend(marked=True)
                 # first: probes of the stream before still running (said even when none
                 # is, while a breaker probes: the control plane frees the others' permits)
                 said = self.view.running_said()

@@ -313,10 +313,22 @@ class UnackedBatches:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def resend(self) -> list[pb.OutcomeBatch]:
-        """Every unacknowledged batch, oldest first, as first sent (kept until acknowledged)."""
+    def resend(self, marked: bool = False) -> list[pb.OutcomeBatch]:
+        """Every unacknowledged batch, oldest first, as first sent (kept until acknowledged);
+        ``marked``: each summary saying the batch was sent before (``origin_first``), so
+        that a follower holding it through a spell without a leader keeps it apart."""
         with self._lock:
-            return [self._pending[sequence] for sequence in sorted(self._pending)]
+            batches = [self._pending[sequence] for sequence in sorted(self._pending)]
+        if not marked:
+            return batches
+        out = []
+        for batch in batches:
+            again = pb.OutcomeBatch()
+            again.CopyFrom(batch)
+            for summary in again.summaries:
+                summary.origin_first = batch.sequence
+            out.append(again)
+        return out
 
 
 class ServiceState:

@@ -15,13 +15,21 @@ resend; counted in ``too_old``). The ledger lives in the replica's memory: a new
 not seen what an earlier leader counted, and counts a batch that earlier leader took but did
 not acknowledge. That is not a double count — each leader's engine starts its failure
 counts afresh, and an earlier leader's counts died with its term.
+
+A follower that could not pass batches on for a while merges one session's batches into a
+range (``BatchKey.first`` .. ``sequence``) with their outcomes summed. A range counts whole or
+not at all: not when any batch in it was counted before (its sums cannot be split), and then
+none of it is recorded, so each batch of it still counts when it comes again on its own (an
+agent sends again what no replica acknowledged). So nothing is counted twice; what may go
+uncounted is a range that overlaps one counted before and whose other batches never come
+again — see ``server/relay_spans.py`` for why that side is the safe one.
 """
 
 from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mission_control.resilience.v1 import control_plane_pb2 as pb
@@ -40,6 +48,13 @@ class BatchKey:
     session_id: str
     series: str
     sequence: int
+    #: The first batch of a range a replica merged (0: the one batch ``sequence``).
+    first: int = 0
+
+    @property
+    def lowest(self) -> int:
+        """The first batch this key names."""
+        return self.first if 0 < self.first < self.sequence else self.sequence
 
 
 @dataclass
@@ -82,33 +97,35 @@ class OutcomeLedger:
         name = (key.agent_id, key.session_id, key.series)
         session = self._sessions.pop(name, None)
         if session is None:
-            session = _Session(key.sequence, 1, now)
+            width = min(key.sequence - key.lowest + 1, self.window)
+            session = _Session(key.sequence, (1 << width) - 1, now)
             counted = True
         else:
-            counted = self._mark(session, key.sequence)
+            counted = self._mark(session, key.lowest, key.sequence)
             session.used_at = now
         self._sessions[name] = session  # the most recently used last
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)
         return counted
 
-    def _mark(self, session: _Session, sequence: int) -> bool:
-        if sequence > session.newest:
-            shift = sequence - session.newest
-            # a jump past the window leaves nothing of it: no shift (a hostile jump to 2**62
-            # would build an integer that many bits long)
-            kept = session.seen << shift if shift < self.window else 0
-            session.seen = (kept | 1) & ((1 << self.window) - 1)
-            session.newest = sequence
-            return True
-        behind = session.newest - sequence
-        if behind >= self.window:
-            self.too_old += 1
+    def _mark(self, session: _Session, first: int, last: int) -> bool:
+        """Record batches ``first``..``last`` (one, or a range) as counted, all or none."""
+        newest = max(session.newest, last)
+        shift = newest - session.newest
+        # a jump past the window leaves nothing of it: no shift (a hostile jump to 2**62
+        # would build an integer that many bits long)
+        seen = session.seen << shift if shift < self.window else 0
+        low, high = newest - last, newest - first  # how far behind the newest
+        if high >= self.window and first <= session.newest:
+            self.too_old += 1  # part of it may have been counted and forgotten: cannot tell
             return False
-        if session.seen >> behind & 1:
+        high = min(high, self.window - 1)  # (all of it above what was counted: new)
+        mask = ((1 << (high - low + 1)) - 1) << low
+        if seen & mask:
             self.resent += 1
             return False
-        session.seen |= 1 << behind
+        session.seen = (seen | mask) & ((1 << self.window) - 1)
+        session.newest = newest
         return True
 
     def _forget_idle(self, now: float) -> None:
@@ -126,20 +143,36 @@ def batch_key(
     replica passed it on for (only a replica may name another sender's batch), else the
     sender's own; None when the batch has no series or sequence (not de-duplicated)."""
     if replica and batch.HasField("origin"):
-        return origin_key(batch.origin)
+        return origin_key(batch.origin, batch.summaries)
     if not (batch.sequence and series):
         return None
     return BatchKey(agent_id, session_id, series, batch.sequence)
 
 
-def origin_key(origin: pb.OutcomeOrigin) -> BatchKey | None:
-    """The batch ``origin`` names (None: it names none)."""
+def origin_key(origin: pb.OutcomeOrigin, summaries: Sequence[pb.OutcomeSummary] = ()) -> BatchKey | None:
+    """The batch (or range of batches, named on the ``summaries``) ``origin`` names (None:
+    it names none)."""
     if not (origin.sequence and origin.series):
         return None
-    return BatchKey(origin.agent_id, origin.session_id, origin.series, origin.sequence)
+    firsts = [s.origin_first for s in summaries if 0 < s.origin_first < origin.sequence]
+    return BatchKey(
+        origin.agent_id, origin.session_id, origin.series, origin.sequence, min(firsts, default=0)
+    )
 
 
 def origin_of(key: BatchKey) -> pb.OutcomeOrigin:
     return pb.OutcomeOrigin(
         agent_id=key.agent_id, session_id=key.session_id, series=key.series, sequence=key.sequence
     )
+
+
+def named(key: BatchKey, summaries: Sequence[pb.OutcomeSummary]) -> list[pb.OutcomeSummary]:
+    """``summaries`` to pass on under ``key``: each says the range's first batch (copies)."""
+    first = key.first if key.lowest < key.sequence else 0
+    out = []
+    for summary in summaries:
+        copy = pb.OutcomeSummary()
+        copy.CopyFrom(summary)
+        copy.origin_first = first
+        out.append(copy)
+    return out

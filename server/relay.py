@@ -7,6 +7,8 @@ without any extra etcd traffic. Each agent batch goes up as it came, named by it
 origin (agent, session, sequence), so the leader counts it once even when the agent sent
 it again over another replica; batches are kept while the link is down (during a
 failover) and sent once a leader answers, so failures reported meanwhile still count.
+What is kept is merged per agent session (``relay_spans``): bounded by the sessions, and
+never counted twice.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
 from .loop_tasks import wait_event
-from .outcome_ledger import BatchKey, origin_key, origin_of
+from .outcome_ledger import BatchKey, named, origin_key, origin_of
 from .relay_acks import AckTarget, OwedAcks
 from .relay_leases import FollowerLeases
 from .relay_permits import RelayedPermits
+from .relay_spans import HeldSpans
 from .relayed_marks import RelayedMarks
 
 if TYPE_CHECKING:
@@ -46,9 +49,9 @@ _log = logging.getLogger("mission_control.server.relay")
 #: Bounds on what is kept for the leader while the link to it is down.
 MAX_ASKED = 1024
 MAX_WAITING = 256
-#: Agent batches kept for the leader (unsent, and sent but not acknowledged); past it the
-#: oldest unsent ones are summed without their origin (still counted, no longer de-duplicated).
-MAX_BATCHES = 4096
+#: Batches sent to the leader and not acknowledged yet: past it nothing more is sent (what
+#: agents report meanwhile is merged per agent session, see ``relay_spans``).
+MAX_IN_FLIGHT = 1024
 #: A leader that vanished without closing the connection is noticed within ~15 s (a ping
 #: every 10 s, and 5 s for the answer to it or to any other ping: see server_options).
 KEEPALIVE = [
@@ -103,10 +106,8 @@ class LeaderRelay:
         self.flush_interval = flush_interval
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._tallies: dict[str, Tally] = {}
-        #: Agent batches not sent yet, by name.
-        self._batches: collections.OrderedDict[BatchKey, tuple[str, list[pb.OutcomeSummary]]] = (
-            collections.OrderedDict()
-        )
+        #: Agent batches not sent yet (and the names of those not acknowledged).
+        self._batches = HeldSpans()
         self._resend = False
         #: Services whose agents asked for a probe since the last link (a set: bounded by
         #: the services asked about, however long the link is down).
@@ -121,7 +122,9 @@ class LeaderRelay:
         self._clock = clock
         self._epoch = 0
         self._demand_epoch = -1
-        self._unacked = UnackedBatches(MAX_BATCHES)
+        self._unacked = UnackedBatches(MAX_IN_FLIGHT)
+        #: Batches :attr:`_batches` gave up, as far as said to the leader.
+        self._dropped = 0
         #: The highest sequence of a batch sent to the leader (0: none yet).
         self._last_sent = 0
         #: Agents' acknowledgements, due once the leader acknowledged their batches.
@@ -142,14 +145,19 @@ class LeaderRelay:
             for summary in summaries:
                 self.add(agent_id, summary)
             return
-        if key in self._batches:
-            return  # sent again by the agent before this relay passed it on
+        # one its agent sent before (another replica may have passed it on) is kept apart,
+        # and so is what this relay holds of that agent: merged with new ones, the leader
+        # would refuse them all with it
+        again = key.lowest == key.sequence and any(s.origin_first for s in summaries)
+        if again:
+            self._batches.close(key)
+        if self._batches.holds(key):
+            return  # sent again by the agent before the leader acknowledged it
         summaries = [self._checked(agent_id, summary) for summary in summaries]
-        self._batches[key] = (agent_id, summaries)
-        while len(self._batches) + len(self._unacked) > MAX_BATCHES and self._batches:
-            _, (_, oldest) = self._batches.popitem(last=False)
-            for summary in oldest:
-                self._tallies.setdefault(summary.service, Tally()).merge(summary)
+        # merged while it cannot go up at once (sent on its own, a batch an agent sends
+        # again is told apart from the new ones)
+        merge = not self.connected or len(self._unacked) >= MAX_IN_FLIGHT
+        self._batches.add(key, agent_id, summaries, merge=merge, apart=again)
         self._wake.set()
 
     def owe_ack(self, stream: AckTarget, sequence: int) -> None:
@@ -272,6 +280,7 @@ class LeaderRelay:
                     self.marks.pushed(response.breaker)
                 elif response.HasField("outcome_ack"):
                     self._unacked.ack(response.outcome_ack.sequence)
+                    self._batches.acked(response.outcome_ack.sequence)
                     self.acks.acked(response.outcome_ack.sequence)
                 elif response.HasField("probe_grant"):
                     self._hand_out(response.probe_grant)
@@ -358,17 +367,26 @@ class LeaderRelay:
         )
 
     def _outgoing(self) -> list[pb.ConnectRequest]:
-        """This relay's own sums (if any), then each agent batch, under its origin."""
+        """This relay's own sums (if any), then each agent batch (or range), under its origin:
+        nothing while ``MAX_IN_FLIGHT`` batches wait for the leader's acknowledgement (what
+        comes meanwhile is merged)."""
+        room = MAX_IN_FLIGHT - len(self._unacked)
+        if room <= 0:
+            return []
+        self._unacked.dropped += self._batches.dropped - self._dropped  # given up: said upstream
+        self._dropped = self._batches.dropped
         tallies, self._tallies = self._tallies, {}
         summaries = self.permits.take_released()  # first: before an agent's word on them
         summaries += [t.to_proto(name) for name, t in tallies.items() if not t.empty()]
         out = [pb.ConnectRequest(outcomes=self._unacked.batch(summaries))] if summaries else []
-        batches, self._batches = self._batches, collections.OrderedDict()
-        for key, (_, held) in batches.items():
-            out.append(pb.ConnectRequest(outcomes=self._unacked.batch(held, origin=origin_of(key))))
+        for key, _, held in self._batches.take(room - len(out)):
+            batch = self._unacked.batch(named(key, held), origin=origin_of(key))
+            self._batches.sent(key, batch.sequence)
+            out.append(pb.ConnectRequest(outcomes=batch))
         if out:
             self._last_sent = out[-1].outcomes.sequence
-        self.acks.sent(self._last_sent)  # (an ack owed for a batch already sent waits for it too)
+        if not len(self._batches):  # every batch owed an ack so far is in one sent
+            self.acks.sent(self._last_sent)  # (an ack owed for one sent earlier waits for it too)
         return out
 
     def _share_lease(self, lease: pb.CapacityLease) -> None:
@@ -382,11 +400,11 @@ class LeaderRelay:
         never opens): each agent batch under its name, to count once."""
         held: list[Held] = []
         for batch in self._unacked.resend():
-            key = origin_key(batch.origin) if batch.HasField("origin") else None
+            key = origin_key(batch.origin, batch.summaries) if batch.HasField("origin") else None
             held.append((key, key.agent_id if key else self.agent_id, list(batch.summaries)))
         self._unacked.ack(2**63)
-        held += [(key, agent_id, summaries) for key, (agent_id, summaries) in self._batches.items()]
-        self._batches.clear()
+        self._batches.acked(2**63)
+        held += self._batches.take()
         self.permits.forget()  # the permits of a leader that is no more
         tallies, self._tallies = self._tallies, {}
         summaries = [t.to_proto(name) for name, t in tallies.items() if not t.empty()]

@@ -133,7 +133,11 @@ class ReportGate:
         if not trusted and not may_report(policy, agent):
             self.refuse(agent, summary.service, "not a reporter of this service")
             return None
-        out = pb.OutcomeSummary(service=summary.service, probe_generation=summary.probe_generation)
+        out = pb.OutcomeSummary(
+            service=summary.service,
+            probe_generation=summary.probe_generation,
+            origin_first=summary.origin_first,  # (a name, not a count: see relay_spans)
+        )
         calls = summary.successes + summary.failures
         # A slow call is judged while it runs, and a call is counted over the endpoint cap
         # when it starts, so a batch may judge or count more calls than ended.

@@ -23,3 +23,14 @@ def test_late_acknowledgements_never_stall_the_agent() -> None:
     assert [b.sequence for b in (resent[0], resent[-1])] == [6, MAX_UNACKED + 5]
     window.ack(MAX_UNACKED)  # late, cumulative
     assert [b.sequence for b in window.resend()] == list(range(MAX_UNACKED + 1, MAX_UNACKED + 6))
+
+
+def test_batches_sent_again_say_so_and_stay_as_first_sent() -> None:
+    from mission_control.client.view import UnackedBatches
+    from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+    window = UnackedBatches()
+    window.batch([pb.OutcomeSummary(service="svc", failures=1)])
+    (again,) = window.resend(marked=True)
+    assert [s.origin_first for s in again.summaries] == [again.sequence]
+    assert [s.origin_first for s in window.resend()[0].summaries] == [0]

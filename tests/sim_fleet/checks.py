@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from google.protobuf import json_format
@@ -23,6 +24,7 @@ from mission_control.client.breaker import BreakerState
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .epoch_faults import leases_taken
+from .names import singles
 from .world import PREFIX
 
 if TYPE_CHECKING:
@@ -239,20 +241,35 @@ def _counted_once(world: World) -> None:
         elif agent.alive and delivered != generated:
             violations.append(f"I5: {agent.name} had {generated} failures, delivered {delivered}")
     lost = _relays_pass_on(world)
-    counted: dict[object, int] = {}
+    # what each engine counted of each batch (a range a relay merged: of each batch in it)
+    credited: Counter[tuple[str, object]] = Counter()
     for (instance, name), failures in sorted(world.counted_by.items(), key=str):
         if name is None:
             continue
-        had = world.batches.get(name, 0)
+        parts = singles(name)
+        had = sum(world.batches.get(part, 0) for part in parts)
+        if failures > had and len(parts) > 1:
+            violations.append(
+                f"{RESENT} {instance} counted {failures} failures of batches {name}, which had {had}"
+            )
+        left = failures
+        for part in parts:
+            got = failures if len(parts) == 1 else min(world.batches.get(part, 0), left)
+            left -= got
+            credited[(instance, part)] += got
+    counted: dict[object, int] = {}
+    for (instance, part), failures in sorted(credited.items(), key=str):
+        had = world.batches.get(part, 0)  # type: ignore[call-overload]
         if failures > had:
             violations.append(
-                f"{RESENT} {instance} counted {failures} failures of batch {name}, which had {had}"
+                f"{RESENT} {instance} counted {failures} failures of batch {part}, which had {had}"
             )
-        counted[name] = max(counted.get(name, 0), failures)
+        counted[part] = max(counted.get(part, 0), failures)
+    cut = {part for name in world.cut_keys if name is not None for part in singles(name)}
     for agent in world.agents:
         for name, failures in world.delivered_keys[agent.name].items():
             got = counted.get(name, 0)
-            excused = name in world.cut_keys or (name in lost and not agent.alive)
+            excused = name in cut or (name in lost and not agent.alive)
             if failures and got != failures and not excused:
                 violations.append(f"I5: batch {name} had {failures} failures; the engines counted {got}")
     stats = world.result.stats
@@ -276,12 +293,32 @@ def _relays_pass_on(world: World) -> set[object]:
     held: set[object] = set()
     for relay in sorted(relays):
         upstream = {**world.delivered_keys[relay], **world.drained_keys[relay]}
-        passed = sum(upstream.values()) + world.drained_loose[relay]
-        taken = sum(world.taken_keys[relay].values()) + world.taken_loose[relay]
+        # each batch once, however often and under whichever name (alone, or in a range it
+        # merged) it went: a replica that led for a while drains what it held, then passes
+        # on the same batches again when their agent sends them again
+        passed = sum(_by_batch(world, upstream).values()) + world.drained_loose[relay]
+        taken = sum(_by_batch(world, world.taken_keys[relay]).values()) + world.taken_loose[relay]
         if passed > taken:
             violations.append(f"{RESENT} {relay} passed on {passed} failures, was given {taken}")
         elif relay in alive and passed != taken:
             violations.append(f"I5: {relay} was given {taken} failures, passed on {passed}")
         if relay not in alive:
-            held |= set(world.taken_keys[relay]) - set(upstream)
+            given = {part for name in world.taken_keys[relay] for part in singles(name)}
+            held |= given - {part for name in upstream for part in singles(name)}
     return held
+
+
+def _by_batch(world: World, names: dict[object, int]) -> dict[object, int]:
+    """Failures by batch of what ``names`` carried (a range's shared out over its batches)."""
+    out: dict[object, int] = {}
+    for name, failures in sorted(names.items(), key=lambda item: len(singles(item[0]))):  # type: ignore[arg-type]
+        parts = singles(name)  # type: ignore[arg-type]
+        if len(parts) == 1:
+            out.setdefault(parts[0], failures)
+            continue
+        left = failures
+        for part in parts:
+            got = min(world.batches.get(part, 0), left)
+            left -= got
+            out.setdefault(part, got)
+    return out

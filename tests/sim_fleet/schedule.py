@@ -28,14 +28,13 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from . import checks, epoch_faults, vloop
 from .fleet_checks import LIMIT, SHARED, WINDOW, Admissions, ProbeWatch
 from .memstore import MemEtcd
+from .names import BatchName, batch_name
 from .net import RELAY_TOKEN
 from .world import EPOCH_RECORD_SCHEDULES, FIRST_SCHEDULES, SCHEDULE_VERSION, Agent, Replica
 
 _log = logging.getLogger("sim")
 
 SERVICES = ("svc-a", "svc-b", "svc-c")
-#: An outcome batch: (agent, session, series, sequence).
-BatchName = tuple[str, str, str, int]
 #: How long faults and traffic run, then how long the healed fleet settles (virtual s).
 ACTIVE_SECS = 40.0
 SETTLE_SECS = 12.0
@@ -183,14 +182,7 @@ class World:
             self.delivered_keys[sender][name] = sum(s.failures for s in batch.summaries)
             self.deliveries[(sender, name)] += 1
 
-    @staticmethod
-    def batch_name(agent_id: str, series: str, batch: pb.OutcomeBatch) -> BatchName:
-        """Which batch this is: its origin when a relay passed it on, else the sender's (a
-        simulated agent's session and series are its name)."""
-        if agent_id.startswith("replica.") and batch.HasField("origin"):
-            origin = batch.origin
-            return origin.agent_id, origin.session_id, origin.series, origin.sequence
-        return agent_id, agent_id, series, batch.sequence
+    batch_name = staticmethod(batch_name)
 
     def batch_sent(self, agent: str, batch: pb.OutcomeBatch) -> None:
         self.batches[(agent, agent, agent, batch.sequence)] = sum(s.failures for s in batch.summaries)

@@ -16,7 +16,6 @@ import contextlib
 import random
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import astuple
 from typing import TYPE_CHECKING
 
 from mission_control.client.breaker import BreakerState
@@ -29,6 +28,7 @@ from mission_control.server.service import ControlPlaneServicer
 
 from .fleet_checks import SHARED
 from .memstore import MemStore
+from .names import key_name
 from .net import Link, LinkBroken, SimAccess
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ class Replica:
         count_batch = self.plane.count_batch
 
         def count_named(key, agent_id, summaries):  # type: ignore[no-untyped-def]
-            world.counting = None if key is None else astuple(key)
+            world.counting = None if key is None else key_name(key)
             try:
                 count_batch(key, agent_id, summaries)
             finally:
@@ -169,9 +169,9 @@ class Replica:
         def taken_batch(key, agent_id, summaries):  # type: ignore[no-untyped-def]
             if key is None:
                 return add_batch(key, agent_id, summaries)
-            if key not in relay._batches:  # (one sent again before it was passed on is
+            if not relay._batches.holds(key):  # (one sent again before it was passed on is
                 # kept as first given: the report gate may have cut that one otherwise)
-                world.taken_keys[sender][astuple(key)] = sum(s.failures for s in summaries)
+                world.taken_keys[sender][key_name(key)] = sum(s.failures for s in summaries)
             return add_batch(key, agent_id, summaries)
 
         def taken(agent_id: str, summary: pb.OutcomeSummary) -> None:
@@ -185,7 +185,7 @@ class Replica:
                 if key is None:
                     world.drained_loose[sender] += failures
                 else:
-                    world.drained_keys[sender][astuple(key)] = failures
+                    world.drained_keys[sender][key_name(key)] = failures
             return held
 
         relay.add_batch = taken_batch  # type: ignore[method-assign]
@@ -296,7 +296,7 @@ class Agent:
                 continue
             if self._resend:  # what an earlier stream did not get acknowledged, as it was
                 self._resend = False
-                again = self.unacked.resend()
+                again = self.unacked.resend(marked=True)
                 said = self.view.running_said()  # first, as ``ControlPlaneConnection``
                 if said or self.view.probing():
                     yield pb.ConnectRequest(outcomes=self.unacked.batch(said))

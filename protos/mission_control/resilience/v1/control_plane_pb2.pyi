@@ -265,6 +265,7 @@ class OutcomeSummary(_message.Message):
     PROBE_GRANTS_FIELD_NUMBER: _builtins.int
     PROBES_RUNNING_FIELD_NUMBER: _builtins.int
     RELEASED_GRANTS_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIRST_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     successes: _builtins.int
     failures: _builtins.int
@@ -314,6 +315,13 @@ class OutcomeSummary(_message.Message):
     spool_held: _builtins.int
     """Spooled writes set aside in the spool's held.log on replay: the function now decorated
     could not take their arguments (renamed or changed); kept on disk, made by no one.
+    """
+    origin_first: _builtins.int
+    """Set by a replica on each summary of an agent's batch it passes on (OutcomeBatch.origin)
+    when the batch sums that agent's batches origin_first..origin.sequence of one session
+    (merged while the leader could not take them): the leader counts all of them, or none
+    when it counted any before. 0: the one batch origin.sequence. From an agent: set on a
+    batch it sends again (a follower then never merges it with others); not counted on.
     """
     @_builtins.property
     def errors_by_type(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
@@ -394,10 +402,11 @@ class OutcomeSummary(_message.Message):
         probe_grants: _abc.Iterable[_builtins.int] | None = ...,
         probes_running: _abc.Iterable[_builtins.int] | None = ...,
         released_grants: _abc.Iterable[_builtins.int] | None = ...,
+        origin_first: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints_over_cap", b"endpoints_over_cap", "errors_by_operation", b"errors_by_operation", "errors_by_type", b"errors_by_type", "failures", b"failures", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "probe_failures", b"probe_failures", "probe_generation", b"probe_generation", "probe_grants", b"probe_grants", "probe_successes", b"probe_successes", "probes_released", b"probes_released", "probes_running", b"probes_running", "recovery_attempts", b"recovery_attempts", "recovery_successes", b"recovery_successes", "rejected", b"rejected", "rejected_by_reason", b"rejected_by_reason", "released_grants", b"released_grants", "retries", b"retries", "service", b"service", "shadow_calls", b"shadow_calls", "shadow_rejected_by_reason", b"shadow_rejected_by_reason", "shadow_retries", b"shadow_retries", "slow_calls", b"slow_calls", "spool_dropped", b"spool_dropped", "spool_held", b"spool_held", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "successes", b"successes", "timed_calls", b"timed_calls", "trailing_failures", b"trailing_failures"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints_over_cap", b"endpoints_over_cap", "errors_by_operation", b"errors_by_operation", "errors_by_type", b"errors_by_type", "failures", b"failures", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "origin_first", b"origin_first", "probe_failures", b"probe_failures", "probe_generation", b"probe_generation", "probe_grants", b"probe_grants", "probe_successes", b"probe_successes", "probes_released", b"probes_released", "probes_running", b"probes_running", "recovery_attempts", b"recovery_attempts", "recovery_successes", b"recovery_successes", "rejected", b"rejected", "rejected_by_reason", b"rejected_by_reason", "released_grants", b"released_grants", "retries", b"retries", "service", b"service", "shadow_calls", b"shadow_calls", "shadow_rejected_by_reason", b"shadow_rejected_by_reason", "shadow_retries", b"shadow_retries", "slow_calls", b"slow_calls", "spool_dropped", b"spool_dropped", "spool_held", b"spool_held", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "successes", b"successes", "timed_calls", b"timed_calls", "trailing_failures", b"trailing_failures"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
