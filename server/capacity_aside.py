@@ -143,6 +143,15 @@ class LeaderTerm:
                 return back
         return max(0.0, limit.fleet_units - absent)
 
+    def count_known(self, limit: LeasedLimit) -> bool:
+        """Whether this leader knows how many agents the last earlier leader leased: none
+        (a new fleet), or as an agent back holding that leader's lease heard it. A count
+        it announces without knowing that is not everyone, and a successor must not take
+        it for everyone (agents of the leader before may still be spending)."""
+        if not (limit.expected or self.leased_before()):
+            return True
+        return max((e.earlier for e in self._current(limit)), default=0) > 0
+
     def _current(self, limit: LeasedLimit) -> list[Holder]:
         """The holders back whose earlier lease is of the last earlier leader known (the
         record's, or the highest an agent back holds); one that did not say its epoch
