@@ -149,6 +149,21 @@ def test_a_leader_does_not_take_a_warming_up_predecessors_count_for_the_fleet() 
     assert not [v for v in violations if v.startswith("I4:")], violations
 
 
+def test_agents_without_a_leader_spend_their_last_leases_within_a_fractional_limit() -> None:
+    """1091 at ``--active 40`` (period 0.5 s, 7.5 units), on the main it was found on
+    (04df0f7): no leader for 3 s (it crashed while etcd was away); the three agents spent
+    their last leases, of two leaders' terms, 3 + 3 + 2 = 8 a period against 7.5: 39 in a
+    2 s window against 37.5. A protocol defect: integer shares of a fractional limit are
+    rounded up in turns (the average holds only while leases keep coming). Fixed: an agent
+    spends its last lease again without the unit its recent leases show was left over by
+    rounding (``LeasedBudget.respent_units``; ``tests/client/test_fleet_limits_rounding.py``
+    shows it for good). On 04df0f7 with that rule the schedule keeps every invariant (the
+    rule moves it too, so that alone proves little); on today's timing it does either way:
+    a plain check."""
+    violations = _replay(1091, 40.0).violations
+    assert not [v for v in violations if v.startswith("I4:")], violations
+
+
 #: Schedules with a violation not analysed yet, left out of the schedules run (shown here).
 UNANALYSED: tuple[int, ...] = ()
 
@@ -164,16 +179,9 @@ UNANALYSED: tuple[int, ...] = ()
 #: record of the last one must keep aside the whole limit's unleased share until the
 #: longest horizon (``fleet.unleased_secs``) has passed since it took over.
 #:
-#: 1091 (period 0.5 s, 7.5 units): no leader for 3 s (it crashed while etcd was away);
-#: the three agents spent their last leases, 3 + 3 + 2 = 8 a period against 7.5: 39 in a
-#: 2 s window against 37.5. Protocol defect: integer shares of a fractional limit are
-#: rounded up in some periods (the average holds only while leases keep coming); a last
-#: lease spent again and again must be the rounded-down share (or the split must never
-#: exceed floor(limit) in any one period).
-#:
 #: 1150 (period 0.25 s, 3.75 units: 34 in a window against 33.75): not analysed (no
 #: replay log was kept; it keeps every invariant on today's timing).
-KNOWN_I4_AT_ACTIVE_40: tuple[int, ...] = (506, 1091, 1150)
+KNOWN_I4_AT_ACTIVE_40: tuple[int, ...] = (506, 1150)
 
 
 def test_admissions_stay_within_the_limit_in_schedule_36() -> None:
