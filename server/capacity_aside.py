@@ -127,8 +127,12 @@ class LeaderTerm:
             # what they held of the earlier leases, not of this leader's: those are split
             # from this pool, and counting them again would shrink it period by period
             back = sum(e.earlier_units for e in limit.holders.values())
-            everyone = 0 < last_count <= known and expected <= sum(
-                e.agents for e in limit.holders.values() if e.earlier
+            # and only a record names the last earlier leader: without one (the store lost
+            # it), agents of a later leader than any back may be spending its leases
+            everyone = (
+                self.earlier_epoch() > 0
+                and 0 < last_count <= known
+                and expected <= sum(e.agents for e in limit.holders.values() if e.earlier)
             )
             # an agent the earlier leader leased last stops spending at this horizon
             # (the longest horizon any of them may hold: an operator may have just lowered it)
@@ -150,6 +154,8 @@ class LeaderTerm:
         it for everyone (agents of the leader before may still be spending)."""
         if not (limit.expected or self.leased_before()):
             return True
+        if not self.earlier_epoch():  # no record: which leader was the last is not known
+            return False
         return max((e.earlier for e in self._current(limit)), default=0) > 0
 
     def _current(self, limit: LeasedLimit) -> list[Holder]:
