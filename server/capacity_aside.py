@@ -130,7 +130,7 @@ class LeaderTerm:
             # and only a record names the last earlier leader: without one (the store lost
             # it), agents of a later leader than any back may be spending its leases
             everyone = (
-                self.earlier_epoch() > 0
+                self._last_known(limit)
                 and 0 < last_count <= known
                 and expected <= sum(e.agents for e in limit.holders.values() if e.earlier)
             )
@@ -154,9 +154,16 @@ class LeaderTerm:
         it for everyone (agents of the leader before may still be spending)."""
         if not (limit.expected or self.leased_before()):
             return True
-        if not self.earlier_epoch():  # no record: which leader was the last is not known
+        if not self._last_known(limit):
             return False
         return max((e.earlier for e in self._current(limit)), default=0) > 0
+
+    def _last_known(self, limit: LeasedLimit) -> bool:
+        """Whether the epoch of the last earlier leader may be known: a record names it, or
+        no agent back names the epoch it holds (one that does not say counts as of the
+        last). Without a record, an agent back holding an epoch shows an earlier leader, and
+        agents of a later one (the store lost its record) may not be back yet."""
+        return self.earlier_epoch() > 0 or not any(e.earlier_epoch for e in limit.holders.values())
 
     def _current(self, limit: LeasedLimit) -> list[Holder]:
         """The holders back whose earlier lease is of the last earlier leader known (the
