@@ -6,9 +6,9 @@ leased agent-1 7 a period, and crashed too; etcd was wiped (the epoch record wit
 took over with no record; agent-2 came back holding cp2.1's lease, "1 agent", and cp2.2
 took that for the whole fleet and leased agent-2 all 15 while agent-1, behind cp1 cut off
 from etcd, spent cp0.1's 7 until its horizon: 50 in a 2 s window against 45. Without a
-record the leader cannot tell which earlier leader leased last: an agent back holding any
-lease means it warms up until the horizon (what the agents back held is theirs, the rest is
-kept aside); a new fleet, where nobody holds a lease, is leased at once.
+record the leader cannot tell which earlier leader leased last: an agent back naming the
+epoch of a lease it holds means it warms up until the horizon (what the agents back held
+is theirs, the rest is kept aside); a new fleet, where nobody holds a lease, is leased at once.
 """
 
 from __future__ import annotations

@@ -171,7 +171,8 @@ def test_a_leader_without_the_epoch_record_warms_up_when_an_agent_back_held_a_le
     cp2.1's lease of "1 agent" and cp2.2 took that for the fleet: agent-2 leased all 15
     while agent-1, behind cp1 cut from etcd, spent cp0.1's 7 until its horizon: 22 a
     period, 50 in a 2 s window against 45. A protocol defect: without a record no leader
-    knows which earlier one leased last, so no count ends its warm-up: it splits what the
+    knows which earlier one leased last, so once an agent back names the epoch it holds no
+    count ends its warm-up: it splits what the
     agents back held and keeps the rest aside until the horizon; a new fleet (nobody holds
     a lease) is leased at once (``server/capacity_aside.py``;
     ``tests/server/test_capacity_no_record.py`` shows it for good). On today's timing the
