@@ -25,6 +25,12 @@ __all__ = ["LeasedBudget", "PeriodReport", "fair_share"]
 #: can start calling before its next demand report.
 IDLE_FLOOR = 0.1
 
+#: The leases an agent remembers to tell its own rounded-down share from its last lease: a
+#: leader splits a fractional limit in whole units, the units left over by rounding going
+#: one each to a few agents, in turns; its last few leases show whether the last one held
+#: such a unit.
+RECENT_LEASES = 3
+
 
 def fair_share(total: float, wanted: Mapping[str, float]) -> dict[str, float]:
     """Split ``total`` among holders by their demand (water-filling)."""
@@ -117,6 +123,8 @@ class LeasedBudget:
         #: The units of the latest lease (in epoch and period) received.
         self.last_units = 0.0
         self._last: tuple[int, int] = (-1, -1)
+        #: The latest leases received, by (epoch, period): what :meth:`safe_units` rounds by.
+        self._recent: dict[tuple[int, int], float] = {}
         #: The stream epoch this budget was last announced on (see the connection).
         self.announced = -1
         self._now = _Period(None, now, now + period_secs, self.safe_units())
@@ -145,7 +153,19 @@ class LeasedBudget:
         """What the agent spends in a period without a lease."""
         if self.safe_share is not None:
             return self.fleet_units * self.safe_share
-        return min(self.last_units, self.fleet_units)
+        return min(self.respent_units(), self.fleet_units)
+
+    def respent_units(self) -> float:
+        """The last lease as it is spent again without a fresh one: without the unit left
+        over by rounding that it may hold. Each agent's share of a fractional limit is
+        rounded down and the units left over go one each to a few agents in turns, so the
+        last leases of agents leased in different periods may each hold one (3 + 3 + 2 of
+        7.5): spent period after period, they would sum past the limit. A unit held in the
+        last lease and not in the lowest of the recent ones is such a unit (or the share
+        just grew, and that unit waits for the next lease)."""
+        last = self.last_units
+        lowest = min(self._recent.values(), default=last)
+        return min(last, max(lowest, last - 1.0))
 
     def cut_off(self, now: float) -> bool:
         """Whether the agent is past its horizon without a lease: it spends nothing."""
@@ -204,6 +224,10 @@ class LeasedBudget:
         lease = _Lease(epoch, period, start, units)
         if (epoch, period) >= self._last:
             self._last, self.last_units = (epoch, period), units
+        if not self._recent or (epoch, period) >= min(self._recent):
+            self._recent[(epoch, period)] = units
+            for older in sorted(self._recent)[:-RECENT_LEASES]:
+                del self._recent[older]
         if self.unleased_secs is not None:
             self.horizon = max(self.horizon, start + self.unleased_secs)
         running = self._now

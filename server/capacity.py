@@ -254,6 +254,10 @@ class CapacityLeaser:
         agents = sum(e.agents for e in limit.holders.values()) + len(limit.absent)
         if limit.warm:
             agents = max(agents, limit.expected)
+            if not self.term.count_known(limit):
+                # an agent of the earlier leader may not be back: one more than it knows
+                # of, so that a successor does not take this count for the whole fleet
+                agents += 1
         start = index * limit.period_secs
         # every holder's lease differs only in its units: copy one (cheaper than building
         # 10,000 messages field by field)

@@ -127,8 +127,12 @@ class LeaderTerm:
             # what they held of the earlier leases, not of this leader's: those are split
             # from this pool, and counting them again would shrink it period by period
             back = sum(e.earlier_units for e in limit.holders.values())
-            everyone = 0 < last_count <= known and expected <= sum(
-                e.agents for e in limit.holders.values() if e.earlier
+            # and only a record names the last earlier leader: without one (the store lost
+            # it), agents of a later leader than any back may be spending its leases
+            everyone = (
+                self._last_known(limit)
+                and 0 < last_count <= known
+                and expected <= sum(e.agents for e in limit.holders.values() if e.earlier)
             )
             # an agent the earlier leader leased last stops spending at this horizon
             # (the longest horizon any of them may hold: an operator may have just lowered it)
@@ -142,6 +146,24 @@ class LeaderTerm:
                 limit.kept_aside = max(0.0, limit.fleet_units - back)
                 return back
         return max(0.0, limit.fleet_units - absent)
+
+    def count_known(self, limit: LeasedLimit) -> bool:
+        """Whether this leader knows how many agents the last earlier leader leased: none
+        (a new fleet), or as an agent back holding that leader's lease heard it. A count
+        it announces without knowing that is not everyone, and a successor must not take
+        it for everyone (agents of the leader before may still be spending)."""
+        if not (limit.expected or self.leased_before()):
+            return True
+        if not self._last_known(limit):
+            return False
+        return max((e.earlier for e in self._current(limit)), default=0) > 0
+
+    def _last_known(self, limit: LeasedLimit) -> bool:
+        """Whether the epoch of the last earlier leader may be known: a record names it, or
+        no agent back names the epoch it holds (one that does not say counts as of the
+        last). Without a record, an agent back holding an epoch shows an earlier leader, and
+        agents of a later one (the store lost its record) may not be back yet."""
+        return self.earlier_epoch() > 0 or not any(e.earlier_epoch for e in limit.holders.values())
 
     def _current(self, limit: LeasedLimit) -> list[Holder]:
         """The holders back whose earlier lease is of the last earlier leader known (the

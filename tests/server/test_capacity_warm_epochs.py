@@ -73,7 +73,7 @@ class Leader:
 
 
 def test_an_agent_back_from_an_older_term_does_not_end_the_warm_up_for_the_newer_ones() -> None:
-    leader = Leader()
+    leader = Leader(recorded_epoch=7)  # (without a record no count ends a warm-up)
     leader.back("a", held_epoch=5, agents_known=1, safe_units=10.0)  # alone, two leaders ago
     leader.back("b", held_epoch=7, agents_known=2, safe_units=10.0)  # one of two, last leader
     leader.run(START + 0.6)
