@@ -17,7 +17,6 @@ it relayed to that agent, by grant (``server/relay_permits.py``)."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -32,7 +31,7 @@ from tests.support.polling import poll
 from tests.support.probe_upstream import ProbeUpstream
 from tests.support.probers import start_probers, stored
 from tests.support.procs import Proc, control_plane
-from tests.support.tcp_pause import PausableProxy
+from tests.support.tcp_pause import PausableProxy, proxy_in_thread
 
 SERVICE = "probed"
 BOUND = 1  # success_threshold: the most fleet probes in flight at once
@@ -45,17 +44,8 @@ DELAY = 6.0
 
 @pytest.fixture
 def proxy() -> Iterator[tuple[PausableProxy, asyncio.AbstractEventLoop]]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    started = asyncio.run_coroutine_threadsafe(PausableProxy().start(), loop).result(10)
-    try:
-        yield started, loop
-    finally:
-        asyncio.run_coroutine_threadsafe(started.close(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    with proxy_in_thread() as started:
+        yield started
 
 
 @pytest.mark.timeout(180)

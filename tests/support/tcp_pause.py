@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+from collections.abc import Iterator
 
 
 class PausableProxy:
@@ -76,3 +78,20 @@ class PausableProxy:
                     return  # cut while this was held: never delivered
                 writer.write(data)
                 await writer.drain()
+
+
+@contextlib.contextmanager
+def proxy_in_thread() -> Iterator[tuple[PausableProxy, asyncio.AbstractEventLoop]]:
+    """A started proxy whose event loop runs in a thread of its own (for tests that block),
+    with that loop: ``asyncio.run_coroutine_threadsafe(..., loop)`` reaches it."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    started = asyncio.run_coroutine_threadsafe(PausableProxy().start(), loop).result(10)
+    try:
+        yield started, loop
+    finally:
+        asyncio.run_coroutine_threadsafe(started.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
