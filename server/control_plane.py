@@ -253,9 +253,9 @@ class ControlPlane:
         """Whether this replica decides transitions now."""
         return self.leadership is None or self.leadership.leading
 
-    def _relayed_mark(self, name: str) -> bool | None:
+    def _relayed_mark(self, name: str, generation: int) -> bool | None:
         """What the leader says on a follower's link of ``name`` (see :mod:`.grant_pause`)."""
-        return self.relay.marks.get(name) if self.relay is not None else None
+        return self.relay.marks.get(name, generation) if self.relay is not None else None
 
     def _cut_off(self) -> bool:
         """Whether a follower with no link up can learn no leader: etcd is away for it."""

@@ -30,12 +30,14 @@ A follower's agents get their permits from the leader, through the follower's li
 pushes its breakers, marks included, on the link as to any agent (:mod:`.relayed_marks`),
 so the follower's agents are held by the leader's rule. The follower's own state of the
 breaker may be older than the leader's (it learns states from etcd): an OPEN whose wait is
-over, which its agents probe as a HALF_OPEN, is marked too. A permit relayed to an agent
-here is handed out after the mark is taken back on every stream here. With no link up no
-permit can come: a mark pushed stays until a leader's link says otherwise (through a step-
-down, the failover after etcd's return, a leader lost mid-outage), and while etcd is away
-for this replica too — no leader can be learnt — a HALF_OPEN is marked by this replica
-itself.
+over, which its agents probe as a HALF_OPEN, is marked too; so is a HALF_OPEN the leader
+has since closed from memory (it pushes the breaker CLOSED at a later generation, and grants
+no permit for a CLOSED breaker): its agents are not left refusing for the whole outage.
+A permit relayed to an agent here is handed out after the mark is taken back on every
+stream here. With no link up no permit can come: a mark pushed stays until a leader's link
+says otherwise (through a step-down, the failover after etcd's return, a leader lost
+mid-outage), and while etcd is away for this replica too — no leader can be learnt — a
+HALF_OPEN is marked by this replica itself.
 """
 
 from __future__ import annotations
@@ -60,12 +62,13 @@ class GrantPause:
         self,
         breakers: FleetBreakers,
         leading: Callable[[], bool],
-        relayed: Callable[[str], bool | None] = lambda name: None,
+        relayed: Callable[[str, int], bool | None] = lambda name, generation: None,
         cut_off: Callable[[], bool] = lambda: False,
         every: float = CHECK_SECS,
     ) -> None:
-        """``relayed(name)``: what the leader says of ``name`` on this follower's link (None:
-        no link is up); ``cut_off()``: whether etcd is away for this replica."""
+        """``relayed(name, generation)``: what the leader says on this follower's link of
+        ``name``, this replica's breaker being at ``generation`` (None: no link is up);
+        ``cut_off()``: whether etcd is away for this replica."""
         self._breakers = breakers
         self._every = every
         self._checked = float("-inf")
@@ -94,7 +97,8 @@ class GrantPause:
             if self._breakers.grants_unsure(name):
                 return True
             return marked and self._breakers.grants_blocked(name)
-        relayed = self._relayed(name)
+        breaker = self._breakers.find(name)
+        relayed = self._relayed(name, breaker.generation if breaker is not None else 0)
         if relayed is not None:
             return relayed
         return marked or self._cut_off()

@@ -7,6 +7,11 @@ their pushes are marked as the leader's are (the follower's own state of the bre
 older: it learns states from etcd, which may be the very thing away). Only what the current
 link said counts: a snapshot replaces what an earlier one and the pushes since said; with
 no link up nothing is known here (the follower then keeps what it told its agents).
+
+A breaker the leader pushes CLOSED at a later generation than the follower's own counts as
+marked too: the leader closed a HALF_OPEN the follower still holds (etcd, which would tell
+the follower, being away) and grants no permit for a CLOSED breaker, so the follower's
+agents would otherwise refuse every call until etcd returns.
 """
 
 from __future__ import annotations
@@ -21,21 +26,25 @@ class RelayedMarks:
 
     def __init__(self) -> None:
         self._marks: dict[str, bool] = {}
+        #: The generation of each breaker the leader last pushed CLOSED.
+        self._closed: dict[str, int] = {}
         self._up = False
         #: Called with a breaker's name when what the leader says of it may have changed.
         self.on_change: Callable[[str], None] | None = None
 
-    def get(self, name: str) -> bool | None:
-        """Whether the leader says no permit of ``name`` can be granted now; None: no
-        link is up (nothing is known)."""
+    def get(self, name: str, generation: int = 0) -> bool | None:
+        """Whether the leader says no permit of ``name`` can be granted now (for this
+        replica's breaker at ``generation``: also when the leader pushed it CLOSED at a
+        later one); None: no link is up (nothing is known)."""
         if not self._up:
             return None
-        return self._marks.get(name, False)
+        return self._marks.get(name, False) or self._closed.get(name, -1) > generation
 
     def snapshot(self, breakers: Iterable[pb.Breaker]) -> None:
         """The leader's snapshot on a new link: exactly these marks stand now."""
         listed = [b.name for b in breakers]
         self._marks = {b.name: True for b in breakers if b.no_grants}
+        self._closed = {b.name: b.generation for b in breakers if b.state == pb.BREAKER_STATE_CLOSED}
         self._up = True
         for name in listed:  # what this replica pushed while no link was up may differ
             self._changed(name)
@@ -44,11 +53,14 @@ class RelayedMarks:
         """One breaker pushed by the leader on the link up now."""
         if not self._up:
             return  # before the link's snapshot: that snapshot restates it
-        was = self._marks.pop(breaker.name, False)
+        name = breaker.name
+        was = (self._marks.pop(name, False), self._closed.pop(name, None))
         if breaker.no_grants:
-            self._marks[breaker.name] = True
-        if was != breaker.no_grants:
-            self._changed(breaker.name)
+            self._marks[name] = True
+        if breaker.state == pb.BREAKER_STATE_CLOSED:
+            self._closed[name] = breaker.generation
+        if was != (breaker.no_grants, self._closed.get(name)):
+            self._changed(name)
 
     def granted(self, service: str) -> None:
         """The leader granted a permit of ``service``: it can grant (its push taking the
@@ -60,6 +72,7 @@ class RelayedMarks:
         """The link ended: nothing is known until the next one's snapshot."""
         self._up = False
         self._marks.clear()
+        self._closed.clear()
 
     def _changed(self, name: str) -> None:
         if self.on_change is not None:

@@ -29,7 +29,7 @@ class Plane:
         fleet.grant_listeners.append(lambda agent, grant: self.pushed.append(grant))
         self.pause = GrantPause(fleet, lambda: self.leading, self._relayed, lambda: self.cut)
 
-    def _relayed(self, name: str) -> bool | None:
+    def _relayed(self, name: str, generation: int = 0) -> bool | None:
         return None if self.relayed is None else self.relayed.get(name, False)
 
     def marks(self) -> list[bool]:

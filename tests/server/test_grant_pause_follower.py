@@ -1,7 +1,8 @@
 """A follower replica marks ``no_grants`` what its leader marks (``server/grant_pause.py``,
 ``server/relayed_marks.py``), engine cases on an injected clock: what the leader says on the
 link is pushed to the follower's agents at once, on the follower's own state of the breaker
-(an OPEN whose wait is over included: it learns states from etcd); with no link up a mark
+(an OPEN whose wait is over included: it learns states from etcd; and a HALF_OPEN the
+leader pushes CLOSED at a later generation, closed from memory while etcd is away); with no link up a mark
 pushed stays, and etcd away for the follower too marks a HALF_OPEN; after a failover to the
 follower the mark stays through its takeover wait; a permit relayed to an agent goes after
 the mark is taken back on every stream."""
@@ -156,3 +157,41 @@ def test_the_mark_arriving_after_a_grant_holds_the_agents_from_then() -> None:
     assert plane.marks() == []  # nothing to take back
     plane.link.pushed(leader_message(BreakerState.HALF_OPEN, True))
     assert plane.marks() == [True]
+
+
+def closed_at(generation: int) -> pb.Breaker:
+    return pb.Breaker(name=SERVICE, state=int(BreakerState.CLOSED), generation=generation)
+
+
+def test_a_half_open_the_leader_closed_from_memory_is_marked_at_once() -> None:
+    """etcd away: the leader's probes succeeded and it closed the breaker in memory; the
+    follower still holds the stored HALF_OPEN, which the leader grants no permit for (the
+    old code: its agents refused every call for the whole outage)."""
+    fleet, _, plane = follower()
+    held = fleet.get(SERVICE).generation
+    plane.link.pushed(closed_at(held + 1))
+    assert plane.marks() == [True]
+    assert fleet.to_proto(SERVICE).no_grants and plane.pause.check() == []
+    plane.link.pushed(leader_message(BreakerState.HALF_OPEN, False))  # it can grant again
+    assert plane.marks() == [True, False]
+
+
+def test_a_closed_the_follower_has_gone_past_is_not_marked() -> None:
+    """The leader's last push is older than the follower's HALF_OPEN (etcd's watch came
+    first): the leader's own push of it follows; nothing is marked meanwhile."""
+    fleet, _, plane = follower()
+    held = fleet.get(SERVICE).generation
+    plane.link.snapshot([closed_at(held - 1)])
+    plane.link.pushed(closed_at(held))
+    assert plane.pause.check() == [] and plane.marks() == []
+    assert not fleet.to_proto(SERVICE).no_grants
+
+
+def test_a_leaders_closed_counts_only_on_the_link_it_came_on() -> None:
+    fleet, _, plane = follower()
+    plane.link.snapshot([closed_at(fleet.get(SERVICE).generation + 1)])
+    assert plane.marks() == [True]
+    plane.link.link_down()
+    assert plane.link.get(SERVICE, fleet.get(SERVICE).generation) is None
+    plane.link.snapshot([leader_message(BreakerState.HALF_OPEN, False)])  # a new leader's link
+    assert plane.marks() == [True, False]
