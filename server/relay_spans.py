@@ -45,8 +45,11 @@ BLOCK = 128
 KEEP_APART = 32
 #: Spans held, unsent: ~37 per busy agent over a 30-s failover (32 + one per block).
 MAX_SPANS = 16_384
-#: Sessions whose highest batch acknowledged by the leader is remembered.
+#: Sessions whose batches acknowledged by the leader are remembered.
 MAX_TAKEN = 16_384
+#: Ranges acknowledged remembered per session (the newest): one forgotten is passed on again
+#: when its agent sends it again, and the leader's ledger counts it once.
+MAX_TAKEN_RANGES = 64
 
 Session = tuple[str, str, str]
 
@@ -98,9 +101,11 @@ class HeldSpans:
         #: Ranges sent, by session: (first, last, relay sequence), until acknowledged.
         self._sent: dict[Session, list[tuple[int, int, int]]] = {}
         self._sent_order: collections.deque[tuple[int, Session]] = collections.deque()
-        #: Per session, the highest batch the leader acknowledged through this relay: an
-        #: agent whose stream broke before the acknowledgement came sends it again.
-        self._taken: collections.OrderedDict[Session, int] = collections.OrderedDict()
+        #: Per session, the batches (ranges) the leader acknowledged through this relay: an
+        #: agent whose stream broke before the acknowledgement came sends them again. Not a
+        #: highest batch: an agent sends a batch again after newer ones (its stream to
+        #: another replica broke first), and the leader's word on the newer is none on it.
+        self._taken: collections.OrderedDict[Session, list[tuple[int, int]]] = collections.OrderedDict()
         #: Batches given up past the bound (not passed on).
         self.dropped = 0
 
@@ -112,9 +117,8 @@ class HeldSpans:
         """Whether every batch ``key`` names is held already (unsent or not acknowledged)."""
         name = (key.agent_id, key.session_id, key.series)
         low, high = key.lowest, key.sequence
-        if high <= self._taken.get(name, 0):
-            return True
-        ranges = [(s.first, s.last) for s in self._unsent.get(name, ())]
+        ranges = list(self._taken.get(name, ()))
+        ranges += [(s.first, s.last) for s in self._unsent.get(name, ())]
         ranges += [(first, last) for first, last, _ in self._sent.get(name, ())]
         return any(first <= low and high <= last for first, last in ranges)
 
@@ -203,9 +207,11 @@ class HeldSpans:
             _, name = order.popleft()
             ranges = self._sent.get(name, ())
             kept = [r for r in ranges if r[2] > sequence]
-            taken = max((r[1] for r in ranges if r[2] <= sequence), default=0)
-            if taken > self._taken.get(name, 0):
-                self._taken[name] = taken
+            acked = [(first, last) for first, last, at in ranges if at <= sequence]
+            if acked:
+                taken = self._taken.setdefault(name, [])
+                taken.extend(acked)
+                del taken[:-MAX_TAKEN_RANGES]
                 self._taken.move_to_end(name)
                 if len(self._taken) > MAX_TAKEN:
                     self._taken.popitem(last=False)
