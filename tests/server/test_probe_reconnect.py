@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from datetime import datetime
 
 import pytest
 from mission_control.resilience.v1 import policy_pb2
@@ -26,6 +25,7 @@ from mission_control.server.etcd_process import EtcdProcess
 
 from tests.support.fleets import put_policy
 from tests.support.polling import poll
+from tests.support.probe_resets import run_to_close, told
 from tests.support.probe_upstream import ProbeUpstream
 from tests.support.probers import start_probers, stored
 from tests.support.procs import Proc, control_plane
@@ -68,26 +68,8 @@ def test_a_probe_begun_before_a_reconnect_does_not_count_against_a_new_permit(
         loop.call_soon_threadsafe(cut_proxy.cut)  # A reconnects through the proxy at once
         cut = time.monotonic()
         agents += start_probers(spawned, ["B"], address, upstream.address, SERVICE, 3)
-        closed = poll(
-            lambda: (s := stored(endpoint, prefix, SERVICE)).get("state") == "BREAKER_STATE_CLOSED" and s,
-            timeout=90,
-        )
-        for proc in agents:
-            proc.send("stop")
-        calls = upstream.calls()
-    probes = [c for c in calls if c.kind == "fleet"]
-    base = min(c.start for c in probes)
-    closed_at = datetime.fromisoformat(closed["changed_at"]).timestamp() - time.time() + time.monotonic()
-    shown = (
-        f"most fleet probes at once {upstream.most('fleet')} (bound {BOUND}); reset at "
-        f"{cut - base:.2f}, closed at {closed_at - base:.2f}; fleet probes (agent, start, end): "
-        f"{sorted((c.agent, round(c.start - base, 2), round(c.end - base, 2)) for c in probes)}"
-    )
-    print(shown)
-    first = min(probes, key=lambda c: c.start)
-    assert first.agent == "A" and first.start < cut < first.end, (
-        f"A's probe did not run at the reset: {shown}"
-    )
+        probes, closed_at = run_to_close(endpoint, prefix, SERVICE, agents, upstream)
+    shown = told(probes, upstream.most("fleet"), BOUND, cut, closed_at)
     assert upstream.most("fleet") <= BOUND, f"more fleet probes at once than {BOUND} permits: {shown}"
     # success_threshold probes begun after the reset closed it, not the one from before
     after = [c for c in probes if c.start > cut and c.end <= closed_at]

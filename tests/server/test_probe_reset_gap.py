@@ -21,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from datetime import datetime
 
 import pytest
 from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess
 
 from tests.support.polling import poll
+from tests.support.probe_resets import run_to_close, told
 from tests.support.probe_upstream import ProbeUpstream
 from tests.support.probers import start_probers, stored
 from tests.support.procs import Proc
@@ -83,26 +83,9 @@ def test_a_permit_gone_with_a_reset_stream_is_not_granted_beside_its_running_pro
         cut_proxy.target = fleet.addresses[after]
         loop.call_soon_threadsafe(cut_proxy.cut)  # A reconnects through the proxy at once
         cut = time.monotonic()
-        closed = poll(
-            lambda: (s := stored(endpoint, prefix, SERVICE)).get("state") == "BREAKER_STATE_CLOSED" and s,
-            timeout=90,
-        )
-        for proc in agents:
-            proc.send("stop")
-        calls = upstream.calls()
-    probes = [c for c in calls if c.kind == "fleet"]
-    base = min(c.start for c in probes)
-    closed_at = datetime.fromisoformat(closed["changed_at"]).timestamp() - time.time() + time.monotonic()
-    shown = (
-        f"most fleet probes at once {upstream.most('fleet')} (bound {BOUND}); reset at "
-        f"{cut - base:.2f}, closed at {closed_at - base:.2f}; fleet probes (agent, start, end): "
-        f"{sorted((c.agent, round(c.start - base, 2), round(c.end - base, 2)) for c in probes)}"
-    )
-    print(shown)
-    first = min(probes, key=lambda c: c.start)
-    assert first.agent == "A" and first.start < cut < first.end, (
-        f"A's probe did not run at the reset: {shown}"
-    )
+        probes, closed_at = run_to_close(endpoint, prefix, SERVICE, agents, upstream)
+    shown = told(probes, upstream.most("fleet"), BOUND, cut, closed_at)
+    first = min(probes, key=lambda c: c.start)  # A's
     assert upstream.most("fleet") <= BOUND, f"more fleet probes at once than {BOUND} permit: {shown}"
     if before == after == "r2":
         return  # the follower kept A's permit out for its probe: that probe may count
