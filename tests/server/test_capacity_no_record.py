@@ -14,8 +14,8 @@ is theirs, the rest is kept aside); a new fleet, where nobody holds a lease, is 
 from __future__ import annotations
 
 from mission_control.client.policy import FleetLimits, default_policy
-from mission_control.resilience.v1 import control_plane_pb2 as pb
-from mission_control.server.capacity import CapacityLeaser
+
+from tests.support.lease_leader import START, TakingLeader
 
 POLICY = default_policy(
     "shared",
@@ -24,46 +24,13 @@ POLICY = default_policy(
     fleet=FleetLimits(rate_limit=True, lease_secs=1.0, unleased_secs=10.0),
 )
 UNITS = 15.0
-RESOURCE = "shared.requests"
-START = 5000.0
 
 
-class Leader:
+class Leader(TakingLeader):
     """A leader that just took over (epoch 9) after the store lost the epoch record."""
 
     def __init__(self) -> None:
-        self.now = START
-        self.sent: dict[str, list[pb.CapacityLease]] = {}
-        self.leaser = CapacityLeaser(
-            lambda: [POLICY],
-            self._send,
-            epoch=lambda: 9,
-            clock=lambda: self.now,
-            wall=lambda: self.now,
-            leased_before=lambda: False,  # no record: nothing says the fleet was leased
-        )
-        self.leaser.sync_policies()
-
-    def _send(self, holder: str, message: pb.ConnectResponse) -> bool:
-        self.sent.setdefault(holder, []).append(message.lease)
-        return True
-
-    def back(self, holder: str, held_epoch: int, agents_known: int, safe_units: float) -> None:
-        demand = pb.CapacityDemand(
-            service="shared",
-            resource=RESOURCE,
-            wanted=30.0,
-            agents=1,
-            agents_known=agents_known,
-            safe_units=safe_units,
-            held_epoch=held_epoch,
-        )
-        self.leaser.demand(holder, demand)
-
-    def run(self, until: float) -> None:
-        while self.now < until:
-            self.now = round(self.now + 0.01, 6)
-            self.leaser.tick()
+        super().__init__(POLICY, 9, wanted=30.0, leased_before=False)  # no record: nothing says
 
     def units(self, holder: str) -> list[float]:
         return [lease.units for lease in self.sent.get(holder, [])]

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from mission_control.client.policy import FleetLimits, default_policy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
-from mission_control.server.capacity import CapacityLeaser
+
+from tests.support.lease_leader import START, TakingLeader
 
 POLICY = default_policy(
     "shared",
@@ -23,49 +24,23 @@ POLICY = default_policy(
     fleet=FleetLimits(rate_limit=True, lease_secs=1.0, unleased_secs=30.0),
 )
 UNITS = 15.0
-RESOURCE = "shared.requests"
-START = 5000.0
 
 
-class Leader:
+class Leader(TakingLeader):
     """A leader that just took over in ``epoch``, the record naming ``recorded`` (0: none)."""
 
     def __init__(self, epoch: int, recorded: int) -> None:
-        self.now = START
-        self.sent: dict[str, list[pb.CapacityLease]] = {}
-        self.leaser = CapacityLeaser(
-            lambda: [POLICY],
-            self._send,
-            epoch=lambda: epoch,
-            clock=lambda: self.now,
-            wall=lambda: self.now,
-            leased_before=lambda: recorded > 0,
-            earlier_until=lambda: START + 2.0 if recorded else None,
-            earlier_epoch=lambda: recorded,
-        )
-        self.leaser.sync_policies()
-
-    def _send(self, holder: str, message: pb.ConnectResponse) -> bool:
-        self.sent.setdefault(holder, []).append(message.lease)
-        return True
-
-    def back(self, holder: str, held_epoch: int, agents_known: int, safe_units: float) -> None:
-        demand = pb.CapacityDemand(
-            service="shared",
-            resource=RESOURCE,
+        super().__init__(
+            POLICY,
+            epoch,
             wanted=30.0,
-            agents=1,
-            agents_known=agents_known,
-            safe_units=safe_units,
-            held_epoch=held_epoch,
+            leased_before=recorded > 0,
+            earlier_until=START + 2.0 if recorded else None,
+            earlier_epoch=recorded,
         )
-        self.leaser.demand(holder, demand)
 
-    def run(self, secs: float) -> None:
-        until = self.now + secs
-        while self.now < until:
-            self.now = round(self.now + 0.01, 6)
-            self.leaser.tick()
+    def run(self, secs: float) -> None:  # type: ignore[override]
+        super().run(self.now + secs)
 
     def last(self, holder: str) -> pb.CapacityLease:
         return self.sent[holder][-1]

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import pytest
 from mission_control.client.policy import FleetLimits, default_policy
-from mission_control.resilience.v1 import control_plane_pb2 as pb
-from mission_control.server.capacity import CapacityLeaser
+
+from tests.support.lease_leader import START, TakingLeader
 
 POLICY = default_policy(
     "shared",
@@ -24,49 +24,20 @@ POLICY = default_policy(
     fleet=FleetLimits(rate_limit=True, lease_secs=0.5, unleased_secs=10.0),
 )
 UNITS = 50.0  # 200 per 2 s, leased per 0.5 s
-RESOURCE = "shared.requests"
-START = 5000.0
 
 
-class Leader:
+class Leader(TakingLeader):
     """A leader that just took over (epoch 9), on a clock of its own."""
 
     def __init__(self, recorded_epoch: int = 0) -> None:
-        self.now = START
-        self.sent: dict[str, list[pb.CapacityLease]] = {}
-        self.leaser = CapacityLeaser(
-            lambda: [POLICY],
-            self._send,
-            epoch=lambda: 9,
-            clock=lambda: self.now,
-            wall=lambda: self.now,
-            leased_before=lambda: True,
-            earlier_until=lambda: START + 2.0,
-            **({"earlier_epoch": lambda: recorded_epoch} if recorded_epoch else {}),  # type: ignore[arg-type]
-        )
-        self.leaser.sync_policies()
-
-    def _send(self, holder: str, message: pb.ConnectResponse) -> bool:
-        self.sent.setdefault(holder, []).append(message.lease)
-        return True
-
-    def back(self, holder: str, held_epoch: int, agents_known: int, safe_units: float) -> None:
-        """``holder`` reports the lease it holds: of ``held_epoch``, for ``agents_known``."""
-        demand = pb.CapacityDemand(
-            service="shared",
-            resource=RESOURCE,
+        super().__init__(
+            POLICY,
+            9,
             wanted=100.0,
-            agents=1,
-            agents_known=agents_known,
-            safe_units=safe_units,
-            held_epoch=held_epoch,
+            leased_before=True,
+            earlier_until=START + 2.0,
+            earlier_epoch=recorded_epoch,
         )
-        self.leaser.demand(holder, demand)
-
-    def run(self, until: float) -> None:
-        while self.now < until:
-            self.now = round(self.now + 0.01, 6)
-            self.leaser.tick()
 
     def leased(self, period: int) -> float:
         return sum(lease.units for leases in self.sent.values() for lease in leases if lease.period == period)
