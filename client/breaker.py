@@ -142,9 +142,9 @@ class CircuitBreaker:
         self._earlier: dict[str, list[float]] = {}
         #: Permits that went with their holder's broken stream, whose holder has not said
         #: since (on a new stream) which of its probes still run: a probe under one may
-        #: (a stream breaks while its process lives on), so they count against the limit
-        #: until the holder has said (:meth:`holder_said`) or their TTL has passed (see
-        #: :meth:`release_probes`; I3).
+        #: (a stream breaks while its process lives on, or it is cut off), so they count
+        #: against the limit until the holder has said (:meth:`holder_said`) or their hold
+        #: has passed (see :meth:`release_probes`; I3).
         self._gone: dict[str, list[float]] = {}
         #: Permits released with their holder's stream whose holder said it runs no probe
         #: under them (kept to their expiry, not counted): a late result is known.
@@ -326,17 +326,16 @@ class CircuitBreaker:
             self._permits.setdefault(holder, []).extend([Permit(now + ttl, number)] * granted)
         return granted
 
-    def release_probes(self, holder: str, count: int | None = None, *, tail: float = 0.0) -> None:
+    def release_probes(self, holder: str, count: int | None = None) -> None:
         """Give back unused permits (``count`` of them), or (``count`` None) every permit of
         a holder whose stream broke: those go on counting until it has said, once back,
-        which of its probes still run (:meth:`holder_said`), or until the TTL the holder had
-        to use each in has passed — ``tail`` before its expiry (a permit is held for its
-        TTL and then the call a probe begun at its end may take): a holder that died with
-        its stream says nothing, and its permits go on within one TTL."""
+        which of its probes still run (:meth:`holder_said`), or until their hold has passed
+        (the TTL the holder had to begin a probe in, then the call that probe may take): a
+        holder cut off, not heard, may still run one; a killed one looks the same."""
         if count is None:
             gone = self._permits.pop(holder, []) + self._earlier.pop(holder, [])
             if gone:
-                self._gone.setdefault(holder, []).extend(_counted_until(p, tail) for p in gone)
+                self._gone.setdefault(holder, []).extend(gone)
         else:
             self._return_permits(holder, count)
 
@@ -439,13 +438,6 @@ class CircuitBreaker:
 
     def _expire(self, now: float) -> int:
         expired = 0
-        for holder in [h for h, v in self._gone.items() if any(_counts_until(p) <= now for p in v)]:
-            ended = [p for p in self._gone[holder] if _counts_until(p) <= now]
-            self._gone[holder] = [p for p in self._gone[holder] if _counts_until(p) > now]
-            if not self._gone[holder]:
-                del self._gone[holder]
-            self._lost.setdefault(holder, []).extend(ended)  # known, counted no more
-            expired += len(ended)
         for permits in (self._permits, self._earlier, self._gone, self._lost):
             for holder in [h for h, v in permits.items() if any(t <= now for t in v)]:
                 kept = [t for t in permits[holder] if t > now]
@@ -522,15 +514,3 @@ class CircuitBreaker:
             self.opened_at = None
             self.wait = self.policy.wait_duration_secs
         return Transition(self.name, old, new, reason)
-
-
-def _counted_until(permit: float, tail: float) -> Permit:
-    """``permit`` (an expiry), marked to count until ``tail`` before its expiry."""
-    marked = Permit(permit, getattr(permit, "number", 0))
-    marked.counts_until = permit - max(0.0, tail)  # type: ignore[attr-defined]
-    return marked
-
-
-def _counts_until(permit: float) -> float:
-    """Until when a permit gone with its holder's stream counts (its expiry, unless marked)."""
-    return float(getattr(permit, "counts_until", permit))

@@ -356,7 +356,7 @@ class FleetBreakers:
             unnamed = 0 if named else summary.probe_successes + summary.probe_failures
             breaker.return_earlier(agent, summary.probes_released + unnamed)
         if named:  # each result counts only under its own grant, held now (probe_results)
-            probe_successes, probe_failures = settle_results(breaker, agent, summary, current)
+            probe_successes, probe_failures = settle_results(breaker, agent, summary, current, origin)
         else:  # results count only for permits this agent holds, of this HALF_OPEN
             held = breaker.permits_of(agent) if current else 0
             probe_failures = min(summary.probe_failures, held)
@@ -390,20 +390,21 @@ class FleetBreakers:
     def release_agent(self, agent: str, *, relay: bool = False) -> None:
         """An agent's stream is gone: its permits are its no more, and a result under one
         counts for nothing. A probe it may still run (a stream can break while the process
-        lives on) keeps its permit counted until the agent, back on a new stream, has said
-        which of its probes still run (:meth:`holder_said`), or the probe TTL it had to
-        use the permit in has passed (an agent that died with its stream never says; its
-        permit goes on within one TTL): given at once to an agent asking now, it would run
-        beside that probe (I3). A follower's ``relay`` is another matter: the agents it
-        handed the permits to are still connected to it and may use them, so those lapse
-        with their hold."""
+        lives on, or the agent is cut off) keeps its permit counted until the agent, back on
+        a new stream, has said which of its probes still run (:meth:`holder_said`), or the
+        permit's hold has passed: the TTL it had to begin its probe in plus the policy's
+        timeout, the longest that probe may run. Given on at once, or at the TTL's end, the
+        permit would go to an agent asking then, beside that probe (I3): a killed holder
+        and a cut-off one look alike here, so a killed one's permit waits its hold too. A
+        follower's ``relay`` is another matter: the agents it handed the permits to are
+        still connected to it and may use them, so those lapse with their hold."""
         now = self._clock()
         for demand in self._demand.values():  # first: what it gives back goes to another
             demand.last_seen.pop(agent, None)
             demand.served.pop(agent, None)
         for breaker in self._breakers.values():
             if not relay and (breaker.permits_of(agent) or breaker.earlier_of(agent)):
-                breaker.release_probes(agent, tail=breaker.policy.timeout_secs)  # (of the hold)
+                breaker.release_probes(agent)  # counted until their hold ends
                 if breaker.state is BreakerState.HALF_OPEN:
                     self._grant_waiting(breaker.name, now)
 

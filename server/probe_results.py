@@ -61,15 +61,21 @@ def lose_released(breaker: CircuitBreaker, agent: str, summary: pb.OutcomeSummar
 
 
 def settle_results(
-    breaker: CircuitBreaker, agent: str, summary: pb.OutcomeSummary, current: bool
+    breaker: CircuitBreaker, agent: str, summary: pb.OutcomeSummary, current: bool, origin: str = ""
 ) -> tuple[int, int]:
     """Settle each named result's permit; returns the (successes, failures) that count:
     those under a permit of this HALF_OPEN held for ``agent`` now (``current``: the
-    summary's generation is the breaker's)."""
+    summary's generation is the breaker's). A result a follower's relay ``agent`` passes on
+    for ``origin`` under a grant not its own settles that grant if it was ``origin``'s own
+    (granted here before the agent moved to that follower): the probe has ended, so its
+    permit counts no longer; the result counts for nothing (its stream is gone)."""
     grants = summary.probe_grants
     failures = successes = 0
     for i, number in enumerate(grants):
-        counts = breaker.settle(agent, number) == "current" and current
+        kind = breaker.settle(agent, number)
+        if not kind and origin and origin != agent:
+            breaker.settle(origin, number)
+        counts = kind == "current" and current
         if i < summary.probe_failures:
             failures += counts
         else:

@@ -14,13 +14,18 @@ of them; the leader holds every such permit for the relay, by grant number
   (``OutcomeSummary.released_grants``), so the leader lets go of that one and not of another
   agent's permit still running;
 * a permit held when the agent's stream ended is kept out, as the leader keeps its own
-  agents' (``CircuitBreaker.holder_said``): its probe may run on, and given back at once the
-  permit would go to an agent asking then, beside it (more than ``success_threshold``
-  probes in flight, I3). Once the agent, back on a new stream here, has said in its first
-  batch which probes still run (``probes_running``, passed on only for grants relayed to
-  it), those stay out until their results come and the rest are named back; an agent that
-  has not said within the probe TTL from when it was handed the permit may have died with
-  its stream, and its permit is named back then (within one TTL, as the leader's own);
+  agents' (``CircuitBreaker.holder_said``): its probe may run on, and given back before the
+  probe can have ended the permit would go to an agent asking then, beside it (more than
+  ``success_threshold`` probes in flight, I3). Once the agent, back on a new stream here,
+  has said in its first batch which probes still run (``probes_running``, passed on only for
+  grants relayed to it), those stay out until their results come and the rest are named
+  back; an agent that does not come back here (cut off, killed, or gone to another replica)
+  keeps it out until its hold lapses — the TTL plus the policy's timeout, the longest its
+  probe may run — as the leader's own. (Before, it was named back one probe TTL after it
+  was handed out, and a probe still running went on beside the permit granted again.)
+* a probe result naming a grant relayed to no agent here goes on too: a grant the leader gave
+  the agent itself before it moved here, which the leader settles under the agent (its
+  permit then counts no longer than the probe ran); never one relayed to another agent here;
 * a permit counts here until its result or give-back comes, or until the leader's hold on it
   lapses (the grant's TTL plus the policy's timeout): a result lost on the way does not keep
   the agent from asking again for ever.
@@ -39,7 +44,6 @@ from dataclasses import dataclass
 
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
-from .engine import PROBE_TTL_SECS
 from .probe_results import MAX_RUNNING, identified
 
 __all__ = ["MAX_RELEASED", "RelayedPermits"]
@@ -52,10 +56,8 @@ MAX_RELEASED = 64
 class _Relayed:
     generation: int
     expiry: float
-    #: When it was handed to the agent (monotonic seconds).
-    handed: float = 0.0
     #: The agent's stream ended while it held the permit: kept out until the agent said
-    #: whether its probe still runs, or a probe TTL from ``handed`` passed.
+    #: whether its probe still runs, or its hold (``expiry``) lapsed.
     lost: bool = False
     #: Named to the leader as given back (kept here: a result may still come).
     released: bool = False
@@ -91,7 +93,7 @@ class RelayedPermits:
         now = self._clock()
         for _ in range(max(1, grant.permits)):
             key = grant.number if grant.number and grant.number not in held else next(self._unnamed)
-            held[key] = _Relayed(grant.generation, now + hold, handed=now)
+            held[key] = _Relayed(grant.generation, now + hold)
 
     def granted(self, grant: pb.ProbeGrant) -> None:
         """The leader sent ``grant``: its generation is the one in force (even a lower one)."""
@@ -136,8 +138,16 @@ class RelayedPermits:
         current = self._current.get(summary.service, 0)
         generation = summary.probe_generation or current
         if identified(summary):
-            failed = [n for n in summary.probe_grants[: summary.probe_failures] if held.pop(n, None)]
-            succeeded = [n for n in summary.probe_grants[summary.probe_failures :] if held.pop(n, None)]
+            failed = [
+                n
+                for n in summary.probe_grants[: summary.probe_failures]
+                if self._ours(held, agent, summary.service, n)
+            ]
+            succeeded = [
+                n
+                for n in summary.probe_grants[summary.probe_failures :]
+                if self._ours(held, agent, summary.service, n)
+            ]
             out.probe_failures, out.probe_successes = len(failed), len(succeeded)
             out.probe_grants.extend(failed + succeeded)
         elif summary.probe_failures or summary.probe_successes:
@@ -171,8 +181,8 @@ class RelayedPermits:
 
     def agent_left(self, agent: str) -> dict[str, int]:
         """``agent``'s stream is gone: its permits are kept out, lost, until it says from its
-        next stream here whether their probes still run (:meth:`holder_said`) or a probe TTL
-        from their handing out passes (:meth:`take_released`). Returns the count of those
+        next stream here whether their probes still run (:meth:`holder_said`) or their hold
+        lapses (as the leader's on them). Returns the count of those
         without a number per service, to give back by count at once (nothing to know them
         again by)."""
         unnamed: dict[str, int] = {}
@@ -201,12 +211,9 @@ class RelayedPermits:
 
     def take_released(self) -> list[pb.OutcomeSummary]:
         """Summaries naming the permits given back since the last call."""
-        now = self._clock()
         for service in list(self._held):  # (lapsed ones of agents gone for good, too)
             for agent in list(self._held[service]):
-                for key, permit in self._live(service, agent).items():
-                    if permit.lost and not permit.released and now - permit.handed >= PROBE_TTL_SECS:
-                        self._release(service, key, permit)  # its holder did not say in time
+                self._live(service, agent)
                 self._forget(service, agent)
         out = []
         released, self._released = self._released, {}
@@ -235,6 +242,14 @@ class RelayedPermits:
         for key in [k for k, p in held.items() if p.expiry <= now]:
             del held[key]
         return held
+
+    def _ours(self, held: dict[int, _Relayed], agent: str, service: str, number: int) -> bool:
+        """Whether a result under grant ``number`` goes on for ``agent``: under a grant relayed
+        to it (settled here), or under one relayed to no agent here (the leader's own to the
+        agent, from before it moved here: the leader settles it under the agent)."""
+        if held.pop(number, None) is not None:
+            return True
+        return number > 0 and not self._relayed_to_another(service, agent, number)
 
     def _relayed_to_another(self, service: str, agent: str, number: int) -> bool:
         return any(number in held for other, held in self._held.get(service, {}).items() if other != agent)

@@ -318,7 +318,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             plane.reports.refuse(sub.agent_id, summary.service, why)
             return None
         held = (
-            self._probes_held(sub, summary)
+            self._probes_held(sub, summary, reporter)
             if summary.probe_successes or summary.probe_failures or summary.probes_released
             else 0
         )
@@ -335,7 +335,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             plane.telemetry.outcomes(sub.name, bounded)
         return bounded
 
-    def _probes_held(self, sub: Subscriber, summary: pb.OutcomeSummary) -> int:
+    def _probes_held(self, sub: Subscriber, summary: pb.OutcomeSummary, reporter: str = "") -> int:
         # The replica that decides knows the permits it granted (to an agent, or to a
         # follower's relay). A follower knows those it relayed to the agent (relay_permits).
         # Results of a HALF_OPEN that is over (another generation) are of the permits it
@@ -350,8 +350,14 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             else:
                 held = breaker.earlier_of(sub.agent_id)
             # results named by grant: those of probes it began before a reconnect too (they
-            # count for nothing, but settle what is kept of their permits)
-            return max(held, known_results(breaker, sub.agent_id, summary)) if identified(summary) else held
+            # count for nothing, but settle what is kept of their permits), and behind a
+            # relay those of its agent's own grants from before it moved there
+            if not identified(summary):
+                return held
+            known = known_results(breaker, sub.agent_id, summary)
+            if reporter and reporter != sub.agent_id:
+                known += known_results(breaker, reporter, summary)
+            return max(held, known)
         return max(1, plane.relay.permits.count(sub.agent_id, summary.service))
 
     # -- breakers --------------------------------------------------------------

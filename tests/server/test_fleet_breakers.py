@@ -94,11 +94,16 @@ async def test_probe_failure_reopens(control_plane: RunningControlPlane) -> None
         assert a.breakers["llm_provider"].failures == 4
 
 
-async def test_a_permit_of_a_departed_agent_goes_to_another(
+async def test_a_permit_of_a_departed_agent_goes_to_another_once_its_hold_lapsed(
     control_plane: RunningControlPlane,
 ) -> None:
+    timeout = 2.0
     quick = policy_pb2.ServicePolicy(
-        service="storage", failure_threshold=1, success_threshold=1, wait_duration_secs=0.3, timeout_secs=30
+        service="storage",
+        failure_threshold=1,
+        success_threshold=1,
+        wait_duration_secs=0.3,
+        timeout_secs=timeout,
     )
     await put_policy(control_plane, quick)
     addr = address(control_plane)
@@ -108,18 +113,20 @@ async def test_a_permit_of_a_departed_agent_goes_to_another(
             await a.wait_for(lambda: a.state("storage") == pb.BREAKER_STATE_HALF_OPEN)
             await a.ask_probe("storage")
             await a.wait_for(lambda: len(a.grants) == 1)
+            loop = asyncio.get_running_loop()
+            granted = loop.time()
             await b.ask_probe("storage")
             await asyncio.sleep(0.2)
             assert b.grants == []
-        # A left holding the only permit: its stream is gone, so the permit returns to the
-        # pool at once (not when its hold, probe TTL + call timeout = 35 s, lapses) and B,
-        # still asking, gets it within one probe TTL.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + PROBE_TTL_SECS
+        # A left holding the only permit without a word: cut off, a probe under it may run
+        # until its hold (probe TTL + call timeout) lapses, so it goes on to B, still
+        # asking, then — not one probe TTL after the grant, beside that probe (before).
+        deadline = granted + PROBE_TTL_SECS + timeout + 2.0
         while not b.grants:
-            assert loop.time() < deadline, "the permit did not come back within one probe TTL"
+            assert loop.time() < deadline, "the permit did not come back once its hold lapsed"
             await b.ask_probe("storage")
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.1)
+        assert loop.time() - granted > PROBE_TTL_SECS + timeout - 0.5, "granted again within its hold"
 
 
 async def test_admin_reads(control_plane: RunningControlPlane) -> None:

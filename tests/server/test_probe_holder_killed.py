@@ -1,7 +1,9 @@
 """I3 against a killed probe holder: an agent process holding the only HALF_OPEN probe
 permit is killed (kill -9); the control plane sees its stream end and hands the permit to
-an agent asking now within one probe TTL, not when the permit's hold (probe TTL + the
-policy's call timeout, 35 s here) lapses."""
+an agent asking now once the permit's hold (probe TTL + the policy's call timeout) lapsed,
+not before: a killed holder looks to it as one cut off whose probe may still run
+(tests/server/test_probe_cut_off.py). (Until then it went on one probe TTL after the
+grant, and beside such a probe still running.)"""
 
 from __future__ import annotations
 
@@ -20,8 +22,9 @@ from tests.support.agents import RawAgent
 from tests.support.procs import Proc, control_plane, python
 
 SERVICE = "held_dep"
+TIMEOUT = 8.0
 POLICY = policy_pb2.ServicePolicy(
-    service=SERVICE, failure_threshold=1, success_threshold=1, wait_duration_secs=0.3, timeout_secs=30
+    service=SERVICE, failure_threshold=1, success_threshold=1, wait_duration_secs=0.3, timeout_secs=TIMEOUT
 )
 
 
@@ -43,7 +46,7 @@ async def ask_until_granted(address: str, holder: Proc) -> float:
         return time.monotonic() - killed
 
 
-def test_a_killed_holders_permit_goes_to_an_asking_agent_within_a_probe_ttl(
+def test_a_killed_holders_permit_goes_to_an_asking_agent_once_its_hold_lapsed(
     etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
 ) -> None:
     plane, address = control_plane(etcd_server.endpoint, prefix)
@@ -54,4 +57,6 @@ def test_a_killed_holders_permit_goes_to_an_asking_agent_within_a_probe_ttl(
     spawned.append(holder)
     assert json.loads(holder.wait_for('{"granted"', timeout=60))["granted"] > 0
     waited = asyncio.run(ask_until_granted(address, holder))
-    assert waited < PROBE_TTL_SECS, f"{waited:.1f}s (the permit's hold is {PROBE_TTL_SECS + 30:g}s)"
+    hold = PROBE_TTL_SECS + TIMEOUT
+    # granted before the kill: at least one probe TTL from it, at most the hold (plus slack)
+    assert PROBE_TTL_SECS < waited < hold + 5.0, f"{waited:.1f}s (the permit's hold is {hold:g}s)"
