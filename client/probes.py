@@ -21,13 +21,37 @@ from dataclasses import dataclass
 
 from .permit_ids import Permit
 
-__all__ = ["ASKING_SECS", "FleetProbe", "GiveBack", "GrantsTaken", "ProbePermits", "RunningProbes"]
+__all__ = [
+    "ASKING_SECS",
+    "USE_MARGIN_SECS",
+    "FleetProbe",
+    "GiveBack",
+    "GrantsTaken",
+    "ProbePermits",
+    "RunningProbes",
+    "use_by",
+]
 
 #: An agent that has not wanted to call a HALF_OPEN service for this long gives its
 #: unused permits back (agents ask again every 100 ms while they want to call).
 ASKING_SECS = 1.0
+#: How long before its TTL ends here a permit is used no more (at most a tenth of the TTL).
+#: The control plane's hold on a permit runs from when it granted it — the TTL, then the
+#: policy's timeout for the probe begun at its end — and a probe must end within that hold:
+#: once the hold is over the permit may be granted again, beside that probe, to an agent
+#: asking then (this agent cut off meanwhile, its stream taken for a killed holder's). The
+#: grant arrived here after it was made (its way over the network, a stalled stream): that
+#: delay, up to this, is taken off the time left to begin the probe in, so a probe begun in
+#: time ends within the hold (its call bounded by the policy's timeout). The two processes'
+#: monotonic clocks differ in rate by far less.
+USE_MARGIN_SECS = 0.5
 #: Grant identities remembered (a HALF_OPEN grants few; the oldest are forgotten first).
 GRANTS_REMEMBERED = 256
+
+
+def use_by(received: float, ttl: float) -> float:
+    """When a permit received at ``received`` with ``ttl`` is last used (this clock)."""
+    return received + ttl - min(USE_MARGIN_SECS, max(0.0, ttl / 10))
 
 
 class FleetProbe(str):

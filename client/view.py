@@ -33,7 +33,7 @@ from .fleet_retries import (
 )
 from .limits import Bulkhead, RetryBudget, TokenBucket
 from .policy import ServicePolicy, default_policy, endpoint_breaker, service_of
-from .probes import FleetProbe, GiveBack, ProbePermits, RunningProbes
+from .probes import FleetProbe, GiveBack, ProbePermits, RunningProbes, use_by
 from .shadow import ShadowLimits
 
 __all__ = ["EndpointState", "FleetBreaker", "LocalView", "ServiceState", "Tally"]
@@ -834,7 +834,7 @@ class LocalView:
         fleet = state.fleet
         now = self.clock()
         ttl = grant.ttl.ToNanoseconds() / 1e9
-        expiry = now + ttl
+        expiry = use_by(now, ttl)  # a probe begun by then ends within the granter's hold
         if ttl > 0:
             self.probe_ttl = min(ttl, MOST_PROBE_TTL_SECS)
         known = fleet.generation if fleet is not None else None
