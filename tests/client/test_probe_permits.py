@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from mission_control.client.breaker import BreakerState
 from mission_control.client.executor import Executor
-from mission_control.client.probes import ASKING_SECS
+from mission_control.client.probes import ASKING_SECS, USE_MARGIN_SECS
 from mission_control.client.view import LocalView
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
@@ -138,3 +138,13 @@ def test_a_fleet_probe_that_succeeded_is_reported_at_once_not_at_the_next_interv
     view.set_breaker(breaker(BreakerState.CLOSED, 7))
     executor.run(SERVICE, lambda _left: "ok")
     assert connection.nudges == 1  # an ordinary success waits for the interval
+
+
+def test_a_permit_is_used_no_later_than_its_ttl_less_a_margin() -> None:
+    """The granter's hold began before the grant arrived: a probe begun by the end of the
+    TTL here could end past that hold, once the permit may be granted again."""
+    for after, used in ((TTL - USE_MARGIN_SECS - 0.01, True), (TTL - USE_MARGIN_SECS + 0.01, False)):
+        view, clock = view_at(BreakerState.HALF_OPEN, 3)
+        view.grant(grant(3))
+        clock.now += after
+        assert bool(view.get(SERVICE).take_permit(clock())) is used, after

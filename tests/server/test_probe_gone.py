@@ -4,10 +4,10 @@ probe the holder may still run (I3), nor kept past its hold (engine logic, injec
 Between a stream's end and the holder's first batch on its new stream (which names the
 probes it still runs, ``OutcomeSummary.probes_running``) the permit counts; once that
 batch said, the permits of probes not named are free at once, and an agent asking gets
-one; the permit of a holder that never comes back (it died with its stream) goes on once
-the probe TTL it had to use it in has passed: within one TTL of its death, not at the end
-of the permit's hold (the TTL plus the policy's timeout). The real-process case is
-tests/server/test_probe_reset_gap.py."""
+one; the permit of a holder that never comes back goes on once the permit's hold (the
+probe TTL it had to begin a probe in plus the policy's timeout) has passed: it may be cut
+off, not dead, with its probe still running (a killed holder looks the same here). The
+real-process cases are tests/server/test_probe_reset_gap.py and test_probe_cut_off.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from mission_control.client.breaker import BreakerState
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.engine import FleetBreakers
 
-from .test_probe_results import half_open, result
+from .test_probe_results import POLICY, half_open, result
 from .test_recovery_check_rules import Clock
 
 TTL = 5.0  # the probe TTL, from the grant
@@ -67,21 +67,23 @@ def test_a_result_sent_again_on_the_new_stream_frees_the_permit() -> None:
     assert [agent for agent, _ in grants] == ["a", "b"]
 
 
-def test_a_holder_that_never_comes_back_holds_the_permit_until_its_ttl() -> None:
+def test_a_holder_that_never_comes_back_holds_the_permit_until_its_hold_lapses() -> None:
+    """Before, it went on once the TTL had passed, beside a probe begun in the TTL that a
+    holder cut off from the control plane still ran (2 in flight against a bound of 1)."""
     clock = Clock()
     breakers, grants = half_open(clock)
     granted_at = clock.now
     clock.now += 1.0
-    breakers.release_agent("a")  # died with its stream
-    clock.now = granted_at + TTL - 0.1
-    breakers.tick()
-    assert not asking(breakers, "b")
+    breakers.release_agent("a")  # cut off, or died with its stream: not heard either way
     clock.now = granted_at + TTL + 0.1
     breakers.tick()
+    assert not asking(breakers, "b")  # its probe, begun in the TTL, may run the timeout
+    clock.now = granted_at + TTL + POLICY.timeout_secs - 0.1
+    breakers.tick()
+    assert not asking(breakers, "b")
+    clock.now = granted_at + TTL + POLICY.timeout_secs + 0.1
+    breakers.tick()
     assert [agent for agent, _ in grants] == ["a", "b"]  # b was asking: granted at the tick
-    # back late, it says its probe still runs: counted again, though too late to stop b's
-    breakers.record("a", running(grants[0][1]))
-    assert breakers.get("llm").permits_out(clock.now) == 2
 
 
 def test_a_gone_permit_counts_across_a_failed_probe_into_the_next_half_open() -> None:

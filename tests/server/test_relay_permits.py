@@ -214,3 +214,34 @@ def test_what_an_agent_gone_for_good_held_is_forgotten_once_lapsed() -> None:
     relay.permits._clock.now += 31.0  # type: ignore[attr-defined]
     sent(relay)
     assert relay.permits._held == {}
+
+
+def test_a_result_under_the_leaders_own_grant_goes_on_from_a_follower() -> None:
+    """An agent the leader granted a permit moved to this follower while its probe ran: the
+    result names a grant relayed to no agent here, and goes on (the leader settles it under
+    the agent); one naming another agent's relayed grant is still cut."""
+    relay = relay_with("a", "b")
+    hand(relay, "b", grant(2))
+    relay.add("a", result(7))
+    (passed,) = sent(relay)
+    assert (passed.probe_successes, list(passed.probe_grants)) == (1, [7])
+    relay.add("a", result(2))
+    assert not any(s.probe_successes or s.probe_grants for s in sent(relay))
+    assert relay.permits.holds("b", "llm")
+
+
+def test_the_leader_settles_its_own_grant_under_the_agent_a_relay_passes_its_result_for() -> None:
+    """Before, the follower cut the result and the leader counted the permit until its hold
+    lapsed (the TTL and the policy's timeout), long after the probe had ended."""
+    clock = Clock()
+    breakers = engine(clock)
+    breaker = breakers.get("llm")
+    first = breakers.request_probe("a", "llm")
+    assert first is not None
+    breakers.release_agent("a")  # its stream broke while its probe ran: it moved to r2
+    breakers.record(RELAY, pb.OutcomeSummary(service="llm", probes_running=[first.number]), origin="a")
+    assert breaker.earlier_of("a") == 1  # counted in flight (for no HALF_OPEN)
+    assert breakers.request_probe("b", "llm") is None
+    breakers.record(RELAY, result(first.number), origin="a")
+    assert breaker.earlier_of("a") == 0 and breaker.half_open_successes == 0  # counts for none
+    assert breaker.permits_of("b") == 1  # free once the probe ended: b, asking, got it

@@ -5,8 +5,9 @@ a dependency that fails and recovers, and grants that overtake the state pushes.
 Checked (I3): never more than ``success_threshold`` probes of one HALF_OPEN in flight;
 an agent that keeps asking gets a permit within one probe TTL unless the probes in flight
 are at the limit meanwhile (one until a probe succeeded, then the threshold), or a permit
-went with a holder that died, which comes back within one TTL of its grant (the control
-plane cannot tell a dead holder from one whose stream broke while it probes on).
+went with a holder that died, which comes back once its hold (the TTL and the policy's
+timeout) has passed since its grant (the control plane cannot tell a dead holder from one
+whose stream broke, or that is cut off, while it probes on).
 """
 
 from __future__ import annotations
@@ -168,13 +169,17 @@ class Checker:
 
     def holder_gone(self, agent: SimAgent) -> None:
         """A dead agent's probes are not in flight any more; a permit it held counts on
-        until its TTL has passed (as the probes at the limit, from its grant)."""
+        until its hold has passed (as the probes at the limit, from its grant)."""
         for generation in self.running.pop(agent.id, []):
             self.probe_ended(generation)
-        if self.plane.engine.get(SERVICE).permits_of(agent.id):
-            # (and then a tick and the next grant's way to the asker)
-            granted = self.plane.granted_at.get(agent.id, -1e9)
-            self.saturated_at = max(self.saturated_at, granted + 0.02 + MAX_DELAY)
+        breaker = self.plane.engine.get(SERVICE)
+        held = [*breaker._permits.get(agent.id, ()), *breaker._earlier.get(agent.id, ())]
+        if held:
+            # counted until the hold ends, a probe TTL past which an asker gets one (and
+            # then a tick, the next grant's way to an agent asking, and that agent's next
+            # call, which begins the probe: at 2 calls a second, the slowest caller here)
+            ends = max(held) - PROBE_TTL_SECS
+            self.saturated_at = max(self.saturated_at, ends + 0.02 + MAX_DELAY + 0.5)
 
     def _threshold(self) -> int:
         return self.plane.engine.get(SERVICE).policy.success_threshold
@@ -192,11 +197,11 @@ class Checker:
                 f"t={self.world.now:.3f}: {count} probes of generation {generation} in flight"
             )
         if count >= self._limit():
-            self.saturated_at = self.world.now
+            self.saturated_at = max(self.saturated_at, self.world.now)  # (a dead holder's may be later)
 
     def probe_ended(self, generation: int) -> None:
         if self.in_flight.get(generation, 0) >= self._limit():
-            self.saturated_at = self.world.now
+            self.saturated_at = max(self.saturated_at, self.world.now)  # (a dead holder's may be later)
         self.in_flight[generation] -= 1
 
     def refused(self, agent: SimAgent) -> None:
