@@ -6,10 +6,11 @@ of them; the leader holds every such permit for the relay, by grant number
 
 * a probe result counts only under a grant relayed to the agent that reports it (of any
   breaker generation: the leader tells a permit of this HALF_OPEN from one kept from an
-  earlier one); a result naming any other grant is cut here; a running probe
-  (``probes_running``) named under a grant relayed to another agent here is dropped, one
-  under a grant not relayed here at all goes on (the leader granted it to the agent before
-  it moved here, and checks it under the agent);
+  earlier one); a result naming a grant relayed to another agent here is cut, one naming a
+  grant not relayed here at all goes on (the leader granted it to the agent before it moved
+  here, and settles it under the agent: that permit then counts no longer than its probe
+  ran; before, the result was cut and the permit counted until its hold lapsed); so does a
+  running probe (``probes_running``);
 * a permit an agent gives back unused is named to the leader
   (``OutcomeSummary.released_grants``), so the leader lets go of that one and not of another
   agent's permit still running;
@@ -23,9 +24,6 @@ of them; the leader holds every such permit for the relay, by grant number
   keeps it out until its hold lapses — the TTL plus the policy's timeout, the longest its
   probe may run — as the leader's own. (Before, it was named back one probe TTL after it
   was handed out, and a probe still running went on beside the permit granted again.)
-* a probe result naming a grant relayed to no agent here goes on too: a grant the leader gave
-  the agent itself before it moved here, which the leader settles under the agent (its
-  permit then counts no longer than the probe ran); never one relayed to another agent here;
 * a permit counts here until its result or give-back comes, or until the leader's hold on it
   lapses (the grant's TTL plus the policy's timeout): a result lost on the way does not keep
   the agent from asking again for ever.
