@@ -57,7 +57,9 @@ def test_an_operators_breaker_writes_name_the_version_they_gave_the_key(
         written[revision] = version
     records = _records(server, "breaker", "payments")
     # was: version 0 in each
-    assert {r: v for r, (_, v) in records.items()} == written == dict(zip(written, (1, 2, 3))), records
+    assert {r: v for r, (_, v) in records.items()} == written == dict(zip(written, (1, 2, 3), strict=True)), (
+        records
+    )
     assert [a for _, (a, _) in sorted(records.items())] == [
         "breaker.forced_open",
         "breaker.forced_closed",
