@@ -89,8 +89,8 @@ class KeyVersions:
                 compared.add(write.key)
             else:
                 held = self._held.get(write.key)
-                if held is None or held[0] != expected:
-                    held = await self._now(write.key)
+                if held is None or held[0] != expected:  # changed elsewhere since: read it
+                    held = await self._read(write.key)
                 # another revision than the one compared: the transaction fails (unknown)
                 versions[write.key] = held[1] + 1 if held[0] == expected else 0
             sent.append(write)
@@ -99,8 +99,10 @@ class KeyVersions:
     async def _now(self, key: str) -> tuple[int, int]:
         """The key's (mod_revision, version), held or read now ((0, 0): absent)."""
         held = self._held.get(key)
-        if held is not None:
-            return held
+        return held if held is not None else await self._read(key)
+
+    async def _read(self, key: str) -> tuple[int, int]:
+        """The key's (mod_revision, version) read now ((0, 0): absent)."""
         self.reads += 1
         entry = await self.store.get(key)
         self.seen({key: entry})

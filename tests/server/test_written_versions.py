@@ -103,13 +103,19 @@ async def test_a_last_writer_wins_put_over_a_change_it_never_saw_names_the_versi
     records = {r.revision: r for r in await writer.audit.of("policy", SERVICE, 100)}
     assert (records[first].version, records[second].version) == (1, 3), records
     assert json.loads(records[second].old_value)["timeout_secs"] == 6  # what it replaced
-    # a put compared with the revision held (an update's expected revision): no read either
+    # a put compared with the revision held (an update's expected revision): no read
     third = await writer.put_policy(policy_from_json(_value(8), service=SERVICE), second)
     assert third is not None and _stored(etcd, key) == (third, 4) and writer.versions.reads == reads
+    # compared with a revision written elsewhere (as the watch tells it): read once
+    etcdctl(etcd, "put", key, _value(9))
+    elsewhere, _ = _stored(etcd, key)
+    fourth = await writer.put_policy(policy_from_json(_value(10), service=SERVICE), elsewhere)
+    assert fourth is not None and _stored(etcd, key) == (fourth, 6) and writer.versions.reads == reads + 1
     await writer.delete_policy(SERVICE)
     records = {r.revision: r for r in await writer.audit.of("policy", SERVICE, 100)}
     assert [(r.action, r.version) for _, r in sorted(records.items())][2:] == [
         ("policy.put", 4),
+        ("policy.put", 6),
         ("policy.delete", 0),  # no version after a deletion
     ], records
 
