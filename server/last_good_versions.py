@@ -15,10 +15,16 @@ mark (see :mod:`.last_good`) before one is picked:
 * the mark names that record, or the refused change recorded from outside with that
   value as the one it replaced (a genuine record moves the mark on when it is written).
 
-When they do not fit, the defaults are in force (``stats`` says why). When no record
-names the version just before the refused one (records of an earlier version, records
-a control plane writes in a change's own transaction), :func:`.last_good.pick` counts
-the changes as before.
+Every record of a write names the version too: a control plane's own, written in the
+change's transaction, the version that transaction's compare makes certain (see
+:mod:`.write_versions`); a deletion's none (a key put again starts over: its records
+before its creation revision are set aside).
+
+When the records naming versions do not fit, the defaults are in force (``stats`` says
+why). When no record names the version just before the refused one (records written
+before records named versions, or pruned), or a record naming none does not fit those
+that do (put from outside under the audit prefix, or written before records named
+versions), :func:`.last_good.pick` counts the changes as before.
 """
 
 from __future__ import annotations
@@ -66,7 +72,9 @@ def by_version(
     if top - 1 not in versions:
         return None
     revision, value = versions[top - 1]
-    why = _misfit(versions, claims, created, top)
+    why = _misfit(versions, {}, created, top)
+    if not why and _misfit(versions, claims, created, top):
+        return None  # a record naming no version does not fit them: counted as before
     if not why and (named is None or mark[1] not in (revision, refused)):
         why = f"the key's mark does not name the record of revision {revision} (version {top - 1})"
     if not why and mark[1] == refused and named is not None and named.old_value != value:

@@ -37,6 +37,7 @@ from .loop_tasks import wait_event
 from .policies import PolicyBook
 from .store import Entry, Guard, LeaseLost, Store, StoreUnavailable, Write
 from .unanswered import UnansweredWrites
+from .write_versions import TRIES, KeyVersions, Versioned
 
 _log = logging.getLogger("mission_control.server.writes")
 
@@ -153,6 +154,8 @@ class StateWriter:
         #: Other records held here that a restore writes back, as (key, value): the
         #: fleet-lease epoch record (set by the control plane; see :mod:`.lease_epoch`).
         self.kept_records: Callable[[], list[tuple[str, bytes]]] = lambda: []
+        #: The etcd version each recorded key has (what its next write's record names).
+        self.versions = KeyVersions(store)
 
     # -- the primitive ----------------------------------------------------------
 
@@ -167,50 +170,79 @@ class StateWriter:
         timeout: float | None = None,
     ) -> WriteResult:
         """All ``writes`` or none, each with its audit record (``author`` and ``action``;
-        ``old``: the values replaced, when memory no longer holds them); ``fenced``: only
-        while this replica leads; ``timeout``: the store's bound for it, when not its own.
+        ``old``: the values replaced, when memory no longer holds them), which names the
+        key's etcd version after it (see :mod:`.write_versions`); ``fenced``: only while
+        this replica leads; ``timeout``: the store's bound for it, when not its own.
         Raises StoreUnavailable."""
-        records = self._records(writes, author, action, old or {})
+        replaced = dict(old or {})
+        for _ in range(TRIES):
+            result, lost = await self._commit_once(writes, fenced, author, action, replaced, timeout)
+            if not lost:
+                return result
+            for key in lost:  # written meanwhile, by a write this one was to follow
+                entry = result.current.get(key)
+                replaced[key] = entry.value if entry is not None else None
+        return result
+
+    async def _commit_once(
+        self,
+        writes: Sequence[Write],
+        fenced: bool,
+        author: Author,
+        action: str,
+        old: Mapping[str, bytes | None],
+        timeout: float | None,
+    ) -> tuple[WriteResult, list[str]]:
+        """One transaction, and the keys to send it again on (a compare this writer
+        added, not the caller, failed)."""
         guards: list[Guard] = []
         if fenced and self.fence is not None:
             guard = self.fence.guard()
             if guard is None:
-                return WriteResult(WriteStatus.FENCED)
+                return WriteResult(WriteStatus.FENCED), []
             guards.append(guard)
         try:
-            result = await self.store.commit([*writes, *records], guards, timeout=timeout)
+            versioned = Versioned(list(writes), {}, frozenset())
+            if self.audit is not None:
+                versioned = await self.versions.prepare(writes, self._recorded)
+            records = self._records(versioned, author, action, old)
+            result = await self.store.commit([*versioned.writes, *records], guards, timeout=timeout)
         except LeaseLost:
             raise  # etcd answered: the writer's lease is the caller's to take again
         except StoreUnavailable:
             self.on_unavailable()
             raise
         if result.succeeded:
+            self.versions.stored(versioned, result.revision)
             if records:
                 self.on_recorded()
-            return WriteResult(WriteStatus.OK, result.revision)
+            return WriteResult(WriteStatus.OK, result.revision), []
         for guard in guards:
             holder = result.entries.get(guard.key)
             created, lease = (holder.create_revision, holder.lease) if holder else (0, 0)
             if created != guard.create_revision or (guard.lease and lease != guard.lease):
                 if self.fence is not None:
                     self.fence.fenced()
-                return WriteResult(WriteStatus.FENCED)
+                return WriteResult(WriteStatus.FENCED), []
         current = {w.key: result.entries.get(w.key) for w in writes}
-        return WriteResult(WriteStatus.CONFLICT, result.revision, current)
+        self.versions.seen(current)
+        return WriteResult(WriteStatus.CONFLICT, result.revision, current), versioned.lost(current)
 
     def _records(
-        self, writes: Sequence[Write], author: Author, action: str, old: Mapping[str, bytes | None]
+        self, versioned: Versioned, author: Author, action: str, old: Mapping[str, bytes | None]
     ) -> list[Write]:
         if self.audit is None:
             return []
         changes = []
-        for write in writes:
+        for write in versioned.writes:
             change = self.change_of(write.key, write.value, old.get(write.key, self._held(write.key)))
-            if change is not None and write.expected_revision == 0 and write.value is not None:
-                change = replace(change, version=1)  # created: the transaction fails otherwise
             if change is not None:
-                changes.append(change)
+                changes.append(replace(change, version=versioned.versions.get(write.key, 0)))
         return self.audit.record_writes(changes, author, action)
+
+    def _recorded(self, key: str) -> bool:
+        """Whether a write of ``key`` is recorded (a policy, candidate or breaker)."""
+        return self.change_of(key, None, None) is not None
 
     def change_of(self, key: str, new: bytes | None, old: bytes | None) -> Change | None:
         """What a write of ``key`` changes, for its record (None: not a policy or breaker)."""
@@ -271,6 +303,7 @@ class StateWriter:
         the data lost: its revision is of that data, not of the store's."""
         self.losses += 1
         self.restore_pending = True
+        self.versions = KeyVersions(self.store)  # the revisions held are of the data lost
         self._wake.set()  # a writer with nothing pending waits for no timer
 
     async def flush(self, timeout: float) -> bool:

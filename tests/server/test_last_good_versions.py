@@ -77,8 +77,6 @@ def test_records_that_do_not_fit_the_versions_leave_it_unknown() -> None:
         "disagree on what made the key's version 3": [LAST, _outside(12, 7, 3, _value(1), tail="b")],
         # version 3 two revisions after the creation at 5 cannot be at 6
         "etcd cannot have": [_outside(8, 6, 3, _value(7))],
-        # a version-less claim of another value at version 3's revision
-        "disagree on what revision 7 wrote": [LAST, _plain(13, 7)],
         # version 4 is the refused one's, at 9: a version 5 before it cannot be
         "made the key's version 5: etcd cannot have": [LAST, _outside(12, 7, 5, _value(7), tail="b")],
         # version 4 is the refused one's, at 9
@@ -87,10 +85,15 @@ def test_records_that_do_not_fit_the_versions_leave_it_unknown() -> None:
     for why, records in cases.items():
         found = pick(_refused(9, 5, 4), SERVICE, records, mark)
         assert found.value is None and found.why.startswith(NOT_KNOWN) and why in found.why, (why, found)
-    # a change at 8, between version 2 at 7 and version 3 at 9: etcd made none there
+    # A record naming no version that does not fit them (another value at version 3's
+    # revision; a change at 8, between version 2 at 7 and version 3 at 9, where etcd made
+    # none): the versions tell nothing, the changes are counted as before — here 1 of 3
+    # changes recorded (unknown), there every one, the mark naming the newest (its pick).
+    found = pick(_refused(9, 5, 4), SERVICE, [LAST, _plain(13, 7)], mark)
+    assert found.value is None and "2 of the 3 changes" in found.why, found
     last, before = _outside(10, 9, 3, _value(9)), _outside(11, 7, 2, _value(7), tail="b")
     found = pick(_refused(12, 5, 4), SERVICE, [last, before, _plain(13, 8)], _mark(last[0], 9, 10, 8, 1))
-    assert found.value is None and "revision 8, between two consecutive versions" in found.why, found
+    assert (found.value, found.revision) == (_value(9).encode(), 9), found
 
 
 def _plain(own: int, names: int) -> tuple[Entry, pb.AuditRecord]:
