@@ -1,7 +1,8 @@
 """The I5 check through the store (``trip_counts.py``), on a scripted schedule: a leader
 decides a breaker CLOSED from memory while etcd is away and counts an agent's batches whose
 acknowledgements are lost; etcd returns, the CLOSED is stored, the leader dies, and the
-agent sends the batches again to the next leader, which loaded the record."""
+agent sends the batches again to the next leader, which loaded the record — another
+replica, or the same one restarted at once, within its lease."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def _count(replica: Replica, keys: list[BatchKey]) -> None:
             replica.plane.count_batch(key, AGENT, [failed])
 
 
-def _scripted() -> World:
+def _scripted(restarted: bool) -> World:
     async def main() -> World:
         world = World(0)
         five = ServicePolicy(service=SVC, failure_threshold=5, success_threshold=1, wait_duration_secs=1.0)
@@ -58,7 +59,10 @@ def _scripted() -> World:
         world.etcd.set_unavailable(False)
         await _until(world, lambda: not first.plane.writer.is_pending(SVC), "cp0 stores the CLOSED")
         world.crash(first)
-        await _until(world, lambda: second.plane.leading, "cp1 leads")
+        if restarted:
+            world.crash(second)
+            second = await world.start_replica("cp0")  # at once, its lease still held
+        await _until(world, lambda: second.plane.leading, f"{second.instance} leads")
         _count(second, keys)  # sent again by the agent
         return world
 
@@ -66,15 +70,19 @@ def _scripted() -> World:
         return vloop.run(main())
 
 
-def test_a_record_carries_no_count_a_successor_counts_again() -> None:
-    world = _scripted()
+@pytest.mark.parametrize("restarted", [False, True], ids=["successor", "restarted"])
+def test_a_record_carries_no_count_a_successor_counts_again(restarted: bool) -> None:
+    world = _scripted(restarted)
     assert [v for v in world.result.violations if "I5" in v] == []
     leader = next(r for r in world.alive_replicas() if r.plane.leading)
     breaker = leader.plane.breakers.get(SVC)
     assert breaker.state is BreakerState.CLOSED and breaker.consecutive_failures == UNACKED
 
 
-def test_the_check_catches_counts_carried_through_a_record(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("restarted", [False, True], ids=["successor", "restarted"])
+def test_the_check_catches_counts_carried_through_a_record(
+    monkeypatch: pytest.MonkeyPatch, restarted: bool
+) -> None:
     """Before: the record was taken when each write was sent, and its counts were loaded."""
     from mission_control.server import engine
 
@@ -88,7 +96,8 @@ def test_the_check_catches_counts_carried_through_a_record(monkeypatch: pytest.M
         await persist(self, name)
 
     monkeypatch.setattr(StateWriter, "_persist", taken_when_sent)
-    world = _scripted()
+    world = _scripted(restarted)
     carried = [v for v in world.result.violations if CARRIED in v]
     assert carried, world.result.violations
-    assert "cp1.1 counts 2 failures of batch" in carried[0], carried
+    successor = "cp0.2" if restarted else "cp1.1"
+    assert f"{successor} counts 2 failures of batch" in carried[0], carried
