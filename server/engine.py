@@ -22,6 +22,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .grant_numbers import GrantNumbers
 from .probe_results import identified, lose_released, note_running, settle_results
+from .stored_counts import taken_counts
 from .stored_runs import StoredRuns
 
 _log = logging.getLogger("mission_control.server.engine")
@@ -264,10 +265,10 @@ class FleetBreakers:
             raise ValueError("record has no state")
         check_record(record, self._clock() + self._wall_offset)
         breaker.state = BreakerState(record.state)
-        breaker.consecutive_failures = record.consecutive_failures
+        # none of the counts toward its next transition: they are the writer's (stored_counts)
+        breaker.consecutive_failures, breaker.half_open_successes = taken_counts(record)
         breaker.failures = record.failures
         breaker.slow_calls = record.slow_calls
-        breaker.half_open_successes = record.half_open_successes
         breaker.reason = record.reason
         breaker.generation = record.generation
         breaker.changed_at = self._mono(record.changed_at.ToNanoseconds())

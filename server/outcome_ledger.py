@@ -14,7 +14,8 @@ below the newest one counted for its session is not counted (it cannot be told f
 resend; counted in ``too_old``). The ledger lives in the replica's memory: a new leader has
 not seen what an earlier leader counted, and counts a batch that earlier leader took but did
 not acknowledge. That is not a double count — each leader's engine starts its failure
-counts afresh, and an earlier leader's counts died with its term.
+counts afresh, and an earlier leader's counts died with its term (none is taken from a
+stored breaker record: see ``server/stored_counts.py``).
 
 A follower that could not pass batches on for a while merges one session's batches into a
 range (``BatchKey.first`` .. ``sequence``) with their outcomes summed. A range counts whole or

@@ -131,6 +131,9 @@ class StateWriter:
         self.reachable: Callable[[], bool] = lambda: True
         #: breaker -> decision number: transitions decided and not stored yet.
         self._pending: dict[str, int] = {}
+        #: breaker -> the record of its state as decided (with its run and reason): what is
+        #: written, however often and however late (see :meth:`decided`).
+        self._decided: dict[str, tuple[bytes, int | None, str]] = {}
         self._decisions = 0
         #: Breaker records sent whose answer was lost: a conflict with one is this
         #: replica's own write, stored late (see :mod:`.unanswered`).
@@ -289,10 +292,28 @@ class StateWriter:
         return name in self._pending
 
     def decided(self, name: str) -> None:
-        """A transition of ``name`` was decided: store it (now, or when possible)."""
+        """A transition of ``name`` was decided: store it (now, or when possible).
+
+        The record is taken now, not when a write is sent: it says the state as decided,
+        with the counts it was decided on. Failures counted while the write waits for etcd
+        are the engine's own and stay out of it: a record taken later would carry batches
+        whose acknowledgement may yet be lost, to be sent again to whichever replica leads
+        next (an engine reading a record takes no count toward a decision from it either:
+        :mod:`.stored_counts`). The same record goes with every try."""
         self._decisions += 1
         self._pending[name] = self._decisions
+        breakers = self.breakers
+        self._decided[name] = (
+            breakers.to_record(name),
+            breakers.run_of(name),
+            breakers.to_proto(name).reason,
+        )
         self._wake.set()
+
+    def _settled(self, name: str) -> None:
+        """Nothing of ``name`` is pending any more."""
+        self._pending.pop(name, None)
+        self._decided.pop(name, None)
 
     def wake(self) -> None:
         self._wake.set()
@@ -337,8 +358,8 @@ class StateWriter:
             return
         key = self.breaker_key(name)
         expected = self.breakers.revisions.get(name, 0)
-        record, run = self.breakers.to_record(name), self.breakers.run_of(name)
-        author = Author(CONTROL_PLANE, self.breakers.to_proto(name).reason)  # the rule's reason
+        record, run, reason = self._decided[name]
+        author = Author(CONTROL_PLANE, reason)  # the rule's reason
         losses = self.losses
         self.unanswered.sent(name, record, run)  # kept should its answer be lost
         result = await self.commit(
@@ -351,7 +372,7 @@ class StateWriter:
             self.breakers.stored(name, result.revision, run)
             self.breakers.records[name] = record
             if self._pending.get(name) == decision:  # else a newer decision is to be written
-                del self._pending[name]
+                self._settled(name)
         elif result.status is WriteStatus.CONFLICT:
             entry = result.current.get(key)
             own, landed_run = self.unanswered.own(name, entry.value if entry else None)
@@ -373,8 +394,8 @@ class StateWriter:
             entry.mod_revision,
         )
         self.breakers.stored(name, entry.mod_revision, run)
-        if self.breakers.to_record(name) == entry.value and self._pending.get(name) == decision:
-            del self._pending[name]  # nothing decided since
+        if self._pending.get(name) == decision and self._decided[name][0] == entry.value:
+            self._settled(name)  # nothing decided since
         else:
             self._wake.set()
 
@@ -417,7 +438,7 @@ class StateWriter:
         self.on_lost_data(detail)
 
     def _adopt(self, name: str, entry: Entry | None) -> None:
-        self._pending.pop(name, None)
+        self._settled(name)
         self.unanswered.answered(name)  # what the store holds replaces what was sent
         try:
             self.breakers.adopt(name, entry.value if entry else None, entry.mod_revision if entry else 0)
@@ -465,7 +486,7 @@ class StateWriter:
             if not result.ok:
                 self._adopt(name, result.current.get(key))
                 continue
-            self._pending.pop(name, None)
+            self._settled(name)
             self.breakers.adopt(name, record, result.revision)
             # What this write stored, even if a newer write has been applied meanwhile.
             written = json_format.Parse(record, pb.Breaker(), ignore_unknown_fields=True)

@@ -229,7 +229,8 @@ def _held_as_marked(world: World, agent, name: str, state, fleet) -> bool:  # ty
 
 
 def _counted_once(world: World) -> None:
-    """I5 as ``server/outcome_ledger.py`` states it: no engine counts one batch twice; each
+    """I5 as ``server/outcome_ledger.py`` states it: no engine counts one batch twice (nor
+    one already in a count it took from a stored record: ``trip_counts.py``, as it runs); each
     batch an agent delivered is counted, in full, by an engine (unless the report gate cut
     some of it, or the only relay that took it crashed); every sender passes on what it had."""
     violations = world.result.violations

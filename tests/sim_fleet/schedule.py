@@ -30,6 +30,7 @@ from .fleet_checks import LIMIT, SHARED, WINDOW, Admissions, ProbeWatch
 from .memstore import MemEtcd
 from .names import BatchName, batch_name
 from .net import RELAY_TOKEN
+from .trip_counts import TripCounts
 from .world import EPOCH_RECORD_SCHEDULES, FIRST_SCHEDULES, SCHEDULE_VERSION, Agent, Replica
 
 _log = logging.getLogger("sim")
@@ -144,6 +145,7 @@ class World:
         self._restarting: set[str] = set()
         self.recorder = checks.Recorder(self)
         self.probes = ProbeWatch(self)
+        self.trip_counts = TripCounts(self)
         self.admissions = Admissions(self)
 
     @property

@@ -93,9 +93,12 @@ class Replica:
         def counted(agent: str, summary: pb.OutcomeSummary, origin: str = ""):  # type: ignore[no-untyped-def]
             world.counted[summary.service] += summary.failures
             world.counted_by[(self.instance, world.counting)] += summary.failures
-            return record(agent, summary, origin)
+            breakers = self.plane.breakers
+            with world.trip_counts.counting(self.instance, breakers, summary.service, world.counting):
+                return record(agent, summary, origin)
 
         self.plane.breakers.record = counted  # type: ignore[method-assign]
+        world.trip_counts.attach(self.instance, self.plane.breakers)
         count_batch = self.plane.count_batch
 
         def count_named(key, agent_id, summaries):  # type: ignore[no-untyped-def]

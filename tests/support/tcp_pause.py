@@ -1,5 +1,6 @@
-"""A TCP proxy a test can pause (bytes held in both directions, as on a stalled link) and cut
-(every connection reset, what it held never delivered)."""
+"""A TCP proxy a test can pause (bytes held in both directions, as on a stalled link, or only
+the answers: requests go through, nothing comes back) and cut (every connection reset, what
+it held never delivered)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ class PausableProxy:
         self.address = ""
         self._flowing = asyncio.Event()
         self._flowing.set()
+        #: Bytes from the target back to the client (answers, acknowledgements).
+        self._answering = asyncio.Event()
+        self._answering.set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
 
@@ -36,6 +40,13 @@ class PausableProxy:
 
     def resume(self) -> None:
         self._flowing.set()
+
+    def hold_answers(self) -> None:
+        """Hold what the target sends back; what the client sends still goes through."""
+        self._answering.clear()
+
+    def release_answers(self) -> None:
+        self._answering.set()
 
     def cut(self) -> None:
         """Reset every connection now; bytes held by a pause are dropped."""
@@ -57,7 +68,7 @@ class PausableProxy:
         self._writers |= pair
         pipes = [
             asyncio.ensure_future(self._pipe(reader, up_writer, pair)),
-            asyncio.ensure_future(self._pipe(up_reader, writer, pair)),
+            asyncio.ensure_future(self._pipe(up_reader, writer, pair, self._answering)),
         ]
         try:
             await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
@@ -69,11 +80,17 @@ class PausableProxy:
             self._writers -= pair
 
     async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pair: set[asyncio.StreamWriter]
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        pair: set[asyncio.StreamWriter],
+        gate: asyncio.Event | None = None,
     ) -> None:
         with contextlib.suppress(OSError, ConnectionError):
             while data := await reader.read(65536):
                 await self._flowing.wait()
+                if gate is not None:
+                    await gate.wait()
                 if not pair <= self._writers:
                     return  # cut while this was held: never delivered
                 writer.write(data)
