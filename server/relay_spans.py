@@ -68,6 +68,8 @@ class Span:
     #: Whether it may take the next batches (a range given whole may not).
     open: bool = True
     batches: int = field(default=1)
+    #: The agent's stream its batches came on: a span takes batches of that stream only.
+    stream: int = 0
 
     def merge(self, last: int, summaries: list[pb.OutcomeSummary], batches: int = 1) -> None:
         if self.tallies is None:
@@ -92,9 +94,10 @@ class Span:
 class HeldSpans:
     """Agent batches held for the leader (unsent), and the ranges sent but not acknowledged."""
 
-    def __init__(self, max_spans: int = MAX_SPANS, block: int = BLOCK) -> None:
+    def __init__(self, max_spans: int = MAX_SPANS, block: int = BLOCK, keep_apart: int = KEEP_APART) -> None:
         self.max_spans = max(1, max_spans)
         self.block = max(1, block)
+        self.keep_apart = max(0, keep_apart)
         #: Unsent spans by session, oldest session first.
         self._unsent: collections.OrderedDict[Session, list[Span]] = collections.OrderedDict()
         self._count = 0
@@ -114,13 +117,17 @@ class HeldSpans:
         return self._count
 
     def holds(self, key: BatchKey) -> bool:
-        """Whether every batch ``key`` names is held already (unsent or not acknowledged)."""
+        """Whether the batch (or range) ``key`` is held already as it is (unsent, sent or
+        acknowledged by the leader). One held only inside a range is not: the leader may
+        refuse that range (it counted another batch of it), leaving this one to count when
+        it comes again."""
         name = (key.agent_id, key.session_id, key.series)
-        low, high = key.lowest, key.sequence
-        ranges = list(self._taken.get(name, ()))
-        ranges += [(s.first, s.last) for s in self._unsent.get(name, ())]
-        ranges += [(first, last) for first, last, _ in self._sent.get(name, ())]
-        return any(first <= low and high <= last for first, last in ranges)
+        held = (key.lowest, key.sequence)
+        return (
+            held in self._taken.get(name, ())
+            or any((s.first, s.last) == held for s in self._unsent.get(name, ()))
+            or any((first, last) == held for first, last, _ in self._sent.get(name, ()))
+        )
 
     def close(self, key: BatchKey) -> None:
         """Merge nothing more into what is held of ``key``'s session (its agent sends again
@@ -136,24 +143,29 @@ class HeldSpans:
         *,
         merge: bool = True,
         apart: bool = False,
+        stream: int = 0,
     ) -> None:
-        """Hold batch (or range) ``key`` (not held yet: see :meth:`holds`); ``merge``: with
-        the batch before it (else on its own, as long as the bound allows)."""
+        """Hold batch (or range) ``key`` (not held yet: see :meth:`holds`), which came on the
+        agent's ``stream``; ``merge``: with the batch before it when that came on the same
+        stream (else on its own, as long as the bound allows)."""
         name = (key.agent_id, key.session_id, key.series)
         spans = self._unsent.get(name)
         if spans is None:
             spans = self._unsent[name] = []
         self._unsent.move_to_end(name)
         single = key.lowest == key.sequence
-        spans.append(Span(agent_id, key.lowest, key.sequence, summaries, open=single and not apart))
+        spans.append(
+            Span(agent_id, key.lowest, key.sequence, summaries, open=single and not apart, stream=stream)
+        )
         self._count += 1
-        if merge and len(spans) > KEEP_APART + 1:
+        if merge and len(spans) > self.keep_apart + 1:
             # the newest batch past those kept apart joins the span before it, if it follows it
-            at = len(spans) - KEEP_APART - 1
+            at = len(spans) - self.keep_apart - 1
             before, span = spans[at - 1], spans[at]
             if (
                 before.open
                 and span.open
+                and before.stream == span.stream
                 and span.first == span.last == before.last + 1
                 and self._block(before.first) == self._block(span.last)
             ):
