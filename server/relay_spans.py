@@ -13,18 +13,28 @@ newest ``KEEP_APART`` batches stay apart, and a span covers at most the ``BLOCK`
 one block (never crossing a multiple of ``BLOCK``): what is held grows with the sessions and
 the length of the spell, ~37 spans per busy agent over 30 s, not with every batch.
 
-An agent marks the batches it sends again (``OutcomeSummary.origin_first``): another replica
-may have passed them on already, so a follower keeps each apart and merges nothing more
-into what it holds of that session — else a range of new batches joined to one the leader
-counted would be refused whole. What may still go uncounted: a span the leader refuses
-because it overlaps a batch counted before, whose other batches the agent does not send
-again (an older agent that does not mark what it sends again, moving between replicas
-during a spell). And past ``MAX_SPANS`` spans the session with
-the most has its two oldest merged (a gap between them included); when every session has
-one, the oldest session's span is given up (``dropped``). Nothing is counted twice. That is
-the safe side for breakers: one that opens a little late costs some failed calls, which
-every agent's own breaker bounds anyway; one opened by failures counted twice stops a
-healthy service for the whole fleet.
+A span takes the batches that came on one of the agent's streams here, never those of two.
+So when the leader refuses a range because it counted a batch of it before, that batch
+reached it another way — the agent, that stream broken, sent it again on another stream —
+and with it every batch of the range: it had seen none acknowledged. The leader's
+acknowledgement of the relay's batch says nothing of what it refused (acknowledgements are
+cumulative), but the follower owes it to no live stream: it acknowledges an agent's batch
+only once the leader acknowledged what carried it, and forgets what it owed a stream that
+ended (``relay_acks``). A batch the agent sends again here is passed over only when held as
+it is; one held only inside a range is held again on its own, so it counts when the leader
+refuses the range. The agent marks what it sends again (``OutcomeSummary.origin_first``):
+another replica may have passed it on already, so a follower keeps each apart and merges
+nothing more into what it holds of that session — else a range joining it to the new
+batches after it would be refused whole and take them along.
+
+What may still go uncounted: the batches of a range the leader refuses, sent by an older
+agent that does not mark what it sends again (its batches sent again merge with the new
+ones after them on the same stream). And past ``MAX_SPANS`` spans the session with the most
+has its two oldest merged (a gap between them, and two streams, included); when every
+session has one, the oldest session's span is given up (``dropped``). Nothing is counted
+twice. That is the safe side for breakers: one that opens a little late costs some failed
+calls, which every agent's own breaker bounds anyway; one opened by failures counted twice
+stops a healthy service for the whole fleet.
 """
 
 from __future__ import annotations
