@@ -80,6 +80,9 @@ class Span:
     batches: int = field(default=1)
     #: The agent's stream its batches came on: a span takes batches of that stream only.
     stream: int = 0
+    #: A batch sent again that a range held here holds too (it counts on its own only when
+    #: the leader refuses that range): given up first past the bound.
+    spare: bool = False
 
     def merge(self, last: int, summaries: list[pb.OutcomeSummary], batches: int = 1) -> None:
         if self.tallies is None:
@@ -121,23 +124,26 @@ class HeldSpans:
         self._taken: collections.OrderedDict[Session, list[tuple[int, int]]] = collections.OrderedDict()
         #: Batches given up past the bound (not passed on).
         self.dropped = 0
+        #: Batches sent again given up past the bound while a range held here holds them.
+        self.spared = 0
 
     def __len__(self) -> int:
         """Spans held unsent."""
         return self._count
 
-    def holds(self, key: BatchKey) -> bool:
-        """Whether the batch (or range) ``key`` is held already as it is (unsent, sent or
-        acknowledged by the leader). One held only inside a range is not: the leader may
-        refuse that range (it counted another batch of it), leaving this one to count when
-        it comes again."""
+    def holds(self, key: BatchKey, *, alone: bool = False) -> bool:
+        """Whether every batch ``key`` names is held already (unsent, sent or acknowledged
+        by the leader); ``alone``: only when held as it is, not inside a range — the leader
+        may refuse that range (it counted another batch of it), leaving this one to count
+        when it comes again."""
         name = (key.agent_id, key.session_id, key.series)
-        held = (key.lowest, key.sequence)
-        return (
-            held in self._taken.get(name, ())
-            or any((s.first, s.last) == held for s in self._unsent.get(name, ()))
-            or any((first, last) == held for first, last, _ in self._sent.get(name, ()))
-        )
+        low, high = key.lowest, key.sequence
+        ranges = list(self._taken.get(name, ()))
+        ranges += [(s.first, s.last) for s in self._unsent.get(name, ())]
+        ranges += [(first, last) for first, last, _ in self._sent.get(name, ())]
+        if alone:
+            return (low, high) in ranges
+        return any(first <= low and high <= last for first, last in ranges)
 
     def close(self, key: BatchKey) -> None:
         """Merge nothing more into what is held of ``key``'s session (its agent sends again
@@ -154,10 +160,12 @@ class HeldSpans:
         merge: bool = True,
         apart: bool = False,
         stream: int = 0,
+        spare: bool = False,
     ) -> None:
         """Hold batch (or range) ``key`` (not held yet: see :meth:`holds`), which came on the
         agent's ``stream``; ``merge``: with the batch before it when that came on the same
-        stream (else on its own, as long as the bound allows)."""
+        stream (else on its own, as long as the bound allows); ``spare``: a batch sent again
+        that a range held here holds too."""
         name = (key.agent_id, key.session_id, key.series)
         spans = self._unsent.get(name)
         if spans is None:
@@ -165,7 +173,15 @@ class HeldSpans:
         self._unsent.move_to_end(name)
         single = key.lowest == key.sequence
         spans.append(
-            Span(agent_id, key.lowest, key.sequence, summaries, open=single and not apart, stream=stream)
+            Span(
+                agent_id,
+                key.lowest,
+                key.sequence,
+                summaries,
+                open=single and not apart,
+                stream=stream,
+                spare=spare,
+            )
         )
         self._count += 1
         if merge and len(spans) > self.keep_apart + 1:
@@ -190,11 +206,24 @@ class HeldSpans:
 
     def _make_room(self) -> None:
         name, spans = max(self._unsent.items(), key=lambda item: len(item[1]))
-        if len(spans) >= 2:
-            spans.sort(key=lambda s: s.first)
+        spare = next((at for at, span in enumerate(spans) if span.spare), None)
+        if spare is not None:
+            # the range holding it too counts it, unless the leader refuses that range
+            del spans[spare]
+            self.spared += 1
+            if not spans:
+                del self._unsent[name]
+        elif len(spans) >= 2:
+            spans.sort(key=lambda s: (s.first, -s.last))
             older, newer = spans[0], spans.pop(1)
-            older.merge(newer.last, newer.outcomes(), newer.batches)
-            older.first, older.open = min(older.first, newer.first), False
+            if newer.first <= older.last:
+                # a batch held again on its own inside the range before it: summed into
+                # that range it would count twice; given up (it counts with the range,
+                # unless the leader refuses that)
+                self.dropped += newer.batches
+            else:
+                older.merge(newer.last, newer.outcomes(), newer.batches)
+                older.first, older.open = min(older.first, newer.first), False
         else:
             name, spans = next(iter(self._unsent.items()))
             self.dropped += spans.pop(0).batches
