@@ -30,11 +30,14 @@ batches after it would be refused whole and take them along.
 What may still go uncounted: the batches of a range the leader refuses, sent by an older
 agent that does not mark what it sends again (its batches sent again merge with the new
 ones after them on the same stream). And past ``MAX_SPANS`` spans the session with the most
-has its two oldest merged (a gap between them, and two streams, included); when every
-session has one, the oldest session's span is given up (``dropped``). Nothing is counted
-twice. That is the safe side for breakers: one that opens a little late costs some failed
-calls, which every agent's own breaker bounds anyway; one opened by failures counted twice
-stops a healthy service for the whole fleet.
+first gives up a batch it holds both on its own and inside a range (``spared``: the range
+counts it, unless the leader refuses that range; an agent that sent a long spell again to
+its follower holds that many more spans), else has its two oldest merged (a gap between
+them, and two streams, included; one inside the other is given up, never summed twice);
+when every session has one, the oldest session's span is given up (``dropped``). Nothing is
+counted twice. That is the safe side for breakers: one that opens a little late costs some
+failed calls, which every agent's own breaker bounds anyway; one opened by failures counted
+twice stops a healthy service for the whole fleet.
 """
 
 from __future__ import annotations
