@@ -43,6 +43,7 @@ def test_each_failure_is_counted_once_however_the_agent_moves() -> None:
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3600)
 def test_each_failure_is_counted_once_however_the_agent_moves_soak() -> None:
     wrong, _, _ = check(range(SCHEDULES, SCHEDULES + SOAK_SCHEDULES))
     assert not wrong, "\n".join(wrong)
