@@ -344,12 +344,15 @@ class ControlPlane:
         self.recovery_checks.add_to(stats)
         return stats
 
-    def record_batch(self, key: BatchKey | None, agent_id: str, summaries: list[pb.OutcomeSummary]) -> bool:
-        """Count an agent's batch here, or pass it on to the leader under its name (True)."""
+    def record_batch(
+        self, key: BatchKey | None, agent_id: str, summaries: list[pb.OutcomeSummary], stream: int = 0
+    ) -> bool:
+        """Count an agent's batch here, or pass it on to the leader under its name (True);
+        ``stream``: the id of the agent's stream it came on."""
         if self.leading or self.relay is None:
             self.count_batch(key, agent_id, summaries)
             return False
-        self.relay.add_batch(key, agent_id, summaries)
+        self.relay.add_batch(key, agent_id, summaries, stream)
         return True
 
     def acknowledge(self, stream: Subscriber, sequence: int, *, relayed: bool) -> None:

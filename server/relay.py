@@ -139,8 +139,11 @@ class LeaderRelay:
 
     # -- from this replica's agents ---------------------------------------------
 
-    def add_batch(self, key: BatchKey | None, agent_id: str, summaries: list[pb.OutcomeSummary]) -> None:
-        """An agent's batch ``key`` (None: unnamed, summed with the rest) for the leader."""
+    def add_batch(
+        self, key: BatchKey | None, agent_id: str, summaries: list[pb.OutcomeSummary], stream: int = 0
+    ) -> None:
+        """An agent's batch ``key`` (None: unnamed, summed with the rest) for the leader,
+        come on its ``stream`` here (a hub subscriber's id: only batches of one stream merge)."""
         if key is None:
             for summary in summaries:
                 self.add(agent_id, summary)
@@ -151,13 +154,14 @@ class LeaderRelay:
         again = key.lowest == key.sequence and any(s.origin_first for s in summaries)
         if again:
             self._batches.close(key)
-        if self._batches.holds(key):
+        if self._batches.holds(key, alone=again):
             return  # sent again by the agent before the leader acknowledged it
+        spare = again and self._batches.holds(key)  # (also inside a range held here)
         summaries = [self._checked(agent_id, summary) for summary in summaries]
         # merged while it cannot go up at once (sent on its own, a batch an agent sends
         # again is told apart from the new ones)
         merge = not self.connected or len(self._unacked) >= MAX_IN_FLIGHT
-        self._batches.add(key, agent_id, summaries, merge=merge, apart=again)
+        self._batches.add(key, agent_id, summaries, merge=merge, apart=again, stream=stream, spare=spare)
         self._wake.set()
 
     def owe_ack(self, stream: AckTarget, sequence: int) -> None:

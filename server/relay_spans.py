@@ -13,18 +13,31 @@ newest ``KEEP_APART`` batches stay apart, and a span covers at most the ``BLOCK`
 one block (never crossing a multiple of ``BLOCK``): what is held grows with the sessions and
 the length of the spell, ~37 spans per busy agent over 30 s, not with every batch.
 
-An agent marks the batches it sends again (``OutcomeSummary.origin_first``): another replica
-may have passed them on already, so a follower keeps each apart and merges nothing more
-into what it holds of that session — else a range of new batches joined to one the leader
-counted would be refused whole. What may still go uncounted: a span the leader refuses
-because it overlaps a batch counted before, whose other batches the agent does not send
-again (an older agent that does not mark what it sends again, moving between replicas
-during a spell). And past ``MAX_SPANS`` spans the session with
-the most has its two oldest merged (a gap between them included); when every session has
-one, the oldest session's span is given up (``dropped``). Nothing is counted twice. That is
-the safe side for breakers: one that opens a little late costs some failed calls, which
-every agent's own breaker bounds anyway; one opened by failures counted twice stops a
-healthy service for the whole fleet.
+A span takes the batches that came on one of the agent's streams here, never those of two.
+So when the leader refuses a range because it counted a batch of it before, that batch
+reached it another way — the agent, that stream broken, sent it again on another stream —
+and with it every batch of the range: it had seen none acknowledged. The leader's
+acknowledgement of the relay's batch says nothing of what it refused (acknowledgements are
+cumulative), but the follower owes it to no live stream: it acknowledges an agent's batch
+only once the leader acknowledged what carried it, and forgets what it owed a stream that
+ended (``relay_acks``). A batch the agent sends again here is passed over only when held as
+it is; one held only inside a range is held again on its own, so it counts when the leader
+refuses the range. The agent marks what it sends again (``OutcomeSummary.origin_first``):
+another replica may have passed it on already, so a follower keeps each apart and merges
+nothing more into what it holds of that session — else a range joining it to the new
+batches after it would be refused whole and take them along.
+
+What may still go uncounted: the batches of a range the leader refuses, sent by an older
+agent that does not mark what it sends again (its batches sent again merge with the new
+ones after them on the same stream). And past ``MAX_SPANS`` spans the session with the most
+first gives up a batch it holds both on its own and inside a range (``spared``: the range
+counts it, unless the leader refuses that range; an agent that sent a long spell again to
+its follower holds that many more spans), else has its two oldest merged (a gap between
+them, and two streams, included; one inside the other is given up, never summed twice);
+when every session has one, the oldest session's span is given up (``dropped``). Nothing is
+counted twice. That is the safe side for breakers: one that opens a little late costs some
+failed calls, which every agent's own breaker bounds anyway; one opened by failures counted
+twice stops a healthy service for the whole fleet.
 """
 
 from __future__ import annotations
@@ -68,6 +81,11 @@ class Span:
     #: Whether it may take the next batches (a range given whole may not).
     open: bool = True
     batches: int = field(default=1)
+    #: The agent's stream its batches came on: a span takes batches of that stream only.
+    stream: int = 0
+    #: A batch sent again that a range held here holds too (it counts on its own only when
+    #: the leader refuses that range): given up first past the bound.
+    spare: bool = False
 
     def merge(self, last: int, summaries: list[pb.OutcomeSummary], batches: int = 1) -> None:
         if self.tallies is None:
@@ -92,9 +110,10 @@ class Span:
 class HeldSpans:
     """Agent batches held for the leader (unsent), and the ranges sent but not acknowledged."""
 
-    def __init__(self, max_spans: int = MAX_SPANS, block: int = BLOCK) -> None:
+    def __init__(self, max_spans: int = MAX_SPANS, block: int = BLOCK, keep_apart: int = KEEP_APART) -> None:
         self.max_spans = max(1, max_spans)
         self.block = max(1, block)
+        self.keep_apart = max(0, keep_apart)
         #: Unsent spans by session, oldest session first.
         self._unsent: collections.OrderedDict[Session, list[Span]] = collections.OrderedDict()
         self._count = 0
@@ -108,18 +127,25 @@ class HeldSpans:
         self._taken: collections.OrderedDict[Session, list[tuple[int, int]]] = collections.OrderedDict()
         #: Batches given up past the bound (not passed on).
         self.dropped = 0
+        #: Batches sent again given up past the bound while a range held here holds them.
+        self.spared = 0
 
     def __len__(self) -> int:
         """Spans held unsent."""
         return self._count
 
-    def holds(self, key: BatchKey) -> bool:
-        """Whether every batch ``key`` names is held already (unsent or not acknowledged)."""
+    def holds(self, key: BatchKey, *, alone: bool = False) -> bool:
+        """Whether every batch ``key`` names is held already (unsent, sent or acknowledged
+        by the leader); ``alone``: only when held as it is, not inside a range — the leader
+        may refuse that range (it counted another batch of it), leaving this one to count
+        when it comes again."""
         name = (key.agent_id, key.session_id, key.series)
         low, high = key.lowest, key.sequence
         ranges = list(self._taken.get(name, ()))
         ranges += [(s.first, s.last) for s in self._unsent.get(name, ())]
         ranges += [(first, last) for first, last, _ in self._sent.get(name, ())]
+        if alone:
+            return (low, high) in ranges
         return any(first <= low and high <= last for first, last in ranges)
 
     def close(self, key: BatchKey) -> None:
@@ -136,24 +162,39 @@ class HeldSpans:
         *,
         merge: bool = True,
         apart: bool = False,
+        stream: int = 0,
+        spare: bool = False,
     ) -> None:
-        """Hold batch (or range) ``key`` (not held yet: see :meth:`holds`); ``merge``: with
-        the batch before it (else on its own, as long as the bound allows)."""
+        """Hold batch (or range) ``key`` (not held yet: see :meth:`holds`), which came on the
+        agent's ``stream``; ``merge``: with the batch before it when that came on the same
+        stream (else on its own, as long as the bound allows); ``spare``: a batch sent again
+        that a range held here holds too."""
         name = (key.agent_id, key.session_id, key.series)
         spans = self._unsent.get(name)
         if spans is None:
             spans = self._unsent[name] = []
         self._unsent.move_to_end(name)
         single = key.lowest == key.sequence
-        spans.append(Span(agent_id, key.lowest, key.sequence, summaries, open=single and not apart))
+        spans.append(
+            Span(
+                agent_id,
+                key.lowest,
+                key.sequence,
+                summaries,
+                open=single and not apart,
+                stream=stream,
+                spare=spare,
+            )
+        )
         self._count += 1
-        if merge and len(spans) > KEEP_APART + 1:
+        if merge and len(spans) > self.keep_apart + 1:
             # the newest batch past those kept apart joins the span before it, if it follows it
-            at = len(spans) - KEEP_APART - 1
+            at = len(spans) - self.keep_apart - 1
             before, span = spans[at - 1], spans[at]
             if (
                 before.open
                 and span.open
+                and before.stream == span.stream
                 and span.first == span.last == before.last + 1
                 and self._block(before.first) == self._block(span.last)
             ):
@@ -168,11 +209,24 @@ class HeldSpans:
 
     def _make_room(self) -> None:
         name, spans = max(self._unsent.items(), key=lambda item: len(item[1]))
-        if len(spans) >= 2:
-            spans.sort(key=lambda s: s.first)
+        spare = next((at for at, span in enumerate(spans) if span.spare), None)
+        if spare is not None:
+            # the range holding it too counts it, unless the leader refuses that range
+            del spans[spare]
+            self.spared += 1
+            if not spans:
+                del self._unsent[name]
+        elif len(spans) >= 2:
+            spans.sort(key=lambda s: (s.first, -s.last))
             older, newer = spans[0], spans.pop(1)
-            older.merge(newer.last, newer.outcomes(), newer.batches)
-            older.first, older.open = min(older.first, newer.first), False
+            if newer.first <= older.last:
+                # a batch held again on its own inside the range before it: summed into
+                # that range it would count twice; given up (it counts with the range,
+                # unless the leader refuses that)
+                self.dropped += newer.batches
+            else:
+                older.merge(newer.last, newer.outcomes(), newer.batches)
+                older.first, older.open = min(older.first, newer.first), False
         else:
             name, spans = next(iter(self._unsent.items()))
             self.dropped += spans.pop(0).batches

@@ -294,7 +294,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             bounded = self._summary(sub, summary, shown, reporter)
             if bounded is not None:
                 taken.append(bounded)
-        return self.plane.record_batch(key, sub.agent_id, taken)
+        return self.plane.record_batch(key, sub.agent_id, taken, sub.id)
 
     def _taken(self, taking: asyncio.Future[bool]) -> None:
         self._taking.discard(taking)

@@ -197,3 +197,65 @@ def test_a_batch_sent_again_after_a_newer_one_was_acknowledged_still_goes_up() -
     assert not spans.holds(key(84))  # the old code: True, and 84 was dropped
     spans.add(key(84), "a", failed(), merge=False)
     assert [k.sequence for k, _, _ in spans.take()] == [84]
+
+
+def test_new_batches_on_a_stream_after_a_move_join_no_range_of_the_stream_before() -> None:
+    """The follower's link is down. The agent sends 1..50 through it (stream 1), moves to the
+    leader and sends them again there (counted, acknowledged), comes back (stream 2) with
+    nothing left to send again and reports 51..100. Were 51.. merged into the range of 1..,
+    the leader would refuse it whole and the follower still acknowledge it (the old code
+    counted 32 of the 50 new failures)."""
+    relay = LeaderRelay(Leadership(), Hub())  # type: ignore[arg-type]
+    for sequence in range(1, 51):
+        relay.add_batch(key(sequence), "a", failed(), 1)
+    ledger = OutcomeLedger()
+    assert leader_counts(ledger, [(key(s), "a", resent(s)) for s in range(1, 51)]) == 50
+    for sequence in range(51, 101):
+        relay.add_batch(key(sequence), "a", failed(), 2)
+    assert leader_counts(ledger, relay.drain()) == 50
+
+
+def test_a_batch_sent_again_that_the_follower_holds_inside_a_range_is_held_on_its_own() -> None:
+    """The follower's link is down; it holds the agent's 1..50 (1..18 merged into a range).
+    The agent moves to the leader, which counts 1..10 before that stream breaks too; back at
+    the follower it sends 1..50 again, marked. The leader refuses the range (1..10 counted):
+    11..18 must still count, so the follower holds each again on its own (the old code took
+    each for held already, acknowledged it and passed it on to no leader: 32 of 40)."""
+    relay = LeaderRelay(Leadership(), Hub())  # type: ignore[arg-type]
+    for sequence in range(1, 51):
+        relay.add_batch(key(sequence), "a", failed(), 1)
+    ledger = OutcomeLedger()
+    assert leader_counts(ledger, [(key(s), "a", resent(s)) for s in range(1, 11)]) == 10
+    for sequence in range(1, 51):
+        relay.add_batch(key(sequence), "a", resent(sequence), 3)
+    assert leader_counts(ledger, relay.drain()) == 40
+
+
+def test_past_the_bound_a_batch_held_again_inside_a_range_is_given_up_first_never_summed_into_it() -> None:
+    """Range 1..3, then batch 2 sent again (held again on its own), then 4; past the bound
+    (2) the batch held twice goes first, and is never summed into 1..3 (it would count
+    twice): also when it is not marked as held twice."""
+    for spare in (True, False):
+        held = HeldSpans(max_spans=2, keep_apart=0)
+        for sequence in (1, 2, 3):
+            held.add(key(sequence), "a", failed(), stream=1)
+        held.add(key(2), "a", resent(2), apart=True, stream=2, spare=spare)
+        held.add(key(4), "a", failed(), stream=2)
+        assert len(held) == 2 and (held.spared, held.dropped) == ((1, 0) if spare else (0, 1))
+        assert leader_counts(OutcomeLedger(), held.take()) == 4
+
+
+def test_an_agent_sending_everything_again_to_its_follower_fills_no_more_than_the_bound() -> None:
+    """100 busy agents through a 30-s spell, each then sending everything again to the same
+    follower (its stream broke): what a range holds is held again on its own, up to the
+    bound, then given up first — nothing counted as dropped, each failure counted once."""
+    relay = LeaderRelay(Leadership(), Hub())  # type: ignore[arg-type]
+    batches = 30 * 20
+    for stream, summaries in ((1, lambda s: failed()), (2, resent)):
+        for sequence in range(1, batches + 1):
+            for agent in range(100):
+                relay.add_batch(
+                    key(sequence, f"agent-{agent}"), f"agent-{agent}", summaries(sequence), stream
+                )
+    assert len(relay._batches) == MAX_SPANS and relay._batches.dropped == 0
+    assert leader_counts(OutcomeLedger(), relay.drain()) == 100 * batches

@@ -169,13 +169,13 @@ class Replica:
         sender = f"relay:{self.instance}"
         world = self.world
 
-        def taken_batch(key, agent_id, summaries):  # type: ignore[no-untyped-def]
+        def taken_batch(key, agent_id, summaries, stream=0):  # type: ignore[no-untyped-def]
             if key is None:
-                return add_batch(key, agent_id, summaries)
+                return add_batch(key, agent_id, summaries, stream)
             if not relay._batches.holds(key):  # (one sent again before it was passed on is
                 # kept as first given: the report gate may have cut that one otherwise)
                 world.taken_keys[sender][key_name(key)] = sum(s.failures for s in summaries)
-            return add_batch(key, agent_id, summaries)
+            return add_batch(key, agent_id, summaries, stream)
 
         def taken(agent_id: str, summary: pb.OutcomeSummary) -> None:
             world.taken_loose[sender] += summary.failures
