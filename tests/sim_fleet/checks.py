@@ -2,7 +2,9 @@
 
 I1  No agent rejects calls for a breaker the authoritative state (etcd, while it and the
     agent's replica are healthy) has had CLOSED for longer than one push (``PUSH_SECS``)
-    after the agent is connected; and while an agent's link is down, a fleet OPEN it held
+    after the agent is connected; while etcd is away, the one leader's (from memory) for an
+    agent that hears it — connected to it, or to a follower whose link to it is up — for a
+    push (``outage_checks``); and while an agent's link is down, a fleet OPEN it held
     stays in force with the same expiry. Once healed, every agent holds what its replica
     holds, or goes by its own breaker on a state its replica pushes marked ``no_grants``.
 I2  Once etcd is back, every transition decided is stored or superseded (nothing pending),
@@ -25,6 +27,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .epoch_faults import leases_taken
 from .names import singles
+from .outage_checks import OutageI1
 from .world import PREFIX
 
 if TYPE_CHECKING:
@@ -61,6 +64,7 @@ class Recorder:
         self.garbage: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._seen: set[tuple[str, str, str]] = set()
+        self.outage = OutageI1(world, PUSH_SECS)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -90,6 +94,7 @@ class Recorder:
                 self._closed_is_not_rejected(agent, now)
             else:
                 self._open_stays_while_down(agent, now)
+        self.outage.sample(self.violation)
         world.probes.sample(self._settled)
 
     def _settled(self, agent, now: float) -> bool:  # type: ignore[no-untyped-def]
