@@ -13,7 +13,9 @@ same one and differs — a transition the leader decided from memory since, or a
 follower made itself while it led, never stored and superseded by the leader now (I2). A
 later revision on the follower's side (an operator's write it read first) keeps its own. An
 older state the follower reads meanwhile (a watch that lags, a reload) does not take its
-agents back.
+agents back. While etcd is away for the follower its own view may be older than any
+revision says (etcd wiped, which it has not seen): the leader's state is in force whenever
+it differs. A leader that has not read etcd yet (its snapshot ``partial``) is not heard.
 
 Only the leader the link goes to now is heard. A new link's snapshot replaces what an earlier
 one said (a new leader's view is the one in force: a deposed one's decisions it never stored
@@ -43,15 +45,16 @@ def basis(message: pb.Breaker) -> Basis:
     return message.revision, message.generation, message.state
 
 
-def newer(leader: Basis, own: Basis) -> bool:
-    """Whether the leader's state is newer than this replica's own (see the module's doc)."""
-    if leader[0] != own[0]:
+def newer(leader: Basis, own: Basis, cut_off: bool = False) -> bool:
+    """Whether the leader's state is in force over this replica's own (see the module's
+    doc): with etcd away for this replica, whenever it differs."""
+    if leader[0] != own[0] and not cut_off:
         return leader[0] > own[0]
     return leader[1:] != own[1:]
 
 
 class LeaderStates:
-    """The leader's states newer than this replica's, as its link said them.
+    """The leader's states, as its link said them, and which of them are in force here.
 
     Args:
         own: this replica's state of a breaker (None: none held), as :data:`Basis`.
@@ -71,35 +74,37 @@ class LeaderStates:
         self._cut_off = cut_off
         self._leading = leading
         self._clock = clock
-        #: name -> (the leader's message, when it came)
+        #: name -> (the leader's last message, when it came)
         self._held: dict[str, tuple[pb.Breaker, float]] = {}
-        #: The ``no_grants`` last told of each breaker held.
-        self._told: dict[str, bool] = {}
+        #: The breakers whose leader's state was last told, with the ``no_grants`` told.
+        self._shown: dict[str, bool] = {}
         self._up = False
+        self._partial = False
+        self._was_cut = False
         #: Called with a breaker's name when what is in force for it may have changed.
         self.on_change: Callable[[str], None] | None = None
 
     def __len__(self) -> int:
-        return len(self._held)
+        """How many breakers this replica's agents are told the leader's state of."""
+        return len(self._shown)
 
     # -- what the link says (see :class:`.relayed_marks.RelayedMarks`) ----------
 
-    def snapshot(self, breakers: Iterable[pb.Breaker]) -> None:
-        """A new link's snapshot: its leader's states replace whatever was held."""
-        before = set(self._held)
-        self._held.clear()
-        self._up = True
-        for breaker in breakers:
-            self._take(breaker)
-        for name in sorted(before | set(self._held)):
+    def snapshot(self, breakers: Iterable[pb.Breaker], partial: bool = False) -> None:
+        """A new link's snapshot (or a new one on it): its leader's states replace
+        whatever was held; ``partial``: that leader has not read etcd yet."""
+        now = self._clock()
+        self._held = {b.name: (b, now) for b in breakers}
+        self._up, self._partial = True, partial
+        for name in sorted(set(self._shown) | {n for n in self._held if self._leaders(n)}):
             self._changed(name)
 
     def pushed(self, breaker: pb.Breaker) -> None:
         """One breaker the leader pushed on the link up now: its latest word on it."""
         if not self._up:
             return  # before the link's snapshot: that snapshot restates it
-        had = self._held.pop(breaker.name, None) is not None
-        if self._take(breaker) or had:
+        self._held[breaker.name] = (breaker, self._clock())
+        if breaker.name in self._shown or self._leaders(breaker.name):
             self._changed(breaker.name)
 
     def link_down(self) -> None:
@@ -111,51 +116,65 @@ class LeaderStates:
 
     def in_force(self, own: pb.Breaker) -> pb.Breaker:
         """What this replica's agents are told of ``own``'s breaker: the leader's state
-        when it is newer (a held one this replica's caught up with is let go)."""
+        when it is in force, else ``own``."""
         name = own.name
-        found = self._held.get(name)
-        if found is None or self._leading():
-            return own
-        if not newer(basis(found[0]), basis(own)):
-            self._drop(name)
-            return own
-        return self._message(name)
+        if name in self._held and self._leaders(name, basis(own)):
+            return self._message(name)
+        self._shown.pop(name, None)
+        return own
 
     def over(self, own: list[pb.Breaker]) -> tuple[list[pb.Breaker], set[str]]:
-        """``own`` (this replica's breakers) as its agents are told them, with the held
-        states of breakers this replica does not hold; and the names told the leader's."""
+        """``own`` (this replica's breakers) as its agents are told them, with the leader's
+        states in force of breakers this replica does not hold; and the names told the
+        leader's."""
         if not self._held or self._leading():
             return own, set()
-        shown = [self.in_force(message) for message in own]
+        shown, passed = [], set()
+        for message in own:
+            told = self.in_force(message)
+            shown.append(told)
+            if told is not message:
+                passed.add(message.name)
         named = {message.name for message in own}
-        shown += [self._message(name) for name in sorted(self._held) if name not in named]
-        return shown, set(self._held)
+        for name in sorted(self._held):
+            if name not in named and self._leaders(name, NONE):
+                shown.append(self._message(name))
+                passed.add(name)
+        return shown, passed
 
     def due(self) -> None:
         """Let everything go once this replica's own view is in force again (it leads, or
-        etcd answers with no link up); push again what is held whose mark changed (an
-        OPEN's wait ended, the link went)."""
+        etcd answers with no link up); push again what changed otherwise: whether the
+        leader's state is in force (etcd went away or came back), or the mark of one
+        that is (an OPEN's wait ended, the link went)."""
         if self._held and (self._leading() or (not self._up and not self._cut_off())):
-            for name in sorted(self._held):
-                self._drop(name)
+            shown = sorted(self._shown)
+            self._held.clear()
+            self._shown.clear()
+            for name in shown:
                 self._changed(name)
             return
+        cut = self._cut_off()
+        if cut != self._was_cut:
+            self._was_cut = cut
+            for name in sorted(self._held):
+                if self._leaders(name) != (name in self._shown):
+                    self._changed(name)
         now = self._clock()
-        for name in sorted(self._held):
-            if self._mark(name, now) != self._told.get(name):
+        for name in sorted(self._shown):
+            if name in self._held and self._mark(name, now) != self._shown[name]:
                 self._changed(name)
 
     # -- internals ----------------------------------------------------------------
 
-    def _take(self, breaker: pb.Breaker) -> bool:
-        if not newer(basis(breaker), self._own(breaker.name) or NONE):
+    def _leaders(self, name: str, own: Basis | None = None) -> bool:
+        """Whether the leader's state of ``name`` (held) is in force over ``own`` (by
+        default this replica's state now)."""
+        if self._partial or self._leading():
             return False
-        self._held[breaker.name] = (breaker, self._clock())
-        return True
-
-    def _drop(self, name: str) -> None:
-        self._held.pop(name, None)
-        self._told.pop(name, None)
+        if own is None:
+            own = self._own(name) or NONE
+        return newer(basis(self._held[name][0]), own, self._cut_off())
 
     def _message(self, name: str) -> pb.Breaker:
         breaker, came = self._held[name]
@@ -166,7 +185,7 @@ class LeaderStates:
             left = max(0, breaker.open_remaining.ToNanoseconds() - int((now - came) * 1e9))
             message.open_remaining.FromNanoseconds(left)
         message.no_grants = self._mark(name, now)
-        self._told[name] = message.no_grants
+        self._shown[name] = message.no_grants
         return message
 
     def _mark(self, name: str, now: float) -> bool:

@@ -58,6 +58,7 @@ def test_the_leaders_closed_from_memory_is_told_at_once_and_until_the_followers_
 
 def test_a_leader_push_resting_on_an_older_revision_does_not_take_agents_back() -> None:
     f = Follower()
+    f.cut_off = False  # etcd answers the follower
     f.own = breaker(OPEN, 5, 12, left=10)  # an operator's write the follower read first
     f.states.pushed(breaker(HALF_OPEN, 4, 10))
     assert f.changed == [] and f.told() is f.own
@@ -120,11 +121,38 @@ def test_a_new_links_snapshot_replaces_what_a_deposed_leader_said() -> None:
 def test_a_follower_that_leads_lets_everything_go() -> None:
     f = Follower()
     f.states.pushed(breaker(CLOSED, 5, 10))
+    assert f.told().state == CLOSED
     f.leading = True
-    assert f.told() is f.own
     f.changed.clear()
     f.states.due()
-    assert f.changed == [NAME] and len(f.states) == 0
+    assert f.changed == [NAME] and f.told() is f.own and len(f.states) == 0
+
+
+def test_with_etcd_away_the_leaders_state_is_in_force_whenever_it_differs() -> None:
+    """etcd was wiped while the follower did not see it: its own state rests on a revision
+    of the history before, above any the leader's rests on now."""
+    f = Follower()
+    f.cut_off = False
+    f.own = breaker(HALF_OPEN, 4, 50, marked=True)
+    f.states.pushed(breaker(CLOSED, 1, 3))
+    assert f.told() is f.own  # etcd answers: the follower's own read catches up
+    f.cut_off = True  # etcd away for the follower too: the leader's word
+    f.states.due()
+    assert f.changed == [NAME] and f.told().state == CLOSED
+    f.changed.clear()
+    f.cut_off = False
+    f.states.due()
+    assert f.changed == [NAME] and f.told() is f.own
+
+
+def test_a_leader_that_has_not_read_etcd_is_not_heard() -> None:
+    f = Follower()
+    f.states.snapshot([breaker(CLOSED, 0, 0)], partial=True)
+    assert f.changed == [] and f.told() is f.own
+    f.states.pushed(breaker(CLOSED, 5, 10))
+    assert f.told() is f.own
+    f.states.snapshot([breaker(CLOSED, 5, 10)])  # read: a complete snapshot follows
+    assert f.changed == [NAME] and f.told().state == CLOSED
 
 
 def test_a_breaker_the_follower_does_not_hold_is_added_to_its_snapshot() -> None:

@@ -6,7 +6,8 @@ I1  No agent rejects calls for a breaker the authoritative state (etcd, while it
     agent that hears it — connected to it, or to a follower whose link to it is up — for a
     push (``outage_checks``); and while an agent's link is down, a fleet OPEN it held
     stays in force with the same expiry. Once healed, every agent holds what its replica
-    holds, or goes by its own breaker on a state its replica pushes marked ``no_grants``.
+    tells its agents (its own state, or on a follower the leader's when newer), or goes by
+    its own breaker on a state its replica pushes marked ``no_grants``.
 I2  Once etcd is back, every transition decided is stored or superseded (nothing pending),
     one replica leads, and every replica holds what etcd holds.
 I5  Each reported failure is counted once: no agent or relay delivers more failures than it
@@ -202,14 +203,25 @@ def _agents_agree(world: World) -> None:
             continue
         for name, state in list(agent.view.services.items()):
             fleet = agent.view.fleet_in_force(state, now)
-            held = agent.replica.plane.breakers.find(name)
-            want = held.state if held is not None else BreakerState.CLOSED
+            told = _told(agent.replica, name)
+            want = BreakerState(told.state)
             got = fleet.state if fleet is not None else BreakerState.CLOSED
             if got is not want and not _held_as_marked(world, agent, name, state, fleet):
                 world.result.violations.append(
                     f"I1: {agent.name} holds {name} {got.name}; "
-                    f"its replica {agent.replica.instance} {want.name}"
+                    f"its replica {agent.replica.instance} tells {want.name}"
                 )
+
+
+def _told(replica, name: str) -> pb.Breaker:  # type: ignore[no-untyped-def]
+    """What ``replica`` tells its agents of breaker ``name``: its own state, or on a
+    follower the leader's when newer (``server/leader_states.py``)."""
+    plane = replica.plane
+    if plane.breakers.find(name) is not None:
+        own = plane.breakers.to_proto(name)
+    else:
+        own = pb.Breaker(name=name, state=pb.BREAKER_STATE_CLOSED)
+    return plane._in_force(own)  # type: ignore[no-any-return]
 
 
 def _held_as_marked(world: World, agent, name: str, state, fleet) -> bool:  # type: ignore[no-untyped-def]

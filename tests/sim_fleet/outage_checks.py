@@ -7,7 +7,8 @@ leader pushed when it is newer than its own (``server/leader_states.py``). So an
 connected for a push to the leader, or to a follower whose link to the leader has been up
 for a push, rejects no call for a breaker the leader has held CLOSED for longer than a push.
 Nothing is asked of an agent behind a follower with no link up (it holds what it was told:
-fail static), nor while two replicas believe they lead.
+fail static), nor while two replicas believe they lead, nor of a leader that has not read
+etcd yet (its snapshots are partial: agents keep what they held).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class OutageI1:
         if not (etcd.unavailable or etcd.paused) or len(leaders) != 1:
             return
         leader = leaders[0]
+        if not leader.plane.view_complete:
+            return  # what it holds is not the store's yet: it says nothing as the truth
         for agent in world.agents:
             replica = agent.replica
             if not agent.alive or not agent.view.connected or replica is None or not replica.alive:
