@@ -152,7 +152,7 @@ class ControlPlane:
         #: Every replica's agents (set when serving; None: this replica's own only).
         self.roster: FleetRoster | None = None
         self.relay: LeaderRelay | None = None
-        #: The leader's states newer than this replica's, passed on to its agents (following).
+        #: The leader's states where they differ from this replica's, told its agents (following).
         self.leader_states: LeaderStates | None = None
         #: The outcome batches this replica's engine counted (each is counted once).
         self.ledger = OutcomeLedger(clock=self.clock)
@@ -300,23 +300,19 @@ class ControlPlane:
         self.relay.marks.on_change = self.grant_pause.relayed_changed
         self.relay.before_grant = self.grant_pause.unmark
         states = self.leader_states = LeaderStates(
-            self._own_state, self._cut_off, lambda: self.leading, self.clock
+            self._own_state, self.breakers.names, self._cut_off, lambda: self.leading, self.clock
         )
         states.on_change = self._push_in_force
         self.relay.marks.listeners.append(states)
 
-    def _own_state(self, name: str) -> tuple[int, int, int] | None:
-        """(revision, generation, state) of this replica's own state of ``name`` (None: none)."""
+    def _own_state(self, name: str) -> tuple[int, int] | None:
+        """(generation, state) of this replica's own state of ``name`` (None: none)."""
         found = self.breakers.find(name)
-        return (
-            None
-            if found is None
-            else (self.breakers.revisions.get(name, 0), found.generation, int(found.state))
-        )
+        return None if found is None else (found.generation, int(found.state))
 
     def _in_force(self, message: pb.Breaker) -> pb.Breaker:
         """What this replica's agents are told of its breaker ``message``: the leader's
-        state when newer (see :mod:`.leader_states`)."""
+        state where it differs, while following (see :mod:`.leader_states`)."""
         return message if self.leader_states is None else self.leader_states.in_force(message)
 
     def _push_in_force(self, name: str) -> None:

@@ -1,21 +1,21 @@
-"""A follower passes on to its agents the leader's breaker states that are newer than its own.
+"""A follower passes on to its agents the leader's breaker states where they differ from its own.
 
 A follower learns breaker states from etcd. While etcd is away the leader keeps deciding from
 memory (it closes a HALF_OPEN whose probes succeeded, opens a breaker again, moves an OPEN on
 to HALF_OPEN on time) and pushes each decision to its own agents at once; the follower's
 view stays what etcd last said. The leader pushes every breaker on the follower's link as to
-any agent (:mod:`.relay`), so the follower knows the leader's state. When it is newer than the
-follower's own, the follower's agents are told the leader's, at once and on every later push
-of the breaker, until the follower's own catches up (once etcd answers, the leader's write
-comes back through the watch). Newer: the leader's state rests on a later etcd revision than
-the follower's (``Breaker.revision``: the stored state each last read or wrote), or on the
-same one and differs — a transition the leader decided from memory since, or a decision the
-follower made itself while it led, never stored and superseded by the leader now (I2). A
-later revision on the follower's side (an operator's write it read first) keeps its own. An
+any agent (:mod:`.relay`), so the follower knows the leader's state, and while the link is
+up the follower's agents are told the leader's state of every breaker where it differs from
+the follower's own (in generation or state): at once, and on every later push of the
+breaker, until the follower's own agrees (once etcd answers, the leader's write comes back
+through the watch). The leader decides every transition and pushes it before it writes it,
+so its state is never behind what the follower read from etcd for longer than a push: an
 older state the follower reads meanwhile (a watch that lags, a reload) does not take its
-agents back. While etcd is away for the follower its own view may be older than any
-revision says (etcd wiped, which it has not seen): the leader's state is in force whenever
-it differs. A leader that has not read etcd yet (its snapshot ``partial``) is not heard.
+agents back, a decision the follower made itself while it led, never stored, gives way to
+the leader's (superseded, I2), and so does a view from before a wipe of etcd the follower
+has not seen (whose revisions run above the new ones). A leader that has not read etcd yet
+(its snapshot ``partial``) is not heard; of a leader that has, a breaker its snapshot does
+not list (and it pushed nothing of since) is CLOSED, as for its own agents.
 
 Only the leader the link goes to now is heard. A new link's snapshot replaces what an earlier
 one said (a new leader's view is the one in force: a deposed one's decisions it never stored
@@ -33,31 +33,24 @@ from collections.abc import Callable, Iterable
 
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
-#: (revision, generation, state) of a breaker's state.
-Basis = tuple[int, int, int]
+#: (generation, state) of a breaker's state.
+Basis = tuple[int, int]
 #: This replica's own state of a breaker, as :data:`Basis`; None: it holds none.
 Own = Callable[[str], Basis | None]
-#: What a replica that holds no breaker of a name says of it: CLOSED, never stored.
-NONE: Basis = (0, 0, pb.BREAKER_STATE_CLOSED)
+#: What a replica that holds no breaker of a name says of it: CLOSED, never moved.
+NONE: Basis = (0, pb.BREAKER_STATE_CLOSED)
 
 
 def basis(message: pb.Breaker) -> Basis:
-    return message.revision, message.generation, message.state
-
-
-def newer(leader: Basis, own: Basis, cut_off: bool = False) -> bool:
-    """Whether the leader's state is in force over this replica's own (see the module's
-    doc): with etcd away for this replica, whenever it differs."""
-    if leader[0] != own[0] and not cut_off:
-        return leader[0] > own[0]
-    return leader[1:] != own[1:]
+    return message.generation, message.state
 
 
 class LeaderStates:
-    """The leader's states, as its link said them, and which of them are in force here.
+    """The leader's states, as its link said them, and which of them are told here.
 
     Args:
         own: this replica's state of a breaker (None: none held), as :data:`Basis`.
+        names: the breakers this replica holds.
         cut_off: whether etcd is away for this replica.
         leading: whether this replica leads (then nothing here is in force).
         clock: monotonic seconds (an OPEN's time left is counted down on it).
@@ -66,22 +59,24 @@ class LeaderStates:
     def __init__(
         self,
         own: Own,
+        names: Callable[[], Iterable[str]],
         cut_off: Callable[[], bool],
         leading: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._own = own
+        self._names = names
         self._cut_off = cut_off
         self._leading = leading
         self._clock = clock
-        #: name -> (the leader's last message, when it came)
+        #: name -> (the leader's last message, when it came); one not listed is CLOSED
         self._held: dict[str, tuple[pb.Breaker, float]] = {}
         #: The breakers whose leader's state was last told, with the ``no_grants`` told.
         self._shown: dict[str, bool] = {}
         self._up = False
-        self._partial = False
-        self._was_cut = False
-        #: Called with a breaker's name when what is in force for it may have changed.
+        #: Whether a leader's complete snapshot is what :attr:`_held` holds.
+        self._heard = False
+        #: Called with a breaker's name when what is told of it may have changed.
         self.on_change: Callable[[str], None] | None = None
 
     def __len__(self) -> int:
@@ -95,8 +90,9 @@ class LeaderStates:
         whatever was held; ``partial``: that leader has not read etcd yet."""
         now = self._clock()
         self._held = {b.name: (b, now) for b in breakers}
-        self._up, self._partial = True, partial
-        for name in sorted(set(self._shown) | {n for n in self._held if self._leaders(n)}):
+        self._up, self._heard = True, not partial
+        names = set(self._shown) | set(self._held) | set(self._names())
+        for name in sorted(n for n in names if n in self._shown or self._leaders(n)):
             self._changed(name)
 
     def pushed(self, breaker: pb.Breaker) -> None:
@@ -116,18 +112,17 @@ class LeaderStates:
 
     def in_force(self, own: pb.Breaker) -> pb.Breaker:
         """What this replica's agents are told of ``own``'s breaker: the leader's state
-        when it is in force, else ``own``."""
+        where it differs, else ``own``."""
         name = own.name
-        if name in self._held and self._leaders(name, basis(own)):
+        if self._leaders(name, basis(own)):
             return self._message(name)
         self._shown.pop(name, None)
         return own
 
     def over(self, own: list[pb.Breaker]) -> tuple[list[pb.Breaker], set[str]]:
         """``own`` (this replica's breakers) as its agents are told them, with the leader's
-        states in force of breakers this replica does not hold; and the names told the
-        leader's."""
-        if not self._held or self._leading():
+        states of breakers this replica does not hold; and the names told the leader's."""
+        if not self._heard or self._leading():
             return own, set()
         shown, passed = [], set()
         for message in own:
@@ -144,41 +139,41 @@ class LeaderStates:
 
     def due(self) -> None:
         """Let everything go once this replica's own view is in force again (it leads, or
-        etcd answers with no link up); push again what changed otherwise: whether the
-        leader's state is in force (etcd went away or came back), or the mark of one
-        that is (an OPEN's wait ended, the link went)."""
-        if self._held and (self._leading() or (not self._up and not self._cut_off())):
+        etcd answers with no link up); push again what is told whose mark changed (an
+        OPEN's wait ended, the link went)."""
+        if self._heard and (self._leading() or (not self._up and not self._cut_off())):
             shown = sorted(self._shown)
             self._held.clear()
             self._shown.clear()
+            self._heard = False
             for name in shown:
                 self._changed(name)
             return
-        cut = self._cut_off()
-        if cut != self._was_cut:
-            self._was_cut = cut
-            for name in sorted(self._held):
-                if self._leaders(name) != (name in self._shown):
-                    self._changed(name)
         now = self._clock()
         for name in sorted(self._shown):
-            if name in self._held and self._mark(name, now) != self._shown[name]:
+            if self._mark(name, now) != self._shown[name]:
                 self._changed(name)
 
     # -- internals ----------------------------------------------------------------
 
     def _leaders(self, name: str, own: Basis | None = None) -> bool:
-        """Whether the leader's state of ``name`` (held) is in force over ``own`` (by
-        default this replica's state now)."""
-        if self._partial or self._leading():
+        """Whether the leader's state of ``name`` differs from ``own`` (by default this
+        replica's state now), and so is told."""
+        if not self._heard or self._leading():
             return False
         if own is None:
             own = self._own(name) or NONE
-        return newer(basis(self._held[name][0]), own, self._cut_off())
+        found = self._held.get(name)
+        return (basis(found[0]) if found is not None else NONE) != own
 
     def _message(self, name: str) -> pb.Breaker:
-        breaker, came = self._held[name]
         now = self._clock()
+        found = self._held.get(name)
+        if found is None:
+            message = pb.Breaker(name=name, state=pb.BREAKER_STATE_CLOSED, reason="not held by the leader")
+            self._shown[name] = False
+            return message
+        breaker, came = found
         message = pb.Breaker()
         message.CopyFrom(breaker)
         if breaker.state == pb.BREAKER_STATE_OPEN:
@@ -191,7 +186,10 @@ class LeaderStates:
     def _mark(self, name: str, now: float) -> bool:
         """``no_grants`` of a held state: the leader's while its link is up; with none up,
         any HALF_OPEN (or OPEN whose wait is over): no permit can come."""
-        breaker, came = self._held[name]
+        found = self._held.get(name)
+        if found is None:
+            return False
+        breaker, came = found
         if self._up:
             return breaker.no_grants
         if breaker.state == pb.BREAKER_STATE_HALF_OPEN:

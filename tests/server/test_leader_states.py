@@ -1,7 +1,8 @@
 """What a follower tells its agents of a breaker the leader pushed on its link
-(``server/leader_states.py``), on an injected clock: the leader's state when it is newer than
-the follower's own — at once, and on every later push — until the follower's own catches up;
-an older state the follower reads meanwhile does not take its agents back; a new link's
+(``server/leader_states.py``), on an injected clock: the leader's state where it differs from
+the follower's own — at once, and on every later push — until the follower's own agrees; an
+older state the follower reads meanwhile does not take its agents back, nor does a view from
+before a wipe it has not seen hold them; a leader that has not read etcd is not heard; a new link's
 snapshot replaces what an earlier leader said; with no link up it stays while etcd is away
 (marked ``no_grants`` where a permit would be needed), and goes once etcd answers or the
 follower leads."""
@@ -33,12 +34,14 @@ class Follower:
         self.leading = False
         self.now = 100.0
         self.changed: list[str] = []
-        self.states = LeaderStates(self._own, lambda: self.cut_off, lambda: self.leading, lambda: self.now)
+        self.states = LeaderStates(
+            self._own, lambda: [NAME], lambda: self.cut_off, lambda: self.leading, lambda: self.now
+        )
         self.states.on_change = self.changed.append
         self.states.snapshot([self.own])  # the link is up, the leader agreeing so far
 
-    def _own(self, name: str) -> tuple[int, int, int] | None:
-        return (self.own.revision, self.own.generation, self.own.state) if name == NAME else None
+    def _own(self, name: str) -> tuple[int, int] | None:
+        return (self.own.generation, self.own.state) if name == NAME else None
 
     def told(self) -> pb.Breaker:
         return self.states.in_force(self.own)
@@ -56,11 +59,10 @@ def test_the_leaders_closed_from_memory_is_told_at_once_and_until_the_followers_
     assert f.told() is f.own and len(f.states) == 0
 
 
-def test_a_leader_push_resting_on_an_older_revision_does_not_take_agents_back() -> None:
+def test_a_leader_push_the_followers_own_agrees_with_is_not_told() -> None:
     f = Follower()
-    f.cut_off = False  # etcd answers the follower
-    f.own = breaker(OPEN, 5, 12, left=10)  # an operator's write the follower read first
-    f.states.pushed(breaker(HALF_OPEN, 4, 10))
+    f.own = breaker(OPEN, 5, 12, left=10)  # the leader's write, read before its push came
+    f.states.pushed(breaker(OPEN, 5, 11, left=10))
     assert f.changed == [] and f.told() is f.own
 
 
@@ -128,21 +130,14 @@ def test_a_follower_that_leads_lets_everything_go() -> None:
     assert f.changed == [NAME] and f.told() is f.own and len(f.states) == 0
 
 
-def test_with_etcd_away_the_leaders_state_is_in_force_whenever_it_differs() -> None:
+def test_a_view_from_before_a_wipe_the_follower_has_not_seen_gives_way_to_the_leaders() -> None:
     """etcd was wiped while the follower did not see it: its own state rests on a revision
     of the history before, above any the leader's rests on now."""
     f = Follower()
     f.cut_off = False
     f.own = breaker(HALF_OPEN, 4, 50, marked=True)
     f.states.pushed(breaker(CLOSED, 1, 3))
-    assert f.told() is f.own  # etcd answers: the follower's own read catches up
-    f.cut_off = True  # etcd away for the follower too: the leader's word
-    f.states.due()
     assert f.changed == [NAME] and f.told().state == CLOSED
-    f.changed.clear()
-    f.cut_off = False
-    f.states.due()
-    assert f.changed == [NAME] and f.told() is f.own
 
 
 def test_a_leader_that_has_not_read_etcd_is_not_heard() -> None:
@@ -152,6 +147,12 @@ def test_a_leader_that_has_not_read_etcd_is_not_heard() -> None:
     f.states.pushed(breaker(CLOSED, 5, 10))
     assert f.told() is f.own
     f.states.snapshot([breaker(CLOSED, 5, 10)])  # read: a complete snapshot follows
+    assert f.changed == [NAME] and f.told().state == CLOSED
+
+
+def test_a_breaker_the_leaders_snapshot_does_not_list_is_closed() -> None:
+    f = Follower()
+    f.states.snapshot([])  # a leader that holds none of it (etcd wiped, not seen here)
     assert f.changed == [NAME] and f.told().state == CLOSED
 
 
