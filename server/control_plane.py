@@ -305,10 +305,14 @@ class ControlPlane:
         states.on_change = self._push_in_force
         self.relay.marks.listeners.append(states)
 
-    def _own_state(self, name: str) -> tuple[int, int] | None:
-        """(generation, state) of this replica's own state of ``name`` (None: none)."""
+    def _own_state(self, name: str) -> tuple[int, int, int] | None:
+        """(revision, generation, state) of this replica's own state of ``name`` (None: none)."""
         found = self.breakers.find(name)
-        return None if found is None else (found.generation, int(found.state))
+        return (
+            None
+            if found is None
+            else (self.breakers.revisions.get(name, 0), found.generation, int(found.state))
+        )
 
     def _in_force(self, message: pb.Breaker) -> pb.Breaker:
         """What this replica's agents are told of its breaker ``message``: the leader's

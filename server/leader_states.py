@@ -8,14 +8,17 @@ any agent (:mod:`.relay`), so the follower knows the leader's state, and while t
 up the follower's agents are told the leader's state of every breaker where it differs from
 the follower's own (in generation or state): at once, and on every later push of the
 breaker, until the follower's own agrees (once etcd answers, the leader's write comes back
-through the watch). The leader decides every transition and pushes it before it writes it,
-so its state is never behind what the follower read from etcd for longer than a push: an
-older state the follower reads meanwhile (a watch that lags, a reload) does not take its
-agents back, a decision the follower made itself while it led, never stored, gives way to
-the leader's (superseded, I2), and so does a view from before a wipe of etcd the follower
-has not seen (whose revisions run above the new ones). A leader that has not read etcd yet
-(its snapshot ``partial``) is not heard; of a leader that has, a breaker its snapshot does
-not list (and it pushed nothing of since) is CLOSED, as for its own agents.
+through the watch). Which of the two is told: while etcd answers this replica, the one
+resting on the later etcd revision (``Breaker.revision``, the stored state each last read or
+wrote; a write read here first, an operator's the leader has not seen, keeps the follower's
+own), and on the same revision the leader's where it differs (a transition it decided from
+memory since, or one the follower decided while it led that was never stored, superseded:
+I2). While etcd is away for this replica, the leader's wherever it differs: the follower's
+own may rest on a history etcd lost in a wipe it did not see, whose revisions run above the
+new ones. An older state the follower reads meanwhile (a watch that lags, a reload) does not
+take its agents back. A leader that has not read etcd yet (its snapshot ``partial``) is not
+heard; of a leader that has, a breaker its snapshot does not list (and it pushed nothing of
+since) is CLOSED, as for its own agents.
 
 Only the leader the link goes to now is heard. A new link's snapshot replaces what an earlier
 one said (a new leader's view is the one in force: a deposed one's decisions it never stored
@@ -33,16 +36,24 @@ from collections.abc import Callable, Iterable
 
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
-#: (generation, state) of a breaker's state.
-Basis = tuple[int, int]
+#: (revision, generation, state) of a breaker's state (``Breaker.revision``: the stored
+#: state it rests on, as last read or written).
+Basis = tuple[int, int, int]
 #: This replica's own state of a breaker, as :data:`Basis`; None: it holds none.
 Own = Callable[[str], Basis | None]
-#: What a replica that holds no breaker of a name says of it: CLOSED, never moved.
-NONE: Basis = (0, pb.BREAKER_STATE_CLOSED)
+#: What a replica that holds no breaker of a name says of it: CLOSED, never stored.
+NONE: Basis = (0, 0, pb.BREAKER_STATE_CLOSED)
 
 
 def basis(message: pb.Breaker) -> Basis:
-    return message.generation, message.state
+    return message.revision, message.generation, message.state
+
+
+def told(leader: Basis, own: Basis, cut_off: bool) -> bool:
+    """Whether the leader's state is told over this replica's own (see the module's doc)."""
+    if leader[0] != own[0] and not cut_off:
+        return leader[0] > own[0]  # etcd answers here: a later write read here is newer
+    return leader[1:] != own[1:]
 
 
 class LeaderStates:
@@ -76,6 +87,7 @@ class LeaderStates:
         self._up = False
         #: Whether a leader's complete snapshot is what :attr:`_held` holds.
         self._heard = False
+        self._was_cut = False
         #: Called with a breaker's name when what is told of it may have changed.
         self.on_change: Callable[[str], None] | None = None
 
@@ -90,7 +102,7 @@ class LeaderStates:
         whatever was held; ``partial``: that leader has not read etcd yet."""
         now = self._clock()
         self._held = {b.name: (b, now) for b in breakers}
-        self._up, self._heard = True, not partial
+        self._up, self._heard, self._was_cut = True, not partial, self._cut_off()
         names = set(self._shown) | set(self._held) | set(self._names())
         for name in sorted(n for n in names if n in self._shown or self._leaders(n)):
             self._changed(name)
@@ -149,6 +161,12 @@ class LeaderStates:
             for name in shown:
                 self._changed(name)
             return
+        cut = self._cut_off()
+        if cut != self._was_cut and self._heard:  # which rule tells (see :func:`told`)
+            names = set(self._shown) | set(self._held) | set(self._names())
+            for name in sorted(n for n in names if (n in self._shown) != self._leaders(n)):
+                self._changed(name)
+        self._was_cut = cut
         now = self._clock()
         for name in sorted(self._shown):
             if self._mark(name, now) != self._shown[name]:
@@ -164,7 +182,7 @@ class LeaderStates:
         if own is None:
             own = self._own(name) or NONE
         found = self._held.get(name)
-        return (basis(found[0]) if found is not None else NONE) != own
+        return told(basis(found[0]) if found is not None else NONE, own, self._cut_off())
 
     def _message(self, name: str) -> pb.Breaker:
         now = self._clock()

@@ -40,8 +40,8 @@ class Follower:
         self.states.on_change = self.changed.append
         self.states.snapshot([self.own])  # the link is up, the leader agreeing so far
 
-    def _own(self, name: str) -> tuple[int, int] | None:
-        return (self.own.generation, self.own.state) if name == NAME else None
+    def _own(self, name: str) -> tuple[int, int, int] | None:
+        return (self.own.revision, self.own.generation, self.own.state) if name == NAME else None
 
     def told(self) -> pb.Breaker:
         return self.states.in_force(self.own)
@@ -63,6 +63,14 @@ def test_a_leader_push_the_followers_own_agrees_with_is_not_told() -> None:
     f = Follower()
     f.own = breaker(OPEN, 5, 12, left=10)  # the leader's write, read before its push came
     f.states.pushed(breaker(OPEN, 5, 11, left=10))
+    assert f.changed == [] and f.told() is f.own
+
+
+def test_a_write_the_follower_read_that_the_leader_has_not_seen_keeps_its_own_while_etcd_answers() -> None:
+    f = Follower()
+    f.cut_off = False
+    f.own = breaker(CLOSED, 5, 12)  # an operator's, the leader cut off from etcd
+    f.states.pushed(breaker(OPEN, 5, 10, left=10))
     assert f.changed == [] and f.told() is f.own
 
 
@@ -130,14 +138,24 @@ def test_a_follower_that_leads_lets_everything_go() -> None:
     assert f.changed == [NAME] and f.told() is f.own and len(f.states) == 0
 
 
-def test_a_view_from_before_a_wipe_the_follower_has_not_seen_gives_way_to_the_leaders() -> None:
+def test_a_view_from_before_a_wipe_the_follower_has_not_seen_gives_way_to_the_leaders_with_etcd_away() -> (
+    None
+):
     """etcd was wiped while the follower did not see it: its own state rests on a revision
     of the history before, above any the leader's rests on now."""
     f = Follower()
     f.cut_off = False
+    f.states.due()  # (looked at on every turn of the control plane's timer)
     f.own = breaker(HALF_OPEN, 4, 50, marked=True)
     f.states.pushed(breaker(CLOSED, 1, 3))
+    assert f.changed == [] and f.told() is f.own  # etcd answers: the follower's read catches up
+    f.cut_off = True  # etcd away for the follower too: the leader's word
+    f.states.due()
     assert f.changed == [NAME] and f.told().state == CLOSED
+    f.changed.clear()
+    f.cut_off = False
+    f.states.due()
+    assert f.changed == [NAME] and f.told() is f.own
 
 
 def test_a_leader_that_has_not_read_etcd_is_not_heard() -> None:
@@ -153,7 +171,11 @@ def test_a_leader_that_has_not_read_etcd_is_not_heard() -> None:
 def test_a_breaker_the_leaders_snapshot_does_not_list_is_closed() -> None:
     f = Follower()
     f.states.snapshot([])  # a leader that holds none of it (etcd wiped, not seen here)
-    assert f.changed == [NAME] and f.told().state == CLOSED
+    assert f.changed == [NAME] and f.told().state == CLOSED  # (etcd away here)
+    f.changed.clear()
+    f.cut_off = False  # etcd answers: the follower's own rests on a stored state
+    f.states.due()
+    assert f.changed == [NAME] and f.told() is f.own
 
 
 def test_a_breaker_the_follower_does_not_hold_is_added_to_its_snapshot() -> None:
