@@ -5,7 +5,8 @@ deciding from memory, and what it holds is the state in force. It pushes each de
 own agents, and on each follower's link to it; the follower passes on to its agents what the
 leader pushed when it is newer than its own (``server/leader_states.py``). So an agent
 connected for a push to the leader, or to a follower whose link to the leader has been up
-for a push, rejects no call, once etcd has been away for a push, for a breaker the leader has held CLOSED for longer than a push.
+for a push, rejects no call, once etcd has been away for a push, for a breaker the leader
+has held CLOSED for longer than a push.
 Nothing is asked of an agent behind a follower with no link up (it holds what it was told:
 fail static), nor while two replicas believe they lead, nor of a leader that has not read
 etcd yet (its snapshots are partial: agents keep what they held).
