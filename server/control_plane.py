@@ -42,6 +42,7 @@ from .grant_numbers import GrantNumbers
 from .grant_pause import GrantPause
 from .hub import Hub, Subscriber
 from .last_good import RecordedGood
+from .leader_states import LeaderStates
 from .leadership import Leadership
 from .lease_epoch import RECORD as LEASE_EPOCH_RECORD
 from .lease_epoch import LeaseEpochs
@@ -151,6 +152,8 @@ class ControlPlane:
         #: Every replica's agents (set when serving; None: this replica's own only).
         self.roster: FleetRoster | None = None
         self.relay: LeaderRelay | None = None
+        #: The leader's states where they differ from this replica's, told its agents (following).
+        self.leader_states: LeaderStates | None = None
         #: The outcome batches this replica's engine counted (each is counted once).
         self.ledger = OutcomeLedger(clock=self.clock)
         #: The batches this replica took while following: each is passed on however often
@@ -296,6 +299,35 @@ class ControlPlane:
         self.breakers.lead_check = self.leadership.lease_valid
         self.relay.marks.on_change = self.grant_pause.relayed_changed
         self.relay.before_grant = self.grant_pause.unmark
+        states = self.leader_states = LeaderStates(
+            self._own_state, self.breakers.names, self._cut_off, lambda: self.leading, self.clock
+        )
+        states.on_change = self._push_in_force
+        self.relay.marks.listeners.append(states)
+
+    def _own_state(self, name: str) -> tuple[int, int, int] | None:
+        """(revision, generation, state) of this replica's own state of ``name`` (None: none)."""
+        found = self.breakers.find(name)
+        return (
+            None
+            if found is None
+            else (self.breakers.revisions.get(name, 0), found.generation, int(found.state))
+        )
+
+    def _in_force(self, message: pb.Breaker) -> pb.Breaker:
+        """What this replica's agents are told of its breaker ``message``: the leader's
+        state where it differs, while following (see :mod:`.leader_states`)."""
+        return message if self.leader_states is None else self.leader_states.in_force(message)
+
+    def _push_in_force(self, name: str) -> None:
+        """What this replica's agents are to be told of ``name`` may have changed (not its
+        own state of it, which is pushed as it changes): push it to them."""
+        if self.breakers.find(name) is not None:
+            own = self.breakers.to_proto(name)
+        else:
+            own = pb.Breaker(name=name, state=pb.BREAKER_STATE_CLOSED, reason="no such breaker here")
+        self.version += 1
+        self.hub.broadcast(pb.ConnectResponse(breaker=self._in_force(own)))
 
     def _leader_epoch(self) -> int:
         return self.leadership.term if self.leadership is not None else 0
@@ -410,9 +442,11 @@ class ControlPlane:
         breaker = self.breakers.find(service)
         if breaker is None:
             state = pb.Breaker(name=service, state=pb.BREAKER_STATE_CLOSED, reason="no such breaker here")
+        else:
+            state = self.breakers.to_proto(service)
+        state = self._in_force(state)
+        if state.state != pb.BREAKER_STATE_HALF_OPEN:
             self.hub.send_to_agent(agent_id, pb.ConnectResponse(breaker=state))
-        elif breaker.state is not BreakerState.HALF_OPEN:
-            self.hub.send_to_agent(agent_id, pb.ConnectResponse(breaker=self.breakers.to_proto(service)))
 
     def record_demand(self, agent_id: str, demand: pb.CapacityDemand) -> None:
         if self.leading or self.relay is None:
@@ -535,6 +569,8 @@ class ControlPlane:
                     self.breakers.tick()
                     await self._lease_round()
                 self.grant_pause.due(self.clock())
+                if self.leader_states is not None:
+                    self.leader_states.due()
             except Exception as err:  # one bad value must not end the breakers' and leases' timers
                 self.tick_errors += 1
                 if repr(err) != last_error:  # once per kind of error, not 50 times a second
@@ -636,7 +672,7 @@ class ControlPlane:
         # streams' tasks run before the writer's), so a decision reaches agents without
         # waiting on etcd. What a write that fails changes is pushed again (see writes).
         self.version += 1
-        self.hub.broadcast(pb.ConnectResponse(breaker=message))
+        self.hub.broadcast(pb.ConnectResponse(breaker=self._in_force(message)))
         if move is not None:  # decided here: store it
             self.writer.decided(message.name)
             if self.telemetry is not None:
@@ -685,9 +721,11 @@ class ControlPlane:
             shadow_policies=[policy_to_proto(p) for p in self.shadows.all()],
         )
         mine = set(services)
+        breakers, passed_on = self.breakers.snapshot(), set[str]()
+        if self.leader_states is not None:
+            breakers, passed_on = self.leader_states.over(breakers)
         ranked = sorted(
-            self.breakers.snapshot(),
-            key=lambda b: (b.name not in mine, b.state == pb.BREAKER_STATE_CLOSED, b.name),
+            breakers, key=lambda b: (b.name not in mine, b.state == pb.BREAKER_STATE_CLOSED, b.name)
         )
         size = snapshot.ByteSize()
         for breaker in ranked:
@@ -698,7 +736,7 @@ class ControlPlane:
                 snapshot.breakers.append(breaker)
         if snapshot.omitted_breakers:
             _log.warning("snapshot left out %d breakers (size bound)", snapshot.omitted_breakers)
-        self.grant_pause.sent(snapshot.breakers)
+        self.grant_pause.sent([b for b in snapshot.breakers if b.name not in passed_on])
         return snapshot
 
     def _snapshot_policies(self, services: tuple[str, ...]) -> list[policy_pb2.ServicePolicy]:

@@ -279,7 +279,7 @@ class LeaderRelay:
                     if not self.connected:  # the leader sends a new snapshot after each reload
                         _log.info("relaying to the leader at %s", address)
                     self.connected = True
-                    self.marks.snapshot(response.snapshot.breakers)
+                    self.marks.snapshot(response.snapshot.breakers, response.snapshot.partial)
                 elif response.HasField("breaker"):
                     self.marks.pushed(response.breaker)
                 elif response.HasField("outcome_ack"):

@@ -17,8 +17,17 @@ agents would otherwise refuse every call until etcd returns.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+
+class LinkListener(Protocol):
+    """Hears every breaker the link says, as :class:`RelayedMarks` does."""
+
+    def snapshot(self, breakers: Iterable[pb.Breaker], partial: bool) -> None: ...
+    def pushed(self, breaker: pb.Breaker) -> None: ...
+    def link_down(self) -> None: ...
 
 
 class RelayedMarks:
@@ -31,6 +40,8 @@ class RelayedMarks:
         self._up = False
         #: Called with a breaker's name when what the leader says of it may have changed.
         self.on_change: Callable[[str], None] | None = None
+        #: Told every snapshot, push and end of the link after this (see :mod:`.leader_states`).
+        self.listeners: list[LinkListener] = []
 
     def get(self, name: str, generation: int = 0) -> bool | None:
         """Whether the leader says no permit of ``name`` can be granted now (for this
@@ -40,12 +51,16 @@ class RelayedMarks:
             return None
         return self._marks.get(name, False) or self._closed.get(name, -1) > generation
 
-    def snapshot(self, breakers: Iterable[pb.Breaker]) -> None:
-        """The leader's snapshot on a new link: exactly these marks stand now."""
+    def snapshot(self, breakers: Iterable[pb.Breaker], partial: bool = False) -> None:
+        """The leader's snapshot on a new link: exactly these marks stand now (``partial``:
+        that leader has not read etcd yet)."""
+        breakers = list(breakers)
         listed = [b.name for b in breakers]
         self._marks = {b.name: True for b in breakers if b.no_grants}
         self._closed = {b.name: b.generation for b in breakers if b.state == pb.BREAKER_STATE_CLOSED}
         self._up = True
+        for listener in self.listeners:  # (first: a state it passes on is what a mark is pushed on)
+            listener.snapshot(breakers, partial)
         for name in listed:  # what this replica pushed while no link was up may differ
             self._changed(name)
 
@@ -59,6 +74,8 @@ class RelayedMarks:
             self._marks[name] = True
         if breaker.state == pb.BREAKER_STATE_CLOSED:
             self._closed[name] = breaker.generation
+        for listener in self.listeners:
+            listener.pushed(breaker)
         if was != (breaker.no_grants, self._closed.get(name)):
             self._changed(name)
 
@@ -73,6 +90,8 @@ class RelayedMarks:
         self._up = False
         self._marks.clear()
         self._closed.clear()
+        for listener in self.listeners:
+            listener.link_down()
 
     def _changed(self, name: str) -> None:
         if self.on_change is not None:

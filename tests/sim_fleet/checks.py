@@ -2,9 +2,12 @@
 
 I1  No agent rejects calls for a breaker the authoritative state (etcd, while it and the
     agent's replica are healthy) has had CLOSED for longer than one push (``PUSH_SECS``)
-    after the agent is connected; and while an agent's link is down, a fleet OPEN it held
+    after the agent is connected; while etcd is away, the one leader's (from memory) for an
+    agent that hears it — connected to it, or to a follower whose link to it is up — for a
+    push (``outage_checks``); and while an agent's link is down, a fleet OPEN it held
     stays in force with the same expiry. Once healed, every agent holds what its replica
-    holds, or goes by its own breaker on a state its replica pushes marked ``no_grants``.
+    tells its agents (its own state, or on a follower the leader's when newer), or goes by
+    its own breaker on a state its replica pushes marked ``no_grants``.
 I2  Once etcd is back, every transition decided is stored or superseded (nothing pending),
     one replica leads, and every replica holds what etcd holds.
 I5  Each reported failure is counted once: no agent or relay delivers more failures than it
@@ -25,6 +28,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .epoch_faults import leases_taken
 from .names import singles
+from .outage_checks import OutageI1
 from .world import PREFIX
 
 if TYPE_CHECKING:
@@ -61,6 +65,7 @@ class Recorder:
         self.garbage: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._seen: set[tuple[str, str, str]] = set()
+        self.outage = OutageI1(world, PUSH_SECS)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -90,6 +95,7 @@ class Recorder:
                 self._closed_is_not_rejected(agent, now)
             else:
                 self._open_stays_while_down(agent, now)
+        self.outage.sample(self.violation)
         world.probes.sample(self._settled)
 
     def _settled(self, agent, now: float) -> bool:  # type: ignore[no-untyped-def]
@@ -197,14 +203,25 @@ def _agents_agree(world: World) -> None:
             continue
         for name, state in list(agent.view.services.items()):
             fleet = agent.view.fleet_in_force(state, now)
-            held = agent.replica.plane.breakers.find(name)
-            want = held.state if held is not None else BreakerState.CLOSED
+            told = _told(agent.replica, name)
+            want = BreakerState(told.state)
             got = fleet.state if fleet is not None else BreakerState.CLOSED
             if got is not want and not _held_as_marked(world, agent, name, state, fleet):
                 world.result.violations.append(
                     f"I1: {agent.name} holds {name} {got.name}; "
-                    f"its replica {agent.replica.instance} {want.name}"
+                    f"its replica {agent.replica.instance} tells {want.name}"
                 )
+
+
+def _told(replica, name: str) -> pb.Breaker:  # type: ignore[no-untyped-def]
+    """What ``replica`` tells its agents of breaker ``name``: its own state, or on a
+    follower the leader's when newer (``server/leader_states.py``)."""
+    plane = replica.plane
+    if plane.breakers.find(name) is not None:
+        own = plane.breakers.to_proto(name)
+    else:
+        own = pb.Breaker(name=name, state=pb.BREAKER_STATE_CLOSED)
+    return plane._in_force(own)  # type: ignore[no-any-return]
 
 
 def _held_as_marked(world: World, agent, name: str, state, fleet) -> bool:  # type: ignore[no-untyped-def]
