@@ -18,18 +18,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .lease_placement import LeasePlacement
+from .lease_respent import RECENT_LEASES, respent_units
 
 __all__ = ["LeasedBudget", "PeriodReport", "fair_share"]
 
 #: An agent that asked for nothing still gets this share of an equal split, so that it
 #: can start calling before its next demand report.
 IDLE_FLOOR = 0.1
-
-#: The leases an agent remembers to tell its own rounded-down share from its last lease: a
-#: leader splits a fractional limit in whole units, the units left over by rounding going
-#: one each to a few agents, in turns; its last few leases show whether the last one held
-#: such a unit.
-RECENT_LEASES = 3
 
 
 def fair_share(total: float, wanted: Mapping[str, float]) -> dict[str, float]:
@@ -157,15 +152,9 @@ class LeasedBudget:
 
     def respent_units(self) -> float:
         """The last lease as it is spent again without a fresh one: without the unit left
-        over by rounding that it may hold. Each agent's share of a fractional limit is
-        rounded down and the units left over go one each to a few agents in turns, so the
-        last leases of agents leased in different periods may each hold one (3 + 3 + 2 of
-        7.5): spent period after period, they would sum past the limit. A unit held in the
-        last lease and not in the lowest of the recent ones is such a unit (or the share
-        just grew, and that unit waits for the next lease)."""
-        last = self.last_units
-        lowest = min(self._recent.values(), default=last)
-        return min(last, max(lowest, last - 1.0))
+        over by rounding that it may hold (:mod:`.lease_respent` says why the fleet then
+        stays within its units)."""
+        return respent_units(self.last_units, self._recent.values())
 
     def cut_off(self, now: float) -> bool:
         """Whether the agent is past its horizon without a lease: it spends nothing."""

@@ -253,7 +253,9 @@ class CapacityLeaser:
         # every agent that may be spending: those leased now and those cut off
         agents = sum(e.agents for e in limit.holders.values()) + len(limit.absent)
         if limit.warm:
-            agents = max(agents, limit.expected)
+            # and those the last earlier leader counted that are not back (a new agent back
+            # does not stand for one of them: a successor must not take this count for all)
+            agents = max(agents + self.term.not_back(limit), limit.expected)
             if not self.term.count_known(limit):
                 # an agent of the earlier leader may not be back: one more than it knows
                 # of, so that a successor does not take this count for the whole fleet

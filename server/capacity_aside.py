@@ -158,6 +158,13 @@ class LeaderTerm:
             return False
         return max((e.earlier for e in self._current(limit)), default=0) > 0
 
+    def not_back(self, limit: LeasedLimit) -> int:
+        """How many of the agents the last earlier leader counted (as the agents back holding
+        its leases heard it) are not back: they may still be spending its leases."""
+        current = self._current(limit)
+        counted = max((e.earlier for e in current), default=0)
+        return max(0, counted - sum(e.agents for e in current if e.earlier))
+
     def _last_known(self, limit: LeasedLimit) -> bool:
         """Whether the epoch of the last earlier leader may be known: a record names it, or
         no agent back names the epoch it holds (one that does not say counts as of the

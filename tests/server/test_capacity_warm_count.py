@@ -72,3 +72,37 @@ def test_a_new_fleets_count_is_everyone() -> None:
     successor.back("agent-1", held_epoch=7, agents_known=lease.agents, safe_units=UNITS)
     successor.run(1.6)
     assert successor.last("agent-1").units == UNITS
+
+
+def test_a_new_agent_back_does_not_stand_for_one_of_the_earlier_count_not_back() -> None:
+    """A leader counted x and z (cut off, spending its last lease); its successor, warming
+    up, has x back and y, a new agent: three may be spending, not the two that leader
+    counted. Announced as two, the next leader ended its warm-up once x and y were back and
+    leased them the whole limit beside z's lease."""
+    first = Leader(epoch=5, recorded=0)  # a new fleet: x and z leased at once
+    first.back("x", held_epoch=0, agents_known=0, safe_units=0.0)
+    first.back("z", held_epoch=0, agents_known=0, safe_units=0.0)
+    first.run(1.6)
+    spent_by_z = min(lease.units for lease in first.sent["z"])  # again and again, cut off
+    assert spent_by_z > 0.0
+    first.leaser.forget("z")
+    first.run(2.0)
+    x_held = first.last("x")
+    assert x_held.agents == 2  # x and z (kept aside)
+
+    second = Leader(epoch=7, recorded=5)
+    second.back("x", held_epoch=5, agents_known=x_held.agents, safe_units=x_held.units)
+    second.back("y", held_epoch=0, agents_known=0, safe_units=0.0)  # a new agent
+    second.run(1.6)
+    assert second.last("x").agents >= 3  # x, y and z, not back
+
+    third = Leader(epoch=9, recorded=7)
+    for holder in ("x", "y"):
+        told = second.last(holder)
+        third.back(holder, held_epoch=7, agents_known=told.agents, safe_units=told.units)
+    third.run(3.0)
+    for period in {lease.period for leases in third.sent.values() for lease in leases}:
+        leased = sum(
+            lease.units for leases in third.sent.values() for lease in leases if lease.period == period
+        )
+        assert leased + spent_by_z <= UNITS, (period, leased)
