@@ -81,8 +81,11 @@ def test_twenty_agents_share_one_limit_fairly(
     heavy_agents = [a for a in rates if a.split("-")[1] in ("0", "1")]
     # the modest get what they ask; the rest is split evenly among the heavy
     fair = (LIMIT / WINDOW - light * len(light_agents)) / len(heavy_agents)
-    assert all(rates[a] >= 0.75 * light for a in light_agents), rates
-    assert all(rates[a] >= 0.75 * fair for a in heavy_agents), (fair, rates)
+    # (a message of text: shown whole, where pytest cuts a dict's repr short)
+    attempted = {a: n for r in results for a, n in r["attempted"].items()}
+    shown = f"fair {fair:g}/s; admitted/s {rates}; attempted {attempted}"
+    assert all(rates[a] >= 0.75 * light for a in light_agents), shown
+    assert all(rates[a] >= 0.75 * fair for a in heavy_agents), shown
     usage = stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=5).statistics.fleet_limits
     assert usage[0].resource == "shared_llm.requests" and usage[0].agents == 20
     assert usage[0].leased <= usage[0].fleet_units + 1e-6

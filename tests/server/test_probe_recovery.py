@@ -74,6 +74,10 @@ class Transitions:
         except grpc.RpcError:
             pass
 
+    def left_closed_after(self, count: int) -> bool:
+        """Whether the breaker was anything but CLOSED after the first ``count`` entries."""
+        return any(state != pb.BREAKER_STATE_CLOSED for state, _ in self.seen[count:])
+
     def closing_after(self, count: int) -> float | None:
         """Seconds from the last HALF_OPEN to CLOSED, once CLOSED follows ``count`` entries."""
         later = self.seen[count:]
@@ -104,6 +108,12 @@ def test_the_breaker_closes_within_a_probe_ttl_of_half_open(
         before = len(watch.seen)
         set_mode(upstream, "fail", code="UNAVAILABLE")
         assert agents[0].ask("until_open")["first_rejection"] is not None
+        # The upstream recovers only once the fleet breaker opened. In the first round no
+        # agent knows a fleet state yet, so agent-a's own breaker stops it after its three
+        # failures, and agent-b's calls go through: recovered at once, its successes could
+        # reach the leader between agent-a's failure batches (slow to come under load) and
+        # the fleet, seeing no three failures in a row, would rightly not open at all.
+        poll(lambda before=before: watch.left_closed_after(before), timeout=60)
         set_mode(upstream, "ok")
         for a in agents:  # both keep calling through OPEN and HALF_OPEN
             a.lines.clear()
