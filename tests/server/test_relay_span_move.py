@@ -82,7 +82,7 @@ def test_an_agent_moving_from_a_follower_to_the_leader_and_back_has_each_failure
         [
             sys.executable,
             "-m",
-            "tests.support.moving_agent",
+            "tests.support.failing_agent",
             "agent-a",
             f"{to_follower[0].address},{to_leader[0].address}",
             SERVICE,
@@ -92,7 +92,7 @@ def test_an_agent_moving_from_a_follower_to_the_leader_and_back_has_each_failure
     assert agent.ask("noop") == {"ready": True}
     # (its own breaker would open on the defaults' 5 failures)
     poll(lambda: agent.ask("policy")["failure_threshold"] == POLICY.failure_threshold)
-    assert agent.ask(f"fail {OLD}") == {"failed": OLD}
+    assert agent.ask(f"fail {OLD} 0.03") == {"failed": OLD, "other": []}
     poll(lambda: agent.ask("state")["unacked"] > 0)  # held by F: nothing acknowledged
     to_leader[0].target = leader_address  # 2. to L
     block(to_follower)
@@ -101,7 +101,7 @@ def test_an_agent_moving_from_a_follower_to_the_leader_and_back_has_each_failure
     to_follower[0].target = follower_address  # 3. back to F
     block(to_leader)
     poll(lambda: agent.ask("state")["endpoint"] == to_follower[0].address)
-    assert agent.ask(f"fail {NEW}") == {"failed": OLD + NEW}
+    assert agent.ask(f"fail {NEW} 0.03") == {"failed": OLD + NEW, "other": []}
     poll(lambda: agent.ask("state")["unacked"] > 0)
     link[0].target = leader_address  # 4. F's link back
     poll(lambda: agent.ask("state")["unacked"] == 0, timeout=60)
