@@ -1,6 +1,7 @@
-"""Schedules of a sweep that showed a checker asking more than the fleet's design gives,
-each replayed as ``python -m tests.sim_fleet --seed N`` replays it, in a process of its own
-(inside the test runner's process these schedules run otherwise)."""
+"""Schedules of a sweep of the merged fleet that failed (a checker asking more than the
+design gives, or a product defect), each replayed as ``python -m tests.sim_fleet --seed N``
+replays it, in a process of its own (inside the test runner's process these schedules run
+otherwise)."""
 
 from __future__ import annotations
 
@@ -28,3 +29,13 @@ def test_no_permit_is_owed_while_the_leader_waits_out_the_hold_of_a_relay_that_w
     got none: the check asked for one within a TTL of nothing in flight."""
     out = _replayed(179)
     assert "seed 179: ok" in out, out
+
+
+def test_a_follower_deposed_over_a_malformed_record_tells_its_agents_the_leaders_state() -> None:
+    """Seeds 65 and 137: a leader decided svc-b OPEN (svc-a HALF_OPEN) from memory over a
+    malformed record, was fenced on etcd's return, and its writer, as a follower, took the
+    record's revision for what it held: its superseded decision then rested on a later
+    revision than the new leader's CLOSED and was told to its agents, which held CLOSED."""
+    for seed in (65, 137):
+        out = _replayed(seed)
+        assert f"seed {seed}: ok" in out, out
