@@ -306,13 +306,10 @@ class ControlPlane:
         self.relay.marks.listeners.append(states)
 
     def _own_state(self, name: str) -> tuple[int, int, int] | None:
-        """(revision, generation, state) of this replica's own state of ``name`` (None: none)."""
+        """(revision, generation, state) of this replica's own state of ``name`` (None: none);
+        a malformed record's revision is none (``FleetBreakers.unread``)."""
         found = self.breakers.find(name)
-        return (
-            None
-            if found is None
-            else (self.breakers.revisions.get(name, 0), found.generation, int(found.state))
-        )
+        return None if found is None else (self.breakers.basis(name), found.generation, int(found.state))
 
     def _in_force(self, message: pb.Breaker) -> pb.Breaker:
         """What this replica's agents are told of its breaker ``message``: the leader's

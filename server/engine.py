@@ -126,6 +126,9 @@ class FleetBreakers:
         self._demand: dict[str, _Demand] = {}
         #: etcd mod_revision of each breaker's stored state (0 = never stored).
         self.revisions: dict[str, int] = {}
+        #: Revisions of malformed records a follower's writer took (a compare-and-swap
+        #: over one expects it): what it holds does not rest on them (``basis``).
+        self.unread: dict[str, int] = {}
         #: The value the store holds for each breaker, as last read or written here (the
         #: "before" of the next transition's audit record).
         self.records: dict[str, bytes] = {}
@@ -192,7 +195,7 @@ class FleetBreakers:
             failures=min(b.failures, UINT32_MAX),
             half_open_successes=min(b.half_open_successes, UINT32_MAX),
             reason=b.reason,
-            revision=self.revisions.get(name, 0),
+            revision=self.basis(name),
             generation=b.generation,
             slow_calls=min(b.slow_calls, UINT32_MAX),
             no_grants=self.no_grants is not None and self.no_grants(b, now),
@@ -494,6 +497,12 @@ class FleetBreakers:
         self._held_since = {
             name: now for name, b in self._breakers.items() if b.state is not BreakerState.CLOSED
         }
+
+    def basis(self, name: str) -> int:
+        """The stored revision what is held of ``name`` rests on: 0 for a malformed
+        record's, taken for a compare-and-swap only (:attr:`unread`)."""
+        revision = self.revisions.get(name, 0)
+        return 0 if self.unread.get(name) == revision else revision
 
     def held_since(self, name: str) -> float | None:
         """Since when no permit of ``name`` is granted for an earlier leader's sake, if so."""

@@ -446,7 +446,10 @@ class StateWriter:
             self.breakers.revisions[name] = entry.mod_revision if entry else 0
             if self.fence is not None and not self.fence.leading:
                 # superseded: the leader overwrites it (deciding again here would keep it
-                # pending for ever, since a follower never writes)
+                # pending for ever, since a follower never writes). What is held here does
+                # not rest on that revision: a decision taken while leading and never
+                # stored stays behind the leader's state (``leader_states``), not above it.
+                self.breakers.unread[name] = self.breakers.revisions[name]
                 _log.error("stored breaker %s is malformed (%s); the leader settles it", name, err)
                 return
             _log.error("stored breaker %s is malformed (%s); it will be overwritten", name, err)

@@ -182,3 +182,26 @@ async def test_a_follower_superseded_over_a_malformed_record_does_not_keep_its_d
         assert not writer.is_pending("svc")
     finally:
         task.cancel()
+
+
+async def test_a_follower_superseded_over_a_malformed_record_takes_no_revision_from_it(
+    writer: StateWriter, prefix: str
+) -> None:
+    """Its decision (taken while it led, never stored) rests on no stored record: a leader
+    holding the breaker from no record (CLOSED) is told over it to its agents, as for a
+    follower that read the record by its watch (simulation seeds 65 and 137: a follower
+    kept telling an OPEN, a HALF_OPEN, the leader had superseded)."""
+    from mission_control.server.leader_states import NONE, basis, told
+
+    await writer.commit([Write(writer.breaker_key("svc"), b"{garbage")])
+    writer.fence = Fence(f"{prefix}/leader", 12345, leading=False, leader_id="other")
+    writer.breakers.force("svc", BreakerState.FORCED_OPEN, "decided here")
+    writer.decided("svc")
+    task = asyncio.create_task(writer.run())
+    try:
+        await _until(lambda: writer.superseded >= 1, "the decision superseded")
+        own = writer.breakers.to_proto("svc")  # what leader_states weighs the leader's against
+        assert own.state == pb.BREAKER_STATE_FORCED_OPEN and own.revision == 0
+        assert told(NONE, basis(own), cut_off=False)  # the leader's CLOSED is what its agents hear
+    finally:
+        task.cancel()

@@ -6,7 +6,9 @@ I3  Never more than ``success_threshold`` probes of one breaker in flight fleet-
     beside the next one's, whatever ended it: a failed probe, a state read from etcd);
     an agent that keeps asking gets a permit within one probe TTL (``PROBE_TTL_SECS``,
     plus one push) while the fleet is settled and the probes in flight are below the
-    limit — from when its replica reaches the leader (a follower's relay linked, or a
+    limit, nor filled by permits the leader keeps for holders whose stream to it ended
+    (killed, cut off, or a follower's relay gone) until their hold passes — from when its
+    replica reaches the leader (a follower's relay linked, or a
     retry after the path to the leader opened: a heal shorter than the relay's retry
     interval may pass unseen, and a permit comes only over that link); after a leader
     change, for a HALF_OPEN from before it, only once the probe TTL plus the policy's
@@ -192,8 +194,25 @@ class ProbeWatch:
         leader = self._leading()
         breaker = leader.plane.breakers.find(service) if leader is not None else None
         limit = breaker.probe_limit() if breaker is not None else 1
-        if self._in_flight(service) + (1 if ending else 0) >= limit:
+        if self._in_flight(service) + (1 if ending else 0) >= limit or (
+            leader is not None and breaker is not None and self._kept_for_gone(leader, breaker) >= limit
+        ):
             self.saturated_at[service] = self.world.now  # type: ignore[assignment]
+
+    def _kept_for_gone(self, leader: Replica, breaker) -> int:  # type: ignore[no-untyped-def]
+        """Permits the leader counts for holders with no stream to it now: a holder killed
+        or cut off, or a follower's relay that went (its agents may use what it handed
+        them), may still run a probe under one, so each counts until its hold (TTL + the
+        policy's timeout) has passed (``FleetBreakers.release_agent``): the limit they fill
+        is not free before, though no probe may be in flight."""
+        now = self.world.now
+        hub = leader.plane.hub
+        return sum(
+            sum(1 for expiry in expiries if expiry > now)
+            for kept in (breaker._permits, breaker._earlier, breaker._gone)
+            for holder, expiries in kept.items()
+            if kept is breaker._gone or not hub.streams_of(holder)
+        )
 
     # -- sampled -------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ deciding from memory, and what it holds is the state in force. It pushes each de
 own agents, and on each follower's link to it; the follower passes on to its agents what the
 leader pushed when it is newer than its own (``server/leader_states.py``). So an agent
 connected for a push to the leader, or to a follower whose link to the leader has been up
-for a push, rejects no call, once etcd has been away for a push, for a breaker the leader
+for a push, rejects no call, once etcd has been away for a push (a paused one: for the
+store's request timeout and a push, as no replica can tell it is away sooner), for a breaker the leader
 has held CLOSED for longer than a push.
 Nothing is asked of an agent behind a follower with no link up (it holds what it was told:
 fail static), nor while two replicas believe they lead, nor of a leader that has not read
@@ -17,6 +18,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mission_control.client.breaker import BreakerState
+
+from .memstore import TIMEOUT
 
 if TYPE_CHECKING:
     from .schedule import World
@@ -42,8 +45,12 @@ class OutageI1:
         etcd = world.etcd
         if not (etcd.unavailable or etcd.paused) or len(leaders) != 1:
             return
-        if now - world.store_trouble_at < self.push_secs:
-            return  # the replicas notice etcd is away (a health check), then push
+        # the replicas notice etcd is away by a health check, then push: a refusing etcd at
+        # once, a paused one only when a request to it times out (seed 3 at 80 s: a check
+        # 2.0 s into a pause, before either replica's ping had timed out)
+        noticed = TIMEOUT if etcd.paused else 0.0
+        if now - world.store_trouble_at < noticed + self.push_secs:
+            return
         leader = leaders[0]
         if not leader.plane.view_complete:
             return  # what it holds is not the store's yet: it says nothing as the truth

@@ -1,0 +1,41 @@
+"""Schedules of a sweep of the merged fleet that failed (a checker asking more than the
+design gives, or a product defect), each replayed as ``python -m tests.sim_fleet --seed N``
+replays it, in a process of its own (inside the test runner's process these schedules run
+otherwise)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _replayed(seed: int, active: float | None = None) -> str:
+    """What replaying schedule ``seed`` prints: its violations, or ``ok``."""
+    args = [sys.executable, "-m", "tests.sim_fleet", "--seed", str(seed)]
+    if active is not None:
+        args += ["--active", str(active)]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=170)
+    return done.stdout + done.stderr[-2000:]
+
+
+def test_no_permit_is_owed_while_the_leader_waits_out_the_hold_of_a_relay_that_went() -> None:
+    """Seed 179: leader cp1.2 granted the one permit of svc-c gen 7 to follower cp2.3's relay
+    (1035.15); cp2.3 was partitioned from cp1 and crashed. Its agents may run a probe under
+    what it handed them, so the leader counts the permit until its hold (TTL + the policy's
+    timeout) has passed (``FleetBreakers.release_agent``) and agent-3, asking through cp0.1,
+    got none: the check asked for one within a TTL of nothing in flight."""
+    out = _replayed(179)
+    assert "seed 179: ok" in out, out
+
+
+def test_a_follower_deposed_over_a_malformed_record_tells_its_agents_the_leaders_state() -> None:
+    """Seeds 65 and 137: a leader decided svc-b OPEN (svc-a HALF_OPEN) from memory over a
+    malformed record, was fenced on etcd's return, and its writer, as a follower, took the
+    record's revision for what it held: its superseded decision then rested on a later
+    revision than the new leader's CLOSED and was told to its agents, which held CLOSED."""
+    for seed in (65, 137):
+        out = _replayed(seed)
+        assert f"seed {seed}: ok" in out, out
