@@ -9,6 +9,7 @@ follower leads."""
 
 from __future__ import annotations
 
+import pytest
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.leader_states import LeaderStates
 
@@ -186,3 +187,29 @@ def test_a_breaker_the_follower_does_not_hold_is_added_to_its_snapshot() -> None
     shown, passed_on = f.states.over([f.own])
     assert [(b.name, b.state) for b in shown] == [(NAME, HALF_OPEN), ("new", OPEN)]
     assert passed_on == {"new"}
+
+
+FORCED_OPEN = pb.BREAKER_STATE_FORCED_OPEN
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open defect: while etcd is away for the follower the leader's state wins wherever it "
+    "differs (meant for a wipe the follower did not see), so an operator's write the follower "
+    "read at a later revision, never seen by a leader cut off from etcd, is overturned for the "
+    "follower's agents for the whole outage",
+)
+def test_an_operators_write_the_follower_read_later_is_not_overturned_when_etcd_goes_away() -> None:
+    """With real processes (leader cut from etcd, `breakers force-open` through the follower,
+    the follower cut from etcd 1–2 s later): the follower's agents were told the leader's old
+    CLOSED ~2.5 s after the cut and called the upstream for the whole outage (9 of 9 runs,
+    35 of 35 calls in 20 s) while `breakers get` on the follower said FORCED_OPEN; the mirror
+    case (`breakers reset` through the follower over a leader's FORCED_OPEN) rejected 35 of 40."""
+    f = Follower()
+    f.cut_off = False
+    f.states.snapshot([breaker(CLOSED, 2, 10)])  # the leader, cut off from etcd, saw revision 10
+    f.own = breaker(FORCED_OPEN, 3, 11)  # the operator's write, through this replica
+    assert f.told().state == FORCED_OPEN  # etcd answers here: the later revision is told
+    f.cut_off = True  # then etcd goes away for this replica too
+    f.states.due()
+    assert f.told().state == FORCED_OPEN
