@@ -18,7 +18,7 @@ from __future__ import annotations
 from mission_control.client.fleet_limits import LeasedBudget
 from mission_control.client.policy import FleetLimits, default_policy
 
-from tests.support.lease_leader import START, TakingLeader
+from tests.support.lease_leader import START, TakingLeader, earlier
 
 PERIOD = 0.25
 POLICY = default_policy(
@@ -34,14 +34,7 @@ class Leader(TakingLeader):
     """A leader that took over in ``epoch``, the record naming ``recorded`` (0: a new fleet)."""
 
     def __init__(self, epoch: int, recorded: int) -> None:
-        super().__init__(
-            POLICY,
-            epoch,
-            wanted=8.0,
-            leased_before=recorded > 0,
-            earlier_until=START + 2.0 if recorded else None,
-            earlier_epoch=recorded,
-        )
+        super().__init__(POLICY, epoch, wanted=8.0, **earlier(recorded))
 
     def spent(self, unleased: dict[str, float]) -> dict[int, float]:
         """Per period leased: the units leased over every holder, and what each holder of

@@ -15,7 +15,7 @@ from __future__ import annotations
 from mission_control.client.policy import FleetLimits, default_policy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
-from tests.support.lease_leader import START, TakingLeader
+from tests.support.lease_leader import TakingLeader, earlier
 
 POLICY = default_policy(
     "shared",
@@ -30,14 +30,7 @@ class Leader(TakingLeader):
     """A leader that just took over in ``epoch``, the record naming ``recorded`` (0: none)."""
 
     def __init__(self, epoch: int, recorded: int) -> None:
-        super().__init__(
-            POLICY,
-            epoch,
-            wanted=30.0,
-            leased_before=recorded > 0,
-            earlier_until=START + 2.0 if recorded else None,
-            earlier_epoch=recorded,
-        )
+        super().__init__(POLICY, epoch, wanted=30.0, **earlier(recorded))
 
     def run(self, secs: float) -> None:  # type: ignore[override]
         super().run(self.now + secs)

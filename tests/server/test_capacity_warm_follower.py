@@ -19,7 +19,7 @@ from mission_control.client.policy import FleetLimits, default_policy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.relay_leases import FollowerLeases
 
-from tests.support.lease_leader import START, TakingLeader
+from tests.support.lease_leader import START, TakingLeader, earlier
 
 POLICY = default_policy(
     "shared",
@@ -32,14 +32,7 @@ UNITS = 4.0  # 16 per 2 s, leased per 0.5 s
 
 class Leader(TakingLeader):
     def __init__(self, epoch: int, recorded: int) -> None:
-        super().__init__(
-            POLICY,
-            epoch,
-            wanted=8.0,
-            leased_before=recorded > 0,
-            earlier_until=START + 2.0 if recorded else None,
-            earlier_epoch=recorded,
-        )
+        super().__init__(POLICY, epoch, wanted=8.0, **earlier(recorded))
 
 
 @pytest.mark.xfail(strict=True, reason="a follower's new agent stands for an agent of the earlier count")

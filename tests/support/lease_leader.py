@@ -4,11 +4,23 @@ leases they hold, and read what it leased (tests/server/test_capacity_*.py)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from mission_control.client.policy import ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.capacity import CapacityLeaser
 
 START = 5000.0
+
+
+def earlier(recorded: int) -> dict[str, Any]:
+    """What the store tells a leader taking over of the earlier leaders when its record
+    names epoch ``recorded`` (0: none, a new fleet): they leased until 2 s past the start."""
+    return {
+        "leased_before": recorded > 0,
+        "earlier_until": START + 2.0 if recorded else None,
+        "earlier_epoch": recorded,
+    }
 
 
 class TakingLeader:
