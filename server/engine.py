@@ -36,6 +36,9 @@ CHECK_REASON = "recovery check: "
 #: The longest wait a policy may set (a day): a stored wait beyond is not believed.
 _LONGEST_WAIT = 86400.0
 
+#: How many forgotten breakers' last revisions are kept (see ``FleetBreakers.forget``).
+FORGOTTEN_KEPT = 4096
+
 #: The Breaker message's counters are uint32: a count beyond is shown (and stored) as this.
 UINT32_MAX = 2**32 - 1
 
@@ -126,6 +129,10 @@ class FleetBreakers:
         self._demand: dict[str, _Demand] = {}
         #: etcd mod_revision of each breaker's stored state (0 = never stored).
         self.revisions: dict[str, int] = {}
+        #: Revisions of breakers forgotten here (idle ones): a watch event at or below
+        #: one, still on its way when the breaker was dropped, does not bring it back.
+        #: Bounded; an old mark lost lets a stale CLOSED back in, to be forgotten again.
+        self._forgotten: dict[str, int] = {}
         #: Revisions of malformed records a follower's writer took (a compare-and-swap
         #: over one expects it): what it holds does not rest on them (``basis``).
         self.unread: dict[str, int] = {}
@@ -239,8 +246,10 @@ class FleetBreakers:
         ``value`` None means the key was deleted: the breaker starts over CLOSED.
         Raises ValueError when ``value`` is not a breaker record.
         """
-        if value is not None and 0 < revision <= self.revisions.get(name, 0):
+        known = max(self.revisions.get(name, 0), self._forgotten.get(name, 0))
+        if value is not None and 0 < revision <= known:
             return  # already applied (the watch and the writer both report a write)
+        self._forgotten.pop(name, None)
         if value is None and name not in self._breakers:
             # Forgotten here already (an idle one): agents that still hold its last state
             # hear that it is CLOSED, and it takes no place here.
@@ -520,7 +529,12 @@ class FleetBreakers:
         starts it over CLOSED."""
         self._breakers.pop(name, None)
         self._demand.pop(name, None)
-        self.revisions.pop(name, None)
+        revision = self.revisions.pop(name, 0)
+        if revision:
+            self._forgotten.pop(name, None)
+            self._forgotten[name] = revision
+            while len(self._forgotten) > FORGOTTEN_KEPT:
+                del self._forgotten[next(iter(self._forgotten))]
         self.records.pop(name, None)
         self._told.pop(name, None)
         self._adopted.pop(name, None)

@@ -23,7 +23,7 @@ from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.admission import AdmissionLimits
 from mission_control.server.app import RunningControlPlane
-from mission_control.server.engine import FleetBreakers
+from mission_control.server.engine import FORGOTTEN_KEPT, FleetBreakers
 from mission_control.server.etcd_process import EtcdProcess
 from mission_control.server.policies import PolicyBook
 from mission_control.server.store import EtcdStore, Write
@@ -448,6 +448,33 @@ async def test_an_idle_breaker_no_policy_names_is_forgotten_in_memory_and_in_etc
 
     await poll(marker_seen)
     assert plane.breakers.find("passing-fad") is None
+
+
+def test_a_watch_event_of_a_forgotten_breaker_still_on_its_way_does_not_bring_it_back() -> None:
+    # The watch reports a write some time after it was made: an idle breaker forgotten in
+    # between (its stored record being deleted) must not be loaded again from the late event.
+    fleet = FleetBreakers(lambda name: ServicePolicy(name))
+    fleet.get("late-echo")
+    record = fleet.to_record("late-echo")
+    fleet.adopt("late-echo", record, 7)
+    fleet.forget("late-echo")
+    fleet.adopt("late-echo", record, 7)  # the echo of the write at 7, arriving late
+    assert fleet.find("late-echo") is None
+    fleet.adopt("late-echo", None, 8)  # its deletion
+    assert fleet.find("late-echo") is None
+    fleet.adopt("late-echo", record, 9)  # a later write is the breaker's again
+    assert fleet.find("late-echo") is not None
+    assert fleet.revisions["late-echo"] == 9
+
+
+def test_the_revisions_of_forgotten_breakers_kept_are_bounded() -> None:
+    fleet = FleetBreakers(lambda name: ServicePolicy(name))
+    for i in range(FORGOTTEN_KEPT + 50):
+        fleet.get(f"fad-{i}")
+        fleet.adopt(f"fad-{i}", fleet.to_record(f"fad-{i}"), i + 1)
+        fleet.forget(f"fad-{i}")
+    assert len(fleet._forgotten) == FORGOTTEN_KEPT
+    assert "fad-0" not in fleet._forgotten and f"fad-{FORGOTTEN_KEPT + 49}" in fleet._forgotten
 
 
 # -- review: bounds on watchers ------------------------------------------------------------
