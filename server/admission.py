@@ -130,6 +130,13 @@ class ServiceAdmission:
         """Whether ``service`` has (or may have without admission) a breaker."""
         return self.policies.stored(service) is not None or self.breakers.find(service) is not None
 
+    def taken_again(self, name: str) -> bool:
+        """Whether ``name``, found idle, was reported on since (it holds a place again)."""
+        if name in self.admitted:
+            return True
+        places = self.endpoints.get(service_of(name)) if "/" in name else None
+        return places is not None and name in places.places
+
     def held_by(self, agent: str) -> int:
         """Places taken by names ``agent`` got admitted."""
         return self._per_agent[agent]
@@ -204,6 +211,8 @@ async def forget_idle(admission: ServiceAdmission, forget: Callable[[str], objec
     while True:
         await asyncio.sleep(every)
         for name in admission.idle():
+            if admission.taken_again(name):
+                continue  # reported on while the names before it were forgotten
             _log.info("forgetting idle breaker %s (no policy names it)", name)
             result = forget(name)
             if asyncio.iscoroutine(result):

@@ -249,7 +249,12 @@ class FleetBreakers:
         known = max(self.revisions.get(name, 0), self._forgotten.get(name, 0))
         if value is not None and 0 < revision <= known:
             return  # already applied (the watch and the writer both report a write)
-        self._forgotten.pop(name, None)
+        forgotten = self._forgotten.pop(name, None)
+        started_over = name in self._breakers and not self.revisions.get(name)
+        if value is None and revision and forgotten is not None and started_over:
+            # The deletion of the record forgotten here, heard after a report started the
+            # breaker over (held, never stored): the counts since are its own, kept.
+            return
         if value is None and name not in self._breakers:
             # Forgotten here already (an idle one): agents that still hold its last state
             # hear that it is CLOSED, and it takes no place here.

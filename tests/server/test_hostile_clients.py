@@ -21,7 +21,7 @@ from mission_control.client.policy import ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import policy_pb2
-from mission_control.server.admission import AdmissionLimits
+from mission_control.server.admission import AdmissionLimits, ServiceAdmission, forget_idle
 from mission_control.server.app import RunningControlPlane
 from mission_control.server.engine import FORGOTTEN_KEPT, FleetBreakers
 from mission_control.server.etcd_process import EtcdProcess
@@ -465,6 +465,84 @@ def test_a_watch_event_of_a_forgotten_breaker_still_on_its_way_does_not_bring_it
     fleet.adopt("late-echo", record, 9)  # a later write is the breaker's again
     assert fleet.find("late-echo") is not None
     assert fleet.revisions["late-echo"] == 9
+
+
+async def test_a_name_reported_on_while_the_names_before_it_are_forgotten_is_kept() -> None:
+    # The forgetting loop deletes one stored key after another; a report on a name still to
+    # come, arriving meanwhile, makes it no longer idle: its breaker and counts stay.
+    book = PolicyBook("/p")
+    fleet = FleetBreakers(book.policy_of)
+    admission = ServiceAdmission(book, fleet, AdmissionLimits(idle_secs=0.0))
+    for name in ("fad-a", "fad-b"):
+        assert admission.allows("a", name)
+        fleet.get(name)
+    forgotten: list[str] = []
+
+    async def forget(name: str) -> None:
+        forgotten.append(name)
+        fleet.forget(name)
+        admission.limits = AdmissionLimits(idle_secs=1000.0)  # idle in this round only
+        assert admission.allows("a", "fad-b")  # reported on while the deletion is on its way
+        fleet.record("a", pb.OutcomeSummary(service="fad-b", failures=2, trailing_failures=2))
+        await asyncio.sleep(0)
+
+    loop = asyncio.ensure_future(forget_idle(admission, forget, 0.001))
+    try:
+        await poll(lambda: _async_true(bool(forgotten)))
+        for _ in range(20):  # further rounds: fad-b was reported on in each
+            await asyncio.sleep(0.002)
+    finally:
+        loop.cancel()
+    assert forgotten[0] == "fad-a" and "fad-b" not in forgotten
+    breaker = fleet.find("fad-b")
+    assert breaker is not None and breaker.consecutive_failures >= 2
+
+
+async def _async_true(value: bool) -> bool:
+    return value
+
+
+async def test_a_late_deletion_of_a_forgotten_breaker_keeps_the_failures_reported_since(
+    control_plane: RunningControlPlane, etcd_server: EtcdProcess, prefix: str
+) -> None:
+    plane = control_plane.plane
+    plane.admission.limits = AdmissionLimits(idle_secs=0.0)
+    assert plane.admission.allows("a", "fad")
+    plane.breakers.record("a", pb.OutcomeSummary(service="fad", failures=5))
+    assert await plane.flush(timeout=10)
+    plane.breakers.force("fad", BreakerState.CLOSED, "recovered")
+    assert await plane.flush(timeout=10)
+    assert plane.admission.idle() == ["fad"]
+    await plane.forget_breaker("fad")  # deleted in etcd; the watch event may still be on its way
+    assert plane.admission.allows("a", "fad")
+    plane.breakers.record("a", pb.OutcomeSummary(service="fad", failures=4, trailing_failures=4))
+    store = EtcdStore([etcd_server.endpoint])
+    await store.connect()
+    try:  # a later write seen by the watch: the deletion's event was handled before it
+        await store.put(plane.policies.key("marker"), policy_to_json(ServicePolicy("marker")).encode())
+    finally:
+        await store.close()
+
+    async def marker_seen() -> bool:
+        return plane.policies.stored("marker") is not None
+
+    await poll(marker_seen)
+    breaker = plane.breakers.find("fad")
+    assert breaker is not None and breaker.consecutive_failures == 4
+
+
+def test_the_deletion_of_a_forgotten_record_heard_after_a_new_report_keeps_its_counts() -> None:
+    fleet = FleetBreakers(lambda name: ServicePolicy(name))
+    fleet.get("fad")
+    fleet.adopt("fad", fleet.to_record("fad"), 7)
+    fleet.forget("fad")  # its key deleted (revision 8); the watch event on its way
+    fleet.record("a", pb.OutcomeSummary(service="fad", failures=4, trailing_failures=4))
+    fleet.adopt("fad", None, 8)
+    breaker = fleet.find("fad")
+    assert breaker is not None and breaker.consecutive_failures == 4
+    fleet.adopt("fad", None, 9)  # a deletion after that (an operator's) starts it over
+    breaker = fleet.find("fad")
+    assert breaker is not None and breaker.consecutive_failures == 0
 
 
 def test_the_revisions_of_forgotten_breakers_kept_are_bounded() -> None:
