@@ -13,11 +13,15 @@ in one compare-and-swap on the claim, so however many replicas see the change, o
 record is written. When the key's mark still names a change before the event, the mark
 moves on to the record too (a compare-and-swap on it as well): the record is then the
 key's last, as for any recorded change. When a later write moved the mark on already, the
-mark is left alone and the claim names the record instead (what tells a record a control
-plane wrote, see :meth:`.audit_read.AuditReader.provenance`).
+mark keeps naming that write's record (written again as it is, in a compare-and-swap: its
+etcd version counts every recorded change, see :mod:`.last_good`), and the claim names the
+record instead (what tells a record a control plane wrote, see
+:meth:`.audit_read.AuditReader.provenance`).
 
-A claim that does not parse (put from outside) counts as empty: the change is recorded,
-and the claim written over.
+A claim that does not parse (put from outside) counts as empty, and one naming a revision
+at or after its own is not believed there: the change is recorded, and the claim written
+over. A value the watch delivers is recorded as it is (the record decodes it, replacing what
+is not UTF-8); how much one holds is etcd's bound on a request.
 """
 
 from __future__ import annotations
@@ -56,7 +60,10 @@ class Claim:
             return Claim()
         if not isinstance(record, str) or not isinstance(revisions, list):
             return Claim()
-        return Claim(record, tuple(r for r in revisions if isinstance(r, int) and not isinstance(r, bool)))
+        # A claim names changes made before it was written, never one after (put from
+        # outside, it cannot keep a change to come from being recorded).
+        told = sorted({r for r in revisions if type(r) is int and 0 < r < entry.mod_revision})
+        return Claim(record, tuple(told[-CLAIMED:]))
 
     def adding(self, record: str, revision: int) -> bytes:
         revisions = sorted({*self.revisions, revision})[-CLAIMED:]
@@ -112,6 +119,10 @@ class SeenChanges:
             ]
             if described < revision:  # the key's last change: its mark names the record
                 writes.append(log.mark_write(change, record_key, mark.mod_revision if mark else 0, revision))
+            elif mark is not None:  # written again, as it is: its version counts every record
+                named, _, present = log.described(mark)
+                again = f"{'' if present else '-'}{named} {described}".encode()
+                writes.append(Write(mark.key, again, mark.mod_revision))
             result = await log.store.commit(writes)
             if result.succeeded:
                 log.outside_seen += 1

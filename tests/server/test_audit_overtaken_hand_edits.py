@@ -54,6 +54,10 @@ def test_hand_edits_overwritten_at_once_are_each_recorded_once(
     try:
         stubs = [pb_grpc.ControlPlaneServiceStub(channel) for channel in channels]
         _put(stubs[0], 1)
+        # A claim put from outside naming changes to come keeps none of them from a record.
+        now = int(json.loads(etcdctl(endpoint, "get", key, "-w", "json"))["header"]["revision"])
+        forged = json.dumps({"record": "x", "revisions": list(range(now, now + 500))})
+        etcdctl(endpoint, "put", f"{prefix}-audit/outside/policies/{SERVICE}", forged)
         hand: list[int] = []
         for i in range(ROUNDS):
             value = json.dumps({"service": SERVICE, "timeout_secs": 500 + i})
@@ -77,3 +81,6 @@ def test_hand_edits_overwritten_at_once_are_each_recorded_once(
         assert record.version == 2 * i + 2  # the key's etcd version after the hand edit
         assert record.provenance == "verified", record
     assert len([r for r in records if r.action == "policy.put"]) == ROUNDS + 1
+    # The key's mark is written once per recorded change (what a last good value counts).
+    mark = json.loads(etcdctl(endpoint, "get", f"{prefix}/audited/policies/{SERVICE}", "-w", "json"))
+    assert int(mark["kvs"][0]["version"]) == 2 * ROUNDS + 1
