@@ -33,6 +33,9 @@ from .audit_seen import Claim, SeenChanges
 from .store import Entry, StoreUnavailable, Write
 
 _log = logging.getLogger("mission_control.server.audit")
+#: The values of the changes waiting to be recorded are held up to this many bytes (beyond:
+#: every key is compared with its mark instead, as when more changes wait than are held).
+MAX_WAITING_BYTES = 64 * 1024 * 1024
 
 
 def prune_due(retention: Retention, unpruned: int, since: float) -> bool:
@@ -76,6 +79,7 @@ class AuditKeeper:
         self._prune = asyncio.Event()
         self.seen = SeenChanges(log, change_of, refuses)
         self._outside: asyncio.Queue[tuple[str, bytes | None, int]] = asyncio.Queue(maxsize=10_000)
+        self._waiting_bytes = 0
         self._compare_all = asyncio.Event()
         #: Changes from outside handled here (recorded here or by another replica).
         self.outside_changes = 0
@@ -93,10 +97,16 @@ class AuditKeeper:
         """``key`` changed at ``revision`` with no mark beside it: record it."""
         if self.change_of(key, value, None) is None:
             return
+        size = len(value or b"")
+        if self._waiting_bytes + size > MAX_WAITING_BYTES:
+            self._compare_all.set()
+            return
         try:
             self._outside.put_nowait((key, value, revision))
         except asyncio.QueueFull:  # beyond: compare every key with its mark instead
             self._compare_all.set()
+        else:
+            self._waiting_bytes += size
 
     def loaded(self) -> None:
         """Everything was read again (a start, a reload): changes made while nobody
@@ -144,6 +154,7 @@ class AuditKeeper:
     async def _outside_loop(self) -> None:
         while True:
             key, value, revision = await self._outside.get()
+            self._waiting_bytes -= len(value or b"")
             await self._retrying(
                 f"change of {key} at {revision} not recorded yet",
                 partial(self.record_seen, key, value, revision),
