@@ -148,13 +148,20 @@ class AuditLog(AuditReader):
         return record
 
     async def record_outside(
-        self, change: Change, revision: int, mark_revision: int, *, refused: bool = False
+        self,
+        change: Change,
+        revision: int,
+        mark_revision: int,
+        *,
+        refused: bool = False,
+        also: Callable[[str], list[Write]] = lambda record: [],
     ) -> bool:
         """Record a change made from outside at ``revision`` (0: unknown; the key's etcd
         version after it in ``change``), in a compare-and-swap on its key's mark as last
         seen (``mark_revision``, 0: none);
         False when another replica, or a later write, recorded first. A value the control
-        plane ``refused`` (never in force) is recorded as ``etcd.refused``.
+        plane ``refused`` (never in force) is recorded as ``etcd.refused``; ``also``: more
+        writes of the same transaction, given the record's key.
         Raises StoreUnavailable."""
         now = self.wall()
         key = self.record_key(change.kind, now, secrets.token_hex(4))
@@ -163,6 +170,7 @@ class AuditLog(AuditReader):
         record = self._record(change, Author(OUTSIDE), action, now)
         record.revision = revision
         writes = [Write(key, encode(record), 0), self.mark_write(change, key, mark_revision, revision)]
+        writes += also(key)
         result = await self.store.commit(writes)
         self.outside_seen += result.succeeded
         return result.succeeded

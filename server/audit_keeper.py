@@ -2,10 +2,15 @@
 records of an earlier version, and keeps the retention bound.
 
 A change from outside is found two ways. Watching, a change with no mark at its
-revision (:class:`.sync.StoreSync` calls :meth:`AuditKeeper.outside`). Starting, or
-after the watch was reloaded, every key whose revision is not its mark's: a change
-made while no replica watched. Either way the record is written in a compare-and-swap
-on the key's mark, so several replicas make one record.
+revision (:class:`.sync.StoreSync` calls :meth:`AuditKeeper.outside`): it is recorded
+with the event's own value and revision, even when the key changed again before (see
+:mod:`.audit_seen`). Starting, or after the watch was reloaded or fell behind (etcd
+compacted the revisions it had not delivered, or more changes waited than it holds),
+every key whose revision is not its mark's: a change made while no replica watched.
+Then only the key's value now is recorded, at its revision, from the value last
+recorded: the changes between, which nobody saw, are not (the record's etcd version
+tells how many there were). Either way the record is written in a compare-and-swap on
+the key's mark or claim, so several replicas make one record.
 
 A write of the control plane triggers the prune. So do changes from outside, so that a
 fleet edited only by hand keeps its bound too: once the records this replica wrote of them
@@ -24,9 +29,13 @@ from functools import partial
 
 from .audit import AuditLog, Change, Retention
 from .audit_kept import KeptRecords
-from .store import Entry, StoreUnavailable
+from .audit_seen import Claim, SeenChanges
+from .store import Entry, StoreUnavailable, Write
 
 _log = logging.getLogger("mission_control.server.audit")
+#: The values of the changes waiting to be recorded are held up to this many bytes (beyond:
+#: every key is compared with its mark instead, as when more changes wait than are held).
+MAX_WAITING_BYTES = 64 * 1024 * 1024
 
 
 def prune_due(retention: Retention, unpruned: int, since: float) -> bool:
@@ -68,7 +77,9 @@ class AuditKeeper:
         #: What a prune keeps whatever its age: what a last good value is read back from.
         self.kept = KeptRecords(log, change_of, refuses, refused_keys)
         self._prune = asyncio.Event()
-        self._outside: asyncio.Queue[tuple[str, int]] = asyncio.Queue(maxsize=10_000)
+        self.seen = SeenChanges(log, change_of, refuses)
+        self._outside: asyncio.Queue[tuple[str, bytes | None, int]] = asyncio.Queue(maxsize=10_000)
+        self._waiting_bytes = 0
         self._compare_all = asyncio.Event()
         #: Changes from outside handled here (recorded here or by another replica).
         self.outside_changes = 0
@@ -86,10 +97,16 @@ class AuditKeeper:
         """``key`` changed at ``revision`` with no mark beside it: record it."""
         if self.change_of(key, value, None) is None:
             return
+        size = len(value or b"")
+        if self._waiting_bytes + size > MAX_WAITING_BYTES:
+            self._compare_all.set()
+            return
         try:
-            self._outside.put_nowait((key, revision))
+            self._outside.put_nowait((key, value, revision))
         except asyncio.QueueFull:  # beyond: compare every key with its mark instead
             self._compare_all.set()
+        else:
+            self._waiting_bytes += size
 
     def loaded(self) -> None:
         """Everything was read again (a start, a reload): changes made while nobody
@@ -136,23 +153,32 @@ class AuditKeeper:
 
     async def _outside_loop(self) -> None:
         while True:
-            key, revision = await self._outside.get()
+            key, value, revision = await self._outside.get()
+            self._waiting_bytes -= len(value or b"")
             await self._retrying(
-                f"change of {key} at {revision} not recorded yet", partial(self.compare, key)
+                f"change of {key} at {revision} not recorded yet",
+                partial(self.record_seen, key, value, revision),
             )
+
+    async def record_seen(self, key: str, value: bytes | None, revision: int) -> None:
+        """Record the change of ``key`` to ``value`` the watch delivered at ``revision``.
+        Raises StoreUnavailable."""
+        recorded = await self.seen.record(key, value, revision)
+        if recorded is None:
+            return
+        text = "%s changed from outside the control plane (revision %d)%s"
+        if recorded:
+            _log.warning(text, key, revision, "")
+            self._recorded_outside()
+        else:
+            _log.info(text, key, revision, ": recorded already")
+        self.outside_changes += 1
 
     async def _compare_loop(self) -> None:
         while True:
             await self._compare_all.wait()
             self._compare_all.clear()
             await self._retrying("keys not compared with their marks yet", self.compare_all)
-
-    async def compare(self, key: str) -> None:
-        """Record ``key``'s change if its mark does not describe it. Raises StoreUnavailable."""
-        # The mark first: a change made between the two reads moves the mark on, and the
-        # compare-and-swap on it then fails instead of recording a write as foreign.
-        mark = await self.log.store.get(self.log.mark_of(key))
-        await self._compare(key, await self.log.store.get(key), mark)
 
     async def compare_all(self) -> int:
         """Compare every recorded key with its mark, both read at one revision; returns
@@ -180,13 +206,25 @@ class AuditKeeper:
         revision = entry.mod_revision if entry is not None else 0
         text = "%s %s changed from outside the control plane (revision %d)%s"
         refused = change.new is not None and self.refuses(change)
-        if await self.log.record_outside(change, revision, mark.mod_revision if mark else 0, refused=refused):
+        also = await self._claiming(key, revision)
+        if await self.log.record_outside(
+            change, revision, mark.mod_revision if mark else 0, refused=refused, also=also
+        ):
             _log.warning(text, change.kind, change.name, revision, "")
             self._recorded_outside()
         else:
             _log.info(text, change.kind, change.name, revision, ": recorded by another replica")
         self.outside_changes += 1
         return True
+
+    async def _claiming(self, key: str, revision: int) -> Callable[[str], list[Write]]:
+        """The claim write of a change found by a compare (in a compare-and-swap on the
+        claim as read now): a replica that handles its event later finds it recorded."""
+        if not revision:  # a deletion: its revision is not known
+            return lambda record: []
+        entry = await self.log.store.get(self.log.claim_of(key))
+        claim, expected = Claim.parse(entry), entry.mod_revision if entry else 0
+        return lambda record: [Write(self.log.claim_of(key), claim.adding(record, revision), expected)]
 
     async def _last(self, mark: Entry | None) -> bytes | None:
         """The value last recorded, from the record the mark names."""

@@ -13,6 +13,7 @@ the check says ``unknown``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections import deque
@@ -117,6 +118,11 @@ class AuditReader:
 
     def mark_of(self, key: str) -> str:
         return self.marks + key.removeprefix(self._state)
+
+    def claim_of(self, key: str) -> str:
+        """Where ``key``'s claim is kept (see :mod:`.audit_seen`): outside the prefix the
+        replicas load and watch."""
+        return f"{self.prefix}outside/{key.removeprefix(self._state)}"
 
     def key_of_mark(self, mark: str) -> str:
         return self._state + mark.removeprefix(self.marks)
@@ -234,9 +240,23 @@ class AuditReader:
                 # change's revision after it): compare the record's key alone.
                 if mark is not None and mark.mod_revision == at and self.described(mark)[0] == entry.key:
                     return VERIFIED
+                # A change from outside recorded after a later write moved its mark on:
+                # the key's claim, written with it, names it.
+                claim = await self.store.get(self.claim_of(key), revision=at)
+                if claim is not None and claim.mod_revision == at and _claim_names(claim, entry.key):
+                    return VERIFIED
             moved = await self.store.get(self.moved_key, revision=at)
         except WatchCompacted:
             return UNKNOWN
         if moved is not None and moved.mod_revision == at and entry.key.encode() in moved.value.split():
             return VERIFIED
         return FOREIGN
+
+
+def _claim_names(claim: Entry, record: str) -> bool:
+    """Whether a claim names ``record`` as the last it was written with."""
+    try:
+        data = json.loads(claim.value)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and data.get("record") == record

@@ -144,7 +144,8 @@ def test_two_replicas_make_one_record_of_an_outside_change(
         records = audit(address, "--service", "llm_provider")
         assert [(r["identity"], r["action"]) for r in records] == [("etcd", "etcd.put")]
     keys = etcdctl(etcd_server.endpoint, "get", f"{prefix}-audit/", "--prefix", "--keys-only").split()
-    assert len(keys) == 1, keys
+    claim = f"{prefix}-audit/outside/policies/llm_provider"  # the change's revision, with it
+    assert len(keys) == 2 and claim in keys, keys
 
 
 async def kept(log: AuditLog) -> list[pb.AuditRecord]:
