@@ -29,7 +29,7 @@ from tests.support.replicas import worst_window
 from tests.support.tcp_pause import PausableProxy
 
 SERVICE, PERIOD, LIMIT, WINDOW = "lowered", 0.5, 100, 2.0
-OLD, NEW = 40.0, 1.0  # unleased_secs before and after the operator lowered it
+OLD, NEW = 30.0, 1.0  # unleased_secs before and after the operator lowered it
 UNITS = LIMIT * PERIOD / WINDOW  # the fleet's units per period: 25
 RATE = 60.0  # each agent asks for more than the whole limit (50/s)
 #: The new leader must lead this long before the cut-off agent's old horizon passes, or the

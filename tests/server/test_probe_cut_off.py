@@ -66,7 +66,14 @@ def proxy() -> Iterator[tuple[PausableProxy, asyncio.AbstractEventLoop]]:
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(
     ("before", "after", "timeout"),
-    [("r1", None, 12.0), ("r2", None, 12.0), ("r2", "r1", 12.0), ("r1", "r2", 40.0)],
+    [
+        # make soak: the leader's side of cut-off-follower; in make test the leader's count of
+        # a permit whose holder's stream ended is shown by test_probe_holder_killed.py
+        pytest.param("r1", None, 12.0, marks=pytest.mark.soak),
+        ("r2", None, 12.0),
+        ("r2", "r1", 12.0),
+        ("r1", "r2", 40.0),
+    ],
     ids=["cut-off-leader", "cut-off-follower", "follower-moves", "leader-to-follower"],
 )
 def test_a_probe_past_its_permits_ttl_never_runs_beside_the_permit_granted_again(

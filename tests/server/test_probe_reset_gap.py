@@ -52,7 +52,13 @@ def proxy() -> Iterator[tuple[PausableProxy, asyncio.AbstractEventLoop]]:
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize(
     ("before", "after"),
-    [("r1", "r1"), ("r2", "r2"), ("r1", "r2")],
+    [
+        ("r1", "r1"),
+        ("r2", "r2"),
+        # make soak: the leader's side is on-the-leader here (the reset as B and C ask), and
+        # A's move to a follower test_probe_cut_off.py's leader-to-follower
+        pytest.param("r1", "r2", marks=pytest.mark.soak),
+    ],
     ids=["on-the-leader", "on-a-follower", "leader-then-follower"],
 )
 def test_a_permit_gone_with_a_reset_stream_is_not_granted_beside_its_running_probe(
