@@ -49,10 +49,11 @@ def basis(message: pb.Breaker) -> Basis:
     return message.revision, message.generation, message.state
 
 
-def told(leader: Basis, own: Basis, cut_off: bool) -> bool:
-    """Whether the leader's state is told over this replica's own (see the module's doc)."""
-    if leader[0] != own[0] and not cut_off:
-        return leader[0] > own[0]  # etcd answers here: a later write read here is newer
+def told(leader: Basis, own: Basis, cut_off: bool, one_history: bool = False) -> bool:
+    """Whether the leader's state is told over this replica's own (see the module's doc);
+    ``one_history``: both rest on revisions of the same etcd history, as known here."""
+    if leader[0] != own[0] and (one_history or not cut_off):
+        return leader[0] > own[0]  # a later write read here is newer
     return leader[1:] != own[1:]
 
 
@@ -65,6 +66,8 @@ class LeaderStates:
         cut_off: whether etcd is away for this replica.
         leading: whether this replica leads (then nothing here is in force).
         clock: monotonic seconds (an OPEN's time left is counted down on it).
+        history: the etcd history this replica's own states rest on ("": not known; see
+            :mod:`.store_history`).
     """
 
     def __init__(
@@ -74,8 +77,11 @@ class LeaderStates:
         cut_off: Callable[[], bool],
         leading: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
+        *,
+        history: Callable[[], str] = lambda: "",
     ) -> None:
         self._own = own
+        self._own_history = history
         self._names = names
         self._cut_off = cut_off
         self._leading = leading
@@ -87,7 +93,10 @@ class LeaderStates:
         self._up = False
         #: Whether a leader's complete snapshot is what :attr:`_held` holds.
         self._heard = False
-        self._was_cut = False
+        #: The etcd history the leader's states held rest on, as its snapshot said ("": not known).
+        self._history = ""
+        #: Which rule told when last looked (:meth:`_rule`).
+        self._was = (False, False)
         #: Called with a breaker's name when what is told of it may have changed.
         self.on_change: Callable[[str], None] | None = None
 
@@ -97,12 +106,14 @@ class LeaderStates:
 
     # -- what the link says (see :class:`.relayed_marks.RelayedMarks`) ----------
 
-    def snapshot(self, breakers: Iterable[pb.Breaker], partial: bool = False) -> None:
+    def snapshot(self, breakers: Iterable[pb.Breaker], partial: bool = False, history: str = "") -> None:
         """A new link's snapshot (or a new one on it): its leader's states replace
-        whatever was held; ``partial``: that leader has not read etcd yet."""
+        whatever was held; ``partial``: that leader has not read etcd yet; ``history``:
+        the etcd history its states rest on ("": not known)."""
         now = self._clock()
         self._held = {b.name: (b, now) for b in breakers}
-        self._up, self._heard, self._was_cut = True, not partial, self._cut_off()
+        self._up, self._heard, self._history = True, not partial, history
+        self._was = self._rule()
         names = set(self._shown) | set(self._held) | set(self._names())
         for name in sorted(n for n in names if n in self._shown or self._leaders(n)):
             self._changed(name)
@@ -157,22 +168,28 @@ class LeaderStates:
             shown = sorted(self._shown)
             self._held.clear()
             self._shown.clear()
-            self._heard = False
+            self._heard, self._history = False, ""
             for name in shown:
                 self._changed(name)
             return
-        cut = self._cut_off()
-        if cut != self._was_cut and self._heard:  # which rule tells (see :func:`told`)
+        rule = self._rule()
+        if rule != self._was and self._heard:  # which rule tells (see :func:`told`)
             names = set(self._shown) | set(self._held) | set(self._names())
             for name in sorted(n for n in names if (n in self._shown) != self._leaders(n)):
                 self._changed(name)
-        self._was_cut = cut
+        self._was = rule
         now = self._clock()
         for name in sorted(self._shown):
             if self._mark(name, now) != self._shown[name]:
                 self._changed(name)
 
     # -- internals ----------------------------------------------------------------
+
+    def _rule(self) -> tuple[bool, bool]:
+        """(etcd is away here, the leader's states and this replica's rest on one etcd
+        history): which rule of :func:`told` tells."""
+        own = self._own_history()
+        return self._cut_off(), bool(own) and own == self._history
 
     def _leaders(self, name: str, own: Basis | None = None) -> bool:
         """Whether the leader's state of ``name`` differs from ``own`` (by default this
@@ -182,7 +199,7 @@ class LeaderStates:
         if own is None:
             own = self._own(name) or NONE
         found = self._held.get(name)
-        return told(basis(found[0]) if found is not None else NONE, own, self._cut_off())
+        return told(basis(found[0]) if found is not None else NONE, own, *self._rule())
 
     def _message(self, name: str) -> pb.Breaker:
         now = self._clock()
