@@ -8,15 +8,25 @@ any agent (:mod:`.relay`), so the follower knows the leader's state, and while t
 up the follower's agents are told the leader's state of every breaker where it differs from
 the follower's own (in generation or state): at once, and on every later push of the
 breaker, until the follower's own agrees (once etcd answers, the leader's write comes back
-through the watch). Which of the two is told: while etcd answers this replica, the one
-resting on the later etcd revision (``Breaker.revision``, the stored state each last read or
-wrote; a write read here first, an operator's the leader has not seen, keeps the follower's
-own), and on the same revision the leader's where it differs (a transition it decided from
-memory since, or one the follower decided while it led that was never stored, superseded:
-I2). While etcd is away for this replica, the leader's wherever it differs: the follower's
-own may rest on a history etcd lost in a wipe it did not see, whose revisions run above the
-new ones. An older state the follower reads meanwhile (a watch that lags, a reload) does not
-take its agents back. A leader that has not read etcd yet (its snapshot ``partial``) is not
+through the watch). Which of the two is told: the one resting on the later etcd revision
+(``Breaker.revision``, the stored state each last read or wrote; a write read here first, an
+operator's the leader has not seen, keeps the follower's own), and on the same revision the
+leader's where it differs (a transition it decided from memory since, or one the follower
+decided while it led that was never stored, superseded: I2). Revisions compare only within
+one etcd history (:mod:`.store_history`): the leader says the history its states rest on in
+its snapshot (``Snapshot.history``), this replica knows the one its own rest on. Where the
+two are the same, the later revision is told whether etcd answers here or not — so an
+operator's `force-open` or `reset` through this replica while the leader is cut off from
+etcd holds for its agents once etcd goes away for this replica too. Where they differ or
+either is not known (a leader that has not read the token, or of an older version; this
+replica's token not read, or let go when it found etcd lost its data) the rule is the
+history's blind one: while etcd answers this replica, the later revision (its reads catch
+up, and a wipe is found); while etcd is away for it, the leader's wherever it differs — the
+follower's own may rest on a history etcd lost in a wipe it did not see, whose revisions run
+above the new ones. (A leader whose token changes says so on the link at once, in a new
+snapshot: a push resting on a new history's revision never comes under the old token.) An
+older state the follower reads meanwhile (a watch that lags, a reload) does not take its
+agents back. A leader that has not read etcd yet (its snapshot ``partial``) is not
 heard; of a leader that has, a breaker its snapshot does not list (and it pushed nothing of
 since) is CLOSED, as for its own agents.
 
