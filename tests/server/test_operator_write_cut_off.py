@@ -57,9 +57,15 @@ def set_state(address: str, state: int) -> pb.Breaker:
 
 
 def held(address: str) -> pb.Breaker:
+    """The replica's breaker (empty while it holds none: not loaded yet)."""
     with grpc.insecure_channel(address) as channel:
         stub = pb_grpc.ControlPlaneServiceStub(channel)
-        return stub.GetBreaker(pb.GetBreakerRequest(name=SERVICE), timeout=10).breaker
+        try:
+            return stub.GetBreaker(pb.GetBreakerRequest(name=SERVICE), timeout=10).breaker
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                raise
+            return pb.Breaker()
 
 
 def serving(address: str) -> bool:
