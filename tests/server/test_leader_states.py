@@ -2,10 +2,12 @@
 (``server/leader_states.py``), on an injected clock: the leader's state where it differs from
 the follower's own — at once, and on every later push — until the follower's own agrees; an
 older state the follower reads meanwhile does not take its agents back, nor does a view from
-before a wipe it has not seen hold them; a leader that has not read etcd is not heard; a new link's
-snapshot replaces what an earlier leader said; with no link up it stays while etcd is away
-(marked ``no_grants`` where a permit would be needed), and goes once etcd answers or the
-follower leads."""
+before a wipe it has not seen hold them (another etcd history, or one not known); within one
+history the later revision is told with etcd away too (an operator's write through the
+follower, never seen by a leader cut off from etcd, holds); a leader that has not read etcd
+is not heard; a new link's snapshot replaces what an earlier leader said; with no link up it
+stays while etcd is away (marked ``no_grants`` where a permit would be needed), and goes
+once etcd answers or the follower leads."""
 
 from __future__ import annotations
 
