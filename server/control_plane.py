@@ -57,6 +57,8 @@ from .reports import ReportGate
 from .shadow import ShadowTrials, shadow_book
 from .stats import FleetStatistics
 from .store import EtcdStore, Store, StoreUnavailable, Write
+from .store_history import KEY as HISTORY_KEY
+from .store_history import StoreHistory
 from .sync import StoreSync
 from .takeover_read import TakeoverRead
 from .writes import StateWriter
@@ -196,6 +198,12 @@ class ControlPlane:
         self.writer.reachable = lambda: self.store_ok or not self._checked
         self.writer.on_lost_data = self.sync.lost_data
         self.sync.records[self.lease_epochs.key] = self.lease_epochs.apply
+        #: Which etcd history this replica's revisions rest on (see :mod:`.store_history`).
+        self.history = StoreHistory(f"{self.prefix}/{HISTORY_KEY}", store.get, self.writer.record_history)
+        self.sync.records[self.history.key] = self.history.apply
+        self.sync.absent_told.add(self.history.key)
+        self.sync.lost_data_listeners.append(self.history.lost_data)
+        self.history.on_change = self._history_changed
         self.writer.kept_records = self.lease_epochs.restorable
         self.takeover_read = TakeoverRead(
             self._leader_epoch,
@@ -300,7 +308,12 @@ class ControlPlane:
         self.relay.marks.on_change = self.grant_pause.relayed_changed
         self.relay.before_grant = self.grant_pause.unmark
         states = self.leader_states = LeaderStates(
-            self._own_state, self.breakers.names, self._cut_off, lambda: self.leading, self.clock
+            self._own_state,
+            self.breakers.names,
+            self._cut_off,
+            lambda: self.leading,
+            self.clock,
+            history=lambda: self.history.token,
         )
         states.on_change = self._push_in_force
         self.relay.marks.listeners.append(states)
@@ -481,7 +494,7 @@ class ControlPlane:
         (when the store is down it serves defaults and catches up later)."""
         self._stopping = False
         loops = [self.sync.run, self.writer.run, self._tick_loop, self._health_loop, self._forget_loop]
-        loops += [self.audit_keeper.run, self.recovery_checks.run]
+        loops += [self.audit_keeper.run, self.recovery_checks.run, self.history.run]
         if self.leadership is not None and self.relay is not None:
             loops += [self.leadership.run, self.relay.run]
         for loop in loops:
@@ -664,6 +677,14 @@ class ControlPlane:
         self.version += 1
         self.hub.broadcast(pb.ConnectResponse(snapshot=self.snapshot()))
 
+    def _history_changed(self) -> None:
+        """The history this replica's revisions rest on changed: a leader says so on every
+        link at once (in order with its pushes: one resting on a new history's revision
+        follows the snapshot that stops saying the old one)."""
+        if self.leadership is not None and self.leading:
+            self.version += 1
+            self.hub.broadcast(pb.ConnectResponse(snapshot=self.snapshot()))
+
     def _on_breaker(self, message: pb.Breaker, old: BreakerState | None, move: Transition | None) -> None:
         # Agents first: the push is queued to every stream before the write is started (the
         # streams' tasks run before the writer's), so a decision reaches agents without
@@ -716,6 +737,7 @@ class ControlPlane:
             version=self.version,
             partial=not self.view_complete,
             shadow_policies=[policy_to_proto(p) for p in self.shadows.all()],
+            history=self.history.token,
         )
         mine = set(services)
         breakers, passed_on = self.breakers.snapshot(), set[str]()

@@ -8,15 +8,25 @@ any agent (:mod:`.relay`), so the follower knows the leader's state, and while t
 up the follower's agents are told the leader's state of every breaker where it differs from
 the follower's own (in generation or state): at once, and on every later push of the
 breaker, until the follower's own agrees (once etcd answers, the leader's write comes back
-through the watch). Which of the two is told: while etcd answers this replica, the one
-resting on the later etcd revision (``Breaker.revision``, the stored state each last read or
-wrote; a write read here first, an operator's the leader has not seen, keeps the follower's
-own), and on the same revision the leader's where it differs (a transition it decided from
-memory since, or one the follower decided while it led that was never stored, superseded:
-I2). While etcd is away for this replica, the leader's wherever it differs: the follower's
-own may rest on a history etcd lost in a wipe it did not see, whose revisions run above the
-new ones. An older state the follower reads meanwhile (a watch that lags, a reload) does not
-take its agents back. A leader that has not read etcd yet (its snapshot ``partial``) is not
+through the watch). Which of the two is told: the one resting on the later etcd revision
+(``Breaker.revision``, the stored state each last read or wrote; a write read here first, an
+operator's the leader has not seen, keeps the follower's own), and on the same revision the
+leader's where it differs (a transition it decided from memory since, or one the follower
+decided while it led that was never stored, superseded: I2). Revisions compare only within
+one etcd history (:mod:`.store_history`): the leader says the history its states rest on in
+its snapshot (``Snapshot.history``), this replica knows the one its own rest on. Where the
+two are the same, the later revision is told whether etcd answers here or not — so an
+operator's `force-open` or `reset` through this replica while the leader is cut off from
+etcd holds for its agents once etcd goes away for this replica too. Where they differ or
+either is not known (a leader that has not read the token, or of an older version; this
+replica's token not read, or let go when it found etcd lost its data) the rule is the
+history's blind one: while etcd answers this replica, the later revision (its reads catch
+up, and a wipe is found); while etcd is away for it, the leader's wherever it differs — the
+follower's own may rest on a history etcd lost in a wipe it did not see, whose revisions run
+above the new ones. (A leader whose token changes says so on the link at once, in a new
+snapshot: a push resting on a new history's revision never comes under the old token.) An
+older state the follower reads meanwhile (a watch that lags, a reload) does not take its
+agents back. A leader that has not read etcd yet (its snapshot ``partial``) is not
 heard; of a leader that has, a breaker its snapshot does not list (and it pushed nothing of
 since) is CLOSED, as for its own agents.
 
@@ -49,10 +59,11 @@ def basis(message: pb.Breaker) -> Basis:
     return message.revision, message.generation, message.state
 
 
-def told(leader: Basis, own: Basis, cut_off: bool) -> bool:
-    """Whether the leader's state is told over this replica's own (see the module's doc)."""
-    if leader[0] != own[0] and not cut_off:
-        return leader[0] > own[0]  # etcd answers here: a later write read here is newer
+def told(leader: Basis, own: Basis, cut_off: bool, one_history: bool = False) -> bool:
+    """Whether the leader's state is told over this replica's own (see the module's doc);
+    ``one_history``: both rest on revisions of the same etcd history, as known here."""
+    if leader[0] != own[0] and (one_history or not cut_off):
+        return leader[0] > own[0]  # a later write read here is newer
     return leader[1:] != own[1:]
 
 
@@ -65,6 +76,8 @@ class LeaderStates:
         cut_off: whether etcd is away for this replica.
         leading: whether this replica leads (then nothing here is in force).
         clock: monotonic seconds (an OPEN's time left is counted down on it).
+        history: the etcd history this replica's own states rest on ("": not known; see
+            :mod:`.store_history`).
     """
 
     def __init__(
@@ -74,8 +87,11 @@ class LeaderStates:
         cut_off: Callable[[], bool],
         leading: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
+        *,
+        history: Callable[[], str] = lambda: "",
     ) -> None:
         self._own = own
+        self._own_history = history
         self._names = names
         self._cut_off = cut_off
         self._leading = leading
@@ -87,7 +103,10 @@ class LeaderStates:
         self._up = False
         #: Whether a leader's complete snapshot is what :attr:`_held` holds.
         self._heard = False
-        self._was_cut = False
+        #: The etcd history the leader's states held rest on, as its snapshot said ("": not known).
+        self._history = ""
+        #: Which rule told when last looked (:meth:`_rule`).
+        self._was = (False, False)
         #: Called with a breaker's name when what is told of it may have changed.
         self.on_change: Callable[[str], None] | None = None
 
@@ -97,12 +116,14 @@ class LeaderStates:
 
     # -- what the link says (see :class:`.relayed_marks.RelayedMarks`) ----------
 
-    def snapshot(self, breakers: Iterable[pb.Breaker], partial: bool = False) -> None:
+    def snapshot(self, breakers: Iterable[pb.Breaker], partial: bool = False, history: str = "") -> None:
         """A new link's snapshot (or a new one on it): its leader's states replace
-        whatever was held; ``partial``: that leader has not read etcd yet."""
+        whatever was held; ``partial``: that leader has not read etcd yet; ``history``:
+        the etcd history its states rest on ("": not known)."""
         now = self._clock()
         self._held = {b.name: (b, now) for b in breakers}
-        self._up, self._heard, self._was_cut = True, not partial, self._cut_off()
+        self._up, self._heard, self._history = True, not partial, history
+        self._was = self._rule()
         names = set(self._shown) | set(self._held) | set(self._names())
         for name in sorted(n for n in names if n in self._shown or self._leaders(n)):
             self._changed(name)
@@ -157,22 +178,28 @@ class LeaderStates:
             shown = sorted(self._shown)
             self._held.clear()
             self._shown.clear()
-            self._heard = False
+            self._heard, self._history = False, ""
             for name in shown:
                 self._changed(name)
             return
-        cut = self._cut_off()
-        if cut != self._was_cut and self._heard:  # which rule tells (see :func:`told`)
+        rule = self._rule()
+        if rule != self._was and self._heard:  # which rule tells (see :func:`told`)
             names = set(self._shown) | set(self._held) | set(self._names())
             for name in sorted(n for n in names if (n in self._shown) != self._leaders(n)):
                 self._changed(name)
-        self._was_cut = cut
+        self._was = rule
         now = self._clock()
         for name in sorted(self._shown):
             if self._mark(name, now) != self._shown[name]:
                 self._changed(name)
 
     # -- internals ----------------------------------------------------------------
+
+    def _rule(self) -> tuple[bool, bool]:
+        """(etcd is away here, the leader's states and this replica's rest on one etcd
+        history): which rule of :func:`told` tells."""
+        own = self._own_history()
+        return self._cut_off(), bool(own) and own == self._history
 
     def _leaders(self, name: str, own: Basis | None = None) -> bool:
         """Whether the leader's state of ``name`` differs from ``own`` (by default this
@@ -182,7 +209,7 @@ class LeaderStates:
         if own is None:
             own = self._own(name) or NONE
         found = self._held.get(name)
-        return told(basis(found[0]) if found is not None else NONE, own, self._cut_off())
+        return told(basis(found[0]) if found is not None else NONE, own, *self._rule())
 
     def _message(self, name: str) -> pb.Breaker:
         now = self._clock()

@@ -279,7 +279,8 @@ class LeaderRelay:
                     if not self.connected:  # the leader sends a new snapshot after each reload
                         _log.info("relaying to the leader at %s", address)
                     self.connected = True
-                    self.marks.snapshot(response.snapshot.breakers, response.snapshot.partial)
+                    snapshot = response.snapshot
+                    self.marks.snapshot(snapshot.breakers, snapshot.partial, snapshot.history)
                 elif response.HasField("breaker"):
                     self.marks.pushed(response.breaker)
                 elif response.HasField("outcome_ack"):

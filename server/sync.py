@@ -87,6 +87,8 @@ class StoreSync:
         self.on_outside: Callable[[str, bytes | None, int], None] = lambda key, value, revision: None
         #: Other keys followed: key -> called with each value (None: deleted).
         self.records: dict[str, Callable[[bytes | None], None]] = {}
+        #: Keys of :attr:`records` told None also when a full load finds them absent.
+        self.absent_told: set[str] = set()
         #: Where a bad policy key's last good value is looked for when etcd compacted its
         #: earlier revisions: the refused entry -> what was in force before it (None: not
         #: a policy's key).
@@ -191,9 +193,11 @@ class StoreSync:
         keep_absent = self._keep_absent or self.writer.restore_pending
         self._keep_absent = False
         seen_policies, seen_breakers, seen_shadows = set(), set(), set()
+        absent = set(self.absent_told)
         for index, entry in enumerate(entries):
             if index and index % LOAD_CHUNK == 0:
                 await asyncio.sleep(0)
+            absent.discard(entry.key)
             if not self.apply(entry.key, entry.value, entry.mod_revision) and not self._holds(entry.key):
                 await self._earlier_good(entry)
             service = self.policies.service_of(entry.key)
@@ -205,6 +209,8 @@ class StoreSync:
             if name is not None:
                 seen_breakers.add(name)
         self.delivered = max(self.delivered, revision)
+        for key in sorted(absent):
+            self.records[key](None)
         if keep_absent:  # the store lost it: the writer restores it
             if self._converge and not self.writer.restore_pending:
                 self._resync.set()  # the restore was handed over meanwhile: read again

@@ -552,6 +552,13 @@ class StateWriter:
         result = await self.commit([Write(key, value)], fenced=True, action="fleet.lease_epoch")
         return result.ok
 
+    async def record_history(self, key: str, value: bytes, expected_revision: int) -> bool:
+        """Store the store's history token (see :mod:`.store_history`) if ``key``'s mod
+        revision is ``expected_revision`` (0: absent), by any replica; True when stored.
+        Raises StoreUnavailable."""
+        result = await self.commit([Write(key, value, expected_revision)], action="store.history")
+        return result.ok
+
     # -- after the store lost its data ------------------------------------------
 
     async def _restore(self) -> None:

@@ -2,10 +2,12 @@
 (``server/leader_states.py``), on an injected clock: the leader's state where it differs from
 the follower's own — at once, and on every later push — until the follower's own agrees; an
 older state the follower reads meanwhile does not take its agents back, nor does a view from
-before a wipe it has not seen hold them; a leader that has not read etcd is not heard; a new link's
-snapshot replaces what an earlier leader said; with no link up it stays while etcd is away
-(marked ``no_grants`` where a permit would be needed), and goes once etcd answers or the
-follower leads."""
+before a wipe it has not seen hold them (another etcd history, or one not known); within one
+history the later revision is told with etcd away too (an operator's write through the
+follower, never seen by a leader cut off from etcd, holds); a leader that has not read etcd
+is not heard; a new link's snapshot replaces what an earlier leader said; with no link up it
+stays while etcd is away (marked ``no_grants`` where a permit would be needed), and goes
+once etcd answers or the follower leads."""
 
 from __future__ import annotations
 
@@ -34,9 +36,16 @@ class Follower:
         self.cut_off = True
         self.leading = False
         self.now = 100.0
+        #: The etcd history the follower's own state rests on ("": not known).
+        self.history = ""
         self.changed: list[str] = []
         self.states = LeaderStates(
-            self._own, lambda: [NAME], lambda: self.cut_off, lambda: self.leading, lambda: self.now
+            self._own,
+            lambda: [NAME],
+            lambda: self.cut_off,
+            lambda: self.leading,
+            lambda: self.now,
+            history=lambda: self.history,
         )
         self.states.on_change = self.changed.append
         self.states.snapshot([self.own])  # the link is up, the leader agreeing so far
@@ -192,24 +201,84 @@ def test_a_breaker_the_follower_does_not_hold_is_added_to_its_snapshot() -> None
 FORCED_OPEN = pb.BREAKER_STATE_FORCED_OPEN
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open defect: while etcd is away for the follower the leader's state wins wherever it "
-    "differs (meant for a wipe the follower did not see), so an operator's write the follower "
-    "read at a later revision, never seen by a leader cut off from etcd, is overturned for the "
-    "follower's agents for the whole outage",
+HISTORY = "5f1c0e9a2b7d4c36"  # the etcd history both replicas read
+
+
+@pytest.mark.parametrize(
+    ("leaders", "operators"), [(CLOSED, FORCED_OPEN), (FORCED_OPEN, CLOSED)], ids=["force-open", "reset"]
 )
-def test_an_operators_write_the_follower_read_later_is_not_overturned_when_etcd_goes_away() -> None:
+def test_an_operators_write_the_follower_read_later_is_not_overturned_when_etcd_goes_away(
+    leaders: int, operators: int
+) -> None:
     """With real processes (leader cut from etcd, `breakers force-open` through the follower,
-    the follower cut from etcd 1–2 s later): the follower's agents were told the leader's old
-    CLOSED ~2.5 s after the cut and called the upstream for the whole outage (9 of 9 runs,
-    35 of 35 calls in 20 s) while `breakers get` on the follower said FORCED_OPEN; the mirror
-    case (`breakers reset` through the follower over a leader's FORCED_OPEN) rejected 35 of 40."""
+    the follower cut from etcd 1–2 s later), before: the follower's agents were told the
+    leader's old CLOSED ~2.5 s after the cut and called the upstream for the whole outage
+    (9 of 9 runs) while `breakers get` on the follower said FORCED_OPEN; the mirror case
+    (`breakers reset` through the follower over a leader's FORCED_OPEN) rejected 35 of 40.
+    Both rest on revisions of one etcd history: the later revision is told (see
+    ``tests/server/test_operator_write_cut_off.py`` for the processes)."""
     f = Follower()
-    f.cut_off = False
-    f.states.snapshot([breaker(CLOSED, 2, 10)])  # the leader, cut off from etcd, saw revision 10
-    f.own = breaker(FORCED_OPEN, 3, 11)  # the operator's write, through this replica
-    assert f.told().state == FORCED_OPEN  # etcd answers here: the later revision is told
+    f.cut_off, f.history = False, HISTORY
+    f.states.snapshot([breaker(leaders, 2, 10)], history=HISTORY)  # the leader, cut off, saw 10
+    f.own = breaker(operators, 3, 11)  # the operator's write, through this replica
+    assert f.told().state == operators  # etcd answers here: the later revision is told
+    f.states.due()
+    f.changed.clear()
     f.cut_off = True  # then etcd goes away for this replica too
     f.states.due()
-    assert f.told().state == FORCED_OPEN
+    assert f.changed == [] and f.told().state == operators
+    f.states.link_down()  # (the leader's lease lapses: its link goes too)
+    f.states.due()
+    assert f.told().state == operators and len(f.states) == 0
+    f.states.snapshot([breaker(leaders, 2, 10)], history=HISTORY)  # its link again
+    assert f.told().state == operators
+
+
+def test_a_write_the_leader_has_not_seen_of_a_breaker_it_does_not_hold_is_kept_in_one_history() -> None:
+    f = Follower()
+    f.history = HISTORY
+    f.states.snapshot([], history=HISTORY)  # the leader holds none of it (it was never stored)
+    f.own = breaker(FORCED_OPEN, 1, 11)  # forced through this replica after the leader's cut
+    f.states.due()
+    assert f.told() is f.own
+    f.own = breaker(HALF_OPEN, 4, 0)  # held here, never stored: the leader's CLOSED
+    assert f.told().state == CLOSED
+
+
+def test_the_later_revision_of_the_leader_is_told_in_one_history_with_etcd_away() -> None:
+    f = Follower()
+    f.history = HISTORY
+    f.states.snapshot([breaker(OPEN, 5, 12, left=10)], history=HISTORY)  # written, not read here
+    assert f.told().state == OPEN
+    f.states.pushed(breaker(CLOSED, 6, 12))  # and closed from memory since
+    assert f.told().state == CLOSED
+
+
+@pytest.mark.parametrize("leaders", ["", "0d9e8a7b6c5f4e3d"], ids=["not-known", "another"])
+def test_a_view_from_another_history_gives_way_to_the_leaders_with_etcd_away(leaders: str) -> None:
+    """etcd was wiped and the follower did not see it: the leader, which did, says another
+    history (or none yet); the follower's own rests on the one lost, above the new one."""
+    f = Follower()
+    f.history = HISTORY
+    f.own = breaker(FORCED_OPEN, 4, 50)
+    f.states.snapshot([breaker(CLOSED, 1, 3)], history=leaders)
+    assert f.changed == [NAME] and f.told().state == CLOSED
+    f.changed.clear()
+    f.states.snapshot([], history=leaders)  # (a leader that holds none of it)
+    assert f.told().state == CLOSED
+
+
+def test_a_follower_that_finds_etcd_lost_its_data_takes_the_leaders_word_again() -> None:
+    f = Follower()
+    f.history = HISTORY
+    f.own = breaker(FORCED_OPEN, 3, 11)
+    f.states.snapshot([breaker(CLOSED, 2, 10)], history=HISTORY)
+    f.states.due()
+    assert f.told() is f.own
+    f.history = ""  # its revisions are of the data lost
+    f.states.due()
+    assert f.changed == [NAME] and f.told().state == CLOSED
+    f.changed.clear()
+    f.history = HISTORY
+    f.states.due()
+    assert f.changed == [NAME] and f.told() is f.own

@@ -7,7 +7,8 @@ I3  Never more than ``success_threshold`` probes of one breaker in flight fleet-
     an agent that keeps asking gets a permit within one probe TTL (``PROBE_TTL_SECS``,
     plus one push) while the fleet is settled and the probes in flight are below the
     limit, nor filled by permits the leader keeps for holders whose stream to it ended
-    (killed, cut off, or a follower's relay gone) until their hold passes — from when its
+    (killed, cut off, or a follower's relay gone), or a follower for its agents whose stream
+    to it ended, until their hold passes — from when its
     replica reaches the leader (a follower's relay linked, or a
     retry after the path to the leader opened: a heal shorter than the relay's retry
     interval may pass unseen, and a permit comes only over that link); after a leader
@@ -207,12 +208,24 @@ class ProbeWatch:
         is not free before, though no probe may be in flight."""
         now = self.world.now
         hub = leader.plane.hub
-        return sum(
+        at_leader = sum(
             sum(1 for expiry in expiries if expiry > now)
             for kept in (breaker._permits, breaker._earlier, breaker._gone)
             for holder, expiries in kept.items()
             if kept is breaker._gone or not hub.streams_of(holder)
         )
+        # a follower keeps out a permit it handed to an agent whose stream to it ended the
+        # same way (``RelayedPermits.agent_left``): its relay, still linked, holds it at the leader
+        followers = (r.plane.relay for r in self.world.alive_replicas() if r is not leader)
+        at_followers = sum(
+            1
+            for relay in followers
+            if relay is not None
+            for held in relay.permits._held.get(breaker.name, {}).values()
+            for permit in held.values()
+            if permit.lost and not permit.released and permit.expiry > now
+        )
+        return at_leader + at_followers
 
     # -- sampled -------------------------------------------------------------------
 

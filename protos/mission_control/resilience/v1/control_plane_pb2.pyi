@@ -718,6 +718,7 @@ class Snapshot(_message.Message):
     PARTIAL_FIELD_NUMBER: _builtins.int
     OMITTED_BREAKERS_FIELD_NUMBER: _builtins.int
     SHADOW_POLICIES_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
     control_plane_id: _builtins.str
     """Identifies the control-plane replica that serves the stream."""
     version: _builtins.int
@@ -733,6 +734,11 @@ class Snapshot(_message.Message):
     """Breakers left out to keep the snapshot under the size a client accepts: first
     CLOSED ones of services the agent did not name in its hello, then any of those.
     Their changes still follow as Breaker messages.
+    """
+    history: _builtins.str
+    """Which etcd history the breakers' revisions (Breaker.revision) rest on: a token stored
+    under the control plane's prefix, made anew whenever etcd is found to have lost its
+    data. Revisions compare only within one history. Empty: not known (not read yet).
     """
     @_builtins.property
     def policies(self) -> _containers.RepeatedCompositeFieldContainer[_policy_pb2.ServicePolicy]: ...
@@ -752,10 +758,11 @@ class Snapshot(_message.Message):
         partial: _builtins.bool = ...,
         omitted_breakers: _builtins.int = ...,
         shadow_policies: _abc.Iterable[_policy_pb2.ServicePolicy] | None = ...,
+        history: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakers", b"breakers", "control_plane_id", b"control_plane_id", "omitted_breakers", b"omitted_breakers", "partial", b"partial", "policies", b"policies", "shadow_policies", b"shadow_policies", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakers", b"breakers", "control_plane_id", b"control_plane_id", "history", b"history", "omitted_breakers", b"omitted_breakers", "partial", b"partial", "policies", b"policies", "shadow_policies", b"shadow_policies", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
