@@ -347,7 +347,7 @@ class LeaderRelay:
                 yield self._hello()
             if self._resend:
                 self._resend = False
-                for batch in self._unacked.resend():
+                for batch in self._sent_again():
                     yield pb.ConnectRequest(outcomes=batch)
             for request in self._outgoing():
                 yield request
@@ -359,6 +359,23 @@ class LeaderRelay:
             asked, self._asked = self._asked, {}
             for service in asked:
                 yield pb.ConnectRequest(probe_request=pb.ProbeRequest(service=service))
+
+    def _sent_again(self) -> list[pb.OutcomeBatch]:
+        """What the link before did not get acknowledged, as first sent, except that each
+        agent batch passed on alone is marked as sent again (``origin_first``: its own
+        sequence, as an agent marks its own). The replica taking it may have counted it,
+        leading then, and follow now: were it merged there with the new batches behind it,
+        that replica, leading again, would refuse the range whole and take them along."""
+        out = []
+        for batch in self._unacked.resend():
+            if batch.HasField("origin") and not any(s.origin_first for s in batch.summaries):
+                again = pb.OutcomeBatch()
+                again.CopyFrom(batch)
+                for summary in again.summaries:
+                    summary.origin_first = batch.origin.sequence
+                batch = again
+            out.append(batch)
+        return out
 
     def _hello(self) -> pb.ConnectRequest:
         return pb.ConnectRequest(

@@ -25,7 +25,9 @@ it is; one held only inside a range is held again on its own, so it counts when 
 refuses the range. The agent marks what it sends again (``OutcomeSummary.origin_first``):
 another replica may have passed it on already, so a follower keeps each apart and merges
 nothing more into what it holds of that session — else a range joining it to the new
-batches after it would be refused whole and take them along.
+batches after it would be refused whole and take them along. A relay marks likewise each
+agent batch it passes on again on its next link: the replica it reaches may have counted
+it while leading, and leads again once it has merged it (``LeaderRelay._sent_again``).
 
 What may still go uncounted: the batches of a range the leader refuses, sent by an older
 agent that does not mark what it sends again (its batches sent again merge with the new

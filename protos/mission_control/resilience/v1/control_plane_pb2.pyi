@@ -320,8 +320,9 @@ class OutcomeSummary(_message.Message):
     """Set by a replica on each summary of an agent's batch it passes on (OutcomeBatch.origin)
     when the batch sums that agent's batches origin_first..origin.sequence of one session
     (merged while the leader could not take them): the leader counts all of them, or none
-    when it counted any before. 0: the one batch origin.sequence. From an agent: set on a
-    batch it sends again (a follower then never merges it with others); not counted on.
+    when it counted any before. 0: the one batch origin.sequence (origin.sequence too: that
+    batch, passed on again by a relay on a new link: a follower then never merges it with
+    others). From an agent: set on a batch it sends again (likewise); not counted on.
     """
     @_builtins.property
     def errors_by_type(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
