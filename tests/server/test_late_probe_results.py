@@ -6,6 +6,8 @@ the demo, one or two a run)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 from mission_control.client.breaker import BreakerState, CircuitBreaker
 from mission_control.client.policy import ServicePolicy
@@ -16,6 +18,7 @@ from mission_control.server.etcd_process import EtcdProcess
 
 from tests.support import procs
 from tests.support.agents import RawAgent
+from tests.support.fleet_check import probe_granted
 from tests.support.fleets import put_policy
 from tests.support.procs import Proc
 
@@ -73,14 +76,14 @@ async def test_a_probe_result_reported_after_the_others_closed_the_breaker_is_no
     ):
         await a.report("llm", failures=1, trailing_failures=1)
         await a.wait_for(lambda: a.state("llm") == pb.BREAKER_STATE_HALF_OPEN)
-        await a.ask_probe("llm")
-        await a.wait_for(lambda: bool(a.grants))
+        # asked again until granted, as agents do (an ask not granted at once is kept 1 s)
+        await probe_granted(a, "llm")
         generation = a.grants[0].generation
         for agent in (b, c):  # waiting: one is out
             await agent.ask_probe("llm")
         await a.report_numbered(1, "llm", probe_successes=1, probe_generation=generation)
-        for agent in (b, c):  # one succeeded: two may be out now
-            await agent.wait_for(lambda agent=agent: bool(agent.grants))  # type: ignore[misc]
+        # one succeeded: two may be out now
+        await asyncio.gather(probe_granted(b, "llm"), probe_granted(c, "llm"))
         await b.report_numbered(1, "llm", probe_successes=1, probe_generation=generation)
         await c.wait_for(lambda: c.state("llm") == pb.BREAKER_STATE_CLOSED)
         await c.report_numbered(1, "llm", successes=1, probe_successes=1, probe_generation=generation)

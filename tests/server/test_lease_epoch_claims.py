@@ -37,7 +37,9 @@ class Leader:
         self.accept = True
         self.written: list[bytes] = []
         self.sent: dict[str, list[pb.CapacityLease]] = {}
-        self.epochs = LeaseEpochs(KEY, "r1", lambda: self.own, lambda: True, self._write, wall=self.wall)
+        self.epochs = LeaseEpochs(
+            KEY, "r1", lambda: self.own, lambda: True, self._write, clock=self.wall, wall=self.wall
+        )
         fleet = FleetLimits(rate_limit=True, lease_secs=PERIOD, unleased_secs=10.0)
         policies = [default_policy(SERVICE, rate_limit_requests=200, rate_limit_window_secs=2.0, fleet=fleet)]
         self.leaser = CapacityLeaser(
