@@ -125,6 +125,10 @@ class FollowerLeases:
                 continue
             reported.add(limit)
             wants = [max(0.0, d.wanted) for d in per_agent.values()] + [k.units for k in kept.values()]
+            held = self._held_epoch(d.held_epoch for d in per_agent.values())
+            of_held = [
+                d.agents_known for d in per_agent.values() if d.agents_known and d.held_epoch in (0, held)
+            ]
             demands.append(
                 pb.CapacityDemand(
                     service=limit[0],
@@ -137,7 +141,9 @@ class FollowerLeases:
                     + sum(k.units for k in kept.values()),
                     leased=all(d.leased for d in per_agent.values()),
                     agents_wanted=wants,
-                    held_epoch=self._held_epoch(d.held_epoch for d in per_agent.values()),
+                    held_epoch=held,
+                    agents_held=len(of_held),
+                    held_known=max(of_held, default=0),
                 )
             )
         self._dirty, self._reported = False, reported
