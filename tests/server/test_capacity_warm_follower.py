@@ -110,6 +110,23 @@ def test_the_warm_up_ends_when_every_agent_counted_is_back_behind_the_follower()
     assert leases[-1].units == UNITS  # the whole limit, well before the earlier horizon
 
 
+def test_an_agent_of_the_count_the_follower_keeps_counts_as_back() -> None:
+    _, x_held = first_term()
+    leases = FollowerLeases(lambda service, resource: 30.0, lambda: START)
+    for agent, demand in (
+        ("x", agent_demand(x_held)),
+        ("z", agent_demand(x_held)),
+        ("y", agent_demand(None)),
+    ):
+        leases.demand(agent, demand)
+    leases.agent_left("z")  # gone without a goodbye: the follower keeps what z may spend
+    report = leases.report()
+    assert report is not None
+    (demand,) = report.demand.demands
+    assert (demand.agents, demand.agents_held, demand.held_known) == (3, 2, 2)
+    assert second_term(demand)[-1].units == UNITS  # all of the count accounted for
+
+
 def test_an_older_follower_that_does_not_say_is_taken_for_one_agent_of_the_count() -> None:
     spent_by_z, x_held = first_term()
     demand = follower_demand({"x": agent_demand(x_held), "y": agent_demand(None)})
