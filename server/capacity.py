@@ -38,7 +38,7 @@ from mission_control.client.fleet_retries import (
 from mission_control.client.policy import UNLEASED_SECS, ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
-from .capacity_aside import LeaderTerm
+from .capacity_aside import LeaderTerm, earlier_count
 from .capacity_grid import PeriodGrid
 from .capacity_split import ASKED_PERIODS, asked_now, late_shrinks, per_agent_share, whole_units
 from .capacity_state import Holder, LeasedLimit
@@ -202,8 +202,8 @@ class CapacityLeaser:
         entry.claimed = min(_finite(demand.safe_units), limit.fleet_units)
         entry.safe_units = self.term.bound(limit, entry, self.clock()).believe(entry.claimed)
         if not entry.leased:
-            entry.earlier, entry.earlier_units = demand.agents_known, entry.safe_units
-            entry.earlier_epoch = demand.held_epoch
+            entry.earlier, entry.counted = earlier_count(demand, entry)
+            entry.earlier_units, entry.earlier_epoch = entry.safe_units, demand.held_epoch
 
     def forget(self, holder: str) -> None:
         """The holder's stream ended: it may still spend its safe share (its last lease)

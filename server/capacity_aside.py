@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+
 from .capacity_state import Holder, LeasedLimit
 
 # how far ahead an earlier leader may have leased when its record does not say: a leader
@@ -123,7 +125,7 @@ class LeaderTerm:
             # each leased one agent, and the second one's agent not back yet).
             current = self._current(limit)
             last_count = max((e.earlier for e in current), default=0)
-            known = sum(e.agents for e in current if e.earlier)
+            known = sum(e.counted for e in current if e.earlier)
             # what they held of the earlier leases, not of this leader's: those are split
             # from this pool, and counting them again would shrink it period by period
             back = sum(e.earlier_units for e in limit.holders.values())
@@ -132,7 +134,7 @@ class LeaderTerm:
             everyone = (
                 self._last_known(limit)
                 and 0 < last_count <= known
-                and expected <= sum(e.agents for e in limit.holders.values() if e.earlier)
+                and expected <= sum(e.counted for e in limit.holders.values() if e.earlier)
             )
             # an agent the earlier leader leased last stops spending at this horizon
             # (the longest horizon any of them may hold: an operator may have just lowered it)
@@ -163,7 +165,7 @@ class LeaderTerm:
         its leases heard it) are not back: they may still be spending its leases."""
         current = self._current(limit)
         counted = max((e.earlier for e in current), default=0)
-        return max(0, counted - sum(e.agents for e in current if e.earlier))
+        return max(0, counted - sum(e.counted for e in current if e.earlier))
 
     def _last_known(self, limit: LeasedLimit) -> bool:
         """Whether the epoch of the last earlier leader may be known: a record names it, or
@@ -178,3 +180,20 @@ class LeaderTerm:
         counts as one of them."""
         newest = max(self.earlier_epoch(), *(e.earlier_epoch for e in limit.holders.values()), 0)
         return [e for e in limit.holders.values() if not e.earlier_epoch or e.earlier_epoch >= newest]
+
+
+def earlier_count(demand: pb.CapacityDemand, entry: Holder) -> tuple[int, int]:
+    """How many agents the earlier leader counted, as ``demand`` says the agents holding its
+    lease heard it, and how many of the agents ``entry`` speaks for hold that lease. An agent
+    holds it when it says a count; behind a follower only those the follower says hold a
+    lease of the epoch it reports do (a new agent there, or one holding an older leader's
+    lease, is none of them), and of an older follower that does not say, one: at least
+    one of its agents heard the count it reports (the leader then warms up longer, never
+    less)."""
+    if not demand.agents_known:
+        return 0, 0
+    if not entry.replica:
+        return demand.agents_known, 1
+    if not demand.agents_held:
+        return demand.agents_known, 1
+    return demand.held_known or demand.agents_known, min(demand.agents_held, entry.agents)

@@ -34,6 +34,8 @@ class Holder:
     recent: tuple[float, ...] = ()  # the last few leases sent, newest last
     leased: bool = False  # this leader sent it a lease
     earlier: int = 0  # agents an earlier leader counted, as reported before this one leased
+    #: of the agents it speaks for, those holding that leader's lease (reported with ``earlier``)
+    counted: int = 0
     #: the epoch of the earlier lease it holds, as reported with ``earlier`` (0: not said)
     earlier_epoch: int = 0
     #: what it may spend of an earlier leader's leases, as reported before this one leased

@@ -29,10 +29,13 @@ Limit = tuple[str, str]
 
 @dataclass(frozen=True, slots=True)
 class _Kept:
-    """An agent gone without a goodbye: what it may spend a period, and until when."""
+    """An agent gone without a goodbye: what it may spend a period, and until when; and the
+    epoch of the lease it said it held, with the agent count it heard (as its last demand)."""
 
     units: float
     until: float
+    epoch: int = 0
+    known: int = 0
 
 
 class FollowerLeases:
@@ -86,7 +89,8 @@ class FollowerLeases:
             self._dirty = True
             units, hold = max(last.safe_units, sent), self.hold_secs(*limit)
             if units > 0 and hold is not None:
-                self.kept.setdefault(limit, {})[agent_id] = _Kept(units, now + hold)
+                kept = _Kept(units, now + hold, last.held_epoch, last.agents_known)
+                self.kept.setdefault(limit, {})[agent_id] = kept
 
     def release_predecessors(self, name: str, keep: str) -> None:
         """A process of agent id ``name`` is connected (``keep``): one gone without a
@@ -125,6 +129,13 @@ class FollowerLeases:
                 continue
             reported.add(limit)
             wants = [max(0.0, d.wanted) for d in per_agent.values()] + [k.units for k in kept.values()]
+            held = self._held_epoch(d.held_epoch for d in per_agent.values())
+            # the agents holding a lease of that epoch (one kept is spending it), and the
+            # counts they heard: a new leader counts only those as back of the earlier count
+            of_held = [
+                d.agents_known for d in per_agent.values() if d.agents_known and d.held_epoch in (0, held)
+            ]
+            of_held += [k.known for k in kept.values() if k.known and k.epoch in (0, held)]
             demands.append(
                 pb.CapacityDemand(
                     service=limit[0],
@@ -137,7 +148,9 @@ class FollowerLeases:
                     + sum(k.units for k in kept.values()),
                     leased=all(d.leased for d in per_agent.values()),
                     agents_wanted=wants,
-                    held_epoch=self._held_epoch(d.held_epoch for d in per_agent.values()),
+                    held_epoch=held,
+                    agents_held=len(of_held),
+                    held_known=max(of_held, default=0),
                 )
             )
         self._dirty, self._reported = False, reported

@@ -598,6 +598,8 @@ class CapacityDemand(_message.Message):
     AGENTS_FIELD_NUMBER: _builtins.int
     AGENTS_WANTED_FIELD_NUMBER: _builtins.int
     HELD_EPOCH_FIELD_NUMBER: _builtins.int
+    AGENTS_HELD_FIELD_NUMBER: _builtins.int
+    HELD_KNOWN_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     resource: _builtins.str
     """"<service>.requests" for the rate limit, else the quota's name."""
@@ -622,6 +624,15 @@ class CapacityDemand(_message.Message):
     agents'); 0 = none. Agents ignore leases of a lower epoch, so a leader below it (its
     epoch record was lost) moves its epoch above it before it leases again.
     """
+    agents_held: _builtins.int
+    """A follower replica's demand: how many of its agents hold a lease of `held_epoch` (an
+    agent that says no epoch counts as one of them), and the highest agent count those
+    learned from it (`agents_known` stays the highest of all its agents', for older
+    leaders). A new leader counts only these agents as back of the agents the earlier
+    leader counted: a new agent, or one of an older leader, stands for none of them.
+    0 = not said (an older follower): the leader counts one of its agents as back.
+    """
+    held_known: _builtins.int
     @_builtins.property
     def agents_wanted(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """A follower replica's demand: what each of its agents wants (the leader splits the limit
@@ -643,10 +654,12 @@ class CapacityDemand(_message.Message):
         agents: _builtins.int = ...,
         agents_wanted: _abc.Iterable[_builtins.float] | None = ...,
         held_epoch: _builtins.int = ...,
+        agents_held: _builtins.int = ...,
+        held_known: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "agents_known", b"agents_known", "agents_wanted", b"agents_wanted", "held_epoch", b"held_epoch", "leased", b"leased", "leaving", b"leaving", "period", b"period", "resource", b"resource", "safe_units", b"safe_units", "service", b"service", "used", b"used", "wanted", b"wanted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "agents_held", b"agents_held", "agents_known", b"agents_known", "agents_wanted", b"agents_wanted", "held_epoch", b"held_epoch", "held_known", b"held_known", "leased", b"leased", "leaving", b"leaving", "period", b"period", "resource", b"resource", "safe_units", b"safe_units", "service", b"service", "used", b"used", "wanted", b"wanted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
