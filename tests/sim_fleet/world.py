@@ -204,7 +204,7 @@ class Agent:
         self.name = name
         self.services = services
         loop = asyncio.get_running_loop()
-        self.view = LocalView(clock=loop.time)
+        self.view = LocalView(clock=loop.time, wall=lambda: EPOCH + loop.time())
         self.unacked = UnackedBatches(series=name)
         self.alive = True
         self.link: Link | None = None
