@@ -20,7 +20,6 @@ import time
 import pytest
 from mission_control.resilience.v1 import policy_pb2
 
-from tests.conftest import etcd_server, prefix, spawned  # noqa: F401
 from tests.support.fleets import leader_of, put_policy
 from tests.support.polling import poll
 from tests.support.probe_upstream import ProbeUpstream
@@ -39,7 +38,7 @@ def _until(t: float) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_a_late_relayed_grant_runs_no_probe_past_its_hold(etcd_server, prefix, spawned: list[Proc]) -> None:  # noqa: F811
+def test_a_late_relayed_grant_runs_no_probe_past_its_hold(etcd_server, prefix, spawned: list[Proc]) -> None:
     ep = etcd_server.endpoint
     pol = policy_pb2.ServicePolicy(
         service=SERVICE, failure_threshold=3, success_threshold=1, wait_duration_secs=3.0, timeout_secs=T

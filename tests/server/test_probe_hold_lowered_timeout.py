@@ -17,7 +17,6 @@ import time
 import pytest
 from mission_control.resilience.v1 import policy_pb2
 
-from tests.conftest import etcd_server, prefix, spawned  # noqa: F401
 from tests.support.fleets import leader_of, put_policy
 from tests.support.polling import poll
 from tests.support.probe_upstream import ProbeUpstream
@@ -42,7 +41,7 @@ def _policy(timeout: float) -> policy_pb2.ServicePolicy:
 @pytest.mark.timeout(120)
 def test_a_probe_ends_by_the_granters_hold_after_the_timeout_was_lowered(
     etcd_server, prefix, spawned: list[Proc]
-) -> None:  # noqa: F811
+) -> None:
     ep = etcd_server.endpoint
     with proxy_in_thread() as (e, loop), ProbeUpstream(D) as up:
         e.target = ep
