@@ -8,13 +8,12 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from mission_control.client.admission import Admission, Admitted
 from mission_control.client.admit_fast import new_ticket
 from mission_control.client.breaker import BreakerState
 from mission_control.client.executor import Executor
 from mission_control.client.policy import ServicePolicy
-from mission_control.client.probes import HOLD_SKEW_SECS, USE_MARGIN_SECS, hold_end, last_use
+from mission_control.client.probes import HOLD_SKEW_SECS, USE_MARGIN_SECS, FleetProbe, hold_end, last_use
 from mission_control.client.view import LocalView
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
@@ -125,15 +124,15 @@ def test_an_agent_clock_ahead_counts_the_hold_as_shorter() -> None:
     view, clock = view_with(timeout=10.0, wall_ahead=0.4)
     view.grant(grant(clock.now, granter_timeout=1.0))
     probe = probe_of(view, clock)
-    assert probe is not None
-    assert getattr(probe, "hold_end") == pytest.approx(clock.now + TTL + 1.0 - 0.4 - HOLD_SKEW_SECS)
+    assert isinstance(probe, FleetProbe)
+    assert probe.hold_end == pytest.approx(clock.now + TTL + 1.0 - 0.4 - HOLD_SKEW_SECS)
 
 
 def test_a_grant_without_a_hold_is_counted_from_its_arrival_as_before() -> None:
     view, clock = view_with(timeout=10.0)
     view.grant(grant(None))
     probe = probe_of(view, clock)
-    assert probe == "fleet" and getattr(probe, "hold_end") == math.inf
+    assert isinstance(probe, FleetProbe) and probe.hold_end == math.inf
     ticket = new_ticket(view.get(SERVICE), "op", None, None, None, clock(), probe)
     assert ticket.timeout == 10.0
     view.grant(_numbered(None, 10))
