@@ -4,6 +4,13 @@ This module decides; it does no I/O. It turns outcome summaries, probe requests,
 ticks and operator commands into transitions, hands out HALF_OPEN probe permits so the
 *fleet* sends at most ``success_threshold`` probes at a time, and reports every change to
 listeners (the Connect streams, WatchBreakers, statistics, the persister).
+
+A permit is held here from its grant for the probe TTL plus the policy's timeout of the
+time, and its grant says when that hold ends on the wall clock (``ProbeGrant.hold_until``):
+the agent ends its probe by then, however late the grant reached it and whatever timeout
+it was told — assuming the clocks of replicas and agents agree within
+``client.probes.HOLD_SKEW_SECS``. A new leader waits out an earlier leader's holds counted
+with the highest timeout one may have been granted under (:mod:`.lowered_timeouts`).
 """
 
 from __future__ import annotations
