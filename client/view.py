@@ -845,7 +845,9 @@ class LocalView:
             hold = hold_end(now, self.wall(), grant.hold_until.ToNanoseconds() / 1e9)
         # a probe begun by then ends within the granter's hold
         expiry = last_use(now, ttl, hold, state.policy.timeout_secs)
-        if ttl > 0:
+        # (a grant that says its hold may come from a relay, with only the TTL left of it:
+        # the TTL kept here is never taken for less from one)
+        if (ttl > 0 and hold is None) or ttl > self.probe_ttl:
             self.probe_ttl = min(ttl, MOST_PROBE_TTL_SECS)
         known = fleet.generation if fleet is not None else None
         with state.lock:

@@ -144,3 +144,11 @@ def _numbered(made_at: float | None, number: int) -> pb.ProbeGrant:
     message = grant(made_at)
     message.number = number
     return message
+
+
+def test_a_relayed_grant_with_little_ttl_left_does_not_shorten_the_probe_ttl_the_agent_keeps() -> None:
+    """The probe TTL the view keeps bounds how long a HALF_OPEN stays in force after the
+    link drops: a relay's cut TTL (only what is left of it) must not shorten it."""
+    view, clock = view_with(timeout=3.0)
+    view.grant(grant(clock.now - 3.5, granter_timeout=3.0, ttl=TTL - 3.5))
+    assert view.probe_ttl == TTL
