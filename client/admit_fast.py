@@ -120,7 +120,12 @@ def new_ticket(
     now: float,
     probe: str | None,
 ) -> Ticket:
-    """An admitted attempt's ticket: its timeout is :func:`seconds_left`."""
+    """An admitted attempt's ticket: its timeout is :func:`seconds_left`, and a fleet probe's
+    ends by its permit's hold (``FleetProbe.hold_end``: the granter may take the permit as
+    free after it, and grant it again beside this call)."""
+    hold = getattr(probe, "hold_end", None)
+    if hold is not None and (deadline is None or hold < deadline):
+        deadline = hold
     seconds = seconds_left(state, timeout, deadline, now)
     if kind is None:
         kind = state.kind or kind_of(state.name)

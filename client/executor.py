@@ -213,6 +213,9 @@ class Executor:
             self._refused(state, refused, ticket.operation)
             return refused
         ticket.probe = decision.probe
+        hold = getattr(decision.probe, "hold_end", None)
+        if hold is not None and hold < ticket.deadline:  # a probe ends by its permit's hold
+            ticket.deadline = hold
         self._started(ticket, now)
         return None
 

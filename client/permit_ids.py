@@ -16,13 +16,17 @@ __all__ = ["Permit", "pop_number"]
 
 
 class Permit(float):
-    """A permit's expiry time, with the number of the grant it was given under (0: none)."""
+    """A permit's expiry time, with the number of the grant it was given under (0: none)
+    and, at an agent, when a probe under it ends at the latest (the granter's hold less a
+    clock-skew margin, ``client/probes.py``; infinite when not said)."""
 
     number: int
+    hold_end: float
 
-    def __new__(cls, expiry: float, number: int = 0) -> Permit:
+    def __new__(cls, expiry: float, number: int = 0, hold: float = float("inf")) -> Permit:
         permit = super().__new__(cls, expiry)
         permit.number = number
+        permit.hold_end = hold
         return permit
 
 

@@ -11,6 +11,18 @@ stream that grant came over (:class:`RunningProbes`): after a reconnect the cont
 hears which probes of the stream before still run, and no result is taken for a permit
 it was not made under.
 
+A grant says when the granter's hold on its permit ends (``ProbeGrant.hold_until``, wall
+clock): a probe under it is cut to end by then, less :data:`HOLD_SKEW_SECS`, whatever this
+agent's own policy timeout, and a permit with too little of its hold left to be of use
+goes back unused (:func:`last_use`). That keeps I3 when the grant reached this agent late
+(stalled links on the way) or the granter was told a shorter timeout than this agent. It
+assumes the clocks of the control plane's replicas and of the agents agree within
+:data:`HOLD_SKEW_SECS`. (A clock-free bound would have to count from something the agent
+knows came before the grant — its own ask — which a grant does not name, and a grant made
+after a long wait for a free permit would arrive spent; a hop-by-hop age misses the time
+a grant spends stalled in a stream.) A grant without ``hold_until`` (an older granter) is
+counted from its arrival alone, as before.
+
 Pure logic with an injected ``now``; the caller holds the service's lock.
 """
 
@@ -23,12 +35,15 @@ from .permit_ids import Permit
 
 __all__ = [
     "ASKING_SECS",
+    "HOLD_SKEW_SECS",
     "USE_MARGIN_SECS",
     "FleetProbe",
     "GiveBack",
     "GrantsTaken",
     "ProbePermits",
     "RunningProbes",
+    "hold_end",
+    "last_use",
     "use_by",
 ]
 
@@ -45,6 +60,12 @@ ASKING_SECS = 1.0
 #: time ends within the hold (its call bounded by the policy's timeout). The two processes'
 #: monotonic clocks differ in rate by far less.
 USE_MARGIN_SECS = 0.5
+#: How far the wall clocks of the control plane's replicas and of the agents may be apart:
+#: a probe ends this long before the granter's hold does (``ProbeGrant.hold_until``).
+HOLD_SKEW_SECS = 0.5
+#: A permit is used no later than while this share of the policy's timeout is left of its
+#: hold: a probe cut shorter would likely time out, and count as a failure.
+USEFUL_HOLD_SHARE = 0.5
 #: Grant identities remembered (a HALF_OPEN grants few; the oldest are forgotten first).
 GRANTS_REMEMBERED = 256
 
@@ -54,18 +75,38 @@ def use_by(received: float, ttl: float) -> float:
     return received + ttl - min(USE_MARGIN_SECS, max(0.0, ttl / 10))
 
 
+def hold_end(received: float, wall_received: float, hold_until: float) -> float:
+    """When a probe under a permit received at ``received`` (this monotonic clock, read at
+    ``wall_received`` on the wall clock) ends at the latest: the granter's ``hold_until``
+    (wall clock) on this clock, less :data:`HOLD_SKEW_SECS`."""
+    return received + (hold_until - wall_received) - HOLD_SKEW_SECS
+
+
+def last_use(received: float, ttl: float, hold: float | None, timeout: float) -> float:
+    """When a permit received at ``received`` with ``ttl``, whose probe must end by ``hold``
+    (:func:`hold_end`; None: not said), is last used by a policy with ``timeout``."""
+    at = use_by(received, ttl)
+    if hold is None:
+        return at
+    return min(at, hold - timeout * USEFUL_HOLD_SHARE)
+
+
 class FleetProbe(str):
     """The probe kind "fleet", with the breaker generation of the permit it runs under
-    (its outcome counts for that HALF_OPEN only), the grant's number (0: not said) and
-    the stream the grant came over (:attr:`.LocalView.stream`)."""
+    (its outcome counts for that HALF_OPEN only), the grant's number (0: not said), the
+    stream the grant came over (:attr:`.LocalView.stream`) and when the call must end by
+    (:func:`hold_end`; infinite when the grant did not say)."""
 
     generation: int
     number: int
     stream: int
+    hold_end: float
 
-    def __new__(cls, generation: int, number: int = 0, stream: int = 0) -> FleetProbe:
+    def __new__(
+        cls, generation: int, number: int = 0, stream: int = 0, hold: float = float("inf")
+    ) -> FleetProbe:
         probe = super().__new__(cls, "fleet")
-        probe.generation, probe.number, probe.stream = generation, number, stream
+        probe.generation, probe.number, probe.stream, probe.hold_end = generation, number, stream, hold
         return probe
 
 
@@ -156,10 +197,12 @@ class ProbePermits:
         known: int | None,
         now: float,
         identity: tuple[int, int] = (0, 0),
+        hold: float = float("inf"),
     ) -> list[GiveBack]:
         """Permits granted for ``generation``; ``known`` is the breaker generation this
         agent was last told (None = none yet); ``identity`` the grant's (series, number),
-        (0, 0) when not said. Returns what goes straight back; a grant already taken gives
+        (0, 0) when not said; ``hold`` when its probe ends at the latest. Returns what goes
+        straight back (with a permit already past its use); a grant already taken gives
         nothing (its permits are held, or were used or given back once)."""
         if not self.taken.first_time(generation, identity):
             return []
@@ -169,19 +212,22 @@ class ProbePermits:
             return [GiveBack(generation, count)]
         back = self.supersede(generation)
         self.generation = generation
-        self.expiries.extend([Permit(expiry, identity[1])] * count)
+        if expiry <= now:  # too little of its hold is left for a probe (a late grant)
+            return [*back, GiveBack(generation, count)]
+        self.expiries.extend([Permit(expiry, identity[1], hold)] * count)
         # a grant may arrive before the agent's next call: it has ASKING_SECS to use it
         self.wanted_at = max(self.wanted_at, now)
         return back
 
-    def take(self, generation: int, now: float) -> tuple[int | None, list[GiveBack]]:
-        """Use one permit for a probe of ``generation``, if one is held and valid: the
-        number of its grant (0: not said), or None."""
+    def take(self, generation: int, now: float) -> tuple[Permit | None, list[GiveBack]]:
+        """Use one permit for a probe of ``generation``, if one is held and valid (it names
+        its grant's number, 0 when not said, and when its probe ends by), or None."""
         self.want(now)
         back = self.supersede(generation)
         back += self.lapse(now)
         if self.expiries and self.generation == generation:
-            return getattr(self.expiries.pop(), "number", 0), back
+            permit = self.expiries.pop()
+            return permit if isinstance(permit, Permit) else Permit(permit), back
         return None, back
 
     def lapse(self, now: float) -> list[GiveBack]:

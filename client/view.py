@@ -33,7 +33,7 @@ from .fleet_retries import (
 )
 from .limits import Bulkhead, RetryBudget, TokenBucket
 from .policy import ServicePolicy, default_policy, endpoint_breaker, service_of
-from .probes import FleetProbe, GiveBack, ProbePermits, RunningProbes, use_by
+from .probes import FleetProbe, GiveBack, ProbePermits, RunningProbes, hold_end, last_use
 from .shadow import ShadowLimits
 
 __all__ = ["EndpointState", "FleetBreaker", "LocalView", "ServiceState", "Tally"]
@@ -465,11 +465,11 @@ class ServiceState:
         if fleet is None:
             return None
         with self.lock:
-            number, back = self.permits.take(fleet.generation, now)
+            permit, back = self.permits.take(fleet.generation, now)
             self.return_permits(back)
-            if number is None:
+            if permit is None:
                 return None
-            probe = FleetProbe(fleet.generation, number, stream)
+            probe = FleetProbe(fleet.generation, permit.number, stream, permit.hold_end)
             self.probes.started(probe)
             return probe
 
@@ -561,14 +561,18 @@ class LocalView:
         policies: policies known without a control plane (a config file, code); a
             service in neither gets the seed's defaults.
         clock: monotonic seconds.
+        wall: epoch seconds (only to read when a probe permit's hold ends,
+            ``ProbeGrant.hold_until``).
     """
 
     def __init__(
         self,
         policies: Mapping[str, ServicePolicy] | Callable[[str], ServicePolicy] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.clock = clock
+        self.wall = wall
         self._base: Callable[[str], ServicePolicy]
         if policies is None:
             self._base = default_policy
@@ -829,18 +833,34 @@ class LocalView:
         """Probe permits from the control plane. One for an earlier HALF_OPEN goes back;
         one for a later generation than this agent knows is kept (on a follower replica
         the relayed grant can arrive before the breaker's new state); one delivered twice
-        is taken once (see :class:`GrantsTaken`)."""
+        is taken once (see :class:`GrantsTaken`). A probe under it ends by the granter's
+        hold (``hold_until``, when said), and it is used only while enough of that hold is
+        left (:func:`.probes.last_use`)."""
         state = self.get(grant.service)
         fleet = state.fleet
         now = self.clock()
         ttl = grant.ttl.ToNanoseconds() / 1e9
-        expiry = use_by(now, ttl)  # a probe begun by then ends within the granter's hold
-        if ttl > 0:
+        hold = None
+        if grant.HasField("hold_until"):
+            hold = hold_end(now, self.wall(), grant.hold_until.ToNanoseconds() / 1e9)
+        # a probe begun by then ends within the granter's hold
+        expiry = last_use(now, ttl, hold, state.policy.timeout_secs)
+        # (a grant that says its hold may come from a relay, with only the TTL left of it:
+        # the TTL kept here is never taken for less from one)
+        if (ttl > 0 and hold is None) or ttl > self.probe_ttl:
             self.probe_ttl = min(ttl, MOST_PROBE_TTL_SECS)
         known = fleet.generation if fleet is not None else None
         with state.lock:
             identity = (grant.series, grant.number)
-            back = state.permits.add(grant.generation, max(1, grant.permits), expiry, known, now, identity)
+            back = state.permits.add(
+                grant.generation,
+                max(1, grant.permits),
+                expiry,
+                known,
+                now,
+                identity,
+                math.inf if hold is None else hold,
+            )
             state.return_permits(back)
 
     def apply_lease(self, lease: pb.CapacityLease) -> None:

@@ -4,6 +4,13 @@ This module decides; it does no I/O. It turns outcome summaries, probe requests,
 ticks and operator commands into transitions, hands out HALF_OPEN probe permits so the
 *fleet* sends at most ``success_threshold`` probes at a time, and reports every change to
 listeners (the Connect streams, WatchBreakers, statistics, the persister).
+
+A permit is held here from its grant for the probe TTL plus the policy's timeout of the
+time, and its grant says when that hold ends on the wall clock (``ProbeGrant.hold_until``):
+the agent ends its probe by then, however late the grant reached it and whatever timeout
+it was told — assuming the clocks of replicas and agents agree within
+``client.probes.HOLD_SKEW_SECS``. A new leader waits out an earlier leader's holds counted
+with the highest timeout one may have been granted under (:mod:`.lowered_timeouts`).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from mission_control.client.probes import ASKING_SECS
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .grant_numbers import GrantNumbers
+from .lowered_timeouts import LoweredTimeouts
 from .probe_results import identified, lose_released, note_running, settle_results
 from .stored_counts import taken_counts
 from .stored_runs import StoredRuns
@@ -124,7 +132,10 @@ class FleetBreakers:
         self.numbers = numbers if numbers is not None else GrantNumbers()
         self._clock = clock
         self._wall_offset = wall() - clock()
+        self._wall = wall
         self.probe_ttl = probe_ttl
+        #: Timeouts lowered lately, which a new leader's wait still counts.
+        self.lowered = LoweredTimeouts()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._demand: dict[str, _Demand] = {}
         #: etcd mod_revision of each breaker's stored state (0 = never stored).
@@ -545,13 +556,19 @@ class FleetBreakers:
         self._adopted.pop(name, None)
         self._held_since.pop(name, None)
         self._runs.forget(name)
+        self.lowered.forget(name)
 
     def policy_changed(self, service: str) -> None:
-        """The service's policy changed: its breaker and its endpoints' follow it."""
+        """The service's policy changed: its breaker and its endpoints' follow it (a lowered
+        timeout still counts for a new leader's wait while a permit granted under the old
+        one may be held: :mod:`.lowered_timeouts`)."""
         policy = self._policy_of(service)
+        now = self._clock()
         for name, breaker in self._breakers.items():
             if name == service or name.startswith(service + "/"):
+                old = breaker.policy.timeout_secs
                 breaker.update_policy(policy)
+                self.lowered.changed(name, old, breaker.policy.timeout_secs, self.probe_ttl, now)
 
     def next_deadline(self) -> float | None:
         """Monotonic time of the next OPEN -> HALF_OPEN move, if any breaker is OPEN."""
@@ -620,20 +637,28 @@ class FleetBreakers:
         leader's permits may be in use."""
         return self._blocked(self.get(name), self._clock())
 
+    def takeover_hold(self, name: str, since: float) -> float:
+        """How long from ``since`` (a takeover, a breaker adopted) an earlier leader's permit
+        of ``name`` may be held: the probe TTL plus the highest policy timeout one may have
+        been granted under (a timeout lowered lately counts: :mod:`.lowered_timeouts`)."""
+        return self._takeover_hold(self.get(name), since)
+
+    def _takeover_hold(self, breaker: CircuitBreaker, since: float) -> float:
+        return self.probe_ttl + self.lowered.highest(breaker.name, breaker.policy.timeout_secs, since)
+
     def _blocked(self, breaker: CircuitBreaker, now: float) -> bool:
         # The agent may use its permit for probe_ttl; its call may then run for up to the
-        # policy timeout, so the permit is held that much longer on this side.
-        hold = self.probe_ttl + breaker.policy.timeout_secs
+        # policy timeout the permit was granted under, so it is held that much longer.
         if self.lead_check is not None and not self.lead_check():
             return True  # a deposed leader that does not know it yet grants nothing
         if self.lead_check is not None and not self.store_holds(breaker.name):
             return True  # etcd may hold it CLOSED: a successor would not wait for this permit
         held = self._held_since.get(breaker.name)
-        if held is not None and now < held + hold:
+        if held is not None and now < held + self._takeover_hold(breaker, held):
             return True  # an earlier leader's permits, of a HALF_OPEN etcd never had, may be in use
         since = max(self._took_over, self._adopted.get(breaker.name, float("-inf")))
         # a HALF_OPEN from before: an earlier leader's permits may be in use
-        return breaker.changed_at <= since and now < since + hold
+        return breaker.changed_at <= since and now < since + self._takeover_hold(breaker, since)
 
     def restate(self, name: str) -> None:
         """Push ``name`` again as it is (what its message says of this replica changed)."""
@@ -655,6 +680,9 @@ class FleetBreakers:
         if demand is not None:
             demand.served[agent] = now
         grant.ttl.FromNanoseconds(int(self.probe_ttl * 1e9))
+        # the end of the very hold kept here, for the agent to end its probe by (on the wall
+        # clock: the grant may reach it late, and it may be told another timeout)
+        grant.hold_until.FromNanoseconds(int((self._wall() + hold) * 1e9))
         for listener in list(self.grant_listeners):
             try:
                 listener(agent, grant)

@@ -33,7 +33,7 @@ from .loop_tasks import wait_event
 from .outcome_ledger import BatchKey, named, origin_key, origin_of
 from .relay_acks import AckTarget, OwedAcks
 from .relay_leases import FollowerLeases
-from .relay_permits import RelayedPermits
+from .relay_permits import RelayedPermits, passed_on
 from .relay_spans import HeldSpans
 from .relayed_marks import RelayedMarks
 
@@ -115,6 +115,8 @@ class LeaderRelay:
         self._waiting: dict[str, collections.deque[str]] = collections.defaultdict(collections.deque)
         #: The permits relayed to this replica's agents, by grant.
         self.permits = RelayedPermits(clock, probe_timeout)
+        self._probe_timeout = probe_timeout
+        self._wall = wall
         self._grants = GrantsTaken()
         self._wake = asyncio.Event()
         #: What this replica's agents want of the fleet-shared limits, and their leases.
@@ -440,6 +442,7 @@ class LeaderRelay:
         # the generation in force is the last grant's, lower or higher (a leader after a
         # wipe or a failover starts its own): permits of another one no longer stop an ask
         self.permits.granted(grant)
+        grant = passed_on(grant, self._wall(), self._probe_timeout(grant.service))
         waiting = self._waiting[grant.service]
         if not waiting:
             del self._waiting[grant.service]

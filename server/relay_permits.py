@@ -28,6 +28,11 @@ of them; the leader holds every such permit for the relay, by grant number
   lapses (the grant's TTL plus the policy's timeout): a result lost on the way does not keep
   the agent from asking again for ever.
 
+A grant goes on to the agent with the granter's ``hold_until`` unchanged and only the TTL
+left of it (:func:`passed_on`): one that reached this replica late (a stalled link to the
+leader) leaves the agent that much less time to begin its probe in, which the agent
+could not tell from the TTL alone (it counts the TTL from when the grant reaches it).
+
 Which generation is current is the generation of the last grant the leader sent: a leader
 after a wipe or a failover may start its generations lower than the one before.
 
@@ -44,7 +49,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .probe_results import MAX_RUNNING, identified
 
-__all__ = ["MAX_RELEASED", "RelayedPermits"]
+__all__ = ["MAX_RELEASED", "RelayedPermits", "passed_on"]
 
 #: Grants named in one summary of permits given back (more go in further summaries).
 MAX_RELEASED = 64
@@ -59,6 +64,24 @@ class _Relayed:
     lost: bool = False
     #: Named to the leader as given back (kept here: a result may still come).
     released: bool = False
+
+
+def passed_on(grant: pb.ProbeGrant, wall_now: float, timeout: float) -> pb.ProbeGrant:
+    """``grant`` as it goes on to an agent at ``wall_now`` (epoch seconds): its TTL cut to
+    what is left of it, as this replica reckons from the granter's ``hold_until`` less
+    ``timeout`` (the policy's here); unchanged when the granter did not say its hold (an
+    older one) or the whole TTL is left. Rests on this replica's clock agreeing with the
+    granter's within the agents' margin (``client/probes.py``, ``HOLD_SKEW_SECS``)."""
+    if not grant.HasField("hold_until"):
+        return grant
+    ttl = grant.ttl.ToNanoseconds() / 1e9
+    left = max(0.0, grant.hold_until.ToNanoseconds() / 1e9 - wall_now - timeout)
+    if left >= ttl:
+        return grant
+    out = pb.ProbeGrant()
+    out.CopyFrom(grant)
+    out.ttl.FromNanoseconds(int(left * 1e9))
+    return out
 
 
 class RelayedPermits:

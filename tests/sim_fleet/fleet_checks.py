@@ -264,7 +264,10 @@ class ProbeWatch:
             # (or of a HALF_OPEN it adopted from the store while leading: granted elsewhere)
             took_over = max(took_over, leader.plane.breakers._adopted.get(service, took_over))
             if breaker.changed_at <= took_over or held is not None:
-                took_over = max(took_over, held or took_over) + PROBE_TTL_SECS + breaker.policy.timeout_secs
+                # the new leader's wait: the TTL plus the highest timeout a permit of the
+                # leader before may have been granted under (a lowered one counts a while)
+                since = max(took_over, held or took_over)
+                took_over = since + leader.plane.breakers.takeover_hold(service, since)
             start = max(
                 since,
                 breaker.changed_at,

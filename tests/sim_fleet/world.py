@@ -204,7 +204,7 @@ class Agent:
         self.name = name
         self.services = services
         loop = asyncio.get_running_loop()
-        self.view = LocalView(clock=loop.time)
+        self.view = LocalView(clock=loop.time, wall=lambda: EPOCH + loop.time())
         self.unacked = UnackedBatches(series=name)
         self.alive = True
         self.link: Link | None = None
@@ -405,9 +405,9 @@ class Agent:
         with state.lock:
             tally = state.tally
             if fleet is not None and fleet.state is BreakerState.HALF_OPEN:
-                number, back = state.permits.take(fleet.generation, now)
+                permit, back = state.permits.take(fleet.generation, now)
                 state.return_permits(back)
-                if number is None:
+                if permit is None:
                     tally.rejected += 1
                     self.world.probes.refused(self, service, fleet.generation)
                     # (not while a probe under a permit of the stream before runs, as
@@ -417,7 +417,7 @@ class Agent:
                         self._probe_asks.append(service)
                         self._wake.set()
                     return
-                probe = FleetProbe(fleet.generation, number, self.view.stream)
+                probe = FleetProbe(fleet.generation, permit.number, self.view.stream, permit.hold_end)
                 state.probes.started(probe)
                 self._probe(service, probe, failing, rng)
                 return

@@ -852,6 +852,7 @@ class ProbeGrant(_message.Message):
     GENERATION_FIELD_NUMBER: _builtins.int
     NUMBER_FIELD_NUMBER: _builtins.int
     SERIES_FIELD_NUMBER: _builtins.int
+    HOLD_UNTIL_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     permits: _builtins.int
     generation: _builtins.int
@@ -869,6 +870,14 @@ class ProbeGrant(_message.Message):
     def ttl(self) -> _duration_pb2.Duration:
         """Unused permits lapse after this long."""
 
+    @_builtins.property
+    def hold_until(self) -> _timestamp_pb2.Timestamp:
+        """When the granter's hold on the permit ends (wall clock): the grant's time plus the TTL
+        plus the policy's timeout at the granter. Relays pass it on unchanged; an agent ends a
+        probe under the permit before it (less a clock-skew margin), however late the grant
+        reached it and whatever timeout it was told. Not set by an older granter.
+        """
+
     def __init__(
         self,
         *,
@@ -878,10 +887,11 @@ class ProbeGrant(_message.Message):
         generation: _builtins.int = ...,
         number: _builtins.int = ...,
         series: _builtins.int = ...,
+        hold_until: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hold_until", b"hold_until", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "number", b"number", "permits", b"permits", "series", b"series", "service", b"service", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "hold_until", b"hold_until", "number", b"number", "permits", b"permits", "series", b"series", "service", b"service", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
