@@ -174,6 +174,8 @@ def named(key: BatchKey, summaries: Sequence[pb.OutcomeSummary]) -> list[pb.Outc
     for summary in summaries:
         copy = pb.OutcomeSummary()
         copy.CopyFrom(summary)
-        copy.origin_first = first
+        # a batch its agent marked as sent again (``origin_first`` = its own sequence)
+        # keeps the mark: a replica that takes it from this one keeps it apart too
+        copy.origin_first = first or (key.sequence if summary.origin_first == key.sequence else 0)
         out.append(copy)
     return out

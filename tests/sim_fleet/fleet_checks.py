@@ -208,24 +208,35 @@ class ProbeWatch:
         is not free before, though no probe may be in flight."""
         now = self.world.now
         hub = leader.plane.hub
-        at_leader = sum(
+        gone = sum(
             sum(1 for expiry in expiries if expiry > now)
             for kept in (breaker._permits, breaker._earlier, breaker._gone)
             for holder, expiries in kept.items()
             if kept is breaker._gone or not hub.streams_of(holder)
         )
-        # a follower keeps out a permit it handed to an agent whose stream to it ended the
-        # same way (``RelayedPermits.agent_left``): its relay, still linked, holds it at the leader
-        followers = (r.plane.relay for r in self.world.alive_replicas() if r is not leader)
-        at_followers = sum(
-            1
-            for relay in followers
-            if relay is not None
-            for held in relay.permits._held.get(breaker.name, {}).values()
-            for permit in held.values()
-            if permit.lost and not permit.released and permit.expiry > now
-        )
-        return at_leader + at_followers
+        return gone + self._kept_by_relays(leader, breaker)
+
+    def _kept_by_relays(self, leader: Replica, breaker) -> int:  # type: ignore[no-untyped-def]
+        """Permits a follower's relay, still linked to the leader, keeps out for agents whose
+        stream to it ended while they held them (``relay_permits``: kept until the agent says
+        its probe ended, there, or until the hold lapses): the leader holds each for the
+        relay. The agent's probe may have ended long before (cut off, or moved to another
+        replica, it could not say so there), but no replica can know: the limit is full."""
+        now = self.world.now
+        kept = 0
+        for replica in self.world.alive_replicas():
+            relay = replica.plane.relay
+            if replica is leader or relay is None:
+                continue
+            lost = sum(
+                1
+                for permits in relay.permits._held.get(breaker.name, {}).values()
+                for permit in permits.values()
+                if permit.lost and not permit.released and permit.expiry > now
+            )
+            holding = breaker._permits.get(f"replica.{replica.instance}", ())
+            kept += min(lost, sum(1 for expiry in holding if expiry > now))
+        return kept
 
     # -- sampled -------------------------------------------------------------------
 
