@@ -80,6 +80,8 @@ def test_a_replica_cut_off_during_a_wipe_notices_it_once_the_store_has_grown_pas
         world.etcd.wipe(new_cluster=False)  # etcd restarted empty with its old configuration
         await _until(world, lambda: second.plane.leading, "the other replica leads the empty store")
         await _until(world, lambda: not second.plane.writer.restore_pending, "restored")
+        # (an operator's write is refused unsent until the replica's health is back)
+        await _until(world, lambda: second.plane.store_ok, "the other replica serves again")
         await second.plane.set_breaker_state("svc-a", BreakerState.CLOSED, "operator")
         for _ in range(40):  # the store grows past every revision the cut replica saw
             await second.plane.set_breaker_state("svc-b", BreakerState.CLOSED, "operator")
