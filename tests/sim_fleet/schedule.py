@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 from collections import Counter, defaultdict
@@ -59,8 +60,16 @@ class Result:
     def ok(self) -> bool:
         return not self.violations
 
+    @property
+    def digest(self) -> str:
+        """A fingerprint of the run: its events, violations and figures (the loop's step
+        count among them). A schedule replays exactly when its digest does, alone, after
+        other schedules in one process, and under any ``PYTHONHASHSEED``."""
+        text = "\n".join([*self.events, *self.violations, repr(sorted(self.stats.items()))])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     def report(self) -> str:
-        lines = [f"seed {self.seed}: {len(self.violations)} violation(s)"]
+        lines = [f"seed {self.seed}: {len(self.violations)} violation(s), digest {self.digest}"]
         lines += [f"  {v}" for v in self.violations[:20]]
         lines.append(
             f"  replay: .venv/bin/python -m tests.sim_fleet --seed {self.seed}"
