@@ -1,10 +1,12 @@
 """A schedule is a function of its seed alone: the same digest (events, violations, loop
-steps) run twice in one process, after other schedules in either order, and replayed from
-the command line in a fresh process under another ``PYTHONHASHSEED``.
+steps, what etcd holds at the end) run twice in one process, after other schedules in
+either order, and replayed from the command line in a fresh process under another
+``PYTHONHASHSEED``.
 
 State that leaked from one schedule into the next (a module-level counter or cache, the
 ``random`` module's global state, the order of a set of objects or of strings) or an input
-outside the seed (the wall clock, ``uuid4``) would show here as a digest that moves."""
+outside the seed (the wall clock, ``uuid4``, ``secrets``: see ``identities.py``) would show
+here as a digest that moves."""
 
 from __future__ import annotations
 
