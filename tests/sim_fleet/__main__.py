@@ -42,7 +42,11 @@ def main() -> int:
         result = simulate(
             args.seed, verbose=args.verbose, active_secs=args.active, version=args.schedule_version
         )
-        print(result.report() if not result.ok else f"seed {args.seed}: ok {dict(result.stats)}")
+        print(
+            result.report()
+            if not result.ok
+            else f"seed {args.seed}: ok {dict(result.stats)} digest {result.digest}"
+        )
         if args.window:
             print("\n".join(result.timeline))
         return 0 if result.ok else 1

@@ -16,6 +16,7 @@ can be cut off alone (a partition between that replica and etcd).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -124,6 +125,14 @@ class MemEtcd:
         self.compacted = max(self.compacted, revision)
         self.history = [c for c in self.history if c.revision > self.compacted]
         self._notify()
+
+    def fingerprint(self) -> str:
+        """The keys, values and revisions the cluster holds now, as one short hash."""
+        held = hashlib.sha256(f"{self.cluster_id} {self.revision}".encode())
+        for key in sorted(self.keys):
+            entry = self.keys[key]
+            held.update(f"\n{key} {entry.mod_revision} {entry.lease} ".encode() + entry.value)
+        return held.hexdigest()[:16]
 
     def put_raw(self, key: str, value: bytes) -> None:
         """A write from outside the control plane (an operator's etcdctl)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 from collections import Counter, defaultdict
@@ -25,7 +26,7 @@ from mission_control.client.errors import StorageFailure
 from mission_control.client.policy import FleetLimits, ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
-from . import checks, epoch_faults, vloop
+from . import checks, epoch_faults, identities, vloop
 from .fleet_checks import LIMIT, SHARED, WINDOW, Admissions, ProbeWatch
 from .memstore import MemEtcd
 from .names import BatchName, batch_name
@@ -54,13 +55,24 @@ class Result:
     stats: Counter[str] = field(default_factory=Counter)
     #: An I4 violation's worst window, event by event (``python -m tests.sim_fleet --window``).
     timeline: list[str] = field(default_factory=list)
+    #: What etcd held at the end (``MemEtcd.fingerprint``).
+    store: str = ""
 
     @property
     def ok(self) -> bool:
         return not self.violations
 
+    @property
+    def digest(self) -> str:
+        """A fingerprint of the run: its events, violations, figures (the loop's step
+        count among them) and what etcd held at the end. A schedule replays exactly when
+        its digest does, alone, after other schedules in one process, and under any
+        ``PYTHONHASHSEED``."""
+        text = "\n".join([*self.events, *self.violations, repr(sorted(self.stats.items())), self.store])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     def report(self) -> str:
-        lines = [f"seed {self.seed}: {len(self.violations)} violation(s)"]
+        lines = [f"seed {self.seed}: {len(self.violations)} violation(s), digest {self.digest}"]
         lines += [f"  {v}" for v in self.violations[:20]]
         lines.append(
             f"  replay: .venv/bin/python -m tests.sim_fleet --seed {self.seed}"
@@ -454,13 +466,15 @@ def simulate(
         world = World(seed, active_secs, version)
         await run_schedule(world)
         world.result.stats["loop_steps"] = asyncio.get_running_loop().steps  # type: ignore[attr-defined]
+        world.result.store = world.etcd.fingerprint()
         return world.result
 
     budget = round(STEPS_PER_SEC * (active_secs + SETTLE_SECS))
-    if verbose:
-        return vloop.run(main(), max_steps=budget)
-    with quiet_logs():
-        return vloop.run(main(), max_steps=budget)
+    with identities.seeded(seed):
+        if verbose:
+            return vloop.run(main(), max_steps=budget)
+        with quiet_logs():
+            return vloop.run(main(), max_steps=budget)
 
 
 @contextlib.contextmanager
