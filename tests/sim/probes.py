@@ -29,12 +29,16 @@ SERVICE = "dep"
 MAX_DELAY = 0.3
 
 
+#: The wall clock of the engine and of the agents, less the virtual time.
+WALL = 1e9
+
+
 class Plane:
     """The engine and the streams of the agents connected to it."""
 
     def __init__(self, world: World, policy_of) -> None:  # type: ignore[no-untyped-def]
         self.world = world
-        self.engine = FleetBreakers(policy_of, clock=world.clock, wall=lambda: world.now + 1e9)
+        self.engine = FleetBreakers(policy_of, clock=world.clock, wall=lambda: world.now + WALL)
         self.agents: dict[str, SimAgent] = {}
         self.engine.change_listeners.append(self._push)
         self.engine.grant_listeners.append(self._grant)
@@ -66,7 +70,10 @@ class SimAgent:
 
     def __init__(self, world: World, plane: Plane, agent_id: str, checker: Checker) -> None:
         self.world, self.plane, self.id, self.checker = world, plane, agent_id, checker
-        self.view = LocalView(lambda name: plane.engine.get(name).policy, clock=world.clock)
+        # the agents' wall clock agrees with the engine's (a grant's hold end is read on it)
+        self.view = LocalView(
+            lambda name: plane.engine.get(name).policy, clock=world.clock, wall=lambda: world.now + WALL
+        )
         self.executor = Executor(self.view, self)  # type: ignore[arg-type]
         self.alive = True
         self.up = Link(world, MAX_DELAY)
