@@ -738,6 +738,7 @@ class ControlPlane:
             partial=not self.view_complete,
             shadow_policies=[policy_to_proto(p) for p in self.shadows.all()],
             history=self.history.token,
+            read_revision=self.sync.delivered if self.view_complete else 0,
         )
         mine = set(services)
         breakers, passed_on = self.breakers.snapshot(), set[str]()

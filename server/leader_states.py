@@ -15,7 +15,10 @@ leader's where it differs (a transition it decided from memory since, or one the
 decided while it led that was never stored, superseded: I2). Revisions compare only within
 one etcd history (:mod:`.store_history`): the leader says the history its states rest on in
 its snapshot (``Snapshot.history``), this replica knows the one its own rest on. Where the
-two are the same, the later revision is told whether etcd answers here or not — so an
+two are the same, the later revision is told whether etcd answers here or not — the
+leader's taken as no earlier than the revision its snapshot says its view was read through
+(``Snapshot.read_revision``: a breaker it found absent, or whose record it could not read,
+rests on that reading too, so a state this replica read before it is older) — so an
 operator's `force-open` or `reset` through this replica while the leader is cut off from
 etcd holds for its agents once etcd goes away for this replica too. Where they differ or
 either is not known (a leader that has not read the token, or of an older version; this
@@ -105,6 +108,8 @@ class LeaderStates:
         self._heard = False
         #: The etcd history the leader's states held rest on, as its snapshot said ("": not known).
         self._history = ""
+        #: The revision the leader's view was read through, as its snapshot said (0: not said).
+        self._read = 0
         #: Which rule told when last looked (:meth:`_rule`).
         self._was = (False, False)
         #: Called with a breaker's name when what is told of it may have changed.
@@ -116,13 +121,16 @@ class LeaderStates:
 
     # -- what the link says (see :class:`.relayed_marks.RelayedMarks`) ----------
 
-    def snapshot(self, breakers: Iterable[pb.Breaker], partial: bool = False, history: str = "") -> None:
+    def snapshot(
+        self, breakers: Iterable[pb.Breaker], partial: bool = False, history: str = "", read: int = 0
+    ) -> None:
         """A new link's snapshot (or a new one on it): its leader's states replace
         whatever was held; ``partial``: that leader has not read etcd yet; ``history``:
-        the etcd history its states rest on ("": not known)."""
+        the etcd history its states rest on ("": not known); ``read``: the revision the
+        leader's view was read through (0: not said)."""
         now = self._clock()
         self._held = {b.name: (b, now) for b in breakers}
-        self._up, self._heard, self._history = True, not partial, history
+        self._up, self._heard, self._history, self._read = True, not partial, history, read
         self._was = self._rule()
         names = set(self._shown) | set(self._held) | set(self._names())
         for name in sorted(n for n in names if n in self._shown or self._leaders(n)):
@@ -178,7 +186,7 @@ class LeaderStates:
             shown = sorted(self._shown)
             self._held.clear()
             self._shown.clear()
-            self._heard, self._history = False, ""
+            self._heard, self._history, self._read = False, "", 0
             for name in shown:
                 self._changed(name)
             return
@@ -209,7 +217,11 @@ class LeaderStates:
         if own is None:
             own = self._own(name) or NONE
         found = self._held.get(name)
-        return told(basis(found[0]) if found is not None else NONE, own, *self._rule())
+        leader = basis(found[0]) if found is not None else NONE
+        cut_off, one_history = self._rule()
+        if one_history:  # its state rests on a reading at least as late as its snapshot's
+            leader = (max(leader[0], self._read), *leader[1:])
+        return told(leader, own, cut_off, one_history)
 
     def _message(self, name: str) -> pb.Breaker:
         now = self._clock()

@@ -282,7 +282,9 @@ class LeaderRelay:
                         _log.info("relaying to the leader at %s", address)
                     self.connected = True
                     snapshot = response.snapshot
-                    self.marks.snapshot(snapshot.breakers, snapshot.partial, snapshot.history)
+                    self.marks.snapshot(
+                        snapshot.breakers, snapshot.partial, snapshot.history, snapshot.read_revision
+                    )
                 elif response.HasField("breaker"):
                     self.marks.pushed(response.breaker)
                 elif response.HasField("outcome_ack"):

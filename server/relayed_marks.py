@@ -25,7 +25,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 class LinkListener(Protocol):
     """Hears every breaker the link says, as :class:`RelayedMarks` does."""
 
-    def snapshot(self, breakers: Iterable[pb.Breaker], partial: bool, history: str) -> None: ...
+    def snapshot(self, breakers: Iterable[pb.Breaker], partial: bool, history: str, read: int) -> None: ...
     def pushed(self, breaker: pb.Breaker) -> None: ...
     def link_down(self) -> None: ...
 
@@ -51,17 +51,19 @@ class RelayedMarks:
             return None
         return self._marks.get(name, False) or self._closed.get(name, -1) > generation
 
-    def snapshot(self, breakers: Iterable[pb.Breaker], partial: bool = False, history: str = "") -> None:
+    def snapshot(
+        self, breakers: Iterable[pb.Breaker], partial: bool = False, history: str = "", read: int = 0
+    ) -> None:
         """The leader's snapshot on a new link: exactly these marks stand now (``partial``:
         that leader has not read etcd yet; ``history``: the etcd history its revisions rest
-        on, "" when not known)."""
+        on, "" when not known; ``read``: the revision its view was read through, 0: not said)."""
         breakers = list(breakers)
         listed = [b.name for b in breakers]
         self._marks = {b.name: True for b in breakers if b.no_grants}
         self._closed = {b.name: b.generation for b in breakers if b.state == pb.BREAKER_STATE_CLOSED}
         self._up = True
         for listener in self.listeners:  # (first: a state it passes on is what a mark is pushed on)
-            listener.snapshot(breakers, partial, history)
+            listener.snapshot(breakers, partial, history, read)
         for name in listed:  # what this replica pushed while no link was up may differ
             self._changed(name)
 

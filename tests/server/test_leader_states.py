@@ -245,6 +245,32 @@ def test_a_write_the_leader_has_not_seen_of_a_breaker_it_does_not_hold_is_kept_i
     assert f.told().state == CLOSED
 
 
+@pytest.mark.parametrize("listed", [True, False], ids=["held-unread", "not-listed"])
+def test_a_state_the_follower_read_before_the_leaders_reading_gives_way_with_etcd_away(listed: bool) -> None:
+    """A leader restarted after the follower's read: it read etcd through revision 40 and
+    found the breaker absent (or its record garbled: held CLOSED, resting on no record).
+    The follower's OPEN rests on revision 12, which that reading passed: older, not told
+    (fleet simulation, seeds 26 and 83 at --active 80)."""
+    f = Follower()
+    f.history = HISTORY
+    f.own = breaker(OPEN, 1, 12, left=60)
+    held = [breaker(CLOSED, 0, 0)] if listed else []
+    f.states.snapshot(held, history=HISTORY, read=40)
+    f.states.due()
+    assert f.told().state == CLOSED
+    f.own = breaker(FORCED_OPEN, 2, 41)  # a write the leader has not read: kept
+    assert f.told() is f.own
+
+
+def test_a_read_revision_of_another_history_is_not_compared() -> None:
+    f = Follower()
+    f.history = HISTORY
+    f.own = breaker(FORCED_OPEN, 2, 41)
+    f.cut_off = False  # etcd answers: revisions of another history are not compared
+    f.states.snapshot([breaker(FORCED_OPEN, 2, 41)], history="0d9e8a7b6c5f4e3d", read=90)
+    assert f.told() is f.own
+
+
 def test_the_later_revision_of_the_leader_is_told_in_one_history_with_etcd_away() -> None:
     f = Follower()
     f.history = HISTORY

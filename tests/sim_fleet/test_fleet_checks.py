@@ -29,7 +29,8 @@ def test_i3_catches_more_probes_in_flight_than_the_threshold(monkeypatch: pytest
     from mission_control.client.breaker import CircuitBreaker
 
     monkeypatch.setattr(CircuitBreaker, "probe_limit", lambda self: 10)
-    assert _caught("I3", "in flight")
+    # (seed 12 shows it with the fleet's timing of today; any change of timing moves it)
+    assert _caught("I3", "in flight", seeds=range(40))
 
 
 def test_i3_catches_an_asking_agent_that_never_gets_a_permit(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -733,6 +733,7 @@ class Snapshot(_message.Message):
     OMITTED_BREAKERS_FIELD_NUMBER: _builtins.int
     SHADOW_POLICIES_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
+    READ_REVISION_FIELD_NUMBER: _builtins.int
     control_plane_id: _builtins.str
     """Identifies the control-plane replica that serves the stream."""
     version: _builtins.int
@@ -754,6 +755,12 @@ class Snapshot(_message.Message):
     under the control plane's prefix, made anew whenever etcd is found to have lost its
     data. Revisions compare only within one history. Empty: not known (not read yet).
     """
+    read_revision: _builtins.int
+    """The etcd revision this replica's view was read through when the snapshot was taken
+    (0: not said): each breaker's state listed rests on a reading at least this late, and
+    a breaker not listed was absent (or unreadable) through it. Within one history, a
+    follower's state resting on an earlier revision is older than the leader's.
+    """
     @_builtins.property
     def policies(self) -> _containers.RepeatedCompositeFieldContainer[_policy_pb2.ServicePolicy]: ...
     @_builtins.property
@@ -773,10 +780,11 @@ class Snapshot(_message.Message):
         omitted_breakers: _builtins.int = ...,
         shadow_policies: _abc.Iterable[_policy_pb2.ServicePolicy] | None = ...,
         history: _builtins.str = ...,
+        read_revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakers", b"breakers", "control_plane_id", b"control_plane_id", "history", b"history", "omitted_breakers", b"omitted_breakers", "partial", b"partial", "policies", b"policies", "shadow_policies", b"shadow_policies", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakers", b"breakers", "control_plane_id", b"control_plane_id", "history", b"history", "omitted_breakers", b"omitted_breakers", "partial", b"partial", "policies", b"policies", "read_revision", b"read_revision", "shadow_policies", b"shadow_policies", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
