@@ -204,6 +204,8 @@ class ControlPlane:
         self.sync.absent_told.add(self.history.key)
         self.sync.lost_data_listeners.append(self.history.lost_data)
         self.history.on_change = self._history_changed
+        self.history.on_lost = self.sync.lost_data
+        self.sync.loss_signs.append(self.history.loss_in)
         self.writer.kept_records = self.lease_epochs.restorable
         self.takeover_read = TakeoverRead(
             self._leader_epoch,

@@ -10,6 +10,27 @@ lost its data holds no token (its revisions are forgotten) and does not take aga
 held before, should the store still hold it (restored from a backup): it stores a new one
 over it (a compare-and-swap on it, so of several replicas that noticed, one writes).
 
+A token held that the store replaces or loses is read as follows (the rule):
+
+- **another valid token** (through the watch or a full load): the store lost its data — a
+  wipe the replica did not notice otherwise (restarted with the same cluster id and written
+  past the revisions held, the watch reconnecting by itself), another replica having found
+  it first and stored a new token. The sync's lost-data path is taken (``on_lost``: revisions
+  forgotten, everything reloaded, the leader writes back what the store lacks) and the new
+  token taken.
+- **absent at a full load**: a wipe and a deletion made while this replica was not watching
+  look alike; it is taken as a loss too (the safe side: the lost-data path only writes back
+  what the store lacks) and a new token is stored.
+- **deleted, or malformed, through the watch** (etcd kept the history and recorded the
+  edit — an ``etcdctl del`` or a garbled ``put`` by hand): no loss; the token held is kept
+  and written back (create-if-absent, or a compare-and-swap over the garbage). Every
+  replica holding it writes back the same token, so the deletion and its re-creation change
+  nothing. Should a replica holding none store a new one first, the others see a token
+  replaced: a loss, as above (a reload that restores nothing missing).
+- **malformed at a full load**: the same, written back.
+
+Only a loss found (here or by the sync) mints a new token.
+
 No token held — not read yet, the store away since the start, absent, malformed, just
 distrusted — is said as ``""``: not known, never equal to another replica's. The leader
 says its token with every snapshot (see :mod:`.leader_states`: a follower compares its
@@ -77,10 +98,34 @@ class StoreHistory:
         self._due = asyncio.Event()
         #: Called whenever :attr:`token` changed.
         self.on_change: Callable[[], None] = lambda: None
+        #: Called (with why) when the token held was replaced: the store lost its data. The
+        #: lost-data path is expected to call :meth:`lost_data` back.
+        self.on_lost: Callable[[str], None] = lambda detail: None
+
+    def loss_in(self, entries: list[Entry]) -> str | None:
+        """Whether a full load's ``entries`` say the store lost its data: the token held is
+        absent or replaced by another (why; None: no sign). Malformed is no sign."""
+        if not self.token:
+            return None
+        entry = next((e for e in entries if e.key == self.key), None)
+        if entry is None:
+            return f"the store's history token {self.token} is gone"
+        found = parse(entry.value)
+        if found and found != self.token:
+            return f"the store's history token {self.token} was replaced by {found}"
+        return None
 
     def apply(self, value: bytes | None) -> None:
         """The token key's value as the store's load or watch said it (None: absent)."""
         token = parse(value)
+        if self.token and token != self.token:
+            if not token:  # deleted or garbled by hand: the token held is written back
+                self._due.set()
+                return
+            held = self.token
+            self.on_lost(f"the store's history token {held} was replaced by {token}")
+            if self.token == held:  # (not called back: distrusted here)
+                self.lost_data()
         if token and token == self._distrusted:
             token = ""
         elif token:
@@ -100,7 +145,8 @@ class StoreHistory:
             self.on_change()
 
     async def run(self) -> None:
-        """Store a token whenever none good is held (retried while the store is away)."""
+        """Store a token whenever none good is held, or write back the one held when the
+        store's is gone or garbled (retried while the store is away)."""
         while True:
             await self._due.wait()
             self._due.clear()
@@ -112,14 +158,21 @@ class StoreHistory:
                 self._due.set()
 
     async def _store_one(self) -> None:
-        if self.token:
-            return
         entry = await self._get(self.key)
         found = parse(entry.value) if entry is not None else ""
-        if found and found != self._distrusted:
+        held = self.token
+        if held:
+            if found:
+                return  # the one held, or another on its way here through the watch (a loss)
+            token = held  # deleted or garbled by hand: written back
+        elif found and found != self._distrusted:
             return  # another replica's, on its way here through the watch
-        token = secrets.token_hex(8)
+        else:
+            token = secrets.token_hex(8)
         expected = entry.mod_revision if entry is not None else 0
         if await self._write(self.key, encode(token), expected):
-            _log.info("the store's history is %s from now on", token)
+            if held:
+                _log.warning("the store's history token %s was deleted or garbled: written back", held)
+            else:
+                _log.info("the store's history is %s from now on", token)
         # (lost: another replica stored one; the watch brings it)

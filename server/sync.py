@@ -89,6 +89,9 @@ class StoreSync:
         self.records: dict[str, Callable[[bytes | None], None]] = {}
         #: Keys of :attr:`records` told None also when a full load finds them absent.
         self.absent_told: set[str] = set()
+        #: Other signs, in a full load's entries, that the store lost its data: each says
+        #: why (None: no sign). Asked before anything read is applied.
+        self.loss_signs: list[Callable[[list[Entry]], str | None]] = []
         #: Where a bad policy key's last good value is looked for when etcd compacted its
         #: earlier revisions: the refused entry -> what was in force before it (None: not
         #: a policy's key).
@@ -186,8 +189,12 @@ class StoreSync:
             self._lost_data(revision, seen, "noticed while loading")
         else:
             went_back = self._went_back(entries, revision)
+            signs = (sign(entries) for sign in self.loss_signs)
+            sign = next((detail for detail in signs if detail is not None), None)
             if went_back:
                 self._lost_data(revision, seen, f"{went_back} is older than the revision held")
+            elif sign is not None:
+                self._lost_data(revision, seen, sign)
         self.revision = max(self.revision, revision)
         # After a loss of data, what the store lacks is kept until the leader restored it.
         keep_absent = self._keep_absent or self.writer.restore_pending
