@@ -24,25 +24,23 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.etcd_process import EtcdProcess
 from mission_control.server.store_history import parse
 
-from tests.server.test_operator_write_cut_off import (
-    MORE,
-    POLICY,
-    REFUSED,
+from tests.support.etcd import etcdctl, write_history
+from tests.support.follower_write import (
+    LEADERS_AND_OPERATORS,
     SERVICE,
     STATE,
     Link,
     do,
+    etcd_back,
     held,
     links,
-    serving,
-    set_state,
+    start_pair,
+    write_and_cut_off,
 )
-from tests.support.etcd import etcdctl, write_history
-from tests.support.fleets import leader_of, put_policy
 from tests.support.polling import poll
 from tests.support.probe_upstream import ProbeUpstream
-from tests.support.probers import start_probers, stored
-from tests.support.procs import Proc, control_plane
+from tests.support.probers import stored
+from tests.support.procs import Proc
 
 __all__ = ["links"]  # (the fixture)
 
@@ -61,19 +59,10 @@ def test_a_wipe_no_replica_noticed_is_told_by_the_token_and_what_they_hold_is_re
 ) -> None:
     lead_link, follow_link = links
     endpoint = etcd.endpoint
-    lead_link[0].target = follow_link[0].target = endpoint
     key = f"{prefix}/store-history"
     with ProbeUpstream(0.05) as upstream:
-        leader, lead_at = control_plane(lead_link[0].address, prefix, "--instance-id", "lead")
-        spawned.append(leader)
-        poll(lambda: leader_of(endpoint, prefix) == "lead", 60)
-        follower, follow_at = control_plane(follow_link[0].address, prefix, "--instance-id", "follow")
-        spawned.append(follower)
-        put_policy(lead_at, POLICY)
-        stored_at = set_state(lead_at, pb.BREAKER_STATE_FORCED_OPEN).revision
-        poll(lambda: held(follow_at).revision == stored_at and held(lead_at).revision == stored_at, 30)
-        (agent,) = start_probers(spawned, ["agent"], follow_at, upstream.address, SERVICE, 1)
-        poll(lambda: agent.ask("state")["state"] == "FORCED_OPEN", 30)
+        pair = start_pair(endpoint, prefix, spawned, links, upstream, pb.BREAKER_STATE_FORCED_OPEN)
+        lead_at, follow_at, agent, stored_at = pair.lead_at, pair.follow_at, pair.agent, pair.stored_at
         before, _ = token(endpoint, key)
         assert before
         revision = int(json.loads(etcdctl(endpoint, "get", key, "-w", "json"))["header"]["revision"])
@@ -101,14 +90,7 @@ def test_a_wipe_no_replica_noticed_is_told_by_the_token_and_what_they_hold_is_re
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize(
-    ("leaders", "operators"),
-    [
-        (pb.BREAKER_STATE_CLOSED, pb.BREAKER_STATE_FORCED_OPEN),
-        (pb.BREAKER_STATE_FORCED_OPEN, pb.BREAKER_STATE_CLOSED),
-    ],
-    ids=["force-open", "reset"],
-)
+@LEADERS_AND_OPERATORS
 @pytest.mark.parametrize("edit", ["del", "garbage"])
 def test_a_token_deleted_or_garbled_by_hand_is_written_back_and_the_operators_write_holds(
     etcd_server: EtcdProcess,
@@ -119,65 +101,31 @@ def test_a_token_deleted_or_garbled_by_hand_is_written_back_and_the_operators_wr
     operators: int,
     edit: str,
 ) -> None:
-    lead_link, follow_link = links
     endpoint = etcd_server.endpoint
-    lead_link[0].target = follow_link[0].target = endpoint
     key = f"{prefix}/store-history"
     with ProbeUpstream(0.05) as upstream:
-        leader, lead_at = control_plane(lead_link[0].address, prefix, "--instance-id", "lead")
-        spawned.append(leader)
-        poll(lambda: leader_of(endpoint, prefix) == "lead", 60)
-        follower, follow_at = control_plane(follow_link[0].address, prefix, "--instance-id", "follow")
-        spawned.append(follower)
-        put_policy(lead_at, POLICY)
-        stored_at = set_state(lead_at, leaders).revision  # both replicas read it
-        poll(lambda: held(follow_at).revision == stored_at and held(lead_at).revision == stored_at, 30)
-        (agent,) = start_probers(spawned, ["agent"], follow_at, upstream.address, SERVICE, 1)
-        poll(lambda: agent.ask("state")["state"] == STATE[leaders], 30)
+        pair = start_pair(endpoint, prefix, spawned, links, upstream, leaders)
 
-        do(lead_link, "hold_answers")  # the leader stops hearing etcd
-        written = set_state(follow_at, operators)  # the operator, through the follower
-        old, _ = token(endpoint, key)
-        assert old
-        before_edit = int(json.loads(etcdctl(endpoint, "get", key, "-w", "json"))["header"]["revision"])
-        if edit == "del":
-            etcdctl(endpoint, "del", key)
-        else:
-            etcdctl(endpoint, "put", key, "not json")
+        def edit_token() -> None:
+            """The token deleted or garbled by hand, then written back as held: no new token."""
+            old, _ = token(endpoint, key)
+            assert old
+            before_edit = int(json.loads(etcdctl(endpoint, "get", key, "-w", "json"))["header"]["revision"])
+            if edit == "del":
+                etcdctl(endpoint, "del", key)
+            else:
+                etcdctl(endpoint, "put", key, "not json")
 
-        def written_back() -> bool:  # as held, after the edit: no new token
-            now, at = token(endpoint, key)
-            assert now in ("", old), f"a new token {now} was stored"
-            return now == old and at > before_edit
+            def written_back() -> bool:  # as held, after the edit: no new token
+                now, at = token(endpoint, key)
+                assert now in ("", old), f"a new token {now} was stored"
+                return now == old and at > before_edit
 
-        poll(written_back, 30)
+            poll(written_back, 30)
 
-        do(follow_link, "pause")
-        do(lead_link, "pause")
-        assert held(follow_at).revision == written.revision > stored_at
-        poll(lambda: not serving(follow_at), 60)  # the follower found etcd away
-        before = agent.ask("outcomes")["outcomes"]
-        served_before = sum(1 for c in upstream.calls() if c.agent == "agent")
+        outcome = write_and_cut_off(pair, operators, edit_token)
+        shown, told = STATE[operators], outcome.told
+        assert outcome.state["state"] == shown and outcome.state["connected"], told
+        assert (outcome.served if operators == pb.BREAKER_STATE_FORCED_OPEN else outcome.refused) == 0, told
 
-        def calls_since() -> tuple[int, int]:
-            now = agent.ask("outcomes")["outcomes"]
-            served = sum(1 for c in upstream.calls() if c.agent == "agent") - served_before
-            return served, now.get(REFUSED, 0) - before.get(REFUSED, 0)
-
-        try:
-            poll(lambda: sum(calls_since()) >= MORE, 120)
-        finally:
-            counts, state = calls_since(), agent.ask("state")
-        told = (
-            f"served {counts[0]}, refused {counts[1]} since etcd was away for both; the agent holds {state}"
-        )
-        shown = STATE[operators]
-        assert state["state"] == shown and state["connected"], told
-        assert counts[0 if operators == pb.BREAKER_STATE_FORCED_OPEN else 1] == 0, told
-
-        do(follow_link, "resume")
-        do(lead_link, "resume", "release_answers")
-        poll(
-            lambda: stored(endpoint, prefix, SERVICE).get("state", "BREAKER_STATE_CLOSED").endswith(shown), 60
-        )
-        poll(lambda: agent.ask("state")["state"] == shown, 60)
+        etcd_back(pair, shown)
