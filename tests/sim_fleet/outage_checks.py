@@ -70,6 +70,8 @@ class OutageI1:
                 if now - held.changed_at < self.push_secs:
                     continue
                 own = replica.plane.breakers.find(name)
+                if _read_later(replica, leader, name):
+                    continue
                 violation(
                     "I1",
                     (agent.name, name + "/away"),
@@ -104,3 +106,18 @@ class OutageI1:
                 self._linked.pop(replica.instance, None)
             elif self._linked.get(replica.instance, ("", 0.0))[0] != leader.name:
                 self._linked[replica.instance] = (leader.name, now)
+
+
+def _read_later(replica, leader, name: str) -> bool:  # type: ignore[no-untyped-def]
+    """Whether ``replica`` holds a stored state of ``name`` the leader has not read: a write
+    (an operator's, through it) at a later revision of the same etcd history than any the
+    leader read through — told to its agents over the leader's older state by design
+    (``server/leader_states.py``)."""
+    if replica is leader:
+        return False
+    token = replica.plane.history.token
+    if not token or token != leader.plane.history.token:
+        return False
+    own = replica.plane.breakers.revisions.get(name, 0)
+    read = max(leader.plane.breakers.revisions.get(name, 0), leader.plane.sync.delivered)
+    return own > read
