@@ -540,6 +540,12 @@ class FleetBreakers:
         for breaker in self._breakers.values():
             breaker.clear_permits()
 
+    def lost_revisions(self) -> None:
+        """The store lost its data: the revisions known here (of breakers held, and of
+        those forgotten) are of the data lost, not of the store's."""
+        self.revisions.clear()
+        self._forgotten.clear()
+
     def forget(self, name: str) -> None:
         """Drop a breaker from memory (an idle one no policy names); a later report
         starts it over CLOSED."""

@@ -124,7 +124,7 @@ class StoreSync:
         self.revision = revision
         self.delivered = 0
         self._seen.clear()
-        self.breakers.revisions.clear()
+        self.breakers.lost_revisions()
         self.policies.forget_revisions()
         self._keep_absent = True
         self.writer.data_lost()

@@ -563,6 +563,19 @@ def test_the_deletion_of_a_forgotten_record_heard_after_a_new_report_keeps_its_c
     assert breaker is not None and breaker.consecutive_failures == 0
 
 
+def test_a_breaker_forgotten_before_the_store_lost_its_data_is_loaded_from_the_new_data() -> None:
+    # Revisions start over after a wipe: a record of the new data at a revision below the one
+    # a breaker was forgotten at is not an echo of the old.
+    fleet = FleetBreakers(lambda name: ServicePolicy(name))
+    fleet.get("fad")
+    record = fleet.to_record("fad")
+    fleet.adopt("fad", record, 500)
+    fleet.forget("fad")
+    fleet.lost_revisions()
+    fleet.adopt("fad", record, 20)
+    assert fleet.find("fad") is not None and fleet.revisions["fad"] == 20
+
+
 def test_the_revisions_of_forgotten_breakers_kept_are_bounded() -> None:
     fleet = FleetBreakers(lambda name: ServicePolicy(name))
     for i in range(FORGOTTEN_KEPT + 50):
