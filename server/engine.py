@@ -141,7 +141,8 @@ class FleetBreakers:
         #: etcd mod_revision of each breaker's stored state (0 = never stored).
         self.revisions: dict[str, int] = {}
         #: Revisions of breakers forgotten here (idle ones): a watch event at or below
-        #: one, still on its way when the breaker was dropped, does not bring it back.
+        #: one, still on its way when the breaker was dropped, does not bring it back
+        #: (:meth:`forgotten_at`; a read of the key, the writer's, is not such an event).
         #: Bounded; an old mark lost lets a stale CLOSED back in, to be forgotten again.
         self._forgotten: dict[str, int] = {}
         #: Revisions of malformed records a follower's writer took (a compare-and-swap
@@ -257,8 +258,7 @@ class FleetBreakers:
         ``value`` None means the key was deleted: the breaker starts over CLOSED.
         Raises ValueError when ``value`` is not a breaker record.
         """
-        known = max(self.revisions.get(name, 0), self._forgotten.get(name, 0))
-        if value is not None and 0 < revision <= known:
+        if value is not None and 0 < revision <= self.revisions.get(name, 0):
             return  # already applied (the watch and the writer both report a write)
         forgotten = self._forgotten.pop(name, None)
         started_over = name in self._breakers and not self.revisions.get(name)
@@ -539,6 +539,11 @@ class FleetBreakers:
         tick, so kept here they would never expire."""
         for breaker in self._breakers.values():
             breaker.clear_permits()
+
+    def forgotten_at(self, name: str) -> int:
+        """The revision ``name`` was held at when it was forgotten here (0: none kept): a
+        watch event at or below it is of a write made before, on its way meanwhile."""
+        return self._forgotten.get(name, 0)
 
     def lost_revisions(self) -> None:
         """The store lost its data: the revisions known here (of breakers held, and of

@@ -283,8 +283,9 @@ class StoreSync:
             if follow is not None:
                 follow(value)
             return True
-        if value is not None and revision <= self.breakers.revisions.get(name, 0):
-            return True  # our own write, or older
+        known = max(self.breakers.revisions.get(name, 0), self.breakers.forgotten_at(name))
+        if value is not None and revision <= known:
+            return True  # our own write, or older (or of a breaker forgotten since)
         if value is None:
             self.policies.cleared(key)
         if value is None and self.breakers.find(name) is None:

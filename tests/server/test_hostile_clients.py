@@ -27,6 +27,8 @@ from mission_control.server.engine import FORGOTTEN_KEPT, FleetBreakers
 from mission_control.server.etcd_process import EtcdProcess
 from mission_control.server.policies import PolicyBook
 from mission_control.server.store import EtcdStore, Write
+from mission_control.server.sync import StoreSync
+from mission_control.server.writes import StateWriter
 
 from tests.support import procs
 from tests.support.agents import RawAgent
@@ -468,21 +470,42 @@ async def test_an_idle_breaker_no_policy_names_is_forgotten_in_memory_and_in_etc
     assert plane.breakers.find("passing-fad") is None
 
 
+def _synced() -> tuple[FleetBreakers, StoreSync]:
+    """An engine and the sync that applies the watch's events to it (no store is asked)."""
+    book = PolicyBook("/p")
+    fleet = FleetBreakers(book.policy_of)
+    writer = StateWriter(None, lambda name: f"/p/breakers/{name}", fleet, book)  # type: ignore[arg-type]
+    return fleet, StoreSync(None, "/p", book, fleet, writer, lambda ok: None)  # type: ignore[arg-type]
+
+
 def test_a_watch_event_of_a_forgotten_breaker_still_on_its_way_does_not_bring_it_back() -> None:
     # The watch reports a write some time after it was made: an idle breaker forgotten in
     # between (its stored record being deleted) must not be loaded again from the late event.
-    fleet = FleetBreakers(lambda name: ServicePolicy(name))
+    fleet, sync = _synced()
+    key = "/p/breakers/late-echo"
     fleet.get("late-echo")
     record = fleet.to_record("late-echo")
-    fleet.adopt("late-echo", record, 7)
+    assert sync.apply(key, record, 7)
     fleet.forget("late-echo")
-    fleet.adopt("late-echo", record, 7)  # the echo of the write at 7, arriving late
+    assert sync.apply(key, record, 7)  # the echo of the write at 7, arriving late
     assert fleet.find("late-echo") is None
-    fleet.adopt("late-echo", None, 8)  # its deletion
+    assert sync.apply(key, None, 8)  # its deletion
     assert fleet.find("late-echo") is None
-    fleet.adopt("late-echo", record, 9)  # a later write is the breaker's again
+    assert sync.apply(key, record, 9)  # a later write is the breaker's again
     assert fleet.find("late-echo") is not None
     assert fleet.revisions["late-echo"] == 9
+
+
+def test_a_read_of_a_forgotten_breakers_key_is_taken() -> None:
+    # Its deletion failed (etcd away, or leadership lost): the writer's read of the key, on a
+    # write that found it there, is what the store holds, not a late event.
+    fleet, _ = _synced()
+    fleet.get("kept")
+    record = fleet.to_record("kept")
+    fleet.adopt("kept", record, 7)
+    fleet.forget("kept")
+    fleet.adopt("kept", record, 7)
+    assert fleet.find("kept") is not None and fleet.revisions["kept"] == 7
 
 
 async def test_a_name_reported_on_while_the_names_before_it_are_forgotten_is_kept() -> None:
@@ -571,9 +594,9 @@ def test_a_breaker_forgotten_before_the_store_lost_its_data_is_loaded_from_the_n
     record = fleet.to_record("fad")
     fleet.adopt("fad", record, 500)
     fleet.forget("fad")
+    assert fleet.forgotten_at("fad") == 500
     fleet.lost_revisions()
-    fleet.adopt("fad", record, 20)
-    assert fleet.find("fad") is not None and fleet.revisions["fad"] == 20
+    assert fleet.forgotten_at("fad") == 0
 
 
 def test_the_revisions_of_forgotten_breakers_kept_are_bounded() -> None:
