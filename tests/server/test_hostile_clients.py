@@ -439,6 +439,22 @@ async def test_with_telemetry_a_batch_without_summaries_keeps_its_stream(
         await fleet_still_works(address)
 
 
+async def _watch_caught_up(plane, etcd_server: EtcdProcess) -> None:  # type: ignore[no-untyped-def]
+    """Write another key and wait until the plane's watch has seen it: every event before has
+    been handled."""
+    store = EtcdStore([etcd_server.endpoint])
+    await store.connect()
+    try:
+        await store.put(plane.policies.key("marker"), policy_to_json(ServicePolicy("marker")).encode())
+    finally:
+        await store.close()
+
+    async def marker_seen() -> bool:
+        return plane.policies.stored("marker") is not None
+
+    await poll(marker_seen)
+
+
 async def test_an_idle_breaker_no_policy_names_is_forgotten_in_memory_and_in_etcd(
     control_plane: RunningControlPlane, etcd_server: EtcdProcess, prefix: str
 ) -> None:
@@ -456,17 +472,7 @@ async def test_an_idle_breaker_no_policy_names_is_forgotten_in_memory_and_in_etc
     assert plane.breakers.find("passing-fad") is None
     assert await stored_breakers(etcd_server, prefix) == 0
     # a later write seen by the watch proves the deletion went by without bringing it back
-    store = EtcdStore([etcd_server.endpoint])
-    await store.connect()
-    try:
-        await store.put(plane.policies.key("marker"), policy_to_json(ServicePolicy("marker")).encode())
-    finally:
-        await store.close()
-
-    async def marker_seen() -> bool:
-        return plane.policies.stored("marker") is not None
-
-    await poll(marker_seen)
+    await _watch_caught_up(plane, etcd_server)
     assert plane.breakers.find("passing-fad") is None
 
 
@@ -557,17 +563,7 @@ async def test_a_late_deletion_of_a_forgotten_breaker_keeps_the_failures_reporte
     await plane.forget_breaker("fad")  # deleted in etcd; the watch event may still be on its way
     assert plane.admission.allows("a", "fad")
     plane.breakers.record("a", pb.OutcomeSummary(service="fad", failures=4, trailing_failures=4))
-    store = EtcdStore([etcd_server.endpoint])
-    await store.connect()
-    try:  # a later write seen by the watch: the deletion's event was handled before it
-        await store.put(plane.policies.key("marker"), policy_to_json(ServicePolicy("marker")).encode())
-    finally:
-        await store.close()
-
-    async def marker_seen() -> bool:
-        return plane.policies.stored("marker") is not None
-
-    await poll(marker_seen)
+    await _watch_caught_up(plane, etcd_server)  # the deletion's event was handled before it
     breaker = plane.breakers.find("fad")
     assert breaker is not None and breaker.consecutive_failures == 4
 
