@@ -260,6 +260,8 @@ class FleetBreakers:
         """
         if value is not None and 0 < revision <= self.revisions.get(name, 0):
             return  # already applied (the watch and the writer both report a write)
+        if value is None and 0 < revision < self.revisions.get(name, 0):
+            return  # a deletion before the write held, heard late: the key holds that write
         forgotten = self._forgotten.pop(name, None)
         started_over = name in self._breakers and not self.revisions.get(name)
         if value is None and revision and forgotten is not None and started_over:

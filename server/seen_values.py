@@ -18,7 +18,8 @@ class SeenValues:
     def note(self, key: str, value: bytes | None, revision: int) -> None:
         """``key`` holds ``value`` (None: deleted) at ``revision``."""
         if value is None:
-            self._seen.pop(key, None)
+            if revision >= self._seen.get(key, (0, 0))[0]:  # else a deletion heard late
+                self._seen.pop(key, None)
         elif revision >= self._seen.get(key, (0, 0))[0]:
             self._seen[key] = (revision, hash(value))
 

@@ -286,6 +286,8 @@ class StoreSync:
         known = max(self.breakers.revisions.get(name, 0), self.breakers.forgotten_at(name))
         if value is not None and revision <= known:
             return True  # our own write, or older (or of a breaker forgotten since)
+        if value is None and 0 < revision < self.breakers.revisions.get(name, 0):
+            return True  # a deletion before the write held, heard late (the write is newer)
         if value is None:
             self.policies.cleared(key)
         if value is None and self.breakers.find(name) is None:
