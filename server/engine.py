@@ -27,6 +27,7 @@ from mission_control.client.policy import ServicePolicy
 from mission_control.client.probes import ASKING_SECS
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
+from .forgotten import Forgotten, ForgottenBreakers
 from .grant_numbers import GrantNumbers
 from .lowered_timeouts import LoweredTimeouts
 from .probe_results import identified, lose_released, note_running, settle_results
@@ -43,9 +44,6 @@ CHECK_REASON = "recovery check: "
 
 #: The longest wait a policy may set (a day): a stored wait beyond is not believed.
 _LONGEST_WAIT = 86400.0
-
-#: How many forgotten breakers' last revisions are kept (see ``FleetBreakers.forget``).
-FORGOTTEN_KEPT = 4096
 
 #: The Breaker message's counters are uint32: a count beyond is shown (and stored) as this.
 UINT32_MAX = 2**32 - 1
@@ -140,11 +138,11 @@ class FleetBreakers:
         self._demand: dict[str, _Demand] = {}
         #: etcd mod_revision of each breaker's stored state (0 = never stored).
         self.revisions: dict[str, int] = {}
-        #: Revisions of breakers forgotten here (idle ones): a watch event at or below
-        #: one, still on its way when the breaker was dropped, does not bring it back
-        #: (:meth:`forgotten_at`; a read of the key, the writer's, is not such an event).
-        #: Bounded; an old mark lost lets a stale CLOSED back in, to be forgotten again.
-        self._forgotten: dict[str, int] = {}
+        #: Breakers forgotten here (idle ones), as stored then (see :mod:`.forgotten`): a
+        #: watch event at or below one's revision, still on its way when the breaker was
+        #: dropped, does not bring it back (:meth:`forgotten_at`; a read of the key, the
+        #: writer's, is not such an event, but its own record left behind is: :meth:`resumed`).
+        self._forgotten = ForgottenBreakers()
         #: Revisions of malformed records a follower's writer took (a compare-and-swap
         #: over one expects it): what it holds does not rest on them (``basis``).
         self.unread: dict[str, int] = {}
@@ -189,6 +187,9 @@ class FleetBreakers:
         if breaker is None:
             breaker = CircuitBreaker(name, self._policy_of(name), self._clock())
             self._breakers[name] = breaker
+            mark = self._forgotten.get(name)
+            if mark is not None:  # started over: its next state counts on from what was told
+                self._told[name] = max(self._told.get(name, 0), mark.told)
         return breaker
 
     def draft(self, name: str) -> CircuitBreaker:
@@ -262,7 +263,7 @@ class FleetBreakers:
             return  # already applied (the watch and the writer both report a write)
         if value is None and 0 < revision < self.revisions.get(name, 0):
             return  # a deletion before the write held, heard late: the key holds that write
-        forgotten = self._forgotten.pop(name, None)
+        forgotten = self._forgotten.pop(name)
         started_over = name in self._breakers and not self.revisions.get(name)
         if value is None and revision and forgotten is not None and started_over:
             # The deletion of the record forgotten here, heard after a report started the
@@ -545,7 +546,22 @@ class FleetBreakers:
     def forgotten_at(self, name: str) -> int:
         """The revision ``name`` was held at when it was forgotten here (0: none kept): a
         watch event at or below it is of a write made before, on its way meanwhile."""
-        return self._forgotten.get(name, 0)
+        return self._forgotten.revision(name)
+
+    def resumed(self, name: str, value: bytes, revision: int) -> bool:
+        """The writer's compare-and-swap of ``name``, started over here since it was
+        forgotten, found ``value`` at ``revision``: when that is the record it was
+        forgotten at (its deletion failed, nobody wrote the key since), the state held
+        goes on from it — its revision is the next write's basis — and True is returned.
+        Otherwise (False) the record is another's change, to be adopted."""
+        if name not in self._breakers or self.revisions.get(name, 0):
+            return False  # not started over since it was forgotten
+        if not self._forgotten.left_behind(name, value, revision):
+            return False
+        self._forgotten.pop(name)
+        self.revisions[name] = revision
+        self.records[name] = value
+        return True
 
     def lost_revisions(self) -> None:
         """The store lost its data: the revisions known here (of breakers held, and of
@@ -555,17 +571,15 @@ class FleetBreakers:
 
     def forget(self, name: str) -> None:
         """Drop a breaker from memory (an idle one no policy names); a later report
-        starts it over CLOSED."""
-        self._breakers.pop(name, None)
+        starts it over CLOSED (see :mod:`.forgotten`)."""
+        breaker = self._breakers.pop(name, None)
         self._demand.pop(name, None)
         revision = self.revisions.pop(name, 0)
+        told = self._told.pop(name, 0)
         if revision:
-            self._forgotten.pop(name, None)
-            self._forgotten[name] = revision
-            while len(self._forgotten) > FORGOTTEN_KEPT:
-                del self._forgotten[next(iter(self._forgotten))]
+            generation = breaker.generation if breaker is not None else -1  # -1: no record's
+            self._forgotten.add(name, Forgotten(revision, generation, told))
         self.records.pop(name, None)
-        self._told.pop(name, None)
         self._adopted.pop(name, None)
         self._held_since.pop(name, None)
         self._runs.forget(name)

@@ -380,6 +380,11 @@ class StateWriter:
             if own and entry is not None:
                 self._landed(name, entry, landed_run, decision)
                 return
+            if entry is not None and self.breakers.resumed(name, entry.value, entry.mod_revision):
+                # the record it was forgotten at, left behind by a failed deletion: written over
+                _log.info("breaker %s: its record not deleted when forgotten is written over", name)
+                self._wake.set()
+                return
             _log.info("breaker %s changed elsewhere; adopting the stored state", name)
             self._went_back(name, entry)
             self._adopt(name, entry)

@@ -23,8 +23,9 @@ from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.admission import AdmissionLimits, ServiceAdmission, forget_idle
 from mission_control.server.app import RunningControlPlane
-from mission_control.server.engine import FORGOTTEN_KEPT, FleetBreakers
+from mission_control.server.engine import FleetBreakers
 from mission_control.server.etcd_process import EtcdProcess
+from mission_control.server.forgotten import FORGOTTEN_KEPT
 from mission_control.server.policies import PolicyBook
 from mission_control.server.store import EtcdStore, Write
 from mission_control.server.sync import StoreSync

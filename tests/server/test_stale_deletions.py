@@ -1,5 +1,6 @@
 """A deletion heard after a later write of the same key was taken here is stale: the key holds
-that write. Engine and the real StoreSync.apply (the watch's path)."""
+that write. And a breaker started over after it was forgotten goes on from its own record
+left behind by a failed deletion. Engine and the real StoreSync.apply (the watch's path)."""
 
 from __future__ import annotations
 
@@ -64,3 +65,60 @@ def test_a_late_deletion_keeps_the_value_seen_at_a_later_revision() -> None:
     assert seen.rewritten("k", b"w", 9)
     seen.note("k", None, 10)
     assert not seen.rewritten("k", b"w", 9)
+
+
+def _forgotten_after_a_run(fleet: FleetBreakers, name: str, revision: int) -> bytes:
+    """``name`` opened, closed by an operator, stored CLOSED at ``revision`` and forgotten;
+    returns its record (left in the store should the deletion fail)."""
+    fleet.record("a", pb.OutcomeSummary(service=name, failures=5, trailing_failures=5))
+    fleet.force(name, BreakerState.CLOSED, "fixed")
+    record = fleet.to_record(name)
+    fleet.adopt(name, record, revision)
+    fleet.forget(name)
+    return record
+
+
+def test_a_breaker_started_over_counts_its_generations_on_from_what_agents_were_told() -> None:
+    fleet = FleetBreakers(lambda name: ServicePolicy(name))
+    _forgotten_after_a_run(fleet, "fad", 7)
+    told = 2  # OPEN, then CLOSED
+    fleet.record("a", pb.OutcomeSummary(service="fad", failures=5, trailing_failures=5))
+    breaker = fleet.find("fad")
+    assert breaker is not None and breaker.state is BreakerState.OPEN
+    assert breaker.generation == told + 1
+
+
+def test_a_breaker_started_over_goes_on_from_its_own_record_left_behind() -> None:
+    fleet = FleetBreakers(lambda name: ServicePolicy(name))
+    record = _forgotten_after_a_run(fleet, "fad", 7)
+    fleet.record("a", pb.OutcomeSummary(service="fad", failures=5, trailing_failures=5))
+    assert fleet.resumed("fad", record, 7)
+    assert fleet.revisions["fad"] == 7 and fleet.records["fad"] == record
+    assert fleet.get("fad").state is BreakerState.OPEN  # what was decided stays
+    assert fleet.forgotten_at("fad") == 0
+    assert not fleet.resumed("fad", record, 7)  # once: it rests on that record now
+
+
+def test_only_the_very_record_forgotten_is_gone_on_from() -> None:
+    fleet = FleetBreakers(lambda name: ServicePolicy(name))
+    record = _forgotten_after_a_run(fleet, "fad", 7)
+    assert not fleet.resumed("fad", record, 7)  # not started over: nothing to go on with
+    fleet.record("a", pb.OutcomeSummary(service="fad", failures=5, trailing_failures=5))
+    assert not fleet.resumed("fad", record, 8)  # written since (by another)
+    other = FleetBreakers(lambda name: ServicePolicy(name))
+    other.get("fad")
+    rewritten = other.to_record("fad")  # generation 0: another record at that revision
+    assert not fleet.resumed("fad", rewritten, 7)
+    other.force("fad", BreakerState.FORCED_OPEN, "operator")
+    assert not fleet.resumed("fad", other.to_record("fad"), 7)
+    assert not fleet.resumed("fad", b"not json", 7)
+    assert fleet.revisions.get("fad", 0) == 0 and fleet.forgotten_at("fad") == 7
+    assert fleet.resumed("fad", record, 7)
+
+
+def test_a_forgotten_mark_lost_to_a_loss_of_data_is_no_basis() -> None:
+    fleet = FleetBreakers(lambda name: ServicePolicy(name))
+    record = _forgotten_after_a_run(fleet, "fad", 7)
+    fleet.lost_revisions()
+    fleet.record("a", pb.OutcomeSummary(service="fad", failures=5, trailing_failures=5))
+    assert not fleet.resumed("fad", record, 7)
