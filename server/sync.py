@@ -219,7 +219,8 @@ class StoreSync:
             name = self._breaker_of(entry.key)
             if name is not None:
                 seen_breakers.add(name)
-        overwrite_refused(self.writer)  # (once no earlier good value can be put in force)
+        # (once no earlier good value could be put in force; of keys the store holds now)
+        overwrite_refused(self.writer, sorted(seen_breakers))
         self.delivered = max(self.delivered, revision)
         for key in sorted(absent):
             self.records[key](None)
