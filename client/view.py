@@ -211,6 +211,7 @@ class Tally:
         stands — so one below those counted is the one to count for when it is in force."""
         if generation != self.probe_generation:
             self.probe_successes = self.probe_failures = self.probes_released = 0
+            self.probe_grants_failed, self.probe_grants_succeeded = [], []
             self.probe_generation = generation
 
     def probe_ended(self, probe: str, failed: bool) -> None:
@@ -820,8 +821,10 @@ class LocalView:
         state.fleet = fleet
         if previous is None or previous.generation != fleet.generation:
             with state.lock:
-                if previous is not None and fleet.generation < previous.generation:
-                    state.tally.follow(fleet.generation)  # a generation that stood after all
+                if fleet.generation < state.tally.probe_generation:
+                    # a generation that stood after all, or a breaker started over (the
+                    # store lost it) while none was held here: counted for from now on
+                    state.tally.follow(fleet.generation)
                 state.return_permits(state.permits.supersede(fleet.generation))
         if fleet.state in (BreakerState.CLOSED, BreakerState.FORCED_CLOSED, BreakerState.DISABLED):
             # The fleet's verdict supersedes what this agent saw alone.

@@ -52,6 +52,7 @@ from .observability import FleetTelemetry
 from .outcome_ledger import BatchKey, OutcomeLedger
 from .policies import PolicyBook
 from .recovery_checks import RecoveryChecks
+from .refused_held import overwrite_refused
 from .relay import LeaderRelay, RelayConnect
 from .reports import ReportGate
 from .shadow import ShadowTrials, shadow_book
@@ -355,6 +356,7 @@ class ControlPlane:
         if leading:
             assert self.leadership is not None
             self.breakers.took_over()
+            overwrite_refused(self.writer)  # held over a record that does not parse: written
             if self.relay is not None:  # outcomes gathered before this replica knew it leads
                 for key, agent_id, summaries in self.relay.drain():
                     if key is None or self.ledger.first_time(key):

@@ -21,6 +21,7 @@ from mission_control.client.breaker import BreakerState
 from .engine import FleetBreakers
 from .last_good import FROM_RECORDS, Pick
 from .policies import PolicyBook
+from .refused_held import overwrite_refused
 from .seen_values import SeenValues
 from .store import Entry, Store, StoreUnavailable, WatchCompacted
 from .writes import StateWriter
@@ -162,7 +163,10 @@ class StoreSync:
                 recorded = {e.mod_revision for e in events if e.value is not None and self.is_record(e.key)}
                 for event in events:
                     self.revision = max(self.revision, event.mod_revision)
-                    self.apply(event.key, event.value, event.mod_revision)
+                    refused = not self.apply(event.key, event.value, event.mod_revision)
+                    name = self._breaker_of(event.key)
+                    if refused and name is not None:  # the leader writes over it (refused_held)
+                        overwrite_refused(self.writer, [name])
                     if event.mod_revision not in recorded and not self.is_record(event.key):
                         self.on_outside(event.key, event.value, event.mod_revision)
                     self.delivered = max(self.delivered, event.mod_revision)
@@ -215,6 +219,8 @@ class StoreSync:
             name = self._breaker_of(entry.key)
             if name is not None:
                 seen_breakers.add(name)
+        # (once no earlier good value could be put in force; of keys the store holds now)
+        overwrite_refused(self.writer, sorted(seen_breakers))
         self.delivered = max(self.delivered, revision)
         for key in sorted(absent):
             self.records[key](None)

@@ -29,3 +29,22 @@ def test_a_probe_under_a_generation_below_one_counted_before_is_reported() -> No
     tally = view.get(SERVICE).drain(clock())
     assert tally is not None
     assert (tally.probe_successes, tally.probe_generation) == (1, 9)
+
+
+def test_a_probe_of_a_breaker_started_over_while_none_was_held_is_reported() -> None:
+    """The breaker is gone (the store lost it, no replica held it): the agent's new stream
+    lists none, and it starts over at 0 and half-opens at 2, below the 6 counted before
+    (simulated schedule 175, ``--active 80``)."""
+    view, clock = view_at(BreakerState.HALF_OPEN, 6)
+    executor = Executor(view, Nudged())  # type: ignore[arg-type]
+    view.grant(grant(6))
+    assert executor.run(SERVICE, lambda _left: "ok") == "ok"
+    view.get(SERVICE).drain(clock())
+    view.apply_snapshot({}, [])  # a new stream: the control plane holds no such breaker
+    for state, generation in ((BreakerState.CLOSED, 0), (BreakerState.OPEN, 1), (BreakerState.HALF_OPEN, 2)):
+        view.set_breaker(breaker(state, generation))
+    view.grant(grant(2))
+    assert executor.run(SERVICE, lambda _left: "ok") == "ok"
+    tally = view.get(SERVICE).drain(clock())
+    assert tally is not None
+    assert (tally.probe_successes, tally.probe_generation) == (1, 2)

@@ -121,9 +121,13 @@ class MemEtcd:
         self._notify()
 
     def compact(self, revision: int) -> None:
+        """Drop the history up to ``revision``, as etcd does: each key's value then (its
+        last change up to it, unless a deletion) stays, readable at every later revision."""
         revision = min(revision, self.revision)
         self.compacted = max(self.compacted, revision)
-        self.history = [c for c in self.history if c.revision > self.compacted]
+        last = {c.key: c for c in self.history if c.revision <= self.compacted}
+        kept = sorted((c for c in last.values() if c.value is not None), key=lambda c: c.revision)
+        self.history = kept + [c for c in self.history if c.revision > self.compacted]
         self._notify()
 
     def fingerprint(self) -> str:
