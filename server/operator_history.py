@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .json_values import json_values
-from .policy_changes import changed_fields
 from .operator import EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_OK, CommandError, Operator, _print_table, _safe
+from .policy_changes import changed_fields
 
 _AGO = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}

@@ -28,9 +28,8 @@ _INTEGER = re.compile(r"^-?\d+$")
 def changed_fields(old: str, new: str, name: str) -> list[tuple[str, str, str]]:
     """``(field, old shown, new shown)`` for every field whose value differs, by name."""
     old_side, new_side = _Side(old, name), _Side(new, name)
-    if not old or not new:  # created or deleted: every field of the side that holds one
-        keys = sorted(set(old_side.fields) | set(new_side.fields))
-    elif old_side.complete and new_side.complete:
+    # created or deleted (every field of the side that holds one), or two valid policies
+    if not old or not new or (old_side.complete and new_side.complete):
         keys = sorted(set(old_side.fields) | set(new_side.fields))
     else:  # a side that is no valid policy: the fields it holds
         partial = [side for side in (old_side, new_side) if not side.complete]
