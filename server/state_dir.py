@@ -159,6 +159,15 @@ def _free(port: int) -> bool:
             return False
 
 
+def client_address(listen: str) -> str:
+    """Where a client on this machine reaches a server listening on ``listen``: a wildcard
+    host (``0.0.0.0``, ``[::]``, none) is reached on loopback."""
+    host, _, port = listen.rpartition(":")
+    if host in ("", "0.0.0.0", "[::]", "::", "*"):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
 @dataclass(frozen=True)
 class StateStatus:
     """What ``mission-control status`` says of a state folder."""
@@ -182,22 +191,24 @@ class StateStatus:
                 f"its embedded etcd (pid {self.orphan_etcd_pid}) still runs at {self.etcd} and holds "
                 f"the folder: stop it with `kill {self.orphan_etcd_pid}` before the next serve",
             ]
+        heads = [f"no mission-control is using {self.state_dir}"]
         if self.running:
             head = f"mission-control (pid {self.pid}) is using {self.state_dir}"
             head += f", serving on {self.listen}" if self.listen else " (starting)"
-        else:
-            head = f"no mission-control is using {self.state_dir}"
+            heads = [head]
+            if self.listen:  # what the CLI's --server defaults to
+                heads.append(f"  export MISSION_CONTROL_SERVER={client_address(self.listen)}")
         if self.etcd is None:
-            return [head, "embedded etcd: none yet (`mission-control serve` starts one)"]
+            return [*heads, "embedded etcd: none yet (`mission-control serve` starts one)"]
         if self.etcd_down:
             ended = f" (pid {self.etcd_down_pid} ended)" if self.etcd_down_pid is not None else ""
             return [
-                head,
+                *heads,
                 f"embedded etcd: {self.etcd} is DOWN{ended}; serve is restarting it "
                 "(health NOT_SERVING until it answers)",
             ]
         when = "" if self.running else " (when next started, if that port is free)"
-        return [head, f"embedded etcd: {self.etcd}{when}", f"  export ETCD={self.etcd}"]
+        return [*heads, f"embedded etcd: {self.etcd}{when}", f"  export ETCD={self.etcd}"]
 
     @property
     def ok(self) -> bool:

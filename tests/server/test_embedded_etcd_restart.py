@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
-from mission_control.server.state_dir import StateLock, read_status
+from mission_control.server.state_dir import StateLock, client_address, read_status
 
 from tests.support.procs import Proc, logging_to, tail
 
@@ -147,3 +147,10 @@ def test_status_tells_an_ended_etcd(tmp_path: Path) -> None:
         ended.kill()
         ended.wait()
         lock.release()
+
+
+def test_status_exports_a_server_reached_on_this_machine() -> None:
+    assert client_address("127.0.0.1:50061") == "127.0.0.1:50061"
+    assert client_address("0.0.0.0:50061") == "127.0.0.1:50061"
+    assert client_address("[::]:50061") == "127.0.0.1:50061"
+    assert client_address("[::1]:50061") == "[::1]:50061"
