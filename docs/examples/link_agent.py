@@ -17,7 +17,6 @@ from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
 from mission_control.client import MissionControl
 from mission_control.interceptors import protected_channel
 
