@@ -119,6 +119,7 @@ class AuditKeeper:
     async def _prune_loop(self) -> None:
         await self._retrying("audit records of an earlier version not moved yet", self.log.move_legacy)
         self._prune.set()  # what an earlier run left beyond the bound
+        said = False
         while True:
             await self._prune.wait()
             await asyncio.sleep(self.prune_delay)
@@ -127,10 +128,13 @@ class AuditKeeper:
             try:
                 self.pruned += await self.log.prune(self.kept.find)
             except StoreUnavailable as err:
-                _log.info("audit records not pruned yet (%s)", err)
+                # told once per outage: the retries every second say nothing new
+                (_log.debug if said else _log.info)("audit records not pruned yet (%s)", err)
+                said = True
                 self._prune.set()
                 await asyncio.sleep(1.0)
             else:
+                said = False
                 self._pruned_at = asyncio.get_running_loop().time()
                 await asyncio.sleep(self.prune_interval)
 

@@ -165,7 +165,7 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(status.as_json()))
     else:
         print("\n".join(status.lines()))
-    return 0 if status.running else operator.EXIT_UNREACHABLE
+    return 0 if status.ok else operator.EXIT_UNREACHABLE
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -365,8 +365,10 @@ class ControlPlane:
         else:
             self.breakers.stepped_down()
             # What this replica holds may be a state the store never had: take the store's
-            # again. Decisions not stored stay pending (see writes.StateWriter).
-            self.sync.reload()
+            # again. Decisions not stored stay pending (see writes.StateWriter). Not when it
+            # steps down because it stops: nothing will read it.
+            if not self._stopping:
+                self.sync.reload()
         self.writer.wake()
 
     def first_time(self, key: BatchKey) -> bool:
@@ -604,9 +606,10 @@ class ControlPlane:
         while True:
             try:
                 await self.sync.check()
+                if not self.store_ok and self._checked:  # not on the first check: it was never down
+                    _log.info("store reachable again")
                 self._checked = True
                 if not self.store_ok:
-                    _log.info("store reachable again")
                     self.writer.wake()
                 self._set_store_ok(True)
             except StoreUnavailable:

@@ -65,6 +65,8 @@ class EtcdProcess:
         #: descriptors the etcd process inherits (the state folder's lock)
         self.keep_fds = keep_fds
         self._proc: subprocess.Popen[bytes] | None = None
+        #: The last process started, kept after it ended (its pid and exit code).
+        self._last: subprocess.Popen[bytes] | None = None
         self._aborted = threading.Event()
         self._log_start = 0
 
@@ -75,6 +77,16 @@ class EtcdProcess:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
+
+    @property
+    def last_pid(self) -> int | None:
+        """The pid of the last process started, also once it ended."""
+        return self._last.pid if self._last is not None else None
+
+    @property
+    def exit_code(self) -> int | None:
+        """How the last process started ended (negative: the signal); None while it runs."""
+        return self._last.poll() if self._last is not None else None
 
     @property
     def running(self) -> bool:
@@ -120,6 +132,7 @@ class EtcdProcess:
         self._proc = subprocess.Popen(
             args, stdout=log, stderr=log, start_new_session=True, pass_fds=self.keep_fds
         )
+        self._last = self._proc
         log.close()
         if wait:
             self._wait_healthy(timeout)

@@ -94,6 +94,7 @@ class Leadership:
 
     async def run(self) -> None:
         watcher = asyncio.create_task(self._follow_key(), name="Leadership._follow_key")
+        said_unreachable = False
         try:
             while not self._stopped:
                 try:
@@ -101,8 +102,12 @@ class Leadership:
                         await self._hold()
                     else:
                         await self._campaign()
+                    if said_unreachable:
+                        said_unreachable = False
+                        _log.info("etcd answers the leadership again")
                 except StoreUnavailable as err:
-                    if self.leading and self.clock() - self._last_refresh > self.ttl:
+                    if self.leading and self.clock() - self._last_refresh > self.ttl and not said_unreachable:
+                        said_unreachable = True  # once per outage, not at every round
                         _log.warning("cannot reach etcd (%s); deciding from memory, fenced on return", err)
                 except Exception:  # one failed round must not end campaigning for good
                     _log.exception("%s: a leadership round failed; trying again", self.instance_id)

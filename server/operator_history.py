@@ -13,12 +13,11 @@ import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from mission_control.client.config import policy_from_json, policy_to_mapping
-from mission_control.client.errors import ConfigurationError
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .json_values import json_values
 from .operator import EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_OK, CommandError, Operator, _print_table, _safe
+from .policy_changes import changed_fields
 
 _AGO = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -141,28 +140,8 @@ def _change(record: pb.AuditRecord) -> str:
         return "created"
     if record.kind not in ("policy", "shadow"):
         return "changed"
-    shown_old, shown_new = _sides(record.old_value, record.name), _sides(record.new_value, record.name)
-    changed = [f"{k}: {shown_old(k)} -> {shown_new(k)}" for k in _differing(old, new)]
-    return "; ".join(changed) or "unchanged"
-
-
-def _sides(text: str, name: str) -> Callable[[str], str]:
-    """How one side of a policy change shows a field: its value, or — absent from what was
-    stored — "(unset)" and the value in force then (the default), never a bare null."""
-    stored = _values(text)
-    try:
-        effective: dict[str, object] = policy_to_mapping(policy_from_json(text, service=name)) if text else {}
-    except ConfigurationError:
-        effective = {}
-
-    def show(key: str) -> str:
-        if not text:
-            return "(no policy)"
-        if key in stored:
-            return json.dumps(stored[key])
-        return f"(unset: {json.dumps(effective[key])})" if key in effective else "(unset)"
-
-    return show
+    changed = changed_fields(record.old_value, record.new_value, record.name)
+    return "; ".join(f"{k}: {before} -> {after}" for k, before, after in changed) or "unchanged"
 
 
 def _values(text: str) -> dict[str, object]:
@@ -242,15 +221,13 @@ def policy_diff(op: Operator, name: str, rev1: int, rev2: int) -> int:
     old, new = (_values(t) for t in texts)
     differing = _differing(old, new)
     if op.as_json:  # a side where the field is unset has no value: "old" or "new" is left out
-        changed = {
-            k: {w: side[k] for w, side in (("old", old), ("new", new)) if k in side} for k in differing
-        }
-        print(json.dumps(changed, indent=2))
+        sides = {k: {w: side[k] for w, side in (("old", old), ("new", new)) if k in side} for k in differing}
+        print(json.dumps(sides, indent=2))
         return EXIT_OK
-    shown_old, shown_new = (_sides(t, name) for t in texts)
-    for key in differing:
-        print(_safe(f"{key}: {shown_old(key)} -> {shown_new(key)}"))
-    if not differing:
+    changed = changed_fields(texts[0], texts[1], name)
+    for key, before, after in changed:
+        print(_safe(f"{key}: {before} -> {after}"))
+    if not changed:
         print(f"no difference between revisions {rev1} and {rev2}")
     return EXIT_OK
 

@@ -12,8 +12,10 @@ from collections.abc import Awaitable, Callable
 
 from .app import DASHBOARD_CANNOT_LISTEN, ServeOptions, bind_problem, start_control_plane
 from .auth import AccessPolicy
+from .etcd_keeper import keep_running
 from .etcd_process import EtcdProcess
 from .gc_tuning import tune_gc
+from .log_repeats import quiet_repeats
 from .shutdown import StopSteps, Watchdog
 from .state_dir import StateLock, embedded_ports
 
@@ -32,6 +34,7 @@ async def serve(options: ServeOptions) -> None:
         Interrupted: a signal arrived while the embedded etcd was starting.
         EtcdUnavailable: the embedded etcd did not start.
     """
+    quiet_repeats()  # while etcd is down, the client library warns at every reconnect
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     steps = StopSteps()
@@ -74,12 +77,31 @@ async def serve(options: ServeOptions) -> None:
                 f"(data in {options.state_dir / 'etcd'}; `mission-control status` tells it again)",
                 flush=True,
             )
-        await _run(options, endpoints, stop, lock, steps)
+        keeper = _keep(embedded, lock) if embedded is not None and lock is not None else None
+        try:
+            await _run(options, endpoints, stop, lock, steps)
+        finally:
+            if keeper is not None:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
         if lock is not None:
             lock.release()
+
+
+def _keep(embedded: EtcdProcess, lock: StateLock) -> asyncio.Task[None]:
+    """Restart the embedded etcd whenever it ends; the lock tells ``status`` meanwhile."""
+
+    def down(pid: int | None) -> None:
+        lock.record(etcd_down=True)
+
+    def up(pid: int | None) -> None:
+        lock.record(etcd_pid=pid, etcd_down=False)
+
+    return asyncio.create_task(keep_running(embedded, down, up), name="keep the embedded etcd")
 
 
 async def _unless_stopped(start: Awaitable[object], stop: asyncio.Event, abort: Callable[[], None]) -> None:

@@ -101,6 +101,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _alive(pid: object) -> bool:
+    """Whether process ``pid`` runs (one that ended but is not reaped yet does not)."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
@@ -109,7 +110,16 @@ def _alive(pid: object) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # "pid (comm) S ...": the state follows the last ")" (comm may hold one)
+    return stat[stat.rfind(")") + 2 :].startswith("Z")
 
 
 def _holder(state_dir: Path, facts: dict[str, Any]) -> str:
@@ -149,6 +159,15 @@ def _free(port: int) -> bool:
             return False
 
 
+def client_address(listen: str) -> str:
+    """Where a client on this machine reaches a server listening on ``listen``: a wildcard
+    host (``0.0.0.0``, ``[::]``, none) is reached on loopback."""
+    host, _, port = listen.rpartition(":")
+    if host in ("", "0.0.0.0", "[::]", "::", "*"):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
 @dataclass(frozen=True)
 class StateStatus:
     """What ``mission-control status`` says of a state folder."""
@@ -160,6 +179,10 @@ class StateStatus:
     etcd: str | None
     #: The etcd a killed ``serve`` (pid ``pid``) left running; it still holds the folder.
     orphan_etcd_pid: int | None = None
+    #: The running ``serve``'s embedded etcd ended and is not answering yet (``serve``
+    #: restarts it); its last pid.
+    etcd_down_pid: int | None = None
+    etcd_down: bool = False
 
     def lines(self) -> list[str]:
         if self.orphan_etcd_pid is not None:
@@ -168,15 +191,29 @@ class StateStatus:
                 f"its embedded etcd (pid {self.orphan_etcd_pid}) still runs at {self.etcd} and holds "
                 f"the folder: stop it with `kill {self.orphan_etcd_pid}` before the next serve",
             ]
+        heads = [f"no mission-control is using {self.state_dir}"]
         if self.running:
             head = f"mission-control (pid {self.pid}) is using {self.state_dir}"
             head += f", serving on {self.listen}" if self.listen else " (starting)"
-        else:
-            head = f"no mission-control is using {self.state_dir}"
+            heads = [head]
+            if self.listen:  # what the CLI's --server defaults to
+                heads.append(f"  export MISSION_CONTROL_SERVER={client_address(self.listen)}")
         if self.etcd is None:
-            return [head, "embedded etcd: none yet (`mission-control serve` starts one)"]
+            return [*heads, "embedded etcd: none yet (`mission-control serve` starts one)"]
+        if self.etcd_down:
+            ended = f" (pid {self.etcd_down_pid} ended)" if self.etcd_down_pid is not None else ""
+            return [
+                *heads,
+                f"embedded etcd: {self.etcd} is DOWN{ended}; serve is restarting it "
+                "(health NOT_SERVING until it answers)",
+            ]
         when = "" if self.running else " (when next started, if that port is free)"
-        return [head, f"embedded etcd: {self.etcd}{when}", f"  export ETCD={self.etcd}"]
+        return [*heads, f"embedded etcd: {self.etcd}{when}", f"  export ETCD={self.etcd}"]
+
+    @property
+    def ok(self) -> bool:
+        """A ``serve`` uses the folder and its etcd runs."""
+        return self.running and not self.etcd_down
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -186,6 +223,7 @@ class StateStatus:
             "listen": self.listen,
             "etcd": self.etcd,
             "orphan_etcd_pid": self.orphan_etcd_pid,
+            "etcd_down": self.etcd_down,
         }
 
 
@@ -203,4 +241,14 @@ def read_status(state_dir: Path) -> StateStatus:
         # killed outright (kill -9): the etcd it started inherited the lock and keeps it
         orphan = etcd_pid if _alive(etcd_pid) else None
         return StateStatus(state_dir, False, pid, None, etcd, orphan_etcd_pid=orphan)
-    return StateStatus(state_dir, running, pid, facts.get("listen"), etcd)
+    # ended (a zombie not reaped yet counts as ended) or being restarted by the serve
+    down = running and (facts.get("etcd_down") is True or (etcd_pid is not None and not _alive(etcd_pid)))
+    return StateStatus(
+        state_dir,
+        running,
+        pid,
+        facts.get("listen"),
+        etcd,
+        etcd_down_pid=etcd_pid if down else None,
+        etcd_down=down,
+    )

@@ -11,6 +11,7 @@ in-memory store with injected faults can stand in for etcd.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -256,7 +257,7 @@ class EtcdStore:
     def _why(self, err: BaseException, doing: str = "", bound: float | None = None) -> str:
         if self._client.unresolved is not None:
             return f"etcd {','.join(self.endpoints)}: {self._client.unresolved}"
-        text = str(err).strip()
+        text = _one_line(err)
         if isinstance(err, TimeoutError) or not text:  # a timeout says nothing of itself
             text = f"did not answer within {bound or self.timeout:g}s"
         return f"etcd{doing}: {text}"
@@ -455,3 +456,13 @@ async def wait_until(store: Store, deadline: float) -> bool:
         except StoreUnavailable:
             await asyncio.sleep(0.2)
     return False
+
+
+def _one_line(err: BaseException) -> str:
+    """``err`` in one line: a gRPC error's code and details, not its multi-line dump."""
+    if isinstance(err, grpc.RpcError) and callable(getattr(err, "code", None)):
+        with contextlib.suppress(Exception):
+            code, details = err.code(), err.details()  # type: ignore[attr-defined]
+            name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+            return f"{name}: {details}" if details else name
+    return " ".join(str(err).split())

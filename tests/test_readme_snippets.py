@@ -5,8 +5,11 @@ gateway; only the addresses and the user's own objects (stub, database, bucket) 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +89,24 @@ def test_linking_an_agent_snippets_run_as_written(
     assert database.execute("SELECT text FROM notes").fetchall() == [("a note",)]
     assert names["bucket"].objects == {"notes/1": b"note"}
     assert names["http_client"].posts == 1
+
+
+def test_the_runnable_linking_example_runs(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    """The README points to ``docs/examples/link_agent.py`` for the lines that run as is."""
+    example = "docs/examples/link_agent.py"
+    assert example in (ROOT / "README.md").read_text()
+    plane, address = control_plane(etcd_server.endpoint, prefix)
+    spawned.append(plane)
+    result = subprocess.run(
+        [sys.executable, example],
+        cwd=ROOT,
+        env={**os.environ, "MISSION_CONTROL_SERVER": address},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "connected to the control plane: True" in result.stdout, result.stdout
+    assert "upstream answered: SERVING" in result.stdout, result.stdout

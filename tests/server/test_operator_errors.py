@@ -550,6 +550,14 @@ def test_second_serve_on_a_state_folder_is_refused_at_once(tmp_path: Path, spawn
     status = run("status", "--state-dir", str(state))
     assert status.returncode == 0 and f"export ETCD={etcd}" in status.stdout
     assert f"mission-control (pid {first.popen.pid}) is using {state}, serving on 127.0.0.1:" in status.stdout
+    # the exports it prints are what the CLI and etcdctl need, whatever ports serve took
+    exports = dict(
+        line.strip().removeprefix("export ").split("=", 1)
+        for line in status.stdout.splitlines()
+        if line.strip().startswith("export ")
+    )
+    assert exports == {"MISSION_CONTROL_SERVER": _address(first), "ETCD": etcd}, status.stdout
+    assert run("health", env={"MISSION_CONTROL_SERVER": exports["MISSION_CONTROL_SERVER"]}).returncode == 0
 
     # killed outright, its etcd lives on holding the data: say so rather than time out
     first.kill(signal.SIGKILL)
