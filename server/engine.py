@@ -466,7 +466,7 @@ class FleetBreakers:
         """Time-driven moves (OPEN -> HALF_OPEN) and expiry of unused permits."""
         now = self._clock()
         done = []
-        for breaker in list(self._breakers.values()):
+        for breaker in [b for b in self._breakers.values() if b.timed()]:
             expired = breaker.expire_permits(now)
             move = breaker.tick(now)
             if move is not None:
