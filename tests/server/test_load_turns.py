@@ -12,13 +12,12 @@ import asyncio
 import time
 
 import pytest
-
+from mission_control.server import sync
 from mission_control.server.control_plane import ControlPlane
 from mission_control.server.engine import FleetBreakers
 from mission_control.server.etcd_process import EtcdProcess
 from mission_control.server.policies import PolicyBook
 from mission_control.server.store import EtcdStore, Write
-from mission_control.server import sync
 
 COUNT = 600
 
