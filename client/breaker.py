@@ -432,6 +432,14 @@ class CircuitBreaker:
         if not held:
             del self._permits[holder]
 
+    def timed(self) -> bool:
+        """Whether time alone may change this breaker (:meth:`tick`): it is OPEN (its wait
+        ends) or holds permits (they expire). A CLOSED or HALF_OPEN one without permits
+        waits for reports only, so a fleet of thousands is not walked in full every tick."""
+        return self.state is BreakerState.OPEN or bool(
+            self._permits or self._earlier or self._gone or self._lost
+        )
+
     def expire_permits(self, now: float) -> int:
         """Drop permits held past their time; returns how many."""
         return self._expire(now)

@@ -33,6 +33,7 @@ from .lowered_timeouts import LoweredTimeouts
 from .probe_results import identified, lose_released, note_running, settle_results
 from .stored_counts import taken_counts
 from .stored_runs import StoredRuns
+from .timed_breakers import TimedBreakers
 
 _log = logging.getLogger("mission_control.server.engine")
 
@@ -135,6 +136,8 @@ class FleetBreakers:
         #: Timeouts lowered lately, which a new leader's wait still counts.
         self.lowered = LoweredTimeouts()
         self._breakers: dict[str, CircuitBreaker] = {}
+        #: The breakers time alone may change: what the tick walks.
+        self._timed = TimedBreakers()
         self._demand: dict[str, _Demand] = {}
         #: etcd mod_revision of each breaker's stored state (0 = never stored).
         self.revisions: dict[str, int] = {}
@@ -336,6 +339,7 @@ class FleetBreakers:
                 self._held_since[name] = self._clock()
         self.revisions[name] = revision
         self.records[name] = value
+        self._timed.mark(breaker)
         self._changed(name, old, None, stored=True)  # the store holds its run: as pushed
 
     def _mono(self, wall_nanos: int) -> float:
@@ -397,6 +401,7 @@ class FleetBreakers:
             moves.append(breaker.record_probes(now, agent, probe_successes, probe_failures, settled=named))
         moves.append(breaker.record(now, summary.successes, summary.failures, summary.trailing_failures))
         moves.append(breaker.record_timing(now, summary.timed_calls, summary.slow_calls))
+        self._timed.mark(breaker)
         if summary.rejected and breaker.state is not BreakerState.CLOSED:
             self._demand.setdefault(summary.service, _Demand()).note(agent, now)
         done = [m for m in moves if m is not None]
@@ -469,7 +474,7 @@ class FleetBreakers:
         """Time-driven moves (OPEN -> HALF_OPEN) and expiry of unused permits."""
         now = self._clock()
         done = []
-        for breaker in list(self._breakers.values()):
+        for breaker in self._timed.due(self._breakers, now):
             expired = breaker.expire_permits(now)
             move = breaker.tick(now)
             if move is not None:
@@ -501,7 +506,9 @@ class FleetBreakers:
 
     def force(self, name: str, state: BreakerState, reason: str = "") -> Transition | None:
         """An operator's command (FORCED_OPEN, FORCED_CLOSED, DISABLED, or CLOSED to reset)."""
-        move = self.get(name).force(self._clock(), state, reason)
+        breaker = self.get(name)
+        move = breaker.force(self._clock(), state, reason)
+        self._timed.mark(breaker)
         if move is not None:
             self._transitioned(move)
         return move
@@ -573,6 +580,7 @@ class FleetBreakers:
         """Drop a breaker from memory (an idle one no policy names); a later report
         starts it over CLOSED (see :mod:`.forgotten`)."""
         breaker = self._breakers.pop(name, None)
+        self._timed.forget(name)
         self._demand.pop(name, None)
         revision = self.revisions.pop(name, 0)
         told = self._told.pop(name, 0)
@@ -700,6 +708,7 @@ class FleetBreakers:
         several = agent in self._relays  # a relay asks for its agents, each its own
         if breaker.acquire_probe(now, agent, hold, number=self.numbers.made + 1, several=several) == 0:
             return None
+        self._timed.mark(breaker)
         self.numbers.stamp(grant)
         if self.before_grant is not None:  # pushed before the grant is
             self.before_grant(breaker.name)

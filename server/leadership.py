@@ -60,6 +60,9 @@ class Leadership:
         self._create_revision = 0
         self._term = 0
         self._last_refresh = 0.0
+        #: When the last renewal (or the grant) was sent: the next is due a third of the
+        #: TTL after it, however long its answer took.
+        self._renew_sent = 0.0
         #: Until when the leader lease is known to hold: the time a grant or keepalive was
         #: sent plus the TTL it got (etcd starts counting later, when it receives it).
         self._valid_until = 0.0
@@ -113,9 +116,19 @@ class Leadership:
                     _log.exception("%s: a leadership round failed; trying again", self.instance_id)
                 # A leader renews well within its TTL; a follower campaigns when the watch
                 # says the key is gone, and polls in case the watch is down.
-                await self.wait_change(self.ttl / 3 if self.leading else FOLLOWER_POLL_SECS)
+                await self.wait_change(self.next_round())
         finally:
             watcher.cancel()
+
+    def next_round(self) -> float:
+        """Seconds until the next round: a follower's poll, or a leader's next renewal, due a
+        third of the TTL after the last was sent. Not a third of the TTL after the round
+        ended: a renewal whose answer did not come within the store's timeout (2 s, on a
+        starved machine) was then followed by the next one 3 s after it was sent, the whole
+        TTL, and the lease lapsed although etcd had taken the renewal."""
+        if not self.leading:
+            return FOLLOWER_POLL_SECS
+        return max(0.0, self._renew_sent + self.ttl / 3 - self.clock())
 
     async def wait_change(self, timeout: float) -> bool:
         """Wait until the leader key changes or ``timeout``; whether it changed."""
@@ -167,7 +180,7 @@ class Leadership:
             self.leader_id = self.leader_address = None
         if self.leader_id is not None:
             return  # somebody leads: nothing to write
-        sent = self.clock()
+        sent = self._renew_sent = self.clock()
         lease = await self.store.grant_lease(self.ttl)
         value = json.dumps({"instance": self.instance_id, "address": self.address}).encode()
         result = await self.store.commit([Write(self.key, value, expected_revision=0, lease=lease)])
@@ -184,7 +197,7 @@ class Leadership:
         self._set(True)
 
     async def _hold(self) -> None:
-        sent = self.clock()
+        sent = self._renew_sent = self.clock()
         left = await self.store.refresh_lease(self._lease)
         if left <= 0:
             _log.warning("%s lost its leader lease", self.instance_id)

@@ -30,6 +30,7 @@ from .auth import REPLICA_PREFIX, AccessPolicy
 from .control_plane import ControlPlane, check_policies_fit, check_reason
 from .hub import Subscriber
 from .inbound import agent_key, bounded_demand, hello_problem, peer_host
+from .listing import breakers_in_turns
 from .not_read import NOT_READ
 from .outcome_ledger import BatchKey, batch_key
 from .probe_results import identified, known_results
@@ -363,9 +364,10 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
     # -- breakers --------------------------------------------------------------
 
     async def ListBreakers(self, request, context):  # type: ignore[no-untyped-def]
-        return pb.ListBreakersResponse(
-            breakers=self.plane.breakers.snapshot(), incomplete=not self.plane.view_complete
-        )
+        complete = self.plane.view_complete
+        listed = await breakers_in_turns(self.plane.breakers)  # (the loop turns meanwhile)
+        complete = complete and self.plane.view_complete
+        return pb.ListBreakersResponse(breakers=listed, incomplete=not complete)
 
     async def GetBreaker(self, request, context):  # type: ignore[no-untyped-def]
         _check_name("name", request.name)
