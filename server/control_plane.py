@@ -192,7 +192,14 @@ class ControlPlane:
             store, self.breaker_key, self.breakers, self.policies, lambda: self._set_store_ok(False), clock
         )
         self.sync = StoreSync(
-            store, self.prefix, self.policies, self.breakers, self.writer, self._set_store_ok, self._loaded, clock
+            store,
+            self.prefix,
+            self.policies,
+            self.breakers,
+            self.writer,
+            self._set_store_ok,
+            self._loaded,
+            clock,
         )
         self.writer.on_reload = self.sync.reload
         # (before the first health check, a write is sent: the store is not known away)
