@@ -315,7 +315,7 @@ class ControlPlaneConnection:
                             service=name,
                             resource=resource,
                             agents_known=budget.agents,
-                            safe_units=budget.safe_units(),
+                            safe_units=budget.claim(self.view.clock()),
                             leaving=leaving,
                             agents=1,
                             held_epoch=budget.epoch,

@@ -362,7 +362,7 @@ class Agent:
                         service=name,
                         resource=resource,
                         agents_known=budget.agents,
-                        safe_units=budget.safe_units(),
+                        safe_units=budget.claim(self.world.now),
                         agents=1,
                         held_epoch=budget.epoch if self.world.version >= EPOCH_RECORD_SCHEDULES else 0,
                     )
