@@ -347,3 +347,17 @@ def test_a_leader_after_a_wipe_learns_from_the_record_restored_that_the_fleet_wa
     (the simulated store draws from the seed), so for 95358 this is a plain check."""
     violations = simulate(95358, active_secs=80.0).violations
     assert not [v for v in violations if v.startswith("I4:")], violations
+
+
+def test_an_agent_sends_again_the_batches_behind_the_one_said_first_after_a_break() -> None:
+    """50089 at ``--active 40`` (the current schedules): agent-1 gave batches 165-171 to
+    follower cp1.3 while it had no leader (the follower owes their acknowledgement until a
+    leader has them); cp1.3 crashed. On its next stream, to the new leader cp0.2, agent-1 sent
+    first the batch saying which probes still ran (numbered 172), then 165-171 again; cp0.2
+    counted 172 and acknowledged it, which the agent took, acknowledgements being
+    cumulative, for 165-171 too, and cp0.2 crashed after counting 165 and 166: batches 168
+    and 170 (a failure each) were never sent again (I5). Fixed: the batch sent ahead of the
+    ones sent again is acknowledged alone (``UnackedBatches.batch(ahead=True)``,
+    ``tests/client/test_said_batch_ack.py``)."""
+    violations = simulate(50089, active_secs=40.0).violations
+    assert not [v for v in violations if v.startswith("I5:")], violations

@@ -302,7 +302,7 @@ class Agent:
                 again = self.unacked.resend(marked=True)
                 said = self.view.running_said()  # first, as ``ControlPlaneConnection``
                 if said or self.view.probing():
-                    yield pb.ConnectRequest(outcomes=self.unacked.batch(said))
+                    yield pb.ConnectRequest(outcomes=self.unacked.batch(said, ahead=True))
                 for batch in again:
                     yield pb.ConnectRequest(outcomes=batch)
             summaries = []
