@@ -840,8 +840,12 @@ class LocalView:
         state.fleet = fleet
         if previous is None or previous.generation != fleet.generation:
             with state.lock:
-                if previous is not None and fleet.generation < previous.generation:
-                    state.tally.follow(fleet.generation)  # a generation that stood after all
+                # a generation that stood after all; or, with none held (the breaker was
+                # dropped: the store lost it, its generations start over), one below what
+                # the probes were counted for
+                known = previous.generation if previous is not None else state.tally.probe_generation
+                if fleet.generation < known:
+                    state.tally.follow(fleet.generation)
                 state.return_permits(state.permits.supersede(fleet.generation))
         if fleet.state in (BreakerState.CLOSED, BreakerState.FORCED_CLOSED, BreakerState.DISABLED):
             # The fleet's verdict supersedes what this agent saw alone.

@@ -382,3 +382,17 @@ def test_a_leader_without_the_record_keeps_aside_what_an_agent_it_cannot_hear_sp
     for up to H + 4 s)."""
     violations = simulate(50012, active_secs=40.0).violations
     assert not [v for v in violations if v.startswith("I4:")], violations
+
+
+def test_probe_results_count_after_the_breakers_generations_start_over() -> None:
+    """52155 at ``--active 40`` (the current schedules): etcd was wiped and every replica
+    restarted; the new leader's snapshot no longer listed svc-c, which tripped again from
+    generation 1, HALF_OPEN at 2. agent-3 had counted probes of generation 4 before, and its
+    tally went on counting for 4: the result of its probe under the one permit of
+    generation 2 was left out as one of an older HALF_OPEN, the breaker stayed HALF_OPEN, and
+    the leader kept the permit for its hold (TTL + 30 s): agent-3 and agent-1 asked for 7 s
+    without one (I3). Fixed: with no state held, a generation pushed below the one the
+    probes were counted for is followed (``LocalView.set_breaker``,
+    ``tests/client/test_probe_generation_restarted.py``)."""
+    violations = simulate(52155, active_secs=40.0).violations
+    assert not [v for v in violations if "I3:" in v], violations
