@@ -258,10 +258,11 @@ class ControlPlaneConnection:
                 resent = True
                 again = self._unacked.resend(marked=True)
                 # first: probes of the stream before still running (said even when none
-                # is, while a breaker probes: the control plane frees the others' permits)
+                # is, while a breaker probes: the control plane frees the others' permits);
+                # numbered after the ones sent again, its acknowledgement covers only itself
                 said = self.view.running_said()
                 if said or self.view.probing():
-                    yield pb.ConnectRequest(outcomes=self._unacked.batch(said))
+                    yield pb.ConnectRequest(outcomes=self._unacked.batch(said, ahead=True))
                 yield from (pb.ConnectRequest(outcomes=b) for b in again)
             batch = self._batch() if connected else None
             if batch is not None:
@@ -315,7 +316,7 @@ class ControlPlaneConnection:
                             service=name,
                             resource=resource,
                             agents_known=budget.agents,
-                            safe_units=budget.safe_units(),
+                            safe_units=budget.claim(self.view.clock()),
                             leaving=leaving,
                             agents=1,
                             held_epoch=budget.epoch,

@@ -156,6 +156,15 @@ class LeasedBudget:
         stays within its units)."""
         return respent_units(self.last_units, self._recent.values())
 
+    def claim(self, now: float) -> float:
+        """What the agent tells the control plane it spends in a period without a lease
+        (``CapacityDemand.safe_units``): its safe share until its horizon, and nothing once
+        past it. A new leader counts the claims of the agents back as their part of the
+        last leader's units: one past its horizon holds no part (it spends nothing), and
+        claiming its old lease would have others leased that part while the agents not back
+        spend it."""
+        return 0.0 if self.cut_off(now) else self.safe_units()
+
     def cut_off(self, now: float) -> bool:
         """Whether the agent is past its horizon without a lease: it spends nothing."""
         return self._now.lease is None and now >= self.horizon

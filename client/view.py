@@ -287,18 +287,31 @@ class UnackedBatches:
         self.series = series or uuid.uuid4().hex
         self._sequence = 0
         self._pending: dict[int, pb.OutcomeBatch] = {}
+        #: Batches sent ahead of lower-numbered ones (see :meth:`batch`), not acknowledged yet.
+        self._ahead: set[int] = set()
         self._lock = threading.Lock()
         self.dropped = 0
         self._reported = 0
 
     def batch(
-        self, summaries: list[pb.OutcomeSummary], origin: pb.OutcomeOrigin | None = None
+        self,
+        summaries: list[pb.OutcomeSummary],
+        origin: pb.OutcomeOrigin | None = None,
+        *,
+        ahead: bool = False,
     ) -> pb.OutcomeBatch:
-        """The next batch of ``summaries`` (passed on for ``origin``), kept until acknowledged."""
+        """The next batch of ``summaries`` (passed on for ``origin``), kept until acknowledged.
+        ``ahead``: sent ahead of the batches pending (sent again behind it): its
+        acknowledgement covers only itself, not those numbered lower, which may not have been
+        taken when the stream broke."""
         with self._lock:
             self._sequence += 1
             while len(self._pending) >= self.limit:
-                self.dropped += len(self._pending.pop(min(self._pending)).summaries)
+                oldest = min(self._pending)
+                self._ahead.discard(oldest)
+                self.dropped += len(self._pending.pop(oldest).summaries)
+            if ahead:
+                self._ahead.add(self._sequence)
             dropped, self._reported = self.dropped - self._reported, self.dropped
             batch = pb.OutcomeBatch(
                 sequence=self._sequence, summaries=summaries, dropped=dropped, origin=origin
@@ -307,9 +320,16 @@ class UnackedBatches:
             return batch
 
     def ack(self, sequence: int) -> None:
+        """Batch ``sequence`` was taken, and with it (cumulatively) every batch numbered lower,
+        unless it was sent ahead of them."""
         with self._lock:
+            if sequence in self._ahead:
+                self._ahead.discard(sequence)
+                self._pending.pop(sequence, None)
+                return
             for done in [s for s in self._pending if s <= sequence]:
                 del self._pending[done]
+            self._ahead = {s for s in self._ahead if s > sequence}
 
     def __len__(self) -> int:
         return len(self._pending)

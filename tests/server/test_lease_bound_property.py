@@ -142,7 +142,7 @@ class Schedule:
             service="shared",
             resource="shared.requests",
             agents_known=budget.agents,
-            safe_units=budget.safe_units(),
+            safe_units=budget.claim(self.now),
             agents=1,
             held_epoch=budget.epoch,
         )

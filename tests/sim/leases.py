@@ -140,7 +140,7 @@ class SimAgent:
             resource=RESOURCE,
             agents=1,
             agents_known=self.budget.agents,
-            safe_units=self.budget.safe_units(),
+            safe_units=self.budget.claim(self.now()),
             leaving=leaving,
         )
         if reports:

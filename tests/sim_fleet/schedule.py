@@ -154,6 +154,8 @@ class World:
         #: When the store, or a replica's path to it, last stopped being healthy.
         self.store_trouble_at = -1e9
         self.trouble_at: Counter[str] = Counter()
+        #: Breaker -> when a replica crashed holding a transition of it decided, not stored.
+        self.lapsed_at: dict[str, float] = {}
         self._restarting: set[str] = set()
         self.recorder = checks.Recorder(self)
         self.probes = ProbeWatch(self)
@@ -233,6 +235,8 @@ class World:
 
     def crash(self, replica: Replica) -> None:
         self.log(f"crash {replica.instance} (leading={replica.plane.leading})")
+        for name in replica.plane.writer.pending:
+            self.lapsed_at[name] = self.now
         replica.crash()
         for other in self.alive_replicas():
             for link in list(other.links):

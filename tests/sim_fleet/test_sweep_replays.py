@@ -39,3 +39,15 @@ def test_a_follower_deposed_over_a_malformed_record_tells_its_agents_the_leaders
     for seed in (65, 137):
         out = _replayed(seed)
         assert f"seed {seed}: ok" in out, out
+
+
+def test_an_unstored_transition_of_a_crashed_leader_lapses_for_its_agents_within_a_push() -> None:
+    """Seed 50231: leader cp0.1, cut from etcd, decided svc-c OPEN and then HALF_OPEN from
+    memory (not stored) and pushed them; follower cp1.2 passed them on to agent-1. cp0.1
+    crashed at 1008.189 and the check at 1008.20 asked agent-1, still holding HALF_OPEN, to
+    hold etcd's CLOSED: until the crash the check itself took the pending transition for the
+    state in force, so etcd's CLOSED is in force from the crash only, and an agent has a push
+    to hear it (I1). The check now waits a push after a replica crashed holding a transition
+    of the breaker not stored."""
+    out = _replayed(50231)
+    assert "seed 50231: ok" in out, out

@@ -302,7 +302,7 @@ class Agent:
                 again = self.unacked.resend(marked=True)
                 said = self.view.running_said()  # first, as ``ControlPlaneConnection``
                 if said or self.view.probing():
-                    yield pb.ConnectRequest(outcomes=self.unacked.batch(said))
+                    yield pb.ConnectRequest(outcomes=self.unacked.batch(said, ahead=True))
                 for batch in again:
                     yield pb.ConnectRequest(outcomes=batch)
             summaries = []
@@ -362,7 +362,7 @@ class Agent:
                         service=name,
                         resource=resource,
                         agents_known=budget.agents,
-                        safe_units=budget.safe_units(),
+                        safe_units=budget.claim(self.world.now),
                         agents=1,
                         held_epoch=budget.epoch if self.world.version >= EPOCH_RECORD_SCHEDULES else 0,
                     )
