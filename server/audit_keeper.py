@@ -16,7 +16,8 @@ A write of the control plane triggers the prune. So do changes from outside, so 
 fleet edited only by hand keeps its bound too: once the records this replica wrote of them
 since the last prune are a tenth of the count bound (one at least), or when one is written
 a tenth of the age bound or more after the last prune (a few hand edits never cost a
-prune each, and the records past a bound are never more than a tenth of it).
+prune each, and the records past a bound are never more than a tenth of it). The claims
+of changes from outside are pruned with them, by the same bounds (see :mod:`.audit_claims`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import replace
 from functools import partial
 
 from .audit import AuditLog, Change, Retention
+from .audit_claims import ClaimsPruner
 from .audit_kept import KeptRecords
 from .audit_seen import Claim, SeenChanges
 from .store import Entry, StoreUnavailable, Write
@@ -84,6 +86,10 @@ class AuditKeeper:
         #: Changes from outside handled here (recorded here or by another replica).
         self.outside_changes = 0
         self.pruned = 0
+        #: The claims of changes from outside, pruned by the same bounds (see
+        #: :mod:`.audit_claims`), and when (loop time) they were last read for age.
+        self.claims = ClaimsPruner(log)
+        self._claims_aged_at: float | None = None
         #: Records of changes from outside written here since the last prune began, and
         #: when (loop time) the last prune ended (None: none yet).
         self._outside_unpruned = 0
@@ -126,6 +132,7 @@ class AuditKeeper:
             self._outside_unpruned = 0
             try:
                 self.pruned += await self.log.prune(self.kept.find)
+                await self._prune_claims()
             except StoreUnavailable as err:
                 _log.info("audit records not pruned yet (%s)", err)
                 self._prune.set()
@@ -133,6 +140,16 @@ class AuditKeeper:
             else:
                 self._pruned_at = asyncio.get_running_loop().time()
                 await asyncio.sleep(self.prune_interval)
+
+    async def _prune_claims(self) -> None:
+        """Prune the claims past the count bound, and past the age bound once a tenth of it
+        passed since they were last read for age. Raises StoreUnavailable."""
+        now = asyncio.get_running_loop().time()
+        aged_at = self._claims_aged_at
+        by_age = aged_at is None or now - aged_at >= self.log.retention.max_age_secs / 10
+        await self.claims.prune(by_age=by_age)
+        if by_age:
+            self._claims_aged_at = now
 
     def _recorded_outside(self) -> None:
         """A change from outside was recorded here: prune when due (see the module's docstring)."""
