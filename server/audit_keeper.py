@@ -32,7 +32,7 @@ from .audit import AuditLog, Change, Retention
 from .audit_claims import ClaimsPruner
 from .audit_kept import KeptRecords
 from .audit_seen import Claim, SeenChanges
-from .store import Entry, StoreUnavailable, Write
+from .store import Entry, StoreUnavailable, WatchCompacted, Write
 
 _log = logging.getLogger("mission_control.server.audit")
 #: The values of the changes waiting to be recorded are held up to this many bytes (beyond:
@@ -83,6 +83,10 @@ class AuditKeeper:
         self._outside: asyncio.Queue[tuple[str, bytes | None, int]] = asyncio.Queue(maxsize=10_000)
         self._waiting_bytes = 0
         self._compare_all = asyncio.Event()
+        #: The revision of the last full load: the watch delivers every change after it.
+        self._loaded_at = 0
+        #: Changes the watch delivered were let go (too many waited): compare them all.
+        self._compare_everything = False
         #: Changes from outside handled here (recorded here or by another replica).
         self.outside_changes = 0
         self.pruned = 0
@@ -105,18 +109,25 @@ class AuditKeeper:
             return
         size = len(value or b"")
         if self._waiting_bytes + size > MAX_WAITING_BYTES:
-            self._compare_all.set()
+            self._let_go()
             return
         try:
             self._outside.put_nowait((key, value, revision))
         except asyncio.QueueFull:  # beyond: compare every key with its mark instead
-            self._compare_all.set()
+            self._let_go()
         else:
             self._waiting_bytes += size
 
-    def loaded(self) -> None:
-        """Everything was read again (a start, a reload): changes made while nobody
-        watched are found by comparing every key with its mark."""
+    def _let_go(self) -> None:
+        self._compare_everything = True
+        self._compare_all.set()
+
+    def loaded(self, revision: int = 0) -> None:
+        """Everything was read again at ``revision`` (a start, a reload; 0: not known):
+        changes made while nobody watched are found by comparing every key with its mark.
+        Those after ``revision`` are the watch's, which delivers every one (see
+        :meth:`compare_all`)."""
+        self._loaded_at = revision
         self._compare_all.set()
 
     async def run(self) -> None:
@@ -195,20 +206,37 @@ class AuditKeeper:
         while True:
             await self._compare_all.wait()
             self._compare_all.clear()
-            await self._retrying("keys not compared with their marks yet", self.compare_all)
+            upto = 0 if self._compare_everything else self._loaded_at
+            self._compare_everything = False
+            await self._retrying("keys not compared with their marks yet", partial(self.compare_all, upto))
 
-    async def compare_all(self) -> int:
+    async def compare_all(self, upto: int = 0) -> int:
         """Compare every recorded key with its mark, both read at one revision; returns
-        how many changes from outside were found. Raises StoreUnavailable."""
+        how many changes from outside were found. With ``upto`` (the revision of a load the
+        watch follows), a key changed after it is left to the watch, which delivers that
+        change with its revision: a deletion found here has none, and recorded both ways
+        it would be recorded twice (a hand delete made while a replica starts).
+        Raises StoreUnavailable."""
         entries, _ = await self.log.store.get_prefix(self.log.marks.removesuffix("audited/"))
         marks = {self.log.key_of_mark(e.key): e for e in entries if self.log.is_record(e.key)}
         found = 0
         for entry in entries:
             if not self.log.is_record(entry.key) and self.change_of(entry.key, entry.value, None):
-                found += await self._compare(entry.key, entry, marks.pop(entry.key, None))
+                mark = marks.pop(entry.key, None)
+                if not upto or entry.mod_revision <= upto:
+                    found += await self._compare(entry.key, entry, mark)
         for key, mark in marks.items():  # marked as present, and gone
-            found += await self._compare(key, None, mark)
+            if not upto or not await self._present_at(key, upto):
+                found += await self._compare(key, None, mark)
         return found
+
+    async def _present_at(self, key: str, revision: int) -> bool:
+        """Whether ``key`` was present at ``revision`` (False once compacted away: its
+        deletion is recorded here then, as when no watch delivers it)."""
+        try:
+            return await self.log.store.get(key, revision=revision) is not None
+        except WatchCompacted:
+            return False
 
     async def _compare(self, key: str, entry: Entry | None, mark: Entry | None) -> bool:
         if entry is None and (mark is None or not self.log.described(mark)[2]):

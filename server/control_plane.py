@@ -673,7 +673,7 @@ class ControlPlane:
         return keys[kind](name) if kind in keys else None
 
     def _loaded(self) -> None:
-        self.audit_keeper.loaded()
+        self.audit_keeper.loaded(self.sync.load_revision)
         # Agents replace what they hold with the store's state (the first snapshot they got
         # may have been partial, or a reload may have dropped something).
         self.version += 1
