@@ -132,13 +132,13 @@ class ControlPlane:
         #: Leases sent per turn of the loop (None: a round's leases all in one turn).
         self.lease_slice: int | None = LEASE_SLICE
         self.ping_interval = ping_interval
-        self.policies = PolicyBook(self.prefix)
+        self.policies = PolicyBook(self.prefix, wall)
         self.grant_numbers = GrantNumbers()
         self.breakers = FleetBreakers(
             self.policies.policy_of, clock=clock, wall=wall, numbers=self.grant_numbers
         )
         self.stats = FleetStatistics()
-        self.hub = Hub()
+        self.hub = Hub(wall)
         #: Called with (agent id, summary) for every outcome summary an agent sends here.
         self.outcome_listeners: list[Callable[[str, pb.OutcomeSummary], None]] = []
         self.store_ok = False
@@ -216,7 +216,7 @@ class ControlPlane:
             self.lease_epochs.apply,
         )
         #: Candidate policies in shadow mode, and how they fare (see :mod:`.shadow`).
-        self.shadows = shadow_book(self.prefix)
+        self.shadows = shadow_book(self.prefix, wall)
         self.shadows.errors = self.policies.errors  # one list of refused values, shown by stats
         self.trials = ShadowTrials(self._breaker_state, clock)
         self.sync.shadows = self.shadows
