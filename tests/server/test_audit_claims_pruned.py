@@ -4,10 +4,12 @@ claim was pruned is still never recorded twice (the floor the prune moves on cou
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from mission_control.server.audit import AuditLog, Change, Retention
 from mission_control.server.audit_claims import ClaimsPruner
+from mission_control.server.audit_keeper import AuditKeeper
 from mission_control.server.audit_seen import SeenChanges, floor_key, parse_floor
 from mission_control.server.etcd_process import EtcdProcess
 from mission_control.server.store import EtcdStore, Store
@@ -112,4 +114,25 @@ async def test_a_floor_put_from_outside_naming_changes_to_come_is_not_believed(
         revision = _put(etcd_server.endpoint, key, '{"v": 1}')
         assert await seen.record(key, b'{"v": 1}', revision) is True
     finally:
+        await store.close()
+
+
+async def test_the_keeper_prunes_the_claims_with_the_records(etcd_server: EtcdProcess, prefix: str) -> None:
+    store = await EtcdStore([etcd_server.endpoint]).connect()
+    log = AuditLog(store, prefix, "r1", Retention(max_records=1, max_age_secs=1e6))
+    keeper = AuditKeeper(log, _change_of, prune_delay=0.0, prune_interval=0.05)
+    running = asyncio.create_task(keeper.run())
+    try:
+        for name in ("a", "b", "c"):
+            key = f"{prefix}/policies/{name}"
+            await keeper.record_seen(key, b'{"v": 1}', _put(etcd_server.endpoint, key, '{"v": 1}'))
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(await _claims(store, log)) > 1:  # pruned by the keeper's own loop
+            assert asyncio.get_running_loop().time() < deadline, await _claims(store, log)
+            await asyncio.sleep(0.05)
+        assert await _claims(store, log) == ["c"]
+        assert keeper.claims.pruned == 2
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
         await store.close()
