@@ -16,7 +16,8 @@ A write of the control plane triggers the prune. So do changes from outside, so 
 fleet edited only by hand keeps its bound too: once the records this replica wrote of them
 since the last prune are a tenth of the count bound (one at least), or when one is written
 a tenth of the age bound or more after the last prune (a few hand edits never cost a
-prune each, and the records past a bound are never more than a tenth of it).
+prune each, and the records past a bound are never more than a tenth of it). The claims
+of changes from outside are pruned with them, by the same bounds (see :mod:`.audit_claims`).
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from dataclasses import replace
 from functools import partial
 
 from .audit import AuditLog, Change, Retention
+from .audit_claims import ClaimsPruner
 from .audit_kept import KeptRecords
 from .audit_seen import Claim, SeenChanges
-from .store import Entry, StoreUnavailable, Write
+from .store import Entry, StoreUnavailable, WatchCompacted, Write
 
 _log = logging.getLogger("mission_control.server.audit")
 #: The values of the changes waiting to be recorded are held up to this many bytes (beyond:
@@ -81,9 +83,17 @@ class AuditKeeper:
         self._outside: asyncio.Queue[tuple[str, bytes | None, int]] = asyncio.Queue(maxsize=10_000)
         self._waiting_bytes = 0
         self._compare_all = asyncio.Event()
+        #: The revision of the last full load: the watch delivers every change after it.
+        self._loaded_at = 0
+        #: Changes the watch delivered were let go (too many waited): compare them all.
+        self._compare_everything = False
         #: Changes from outside handled here (recorded here or by another replica).
         self.outside_changes = 0
         self.pruned = 0
+        #: The claims of changes from outside, pruned by the same bounds (see
+        #: :mod:`.audit_claims`), and when (loop time) they were last read for age.
+        self.claims = ClaimsPruner(log)
+        self._claims_aged_at: float | None = None
         #: Records of changes from outside written here since the last prune began, and
         #: when (loop time) the last prune ended (None: none yet).
         self._outside_unpruned = 0
@@ -99,18 +109,25 @@ class AuditKeeper:
             return
         size = len(value or b"")
         if self._waiting_bytes + size > MAX_WAITING_BYTES:
-            self._compare_all.set()
+            self._let_go()
             return
         try:
             self._outside.put_nowait((key, value, revision))
         except asyncio.QueueFull:  # beyond: compare every key with its mark instead
-            self._compare_all.set()
+            self._let_go()
         else:
             self._waiting_bytes += size
 
-    def loaded(self) -> None:
-        """Everything was read again (a start, a reload): changes made while nobody
-        watched are found by comparing every key with its mark."""
+    def _let_go(self) -> None:
+        self._compare_everything = True
+        self._compare_all.set()
+
+    def loaded(self, revision: int = 0) -> None:
+        """Everything was read again at ``revision`` (a start, a reload; 0: not known):
+        changes made while nobody watched are found by comparing every key with its mark.
+        Those after ``revision`` are the watch's, which delivers every one (see
+        :meth:`compare_all`)."""
+        self._loaded_at = revision
         self._compare_all.set()
 
     async def run(self) -> None:
@@ -127,6 +144,7 @@ class AuditKeeper:
             self._outside_unpruned = 0
             try:
                 self.pruned += await self.log.prune(self.kept.find)
+                await self._prune_claims()
             except StoreUnavailable as err:
                 # told once per outage: the retries every second say nothing new
                 (_log.debug if said else _log.info)("audit records not pruned yet (%s)", err)
@@ -137,6 +155,16 @@ class AuditKeeper:
                 said = False
                 self._pruned_at = asyncio.get_running_loop().time()
                 await asyncio.sleep(self.prune_interval)
+
+    async def _prune_claims(self) -> None:
+        """Prune the claims past the count bound, and past the age bound once a tenth of it
+        passed since they were last read for age. Raises StoreUnavailable."""
+        now = asyncio.get_running_loop().time()
+        aged_at = self._claims_aged_at
+        by_age = aged_at is None or now - aged_at >= self.log.retention.max_age_secs / 10
+        await self.claims.prune(by_age=by_age)
+        if by_age:
+            self._claims_aged_at = now
 
     def _recorded_outside(self) -> None:
         """A change from outside was recorded here: prune when due (see the module's docstring)."""
@@ -182,20 +210,37 @@ class AuditKeeper:
         while True:
             await self._compare_all.wait()
             self._compare_all.clear()
-            await self._retrying("keys not compared with their marks yet", self.compare_all)
+            upto = 0 if self._compare_everything else self._loaded_at
+            self._compare_everything = False
+            await self._retrying("keys not compared with their marks yet", partial(self.compare_all, upto))
 
-    async def compare_all(self) -> int:
+    async def compare_all(self, upto: int = 0) -> int:
         """Compare every recorded key with its mark, both read at one revision; returns
-        how many changes from outside were found. Raises StoreUnavailable."""
+        how many changes from outside were found. With ``upto`` (the revision of a load the
+        watch follows), a key changed after it is left to the watch, which delivers that
+        change with its revision: a deletion found here has none, and recorded both ways
+        it would be recorded twice (a hand delete made while a replica starts).
+        Raises StoreUnavailable."""
         entries, _ = await self.log.store.get_prefix(self.log.marks.removesuffix("audited/"))
         marks = {self.log.key_of_mark(e.key): e for e in entries if self.log.is_record(e.key)}
         found = 0
         for entry in entries:
             if not self.log.is_record(entry.key) and self.change_of(entry.key, entry.value, None):
-                found += await self._compare(entry.key, entry, marks.pop(entry.key, None))
+                mark = marks.pop(entry.key, None)
+                if not upto or entry.mod_revision <= upto:
+                    found += await self._compare(entry.key, entry, mark)
         for key, mark in marks.items():  # marked as present, and gone
-            found += await self._compare(key, None, mark)
+            if not upto or not await self._present_at(key, upto):
+                found += await self._compare(key, None, mark)
         return found
+
+    async def _present_at(self, key: str, revision: int) -> bool:
+        """Whether ``key`` was present at ``revision`` (False once compacted away: its
+        deletion is recorded here then, as when no watch delivers it)."""
+        try:
+            return await self.log.store.get(key, revision=revision) is not None
+        except WatchCompacted:
+            return False
 
     async def _compare(self, key: str, entry: Entry | None, mark: Entry | None) -> bool:
         if entry is None and (mark is None or not self.log.described(mark)[2]):

@@ -18,6 +18,9 @@ etcd version counts every recorded change, see :mod:`.last_good`), and the claim
 record instead (what tells a record a control plane wrote, see
 :meth:`.audit_read.AuditReader.provenance`).
 
+Claims are pruned with the records (see :mod:`.audit_claims`); a change at or below the
+*floor* the prune moves on, that no claim names, counts as recorded.
+
 A claim that does not parse (put from outside) counts as empty, and one naming a revision
 at or after its own is not believed there: the change is recorded, and the claim written
 over. A value the watch delivers is recorded as it is (the record decodes it, replacing what
@@ -70,6 +73,21 @@ class Claim:
         return json.dumps({"record": record, "revisions": revisions}).encode()
 
 
+def floor_key(log: AuditLog) -> str:
+    return f"{log.prefix}outside-floor"
+
+
+def parse_floor(entry: Entry | None) -> int:
+    """The revision at or below which a change no claim names counts as recorded."""
+    if entry is None:
+        return 0
+    text = entry.value.decode(errors="replace").strip()
+    if not text.isdigit() or len(text) > 20:
+        return 0
+    floor = int(text)
+    return floor if floor < entry.mod_revision else 0  # a floor never names changes to come
+
+
 class SeenChanges:
     """Records the changes from outside the watch delivered.
 
@@ -98,8 +116,10 @@ class SeenChanges:
             mark = await log.store.get(log.mark_of(key))
             entry = await log.store.get(log.claim_of(key))
             claim = Claim.parse(entry)
+            # Read after the claim: a claim pruned since moved the floor on before.
+            floor = parse_floor(await log.store.get(floor_key(log)))
             described = log.described(mark)[1] if mark is not None else 0
-            if revision in claim.revisions or described == revision:
+            if revision in claim.revisions or described == revision or revision <= floor:
                 return False
             change = self.change_of(key, value, await self._before(key, revision, mark, described))
             if change is None:

@@ -133,13 +133,13 @@ class ControlPlane:
         #: Leases sent per turn of the loop (None: a round's leases all in one turn).
         self.lease_slice: int | None = LEASE_SLICE
         self.ping_interval = ping_interval
-        self.policies = PolicyBook(self.prefix)
+        self.policies = PolicyBook(self.prefix, wall)
         self.grant_numbers = GrantNumbers()
         self.breakers = FleetBreakers(
             self.policies.policy_of, clock=clock, wall=wall, numbers=self.grant_numbers
         )
         self.stats = FleetStatistics()
-        self.hub = Hub()
+        self.hub = Hub(wall)
         #: Called with (agent id, summary) for every outcome summary an agent sends here.
         self.outcome_listeners: list[Callable[[str, pb.OutcomeSummary], None]] = []
         self.store_ok = False
@@ -224,7 +224,7 @@ class ControlPlane:
             self.lease_epochs.apply,
         )
         #: Candidate policies in shadow mode, and how they fare (see :mod:`.shadow`).
-        self.shadows = shadow_book(self.prefix)
+        self.shadows = shadow_book(self.prefix, wall)
         self.shadows.errors = self.policies.errors  # one list of refused values, shown by stats
         self.trials = ShadowTrials(self._breaker_state, clock)
         self.sync.shadows = self.shadows
@@ -685,7 +685,7 @@ class ControlPlane:
         return keys[kind](name) if kind in keys else None
 
     def _loaded(self) -> None:
-        self.audit_keeper.loaded()
+        self.audit_keeper.loaded(self.sync.load_revision)
         # Agents replace what they hold with the store's state (the first snapshot they got
         # may have been partial, or a reload may have dropped something).
         self.version += 1

@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -53,9 +54,10 @@ class Subscriber:
     said: bool = False
     #: (code, details) the stream is to end with, when the client broke a limit.
     refusal: tuple[grpc.StatusCode, str] | None = None
-    #: The agent's labels (from its hello) and when the stream opened (wall-clock seconds).
+    #: The agent's labels (from its hello) and when the stream opened (wall-clock seconds,
+    #: the hub's clock).
     labels: tuple[tuple[str, str], ...] = ()
-    since: float = field(default_factory=time.time)
+    since: float = 0.0
     #: The agent id as configured (authorization, reporter lists, figures by agent).
     name: str = ""
 
@@ -96,9 +98,14 @@ class Subscriber:
 
 class Hub:
     """Every open stream, indexed by agent and by peer address so that what runs per
-    message or per lease round costs the same with 10 agents as with 10,000."""
+    message or per lease round costs the same with 10 agents as with 10,000.
 
-    def __init__(self) -> None:
+    Args:
+        wall: wall-clock seconds (when a stream opened, as the roster shows it).
+    """
+
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
+        self.wall = wall
         self._ids = itertools.count(1)
         self.agents: dict[int, Subscriber] = {}
         self.watchers: dict[int, Subscriber] = {}
@@ -119,6 +126,7 @@ class Hub:
         """A new stream of agent ``key`` (default: the hello's agent id)."""
         key = hello.agent_id if key is None else key
         sub = Subscriber(next(self._ids), key, hello.session_id, tuple(hello.services), peer=peer)
+        sub.since = self.wall()
         sub.name = hello.agent_id
         sub.labels = tuple(sorted(hello.labels.items()))
         sub.series = hello.outcome_series
@@ -191,7 +199,7 @@ class Hub:
                 del self._by_peer[sub.peer]
 
     def watch(self, names: frozenset[str], peer: str = "") -> Subscriber:
-        sub = Subscriber(next(self._ids), names=names, peer=peer)
+        sub = Subscriber(next(self._ids), names=names, peer=peer, since=self.wall())
         self.watchers[sub.id] = sub
         return sub
 

@@ -39,10 +39,16 @@ class LoadError:
 
 
 class PolicyBook:
-    """Service name -> the policy in force, with its store revision."""
+    """Service name -> the policy in force, with its store revision.
 
-    def __init__(self, prefix: str) -> None:
+    Args:
+        prefix: the control plane's key prefix.
+        wall: wall-clock seconds (when a refused value was refused, as shown).
+    """
+
+    def __init__(self, prefix: str, wall: Callable[[], float] = time.time) -> None:
         self.prefix = prefix.rstrip("/") + "/policies/"
+        self.wall = wall
         self._policies: dict[str, tuple[ServicePolicy, int]] = {}
         #: service -> the revision of a refused value the store holds now (the key's
         #: revision, which a compare-and-swap that replaces it must name).
@@ -175,7 +181,7 @@ class PolicyBook:
         holds it."""
         self._counted(False)
         detail = f"revision {revision}: {detail}" if revision else detail
-        self.errors.append(LoadError(key, detail, time.time(), revision))
+        self.errors.append(LoadError(key, detail, self.wall(), revision))
         if revision and self.service_of(key) is None:
             self._refused_keys[key] = revision
         _log.error("ignored invalid value at %s: %s", key, detail)
@@ -188,7 +194,7 @@ class PolicyBook:
         kept = [e for e in self.errors if e is not previous]
         self.errors.clear()
         self.errors.extend(kept)
-        self.errors.append(LoadError(key, f"{detail}in force: {in_force}", time.time(), revision))
+        self.errors.append(LoadError(key, f"{detail}in force: {in_force}", self.wall(), revision))
         if self.service_of(key) is None:
             self._refused_keys[key] = revision
 

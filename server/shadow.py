@@ -32,9 +32,9 @@ __all__ = ["SHADOW_GATES", "ShadowTrials", "shadow_book"]
 SHADOW_GATES = frozenset({"rate_limit", "quota", "bulkhead"})
 
 
-def shadow_book(prefix: str) -> PolicyBook:
+def shadow_book(prefix: str, wall: Callable[[], float] = time.time) -> PolicyBook:
     """The candidates' book: keys ``<prefix>/shadow/policies/<service>``."""
-    return PolicyBook(prefix.rstrip("/") + "/shadow")
+    return PolicyBook(prefix.rstrip("/") + "/shadow", wall)
 
 
 @dataclass

@@ -93,6 +93,8 @@ class StoreSync:
         #: seen with no record at its revision (made outside the control plane).
         self.is_record: Callable[[str], bool] = lambda key: False
         self.on_outside: Callable[[str, bytes | None, int], None] = lambda key, value, revision: None
+        #: The revision of the last full load: the watch follows from the one after it.
+        self.load_revision = 0
         #: Other keys followed: key -> called with each value (None: deleted).
         self.records: dict[str, Callable[[bytes | None], None]] = {}
         #: Keys of :attr:`records` told None also when a full load finds them absent.
@@ -145,6 +147,7 @@ class StoreSync:
             try:
                 self._resync.clear()  # a reload asked for from here on is not lost
                 revision = await self._load_all()
+                self.load_revision = revision
                 self.loaded.set()
                 self.on_store(True)
                 self.on_loaded()

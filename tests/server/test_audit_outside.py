@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from typing import Any
 
 import grpc
@@ -17,6 +16,7 @@ from mission_control.server.etcd_process import EtcdProcess
 
 from tests.server.test_cli import cli
 from tests.support.etcd import etcdctl
+from tests.support.polling import poll
 from tests.support.procs import Proc, control_plane
 
 SERVICE = "llm_provider"
@@ -33,14 +33,6 @@ def _put_policy(server: str, timeout_secs: float) -> None:
         stub = pb_grpc.ControlPlaneServiceStub(channel)
         policy = policy_pb2.ServicePolicy(service=SERVICE, timeout_secs=timeout_secs)
         stub.PutPolicy(pb.PutPolicyRequest(policy=policy, reason="tuning"), timeout=30)
-
-
-def _poll(check: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
-    return value
 
 
 def test_a_change_made_while_no_replica_watched_is_recorded_at_start(
@@ -64,7 +56,7 @@ def test_a_change_made_while_no_replica_watched_is_recorded_at_start(
     def outside() -> list[dict[str, Any]]:
         return [r for r in _audit(server, "--service", SERVICE) if r["identity"] == "etcd"]
 
-    [record] = _poll(outside)
+    [record] = poll(outside, timeout=20)
     assert record["action"] == "etcd.put"
     assert record["provenance"] == "verified"  # a control plane recorded it, with its mark
     assert json.loads(record["old_value"])["timeout_secs"] == 8  # the value last recorded
@@ -83,7 +75,7 @@ def test_a_change_made_while_no_replica_watched_is_recorded_at_start(
     again.popen.wait(timeout=30)
     third, server = control_plane(etcd_server.endpoint, prefix)
     spawned.append(third)
-    _poll(lambda: any(r["action"] == "policy.put" for r in _audit(server)))
+    poll(lambda: any(r["action"] == "policy.put" for r in _audit(server)), timeout=20)
     assert len(outside()) == 1
 
 

@@ -17,6 +17,7 @@ from mission_control.server.store import EtcdStore
 
 from tests.server.test_cli import cli
 from tests.support.etcd import etcdctl
+from tests.support.polling import poll
 from tests.support.procs import Proc, control_plane
 
 RECORDS = 10_000
@@ -48,14 +49,6 @@ def _leader_epoch(endpoint: str, prefix: str) -> int:
     return int(out["kvs"][0]["create_revision"]) if out.get("kvs") else 0
 
 
-def _poll(check, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
-    return value
-
-
 async def test_ten_thousand_records_are_paged_with_bounded_reads(
     etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
 ) -> None:
@@ -68,9 +61,9 @@ async def test_ten_thousand_records_are_paged_with_bounded_reads(
     )
     proc, server = control_plane(endpoint, prefix, "--audit-max-records", str(2 * RECORDS))
     spawned.append(proc)
-    epoch = _poll(lambda: _leader_epoch(endpoint, prefix))
+    epoch = poll(lambda: _leader_epoch(endpoint, prefix))
     # the record of the earlier version is moved out of the loaded prefix, and listed
-    _poll(lambda: not etcdctl(endpoint, "get", f"{prefix}/audit/", "--prefix", "--keys-only").strip())
+    poll(lambda: not etcdctl(endpoint, "get", f"{prefix}/audit/", "--prefix", "--keys-only").strip())
     loaded = etcdctl(endpoint, "get", f"{prefix}/", "--prefix", "--keys-only").split()
     assert len(loaded) < 50, loaded[:20]
     with grpc.insecure_channel(server) as channel:

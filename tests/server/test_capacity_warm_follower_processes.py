@@ -9,39 +9,26 @@ counted. What counts is what the agents admitted, in every window."""
 
 from __future__ import annotations
 
-import signal
 import time
 
 import pytest
 from mission_control.server.etcd_process import EtcdProcess
 
 from tests.support.polling import poll
-from tests.support.procs import Proc
+from tests.support.procs import Proc, paused
 from tests.support.replicas import (
     fleet_limit,
+    per_second,
     spending_agents,
     start_replicas,
     stop_agents,
-    usage,
+    wait_usage,
     worst_window,
 )
 
 SERVICE, PERIOD, LIMIT, WINDOW, HORIZON = "mixed", 0.5, 100, 2.0, 12.0
 UNITS = LIMIT * PERIOD / WINDOW  # the fleet's units per period: 25
 RATE = 40.0  # each agent asks for more than the whole limit's half: 40/s against 50/s
-
-
-def per_second(results: dict[str, dict], events: dict[str, float]) -> str:  # type: ignore[type-arg]
-    """What each agent admitted per second, from the first admitted call: shown with the figures."""
-    start = min(t for r in results.values() for t in r["admitted"])
-    lines = [" ".join(f"{name}@{at - start:.1f}" for name, at in events.items())]
-    for name, got in results.items():
-        counts = [0] * (int(max(events.values()) - start) + 6)
-        for t in got["admitted"]:
-            if int(t - start) < len(counts):
-                counts[int(t - start)] += 1
-        lines.append(f"{name}: {counts}")
-    return "\n".join(lines)
 
 
 @pytest.mark.timeout(180)
@@ -52,33 +39,22 @@ def test_a_new_agent_behind_a_follower_does_not_end_the_warm_up_across_a_failove
     fleet = start_replicas(etcd_server.endpoint, prefix, spawned, ("r1", "r2", "r3"), policy)
     addresses = fleet.addresses
     z, x = spending_agents(spawned, SERVICE, RATE, ("z", addresses["r1"]), ("x", addresses["r3"]))
-    poll(
-        lambda: (u := usage(addresses["r1"], SERVICE)) is not None and u.agents == 2 and u.leased >= UNITS - 1
-    )
+    wait_usage(addresses["r1"], SERVICE, lambda u: u.agents == 2 and u.leased >= UNITS - 1)
     time.sleep(2 * PERIOD)  # the leases made for both are in force: each heard "two agents"
 
-    follower = fleet.procs["r3"]
-    follower.popen.send_signal(signal.SIGSTOP)  # r3 does not lead next
-    try:
+    with paused(fleet.procs["r3"]):  # r3 does not lead next
         fleet.procs["r1"].kill()  # z is cut off for good
         killed = time.time()
         fleet.wait_leader("r2")
-    finally:
-        follower.popen.send_signal(signal.SIGCONT)
     took_over = time.time()
     # x is back through r3 (alone first: the demand speaks for one agent counted)
-    poll(lambda: (u := usage(addresses["r2"], SERVICE)) is not None and u.agents == 1)
+    wait_usage(addresses["r2"], SERVICE, lambda u: u.agents == 1)
     (y,) = spending_agents(spawned, SERVICE, RATE, ("y", addresses["r3"]))
     joined = time.time()
-    poll(lambda: (u := usage(addresses["r2"], SERVICE)) is not None and u.agents == 2)
+    wait_usage(addresses["r2"], SERVICE, lambda u: u.agents == 2)
     # r2 splits the whole limit once z may no longer spend (its horizon, counted from
     # the last lease r1 may have sent); the agents run on past z's horizon
-    poll(
-        lambda: (
-            (u := usage(addresses["r2"], SERVICE)) is not None and u.kept_aside == 0 and u.leased >= UNITS - 1
-        ),
-        timeout=60,
-    )
+    wait_usage(addresses["r2"], SERVICE, lambda u: u.kept_aside == 0 and u.leased >= UNITS - 1, timeout=60)
     poll(lambda: time.time() >= killed + HORIZON + 2 * PERIOD, timeout=60)
     split = time.time()
     time.sleep(2 * WINDOW)  # a whole window of the whole split

@@ -17,7 +17,7 @@ from mission_control.server.etcd_process import EtcdProcess
 from tests.support.fleets import leader_of, put_policy
 from tests.support.polling import poll
 from tests.support.procs import Proc, control_plane
-from tests.support.replicas import fleet_limit, spending_agents, stop_agents, usage
+from tests.support.replicas import fleet_limit, spending_agents, stop_agents, usage, wait_usage
 from tests.support.tcp_pause import PausableProxy
 
 SERVICE = "stalled_follower_llm"
@@ -61,9 +61,7 @@ async def test_the_leader_gives_a_silent_followers_share_back(
         assert time.monotonic() - paused <= NOTICED_WITHIN
         # the follower's agent may spend its last lease until its horizon: then its share
         # is the direct agent's
-        await asyncio.to_thread(
-            poll, lambda: (u := usage(lead_address, SERVICE)) is not None and u.leased >= UNITS - 1e-6, 30
-        )
+        await asyncio.to_thread(wait_usage, lead_address, SERVICE, lambda u: u.leased >= UNITS - 1e-6, 30)
         await asyncio.to_thread(stop_agents, agents)
     finally:
         await proxy.close()

@@ -6,7 +6,6 @@ as refused, never as applied."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from mission_control.server.etcd_process import EtcdProcess
 
 from tests.server.test_cli import cli
 from tests.support.etcd import etcdctl
+from tests.support.polling import poll
 from tests.support.procs import Proc, control_plane
 
 SERVICE = "storage_backend"
@@ -29,14 +29,6 @@ BAD_PUTS = (
     {"service": SERVICE, "timeout_secs": -3},
     {"service": SERVICE, "recovery_check": {"target": "no-port"}},
 )
-
-
-def _poll(check: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-    return value
 
 
 @pytest.fixture
@@ -60,7 +52,7 @@ def _refused_put(etcd: str, key: str, stub: Any, bad: dict[str, Any]) -> None:
 
     before = failed()
     etcdctl(etcd, "put", key, json.dumps(bad))
-    _poll(lambda: failed() > before)
+    poll(lambda: failed() > before)
     in_force = stub.GetPolicy(pb.GetPolicyRequest(service=SERVICE), timeout=30).policy
     assert in_force.timeout_secs == 10  # the last good value
 
@@ -97,7 +89,7 @@ def test_an_import_replaces_a_refused_put_and_history_says_refused(
     def refused() -> list[pb.AuditRecord]:
         return [v for v in history() if v.action == "etcd.refused"]
 
-    records = _poll(lambda: len(refused()) == 4 and refused())
+    records = poll(lambda: refused() if len(refused()) == 4 else [])
     assert not [v for v in history() if v.identity == "etcd" and v.action != "etcd.refused"]
     assert [json.loads(r.new_value).get("timeout_secs") for r in records] == [-3, -3, None, None]
     table = cli("policies", "history", SERVICE, server=server).stdout

@@ -4,7 +4,6 @@ leader) must not leave the fleet without a leader for ever."""
 from __future__ import annotations
 
 import json
-import time
 
 import grpc
 import pytest
@@ -14,6 +13,7 @@ from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.etcd_process import EtcdProcess
 
 from tests.support.etcd import etcdctl
+from tests.support.polling import poll
 from tests.support.procs import Proc, control_plane
 
 PREFIX = "/hostile-leader"
@@ -27,22 +27,14 @@ def _leader(endpoint: str) -> str | None:
         return None
 
 
-def _poll(check, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
-    return value
-
-
 @pytest.mark.parametrize("value", ["{garbage", '{"instance": "ghost", "address": "127.0.0.1:1"}'])
 def test_a_leader_key_no_replica_wrote_is_replaced(etcd: EtcdProcess, value: str) -> None:
     proc: Proc
     proc, address = control_plane(etcd.endpoint, PREFIX, "--instance-id", "r1")
     try:
-        assert _poll(lambda: _leader(etcd.endpoint)) == "r1"
+        assert poll(lambda: _leader(etcd.endpoint)) == "r1"
         etcdctl(etcd.endpoint, "put", f"{PREFIX}/leader", value)  # no lease: it would never expire
-        assert _poll(lambda: _leader(etcd.endpoint) == "r1")
+        assert poll(lambda: _leader(etcd.endpoint) == "r1")
         # and it decides again: a write fenced to the leader goes through
         stub = pb_grpc.ControlPlaneServiceStub(grpc.insecure_channel(address))
         policy = policy_pb2.ServicePolicy(service="llm_provider", failure_threshold=2)
@@ -54,6 +46,6 @@ def test_a_leader_key_no_replica_wrote_is_replaced(etcd: EtcdProcess, value: str
             except grpc.RpcError:
                 return False
 
-        assert _poll(written)
+        assert poll(written)
     finally:
         proc.kill()

@@ -7,41 +7,25 @@ plane again. What counts is what the agents admitted, not what was leased."""
 
 from __future__ import annotations
 
-import signal
 import time
 
 import pytest
 from mission_control.server.etcd_process import EtcdProcess
 
-from tests.support.polling import poll
-from tests.support.procs import Proc
+from tests.support.procs import Proc, paused
 from tests.support.replicas import (
     fleet_limit,
+    per_second,
     spending_agents,
     start_replicas,
     stop_agents,
-    usage,
+    wait_usage,
     worst_window,
 )
 
 SERVICE, PERIOD, LIMIT, WINDOW, HORIZON = "horizon", 0.5, 100, 2.0, 3.0
 UNITS = LIMIT * PERIOD / WINDOW  # the fleet's units per period: 25
 RATE = 40.0  # each agent asks for more than its share: 4 x 40/s against 50/s
-
-
-def timeline(results: dict[str, dict], events: dict[str, float]) -> str:  # type: ignore[type-arg]
-    """What each agent admitted (and refused for want of a lease) per second: shown when
-    the test fails."""
-    start = min(t for r in results.values() for t in r["admitted"])
-    lines = [" ".join(f"{name}@{at - start:.1f}" for name, at in events.items())]
-    for name, got in results.items():
-        counts = [0] * (int(max(events.values()) - start) + 6)
-        for t in got["admitted"]:
-            if int(t - start) < len(counts):
-                counts[int(t - start)] += 1
-        cut = sorted({int(t - start) for t in got["cut_off"]})
-        lines.append(f"{name}: {counts} cut off in seconds {cut}")
-    return "\n".join(lines)
 
 
 @pytest.mark.timeout(120)
@@ -57,32 +41,24 @@ def test_agents_cut_off_for_good_and_the_new_leader_end_at_the_same_horizon(
     agents = spending_agents(spawned, SERVICE, RATE, *zip(names, known, strict=True))
 
     # r1 paused past its leader lease: r2 leads; r1 resumes and relays to r2
-    first.popen.send_signal(signal.SIGSTOP)
-    paused = time.time()
-    try:
+    with paused(first):
+        stopped = time.time()
         fleet.wait_leader("r2")
         took_over = time.time()
-    finally:
-        first.popen.send_signal(signal.SIGCONT)
-    poll(lambda: (u := usage(fleet.addresses["r2"], SERVICE)) is not None and u.agents == 4 and u.leased > 0)
+    wait_usage(fleet.addresses["r2"], SERVICE, lambda u: u.agents == 4 and u.leased > 0)
     # r2 dies: the agents that know only r2 never reach a control plane again
     second.kill()
     killed = time.time()
     fleet.wait_leader("r1")
     # r1 keeps their share aside until their horizon, then splits the whole limit
-    poll(lambda: (u := usage(fleet.addresses["r1"], SERVICE)) is not None and u.kept_aside > 0)
-    poll(
-        lambda: (
-            (u := usage(fleet.addresses["r1"], SERVICE)) is not None
-            and u.kept_aside == 0
-            and u.leased >= UNITS - 1
-        )
-    )
+    wait_usage(fleet.addresses["r1"], SERVICE, lambda u: u.kept_aside > 0)
+    wait_usage(fleet.addresses["r1"], SERVICE, lambda u: u.kept_aside == 0 and u.leased >= UNITS - 1)
     split = time.time()
     time.sleep(2 * WINDOW)  # a whole window of the whole split, after its first period
     results = dict(zip(names, stop_agents(agents), strict=True))
 
-    print(timeline(results, {"paused": paused, "r2 leads": took_over, "r2 killed": killed, "split": split}))
+    events = {"paused": stopped, "r2 leads": took_over, "r2 killed": killed, "split": split}
+    print(per_second(results, events, cut_off=True))
     admitted = [t for r in results.values() for t in r["admitted"]]
     worst = worst_window(admitted, WINDOW)
     assert worst <= LIMIT + UNITS, f"{worst} admitted in one {WINDOW} s window (limit {LIMIT} + {UNITS:g})"

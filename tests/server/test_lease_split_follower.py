@@ -11,9 +11,8 @@ import time
 import pytest
 from mission_control.server.etcd_process import EtcdProcess
 
-from tests.support.polling import poll
 from tests.support.procs import Proc
-from tests.support.replicas import fleet_limit, spending_agents, start_replicas, stop_agents, usage
+from tests.support.replicas import fleet_limit, spending_agents, start_replicas, stop_agents, wait_usage
 
 SERVICE, PERIOD, LIMIT, WINDOW = "horizon", 0.5, 120, 2.0  # 60 calls/s for the fleet
 RATE = 40.0  # each of three agents asks for twice its equal share
@@ -43,13 +42,7 @@ def test_agents_behind_a_follower_get_the_share_of_agents_on_the_leader(
     wanted = zip(names, (addresses["r1"], addresses["r2"], addresses["r2"]), strict=True)
     agents = spending_agents(spawned, SERVICE, RATE, *wanted)
     # the leader counts three agents (one here, two relayed) and leases the whole limit
-    poll(
-        lambda: (
-            (u := usage(addresses["r1"], SERVICE)) is not None
-            and u.agents == 3
-            and u.leased >= LIMIT * PERIOD / WINDOW - 1
-        )
-    )
+    wait_usage(addresses["r1"], SERVICE, lambda u: u.agents == 3 and u.leased >= LIMIT * PERIOD / WINDOW - 1)
     time.sleep(2 * PERIOD)  # the leases made from those demands are in force
     start = time.time()
     time.sleep(SPAN)

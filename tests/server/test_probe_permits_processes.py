@@ -9,7 +9,6 @@ until the earlier permits' TTL plus the policy's timeout have passed: server/eng
 from __future__ import annotations
 
 import json
-import signal
 import time
 from datetime import datetime
 
@@ -20,7 +19,7 @@ from mission_control.server.etcd_process import EtcdProcess
 from tests.support.polling import poll
 from tests.support.probe_upstream import ProbeUpstream, most_at_once
 from tests.support.probers import start_probers, stored
-from tests.support.procs import Proc
+from tests.support.procs import Proc, paused
 from tests.support.replicas import start_replicas
 
 SERVICE = "probed"
@@ -54,11 +53,8 @@ def fail_over(replica: Proc, fault: str, leader: object) -> None:
     if fault == "kill":
         replica.kill()
         return
-    replica.popen.send_signal(signal.SIGSTOP)
-    try:
+    with paused(replica):
         poll(lambda: leader() not in (None, "r1"))  # type: ignore[operator]
-    finally:
-        replica.popen.send_signal(signal.SIGCONT)
 
 
 @pytest.mark.timeout(180)

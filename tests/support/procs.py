@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from mission_control.server.proc import Child
@@ -100,3 +102,13 @@ def agent(
     ready = proc.wait_for('{"ready"', timeout=60)
     assert '"ready": true' in ready, ready
     return proc
+
+
+@contextlib.contextmanager
+def paused(proc: Proc) -> Iterator[None]:
+    """``proc`` stopped (SIGSTOP) for the block, and resumed (SIGCONT) however it ends."""
+    proc.popen.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        proc.popen.send_signal(signal.SIGCONT)

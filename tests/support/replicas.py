@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -92,6 +92,43 @@ def usage(address: str, service: str) -> pb.FleetLimitUsage | None:
         stub = pb_grpc.ControlPlaneServiceStub(channel)
         found = stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=5).statistics.fleet_limits
     return next((u for u in found if u.service == service), None)
+
+
+def wait_usage(
+    address: str, service: str, check: Callable[[pb.FleetLimitUsage], bool], timeout: float = 30.0
+) -> pb.FleetLimitUsage:
+    """Poll until the replica at ``address`` shows figures for ``service`` that ``check``
+    holds for; returns them."""
+
+    def found() -> pb.FleetLimitUsage | None:
+        figures = usage(address, service)
+        return figures if figures is not None and check(figures) else None
+
+    figures = poll(found, timeout)
+    assert figures is not None
+    return figures
+
+
+def per_second(
+    results: Mapping[str, dict],  # type: ignore[type-arg]
+    events: Mapping[str, float],
+    cut_off: bool = False,
+) -> str:
+    """What each agent admitted per second (with ``cut_off``, and in which seconds it
+    refused for want of a lease), from the first admitted call, after the ``events`` (name:
+    when): shown with the figures."""
+    start = min(t for r in results.values() for t in r["admitted"])
+    lines = [" ".join(f"{name}@{at - start:.1f}" for name, at in events.items())]
+    for name, got in results.items():
+        counts = [0] * (int(max(events.values()) - start) + 6)
+        for t in got["admitted"]:
+            if int(t - start) < len(counts):
+                counts[int(t - start)] += 1
+        line = f"{name}: {counts}"
+        if cut_off:
+            line += f" cut off in seconds {sorted({int(t - start) for t in got['cut_off']})}"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def worst_window(times: list[float], window: float) -> int:
