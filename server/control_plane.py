@@ -40,6 +40,7 @@ from .engine import FleetBreakers
 from .fleet_roster import FleetRoster
 from .grant_numbers import GrantNumbers
 from .grant_pause import GrantPause
+from .held_keys import HeldKeysCheck, TokenWatch
 from .hub import Hub, Subscriber
 from .last_good import RecordedGood
 from .leader_states import LeaderStates
@@ -214,6 +215,17 @@ class ControlPlane:
         self.history.on_change = self._history_changed
         self.history.on_lost = self.sync.lost_data
         self.sync.loss_signs.append(self.history.loss_in)
+        #: The history token read on each health ping, and the leader's check that the
+        #: store holds every key it holds (see :mod:`.held_keys`).
+        self.token_watch = TokenWatch(store, self.history, self.sync.resync)
+        self.held_keys = HeldKeysCheck(
+            store,
+            [self.policies.prefix, f"{self.prefix}/breakers/"],
+            self._held_revisions,
+            lambda: self.leading and self.sync.loaded.is_set() and not self.writer.restore_pending,
+            lambda: self.writer.losses,
+            self.sync.lost_data,
+        )
         self.writer.kept_records = self.lease_epochs.restorable
         self.takeover_read = TakeoverRead(
             self._leader_epoch,
@@ -266,6 +278,14 @@ class ControlPlane:
 
     def breaker_key(self, name: str) -> str:
         return f"{self.prefix}/breakers/{name}"
+
+    def _held_revisions(self) -> dict[str, int]:
+        """Every policy and breaker key held, at the store revision known for it."""
+        held = {
+            self.policies.key(p.service): self.policies.revision_of(p.service) for p in self.policies.all()
+        }
+        held.update((self.breaker_key(name), revision) for name, revision in self.breakers.revisions.items())
+        return held
 
     # -- leadership ------------------------------------------------------------
 
@@ -507,7 +527,7 @@ class ControlPlane:
         (when the store is down it serves defaults and catches up later)."""
         self._stopping = False
         loops = [self.sync.run, self.writer.run, self._tick_loop, self._health_loop, self._forget_loop]
-        loops += [self.audit_keeper.run, self.recovery_checks.run, self.history.run]
+        loops += [self.audit_keeper.run, self.recovery_checks.run, self.history.run, self.held_keys.run]
         if self.leadership is not None and self.relay is not None:
             loops += [self.leadership.run, self.relay.run]
         for loop in loops:
@@ -622,6 +642,9 @@ class ControlPlane:
             except StoreUnavailable:
                 self._checked = True
                 self._set_store_ok(False)
+            else:
+                with contextlib.suppress(StoreUnavailable):
+                    await self.token_watch.check()
             await asyncio.sleep(self.ping_interval)
 
     def _task_ended(self, task: asyncio.Task[None]) -> None:

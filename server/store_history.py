@@ -29,7 +29,23 @@ A token held that the store replaces or loses is read as follows (the rule):
   replaced: a loss, as above (a reload that restores nothing missing).
 - **malformed at a full load**: the same, written back.
 
-Only a loss found (here or by the sync) mints a new token.
+Only a loss found (here, by the sync or by the leader's check of its keys) mints a new token.
+
+What the token cannot tell, and what does:
+
+- **a backup restored** (``etcdctl snapshot restore``): the backup holds the token every
+  replica holds, so nothing here changes. A store restored below the revisions held is
+  found by the health ping (its revision went back); one written past them before the
+  replicas look again is found by the leader's check of the keys it holds
+  (:mod:`.held_keys`: a key held at revision R that the store holds below R, or lacks and
+  did not hold at R), within its period whatever the revisions say.
+- **a new token the watch never delivers**: a replica that found a loss stores its new
+  token at the store's next revision, which another replica's watch may have passed
+  already (it resumes after the revisions it saw, and a restored store starts below
+  them). Each replica reads the token on every health ping (:class:`.held_keys.TokenWatch`);
+  another valid token than the one held has the store read again in full, where the
+  token replaced is a loss (the rule above). So a replica that mints a token makes every
+  other one notice within a ping.
 
 No token held — not read yet, the store away since the start, absent, malformed, just
 distrusted — is said as ``""``: not known, never equal to another replica's. The leader

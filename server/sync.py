@@ -114,6 +114,12 @@ class StoreSync:
         self._converge = True
         self._resync.set()
 
+    def resync(self) -> None:
+        """Read everything again (the watch is restarted after it), as after a compacted
+        watch: a sign of a loss the read finds (``loss_signs``, a key older than held) is
+        handled as one; what the store holds is followed, nothing held is reset."""
+        self._resync.set()
+
     async def check(self) -> None:
         """Ping the store and notice one that lost its data: its revision went backwards
         or its cluster id changed. What is held is kept, the revisions known are forgotten
