@@ -78,3 +78,27 @@ def test_agent_connected_before_the_first_outcome_decides_on_the_fleet_breaker(
     assert errors_by_agent(address) == {"agent-a": 5, "agent-b": 1}
     assert a.ask("call 1")["outcomes"] == {"CircuitBreakerOpen": 1}
     assert b.ask("call 1")["outcomes"] == {"CircuitBreakerOpen": 1}
+
+
+def test_an_operators_forced_open_refuses_with_the_operators_reason(
+    etcd_server: EtcdProcess, prefix: str, spawned: list[Proc]
+) -> None:
+    plane, address = control_plane(etcd_server.endpoint, prefix)
+    up = python("tests.support.upstream", "a")
+    spawned += [plane, up]
+    a = agent("agent-a", address, f"127.0.0.1:{up.port()}", SERVICE)
+    spawned.append(a)
+    with grpc.insecure_channel(address) as channel:
+        pb_grpc.ControlPlaneServiceStub(channel).SetBreakerState(
+            pb.SetBreakerStateRequest(
+                name=SERVICE, state=pb.BREAKER_STATE_FORCED_OPEN, reason="provider maintenance", create=True
+            ),
+            timeout=10,
+        )
+    poll(lambda: state(a) == "FORCED_OPEN")
+    refused = a.ask("call 1")
+    assert refused["outcomes"] == {"CircuitBreakerOpen": 1}
+    assert refused["last_error"] == (
+        f"Circuit breaker FORCED_OPEN for service '{SERVICE}' "
+        "(forced open by an operator: provider maintenance)"
+    )
