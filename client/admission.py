@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from .breaker import BreakerState
+from .breaker import BreakerState, operator_reason
 from .connection import ControlPlaneConnection
 from .errors import CircuitBreakerOpen, ConfigurationError, MissionControlError, ResourceExhausted
 from .fleet_limits import LeasedBudget
@@ -107,7 +107,7 @@ class _HalfOpen(_Gate):
         if probe is not None:  # "fleet", with the generation its outcome counts for
             return Admitted(probe)
         admission.ask_probe(state)
-        return _open(state, fleet.failures, PROBE_WAIT)
+        return _open(state, fleet.failures, PROBE_WAIT, "HALF_OPEN")
 
 
 class _Open(_Gate):
@@ -120,7 +120,8 @@ class _Open(_Gate):
 
 class _ForcedOpen(_Gate):
     def before_call(self, admission, state, fleet, now):  # type: ignore[no-untyped-def]
-        return _open(state, fleet.failures, None)
+        reason = operator_reason(fleet.state, fleet.reason)
+        return _open(state, fleet.failures, None, "FORCED_OPEN", reason)
 
 
 _GATES: dict[BreakerState, _Gate] = {
@@ -134,8 +135,12 @@ _GATES: dict[BreakerState, _Gate] = {
 #: Operator states hold while the control plane is out of reach (fail static).
 
 
-def _open(state: ServiceState, failures: int, wait: float | None) -> Refused:
-    return Refused(CircuitBreakerOpen(state.name, failures, retry_after=wait), "breaker")
+def _open(
+    state: ServiceState, failures: int, wait: float | None, breaker: str = "OPEN", reason: str = ""
+) -> Refused:
+    """A refusal by a breaker in state ``breaker`` (its name), with an operator's ``reason``."""
+    error = CircuitBreakerOpen(state.name, failures, retry_after=wait, state=breaker, reason=reason)
+    return Refused(error, "breaker")
 
 
 class Admission:
@@ -174,7 +179,7 @@ class Admission:
                 wait = local.open_remaining(now)
             else:
                 return ORDINARY
-            return _open(state, local.failures, wait)
+            return _open(state, local.failures, wait, local.state.name)
 
     @staticmethod
     def limits(

@@ -60,6 +60,8 @@ class BreakerView:
         state: CLOSED, OPEN, HALF_OPEN or an operator's state.
         source: "fleet" (the control plane's decision) or "local" (this agent's own).
         failures: consecutive failures while CLOSED; the failures that opened it otherwise.
+            A fleet CLOSED breaker shows 0: the fleet's running count of every agent's
+            failures is not pushed to agents (the control plane's ``ListBreakers`` has it).
         open_remaining: seconds until an OPEN breaker lets probes through (0 otherwise).
     """
 

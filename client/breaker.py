@@ -52,6 +52,16 @@ class BreakerState(enum.IntEnum):
 OPERATOR_STATES = frozenset({BreakerState.FORCED_OPEN, BreakerState.FORCED_CLOSED, BreakerState.DISABLED})
 
 
+def operator_reason(state: BreakerState, reason: str) -> str:
+    """The reason an operator gave for setting ``state``, "" when the breaker's ``reason``
+    is only the one it is given without (see :meth:`CircuitBreaker.force`)."""
+    return "" if reason == _set_by_operator(state) else reason
+
+
+def _set_by_operator(state: BreakerState) -> str:
+    return f"set to {state.name} by operator"
+
+
 @dataclass(frozen=True, slots=True)
 class Transition:
     name: str
@@ -466,7 +476,7 @@ class CircuitBreaker:
         self.consecutive_failures = 0
         self._window.clear()
         self._slow.clear()
-        return self._move(now, state, reason or f"set to {state.name} by operator", force=True)
+        return self._move(now, state, reason or _set_by_operator(state), force=True)
 
     def update_policy(self, policy: ServicePolicy) -> None:
         """Use a new policy from now on; the state and counters are kept."""

@@ -219,7 +219,14 @@ class StorageFailure(MissionControlError):
 
 class CircuitBreakerOpen(MissionControlError):
     """Calls are stopped because the service's breaker is open. Fails fast, not retried;
-    ``retry_after`` is the time the breaker stays open."""
+    ``retry_after`` is the time the breaker stays open.
+
+    Attributes:
+        state: the breaker state that refused the call: "OPEN" (the seed's message),
+            "HALF_OPEN" (only its probe calls pass, and this was not one) or "FORCED_OPEN"
+            (an operator's; ``failures`` then says nothing of why).
+        reason: the operator's reason of a FORCED_OPEN ("" when none was given).
+    """
 
     error_type = "CircuitBreakerOpen"
     severity = Severity.MEDIUM
@@ -228,20 +235,52 @@ class CircuitBreakerOpen(MissionControlError):
     _message = "Circuit breaker OPEN for service '{service}' (failed {failures} times)"
     _friendly = "Service '{service}' is temporarily paused to prevent issues. Will retry automatically."
 
-    def __init__(self, service: str, failures: int, **kw: Any) -> None:
+    #: The states a refusal names (any other read from a peer is taken as OPEN).
+    STATES = ("OPEN", "HALF_OPEN", "FORCED_OPEN")
+
+    def __init__(
+        self, service: str, failures: int, *, state: str = "OPEN", reason: str = "", **kw: Any
+    ) -> None:
         self.service = service
         self.failures = failures
+        self.state = state if state in self.STATES else "OPEN"
+        self.reason = reason if self.state == "FORCED_OPEN" else ""
         super().__init__(**kw)
+
+    @property
+    def technical_message(self) -> str:
+        """The seed's text for an OPEN breaker; for the other states what holds instead."""
+        if self.state == "FORCED_OPEN":
+            why = f": {self.reason}" if self.reason else ", no reason given"
+            return (
+                f"Circuit breaker FORCED_OPEN for service '{self.service}' (forced open by an operator{why})"
+            )
+        if self.state == "HALF_OPEN":
+            return (
+                f"Circuit breaker HALF_OPEN for service '{self.service}' "
+                f"(failed {self.failures} times; only its probe calls pass)"
+            )
+        return super().technical_message
 
     def user_friendly_display(self) -> str:
         """Nothing retries a call refused by an open breaker (a fallback serves it, when
         there is one): the text says when to try again instead of the seed's "Will retry
         automatically"."""
+        if self.state == "FORCED_OPEN":
+            return f"Service '{self.service}' is paused by an operator."
         paused = f"Service '{self.service}' is temporarily paused to prevent issues."
         wait = self.retry_after
         if wait is not None and wait >= 1:
             return f"{paused} Please try again in {math.ceil(wait)} s."
         return f"{paused} Please try again shortly."
+
+    def __repr__(self) -> str:
+        return (
+            f"CircuitBreakerOpen(service={self.service!r}, failures={self.failures!r}, state={self.state!r})"
+        )
+
+    def _extras(self) -> dict[str, Any]:
+        return {**super()._extras(), "state": self.state, "reason": self.reason}
 
 
 class ResourceExhausted(MissionControlError):

@@ -128,6 +128,10 @@ def _error_info(error: MissionControlError, limit: int) -> error_details_pb2.Err
     info.metadata["severity"] = error.severity.value
     for name, value in error.fields().items():
         info.metadata[name] = _clip(str(value), limit)
+    if isinstance(error, CircuitBreakerOpen):  # the proto variant has no field for these
+        info.metadata["breaker_state"] = error.state
+        if error.reason:
+            info.metadata["reason"] = _clip(error.reason, limit)
     if error.context is not None:
         for name in ("service", "agent", "operation", "session_id"):
             value = getattr(error.context, name)
@@ -265,7 +269,7 @@ def _read(code: grpc.StatusCode, message: str, details: bytes | None) -> RemoteS
             packed.Unpack(info)
     if detail is None:
         return RemoteStatus(code, message, retry_after=retry_after)
-    error, problem = _error_of(detail, retry_after)
+    error, problem = _error_of(detail, retry_after, info)
     if error is not None and error.grpc_code != code:
         return RemoteStatus(
             code,
@@ -284,7 +288,7 @@ def _seconds(d: duration_pb2.Duration) -> float:
 
 
 def _error_of(
-    detail: errors_pb2.ErrorDetail, retry_after: float | None
+    detail: errors_pb2.ErrorDetail, retry_after: float | None, info: error_details_pb2.ErrorInfo
 ) -> tuple[MissionControlError | None, str | None]:
     oneof = detail.WhichOneof("error")
     if oneof is None:
@@ -305,6 +309,9 @@ def _error_of(
             user_id=ctx.user_id if ctx.HasField("user_id") else None,
         )
     etype = _BY_ONEOF[oneof]
+    if etype == "CircuitBreakerOpen" and info.domain == DOMAIN:
+        kw["state"] = info.metadata.get("breaker_state", "OPEN")  # one it does not know: OPEN
+        kw["reason"] = _clip(info.metadata.get("reason", ""))
     return _BUILDERS[etype](variant, kw), None
 
 

@@ -49,6 +49,9 @@ _STICKY = frozenset({BreakerState.FORCED_OPEN, BreakerState.FORCED_CLOSED, Break
 #: The fleet's probing states: a HALF_OPEN, or an OPEN whose wait is over (the control
 #: plane moves it to HALF_OPEN).
 _PROBING = frozenset({BreakerState.HALF_OPEN, BreakerState.OPEN})
+
+#: How much of a pushed breaker's reason is kept (it goes into refusals' messages).
+_REASON_KEPT = 1024
 #: The control plane's probe permit TTL until a grant says otherwise (server/engine.py).
 PROBE_TTL_SECS = 5.0
 #: The most of a grant's TTL that lengthens the hold of a fleet HALF_OPEN after the link
@@ -69,6 +72,8 @@ class FleetBreaker:
     #: Since when the control plane has said it can grant no probe permit for this
     #: HALF_OPEN (``Breaker.no_grants``); None: it has not.
     no_grants_since: float | None = None
+    #: Why it is in this state, as the control plane said (an operator's reason).
+    reason: str = ""
 
 
 def _uint32(count: int) -> int:
@@ -830,7 +835,12 @@ class LocalView:
         remaining = message.open_remaining.ToNanoseconds() / 1e9
         self.pushes += 1
         fleet = FleetBreaker(
-            BreakerState(message.state), message.failures, now + remaining, message.generation, self.pushes
+            BreakerState(message.state),
+            message.failures,
+            now + remaining,
+            message.generation,
+            self.pushes,
+            reason=message.reason[:_REASON_KEPT],
         )
         previous = state.fleet
         waited = fleet.state is BreakerState.OPEN and remaining <= 0

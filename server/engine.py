@@ -372,6 +372,7 @@ class FleetBreakers:
         """Apply one agent's outcome summary for one service (``origin``: the agent a
         follower's relay ``agent`` passes it on for)."""
         now = self._clock()
+        new = summary.service not in self._breakers
         breaker = self.get(summary.service)
         moves: list[Transition | None] = []
         # Probe counts of another generation belong to a HALF_OPEN that is over: its
@@ -405,6 +406,8 @@ class FleetBreakers:
         if summary.rejected and breaker.state is not BreakerState.CLOSED:
             self._demand.setdefault(summary.service, _Demand()).note(agent, now)
         done = [m for m in moves if m is not None]
+        if new and not done:
+            self._begun(summary.service)
         for move in done:
             self._transitioned(move)
         if breaker.state is BreakerState.HALF_OPEN and not done:
@@ -416,6 +419,9 @@ class FleetBreakers:
         holds one at a time; a follower's ``relay`` asks for each of its agents waiting
         for one, so it may hold several (it hands each to one agent, or gives it back)."""
         now = self._clock()
+        if service not in self._breakers:
+            self.get(service)
+            self._begun(service)
         breaker = self.get(service)
         self._demand.setdefault(service, _Demand()).note(agent, now)
         if relay:
@@ -627,6 +633,12 @@ class FleetBreakers:
             self._grant_waiting(move.name, self._clock())
         elif move.new is BreakerState.CLOSED:
             self._demand.pop(move.name, None)
+
+    def _begun(self, name: str) -> None:
+        """``name`` was just made here (CLOSED) for an agent's report or request: pushed
+        at once, so that the agents connected before it existed (their snapshot had none)
+        decide on it as those connecting later do, not on their own local breakers."""
+        self._changed(name, None, None)
 
     def _changed(
         self, name: str, old: BreakerState | None, move: Transition | None, *, stored: bool = False

@@ -158,3 +158,43 @@ def test_user_id_travels_only_when_set() -> None:
     with_user = CircuitBreakerOpen("s", 1, context=ErrorContext("s", "a", "o", "sess", "u-1"))
     back = read_status(code, "", to_status(with_user).SerializeToString()).error
     assert back is not None and back.context is not None and back.context.user_id == "u-1"
+
+
+def test_breaker_refusal_says_the_state_that_refused() -> None:
+    """The seed's text is for an OPEN breaker; a HALF_OPEN and an operator's FORCED_OPEN
+    say so (the latter with the operator's reason, not a count of failures)."""
+    half_open = CircuitBreakerOpen("llm_provider", 5, state="HALF_OPEN")
+    assert str(half_open) == (
+        "Circuit breaker HALF_OPEN for service 'llm_provider' (failed 5 times; only its probe calls pass)"
+    )
+    forced = CircuitBreakerOpen("llm_provider", 0, state="FORCED_OPEN", reason="provider maintenance")
+    assert str(forced) == (
+        "Circuit breaker FORCED_OPEN for service 'llm_provider' "
+        "(forced open by an operator: provider maintenance)"
+    )
+    assert forced.user_friendly_display() == "Service 'llm_provider' is paused by an operator."
+    bare = CircuitBreakerOpen("llm_provider", 0, state="FORCED_OPEN")
+    assert str(bare) == (
+        "Circuit breaker FORCED_OPEN for service 'llm_provider' (forced open by an operator, no reason given)"
+    )
+    assert (
+        str(CircuitBreakerOpen("s", 3, state="NOT_A_STATE"))
+        == "Circuit breaker OPEN for service 's' (failed 3 times)"
+    )
+    assert CircuitBreakerOpen("s", 3, reason="ignored").reason == ""  # only an operator's state has one
+
+
+def test_breaker_refusal_state_travels_across_processes() -> None:
+    code = grpc.StatusCode.UNAVAILABLE
+    for sent in (
+        CircuitBreakerOpen("llm_provider", 4),
+        CircuitBreakerOpen("llm_provider", 4, state="HALF_OPEN", retry_after=0.1),
+        CircuitBreakerOpen("llm_provider", 0, state="FORCED_OPEN", reason="provider maintenance"),
+    ):
+        status = to_status(sent)
+        assert status.message == str(sent)
+        back = read_status(code, status.message, status.SerializeToString()).error
+        assert isinstance(back, CircuitBreakerOpen)
+        assert (back.state, back.reason, str(back)) == (sent.state, sent.reason, str(sent))
+        copy = pickle.loads(pickle.dumps(sent))
+        assert (copy.state, copy.reason, str(copy)) == (sent.state, sent.reason, str(sent))

@@ -76,20 +76,20 @@ def main() -> None:
         if words[0] == "call":
             outcomes: Counter[str] = Counter()
             first_rejection = None
+            last_error = None  # the message of the last error a call raised
             for _ in range(int(words[1])):
                 try:
                     stub.Echo(pb.EchoRequest(text="x"), timeout=10)
                     outcomes["ok"] += 1
                 except MissionControlError as err:
                     outcomes[err.error_type] += 1
+                    last_error = str(err)
                     if err.error_type == "CircuitBreakerOpen" and first_rejection is None:
                         first_rejection = time.time()
                 except grpc.RpcError as err:
                     outcomes[err.code().name] += 1
-            print(
-                json.dumps({"outcomes": outcomes, "first_rejection": first_rejection, "t_last": time.time()}),
-                flush=True,
-            )
+            answer = {"outcomes": outcomes, "first_rejection": first_rejection, "t_last": time.time()}
+            print(json.dumps({**answer, "last_error": last_error}), flush=True)
         elif words[0] == "until_open":
             # call every millisecond until the breaker stops a call (at most 30 s)
             end = time.monotonic() + 30
