@@ -39,3 +39,15 @@ def test_a_follower_deposed_over_a_malformed_record_tells_its_agents_the_leaders
     for seed in (65, 137):
         out = _replayed(seed)
         assert f"seed {seed}: ok" in out, out
+
+
+def test_a_probe_under_a_breaker_started_over_after_etcd_was_wiped_is_reported() -> None:
+    """Seed 7073 at ``--active 80``: agent-0 counted probes of svc-b for generation 6; etcd
+    was wiped and every replica restarted, the agent's new stream held no svc-b, and svc-b
+    began again CLOSED (0), OPEN (1), HALF_OPEN (2). Leader cp1.3 granted agent-0 the one
+    permit (1037.55, held to 1072.55); the probe's result (1038.27) was dropped by the
+    agent's tally, still counting generation 6, so the leader never heard back and the
+    agent asked 7 s without a permit (I3). Same defect as the scripted
+    ``test_generation_start_over``."""
+    out = _replayed(7073, 80)
+    assert "seed 7073: ok" in out, out
