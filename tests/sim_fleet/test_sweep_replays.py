@@ -51,3 +51,15 @@ def test_an_unstored_transition_of_a_crashed_leader_lapses_for_its_agents_within
     of the breaker not stored."""
     out = _replayed(50231)
     assert "seed 50231: ok" in out, out
+
+
+def test_a_probe_under_a_breaker_started_over_after_etcd_was_wiped_is_reported() -> None:
+    """Seed 7073 at ``--active 80``: agent-0 counted probes of svc-b for generation 6; etcd
+    was wiped and every replica restarted, the agent's new stream held no svc-b, and svc-b
+    began again CLOSED (0), OPEN (1), HALF_OPEN (2). Leader cp1.3 granted agent-0 the one
+    permit (1037.55, held to 1072.55); the probe's result (1038.27) was dropped by the
+    agent's tally, still counting generation 6, so the leader never heard back and the
+    agent asked 7 s without a permit (I3). Same defect as the scripted
+    ``test_generation_start_over``."""
+    out = _replayed(7073, 80)
+    assert "seed 7073: ok" in out, out
