@@ -270,6 +270,7 @@ class ControlPlane:
             store.on_bad_key = self._bad_key
         self.policies.listeners.append(self._on_policy)
         self.breakers.change_listeners.append(self._on_breaker)
+        self.breakers.view_complete = lambda: self.view_complete
         self.breakers.grant_listeners.append(self._on_grant)
         self.recovery_checks = RecoveryChecks(self.breakers, lambda: self.leading, clock=clock)
         self.grant_pause = GrantPause(self.breakers, lambda: self.leading, self._relayed_mark, self._cut_off)

@@ -169,6 +169,9 @@ class FleetBreakers:
         #: Followers' relays that asked for permits (each holds several, for its agents).
         self._relays: dict[str, None] = {}
         self.change_listeners: list[ChangeListener] = []
+        #: Whether what is held here is the store's fleet state (read once): a breaker made
+        #: here before then is not pushed as the truth (the store may hold it otherwise).
+        self.view_complete: Callable[[], bool] = lambda: True
         self.grant_listeners: list[GrantListener] = []
         #: Whether the agents of this replica can get no probe permit for a breaker (at a
         #: time) (``Breaker.no_grants``, see :mod:`.grant_pause`); None: always they can.
@@ -637,8 +640,10 @@ class FleetBreakers:
     def _begun(self, name: str) -> None:
         """``name`` was just made here (CLOSED) for an agent's report or request: pushed
         at once, so that the agents connected before it existed (their snapshot had none)
-        decide on it as those connecting later do, not on their own local breakers."""
-        self._changed(name, None, None)
+        decide on it as those connecting later do, not on their own local breakers. Not
+        before this replica's view is complete: the snapshot that completes it tells it."""
+        if self.view_complete():
+            self._changed(name, None, None)
 
     def _changed(
         self, name: str, old: BreakerState | None, move: Transition | None, *, stored: bool = False
