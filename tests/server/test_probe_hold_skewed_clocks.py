@@ -67,9 +67,8 @@ def test_half_open_closes_whatever_the_clocks(etcd_server, prefix, spawned: list
             poll(lambda: stored(ep, prefix, SERVICE).get("state") == "BREAKER_STATE_CLOSED", 45)
         except AssertionError:
             calls = [(c.kind, round(c.start - t0, 2), round(c.end - c.start, 2)) for c in up.calls()]
-            print(
-                f"\n{case}: not closed; calls (kind, start, duration) {calls[-30:]}; {agents[0].ask('outcomes')}"
-            )
+            said = agents[0].ask("outcomes")
+            print(f"\n{case}: not closed; calls (kind, start, duration) {calls[-30:]}; {said}")
             raise
         closed = time.monotonic() - t0
         poll(lambda: up.in_flight("fleet") == 0, 10)

@@ -16,9 +16,10 @@ import types
 
 def shift(skew: float) -> None:
     """Shift time.time by ``skew`` seconds for everything but gRPC."""
-    import grpc  # noqa: F401  (imported first: its modules keep the true clock)
-    import grpc._channel  # noqa: F401  (imported lazily otherwise)
-    import grpc._server  # noqa: F401
+    # imported first (two of them are otherwise imported lazily): they keep the true clock
+    import grpc
+    import grpc._channel
+    import grpc._server
     import grpc.aio  # noqa: F401
 
     true = types.SimpleNamespace(**{n: getattr(time, n) for n in dir(time) if not n.startswith("__")})
