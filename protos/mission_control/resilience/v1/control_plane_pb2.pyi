@@ -881,9 +881,11 @@ class ProbeGrant(_message.Message):
     @_builtins.property
     def hold_until(self) -> _timestamp_pb2.Timestamp:
         """When the granter's hold on the permit ends (wall clock): the grant's time plus the TTL
-        plus the policy's timeout at the granter. Relays pass it on unchanged; an agent ends a
-        probe under the permit before it (less a clock-skew margin), however late the grant
-        reached it and whatever timeout it was told. Not set by an older granter.
+        plus the policy's timeout at the granter. A relay passes it on read on its own clock
+        (through the sender's clock offset it measured from sent_at, ConnectResponse); an agent
+        reads it on its own clock the same way and ends a probe under the permit before it
+        (less a small margin), however late the grant reached it and whatever timeout it was
+        told. Not set by an older granter.
         """
 
     def __init__(
