@@ -17,6 +17,7 @@ counts as delayed, which only makes the receiver's sample larger, never too smal
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,13 +32,17 @@ class SerializeOnce:
     given that very object again (identity, not equality: the object is held, so its id is
     not reused while it is remembered)."""
 
-    __slots__ = ("_data", "_last", "_wall")
+    __slots__ = ("_data", "_last", "_stamp", "_stamp_ms", "_wall")
 
     def __init__(self, wall: Callable[[], float] | None = time.time) -> None:
         self._last: pb.ConnectResponse | None = None
         self._data = b""
         #: The wall clock stamped as ``sent_at`` (None: not stamped).
         self._wall = wall
+        #: The stamp last made (bytes) and its millisecond: the streams a push wakes write
+        #: within a millisecond or so, and share it (~5 µs saved per stream).
+        self._stamp = b""
+        self._stamp_ms = -1
 
     def __call__(self, message: pb.ConnectResponse) -> bytes:
         if message is not self._last:
@@ -51,9 +56,14 @@ class SerializeOnce:
             self._last = message
         if self._wall is None:
             return self._data
-        stamp = pb.ConnectResponse()
-        stamp.sent_at.FromNanoseconds(int(self._wall() * 1e9))
-        return self._data + stamp.SerializeToString()
+        # rounded up: a stamp a little late only makes the receiver's sample smaller, which
+        # reads a hold as ending earlier than it does (never later)
+        ms = math.ceil(self._wall() * 1000)
+        if ms != self._stamp_ms:
+            stamp = pb.ConnectResponse()
+            stamp.sent_at.FromMilliseconds(ms)
+            self._stamp, self._stamp_ms = stamp.SerializeToString(), ms
+        return self._data + self._stamp
 
 
 class _Captured:
