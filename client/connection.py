@@ -25,6 +25,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import policy_pb2
 
+from .clock_offset import ClockOffset, disagree
 from .config import policy_from_proto
 from .errors import ConfigurationError
 from .policy import ServicePolicy
@@ -94,6 +95,8 @@ class ControlPlaneConnection:
         self._thread: threading.Thread | None = None
         self._call: grpc.Future | None = None
         self._epoch = 0
+        #: Each control plane's clock as measured from its messages (``sent_at``).
+        self._offsets: dict[str, ClockOffset] = {}
         #: Batches sent but not yet acknowledged; sent again after a reconnect.
         self._unacked = UnackedBatches(MAX_UNACKED)
         #: Outcome batches and probe requests sent; streams opened; reconnects.
@@ -223,6 +226,8 @@ class ControlPlaneConnection:
             self.streams_opened += 1
             try:
                 for response in call:
+                    if response.HasField("sent_at"):
+                        self._sampled(endpoint, response.sent_at.ToNanoseconds() / 1e9)
                     self._apply(response, endpoint)
             finally:
                 self._call = None
@@ -331,6 +336,16 @@ class ControlPlaneConnection:
             return None
         return pb.ConnectRequest(demand=pb.CapacityDemandReport(demands=demands))
 
+    def _sampled(self, endpoint: str, sent_at: float) -> None:
+        offset = self._offsets.get(endpoint)
+        if offset is None:
+            offset = self._offsets[endpoint] = ClockOffset()
+        view = self.view
+        offset.sample(sent_at, view.clock())
+        estimate = offset.estimate()
+        if estimate is not None:
+            disagree(endpoint, estimate + view.wall() - view.clock())
+
     def _apply(self, response: pb.ConnectResponse, endpoint: str) -> None:
         kind = response.WhichOneof("message")
         view = self.view
@@ -361,7 +376,8 @@ class ControlPlaneConnection:
         elif kind == "shadow_policy":
             self._apply_shadow(response.shadow_policy)
         elif kind == "probe_grant":
-            view.grant(response.probe_grant)
+            offset = self._offsets.get(endpoint)
+            view.grant(response.probe_grant, offset.estimate() if offset is not None else None)
         elif kind == "lease":
             view.apply_lease(response.lease)
         elif kind == "outcome_ack":

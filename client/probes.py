@@ -15,13 +15,18 @@ A grant says when the granter's hold on its permit ends (``ProbeGrant.hold_until
 clock): a probe under it is cut to end by then, less :data:`HOLD_SKEW_SECS`, whatever this
 agent's own policy timeout, and a permit with too little of its hold left to be of use
 goes back unused (:func:`last_use`). That keeps I3 when the grant reached this agent late
-(stalled links on the way) or the granter was told a shorter timeout than this agent. It
-assumes the clocks of the control plane's replicas and of the agents agree within
-:data:`HOLD_SKEW_SECS`. (A clock-free bound would have to count from something the agent
-knows came before the grant — its own ask — which a grant does not name, and a grant made
-after a long wait for a free permit would arrive spent; a hop-by-hop age misses the time
-a grant spends stalled in a stream.) A grant without ``hold_until`` (an older granter) is
-counted from its arrival alone, as before.
+(stalled links on the way) or the granter was told a shorter timeout than this agent. The
+hold is read on this agent's clock through the offset of the sender's clock measured from
+the messages it sends (``ConnectResponse.sent_at``, :mod:`.clock_offset`): the clocks of
+the control plane's replicas and of the agents may be apart by any amount, and
+:data:`HOLD_SKEW_SECS` covers only the smallest delay of a message and the clocks' drift.
+(A relaying follower passes the hold on read on its own clock the same way.) Before a
+message of the sender has said its clock, or from an older sender, the wall clocks are
+taken to agree within :data:`HOLD_SKEW_SECS`. (A clock-free bound would have to count from
+something the agent knows came before the grant — its own ask — which a grant does not
+name, and a grant made after a long wait for a free permit would arrive spent; a
+hop-by-hop age misses the time a grant spends stalled in a stream.) A grant without
+``hold_until`` (an older granter) is counted from its arrival alone, as before.
 
 Pure logic with an injected ``now``; the caller holds the service's lock.
 """
@@ -60,8 +65,9 @@ ASKING_SECS = 1.0
 #: time ends within the hold (its call bounded by the policy's timeout). The two processes'
 #: monotonic clocks differ in rate by far less.
 USE_MARGIN_SECS = 0.5
-#: How far the wall clocks of the control plane's replicas and of the agents may be apart:
-#: a probe ends this long before the granter's hold does (``ProbeGrant.hold_until``).
+#: A probe ends this long before the granter's hold does (``ProbeGrant.hold_until``): the
+#: smallest delay of a message on the way and the clocks' drift when the sender's clock
+#: offset is measured (:mod:`.clock_offset`); how far the wall clocks may be apart when not.
 HOLD_SKEW_SECS = 0.5
 #: A permit is used no later than while this share of the policy's timeout is left of its
 #: hold: a probe cut shorter would likely time out, and count as a failure.
@@ -75,10 +81,15 @@ def use_by(received: float, ttl: float) -> float:
     return received + ttl - min(USE_MARGIN_SECS, max(0.0, ttl / 10))
 
 
-def hold_end(received: float, wall_received: float, hold_until: float) -> float:
+def hold_end(received: float, wall_received: float, hold_until: float, offset: float | None = None) -> float:
     """When a probe under a permit received at ``received`` (this monotonic clock, read at
     ``wall_received`` on the wall clock) ends at the latest: the granter's ``hold_until``
-    (wall clock) on this clock, less :data:`HOLD_SKEW_SECS`."""
+    (the sender's wall clock) on this clock, less :data:`HOLD_SKEW_SECS`. ``offset`` is what
+    takes the sender's wall clock to this monotonic one (:class:`.ClockOffset`, from the
+    messages it sent); None (no sample yet, an older sender): this wall clock is taken for
+    the sender's."""
+    if offset is not None:
+        return hold_until + offset - HOLD_SKEW_SECS
     return received + (hold_until - wall_received) - HOLD_SKEW_SECS
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .breaker import BreakerState, CircuitBreaker
+from .clock_offset import spent
 from .fleet_limits import LeasedBudget
 from .fleet_retries import (
     FleetRetryBudget,
@@ -862,22 +863,26 @@ class LocalView:
                 if state.local.state is not BreakerState.CLOSED:
                     state.local.force(now, BreakerState.CLOSED, "closed by the fleet")
 
-    def grant(self, grant: pb.ProbeGrant) -> None:
+    def grant(self, grant: pb.ProbeGrant, offset: float | None = None) -> None:
         """Probe permits from the control plane. One for an earlier HALF_OPEN goes back;
         one for a later generation than this agent knows is kept (on a follower replica
         the relayed grant can arrive before the breaker's new state); one delivered twice
         is taken once (see :class:`GrantsTaken`). A probe under it ends by the granter's
         hold (``hold_until``, when said), and it is used only while enough of that hold is
-        left (:func:`.probes.last_use`)."""
+        left (:func:`.probes.last_use`). ``offset`` takes the sender's wall clock to
+        :attr:`clock` (:class:`.ClockOffset`; None: not known, the wall clocks are taken
+        to agree)."""
         state = self.get(grant.service)
         fleet = state.fleet
         now = self.clock()
         ttl = grant.ttl.ToNanoseconds() / 1e9
         hold = None
         if grant.HasField("hold_until"):
-            hold = hold_end(now, self.wall(), grant.hold_until.ToNanoseconds() / 1e9)
+            hold = hold_end(now, self.wall(), grant.hold_until.ToNanoseconds() / 1e9, offset)
         # a probe begun by then ends within the granter's hold
         expiry = last_use(now, ttl, hold, state.policy.timeout_secs)
+        if expiry <= now:
+            spent(grant, now - expiry, offset)
         # (a grant that says its hold may come from a relay, with only the TTL left of it:
         # the TTL kept here is never taken for less from one)
         if (ttl > 0 and hold is None) or ttl > self.probe_ttl:

@@ -8,9 +8,10 @@ listeners (the Connect streams, WatchBreakers, statistics, the persister).
 A permit is held here from its grant for the probe TTL plus the policy's timeout of the
 time, and its grant says when that hold ends on the wall clock (``ProbeGrant.hold_until``):
 the agent ends its probe by then, however late the grant reached it and whatever timeout
-it was told — assuming the clocks of replicas and agents agree within
-``client.probes.HOLD_SKEW_SECS``. A new leader waits out an earlier leader's holds counted
-with the highest timeout one may have been granted under (:mod:`.lowered_timeouts`).
+it was told, reading it on its own clock through this replica's clock offset, measured from
+the messages it gets (``ConnectResponse.sent_at``, ``client/clock_offset.py``). A new
+leader waits out an earlier leader's holds counted with the highest timeout one may have
+been granted under (:mod:`.lowered_timeouts`).
 """
 
 from __future__ import annotations

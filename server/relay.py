@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 import grpc.aio
+from mission_control.client.clock_offset import ClockOffset, disagree
 from mission_control.client.probes import GrantsTaken
 from mission_control.client.view import Tally, UnackedBatches
 from mission_control.resilience.v1 import control_plane_pb2 as pb
@@ -138,6 +139,8 @@ class LeaderRelay:
         self.connected = False
         #: The leader the last link went to.
         self._leader_address: str | None = None
+        #: The leader's clock as measured from its messages (``sent_at``).
+        self._offset = ClockOffset()
 
     # -- from this replica's agents ---------------------------------------------
 
@@ -272,11 +275,14 @@ class LeaderRelay:
             # waits out; their results count for nothing there
             self.permits.forget()
             self._leader_address = address
+            self._offset = ClockOffset()  # another process, maybe another clock
         self._epoch += 1
         self._resend = True  # anything a previous link did not get acknowledged goes again
         responses = self._connect(address, self._requests(self._epoch, address), self._metadata)
         try:
             async for response in responses:
+                if response.HasField("sent_at"):
+                    self._offset.sample(response.sent_at.ToNanoseconds() / 1e9, self._clock())
                 if response.HasField("snapshot"):
                     if not self.connected:  # the leader sends a new snapshot after each reload
                         _log.info("relaying to the leader at %s", address)
@@ -438,13 +444,22 @@ class LeaderRelay:
             held.append((None, self.agent_id, summaries))
         return held
 
+    def _shift(self) -> float | None:
+        """What takes the leader's wall clock to this replica's (None: not measured)."""
+        estimate = self._offset.estimate()
+        if estimate is None:
+            return None
+        shift = estimate + self._wall() - self._clock()
+        disagree(f"the leader at {self._leader_address}", shift)
+        return shift
+
     def _hand_out(self, grant: pb.ProbeGrant) -> None:
         if not self._grants.first_time(grant.generation, (grant.series, grant.number)):
             return  # delivered twice: handed out (or given back) the first time
         # the generation in force is the last grant's, lower or higher (a leader after a
         # wipe or a failover starts its own): permits of another one no longer stop an ask
         self.permits.granted(grant)
-        grant = passed_on(grant, self._wall(), self._probe_timeout(grant.service))
+        grant = passed_on(grant, self._wall(), self._probe_timeout(grant.service), self._shift())
         waiting = self._waiting[grant.service]
         if not waiting:
             del self._waiting[grant.service]

@@ -28,10 +28,12 @@ of them; the leader holds every such permit for the relay, by grant number
   lapses (the grant's TTL plus the policy's timeout): a result lost on the way does not keep
   the agent from asking again for ever.
 
-A grant goes on to the agent with the granter's ``hold_until`` unchanged and only the TTL
-left of it (:func:`passed_on`): one that reached this replica late (a stalled link to the
-leader) leaves the agent that much less time to begin its probe in, which the agent
-could not tell from the TTL alone (it counts the TTL from when the grant reaches it).
+A grant goes on to the agent with the granter's ``hold_until`` read on this replica's clock
+(through the leader's clock offset measured from its messages, ``ConnectResponse.sent_at``)
+and only the TTL left of it (:func:`passed_on`): one that reached this replica late (a
+stalled link to the leader) leaves the agent that much less time to begin its probe in,
+which the agent could not tell from the TTL alone (it counts the TTL from when the grant
+reaches it).
 
 Which generation is current is the generation of the last grant the leader sent: a leader
 after a wipe or a failover may start its generations lower than the one before.
@@ -66,21 +68,32 @@ class _Relayed:
     released: bool = False
 
 
-def passed_on(grant: pb.ProbeGrant, wall_now: float, timeout: float) -> pb.ProbeGrant:
-    """``grant`` as it goes on to an agent at ``wall_now`` (epoch seconds): its TTL cut to
-    what is left of it, as this replica reckons from the granter's ``hold_until`` less
-    ``timeout`` (the policy's here); unchanged when the granter did not say its hold (an
-    older one) or the whole TTL is left. Rests on this replica's clock agreeing with the
-    granter's within the agents' margin (``client/probes.py``, ``HOLD_SKEW_SECS``)."""
+def passed_on(
+    grant: pb.ProbeGrant, wall_now: float, timeout: float, shift: float | None = None
+) -> pb.ProbeGrant:
+    """``grant`` as it goes on to an agent at ``wall_now`` (epoch seconds): its
+    ``hold_until`` read on this replica's wall clock (plus ``shift``: the leader's clock's
+    offset from this one, measured from its messages, ``client/clock_offset.py``), and its
+    TTL cut to what is left of it, as this replica reckons from that hold less ``timeout``
+    (the policy's here); unchanged when the granter did not say its hold (an older one), or
+    when nothing is to be shifted and the whole TTL is left. The agent reads the hold on its
+    own clock through its offset from this replica's clock. With ``shift`` None (no message
+    of the leader said its clock yet, an older leader) the hold goes on as the leader said
+    it, and this replica's clock is taken to agree with the leader's within the agents'
+    margin (``client/probes.py``, ``HOLD_SKEW_SECS``)."""
     if not grant.HasField("hold_until"):
         return grant
     ttl = grant.ttl.ToNanoseconds() / 1e9
-    left = max(0.0, grant.hold_until.ToNanoseconds() / 1e9 - wall_now - timeout)
-    if left >= ttl:
+    hold = grant.hold_until.ToNanoseconds() / 1e9 + (shift or 0.0)
+    left = max(0.0, hold - wall_now - timeout)
+    if left >= ttl and shift is None:
         return grant
     out = pb.ProbeGrant()
     out.CopyFrom(grant)
-    out.ttl.FromNanoseconds(int(left * 1e9))
+    if left < ttl:
+        out.ttl.FromNanoseconds(int(left * 1e9))
+    if shift is not None:
+        out.hold_until.FromNanoseconds(int(hold * 1e9))
     return out
 
 

@@ -10,7 +10,10 @@ after it was made. r1 holds that permit for the probe TTL plus T from the grant;
 ask r1 all along. Before, A counted the full TTL from the grant's arrival and probed at
 ~g + 7 while r1, its hold over at g + 5 + T, granted B or C beside it. Now the grant says
 when its hold ends (``ProbeGrant.hold_until``): r2 passes on only the TTL left, A gives
-back a permit with too little hold left, and any probe under it ends by the hold.
+back a permit with too little hold left, and any probe under it ends by the hold. With the
+clocks apart (r1 10 s behind, r2 6 s ahead, A 3 s behind, B and C 4 s ahead) the same holds:
+each reads the hold through its sender's clock offset, which the stalled messages do not
+raise (the least delay over recent messages counts).
 """
 
 from __future__ import annotations
@@ -38,29 +41,39 @@ def _until(t: float) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_a_late_relayed_grant_runs_no_probe_past_its_hold(etcd_server, prefix, spawned: list[Proc]) -> None:
+@pytest.mark.parametrize(
+    "clocks",
+    [(0.0, 0.0, 0.0, 0.0), (-10.0, 6.0, -3.0, 4.0)],
+    ids=["clocks-agree", "clocks-apart"],
+)
+def test_a_late_relayed_grant_runs_no_probe_past_its_hold(
+    etcd_server, prefix, spawned: list[Proc], clocks: tuple[float, float, float, float]
+) -> None:
+    """``clocks``: how far the wall clocks of r1, r2, A and of B and C are off (each reads
+    the hold through its sender's clock offset, measured from the messages it sends)."""
+    s1, s2, sa, sbc = clocks
     ep = etcd_server.endpoint
     pol = policy_pb2.ServicePolicy(
         service=SERVICE, failure_threshold=3, success_threshold=1, wait_duration_secs=3.0, timeout_secs=T
     )
     with proxy_in_thread() as (p1, loop1), proxy_in_thread() as (p2, loop2), ProbeUpstream(D) as up:
         up.fail(True)
-        r1, a1 = control_plane(ep, prefix, "--instance-id", "r1", "--advertise", p1.address)
+        r1, a1 = control_plane(ep, prefix, "--instance-id", "r1", "--advertise", p1.address, skew=s1)
         spawned.append(r1)
         p1.target = a1
         poll(lambda: leader_of(ep, prefix) == "r1")
-        r2, a2 = control_plane(ep, prefix, "--instance-id", "r2")
+        r2, a2 = control_plane(ep, prefix, "--instance-id", "r2", skew=s2)
         spawned.append(r2)
         p2.target = a2
         put_policy(a1, pol)
-        agents = start_probers(spawned, ["A"], p2.address, up.address, SERVICE, 2)
+        agents = start_probers(spawned, ["A"], p2.address, up.address, SERVICE, 2, skew=sa)
         poll(lambda: stored(ep, prefix, SERVICE).get("state") == "BREAKER_STATE_OPEN", 60)
         up.fail(False)
         time.sleep(2.7)  # the HALF_OPEN comes 3 s after the OPEN: stall r1 -> r2 just before
         loop1.call_soon_threadsafe(p1.hold_answers)
         poll(lambda: stored(ep, prefix, SERVICE).get("state") == "BREAKER_STATE_HALF_OPEN", 30)
         g = time.monotonic()
-        agents += start_probers(spawned, ["B", "C"], a1, up.address, SERVICE, 2)
+        agents += start_probers(spawned, ["B", "C"], a1, up.address, SERVICE, 2, skew=sbc)
         _until(g + H1 - 0.3)
         loop2.call_soon_threadsafe(p2.hold_answers)
         _until(g + H1)

@@ -85,6 +85,20 @@ def test_a_relay_passes_on_only_the_ttl_left() -> None:
     assert passed_on(older, made + 6.0, 3.0) is older
 
 
+def test_a_relay_reads_the_hold_on_its_own_clock() -> None:
+    """The leader's clock is 10 s behind this replica's (measured: shift 10): the hold goes
+    on read on this clock, and the TTL left is counted from it."""
+    made = WALL + 10.0  # on the leader's clock
+    hold_until = made + TTL + 3.0
+    on_time = passed_on(granted(TTL, hold_until), made + 10.0, 3.0, shift=10.0)
+    assert on_time.hold_until.ToNanoseconds() / 1e9 == pytest.approx(hold_until + 10.0)
+    assert on_time.ttl.ToNanoseconds() / 1e9 == pytest.approx(TTL) and on_time.number == 7
+    late = passed_on(granted(TTL, hold_until), made + 10.0 + 3.5, 3.0, shift=10.0)
+    assert late.ttl.ToNanoseconds() / 1e9 == pytest.approx(TTL - 3.5)
+    # not measured: on this clock the hold reads as over, as before
+    assert passed_on(granted(TTL, hold_until), made + 10.0, 3.0).ttl.ToNanoseconds() == 0
+
+
 def test_a_new_leaders_wait_counts_a_timeout_lowered_just_before() -> None:
     """The earlier leader granted under a 20-s timeout; the operator lowered it to 3 s; then
     this replica took over: an earlier permit may be held for 5 + 20 s from its grant."""

@@ -15,13 +15,28 @@ def _deleted(service: str) -> pb.ConnectResponse:
 
 
 def test_the_same_message_is_serialised_once_and_another_on_its_own() -> None:
-    once = SerializeOnce()
+    once = SerializeOnce(wall=None)
     first, second = _deleted("a"), _deleted("b")
     data = once(first)
     assert once(first) is data  # the very bytes: not serialised again
     assert once(second) == second.SerializeToString() != data
     equal = _deleted("a")  # equal, but another object: serialised for itself
     assert once(equal) == data and once(first) == data
+
+
+def test_each_copy_says_when_it_was_written_on_the_shared_bytes() -> None:
+    now = [1000.25]
+    once = SerializeOnce(wall=lambda: now[0])
+    message = _deleted("a")
+    first = pb.ConnectResponse.FromString(once(message))
+    now[0] = 1003.5
+    second = pb.ConnectResponse.FromString(once(message))
+    assert first.policy == second.policy == message.policy
+    assert first.sent_at.ToNanoseconds() == 1000_250_000_000
+    assert second.sent_at.ToNanoseconds() == 1003_500_000_000
+    stamped = pb.ConnectResponse(policy=message.policy)  # a stamp it carries is not merged
+    stamped.sent_at.FromNanoseconds(7_000_000_123)
+    assert pb.ConnectResponse.FromString(once(stamped)).sent_at.ToNanoseconds() == 1003_500_000_000
 
 
 async def test_pushes_to_all_and_messages_to_one_keep_their_own_bytes(
@@ -42,5 +57,8 @@ async def test_pushes_to_all_and_messages_to_one_keep_their_own_bytes(
     expected = [
         m for i in range(5) for m in (_deleted(f"svc{i}"), pb.ConnectResponse(outcome_ack={"sequence": i}))
     ]
+    assert all(r.HasField("sent_at") for r in to_a + to_b)
+    for r in to_a + to_b:
+        r.ClearField("sent_at")
     assert to_a == expected
     assert to_b == [_deleted(f"svc{i}") for i in range(5)]

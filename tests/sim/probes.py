@@ -12,9 +12,12 @@ whose stream broke, or that is cut off, while it probes on).
 
 from __future__ import annotations
 
+import random
+
 import grpc
 from mission_control.client.admission import Refused
 from mission_control.client.breaker import BreakerState
+from mission_control.client.clock_offset import ClockOffset
 from mission_control.client.errors import LLMProviderUnavailable
 from mission_control.client.executor import Executor
 from mission_control.client.outcomes import Counts, Failure
@@ -31,14 +34,20 @@ MAX_DELAY = 0.3
 
 #: The wall clock of the engine and of the agents, less the virtual time.
 WALL = 1e9
+#: With clocks apart: how far each process's wall clock may be off (either way).
+SKEW_SECS = 10.0
 
 
 class Plane:
     """The engine and the streams of the agents connected to it."""
 
-    def __init__(self, world: World, policy_of) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, world: World, policy_of, skews: random.Random | None = None) -> None:  # type: ignore[no-untyped-def]
         self.world = world
-        self.engine = FleetBreakers(policy_of, clock=world.clock, wall=lambda: world.now + WALL)
+        #: Draws each process's wall clock's offset (None: the clocks agree).
+        self.skews = skews
+        skew = skews.uniform(-SKEW_SECS, SKEW_SECS) if skews is not None else 0.0
+        self.wall = lambda: world.now + WALL + skew
+        self.engine = FleetBreakers(policy_of, clock=world.clock, wall=self.wall)
         self.agents: dict[str, SimAgent] = {}
         self.engine.change_listeners.append(self._push)
         self.engine.grant_listeners.append(self._grant)
@@ -70,10 +79,15 @@ class SimAgent:
 
     def __init__(self, world: World, plane: Plane, agent_id: str, checker: Checker) -> None:
         self.world, self.plane, self.id, self.checker = world, plane, agent_id, checker
-        # the agents' wall clock agrees with the engine's (a grant's hold end is read on it)
+        # a grant's hold end is read through the engine's clock offset, measured from the
+        # times the messages were sent (``ConnectResponse.sent_at``), as a real agent does
+        skew = plane.skews.uniform(-SKEW_SECS, SKEW_SECS) if plane.skews is not None else 0.0
         self.view = LocalView(
-            lambda name: plane.engine.get(name).policy, clock=world.clock, wall=lambda: world.now + WALL
+            lambda name: plane.engine.get(name).policy,
+            clock=world.clock,
+            wall=lambda: world.now + WALL + skew,
         )
+        self.offset = ClockOffset()
         self.executor = Executor(self.view, self)  # type: ignore[arg-type]
         self.alive = True
         self.up = Link(world, MAX_DELAY)
@@ -94,12 +108,17 @@ class SimAgent:
     def receive_state(self, message: pb.Breaker) -> None:
         copy = pb.Breaker()
         copy.CopyFrom(message)
-        self.state_down.send(lambda: self.view.set_breaker(copy))
+        sent = self.plane.wall()
+        self.state_down.send(lambda: self._sampled(sent) or self.view.set_breaker(copy))
         if self.world.rng.random() < 0.05:  # pushed again (a snapshot after a hiccup)
-            self.state_down.send(lambda: self.view.set_breaker(copy))
+            self.state_down.send(lambda: self._sampled(sent) or self.view.set_breaker(copy))
 
     def receive_grant(self, grant: pb.ProbeGrant) -> None:
-        self.grant_down.send(lambda: self.view.grant(grant))
+        sent = self.plane.wall()
+        self.grant_down.send(lambda: self._sampled(sent) or self.view.grant(grant, self.offset.estimate()))
+
+    def _sampled(self, sent: float) -> None:
+        self.offset.sample(sent, self.world.now)
 
     def ask_probe(self, service: str) -> None:
         state = self.view.get(service)
@@ -228,8 +247,10 @@ class Checker:
             self.asking_since[agent.id] = (breaker.generation, self.world.now)
 
 
-def run(seed: int, seconds: float = 30.0) -> list[str]:
-    """One seeded schedule; returns the invariant violations (empty when all held)."""
+def run(seed: int, seconds: float = 30.0, skewed: bool = False) -> list[str]:
+    """One seeded schedule; returns the invariant violations (empty when all held).
+    ``skewed``: the engine's and each agent's wall clock up to :data:`SKEW_SECS` off (drawn
+    apart from the schedule, which stays the same)."""
     world = World(seed)
     rng = world.rng
     policy = default_policy(
@@ -241,7 +262,7 @@ def run(seed: int, seconds: float = 30.0) -> list[str]:
         rate_limit_requests=10**6,
         max_concurrent=10**6,
     )
-    plane = Plane(world, lambda _: policy)
+    plane = Plane(world, lambda _: policy, random.Random(seed * 7919 + 1) if skewed else None)
     checker = Checker(world, plane)
     agents: list[SimAgent] = []
     end = world.now + seconds

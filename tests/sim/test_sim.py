@@ -37,5 +37,11 @@ def test_probe_permits_hold_i3_under_faults() -> None:
 
 
 @pytest.mark.timeout(1800)
+def test_probe_permits_hold_i3_with_clocks_apart() -> None:
+    """The same schedules with the engine's and each agent's wall clock up to 10 s off."""
+    check("probe (clocks apart)", lambda seed: probes.run(seed, skewed=True))
+
+
+@pytest.mark.timeout(1800)
 def test_leases_hold_i4_under_faults() -> None:
     check("lease", leases.run)

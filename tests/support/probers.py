@@ -17,13 +17,21 @@ def stored(etcd: str, prefix: str, service: str) -> dict:  # type: ignore[type-a
 
 
 def start_probers(
-    spawned: list[Proc], names: list[str], control_planes: str, upstream: str, service: str, threads: int
+    spawned: list[Proc],
+    names: list[str],
+    control_planes: str,
+    upstream: str,
+    service: str,
+    threads: int,
+    skew: float = 0.0,
 ) -> list[Proc]:
-    """One probe agent per name, each with ``threads`` callers, all ready."""
+    """One probe agent per name, each with ``threads`` callers, all ready (their wall clocks
+    ``skew`` seconds off, see tests.support.skewed_clock)."""
     procs = []
+    module = ["tests.support.skewed_clock", str(skew)] if skew else []
     for name in names:
         args = [name, control_planes, upstream, service, str(threads)]
-        procs.append(Proc([sys.executable, "-m", "tests.support.probe_agent", *args]))
+        procs.append(Proc([sys.executable, "-m", *module, "tests.support.probe_agent", *args]))
         spawned.append(procs[-1])
     for proc in procs:
         ready = proc.wait_for('{"ready"', timeout=60)

@@ -75,10 +75,16 @@ def python(module: str, *args: str, env: dict[str, str] | None = None) -> Proc:
     return Proc([sys.executable, "-m", module, *args], env=env)
 
 
-def control_plane(etcd: str, prefix: str, *extra: str, env: dict[str, str] | None = None) -> tuple[Proc, str]:
-    """``mission-control serve`` as its own process; returns it and its address."""
+def control_plane(
+    etcd: str, prefix: str, *extra: str, env: dict[str, str] | None = None, skew: float = 0.0
+) -> tuple[Proc, str]:
+    """``mission-control serve`` as its own process (its wall clock ``skew`` seconds off, see
+    tests.support.skewed_clock); returns it and its address."""
     serve = ["serve", "--listen", "127.0.0.1:0", "--etcd", etcd, "--etcd-prefix", prefix, *extra]
-    proc = Proc([sys.executable, "-m", "mission_control.server.cli", *serve], env=env)
+    module = ["mission_control.server.cli"]
+    if skew:
+        module = ["tests.support.skewed_clock", str(skew), *module]
+    proc = Proc([sys.executable, "-m", *module, *serve], env=env)
     try:
         line = proc.wait_for("mission-control: serving on ", timeout=60)
     except AssertionError:  # not handed to the test yet: nothing else would stop it

@@ -881,9 +881,11 @@ class ProbeGrant(_message.Message):
     @_builtins.property
     def hold_until(self) -> _timestamp_pb2.Timestamp:
         """When the granter's hold on the permit ends (wall clock): the grant's time plus the TTL
-        plus the policy's timeout at the granter. Relays pass it on unchanged; an agent ends a
-        probe under the permit before it (less a clock-skew margin), however late the grant
-        reached it and whatever timeout it was told. Not set by an older granter.
+        plus the policy's timeout at the granter. A relay passes it on read on its own clock
+        (through the sender's clock offset it measured from sent_at, ConnectResponse); an agent
+        reads it on its own clock the same way and ends a probe under the permit before it
+        (less a small margin), however late the grant reached it and whatever timeout it was
+        told. Not set by an older granter.
         """
 
     def __init__(
@@ -997,6 +999,7 @@ class ConnectResponse(_message.Message):
     OUTCOME_ACK_FIELD_NUMBER: _builtins.int
     LEASE_FIELD_NUMBER: _builtins.int
     SHADOW_POLICY_FIELD_NUMBER: _builtins.int
+    SENT_AT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def snapshot(self) -> Global___Snapshot: ...
     @_builtins.property
@@ -1011,6 +1014,14 @@ class ConnectResponse(_message.Message):
     def lease(self) -> Global___CapacityLease: ...
     @_builtins.property
     def shadow_policy(self) -> Global___ShadowPolicyUpdate: ...
+    @_builtins.property
+    def sent_at(self) -> _timestamp_pb2.Timestamp:
+        """The sender's wall clock when it wrote the message to the stream (not set by an older
+        sender). The receiver keeps the least of (its clock at receipt - sent_at) over recent
+        messages: the clocks' offset plus the smallest delay (a stalled message only gives a
+        larger one), by which it reads the sender's hold_until on its own clock.
+        """
+
     def __init__(
         self,
         *,
@@ -1021,10 +1032,11 @@ class ConnectResponse(_message.Message):
         outcome_ack: Global___OutcomeAck | None = ...,
         lease: Global___CapacityLease | None = ...,
         shadow_policy: Global___ShadowPolicyUpdate | None = ...,
+        sent_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "lease", b"lease", "message", b"message", "outcome_ack", b"outcome_ack", "policy", b"policy", "probe_grant", b"probe_grant", "shadow_policy", b"shadow_policy", "snapshot", b"snapshot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "lease", b"lease", "message", b"message", "outcome_ack", b"outcome_ack", "policy", b"policy", "probe_grant", b"probe_grant", "sent_at", b"sent_at", "shadow_policy", b"shadow_policy", "snapshot", b"snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "lease", b"lease", "message", b"message", "outcome_ack", b"outcome_ack", "policy", b"policy", "probe_grant", b"probe_grant", "shadow_policy", b"shadow_policy", "snapshot", b"snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "lease", b"lease", "message", b"message", "outcome_ack", b"outcome_ack", "policy", b"policy", "probe_grant", b"probe_grant", "sent_at", b"sent_at", "shadow_policy", b"shadow_policy", "snapshot", b"snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["snapshot", "breaker", "policy", "probe_grant", "outcome_ack", "lease", "shadow_policy"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015

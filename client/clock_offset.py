@@ -1,0 +1,130 @@
+"""How far a peer's wall clock is from this process's clocks, from the messages it sends.
+
+Every ``ConnectResponse`` says when its sender wrote it (``sent_at``, the sender's wall
+clock). For each, ``received - sent_at`` (``received`` on this process's *monotonic*
+clock) is the clocks' offset plus the message's delay on the way, and a delay is never
+negative: the least of these over recent messages is the offset plus the smallest delay.
+A message stalled in the stream only gives a larger one, which the least of them ignores
+as long as one message in the window came through without a stall. A probe permit's hold
+end (``ProbeGrant.hold_until``, the granter's wall clock) plus that estimate is when the
+hold ends on this monotonic clock, late by no more than the smallest delay: that is what
+``HOLD_SKEW_SECS`` (``client/probes.py``) still has to cover, with the clocks' drift.
+
+Kept on the monotonic clock, the estimate does not move when this process's wall clock is
+stepped. When the sender's clock steps forward its messages give smaller samples, taken at
+once; when it steps back they give larger ones, and the estimate stays the smaller (older)
+one, so holds are read as ending earlier than they do (probes cut short, never running
+past a hold) until the older samples leave the window (:data:`WINDOW_SECS`). A sample is
+only let go of once at least :data:`KEEP_SAMPLES` messages came after it: a stream that was
+quiet for a while and then delivers a stalled message keeps the sample from before.
+
+Pure logic with an injected clock, and the (rate-limited) warnings of clocks that disagree
+and of permits that arrive spent.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+
+__all__ = ["DISAGREE_SECS", "KEEP_SAMPLES", "WINDOW_SECS", "ClockOffset", "disagree", "spent"]
+
+#: Samples older than this are let go of (when enough newer ones remain).
+WINDOW_SECS = 60.0
+#: Samples kept whatever their age (the newest ones).
+KEEP_SAMPLES = 16
+#: Samples kept at most (the window of a busy stream is cut to the newest ones).
+MOST_SAMPLES = 4096
+#: Clocks this far apart are worth a warning (the estimate copes, but other parts of a
+#: deployment compare wall clocks too: logs, audit records, leases' periods).
+DISAGREE_SECS = 3.0
+
+
+class ClockOffset:
+    """The least ``received - sent_at`` over a bounded recent window of messages of one
+    sender (``received`` on this monotonic clock, ``sent_at`` on the sender's wall clock)."""
+
+    __slots__ = ("_count", "_samples")
+
+    def __init__(self) -> None:
+        #: (received, sample, number of the message), received ascending; samples ascending
+        #: too (a sample is dropped when a later one is no larger: it can never be the least
+        #: again while the later one is kept, and it leaves the window first).
+        self._samples: deque[tuple[float, float, int]] = deque()
+        #: Messages sampled so far.
+        self._count = 0
+
+    def sample(self, sent_at: float, received: float) -> None:
+        """A message sent at ``sent_at`` (sender's wall clock) arrived at ``received``."""
+        value = received - sent_at
+        samples = self._samples
+        while samples and samples[-1][1] >= value:
+            samples.pop()
+        self._count += 1
+        samples.append((received, value, self._count))
+        while (
+            len(samples) > 1
+            and samples[0][0] < received - WINDOW_SECS
+            and self._count - samples[0][2] >= KEEP_SAMPLES
+        ):
+            samples.popleft()
+        while len(samples) > MOST_SAMPLES:
+            samples.popleft()
+
+    def estimate(self) -> float | None:
+        """What to add to a wall-clock time of the sender to have it on this monotonic
+        clock (late by at most the smallest delay); None before any sample."""
+        return self._samples[0][1] if self._samples else None
+
+    def clear(self) -> None:
+        self._samples.clear()
+        self._count = 0
+
+
+_log = logging.getLogger("mission_control.client.probes")
+#: Seconds between two warnings of one kind (and one sender or service).
+WARN_EVERY_SECS = 60.0
+_warned: dict[tuple[str, str], float] = {}
+
+
+def _due(kind: str, key: str) -> bool:
+    now = time.monotonic()
+    if now < _warned.get((kind, key), -math.inf) + WARN_EVERY_SECS:
+        return False
+    if len(_warned) > 1024:
+        _warned.clear()
+    _warned[(kind, key)] = now
+    return True
+
+
+def spent(grant: pb.ProbeGrant, late: float, offset: float | None) -> None:
+    """A probe permit goes back unused as soon as it came: too little of its hold is left
+    (warned once a minute per service)."""
+    if _due("spent", grant.service):
+        _log.warning(
+            "probe permit for %s (generation %d) arrived with too little of its hold left "
+            "(%.2f s past its last use); given back unused. A grant late on the way, or %s",
+            grant.service,
+            grant.generation,
+            late,
+            "clocks apart by more than the margin"
+            if offset is None
+            else "a sender clock stepped back (its offset is re-measured within a minute)",
+        )
+
+
+def disagree(sender: str, offset: float) -> None:
+    """``sender``'s wall clock is ``offset`` seconds behind this one's (negative: ahead);
+    warned once a minute per sender when more than :data:`DISAGREE_SECS`."""
+    if abs(offset) > DISAGREE_SECS and _due("offset", sender):
+        _log.warning(
+            "wall clock of %s is %.1f s %s this process's (or messages from it take that long): "
+            "probe holds are read through the measured offset; synchronise the clocks",
+            sender,
+            abs(offset),
+            "behind" if offset > 0 else "ahead of",
+        )
