@@ -172,6 +172,8 @@ class ControlPlane:
             wall,
             clock=clock,
         )
+        #: follower relay id -> the session of its process last connected here
+        self._relay_sessions: dict[str, str] = {}
         self.capacity = CapacityLeaser(
             self.policies.all,
             self.hub.send_to_agent,
@@ -472,9 +474,17 @@ class ControlPlane:
         else:
             self.relay.demand(agent_id, demand)
 
-    def agent_joined(self, agent_id: str, name: str) -> None:
+    def agent_joined(self, agent_id: str, name: str, *, relay_session: str = "") -> None:
         """A stream of agent process ``agent_id`` (agent id ``name``) opened: a predecessor
-        process of that agent id gone without a goodbye is not waited for (a restart)."""
+        process of that agent id gone without a goodbye is not waited for (a restart). A
+        follower's relay (``relay_session``: its process's session) of another process than
+        before is a restart too, but the agents its predecessor kept may still be spending:
+        what it may have let them spend stays aside until their horizon."""
+        if relay_session:
+            before = self._relay_sessions.get(agent_id)
+            self._relay_sessions[agent_id] = relay_session
+            if before is not None and before != relay_session:
+                self.capacity.relay_restarted(agent_id)
         self.capacity.release_predecessors(name, keep=agent_id)
         if self.relay is not None:
             self.relay.leases.release_predecessors(name, keep=agent_id)

@@ -139,7 +139,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         sub.replica = replica
         if replica:
             plane.hub.relayed_by(sub, list(hello.relayed_agents))
-        plane.agent_joined(sub.agent_id, sub.name)
+        plane.agent_joined(sub.agent_id, sub.name, relay_session=hello.session_id if replica else "")
         _log.info("agent %s connected (stream %s)", key, sub.id)
         reader = asyncio.create_task(self._read(sub, request_iterator))
         try:
