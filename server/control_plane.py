@@ -489,7 +489,7 @@ class ControlPlane:
         if self.relay is not None:
             self.relay.leases.release_predecessors(name, keep=agent_id)
 
-    def agent_left(self, agent_id: str, *, relay: bool = False, name: str = "") -> None:
+    def agent_left(self, agent_id: str, *, relay: bool = False, name: str = "", session: str = "") -> None:
         """An agent's (or a follower ``relay``'s) last stream here ended."""
         self.breakers.release_agent(agent_id, relay=relay)
         self.capacity.forget(agent_id)
@@ -497,7 +497,7 @@ class ControlPlane:
             self.capacity.release_predecessors(name, keep="")
         self.reports.agent_left(agent_id)
         if self.relay is not None:
-            self.relay.agent_left(agent_id)
+            self.relay.agent_left(agent_id, session)
             if name and self.hub.processes_named(name):
                 self.relay.leases.release_predecessors(name, keep="")
 

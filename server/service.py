@@ -159,7 +159,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                 await reader
             plane.stream_ended(sub)
             if plane.hub.disconnect(sub):
-                plane.agent_left(sub.agent_id, relay=sub.replica, name=sub.name)
+                plane.agent_left(sub.agent_id, relay=sub.replica, name=sub.name, session=sub.session_id)
             _log.info("agent %s disconnected (stream %s)", sub.agent_id, sub.id)
 
     async def _check_replica(self, context: grpc.aio.ServicerContext, agent_id: str, peer: str) -> bool:
