@@ -208,6 +208,11 @@ class CapacityLeaser:
         if not entry.leased:
             entry.earlier, entry.counted = earlier_count(demand, entry)
             entry.earlier_units, entry.earlier_epoch = entry.safe_units, demand.held_epoch
+            if not entry.replica and self.term.epoch and demand.held_epoch == self.lease_epoch():
+                # it holds this leader's lease (passed on by a follower it left): split from
+                # this pool already, and none of the agents back of the earlier count
+                entry.earlier = entry.counted = 0
+                entry.earlier_units = 0.0
 
     def forget(self, holder: str) -> None:
         """The holder's stream ended: it may still spend its safe share (its last lease)
