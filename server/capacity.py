@@ -213,6 +213,9 @@ class CapacityLeaser:
                 # this pool already, and none of the agents back of the earlier count
                 entry.earlier = entry.counted = 0
                 entry.earlier_units = 0.0
+        # a follower speaks for no more agents back than it has now: one that left it (for
+        # another replica, where it is counted itself) is no longer one of them
+        entry.counted = min(entry.counted, entry.agents)
 
     def forget(self, holder: str) -> None:
         """The holder's stream ended: it may still spend its safe share (its last lease)
