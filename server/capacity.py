@@ -213,9 +213,10 @@ class CapacityLeaser:
                 # this pool already, and none of the agents back of the earlier count
                 entry.earlier = entry.counted = 0
                 entry.earlier_units = 0.0
-        # a follower speaks for no more agents back than it has now: one that left it (for
-        # another replica, where it is counted itself) is no longer one of them
-        entry.counted = min(entry.counted, entry.agents)
+        elif entry.replica and demand.held_epoch != self.lease_epoch():
+            # a follower speaks for no more agents back than it has now: one that left it
+            # (for another replica, where it is counted itself) is no longer one of them
+            entry.counted = min(entry.counted, earlier_count(demand, entry)[1])
 
     def forget(self, holder: str) -> None:
         """The holder's stream ended: it may still spend its safe share (its last lease)

@@ -144,12 +144,13 @@ class FollowerLeases:
             reported.add(limit)
             wants = [max(0.0, d.wanted) for d in per_agent.values()] + [k.units for k in kept.values()]
             held = self._held_epoch(d.held_epoch for d in per_agent.values())
-            # the agents holding a lease of that epoch (one kept is spending it), and the
-            # counts they heard: a new leader counts only those as back of the earlier count
+            # the agents here holding a lease of that epoch, and the counts they heard: a new
+            # leader counts only those as back of the earlier count
             of_held = [
                 d.agents_known for d in per_agent.values() if d.agents_known and d.held_epoch in (0, held)
             ]
-            of_held += [k.known for k in kept.values() if k.known and k.epoch in (0, held)]
+            # (one kept is not back: cut off, or connected elsewhere and counted there; what it
+            # may spend is kept aside here, whether it is ever back or not)
             demands.append(
                 pb.CapacityDemand(
                     service=limit[0],
