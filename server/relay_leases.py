@@ -8,7 +8,9 @@ behind a follower only the follower knows, so the follower keeps it: until the h
 passed (the policy's ``unleased_secs`` and the two periods its last lease may be ahead) it
 still counts the agent in its demand, wanting what it may spend, and in the units it may
 spend without a lease; and it hands that much of each lease to nobody. The agents here
-share the rest. A holder that says goodbye, or comes back here, is not kept.
+share the rest. A holder that says goodbye, comes back here, or shows in the fleet roster
+connected to another replica (counted there), is not kept; nor is one kept counted as
+back of an earlier leader's count (it may be back elsewhere).
 """
 
 from __future__ import annotations
