@@ -10,6 +10,7 @@ import socket
 import ssl
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -302,6 +303,8 @@ def _start_roster(running: RunningControlPlane) -> None:
         plane.store, plane.writer, plane.hub, plane.prefix, plane.instance_id, counters=counters
     )
     plane.roster = FleetRoster(plane.store, plane.prefix)
+    if plane.relay is not None:
+        plane.relay.leases.elsewhere = partial(plane.roster.elsewhere, plane.instance_id)
     running.roster = ReplicaRoster(publisher, plane.roster, plane.task_failed)
     plane.sync.lost_data_listeners += [plane.roster.reload, publisher.republish]
     running.roster.start()

@@ -40,6 +40,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .capacity_aside import LeaderTerm, earlier_count
 from .capacity_grid import PeriodGrid
+from .capacity_relayed import keep_predecessor, take_back
 from .capacity_split import ASKED_PERIODS, asked_now, late_shrinks, per_agent_share, whole_units
 from .capacity_state import Holder, LeasedLimit
 from .lease_epoch import RECORD_AHEAD_SECS
@@ -183,6 +184,7 @@ class CapacityLeaser:
             return
         limit.absent.pop(holder, None)
         limit.lapsed.pop(holder, None)
+        fresh = holder not in limit.holders
         if demand.leaving:
             limit.holders.pop(holder, None)
             return
@@ -201,15 +203,33 @@ class CapacityLeaser:
         # whole fleet and goes without a goodbye must not keep it aside for H
         entry.claimed = min(_finite(demand.safe_units), limit.fleet_units)
         entry.safe_units = self.term.bound(limit, entry, self.clock()).believe(entry.claimed)
+        if fresh and entry.replica:
+            take_back(limit, holder, entry.claimed)
         if not entry.leased:
             entry.earlier, entry.counted = earlier_count(demand, entry)
             entry.earlier_units, entry.earlier_epoch = entry.safe_units, demand.held_epoch
+            if not entry.replica and self.term.epoch and demand.held_epoch == self.lease_epoch():
+                # it holds this leader's lease (passed on by a follower it left): split from
+                # this pool already, and none of the agents back of the earlier count
+                entry.earlier = entry.counted = 0
+                entry.earlier_units = 0.0
+        elif entry.replica and demand.held_epoch != self.lease_epoch():
+            # a follower speaks for no more agents back than it has now: one that left it
+            # (for another replica, where it is counted itself) is no longer one of them
+            entry.counted = min(entry.counted, earlier_count(demand, entry)[1])
 
     def forget(self, holder: str) -> None:
         """The holder's stream ended: it may still spend its safe share (its last lease)
         until its horizon."""
         for limit in self.limits.values():
             self.term.set_absent(limit, holder)
+
+    def relay_restarted(self, holder: str) -> None:
+        """A new process of follower ``holder`` connected: see :func:`keep_predecessor`."""
+        for limit in self.limits.values():
+            if holder in limit.holders:  # the old process's stream has not ended here yet
+                self.term.set_absent(limit, holder)
+            keep_predecessor(limit, holder)
 
     def release_predecessors(self, name: str, keep: str) -> None:
         """Another process of agent id ``name`` is connected (``keep``): what the ones gone

@@ -173,6 +173,8 @@ class ControlPlane:
             wall,
             clock=clock,
         )
+        #: follower relay id -> the session of its process last connected here
+        self._relay_sessions: dict[str, str] = {}
         self.capacity = CapacityLeaser(
             self.policies.all,
             self.hub.send_to_agent,
@@ -502,14 +504,22 @@ class ControlPlane:
         else:
             self.relay.demand(agent_id, demand)
 
-    def agent_joined(self, agent_id: str, name: str) -> None:
+    def agent_joined(self, agent_id: str, name: str, *, relay_session: str = "") -> None:
         """A stream of agent process ``agent_id`` (agent id ``name``) opened: a predecessor
-        process of that agent id gone without a goodbye is not waited for (a restart)."""
+        process of that agent id gone without a goodbye is not waited for (a restart). A
+        follower's relay (``relay_session``: its process's session) of another process than
+        before is a restart too, but the agents its predecessor kept may still be spending:
+        what it may have let them spend stays aside until their horizon."""
+        if relay_session:
+            before = self._relay_sessions.get(agent_id)
+            self._relay_sessions[agent_id] = relay_session
+            if before is not None and before != relay_session:
+                self.capacity.relay_restarted(agent_id)
         self.capacity.release_predecessors(name, keep=agent_id)
         if self.relay is not None:
             self.relay.leases.release_predecessors(name, keep=agent_id)
 
-    def agent_left(self, agent_id: str, *, relay: bool = False, name: str = "") -> None:
+    def agent_left(self, agent_id: str, *, relay: bool = False, name: str = "", session: str = "") -> None:
         """An agent's (or a follower ``relay``'s) last stream here ended."""
         self.breakers.release_agent(agent_id, relay=relay)
         self.capacity.forget(agent_id)
@@ -517,7 +527,7 @@ class ControlPlane:
             self.capacity.release_predecessors(name, keep="")
         self.reports.agent_left(agent_id)
         if self.relay is not None:
-            self.relay.agent_left(agent_id)
+            self.relay.agent_left(agent_id, session)
             if name and self.hub.processes_named(name):
                 self.relay.leases.release_predecessors(name, keep="")
 

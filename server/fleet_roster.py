@@ -171,6 +171,13 @@ class FleetRoster:
         found = [a for agents, _ in self._shards.values() for a in agents]
         return sorted(found, key=lambda a: (a.replica, a.id))
 
+    def elsewhere(self, replica: str) -> set[tuple[str, str]]:
+        """(agent id, session) of every agent process published as connected to another
+        replica than ``replica``."""
+        return {
+            (a.id, a.session) for agents, _ in self._shards.values() for a in agents if a.replica != replica
+        }
+
     def per_replica(self) -> Counter[str]:
         """Agents connected per replica (those left out of its values included)."""
         counts: Counter[str] = Counter()

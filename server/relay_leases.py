@@ -8,13 +8,15 @@ behind a follower only the follower knows, so the follower keeps it: until the h
 passed (the policy's ``unleased_secs`` and the two periods its last lease may be ahead) it
 still counts the agent in its demand, wanting what it may spend, and in the units it may
 spend without a lease; and it hands that much of each lease to nobody. The agents here
-share the rest. A holder that says goodbye, or comes back here, is not kept.
+share the rest. A holder that says goodbye, comes back here, or shows in the fleet roster
+connected to another replica (counted there), is not kept; nor is one kept counted as
+back of an earlier leader's count (it may be back elsewhere).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from mission_control.client.fleet_limits import fair_share
@@ -36,6 +38,7 @@ class _Kept:
     until: float
     epoch: int = 0
     known: int = 0
+    session: str = ""  # its process's session (how the fleet roster names it elsewhere)
 
 
 class FollowerLeases:
@@ -66,6 +69,9 @@ class FollowerLeases:
         self._dirty = False
         #: Limits the last report spoke for (one emptied since is reported as left).
         self._reported: set[Limit] = set()
+        #: (agent id, session) of the agent processes connected to other replicas, as the
+        #: fleet roster says: one kept here that is there spends that replica's leases now
+        self.elsewhere: Callable[[], Collection[tuple[str, str]]] = frozenset
 
     def demand(self, agent_id: str, demand: pb.CapacityDemand) -> None:
         limit = (demand.service, demand.resource)
@@ -78,8 +84,9 @@ class FollowerLeases:
             per_agent[agent_id] = demand
         self._dirty = True
 
-    def agent_left(self, agent_id: str) -> None:
-        """``agent_id``'s stream ended (a goodbye came first as a leaving demand)."""
+    def agent_left(self, agent_id: str, session: str = "") -> None:
+        """``agent_id``'s stream ended (a goodbye came first as a leaving demand); ``session``:
+        its process's session."""
         now = self.clock()
         for limit, per_agent in self.demands.items():
             last = per_agent.pop(agent_id, None)
@@ -89,7 +96,7 @@ class FollowerLeases:
             self._dirty = True
             units, hold = max(last.safe_units, sent), self.hold_secs(*limit)
             if units > 0 and hold is not None:
-                kept = _Kept(units, now + hold, last.held_epoch, last.agents_known)
+                kept = _Kept(units, now + hold, last.held_epoch, last.agents_known, session)
                 self.kept.setdefault(limit, {})[agent_id] = kept
 
     def release_predecessors(self, name: str, keep: str) -> None:
@@ -107,22 +114,31 @@ class FollowerLeases:
         if self._dirty:
             return True
         now = self.clock()
-        return any(k.until <= now for kept in self.kept.values() for k in kept.values())
+        if any(k.until <= now for kept in self.kept.values() for k in kept.values()):
+            return True
+        there = self._there()
+        return any(_named(a, k) in there for kept in self.kept.values() for a, k in kept.items())
 
-    def _kept_now(self, limit: Limit) -> dict[str, _Kept]:
+    def _there(self) -> Collection[tuple[str, str]]:
+        return self.elsewhere() if any(self.kept.values()) else frozenset()
+
+    def _kept_now(self, limit: Limit, there: Collection[tuple[str, str]] = frozenset()) -> dict[str, _Kept]:
         kept = self.kept.get(limit, {})
         now = self.clock()
         for agent_id in [a for a, k in kept.items() if k.until <= now]:
             del kept[agent_id]  # past its horizon: if still cut off, it refuses by now
+        for agent_id in [a for a, k in kept.items() if _named(a, k) in there]:
+            # connected to another replica: counted (and leased) there, not twice
+            del kept[agent_id]
         return kept
 
     def report(self) -> pb.ConnectRequest | None:
         """One demand per limit for all the agents here (the ones kept too), or None. A
         limit nobody here shares any more is reported once as left: the leader leases this
         replica nothing more of it."""
-        demands, reported = [], set()
+        demands, reported, there = [], set(), self._there()
         for limit in sorted(set(self.demands) | set(self.kept) | self._reported):
-            per_agent, kept = self.demands.get(limit, {}), self._kept_now(limit)
+            per_agent, kept = self.demands.get(limit, {}), self._kept_now(limit, there)
             if not per_agent and not kept:
                 if limit in self._reported:
                     demands.append(pb.CapacityDemand(service=limit[0], resource=limit[1], leaving=True))
@@ -130,12 +146,13 @@ class FollowerLeases:
             reported.add(limit)
             wants = [max(0.0, d.wanted) for d in per_agent.values()] + [k.units for k in kept.values()]
             held = self._held_epoch(d.held_epoch for d in per_agent.values())
-            # the agents holding a lease of that epoch (one kept is spending it), and the
-            # counts they heard: a new leader counts only those as back of the earlier count
+            # the agents here holding a lease of that epoch, and the counts they heard: a new
+            # leader counts only those as back of the earlier count
             of_held = [
                 d.agents_known for d in per_agent.values() if d.agents_known and d.held_epoch in (0, held)
             ]
-            of_held += [k.known for k in kept.values() if k.known and k.epoch in (0, held)]
+            # (one kept is not back: cut off, or connected elsewhere and counted there; what it
+            # may spend is kept aside here, whether it is ever back or not)
             demands.append(
                 pb.CapacityDemand(
                     service=limit[0],
@@ -180,3 +197,9 @@ class FollowerLeases:
             sent[agent_id] = units
             out.append((agent_id, mine))
         return out
+
+
+def _named(agent_id: str, kept: _Kept) -> tuple[str, str]:
+    """How the fleet roster names a kept agent's process: its agent id and session (none
+    known: no roster entry is it)."""
+    return (agent_id.partition("@")[0], kept.session or "\0")

@@ -140,7 +140,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         sub.replica = replica
         if replica:
             plane.hub.relayed_by(sub, list(hello.relayed_agents))
-        plane.agent_joined(sub.agent_id, sub.name)
+        plane.agent_joined(sub.agent_id, sub.name, relay_session=hello.session_id if replica else "")
         _log.info("agent %s connected (stream %s)", key, sub.id)
         reader = asyncio.create_task(self._read(sub, request_iterator))
         try:
@@ -160,7 +160,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                 await reader
             plane.stream_ended(sub)
             if plane.hub.disconnect(sub):
-                plane.agent_left(sub.agent_id, relay=sub.replica, name=sub.name)
+                plane.agent_left(sub.agent_id, relay=sub.replica, name=sub.name, session=sub.session_id)
             _log.info("agent %s disconnected (stream %s)", sub.agent_id, sub.id)
 
     async def _check_replica(self, context: grpc.aio.ServicerContext, agent_id: str, peer: str) -> bool:

@@ -77,6 +77,8 @@ class Replica:
             wall=lambda: EPOCH + loop.time(),
         )
         self.plane.enable_leadership(name, ttl=3, token=world.relay_token, connect=self._relay_connect)
+        assert self.plane.relay is not None
+        self.plane.relay.leases.elsewhere = self._elsewhere  # the fleet roster, at once
         self.plane.breakers.change_listeners.append(lambda breaker, *_: world.probes.changed(self, breaker))
         self.servicer = ControlPlaneServicer(self.plane, SimAccess())
         outcomes = self.servicer._outcomes
@@ -120,6 +122,16 @@ class Replica:
             return out
 
         self.plane.reports.bound = bounded  # type: ignore[method-assign]
+
+    def _elsewhere(self) -> set[tuple[str, str]]:
+        """The agent processes connected to the other replicas up (as the roster shows them)."""
+        others = [r for r in self.world.replicas.values() if r is not self and r.alive]
+        return {
+            (sub.name, sub.session_id)
+            for r in others
+            for sub in r.plane.hub.agents.values()
+            if not sub.replica
+        }
 
     async def start(self) -> None:
         self._starting = asyncio.current_task()

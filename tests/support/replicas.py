@@ -139,3 +139,11 @@ def worst_window(times: list[float], window: float) -> int:
             j += 1
         worst = max(worst, i - j + 1)
     return worst
+
+
+def connected_agents(address: str) -> int:
+    """How many agent processes (follower relays included) have a stream to the replica at
+    ``address``."""
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        return stub.GetErrorStatistics(pb.GetErrorStatisticsRequest(), timeout=5).statistics.connected_agents
