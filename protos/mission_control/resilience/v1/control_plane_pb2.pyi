@@ -625,8 +625,9 @@ class CapacityDemand(_message.Message):
     epoch record was lost) moves its epoch above it before it leases again.
     """
     agents_held: _builtins.int
-    """A follower replica's demand: how many of its agents hold a lease of `held_epoch` (an
-    agent that says no epoch counts as one of them), and the highest agent count those
+    """A follower replica's demand: how many of the agents connected to it now hold a lease
+    of `held_epoch` (an agent that says no epoch counts as one of them; agents it only
+    keeps, cut off, are not counted back), and the highest agent count those
     learned from it (`agents_known` stays the highest of all its agents', for older
     leaders). A new leader counts only these agents as back of the agents the earlier
     leader counted: a new agent, or one of an older leader, stands for none of them.
