@@ -17,7 +17,6 @@ period, taken for the whole fleet while an agent it never heard of spends its ow
 
 from __future__ import annotations
 
-import bisect
 import random
 from dataclasses import dataclass, field
 
@@ -26,6 +25,8 @@ from mission_control.client.fleet_limits import LeasedBudget
 from mission_control.client.policy import FleetLimits, default_policy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.capacity import CapacityLeaser
+
+from tests.support import lease_harness
 
 WINDOW = 2.0
 STEP = 0.01
@@ -76,39 +77,18 @@ class Schedule:
         self.agents[f"agent-{len(self.agents)}"] = Agent(budget, want)
 
     def _lead(self) -> None:
-        epoch, recorded = self.epoch, self.recorded
-        leader = CapacityLeaser(
-            lambda: [self.policy],
-            self._send,
-            epoch=lambda: epoch,
-            clock=lambda: self.now,
-            wall=lambda: self.now,
-            leased_before=lambda: recorded > 0,
-            earlier_epoch=lambda: recorded,
-            on_leased=self._recorded,
+        self.leader = lease_harness.leader(
+            self.policy, self._send, lambda: self.now, self.epoch, self.recorded, self._recorded
         )
-        leader.sync_policies()
-        self.leader = leader
 
     def _recorded(self) -> None:
         self.recorded = self.epoch
 
     def _send(self, holder: str, message: pb.ConnectResponse) -> bool:
         agent = self.agents[holder]
-        if not agent.connected:
-            return False
-        lease = message.lease
-        agent.budget.receive(
-            lease.period,
-            lease.units,
-            lease.starts_in.ToNanoseconds() / 1e9,
-            self.now,
-            lease.period_length.ToNanoseconds() / 1e9,
-            lease.agents,
-            lease.fleet_units,
-            lease.epoch,
-        )
-        return True
+        if agent.connected:
+            lease_harness.deliver(agent.budget, message, self.now)
+        return agent.connected
 
     def _faults(self) -> None:
         rng = self.rng
@@ -131,27 +111,13 @@ class Schedule:
             self._lead()
 
     def _report(self, name: str, agent: Agent) -> None:
-        budget = agent.budget
-        budget.tick(self.now)
+        agent.budget.tick(self.now)
         if self.leader is None or not agent.connected:
             return
-        reports = budget.drain_reports()
-        if not reports and agent.announced == self.epoch:
-            return
-        demand = pb.CapacityDemand(
-            service="shared",
-            resource="shared.requests",
-            agents_known=budget.agents,
-            safe_units=budget.claim(self.now),
-            agents=1,
-            held_epoch=budget.epoch,
-        )
-        if reports:
-            last = reports[-1]
-            demand.period, demand.wanted, demand.used = last.period, last.wanted, last.used
-            demand.leased = last.leased
-        self.leader.demand(name, demand)
-        agent.announced = self.epoch
+        told = lease_harness.demand(agent.budget, self.now, agent.announced == self.epoch)
+        if told is not None:
+            self.leader.demand(name, told)
+            agent.announced = self.epoch
 
     def run(self, secs: float) -> None:
         end = START + secs
@@ -169,12 +135,8 @@ class Schedule:
 
     def worst_window(self) -> tuple[int, float]:
         """The most calls admitted in one window, and where it ends."""
-        worst, at = 0, START
-        for i, t in enumerate(self.admitted):
-            count = i + 1 - bisect.bisect_right(self.admitted, t - WINDOW)
-            if count > worst:
-                worst, at = count, t
-        return worst, at
+        worst, at = lease_harness.worst_window(self.admitted, WINDOW)
+        return worst, at if worst else START
 
 
 @pytest.mark.parametrize("first", range(0, SCHEDULES, 20))

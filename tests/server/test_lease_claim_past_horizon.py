@@ -13,13 +13,14 @@ reaches a connected agent at once.
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, field
 
 from mission_control.client.fleet_limits import LeasedBudget
 from mission_control.client.policy import FleetLimits, default_policy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.capacity import CapacityLeaser
+
+from tests.support import lease_harness
 
 LIMIT, WINDOW, PERIOD, HORIZON = 200, 2.0, 0.25, 3.0
 UNITS = LIMIT * PERIOD / WINDOW  # 25 a period
@@ -48,66 +49,29 @@ class Fleet:
         self.leader: CapacityLeaser | None = None
 
     def lead(self, epoch: int) -> None:
-        recorded = self.recorded
         self.epoch = epoch
-        self.leader = CapacityLeaser(
-            lambda: [POLICY],
-            self._send,
-            epoch=lambda: epoch,
-            clock=lambda: self.now,
-            wall=lambda: self.now,
-            leased_before=lambda: recorded > 0,
-            earlier_epoch=lambda: recorded,
-            on_leased=self._recorded,
+        self.leader = lease_harness.leader(
+            POLICY, self._send, lambda: self.now, epoch, self.recorded, self._recorded
         )
-        self.leader.sync_policies()
 
     def _recorded(self) -> None:
         self.recorded = self.epoch
 
     def _send(self, holder: str, message: pb.ConnectResponse) -> bool:
         agent = self.agents[holder]
-        if not agent.connected:
-            return False
-        lease = message.lease
-        agent.budget.receive(
-            lease.period,
-            lease.units,
-            lease.starts_in.ToNanoseconds() / 1e9,
-            self.now,
-            lease.period_length.ToNanoseconds() / 1e9,
-            lease.agents,
-            lease.fleet_units,
-            lease.epoch,
-        )
-        return True
+        if agent.connected:
+            lease_harness.deliver(agent.budget, message, self.now)
+        return agent.connected
 
     def _report(self, name: str, agent: Agent) -> None:
         """As the agent's connection reports its demand."""
-        budget = agent.budget
-        budget.tick(self.now)
+        agent.budget.tick(self.now)
         if self.leader is None or not agent.connected:
             return
-        reports = budget.drain_reports()
-        if not reports and agent.announced == self.epoch:
-            return
-        demand = pb.CapacityDemand(
-            service="shared",
-            resource="shared.requests",
-            agents_known=budget.agents,
-            safe_units=budget.claim(self.now),
-            agents=1,
-            held_epoch=budget.epoch,
-        )
-        if reports:
-            demand.period, demand.wanted, demand.used = (
-                reports[-1].period,
-                reports[-1].wanted,
-                reports[-1].used,
-            )
-            demand.leased = reports[-1].leased
-        self.leader.demand(name, demand)
-        agent.announced = self.epoch
+        told = lease_harness.demand(agent.budget, self.now, agent.announced == self.epoch)
+        if told is not None:
+            self.leader.demand(name, told)
+            agent.announced = self.epoch
 
     def run(self, secs: float) -> None:
         """Every agent calls far more than its share: 20 calls a step."""
@@ -124,9 +88,7 @@ class Fleet:
 
     def worst_window(self, since: float) -> int:
         admitted = sorted(t for agent in self.agents.values() for t in agent.admitted if t >= since)
-        return max(
-            (i + 1 - bisect.bisect_right(admitted, t - WINDOW) for i, t in enumerate(admitted)), default=0
-        )
+        return lease_harness.worst_window(admitted, WINDOW)[0]
 
 
 def test_an_agent_back_past_its_horizon_is_not_leased_what_agents_cut_off_spend() -> None:
