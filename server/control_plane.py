@@ -382,6 +382,9 @@ class ControlPlane:
         return self.leadership.epoch if self.leadership is not None else 0
 
     async def _read_lease_epoch(self) -> bytes | None:
+        # with the history token's mark: no record and a history leased is an unknown past
+        token = await self.store.get(self.history.key)
+        self.history.read_directly(token.value if token is not None else None)
         entry = await self.store.get(self.lease_epochs.key)
         return entry.value if entry is not None else None
 

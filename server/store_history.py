@@ -180,6 +180,13 @@ class StoreHistory:
         """Whether the store said the fleet was leased in the history of the token held."""
         return bool(self.token) and self._leased_in == self.token
 
+    def read_directly(self, value: bytes | None) -> None:
+        """The token key's value, read now outside the load and the watch (a new leader's
+        read as of its takeover): only its mark is taken, for the token held (what else it
+        says comes through the watch, in order with the revisions held)."""
+        if self.token and parse(value) == self.token and marked(value):
+            self._leased_in = self.token
+
     async def mark_leased(self) -> None:
         """Say in the store that the fleet is leased in this history (a leader, before it
         stores a fleet-lease epoch record; nothing when it is said already, or no token is

@@ -12,7 +12,7 @@ import asyncio
 from mission_control.server.control_plane import ControlPlane
 from mission_control.server.etcd_process import EtcdProcess
 from mission_control.server.store import EtcdStore, Write
-from mission_control.server.store_history import marked, parse
+from mission_control.server.store_history import StoreHistory, encode, marked, parse
 
 
 async def _until(condition, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
@@ -69,3 +69,24 @@ async def test_the_token_is_marked_before_the_first_record_and_a_deleted_record_
             await plane.stop()
         for s in stores:
             await s.close()
+
+
+def test_a_mark_read_directly_counts_only_for_the_token_held() -> None:
+    """A new leader reads the token with the record as of its takeover (its watch may be
+    behind): the mark is taken for the token it holds, not for another one, and never
+    taken off by a value without it."""
+
+    async def unused(*args: object) -> None:
+        raise AssertionError("no store access expected")
+
+    history = StoreHistory("/p/store-history", unused, unused)  # type: ignore[arg-type]
+    history.apply(encode("aaaa"))
+    assert history.token == "aaaa" and not history.leased
+    history.read_directly(encode("bbbb", leased=True))  # another history: a loss, told elsewhere
+    history.read_directly(None)
+    assert not history.leased
+    history.read_directly(encode("aaaa", leased=True))
+    assert history.leased
+    history.apply(encode("aaaa"))  # the same token without the mark (put by hand)
+    history.read_directly(encode("aaaa"))
+    assert history.leased
