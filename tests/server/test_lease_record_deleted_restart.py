@@ -69,7 +69,6 @@ def test_a_record_deleted_while_every_replica_restarts_keeps_the_window_bound(
             if name == "r1":
                 poll(lambda: leader_key_created(endpoint, prefix) not in (0, term), timeout=60)
                 took_over = time.time()
-        assert took_over < cut_at + HORIZON - 4, f"led {took_over - cut_at:.1f} s after the cut: too late"
         (new,) = unleased_agent(spawned, addresses[leader_of(endpoint, prefix) or "r1"])
         # past the cut-off agent's horizon, and past the longest warm-up, and a window more
         ends = max(cut_at + HORIZON, took_over + RECORD_AHEAD_SECS + HORIZON) + 2 * PERIOD
@@ -77,7 +76,8 @@ def test_a_record_deleted_while_every_replica_restarts_keeps_the_window_bound(
         results = dict(zip(("cut", "new"), stop_agents([cut, new]), strict=True))
     shown = per_second(results, {"cut": cut_at, "restarted": took_over, "horizon": ends})
     worst = worst_window([t for r in results.values() for t in r["admitted"]], WINDOW)
-    assert any(t > took_over + 2 for t in results["cut"]["admitted"]), shown  # it spent on
+    # the case at stake: the cut-off agent still spent its last lease under the new leader
+    assert any(t > took_over + 2 for t in results["cut"]["admitted"]), shown
     assert worst <= LIMIT + UNITS, f"{worst} admitted in one {WINDOW} s window\n{shown}"
     # not a stall: the new agent is leased (nearly) the whole limit once the warm-up is over
     late = [t for t in results["new"]["admitted"] if ends < t <= ends + WINDOW]
