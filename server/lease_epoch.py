@@ -48,8 +48,9 @@ off, or behind a replica cut off from it) spend the last term's leases. So befor
 records in a store's history a leader marks the history token (``history_leased``, see
 :mod:`.store_history`), and a leader that finds the mark but no record takes the past for
 unknown: it warms up as after a record that does not say its ``until`` — until the horizon
-of a lease sent as far ahead as a leader records, ended early only by agents back that held
-no earlier lease filling the limit, never by a count (no record names the last leader). Its
+of a lease sent as far ahead as a leader records, ended early once the agents back hold the
+whole limit between them, and not by a count once an agent back names the epoch it holds
+(no record names the last leader: see :mod:`.capacity_aside`). Its
 epoch is its takeover's milliseconds, above every lease sent before, and agents' claims move
 it above a record put ahead of the clock, as ever. A fresh store holds no token, or one
 not marked yet: the whole limit is split at once.
