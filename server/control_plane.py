@@ -217,6 +217,9 @@ class ControlPlane:
         self.history.on_change = self._history_changed
         self.history.on_lost = self.sync.lost_data
         self.sync.loss_signs.append(self.history.loss_in)
+        # no record, and a history leased before: an unknown past (see :mod:`.lease_epoch`)
+        self.lease_epochs.history_leased = lambda: self.history.leased
+        self.lease_epochs.mark = self.history.mark_leased
         #: The history token read on each health ping, and the leader's check that the
         #: store holds every key it holds (see :mod:`.held_keys`).
         self.token_watch = TokenWatch(store, self.history, self.sync.resync)
@@ -379,6 +382,9 @@ class ControlPlane:
         return self.leadership.epoch if self.leadership is not None else 0
 
     async def _read_lease_epoch(self) -> bytes | None:
+        # with the history token's mark: no record and a history leased is an unknown past
+        token = await self.store.get(self.history.key)
+        self.history.read_directly(token.value if token is not None else None)
         entry = await self.store.get(self.lease_epochs.key)
         return entry.value if entry is not None else None
 

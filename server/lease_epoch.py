@@ -40,6 +40,20 @@ after an operator lowered ``unleased_secs`` learns the old one there.
 A malformed value is refused and counted (shown like a broken policy) and never stops
 anything: its epoch is not taken, but it still counts as a sign of earlier leases, as the
 fleet does until the store is loaded.
+
+**No record, and a history that was leased.** The record may be deleted (by hand, or lost)
+while every replica restarts: none then remembers it, and a leader finding none would take
+the fleet for a new one and split the whole limit while agents it has not heard from (cut
+off, or behind a replica cut off from it) spend the last term's leases. So before it first
+records in a store's history a leader marks the history token (``history_leased``, see
+:mod:`.store_history`), and a leader that finds the mark but no record takes the past for
+unknown: it warms up as after a record that does not say its ``until`` — until the horizon
+of a lease sent as far ahead as a leader records, ended early once the agents back hold the
+whole limit between them, and not by a count once an agent back names the epoch it holds
+(no record names the last leader: see :mod:`.capacity_aside`). Its
+epoch is its takeover's milliseconds, above every lease sent before, and agents' claims move
+it above a record put ahead of the clock, as ever. A fresh store holds no token, or one
+not marked yet: the whole limit is split at once.
 """
 
 from __future__ import annotations
@@ -156,6 +170,10 @@ class LeaseEpochs:
         wall: epoch seconds (a leader's epoch is never below its takeover's milliseconds).
         clock: monotonic seconds (with ``wall``, the time bounds are taken on, which never
             goes back).
+        history_leased: whether the store's history token says the fleet was leased in
+            this history (a sign of earlier leases when no record is found).
+        mark: marks the history token so before this leader first records (raises what
+            the store raises: the record is then tried again at the next lease).
         horizons: the horizons this leader's agents may hold when it leases no period
             ending after the given wall time (see :func:`.lease_horizons.in_force`).
     """
@@ -171,6 +189,8 @@ class LeaseEpochs:
         wall: Callable[[], float] = time.time,
         horizons: Callable[[float], Iterable[HeldHorizon]] = lambda until: (),
         clock: Callable[[], float] = time.monotonic,
+        history_leased: Callable[[], bool] = lambda: False,
+        mark: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.key = key
         self.instance_id = instance_id
@@ -180,6 +200,8 @@ class LeaseEpochs:
         self.refused = refused
         self.wall = wall
         self.horizons = horizons
+        self.history_leased = history_leased
+        self.mark = mark
         self.now = ForwardWall(clock, wall)
         #: The horizons the records read say agents may still hold.
         self.held = RecordedHorizons(wall)
@@ -240,7 +262,8 @@ class LeaseEpochs:
         if self._took_over != own:
             self._took_over, self._since = own, round(self.now() * 1000)
         self._term = own
-        self._prior = self.seen if known else _UNKNOWN
+        # no record seen, and a history marked leased: the record was deleted or lost
+        self._prior = (self.seen or self.history_leased()) if known else _UNKNOWN
         prior = self.record.epoch if self.record is not None else 0
         record = self.record if known else None
         self._prior_until = record.until if record is not None and record.until else None
@@ -334,6 +357,8 @@ class LeaseEpochs:
 
     async def _record(self, record: EpochRecord, move: int, term: int) -> None:
         try:
+            if self.mark is not None:
+                await self.mark()
             if await self.write(self.key, record.encode()):
                 self._recorded = (record.epoch, record.until)
                 if move and term == self._term and move > self._epoch:

@@ -31,6 +31,14 @@ A token held that the store replaces or loses is read as follows (the rule):
 
 Only a loss found (here, by the sync or by the leader's check of its keys) mints a new token.
 
+The token also says whether the fleet's shared limits were ever leased in its history
+(``"leased": true``): a leader marks it (:meth:`StoreHistory.mark_leased`) before it stores
+its first fleet-lease epoch record in the history, so before any lease. The record alone
+cannot tell a fresh fleet once it is deleted (by hand, or lost on its own) while every
+replica restarts: a leader then finds a marked token and no record, and takes the past for
+unknown rather than new (:mod:`.lease_epoch`). The mark stays with the token: written back
+with it, and never taken off by a value of the same token without it.
+
 What the token cannot tell, and what does:
 
 - **a backup restored** (``etcdctl snapshot restore``): the backup holds the token every
@@ -84,8 +92,21 @@ def parse(value: bytes | None) -> str:
     return token if isinstance(token, str) and 0 < len(token) <= MAX_TOKEN and token.isprintable() else ""
 
 
-def encode(token: str) -> bytes:
-    return json.dumps({"history": token}).encode()
+def marked(value: bytes | None) -> bool:
+    """Whether a stored value says the fleet was leased in its history."""
+    if value is None:
+        return False
+    try:
+        return json.loads(value).get("leased") is True
+    except (ValueError, AttributeError):
+        return False
+
+
+def encode(token: str, leased: bool = False) -> bytes:
+    fields: dict[str, object] = {"history": token}
+    if leased:
+        fields["leased"] = True
+    return json.dumps(fields).encode()
 
 
 class StoreHistory:
@@ -111,6 +132,8 @@ class StoreHistory:
         self.token = ""
         #: The token held before the store lost its data: not taken again.
         self._distrusted = ""
+        #: The token the store said the fleet was leased in (see :attr:`leased`).
+        self._leased_in = ""
         self._due = asyncio.Event()
         #: Called whenever :attr:`token` changed.
         self.on_change: Callable[[], None] = lambda: None
@@ -148,7 +171,34 @@ class StoreHistory:
             self._distrusted = ""
         if not token:
             self._due.set()  # a new one is stored
+        elif marked(value):
+            self._leased_in = token
         self._set(token)
+
+    @property
+    def leased(self) -> bool:
+        """Whether the store said the fleet was leased in the history of the token held."""
+        return bool(self.token) and self._leased_in == self.token
+
+    def read_directly(self, value: bytes | None) -> None:
+        """The token key's value, read now outside the load and the watch (a new leader's
+        read as of its takeover): only its mark is taken, for the token held (what else it
+        says comes through the watch, in order with the revisions held)."""
+        if self.token and parse(value) == self.token and marked(value):
+            self._leased_in = self.token
+
+    async def mark_leased(self) -> None:
+        """Say in the store that the fleet is leased in this history (a leader, before it
+        stores a fleet-lease epoch record; nothing when it is said already, or no token is
+        held: one being replaced is on its way through the watch). Raises StoreUnavailable."""
+        held = self.token
+        if not held or self._leased_in == held:
+            return
+        entry = await self._get(self.key)
+        if entry is None or parse(entry.value) != held:
+            return
+        if marked(entry.value) or await self._write(self.key, encode(held, True), entry.mod_revision):
+            self._leased_in = held
 
     def lost_data(self) -> None:
         """The store lost its data: the token held is of the history lost."""
@@ -186,7 +236,7 @@ class StoreHistory:
         else:
             token = secrets.token_hex(8)
         expected = entry.mod_revision if entry is not None else 0
-        if await self._write(self.key, encode(token), expected):
+        if await self._write(self.key, encode(token, token == self._leased_in), expected):
             if held:
                 _log.warning("the store's history token %s was deleted or garbled: written back", held)
             else:
