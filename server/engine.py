@@ -729,14 +729,15 @@ class FleetBreakers:
         since = self._held_since.get(breaker.name)
         if since is None:
             since = max(self._took_over, self._adopted.get(breaker.name, float("-inf")))
+        hold = self._takeover_hold(breaker, since)
         _log.info(
             "breaker %s: first probe permit %.1f s after its takeover hold began (hold %.1f s: "
             "probe TTL %.1f + timeout %.1f counted for an earlier leader's permits)",
             breaker.name,
             now - since,
-            self._takeover_hold(breaker, since),
+            hold,
             self.probe_ttl,
-            self._takeover_hold(breaker, since) - self.probe_ttl,
+            hold - self.probe_ttl,
         )
 
     def restate(self, name: str) -> None:
