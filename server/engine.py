@@ -165,6 +165,9 @@ class FleetBreakers:
         self._held_since: dict[str, float] = {}
         #: When a HALF_OPEN another replica decided was taken while leading.
         self._adopted: dict[str, float] = {}
+        #: Breakers held so (since a takeover, or taken while leading) that had no permit
+        #: since: the first one granted logs the hold it waited out.
+        self._hold_untold: set[str] = set()
         #: Which breakers the store is known to hold not CLOSED (see :mod:`.stored_runs`).
         self._runs = StoredRuns()
         #: Followers' relays that asked for permits (each holds several, for its agents).
@@ -194,6 +197,7 @@ class FleetBreakers:
         if breaker is None:
             breaker = CircuitBreaker(name, self._policy_of(name), self._clock())
             self._breakers[name] = breaker
+            self.lowered.made(name)
             mark = self._forgotten.get(name)
             if mark is not None:  # started over: its next state counts on from what was told
                 self._told[name] = max(self._told.get(name, 0), mark.told)
@@ -336,11 +340,13 @@ class FleetBreakers:
             leading = self.lead_check is not None and self.lead_check()
             if breaker.state is BreakerState.HALF_OPEN and leading:
                 self._adopted[name] = self._clock()  # its permits were granted elsewhere
+                self._hold_untold.add(name)
             if old is BreakerState.CLOSED and breaker.state is not BreakerState.CLOSED and leading:
                 # not decided here (this leader would hold it already): loaded after the
                 # takeover, an earlier leader's OPEN — whose HALF_OPEN it may have decided
                 # from memory and granted probes for
                 self._held_since[name] = self._clock()
+                self._hold_untold.add(name)
         self.revisions[name] = revision
         self.records[name] = value
         self._timed.mark(breaker)
@@ -542,6 +548,7 @@ class FleetBreakers:
         self._held_since = {
             name: now for name, b in self._breakers.items() if b.state is not BreakerState.CLOSED
         }
+        self._hold_untold = set(self._held_since)
 
     def basis(self, name: str) -> int:
         """The stored revision what is held of ``name`` rests on: 0 for a malformed
@@ -600,6 +607,7 @@ class FleetBreakers:
         self.records.pop(name, None)
         self._adopted.pop(name, None)
         self._held_since.pop(name, None)
+        self._hold_untold.discard(name)
         self._runs.forget(name)
         self.lowered.forget(name)
 
@@ -713,6 +721,25 @@ class FleetBreakers:
         # a HALF_OPEN from before: an earlier leader's permits may be in use
         return breaker.changed_at <= since and now < since + self._takeover_hold(breaker, since)
 
+    def _tell_hold(self, breaker: CircuitBreaker, now: float) -> None:
+        """Log the hold the first permit of ``breaker`` after a takeover's hold waited out."""
+        if breaker.name not in self._hold_untold:
+            return
+        self._hold_untold.discard(breaker.name)
+        since = self._held_since.get(breaker.name)
+        if since is None:
+            since = max(self._took_over, self._adopted.get(breaker.name, float("-inf")))
+        hold = self._takeover_hold(breaker, since)
+        _log.info(
+            "breaker %s: first probe permit %.1f s after its takeover hold began (hold %.1f s: "
+            "probe TTL %.1f + timeout %.1f counted for an earlier leader's permits)",
+            breaker.name,
+            now - since,
+            hold,
+            self.probe_ttl,
+            hold - self.probe_ttl,
+        )
+
     def restate(self, name: str) -> None:
         """Push ``name`` again as it is (what its message says of this replica changed)."""
         state = self.get(name).state
@@ -727,6 +754,7 @@ class FleetBreakers:
         if breaker.acquire_probe(now, agent, hold, number=self.numbers.made + 1, several=several) == 0:
             return None
         self._timed.mark(breaker)
+        self._tell_hold(breaker, now)
         self.numbers.stamp(grant)
         if self.before_grant is not None:  # pushed before the grant is
             self.before_grant(breaker.name)

@@ -68,6 +68,9 @@ class StoreSync:
         self.breakers_prefix = self.prefix + "breakers/"
         self.policies = policies
         self.breakers = breakers
+        # Until a load has applied the stored policies, a breaker made here takes the
+        # defaults as a stand-in: the policy that replaces it is no lowering.
+        breakers.lowered.policies_unread()
         self.writer = writer
         self.on_store = on_store
         self.on_loaded = on_loaded
@@ -222,7 +225,14 @@ class StoreSync:
         seen_policies, seen_breakers, seen_shadows = set(), set(), set()
         absent = set(self.absent_told)
         sliced = self.clock()
+        # Policies before everything else (keys come in key order, ``breakers/`` first): a
+        # breaker first made by this load takes its service's policy as stored, not the
+        # defaults, whose timeout would count as one lowered to the policy's
+        # (``LoweredTimeouts``) and hold a takeover's permits that much longer.
+        entries = sorted(entries, key=lambda entry: self.policies.service_of(entry.key) is None)
         for entry in entries:
+            if self.policies.service_of(entry.key) is None:
+                self.breakers.lowered.policies_read()  # (all of them applied: they came first)
             if self.clock() - sliced >= LOAD_SLICE_SECS:
                 await asyncio.sleep(0)
                 sliced = self.clock()
@@ -238,6 +248,7 @@ class StoreSync:
             if name is not None:
                 seen_breakers.add(name)
         # (once no earlier good value could be put in force; of keys the store holds now)
+        self.breakers.lowered.policies_read()  # (a store that holds nothing but policies)
         overwrite_refused(self.writer, sorted(seen_breakers))
         self.delivered = max(self.delivered, revision)
         for key in sorted(absent):
