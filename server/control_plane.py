@@ -727,9 +727,12 @@ class ControlPlane:
     def _loaded(self) -> None:
         self.audit_keeper.loaded(self.sync.load_revision)
         # Agents replace what they hold with the store's state (the first snapshot they got
-        # may have been partial, or a reload may have dropped something).
+        # may have been partial, or a reload may have dropped something). Not built with no
+        # stream to take it: of 15,000 breakers it held the loop 1.7 s at load 40, and the
+        # leader lease lapsed behind it (a stream connecting later gets its own).
         self.version += 1
-        self.hub.broadcast(pb.ConnectResponse(snapshot=self.snapshot()))
+        if self.hub.agents:
+            self.hub.broadcast(pb.ConnectResponse(snapshot=self.snapshot()))
 
     def _history_changed(self) -> None:
         """The history this replica's revisions rest on changed: a leader says so on every

@@ -54,6 +54,9 @@ if TYPE_CHECKING:
 #: How often whether permits can be granted is looked at again.
 CHECK_SECS = 0.1
 
+#: The states :meth:`GrantPause.marks` may mark.
+_MAY_MARK = frozenset((pb.BREAKER_STATE_OPEN, pb.BREAKER_STATE_HALF_OPEN))
+
 
 class GrantPause:
     """Marks each HALF_OPEN pushed with whether its agents can get a permit now."""
@@ -75,8 +78,13 @@ class GrantPause:
         self._leading = leading
         self._relayed = relayed
         self._cut_off = cut_off
-        #: The mark last pushed to every agent, per breaker; None: not known to be alike.
+        #: The mark last pushed to every agent, of each breaker not told False (True, or
+        #: None: not known to be alike); a breaker absent here was told False, or nothing.
         self._told: dict[str, bool | None] = {}
+        #: The breakers last pushed OPEN or HALF_OPEN: every change of a breaker's state is
+        #: pushed, and only those states are marked, so a breaker in neither set is not
+        #: marked now and was not told so — :meth:`check` walks these sets, not the fleet.
+        self._may_mark: set[str] = set()
         breakers.no_grants = self.marks
         breakers.before_grant = self.unmark
         breakers.change_listeners.append(self._pushed)
@@ -119,30 +127,43 @@ class GrantPause:
             self._breakers.restate(name)
 
     def _pushed(self, message: pb.Breaker, *_: object) -> None:
-        self._told[message.name] = message.no_grants
+        self._tell(message.name, message.no_grants)
+        if message.state in _MAY_MARK:
+            self._may_mark.add(message.name)
+        else:
+            self._may_mark.discard(message.name)
+
+    def _tell(self, name: str, mark: bool | None) -> None:
+        if mark is False:
+            self._told.pop(name, None)
+        else:
+            self._told[name] = mark
 
     def sent(self, messages: Iterable[pb.Breaker]) -> None:
         """A snapshot went to one agent: a mark it has that the others were not told makes
         the next check push the breaker to all."""
         for message in messages:
             if message.no_grants != self._told.get(message.name, False):
-                self._told[message.name] = None
+                self._tell(message.name, None)
 
     def check(self) -> list[str]:
-        """Push every breaker whose mark changed since it was pushed; returns their names."""
+        """Push every breaker whose mark changed since it was pushed; returns their names
+        (in name order, as a walk of every breaker would). Only the breakers last pushed
+        OPEN or HALF_OPEN, or told a mark, are looked at: with 15,000 stored, CLOSED, a
+        walk of all ten times a second held the loop for most of each second on a busy
+        machine, and the leader lease lapsed behind it."""
         changed = []
-        names = self._breakers.names()
         now = self._breakers.now()
-        for name in names:
+        for name in sorted(self._may_mark | self._told.keys()):
             breaker = self._breakers.find(name)
             if breaker is None:
+                self._told.pop(name, None)
+                self._may_mark.discard(name)
                 continue
             mark = self.marks(breaker, now)
             if mark != self._told.get(name, False):
                 changed.append(name)
                 self._breakers.restate(name)
-        for name in set(self._told) - set(names):
-            del self._told[name]
         return changed
 
     def due(self, now: float) -> None:

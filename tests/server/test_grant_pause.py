@@ -125,3 +125,24 @@ def test_a_half_open_a_leader_loads_from_the_store_is_not_pushed_marked() -> Non
     assert fleet.get(SERVICE).state is BreakerState.HALF_OPEN
     assert plane.marks() == [False]
     assert plane.pause.check() == []
+
+
+def test_a_followers_open_whose_wait_ends_unpushed_is_marked_among_many_closed() -> None:
+    """A follower does not tick: nothing is pushed when an OPEN's wait ends, and the check,
+    which looks only at what was last pushed OPEN or HALF_OPEN or told a mark (not at the
+    whole fleet), still finds it; the CLOSED ones around it are not pushed again."""
+    fleet, clock, _ = engine()
+    plane = Plane(fleet)
+    for i in range(50):
+        fleet.record("a", pb.OutcomeSummary(service=f"other-{i:02d}", successes=1))
+    trip(fleet)
+    plane.leading, plane.cut = False, True
+    assert plane.pause.check() == []  # its wait is not over
+    clock.now += fleet.get(SERVICE).open_remaining(clock.now)
+    assert fleet.get(SERVICE).state is BreakerState.OPEN
+    pushed = len(plane.pushed)
+    assert plane.pause.check() == [SERVICE]
+    assert [m.name for m in plane.pushed[pushed:]] == [SERVICE] and plane.marks()[-1] is True
+    assert plane.pause.check() == []  # pushed once
+    plane.cut = False  # etcd answers: the mark stays until a leader's link says otherwise
+    assert plane.pause.check() == []
