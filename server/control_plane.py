@@ -349,6 +349,7 @@ class ControlPlane:
             history=lambda: self.history.token,
         )
         states.on_change = self._push_in_force
+        self.writer.leader_saw_loss = lambda: states.says_history(self.history.token)
         self.relay.marks.listeners.append(states)
 
     def _own_state(self, name: str) -> tuple[int, int, int] | None:

@@ -146,6 +146,10 @@ class StateWriter:
         self.losses = 0
         #: Called when the store's state is to be read again (set by the control plane).
         self.on_reload: Callable[[], None] = lambda: None
+        #: Whether a leader that is alive has seen the loss: its link is up and says the
+        #: store's history this replica holds since it found the loss (set by the control
+        #: plane; see :meth:`_supersede`).
+        self.leader_saw_loss: Callable[[], bool] = lambda: True
         #: Called when a write finds that the store lost its data (it restores and reloads).
         self.on_lost_data: Callable[[str], None] = lambda detail: None
         #: Where every write is recorded, in its own transaction (None: not recorded).
@@ -410,10 +414,13 @@ class StateWriter:
         if fence is None or fence.leader_id in (None, fence.instance_id):
             return
         if self.restore_pending:
-            # The leader known may be from before the loss (its key went with the data):
-            # hand the restore over only to one that leads now.
+            # The leader known may be from before the loss: its key went with the data, or
+            # came back with a backup restored (its lease too, with a fresh TTL: a dead
+            # leader then stays named until that lapses). Hand the restore over only to a
+            # leader that is alive and has seen the loss (it says the history minted since);
+            # else what is held here stays, and is written back should this replica lead.
             await fence.refresh_leader()
-            if fence.leader_id in (None, fence.instance_id):
+            if fence.leader_id in (None, fence.instance_id) or not self.leader_saw_loss():
                 return
             # The leader restores what the store lost, or not: what is held here since
             # the loss is not kept any more; etcd's state is read again.
