@@ -94,3 +94,44 @@ def test_a_backup_holding_older_state_gives_back_the_fleet_state_and_says_what_i
     assert len(reverted) == 1, reverted
     assert json.loads(reverted[0].old_value)["timeout_secs"] == 7.0
     assert json.loads(reverted[0].new_value)["timeout_secs"] == 3.0
+
+
+@pytest.mark.timeout(300)
+def test_a_backup_restored_after_a_candidate_was_put_and_a_policy_deleted_is_followed_by_every_replica(
+    etcd: EtcdProcess, prefix: str, spawned: list[Proc], links: tuple[Link, Link], tmp_path: Path
+) -> None:
+    """No breaker changed after the backup: only the candidate (held, absent from etcd) and
+    the deleted policy (not held, back in etcd) tell the loss."""
+    endpoint = etcd.endpoint
+    lead_link, follow_link = links
+    lead_link[0].target = follow_link[0].target = endpoint
+    leader, lead_at = control_plane(lead_link[0].address, prefix, "--instance-id", "lead")
+    spawned.append(leader)
+    poll(lambda: leader_of(endpoint, prefix) == "lead", 60)
+    follower, follow_at = control_plane(follow_link[0].address, prefix, "--instance-id", "follow")
+    spawned.append(follower)
+    put_policy(lead_at, POLICY)
+    put_policy(lead_at, with_timeout(2.0, RETIRED))
+    poll(lambda: etcdctl(endpoint, "get", f"{prefix}/store-history", "--print-value-only").strip() != "", 30)
+    snap = tmp_path / "snap.db"
+    etcdctl(endpoint, "snapshot", "save", str(snap))
+
+    put_candidate(lead_at, with_timeout(11.0))
+    delete_policy(lead_at, RETIRED)
+    poll(lambda: services(follow_at) == {SERVICE: 3.0} and candidates(follow_at) == {SERVICE: 11.0}, 30)
+
+    before = revision(endpoint)
+    do(lead_link, "pause")
+    do(follow_link, "pause")
+    restore(etcd, snap)
+    write_history(endpoint, "/elsewhere/x", before + 50 - revision(endpoint))
+    do(lead_link, "cut", "resume")
+    do(follow_link, "cut", "resume")
+
+    in_etcd = {SERVICE: 3.0, RETIRED: 2.0}
+    late, late_at = control_plane(endpoint, prefix, "--instance-id", "late")
+    spawned.append(late)
+    for address in (lead_at, follow_at, late_at):
+        poll(lambda a=address: services(a) == in_etcd and candidates(a) == {}, 60)  # type: ignore[misc]
+    assert etcdctl(endpoint, "get", "--prefix", f"{prefix}/shadow/", "--keys-only").strip() == ""
+    poll(lambda: any(r.action == "restore.reverted" for r in audit(lead_at, RETIRED)), 30)
