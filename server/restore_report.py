@@ -17,6 +17,9 @@ import json
 import logging
 from collections.abc import Mapping
 
+from mission_control.client.config import policy_from_json, policy_to_json
+from mission_control.client.errors import ConfigurationError
+
 from .audit import CONTROL_PLANE, AuditLog, Author, Change
 from .store import Store
 
@@ -25,6 +28,15 @@ _log = logging.getLogger("mission_control.server.restore_report")
 #: The audit action of a policy the restore took back.
 REVERTED = "restore.reverted"
 AUTHOR = Author(CONTROL_PLANE, "etcd restored from a backup: its value is in force")
+
+
+def normalized(service: str, value: bytes) -> bytes:
+    """A stored policy as the control plane writes it (a value put by hand may leave out
+    what it sets to the default): two values meaning one policy compare equal."""
+    try:
+        return policy_to_json(policy_from_json(value, service=service)).encode()
+    except ConfigurationError:
+        return value  # (refused: compared as it is)
 
 
 def _fields(value: bytes | None) -> dict[str, object]:
@@ -67,7 +79,11 @@ async def report(
     under ``prefix`` in the store; log and record each one the restore took back. Returns
     them. Raises StoreUnavailable."""
     entries, _ = await store.get_prefix(prefix)
-    stored = {e.key[len(prefix) :]: e.value for e in entries if e.value is not None}
+    stored = {}
+    for entry in entries:
+        service = entry.key[len(prefix) :]
+        if entry.value is not None:
+            stored[service] = normalized(service, entry.value)
     found = reverted(held, stored)
     changes = []
     for service, fields in found.items():
