@@ -225,11 +225,12 @@ class ControlPlane:
         self.token_watch = TokenWatch(store, self.history, self.sync.resync)
         self.held_keys = HeldKeysCheck(
             store,
-            [self.policies.prefix, f"{self.prefix}/breakers/"],
+            [self.policies.prefix, f"{self.prefix}/breakers/", shadow_book(self.prefix).prefix],
             self._held_revisions,
             lambda: self.leading and self.sync.loaded.is_set() and not self.writer.restore_pending,
             lambda: self.writer.losses,
             self.sync.lost_data,
+            unheld=self._policies_known,
         )
         self.writer.kept_records = self.lease_epochs.restorable
         self.takeover_read = TakeoverRead(
@@ -286,12 +287,20 @@ class ControlPlane:
         return f"{self.prefix}/breakers/{name}"
 
     def _held_revisions(self) -> dict[str, int]:
-        """Every policy and breaker key held, at the store revision known for it."""
+        """Every policy, candidate and breaker key held, at the store revision known for it."""
         held = {
-            self.policies.key(p.service): self.policies.revision_of(p.service) for p in self.policies.all()
+            book.key(p.service): book.revision_of(p.service)
+            for book in (self.policies, self.shadows)
+            for p in book.all()
         }
         held.update((self.breaker_key(name), revision) for name, revision in self.breakers.revisions.items())
         return held
+
+    def _policies_known(self) -> tuple[str, int, set[str]]:
+        """The policies' prefix, the revision the watch delivered through, and every policy
+        key held or refused now (see :mod:`.held_keys`)."""
+        keys = {self.policies.key(p.service) for p in self.policies.all()}
+        return self.policies.prefix, self.sync.delivered, keys | set(self.policies.refused_keys())
 
     # -- leadership ------------------------------------------------------------
 
@@ -352,6 +361,7 @@ class ControlPlane:
             history=lambda: self.history.token,
         )
         states.on_change = self._push_in_force
+        self.writer.leader_saw_loss = lambda: states.says_history(self.history.token)
         self.relay.marks.listeners.append(states)
 
     def _own_state(self, name: str) -> tuple[int, int, int] | None:

@@ -16,10 +16,16 @@ of :data:`PAGE_KEYS`, no value read), and compares them with what it holds:
   the next check).
 
 Only keys held at a revision the store had reached when the check began are compared
-(one stored since may be read by a page before it). A loss found is handled as a wipe
-(``StoreSync.lost_data``: revisions forgotten, everything reloaded, the leader writes
-back every key the store lacks with a create-if-absent write, so a key written meanwhile,
-by hand or by another replica, is left alone).
+(one stored since may be read by a page before it). The other way round, a policy the
+store holds at a revision this replica's watch had delivered when the check began, but
+that it did not hold then (nor refused as malformed), is a loss too: the watch brought
+every write up to that revision, and a key's revision never goes down in one history —
+a backup restored holds a policy deleted after it was taken, at its old revision.
+
+A loss found is handled as a wipe (``StoreSync.lost_data``: revisions forgotten,
+everything reloaded, the leader writes back every key the store lacks with a
+create-if-absent write, so a key written meanwhile, by hand or by another replica, is
+left alone; a breaker record of a lower generation than the state held is written over).
 
 Cost, for 15,000 breakers: 16 ranges of at most 1,000 keys (about 63 bytes each with their
 revisions: 0.95 MB read from etcd per check) and a dict of 15,000 revisions built and
@@ -72,6 +78,9 @@ class HeldKeysCheck:
         losses: a number that changes whenever a loss is handled (a check across one is
             dropped).
         on_loss: called with why when the store lost keys it held.
+        unheld: the policy keys whose absence from what is held says a loss: the prefix,
+            the revision the watch delivered through and the keys held or refused (each
+            read before the store is, so a deletion meanwhile tells nothing).
     """
 
     def __init__(
@@ -83,6 +92,7 @@ class HeldKeysCheck:
         losses: Callable[[], int],
         on_loss: Callable[[str], None],
         every: float = CHECK_SECS,
+        unheld: Callable[[], tuple[str, int, set[str]]] | None = None,
     ) -> None:
         self.store = store
         self.prefixes = prefixes
@@ -91,6 +101,7 @@ class HeldKeysCheck:
         self.losses = losses
         self.on_loss = on_loss
         self.every = every
+        self.unheld = unheld
         #: Checks made, and losses found.
         self.checks = 0
         self.found = 0
@@ -109,11 +120,17 @@ class HeldKeysCheck:
         """One comparison; why the store lost data (None: nothing found). Raises
         StoreUnavailable."""
         losses = self.losses()
+        known = self.unheld() if self.unheld is not None else None
         at = (await self.store.ping()).revision
         stored: dict[str, int] = {}
         for prefix in self.prefixes:
             await self._read(prefix, stored)
         self.checks += 1
+        if known is not None:
+            policies, delivered, held_then = known
+            for key, at_rev in stored.items():
+                if key.startswith(policies) and 0 < at_rev <= min(delivered, at) and key not in held_then:
+                    return self._lost(losses, f"{key} stored at revision {at_rev}, delivered and not held")
         absent: list[tuple[str, int]] = []
         for key, held in self.held().items():
             if not 0 < held <= at:

@@ -149,6 +149,11 @@ class LeaderStates:
         self._up = False
         self.due()
 
+    def says_history(self, token: str) -> bool:
+        """Whether a leader's link is up now and its snapshot says the etcd history
+        ``token`` (never so for "")."""
+        return self._up and bool(token) and self._history == token
+
     # -- what this replica's agents are told ------------------------------------
 
     def in_force(self, own: pb.Breaker) -> pb.Breaker:

@@ -25,7 +25,7 @@ from .policies import PolicyBook
 from .refused_held import overwrite_refused
 from .seen_values import SeenValues
 from .store import Entry, Store, StoreUnavailable, WatchCompacted
-from .writes import StateWriter
+from .writes import StateWriter, stored_generation
 
 _log = logging.getLogger("mission_control.server.sync")
 
@@ -254,6 +254,7 @@ class StoreSync:
         for key in sorted(absent):
             self.records[key](None)
         if keep_absent:  # the store lost it: the writer restores it
+            self._drop_absent_candidates(seen_shadows, revision)  # (not written back)
             if self._converge and not self.writer.restore_pending:
                 self._resync.set()  # the restore was handed over meanwhile: read again
             return revision
@@ -261,9 +262,7 @@ class StoreSync:
         for policy in self.policies.all():
             if policy.service not in seen_policies:  # deleted while we were not watching
                 self.policies.apply(self.policies.key(policy.service), None, revision)
-        for candidate in self.shadows.all() if self.shadows is not None else ():
-            if candidate.service not in seen_shadows:  # cleared while we were not watching
-                self.shadows.apply(self.shadows.key(candidate.service), None, revision)  # type: ignore[union-attr]
+        self._drop_absent_candidates(seen_shadows, revision)
         for name in self.breakers.names():
             if name in seen_breakers or self.breakers.revisions.get(name, 0) > revision:
                 continue  # (stored after the read, while the load let others run)
@@ -272,6 +271,14 @@ class StoreSync:
             if self.breakers.revisions.get(name, 0) > 0 or unstored:
                 self.apply(self.breakers_prefix + name, None, revision)  # deleted meanwhile
         return revision
+
+    def _drop_absent_candidates(self, seen: set[str | None], revision: int) -> None:
+        """Candidates the store does not hold are dropped: cleared while this replica was
+        not watching, or lost with the store's data (a restore writes back none: every
+        replica holds the store's)."""
+        for candidate in self.shadows.all() if self.shadows is not None else ():
+            if candidate.service not in seen:
+                self.shadows.apply(self.shadows.key(candidate.service), None, revision)  # type: ignore[union-attr]
 
     def went_back(self, key: str, mod_revision: int, at: int) -> bool:
         """Whether the store, read at revision ``at``, holds ``key`` at a revision lower
@@ -329,6 +336,8 @@ class StoreSync:
             return True  # a forgotten breaker's key deleted: nothing to start over
         if self.writer.is_pending(name):
             return True  # the pending write settles it (see writes.StateWriter)
+        if value is not None and self.writer.restore_pending and self._older_than_held(name, value):
+            return True  # a backup's record: the restore writes the state held over it
         try:
             self.breakers.adopt(name, value, revision)
         except Exception as err:  # any parse error: refused and shown, never stops the watch
@@ -338,6 +347,11 @@ class StoreSync:
             return False
         self.policies.cleared(key)
         return True
+
+    def _older_than_held(self, name: str, value: bytes) -> bool:
+        held = self.breakers.find(name)
+        stored = stored_generation(value)
+        return held is not None and stored is not None and stored < held.generation
 
     def _breaker_of(self, key: str) -> str | None:
         return key.removeprefix(self.breakers_prefix) if key.startswith(self.breakers_prefix) else None

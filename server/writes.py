@@ -35,6 +35,7 @@ from .audit import CONTROL_PLANE, ENGINE, AuditLog, Author, Change
 from .engine import FleetBreakers
 from .loop_tasks import wait_event
 from .policies import PolicyBook
+from .restore_report import report
 from .store import Entry, Guard, LeaseLost, Store, StoreUnavailable, Write
 from .unanswered import UnansweredWrites
 from .write_versions import TRIES, KeyVersions, Versioned
@@ -144,8 +145,15 @@ class StateWriter:
         self.restore_pending = False
         #: How often the store was found to have lost its data (see :meth:`data_lost`).
         self.losses = 0
+        #: The policies held when the loss was found (service -> JSON), until the restore
+        #: is done: what it undid is then said (see :mod:`.restore_report`).
+        self._held_policies: dict[str, bytes] | None = None
         #: Called when the store's state is to be read again (set by the control plane).
         self.on_reload: Callable[[], None] = lambda: None
+        #: Whether a leader that is alive has seen the loss: its link is up and says the
+        #: store's history this replica holds since it found the loss (set by the control
+        #: plane; see :meth:`_supersede`).
+        self.leader_saw_loss: Callable[[], bool] = lambda: True
         #: Called when a write finds that the store lost its data (it restores and reloads).
         self.on_lost_data: Callable[[str], None] = lambda detail: None
         #: Where every write is recorded, in its own transaction (None: not recorded).
@@ -323,6 +331,8 @@ class StateWriter:
         back). A write answered after this was noticed, and sent before, may have gone to
         the data lost: its revision is of that data, not of the store's."""
         self.losses += 1
+        if not self.restore_pending or self._held_policies is None:  # (what was held before the first)
+            self._held_policies = {p.service: policy_to_json(p).encode() for p in self.policies.all()}
         self.restore_pending = True
         self.versions = KeyVersions(self.store)  # the revisions held are of the data lost
         self._wake.set()  # a writer with nothing pending waits for no timer
@@ -410,14 +420,18 @@ class StateWriter:
         if fence is None or fence.leader_id in (None, fence.instance_id):
             return
         if self.restore_pending:
-            # The leader known may be from before the loss (its key went with the data):
-            # hand the restore over only to one that leads now.
+            # The leader known may be from before the loss: its key went with the data, or
+            # came back with a backup restored (its lease too, with a fresh TTL: a dead
+            # leader then stays named until that lapses). Hand the restore over only to a
+            # leader that is alive and has seen the loss (it says the history minted since);
+            # else what is held here stays, and is written back should this replica lead.
             await fence.refresh_leader()
-            if fence.leader_id in (None, fence.instance_id):
+            if fence.leader_id in (None, fence.instance_id) or not self.leader_saw_loss():
                 return
             # The leader restores what the store lost, or not: what is held here since
             # the loss is not kept any more; etcd's state is read again.
             self.restore_pending = False
+            self._held_policies = None  # (the leader says what the restore undid)
             self.on_reload()
         for name in sorted(self._pending):
             entry = await self.store.get(self.breaker_key(name))
@@ -572,14 +586,21 @@ class StateWriter:
         if losses != self.losses:
             return  # lost again meanwhile: restored again from the start
         if self.fence is None or self.fence.leading:  # else fenced midway: again when leading
+            if self._held_policies is not None:
+                await report(self.store, self.policies.prefix, self._held_policies, self.audit)
+            if losses != self.losses:
+                return
             self.restore_pending = False
+            self._held_policies = None
             _log.warning("restored %d keys the store had lost", restored)
 
     async def restore(self) -> int:
         """Write back every breaker and policy held here whose key is absent (the store was
         wiped), and the other records kept (:attr:`kept_records`, fenced as breakers are);
-        a key written meanwhile is left alone. Returns how many were written.
-        Raises StoreUnavailable."""
+        a key written meanwhile is left alone, but for a breaker record of a lower
+        generation than the state held (a backup's, from before transitions and operator
+        writes the fleet has seen since): the state held is live truth, written over it.
+        Returns how many were written. Raises StoreUnavailable."""
         writes = [
             Write(self.policies.key(p.service), policy_to_json(p).encode(), 0) for p in self.policies.all()
         ]
@@ -595,6 +616,8 @@ class StateWriter:
             result = await self.commit(
                 [write], fenced=breaker is not None or write.key in fenced, action="restore"
             )
+            if result.status is WriteStatus.CONFLICT and breaker is not None:
+                result = await self._over_older(write, result.current.get(write.key))
             if result.status is WriteStatus.FENCED:
                 return restored
             if losses != self.losses:
@@ -603,3 +626,31 @@ class StateWriter:
                 self.breakers.stored(breaker[0], result.revision, breaker[1])
             restored += result.ok
         return restored
+
+    async def _over_older(self, write: Write, entry: Entry | None) -> WriteResult:
+        """A breaker's record found in the store in place of the one held: written over when
+        it is of a lower generation (what a backup restored holds); else left alone."""
+        stored = stored_generation(entry.value if entry is not None else None)
+        held = stored_generation(write.value)
+        if entry is None or stored is None or held is None or stored >= held:
+            return WriteResult(WriteStatus.CONFLICT)
+        _log.warning(
+            "%s: the store holds generation %d (revision %d), %d held: the state held is written over it",
+            write.key,
+            stored,
+            entry.mod_revision,
+            held,
+        )
+        over = Write(write.key, write.value, entry.mod_revision)
+        return await self.commit([over], fenced=True, action="restore", old={write.key: entry.value})
+
+
+def stored_generation(value: bytes | None) -> int | None:
+    """The generation a breaker record holds (None: no record, or not readable)."""
+    if value is None:
+        return None
+    try:
+        record = json_format.Parse(value, pb.Breaker(), ignore_unknown_fields=True)
+    except Exception:  # any broken record
+        return None
+    return record.generation

@@ -1,0 +1,101 @@
+"""What a restore of etcd from a backup undid, said loudly.
+
+etcd restored from a backup holds each policy as the backup did: a policy edited after the
+backup is back at its older value, one deleted since is back in force, one created since is
+absent. The store's value is taken (an operator's ``etcdctl put`` is a valid way to change a
+policy, and a restore is one too), and the leader writes back only what the store lacks. But
+what the restore undid is not left silent: when the leader has written back what it holds,
+it compares the policies it held when it found the loss with what the store holds now, logs
+each one that differs field by field, and records it in the audit (action
+:data:`REVERTED`, the value held as ``old``, the store's as ``new``), so ``mission-control
+audit`` shows what the restore took back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+
+from mission_control.client.config import policy_from_json, policy_to_json
+from mission_control.client.errors import ConfigurationError
+
+from .audit import CONTROL_PLANE, AuditLog, Author, Change
+from .store import Store
+
+_log = logging.getLogger("mission_control.server.restore_report")
+
+#: The audit action of a policy the restore took back.
+REVERTED = "restore.reverted"
+AUTHOR = Author(CONTROL_PLANE, "etcd restored from a backup: its value is in force")
+
+
+def normalized(service: str, value: bytes) -> bytes:
+    """A stored policy as the control plane writes it (a value put by hand may leave out
+    what it sets to the default): two values meaning one policy compare equal."""
+    try:
+        return policy_to_json(policy_from_json(value, service=service)).encode()
+    except ConfigurationError:
+        return value  # (refused: compared as it is)
+
+
+def _fields(value: bytes | None) -> dict[str, object]:
+    if value is None:
+        return {}
+    try:
+        found = json.loads(value)
+    except ValueError:
+        return {"(unreadable)": value.decode(errors="replace")}
+    return found if isinstance(found, dict) else {"(value)": found}
+
+
+def changed_fields(held: bytes | None, stored: bytes | None) -> list[str]:
+    """Each field that differs between the value held and the store's, as
+    ``field: held -> stored`` ("(none)" for an absent field or policy)."""
+    before, after = _fields(held), _fields(stored)
+    said = []
+    for name in sorted(set(before) | set(after)):
+        old, new = before.get(name, "(none)"), after.get(name, "(none)")
+        if old != new:
+            said.append(f"{name}: {json.dumps(old)} -> {json.dumps(new)}")
+    return said
+
+
+def reverted(held: Mapping[str, bytes], stored: Mapping[str, bytes]) -> dict[str, list[str]]:
+    """service -> its changed fields, for each policy whose store value is not the one held
+    (``held``/``stored``: service -> policy JSON)."""
+    found = {}
+    for service in sorted(set(held) | set(stored)):
+        fields = changed_fields(held.get(service), stored.get(service))
+        if fields:
+            found[service] = fields
+    return found
+
+
+async def report(
+    store: Store, prefix: str, held: Mapping[str, bytes], audit: AuditLog | None
+) -> dict[str, list[str]]:
+    """Compare the policies ``held`` (service -> JSON, when the loss was found) with those
+    under ``prefix`` in the store; log and record each one the restore took back. Returns
+    them. Raises StoreUnavailable."""
+    entries, _ = await store.get_prefix(prefix)
+    stored = {}
+    for entry in entries:
+        service = entry.key[len(prefix) :]
+        if entry.value is not None:
+            stored[service] = normalized(service, entry.value)
+    found = reverted(held, stored)
+    changes = []
+    for service, fields in found.items():
+        old, new = held.get(service), stored.get(service)
+        what = "deleted" if new is None else "back in force" if old is None else "taken back"
+        _log.error(
+            "etcd restored from a backup: policy %s %s, etcd's value in force (%s)",
+            service,
+            what,
+            "; ".join(fields),
+        )
+        changes.append(Change("policy", service, old, new))
+    if changes and audit is not None:
+        await store.commit(audit.record_writes(changes, AUTHOR, REVERTED), [])
+    return found
