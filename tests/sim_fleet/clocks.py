@@ -99,6 +99,11 @@ class Clocks:
             step = min(MAX_SKEW_SECS, max(-MAX_SKEW_SECS, offset + wanted)) - offset
         return WallClock(self.epoch, start, offset, drift, step_at, step)
 
+    def set(self, name: str, offset: float) -> None:
+        """Process ``name`` reads the virtual time plus ``offset`` (a scripted schedule's
+        clock, set before the process starts)."""
+        self._clocks[name] = WallClock(self.epoch, asyncio.get_running_loop().time(), offset)
+
     def drawn(self, name: str) -> bool:
         return name in self._clocks
 
