@@ -144,6 +144,7 @@ def _run(seed: int) -> Result:
         return result
 
 
+@pytest.mark.timeout(max(1800, SKEWED_SCHEDULES * 15))  # a backstop: each is bounded in loop steps
 def test_schedules_with_skewed_clocks_keep_the_invariants() -> None:
     seeds = range(SKEWED_FIRST_SEED, SKEWED_FIRST_SEED + SKEWED_SCHEDULES)
     with ProcessPoolExecutor(min(2, os.cpu_count() or 1)) as pool:
@@ -155,6 +156,7 @@ def test_schedules_with_skewed_clocks_keep_the_invariants() -> None:
     assert sum(r.stats["probes"] for r in results) > 0
 
 
+@pytest.mark.timeout(600)
 def test_without_the_offset_estimate_a_skewed_schedule_breaks_i3(monkeypatch: pytest.MonkeyPatch) -> None:
     seed = BROKEN_WITHOUT_ESTIMATE
     assert simulate(seed, active_secs=ACTIVE, skewed=True).ok
