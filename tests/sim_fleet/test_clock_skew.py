@@ -163,3 +163,13 @@ def test_without_the_offset_estimate_a_skewed_schedule_breaks_i3(monkeypatch: py
     _no_estimate(monkeypatch)
     violations = simulate(seed, active_secs=ACTIVE, skewed=True).violations
     assert [v for v in violations if "I3:" in v and "without one" in v], violations
+
+
+@pytest.mark.timeout(600)
+def test_a_permit_held_under_a_timeout_lowered_since_is_held_that_long() -> None:
+    """Schedule 21 at --active 40 --skew: leader cp0.2 granted follower cp2.1's relay a
+    permit of svc-b under a 10 s timeout (held 15 s); the operator lowered it to 5 s a
+    moment later. The hold rightly lasts (a probe may run under the old timeout,
+    ``server/lowered_timeouts.py``); I3's check took the policy of now for the longest."""
+    violations = simulate(21, active_secs=40.0, skewed=True).violations
+    assert not [v for v in violations if "longest hold" in v], violations

@@ -85,6 +85,9 @@ class Replica:
         assert self.plane.relay is not None
         self.plane.relay.leases.elsewhere = self._elsewhere  # the fleet roster, at once
         self.plane.breakers.change_listeners.append(lambda breaker, *_: world.probes.changed(self, breaker))
+        self.plane.breakers.grant_listeners.append(
+            lambda _, grant: world.probes.granting(self, grant.service)
+        )
         self.servicer = ControlPlaneServicer(self.plane, SimAccess())
         outcomes = self.servicer._outcomes
 
