@@ -1,7 +1,8 @@
 """Run or replay simulated schedules: ``python -m tests.sim_fleet --seed N [-v]`` replays
 one (``-v`` prints its events and the control plane's log, ``--window`` the worst window of an
 I4 violation: who admitted under which lease, epoch and horizon); ``--count N --first S`` runs
-many and prints every failing seed."""
+many and prints every failing seed; ``--skew`` runs the schedules whose processes' wall clocks
+are apart (``clocks.py``)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ def main() -> int:
     parser.add_argument(
         "--schedule-version", type=int, default=SCHEDULE_VERSION, help="the faults a seed draws (schedule.py)"
     )
+    parser.add_argument(
+        "--skew", action="store_true", help="each process on a wall clock of its own (clocks.py)"
+    )
     args = parser.parse_args()
     if args.seed is not None:
         if args.verbose:
@@ -40,7 +44,11 @@ def main() -> int:
             for handler in logging.getLogger().handlers:
                 handler.addFilter(_virtual_time)
         result = simulate(
-            args.seed, verbose=args.verbose, active_secs=args.active, version=args.schedule_version
+            args.seed,
+            verbose=args.verbose,
+            active_secs=args.active,
+            version=args.schedule_version,
+            skewed=args.skew,
         )
         print(
             result.report()
@@ -53,7 +61,7 @@ def main() -> int:
     started = time.perf_counter()
     failed = []
     for seed in range(args.first, args.first + args.count):
-        result = simulate(seed, active_secs=args.active, version=args.schedule_version)
+        result = simulate(seed, active_secs=args.active, version=args.schedule_version, skewed=args.skew)
         if not result.ok:
             failed.append(seed)
             print(result.report(), flush=True)

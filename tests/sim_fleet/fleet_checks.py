@@ -108,6 +108,9 @@ class ProbeWatch:
         self.path_since: Counter[str] = Counter()
         self._path: dict[str, bool] = {}
         self.stats: Counter[str] = Counter()
+        #: (replica instance, breaker) -> (policy timeout at a grant, until when that
+        #: permit may be held): an operator may lower the timeout while one is held.
+        self.granted_under: dict[tuple[str, str], list[tuple[float, float]]] = {}
         #: When a leading replica last held each breaker CLOSED: a probe begun before
         #: belongs to a run that is over (CLOSED lets every call through).
         self.closed_at: dict[str, float] = {}
@@ -116,6 +119,15 @@ class ProbeWatch:
         """A replica's breaker changed (decided there or read from the store)."""
         if breaker.state == pb.BREAKER_STATE_CLOSED and replica.plane.leading:
             self.closed_at[breaker.name] = self.world.now
+
+    def granting(self, replica: Replica, service: str) -> None:
+        """``replica`` grants a permit of ``service`` (under the policy's timeout now)."""
+        breaker = replica.plane.breakers.find(service)
+        if breaker is None:
+            return
+        now, key, timeout = self.world.now, (replica.instance, service), breaker.policy.timeout_secs
+        kept = [(t, until) for t, until in self.granted_under.get(key, []) if until > now]
+        self.granted_under[key] = [*kept, (timeout, now + PROBE_TTL_SECS + timeout)]
 
     def _violation(self, key: tuple[str, str], text: str) -> None:
         self.world.recorder.violation("I3", key, text)
@@ -321,8 +333,11 @@ class ProbeWatch:
             breaker = replica.plane.breakers.find(name)
             if breaker is None:
                 continue
-            # held for the TTL, and for the probe call the agent may start at its end
-            longest = PROBE_TTL_SECS + breaker.policy.timeout_secs
+            # held for the TTL, and for the probe call the agent may start at its end (under
+            # the policy's timeout at the grant: one lowered since does not cut the hold)
+            granted = self.granted_under.get((replica.instance, name), ())
+            timeout = max([breaker.policy.timeout_secs, *(t for t, until in granted if until > now - 0.3)])
+            longest = PROBE_TTL_SECS + timeout
             for holder, expiries in breaker._permits.items():
                 if any(t < now - 0.3 or t > now + longest + 1e-6 for t in expiries):
                     self._violation(

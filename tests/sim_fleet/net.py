@@ -62,6 +62,9 @@ class Link:
 
     Args:
         on_delivered: called with each request the server's handler takes.
+        serializer: the server's response serializer (it stamps ``sent_at``): each
+            response is sent as the bytes it makes as the stream takes it, read back; None:
+            the very object goes.
     """
 
     def __init__(
@@ -74,11 +77,13 @@ class Link:
         *,
         max_delay: float = 0.03,
         on_delivered: Callable[[pb.ConnectRequest], None] = lambda r: None,
+        serializer: Callable[[pb.ConnectResponse], bytes] | None = None,
     ) -> None:
         self.rng = rng
         self.client = client
         self.max_delay = max_delay
         self.on_delivered = on_delivered
+        self.serializer = serializer
         self.broken = False
         self._up: asyncio.Queue[pb.ConnectRequest | None] = asyncio.Queue()
         self._down: asyncio.Queue[pb.ConnectResponse | BaseException | None] = asyncio.Queue()
@@ -126,6 +131,8 @@ class Link:
             async for response in self._handler:
                 if self.broken:
                     return
+                if self.serializer is not None:  # the bytes the stream takes now, read back
+                    response = pb.ConnectResponse.FromString(self.serializer(response))
                 self._down_at = self._deliver_at(self._down_at)
                 loop.call_at(self._down_at, self._give, response)
         except Aborted as err:

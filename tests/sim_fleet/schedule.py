@@ -8,6 +8,11 @@ A seed names a schedule only together with its schedule version: a change that d
 faults into the schedules bumps ``world.SCHEDULE_VERSION`` and draws them only from that
 version on, so a fixed-seed regression test keeps replaying, at the version it was picked
 at, the schedule that showed its defect.
+
+``skewed`` (``--skew``) runs a seed's schedule with each process on a wall clock of its own,
+up to 10 s either way (``clocks.py``), the responses stamped with their sender's clock as
+the real server stamps them, call timeouts short enough that a probe permit's hold is a few
+seconds, and a longer calm, calling end: a family of its own beside the versions.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import hashlib
 import logging
 import random
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from mission_control.client.breaker import BreakerState
@@ -27,12 +32,13 @@ from mission_control.client.policy import FleetLimits, ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from . import checks, epoch_faults, identities, vloop
+from .clocks import Clocks
 from .fleet_checks import LIMIT, SHARED, WINDOW, Admissions, ProbeWatch
 from .memstore import MemEtcd
 from .names import BatchName, batch_name
 from .net import RELAY_TOKEN
 from .trip_counts import TripCounts
-from .world import EPOCH_RECORD_SCHEDULES, FIRST_SCHEDULES, SCHEDULE_VERSION, Agent, Replica
+from .world import EPOCH, EPOCH_RECORD_SCHEDULES, FIRST_SCHEDULES, SCHEDULE_VERSION, Agent, Replica
 
 _log = logging.getLogger("sim")
 
@@ -40,6 +46,10 @@ SERVICES = ("svc-a", "svc-b", "svc-c")
 #: How long faults and traffic run, then how long the healed fleet settles (virtual s).
 ACTIVE_SECS = 40.0
 SETTLE_SECS = 12.0
+#: How much longer the healed fleet keeps calling in the schedules with skewed clocks: a
+#: HALF_OPEN whose permits no agent can use (its hold read off by the clocks' distance)
+#: shows only to an agent that keeps asking for longer than a probe TTL while settled.
+SKEWED_CALM_SECS = 10.0
 #: The loop steps a schedule may take per virtual second (typically a tenth of it or less):
 #: a schedule past it spins, and fails as such (see vloop.TooManySteps).
 STEPS_PER_SEC = 20_000
@@ -50,6 +60,8 @@ class Result:
     seed: int
     active_secs: float = ACTIVE_SECS
     version: int = SCHEDULE_VERSION
+    #: The processes' wall clocks are apart (``clocks.py``).
+    skewed: bool = False
     violations: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     stats: Counter[str] = field(default_factory=Counter)
@@ -81,18 +93,29 @@ class Result:
         return "\n".join(lines)
 
     def _version_arg(self) -> str:
-        return "" if self.version == SCHEDULE_VERSION else f" --schedule-version {self.version}"
+        version = "" if self.version == SCHEDULE_VERSION else f" --schedule-version {self.version}"
+        return version + (" --skew" if self.skewed else "")
 
 
-def policy(service: str, rng: random.Random, success_threshold: int | None = None) -> ServicePolicy:
-    """A random breaker policy (``success_threshold`` fixed when given: I3 counts by it)."""
+#: Call timeouts of the schedules with skewed clocks: a probe permit's hold is its TTL plus
+#: the timeout, and a hold that short is where clocks apart by seconds would show.
+SKEWED_TIMEOUTS = (2.0, 5.0, 10.0)
+
+
+def policy(
+    service: str, rng: random.Random, success_threshold: int | None = None, *, short_timeout: bool = False
+) -> ServicePolicy:
+    """A random breaker policy (``success_threshold`` fixed when given: I3 counts by it;
+    the call timeout one of :data:`SKEWED_TIMEOUTS` when ``short_timeout``, else 30 s)."""
     threshold = rng.choice((1, 2, 3))
+    timeout = rng.choice(SKEWED_TIMEOUTS) if short_timeout else 30.0
     return ServicePolicy(
         service=service,
         failure_threshold=rng.choice((3, 5, 8)),
         success_threshold=success_threshold or threshold,
         wait_duration_secs=rng.choice((1.0, 2.0, 5.0)),
         rate_limit_requests=1_000_000,
+        timeout_secs=timeout,
     )
 
 
@@ -110,12 +133,20 @@ def shared_policy(lease_secs: float) -> ServicePolicy:
 class World:
     """Everything one schedule runs: etcd, replicas, agents, and what the checkers record."""
 
-    def __init__(self, seed: int, active_secs: float = ACTIVE_SECS, version: int = SCHEDULE_VERSION) -> None:
+    def __init__(
+        self,
+        seed: int,
+        active_secs: float = ACTIVE_SECS,
+        version: int = SCHEDULE_VERSION,
+        skewed: bool = False,
+    ) -> None:
         if not FIRST_SCHEDULES <= version <= SCHEDULE_VERSION:
             raise ValueError(f"schedule version {version}: not in {FIRST_SCHEDULES}..{SCHEDULE_VERSION}")
         self.seed = seed
         self.active_secs = active_secs
         self.version = version
+        self.skewed = skewed
+        self.clocks = Clocks(seed, EPOCH, skewed, active_secs)
         self.rng = random.Random(seed)
         self.etcd = MemEtcd(self.rng)
         self.relay_token = RELAY_TOKEN
@@ -150,7 +181,7 @@ class World:
         self.cut_keys: set[BatchName | None] = set()
         #: Failures the report gate cut (a reported burst beyond the policy's bound).
         self.cut: Counter[str] = Counter()
-        self.result = Result(seed, active_secs, version)
+        self.result = Result(seed, active_secs, version, skewed)
         #: When the store, or a replica's path to it, last stopped being healthy.
         self.store_trouble_at = -1e9
         self.trouble_at: Counter[str] = Counter()
@@ -169,6 +200,14 @@ class World:
     def log(self, text: str) -> None:
         self.result.events.append(f"{self.now:9.3f} {text}")
         _log.info("%s", text)
+
+    def wall(self, name: str) -> Callable[[], float]:
+        """Process ``name``'s wall clock (a reader of epoch seconds; ``clocks.py``)."""
+        known = self.clocks.drawn(name)
+        clock = self.clocks.of(name)
+        if self.skewed and not known:
+            self.log(self.clocks.describe(name))
+        return clock.reader()
 
     # -- topology ----------------------------------------------------------------
 
@@ -269,7 +308,8 @@ async def _operator(world: World, rng: random.Random) -> None:
     service = rng.choice(SERVICES)
     with contextlib.suppress(StorageFailure):
         if rng.random() < 0.3:
-            await plane.put_policy(policy(service, rng, world.success_thresholds[service]))
+            chosen = policy(service, rng, world.success_thresholds[service], short_timeout=world.skewed)
+            await plane.put_policy(chosen)
             world.log(f"operator: policy of {service}")
         else:
             state = rng.choice(
@@ -426,7 +466,7 @@ def heal_all(world: World) -> None:
 async def run_schedule(world: World) -> None:
     rng = world.rng
     for service in SERVICES:
-        chosen = policy(service, rng, world.success_thresholds[service])
+        chosen = policy(service, rng, world.success_thresholds[service], short_timeout=world.skewed)
         world.etcd.put_raw(f"/mission-control/v1/policies/{service}", _policy_json(chosen))
     world.etcd.put_raw(
         f"/mission-control/v1/policies/{SHARED}", _policy_json(shared_policy(world.lease_secs))
@@ -447,7 +487,7 @@ async def run_schedule(world: World) -> None:
     for name, replica in list(world.replicas.items()):
         if not replica.alive:
             await world.start_replica(name)
-    await asyncio.sleep(SETTLE_SECS / 2)
+    await asyncio.sleep(SETTLE_SECS / 2 + (SKEWED_CALM_SECS if world.skewed else 0.0))
     world.calling = False
     await asyncio.sleep(SETTLE_SECS / 2)
     checks.final(world)
@@ -461,19 +501,24 @@ def _policy_json(p: ServicePolicy) -> bytes:
 
 
 def simulate(
-    seed: int, *, verbose: bool = False, active_secs: float = ACTIVE_SECS, version: int = SCHEDULE_VERSION
+    seed: int,
+    *,
+    verbose: bool = False,
+    active_secs: float = ACTIVE_SECS,
+    version: int = SCHEDULE_VERSION,
+    skewed: bool = False,
 ) -> Result:
     """Run schedule ``seed`` of schedule ``version`` (faults for ``active_secs`` of virtual
-    time) and check it."""
+    time; each process on a wall clock of its own when ``skewed``) and check it."""
 
     async def main() -> Result:
-        world = World(seed, active_secs, version)
+        world = World(seed, active_secs, version, skewed)
         await run_schedule(world)
         world.result.stats["loop_steps"] = asyncio.get_running_loop().steps  # type: ignore[attr-defined]
         world.result.store = world.etcd.fingerprint()
         return world.result
 
-    budget = round(STEPS_PER_SEC * (active_secs + SETTLE_SECS))
+    budget = round(STEPS_PER_SEC * (active_secs + SETTLE_SECS + (SKEWED_CALM_SECS if skewed else 0.0)))
     with identities.seeded(seed):
         if verbose:
             return vloop.run(main(), max_steps=budget)

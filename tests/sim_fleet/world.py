@@ -19,11 +19,13 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from mission_control.client.breaker import BreakerState
+from mission_control.client.clock_offset import ClockOffset
 from mission_control.client.config import policy_from_proto
 from mission_control.client.probes import FleetProbe
 from mission_control.client.view import LocalView, UnackedBatches
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.control_plane import ControlPlane
+from mission_control.server.serialize_once import SerializeOnce
 from mission_control.server.service import ControlPlaneServicer
 
 from .fleet_checks import SHARED
@@ -74,12 +76,18 @@ class Replica:
             tick_interval=0.1,
             ping_interval=0.5,
             clock=loop.time,
-            wall=lambda: EPOCH + loop.time(),
+            wall=world.wall(name),
         )
+        #: Stamps ``sent_at`` on this process's clock as a stream takes each response, as
+        #: the real server's; None: responses go as objects, unstamped (unskewed schedules).
+        self.serializer = SerializeOnce(world.wall(name)) if world.skewed else None
         self.plane.enable_leadership(name, ttl=3, token=world.relay_token, connect=self._relay_connect)
         assert self.plane.relay is not None
         self.plane.relay.leases.elsewhere = self._elsewhere  # the fleet roster, at once
         self.plane.breakers.change_listeners.append(lambda breaker, *_: world.probes.changed(self, breaker))
+        self.plane.breakers.grant_listeners.append(
+            lambda _, grant: world.probes.granting(self, grant.service)
+        )
         self.servicer = ControlPlaneServicer(self.plane, SimAccess())
         outcomes = self.servicer._outcomes
 
@@ -156,6 +164,7 @@ class Replica:
             requests,
             metadata,
             on_delivered=lambda r: self.world.delivered_request(sender, r),
+            serializer=self.serializer,
         )
         self.links.append(link)
         return link
@@ -216,7 +225,9 @@ class Agent:
         self.name = name
         self.services = services
         loop = asyncio.get_running_loop()
-        self.view = LocalView(clock=loop.time, wall=lambda: EPOCH + loop.time())
+        self.view = LocalView(clock=loop.time, wall=world.wall(name))
+        #: Each replica's clock as measured from its messages (``sent_at``), by address.
+        self.offsets: dict[str, ClockOffset] = {}
         self.unacked = UnackedBatches(series=name)
         self.alive = True
         self.link: Link | None = None
@@ -271,6 +282,9 @@ class Agent:
         link = replica.serve(f"agent:{self.name}", self._requests(self._epoch), None, sender=self.name)
         self.link, self.replica = link, replica
         async for response in link.responses():
+            if response.HasField("sent_at"):  # (as ``ControlPlaneConnection._sampled``)
+                offset = self.offsets.setdefault(replica.name, ClockOffset())
+                offset.sample(response.sent_at.ToNanoseconds() / 1e9, self.view.clock())
             self._apply(response)
 
     def _dropped(self) -> None:
@@ -354,7 +368,8 @@ class Agent:
         elif kind == "probe_grant":
             grant = response.probe_grant
             self.world.probes.granted(self, grant.service, grant.generation)
-            view.grant(grant)
+            offset = self.offsets.get(self.replica.name) if self.replica is not None else None
+            view.grant(grant, offset.estimate() if offset is not None else None)
         elif kind == "outcome_ack":
             self.unacked.ack(response.outcome_ack.sequence)
         elif kind == "lease":
@@ -451,6 +466,12 @@ class Agent:
         """A probe call under a permit: it runs a while, then its outcome is counted (for
         its HALF_OPEN and grant, as ``ServiceState.probe_ended``)."""
         probe_id = self.world.probes.started(self, service, probe.generation)
+        secs = probe_secs(rng.random())
+        if self.world.skewed:  # cut at the policy's timeout or its permit's hold, as the
+            # executor's deadline cuts it: a timeout
+            ends_by = min(self.view.get(service).policy.timeout_secs, probe.hold_end - self.world.now)
+            if ends_by < secs:
+                secs, failing = max(0.0, ends_by), True
 
         def done() -> None:
             self.world.probes.ended(probe_id)
@@ -461,7 +482,7 @@ class Agent:
                 state.probe_ended(probe, failing)
             self._wake.set()
 
-        asyncio.get_running_loop().call_later(probe_secs(rng.random()), done)
+        asyncio.get_running_loop().call_later(secs, done)
 
     async def _spending(self) -> None:
         """Calls under the fleet-shared limit: each admitted one is recorded for I4."""
