@@ -407,7 +407,7 @@ class StateWriter:
     def seen_stored(self, name: str, value: bytes | None, revision: int) -> None:
         """The watch shows ``value`` stored for ``name`` at ``revision`` while a decision on
         it is pending. A record this replica sent whose answer is lost (or not come yet)
-        is its own write landed, as :meth:`_landed` finds on a lost compare-and-swap: what
+        is its own write stored, as :meth:`_landed` finds on a lost compare-and-swap: what
         is held here rests on that revision from now on, and is pushed again saying so —
         while etcd is away, a follower that read the write tells its agents a state
         decided here since only when it rests on a revision at least as late
@@ -418,7 +418,12 @@ class StateWriter:
         decision = self._pending.get(name)
         if decision is None:
             return
-        self._landed(name, Entry(self.breaker_key(name), value, revision), run, decision)
+        self.breakers.stored(name, revision, run)
+        self.breakers.records[name] = value
+        if self._decided[name][0] == value:
+            self._settled(name)  # nothing decided since: the write in flight, if any, changes nothing
+        else:
+            self._wake.set()  # what was decided since is written on top of it
         self.breakers.restate(name)
 
     async def _supersede(self) -> None:
