@@ -74,3 +74,14 @@ def test_a_follower_tells_the_closed_a_leader_decided_over_its_own_write_answere
     ``test_leader_answer_lost``."""
     out = _replayed(60150)
     assert "seed 60150: ok" in out, out
+
+
+def test_a_follower_that_leads_pushes_its_own_state_over_the_leaders_it_told_all() -> None:
+    """Seed 60302: follower cp2.2 passed on leader cp0.5's svc-b HALF_OPEN (gen 2, from
+    memory, etcd away) to agent-2; cp0.5 crashed and cp2.2 led. Its answer to one agent's
+    probe request (CLOSED) ended what it told of the leader's state, so the release of the
+    leader's states pushed nothing of svc-b, and agent-2 held HALF_OPEN to the end (I1).
+    ``test_leader_states.py::test_an_answer_to_one_agent_that_ends_the_leaders_state_is_pushed_to_all``
+    shows the rule."""
+    out = _replayed(60302)
+    assert "seed 60302: ok" in out, out
