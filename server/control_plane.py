@@ -506,7 +506,8 @@ class ControlPlane:
             state = pb.Breaker(name=service, state=pb.BREAKER_STATE_CLOSED, reason="no such breaker here")
         else:
             state = self.breakers.to_proto(service)
-        state = self._in_force(state)
+        if self.leader_states is not None:  # one agent is answered: the others hear what ends
+            state = self.leader_states.in_force(state, to_all=False)
         if state.state != pb.BREAKER_STATE_HALF_OPEN:
             self.hub.send_to_agent(agent_id, pb.ConnectResponse(breaker=state))
 
@@ -742,7 +743,7 @@ class ControlPlane:
         # leader lease lapsed behind it (a stream connecting later gets its own).
         self.version += 1
         if self.hub.agents:
-            self.hub.broadcast(pb.ConnectResponse(snapshot=self.snapshot()))
+            self.hub.broadcast(pb.ConnectResponse(snapshot=self.snapshot(to_all=True)))
 
     def _history_changed(self) -> None:
         """The history this replica's revisions rest on changed: a leader says so on every
@@ -750,7 +751,7 @@ class ControlPlane:
         follows the snapshot that stops saying the old one)."""
         if self.leadership is not None and self.leading:
             self.version += 1
-            self.hub.broadcast(pb.ConnectResponse(snapshot=self.snapshot()))
+            self.hub.broadcast(pb.ConnectResponse(snapshot=self.snapshot(to_all=True)))
 
     def _on_breaker(self, message: pb.Breaker, old: BreakerState | None, move: Transition | None) -> None:
         # Agents first: the push is queued to every stream before the write is started (the
@@ -794,10 +795,13 @@ class ControlPlane:
 
     # -- snapshot for a new stream ---------------------------------------------
 
-    def snapshot(self, services: tuple[str, ...] = (), max_bytes: int = SNAPSHOT_MAX_BYTES) -> pb.Snapshot:
+    def snapshot(
+        self, services: tuple[str, ...] = (), max_bytes: int = SNAPSHOT_MAX_BYTES, *, to_all: bool = False
+    ) -> pb.Snapshot:
         """Every policy and breaker, kept under ``max_bytes`` (the breakers of ``services``,
         the agent's own, and those not CLOSED come first); ``partial`` until the store has
-        been loaded once."""
+        been loaded once. ``to_all``: it goes to every agent (else to one stream: a leader's
+        state it ends telling is pushed to the others, see :mod:`.leader_states`)."""
         snapshot = pb.Snapshot(
             policies=self._snapshot_policies(services),
             control_plane_id=self.instance_id,
@@ -810,7 +814,7 @@ class ControlPlane:
         mine = set(services)
         breakers, passed_on = self.breakers.snapshot(), set[str]()
         if self.leader_states is not None:
-            breakers, passed_on = self.leader_states.over(breakers)
+            breakers, passed_on = self.leader_states.over(breakers, to_all=to_all)
         ranked = sorted(
             breakers, key=lambda b: (b.name not in mine, b.state == pb.BREAKER_STATE_CLOSED, b.name)
         )

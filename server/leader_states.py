@@ -156,23 +156,29 @@ class LeaderStates:
 
     # -- what this replica's agents are told ------------------------------------
 
-    def in_force(self, own: pb.Breaker) -> pb.Breaker:
+    def in_force(self, own: pb.Breaker, *, to_all: bool = True) -> pb.Breaker:
         """What this replica's agents are told of ``own``'s breaker: the leader's state
-        where it differs, else ``own``."""
+        where it differs, else ``own``. ``to_all``: the answer goes to every agent; when
+        it goes to one (an answer to a probe request, one stream's snapshot) and ends
+        what all were told of the leader's state, the others hear it too (pushed)."""
         name = own.name
         if self._leaders(name, basis(own)):
             return self._message(name)
-        self._shown.pop(name, None)
+        if name in self._shown:
+            del self._shown[name]
+            if not to_all:
+                self._changed(name)
         return own
 
-    def over(self, own: list[pb.Breaker]) -> tuple[list[pb.Breaker], set[str]]:
+    def over(self, own: list[pb.Breaker], *, to_all: bool = True) -> tuple[list[pb.Breaker], set[str]]:
         """``own`` (this replica's breakers) as its agents are told them, with the leader's
-        states of breakers this replica does not hold; and the names told the leader's."""
+        states of breakers this replica does not hold; and the names told the leader's
+        (``to_all``: as :meth:`in_force`)."""
         if not self._heard or self._leading():
             return own, set()
         shown, passed = [], set()
         for message in own:
-            told = self.in_force(message)
+            told = self.in_force(message, to_all=to_all)
             shown.append(told)
             if told is not message:
                 passed.add(message.name)

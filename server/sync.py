@@ -335,6 +335,7 @@ class StoreSync:
         if value is None and self.breakers.find(name) is None:
             return True  # a forgotten breaker's key deleted: nothing to start over
         if self.writer.is_pending(name):
+            self.writer.seen_stored(name, value, revision)  # its own write, answered late?
             return True  # the pending write settles it (see writes.StateWriter)
         if value is not None and self.writer.restore_pending and self._older_than_held(name, value):
             return True  # a backup's record: the restore writes the state held over it

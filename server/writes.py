@@ -414,6 +414,28 @@ class StateWriter:
         else:
             self._wake.set()
 
+    def seen_stored(self, name: str, value: bytes | None, revision: int) -> None:
+        """The watch shows ``value`` stored for ``name`` at ``revision`` while a decision on
+        it is pending. A record this replica sent whose answer is lost (or not come yet)
+        is its own write stored, as :meth:`_landed` finds on a lost compare-and-swap: what
+        is held here rests on that revision from now on, and is pushed again saying so —
+        while etcd is away, a follower that read the write tells its agents a state
+        decided here since only when it rests on a revision at least as late
+        (``leader_states``)."""
+        own, run = self.unanswered.own(name, value)
+        if not own or value is None or revision <= self.breakers.revisions.get(name, 0):
+            return
+        decision = self._pending.get(name)
+        if decision is None:
+            return
+        self.breakers.stored(name, revision, run)
+        self.breakers.records[name] = value
+        if self._decided[name][0] == value:
+            self._settled(name)  # nothing decided since: the write in flight, if any, changes nothing
+        else:
+            self._wake.set()  # what was decided since is written on top of it
+        self.breakers.restate(name)
+
     async def _supersede(self) -> None:
         """Not leading: once another replica leads, its state wins over what is pending here."""
         fence = self.fence

@@ -308,3 +308,21 @@ def test_a_follower_that_finds_etcd_lost_its_data_takes_the_leaders_word_again()
     f.history = HISTORY
     f.states.due()
     assert f.changed == [NAME] and f.told() is f.own
+
+
+def test_an_answer_to_one_agent_that_ends_the_leaders_state_is_pushed_to_all() -> None:
+    """Seed 60302: a follower passed on the leader's HALF_OPEN (from memory, never stored)
+    while etcd was away; the leader crashed and the follower led. The first word of its own
+    state (CLOSED) went to one agent asking for a permit, which ended what was told of the
+    leader's; nothing was left for :meth:`due` to push, and the follower's other agents held
+    HALF_OPEN for good."""
+    follower = Follower()
+    follower.own = breaker(CLOSED, 0, 0)
+    follower.states.snapshot([breaker(HALF_OPEN, 2, 0, marked=True)], history="h", read=5)
+    assert follower.told().state == HALF_OPEN
+    follower.states.link_down()  # the leader crashed, etcd still away: what was told stays
+    follower.leading = True
+    follower.changed.clear()
+    answered = follower.states.in_force(follower.own, to_all=False)
+    assert answered.state == CLOSED
+    assert follower.changed == [NAME]  # every agent hears it

@@ -63,3 +63,25 @@ def test_a_probe_under_a_breaker_started_over_after_etcd_was_wiped_is_reported()
     ``test_generation_start_over``."""
     out = _replayed(7073, 80)
     assert "seed 7073: ok" in out, out
+
+
+def test_a_follower_tells_the_closed_a_leader_decided_over_its_own_write_answered_late() -> None:
+    """Seed 60150: leader cp0.2's write of svc-c's HALF_OPEN (gen 2) landed at revision 37
+    but was answered only after etcd went away; its watch's echo was ignored while the
+    write was pending, so cp0.2 held svc-c at revision 36 and the CLOSED (gen 3) it decided
+    from memory rested on 36: follower cp1.2, which read the HALF_OPEN at 37, kept telling
+    agents 0, 3 and 5 HALF_OPEN (I1 while etcd is away). Same defect as the scripted
+    ``test_leader_answer_lost``."""
+    out = _replayed(60150)
+    assert "seed 60150: ok" in out, out
+
+
+def test_a_follower_that_leads_pushes_its_own_state_over_the_leaders_it_told_all() -> None:
+    """Seed 60302: follower cp2.2 passed on leader cp0.5's svc-b HALF_OPEN (gen 2, from
+    memory, etcd away) to agent-2; cp0.5 crashed and cp2.2 led. Its answer to one agent's
+    probe request (CLOSED) ended what it told of the leader's state, so the release of the
+    leader's states pushed nothing of svc-b, and agent-2 held HALF_OPEN to the end (I1).
+    ``test_leader_states.py::test_an_answer_to_one_agent_that_ends_the_leaders_state_is_pushed_to_all``
+    shows the rule."""
+    out = _replayed(60302)
+    assert "seed 60302: ok" in out, out
