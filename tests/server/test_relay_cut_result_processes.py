@@ -23,8 +23,8 @@ from tests.support.fleets import leader_of, put_policy
 from tests.support.polling import poll
 from tests.support.probe_upstream import ProbeUpstream
 from tests.support.probers import start_probers, stored
-from tests.support.replicas import connected_agents
 from tests.support.procs import Proc, control_plane
+from tests.support.replicas import connected_agents
 from tests.support.tcp_pause import PausableProxy, proxy_in_thread
 
 SERVICE = "relay-cut"
