@@ -30,6 +30,7 @@ from .auth import REPLICA_PREFIX, AccessPolicy
 from .control_plane import ControlPlane, check_policies_fit, check_reason
 from .hub import Subscriber
 from .inbound import agent_key, bounded_demand, hello_problem, peer_host
+from .late_results import probe_parts
 from .listing import breakers_in_turns
 from .not_read import NOT_READ
 from .outcome_ledger import BatchKey, batch_key
@@ -269,6 +270,10 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             self._taking.add(taking)
             taking.add_done_callback(self._taken)
             relayed = await asyncio.shield(taking)
+        elif sub.replica:
+            # counted already (the agent's own copy came first): a probe result in it still
+            # settles a permit held for this relay, once (late_results)
+            self._take_late(sub, key, summaries[:admitted], _reporter(sub, batch))
         if batch.sequence:
             plane.acknowledge(sub, batch.sequence, relayed=relayed)
         if refused:
@@ -296,6 +301,18 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             if bounded is not None:
                 taken.append(bounded)
         return self.plane.record_batch(key, sub.agent_id, taken, sub.id)
+
+    def _take_late(
+        self, sub: Subscriber, key: BatchKey | None, summaries: Sequence[pb.OutcomeSummary], reporter: str
+    ) -> None:
+        """Count the probe part of a relay's batch counted already (see :mod:`.late_results`)."""
+        taken = []
+        for part in probe_parts(summaries):
+            bounded = self._summary(sub, part, shown=False, reporter=reporter)
+            if bounded is not None:
+                taken.append(bounded)
+        if taken:
+            self.plane.count_batch(key, sub.agent_id, taken)
 
     def _taken(self, taking: asyncio.Future[bool]) -> None:
         self._taking.discard(taking)

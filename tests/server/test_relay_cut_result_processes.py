@@ -1,0 +1,74 @@
+"""I3 and I5 when a follower takes a probe result while cut from the leader (real processes).
+
+etcd; r1 leads (its address advertised through proxy P1, so the follower r2's link to it
+goes through P1); r2; agent A on r2 through proxy P2 (later to r1). The policy lets one probe in
+flight and closes on one success. A probes under the permit r1 granted through r2's relay;
+as the probe starts, P1 is cut (no connection gets through). The probe succeeds and A's
+batch with the result goes to r2, which takes it for the leader. Then P2 is cut and turned to r1:
+A moves there and sends that batch again there, where the permit is held under r2's relay,
+not under A, so the result is cut; then P1 lets r2 through again and r2 passes its copy on.
+Before, r1 dropped that copy whole (a batch counted already), the permit stayed held until
+its hold lapsed and the breaker closed only after a second fleet probe. Now the copy's
+result settles the relay's permit: one fleet probe closes the breaker.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from mission_control.resilience.v1 import policy_pb2
+
+from tests.support.fleets import leader_of, put_policy
+from tests.support.polling import poll
+from tests.support.probe_upstream import ProbeUpstream
+from tests.support.probers import start_probers, stored
+from tests.support.procs import Proc, control_plane
+from tests.support.replicas import connected_agents
+from tests.support.tcp_pause import PausableProxy, proxy_in_thread
+
+SERVICE = "relay-cut"
+T, D = 3.0, 1.0
+
+
+def _move(proxy: PausableProxy, target: str | None) -> None:
+    """Connections through ``proxy`` go to ``target`` (None: none gets through); those open
+    are reset."""
+    proxy.target = target
+    proxy.cut()
+
+
+@pytest.mark.timeout(120)
+def test_a_result_a_cut_off_follower_took_counts_once_after_the_agent_resent_it(
+    etcd_server, prefix, spawned: list[Proc]
+) -> None:
+    ep = etcd_server.endpoint
+    pol = policy_pb2.ServicePolicy(
+        service=SERVICE, failure_threshold=3, success_threshold=1, wait_duration_secs=3.0, timeout_secs=T
+    )
+    with proxy_in_thread() as (p1, loop1), proxy_in_thread() as (p2, loop2), ProbeUpstream(D) as up:
+        up.fail(True)
+        r1, a1 = control_plane(ep, prefix, "--instance-id", "r1", "--advertise", p1.address)
+        spawned.append(r1)
+        p1.target = a1
+        poll(lambda: leader_of(ep, prefix) == "r1")
+        r2, a2 = control_plane(ep, prefix, "--instance-id", "r2")
+        spawned.append(r2)
+        p2.target = a2
+        put_policy(a1, pol)
+        (agent,) = start_probers(spawned, ["A"], p2.address, up.address, SERVICE, 1)
+        poll(lambda: stored(ep, prefix, SERVICE).get("state") == "BREAKER_STATE_OPEN", 60)
+        up.fail(False)
+        poll(lambda: up.in_flight("fleet") == 1, 30)  # A probes under a permit relayed by r2
+        loop1.call_soon_threadsafe(_move, p1, None)
+        poll(lambda: any(c.kind == "fleet" for c in up.calls()), 10)  # it ended (a success)
+        time.sleep(1.0)  # A's batch with the result reaches r2 (flushed every 20 ms)
+        loop2.call_soon_threadsafe(_move, p2, a1)
+        poll(lambda: connected_agents(a1) == 1, 30)  # A on r1 (r2 cannot reach it): its batch again
+        time.sleep(1.0)
+        assert stored(ep, prefix, SERVICE).get("state") == "BREAKER_STATE_HALF_OPEN"
+        loop1.call_soon_threadsafe(setattr, p1, "target", a1)  # r2's relay gets through again
+        poll(lambda: stored(ep, prefix, SERVICE).get("state") == "BREAKER_STATE_CLOSED", 40)
+        agent.send("stop")
+        fleet = [(c.agent, round(c.end - c.start, 2)) for c in up.calls() if c.kind == "fleet"]
+    assert len(fleet) == 1, f"fleet probes (agent, seconds): {fleet}"
