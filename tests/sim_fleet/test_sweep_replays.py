@@ -63,3 +63,12 @@ def test_a_probe_under_a_breaker_started_over_after_etcd_was_wiped_is_reported()
     ``test_generation_start_over``."""
     out = _replayed(7073, 80)
     assert "seed 7073: ok" in out, out
+
+
+def test_an_agent_moved_to_a_follower_cut_off_from_the_leader_stays_kept_aside() -> None:
+    """Seed 900067 (40 s of faults): agent-1, leased through follower cp0.3, reconnected to
+    cp1.4, which reached no leader; cp0.3 dropped it once cp1.4 listed it and split its whole
+    7 units between its other agents (40 admitted in a 2 s window against 37.5). A follower
+    keeps a departed agent aside until a replica the leader counts has it."""
+    out = _replayed(900067, active=40)
+    assert "seed 900067: ok" in out, out
