@@ -242,6 +242,16 @@ class CapacityLeaser:
             for holder in [h for h in limit.absent if h != keep and (h == name or h.startswith(mine))]:
                 del limit.absent[holder]
 
+    def counted_through_relay(self, keys: Iterable[str], key: tuple[str, str]) -> None:
+        """A follower's relay reported limit ``key`` for the agent processes ``keys`` it
+        holds: one of them gone from here without a goodbye is counted there now (in the
+        follower's demand, what it may spend unleased with it), not kept aside here too."""
+        limit = self.limits.get(key)
+        if limit is None or not limit.absent:
+            return
+        for holder in keys:
+            limit.absent.pop(holder, None)
+
     def tick(self, *, send: bool = True) -> None:
         """Lease the next period of every limit once the running one is half over (and
         send the leases, unless ``send`` is False: :meth:`send_queued` sends them then)."""

@@ -521,6 +521,14 @@ class ControlPlane:
         else:
             self.relay.demand(agent_id, demand)
 
+    def relay_reported(self, relay_stream: int, limit: tuple[str, str]) -> None:
+        """A follower's relay (stream ``relay_stream``) reported its agents' demand for
+        ``limit``: the agent processes it names are counted through it now, so what this
+        leader kept aside for one of them gone from here without a goodbye (it moved
+        there) is released."""
+        if self.leading or self.relay is None:
+            self.capacity.counted_through_relay(self.hub.relayed.keys_of(relay_stream), limit)
+
     def agent_joined(self, agent_id: str, name: str, *, relay_session: str = "") -> None:
         """A stream of agent process ``agent_id`` (agent id ``name``) opened: a predecessor
         process of that agent id gone without a goodbye is not waited for (a restart). A

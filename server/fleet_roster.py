@@ -37,6 +37,8 @@ SHARD_BYTES = 32 * 1024
 MAX_SHARDS = 32
 #: Counters an agent entry may carry (its outcomes as reported to its replica).
 COUNTERS = ("calls", "failures", "rejected")
+#: Replicas a replica may list as linked to it (its followers' relays, when it leads).
+MAX_LISTED_RELAYS = 64
 #: Agents a replica may say it left out of its values (far beyond what one replica holds).
 MAX_OMITTED = 1_000_000
 #: A shard's number in its key: ASCII digits, no leading zero.
@@ -83,10 +85,25 @@ def roster_prefix(prefix: str) -> str:
     return f"{prefix.rstrip('/')}/{ROSTER_DIR}"
 
 
-def encode_shard(replica: str, shard: int, agents: Iterable[FleetAgent], omitted: int = 0) -> bytes:
-    """One stored value: up to a shard's worth of one replica's agents."""
-    value = {"replica": replica, "shard": shard, "omitted": omitted, "agents": [a.to_json() for a in agents]}
+def encode_shard(
+    replica: str, shard: int, agents: Iterable[FleetAgent], omitted: int = 0, relays: Iterable[str] = ()
+) -> bytes:
+    """One stored value: up to a shard's worth of one replica's agents (and, in the first
+    shard, the replicas whose relay is linked to this one: ``relays``)."""
+    value: dict[str, Any] = {"replica": replica, "shard": shard, "omitted": omitted}
+    value["agents"] = [a.to_json() for a in agents]
+    linked = sorted(relays)[:MAX_LISTED_RELAYS]
+    if linked:
+        value["relays"] = linked
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode_relays(raw: bytes) -> frozenset[str]:
+    """The replicas a stored value names as linked to its replica (a malformed list: none)."""
+    relays = json.loads(raw, parse_constant=_no_constant).get("relays", [])
+    if not isinstance(relays, list) or len(relays) > MAX_LISTED_RELAYS:
+        return frozenset()
+    return frozenset(r for r in relays if isinstance(r, str) and not name_problem(r))
 
 
 def decode_shard(key_replica: str, raw: bytes, key_shard: int | None = None) -> tuple[list[FleetAgent], int]:
@@ -159,6 +176,8 @@ class FleetRoster:
         self.store = store
         self.prefix = roster_prefix(prefix)
         self._shards: dict[str, tuple[list[FleetAgent], int]] = {}
+        #: replica -> the replicas its values name as linked to it (relaying to it)
+        self._relays: dict[str, frozenset[str]] = {}
         #: Values ignored as malformed (each stored revision once), and the latest reason.
         self.malformed = 0
         self.problem = ""
@@ -178,6 +197,20 @@ class FleetRoster:
             (a.id, a.session) for agents, _ in self._shards.values() for a in agents if a.replica != replica
         }
 
+    def counted_elsewhere(self, replica: str, leader: str | None) -> set[tuple[str, str]]:
+        """(agent id, session) of every agent process published as connected to another
+        replica than ``replica`` that the leader ``leader`` counts: the leader itself, or a
+        replica whose relay the leader lists as linked to it (None: no leader known, none)."""
+        if leader is None:
+            return set()
+        counted = {leader} | self._relays.get(leader, frozenset())
+        return {
+            (a.id, a.session)
+            for agents, _ in self._shards.values()
+            for a in agents
+            if a.replica != replica and a.replica in counted
+        }
+
     def per_replica(self) -> Counter[str]:
         """Agents connected per replica (those left out of its values included)."""
         counts: Counter[str] = Counter()
@@ -189,6 +222,8 @@ class FleetRoster:
         """One stored value (None: deleted), bound to etcd lease ``lease`` (0: none)."""
         self._shards.pop(key, None)
         replica = self._replica_of(key)
+        if key.endswith("/0"):  # (the first shard lists the relays)
+            self._relays.pop(replica, None)
         if value is None:
             self._bad.pop(key, None)
             return
@@ -199,6 +234,8 @@ class FleetRoster:
             if not lease:  # a replica's values live on its lease: one without would never go
                 raise ValueError("not bound to a lease (a replica writes its agents on its own)")
             self._shards[key] = decode_shard(replica, value, int(shard))
+            if shard == "0":
+                self._relays[replica] = decode_relays(value)
         except (ValueError, RecursionError) as err:  # json.JSONDecodeError is a ValueError
             if self._bad.get(key) != revision:
                 self._bad[key] = revision
@@ -222,6 +259,7 @@ class FleetRoster:
                 self._reload.clear()  # a wipe noticed from here on is not lost
                 entries, revision = await self.store.get_prefix(self.prefix)
                 self._shards.clear()
+                self._relays.clear()
                 for entry in entries:
                     self.apply(entry.key, entry.value, entry.mod_revision, entry.lease)
                 self.loaded.set()

@@ -9,8 +9,10 @@ passed (the policy's ``unleased_secs`` and the two periods its last lease may be
 still counts the agent in its demand, wanting what it may spend, and in the units it may
 spend without a lease; and it hands that much of each lease to nobody. The agents here
 share the rest. A holder that says goodbye, comes back here, or shows in the fleet roster
-connected to another replica (counted there), is not kept; nor is one kept counted as
-back of an earlier leader's count (it may be back elsewhere).
+connected to a replica the leader counts (the leader, or a follower the leader lists as
+linked to it), is not kept; one connected to a replica no leader counts (cut off from the
+leader) stays kept. Nor is one kept counted as back of an earlier leader's count (it may
+be back elsewhere).
 """
 
 from __future__ import annotations
@@ -69,8 +71,9 @@ class FollowerLeases:
         self._dirty = False
         #: Limits the last report spoke for (one emptied since is reported as left).
         self._reported: set[Limit] = set()
-        #: (agent id, session) of the agent processes connected to other replicas, as the
-        #: fleet roster says: one kept here that is there spends that replica's leases now
+        #: (agent id, session) of the agent processes connected to other replicas that the
+        #: leader counts, as the fleet roster says: one kept here that is there is counted
+        #: (and leased) there now
         self.elsewhere: Callable[[], Collection[tuple[str, str]]] = frozenset
 
     def demand(self, agent_id: str, demand: pb.CapacityDemand) -> None:

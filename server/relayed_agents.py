@@ -45,6 +45,10 @@ class RelayedAgents:
     def relay_ended(self, relay: int) -> None:
         self._drop(self._by_relay.pop(relay, frozenset()))
 
+    def keys_of(self, relay: int) -> frozenset[str]:
+        """The keys relay stream ``relay`` named last."""
+        return self._by_relay.get(relay, frozenset())
+
     def processes_named(self, name: str) -> set[str]:
         """The keys of the processes under agent id ``name`` that followers hold."""
         return set(self._by_name.get(name, ()))

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .auth import REPLICA_PREFIX
 from .fleet_roster import (
     MAX_SHARDS,
     SHARD_AGENTS,
@@ -64,9 +65,17 @@ def connected_agents(hub: Hub, replica: str, counters: Mapping[str, Mapping[str,
     return [found[name] for name in sorted(found)]
 
 
-def pack(replica: str, agents: list[FleetAgent]) -> list[bytes]:
+def linked_relays(hub: Hub) -> list[str]:
+    """The replicas (instance ids) whose relay has a stream to ``hub``: on the leader, the
+    followers whose agents it counts."""
+    return sorted(
+        {sub.agent_id.removeprefix(REPLICA_PREFIX) for sub in list(hub.agents.values()) if sub.replica}
+    )
+
+
+def pack(replica: str, agents: list[FleetAgent], relays: list[str] | None = None) -> list[bytes]:
     """The shards' values: agents in order, a new shard when one is full; those beyond
-    :data:`MAX_SHARDS` are counted in the first one."""
+    :data:`MAX_SHARDS` are counted in the first one, which lists the ``relays`` too."""
     shards: list[list[FleetAgent]] = [[]]
     size = 0
     for agent in agents:
@@ -79,7 +88,10 @@ def pack(replica: str, agents: list[FleetAgent]) -> list[bytes]:
         shards[-1].append(agent)
         size += cost + 1
     omitted = len(agents) - sum(len(s) for s in shards)
-    return [encode_shard(replica, i, s, omitted if i == 0 else 0) for i, s in enumerate(shards)]
+    return [
+        encode_shard(replica, i, s, omitted if i == 0 else 0, relays or () if i == 0 else ())
+        for i, s in enumerate(shards)
+    ]
 
 
 class RosterPublisher:
@@ -134,7 +146,8 @@ class RosterPublisher:
         now = self.clock()
         if now - self._counted_at >= self.counters_every:
             self._counters, self._counted_at = self.counters_source(), now
-        values = pack(self.replica, connected_agents(self.hub, self.replica, self._counters))
+        agents = connected_agents(self.hub, self.replica, self._counters)
+        values = pack(self.replica, agents, linked_relays(self.hub))
         wanted = {f"{self.prefix}{i}": value for i, value in enumerate(values)}
         writes = [Write(k, v, lease=self.lease) for k, v in wanted.items() if self._written.get(k) != v]
         writes += [Write(k, None) for k in self._written if k not in wanted]

@@ -228,6 +228,8 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                         bounded = bounded_demand(demand, replica=sub.trusted)
                         if bounded is not None:
                             plane.record_demand(sub.agent_id, bounded)
+                            if sub.replica:
+                                plane.relay_reported(sub.id, (bounded.service, bounded.resource))
                 elif kind == "hello":
                     problem = hello_problem(request.hello)
                     if problem is not None:

@@ -132,11 +132,23 @@ class Replica:
         self.plane.reports.bound = bounded  # type: ignore[method-assign]
 
     def _elsewhere(self) -> set[tuple[str, str]]:
-        """The agent processes connected to the other replicas up (as the roster shows them)."""
-        others = [r for r in self.world.replicas.values() if r is not self and r.alive]
+        """The agent processes connected to the other replicas up that the leader this one
+        follows counts: its own, and those of the replicas whose relay is linked to it (as
+        the roster shows them)."""
+        leadership = self.plane.leadership
+        assert leadership is not None
+        named = None if leadership.leading else leadership.leader_id
+        up = [r for r in self.world.replicas.values() if r.alive]
+        leader = next((r for r in up if r.instance == named), None)
+        if leader is None:
+            return set()
+        linked = {
+            sub.agent_id.removeprefix("replica.") for sub in leader.plane.hub.agents.values() if sub.replica
+        }
+        counted = [r for r in up if r is not self and (r is leader or r.instance in linked)]
         return {
             (sub.name, sub.session_id)
-            for r in others
+            for r in counted
             for sub in r.plane.hub.agents.values()
             if not sub.replica
         }

@@ -23,6 +23,9 @@ class PausableProxy:
         self._answering.set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
+        #: New connections are reset at once (those open go on): a link that broke now
+        #: cannot be made again.
+        self.refusing = False
 
     async def start(self) -> PausableProxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -55,7 +58,7 @@ class PausableProxy:
         self._writers.clear()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.target is None:
+        if self.target is None or self.refusing:
             writer.transport.abort()
             return
         host, port = self.target.rsplit(":", 1)
