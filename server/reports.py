@@ -187,9 +187,9 @@ class ReportGate:
             self.refuse(
                 agent, summary.service, f"claimed more than it could ({calls} calls, {allowed} allowed)"
             )
-        if cut or out.rejected < summary.rejected:
-            if len(out.ListFields()) == 1:  # only the name is left: nothing to count
-                return None
+        trimmed = cut or out.rejected < summary.rejected
+        if trimmed and len(out.ListFields()) == 1:  # only the name is left: nothing to count
+            return None
         return out
 
     @staticmethod
