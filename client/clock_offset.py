@@ -12,11 +12,22 @@ hold ends on this monotonic clock, late by no more than the smallest delay: that
 
 Kept on the monotonic clock, the estimate does not move when this process's wall clock is
 stepped. When the sender's clock steps forward its messages give smaller samples, taken at
-once; when it steps back they give larger ones, and the estimate stays the smaller (older)
-one, so holds are read as ending earlier than they do (probes cut short, never running
-past a hold) until the older samples leave the window (:data:`WINDOW_SECS`). A sample is
-only let go of once at least :data:`KEEP_SAMPLES` messages came after it: a stream that was
-quiet for a while and then delivers a stalled message keeps the sample from before.
+once. When it steps back they give larger ones; the estimate follows once the step is
+shown: a message whose ``sent_at`` is earlier than the one before it (on one stream
+messages arrive in the order they were sent, so a monotone clock never does that), with a
+sample more than :data:`STEP_SECS` above the estimate, followed by messages all that far
+above it for at least :data:`STEP_SAMPLES` messages over :data:`STEP_SPAN_SECS` — then
+the samples from before it are let go of and the least of the new ones is the estimate.
+Until then holds are read as ending earlier than they do (probes cut short, never running
+past a hold). Delays alone never show as a step: a message can only be later than the one
+before it by as much as it arrived later, so its ``sent_at`` does not go back; one stalled
+message is one sample, never a run. A message stamped far ahead of the others (a clock
+stepped forward and back, a wrong stamp) is taken at once and let go of the same way,
+within a few seconds. A sample is only let go of by age once at least
+:data:`KEEP_SAMPLES` messages came after it: a stream that was quiet for a while and then
+delivers a stalled message keeps the sample from before. A ``sent_at`` that is not a
+positive finite time (unset by a faulty peer, zero, negative) is no sample: read as from a
+peer that does not stamp its messages.
 
 Pure logic with an injected clock, and the (rate-limited) warnings of clocks that disagree
 and of permits that arrive spent.
@@ -31,7 +42,18 @@ from collections import deque
 
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
-__all__ = ["DISAGREE_SECS", "KEEP_SAMPLES", "WINDOW_SECS", "ClockOffset", "disagree", "spent"]
+__all__ = [
+    "DISAGREE_SECS",
+    "KEEP_SAMPLES",
+    "STEP_SAMPLES",
+    "STEP_SECS",
+    "STEP_SPAN_SECS",
+    "WINDOW_SECS",
+    "ClockOffset",
+    "disagree",
+    "spent",
+    "usable",
+]
 
 #: Samples older than this are let go of (when enough newer ones remain).
 WINDOW_SECS = 60.0
@@ -42,13 +64,25 @@ MOST_SAMPLES = 4096
 #: Clocks this far apart are worth a warning (the estimate copes, but other parts of a
 #: deployment compare wall clocks too: logs, audit records, leases' periods).
 DISAGREE_SECS = 3.0
+#: A sample this far above the estimate, from a message stamped earlier than the one before
+#: it, may start a step of the sender's clock back.
+STEP_SECS = 1.0
+#: Messages (counting the first) all that far above the estimate that show the step...
+STEP_SAMPLES = 3
+#: ...received over at least this long.
+STEP_SPAN_SECS = 2.0
+
+
+def usable(sent_at: float) -> bool:
+    """Whether ``sent_at`` can be a time on a wall clock (a positive finite number)."""
+    return math.isfinite(sent_at) and sent_at > 0.0
 
 
 class ClockOffset:
     """The least ``received - sent_at`` over a bounded recent window of messages of one
     sender (``received`` on this monotonic clock, ``sent_at`` on the sender's wall clock)."""
 
-    __slots__ = ("_count", "_samples")
+    __slots__ = ("_count", "_last_sent", "_run", "_samples")
 
     def __init__(self) -> None:
         #: (received, sample, number of the message), received ascending; samples ascending
@@ -57,10 +91,33 @@ class ClockOffset:
         self._samples: deque[tuple[float, float, int]] = deque()
         #: Messages sampled so far.
         self._count = 0
+        #: ``sent_at`` of the message before (None: none yet).
+        self._last_sent: float | None = None
+        #: (received, sample) of the messages since a possible step back began.
+        self._run: list[tuple[float, float]] = []
 
     def sample(self, sent_at: float, received: float) -> None:
-        """A message sent at ``sent_at`` (sender's wall clock) arrived at ``received``."""
+        """A message sent at ``sent_at`` (sender's wall clock) arrived at ``received``;
+        a ``sent_at`` that is no wall-clock time (:func:`usable`) is ignored."""
+        if not usable(sent_at):
+            return
         value = received - sent_at
+        before, self._last_sent = self._last_sent, sent_at
+        current = self.estimate()
+        run = self._run
+        if current is None or value <= current + STEP_SECS:
+            run.clear()
+        elif run or (before is not None and sent_at < before):
+            run.append((received, value))
+            if len(run) >= STEP_SAMPLES and received - run[0][0] >= STEP_SPAN_SECS:
+                self._samples.clear()
+                for at, step_value in run:
+                    self._add(at, step_value)
+                run.clear()
+                return
+        self._add(received, value)
+
+    def _add(self, received: float, value: float) -> None:
         samples = self._samples
         while samples and samples[-1][1] >= value:
             samples.pop()
@@ -83,6 +140,8 @@ class ClockOffset:
     def clear(self) -> None:
         self._samples.clear()
         self._count = 0
+        self._last_sent = None
+        self._run.clear()
 
 
 _log = logging.getLogger("mission_control.client.probes")
@@ -113,7 +172,7 @@ def spent(grant: pb.ProbeGrant, late: float, offset: float | None) -> None:
             late,
             "clocks apart by more than the margin"
             if offset is None
-            else "a sender clock stepped back (its offset is re-measured within a minute)",
+            else "a sender clock stepped back (its offset is re-measured within seconds)",
         )
 
 

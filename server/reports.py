@@ -12,8 +12,10 @@ bounded before anything counts it:
   failures in proportion (the failure rate stays what the agent saw). Every attempt takes
   a unit of the rate limit, so an honest agent stays within.
 * **Rejections, probes, drops.** ``rejected`` is cut by a second bucket at ten times the
-  rate limit; probe results and releases by the permits the agent holds (``probes_held``);
-  a batch's ``dropped`` at ``max_dropped_per_batch``.
+  rate limit (an honest agent whose breaker is open refuses as fast as it is called, so
+  going over it is no misbehaviour: counted in ``rejections_capped`` and noted at most once
+  a minute for all agents, not as a refused report); probe results and releases by the
+  permits the agent holds (``probes_held``); a batch's ``dropped`` at ``max_dropped_per_batch``.
 * **Slow calls.** ``timed_calls`` takes from the same bucket as the calls (a batch may
   judge slow calls still running, so it counts the larger of the two); ``slow_calls`` never
   exceeds ``timed_calls``, and both are cut in proportion. ``endpoints_over_cap`` (counted
@@ -115,6 +117,10 @@ class ReportGate:
         self._logged: dict[str, float] = {}
         #: Summaries refused or cut, per agent.
         self.refused: Counter[str] = Counter()
+        #: Locally refused calls counted beyond the ``rejected`` bucket, per agent (not a
+        #: fault of the agent: its breaker or limits refusing fast).
+        self.rejections_capped: Counter[str] = Counter()
+        self._capped_logged = -1e9
 
     def bound(
         self,
@@ -146,7 +152,7 @@ class ReportGate:
             allowed, out.rejected = made, summary.rejected
         else:
             allowed, out.rejected = self._take(agent, policy, made, summary.rejected)
-        cut = allowed < made or out.rejected < summary.rejected
+        cut = allowed < made
         self._timing_into(summary, out, allowed)
         cut |= self._probes_into(summary, out, probes_held)
         copy_grants(summary, out)
@@ -175,12 +181,15 @@ class ReportGate:
         out.spooled = min(summary.spooled, MAX_SPOOL_COUNT)
         out.spool_dropped = min(summary.spool_dropped, MAX_SPOOL_COUNT)
         out.spool_held = min(summary.spool_held, MAX_SPOOL_COUNT)
+        if out.rejected < summary.rejected:
+            self._cap_rejections(agent, summary.rejected - out.rejected)
         if cut:
             self.refuse(
                 agent, summary.service, f"claimed more than it could ({calls} calls, {allowed} allowed)"
             )
-            if len(out.ListFields()) == 1:  # only the name is left: nothing to count
-                return None
+        trimmed = cut or out.rejected < summary.rejected
+        if trimmed and len(out.ListFields()) == 1:  # only the name is left: nothing to count
+            return None
         return out
 
     @staticmethod
@@ -228,6 +237,21 @@ class ReportGate:
                 service,
                 why,
                 self.refused[key],
+            )
+
+    def _cap_rejections(self, agent: str, count: int) -> None:
+        """Count ``count`` locally refused calls beyond the bucket; noted once a minute."""
+        known = agent in self.rejections_capped or len(self.rejections_capped) < MAX_COUNTED_AGENTS
+        self.rejections_capped[agent if known else "other"] += count
+        now = self._clock()
+        if now - self._capped_logged >= 60.0:
+            self._capped_logged = now
+            _log.info(
+                "locally refused calls counted up to %g times the rate limit; beyond it: %d "
+                "so far, from %d agent(s) whose breakers or limits refuse fast (not a fault)",
+                self.limits.rejected_per_call,
+                sum(self.rejections_capped.values()),
+                len(self.rejections_capped),
             )
 
     def agent_left(self, agent: str) -> None:

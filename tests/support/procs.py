@@ -76,10 +76,11 @@ def python(module: str, *args: str, env: dict[str, str] | None = None) -> Proc:
 
 
 def control_plane(
-    etcd: str, prefix: str, *extra: str, env: dict[str, str] | None = None, skew: float = 0.0
+    etcd: str, prefix: str, *extra: str, env: dict[str, str] | None = None, skew: float | str = 0.0
 ) -> tuple[Proc, str]:
-    """``mission-control serve`` as its own process (its wall clock ``skew`` seconds off, see
-    tests.support.skewed_clock); returns it and its address."""
+    """``mission-control serve`` as its own process (its wall clock ``skew`` seconds off, or
+    ``"@path"``: as that file says, during the run too; see tests.support.skewed_clock);
+    returns it and its address."""
     serve = ["serve", "--listen", "127.0.0.1:0", "--etcd", etcd, "--etcd-prefix", prefix, *extra]
     module = ["mission_control.server.cli"]
     if skew:

@@ -1,0 +1,69 @@
+"""A HALF_OPEN breaker closes through fleet probes soon after the leader's wall clock is
+stepped back 30 s (real processes; the leader's clock follows a file, see
+tests.support.skewed_clock).
+
+Before, the agent measured the leader's clock as the least (receipt - sent_at) over a 60-s
+window: after the step every later sample was 30 s larger, so every grant was read as
+ending 30 s early, arrived spent, and the breaker stayed HALF_OPEN until the samples from
+before the step left the window (~60 s). Now the step is followed within seconds
+(client/clock_offset.py).
+
+etcd; r1 (the leader, its clock stepped); agent A, 2 callers. One probe in flight at most
+(success_threshold 1); the upstream fails until the breaker is OPEN, then answers in 1 s.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from mission_control.client.clock_offset import WINDOW_SECS
+from mission_control.resilience.v1 import policy_pb2
+
+from tests.support.fleets import put_policy
+from tests.support.polling import poll
+from tests.support.probe_upstream import ProbeUpstream
+from tests.support.probers import start_probers, stored
+from tests.support.procs import Proc, control_plane
+
+SERVICE = "stepped"
+#: Sure to be before the window would have let the samples from before the step go (the
+#: old code's first chance to close), with room for the breaker's own 3-s wait.
+BOUND = WINDOW_SECS - 15.0
+
+
+@pytest.mark.timeout(150)
+def test_half_open_closes_soon_after_the_leaders_clock_steps_back(
+    etcd_server, prefix, spawned: list[Proc], tmp_path
+) -> None:
+    ep = etcd_server.endpoint
+    clock = tmp_path / "leader.skew"
+    clock.write_text("0")
+    pol = policy_pb2.ServicePolicy(
+        service=SERVICE, failure_threshold=3, success_threshold=1, wait_duration_secs=3.0, timeout_secs=3.0
+    )
+    with ProbeUpstream(1.0) as up:
+        up.fail(True)
+        r1, a1 = control_plane(ep, prefix, "--instance-id", "r1", skew=f"@{clock}")
+        spawned.append(r1)
+        put_policy(a1, pol)
+        agents = start_probers(spawned, ["A"], a1, up.address, SERVICE, 2)
+        poll(lambda: stored(ep, prefix, SERVICE).get("state") == "BREAKER_STATE_OPEN", 60)
+        clock.write_text("-30")
+        stepped = time.monotonic()
+        up.fail(False)
+        try:
+            poll(lambda: stored(ep, prefix, SERVICE).get("state") == "BREAKER_STATE_CLOSED", BOUND)
+        except AssertionError:
+            calls = [(c.kind, round(c.start - stepped, 2), round(c.end - c.start, 2)) for c in up.calls()]
+            print(f"\nnot closed; calls (kind, start, duration) {calls[-30:]}; {agents[0].ask('outcomes')}")
+            raise
+        closed = time.monotonic() - stepped
+        poll(lambda: up.in_flight("fleet") == 0, 10)
+        out = agents[0].ask("stop")
+        fleet = [
+            (round(c.start - stepped, 2), round(c.end - c.start, 2)) for c in up.calls() if c.kind == "fleet"
+        ]
+        print(f"\nclosed {closed:.1f} s after the step; fleet probes {fleet}; {out}")
+        assert fleet, "closed without a fleet probe"
+        assert up.most("fleet") <= 1, f"I3 broken: fleet probes (start, duration) {fleet}"
