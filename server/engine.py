@@ -638,6 +638,7 @@ class FleetBreakers:
             if name == service or name.startswith(service + "/"):
                 old = breaker.policy.timeout_secs
                 breaker.update_policy(policy)
+                self._timed.mark(breaker)  # (a shorter wait ends sooner)
                 self.lowered.changed(name, old, breaker.policy.timeout_secs, self.probe_ttl, now)
 
     def next_deadline(self) -> float | None:
