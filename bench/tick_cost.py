@@ -74,7 +74,7 @@ async def run(n: int, wait: float) -> dict[str, float]:
         if sliced(breakers):
             moved += len(breakers.tick(SLICE))
             calls = 1
-            while breakers.tick_due():
+            while breakers.tick_cut:
                 await asyncio.sleep(0)
                 moved += len(breakers.tick(SLICE))
                 calls += 1

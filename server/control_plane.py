@@ -647,7 +647,7 @@ class ControlPlane:
         # A burst (thousands of OPEN whose wait ends at once) is worked in slices of the
         # clock, each one's pushes and writes queued before the loop turns, as a load is.
         self.breakers.tick(TICK_SLICE_SECS)
-        while self.leading and self.breakers.tick_due():
+        while self.leading and self.breakers.tick_cut:
             await asyncio.sleep(0)
             if self.leading:
                 self.breakers.tick(TICK_SLICE_SECS)

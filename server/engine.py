@@ -139,6 +139,8 @@ class FleetBreakers:
         self._breakers: dict[str, CircuitBreaker] = {}
         #: The breakers time alone may change: what the tick walks.
         self._timed = TimedBreakers()
+        #: Whether the last tick stopped at its slice, leaving breakers due (:meth:`tick`).
+        self.tick_cut = False
         self._demand: dict[str, _Demand] = {}
         #: etcd mod_revision of each breaker's stored state (0 = never stored).
         self.revisions: dict[str, int] = {}
@@ -494,6 +496,7 @@ class FleetBreakers:
         loop turn; None: all of them."""
         now = self._clock()
         done = []
+        self.tick_cut = False
         self._timed.sweep(self._breakers, now)
         for breaker in self._timed.pop_due(self._breakers, now):
             expired = breaker.expire_permits(now)
@@ -505,11 +508,12 @@ class FleetBreakers:
                 self._grant_waiting(breaker.name, now)
             self._timed.mark(breaker)
             if slice_secs is not None and self._clock() - now >= slice_secs:
+                self.tick_cut = True
                 break
         return done
 
     def tick_due(self) -> bool:
-        """Whether a breaker's time has come that a tick cut short left for the next one."""
+        """Whether a breaker's time has come (one a tick cut short left for the next)."""
         return self._timed.due(self._clock())
 
     @property

@@ -85,10 +85,13 @@ class TimedBreakers:
         heap as it is yielded (the caller marks it again once its tick is done). A caller
         that stops early leaves the rest for its next call."""
         heap = self._heap
+        taken: set[str] = set()
         while heap and heap[0][0] <= now:
             at, name = heapq.heappop(heap)
             if self._at.get(name) != at:
                 continue  # an older entry: the breaker was scheduled earlier since
+            if name in taken:  # its tick left it due (it should not): the next tick's
+                break
             del self._at[name]
             breaker = breakers.get(name)
             self.visited += 1
@@ -100,6 +103,7 @@ class TimedBreakers:
             if next_at > now:
                 self._schedule(name, next_at)
                 continue
+            taken.add(name)
             yield breaker
 
     def due(self, now: float) -> bool:
