@@ -450,6 +450,21 @@ class CircuitBreaker:
             self._permits or self._earlier or self._gone or self._lost
         )
 
+    def timed_at(self) -> float | None:
+        """When time alone next changes this breaker (:meth:`tick`): the end of an OPEN's
+        wait or the earliest expiry of a permit; None when it is not :meth:`timed`."""
+        times = [
+            t
+            for kept in (self._permits, self._earlier, self._gone, self._lost)
+            for v in kept.values()
+            for t in v
+        ]
+        if self.state is BreakerState.OPEN and self.opened_at is not None:
+            times.append(self.opened_at + self.wait)
+        elif self.state is BreakerState.OPEN:
+            return -math.inf
+        return min(times) if times else None
+
     def expire_permits(self, now: float) -> int:
         """Drop permits held past their time; returns how many."""
         return self._expire(now)

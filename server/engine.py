@@ -139,6 +139,8 @@ class FleetBreakers:
         self._breakers: dict[str, CircuitBreaker] = {}
         #: The breakers time alone may change: what the tick walks.
         self._timed = TimedBreakers()
+        #: Whether the last tick stopped at its slice, leaving breakers due (:meth:`tick`).
+        self.tick_cut = False
         self._demand: dict[str, _Demand] = {}
         #: etcd mod_revision of each breaker's stored state (0 = never stored).
         self.revisions: dict[str, int] = {}
@@ -486,11 +488,17 @@ class FleetBreakers:
             ):
                 self._grant_waiting(breaker.name, now)
 
-    def tick(self) -> list[Transition]:
-        """Time-driven moves (OPEN -> HALF_OPEN) and expiry of unused permits."""
+    def tick(self, slice_secs: float | None = None) -> list[Transition]:
+        """Time-driven moves (OPEN -> HALF_OPEN) and expiry of unused permits, of the
+        breakers whose time has come only (:mod:`.timed_breakers`). ``slice_secs``: stop
+        once this much of the clock has passed, leaving the rest due (:meth:`tick_due`) for
+        the next call, so that a burst (thousands of OPEN with one opened_at) lets the event
+        loop turn; None: all of them."""
         now = self._clock()
         done = []
-        for breaker in self._timed.due(self._breakers, now):
+        self.tick_cut = False
+        self._timed.sweep(self._breakers, now)
+        for breaker in self._timed.pop_due(self._breakers, now):
             expired = breaker.expire_permits(now)
             move = breaker.tick(now)
             if move is not None:
@@ -498,7 +506,20 @@ class FleetBreakers:
                 done.append(move)
             elif expired and breaker.state is BreakerState.HALF_OPEN:
                 self._grant_waiting(breaker.name, now)
+            self._timed.mark(breaker)
+            if slice_secs is not None and self._clock() - now >= slice_secs:
+                self.tick_cut = True
+                break
         return done
+
+    def tick_due(self) -> bool:
+        """Whether a breaker's time has come (one a tick cut short left for the next)."""
+        return self._timed.due(self._clock())
+
+    @property
+    def ticks_visited(self) -> int:
+        """Breakers the ticks looked at so far, in all (what they cost)."""
+        return self._timed.visited
 
     def recover(self, name: str, reason: str) -> Transition | None:
         """A recovery check found the service serving: its OPEN breaker goes HALF_OPEN now
@@ -621,6 +642,7 @@ class FleetBreakers:
             if name == service or name.startswith(service + "/"):
                 old = breaker.policy.timeout_secs
                 breaker.update_policy(policy)
+                self._timed.mark(breaker)  # (a shorter wait ends sooner)
                 self.lowered.changed(name, old, breaker.policy.timeout_secs, self.probe_ttl, now)
 
     def next_deadline(self) -> float | None:
