@@ -15,14 +15,17 @@ back of an earlier leader's count (it may be back elsewhere).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from mission_control.client.fleet_limits import fair_share
+from mission_control.client.fleet_retries import retries_resource
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .capacity_grid import ForwardWall
+from .capacity_split import whole_units
 from .lease_epoch import claim_in_range
 
 #: (service, resource) of a fleet-shared limit.
@@ -39,6 +42,37 @@ class _Kept:
     epoch: int = 0
     known: int = 0
     session: str = ""  # its process's session (how the fleet roster names it elsewhere)
+    #: the period length and fleet units of the last lease passed on to it (0: none)
+    period: float = 0.0
+    fleet: float = 0.0
+
+    def reserve(self, lease: pb.CapacityLease, now: float) -> float:
+        """What of ``lease`` is handed to nobody for it: ``units`` (what it may spend of its
+        last lease) in the terms of ``lease``.
+
+        It never hears of a changed policy and spends its old lease every old period until
+        its horizon. After a period shortened by r (new/old) reserving all of it from each
+        new, smaller lease would leave the agents here nothing for that whole time; its
+        old lease times 2r / (1 + r) a new period is enough: a window of n old periods
+        (n >= 1: a window at least an old period long) holds n/r + 1 new ones, reserving
+        2(n + r) / (1 + r) >= n + 1 old leases, the most it spends in such a window; and in
+        the last old period before it is let go (a window may hold only the end of its
+        horizon, which may fall that late), a whole old lease each new period. After
+        a lowered limit it is reserved at its share of the new limit (what it spends above
+        that, its old lease, the fleet cannot keep out while it is cut off: README, "A
+        lowered limit")."""
+        units = self.units
+        period = lease.period_length.ToNanoseconds() / 1e9
+        end = now + lease.starts_in.ToNanoseconds() / 1e9 + period
+        if self.period > 0 and 0 < period < self.period and end <= self.until - self.period:
+            r = period / self.period
+            units *= 2 * r / (1 + r)
+        if self.fleet > 0 and 0 < period and not lease.resource.endswith(".retries"):
+            # the fleet's units a second, now against when its last lease was made
+            rate, was = lease.fleet_units / period, self.fleet / self.period
+            if 0 <= rate < was:
+                units *= rate / was
+        return units
 
 
 class FollowerLeases:
@@ -62,8 +96,9 @@ class FollowerLeases:
         self.now = ForwardWall(clock, wall)
         #: limit -> agent -> its last demand
         self.demands: dict[Limit, dict[str, pb.CapacityDemand]] = {}
-        #: limit -> agent -> the units of the last lease passed on to it
-        self._sent: dict[Limit, dict[str, float]] = {}
+        #: limit -> agent -> the units of the last lease passed on to it, its period length
+        #: and the fleet's units then
+        self._sent: dict[Limit, dict[str, tuple[float, float, float]]] = {}
         #: limit -> agent gone without a goodbye -> what is kept for it
         self.kept: dict[Limit, dict[str, _Kept]] = {}
         self._dirty = False
@@ -90,13 +125,13 @@ class FollowerLeases:
         now = self.clock()
         for limit, per_agent in self.demands.items():
             last = per_agent.pop(agent_id, None)
-            sent = self._sent.get(limit, {}).pop(agent_id, 0.0)
+            sent, period, fleet = self._sent.get(limit, {}).pop(agent_id, (0.0, 0.0, 0.0))
             if last is None:
                 continue
             self._dirty = True
             units, hold = max(last.safe_units, sent), self.hold_secs(*limit)
             if units > 0 and hold is not None:
-                kept = _Kept(units, now + hold, last.held_epoch, last.agents_known, session)
+                kept = _Kept(units, now + hold, last.held_epoch, last.agents_known, session, period, fleet)
                 self.kept.setdefault(limit, {})[agent_id] = kept
 
     def release_predecessors(self, name: str, keep: str) -> None:
@@ -183,18 +218,28 @@ class FollowerLeases:
 
     def split(self, lease: pb.CapacityLease) -> list[tuple[str, pb.CapacityLease]]:
         """The leader's lease for this replica, split among the agents here (after what is
-        kept for the agents gone), as (agent, its lease)."""
+        kept for the agents gone), as (agent, its lease): a request limit (or a fleet retry
+        budget) in whole calls, as the leader splits it, the units left over by rounding
+        going to the largest fractions, in turns period by period."""
         limit = (lease.service, lease.resource)
         per_agent = self.demands.get(limit, {})
-        kept = sum(k.units for k in self._kept_now(limit).values())
-        shares = fair_share(max(0.0, lease.units - kept), {a: d.wanted for a, d in per_agent.items()})
+        now = self.clock()
+        kept = sum(k.reserve(lease, now) for k in self._kept_now(limit).values())
+        pool = max(0.0, lease.units - kept)
+        whole = lease.resource in (f"{lease.service}.requests", retries_resource(lease.service))
+        if whole:
+            pool = math.floor(pool + 1e-9)
+        shares = fair_share(pool, {a: d.wanted for a, d in per_agent.items()})
+        if whole:
+            shares = whole_units(shares, lease.period)
         sent = self._sent.setdefault(limit, {})
+        period = lease.period_length.ToNanoseconds() / 1e9
         out = []
         for agent_id, units in shares.items():
             mine = pb.CapacityLease()
             mine.CopyFrom(lease)
             mine.units = units  # the leader counted this replica's agents in lease.agents
-            sent[agent_id] = units
+            sent[agent_id] = (units, period, lease.fleet_units)
             out.append((agent_id, mine))
         return out
 
