@@ -67,7 +67,7 @@ class _Kept:
         if self.period > 0 and 0 < period < self.period and end <= self.until - self.period:
             r = period / self.period
             units *= 2 * r / (1 + r)
-        if self.fleet > 0 and 0 < period and not lease.resource.endswith(".retries"):
+        if self.fleet > 0 and self.period > 0 and period > 0 and not lease.resource.endswith(".retries"):
             # the fleet's units a second, now against when its last lease was made
             rate, was = lease.fleet_units / period, self.fleet / self.period
             if 0 <= rate < was:
