@@ -144,3 +144,27 @@ def test_a_lowered_limit_keeps_the_documented_bound_and_a_share_beside_one_cut_o
     assert _worst_window(spends, 5006.0, until) <= 40 + 10 + old * (WINDOW / 0.5 + 1)
     # once past its horizon: the new bound
     assert _worst_window(spends, until + 0.5, until + 2.0) <= 40 + 10
+
+
+def test_a_lowered_limit_keeps_the_documented_bound_on_the_leader() -> None:
+    leader = Leader(5000.0)  # x, y and c connected to the leader itself
+    for holder in ("x", "y", "c"):
+        leader.report(holder, agents_known=3)
+    leader.run(5004.0)
+    for holder in ("x", "y", "c"):  # each would spend its last lease without a new one
+        leader.report(holder, agents_known=3, safe_units=leader.sent[holder][-1].units)
+    leader.run(5004.1)
+    last = leader.sent["c"][-1]
+    leader.leaser.forget("c")  # its stream broke: it spends its last lease until its horizon
+    leader.run(5004.6)
+    leader.policies = [_policy(limit=40)]
+    leader.leaser.sync_policies()
+    horizon = last.period / 1000 + H
+    leader.run(horizon + 4.0)
+    spends = [(lease.period / 1000, 0.5, lease.units) for h in ("x", "y") for lease in leader.sent[h]]
+    start = last.period / 1000
+    while start < horizon:
+        spends.append((start, 0.5, last.units))
+        start = round(start + 0.5, 6)
+    assert _worst_window(spends, 5006.0, horizon) <= 40 + 10 + last.units * (WINDOW / 0.5 + 1)
+    assert _worst_window(spends, horizon + 1.0, horizon + 4.0) <= 40 + 10
