@@ -27,6 +27,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 from .capacity_grid import ForwardWall
 from .capacity_split import whole_units
 from .lease_epoch import claim_in_range
+from .relay_reserve import LeaseTerms, Spend, terms
 
 #: (service, resource) of a fleet-shared limit.
 Limit = tuple[str, str]
@@ -42,37 +43,14 @@ class _Kept:
     epoch: int = 0
     known: int = 0
     session: str = ""  # its process's session (how the fleet roster names it elsewhere)
-    #: the period length and fleet units of the last lease passed on to it (0: none)
-    period: float = 0.0
-    fleet: float = 0.0
+    #: what it may spend, each in the terms of a lease (the largest reserve is kept)
+    spends: tuple[Spend, ...] = ()
 
     def reserve(self, lease: pb.CapacityLease, now: float) -> float:
-        """What of ``lease`` is handed to nobody for it: ``units`` (what it may spend of its
-        last lease) in the terms of ``lease``.
-
-        It never hears of a changed policy and spends its old lease every old period until
-        its horizon. After a period shortened by r (new/old) reserving all of it from each
-        new, smaller lease would leave the agents here nothing for that whole time; its
-        old lease times 2r / (1 + r) a new period is enough: a window of n old periods
-        (n >= 1: a window at least an old period long) holds n/r + 1 new ones, reserving
-        2(n + r) / (1 + r) >= n + 1 old leases, the most it spends in such a window; and in
-        the last old period before it is let go (a window may hold only the end of its
-        horizon, which may fall that late), a whole old lease each new period. After
-        a lowered limit it is reserved at its share of the new limit (what it spends above
-        that, its old lease, the fleet cannot keep out while it is cut off: README, "A
-        lowered limit")."""
-        units = self.units
-        period = lease.period_length.ToNanoseconds() / 1e9
-        end = now + lease.starts_in.ToNanoseconds() / 1e9 + period
-        if self.period > 0 and 0 < period < self.period and end <= self.until - self.period:
-            r = period / self.period
-            units *= 2 * r / (1 + r)
-        if self.fleet > 0 and self.period > 0 and period > 0 and not lease.resource.endswith(".retries"):
-            # the fleet's units a second, now against when its last lease was made
-            rate, was = lease.fleet_units / period, self.fleet / self.period
-            if 0 <= rate < was:
-                units *= rate / was
-        return units
+        """What of ``lease`` is handed to nobody for it (``server/relay_reserve.py``)."""
+        if not self.spends:
+            return self.units
+        return max(spend.reserve(lease, now, self.until) for spend in self.spends)
 
 
 class FollowerLeases:
@@ -96,9 +74,10 @@ class FollowerLeases:
         self.now = ForwardWall(clock, wall)
         #: limit -> agent -> its last demand
         self.demands: dict[Limit, dict[str, pb.CapacityDemand]] = {}
-        #: limit -> agent -> the units of the last lease passed on to it, its period length
-        #: and the fleet's units then
-        self._sent: dict[Limit, dict[str, tuple[float, float, float]]] = {}
+        #: limit -> agent -> the last lease passed on to it, in its terms
+        self._sent: dict[Limit, dict[str, Spend]] = {}
+        #: limit -> the terms of the leases passed on to each agent lately
+        self._terms: dict[Limit, LeaseTerms] = {}
         #: limit -> agent gone without a goodbye -> what is kept for it
         self.kept: dict[Limit, dict[str, _Kept]] = {}
         self._dirty = False
@@ -115,6 +94,7 @@ class FollowerLeases:
         if demand.leaving:
             per_agent.pop(agent_id, None)
             self._sent.get(limit, {}).pop(agent_id, None)
+            self._terms.setdefault(limit, LeaseTerms()).forget(agent_id)
         else:
             per_agent[agent_id] = demand
         self._dirty = True
@@ -125,13 +105,16 @@ class FollowerLeases:
         now = self.clock()
         for limit, per_agent in self.demands.items():
             last = per_agent.pop(agent_id, None)
-            sent, period, fleet = self._sent.get(limit, {}).pop(agent_id, (0.0, 0.0, 0.0))
+            sent = self._sent.get(limit, {}).pop(agent_id, Spend(0.0))
+            seen = self._terms.setdefault(limit, LeaseTerms())
             if last is None:
+                seen.forget(agent_id)
                 continue
             self._dirty = True
-            units, hold = max(last.safe_units, sent), self.hold_secs(*limit)
+            units, hold = max(last.safe_units, sent.units), self.hold_secs(*limit)
+            spends = seen.gone(agent_id, last.safe_units, sent, now - (hold or 0.0))
             if units > 0 and hold is not None:
-                kept = _Kept(units, now + hold, last.held_epoch, last.agents_known, session, period, fleet)
+                kept = _Kept(units, now + hold, last.held_epoch, last.agents_known, session, spends)
                 self.kept.setdefault(limit, {})[agent_id] = kept
 
     def release_predecessors(self, name: str, keep: str) -> None:
@@ -232,14 +215,15 @@ class FollowerLeases:
         shares = fair_share(pool, {a: d.wanted for a, d in per_agent.items()})
         if whole:
             shares = whole_units(shares, lease.period)
-        sent = self._sent.setdefault(limit, {})
-        period = lease.period_length.ToNanoseconds() / 1e9
+        sent, seen = self._sent.setdefault(limit, {}), self._terms.setdefault(limit, LeaseTerms())
+        period, rate = terms(lease)
         out = []
         for agent_id, units in shares.items():
             mine = pb.CapacityLease()
             mine.CopyFrom(lease)
             mine.units = units  # the leader counted this replica's agents in lease.agents
-            sent[agent_id] = (units, period, lease.fleet_units)
+            sent[agent_id] = Spend(units, period, rate)
+            seen.sent(agent_id, lease, now)
             out.append((agent_id, mine))
         return out
 

@@ -39,6 +39,7 @@ class Fleet:
         #: agent -> period start (s) -> units
         self.got: dict[str, dict[float, float]] = {"x": {}, "y": {}, "c": {}}
         self._seen = 0
+        self.paused: set[str] = set()  # link held: nothing gets through either way
 
     def run(self, until: float) -> None:
         while self.leader.now < until:
@@ -49,15 +50,17 @@ class Fleet:
             sent = self.leader.sent.get("f", [])
             for lease in sent[self._seen :]:
                 for agent, mine in self.follower.leases.split(lease):
-                    self.got[agent][lease.period / 1000] = mine.units
+                    if agent not in self.paused:
+                        self.got[agent][lease.period / 1000] = mine.units
             self._seen = len(sent)
-            for name in ("y", "c"):  # what each would spend without a lease: its last one
+            for name in {"y", "c"} - self.paused:  # each would spend its last lease unleased
                 if name in self.follower.leases.demands.get(("shared", "shared.requests"), {}):
                     last = self.got[name][max(self.got[name])] if self.got[name] else 0.0
                     self.follower.agent(name, agents_known=3, safe_units=last)
 
     def cut_off_c(self) -> float:
-        """c's stream breaks: it spends its last lease every old period until its horizon."""
+        """c's stream breaks (its link held since it was paused, if it was): it spends its
+        last lease every old period until its horizon."""
         self.follower.leases.agent_left("c")
         kept = self.follower.leases.kept[("shared", "shared.requests")]["c"]
         return kept.until
@@ -108,15 +111,22 @@ def test_a_follower_splits_a_request_limit_in_whole_calls() -> None:
     assert {fleet.got["c"][s] for s in late} == {1.0, 2.0}
 
 
+@pytest.mark.parametrize("breaks", [0.0, 2.0])
 @pytest.mark.parametrize("period", [0.25, 0.1])
-def test_a_shorter_period_leaves_the_agents_beside_one_cut_off_a_share(period: float) -> None:
+def test_a_shorter_period_leaves_the_agents_beside_one_cut_off_a_share(period: float, breaks: float) -> None:
     fleet = Fleet()  # 200 per 2 s: 50 a 0.5-s period
     fleet.run(5004.0)
-    until = fleet.cut_off_c()
+    fleet.paused.add("c")  # c's link is held: it spends its last lease, 17 every 0.5 s
+    fleet.run(5004.0 + min(breaks, 0.6))
+    if not breaks:
+        until = fleet.cut_off_c()
     fleet.run(5004.6)
-    fleet.change(period=period)  # c never hears of it: 17 every 0.5 s until its horizon
+    fleet.change(period=period)  # c never hears of it
+    if breaks:  # the follower sees c's stream break only now, after leasing it in new terms
+        fleet.run(5004.0 + breaks)
+        until = fleet.cut_off_c()
     fleet.run(until + 2.0)
-    during = [s for s in fleet.got["y"] if 5006.0 <= s < until - 1.0]
+    during = [s for s in fleet.got["y"] if 5006.5 <= s < until - 1.0]
     assert during
     # y is leased a share in every period but those of c's last old period (the code
     # before kept all of c's old lease out of each new lease, and left y less than one
@@ -128,15 +138,21 @@ def test_a_shorter_period_leaves_the_agents_beside_one_cut_off_a_share(period: f
     assert _worst_window(spends, 5005.0, until + 2.0) <= 200 + 200 * period / WINDOW
 
 
-def test_a_lowered_limit_keeps_the_documented_bound_and_a_share_beside_one_cut_off() -> None:
+@pytest.mark.parametrize("breaks", [0.0, 2.0])
+def test_a_lowered_limit_keeps_the_documented_bound_and_a_share_beside_one_cut_off(breaks: float) -> None:
     fleet = Fleet()
     fleet.run(5004.0)
-    until = fleet.cut_off_c()
+    fleet.paused.add("c")
     old = max(fleet.got["c"].items())[1]
+    if not breaks:
+        until = fleet.cut_off_c()
     fleet.run(5004.6)
     fleet.change(limit=40)  # 10 a period; c never hears of it and spends its 17 a period
+    if breaks:
+        fleet.run(5004.0 + breaks)
+        until = fleet.cut_off_c()
     fleet.run(until + 4.0)
-    during = [s for s in fleet.got["y"] if 5006.0 <= s < until - 0.5]
+    during = [s for s in fleet.got["y"] if 5006.5 <= s < until - 0.5]
     assert min(fleet.got["y"][s] for s in during) >= 1.0  # before: nothing until c's horizon
     spends = _spent(fleet, 0.5, 0.5)
     # while c may spend its old lease: the new limit and one period, and what c spends of
