@@ -17,15 +17,19 @@ be back elsewhere).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from mission_control.client.fleet_limits import fair_share
+from mission_control.client.fleet_retries import retries_resource
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .capacity_grid import ForwardWall
+from .capacity_split import whole_units
 from .lease_epoch import claim_in_range
+from .relay_reserve import LeaseTerms, Spend, terms
 
 #: (service, resource) of a fleet-shared limit.
 Limit = tuple[str, str]
@@ -41,6 +45,14 @@ class _Kept:
     epoch: int = 0
     known: int = 0
     session: str = ""  # its process's session (how the fleet roster names it elsewhere)
+    #: what it may spend, each in the terms of a lease (the largest reserve is kept)
+    spends: tuple[Spend, ...] = ()
+
+    def reserve(self, lease: pb.CapacityLease, now: float) -> float:
+        """What of ``lease`` is handed to nobody for it (``server/relay_reserve.py``)."""
+        if not self.spends:
+            return self.units
+        return max(spend.reserve(lease, now, self.until) for spend in self.spends)
 
 
 class FollowerLeases:
@@ -64,8 +76,10 @@ class FollowerLeases:
         self.now = ForwardWall(clock, wall)
         #: limit -> agent -> its last demand
         self.demands: dict[Limit, dict[str, pb.CapacityDemand]] = {}
-        #: limit -> agent -> the units of the last lease passed on to it
-        self._sent: dict[Limit, dict[str, float]] = {}
+        #: limit -> agent -> the last lease passed on to it, in its terms
+        self._sent: dict[Limit, dict[str, Spend]] = {}
+        #: limit -> the terms of the leases passed on to each agent lately
+        self._terms: dict[Limit, LeaseTerms] = {}
         #: limit -> agent gone without a goodbye -> what is kept for it
         self.kept: dict[Limit, dict[str, _Kept]] = {}
         self._dirty = False
@@ -83,6 +97,7 @@ class FollowerLeases:
         if demand.leaving:
             per_agent.pop(agent_id, None)
             self._sent.get(limit, {}).pop(agent_id, None)
+            self._terms.setdefault(limit, LeaseTerms()).forget(agent_id)
         else:
             per_agent[agent_id] = demand
         self._dirty = True
@@ -93,13 +108,16 @@ class FollowerLeases:
         now = self.clock()
         for limit, per_agent in self.demands.items():
             last = per_agent.pop(agent_id, None)
-            sent = self._sent.get(limit, {}).pop(agent_id, 0.0)
+            sent = self._sent.get(limit, {}).pop(agent_id, Spend(0.0))
+            seen = self._terms.setdefault(limit, LeaseTerms())
             if last is None:
+                seen.forget(agent_id)
                 continue
             self._dirty = True
-            units, hold = max(last.safe_units, sent), self.hold_secs(*limit)
+            units, hold = max(last.safe_units, sent.units), self.hold_secs(*limit)
+            spends = seen.gone(agent_id, last.safe_units, sent, now - (hold or 0.0))
             if units > 0 and hold is not None:
-                kept = _Kept(units, now + hold, last.held_epoch, last.agents_known, session)
+                kept = _Kept(units, now + hold, last.held_epoch, last.agents_known, session, spends)
                 self.kept.setdefault(limit, {})[agent_id] = kept
 
     def release_predecessors(self, name: str, keep: str) -> None:
@@ -186,18 +204,29 @@ class FollowerLeases:
 
     def split(self, lease: pb.CapacityLease) -> list[tuple[str, pb.CapacityLease]]:
         """The leader's lease for this replica, split among the agents here (after what is
-        kept for the agents gone), as (agent, its lease)."""
+        kept for the agents gone), as (agent, its lease): a request limit (or a fleet retry
+        budget) in whole calls, as the leader splits it, the units left over by rounding
+        going to the largest fractions, in turns period by period."""
         limit = (lease.service, lease.resource)
         per_agent = self.demands.get(limit, {})
-        kept = sum(k.units for k in self._kept_now(limit).values())
-        shares = fair_share(max(0.0, lease.units - kept), {a: d.wanted for a, d in per_agent.items()})
-        sent = self._sent.setdefault(limit, {})
+        now = self.clock()
+        kept = sum(k.reserve(lease, now) for k in self._kept_now(limit).values())
+        pool = max(0.0, lease.units - kept)
+        whole = lease.resource in (f"{lease.service}.requests", retries_resource(lease.service))
+        if whole:
+            pool = math.floor(pool + 1e-9)
+        shares = fair_share(pool, {a: d.wanted for a, d in per_agent.items()})
+        if whole:
+            shares = whole_units(shares, lease.period)
+        sent, seen = self._sent.setdefault(limit, {}), self._terms.setdefault(limit, LeaseTerms())
+        period, rate = terms(lease)
         out = []
         for agent_id, units in shares.items():
             mine = pb.CapacityLease()
             mine.CopyFrom(lease)
             mine.units = units  # the leader counted this replica's agents in lease.agents
-            sent[agent_id] = units
+            sent[agent_id] = Spend(units, period, rate)
+            seen.sent(agent_id, lease, now)
             out.append((agent_id, mine))
         return out
 
