@@ -101,7 +101,23 @@ async def _marked_on_a_follower(world: World) -> list[str]:
     assert own is None or own.state is BreakerState.CLOSED, "cp1 could read no record of svc-a"
     before = len(world.result.violations)
     checks._agents_agree(world)
-    return world.result.violations[before:]
+    found = world.result.violations[before:]
+    # the wait over, the leader grants; the probe closes svc-a, written over the garbage
+    closed = lambda r: held(r) is not None and held(r).state is BreakerState.CLOSED  # noqa: E731
+    await _until(
+        world,
+        lambda: (
+            stored() is not None
+            and stored()[0] is BreakerState.CLOSED
+            and closed(first)
+            and closed(second)
+            and fleet() is not None
+            and fleet().state is BreakerState.CLOSED
+        ),
+        "svc-a closed everywhere",
+        20.0,
+    )
+    return found
 
 
 def test_an_agent_of_a_follower_goes_by_its_own_breaker_under_the_leaders_mark() -> None:
