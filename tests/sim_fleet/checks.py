@@ -210,7 +210,7 @@ def _agents_agree(world: World) -> None:
             told = _told(agent.replica, name)
             want = BreakerState(told.state)
             got = fleet.state if fleet is not None else BreakerState.CLOSED
-            if got is not want and not _held_as_marked(world, agent, name, state, fleet):
+            if got is not want and not _held_as_marked(world, told, name, state, fleet):
                 world.result.violations.append(
                     f"I1: {agent.name} holds {name} {got.name}; "
                     f"its replica {agent.replica.instance} tells {want.name}"
@@ -228,23 +228,23 @@ def _told(replica, name: str) -> pb.Breaker:  # type: ignore[no-untyped-def]
     return plane._in_force(own)  # type: ignore[no-any-return]
 
 
-def _held_as_marked(world: World, agent, name: str, state, fleet) -> bool:  # type: ignore[no-untyped-def]
-    """Whether ``agent`` goes by its own breaker on the state its replica holds because the
-    replica pushes it marked ``no_grants``, for the wait after a takeover that followed
-    etcd's return only (a mark pushed during the outage stays through it; see
+def _held_as_marked(world: World, told: pb.Breaker, name: str, state, fleet) -> bool:  # type: ignore[no-untyped-def]
+    """Whether the agent goes by its own breaker on the state its replica tells (``told``)
+    because that state is pushed marked ``no_grants``, for the wait after a takeover that
+    followed etcd's return only (a mark pushed during the outage stays through it; see
     server/grant_pause.py): the leader's lease and its stored run are known to hold, and
-    the mark goes once the wait is over."""
-    held = agent.replica.plane.breakers.find(name)
-    marked = held is not None and agent.replica.plane.breakers.to_proto(name).no_grants
+    the mark goes once the wait is over. What is told, not the replica's own breaker: a
+    follower tells the leader's state, mark included, when it is newer than its own (one
+    restarted over a record it cannot read holds the breaker CLOSED)."""
     known = state.fleet
     leaders = [r.plane.breakers for r in world.alive_replicas() if r.plane.leading]
     waiting = len(leaders) == 1 and not leaders[0].grants_unsure(name) and leaders[0].grants_blocked(name)
     return bool(
-        marked
+        told.no_grants
         and waiting
         and fleet is None
         and known is not None
-        and known.state is held.state
+        and known.state is BreakerState(told.state)
         and known.no_grants_since is not None
     )
 
