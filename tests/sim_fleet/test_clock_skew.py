@@ -143,7 +143,7 @@ def _run(seed: int) -> Result:
 @pytest.mark.timeout(max(1800, SKEWED_SCHEDULES * 15))  # a backstop: each is bounded in loop steps
 def test_schedules_with_skewed_clocks_keep_the_invariants() -> None:
     seeds = range(SKEWED_FIRST_SEED, SKEWED_FIRST_SEED + SKEWED_SCHEDULES)
-    with ProcessPoolExecutor(min(2, os.cpu_count() or 1)) as pool:
+    with ProcessPoolExecutor(min(2, os.cpu_count() or 1), mp_context=vloop.FRESH_PROCESSES) as pool:
         results = list(pool.map(_run, seeds, chunksize=4))
     failed = [r.report() for r in results if [v for v in r.violations if "(known:" not in v]]
     assert not failed, f"{len(failed)} of {len(results)} skewed schedules broke an invariant:\n" + "\n".join(

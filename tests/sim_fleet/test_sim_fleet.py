@@ -42,7 +42,7 @@ def _run(seed: int) -> Result:
 
 def _all(seeds: list[int]) -> list[Result]:
     workers = min(2, os.cpu_count() or 1)
-    with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(workers, mp_context=vloop.FRESH_PROCESSES) as pool:
         return list(pool.map(_run, seeds, chunksize=8))
 
 

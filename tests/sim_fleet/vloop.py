@@ -11,9 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import multiprocessing
 import selectors
 from collections.abc import Coroutine
 from typing import Any, TypeVar
+
+#: How schedule pools start their workers: fresh interpreters, not forks. A fork of a pytest
+#: worker that ran gRPC tests before inherits gRPC objects whose threads it lacks; the first
+#: garbage collection in the child (``run``'s) then waits on such a thread for ever (seen:
+#: both workers of a full run stuck at their first schedule).
+FRESH_PROCESSES = multiprocessing.get_context("spawn")
 
 T = TypeVar("T")
 
