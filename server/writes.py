@@ -418,7 +418,8 @@ class StateWriter:
         """The watch shows ``value`` stored for ``name`` at ``revision`` while a decision on
         it is pending. A record this replica sent whose answer is lost (or not come yet)
         is its own write stored, as :meth:`_landed` finds on a lost compare-and-swap: what
-        is held here rests on that revision from now on, and is pushed again saying so —
+        is held here rests on that revision from now on, and a state decided since is pushed
+        again saying so —
         while etcd is away, a follower that read the write tells its agents a state
         decided here since only when it rests on a revision at least as late
         (``leader_states``)."""
@@ -431,9 +432,11 @@ class StateWriter:
         self.breakers.stored(name, revision, run)
         self.breakers.records[name] = value
         if self._decided[name][0] == value:
-            self._settled(name)  # nothing decided since: the write in flight, if any, changes nothing
-        else:
-            self._wake.set()  # what was decided since is written on top of it
+            # nothing decided since: agents hold what was stored (the watch commonly beats
+            # the answer: a push here would double every transition's push)
+            self._settled(name)
+            return
+        self._wake.set()  # what was decided since is written on top of it
         self.breakers.restate(name)
 
     async def _supersede(self) -> None:
