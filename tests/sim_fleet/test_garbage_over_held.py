@@ -15,6 +15,7 @@ record when it takes over, and after a load or a watch event that refused one
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from mission_control.client.breaker import BreakerState
 from mission_control.client.policy import ServicePolicy
@@ -32,18 +33,16 @@ KEY = f"{PREFIX}/breakers/svc-a"
 TIMEOUT = 2.0
 
 
-async def _garbage_over_a_half_open(world: World) -> None:
-    """cp0 leads, cp1 follows; svc-a trips and half-opens with no agent left to probe it.
-    cp1 is cut from etcd, etcd is wiped and cp0 restores svc-a; garbage goes over it and
-    etcd compacts the restored revision away. cp0 is killed; cp1, back, leads; cp0 starts
-    again. svc-a is healthy again and a new agent calls it."""
+async def leader_and_follower(world: World, timeout: float) -> tuple[Any, Any]:
+    """cp0 leading and cp1 following, svc-a quick to trip (3 failures), one probe to close
+    and ``timeout`` for its calls; the other services under drawn policies."""
     world.success_thresholds["svc-a"] = 1
     short = ServicePolicy(
         service="svc-a",
         failure_threshold=3,
         success_threshold=1,
         wait_duration_secs=1.0,
-        timeout_secs=TIMEOUT,
+        timeout_secs=timeout,
     )
     for service in SERVICES:
         chosen = short if service == "svc-a" else policy(service, world.rng)
@@ -52,6 +51,15 @@ async def _garbage_over_a_half_open(world: World) -> None:
     await _until(world, lambda: first.plane.leading, "cp0 leads")
     second = await world.start_replica("cp1")
     await _until(world, lambda: second.plane.sync.loaded.is_set(), "cp1 loaded")
+    return first, second
+
+
+async def _garbage_over_a_half_open(world: World) -> None:
+    """cp0 leads, cp1 follows; svc-a trips and half-opens with no agent left to probe it.
+    cp1 is cut from etcd, etcd is wiped and cp0 restores svc-a; garbage goes over it and
+    etcd compacts the restored revision away. cp0 is killed; cp1, back, leads; cp0 starts
+    again. svc-a is healthy again and a new agent calls it."""
+    first, second = await leader_and_follower(world, TIMEOUT)
     caller = Agent(world, "agent-0", ("svc-a",))
     world.agents.append(caller)
     world.failing["svc-a"] = True

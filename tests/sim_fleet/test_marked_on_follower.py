@@ -18,11 +18,11 @@ from __future__ import annotations
 import asyncio
 
 from mission_control.client.breaker import BreakerState
-from mission_control.client.policy import ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from . import checks, vloop
-from .schedule import SERVICES, World, _policy_json, policy, quiet_logs
+from .schedule import World, quiet_logs
+from .test_garbage_over_held import leader_and_follower
 from .test_scenarios import _until
 from .world import PREFIX, Agent
 
@@ -37,21 +37,7 @@ async def _marked_on_a_follower(world: World) -> list[str]:
     again and stores the HALF_OPEN; garbage goes over it and etcd compacts the good
     revision away; cp1 restarts and agent-0 reaches it again. What the I1 check says once
     agent-0's hold is over while the leader still waits."""
-    world.success_thresholds["svc-a"] = 1
-    short = ServicePolicy(
-        service="svc-a",
-        failure_threshold=3,
-        success_threshold=1,
-        wait_duration_secs=1.0,
-        timeout_secs=TIMEOUT,
-    )
-    for service in SERVICES:
-        chosen = short if service == "svc-a" else policy(service, world.rng)
-        world.etcd.put_raw(f"{PREFIX}/policies/{service}", _policy_json(chosen))
-    first = await world.start_replica("cp0")
-    await _until(world, lambda: first.plane.leading, "cp0 leads")
-    second = await world.start_replica("cp1")
-    await _until(world, lambda: second.plane.sync.loaded.is_set(), "cp1 loaded")
+    first, second = await leader_and_follower(world, TIMEOUT)
     world.partitions.add(frozenset(("agent-0", "cp0")))
     agent = Agent(world, "agent-0", ("svc-a",))
     world.agents.append(agent)
