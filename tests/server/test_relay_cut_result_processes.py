@@ -10,13 +10,23 @@ not under A, so the result is cut; then P1 lets r2 through again and r2 passes i
 Before, r1 dropped that copy whole (a batch counted already), the permit stayed held until
 its hold lapsed and the breaker closed only after a second fleet probe. Now the copy's
 result settles the relay's permit: one fleet probe closes the breaker.
+
+Each step waits on what the processes show, not on time: the follower's dashboard counts
+A's probe result before A moves (so the follower holds a copy); the leader acknowledged A's
+resent batch with it (A's view: none pending up to it; the follower, cut off, acknowledges
+none), and the breaker is HALF_OPEN still on the leader and in etcd (the result was cut)
+before the follower gets through again.
 """
 
 from __future__ import annotations
 
-import time
+import json
+import urllib.request
 
+import grpc
 import pytest
+from mission_control.resilience.v1 import control_plane_pb2 as pb
+from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 from mission_control.resilience.v1 import policy_pb2
 
 from tests.support.fleets import leader_of, put_policy
@@ -28,7 +38,29 @@ from tests.support.replicas import connected_agents
 from tests.support.tcp_pause import PausableProxy, proxy_in_thread
 
 SERVICE = "relay-cut"
-T, D = 3.0, 1.0
+T, D = 10.0, 1.0  # a permit is held for the probe TTL (5 s) + T: the steps fit in it
+
+
+def _serve(ep: str, prefix: str, name: str, *extra: str) -> tuple[Proc, str, str]:
+    """A replica with its dashboard on: the process, its address and its dashboard's."""
+    proc, address = control_plane(ep, prefix, "--instance-id", name, "--http", "127.0.0.1:0", *extra)
+    http = proc.wait_for("mission-control: dashboard at ", timeout=30).split()[-1].rstrip("/")
+    return proc, address, http
+
+
+def _successes(http: str, agent: str) -> int:
+    """The successful calls (probes included) of ``agent``'s batches the replica took, as its
+    dashboard shows them (its per-agent activity)."""
+    with urllib.request.urlopen(http + "/api/state", timeout=10) as response:
+        row = json.loads(response.read())["by_agent"].get(agent, {})
+    return int(row.get("calls", 0)) - int(row.get("failures", 0))
+
+
+def _state_on(address: str) -> int:
+    """The breaker's state as the replica at ``address`` holds it."""
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.ControlPlaneServiceStub(channel)
+        return stub.GetBreaker(pb.GetBreakerRequest(name=SERVICE), timeout=5).breaker.state  # type: ignore[no-any-return]
 
 
 def _move(proxy: PausableProxy, target: str | None) -> None:
@@ -52,7 +84,7 @@ def test_a_result_a_cut_off_follower_took_counts_once_after_the_agent_resent_it(
         spawned.append(r1)
         p1.target = a1
         poll(lambda: leader_of(ep, prefix) == "r1")
-        r2, a2 = control_plane(ep, prefix, "--instance-id", "r2")
+        r2, a2, http2 = _serve(ep, prefix, "r2")
         spawned.append(r2)
         p2.target = a2
         put_policy(a1, pol)
@@ -62,10 +94,16 @@ def test_a_result_a_cut_off_follower_took_counts_once_after_the_agent_resent_it(
         poll(lambda: up.in_flight("fleet") == 1, 30)  # A probes under a permit relayed by r2
         loop1.call_soon_threadsafe(_move, p1, None)
         poll(lambda: any(c.kind == "fleet" for c in up.calls()), 10)  # it ended (a success)
-        time.sleep(1.0)  # A's batch with the result reaches r2 (flushed every 20 ms)
+        ended = up.calls()  # (a failing upstream records no call: these are A's successes)
+        # A's batch with the result reached r2, which holds it for the leader
+        poll(lambda: _successes(http2, "A") >= len(ended), 30)
+        numbered = agent.ask("batches")["numbered"]  # (the batch with the result among them)
         loop2.call_soon_threadsafe(_move, p2, a1)
         poll(lambda: connected_agents(a1) == 1, 30)  # A on r1 (r2 cannot reach it): its batch again
-        time.sleep(1.0)
+        # r1 counted A's resent batch (it acknowledged it: r2, cut off, acknowledges none)
+        # and cut its result (the permit is held for r2's relay, not for A): still HALF_OPEN
+        poll(lambda: min(agent.ask("batches")["pending"], default=numbered + 1) > numbered, 30)
+        assert _state_on(a1) == pb.BREAKER_STATE_HALF_OPEN, [(c.kind, c.agent) for c in up.calls()]
         assert stored(ep, prefix, SERVICE).get("state") == "BREAKER_STATE_HALF_OPEN"
         loop1.call_soon_threadsafe(setattr, p1, "target", a1)  # r2's relay gets through again
         poll(lambda: stored(ep, prefix, SERVICE).get("state") == "BREAKER_STATE_CLOSED", 40)

@@ -10,8 +10,10 @@ flight (tests.support.probe_upstream). A refused call is tried again 50 ms later
 
 Prints {"ready": bool} once connected. ``state`` answers {"state": the fleet breaker as
 this agent sees it, "connected": bool, "endpoint": the replica it is connected to};
-``outcomes`` answers {"outcomes": {outcome: count}} so far; ``stop`` answers the same and
-exits.
+``outcomes`` answers {"outcomes": {outcome: count}} so far; ``batches`` answers
+{"numbered": the sequence of the last outcome batch made, "pending": those not acknowledged
+yet} (what the control plane took: a replica acknowledges a batch once counted, a
+follower once its leader counted it); ``stop`` answers the same as ``outcomes`` and exits.
 """
 
 from __future__ import annotations
@@ -49,6 +51,15 @@ def _call(mc: MissionControl, stub: pb_grpc.EchoServiceStub, service: str) -> st
         return str(err.code().name)
 
 
+def _batches(mc: MissionControl) -> dict[str, object]:
+    """The numbering of the outcome batches (not public API: the connection's own record)."""
+    unacked = mc.connection._unacked if mc.connection is not None else None
+    if unacked is None:
+        return {"numbered": 0, "pending": []}
+    with unacked._lock:
+        return {"numbered": unacked._sequence, "pending": sorted(unacked._pending)}
+
+
 def main() -> None:
     agent_id, control_planes, upstream, service, threads = sys.argv[1:6]
     mc = MissionControl(agent_id, control_plane=control_planes.split(","), flush_interval=0.02).start()
@@ -74,6 +85,8 @@ def main() -> None:
             endpoint = mc.connection.current_endpoint if mc.connection is not None else None
             state = fleet.state.name if fleet is not None else None
             print(json.dumps({"state": state, "connected": mc.connected, "endpoint": endpoint}), flush=True)
+        elif line.strip() == "batches":
+            print(json.dumps(_batches(mc)), flush=True)
         elif line.strip() == "outcomes":
             with lock:
                 print(json.dumps({"outcomes": outcomes}), flush=True)
