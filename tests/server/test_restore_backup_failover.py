@@ -14,17 +14,12 @@ import pytest
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.etcd_process import EtcdProcess
 
-from tests.server.test_restore_backup import (
-    RESTORED_WITHIN,
-    force_open_after_backup,
-    forced_open_stored,
-    restore,
-)
 from tests.support.fleets import leader_of
 from tests.support.follower_write import Link, held, links
 from tests.support.polling import poll
 from tests.support.probe_upstream import ProbeUpstream
 from tests.support.procs import Proc
+from tests.support.restores import RESTORED_WITHIN, force_open_after_backup, forced_open_stored, restore
 
 __all__ = ["links"]  # (the fixture)
 

@@ -21,10 +21,9 @@ import pytest
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.server.etcd_process import EtcdProcess
 
-from tests.server.test_restore_backup import forced_open_stored, restore, revision
-from tests.support.etcd import etcdctl, write_history
-from tests.support.fleets import leader_of, put_policy
-from tests.support.follower_write import POLICY, SERVICE, Link, do, held, links, set_state
+from tests.support.etcd import etcdctl
+from tests.support.fleets import put_policy
+from tests.support.follower_write import POLICY, SERVICE, Link, held, linked_pair, links, set_state
 from tests.support.polling import poll
 from tests.support.probers import stored
 from tests.support.procs import Proc, control_plane
@@ -36,6 +35,7 @@ from tests.support.restored_views import (
     services,
     with_timeout,
 )
+from tests.support.restores import forced_open_stored, restore_unseen, revision, token_stored
 
 __all__ = ["links"]  # (the fixture)
 
@@ -52,18 +52,12 @@ def test_a_backup_holding_older_state_gives_back_the_fleet_state_and_says_what_i
     etcd: EtcdProcess, prefix: str, spawned: list[Proc], links: tuple[Link, Link], tmp_path: Path
 ) -> None:
     endpoint = etcd.endpoint
-    lead_link, follow_link = links
-    lead_link[0].target = follow_link[0].target = endpoint
-    leader, lead_at = control_plane(lead_link[0].address, prefix, "--instance-id", "lead")
-    spawned.append(leader)
-    poll(lambda: leader_of(endpoint, prefix) == "lead", 60)
-    follower, follow_at = control_plane(follow_link[0].address, prefix, "--instance-id", "follow")
-    spawned.append(follower)
+    (_, lead_at), (_, follow_at) = linked_pair(endpoint, prefix, spawned, links)
     put_policy(lead_at, POLICY)
     put_policy(lead_at, with_timeout(2.0, RETIRED))
     set_state(lead_at, pb.BREAKER_STATE_CLOSED)  # the backup holds the breaker, CLOSED
     poll(lambda: stored(endpoint, prefix, SERVICE) != {}, 30)
-    poll(lambda: etcdctl(endpoint, "get", f"{prefix}/store-history", "--print-value-only").strip() != "", 30)
+    token_stored(endpoint, prefix)
     snap = tmp_path / "snap.db"
     etcdctl(endpoint, "snapshot", "save", str(snap))
 
@@ -74,13 +68,7 @@ def test_a_backup_holding_older_state_gives_back_the_fleet_state_and_says_what_i
     poll(lambda: held(follow_at).revision >= written.revision, 30)
     poll(lambda: services(follow_at) == {SERVICE: 7.0} and candidates(follow_at) == {SERVICE: 11.0}, 30)
 
-    before = revision(endpoint)
-    do(lead_link, "pause")
-    do(follow_link, "pause")
-    restore(etcd, snap)
-    write_history(endpoint, "/elsewhere/x", before + 50 - revision(endpoint))
-    do(lead_link, "cut", "resume")
-    do(follow_link, "cut", "resume")
+    restore_unseen(etcd, snap, links, revision(endpoint) + 50)
 
     poll(lambda: forced_open_stored(endpoint, prefix), 60)
     assert stored_timeout(endpoint, prefix) == 3.0  # etcd's value (the backup's) is taken
@@ -103,16 +91,10 @@ def test_a_backup_restored_after_a_candidate_was_put_and_a_policy_deleted_is_fol
     """No breaker changed after the backup: only the candidate (held, absent from etcd) and
     the deleted policy (not held, back in etcd) tell the loss."""
     endpoint = etcd.endpoint
-    lead_link, follow_link = links
-    lead_link[0].target = follow_link[0].target = endpoint
-    leader, lead_at = control_plane(lead_link[0].address, prefix, "--instance-id", "lead")
-    spawned.append(leader)
-    poll(lambda: leader_of(endpoint, prefix) == "lead", 60)
-    follower, follow_at = control_plane(follow_link[0].address, prefix, "--instance-id", "follow")
-    spawned.append(follower)
+    (_, lead_at), (_, follow_at) = linked_pair(endpoint, prefix, spawned, links)
     put_policy(lead_at, POLICY)
     put_policy(lead_at, with_timeout(2.0, RETIRED))
-    poll(lambda: etcdctl(endpoint, "get", f"{prefix}/store-history", "--print-value-only").strip() != "", 30)
+    token_stored(endpoint, prefix)
     snap = tmp_path / "snap.db"
     etcdctl(endpoint, "snapshot", "save", str(snap))
 
@@ -120,13 +102,7 @@ def test_a_backup_restored_after_a_candidate_was_put_and_a_policy_deleted_is_fol
     delete_policy(lead_at, RETIRED)
     poll(lambda: services(follow_at) == {SERVICE: 3.0} and candidates(follow_at) == {SERVICE: 11.0}, 30)
 
-    before = revision(endpoint)
-    do(lead_link, "pause")
-    do(follow_link, "pause")
-    restore(etcd, snap)
-    write_history(endpoint, "/elsewhere/x", before + 50 - revision(endpoint))
-    do(lead_link, "cut", "resume")
-    do(follow_link, "cut", "resume")
+    restore_unseen(etcd, snap, links, revision(endpoint) + 50)
 
     in_etcd = {SERVICE: 3.0, RETIRED: 2.0}
     late, late_at = control_plane(endpoint, prefix, "--instance-id", "late")

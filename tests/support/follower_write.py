@@ -121,6 +121,22 @@ class Pair:
     stored_at: int
 
 
+def linked_pair(
+    endpoint: str, prefix: str, spawned: list[Proc], links: tuple[Link, Link]
+) -> tuple[tuple[Proc, str], tuple[Proc, str]]:
+    """Point both links at ``endpoint``; start the leader ("lead") through the first, then,
+    once it leads, the follower ("follow") through the second. Returns (the leader, its
+    address), (the follower, its address)."""
+    lead_link, follow_link = links
+    lead_link[0].target = follow_link[0].target = endpoint
+    leader, lead_at = control_plane(lead_link[0].address, prefix, "--instance-id", "lead")
+    spawned.append(leader)
+    poll(lambda: leader_of(endpoint, prefix) == "lead", 60)
+    follower, follow_at = control_plane(follow_link[0].address, prefix, "--instance-id", "follow")
+    spawned.append(follower)
+    return (leader, lead_at), (follower, follow_at)
+
+
 def start_pair(
     endpoint: str,
     prefix: str,
@@ -133,12 +149,7 @@ def start_pair(
     ("follow"); store the policy and the breaker in state ``leaders`` through the leader;
     once both replicas read it, start the agent on the follower and wait until it holds it."""
     lead_link, follow_link = links
-    lead_link[0].target = follow_link[0].target = endpoint
-    leader, lead_at = control_plane(lead_link[0].address, prefix, "--instance-id", "lead")
-    spawned.append(leader)
-    poll(lambda: leader_of(endpoint, prefix) == "lead", 60)
-    follower, follow_at = control_plane(follow_link[0].address, prefix, "--instance-id", "follow")
-    spawned.append(follower)
+    (_, lead_at), (_, follow_at) = linked_pair(endpoint, prefix, spawned, links)
     put_policy(lead_at, POLICY)
     stored_at = set_state(lead_at, leaders).revision  # both replicas read it
     poll(lambda: held(follow_at).revision == stored_at and held(lead_at).revision == stored_at, 30)
