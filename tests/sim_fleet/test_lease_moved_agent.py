@@ -11,43 +11,20 @@ from __future__ import annotations
 import asyncio
 
 from . import vloop
-from .schedule import World, quiet_logs
-from .test_lease_wipe import (
-    LIMIT,
-    PERIOD,
-    SERVICE,
-    UNITS,
-    WINDOW,
-    _budgets,
-    _drive,
-    _fleet_policy,
-    worst_window,
-)
+from .lease_fleet import LIMIT, PERIOD, UNITS, WINDOW, budgets, leading_world, loaded, spending, worst_window
+from .schedule import quiet_logs
 from .test_scenarios import _until
-from .world import PREFIX, Agent
 
 
 def test_an_agent_moved_from_a_follower_to_the_new_leader_is_counted_once() -> None:
     async def main() -> None:
-        world = World(0)
-        world.calling = False  # the calls here are the driver's
-        world.etcd.put_raw(f"{PREFIX}/policies/{SERVICE}", _fleet_policy())
-        first = await world.start_replica("cp0")
-        await _until(world, lambda: first.plane.leading, "cp0 leads")
+        world, first = await leading_world()
         nxt, other = await world.start_replica("cp1"), await world.start_replica("cp2")
-        await _until(
-            world, lambda: nxt.plane.sync.loaded.is_set() and other.plane.sync.loaded.is_set(), "loaded"
-        )
+        await loaded(world, nxt, other)
         # z reaches cp0 only; w and x reach cp2 only (x reaches cp1 later)
         cut = {("z", "cp1"), ("z", "cp2"), ("w", "cp0"), ("w", "cp1"), ("x", "cp0"), ("x", "cp1")}
         world.partitions |= {frozenset(pair) for pair in cut}
-        agents = [Agent(world, name, (SERVICE,)) for name in ("z", "w", "x")]
-        world.agents.extend(agents)
-        admitted: list[float] = []
-        driver = asyncio.get_running_loop().create_task(_drive(world, agents, admitted))
-        leased = lambda: all(b is not None and b.leased for b in _budgets(agents))  # noqa: E731
-        await _until(world, leased, "every agent leased")
-        await asyncio.sleep(8 * PERIOD)  # the split settles
+        agents, admitted, driver = await spending(world, ("z", "w", "x"))
         assert agents[0].replica is first and agents[2].replica is other
 
         crashed_at = world.now
@@ -64,7 +41,7 @@ def test_an_agent_moved_from_a_follower_to_the_new_leader_is_counted_once() -> N
         after = [t for t in admitted if t > crashed_at]
 
         assert worst_window(after, WINDOW) <= LIMIT + UNITS, worst_window(after, WINDOW)
-        budget = _budgets(agents)[0]
+        budget = budgets(agents)[0]
         assert budget is not None and not budget.leased and budget.last_units > 0  # z still spends
 
     with quiet_logs():

@@ -15,20 +15,20 @@ import asyncio
 from mission_control.server.relayed_agents import name_of
 
 from . import vloop
-from .schedule import World, quiet_logs
-from .test_lease_wipe import (
+from .lease_fleet import (
     LIMIT,
     PERIOD,
     SERVICE,
     UNITS,
     WINDOW,
-    _budgets,
-    _drive,
-    _fleet_policy,
+    budgets,
+    leading_world,
+    loaded,
+    spending,
     worst_window,
 )
+from .schedule import World, quiet_logs
 from .test_scenarios import _until
-from .world import PREFIX, Agent
 
 RESOURCE = f"{SERVICE}.requests"
 
@@ -45,25 +45,13 @@ def _only(world: World, agent: str, replica: str) -> None:
 
 def test_an_agent_moved_to_a_follower_cut_off_from_the_leader_stays_kept_aside() -> None:
     async def main() -> None:
-        world = World(0)
-        world.calling = False  # the calls here are the driver's
-        world.etcd.put_raw(f"{PREFIX}/policies/{SERVICE}", _fleet_policy())
-        leader = await world.start_replica("cp0")
-        await _until(world, lambda: leader.plane.leading, "cp0 leads")
+        world, _ = await leading_world()
         world.partitions.add(frozenset(("cp2", "cp0")))  # cp2 reaches etcd, never the leader
         linked, cut_off = await world.start_replica("cp1"), await world.start_replica("cp2")
-        await _until(
-            world, lambda: linked.plane.sync.loaded.is_set() and cut_off.plane.sync.loaded.is_set(), "loaded"
-        )
+        await loaded(world, linked, cut_off)
         for name, replica in (("k", "cp1"), ("l", "cp0"), ("m", "cp1")):
             _only(world, name, replica)
-        agents = [Agent(world, name, (SERVICE,)) for name in ("k", "l", "m")]
-        world.agents.extend(agents)
-        admitted: list[float] = []
-        driver = asyncio.get_running_loop().create_task(_drive(world, agents, admitted))
-        leased = lambda: all(b is not None and b.leased for b in _budgets(agents))  # noqa: E731
-        await _until(world, leased, "every agent leased")
-        await asyncio.sleep(8 * PERIOD)  # the split settles
+        agents, admitted, driver = await spending(world, ("k", "l", "m"))
         assert agents[2].replica is linked
 
         moved_at = world.now
@@ -75,7 +63,7 @@ def test_an_agent_moved_to_a_follower_cut_off_from_the_leader_stays_kept_aside()
         after = [t for t in admitted if t > moved_at]
 
         assert worst_window(after, WINDOW) <= LIMIT + UNITS, worst_window(after, WINDOW)
-        budget = _budgets(agents)[2]
+        budget = budgets(agents)[2]
         assert budget is not None and budget.last_units > 0  # m still spends its last lease
 
     with quiet_logs():
@@ -84,24 +72,14 @@ def test_an_agent_moved_to_a_follower_cut_off_from_the_leader_stays_kept_aside()
 
 def test_the_leader_releases_its_share_of_an_agent_gone_to_a_follower_that_reports_it() -> None:
     async def main() -> None:
-        world = World(0)
-        world.calling = False
-        world.etcd.put_raw(f"{PREFIX}/policies/{SERVICE}", _fleet_policy())
-        leader = await world.start_replica("cp0")
-        await _until(world, lambda: leader.plane.leading, "cp0 leads")
+        world, leader = await leading_world()
         follower = await world.start_replica("cp1")
         await _until(
             world, lambda: follower.plane.relay is not None and follower.plane.relay.connected, "linked"
         )
         for name, replica in (("k", "cp1"), ("l", "cp0"), ("m", "cp0")):
             _only(world, name, replica)
-        agents = [Agent(world, name, (SERVICE,)) for name in ("k", "l", "m")]
-        world.agents.extend(agents)
-        admitted: list[float] = []
-        driver = asyncio.get_running_loop().create_task(_drive(world, agents, admitted))
-        leased = lambda: all(b is not None and b.leased for b in _budgets(agents))  # noqa: E731
-        await _until(world, leased, "every agent leased")
-        await asyncio.sleep(8 * PERIOD)
+        agents, admitted, driver = await spending(world, ("k", "l", "m"))
         limit = leader.plane.capacity.limits[(SERVICE, RESOURCE)]
 
         moved_at = world.now
