@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -77,6 +78,36 @@ def spending_agents(spawned: list[Proc], service: str, rate: float, *wanted: tup
     for proc in procs:  # every agent holds a lease (else it spends nothing when cut off)
         proc.wait_for('{"first"', timeout=30)
     return procs
+
+
+def all_leased(address: str, service: str, agents: int, units: float, period: float) -> None:
+    """Wait until the leader at ``address`` splits ``service``'s limit among ``agents`` with
+    (all but one of) its ``units`` a period leased, then two periods more: every agent holds
+    a lease of that split."""
+    poll(lambda: (u := usage(address, service)) is not None and u.agents == agents and u.leased >= units - 1)
+    time.sleep(2 * period)
+
+
+def spent_for(window: float, agents: Mapping[str, Proc]) -> dict[str, dict]:  # type: ignore[type-arg]
+    """Let ``agents`` (by name) spend ``window`` seconds more, then stop them all: what each
+    admitted and refused, by name."""
+    time.sleep(window)
+    return dict(zip(agents, stop_agents(list(agents.values())), strict=True))
+
+
+def assert_window_bound(
+    results: Mapping[str, dict],  # type: ignore[type-arg]
+    window: float,
+    limit: int,
+    units: float,
+    shown: str,
+) -> None:
+    """I4: the calls all agents admitted in any ``window`` seconds are at most the ``limit``
+    plus one period's ``units``."""
+    worst = worst_window([t for r in results.values() for t in r["admitted"]], window)
+    assert worst <= limit + units, (
+        f"{worst} admitted in one {window} s window (limit {limit} + {units:g})\n{shown}"
+    )
 
 
 def stop_agents(procs: Sequence[Proc]) -> list[dict]:  # type: ignore[type-arg]
