@@ -12,13 +12,10 @@ from mission_control.server.store import EtcdStore
 
 
 def etcdctl(endpoint: str, *args: str, input_text: str | None = None) -> str:
-    """etcdctl's output (fails the test when it fails). It dials for up to 10 s, not its
-    default 2 s: on a busy machine a live etcd may take longer to connect to (``args`` may
-    set their own timeouts)."""
     binary = shutil.which("etcdctl")
     assert binary, "etcdctl comes with Debian's etcd-client (make install)"
     result = subprocess.run(
-        [binary, f"--endpoints={endpoint}", "--dial-timeout=10s", *args],
+        [binary, f"--endpoints={endpoint}", *args],
         capture_output=True,
         text=True,
         timeout=30,
