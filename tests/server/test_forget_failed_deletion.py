@@ -6,98 +6,52 @@ CLOSED (I2). Real etcd of the test's own, stopped and started on the same data."
 
 from __future__ import annotations
 
-import json
-
-import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from mission_control.client.agent import MissionControl
 from mission_control.client.breaker import BreakerState
-from mission_control.client.errors import MissionControlError
 from mission_control.resilience.v1 import control_plane_pb2 as pb
-from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
-from mission_control.resilience.v1 import policy_pb2
 from mission_control.server.admission import AdmissionLimits
 from mission_control.server.app import SERVICE_NAME, start_control_plane
 from mission_control.server.etcd_process import EtcdProcess
 from mission_control.server.store import EtcdStore
 
 from tests.server.test_hostile_clients import _watch_caught_up, poll
-from tests.support.etcd import etcdctl
+from tests.support.idle_endpoints import A, endpoint_fleet, stored_record
 from tests.support.polling import poll as poll_sync
-from tests.support.procs import Proc, control_plane
-
-SERVICE = "llm_provider"
-A = f"{SERVICE}/openai/gpt-x"
-POLICY = policy_pb2.ServicePolicy(
-    service=SERVICE,
-    failure_threshold=2,
-    max_retries=0,
-    wait_duration_secs=120,
-    rate_limit_requests=10**6,
-    max_endpoints=4,
-    endpoint_idle_secs=1.0,
-)
-
-
-def down() -> None:
-    raise ConnectionError("down")
-
-
-def stored_record(etcd: EtcdProcess, key: str) -> dict[str, object]:
-    text = etcdctl(etcd.endpoint, "get", key, "--print-value-only").strip()
-    return json.loads(text) if text else {}  # type: ignore[no-any-return]
+from tests.support.procs import Proc
 
 
 def test_an_endpoint_breaker_forgotten_while_etcd_was_away_opens_again_and_is_stored(
     etcd: EtcdProcess, prefix: str, spawned: list[Proc]
 ) -> None:
-    plane, address = control_plane(etcd.endpoint, prefix)
-    spawned.append(plane)
-    channel = grpc.insecure_channel(address)
-    stub = pb_grpc.ControlPlaneServiceStub(channel)
-    health = health_pb2_grpc.HealthStub(channel)
-    stub.PutPolicy(pb.PutPolicyRequest(policy=POLICY), timeout=10)
     key = f"{prefix}/breakers/{A}"
+    with endpoint_fleet(etcd.endpoint, prefix, spawned) as fleet:
+        stub, mc, breakers = fleet.stub, fleet.mc, fleet.breakers
+        health = health_pb2_grpc.HealthStub(fleet.channel)
 
-    def breakers() -> dict[str, int]:
-        return {b.name: b.state for b in stub.ListBreakers(pb.ListBreakersRequest(), timeout=5).breakers}
+        def serving() -> bool:
+            check = health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)
+            return bool(check.status == health_pb2.HealthCheckResponse.SERVING)
 
-    def serving() -> bool:
-        check = health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)
-        return bool(check.status == health_pb2.HealthCheckResponse.SERVING)
-
-    mc = MissionControl("forgetting", control_plane=address)
-    mc.start()
-    try:
-        poll_sync(lambda: mc.view.policy_of(SERVICE).max_endpoints == 4)
-        failing = mc.guard(SERVICE, endpoint="openai/gpt-x")(down)
-        for _ in range(2):
-            with pytest.raises(MissionControlError):
-                failing()
-        poll_sync(lambda: stored_record(etcd, key).get("state") == "BREAKER_STATE_OPEN")
+        fleet.fail_twice()
+        poll_sync(lambda: stored_record(etcd.endpoint, key).get("state") == "BREAKER_STATE_OPEN")
         request = pb.SetBreakerStateRequest(name=A, state=pb.BREAKER_STATE_CLOSED, reason="fixed")
         stub.SetBreakerState(request, timeout=10)
-        left = stored_record(etcd, key)
+        left = stored_record(etcd.endpoint, key)
         assert left.get("state") == "BREAKER_STATE_CLOSED"
         etcd.stop()
         poll_sync(lambda: A not in breakers())  # idle: forgotten, its key's deletion fails
         etcd.start()
         poll_sync(serving)
-        assert stored_record(etcd, key) == left  # the record left behind
-        for _ in range(2):  # the endpoint fails again: the fleet opens its breaker
-            with pytest.raises(MissionControlError):
-                failing()
+        assert stored_record(etcd.endpoint, key) == left  # the record left behind
+        fleet.fail_twice()  # the endpoint fails again: the fleet opens its breaker
         # stored over the record left behind (before, etcd never held it: the leader took
         # the old CLOSED as another's change and dropped its OPEN)
-        poll_sync(lambda: stored_record(etcd, key).get("state") == "BREAKER_STATE_OPEN")
-        opened = stored_record(etcd, key)
+        poll_sync(lambda: stored_record(etcd.endpoint, key).get("state") == "BREAKER_STATE_OPEN")
+        opened = stored_record(etcd.endpoint, key)
         assert int(str(opened["generation"])) > int(str(left["generation"]))  # counts on
         assert breakers().get(A) == pb.BREAKER_STATE_OPEN
-        poll_sync(lambda: (fleet := mc.view.get(A).fleet) is not None and fleet.state is BreakerState.OPEN)
-    finally:
-        mc.close()
-        channel.close()
+        poll_sync(lambda: (held := mc.view.get(A).fleet) is not None and held.state is BreakerState.OPEN)
 
 
 @pytest.mark.parametrize("back_first", [False, True], ids=["decided-while-away", "decided-when-back"])
@@ -114,7 +68,7 @@ async def test_a_breaker_forgotten_while_etcd_was_away_keeps_the_open_decided_af
         assert await plane.flush(timeout=10)
         plane.breakers.force("fad", BreakerState.CLOSED, "recovered")
         assert await plane.flush(timeout=10)
-        left = stored_record(etcd, key)
+        left = stored_record(etcd.endpoint, key)
         etcd.stop()
         await plane.forget_breaker("fad")  # the deletion fails: etcd is away
         assert plane.breakers.find("fad") is None
@@ -135,7 +89,7 @@ async def test_a_breaker_forgotten_while_etcd_was_away_keeps_the_open_decided_af
         if not back_first:
             etcd.start()
         assert await plane.flush(timeout=30)
-        stored = stored_record(etcd, key)
+        stored = stored_record(etcd.endpoint, key)
         assert stored.get("state") == "BREAKER_STATE_OPEN", stored
         assert int(str(stored.get("generation"))) == decided.generation
         await _watch_caught_up(plane, etcd)  # the watch's echo of the write changes nothing
