@@ -102,8 +102,10 @@ def test_agents_fail_static_when_the_control_plane_dies(
 
     # calls go on while the control plane is killed: none fails because of it
     a.send("pace 2.0 0.01")
-    time.sleep(0.5)
+    poll(lambda: stats(upstream).calls >= 20)  # the agent is calling
     plane.kill()
+    killed_at = stats(upstream).calls
+    poll(lambda: stats(upstream).calls >= killed_at + 20)  # and goes on after the kill
     during = a.ask("noop", timeout=60)
     assert set(during["outcomes"]) == {"ok"} and during["outcomes"]["ok"] > 50
     assert a.ask("stats")["connected"] is False

@@ -22,6 +22,7 @@ from mission_control.server.etcd_process import EtcdCluster
 from tests.support.agents import RawAgent
 from tests.support.polling import poll
 from tests.support.procs import Proc, agent, control_plane, python
+from tests.support.upstream import stats
 
 PREFIX = "/ha"
 SERVICE_NAME = "mission_control.resilience.v1.ControlPlaneService"
@@ -164,15 +165,17 @@ def test_leader_killed_under_traffic(fleet: Fleet, spawned: list[Proc]) -> None:
     survivor = next(n for n in fleet.replicas if n != leader)
     for a in agents:
         a.send("pace 3.0 0.01")
-    time.sleep(0.5)
+    poll(lambda: stats(upstream).calls >= 60)  # the agents are calling
     killed_at = time.monotonic()
     fleet.replicas[leader][0].kill()
+    calls_at_kill = stats(upstream).calls
     # failures reported while there is no leader still count
     stub = fleet.stub(survivor)
     reporter = report(stub, "reporter", "vector_db", 3)
     new_leader = poll(lambda: (n := fleet.leader()) and n != leader and n, timeout=20)
     failover = time.monotonic() - killed_at
     assert failover < 3 * 3, f"no new leader within 3 lease TTLs ({failover:.1f}s)"
+    poll(lambda: stats(upstream).calls >= calls_at_kill + 30)  # they went on calling over it
     paced = [a.ask("noop", timeout=60) for a in agents]
     assert all(set(p["outcomes"]) == {"ok"} for p in paced), paced  # no call failed
     # nothing lost
