@@ -49,6 +49,12 @@ def proxy() -> Iterator[tuple[PausableProxy, asyncio.AbstractEventLoop]]:
         yield started
 
 
+def refused(agent: Proc) -> int:
+    """The calls of a probe agent refused so far (of any kind but served)."""
+    outcomes: dict[str, int] = agent.ask("outcomes")["outcomes"]
+    return sum(n for outcome, n in outcomes.items() if outcome != "ok")
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize(
     ("before", "after"),
@@ -85,7 +91,10 @@ def test_a_permit_gone_with_a_reset_stream_is_not_granted_beside_its_running_pro
         assert upstream.in_flight("fleet") == 1 and not upstream.calls(), (
             "A's probe ended before B and C asked"
         )
-        time.sleep(0.5)  # B and C are asking now (they ask again every 50-100 ms)
+        # B and C are asking now: each refused (the one permit is out), as it asks again
+        # every 50-100 ms
+        poll(lambda: all(refused(p) >= 2 for p in agents[1:]), 30)
+        assert upstream.in_flight("fleet") == 1, "A's probe ended before B and C asked"
         cut_proxy.target = fleet.addresses[after]
         loop.call_soon_threadsafe(cut_proxy.cut)  # A reconnects through the proxy at once
         cut = time.monotonic()
