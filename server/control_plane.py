@@ -768,10 +768,12 @@ class ControlPlane:
             self.hub.broadcast(pb.ConnectResponse(snapshot=self.snapshot(to_all=True)))
 
     def _history_changed(self) -> None:
-        """The history this replica's revisions rest on changed: a leader says so on every
-        link at once (in order with its pushes: one resting on a new history's revision
-        follows the snapshot that stops saying the old one)."""
-        if self.leadership is not None and self.leading:
+        """The history this replica's revisions rest on changed: it says so on every link
+        at once (in order with its pushes: one resting on a new history's revision follows
+        the snapshot that stops saying the old one). Not only while leading: a replica
+        restarted at a leader's address is linked to by followers before it leads, and
+        what its first snapshot said (no history) would stand when it comes to lead."""
+        if self.hub.agents:
             self.version += 1
             self.hub.broadcast(pb.ConnectResponse(snapshot=self.snapshot(to_all=True)))
 

@@ -533,7 +533,10 @@ class StateWriter:
             if not result.ok:
                 self._adopt(name, result.current.get(key))
                 continue
-            self._settled(name)
+            if not (self.is_pending(name) and self.breakers.revisions.get(name, 0) >= result.revision):
+                # (else the watch showed this write before its answer came, and a transition
+                # was decided over it since: that one is still to be written on top)
+                self._settled(name)
             self.breakers.adopt(name, record, result.revision)
             # What this write stored, even if a newer write has been applied meanwhile.
             written = json_format.Parse(record, pb.Breaker(), ignore_unknown_fields=True)

@@ -94,3 +94,16 @@ def test_an_agent_moved_to_a_follower_cut_off_from_the_leader_stays_kept_aside()
     keeps a departed agent aside until a replica the leader counts has it."""
     out = _replayed(900067, active=40)
     assert "seed 900067: ok" in out, out
+
+
+def test_a_replica_linked_to_before_it_leads_tells_the_history_it_takes_since() -> None:
+    """Seed 66030: etcd was wiped while away; followers cp0.3 and cp2.4 linked to cp1.4,
+    restarted at the crashed leader's address, before it held a history token or led, and
+    its snapshot said none. cp1.4 took the token c192c1… and then led, but a history
+    change was said on the links only while leading, and taking the lead said nothing: the
+    followers, which had found the loss, waited for ever for a leader saying that history
+    to hand their restore over (I2: svc-b HALF_OPEN held, etcd CLOSED; I4: their agents'
+    lease epochs above the leader's). A replica says a new history on its links whether it
+    leads or not."""
+    out = _replayed(66030)
+    assert "seed 66030: ok" in out, out
