@@ -655,9 +655,14 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             page = Page.parse(request.page_size, request.page_token)
         except ValueError:
             raise ConfigurationError("page_token", "is not a token this server handed out") from None
-        refused = plane.reports.refused
+        refused, capped = plane.reports.refused, plane.reports.rejections_capped
         stats = plane.stats.to_proto(
-            plane.policies, plane.hub.connected_agents, plane.capacity.usage(), dict(refused), page
+            plane.policies,
+            plane.hub.connected_agents,
+            plane.capacity.usage(),
+            dict(refused),
+            page,
+            dict(capped),
         )
         stats.shadow_services.extend(plane.trials.to_proto())
         stats.retry_minimum_withheld.extend(plane.capacity.minimum_withheld())
@@ -671,7 +676,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         if not page.offset:
             stats.shared_agent_ids.extend(shared[:MAX_SHARED_SHOWN])
         response = pb.GetErrorStatisticsResponse(statistics=stats)
-        if plane.stats.more(page) or page.more(refused):
+        if plane.stats.more(page) or page.more(refused, capped):
             response.next_page_token = str(page.offset + page.size)
         return response
 
