@@ -34,7 +34,7 @@ from .late_results import probe_parts
 from .listing import breakers_in_turns
 from .not_read import NOT_READ
 from .outcome_ledger import BatchKey, batch_key
-from .probe_results import identified, known_results
+from .probe_results import identified, known_gone, known_results
 from .reports import may_report
 from .shadow_ops import clear_candidate, promote_candidate, put_candidate
 from .stats import Page
@@ -377,6 +377,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             known = known_results(breaker, sub.agent_id, summary)
             if reporter and reporter != sub.agent_id:
                 known += known_results(breaker, reporter, summary)
+            known += known_gone(breaker, plane.breakers.relays_gone, summary)
             return max(held, known)
         return max(1, plane.relay.permits.count(sub.agent_id, summary.service))
 
