@@ -540,6 +540,7 @@ class ControlPlane:
         follower's relay (``relay_session``: its process's session) of another process than
         before is a restart too, but the agents its predecessor kept may still be spending:
         what it may have let them spend stays aside until their horizon."""
+        self.breakers.joined(agent_id)
         if relay_session:
             before = self._relay_sessions.get(agent_id)
             self._relay_sessions[agent_id] = relay_session

@@ -50,6 +50,10 @@ _LONGEST_WAIT = 86400.0
 #: The Breaker message's counters are uint32: a count beyond is shown (and stored) as this.
 UINT32_MAX = 2**32 - 1
 
+#: Followers' relays gone whose permits a result sent here by its agent may settle: far
+#: more than the replicas of a fleet (see FleetBreakers.relays_gone).
+MAX_RELAYS_GONE = 64
+
 #: The highest generation a stored record may hold: a generation is counted up by one
 #: per transition (never near this), and every later one must still fit a uint64 and be
 #: exact in JSON numbers.
@@ -174,6 +178,11 @@ class FleetBreakers:
         self._runs = StoredRuns()
         #: Followers' relays that asked for permits (each holds several, for its agents).
         self._relays: dict[str, None] = {}
+        #: Followers' relays whose last stream here ended (killed, or cut off from here):
+        #: a result one of their agents sends here itself, under a permit held for such a
+        #: relay, settles that permit (see probe_results.settle_results). The latest
+        #: :data:`MAX_RELAYS_GONE`, oldest first (a relay's permits lapse with their hold).
+        self.relays_gone: dict[str, None] = {}
         self.change_listeners: list[ChangeListener] = []
         #: Whether what is held here is the store's fleet state (read once): a breaker made
         #: here before then is not pushed as the truth (the store may hold it otherwise).
@@ -405,7 +414,9 @@ class FleetBreakers:
             unnamed = 0 if named else summary.probe_successes + summary.probe_failures
             breaker.return_earlier(agent, summary.probes_released + unnamed)
         if named:  # each result counts only under its own grant, held now (probe_results)
-            probe_successes, probe_failures = settle_results(breaker, agent, summary, current, origin)
+            probe_successes, probe_failures = settle_results(
+                breaker, agent, summary, current, origin, self.relays_gone
+            )
         else:  # results count only for permits this agent holds, of this HALF_OPEN
             held = breaker.permits_of(agent) if current else 0
             probe_failures = min(summary.probe_failures, held)
@@ -454,6 +465,11 @@ class FleetBreakers:
         follower's ``relay`` is another matter: the agents it handed the permits to are
         still connected to it and may use them, so those lapse with their hold."""
         now = self._clock()
+        if relay:
+            self.relays_gone.pop(agent, None)
+            self.relays_gone[agent] = None
+            while len(self.relays_gone) > MAX_RELAYS_GONE:
+                del self.relays_gone[next(iter(self.relays_gone))]
         for demand in self._demand.values():  # first: what it gives back goes to another
             demand.last_seen.pop(agent, None)
             demand.served.pop(agent, None)
@@ -474,6 +490,10 @@ class FleetBreakers:
         taken = breaker is not None and breaker.settle(agent, grant.number)
         if taken and breaker is not None and breaker.state is BreakerState.HALF_OPEN:
             self._grant_waiting(breaker.name, now)
+
+    def joined(self, agent: str) -> None:
+        """A stream of ``agent`` (or of a follower's relay) opened here."""
+        self.relays_gone.pop(agent, None)
 
     def holder_said(self, agent: str) -> None:
         """``agent`` is back on a new stream and its first batch there said which probes

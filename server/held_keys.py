@@ -25,7 +25,8 @@ a backup restored holds a policy deleted after it was taken, at its old revision
 A loss found is handled as a wipe (``StoreSync.lost_data``: revisions forgotten,
 everything reloaded, the leader writes back every key the store lacks with a
 create-if-absent write, so a key written meanwhile, by hand or by another replica, is
-left alone; a breaker record of a lower generation than the state held is written over).
+left alone; a breaker record of an earlier state than the one held is written over:
+:mod:`.record_age`).
 
 Cost, for 15,000 breakers: 16 ranges of at most 1,000 keys (about 63 bytes each with their
 revisions: 0.95 MB read from etcd per check) and a dict of 15,000 revisions built and

@@ -3,10 +3,10 @@
 A follower cut off from the leader takes its agents' batches and keeps them for the leader;
 a probe result among them counts only under a grant relayed to that agent
 (``relay_permits``), which the leader holds for the relay. Should the agent move to another
-replica meanwhile, it sends the batch again there; that copy may reach the leader first. The
-leader counts the batch then, but not its probe result: the permit is the relay's, not the
-agent's, and an agent cannot show which relayed grant was its own (grant numbers follow one
-another). When the relay's copy comes, the batch is one counted already; before, it was
+replica meanwhile, it sends the batch again there; that copy may reach the leader first. While
+the relay's stream is up, the leader counts the batch then, but not its probe result: the
+permit is the relay's, not the agent's, and an agent cannot show which relayed grant was its
+own (grant numbers follow one another). When the relay's copy comes, the batch is one counted already; before, it was
 dropped whole, the permit stayed held until its hold lapsed (the TTL plus the policy's
 timeout), and an agent asking for a permit meanwhile got none (I3).
 
@@ -16,6 +16,11 @@ only if it still held it, so a result counts once whichever copy came first (I5)
 relay's first copy, or this one after the agent's was cut. Unnamed results are not taken
 (nothing tells whether the first copy counted them). The calls of the batch are not
 counted again.
+
+A relay whose streams to the leader have ended (cut off, or killed: it may never pass its
+copy on) is another matter: the agent's own copy then settles the permit held for it and
+counts (``probe_results.settle_results``), and the relay's copy, should it come back,
+finds the permit settled.
 """
 
 from __future__ import annotations

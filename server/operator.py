@@ -377,6 +377,9 @@ class Operator:
         rate = f"{s.recovery_success_rate:.1f}% ({s.recovery_successes}/{s.recovery_attempts})"
         print(f"recovery success rate  {rate}")
         print(f"calls rejected         {s.calls_rejected}")
+        if s.rejections_capped:
+            capped = sum(s.rejections_capped.values())
+            print(f"rejections capped      {capped} (reported beyond what a report may count; not a fault)")
         print(f"outcomes dropped       {s.outcomes_dropped}")
         ledger = f"{s.outcome_batches_resent} resent, {s.outcome_batches_too_old} too old"
         print(f"batches not recounted  {ledger} ({s.outcome_sessions_held} sessions held)")
@@ -401,6 +404,7 @@ class Operator:
             ("errors by service", s.errors_by_service),
             ("errors by agent", s.errors_by_agent),
             ("errors by type", s.errors_by_type),
+            ("rejections capped, by agent", s.rejections_capped),
             ("slow calls by service", s.slow_calls_by_service),
             ("recovery checks by service", s.recovery_checks_by_service),
             ("calls to endpoints over the cap, by service", s.endpoints_over_cap_by_service),

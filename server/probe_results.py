@@ -19,6 +19,8 @@ Pure logic; the caller is the engine.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from mission_control.client.breaker import CircuitBreaker
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
@@ -27,6 +29,7 @@ __all__ = [
     "MAX_RUNNING",
     "copy_grants",
     "identified",
+    "known_gone",
     "known_results",
     "lose_released",
     "note_running",
@@ -61,20 +64,35 @@ def lose_released(breaker: CircuitBreaker, agent: str, summary: pb.OutcomeSummar
 
 
 def settle_results(
-    breaker: CircuitBreaker, agent: str, summary: pb.OutcomeSummary, current: bool, origin: str = ""
+    breaker: CircuitBreaker,
+    agent: str,
+    summary: pb.OutcomeSummary,
+    current: bool,
+    origin: str = "",
+    relays_gone: Collection[str] = (),
 ) -> tuple[int, int]:
     """Settle each named result's permit; returns the (successes, failures) that count:
     those under a permit of this HALF_OPEN held for ``agent`` now (``current``: the
     summary's generation is the breaker's). A result a follower's relay ``agent`` passes on
     for ``origin`` under a grant not its own settles that grant if it was ``origin``'s own
     (granted here before the agent moved to that follower): the probe has ended, so its
-    permit counts no longer; the result counts for nothing (its stream is gone)."""
+    permit counts no longer; the result counts for nothing (its stream is gone).
+
+    Else, a result under a permit held for a follower's relay whose streams here are gone
+    (``relays_gone``: killed, or cut off) settles it, and counts as the relay's result
+    would: the agent that probed under it moved here (or to another follower) and sent its
+    batch again, and that relay may never pass its copy on. Should it come back and pass it
+    on, the permit is settled already and its copy counts for nothing (late_results): once
+    either way. Before, the permit stayed held until its hold lapsed (the TTL plus the
+    policy's timeout), and the HALF_OPEN waited that long for a dead follower."""
     grants = summary.probe_grants
     failures = successes = 0
     for i, number in enumerate(grants):
         kind = breaker.settle(agent, number)
-        if not kind and origin and origin != agent:
-            breaker.settle(origin, number)
+        if not kind and origin and origin != agent and breaker.settle(origin, number):
+            kind = "origin"  # settled; counts for nothing
+        if not kind:
+            kind = _settle_gone(breaker, relays_gone, number)
         counts = kind == "current" and current
         if i < summary.probe_failures:
             failures += counts
@@ -106,3 +124,18 @@ def copy_grants(summary: pb.OutcomeSummary, out: pb.OutcomeSummary) -> None:
     out.probes_running.extend(summary.probes_running[:MAX_RUNNING])
     del out.released_grants[:]
     out.released_grants.extend(summary.released_grants[:MAX_RELEASED])
+
+
+def _settle_gone(breaker: CircuitBreaker, relays_gone: Collection[str], number: int) -> str:
+    """Settle grant ``number`` if it is a permit held for a relay gone; its kind ("": none)."""
+    for relay in relays_gone:
+        kind = breaker.settle(relay, number)
+        if kind:
+            return kind
+    return ""
+
+
+def known_gone(breaker: CircuitBreaker, relays_gone: Collection[str], summary: pb.OutcomeSummary) -> int:
+    """How many of the named results are under a permit held for a relay gone (see
+    :func:`settle_results`): not cut as a claim beyond the sender's permits."""
+    return sum(known_results(breaker, relay, summary) for relay in relays_gone)

@@ -69,6 +69,11 @@ class FleetCollector(Collector):
         yield _by(
             "calls_rejected_by_reason", "calls stopped, by the gate", "reason", dict(s.rejected_by_reason)
         )
+        yield _counter(
+            "rejections_capped",
+            "calls stopped locally that agents reported beyond what a report may count",
+            sum(plane.reports.rejections_capped.values()),
+        )
         fallbacks = CounterMetricFamily(_P + "fallbacks", "fallback attempts", labels=["result"])
         fallbacks.add_metric(["served"], s.fallbacks_served)
         fallbacks.add_metric(["failed"], s.fallbacks_failed)

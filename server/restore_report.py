@@ -9,6 +9,12 @@ it compares the policies it held when it found the loss with what the store hold
 each one that differs field by field, and records it in the audit (action
 :data:`REVERTED`, the value held as ``old``, the store's as ``new``), so ``mission-control
 audit`` shows what the restore took back.
+
+Once: the records are made at the first comparison of a restore and kept until it is over
+(a :class:`RevertReport` per restore); each is written create-if-absent, so a write whose
+answer was lost (etcd applied it, the leader saw a timeout and tries the restore again)
+finds its records stored and writes nothing more, where a second comparison would make new
+records (another time, another key) of the same revert.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from mission_control.client.config import policy_from_json, policy_to_json
 from mission_control.client.errors import ConfigurationError
 
 from .audit import CONTROL_PLANE, AuditLog, Author, Change
-from .store import Store
+from .store import Store, Write
 
 _log = logging.getLogger("mission_control.server.restore_report")
 
@@ -72,12 +78,43 @@ def reverted(held: Mapping[str, bytes], stored: Mapping[str, bytes]) -> dict[str
     return found
 
 
+class RevertReport:
+    """What one restore took back: compared, logged and its records made once (at the
+    first call); the same records are written at every call, create-if-absent, so they
+    are stored once however often the restore is tried (an answer lost, the store lost
+    its data again before the restore was over)."""
+
+    def __init__(self) -> None:
+        #: service -> its changed fields (None: not compared yet).
+        self.found: dict[str, list[str]] | None = None
+        self._writes: list[Write] = []
+
+    async def report(
+        self, store: Store, prefix: str, held: Mapping[str, bytes], audit: AuditLog | None
+    ) -> dict[str, list[str]]:
+        """Compare (the first time) and record what the restore took back; see :func:`report`.
+        Raises StoreUnavailable (the records are written again at the next call)."""
+        if self.found is None:
+            self.found, self._writes = await _compare(store, prefix, held, audit)
+        if self._writes:
+            # create-if-absent records: the commit of records stored already is a conflict
+            await store.commit(self._writes, [])
+        return self.found
+
+
 async def report(
     store: Store, prefix: str, held: Mapping[str, bytes], audit: AuditLog | None
 ) -> dict[str, list[str]]:
     """Compare the policies ``held`` (service -> JSON, when the loss was found) with those
     under ``prefix`` in the store; log and record each one the restore took back. Returns
     them. Raises StoreUnavailable."""
+    return await RevertReport().report(store, prefix, held, audit)
+
+
+async def _compare(
+    store: Store, prefix: str, held: Mapping[str, bytes], audit: AuditLog | None
+) -> tuple[dict[str, list[str]], list[Write]]:
+    """What the store took back of ``held``, logged, and the audit writes that record it."""
     entries, _ = await store.get_prefix(prefix)
     stored = {}
     for entry in entries:
@@ -96,6 +133,5 @@ async def report(
             "; ".join(fields),
         )
         changes.append(Change("policy", service, old, new))
-    if changes and audit is not None:
-        await store.commit(audit.record_writes(changes, AUTHOR, REVERTED), [])
-    return found
+    writes = audit.record_writes(changes, AUTHOR, REVERTED) if changes and audit is not None else []
+    return found, writes

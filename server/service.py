@@ -34,7 +34,7 @@ from .late_results import probe_parts
 from .listing import breakers_in_turns
 from .not_read import NOT_READ
 from .outcome_ledger import BatchKey, batch_key
-from .probe_results import identified, known_results
+from .probe_results import identified, known_gone, known_results
 from .reports import may_report
 from .shadow_ops import clear_candidate, promote_candidate, put_candidate
 from .stats import Page
@@ -377,6 +377,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             known = known_results(breaker, sub.agent_id, summary)
             if reporter and reporter != sub.agent_id:
                 known += known_results(breaker, reporter, summary)
+            known += known_gone(breaker, plane.breakers.relays_gone, summary)
             return max(held, known)
         return max(1, plane.relay.permits.count(sub.agent_id, summary.service))
 
@@ -655,9 +656,14 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             page = Page.parse(request.page_size, request.page_token)
         except ValueError:
             raise ConfigurationError("page_token", "is not a token this server handed out") from None
-        refused = plane.reports.refused
+        refused, capped = plane.reports.refused, plane.reports.rejections_capped
         stats = plane.stats.to_proto(
-            plane.policies, plane.hub.connected_agents, plane.capacity.usage(), dict(refused), page
+            plane.policies,
+            plane.hub.connected_agents,
+            plane.capacity.usage(),
+            dict(refused),
+            page,
+            dict(capped),
         )
         stats.shadow_services.extend(plane.trials.to_proto())
         stats.retry_minimum_withheld.extend(plane.capacity.minimum_withheld())
@@ -671,7 +677,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         if not page.offset:
             stats.shared_agent_ids.extend(shared[:MAX_SHARED_SHOWN])
         response = pb.GetErrorStatisticsResponse(statistics=stats)
-        if plane.stats.more(page) or page.more(refused):
+        if plane.stats.more(page) or page.more(refused, capped):
             response.next_page_token = str(page.offset + page.size)
         return response
 

@@ -134,6 +134,7 @@ class FleetStatistics:
         fleet_limits: list[pb.FleetLimitUsage] | None = None,
         refused: dict[str, int] | None = None,
         page: Page | None = None,
+        capped: dict[str, int] | None = None,
     ) -> pb.ErrorStatistics:
         attempts = self.recovery_attempts
         rate = 100.0 * min(self.recovery_successes, attempts) / attempts if attempts else 0.0
@@ -146,6 +147,7 @@ class FleetStatistics:
             errors_by_type=page.of(self.by_type),
             errors_by_operation=page.of(self.by_operation),
             reports_refused=page.of(refused_counts),
+            rejections_capped=page.of(Counter(capped or {})),
             circuit_breaker_opens=self.breaker_opens,
             recovery_success_rate=rate,
             recovery_attempts=self.recovery_attempts,

@@ -22,10 +22,11 @@ from mission_control.client.breaker import BreakerState
 from .engine import FleetBreakers
 from .last_good import FROM_RECORDS, Pick
 from .policies import PolicyBook
+from .record_age import older_than_held
 from .refused_held import overwrite_refused
 from .seen_values import SeenValues
 from .store import Entry, Store, StoreUnavailable, WatchCompacted
-from .writes import StateWriter, stored_generation
+from .writes import StateWriter
 
 _log = logging.getLogger("mission_control.server.sync")
 
@@ -350,9 +351,8 @@ class StoreSync:
         return True
 
     def _older_than_held(self, name: str, value: bytes) -> bool:
-        held = self.breakers.find(name)
-        stored = stored_generation(value)
-        return held is not None and stored is not None and stored < held.generation
+        held = self.breakers.find(name) is not None
+        return held and older_than_held(value, self.breakers.to_record(name))
 
     def _breaker_of(self, key: str) -> str | None:
         return key.removeprefix(self.breakers_prefix) if key.startswith(self.breakers_prefix) else None

@@ -35,7 +35,8 @@ from .audit import CONTROL_PLANE, ENGINE, AuditLog, Author, Change
 from .engine import FleetBreakers
 from .loop_tasks import wait_event
 from .policies import PolicyBook
-from .restore_report import report
+from .record_age import older_than_held, stored_generation
+from .restore_report import RevertReport
 from .store import Entry, Guard, LeaseLost, Store, StoreUnavailable, Write
 from .unanswered import UnansweredWrites
 from .write_versions import TRIES, KeyVersions, Versioned
@@ -148,6 +149,8 @@ class StateWriter:
         #: The policies held when the loss was found (service -> JSON), until the restore
         #: is done: what it undid is then said (see :mod:`.restore_report`).
         self._held_policies: dict[str, bytes] | None = None
+        #: What the restore of the last loss took back, recorded once (see restore_report).
+        self._reverts = RevertReport()
         #: Called when the store's state is to be read again (set by the control plane).
         self.on_reload: Callable[[], None] = lambda: None
         #: Whether a leader that is alive has seen the loss: its link is up and says the
@@ -457,6 +460,7 @@ class StateWriter:
             # the loss is not kept any more; etcd's state is read again.
             self.restore_pending = False
             self._held_policies = None  # (the leader says what the restore undid)
+            self._reverts = RevertReport()
             self.on_reload()
         for name in sorted(self._pending):
             entry = await self.store.get(self.breaker_key(name))
@@ -615,19 +619,20 @@ class StateWriter:
             return  # lost again meanwhile: restored again from the start
         if self.fence is None or self.fence.leading:  # else fenced midway: again when leading
             if self._held_policies is not None:
-                await report(self.store, self.policies.prefix, self._held_policies, self.audit)
+                await self._reverts.report(self.store, self.policies.prefix, self._held_policies, self.audit)
             if losses != self.losses:
                 return
             self.restore_pending = False
             self._held_policies = None
+            self._reverts = RevertReport()  # (recorded: the next loss is compared anew)
             _log.warning("restored %d keys the store had lost", restored)
 
     async def restore(self) -> int:
         """Write back every breaker and policy held here whose key is absent (the store was
         wiped), and the other records kept (:attr:`kept_records`, fenced as breakers are);
-        a key written meanwhile is left alone, but for a breaker record of a lower
-        generation than the state held (a backup's, from before transitions and operator
-        writes the fleet has seen since): the state held is live truth, written over it.
+        a key written meanwhile is left alone, but for a breaker record of an earlier state
+        than the one held (a backup's, from before transitions and operator writes the fleet
+        has seen since: :mod:`.record_age`): the state held is live truth, written over it.
         Returns how many were written. Raises StoreUnavailable."""
         writes = [
             Write(self.policies.key(p.service), policy_to_json(p).encode(), 0) for p in self.policies.all()
@@ -657,11 +662,11 @@ class StateWriter:
 
     async def _over_older(self, write: Write, entry: Entry | None) -> WriteResult:
         """A breaker's record found in the store in place of the one held: written over when
-        it is of a lower generation (what a backup restored holds); else left alone."""
-        stored = stored_generation(entry.value if entry is not None else None)
-        held = stored_generation(write.value)
-        if entry is None or stored is None or held is None or stored >= held:
+        it is of an earlier state (what a backup restored holds: a lower generation, or the
+        same one reached earlier, see :mod:`.record_age`); else left alone."""
+        if entry is None or not older_than_held(entry.value, write.value):
             return WriteResult(WriteStatus.CONFLICT)
+        stored, held = stored_generation(entry.value), stored_generation(write.value)
         _log.warning(
             "%s: the store holds generation %d (revision %d), %d held: the state held is written over it",
             write.key,
@@ -671,14 +676,3 @@ class StateWriter:
         )
         over = Write(write.key, write.value, entry.mod_revision)
         return await self.commit([over], fenced=True, action="restore", old={write.key: entry.value})
-
-
-def stored_generation(value: bytes | None) -> int | None:
-    """The generation a breaker record holds (None: no record, or not readable)."""
-    if value is None:
-        return None
-    try:
-        record = json_format.Parse(value, pb.Breaker(), ignore_unknown_fields=True)
-    except Exception:  # any broken record
-        return None
-    return record.generation

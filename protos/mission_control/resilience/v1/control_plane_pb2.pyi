@@ -1711,6 +1711,26 @@ class ErrorStatistics(_message.Message):
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     @_typing.final
+    class RejectionsCappedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
     class RejectedByReasonEntry(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
@@ -1848,6 +1868,7 @@ class ErrorStatistics(_message.Message):
     MOST_COMMON_ERROR_FIELD_NUMBER: _builtins.int
     FLEET_LIMITS_FIELD_NUMBER: _builtins.int
     REPORTS_REFUSED_FIELD_NUMBER: _builtins.int
+    REJECTIONS_CAPPED_FIELD_NUMBER: _builtins.int
     REJECTED_BY_REASON_FIELD_NUMBER: _builtins.int
     FALLBACKS_SERVED_FIELD_NUMBER: _builtins.int
     FALLBACKS_FAILED_FIELD_NUMBER: _builtins.int
@@ -1932,6 +1953,13 @@ class ErrorStatistics(_message.Message):
         """
 
     @_builtins.property
+    def rejections_capped(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Calls refused locally (a breaker open, a limit) that agents reported beyond what a
+        report may count (ten times the rate limit), per agent: cut, not a misbehaviour, and
+        not in calls_rejected. Paged like reports_refused.
+        """
+
+    @_builtins.property
     def rejected_by_reason(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Calls stopped locally, by the gate that stopped them (see OutcomeSummary)."""
 
@@ -2002,6 +2030,7 @@ class ErrorStatistics(_message.Message):
         most_common_error: _errors_pb2.ErrorType.ValueType = ...,
         fleet_limits: _abc.Iterable[Global___FleetLimitUsage] | None = ...,
         reports_refused: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        rejections_capped: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         rejected_by_reason: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         fallbacks_served: _builtins.int = ...,
         fallbacks_failed: _builtins.int = ...,
@@ -2029,7 +2058,7 @@ class ErrorStatistics(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ids_shared", b"agent_ids_shared", "audit_records_pruned", b"audit_records_pruned", "calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "endpoint_reports_refused_by_service", b"endpoint_reports_refused_by_service", "endpoints_over_cap_by_service", b"endpoints_over_cap_by_service", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcome_batches_resent", b"outcome_batches_resent", "outcome_batches_too_old", b"outcome_batches_too_old", "outcome_sessions_held", b"outcome_sessions_held", "outcomes_dropped", b"outcomes_dropped", "outside_changes", b"outside_changes", "recovery_attempts", b"recovery_attempts", "recovery_check_answers", b"recovery_check_answers", "recovery_check_half_opens", b"recovery_check_half_opens", "recovery_checks_by_service", b"recovery_checks_by_service", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "refused_values_held", b"refused_values_held", "refused_values_replaced", b"refused_values_replaced", "rejected_by_reason", b"rejected_by_reason", "reports_refused", b"reports_refused", "retry_minimum_withheld", b"retry_minimum_withheld", "shadow_services", b"shadow_services", "shared_agent_ids", b"shared_agent_ids", "slow_calls_by_service", b"slow_calls_by_service", "spool_dropped", b"spool_dropped", "spool_held", b"spool_held", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "total_errors", b"total_errors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ids_shared", b"agent_ids_shared", "audit_records_pruned", b"audit_records_pruned", "calls_rejected", b"calls_rejected", "circuit_breaker_opens", b"circuit_breaker_opens", "config_errors", b"config_errors", "config_reloads_failed", b"config_reloads_failed", "config_reloads_ok", b"config_reloads_ok", "connected_agents", b"connected_agents", "endpoint_reports_refused_by_service", b"endpoint_reports_refused_by_service", "endpoints_over_cap_by_service", b"endpoints_over_cap_by_service", "errors_by_agent", b"errors_by_agent", "errors_by_operation", b"errors_by_operation", "errors_by_service", b"errors_by_service", "errors_by_type", b"errors_by_type", "fallbacks_failed", b"fallbacks_failed", "fallbacks_served", b"fallbacks_served", "fleet_limits", b"fleet_limits", "most_common_error", b"most_common_error", "outcome_batches_resent", b"outcome_batches_resent", "outcome_batches_too_old", b"outcome_batches_too_old", "outcome_sessions_held", b"outcome_sessions_held", "outcomes_dropped", b"outcomes_dropped", "outside_changes", b"outside_changes", "recovery_attempts", b"recovery_attempts", "recovery_check_answers", b"recovery_check_answers", "recovery_check_half_opens", b"recovery_check_half_opens", "recovery_checks_by_service", b"recovery_checks_by_service", "recovery_success_rate", b"recovery_success_rate", "recovery_successes", b"recovery_successes", "refused_values_held", b"refused_values_held", "refused_values_replaced", b"refused_values_replaced", "rejected_by_reason", b"rejected_by_reason", "rejections_capped", b"rejections_capped", "reports_refused", b"reports_refused", "retry_minimum_withheld", b"retry_minimum_withheld", "shadow_services", b"shadow_services", "shared_agent_ids", b"shared_agent_ids", "slow_calls_by_service", b"slow_calls_by_service", "spool_dropped", b"spool_dropped", "spool_held", b"spool_held", "spool_replayed", b"spool_replayed", "spooled", b"spooled", "total_errors", b"total_errors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
