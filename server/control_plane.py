@@ -352,6 +352,7 @@ class ControlPlane:
             clock=self.clock,
             wall=self.lease_epochs.wall,
             probe_timeout=lambda service: self.policies.policy_of(service).timeout_secs,
+            own_cluster=lambda: self.sync.cluster_id,
         )
         self.writer.fence = self.leadership
         self.breakers.lead_check = self.leadership.lease_valid
@@ -833,6 +834,7 @@ class ControlPlane:
             shadow_policies=[policy_to_proto(p) for p in self.shadows.all()],
             history=self.history.token,
             read_revision=self.sync.delivered if self.view_complete else 0,
+            store_cluster=self.sync.cluster_id,
         )
         mine = set(services)
         breakers, passed_on = self.breakers.snapshot(), set[str]()

@@ -735,6 +735,7 @@ class Snapshot(_message.Message):
     SHADOW_POLICIES_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     READ_REVISION_FIELD_NUMBER: _builtins.int
+    STORE_CLUSTER_FIELD_NUMBER: _builtins.int
     control_plane_id: _builtins.str
     """Identifies the control-plane replica that serves the stream."""
     version: _builtins.int
@@ -762,6 +763,12 @@ class Snapshot(_message.Message):
     a breaker not listed was absent (or unreadable) through it. Within one history, a
     follower's state resting on an earlier revision is older than the leader's.
     """
+    store_cluster: _builtins.int
+    """The id of the etcd cluster the replica's store answers from (etcd's response header;
+    0: not known yet). A replica relaying to a leader attached to another cluster (a
+    backup of another deployment restored under the same prefix names that one's leader)
+    refuses the link: that leader decides for another fleet.
+    """
     @_builtins.property
     def policies(self) -> _containers.RepeatedCompositeFieldContainer[_policy_pb2.ServicePolicy]: ...
     @_builtins.property
@@ -782,10 +789,11 @@ class Snapshot(_message.Message):
         shadow_policies: _abc.Iterable[_policy_pb2.ServicePolicy] | None = ...,
         history: _builtins.str = ...,
         read_revision: _builtins.int = ...,
+        store_cluster: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakers", b"breakers", "control_plane_id", b"control_plane_id", "history", b"history", "omitted_breakers", b"omitted_breakers", "partial", b"partial", "policies", b"policies", "read_revision", b"read_revision", "shadow_policies", b"shadow_policies", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakers", b"breakers", "control_plane_id", b"control_plane_id", "history", b"history", "omitted_breakers", b"omitted_breakers", "partial", b"partial", "policies", b"policies", "read_revision", b"read_revision", "shadow_policies", b"shadow_policies", "store_cluster", b"store_cluster", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
