@@ -5,7 +5,8 @@ backup is back at its older value, one deleted since is back in force, one creat
 absent. The store's value is taken (an operator's ``etcdctl put`` is a valid way to change a
 policy, and a restore is one too), and the leader writes back only what the store lacks. But
 what the restore undid is not left silent: when the leader has written back what it holds,
-it compares the policies it held when it found the loss with what the store holds now, logs
+it compares the policies it held when it found the loss with what the store held when the
+loss was found (read at that revision: an operator's write since is not the restore's), logs
 each one that differs field by field, and records it in the audit (action
 :data:`REVERTED`, the value held as ``old``, the store's as ``new``), so ``mission-control
 audit`` shows what the restore took back.
@@ -21,7 +22,7 @@ from mission_control.client.config import policy_from_json, policy_to_json
 from mission_control.client.errors import ConfigurationError
 
 from .audit import CONTROL_PLANE, AuditLog, Author, Change
-from .store import Store
+from .store import Entry, Store, StoreUnavailable, WatchCompacted
 
 _log = logging.getLogger("mission_control.server.restore_report")
 
@@ -72,13 +73,32 @@ def reverted(held: Mapping[str, bytes], stored: Mapping[str, bytes]) -> dict[str
     return found
 
 
+async def _restored(store: Store, prefix: str, revision: int) -> list[Entry]:
+    """The entries under ``prefix`` as of ``revision`` (what the restore brought back, not
+    an operator's write since); now when that revision cannot be read (compacted, or of
+    another numbering: ahead of the store)."""
+    if revision:
+        try:
+            entries, _ = await store.get_prefix(prefix, revision=revision)
+            return entries
+        except WatchCompacted:
+            pass
+        except StoreUnavailable as err:
+            if not any(word in str(err) for word in ("future revision", "compacted")):
+                raise
+        _log.warning("the policies as of revision %d cannot be read: compared with etcd's now", revision)
+    entries, _ = await store.get_prefix(prefix)
+    return entries
+
+
 async def report(
-    store: Store, prefix: str, held: Mapping[str, bytes], audit: AuditLog | None
+    store: Store, prefix: str, held: Mapping[str, bytes], audit: AuditLog | None, revision: int = 0
 ) -> dict[str, list[str]]:
     """Compare the policies ``held`` (service -> JSON, when the loss was found) with those
-    under ``prefix`` in the store; log and record each one the restore took back. Returns
-    them. Raises StoreUnavailable."""
-    entries, _ = await store.get_prefix(prefix)
+    under ``prefix`` in the store as of ``revision`` (the store's when the loss was found:
+    what the restore brought back; 0: now); log and record each one the restore took back.
+    Returns them. Raises StoreUnavailable."""
+    entries = await _restored(store, prefix, revision)
     stored = {}
     for entry in entries:
         service = entry.key[len(prefix) :]

@@ -148,6 +148,9 @@ class StateWriter:
         #: The policies held when the loss was found (service -> JSON), until the restore
         #: is done: what it undid is then said (see :mod:`.restore_report`).
         self._held_policies: dict[str, bytes] | None = None
+        #: The store's revision when the loss was found: the policies the restore brought
+        #: back are read as of it (a write since is an operator's, not the restore's).
+        self._loss_revision = 0
         #: Called when the store's state is to be read again (set by the control plane).
         self.on_reload: Callable[[], None] = lambda: None
         #: Whether a leader that is alive has seen the loss: its link is up and says the
@@ -326,13 +329,17 @@ class StateWriter:
     def wake(self) -> None:
         self._wake.set()
 
-    def data_lost(self) -> None:
+    def data_lost(self, revision: int = 0) -> None:
         """The store lost its data: what is held here is restored (the leader writes it
         back). A write answered after this was noticed, and sent before, may have gone to
-        the data lost: its revision is of that data, not of the store's."""
+        the data lost: its revision is of that data, not of the store's. ``revision``: the
+        store's when the loss was found (0: not known)."""
         self.losses += 1
         if not self.restore_pending or self._held_policies is None:  # (what was held before the first)
             self._held_policies = {p.service: policy_to_json(p).encode() for p in self.policies.all()}
+            self._loss_revision = revision
+        elif revision and (not self._loss_revision or revision < self._loss_revision):
+            self._loss_revision = revision  # restored again, below: as that restore brought back
         self.restore_pending = True
         self.versions = KeyVersions(self.store)  # the revisions held are of the data lost
         self._wake.set()  # a writer with nothing pending waits for no timer
@@ -612,7 +619,9 @@ class StateWriter:
             return  # lost again meanwhile: restored again from the start
         if self.fence is None or self.fence.leading:  # else fenced midway: again when leading
             if self._held_policies is not None:
-                await report(self.store, self.policies.prefix, self._held_policies, self.audit)
+                await report(
+                    self.store, self.policies.prefix, self._held_policies, self.audit, self._loss_revision
+                )
             if losses != self.losses:
                 return
             self.restore_pending = False
