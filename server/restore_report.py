@@ -22,7 +22,7 @@ from mission_control.client.config import policy_from_json, policy_to_json
 from mission_control.client.errors import ConfigurationError
 
 from .audit import CONTROL_PLANE, AuditLog, Author, Change
-from .store import Entry, Store, StoreUnavailable, WatchCompacted
+from .store import Entry, Store, StoreUnavailable, WatchCompacted, Write
 
 _log = logging.getLogger("mission_control.server.restore_report")
 
@@ -92,12 +92,18 @@ async def _restored(store: Store, prefix: str, revision: int) -> list[Entry]:
 
 
 async def report(
-    store: Store, prefix: str, held: Mapping[str, bytes], audit: AuditLog | None, revision: int = 0
+    store: Store,
+    prefix: str,
+    held: Mapping[str, bytes],
+    audit: AuditLog | None,
+    revision: int = 0,
+    written: list[Write] | None = None,
 ) -> dict[str, list[str]]:
     """Compare the policies ``held`` (service -> JSON, when the loss was found) with those
     under ``prefix`` in the store as of ``revision`` (the store's when the loss was found:
-    what the restore brought back; 0: now); log and record each one the restore took back.
-    Returns them. Raises StoreUnavailable."""
+    what the restore brought back; 0: now); log and record each one the restore took back
+    (the records written, not their marks, are added to ``written``). Returns them. Raises
+    StoreUnavailable."""
     entries = await _restored(store, prefix, revision)
     stored = {}
     for entry in entries:
@@ -117,5 +123,7 @@ async def report(
         )
         changes.append(Change("policy", service, old, new))
     if changes and audit is not None:
-        await store.commit(audit.record_writes(changes, AUTHOR, REVERTED), [])
+        writes = audit.record_writes(changes, AUTHOR, REVERTED)
+        if (await store.commit(writes, [])).succeeded and written is not None:
+            written += [w for w in writes if w.key.startswith(audit.bucket("policy"))]
     return found

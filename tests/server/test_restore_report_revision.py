@@ -93,3 +93,48 @@ async def _until(condition, timeout: float = 30.0) -> None:  # type: ignore[no-u
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, "not within the bound"
         await asyncio.sleep(0.02)
+
+
+async def test_a_second_restore_from_an_older_backup_gets_the_first_restores_record_back(
+    etcd: EtcdProcess, prefix: str, tmp_path: Path
+) -> None:
+    """Two restores, the second from an older backup: etcd then holds neither the first
+    restore's ``restore.reverted`` record nor anything of it. The replica that wrote it
+    writes it back with what the second restore lacks. Before: the first restore's record
+    was gone for good, and only the second's said anything."""
+    store = EtcdStore([etcd.endpoint])
+    await store.connect()
+    plane = ControlPlane(store, prefix=prefix, instance_id="only")
+    key = f"{plane.policies.prefix}{SERVICE}"
+    try:
+        await plane.start()
+        await _until(lambda: bool(plane.history.token))
+        for timeout, backup in ((3.0, "b0.db"), (5.0, "b1.db"), (7.0, "")):
+            await store.commit([Write(key, value(timeout))])
+            await _until(lambda t=timeout: _timeout(plane) == t)  # type: ignore[misc]
+            if backup:
+                await asyncio.to_thread(etcdctl, etcd.endpoint, "snapshot", "save", str(tmp_path / backup))
+        await asyncio.to_thread(restore, etcd, tmp_path / "b1.db")
+        await _until_records(store, prefix, [(7.0, 5.0)])
+        await asyncio.to_thread(restore, etcd, tmp_path / "b0.db")
+        await _until_records(store, prefix, [(5.0, 3.0), (7.0, 5.0)])
+    finally:
+        await plane.stop()
+        await store.close()
+
+
+async def _until_records(store: EtcdStore, prefix: str, wanted: list[tuple[float, float]]) -> None:
+    found: list[tuple[float, float]] = []
+    for _ in range(3000):
+        try:
+            records = await _reverted(store, prefix)
+        except Exception:  # (etcd starting again)
+            records = []
+        found = sorted(
+            (json.loads(r["old_value"])["timeout_secs"], json.loads(r["new_value"])["timeout_secs"])
+            for r in records
+        )
+        if found == wanted:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"restore.reverted records {found}, not {wanted}")
