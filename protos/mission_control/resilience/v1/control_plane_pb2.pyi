@@ -437,6 +437,26 @@ class AgentHello(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class HeldGenerationsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     AGENT_ID_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     SERVICES_FIELD_NUMBER: _builtins.int
@@ -444,6 +464,7 @@ class AgentHello(_message.Message):
     OUTCOME_SERIES_FIELD_NUMBER: _builtins.int
     INSTANCE_FIELD_NUMBER: _builtins.int
     RELAYED_AGENTS_FIELD_NUMBER: _builtins.int
+    HELD_GENERATIONS_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     session_id: _builtins.str
     outcome_series: _builtins.str
@@ -471,6 +492,14 @@ class AgentHello(_message.Message):
         At most 4096 keys.
         """
 
+    @_builtins.property
+    def held_generations(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """The generation of each breaker of `services` the agent holds as the control plane last
+        told it (0 or left out: none held). A replica compares it with etcd's record a while
+        later and says (log, audit) when the agent's is newer: etcd restored from an older
+        backup while no replica ran. At most one per service named.
+        """
+
     def __init__(
         self,
         *,
@@ -481,10 +510,11 @@ class AgentHello(_message.Message):
         outcome_series: _builtins.str = ...,
         instance: _builtins.str = ...,
         relayed_agents: _abc.Iterable[_builtins.str] | None = ...,
+        held_generations: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "instance", b"instance", "labels", b"labels", "outcome_series", b"outcome_series", "relayed_agents", b"relayed_agents", "services", b"services", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "held_generations", b"held_generations", "instance", b"instance", "labels", b"labels", "outcome_series", b"outcome_series", "relayed_agents", b"relayed_agents", "services", b"services", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
