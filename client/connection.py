@@ -241,6 +241,7 @@ class ControlPlaneConnection:
                 services=self.services,
                 outcome_series=self._unacked.series,
                 instance=self.instance,
+                held_generations=self.view.held_generations(self.services),
             )
         )
         resent = False

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -58,6 +58,10 @@ PROBE_TTL_SECS = 5.0
 #: The most of a grant's TTL that lengthens the hold of a fleet HALF_OPEN after the link
 #: drops: a peer granting a TTL of days must not keep the agent refusing for days.
 MOST_PROBE_TTL_SECS = 60.0
+#: Bounds on the breaker generations an agent says in its hello (the control plane takes
+#: hellos of up to 64 KiB and 1024 of them).
+HELD_GENERATIONS_BYTES = 16 * 1024
+HELD_GENERATIONS_MOST = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -625,6 +629,23 @@ class LocalView:
         #: was partial (None: it was whole): states from before it are not restated.
         self.pushes = 0
         self.partial_at: int | None = None
+
+    def held_generations(self, names: Iterable[str] = ()) -> dict[str, int]:
+        """The generation of each breaker of ``names`` (none named: of every breaker held)
+        as the control plane last said, those with one known, within
+        :data:`HELD_GENERATIONS_BYTES` (what a hello carries)."""
+        found: dict[str, int] = {}
+        size = 0
+        for name in list(names) or list(self.services):
+            state = self.services.get(name)
+            fleet = state.fleet if state is not None else None
+            if fleet is None or not fleet.generation:
+                continue
+            size += len(name.encode()) + 16
+            if size > HELD_GENERATIONS_BYTES or len(found) >= HELD_GENERATIONS_MOST:
+                break
+            found[name] = fleet.generation
+        return found
 
     def get(self, name: str) -> ServiceState:
         """The state of a service, or of an endpoint's breaker (``service/endpoint``)."""

@@ -41,6 +41,7 @@ from .fleet_roster import FleetRoster
 from .grant_numbers import GrantNumbers
 from .grant_pause import GrantPause
 from .held_keys import HeldKeysCheck, TokenWatch
+from .held_newer import HeldNewer
 from .hub import Hub, Subscriber
 from .last_good import RecordedGood
 from .leader_states import LeaderStates
@@ -255,6 +256,8 @@ class ControlPlane:
         self.outcome_listeners.append(self.trials.record)
         self.audit = AuditLog(store, self.prefix, instance_id, retention, wall)
         self.audit.key_of = self._recorded_key
+        #: Agents holding a breaker newer than the store say so (see :mod:`.held_newer`).
+        self.held_newer = HeldNewer(store, self.breaker_key, self.audit, self.sync.loaded.is_set, clock)
         self.writer.shadows = self.shadows
         self.audit_keeper = AuditKeeper(
             self.audit,
@@ -352,6 +355,7 @@ class ControlPlane:
             clock=self.clock,
             wall=self.lease_epochs.wall,
             probe_timeout=lambda service: self.policies.policy_of(service).timeout_secs,
+            own_cluster=lambda: self.sync.cluster_id,
         )
         self.writer.fence = self.leadership
         self.breakers.lead_check = self.leadership.lease_valid
@@ -570,6 +574,7 @@ class ControlPlane:
         self._stopping = False
         loops = [self.sync.run, self.writer.run, self._tick_loop, self._health_loop, self._forget_loop]
         loops += [self.audit_keeper.run, self.recovery_checks.run, self.history.run, self.held_keys.run]
+        loops.append(self.held_newer.run)
         if self.leadership is not None and self.relay is not None:
             loops += [self.leadership.run, self.relay.run]
         for loop in loops:
@@ -836,6 +841,7 @@ class ControlPlane:
             shadow_policies=[policy_to_proto(p) for p in self.shadows.all()],
             history=self.history.token,
             read_revision=self.sync.delivered if self.view_complete else 0,
+            store_cluster=self.sync.cluster_id,
         )
         mine = set(services)
         breakers, passed_on = self.breakers.snapshot(), set[str]()

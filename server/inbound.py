@@ -50,6 +50,12 @@ def hello_problem(hello: pb.AgentHello) -> tuple[str, str] | None:
         problem = breaker_name_problem(service)
         if problem:
             return f"hello.services[{i}]", problem
+    if len(hello.held_generations) > MAX_HELLO_SERVICES:
+        return "hello.held_generations", f"at most {MAX_HELLO_SERVICES} breakers"
+    for name in hello.held_generations:
+        problem = breaker_name_problem(name)
+        if problem:
+            return "hello.held_generations", problem
     if len(hello.labels) > MAX_LABELS:
         return "hello.labels", f"at most {MAX_LABELS} labels"
     for key, value in hello.labels.items():

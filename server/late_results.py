@@ -7,8 +7,8 @@ replica meanwhile, it sends the batch again there; that copy may reach the leade
 the relay's stream is up, the leader counts the batch then, but not its probe result: the
 permit is the relay's, not the agent's, and an agent cannot show which relayed grant was its
 own (grant numbers follow one another). When the relay's copy comes, the batch is one counted
-already; before, it was dropped whole, the permit stayed held until its hold lapsed (the TTL plus the policy's
-timeout), and an agent asking for a permit meanwhile got none (I3).
+already; before, it was dropped whole, the permit stayed held until its hold lapsed (the TTL
+plus the policy's timeout), and an agent asking for a permit meanwhile got none (I3).
 
 Of such a copy the leader takes the probe part alone: the named results and the permits
 given back by grant. Each settles the permit of its grant held for the relay, and counts

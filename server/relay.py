@@ -30,6 +30,7 @@ from mission_control.client.view import Tally, UnackedBatches
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 from mission_control.resilience.v1 import control_plane_pb2_grpc as pb_grpc
 
+from .leader_cluster import ForeignLeader, LeaderCluster
 from .loop_tasks import wait_event
 from .outcome_ledger import BatchKey, named, origin_key, origin_of
 from .relay_acks import AckTarget, OwedAcks
@@ -97,6 +98,7 @@ class LeaderRelay:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         probe_timeout: Callable[[str], float] = lambda service: 30.0,
+        own_cluster: Callable[[], int] = lambda: 0,
     ) -> None:
         self.leadership = leadership
         self.hub = hub
@@ -141,6 +143,8 @@ class LeaderRelay:
         self._leader_address: str | None = None
         #: The leader's clock as measured from its messages (``sent_at``).
         self._offset = ClockOffset()
+        #: A leader of another etcd cluster is refused (see :mod:`.leader_cluster`).
+        self.cluster = LeaderCluster(own_cluster)
 
     # -- from this replica's agents ---------------------------------------------
 
@@ -257,6 +261,8 @@ class LeaderRelay:
             try:
                 await self._stream(address)
                 backoff = 0.05
+            except ForeignLeader:
+                backoff = 1.0  # logged once; asked again as the leader key or the store changes
             except (grpc.RpcError, OSError) as err:
                 _log.info("link to the leader at %s broke (%s)", address, type(err).__name__)
             except Exception:
@@ -284,6 +290,8 @@ class LeaderRelay:
                 if response.HasField("sent_at"):
                     self._offset.sample(response.sent_at.ToNanoseconds() / 1e9, self._clock())
                 if response.HasField("snapshot"):
+                    # before anything of it is taken (outcomes wait for a snapshot)
+                    self.cluster.check(address, response.snapshot.store_cluster)
                     if not self.connected:  # the leader sends a new snapshot after each reload
                         _log.info("relaying to the leader at %s", address)
                     self.connected = True

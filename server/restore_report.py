@@ -5,7 +5,8 @@ backup is back at its older value, one deleted since is back in force, one creat
 absent. The store's value is taken (an operator's ``etcdctl put`` is a valid way to change a
 policy, and a restore is one too), and the leader writes back only what the store lacks. But
 what the restore undid is not left silent: when the leader has written back what it holds,
-it compares the policies it held when it found the loss with what the store holds now, logs
+it compares the policies it held when it found the loss with what the store held when the
+loss was found (read at that revision: an operator's write since is not the restore's), logs
 each one that differs field by field, and records it in the audit (action
 :data:`REVERTED`, the value held as ``old``, the store's as ``new``), so ``mission-control
 audit`` shows what the restore took back.
@@ -27,7 +28,7 @@ from mission_control.client.config import policy_from_json, policy_to_json
 from mission_control.client.errors import ConfigurationError
 
 from .audit import CONTROL_PLANE, AuditLog, Author, Change
-from .store import Store, Write
+from .store import Entry, Store, StoreUnavailable, WatchCompacted, Write
 
 _log = logging.getLogger("mission_control.server.restore_report")
 
@@ -78,6 +79,24 @@ def reverted(held: Mapping[str, bytes], stored: Mapping[str, bytes]) -> dict[str
     return found
 
 
+async def _restored(store: Store, prefix: str, revision: int) -> list[Entry]:
+    """The entries under ``prefix`` as of ``revision`` (what the restore brought back, not
+    an operator's write since); now when that revision cannot be read (compacted, or of
+    another numbering: ahead of the store)."""
+    if revision:
+        try:
+            entries, _ = await store.get_prefix(prefix, revision=revision)
+            return entries
+        except WatchCompacted:
+            pass
+        except StoreUnavailable as err:
+            if not any(word in str(err) for word in ("future revision", "compacted")):
+                raise
+        _log.warning("the policies as of revision %d cannot be read: compared with etcd's now", revision)
+    entries, _ = await store.get_prefix(prefix)
+    return entries
+
+
 class RevertReport:
     """What one restore took back: compared, logged and its records made once (at the
     first call); the same records are written at every call, create-if-absent, so they
@@ -88,34 +107,53 @@ class RevertReport:
         #: service -> its changed fields (None: not compared yet).
         self.found: dict[str, list[str]] | None = None
         self._writes: list[Write] = []
+        self._records: list[Write] = []
 
     async def report(
-        self, store: Store, prefix: str, held: Mapping[str, bytes], audit: AuditLog | None
+        self,
+        store: Store,
+        prefix: str,
+        held: Mapping[str, bytes],
+        audit: AuditLog | None,
+        revision: int = 0,
+        written: list[Write] | None = None,
     ) -> dict[str, list[str]]:
         """Compare (the first time) and record what the restore took back; see :func:`report`.
         Raises StoreUnavailable (the records are written again at the next call)."""
         if self.found is None:
-            self.found, self._writes = await _compare(store, prefix, held, audit)
+            self.found, self._writes = await _compare(store, prefix, held, audit, revision)
+            bucket = audit.bucket("policy") if audit is not None else None
+            self._records = [w for w in self._writes if bucket is not None and w.key.startswith(bucket)]
         if self._writes:
             # create-if-absent records: the commit of records stored already is a conflict
             await store.commit(self._writes, [])
+            if written is not None:
+                written += self._records
         return self.found
 
 
 async def report(
-    store: Store, prefix: str, held: Mapping[str, bytes], audit: AuditLog | None
+    store: Store,
+    prefix: str,
+    held: Mapping[str, bytes],
+    audit: AuditLog | None,
+    revision: int = 0,
+    written: list[Write] | None = None,
 ) -> dict[str, list[str]]:
     """Compare the policies ``held`` (service -> JSON, when the loss was found) with those
-    under ``prefix`` in the store; log and record each one the restore took back. Returns
-    them. Raises StoreUnavailable."""
-    return await RevertReport().report(store, prefix, held, audit)
+    under ``prefix`` in the store as of ``revision`` (the store's when the loss was found:
+    what the restore brought back; 0: now); log and record each one the restore took back
+    (the records, not their marks, are added to ``written``). Returns them. Raises
+    StoreUnavailable."""
+    return await RevertReport().report(store, prefix, held, audit, revision, written)
 
 
 async def _compare(
-    store: Store, prefix: str, held: Mapping[str, bytes], audit: AuditLog | None
+    store: Store, prefix: str, held: Mapping[str, bytes], audit: AuditLog | None, revision: int
 ) -> tuple[dict[str, list[str]], list[Write]]:
-    """What the store took back of ``held``, logged, and the audit writes that record it."""
-    entries, _ = await store.get_prefix(prefix)
+    """What the store took back of ``held`` (as of ``revision``), logged, and the audit
+    writes that record it."""
+    entries = await _restored(store, prefix, revision)
     stored = {}
     for entry in entries:
         service = entry.key[len(prefix) :]

@@ -141,6 +141,8 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         sub.replica = replica
         if replica:
             plane.hub.relayed_by(sub, list(hello.relayed_agents))
+        elif hello.held_generations:
+            plane.held_newer.claimed(key, dict(hello.held_generations))
         plane.agent_joined(sub.agent_id, sub.name, relay_session=hello.session_id if replica else "")
         _log.info("agent %s connected (stream %s)", key, sub.id)
         reader = asyncio.create_task(self._read(sub, request_iterator))

@@ -128,8 +128,9 @@ class Store(Protocol):
         revision is compacted away)."""
         ...
 
-    async def get_prefix(self, prefix: str) -> tuple[list[Entry], int]:
-        """Every entry under ``prefix`` and the store revision they were read at."""
+    async def get_prefix(self, prefix: str, *, revision: int = 0) -> tuple[list[Entry], int]:
+        """Every entry under ``prefix`` and the store revision they were read at
+        (``revision``: as of that one; 0: now)."""
         ...
 
     async def scan(
@@ -273,13 +274,12 @@ class EtcdStore:
             return self._entry(kv)
         return None
 
-    async def get_prefix(self, prefix: str) -> tuple[list[Entry], int]:
+    async def get_prefix(self, prefix: str, *, revision: int = 0) -> tuple[list[Entry], int]:
         # Read in pages, all at the first page's revision: one response for a big prefix
         # would pass the client's message size limit and the load would never succeed.
         end = prefix_range_end(prefix)
         start: bytes | str = prefix
         entries: list[Entry] = []
-        revision = 0
         while True:
             response = await self._call(
                 self._kv.get(start, end, revision=revision, limit=PAGE_KEYS, timeout=self.timeout)

@@ -37,7 +37,8 @@ its first fleet-lease epoch record in the history, so before any lease. The reco
 cannot tell a fresh fleet once it is deleted (by hand, or lost on its own) while every
 replica restarts: a leader then finds a marked token and no record, and takes the past for
 unknown rather than new (:mod:`.lease_epoch`). The mark stays with the token: written back
-with it, and never taken off by a value of the same token without it.
+with it, never taken off by a value of the same token without it, and written again by
+any replica holding it (the leader's next record checks it too) when such a value is put.
 
 What the token cannot tell, and what does:
 
@@ -134,6 +135,8 @@ class StoreHistory:
         self._distrusted = ""
         #: The token the store said the fleet was leased in (see :attr:`leased`).
         self._leased_in = ""
+        #: Whether the store's value last seen carries the mark.
+        self._store_marked = False
         self._due = asyncio.Event()
         #: Called whenever :attr:`token` changed.
         self.on_change: Callable[[], None] = lambda: None
@@ -173,6 +176,9 @@ class StoreHistory:
             self._due.set()  # a new one is stored
         elif marked(value):
             self._leased_in = token
+        elif token == self._leased_in:
+            self._due.set()  # the same token put without its mark (by hand): the mark goes back
+        self._store_marked = bool(token) and marked(value)
         self._set(token)
 
     @property
@@ -184,21 +190,27 @@ class StoreHistory:
         """The token key's value, read now outside the load and the watch (a new leader's
         read as of its takeover): only its mark is taken, for the token held (what else it
         says comes through the watch, in order with the revisions held)."""
-        if self.token and parse(value) == self.token and marked(value):
+        if not self.token or parse(value) != self.token:
+            return
+        if marked(value):
             self._leased_in = self.token
+        elif self._leased_in == self.token:
+            self._due.set()  # its mark taken off by hand: written back
+        self._store_marked = marked(value)
 
     async def mark_leased(self) -> None:
         """Say in the store that the fleet is leased in this history (a leader, before it
         stores a fleet-lease epoch record; nothing when it is said already, or no token is
         held: one being replaced is on its way through the watch). Raises StoreUnavailable."""
         held = self.token
-        if not held or self._leased_in == held:
+        if not held or (self._leased_in == held and self._store_marked):
             return
         entry = await self._get(self.key)
         if entry is None or parse(entry.value) != held:
             return
         if marked(entry.value) or await self._write(self.key, encode(held, True), entry.mod_revision):
             self._leased_in = held
+            self._store_marked = True
 
     def lost_data(self) -> None:
         """The store lost its data: the token held is of the history lost."""
@@ -228,6 +240,14 @@ class StoreHistory:
         found = parse(entry.value) if entry is not None else ""
         held = self.token
         if held:
+            if found == held and held == self._leased_in and entry is not None and not marked(entry.value):
+                # put back without its mark: the mark is written back (else a record then
+                # deleted while every replica restarts would leave the past taken for new)
+                if await self._write(self.key, encode(held, True), entry.mod_revision):
+                    _log.warning(
+                        "the store's history token %s was put without its leased mark: marked again", held
+                    )
+                return
             if found:
                 return  # the one held, or another on its way here through the watch (a loss)
             token = held  # deleted or garbled by hand: written back

@@ -147,7 +147,7 @@ class StoreSync:
         self.breakers.lost_revisions()
         self.policies.forget_revisions()
         self._keep_absent = True
-        self.writer.data_lost()
+        self.writer.data_lost(revision)
         for listener in list(self.lost_data_listeners):
             listener()
 

@@ -44,6 +44,8 @@ from .write_versions import TRIES, KeyVersions, Versioned
 _log = logging.getLogger("mission_control.server.writes")
 
 RETRY_SECS = 0.5
+#: The restore.reverted records a replica keeps to write back after a later restore.
+KEPT_REPORTS = 64
 #: etcd's bound on an operator's write (a forced breaker state, a policy), instead of the
 #: store's 2 s: the write is acknowledged only once etcd committed it, which takes an fsync
 #: of etcd's log, and on a disk another writer keeps busy that alone may pass 2 s. The
@@ -151,6 +153,13 @@ class StateWriter:
         self._held_policies: dict[str, bytes] | None = None
         #: What the restore of the last loss took back, recorded once (see restore_report).
         self._reverts = RevertReport()
+        #: The store's revision when the loss was found: the policies the restore brought
+        #: back are read as of it (a write since is an operator's, not the restore's).
+        self._loss_revision = 0
+        #: The ``restore.reverted`` records this replica wrote (key -> value, the newest
+        #: :data:`KEPT_REPORTS`): a later restore from an older backup erases them, and
+        #: they are written back with what it restores (create-if-absent: once).
+        self.reports: dict[str, bytes] = {}
         #: Called when the store's state is to be read again (set by the control plane).
         self.on_reload: Callable[[], None] = lambda: None
         #: Whether a leader that is alive has seen the loss: its link is up and says the
@@ -329,13 +338,17 @@ class StateWriter:
     def wake(self) -> None:
         self._wake.set()
 
-    def data_lost(self) -> None:
+    def data_lost(self, revision: int = 0) -> None:
         """The store lost its data: what is held here is restored (the leader writes it
         back). A write answered after this was noticed, and sent before, may have gone to
-        the data lost: its revision is of that data, not of the store's."""
+        the data lost: its revision is of that data, not of the store's. ``revision``: the
+        store's when the loss was found (0: not known)."""
         self.losses += 1
         if not self.restore_pending or self._held_policies is None:  # (what was held before the first)
             self._held_policies = {p.service: policy_to_json(p).encode() for p in self.policies.all()}
+            self._loss_revision = revision
+        elif revision and (not self._loss_revision or revision < self._loss_revision):
+            self._loss_revision = revision  # restored again, below: as that restore brought back
         self.restore_pending = True
         self.versions = KeyVersions(self.store)  # the revisions held are of the data lost
         self._wake.set()  # a writer with nothing pending waits for no timer
@@ -619,7 +632,16 @@ class StateWriter:
             return  # lost again meanwhile: restored again from the start
         if self.fence is None or self.fence.leading:  # else fenced midway: again when leading
             if self._held_policies is not None:
-                await self._reverts.report(self.store, self.policies.prefix, self._held_policies, self.audit)
+                written: list[Write] = []
+                await self._reverts.report(
+                    self.store,
+                    self.policies.prefix,
+                    self._held_policies,
+                    self.audit,
+                    self._loss_revision,
+                    written,
+                )
+                self._keep_reports(written)
             if losses != self.losses:
                 return
             self.restore_pending = False
@@ -641,8 +663,9 @@ class StateWriter:
         runs = {self.breaker_key(n): (n, self.breakers.run_of(n)) for n in names}
         writes += [Write(self.breaker_key(n), self.breakers.to_record(n), 0) for n in names]
         kept = [Write(key, value, 0) for key, value in self.kept_records()]
-        writes += kept
-        fenced = {write.key for write in kept}
+        reports = [Write(key, value, 0) for key, value in self.reports.items()]
+        writes += kept + reports
+        fenced = {write.key for write in kept + reports}
         restored, losses = 0, self.losses
         for write in writes:
             breaker = runs.get(write.key)
@@ -657,8 +680,21 @@ class StateWriter:
                 return restored  # lost again meanwhile: restored again from the start
             if result.ok and breaker is not None:
                 self.breakers.stored(breaker[0], result.revision, breaker[1])
+            if result.ok and write.key in self.reports:
+                _log.error(
+                    "the audit record %s of an earlier restore was erased (a restore from an older "
+                    "backup): written back",
+                    write.key,
+                )
             restored += result.ok
         return restored
+
+    def _keep_reports(self, written: list[Write]) -> None:
+        for write in written:
+            if write.value is not None:
+                self.reports[write.key] = write.value
+        while len(self.reports) > KEPT_REPORTS:
+            del self.reports[next(iter(self.reports))]
 
     async def _over_older(self, write: Write, entry: Entry | None) -> WriteResult:
         """A breaker's record found in the store in place of the one held: written over when

@@ -90,3 +90,43 @@ def test_a_mark_read_directly_counts_only_for_the_token_held() -> None:
     history.apply(encode("aaaa"))  # the same token without the mark (put by hand)
     history.read_directly(encode("aaaa"))
     assert history.leased
+
+
+async def test_the_mark_taken_off_by_hand_is_written_back_and_a_later_replica_finds_the_past_leased(
+    etcd_server: EtcdProcess, prefix: str
+) -> None:
+    """The same token put back without ``"leased"`` (a hand repair): the replicas holding
+    the mark write it again, so a record deleted while every replica restarts still leaves
+    the past unknown. Before: a put of the same token was nothing to them, the leader's
+    next record believed its memory, and a replica started afresh took the fleet for new."""
+    stores = [await EtcdStore([etcd_server.endpoint]).connect() for _ in range(4)]
+    store = stores[0]
+    planes = [ControlPlane(s, prefix=prefix, instance_id=f"r{i}") for i, s in enumerate(stores[1:3])]
+    later: ControlPlane | None = None
+    try:
+        await asyncio.gather(*(plane.start() for plane in planes))
+        await _until(lambda: all(plane.history.token for plane in planes))
+        key, record_key = planes[0].history.key, planes[0].lease_epochs.key
+        token = planes[0].history.token
+        planes[0].lease_epochs.leased()
+        await _until(lambda: all(plane.history.leased for plane in planes))
+        stripped = await store.commit([Write(key, encode(token))])
+        for _ in range(1000):
+            entry = await store.get(key)
+            if entry is not None and entry.mod_revision > stripped.revision:
+                break
+            await asyncio.sleep(0.02)
+        assert entry is not None and entry.mod_revision > stripped.revision, "the mark never came back"
+        assert parse(entry.value) == token and marked(entry.value)
+        for plane in planes:
+            await plane.stop()
+        planes = []
+        await store.commit([Write(record_key, None)])
+        later = ControlPlane(stores[3], prefix=prefix, instance_id="r3")
+        await later.start()
+        assert await _answer(later)
+    finally:
+        for plane in [*planes, *([later] if later is not None else [])]:
+            await plane.stop()
+        for s in stores:
+            await s.close()

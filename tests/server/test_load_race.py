@@ -18,8 +18,8 @@ class MeanwhileStore(EtcdStore):
     loading = ""
     meanwhile: Callable[[], Awaitable[None]] | None = None
 
-    async def get_prefix(self, prefix: str) -> tuple[list[Entry], int]:
-        read = await super().get_prefix(prefix)
+    async def get_prefix(self, prefix: str, *, revision: int = 0) -> tuple[list[Entry], int]:
+        read = await super().get_prefix(prefix, revision=revision)
         if prefix != self.loading:
             return read
         hook, self.meanwhile = self.meanwhile, None

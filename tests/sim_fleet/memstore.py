@@ -290,10 +290,14 @@ class MemStore:
             raise StoreUnavailable("etcd: required revision is a future revision")
         return self.etcd.read(key, revision)
 
-    async def get_prefix(self, prefix: str) -> tuple[list[Entry], int]:
+    async def get_prefix(self, prefix: str, *, revision: int = 0) -> tuple[list[Entry], int]:
         await self._gate()
-        keys = sorted(k for k in self.etcd.keys if k.startswith(prefix))
-        return [e for e in (self.etcd.read(k, 0) for k in keys) if e is not None], self.etcd.revision
+        if revision > self.etcd.revision:
+            raise StoreUnavailable("etcd: required revision is a future revision")
+        known = set(self.etcd.keys) | ({c.key for c in self.etcd.history} if revision else set())
+        keys = sorted(k for k in known if k.startswith(prefix))
+        found = [e for e in (self.etcd.read(k, revision) for k in keys) if e is not None]
+        return found, revision or self.etcd.revision
 
     async def scan(
         self, start: str, end: str, limit: int, *, keys_only: bool = False

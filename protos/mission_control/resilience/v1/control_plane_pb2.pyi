@@ -437,6 +437,26 @@ class AgentHello(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class HeldGenerationsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     AGENT_ID_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     SERVICES_FIELD_NUMBER: _builtins.int
@@ -444,6 +464,7 @@ class AgentHello(_message.Message):
     OUTCOME_SERIES_FIELD_NUMBER: _builtins.int
     INSTANCE_FIELD_NUMBER: _builtins.int
     RELAYED_AGENTS_FIELD_NUMBER: _builtins.int
+    HELD_GENERATIONS_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     session_id: _builtins.str
     outcome_series: _builtins.str
@@ -471,6 +492,14 @@ class AgentHello(_message.Message):
         At most 4096 keys.
         """
 
+    @_builtins.property
+    def held_generations(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """The generation of each breaker of `services` the agent holds as the control plane last
+        told it (0 or left out: none held). A replica compares it with etcd's record a while
+        later and says (log, audit) when the agent's is newer: etcd restored from an older
+        backup while no replica ran. At most one per service named.
+        """
+
     def __init__(
         self,
         *,
@@ -481,10 +510,11 @@ class AgentHello(_message.Message):
         outcome_series: _builtins.str = ...,
         instance: _builtins.str = ...,
         relayed_agents: _abc.Iterable[_builtins.str] | None = ...,
+        held_generations: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "instance", b"instance", "labels", b"labels", "outcome_series", b"outcome_series", "relayed_agents", b"relayed_agents", "services", b"services", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "held_generations", b"held_generations", "instance", b"instance", "labels", b"labels", "outcome_series", b"outcome_series", "relayed_agents", b"relayed_agents", "services", b"services", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -735,6 +765,7 @@ class Snapshot(_message.Message):
     SHADOW_POLICIES_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     READ_REVISION_FIELD_NUMBER: _builtins.int
+    STORE_CLUSTER_FIELD_NUMBER: _builtins.int
     control_plane_id: _builtins.str
     """Identifies the control-plane replica that serves the stream."""
     version: _builtins.int
@@ -762,6 +793,12 @@ class Snapshot(_message.Message):
     a breaker not listed was absent (or unreadable) through it. Within one history, a
     follower's state resting on an earlier revision is older than the leader's.
     """
+    store_cluster: _builtins.int
+    """The id of the etcd cluster the replica's store answers from (etcd's response header;
+    0: not known yet). A replica relaying to a leader attached to another cluster (a
+    backup of another deployment restored under the same prefix names that one's leader)
+    refuses the link: that leader decides for another fleet.
+    """
     @_builtins.property
     def policies(self) -> _containers.RepeatedCompositeFieldContainer[_policy_pb2.ServicePolicy]: ...
     @_builtins.property
@@ -782,10 +819,11 @@ class Snapshot(_message.Message):
         shadow_policies: _abc.Iterable[_policy_pb2.ServicePolicy] | None = ...,
         history: _builtins.str = ...,
         read_revision: _builtins.int = ...,
+        store_cluster: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakers", b"breakers", "control_plane_id", b"control_plane_id", "history", b"history", "omitted_breakers", b"omitted_breakers", "partial", b"partial", "policies", b"policies", "read_revision", b"read_revision", "shadow_policies", b"shadow_policies", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakers", b"breakers", "control_plane_id", b"control_plane_id", "history", b"history", "omitted_breakers", b"omitted_breakers", "partial", b"partial", "policies", b"policies", "read_revision", b"read_revision", "shadow_policies", b"shadow_policies", "store_cluster", b"store_cluster", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
