@@ -182,13 +182,17 @@ class CapacityLeaser:
         limit = self.limits.get((demand.service, demand.resource))
         if limit is None:
             return
-        limit.absent.pop(holder, None)
+        kept = limit.absent.pop(holder, None)
         limit.lapsed.pop(holder, None)
         fresh = holder not in limit.holders
         if demand.leaving:
             limit.holders.pop(holder, None)
             return
         entry = limit.holders.setdefault(holder, Holder())
+        if kept is not None:
+            # back after a break: its agents may spend their last leases until leases sent on
+            # this stream replace them, and a new break before that keeps them aside again
+            entry.carried = kept
         entry.used = _finite(demand.used)
         entry.agents = max(1, demand.agents)
         # (a follower that does not say what each agent wants: all alike)
@@ -333,7 +337,8 @@ class CapacityLeaser:
         # (a follower's agents may spend what they last had, and those gone from it what it
         # keeps for them: its units without a lease)
         last = {
-            h: max(e.sent, e.safe_units if not e.sent or e.replica else 0.0) for h, e in limit.holders.items()
+            h: max(e.sent, e.safe_units if not e.sent or e.replica else 0.0, e.still_carried(now))
+            for h, e in limit.holders.items()
         }
         return late_shrinks(shares, last, pool, whole)
 

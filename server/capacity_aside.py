@@ -96,13 +96,18 @@ class LeaderTerm:
         now = self.clock()
         bound = self.bound(limit, entry, now)
         units = max(bound.believe(entry.claimed), entry.sent)
-        if units <= 0:
+        carried = entry.still_carried(now)
+        if units <= 0 and carried <= 0:
             return
         # its last lease began at most 1.5 periods from now (sent half a period ahead)
         until = now + limit.horizon(now) + 2 * limit.period_secs
         if bound.from_earlier(entry.claimed) and entry.sent < units:
             # an earlier leader's lease: spent no longer than any of those may be
             until = min(until, self.earlier_horizon(limit, now))
+        if carried > 0 and entry.carried is not None:
+            # back from a break and cut off again before leases on this stream replaced
+            # what its agents held: the larger of both stays aside
+            units, until = max(units, carried), max(until, entry.carried[1])
         limit.absent[holder] = (units, until)
 
     def pool(self, limit: LeasedLimit, now: float) -> float:

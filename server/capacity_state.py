@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from mission_control.client.policy import UNLEASED_SECS, ServicePolicy
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
+from .unleased_claims import RECENT_LEASES
+
 #: Holders past their horizon are shown this long (and at most this many).
 LAPSED_SHOWN_SECS = 600.0
 LAPSED_SHOWN = 10_000
@@ -42,6 +44,21 @@ class Holder:
     earlier_units: float = 0.0
     #: a follower replica (speaks for its agents, and for those gone from it that it keeps)
     replica: bool = False
+    #: what was kept aside for it when its stream broke before this one, (units, until):
+    #: its agents may still spend that until leases sent on this stream replace it
+    carried: tuple[float, float] | None = None
+
+    def still_carried(self, now: float) -> float:
+        """What it carries from its last break that its agents may still spend (0: none):
+        until its horizon, or until it was sent as many leases since as a claim is believed
+        on (then its agents hold one of those, as any holder that stays connected does)."""
+        if self.carried is None:
+            return 0.0
+        units, until = self.carried
+        if until <= now or len(self.recent) >= RECENT_LEASES:
+            self.carried = None
+            return 0.0
+        return units
 
 
 @dataclass

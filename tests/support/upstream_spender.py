@@ -2,7 +2,9 @@
 interceptor, at a steady rate, until told to stop: what the upstream receives is what the
 fleet admitted.
 
-    python -m tests.support.upstream_spender AGENT_ID CONTROL_PLANE[,...] UPSTREAM SERVICE RATE
+    python -m tests.support.upstream_spender AGENT_ID CONTROL_PLANE[,...] UPSTREAM SERVICE RATE [CONFIG]
+
+(CONFIG: a TOML file of the policies it enforces until the control plane's state arrives.)
 
 Prints {"ready": bool} once connected and {"first": wall time} at its first call that went
 through; ``stop`` answers {"admitted": [wall times of the calls that went through],
@@ -27,7 +29,8 @@ from tests.support import echo_pb2_grpc as pb_grpc
 
 def main() -> None:
     agent_id, control_planes, upstream, service, rate = sys.argv[1:6]
-    mc = MissionControl(agent_id, control_plane=control_planes.split(","))
+    config = sys.argv[6] if len(sys.argv) > 6 else None
+    mc = MissionControl(agent_id, control_plane=control_planes.split(","), config=config)
     mc.start()
     print(json.dumps({"ready": mc.wait_connected(60)}), flush=True)
     admitted: list[float] = []
