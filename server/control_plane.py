@@ -57,6 +57,7 @@ from .refused_held import overwrite_refused
 from .relay import LeaderRelay, RelayConnect
 from .reports import ReportGate
 from .shadow import ShadowTrials, shadow_book
+from .snapshot_build import SNAPSHOT_SLICE, PendingSnapshot, SnapshotBuild
 from .stats import FleetStatistics
 from .store import EtcdStore, Store, StoreUnavailable, Write
 from .store_history import KEY as HISTORY_KEY
@@ -269,6 +270,10 @@ class ControlPlane:
         self.sync.on_outside = self.audit_keeper.outside
         #: Grows with every change of the fleet state this replica pushes.
         self.version = 0
+        #: Breakers a snapshot takes per turn of the event loop (see :mod:`.snapshot_build`).
+        self.snapshot_slice = SNAPSHOT_SLICE
+        #: Snapshots for every agent being built.
+        self._snapshots: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.telemetry = (
@@ -591,6 +596,8 @@ class ControlPlane:
         if left:
             _log.error("background tasks %s did not end when cancelled; stopping without them", left)
         self._tasks.clear()
+        for task in list(self._snapshots):  # (their streams end with the snapshot not sent)
+            task.cancel()
         self.hub.close_all()
 
     async def flush(self, timeout: float) -> bool:
@@ -765,7 +772,7 @@ class ControlPlane:
         # leader lease lapsed behind it (a stream connecting later gets its own).
         self.version += 1
         if self.hub.agents:
-            self.hub.broadcast(pb.ConnectResponse(snapshot=self.snapshot(to_all=True)))
+            self.broadcast_snapshot()
 
     def _history_changed(self) -> None:
         """The history this replica's revisions rest on changed: a leader says so on every
@@ -773,7 +780,7 @@ class ControlPlane:
         follows the snapshot that stops saying the old one)."""
         if self.leadership is not None and self.leading:
             self.version += 1
-            self.hub.broadcast(pb.ConnectResponse(snapshot=self.snapshot(to_all=True)))
+            self.broadcast_snapshot()
 
     def _on_breaker(self, message: pb.Breaker, old: BreakerState | None, move: Transition | None) -> None:
         # Agents first: the push is queued to every stream before the write is started (the
@@ -824,8 +831,32 @@ class ControlPlane:
         """Every policy and breaker, kept under ``max_bytes`` (the breakers of ``services``,
         the agent's own, and those not CLOSED come first); ``partial`` until the store has
         been loaded once. ``to_all``: it goes to every agent (else to one stream: a leader's
-        state it ends telling is pushed to the others, see :mod:`.leader_states`)."""
-        snapshot = pb.Snapshot(
+        state it ends telling is pushed to the others, see :mod:`.leader_states`). Built at
+        once: a stream's is built by :meth:`snapshot_in_slices`."""
+        return self._snapshot_build(services, max_bytes, to_all).finish()
+
+    async def snapshot_in_slices(
+        self, services: tuple[str, ...] = (), max_bytes: int = SNAPSHOT_MAX_BYTES
+    ) -> pb.Snapshot:
+        """:meth:`snapshot` for one new stream, :attr:`snapshot_slice` breakers per turn of
+        the event loop (see :mod:`.snapshot_build`)."""
+        return await self._snapshot_build(services, max_bytes, False).run(self.snapshot_slice)
+
+    def broadcast_snapshot(self) -> None:
+        """A snapshot to every agent, in its place in every stream's queue now, built in
+        slices behind (see :class:`.snapshot_build.PendingSnapshot`)."""
+        pending = PendingSnapshot()
+        extra = self.breakers.count() + self.snapshot_slice
+        for sub in list(self.hub.agents.values()):
+            sub.queue.widen(extra)
+        self.hub.broadcast(pending)
+        build = self._snapshot_build((), SNAPSHOT_MAX_BYTES, True)
+        task = asyncio.get_running_loop().create_task(pending.fill(build, self.snapshot_slice))
+        self._snapshots.add(task)
+        task.add_done_callback(self._snapshots.discard)
+
+    def _snapshot_build(self, services: tuple[str, ...], max_bytes: int, to_all: bool) -> SnapshotBuild:
+        head = pb.Snapshot(
             policies=self._snapshot_policies(services),
             control_plane_id=self.instance_id,
             version=self.version,
@@ -834,24 +865,9 @@ class ControlPlane:
             history=self.history.token,
             read_revision=self.sync.delivered if self.view_complete else 0,
         )
-        mine = set(services)
-        breakers, passed_on = self.breakers.snapshot(), set[str]()
-        if self.leader_states is not None:
-            breakers, passed_on = self.leader_states.over(breakers, to_all=to_all)
-        ranked = sorted(
-            breakers, key=lambda b: (b.name not in mine, b.state == pb.BREAKER_STATE_CLOSED, b.name)
+        return SnapshotBuild(
+            head, self.breakers, self.leader_states, self.grant_pause.sent, services, max_bytes, to_all=to_all
         )
-        size = snapshot.ByteSize()
-        for breaker in ranked:
-            size += breaker.ByteSize() + 8  # field tag and length
-            if size > max_bytes:
-                snapshot.omitted_breakers += 1
-            else:
-                snapshot.breakers.append(breaker)
-        if snapshot.omitted_breakers:
-            _log.warning("snapshot left out %d breakers (size bound)", snapshot.omitted_breakers)
-        self.grant_pause.sent([b for b in snapshot.breakers if b.name not in passed_on])
-        return snapshot
 
     def _snapshot_policies(self, services: tuple[str, ...]) -> list[policy_pb2.ServicePolicy]:
         # Writes keep the policies under POLICIES_MAX_BYTES; should the store hold more

@@ -190,6 +190,10 @@ class FleetBreakers:
     def names(self) -> list[str]:
         return sorted(self._breakers)
 
+    def count(self) -> int:
+        """How many breakers are held."""
+        return len(self._breakers)
+
     def now(self) -> float:
         """This engine's clock (monotonic seconds)."""
         return self._clock()
