@@ -175,6 +175,8 @@ class FleetBreakers:
         #: Followers' relays that asked for permits (each holds several, for its agents).
         self._relays: dict[str, None] = {}
         self.change_listeners: list[ChangeListener] = []
+        #: Called with the name of every breaker made here (held from then on).
+        self.made_listeners: list[Callable[[str], None]] = []
         #: Whether what is held here is the store's fleet state (read once): a breaker made
         #: here before then is not pushed as the truth (the store may hold it otherwise).
         self.view_complete: Callable[[], bool] = lambda: True
@@ -204,6 +206,8 @@ class FleetBreakers:
             breaker = CircuitBreaker(name, self._policy_of(name), self._clock())
             self._breakers[name] = breaker
             self.lowered.made(name)
+            for listener in self.made_listeners:
+                listener(name)
             mark = self._forgotten.get(name)
             if mark is not None:  # started over: its next state counts on from what was told
                 self._told[name] = max(self._told.get(name, 0), mark.told)
