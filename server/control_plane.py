@@ -799,6 +799,7 @@ class ControlPlane:
     def _on_policy(self, service: str, policy: ServicePolicy | None) -> None:
         self.version += 1
         self.breakers.policy_changed(service)
+        self.grant_pause.policy_changed(service)
         self.recovery_checks.policy_changed()
         self.capacity.sync_policies()
         update = pb.PolicyUpdate(service=service, deleted=policy is None)
