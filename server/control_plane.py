@@ -273,7 +273,7 @@ class ControlPlane:
         #: Breakers a snapshot takes per turn of the event loop (see :mod:`.snapshot_build`).
         self.snapshot_slice = SNAPSHOT_SLICE
         #: Snapshots for every agent being built.
-        self._snapshots: set[asyncio.Task[None]] = set()
+        self._snapshots: dict[asyncio.Task[None], PendingSnapshot] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.telemetry = (
@@ -596,8 +596,9 @@ class ControlPlane:
         if left:
             _log.error("background tasks %s did not end when cancelled; stopping without them", left)
         self._tasks.clear()
-        for task in list(self._snapshots):  # (their streams end with the snapshot not sent)
+        for task, pending in list(self._snapshots.items()):  # their streams end without it
             task.cancel()
+            pending.abandon()
         self.hub.close_all()
 
     async def flush(self, timeout: float) -> bool:
@@ -841,7 +842,17 @@ class ControlPlane:
     ) -> pb.Snapshot:
         """:meth:`snapshot` for one new stream, :attr:`snapshot_slice` breakers per turn of
         the event loop (see :mod:`.snapshot_build`)."""
-        return await self._snapshot_build(services, max_bytes, False).run(self.snapshot_slice)
+        return await self._settled_snapshot(services, max_bytes, False)
+
+    async def _settled_snapshot(self, services: tuple[str, ...], max_bytes: int, to_all: bool) -> pb.Snapshot:
+        """A snapshot built in slices whose etcd history is still this replica's when it is
+        done: one whose history changed during the build may hold breakers resting on the
+        new history's revisions under the old token, and is built again (see
+        :meth:`_history_changed`)."""
+        while True:
+            snapshot = await self._snapshot_build(services, max_bytes, to_all).run(self.snapshot_slice)
+            if snapshot.history == self.history.token:
+                return snapshot
 
     def broadcast_snapshot(self) -> None:
         """A snapshot to every agent, in its place in every stream's queue now, built in
@@ -851,10 +862,11 @@ class ControlPlane:
         for sub in list(self.hub.agents.values()):
             sub.queue.widen(extra)
         self.hub.broadcast(pending)
-        build = self._snapshot_build((), SNAPSHOT_MAX_BYTES, True)
-        task = asyncio.get_running_loop().create_task(pending.fill(build, self.snapshot_slice))
-        self._snapshots.add(task)
-        task.add_done_callback(self._snapshots.discard)
+        task = asyncio.get_running_loop().create_task(
+            pending.fill(self._settled_snapshot((), SNAPSHOT_MAX_BYTES, True))
+        )
+        self._snapshots[task] = pending
+        task.add_done_callback(self._snapshots.pop)
 
     def _snapshot_build(self, services: tuple[str, ...], max_bytes: int, to_all: bool) -> SnapshotBuild:
         head = pb.Snapshot(

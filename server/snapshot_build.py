@@ -17,6 +17,9 @@ engine's change listeners, the leader's states told on a follower) and
   queue when it is begun: what is pushed during the build is queued behind it, and a stream
   reaching it waits for the build to end.
 
+A snapshot whose etcd history changed during its build is built again (its breakers may
+rest on the new history's revisions, its token says the old one).
+
 A breaker made during the build is not in it (it is CLOSED, as one not listed is, unless a
 push says otherwise); one forgotten during it (CLOSED, idle) is left out. While a stream
 waits for its snapshot, its queue takes up to one message per breaker more than its bound
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
@@ -153,13 +156,17 @@ class PendingSnapshot:
         self._ready = asyncio.Event()
         self._message: pb.ConnectResponse | None = None
 
-    async def fill(self, build: SnapshotBuild, count: int) -> None:
+    async def fill(self, built: Awaitable[pb.Snapshot]) -> None:
         try:
-            self._message = pb.ConnectResponse(snapshot=await build.run(count))
+            self._message = pb.ConnectResponse(snapshot=await built)
         except Exception:
             _log.exception("a snapshot for every agent failed; their streams end")
         finally:
             self._ready.set()
+
+    def abandon(self) -> None:
+        """Not to be built (the control plane stops): its streams end."""
+        self._ready.set()
 
     async def message(self) -> pb.ConnectResponse | None:
         await self._ready.wait()

@@ -118,3 +118,21 @@ async def test_a_snapshot_built_in_slices_is_the_one_built_at_once(
     assert sliced == whole
     assert [b.name for b in whole.breakers[:3]] == ["svc-050", "svc-007", "svc-100"]
     assert whole.omitted_breakers > 0
+
+
+async def test_a_snapshot_whose_history_changed_while_it_was_built_is_built_again(
+    control_plane: RunningControlPlane,
+) -> None:
+    # its breakers may rest on the new history's revisions: never sent under the old token
+    plane = control_plane.plane
+    await many_breakers(plane)
+    before = plane.history.token
+    building = asyncio.create_task(plane.snapshot_in_slices())
+    await turns(20)
+    plane.history.token = "a-new-history"  # as a changed token is taken (store_history)
+    try:
+        snapshot = await building
+        assert snapshot.history == "a-new-history" != before
+        assert len(snapshot.breakers) == COUNT
+    finally:
+        plane.history.token = before
