@@ -110,6 +110,7 @@ async def test_a_snapshot_built_in_slices_is_the_one_built_at_once(
     await many_breakers(plane)
     for name in ("svc-007", "svc-100"):
         open_breaker(plane, name)
+    assert await plane.flush(timeout=10)  # stored (at a revision) before: not during the build
     whole = plane.snapshot(("svc-050",), max_bytes=1500)
     sliced = await plane.snapshot_in_slices(("svc-050",), max_bytes=1500)
     for one in (whole, sliced):
