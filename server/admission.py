@@ -17,19 +17,30 @@ unreported for ``idle_secs`` is forgotten (in memory, and in etcd by the leader)
 frees its place. An OPEN or HALF_OPEN one is kept, like an endpoint's, and starts idling
 when it closes: forgetting it would tell every agent it is CLOSED, ending its wait early
 (I1). A breaker loaded from the store takes a place like any other.
+
+Finding the idle ones costs what changed, not the number held: walking every breaker and
+every admitted name each second took 27 ms at 15,000 (loaded from the store, no policy
+naming them). Each admitted name waits in a heap keyed by the time it may be idle (last
+reported plus ``idle_secs``), looked at again then; a breaker made since the last look (a
+report, a load) is the only one checked for a place; a policy change, or new limits, make
+the next look take everything once. An OPEN or HALF_OPEN breaker's idle time starts when it
+closes (the engine's change listeners say when); one an operator holds is looked at again
+every ``idle_secs``, and at once when it is CLOSED.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mission_control.client.breaker import BreakerState
+from mission_control.client.breaker import BreakerState, Transition
 from mission_control.client.policy import ServicePolicy, service_of
+from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .endpoint_places import EndpointPlaces
 from .engine import FleetBreakers
@@ -79,6 +90,22 @@ class ServiceAdmission:
     #: Endpoints that gave their place up to another agent's, to forget.
     _given_up: list[str] = field(default_factory=list)
     _per_agent: Counter[str] = field(default_factory=Counter)
+    #: (time, name): when each admitted name is looked at next, and older entries left
+    #: behind (an entry counts only while it equals ``_due_at[name]``).
+    _due: list[tuple[float, str]] = field(default_factory=list)
+    _due_at: dict[str, float] = field(default_factory=dict)
+    #: Breakers made since the last look (each may take a place).
+    _made: set[str] = field(default_factory=set)
+    #: The next look takes every breaker and admitted name (a policy changed, new limits).
+    _rescan: bool = True
+    _limits_seen: AdmissionLimits | None = None
+    #: Admitted names looked at by :meth:`idle`, in all (what it costs).
+    looked_at: int = 0
+
+    def __post_init__(self) -> None:
+        self.breakers.made_listeners.append(self._made.add)
+        self.breakers.change_listeners.append(self._breaker_changed)
+        self.policies.listeners.append(self._policy_changed)
 
     def allows(self, agent: str, service: str, *, trusted: bool = False) -> bool:
         """Whether ``agent`` may report on ``service`` (admitting it when there is room).
@@ -94,7 +121,7 @@ class ServiceAdmission:
             return self._endpoint_allows(agent, service, policy, now)
         found = self.admitted.get(service)
         if found is None and self.breakers.find(service) is not None:
-            found = self.admitted[service] = _Admitted(now, "")  # loaded from the store
+            found = self._admit(service, _Admitted(now, ""))  # loaded from the store
         if found is not None:
             found.last_seen = now
             return True
@@ -103,8 +130,7 @@ class ServiceAdmission:
         ):
             self.refused += 1
             return False
-        self.admitted[service] = _Admitted(now, agent)
-        self._per_agent[agent] += 1
+        self._admit(service, _Admitted(now, agent))
         return True
 
     def endpoint_policy(self, name: str) -> ServicePolicy | None:
@@ -141,32 +167,82 @@ class ServiceAdmission:
         """Places taken by names ``agent`` got admitted."""
         return self._per_agent[agent]
 
+    def _admit(self, name: str, entry: _Admitted) -> _Admitted:
+        self.admitted[name] = entry
+        if entry.agent:
+            self._per_agent[entry.agent] += 1
+        self._schedule(name, entry.last_seen + self.limits.idle_secs)
+        return entry
+
     def _drop(self, name: str) -> None:
         entry = self.admitted.pop(name)
+        self._due_at.pop(name, None)
+        if not entry.agent:
+            return
         self._per_agent[entry.agent] -= 1
         if self._per_agent[entry.agent] <= 0:
             del self._per_agent[entry.agent]
+
+    def _schedule(self, name: str, at: float) -> None:
+        known = self._due_at.get(name)
+        if known is None or at < known:  # a later time: the earlier entry looks again
+            self._due_at[name] = at
+            heapq.heappush(self._due, (at, name))
+
+    def _breaker_changed(self, message: pb.Breaker, old: BreakerState | None, _: Transition | None) -> None:
+        entry = self.admitted.get(message.name)
+        if entry is None:
+            return
+        breaker = self.breakers.find(message.name)
+        if old in _WAITING or (breaker is not None and breaker.state in _WAITING):
+            entry.last_seen = max(entry.last_seen, self.clock())  # its idle time starts once closed
+        elif breaker is not None and breaker.state in _FORGETTABLE and old not in (None, *_FORGETTABLE):
+            self._schedule(message.name, entry.last_seen + self.limits.idle_secs)  # an operator's, let go
+
+    def _policy_changed(self, service: str, policy: ServicePolicy | None) -> None:
+        self._rescan = True
 
     def idle(self) -> list[str]:
         """Admitted names to forget now: CLOSED and not reported on for ``idle_secs``
         (an OPEN or HALF_OPEN one starts idling when it closes; an operator's is kept)."""
         now = self.clock()
         out = self._given_up_endpoints()
-        for name in self.breakers.names():  # breakers adopted from the store take a place
+        if self._rescan or self.limits is not self._limits_seen:
+            self._rescan, self._limits_seen = False, self.limits
+            self._made.clear()
+            made = self.breakers.names()
+            for name in self.admitted:
+                self._schedule(name, now)
+        else:
+            made = sorted(self._made)
+            self._made.clear()
+        for name in made:  # breakers adopted from the store take a place
             if name in self.admitted or self.policies.stored(name) is not None or name in out:
                 continue
+            if self.breakers.find(name) is None:
+                continue  # made, then forgotten
             if self.endpoint_policy(name) is not None:
                 self.endpoints.setdefault(service_of(name), EndpointPlaces()).adopt(name, now)
             else:
-                self.admitted[name] = _Admitted(now, "")
+                self._admit(name, _Admitted(now, ""))
         out += self._idle_endpoints(now)
-        for name, entry in list(self.admitted.items()):
+        later: list[tuple[str, float]] = []
+        while self._due and self._due[0][0] <= now:
+            at, name = heapq.heappop(self._due)
+            if self._due_at.get(name) != at:
+                continue  # an older entry: looked at earlier since
+            del self._due_at[name]
+            entry = self.admitted.get(name)
+            if entry is None:
+                continue
+            self.looked_at += 1
             if self.policies.stored(name) is not None or self.endpoint_policy(name) is not None:
                 self._drop(name)  # a policy covers it now: no place needed here
                 continue
             breaker = self.breakers.find(name)
             if breaker is not None and breaker.state in _WAITING:
                 entry.last_seen = now
+                later.append((name, now + self.limits.idle_secs))
                 continue
             quiet = now - entry.last_seen >= self.limits.idle_secs
             # A follower has no breaker for a name it admitted (the leader does): it keeps
@@ -175,6 +251,12 @@ class ServiceAdmission:
                 self._drop(name)
                 if breaker is not None:
                     out.append(name)
+            elif quiet:  # an operator's state: looked at again (and once it is CLOSED)
+                later.append((name, now + self.limits.idle_secs))
+            else:
+                later.append((name, entry.last_seen + self.limits.idle_secs))
+        for name, at in later:
+            self._schedule(name, at)
         return out
 
     def _given_up_endpoints(self) -> list[str]:

@@ -58,6 +58,7 @@ from .refused_held import overwrite_refused
 from .relay import LeaderRelay, RelayConnect
 from .reports import ReportGate
 from .shadow import ShadowTrials, shadow_book
+from .snapshot_build import SNAPSHOT_SLICE, PendingSnapshot, SnapshotBuild
 from .stats import FleetStatistics
 from .store import EtcdStore, Store, StoreUnavailable, Write
 from .store_history import KEY as HISTORY_KEY
@@ -272,6 +273,10 @@ class ControlPlane:
         self.sync.on_outside = self.audit_keeper.outside
         #: Grows with every change of the fleet state this replica pushes.
         self.version = 0
+        #: Breakers a snapshot takes per turn of the event loop (see :mod:`.snapshot_build`).
+        self.snapshot_slice = SNAPSHOT_SLICE
+        #: Snapshots for every agent being built.
+        self._snapshots: dict[asyncio.Task[None], PendingSnapshot] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.telemetry = (
@@ -597,6 +602,9 @@ class ControlPlane:
         if left:
             _log.error("background tasks %s did not end when cancelled; stopping without them", left)
         self._tasks.clear()
+        for task, pending in list(self._snapshots.items()):  # their streams end without it
+            task.cancel()
+            pending.abandon()
         self.hub.close_all()
 
     async def flush(self, timeout: float) -> bool:
@@ -771,7 +779,7 @@ class ControlPlane:
         # leader lease lapsed behind it (a stream connecting later gets its own).
         self.version += 1
         if self.hub.agents:
-            self.hub.broadcast(pb.ConnectResponse(snapshot=self.snapshot(to_all=True)))
+            self.broadcast_snapshot()
 
     def _history_changed(self) -> None:
         """The history this replica's revisions rest on changed: it says so on every link
@@ -781,7 +789,7 @@ class ControlPlane:
         what its first snapshot said (no history) would stand when it comes to lead."""
         if self.hub.agents:
             self.version += 1
-            self.hub.broadcast(pb.ConnectResponse(snapshot=self.snapshot(to_all=True)))
+            self.broadcast_snapshot()
 
     def _on_breaker(self, message: pb.Breaker, old: BreakerState | None, move: Transition | None) -> None:
         # Agents first: the push is queued to every stream before the write is started (the
@@ -800,6 +808,7 @@ class ControlPlane:
     def _on_policy(self, service: str, policy: ServicePolicy | None) -> None:
         self.version += 1
         self.breakers.policy_changed(service)
+        self.grant_pause.policy_changed(service)
         self.recovery_checks.policy_changed()
         self.capacity.sync_policies()
         update = pb.PolicyUpdate(service=service, deleted=policy is None)
@@ -832,8 +841,43 @@ class ControlPlane:
         """Every policy and breaker, kept under ``max_bytes`` (the breakers of ``services``,
         the agent's own, and those not CLOSED come first); ``partial`` until the store has
         been loaded once. ``to_all``: it goes to every agent (else to one stream: a leader's
-        state it ends telling is pushed to the others, see :mod:`.leader_states`)."""
-        snapshot = pb.Snapshot(
+        state it ends telling is pushed to the others, see :mod:`.leader_states`). Built at
+        once: a stream's is built by :meth:`snapshot_in_slices`."""
+        return self._snapshot_build(services, max_bytes, to_all).finish()
+
+    async def snapshot_in_slices(
+        self, services: tuple[str, ...] = (), max_bytes: int = SNAPSHOT_MAX_BYTES
+    ) -> pb.Snapshot:
+        """:meth:`snapshot` for one new stream, :attr:`snapshot_slice` breakers per turn of
+        the event loop (see :mod:`.snapshot_build`)."""
+        return await self._settled_snapshot(services, max_bytes, False)
+
+    async def _settled_snapshot(self, services: tuple[str, ...], max_bytes: int, to_all: bool) -> pb.Snapshot:
+        """A snapshot built in slices whose etcd history is still this replica's when it is
+        done: one whose history changed during the build may hold breakers resting on the
+        new history's revisions under the old token, and is built again (see
+        :meth:`_history_changed`)."""
+        while True:
+            snapshot = await self._snapshot_build(services, max_bytes, to_all).run(self.snapshot_slice)
+            if snapshot.history == self.history.token:
+                return snapshot
+
+    def broadcast_snapshot(self) -> None:
+        """A snapshot to every agent, in its place in every stream's queue now, built in
+        slices behind (see :class:`.snapshot_build.PendingSnapshot`)."""
+        pending = PendingSnapshot()
+        extra = self.breakers.count() + self.snapshot_slice
+        for sub in list(self.hub.agents.values()):
+            sub.queue.widen(extra)
+        self.hub.broadcast(pending)
+        task = asyncio.get_running_loop().create_task(
+            pending.fill(self._settled_snapshot((), SNAPSHOT_MAX_BYTES, True))
+        )
+        self._snapshots[task] = pending
+        task.add_done_callback(self._snapshots.pop)
+
+    def _snapshot_build(self, services: tuple[str, ...], max_bytes: int, to_all: bool) -> SnapshotBuild:
+        head = pb.Snapshot(
             policies=self._snapshot_policies(services),
             control_plane_id=self.instance_id,
             version=self.version,
@@ -843,24 +887,9 @@ class ControlPlane:
             read_revision=self.sync.delivered if self.view_complete else 0,
             store_cluster=self.sync.cluster_id,
         )
-        mine = set(services)
-        breakers, passed_on = self.breakers.snapshot(), set[str]()
-        if self.leader_states is not None:
-            breakers, passed_on = self.leader_states.over(breakers, to_all=to_all)
-        ranked = sorted(
-            breakers, key=lambda b: (b.name not in mine, b.state == pb.BREAKER_STATE_CLOSED, b.name)
+        return SnapshotBuild(
+            head, self.breakers, self.leader_states, self.grant_pause.sent, services, max_bytes, to_all=to_all
         )
-        size = snapshot.ByteSize()
-        for breaker in ranked:
-            size += breaker.ByteSize() + 8  # field tag and length
-            if size > max_bytes:
-                snapshot.omitted_breakers += 1
-            else:
-                snapshot.breakers.append(breaker)
-        if snapshot.omitted_breakers:
-            _log.warning("snapshot left out %d breakers (size bound)", snapshot.omitted_breakers)
-        self.grant_pause.sent([b for b in snapshot.breakers if b.name not in passed_on])
-        return snapshot
 
     def _snapshot_policies(self, services: tuple[str, ...]) -> list[policy_pb2.ServicePolicy]:
         # Writes keep the policies under POLICIES_MAX_BYTES; should the store hold more

@@ -184,6 +184,8 @@ class FleetBreakers:
         #: :data:`MAX_RELAYS_GONE`, oldest first (a relay's permits lapse with their hold).
         self.relays_gone: dict[str, None] = {}
         self.change_listeners: list[ChangeListener] = []
+        #: Called with the name of every breaker made here (held from then on).
+        self.made_listeners: list[Callable[[str], None]] = []
         #: Whether what is held here is the store's fleet state (read once): a breaker made
         #: here before then is not pushed as the truth (the store may hold it otherwise).
         self.view_complete: Callable[[], bool] = lambda: True
@@ -199,6 +201,10 @@ class FleetBreakers:
     def names(self) -> list[str]:
         return sorted(self._breakers)
 
+    def count(self) -> int:
+        """How many breakers are held."""
+        return len(self._breakers)
+
     def now(self) -> float:
         """This engine's clock (monotonic seconds)."""
         return self._clock()
@@ -209,6 +215,8 @@ class FleetBreakers:
             breaker = CircuitBreaker(name, self._policy_of(name), self._clock())
             self._breakers[name] = breaker
             self.lowered.made(name)
+            for listener in self.made_listeners:
+                listener(name)
             mark = self._forgotten.get(name)
             if mark is not None:  # started over: its next state counts on from what was told
                 self._told[name] = max(self._told.get(name, 0), mark.told)

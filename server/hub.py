@@ -252,9 +252,10 @@ class Hub:
     def connected_agents(self) -> int:
         return len(self._by_agent)
 
-    def broadcast(self, message: pb.ConnectResponse) -> None:
-        """Queue ``message`` to every agent stream. One object for all of them, serialised
-        once (``serialize_once``): it must not be changed once given to the hub."""
+    def broadcast(self, message: object) -> None:
+        """Queue ``message`` (a ``ConnectResponse``, or a ``PendingSnapshot`` standing for
+        one) to every agent stream. One object for all of them, serialised once
+        (``serialize_once``): it must not be changed once given to the hub."""
         for sub in list(self.agents.values()):
             sub.push(message)
 

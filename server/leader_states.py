@@ -174,6 +174,13 @@ class LeaderStates:
         """``own`` (this replica's breakers) as its agents are told them, with the leader's
         states of breakers this replica does not hold; and the names told the leader's
         (``to_all``: as :meth:`in_force`)."""
+        shown, passed = self.over_some(own, to_all=to_all)
+        beyond = self.beyond({message.name for message in own})
+        return shown + beyond, passed | {message.name for message in beyond}
+
+    def over_some(self, own: list[pb.Breaker], *, to_all: bool = True) -> tuple[list[pb.Breaker], set[str]]:
+        """Some of this replica's breakers as its agents are told them, and the names told
+        the leader's (one slice of :meth:`over`, without the breakers it does not hold)."""
         if not self._heard or self._leading():
             return own, set()
         shown, passed = [], set()
@@ -182,12 +189,14 @@ class LeaderStates:
             shown.append(told)
             if told is not message:
                 passed.add(message.name)
-        named = {message.name for message in own}
-        for name in sorted(self._held):
-            if name not in named and self._leaders(name, NONE):
-                shown.append(self._message(name))
-                passed.add(name)
         return shown, passed
+
+    def beyond(self, named: set[str]) -> list[pb.Breaker]:
+        """The leader's states told of breakers not in ``named`` (those this replica
+        holds, as :meth:`over_some` told them), in name order."""
+        if not self._heard or self._leading():
+            return []
+        return [self._message(n) for n in sorted(self._held) if n not in named and self._leaders(n, NONE)]
 
     def due(self) -> None:
         """Let everything go once this replica's own view is in force again (it leads, or

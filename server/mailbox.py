@@ -14,15 +14,22 @@ class Mailbox:
     """``put_nowait`` / ``get_nowait`` / ``get`` / ``empty`` as asyncio.Queue has them
     (QueueFull, QueueEmpty), for one reader at a time."""
 
-    __slots__ = ("_items", "_limit", "_waiter")
+    __slots__ = ("_extra", "_items", "_limit", "_waiter")
 
     def __init__(self, limit: int) -> None:
         self._items: deque[object] = deque()
         self._limit = limit
+        #: Room beyond ``limit`` until the queue is back under it (:meth:`widen`).
+        self._extra = 0
         self._waiter: asyncio.Future[None] | None = None
 
+    def widen(self, extra: int) -> None:
+        """Take up to ``extra`` items beyond the bound until the reader has brought the
+        queue back under it (a stream waiting for its snapshot to be built reads nothing)."""
+        self._extra = max(self._extra, extra)
+
     def put_nowait(self, item: object) -> None:
-        if len(self._items) >= self._limit:
+        if len(self._items) >= self._limit + self._extra:
             raise asyncio.QueueFull
         self._items.append(item)
         waiter = self._waiter
@@ -34,6 +41,11 @@ class Mailbox:
     def get_nowait(self) -> object:
         if not self._items:
             raise asyncio.QueueEmpty
+        return self._take()
+
+    def _take(self) -> object:
+        if self._extra and len(self._items) <= self._limit:
+            self._extra = 0
         return self._items.popleft()
 
     async def get(self) -> object:
@@ -45,7 +57,7 @@ class Mailbox:
             finally:
                 if self._waiter is waiter:
                     self._waiter = None
-        return self._items.popleft()
+        return self._take()
 
     def empty(self) -> bool:
         return not self._items
@@ -54,4 +66,4 @@ class Mailbox:
         return len(self._items)
 
     def full(self) -> bool:
-        return len(self._items) >= self._limit
+        return len(self._items) >= self._limit + self._extra

@@ -37,6 +37,7 @@ from .outcome_ledger import BatchKey, batch_key
 from .probe_results import identified, known_gone, known_results
 from .reports import may_report
 from .shadow_ops import clear_candidate, promote_candidate, put_candidate
+from .snapshot_build import PendingSnapshot
 from .stats import Page
 from .store import StoreUnavailable, Write
 
@@ -147,9 +148,14 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         _log.info("agent %s connected (stream %s)", key, sub.id)
         reader = asyncio.create_task(self._read(sub, request_iterator))
         try:
-            yield pb.ConnectResponse(snapshot=plane.snapshot(sub.services))
+            # built a slice at a time: what is pushed meanwhile is queued behind it
+            sub.queue.widen(plane.breakers.count() + plane.snapshot_slice)
+            yield pb.ConnectResponse(snapshot=await plane.snapshot_in_slices(sub.services))
             while True:
                 message = await sub.next()
+                if isinstance(message, PendingSnapshot):  # one for every stream, being built
+                    sub.queue.widen(plane.breakers.count() + plane.snapshot_slice)
+                    message = await message.message()
                 if message is None:
                     break
                 yield message  # type: ignore[misc]

@@ -46,6 +46,9 @@ _log = logging.getLogger("mission_control.server.writes")
 RETRY_SECS = 0.5
 #: The restore.reverted records a replica keeps to write back after a later restore.
 KEPT_REPORTS = 64
+#: Breaker transitions stored in one transaction: each is three of its operations (the
+#: breaker, its audit record and mark) and up to three compares; etcd takes 128 of each.
+PERSIST_BATCH = 20
 #: etcd's bound on an operator's write (a forced breaker state, a policy), instead of the
 #: store's 2 s: the write is acknowledged only once etcd committed it, which takes an fsync
 #: of etcd's log, and on a disk another writer keeps busy that alone may pass 2 s. The
@@ -191,15 +194,18 @@ class StateWriter:
         action: str = "write",
         old: Mapping[str, bytes | None] | None = None,
         timeout: float | None = None,
+        authors: Mapping[str, Author] | None = None,
     ) -> WriteResult:
         """All ``writes`` or none, each with its audit record (``author`` and ``action``;
-        ``old``: the values replaced, when memory no longer holds them), which names the
-        key's etcd version after it (see :mod:`.write_versions`); ``fenced``: only while
-        this replica leads; ``timeout``: the store's bound for it, when not its own.
-        Raises StoreUnavailable."""
+        ``authors``: a key's own author, where it has one; ``old``: the values replaced,
+        when memory no longer holds them), which names the key's etcd version after it (see
+        :mod:`.write_versions`); ``fenced``: only while this replica leads; ``timeout``: the
+        store's bound for it, when not its own. Raises StoreUnavailable."""
         replaced = dict(old or {})
         for _ in range(TRIES):
-            result, lost = await self._commit_once(writes, fenced, author, action, replaced, timeout)
+            result, lost = await self._commit_once(
+                writes, fenced, author, action, replaced, timeout, authors or {}
+            )
             if not lost:
                 return result
             for key in lost:  # written meanwhile, by a write this one was to follow
@@ -215,6 +221,7 @@ class StateWriter:
         action: str,
         old: Mapping[str, bytes | None],
         timeout: float | None,
+        authors: Mapping[str, Author],
     ) -> tuple[WriteResult, list[str]]:
         """One transaction, and the keys to send it again on (a compare this writer
         added, not the caller, failed)."""
@@ -228,7 +235,7 @@ class StateWriter:
             versioned = Versioned(list(writes), {}, frozenset())
             if self.audit is not None:
                 versioned = await self.versions.prepare(writes, self._recorded)
-            records = self._records(versioned, author, action, old)
+            records = self._records(versioned, author, action, old, authors)
             result = await self.store.commit([*versioned.writes, *records], guards, timeout=timeout)
         except LeaseLost:
             raise  # etcd answered: the writer's lease is the caller's to take again
@@ -252,7 +259,12 @@ class StateWriter:
         return WriteResult(WriteStatus.CONFLICT, result.revision, current), versioned.lost(current)
 
     def _records(
-        self, versioned: Versioned, author: Author, action: str, old: Mapping[str, bytes | None]
+        self,
+        versioned: Versioned,
+        author: Author,
+        action: str,
+        old: Mapping[str, bytes | None],
+        authors: Mapping[str, Author],
     ) -> list[Write]:
         if self.audit is None:
             return []
@@ -261,6 +273,9 @@ class StateWriter:
             change = self.change_of(write.key, write.value, old.get(write.key, self._held(write.key)))
             if change is not None:
                 changes.append(replace(change, version=versioned.versions.get(write.key, 0)))
+        if authors:  # each change recorded by its own author (its breaker's rule)
+            audit = self.audit
+            return [w for c in changes for w in audit.record_writes([c], authors.get(c.key, author), action)]
         return self.audit.record_writes(changes, author, action)
 
     def _recorded(self, key: str) -> bool:
@@ -373,10 +388,46 @@ class StateWriter:
                     continue
                 if self.restore_pending:
                     await self._restore()
-                for name in sorted(self._pending):
-                    await self._persist(name)
+                names = sorted(self._pending)
+                for start in range(0, len(names), PERSIST_BATCH):
+                    await self._persist_some(names[start : start + PERSIST_BATCH])
             except StoreUnavailable as err:
                 _log.warning("%d breaker transitions not stored yet (%s)", len(self._pending), err)
+
+    async def _persist_some(self, names: list[str]) -> None:
+        """Store the pending transitions of ``names`` in one transaction (a burst of
+        thousands is some hundreds of transactions, not one per breaker). Each ends as
+        :meth:`_persist` ends it: stored (``ok``), or still pending (``fenced``); on a
+        ``conflict`` nothing was written, and each is written again alone, so that the one
+        whose compare-and-swap lost is told apart (it adopts the stored state, or finds its
+        own write stored) from those that go through."""
+        batch = [
+            (name, self._pending[name], *self._decided[name][:2]) for name in names if name in self._pending
+        ]
+        if len(batch) <= 1:
+            for name, *_ in batch:
+                await self._persist(name)
+            return
+        writes, authors = [], {}
+        for name, _, record, run in batch:
+            key = self.breaker_key(name)
+            writes.append(Write(key, record, self.breakers.revisions.get(name, 0)))
+            authors[key] = Author(CONTROL_PLANE, self._decided[name][2])  # the rule's reason
+            self.unanswered.sent(name, record, run)  # kept should the answer be lost
+        losses = self.losses
+        result = await self.commit(writes, fenced=True, action="breaker.transition", authors=authors)
+        if result.ok and losses != self.losses:
+            return  # stored in the data the store lost: still pending (written again)
+        if result.ok:
+            for name, decision, record, run in batch:
+                self.unanswered.answered(name)
+                self.breakers.stored(name, result.revision, run)
+                self.breakers.records[name] = record
+                if self._pending.get(name) == decision:  # else a newer decision is to be written
+                    self._settled(name)
+        elif result.status is WriteStatus.CONFLICT:
+            for name, *_ in batch:  # nothing applied: each alone now (its records sent kept)
+                await self._persist(name)
 
     async def _persist(self, name: str) -> None:
         decision = self._pending.get(name)
