@@ -42,6 +42,10 @@ class Holder:
     earlier_units: float = 0.0
     #: a follower replica (speaks for its agents, and for those gone from it that it keeps)
     replica: bool = False
+    #: a follower's: the agent processes connected to it its last demand included, and
+    #: when each of those its demands named lately was last named (it may keep one gone)
+    names: frozenset[str] = frozenset()
+    named_at: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
