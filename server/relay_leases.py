@@ -36,6 +36,9 @@ from .relayed_agents import MAX_RELAYED_AGENTS
 
 #: (service, resource) of a fleet-shared limit.
 Limit = tuple[str, str]
+#: An agent reports its demand every period it spends: one not heard from for this many of
+#: the longest periods it was leased in may not hear its leases either (its link held)
+SILENT_PERIODS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +79,9 @@ class FollowerLeases:
         self.hold_secs = hold_secs
         self.clock = clock
         self.now = ForwardWall(clock, wall)
-        #: limit -> agent -> its last demand
+        #: limit -> agent -> its last demand, and when it came
         self.demands: dict[Limit, dict[str, pb.CapacityDemand]] = {}
+        self._heard: dict[Limit, dict[str, float]] = {}
         #: limit -> agent -> the last lease passed on to it, in its terms
         self._sent: dict[Limit, dict[str, Spend]] = {}
         #: limit -> the terms of the leases passed on to each agent lately
@@ -94,10 +98,12 @@ class FollowerLeases:
         self.kept.get(limit, {}).pop(agent_id, None)
         if demand.leaving:
             per_agent.pop(agent_id, None)
+            self._heard.get(limit, {}).pop(agent_id, None)
             self._sent.get(limit, {}).pop(agent_id, None)
             self._terms.setdefault(limit, LeaseTerms()).forget(agent_id)
         else:
             per_agent[agent_id] = demand
+            self._heard.setdefault(limit, {})[agent_id] = self.clock()
         self._dirty = True
 
     def agent_left(self, agent_id: str) -> None:
@@ -105,6 +111,7 @@ class FollowerLeases:
         now = self.clock()
         for limit, per_agent in self.demands.items():
             last = per_agent.pop(agent_id, None)
+            self._heard.get(limit, {}).pop(agent_id, None)
             sent = self._sent.get(limit, {}).pop(agent_id, Spend(0.0))
             seen = self._terms.setdefault(limit, LeaseTerms())
             if last is None:
@@ -211,13 +218,16 @@ class FollowerLeases:
         now = self.clock()
         self.counted_elsewhere(lease)
         kept = sum(k.reserve(lease, now) for k in self._kept_now(limit).values())
-        pool = max(0.0, lease.units - kept)
+        silent = self._silent(limit, lease, now)
+        pool = max(0.0, lease.units - kept - sum(silent.values()))
         whole = lease.resource in (f"{lease.service}.requests", retries_resource(lease.service))
         if whole:
             pool = math.floor(pool + 1e-9)
-        shares = fair_share(pool, {a: d.wanted for a, d in per_agent.items()})
+        shares = fair_share(pool, {a: d.wanted for a, d in per_agent.items() if a not in silent})
         if whole:
             shares = whole_units(shares, lease.period)
+        for agent_id, units in silent.items():  # (what it gets, should it hear again)
+            shares[agent_id] = math.floor(units + 1e-9) if whole else units
         sent, seen = self._sent.setdefault(limit, {}), self._terms.setdefault(limit, LeaseTerms())
         period, rate = terms(lease)
         out = []
@@ -228,4 +238,25 @@ class FollowerLeases:
             sent[agent_id] = Spend(units, period, rate)
             seen.sent(agent_id, lease, now)
             out.append((agent_id, mine))
+        return out
+
+    def _silent(self, limit: Limit, lease: pb.CapacityLease, now: float) -> dict[str, float]:
+        """What of ``lease`` to hold for each agent here not heard from lately: its link may
+        be held (its stream not broken yet), so it hears no lease and spends the last one it
+        heard, in the terms it heard, until its horizon — as one gone without a goodbye
+        (``server/relay_reserve.py``). After a shorter period its share of each new lease
+        is less than it spends so in a window; nobody else may be leased the rest."""
+        hold = self.hold_secs(*limit)
+        if hold is None:
+            return {}
+        heard, seen = self._heard.get(limit, {}), self._terms.get(limit)
+        out = {}
+        for agent_id, demand in self.demands.get(limit, {}).items():
+            at = heard.get(agent_id)
+            if at is None or demand.safe_units <= 0 or seen is None:
+                continue
+            spend = seen.widest(agent_id, demand.safe_units, at - hold)
+            if spend.period <= 0 or now - at <= SILENT_PERIODS * spend.period or now >= at + hold:
+                continue  # (past its horizon it spends nothing if still cut off)
+            out[agent_id] = spend.reserve(lease, now, at + hold)
         return out
