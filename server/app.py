@@ -10,7 +10,6 @@ import socket
 import ssl
 import uuid
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -303,19 +302,9 @@ def _start_roster(running: RunningControlPlane) -> None:
         plane.store, plane.writer, plane.hub, plane.prefix, plane.instance_id, counters=counters
     )
     plane.roster = FleetRoster(plane.store, plane.prefix)
-    if plane.relay is not None:
-        plane.relay.leases.elsewhere = partial(counted_elsewhere, plane.roster, plane)
     running.roster = ReplicaRoster(publisher, plane.roster, plane.task_failed)
     plane.sync.lost_data_listeners += [plane.roster.reload, publisher.republish]
     running.roster.start()
-
-
-def counted_elsewhere(roster: FleetRoster, plane: ControlPlane) -> set[tuple[str, str]]:
-    """The agent processes connected to another replica that the leader this replica
-    follows counts (see :meth:`FleetRoster.counted_elsewhere`)."""
-    leadership = plane.leadership
-    leader = leadership.leader_id if leadership is not None and not leadership.leading else None
-    return roster.counted_elsewhere(plane.instance_id, leader)
 
 
 async def _unreachable(store: EtcdStore, timeout: float = 1.5) -> str:

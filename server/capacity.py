@@ -40,7 +40,7 @@ from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .capacity_aside import LeaderTerm, earlier_count
 from .capacity_grid import PeriodGrid
-from .capacity_relayed import keep_predecessor, take_back
+from .capacity_relayed import counted_elsewhere, keep_predecessor, named, take_back
 from .capacity_split import ASKED_PERIODS, asked_now, late_shrinks, per_agent_share, whole_units
 from .capacity_state import Holder, LeasedLimit
 from .lease_epoch import RECORD_AHEAD_SECS
@@ -202,6 +202,8 @@ class CapacityLeaser:
         entry.wants = asked_now(entry.asked)
         entry.wanted = sum(entry.wants)
         entry.replica = bool(demand.agents_wanted)
+        if entry.replica:
+            named(limit, entry, demand.counted, self.clock())
         entry.agents_known = demand.agents_known
         # a claim is believed only as far as the leader knows it: a client that claims the
         # whole fleet and goes without a goodbye must not keep it aside for H
@@ -245,16 +247,6 @@ class CapacityLeaser:
         for limit in self.limits.values():
             for holder in [h for h in limit.absent if h != keep and (h == name or h.startswith(mine))]:
                 del limit.absent[holder]
-
-    def counted_through_relay(self, keys: Iterable[str], key: tuple[str, str]) -> None:
-        """A follower's relay reported limit ``key`` for the agent processes ``keys`` it
-        holds: one of them gone from here without a goodbye is counted there now (in the
-        follower's demand, what it may spend unleased with it), not kept aside here too."""
-        limit = self.limits.get(key)
-        if limit is None or not limit.absent:
-            return
-        for holder in keys:
-            limit.absent.pop(holder, None)
 
     def tick(self, *, send: bool = True) -> None:
         """Lease the next period of every limit once the running one is half over (and
@@ -355,6 +347,9 @@ class CapacityLeaser:
             message = pb.ConnectResponse()
             message.lease.CopyFrom(template)
             message.lease.units = units
+            entry = limit.holders.get(holder)
+            if entry is not None and entry.named_at:
+                message.lease.counted_elsewhere.extend(counted_elsewhere(limit, holder))
             if self.send(holder, message):
                 delivered = True
             else:  # no stream: it may be cut off, spending its last lease

@@ -47,6 +47,10 @@ class Holder:
     #: what was kept aside for it when its stream broke before this one, (units, until):
     #: its agents may still spend that until leases sent on this stream replace it
     carried: tuple[float, float] | None = None
+    #: a follower's: the agent processes connected to it its last demand included, and
+    #: when each of those its demands named lately was last named (it may keep one gone)
+    names: frozenset[str] = frozenset()
+    named_at: dict[str, float] = field(default_factory=dict)
 
     def still_carried(self, now: float) -> float:
         """What it carries from its last break that its agents may still spend (0: none):

@@ -535,14 +535,6 @@ class ControlPlane:
         else:
             self.relay.demand(agent_id, demand)
 
-    def relay_reported(self, relay_stream: int, limit: tuple[str, str]) -> None:
-        """A follower's relay (stream ``relay_stream``) reported its agents' demand for
-        ``limit``: the agent processes it names are counted through it now, so what this
-        leader kept aside for one of them gone from here without a goodbye (it moved
-        there) is released."""
-        if self.leading or self.relay is None:
-            self.capacity.counted_through_relay(self.hub.relayed.keys_of(relay_stream), limit)
-
     def agent_joined(self, agent_id: str, name: str, *, relay_session: str = "") -> None:
         """A stream of agent process ``agent_id`` (agent id ``name``) opened: a predecessor
         process of that agent id gone without a goodbye is not waited for (a restart). A
@@ -559,7 +551,7 @@ class ControlPlane:
         if self.relay is not None:
             self.relay.leases.release_predecessors(name, keep=agent_id)
 
-    def agent_left(self, agent_id: str, *, relay: bool = False, name: str = "", session: str = "") -> None:
+    def agent_left(self, agent_id: str, *, relay: bool = False, name: str = "") -> None:
         """An agent's (or a follower ``relay``'s) last stream here ended."""
         self.breakers.release_agent(agent_id, relay=relay)
         self.capacity.forget(agent_id)
@@ -567,7 +559,7 @@ class ControlPlane:
             self.capacity.release_predecessors(name, keep="")
         self.reports.agent_left(agent_id)
         if self.relay is not None:
-            self.relay.agent_left(agent_id, session)
+            self.relay.agent_left(agent_id)
             if name and self.hub.processes_named(name):
                 self.relay.leases.release_predecessors(name, keep="")
 

@@ -95,10 +95,14 @@ def bounded_demand(demand: pb.CapacityDemand, replica: bool = False) -> pb.Capac
     if not replica:
         out.agents = 1
         out.ClearField("agents_wanted")
+        out.ClearField("counted")  # an agent names no other agent's process
     else:
         wants = [_units(w) for w in demand.agents_wanted[: max(1, demand.agents)]]
         del out.agents_wanted[:]
         out.agents_wanted.extend(wants)
+        named = [k for k in demand.counted[:MAX_RELAYED_AGENTS] if len(k) <= MAX_RELAYED_KEY_CHARS]
+        del out.counted[:]
+        out.counted.extend(named)
     return out
 
 

@@ -235,8 +235,8 @@ class LeaderRelay:
         self.leases.demand(agent_id, demand)
         self._wake.set()
 
-    def agent_left(self, agent_id: str, session: str = "") -> None:
-        self.leases.agent_left(agent_id, session)
+    def agent_left(self, agent_id: str) -> None:
+        self.leases.agent_left(agent_id)
         # its stream is gone: what it held goes back to the fleet at once, named (a probe
         # it may still run counts again once it says so from its next stream)
         for service, permits in self.permits.agent_left(agent_id).items():

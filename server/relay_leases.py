@@ -8,18 +8,20 @@ behind a follower only the follower knows, so the follower keeps it: until the h
 passed (the policy's ``unleased_secs`` and the two periods its last lease may be ahead) it
 still counts the agent in its demand, wanting what it may spend, and in the units it may
 spend without a lease; and it hands that much of each lease to nobody. The agents here
-share the rest. A holder that says goodbye, comes back here, or shows in the fleet roster
-connected to a replica the leader counts (the leader, or a follower the leader lists as
-linked to it), is not kept; one connected to a replica no leader counts (cut off from the
+share the rest. A holder that says goodbye, comes back here, or that the leader says it
+counts elsewhere (``CapacityLease.counted_elsewhere``: connected to the leader, or named by
+another follower's demand as one whose demand, with what it may spend unleased, that demand
+includes) is not kept; one connected to a replica no leader counts (cut off from the
 leader) stays kept. Nor is one kept counted as back of an earlier leader's count (it may
-be back elsewhere).
+be back elsewhere). Each demand names the agents connected here whose demands it includes
+(``CapacityDemand.counted``): the leader releases what it kept for one of them only then.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from mission_control.client.fleet_limits import fair_share
@@ -30,9 +32,13 @@ from .capacity_grid import ForwardWall
 from .capacity_split import whole_units
 from .lease_epoch import claim_in_range
 from .relay_reserve import LeaseTerms, Spend, terms
+from .relayed_agents import MAX_RELAYED_AGENTS
 
 #: (service, resource) of a fleet-shared limit.
 Limit = tuple[str, str]
+#: An agent reports its demand every period it spends: one not heard from for this many of
+#: the longest periods it was leased in may not hear its leases either (its link held)
+SILENT_PERIODS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +50,6 @@ class _Kept:
     until: float
     epoch: int = 0
     known: int = 0
-    session: str = ""  # its process's session (how the fleet roster names it elsewhere)
     #: what it may spend, each in the terms of a lease (the largest reserve is kept)
     spends: tuple[Spend, ...] = ()
 
@@ -74,8 +79,9 @@ class FollowerLeases:
         self.hold_secs = hold_secs
         self.clock = clock
         self.now = ForwardWall(clock, wall)
-        #: limit -> agent -> its last demand
+        #: limit -> agent -> its last demand, and when it came
         self.demands: dict[Limit, dict[str, pb.CapacityDemand]] = {}
+        self._heard: dict[Limit, dict[str, float]] = {}
         #: limit -> agent -> the last lease passed on to it, in its terms
         self._sent: dict[Limit, dict[str, Spend]] = {}
         #: limit -> the terms of the leases passed on to each agent lately
@@ -85,10 +91,6 @@ class FollowerLeases:
         self._dirty = False
         #: Limits the last report spoke for (one emptied since is reported as left).
         self._reported: set[Limit] = set()
-        #: (agent id, session) of the agent processes connected to other replicas that the
-        #: leader counts, as the fleet roster says: one kept here that is there is counted
-        #: (and leased) there now
-        self.elsewhere: Callable[[], Collection[tuple[str, str]]] = frozenset
 
     def demand(self, agent_id: str, demand: pb.CapacityDemand) -> None:
         limit = (demand.service, demand.resource)
@@ -96,18 +98,20 @@ class FollowerLeases:
         self.kept.get(limit, {}).pop(agent_id, None)
         if demand.leaving:
             per_agent.pop(agent_id, None)
+            self._heard.get(limit, {}).pop(agent_id, None)
             self._sent.get(limit, {}).pop(agent_id, None)
             self._terms.setdefault(limit, LeaseTerms()).forget(agent_id)
         else:
             per_agent[agent_id] = demand
+            self._heard.setdefault(limit, {})[agent_id] = self.clock()
         self._dirty = True
 
-    def agent_left(self, agent_id: str, session: str = "") -> None:
-        """``agent_id``'s stream ended (a goodbye came first as a leaving demand); ``session``:
-        its process's session."""
+    def agent_left(self, agent_id: str) -> None:
+        """``agent_id``'s stream ended (a goodbye came first as a leaving demand)."""
         now = self.clock()
         for limit, per_agent in self.demands.items():
             last = per_agent.pop(agent_id, None)
+            self._heard.get(limit, {}).pop(agent_id, None)
             sent = self._sent.get(limit, {}).pop(agent_id, Spend(0.0))
             seen = self._terms.setdefault(limit, LeaseTerms())
             if last is None:
@@ -117,7 +121,7 @@ class FollowerLeases:
             units, hold = max(last.safe_units, sent.units), self.hold_secs(*limit)
             spends = seen.gone(agent_id, last.safe_units, sent, now - (hold or 0.0))
             if units > 0 and hold is not None:
-                kept = _Kept(units, now + hold, last.held_epoch, last.agents_known, session, spends)
+                kept = _Kept(units, now + hold, last.held_epoch, last.agents_known, spends)
                 self.kept.setdefault(limit, {})[agent_id] = kept
 
     def release_predecessors(self, name: str, keep: str) -> None:
@@ -135,31 +139,30 @@ class FollowerLeases:
         if self._dirty:
             return True
         now = self.clock()
-        if any(k.until <= now for kept in self.kept.values() for k in kept.values()):
-            return True
-        there = self._there()
-        return any(_named(a, k) in there for kept in self.kept.values() for a, k in kept.items())
+        return any(k.until <= now for kept in self.kept.values() for k in kept.values())
 
-    def _there(self) -> Collection[tuple[str, str]]:
-        return self.elsewhere() if any(self.kept.values()) else frozenset()
-
-    def _kept_now(self, limit: Limit, there: Collection[tuple[str, str]] = frozenset()) -> dict[str, _Kept]:
+    def _kept_now(self, limit: Limit) -> dict[str, _Kept]:
         kept = self.kept.get(limit, {})
         now = self.clock()
         for agent_id in [a for a, k in kept.items() if k.until <= now]:
             del kept[agent_id]  # past its horizon: if still cut off, it refuses by now
-        for agent_id in [a for a, k in kept.items() if _named(a, k) in there]:
-            # connected to another replica: counted (and leased) there, not twice
-            del kept[agent_id]
         return kept
+
+    def counted_elsewhere(self, lease: pb.CapacityLease) -> None:
+        """The leader counts these agent processes through another holder now, with what
+        they may spend unleased: one kept here is not kept twice."""
+        kept = self.kept.get((lease.service, lease.resource), {})
+        for agent_id in lease.counted_elsewhere:
+            if kept.pop(agent_id, None) is not None:
+                self._dirty = True
 
     def report(self) -> pb.ConnectRequest | None:
         """One demand per limit for all the agents here (the ones kept too), or None. A
         limit nobody here shares any more is reported once as left: the leader leases this
         replica nothing more of it."""
-        demands, reported, there = [], set(), self._there()
+        demands, reported = [], set()
         for limit in sorted(set(self.demands) | set(self.kept) | self._reported):
-            per_agent, kept = self.demands.get(limit, {}), self._kept_now(limit, there)
+            per_agent, kept = self.demands.get(limit, {}), self._kept_now(limit)
             if not per_agent and not kept:
                 if limit in self._reported:
                     demands.append(pb.CapacityDemand(service=limit[0], resource=limit[1], leaving=True))
@@ -189,6 +192,9 @@ class FollowerLeases:
                     held_epoch=held,
                     agents_held=len(of_held),
                     held_known=max(of_held, default=0),
+                    # (those kept are not named: two replicas keeping one agent must not
+                    # let each other go)
+                    counted=sorted(per_agent)[:MAX_RELAYED_AGENTS],
                 )
             )
         self._dirty, self._reported = False, reported
@@ -210,14 +216,18 @@ class FollowerLeases:
         limit = (lease.service, lease.resource)
         per_agent = self.demands.get(limit, {})
         now = self.clock()
+        self.counted_elsewhere(lease)
         kept = sum(k.reserve(lease, now) for k in self._kept_now(limit).values())
-        pool = max(0.0, lease.units - kept)
+        silent = self._silent(limit, lease, now)
+        pool = max(0.0, lease.units - kept - sum(silent.values()))
         whole = lease.resource in (f"{lease.service}.requests", retries_resource(lease.service))
         if whole:
             pool = math.floor(pool + 1e-9)
-        shares = fair_share(pool, {a: d.wanted for a, d in per_agent.items()})
+        shares = fair_share(pool, {a: d.wanted for a, d in per_agent.items() if a not in silent})
         if whole:
             shares = whole_units(shares, lease.period)
+        for agent_id, units in silent.items():  # (what it gets, should it hear again)
+            shares[agent_id] = math.floor(units + 1e-9) if whole else units
         sent, seen = self._sent.setdefault(limit, {}), self._terms.setdefault(limit, LeaseTerms())
         period, rate = terms(lease)
         out = []
@@ -230,8 +240,23 @@ class FollowerLeases:
             out.append((agent_id, mine))
         return out
 
-
-def _named(agent_id: str, kept: _Kept) -> tuple[str, str]:
-    """How the fleet roster names a kept agent's process: its agent id and session (none
-    known: no roster entry is it)."""
-    return (agent_id.partition("@")[0], kept.session or "\0")
+    def _silent(self, limit: Limit, lease: pb.CapacityLease, now: float) -> dict[str, float]:
+        """What of ``lease`` to hold for each agent here not heard from lately: its link may
+        be held (its stream not broken yet), so it hears no lease and spends the last one it
+        heard, in the terms it heard, until its horizon — as one gone without a goodbye
+        (``server/relay_reserve.py``). After a shorter period its share of each new lease
+        is less than it spends so in a window; nobody else may be leased the rest."""
+        hold = self.hold_secs(*limit)
+        if hold is None:
+            return {}
+        heard, seen = self._heard.get(limit, {}), self._terms.get(limit)
+        out = {}
+        for agent_id, demand in self.demands.get(limit, {}).items():
+            at = heard.get(agent_id)
+            if at is None or demand.safe_units <= 0 or seen is None:
+                continue
+            spend = seen.widest(agent_id, demand.safe_units, at - hold)
+            if spend.period <= 0 or now - at <= SILENT_PERIODS * spend.period or now >= at + hold:
+                continue  # (past its horizon it spends nothing if still cut off)
+            out[agent_id] = spend.reserve(lease, now, at + hold)
+        return out

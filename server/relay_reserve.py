@@ -78,11 +78,17 @@ class LeaseTerms:
     def forget(self, agent_id: str) -> None:
         self._seen.pop(agent_id, None)
 
+    def widest(self, agent_id: str, safe_units: float, since: float) -> Spend:
+        """What ``agent_id`` said it spends without a lease, in the widest terms it was
+        leased in since ``since`` (none known: no terms)."""
+        seen = [t for t, at in self._seen.get(agent_id, {}).items() if at >= since]
+        if not seen:
+            return Spend(safe_units)
+        return Spend(safe_units, max(p for p, _ in seen), max(r for _, r in seen))
+
     def gone(self, agent_id: str, safe_units: float, last: Spend, since: float) -> tuple[Spend, ...]:
         """What ``agent_id``, gone, may spend: its last lease passed on, and what it said it
         spends without one in the widest terms it was leased in since ``since``."""
-        seen = [t for t, at in self._seen.pop(agent_id, {}).items() if at >= since]
-        if not seen:
-            return (last, Spend(safe_units))
-        widest = Spend(safe_units, max(p for p, _ in seen), max(r for _, r in seen))
+        widest = self.widest(agent_id, safe_units, since)
+        self.forget(agent_id)
         return (last, widest)

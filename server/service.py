@@ -169,7 +169,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                 await reader
             plane.stream_ended(sub)
             if plane.hub.disconnect(sub):
-                plane.agent_left(sub.agent_id, relay=sub.replica, name=sub.name, session=sub.session_id)
+                plane.agent_left(sub.agent_id, relay=sub.replica, name=sub.name)
             _log.info("agent %s disconnected (stream %s)", sub.agent_id, sub.id)
 
     async def _check_replica(self, context: grpc.aio.ServicerContext, agent_id: str, peer: str) -> bool:
@@ -236,8 +236,6 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                         bounded = bounded_demand(demand, replica=sub.trusted)
                         if bounded is not None:
                             plane.record_demand(sub.agent_id, bounded)
-                            if sub.replica:
-                                plane.relay_reported(sub.id, (bounded.service, bounded.resource))
                 elif kind == "hello":
                     problem = hello_problem(request.hello)
                     if problem is not None:

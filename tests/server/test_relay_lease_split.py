@@ -138,6 +138,29 @@ def test_a_shorter_period_leaves_the_agents_beside_one_cut_off_a_share(period: f
     assert _worst_window(spends, 5005.0, until + 2.0) <= 200 + 200 * period / WINDOW
 
 
+@pytest.mark.parametrize("period", [0.25, 0.1])
+def test_an_agent_whose_link_is_held_across_a_shorter_period_is_held_for(period: float) -> None:
+    """c's link is held from before the change until its stream breaks 2.4 s later: it
+    hears no lease in the new terms and spends its old lease every old period. The
+    follower, not hearing its demand for two of its old periods, holds for it what it
+    spends so (the code before passed it its share of each new lease, which it never got:
+    the first window from the end of the last old period held 214 against 210 with 0.1 s,
+    227 against 225 with 0.25 s)."""
+    fleet = Fleet()
+    fleet.run(5004.0)
+    fleet.paused.add("c")
+    fleet.run(5004.6)
+    fleet.change(period=period)
+    fleet.run(5006.4)
+    until = fleet.cut_off_c()
+    fleet.run(until + 2.0)
+    spends = _spent(fleet, 0.5, period)
+    assert _worst_window(spends, 5005.0, until + 2.0) <= 200 + 200 * period / WINDOW
+    # and the agents beside it are still leased a share
+    during = [s for s in fleet.got["y"] if 5006.5 <= s < until - 1.0]
+    assert during and min(fleet.got["y"][s] for s in during) >= 1.0
+
+
 @pytest.mark.parametrize("breaks", [0.0, 2.0])
 def test_a_lowered_limit_keeps_the_documented_bound_and_a_share_beside_one_cut_off(breaks: float) -> None:
     fleet = Fleet()

@@ -1,10 +1,12 @@
 """Agents behind a follower, on an injected clock: one that moves to another replica is
-counted once (the follower drops what it kept for it), and what a restarted follower's old
-process may have let its agents spend stays aside at the leader until their horizon (I4)."""
+counted once (the follower drops what it kept for it once the leader counts it elsewhere),
+and what a restarted follower's old process may have let its agents spend stays aside at
+the leader until their horizon (I4)."""
 
 from __future__ import annotations
 
 import pytest
+from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from .test_capacity import HORIZON, RESOURCE, UNITS, Leader
 from .test_relay_leases import Follower
@@ -12,18 +14,20 @@ from .test_relay_leases import Follower
 LIMIT = ("shared", RESOURCE)
 
 
-def test_a_kept_agent_connected_to_another_replica_is_no_longer_kept() -> None:
+def test_a_kept_agent_the_leader_counts_elsewhere_is_no_longer_kept() -> None:
     leader = Leader(5000.0)
     follower = Follower(leader)
-    there: set[tuple[str, str]] = set()
-    follower.leases.elsewhere = lambda: there
     follower.agent("a@1", safe_units=10.0)
     follower.agent("b@1", safe_units=10.0)
-    follower.leases.agent_left("a@1", "s-a")
-    follower.leases.agent_left("b@1", "s-b")
+    follower.leases.agent_left("a@1")
+    follower.leases.agent_left("b@1")
     (demand,) = follower.leases.report().demand.demands  # type: ignore[union-attr]
     assert demand.agents == 2
-    there |= {("a", "s-a"), ("b", "another process")}  # a moved; b's id has another process there
+    # a moved: the leader counts it through another holder now (b@1's id has another
+    # process there, not this one: still kept)
+    lease = pb.CapacityLease(service="shared", resource=RESOURCE, units=20.0, counted_elsewhere=["a@1"])
+    lease.period_length.FromNanoseconds(500_000_000)
+    follower.leases.split(lease)
     assert follower.leases.dirty
     (demand,) = follower.leases.report().demand.demands  # type: ignore[union-attr]
     assert (demand.agents, demand.safe_units) == (1, pytest.approx(10.0))

@@ -83,7 +83,6 @@ class Replica:
         self.serializer = SerializeOnce(world.wall(name)) if world.skewed else None
         self.plane.enable_leadership(name, ttl=3, token=world.relay_token, connect=self._relay_connect)
         assert self.plane.relay is not None
-        self.plane.relay.leases.elsewhere = self._elsewhere  # the fleet roster, at once
         self.plane.breakers.change_listeners.append(lambda breaker, *_: world.probes.changed(self, breaker))
         self.plane.breakers.grant_listeners.append(
             lambda _, grant: world.probes.granting(self, grant.service)
@@ -130,28 +129,6 @@ class Replica:
             return out
 
         self.plane.reports.bound = bounded  # type: ignore[method-assign]
-
-    def _elsewhere(self) -> set[tuple[str, str]]:
-        """The agent processes connected to the other replicas up that the leader this one
-        follows counts: its own, and those of the replicas whose relay is linked to it (as
-        the roster shows them)."""
-        leadership = self.plane.leadership
-        assert leadership is not None
-        named = None if leadership.leading else leadership.leader_id
-        up = [r for r in self.world.replicas.values() if r.alive]
-        leader = next((r for r in up if r.instance == named), None)
-        if leader is None:
-            return set()
-        linked = {
-            sub.agent_id.removeprefix("replica.") for sub in leader.plane.hub.agents.values() if sub.replica
-        }
-        counted = [r for r in up if r is not self and (r is leader or r.instance in linked)]
-        return {
-            (sub.name, sub.session_id)
-            for r in counted
-            for sub in r.plane.hub.agents.values()
-            if not sub.replica
-        }
 
     async def start(self) -> None:
         self._starting = asyncio.current_task()

@@ -630,6 +630,7 @@ class CapacityDemand(_message.Message):
     HELD_EPOCH_FIELD_NUMBER: _builtins.int
     AGENTS_HELD_FIELD_NUMBER: _builtins.int
     HELD_KNOWN_FIELD_NUMBER: _builtins.int
+    COUNTED_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     resource: _builtins.str
     """"<service>.requests" for the rate limit, else the quota's name."""
@@ -670,6 +671,16 @@ class CapacityDemand(_message.Message):
         among agents, not replicas). Empty: one agent wanting `wanted`.
         """
 
+    @_builtins.property
+    def counted(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """A follower replica's demand: the agent processes (as its relay names them in
+        `AgentHello.relayed_agents`) connected to it whose last demand this one includes, with
+        what each may spend without a lease. The leader releases what it kept aside for one of
+        them (gone from it) only once named here, and names them to other followers keeping
+        them (`CapacityLease.counted_elsewhere`). Empty from an older follower: nothing is
+        released before its horizon.
+        """
+
     def __init__(
         self,
         *,
@@ -687,10 +698,11 @@ class CapacityDemand(_message.Message):
         held_epoch: _builtins.int = ...,
         agents_held: _builtins.int = ...,
         held_known: _builtins.int = ...,
+        counted: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "agents_held", b"agents_held", "agents_known", b"agents_known", "agents_wanted", b"agents_wanted", "held_epoch", b"held_epoch", "held_known", b"held_known", "leased", b"leased", "leaving", b"leaving", "period", b"period", "resource", b"resource", "safe_units", b"safe_units", "service", b"service", "used", b"used", "wanted", b"wanted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "agents_held", b"agents_held", "agents_known", b"agents_known", "agents_wanted", b"agents_wanted", "counted", b"counted", "held_epoch", b"held_epoch", "held_known", b"held_known", "leased", b"leased", "leaving", b"leaving", "period", b"period", "resource", b"resource", "safe_units", b"safe_units", "service", b"service", "used", b"used", "wanted", b"wanted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -985,6 +997,7 @@ class CapacityLease(_message.Message):
     AGENTS_FIELD_NUMBER: _builtins.int
     FLEET_UNITS_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
+    COUNTED_ELSEWHERE_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     resource: _builtins.str
     units: _builtins.float
@@ -1006,6 +1019,14 @@ class CapacityLease(_message.Message):
 
     @_builtins.property
     def period_length(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def counted_elsewhere(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """To a follower replica: of the agent processes its demand named (`counted`), those the
+        leader counts through another holder now (connected to the leader, or named by another
+        follower's demand). The follower stops keeping aside what one of them, gone from it
+        without a goodbye, may spend: it is counted there, with what it may spend unleased.
+        """
+
     def __init__(
         self,
         *,
@@ -1018,10 +1039,11 @@ class CapacityLease(_message.Message):
         agents: _builtins.int = ...,
         fleet_units: _builtins.float = ...,
         epoch: _builtins.int = ...,
+        counted_elsewhere: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["period_length", b"period_length", "starts_in", b"starts_in"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "epoch", b"epoch", "fleet_units", b"fleet_units", "period", b"period", "period_length", b"period_length", "resource", b"resource", "service", b"service", "starts_in", b"starts_in", "units", b"units"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "counted_elsewhere", b"counted_elsewhere", "epoch", b"epoch", "fleet_units", b"fleet_units", "period", b"period", "period_length", b"period_length", "resource", b"resource", "service", b"service", "starts_in", b"starts_in", "units", b"units"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
