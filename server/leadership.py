@@ -12,6 +12,11 @@ Every write the leader makes is fenced with the key's create_revision (:meth:`gu
 deposed leader cannot overwrite a newer leader's decision. A leader that loses etcd keeps
 deciding from memory (it cannot know whether it was deposed; the fence settles it when etcd
 returns).
+
+A replica campaigns only once it has read the store (``ready``): one started while etcd was
+out of its reach knows no policy, and leading then it decided every breaker under the
+defaults — a HALF_OPEN let out the default ``success_threshold`` of probes (3) where the
+service's policy allows 1.
 """
 
 from __future__ import annotations
@@ -45,8 +50,11 @@ class Leadership:
         ttl: int = 3,
         on_change: Callable[[bool], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self.clock = clock
+        #: Whether this replica may lead: it has read the store once (see :meth:`wake`).
+        self.ready = ready
         self.store = store
         self.key = f"{prefix.rstrip('/')}/leader"
         self.instance_id = instance_id
@@ -130,6 +138,11 @@ class Leadership:
             return FOLLOWER_POLL_SECS
         return max(0.0, self._renew_sent + self.ttl / 3 - self.clock())
 
+    def wake(self) -> None:
+        """Campaign now, not at the next poll (the store was read: it may lead now)."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
     async def wait_change(self, timeout: float) -> bool:
         """Wait until the leader key changes or ``timeout``; whether it changed."""
         return await wait_event(self._changed, timeout)
@@ -180,6 +193,8 @@ class Leadership:
             self.leader_id = self.leader_address = None
         if self.leader_id is not None:
             return  # somebody leads: nothing to write
+        if not self.ready():
+            return  # nothing read yet: the next poll, or the load's wake, tries again
         sent = self._renew_sent = self.clock()
         lease = await self.store.grant_lease(self.ttl)
         value = json.dumps({"instance": self.instance_id, "address": self.address}).encode()
