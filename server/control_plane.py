@@ -219,6 +219,8 @@ class ControlPlane:
         self.sync.records[self.history.key] = self.history.apply
         self.sync.absent_told.add(self.history.key)
         self.sync.lost_data_listeners.append(self.history.lost_data)
+        #: The history changed while this replica followed: said on every link once it leads.
+        self._history_unsaid = False
         self.history.on_change = self._history_changed
         self.history.on_lost = self.sync.lost_data
         self.sync.loss_signs.append(self.history.loss_in)
@@ -414,6 +416,8 @@ class ControlPlane:
                     if key is None or self.ledger.first_time(key):
                         self.count_batch(key, agent_id, summaries)
                 self.relay.acks.release_all()  # counted here: this replica's ledger has them
+            if self._history_unsaid:
+                self._history_changed()
         else:
             self.breakers.stepped_down()
             # What this replica holds may be a state the store never had: take the store's
@@ -775,8 +779,13 @@ class ControlPlane:
         link at once (in order with its pushes: one resting on a new history's revision
         follows the snapshot that stops saying the old one)."""
         if self.leadership is not None and self.leading:
+            self._history_unsaid = False
             self.version += 1
             self.hub.broadcast(pb.ConnectResponse(snapshot=self.snapshot(to_all=True)))
+        else:
+            # a follower's relay linked here before it led holds its snapshot, which may say
+            # no history: its restore after a loss waits for the leader to say the one now
+            self._history_unsaid = True
 
     def _on_breaker(self, message: pb.Breaker, old: BreakerState | None, move: Transition | None) -> None:
         # Agents first: the push is queued to every stream before the write is started (the
