@@ -764,8 +764,6 @@ class ControlPlane:
 
     def _loaded(self) -> None:
         self.audit_keeper.loaded(self.sync.load_revision)
-        if self.leadership is not None and not self.leadership.leading:
-            self.leadership.wake()  # it campaigns only once the store is read
         # Agents replace what they hold with the store's state (the first snapshot they got
         # may have been partial, or a reload may have dropped something). Not built with no
         # stream to take it: of 15,000 breakers it held the loop 1.7 s at load 40, and the

@@ -53,7 +53,7 @@ class Leadership:
         ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self.clock = clock
-        #: Whether this replica may lead: it has read the store once (see :meth:`wake`).
+        #: Whether this replica may lead: it has read the store once (tried at each poll).
         self.ready = ready
         self.store = store
         self.key = f"{prefix.rstrip('/')}/leader"
@@ -138,11 +138,6 @@ class Leadership:
             return FOLLOWER_POLL_SECS
         return max(0.0, self._renew_sent + self.ttl / 3 - self.clock())
 
-    def wake(self) -> None:
-        """Campaign now, not at the next poll (the store was read: it may lead now)."""
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-
     async def wait_change(self, timeout: float) -> bool:
         """Wait until the leader key changes or ``timeout``; whether it changed."""
         return await wait_event(self._changed, timeout)
@@ -194,7 +189,7 @@ class Leadership:
         if self.leader_id is not None:
             return  # somebody leads: nothing to write
         if not self.ready():
-            return  # nothing read yet: the next poll, or the load's wake, tries again
+            return  # nothing read yet: the next poll tries again
         sent = self._renew_sent = self.clock()
         lease = await self.store.grant_lease(self.ttl)
         value = json.dumps({"instance": self.instance_id, "address": self.address}).encode()
