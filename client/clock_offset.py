@@ -17,17 +17,30 @@ shown: a message whose ``sent_at`` is earlier than the one before it (on one str
 messages arrive in the order they were sent, so a monotone clock never does that), with a
 sample more than :data:`STEP_SECS` above the estimate, followed by messages all that far
 above it for at least :data:`STEP_SAMPLES` messages over :data:`STEP_SPAN_SECS` — then
-the samples from before it are let go of and the least of the new ones is the estimate.
-Until then holds are read as ending earlier than they do (probes cut short, never running
-past a hold). Delays alone never show as a step: a message can only be later than the one
-before it by as much as it arrived later, so its ``sent_at`` does not go back; one stalled
-message is one sample, never a run. A message stamped far ahead of the others (a clock
-stepped forward and back, a wrong stamp) is taken at once and let go of the same way,
-within a few seconds. A sample is only let go of by age once at least
+the samples from before it are let go of and the least of the new ones is the estimate, but
+never more than the estimate before the step plus how far the stamps went back (the step is
+at least that: a message is sent after the one before it). Messages all delayed since the
+step would otherwise take the estimate up by their delay and holds would be read that late;
+this way a delay only makes them read early, by as much as the time between the messages
+on either side of the step (a fraction of a second on a busy stream), until that bound
+leaves the window. Until the step shows holds are read as ending earlier than they do
+(probes cut short, never running past a hold). Delays alone never show as a step: a
+message can only be later than the one before it by as much as it arrived later, so its
+``sent_at`` does not go back; one stalled message is one sample, never a run. A message
+stamped far ahead of the others (a clock stepped forward and back, a wrong stamp) is taken
+at once and let go of the same way, within a few seconds. A sample is only let go of by age once at least
 :data:`KEEP_SAMPLES` messages came after it: a stream that was quiet for a while and then
 delivers a stalled message keeps the sample from before. A ``sent_at`` that is not a
 positive finite time (unset by a faulty peer, zero, negative) is no sample: read as from a
 peer that does not stamp its messages.
+
+One estimate measures one stream (one sender process): a sender restarted on its address,
+or another replica behind it, may run another clock, and one set back by less than it was
+down sends no stamp earlier than the last before. A stream quiet for longer than a step back
+of its sender shows no step either (its stamps do not go back); nor does a sender whose
+clock drifts slow against this one: their holds are read early (safe) until the samples from
+before leave the window — a minute, or the :data:`KEEP_SAMPLES` messages kept whatever their
+age (8 minutes on a stream with a message every 30 s: 7.5 s early at a drift of 1 s a minute).
 
 Pure logic with an injected clock, and the (rate-limited) warnings of clocks that disagree
 and of permits that arrive spent.
@@ -82,7 +95,7 @@ class ClockOffset:
     """The least ``received - sent_at`` over a bounded recent window of messages of one
     sender (``received`` on this monotonic clock, ``sent_at`` on the sender's wall clock)."""
 
-    __slots__ = ("_count", "_last_sent", "_run", "_samples")
+    __slots__ = ("_count", "_floor", "_last_sent", "_run", "_samples")
 
     def __init__(self) -> None:
         #: (received, sample, number of the message), received ascending; samples ascending
@@ -95,6 +108,9 @@ class ClockOffset:
         self._last_sent: float | None = None
         #: (received, sample) of the messages since a possible step back began.
         self._run: list[tuple[float, float]] = []
+        #: The most the estimate may be once that step shows: the estimate before it plus
+        #: how far the stamps went back (the step is at least that much).
+        self._floor = math.inf
 
     def sample(self, sent_at: float, received: float) -> None:
         """A message sent at ``sent_at`` (sender's wall clock) arrived at ``received``;
@@ -108,9 +124,15 @@ class ClockOffset:
         if current is None or value <= current + STEP_SECS:
             run.clear()
         elif run or (before is not None and sent_at < before):
+            if not run:
+                assert before is not None
+                self._floor = current + (before - sent_at)
             run.append((received, value))
             if len(run) >= STEP_SAMPLES and received - run[0][0] >= STEP_SPAN_SECS:
                 self._samples.clear()
+                # no later than the step the stamps show: messages all delayed since it
+                # would take the estimate (and the holds read through it) up by their delay
+                self._add(run[0][0], self._floor)
                 for at, step_value in run:
                     self._add(at, step_value)
                 run.clear()
@@ -142,6 +164,7 @@ class ClockOffset:
         self._count = 0
         self._last_sent = None
         self._run.clear()
+        self._floor = math.inf
 
 
 _log = logging.getLogger("mission_control.client.probes")

@@ -95,7 +95,9 @@ class ControlPlaneConnection:
         self._thread: threading.Thread | None = None
         self._call: grpc.Future | None = None
         self._epoch = 0
-        #: Each control plane's clock as measured from its messages (``sent_at``).
+        #: The clock of the control plane on the current stream, as measured from its
+        #: messages (``sent_at``): measured anew on each stream, for a control plane
+        #: restarted on its address (or another replica behind it) may run another clock.
         self._offsets: dict[str, ClockOffset] = {}
         #: Batches sent but not yet acknowledged; sent again after a reconnect.
         self._unacked = UnackedBatches(MAX_UNACKED)
@@ -224,6 +226,7 @@ class ControlPlaneConnection:
             call = stub.Connect(self._requests(self._epoch), metadata=self._metadata)
             self._call = call
             self.streams_opened += 1
+            self._offsets = {endpoint: ClockOffset()}
             try:
                 for response in call:
                     if response.HasField("sent_at"):

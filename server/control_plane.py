@@ -349,6 +349,7 @@ class ControlPlane:
             ttl=ttl,
             on_change=self._on_leadership,
             clock=self.clock,
+            ready=self.sync.loaded.is_set,
         )
         self.relay = LeaderRelay(
             self.leadership,

@@ -12,6 +12,11 @@ Every write the leader makes is fenced with the key's create_revision (:meth:`gu
 deposed leader cannot overwrite a newer leader's decision. A leader that loses etcd keeps
 deciding from memory (it cannot know whether it was deposed; the fence settles it when etcd
 returns).
+
+A replica campaigns only once it has read the store (``ready``): one started while etcd was
+out of its reach knows no policy, and leading then it decided every breaker under the
+defaults — a HALF_OPEN let out the default ``success_threshold`` of probes (3) where the
+service's policy allows 1.
 """
 
 from __future__ import annotations
@@ -45,8 +50,11 @@ class Leadership:
         ttl: int = 3,
         on_change: Callable[[bool], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self.clock = clock
+        #: Whether this replica may lead: it has read the store once (tried at each poll).
+        self.ready = ready
         self.store = store
         self.key = f"{prefix.rstrip('/')}/leader"
         self.instance_id = instance_id
@@ -180,6 +188,8 @@ class Leadership:
             self.leader_id = self.leader_address = None
         if self.leader_id is not None:
             return  # somebody leads: nothing to write
+        if not self.ready():
+            return  # nothing read yet: the next poll tries again
         sent = self._renew_sent = self.clock()
         lease = await self.store.grant_lease(self.ttl)
         value = json.dumps({"instance": self.instance_id, "address": self.address}).encode()

@@ -281,7 +281,9 @@ class LeaderRelay:
             # waits out; their results count for nothing there
             self.permits.forget()
             self._leader_address = address
-            self._offset = ClockOffset()  # another process, maybe another clock
+        # measured anew on each link: the leader at one address may have restarted since,
+        # its clock set back by less than it was down (no stamp going back shows that)
+        self._offset = ClockOffset()
         self._epoch += 1
         self._resend = True  # anything a previous link did not get acknowledged goes again
         responses = self._connect(address, self._requests(self._epoch, address), self._metadata)

@@ -90,7 +90,8 @@ class TimedBreakers:
             at, name = heapq.heappop(heap)
             if self._at.get(name) != at:
                 continue  # an older entry: the breaker was scheduled earlier since
-            if name in taken:  # its tick left it due (it should not): the next tick's
+            if name in taken:  # its tick left it due (it should not): the next tick's,
+                heapq.heappush(heap, (at, name))  # so its entry goes back (``_at`` names it)
                 break
             del self._at[name]
             breaker = breakers.get(name)

@@ -8,6 +8,11 @@ ending 30 s early, arrived spent, and the breaker stayed HALF_OPEN until the sam
 before the step left the window (~60 s). Now the step is followed within seconds
 (client/clock_offset.py).
 
+A leader restarted on its address with its clock set back by less than it was down sends
+no stamp earlier than one before it: the step never showed, and the agent, which kept its
+samples per address, read every grant of the new process as ending the step early until the
+old process's samples left the window. Now each stream is measured anew.
+
 etcd; r1 (the leader, its clock stepped); agent A, 2 callers. One probe in flight at most
 (success_threshold 1); the upstream fails until the breaker is OPEN, then answers in 1 s.
 """
@@ -30,6 +35,9 @@ SERVICE = "stepped"
 #: Sure to be before the window would have let the samples from before the step go (the
 #: old code's first chance to close), with room for the breaker's own 3-s wait.
 BOUND = WINDOW_SECS - 15.0
+#: The restarted leader's clock is set back this much while it is down this long.
+RESTART_STEP = 12.0
+DOWN = 15.0
 
 
 @pytest.mark.timeout(150)
@@ -65,5 +73,50 @@ def test_half_open_closes_soon_after_the_leaders_clock_steps_back(
             (round(c.start - stepped, 2), round(c.end - c.start, 2)) for c in up.calls() if c.kind == "fleet"
         ]
         print(f"\nclosed {closed:.1f} s after the step; fleet probes {fleet}; {out}")
+        assert fleet, "closed without a fleet probe"
+        assert up.most("fleet") <= 1, f"I3 broken: fleet probes (start, duration) {fleet}"
+
+
+@pytest.mark.timeout(180)
+def test_half_open_closes_soon_after_the_leader_restarts_with_its_clock_set_back(
+    etcd_server, prefix, spawned: list[Proc], tmp_path
+) -> None:
+    ep = etcd_server.endpoint
+    clock = tmp_path / "leader.skew"
+    clock.write_text("0")
+    pol = policy_pb2.ServicePolicy(
+        service=SERVICE, failure_threshold=3, success_threshold=1, wait_duration_secs=3.0, timeout_secs=3.0
+    )
+    with ProbeUpstream(1.0) as up:
+        up.fail(True)
+        r1, a1 = control_plane(ep, prefix, "--instance-id", "r1", skew=f"@{clock}")
+        spawned.append(r1)
+        put_policy(a1, pol)
+        agents = start_probers(spawned, ["A"], a1, up.address, SERVICE, 2)
+        poll(lambda: stored(ep, prefix, SERVICE).get("state") == "BREAKER_STATE_OPEN", 60)
+        r1.kill()
+        clock.write_text(str(-RESTART_STEP))
+        time.sleep(DOWN)  # down longer than the step: its first stamp is later than its last
+        up.fail(False)
+        again, _ = control_plane(ep, prefix, "--instance-id", "r1", "--listen", a1, skew=f"@{clock}")
+        spawned.append(again)
+        restarted = time.monotonic()
+        # the old code's first chance: the old process's samples out of the window
+        bound = WINDOW_SECS - DOWN - 15.0
+        try:
+            poll(lambda: stored(ep, prefix, SERVICE).get("state") == "BREAKER_STATE_CLOSED", bound)
+        except AssertionError:
+            calls = [(c.kind, round(c.start - restarted, 2), round(c.end - c.start, 2)) for c in up.calls()]
+            print(f"\nnot closed; calls (kind, start, duration) {calls[-30:]}; {agents[0].ask('outcomes')}")
+            raise
+        closed = time.monotonic() - restarted
+        poll(lambda: up.in_flight("fleet") == 0, 10)
+        out = agents[0].ask("stop")
+        fleet = [
+            (round(c.start - restarted, 2), round(c.end - c.start, 2))
+            for c in up.calls()
+            if c.kind == "fleet"
+        ]
+        print(f"\nclosed {closed:.1f} s after the restart; fleet probes {fleet}; {out}")
         assert fleet, "closed without a fleet probe"
         assert up.most("fleet") <= 1, f"I3 broken: fleet probes (start, duration) {fleet}"

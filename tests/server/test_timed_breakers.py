@@ -94,3 +94,33 @@ def test_the_walk_drops_a_forgotten_breaker() -> None:
     clock.now += 5.1
     assert list(timed.pop_due(breakers._breakers, clock.now)) == []
     assert len(timed) == 0
+
+
+class Timed:
+    """A breaker as the heap sees it: a name and the time it may change next."""
+
+    def __init__(self, name: str, at: float | None) -> None:
+        self.name, self.at = name, at
+
+    def timed_at(self) -> float | None:
+        return self.at
+
+
+def test_a_breaker_its_tick_leaves_due_is_taken_again_by_a_later_tick() -> None:
+    """A tick that could not move a breaker marks it again at the same time; the same call
+    meets it again and stops there, leaving it for the next tick (it was lost: off the heap
+    while still scheduled, so no later mark or sweep put it back)."""
+    timed = TimedBreakers()
+    breaker = Timed("x", 10.0)
+    breakers = {"x": breaker}
+    timed.mark(breaker)  # type: ignore[arg-type]
+    taken = []
+    for got in timed.pop_due(breakers, 10.0):  # type: ignore[arg-type]
+        taken.append(got.name)
+        timed.mark(got)  # left due: the caller marks it again
+    assert taken == ["x"]
+    assert timed.due(10.0)
+    breaker.at = 12.0  # what time may change it at next
+    timed.sweep(breakers, 11.0)  # type: ignore[arg-type]
+    assert [got.name for got in timed.pop_due(breakers, 11.0)] == []  # type: ignore[arg-type]
+    assert [got.name for got in timed.pop_due(breakers, 12.0)] == ["x"]  # type: ignore[arg-type]

@@ -116,7 +116,9 @@ def test_permits_are_used_through_clocks_seconds_apart_straight_and_relayed() ->
     assert world.replicas["cp0"].plane.breakers.get("svc-a").state is BreakerState.CLOSED
     assert probed["agent-0"] and probed["agent-1"], probed  # each path's permit was used
     for what, error in _offsets(world).items():
-        assert 0.0 <= error <= 0.05, (what, error)  # within a message's delay (at most 30 ms)
+        # within a message's delay (at most 30 ms), less the under 1 ms a stamp is rounded
+        # up by (``serialize_once``: a sample smaller, a hold read early)
+        assert -0.001 <= error <= 0.05, (what, error)
 
 
 def test_without_the_offset_estimate_no_agent_can_use_a_permit(monkeypatch: pytest.MonkeyPatch) -> None:
