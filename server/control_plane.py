@@ -418,6 +418,7 @@ class ControlPlane:
             assert self.leadership is not None
             self.breakers.took_over()
             overwrite_refused(self.writer)  # held over a record that does not parse: written
+            self._restate_to_relays()
             if self.relay is not None:  # outcomes gathered before this replica knew it leads
                 for key, agent_id, summaries in self.relay.drain():
                     if key is None or self.ledger.first_time(key):
@@ -431,6 +432,20 @@ class ControlPlane:
             if not self._stopping:
                 self.sync.reload()
         self.writer.wake()
+
+    def _restate_to_relays(self) -> None:
+        """This replica has begun to lead: a follower whose relay was linked here while it
+        followed (cut off from etcd, it took it for the leader still) holds what it said
+        then as the leader's word — the etcd history among it, which a follower that found
+        the store's data lost waits to hear from its leader before it hands the restore
+        over (``StateWriter.leader_saw_loss``). A snapshot on those links says it again."""
+        relays = [sub for sub in self.hub.agents.values() if sub.replica]
+        if not relays:
+            return
+        self.version += 1
+        message = pb.ConnectResponse(snapshot=self.snapshot(to_all=True))
+        for sub in relays:
+            sub.push(message)
 
     def first_time(self, key: BatchKey) -> bool:
         """Whether this replica sees the outcome batch ``key`` names for the first time: the

@@ -187,7 +187,8 @@ class FleetBreakers:
         #: Called with the name of every breaker made here (held from then on).
         self.made_listeners: list[Callable[[str], None]] = []
         #: Whether what is held here is the store's fleet state (read once): a breaker made
-        #: here before then is not pushed as the truth (the store may hold it otherwise).
+        #: here before then is not pushed as the truth (the store may hold it otherwise),
+        #: and no probe permit is granted (its policy may still be the defaults).
         self.view_complete: Callable[[], bool] = lambda: True
         self.grant_listeners: list[GrantListener] = []
         #: Whether the agents of this replica can get no probe permit for a breaker (at a
@@ -762,6 +763,10 @@ class FleetBreakers:
         # policy timeout the permit was granted under, so it is held that much longer.
         if self.lead_check is not None and not self.lead_check():
             return True  # a deposed leader that does not know it yet grants nothing
+        if not self.view_complete():
+            # the policies are not read yet: the breaker counts by the defaults, whose
+            # success_threshold lets more probes out at once than the fleet's may be
+            return True
         if self.lead_check is not None and not self.store_holds(breaker.name):
             return True  # etcd may hold it CLOSED: a successor would not wait for this permit
         held = self._held_since.get(breaker.name)

@@ -2,7 +2,7 @@
 one (``-v`` prints its events and the control plane's log, ``--window`` the worst window of an
 I4 violation: who admitted under which lease, epoch and horizon); ``--count N --first S`` runs
 many and prints every failing seed; ``--skew`` runs the schedules whose processes' wall clocks
-are apart (``clocks.py``)."""
+are apart (``clocks.py``), ``--skew wild`` with clocks that drift fast and step forth and back."""
 
 from __future__ import annotations
 
@@ -35,9 +35,14 @@ def main() -> int:
         "--schedule-version", type=int, default=SCHEDULE_VERSION, help="the faults a seed draws (schedule.py)"
     )
     parser.add_argument(
-        "--skew", action="store_true", help="each process on a wall clock of its own (clocks.py)"
+        "--skew",
+        nargs="?",
+        const="apart",
+        choices=("apart", "wild"),
+        help="each process on a wall clock of its own (clocks.py); wild: fast drift, steps forth and back",
     )
     args = parser.parse_args()
+    skewed, wild = args.skew is not None, args.skew == "wild"
     if args.seed is not None:
         if args.verbose:
             logging.basicConfig(level=logging.INFO, format="%(vt)9.3f %(name)s %(levelname)s %(message)s")
@@ -48,7 +53,8 @@ def main() -> int:
             verbose=args.verbose,
             active_secs=args.active,
             version=args.schedule_version,
-            skewed=args.skew,
+            skewed=skewed,
+            wild=wild,
         )
         print(
             result.report()
@@ -61,7 +67,9 @@ def main() -> int:
     started = time.perf_counter()
     failed = []
     for seed in range(args.first, args.first + args.count):
-        result = simulate(seed, active_secs=args.active, version=args.schedule_version, skewed=args.skew)
+        result = simulate(
+            seed, active_secs=args.active, version=args.schedule_version, skewed=skewed, wild=wild
+        )
         if not result.ok:
             failed.append(seed)
             print(result.report(), flush=True)

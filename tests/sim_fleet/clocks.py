@@ -15,6 +15,10 @@ message; hold ends and record times are on the clock of the replica that wrote t
 
 Drawn from a generator of their own (per seed and process name), so the schedules' other
 draws stay as they are.
+
+``--skew wild`` draws wilder clocks (:meth:`Clocks.draw_wild`): the same offsets, drifts of
+up to :data:`WILD_DRIFT` (a second a minute), and every other process stepped forward and
+back for good, a step of up to :data:`MAX_STEP_SECS` every :data:`WILD_PERIOD` seconds.
 """
 
 from __future__ import annotations
@@ -33,12 +37,17 @@ MAX_DRIFT = 2e-4
 STEP_SHARE = 4
 #: A step's size, at most (and the clock stays within :data:`MAX_SKEW_SECS`).
 MAX_STEP_SECS = 5.0
+#: Wild clocks (``--skew wild``): how fast they drift, at most (a second a minute), and how
+#: long, at least and at most, a flapping one stays before it steps back or forth again.
+WILD_DRIFT = 1 / 60
+WILD_PERIOD = (2.0, 12.0)
 
 
 @dataclass(frozen=True)
 class WallClock:
     """Epoch seconds at virtual time ``t``: ``epoch + t + offset + drift * (t - start)``,
-    plus ``step`` from ``step_at`` on."""
+    plus ``step`` from ``step_at`` on, plus ``flap`` in every other ``period`` from
+    ``start`` (stepped forward, then back: a wild clock's)."""
 
     epoch: float
     start: float
@@ -46,14 +55,18 @@ class WallClock:
     drift: float = 0.0
     step_at: float = math.inf
     step: float = 0.0
+    period: float = math.inf
+    flap: float = 0.0
 
     def at(self, t: float) -> float:
+        flapped = self.flap and int((t - self.start) / self.period) % 2 == 1
         return (
             self.epoch
             + t
             + self.offset
             + self.drift * (t - self.start)
             + (self.step if t >= self.step_at else 0.0)
+            + (self.flap if flapped else 0.0)
         )
 
     def skew_at(self, t: float) -> float:
@@ -62,7 +75,7 @@ class WallClock:
 
     def reader(self) -> Callable[[], float]:
         loop = asyncio.get_running_loop()
-        if not (self.offset or self.drift or self.step):
+        if not (self.offset or self.drift or self.step or self.flap):
             epoch = self.epoch
             return lambda: epoch + loop.time()
         return lambda: self.at(loop.time())
@@ -71,10 +84,13 @@ class WallClock:
 class Clocks:
     """The wall clock of every process of one schedule (all alike when not ``skewed``)."""
 
-    def __init__(self, seed: int, epoch: float, skewed: bool, active_secs: float) -> None:
+    def __init__(
+        self, seed: int, epoch: float, skewed: bool, active_secs: float, *, wild: bool = False
+    ) -> None:
         self.seed = seed
         self.epoch = epoch
-        self.skewed = skewed
+        self.skewed = skewed or wild
+        self.wild = wild
         self.active_secs = active_secs
         self._clocks: dict[str, WallClock] = {}
 
@@ -89,6 +105,8 @@ class Clocks:
         start = asyncio.get_running_loop().time()
         if not self.skewed:
             return WallClock(self.epoch, start)
+        if self.wild:
+            return self.draw_wild(name, start)
         rng = random.Random(f"clock-skew/{self.seed}/{name}")
         offset = rng.uniform(-MAX_SKEW_SECS, MAX_SKEW_SECS)
         drift = rng.uniform(-MAX_DRIFT, MAX_DRIFT)
@@ -98,6 +116,18 @@ class Clocks:
             wanted = rng.choice((-1, 1)) * rng.uniform(0.5, MAX_STEP_SECS)
             step = min(MAX_SKEW_SECS, max(-MAX_SKEW_SECS, offset + wanted)) - offset
         return WallClock(self.epoch, start, offset, drift, step_at, step)
+
+    def draw_wild(self, name: str, start: float) -> WallClock:
+        """A wild clock: offset as a skewed one's, drifting at half to all of
+        :data:`WILD_DRIFT` either way; one in two flaps for good."""
+        rng = random.Random(f"wild/{self.seed}/{name}")
+        offset = rng.uniform(-MAX_SKEW_SECS, MAX_SKEW_SECS)
+        drift = rng.choice((-1, 1)) * WILD_DRIFT * rng.uniform(0.5, 1)
+        period, flap = math.inf, 0.0
+        if rng.random() < 0.5:
+            period = rng.uniform(*WILD_PERIOD)
+            flap = rng.choice((-1, 1)) * rng.uniform(0.5, MAX_STEP_SECS)
+        return WallClock(self.epoch, start, offset, drift, period=period, flap=flap)
 
     def set(self, name: str, offset: float) -> None:
         """Process ``name`` reads the virtual time plus ``offset`` (a scripted schedule's
@@ -111,4 +141,5 @@ class Clocks:
         """What process ``name``'s clock does (for the schedule's log)."""
         c = self.of(name)
         text = f"clock of {name}: {c.offset:+.3f}s, drift {c.drift * 1e6:+.0f} ppm"
-        return text + (f", stepped {c.step:+.3f}s at {c.step_at:.3f}" if c.step else "")
+        text += f", stepped {c.step:+.3f}s at {c.step_at:.3f}" if c.step else ""
+        return text + (f", stepped {c.flap:+.3f}s and back every {c.period:.3f}s" if c.flap else "")

@@ -12,7 +12,8 @@ at, the schedule that showed its defect.
 ``skewed`` (``--skew``) runs a seed's schedule with each process on a wall clock of its own,
 up to 10 s either way (``clocks.py``), the responses stamped with their sender's clock as
 the real server stamps them, call timeouts short enough that a probe permit's hold is a few
-seconds, and a longer calm, calling end: a family of its own beside the versions.
+seconds, and a longer calm, calling end: a family of its own beside the versions; ``wild``
+(``--skew wild``) the same with clocks that drift fast and step forth and back.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ class Result:
     version: int = SCHEDULE_VERSION
     #: The processes' wall clocks are apart (``clocks.py``).
     skewed: bool = False
+    #: ... and wild: drifting fast, stepped forth and back (``--skew wild``).
+    wild: bool = False
     violations: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     stats: Counter[str] = field(default_factory=Counter)
@@ -94,7 +97,7 @@ class Result:
 
     def _version_arg(self) -> str:
         version = "" if self.version == SCHEDULE_VERSION else f" --schedule-version {self.version}"
-        return version + (" --skew" if self.skewed else "")
+        return version + (" --skew wild" if self.wild else " --skew" if self.skewed else "")
 
 
 #: Call timeouts of the schedules with skewed clocks: a probe permit's hold is its TTL plus
@@ -139,14 +142,15 @@ class World:
         active_secs: float = ACTIVE_SECS,
         version: int = SCHEDULE_VERSION,
         skewed: bool = False,
+        wild: bool = False,
     ) -> None:
         if not FIRST_SCHEDULES <= version <= SCHEDULE_VERSION:
             raise ValueError(f"schedule version {version}: not in {FIRST_SCHEDULES}..{SCHEDULE_VERSION}")
         self.seed = seed
         self.active_secs = active_secs
         self.version = version
-        self.skewed = skewed
-        self.clocks = Clocks(seed, EPOCH, skewed, active_secs)
+        skewed = self.skewed = skewed or wild
+        self.clocks = Clocks(seed, EPOCH, skewed, active_secs, wild=wild)
         self.rng = random.Random(seed)
         self.etcd = MemEtcd(self.rng)
         self.relay_token = RELAY_TOKEN
@@ -181,7 +185,7 @@ class World:
         self.cut_keys: set[BatchName | None] = set()
         #: Failures the report gate cut (a reported burst beyond the policy's bound).
         self.cut: Counter[str] = Counter()
-        self.result = Result(seed, active_secs, version, skewed)
+        self.result = Result(seed, active_secs, version, skewed, wild)
         #: When the store, or a replica's path to it, last stopped being healthy.
         self.store_trouble_at = -1e9
         self.trouble_at: Counter[str] = Counter()
@@ -507,12 +511,15 @@ def simulate(
     active_secs: float = ACTIVE_SECS,
     version: int = SCHEDULE_VERSION,
     skewed: bool = False,
+    wild: bool = False,
 ) -> Result:
     """Run schedule ``seed`` of schedule ``version`` (faults for ``active_secs`` of virtual
-    time; each process on a wall clock of its own when ``skewed``) and check it."""
+    time; each process on a wall clock of its own when ``skewed``, a wild one when ``wild``)
+    and check it."""
+    skewed = skewed or wild
 
     async def main() -> Result:
-        world = World(seed, active_secs, version, skewed)
+        world = World(seed, active_secs, version, skewed, wild)
         await run_schedule(world)
         world.result.stats["loop_steps"] = asyncio.get_running_loop().steps  # type: ignore[attr-defined]
         world.result.store = world.etcd.fingerprint()
