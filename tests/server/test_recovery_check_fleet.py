@@ -58,7 +58,12 @@ def upstream() -> Iterator[tuple[Upstream, health.HealthServicer]]:
 
 @dataclass
 class Watch:
-    """Every change of the service's breaker the control plane tells (WatchBreakers)."""
+    """Every change of the service's breaker the control plane tells (WatchBreakers): its
+    moves, not the same state pushed again. A state is pushed again, unchanged but for the
+    revision it rests on, when the write of the one before it is seen stored after it was
+    decided (a HALF_OPEN's write answered after its probe failed): on a loaded machine
+    that came after about every other OPEN here, and counted as OPENs of their own those
+    pushes read as a flap (two OPENs 0 s apart) that the breaker never made."""
 
     address: str
     seen: list[tuple[float, int, str]] = field(default_factory=list)
@@ -75,9 +80,15 @@ class Watch:
 
     def _read(self, stream: Iterator[pb.WatchBreakersResponse]) -> None:
         try:
+            last: tuple[int, int, int] | None = None
             for change in stream:
-                self.seen.append((time.monotonic(), change.breaker.state, change.breaker.reason))
-                self.made.append((change.breaker.changed_at.ToNanoseconds() / 1e9, change.breaker.state))
+                breaker = change.breaker
+                move = (breaker.state, breaker.generation, breaker.changed_at.ToNanoseconds())
+                if move == last:
+                    continue  # pushed again as it was (see the class's doc)
+                last = move
+                self.seen.append((time.monotonic(), breaker.state, breaker.reason))
+                self.made.append((breaker.changed_at.ToNanoseconds() / 1e9, breaker.state))
         except grpc.RpcError:
             pass
 
