@@ -210,6 +210,7 @@ class LeaseEpochs:
         #: Whether any value was seen (a malformed one too).
         self.seen = False
         self.malformed = 0
+        self._malformed_value: bytes | None = None  # the last value refused, counted once
         self._term = 0  # the leader epoch the values below belong to
         self._base = 0  # the epoch this term began with
         self._epoch = 0  # the epoch leases carry: the base, or above an agent's (raised)
@@ -236,8 +237,13 @@ class LeaseEpochs:
             self.record = parse_record(value, self.now())
             self.held.adopt(self.record.horizons)
         except ValueError as err:
-            self.malformed += 1
+            # counted once: a takeover reads again the value the watch brought
+            if value != self._malformed_value:
+                self.malformed += 1
+                self._malformed_value = value
             self.refused(self.key, f"malformed fleet-lease epoch record ({err}); ignored")
+        else:
+            self._malformed_value = None
 
     def restorable(self) -> list[tuple[str, bytes]]:
         """The record to write back when the store lost its data (none: no good one seen).

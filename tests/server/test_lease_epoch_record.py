@@ -127,6 +127,18 @@ def test_a_malformed_record_is_refused_counted_and_still_a_sign_of_leases(
     assert alone.epochs.leased_before() and alone.epochs.epoch() == 6
 
 
+def test_a_malformed_record_read_again_is_counted_once() -> None:
+    # a takeover reads again the value the watch brought: one bad record, counted once
+    term = Term(own=6)
+    term.epochs.apply(b'{"epoch": -1}')
+    term.epochs.apply(b'{"epoch": -1}')
+    assert term.epochs.malformed == 1
+    term.epochs.apply(b"{garbage")  # another bad value: counted
+    term.epochs.apply(EpochRecord(2, "r0").encode())
+    term.epochs.apply(b"{garbage")  # bad again after a good one: counted again
+    assert term.epochs.malformed == 3
+
+
 def test_the_record_is_written_ahead_again_after_a_failed_write_and_when_half_is_used() -> None:
     async def main() -> None:
         term = Term(own=5)
