@@ -27,7 +27,7 @@ from mission_control.server.engine import FleetBreakers
 from mission_control.server.etcd_process import EtcdProcess
 from mission_control.server.forgotten import FORGOTTEN_KEPT
 from mission_control.server.policies import PolicyBook
-from mission_control.server.store import EtcdStore, Write
+from mission_control.server.store import EtcdStore, StoreUnavailable, Write
 from mission_control.server.sync import StoreSync
 from mission_control.server.writes import StateWriter
 
@@ -192,7 +192,13 @@ async def stored_breakers(etcd: EtcdProcess, prefix: str, at_least: int = 0, tim
     deadline = asyncio.get_running_loop().time() + timeout
     try:
         while True:
-            entries, _ = await store.get_prefix(f"{prefix}/breakers/")
+            try:
+                entries, _ = await store.get_prefix(f"{prefix}/breakers/")
+            except StoreUnavailable:  # (a busy machine: etcd slow to answer a new channel)
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+                continue
             if len(entries) >= at_least or asyncio.get_running_loop().time() > deadline:
                 return len(entries)
             await asyncio.sleep(0.1)
