@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator
 from mission_control.resilience.v1 import control_plane_pb2 as pb
 
 from . import vloop
+from .lease_fleet import SERVICE, budgets, drive, fleet_policy
 from .net import RELAY_TOKEN
 from .schedule import World, quiet_logs
-from .test_lease_wipe import SERVICE, _budgets, _drive, _fleet_policy
 from .test_scenarios import _until
 from .world import PREFIX, Agent
 
@@ -66,14 +66,14 @@ def test_the_leader_keeps_a_moved_agents_share_until_a_follower_names_it() -> No
     async def main() -> None:
         world = World(0)
         world.calling = False  # the calls here are the driver's
-        world.etcd.put_raw(f"{PREFIX}/policies/{SERVICE}", _fleet_policy())
+        world.etcd.put_raw(f"{PREFIX}/policies/{SERVICE}", fleet_policy())
         leader = await world.start_replica("cp0")
         await _until(world, lambda: leader.plane.leading, "cp0 leads")
         agents = [Agent(world, name, (SERVICE,)) for name in ("l", "m")]
         world.agents.extend(agents)
         admitted: list[float] = []
-        driver = asyncio.get_running_loop().create_task(_drive(world, agents, admitted))
-        leased = lambda: all(b is not None and b.leased for b in _budgets(agents))  # noqa: E731
+        driver = asyncio.get_running_loop().create_task(drive(world, agents, admitted))
+        leased = lambda: all(b is not None and b.leased for b in budgets(agents))  # noqa: E731
         await _until(world, leased, "every agent leased")
         await asyncio.sleep(4.0)
         limit = leader.plane.capacity.limits[(SERVICE, RESOURCE)]
@@ -107,14 +107,14 @@ def test_a_follower_that_names_nobody_leaves_the_share_aside_until_the_horizon()
     async def main() -> None:
         world = World(0)
         world.calling = False
-        world.etcd.put_raw(f"{PREFIX}/policies/{SERVICE}", _fleet_policy())
+        world.etcd.put_raw(f"{PREFIX}/policies/{SERVICE}", fleet_policy())
         leader = await world.start_replica("cp0")
         await _until(world, lambda: leader.plane.leading, "cp0 leads")
         agents = [Agent(world, name, (SERVICE,)) for name in ("l", "m")]
         world.agents.extend(agents)
         admitted: list[float] = []
-        driver = asyncio.get_running_loop().create_task(_drive(world, agents, admitted))
-        await _until(world, lambda: all(b is not None and b.leased for b in _budgets(agents)), "leased")
+        driver = asyncio.get_running_loop().create_task(drive(world, agents, admitted))
+        await _until(world, lambda: all(b is not None and b.leased for b in budgets(agents)), "leased")
         await asyncio.sleep(4.0)
         limit = leader.plane.capacity.limits[(SERVICE, RESOURCE)]
         world.partitions.add(frozenset(("m", "cp0")))
