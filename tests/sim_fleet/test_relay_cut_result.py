@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from mission_control.client.breaker import BreakerState
 from mission_control.client.policy import ServicePolicy
 from mission_control.server.engine import PROBE_TTL_SECS
 
 from . import vloop
 from . import world as world_module
 from .fleet_checks import SLACK_SECS
-from .schedule import SERVICES, World, _policy_json, policy, quiet_logs
+from .relay_result import result_held_by_cut_follower
+from .schedule import World, quiet_logs
 from .test_scenarios import _until
 from .world import Agent
 
@@ -33,44 +33,9 @@ async def _result_taken_while_cut(world: World, order: str) -> int:
     it) trips and half-opens; cp1's link to cp0 is cut while agent-0 probes, then agent-0
     moves to cp0 and the link comes back, in ``order``; ``agent-1`` asks for a permit for
     two probe TTLs after. Returns how many probe successes cp0 counted."""
-    world.success_thresholds["svc-a"] = 1
     short = ServicePolicy(service="svc-a", failure_threshold=3, success_threshold=1, wait_duration_secs=1.0)
-    for service in SERVICES:
-        chosen = short if service == "svc-a" else policy(service, world.rng)
-        world.etcd.put_raw(f"/mission-control/v1/policies/{service}", _policy_json(chosen))
-    leader = await world.start_replica("cp0")
-    await _until(world, lambda: leader.plane.leading, "cp0 leads")
-    follower = await world.start_replica("cp1")
-    await _until(world, lambda: follower.plane.sync.loaded.is_set(), "cp1 loaded")
-    relay = follower.plane.relay
-    assert relay is not None
-    world.partitions.add(frozenset(("agent-0", "cp0")))
-    prober = Agent(world, "agent-0", ("svc-a",))
-    world.agents.append(prober)
-    await _until(world, lambda: prober.view.connected and relay.connected, "agent-0 on cp1, relayed")
-    successes = 0
-    record = leader.plane.breakers.record
-
-    def counted(agent, summary, origin=""):  # type: ignore[no-untyped-def]
-        nonlocal successes
-        moves = record(agent, summary, origin)
-        if summary.service == "svc-a":
-            successes += summary.probe_successes
-        return moves
-
-    leader.plane.breakers.record = counted  # type: ignore[method-assign]
-    world.recorder.start()
-    world.failing["svc-a"] = True
-    breaker = lambda: leader.plane.breakers.get("svc-a")  # noqa: E731
-    await _until(world, lambda: breaker().state is BreakerState.OPEN, "cp0 trips svc-a")
-    world.failing["svc-a"] = False  # the probe succeeds
-    await _until(world, lambda: breaker().state is BreakerState.HALF_OPEN, "cp0 half-opens svc-a")
-    await _until(world, lambda: world.probes.stats["probes"] > 0, "agent-0 probes")
-    world.log("partition cp1 | cp0")
-    world.partition("cp0", "cp1")
-    await _until(world, lambda: not world.probes.running, "the probe ends")
-    await _until(world, lambda: relay.permits.count("agent-0", "svc-a") == 0, "cp1 takes the result")
-    assert successes == 0
+    scene = await result_held_by_cut_follower(world, short)
+    leader, relay, prober = scene.leader, scene.relay, scene.prober
 
     async def agent_moves() -> None:
         world.log("agent-0 moves to cp0")
@@ -92,7 +57,7 @@ async def _result_taken_while_cut(world: World, order: str) -> int:
     world.agents.append(asker)
     await asyncio.sleep(2 * PROBE_TTL_SECS + SLACK_SECS)
     world.recorder.stop()
-    return successes
+    return scene.successes
 
 
 @pytest.mark.parametrize("order", [AGENT_FIRST, RELAY_FIRST])

@@ -23,9 +23,9 @@ from mission_control.server.engine import PROBE_TTL_SECS
 from . import vloop
 from . import world as world_module
 from .fleet_checks import SLACK_SECS
-from .schedule import SERVICES, World, _policy_json, policy, quiet_logs
+from .relay_result import result_held_by_cut_follower
+from .schedule import World, quiet_logs
 from .test_scenarios import _until
-from .world import Agent
 
 KILLED, BACK = "killed", "back"
 
@@ -36,46 +36,17 @@ async def _result_held_by_a_follower(world: World, fate: str) -> tuple[int, Brea
     takes the result, then is killed (or its link comes back later, ``fate``); agent-0
     moves to cp0. Returns the probe successes cp0 counted and svc-a's state on cp0 one
     probe TTL after cp0 acknowledged agent-0's resend (and cp1's copy, when back)."""
-    world.success_thresholds["svc-a"] = 1
     short = ServicePolicy(
         service="svc-a", failure_threshold=3, success_threshold=1, wait_duration_secs=1.0, timeout_secs=30.0
     )
-    for service in SERVICES:
-        chosen = short if service == "svc-a" else policy(service, world.rng)
-        world.etcd.put_raw(f"/mission-control/v1/policies/{service}", _policy_json(chosen))
-    leader = await world.start_replica("cp0")
-    await _until(world, lambda: leader.plane.leading, "cp0 leads")
-    follower = await world.start_replica("cp1")
-    await _until(world, lambda: follower.plane.sync.loaded.is_set(), "cp1 loaded")
-    relay = follower.plane.relay
-    assert relay is not None
-    world.partitions.add(frozenset(("agent-0", "cp0")))
-    prober = Agent(world, "agent-0", ("svc-a",))
-    world.agents.append(prober)
-    await _until(world, lambda: prober.view.connected and relay.connected, "agent-0 on cp1, relayed")
-    successes = 0
-    record = leader.plane.breakers.record
-
-    def counted(agent, summary, origin=""):  # type: ignore[no-untyped-def]
-        nonlocal successes
-        moves = record(agent, summary, origin)
-        if summary.service == "svc-a":
-            successes += summary.probe_successes
-        return moves
-
-    leader.plane.breakers.record = counted  # type: ignore[method-assign]
-    world.recorder.start()
-    world.failing["svc-a"] = True
-    breaker = lambda: leader.plane.breakers.get("svc-a")  # noqa: E731
-    await _until(world, lambda: breaker().state is BreakerState.OPEN, "cp0 trips svc-a")
-    world.failing["svc-a"] = False  # the probe succeeds
-    await _until(world, lambda: breaker().state is BreakerState.HALF_OPEN, "cp0 half-opens svc-a")
-    await _until(world, lambda: world.probes.stats["probes"] > 0, "agent-0 probes")
-    world.log("partition cp1 | cp0")
-    world.partition("cp0", "cp1")
-    await _until(world, lambda: not world.probes.running, "the probe ends")
-    await _until(world, lambda: relay.permits.count("agent-0", "svc-a") == 0, "cp1 takes the result")
-    assert successes == 0
+    scene = await result_held_by_cut_follower(world, short)
+    leader, follower, relay, prober, breaker = (
+        scene.leader,
+        scene.follower,
+        scene.relay,
+        scene.prober,
+        scene.breaker,
+    )
     if fate == KILLED:
         world.crash(follower)
     world.log("agent-0 moves to cp0")
@@ -93,7 +64,7 @@ async def _result_held_by_a_follower(world: World, fate: str) -> tuple[int, Brea
     world.log(f"svc-a {breaker().state.name} {waited:.2f}s after the resend was taken")
     assert waited <= PROBE_TTL_SECS + SLACK_SECS, f"HALF_OPEN waited {waited:.1f}s for the follower"
     world.recorder.stop()
-    return successes, breaker().state
+    return scene.successes, breaker().state
 
 
 @pytest.mark.parametrize("fate", [KILLED, BACK])
