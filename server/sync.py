@@ -88,6 +88,8 @@ class StoreSync:
         self.wipes = 0
         #: The value seen at each policy's and breaker's newest revision.
         self._seen = SeenValues()
+        # (a write's own answer too: the watch may never bring it, the store cut off after it)
+        writer.on_stored = self._seen.note
         #: Called each time the store is found to have lost its data (after the state's own
         #: reload is asked for): other followers of the store reload too.
         self.lost_data_listeners: list[Callable[[], None]] = []

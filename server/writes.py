@@ -171,6 +171,9 @@ class StateWriter:
         self.leader_saw_loss: Callable[[], bool] = lambda: True
         #: Called when a write finds that the store lost its data (it restores and reloads).
         self.on_lost_data: Callable[[str], None] = lambda detail: None
+        #: Called with each breaker key, value and revision a write of this replica stored
+        #: (the sync notes them: a store holding another value there since was wiped).
+        self.on_stored: Callable[[str, bytes | None, int], None] = lambda key, value, revision: None
         #: Where every write is recorded, in its own transaction (None: not recorded).
         self.audit: AuditLog | None = None
         #: The candidate policies (shadow mode), whose writes are recorded too.
@@ -423,6 +426,7 @@ class StateWriter:
                 self.unanswered.answered(name)
                 self.breakers.stored(name, result.revision, run)
                 self.breakers.records[name] = record
+                self.on_stored(self.breaker_key(name), record, result.revision)
                 if self._pending.get(name) == decision:  # else a newer decision is to be written
                     self._settled(name)
         elif result.status is WriteStatus.CONFLICT:
@@ -448,6 +452,7 @@ class StateWriter:
             self.unanswered.answered(name)
             self.breakers.stored(name, result.revision, run)
             self.breakers.records[name] = record
+            self.on_stored(key, record, result.revision)
             if self._pending.get(name) == decision:  # else a newer decision is to be written
                 self._settled(name)
         elif result.status is WriteStatus.CONFLICT:
@@ -606,6 +611,7 @@ class StateWriter:
                 # was decided over it since: that one is still to be written on top)
                 self._settled(name)
             self.breakers.adopt(name, record, result.revision)
+            self.on_stored(key, record, result.revision)
             # What this write stored, even if a newer write has been applied meanwhile.
             written = json_format.Parse(record, pb.Breaker(), ignore_unknown_fields=True)
             written.revision = result.revision
