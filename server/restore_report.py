@@ -107,7 +107,8 @@ class RevertReport:
         #: service -> its changed fields (None: not compared yet).
         self.found: dict[str, list[str]] | None = None
         self._writes: list[Write] = []
-        self._records: list[Write] = []
+        #: The ``restore.reverted`` records among the writes (not their marks).
+        self.records: list[Write] = []
 
     async def report(
         self,
@@ -116,36 +117,20 @@ class RevertReport:
         held: Mapping[str, bytes],
         audit: AuditLog | None,
         revision: int = 0,
-        written: list[Write] | None = None,
     ) -> dict[str, list[str]]:
-        """Compare (the first time) and record what the restore took back; see :func:`report`.
-        Raises StoreUnavailable (the records are written again at the next call)."""
+        """Compare the policies ``held`` (service -> JSON, when the loss was found) with those
+        under ``prefix`` in the store as of ``revision`` (the store's when the loss was
+        found: what the restore brought back; 0: now), the first time; log and record each
+        one the restore took back. Returns them. Raises StoreUnavailable (the records are
+        written again at the next call)."""
         if self.found is None:
             self.found, self._writes = await _compare(store, prefix, held, audit, revision)
             bucket = audit.bucket("policy") if audit is not None else None
-            self._records = [w for w in self._writes if bucket is not None and w.key.startswith(bucket)]
+            self.records = [w for w in self._writes if bucket is not None and w.key.startswith(bucket)]
         if self._writes:
             # create-if-absent records: the commit of records stored already is a conflict
             await store.commit(self._writes, [])
-            if written is not None:
-                written += self._records
         return self.found
-
-
-async def report(
-    store: Store,
-    prefix: str,
-    held: Mapping[str, bytes],
-    audit: AuditLog | None,
-    revision: int = 0,
-    written: list[Write] | None = None,
-) -> dict[str, list[str]]:
-    """Compare the policies ``held`` (service -> JSON, when the loss was found) with those
-    under ``prefix`` in the store as of ``revision`` (the store's when the loss was found:
-    what the restore brought back; 0: now); log and record each one the restore took back
-    (the records, not their marks, are added to ``written``). Returns them. Raises
-    StoreUnavailable."""
-    return await RevertReport().report(store, prefix, held, audit, revision, written)
 
 
 async def _compare(

@@ -689,16 +689,11 @@ class StateWriter:
             return  # lost again meanwhile: restored again from the start
         if self.fence is None or self.fence.leading:  # else fenced midway: again when leading
             if self._held_policies is not None:
-                written: list[Write] = []
-                await self._reverts.report(
-                    self.store,
-                    self.policies.prefix,
-                    self._held_policies,
-                    self.audit,
-                    self._loss_revision,
-                    written,
+                reverts = self._reverts
+                await reverts.report(
+                    self.store, self.policies.prefix, self._held_policies, self.audit, self._loss_revision
                 )
-                self._keep_reports(written)
+                self._keep_reports(reverts.records)
             if losses != self.losses:
                 return
             self.restore_pending = False
