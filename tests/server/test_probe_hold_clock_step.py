@@ -40,41 +40,54 @@ RESTART_STEP = 12.0
 DOWN = 15.0
 
 
+def _tripped(ep: str, prefix: str, spawned: list[Proc], clock, up: ProbeUpstream):  # type: ignore[no-untyped-def]
+    """A leader on the wall clock ``clock`` names (shifted by the seconds it holds) and agent
+    A probing through it; once ``SERVICE`` is OPEN in etcd: (the leader, its address, A)."""
+    clock.write_text("0")
+    pol = policy_pb2.ServicePolicy(
+        service=SERVICE, failure_threshold=3, success_threshold=1, wait_duration_secs=3.0, timeout_secs=3.0
+    )
+    up.fail(True)
+    r1, a1 = control_plane(ep, prefix, "--instance-id", "r1", skew=f"@{clock}")
+    spawned.append(r1)
+    put_policy(a1, pol)
+    (agent,) = start_probers(spawned, ["A"], a1, up.address, SERVICE, 2)
+    poll(lambda: stored(ep, prefix, SERVICE).get("state") == "BREAKER_STATE_OPEN", 60)
+    return r1, a1, agent
+
+
+def _closes_on_one_fleet_probe(
+    ep: str, prefix: str, up: ProbeUpstream, agent, since: float, bound: float, what: str
+) -> None:  # type: ignore[no-untyped-def]
+    """``SERVICE`` closes in etcd within ``bound`` s of ``since``, on fleet probes never more
+    than one at a time, one at least."""
+    try:
+        poll(lambda: stored(ep, prefix, SERVICE).get("state") == "BREAKER_STATE_CLOSED", bound)
+    except AssertionError:
+        calls = [(c.kind, round(c.start - since, 2), round(c.end - c.start, 2)) for c in up.calls()]
+        print(f"\nnot closed; calls (kind, start, duration) {calls[-30:]}; {agent.ask('outcomes')}")
+        raise
+    closed = time.monotonic() - since
+    poll(lambda: up.in_flight("fleet") == 0, 10)
+    out = agent.ask("stop")
+    fleet = [(round(c.start - since, 2), round(c.end - c.start, 2)) for c in up.calls() if c.kind == "fleet"]
+    print(f"\nclosed {closed:.1f} s after the {what}; fleet probes {fleet}; {out}")
+    assert fleet, "closed without a fleet probe"
+    assert up.most("fleet") <= 1, f"I3 broken: fleet probes (start, duration) {fleet}"
+
+
 @pytest.mark.timeout(150)
 def test_half_open_closes_soon_after_the_leaders_clock_steps_back(
     etcd_server, prefix, spawned: list[Proc], tmp_path
 ) -> None:
     ep = etcd_server.endpoint
     clock = tmp_path / "leader.skew"
-    clock.write_text("0")
-    pol = policy_pb2.ServicePolicy(
-        service=SERVICE, failure_threshold=3, success_threshold=1, wait_duration_secs=3.0, timeout_secs=3.0
-    )
     with ProbeUpstream(1.0) as up:
-        up.fail(True)
-        r1, a1 = control_plane(ep, prefix, "--instance-id", "r1", skew=f"@{clock}")
-        spawned.append(r1)
-        put_policy(a1, pol)
-        agents = start_probers(spawned, ["A"], a1, up.address, SERVICE, 2)
-        poll(lambda: stored(ep, prefix, SERVICE).get("state") == "BREAKER_STATE_OPEN", 60)
+        _, _, agent = _tripped(ep, prefix, spawned, clock, up)
         clock.write_text("-30")
         stepped = time.monotonic()
         up.fail(False)
-        try:
-            poll(lambda: stored(ep, prefix, SERVICE).get("state") == "BREAKER_STATE_CLOSED", BOUND)
-        except AssertionError:
-            calls = [(c.kind, round(c.start - stepped, 2), round(c.end - c.start, 2)) for c in up.calls()]
-            print(f"\nnot closed; calls (kind, start, duration) {calls[-30:]}; {agents[0].ask('outcomes')}")
-            raise
-        closed = time.monotonic() - stepped
-        poll(lambda: up.in_flight("fleet") == 0, 10)
-        out = agents[0].ask("stop")
-        fleet = [
-            (round(c.start - stepped, 2), round(c.end - c.start, 2)) for c in up.calls() if c.kind == "fleet"
-        ]
-        print(f"\nclosed {closed:.1f} s after the step; fleet probes {fleet}; {out}")
-        assert fleet, "closed without a fleet probe"
-        assert up.most("fleet") <= 1, f"I3 broken: fleet probes (start, duration) {fleet}"
+        _closes_on_one_fleet_probe(ep, prefix, up, agent, stepped, BOUND, "step")
 
 
 @pytest.mark.timeout(180)
@@ -83,17 +96,8 @@ def test_half_open_closes_soon_after_the_leader_restarts_with_its_clock_set_back
 ) -> None:
     ep = etcd_server.endpoint
     clock = tmp_path / "leader.skew"
-    clock.write_text("0")
-    pol = policy_pb2.ServicePolicy(
-        service=SERVICE, failure_threshold=3, success_threshold=1, wait_duration_secs=3.0, timeout_secs=3.0
-    )
     with ProbeUpstream(1.0) as up:
-        up.fail(True)
-        r1, a1 = control_plane(ep, prefix, "--instance-id", "r1", skew=f"@{clock}")
-        spawned.append(r1)
-        put_policy(a1, pol)
-        agents = start_probers(spawned, ["A"], a1, up.address, SERVICE, 2)
-        poll(lambda: stored(ep, prefix, SERVICE).get("state") == "BREAKER_STATE_OPEN", 60)
+        r1, a1, agent = _tripped(ep, prefix, spawned, clock, up)
         r1.kill()
         clock.write_text(str(-RESTART_STEP))
         time.sleep(DOWN)  # down longer than the step: its first stamp is later than its last
@@ -102,21 +106,4 @@ def test_half_open_closes_soon_after_the_leader_restarts_with_its_clock_set_back
         spawned.append(again)
         restarted = time.monotonic()
         # the old code's first chance: the old process's samples out of the window
-        bound = WINDOW_SECS - DOWN - 15.0
-        try:
-            poll(lambda: stored(ep, prefix, SERVICE).get("state") == "BREAKER_STATE_CLOSED", bound)
-        except AssertionError:
-            calls = [(c.kind, round(c.start - restarted, 2), round(c.end - c.start, 2)) for c in up.calls()]
-            print(f"\nnot closed; calls (kind, start, duration) {calls[-30:]}; {agents[0].ask('outcomes')}")
-            raise
-        closed = time.monotonic() - restarted
-        poll(lambda: up.in_flight("fleet") == 0, 10)
-        out = agents[0].ask("stop")
-        fleet = [
-            (round(c.start - restarted, 2), round(c.end - c.start, 2))
-            for c in up.calls()
-            if c.kind == "fleet"
-        ]
-        print(f"\nclosed {closed:.1f} s after the restart; fleet probes {fleet}; {out}")
-        assert fleet, "closed without a fleet probe"
-        assert up.most("fleet") <= 1, f"I3 broken: fleet probes (start, duration) {fleet}"
+        _closes_on_one_fleet_probe(ep, prefix, up, agent, restarted, WINDOW_SECS - DOWN - 15.0, "restart")
